@@ -1,0 +1,62 @@
+// Package config holds the settings every fleetflow process shares, read from the environment with working
+// local defaults, so that a fresh checkout runs without any configuration and production only sets variables.
+package config
+
+import (
+	"os"
+	"strconv"
+)
+
+// Defaults for the local stack started by `fleetflow dev up`. The Postgres port is not 5432 so that the
+// project-local cluster never collides with a system Postgres.
+const (
+	DefaultDatabaseURL     = "postgres://fleetflow@127.0.0.1:55432/fleetflow?sslmode=disable"
+	DefaultTemporalAddress = "127.0.0.1:7233"
+	DefaultNamespace       = "default"
+	DefaultMQTTURL         = "tcp://127.0.0.1:1883"
+	DefaultGatewayListen   = "127.0.0.1:1883"
+	DefaultTaskQueue       = "fleetflow"
+	DefaultTemporalUI      = "http://127.0.0.1:8233"
+)
+
+// Config is the union of what the CLI, the worker and the gateway need; each reads only its part.
+type Config struct {
+	DatabaseURL     string // FLEETFLOW_DATABASE_URL
+	TemporalAddress string // TEMPORAL_ADDRESS
+	Namespace       string // TEMPORAL_NAMESPACE
+	TaskQueue       string // FLEETFLOW_TASK_QUEUE
+	MQTTURL         string // FLEETFLOW_MQTT_URL: where devices and services reach the broker
+	GatewayListen   string // FLEETFLOW_GATEWAY_LISTEN: where the embedded gateway listens
+	TemporalUI      string // FLEETFLOW_TEMPORAL_UI: base URL printed in links
+	MetricsListen   string // FLEETFLOW_METRICS_LISTEN: optional /metrics listener
+}
+
+// FromEnv reads the configuration from the environment, falling back to the local defaults.
+func FromEnv() Config {
+	return Config{
+		DatabaseURL:     Env("FLEETFLOW_DATABASE_URL", DefaultDatabaseURL),
+		TemporalAddress: Env("TEMPORAL_ADDRESS", DefaultTemporalAddress),
+		Namespace:       Env("TEMPORAL_NAMESPACE", DefaultNamespace),
+		TaskQueue:       Env("FLEETFLOW_TASK_QUEUE", DefaultTaskQueue),
+		MQTTURL:         Env("FLEETFLOW_MQTT_URL", DefaultMQTTURL),
+		GatewayListen:   Env("FLEETFLOW_GATEWAY_LISTEN", DefaultGatewayListen),
+		TemporalUI:      Env("FLEETFLOW_TEMPORAL_UI", DefaultTemporalUI),
+		MetricsListen:   Env("FLEETFLOW_METRICS_LISTEN", ""),
+	}
+}
+
+// Env returns the variable's value, or def when it is unset or empty.
+func Env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// EnvInt returns the variable as an int, or def when it is unset or not a number.
+func EnvInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}

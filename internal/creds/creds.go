@@ -1,0 +1,133 @@
+// Package creds generates device secrets and reads and writes the credentials file (NDJSON, mode 0600) that
+// the CLI writes at provisioning and the simulator reads. Secrets exist only here and on devices; the registry
+// keeps their SHA-256 digest.
+package creds
+
+import (
+	"bufio"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Credential is one device's identity and secret as a device (or the simulator) needs it to connect.
+type Credential struct {
+	ID     string `json:"id"`
+	Secret string `json:"secret"`
+	// Line is the manifest line while provisioning is in flight, so that the CLI can drop the rows that did not
+	// create a device; it is not written to the final file.
+	Line int64 `json:"line,omitempty"`
+}
+
+// NewSecret returns a random 256-bit secret, base64url without padding (43 characters).
+func NewSecret() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate secret: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// Digest is what the registry stores for a secret. A plain SHA-256 suffices for 256-bit random secrets,
+// and a slow KDF would cap reconnect storms at tens per second (DESIGN §4).
+func Digest(secret string) []byte {
+	d := sha256.Sum256([]byte(secret))
+	return d[:]
+}
+
+// Matches reports whether secret hashes to digest, in constant time.
+func Matches(secret string, digest []byte) bool {
+	if len(digest) != sha256.Size {
+		return false
+	}
+	d := sha256.Sum256([]byte(secret))
+	return subtle.ConstantTimeCompare(d[:], digest) == 1
+}
+
+// Writer appends credentials to a file created with mode 0600.
+type Writer struct {
+	f *os.File
+	w *bufio.Writer
+	n int
+}
+
+// Create opens path for writing credentials, truncating it. The mode is 0600 because the file holds secrets.
+func Create(path string) (*Writer, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create credentials file: %w", err)
+	}
+	// An existing file keeps its old mode on open; secrets must not stay world-readable.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("chmod credentials file: %w", err)
+	}
+	return &Writer{f: f, w: bufio.NewWriterSize(f, 1<<16)}, nil
+}
+
+// Write appends one credential.
+func (w *Writer) Write(c Credential) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if _, err := w.w.Write(b); err != nil {
+		return fmt.Errorf("write credentials: %w", err)
+	}
+	w.n++
+	return nil
+}
+
+// Count is the number of credentials written so far.
+func (w *Writer) Count() int { return w.n }
+
+// Close flushes and closes the file.
+func (w *Writer) Close() error {
+	if err := w.w.Flush(); err != nil {
+		w.f.Close()
+		return fmt.Errorf("flush credentials: %w", err)
+	}
+	return w.f.Close()
+}
+
+// Read parses a credentials file written by Writer.
+func Read(r io.Reader) ([]Credential, error) {
+	var out []Credential
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var c Credential
+		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
+			return nil, fmt.Errorf("credentials line %d: %w", line, err)
+		}
+		if c.ID == "" || c.Secret == "" {
+			return nil, fmt.Errorf("credentials line %d: id and secret are required", line)
+		}
+		out = append(out, c)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read credentials: %w", err)
+	}
+	return out, nil
+}
+
+// ReadFile reads a credentials file.
+func ReadFile(path string) ([]Credential, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open credentials: %w", err)
+	}
+	defer f.Close()
+	return Read(f)
+}

@@ -1,0 +1,249 @@
+// Package manifest reads device manifests (CSV with an id column and one tag per other column, or NDJSON
+// objects {"id":..., "tags":{...}}) and generates test fleets. It never stops at a bad row: each row comes
+// out either parsed or with the reason it could not be, so the good rows are still provisioned.
+package manifest
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+)
+
+// Row is one manifest entry. Tags is a JSON object (the twin's initial tags); Err says why the row could not
+// be parsed, in which case ID may be empty.
+type Row struct {
+	Line int64
+	ID   string
+	Tags json.RawMessage
+	Err  string
+}
+
+// Reader yields manifest rows one at a time, so a million-row manifest streams without being held in memory.
+type Reader interface {
+	// Next returns the next row, or io.EOF after the last one. Other errors are I/O errors that end the read.
+	Next() (Row, error)
+}
+
+// Format is a manifest format.
+type Format string
+
+// Supported formats.
+const (
+	CSV    Format = "csv"
+	NDJSON Format = "ndjson"
+)
+
+// FormatOf guesses the format from a file name.
+func FormatOf(path string) (Format, error) {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".csv":
+		return CSV, nil
+	case ".ndjson", ".jsonl", ".json":
+		return NDJSON, nil
+	}
+	return "", fmt.Errorf("cannot tell the format of %s from its extension: use .csv or .ndjson (or --format)", path)
+}
+
+// NewReader returns a reader of r in format f.
+func NewReader(r io.Reader, f Format) (Reader, error) {
+	switch f {
+	case CSV:
+		return newCSV(r)
+	case NDJSON:
+		return &ndjsonReader{sc: newScanner(r)}, nil
+	}
+	return nil, fmt.Errorf("unknown manifest format %q (csv or ndjson)", f)
+}
+
+func newScanner(r io.Reader) *bufio.Scanner {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 4<<20)
+	return sc
+}
+
+type csvReader struct {
+	r      *csv.Reader
+	header []string
+	idCol  int
+}
+
+func newCSV(r io.Reader) (*csvReader, error) {
+	cr := csv.NewReader(r)
+	cr.FieldsPerRecord = -1
+	cr.TrimLeadingSpace = true
+	cr.ReuseRecord = false
+	header, err := cr.Read()
+	if err == io.EOF {
+		return nil, errors.New("manifest is empty: the first line must be a header with an id column")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("manifest header: %w", err)
+	}
+	c := &csvReader{r: cr, header: header, idCol: -1}
+	seen := map[string]bool{}
+	for i, h := range header {
+		h = strings.TrimSpace(h)
+		header[i] = h
+		if h == "" {
+			return nil, fmt.Errorf("manifest header: column %d has no name", i+1)
+		}
+		if seen[h] {
+			return nil, fmt.Errorf("manifest header: column %q appears twice", h)
+		}
+		seen[h] = true
+		if strings.EqualFold(h, "id") {
+			c.idCol = i
+		}
+	}
+	if c.idCol < 0 {
+		return nil, fmt.Errorf("manifest header has no id column (found: %s)", strings.Join(header, ", "))
+	}
+	return c, nil
+}
+
+func (c *csvReader) Next() (Row, error) {
+	for {
+		rec, err := c.r.Read()
+		line, _ := c.r.FieldPos(0)
+		if err == io.EOF {
+			return Row{}, io.EOF
+		}
+		var pe *csv.ParseError
+		if errors.As(err, &pe) {
+			return Row{Line: int64(pe.StartLine), Err: fmt.Sprintf("malformed CSV: %v", pe.Err)}, nil
+		}
+		if err != nil {
+			return Row{}, fmt.Errorf("read manifest: %w", err)
+		}
+		if len(rec) == 1 && strings.TrimSpace(rec[0]) == "" {
+			continue // blank line
+		}
+		row := Row{Line: int64(line)}
+		if len(rec) != len(c.header) {
+			row.Err = fmt.Sprintf("expected %d fields (%s), found %d", len(c.header), strings.Join(c.header, ","), len(rec))
+			if c.idCol < len(rec) {
+				row.ID = strings.TrimSpace(rec[c.idCol])
+			}
+			return row, nil
+		}
+		tags := make(map[string]string, len(rec)-1)
+		for i, v := range rec {
+			if i == c.idCol {
+				row.ID = strings.TrimSpace(v)
+				continue
+			}
+			if v = strings.TrimSpace(v); v != "" {
+				tags[c.header[i]] = v
+			}
+		}
+		row.Tags, _ = json.Marshal(tags)
+		return row, nil
+	}
+}
+
+type ndjsonReader struct {
+	sc   *bufio.Scanner
+	line int64
+}
+
+type ndjsonRow struct {
+	ID   *string         `json:"id"`
+	Tags json.RawMessage `json:"tags"`
+}
+
+func (n *ndjsonReader) Next() (Row, error) {
+	for n.sc.Scan() {
+		n.line++
+		b := bytes.TrimSpace(n.sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		row := Row{Line: n.line}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		var r ndjsonRow
+		if err := dec.Decode(&r); err != nil {
+			row.Err = fmt.Sprintf("invalid JSON: %v", err)
+			return row, nil
+		}
+		if r.ID == nil {
+			row.Err = `missing "id"`
+			return row, nil
+		}
+		row.ID = *r.ID
+		t := bytes.TrimSpace(r.Tags)
+		switch {
+		case len(t) == 0 || bytes.Equal(t, []byte("null")):
+			row.Tags = json.RawMessage("{}")
+		case t[0] != '{':
+			row.Err = `"tags" must be a JSON object`
+		default:
+			row.Tags = json.RawMessage(t)
+		}
+		return row, nil
+	}
+	if err := n.sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return Row{}, fmt.Errorf("manifest line %d is longer than 4 MiB", n.line+1)
+		}
+		return Row{}, fmt.Errorf("read manifest: %w", err)
+	}
+	return Row{}, io.EOF
+}
+
+// Generated yields count rows with ids prefix0001, prefix0002, ... (zero-padded to at least 4 digits so ids
+// sort in order) and the same tags on each; it is how test fleets are made without a file.
+type Generated struct {
+	Prefix string
+	Count  int64
+	Start  int64
+	Tags   map[string]string
+	i      int64
+	tags   json.RawMessage
+	width  int
+}
+
+// Next implements Reader.
+func (g *Generated) Next() (Row, error) {
+	if g.i >= g.Count {
+		return Row{}, io.EOF
+	}
+	if g.tags == nil {
+		if g.Tags == nil {
+			g.Tags = map[string]string{}
+		}
+		g.tags, _ = json.Marshal(g.Tags)
+		g.width = max(4, len(fmt.Sprint(g.Start+g.Count)))
+		if g.Start == 0 {
+			g.Start = 1
+		}
+	}
+	n := g.Start + g.i
+	g.i++
+	return Row{Line: g.i, ID: fmt.Sprintf("%s%0*d", g.Prefix, g.width, n), Tags: g.tags}, nil
+}
+
+// ParseTags parses k=v pairs (from repeated or comma-separated --tags flags).
+func ParseTags(pairs []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, p := range pairs {
+		for _, kv := range strings.Split(p, ",") {
+			kv = strings.TrimSpace(kv)
+			if kv == "" {
+				continue
+			}
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || strings.TrimSpace(k) == "" {
+				return nil, fmt.Errorf("tag %q: expected key=value", kv)
+			}
+			out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,108 @@
+package manifest
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func readAll(t *testing.T, r Reader) []Row {
+	t.Helper()
+	var out []Row
+	for {
+		row, err := r.Next()
+		if err == io.EOF {
+			return out
+		}
+		require.NoError(t, err)
+		out = append(out, row)
+	}
+}
+
+func TestCSVRowsBecomeIDsAndTagsAndBadRowsCarryTheirLine(t *testing.T) {
+	in := "id,region,site\n" +
+		"dev-1,eu,ber-1\n" +
+		"dev-2,us,\n" +
+		"\n" +
+		"dev-3,eu\n" +
+		"dev-4,\"unterminated,x\n"
+	r, err := NewReader(strings.NewReader(in), CSV)
+	require.NoError(t, err)
+	rows := readAll(t, r)
+	require.Len(t, rows, 4)
+	require.Equal(t, Row{Line: 2, ID: "dev-1", Tags: []byte(`{"region":"eu","site":"ber-1"}`)}, rows[0])
+	require.Equal(t, Row{Line: 3, ID: "dev-2", Tags: []byte(`{"region":"us"}`)}, rows[1], "empty cells are not tags")
+	require.Equal(t, int64(5), rows[2].Line)
+	require.Equal(t, "dev-3", rows[2].ID)
+	require.Contains(t, rows[2].Err, "expected 3 fields")
+	require.Equal(t, int64(6), rows[3].Line)
+	require.Contains(t, rows[3].Err, "malformed CSV")
+}
+
+func TestCSVHeaderProblemsAreErrors(t *testing.T) {
+	for name, in := range map[string]string{
+		"empty":     "",
+		"no id":     "name,region\nx,y\n",
+		"duplicate": "id,region,region\n",
+		"blank":     "id,,x\n",
+	} {
+		_, err := NewReader(strings.NewReader(in), CSV)
+		require.Error(t, err, name)
+	}
+}
+
+func TestNDJSONRows(t *testing.T) {
+	in := `{"id":"dev-1","tags":{"region":"eu","floor":3}}
+{"id":"dev-2"}
+
+not json
+{"id":"dev-4","tags":[1]}
+{"id":"dev-5","tag":{"x":1}}
+{"tags":{}}
+`
+	r, err := NewReader(strings.NewReader(in), NDJSON)
+	require.NoError(t, err)
+	rows := readAll(t, r)
+	require.Len(t, rows, 6)
+	require.Equal(t, Row{Line: 1, ID: "dev-1", Tags: []byte(`{"region":"eu","floor":3}`)}, rows[0])
+	require.Equal(t, Row{Line: 2, ID: "dev-2", Tags: []byte(`{}`)}, rows[1])
+	require.Equal(t, int64(4), rows[2].Line)
+	require.Contains(t, rows[2].Err, "invalid JSON")
+	require.Contains(t, rows[3].Err, "must be a JSON object")
+	require.Contains(t, rows[4].Err, "unknown field", "a typo such as \"tag\" is reported, not ignored")
+	require.Contains(t, rows[5].Err, `missing "id"`)
+}
+
+func TestGeneratedFleet(t *testing.T) {
+	g := &Generated{Prefix: "sim-", Count: 3, Tags: map[string]string{"region": "eu"}}
+	rows := readAll(t, g)
+	require.Equal(t, []Row{
+		{Line: 1, ID: "sim-0001", Tags: []byte(`{"region":"eu"}`)},
+		{Line: 2, ID: "sim-0002", Tags: []byte(`{"region":"eu"}`)},
+		{Line: 3, ID: "sim-0003", Tags: []byte(`{"region":"eu"}`)},
+	}, rows)
+	big := &Generated{Prefix: "d", Count: 100000}
+	first, _ := big.Next()
+	require.Equal(t, "d000001", first.ID, "width grows with the count so ids sort")
+}
+
+func TestParseTags(t *testing.T) {
+	m, err := ParseTags([]string{"region=eu,site=ber-1", "model = x1"})
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"region": "eu", "site": "ber-1", "model": "x1"}, m)
+	_, err = ParseTags([]string{"novalue"})
+	require.ErrorContains(t, err, "expected key=value")
+}
+
+func TestFormatOf(t *testing.T) {
+	f, err := FormatOf("a/devices.CSV")
+	require.NoError(t, err)
+	require.Equal(t, CSV, f)
+	f, err = FormatOf("x.jsonl")
+	require.NoError(t, err)
+	require.Equal(t, NDJSON, f)
+	_, err = FormatOf("x.txt")
+	require.Error(t, err)
+}

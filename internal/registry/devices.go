@@ -1,0 +1,339 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetflow/fleetflow/internal/query"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// twinColumns is the select list scanTwin reads; it is the twin query language's SELECT * list, so query
+// results scan with the same code.
+const twinColumns = query.StarColumns
+
+func scanTwin(row pgx.Row) (twin.Twin, error) {
+	var t twin.Twin
+	var online bool
+	var tags, desired, reported []byte
+	if err := row.Scan(&t.DeviceID, &t.Status, &online, &t.LastActivityTime, &tags, &desired,
+		&t.Properties.Desired.Version, &reported, &t.Properties.Reported.Version, &t.Version, &t.TagsVersion); err != nil {
+		return t, err
+	}
+	t.Tags = tags
+	t.Properties.Desired.Doc = desired
+	t.Properties.Reported.Doc = reported
+	t.ConnectionState = "disconnected"
+	if online {
+		t.ConnectionState = "connected"
+	}
+	t.ETag = twin.ETag(t.TagsVersion, t.Properties.Desired.Version)
+	return t, nil
+}
+
+// GetDevice returns a device's identity and connection state.
+func (r *Registry) GetDevice(ctx context.Context, id string) (Device, error) {
+	var d Device
+	err := r.pool.QueryRow(ctx, `SELECT id, status, created_at, updated_at, online, session, last_seen, connected_at,
+		secret1_hash IS NOT NULL, secret2_hash IS NOT NULL, coalesce(provisioned_by, '')
+		FROM devices WHERE id = $1`, id).Scan(&d.ID, &d.Status, &d.CreatedAt, &d.UpdatedAt, &d.Online, &d.Session,
+		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.Provisioned)
+	if isNoRows(err) {
+		return d, notFound(id)
+	}
+	if err != nil {
+		return d, fmt.Errorf("load device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// DeviceAuth returns what the gateway needs to authenticate a device.
+func (r *Registry) DeviceAuth(ctx context.Context, id string) (DeviceAuth, error) {
+	a := DeviceAuth{ID: id}
+	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash FROM devices WHERE id = $1", id).
+		Scan(&a.Status, &a.Secret1Hash, &a.Secret2Hash)
+	if isNoRows(err) {
+		return a, notFound(id)
+	}
+	if err != nil {
+		return a, fmt.Errorf("load credentials of %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// GetTwin returns a device's twin.
+func (r *Registry) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
+	t, err := scanTwin(r.pool.QueryRow(ctx, "SELECT "+twinColumns+" FROM devices WHERE id = $1", id))
+	if isNoRows(err) {
+		return t, notFound(id)
+	}
+	if err != nil {
+		return t, fmt.Errorf("load twin %s: %w", id, err)
+	}
+	return t, nil
+}
+
+// UpdateTwin applies a merge patch to the tags or desired section of one device. With ifMatch set, the write
+// happens only if the twin's etag still equals it; otherwise ErrPreconditionFailed names the current etag.
+// The row lock makes concurrent writers queue, so no update is ever lost.
+func (r *Registry) UpdateTwin(ctx context.Context, id string, section twin.Section, patch []byte, ifMatch string) (twin.Twin, error) {
+	if section != twin.Tags && section != twin.Desired {
+		return twin.Twin{}, fmt.Errorf("update twin %s: section %q cannot be written by operators", id, section)
+	}
+	var out twin.Twin
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		cur, err := scanTwin(tx.QueryRow(ctx, "SELECT "+twinColumns+" FROM devices WHERE id = $1 FOR UPDATE", id))
+		if isNoRows(err) {
+			return notFound(id)
+		}
+		if err != nil {
+			return fmt.Errorf("load twin %s: %w", id, err)
+		}
+		if cur.Status == StatusRetired {
+			return fmt.Errorf("device %s is retired: %w", id, ErrNotActive)
+		}
+		if ifMatch != "" && ifMatch != cur.ETag {
+			return fmt.Errorf("device %s: etag %s does not match the current etag %s: %w", id, ifMatch, cur.ETag, ErrPreconditionFailed)
+		}
+		doc := []byte(cur.Tags)
+		if section == twin.Desired {
+			doc = cur.Properties.Desired.Doc
+		}
+		merged, err := twin.Apply(section, doc, patch)
+		if err != nil {
+			return err
+		}
+		col, ver := "tags", "tags_version"
+		if section == twin.Desired {
+			col, ver = "desired", "desired_version"
+		}
+		// col and ver are one of two fixed identifiers chosen above, never input.
+		out, err = scanTwin(tx.QueryRow(ctx, "UPDATE devices SET "+col+" = $2::jsonb, "+ver+" = "+ver+" + 1, "+
+			"twin_version = twin_version + 1, updated_at = now() WHERE id = $1 RETURNING "+twinColumns, id, string(merged)))
+		if err != nil {
+			return fmt.Errorf("update twin %s: %w", id, err)
+		}
+		return nil
+	})
+	return out, err
+}
+
+type reportedState struct {
+	status  string
+	doc     []byte
+	version int64
+	dirty   bool
+}
+
+// ApplyReported merges a batch of reported patches in one transaction (the ingest path must never spend a
+// transaction per message). Patches for the same device apply in order. Per-patch problems are returned in
+// the results; the error is only for the batch as a whole.
+func (r *Registry) ApplyReported(ctx context.Context, patches []ReportedPatch) ([]ReportedResult, error) {
+	results := make([]ReportedResult, len(patches))
+	if len(patches) == 0 {
+		return results, nil
+	}
+	ids := make([]string, 0, len(patches))
+	for _, p := range patches {
+		ids = append(ids, p.DeviceID)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		// Locking in id order keeps concurrent batches from deadlocking each other.
+		rows, err := tx.Query(ctx, `SELECT id, status, reported, reported_version FROM devices
+			WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+		if err != nil {
+			return fmt.Errorf("lock reported: %w", err)
+		}
+		state := make(map[string]*reportedState, len(ids))
+		for rows.Next() {
+			var id string
+			st := &reportedState{}
+			if err := rows.Scan(&id, &st.status, &st.doc, &st.version); err != nil {
+				rows.Close()
+				return fmt.Errorf("scan reported: %w", err)
+			}
+			state[id] = st
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read reported: %w", err)
+		}
+		for i, p := range patches {
+			results[i] = ReportedResult{DeviceID: p.DeviceID, RequestID: p.RequestID}
+			st, ok := state[p.DeviceID]
+			switch {
+			case !ok:
+				results[i].Err = notFound(p.DeviceID)
+				continue
+			case st.status != StatusActive:
+				results[i].Err = fmt.Errorf("device %s is %s: %w", p.DeviceID, st.status, ErrNotActive)
+				continue
+			}
+			merged, err := twin.Apply(twin.Reported, st.doc, p.Patch)
+			if err != nil {
+				results[i].Err = err
+				continue
+			}
+			st.doc, st.dirty = merged, true
+			st.version++
+			results[i].Version = st.version
+		}
+		var uids, docs []string
+		var vers []int64
+		for _, id := range ids {
+			if st := state[id]; st != nil && st.dirty {
+				uids = append(uids, id)
+				docs = append(docs, string(st.doc))
+				vers = append(vers, st.version)
+			}
+		}
+		if len(uids) == 0 {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `UPDATE devices d SET reported = u.doc::jsonb, reported_version = u.v,
+			twin_version = d.twin_version + 1, last_seen = now(), updated_at = now()
+			FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, doc, v) WHERE d.id = u.id`, uids, docs, vers)
+		if err != nil {
+			return fmt.Errorf("write reported: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply %d reported patches: %w", len(patches), err)
+	}
+	return results, nil
+}
+
+// RecordConnections writes a batch of connection events in one round trip. A device's newest session wins:
+// an "up" never moves the session backwards and a "down" only applies to the session that is current, so
+// the late LWT of a taken-over session cannot mark a connected device offline.
+func (r *Registry) RecordConnections(ctx context.Context, events []ConnEvent) error {
+	if len(events) == 0 {
+		return nil
+	}
+	ups := map[string]ConnEvent{}
+	seen := map[string]time.Time{}
+	var downIDs []string
+	var downSessions []int64
+	var downAt []time.Time
+	for _, e := range events {
+		switch e.Kind {
+		case ConnUp:
+			if cur, ok := ups[e.DeviceID]; !ok || e.Session >= cur.Session {
+				ups[e.DeviceID] = e
+			}
+		case ConnDown:
+			downIDs = append(downIDs, e.DeviceID)
+			downSessions = append(downSessions, e.Session)
+			downAt = append(downAt, e.At)
+		case ConnSeen:
+			if e.At.After(seen[e.DeviceID]) {
+				seen[e.DeviceID] = e.At
+			}
+		}
+	}
+	b := &pgx.Batch{}
+	if len(ups) > 0 {
+		ids := sortedKeys(ups)
+		sessions := make([]int64, len(ids))
+		ats := make([]time.Time, len(ids))
+		for i, id := range ids {
+			sessions[i], ats[i] = ups[id].Session, ups[id].At
+		}
+		b.Queue(`UPDATE devices d SET online = true, session = u.s, connected_at = u.at,
+			last_seen = greatest(d.last_seen, u.at)
+			FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, s, at)
+			WHERE d.id = u.id AND d.session <= u.s`, ids, sessions, ats)
+	}
+	if len(downIDs) > 0 {
+		b.Queue(`UPDATE devices d SET online = false, last_seen = greatest(d.last_seen, u.at)
+			FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, s, at)
+			WHERE d.id = u.id AND d.session = u.s`, downIDs, downSessions, downAt)
+	}
+	if len(seen) > 0 {
+		ids := sortedKeys(seen)
+		ats := make([]time.Time, len(ids))
+		for i, id := range ids {
+			ats[i] = seen[id]
+		}
+		b.Queue(`UPDATE devices d SET last_seen = greatest(d.last_seen, u.at)
+			FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE d.id = u.id`, ids, ats)
+	}
+	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("record %d connection events: %w", len(events), err)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until ctx
+// ends. It holds its own connection (LISTEN needs one) and reconnects after errors; after a reconnect it
+// calls fn with "" so the caller can drop everything it cached, since notifications may have been missed.
+func (r *Registry) ListenDeviceChanges(ctx context.Context, fn func(id string)) error {
+	first := true
+	for ctx.Err() == nil {
+		err := r.listenOnce(ctx, fn, first)
+		first = false
+		if ctx.Err() != nil {
+			return nil
+		}
+		slog.Warn("device change listener lost its connection; reconnecting", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+func (r *Registry) listenOnce(ctx context.Context, fn func(string), first bool) error {
+	conn, err := pgx.Connect(ctx, r.url)
+	if err != nil {
+		return fmt.Errorf("listen: connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if !first {
+		fn("")
+	}
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		fn(n.Payload)
+	}
+}
+
+// SetStatus changes a device's status; the trigger announces it to every gateway.
+func (r *Registry) SetStatus(ctx context.Context, id, status string) error {
+	tag, err := r.pool.Exec(ctx, "UPDATE devices SET status = $2, updated_at = now() WHERE id = $1", id, status)
+	if err != nil {
+		return fmt.Errorf("set status of %s: %w", id, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return notFound(id)
+	}
+	return nil
+}
+
+// MarshalTwinJSON renders a twin for the CLI and tests.
+func MarshalTwinJSON(t twin.Twin) ([]byte, error) { return json.MarshalIndent(t, "", "  ") }

@@ -1,0 +1,348 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// StagedRow is one manifest row as the CLI stages it: the parsed id and tags (JSON text, possibly invalid),
+// the digest of the secret the CLI generated, or the reason the row could not be parsed at all.
+type StagedRow struct {
+	Seq        int64 // 0-based, contiguous: the workflow's batches are ranges of Seq
+	Line       int64 // line in the manifest file, for reports
+	ID         string
+	Tags       string
+	SecretHash []byte
+	ParseError string
+}
+
+// ErrOperationNotStaged is returned when a provisioning operation has no staged manifest.
+var ErrOperationNotStaged = errors.New("operation not staged")
+
+// StageRows copies manifest rows into provision_rows under op with COPY, the fastest way into Postgres, and
+// records the operation with its row count so the workflow can plan batches without reading rows.
+// next returns false when there are no more rows. Staging the same op twice is refused by the primary key.
+func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (StagedRow, bool, error)) (int64, error) {
+	var n int64
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		var iterErr error
+		src := pgx.CopyFromFunc(func() ([]any, error) {
+			row, ok, err := next()
+			if err != nil {
+				iterErr = err
+				return nil, err
+			}
+			if !ok {
+				return nil, nil
+			}
+			var perr any
+			if row.ParseError != "" {
+				perr = row.ParseError
+			}
+			return []any{op, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, perr}, nil
+		})
+		copied, err := tx.CopyFrom(ctx, pgx.Identifier{"provision_rows"},
+			[]string{"op", "seq", "line", "id", "tags", "secret_hash", "parse_error"}, src)
+		if iterErr != nil {
+			return iterErr
+		}
+		if err != nil {
+			return fmt.Errorf("copy manifest rows: %w", err)
+		}
+		n = copied
+		_, err = tx.Exec(ctx, "INSERT INTO operations (id, kind, rows) VALUES ($1, $2, $3)", op, kind, copied)
+		if err != nil {
+			return fmt.Errorf("record operation: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("stage %s: %w", op, err)
+	}
+	return n, nil
+}
+
+// OperationRows returns how many rows were staged for op.
+func (r *Registry) OperationRows(ctx context.Context, op string) (int64, error) {
+	var n int64
+	err := r.pool.QueryRow(ctx, "SELECT rows FROM operations WHERE id = $1", op).Scan(&n)
+	if isNoRows(err) {
+		return 0, fmt.Errorf("%s: %w", op, ErrOperationNotStaged)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("load operation %s: %w", op, err)
+	}
+	return n, nil
+}
+
+// BatchCounts is the outcome of one provisioning batch (and, summed, of a whole operation).
+type BatchCounts struct {
+	Created  int64 `json:"created"`
+	Existing int64 `json:"existing"`
+	Invalid  int64 `json:"invalid"`
+}
+
+// Add sums counts.
+func (c *BatchCounts) Add(o BatchCounts) {
+	c.Created += o.Created
+	c.Existing += o.Existing
+	c.Invalid += o.Invalid
+}
+
+// Total is the number of rows accounted for.
+func (c BatchCounts) Total() int64 { return c.Created + c.Existing + c.Invalid }
+
+type rowResult struct {
+	line          int64
+	id            string
+	outcome, note string
+}
+
+// ProvisionBatch validates staged rows with seq in [first, last) of op and creates their devices with their twins' tags,
+// all in one transaction that also records the batch's counts. A retry of a batch that committed returns
+// the recorded counts, so a worker crash between commit and completion never double-counts or re-creates.
+// Rows whose id already exists are reported as existing and their credentials left untouched.
+func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64) (BatchCounts, error) {
+	var out BatchCounts
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, "SELECT created, existing, invalid FROM provision_batches WHERE op = $1 AND first = $2",
+			op, first).Scan(&out.Created, &out.Existing, &out.Invalid)
+		if err == nil {
+			return nil
+		}
+		if !isNoRows(err) {
+			return fmt.Errorf("check batch: %w", err)
+		}
+		rows, err := tx.Query(ctx, `SELECT line, id, tags, secret_hash, coalesce(parse_error, '') FROM provision_rows
+			WHERE op = $1 AND seq >= $2 AND seq < $3 ORDER BY seq`, op, first, last)
+		if err != nil {
+			return fmt.Errorf("read staged rows: %w", err)
+		}
+		var ids, tags []string
+		var hashes [][]byte
+		var lines []int64
+		var results []rowResult
+		seen := map[string]int64{}
+		for rows.Next() {
+			var s StagedRow
+			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.ParseError); err != nil {
+				rows.Close()
+				return fmt.Errorf("scan staged row: %w", err)
+			}
+			if reason := validateRow(s); reason != "" {
+				results = append(results, rowResult{s.Line, s.ID, "invalid", reason})
+				continue
+			}
+			if prev, dup := seen[s.ID]; dup {
+				results = append(results, rowResult{s.Line, s.ID, "invalid", fmt.Sprintf("duplicate id: already on line %d", prev)})
+				continue
+			}
+			seen[s.ID] = s.Line
+			ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read staged rows: %w", err)
+		}
+		created := map[string]bool{}
+		if len(ids) > 0 {
+			ins, err := tx.Query(ctx, `INSERT INTO devices (id, secret1_hash, tags, provisioned_by)
+				SELECT u.id, u.h, u.t::jsonb, $4 FROM unnest($1::text[], $2::bytea[], $3::text[]) AS u(id, h, t)
+				ON CONFLICT (id) DO NOTHING RETURNING id`, ids, hashes, tags, op)
+			if err != nil {
+				return fmt.Errorf("create devices: %w", err)
+			}
+			for ins.Next() {
+				var id string
+				if err := ins.Scan(&id); err != nil {
+					ins.Close()
+					return fmt.Errorf("create devices: %w", err)
+				}
+				created[id] = true
+			}
+			if err := ins.Err(); err != nil {
+				return fmt.Errorf("create devices: %w", err)
+			}
+		}
+		var conflicts []string
+		for _, id := range ids {
+			if !created[id] {
+				conflicts = append(conflicts, id)
+			}
+		}
+		// A conflict with a device this same operation created in another batch is a duplicate row of the
+		// manifest, not a device that was already present before.
+		sameOp := map[string]bool{}
+		if len(conflicts) > 0 {
+			crow, err := tx.Query(ctx, "SELECT id FROM devices WHERE id = ANY($1) AND provisioned_by = $2", conflicts, op)
+			if err != nil {
+				return fmt.Errorf("classify existing devices: %w", err)
+			}
+			for crow.Next() {
+				var id string
+				if err := crow.Scan(&id); err != nil {
+					crow.Close()
+					return err
+				}
+				sameOp[id] = true
+			}
+			if err := crow.Err(); err != nil {
+				return err
+			}
+		}
+		for i, id := range ids {
+			switch {
+			case created[id]:
+				out.Created++
+			case sameOp[id]:
+				results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
+			default:
+				results = append(results, rowResult{lines[i], id, "exists", "already present; credentials untouched"})
+			}
+		}
+		var rLines []int64
+		var rIDs, rOutcomes, rReasons []string
+		for _, res := range results {
+			if res.outcome == "exists" {
+				out.Existing++
+			} else {
+				out.Invalid++
+			}
+			rLines, rIDs = append(rLines, res.line), append(rIDs, res.id)
+			rOutcomes, rReasons = append(rOutcomes, res.outcome), append(rReasons, res.note)
+		}
+		if len(results) > 0 {
+			_, err := tx.Exec(ctx, `INSERT INTO provision_results (op, line, id, outcome, reason)
+				SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[])
+				ON CONFLICT (op, line) DO NOTHING`, op, rLines, rIDs, rOutcomes, rReasons)
+			if err != nil {
+				return fmt.Errorf("record row results: %w", err)
+			}
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
+			VALUES ($1, $2, $3, $4, $5)`, op, first, out.Created, out.Existing, out.Invalid)
+		if err != nil {
+			return fmt.Errorf("record batch: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return BatchCounts{}, fmt.Errorf("provision %s rows %d-%d: %w", op, first, last-1, err)
+	}
+	return out, nil
+}
+
+func validateRow(s StagedRow) string {
+	if s.ParseError != "" {
+		return s.ParseError
+	}
+	if s.ID == "" {
+		return "missing id"
+	}
+	if err := twin.ValidateID(s.ID); err != nil {
+		return err.Error()
+	}
+	if err := twin.Validate(twin.Tags, []byte(s.Tags)); err != nil {
+		return err.Error()
+	}
+	if len(s.SecretHash) != 32 {
+		return "missing credential digest"
+	}
+	return ""
+}
+
+// RowResult is a staged row that did not become a new device.
+type RowResult struct {
+	Line    int64  `json:"line"`
+	ID      string `json:"id"`
+	Outcome string `json:"outcome"` // invalid | exists
+	Reason  string `json:"reason"`
+}
+
+// ProvisionResults lists up to limit rows of op with the given outcome ("" for both), in line order.
+func (r *Registry) ProvisionResults(ctx context.Context, op, outcome string, limit int) ([]RowResult, error) {
+	rows, err := r.pool.Query(ctx, `SELECT line, id, outcome, reason FROM provision_results
+		WHERE op = $1 AND ($2 = '' OR outcome = $2) ORDER BY line LIMIT $3`, op, outcome, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list results of %s: %w", op, err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (RowResult, error) {
+		var x RowResult
+		err := row.Scan(&x.Line, &x.ID, &x.Outcome, &x.Reason)
+		return x, err
+	})
+}
+
+// ProvisionCounts sums the recorded batch counts of op.
+func (r *Registry) ProvisionCounts(ctx context.Context, op string) (BatchCounts, error) {
+	var c BatchCounts
+	err := r.pool.QueryRow(ctx, `SELECT coalesce(sum(created), 0), coalesce(sum(existing), 0), coalesce(sum(invalid), 0)
+		FROM provision_batches WHERE op = $1`, op).Scan(&c.Created, &c.Existing, &c.Invalid)
+	if err != nil {
+		return c, fmt.Errorf("count results of %s: %w", op, err)
+	}
+	return c, nil
+}
+
+// ConnectProgress says how many of the devices an operation created have connected and reported.
+type ConnectProgress struct {
+	Created   int64    `json:"created"`
+	Connected int64    `json:"connected"`
+	Reported  int64    `json:"reported"`
+	Missing   []string `json:"missing,omitempty"` // a sample of devices that have not reported yet
+}
+
+// ConnectProgress counts op's devices that have ever connected and that have reported capabilities
+// (a non-empty reported document), with a sample of up to sample ids that have not reported.
+func (r *Registry) ConnectProgress(ctx context.Context, op string, sample int) (ConnectProgress, error) {
+	var p ConnectProgress
+	err := r.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE connected_at IS NOT NULL),
+		count(*) FILTER (WHERE reported <> '{}'::jsonb) FROM devices WHERE provisioned_by = $1`, op).
+		Scan(&p.Created, &p.Connected, &p.Reported)
+	if err != nil {
+		return p, fmt.Errorf("connect progress of %s: %w", op, err)
+	}
+	if sample > 0 && p.Reported < p.Created {
+		rows, err := r.pool.Query(ctx, `SELECT id FROM devices WHERE provisioned_by = $1 AND reported = '{}'::jsonb
+			ORDER BY id LIMIT $2`, op, sample)
+		if err != nil {
+			return p, fmt.Errorf("connect progress of %s: %w", op, err)
+		}
+		p.Missing, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return p, fmt.Errorf("connect progress of %s: %w", op, err)
+		}
+	}
+	return p, nil
+}
+
+// DropStaging deletes op's staged rows (they hold credential digests and are no longer needed once every
+// batch has committed); the per-row results and counts stay for reports.
+func (r *Registry) DropStaging(ctx context.Context, op string) error {
+	if _, err := r.pool.Exec(ctx, "DELETE FROM provision_rows WHERE op = $1", op); err != nil {
+		return fmt.Errorf("drop staging of %s: %w", op, err)
+	}
+	return nil
+}
+
+// CreatedBy returns the ids of the devices op created.
+func (r *Registry) CreatedBy(ctx context.Context, op string) (map[string]bool, error) {
+	rows, err := r.pool.Query(ctx, "SELECT id FROM devices WHERE provisioned_by = $1", op)
+	if err != nil {
+		return nil, fmt.Errorf("list devices of %s: %w", op, err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("list devices of %s: %w", op, err)
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
+}

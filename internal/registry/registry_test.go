@@ -1,0 +1,335 @@
+package registry_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/query"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/testenv"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// open returns a registry on a fresh database of the package's throwaway cluster.
+func open(t *testing.T) *registry.Registry {
+	t.Helper()
+	url := testenv.Postgres(t)
+	reg, err := registry.Open(context.Background(), url)
+	require.NoError(t, err)
+	t.Cleanup(reg.Close)
+	return reg
+}
+
+func stage(t *testing.T, reg *registry.Registry, op string, rows []registry.StagedRow) int64 {
+	t.Helper()
+	i := 0
+	n, err := reg.StageRows(context.Background(), op, "provision", func() (registry.StagedRow, bool, error) {
+		if i == len(rows) {
+			return registry.StagedRow{}, false, nil
+		}
+		r := rows[i]
+		r.Seq = int64(i)
+		if r.Line == 0 {
+			r.Line = int64(i + 2)
+		}
+		if r.Tags == "" {
+			r.Tags = "{}"
+		}
+		if r.SecretHash == nil && r.ParseError == "" {
+			r.SecretHash = creds.Digest("secret-" + r.ID)
+		}
+		i++
+		return r, true, nil
+	})
+	require.NoError(t, err)
+	return n
+}
+
+func TestMigrationsAreIdempotent(t *testing.T) {
+	url := testenv.Postgres(t)
+	for i := 0; i < 3; i++ {
+		reg, err := registry.Open(context.Background(), url)
+		require.NoError(t, err)
+		reg.Close()
+	}
+}
+
+func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	// A device that exists before the manifest runs keeps its credentials.
+	stage(t, reg, "pre", []registry.StagedRow{{ID: "dev-existing", Tags: `{"region":"us"}`}})
+	_, err := reg.ProvisionBatch(ctx, "pre", 0, 1)
+	require.NoError(t, err)
+
+	rows := []registry.StagedRow{
+		{ID: "dev-1", Tags: `{"region":"eu","site":"ber-1"}`}, // line 2
+		{ID: "Bad ID", Tags: `{}`},                            // line 3: invalid id
+		{ID: "dev-existing", Tags: `{"region":"eu"}`},         // line 4: exists
+		{ID: "dev-2", Tags: `{"region":`},                     // line 5: bad tags JSON
+		{ParseError: "expected 3 fields, found 2"},            // line 6
+		{ID: "dev-3", Tags: `{"region":"eu"}`},                // line 7
+		{ID: "dev-1", Tags: `{}`},                             // line 8: duplicate within the batch
+		{ID: "dev-4", Tags: `{"region":"apac"}`},              // line 9: next batch
+		{ID: "dev-3", Tags: `{}`},                             // line 10: duplicate across batches
+	}
+	n := stage(t, reg, "op", rows)
+	require.Equal(t, int64(len(rows)), n)
+
+	c1, err := reg.ProvisionBatch(ctx, "op", 0, 7)
+	require.NoError(t, err)
+	require.Equal(t, registry.BatchCounts{Created: 2, Existing: 1, Invalid: 4}, c1)
+	again, err := reg.ProvisionBatch(ctx, "op", 0, 7)
+	require.NoError(t, err)
+	require.Equal(t, c1, again, "a retried batch returns its recorded counts")
+	c2, err := reg.ProvisionBatch(ctx, "op", 7, 9)
+	require.NoError(t, err)
+	require.Equal(t, registry.BatchCounts{Created: 1, Invalid: 1}, c2)
+
+	total, err := reg.ProvisionCounts(ctx, "op")
+	require.NoError(t, err)
+	require.Equal(t, int64(len(rows)), total.Total())
+
+	res, err := reg.ProvisionResults(ctx, "op", "", 100)
+	require.NoError(t, err)
+	byLine := map[int64]registry.RowResult{}
+	for _, r := range res {
+		byLine[r.Line] = r
+	}
+	require.Len(t, byLine, 6)
+	require.Contains(t, byLine[3].Reason, "invalid device id")
+	require.Equal(t, "exists", byLine[4].Outcome)
+	require.Contains(t, byLine[5].Reason, "invalid JSON")
+	require.Equal(t, "expected 3 fields, found 2", byLine[6].Reason)
+	require.Contains(t, byLine[8].Reason, "duplicate id")
+	require.Contains(t, byLine[10].Reason, "duplicate id")
+
+	// The existing device kept its old secret; the new one has the staged digest and tags.
+	a, err := reg.DeviceAuth(ctx, "dev-existing")
+	require.NoError(t, err)
+	require.True(t, creds.Matches("secret-dev-existing", a.Secret1Hash))
+	tw, err := reg.GetTwin(ctx, "dev-existing")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"region":"us"}`, string(tw.Tags))
+	tw, err = reg.GetTwin(ctx, "dev-1")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"region":"eu","site":"ber-1"}`, string(tw.Tags))
+	created, err := reg.CreatedBy(ctx, "op")
+	require.NoError(t, err)
+	require.Equal(t, map[string]bool{"dev-1": true, "dev-3": true, "dev-4": true}, created)
+
+	_, err = reg.OperationRows(ctx, "nope")
+	require.ErrorIs(t, err, registry.ErrOperationNotStaged)
+	require.NoError(t, reg.DropStaging(ctx, "op"))
+}
+
+func provision(t *testing.T, reg *registry.Registry, op string, ids ...string) {
+	t.Helper()
+	var rows []registry.StagedRow
+	for _, id := range ids {
+		rows = append(rows, registry.StagedRow{ID: id})
+	}
+	stage(t, reg, op, rows)
+	c, err := reg.ProvisionBatch(context.Background(), op, 0, int64(len(ids)))
+	require.NoError(t, err)
+	require.Equal(t, int64(len(ids)), c.Created)
+}
+
+func TestConcurrentTwinWritersNeverLoseAnUpdate(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	provision(t, reg, "op", "dev-1")
+
+	const writers = 20
+	var wg sync.WaitGroup
+	for i := 0; i < writers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := reg.UpdateTwin(ctx, "dev-1", twin.Desired, []byte(fmt.Sprintf(`{"k%02d":%d}`, i, i)), "")
+			require.NoError(t, err)
+		}(i)
+	}
+	wg.Wait()
+	tw, err := reg.GetTwin(ctx, "dev-1")
+	require.NoError(t, err)
+	var desired map[string]any
+	require.NoError(t, json.Unmarshal(tw.Properties.Desired.Doc, &desired))
+	require.Len(t, desired, writers)
+	require.Equal(t, int64(1+writers), tw.Properties.Desired.Version)
+
+	// Conditional writers racing on the same etag: exactly one wins, the others learn the current etag.
+	etag := tw.ETag
+	var wins, stale int
+	var mu sync.Mutex
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, err := reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(fmt.Sprintf(`{"owner":"w%d"}`, i)), etag)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				wins++
+			case errors.Is(err, registry.ErrPreconditionFailed):
+				stale++
+				require.Contains(t, err.Error(), "current etag")
+			default:
+				t.Errorf("unexpected error: %v", err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	require.Equal(t, 1, wins)
+	require.Equal(t, 9, stale)
+
+	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(`{"big":"`+string(make([]byte, 0))+`"}`), "")
+	require.NoError(t, err)
+	_, err = reg.UpdateTwin(ctx, "nope", twin.Tags, []byte(`{}`), "")
+	require.ErrorIs(t, err, registry.ErrNotFound)
+	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Reported, []byte(`{}`), "")
+	require.Error(t, err, "operators cannot write reported")
+}
+
+func TestApplyReportedBatch(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	provision(t, reg, "op", "dev-1", "dev-2", "dev-off")
+	require.NoError(t, reg.SetStatus(ctx, "dev-off", registry.StatusDisabled))
+
+	res, err := reg.ApplyReported(ctx, []registry.ReportedPatch{
+		{DeviceID: "dev-1", RequestID: "a", Patch: []byte(`{"model":"x1","firmware":{"version":"1.0.0"}}`)},
+		{DeviceID: "dev-2", RequestID: "b", Patch: []byte(`{"model":"x2"}`)},
+		{DeviceID: "dev-1", RequestID: "c", Patch: []byte(`{"firmware":{"version":"1.1.0"}}`)},
+		{DeviceID: "dev-1", RequestID: "d", Patch: []byte(`not json`)},
+		{DeviceID: "ghost", RequestID: "e", Patch: []byte(`{}`)},
+		{DeviceID: "dev-off", RequestID: "f", Patch: []byte(`{"a":1}`)},
+	})
+	require.NoError(t, err)
+	require.Len(t, res, 6)
+	require.NoError(t, res[0].Err)
+	require.Equal(t, int64(2), res[0].Version)
+	require.Equal(t, int64(3), res[2].Version, "patches for one device apply in order")
+	require.ErrorIs(t, res[3].Err, twin.ErrInvalidJSON)
+	require.ErrorIs(t, res[4].Err, registry.ErrNotFound)
+	require.ErrorIs(t, res[5].Err, registry.ErrNotActive)
+
+	tw, err := reg.GetTwin(ctx, "dev-1")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"model":"x1","firmware":{"version":"1.1.0"}}`, string(tw.Properties.Reported.Doc))
+	require.Equal(t, int64(3), tw.Properties.Reported.Version)
+	require.NotNil(t, tw.LastActivityTime)
+}
+
+func TestConnectionEventsKeepTheNewestSession(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	provision(t, reg, "op", "dev-1")
+	now := time.Now()
+	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
+		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 100, At: now},
+		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 200, At: now.Add(time.Second)},
+		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 100, At: now.Add(2 * time.Second)}, // late LWT of the old session
+	}))
+	d, err := reg.GetDevice(ctx, "dev-1")
+	require.NoError(t, err)
+	require.True(t, d.Online)
+	require.Equal(t, int64(200), d.Session)
+
+	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
+		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 200, At: now.Add(3 * time.Second)},
+		{DeviceID: "dev-1", Kind: registry.ConnSeen, At: now.Add(4 * time.Second)},
+	}))
+	d, err = reg.GetDevice(ctx, "dev-1")
+	require.NoError(t, err)
+	require.False(t, d.Online)
+	require.WithinDuration(t, now.Add(4*time.Second), *d.LastSeen, time.Millisecond)
+}
+
+func TestStatusChangesAreAnnounced(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := open(t)
+	provision(t, reg, "op", "dev-1", "dev-2")
+	got := make(chan string, 10)
+	go reg.ListenDeviceChanges(ctx, func(id string) { got <- id }) //nolint:errcheck
+	// LISTEN must be in place before the change; retry the change until it is heard.
+	deadline := time.After(10 * time.Second)
+	for _, status := range []string{registry.StatusDisabled, registry.StatusActive, registry.StatusDisabled} {
+		require.NoError(t, reg.SetStatus(ctx, "dev-2", status))
+		select {
+		case id := <-got:
+			require.Equal(t, "dev-2", id)
+			goto heard
+		case <-time.After(500 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no notification")
+		}
+	}
+	t.Fatal("no notification after three changes")
+heard:
+	require.ErrorIs(t, reg.SetStatus(ctx, "ghost", registry.StatusRetired), registry.ErrNotFound)
+}
+
+func TestQueriesRunAgainstTheRegistry(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	rows := []registry.StagedRow{
+		{ID: "eu-1", Tags: `{"region":"eu","floor":3}`},
+		{ID: "eu-2", Tags: `{"region":"eu","floor":5}`},
+		{ID: "us-1", Tags: `{"region":"us"}`},
+		{ID: "gone", Tags: `{"region":"eu"}`},
+	}
+	stage(t, reg, "op", rows)
+	_, err := reg.ProvisionBatch(ctx, "op", 0, int64(len(rows)))
+	require.NoError(t, err)
+	_, err = reg.ApplyReported(ctx, []registry.ReportedPatch{
+		{DeviceID: "eu-1", Patch: []byte(`{"model":"x1","firmware":{"version":"2.0.0"}}`)},
+		{DeviceID: "eu-2", Patch: []byte(`{"model":"x1","firmware":{"version":"1.0.0"}}`)},
+		{DeviceID: "us-1", Patch: []byte(`{"model":"x2","firmware":{"version":"1.0.0"}}`)},
+	})
+	require.NoError(t, err)
+	require.NoError(t, reg.SetStatus(ctx, "gone", registry.StatusRetired))
+
+	ids := func(q string) []string {
+		t.Helper()
+		res, err := reg.Query(ctx, q, query.Options{})
+		require.NoError(t, err, q)
+		require.True(t, res.Star)
+		var out []string
+		for _, tw := range res.Twins {
+			out = append(out, tw.DeviceID)
+		}
+		return out
+	}
+	require.ElementsMatch(t, []string{"eu-1", "eu-2"}, ids(`SELECT * FROM devices WHERE tags.region = 'eu'`), "retired devices are hidden")
+	require.ElementsMatch(t, []string{"eu-2"}, ids(`SELECT * FROM devices WHERE tags.region = 'eu' AND properties.reported.firmware.version != '2.0.0'`))
+	require.ElementsMatch(t, []string{"eu-2"}, ids(`SELECT * FROM devices WHERE tags.floor > 4`))
+	require.ElementsMatch(t, []string{"eu-1", "us-1"}, ids(`SELECT * FROM devices WHERE deviceId IN ('eu-1', 'us-1')`))
+	require.ElementsMatch(t, []string{"us-1"}, ids(`SELECT * FROM devices WHERE NOT IS_DEFINED(tags.floor)`))
+	require.ElementsMatch(t, []string{"gone"}, ids(`SELECT * FROM devices WHERE status = 'retired'`))
+	require.Empty(t, ids(`SELECT * FROM devices WHERE tags.region = 'eu''; DROP TABLE devices; --'`), "an injection attempt is just a string")
+
+	res, err := reg.Query(ctx, `SELECT properties.reported.model, COUNT() AS n FROM devices GROUP BY properties.reported.model`, query.Options{})
+	require.NoError(t, err)
+	require.Equal(t, []string{"model", "n"}, res.Columns)
+	counts := map[string]int64{}
+	for _, r := range res.Rows {
+		counts[fmt.Sprint(r[0])] = r[1].(int64)
+	}
+	require.Equal(t, map[string]int64{"x1": 2, "x2": 1}, counts)
+
+	_, err = reg.Query(ctx, `SELECT * FROM devices WHERE tags.region = `, query.Options{})
+	var se *query.SyntaxError
+	require.True(t, errors.As(err, &se), "got %v", err)
+	require.Positive(t, se.Pos)
+}

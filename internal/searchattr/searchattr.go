@@ -1,0 +1,91 @@
+// Package searchattr names the custom Temporal search attributes of fleetflow in one place, because three
+// parties must agree on them exactly: the dev server registers them at start-up (`fleetflow dev up`, and the
+// test servers of internal/testenv), workflows upsert them as they advance, and operators filter the Temporal
+// UI's operations list with them (`FleetOp = 'rollout' AND FleetOpState = 'running'`).
+//
+// The SQL/SQLite visibility store of the dev server has fixed slots per type (10 Keyword, 3 Int, ...); the
+// three Int attributes below use all of the Int slots, so a new counter must be a Keyword, Double or another
+// type with free slots, or replace one of these.
+package searchattr
+
+import (
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+)
+
+// Names of the attributes as they appear in the Temporal UI and in list filters.
+const (
+	OpName     = "FleetOp"
+	StateName  = "FleetOpState"
+	TotalName  = "FleetDevicesTotal"
+	DoneName   = "FleetDevicesDone"
+	FailedName = "FleetDevicesFailed"
+)
+
+// Typed keys for workflow code: set them in client.StartWorkflowOptions.TypedSearchAttributes and update them
+// with workflow.UpsertTypedSearchAttributes once per batch or wave, never per device (each upsert is a history
+// event and a visibility write).
+var (
+	// Op (FleetOp) is the kind of fleet operation (OpProvision, OpRollout, ...), so the UI can list one kind.
+	Op = temporal.NewSearchAttributeKeyKeyword(OpName)
+	// State (FleetOpState) is where the operation stands (StateRunning, StateCompleted, ...), finer than the
+	// workflow status: a rollout waiting for approval is Running to Temporal but StatePaused to an operator.
+	State = temporal.NewSearchAttributeKeyKeyword(StateName)
+	// Total (FleetDevicesTotal) is how many devices the operation covers.
+	Total = temporal.NewSearchAttributeKeyInt64(TotalName)
+	// Done (FleetDevicesDone) is how many devices the operation has finished successfully so far.
+	Done = temporal.NewSearchAttributeKeyInt64(DoneName)
+	// Failed (FleetDevicesFailed) is how many devices the operation has given up on so far.
+	Failed = temporal.NewSearchAttributeKeyInt64(FailedName)
+)
+
+// Values of FleetOp.
+const (
+	OpProvision    = "provision"
+	OpRollout      = "rollout"
+	OpJob          = "job"
+	OpHealthCheck  = "healthcheck"
+	OpDecommission = "decommission"
+)
+
+// Values of FleetOpState.
+const (
+	StateRunning   = "running"
+	StatePaused    = "paused"
+	StateCompleted = "completed"
+	StateFailed    = "failed"
+	StateAborted   = "aborted"
+)
+
+// Definition is one attribute's name and index type, the form the server's registration APIs take.
+type Definition struct {
+	Name string
+	Type enumspb.IndexedValueType
+}
+
+// Flag is the `--search-attribute` value of `temporal server start-dev` for this attribute, e.g.
+// "FleetOp=Keyword".
+func (d Definition) Flag() string { return d.Name + "=" + d.Type.String() }
+
+// Definitions lists every custom attribute fleetflow uses, in a stable order.
+func Definitions() []Definition {
+	return []Definition{
+		{OpName, enumspb.INDEXED_VALUE_TYPE_KEYWORD},
+		{StateName, enumspb.INDEXED_VALUE_TYPE_KEYWORD},
+		{TotalName, enumspb.INDEXED_VALUE_TYPE_INT},
+		{DoneName, enumspb.INDEXED_VALUE_TYPE_INT},
+		{FailedName, enumspb.INDEXED_VALUE_TYPE_INT},
+	}
+}
+
+// Registration returns every attribute with a zero value, the form testsuite.DevServerOptions takes to
+// register them on a test server.
+func Registration() temporal.SearchAttributes {
+	return temporal.NewSearchAttributes(
+		Op.ValueSet(""),
+		State.ValueSet(""),
+		Total.ValueSet(0),
+		Done.ValueSet(0),
+		Failed.ValueSet(0),
+	)
+}

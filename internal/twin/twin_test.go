@@ -1,0 +1,145 @@
+package twin
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestApplyMergePatch(t *testing.T) {
+	// Cases from RFC 7386 appendix A plus nesting that twins rely on.
+	for _, c := range []struct{ name, doc, patch, want string }{
+		{"replace", `{"a":"b"}`, `{"a":"c"}`, `{"a":"c"}`},
+		{"add", `{"a":"b"}`, `{"b":"c"}`, `{"a":"b","b":"c"}`},
+		{"delete", `{"a":"b"}`, `{"a":null}`, `{}`},
+		{"delete one of two", `{"a":"b","b":"c"}`, `{"a":null}`, `{"b":"c"}`},
+		{"array replaces", `{"a":["b"]}`, `{"a":"c"}`, `{"a":"c"}`},
+		{"value becomes array", `{"a":"c"}`, `{"a":["b"]}`, `{"a":["b"]}`},
+		{"nested merge and delete", `{"a":{"b":"c"}}`, `{"a":{"b":"d","c":null}}`, `{"a":{"b":"d"}}`},
+		{"arrays are atomic", `{"a":[{"b":"c"}]}`, `{"a":[1]}`, `{"a":[1]}`},
+		{"scalar becomes object", `{"e":null}`, `{"a":1}`, `{"a":1,"e":null}`},
+		{"deleting a missing key", `{}`, `{"x":null}`, `{}`},
+		{"deep create", `{}`, `{"firmware":{"version":"1.2.0","slot":{"a":true}}}`, `{"firmware":{"slot":{"a":true},"version":"1.2.0"}}`},
+		{"numbers keep precision", `{}`, `{"n":12345678901234567890}`, `{"n":12345678901234567890}`},
+		{"empty doc", ``, `{"a":1}`, `{"a":1}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := Apply(Reported, []byte(c.doc), []byte(c.patch))
+			require.NoError(t, err)
+			require.JSONEq(t, c.want, string(got))
+		})
+	}
+}
+
+func TestApplyRejectsBadPatches(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, 11) + `1` + strings.Repeat(`}`, 11)
+	okDeep := strings.Repeat(`{"a":`, 10) + `1` + strings.Repeat(`}`, 10)
+	bigString := `{"s":"` + strings.Repeat("x", MaxStringBytes+1) + `"}`
+	bigKey := `{"` + strings.Repeat("k", MaxKeyBytes+1) + `":1}`
+	for _, c := range []struct {
+		name, patch string
+		limit       string // LimitError.What, or "" for ErrInvalidJSON
+	}{
+		{"not json", `{"a":`, ""},
+		{"array", `[1,2]`, ""},
+		{"string", `"x"`, ""},
+		{"trailing", `{"a":1} {"b":2}`, ""},
+		{"dollar key", `{"$version":3}`, ""},
+		{"empty key", `{"":1}`, ""},
+		{"too deep", deep, "depth"},
+		{"string too long", bigString, "string length"},
+		{"key too long", bigKey, "key length"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Apply(Desired, []byte(`{}`), []byte(c.patch))
+			require.Error(t, err)
+			var le *LimitError
+			if c.limit == "" {
+				require.True(t, errors.Is(err, ErrInvalidJSON), "want ErrInvalidJSON, got %v", err)
+			} else {
+				require.True(t, errors.As(err, &le), "want LimitError, got %v", err)
+				require.Equal(t, c.limit, le.What)
+				require.Contains(t, err.Error(), "desired")
+			}
+		})
+	}
+	_, err := Apply(Desired, []byte(`{}`), []byte(okDeep))
+	require.NoError(t, err, "depth 10 is within the limit")
+}
+
+func TestSectionSizeLimits(t *testing.T) {
+	value := strings.Repeat("v", 4000)
+	doc := []byte(`{}`)
+	var err error
+	// Tags stop at 8 KB: the third 4 KB value breaks it.
+	for i := 0; i < 3 && err == nil; i++ {
+		var next []byte
+		next, err = Apply(Tags, doc, []byte(`{"k`+string(rune('a'+i))+`":"`+value+`"}`))
+		if err == nil {
+			doc = next
+		}
+	}
+	var le *LimitError
+	require.True(t, errors.As(err, &le))
+	require.Equal(t, "size", le.What)
+	require.Equal(t, MaxTagsBytes, le.Limit)
+	require.Greater(t, le.Actual, MaxTagsBytes)
+	// The failed patch left the document as it was.
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(doc, &m))
+	require.Len(t, m, 2)
+
+	// Reported allows 32 KB.
+	doc = []byte(`{}`)
+	for i := 0; i < 7; i++ {
+		doc, err = Apply(Reported, doc, []byte(`{"k`+string(rune('a'+i))+`":"`+value+`"}`))
+		require.NoError(t, err)
+	}
+	_, err = Apply(Reported, doc, []byte(`{"z1":"`+value+`","z2":"`+value+`"}`))
+	require.True(t, errors.As(err, &le))
+	require.Equal(t, MaxReportedBytes, le.Limit)
+}
+
+func TestValidateDocument(t *testing.T) {
+	require.NoError(t, Validate(Tags, []byte(`{"region":"eu","floor":3}`)))
+	require.ErrorIs(t, Validate(Tags, []byte(`{"region":null}`)), ErrInvalidJSON)
+	require.ErrorIs(t, Validate(Tags, []byte(`[]`)), ErrInvalidJSON)
+}
+
+func TestValidateID(t *testing.T) {
+	for id, ok := range map[string]bool{
+		"dev-0001": true, "a": true, "0.sensor_x": true, strings.Repeat("a", 64): true,
+		"": false, "Dev": false, "-lead": false, "a/b": false, "a+b": false, "a#": false, "a b": false,
+		strings.Repeat("a", 65): false, "dév": false,
+	} {
+		err := ValidateID(id)
+		if ok {
+			require.NoError(t, err, id)
+		} else {
+			require.ErrorIs(t, err, ErrInvalidID, id)
+		}
+	}
+}
+
+func TestVersionedDocumentJSON(t *testing.T) {
+	v := VersionedDocument{Doc: []byte(`{"a":1}`), Version: 7}
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	require.JSONEq(t, `{"$version":7,"a":1}`, string(b))
+	var back VersionedDocument
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.Equal(t, int64(7), back.Version)
+	require.JSONEq(t, `{"a":1}`, string(back.Doc))
+	b, err = json.Marshal(VersionedDocument{Version: 1})
+	require.NoError(t, err)
+	require.JSONEq(t, `{"$version":1}`, string(b))
+}
+
+func TestETagChangesWithOperatorSections(t *testing.T) {
+	require.NotEqual(t, ETag(1, 1), ETag(1, 2))
+	require.NotEqual(t, ETag(2, 1), ETag(1, 2))
+	require.Equal(t, ETag(3, 4), ETag(3, 4))
+}
