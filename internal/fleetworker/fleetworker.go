@@ -1,0 +1,26 @@
+// Package fleetworker builds a Temporal worker with every fleetflow workflow and activity registered. The
+// worker binary and the integration tests share it so that tests run exactly what production runs.
+package fleetworker
+
+import (
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+// New builds a worker on taskQueue with fleetflow's workflows and acts registered.
+func New(c client.Client, taskQueue string, acts *activities.Activities) worker.Worker {
+	w := worker.New(c, taskQueue, worker.Options{})
+	Register(w, acts)
+	return w
+}
+
+// Register adds fleetflow's workflows, and the activities when acts is not nil, to a worker or replayer.
+func Register(w worker.Registry, acts *activities.Activities) {
+	w.RegisterWorkflow(workflows.ProvisionFleet)
+	if acts != nil {
+		w.RegisterActivity(acts)
+	}
+}

@@ -1,0 +1,203 @@
+package workflows
+
+import (
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/fleetflow/fleetflow/internal/searchattr"
+)
+
+// Defaults for ProvisionInput. 5,000 rows per batch keeps a 1M-device run at 200 activities, and a window
+// of 4 keeps both cores and a few Postgres connections busy without contending on the GIN index.
+const (
+	DefaultBatchSize        = 5000
+	DefaultWindow           = 4
+	DefaultBatchesPerRun    = 400
+	DefaultHeartbeatTimeout = 20 * time.Second
+	// saEvery is how many completed batches pass between search-attribute upserts (each is a history event).
+	saEvery = 10
+	// connectPoll is the longest a WaitConnected activity waits before it reports progress.
+	connectPoll = 10 * time.Second
+)
+
+// ProvisionFleet creates the identities, credentials and twins of a staged manifest in batches: a sliding
+// window of ProvisionBatch activities over line ranges, continue-as-new every BatchesPerRun batches, and,
+// when asked, a wait until the new devices have connected and reported their capabilities.
+func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, error) {
+	in = withProvisionDefaults(in)
+	if in.Op == "" || in.Rows < 0 {
+		return ProvisionResult{}, temporal.NewNonRetryableApplicationError("op and a non-negative row count are required", "InvalidInput", nil)
+	}
+	in.Runs++
+	logger := workflow.GetLogger(ctx)
+	progress := ProvisionProgress{Op: in.Op, Phase: "provisioning", Rows: in.Rows, Counts: in.Counts, Runs: in.Runs,
+		UpdatedAt: workflow.Now(ctx)}
+	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (ProvisionProgress, error) { return progress, nil }); err != nil {
+		return ProvisionResult{}, fmt.Errorf("register progress query: %w", err)
+	}
+	report := func() {
+		progress.Counts, progress.UpdatedAt = in.Counts, workflow.Now(ctx)
+		workflow.SetCurrentDetails(ctx, provisionDetails(progress))
+	}
+	report()
+
+	sel := workflow.NewSelector(ctx)
+	inflight, dispatched, completed := 0, 0, 0
+	var firstErr error
+	for {
+		for firstErr == nil && inflight < in.Window && in.Next < in.Rows && dispatched < in.BatchesPerRun {
+			req := BatchRequest{Op: in.Op, First: in.Next, Last: min(in.Next+in.BatchSize, in.Rows)}
+			bctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+				StartToCloseTimeout: 10 * time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
+				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second,
+					NonRetryableErrorTypes: []string{ErrTypeNotStaged}},
+				Summary: fmt.Sprintf("rows %d–%d", req.First+1, req.Last),
+			})
+			f := workflow.ExecuteActivity(bctx, ActProvisionBatch, req)
+			sel.AddFuture(f, func(f workflow.Future) {
+				inflight--
+				var c Counts
+				if err := f.Get(ctx, &c); err != nil {
+					if firstErr == nil {
+						firstErr = err
+					}
+					return
+				}
+				in.Counts.Add(c)
+				completed++
+				report()
+				if completed%saEvery == 0 {
+					upsertCounts(ctx, in.Counts)
+				}
+			})
+			in.Next = req.Last
+			inflight++
+			dispatched++
+		}
+		progress.InFlight = inflight
+		if inflight == 0 {
+			break
+		}
+		sel.Select(ctx)
+		if workflow.GetInfo(ctx).GetContinueAsNewSuggested() && dispatched < in.BatchesPerRun {
+			dispatched = in.BatchesPerRun // stop dispatching; drain and continue as new
+		}
+	}
+	if firstErr != nil {
+		setState(ctx, "failed", in.Counts)
+		return ProvisionResult{}, firstErr
+	}
+	if in.Next < in.Rows {
+		upsertCounts(ctx, in.Counts)
+		logger.Info("continuing as new", "op", in.Op, "next", in.Next, "rows", in.Rows)
+		if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+			return ProvisionResult{}, err
+		}
+		return ProvisionResult{}, workflow.NewContinueAsNewError(ctx, ProvisionFleet, in)
+	}
+	upsertCounts(ctx, in.Counts)
+
+	res := ProvisionResult{Op: in.Op, Rows: in.Rows, Counts: in.Counts, Runs: in.Runs}
+	if in.AwaitConnect > 0 && in.Counts.Created > 0 {
+		deadline := workflow.Now(ctx).Add(in.AwaitConnect)
+		progress.Phase, progress.Deadline = "awaiting-connect", &deadline
+		report()
+		wctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			StartToCloseTimeout: connectPoll + time.Minute,
+			HeartbeatTimeout:    in.HeartbeatTimeout,
+			Summary:             "wait for devices to connect and report",
+		})
+		for {
+			wait := min(connectPoll, deadline.Sub(workflow.Now(ctx)))
+			if wait < 0 {
+				wait = 0
+			}
+			var st ConnectStatus
+			if err := workflow.ExecuteActivity(wctx, ActWaitConnected, WaitConnectedRequest{Op: in.Op, MaxWait: wait}).Get(ctx, &st); err != nil {
+				setState(ctx, "failed", in.Counts)
+				return res, fmt.Errorf("await connect of %s: %w", in.Op, err)
+			}
+			progress.Connect = &st
+			report()
+			if st.Reported >= st.Created || !workflow.Now(ctx).Before(deadline) {
+				res.Connect = &st
+				break
+			}
+		}
+	}
+	fctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute,
+		Summary: "summarize and drop staged rows"})
+	var fin FinishResult
+	if err := workflow.ExecuteActivity(fctx, ActFinishProvision, in.Op).Get(ctx, &fin); err != nil {
+		setState(ctx, "failed", in.Counts)
+		return res, fmt.Errorf("finish %s: %w", in.Op, err)
+	}
+	res.InvalidSample = fin.InvalidSample
+	progress.Phase = "done"
+	report()
+	state := "completed"
+	if res.Connect != nil && res.Connect.Reported < res.Connect.Created {
+		state = "completed-with-missing"
+	}
+	setState(ctx, state, in.Counts)
+	return res, nil
+}
+
+func withProvisionDefaults(in ProvisionInput) ProvisionInput {
+	if in.BatchSize <= 0 {
+		in.BatchSize = DefaultBatchSize
+	}
+	if in.Window <= 0 {
+		in.Window = DefaultWindow
+	}
+	if in.BatchesPerRun <= 0 {
+		in.BatchesPerRun = DefaultBatchesPerRun
+	}
+	if in.HeartbeatTimeout <= 0 {
+		in.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	return in
+}
+
+func upsertCounts(ctx workflow.Context, c Counts) {
+	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Done.ValueSet(c.Created+c.Existing), searchattr.Failed.ValueSet(c.Invalid))
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+	}
+}
+
+func setState(ctx workflow.Context, state string, c Counts) {
+	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(state),
+		searchattr.Done.ValueSet(c.Created+c.Existing), searchattr.Failed.ValueSet(c.Invalid))
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+	}
+}
+
+// provisionDetails renders the markdown the Temporal UI shows as the workflow's current details.
+func provisionDetails(p ProvisionProgress) string {
+	s := fmt.Sprintf("**%s** — %s / %s rows\n\ncreated %s · already present %s · invalid %s",
+		p.Phase, Thousands(p.Counts.Processed()), Thousands(p.Rows),
+		Thousands(p.Counts.Created), Thousands(p.Counts.Existing), Thousands(p.Counts.Invalid))
+	if p.Connect != nil {
+		s += fmt.Sprintf("\n\nconnected %s · reported %s / %s new devices",
+			Thousands(p.Connect.Connected), Thousands(p.Connect.Reported), Thousands(p.Connect.Created))
+	}
+	return s
+}
+
+// Thousands formats n with thousands separators ("412,000"), as operators read counts.
+func Thousands(n int64) string {
+	s := fmt.Sprint(n)
+	neg := ""
+	if n < 0 {
+		neg, s = "-", s[1:]
+	}
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return neg + s
+}

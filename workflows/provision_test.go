@@ -1,0 +1,221 @@
+package workflows
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+)
+
+// fakeActs stands in for the registry-backed activities: every row of a batch with an even line is
+// created, every row divisible by 7 is invalid, the rest exist.
+type fakeActs struct {
+	mu       sync.Mutex
+	batches  []BatchRequest
+	maxOpen  int
+	open     int
+	reported []int64 // successive Reported values WaitConnected returns
+	polls    int
+}
+
+func countsFor(r BatchRequest) Counts {
+	var c Counts
+	for l := r.First; l < r.Last; l++ {
+		switch {
+		case l%7 == 0:
+			c.Invalid++
+		case l%2 == 0:
+			c.Created++
+		default:
+			c.Existing++
+		}
+	}
+	return c
+}
+
+func (f *fakeActs) batch(_ context.Context, r BatchRequest) (Counts, error) {
+	f.mu.Lock()
+	f.batches = append(f.batches, r)
+	f.open++
+	f.maxOpen = max(f.maxOpen, f.open)
+	f.mu.Unlock()
+	defer func() { f.mu.Lock(); f.open--; f.mu.Unlock() }()
+	return countsFor(r), nil
+}
+
+func (f *fakeActs) wait(_ context.Context, r WaitConnectedRequest) (ConnectStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := min(f.polls, len(f.reported)-1)
+	f.polls++
+	st := ConnectStatus{Created: 100, Connected: f.reported[i], Reported: f.reported[i]}
+	if st.Reported < st.Created {
+		st.Missing = []string{"dev-099"}
+	}
+	return st, nil
+}
+
+func newEnv(t *testing.T, f *fakeActs) *testsuite.TestWorkflowEnvironment {
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ProvisionFleet)
+	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: ActProvisionBatch})
+	env.RegisterActivityWithOptions(f.wait, activity.RegisterOptions{Name: ActWaitConnected})
+	env.RegisterActivityWithOptions(func(context.Context, string) (FinishResult, error) {
+		return FinishResult{InvalidSample: []RowIssue{{Line: 0, ID: "BAD", Outcome: "invalid", Reason: "invalid device id"}}}, nil
+	}, activity.RegisterOptions{Name: ActFinishProvision})
+	env.SetTestTimeout(30 * time.Second)
+	return env
+}
+
+func TestProvisionFleetCoversEveryLineOnceWithinTheWindow(t *testing.T) {
+	f := &fakeActs{}
+	env := newEnv(t, f)
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op1", Rows: 12345, BatchSize: 1000, Window: 3})
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var res ProvisionResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+
+	require.Len(t, f.batches, 13)
+	sort.Slice(f.batches, func(i, j int) bool { return f.batches[i].First < f.batches[j].First })
+	var next int64
+	var want Counts
+	for _, b := range f.batches {
+		require.Equal(t, next, b.First, "batches must tile the manifest without gaps or overlap")
+		require.LessOrEqual(t, b.Last-b.First, int64(1000))
+		next = b.Last
+		want.Add(countsFor(b))
+	}
+	require.Equal(t, int64(12345), next)
+	require.Equal(t, want, res.Counts)
+	require.Equal(t, int64(12345), res.Counts.Processed())
+	require.Nil(t, res.Connect, "no await was asked for")
+	require.Len(t, res.InvalidSample, 1)
+}
+
+func TestProvisionFleetContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
+	f := &fakeActs{}
+	env := newEnv(t, f)
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op2", Rows: 10000, BatchSize: 1000, Window: 2, BatchesPerRun: 4})
+	require.True(t, env.IsWorkflowCompleted())
+	err := env.GetWorkflowError()
+	var can *workflow.ContinueAsNewError
+	require.True(t, errors.As(err, &can), "expected continue-as-new, got %v", err)
+	require.Len(t, f.batches, 4)
+
+	// Decode the next run's input and run it to the end, as the server would.
+	var next ProvisionInput
+	dc := converter.GetDefaultDataConverter()
+	require.NoError(t, dc.FromPayloads(can.Input, &next))
+	require.Equal(t, int64(4000), next.Next)
+	require.Equal(t, int64(4000), next.Counts.Processed())
+	require.Equal(t, 1, next.Runs)
+
+	env2 := newEnv(t, f)
+	env2.ExecuteWorkflow(ProvisionFleet, next)
+	require.True(t, errors.As(env2.GetWorkflowError(), &can))
+	require.NoError(t, dc.FromPayloads(can.Input, &next))
+	require.Equal(t, int64(8000), next.Next)
+	env3 := newEnv(t, f)
+	env3.ExecuteWorkflow(ProvisionFleet, next)
+	require.NoError(t, env3.GetWorkflowError())
+	var res ProvisionResult
+	require.NoError(t, env3.GetWorkflowResult(&res))
+	require.Equal(t, int64(10000), res.Counts.Processed())
+	require.Equal(t, 3, res.Runs)
+	require.Len(t, f.batches, 10)
+}
+
+func TestProvisionFleetAwaitsConnectUntilAllReported(t *testing.T) {
+	f := &fakeActs{reported: []int64{10, 60, 100}}
+	env := newEnv(t, f)
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op3", Rows: 200, BatchSize: 100, AwaitConnect: 10 * time.Minute})
+	require.NoError(t, env.GetWorkflowError())
+	var res ProvisionResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.NotNil(t, res.Connect)
+	require.Equal(t, int64(100), res.Connect.Reported)
+	require.Equal(t, 3, f.polls)
+	require.Empty(t, res.Connect.Missing)
+}
+
+func TestProvisionFleetAwaitConnectGivesUpAtTheDeadline(t *testing.T) {
+	f := &fakeActs{reported: []int64{40}}
+	env := newEnv(t, f)
+	// The fake returns at once, so the workflow's timer-free loop must still end: WaitConnected is asked to
+	// wait, and the test environment's clock only moves with timers, so bound polls by the deadline.
+	env.OnActivity(ActWaitConnected, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, r WaitConnectedRequest) (ConnectStatus, error) {
+			f.mu.Lock()
+			f.polls++
+			f.mu.Unlock()
+			return ConnectStatus{Created: 100, Connected: 50, Reported: 40, Missing: []string{"dev-001"}}, nil
+		}).After(time.Second)
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op4", Rows: 200, BatchSize: 100, AwaitConnect: 30 * time.Second})
+	require.NoError(t, env.GetWorkflowError())
+	var res ProvisionResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.Equal(t, int64(40), res.Connect.Reported)
+	require.Equal(t, []string{"dev-001"}, res.Connect.Missing)
+	require.GreaterOrEqual(t, f.polls, 2)
+	require.LessOrEqual(t, f.polls, 40)
+}
+
+func TestProvisionFleetFailsOnANonRetryableBatchError(t *testing.T) {
+	f := &fakeActs{}
+	env := newEnv(t, f)
+	env.OnActivity(ActProvisionBatch, mock.Anything, mock.Anything).Return(Counts{},
+		temporal.NewNonRetryableApplicationError("not staged", ErrTypeNotStaged, nil))
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op5", Rows: 3000, BatchSize: 1000})
+	err := env.GetWorkflowError()
+	require.Error(t, err)
+	var appErr *temporal.ApplicationError
+	require.True(t, errors.As(err, &appErr))
+	require.Equal(t, ErrTypeNotStaged, appErr.Type())
+}
+
+func TestProvisionFleetProgressQueryAndDetails(t *testing.T) {
+	f := &fakeActs{}
+	env := newEnv(t, f)
+	env.OnActivity(ActProvisionBatch, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, r BatchRequest) (Counts, error) { return countsFor(r), nil }).After(time.Minute)
+	var mid ProvisionProgress
+	env.RegisterDelayedCallback(func() {
+		v, err := env.QueryWorkflow(QueryProgress)
+		require.NoError(t, err)
+		require.NoError(t, v.Get(&mid))
+	}, 90*time.Second)
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op6", Rows: 4000, BatchSize: 1000, Window: 1})
+	require.NoError(t, env.GetWorkflowError())
+	require.Equal(t, "provisioning", mid.Phase)
+	require.Equal(t, int64(1000), mid.Counts.Processed(), "one batch done after 90 s with a 1-minute batch and window 1")
+	require.Equal(t, int64(4000), mid.Rows)
+}
+
+func TestProvisionFleetRejectsBadInput(t *testing.T) {
+	env := newEnv(t, &fakeActs{})
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Rows: 10})
+	require.Error(t, env.GetWorkflowError())
+}
+
+func TestThousands(t *testing.T) {
+	for in, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 412000: "412,000", 1000000: "1,000,000", -1234: "-1,234"} {
+		require.Equal(t, want, Thousands(in))
+	}
+}
+
+func TestProvisionDetailsReadLikeTheIssueAsks(t *testing.T) {
+	s := provisionDetails(ProvisionProgress{Phase: "provisioning", Rows: 1000000, Counts: Counts{Created: 411000, Invalid: 1000}})
+	require.Contains(t, s, "412,000 / 1,000,000")
+}
