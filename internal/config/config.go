@@ -10,7 +10,7 @@ import (
 // Defaults for the local stack started by `fleetflow dev up`. The Postgres port is not 5432 so that the
 // project-local cluster never collides with a system Postgres.
 const (
-	DefaultDatabaseURL     = "postgres://fleetflow@127.0.0.1:55432/fleetflow?sslmode=disable"
+	DefaultDatabaseURL     = "postgres://fleetflow@127.0.0.1:15432/fleetflow?sslmode=disable"
 	DefaultTemporalAddress = "127.0.0.1:7233"
 	DefaultNamespace       = "default"
 	DefaultMQTTURL         = "tcp://127.0.0.1:1883"

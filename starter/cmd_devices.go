@@ -1,0 +1,132 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fleetflow/fleetflow/internal/registry"
+)
+
+func newDevicesCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "devices", Short: "Read the device registry"}
+	var output string
+	get := &cobra.Command{
+		Use:   "get ID",
+		Short: "Show a device's identity, status and connection state",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			reg, err := openRegistry(cmd, g)
+			if err != nil {
+				return err
+			}
+			defer reg.Close()
+			d, err := reg.GetDevice(cmd.Context(), args[0])
+			if errors.Is(err, registry.ErrNotFound) {
+				return fmt.Errorf("no device %q in the registry", args[0])
+			}
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(d)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(w, "id\t%s\nstatus\t%s\n", d.ID, d.Status)
+			conn := "disconnected"
+			if d.Online {
+				conn = fmt.Sprintf("connected (session %d)", d.Session)
+			}
+			fmt.Fprintf(w, "connection\t%s\n", conn)
+			fmt.Fprintf(w, "last seen\t%s\n", fmtTime(d.LastSeen))
+			fmt.Fprintf(w, "connected at\t%s\n", fmtTime(d.ConnectedAt))
+			fmt.Fprintf(w, "credentials\tprimary %s, secondary %s\n", yesNo(d.HasSecret1), yesNo(d.HasSecret2))
+			fmt.Fprintf(w, "created\t%s\nupdated\t%s\n", d.CreatedAt.Format(time.RFC3339), d.UpdatedAt.Format(time.RFC3339))
+			if d.Provisioned != "" {
+				fmt.Fprintf(w, "provisioned by\t%s\n", d.Provisioned)
+			}
+			return w.Flush()
+		},
+	}
+	get.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.AddCommand(get, newQueryCmd(g))
+	return cmd
+}
+
+func newTwinCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "twin", Short: "Read and write device twins"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "get ID",
+		Short: "Print a device's twin (tags, desired and reported properties with their versions) as JSON",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			reg, err := openRegistry(cmd, g)
+			if err != nil {
+				return err
+			}
+			defer reg.Close()
+			t, err := reg.GetTwin(cmd.Context(), args[0])
+			if errors.Is(err, registry.ErrNotFound) {
+				return fmt.Errorf("no device %q in the registry", args[0])
+			}
+			if err != nil {
+				return err
+			}
+			return printJSON(t)
+		},
+	})
+	return cmd
+}
+
+func openRegistry(cmd *cobra.Command, g *globals) (*registry.Registry, error) {
+	reg, err := registry.Open(cmd.Context(), g.cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
+	}
+	return reg, nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func fmtTime(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return t.Format(time.RFC3339) + " (" + time.Since(*t).Round(time.Second).String() + " ago)"
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "set"
+	}
+	return "empty"
+}
+
+// cell renders a query value for a table.
+func cell(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case time.Time:
+		return x.Format(time.RFC3339)
+	case json.RawMessage:
+		return string(x)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return strings.TrimSpace(string(b))
+}

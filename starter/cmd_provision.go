@@ -1,0 +1,375 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/manifest"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/searchattr"
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+type provisionFlags struct {
+	file, format     string
+	count, start     int64
+	prefix           string
+	tags             []string
+	name             string
+	credsOut         string
+	awaitConnect     time.Duration
+	wait             bool
+	batchSize        int64
+	window           int
+	output           string
+	heartbeatTimeout time.Duration
+}
+
+func newProvisionCmd(g *globals) *cobra.Command {
+	f := &provisionFlags{}
+	cmd := &cobra.Command{
+		Use:   "provision (--file devices.csv|devices.ndjson | --count N [--prefix sim-] [--tags k=v])",
+		Short: "Create device identities, credentials and twins from a manifest with a ProvisionFleet workflow",
+		Long: `provision stages a manifest in the registry and starts a ProvisionFleet workflow that validates and creates
+the devices in batches. CSV manifests have an id column and one tag per other column; NDJSON manifests have
+one {"id": ..., "tags": {...}} object per line. Bad rows are reported by line and the good rows are still
+provisioned; devices that already exist are reported and their credentials left untouched.
+
+Each new device's secret is generated here, written once to --creds-out (mode 0600) and stored in the
+registry only as a digest: secrets never pass through Temporal.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runProvision(cmd.Context(), g, f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.file, "file", "", "manifest file (.csv or .ndjson); - reads standard input with --format")
+	fl.StringVar(&f.format, "format", "", "manifest format: csv or ndjson (default: from the file extension)")
+	fl.Int64Var(&f.count, "count", 0, "generate N devices instead of reading a manifest")
+	fl.Int64Var(&f.start, "start", 1, "first number of generated ids")
+	fl.StringVar(&f.prefix, "prefix", "sim-", "id prefix of generated devices")
+	fl.StringSliceVar(&f.tags, "tags", nil, "tags of generated devices, k=v[,k=v]")
+	fl.StringVar(&f.name, "name", "", "operation name in the workflow id (default: the manifest's base name or the prefix)")
+	fl.StringVar(&f.credsOut, "creds-out", "", "credentials file to write (default: <workflow id>.creds.ndjson)")
+	fl.DurationVar(&f.awaitConnect, "await-connect", 0, "wait up to this long for the new devices to connect and report capabilities")
+	fl.BoolVar(&f.wait, "wait", false, "show a progress bar while the workflow runs")
+	fl.Int64Var(&f.batchSize, "batch-size", workflows.DefaultBatchSize, "rows per batch activity")
+	fl.IntVar(&f.window, "window", workflows.DefaultWindow, "batch activities in flight at once")
+	fl.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "how soon a batch on a crashed worker is retried")
+	fl.StringVarP(&f.output, "output", "o", "text", "summary format: text or json")
+	return cmd
+}
+
+var nameSanitizer = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// operationID builds the workflow id: it says what the operation is, so the UI list reads like an operations
+// log, and the timestamp makes an accidental double start of the same second a refused duplicate.
+func operationID(kind, name string, now time.Time) string {
+	name = strings.Trim(nameSanitizer.ReplaceAllString(strings.ToLower(name), "-"), "-")
+	if name == "" {
+		name = "fleet"
+	}
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return fmt.Sprintf("%s-%s-%s", kind, name, now.UTC().Format("20060102-150405"))
+}
+
+func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
+	if (f.file == "") == (f.count == 0) {
+		return errors.New("give either --file or --count")
+	}
+	if f.output != "text" && f.output != "json" {
+		return fmt.Errorf("--output must be text or json, not %q", f.output)
+	}
+	var src manifest.Reader
+	name, label := f.name, ""
+	if f.file != "" {
+		format := manifest.Format(f.format)
+		if format == "" {
+			var err error
+			if format, err = manifest.FormatOf(f.file); err != nil {
+				return err
+			}
+		}
+		var in io.Reader = os.Stdin
+		if f.file != "-" {
+			fh, err := os.Open(f.file)
+			if err != nil {
+				return fmt.Errorf("open manifest: %w", err)
+			}
+			defer fh.Close()
+			in = fh
+		}
+		r, err := manifest.NewReader(bufio.NewReaderSize(in, 1<<20), format)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.file, err)
+		}
+		src = r
+		if name == "" {
+			name = strings.TrimSuffix(filepath.Base(f.file), filepath.Ext(f.file))
+		}
+		label = filepath.Base(f.file)
+	} else {
+		if f.count < 0 {
+			return errors.New("--count must be positive")
+		}
+		tags, err := manifest.ParseTags(f.tags)
+		if err != nil {
+			return err
+		}
+		src = &manifest.Generated{Prefix: f.prefix, Count: f.count, Start: f.start, Tags: tags}
+		if name == "" {
+			name = strings.TrimRight(f.prefix, "-_.") + fmt.Sprintf("-%d", f.count)
+		}
+		label = fmt.Sprintf("%s devices %s…", workflows.Thousands(f.count), f.prefix)
+	}
+	op := operationID("provision", name, time.Now())
+	if f.credsOut == "" {
+		f.credsOut = op + ".creds.ndjson"
+	}
+	began := time.Now()
+
+	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
+	}
+	defer reg.Close()
+	c, err := dialTemporal(g)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	pending := f.credsOut + ".pending"
+	rows, err := stageManifest(ctx, reg, op, src, pending)
+	if err != nil {
+		return err
+	}
+	in := workflows.ProvisionInput{Op: op, Rows: rows, BatchSize: f.batchSize, Window: f.window,
+		AwaitConnect: f.awaitConnect, HeartbeatTimeout: f.heartbeatTimeout}
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID:                    op,
+		TaskQueue:             g.cfg.TaskQueue,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		StaticSummary:         fmt.Sprintf("Provision %s rows from %s", workflows.Thousands(rows), label),
+		StaticDetails: fmt.Sprintf("Manifest: `%s`  \nRows: %s  \nBatch size: %d, window: %d  \nAwait connect: %s",
+			label, workflows.Thousands(rows), f.batchSize, f.window, durationOrNo(f.awaitConnect)),
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("provision"),
+			searchattr.State.ValueSet("running"), searchattr.Total.ValueSet(rows)),
+	}, workflows.ProvisionFleet, in)
+	if err != nil {
+		return fmt.Errorf("start workflow %s: %w", op, err)
+	}
+	if f.output == "text" {
+		fmt.Fprintf(os.Stderr, "started %s (%s rows staged)\n  %s\n", op, workflows.Thousands(rows), workflowURL(g, op))
+	}
+	var stopBar func()
+	if f.wait {
+		stopBar = showProgress(ctx, c, op)
+	}
+	// The credentials are final as soon as every batch has committed; write them then, not at the end, so that
+	// devices (or the simulator) can use them while the workflow awaits their connection.
+	credsDone := make(chan credsOutcome, 1)
+	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut) }()
+	var res workflows.ProvisionResult
+	runErr := run.Get(ctx, &res)
+	if stopBar != nil {
+		stopBar()
+	}
+	co := <-credsDone
+	if runErr != nil {
+		if co.err == nil && co.kept > 0 {
+			fmt.Fprintf(os.Stderr, "credentials of the %d devices created before the failure: %s\n", co.kept, f.credsOut)
+		}
+		return fmt.Errorf("workflow %s failed: %w", op, runErr)
+	}
+	if co.err != nil {
+		return co.err
+	}
+	kept := co.kept
+	return printProvisionSummary(ctx, g, reg, f, res, kept, time.Since(began))
+}
+
+func durationOrNo(d time.Duration) string {
+	if d <= 0 {
+		return "no"
+	}
+	return d.String()
+}
+
+// stageManifest copies the manifest into the registry, generating each parsed row's secret here: the
+// secret goes to the pending credentials file, its digest to Postgres, and nothing to Temporal.
+func stageManifest(ctx context.Context, reg *registry.Registry, op string, src manifest.Reader, pending string) (int64, error) {
+	w, err := creds.Create(pending)
+	if err != nil {
+		return 0, err
+	}
+	var seq int64
+	var werr error
+	n, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
+		row, err := src.Next()
+		if err == io.EOF {
+			return registry.StagedRow{}, false, nil
+		}
+		if err != nil {
+			return registry.StagedRow{}, false, err
+		}
+		s := registry.StagedRow{Seq: seq, Line: row.Line, ID: row.ID, Tags: string(row.Tags), ParseError: row.Err}
+		seq++
+		if s.Tags == "" {
+			s.Tags = "{}"
+		}
+		if row.Err == "" {
+			secret, err := creds.NewSecret()
+			if err != nil {
+				return s, false, err
+			}
+			s.SecretHash = creds.Digest(secret)
+			if werr = w.Write(creds.Credential{ID: row.ID, Secret: secret, Line: row.Line}); werr != nil {
+				return s, false, werr
+			}
+		}
+		return s, true, nil
+	})
+	if cerr := w.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(pending)
+		return 0, err
+	}
+	return n, nil
+}
+
+type credsOutcome struct {
+	kept int
+	err  error
+}
+
+// finalizeWhenProvisioned waits until the workflow has left its provisioning phase (or ended), then
+// finalizes the credentials file.
+func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry.Registry, op, pending, out string) credsOutcome {
+	for ctx.Err() == nil {
+		desc, err := c.DescribeWorkflow(ctx, op, "")
+		if err == nil && desc.Status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			break
+		}
+		if v, err := c.QueryWorkflow(ctx, op, "", workflows.QueryProgress); err == nil {
+			var p workflows.ProvisionProgress
+			if v.Get(&p) == nil && p.Phase != "provisioning" {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	kept, err := finalizeCreds(context.WithoutCancel(ctx), reg, op, pending, out)
+	if err == nil {
+		fmt.Fprintf(os.Stderr, "credentials of %d new devices written to %s\n", kept, out)
+	}
+	return credsOutcome{kept, err}
+}
+
+// finalizeCreds keeps, from the pending credentials, exactly the rows that created a device: rows that were
+// invalid or whose device already existed would carry a secret the registry does not know.
+func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out string) (int, error) {
+	issues, err := reg.ProvisionResults(ctx, op, "", 1<<31-1)
+	if err != nil {
+		return 0, err
+	}
+	drop := make(map[int64]bool, len(issues))
+	for _, is := range issues {
+		drop[is.Line] = true
+	}
+	created, err := reg.CreatedBy(ctx, op)
+	if err != nil {
+		return 0, err
+	}
+	all, err := creds.ReadFile(pending)
+	if err != nil {
+		return 0, err
+	}
+	tmp := out + ".tmp"
+	w, err := creds.Create(tmp)
+	if err != nil {
+		return 0, err
+	}
+	for _, c := range all {
+		if drop[c.Line] || !created[c.ID] {
+			continue
+		}
+		c.Line = 0
+		if err := w.Write(c); err != nil {
+			w.Close()
+			return 0, err
+		}
+	}
+	if err := w.Close(); err != nil {
+		return 0, err
+	}
+	// Rename last, so whoever waits for the file never reads it half-written.
+	if err := os.Rename(tmp, out); err != nil {
+		return 0, fmt.Errorf("write %s: %w", out, err)
+	}
+	if err := os.Remove(pending); err != nil {
+		return w.Count(), fmt.Errorf("remove %s: %w", pending, err)
+	}
+	return w.Count(), nil
+}
+
+func printProvisionSummary(ctx context.Context, g *globals, reg *registry.Registry, f *provisionFlags, res workflows.ProvisionResult, kept int, took time.Duration) error {
+	issues, err := reg.ProvisionResults(ctx, res.Op, "invalid", 50)
+	if err != nil {
+		return err
+	}
+	if f.output == "json" {
+		out := map[string]any{"workflowId": res.Op, "rows": res.Rows, "counts": res.Counts, "invalid": issues,
+			"credentialsFile": f.credsOut, "credentials": kept, "seconds": took.Seconds(), "connect": res.Connect,
+			"temporalUrl": workflowURL(g, res.Op)}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	th := workflows.Thousands
+	fmt.Printf("Provisioned %s rows in %.1fs (%s)\n", th(res.Rows), took.Seconds(), res.Op)
+	fmt.Printf("  created %s · already present %s · invalid %s\n", th(res.Counts.Created), th(res.Counts.Existing), th(res.Counts.Invalid))
+	for _, is := range issues {
+		id := is.ID
+		if id == "" {
+			id = "-"
+		}
+		fmt.Printf("    line %d (%s): %s\n", is.Line, id, is.Reason)
+	}
+	if res.Counts.Invalid > int64(len(issues)) {
+		fmt.Printf("    … and %s more invalid rows\n", th(res.Counts.Invalid-int64(len(issues))))
+	}
+	if res.Counts.Existing > 0 {
+		fmt.Printf("  %s devices already existed; their credentials are untouched\n", th(res.Counts.Existing))
+	}
+	fmt.Printf("  credentials of %s new devices: %s (mode 0600; shown once)\n", th(int64(kept)), f.credsOut)
+	if res.Connect != nil {
+		fmt.Printf("  connected %s · reported capabilities %s of %s new devices\n", th(res.Connect.Connected),
+			th(res.Connect.Reported), th(res.Connect.Created))
+		if len(res.Connect.Missing) > 0 {
+			fmt.Printf("  not reported yet: %s\n", strings.Join(res.Connect.Missing, ", "))
+		}
+	}
+	fmt.Printf("  Temporal UI: %s\n", workflowURL(g, res.Op))
+	return nil
+}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+// dialTemporal connects to the Temporal frontend with the CLI's logger (quiet unless -v).
+func dialTemporal(g *globals) (client.Client, error) {
+	c, err := client.Dial(client.Options{HostPort: g.cfg.TemporalAddress, Namespace: g.cfg.Namespace,
+		Logger: tlog.NewStructuredLogger(slog.Default())})
+	if err != nil {
+		return nil, fmt.Errorf("connect to temporal at %s: %w (is the stack up? run `make up` or set TEMPORAL_ADDRESS)", g.cfg.TemporalAddress, err)
+	}
+	return c, nil
+}
+
+// workflowURL links to a workflow in the Temporal UI.
+func workflowURL(g *globals, id string) string {
+	return fmt.Sprintf("%s/namespaces/%s/workflows/%s", strings.TrimRight(g.cfg.TemporalUI, "/"),
+		url.PathEscape(g.cfg.Namespace), url.PathEscape(id))
+}
+
+// showProgress draws a progress bar on stderr from the workflow's progress query until stop is called.
+// On a terminal the bar redraws in place; otherwise it prints a line every few seconds for logs.
+func showProgress(ctx context.Context, c client.Client, id string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	tty := isTerminal(os.Stderr)
+	go func() {
+		defer close(done)
+		every := 300 * time.Millisecond
+		if !tty {
+			every = 3 * time.Second
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		last := ""
+		for {
+			select {
+			case <-ctx.Done():
+				if tty && last != "" {
+					fmt.Fprintln(os.Stderr)
+				}
+				return
+			case <-t.C:
+			}
+			v, err := c.QueryWorkflow(ctx, id, "", workflows.QueryProgress)
+			if err != nil {
+				continue
+			}
+			var p workflows.ProvisionProgress
+			if v.Get(&p) != nil {
+				continue
+			}
+			line := progressLine(p)
+			if tty {
+				fmt.Fprintf(os.Stderr, "\r%s\x1b[K", line)
+			} else if line != last {
+				fmt.Fprintln(os.Stderr, line)
+			}
+			last = line
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+func progressLine(p workflows.ProvisionProgress) string {
+	const width = 30
+	th := workflows.Thousands
+	done, total := p.Counts.Processed(), p.Rows
+	label := fmt.Sprintf("%s / %s rows", th(done), th(total))
+	if p.Phase == "awaiting-connect" && p.Connect != nil {
+		done, total = p.Connect.Reported, p.Connect.Created
+		label = fmt.Sprintf("%s / %s devices reported", th(done), th(total))
+	}
+	frac := 1.0
+	if total > 0 {
+		frac = float64(done) / float64(total)
+	}
+	n := int(frac * width)
+	return fmt.Sprintf("%-16s [%s%s] %3.0f%% %s", p.Phase, strings.Repeat("█", n), strings.Repeat("░", width-n), frac*100, label)
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
