@@ -53,6 +53,9 @@ func (a *Activities) ProvisionBatch(ctx context.Context, req workflows.BatchRequ
 		return workflows.Counts{}, err
 	}
 	c, err := a.Registry.ProvisionBatch(ctx, req.Op, req.First, req.Last)
+	if errors.Is(err, registry.ErrStagingLost) {
+		return workflows.Counts{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeNotStaged, err)
+	}
 	if err != nil {
 		return workflows.Counts{}, err
 	}

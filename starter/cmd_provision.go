@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -137,10 +138,8 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		}
 		label = fmt.Sprintf("%s devices %s…", workflows.Thousands(f.count), f.prefix)
 	}
-	op := operationID("provision", name, time.Now())
-	if f.credsOut == "" {
-		f.credsOut = op + ".creds.ndjson"
-	}
+	base := operationID("provision", name, time.Now())
+	op := base
 	began := time.Now()
 
 	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
@@ -154,11 +153,26 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	defer c.Close()
 
+	// Two runs in the same second get the same id; the second takes a numbered one instead of failing.
+	for i := 2; ; i++ {
+		used, err := reg.OperationExists(ctx, op)
+		if err != nil {
+			return err
+		}
+		if !used {
+			break
+		}
+		op = fmt.Sprintf("%s-%d", base, i)
+	}
+	if f.credsOut == "" {
+		f.credsOut = op + ".creds.ndjson"
+	}
 	pending := f.credsOut + ".pending"
 	rows, err := stageManifest(ctx, reg, op, src, pending)
 	if err != nil {
 		return err
 	}
+	slog.Debug("manifest staged", "op", op, "rows", rows, "elapsed", time.Since(began))
 	in := workflows.ProvisionInput{Op: op, Rows: rows, BatchSize: f.batchSize, Window: f.window,
 		AwaitConnect: f.awaitConnect, HeartbeatTimeout: f.heartbeatTimeout}
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
@@ -187,6 +201,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut) }()
 	var res workflows.ProvisionResult
 	runErr := run.Get(ctx, &res)
+	slog.Debug("workflow ended", "op", op, "elapsed", time.Since(began), "err", runErr)
 	if stopBar != nil {
 		stopBar()
 	}
@@ -279,7 +294,9 @@ func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+	began := time.Now()
 	kept, err := finalizeCreds(context.WithoutCancel(ctx), reg, op, pending, out)
+	slog.Debug("credentials finalized", "op", op, "kept", kept, "took", time.Since(began))
 	if err == nil {
 		fmt.Fprintf(os.Stderr, "credentials of %d new devices written to %s\n", kept, out)
 	}
@@ -287,8 +304,23 @@ func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry
 }
 
 // finalizeCreds keeps, from the pending credentials, exactly the rows that created a device: rows that were
-// invalid or whose device already existed would carry a secret the registry does not know.
+// invalid or whose device already existed would carry a secret the registry does not know. When every row
+// created a device (the common case) the pending file already is the result and is renamed.
 func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out string) (int, error) {
+	counts, err := reg.ProvisionCounts(ctx, op)
+	if err != nil {
+		return 0, err
+	}
+	staged, err := reg.OperationRows(ctx, op)
+	if err != nil {
+		return 0, err
+	}
+	if counts.Created == staged && counts.Total() == staged {
+		if err := os.Rename(pending, out); err != nil {
+			return 0, fmt.Errorf("write %s: %w", out, err)
+		}
+		return int(counts.Created), nil
+	}
 	issues, err := reg.ProvisionResults(ctx, op, "", 1<<31-1)
 	if err != nil {
 		return 0, err
@@ -297,6 +329,7 @@ func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out
 	for _, is := range issues {
 		drop[is.Line] = true
 	}
+	// After a failed run some batches never committed: only devices the operation did create count.
 	created, err := reg.CreatedBy(ctx, op)
 	if err != nil {
 		return 0, err
@@ -314,7 +347,6 @@ func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out
 		if drop[c.Line] || !created[c.ID] {
 			continue
 		}
-		c.Line = 0
 		if err := w.Write(c); err != nil {
 			w.Close()
 			return 0, err

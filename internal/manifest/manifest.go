@@ -13,6 +13,7 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 )
 
 // Row is one manifest entry. Tags is a JSON object (the twin's initial tags); Err says why the row could not
@@ -130,21 +131,61 @@ func (c *csvReader) Next() (Row, error) {
 			if c.idCol < len(rec) {
 				row.ID = strings.TrimSpace(rec[c.idCol])
 			}
-			return row, nil
+			return storable(row), nil
 		}
-		tags := make(map[string]string, len(rec)-1)
+		// The tags object is written directly, in header order: a million rows through a map and
+		// json.Marshal cost more than the rest of parsing.
+		buf := make([]byte, 0, 16*len(rec))
+		buf = append(buf, '{')
 		for i, v := range rec {
 			if i == c.idCol {
 				row.ID = strings.TrimSpace(v)
 				continue
 			}
 			if v = strings.TrimSpace(v); v != "" {
-				tags[c.header[i]] = v
+				if len(buf) > 1 {
+					buf = append(buf, ',')
+				}
+				buf = appendJSONString(buf, c.header[i])
+				buf = append(buf, ':')
+				buf = appendJSONString(buf, v)
 			}
 		}
-		row.Tags, _ = json.Marshal(tags)
-		return row, nil
+		row.Tags = append(buf, '}')
+		return storable(row), nil
 	}
+}
+
+// appendJSONString appends s as a JSON string. Invalid UTF-8 is caught by storable, so bytes pass as they are.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}
+
+// storable marks a row Postgres could not stage as text (invalid UTF-8 or a NUL byte) as invalid, keeping a
+// printable id for the report, so one bad row cannot fail the whole manifest's COPY.
+func storable(r Row) Row {
+	if utf8.ValidString(r.ID) && utf8.Valid(r.Tags) && strings.IndexByte(r.ID, 0) < 0 && bytes.IndexByte(r.Tags, 0) < 0 {
+		return r
+	}
+	r.ID = strings.ToValidUTF8(strings.ReplaceAll(r.ID, "\x00", ""), "?")
+	r.Tags = json.RawMessage("{}")
+	if r.Err == "" {
+		r.Err = "not valid UTF-8 (or contains a NUL byte)"
+	}
+	return r
 }
 
 type ndjsonReader struct {
@@ -163,6 +204,9 @@ func (n *ndjsonReader) Next() (Row, error) {
 		b := bytes.TrimSpace(n.sc.Bytes())
 		if len(b) == 0 {
 			continue
+		}
+		if !utf8.Valid(b) || bytes.IndexByte(b, 0) >= 0 {
+			return storable(Row{Line: n.line, ID: "", Tags: b}), nil
 		}
 		row := Row{Line: n.line}
 		dec := json.NewDecoder(bytes.NewReader(b))

@@ -106,3 +106,21 @@ func TestFormatOf(t *testing.T) {
 	_, err = FormatOf("x.txt")
 	require.Error(t, err)
 }
+
+func TestRowsPostgresCannotStageBecomeInvalidRows(t *testing.T) {
+	in := "id,note\ndev-1,\"ok \"\"quoted\"\" \\ back\"\ndev-2,bad \xff byte\n"
+	r, err := NewReader(strings.NewReader(in), CSV)
+	require.NoError(t, err)
+	rows := readAll(t, r)
+	require.Len(t, rows, 2)
+	require.JSONEq(t, `{"note":"ok \"quoted\" \\ back"}`, string(rows[0].Tags))
+	require.Equal(t, "", rows[0].Err)
+	require.Contains(t, rows[1].Err, "UTF-8")
+	require.Equal(t, "{}", string(rows[1].Tags))
+
+	nd, err := NewReader(strings.NewReader("{\"id\":\"x\xfe\"}\n"), NDJSON)
+	require.NoError(t, err)
+	rows = readAll(t, nd)
+	require.Len(t, rows, 1)
+	require.Contains(t, rows[0].Err, "UTF-8")
+}

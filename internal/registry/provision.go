@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -24,12 +25,29 @@ type StagedRow struct {
 // ErrOperationNotStaged is returned when a provisioning operation has no staged manifest.
 var ErrOperationNotStaged = errors.New("operation not staged")
 
+// deviceCopyColumns are the columns provisioning writes; everything else takes its default.
+var deviceCopyColumns = []string{"id", "secret1_hash", "tags", "provisioned_by"}
+
+// isUniqueViolation reports whether err is Postgres' unique_violation.
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// ErrStagingLost is returned when staged rows of an operation are gone (the staging table is unlogged, so a
+// database crash empties it); retrying cannot help.
+var ErrStagingLost = errors.New("staged rows lost")
+
 // StageRows copies manifest rows into provision_rows under op with COPY, the fastest way into Postgres, and
 // records the operation with its row count so the workflow can plan batches without reading rows.
 // next returns false when there are no more rows. Staging the same op twice is refused by the primary key.
 func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (StagedRow, bool, error)) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		var no int64
+		if err := tx.QueryRow(ctx, "INSERT INTO operations (id, kind) VALUES ($1, $2) RETURNING no", op, kind).Scan(&no); err != nil {
+			return fmt.Errorf("record operation: %w", err)
+		}
 		var iterErr error
 		src := pgx.CopyFromFunc(func() ([]any, error) {
 			row, ok, err := next()
@@ -44,10 +62,10 @@ func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (
 			if row.ParseError != "" {
 				perr = row.ParseError
 			}
-			return []any{op, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, perr}, nil
+			return []any{no, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, perr}, nil
 		})
 		copied, err := tx.CopyFrom(ctx, pgx.Identifier{"provision_rows"},
-			[]string{"op", "seq", "line", "id", "tags", "secret_hash", "parse_error"}, src)
+			[]string{"op_no", "seq", "line", "id", "tags", "secret_hash", "parse_error"}, src)
 		if iterErr != nil {
 			return iterErr
 		}
@@ -55,8 +73,7 @@ func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (
 			return fmt.Errorf("copy manifest rows: %w", err)
 		}
 		n = copied
-		_, err = tx.Exec(ctx, "INSERT INTO operations (id, kind, rows) VALUES ($1, $2, $3)", op, kind, copied)
-		if err != nil {
+		if _, err := tx.Exec(ctx, "UPDATE operations SET rows = $2 WHERE no = $1", no, copied); err != nil {
 			return fmt.Errorf("record operation: %w", err)
 		}
 		return nil
@@ -65,6 +82,16 @@ func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (
 		return 0, fmt.Errorf("stage %s: %w", op, err)
 	}
 	return n, nil
+}
+
+// OperationExists reports whether an operation id has been used, so the CLI can pick a free one before it
+// consumes a manifest stream it cannot rewind.
+func (r *Registry) OperationExists(ctx context.Context, op string) (bool, error) {
+	var ok bool
+	if err := r.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM operations WHERE id = $1)", op).Scan(&ok); err != nil {
+		return false, fmt.Errorf("check operation %s: %w", op, err)
+	}
+	return ok, nil
 }
 
 // OperationRows returns how many rows were staged for op.
@@ -119,7 +146,7 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 			return fmt.Errorf("check batch: %w", err)
 		}
 		rows, err := tx.Query(ctx, `SELECT line, id, tags, secret_hash, coalesce(parse_error, '') FROM provision_rows
-			WHERE op = $1 AND seq >= $2 AND seq < $3 ORDER BY seq`, op, first, last)
+			WHERE op_no = (SELECT no FROM operations WHERE id = $1) AND seq >= $2 AND seq < $3 ORDER BY seq`, op, first, last)
 		if err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
 		}
@@ -128,7 +155,9 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 		var lines []int64
 		var results []rowResult
 		seen := map[string]int64{}
+		var read int64
 		for rows.Next() {
+			read++
 			var s StagedRow
 			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.ParseError); err != nil {
 				rows.Close()
@@ -148,61 +177,75 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
 		}
-		created := map[string]bool{}
+		if want := last - first; read != want {
+			// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
+			// provisioning a partial fleet.
+			return fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
+				ErrStagingLost, want, op, first, last-1, read)
+		}
+		// Optimistically COPY every valid row (COPY is the fastest way in); if some id exists already the
+		// COPY fails with a unique violation, and the batch falls back to looking the ids up first.
 		if len(ids) > 0 {
-			ins, err := tx.Query(ctx, `INSERT INTO devices (id, secret1_hash, tags, provisioned_by)
-				SELECT u.id, u.h, u.t::jsonb, $4 FROM unnest($1::text[], $2::bytea[], $3::text[]) AS u(id, h, t)
-				ON CONFLICT (id) DO NOTHING RETURNING id`, ids, hashes, tags, op)
-			if err != nil {
+			fresh := make([][]any, len(ids))
+			for i, id := range ids {
+				fresh[i] = []any{id, hashes[i], tags[i], op}
+			}
+			if _, err := tx.Exec(ctx, "SAVEPOINT optimistic"); err != nil {
 				return fmt.Errorf("create devices: %w", err)
 			}
-			for ins.Next() {
-				var id string
-				if err := ins.Scan(&id); err != nil {
-					ins.Close()
+			n, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, deviceCopyColumns, pgx.CopyFromRows(fresh))
+			switch {
+			case err == nil:
+				out.Created = n
+				ids = nil
+			case isUniqueViolation(err):
+				if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT optimistic"); err != nil {
 					return fmt.Errorf("create devices: %w", err)
 				}
-				created[id] = true
-			}
-			if err := ins.Err(); err != nil {
+			default:
 				return fmt.Errorf("create devices: %w", err)
 			}
 		}
-		var conflicts []string
-		for _, id := range ids {
-			if !created[id] {
-				conflicts = append(conflicts, id)
-			}
-		}
-		// A conflict with a device this same operation created in another batch is a duplicate row of the
-		// manifest, not a device that was already present before.
-		sameOp := map[string]bool{}
-		if len(conflicts) > 0 {
-			crow, err := tx.Query(ctx, "SELECT id FROM devices WHERE id = ANY($1) AND provisioned_by = $2", conflicts, op)
+		// Which ids exist already, and which of those this operation created in another batch (a duplicate
+		// row of the manifest rather than a device that was present before).
+		existing := map[string]string{}
+		if len(ids) > 0 {
+			erows, err := tx.Query(ctx, "SELECT id, coalesce(provisioned_by, '') FROM devices WHERE id = ANY($1)", ids)
 			if err != nil {
-				return fmt.Errorf("classify existing devices: %w", err)
+				return fmt.Errorf("look up existing devices: %w", err)
 			}
-			for crow.Next() {
-				var id string
-				if err := crow.Scan(&id); err != nil {
-					crow.Close()
-					return err
+			for erows.Next() {
+				var id, by string
+				if err := erows.Scan(&id, &by); err != nil {
+					erows.Close()
+					return fmt.Errorf("look up existing devices: %w", err)
 				}
-				sameOp[id] = true
+				existing[id] = by
 			}
-			if err := crow.Err(); err != nil {
-				return err
+			if err := erows.Err(); err != nil {
+				return fmt.Errorf("look up existing devices: %w", err)
 			}
 		}
+		var fresh [][]any
 		for i, id := range ids {
+			by, ok := existing[id]
 			switch {
-			case created[id]:
-				out.Created++
-			case sameOp[id]:
+			case !ok:
+				fresh = append(fresh, []any{id, hashes[i], tags[i], op})
+			case by == op:
 				results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
 			default:
 				results = append(results, rowResult{lines[i], id, "exists", "already present; credentials untouched"})
 			}
+		}
+		// A device created by someone else since the look-up fails this COPY with a unique violation, which
+		// fails this attempt; the retry then finds that device as existing.
+		if len(fresh) > 0 {
+			n, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, deviceCopyColumns, pgx.CopyFromRows(fresh))
+			if err != nil {
+				return fmt.Errorf("create devices: %w", err)
+			}
+			out.Created = n
 		}
 		var rLines []int64
 		var rIDs, rOutcomes, rReasons []string
@@ -300,7 +343,9 @@ type ConnectProgress struct {
 // (a non-empty reported document), with a sample of up to sample ids that have not reported.
 func (r *Registry) ConnectProgress(ctx context.Context, op string, sample int) (ConnectProgress, error) {
 	var p ConnectProgress
-	err := r.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE connected_at IS NOT NULL),
+	// A device that has reported has connected even if the gateway's batched connection event is not written
+	// yet, so reporting counts as connecting.
+	err := r.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE connected_at IS NOT NULL OR reported <> '{}'::jsonb),
 		count(*) FILTER (WHERE reported <> '{}'::jsonb) FROM devices WHERE provisioned_by = $1`, op).
 		Scan(&p.Created, &p.Connected, &p.Reported)
 	if err != nil {
@@ -323,7 +368,7 @@ func (r *Registry) ConnectProgress(ctx context.Context, op string, sample int) (
 // DropStaging deletes op's staged rows (they hold credential digests and are no longer needed once every
 // batch has committed); the per-row results and counts stay for reports.
 func (r *Registry) DropStaging(ctx context.Context, op string) error {
-	if _, err := r.pool.Exec(ctx, "DELETE FROM provision_rows WHERE op = $1", op); err != nil {
+	if _, err := r.pool.Exec(ctx, "DELETE FROM provision_rows WHERE op_no = (SELECT no FROM operations WHERE id = $1)", op); err != nil {
 		return fmt.Errorf("drop staging of %s: %w", op, err)
 	}
 	return nil

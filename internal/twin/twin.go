@@ -48,12 +48,29 @@ var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 // ErrInvalidID is returned for device ids outside the DESIGN §4 pattern.
 var ErrInvalidID = errors.New("invalid device id")
 
-// ValidateID checks a device id against `[a-z0-9][a-z0-9._-]{0,63}`.
+// ValidateID checks a device id against `[a-z0-9][a-z0-9._-]{0,63}`. It runs for every row of a
+// million-row manifest and every CONNECT, so it is a byte loop rather than a regexp match.
 func ValidateID(id string) error {
-	if !idPattern.MatchString(id) {
+	if !validID(id) {
 		return fmt.Errorf("%w %q: must match [a-z0-9][a-z0-9._-]{0,63}", ErrInvalidID, id)
 	}
 	return nil
+}
+
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // ErrInvalidJSON marks a document or patch that is not a JSON object.
@@ -245,10 +262,14 @@ func Merge(doc, patch map[string]any) map[string]any {
 
 // Encode marshals a document compactly and enforces the section's size limit on the result.
 func Encode(s Section, doc map[string]any) ([]byte, error) {
-	b, err := json.Marshal(doc)
-	if err != nil {
+	// No HTML escaping: "<" stays one byte, so a document's size is what its author sees.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(doc); err != nil {
 		return nil, fmt.Errorf("encode %s: %w", s, err)
 	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	if len(b) > MaxBytes(s) {
 		return nil, &LimitError{Section: s, What: "size", Limit: MaxBytes(s), Actual: len(b)}
 	}
@@ -258,6 +279,9 @@ func Encode(s Section, doc map[string]any) ([]byte, error) {
 // Apply merges patch into the encoded document doc and returns the new encoded document, enforcing every
 // limit on the patch and the result. It is what every twin writer calls.
 func Apply(s Section, doc, patch []byte) ([]byte, error) {
+	if err := storable(s, patch); err != nil {
+		return nil, err
+	}
 	p, err := ParseObject(s, patch)
 	if err != nil {
 		return nil, err
@@ -279,7 +303,15 @@ func Apply(s Section, doc, patch []byte) ([]byte, error) {
 
 // Validate checks a whole document (not a patch): an object within every limit of its section.
 // A null value is not allowed in a stored document because null means "delete" in a patch.
+// Provisioning validates a million tag documents, so a single scan accepts the ordinary ones without
+// decoding them; anything it is not sure about goes through the full decode, which words the error.
 func Validate(s Section, doc []byte) error {
+	if err := storable(s, doc); err != nil {
+		return err
+	}
+	if documentWithinLimits(s, doc) {
+		return nil
+	}
 	m, err := ParseObject(s, doc)
 	if err != nil {
 		return err
@@ -289,6 +321,89 @@ func Validate(s Section, doc []byte) error {
 	}
 	_, err = Encode(s, m)
 	return err
+}
+
+// storable refuses what Postgres cannot store although encoding/json would accept it: invalid UTF-8 (which
+// the decoder silently replaces) and the NUL character, which jsonb rejects.
+func storable(s Section, b []byte) error {
+	if !utf8.Valid(b) {
+		return fmt.Errorf("%s: %w: not valid UTF-8", s, ErrInvalidJSON)
+	}
+	if bytes.Contains(b, []byte(`\u0000`)) {
+		return fmt.Errorf("%s: %w: the NUL character (\\u0000) is not supported", s, ErrInvalidJSON)
+	}
+	return nil
+}
+
+// documentWithinLimits reports whether doc is certainly a valid document of section s: a JSON object with no
+// null, within the depth, key, string and size limits. It never allocates. False means "not sure": escaped
+// keys and non-ASCII text (invalid UTF-8 and U+2028/2029 grow when decoded and re-encoded) are left to the
+// full check.
+func documentWithinLimits(s Section, doc []byte) bool {
+	if !json.Valid(doc) {
+		return false
+	}
+	var stack [MaxDepth + 1]bool // true: object
+	depth, size := 0, 0
+	expectKey := false
+	for i := 0; i < len(doc); i++ {
+		c := doc[i]
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		case '{', '[':
+			if depth == 0 && c != '{' {
+				return false
+			}
+			depth++
+			if depth > MaxDepth {
+				return false
+			}
+			stack[depth] = c == '{'
+			expectKey = c == '{'
+		case '}', ']':
+			depth--
+			expectKey = false
+		case ',':
+			expectKey = stack[depth]
+		case ':':
+			expectKey = false
+		case '"':
+			if depth == 0 {
+				return false
+			}
+			j := i + 1
+			escaped := false
+			for ; doc[j] != '"'; j++ {
+				if doc[j] == '\\' {
+					escaped = true
+					j++
+				} else if doc[j] >= 0x80 {
+					return false // non-ASCII: invalid UTF-8 or U+2028/9 change size when decoded
+				}
+			}
+			n := j - i - 1
+			if expectKey {
+				if escaped || n == 0 || n > MaxKeyBytes || doc[i+1] == '$' {
+					return false
+				}
+			} else if n > MaxStringBytes {
+				return false
+			}
+			size += n + 2
+			i = j
+			expectKey = false
+			continue
+		case 'n':
+			return false // null
+		default:
+			if depth == 0 {
+				return false
+			}
+		}
+		size++
+	}
+	return size <= MaxBytes(s)
 }
 
 func findNull(m map[string]any, path string) string {

@@ -49,6 +49,8 @@ func TestApplyRejectsBadPatches(t *testing.T) {
 		{"trailing", `{"a":1} {"b":2}`, ""},
 		{"dollar key", `{"$version":3}`, ""},
 		{"empty key", `{"":1}`, ""},
+		{"invalid utf-8", "{\"a\":\"\xff\"}", ""},
+		{"nul", `{"a":"x\u0000y"}`, ""},
 		{"too deep", deep, "depth"},
 		{"string too long", bigString, "string length"},
 		{"key too long", bigKey, "key length"},
@@ -142,4 +144,55 @@ func TestETagChangesWithOperatorSections(t *testing.T) {
 	require.NotEqual(t, ETag(1, 1), ETag(1, 2))
 	require.NotEqual(t, ETag(2, 1), ETag(1, 2))
 	require.Equal(t, ETag(3, 4), ETag(3, 4))
+}
+
+// slowValidate is Validate without its fast path.
+func slowValidate(s Section, doc []byte) error {
+	m, err := ParseObject(s, doc)
+	if err != nil {
+		return err
+	}
+	if p := findNull(m, ""); p != "" {
+		return ErrInvalidJSON
+	}
+	_, err = Encode(s, m)
+	return err
+}
+
+func TestFastDocumentCheckNeverAcceptsWhatTheFullCheckRefuses(t *testing.T) {
+	for _, doc := range validateSeeds() {
+		if documentWithinLimits(Tags, []byte(doc)) {
+			require.NoError(t, slowValidate(Tags, []byte(doc)), doc)
+		}
+	}
+}
+
+func validateSeeds() []string {
+	return []string{`{}`, `{"a":1}`, `"str"`, `[1]`, `{"a":null}`, `{"a":{"b":[1,2,{"c":"d"}]}}`, `{"$x":1}`, `{"":1}`,
+		`{"a\u0041":1}`, `{"a":"\u2028"}`, `{"a":"x"} `, ` {"a":true,"b":false,"c":-1.5e3}`, `{"a":1}{}`, `1`, `null`,
+		`{"a":"` + strings.Repeat("x", MaxStringBytes) + `"}`, `{"a":"` + strings.Repeat("x", MaxStringBytes+1) + `"}`,
+		strings.Repeat(`{"a":`, 10) + `1` + strings.Repeat(`}`, 10), strings.Repeat(`{"a":`, 11) + `1` + strings.Repeat(`}`, 11),
+		`{"a":[` + strings.Repeat(`[`, 9) + strings.Repeat(`]`, 9) + `]}`, `{"k":"` + strings.Repeat("v", 8180) + `"}`,
+		`{"a":"` + strings.Repeat("<", 4000) + `","b":"` + strings.Repeat("&", 4000) + `"}`}
+}
+
+func FuzzValidate(f *testing.F) {
+	for _, s := range validateSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, doc string) {
+		for _, s := range []Section{Tags, Reported} {
+			if documentWithinLimits(s, []byte(doc)) {
+				if err := slowValidate(s, []byte(doc)); err != nil {
+					t.Fatalf("fast check accepted %q, full check says %v", doc, err)
+				}
+			}
+		}
+	})
+}
+
+func TestValidateRefusesWhatPostgresCannotStore(t *testing.T) {
+	require.ErrorIs(t, Validate(Tags, []byte("{\"a\":\"\xff\"}")), ErrInvalidJSON)
+	require.ErrorIs(t, Validate(Tags, []byte(`{"a":"x\u0000y"}`)), ErrInvalidJSON)
+	require.NoError(t, Validate(Tags, []byte(`{"a":"grüße"}`)))
 }
