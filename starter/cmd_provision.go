@@ -39,6 +39,7 @@ type provisionFlags struct {
 	window           int
 	output           string
 	heartbeatTimeout time.Duration
+	batchesPerRun    int
 }
 
 func newProvisionCmd(g *globals) *cobra.Command {
@@ -71,6 +72,8 @@ registry only as a digest: secrets never pass through Temporal.`,
 	fl.IntVar(&f.window, "window", workflows.DefaultWindow, "batch activities in flight at once")
 	fl.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "how soon a batch on a crashed worker is retried")
 	fl.StringVarP(&f.output, "output", "o", "text", "summary format: text or json")
+	fl.IntVar(&f.batchesPerRun, "batches-per-run", 0, "batches per workflow run before continue-as-new (default: the workflow's)")
+	_ = fl.MarkHidden("batches-per-run")
 	return cmd
 }
 
@@ -174,7 +177,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	slog.Debug("manifest staged", "op", op, "rows", rows, "elapsed", time.Since(began))
 	in := workflows.ProvisionInput{Op: op, Rows: rows, BatchSize: f.batchSize, Window: f.window,
-		AwaitConnect: f.awaitConnect, HeartbeatTimeout: f.heartbeatTimeout}
+		AwaitConnect: f.awaitConnect, HeartbeatTimeout: f.heartbeatTimeout, BatchesPerRun: f.batchesPerRun}
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    op,
 		TaskQueue:             g.cfg.TaskQueue,
