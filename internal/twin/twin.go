@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -41,9 +40,6 @@ func MaxBytes(s Section) int {
 	}
 	return MaxDesiredBytes
 }
-
-// idPattern is the device id of DESIGN §4: it is also the MQTT client id and username and a topic level.
-var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
 // ErrInvalidID is returned for device ids outside the DESIGN §4 pattern.
 var ErrInvalidID = errors.New("invalid device id")
