@@ -267,7 +267,21 @@ func (r *Registry) RecordConnections(ctx context.Context, events []ConnEvent) er
 		b.Queue(`UPDATE devices d SET last_seen = greatest(d.last_seen, u.at)
 			FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE d.id = u.id`, ids, ats)
 	}
-	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
+	// Lock the rows in id order first, as ApplyReported does: two batch updates that lock the same devices in
+	// different orders deadlock, and Postgres resolves that only after deadlock_timeout (a one-second stall).
+	all := make([]string, 0, len(events))
+	for _, e := range events {
+		all = append(all, e.DeviceID)
+	}
+	slices.Sort(all)
+	all = slices.Compact(all)
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT 1 FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE", all); err != nil {
+			return err
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
 		return fmt.Errorf("record %d connection events: %w", len(events), err)
 	}
 	return nil
@@ -283,13 +297,12 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until ctx
-// ends. It holds its own connection (LISTEN needs one) and reconnects after errors; after a reconnect it
-// calls fn with "" so the caller can drop everything it cached, since notifications may have been missed.
+// ends. It holds its own connection (LISTEN needs one) and reconnects after errors; each time LISTEN is in
+// place it calls fn with "" so the caller can drop everything it cached, since notifications may have been
+// missed before.
 func (r *Registry) ListenDeviceChanges(ctx context.Context, fn func(id string)) error {
-	first := true
 	for ctx.Err() == nil {
-		err := r.listenOnce(ctx, fn, first)
-		first = false
+		err := r.listenOnce(ctx, fn)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -302,7 +315,7 @@ func (r *Registry) ListenDeviceChanges(ctx context.Context, fn func(id string)) 
 	return nil
 }
 
-func (r *Registry) listenOnce(ctx context.Context, fn func(string), first bool) error {
+func (r *Registry) listenOnce(ctx context.Context, fn func(string)) error {
 	conn, err := pgx.Connect(ctx, r.url)
 	if err != nil {
 		return fmt.Errorf("listen: connect: %w", err)
@@ -311,9 +324,9 @@ func (r *Registry) listenOnce(ctx context.Context, fn func(string), first bool) 
 	if _, err := conn.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	if !first {
-		fn("")
-	}
+	// Changes made before LISTEN took effect (at start-up, or while reconnecting) were not announced:
+	// "" tells the caller to drop its cache and re-check what it holds.
+	fn("")
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {

@@ -41,6 +41,9 @@ func MaxBytes(s Section) int {
 	return MaxDesiredBytes
 }
 
+// reservedID is the embedded broker's own client id, so no device may have it.
+const reservedID = "inline"
+
 // ErrInvalidID is returned for device ids outside the DESIGN §4 pattern.
 var ErrInvalidID = errors.New("invalid device id")
 
@@ -48,13 +51,16 @@ var ErrInvalidID = errors.New("invalid device id")
 // million-row manifest and every CONNECT, so it is a byte loop rather than a regexp match.
 func ValidateID(id string) error {
 	if !validID(id) {
+		if id == reservedID {
+			return fmt.Errorf("%w %q: reserved by the gateway", ErrInvalidID, id)
+		}
 		return fmt.Errorf("%w %q: must match [a-z0-9][a-z0-9._-]{0,63}", ErrInvalidID, id)
 	}
 	return nil
 }
 
 func validID(id string) bool {
-	if len(id) == 0 || len(id) > 64 {
+	if len(id) == 0 || len(id) > 64 || id == reservedID {
 		return false
 	}
 	for i := 0; i < len(id); i++ {

@@ -115,7 +115,7 @@ func TestValidateID(t *testing.T) {
 	for id, ok := range map[string]bool{
 		"dev-0001": true, "a": true, "0.sensor_x": true, strings.Repeat("a", 64): true,
 		"": false, "Dev": false, "-lead": false, "a/b": false, "a+b": false, "a#": false, "a b": false,
-		strings.Repeat("a", 65): false, "dév": false,
+		strings.Repeat("a", 65): false, "dév": false, "inline": false,
 	} {
 		err := ValidateID(id)
 		if ok {

@@ -1,0 +1,68 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/fleetflow/fleetflow/internal/testenv"
+)
+
+var bins testenv.Binaries
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fleetflow-bench-bin-")
+	if err == nil {
+		bins, err = testenv.BuildBinaries(dir)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run executes the CLI with env and returns stdout; it fails the benchmark on error.
+func run(b *testing.B, ctx context.Context, env []string, args ...string) string {
+	b.Helper()
+	cmd := exec.CommandContext(ctx, bins.CLI, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Dir = b.TempDir()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("fleetflow %s: %v\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String()
+}
+
+// rssKiB reads a process's resident set size from /proc.
+func rssKiB(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				return strconv.ParseInt(f[1], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+// report prints a result line and records it as a benchmark metric.
+func report(b *testing.B, name string, value float64, unit string) {
+	b.Helper()
+	fmt.Printf("    %-58s %12.2f %s\n", name, value, unit)
+	b.ReportMetric(value, unit)
+}

@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleetworker"
+	"github.com/fleetflow/fleetflow/internal/gateway"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/testenv"
+	"go.temporal.io/sdk/client"
+)
+
+// bins holds the CLI and worker built once for the package, so tests run the binaries users run.
+var bins struct{ cli, worker string }
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fleetflow-e2e-bin-")
+	if err == nil {
+		var b testenv.Binaries
+		if b, err = testenv.BuildBinaries(dir); err == nil {
+			bins.cli, bins.worker = b.CLI, b.Worker
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	// The shared Postgres and Temporal servers end with the test binary (testenv), so no Main is needed.
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one test's stack: a fresh database, the shared Temporal server with a task queue of its own, and
+// an in-process gateway on a free port.
+type env struct {
+	t         *testing.T
+	dbURL     string
+	temporal  string
+	taskQueue string
+	reg       *registry.Registry
+	gw        *gateway.Gateway
+	mqttURL   string
+	tc        client.Client
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	e := &env{t: t, dbURL: testenv.Postgres(t), temporal: testenv.Temporal(t),
+		taskQueue: "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))}
+	reg, err := registry.Open(ctx, e.dbURL)
+	require.NoError(t, err)
+	t.Cleanup(reg.Close)
+	e.reg = reg
+	e.gw = gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	require.NoError(t, e.gw.Start(ctx))
+	t.Cleanup(func() { e.gw.Close() })
+	e.mqttURL = "tcp://" + e.gw.Addr()
+	tc, err := client.Dial(client.Options{HostPort: e.temporal, Logger: quietLogger{}})
+	require.NoError(t, err)
+	t.Cleanup(tc.Close)
+	e.tc = tc
+	return e
+}
+
+// startWorker runs a worker in this process until the test ends.
+func (e *env) startWorker() {
+	w := fleetworker.New(e.tc, e.taskQueue, &activities.Activities{Registry: e.reg, PollInterval: 200 * time.Millisecond})
+	require.NoError(e.t, w.Start())
+	e.t.Cleanup(w.Stop)
+}
+
+// workerProcess runs the worker binary, which a test may kill.
+func (e *env) workerProcess() *exec.Cmd {
+	cmd := exec.Command(bins.worker)
+	cmd.Env = e.environ()
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	require.NoError(e.t, cmd.Start())
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if e.t.Failed() {
+			e.t.Logf("worker output:\n%s", buf.String())
+		}
+	})
+	return cmd
+}
+
+func (e *env) environ() []string {
+	return append(os.Environ(),
+		"FLEETFLOW_DATABASE_URL="+e.dbURL,
+		"TEMPORAL_ADDRESS="+e.temporal,
+		"FLEETFLOW_TASK_QUEUE="+e.taskQueue,
+		"FLEETFLOW_MQTT_URL="+e.mqttURL,
+	)
+}
+
+// cli runs the fleetflow binary and returns its stdout; stderr is logged on failure.
+func (e *env) cli(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, bins.cli, args...)
+	cmd.Env = e.environ()
+	cmd.Dir = e.t.TempDir()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		e.t.Logf("fleetflow %s: %v\nstderr:\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), err
+}
+
+// provisionSummary is the CLI's --output json summary.
+type provisionSummary struct {
+	WorkflowID  string `json:"workflowId"`
+	Rows        int64  `json:"rows"`
+	Credentials int    `json:"credentials"`
+	Counts      struct {
+		Created, Existing, Invalid int64
+	} `json:"counts"`
+	Invalid []registry.RowResult `json:"invalid"`
+	Connect *struct {
+		Created, Connected, Reported int64
+		Missing                      []string
+	} `json:"connect"`
+}
+
+func parseSummary(t *testing.T, out string) provisionSummary {
+	t.Helper()
+	var s provisionSummary
+	require.NoError(t, json.Unmarshal([]byte(out), &s), "summary: %s", out)
+	return s
+}
+
+// waitFile waits until path exists.
+func waitFile(t *testing.T, path string, within time.Duration) {
+	t.Helper()
+	require.Eventually(t, func() bool { _, err := os.Stat(path); return err == nil }, within, 50*time.Millisecond,
+		"%s was not written", path)
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Debug(string, ...any) {}
+func (quietLogger) Info(string, ...any)  {}
+func (quietLogger) Warn(string, ...any)  {}
+func (quietLogger) Error(string, ...any) {}
+
+func itoa(n int) string { return fmt.Sprint(n) }
+
+func mustCreds(t *testing.T, path string) []creds.Credential {
+	t.Helper()
+	cs, err := creds.ReadFile(path)
+	require.NoError(t, err)
+	return cs
+}

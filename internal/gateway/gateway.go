@@ -1,0 +1,408 @@
+// Package gateway is fleetflow's device-facing edge: an embedded MQTT 3.1.1 broker (mochi-mqtt) whose auth and
+// ACL hooks consult the registry, which records connection state and ingests twin traffic in batches.
+//
+// The broker is the only thing devices talk to, so it has to hold ~10k connections per process, survive
+// reconnect storms without turning each CONNECT into a Postgres query, and cut off a revoked device at once.
+// It therefore caches the credentials of active devices in memory, drops them on the registry's change
+// notifications (LISTEN fleetflow_device) and re-checks any live session of a changed device, and writes
+// everything it learns (connections, last-seen, reported properties) to the registry in batches rather than
+// one transaction per message (DESIGN §1, §4, §7).
+//
+// Denied publishes: a QoS 0 publish outside the device's own topics is dropped and counted; mochi answers a
+// denied QoS ≥ 1 publish from an MQTT 3.1.1 client by disconnecting it (3.1.1 has no negative PUBACK). That
+// is deliberate — only a misbehaving device hits it — and it still counts as an ACL denial.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// Store is what the gateway needs from the registry. It is declared here, on the consumer side, so that tests
+// run the real broker against an in-memory fake; *registry.Registry implements it.
+type Store interface {
+	// DeviceAuth returns the device's status and credential digests; it wraps registry.ErrNotFound when
+	// the device does not exist.
+	DeviceAuth(ctx context.Context, id string) (registry.DeviceAuth, error)
+	// GetTwin returns the device's twin (for twin/get).
+	GetTwin(ctx context.Context, id string) (twin.Twin, error)
+	// ApplyReported merges a batch of reported patches and returns one result per patch, in order.
+	ApplyReported(ctx context.Context, patches []registry.ReportedPatch) ([]registry.ReportedResult, error)
+	// RecordConnections records a batch of connection events.
+	RecordConnections(ctx context.Context, events []registry.ConnEvent) error
+	// ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until
+	// ctx ends. fn("") says notifications may have been missed (the listener reconnected): the gateway
+	// then forgets its cache and re-checks every live session.
+	ListenDeviceChanges(ctx context.Context, fn func(id string)) error
+}
+
+// Config tunes the gateway. Zero values take the defaults below, which are sized for ~10k devices per
+// process on a 2-core machine.
+type Config struct {
+	// Listen is the TCP address of the MQTT listener, e.g. "127.0.0.1:1883" (":0" picks a free port).
+	Listen string
+	// ServiceToken is the password of ServiceUsername; when empty no service may log in.
+	ServiceToken string
+
+	// AuthCacheSize caps the number of cached device records (default 100,000).
+	AuthCacheSize int
+	// AuthConcurrency caps registry lookups in flight, so a storm of distinct ids cannot exhaust the
+	// Postgres pool (default 16).
+	AuthConcurrency int
+	// AuthTimeout bounds one CONNECT's wait for the registry (default 5 s).
+	AuthTimeout time.Duration
+
+	// FlushInterval is how often connection events are written (default 200 ms); FlushEvents forces an
+	// earlier write when that many are pending (default 1,000).
+	FlushInterval time.Duration
+	FlushEvents   int
+	// ReportedBatch and ReportedWait bound one ApplyReported batch: at most this many patches, and the
+	// first patch waits at most this long for company (defaults 500 and 50 ms).
+	ReportedBatch int
+	ReportedWait  time.Duration
+	// QueueSize bounds each ingest queue; requests beyond it are answered 429 (default 10,000).
+	QueueSize int
+	// Workers serve twin/get requests (default 4); RecheckWorkers re-verify live sessions of changed
+	// devices (default 4).
+	Workers        int
+	RecheckWorkers int
+	// StoreTimeout bounds each batched registry write (default 10 s).
+	StoreTimeout time.Duration
+
+	// Broker memory knobs; each connection costs roughly its buffers plus MaxWritesPending pointers.
+	MaxWritesPending int           // outbound queue per client (default 128)
+	BufferSize       int           // read and write buffer per client (default 1 KiB)
+	MaxInflight      int           // stored QoS>0 messages per client (default 256)
+	SessionExpiry    time.Duration // how long a persistent (clean=false) session outlives its connection (default 1 h)
+	MaxPacketSize    int           // largest accepted packet (default 256 KiB)
+
+	// BrokerLogger receives mochi's own log lines; nil means the gateway's logger at level Error, because
+	// mochi logs every refused CONNECT as a warning, which would flood the log in a reconnect storm.
+	BrokerLogger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:1883"
+	}
+	def(&c.AuthCacheSize, 100_000)
+	def(&c.AuthConcurrency, 16)
+	defDur(&c.AuthTimeout, 5*time.Second)
+	defDur(&c.FlushInterval, 200*time.Millisecond)
+	def(&c.FlushEvents, 1000)
+	def(&c.ReportedBatch, 500)
+	defDur(&c.ReportedWait, 50*time.Millisecond)
+	def(&c.QueueSize, 10_000)
+	def(&c.Workers, 4)
+	def(&c.RecheckWorkers, 4)
+	defDur(&c.StoreTimeout, 10*time.Second)
+	def(&c.MaxWritesPending, 128)
+	def(&c.BufferSize, 1024)
+	def(&c.MaxInflight, 256)
+	defDur(&c.SessionExpiry, time.Hour)
+	def(&c.MaxPacketSize, 256*1024)
+}
+
+// Stats are the gateway's counters since start; issue 4 exports them as Prometheus metrics.
+type Stats struct {
+	Connected         int64 // device sessions open now
+	Connects          int64 // device sessions established
+	ServiceConnects   int64 // service sessions established
+	AuthFailures      int64 // CONNECTs refused
+	ACLDenials        int64 // publishes, subscriptions or wills refused by the ACL
+	Kicks             int64 // live sessions dropped because the device was revoked (or Kick was called)
+	MessagesIn        int64 // publishes received from devices
+	MessagesOut       int64 // publishes written to clients (devices and services)
+	Telemetry         int64 // telemetry messages
+	TwinGets          int64 // twin/get requests answered
+	JobStatus         int64 // job status messages
+	MethodResponses   int64 // method responses
+	Malformed         int64 // device messages dropped or refused as malformed (topic or payload)
+	Throttled         int64 // requests answered 429 because an ingest queue was full
+	ReportedApplied   int64 // reported patches merged into the registry
+	ReportedFailed    int64 // reported patches refused or failed (including malformed)
+	IngestBatches     int64 // ApplyReported calls
+	LastBatchSize     int64 // patches in the last ApplyReported call
+	LastBatchLatency  time.Duration
+	ConnEventsWritten int64 // connection events recorded in the registry
+	ConnEventsDropped int64 // connection events given up after repeated write failures
+	StoreErrors       int64 // failed registry calls of any kind
+	AuthCacheSize     int64 // cached device records
+	AuthLookups       int64 // registry queries made for CONNECTs
+	AuthCacheHits     int64 // CONNECTs answered from the cache
+}
+
+// counters are the atomics behind Stats.
+type counters struct {
+	connected, connects, serviceConnects, authFailures, aclDenials, kicks             atomic.Int64
+	messagesIn, telemetry, twinGets, jobStatus, methodResponses, malformed, throttled atomic.Int64
+	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
+	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
+}
+
+// Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
+type Gateway struct {
+	cfg   Config
+	store Store
+	log   *slog.Logger
+
+	server   *mqtt.Server
+	listener net.Listener
+	auth     *authCache
+	sessions *sessions
+	events   *eventBuffer
+	recheck  *recheckQueue
+	getQ     chan twinRequest
+	reportQ  chan twinRequest
+	c        counters
+
+	lastSession atomic.Int64 // last session number handed out, to keep them strictly increasing
+
+	ctx       context.Context // background work; cancelled by Close
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	startOnce sync.Once
+	closeOnce sync.Once
+	started   atomic.Bool
+}
+
+// New prepares a gateway; Start opens the listener.
+func New(cfg Config, store Store, log *slog.Logger) *Gateway {
+	cfg.setDefaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	g := &Gateway{
+		cfg:      cfg,
+		store:    store,
+		log:      log.With("component", "gateway"),
+		sessions: newSessions(),
+		recheck:  newRecheckQueue(),
+		getQ:     make(chan twinRequest, cfg.QueueSize),
+		reportQ:  make(chan twinRequest, cfg.QueueSize),
+	}
+	g.events = newEventBuffer(cfg.FlushEvents)
+	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
+	return g
+}
+
+// Start listens on cfg.Listen and starts the broker and the background work (change listener, flusher,
+// ingest workers). ctx only bounds the start; the gateway runs until Close.
+func (g *Gateway) Start(ctx context.Context) error {
+	err := errors.New("gateway already started")
+	g.startOnce.Do(func() { err = g.start(ctx) })
+	return err
+}
+
+func (g *Gateway) start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	brokerLog := g.cfg.BrokerLogger
+	if brokerLog == nil {
+		brokerLog = slog.New(minLevel{Handler: g.log.Handler(), min: slog.LevelError})
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = int32(g.cfg.MaxWritesPending)
+	caps.MaximumInflight = uint16(min(g.cfg.MaxInflight, 65535))
+	caps.MaximumSessionExpiryInterval = uint32(g.cfg.SessionExpiry / time.Second)
+	// mochi deletes retained messages older than this; the retained devices/{id}/state must live as
+	// long as the device's state does, and queued QoS>0 messages are already bounded by MaxInflight.
+	caps.MaximumMessageExpiryInterval = 0
+	caps.MaximumPacketSize = uint32(g.cfg.MaxPacketSize)
+	caps.TopicAliasMaximum = 0 // devices speak 3.1.1; aliases would only cost memory for v5 clients
+	server := mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		ClientNetReadBufferSize:  g.cfg.BufferSize,
+		ClientNetWriteBufferSize: g.cfg.BufferSize,
+		Logger:                   brokerLog,
+		SysTopicResendInterval:   60, // $SYS is not part of the contract; refreshing it costs a ReadMemStats
+		InlineClient:             true,
+	})
+	if err := server.AddHook(&hook{g: g}, nil); err != nil {
+		return fmt.Errorf("gateway: add hook: %w", err)
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", g.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("gateway: listen on %s: %w", g.cfg.Listen, err)
+	}
+	if err := server.AddListener(listeners.NewNet("tcp", ln)); err != nil {
+		ln.Close()
+		return fmt.Errorf("gateway: add listener: %w", err)
+	}
+	// One inline subscription sees every message under devices/; the handler picks out what devices
+	// sent and ignores cloud-to-device traffic, so malformed device topics can be counted too.
+	if err := server.Subscribe("devices/#", 1, g.onMessage); err != nil {
+		ln.Close()
+		return fmt.Errorf("gateway: inline subscribe: %w", err)
+	}
+	g.server, g.listener = server, ln
+	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
+
+	g.goBackground(g.flushLoop)
+	g.goBackground(g.reportedLoop)
+	for range g.cfg.Workers {
+		g.goBackground(g.twinGetLoop)
+	}
+	for range g.cfg.RecheckWorkers {
+		g.goBackground(g.recheckLoop)
+	}
+	g.goBackground(g.listenLoop)
+
+	if err := server.Serve(); err != nil {
+		g.cancel()
+		g.wg.Wait()
+		ln.Close()
+		return fmt.Errorf("gateway: serve: %w", err)
+	}
+	g.started.Store(true)
+	g.log.Info("gateway listening", "addr", ln.Addr().String())
+	return nil
+}
+
+func (g *Gateway) goBackground(fn func()) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		fn()
+	}()
+}
+
+// Addr is the listener's address (useful with ":0"); empty before Start.
+func (g *Gateway) Addr() string {
+	if g.listener == nil {
+		return ""
+	}
+	return g.listener.Addr().String()
+}
+
+// Close disconnects every client, records their disconnection, answers or drops queued requests and stops
+// the background work. It is safe to call more than once.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		if !g.started.Load() {
+			return
+		}
+		// Closing the broker first means no more messages arrive, and every session's ConnDown is queued
+		// before the final flush below.
+		if err := g.server.Close(); err != nil {
+			g.log.Warn("closing broker", "err", err)
+		}
+		g.cancel()
+		g.wg.Wait()
+		g.log.Info("gateway stopped")
+	})
+	return nil
+}
+
+// Kick drops the live session of device id, if any. Its LWT is published; whether it may reconnect is the
+// registry's decision at its next CONNECT.
+func (g *Gateway) Kick(id string) bool {
+	if g.server == nil {
+		return false
+	}
+	s := g.sessions.get(id)
+	if s == nil {
+		return false
+	}
+	g.kick(s, "kick requested")
+	return true
+}
+
+func (g *Gateway) kick(s *session, reason string) {
+	g.c.kicks.Add(1)
+	g.log.Info("dropping device session", "device", s.id, "session", s.num, "reason", reason)
+	_ = g.server.DisconnectClient(s.cl, packets.ErrNotAuthorized)
+}
+
+// Stats returns a snapshot of the counters.
+func (g *Gateway) Stats() Stats {
+	st := Stats{
+		Connected:         g.c.connected.Load(),
+		Connects:          g.c.connects.Load(),
+		ServiceConnects:   g.c.serviceConnects.Load(),
+		AuthFailures:      g.c.authFailures.Load(),
+		ACLDenials:        g.c.aclDenials.Load(),
+		Kicks:             g.c.kicks.Load(),
+		MessagesIn:        g.c.messagesIn.Load(),
+		Telemetry:         g.c.telemetry.Load(),
+		TwinGets:          g.c.twinGets.Load(),
+		JobStatus:         g.c.jobStatus.Load(),
+		MethodResponses:   g.c.methodResponses.Load(),
+		Malformed:         g.c.malformed.Load(),
+		Throttled:         g.c.throttled.Load(),
+		ReportedApplied:   g.c.reportedApplied.Load(),
+		ReportedFailed:    g.c.reportedFailed.Load(),
+		IngestBatches:     g.c.ingestBatches.Load(),
+		LastBatchSize:     g.c.lastBatchSize.Load(),
+		LastBatchLatency:  time.Duration(g.c.lastBatchLatency.Load()),
+		ConnEventsWritten: g.c.connEventsWritten.Load(),
+		ConnEventsDropped: g.c.connEventsDropped.Load(),
+		StoreErrors:       g.c.storeErrors.Load(),
+		AuthCacheSize:     int64(g.auth.len()),
+		AuthLookups:       g.auth.lookups.Load(),
+		AuthCacheHits:     g.auth.hits.Load(),
+	}
+	if g.server != nil {
+		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)
+	}
+	return st
+}
+
+// nextSession hands out session numbers: the connect time in unix microseconds, made strictly increasing
+// so that a device reconnecting within the same tick still gets a newer number, which is what lets the
+// registry ignore a late ConnDown of an older session.
+func (g *Gateway) nextSession() int64 {
+	for {
+		now := time.Now().UnixMicro()
+		last := g.lastSession.Load()
+		if now <= last {
+			now = last + 1
+		}
+		if g.lastSession.CompareAndSwap(last, now) {
+			return now
+		}
+	}
+}
+
+// minLevel filters a handler to records at or above min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{Handler: h.Handler.WithAttrs(attrs), min: h.min}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
+}

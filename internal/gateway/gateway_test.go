@@ -1,0 +1,586 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/gateway"
+	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
+	"github.com/fleetflow/fleetflow/internal/registry"
+)
+
+var _ gateway.Store = (*gatewaytest.Store)(nil)
+
+func connectDevice(t *testing.T, url, id, secret string, mod ...func(*device.Config)) (*device.Device, error) {
+	t.Helper()
+	cfg := device.Config{BrokerURL: url, ID: id, Secret: secret, Logger: gatewaytest.Logger(t),
+		RequestTimeout: 5 * time.Second, MaxReconnectInterval: time.Second}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	d, err := device.New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Connect(ctx); err != nil {
+		return nil, err
+	}
+	t.Cleanup(d.Close)
+	return d, nil
+}
+
+func mustConnect(t *testing.T, url, id, secret string, mod ...func(*device.Config)) *device.Device {
+	t.Helper()
+	d, err := connectDevice(t, url, id, secret, mod...)
+	require.NoError(t, err)
+	return d
+}
+
+func TestAuthentication(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-ok", "s3cret")
+	store.Add("dev-off", "s3cret")
+	store.SetStatus("dev-off", registry.StatusDisabled)
+	store.Add("dev-gone", "s3cret")
+	store.SetStatus("dev-gone", registry.StatusRetired)
+	store.Add("dev-rot", "old")
+	store.SetSecondary("dev-rot", "new")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+
+	mustConnect(t, url, "dev-ok", "s3cret")
+	mustConnect(t, url, "dev-rot", "new") // the secondary slot works during a rotation
+
+	for _, tc := range []struct{ name, id, secret string }{
+		{"wrong secret", "dev-ok", "nope"},
+		{"unknown device", "dev-unknown", "s3cret"},
+		{"disabled", "dev-off", "s3cret"},
+		{"retired", "dev-gone", "s3cret"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := g.Stats().AuthFailures
+			_, err := connectDevice(t, url, tc.id, tc.secret)
+			require.ErrorIs(t, err, device.ErrNotAuthorized)
+			assert.Equal(t, before+1, g.Stats().AuthFailures, "exactly one CONNECT (no MQTT 3.1 fallback)")
+		})
+	}
+
+	t.Run("client id differs from username", func(t *testing.T) {
+		_, err := gatewaytest.Dial(t, url, "dev-other", "dev-ok", "s3cret")
+		require.Error(t, err)
+	})
+	t.Run("invalid device id", func(t *testing.T) {
+		_, err := gatewaytest.Dial(t, url, "Dev_OK", "Dev_OK", "s3cret")
+		require.Error(t, err)
+	})
+	t.Run("reserved id", func(t *testing.T) {
+		store.Add("inline", "s3cret") // mochi's inline client id (the device package refuses it before dialing)
+		_, err := gatewaytest.Dial(t, url, "inline", "inline", "s3cret")
+		require.Error(t, err)
+	})
+	t.Run("will on another device's topic", func(t *testing.T) {
+		before := g.Stats().ACLDenials
+		c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("dev-ok").SetUsername("dev-ok").
+			SetPassword("s3cret").SetProtocolVersion(4).SetWill("devices/dev-rot/state", "{}", 1, true))
+		tok := c.Connect()
+		require.True(t, tok.WaitTimeout(5*time.Second))
+		require.Error(t, tok.Error())
+		assert.Greater(t, g.Stats().ACLDenials, before)
+	})
+	t.Run("services", func(t *testing.T) {
+		_, err := gatewaytest.Dial(t, url, "svc:test", gateway.ServiceUsername, gatewaytest.ServiceToken)
+		require.NoError(t, err)
+		_, err = gatewaytest.Dial(t, url, "svc:bad", gateway.ServiceUsername, "wrong")
+		require.Error(t, err)
+		// A service must not be able to take over a device's session through its client id.
+		_, err = gatewaytest.Dial(t, url, "dev-ok", gateway.ServiceUsername, gatewaytest.ServiceToken)
+		require.Error(t, err)
+	})
+	t.Run("no service token configured", func(t *testing.T) {
+		g2 := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, store, gatewaytest.Logger(t))
+		require.NoError(t, g2.Start(context.Background()))
+		defer g2.Close()
+		_, err := gatewaytest.Dial(t, gatewaytest.URL(g2), "svc:test", gateway.ServiceUsername, "")
+		require.Error(t, err)
+	})
+
+	st := g.Stats()
+	assert.GreaterOrEqual(t, st.Connects, int64(2))
+	assert.GreaterOrEqual(t, st.AuthFailures, int64(7))
+}
+
+func TestConcurrentConnectsShareOneLookup(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "s")
+	store.AuthDelay = 200 * time.Millisecond
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Same id each time: every CONNECT takes over the previous session, which is fine here.
+			_, _ = gatewaytest.Dial(t, url, "dev-a", "dev-a", "s")
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, 1, store.AuthLookups(), "concurrent CONNECTs of one id share a registry lookup")
+	// Later CONNECTs are answered from the cache.
+	_, err := gatewaytest.Dial(t, url, "dev-a", "dev-a", "s")
+	require.NoError(t, err)
+	assert.Equal(t, 1, store.AuthLookups())
+	assert.GreaterOrEqual(t, g.Stats().AuthCacheHits, int64(1))
+}
+
+func TestACL(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	store.Add("dev-b", "sb")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+
+	b, err := gatewaytest.Dial(t, url, "dev-b", "dev-b", "sb")
+	require.NoError(t, err)
+	require.Equal(t, []byte{1}, b.Sub(t, 1, "devices/dev-b/#"))
+	spy := gatewaytest.Service(t, url, "svc:spy")
+	spy.Sub(t, 0, "devices/#")
+
+	a, err := gatewaytest.Dial(t, url, "dev-a", "dev-a", "sa")
+	require.NoError(t, err)
+
+	// Subscriptions outside its own subtree, wildcards at or above its level, $share and $SYS are refused.
+	denied := []string{
+		"devices/dev-b/#", "devices/dev-b/twin/desired/+", "devices/+/twin/res/#", "devices/#", "#", "+/dev-a/#",
+		"$share/g/devices/dev-a/#", "$share/g/devices/#", "$SYS/#", "devices/dev-a", "devices/dev-ab/#",
+	}
+	before := g.Stats().ACLDenials
+	codes := a.Sub(t, 1, denied...)
+	for i, f := range denied {
+		assert.Equal(t, byte(0x80), codes[i], "filter %q must be refused", f)
+	}
+	assert.Equal(t, before+int64(len(denied)), g.Stats().ACLDenials)
+	// Its own subtree, including wildcards below its level, is allowed.
+	assert.Equal(t, []byte{1, 1}, a.Sub(t, 1, "devices/dev-a/twin/res/#", "devices/dev-a/+/x"))
+
+	// QoS 0 publishes to another device's topics are dropped and counted.
+	before = g.Stats().ACLDenials
+	for _, topic := range []string{"devices/dev-b/twin/desired/9", "devices/dev-b/methods/req/reboot/1", "other/topic", "devices/dev-ab/telemetry"} {
+		require.NoError(t, a.Pub(t, topic, 0, `{"evil":true}`))
+	}
+	require.NoError(t, a.Pub(t, "devices/dev-a/telemetry", 0, `{"t":1}`)) // its own: delivered
+	_, ok := spy.WaitMessage(t, "devices/dev-a/telemetry", 2*time.Second)
+	require.True(t, ok, "own telemetry must be delivered")
+	assert.Equal(t, before+4, g.Stats().ACLDenials)
+	assert.Empty(t, b.Messages(), "the other device received nothing")
+	for _, m := range spy.Messages() {
+		assert.True(t, strings.HasPrefix(m.Topic, "devices/dev-a/"), "leaked %s", m.Topic)
+	}
+
+	// A denied QoS 1 publish disconnects an MQTT 3.1.1 client (mochi; 3.1.1 has no negative PUBACK).
+	before = g.Stats().ACLDenials
+	_ = a.Pub(t, "devices/dev-b/twin/desired/10", 1, `{}`)
+	require.Eventually(t, a.Lost, 2*time.Second, 10*time.Millisecond)
+	assert.Equal(t, before+1, g.Stats().ACLDenials)
+	time.Sleep(100 * time.Millisecond)
+	assert.Empty(t, b.Messages(), "the other device received nothing")
+	assert.False(t, b.Lost(), "other devices are not affected")
+
+	// A service reaches any device.
+	svc := gatewaytest.Service(t, url, "svc:worker")
+	assert.Equal(t, []byte{0, 0}, svc.Sub(t, 0, "$share/engine/devices/+/methods/res/#", "devices/+/jobs/+/status"))
+	assert.Equal(t, []byte{0x80}, svc.Sub(t, 0, "$SYS/#"))
+	require.NoError(t, svc.Pub(t, "devices/dev-b/methods/req/ping/r1", 0, `{}`))
+	_, ok = b.WaitMessage(t, "devices/dev-b/methods/req/ping/r1", 2*time.Second)
+	assert.True(t, ok)
+}
+
+func TestTwinGetAndReported(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	store.Add("dev-b", "sb")
+	_, err := store.SetDesired("dev-a", json.RawMessage(`{"interval":30}`))
+	require.NoError(t, err)
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+
+	// The device package asks twin/get on connect.
+	a := mustConnect(t, url, "dev-a", "sa")
+	doc, v := a.Desired()
+	assert.JSONEq(t, `{"interval":30}`, string(doc))
+	assert.Equal(t, int64(1), v)
+
+	// A raw round trip shows the exact response format.
+	raw, err := gatewaytest.Dial(t, url, "dev-b", "dev-b", "sb")
+	require.NoError(t, err)
+	raw.Sub(t, 1, "devices/dev-b/twin/res/#")
+	require.NoError(t, raw.Pub(t, "devices/dev-b/twin/reported/r1", 1, `{"fw":"1.0"}`))
+	m, ok := raw.WaitMessage(t, "devices/dev-b/twin/res/204/r1", 2*time.Second)
+	require.True(t, ok)
+	assert.JSONEq(t, `{"version":1}`, string(m.Payload))
+	require.NoError(t, raw.Pub(t, "devices/dev-b/twin/get/r2", 1, ``))
+	m, ok = raw.WaitMessage(t, "devices/dev-b/twin/res/200/r2", 2*time.Second)
+	require.True(t, ok)
+	assert.JSONEq(t, `{"desired":{"$version":0},"reported":{"$version":1,"fw":"1.0"}}`, string(m.Payload))
+
+	// Reported patch through the device package.
+	ver, err := a.ReportPatch(context.Background(), map[string]any{"firmware": map[string]any{"version": "1.2.3"}})
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), ver)
+	rep, rv := store.Reported("dev-a")
+	assert.JSONEq(t, `{"firmware":{"version":"1.2.3"}}`, string(rep))
+	assert.Equal(t, int64(1), rv)
+
+	// Malformed payloads are answered 400 and counted; the gateway keeps serving.
+	before := g.Stats()
+	require.NoError(t, raw.Pub(t, "devices/dev-b/twin/reported/r3", 1, `not json`))
+	m, ok = raw.WaitMessage(t, "devices/dev-b/twin/res/400/r3", 2*time.Second)
+	require.True(t, ok)
+	assert.Contains(t, string(m.Payload), `"error"`)
+	require.NoError(t, raw.Pub(t, "devices/dev-b/twin/reported/r4", 1, `[1,2]`))
+	_, ok = raw.WaitMessage(t, "devices/dev-b/twin/res/400/r4", 2*time.Second)
+	require.True(t, ok)
+	deep := strings.Repeat(`{"a":`, 12) + "1" + strings.Repeat("}", 12)
+	_, err = a.ReportPatch(context.Background(), json.RawMessage(deep))
+	var re *device.ResponseError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, 400, re.Status)
+	assert.Contains(t, re.Message, "depth")
+	// Malformed topics are counted and dropped.
+	require.NoError(t, raw.Pub(t, "devices/dev-b/twin/get", 0, ``))
+	require.NoError(t, raw.Pub(t, "devices/dev-b/twin/reported/bad!rid", 0, `{}`))
+	require.NoError(t, raw.Pub(t, "devices/dev-b/twin/res/200/x", 0, `{}`))
+	require.NoError(t, raw.Pub(t, "devices/dev-b/nonsense", 0, `{}`))
+	require.Eventually(t, func() bool { return g.Stats().Malformed >= before.Malformed+7 }, 2*time.Second, 10*time.Millisecond)
+	assert.False(t, raw.Lost())
+
+	// Other devices are unaffected.
+	ver, err = a.ReportPatch(context.Background(), map[string]any{"ok": true})
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), ver)
+
+	// A device the registry no longer knows (notification missed) gets 404.
+	store.Forget("dev-a")
+	_, err = a.ReportPatch(context.Background(), map[string]any{"x": 1})
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, 404, re.Status)
+
+	st := g.Stats()
+	assert.Equal(t, int64(3), st.ReportedApplied)
+	assert.GreaterOrEqual(t, st.TwinGets, int64(2))
+	assert.Greater(t, st.MessagesIn, int64(0))
+	assert.Greater(t, st.MessagesOut, int64(0))
+}
+
+func TestRevocationKicksAtOnce(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	store.Add("dev-b", "sb")
+	store.Add("dev-c", "sc")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+
+	lost := make(chan time.Time, 4)
+	mustConnect(t, url, "dev-a", "sa", func(c *device.Config) {
+		c.OnConnectionLost = func(error) { lost <- time.Now() }
+	})
+	b := mustConnect(t, url, "dev-b", "sb")
+	require.Eventually(t, func() bool { return g.Stats().Connected == 2 }, time.Second, 5*time.Millisecond)
+
+	failures := g.Stats().AuthFailures
+	start := time.Now()
+	store.SetStatus("dev-a", registry.StatusDisabled)
+	select {
+	case at := <-lost:
+		assert.Less(t, at.Sub(start), time.Second, "revocation must take effect well under 1 s")
+		t.Logf("kicked after %s", at.Sub(start))
+	case <-time.After(time.Second):
+		t.Fatal("device was not kicked within 1 s")
+	}
+	assert.Equal(t, int64(1), g.Stats().Kicks)
+	// Its automatic reconnect is refused, and so is a fresh CONNECT.
+	require.Eventually(t, func() bool { return g.Stats().AuthFailures > failures }, 5*time.Second, 10*time.Millisecond)
+	_, err := connectDevice(t, url, "dev-a", "sa")
+	require.ErrorIs(t, err, device.ErrNotAuthorized)
+	// Other devices stay connected.
+	assert.True(t, b.IsConnected())
+	_, err = b.ReportPatch(context.Background(), map[string]any{"still": "here"})
+	require.NoError(t, err)
+
+	// Re-enabling lets it in again at once (refusals are not cached).
+	store.SetStatus("dev-a", registry.StatusActive)
+	mustConnect(t, url, "dev-a", "sa")
+
+	// A credential rotation that drops the session's secret kicks it too.
+	mustConnect(t, url, "dev-c", "sc")
+	kicks := g.Stats().Kicks
+	store.SetPrimary("dev-c", "rotated")
+	require.Eventually(t, func() bool { return g.Stats().Kicks == kicks+1 }, time.Second, 5*time.Millisecond)
+	mustConnect(t, url, "dev-c", "rotated")
+}
+
+func TestRetiredDeviceStateIsCleared(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+	mustConnect(t, url, "dev-a", "sa")
+
+	svc := gatewaytest.Service(t, url, "svc:watch")
+	svc.Sub(t, 0, "devices/dev-a/state")
+	m, ok := svc.WaitMessage(t, "devices/dev-a/state", 2*time.Second)
+	require.True(t, ok)
+	assert.True(t, m.Retained)
+	assert.Contains(t, string(m.Payload), `"online":true`)
+
+	store.SetStatus("dev-a", registry.StatusRetired)
+	require.Eventually(t, func() bool { return g.Stats().Connected == 0 }, time.Second, 5*time.Millisecond)
+	// A new subscriber finds no retained state for the retired device.
+	time.Sleep(50 * time.Millisecond)
+	late := gatewaytest.Service(t, url, "svc:late")
+	late.Sub(t, 0, "devices/dev-a/state")
+	time.Sleep(200 * time.Millisecond)
+	assert.Empty(t, late.Messages())
+}
+
+func TestReportedPatchesAreBatched(t *testing.T) {
+	store := gatewaytest.New()
+	const n = 200
+	for i := range n {
+		store.Add(fmt.Sprintf("dev-%03d", i), "s")
+	}
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+	devs := make([]*device.Device, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := connectDevice(t, url, fmt.Sprintf("dev-%03d", i), "s")
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+			}
+			devs[i] = d
+		}()
+	}
+	wg.Wait()
+	require.Empty(t, errs)
+
+	callsBefore, _ := store.ApplyCalls()
+	start := make(chan struct{})
+	for i, d := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			v, err := d.ReportPatch(context.Background(), map[string]any{"index": i})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+			} else if v != 1 {
+				errs = append(errs, fmt.Errorf("%s: version %d", d.ID(), v))
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	require.Empty(t, errs)
+	calls, patches := store.ApplyCalls()
+	calls -= callsBefore
+	t.Logf("%d patches in %d ApplyReported calls", n, calls)
+	assert.Equal(t, n, patches)
+	assert.LessOrEqual(t, calls, n/10, "patches must be batched")
+	assert.Equal(t, int64(n), g.Stats().ReportedApplied)
+	rep, _ := store.Reported("dev-007")
+	assert.JSONEq(t, `{"index":7}`, string(rep))
+}
+
+func TestConnectionEvents(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{FlushInterval: 20 * time.Millisecond})
+	url := gatewaytest.URL(g)
+	d := mustConnect(t, url, "dev-a", "sa")
+	for range 50 {
+		require.NoError(t, d.PublishTelemetry("env", map[string]any{"t": 21.5}))
+	}
+	require.Eventually(t, func() bool { return g.Stats().Telemetry == 50 }, 2*time.Second, 5*time.Millisecond)
+	time.Sleep(60 * time.Millisecond)
+	d.Close()
+	require.Eventually(t, func() bool {
+		ev := store.Events()
+		return len(ev) > 0 && ev[len(ev)-1].Kind == registry.ConnDown
+	}, 2*time.Second, 10*time.Millisecond)
+
+	ev := store.Events()
+	require.Equal(t, registry.ConnUp, ev[0].Kind)
+	session := ev[0].Session
+	seen := 0
+	for _, e := range ev {
+		assert.Equal(t, "dev-a", e.DeviceID)
+		assert.Equal(t, session, e.Session)
+		if e.Kind == registry.ConnSeen {
+			seen++
+		}
+	}
+	// 50 telemetry messages plus birth and twin traffic become a handful of coalesced ConnSeen events.
+	assert.GreaterOrEqual(t, seen, 1)
+	assert.Less(t, seen, 10)
+	assert.Equal(t, registry.ConnDown, ev[len(ev)-1].Kind)
+	require.Eventually(t, func() bool { return g.Stats().Connected == 0 }, time.Second, 5*time.Millisecond)
+
+	// A reconnect gets a strictly newer session number.
+	mustConnect(t, url, "dev-a", "sa")
+	require.Eventually(t, func() bool {
+		for _, e := range store.Events() {
+			if e.Kind == registry.ConnUp && e.Session > session {
+				return true
+			}
+		}
+		return false
+	}, 2*time.Second, 10*time.Millisecond)
+}
+
+func TestKickAndClose(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	c, err := gatewaytest.Dial(t, gatewaytest.URL(g), "dev-a", "dev-a", "sa")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return g.Stats().Connected == 1 }, time.Second, 5*time.Millisecond)
+	assert.True(t, g.Kick("dev-a"))
+	assert.False(t, g.Kick("dev-nobody"))
+	require.Eventually(t, c.Lost, time.Second, 5*time.Millisecond)
+
+	// Close records the disconnection of every session before returning.
+	_, err = gatewaytest.Dial(t, gatewaytest.URL(g), "dev-a", "dev-a", "sa")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return g.Stats().Connected == 1 }, time.Second, 5*time.Millisecond)
+	require.NoError(t, g.Close())
+	ev := store.Events()
+	require.NotEmpty(t, ev)
+	assert.Equal(t, registry.ConnDown, ev[len(ev)-1].Kind)
+	require.NoError(t, g.Close())
+}
+
+func TestStartFailsOnBusyAddress(t *testing.T) {
+	store := gatewaytest.New()
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	g2 := gateway.New(gateway.Config{Listen: g.Addr()}, store, gatewaytest.Logger(t))
+	err := g2.Start(context.Background())
+	require.ErrorContains(t, err, "listen")
+	require.NoError(t, g2.Close())
+}
+
+func TestResyncAfterMissedNotifications(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	store.Add("dev-b", "sb")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+	a, err := gatewaytest.Dial(t, url, "dev-a", "dev-a", "sa")
+	require.NoError(t, err)
+	b, err := gatewaytest.Dial(t, url, "dev-b", "dev-b", "sb")
+	require.NoError(t, err)
+
+	// dev-a disappears while the gateway's listener was down: no notification for it. The store's
+	// listener then says so with an empty id, and every live session is re-checked.
+	store.Forget("dev-a")
+	store.Notify("")
+	require.Eventually(t, a.Lost, time.Second, 5*time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	assert.False(t, b.Lost())
+	require.Eventually(t, func() bool { return g.Stats().Connected == 1 }, time.Second, 5*time.Millisecond)
+}
+
+// On a session takeover mochi publishes the old connection's LWT, often after the new connection's birth; it
+// must not become the retained state, since the device is online.
+func TestTakeoverLWTIsNotRetained(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+	dial := func(session string, birth bool) paho.Client {
+		c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("dev-a").SetUsername("dev-a").
+			SetPassword("sa").SetProtocolVersion(4).SetAutoReconnect(false).
+			SetWill("devices/dev-a/state", `{"online":false,"session":`+session+`}`, 1, true))
+		tok := c.Connect()
+		require.True(t, tok.WaitTimeout(5*time.Second))
+		require.NoError(t, tok.Error())
+		if birth {
+			require.True(t, c.Publish("devices/dev-a/state", 1, true, `{"online":true,"session":`+session+`}`).WaitTimeout(5*time.Second))
+		}
+		return c
+	}
+	svc := gatewaytest.Service(t, url, "svc:watch")
+	svc.Sub(t, 0, "devices/dev-a/state")
+	first := dial("1", true)
+	defer first.Disconnect(0)
+	second := dial("2", false) // the birth is late: the old LWT arrives first
+	defer second.Disconnect(0)
+	require.Eventually(t, func() bool { return !first.IsConnectionOpen() }, 2*time.Second, 10*time.Millisecond)
+	// The LWT is still delivered live...
+	require.Eventually(t, func() bool {
+		for _, m := range svc.Messages() {
+			if string(m.Payload) == `{"online":false,"session":1}` {
+				return true
+			}
+		}
+		return false
+	}, 2*time.Second, 10*time.Millisecond)
+	// ...but a late subscriber sees the device online.
+	late := gatewaytest.Service(t, url, "svc:late")
+	late.Sub(t, 0, "devices/dev-a/state")
+	m, ok := late.WaitMessage(t, "devices/dev-a/state", 2*time.Second)
+	require.True(t, ok)
+	assert.JSONEq(t, `{"online":true,"session":1}`, string(m.Payload))
+	require.Eventually(t, func() bool { return g.Stats().Connected == 1 }, time.Second, 5*time.Millisecond)
+}
+
+// A kicked device that reconnects at once must get a fully working session: mochi v2.7.9 cleans up the old
+// connection on its own goroutine by client id and could otherwise delete the new connection's
+// subscriptions, leaving a device that is connected but deaf.
+func TestImmediateReconnectsKeepWorking(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	synced := make(chan error, 1)
+	d := mustConnect(t, gatewaytest.URL(g), "dev-a", "sa", func(c *device.Config) {
+		c.MaxReconnectInterval = 100 * time.Millisecond
+		c.OnConnected = func(_ int64, err error) {
+			select {
+			case synced <- err:
+			default:
+			}
+		}
+	})
+	<-synced // the first connect
+	for i := range 10 {
+		require.True(t, g.Kick("dev-a"), "iteration %d", i)
+		select {
+		case err := <-synced:
+			require.NoError(t, err, "iteration %d: twin sync after reconnect", i)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("iteration %d: no reconnect", i)
+		}
+		require.Eventually(t, func() bool { return g.Stats().Connected == 1 }, time.Second, time.Millisecond)
+	}
+	_, err := d.ReportPatch(context.Background(), map[string]any{"alive": true})
+	require.NoError(t, err)
+}

@@ -1,0 +1,173 @@
+package gatewaytest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fleetflow/fleetflow/internal/gateway"
+)
+
+// ServiceToken is the service password StartGateway configures.
+const ServiceToken = "test-service-token"
+
+// StartGateway runs a gateway on a free loopback port against store and closes it when the test ends.
+// Zero fields of cfg take the gateway's defaults; Listen and ServiceToken are set unless given.
+func StartGateway(t testing.TB, store gateway.Store, cfg gateway.Config) *gateway.Gateway {
+	t.Helper()
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.ServiceToken == "" {
+		cfg.ServiceToken = ServiceToken
+	}
+	g := gateway.New(cfg, store, Logger(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.Start(ctx); err != nil {
+		t.Fatalf("start gateway: %v", err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return g
+}
+
+// URL is the broker URL of a started gateway.
+func URL(g *gateway.Gateway) string { return "tcp://" + g.Addr() }
+
+// Logger logs to stderr when FLEETFLOW_TEST_LOG is set (e.g. "debug") and discards otherwise, so tests
+// stay quiet but can be debugged.
+func Logger(t testing.TB) *slog.Logger {
+	var lvl slog.Level
+	switch os.Getenv("FLEETFLOW_TEST_LOG") {
+	case "":
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	case "debug":
+		lvl = slog.LevelDebug
+	default:
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+// Message is one message a Client received.
+type Message struct {
+	Topic    string
+	Payload  []byte
+	Retained bool
+}
+
+// Client is a plain paho client for tests: a service, or a device behaving in ways the device package would
+// not (spoofing, wildcards, malformed topics). Every received message is recorded.
+type Client struct {
+	paho.Client
+	mu   sync.Mutex
+	msgs []Message
+	lost atomic.Bool
+}
+
+// Dial connects a raw MQTT 3.1.1 client without auto-reconnect. It returns the CONNECT error instead of
+// failing the test, so refusals can be asserted.
+func Dial(t testing.TB, url, clientID, username, password string) (*Client, error) {
+	t.Helper()
+	c := &Client{}
+	opts := paho.NewClientOptions().
+		AddBroker(url).
+		SetClientID(clientID).
+		SetUsername(username).
+		SetPassword(password).
+		SetProtocolVersion(4).
+		SetCleanSession(true).
+		SetAutoReconnect(false).
+		SetConnectTimeout(5 * time.Second).
+		SetOrderMatters(false).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) {
+			c.mu.Lock()
+			c.msgs = append(c.msgs, Message{Topic: m.Topic(), Payload: append([]byte(nil), m.Payload()...), Retained: m.Retained()})
+			c.mu.Unlock()
+		}).
+		SetConnectionLostHandler(func(paho.Client, error) { c.lost.Store(true) })
+	c.Client = paho.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10 * time.Second) {
+		return nil, fmt.Errorf("connect %s: timed out", clientID)
+	}
+	if err := tok.Error(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c, nil
+}
+
+// Service connects as a fleetflow service with the harness token.
+func Service(t testing.TB, url, clientID string) *Client {
+	t.Helper()
+	c, err := Dial(t, url, clientID, gateway.ServiceUsername, ServiceToken)
+	if err != nil {
+		t.Fatalf("service connect: %v", err)
+	}
+	return c
+}
+
+// Sub subscribes and returns the SUBACK code of each filter (0x80 = refused).
+func (c *Client) Sub(t testing.TB, qos byte, filters ...string) []byte {
+	t.Helper()
+	m := make(map[string]byte, len(filters))
+	for _, f := range filters {
+		m[f] = qos
+	}
+	tok := c.SubscribeMultiple(m, nil)
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %v: %v", filters, tok.Error())
+	}
+	res := tok.(*paho.SubscribeToken).Result()
+	out := make([]byte, len(filters))
+	for i, f := range filters {
+		out[i] = res[f]
+	}
+	return out
+}
+
+// Pub publishes and waits for the token.
+func (c *Client) Pub(t testing.TB, topic string, qos byte, payload string) error {
+	t.Helper()
+	tok := c.Publish(topic, qos, false, payload)
+	if !tok.WaitTimeout(5 * time.Second) {
+		return fmt.Errorf("publish %s: timed out", topic)
+	}
+	return tok.Error()
+}
+
+// Messages returns what the client received so far.
+func (c *Client) Messages() []Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Message(nil), c.msgs...)
+}
+
+// Lost reports whether the connection was lost (for example, kicked).
+func (c *Client) Lost() bool { return c.lost.Load() }
+
+// WaitMessage waits for a message on topic and returns it.
+func (c *Client) WaitMessage(t testing.TB, topic string, timeout time.Duration) (Message, bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, m := range c.Messages() {
+			if m.Topic == topic {
+				return m, true
+			}
+		}
+		if time.Now().After(deadline) {
+			return Message{}, false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

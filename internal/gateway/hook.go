@@ -1,0 +1,262 @@
+package gateway
+
+import (
+	"crypto/subtle"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// hook plugs the gateway into mochi. mochi denies everything without an auth hook, so this one hook is the
+// whole policy: who may connect, what they may touch, and what their connections mean for the registry.
+type hook struct {
+	mqtt.HookBase
+	g *Gateway
+}
+
+func (h *hook) ID() string { return "fleetflow-registry" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnWill:
+		return true
+	}
+	return false
+}
+
+// isService reports whether cl logged in as a fleetflow service. Devices cannot take that username: it is
+// not a valid device id, and a device's username must equal its (valid) client id.
+func isService(cl *mqtt.Client) bool {
+	return string(cl.Properties.Username) == ServiceUsername
+}
+
+// OnConnectAuthenticate admits a device whose client id, username and registry id agree, whose status is
+// active and whose password matches one of its two credential slots; or a service holding the service token.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	g := h.g
+	user := string(pk.Connect.Username)
+	if user == ServiceUsername {
+		return h.authService(cl, pk)
+	}
+	id := cl.ID
+	refuse := func(reason string, attrs ...any) bool {
+		g.c.authFailures.Add(1)
+		g.log.Debug("connect refused", append([]any{"client", id, "remote", cl.Net.Remote, "reason", reason}, attrs...)...)
+		return false
+	}
+	if user != id {
+		return refuse("client id and username differ")
+	}
+	if err := twin.ValidateID(id); err != nil {
+		return refuse("invalid device id")
+	}
+	if id == mqtt.InlineClientId {
+		// mochi's own in-process client has this id; a device taking it over would cut off ingest.
+		return refuse("reserved client id")
+	}
+	if len(pk.Connect.Password) == 0 {
+		return refuse("no password")
+	}
+	if pk.Connect.WillFlag && !deviceMayUse(id, pk.Connect.WillTopic) {
+		g.c.aclDenials.Add(1)
+		return refuse("will topic outside the device's topics", "topic", pk.Connect.WillTopic)
+	}
+	a, _, err := g.auth.get(id)
+	if err != nil {
+		if errors.Is(err, registry.ErrNotFound) {
+			return refuse("unknown device")
+		}
+		g.c.storeErrors.Add(1)
+		g.log.Warn("connect refused: registry lookup failed", "client", id, "err", err)
+		return refuse("registry lookup failed")
+	}
+	if a.Status != registry.StatusActive {
+		return refuse("device not active", "status", a.Status)
+	}
+	secret := string(pk.Connect.Password)
+	if !creds.Matches(secret, a.Secret1Hash) && !creds.Matches(secret, a.Secret2Hash) {
+		return refuse("wrong secret")
+	}
+	return true
+}
+
+func (h *hook) authService(cl *mqtt.Client, pk packets.Packet) bool {
+	g := h.g
+	token := g.cfg.ServiceToken
+	ok := token != "" &&
+		subtle.ConstantTimeCompare(pk.Connect.Password, []byte(token)) == 1 &&
+		// A service must not be able to take over a device's session (mochi keys sessions by client id).
+		twin.ValidateID(cl.ID) != nil
+	if !ok {
+		g.c.authFailures.Add(1)
+		g.log.Debug("service connect refused", "client", cl.ID, "remote", cl.Net.Remote)
+	}
+	return ok
+}
+
+// OnACLCheck confines devices to devices/{id}/… and services to devices/… (shared subscriptions allowed).
+// It sees publish topics, subscription filters (including $share prefixes) and, on delivery, topic names.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	var ok bool
+	if isService(cl) {
+		ok = serviceMayUse(topic)
+	} else {
+		ok = deviceMayUse(cl.ID, topic)
+	}
+	if !ok {
+		h.g.c.aclDenials.Add(1)
+		h.g.log.Debug("acl denied", "client", cl.ID, "topic", topic, "write", write)
+	}
+	return ok
+}
+
+// OnSessionEstablish runs after a successful CONNECT, just before mochi looks for an existing session with the
+// same client id. For clean sessions it retires that session itself and waits until mochi has cleaned it up:
+// mochi v2.7.9 cleans up a dropped connection on that connection's goroutine, keyed by client id, unless
+// its takeover flag is set; when that check runs just before the new connection sets the flag (a device
+// reconnecting while its old connection is still being torn down), the clean-up deletes the new
+// connection's client entry, leaving a connected device that never receives anything. Persistent sessions
+// are left to mochi's takeover, which must hand their state over.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	g := h.g
+	old, ok := g.server.Clients.Get(cl.ID)
+	if !ok || old == cl || !cleanSession(old) {
+		return
+	}
+	s := g.sessions.known(old)
+	if s == nil {
+		// Its connection never got going (mochi leaves such entries behind when the CONNACK
+		// cannot be written): nothing of it runs concurrently with us, and mochi's takeover
+		// replaces the entry.
+		return
+	}
+	// The old connection's LWT is published after this one's birth; it must not be retained.
+	s.superseded.Store(true)
+	_ = g.server.DisconnectClient(old, packets.ErrSessionTakenOver)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if cur, ok := g.server.Clients.Get(cl.ID); !ok || cur != old {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	g.log.Warn("previous connection was not cleaned up in time; relying on mochi's takeover", "client", cl.ID)
+}
+
+// cleanSession reports whether mochi discards cl's state when its connection ends.
+func cleanSession(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
+}
+
+// OnSessionEstablished records a device's new session.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	g := h.g
+	if isService(cl) {
+		g.c.serviceConnects.Add(1)
+		g.sessions.add(&session{id: cl.ID, cl: cl, service: true})
+		return
+	}
+	s := &session{id: cl.ID, cl: cl, num: g.nextSession(), digest: creds.Digest(string(pk.Connect.Password))}
+	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 {
+		s.will = cl.Properties.Will
+	}
+	g.sessions.add(s)
+	g.c.connected.Add(1)
+	g.c.connects.Add(1)
+	g.events.add(registry.ConnEvent{DeviceID: s.id, Kind: registry.ConnUp, Session: s.num, At: time.Now()})
+	// If the record was invalidated between the auth check and now, the change notification found no
+	// session to re-check; do it here so a revocation racing the CONNECT is not lost.
+	if !g.auth.has(s.id) {
+		g.recheck.add(s.id)
+	}
+}
+
+// OnDisconnect records the end of a device session.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	g := h.g
+	s := g.sessions.remove(cl, expire)
+	if s != nil && !s.service {
+		g.c.connected.Add(-1)
+		g.events.add(registry.ConnEvent{DeviceID: s.id, Kind: registry.ConnDown, Session: s.num, At: time.Now()})
+		// mochi publishes the LWT only when the read loop failed; when the server closed the
+		// connection (kick, takeover) between two packets the loop ends cleanly and the LWT is
+		// skipped. Only a DISCONNECT from the device itself may skip it.
+		if err == nil && s.will.TopicName != "" && !errors.Is(cl.StopCause(), packets.CodeDisconnect) {
+			w := h.rewriteWill(s, s.will)
+			if perr := g.server.Publish(w.TopicName, w.Payload, w.Retain, w.Qos); perr != nil {
+				g.log.Warn("publishing LWT failed", "device", s.id, "err", perr)
+			}
+		}
+	}
+	if testAfterDisconnect != nil {
+		testAfterDisconnect()
+	}
+}
+
+// testAfterDisconnect lets a test widen the window between this hook and mochi's own clean-up of the
+// connection, which follows it on the same goroutine.
+var testAfterDisconnect func()
+
+// OnPublish keeps the broker's retained store to one small message per device: only devices/{id}/state
+// may be retained by a device, so a device cannot park arbitrary data in gateway memory.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Retain && !cl.Net.Inline && !isService(cl) && pk.TopicName != stateTopic(cl.ID) {
+		pk.FixedHeader.Retain = false
+	}
+	return pk, nil
+}
+
+// OnWill applies the retain rule to wills and, for a device that was retired or deleted, turns its LWT into
+// an empty retained message, which clears its state topic instead of leaving a ghost behind.
+func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if isService(cl) {
+		return will, nil
+	}
+	s := h.g.sessions.forClient(cl)
+	if s == nil {
+		if will.TopicName != stateTopic(cl.ID) {
+			will.Retain = false
+		}
+		return will, nil
+	}
+	return h.rewriteWill(s, will), nil
+}
+
+func (h *hook) rewriteWill(s *session, will mqtt.Will) mqtt.Will {
+	state := stateTopic(s.id)
+	if s.purge.Load() {
+		will.TopicName, will.Payload, will.Retain = state, nil, true
+		return will
+	}
+	if will.Retain && will.TopicName != state {
+		will.Retain = false
+	}
+	if s.superseded.Load() {
+		// Still delivered live (consumers ignore its older session number) but not retained over
+		// the newer connection's birth.
+		will.Retain = false
+	}
+	return will
+}
+
+// sessionValid reports whether a live session still matches the device's current record.
+func sessionValid(s *session, a registry.DeviceAuth) bool {
+	if a.Status != registry.StatusActive {
+		return false
+	}
+	match := func(h []byte) bool {
+		return len(h) == len(s.digest) && subtle.ConstantTimeCompare(h, s.digest) == 1
+	}
+	return match(a.Secret1Hash) || match(a.Secret2Hash)
+}

@@ -1,0 +1,242 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// twinRequest is a twin/get or twin/reported message waiting for a worker.
+type twinRequest struct {
+	id      string
+	rid     string
+	payload []byte
+}
+
+// onMessage is the inline subscriber for devices/#. mochi calls it synchronously on the publishing client's
+// read goroutine, so it only classifies, counts and queues; registry work happens in the workers.
+func (g *Gateway) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+	// Only device-originated messages are ingested: cloud-to-device traffic (our own responses, services'
+	// desired patches and method requests) also passes through here.
+	s := g.sessions.get(pk.Origin)
+	if s == nil {
+		return
+	}
+	g.c.messagesIn.Add(1)
+	g.events.markSeen(s)
+
+	t := parseDeviceTopic(pk.TopicName)
+	if t.kind != kindInvalid && t.id != s.id {
+		t.kind = kindInvalid // the ACL makes this impossible; never act for another device regardless
+	}
+	switch t.kind {
+	case kindTelemetry:
+		g.c.telemetry.Add(1)
+	case kindState:
+	case kindJobStatus:
+		g.c.jobStatus.Add(1)
+	case kindMethodResponse:
+		g.c.methodResponses.Add(1)
+	case kindTwinGet:
+		g.enqueue(g.getQ, twinRequest{id: t.id, rid: t.rid})
+	case kindTwinReported:
+		g.enqueue(g.reportQ, twinRequest{id: t.id, rid: t.rid, payload: pk.Payload})
+	default:
+		g.c.malformed.Add(1)
+		g.log.Debug("dropping malformed device message", "device", s.id, "topic", pk.TopicName)
+	}
+}
+
+// enqueue hands a request to the workers, or answers 429 at once when they are saturated: blocking here
+// would stall the device's connection, and silently dropping would leave it waiting for a timeout.
+func (g *Gateway) enqueue(q chan twinRequest, r twinRequest) {
+	select {
+	case q <- r:
+	default:
+		g.c.throttled.Add(1)
+		g.respondError(r.id, 429, r.rid, "gateway busy, retry later")
+	}
+}
+
+// twinGetLoop answers twin/get requests with the device's desired and reported documents.
+func (g *Gateway) twinGetLoop() {
+	for {
+		select {
+		case r := <-g.getQ:
+			g.serveTwinGet(r)
+		case <-g.ctx.Done():
+			return
+		}
+	}
+}
+
+func (g *Gateway) serveTwinGet(r twinRequest) {
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.StoreTimeout)
+	t, err := g.store.GetTwin(ctx, r.id)
+	cancel()
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		g.respondError(r.id, 404, r.rid, "device not found")
+		return
+	case err != nil:
+		g.c.storeErrors.Add(1)
+		g.log.Warn("twin get failed", "device", r.id, "err", err)
+		g.respondError(r.id, 503, r.rid, "registry unavailable, retry later")
+		return
+	}
+	body, err := json.Marshal(t.Properties)
+	if err != nil {
+		g.log.Error("encoding twin failed", "device", r.id, "err", err)
+		g.respondError(r.id, 500, r.rid, "stored twin is not valid JSON")
+		return
+	}
+	g.c.twinGets.Add(1)
+	g.respond(r.id, 200, r.rid, body)
+}
+
+// reportedLoop collects reported patches into batches (up to ReportedBatch, waiting at most ReportedWait for
+// the batch to fill) and merges each batch with one ApplyReported call. While a batch is being written new
+// patches queue up, so batches grow with load, which is what keeps Postgres at ~50k rows/s (DESIGN §7).
+func (g *Gateway) reportedLoop() {
+	batch := make([]twinRequest, 0, g.cfg.ReportedBatch)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		var r twinRequest
+		select {
+		case r = <-g.reportQ:
+		case <-g.ctx.Done():
+			g.drainReported(batch)
+			return
+		}
+		batch = g.admitReported(batch, r)
+		timer.Reset(g.cfg.ReportedWait)
+	fill:
+		for len(batch) < g.cfg.ReportedBatch {
+			select {
+			case r = <-g.reportQ:
+				batch = g.admitReported(batch, r)
+			case <-timer.C:
+				break fill
+			case <-g.ctx.Done():
+				break fill
+			}
+		}
+		timer.Stop()
+		if len(batch) > 0 {
+			g.applyReported(batch)
+		}
+		clear(batch)
+		batch = batch[:0]
+	}
+}
+
+// drainReported writes what is still queued when the gateway closes. The broker is already closed, so the
+// queue can only shrink.
+func (g *Gateway) drainReported(batch []twinRequest) {
+	for {
+		select {
+		case r := <-g.reportQ:
+			batch = g.admitReported(batch, r)
+			if len(batch) < g.cfg.ReportedBatch {
+				continue
+			}
+		default:
+		}
+		if len(batch) == 0 {
+			return
+		}
+		g.applyReported(batch)
+		clear(batch)
+		batch = batch[:0]
+	}
+}
+
+// admitReported validates a patch before it takes a place in a batch: malformed input is answered 400 here
+// and never reaches the registry.
+func (g *Gateway) admitReported(batch []twinRequest, r twinRequest) []twinRequest {
+	var err error
+	if len(r.payload) > twin.MaxReportedBytes {
+		err = &twin.LimitError{Section: twin.Reported, What: "size", Limit: twin.MaxReportedBytes, Actual: len(r.payload)}
+	} else {
+		_, err = twin.ParseObject(twin.Reported, r.payload)
+	}
+	if err != nil {
+		g.c.malformed.Add(1)
+		g.c.reportedFailed.Add(1)
+		g.respondError(r.id, 400, r.rid, err.Error())
+		return batch
+	}
+	return append(batch, r)
+}
+
+func (g *Gateway) applyReported(batch []twinRequest) {
+	patches := make([]registry.ReportedPatch, len(batch))
+	for i, r := range batch {
+		patches[i] = registry.ReportedPatch{DeviceID: r.id, RequestID: r.rid, Patch: r.payload}
+	}
+	// Requests already queued when the gateway closes are still written: the devices were told nothing
+	// yet, and a short bounded write is better than losing reported state.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(g.ctx), g.cfg.StoreTimeout)
+	start := time.Now()
+	results, err := g.store.ApplyReported(ctx, patches)
+	cancel()
+	g.c.ingestBatches.Add(1)
+	g.c.lastBatchSize.Store(int64(len(batch)))
+	g.c.lastBatchLatency.Store(int64(time.Since(start)))
+	if err == nil && len(results) != len(batch) {
+		err = fmt.Errorf("registry returned %d results for %d patches", len(results), len(batch))
+	}
+	if err != nil {
+		g.c.storeErrors.Add(1)
+		g.c.reportedFailed.Add(int64(len(batch)))
+		g.log.Warn("applying reported patches failed", "patches", len(batch), "err", err)
+		for _, r := range batch {
+			g.respondError(r.id, 503, r.rid, "registry unavailable, retry later")
+		}
+		return
+	}
+	for i, r := range batch {
+		res := results[i]
+		if res.Err == nil {
+			g.c.reportedApplied.Add(1)
+			g.respond(r.id, 204, r.rid, fmt.Appendf(nil, `{"version":%d}`, res.Version))
+			continue
+		}
+		g.c.reportedFailed.Add(1)
+		var limit *twin.LimitError
+		switch {
+		case errors.Is(res.Err, registry.ErrNotFound):
+			g.respondError(r.id, 404, r.rid, "device not found")
+		case errors.Is(res.Err, registry.ErrNotActive):
+			g.respondError(r.id, 403, r.rid, "device is not active")
+		case errors.As(res.Err, &limit), errors.Is(res.Err, twin.ErrInvalidJSON):
+			g.c.malformed.Add(1)
+			g.respondError(r.id, 400, r.rid, res.Err.Error())
+		default:
+			g.log.Warn("reported patch failed", "device", r.id, "err", res.Err)
+			g.respondError(r.id, 500, r.rid, "internal error")
+		}
+	}
+}
+
+func (g *Gateway) respond(id string, status int, rid string, body []byte) {
+	if err := g.server.Publish(twinResponseTopic(id, status, rid), body, false, 1); err != nil {
+		g.log.Debug("publishing twin response failed", "device", id, "err", err)
+	}
+}
+
+func (g *Gateway) respondError(id string, status int, rid, msg string) {
+	body, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{msg})
+	g.respond(id, status, rid, body)
+}

@@ -1,0 +1,433 @@
+// Package simulator runs many devices (internal/device) in one process against a fleetflow gateway, so that
+// provisioning, twins, methods and rollouts can be exercised at fleet scale on one machine.
+//
+// Each device reports its capabilities once after its first connect; the values are derived from the device
+// id and the seed (Capabilities), so a test or an operator can predict exactly what the registry must hold.
+// Connections are opened by a bounded pool of workers (and an optional rate), because 10,000 unbounded
+// CONNECTs would only turn into timeouts. Telemetry is driven by one scheduler for all devices instead of a
+// timer goroutine per device, to keep a simulated device within ~64 KiB.
+package simulator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/device"
+)
+
+// Config describes a simulation.
+type Config struct {
+	BrokerURL string
+	Creds     []creds.Credential
+	// Devices limits the simulation to the first n credentials (0 = all).
+	Devices int
+	// Concurrency is the number of CONNECTs in flight (default 64); ConnectRate caps CONNECTs per second
+	// (0 = no cap).
+	Concurrency int
+	ConnectRate float64
+	// TelemetryEvery is each device's telemetry period (0 = no telemetry).
+	TelemetryEvery time.Duration
+	// Seed varies the derived capabilities; the same seed and id always give the same values.
+	Seed int64
+	// ConnectAttempts is how often a device retries a CONNECT that failed for a reason other than a
+	// refusal (default 3).
+	ConnectAttempts int
+	// LocalAddrs, if set, are source IPs (e.g. 127.0.0.2, 127.0.0.3) used round-robin, since one source
+	// address has only ~28k ephemeral ports towards one broker.
+	LocalAddrs []string
+	// KeepAlive, RequestTimeout and MaxReconnectInterval are passed to every device (device defaults if 0).
+	KeepAlive            time.Duration
+	RequestTimeout       time.Duration
+	MaxReconnectInterval time.Duration
+	Logger               *slog.Logger
+}
+
+// Stats are the simulation's counters.
+type Stats struct {
+	Devices        int64 // devices in the simulation
+	Connected      int64 // connected now
+	Refused        int64 // devices whose CONNECT was refused (unknown, disabled, wrong secret)
+	Failed         int64 // devices that could not connect or sync for another reason
+	Reported       int64 // devices whose capabilities were acknowledged
+	ReportFailed   int64 // capability reports that failed
+	Reconnects     int64 // reconnects after a lost connection
+	Telemetry      int64 // telemetry messages sent
+	Methods        int64 // method calls answered
+	DesiredUpdates int64 // desired updates received
+}
+
+// String is the one-line status the CLI prints.
+func (s Stats) String() string {
+	return fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d",
+		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods)
+}
+
+// Simulator runs one simulation.
+type Simulator struct {
+	cfg   Config
+	log   *slog.Logger
+	creds []creds.Credential
+
+	mu      sync.Mutex
+	devices []*simDevice // connected at least once, in connect order
+
+	refused, failed, reported, reportFailed, reconnects, telemetry, methods, desired atomic.Int64
+
+	// reports tracks the capability reports that run after each connect; reportSlots bounds them, so
+	// connecting goes on at full speed while earlier devices wait for their report's acknowledgement.
+	reports     sync.WaitGroup
+	reportSlots chan struct{}
+}
+
+type simDevice struct {
+	dev     *device.Device
+	started time.Time
+	seq     atomic.Int64 // telemetry sequence
+	conns   atomic.Int64 // connections so far
+}
+
+// New validates cfg.
+func New(cfg Config) (*Simulator, error) {
+	if cfg.BrokerURL == "" {
+		return nil, errors.New("simulator: broker URL is required")
+	}
+	list := cfg.Creds
+	if cfg.Devices > 0 && cfg.Devices < len(list) {
+		list = list[:cfg.Devices]
+	}
+	if len(list) == 0 {
+		return nil, errors.New("simulator: no credentials")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 64
+	}
+	if cfg.ConnectAttempts <= 0 {
+		cfg.ConnectAttempts = 3
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Simulator{cfg: cfg, log: cfg.Logger.With("component", "simulator"), creds: list,
+		reportSlots: make(chan struct{}, 4*cfg.Concurrency)}, nil
+}
+
+// Run connects every device, then keeps them running (telemetry, methods, reconnects) until ctx ends, and
+// disconnects them. It returns the final counters.
+func Run(ctx context.Context, cfg Config) (Stats, error) {
+	s, err := New(cfg)
+	if err != nil {
+		return Stats{}, err
+	}
+	err = s.Run(ctx)
+	return s.Stats(), err
+}
+
+// Stats returns the current counters; safe to call while Run is running.
+func (s *Simulator) Stats() Stats {
+	// Counted rather than tracked, because paho reports lost connections but not clean disconnects.
+	s.mu.Lock()
+	devs := s.devices
+	s.mu.Unlock()
+	var connected int64
+	for _, sd := range devs {
+		if sd.dev.IsConnected() {
+			connected++
+		}
+	}
+	return Stats{
+		Devices:        int64(len(s.creds)),
+		Connected:      connected,
+		Refused:        s.refused.Load(),
+		Failed:         s.failed.Load(),
+		Reported:       s.reported.Load(),
+		ReportFailed:   s.reportFailed.Load(),
+		Reconnects:     s.reconnects.Load(),
+		Telemetry:      s.telemetry.Load(),
+		Methods:        s.methods.Load(),
+		DesiredUpdates: s.desired.Load(),
+	}
+}
+
+// Run is the method form of the package-level Run.
+func (s *Simulator) Run(ctx context.Context) error {
+	start := time.Now()
+	s.connectAll(ctx)
+	s.log.Info("initial connects done", "elapsed", time.Since(start).Round(time.Millisecond), "stats", s.Stats().String())
+	s.reports.Wait()
+	s.log.Info("capabilities reported", "elapsed", time.Since(start).Round(time.Millisecond), "stats", s.Stats().String())
+
+	var wg sync.WaitGroup
+	if s.cfg.TelemetryEvery > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.telemetryLoop(ctx)
+		}()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	s.closeAll()
+	return nil
+}
+
+// connectAll connects every device with bounded concurrency and an optional rate.
+func (s *Simulator) connectAll(ctx context.Context) {
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range min(s.cfg.Concurrency, len(s.creds)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				s.connectOne(ctx, i)
+			}
+		}()
+	}
+	var tick <-chan time.Time
+	if s.cfg.ConnectRate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / s.cfg.ConnectRate))
+		defer t.Stop()
+		tick = t.C
+	}
+feed:
+	for i := range s.creds {
+		if tick != nil {
+			select {
+			case <-tick:
+			case <-ctx.Done():
+				break feed
+			}
+		}
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+}
+
+func (s *Simulator) connectOne(ctx context.Context, i int) {
+	c := s.creds[i]
+	sd := &simDevice{started: time.Now()}
+	cfg := device.Config{
+		BrokerURL:            s.cfg.BrokerURL,
+		ID:                   c.ID,
+		Secret:               c.Secret,
+		KeepAlive:            s.cfg.KeepAlive,
+		RequestTimeout:       s.cfg.RequestTimeout,
+		MaxReconnectInterval: s.cfg.MaxReconnectInterval,
+		Logger:               s.cfg.Logger,
+		OnConnected: func(int64, error) {
+			if sd.conns.Add(1) > 1 {
+				s.reconnects.Add(1)
+			}
+		},
+	}
+	if n := len(s.cfg.LocalAddrs); n > 0 {
+		cfg.Dialer = &net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.cfg.LocalAddrs[i%n])}}
+	}
+	var err error
+	for attempt := 0; attempt < s.cfg.ConnectAttempts; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(500+rand.IntN(1000)) * time.Millisecond):
+			case <-ctx.Done():
+				s.failed.Add(1)
+				return
+			}
+		}
+		var d *device.Device
+		d, err = device.New(cfg)
+		if err != nil {
+			break
+		}
+		s.register(d, sd)
+		err = d.Connect(ctx)
+		if err == nil {
+			sd.dev = d
+			break
+		}
+		d.Close()
+		if errors.Is(err, device.ErrNotAuthorized) || ctx.Err() != nil {
+			break
+		}
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, device.ErrNotAuthorized):
+		s.refused.Add(1)
+		s.log.Debug("device refused", "device", c.ID)
+		return
+	default:
+		s.failed.Add(1)
+		s.log.Debug("device failed to connect", "device", c.ID, "err", err)
+		return
+	}
+	s.mu.Lock()
+	s.devices = append(s.devices, sd)
+	s.mu.Unlock()
+
+	select {
+	case s.reportSlots <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	s.reports.Add(1)
+	go func() {
+		defer func() { <-s.reportSlots; s.reports.Done() }()
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if _, err := sd.dev.ReportPatch(rctx, Capabilities(c.ID, s.cfg.Seed)); err != nil {
+			s.reportFailed.Add(1)
+			s.log.Debug("capability report failed", "device", c.ID, "err", err)
+			return
+		}
+		s.reported.Add(1)
+	}()
+}
+
+// register installs the simulated behaviour: methods and desired-state bookkeeping.
+func (s *Simulator) register(d *device.Device, sd *simDevice) {
+	id := d.ID()
+	caps := Capabilities(id, s.cfg.Seed)
+	d.OnMethod("ping", func(ctx context.Context, payload []byte) (any, error) {
+		s.methods.Add(1)
+		return map[string]any{"pong": true, "device": id, "time": time.Now().UTC().Format(time.RFC3339Nano)}, nil
+	})
+	d.OnMethod("diagnostics", func(ctx context.Context, payload []byte) (any, error) {
+		s.methods.Add(1)
+		return map[string]any{
+			"device":        id,
+			"model":         caps["model"],
+			"firmware":      caps["firmware"],
+			"uptimeSeconds": int64(time.Since(sd.started).Seconds()),
+			"connections":   sd.conns.Load(),
+			"session":       d.Session(),
+			"telemetrySent": sd.seq.Load(),
+			"goVersion":     runtime.Version(),
+		}, nil
+	})
+	d.OnDesired(func(device.DesiredUpdate) { s.desired.Add(1) })
+}
+
+// telemetryLoop spreads every device's telemetry over the period with one goroutine for the whole fleet:
+// each 100 ms tick serves the devices whose slot it is.
+func (s *Simulator) telemetryLoop(ctx context.Context) {
+	const tick = 100 * time.Millisecond
+	slots := max(int(s.cfg.TelemetryEvery/tick), 1)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for slot := 0; ; slot = (slot + 1) % slots {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		s.mu.Lock()
+		devs := s.devices
+		s.mu.Unlock()
+		for i := slot; i < len(devs); i += slots {
+			sd := devs[i]
+			if !sd.dev.IsConnected() {
+				continue
+			}
+			n := sd.seq.Add(1)
+			if err := sd.dev.PublishTelemetry("env", telemetrySample(sd.dev.ID(), n)); err == nil {
+				s.telemetry.Add(1)
+			}
+		}
+	}
+}
+
+// telemetrySample is a plausible, cheap reading.
+func telemetrySample(id string, n int64) map[string]any {
+	h := hash(0, id)
+	base := 18 + float64(h[0]%8)
+	return map[string]any{
+		"seq":         n,
+		"ts":          time.Now().UnixMilli(),
+		"temperature": base + float64(n%20)/10,
+		"humidity":    35 + int(h[1]%30),
+		"battery":     max(100-int(n/100), 5),
+	}
+}
+
+// closeAll disconnects every device with bounded parallelism.
+func (s *Simulator) closeAll() {
+	s.mu.Lock()
+	devs := s.devices
+	s.devices = nil
+	s.mu.Unlock()
+	sem := make(chan struct{}, max(s.cfg.Concurrency, 64))
+	var wg sync.WaitGroup
+	for _, sd := range devs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			sd.dev.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+var (
+	models   = []string{"th-100", "th-200", "aq-300", "gw-400", "pm-500"}
+	cpus     = []string{"cortex-m4", "cortex-m7", "esp32-s3", "rp2040", "cortex-a53"}
+	sensors  = []string{"temperature", "humidity", "pressure", "co2", "pm25", "voc", "light", "motion"}
+	radios   = []string{"wifi", "lte-m", "nb-iot", "ethernet"}
+	revs     = []string{"A", "B", "C", "D"}
+	fwMinors = 5
+)
+
+// Capabilities is what device id reports on its first connect. Values are derived from SHA-256(seed, id), so
+// they are stable across runs, processes and Go versions.
+func Capabilities(id string, seed int64) map[string]any {
+	h := hash(seed, id)
+	model := models[int(h[0])%len(models)]
+	var sens []any
+	for i, name := range sensors {
+		if i < 2 || h[1]&(1<<uint(i)) != 0 { // every device measures temperature and humidity
+			sens = append(sens, name)
+		}
+	}
+	return map[string]any{
+		"model": model,
+		"firmware": map[string]any{
+			"version": fmt.Sprintf("1.%d.%d", int(h[2])%fwMinors, int(h[3])%10),
+		},
+		"hardware": map[string]any{
+			"rev":      revs[int(h[4])%len(revs)],
+			"cpu":      cpus[int(h[5])%len(cpus)],
+			"memoryKb": 256 << (int(h[6]) % 4),
+		},
+		"sensors": sens,
+		"capabilities": map[string]any{
+			"ota":                 true,
+			"methods":             []any{"ping", "diagnostics"},
+			"radio":               radios[int(h[7])%len(radios)],
+			"telemetryMinSeconds": 5 * (1 + int(h[8])%6),
+			"battery":             h[9]%2 == 0,
+		},
+	}
+}
+
+func hash(seed int64, id string) [32]byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(seed))
+	return sha256.Sum256(append(b[:], id...))
+}
