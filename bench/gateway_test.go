@@ -15,13 +15,9 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"go.temporal.io/sdk/client"
 
-	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/creds"
-	"github.com/fleetflow/fleetflow/internal/fleetworker"
-	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -36,30 +32,14 @@ func BenchmarkGatewayConnect10k(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dbURL := testenv.Postgres(b)
-	temporalAddr := testenv.Temporal(b)
-	reg, err := registry.Open(ctx, dbURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer reg.Close()
-	tc, err := client.Dial(client.Options{HostPort: temporalAddr, Logger: quiet{}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer tc.Close()
-	w := fleetworker.New(tc, "bench-gw", &activities.Activities{Registry: reg})
-	if err := w.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer w.Stop()
+	be := startBackend(b, testenv.Postgres(b), "bench-gw")
+	reg := be.reg
 	port, err := stack.FreePort()
 	if err != nil {
 		b.Fatal(err)
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	env := []string{"FLEETFLOW_DATABASE_URL=" + dbURL, "TEMPORAL_ADDRESS=" + temporalAddr, "FLEETFLOW_TASK_QUEUE=bench-gw",
-		"FLEETFLOW_MQTT_URL=tcp://" + listen, "FLEETFLOW_GATEWAY_LISTEN=" + listen}
+	env := be.env("FLEETFLOW_MQTT_URL=tcp://"+listen, "FLEETFLOW_GATEWAY_LISTEN="+listen)
 	credsFile := filepath.Join(b.TempDir(), "creds.ndjson")
 	run(b, ctx, env, "provision", "--count", fmt.Sprint(connectDevices), "--prefix", "gw-", "--creds-out", credsFile, "-o", "json")
 

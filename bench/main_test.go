@@ -10,6 +10,11 @@ import (
 	"strings"
 	"testing"
 
+	"go.temporal.io/sdk/client"
+
+	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/internal/fleetworker"
+	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
 
@@ -66,3 +71,49 @@ func report(b *testing.B, name string, value float64, unit string) {
 	fmt.Printf("    %-58s %12.2f %s\n", name, value, unit)
 	b.ReportMetric(value, unit)
 }
+
+// backend is a benchmark's registry, Temporal client and in-process worker on its own task queue.
+type backend struct {
+	reg          *registry.Registry
+	tc           client.Client
+	dbURL        string
+	temporalAddr string
+	queue        string
+}
+
+// startBackend opens the registry at dbURL, dials the shared Temporal server and starts a worker on queue;
+// everything stops when the benchmark ends.
+func startBackend(b *testing.B, dbURL, queue string) *backend {
+	b.Helper()
+	be := &backend{dbURL: dbURL, temporalAddr: testenv.Temporal(b), queue: queue}
+	reg, err := registry.Open(context.Background(), dbURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(reg.Close)
+	tc, err := client.Dial(client.Options{HostPort: be.temporalAddr, Logger: quiet{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(tc.Close)
+	w := fleetworker.New(tc, queue, &activities.Activities{Registry: reg})
+	if err := w.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(w.Stop)
+	be.reg, be.tc = reg, tc
+	return be
+}
+
+// env is the environment that points the CLI at this backend.
+func (be *backend) env(extra ...string) []string {
+	return append([]string{"FLEETFLOW_DATABASE_URL=" + be.dbURL, "TEMPORAL_ADDRESS=" + be.temporalAddr,
+		"FLEETFLOW_TASK_QUEUE=" + be.queue}, extra...)
+}
+
+type quiet struct{}
+
+func (quiet) Debug(string, ...any) {}
+func (quiet) Info(string, ...any)  {}
+func (quiet) Warn(string, ...any)  {}
+func (quiet) Error(string, ...any) {}

@@ -16,10 +16,8 @@ import (
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 
-	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/creds"
-	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
@@ -42,23 +40,9 @@ func manifestRow(i int) (id, region, site, model string) {
 // over that fleet with the hand-written SQL they stand for.
 func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	ctx := context.Background()
-	dbURL := testenv.StartPostgres(b) // a cluster of its own: nothing else competes for it
-	temporalAddr := testenv.Temporal(b)
-	reg, err := registry.Open(ctx, dbURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer reg.Close()
-	tc, err := client.Dial(client.Options{HostPort: temporalAddr, Logger: quiet{}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer tc.Close()
-	w := fleetworker.New(tc, "bench", &activities.Activities{Registry: reg})
-	if err := w.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer w.Stop()
+	// A cluster of its own: nothing else competes for it.
+	be := startBackend(b, testenv.StartPostgres(b), "bench")
+	reg, tc := be.reg, be.tc
 
 	dir := b.TempDir()
 	manifest := filepath.Join(dir, "fleet.csv")
@@ -95,7 +79,7 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 
 	// The product path, end to end as an operator runs it: parse the manifest, generate secrets, stage,
 	// run the workflow, write the credentials file.
-	env := []string{"FLEETFLOW_DATABASE_URL=" + dbURL, "TEMPORAL_ADDRESS=" + temporalAddr, "FLEETFLOW_TASK_QUEUE=bench"}
+	env := be.env()
 	t0 = time.Now()
 	out := run(b, ctx, env, "provision", "--file", manifest, "--creds-out", filepath.Join(dir, "creds.ndjson"), "-o", "json")
 	viaWorkflow := time.Since(t0)
@@ -221,10 +205,3 @@ func median(n int, fn func()) time.Duration {
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	return ds[n/2]
 }
-
-type quiet struct{}
-
-func (quiet) Debug(string, ...any) {}
-func (quiet) Info(string, ...any)  {}
-func (quiet) Warn(string, ...any)  {}
-func (quiet) Error(string, ...any) {}

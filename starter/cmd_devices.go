@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,15 +23,7 @@ func newDevicesCmd(g *globals) *cobra.Command {
 		Short: "Show a device's identity, status and connection state",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := openRegistry(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			d, err := reg.GetDevice(cmd.Context(), args[0])
-			if errors.Is(err, registry.ErrNotFound) {
-				return fmt.Errorf("no device %q in the registry", args[0])
-			}
+			d, err := readDevice(cmd, g, args[0], (*registry.Registry).GetDevice)
 			if err != nil {
 				return err
 			}
@@ -66,15 +59,7 @@ func newTwinCmd(g *globals) *cobra.Command {
 		Short: "Print a device's twin (tags, desired and reported properties with their versions) as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := openRegistry(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			t, err := reg.GetTwin(cmd.Context(), args[0])
-			if errors.Is(err, registry.ErrNotFound) {
-				return fmt.Errorf("no device %q in the registry", args[0])
-			}
+			t, err := readDevice(cmd, g, args[0], (*registry.Registry).GetTwin)
 			if err != nil {
 				return err
 			}
@@ -82,6 +67,22 @@ func newTwinCmd(g *globals) *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// readDevice opens the registry, reads one device with read, and words "not found" for the operator.
+func readDevice[T any](cmd *cobra.Command, g *globals, id string,
+	read func(*registry.Registry, context.Context, string) (T, error)) (T, error) {
+	var zero T
+	reg, err := openRegistry(cmd, g)
+	if err != nil {
+		return zero, err
+	}
+	defer reg.Close()
+	v, err := read(reg, cmd.Context(), id)
+	if errors.Is(err, registry.ErrNotFound) {
+		return zero, fmt.Errorf("no device %q in the registry", id)
+	}
+	return v, err
 }
 
 func openRegistry(cmd *cobra.Command, g *globals) (*registry.Registry, error) {

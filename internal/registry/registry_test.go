@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -332,4 +333,40 @@ func TestQueriesRunAgainstTheRegistry(t *testing.T) {
 	var se *query.SyntaxError
 	require.True(t, errors.As(err, &se), "got %v", err)
 	require.Positive(t, se.Pos)
+}
+
+func TestRetiredDevicesAndOversizedTwinsAreRefusedAndNothingChanges(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	provision(t, reg, "op", "dev-1", "dev-old")
+	require.NoError(t, reg.SetStatus(ctx, "dev-old", registry.StatusRetired))
+	before, err := reg.GetTwin(ctx, "dev-old")
+	require.NoError(t, err)
+	_, err = reg.UpdateTwin(ctx, "dev-old", twin.Desired, []byte(`{"a":1}`), "")
+	require.ErrorIs(t, err, registry.ErrNotActive)
+	res, err := reg.ApplyReported(ctx, []registry.ReportedPatch{{DeviceID: "dev-old", Patch: []byte(`{"a":1}`)}})
+	require.NoError(t, err)
+	require.ErrorIs(t, res[0].Err, registry.ErrNotActive)
+	after, err := reg.GetTwin(ctx, "dev-old")
+	require.NoError(t, err)
+	require.Equal(t, before, after)
+
+	big := []byte(`{"blob":"` + strings.Repeat("x", 4000) + `"}`)
+	var err2 error
+	for i := 0; i < 3 && err2 == nil; i++ {
+		_, err2 = reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(fmt.Sprintf(`{"blob%d":"%s"}`, i, strings.Repeat("x", 4000))), "")
+	}
+	var le *twin.LimitError
+	require.True(t, errors.As(err2, &le), "tags stop at 8 KB: %v", err2)
+	tw, err := reg.GetTwin(ctx, "dev-1")
+	require.NoError(t, err)
+	require.Equal(t, int64(3), tw.TagsVersion, "two writes landed, the third changed nothing")
+	res, err = reg.ApplyReported(ctx, []registry.ReportedPatch{{DeviceID: "dev-1", Patch: big}, {DeviceID: "dev-1", Patch: []byte(`{"n":1}`)}})
+	require.NoError(t, err)
+	require.NoError(t, res[0].Err)
+	require.NoError(t, res[1].Err)
+	huge := []byte(`{"s":"` + strings.Repeat("x", 5000) + `"}`)
+	res, err = reg.ApplyReported(ctx, []registry.ReportedPatch{{DeviceID: "dev-1", Patch: huge}})
+	require.NoError(t, err)
+	require.True(t, errors.As(res[0].Err, &le), "a string over 4 KB is refused")
 }
