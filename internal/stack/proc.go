@@ -143,17 +143,29 @@ func stopProcess(p *PIDFile, sig syscall.Signal, grace time.Duration) error {
 	if !p.Alive() {
 		return nil
 	}
+	st, err := readProcStat(p.PID)
+	group := err == nil && st.pgrp == p.PID
 	if err := signalGroup(p, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("signal pid %d: %w", p.PID, err)
 	}
-	if waitGone(p, grace) {
-		return nil
+	if !waitGone(p, grace) {
+		if err := signalGroup(p, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("kill pid %d: %w", p.PID, err)
+		}
+		if !waitGone(p, 5*time.Second) {
+			return fmt.Errorf("pid %d survived SIGKILL", p.PID)
+		}
 	}
-	if err := signalGroup(p, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("kill pid %d: %w", p.PID, err)
-	}
-	if !waitGone(p, 5*time.Second) {
-		return fmt.Errorf("pid %d survived SIGKILL", p.PID)
+	if group {
+		// A child forked while the signal was on its way was not signalled and outlives its leader; the group
+		// id stays ours while any member lives, so finishing them off cannot hit an unrelated process.
+		for deadline := time.Now().Add(5 * time.Second); syscall.Kill(-p.PID, 0) == nil; {
+			_ = syscall.Kill(-p.PID, syscall.SIGKILL)
+			if time.Now().After(deadline) {
+				return fmt.Errorf("process group %d survived SIGKILL", p.PID)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	return nil
 }
