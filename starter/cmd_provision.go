@@ -251,7 +251,9 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 		if s.Tags == "" {
 			s.Tags = "{}"
 		}
-		if row.Err == "" {
+		if s.ParseError == "" {
+			// A secret for every parsed row; rows the registry then finds invalid are dropped from the
+			// credentials file at the end.
 			secret, err := creds.NewSecret()
 			if err != nil {
 				return s, false, err

@@ -10,10 +10,11 @@ import (
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
-// Defaults for ProvisionInput. 5,000 rows per batch keeps a 1M-device run at 200 activities, and a window
-// of 4 keeps both cores and a few Postgres connections busy without contending on the GIN index.
+// Defaults for ProvisionInput. 10,000 rows per batch keeps a 1M-device run at 100 activities (measured on
+// 1M devices: 7.1 s against 9.2 s with 5,000, since every activity costs the dev server and worker CPU),
+// and a window of 4 keeps both cores and a few Postgres connections busy.
 const (
-	DefaultBatchSize        = 5000
+	DefaultBatchSize        = 10000
 	DefaultWindow           = 4
 	DefaultBatchesPerRun    = 400
 	DefaultHeartbeatTimeout = 20 * time.Second

@@ -56,12 +56,14 @@ func FuzzCompile(f *testing.F) {
 // checkSQL asserts what must hold for every successful compilation.
 func checkSQL(t *testing.T, q string, c *Compiled) {
 	t.Helper()
+	// The only literal the compiler writes itself is the constant that hides retired devices.
+	sql := strings.ReplaceAll(c.SQL, "status <> 'retired'", "status <> $0")
 	for _, bad := range []string{"'", `"`, ";", "--", "/*", "*/", `\`} {
-		if strings.Contains(c.SQL, bad) {
+		if strings.Contains(sql, bad) {
 			t.Fatalf("SQL for %q contains %q: %s", q, bad, c.SQL)
 		}
 	}
-	for _, r := range c.SQL {
+	for _, r := range sql {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(" _$:,()[]<>=@#*", r)) {
 			t.Fatalf("SQL for %q contains unexpected character %q: %s", q, r, c.SQL)
 		}

@@ -370,3 +370,43 @@ func TestRetiredDevicesAndOversizedTwinsAreRefusedAndNothingChanges(t *testing.T
 	require.NoError(t, err)
 	require.True(t, errors.As(res[0].Err, &le), "a string over 4 KB is refused")
 }
+
+// Staging validates every row itself, so whoever stages, invalid rows never become devices.
+func TestUnvalidatedStagedRowsAreStillRefused(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	stage(t, reg, "op", []registry.StagedRow{
+		{ID: "ok-1", Tags: `{"a":"b"}`},
+		{ID: "Not Valid", Tags: `{}`},
+		{ID: "ok-2", Tags: `[1]`},
+		{ID: "ok-3", Tags: `{"deep":` + strings.Repeat(`{"a":`, 11) + `1` + strings.Repeat(`}`, 12)},
+	})
+	c, err := reg.ProvisionBatch(ctx, "op", 0, 4)
+	require.NoError(t, err)
+	require.Equal(t, registry.BatchCounts{Created: 1, Invalid: 3}, c)
+	created, err := reg.CreatedBy(ctx, "op")
+	require.NoError(t, err)
+	require.Equal(t, map[string]bool{"ok-1": true}, created)
+}
+
+func TestBatchWithoutConflictsRecordsStagedParseErrors(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	stage(t, reg, "op", []registry.StagedRow{
+		{ID: "a-1", Tags: `{"r":"eu"}`},
+		{ID: "Bad", ParseError: "invalid device id \"Bad\""},
+		{ID: "a-2"},
+	})
+	c, err := reg.ProvisionBatch(ctx, "op", 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, registry.BatchCounts{Created: 2, Invalid: 1}, c)
+	res, err := reg.ProvisionResults(ctx, "op", "invalid", 10)
+	require.NoError(t, err)
+	require.Equal(t, []registry.RowResult{{Line: 3, ID: "Bad", Outcome: "invalid", Reason: "invalid device id \"Bad\""}}, res)
+	tw, err := reg.GetTwin(ctx, "a-1")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"r":"eu"}`, string(tw.Tags))
+	a, err := reg.DeviceAuth(ctx, "a-2")
+	require.NoError(t, err)
+	require.True(t, creds.Matches("secret-a-2", a.Secret1Hash))
+}
