@@ -307,8 +307,22 @@ func (g *Gateway) Close() error {
 		if !g.started.Load() {
 			return
 		}
-		// Closing the broker first means no more messages arrive, and every session's ConnDown is queued
-		// before the final flush below.
+		// mochi v2.7.9's Close deadlocks if a client is removed while it lists the listener's clients
+		// (Clients.GetByListener read-locks twice; a waiting Delete blocks the second lock). So stop accepting
+		// first, disconnect everyone ourselves and wait until the client list is empty, and only then Close.
+		_ = g.listener.Close()
+		for _, cl := range g.server.Clients.GetAll() {
+			if !cl.Net.Inline {
+				g.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			}
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if !hasNetworkClients(g.server) {
+				break
+			}
+		}
+		// Closing the broker before the background loops means no more messages arrive, and every session's
+		// ConnDown is queued before the final flush below.
 		if err := g.server.Close(); err != nil {
 			g.log.Warn("closing broker", "err", err)
 		}
@@ -405,4 +419,14 @@ func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h minLevel) WithGroup(name string) slog.Handler {
 	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
+}
+
+// hasNetworkClients reports whether any client other than the inline one is still attached.
+func hasNetworkClients(s *mqtt.Server) bool {
+	for _, cl := range s.Clients.GetAll() {
+		if !cl.Net.Inline {
+			return true
+		}
+	}
+	return false
 }
