@@ -24,6 +24,9 @@ type globals struct {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if stopProfile := startCPUProfile(os.Getenv("FLEETFLOW_CPUPROFILE")); stopProfile != nil {
+		defer stopProfile()
+	}
 	if err := newRoot().ExecuteContext(ctx); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {
