@@ -126,6 +126,22 @@ func (e *env) cli(ctx context.Context, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// cliResult is the outcome of a CLI run started with cliAsync.
+type cliResult struct {
+	out string
+	err error
+}
+
+// cliAsync runs the CLI in the background, for commands that wait on something the test does meanwhile.
+func (e *env) cliAsync(ctx context.Context, args ...string) <-chan cliResult {
+	done := make(chan cliResult, 1)
+	go func() {
+		out, err := e.cli(ctx, args...)
+		done <- cliResult{out, err}
+	}()
+	return done
+}
+
 // provisionSummary is the CLI's --output json summary.
 type provisionSummary struct {
 	WorkflowID  string `json:"workflowId"`

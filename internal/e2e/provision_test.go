@@ -27,16 +27,8 @@ func TestProvisionConnectReportAndQuery(t *testing.T) {
 	defer cancel()
 	credsFile := filepath.Join(t.TempDir(), "creds.ndjson")
 
-	type result struct {
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := e.cli(ctx, "provision", "--count", "200", "--prefix", "e2e-", "--tags", "region=eu,site=ber-1",
-			"--creds-out", credsFile, "--await-connect", "2m", "--batch-size", "50", "--output", "json")
-		done <- result{out, err}
-	}()
+	done := e.cliAsync(ctx, "provision", "--count", "200", "--prefix", "e2e-", "--tags", "region=eu,site=ber-1",
+		"--creds-out", credsFile, "--await-connect", "2m", "--batch-size", "50", "--output", "json")
 	waitFile(t, credsFile, time.Minute)
 	st, err := os.Stat(credsFile)
 	require.NoError(t, err)
@@ -190,16 +182,8 @@ func TestWorkerCrashDuringProvisioningLosesAndDuplicatesNothing(t *testing.T) {
 	const rows = 40000
 	w1 := e.workerProcess()
 	credsFile := filepath.Join(t.TempDir(), "creds.ndjson")
-	type result struct {
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := e.cli(ctx, "provision", "--count", fmt.Sprint(rows), "--prefix", "crash-", "--creds-out", credsFile,
-			"--batch-size", "500", "--window", "2", "--heartbeat-timeout", "3s", "-o", "json")
-		done <- result{out, err}
-	}()
+	done := e.cliAsync(ctx, "provision", "--count", fmt.Sprint(rows), "--prefix", "crash-", "--creds-out", credsFile,
+		"--batch-size", "500", "--window", "2", "--heartbeat-timeout", "3s", "-o", "json")
 	// Kill the worker once some, but not all, batches have committed.
 	require.Eventually(t, func() bool {
 		var n int64
