@@ -19,7 +19,6 @@ type Registry interface {
 	ProvisionBatch(ctx context.Context, op string, first, last int64) (registry.BatchCounts, error)
 	ConnectProgress(ctx context.Context, op string, sample int) (registry.ConnectProgress, error)
 	ProvisionResults(ctx context.Context, op, outcome string, limit int) ([]registry.RowResult, error)
-	OperationRows(ctx context.Context, op string) (int64, error)
 	DropStaging(ctx context.Context, op string) error
 }
 
@@ -46,14 +45,9 @@ const heartbeatEvery = 2 * time.Second
 func (a *Activities) ProvisionBatch(ctx context.Context, req workflows.BatchRequest) (workflows.Counts, error) {
 	stop := keepHeartbeating(ctx)
 	defer stop()
-	if _, err := a.Registry.OperationRows(ctx, req.Op); err != nil {
-		if errors.Is(err, registry.ErrOperationNotStaged) {
-			return workflows.Counts{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeNotStaged, err)
-		}
-		return workflows.Counts{}, err
-	}
 	c, err := a.Registry.ProvisionBatch(ctx, req.Op, req.First, req.Last)
-	if errors.Is(err, registry.ErrStagingLost) {
+	if errors.Is(err, registry.ErrOperationNotStaged) || errors.Is(err, registry.ErrStagingLost) {
+		// Retrying cannot bring staged rows back: fail the workflow with the reason.
 		return workflows.Counts{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeNotStaged, err)
 	}
 	if err != nil {
