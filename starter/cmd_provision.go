@@ -40,6 +40,7 @@ type provisionFlags struct {
 	output           string
 	heartbeatTimeout time.Duration
 	batchesPerRun    int
+	resume           string
 }
 
 func newProvisionCmd(g *globals) *cobra.Command {
@@ -72,6 +73,7 @@ registry only as a digest: secrets never pass through Temporal.`,
 	fl.IntVar(&f.window, "window", workflows.DefaultWindow, "batch activities in flight at once")
 	fl.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "how soon a batch on a crashed worker is retried")
 	fl.StringVarP(&f.output, "output", "o", "text", "summary format: text or json")
+	fl.StringVar(&f.resume, "resume", "", "wait for an earlier provisioning run (its workflow id) and write its credentials file")
 	fl.IntVar(&f.batchesPerRun, "batches-per-run", 0, "batches per workflow run before continue-as-new (default: the workflow's)")
 	_ = fl.MarkHidden("batches-per-run")
 	return cmd
@@ -93,6 +95,9 @@ func operationID(kind, name string, now time.Time) string {
 }
 
 func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
+	if f.resume != "" {
+		return resumeProvision(ctx, g, f)
+	}
 	if (f.file == "") == (f.count == 0) {
 		return errors.New("give either --file or --count")
 	}
@@ -189,11 +194,21 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 			searchattr.State.ValueSet("running"), searchattr.Total.ValueSet(rows)),
 	}, workflows.ProvisionFleet, in)
 	if err != nil {
+		// Nothing will read the staged rows or the secrets: remove both rather than leave orphans.
+		_ = reg.DropStaging(context.WithoutCancel(ctx), op)
+		_ = os.Remove(pending)
 		return fmt.Errorf("start workflow %s: %w", op, err)
 	}
 	if f.output == "text" {
 		fmt.Fprintf(os.Stderr, "started %s (%s rows staged)\n  %s\n", op, workflows.Thousands(rows), workflowURL(g, op))
 	}
+	return awaitProvision(ctx, g, c, reg, f, run, op, pending, began)
+}
+
+// awaitProvision follows a started (or resumed) provisioning workflow to its end, writes the credentials
+// file as soon as every batch has committed, and prints the summary.
+func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *registry.Registry, f *provisionFlags,
+	run client.WorkflowRun, op, pending string, began time.Time) error {
 	var stopBar func()
 	if f.wait {
 		stopBar = showProgress(ctx, c, op)
@@ -209,6 +224,11 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		stopBar()
 	}
 	co := <-credsDone
+	if co.interrupted {
+		fmt.Fprintf(os.Stderr, "interrupted: workflow %s goes on; the new devices' secrets stay in %s until you run\n"+
+			"  fleetflow provision --resume %s --creds-out %s\n", op, pending, op, f.credsOut)
+		return &exitError{code: 130, err: ctx.Err()}
+	}
 	if runErr != nil {
 		if co.err == nil && co.kept > 0 {
 			fmt.Fprintf(os.Stderr, "credentials of the %d devices created before the failure: %s\n", co.kept, f.credsOut)
@@ -220,6 +240,30 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	kept := co.kept
 	return printProvisionSummary(ctx, g, reg, f, res, kept, time.Since(began))
+}
+
+// resumeProvision picks up a provisioning run whose CLI was interrupted: the workflow went on, and the new
+// devices' secrets wait in the pending credentials file until every batch has committed.
+func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
+	op := f.resume
+	if f.credsOut == "" {
+		f.credsOut = op + ".creds.ndjson"
+	}
+	pending := f.credsOut + ".pending"
+	if _, err := os.Stat(pending); err != nil {
+		return fmt.Errorf("no pending credentials at %s: pass the --creds-out of the interrupted run", pending)
+	}
+	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
+	}
+	defer reg.Close()
+	c, err := dialTemporal(g)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return awaitProvision(ctx, g, c, reg, f, c.GetWorkflow(ctx, op, ""), op, pending, time.Now())
 }
 
 func durationOrNo(d time.Duration) string {
@@ -276,8 +320,9 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 }
 
 type credsOutcome struct {
-	kept int
-	err  error
+	kept        int
+	err         error
+	interrupted bool // the CLI was interrupted while the workflow still runs: nothing was written
 }
 
 // finalizeWhenProvisioned waits until the workflow has left its provisioning phase (or ended), then
@@ -299,13 +344,22 @@ func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+	if ctx.Err() != nil {
+		// Interrupted: finalizing now would drop the secrets of devices the workflow has yet to create.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		desc, err := c.DescribeWorkflow(cctx, op, "")
+		cancel()
+		if err != nil || desc.Status == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			return credsOutcome{interrupted: true}
+		}
+	}
 	began := time.Now()
 	kept, err := finalizeCreds(context.WithoutCancel(ctx), reg, op, pending, out)
 	slog.Debug("credentials finalized", "op", op, "kept", kept, "took", time.Since(began))
 	if err == nil {
 		fmt.Fprintf(os.Stderr, "credentials of %d new devices written to %s\n", kept, out)
 	}
-	return credsOutcome{kept, err}
+	return credsOutcome{kept: kept, err: err}
 }
 
 // finalizeCreds keeps, from the pending credentials, exactly the rows that created a device: rows that were

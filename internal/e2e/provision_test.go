@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -214,4 +218,42 @@ func TestWorkerCrashDuringProvisioningLosesAndDuplicatesNothing(t *testing.T) {
 	a, err := e.reg.DeviceAuth(ctx, cs[rows-1].ID)
 	require.NoError(t, err)
 	require.True(t, creds.Matches(cs[rows-1].Secret, a.Secret1Hash))
+}
+
+// Interrupting the CLI while the workflow runs loses no secret: they wait in the pending file, and
+// --resume writes the credentials file once the workflow has created the devices.
+func TestInterruptedProvisioningResumesWithItsCredentials(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	credsFile := filepath.Join(dir, "creds.ndjson")
+	// No worker yet: the workflow cannot make progress, so the CLI is interrupted mid-run.
+	cmd := exec.CommandContext(ctx, bins.cli, "provision", "--count", "50", "--prefix", "intr-", "--creds-out", credsFile)
+	cmd.Env = e.environ()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "started provision-") }, time.Minute, 50*time.Millisecond)
+	op := regexp.MustCompile(`provision-intr-50-[0-9-]+`).FindString(stderr.String())
+	require.NotEmpty(t, op)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "interrupted: %v\n%s", err, stderr.String())
+	require.Contains(t, stderr.String(), "--resume "+op)
+	_, err = os.Stat(credsFile)
+	require.True(t, os.IsNotExist(err), "no credentials file while the workflow has not created the devices")
+	_, err = os.Stat(credsFile + ".pending")
+	require.NoError(t, err, "the secrets are kept")
+
+	e.startWorker()
+	out, err := e.cli(ctx, "provision", "--resume", op, "--creds-out", credsFile, "-o", "json")
+	require.NoError(t, err)
+	require.Equal(t, int64(50), parseSummary(t, out).Counts.Created)
+	cs := mustCreds(t, credsFile)
+	require.Len(t, cs, 50)
+	a, err := e.reg.DeviceAuth(ctx, cs[7].ID)
+	require.NoError(t, err)
+	require.True(t, creds.Matches(cs[7].Secret, a.Secret1Hash))
 }
