@@ -216,7 +216,7 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	// The credentials are final as soon as every batch has committed; write them then, not at the end, so that
 	// devices (or the simulator) can use them while the workflow awaits their connection.
 	credsDone := make(chan credsOutcome, 1)
-	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut) }()
+	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut, g.cfg.TaskQueue) }()
 	var res workflows.ProvisionResult
 	runErr := run.Get(ctx, &res)
 	slog.Debug("workflow ended", "op", op, "elapsed", time.Since(began), "err", runErr)
@@ -327,17 +327,26 @@ type credsOutcome struct {
 
 // finalizeWhenProvisioned waits until the workflow has left its provisioning phase (or ended), then
 // finalizes the credentials file.
-func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry.Registry, op, pending, out string) credsOutcome {
+func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry.Registry, op, pending, out, taskQueue string) credsOutcome {
+	lastAnswer, hinted := time.Now(), false
 	for ctx.Err() == nil {
 		desc, err := c.DescribeWorkflow(ctx, op, "")
 		if err == nil && desc.Status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 			break
 		}
-		if v, err := c.QueryWorkflow(ctx, op, "", workflows.QueryProgress); err == nil {
+		// A query needs a worker; without one it would wait forever, so bound it and say what is missing.
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		v, err := c.QueryWorkflow(qctx, op, "", workflows.QueryProgress)
+		cancel()
+		if err == nil {
+			lastAnswer = time.Now()
 			var p workflows.ProvisionProgress
 			if v.Get(&p) == nil && p.Phase != "provisioning" {
 				break
 			}
+		} else if !hinted && ctx.Err() == nil && time.Since(lastAnswer) > 10*time.Second {
+			hinted = true
+			fmt.Fprintf(os.Stderr, "no worker answers on task queue %q yet; start one (`make up`, `fleetflow dev up` or bin/fleetflow-worker)\n", taskQueue)
 		}
 		select {
 		case <-ctx.Done():
