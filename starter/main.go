@@ -44,7 +44,10 @@ type exitError struct {
 	err  error
 }
 
+// Error is the wrapped error's message.
 func (e *exitError) Error() string { return e.err.Error() }
+
+// Unwrap lets errors.Is and errors.As see the cause.
 func (e *exitError) Unwrap() error { return e.err }
 
 func newRoot() *cobra.Command {

@@ -409,14 +409,17 @@ type minLevel struct {
 	min slog.Level
 }
 
+// Enabled implements slog.Handler: records below the minimum level are dropped.
 func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= h.min && h.Handler.Enabled(ctx, l)
 }
 
+// WithAttrs implements slog.Handler, keeping the minimum level.
 func (h minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
 	return minLevel{Handler: h.Handler.WithAttrs(attrs), min: h.min}
 }
 
+// WithGroup implements slog.Handler, keeping the minimum level.
 func (h minLevel) WithGroup(name string) slog.Handler {
 	return minLevel{Handler: h.Handler.WithGroup(name), min: h.min}
 }

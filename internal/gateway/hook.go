@@ -21,8 +21,10 @@ type hook struct {
 	g *Gateway
 }
 
+// ID names the hook in mochi's logs.
 func (h *hook) ID() string { return "fleetflow-registry" }
 
+// Provides tells mochi which hook methods this hook implements, so it calls no others.
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,

@@ -108,6 +108,7 @@ func newCSV(r io.Reader) (*csvReader, error) {
 	return c, nil
 }
 
+// Next implements Reader.
 func (c *csvReader) Next() (Row, error) {
 	for {
 		rec, err := c.r.Read()
@@ -198,6 +199,7 @@ type ndjsonRow struct {
 	Tags json.RawMessage `json:"tags"`
 }
 
+// Next implements Reader.
 func (n *ndjsonReader) Next() (Row, error) {
 	for n.sc.Scan() {
 		n.line++

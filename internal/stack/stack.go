@@ -127,6 +127,7 @@ type PartError struct {
 	Log  string
 }
 
+// Error gives the part, what to do and, after a failed start, the end of its log.
 func (e *PartError) Error() string {
 	if e.Log == "" {
 		return e.Part + ": " + e.Msg

@@ -87,6 +87,7 @@ type LimitError struct {
 	Actual  int
 }
 
+// Error names the section, the path and the limit.
 func (e *LimitError) Error() string {
 	where := string(e.Section)
 	if e.Path != "" {
