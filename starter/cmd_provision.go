@@ -150,15 +150,11 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	op := base
 	began := time.Now()
 
-	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
-	}
-	defer reg.Close()
-	c, err := dialTemporal(g)
+	reg, c, err := openBackends(ctx, g)
 	if err != nil {
 		return err
 	}
+	defer reg.Close()
 	defer c.Close()
 
 	// Two runs in the same second get the same id; the second takes a numbered one instead of failing.
@@ -242,6 +238,20 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	return printProvisionSummary(ctx, g, reg, f, res, kept, time.Since(began))
 }
 
+// openBackends opens the registry and the Temporal client a provisioning run needs.
+func openBackends(ctx context.Context, g *globals) (*registry.Registry, client.Client, error) {
+	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
+	}
+	c, err := dialTemporal(g)
+	if err != nil {
+		reg.Close()
+		return nil, nil, err
+	}
+	return reg, c, nil
+}
+
 // resumeProvision picks up a provisioning run whose CLI was interrupted: the workflow went on, and the new
 // devices' secrets wait in the pending credentials file until every batch has committed.
 func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
@@ -253,15 +263,11 @@ func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	if _, err := os.Stat(pending); err != nil {
 		return fmt.Errorf("no pending credentials at %s: pass the --creds-out of the interrupted run", pending)
 	}
-	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
-	}
-	defer reg.Close()
-	c, err := dialTemporal(g)
+	reg, c, err := openBackends(ctx, g)
 	if err != nil {
 		return err
 	}
+	defer reg.Close()
 	defer c.Close()
 	return awaitProvision(ctx, g, c, reg, f, c.GetWorkflow(ctx, op, ""), op, pending, time.Now())
 }

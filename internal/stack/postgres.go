@@ -27,13 +27,8 @@ func (s *Stack) upPostgres(ctx context.Context) error {
 		return partErr(part, "FLEETFLOW_DATABASE_URL is not a valid Postgres URL: %v", err)
 	}
 	addr := fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)
-	if p, err := ReadPIDFile(s.pidPath(part)); err != nil {
-		return partErr(part, "%v", err)
-	} else if p.Alive() {
-		s.say("%-9s %-22s already running (pid %d)", part, addr, p.PID)
-		return nil
-	} else if p != nil {
-		_ = os.Remove(s.pidPath(part))
+	if running, err := s.alreadyRunning(part, addr); running || err != nil {
+		return err
 	}
 
 	if s.opts.ExplicitDatabase && Reachable(addr, 2*time.Second) {

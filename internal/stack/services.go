@@ -14,13 +14,8 @@ import (
 func (s *Stack) upGateway(ctx context.Context) error {
 	const part = PartGateway
 	listen := s.gatewayListen()
-	if p, err := ReadPIDFile(s.pidPath(part)); err != nil {
-		return partErr(part, "%v", err)
-	} else if p.Alive() {
-		s.say("%-9s %-22s already running (pid %d)", part, p.Addr, p.PID)
-		return nil
-	} else if p != nil {
-		_ = os.Remove(s.pidPath(part))
+	if running, err := s.alreadyRunning(part, ""); running || err != nil {
+		return err
 	}
 	if s.opts.ExplicitMQTT {
 		addr, err := mqttAddr(s.opts.Config.MQTTURL)
@@ -71,6 +66,26 @@ func (s *Stack) upGateway(ctx context.Context) error {
 	}
 	s.say("%-9s %-22s started (pid %d)", part, listen, l.pid.PID)
 	return nil
+}
+
+// alreadyRunning reports whether part runs from an earlier dev up (saying so with addr, or the address it
+// was started with when addr is empty), and removes a stale pid file so the part can be started again.
+func (s *Stack) alreadyRunning(part, addr string) (bool, error) {
+	p, err := ReadPIDFile(s.pidPath(part))
+	if err != nil {
+		return false, partErr(part, "%v", err)
+	}
+	if p.Alive() {
+		if addr == "" {
+			addr = p.Addr
+		}
+		s.say("%-9s %-22s already running (pid %d)", part, addr, p.PID)
+		return true, nil
+	}
+	if p != nil {
+		_ = os.Remove(s.pidPath(part))
+	}
+	return false, nil
 }
 
 // upWorkers brings the number of workers to opts.Workers (0: keep the running ones, at least one). Workers

@@ -36,13 +36,8 @@ func (s *Stack) upTemporal(ctx context.Context) error {
 	if err != nil {
 		return partErr(part, "TEMPORAL_ADDRESS %q is not host:port", addr)
 	}
-	if p, err := ReadPIDFile(s.pidPath(part)); err != nil {
-		return partErr(part, "%v", err)
-	} else if p.Alive() {
-		s.say("%-9s %-22s already running (pid %d)", part, addr, p.PID)
-		return nil
-	} else if p != nil {
-		_ = os.Remove(s.pidPath(part))
+	if running, err := s.alreadyRunning(part, addr); running || err != nil {
+		return err
 	}
 
 	if s.opts.ExplicitTemporal && Reachable(addr, 2*time.Second) {
