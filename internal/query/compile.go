@@ -39,6 +39,11 @@ type Options struct {
 	// MaxRows, when > 0, caps the number of rows: it is the LIMIT when the query has no TOP, and a TOP
 	// larger than it is lowered to it, so that no query can stream the whole fleet to a client by accident.
 	MaxRows int
+	// Targets compiles the query to the ids of the devices it selects (SELECT id FROM devices WHERE ...),
+	// whatever it projects: jobs and rollouts take their target set from an ordinary twin query, so an
+	// operator can run the same text with `devices query` first and see exactly which devices it covers.
+	// Aggregating queries are refused, since groups are not devices.
+	Targets bool
 }
 
 // ColumnKind tells the caller how to scan an output column, since the SQL column names (c1, c2, ...) carry
@@ -251,7 +256,18 @@ func compileQuery(q *Query, opts Options) (*Compiled, error) {
 	}
 
 	aliases := map[string]int{}
-	if q.Star {
+	if opts.Targets && out.Aggregate {
+		pos := 0
+		if len(q.GroupBy) > 0 {
+			pos = q.GroupBy[0].Pos
+		}
+		return nil, semanticErr(pos, "a target query selects devices, not groups: drop COUNT() and GROUP BY (e.g. SELECT * FROM devices WHERE ...)")
+	}
+	if opts.Targets {
+		sb.WriteString("id")
+		out.Columns = append(out.Columns, Column{Name: "id", Kind: KindText})
+		out.Star = false
+	} else if q.Star {
 		if c.grouped {
 			return nil, semanticErr(q.GroupBy[0].Pos, "SELECT * cannot be grouped; select the GROUP BY properties and COUNT() instead")
 		}

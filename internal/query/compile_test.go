@@ -22,6 +22,20 @@ type compileCase struct {
 // seed FuzzCompile.
 var compileCases = []compileCase{
 	{
+		name: "a target query selects ids whatever it projects",
+		q:    "SELECT * FROM devices WHERE tags.region = 'eu'",
+		opts: Options{Targets: true},
+		sql:  "SELECT id FROM devices WHERE tags @> $1::jsonb AND status <> 'retired'",
+		args: []any{`{"region":"eu"}`},
+	},
+	{
+		name: "a target query keeps TOP as the limit",
+		q:    "SELECT TOP 5 deviceId FROM devices WHERE status = 'active'",
+		opts: Options{Targets: true},
+		sql:  "SELECT id FROM devices WHERE status = $1::text LIMIT $2::bigint",
+		args: []any{"active", int64(5)},
+	},
+	{
 		name: "selective tag equality is containment, answered by the GIN index",
 		q:    "SELECT * FROM devices WHERE tags.region = 'eu'",
 		sql:  star + " WHERE tags @> $1::jsonb AND status <> 'retired'",
@@ -311,4 +325,11 @@ func TestParseTree(t *testing.T) {
 	assert.True(t, in.Negated)
 	assert.Len(t, in.List, 2)
 	assert.True(t, q.OrderBy[0].Desc)
+}
+
+func TestCompileTargetsRefusesGroups(t *testing.T) {
+	_, err := Compile("SELECT tags.region, COUNT() FROM devices GROUP BY tags.region", Options{Targets: true})
+	var se *SemanticError
+	require.ErrorAs(t, err, &se)
+	assert.Contains(t, err.Error(), "selects devices, not groups")
 }
