@@ -20,6 +20,7 @@ const (
 	TotalName  = "FleetDevicesTotal"
 	DoneName   = "FleetDevicesDone"
 	FailedName = "FleetDevicesFailed"
+	StageName  = "FleetStage"
 )
 
 // Typed keys for workflow code: set them in client.StartWorkflowOptions.TypedSearchAttributes and update them
@@ -37,6 +38,9 @@ var (
 	Done = temporal.NewSearchAttributeKeyInt64(DoneName)
 	// Failed (FleetDevicesFailed) is how many devices the operation has given up on so far.
 	Failed = temporal.NewSearchAttributeKeyInt64(FailedName)
+	// Stage (FleetStage) says where inside its plan an operation is ("wave 2/4", "rolling back"), so the
+	// UI's list shows how far each rollout got without opening it.
+	Stage = temporal.NewSearchAttributeKeyKeyword(StageName)
 )
 
 // Values of FleetOp.
@@ -55,6 +59,12 @@ const (
 	StateCompleted = "completed"
 	StateFailed    = "failed"
 	StateAborted   = "aborted"
+	// StateAwaitingApproval: a rollout run with --approve-each-wave waits for `rollout approve`.
+	StateAwaitingApproval = "awaiting_approval"
+	// StateRollingBack and StateRolledBack: a rollout stopped and sends devices back to their firmware.
+	StateRollingBack = "rolling_back"
+	StateRolledBack  = "rolled_back"
+	StateCancelled   = "cancelled"
 )
 
 // Definition is one attribute's name and index type, the form the server's registration APIs take.
@@ -75,6 +85,7 @@ func Definitions() []Definition {
 		{TotalName, enumspb.INDEXED_VALUE_TYPE_INT},
 		{DoneName, enumspb.INDEXED_VALUE_TYPE_INT},
 		{FailedName, enumspb.INDEXED_VALUE_TYPE_INT},
+		{StageName, enumspb.INDEXED_VALUE_TYPE_KEYWORD},
 	}
 }
 
@@ -87,5 +98,6 @@ func Registration() temporal.SearchAttributes {
 		Total.ValueSet(0),
 		Done.ValueSet(0),
 		Failed.ValueSet(0),
+		Stage.ValueSet(""),
 	)
 }

@@ -1,0 +1,103 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Firmware is a catalogue entry: what a device needs to fetch and verify an image.
+type Firmware struct {
+	Version   string    `json:"version"`
+	URL       string    `json:"url"`
+	SHA256    string    `json:"sha256"`
+	Notes     string    `json:"notes,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// ErrUnknownFirmware is returned (wrapped) for a version the catalogue does not hold.
+var ErrUnknownFirmware = errors.New("unknown firmware")
+
+// ErrExists is returned (wrapped) when a catalogue entry or operation already exists.
+var ErrExists = errors.New("already exists")
+
+var (
+	versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$`)
+	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// Validate checks an entry before it is stored: a version that fits in a job id and a topic, an absolute
+// http(s) URL, and a SHA-256 in hex, since a device verifies the image against it.
+func (f *Firmware) Validate() error {
+	f.SHA256 = strings.ToLower(strings.TrimSpace(f.SHA256))
+	switch {
+	case !versionRE.MatchString(f.Version):
+		return fmt.Errorf("firmware version %q: use 1-48 characters from A-Z a-z 0-9 . _ - (e.g. 2.1.0), since it becomes part of job ids and topics", f.Version)
+	case !sha256RE.MatchString(f.SHA256):
+		return fmt.Errorf("firmware %s: --sha256 must be 64 hex digits, got %d characters", f.Version, len(f.SHA256))
+	}
+	u, err := url.Parse(f.URL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("firmware %s: --url %q must be an absolute http(s) URL", f.Version, f.URL)
+	}
+	if len(f.Notes) > 4096 {
+		return fmt.Errorf("firmware %s: notes are limited to 4096 bytes", f.Version)
+	}
+	return nil
+}
+
+// AddFirmware adds a catalogue entry. Entries are immutable: a version already present is refused, because
+// devices and rollouts refer to it by version and its image must not change under them.
+func (r *Registry) AddFirmware(ctx context.Context, f Firmware) (Firmware, error) {
+	if err := f.Validate(); err != nil {
+		return f, err
+	}
+	err := r.pool.QueryRow(ctx, "INSERT INTO firmware (version, url, sha256, notes) VALUES ($1, $2, $3, $4) RETURNING created_at",
+		f.Version, f.URL, f.SHA256, f.Notes).Scan(&f.CreatedAt)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return f, fmt.Errorf("firmware %s: %w (catalogue entries are immutable; add a new version)", f.Version, ErrExists)
+	}
+	if err != nil {
+		return f, fmt.Errorf("add firmware %s: %w", f.Version, err)
+	}
+	return f, nil
+}
+
+// GetFirmware returns a catalogue entry.
+func (r *Registry) GetFirmware(ctx context.Context, version string) (Firmware, error) {
+	f := Firmware{Version: version}
+	err := r.pool.QueryRow(ctx, "SELECT url, sha256, notes, created_at FROM firmware WHERE version = $1", version).
+		Scan(&f.URL, &f.SHA256, &f.Notes, &f.CreatedAt)
+	if isNoRows(err) {
+		return f, fmt.Errorf("firmware %s: %w (add it with `fleetflow firmware add`)", version, ErrUnknownFirmware)
+	}
+	if err != nil {
+		return f, fmt.Errorf("load firmware %s: %w", version, err)
+	}
+	return f, nil
+}
+
+// ListFirmware returns the catalogue, newest first.
+func (r *Registry) ListFirmware(ctx context.Context) ([]Firmware, error) {
+	rows, err := r.pool.Query(ctx, "SELECT version, url, sha256, notes, created_at FROM firmware ORDER BY created_at DESC, version")
+	if err != nil {
+		return nil, fmt.Errorf("list firmware: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Firmware, error) {
+		var f Firmware
+		err := row.Scan(&f.Version, &f.URL, &f.SHA256, &f.Notes, &f.CreatedAt)
+		return f, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list firmware: %w", err)
+	}
+	return out, nil
+}

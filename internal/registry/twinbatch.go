@@ -1,0 +1,132 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// DevicePatch is one device's merge patch in a batch write.
+type DevicePatch struct {
+	DeviceID string
+	Patch    []byte
+}
+
+// PatchResult is the outcome of one DevicePatch: the section's new version and whether the device was online
+// when it was written (only online devices need the patch pushed; the others read it on reconnect), or why it
+// was refused (ErrNotFound, ErrNotActive for a retired device, a *twin.LimitError, twin.ErrInvalidJSON).
+type PatchResult struct {
+	DeviceID string
+	Version  int64
+	Online   bool
+	Err      error
+}
+
+// PatchTwins applies per-device merge patches to the tags or desired section of many devices in one
+// transaction: one locking read, the merges in Go (RFC 7386 and the size limits, as for a single update), and
+// one UPDATE … FROM unnest. Rows are locked in id order, as everywhere else, so concurrent batches cannot
+// deadlock. A device that is refused does not fail the others. Each device must appear at most once.
+func (r *Registry) PatchTwins(ctx context.Context, section twin.Section, patches []DevicePatch) ([]PatchResult, error) {
+	var results []PatchResult
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		var err error
+		results, err = patchTwinsTx(ctx, tx, section, patches)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// patchTwinsTx is PatchTwins inside the caller's transaction, so that a rollout can write desired firmware and
+// its own bookkeeping atomically.
+func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches []DevicePatch) ([]PatchResult, error) {
+	if section != twin.Tags && section != twin.Desired {
+		return nil, fmt.Errorf("patch twins: section %q cannot be written by operators", section)
+	}
+	col, ver := "tags", "tags_version"
+	if section == twin.Desired {
+		col, ver = "desired", "desired_version"
+	}
+	results := make([]PatchResult, len(patches))
+	index := make(map[string]int, len(patches))
+	ids := make([]string, len(patches))
+	for i, p := range patches {
+		if _, dup := index[p.DeviceID]; dup {
+			return nil, fmt.Errorf("patch twins: device %s appears twice in one batch", p.DeviceID)
+		}
+		index[p.DeviceID] = i
+		ids[i] = p.DeviceID
+		results[i] = PatchResult{DeviceID: p.DeviceID, Err: notFound(p.DeviceID)}
+	}
+	err := func() error {
+		// col is one of two fixed identifiers chosen above, never input.
+		rows, err := tx.Query(ctx, "SELECT id, status, "+col+", online FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
+		if err != nil {
+			return fmt.Errorf("lock devices: %w", err)
+		}
+		var wIDs, wDocs []string
+		for rows.Next() {
+			var id, status string
+			var doc []byte
+			var online bool
+			if err := rows.Scan(&id, &status, &doc, &online); err != nil {
+				rows.Close()
+				return fmt.Errorf("read devices: %w", err)
+			}
+			i := index[id]
+			res := &results[i]
+			res.Online, res.Err = online, nil
+			if status == StatusRetired {
+				res.Err = fmt.Errorf("device %s is retired: %w", id, ErrNotActive)
+				continue
+			}
+			merged, err := twin.Apply(section, doc, patches[i].Patch)
+			if err != nil {
+				res.Err = fmt.Errorf("device %s: %w", id, err)
+				continue
+			}
+			wIDs = append(wIDs, id)
+			wDocs = append(wDocs, string(merged))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read devices: %w", err)
+		}
+		if len(wIDs) == 0 {
+			return nil
+		}
+		out, err := tx.Query(ctx, "UPDATE devices d SET "+col+" = v.doc::jsonb, "+ver+" = d."+ver+" + 1, "+
+			"twin_version = d.twin_version + 1, updated_at = now() FROM unnest($1::text[], $2::text[]) AS v(id, doc) "+
+			"WHERE d.id = v.id RETURNING d.id, d."+ver, wIDs, wDocs)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", col, err)
+		}
+		defer out.Close()
+		for out.Next() {
+			var id string
+			var v int64
+			if err := out.Scan(&id, &v); err != nil {
+				return fmt.Errorf("write %s: %w", col, err)
+			}
+			results[index[id]].Version = v
+		}
+		return out.Err()
+	}()
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// IsPermanent reports whether a per-device error can never succeed on retry (unknown or retired device,
+// invalid or oversized document), as opposed to a database failure.
+func IsPermanent(err error) bool {
+	var le *twin.LimitError
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotActive) || errors.As(err, &le) || errors.Is(err, twin.ErrInvalidJSON)
+}
