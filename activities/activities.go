@@ -26,6 +26,11 @@ type Registry interface {
 // is the method name (see the Act* constants in workflows).
 type Activities struct {
 	Registry Registry
+	// Configure is the registry as jobs and rollouts use it (nil in workers that only provision).
+	Configure ConfigureStore
+	// Channel reaches devices over MQTT; nil when the worker has no broker configured, in which case
+	// desired changes still land in the registry (devices read them on reconnect) and method jobs fail.
+	Channel Channel
 	// PollInterval is how often WaitConnected re-counts; zero means one second.
 	PollInterval time.Duration
 }

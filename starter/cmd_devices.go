@@ -52,23 +52,6 @@ func newDevicesCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func newTwinCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "twin", Short: "Read and write device twins"}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "get ID",
-		Short: "Print a device's twin (tags, desired and reported properties with their versions) as JSON",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			t, err := readDevice(cmd, g, args[0], (*registry.Registry).GetTwin)
-			if err != nil {
-				return err
-			}
-			return printJSON(t)
-		},
-	})
-	return cmd
-}
-
 // readDevice opens the registry, reads one device with read, and words "not found" for the operator.
 func readDevice[T any](cmd *cobra.Command, g *globals, id string,
 	read func(*registry.Registry, context.Context, string) (T, error)) (T, error) {
@@ -86,7 +69,11 @@ func readDevice[T any](cmd *cobra.Command, g *globals, id string,
 }
 
 func openRegistry(cmd *cobra.Command, g *globals) (*registry.Registry, error) {
-	reg, err := registry.Open(cmd.Context(), g.cfg.DatabaseURL)
+	return openRegistryCtx(cmd.Context(), g)
+}
+
+func openRegistryCtx(ctx context.Context, g *globals) (*registry.Registry, error) {
+	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
 	}

@@ -11,5 +11,9 @@ func commands(g *globals) []*cobra.Command {
 		newProvisionCmd(g),
 		newDevicesCmd(g),
 		newTwinCmd(g),
+		newMethodCmd(g),   // method invoke (cmd_twin.go)
+		newJobCmd(g),      // job start|status|pause|resume|cancel (cmd_job.go)
+		newFirmwareCmd(g), // firmware add|list (cmd_rollout.go)
+		newRolloutCmd(g),  // rollout plan|start|status|pause|resume|approve|abort (cmd_rollout.go)
 	}
 }

@@ -96,3 +96,56 @@ func isTerminal(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
+
+// pollProgress redraws line(query result) on stderr until stop is called, like showProgress.
+func pollProgress(ctx context.Context, c client.Client, id string, line func(v interface{ Get(any) error }) string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	tty := isTerminal(os.Stderr)
+	go func() {
+		defer close(done)
+		every := 300 * time.Millisecond
+		if !tty {
+			every = 3 * time.Second
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		last := ""
+		for {
+			select {
+			case <-ctx.Done():
+				if tty && last != "" {
+					fmt.Fprintln(os.Stderr)
+				}
+				return
+			case <-t.C:
+			}
+			v, err := c.QueryWorkflow(ctx, id, "", workflows.QueryProgress)
+			if err != nil {
+				continue
+			}
+			l := line(v)
+			if l == "" {
+				continue
+			}
+			if tty {
+				fmt.Fprintf(os.Stderr, "\r%s\x1b[K", l)
+			} else if l != last {
+				fmt.Fprintln(os.Stderr, l)
+			}
+			last = l
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// bar renders "phase [████░░░] 40% label".
+func bar(phase string, done, total int64, label string) string {
+	const width = 30
+	frac := 1.0
+	if total > 0 {
+		frac = min(1, float64(done)/float64(total))
+	}
+	n := int(frac * width)
+	return fmt.Sprintf("%-16s [%s%s] %3.0f%% %s", phase, strings.Repeat("█", n), strings.Repeat("░", width-n), frac*100, label)
+}

@@ -15,6 +15,7 @@ import (
 	tlog "go.temporal.io/sdk/log"
 
 	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/registry"
@@ -26,6 +27,7 @@ func main() {
 	flag.StringVar(&cfg.TemporalAddress, "temporal-address", cfg.TemporalAddress, "Temporal frontend (TEMPORAL_ADDRESS)")
 	flag.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "Temporal namespace (TEMPORAL_NAMESPACE)")
 	flag.StringVar(&cfg.TaskQueue, "task-queue", cfg.TaskQueue, "task queue to poll (FLEETFLOW_TASK_QUEUE)")
+	flag.StringVar(&cfg.MQTTURL, "mqtt-url", cfg.MQTTURL, "gateway for desired pushes and methods (FLEETFLOW_MQTT_URL; token in FLEETFLOW_SERVICE_TOKEN)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -50,7 +52,9 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return fmt.Errorf("connect to temporal at %s: %w", cfg.TemporalAddress, err)
 	}
 	defer c.Close()
-	w := fleetworker.New(c, cfg.TaskQueue, &activities.Activities{Registry: reg})
+	ch := &lazyChannel{cfg: channel.Config{BrokerURL: cfg.MQTTURL, Token: os.Getenv("FLEETFLOW_SERVICE_TOKEN"), Logger: log}}
+	defer ch.Close()
+	w := fleetworker.New(c, cfg.TaskQueue, &activities.Activities{Registry: reg, Configure: reg, Channel: ch})
 	log.Info("worker started", "task_queue", cfg.TaskQueue, "temporal", cfg.TemporalAddress)
 	interrupt := make(chan any)
 	go func() { <-ctx.Done(); close(interrupt) }()

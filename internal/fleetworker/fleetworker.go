@@ -20,6 +20,8 @@ func New(c client.Client, taskQueue string, acts *activities.Activities) worker.
 // Register adds fleetflow's workflows, and the activities when acts is not nil, to a worker or replayer.
 func Register(w worker.Registry, acts *activities.Activities) {
 	w.RegisterWorkflow(workflows.ProvisionFleet)
+	w.RegisterWorkflow(workflows.FleetJob)
+	w.RegisterWorkflow(workflows.FirmwareRollout)
 	if acts != nil {
 		w.RegisterActivity(acts)
 	}

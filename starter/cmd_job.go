@@ -1,0 +1,383 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/fleetflow/fleetflow/internal/channel"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/searchattr"
+	"github.com/fleetflow/fleetflow/internal/twin"
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+type jobFlags struct {
+	query, setDesired, setTags, method, payload string
+	rate                                        float64
+	timeout                                     time.Duration
+	dryRun, detach                              bool
+	batchSize                                   int64
+}
+
+func newJobCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "job", Short: "Bulk jobs: set desired properties or tags, or call a method, on every device a query selects"}
+	f := &jobFlags{}
+	start := &cobra.Command{
+		Use:   "start --query QUERY (--set-desired JSON | --set-tags JSON | --method NAME [--payload JSON])",
+		Short: "Start a FleetJob over the devices a twin query selects (the set is frozen at start)",
+		Example: `  fleetflow job start --query "SELECT * FROM devices WHERE tags.region = 'eu-west'" --set-desired '{"telemetryInterval": 30}'
+  fleetflow job start --query "SELECT * FROM devices" --method reboot --rate 50`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return startJob(cmd.Context(), g, f) },
+	}
+	fl := start.Flags()
+	fl.StringVar(&f.query, "query", "", "twin query selecting the target devices (required)")
+	fl.StringVar(&f.setDesired, "set-desired", "", "JSON merge patch for the devices' desired properties")
+	fl.StringVar(&f.setTags, "set-tags", "", "JSON merge patch for the devices' tags")
+	fl.StringVar(&f.method, "method", "", "direct method to call on every device")
+	fl.StringVar(&f.payload, "payload", "", "JSON payload of --method (at most 128 KB), or @FILE")
+	fl.Float64Var(&f.rate, "rate", 0, "at most N devices per second (0 = as fast as possible)")
+	fl.DurationVar(&f.timeout, "timeout", 0, "per-device method timeout (default 30s), or how long to wait for devices to acknowledge a desired change (default 2m)")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "print how many devices the query selects and how long the job should take, and start nothing")
+	fl.BoolVar(&f.detach, "detach", false, "start the job and return without waiting for it")
+	fl.Int64Var(&f.batchSize, "batch-size", 0, "devices per activity (default 1000)")
+
+	var failed bool
+	var output string
+	status := &cobra.Command{
+		Use:   "status ID",
+		Short: "Show a job's progress and per-device outcomes (--failed lists the devices that did not succeed)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return jobStatus(cmd.Context(), g, args[0], failed, output)
+		},
+	}
+	status.Flags().BoolVar(&failed, "failed", false, "list the devices that failed, timed out or were offline")
+	status.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.AddCommand(start, status,
+		operatorUpdateCmd(g, "job", workflows.UpdatePause, "Stop dispatching to more devices (batches in flight finish)"),
+		operatorUpdateCmd(g, "job", workflows.UpdateResume, "Continue a paused job"),
+		operatorUpdateCmd(g, "job", workflows.UpdateCancel, "Stop the job; devices not reached yet are marked cancelled"))
+	return cmd
+}
+
+// jobSpec validates the flags and returns the kind, the patch or payload, and the acknowledgement keys.
+func (f *jobFlags) spec() (kind string, patch json.RawMessage, keys []string, err error) {
+	n := 0
+	for _, s := range []string{f.setDesired, f.setTags, f.method} {
+		if s != "" {
+			n++
+		}
+	}
+	if f.query == "" {
+		return "", nil, nil, errors.New("--query is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
+	}
+	if n != 1 && !(n == 0 && f.dryRun) {
+		return "", nil, nil, errors.New("give exactly one of --set-desired, --set-tags or --method")
+	}
+	if f.rate < 0 || math.IsNaN(f.rate) || math.IsInf(f.rate, 0) {
+		return "", nil, nil, fmt.Errorf("--rate %v: want a positive number of devices per second", f.rate)
+	}
+	if f.timeout < 0 {
+		return "", nil, nil, errors.New("--timeout must be positive")
+	}
+	switch {
+	case n == 0:
+		return "", nil, nil, nil
+	case f.setDesired != "", f.setTags != "":
+		section, text := twin.Desired, f.setDesired
+		kind = workflows.JobSetDesired
+		if f.setTags != "" {
+			section, text, kind = twin.Tags, f.setTags, workflows.JobSetTags
+		}
+		obj, err := twin.ParseObject(section, []byte(text))
+		if err != nil {
+			return "", nil, nil, fmt.Errorf("--set-%s: %w", section, err)
+		}
+		if len(obj) == 0 {
+			return "", nil, nil, fmt.Errorf("--set-%s: the patch is empty; nothing would change", section)
+		}
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		return kind, json.RawMessage(text), keys, nil
+	default:
+		p, err := argOrFile(f.payload)
+		if err != nil {
+			return "", nil, nil, fmt.Errorf("--payload: %w", err)
+		}
+		f.payload = p
+		if len(f.payload) > channel.MaxMethodPayload {
+			return "", nil, nil, fmt.Errorf("--payload is %d bytes; method payloads are limited to %d (128 KB)", len(f.payload), channel.MaxMethodPayload)
+		}
+		if f.payload != "" && !json.Valid([]byte(f.payload)) {
+			return "", nil, nil, errors.New("--payload is not valid JSON")
+		}
+		return workflows.JobMethod, nil, nil, nil
+	}
+}
+
+func startJob(ctx context.Context, g *globals, f *jobFlags) error {
+	kind, patch, keys, err := f.spec()
+	if err != nil {
+		return err
+	}
+	reg, err := openRegistryCtx(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	if f.dryRun {
+		n, err := reg.CountTargets(ctx, f.query)
+		if err != nil {
+			return queryError(err)
+		}
+		fmt.Printf("the query selects %s devices\n", workflows.Thousands(n))
+		if f.rate > 0 {
+			fmt.Printf("at %g devices/s the job should take about %s\n", f.rate, (time.Duration(float64(n) / f.rate * float64(time.Second))).Round(time.Second))
+		} else {
+			fmt.Println("without --rate the job runs as fast as the fleet answers (about 10,000 devices in a few seconds)")
+		}
+		return nil
+	}
+	c, err := dialTemporal(g)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	label := strings.ReplaceAll(kind, "_", "-")
+	if kind == workflows.JobMethod {
+		label = "method-" + f.method
+	}
+	id := fmt.Sprintf("job-%s-%s", label, time.Now().UTC().Format("20060102-150405.000"))
+	spec, _ := json.Marshal(map[string]any{"patch": patch, "method": f.method, "payload": json.RawMessage(orEmpty(f.payload)),
+		"rate": f.rate, "timeout": f.timeout.String()})
+	total, err := reg.CreateJob(ctx, registry.JobSpec{ID: id, Kind: kind, Query: f.query, Spec: spec})
+	if err != nil {
+		if errors.Is(err, registry.ErrEmptyTarget) {
+			return errors.New("the query selects no devices; nothing to do (check it with `fleetflow devices query`)")
+		}
+		return queryError(err)
+	}
+	in := workflows.JobInput{JobID: id, Kind: kind, Total: total, Patch: patch, AckKeys: keys, Method: f.method,
+		Payload: json.RawMessage(orEmpty(f.payload)), Rate: f.rate, Timeout: f.timeout, BatchSize: f.batchSize}
+	if f.payload == "" {
+		in.Payload = nil
+	}
+	what := map[string]string{workflows.JobSetDesired: "set desired " + string(patch), workflows.JobSetTags: "set tags " + string(patch),
+		workflows.JobMethod: "call " + f.method}[kind]
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: id, TaskQueue: g.cfg.TaskQueue,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		StaticSummary:         fmt.Sprintf("Job: %s on %s devices", what, workflows.Thousands(total)),
+		StaticDetails:         fmt.Sprintf("Query: `%s`  \nRate: %s", f.query, rateText(f.rate)),
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpJob),
+			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total)),
+	}, workflows.FleetJob, in)
+	if err != nil {
+		_ = reg.CloseJob(context.WithoutCancel(ctx), id, "not_started")
+		return fmt.Errorf("start job %s: %w", id, err)
+	}
+	fmt.Printf("job %s started: %s on %s devices\n", id, what, workflows.Thousands(total))
+	fmt.Printf("watch it: %s\n", workflowURL(g, id))
+	if f.detach {
+		return nil
+	}
+	stop := showJobProgress(ctx, c, id)
+	var res workflows.JobResult
+	err = run.Get(ctx, &res)
+	stop()
+	if ctx.Err() != nil {
+		fmt.Printf("stopped waiting; the job goes on. Follow it with `fleetflow job status %s`\n", id)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
+	}
+	printJobCounts(res.State, res.Total, res.Counts)
+	if res.Counts.Unsuccessful() > 0 {
+		fmt.Printf("list them: fleetflow job status %s --failed\n", id)
+	}
+	return nil
+}
+
+func orEmpty(s string) string {
+	if s == "" {
+		return "null"
+	}
+	return s
+}
+
+func rateText(r float64) string {
+	if r <= 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%g devices/s", r)
+}
+
+func printJobCounts(state string, total int64, c workflows.JobCounts) {
+	th := workflows.Thousands
+	fmt.Printf("%s: %s devices — succeeded %s, failed %s, timed out %s, offline %s", state, th(total), th(c.Succeeded),
+		th(c.Failed), th(c.TimedOut), th(c.Offline))
+	if c.Running > 0 {
+		fmt.Printf(", awaiting acknowledgement %s", th(c.Running))
+	}
+	if c.Cancelled > 0 {
+		fmt.Printf(", cancelled %s", th(c.Cancelled))
+	}
+	fmt.Println()
+}
+
+// queryError points at the problem in a target query.
+func queryError(err error) error {
+	return fmt.Errorf("--query: %w", err)
+}
+
+func showJobProgress(ctx context.Context, c client.Client, id string) func() {
+	return pollProgress(ctx, c, id, func(v interface{ Get(any) error }) string {
+		var p workflows.JobProgress
+		if v.Get(&p) != nil {
+			return ""
+		}
+		done := p.Counts.Succeeded + p.Counts.Unsuccessful()
+		return bar(p.State, done, p.Total, fmt.Sprintf("%s / %s devices done (%s reached)", workflows.Thousands(done),
+			workflows.Thousands(p.Total), workflows.Thousands(p.Dispatched)))
+	})
+}
+
+func jobStatus(ctx context.Context, g *globals, id string, failed bool, output string) error {
+	reg, err := openRegistryCtx(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	j, err := reg.GetJob(ctx, id)
+	if errors.Is(err, registry.ErrNotFound) {
+		return fmt.Errorf("no job %q (job ids look like job-set-desired-20261127-101500.000)", id)
+	}
+	if err != nil {
+		return err
+	}
+	counts, err := reg.JobCounts(ctx, id)
+	if err != nil {
+		return err
+	}
+	var devs []registry.JobDevice
+	if failed {
+		if devs, err = reg.JobDevices(ctx, id, []string{registry.JobFailed, registry.JobTimedOut, registry.JobOffline}, 1000); err != nil {
+			return err
+		}
+	}
+	var live *workflows.JobProgress
+	if c, err := dialTemporal(g); err == nil {
+		defer c.Close()
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if v, err := c.QueryWorkflow(qctx, id, "", workflows.QueryProgress); err == nil {
+			var p workflows.JobProgress
+			if v.Get(&p) == nil {
+				live = &p
+			}
+		}
+		cancel()
+	}
+	if output == "json" {
+		return printJSON(map[string]any{"job": j, "counts": counts, "progress": live, "devices": devs})
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	state := j.State
+	if live != nil {
+		state = live.State + " (workflow running)"
+	}
+	fmt.Fprintf(w, "job\t%s\nkind\t%s\nquery\t%s\nspec\t%s\nstate\t%s\ntargets\t%s\n", j.ID, j.Kind, j.Query, compactJSON(j.Spec), state,
+		workflows.Thousands(j.Total))
+	for _, s := range []string{registry.JobSucceeded, registry.JobRunning, registry.JobPending, registry.JobFailed, registry.JobTimedOut,
+		registry.JobOffline, registry.JobCancelled} {
+		if counts[s] > 0 {
+			fmt.Fprintf(w, "  %s\t%s\n", s, workflows.Thousands(counts[s]))
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if failed {
+		fmt.Println()
+		w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "DEVICE\tSTATE\tSTATUS\tERROR\tPAYLOAD")
+		for _, d := range devs {
+			st := ""
+			if d.Status != 0 {
+				st = fmt.Sprint(d.Status)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.DeviceID, d.State, st, d.Error, compactJSON(d.Payload))
+		}
+		if len(devs) == 0 {
+			fmt.Fprintln(w, "(none)\t\t\t\t")
+		}
+		return w.Flush()
+	}
+	return nil
+}
+
+// operatorUpdateCmd is `job|rollout pause|resume|cancel|approve ID`: a Workflow Update whose validator
+// refuses what does not apply, after a check that the operation is still running (a finished workflow
+// cannot take updates, and saying so plainly beats the server's error).
+func operatorUpdateCmd(g *globals, noun, update, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   update + " ID",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			msg, err := sendUpdate(cmd.Context(), g, noun, args[0], update, nil)
+			if err != nil {
+				return err
+			}
+			fmt.Println(msg)
+			return nil
+		},
+	}
+}
+
+func sendUpdate(ctx context.Context, g *globals, noun, id, update string, arg any) (string, error) {
+	c, err := dialTemporal(g)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	d, err := c.DescribeWorkflowExecution(ctx, id, "")
+	if err != nil {
+		return "", fmt.Errorf("no %s %q: %w", noun, id, err)
+	}
+	if st := d.GetWorkflowExecutionInfo().GetStatus(); st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+		return "", fmt.Errorf("%s %s has already finished (%s): nothing to %s", noun, id,
+			strings.ToLower(strings.TrimPrefix(st.String(), "WorkflowExecutionStatus")), update)
+	}
+	opts := client.UpdateWorkflowOptions{WorkflowID: id, UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted}
+	if arg != nil {
+		opts.Args = []any{arg}
+	}
+	uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	h, err := c.UpdateWorkflow(uctx, opts)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %s refused: %w", noun, id, update, err)
+	}
+	var msg string
+	if err := h.Get(uctx, &msg); err != nil {
+		return "", fmt.Errorf("%s %s: %s refused: %w", noun, id, update, err)
+	}
+	return msg, nil
+}

@@ -1,0 +1,405 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/rollout"
+	"github.com/fleetflow/fleetflow/internal/searchattr"
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+func newFirmwareCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "firmware", Short: "The firmware catalogue"}
+	var f registry.Firmware
+	add := &cobra.Command{
+		Use:   "add --version V --url URL --sha256 HEX [--notes TEXT]",
+		Short: "Add a firmware image to the catalogue (entries are immutable)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			reg, err := openRegistry(cmd, g)
+			if err != nil {
+				return err
+			}
+			defer reg.Close()
+			out, err := reg.AddFirmware(cmd.Context(), f)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("firmware %s added (%s)\n", out.Version, out.URL)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&f.Version, "version", "", "version, e.g. 2.1.0")
+	add.Flags().StringVar(&f.URL, "url", "", "where devices download the image (http or https)")
+	add.Flags().StringVar(&f.SHA256, "sha256", "", "SHA-256 of the image, 64 hex digits")
+	add.Flags().StringVar(&f.Notes, "notes", "", "release notes")
+	var output string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the catalogue, newest first, with how many devices run each version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			reg, err := openRegistry(cmd, g)
+			if err != nil {
+				return err
+			}
+			defer reg.Close()
+			fws, err := reg.ListFirmware(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return printJSON(fws)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "VERSION\tADDED\tSHA256\tURL\tNOTES")
+			for _, f := range fws {
+				fmt.Fprintf(w, "%s\t%s\t%s…\t%s\t%s\n", f.Version, f.CreatedAt.Format("2006-01-02 15:04"), f.SHA256[:12], f.URL, f.Notes)
+			}
+			return w.Flush()
+		},
+	}
+	list.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.AddCommand(add, list)
+	return cmd
+}
+
+type rolloutFlags struct {
+	version, query, waves, maxFailures string
+	bake, deviceTimeout                time.Duration
+	approveEach, detach                bool
+}
+
+// parsed validates the flags into the workflow's terms.
+func (f *rolloutFlags) parsed() ([]rollout.Wave, rollout.Threshold, error) {
+	if f.version == "" {
+		return nil, rollout.Threshold{}, errors.New("--firmware is required (see `fleetflow firmware list`)")
+	}
+	if f.query == "" {
+		return nil, rollout.Threshold{}, errors.New("--query is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
+	}
+	waves, err := rollout.ParseWaves(f.waves)
+	if err != nil {
+		return nil, rollout.Threshold{}, fmt.Errorf("--waves: %w", err)
+	}
+	th, err := rollout.ParseThreshold(f.maxFailures)
+	if err != nil {
+		return nil, rollout.Threshold{}, fmt.Errorf("--max-failures: %w", err)
+	}
+	if f.bake < 0 || f.deviceTimeout < 0 {
+		return nil, rollout.Threshold{}, errors.New("--bake and --device-timeout must not be negative")
+	}
+	return waves, th, nil
+}
+
+func newRolloutCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "rollout", Short: "Staged firmware rollouts with automatic rollback"}
+	f := &rolloutFlags{}
+	addFlags := func(c *cobra.Command) {
+		fl := c.Flags()
+		fl.StringVar(&f.version, "firmware", "", "firmware version from the catalogue (required)")
+		fl.StringVar(&f.query, "query", "", "twin query selecting the target devices (required)")
+		fl.StringVar(&f.waves, "waves", "1%,10%,50%,100%", "cumulative waves: percentages of the targets or device counts; the last is 100%")
+		fl.StringVar(&f.maxFailures, "max-failures", "5%", "stop and roll back when failures exceed this count or percentage of dispatched devices")
+		fl.DurationVar(&f.bake, "bake", 0, "how long a device must stay healthy on the new version to count as succeeded")
+		fl.DurationVar(&f.deviceTimeout, "device-timeout", workflows.DefaultDeviceTimeout, "a device that does not run the new version within this fails")
+		fl.BoolVar(&f.approveEach, "approve-each-wave", false, "wait for `fleetflow rollout approve` before each wave after the first")
+	}
+	plan := &cobra.Command{
+		Use:   "plan --firmware V --query QUERY [--waves ...]",
+		Short: "Show the waves a rollout would run, their device counts and an estimate; changes nothing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, _, err := planRollout(cmd.Context(), g, f, true)
+			return err
+		},
+	}
+	addFlags(plan)
+	start := &cobra.Command{
+		Use:   "start --firmware V --query QUERY [--waves 1%,10%,50%,100%] [--max-failures 5%] [--bake 2m]",
+		Short: "Start a FirmwareRollout workflow",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, args []string) error { return startRollout(cmd.Context(), g, f) },
+	}
+	addFlags(start)
+	start.Flags().BoolVar(&f.detach, "detach", false, "start the rollout and return without waiting for it")
+	var output string
+	status := &cobra.Command{
+		Use:   "status ID",
+		Short: "Show a rollout's wave, counts per phase, last decision and failing devices",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return rolloutStatus(cmd.Context(), g, args[0], output)
+		},
+	}
+	status.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	var rollback, noRollback bool
+	var reason string
+	abort := &cobra.Command{
+		Use:   "abort ID (--rollback | --no-rollback)",
+		Short: "Stop a rollout; with --rollback every touched device goes back to its previous firmware",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if rollback == noRollback {
+				return errors.New("say what happens to the devices already updated: --rollback or --no-rollback")
+			}
+			msg, err := sendUpdate(cmd.Context(), g, "rollout", args[0], workflows.UpdateAbort,
+				workflows.AbortRequest{Rollback: rollback, Reason: reason})
+			if err != nil {
+				return err
+			}
+			fmt.Println(msg)
+			return nil
+		},
+	}
+	abort.Flags().BoolVar(&rollback, "rollback", false, "send touched devices back to their previous firmware")
+	abort.Flags().BoolVar(&noRollback, "no-rollback", false, "leave devices on the firmware they have now")
+	abort.Flags().StringVar(&reason, "reason", "", "why, for the record")
+	cmd.AddCommand(plan, start, status, abort,
+		operatorUpdateCmd(g, "rollout", workflows.UpdatePause, "Hold the next wave (the current wave's devices go on)"),
+		operatorUpdateCmd(g, "rollout", workflows.UpdateResume, "Continue a paused rollout"),
+		operatorUpdateCmd(g, "rollout", workflows.UpdateApprove, "Let a rollout started with --approve-each-wave start its next wave"))
+	return cmd
+}
+
+// typicalInstall is the per-wave time the plan's estimate assumes for download, install and reboot.
+const typicalInstall = 2 * time.Minute
+
+// planRollout validates everything a start needs and prints (when show) the plan.
+func planRollout(ctx context.Context, g *globals, f *rolloutFlags, show bool) (registry.Firmware, registry.RolloutPlan, error) {
+	var plan registry.RolloutPlan
+	waves, th, err := f.parsed()
+	if err != nil {
+		return registry.Firmware{}, plan, err
+	}
+	reg, err := openRegistryCtx(ctx, g)
+	if err != nil {
+		return registry.Firmware{}, plan, err
+	}
+	defer reg.Close()
+	fw, err := reg.GetFirmware(ctx, f.version)
+	if err != nil {
+		return fw, plan, err
+	}
+	plan, err = reg.PlanRollout(ctx, f.version, f.query)
+	if err != nil {
+		return fw, plan, queryError(err)
+	}
+	if !show {
+		return fw, plan, nil
+	}
+	th2 := workflows.Thousands
+	fmt.Printf("firmware %s to the devices of: %s\n", fw.Version, f.query)
+	fmt.Printf("selected %s: %s already on %s, %s disabled or retired, %s to update\n", th2(plan.Selected), th2(plan.OnVersion),
+		fw.Version, th2(plan.Inactive), th2(plan.Eligible))
+	cut := rollout.Cutoffs(waves, plan.Eligible)
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE")
+	prev := int64(0)
+	for i, c := range cut {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", i+1, waves[i], th2(c-prev), th2(c))
+		prev = c
+	}
+	if err := w.Flush(); err != nil {
+		return fw, plan, err
+	}
+	fmt.Printf("stops and rolls back when failures exceed %s; bake %s; device timeout %s\n", th, f.bake, f.deviceTimeout)
+	est := rollout.Estimate(cut, f.bake, typicalInstall)
+	fmt.Printf("estimate: about %s (assuming %s per wave to download, install and reboot)", est.Round(time.Second), typicalInstall)
+	if f.approveEach {
+		fmt.Print(", plus the time you take to approve each wave")
+	}
+	fmt.Println()
+	if plan.Conflict != nil {
+		fmt.Printf("cannot start now: %v\n", plan.Conflict)
+	}
+	return fw, plan, nil
+}
+
+func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
+	waves, th, err := f.parsed()
+	if err != nil {
+		return err
+	}
+	fw, plan, err := planRollout(ctx, g, f, false)
+	if err != nil {
+		return err
+	}
+	if plan.Conflict != nil {
+		return plan.Conflict
+	}
+	if plan.Eligible == 0 {
+		return fmt.Errorf("nothing to do: of the %d devices the query selects, none needs %s (%d already run it, %d are disabled or retired)",
+			plan.Selected, f.version, plan.OnVersion, plan.Inactive)
+	}
+	reg, c, err := openBackends(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	defer c.Close()
+	n, err := reg.CountRollouts(ctx, fw.Version)
+	if err != nil {
+		return err
+	}
+	id := fmt.Sprintf("rollout-%s-%d", fw.Version, n+1)
+	spec, _ := json.Marshal(map[string]any{"waves": f.waves, "maxFailures": th.String(), "bake": f.bake.String(),
+		"deviceTimeout": f.deviceTimeout.String(), "approveEachWave": f.approveEach})
+	total, err := reg.CreateRollout(ctx, registry.RolloutSpec{ID: id, Version: fw.Version, Query: f.query, Spec: spec})
+	if err != nil {
+		return err
+	}
+	in := workflows.RolloutInput{RolloutID: id, Firmware: workflows.FirmwareRef{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256},
+		Total: total, Waves: waves, MaxFailures: th, Bake: f.bake, DeviceTimeout: f.deviceTimeout, ApproveEachWave: f.approveEach}
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: id, TaskQueue: g.cfg.TaskQueue,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		StaticSummary:         fmt.Sprintf("Rollout of firmware %s to %s devices in waves %s", fw.Version, workflows.Thousands(total), f.waves),
+		StaticDetails: fmt.Sprintf("Query: `%s`  \nMax failures: %s  \nBake: %s, device timeout: %s  \nApprove each wave: %v", f.query, th,
+			f.bake, f.deviceTimeout, f.approveEach),
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpRollout),
+			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total), searchattr.Stage.ValueSet("starting")),
+	}, workflows.FirmwareRollout, in)
+	if err != nil {
+		// Release the claims, or the devices would stay blocked for other rollouts.
+		_ = reg.FinishRollout(context.WithoutCancel(ctx), id, "not_started", nil)
+		return fmt.Errorf("start rollout %s: %w", id, err)
+	}
+	fmt.Printf("rollout %s started: firmware %s to %s devices, waves %s, max failures %s\n", id, fw.Version, workflows.Thousands(total), f.waves, th)
+	fmt.Printf("watch it: %s\n", workflowURL(g, id))
+	if f.detach {
+		return nil
+	}
+	stop := pollProgress(ctx, c, id, func(v interface{ Get(any) error }) string {
+		var p workflows.RolloutProgress
+		if v.Get(&p) != nil {
+			return ""
+		}
+		c := p.Counts
+		return bar(fmt.Sprintf("wave %d/%d", p.Wave, len(p.Waves)), c.Succeeded+c.Failed+c.Skipped, p.Total,
+			strings.ReplaceAll(p.State, "_", " ")+": "+c.String())
+	})
+	var res workflows.RolloutResult
+	err = run.Get(ctx, &res)
+	stop()
+	if ctx.Err() != nil {
+		fmt.Printf("stopped waiting; the rollout goes on. Follow it with `fleetflow rollout status %s`\n", id)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("rollout %s: %w", id, err)
+	}
+	printRolloutResult(res)
+	return nil
+}
+
+func printRolloutResult(res workflows.RolloutResult) {
+	fmt.Printf("rollout %s: %s after wave %d/%d — %s\n", res.RolloutID, strings.ReplaceAll(res.State, "_", " "), res.WavesDone, res.Waves, res.Counts)
+	for _, r := range res.Reasons {
+		fmt.Printf("  · %s\n", r)
+	}
+	if len(res.Failures) > 0 {
+		fmt.Println("devices that failed:")
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		for _, d := range res.Failures {
+			fmt.Fprintf(w, "  %s\twave %d\t%s\t%s\n", d.DeviceID, d.Wave, d.Phase, d.Reason)
+		}
+		_ = w.Flush()
+	}
+}
+
+func rolloutStatus(ctx context.Context, g *globals, id, output string) error {
+	reg, err := openRegistryCtx(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	ro, err := reg.GetRollout(ctx, id)
+	if errors.Is(err, registry.ErrNotFound) {
+		return fmt.Errorf("no rollout %q (rollout ids look like rollout-2.1.0-1)", id)
+	}
+	if err != nil {
+		return err
+	}
+	counts, err := reg.RolloutCounts(ctx, id)
+	if err != nil {
+		return err
+	}
+	failing, err := reg.RolloutDevices(ctx, id, []string{string(rollout.Failed), string(rollout.RollbackFailed)}, 50)
+	if err != nil {
+		return err
+	}
+	var live *workflows.RolloutProgress
+	if c, err := dialTemporal(g); err == nil {
+		defer c.Close()
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if v, err := c.QueryWorkflow(qctx, id, "", workflows.QueryProgress); err == nil {
+			var p workflows.RolloutProgress
+			if v.Get(&p) == nil {
+				live = &p
+			}
+		}
+		cancel()
+	}
+	if output == "json" {
+		return printJSON(map[string]any{"rollout": ro, "counts": counts, "progress": live, "failing": failing})
+	}
+	var total rollout.Counts
+	for _, pc := range counts {
+		total.Add(rollout.Phase(pc.Phase), pc.N)
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	state := ro.State
+	if live != nil {
+		state = live.State
+		if live.Wave > 0 {
+			state += fmt.Sprintf(", wave %d/%d (%s)", live.Wave, len(live.Waves), live.Waves[live.Wave-1])
+		}
+	}
+	fmt.Fprintf(w, "rollout\t%s\nfirmware\t%s\nquery\t%s\nstate\t%s\ndevices\t%s claimed: %s\n", ro.ID, ro.Version, ro.Query, state,
+		workflows.Thousands(ro.Total), total)
+	if live != nil && live.Decision != "" {
+		fmt.Fprintf(w, "last decision\t%s\n", live.Decision)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if len(ro.Result) > 0 {
+		fmt.Printf("result: %s\n", compactJSON(ro.Result))
+	}
+	fmt.Println()
+	w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "WAVE\tPHASE\tDEVICES")
+	for _, pc := range counts {
+		wave := "-"
+		if pc.Wave >= 0 {
+			wave = fmt.Sprint(pc.Wave + 1)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", wave, pc.Phase, workflows.Thousands(pc.N))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if len(failing) > 0 {
+		fmt.Println("\nfailing devices:")
+		w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		for _, d := range failing {
+			fmt.Fprintf(w, "  %s\twave %d\t%s\t%s\n", d.DeviceID, d.Wave+1, d.Phase, d.Reason)
+		}
+		return w.Flush()
+	}
+	return nil
+}

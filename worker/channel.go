@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/channel"
+)
+
+// lazyChannel connects to the gateway on first use rather than at start-up, so that a worker started
+// before the gateway (or while it restarts) still comes up and provisions; a failed connect is retried by
+// the next activity that needs the channel, and Temporal retries that activity.
+type lazyChannel struct {
+	cfg channel.Config
+	mu  sync.Mutex
+	ch  *channel.Channel
+}
+
+func (l *lazyChannel) get(ctx context.Context) (*channel.Channel, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ch != nil {
+		return l.ch, nil
+	}
+	if l.cfg.Token == "" {
+		return nil, fmt.Errorf("no MQTT channel: FLEETFLOW_SERVICE_TOKEN is not set")
+	}
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	ch, err := channel.Dial(dctx, l.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to the gateway at %s: %w", l.cfg.BrokerURL, err)
+	}
+	l.ch = ch
+	return ch, nil
+}
+
+// PublishDesired pushes desired patches (activities.Channel).
+func (l *lazyChannel) PublishDesired(ctx context.Context, msgs []channel.DesiredMessage) (int, error) {
+	ch, err := l.get(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return ch.PublishDesired(ctx, msgs)
+}
+
+// InvokeMany calls methods (activities.Channel). Without a connection every call fails as not sent, which
+// the activity turns into a retry.
+func (l *lazyChannel) InvokeMany(ctx context.Context, calls []channel.MethodCall, timeout time.Duration, rate float64) []channel.MethodResult {
+	ch, err := l.get(ctx)
+	if err != nil {
+		out := make([]channel.MethodResult, len(calls))
+		for i, c := range calls {
+			body := []byte(fmt.Sprintf("%q", err.Error()))
+			out[i] = channel.MethodResult{DeviceID: c.DeviceID, Outcome: channel.Failed, Status: channel.StatusNotSent, Payload: body}
+		}
+		return out
+	}
+	return ch.InvokeMany(ctx, calls, timeout, rate)
+}
+
+// Close disconnects if connected.
+func (l *lazyChannel) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ch != nil {
+		l.ch.Close()
+	}
+}

@@ -1,0 +1,281 @@
+package workflows
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/rollout"
+)
+
+// Activity, update and error-type names of the configure stage (jobs and rollouts).
+const (
+	ActJobBatch       = "JobBatch"
+	ActJobCollectAcks = "JobCollectAcks"
+	ActJobClose       = "JobClose"
+
+	ActRolloutDispatch = "RolloutDispatch"
+	ActRolloutObserve  = "RolloutObserve"
+	ActRolloutRollback = "RolloutRollback"
+	ActRolloutFinish   = "RolloutFinish"
+
+	// Updates (operator actions on running operations, DESIGN §3).
+	UpdatePause   = "pause"
+	UpdateResume  = "resume"
+	UpdateCancel  = "cancel"
+	UpdateApprove = "approve"
+	UpdateAbort   = "abort"
+
+	// ErrTypeInvalidInput marks a workflow started with input it can never process.
+	ErrTypeInvalidInput = "InvalidInput"
+)
+
+// Job kinds (the registry's job kinds).
+const (
+	JobSetDesired = "set_desired"
+	JobSetTags    = "set_tags"
+	JobMethod     = "method"
+)
+
+// JobCounts are a job's devices per outcome.
+type JobCounts struct {
+	Succeeded int64 `json:"succeeded"`
+	Failed    int64 `json:"failed"`
+	TimedOut  int64 `json:"timedOut"`
+	Offline   int64 `json:"offline"`
+	Running   int64 `json:"running"` // desired written, acknowledgement pending
+	Cancelled int64 `json:"cancelled"`
+}
+
+// Add sums counts.
+func (c *JobCounts) Add(o JobCounts) {
+	c.Succeeded += o.Succeeded
+	c.Failed += o.Failed
+	c.TimedOut += o.TimedOut
+	c.Offline += o.Offline
+	c.Running += o.Running
+	c.Cancelled += o.Cancelled
+}
+
+// Unsuccessful is the number of devices the job gave up on.
+func (c JobCounts) Unsuccessful() int64 { return c.Failed + c.TimedOut + c.Offline }
+
+// JobInput starts FleetJob. The target set is frozen in Postgres (job_devices, seq 0..Total-1) before the
+// workflow starts; the workflow carries a cursor over it.
+type JobInput struct {
+	JobID   string          `json:"jobId"`
+	Kind    string          `json:"kind"`
+	Total   int64           `json:"total"`
+	Patch   json.RawMessage `json:"patch,omitempty"`   // set_desired, set_tags
+	AckKeys []string        `json:"ackKeys,omitempty"` // set_desired: the top-level keys devices must acknowledge
+	Method  string          `json:"method,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+	// Rate caps devices per second (0 = as fast as the window allows).
+	Rate float64 `json:"rate,omitempty"`
+	// Timeout is how long a device has to answer a method, or to acknowledge a desired change after the
+	// last batch was written.
+	Timeout          time.Duration `json:"timeout,omitempty"`
+	BatchSize        int64         `json:"batchSize,omitempty"`
+	Window           int           `json:"window,omitempty"`
+	BatchesPerRun    int           `json:"batchesPerRun,omitempty"`
+	HeartbeatTimeout time.Duration `json:"heartbeatTimeout,omitempty"`
+
+	// State carried across continue-as-new.
+	Next      int64     `json:"next,omitempty"`
+	Counts    JobCounts `json:"counts"`
+	Paused    bool      `json:"paused,omitempty"`
+	Cancelled bool      `json:"cancelled,omitempty"`
+	Runs      int       `json:"runs,omitempty"`
+}
+
+// JobBatchRequest is one JobBatch activity: targets First..Last-1 of a job.
+type JobBatchRequest struct {
+	JobID   string          `json:"jobId"`
+	Kind    string          `json:"kind"`
+	First   int64           `json:"first"`
+	Last    int64           `json:"last"`
+	Patch   json.RawMessage `json:"patch,omitempty"`
+	Method  string          `json:"method,omitempty"`
+	Payload json.RawMessage `json:"payload,omitempty"`
+	Timeout time.Duration   `json:"timeout,omitempty"`
+}
+
+// JobAckRequest asks for the acknowledgements of a desired job, waiting up to MaxWait for all of them.
+type JobAckRequest struct {
+	JobID   string        `json:"jobId"`
+	Keys    []string      `json:"keys"`
+	MaxWait time.Duration `json:"maxWait"`
+}
+
+// JobAckStatus is what JobCollectAcks found.
+type JobAckStatus struct {
+	Acked         int64 `json:"acked"` // newly acknowledged
+	Waiting       int64 `json:"waiting"`
+	WaitingOnline int64 `json:"waitingOnline"`
+}
+
+// JobCloseRequest ends a job in the registry.
+type JobCloseRequest struct {
+	JobID string `json:"jobId"`
+	State string `json:"state"`
+}
+
+// JobProgress is what the progress query returns while FleetJob runs.
+type JobProgress struct {
+	JobID      string    `json:"jobId"`
+	Kind       string    `json:"kind"`
+	State      string    `json:"state"` // running, paused, awaiting-acks, cancelling, done
+	Total      int64     `json:"total"`
+	Dispatched int64     `json:"dispatched"`
+	Counts     JobCounts `json:"counts"`
+	Runs       int       `json:"runs"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+}
+
+// JobResult is FleetJob's result; Counts are read back from the registry when the job ends.
+type JobResult struct {
+	JobID  string    `json:"jobId"`
+	State  string    `json:"state"` // completed, completed_with_failures, cancelled
+	Total  int64     `json:"total"`
+	Counts JobCounts `json:"counts"`
+	Runs   int       `json:"runs"`
+}
+
+// FirmwareRef is the catalogue entry a rollout installs.
+type FirmwareRef struct {
+	Version string `json:"version"`
+	URL     string `json:"url"`
+	SHA256  string `json:"sha256"`
+}
+
+// RolloutInput starts FirmwareRollout. Its devices are claimed in Postgres (rollout_devices) before the
+// workflow starts; each wave moves the next slice of them (by rank) into dispatch.
+type RolloutInput struct {
+	RolloutID       string            `json:"rolloutId"`
+	Firmware        FirmwareRef       `json:"firmware"`
+	Total           int64             `json:"total"`
+	Waves           []rollout.Wave    `json:"waves"`
+	MaxFailures     rollout.Threshold `json:"maxFailures"`
+	Bake            time.Duration     `json:"bake,omitempty"`
+	DeviceTimeout   time.Duration     `json:"deviceTimeout,omitempty"`
+	ApproveEachWave bool              `json:"approveEachWave,omitempty"`
+	PollInterval    time.Duration     `json:"pollInterval,omitempty"`
+	ObserveFor      time.Duration     `json:"observeFor,omitempty"`
+	// ContinueAfterEvents bounds each run's history; the workflow continues as new past it.
+	ContinueAfterEvents int           `json:"continueAfterEvents,omitempty"`
+	HeartbeatTimeout    time.Duration `json:"heartbeatTimeout,omitempty"`
+
+	// State carried across continue-as-new.
+	Carry *RolloutCarry `json:"carry,omitempty"`
+}
+
+// RolloutCarry is the rollout's state handed to the next run.
+type RolloutCarry struct {
+	Wave        int            `json:"wave"`        // index of the current wave
+	Dispatched  bool           `json:"dispatched"`  // the current wave has been dispatched
+	Approved    int            `json:"approved"`    // waves up to this index are approved
+	Paused      bool           `json:"paused"`      //
+	Abort       *AbortRequest  `json:"abort"`       // an abort the operator asked for
+	RollingBack bool           `json:"rollingBack"` // the rollback has been started
+	Decision    string         `json:"decision"`
+	Reasons     []string       `json:"reasons"`
+	Counts      rollout.Counts `json:"counts"`
+	Runs        int            `json:"runs"`
+}
+
+// AbortRequest is the abort update's argument.
+type AbortRequest struct {
+	Rollback bool   `json:"rollback"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// RolloutDispatchRequest starts one wave: devices ranked below Cutoff get the firmware.
+type RolloutDispatchRequest struct {
+	RolloutID string      `json:"rolloutId"`
+	Wave      int         `json:"wave"`
+	Cutoff    int64       `json:"cutoff"`
+	Firmware  FirmwareRef `json:"firmware"`
+}
+
+// RolloutDispatchResult is how a wave started.
+type RolloutDispatchResult struct {
+	Dispatched int64 `json:"dispatched"`
+	Skipped    int64 `json:"skipped"`
+	Failed     int64 `json:"failed"`
+	Pushed     int64 `json:"pushed"`
+}
+
+// RolloutObserveRequest evaluates the rollout's devices (forward, or the rollback when Rollback is set) every
+// PollInterval, returning when the wave is decided, the failure threshold is exceeded, or MaxWait passes.
+type RolloutObserveRequest struct {
+	RolloutID    string            `json:"rolloutId"`
+	JobID        string            `json:"jobId"`
+	Wave         int               `json:"wave"`
+	Policy       rollout.Policy    `json:"policy"`
+	MaxFailures  rollout.Threshold `json:"maxFailures"`
+	Rollback     bool              `json:"rollback,omitempty"`
+	PollInterval time.Duration     `json:"pollInterval"`
+	MaxWait      time.Duration     `json:"maxWait"`
+}
+
+// RolloutObservation is the state of a rollout's devices after an observation.
+type RolloutObservation struct {
+	Counts rollout.Counts `json:"counts"` // the whole rollout
+	Wave   rollout.Counts `json:"wave"`   // the current wave
+}
+
+// RolloutRollbackRequest sends the rollout's touched devices back to their previous firmware under JobID.
+type RolloutRollbackRequest struct {
+	RolloutID string `json:"rolloutId"`
+	JobID     string `json:"jobId"`
+}
+
+// RolloutFinishRequest ends a rollout in the registry.
+type RolloutFinishRequest struct {
+	RolloutID string          `json:"rolloutId"`
+	State     string          `json:"state"`
+	Result    json.RawMessage `json:"result,omitempty"`
+}
+
+// DeviceIssue is one device that failed, with the reason.
+type DeviceIssue struct {
+	DeviceID string `json:"deviceId"`
+	Wave     int    `json:"wave"`
+	Phase    string `json:"phase"`
+	Reason   string `json:"reason"`
+}
+
+// RolloutFinishResult is the rollout's final tally from the registry.
+type RolloutFinishResult struct {
+	Counts   rollout.Counts `json:"counts"`
+	Failures []DeviceIssue  `json:"failures,omitempty"` // a sample
+}
+
+// RolloutProgress is what the progress query returns while FirmwareRollout runs.
+type RolloutProgress struct {
+	RolloutID  string         `json:"rolloutId"`
+	Version    string         `json:"version"`
+	State      string         `json:"state"` // dispatching, observing, awaiting_approval, paused, rolling_back, done
+	Wave       int            `json:"wave"`  // 1-based; 0 before the first wave
+	Waves      []string       `json:"waves"`
+	Cutoffs    []int64        `json:"cutoffs"`
+	Total      int64          `json:"total"`
+	Counts     rollout.Counts `json:"counts"`
+	WaveCounts rollout.Counts `json:"waveCounts"`
+	Decision   string         `json:"decision"`
+	Runs       int            `json:"runs"`
+	UpdatedAt  time.Time      `json:"updatedAt"`
+}
+
+// RolloutResult is FirmwareRollout's result.
+type RolloutResult struct {
+	RolloutID string         `json:"rolloutId"`
+	Version   string         `json:"version"`
+	State     string         `json:"state"` // completed, rolled_back, aborted
+	WavesDone int            `json:"wavesDone"`
+	Waves     int            `json:"waves"`
+	Counts    rollout.Counts `json:"counts"`
+	Decision  string         `json:"decision"`
+	Reasons   []string       `json:"reasons,omitempty"`
+	Failures  []DeviceIssue  `json:"failures,omitempty"`
+	Runs      int            `json:"runs"`
+}

@@ -1,0 +1,307 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/fleetflow/fleetflow/internal/searchattr"
+)
+
+// Defaults for JobInput. A batch of 1,000 devices is one registry transaction and one MQTT fan-out; a
+// window of 8 keeps a 10,000-device job within a couple of rounds.
+const (
+	DefaultJobBatchSize     = 1000
+	DefaultJobWindow        = 8
+	DefaultJobBatchesPerRun = 400
+	DefaultMethodTimeout    = 30 * time.Second
+	DefaultAckTimeout       = 2 * time.Minute
+	// ackPoll is the longest a JobCollectAcks activity waits before it reports progress.
+	ackPoll = 10 * time.Second
+)
+
+// FleetJob applies one change to a frozen set of devices — a desired or tags merge patch, or a direct
+// method — in batches over the set, then (for desired patches) waits until devices acknowledge the change
+// in their reported properties. pause, resume and cancel are Workflow Updates.
+func FleetJob(ctx workflow.Context, in JobInput) (JobResult, error) {
+	in = withJobDefaults(in)
+	if in.JobID == "" || in.Total <= 0 {
+		return JobResult{}, temporal.NewNonRetryableApplicationError("a job id and a non-empty target set are required", ErrTypeInvalidInput, nil)
+	}
+	switch in.Kind {
+	case JobSetDesired, JobSetTags, JobMethod:
+	default:
+		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", in.Kind), ErrTypeInvalidInput, nil)
+	}
+	in.Runs++
+	progress := JobProgress{JobID: in.JobID, Kind: in.Kind, State: "running", Total: in.Total, Dispatched: in.Next,
+		Counts: in.Counts, Runs: in.Runs}
+	if in.Paused {
+		progress.State = "paused"
+	}
+	report := func() {
+		progress.Counts, progress.Dispatched, progress.UpdatedAt = in.Counts, in.Next, workflow.Now(ctx)
+		workflow.SetCurrentDetails(ctx, jobDetails(progress))
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (JobProgress, error) { return progress, nil }); err != nil {
+		return JobResult{}, fmt.Errorf("register progress query: %w", err)
+	}
+	dispatchDone := func() bool { return in.Next >= in.Total }
+	if err := registerJobUpdates(ctx, &in, &progress, dispatchDone, report); err != nil {
+		return JobResult{}, err
+	}
+	report()
+
+	batch, window := in.BatchSize, in.Window
+	if in.Rate > 0 {
+		// One batch per second, one at a time: the rate holds whatever the batch costs.
+		batch, window = min(batch, max(1, int64(math.Floor(in.Rate)))), 1
+	}
+	timeout := in.Timeout
+	sel := workflow.NewSelector(ctx)
+	inflight, dispatched := 0, 0
+	var firstErr error
+	var nextSlot time.Time
+	for firstErr == nil {
+		for !in.Paused && !in.Cancelled && inflight < window && in.Next < in.Total && dispatched < in.BatchesPerRun &&
+			!workflow.Now(ctx).Before(nextSlot) {
+			req := JobBatchRequest{JobID: in.JobID, Kind: in.Kind, First: in.Next, Last: min(in.Next+batch, in.Total),
+				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout}
+			actTimeout := 5*time.Minute + timeout
+			if in.Rate > 0 {
+				// The next batch may start once this one's devices have had their share of the rate.
+				nextSlot = workflow.Now(ctx).Add(time.Duration(float64(req.Last-req.First) / in.Rate * float64(time.Second)))
+			}
+			bctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+				StartToCloseTimeout: actTimeout, HeartbeatTimeout: in.HeartbeatTimeout + timeout,
+				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+				Summary:     fmt.Sprintf("devices %s–%s", Thousands(req.First+1), Thousands(req.Last)),
+			})
+			f := workflow.ExecuteActivity(bctx, ActJobBatch, req)
+			sel.AddFuture(f, func(f workflow.Future) {
+				inflight--
+				var c JobCounts
+				if err := f.Get(ctx, &c); err != nil {
+					if firstErr == nil {
+						firstErr = err
+					}
+					return
+				}
+				in.Counts.Add(c)
+				report()
+			})
+			in.Next = req.Last
+			inflight++
+			dispatched++
+		}
+		report()
+		if inflight > 0 {
+			sel.Select(ctx)
+			continue
+		}
+		if in.Cancelled || in.Next >= in.Total || dispatched >= in.BatchesPerRun {
+			break
+		}
+		if in.Paused {
+			if err := workflow.Await(ctx, func() bool { return !in.Paused || in.Cancelled }); err != nil {
+				return JobResult{}, err
+			}
+			continue
+		}
+		if d := nextSlot.Sub(workflow.Now(ctx)); d > 0 {
+			if err := workflow.Sleep(ctx, d); err != nil {
+				return JobResult{}, err
+			}
+		}
+	}
+	if firstErr != nil {
+		closeJob(ctx, &in, "failed")
+		setJobState(ctx, searchattr.StateFailed, in.Counts)
+		return JobResult{}, firstErr
+	}
+	if !in.Cancelled && in.Next < in.Total {
+		upsertJobCounts(ctx, in.Counts)
+		if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+			return JobResult{}, err
+		}
+		return JobResult{}, workflow.NewContinueAsNewError(ctx, FleetJob, in)
+	}
+
+	if in.Kind == JobSetDesired && in.Counts.Running > 0 && !in.Cancelled {
+		progress.State = "awaiting-acks"
+		report()
+		deadline := workflow.Now(ctx).Add(timeout)
+		actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			StartToCloseTimeout: ackPoll + time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
+			Summary: "wait for devices to acknowledge the desired change",
+		})
+		for !in.Cancelled {
+			wait := max(0, min(ackPoll, deadline.Sub(workflow.Now(ctx))))
+			var st JobAckStatus
+			if err := workflow.ExecuteActivity(actx, ActJobCollectAcks, JobAckRequest{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
+				closeJob(ctx, &in, "failed")
+				return JobResult{}, fmt.Errorf("collect acknowledgements of %s: %w", in.JobID, err)
+			}
+			in.Counts.Succeeded += st.Acked
+			in.Counts.Running = st.Waiting
+			report()
+			// Offline devices get their desired state when they reconnect; waiting for them would only
+			// hold the job open.
+			if st.Waiting == 0 || st.WaitingOnline == 0 || !workflow.Now(ctx).Before(deadline) {
+				break
+			}
+		}
+	}
+	state := "completed"
+	switch {
+	case in.Cancelled:
+		state = searchattr.StateCancelled
+	case in.Counts.Unsuccessful()+in.Counts.Running > 0:
+		// Devices still waiting for an acknowledgement are closed as timed out or offline.
+		state = "completed_with_failures"
+	}
+	progress.State = "closing"
+	report()
+	counts, err := closeJob(ctx, &in, state)
+	if err != nil {
+		return JobResult{}, err
+	}
+	in.Counts = counts
+	progress.State = "done"
+	report()
+	saState := searchattr.StateCompleted
+	if in.Cancelled {
+		saState = searchattr.StateCancelled
+	}
+	setJobState(ctx, saState, in.Counts)
+	return JobResult{JobID: in.JobID, State: state, Total: in.Total, Counts: in.Counts, Runs: in.Runs}, nil
+}
+
+// registerJobUpdates installs pause, resume and cancel. Validators refuse what makes no sense in the job's
+// current state, so the operator gets a clear answer instead of a silent no-op.
+func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgress, dispatchDone func() bool, report func()) error {
+	err := workflow.SetUpdateHandlerWithOptions(ctx, UpdatePause, func(ctx workflow.Context) (string, error) {
+		in.Paused = true
+		progress.State = "paused"
+		setJobState(ctx, searchattr.StatePaused, in.Counts)
+		report()
+		return fmt.Sprintf("job %s paused after %s of %s devices; batches in flight finish", in.JobID,
+			Thousands(in.Next), Thousands(in.Total)), nil
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
+		switch {
+		case in.Cancelled:
+			return fmt.Errorf("job %s is being cancelled", in.JobID)
+		case in.Paused:
+			return fmt.Errorf("job %s is already paused", in.JobID)
+		case dispatchDone():
+			return fmt.Errorf("job %s has reached every device; nothing left to pause", in.JobID)
+		}
+		return nil
+	}})
+	if err != nil {
+		return fmt.Errorf("register pause: %w", err)
+	}
+	err = workflow.SetUpdateHandlerWithOptions(ctx, UpdateResume, func(ctx workflow.Context) (string, error) {
+		in.Paused = false
+		progress.State = "running"
+		setJobState(ctx, searchattr.StateRunning, in.Counts)
+		report()
+		return fmt.Sprintf("job %s resumed at device %s of %s", in.JobID, Thousands(in.Next), Thousands(in.Total)), nil
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
+		if !in.Paused {
+			return fmt.Errorf("job %s is not paused", in.JobID)
+		}
+		return nil
+	}})
+	if err != nil {
+		return fmt.Errorf("register resume: %w", err)
+	}
+	err = workflow.SetUpdateHandlerWithOptions(ctx, UpdateCancel, func(ctx workflow.Context) (string, error) {
+		in.Cancelled = true
+		progress.State = "cancelling"
+		report()
+		return fmt.Sprintf("job %s cancelled: %s of %s devices were reached; the rest are marked cancelled", in.JobID,
+			Thousands(in.Next), Thousands(in.Total)), nil
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
+		switch {
+		case in.Cancelled:
+			return fmt.Errorf("job %s is already being cancelled", in.JobID)
+		case progress.State == "closing" || progress.State == "done":
+			return fmt.Errorf("job %s has finished; nothing to cancel", in.JobID)
+		}
+		return nil
+	}})
+	if err != nil {
+		return fmt.Errorf("register cancel: %w", err)
+	}
+	return nil
+}
+
+// closeJob records the end of a job and returns the final counts from the registry.
+func closeJob(ctx workflow.Context, in *JobInput, state string) (JobCounts, error) {
+	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
+		Summary: "record the outcome: " + state})
+	var c JobCounts
+	err := workflow.ExecuteActivity(cctx, ActJobClose, JobCloseRequest{JobID: in.JobID, State: state}).Get(ctx, &c)
+	if err != nil {
+		var canceled *temporal.CanceledError
+		if errors.As(err, &canceled) {
+			return in.Counts, err
+		}
+		return in.Counts, fmt.Errorf("close job %s: %w", in.JobID, err)
+	}
+	return c, nil
+}
+
+func withJobDefaults(in JobInput) JobInput {
+	if in.BatchSize <= 0 {
+		in.BatchSize = DefaultJobBatchSize
+	}
+	if in.Window <= 0 {
+		in.Window = DefaultJobWindow
+	}
+	if in.BatchesPerRun <= 0 {
+		in.BatchesPerRun = DefaultJobBatchesPerRun
+	}
+	if in.HeartbeatTimeout <= 0 {
+		in.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if in.Timeout <= 0 {
+		in.Timeout = DefaultMethodTimeout
+		if in.Kind == JobSetDesired {
+			in.Timeout = DefaultAckTimeout
+		}
+	}
+	return in
+}
+
+func upsertJobCounts(ctx workflow.Context, c JobCounts) {
+	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Done.ValueSet(c.Succeeded), searchattr.Failed.ValueSet(c.Unsuccessful()))
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+	}
+}
+
+func setJobState(ctx workflow.Context, state string, c JobCounts) {
+	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(state),
+		searchattr.Done.ValueSet(c.Succeeded), searchattr.Failed.ValueSet(c.Unsuccessful()))
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+	}
+}
+
+// jobDetails renders the markdown the Temporal UI shows as the job's current details.
+func jobDetails(p JobProgress) string {
+	c := p.Counts
+	s := fmt.Sprintf("**%s %s** — reached %s / %s devices\n\nsucceeded %s · failed %s · timed out %s · offline %s",
+		p.Kind, p.State, Thousands(p.Dispatched), Thousands(p.Total), Thousands(c.Succeeded), Thousands(c.Failed),
+		Thousands(c.TimedOut), Thousands(c.Offline))
+	if c.Running > 0 {
+		s += " · awaiting acknowledgement " + Thousands(c.Running)
+	}
+	return s
+}
