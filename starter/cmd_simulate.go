@@ -21,9 +21,18 @@ func newSimulateCmd(g *globals) *cobra.Command {
 		Use:   "simulate --creds FILE",
 		Short: "Run simulated devices from a credentials file until interrupted",
 		Long: `Connect the devices of a credentials file (written by "fleetflow provision") to the gateway, as real
-devices would: each reports its capabilities (model, firmware, hardware, sensors) after its first connect,
-sends telemetry periodically, follows desired-state changes and answers the methods "ping" and
-"diagnostics". A status line is printed periodically and a summary at the end (Ctrl-C to stop).
+devices would: each reports its capabilities (model, firmware, hardware, sensors, health) after its first
+connect, sends telemetry periodically, acknowledges desired-state changes by reporting the new values back,
+and answers the methods "ping", "diagnostics" and "reboot". A status line is printed periodically and a
+summary at the end (Ctrl-C to stop).
+
+Firmware updates (desired.firmware = {jobId, version, url, sha256}) are performed: the device reports
+downloading, installing and rebooting on devices/{id}/jobs/{jobId}/status, each step taking
+--firmware-delay, then reported.firmware.version and health, then succeeded. To rehearse a bad release,
+--fail-install 2.0.0=0.1 makes one device in ten fail to install 2.0.0 (it keeps its old version), and
+--unhealthy 2.0.0=0.05 makes one in twenty report failing health after updating; both may be repeated
+for several versions, and the same devices are chosen on every run with the same --seed. Devices keep the
+firmware version and health the registry holds for them across restarts of the simulator.
 
 One process handles about 10,000 devices; beyond ~28,000 per broker address, pass --source-ips so that
 connections spread over several loopback addresses.`,
@@ -84,6 +93,9 @@ connections spread over several loopback addresses.`,
 	f.DurationVar(&cfg.TelemetryEvery, "telemetry-every", 30*time.Second, "telemetry period of each device (0 = none)")
 	f.Int64Var(&cfg.Seed, "seed", 0, "varies the simulated capabilities (same seed, same values)")
 	f.StringSliceVar(&cfg.LocalAddrs, "source-ips", nil, "source IPs to spread connections over, e.g. 127.0.0.2,127.0.0.3")
+	f.DurationVar(&cfg.FirmwareStepDelay, "firmware-delay", 0, "how long each firmware update step (download, install, reboot) takes")
+	f.Var(&cfg.FailInstall, "fail-install", "make a fraction of the devices fail to install a version, e.g. 2.0.0=0.1 (repeatable)")
+	f.Var(&cfg.Unhealthy, "unhealthy", "make a fraction of the devices report failing health after updating to a version, e.g. 2.0.0=0.05 (repeatable)")
 	f.DurationVar(&statusEvery, "status-every", 5*time.Second, "how often to print a status line")
 	return cmd
 }

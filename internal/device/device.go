@@ -1,6 +1,6 @@
 // Package device is the small client a real device would embed to speak fleetflow's device channel
-// (DESIGN §4) over MQTT 3.1.1 with paho: twin get/reported/desired, direct methods, telemetry and a
-// retained birth/LWT state message.
+// (DESIGN §4) over MQTT 3.1.1 with paho: twin get/reported/desired, direct methods, telemetry, job progress
+// and a retained birth/LWT state message.
 //
 // It encodes the protocol rules a device must follow so that each one is written once: ask twin/get after
 // every (re)connect because desired state is not retained by the broker; ignore desired patches that are
@@ -97,6 +97,11 @@ type DesiredUpdate struct {
 	Desired json.RawMessage // the whole desired document after the update (without "$version")
 	Patch   json.RawMessage // the merge patch; nil when Full
 	Full    bool            // the document came from twin/get after a (re)connect, not from a patch
+
+	// Reported is, when Full, the reported document the same twin/get returned (without "$version"): what
+	// the registry holds about the device, e.g. the firmware version it reported before a restart.
+	Reported        json.RawMessage
+	ReportedVersion int64
 }
 
 // DesiredHandler is called, one update at a time and in version order, whenever desired state changes.
@@ -128,6 +133,8 @@ type Device struct {
 	onDesired DesiredHandler
 	desired   []byte
 	desiredV  int64
+	reported  []byte // from the last twin/get
+	reportedV int64
 	closed    bool
 
 	rid       atomic.Uint64
@@ -186,6 +193,15 @@ func (d *Device) Desired() (json.RawMessage, int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return append(json.RawMessage(nil), d.desired...), d.desiredV
+}
+
+// Reported returns the reported document and version the last twin/get returned (nil before the first
+// one). It is the registry's view at that moment, not updated by ReportPatch; a device uses it to resume
+// from what it reported before a restart.
+func (d *Device) Reported() (json.RawMessage, int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append(json.RawMessage(nil), d.reported...), d.reportedV
 }
 
 // Session is the number of the current connection (its birth and LWT carry it).
@@ -371,6 +387,13 @@ func (d *Device) twinGet() error {
 	if len(doc) == 0 {
 		doc = []byte("{}")
 	}
+	rep := []byte(props.Reported.Doc)
+	if len(rep) == 0 {
+		rep = []byte("{}")
+	}
+	d.mu.Lock()
+	d.reported, d.reportedV = rep, props.Reported.Version
+	d.mu.Unlock()
 	// Through the queue, so the document and any patch that raced it are applied in arrival order; wait
 	// for it so that Connect returns with the desired document in place.
 	v := props.Desired.Version
@@ -407,9 +430,13 @@ func (d *Device) applyDesired(version int64, full, patch []byte) {
 	}
 	d.desired, d.desiredV = doc, version
 	h := d.onDesired
+	u := DesiredUpdate{Version: version, Desired: append(json.RawMessage(nil), doc...), Patch: patch, Full: patch == nil}
+	if u.Full {
+		u.Reported, u.ReportedVersion = append(json.RawMessage(nil), d.reported...), d.reportedV
+	}
 	d.mu.Unlock()
 	if h != nil {
-		h(DesiredUpdate{Version: version, Desired: append(json.RawMessage(nil), doc...), Patch: patch, Full: patch == nil})
+		h(u)
 	}
 }
 
@@ -550,6 +577,66 @@ func (d *Device) ReportPatch(ctx context.Context, patch any) (int64, error) {
 		return 0, fmt.Errorf("report: decode acknowledgement: %w", err)
 	}
 	return ack.Version, nil
+}
+
+// ReportJobStatus publishes a job's progress on devices/{id}/jobs/{jobID}/status at QoS 1 and waits for the
+// PUBACK, which means the gateway has the message (it reaches the registry in its next batch; there is no
+// response). status is one of downloading, installing, rebooting, succeeded, failed — the gateway drops
+// anything else; reason says why a job failed and may be empty; progress is a percentage (0 = not given).
+// Without a deadline in ctx the wait is bounded by RequestTimeout.
+func (d *Device) ReportJobStatus(ctx context.Context, jobID, status, reason string, progress int) error {
+	if !validJobID(jobID) {
+		return fmt.Errorf("job status: job id %q must be 1-64 characters of [A-Za-z0-9._-]", jobID)
+	}
+	if status == "" {
+		return fmt.Errorf("job %s: status is required", jobID)
+	}
+	if progress < 0 || progress > 100 {
+		return fmt.Errorf("job %s: progress %d outside 0..100", jobID, progress)
+	}
+	body, err := json.Marshal(struct {
+		Status   string `json:"status"`
+		Reason   string `json:"reason,omitempty"`
+		Progress int    `json:"progress,omitempty"`
+	}{status, reason, progress})
+	if err != nil {
+		return fmt.Errorf("job %s: %w", jobID, err)
+	}
+	c := d.paho()
+	if c == nil || !c.IsConnectionOpen() {
+		return fmt.Errorf("job %s: %w", jobID, ErrNotConnected)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.cfg.RequestTimeout)
+		defer cancel()
+	}
+	tok := c.Publish(d.prefix+"jobs/"+jobID+"/status", 1, false, body)
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("job %s: publish status: %w", jobID, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("job %s: publish status: %w", jobID, ctx.Err())
+	}
+}
+
+// validJobID mirrors the gateway's rule for ids in topics: one plain topic level of 1-64 characters.
+func validJobID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // request publishes devices/{id}/{kind}/{rid} and waits for twin/res/{status}/{rid}.

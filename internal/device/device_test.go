@@ -225,3 +225,82 @@ func TestReportPatchErrors(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), v)
 }
+
+func TestReportJobStatus(t *testing.T) {
+	store, g, url := setup(t, "dev-1")
+	d := newDevice(t, url, "dev-1")
+	connect(t, d)
+	svc := gatewaytest.Service(t, url, "svc:test")
+	svc.Sub(t, 1, "devices/+/jobs/+/status")
+
+	ctx := context.Background()
+	require.NoError(t, d.ReportJobStatus(ctx, "fw-2.0.0-1", "downloading", "", 40))
+	require.NoError(t, d.ReportJobStatus(ctx, "fw-2.0.0-1", "failed", "install failed: disk full", 0))
+	// The wire format (the test client may see the two in either order).
+	var payloads []string
+	require.Eventually(t, func() bool {
+		payloads = payloads[:0]
+		for _, m := range svc.Messages() {
+			if m.Topic == "devices/dev-1/jobs/fw-2.0.0-1/status" {
+				payloads = append(payloads, string(m.Payload))
+			}
+		}
+		return len(payloads) == 2
+	}, 2*time.Second, 5*time.Millisecond)
+	assert.ElementsMatch(t, []string{`{"status":"downloading","progress":40}`,
+		`{"status":"failed","reason":"install failed: disk full"}`}, payloads)
+	require.Eventually(t, func() bool { return len(store.JobStatusesOf("fw-2.0.0-1", "dev-1")) == 2 }, 2*time.Second, 5*time.Millisecond)
+	got := store.JobStatusesOf("fw-2.0.0-1", "dev-1")
+	assert.Equal(t, "downloading", got[0].Status)
+	assert.Equal(t, 40, got[0].Progress)
+	assert.Equal(t, "failed", got[1].Status)
+	assert.Equal(t, "install failed: disk full", got[1].Reason)
+	assert.Equal(t, int64(2), g.Stats().JobStatus)
+
+	// Arguments that the gateway would drop are refused before publishing.
+	require.ErrorContains(t, d.ReportJobStatus(ctx, "a/b", "succeeded", "", 0), "job id")
+	require.ErrorContains(t, d.ReportJobStatus(ctx, "", "succeeded", "", 0), "job id")
+	require.ErrorContains(t, d.ReportJobStatus(ctx, "j1", "", "", 0), "status")
+	require.ErrorContains(t, d.ReportJobStatus(ctx, "j1", "downloading", "", 101), "progress")
+
+	d.Close()
+	require.ErrorIs(t, d.ReportJobStatus(ctx, "j1", "succeeded", "", 0), device.ErrNotConnected)
+}
+
+func TestFullUpdateCarriesReported(t *testing.T) {
+	store, g, url := setup(t, "dev-1")
+	_, err := store.SetDesired("dev-1", json.RawMessage(`{"firmware":{"jobId":"j1","version":"2.0.0"}}`))
+	require.NoError(t, err)
+	first := newDevice(t, url, "dev-1")
+	connect(t, first)
+	_, err = first.ReportPatch(context.Background(), map[string]any{"firmware": map[string]any{"version": "2.0.0"}})
+	require.NoError(t, err)
+	first.Close()
+	require.Eventually(t, func() bool { return g.Stats().Connected == 0 }, 2*time.Second, 5*time.Millisecond)
+
+	// A restarted device learns what it reported before from its first twin/get.
+	d := newDevice(t, url, "dev-1")
+	var rec recorder
+	d.OnDesired(rec.handle)
+	rep, _ := d.Reported()
+	assert.Nil(t, rep)
+	connect(t, d)
+	rec.mu.Lock()
+	require.Len(t, rec.updates, 1)
+	u := rec.updates[0]
+	rec.mu.Unlock()
+	assert.True(t, u.Full)
+	assert.JSONEq(t, `{"firmware":{"version":"2.0.0"}}`, string(u.Reported))
+	assert.Equal(t, int64(1), u.ReportedVersion)
+	rep, v := d.Reported()
+	assert.JSONEq(t, `{"firmware":{"version":"2.0.0"}}`, string(rep))
+	assert.Equal(t, int64(1), v)
+
+	// Patches do not carry it.
+	svc := gatewaytest.Service(t, url, "svc:test")
+	require.NoError(t, svc.Pub(t, "devices/dev-1/twin/desired/2", 1, `{"x":1}`))
+	require.Eventually(t, func() bool { return len(rec.versions()) == 2 }, 2*time.Second, 5*time.Millisecond)
+	rec.mu.Lock()
+	assert.Nil(t, rec.updates[1].Reported)
+	rec.mu.Unlock()
+}

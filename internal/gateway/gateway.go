@@ -5,8 +5,12 @@
 // reconnect storms without turning each CONNECT into a Postgres query, and cut off a revoked device at once.
 // It therefore caches the credentials of active devices in memory, drops them on the registry's change
 // notifications (LISTEN fleetflow_device) and re-checks any live session of a changed device, and writes
-// everything it learns (connections, last-seen, reported properties) to the registry in batches rather than
-// one transaction per message (DESIGN §1, §4, §7).
+// everything it learns (connections, last-seen, reported properties, job progress) to the registry in batches
+// rather than one transaction per message (DESIGN §1, §4, §7).
+//
+// Method requests are online-only (DESIGN §4): when a service calls a method of a device that has no session
+// on this gateway, the gateway answers 404 DeviceNotOnline at once, so the caller fails fast instead of
+// waiting for its timeout.
 //
 // Denied publishes: a QoS 0 publish outside the device's own topics is dropped and counted; mochi answers a
 // denied QoS ≥ 1 publish from an MQTT 3.1.1 client by disconnecting it (3.1.1 has no negative PUBACK). That
@@ -43,6 +47,8 @@ type Store interface {
 	ApplyReported(ctx context.Context, patches []registry.ReportedPatch) ([]registry.ReportedResult, error)
 	// RecordConnections records a batch of connection events.
 	RecordConnections(ctx context.Context, events []registry.ConnEvent) error
+	// RecordJobStatuses stores a batch of job progress messages (the latest per job and device wins).
+	RecordJobStatuses(ctx context.Context, sts []registry.JobStatus) error
 	// ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until
 	// ctx ends. fn("") says notifications may have been missed (the listener reconnected): the gateway
 	// then forgets its cache and re-checks every live session.
@@ -70,7 +76,8 @@ type Config struct {
 	FlushInterval time.Duration
 	FlushEvents   int
 	// ReportedBatch and ReportedWait bound one ApplyReported batch: at most this many patches, and the
-	// first patch waits at most this long for company (defaults 500 and 50 ms).
+	// first patch waits at most this long for company (defaults 500 and 50 ms). Job status messages are
+	// batched for RecordJobStatuses with the same bounds.
 	ReportedBatch int
 	ReportedWait  time.Duration
 	// QueueSize bounds each ingest queue; requests beyond it are answered 429 (default 10,000).
@@ -138,10 +145,12 @@ type Stats struct {
 	MessagesOut       int64 // publishes written to clients (devices and services)
 	Telemetry         int64 // telemetry messages
 	TwinGets          int64 // twin/get requests answered
-	JobStatus         int64 // job status messages
+	JobStatus         int64 // valid job status messages recorded in the registry
+	JobStatusDropped  int64 // valid job status messages lost: queue full, or the registry write kept failing
 	MethodResponses   int64 // method responses
+	MethodsOffline    int64 // service method requests answered 404 DeviceNotOnline by the gateway
 	Malformed         int64 // device messages dropped or refused as malformed (topic or payload)
-	Throttled         int64 // requests answered 429 because an ingest queue was full
+	Throttled         int64 // requests answered 429 (or job statuses dropped) because an ingest queue was full
 	ReportedApplied   int64 // reported patches merged into the registry
 	ReportedFailed    int64 // reported patches refused or failed (including malformed)
 	IngestBatches     int64 // ApplyReported calls
@@ -161,6 +170,7 @@ type counters struct {
 	messagesIn, telemetry, twinGets, jobStatus, methodResponses, malformed, throttled atomic.Int64
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
+	jobStatusDropped, methodsOffline                                                  atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -177,6 +187,7 @@ type Gateway struct {
 	recheck  *recheckQueue
 	getQ     chan twinRequest
 	reportQ  chan twinRequest
+	jobQ     chan jobStatusMsg
 	c        counters
 
 	lastSession atomic.Int64 // last session number handed out, to keep them strictly increasing
@@ -203,6 +214,7 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 		recheck:  newRecheckQueue(),
 		getQ:     make(chan twinRequest, cfg.QueueSize),
 		reportQ:  make(chan twinRequest, cfg.QueueSize),
+		jobQ:     make(chan jobStatusMsg, cfg.QueueSize),
 	}
 	g.events = newEventBuffer(cfg.FlushEvents)
 	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
@@ -265,6 +277,7 @@ func (g *Gateway) start(ctx context.Context) error {
 
 	g.goBackground(g.flushLoop)
 	g.goBackground(g.reportedLoop)
+	g.goBackground(g.jobStatusLoop)
 	for range g.cfg.Workers {
 		g.goBackground(g.twinGetLoop)
 	}
@@ -366,7 +379,9 @@ func (g *Gateway) Stats() Stats {
 		Telemetry:         g.c.telemetry.Load(),
 		TwinGets:          g.c.twinGets.Load(),
 		JobStatus:         g.c.jobStatus.Load(),
+		JobStatusDropped:  g.c.jobStatusDropped.Load(),
 		MethodResponses:   g.c.methodResponses.Load(),
+		MethodsOffline:    g.c.methodsOffline.Load(),
 		Malformed:         g.c.malformed.Load(),
 		Throttled:         g.c.throttled.Load(),
 		ReportedApplied:   g.c.reportedApplied.Load(),

@@ -28,6 +28,7 @@ func (g *Gateway) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.P
 	// desired patches and method requests) also passes through here.
 	s := g.sessions.get(pk.Origin)
 	if s == nil {
+		g.onCloudMessage(pk)
 		return
 	}
 	g.c.messagesIn.Add(1)
@@ -42,7 +43,7 @@ func (g *Gateway) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.P
 		g.c.telemetry.Add(1)
 	case kindState:
 	case kindJobStatus:
-		g.c.jobStatus.Add(1)
+		g.enqueueJobStatus(jobStatusMsg{id: t.id, jobID: t.jobID, payload: pk.Payload, at: time.Now()})
 	case kindMethodResponse:
 		g.c.methodResponses.Add(1)
 	case kindTwinGet:
@@ -106,47 +107,55 @@ func (g *Gateway) serveTwinGet(r twinRequest) {
 // the batch to fill) and merges each batch with one ApplyReported call. While a batch is being written new
 // patches queue up, so batches grow with load, which is what keeps Postgres at ~50k rows/s (DESIGN §7).
 func (g *Gateway) reportedLoop() {
-	batch := make([]twinRequest, 0, g.cfg.ReportedBatch)
+	runBatches(g.ctx, g.reportQ, g.cfg.ReportedBatch, g.cfg.ReportedWait, g.admitReported, g.applyReported)
+}
+
+// runBatches takes items from q and hands them to flush in batches of at most size: the first item of a
+// batch waits at most wait for company, and while flush runs new items queue up, so batches grow with load.
+// admit validates and converts an item into the batch, or drops it (answering it itself). When ctx ends,
+// what is still queued is flushed too: the broker is closed by then, so the queue can only shrink.
+func runBatches[Q, B any](ctx context.Context, q <-chan Q, size int, wait time.Duration,
+	admit func([]B, Q) []B, flush func([]B)) {
+	batch := make([]B, 0, size)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		var r twinRequest
+		var r Q
 		select {
-		case r = <-g.reportQ:
-		case <-g.ctx.Done():
-			g.drainReported(batch)
+		case r = <-q:
+		case <-ctx.Done():
+			drainBatches(q, batch, size, admit, flush)
 			return
 		}
-		batch = g.admitReported(batch, r)
-		timer.Reset(g.cfg.ReportedWait)
+		batch = admit(batch, r)
+		timer.Reset(wait)
 	fill:
-		for len(batch) < g.cfg.ReportedBatch {
+		for len(batch) < size {
 			select {
-			case r = <-g.reportQ:
-				batch = g.admitReported(batch, r)
+			case r = <-q:
+				batch = admit(batch, r)
 			case <-timer.C:
 				break fill
-			case <-g.ctx.Done():
+			case <-ctx.Done():
 				break fill
 			}
 		}
 		timer.Stop()
 		if len(batch) > 0 {
-			g.applyReported(batch)
+			flush(batch)
 		}
 		clear(batch)
 		batch = batch[:0]
 	}
 }
 
-// drainReported writes what is still queued when the gateway closes. The broker is already closed, so the
-// queue can only shrink.
-func (g *Gateway) drainReported(batch []twinRequest) {
+// drainBatches flushes batch and everything still queued, without waiting for more.
+func drainBatches[Q, B any](q <-chan Q, batch []B, size int, admit func([]B, Q) []B, flush func([]B)) {
 	for {
 		select {
-		case r := <-g.reportQ:
-			batch = g.admitReported(batch, r)
-			if len(batch) < g.cfg.ReportedBatch {
+		case r := <-q:
+			batch = admit(batch, r)
+			if len(batch) < size {
 				continue
 			}
 		default:
@@ -154,7 +163,7 @@ func (g *Gateway) drainReported(batch []twinRequest) {
 		if len(batch) == 0 {
 			return
 		}
-		g.applyReported(batch)
+		flush(batch)
 		clear(batch)
 		batch = batch[:0]
 	}

@@ -30,6 +30,7 @@ func (minimalStore) ApplyReported(_ context.Context, p []registry.ReportedPatch)
 	return make([]registry.ReportedResult, len(p)), nil
 }
 func (minimalStore) RecordConnections(context.Context, []registry.ConnEvent) error { return nil }
+func (minimalStore) RecordJobStatuses(context.Context, []registry.JobStatus) error { return nil }
 func (minimalStore) ListenDeviceChanges(ctx context.Context, _ func(string)) error {
 	<-ctx.Done()
 	return nil

@@ -17,6 +17,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/testenv"
+	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // The gateway against the real registry (a throwaway Postgres): simulated devices connect and report, the
@@ -29,27 +30,7 @@ func TestGatewayWithRegistry(t *testing.T) {
 	t.Cleanup(reg.Close)
 
 	const n = 30
-	var list []creds.Credential
-	var rows []registry.StagedRow
-	for i := range n {
-		secret, err := creds.NewSecret()
-		require.NoError(t, err)
-		c := creds.Credential{ID: fmt.Sprintf("reg-dev-%02d", i), Secret: secret}
-		list = append(list, c)
-		rows = append(rows, registry.StagedRow{Seq: int64(i), Line: int64(i + 1), ID: c.ID, Tags: "{}", SecretHash: creds.Digest(secret)})
-	}
-	next := 0
-	_, err = reg.StageRows(ctx, "op-gw", "provision", func() (registry.StagedRow, bool, error) {
-		if next == len(rows) {
-			return registry.StagedRow{}, false, nil
-		}
-		next++
-		return rows[next-1], true, nil
-	})
-	require.NoError(t, err)
-	counts, err := reg.ProvisionBatch(ctx, "op-gw", 0, n)
-	require.NoError(t, err)
-	require.Equal(t, int64(n), counts.Created)
+	list := provision(t, reg, "reg-dev", n)
 
 	g := gatewaytest.StartGateway(t, reg, gateway.Config{FlushInterval: 50 * time.Millisecond})
 	sim, err := simulator.New(simulator.Config{BrokerURL: gatewaytest.URL(g), Creds: list, Seed: 3,
@@ -94,6 +75,142 @@ func TestGatewayWithRegistry(t *testing.T) {
 		"the device's automatic reconnect is refused")
 	require.Eventually(t, func() bool { return g.Stats().Connected == n-1 }, time.Second, 5*time.Millisecond)
 	assert.Zero(t, g.Stats().StoreErrors)
+}
+
+// provision creates n active devices named prefix-00… and returns their credentials.
+func provision(t *testing.T, reg *registry.Registry, prefix string, n int) []creds.Credential {
+	t.Helper()
+	ctx := context.Background()
+	var list []creds.Credential
+	var rows []registry.StagedRow
+	for i := range n {
+		secret, err := creds.NewSecret()
+		require.NoError(t, err)
+		c := creds.Credential{ID: fmt.Sprintf("%s-%02d", prefix, i), Secret: secret}
+		list = append(list, c)
+		rows = append(rows, registry.StagedRow{Seq: int64(i), Line: int64(i + 1), ID: c.ID, Tags: "{}", SecretHash: creds.Digest(secret)})
+	}
+	next := 0
+	op := "op-" + prefix
+	_, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
+		if next == len(rows) {
+			return registry.StagedRow{}, false, nil
+		}
+		next++
+		return rows[next-1], true, nil
+	})
+	require.NoError(t, err)
+	counts, err := reg.ProvisionBatch(ctx, op, 0, int64(n))
+	require.NoError(t, err)
+	require.Equal(t, int64(n), counts.Created)
+	return list
+}
+
+// A firmware job end to end against the real registry: desired.firmware is written and published as a
+// rollout would, the simulated devices report progress and the new version, and the gateway lands the job
+// statuses in device_job_status. Method calls to an offline device fail fast.
+func TestFirmwareJobWithRegistry(t *testing.T) {
+	ctx := context.Background()
+	reg, err := registry.Open(ctx, testenv.Postgres(t))
+	require.NoError(t, err)
+	t.Cleanup(reg.Close)
+	const n, seed = 12, 4
+	list := provision(t, reg, "fw-dev", n)
+	g := gatewaytest.StartGateway(t, reg, gateway.Config{FlushInterval: 50 * time.Millisecond})
+	online := list[:n-1] // the last one stays offline
+	sim, err := simulator.New(simulator.Config{BrokerURL: gatewaytest.URL(g), Creds: online, Seed: seed,
+		Logger: gatewaytest.Logger(t), MaxReconnectInterval: time.Second,
+		FailInstall: simulator.VersionFractions{"2.0.0": 0.3}})
+	require.NoError(t, err)
+	simCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		assert.NoError(t, sim.Run(simCtx))
+	}()
+	t.Cleanup(func() {
+		stop()
+		wg.Wait()
+	})
+	require.Eventually(t, func() bool { return sim.Stats().Reported == n-1 }, 20*time.Second, 20*time.Millisecond, "%s", sim.Stats())
+
+	svc := gatewaytest.Service(t, gatewaytest.URL(g), "svc:rollout")
+	svc.Sub(t, 1, "devices/+/methods/res/+/+")
+	patch := `{"firmware":{"jobId":"rollout-2.0.0-1","version":"2.0.0","url":"https://fw.example/2.0.0","sha256":"00"},"telemetryInterval":45}`
+	for _, c := range online {
+		tw, err := reg.UpdateTwin(ctx, c.ID, twin.Desired, []byte(patch), "")
+		require.NoError(t, err)
+		require.NoError(t, svc.Pub(t, fmt.Sprintf("devices/%s/twin/desired/%d", c.ID, tw.Properties.Desired.Version), 1, patch))
+	}
+	type row struct{ status, reason string }
+	rows := func() map[string]row {
+		out := map[string]row{}
+		rs, err := reg.Pool().Query(ctx, `SELECT device_id, status, reason FROM device_job_status WHERE job_id = $1`, "rollout-2.0.0-1")
+		require.NoError(t, err)
+		defer rs.Close()
+		for rs.Next() {
+			var id string
+			var r row
+			require.NoError(t, rs.Scan(&id, &r.status, &r.reason))
+			out[id] = r
+		}
+		require.NoError(t, rs.Err())
+		return out
+	}
+	require.Eventually(t, func() bool {
+		got := rows()
+		for _, c := range online {
+			if r := got[c.ID]; r.status != "succeeded" && r.status != "failed" {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 50*time.Millisecond, "%v", rows())
+	got := rows()
+	assert.Len(t, got, n-1, "one row per device, the latest status")
+	for _, c := range online {
+		tw, err := reg.GetTwin(ctx, c.ID)
+		require.NoError(t, err)
+		var rep struct {
+			Firmware          struct{ Version string }
+			TelemetryInterval int
+		}
+		require.NoError(t, json.Unmarshal(tw.Properties.Reported.Doc, &rep))
+		assert.Equal(t, 45, rep.TelemetryInterval, "%s acknowledged desired", c.ID)
+		if simulator.InstallFails(seed, c.ID, "2.0.0", 0.3) {
+			assert.Equal(t, row{"failed", "install failed: checksum mismatch (simulated)"}, got[c.ID], c.ID)
+			assert.NotEqual(t, "2.0.0", rep.Firmware.Version, c.ID)
+		} else {
+			assert.Equal(t, row{"succeeded", ""}, got[c.ID], c.ID)
+			assert.Equal(t, "2.0.0", rep.Firmware.Version, c.ID)
+		}
+	}
+	// downloading, installing, rebooting, succeeded — or downloading, installing, failed.
+	var want int64
+	for _, c := range online {
+		want += 4
+		if simulator.InstallFails(seed, c.ID, "2.0.0", 0.3) {
+			want--
+		}
+	}
+	require.Less(t, want, int64(4*(n-1)), "the fleet must include a failing install")
+	require.Greater(t, want, int64(3*(n-1)), "the fleet must include a successful install")
+	st := g.Stats()
+	assert.Equal(t, want, st.JobStatus)
+	assert.Zero(t, st.JobStatusDropped)
+	assert.Zero(t, st.StoreErrors)
+
+	// The offline device: the gateway answers for it at once.
+	offline := list[n-1].ID
+	require.NoError(t, svc.Pub(t, "devices/"+offline+"/methods/req/ping/r1", 0, `{}`))
+	m, ok := svc.WaitMessage(t, "devices/"+offline+"/methods/res/404/r1", 2*time.Second)
+	require.True(t, ok)
+	assert.JSONEq(t, `{"error":"device offline","code":"DeviceNotOnline"}`, string(m.Payload))
+	require.NoError(t, svc.Pub(t, "devices/"+online[0].ID+"/methods/req/ping/r2", 0, `{}`))
+	_, ok = svc.WaitMessage(t, "devices/"+online[0].ID+"/methods/res/200/r2", 2*time.Second)
+	require.True(t, ok)
+	assert.Equal(t, int64(1), g.Stats().MethodsOffline)
 }
 
 func TestMain(m *testing.M) { testenv.Main(m) }

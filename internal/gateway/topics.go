@@ -3,6 +3,8 @@ package gateway
 import (
 	"strconv"
 	"strings"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // ServiceUsername is the MQTT username of fleetflow's own services (workers, CLI). It contains ':' so that it
@@ -147,6 +149,32 @@ func validRID(s string) bool {
 		}
 	}
 	return true
+}
+
+// methodRequest is a parsed cloud-to-device method request, devices/{id}/methods/req/{method}/{rid}.
+type methodRequest struct {
+	id, method, rid string
+}
+
+// parseMethodRequest recognises a method request whose device id and request id are safe to echo back in a
+// response topic; anything else is not answered by the gateway.
+func parseMethodRequest(topic string) (methodRequest, bool) {
+	if !strings.HasPrefix(topic, devicesPrefix) {
+		return methodRequest{}, false
+	}
+	parts := strings.Split(topic[len(devicesPrefix):], "/")
+	if len(parts) != 5 || parts[1] != "methods" || parts[2] != "req" || parts[3] == "" || !validRID(parts[4]) {
+		return methodRequest{}, false
+	}
+	if twin.ValidateID(parts[0]) != nil {
+		return methodRequest{}, false
+	}
+	return methodRequest{id: parts[0], method: parts[3], rid: parts[4]}, true
+}
+
+// methodResponseTopic is where a method's answer goes; the gateway uses it to answer for offline devices.
+func methodResponseTopic(id string, status int, rid string) string {
+	return devicesPrefix + id + "/methods/res/" + strconv.Itoa(status) + "/" + rid
 }
 
 // twinResponseTopic is where the gateway answers a device's twin request.

@@ -97,6 +97,26 @@ func TestParseDeviceTopic(t *testing.T) {
 	assert.Equal(t, kindInvalid, parseDeviceTopic("devices/d1/twin/get/"+string(long)).kind)
 }
 
+func TestParseMethodRequest(t *testing.T) {
+	for topic, want := range map[string]methodRequest{
+		"devices/d1/methods/req/ping/r9":            {id: "d1", method: "ping", rid: "r9"},
+		"devices/dev.7/methods/req/diagnostics/a_b": {id: "dev.7", method: "diagnostics", rid: "a_b"},
+		"devices/d1/methods/req//r9":                {},
+		"devices/d1/methods/req/ping/bad!":          {},
+		"devices/d1/methods/req/ping":               {},
+		"devices/d1/methods/req/ping/r9/x":          {},
+		"devices/d1/methods/res/200/r9":             {},
+		"devices/D1/methods/req/ping/r9":            {}, // not a device id: nothing to answer for
+		"devices/+/methods/req/ping/r9":             {},
+		"other/d1/methods/req/ping/r9":              {},
+	} {
+		got, ok := parseMethodRequest(topic)
+		assert.Equal(t, want.id != "", ok, topic)
+		assert.Equal(t, want, got, topic)
+	}
+	assert.Equal(t, "devices/d1/methods/res/404/r9", methodResponseTopic("d1", 404, "r9"))
+}
+
 // A change that arrives while a lookup is in flight must not let the stale answer be used or cached.
 func TestAuthCacheInvalidationDuringLookup(t *testing.T) {
 	var calls atomic.Int32

@@ -6,6 +6,21 @@
 // Connections are opened by a bounded pool of workers (and an optional rate), because 10,000 unbounded
 // CONNECTs would only turn into timeouts. Telemetry is driven by one scheduler for all devices instead of a
 // timer goroutine per device, to keep a simulated device within ~64 KiB.
+//
+// The devices behave as the device contract (DESIGN §4) expects of real ones, so that jobs and rollouts can be
+// exercised end to end:
+//
+//   - Desired state is acknowledged: the top-level desired keys whose values differ from what the device
+//     reported last are reported back in one patch (deleted keys as null); desired.telemetryInterval
+//     (seconds) also sets the device's telemetry period, as far as the shared scheduler allows.
+//   - desired.firmware = {jobId, version, url, sha256} is a firmware update: the device reports progress on
+//     jobs/{jobId}/status (downloading, installing, rebooting; each step takes Config.FirmwareStepDelay),
+//     then reported.firmware.version and reported.health, then succeeded. Config.FailInstall and
+//     Config.Unhealthy make chosen fractions of the fleet fail the install or report failing health after it
+//     (InstallFails, TurnsUnhealthy), deterministically, so tests know which devices will.
+//   - The firmware version and health survive a restart of the simulator: they are taken from the reported
+//     document the registry returns on connect, and a pending update (a device that was offline when the
+//     rollout reached it) is performed then.
 package simulator
 
 import (
@@ -51,26 +66,40 @@ type Config struct {
 	RequestTimeout       time.Duration
 	MaxReconnectInterval time.Duration
 	Logger               *slog.Logger
+
+	// FirmwareStepDelay is how long each step of a firmware update (download, install, reboot) takes;
+	// 0 runs an update without sleeping.
+	FirmwareStepDelay time.Duration
+	// FailInstall makes a fraction of the devices fail to install a version (version → fraction 0..1):
+	// they report the job failed and keep running their old version.
+	FailInstall VersionFractions
+	// Unhealthy makes a fraction of the devices that updated to a version report failing health after
+	// the reboot (version → fraction 0..1).
+	Unhealthy VersionFractions
 }
 
 // Stats are the simulation's counters.
 type Stats struct {
-	Devices        int64 // devices in the simulation
-	Connected      int64 // connected now
-	Refused        int64 // devices whose CONNECT was refused (unknown, disabled, wrong secret)
-	Failed         int64 // devices that could not connect or sync for another reason
-	Reported       int64 // devices whose capabilities were acknowledged
-	ReportFailed   int64 // capability reports that failed
-	Reconnects     int64 // reconnects after a lost connection
-	Telemetry      int64 // telemetry messages sent
-	Methods        int64 // method calls answered
-	DesiredUpdates int64 // desired updates received
+	Devices         int64 // devices in the simulation
+	Connected       int64 // connected now
+	Refused         int64 // devices whose CONNECT was refused (unknown, disabled, wrong secret)
+	Failed          int64 // devices that could not connect or sync for another reason
+	Reported        int64 // devices whose capabilities were acknowledged
+	ReportFailed    int64 // capability reports that failed
+	Reconnects      int64 // reconnects after a lost connection
+	Telemetry       int64 // telemetry messages sent
+	Methods         int64 // method calls answered
+	DesiredUpdates  int64 // desired updates received
+	DesiredAcks     int64 // reported patches acknowledging desired changes (or correcting firmware/health)
+	FirmwareUpdates int64 // firmware updates installed (the device switched version)
+	FirmwareFailed  int64 // firmware updates that failed to install
 }
 
 // String is the one-line status the CLI prints.
 func (s Stats) String() string {
-	return fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d",
-		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods)
+	return fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d",
+		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods,
+		s.DesiredUpdates, s.DesiredAcks, s.FirmwareUpdates, s.FirmwareFailed)
 }
 
 // Simulator runs one simulation.
@@ -83,6 +112,14 @@ type Simulator struct {
 	devices []*simDevice // connected at least once, in connect order
 
 	refused, failed, reported, reportFailed, reconnects, telemetry, methods, desired atomic.Int64
+	acks, firmwareUpdates, firmwareFailed                                            atomic.Int64
+
+	// runCtx ends when Run's context does; background work of the devices (acknowledgements, firmware
+	// updates) runs under it and is tracked by bg, so that Run returns only after it stopped.
+	runCtx context.Context
+	bgMu   sync.Mutex
+	bg     sync.WaitGroup
+	bgDone bool
 
 	// reports tracks the capability reports that run after each connect; reportSlots bounds them, so
 	// connecting goes on at full speed while earlier devices wait for their report's acknowledgement.
@@ -91,10 +128,30 @@ type Simulator struct {
 }
 
 type simDevice struct {
-	dev     *device.Device
-	started time.Time
-	seq     atomic.Int64 // telemetry sequence
-	conns   atomic.Int64 // connections so far
+	dev      *device.Device
+	id       string
+	started  time.Time
+	seq      atomic.Int64                  // telemetry sequence
+	conns    atomic.Int64                  // connections so far
+	current  atomic.Pointer[device.Device] // the device of the latest connection attempt
+	interval atomic.Int64                  // desired telemetryInterval in ns; 0 = the simulation's period
+	lastSent atomic.Int64                  // unix ns of the last telemetry message
+
+	// reportMu serialises the device's reported patches. Each patch is computed from the device's state
+	// while holding it, so whatever order they run in, the last one written says what the device is.
+	reportMu sync.Mutex
+
+	mu          sync.Mutex
+	initialized bool            // version, health and reported come from the registry's twin
+	version     string          // running firmware
+	health      map[string]any  // {"status": "ok"} or {"status": "failing", "reason": …}
+	reported    map[string]any  // the reported document, as far as the device knows
+	desired     map[string]any  // the latest desired document
+	acked       map[string]bool // desired keys the device mirrored into reported
+	deleted     map[string]bool // desired keys deleted by a patch, to be reported as null
+	capsSent    bool            // the capabilities report was attempted
+	jobsDone    map[string]bool // firmware jobs whose final status was delivered
+	update      *firmwareUpdate // the update in progress, if any
 }
 
 // New validates cfg.
@@ -118,8 +175,17 @@ func New(cfg Config) (*Simulator, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.FirmwareStepDelay < 0 {
+		return nil, errors.New("simulator: negative firmware step delay")
+	}
+	if err := cfg.FailInstall.validate("fail-install"); err != nil {
+		return nil, err
+	}
+	if err := cfg.Unhealthy.validate("unhealthy"); err != nil {
+		return nil, err
+	}
 	return &Simulator{cfg: cfg, log: cfg.Logger.With("component", "simulator"), creds: list,
-		reportSlots: make(chan struct{}, 4*cfg.Concurrency)}, nil
+		reportSlots: make(chan struct{}, 4*cfg.Concurrency), runCtx: context.Background()}, nil
 }
 
 // Run connects every device, then keeps them running (telemetry, methods, reconnects) until ctx ends, and
@@ -146,22 +212,26 @@ func (s *Simulator) Stats() Stats {
 		}
 	}
 	return Stats{
-		Devices:        int64(len(s.creds)),
-		Connected:      connected,
-		Refused:        s.refused.Load(),
-		Failed:         s.failed.Load(),
-		Reported:       s.reported.Load(),
-		ReportFailed:   s.reportFailed.Load(),
-		Reconnects:     s.reconnects.Load(),
-		Telemetry:      s.telemetry.Load(),
-		Methods:        s.methods.Load(),
-		DesiredUpdates: s.desired.Load(),
+		Devices:         int64(len(s.creds)),
+		Connected:       connected,
+		Refused:         s.refused.Load(),
+		Failed:          s.failed.Load(),
+		Reported:        s.reported.Load(),
+		ReportFailed:    s.reportFailed.Load(),
+		Reconnects:      s.reconnects.Load(),
+		Telemetry:       s.telemetry.Load(),
+		Methods:         s.methods.Load(),
+		DesiredUpdates:  s.desired.Load(),
+		DesiredAcks:     s.acks.Load(),
+		FirmwareUpdates: s.firmwareUpdates.Load(),
+		FirmwareFailed:  s.firmwareFailed.Load(),
 	}
 }
 
 // Run is the method form of the package-level Run.
 func (s *Simulator) Run(ctx context.Context) error {
 	start := time.Now()
+	s.runCtx = ctx
 	s.connectAll(ctx)
 	s.log.Info("initial connects done", "elapsed", time.Since(start).Round(time.Millisecond), "stats", s.Stats().String())
 	s.reports.Wait()
@@ -177,8 +247,33 @@ func (s *Simulator) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	wg.Wait()
+	s.stopBackground()
 	s.closeAll()
 	return nil
+}
+
+// goBackground runs fn as device background work under runCtx, unless Run is already shutting down (then it
+// reports false).
+func (s *Simulator) goBackground(fn func(ctx context.Context)) bool {
+	s.bgMu.Lock()
+	defer s.bgMu.Unlock()
+	if s.bgDone {
+		return false
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		fn(s.runCtx)
+	}()
+	return true
+}
+
+// stopBackground refuses new background work and waits for what runs; runCtx has ended, so it stops soon.
+func (s *Simulator) stopBackground() {
+	s.bgMu.Lock()
+	s.bgDone = true
+	s.bgMu.Unlock()
+	s.bg.Wait()
 }
 
 // connectAll connects every device with bounded concurrency and an optional rate.
@@ -221,7 +316,7 @@ feed:
 
 func (s *Simulator) connectOne(ctx context.Context, i int) {
 	c := s.creds[i]
-	sd := &simDevice{started: time.Now()}
+	sd := &simDevice{id: c.ID, started: time.Now()}
 	cfg := device.Config{
 		BrokerURL:            s.cfg.BrokerURL,
 		ID:                   c.ID,
@@ -261,6 +356,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 			break
 		}
 		d.Close()
+		sd.abandonUpdate()
 		if errors.Is(err, device.ErrNotAuthorized) || ctx.Err() != nil {
 			break
 		}
@@ -276,6 +372,10 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		s.log.Debug("device failed to connect", "device", c.ID, "err", err)
 		return
 	}
+	// Normally the first twin/get already initialised the device (in its desired handler); this covers
+	// the rare case where a newer desired patch overtook that document.
+	reported, _ := sd.dev.Reported()
+	s.initDevice(sd, reported)
 	s.mu.Lock()
 	s.devices = append(s.devices, sd)
 	s.mu.Unlock()
@@ -290,7 +390,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		defer func() { <-s.reportSlots; s.reports.Done() }()
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		if _, err := sd.dev.ReportPatch(rctx, Capabilities(c.ID, s.cfg.Seed)); err != nil {
+		if err := s.reportCapabilities(rctx, sd, sd.dev); err != nil {
 			s.reportFailed.Add(1)
 			s.log.Debug("capability report failed", "device", c.ID, "err", err)
 			return
@@ -299,8 +399,9 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 	}()
 }
 
-// register installs the simulated behaviour: methods and desired-state bookkeeping.
+// register installs the simulated behaviour: methods and the desired-state handler (behaviour.go).
 func (s *Simulator) register(d *device.Device, sd *simDevice) {
+	sd.current.Store(d)
 	id := d.ID()
 	caps := Capabilities(id, s.cfg.Seed)
 	d.OnMethod("ping", func(ctx context.Context, payload []byte) (any, error) {
@@ -309,10 +410,12 @@ func (s *Simulator) register(d *device.Device, sd *simDevice) {
 	})
 	d.OnMethod("diagnostics", func(ctx context.Context, payload []byte) (any, error) {
 		s.methods.Add(1)
+		version, health := sd.firmware()
 		return map[string]any{
 			"device":        id,
 			"model":         caps["model"],
-			"firmware":      caps["firmware"],
+			"firmware":      map[string]any{"version": version},
+			"health":        health,
 			"uptimeSeconds": int64(time.Since(sd.started).Seconds()),
 			"connections":   sd.conns.Load(),
 			"session":       d.Session(),
@@ -320,7 +423,12 @@ func (s *Simulator) register(d *device.Device, sd *simDevice) {
 			"goVersion":     runtime.Version(),
 		}, nil
 	})
-	d.OnDesired(func(device.DesiredUpdate) { s.desired.Add(1) })
+	d.OnMethod("reboot", func(ctx context.Context, payload []byte) (any, error) {
+		// Acknowledged only: a simulated reboot would just be a reconnect, which Kick already tests.
+		s.methods.Add(1)
+		return map[string]any{"rebooting": true}, nil
+	})
+	d.OnDesired(func(u device.DesiredUpdate) { s.onDesired(sd, d, u) })
 }
 
 // telemetryLoop spreads every device's telemetry over the period with one goroutine for the whole fleet:
@@ -339,14 +447,23 @@ func (s *Simulator) telemetryLoop(ctx context.Context) {
 		s.mu.Lock()
 		devs := s.devices
 		s.mu.Unlock()
+		now := time.Now().UnixNano()
 		for i := slot; i < len(devs); i += slots {
 			sd := devs[i]
 			if !sd.dev.IsConnected() {
 				continue
 			}
+			// A desired telemetryInterval longer than the period skips visits until it is due (within
+			// one tick); a shorter one cannot be honoured by the shared schedule and gets the period.
+			if iv := sd.interval.Load(); iv > 0 {
+				if last := sd.lastSent.Load(); last > 0 && now-last < iv-int64(tick) {
+					continue
+				}
+			}
 			n := sd.seq.Add(1)
 			if err := sd.dev.PublishTelemetry("env", telemetrySample(sd.dev.ID(), n)); err == nil {
 				s.telemetry.Add(1)
+				sd.lastSent.Store(now)
 			}
 		}
 	}
@@ -395,7 +512,9 @@ var (
 )
 
 // Capabilities is what device id reports on its first connect. Values are derived from SHA-256(seed, id), so
-// they are stable across runs, processes and Go versions.
+// they are stable across runs, processes and Go versions. A device whose registry twin already holds
+// reported.firmware or reported.health (a restarted simulation) keeps those and leaves them out of its
+// report.
 func Capabilities(id string, seed int64) map[string]any {
 	h := hash(seed, id)
 	model := models[int(h[0])%len(models)]
@@ -410,6 +529,7 @@ func Capabilities(id string, seed int64) map[string]any {
 		"firmware": map[string]any{
 			"version": fmt.Sprintf("1.%d.%d", int(h[2])%fwMinors, int(h[3])%10),
 		},
+		"health": map[string]any{"status": "ok"},
 		"hardware": map[string]any{
 			"rev":      revs[int(h[4])%len(revs)],
 			"cpu":      cpus[int(h[5])%len(cpus)],
@@ -418,7 +538,7 @@ func Capabilities(id string, seed int64) map[string]any {
 		"sensors": sens,
 		"capabilities": map[string]any{
 			"ota":                 true,
-			"methods":             []any{"ping", "diagnostics"},
+			"methods":             []any{"ping", "diagnostics", "reboot"},
 			"radio":               radios[int(h[7])%len(radios)],
 			"telemetryMinSeconds": 5 * (1 + int(h[8])%6),
 			"battery":             h[9]%2 == 0,

@@ -1,12 +1,14 @@
 // Package gatewaytest provides an in-memory gateway.Store, so that the gateway, the device package and the
 // simulator can be tested against a real broker without Postgres. It mimics the registry's semantics that
 // the gateway depends on: ErrNotFound, ErrNotActive, twin limits, per-section versions and change
-// notifications on status or credential changes.
+// notifications on status or credential changes. It also records what the gateway wrote (reported patches,
+// job statuses, connection events), so tests can assert on the traffic, not only on the end state.
 package gatewaytest
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -28,6 +30,10 @@ type Store struct {
 	authLookups  int
 	getCalls     int
 	events       []registry.ConnEvent
+	patches      map[string][]json.RawMessage
+	jobStatuses  []registry.JobStatus
+	jobCalls     int
+	jobFailures  int
 
 	// AuthDelay slows DeviceAuth, to exercise concurrent CONNECTs sharing one lookup.
 	AuthDelay time.Duration
@@ -43,7 +49,8 @@ type device struct {
 
 // New returns an empty store.
 func New() *Store {
-	return &Store{devices: make(map[string]*device), listeners: make(map[int]func(string))}
+	return &Store{devices: make(map[string]*device), listeners: make(map[int]func(string)),
+		patches: make(map[string][]json.RawMessage)}
 }
 
 // Add provisions an active device with secret in its primary slot.
@@ -111,6 +118,24 @@ func (s *Store) SetDesired(id string, patch json.RawMessage) (int64, error) {
 	d.desired = doc
 	d.desiredV++
 	return d.desiredV, nil
+}
+
+// SetReported merges patch into the reported document, as if the device had reported it earlier (e.g. before
+// a simulator restart), and returns the new reported version.
+func (s *Store) SetReported(id string, patch json.RawMessage) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.devices[id]
+	if !ok {
+		return 0, fmt.Errorf("set reported %s: %w", id, registry.ErrNotFound)
+	}
+	doc, err := twin.Apply(twin.Reported, d.reported, patch)
+	if err != nil {
+		return 0, err
+	}
+	d.reported = doc
+	d.reportedV++
+	return d.reportedV, nil
 }
 
 // Reported returns the device's reported document and version.
@@ -230,6 +255,7 @@ func (s *Store) ApplyReported(ctx context.Context, patches []registry.ReportedPa
 			d.reported = doc
 			d.reportedV++
 			out[i].Version = d.reportedV
+			s.patches[p.DeviceID] = append(s.patches[p.DeviceID], append(json.RawMessage(nil), p.Patch...))
 		}
 	}
 	return out, nil
@@ -241,6 +267,75 @@ func (s *Store) RecordConnections(ctx context.Context, events []registry.ConnEve
 	s.events = append(s.events, events...)
 	s.mu.Unlock()
 	return nil
+}
+
+// RecordJobStatuses implements gateway.Store. Like the registry it refuses a batch with an invalid status as
+// a whole; FailJobStatusWrites makes it fail on purpose.
+func (s *Store) RecordJobStatuses(ctx context.Context, sts []registry.JobStatus) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.jobCalls++
+	if s.jobFailures > 0 {
+		s.jobFailures--
+		return errors.New("record job statuses: injected failure")
+	}
+	for _, st := range sts {
+		if !registry.ValidJobStatus(st.Status) || st.JobID == "" || st.DeviceID == "" {
+			return fmt.Errorf("record job statuses: invalid status %+v", st)
+		}
+	}
+	s.jobStatuses = append(s.jobStatuses, sts...)
+	return nil
+}
+
+// FailJobStatusWrites makes the next n RecordJobStatuses calls fail.
+func (s *Store) FailJobStatusWrites(n int) {
+	s.mu.Lock()
+	s.jobFailures = n
+	s.mu.Unlock()
+}
+
+// JobStatuses returns every job status recorded so far, in the order they were written.
+func (s *Store) JobStatuses() []registry.JobStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]registry.JobStatus(nil), s.jobStatuses...)
+}
+
+// JobStatusesOf returns the statuses device id reported for job, in order.
+func (s *Store) JobStatusesOf(job, id string) []registry.JobStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []registry.JobStatus
+	for _, st := range s.jobStatuses {
+		if st.JobID == job && st.DeviceID == id {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// LatestJobStatus is what the registry would hold for (job, id): the last status recorded.
+func (s *Store) LatestJobStatus(job, id string) (registry.JobStatus, bool) {
+	all := s.JobStatusesOf(job, id)
+	if len(all) == 0 {
+		return registry.JobStatus{}, false
+	}
+	return all[len(all)-1], true
+}
+
+// JobStatusCalls is the number of RecordJobStatuses calls so far, failed ones included.
+func (s *Store) JobStatusCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.jobCalls
+}
+
+// ReportedPatches returns the reported patches applied for device id, in order.
+func (s *Store) ReportedPatches(id string) []json.RawMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]json.RawMessage(nil), s.patches[id]...)
 }
 
 // ListenDeviceChanges implements gateway.Store.

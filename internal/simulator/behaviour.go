@@ -1,0 +1,535 @@
+package simulator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"maps"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// Job statuses of the device contract (DESIGN §4); registry.ValidJobStatus lists the same, but a device has
+// no business importing the registry.
+const (
+	statusDownloading = "downloading"
+	statusInstalling  = "installing"
+	statusRebooting   = "rebooting"
+	statusSucceeded   = "succeeded"
+	statusFailed      = "failed"
+)
+
+// Reasons and health the simulated failures report.
+const (
+	installFailedReason = "install failed: checksum mismatch (simulated)"
+	unhealthyReason     = "watchdog resets after update (simulated)"
+)
+
+// Retry bounds of the reports a device must not lose (acknowledgements, final job statuses): the device keeps
+// trying while it runs, backing off up to maxRetryWait, because a reconnect storm can take a while.
+const (
+	firstRetryWait = 500 * time.Millisecond
+	maxRetryWait   = 5 * time.Second
+)
+
+// errReplaced stops retries on behalf of a device whose connection attempt was given up.
+var errReplaced = errors.New("device replaced by a new connection attempt")
+
+// firmwareSpec is desired.firmware.
+type firmwareSpec struct {
+	JobID   string `json:"jobId"`
+	Version string `json:"version"`
+	URL     string `json:"url"`
+	SHA256  string `json:"sha256"`
+}
+
+// firmwareUpdate is an update in progress; a newer job cancels it and waits for done before starting, so a
+// device never runs two updates at once.
+type firmwareUpdate struct {
+	job    string
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// abandonUpdate stops the update in progress, for a connection attempt that is given up: its device is
+// closed, and the next attempt's device must be free to run the same job.
+func (sd *simDevice) abandonUpdate() {
+	sd.mu.Lock()
+	u := sd.update
+	sd.mu.Unlock()
+	if u != nil {
+		u.cancel()
+	}
+}
+
+// firmware returns the running version and a copy of the health document.
+func (sd *simDevice) firmware() (string, map[string]any) {
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	return sd.version, maps.Clone(sd.health)
+}
+
+// initDevice sets the device's firmware, health and view of its reported document from the reported document
+// the registry returned on connect, once per simulation: what the registry holds wins over the capability
+// defaults, so that a restarted simulator keeps the versions its devices were updated to.
+func (s *Simulator) initDevice(sd *simDevice, reportedDoc []byte) {
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	if sd.initialized {
+		return
+	}
+	sd.initialized = true
+	rep := decodeDoc(reportedDoc)
+	sd.reported = rep
+	sd.version = firmwareVersion(Capabilities(sd.id, s.cfg.Seed))
+	if v := firmwareVersion(rep); v != "" {
+		sd.version = v
+	}
+	sd.health = map[string]any{"status": "ok"}
+	if h, ok := rep["health"].(map[string]any); ok {
+		sd.health = maps.Clone(h)
+	}
+}
+
+// reportCapabilities sends the capabilities report of the device's first connect. Firmware and health come
+// from the device's state, and are left out when the registry already has them (they are the device's to
+// correct through syncReported, not the defaults').
+func (s *Simulator) reportCapabilities(ctx context.Context, sd *simDevice, d *device.Device) error {
+	sd.reportMu.Lock()
+	defer sd.reportMu.Unlock()
+	caps := Capabilities(sd.id, s.cfg.Seed)
+	sd.mu.Lock()
+	if firmwareVersion(sd.reported) != "" {
+		delete(caps, "firmware")
+	} else {
+		caps["firmware"] = map[string]any{"version": sd.version}
+	}
+	if _, ok := sd.reported["health"]; ok {
+		delete(caps, "health")
+	} else {
+		caps["health"] = maps.Clone(sd.health)
+	}
+	sd.mu.Unlock()
+	_, err := d.ReportPatch(ctx, caps)
+	sd.mu.Lock()
+	sd.capsSent = true
+	if err == nil {
+		sd.reported = twin.Merge(sd.reported, deepCopy(caps))
+	}
+	sd.mu.Unlock()
+	return err
+}
+
+// onDesired runs on the device's handler queue for every desired update. It only records the new state and
+// starts background work: acknowledging takes a round trip and a firmware update takes minutes, and either
+// would stall the device's methods and later updates if it ran here.
+func (s *Simulator) onDesired(sd *simDevice, d *device.Device, u device.DesiredUpdate) {
+	s.desired.Add(1)
+	desired := decodeDoc(u.Desired)
+	if u.Full {
+		s.initDevice(sd, u.Reported)
+	}
+	sd.mu.Lock()
+	if !sd.initialized {
+		// A patch that overtook the first twin/get: the state is set once Connect returns, and the
+		// acknowledgement follows the next update or reconnect.
+		sd.desired = desired
+		sd.mu.Unlock()
+		return
+	}
+	if u.Full {
+		// The registry's current view: what was reported before a reconnect may since have changed.
+		sd.reported = decodeDoc(u.Reported)
+	} else {
+		for k, v := range decodeDoc(u.Patch) {
+			if _, has := sd.reported[k]; has && v == nil && ackable(k) {
+				if sd.deleted == nil {
+					sd.deleted = map[string]bool{}
+				}
+				sd.deleted[k] = true
+			}
+		}
+	}
+	sd.desired = desired
+	sd.interval.Store(telemetryInterval(desired))
+	fw, hasFirmware := parseFirmware(desired["firmware"])
+	pending := sd.pendingPatchLocked(false) != nil
+	sd.mu.Unlock()
+
+	if pending {
+		s.goBackground(func(ctx context.Context) { s.syncReported(ctx, sd, d, false) })
+	}
+	if hasFirmware {
+		s.startUpdate(sd, d, fw)
+	}
+}
+
+// ackable reports whether desired key k is acknowledged by mirroring it into reported: every key but the
+// firmware, which is acknowledged by performing the update.
+func ackable(k string) bool { return k != "firmware" && k != "" && k[0] != '$' }
+
+// pendingPatchLocked computes the reported patch that would bring the registry's reported document in line
+// with the device: desired keys it has not mirrored yet (deleted ones as null) and, once its capabilities
+// went out (or when force is set, during an update), its firmware version and health. nil means in line.
+func (sd *simDevice) pendingPatchLocked(force bool) map[string]any {
+	patch := map[string]any{}
+	for k, v := range sd.desired {
+		if ackable(k) && !reflect.DeepEqual(sd.reported[k], v) {
+			patch[k] = mergeDiff(sd.reported[k], v)
+		}
+	}
+	for k := range sd.deleted {
+		if _, still := sd.desired[k]; !still {
+			if _, has := sd.reported[k]; has {
+				patch[k] = nil
+			}
+		}
+	}
+	for k := range sd.acked {
+		if _, still := sd.desired[k]; !still {
+			if _, has := sd.reported[k]; has {
+				patch[k] = nil
+			}
+		}
+	}
+	if sd.capsSent || force {
+		if firmwareVersion(sd.reported) != sd.version {
+			patch["firmware"] = map[string]any{"version": sd.version}
+		}
+		if rh := sd.reported["health"]; !reflect.DeepEqual(rh, sd.health) {
+			patch["health"] = mergeDiff(rh, sd.health)
+		}
+	}
+	if len(patch) == 0 {
+		return nil
+	}
+	return patch
+}
+
+// mergeDiff returns the merge patch (RFC 7386) that turns the value old into new. Objects are diffed key by
+// key, because a whole object merged over an old one would keep the old one's extra keys (a health reason
+// after recovery, a limit deleted from desired).
+func mergeDiff(old, new any) any {
+	om, ok1 := old.(map[string]any)
+	nm, ok2 := new.(map[string]any)
+	if !ok1 || !ok2 {
+		return new
+	}
+	p := map[string]any{}
+	for k := range om {
+		if _, ok := nm[k]; !ok {
+			p[k] = nil
+		}
+	}
+	for k, v := range nm {
+		if !reflect.DeepEqual(om[k], v) {
+			p[k] = mergeDiff(om[k], v)
+		}
+	}
+	return p
+}
+
+// syncReported sends the pending reported patch, retrying while the device runs: an acknowledgement that is
+// lost would leave a job waiting for it forever. Nothing is sent when the device is in line.
+func (s *Simulator) syncReported(ctx context.Context, sd *simDevice, d *device.Device, force bool) error {
+	return retry(ctx, func() (bool, error) {
+		if sd.current.Load() != d {
+			return false, errReplaced
+		}
+		sd.reportMu.Lock()
+		defer sd.reportMu.Unlock()
+		sd.mu.Lock()
+		patch := sd.pendingPatchLocked(force)
+		sd.mu.Unlock()
+		if patch == nil {
+			return false, nil
+		}
+		_, err := d.ReportPatch(ctx, patch)
+		if err != nil {
+			s.log.Debug("reported patch failed", "device", sd.id, "err", err)
+			return retryable(err), err
+		}
+		s.acks.Add(1)
+		sd.mu.Lock()
+		sd.reported = twin.Merge(sd.reported, deepCopy(patch))
+		for k, v := range patch {
+			switch {
+			case !ackable(k):
+			case v == nil:
+				delete(sd.acked, k)
+				delete(sd.deleted, k)
+			default:
+				if sd.acked == nil {
+					sd.acked = map[string]bool{}
+				}
+				sd.acked[k] = true
+			}
+		}
+		sd.mu.Unlock()
+		return false, nil
+	})
+}
+
+// startUpdate starts the firmware update named by desired.firmware unless the device already finished that
+// job or is running it. A newer job supersedes the one in progress: it is cancelled, and the new one starts
+// once it has stopped.
+func (s *Simulator) startUpdate(sd *simDevice, d *device.Device, fw firmwareSpec) {
+	ctx, cancel := context.WithCancel(s.runCtx)
+	u := &firmwareUpdate{job: fw.JobID, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	sd.mu.Lock()
+	if sd.jobsDone[fw.JobID] || (sd.update != nil && sd.update.job == fw.JobID && sd.update.ctx.Err() == nil) {
+		sd.mu.Unlock()
+		cancel()
+		return
+	}
+	prev := sd.update
+	sd.update = u
+	sd.mu.Unlock()
+	if prev != nil {
+		prev.cancel()
+	}
+	run := func(context.Context) {
+		defer close(u.done)
+		defer cancel()
+		if prev != nil {
+			<-prev.done
+		}
+		s.runUpdate(ctx, sd, d, fw)
+		sd.mu.Lock()
+		if sd.update == u {
+			sd.update = nil
+		}
+		sd.mu.Unlock()
+	}
+	if !s.goBackground(run) {
+		// The simulation is stopping; a later update must not wait for this one.
+		cancel()
+		close(u.done)
+	}
+}
+
+// runUpdate performs one firmware update: at once if the device already runs the version, otherwise
+// download, install and reboot, each taking FirmwareStepDelay, reporting progress on the job's status topic.
+func (s *Simulator) runUpdate(ctx context.Context, sd *simDevice, d *device.Device, fw firmwareSpec) {
+	if ctx.Err() != nil {
+		return // superseded before it started
+	}
+	version, _ := sd.firmware()
+	log := s.log.With("device", sd.id, "job", fw.JobID, "version", fw.Version)
+	if fw.Version == version {
+		// Nothing to install (a rollback target, or the job was done before a restart): make sure
+		// reported says so, then close the job.
+		if s.syncReported(ctx, sd, d, true) == nil {
+			s.finishJob(ctx, sd, d, fw.JobID, statusSucceeded, "", 100)
+		}
+		return
+	}
+	step := s.cfg.FirmwareStepDelay
+	s.progress(ctx, d, fw.JobID, statusDownloading, 0)
+	if step > 0 {
+		if !sleep(ctx, step/2) {
+			return
+		}
+		s.progress(ctx, d, fw.JobID, statusDownloading, 50)
+		if !sleep(ctx, step-step/2) {
+			return
+		}
+	}
+	s.progress(ctx, d, fw.JobID, statusInstalling, 0)
+	if !sleep(ctx, step) {
+		return
+	}
+	if InstallFails(s.cfg.Seed, sd.id, fw.Version, s.cfg.FailInstall[fw.Version]) {
+		log.Debug("firmware install fails (simulated)")
+		if s.finishJob(ctx, sd, d, fw.JobID, statusFailed, installFailedReason, 0) {
+			s.firmwareFailed.Add(1)
+		}
+		return
+	}
+	s.progress(ctx, d, fw.JobID, statusRebooting, 0)
+	if !sleep(ctx, step) {
+		return
+	}
+	health := map[string]any{"status": "ok"}
+	if TurnsUnhealthy(s.cfg.Seed, sd.id, fw.Version, s.cfg.Unhealthy[fw.Version]) {
+		health = map[string]any{"status": "failing", "reason": unhealthyReason}
+	}
+	sd.mu.Lock()
+	sd.version, sd.health = fw.Version, health
+	sd.mu.Unlock()
+	s.firmwareUpdates.Add(1)
+	log.Debug("firmware updated", "health", health["status"])
+	// The contract: reported.firmware.version after the reboot, then the job's final status.
+	if s.syncReported(ctx, sd, d, true) != nil {
+		return
+	}
+	s.finishJob(ctx, sd, d, fw.JobID, statusSucceeded, "", 100)
+}
+
+// progress reports an intermediate job status, once: the next one supersedes it anyway.
+func (s *Simulator) progress(ctx context.Context, d *device.Device, job, status string, pct int) {
+	if ctx.Err() != nil {
+		return // superseded: the newer job's statuses are the ones that count
+	}
+	if err := d.ReportJobStatus(ctx, job, status, "", pct); err != nil {
+		s.log.Debug("job progress not sent", "device", d.ID(), "job", job, "status", status, "err", err)
+	}
+}
+
+// finishJob reports a job's final status, retrying while the device runs, and remembers the job as done so
+// that the desired document of a later reconnect does not start it again.
+func (s *Simulator) finishJob(ctx context.Context, sd *simDevice, d *device.Device, job, status, reason string, pct int) bool {
+	err := retry(ctx, func() (bool, error) {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		if sd.current.Load() != d {
+			return false, errReplaced
+		}
+		err := d.ReportJobStatus(ctx, job, status, reason, pct)
+		return err != nil, err
+	})
+	if err != nil {
+		s.log.Debug("final job status not sent", "device", sd.id, "job", job, "status", status, "err", err)
+		return false
+	}
+	sd.mu.Lock()
+	if sd.jobsDone == nil {
+		sd.jobsDone = map[string]bool{}
+	}
+	sd.jobsDone[job] = true
+	sd.mu.Unlock()
+	return true
+}
+
+// retry calls fn until it succeeds, says the error is final, or ctx ends, backing off between attempts.
+func retry(ctx context.Context, fn func() (again bool, err error)) error {
+	wait := firstRetryWait
+	for {
+		again, err := fn()
+		if err == nil || !again {
+			return err
+		}
+		if !sleep(ctx, wait) {
+			return errors.Join(err, ctx.Err())
+		}
+		wait = min(2*wait, maxRetryWait)
+	}
+}
+
+// retryable tells transient failures (not connected, timeouts, 429/5xx) from answers that will not change.
+func retryable(err error) bool {
+	var re *device.ResponseError
+	if errors.As(err, &re) {
+		return re.Status == 429 || re.Status >= 500
+	}
+	return true
+}
+
+// sleep waits for d (at once when d ≤ 0) and reports whether ctx is still alive.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// parseFirmware reads desired.firmware; a value without a usable jobId and version is not an update.
+func parseFirmware(v any) (firmwareSpec, bool) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return firmwareSpec{}, false
+	}
+	var fw firmwareSpec
+	fw.JobID, _ = m["jobId"].(string)
+	fw.Version, _ = m["version"].(string)
+	fw.URL, _ = m["url"].(string)
+	fw.SHA256, _ = m["sha256"].(string)
+	if fw.Version == "" || !validJobID(fw.JobID) {
+		return firmwareSpec{}, false
+	}
+	return fw, true
+}
+
+// validJobID is the contract's rule for ids in topics (one level of [A-Za-z0-9._-], at most 64).
+func validJobID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == ""
+}
+
+// telemetryInterval reads desired.telemetryInterval (seconds) as nanoseconds; 0 when unset or unusable.
+func telemetryInterval(desired map[string]any) int64 {
+	n, ok := desired["telemetryInterval"].(json.Number)
+	if !ok {
+		return 0
+	}
+	secs, err := strconv.ParseFloat(n.String(), 64)
+	if err != nil || secs <= 0 || secs > 7*24*3600 {
+		return 0
+	}
+	return int64(secs * float64(time.Second))
+}
+
+// firmwareVersion is doc.firmware.version, or "".
+func firmwareVersion(doc map[string]any) string {
+	fw, _ := doc["firmware"].(map[string]any)
+	v, _ := fw["version"].(string)
+	return v
+}
+
+// decodeDoc decodes a JSON object with numbers kept as json.Number, so that values compare exactly with what
+// the device reported; anything else gives an empty document.
+func decodeDoc(b []byte) map[string]any {
+	m := map[string]any{}
+	if len(b) == 0 {
+		return m
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return map[string]any{}
+	}
+	delete(m, "$version")
+	return m
+}
+
+// deepCopy copies maps and slices of a decoded document, so that merging a sent patch into the device's view
+// of reported never aliases the desired document it came from.
+func deepCopy[T any](v T) T {
+	return deepCopyAny(v).(T)
+}
+
+func deepCopyAny(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = deepCopyAny(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = deepCopyAny(e)
+		}
+		return out
+	default:
+		return v
+	}
+}
