@@ -1,0 +1,605 @@
+package channel_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/channel"
+	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/gateway"
+	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
+)
+
+// startGateway runs a gateway whose fake registry holds ids (secret "secret-"+id).
+func startGateway(t testing.TB, ids ...string) (*gatewaytest.Store, string) {
+	t.Helper()
+	store := gatewaytest.New()
+	for _, id := range ids {
+		store.Add(id, "secret-"+id)
+	}
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	return store, gatewaytest.URL(g)
+}
+
+// newDevice connects a device with the standard method handlers: "echo" answers {"id":…,"in":payload},
+// "fail" a 500 MethodError, "slow" sleeps 2 s before answering.
+func newDevice(t testing.TB, url, id string, onDesired device.DesiredHandler) *device.Device {
+	t.Helper()
+	d, err := device.New(device.Config{BrokerURL: url, ID: id, Secret: "secret-" + id, Logger: gatewaytest.Logger(t),
+		RequestTimeout: 10 * time.Second, MaxReconnectInterval: time.Second})
+	require.NoError(t, err)
+	d.OnMethod("echo", func(ctx context.Context, payload []byte) (any, error) {
+		return map[string]any{"id": id, "in": json.RawMessage(payload)}, nil
+	})
+	d.OnMethod("fail", func(ctx context.Context, payload []byte) (any, error) {
+		return nil, &device.MethodError{Status: 500, Message: "disk full"}
+	})
+	d.OnMethod("slow", func(ctx context.Context, payload []byte) (any, error) {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-ctx.Done():
+		}
+		return map[string]any{"late": true}, nil
+	})
+	if onDesired != nil {
+		d.OnDesired(onDesired)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, d.Connect(ctx))
+	t.Cleanup(d.Close)
+	return d
+}
+
+// connectDevices connects ids concurrently (a few dozen at a time, like a fleet coming up).
+func connectDevices(t testing.TB, url string, ids []string) {
+	t.Helper()
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			newDevice(t, url, id, nil)
+		}()
+	}
+	wg.Wait()
+}
+
+func dial(t testing.TB, url string) *channel.Channel {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := channel.Dial(ctx, channel.Config{BrokerURL: url, Token: gatewaytest.ServiceToken, Logger: gatewaytest.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return c
+}
+
+func ids(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%04d", prefix, i)
+	}
+	return out
+}
+
+// recorder collects desired updates.
+type recorder struct {
+	mu      sync.Mutex
+	updates []device.DesiredUpdate
+}
+
+func (r *recorder) handle(u device.DesiredUpdate) {
+	r.mu.Lock()
+	r.updates = append(r.updates, u)
+	r.mu.Unlock()
+}
+
+func (r *recorder) versions() []int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []int64
+	for _, u := range r.updates {
+		out = append(out, u.Version)
+	}
+	return out
+}
+
+func TestPublishDesiredReachesDevicesInVersionOrder(t *testing.T) {
+	_, url := startGateway(t, "dev-1", "dev-2")
+	var rec1, rec2 recorder
+	d1 := newDevice(t, url, "dev-1", rec1.handle)
+	d2 := newDevice(t, url, "dev-2", rec2.handle)
+	c := dial(t, url)
+
+	n, err := c.PublishDesired(context.Background(), []channel.DesiredMessage{
+		{DeviceID: "dev-1", Version: 1, Patch: []byte(`{"interval":60,"mode":"eco"}`)},
+		{DeviceID: "dev-2", Version: 7, Patch: []byte(`{"led":"on"}`)},
+		{DeviceID: "dev-1", Version: 2, Patch: []byte(`{"interval":30}`)},
+		{DeviceID: "dev-1", Version: 3, Patch: []byte(`{"mode":null,"x":1}`)},
+		{DeviceID: "dev-1", Version: 2, Patch: []byte(`{"interval":999}`)}, // a stale re-send: ignored by the device
+	})
+	require.NoError(t, err)
+	assert.Equal(t, 5, n, "every patch acknowledged")
+
+	require.Eventually(t, func() bool { _, v := d1.Desired(); return v == 3 }, 3*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { _, v := d2.Desired(); return v == 7 }, 3*time.Second, 5*time.Millisecond)
+	doc, _ := d1.Desired()
+	assert.JSONEq(t, `{"interval":30,"x":1}`, string(doc))
+	doc, _ = d2.Desired()
+	assert.JSONEq(t, `{"led":"on"}`, string(doc))
+	// Version 0 is the (empty) document of the twin/get at connect; the patches follow in order.
+	assert.Equal(t, []int64{0, 1, 2, 3}, rec1.versions())
+	assert.Equal(t, []int64{0, 7}, rec2.versions())
+	assert.Equal(t, int64(5), c.Stats().DesiredAcked)
+}
+
+func TestPublishDesiredManyDevices(t *testing.T) {
+	devs := ids("fleet", 100)
+	_, url := startGateway(t, devs...)
+	connectDevices(t, url, devs)
+	c := dial(t, url)
+
+	// Ten patches per device, interleaved across devices, like one rollout wave.
+	var msgs []channel.DesiredMessage
+	for v := int64(1); v <= 10; v++ {
+		for _, id := range devs {
+			msgs = append(msgs, channel.DesiredMessage{DeviceID: id, Version: v, Patch: fmt.Appendf(nil, `{"step":%d}`, v)})
+		}
+	}
+	start := time.Now()
+	n, err := c.PublishDesired(context.Background(), msgs)
+	require.NoError(t, err)
+	assert.Equal(t, len(msgs), n)
+	t.Logf("published %d desired patches in %s", n, time.Since(start))
+}
+
+func TestPublishDesiredRefusesInvalidBatch(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	c := dial(t, url)
+	for name, m := range map[string]channel.DesiredMessage{
+		"bad id":      {DeviceID: "Dev/1", Version: 1, Patch: []byte(`{}`)},
+		"version 0":   {DeviceID: "dev-1", Version: 0, Patch: []byte(`{}`)},
+		"not object":  {DeviceID: "dev-1", Version: 1, Patch: []byte(`[1]`)},
+		"not JSON":    {DeviceID: "dev-1", Version: 1, Patch: []byte(`{`)},
+		"over 128KiB": {DeviceID: "dev-1", Version: 1, Patch: []byte(`{"a":"` + strings.Repeat("x", 128*1024) + `"}`)},
+	} {
+		ok := channel.DesiredMessage{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}
+		n, err := c.PublishDesired(context.Background(), []channel.DesiredMessage{ok, m})
+		assert.Error(t, err, name)
+		assert.Contains(t, err.Error(), "message 1", name)
+		assert.Zero(t, n, "%s: nothing is sent from an invalid batch", name)
+	}
+	assert.Zero(t, c.Stats().DesiredAcked)
+}
+
+func TestInvokeRoundTrip(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	newDevice(t, url, "dev-1", nil)
+	c := dial(t, url)
+
+	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo", Payload: []byte(`{"n":1}`)}, 5*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, channel.Succeeded, res.Outcome)
+	assert.Equal(t, 200, res.Status)
+	assert.Equal(t, "dev-1", res.DeviceID)
+	assert.JSONEq(t, `{"id":"dev-1","in":{"n":1}}`, string(res.Payload))
+	assert.Greater(t, res.Latency, time.Duration(0))
+	assert.Less(t, res.Latency, 5*time.Second)
+
+	// An empty payload is sent as {}.
+	res, err = c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, 5*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, channel.Succeeded, res.Outcome)
+	assert.JSONEq(t, `{"id":"dev-1","in":{}}`, string(res.Payload))
+
+	// The result survives a JSON round trip (it travels in Temporal payloads).
+	b, err := json.Marshal(res)
+	require.NoError(t, err)
+	var back channel.MethodResult
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, res.Outcome, back.Outcome)
+	assert.JSONEq(t, string(res.Payload), string(back.Payload))
+}
+
+func TestInvokeDeviceErrorIsFailed(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	newDevice(t, url, "dev-1", nil)
+	c := dial(t, url)
+
+	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "fail"}, 5*time.Second)
+	require.NoError(t, err, "a device's error answer is an outcome, not an error")
+	assert.Equal(t, channel.Failed, res.Outcome)
+	assert.Equal(t, 500, res.Status)
+	assert.JSONEq(t, `{"error":"disk full"}`, string(res.Payload))
+
+	// The device's own 404 (unknown method) is a failure, not Offline: it has no DeviceNotOnline code.
+	res, err = c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "nope"}, 5*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, channel.Failed, res.Outcome)
+	assert.Equal(t, 404, res.Status)
+}
+
+func TestInvokeSilentDeviceTimesOut(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	newDevice(t, url, "dev-1", nil)
+	c := dial(t, url)
+
+	start := time.Now()
+	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "slow"}, 300*time.Millisecond)
+	require.NoError(t, err)
+	elapsed := time.Since(start)
+	assert.Equal(t, channel.TimedOut, res.Outcome)
+	assert.Zero(t, res.Status)
+	assert.GreaterOrEqual(t, elapsed, 300*time.Millisecond)
+	assert.Less(t, elapsed, 1500*time.Millisecond, "Invoke returns at the timeout, not when the device answers")
+	// The answer still arrives later and is dropped: it belongs to a call nobody waits for any more.
+	require.Eventually(t, func() bool { st := c.Stats(); return st.ForeignResponses+st.LateResponses == 1 }, 5*time.Second, 10*time.Millisecond)
+	assert.Zero(t, c.Stats().Responses)
+}
+
+func TestInvokeOfflineDevice(t *testing.T) {
+	_, url := startGateway(t, "dev-on", "dev-off")
+	newDevice(t, url, "dev-on", nil)
+	c := dial(t, url)
+
+	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-off", Method: "echo"}, 3*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, channel.Offline, res.Outcome, "the gateway answers 404 DeviceNotOnline for a provisioned device that is not connected")
+	assert.Equal(t, 404, res.Status)
+	assert.Less(t, res.Latency, time.Second, "the gateway answers at once instead of letting the call time out")
+
+	results := c.InvokeMany(context.Background(), []channel.MethodCall{
+		{DeviceID: "dev-off", Method: "echo"},
+		{DeviceID: "dev-on", Method: "echo"},
+	}, 3*time.Second, 0)
+	assert.Equal(t, channel.Offline, results[0].Outcome)
+	assert.Equal(t, channel.Succeeded, results[1].Outcome)
+}
+
+func TestPayloadLimit(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	newDevice(t, url, "dev-1", nil)
+	c := dial(t, url)
+	big := []byte(`"` + strings.Repeat("x", channel.MaxMethodPayload) + `"`) // valid JSON, 2 bytes over
+
+	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo", Payload: big}, time.Second)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "exceeds the 131072-byte limit")
+	assert.Equal(t, channel.Failed, res.Outcome)
+	assert.Equal(t, channel.StatusInvalid, res.Status)
+
+	// Exactly at the limit is fine.
+	atLimit := []byte(`"` + strings.Repeat("x", channel.MaxMethodPayload-2) + `"`)
+	results := c.InvokeMany(context.Background(), []channel.MethodCall{
+		{DeviceID: "dev-1", Method: "echo", Payload: big},
+		{DeviceID: "dev-1", Method: "echo", Payload: atLimit},
+	}, 5*time.Second, 0)
+	require.Len(t, results, 2)
+	assert.Equal(t, channel.Failed, results[0].Outcome)
+	assert.Equal(t, 400, results[0].Status)
+	assert.Contains(t, string(results[0].Payload), "exceeds the 131072-byte limit")
+	assert.Equal(t, channel.Succeeded, results[1].Outcome)
+	assert.Equal(t, int64(1), c.Stats().MethodsSent, "only the call within the limit was sent")
+}
+
+func TestInvalidCallsAreRefused(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	c := dial(t, url)
+	for name, call := range map[string]channel.MethodCall{
+		"device id":     {DeviceID: "Dev-1", Method: "echo"},
+		"wildcard":      {DeviceID: "dev-1", Method: "#"},
+		"level":         {DeviceID: "dev-1", Method: "a/b"},
+		"empty method":  {DeviceID: "dev-1"},
+		"payload JSON":  {DeviceID: "dev-1", Method: "echo", Payload: []byte("not json")},
+		"long method":   {DeviceID: "dev-1", Method: strings.Repeat("m", 65)},
+		"plus in topic": {DeviceID: "dev-1", Method: "a+b"},
+	} {
+		res, err := c.Invoke(context.Background(), call, time.Second)
+		assert.Error(t, err, name)
+		assert.Equal(t, channel.Failed, res.Outcome, name)
+		assert.Equal(t, channel.StatusInvalid, res.Status, name)
+	}
+	assert.Zero(t, c.Stats().MethodsSent)
+}
+
+func TestInvokeManyReturnsResultsInOrder(t *testing.T) {
+	devs := ids("fleet", 200)
+	_, url := startGateway(t, devs...)
+	connectDevices(t, url, devs)
+	c := dial(t, url)
+
+	// Input order differs from any order the answers could come in: reversed, each device twice.
+	var calls []channel.MethodCall
+	for i := len(devs) - 1; i >= 0; i-- {
+		calls = append(calls, channel.MethodCall{DeviceID: devs[i], Method: "echo", Payload: fmt.Appendf(nil, `{"i":%d}`, len(calls))})
+	}
+	for i := range devs {
+		calls = append(calls, channel.MethodCall{DeviceID: devs[i], Method: "echo", Payload: fmt.Appendf(nil, `{"i":%d}`, len(calls))})
+	}
+	start := time.Now()
+	results := c.InvokeMany(context.Background(), calls, 10*time.Second, 0)
+	elapsed := time.Since(start)
+	require.Len(t, results, len(calls))
+	for i, r := range results {
+		require.Equal(t, channel.Succeeded, r.Outcome, "call %d: %+v", i, r)
+		assert.Equal(t, calls[i].DeviceID, r.DeviceID)
+		assert.Equal(t, 200, r.Status)
+		assert.JSONEq(t, fmt.Sprintf(`{"id":%q,"in":{"i":%d}}`, calls[i].DeviceID, i), string(r.Payload))
+	}
+	t.Logf("%d calls to %d devices in %s", len(calls), len(devs), elapsed)
+}
+
+func TestInvokeManyRate(t *testing.T) {
+	devs := ids("fleet", 20)
+	_, url := startGateway(t, devs...)
+	connectDevices(t, url, devs)
+	c := dial(t, url)
+	calls := make([]channel.MethodCall, len(devs))
+	for i, id := range devs {
+		calls[i] = channel.MethodCall{DeviceID: id, Method: "echo"}
+	}
+	start := time.Now()
+	results := c.InvokeMany(context.Background(), calls, 5*time.Second, 100) // 20 calls at 100/s: ≥ 190 ms
+	elapsed := time.Since(start)
+	for _, r := range results {
+		assert.Equal(t, channel.Succeeded, r.Outcome)
+	}
+	assert.GreaterOrEqual(t, elapsed, 190*time.Millisecond)
+	assert.Less(t, elapsed, 2*time.Second)
+}
+
+func TestInvokeManyMixedOutcomes(t *testing.T) {
+	_, url := startGateway(t, "dev-1", "dev-2")
+	newDevice(t, url, "dev-1", nil)
+	newDevice(t, url, "dev-2", nil)
+	c := dial(t, url)
+	results := c.InvokeMany(context.Background(), []channel.MethodCall{
+		{DeviceID: "dev-1", Method: "slow"},
+		{DeviceID: "dev-2", Method: "fail"},
+		{DeviceID: "dev-2", Method: "echo", Payload: []byte(`{"ok":true}`)},
+		{DeviceID: "dev-1", Method: "bad/name"},
+	}, 500*time.Millisecond, 0)
+	want := []struct {
+		outcome channel.Outcome
+		status  int
+	}{{channel.TimedOut, 0}, {channel.Failed, 500}, {channel.Succeeded, 200}, {channel.Failed, 400}}
+	require.Len(t, results, len(want))
+	for i, w := range want {
+		assert.Equal(t, w.outcome, results[i].Outcome, "call %d", i)
+		assert.Equal(t, w.status, results[i].Status, "call %d", i)
+	}
+}
+
+func TestChannelsGetOnlyTheirOwnResponses(t *testing.T) {
+	devs := ids("fleet", 20)
+	_, url := startGateway(t, devs...)
+	connectDevices(t, url, devs)
+	a, b := dial(t, url), dial(t, url)
+	calls := make([]channel.MethodCall, len(devs))
+	for i, id := range devs {
+		calls[i] = channel.MethodCall{DeviceID: id, Method: "echo"}
+	}
+	var wg sync.WaitGroup
+	var ra, rb []channel.MethodResult
+	wg.Add(2)
+	go func() { defer wg.Done(); ra = a.InvokeMany(context.Background(), calls, 5*time.Second, 0) }()
+	go func() { defer wg.Done(); rb = b.InvokeMany(context.Background(), calls, 5*time.Second, 0) }()
+	wg.Wait()
+	for i := range calls {
+		assert.Equal(t, channel.Succeeded, ra[i].Outcome)
+		assert.Equal(t, channel.Succeeded, rb[i].Outcome)
+	}
+	// Each saw the other's responses and ignored them; none was taken for its own.
+	assert.Equal(t, int64(len(devs)), a.Stats().Responses)
+	assert.Equal(t, int64(len(devs)), b.Stats().Responses)
+	require.Eventually(t, func() bool {
+		return a.Stats().ForeignResponses == int64(len(devs)) && b.Stats().ForeignResponses == int64(len(devs))
+	}, 2*time.Second, 10*time.Millisecond)
+}
+
+func TestContextAndClose(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	newDevice(t, url, "dev-1", nil)
+	c := dial(t, url)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	results := c.InvokeMany(ctx, []channel.MethodCall{{DeviceID: "dev-1", Method: "echo"}}, time.Second, 0)
+	assert.Equal(t, channel.Failed, results[0].Outcome)
+	assert.Equal(t, channel.StatusNotSent, results[0].Status)
+	_, err := c.Invoke(ctx, channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
+	assert.ErrorIs(t, err, context.Canceled)
+	_, err = c.PublishDesired(ctx, []channel.DesiredMessage{{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}})
+	assert.ErrorIs(t, err, context.Canceled)
+
+	// A context ending while a call waits ends the wait at once.
+	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := c.Invoke(ctx, channel.MethodCall{DeviceID: "dev-1", Method: "slow"}, 10*time.Second)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, channel.TimedOut, res.Outcome)
+	assert.Less(t, time.Since(start), 2*time.Second)
+
+	// Close ends waiting calls, and later calls fail.
+	done := make(chan channel.MethodResult)
+	go func() {
+		r, _ := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "slow"}, 10*time.Second)
+		done <- r
+	}()
+	time.Sleep(100 * time.Millisecond)
+	c.Close()
+	select {
+	case r := <-done:
+		assert.Equal(t, channel.TimedOut, r.Outcome)
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close did not end a waiting call")
+	}
+	_, err = c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
+	assert.ErrorIs(t, err, channel.ErrClosed)
+	_, err = c.PublishDesired(context.Background(), []channel.DesiredMessage{{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}})
+	assert.ErrorIs(t, err, channel.ErrClosed)
+}
+
+func TestReconnectResubscribes(t *testing.T) {
+	_, url := startGateway(t, "dev-1")
+	newDevice(t, url, "dev-1", nil)
+	ctx := context.Background()
+	c, err := channel.Dial(ctx, channel.Config{BrokerURL: url, Token: gatewaytest.ServiceToken, ClientID: "svc:reconnect-test", Logger: gatewaytest.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+
+	// Other connections with the same client ids take the sessions over; they do not reconnect
+	// themselves, so the channel's automatic reconnects take them back and must subscribe again.
+	for i := range 4 {
+		intruder, err := gatewaytest.Dial(t, url, fmt.Sprintf("svc:reconnect-test.%d", i), gateway.ServiceUsername, gatewaytest.ServiceToken)
+		require.NoError(t, err)
+		require.Eventually(t, intruder.Lost, 10*time.Second, 10*time.Millisecond, "connection %d reconnected and took its session back", i)
+	}
+	require.Eventually(t, func() bool {
+		res, err := c.Invoke(ctx, channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
+		return err == nil && res.Outcome == channel.Succeeded
+	}, 10*time.Second, 100*time.Millisecond)
+}
+
+func TestDialErrors(t *testing.T) {
+	_, url := startGateway(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	_, err := channel.Dial(ctx, channel.Config{BrokerURL: url, Token: "wrong", Logger: gatewaytest.Logger(t)})
+	assert.ErrorIs(t, err, channel.ErrNotAuthorized)
+
+	_, err = channel.Dial(ctx, channel.Config{BrokerURL: url, Token: gatewaytest.ServiceToken, ClientID: "svc-worker-1", Logger: gatewaytest.Logger(t)})
+	require.Error(t, err, "a client id that is a valid device id is refused")
+	assert.Contains(t, err.Error(), "valid device id")
+
+	// A port nobody listens on.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	dead := "tcp://" + ln.Addr().String()
+	require.NoError(t, ln.Close())
+	start := time.Now()
+	_, err = channel.Dial(ctx, channel.Config{BrokerURL: dead, Token: gatewaytest.ServiceToken, Logger: gatewaytest.Logger(t)})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), dead)
+	assert.False(t, errors.Is(err, channel.ErrNotAuthorized))
+	assert.Less(t, time.Since(start), 5*time.Second, "an unreachable broker fails fast")
+
+	_, err = channel.Dial(ctx, channel.Config{BrokerURL: url})
+	assert.ErrorContains(t, err, "token is required")
+}
+
+// BenchmarkInvokeMany measures method calls through one channel to 1,000 connected devices, with one
+// call per device (calls=1000) and ten per device (calls=10000, the size of one fleet-scale activity).
+func BenchmarkInvokeMany(b *testing.B) {
+	devs := ids("fleet", 1000)
+	_, url := startGateway(b, devs...)
+	connectDevices(b, url, devs)
+	c := dial(b, url)
+	for _, perDevice := range []int{1, 10} {
+		calls := make([]channel.MethodCall, 0, len(devs)*perDevice)
+		for range perDevice {
+			for _, id := range devs {
+				calls = append(calls, channel.MethodCall{DeviceID: id, Method: "echo", Payload: []byte(`{"n":1}`)})
+			}
+		}
+		b.Run(fmt.Sprintf("calls=%d", len(calls)), func(b *testing.B) {
+			var total time.Duration
+			for b.Loop() {
+				start := time.Now()
+				results := c.InvokeMany(context.Background(), calls, 30*time.Second, 0)
+				total += time.Since(start)
+				for i, r := range results {
+					if r.Outcome != channel.Succeeded {
+						b.Fatalf("call %d: %+v", i, r)
+					}
+				}
+			}
+			b.ReportMetric(float64(len(calls)*b.N)/total.Seconds(), "calls/s")
+		})
+	}
+}
+
+// BenchmarkPublishDesired measures desired patches acknowledged per second through one channel, ten per
+// device to 1,000 connected devices.
+func BenchmarkPublishDesired(b *testing.B) {
+	devs := ids("fleet", 1000)
+	_, url := startGateway(b, devs...)
+	connectDevices(b, url, devs)
+	c := dial(b, url)
+	version := int64(0)
+	var total time.Duration
+	n := 0
+	for b.Loop() {
+		msgs := make([]channel.DesiredMessage, 0, 10*len(devs))
+		for range 10 {
+			version++
+			for _, id := range devs {
+				msgs = append(msgs, channel.DesiredMessage{DeviceID: id, Version: version, Patch: fmt.Appendf(nil, `{"v":%d}`, version)})
+			}
+		}
+		start := time.Now()
+		published, err := c.PublishDesired(context.Background(), msgs)
+		total += time.Since(start)
+		if err != nil || published != len(msgs) {
+			b.Fatalf("published %d of %d: %v", published, len(msgs), err)
+		}
+		n += published
+	}
+	b.ReportMetric(float64(n)/total.Seconds(), "patches/s")
+}
+
+func TestWindowDoesNotStallOnSilentDevices(t *testing.T) {
+	devs := ids("fleet", 20)
+	_, url := startGateway(t, devs...)
+	connectDevices(t, url, devs)
+	ctx := context.Background()
+	c, err := channel.Dial(ctx, channel.Config{BrokerURL: url, Token: gatewaytest.ServiceToken, Logger: gatewaytest.Logger(t),
+		Connections: 1, MaxCallsInFlight: 16})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+
+	// 200 calls that nobody answers in time, through a window of 16: unanswered calls give their places
+	// up after 100 ms, so sending takes ~1.2 s rather than 13 windows × the 500 ms timeout.
+	var calls []channel.MethodCall
+	for range 10 {
+		for _, id := range devs {
+			calls = append(calls, channel.MethodCall{DeviceID: id, Method: "slow"})
+		}
+	}
+	start := time.Now()
+	results := c.InvokeMany(ctx, calls, 500*time.Millisecond, 0)
+	elapsed := time.Since(start)
+	for i, r := range results {
+		require.Equal(t, channel.TimedOut, r.Outcome, "call %d", i)
+	}
+	assert.Less(t, elapsed, 3*time.Second)
+	t.Logf("%d silent calls through a window of 16 in %s", len(calls), elapsed)
+
+	// Every slot came back: a full window of fresh calls goes out at once. (The devices are still busy
+	// with the slow calls, so ask the gateway for a device that is not connected.)
+	offline := make([]channel.MethodCall, 16)
+	for i := range offline {
+		offline[i] = channel.MethodCall{DeviceID: "not-connected", Method: "echo"}
+	}
+	start = time.Now()
+	for _, r := range c.InvokeMany(ctx, offline, 5*time.Second, 0) {
+		assert.Equal(t, channel.Offline, r.Outcome)
+	}
+	assert.Less(t, time.Since(start), 90*time.Millisecond, "no call waited for a slot to expire")
+}

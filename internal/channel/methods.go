@@ -1,0 +1,528 @@
+package channel
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// Outcome classifies how a method call ended.
+type Outcome string
+
+// The outcomes of a method call. Failed covers both device answers that are not 2xx and calls the
+// channel refused or could not send; Status tells them apart (see MethodResult).
+const (
+	// Succeeded: the device answered with a 2xx status.
+	Succeeded Outcome = "succeeded"
+	// Failed: the device answered with another status, or the call was refused or not sent.
+	Failed Outcome = "failed"
+	// TimedOut: no answer within the timeout. The device may or may not have run the method.
+	TimedOut Outcome = "timed_out"
+	// Offline: the gateway answered for the device that it is not connected; nothing was run.
+	Offline Outcome = "offline"
+)
+
+// Statuses the channel itself puts in a Failed result for a call that reached no device.
+const (
+	// StatusInvalid: the call was refused before sending (bad device id or method name, payload not
+	// JSON or over MaxMethodPayload). Retrying the same call cannot help.
+	StatusInvalid = 400
+	// StatusNotSent: the call was not sent because the channel was closed or disconnected or ctx ended.
+	// The device never saw it, so retrying is safe.
+	StatusNotSent = 503
+)
+
+// offlineCode is the code in the gateway's 404 answer for a device that is not connected.
+const offlineCode = "DeviceNotOnline"
+
+// MethodCall is one direct method invocation, published on devices/{id}/methods/req/{method}/{rid}.
+type MethodCall struct {
+	DeviceID string `json:"deviceId"`
+	// Method is one topic level of [A-Za-z0-9._-], at most 64 characters.
+	Method string `json:"method"`
+	// Payload is the request body: JSON, at most MaxMethodPayload bytes. Empty means {}, because devices
+	// decode method payloads as JSON and an empty body is not valid JSON.
+	Payload []byte `json:"payload,omitempty"`
+}
+
+// MethodResult is how one call ended.
+type MethodResult struct {
+	DeviceID string  `json:"deviceId"`
+	Outcome  Outcome `json:"outcome"`
+	// Status is the device's status code (Succeeded, Failed), 404 for Offline, 0 for TimedOut, or
+	// StatusInvalid / StatusNotSent for calls that reached no device.
+	Status int `json:"status,omitempty"`
+	// Payload is the response body. A device body that is not JSON is kept as a JSON string, so that a
+	// result can always be marshalled (Temporal payloads are JSON); locally failed calls carry
+	// {"error": "..."}.
+	Payload json.RawMessage `json:"payload,omitempty"`
+	// Latency is the time from sending the request to receiving the response (0 when there was none).
+	Latency time.Duration `json:"latency,omitempty"`
+}
+
+// Invoke calls one method and waits up to timeout (DefaultMethodTimeout when ≤ 0) for the answer. The
+// error is non-nil only when the call could not be made or waited for: invalid call, payload over
+// MaxMethodPayload, channel closed or disconnected, or ctx ended (then the result is TimedOut). Device
+// answers, offline devices and timeouts are outcomes, not errors.
+func (c *Channel) Invoke(ctx context.Context, call MethodCall, timeout time.Duration) (MethodResult, error) {
+	if err := validateCall(call); err != nil {
+		return failedResult(call.DeviceID, StatusInvalid, err), fmt.Errorf("invoke %s on %s: %w", call.Method, call.DeviceID, err)
+	}
+	res, errs := c.invoke(ctx, []MethodCall{call}, timeout, 0)
+	if errs[0] != nil {
+		return res[0], fmt.Errorf("invoke %s on %s: %w", call.Method, call.DeviceID, errs[0])
+	}
+	if res[0].Outcome == TimedOut && ctx.Err() != nil {
+		return res[0], fmt.Errorf("invoke %s on %s: %w", call.Method, call.DeviceID, ctx.Err())
+	}
+	return res[0], nil
+}
+
+// InvokeMany sends all calls, in order and at most rate per second when rate > 0, waits up to timeout
+// (DefaultMethodTimeout when ≤ 0) after each call's send for its response, and returns one result per call
+// in input order. Status 2xx is Succeeded, other device statuses Failed (Status and Payload kept), the
+// gateway's 404 with code "DeviceNotOnline" Offline, no answer TimedOut. Invalid calls are Failed with
+// StatusInvalid and not sent. When ctx ends or the channel closes, calls not yet sent are Failed with
+// StatusNotSent and sent ones still unanswered are TimedOut; InvokeMany returns at once.
+//
+// A batch costs no goroutine per call: the calls are registered under one lock, and one goroutine sends
+// them (within the channel's window, Config.MaxCallsInFlight) and waits. Measured on 2 cores with the
+// gateway and the devices in the same process: 10,000 calls to 1,000 devices in ~0.8 s, 9,000 calls to
+// 9,000 devices in 0.6–1.1 s.
+func (c *Channel) InvokeMany(ctx context.Context, calls []MethodCall, timeout time.Duration, rate float64) []MethodResult {
+	res, _ := c.invoke(ctx, calls, timeout, rate)
+	return res
+}
+
+// pendingCall is a call waiting for its response.
+type pendingCall struct {
+	b        *batch
+	idx      int
+	deviceID string
+	sentAt   atomic.Int64 // unix ns; 0 until sent
+	slot     atomic.Bool  // holds a slot of the channel's window
+}
+
+// batch collects the results of one InvokeMany. The response handler and the sender both write results
+// through deliver, which keeps the first outcome of each call and ignores everything after finish.
+type batch struct {
+	timeout time.Duration
+
+	mu        sync.Mutex
+	results   []MethodResult
+	remaining int
+	finished  bool
+	done      chan struct{} // closed when remaining reaches 0
+}
+
+func (b *batch) deliver(i int, r MethodResult) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.finished || b.results[i].Outcome != "" {
+		return
+	}
+	b.results[i] = r
+	b.remaining--
+	if b.remaining == 0 {
+		close(b.done)
+	}
+}
+
+// invoke is InvokeMany with, per call, the reason it could not be sent (for Invoke's error).
+func (c *Channel) invoke(ctx context.Context, calls []MethodCall, timeout time.Duration, rate float64) ([]MethodResult, []error) {
+	if timeout <= 0 {
+		timeout = DefaultMethodTimeout
+	}
+	b := &batch{timeout: timeout, results: make([]MethodResult, len(calls)), done: make(chan struct{})}
+	errs := make([]error, len(calls))
+	entries := make([]pendingCall, len(calls))
+	rids := make([]string, len(calls))
+	payloads := make([][]byte, len(calls))
+	for i, call := range calls {
+		if err := validateCall(call); err != nil {
+			b.results[i] = failedResult(call.DeviceID, StatusInvalid, err)
+			errs[i] = err
+			continue
+		}
+		b.remaining++
+		entries[i] = pendingCall{b: b, idx: i, deviceID: call.DeviceID}
+		rids[i] = c.ridPrefix + "." + strconv.FormatUint(c.ridSeq.Add(1), 36)
+		payloads[i] = call.Payload
+		if len(bytes.TrimSpace(call.Payload)) == 0 {
+			payloads[i] = emptyPayload
+		}
+	}
+	if b.remaining == 0 {
+		return b.results, errs
+	}
+	// Register every call before sending any, so that no response can overtake its registration.
+	c.mu.Lock()
+	for i := range calls {
+		if rids[i] != "" {
+			c.pending[rids[i]] = &entries[i]
+		}
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		for _, rid := range rids {
+			if rid != "" {
+				delete(c.pending, rid)
+			}
+		}
+		c.mu.Unlock()
+	}()
+
+	sd := sender{c: c, ctx: ctx, hold: slotHold, own: make([]*pendingCall, 0, b.remaining)}
+	defer sd.stopTimers()
+	defer sd.releaseAll()
+	notSent := func(i int, err error) {
+		errs[i] = err
+		b.deliver(i, failedResult(calls[i].DeviceID, StatusNotSent, fmt.Errorf("not sent: %w", err)))
+	}
+	start := time.Now()
+	var lastSent time.Time
+	var stop error // once set, the remaining calls are not sent
+	sent := 0
+	for i, call := range calls {
+		if rids[i] == "" {
+			continue
+		}
+		if stop == nil {
+			stop = ctx.Err()
+		}
+		if stop == nil && rate > 0 {
+			stop = sd.pace(start.Add(time.Duration(float64(sent) / rate * float64(time.Second))))
+		}
+		if stop == nil {
+			stop = sd.acquire()
+		}
+		if stop != nil {
+			notSent(i, stop)
+			continue
+		}
+		p := &entries[i]
+		p.slot.Store(true)
+		cn := c.connFor(call.DeviceID)
+		if err := c.usable(cn); err != nil {
+			if errors.Is(err, ErrClosed) {
+				stop = err
+			}
+			c.release(p)
+			notSent(i, err)
+			continue
+		}
+		topic := "devices/" + call.DeviceID + "/methods/req/" + call.Method + "/" + rids[i]
+		lastSent = time.Now()
+		p.sentAt.Store(lastSent.UnixNano())
+		sd.own = append(sd.own, p)
+		if tok := cn.client.Publish(topic, 0, false, payloads[i]); isFailed(tok) {
+			c.release(p)
+			notSent(i, tok.Error())
+			continue
+		}
+		c.stats.methodsSent.Add(1)
+		sent++
+	}
+	if sent > 0 {
+		sd.wait(b.done, lastSent.Add(timeout))
+	}
+	b.mu.Lock()
+	b.finished = true
+	for i := range b.results {
+		if b.results[i].Outcome == "" {
+			b.results[i] = MethodResult{DeviceID: calls[i].DeviceID, Outcome: TimedOut}
+		}
+	}
+	b.mu.Unlock()
+	return b.results, errs
+}
+
+// slotHold is how long an unanswered call keeps its slot in the channel's window (Config.MaxCallsInFlight).
+// The window exists to keep a burst of responses from overflowing the gateway's per-client queue; an
+// answer that has not come within slotHold comes from a slow or silent device, and such answers trickle
+// in rather than burst. Without the release, a batch to silent devices would crawl at one window per
+// timeout. It bounds the rate of calls to silent devices from below at MaxCallsInFlight/slotHold.
+const slotHold = 100 * time.Millisecond
+
+// sender is the sending side of one invoke: it paces, takes window slots, and releases the slots of its
+// own calls that stay unanswered for longer than hold.
+type sender struct {
+	c     *Channel
+	ctx   context.Context
+	hold  time.Duration
+	own   []*pendingCall // the calls sent so far, in send order (so in order of slot expiry)
+	next  int            // own[:next] have had their slots released (or released them themselves)
+	timer *time.Timer
+}
+
+// expire releases the slots of own calls unanswered for hold, and returns when the next one expires.
+func (s *sender) expire() (time.Time, bool) {
+	now := time.Now().UnixNano()
+	for s.next < len(s.own) {
+		p := s.own[s.next]
+		due := p.sentAt.Load() + int64(s.hold)
+		if !p.slot.Load() {
+			s.next++
+			continue
+		}
+		if due > now {
+			return time.Unix(0, due), true
+		}
+		s.c.release(p)
+		s.next++
+	}
+	return time.Time{}, false
+}
+
+func (s *sender) releaseAll() {
+	for _, p := range s.own[s.next:] {
+		s.c.release(p)
+	}
+	s.next = len(s.own)
+}
+
+// timerC arms the sender's timer for t.
+func (s *sender) timerC(t time.Time) <-chan time.Time {
+	d := max(time.Until(t), 0)
+	if s.timer == nil {
+		s.timer = time.NewTimer(d)
+	} else {
+		s.timer.Reset(d)
+	}
+	return s.timer.C
+}
+
+func (s *sender) stopTimers() {
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+}
+
+// acquire takes a window slot, expiring own calls' slots while it waits.
+func (s *sender) acquire() error {
+	for {
+		select {
+		case s.c.slots <- struct{}{}:
+			return nil
+		default:
+		}
+		var expiry <-chan time.Time
+		if t, ok := s.expire(); ok {
+			expiry = s.timerC(t)
+		}
+		select {
+		case s.c.slots <- struct{}{}:
+			return nil
+		case <-expiry:
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case <-s.c.closed:
+			return ErrClosed
+		}
+	}
+}
+
+// pace waits until due, unless it is less than a millisecond away: sleeping per message at thousands of
+// messages per second would cost more than the rate limit is worth, and a millisecond of burst is harmless.
+func (s *sender) pace(due time.Time) error {
+	if time.Until(due) < time.Millisecond {
+		return nil
+	}
+	for {
+		t, ok := s.expire()
+		if !ok || t.After(due) {
+			t = due
+		}
+		select {
+		case <-s.timerC(t):
+			if !time.Now().Before(due) {
+				return nil
+			}
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case <-s.c.closed:
+			return ErrClosed
+		}
+	}
+}
+
+// wait waits until done is closed or deadline passes (or ctx ends, or the channel closes), releasing the
+// slots of own calls as they expire so that other batches are not held up.
+func (s *sender) wait(done <-chan struct{}, deadline time.Time) {
+	for {
+		t, ok := s.expire()
+		if !ok || t.After(deadline) {
+			t = deadline
+		}
+		select {
+		case <-done:
+			return
+		case <-s.timerC(t):
+			if !time.Now().Before(deadline) {
+				return
+			}
+		case <-s.ctx.Done():
+			return
+		case <-s.c.closed:
+			return
+		}
+	}
+}
+
+// release frees p's window slot if it still holds one; the response handler and the sender race for it.
+func (c *Channel) release(p *pendingCall) {
+	if p.slot.CompareAndSwap(true, false) {
+		<-c.slots
+	}
+}
+
+var emptyPayload = []byte("{}")
+
+func validateCall(call MethodCall) error {
+	if err := twin.ValidateID(call.DeviceID); err != nil {
+		return err
+	}
+	if !validMethod(call.Method) {
+		return fmt.Errorf("invalid method name %q: must match [A-Za-z0-9._-]{1,64}", call.Method)
+	}
+	if len(call.Payload) > MaxMethodPayload {
+		return fmt.Errorf("payload of %d bytes exceeds the %d-byte limit", len(call.Payload), MaxMethodPayload)
+	}
+	if len(bytes.TrimSpace(call.Payload)) > 0 && !json.Valid(call.Payload) {
+		return errors.New("payload is not valid JSON")
+	}
+	return nil
+}
+
+// validMethod accepts what fits one topic level and is safe to publish: '/', '+' and '#' would change
+// the topic (or make the broker drop the connection).
+func validMethod(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		ch := s[i]
+		switch {
+		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '.', ch == '_', ch == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func failedResult(id string, status int, err error) MethodResult {
+	return MethodResult{DeviceID: id, Outcome: Failed, Status: status, Payload: errorBody(err.Error())}
+}
+
+func errorBody(msg string) json.RawMessage {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{msg})
+	return b
+}
+
+// onMessage runs on paho's goroutines for every method response on the broker. It must not block: it
+// parses the topic, claims the waiting call by request id and hands over the result.
+func (c *Channel) onMessage(_ paho.Client, m paho.Message) {
+	now := time.Now()
+	id, status, rid, ok := parseResponseTopic(m.Topic())
+	if !ok {
+		return
+	}
+	c.mu.Lock()
+	p := c.pending[rid]
+	if p != nil && p.deviceID == id {
+		// Claimed: a duplicate answer for the same rid finds nothing.
+		delete(c.pending, rid)
+	} else {
+		p = nil
+	}
+	c.mu.Unlock()
+	if p == nil {
+		c.stats.foreign.Add(1)
+		return
+	}
+	c.release(p)
+	sent := p.sentAt.Load()
+	if sent == 0 {
+		return
+	}
+	latency := now.Sub(time.Unix(0, sent))
+	if latency > p.b.timeout {
+		c.stats.late.Add(1)
+		return // too late: the call is TimedOut, as if the answer had not come
+	}
+	c.stats.responses.Add(1)
+	p.b.deliver(p.idx, classify(id, status, m.Payload(), latency))
+}
+
+// classify turns a response into a result.
+func classify(id string, status int, body []byte, latency time.Duration) MethodResult {
+	r := MethodResult{DeviceID: id, Status: status, Payload: rawJSON(body), Latency: latency}
+	switch {
+	case status >= 200 && status < 300:
+		r.Outcome = Succeeded
+	case status == 404 && isOffline(body):
+		r.Outcome = Offline
+	default:
+		r.Outcome = Failed
+	}
+	return r
+}
+
+func isOffline(body []byte) bool {
+	var e struct {
+		Code string `json:"code"`
+	}
+	return json.Unmarshal(body, &e) == nil && e.Code == offlineCode
+}
+
+// rawJSON copies body (paho reuses nothing, but the result outlives the message) and keeps it valid JSON.
+func rawJSON(body []byte) json.RawMessage {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	if json.Valid(body) {
+		return append(json.RawMessage(nil), body...)
+	}
+	b, _ := json.Marshal(string(body))
+	return b
+}
+
+// parseResponseTopic parses devices/{id}/methods/res/{status}/{rid}.
+func parseResponseTopic(topic string) (id string, status int, rid string, ok bool) {
+	rest, found := strings.CutPrefix(topic, "devices/")
+	if !found {
+		return "", 0, "", false
+	}
+	id, rest, found = strings.Cut(rest, "/")
+	if !found || id == "" {
+		return "", 0, "", false
+	}
+	rest, found = strings.CutPrefix(rest, "methods/res/")
+	if !found {
+		return "", 0, "", false
+	}
+	st, rid, found := strings.Cut(rest, "/")
+	if !found || rid == "" || strings.Contains(rid, "/") {
+		return "", 0, "", false
+	}
+	status, err := strconv.Atoi(st)
+	if err != nil || status < 100 || status > 599 {
+		return "", 0, "", false
+	}
+	return id, status, rid, true
+}
