@@ -86,10 +86,9 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchRequest
 			case res.Err != nil:
 				o.State, o.Error = registry.JobFailed, res.Err.Error()
 			case section == twin.Desired:
+				// Pushed whatever the registry says about the connection (see registry.DesiredPush).
 				o.State = registry.JobRunning
-				if res.Online {
-					push = append(push, channel.DesiredMessage{DeviceID: res.DeviceID, Version: res.Version, Patch: req.Patch})
-				}
+				push = append(push, channel.DesiredMessage{DeviceID: res.DeviceID, Version: res.Version, Patch: req.Patch})
 			}
 			outs = append(outs, o)
 		}
@@ -175,7 +174,8 @@ func (a *Activities) JobCollectAcks(ctx context.Context, req workflows.JobAckReq
 		}
 		st.Acked += p.Acked
 		st.Waiting, st.WaitingOnline = p.Waiting, p.WaitingOnline
-		if p.Waiting == 0 || p.WaitingOnline == 0 || !time.Now().Before(deadline) {
+		// Waiting only for offline devices is the workflow's call (it gives connection state time to settle).
+		if p.Waiting == 0 || !time.Now().Before(deadline) {
 			return st, nil
 		}
 		if activity.IsActivity(ctx) {

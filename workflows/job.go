@@ -22,6 +22,9 @@ const (
 	DefaultAckTimeout       = 2 * time.Minute
 	// ackPoll is the longest a JobCollectAcks activity waits before it reports progress.
 	ackPoll = 10 * time.Second
+	// offlineGrace is how long a desired job waits before it gives up on devices that are all offline:
+	// connection state is recorded in batches, so a device that just connected can look offline briefly.
+	offlineGrace = 5 * time.Second
 )
 
 // FleetJob applies one change to a frozen set of devices — a desired or tags merge patch, or a direct
@@ -134,7 +137,8 @@ func FleetJob(ctx workflow.Context, in JobInput) (JobResult, error) {
 	if in.Kind == JobSetDesired && in.Counts.Running > 0 && !in.Cancelled {
 		progress.State = "awaiting-acks"
 		report()
-		deadline := workflow.Now(ctx).Add(timeout)
+		ackStart := workflow.Now(ctx)
+		deadline := ackStart.Add(timeout)
 		actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: ackPoll + time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
 			Summary: "wait for devices to acknowledge the desired change",
@@ -151,7 +155,8 @@ func FleetJob(ctx workflow.Context, in JobInput) (JobResult, error) {
 			report()
 			// Offline devices get their desired state when they reconnect; waiting for them would only
 			// hold the job open.
-			if st.Waiting == 0 || st.WaitingOnline == 0 || !workflow.Now(ctx).Before(deadline) {
+			if st.Waiting == 0 || (st.WaitingOnline == 0 && workflow.Now(ctx).Sub(ackStart) >= offlineGrace) ||
+				!workflow.Now(ctx).Before(deadline) {
 				break
 			}
 		}

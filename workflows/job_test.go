@@ -305,7 +305,7 @@ func TestFleetJobSetDesiredStopsWaitingWhenOnlyOfflineDevicesRemain(t *testing.T
 		Patch: json.RawMessage(`{"mode":"eco"}`), AckKeys: []string{"mode"}, Timeout: timeout})
 	res := jobResult(t, env)
 
-	require.Len(t, f.acks, 1, "all waiting devices are offline after the first poll: nothing to wait for")
+	require.Less(t, len(f.acks), 10, "all waiting devices are offline: the job waits out only the short grace for connection state")
 	require.Len(t, f.closeAt, 1)
 	require.Less(t, f.closeAt[0].Sub(f.batchAt[0]), time.Minute, "the job must not sit out its %s timeout", timeout)
 	require.Equal(t, int64(600), res.Counts.Succeeded)

@@ -24,6 +24,10 @@ import (
 	"go.temporal.io/sdk/client"
 )
 
+// serviceToken is the gateway's service password in these tests; workers and the CLI get it from the
+// environment, as in a real deployment.
+const serviceToken = "e2e-service-token"
+
 // bins holds the CLI and worker built once for the package, so tests run the binaries users run.
 var bins struct{ cli, worker string }
 
@@ -68,7 +72,7 @@ func newEnv(t *testing.T) *env {
 	require.NoError(t, err)
 	t.Cleanup(reg.Close)
 	e.reg = reg
-	e.gw = gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e.gw = gateway.New(gateway.Config{Listen: "127.0.0.1:0", ServiceToken: serviceToken}, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, e.gw.Start(ctx))
 	t.Cleanup(func() { e.gw.Close() })
 	e.mqttURL = "tcp://" + e.gw.Addr()
@@ -109,6 +113,7 @@ func (e *env) environ() []string {
 		"TEMPORAL_ADDRESS="+e.temporal,
 		"FLEETFLOW_TASK_QUEUE="+e.taskQueue,
 		"FLEETFLOW_MQTT_URL="+e.mqttURL,
+		"FLEETFLOW_SERVICE_TOKEN="+serviceToken,
 	)
 }
 
@@ -185,4 +190,13 @@ func mustCreds(t *testing.T, path string) []creds.Credential {
 	cs, err := creds.ReadFile(path)
 	require.NoError(t, err)
 	return cs
+}
+
+// cliCombined runs the fleetflow binary and returns stdout and stderr together, for checking error messages.
+func (e *env) cliCombined(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, bins.cli, args...)
+	cmd.Env = e.environ()
+	cmd.Dir = e.t.TempDir()
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }

@@ -184,7 +184,10 @@ func (r *Registry) GetRollout(ctx context.Context, id string) (Rollout, error) {
 	return ro, nil
 }
 
-// DesiredPush is a desired patch written to the registry that an online device should get at once.
+// DesiredPush is a desired patch written to the registry, to be pushed to the device. Every written patch is
+// pushed, not only those of devices the registry shows online: connection state is recorded in batches, so
+// a device that connected a moment ago (and already read its twin) may not show as online yet, and would
+// otherwise miss the change until its next reconnect. The broker drops pushes to devices not connected.
 type DesiredPush struct {
 	DeviceID string
 	Version  int64
@@ -207,7 +210,7 @@ func firmwarePatch(job string, fw Firmware) []byte {
 
 // DispatchWave moves up to limit queued devices ranked below cutoff into wave: devices that meanwhile run
 // fw's version or are no longer active are skipped; the others get desired.firmware (job = the rollout id),
-// in the same transaction as their phase. It returns the pushes for online devices and whether queued
+// in the same transaction as their phase. It returns the pushes and whether queued
 // devices below cutoff remain. Calling it again after a crash continues where it stopped.
 func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []DesiredPush, skipped int64, more bool, err error) {
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
@@ -269,9 +272,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 				continue
 			}
 			upd.add(c.rank, phaseDispatched, "", c.prevV)
-			if res.Online {
-				pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: true, Patch: patch})
-			}
+			pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
 		}
 		if len(upd.ranks) == 0 {
 			return nil
@@ -421,7 +422,7 @@ func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]PhaseCo
 }
 
 // StartRollback sends up to limit touched devices of a rollout back to the version they ran before (under
-// job, a new job id so that devices treat it as a new update), and returns the pushes for online devices and
+// job, a new job id so that devices treat it as a new update), and returns the pushes and
 // whether touched devices remain. A device whose previous version is unknown is left as it is.
 func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit int) (pushes []DesiredPush, more bool, err error) {
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
@@ -476,9 +477,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 				continue
 			}
 			upd.add(c.rank, phaseRollingBack, "", c.fw.Version)
-			if res.Online {
-				pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: true, Patch: patches[i].Patch})
-			}
+			pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patches[i].Patch})
 		}
 		if len(upd.ranks) == 0 {
 			return nil
