@@ -347,7 +347,11 @@ func (a *Activities) RolloutRollback(ctx context.Context, req workflows.RolloutR
 // RolloutFinish records the rollout's end and returns its final counts and a sample of failing devices.
 func (a *Activities) RolloutFinish(ctx context.Context, req workflows.RolloutFinishRequest) (workflows.RolloutFinishResult, error) {
 	var res workflows.RolloutFinishResult
-	if err := a.Configure.FinishRollout(ctx, req.RolloutID, req.State, req.Result); err != nil {
+	summary, err := json.Marshal(req.Summary)
+	if err != nil {
+		return res, fmt.Errorf("encode the summary of %s: %w", req.RolloutID, err)
+	}
+	if err := a.Configure.FinishRollout(ctx, req.RolloutID, req.State, summary); err != nil {
 		return res, err
 	}
 	counts, err := a.Configure.RolloutCounts(ctx, req.RolloutID)

@@ -2,7 +2,11 @@
 # The demo behind `make demo` (which runs `make up` first): provision 1,000 simulated devices from a generated
 # manifest with a ProvisionFleet workflow, start the simulator with their freshly issued credentials, let the
 # workflow wait until every device has connected and reported its capabilities, and print the fleet by model.
-# Safe to run again: the second run finds the devices already present and reconnects them.
+# Then configure the fleet: a FleetJob sets a desired property on one region, a direct method reads one
+# device's diagnostics, a FirmwareRollout of a good firmware completes all its waves, and a rollout of a bad
+# one (the simulator fails its install on a share of the devices) stops in its first wave and rolls back.
+# Safe to run again: the second run finds the devices already present, reconnects them, and rolls out new
+# firmware versions (numbered by run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +18,11 @@ fresh=$dir/creds-new.ndjson
 devices=1000
 mkdir -p "$dir"
 rm -f "$fresh" "$fresh.pending" "$fresh.tmp"
+# Firmware versions are immutable in the catalogue, so every run rolls out versions of its own.
+run=$(( $(cat "$dir/run" 2>/dev/null || echo 0) + 1 ))
+echo "$run" > "$dir/run"
+good="2.$run.0"
+bad="2.$run.1-rc1"
 
 echo "== manifest: $devices devices across regions, sites and models ($manifest)"
 awk -v n="$devices" 'BEGIN {
@@ -51,7 +60,8 @@ if [ -s "$fresh" ]; then
   chmod 600 "$creds"
 fi
 echo "== simulator: $(wc -l < "$creds") devices with their credentials ($creds)"
-"$ff" dev simulate -- --creds "$creds" --telemetry-every 30s
+echo "   firmware updates take 3 x 200 ms; firmware $bad fails to install on 30% of the devices (simulated)"
+"$ff" dev simulate -- --creds "$creds" --telemetry-every 30s --firmware-delay 200ms --fail-install "$bad=0.3"
 
 wait "$prov"
 
@@ -70,11 +80,47 @@ echo "== SELECT properties.reported.model, COUNT() AS n FROM devices WHERE tags.
 echo
 echo "== SELECT tags.region, COUNT() AS n FROM devices WHERE tags.fleet = 'demo' GROUP BY tags.region"
 "$ff" devices query "SELECT tags.region, COUNT() AS n FROM devices WHERE tags.fleet = 'demo' GROUP BY tags.region ORDER BY tags.region"
+
+echo
+echo "== configure 1/4: a FleetJob sets desired telemetryInterval = 60 on every demo device in region eu"
+"$ff" job start --query "SELECT * FROM devices WHERE tags.fleet = 'demo' AND tags.region = 'eu'" \
+  --set-desired '{"telemetryInterval": 60}' --timeout 1m
+"$ff" twin get demo-0002 | sed -n '/DESIRED KEY/,/^$/p'
+
+echo "== configure 2/4: direct method diagnostics on demo-0001"
+"$ff" method invoke demo-0001 diagnostics
+
+echo
+echo "== configure 3/4: the firmware catalogue gets $good (good) and $bad (bad)"
+sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+"$ff" firmware add --version "$good" --url "https://firmware.example/th/$good.bin" --sha256 "$(sha "$good")" --notes "demo run $run"
+"$ff" firmware add --version "$bad" --url "https://firmware.example/th/$bad.bin" --sha256 "$(sha "$bad")" --notes "demo run $run, release candidate"
+all="SELECT * FROM devices WHERE tags.fleet = 'demo'"
+"$ff" rollout plan --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --bake 3s
+echo
+echo "== rollout of the good firmware $good: waves 1%,10%,50%,100%, each device must stay healthy for 3 s"
+good_out=$("$ff" rollout start --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s | tee /dev/stderr)
+
+echo
+echo "== configure 4/4: rollout of the bad firmware $bad: it fails on 30% of the devices, the limit is 5%"
+bad_out=$("$ff" rollout start --firmware "$bad" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s | tee /dev/stderr)
+
+echo
+echo "== firmware versions now running on the demo fleet"
+"$ff" devices query "SELECT properties.reported.firmware.version AS firmware, COUNT() AS n FROM devices WHERE tags.fleet = 'demo' GROUP BY properties.reported.firmware.version ORDER BY properties.reported.firmware.version"
+
+echo
+echo "== what happened"
+echo "   good firmware $good: $(grep -m1 '^rollout rollout-' <<< "$good_out" | sed 's/^rollout //')"
+echo "   bad firmware  $bad: $(grep -m1 '^rollout rollout-' <<< "$bad_out" | sed 's/^rollout //')"
 echo
 ui=${FLEETFLOW_TEMPORAL_UI:-http://127.0.0.1:8233}
-echo "Temporal UI: $ui/namespaces/${TEMPORAL_NAMESPACE:-default}/workflows?query=FleetOp%3D%22provision%22"
+ns=${TEMPORAL_NAMESPACE:-default}
+echo "Temporal UI, every operation of the demo: $ui/namespaces/$ns/workflows"
+echo "  rollouts only: $ui/namespaces/$ns/workflows?query=FleetOp%3D%22rollout%22"
 echo "The stack and the simulated devices keep running; try:"
 echo "  bin/fleetflow devices get demo-0001"
 echo "  bin/fleetflow twin get demo-0001"
+echo "  bin/fleetflow rollout status rollout-$bad-1"
 echo "  bin/fleetflow devices query \"SELECT * FROM devices WHERE tags.region = 'eu' AND properties.reported.model = 'th-100'\""
 echo "  make down    # stops everything make demo started"

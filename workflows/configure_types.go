@@ -231,9 +231,17 @@ type RolloutRollbackRequest struct {
 
 // RolloutFinishRequest ends a rollout in the registry.
 type RolloutFinishRequest struct {
-	RolloutID string          `json:"rolloutId"`
-	State     string          `json:"state"`
-	Result    json.RawMessage `json:"result,omitempty"`
+	RolloutID string         `json:"rolloutId"`
+	State     string         `json:"state"`
+	Summary   RolloutSummary `json:"summary"`
+}
+
+// RolloutSummary is what the registry keeps of a finished rollout (rollouts.result).
+type RolloutSummary struct {
+	State     string   `json:"state"`
+	WavesDone int      `json:"wavesDone"`
+	Decision  string   `json:"decision,omitempty"`
+	Reasons   []string `json:"reasons,omitempty"`
 }
 
 // DeviceIssue is one device that failed, with the reason.

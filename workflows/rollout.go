@@ -1,7 +1,6 @@
 package workflows
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -263,12 +262,12 @@ func (r *rolloutRun) finish(ctx workflow.Context, state string) (RolloutResult, 
 	r.finishing = true
 	res := RolloutResult{RolloutID: r.in.RolloutID, Version: r.in.Firmware.Version, State: state, Waves: len(r.cutoffs),
 		WavesDone: r.wavesDone(), Decision: r.st.Decision, Reasons: r.st.Reasons, Runs: r.st.Runs}
-	summary, _ := json.Marshal(map[string]any{"state": state, "wavesDone": res.WavesDone, "decision": res.Decision, "reasons": res.Reasons})
+	summary := RolloutSummary{State: state, WavesDone: res.WavesDone, Decision: res.Decision, Reasons: res.Reasons}
 	fctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
 		Summary: "record the outcome: " + state})
 	var fin RolloutFinishResult
 	if err := workflow.ExecuteActivity(fctx, ActRolloutFinish, RolloutFinishRequest{RolloutID: r.in.RolloutID, State: state,
-		Result: summary}).Get(ctx, &fin); err != nil {
+		Summary: summary}).Get(ctx, &fin); err != nil {
 		return res, fmt.Errorf("finish %s: %w", r.in.RolloutID, err)
 	}
 	res.Counts, res.Failures = fin.Counts, fin.Failures
@@ -488,13 +487,13 @@ func withRolloutDefaults(in RolloutInput) RolloutInput {
 // rolloutDetails renders the markdown the Temporal UI shows as the rollout's current details.
 func rolloutDetails(p RolloutProgress) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "**%s → %s** — %s", p.RolloutID, p.Version, strings.ReplaceAll(p.State, "_", " "))
+	b.WriteString(fmt.Sprintf("**%s → %s** — %s", p.RolloutID, p.Version, strings.ReplaceAll(p.State, "_", " ")))
 	if p.Wave > 0 {
-		fmt.Fprintf(&b, ", wave %d/%d (%s)", p.Wave, len(p.Waves), p.Waves[p.Wave-1])
+		b.WriteString(fmt.Sprintf(", wave %d/%d (%s)", p.Wave, len(p.Waves), p.Waves[p.Wave-1]))
 	}
-	fmt.Fprintf(&b, "\n\n%s of %s devices: %s", Thousands(p.Counts.Touched()), Thousands(p.Total), p.Counts)
+	b.WriteString(fmt.Sprintf("\n\n%s of %s devices: %s", Thousands(p.Counts.Touched()), Thousands(p.Total), p.Counts))
 	if p.Decision != "" {
-		fmt.Fprintf(&b, "\n\nlast decision: %s", p.Decision)
+		b.WriteString(fmt.Sprintf("\n\nlast decision: %s", p.Decision))
 	}
 	return b.String()
 }
