@@ -302,6 +302,11 @@ func (a *Activities) observeOnce(ctx context.Context, req workflows.RolloutObser
 		bakeChanged := !dec.BakeSince.IsZero() && !dec.BakeSince.Equal(d.BakeSince)
 		if string(dec.Phase) != d.Phase || bakeChanged {
 			u := registry.PhaseUpdate{Rank: d.Rank, Phase: string(dec.Phase), Reason: dec.Reason}
+			if dec.Phase == rollout.RolledBack && d.PrevVersion != "" {
+				// Keep why the device failed forward (if it did): that is what operators look for after a
+				// rollback; "back on the previous version" is what rolled_back already says.
+				u.Reason = ""
+			}
 			if bakeChanged {
 				u.BakeSince = dec.BakeSince
 			}

@@ -85,7 +85,7 @@ echo
 echo "== configure 1/4: a FleetJob sets desired telemetryInterval = 60 on every demo device in region eu"
 "$ff" job start --query "SELECT * FROM devices WHERE tags.fleet = 'demo' AND tags.region = 'eu'" \
   --set-desired '{"telemetryInterval": 60}' --timeout 1m
-"$ff" twin get demo-0002 | sed -n '/DESIRED KEY/,/^$/p'
+"$ff" twin get demo-0003 | sed -n '/DESIRED KEY/,/^$/p'
 
 echo "== configure 2/4: direct method diagnostics on demo-0001"
 "$ff" method invoke demo-0001 diagnostics
@@ -99,11 +99,13 @@ all="SELECT * FROM devices WHERE tags.fleet = 'demo'"
 "$ff" rollout plan --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --bake 3s
 echo
 echo "== rollout of the good firmware $good: waves 1%,10%,50%,100%, each device must stay healthy for 3 s"
-good_out=$("$ff" rollout start --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s | tee /dev/stderr)
+good_out=$("$ff" rollout start --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s)
+echo "$good_out"
 
 echo
 echo "== configure 4/4: rollout of the bad firmware $bad: it fails on 30% of the devices, the limit is 5%"
-bad_out=$("$ff" rollout start --firmware "$bad" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s | tee /dev/stderr)
+bad_out=$("$ff" rollout start --firmware "$bad" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s)
+echo "$bad_out"
 
 echo
 echo "== firmware versions now running on the demo fleet"
@@ -111,8 +113,10 @@ echo "== firmware versions now running on the demo fleet"
 
 echo
 echo "== what happened"
-echo "   good firmware $good: $(grep -m1 '^rollout rollout-' <<< "$good_out" | sed 's/^rollout //')"
-echo "   bad firmware  $bad: $(grep -m1 '^rollout rollout-' <<< "$bad_out" | sed 's/^rollout //')"
+result() { grep -m1 -E '^rollout rollout-[^ ]*: ' <<< "$1" | sed 's/^rollout //'; }
+echo "   good firmware $good: $(result "$good_out")"
+echo "   bad firmware  $bad: $(result "$bad_out")"
+grep -E '^  · ' <<< "$bad_out" | sed 's/^/  /'
 echo
 ui=${FLEETFLOW_TEMPORAL_UI:-http://127.0.0.1:8233}
 ns=${TEMPORAL_NAMESPACE:-default}

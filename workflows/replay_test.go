@@ -15,11 +15,13 @@ import (
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	require.NoError(t, err)
-	require.GreaterOrEqual(t, len(files), 3, "recorded histories are missing")
+	require.GreaterOrEqual(t, len(files), 8, "recorded histories are missing")
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
 			r.RegisterWorkflow(ProvisionFleet)
+			r.RegisterWorkflow(FleetJob)
+			r.RegisterWorkflow(FirmwareRollout)
 			require.NoError(t, r.ReplayWorkflowHistoryFromJSONFile(nil, f))
 		})
 	}
