@@ -55,7 +55,8 @@ var errNoChannel = errors.New("this worker has no MQTT channel (FLEETFLOW_MQTT_U
 
 // JobBatch applies a job to its targets First..Last-1 that are still pending (so a retried batch skips what
 // it already did) and records each device's outcome. Desired patches are written in one transaction and
-// pushed to the devices that are online; the device's acknowledgement is collected later (JobCollectAcks).
+// pushed to every device written (see registry.DesiredPush); the device's acknowledgement is collected
+// later (JobCollectAcks).
 func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchRequest) (workflows.JobCounts, error) {
 	stop := keepHeartbeating(ctx)
 	defer stop()
@@ -94,7 +95,7 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchRequest
 		}
 		// The desired state is committed: a push that fails only delays the device until its next twin/get,
 		// so it is logged, not retried (a retry would find no pending target and push nothing).
-		if err := a.push(ctx, push); err != nil {
+		if _, err := a.push(ctx, push); err != nil {
 			activity.GetLogger(ctx).Warn("desired push incomplete; devices catch up on reconnect", "job", req.JobID, "err", err)
 		}
 	case workflows.JobMethod:
@@ -105,21 +106,36 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchRequest
 		for i, t := range targets {
 			calls[i] = channel.MethodCall{DeviceID: t.DeviceID, Method: req.Method, Payload: req.Payload}
 		}
+		notSent, why := 0, ""
 		for i, res := range a.Channel.InvokeMany(ctx, calls, req.Timeout, 0) {
 			if res.Outcome == channel.Failed && res.Status == channel.StatusNotSent {
-				// Nothing reached the device: leave it pending so that the retry sends it.
-				return c, fmt.Errorf("job %s: method call to %s not sent: %s", req.JobID, res.DeviceID, res.Payload)
+				// Nothing reached the device: it stays pending, and the retry sends it (and only it: the
+				// outcomes of the calls that were sent are recorded below, so no device runs a method twice).
+				if notSent++; why == "" {
+					why = string(res.Payload)
+				}
+				continue
 			}
 			o := registry.JobOutcome{Seq: targets[i].Seq, State: string(res.Outcome), Status: res.Status, Payload: res.Payload}
-			switch res.Outcome {
-			case channel.Offline:
+			switch {
+			case res.Outcome == channel.Offline:
 				o.Error = "device offline"
-			case channel.TimedOut:
+			case res.Outcome == channel.TimedOut:
 				o.Error = fmt.Sprintf("no response within %s", req.Timeout)
-			case channel.Failed:
+			case res.Outcome == channel.Failed && res.Status == channel.StatusInvalid:
+				o.Error = "refused before sending: " + string(res.Payload)
+			case res.Outcome == channel.Failed:
 				o.Error = fmt.Sprintf("device answered %d", res.Status)
 			}
 			outs = append(outs, o)
+		}
+		if notSent > 0 {
+			if len(outs) > 0 {
+				if err := a.Configure.RecordJobOutcomes(ctx, req.JobID, outs); err != nil {
+					return c, err
+				}
+			}
+			return c, fmt.Errorf("job %s: %d method calls not sent (%s); the retry sends them", req.JobID, notSent, why)
 		}
 	default:
 		return c, temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", req.Kind), workflows.ErrTypeInvalidInput, nil)
@@ -150,16 +166,15 @@ func addJobState(c *workflows.JobCounts, state string, n int64) {
 	}
 }
 
-// push sends desired patches to online devices.
-func (a *Activities) push(ctx context.Context, msgs []channel.DesiredMessage) error {
+// push sends desired patches to their devices and returns how many the broker accepted.
+func (a *Activities) push(ctx context.Context, msgs []channel.DesiredMessage) (int, error) {
 	if len(msgs) == 0 {
-		return nil
+		return 0, nil
 	}
 	if a.Channel == nil {
-		return errNoChannel
+		return 0, errNoChannel
 	}
-	_, err := a.Channel.PublishDesired(ctx, msgs)
-	return err
+	return a.Channel.PublishDesired(ctx, msgs)
 }
 
 // JobCollectAcks marks the devices that have acknowledged a desired change, polling until none is waiting
@@ -220,8 +235,9 @@ func (a *Activities) RolloutDispatch(ctx context.Context, req workflows.RolloutD
 		}
 		res.Skipped += skipped
 		res.Dispatched += int64(len(pushes))
-		res.Pushed += int64(len(pushes))
-		if err := a.push(ctx, desiredMessages(pushes)); err != nil {
+		n, err := a.push(ctx, desiredMessages(pushes))
+		res.Pushed += int64(n)
+		if err != nil {
 			activity.GetLogger(ctx).Warn("firmware push incomplete; devices catch up on reconnect", "rollout", req.RolloutID, "err", err)
 		}
 		if !more {
@@ -340,7 +356,7 @@ func (a *Activities) RolloutRollback(ctx context.Context, req workflows.RolloutR
 			return n, err
 		}
 		n += int64(len(pushes))
-		if err := a.push(ctx, desiredMessages(pushes)); err != nil {
+		if _, err := a.push(ctx, desiredMessages(pushes)); err != nil {
 			activity.GetLogger(ctx).Warn("rollback push incomplete; devices catch up on reconnect", "rollout", req.RolloutID, "err", err)
 		}
 		if !more {

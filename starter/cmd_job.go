@@ -357,11 +357,11 @@ func sendUpdate(ctx context.Context, g *globals, noun, id, update string, arg an
 		return "", err
 	}
 	defer c.Close()
-	d, err := c.DescribeWorkflowExecution(ctx, id, "")
+	d, err := c.DescribeWorkflow(ctx, id, "")
 	if err != nil {
 		return "", fmt.Errorf("no %s %q: %w", noun, id, err)
 	}
-	if st := d.GetWorkflowExecutionInfo().GetStatus(); st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+	if st := d.Status; st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 		return "", fmt.Errorf("%s %s has already finished (%s): nothing to %s", noun, id,
 			strings.ToLower(strings.TrimPrefix(st.String(), "WorkflowExecutionStatus")), update)
 	}
