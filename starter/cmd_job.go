@@ -282,24 +282,13 @@ func jobStatus(ctx context.Context, g *globals, id string, failed bool, output s
 			return err
 		}
 	}
-	var live *workflows.JobProgress
-	if c, err := dialTemporal(g); err == nil {
-		defer c.Close()
-		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if v, err := c.QueryWorkflow(qctx, id, "", workflows.QueryProgress); err == nil {
-			var p workflows.JobProgress
-			if v.Get(&p) == nil {
-				live = &p
-			}
-		}
-		cancel()
-	}
+	live := liveProgress[workflows.JobProgress](ctx, g, id)
 	if output == "json" {
 		return printJSON(map[string]any{"job": j, "counts": counts, "progress": live, "devices": devs})
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	state := j.State
-	if live != nil {
+	if live != nil && j.FinishedAt == nil {
 		state = live.State + " (workflow running)"
 	}
 	fmt.Fprintf(w, "job\t%s\nkind\t%s\nquery\t%s\nspec\t%s\nstate\t%s\ntargets\t%s\n", j.ID, j.Kind, j.Query, compactJSON(j.Spec), state,

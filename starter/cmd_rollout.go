@@ -361,22 +361,18 @@ func rolloutStatus(ctx context.Context, g *globals, id, output string) error {
 	if err != nil {
 		return err
 	}
-	failing, err := reg.RolloutDevices(ctx, id, []string{string(rollout.Failed), string(rollout.RollbackFailed)}, 50)
+	// Devices that failed, including those rolled back since (they keep the reason they failed).
+	var failing []registry.RolloutDevice
+	devs, err := reg.RolloutDevices(ctx, id, []string{string(rollout.Failed), string(rollout.RollbackFailed), string(rollout.RolledBack)}, 1000)
 	if err != nil {
 		return err
 	}
-	var live *workflows.RolloutProgress
-	if c, err := dialTemporal(g); err == nil {
-		defer c.Close()
-		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if v, err := c.QueryWorkflow(qctx, id, "", workflows.QueryProgress); err == nil {
-			var p workflows.RolloutProgress
-			if v.Get(&p) == nil {
-				live = &p
-			}
+	for _, d := range devs {
+		if d.Reason != "" && len(failing) < 50 {
+			failing = append(failing, d)
 		}
-		cancel()
 	}
+	live := liveProgress[workflows.RolloutProgress](ctx, g, id)
 	if output == "json" {
 		return printJSON(map[string]any{"rollout": ro, "counts": counts, "progress": live, "failing": failing})
 	}
@@ -386,8 +382,10 @@ func rolloutStatus(ctx context.Context, g *globals, id, output string) error {
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	state := ro.State
-	if live != nil {
+	if live != nil && ro.FinishedAt == nil {
 		state = live.State
+	}
+	if live != nil {
 		if live.Wave > 0 {
 			state += fmt.Sprintf(", wave %d/%d (%s)", live.Wave, len(live.Waves), live.Waves[live.Wave-1])
 		}

@@ -31,48 +31,36 @@ func workflowURL(g *globals, id string) string {
 		url.PathEscape(g.cfg.Namespace), url.PathEscape(id))
 }
 
-// showProgress draws a progress bar on stderr from the workflow's progress query until stop is called.
-// On a terminal the bar redraws in place; otherwise it prints a line every few seconds for logs.
+// showProgress draws provisioning's progress bar on stderr until stop is called.
 func showProgress(ctx context.Context, c client.Client, id string) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	tty := isTerminal(os.Stderr)
-	go func() {
-		defer close(done)
-		every := 300 * time.Millisecond
-		if !tty {
-			every = 3 * time.Second
+	return pollProgress(ctx, c, id, func(v interface{ Get(any) error }) string {
+		var p workflows.ProvisionProgress
+		if v.Get(&p) != nil {
+			return ""
 		}
-		t := time.NewTicker(every)
-		defer t.Stop()
-		last := ""
-		for {
-			select {
-			case <-ctx.Done():
-				if tty && last != "" {
-					fmt.Fprintln(os.Stderr)
-				}
-				return
-			case <-t.C:
-			}
-			v, err := c.QueryWorkflow(ctx, id, "", workflows.QueryProgress)
-			if err != nil {
-				continue
-			}
-			var p workflows.ProvisionProgress
-			if v.Get(&p) != nil {
-				continue
-			}
-			line := progressLine(p)
-			if tty {
-				fmt.Fprintf(os.Stderr, "\r%s\x1b[K", line)
-			} else if line != last {
-				fmt.Fprintln(os.Stderr, line)
-			}
-			last = line
-		}
-	}()
-	return func() { cancel(); <-done }
+		return progressLine(p)
+	})
+}
+
+// liveProgress returns a running operation's progress query result, or nil when the workflow has ended
+// (or Temporal is unreachable): status commands then show what the registry recorded.
+func liveProgress[T any](ctx context.Context, g *globals, id string) *T {
+	c, err := dialTemporal(g)
+	if err != nil {
+		return nil
+	}
+	defer c.Close()
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, err := c.QueryWorkflow(qctx, id, "", workflows.QueryProgress)
+	if err != nil {
+		return nil
+	}
+	var p T
+	if v.Get(&p) != nil {
+		return nil
+	}
+	return &p
 }
 
 func progressLine(p workflows.ProvisionProgress) string {
@@ -97,7 +85,8 @@ func isTerminal(f *os.File) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// pollProgress redraws line(query result) on stderr until stop is called, like showProgress.
+// pollProgress draws line(progress query result) on stderr until stop is called. On a terminal the line
+// redraws in place; otherwise a line is printed every few seconds, when it changed, for logs.
 func pollProgress(ctx context.Context, c client.Client, id string, line func(v interface{ Get(any) error }) string) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
