@@ -269,18 +269,8 @@ type configureFleet struct {
 // reported its capabilities and shows online in the registry. Everything stops when b ends.
 func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureFleet {
 	b.Helper()
-	be := &backend{dbURL: testenv.Postgres(b), temporalAddr: testenv.Temporal(b), queue: fmt.Sprintf("bench-configure-%d", n)}
-	reg, err := registry.Open(ctx, be.dbURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(reg.Close)
-	tc, err := client.Dial(client.Options{HostPort: be.temporalAddr, Logger: quiet{}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(tc.Close)
-	be.reg, be.tc = reg, tc
+	be := openBackend(b, testenv.Postgres(b), fmt.Sprintf("bench-configure-%d", n))
+	reg, tc := be.reg, be.tc
 
 	port, err := stack.FreePort()
 	if err != nil {

@@ -85,6 +85,18 @@ type backend struct {
 // everything stops when the benchmark ends.
 func startBackend(b *testing.B, dbURL, queue string) *backend {
 	b.Helper()
+	be := openBackend(b, dbURL, queue)
+	w := fleetworker.New(be.tc, queue, &activities.Activities{Registry: be.reg})
+	if err := w.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(w.Stop)
+	return be
+}
+
+// openBackend opens the registry at dbURL and dials the shared Temporal server, without a worker.
+func openBackend(b *testing.B, dbURL, queue string) *backend {
+	b.Helper()
 	be := &backend{dbURL: dbURL, temporalAddr: testenv.Temporal(b), queue: queue}
 	reg, err := registry.Open(context.Background(), dbURL)
 	if err != nil {
@@ -96,11 +108,6 @@ func startBackend(b *testing.B, dbURL, queue string) *backend {
 		b.Fatal(err)
 	}
 	b.Cleanup(tc.Close)
-	w := fleetworker.New(tc, queue, &activities.Activities{Registry: reg})
-	if err := w.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(w.Stop)
 	be.reg, be.tc = reg, tc
 	return be
 }
