@@ -54,3 +54,20 @@ CREATE TABLE IF NOT EXISTS devices_archive (
     history     jsonb NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS devices_archive_retired ON devices_archive (retired_at);
+
+-- When desired last changed, so that the health check can tell a device that has not acknowledged its desired
+-- state for too long from one that was just asked. Kept by a trigger that only fires when desired_version
+-- moves, so the hot reported-ingest path pays nothing but the WHEN test.
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS desired_at timestamptz;
+CREATE OR REPLACE FUNCTION fleetflow_desired_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.desired_at := now();
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS devices_desired_at ON devices;
+CREATE TRIGGER devices_desired_at BEFORE UPDATE ON devices
+    FOR EACH ROW WHEN (NEW.desired_version IS DISTINCT FROM OLD.desired_version) EXECUTE FUNCTION fleetflow_desired_at();
+
+-- Jobs gain the retire stage's kinds: a decommission is a job over a frozen set of devices.
+ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_kind_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_kind_check CHECK (kind IN ('set_desired', 'set_tags', 'method', 'retire'));
