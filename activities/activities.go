@@ -28,6 +28,8 @@ type Activities struct {
 	Registry Registry
 	// Configure is the registry as jobs and rollouts use it (nil in workers that only provision).
 	Configure ConfigureStore
+	// Retire retires, replaces and purges devices (nil in workers that do not run the retire stage).
+	Retire RetireStore
 	// Channel reaches devices over MQTT; nil when the worker has no broker configured, in which case
 	// desired changes still land in the registry (devices read them on reconnect) and method jobs fail.
 	Channel Channel

@@ -67,6 +67,10 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchRequest
 	}
 	outs := make([]registry.JobOutcome, 0, len(targets))
 	switch req.Kind {
+	case workflows.JobRetire:
+		if outs, err = a.retireBatch(ctx, req, targets); err != nil {
+			return c, err
+		}
 	case workflows.JobSetTags, workflows.JobSetDesired:
 		section := twin.Tags
 		if req.Kind == workflows.JobSetDesired {

@@ -15,5 +15,8 @@ func commands(g *globals) []*cobra.Command {
 		newJobCmd(g),      // job start|status|pause|resume|cancel (cmd_job.go)
 		newFirmwareCmd(g), // firmware add|list (cmd_rollout.go)
 		newRolloutCmd(g),  // rollout plan|start|status|pause|resume|approve|abort (cmd_rollout.go)
+		newRetireCmd(g),   // retire (cmd_retire.go)
+		newReplaceCmd(g),  // replace OLD NEW (cmd_retire.go)
+		newPurgeCmd(g),    // purge --older-than (cmd_retire.go)
 	}
 }

@@ -34,6 +34,8 @@ const (
 	JobSetDesired = "set_desired"
 	JobSetTags    = "set_tags"
 	JobMethod     = "method"
+	// JobRetire is a decommission (workflow Decommission).
+	JobRetire = "retire"
 )
 
 // JobCounts are a job's devices per outcome.
@@ -71,6 +73,9 @@ type JobInput struct {
 	Payload json.RawMessage `json:"payload,omitempty"`
 	// Rate caps devices per second (0 = as fast as the window allows).
 	Rate float64 `json:"rate,omitempty"`
+	// Reason (retire) is recorded with each retired device; Wipe sends a factory reset first.
+	Reason string `json:"reason,omitempty"`
+	Wipe   bool   `json:"wipe,omitempty"`
 	// Timeout is how long a device has to answer a method, or to acknowledge a desired change after the
 	// last batch was written.
 	Timeout          time.Duration `json:"timeout,omitempty"`
@@ -97,6 +102,8 @@ type JobBatchRequest struct {
 	Method  string          `json:"method,omitempty"`
 	Payload json.RawMessage `json:"payload,omitempty"`
 	Timeout time.Duration   `json:"timeout,omitempty"`
+	Reason  string          `json:"reason,omitempty"`
+	Wipe    bool            `json:"wipe,omitempty"`
 }
 
 // JobAckRequest asks for the acknowledgements of a desired job, waiting up to MaxWait for all of them.

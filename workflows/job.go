@@ -22,6 +22,11 @@ const (
 	DefaultAckTimeout       = 2 * time.Minute
 	// ackPoll is the longest a JobCollectAcks activity waits before it reports progress.
 	ackPoll = 10 * time.Second
+	// DefaultWipeTimeout bounds the best-effort factory reset of a decommission with --wipe.
+	DefaultWipeTimeout = 10 * time.Second
+	// DefaultRetireBatchSize: retiring is one registry transaction per batch without device round trips,
+	// so batches are larger than for jobs that talk to devices.
+	DefaultRetireBatchSize = 5000
 	// offlineGrace is how long a desired job waits before it gives up on devices that are all offline:
 	// connection state is recorded in batches, so a device that just connected can look offline briefly.
 	offlineGrace = 5 * time.Second
@@ -31,14 +36,31 @@ const (
 // method — in batches over the set, then (for desired patches) waits until devices acknowledge the change
 // in their reported properties. pause, resume and cancel are Workflow Updates.
 func FleetJob(ctx workflow.Context, in JobInput) (JobResult, error) {
-	in = withJobDefaults(in)
-	if in.JobID == "" || in.Total <= 0 {
-		return JobResult{}, temporal.NewNonRetryableApplicationError("a job id and a non-empty target set are required", ErrTypeInvalidInput, nil)
-	}
 	switch in.Kind {
 	case JobSetDesired, JobSetTags, JobMethod:
 	default:
 		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", in.Kind), ErrTypeInvalidInput, nil)
+	}
+	return runJob(ctx, in, FleetJob)
+}
+
+// Decommission retires a frozen set of devices in batches (see JobRetire): credentials revoked and live
+// sessions dropped at once, twins archived, pending jobs and rollouts left, optionally a factory reset sent
+// first. It is a job over devices like FleetJob, with the same batching, pause, resume and cancel, under its
+// own name so that the UI's list reads like an operations log.
+func Decommission(ctx workflow.Context, in JobInput) (JobResult, error) {
+	if in.Kind != JobRetire {
+		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("a decommission has kind %q, not %q", JobRetire, in.Kind),
+			ErrTypeInvalidInput, nil)
+	}
+	return runJob(ctx, in, Decommission)
+}
+
+// runJob is the body of FleetJob and Decommission; self is the workflow to continue as.
+func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobInput) (JobResult, error)) (JobResult, error) {
+	in = withJobDefaults(in)
+	if in.JobID == "" || in.Total <= 0 {
+		return JobResult{}, temporal.NewNonRetryableApplicationError("a job id and a non-empty target set are required", ErrTypeInvalidInput, nil)
 	}
 	in.Runs++
 	progress := JobProgress{JobID: in.JobID, Kind: in.Kind, State: "running", Total: in.Total, Dispatched: in.Next,
@@ -73,7 +95,7 @@ func FleetJob(ctx workflow.Context, in JobInput) (JobResult, error) {
 		for !in.Paused && !in.Cancelled && inflight < window && in.Next < in.Total && dispatched < in.BatchesPerRun &&
 			!workflow.Now(ctx).Before(nextSlot) {
 			req := JobBatchRequest{JobID: in.JobID, Kind: in.Kind, First: in.Next, Last: min(in.Next+batch, in.Total),
-				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout}
+				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout, Reason: in.Reason, Wipe: in.Wipe}
 			actTimeout := 5*time.Minute + timeout
 			if in.Rate > 0 {
 				// The next batch may start once this one's devices have had their share of the rate.
@@ -131,7 +153,7 @@ func FleetJob(ctx workflow.Context, in JobInput) (JobResult, error) {
 		if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
 			return JobResult{}, err
 		}
-		return JobResult{}, workflow.NewContinueAsNewError(ctx, FleetJob, in)
+		return JobResult{}, workflow.NewContinueAsNewError(ctx, self, in)
 	}
 
 	if in.Kind == JobSetDesired && in.Counts.Running > 0 && !in.Cancelled {
@@ -276,10 +298,17 @@ func withJobDefaults(in JobInput) JobInput {
 		in.HeartbeatTimeout = DefaultHeartbeatTimeout
 	}
 	if in.Timeout <= 0 {
-		in.Timeout = DefaultMethodTimeout
-		if in.Kind == JobSetDesired {
+		switch in.Kind {
+		case JobSetDesired:
 			in.Timeout = DefaultAckTimeout
+		case JobRetire:
+			in.Timeout = DefaultWipeTimeout
+		default:
+			in.Timeout = DefaultMethodTimeout
 		}
+	}
+	if in.Kind == JobRetire && in.BatchSize == DefaultJobBatchSize {
+		in.BatchSize = DefaultRetireBatchSize
 	}
 	return in
 }

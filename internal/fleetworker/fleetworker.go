@@ -22,6 +22,9 @@ func Register(w worker.Registry, acts *activities.Activities) {
 	w.RegisterWorkflow(workflows.ProvisionFleet)
 	w.RegisterWorkflow(workflows.FleetJob)
 	w.RegisterWorkflow(workflows.FirmwareRollout)
+	w.RegisterWorkflow(workflows.Decommission)
+	w.RegisterWorkflow(workflows.ReplaceDevice)
+	w.RegisterWorkflow(workflows.PurgeArchive)
 	if acts != nil {
 		w.RegisterActivity(acts)
 	}

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/searchattr"
+	"github.com/fleetflow/fleetflow/internal/twin"
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+func newRetireCmd(g *globals) *cobra.Command {
+	var q, reason string
+	var wipe, detach bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "retire ID... | --query QUERY",
+		Short: "Decommission devices: revoke at once, archive their twins, take them out of jobs and rollouts",
+		Long: `Start a Decommission workflow over the given devices or the devices a twin query selects. Each device's
+credentials stop working at once (the gateway refuses its next CONNECT and drops a live session), its twin
+and timeline are archived, it leaves pending jobs and running rollouts, and it no longer appears in queries
+unless they ask for status = 'retired'. With --wipe a factory reset is sent first (best effort). Retiring a
+retired device is harmless; unknown ids are reported per device.`,
+		Example: `  fleetflow retire dev-0001 dev-0002 --reason "hardware fault"
+  fleetflow retire --query "SELECT * FROM devices WHERE tags.site = 'ber-1'" --wipe`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (q == "") == (len(args) == 0) {
+				return errors.New("give device ids or --query, not both")
+			}
+			if timeout <= 0 {
+				return errors.New("--wipe-timeout must be positive")
+			}
+			return startRetire(cmd.Context(), g, args, q, reason, wipe, timeout, detach)
+		},
+	}
+	cmd.Flags().StringVar(&q, "query", "", "twin query selecting the devices to retire")
+	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded with every device")
+	cmd.Flags().BoolVar(&wipe, "wipe", false, "send the factoryReset method to connected devices before revoking them")
+	cmd.Flags().DurationVar(&timeout, "wipe-timeout", workflows.DefaultWipeTimeout, "how long a device has to answer the factory reset")
+	cmd.Flags().BoolVar(&detach, "detach", false, "start and return without waiting")
+	return cmd
+}
+
+func startRetire(ctx context.Context, g *globals, ids []string, q, reason string, wipe bool, timeout time.Duration, detach bool) error {
+	reg, c, err := openBackends(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	defer c.Close()
+	id := "decommission-" + time.Now().UTC().Format("20060102-150405.000")
+	spec := []byte(fmt.Sprintf(`{"reason":%q,"wipe":%v}`, reason, wipe))
+	var total int64
+	if q != "" {
+		total, err = reg.CreateJob(ctx, registry.JobSpec{ID: id, Kind: workflows.JobRetire, Query: q, Spec: spec})
+		if errors.Is(err, registry.ErrEmptyTarget) {
+			return errors.New("the query selects no devices (retired ones are left out); nothing to retire")
+		}
+		if err != nil {
+			return queryError(err)
+		}
+	} else {
+		total, err = reg.CreateJobForIDs(ctx, registry.JobSpec{ID: id, Kind: workflows.JobRetire, Query: "ids: " + strings.Join(ids, " "), Spec: spec}, ids)
+		if err != nil {
+			return err
+		}
+	}
+	in := workflows.JobInput{JobID: id, Kind: workflows.JobRetire, Total: total, Reason: reason, Wipe: wipe, Timeout: timeout}
+	what := "retire " + workflows.Thousands(total) + " devices"
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: id, TaskQueue: g.cfg.TaskQueue,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		StaticSummary:         "Decommission: " + what,
+		StaticDetails:         fmt.Sprintf("Reason: %s  \nWipe: %v", orDash(reason), wipe),
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpDecommission),
+			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total)),
+	}, workflows.Decommission, in)
+	if err != nil {
+		_ = reg.CloseJob(context.WithoutCancel(ctx), id, "not_started")
+		return fmt.Errorf("start %s: %w", id, err)
+	}
+	fmt.Printf("%s started: %s\nwatch it: %s\n", id, what, workflowURL(g, id))
+	if detach {
+		return nil
+	}
+	stop := showJobProgress(ctx, c, id)
+	var res workflows.JobResult
+	err = run.Get(ctx, &res)
+	stop()
+	if ctx.Err() != nil {
+		fmt.Printf("stopped waiting; the decommission goes on. Follow it with `fleetflow job status %s`\n", id)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", id, err)
+	}
+	devs, err := reg.JobDevices(ctx, id, nil, 100000)
+	if err != nil {
+		return err
+	}
+	var retired, already int
+	var unknown []string
+	for _, d := range devs {
+		switch {
+		case d.State == registry.JobFailed:
+			unknown = append(unknown, d.DeviceID)
+		case d.Error == "already retired":
+			already++
+		case d.State == registry.JobSucceeded:
+			retired++
+		}
+	}
+	fmt.Printf("%s: %d retired, %d already retired, %d unknown\n", res.State, retired, already, len(unknown))
+	if len(unknown) > 0 {
+		fmt.Printf("unknown devices: %s\n", strings.Join(unknown[:min(len(unknown), 20)], ", "))
+		return &exitError{code: 2, err: fmt.Errorf("%d of the given devices do not exist", len(unknown))}
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// devicesLifecycleCmds are the devices subcommands of the retire stage.
+func devicesLifecycleCmds(g *globals) []*cobra.Command {
+	var reason string
+	mk := func(enable bool) *cobra.Command {
+		name, short := "disable", "Quarantine a device: its session is dropped at once and it cannot connect until enabled"
+		if enable {
+			name, short = "enable", "Let a disabled device connect again"
+		}
+		c := &cobra.Command{
+			Use: name + " ID", Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				reg, err := openRegistry(cmd, g)
+				if err != nil {
+					return err
+				}
+				defer reg.Close()
+				changed, err := reg.SetEnabled(cmd.Context(), args[0], enable, reason)
+				if errors.Is(err, registry.ErrNotFound) {
+					return fmt.Errorf("no device %q in the registry", args[0])
+				}
+				if err != nil {
+					return err
+				}
+				switch {
+				case !changed:
+					fmt.Printf("%s is already %sd\n", args[0], name)
+				case enable:
+					fmt.Printf("%s enabled: it may connect again\n", args[0])
+				default:
+					fmt.Printf("%s disabled: the gateway drops its session now and refuses it until `fleetflow devices enable %s`\n", args[0], args[0])
+				}
+				return nil
+			},
+		}
+		c.Flags().StringVar(&reason, "reason", "", "why, recorded on the device's timeline")
+		return c
+	}
+	return []*cobra.Command{mk(false), mk(true)}
+}
+
+func newReplaceCmd(g *globals) *cobra.Command {
+	var credsOut string
+	cmd := &cobra.Command{
+		Use:   "replace OLD NEW",
+		Short: "Let device NEW take over OLD's role: provision NEW if needed, copy tags and desired, retire OLD",
+		Long: `Start a ReplaceDevice workflow. If NEW does not exist it is provisioned: its secret is generated here and
+written to --creds-out (mode 0600), never sent anywhere else. NEW gets OLD's tags (NEW's own tags win) and
+desired properties, both twins record the lineage, and OLD is retired (credentials revoked at once).`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return replace(cmd.Context(), g, args[0], args[1], credsOut)
+		},
+	}
+	cmd.Flags().StringVar(&credsOut, "creds-out", "", "where NEW's credentials go if it is provisioned (default NEW.creds.ndjson)")
+	return cmd
+}
+
+func replace(ctx context.Context, g *globals, old, nw, credsOut string) error {
+	if err := twin.ValidateID(nw); err != nil {
+		return fmt.Errorf("NEW: %w", err)
+	}
+	if old == nw {
+		return errors.New("a device cannot replace itself")
+	}
+	reg, c, err := openBackends(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	defer c.Close()
+	o, err := reg.GetDevice(ctx, old)
+	if errors.Is(err, registry.ErrNotFound) {
+		return fmt.Errorf("no device %q in the registry", old)
+	}
+	if err != nil {
+		return err
+	}
+	if o.Status == registry.StatusRetired {
+		return fmt.Errorf("%s is already retired; nothing to replace", old)
+	}
+	op := fmt.Sprintf("replace-%s-%s", old, time.Now().UTC().Format("20060102-150405"))
+	in := workflows.ReplaceInput{Op: op, Old: old, New: nw}
+	n, err := reg.GetDevice(ctx, nw)
+	var pending string
+	var cred creds.Credential
+	switch {
+	case err == nil && n.Status == registry.StatusRetired:
+		return fmt.Errorf("%s is retired and cannot take over another device's role; give a new device id", nw)
+	case err == nil:
+		// An existing device (e.g. provisioned in advance) takes over; its credentials stay as they are.
+	case errors.Is(err, registry.ErrNotFound):
+		in.Provision = true
+		if credsOut == "" {
+			credsOut = nw + ".creds.ndjson"
+		}
+		secret, err := creds.NewSecret()
+		if err != nil {
+			return err
+		}
+		cred = creds.Credential{ID: nw, Secret: secret}
+		pending = credsOut + ".pending"
+		w, err := creds.Create(pending)
+		if err != nil {
+			return err
+		}
+		if err := w.Write(cred); err != nil {
+			w.Close()
+			return err
+		}
+		if err := w.Close(); err != nil {
+			return err
+		}
+		done := false
+		if _, err := reg.StageRows(ctx, op, "replace", func() (registry.StagedRow, bool, error) {
+			if done {
+				return registry.StagedRow{}, false, nil
+			}
+			done = true
+			return registry.StagedRow{Seq: 0, Line: 1, ID: nw, Tags: "{}", SecretHash: creds.Digest(secret)}, true, nil
+		}); err != nil {
+			_ = os.Remove(pending)
+			return fmt.Errorf("stage %s: %w", nw, err)
+		}
+	default:
+		return err
+	}
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: op, TaskQueue: g.cfg.TaskQueue, WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		StaticSummary: fmt.Sprintf("Replace %s with %s", old, nw),
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("replace"),
+			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(1)),
+	}, workflows.ReplaceDevice, in)
+	if err != nil {
+		if pending != "" {
+			_ = reg.DropStaging(context.WithoutCancel(ctx), op)
+			_ = os.Remove(pending)
+		}
+		return fmt.Errorf("start %s: %w", op, err)
+	}
+	fmt.Printf("%s started\nwatch it: %s\n", op, workflowURL(g, op))
+	var res workflows.ReplaceResult
+	if err := run.Get(ctx, &res); err != nil {
+		if pending != "" {
+			_ = os.Remove(pending)
+		}
+		return fmt.Errorf("replace %s with %s: %w", old, nw, err)
+	}
+	if pending != "" {
+		if err := os.Rename(pending, credsOut); err != nil {
+			return fmt.Errorf("credentials of %s stay in %s: %w", nw, pending, err)
+		}
+		fmt.Printf("%s provisioned; its credentials are in %s (shown once)\n", nw, credsOut)
+	}
+	fmt.Printf("%s replaced %s: tags and desired copied (desired version %d), %s retired\n", nw, old, res.DesiredVersion, old)
+	return nil
+}
+
+func newPurgeCmd(g *globals) *cobra.Command {
+	var older, every string
+	cmd := &cobra.Command{
+		Use:   "purge --older-than 90d [--every 24h]",
+		Short: "Delete retired devices past retention (rows, archive, events); --every schedules it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			retention, err := parseRetention(older)
+			if err != nil {
+				return fmt.Errorf("--older-than: %w", err)
+			}
+			c, err := dialTemporal(g)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			in := workflows.PurgeInput{OlderThan: retention}
+			if every != "" {
+				d, err := parseRetention(every)
+				if err != nil || d < time.Minute {
+					return fmt.Errorf("--every %q: want a duration of at least 1m, like 24h or 1d", every)
+				}
+				return schedulePurge(cmd.Context(), g, c, d, in)
+			}
+			id := "purge-" + time.Now().UTC().Format("20060102-150405")
+			run, err := c.ExecuteWorkflow(cmd.Context(), client.StartWorkflowOptions{ID: id, TaskQueue: g.cfg.TaskQueue,
+				StaticSummary: "Purge retired devices older than " + older,
+				TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("purge"),
+					searchattr.State.ValueSet(searchattr.StateRunning))}, workflows.PurgeArchive, in)
+			if err != nil {
+				return fmt.Errorf("start %s: %w", id, err)
+			}
+			var res workflows.PurgeResult
+			if err := run.Get(cmd.Context(), &res); err != nil {
+				return fmt.Errorf("%s: %w", id, err)
+			}
+			fmt.Printf("purged %s retired devices older than %s\n", workflows.Thousands(res.Purged), older)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&older, "older-than", "", "retention: devices retired longer ago than this go (e.g. 90d, 720h)")
+	cmd.Flags().StringVar(&every, "every", "", "run on a Temporal Schedule at this interval instead of now")
+	_ = cmd.MarkFlagRequired("older-than")
+	return cmd
+}
+
+// purgeScheduleID is the Temporal Schedule of `purge --every`.
+const purgeScheduleID = "fleetflow-purge"
+
+func schedulePurge(ctx context.Context, g *globals, c client.Client, every time.Duration, in workflows.PurgeInput) error {
+	sc := c.ScheduleClient()
+	action := &client.ScheduleWorkflowAction{ID: "purge", Workflow: workflows.PurgeArchive, Args: []any{in}, TaskQueue: g.cfg.TaskQueue,
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("purge"))}
+	spec := client.ScheduleSpec{Intervals: []client.ScheduleIntervalSpec{{Every: every}}}
+	h := sc.GetHandle(ctx, purgeScheduleID)
+	if _, err := h.Describe(ctx); err == nil {
+		err = h.Update(ctx, client.ScheduleUpdateOptions{DoUpdate: func(u client.ScheduleUpdateInput) (*client.ScheduleUpdate, error) {
+			u.Description.Schedule.Spec = &spec
+			u.Description.Schedule.Action = action
+			return &client.ScheduleUpdate{Schedule: &u.Description.Schedule}, nil
+		}})
+		if err != nil {
+			return fmt.Errorf("update schedule %s: %w", purgeScheduleID, err)
+		}
+		fmt.Printf("schedule %s updated: purge devices retired more than %s ago, every %s\n", purgeScheduleID, in.OlderThan, every)
+		return nil
+	}
+	_, err := sc.Create(ctx, client.ScheduleOptions{ID: purgeScheduleID, Spec: spec, Action: action,
+		Overlap: enumspb.SCHEDULE_OVERLAP_POLICY_SKIP, CatchupWindow: time.Minute})
+	if err != nil {
+		return fmt.Errorf("create schedule %s: %w", purgeScheduleID, err)
+	}
+	fmt.Printf("schedule %s created: purge devices retired more than %s ago, every %s\n", purgeScheduleID, in.OlderThan, every)
+	return nil
+}
+
+// parseRetention accepts Go durations and whole days ("90d"), since retention is thought of in days.
+func parseRetention(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, errors.New("required, e.g. 90d")
+	}
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n <= 0 {
+			return 0, fmt.Errorf("%q: want a positive number of days like 90d, or a duration like 720h", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q: want a positive number of days like 90d, or a duration like 720h", s)
+	}
+	return d, nil
+}
