@@ -18,5 +18,6 @@ func commands(g *globals) []*cobra.Command {
 		newRetireCmd(g),   // retire (cmd_retire.go)
 		newReplaceCmd(g),  // replace OLD NEW (cmd_retire.go)
 		newPurgeCmd(g),    // purge --older-than (cmd_retire.go)
+		newReportCmd(g),   // report [-o json] [--html FILE] (cmd_report.go)
 	}
 }
