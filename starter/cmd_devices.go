@@ -48,7 +48,7 @@ func newDevicesCmd(g *globals) *cobra.Command {
 		},
 	}
 	get.Flags().StringVarP(&output, "output", "o", "text", "text or json")
-	cmd.AddCommand(get, newQueryCmd(g))
+	cmd.AddCommand(get, newQueryCmd(g), newDeviceHistoryCmd(g))
 	cmd.AddCommand(devicesLifecycleCmds(g)...)
 	return cmd
 }

@@ -29,7 +29,9 @@ type PatchResult struct {
 // PatchTwins applies per-device merge patches to the tags or desired section of many devices in one
 // transaction: one locking read, the merges in Go (RFC 7386 and the size limits, as for a single update), and
 // one UPDATE … FROM unnest. Rows are locked in id order, as everywhere else, so concurrent batches cannot
-// deadlock. A device that is refused does not fail the others. Each device must appear at most once.
+// deadlock. A device that is refused does not fail the others. Each device must appear at most once. Every
+// write is recorded in the device's timeline (desired_changed or tags_changed, with the new version and the
+// patch) by one more INSERT in the same transaction.
 func (r *Registry) PatchTwins(ctx context.Context, section twin.Section, patches []DevicePatch) ([]PatchResult, error) {
 	var results []PatchResult
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
@@ -107,16 +109,23 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 		if err != nil {
 			return fmt.Errorf("write %s: %w", col, err)
 		}
-		defer out.Close()
+		changes := make([]twinChange, 0, len(wIDs))
 		for out.Next() {
 			var id string
 			var v int64
 			if err := out.Scan(&id, &v); err != nil {
+				out.Close()
 				return fmt.Errorf("write %s: %w", col, err)
 			}
 			results[index[id]].Version = v
+			changes = append(changes, twinChange{id: id, version: v, patch: patches[index[id]].Patch})
 		}
-		return out.Err()
+		if err := out.Err(); err != nil {
+			return fmt.Errorf("write %s: %w", col, err)
+		}
+		// One INSERT for the batch, in the caller's transaction: the timeline shows the writes if and only
+		// if they commit (with a rollout's bookkeeping, when a rollout is the caller).
+		return recordTwinChanges(ctx, tx, section, changes)
 	}()
 	if err != nil {
 		return nil, err
