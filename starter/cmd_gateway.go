@@ -9,14 +9,25 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fleetflow/fleetflow/internal/gateway"
+	"github.com/fleetflow/fleetflow/internal/metrics"
 )
 
 // gatewayStatsEvery is how often the foreground gateway logs its counters, so an operator watching the
 // process sees load and refusals without a metrics stack.
 const gatewayStatsEvery = time.Minute
 
+// gatewayMetricsListen is the default of --metrics-listen: FLEETFLOW_GATEWAY_METRICS when set (set but empty
+// turns metrics off, so the local stack and scripts can disable them without a flag), else 127.0.0.1:9464.
+func gatewayMetricsListen() string {
+	if v, ok := os.LookupEnv("FLEETFLOW_GATEWAY_METRICS"); ok {
+		return v
+	}
+	return metrics.DefaultGatewayListen
+}
+
 func newGatewayCmd(g *globals) *cobra.Command {
 	var pprofAddr string
+	metricsAddr := gatewayMetricsListen()
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run the device-facing MQTT gateway in the foreground",
@@ -27,6 +38,8 @@ and writes connection state and reported properties to the registry in batches.
 
 fleetflow's own services log in as username "` + gateway.ServiceUsername + `" with the token in
 FLEETFLOW_SERVICE_TOKEN and a client id that is not a device id (e.g. "svc:worker-1").
+Prometheus metrics (connected devices, message counters, ingest batch latency) are served at
+http://127.0.0.1:9464/metrics unless --metrics-listen says otherwise.
 The gateway stops on SIGINT or SIGTERM.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -48,7 +61,20 @@ The gateway stops on SIGINT or SIGTERM.`,
 			}
 			defer reg.Close()
 
-			gw := gateway.New(gateway.Config{Listen: g.cfg.GatewayListen, ServiceToken: token}, reg, log)
+			var mreg *metrics.Registry
+			if metricsAddr != "" {
+				// Serve before the broker starts, so that a metrics port in use fails the start-up at once;
+				// until then the gateway's series read zero.
+				mreg = metrics.NewRegistry()
+				metrics.RegisterProcess(mreg, "gateway")
+				srv, err := metrics.Serve(metricsAddr, mreg.Handler(), log)
+				if err != nil {
+					return fmt.Errorf("%w (choose another address with --metrics-listen or FLEETFLOW_GATEWAY_METRICS, or \"\" to disable)", err)
+				}
+				defer srv.Close()
+				log.Info("serving metrics", "url", srv.URL())
+			}
+			gw := gateway.New(gateway.Config{Listen: g.cfg.GatewayListen, ServiceToken: token, Metrics: mreg}, reg, log)
 			if err := gw.Start(ctx); err != nil {
 				return err
 			}
@@ -77,6 +103,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 		},
 	}
 	cmd.Flags().StringVar(&g.cfg.GatewayListen, "listen", g.cfg.GatewayListen, "TCP address to listen on (FLEETFLOW_GATEWAY_LISTEN)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
+		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")
 	_ = cmd.Flags().MarkHidden("pprof")
 	return cmd

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
+	"github.com/fleetflow/fleetflow/internal/metrics"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
@@ -28,26 +30,49 @@ func main() {
 	flag.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "Temporal namespace (TEMPORAL_NAMESPACE)")
 	flag.StringVar(&cfg.TaskQueue, "task-queue", cfg.TaskQueue, "task queue to poll (FLEETFLOW_TASK_QUEUE)")
 	flag.StringVar(&cfg.MQTTURL, "mqtt-url", cfg.MQTTURL, "gateway for desired pushes and methods (FLEETFLOW_MQTT_URL; token in FLEETFLOW_SERVICE_TOKEN)")
+	metricsAddr := os.Getenv("FLEETFLOW_WORKER_METRICS")
+	flag.StringVar(&metricsAddr, "metrics-listen", metricsAddr, "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9465; empty: off (FLEETFLOW_WORKER_METRICS)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	if err := run(ctx, cfg, metricsAddr, log); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetflow-worker:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	reg, err := registry.Open(ctx, cfg.DatabaseURL)
+func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.Logger) error {
+	// Metrics are off unless asked for: then the registry's statements and the Temporal SDK report into one
+	// registry served at /metrics. Interface-typed nils keep pgx and the SDK on their no-op paths otherwise.
+	var (
+		mreg    *metrics.Registry
+		tracer  pgx.QueryTracer
+		handler client.MetricsHandler
+	)
+	if metricsAddr != "" {
+		mreg = metrics.NewRegistry()
+		metrics.RegisterProcess(mreg, "worker")
+		tracer, handler = metrics.NewQueryTracer(mreg), metrics.NewTemporalHandler(mreg, log)
+		srv, err := metrics.Serve(metricsAddr, mreg.Handler(), log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		log.Info("serving metrics", "url", srv.URL())
+	}
+	reg, err := registry.OpenWithOptions(ctx, cfg.DatabaseURL, registry.Options{Tracer: tracer})
 	if err != nil {
 		return err
 	}
 	defer reg.Close()
+	if mreg != nil {
+		metrics.RegisterPool(mreg, reg.Pool())
+	}
 	c, err := client.Dial(client.Options{HostPort: cfg.TemporalAddress, Namespace: cfg.Namespace,
-		Logger: tlog.NewStructuredLogger(log)})
+		Logger: tlog.NewStructuredLogger(log), MetricsHandler: handler})
 	if err != nil {
 		return fmt.Errorf("connect to temporal at %s: %w", cfg.TemporalAddress, err)
 	}

@@ -114,6 +114,7 @@ func (e *env) environ() []string {
 		"FLEETFLOW_TASK_QUEUE="+e.taskQueue,
 		"FLEETFLOW_MQTT_URL="+e.mqttURL,
 		"FLEETFLOW_SERVICE_TOKEN="+serviceToken,
+		"FLEETFLOW_WORKER_METRICS=", // the default (off): concurrent test workers must not share a port
 	)
 }
 

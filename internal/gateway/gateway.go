@@ -31,6 +31,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/fleetflow/fleetflow/internal/metrics"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -96,6 +97,10 @@ type Config struct {
 	SessionExpiry    time.Duration // how long a persistent (clean=false) session outlives its connection (default 1 h)
 	MaxPacketSize    int           // largest accepted packet (default 256 KiB)
 
+	// Metrics receives the gateway's counters (read from Stats' atomics at scrape time) and the latency and
+	// size histograms of its batched registry writes; nil keeps them private.
+	Metrics *metrics.Registry
+
 	// BrokerLogger receives mochi's own log lines; nil means the gateway's logger at level Error, because
 	// mochi logs every refused CONNECT as a warning, which would flood the log in a reconnect storm.
 	BrokerLogger *slog.Logger
@@ -133,7 +138,7 @@ func (c *Config) setDefaults() {
 	def(&c.MaxPacketSize, 256*1024)
 }
 
-// Stats are the gateway's counters since start; issue 4 exports them as Prometheus metrics.
+// Stats are the gateway's counters since start; Config.Metrics exports them as Prometheus metrics.
 type Stats struct {
 	Connected         int64 // device sessions open now
 	Connects          int64 // device sessions established
@@ -189,6 +194,7 @@ type Gateway struct {
 	reportQ  chan twinRequest
 	jobQ     chan jobStatusMsg
 	c        counters
+	m        ingestMetrics
 
 	lastSession atomic.Int64 // last session number handed out, to keep them strictly increasing
 
@@ -218,6 +224,11 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 	}
 	g.events = newEventBuffer(cfg.FlushEvents)
 	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = metrics.NewRegistry()
+	}
+	g.m = g.registerMetrics(reg)
 	return g
 }
 

@@ -198,9 +198,12 @@ func (g *Gateway) applyReported(batch []twinRequest) {
 	start := time.Now()
 	results, err := g.store.ApplyReported(ctx, patches)
 	cancel()
+	took := time.Since(start)
 	g.c.ingestBatches.Add(1)
 	g.c.lastBatchSize.Store(int64(len(batch)))
-	g.c.lastBatchLatency.Store(int64(time.Since(start)))
+	g.c.lastBatchLatency.Store(int64(took))
+	g.m.reportedSeconds.ObserveDuration(took)
+	g.m.reportedSize.Observe(float64(len(batch)))
 	if err == nil && len(results) != len(batch) {
 		err = fmt.Errorf("registry returned %d results for %d patches", len(results), len(batch))
 	}

@@ -107,8 +107,11 @@ func (g *Gateway) recordJobStatuses(batch []registry.JobStatus) {
 	for attempt := 1; ; attempt++ {
 		// The write outlives Close's cancellation: the statuses are already acknowledged to the devices.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(g.ctx), g.cfg.StoreTimeout)
+		start := time.Now()
 		err := g.store.RecordJobStatuses(ctx, batch)
 		cancel()
+		g.m.jobSeconds.ObserveDuration(time.Since(start)) // every attempt: a retry is another write
+		g.m.jobSize.Observe(float64(len(batch)))
 		if err == nil {
 			g.c.jobStatus.Add(int64(len(batch)))
 			return

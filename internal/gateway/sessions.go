@@ -237,7 +237,11 @@ func (g *Gateway) flushEvents(ctx context.Context, retry bool) {
 	for len(events) > 0 {
 		n := min(len(events), g.cfg.FlushEvents*10)
 		batch := events[:n]
-		if err := g.store.RecordConnections(ctx, batch); err != nil {
+		start := time.Now()
+		err := g.store.RecordConnections(ctx, batch)
+		g.m.connSeconds.ObserveDuration(time.Since(start))
+		g.m.connSize.Observe(float64(n))
+		if err != nil {
 			g.c.storeErrors.Add(1)
 			dropped := len(events)
 			if retry {

@@ -30,12 +30,27 @@ type Registry struct {
 
 // Open connects to Postgres and applies the embedded migrations (idempotent, serialized by an advisory lock).
 func Open(ctx context.Context, url string) (*Registry, error) {
+	return OpenWithOptions(ctx, url, Options{})
+}
+
+// Options tune OpenWithOptions. The zero value is what Open uses.
+type Options struct {
+	// Tracer observes every statement of the pool (a metrics exporter's, say). If it also implements
+	// pgx.BatchTracer, pgx.CopyFromTracer or pgxpool.AcquireTracer, pgx calls those too.
+	Tracer pgx.QueryTracer
+}
+
+// OpenWithOptions is Open with options.
+func OpenWithOptions(ctx context.Context, url string, opts Options) (*Registry, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
 	if cfg.MaxConns < 16 {
 		cfg.MaxConns = 16
+	}
+	if opts.Tracer != nil {
+		cfg.ConnConfig.Tracer = opts.Tracer
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -23,6 +23,8 @@ type PIDFile struct {
 	// DataDir is where the part keeps its state (Postgres), so `dev down` can stop it without guessing.
 	DataDir string    `json:"data_dir,omitempty"`
 	Started time.Time `json:"started"`
+	// Metrics is where the part serves Prometheus metrics, shown by `dev status`.
+	Metrics string `json:"metrics,omitempty"`
 }
 
 // ReadPIDFile reads a pid file; a missing file is (nil, nil).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -45,12 +46,14 @@ func (s *Stack) upGateway(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	metricsAddr := s.freeMetrics(part, gatewayMetrics())
 	cmd := exec.Command(s.opts.GatewayBin, "gateway")
-	cmd.Env = env
+	cmd.Env = append(env, "FLEETFLOW_GATEWAY_METRICS="+metricsAddr)
 	l, err := s.launch(part, cmd, listen, "")
 	if err != nil {
 		return err
 	}
+	s.recordMetrics(part, l, metricsAddr)
 	deadline := time.Now().Add(time.Minute)
 	for !Reachable(listen, 500*time.Millisecond) {
 		select {
@@ -64,7 +67,7 @@ func (s *Stack) upGateway(ctx context.Context) error {
 			return s.fail(part, l, "did not listen on "+listen+" within a minute")
 		}
 	}
-	s.say("%-9s %-22s started (pid %d)", part, listen, l.pid.PID)
+	s.say("%-9s %-22s started (pid %d)%s", part, listen, l.pid.PID, startedMetrics(metricsAddr))
 	return nil
 }
 
@@ -136,12 +139,14 @@ func (s *Stack) upWorkers(ctx context.Context) error {
 			s.say("%-9s %-22s already running (pid %d)", name, "queue "+s.opts.Config.TaskQueue, p.PID)
 			continue
 		}
+		metricsAddr := s.freeMetrics(name, workerMetrics(i))
 		cmd := exec.Command(s.opts.WorkerBin)
-		cmd.Env = env
+		cmd.Env = append(slices.Clip(env), "FLEETFLOW_WORKER_METRICS="+metricsAddr)
 		l, err := s.launch(name, cmd, "", "")
 		if err != nil {
 			return err
 		}
+		s.recordMetrics(name, l, metricsAddr)
 		started = append(started, l)
 		names = append(names, name)
 	}
@@ -163,7 +168,7 @@ func (s *Stack) upWorkers(ctx context.Context) error {
 		if logHasFatal(l.log, l.logOffset) {
 			return s.fail(names[i], l, "logged a fatal error during start-up")
 		}
-		s.say("%-9s %-22s started (pid %d)", names[i], "queue "+s.opts.Config.TaskQueue, l.pid.PID)
+		s.say("%-9s %-22s started (pid %d)%s", names[i], "queue "+s.opts.Config.TaskQueue, l.pid.PID, startedMetrics(l.pid.Metrics))
 	}
 	return nil
 }

@@ -352,6 +352,8 @@ func (s *Stack) partStatus(part, addr string, explicit bool) PartStatus {
 		if st.Addr != "" && !Reachable(st.Addr, time.Second) {
 			st.Health = HealthNotAnswering
 			st.Note = "see " + s.rel(s.logPath(part))
+		} else {
+			st.Note = metricsNote(p.Metrics)
 		}
 	case p != nil:
 		st.Note = "stale pid file"

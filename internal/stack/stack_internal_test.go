@@ -251,3 +251,25 @@ func TestFallbackBaseIsPerCheckout(t *testing.T) {
 		t.Fatalf("fallbackBase not a stable function of the checkout: %s %s", a, b)
 	}
 }
+
+func TestMetricsAddresses(t *testing.T) {
+	t.Setenv("FLEETFLOW_WORKER_METRICS", "127.0.0.1:1") // one address cannot serve several workers
+	if got := workerMetrics(2); got != "127.0.0.1:9466" {
+		t.Errorf("workerMetrics(2) = %q", got)
+	}
+	t.Setenv("FLEETFLOW_WORKER_METRICS", "")
+	if got := workerMetrics(1); got != "" {
+		t.Errorf("workerMetrics(1) with FLEETFLOW_WORKER_METRICS= is %q, want off", got)
+	}
+	t.Setenv("FLEETFLOW_GATEWAY_METRICS", "127.0.0.1:19464")
+	if got := gatewayMetrics(); got != "127.0.0.1:19464" {
+		t.Errorf("gatewayMetrics() = %q", got)
+	}
+	t.Setenv("FLEETFLOW_GATEWAY_METRICS", "")
+	if got := gatewayMetrics(); got != "" {
+		t.Errorf("gatewayMetrics() with FLEETFLOW_GATEWAY_METRICS= is %q, want off", got)
+	}
+	if got := startedMetrics("127.0.0.1:9465"); got != ", metrics http://127.0.0.1:9465/metrics" {
+		t.Errorf("startedMetrics = %q", got)
+	}
+}
