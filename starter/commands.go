@@ -19,5 +19,7 @@ func commands(g *globals) []*cobra.Command {
 		newReplaceCmd(g),  // replace OLD NEW (cmd_retire.go)
 		newPurgeCmd(g),    // purge --older-than (cmd_retire.go)
 		newReportCmd(g),   // report [-o json] [--html FILE] (cmd_report.go)
+		newHealthCmd(g),   // health schedule|unschedule|run|status (cmd_health.go)
+		newAlertsCmd(g),   // alerts list|ack (cmd_health.go)
 	}
 }

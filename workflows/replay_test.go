@@ -22,6 +22,10 @@ func TestReplayRecordedHistories(t *testing.T) {
 			r.RegisterWorkflow(ProvisionFleet)
 			r.RegisterWorkflow(FleetJob)
 			r.RegisterWorkflow(FirmwareRollout)
+			r.RegisterWorkflow(FleetHealthCheck)
+			r.RegisterWorkflow(Decommission)
+			r.RegisterWorkflow(ReplaceDevice)
+			r.RegisterWorkflow(PurgeArchive)
 			require.NoError(t, r.ReplayWorkflowHistoryFromJSONFile(nil, f))
 		})
 	}

@@ -25,6 +25,7 @@ func Register(w worker.Registry, acts *activities.Activities) {
 	w.RegisterWorkflow(workflows.Decommission)
 	w.RegisterWorkflow(workflows.ReplaceDevice)
 	w.RegisterWorkflow(workflows.PurgeArchive)
+	w.RegisterWorkflow(workflows.FleetHealthCheck)
 	if acts != nil {
 		w.RegisterActivity(acts)
 	}

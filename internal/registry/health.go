@@ -1,20 +1,22 @@
 package registry
 
-import "time"
+import (
+	"time"
 
-// Alert kinds: the problems a health check finds.
+	"github.com/fleetflow/fleetflow/internal/health"
+)
+
+// Alert kinds: the problems a health check finds. internal/health owns the rules and the names.
 const (
-	AlertOffline              = "offline"               // not connected for longer than the rule allows
-	AlertUnhealthy            = "unhealthy"             // reported.health.status is failing
-	AlertDesiredPending       = "desired_pending"       // desired not acknowledged in reported within the limit
-	AlertFirmwareNoncompliant = "firmware_noncompliant" // not on the version of the latest completed rollout that targets it
-	AlertCredentialExpiring   = "credential_expiring"   // credential_expires_at is near
+	AlertOffline              = health.KindOffline              // not connected for longer than the rule allows
+	AlertUnhealthy            = health.KindUnhealthy            // reported.health.status is failing
+	AlertDesiredPending       = health.KindDesiredPending       // desired not acknowledged in reported within the limit
+	AlertFirmwareNoncompliant = health.KindFirmwareNoncompliant // not on the version of the latest completed rollout that targets it
+	AlertCredentialExpiring   = health.KindCredentialExpiring   // credential_expires_at is near
 )
 
 // AlertKinds lists the kinds in a stable order, for reports.
-func AlertKinds() []string {
-	return []string{AlertOffline, AlertUnhealthy, AlertDesiredPending, AlertFirmwareNoncompliant, AlertCredentialExpiring}
-}
+func AlertKinds() []string { return health.Kinds() }
 
 // HealthSummary is the fleet at a glance as one health check saw it; stored in health_runs.summary.
 type HealthSummary struct {
@@ -30,4 +32,49 @@ type HealthSummary struct {
 	Resolved int64            `json:"resolved"` // alerts this check resolved
 	Open     int64            `json:"open"`     // alerts open after this check
 	Duration time.Duration    `json:"durationNs"`
+	// Rules are the limits the check applied, so that a trend can tell a fleet that got worse from
+	// stricter rules.
+	Rules health.Rules `json:"rules"`
+	// Rollouts are the completed rollouts whose versions the firmware rule held devices to, newest first.
+	Rollouts []string `json:"rollouts,omitempty"`
+}
+
+// Alert states as operators see them (Alert.State).
+const (
+	AlertStateOpen     = "open"
+	AlertStateAcked    = "acked"
+	AlertStateResolved = "resolved"
+)
+
+// Alert is an alerts row: a problem of one device that opened when a health check first found it and
+// resolves when a check no longer does. Acknowledging an alert records who has seen it; it does not close
+// it.
+type Alert struct {
+	ID         int64      `json:"id"`
+	DeviceID   string     `json:"deviceId"`
+	Kind       string     `json:"kind"`
+	Detail     string     `json:"detail"`
+	FirstSeen  time.Time  `json:"firstSeen"`
+	LastSeen   time.Time  `json:"lastSeen"`
+	ResolvedAt *time.Time `json:"resolvedAt,omitempty"`
+	AckedAt    *time.Time `json:"ackedAt,omitempty"`
+	AckedBy    string     `json:"ackedBy,omitempty"`
+}
+
+// State is resolved once the problem is gone, else acked once someone acknowledged it, else open.
+func (a Alert) State() string {
+	switch {
+	case a.ResolvedAt != nil:
+		return AlertStateResolved
+	case a.AckedAt != nil:
+		return AlertStateAcked
+	}
+	return AlertStateOpen
+}
+
+// AlertFilter selects alerts for ListAlerts.
+type AlertFilter struct {
+	Open     bool   // only alerts not resolved (open or acked)
+	DeviceID string // only this device's alerts ("" = all)
+	Limit    int    // at most this many, newest first (<= 0 = all)
 }

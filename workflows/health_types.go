@@ -1,0 +1,91 @@
+package workflows
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/health"
+)
+
+// Names of the monitor stage.
+const (
+	// ActRunHealthCheck runs one health check over the whole fleet in the registry.
+	ActRunHealthCheck = "RunHealthCheck"
+	// HealthCheckIDPrefix starts every FleetHealthCheck workflow id: the schedule's action id (Temporal
+	// appends the scheduled time) and `health run`'s healthcheck-<time>.
+	HealthCheckIDPrefix = "healthcheck"
+)
+
+// HealthCheckInput starts FleetHealthCheck; zero durations mean the defaults of internal/health (offline
+// after 10m, ack within 10m, credentials expiring within 7 days).
+type HealthCheckInput struct {
+	OfflineAfter   time.Duration `json:"offlineAfter,omitempty"`
+	AckWithin      time.Duration `json:"ackWithin,omitempty"`
+	ExpiringWithin time.Duration `json:"expiringWithin,omitempty"`
+}
+
+// Rules are the input's limits as the health rules take them, defaults filled in.
+func (in HealthCheckInput) Rules() health.Rules {
+	return health.Rules{OfflineAfter: in.OfflineAfter, AckWithin: in.AckWithin, ExpiringWithin: in.ExpiringWithin}.WithDefaults()
+}
+
+// HealthCheckRequest is the RunHealthCheck activity's input. RunID names the check in health_runs (the
+// workflow id), so that a retried activity replaces its row rather than adding one.
+type HealthCheckRequest struct {
+	RunID          string        `json:"runId"`
+	OfflineAfter   time.Duration `json:"offlineAfter"`
+	AckWithin      time.Duration `json:"ackWithin"`
+	ExpiringWithin time.Duration `json:"expiringWithin"`
+}
+
+// ProblemCounts are the devices with each kind of problem (a struct, not a map, so that workflow code
+// never iterates a map).
+type ProblemCounts struct {
+	Offline              int64 `json:"offline"`
+	Unhealthy            int64 `json:"unhealthy"`
+	DesiredPending       int64 `json:"desiredPending"`
+	FirmwareNoncompliant int64 `json:"firmwareNoncompliant"`
+	CredentialExpiring   int64 `json:"credentialExpiring"`
+}
+
+// ProblemCountsOf takes the counts per kind from a map keyed by the health.Kind* names.
+func ProblemCountsOf(m map[string]int64) ProblemCounts {
+	return ProblemCounts{Offline: m[health.KindOffline], Unhealthy: m[health.KindUnhealthy],
+		DesiredPending: m[health.KindDesiredPending], FirmwareNoncompliant: m[health.KindFirmwareNoncompliant],
+		CredentialExpiring: m[health.KindCredentialExpiring]}
+}
+
+// HealthCheckResult is what one check found: the fleet at a glance and what happened to the alerts.
+type HealthCheckResult struct {
+	RunID    string        `json:"runId"`
+	At       time.Time     `json:"at"`
+	Devices  int64         `json:"devices"` // not retired
+	Active   int64         `json:"active"`
+	Disabled int64         `json:"disabled"`
+	Retired  int64         `json:"retired"`
+	Online   int64         `json:"online"`
+	Offline  int64         `json:"offline"`
+	Problems ProblemCounts `json:"problems"`
+	Opened   int64         `json:"opened"`   // alerts this check opened
+	Resolved int64         `json:"resolved"` // alerts this check resolved
+	Open     int64         `json:"open"`     // alerts open after this check
+	Duration time.Duration `json:"duration"` // of the registry's transaction
+}
+
+// Summary is the one line the Temporal UI and the CLI show for a check:
+// "offline 12 · unhealthy 3 · opened 2 · resolved 5 · open 17". Problem kinds with no device are left out.
+func (r HealthCheckResult) Summary() string {
+	var parts []string
+	for _, p := range []struct {
+		name string
+		n    int64
+	}{{"offline", r.Problems.Offline}, {"unhealthy", r.Problems.Unhealthy}, {"desired pending", r.Problems.DesiredPending},
+		{"firmware noncompliant", r.Problems.FirmwareNoncompliant}, {"credentials expiring", r.Problems.CredentialExpiring}} {
+		if p.n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %s", p.name, Thousands(p.n)))
+		}
+	}
+	parts = append(parts, "opened "+Thousands(r.Opened), "resolved "+Thousands(r.Resolved), "open "+Thousands(r.Open))
+	return strings.Join(parts, " · ")
+}
