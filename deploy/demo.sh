@@ -66,13 +66,15 @@ echo "   firmware updates take 3 x 200 ms; firmware $bad fails to install on 30%
 wait "$prov"
 
 # A second run creates nothing new, so its workflow has nothing to wait for; wait here for the reconnects.
+# Retired demo devices (a later step retires one) are out of the fleet; the others must all be back.
+want=$("$ff" devices query -o json "SELECT COUNT() AS n FROM devices WHERE tags.fleet = 'demo'" | tr -dc '0-9')
 q="SELECT COUNT() AS n FROM devices WHERE tags.fleet = 'demo' AND connectionState = 'connected' AND IS_DEFINED(properties.reported.model)"
 for _ in $(seq 1 120); do
   n=$("$ff" devices query -o json "$q" | tr -dc '0-9')
-  [ "${n:-0}" -ge "$devices" ] && break
+  [ "${n:-0}" -ge "$want" ] && break
   sleep 1
 done
-echo "== $n of $devices demo devices connected and reported their capabilities"
+echo "== $n of $want demo devices connected and reported their capabilities"
 
 echo
 echo "== SELECT properties.reported.model, COUNT() AS n FROM devices WHERE tags.fleet = 'demo' GROUP BY properties.reported.model"
@@ -112,6 +114,51 @@ echo "== firmware versions now running on the demo fleet"
 "$ff" devices query "SELECT properties.reported.firmware.version AS firmware, COUNT() AS n FROM devices WHERE tags.fleet = 'demo' GROUP BY properties.reported.firmware.version ORDER BY properties.reported.firmware.version"
 
 echo
+echo "== monitor 1/3: a FleetHealthCheck on a Temporal Schedule every minute"
+"$ff" health schedule --every 1m --offline-after 10m
+echo "   three devices go offline (the simulator restarts without them) ..."
+flaky="demo-0010 demo-0020 demo-0030"
+grep -v -E '"id":"(demo-0010|demo-0020|demo-0030)"' "$creds" > "$dir/creds-without-flaky.ndjson"
+"$ff" dev simulate -- --creds "$dir/creds-without-flaky.ndjson" --telemetry-every 30s --firmware-delay 200ms >/dev/null
+sleep 4
+"$ff" health run --offline-after 3s
+for d in $flaky; do "$ff" alerts list --open --device "$d" | tail -n +2; done
+echo "   ... and come back: the next check resolves their alerts"
+"$ff" dev simulate -- --creds "$creds" --telemetry-every 30s --firmware-delay 200ms >/dev/null
+for _ in $(seq 1 60); do
+  n=$("$ff" devices query -o json "SELECT COUNT() AS n FROM devices WHERE deviceId IN ('demo-0010', 'demo-0020', 'demo-0030') AND connectionState = 'connected'" | tr -dc '0-9')
+  [ "${n:-0}" -ge 3 ] && break
+  sleep 0.5
+done
+"$ff" health run --offline-after 3s
+echo "   alerts of the three devices, now resolved:"
+for d in $flaky; do "$ff" alerts list --device "$d" | tail -n +2; done
+
+echo
+echo "== retire 1/2: demo-0999 is retired while connected: its session is dropped at once, its reconnect refused"
+"$ff" retire demo-0999 --reason "demo: hardware fault"
+"$ff" devices get demo-0999 | sed -n '1,3p'
+grep '"id":"demo-0999"' "$creds" > "$dir/creds-retired.ndjson"
+timeout 5 "$ff" simulate --creds "$dir/creds-retired.ndjson" --telemetry-every 0 --status-every 1h 2>&1 | grep -m1 -o 'refused=[0-9]*' | sed 's/^/   reconnect of demo-0999: /' || true
+
+echo "== retire 2/2: demo-0998 is replaced by demo-r0998 (provisioned now; tags and desired copied)"
+replacement=$dir/creds-r0998.ndjson
+rm -f "$replacement"
+if "$ff" devices get demo-r0998 >/dev/null 2>&1; then
+  echo "   (demo-r0998 exists from an earlier run)"
+else
+  "$ff" replace demo-0998 demo-r0998 --creds-out "$replacement"
+  cat "$replacement" >> "$creds"
+fi
+"$ff" devices history demo-0998 --limit 8
+
+echo
+echo "== report"
+"$ff" report
+"$ff" report --html "$dir/report.html" >/dev/null
+echo "   HTML report (opens offline in a browser): $dir/report.html"
+
+echo
 echo "== what happened"
 result() { grep -m1 -E '^rollout rollout-[^ ]*: ' <<< "$1" | sed 's/^rollout //'; }
 echo "   good firmware $good: $(result "$good_out")"
@@ -126,5 +173,6 @@ echo "The stack and the simulated devices keep running; try:"
 echo "  bin/fleetflow devices get demo-0001"
 echo "  bin/fleetflow twin get demo-0001"
 echo "  bin/fleetflow rollout status rollout-$bad-1"
+echo "  bin/fleetflow alerts list --open; bin/fleetflow health status; bin/fleetflow devices history demo-0999"
 echo "  bin/fleetflow devices query \"SELECT * FROM devices WHERE tags.region = 'eu' AND properties.reported.model = 'th-100'\""
 echo "  make down    # stops everything make demo started"

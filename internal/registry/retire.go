@@ -93,8 +93,10 @@ func retireLocked(ctx context.Context, tx pgx.Tx, op string, ids []string, reaso
 			FROM devices d WHERE d.id = ANY($1)
 			ON CONFLICT (id) DO UPDATE SET retired_at = EXCLUDED.retired_at, archived_at = now(), reason = EXCLUDED.reason,
 				operation = EXCLUDED.operation, twin = EXCLUDED.twin, history = EXCLUDED.history`, []any{ids, reason, op}},
+		// online = false: the gateways drop the session as soon as this commits; the disconnect they record
+		// later changes nothing, and no reader sees a retired device as connected meanwhile.
 		{"revoke", `UPDATE devices SET status = 'retired', retired_at = now(), secret1_hash = NULL, secret2_hash = NULL,
-			updated_at = now() WHERE id = ANY($1)`, []any{ids}},
+			online = false, updated_at = now() WHERE id = ANY($1)`, []any{ids}},
 		{"cancel pending jobs", `UPDATE job_devices SET state = 'cancelled', error = 'device retired', updated_at = now()
 			WHERE device_id = ANY($1) AND state IN ('pending', 'running')`, []any{ids}},
 		{"leave rollouts", `UPDATE rollout_devices SET active = false, phase = CASE WHEN phase IN ('queued', 'dispatched',
