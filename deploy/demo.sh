@@ -150,7 +150,15 @@ else
   "$ff" replace demo-0998 demo-r0998 --creds-out "$replacement"
   cat "$replacement" >> "$creds"
 fi
-"$ff" devices history demo-0998 --limit 8
+echo "   the simulator restarts with demo-r0998's credentials; the replacement connects:"
+"$ff" dev simulate -- --creds "$creds" --telemetry-every 30s --firmware-delay 200ms >/dev/null
+for _ in $(seq 1 60); do
+  "$ff" devices get demo-r0998 | grep -q '^connection *connected' && break
+  sleep 0.5
+done
+"$ff" devices get demo-r0998 | sed -n '1,3p'
+"$ff" twin get demo-r0998 | sed -n '/^tags/p'
+"$ff" devices history demo-0998 --limit 4
 
 echo
 echo "== report"
