@@ -44,6 +44,15 @@ func newDevicesCmd(g *globals) *cobra.Command {
 			if d.Provisioned != "" {
 				fmt.Fprintf(w, "provisioned by\t%s\n", d.Provisioned)
 			}
+			if d.RetiredAt != nil {
+				fmt.Fprintf(w, "retired\t%s\n", d.RetiredAt.Format(time.RFC3339))
+			}
+			if d.Replaces != "" {
+				fmt.Fprintf(w, "replaces\t%s\n", d.Replaces)
+			}
+			if d.ReplacedBy != "" {
+				fmt.Fprintf(w, "replaced by\t%s\n", d.ReplacedBy)
+			}
 			return w.Flush()
 		},
 	}

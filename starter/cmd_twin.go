@@ -32,10 +32,23 @@ func newTwinCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return printJSON(t)
+			// Lineage is not part of Azure's twin shape (nor of twin/get, the devices' hot path): the CLI
+			// reads it from the identity and adds it next to the twin.
+			d, err := readDevice(cmd, g, args[0], (*registry.Registry).GetDevice)
+			if err != nil {
+				return err
 			}
-			return printTwin(t)
+			if output == "json" {
+				if d.Replaces == "" && d.ReplacedBy == "" {
+					return printJSON(t)
+				}
+				return printJSON(struct {
+					twin.Twin
+					Replaces   string `json:"replaces,omitempty"`
+					ReplacedBy string `json:"replacedBy,omitempty"`
+				}{t, d.Replaces, d.ReplacedBy})
+			}
+			return printTwin(t, d)
 		},
 	}
 	get.Flags().StringVarP(&output, "output", "o", "text", "text, or json for the whole twin in Azure's shape")
@@ -44,9 +57,15 @@ func newTwinCmd(g *globals) *cobra.Command {
 }
 
 // printTwin renders the operator's view: every desired key next to what the device reports for it.
-func printTwin(t twin.Twin) error {
+func printTwin(t twin.Twin, d registry.Device) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "device\t%s (%s, %s)\n", t.DeviceID, t.Status, t.ConnectionState)
+	if d.Replaces != "" {
+		fmt.Fprintf(w, "replaces\t%s\n", d.Replaces)
+	}
+	if d.ReplacedBy != "" {
+		fmt.Fprintf(w, "replaced by\t%s\n", d.ReplacedBy)
+	}
 	fmt.Fprintf(w, "etag\t%s\n", t.ETag)
 	fmt.Fprintf(w, "versions\ttags %d, desired %d, reported %d\n", t.TagsVersion, t.Properties.Desired.Version, t.Properties.Reported.Version)
 	fmt.Fprintf(w, "tags\t%s\n", compactJSON(t.Tags))

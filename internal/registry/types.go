@@ -36,6 +36,9 @@ type Device struct {
 	HasSecret1  bool       `json:"primaryCredential"`
 	HasSecret2  bool       `json:"secondaryCredential"`
 	Provisioned string     `json:"provisionedBy,omitempty"`
+	RetiredAt   *time.Time `json:"retiredAt,omitempty"`
+	Replaces    string     `json:"replaces,omitempty"`   // the device this one took over from
+	ReplacedBy  string     `json:"replacedBy,omitempty"` // the device that took over from this one
 }
 
 // DeviceAuth is what the gateway needs to authenticate a CONNECT.

@@ -428,6 +428,12 @@ func (s *Simulator) register(d *device.Device, sd *simDevice) {
 		s.methods.Add(1)
 		return map[string]any{"rebooting": true}, nil
 	})
+	d.OnMethod("factoryReset", func(ctx context.Context, payload []byte) (any, error) {
+		// What a decommission with --wipe sends before the credentials are revoked; a real device would
+		// erase its data and keys here.
+		s.methods.Add(1)
+		return map[string]any{"wiped": true, "device": id}, nil
+	})
 	d.OnDesired(func(u device.DesiredUpdate) { s.onDesired(sd, d, u) })
 }
 
@@ -538,7 +544,7 @@ func Capabilities(id string, seed int64) map[string]any {
 		"sensors": sens,
 		"capabilities": map[string]any{
 			"ota":                 true,
-			"methods":             []any{"ping", "diagnostics", "reboot"},
+			"methods":             []any{"ping", "diagnostics", "reboot", "factoryReset"},
 			"radio":               radios[int(h[7])%len(radios)],
 			"telemetryMinSeconds": 5 * (1 + int(h[8])%6),
 			"battery":             h[9]%2 == 0,
