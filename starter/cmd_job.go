@@ -197,16 +197,9 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	if f.detach {
 		return nil
 	}
-	stop := showJobProgress(ctx, c, id)
-	var res workflows.JobResult
-	err = run.Get(ctx, &res)
-	stop()
-	if ctx.Err() != nil {
-		fmt.Printf("stopped waiting; the job goes on. Follow it with `fleetflow job status %s`\n", id)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("job %s: %w", id, err)
+	res, waited, err := awaitJob(ctx, c, run, id, "job")
+	if !waited || err != nil {
+		return err
 	}
 	printJobCounts(res.State, res.Total, res.Counts)
 	if res.Counts.Unsuccessful() > 0 {
@@ -369,4 +362,20 @@ func sendUpdate(ctx context.Context, g *globals, noun, id, update string, arg an
 		return "", fmt.Errorf("%s %s: %s refused: %w", noun, id, update, err)
 	}
 	return msg, nil
+}
+
+// awaitJob shows a job's (or decommission's) progress until it ends. waited is false when the operator
+// interrupted the wait: the operation goes on and the CLI says how to follow it.
+func awaitJob(ctx context.Context, c client.Client, run client.WorkflowRun, id, noun string) (res workflows.JobResult, waited bool, err error) {
+	stop := showJobProgress(ctx, c, id)
+	err = run.Get(ctx, &res)
+	stop()
+	if ctx.Err() != nil {
+		fmt.Printf("stopped waiting; the %s goes on. Follow it with `fleetflow job status %s`\n", noun, id)
+		return res, false, nil
+	}
+	if err != nil {
+		return res, true, fmt.Errorf("%s %s: %w", noun, id, err)
+	}
+	return res, true, nil
 }

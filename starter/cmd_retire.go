@@ -95,16 +95,9 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	if detach {
 		return nil
 	}
-	stop := showJobProgress(ctx, c, id)
-	var res workflows.JobResult
-	err = run.Get(ctx, &res)
-	stop()
-	if ctx.Err() != nil {
-		fmt.Printf("stopped waiting; the decommission goes on. Follow it with `fleetflow job status %s`\n", id)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", id, err)
+	res, waited, err := awaitJob(ctx, c, run, id, "decommission")
+	if !waited || err != nil {
+		return err
 	}
 	devs, err := reg.JobDevices(ctx, id, nil, 100000)
 	if err != nil {

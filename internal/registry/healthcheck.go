@@ -401,19 +401,22 @@ func (r *Registry) HealthRuns(ctx context.Context, limit int) ([]HealthRun, erro
 	if err != nil {
 		return nil, fmt.Errorf("read health runs: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (HealthRun, error) {
-		var h HealthRun
-		var summary []byte
-		if err := row.Scan(&h.ID, &h.StartedAt, &h.FinishedAt, &summary); err != nil {
-			return h, err
-		}
-		if err := json.Unmarshal(summary, &h.Summary); err != nil {
-			return h, fmt.Errorf("health run %s: summary: %w", h.ID, err)
-		}
-		return h, nil
-	})
+	out, err := pgx.CollectRows(rows, scanHealthRun)
 	if err != nil {
 		return nil, fmt.Errorf("read health runs: %w", err)
 	}
 	return out, nil
+}
+
+// scanHealthRun reads a health_runs row (id, started_at, finished_at, summary).
+func scanHealthRun(row pgx.CollectableRow) (HealthRun, error) {
+	var h HealthRun
+	var summary []byte
+	if err := row.Scan(&h.ID, &h.StartedAt, &h.FinishedAt, &summary); err != nil {
+		return h, err
+	}
+	if err := json.Unmarshal(summary, &h.Summary); err != nil {
+		return h, fmt.Errorf("health run %s: summary: %w", h.ID, err)
+	}
+	return h, nil
 }

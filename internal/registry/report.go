@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
@@ -106,17 +105,7 @@ func (r *Registry) ReportData(ctx context.Context) (FleetReport, error) {
 		if err != nil {
 			return fmt.Errorf("read health runs: %w", err)
 		}
-		rep.Health, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (HealthRun, error) {
-			var h HealthRun
-			var summary []byte
-			if err := row.Scan(&h.ID, &h.StartedAt, &h.FinishedAt, &summary); err != nil {
-				return h, err
-			}
-			if err := json.Unmarshal(summary, &h.Summary); err != nil {
-				return h, fmt.Errorf("health run %s: summary: %w", h.ID, err)
-			}
-			return h, nil
-		})
+		rep.Health, err = pgx.CollectRows(rows, scanHealthRun)
 		if err != nil {
 			return fmt.Errorf("read health runs: %w", err)
 		}
