@@ -271,6 +271,13 @@ func newMethodCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("invoke %s on %s: %w", name, id, err)
 			}
+			// On the device's timeline (methods of jobs are there through the job).
+			reg, err := openRegistry(cmd, g)
+			if err == nil {
+				_ = registry.RecordEvents(cmd.Context(), reg.Pool(), []registry.DeviceEvent{{DeviceID: id, Kind: registry.EventMethod,
+					Detail: map[string]any{"method": name, "status": res.Status, "outcome": string(res.Outcome)}}})
+				reg.Close()
+			}
 			switch res.Outcome {
 			case channel.Offline:
 				return fmt.Errorf("device offline: %s is not connected, so %s was not run", id, name)

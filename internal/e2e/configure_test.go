@@ -141,6 +141,9 @@ func TestMethodRoundTripTimeoutAndOffline(t *testing.T) {
 	out, err := e.cli(ctx, "method", "invoke", "m-0001", "diagnostics")
 	require.NoError(t, err)
 	assert.Contains(t, out, `"device": "m-0001"`)
+	out, err = e.cli(ctx, "devices", "history", "m-0001")
+	require.NoError(t, err)
+	assert.Contains(t, out, "method diagnostics: succeeded (200)")
 
 	// A device whose handler is slower than the timeout.
 	d, err := device.New(device.Config{BrokerURL: e.mqttURL, ID: cs[1].ID, Secret: cs[1].Secret, MethodTimeout: time.Minute})

@@ -36,6 +36,7 @@ const (
 	EventEnabled        = "enabled"         // detail LifecycleDetail
 	EventReplacedBy     = "replaced_by"     // detail LifecycleDetail, Device = the replacement
 	EventReplaces       = "replaces"        // detail LifecycleDetail, Device = the device replaced
+	EventMethod         = "method"          // a direct method called on its own; detail {"method", "status", "outcome"}
 )
 
 // Kinds of the timeline entries derived from other tables rather than stored in device_events.
@@ -559,6 +560,11 @@ func describe(kind string, raw []byte) (stage, summary string) {
 		summary += "; reported properties v" + d.str("reportedVersion")
 		if fw := d.str("firmware"); fw != "" {
 			summary += ", firmware " + fw
+		}
+	case EventMethod:
+		stage, summary = StageConfigure, "method "+d.str("method")+": "+words(d.str("outcome"))
+		if st := d.str("status"); st != "" && st != "0" {
+			summary += " (" + st + ")"
 		}
 	case EventDisabled, EventEnabled, EventRetired:
 		stage, summary = StageRetire, lifecycle(kind)
