@@ -41,6 +41,7 @@ type provisionFlags struct {
 	heartbeatTimeout time.Duration
 	batchesPerRun    int
 	resume           string
+	validity         string
 }
 
 func newProvisionCmd(g *globals) *cobra.Command {
@@ -56,7 +57,14 @@ provisioned; devices that already exist are reported and their credentials left 
 Each new device's secret is generated here, written once to --creds-out (mode 0600) and stored in the
 registry only as a digest: secrets never pass through Temporal.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runProvision(cmd.Context(), g, f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.validity != "" {
+				if _, err := parseRetention(f.validity); err != nil {
+					return fmt.Errorf("--credential-validity: %w", err)
+				}
+			}
+			return runProvision(cmd.Context(), g, f)
+		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.file, "file", "", "manifest file (.csv or .ndjson); - reads standard input with --format")
@@ -68,6 +76,7 @@ registry only as a digest: secrets never pass through Temporal.`,
 	fl.StringVar(&f.name, "name", "", "operation name in the workflow id (default: the manifest's base name or the prefix)")
 	fl.StringVar(&f.credsOut, "creds-out", "", "credentials file to write (default: <workflow id>.creds.ndjson)")
 	fl.DurationVar(&f.awaitConnect, "await-connect", 0, "wait up to this long for the new devices to connect and report capabilities")
+	fl.StringVar(&f.validity, "credential-validity", "", "the new credentials expire this long after creation (e.g. 365d); the health check warns before they do")
 	fl.BoolVar(&f.wait, "wait", false, "show a progress bar while the workflow runs")
 	fl.Int64Var(&f.batchSize, "batch-size", workflows.DefaultBatchSize, "rows per batch activity")
 	fl.IntVar(&f.window, "window", workflows.DefaultWindow, "batch activities in flight at once")
@@ -233,6 +242,15 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	}
 	if co.err != nil {
 		return co.err
+	}
+	if f.validity != "" {
+		validity, err := parseRetention(f.validity)
+		if err != nil {
+			return fmt.Errorf("--credential-validity: %w", err)
+		}
+		if _, err := reg.SetCredentialExpiry(ctx, op, validity); err != nil {
+			return err
+		}
 	}
 	kept := co.kept
 	return printProvisionSummary(ctx, g, reg, f, res, kept, time.Since(began))

@@ -69,7 +69,16 @@ func TestOfflineAlertOpensAndResolves(t *testing.T) {
 	require.Len(t, list, 1)
 	assert.NotNil(t, list[0].ResolvedAt)
 
+	// Credentials with a validity: the check warns once they are within --expiring-within of expiring.
+	_, err = e.cli(ctx, "provision", "--count", "2", "--prefix", "exp-", "--credential-validity", "2d",
+		"--creds-out", filepath.Join(t.TempDir(), "exp.creds"), "-o", "json")
+	require.NoError(t, err)
+	out, err = e.cli(ctx, "health", "run", "--offline-after", "1h", "--expiring-within", "3d")
+	require.NoError(t, err)
+	assert.Contains(t, out, "credentials expiring 2")
+
 	for _, bad := range [][]string{{"health", "run", "--offline-after", "5x"}, {"health", "schedule", "--every", "1s"},
+		{"provision", "--count", "1", "--credential-validity", "soon"},
 		{"alerts", "ack", "abc"}, {"alerts", "ack", "99999"}} {
 		out, err := e.cliCombined(ctx, bad...)
 		require.Error(t, err, strings.Join(bad, " "))

@@ -293,3 +293,15 @@ func (r *Registry) CreateJobForIDs(ctx context.Context, spec JobSpec, ids []stri
 	})
 	return total, err
 }
+
+// SetCredentialExpiry gives the credentials of the devices an operation created a validity: they expire
+// validity after the device's creation (credential_expires_at), which the health check warns about. Devices
+// that already have an expiry keep it.
+func (r *Registry) SetCredentialExpiry(ctx context.Context, op string, validity time.Duration) (int64, error) {
+	tag, err := r.pool.Exec(ctx, `UPDATE devices SET credential_expires_at = created_at + make_interval(secs => $2)
+		WHERE provisioned_by = $1 AND credential_expires_at IS NULL`, op, validity.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("set credential expiry of %s: %w", op, err)
+	}
+	return tag.RowsAffected(), nil
+}
