@@ -10,6 +10,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/metrics"
+	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
 // gatewayStatsEvery is how often the foreground gateway logs its counters, so an operator watching the
@@ -55,12 +56,6 @@ The gateway stops on SIGINT or SIGTERM.`,
 			if token == "" {
 				log.Warn("FLEETFLOW_SERVICE_TOKEN is not set: services (workers, CLI) cannot log in to the gateway")
 			}
-			reg, err := openRegistry(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-
 			var mreg *metrics.Registry
 			if metricsAddr != "" {
 				// Serve before the broker starts, so that a metrics port in use fails the start-up at once;
@@ -73,6 +68,20 @@ The gateway stops on SIGINT or SIGTERM.`,
 				}
 				defer srv.Close()
 				log.Info("serving metrics", "url", srv.URL())
+			}
+			// The registry's query latency and pool statistics are part of the gateway's metrics too: auth
+			// lookups and ingest batches are its registry traffic.
+			var opts registry.Options
+			if mreg != nil {
+				opts.Tracer = metrics.NewQueryTracer(mreg)
+			}
+			reg, err := registry.OpenWithOptions(cmd.Context(), g.cfg.DatabaseURL, opts)
+			if err != nil {
+				return fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
+			}
+			defer reg.Close()
+			if mreg != nil {
+				metrics.RegisterPool(mreg, reg.Pool())
 			}
 			gw := gateway.New(gateway.Config{Listen: g.cfg.GatewayListen, ServiceToken: token, Metrics: mreg}, reg, log)
 			if err := gw.Start(ctx); err != nil {
