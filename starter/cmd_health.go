@@ -190,9 +190,9 @@ func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput
 	id := workflows.HealthCheckIDPrefix + "-" + time.Now().UTC().Format("20060102-150405.000")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		StaticSummary:         "Fleet health check (run by hand)",
-		StaticDetails:         in.Rules().String(),
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
+		StaticSummary: "Fleet health check (run by hand)",
+		StaticDetails: in.Rules().String(),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpHealthCheck),
 			searchattr.State.ValueSet(searchattr.StateRunning)),
 	}, workflows.FleetHealthCheck, in)

@@ -182,9 +182,9 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		workflows.JobMethod: "call " + f.method}[kind]
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		StaticSummary:         fmt.Sprintf("Job: %s on %s devices", what, workflows.Thousands(total)),
-		StaticDetails:         fmt.Sprintf("Query: `%s`  \nRate: %s", f.query, rateText(f.rate)),
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
+		StaticSummary: fmt.Sprintf("Job: %s on %s devices", what, workflows.Thousands(total)),
+		StaticDetails: fmt.Sprintf("Query: `%s`  \nRate: %s", f.query, rateText(f.rate)),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpJob),
 			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total)),
 	}, workflows.FleetJob, in)

@@ -191,8 +191,8 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    op,
 		TaskQueue:             g.cfg.TaskQueue,
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		StaticSummary:         fmt.Sprintf("Provision %s rows from %s", workflows.Thousands(rows), label),
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
+		StaticSummary: fmt.Sprintf("Provision %s rows from %s", workflows.Thousands(rows), label),
 		StaticDetails: fmt.Sprintf("Manifest: `%s`  \nRows: %s  \nBatch size: %d, window: %d  \nAwait connect: %s",
 			label, workflows.Thousands(rows), f.batchSize, f.window, durationOrNo(f.awaitConnect)),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("provision"),

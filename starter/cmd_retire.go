@@ -81,9 +81,9 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	what := "retire " + workflows.Thousands(total) + " devices"
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		StaticSummary:         "Decommission: " + what,
-		StaticDetails:         fmt.Sprintf("Reason: %s  \nWipe: %v", orDash(reason), wipe),
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
+		StaticSummary: "Decommission: " + what,
+		StaticDetails: fmt.Sprintf("Reason: %s  \nWipe: %v", orDash(reason), wipe),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpDecommission),
 			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total)),
 	}, workflows.Decommission, in)
@@ -257,7 +257,7 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string) error {
 		return err
 	}
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: op, TaskQueue: g.cfg.TaskQueue, WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		ID: op, TaskQueue: g.cfg.TaskQueue, WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
 		StaticSummary: fmt.Sprintf("Replace %s with %s", old, nw),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("replace"),
 			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(1)),
@@ -313,7 +313,8 @@ func newPurgeCmd(g *globals) *cobra.Command {
 			}
 			id := "purge-" + time.Now().UTC().Format("20060102-150405")
 			run, err := c.ExecuteWorkflow(cmd.Context(), client.StartWorkflowOptions{ID: id, TaskQueue: g.cfg.TaskQueue,
-				StaticSummary: "Purge retired devices older than " + older,
+				WorkflowExecutionErrorWhenAlreadyStarted: true,
+				StaticSummary:                            "Purge retired devices older than " + older,
 				TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("purge"),
 					searchattr.State.ValueSet(searchattr.StateRunning))}, workflows.PurgeArchive, in)
 			if err != nil {

@@ -278,7 +278,15 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	if err != nil {
 		return err
 	}
+	// rollout-<version>-<n>: the next number the registry has not used, and that Temporal has not seen either
+	// (a registry rebuilt next to an old Temporal namespace must not attach to an old run).
 	id := fmt.Sprintf("rollout-%s-%d", fw.Version, n+1)
+	for i := n + 2; i < n+1000; i++ {
+		if _, err := c.DescribeWorkflow(ctx, id, ""); err != nil {
+			break
+		}
+		id = fmt.Sprintf("rollout-%s-%d", fw.Version, i)
+	}
 	spec, _ := json.Marshal(map[string]any{"waves": f.waves, "maxFailures": th.String(), "bake": f.bake.String(),
 		"deviceTimeout": f.deviceTimeout.String(), "approveEachWave": f.approveEach})
 	total, err := reg.CreateRollout(ctx, registry.RolloutSpec{ID: id, Version: fw.Version, Query: f.query, Spec: spec})
@@ -289,8 +297,8 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 		Total: total, Waves: waves, MaxFailures: th, Bake: f.bake, DeviceTimeout: f.deviceTimeout, ApproveEachWave: f.approveEach}
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		StaticSummary:         fmt.Sprintf("Rollout of firmware %s to %s devices in waves %s", fw.Version, workflows.Thousands(total), f.waves),
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
+		StaticSummary: fmt.Sprintf("Rollout of firmware %s to %s devices in waves %s", fw.Version, workflows.Thousands(total), f.waves),
 		StaticDetails: fmt.Sprintf("Query: `%s`  \nMax failures: %s  \nBake: %s, device timeout: %s  \nApprove each wave: %v", f.query, th,
 			f.bake, f.deviceTimeout, f.approveEach),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpRollout),

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -228,7 +229,7 @@ func TestRolloutGoodCompletesBadRollsBack(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out, "rolled back")
 	var res workflows.RolloutResult
-	require.NoError(t, e.tc.GetWorkflow(ctx, "rollout-3.0.0-1", "").Get(ctx, &res))
+	require.NoError(t, e.tc.GetWorkflow(ctx, startedRollout(t, out), "").Get(ctx, &res))
 	assert.Equal(t, "rolled_back", res.State)
 	assert.Less(t, res.WavesDone, 3)
 	assert.NotEmpty(t, res.Failures)
@@ -249,12 +250,13 @@ func TestRolloutSurvivesWorkerKill(t *testing.T) {
 	e.simulate(ctx, cs, simulator.Config{FirmwareStepDelay: 300 * time.Millisecond})
 	_, err := e.cli(ctx, "firmware", "add", "--version", "4.0.0", "--url", "https://fw.example/4.bin", "--sha256", strings.Repeat("cd", 32))
 	require.NoError(t, err)
-	_, err = e.cli(ctx, "rollout", "start", "--firmware", "4.0.0", "--query", "SELECT * FROM devices", "--waves", "25%,50%,100%",
+	out, err := e.cli(ctx, "rollout", "start", "--firmware", "4.0.0", "--query", "SELECT * FROM devices", "--waves", "25%,50%,100%",
 		"--detach")
 	require.NoError(t, err)
+	id := startedRollout(t, out)
 	// Kill the worker once the second wave is under way, and start another.
 	require.Eventually(t, func() bool {
-		n, err := e.reg.RolloutCounts(ctx, "rollout-4.0.0-1")
+		n, err := e.reg.RolloutCounts(ctx, id)
 		require.NoError(t, err)
 		for _, c := range n {
 			if c.Wave == 1 {
@@ -268,7 +270,7 @@ func TestRolloutSurvivesWorkerKill(t *testing.T) {
 	e.workerProcess()
 
 	var res workflows.RolloutResult
-	require.NoError(t, e.tc.GetWorkflow(ctx, "rollout-4.0.0-1", "").Get(ctx, &res))
+	require.NoError(t, e.tc.GetWorkflow(ctx, id, "").Get(ctx, &res))
 	assert.Equal(t, "completed", res.State)
 	assert.EqualValues(t, 40, res.Counts.Succeeded, "%s", res.Counts)
 	for _, c := range cs {
@@ -324,14 +326,15 @@ func TestConfigureBadInput(t *testing.T) {
 
 	// A rollout overlapping a running one is refused, naming it. Without devices connected the first one
 	// stays in its first wave.
-	_, err = e.cli(ctx, "rollout", "start", "--firmware", "5.0.0", "--query", q, "--waves", "100%", "--detach")
+	out, err := e.cli(ctx, "rollout", "start", "--firmware", "5.0.0", "--query", q, "--waves", "100%", "--detach")
 	require.NoError(t, err)
+	first := startedRollout(t, out)
 	_, err = e.cli(ctx, "firmware", "add", "--version", "5.0.1", "--url", "https://fw.example/5.bin", "--sha256", strings.Repeat("ef", 32))
 	require.NoError(t, err)
-	out, err := e.cliCombined(ctx, "rollout", "start", "--firmware", "5.0.1", "--query", "SELECT * FROM devices WHERE deviceId = 'b-0003'")
+	out, err = e.cliCombined(ctx, "rollout", "start", "--firmware", "5.0.1", "--query", "SELECT * FROM devices WHERE deviceId = 'b-0003'")
 	require.Error(t, err)
-	assert.Contains(t, out, "rollout-5.0.0-1")
-	out, err = e.cliCombined(ctx, "rollout", "abort", "rollout-5.0.0-1")
+	assert.Contains(t, out, first)
+	out, err = e.cliCombined(ctx, "rollout", "abort", first)
 	require.Error(t, err)
 	assert.Contains(t, out, "--rollback or --no-rollback")
 }
@@ -343,4 +346,12 @@ func bigPayload(t *testing.T) string {
 	p := filepath.Join(t.TempDir(), "big.json")
 	require.NoError(t, os.WriteFile(p, []byte(`"`+strings.Repeat("p", 129*1024)+`"`), 0o600))
 	return p
+}
+
+// startedRollout is the rollout id `rollout start` printed ("rollout rollout-2.0.0-1 started: ...").
+func startedRollout(t *testing.T, out string) string {
+	t.Helper()
+	m := regexp.MustCompile(`rollout (rollout-\S+) started`).FindStringSubmatch(out)
+	require.NotNil(t, m, "no rollout id in %q", out)
+	return m[1]
 }
