@@ -521,11 +521,7 @@ func TestFleetJobRejectsInvalidInput(t *testing.T) {
 			f := newJobFleet(10)
 			env := newJobEnv(t, f, 0, 0)
 			env.ExecuteWorkflow(workflows.FleetJob, tc.in)
-			require.True(t, env.IsWorkflowCompleted())
-			var appErr *temporal.ApplicationError
-			require.True(t, errors.As(env.GetWorkflowError(), &appErr), "got %v", env.GetWorkflowError())
-			require.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
-			require.True(t, appErr.NonRetryable())
+			requireInvalidInput(t, env)
 			require.Empty(t, f.batches)
 			require.Empty(t, f.closes)
 		})
@@ -549,4 +545,14 @@ func TestFleetJobCancelWhileClosing(t *testing.T) {
 	if cancel.accepted {
 		assert.Equal(t, "cancelled", res.State, "cancel was accepted (%v) but the job ended %s", cancel.result, res.State)
 	}
+}
+
+// requireInvalidInput asserts that the workflow ended with a non-retryable InvalidInput application error.
+func requireInvalidInput(t *testing.T, env *testsuite.TestWorkflowEnvironment) {
+	t.Helper()
+	require.True(t, env.IsWorkflowCompleted())
+	var appErr *temporal.ApplicationError
+	require.True(t, errors.As(env.GetWorkflowError(), &appErr), "got %v", env.GetWorkflowError())
+	require.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
+	require.True(t, appErr.NonRetryable())
 }

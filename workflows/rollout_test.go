@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/converter"
-	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
@@ -685,11 +684,7 @@ func TestFirmwareRolloutRejectsInvalidInput(t *testing.T) {
 			in := rolloutIn(t, "ro-invalid", 10)
 			tc.modify(&in)
 			env.ExecuteWorkflow(workflows.FirmwareRollout, in)
-			require.True(t, env.IsWorkflowCompleted())
-			var appErr *temporal.ApplicationError
-			require.True(t, errors.As(env.GetWorkflowError(), &appErr), "got %v", env.GetWorkflowError())
-			require.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
-			require.True(t, appErr.NonRetryable())
+			requireInvalidInput(t, env)
 			require.Empty(t, f.dispatches)
 			require.Empty(t, f.finishes)
 		})
