@@ -96,7 +96,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 					st := gw.Stats()
 					log.Info("gateway stats", "connected", st.Connected, "connects", st.Connects,
 						"auth_failures", st.AuthFailures, "acl_denials", st.ACLDenials, "kicks", st.Kicks,
-						"messages_in", st.MessagesIn, "messages_out", st.MessagesOut, "malformed", st.Malformed,
+						"messages_in", st.MessagesIn, "messages_out", st.MessagesOut, "slow_dropped", st.SlowDropped, "malformed", st.Malformed,
 						"reported_applied", st.ReportedApplied, "ingest_batches", st.IngestBatches,
 						"last_batch_latency", st.LastBatchLatency, "store_errors", st.StoreErrors)
 				case <-ctx.Done():

@@ -148,6 +148,7 @@ type Stats struct {
 	Kicks             int64 // live sessions dropped because the device was revoked (or Kick was called)
 	MessagesIn        int64 // publishes received from devices
 	MessagesOut       int64 // publishes written to clients (devices and services)
+	SlowDropped       int64 // publishes dropped because the receiving client's outbound queue was full
 	Telemetry         int64 // telemetry messages
 	TwinGets          int64 // twin/get requests answered
 	JobStatus         int64 // valid job status messages recorded in the registry
@@ -409,6 +410,7 @@ func (g *Gateway) Stats() Stats {
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)
+		st.SlowDropped = atomic.LoadInt64(&g.server.Info.MessagesDropped)
 	}
 	return st
 }

@@ -37,6 +37,13 @@ func (g *Gateway) registerMetrics(r *metrics.Registry) ingestMetrics {
 		}
 		return float64(atomic.LoadInt64(&g.server.Info.MessagesSent))
 	})
+	r.CounterFunc("fleetflow_gateway_messages_dropped_slow_client_total",
+		"Publishes the broker dropped because the receiving client's outbound queue was full (a slow subscriber).", func() float64 {
+			if !g.started.Load() {
+				return 0
+			}
+			return float64(atomic.LoadInt64(&g.server.Info.MessagesDropped))
+		})
 	counter("fleetflow_gateway_telemetry_messages_total", "Telemetry messages received from devices.", &g.c.telemetry)
 	counter("fleetflow_gateway_twin_gets_total", "twin/get requests answered with the twin.", &g.c.twinGets)
 	counter("fleetflow_gateway_method_responses_total", "Method responses received from devices.", &g.c.methodResponses)
