@@ -32,6 +32,7 @@ type ConfigureStore interface {
 	RolloutCounts(ctx context.Context, rollout string) ([]registry.PhaseCount, error)
 	StartRollback(ctx context.Context, rollout, job string, limit int) ([]registry.DesiredPush, bool, error)
 	FinishRollout(ctx context.Context, id, state string, result json.RawMessage) error
+	DesiredDocs(ctx context.Context, ids []string) ([]registry.DesiredPush, error)
 	RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]registry.RolloutDevice, error)
 }
 
@@ -272,8 +273,9 @@ func (a *Activities) RolloutObserve(ctx context.Context, req workflows.RolloutOb
 		poll = time.Second
 	}
 	deadline := time.Now().Add(req.MaxWait)
+	repushed := map[string]bool{}
 	for {
-		obs, err := a.observeOnce(ctx, req)
+		obs, err := a.observeOnce(ctx, req, repushed)
 		if err != nil {
 			return obs, err
 		}
@@ -297,7 +299,7 @@ func (a *Activities) RolloutObserve(ctx context.Context, req workflows.RolloutOb
 	}
 }
 
-func (a *Activities) observeOnce(ctx context.Context, req workflows.RolloutObserveRequest) (workflows.RolloutObservation, error) {
+func (a *Activities) observeOnce(ctx context.Context, req workflows.RolloutObserveRequest, repushed map[string]bool) (workflows.RolloutObservation, error) {
 	var obs workflows.RolloutObservation
 	phases := forwardPhases
 	if req.Rollback {
@@ -309,7 +311,16 @@ func (a *Activities) observeOnce(ctx context.Context, req workflows.RolloutObser
 	}
 	now := time.Now()
 	var ups []registry.PhaseUpdate
+	var stuck []string
 	for _, d := range devs {
+		// An online device that has shown no progress long after its dispatch may have missed the push
+		// (e.g. it reconnected between its twin/get and the write): send its desired state again, once per
+		// observation activity. A device that did get it ignores a version it already has.
+		if !req.Rollback && req.RepushAfter > 0 && d.Phase == string(rollout.Dispatched) && d.JobStatus == "" && d.Online &&
+			now.Sub(d.DispatchedAt) >= req.RepushAfter && !repushed[d.DeviceID] {
+			repushed[d.DeviceID] = true
+			stuck = append(stuck, d.DeviceID)
+		}
 		var dec rollout.Decision
 		if req.Rollback {
 			dec = rollout.EvaluateRollback(rollout.RollbackObservation{PrevVersion: d.PrevVersion, ReportedVersion: d.ReportedVersion,
@@ -335,6 +346,9 @@ func (a *Activities) observeOnce(ctx context.Context, req workflows.RolloutObser
 	}
 	if err := a.Configure.UpdateRolloutPhases(ctx, req.RolloutID, ups); err != nil {
 		return obs, err
+	}
+	if len(stuck) > 0 {
+		a.repush(ctx, req.RolloutID, stuck)
 	}
 	counts, err := a.Configure.RolloutCounts(ctx, req.RolloutID)
 	if err != nil {
@@ -398,4 +412,16 @@ func (a *Activities) RolloutFinish(ctx context.Context, req workflows.RolloutFin
 		res.Failures = append(res.Failures, workflows.DeviceIssue{DeviceID: d.DeviceID, Wave: d.Wave + 1, Phase: d.Phase, Reason: d.Reason})
 	}
 	return res, nil
+}
+
+// repush sends devices their whole desired document again under its current version. It is best effort: a
+// failure only leaves the device to its next reconnect or the device timeout.
+func (a *Activities) repush(ctx context.Context, rolloutID string, ids []string) {
+	docs, err := a.Configure.DesiredDocs(ctx, ids)
+	if err == nil {
+		_, err = a.push(ctx, desiredMessages(docs))
+	}
+	if err != nil && activity.IsActivity(ctx) {
+		activity.GetLogger(ctx).Warn("re-sending desired state failed", "rollout", rolloutID, "devices", len(ids), "err", err)
+	}
 }

@@ -445,6 +445,21 @@ func (f *fakeStore) StartRollback(_ context.Context, _ string, job string, limit
 	return pushes, more, nil
 }
 
+func (f *fakeStore) DesiredDocs(_ context.Context, ids []string) ([]registry.DesiredPush, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.err("DesiredDocs"); err != nil {
+		return nil, err
+	}
+	var out []registry.DesiredPush
+	for _, id := range ids {
+		if d, ok := f.devices[id]; ok {
+			out = append(out, registry.DesiredPush{DeviceID: id, Version: d.desiredVersion, Online: d.online, Patch: d.desired})
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeStore) FinishRollout(_ context.Context, id, state string, result json.RawMessage) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -1488,3 +1503,29 @@ func TestRolloutFinishFewFailuresAndErrors(t *testing.T) {
 
 var _ ConfigureStore = (*fakeStore)(nil)
 var _ Channel = (*fakeChannel)(nil)
+
+// An online device with no progress long after its dispatch gets its desired state again, once per
+// observation activity; devices with progress, offline ones and recent dispatches do not.
+func TestRolloutObserveRepushesStuckDevices(t *testing.T) {
+	f := newFakeStore()
+	long, recent := time.Now().Add(-time.Minute), time.Now()
+	f.addDevice("stuck", fakeDevice{reportedVersion: roFrom, online: true, desiredVersion: 7, desired: []byte(`{"firmware":{"version":"` + roTo + `"}}`)})
+	f.addDevice("progressing", fakeDevice{reportedVersion: roFrom, online: true, jobStatus: map[string][2]string{roID: {"downloading", ""}}})
+	f.addDevice("offline", fakeDevice{reportedVersion: roFrom})
+	f.addDevice("recent", fakeDevice{reportedVersion: roFrom, online: true})
+	f.addRow(fakeRow{deviceID: "stuck", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: long})
+	f.addRow(fakeRow{deviceID: "progressing", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: long})
+	f.addRow(fakeRow{deviceID: "offline", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: long})
+	f.addRow(fakeRow{deviceID: "recent", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: recent})
+	ch := &fakeChannel{}
+	a := &Activities{Configure: f, Channel: ch}
+	_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+		Policy: rollout.Policy{Version: roTo, DeviceTimeout: time.Hour}, MaxFailures: rollout.Threshold{Count: 10},
+		PollInterval: 10 * time.Millisecond, MaxWait: 100 * time.Millisecond, RepushAfter: 30 * time.Second})
+	require.NoError(t, err)
+	require.Greater(t, f.observeCalls, 1, "several polls in one activity")
+	require.Len(t, ch.published, 1, "one re-push, not one per poll: %+v", ch.published)
+	require.Equal(t, "stuck", ch.published[0].DeviceID)
+	require.Equal(t, int64(7), ch.published[0].Version, "the current desired version")
+	require.JSONEq(t, `{"firmware":{"version":"`+roTo+`"}}`, string(ch.published[0].Patch))
+}

@@ -222,6 +222,9 @@ type RolloutObserveRequest struct {
 	Rollback     bool              `json:"rollback,omitempty"`
 	PollInterval time.Duration     `json:"pollInterval"`
 	MaxWait      time.Duration     `json:"maxWait"`
+	// RepushAfter: an online device still without progress this long after its dispatch gets its desired
+	// state again (0 = never).
+	RepushAfter time.Duration `json:"repushAfter,omitempty"`
 }
 
 // RolloutObservation is the state of a rollout's devices after an observation.

@@ -19,6 +19,9 @@ const (
 	DefaultRolloutPoll         = time.Second
 	DefaultObserveFor          = 30 * time.Second
 	DefaultContinueAfterEvents = 10000
+	// repushAfter is how long an online device may show no progress after its dispatch before the
+	// observation sends its desired state again.
+	repushAfter = 20 * time.Second
 )
 
 // Rollout progress states.
@@ -205,7 +208,7 @@ func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObser
 	})
 	req := RolloutObserveRequest{RolloutID: r.in.RolloutID, JobID: job, Wave: r.st.Wave, Rollback: rollback,
 		Policy:      rollout.Policy{Version: r.in.Firmware.Version, Bake: r.in.Bake, DeviceTimeout: r.in.DeviceTimeout},
-		MaxFailures: r.in.MaxFailures, PollInterval: r.in.PollInterval, MaxWait: r.in.ObserveFor}
+		MaxFailures: r.in.MaxFailures, PollInterval: r.in.PollInterval, MaxWait: r.in.ObserveFor, RepushAfter: repushAfter}
 	var obs RolloutObservation
 	err := workflow.ExecuteActivity(octx, ActRolloutObserve, req).Get(ctx, &obs)
 	var canceled *temporal.CanceledError

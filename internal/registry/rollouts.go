@@ -325,6 +325,24 @@ type RolloutObservation struct {
 	LastSeen        time.Time
 }
 
+// DesiredDocs returns the current desired document and version of each device (for re-sending the desired
+// state to devices that seem to have missed a push). Unknown devices are left out.
+func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush, error) {
+	rows, err := r.pool.Query(ctx, "SELECT id, desired_version, online, desired FROM devices WHERE id = ANY($1) ORDER BY id", ids)
+	if err != nil {
+		return nil, fmt.Errorf("load desired state: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DesiredPush, error) {
+		var p DesiredPush
+		err := row.Scan(&p.DeviceID, &p.Version, &p.Online, &p.Patch)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load desired state: %w", err)
+	}
+	return out, nil
+}
+
 // ObserveRollout returns the devices of a rollout in the given phases with their latest job status (for
 // job) and what they report.
 func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phases []string) ([]RolloutObservation, error) {
