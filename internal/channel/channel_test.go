@@ -96,33 +96,11 @@ func ids(prefix string, n int) []string {
 	return out
 }
 
-// recorder collects desired updates.
-type recorder struct {
-	mu      sync.Mutex
-	updates []device.DesiredUpdate
-}
-
-func (r *recorder) handle(u device.DesiredUpdate) {
-	r.mu.Lock()
-	r.updates = append(r.updates, u)
-	r.mu.Unlock()
-}
-
-func (r *recorder) versions() []int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []int64
-	for _, u := range r.updates {
-		out = append(out, u.Version)
-	}
-	return out
-}
-
 func TestPublishDesiredReachesDevicesInVersionOrder(t *testing.T) {
 	_, url := startGateway(t, "dev-1", "dev-2")
-	var rec1, rec2 recorder
-	d1 := newDevice(t, url, "dev-1", rec1.handle)
-	d2 := newDevice(t, url, "dev-2", rec2.handle)
+	var rec1, rec2 gatewaytest.DesiredRecorder
+	d1 := newDevice(t, url, "dev-1", rec1.Handle)
+	d2 := newDevice(t, url, "dev-2", rec2.Handle)
 	c := dial(t, url)
 
 	n, err := c.PublishDesired(context.Background(), []channel.DesiredMessage{
@@ -142,8 +120,8 @@ func TestPublishDesiredReachesDevicesInVersionOrder(t *testing.T) {
 	doc, _ = d2.Desired()
 	assert.JSONEq(t, `{"led":"on"}`, string(doc))
 	// Version 0 is the (empty) document of the twin/get at connect; the patches follow in order.
-	assert.Equal(t, []int64{0, 1, 2, 3}, rec1.versions())
-	assert.Equal(t, []int64{0, 7}, rec2.versions())
+	assert.Equal(t, []int64{0, 1, 2, 3}, rec1.Versions())
+	assert.Equal(t, []int64{0, 7}, rec2.Versions())
 	assert.Equal(t, int64(5), c.Stats().DesiredAcked)
 }
 

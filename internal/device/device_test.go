@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,42 +45,20 @@ func connect(t *testing.T, d *device.Device) {
 	require.NoError(t, d.Connect(ctx))
 }
 
-// recorder collects desired updates.
-type recorder struct {
-	mu      sync.Mutex
-	updates []device.DesiredUpdate
-}
-
-func (r *recorder) handle(u device.DesiredUpdate) {
-	r.mu.Lock()
-	r.updates = append(r.updates, u)
-	r.mu.Unlock()
-}
-
-func (r *recorder) versions() []int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []int64
-	for _, u := range r.updates {
-		out = append(out, u.Version)
-	}
-	return out
-}
-
 func TestDesiredPatchesApplyInVersionOrder(t *testing.T) {
 	store, _, url := setup(t, "dev-1")
 	_, err := store.SetDesired("dev-1", json.RawMessage(`{"interval":60}`))
 	require.NoError(t, err)
 	d := newDevice(t, url, "dev-1")
-	var rec recorder
-	d.OnDesired(rec.handle)
+	var rec gatewaytest.DesiredRecorder
+	d.OnDesired(rec.Handle)
 	connect(t, d)
 
 	doc, v := d.Desired()
 	assert.JSONEq(t, `{"interval":60}`, string(doc))
 	assert.Equal(t, int64(1), v)
-	require.Equal(t, []int64{1}, rec.versions())
-	assert.True(t, rec.updates[0].Full)
+	require.Equal(t, []int64{1}, rec.Versions())
+	assert.True(t, rec.Updates()[0].Full)
 
 	svc := gatewaytest.Service(t, url, "svc:test")
 	pub := func(version, patch string) {
@@ -94,12 +71,10 @@ func TestDesiredPatchesApplyInVersionOrder(t *testing.T) {
 	require.Eventually(t, func() bool { _, v := d.Desired(); return v == 6 }, 2*time.Second, 5*time.Millisecond)
 	doc, _ = d.Desired()
 	assert.JSONEq(t, `{"mode":"eco","x":1}`, string(doc))
-	assert.Equal(t, []int64{1, 5, 6}, rec.versions())
-	rec.mu.Lock()
-	assert.False(t, rec.updates[1].Full)
-	assert.JSONEq(t, `{"mode":"eco","$version":5}`, string(rec.updates[1].Patch))
-	assert.JSONEq(t, `{"interval":60,"mode":"eco"}`, string(rec.updates[1].Desired))
-	rec.mu.Unlock()
+	assert.Equal(t, []int64{1, 5, 6}, rec.Versions())
+	assert.False(t, rec.Updates()[1].Full)
+	assert.JSONEq(t, `{"mode":"eco","$version":5}`, string(rec.Updates()[1].Patch))
+	assert.JSONEq(t, `{"interval":60,"mode":"eco"}`, string(rec.Updates()[1].Desired))
 }
 
 func TestReconnectResyncsTwin(t *testing.T) {
@@ -280,15 +255,13 @@ func TestFullUpdateCarriesReported(t *testing.T) {
 
 	// A restarted device learns what it reported before from its first twin/get.
 	d := newDevice(t, url, "dev-1")
-	var rec recorder
-	d.OnDesired(rec.handle)
+	var rec gatewaytest.DesiredRecorder
+	d.OnDesired(rec.Handle)
 	rep, _ := d.Reported()
 	assert.Nil(t, rep)
 	connect(t, d)
-	rec.mu.Lock()
-	require.Len(t, rec.updates, 1)
-	u := rec.updates[0]
-	rec.mu.Unlock()
+	require.Len(t, rec.Updates(), 1)
+	u := rec.Updates()[0]
 	assert.True(t, u.Full)
 	assert.JSONEq(t, `{"firmware":{"version":"2.0.0"}}`, string(u.Reported))
 	assert.Equal(t, int64(1), u.ReportedVersion)
@@ -299,8 +272,6 @@ func TestFullUpdateCarriesReported(t *testing.T) {
 	// Patches do not carry it.
 	svc := gatewaytest.Service(t, url, "svc:test")
 	require.NoError(t, svc.Pub(t, "devices/dev-1/twin/desired/2", 1, `{"x":1}`))
-	require.Eventually(t, func() bool { return len(rec.versions()) == 2 }, 2*time.Second, 5*time.Millisecond)
-	rec.mu.Lock()
-	assert.Nil(t, rec.updates[1].Reported)
-	rec.mu.Unlock()
+	require.Eventually(t, func() bool { return len(rec.Versions()) == 2 }, 2*time.Second, 5*time.Millisecond)
+	assert.Nil(t, rec.Updates()[1].Reported)
 }
