@@ -1,0 +1,82 @@
+package fleet
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// DeviceStatus is a device's administrative state. Only active devices may connect.
+type DeviceStatus string
+
+// Device statuses.
+const (
+	StatusActive   DeviceStatus = "active"
+	StatusDisabled DeviceStatus = "disabled"
+	StatusRetired  DeviceStatus = "retired"
+)
+
+// Errors every store reports the same way, so callers classify them with errors.Is whatever the adapter.
+var (
+	// ErrNotFound: the device does not exist.
+	ErrNotFound = errors.New("device not found")
+	// ErrNotActive: a write on behalf of a device that is disabled or retired.
+	ErrNotActive = errors.New("device is not active")
+	// ErrPreconditionFailed: an etag or version check failed.
+	ErrPreconditionFailed = errors.New("precondition failed")
+)
+
+// DeviceAuth is what a gateway needs to authenticate a CONNECT.
+type DeviceAuth struct {
+	ID          string
+	Status      DeviceStatus
+	Secret1Hash []byte
+	Secret2Hash []byte
+}
+
+// ReportedPatch is one device's reported-properties merge patch as received from the device.
+type ReportedPatch struct {
+	DeviceID  string
+	RequestID string
+	Patch     json.RawMessage
+}
+
+// ReportedResult is the outcome of one ReportedPatch: the new reported version, or why it was refused
+// (ErrNotFound, ErrNotActive, a twin limit or invalid JSON).
+type ReportedResult struct {
+	DeviceID  string
+	RequestID string
+	Version   int64
+	Err       error
+}
+
+// ConnKind is the kind of a connection event.
+type ConnKind int
+
+// Connection event kinds.
+const (
+	// ConnUp: the device connected with session number Session.
+	ConnUp ConnKind = iota
+	// ConnDown: the device's session Session ended; ignored if a newer session has connected since.
+	ConnDown
+	// ConnSeen: the device was active (a message arrived); only last-seen moves.
+	ConnSeen
+)
+
+// ConnEvent is a connection-state change, recorded by gateways in batches.
+type ConnEvent struct {
+	DeviceID string
+	Kind     ConnKind
+	Session  int64
+	At       time.Time
+}
+
+// JobStatus is one progress message a device sent about a job (a firmware update, say).
+type JobStatus struct {
+	DeviceID string
+	JobID    string
+	Status   string // one of the device protocol's job statuses
+	Reason   string // why it failed, free text, may be empty
+	Progress int    // percent 0..100, 0 when not given
+	At       time.Time
+}
