@@ -171,7 +171,7 @@ func (g *Gateway) recheckDevice(id string, attempt int) {
 			}
 			reason := "device not found"
 			if !gone {
-				reason = "device " + a.Status + " or credentials changed"
+				reason = "device " + string(a.Status) + " or credentials changed"
 			}
 			g.kick(s, reason)
 		}

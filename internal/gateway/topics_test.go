@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
@@ -128,7 +129,7 @@ func TestAuthCacheInvalidationDuringLookup(t *testing.T) {
 			<-release
 			return registry.DeviceAuth{ID: id, Status: registry.StatusActive}, nil // stale by now
 		}
-		return registry.DeviceAuth{ID: id, Status: status.Load().(string)}, nil
+		return registry.DeviceAuth{ID: id, Status: fleet.DeviceStatus(status.Load().(string))}, nil
 	}
 	c := newAuthCache(load, 10, 4, 5*time.Second)
 	done := make(chan registry.DeviceAuth)

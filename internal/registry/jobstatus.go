@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"slices"
 	"time"
 )
@@ -18,15 +19,8 @@ const (
 	JobStatusFailed      = "failed"
 )
 
-// JobStatus is one progress message a device sent on devices/{id}/jobs/{jobId}/status.
-type JobStatus struct {
-	DeviceID string
-	JobID    string
-	Status   string // downloading|installing|rebooting|succeeded|failed (see ValidJobStatus)
-	Reason   string // why it failed, free text, may be empty
-	Progress int    // percent 0..100, 0 when not given
-	At       time.Time
-}
+// JobStatus is one progress message a device sent on devices/{id}/jobs/{jobId}/status (the domain's type).
+type JobStatus = fleet.JobStatus
 
 // ValidJobStatus reports whether s is one of the job statuses of the device contract.
 func ValidJobStatus(s string) bool {

@@ -1,9 +1,9 @@
 package registry
 
 import (
-	"encoding/json"
-	"errors"
 	"time"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // Device statuses. Only active devices may connect.
@@ -18,10 +18,10 @@ const (
 const NotifyChannel = "fleetflow_device"
 
 // ErrNotFound is returned (wrapped) when a device does not exist.
-var ErrNotFound = errors.New("device not found")
+var ErrNotFound = fleet.ErrNotFound
 
 // ErrPreconditionFailed is returned (wrapped) when an etag or version check fails.
-var ErrPreconditionFailed = errors.New("precondition failed")
+var ErrPreconditionFailed = fleet.ErrPreconditionFailed
 
 // Device is a registry row without its twin documents.
 type Device struct {
@@ -41,50 +41,27 @@ type Device struct {
 	ReplacedBy  string     `json:"replacedBy,omitempty"` // the device that took over from this one
 }
 
-// DeviceAuth is what the gateway needs to authenticate a CONNECT.
-type DeviceAuth struct {
-	ID          string
-	Status      string
-	Secret1Hash []byte
-	Secret2Hash []byte
-}
+// DeviceAuth is what the gateway needs to authenticate a CONNECT (the domain's type).
+type DeviceAuth = fleet.DeviceAuth
 
-// ReportedPatch is one device's reported-properties merge patch as received over MQTT.
-type ReportedPatch struct {
-	DeviceID  string
-	RequestID string
-	Patch     json.RawMessage
-}
+// ReportedPatch is one device's reported-properties merge patch as received over MQTT (the domain's type).
+type ReportedPatch = fleet.ReportedPatch
 
-// ReportedResult is the outcome of one ReportedPatch: the new reported version, or why it was refused
-// (ErrNotFound, a *twin.LimitError, twin.ErrInvalidJSON, or a device that is not active).
-type ReportedResult struct {
-	DeviceID  string
-	RequestID string
-	Version   int64
-	Err       error
-}
+// ReportedResult is the outcome of one ReportedPatch (the domain's type).
+type ReportedResult = fleet.ReportedResult
 
-// ConnKind is the kind of a connection event.
-type ConnKind int
+// ConnKind is the kind of a connection event (the domain's type).
+type ConnKind = fleet.ConnKind
 
-// Connection event kinds.
+// Connection event kinds (the domain's).
 const (
-	// ConnUp: the device connected with session number Session.
-	ConnUp ConnKind = iota
-	// ConnDown: the device's session Session ended; ignored if a newer session has connected since.
-	ConnDown
-	// ConnSeen: the device was active (a message arrived); only last_seen moves.
-	ConnSeen
+	ConnUp   = fleet.ConnUp
+	ConnDown = fleet.ConnDown
+	ConnSeen = fleet.ConnSeen
 )
 
-// ConnEvent is a connection-state change recorded by the gateway in batches.
-type ConnEvent struct {
-	DeviceID string
-	Kind     ConnKind
-	Session  int64
-	At       time.Time
-}
+// ConnEvent is a connection-state change recorded by the gateway in batches (the domain's type).
+type ConnEvent = fleet.ConnEvent
 
 // ErrNotActive is returned (wrapped) for writes on behalf of a device that is disabled or retired.
-var ErrNotActive = errors.New("device is not active")
+var ErrNotActive = fleet.ErrNotActive

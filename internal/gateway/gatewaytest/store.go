@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -73,7 +74,7 @@ func (s *Store) SetPrimary(id, secret string) {
 
 // SetStatus changes the status and notifies, as the registry does.
 func (s *Store) SetStatus(id, status string) {
-	s.update(id, func(d *device) { d.auth.Status = status })
+	s.update(id, func(d *device) { d.auth.Status = fleet.DeviceStatus(status) })
 }
 
 // Delete removes the device and notifies.
@@ -223,7 +224,7 @@ func (s *Store) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
 	}
 	return twin.Twin{
 		DeviceID: id,
-		Status:   d.auth.Status,
+		Status:   string(d.auth.Status),
 		Properties: twin.Properties{
 			Desired:  twin.VersionedDocument{Doc: append([]byte(nil), d.desired...), Version: d.desiredV},
 			Reported: twin.VersionedDocument{Doc: append([]byte(nil), d.reported...), Version: d.reportedV},
