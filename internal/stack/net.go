@@ -3,11 +3,13 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -93,13 +95,57 @@ func Reachable(addr string, timeout time.Duration) bool {
 
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on right now. Another process may take it
 // before the caller binds it; callers that can retry on "address in use" should.
+//
+// The port is chosen below the kernel's ephemeral range, where no client socket and no server that binds
+// port 0 (the Temporal dev server's internal services, for one) can take it meanwhile, and a port is never
+// handed out twice by one process: tests that pick several ports before starting anything got the same one
+// twice when each pick was a bind of port 0 that was closed at once.
 func FreePort() (int, error) {
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	lo, hi := freePortRange()
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		if freePorts.given[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		freePorts.given[port] = true
+		return port, nil
+	}
+	// Crowded below the ephemeral range: let the kernel choose.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
 	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// freePorts remembers the ports FreePort has handed out in this process.
+var freePorts = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
+
+// freePortRange is where FreePort looks: from 20000 up to the start of the ephemeral range (Linux's
+// ip_local_port_range, 32768 when it cannot be read).
+func freePortRange() (lo, hi int) {
+	lo, hi = 20000, 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	if f := strings.Fields(string(b)); len(f) == 2 {
+		if start, err := strconv.Atoi(f[0]); err == nil && start > lo+1000 {
+			hi = start
+		}
+	}
+	return lo, hi
 }
 
 // IsLoopback reports whether host names this machine only (127.0.0.0/8, ::1, localhost), the only addresses
