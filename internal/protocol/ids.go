@@ -18,8 +18,9 @@ const ReservedID = "inline"
 // it can never be a device id, which keeps the two kinds of client apart in the gateway's auth and ACL.
 const ServiceUsername = "svc:fleetflow"
 
-// ErrInvalidID marks an id (device id, request id, method name, job id) that breaks the contract's rules.
-var ErrInvalidID = errors.New("invalid id")
+// ErrInvalidID marks an id (device id, method name, job id) that breaks the contract's rules. The
+// validators' errors read "invalid device id …", "invalid method name …", "invalid job id …".
+var ErrInvalidID = errors.New("invalid")
 
 // ValidDeviceID reports whether id matches `[a-z0-9][a-z0-9._-]{0,63}` and is not ReservedID. It runs for
 // every row of a million-row manifest and every CONNECT, so it is a byte loop rather than a regexp match.
@@ -45,9 +46,9 @@ func ValidateDeviceID(id string) error {
 	case ValidDeviceID(id):
 		return nil
 	case id == ReservedID:
-		return fmt.Errorf("%w: device id %q is reserved by the gateway", ErrInvalidID, id)
+		return fmt.Errorf("%w device id %q: reserved by the gateway", ErrInvalidID, id)
 	default:
-		return fmt.Errorf("%w: device id %q must match [a-z0-9][a-z0-9._-]{0,63}", ErrInvalidID, id)
+		return fmt.Errorf("%w device id %q: must match [a-z0-9][a-z0-9._-]{0,63}", ErrInvalidID, id)
 	}
 }
 
@@ -81,7 +82,7 @@ func ValidJobID(id string) bool { return validToken(id) }
 // ValidateMethod is ValidMethod with an error that says what is wrong; it wraps ErrInvalidID.
 func ValidateMethod(name string) error {
 	if !ValidMethod(name) {
-		return fmt.Errorf("%w: method name %q must match [A-Za-z0-9._-]{1,64}", ErrInvalidID, name)
+		return fmt.Errorf("%w method name %q: must match [A-Za-z0-9._-]{1,64}", ErrInvalidID, name)
 	}
 	return nil
 }
@@ -89,7 +90,7 @@ func ValidateMethod(name string) error {
 // ValidateJobID is ValidJobID with an error that says what is wrong; it wraps ErrInvalidID.
 func ValidateJobID(id string) error {
 	if !ValidJobID(id) {
-		return fmt.Errorf("%w: job id %q must be 1-64 characters of [A-Za-z0-9._-]", ErrInvalidID, id)
+		return fmt.Errorf("%w job id %q: must be 1-64 characters of [A-Za-z0-9._-]", ErrInvalidID, id)
 	}
 	return nil
 }

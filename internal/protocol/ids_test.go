@@ -23,8 +23,11 @@ func TestDeviceIDs(t *testing.T) {
 			t.Errorf("ValidateDeviceID(%q) = %v", id, err)
 		}
 	}
-	if err := protocol.ValidateDeviceID("inline"); err == nil || !strings.Contains(err.Error(), "reserved") {
+	if err := protocol.ValidateDeviceID("inline"); err == nil || err.Error() != `invalid device id "inline": reserved by the gateway` {
 		t.Errorf("the reserved id is not called reserved: %v", err)
+	}
+	if err := protocol.ValidateDeviceID("D1"); err == nil || err.Error() != `invalid device id "D1": must match [a-z0-9][a-z0-9._-]{0,63}` {
+		t.Errorf("ValidateDeviceID(D1) = %v", err)
 	}
 }
 
