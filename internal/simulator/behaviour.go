@@ -8,21 +8,11 @@ import (
 	"maps"
 	"reflect"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/twin"
-)
-
-// Job statuses of the device contract (DESIGN §4); registry.ValidJobStatus lists the same, but a device has
-// no business importing the registry.
-const (
-	statusDownloading = "downloading"
-	statusInstalling  = "installing"
-	statusRebooting   = "rebooting"
-	statusSucceeded   = "succeeded"
-	statusFailed      = "failed"
 )
 
 // Reasons and health the simulated failures report.
@@ -327,33 +317,33 @@ func (s *Simulator) runUpdate(ctx context.Context, sd *simDevice, d *device.Devi
 		// Nothing to install (a rollback target, or the job was done before a restart): make sure
 		// reported says so, then close the job.
 		if s.syncReported(ctx, sd, d, true) == nil {
-			s.finishJob(ctx, sd, d, fw.JobID, statusSucceeded, "", 100)
+			s.finishJob(ctx, sd, d, fw.JobID, protocol.JobSucceeded, "", 100)
 		}
 		return
 	}
 	step := s.cfg.FirmwareStepDelay
-	s.progress(ctx, d, fw.JobID, statusDownloading, 0)
+	s.progress(ctx, d, fw.JobID, protocol.JobDownloading, 0)
 	if step > 0 {
 		if !sleep(ctx, step/2) {
 			return
 		}
-		s.progress(ctx, d, fw.JobID, statusDownloading, 50)
+		s.progress(ctx, d, fw.JobID, protocol.JobDownloading, 50)
 		if !sleep(ctx, step-step/2) {
 			return
 		}
 	}
-	s.progress(ctx, d, fw.JobID, statusInstalling, 0)
+	s.progress(ctx, d, fw.JobID, protocol.JobInstalling, 0)
 	if !sleep(ctx, step) {
 		return
 	}
 	if InstallFails(s.cfg.Seed, sd.id, fw.Version, s.cfg.FailInstall[fw.Version]) {
 		log.Debug("firmware install fails (simulated)")
-		if s.finishJob(ctx, sd, d, fw.JobID, statusFailed, installFailedReason, 0) {
+		if s.finishJob(ctx, sd, d, fw.JobID, protocol.JobFailed, installFailedReason, 0) {
 			s.firmwareFailed.Add(1)
 		}
 		return
 	}
-	s.progress(ctx, d, fw.JobID, statusRebooting, 0)
+	s.progress(ctx, d, fw.JobID, protocol.JobRebooting, 0)
 	if !sleep(ctx, step) {
 		return
 	}
@@ -370,7 +360,7 @@ func (s *Simulator) runUpdate(ctx context.Context, sd *simDevice, d *device.Devi
 	if s.syncReported(ctx, sd, d, true) != nil {
 		return
 	}
-	s.finishJob(ctx, sd, d, fw.JobID, statusSucceeded, "", 100)
+	s.finishJob(ctx, sd, d, fw.JobID, protocol.JobSucceeded, "", 100)
 }
 
 // progress reports an intermediate job status, once: the next one supersedes it anyway.
@@ -459,18 +449,10 @@ func parseFirmware(v any) (firmwareSpec, bool) {
 	fw.Version, _ = m["version"].(string)
 	fw.URL, _ = m["url"].(string)
 	fw.SHA256, _ = m["sha256"].(string)
-	if fw.Version == "" || !validJobID(fw.JobID) {
+	if fw.Version == "" || !protocol.ValidJobID(fw.JobID) {
 		return firmwareSpec{}, false
 	}
 	return fw, true
-}
-
-// validJobID is the contract's rule for ids in topics (one level of [A-Za-z0-9._-], at most 64).
-func validJobID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == ""
 }
 
 // telemetryInterval reads desired.telemetryInterval (seconds) as nanoseconds; 0 when unset or unusable.

@@ -7,8 +7,8 @@
 // CONNECTs would only turn into timeouts. Telemetry is driven by one scheduler for all devices instead of a
 // timer goroutine per device, to keep a simulated device within ~64 KiB.
 //
-// The devices behave as the device contract (DESIGN §4) expects of real ones, so that jobs and rollouts can be
-// exercised end to end:
+// The devices behave as the device contract (docs/architecture.md, "The device protocol") expects of real
+// ones, so that jobs and rollouts can be exercised end to end:
 //
 //   - Desired state is acknowledged: the top-level desired keys whose values differ from what the device
 //     reported last are reported back in one patch (deleted keys as null); desired.telemetryInterval
