@@ -61,7 +61,7 @@ type MethodResult = fleet.MethodResult
 
 // Invoke calls one method and waits up to timeout (DefaultMethodTimeout when ≤ 0) for the answer. The
 // error is non-nil only when the call could not be made or waited for: invalid call, payload over
-// MaxMethodPayload, channel closed or disconnected, or ctx ended (then the result is TimedOut). Device
+// MaxMethodPayload, channel closed or disconnected, or ctx ended (then the result timed out). Device
 // answers, offline devices and timeouts are outcomes, not errors.
 func (c *Channel) Invoke(ctx context.Context, call fleet.MethodCall, timeout time.Duration) (fleet.MethodResult, error) {
 	if err := validateCall(call); err != nil {
@@ -79,10 +79,10 @@ func (c *Channel) Invoke(ctx context.Context, call fleet.MethodCall, timeout tim
 
 // InvokeMany sends all calls, in order and at most rate per second when rate > 0, waits up to timeout
 // (DefaultMethodTimeout when ≤ 0) after each call's send for its response, and returns one result per call
-// in input order. Status 2xx is Succeeded, other device statuses Failed (Status and Payload kept), the
-// gateway's 404 with code "DeviceNotOnline" Offline, no answer TimedOut. Invalid calls are Failed with
-// fleet.StatusInvalid and not sent. When ctx ends or the channel closes, calls not yet sent are Failed with
-// fleet.StatusNotSent and sent ones still unanswered are TimedOut; InvokeMany returns at once.
+// in input order (fleet.MethodOutcome): status 2xx succeeded, other device statuses failed (Status and
+// Payload kept), the gateway's offline answer (protocol.IsOffline) offline, no answer timed out. Invalid
+// calls fail with fleet.StatusInvalid and are not sent. When ctx ends or the channel closes, calls not yet
+// sent fail with fleet.StatusNotSent and sent ones still unanswered time out; InvokeMany returns at once.
 //
 // A batch costs no goroutine per call: the calls are registered under one lock, and one goroutine sends
 // them (within the channel's window, Config.MaxCallsInFlight) and waits. Measured on 2 cores with the
