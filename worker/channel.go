@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/channel"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
+
+var _ fleet.Channel = (*lazyChannel)(nil)
 
 // lazyChannel connects to the gateway on first use rather than at start-up, so that a worker started
 // before the gateway (or while it restarts) still comes up and provisions; a failed connect is retried by
@@ -37,8 +40,8 @@ func (l *lazyChannel) get(ctx context.Context) (*channel.Channel, error) {
 	return ch, nil
 }
 
-// PublishDesired pushes desired patches (activities.Channel).
-func (l *lazyChannel) PublishDesired(ctx context.Context, msgs []channel.DesiredMessage) (int, error) {
+// PublishDesired pushes desired patches (fleet.Channel).
+func (l *lazyChannel) PublishDesired(ctx context.Context, msgs []fleet.DesiredPush) (int, error) {
 	ch, err := l.get(ctx)
 	if err != nil {
 		return 0, err
@@ -46,15 +49,15 @@ func (l *lazyChannel) PublishDesired(ctx context.Context, msgs []channel.Desired
 	return ch.PublishDesired(ctx, msgs)
 }
 
-// InvokeMany calls methods (activities.Channel). Without a connection every call fails as not sent, which
+// InvokeMany calls methods (fleet.Channel). Without a connection every call fails as not sent, which
 // the activity turns into a retry.
-func (l *lazyChannel) InvokeMany(ctx context.Context, calls []channel.MethodCall, timeout time.Duration, rate float64) []channel.MethodResult {
+func (l *lazyChannel) InvokeMany(ctx context.Context, calls []fleet.MethodCall, timeout time.Duration, rate float64) []fleet.MethodResult {
 	ch, err := l.get(ctx)
 	if err != nil {
-		out := make([]channel.MethodResult, len(calls))
+		out := make([]fleet.MethodResult, len(calls))
 		for i, c := range calls {
 			body := []byte(fmt.Sprintf("%q", err.Error()))
-			out[i] = channel.MethodResult{DeviceID: c.DeviceID, Outcome: channel.Failed, Status: channel.StatusNotSent, Payload: body}
+			out[i] = fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodFailed, Status: fleet.StatusNotSent, Payload: body}
 		}
 		return out
 	}

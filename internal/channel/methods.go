@@ -7,83 +7,71 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/fleetflow/fleetflow/internal/twin"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 )
+
+// The channel's vocabulary is the domain's (internal/fleet). These names are the channel's old ones.
+//
+// A call is published on devices/{id}/methods/req/{method}/{rid}. Its payload is JSON of at most
+// MaxMethodPayload bytes; an empty payload is sent as {}, because devices decode method payloads as JSON
+// and an empty body is not valid JSON. A result's payload is the device's response body, kept as a JSON
+// string when it is not JSON, so that a result can always be marshalled (Temporal payloads are JSON);
+// calls that failed locally carry {"error": "..."}.
 
 // Outcome classifies how a method call ended.
-type Outcome string
+//
+// Deprecated: use fleet.MethodOutcome (kept while callers move).
+type Outcome = fleet.MethodOutcome
 
-// The outcomes of a method call. Failed covers both device answers that are not 2xx and calls the
-// channel refused or could not send; Status tells them apart (see MethodResult).
+// The outcomes of a method call.
+//
+// Deprecated: use fleet.MethodSucceeded, fleet.MethodFailed, fleet.MethodTimedOut and fleet.MethodOffline
+// (kept while callers move).
 const (
-	// Succeeded: the device answered with a 2xx status.
-	Succeeded Outcome = "succeeded"
-	// Failed: the device answered with another status, or the call was refused or not sent.
-	Failed Outcome = "failed"
-	// TimedOut: no answer within the timeout. The device may or may not have run the method.
-	TimedOut Outcome = "timed_out"
-	// Offline: the gateway answered for the device that it is not connected; nothing was run.
-	Offline Outcome = "offline"
+	Succeeded = fleet.MethodSucceeded
+	Failed    = fleet.MethodFailed
+	TimedOut  = fleet.MethodTimedOut
+	Offline   = fleet.MethodOffline
 )
 
-// Statuses the channel itself puts in a Failed result for a call that reached no device.
+// Statuses the channel itself puts in a failed result for a call that reached no device.
+//
+// Deprecated: use fleet.StatusInvalid and fleet.StatusNotSent (kept while callers move).
 const (
-	// StatusInvalid: the call was refused before sending (bad device id or method name, payload not
-	// JSON or over MaxMethodPayload). Retrying the same call cannot help.
-	StatusInvalid = 400
-	// StatusNotSent: the call was not sent because the channel was closed or disconnected or ctx ended.
-	// The device never saw it, so retrying is safe.
-	StatusNotSent = 503
+	StatusInvalid = fleet.StatusInvalid
+	StatusNotSent = fleet.StatusNotSent
 )
 
-// offlineCode is the code in the gateway's 404 answer for a device that is not connected.
-const offlineCode = "DeviceNotOnline"
-
-// MethodCall is one direct method invocation, published on devices/{id}/methods/req/{method}/{rid}.
-type MethodCall struct {
-	DeviceID string `json:"deviceId"`
-	// Method is one topic level of [A-Za-z0-9._-], at most 64 characters.
-	Method string `json:"method"`
-	// Payload is the request body: JSON, at most MaxMethodPayload bytes. Empty means {}, because devices
-	// decode method payloads as JSON and an empty body is not valid JSON.
-	Payload []byte `json:"payload,omitempty"`
-}
+// MethodCall is one direct method invocation.
+//
+// Deprecated: use fleet.MethodCall (kept while callers move).
+type MethodCall = fleet.MethodCall
 
 // MethodResult is how one call ended.
-type MethodResult struct {
-	DeviceID string  `json:"deviceId"`
-	Outcome  Outcome `json:"outcome"`
-	// Status is the device's status code (Succeeded, Failed), 404 for Offline, 0 for TimedOut, or
-	// StatusInvalid / StatusNotSent for calls that reached no device.
-	Status int `json:"status,omitempty"`
-	// Payload is the response body. A device body that is not JSON is kept as a JSON string, so that a
-	// result can always be marshalled (Temporal payloads are JSON); locally failed calls carry
-	// {"error": "..."}.
-	Payload json.RawMessage `json:"payload,omitempty"`
-	// Latency is the time from sending the request to receiving the response (0 when there was none).
-	Latency time.Duration `json:"latency,omitempty"`
-}
+//
+// Deprecated: use fleet.MethodResult (kept while callers move).
+type MethodResult = fleet.MethodResult
 
 // Invoke calls one method and waits up to timeout (DefaultMethodTimeout when ≤ 0) for the answer. The
 // error is non-nil only when the call could not be made or waited for: invalid call, payload over
-// MaxMethodPayload, channel closed or disconnected, or ctx ended (then the result is TimedOut). Device
+// MaxMethodPayload, channel closed or disconnected, or ctx ended (then the result timed out). Device
 // answers, offline devices and timeouts are outcomes, not errors.
-func (c *Channel) Invoke(ctx context.Context, call MethodCall, timeout time.Duration) (MethodResult, error) {
+func (c *Channel) Invoke(ctx context.Context, call fleet.MethodCall, timeout time.Duration) (fleet.MethodResult, error) {
 	if err := validateCall(call); err != nil {
-		return failedResult(call.DeviceID, StatusInvalid, err), fmt.Errorf("invoke %s on %s: %w", call.Method, call.DeviceID, err)
+		return failedResult(call.DeviceID, fleet.StatusInvalid, err), fmt.Errorf("invoke %s on %s: %w", call.Method, call.DeviceID, err)
 	}
-	res, errs := c.invoke(ctx, []MethodCall{call}, timeout, 0)
+	res, errs := c.invoke(ctx, []fleet.MethodCall{call}, timeout, 0)
 	if errs[0] != nil {
 		return res[0], fmt.Errorf("invoke %s on %s: %w", call.Method, call.DeviceID, errs[0])
 	}
-	if res[0].Outcome == TimedOut && ctx.Err() != nil {
+	if res[0].Outcome == fleet.MethodTimedOut && ctx.Err() != nil {
 		return res[0], fmt.Errorf("invoke %s on %s: %w", call.Method, call.DeviceID, ctx.Err())
 	}
 	return res[0], nil
@@ -91,16 +79,16 @@ func (c *Channel) Invoke(ctx context.Context, call MethodCall, timeout time.Dura
 
 // InvokeMany sends all calls, in order and at most rate per second when rate > 0, waits up to timeout
 // (DefaultMethodTimeout when ≤ 0) after each call's send for its response, and returns one result per call
-// in input order. Status 2xx is Succeeded, other device statuses Failed (Status and Payload kept), the
-// gateway's 404 with code "DeviceNotOnline" Offline, no answer TimedOut. Invalid calls are Failed with
-// StatusInvalid and not sent. When ctx ends or the channel closes, calls not yet sent are Failed with
-// StatusNotSent and sent ones still unanswered are TimedOut; InvokeMany returns at once.
+// in input order (fleet.MethodOutcome): status 2xx succeeded, other device statuses failed (Status and
+// Payload kept), the gateway's offline answer (protocol.IsOffline) offline, no answer timed out. Invalid
+// calls fail with fleet.StatusInvalid and are not sent. When ctx ends or the channel closes, calls not yet
+// sent fail with fleet.StatusNotSent and sent ones still unanswered time out; InvokeMany returns at once.
 //
 // A batch costs no goroutine per call: the calls are registered under one lock, and one goroutine sends
 // them (within the channel's window, Config.MaxCallsInFlight) and waits. Measured on 2 cores with the
 // gateway and the devices in the same process: 10,000 calls to 1,000 devices in ~0.8 s, 9,000 calls to
 // 9,000 devices in 0.6–1.1 s.
-func (c *Channel) InvokeMany(ctx context.Context, calls []MethodCall, timeout time.Duration, rate float64) []MethodResult {
+func (c *Channel) InvokeMany(ctx context.Context, calls []fleet.MethodCall, timeout time.Duration, rate float64) []fleet.MethodResult {
 	res, _ := c.invoke(ctx, calls, timeout, rate)
 	return res
 }
@@ -120,13 +108,13 @@ type batch struct {
 	timeout time.Duration
 
 	mu        sync.Mutex
-	results   []MethodResult
+	results   []fleet.MethodResult
 	remaining int
 	finished  bool
 	done      chan struct{} // closed when remaining reaches 0
 }
 
-func (b *batch) deliver(i int, r MethodResult) {
+func (b *batch) deliver(i int, r fleet.MethodResult) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.finished || b.results[i].Outcome != "" {
@@ -140,18 +128,18 @@ func (b *batch) deliver(i int, r MethodResult) {
 }
 
 // invoke is InvokeMany with, per call, the reason it could not be sent (for Invoke's error).
-func (c *Channel) invoke(ctx context.Context, calls []MethodCall, timeout time.Duration, rate float64) ([]MethodResult, []error) {
+func (c *Channel) invoke(ctx context.Context, calls []fleet.MethodCall, timeout time.Duration, rate float64) ([]fleet.MethodResult, []error) {
 	if timeout <= 0 {
 		timeout = DefaultMethodTimeout
 	}
-	b := &batch{timeout: timeout, results: make([]MethodResult, len(calls)), done: make(chan struct{})}
+	b := &batch{timeout: timeout, results: make([]fleet.MethodResult, len(calls)), done: make(chan struct{})}
 	errs := make([]error, len(calls))
 	entries := make([]pendingCall, len(calls))
 	rids := make([]string, len(calls))
 	payloads := make([][]byte, len(calls))
 	for i, call := range calls {
 		if err := validateCall(call); err != nil {
-			b.results[i] = failedResult(call.DeviceID, StatusInvalid, err)
+			b.results[i] = failedResult(call.DeviceID, fleet.StatusInvalid, err)
 			errs[i] = err
 			continue
 		}
@@ -189,7 +177,7 @@ func (c *Channel) invoke(ctx context.Context, calls []MethodCall, timeout time.D
 	defer sd.releaseAll()
 	notSent := func(i int, err error) {
 		errs[i] = err
-		b.deliver(i, failedResult(calls[i].DeviceID, StatusNotSent, fmt.Errorf("not sent: %w", err)))
+		b.deliver(i, failedResult(calls[i].DeviceID, fleet.StatusNotSent, fmt.Errorf("not sent: %w", err)))
 	}
 	start := time.Now()
 	var lastSent time.Time
@@ -223,7 +211,7 @@ func (c *Channel) invoke(ctx context.Context, calls []MethodCall, timeout time.D
 			notSent(i, err)
 			continue
 		}
-		topic := "devices/" + call.DeviceID + "/methods/req/" + call.Method + "/" + rids[i]
+		topic := protocol.MethodRequestTopic(call.DeviceID, call.Method, rids[i])
 		lastSent = time.Now()
 		p.sentAt.Store(lastSent.UnixNano())
 		sd.own = append(sd.own, p)
@@ -242,7 +230,7 @@ func (c *Channel) invoke(ctx context.Context, calls []MethodCall, timeout time.D
 	b.finished = true
 	for i := range b.results {
 		if b.results[i].Outcome == "" {
-			b.results[i] = MethodResult{DeviceID: calls[i].DeviceID, Outcome: TimedOut}
+			b.results[i] = fleet.MethodResult{DeviceID: calls[i].DeviceID, Outcome: fleet.MethodTimedOut}
 		}
 	}
 	b.mu.Unlock()
@@ -390,12 +378,12 @@ func (c *Channel) release(p *pendingCall) {
 
 var emptyPayload = []byte("{}")
 
-func validateCall(call MethodCall) error {
-	if err := twin.ValidateID(call.DeviceID); err != nil {
+func validateCall(call fleet.MethodCall) error {
+	if err := protocol.ValidateDeviceID(call.DeviceID); err != nil {
 		return err
 	}
-	if !validMethod(call.Method) {
-		return fmt.Errorf("invalid method name %q: must match [A-Za-z0-9._-]{1,64}", call.Method)
+	if err := protocol.ValidateMethod(call.Method); err != nil {
+		return err
 	}
 	if len(call.Payload) > MaxMethodPayload {
 		return fmt.Errorf("payload of %d bytes exceeds the %d-byte limit", len(call.Payload), MaxMethodPayload)
@@ -406,42 +394,21 @@ func validateCall(call MethodCall) error {
 	return nil
 }
 
-// validMethod accepts what fits one topic level and is safe to publish: '/', '+' and '#' would change
-// the topic (or make the broker drop the connection).
-func validMethod(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		ch := s[i]
-		switch {
-		case ch >= 'a' && ch <= 'z', ch >= 'A' && ch <= 'Z', ch >= '0' && ch <= '9', ch == '.', ch == '_', ch == '-':
-		default:
-			return false
-		}
-	}
-	return true
+func failedResult(id string, status int, err error) fleet.MethodResult {
+	return fleet.MethodResult{DeviceID: id, Outcome: fleet.MethodFailed, Status: status, Payload: errorBody(err.Error())}
 }
 
-func failedResult(id string, status int, err error) MethodResult {
-	return MethodResult{DeviceID: id, Outcome: Failed, Status: status, Payload: errorBody(err.Error())}
-}
-
-func errorBody(msg string) json.RawMessage {
-	b, _ := json.Marshal(struct {
-		Error string `json:"error"`
-	}{msg})
-	return b
-}
+func errorBody(msg string) json.RawMessage { return protocol.ErrorPayload(msg) }
 
 // onMessage runs on paho's goroutines for every method response on the broker. It must not block: it
 // parses the topic, claims the waiting call by request id and hands over the result.
 func (c *Channel) onMessage(_ paho.Client, m paho.Message) {
 	now := time.Now()
-	id, status, rid, ok := parseResponseTopic(m.Topic())
-	if !ok {
+	t, err := protocol.Parse(m.Topic())
+	if err != nil || t.Kind != protocol.KindMethodResponse {
 		return
 	}
+	id, status, rid := t.Device, t.Status, t.RequestID
 	c.mu.Lock()
 	p := c.pending[rid]
 	if p != nil && p.deviceID == id {
@@ -470,24 +437,17 @@ func (c *Channel) onMessage(_ paho.Client, m paho.Message) {
 }
 
 // classify turns a response into a result.
-func classify(id string, status int, body []byte, latency time.Duration) MethodResult {
-	r := MethodResult{DeviceID: id, Status: status, Payload: rawJSON(body), Latency: latency}
+func classify(id string, status int, body []byte, latency time.Duration) fleet.MethodResult {
+	r := fleet.MethodResult{DeviceID: id, Status: status, Payload: rawJSON(body), Latency: latency}
 	switch {
 	case status >= 200 && status < 300:
-		r.Outcome = Succeeded
-	case status == 404 && isOffline(body):
-		r.Outcome = Offline
+		r.Outcome = fleet.MethodSucceeded
+	case protocol.IsOffline(status, body):
+		r.Outcome = fleet.MethodOffline
 	default:
-		r.Outcome = Failed
+		r.Outcome = fleet.MethodFailed
 	}
 	return r
-}
-
-func isOffline(body []byte) bool {
-	var e struct {
-		Code string `json:"code"`
-	}
-	return json.Unmarshal(body, &e) == nil && e.Code == offlineCode
 }
 
 // rawJSON copies body (paho reuses nothing, but the result outlives the message) and keeps it valid JSON.
@@ -500,29 +460,4 @@ func rawJSON(body []byte) json.RawMessage {
 	}
 	b, _ := json.Marshal(string(body))
 	return b
-}
-
-// parseResponseTopic parses devices/{id}/methods/res/{status}/{rid}.
-func parseResponseTopic(topic string) (id string, status int, rid string, ok bool) {
-	rest, found := strings.CutPrefix(topic, "devices/")
-	if !found {
-		return "", 0, "", false
-	}
-	id, rest, found = strings.Cut(rest, "/")
-	if !found || id == "" {
-		return "", 0, "", false
-	}
-	rest, found = strings.CutPrefix(rest, "methods/res/")
-	if !found {
-		return "", 0, "", false
-	}
-	st, rid, found := strings.Cut(rest, "/")
-	if !found || rid == "" || strings.Contains(rid, "/") {
-		return "", 0, "", false
-	}
-	status, err := strconv.Atoi(st)
-	if err != nil || status < 100 || status > 599 {
-		return "", 0, "", false
-	}
-	return id, status, rid, true
 }

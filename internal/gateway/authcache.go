@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // errAuthChurn is returned when a device's record kept changing while it was being looked up; failing closed
@@ -19,7 +19,7 @@ var errAuthChurn = errors.New("device record changed during lookup")
 // Postgres query per CONNECT. Entries are dropped when the registry announces a change; lookups in flight
 // when a change arrives are discarded and repeated, so a stale record is never cached or used.
 type authCache struct {
-	load    func(ctx context.Context, id string) (registry.DeviceAuth, error)
+	load    func(ctx context.Context, id string) (fleet.DeviceAuth, error)
 	sem     chan struct{} // bounds concurrent registry lookups
 	timeout time.Duration
 	cap     int
@@ -27,32 +27,32 @@ type authCache struct {
 	hits    atomic.Int64 // CONNECTs answered from the cache
 
 	mu       sync.Mutex
-	entries  map[string]registry.DeviceAuth
+	entries  map[string]fleet.DeviceAuth
 	inflight map[string]*authCall
 }
 
 // authCall is one registry lookup shared by every CONNECT for the same id that arrives while it runs.
 type authCall struct {
 	done        chan struct{}
-	auth        registry.DeviceAuth
+	auth        fleet.DeviceAuth
 	err         error
 	invalidated bool // guarded by authCache.mu
 }
 
-func newAuthCache(load func(context.Context, string) (registry.DeviceAuth, error), capacity, concurrency int, timeout time.Duration) *authCache {
+func newAuthCache(load func(context.Context, string) (fleet.DeviceAuth, error), capacity, concurrency int, timeout time.Duration) *authCache {
 	return &authCache{
 		load:     load,
 		sem:      make(chan struct{}, concurrency),
 		timeout:  timeout,
 		cap:      capacity,
-		entries:  make(map[string]registry.DeviceAuth),
+		entries:  make(map[string]fleet.DeviceAuth),
 		inflight: make(map[string]*authCall),
 	}
 }
 
 // get returns the device's record, from the cache when possible. cached says whether no registry query was
 // needed.
-func (c *authCache) get(id string) (a registry.DeviceAuth, cached bool, err error) {
+func (c *authCache) get(id string) (a fleet.DeviceAuth, cached bool, err error) {
 	deadline := time.NewTimer(c.timeout)
 	defer deadline.Stop()
 	for attempt := 0; attempt < 3; attempt++ {
@@ -77,10 +77,10 @@ func (c *authCache) get(id string) (a registry.DeviceAuth, cached bool, err erro
 		select {
 		case <-call.done:
 		case <-deadline.C:
-			return registry.DeviceAuth{}, false, fmt.Errorf("look up device %s: timed out after %s", id, c.timeout)
+			return fleet.DeviceAuth{}, false, fmt.Errorf("look up device %s: timed out after %s", id, c.timeout)
 		}
 		if call.err != nil {
-			return registry.DeviceAuth{}, false, call.err
+			return fleet.DeviceAuth{}, false, call.err
 		}
 		c.mu.Lock()
 		stale := call.invalidated
@@ -89,7 +89,7 @@ func (c *authCache) get(id string) (a registry.DeviceAuth, cached bool, err erro
 			return call.auth, false, nil
 		}
 	}
-	return registry.DeviceAuth{}, false, fmt.Errorf("look up device %s: %w", id, errAuthChurn)
+	return fleet.DeviceAuth{}, false, fmt.Errorf("look up device %s: %w", id, errAuthChurn)
 }
 
 func (c *authCache) fill(id string, call *authCall) {
@@ -110,7 +110,7 @@ func (c *authCache) fill(id string, call *authCall) {
 	}
 	// Only active devices are cached: a refused device must be able to connect the moment it is
 	// (re)provisioned or enabled, without waiting for an entry to expire.
-	if err == nil && !call.invalidated && a.Status == registry.StatusActive {
+	if err == nil && !call.invalidated && a.Status == fleet.StatusActive {
 		if len(c.entries) >= c.cap {
 			for k := range c.entries { // evict an arbitrary entry; a miss only costs one query
 				delete(c.entries, k)

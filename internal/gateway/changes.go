@@ -6,7 +6,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
 // listenLoop follows the registry's change notifications for as long as the gateway runs, re-subscribing
@@ -71,7 +72,7 @@ func (g *Gateway) hasRetainedState(id string) bool {
 	if g.server == nil {
 		return false
 	}
-	_, ok := g.server.Topics.Retained.Get(stateTopic(id))
+	_, ok := g.server.Topics.Retained.Get(protocol.StateTopic(id))
 	return ok
 }
 
@@ -147,7 +148,7 @@ func (g *Gateway) recheckDevice(id string, attempt int) {
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.AuthTimeout)
 	a, err := g.store.DeviceAuth(ctx, id)
 	cancel()
-	gone := errors.Is(err, registry.ErrNotFound)
+	gone := errors.Is(err, fleet.ErrNotFound)
 	if err != nil && !gone {
 		if g.ctx.Err() != nil {
 			return
@@ -163,7 +164,7 @@ func (g *Gateway) recheckDevice(id string, attempt int) {
 		}
 		return
 	}
-	purge := gone || a.Status == registry.StatusRetired
+	purge := gone || a.Status == fleet.StatusRetired
 	if s := g.sessions.get(id); s != nil {
 		if gone || !sessionValid(s, a) {
 			if purge {
@@ -179,7 +180,7 @@ func (g *Gateway) recheckDevice(id string, attempt int) {
 	}
 	if purge && g.hasRetainedState(id) {
 		// A retired device's last state would otherwise stay retained forever.
-		if err := g.server.Publish(stateTopic(id), nil, true, 1); err != nil {
+		if err := g.server.Publish(protocol.StateTopic(id), nil, true, 1); err != nil {
 			g.log.Warn("clearing retained state failed", "device", id, "err", err)
 		}
 	}

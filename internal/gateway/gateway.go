@@ -6,9 +6,9 @@
 // It therefore caches the credentials of active devices in memory, drops them on the registry's change
 // notifications (LISTEN fleetflow_device) and re-checks any live session of a changed device, and writes
 // everything it learns (connections, last-seen, reported properties, job progress) to the registry in batches
-// rather than one transaction per message (DESIGN §1, §4, §7).
+// rather than one transaction per message (docs/architecture.md, "The device protocol").
 //
-// Method requests are online-only (DESIGN §4): when a service calls a method of a device that has no session
+// Method requests are online-only (docs/architecture.md, "The device protocol"): when a service calls a method of a device that has no session
 // on this gateway, the gateway answers 404 DeviceNotOnline at once, so the caller fails fast instead of
 // waiting for its timeout.
 //
@@ -31,25 +31,31 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/metrics"
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
+// ServiceUsername is the MQTT username of fleetflow's own services (workers, CLI); see
+// protocol.ServiceUsername, of which it is a copy kept for the gateway's callers.
+const ServiceUsername = protocol.ServiceUsername
+
 // Store is what the gateway needs from the registry. It is declared here, on the consumer side, so that tests
-// run the real broker against an in-memory fake; *registry.Registry implements it.
+// run the real broker against an in-memory fake; *registry.Registry implements it. Its types are the
+// domain's (internal/fleet), so the gateway does not link the registry's Postgres adapter.
 type Store interface {
-	// DeviceAuth returns the device's status and credential digests; it wraps registry.ErrNotFound when
+	// DeviceAuth returns the device's status and credential digests; it wraps fleet.ErrNotFound when
 	// the device does not exist.
-	DeviceAuth(ctx context.Context, id string) (registry.DeviceAuth, error)
+	DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, error)
 	// GetTwin returns the device's twin (for twin/get).
 	GetTwin(ctx context.Context, id string) (twin.Twin, error)
 	// ApplyReported merges a batch of reported patches and returns one result per patch, in order.
-	ApplyReported(ctx context.Context, patches []registry.ReportedPatch) ([]registry.ReportedResult, error)
+	ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error)
 	// RecordConnections records a batch of connection events.
-	RecordConnections(ctx context.Context, events []registry.ConnEvent) error
+	RecordConnections(ctx context.Context, events []fleet.ConnEvent) error
 	// RecordJobStatuses stores a batch of job progress messages (the latest per job and device wins).
-	RecordJobStatuses(ctx context.Context, sts []registry.JobStatus) error
+	RecordJobStatuses(ctx context.Context, sts []fleet.JobStatus) error
 	// ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until
 	// ctx ends. fn("") says notifications may have been missed (the listener reconnected): the gateway
 	// then forgets its cache and re-checks every live session.
@@ -280,7 +286,7 @@ func (g *Gateway) start(ctx context.Context) error {
 	}
 	// One inline subscription sees every message under devices/; the handler picks out what devices
 	// sent and ignores cloud-to-device traffic, so malformed device topics can be counted too.
-	if err := server.Subscribe("devices/#", 1, g.onMessage); err != nil {
+	if err := server.Subscribe(protocol.AllDevicesFilter, 1, g.onMessage); err != nil {
 		ln.Close()
 		return fmt.Errorf("gateway: inline subscribe: %w", err)
 	}

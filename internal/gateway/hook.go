@@ -10,8 +10,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
-	"github.com/fleetflow/fleetflow/internal/registry"
-	"github.com/fleetflow/fleetflow/internal/twin"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
 // hook plugs the gateway into mochi. mochi denies everything without an auth hook, so this one hook is the
@@ -57,7 +57,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if user != id {
 		return refuse("client id and username differ")
 	}
-	if err := twin.ValidateID(id); err != nil {
+	if !protocol.ValidDeviceID(id) {
 		return refuse("invalid device id")
 	}
 	if id == mqtt.InlineClientId {
@@ -67,20 +67,20 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if len(pk.Connect.Password) == 0 {
 		return refuse("no password")
 	}
-	if pk.Connect.WillFlag && !deviceMayUse(id, pk.Connect.WillTopic) {
+	if pk.Connect.WillFlag && !protocol.DeviceMayUse(id, pk.Connect.WillTopic) {
 		g.c.aclDenials.Add(1)
 		return refuse("will topic outside the device's topics", "topic", pk.Connect.WillTopic)
 	}
 	a, _, err := g.auth.get(id)
 	if err != nil {
-		if errors.Is(err, registry.ErrNotFound) {
+		if errors.Is(err, fleet.ErrNotFound) {
 			return refuse("unknown device")
 		}
 		g.c.storeErrors.Add(1)
 		g.log.Warn("connect refused: registry lookup failed", "client", id, "err", err)
 		return refuse("registry lookup failed")
 	}
-	if a.Status != registry.StatusActive {
+	if a.Status != fleet.StatusActive {
 		return refuse("device not active", "status", a.Status)
 	}
 	secret := string(pk.Connect.Password)
@@ -96,7 +96,7 @@ func (h *hook) authService(cl *mqtt.Client, pk packets.Packet) bool {
 	ok := token != "" &&
 		subtle.ConstantTimeCompare(pk.Connect.Password, []byte(token)) == 1 &&
 		// A service must not be able to take over a device's session (mochi keys sessions by client id).
-		twin.ValidateID(cl.ID) != nil
+		!protocol.ValidDeviceID(cl.ID)
 	if !ok {
 		g.c.authFailures.Add(1)
 		g.log.Debug("service connect refused", "client", cl.ID, "remote", cl.Net.Remote)
@@ -109,9 +109,9 @@ func (h *hook) authService(cl *mqtt.Client, pk packets.Packet) bool {
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	var ok bool
 	if isService(cl) {
-		ok = serviceMayUse(topic)
+		ok = protocol.ServiceMayUse(topic)
 	} else {
-		ok = deviceMayUse(cl.ID, topic)
+		ok = protocol.DeviceMayUse(cl.ID, topic)
 	}
 	if !ok {
 		h.g.c.aclDenials.Add(1)
@@ -176,7 +176,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	g.sessions.add(s)
 	g.c.connected.Add(1)
 	g.c.connects.Add(1)
-	g.events.add(registry.ConnEvent{DeviceID: s.id, Kind: registry.ConnUp, Session: s.num, At: time.Now()})
+	g.events.add(fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnUp, Session: s.num, At: time.Now()})
 	// If the record was invalidated between the auth check and now, the change notification found no
 	// session to re-check; do it here so a revocation racing the CONNECT is not lost.
 	if !g.auth.has(s.id) {
@@ -190,7 +190,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	s := g.sessions.remove(cl, expire)
 	if s != nil && !s.service {
 		g.c.connected.Add(-1)
-		g.events.add(registry.ConnEvent{DeviceID: s.id, Kind: registry.ConnDown, Session: s.num, At: time.Now()})
+		g.events.add(fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnDown, Session: s.num, At: time.Now()})
 		// mochi publishes the LWT only when the read loop failed; when the server closed the
 		// connection (kick, takeover) between two packets the loop ends cleanly and the LWT is
 		// skipped. Only a DISCONNECT from the device itself may skip it.
@@ -213,7 +213,7 @@ var testAfterDisconnect func()
 // OnPublish keeps the broker's retained store to one small message per device: only devices/{id}/state
 // may be retained by a device, so a device cannot park arbitrary data in gateway memory.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Retain && !cl.Net.Inline && !isService(cl) && pk.TopicName != stateTopic(cl.ID) {
+	if pk.FixedHeader.Retain && !cl.Net.Inline && !isService(cl) && pk.TopicName != protocol.StateTopic(cl.ID) {
 		pk.FixedHeader.Retain = false
 	}
 	return pk, nil
@@ -227,7 +227,7 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	}
 	s := h.g.sessions.forClient(cl)
 	if s == nil {
-		if will.TopicName != stateTopic(cl.ID) {
+		if will.TopicName != protocol.StateTopic(cl.ID) {
 			will.Retain = false
 		}
 		return will, nil
@@ -236,7 +236,7 @@ func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 }
 
 func (h *hook) rewriteWill(s *session, will mqtt.Will) mqtt.Will {
-	state := stateTopic(s.id)
+	state := protocol.StateTopic(s.id)
 	if s.purge.Load() {
 		will.TopicName, will.Payload, will.Retain = state, nil, true
 		return will
@@ -253,8 +253,8 @@ func (h *hook) rewriteWill(s *session, will mqtt.Will) mqtt.Will {
 }
 
 // sessionValid reports whether a live session still matches the device's current record.
-func sessionValid(s *session, a registry.DeviceAuth) bool {
-	if a.Status != registry.StatusActive {
+func sessionValid(s *session, a fleet.DeviceAuth) bool {
+	if a.Status != fleet.StatusActive {
 		return false
 	}
 	match := func(h []byte) bool {

@@ -2,21 +2,10 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"math"
 	"time"
-	"unicode/utf8"
 
-	"github.com/fleetflow/fleetflow/internal/registry"
-)
-
-// Limits of a job status message (devices/{id}/jobs/{jobId}/status). A status is a few words; the limits only
-// stop a device from filling the registry with text.
-const (
-	maxJobStatusBytes = 4 << 10
-	maxJobReasonBytes = 1 << 10
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
 // jobStatusAttempts is how often a batch of job statuses is written before it is given up: devices get no
@@ -49,61 +38,22 @@ func (g *Gateway) jobStatusLoop() {
 	runBatches(g.ctx, g.jobQ, g.cfg.ReportedBatch, g.cfg.ReportedWait, g.admitJobStatus, g.recordJobStatuses)
 }
 
-// admitJobStatus validates a message before it takes a place in a batch; malformed ones are counted and
-// dropped (the device gets no answer on this topic).
-func (g *Gateway) admitJobStatus(batch []registry.JobStatus, m jobStatusMsg) []registry.JobStatus {
-	st, err := parseJobStatus(m.payload)
+// admitJobStatus validates a message against the contract (protocol.ParseJobProgress: shape, statuses,
+// limits) before it takes a place in a batch; malformed ones are counted and dropped (the device gets no
+// answer on this topic).
+func (g *Gateway) admitJobStatus(batch []fleet.JobStatus, m jobStatusMsg) []fleet.JobStatus {
+	p, err := protocol.ParseJobProgress(m.payload)
 	if err != nil {
 		g.c.malformed.Add(1)
 		g.log.Debug("dropping malformed job status", "device", m.id, "job", m.jobID, "err", err)
 		return batch
 	}
-	st.DeviceID, st.JobID, st.At = m.id, m.jobID, m.at
-	return append(batch, st)
-}
-
-// parseJobStatus decodes {"status": …, "reason": …, "progress": …}. Only status is required; unknown fields
-// are ignored, so devices may send more than this gateway understands.
-func parseJobStatus(payload []byte) (registry.JobStatus, error) {
-	if len(payload) > maxJobStatusBytes {
-		return registry.JobStatus{}, fmt.Errorf("payload of %d bytes exceeds %d", len(payload), maxJobStatusBytes)
-	}
-	var body struct {
-		Status   *string  `json:"status"`
-		Reason   *string  `json:"reason"`
-		Progress *float64 `json:"progress"`
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &obj); err != nil || obj == nil {
-		return registry.JobStatus{}, errors.New("not a JSON object")
-	}
-	if err := json.Unmarshal(payload, &body); err != nil {
-		return registry.JobStatus{}, fmt.Errorf("decode: %w", err)
-	}
-	var st registry.JobStatus
-	if body.Status == nil || !registry.ValidJobStatus(*body.Status) {
-		return st, errors.New(`"status" must be one of downloading, installing, rebooting, succeeded, failed`)
-	}
-	st.Status = *body.Status
-	if body.Reason != nil {
-		if len(*body.Reason) > maxJobReasonBytes || !utf8.ValidString(*body.Reason) {
-			return registry.JobStatus{}, fmt.Errorf(`"reason" must be valid UTF-8 of at most %d bytes`, maxJobReasonBytes)
-		}
-		st.Reason = *body.Reason
-	}
-	if body.Progress != nil {
-		p := *body.Progress
-		if math.IsNaN(p) || p < 0 || p > 100 {
-			return registry.JobStatus{}, errors.New(`"progress" must be a percentage between 0 and 100`)
-		}
-		st.Progress = int(math.Round(p))
-	}
-	return st, nil
+	return append(batch, fleet.JobStatus{DeviceID: m.id, JobID: m.jobID, Status: p.Status, Reason: p.Reason, Progress: p.Progress, At: m.at})
 }
 
 // recordJobStatuses writes one batch, retrying a failed write a few times; the loop does not take new
 // messages meanwhile, which queue up and make the next batch larger.
-func (g *Gateway) recordJobStatuses(batch []registry.JobStatus) {
+func (g *Gateway) recordJobStatuses(batch []fleet.JobStatus) {
 	for attempt := 1; ; attempt++ {
 		// The write outlives Close's cancellation: the statuses are already acknowledged to the devices.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(g.ctx), g.cfg.StoreTimeout)

@@ -2,25 +2,25 @@ package gateway
 
 import (
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
-// offlineMethodBody is the answer to a method request for a device without a session. The code is the one
-// Azure IoT Hub uses, so callers can tell "offline" from a device's own 404 ("unknown method").
-var offlineMethodBody = []byte(`{"error":"device offline","code":"DeviceNotOnline"}`)
-
 // onCloudMessage sees messages that no device session published: the gateway's own responses and what
-// services send to devices. Method requests are online-only and QoS 0 (DESIGN §4), so a request for a device
+// services send to devices. Method requests are online-only and QoS 0 (docs/architecture.md, "The device protocol"), so a request for a device
 // that is not connected here would vanish and its caller would wait for the whole timeout; the gateway
-// answers it at once on the device's response topic instead.
+// answers it at once on the device's response topic instead, with the contract's offline answer (404,
+// DeviceNotOnline). Only requests whose device id and request id are valid are answered: they are echoed
+// in the response topic.
 func (g *Gateway) onCloudMessage(pk packets.Packet) {
-	req, ok := parseMethodRequest(pk.TopicName)
-	if !ok || g.sessions.get(req.id) != nil || !g.fromService(pk.Origin) {
+	req, err := protocol.Parse(pk.TopicName)
+	if err != nil || req.Kind != protocol.KindMethodRequest || g.sessions.get(req.Device) != nil || !g.fromService(pk.Origin) {
 		return
 	}
 	g.c.methodsOffline.Add(1)
-	topic := methodResponseTopic(req.id, 404, req.rid)
-	if err := g.server.Publish(topic, offlineMethodBody, false, 1); err != nil {
-		g.log.Debug("publishing offline method response failed", "device", req.id, "err", err)
+	topic := protocol.MethodResponseTopic(req.Device, protocol.StatusOffline, req.RequestID)
+	if err := g.server.Publish(topic, protocol.OfflinePayload(), false, 1); err != nil {
+		g.log.Debug("publishing offline method response failed", "device", req.Device, "err", err)
 	}
 }
 

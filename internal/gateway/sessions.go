@@ -8,7 +8,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // session is one live connection: a device's, or a service's (tracked only to know when its connection
@@ -129,7 +129,7 @@ func (ss *sessions) ids() []string {
 // session.seen, so a chatty device costs one event per flush, not one per message.
 type eventBuffer struct {
 	mu      sync.Mutex
-	events  []registry.ConnEvent
+	events  []fleet.ConnEvent
 	seen    []*session
 	limit   int
 	trigger chan struct{} // asks the flusher to run before its tick when limit is reached
@@ -142,7 +142,7 @@ func newEventBuffer(limit int) *eventBuffer {
 	return &eventBuffer{limit: limit, trigger: make(chan struct{}, 1)}
 }
 
-func (b *eventBuffer) add(e registry.ConnEvent) {
+func (b *eventBuffer) add(e fleet.ConnEvent) {
 	b.mu.Lock()
 	b.events = append(b.events, e)
 	n := len(b.events)
@@ -160,7 +160,7 @@ func (b *eventBuffer) markSeen(s *session) {
 	// with the first activity of the interval, which is accurate to one flush interval.
 	b.mu.Lock()
 	b.seen = append(b.seen, s)
-	b.events = append(b.events, registry.ConnEvent{DeviceID: s.id, Kind: registry.ConnSeen, Session: s.num, At: time.Now()})
+	b.events = append(b.events, fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnSeen, Session: s.num, At: time.Now()})
 	n := len(b.events)
 	b.mu.Unlock()
 	if n >= b.limit {
@@ -176,7 +176,7 @@ func (b *eventBuffer) poke() {
 }
 
 // take empties the buffer and re-arms the "seen" marks of the sessions it reported.
-func (b *eventBuffer) take() []registry.ConnEvent {
+func (b *eventBuffer) take() []fleet.ConnEvent {
 	b.mu.Lock()
 	events, seen := b.events, b.seen
 	b.events, b.seen = nil, nil
@@ -189,10 +189,10 @@ func (b *eventBuffer) take() []registry.ConnEvent {
 
 // requeue puts back the up/down events of a failed write, in front of newer ones; ConnSeen is dropped
 // because the next message sets it again.
-func (b *eventBuffer) requeue(failed []registry.ConnEvent) (dropped int) {
+func (b *eventBuffer) requeue(failed []fleet.ConnEvent) (dropped int) {
 	keep := failed[:0]
 	for _, e := range failed {
-		if e.Kind != registry.ConnSeen {
+		if e.Kind != fleet.ConnSeen {
 			keep = append(keep, e)
 		} else {
 			dropped++
@@ -245,7 +245,7 @@ func (g *Gateway) flushEvents(ctx context.Context, retry bool) {
 			g.c.storeErrors.Add(1)
 			dropped := len(events)
 			if retry {
-				dropped = g.events.requeue(append([]registry.ConnEvent(nil), events...))
+				dropped = g.events.requeue(append([]fleet.ConnEvent(nil), events...))
 			}
 			g.c.connEventsDropped.Add(int64(dropped))
 			g.log.Warn("recording connection events failed", "events", len(events), "dropped", dropped, "err", err)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
 // Section names one of the three documents of a twin.
@@ -42,7 +44,7 @@ func MaxBytes(s Section) int {
 }
 
 // reservedID is the embedded broker's own client id, so no device may have it.
-const reservedID = "inline"
+const reservedID = protocol.ReservedID
 
 // ErrInvalidID is returned for device ids outside the DESIGN §4 pattern.
 var ErrInvalidID = errors.New("invalid device id")
@@ -59,21 +61,8 @@ func ValidateID(id string) error {
 	return nil
 }
 
-func validID(id string) bool {
-	if len(id) == 0 || len(id) > 64 || id == reservedID {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case i > 0 && (c == '.' || c == '_' || c == '-'):
-		default:
-			return false
-		}
-	}
-	return true
-}
+// validID is the device protocol's rule, so that the registry, the CLI and the gateway agree on it.
+func validID(id string) bool { return protocol.ValidDeviceID(id) }
 
 // ErrInvalidJSON marks a document or patch that is not a JSON object.
 var ErrInvalidJSON = errors.New("invalid JSON")

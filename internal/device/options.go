@@ -1,0 +1,53 @@
+package device
+
+import (
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/protocol"
+)
+
+// Config describes one device.
+type Config struct {
+	BrokerURL string // e.g. tcp://127.0.0.1:1883
+	ID        string
+	Secret    string
+
+	KeepAlive            time.Duration // MQTT keepalive (default 60 s)
+	ConnectTimeout       time.Duration // one CONNECT attempt (default 10 s)
+	RequestTimeout       time.Duration // twin requests without a context deadline (default 10 s)
+	MethodTimeout        time.Duration // a method handler's deadline (default 30 s, the contract's default)
+	MaxReconnectInterval time.Duration // cap of the reconnect backoff (default 30 s)
+	QueueSize            int           // desired patches and method calls waiting for the handler (default 32)
+
+	// Dialer, if set, opens the TCP connection; a simulator uses it to spread connections over several
+	// source addresses (each address has only ~28k ephemeral ports to one destination).
+	Dialer *net.Dialer
+	// Logger gets the device's own log lines (default slog.Default()).
+	Logger *slog.Logger
+
+	// OnConnected is called after every (re)connect once the twin is synchronised (err nil) or the sync
+	// failed; OnConnectionLost when the connection drops. Both run on their own goroutine.
+	OnConnected      func(session int64, err error)
+	OnConnectionLost func(err error)
+}
+
+func (c *Config) setDefaults() {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.KeepAlive, 60*time.Second)
+	def(&c.ConnectTimeout, 10*time.Second)
+	def(&c.RequestTimeout, 10*time.Second)
+	def(&c.MethodTimeout, protocol.DefaultMethodTimeout)
+	def(&c.MaxReconnectInterval, 30*time.Second)
+	if c.QueueSize <= 0 {
+		c.QueueSize = 32
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}

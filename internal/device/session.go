@@ -1,0 +1,242 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/fleetflow/fleetflow/internal/protocol"
+)
+
+// Connect connects (once; reconnects are automatic afterwards) and returns when the first twin sync is done.
+// A refused CONNECT returns an error wrapping ErrNotAuthorized, and Connect may be called again. If the
+// CONNECT succeeds but the first twin sync fails, the device stays connected (and syncs again after its next
+// reconnect) and the error is returned; call Close to give up.
+func (d *Device) Connect(ctx context.Context) error {
+	d.mu.Lock()
+	if d.client != nil || d.closed {
+		d.mu.Unlock()
+		return errors.New("device: Connect called twice or after Close")
+	}
+	n := d.newSession()
+	opts := paho.NewClientOptions().
+		AddBroker(d.cfg.BrokerURL).
+		SetClientID(d.cfg.ID).
+		SetUsername(d.cfg.ID).
+		SetPassword(d.cfg.Secret).
+		// Explicit 3.1.1: otherwise paho retries every refused CONNECT as MQTT 3.1, doubling auth load.
+		SetProtocolVersion(4).
+		SetCleanSession(true).
+		SetAutoReconnect(true).
+		SetConnectRetry(false).
+		SetMaxReconnectInterval(d.cfg.MaxReconnectInterval).
+		SetKeepAlive(d.cfg.KeepAlive).
+		SetPingTimeout(10*time.Second).
+		SetConnectTimeout(d.cfg.ConnectTimeout).
+		SetWriteTimeout(10*time.Second).
+		// Handlers never block (they hand work to the device's queue), so paho may keep its ordered
+		// delivery, which keeps desired patches in order.
+		SetOrderMatters(true).
+		SetBinaryWill(protocol.StateTopic(d.cfg.ID), statePayload(false, n), 1, true).
+		SetDefaultPublishHandler(d.onMessage).
+		SetOnConnectHandler(d.onConnect).
+		SetConnectionLostHandler(d.onConnectionLost).
+		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
+			// Each connection gets a new session number; the LWT must carry the one its birth will.
+			o.WillPayload = statePayload(false, d.newSession())
+		})
+	opts.SetStore(&copyingStore{MemoryStore: paho.NewMemoryStore()})
+	if d.cfg.Dialer != nil {
+		opts.SetDialer(d.cfg.Dialer)
+	}
+	client := paho.NewClient(opts)
+	d.client = client
+	d.mu.Unlock()
+
+	tok := client.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		client.Disconnect(0)
+		d.mu.Lock()
+		d.client = nil
+		d.mu.Unlock()
+		return fmt.Errorf("connect %s: %w", d.cfg.ID, ctx.Err())
+	}
+	if err := tok.Error(); err != nil {
+		d.mu.Lock()
+		d.client = nil // paho clients must not be reused after a failed connect; allow another Connect
+		d.mu.Unlock()
+		if errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) {
+			return fmt.Errorf("connect %s: %w", d.cfg.ID, ErrNotAuthorized)
+		}
+		return fmt.Errorf("connect %s: %w", d.cfg.ID, err)
+	}
+	select {
+	case <-d.firstSync:
+		return d.firstErr
+	case <-ctx.Done():
+		return fmt.Errorf("connect %s: twin sync: %w", d.cfg.ID, ctx.Err())
+	}
+}
+
+// newSession picks the next session number: the time in ms, kept strictly increasing.
+func (d *Device) newSession() int64 {
+	for {
+		last := d.session.Load()
+		n := time.Now().UnixMilli()
+		if n <= last {
+			n = last + 1
+		}
+		if d.session.CompareAndSwap(last, n) {
+			return n
+		}
+	}
+}
+
+// statePayload is the birth (online) or LWT (offline) of connection number session.
+func statePayload(online bool, session int64) []byte {
+	return protocol.State{Online: online, Session: session}.Payload()
+}
+
+// onConnect runs on its own goroutine after every (re)connect: subscribe (subscriptions do not survive a
+// clean session), announce the birth, then fetch the twin, because desired patches sent while the device
+// was offline are not kept for it.
+func (d *Device) onConnect(c paho.Client) {
+	n := d.session.Load()
+	err := d.sync(c, n)
+	if err != nil && d.session.Load() == n {
+		d.log.Warn("twin sync after connect failed", "session", n, "err", err)
+	}
+	d.firstOnce.Do(func() {
+		if err != nil {
+			d.firstErr = fmt.Errorf("connect %s: %w", d.cfg.ID, err)
+		}
+		close(d.firstSync)
+	})
+	if d.cfg.OnConnected != nil {
+		d.cfg.OnConnected(n, err)
+	}
+}
+
+func (d *Device) sync(c paho.Client, session int64) error {
+	id := d.cfg.ID
+	tok := c.SubscribeMultiple(map[string]byte{
+		protocol.TwinResponseFilter(id):  1,
+		protocol.DesiredFilter(id):       1,
+		protocol.MethodRequestFilter(id): 0,
+	}, nil)
+	if err := waitToken(tok, d.cfg.RequestTimeout); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	if st, ok := tok.(*paho.SubscribeToken); ok {
+		for filter, code := range st.Result() {
+			if code == 0x80 {
+				return fmt.Errorf("subscribe %s: refused by the gateway", filter)
+			}
+		}
+	}
+	if err := waitToken(c.Publish(protocol.StateTopic(id), 1, true, statePayload(true, session)), d.cfg.RequestTimeout); err != nil {
+		return fmt.Errorf("publish birth: %w", err)
+	}
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * time.Second)
+		}
+		// A reconnect picks a new session number; this sync then belongs to a dead connection.
+		if d.session.Load() != session || !c.IsConnectionOpen() {
+			return errors.New("connection replaced during twin sync")
+		}
+		if err = d.twinGet(); err == nil {
+			return nil
+		}
+		var re *ResponseError
+		if errors.As(err, &re) && re.Status == 404 {
+			return err
+		}
+	}
+	return err
+}
+
+func (d *Device) onConnectionLost(_ paho.Client, err error) {
+	d.log.Debug("connection lost", "err", err)
+	if d.cfg.OnConnectionLost != nil {
+		d.cfg.OnConnectionLost(err)
+	}
+}
+
+// onMessage runs on paho's router goroutine and must not block or publish: responses complete a waiting
+// request; desired patches and method calls go to the device's queue.
+func (d *Device) onMessage(_ paho.Client, m paho.Message) {
+	t, err := protocol.Parse(m.Topic())
+	if err != nil || t.Device != d.cfg.ID {
+		// The device subscribes only to its own cloud-to-device topics, so this is a malformed one.
+		d.log.Warn("ignoring message on a topic outside the contract", "topic", m.Topic(), "err", err)
+		return
+	}
+	switch t.Kind {
+	case protocol.KindTwinResponse:
+		d.mu.Lock()
+		ch := d.waiters[t.RequestID]
+		d.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- response{status: t.Status, body: m.Payload()}:
+			default:
+			}
+		}
+	case protocol.KindDesired:
+		v, patch := t.Version, append([]byte(nil), m.Payload()...)
+		if !d.queue.push(func() { d.applyDesired(v, nil, patch) }) {
+			d.log.Warn("desired queue full; the next twin/get will catch up", "version", v)
+		}
+	case protocol.KindMethodRequest:
+		name, rid, payload := t.Method, t.RequestID, append([]byte(nil), m.Payload()...)
+		if !d.queue.push(func() { d.callMethod(name, rid, payload) }) {
+			d.log.Warn("method queue full; dropping call", "method", name)
+		}
+	}
+}
+
+// Close announces the device offline (a clean DISCONNECT does not fire the LWT) and disconnects.
+func (d *Device) Close() {
+	d.mu.Lock()
+	c := d.client
+	d.closed = true
+	d.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if c.IsConnectionOpen() {
+		_ = waitToken(c.Publish(protocol.StateTopic(d.cfg.ID), 1, true, statePayload(false, d.session.Load())), time.Second)
+	}
+	c.Disconnect(250)
+}
+
+func waitToken(t paho.Token, timeout time.Duration) error {
+	if !t.WaitTimeout(timeout) {
+		return fmt.Errorf("timed out after %s", timeout)
+	}
+	return t.Error()
+}
+
+// copyingStore is paho's MemoryStore holding its own copy of each outgoing PUBLISH. paho v1.5.1 sets the
+// DUP flag on stored packets when it resumes after a reconnect, while a publish made from the OnConnect
+// handler can be writing the same packet at that moment: a data race. A copy keeps the two apart.
+type copyingStore struct {
+	*paho.MemoryStore
+}
+
+// Put stores a copy of a PUBLISH (the payload is shared; nobody writes it) and other packets as they are.
+func (s *copyingStore) Put(key string, m packets.ControlPacket) {
+	if p, ok := m.(*packets.PublishPacket); ok {
+		c := *p
+		m = &c
+	}
+	s.MemoryStore.Put(key, m)
+}

@@ -1,0 +1,194 @@
+package simulator
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/device"
+)
+
+// connectAll connects every device with bounded concurrency and an optional rate.
+func (s *Simulator) connectAll(ctx context.Context) {
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range min(s.cfg.Concurrency, len(s.creds)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				s.connectOne(ctx, i)
+			}
+		}()
+	}
+	var tick <-chan time.Time
+	if s.cfg.ConnectRate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / s.cfg.ConnectRate))
+		defer t.Stop()
+		tick = t.C
+	}
+feed:
+	for i := range s.creds {
+		if tick != nil {
+			select {
+			case <-tick:
+			case <-ctx.Done():
+				break feed
+			}
+		}
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+}
+
+func (s *Simulator) connectOne(ctx context.Context, i int) {
+	c := s.creds[i]
+	sd := &simDevice{id: c.ID, started: time.Now()}
+	cfg := device.Config{
+		BrokerURL:            s.cfg.BrokerURL,
+		ID:                   c.ID,
+		Secret:               c.Secret,
+		KeepAlive:            s.cfg.KeepAlive,
+		RequestTimeout:       s.cfg.RequestTimeout,
+		MaxReconnectInterval: s.cfg.MaxReconnectInterval,
+		Logger:               s.cfg.Logger,
+		OnConnected: func(int64, error) {
+			if sd.conns.Add(1) > 1 {
+				s.reconnects.Add(1)
+			}
+		},
+	}
+	if n := len(s.cfg.LocalAddrs); n > 0 {
+		cfg.Dialer = &net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.cfg.LocalAddrs[i%n])}}
+	}
+	var err error
+	for attempt := 0; attempt < s.cfg.ConnectAttempts; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-time.After(time.Duration(500+rand.IntN(1000)) * time.Millisecond):
+			case <-ctx.Done():
+				s.failed.Add(1)
+				return
+			}
+		}
+		var d *device.Device
+		d, err = device.New(cfg)
+		if err != nil {
+			break
+		}
+		s.register(d, sd)
+		err = d.Connect(ctx)
+		if err == nil {
+			sd.dev = d
+			break
+		}
+		d.Close()
+		sd.abandonUpdate()
+		if errors.Is(err, device.ErrNotAuthorized) || ctx.Err() != nil {
+			break
+		}
+	}
+	switch {
+	case err == nil:
+	case errors.Is(err, device.ErrNotAuthorized):
+		s.refused.Add(1)
+		s.log.Debug("device refused", "device", c.ID)
+		return
+	default:
+		s.failed.Add(1)
+		s.log.Debug("device failed to connect", "device", c.ID, "err", err)
+		return
+	}
+	// Normally the first twin/get already initialised the device (in its desired handler); this covers
+	// the rare case where a newer desired patch overtook that document.
+	reported, _ := sd.dev.Reported()
+	s.initDevice(sd, reported)
+	s.mu.Lock()
+	s.devices = append(s.devices, sd)
+	s.mu.Unlock()
+
+	select {
+	case s.reportSlots <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	s.reports.Add(1)
+	go func() {
+		defer func() { <-s.reportSlots; s.reports.Done() }()
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := s.reportCapabilities(rctx, sd, sd.dev); err != nil {
+			s.reportFailed.Add(1)
+			s.log.Debug("capability report failed", "device", c.ID, "err", err)
+			return
+		}
+		s.reported.Add(1)
+	}()
+}
+
+// register installs the simulated behaviour: methods and the desired-state handler (behaviour.go).
+func (s *Simulator) register(d *device.Device, sd *simDevice) {
+	sd.current.Store(d)
+	id := d.ID()
+	caps := Capabilities(id, s.cfg.Seed)
+	d.OnMethod("ping", func(ctx context.Context, payload []byte) (any, error) {
+		s.methods.Add(1)
+		return map[string]any{"pong": true, "device": id, "time": time.Now().UTC().Format(time.RFC3339Nano)}, nil
+	})
+	d.OnMethod("diagnostics", func(ctx context.Context, payload []byte) (any, error) {
+		s.methods.Add(1)
+		version, health := sd.firmware()
+		return map[string]any{
+			"device":        id,
+			"model":         caps["model"],
+			"firmware":      map[string]any{"version": version},
+			"health":        health,
+			"uptimeSeconds": int64(time.Since(sd.started).Seconds()),
+			"connections":   sd.conns.Load(),
+			"session":       d.Session(),
+			"telemetrySent": sd.seq.Load(),
+			"goVersion":     runtime.Version(),
+		}, nil
+	})
+	d.OnMethod("reboot", func(ctx context.Context, payload []byte) (any, error) {
+		// Acknowledged only: a simulated reboot would just be a reconnect, which Kick already tests.
+		s.methods.Add(1)
+		return map[string]any{"rebooting": true}, nil
+	})
+	d.OnMethod("factoryReset", func(ctx context.Context, payload []byte) (any, error) {
+		// What a decommission with --wipe sends before the credentials are revoked; a real device would
+		// erase its data and keys here.
+		s.methods.Add(1)
+		return map[string]any{"wiped": true, "device": id}, nil
+	})
+	d.OnDesired(func(u device.DesiredUpdate) { s.onDesired(sd, d, u) })
+}
+
+// closeAll disconnects every device with bounded parallelism.
+func (s *Simulator) closeAll() {
+	s.mu.Lock()
+	devs := s.devices
+	s.devices = nil
+	s.mu.Unlock()
+	sem := make(chan struct{}, max(s.cfg.Concurrency, 64))
+	var wg sync.WaitGroup
+	for _, sd := range devs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			sd.dev.Close()
+		}()
+	}
+	wg.Wait()
+}
