@@ -24,7 +24,7 @@ func scrapeMetrics(t *testing.T, url string) map[string]float64 {
 	require.NoError(t, err)
 	defer res.Body.Close()
 	require.Equal(t, http.StatusOK, res.StatusCode)
-	require.Equal(t, metrics.ContentType, res.Header.Get("Content-Type"))
+	require.True(t, strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain"), res.Header.Get("Content-Type"))
 	body, err := io.ReadAll(res.Body)
 	require.NoError(t, err)
 	out := map[string]float64{}
@@ -48,7 +48,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	store.Add("dev-m", "s3cret")
 	reg := metrics.NewRegistry()
 	g := gatewaytest.StartGateway(t, store, gateway.Config{Metrics: reg})
-	srv, err := metrics.Serve("127.0.0.1:0", reg.Handler(), gatewaytest.Logger(t))
+	srv, err := metrics.Serve("127.0.0.1:0", metrics.Handler(reg), gatewaytest.Logger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = srv.Close() })
 
@@ -60,6 +60,8 @@ func TestMetricsEndpoint(t *testing.T) {
 		"fleetflow_gateway_malformed_messages_total", "fleetflow_gateway_throttled_total",
 		"fleetflow_gateway_job_statuses_dropped_total", "fleetflow_gateway_method_offline_replies_total",
 		`fleetflow_gateway_connects_total{kind="device"}`, `fleetflow_gateway_reported_patches_total{result="applied"}`,
+		`fleetflow_gateway_ingest_batch_duration_seconds_count{stream="reported"}`,
+		`fleetflow_gateway_ingest_batch_items_bucket{stream="job_status",le="1"}`,
 	} {
 		assert.Contains(t, before, name)
 	}
@@ -85,8 +87,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.Greater(t, after["fleetflow_gateway_messages_out_total"], 0.0, "twin responses")
 	assert.Equal(t, 1.0, after[`fleetflow_gateway_reported_patches_total{result="applied"}`])
 	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_duration_seconds_count{stream="reported"}`])
-	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_size_bucket{stream="reported",le="1"}`])
-	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_size_sum{stream="reported"}`])
+	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_items_bucket{stream="reported",le="1"}`])
+	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_items_sum{stream="reported"}`])
 	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_duration_seconds_bucket{stream="reported",le="+Inf"}`])
 
 	d.Close()
