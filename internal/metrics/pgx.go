@@ -37,7 +37,7 @@ var (
 
 // NewQueryTracer registers the tracer's metrics in r (or reuses them, when r already has them).
 func NewQueryTracer(r prometheus.Registerer) *QueryTracer {
-	return &QueryTracer{
+	t := &QueryTracer{
 		duration: Register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "fleetflow_registry_query_duration_seconds",
 			Help:    "Latency of registry (Postgres) round trips by SQL verb; batch and copy are whole pgx batches and COPYs.",
@@ -53,6 +53,12 @@ func NewQueryTracer(r prometheus.Registerer) *QueryTracer {
 			Buckets: LatencyBuckets,
 		})),
 	}
+	// The error series of the common verbs exist from the start at 0, so that an error-rate query or alert
+	// sees a rate of zero rather than no data.
+	for _, op := range []string{"select", "insert", "update", "delete", "batch", "copy"} {
+		t.errors.WithLabelValues(op)
+	}
+	return t
 }
 
 // Context keys of the trace start times; distinct because an acquire and a query overlap on one context.

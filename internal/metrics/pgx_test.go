@@ -95,6 +95,7 @@ func TestQueryTracer(t *testing.T) {
 	assert.Regexp(t, `(?m)^fleetflow_registry_pool_max_connections 16$`, out)
 	assert.Regexp(t, `(?m)^fleetflow_registry_pool_acquires_total [1-9]\d*$`, out)
 	assert.Regexp(t, `(?m)^fleetflow_registry_pool_canceled_acquires_total 0$`, out)
+	assert.Regexp(t, `(?m)^fleetflow_registry_query_errors_total\{operation="delete"\} 0$`, out, "common verbs' error series start at 0")
 
 	// A second tracer and pool on the same registry (a component restarted in one process) reuse the
 	// histograms and replace the pool's collector rather than panic.
@@ -116,7 +117,8 @@ func histogramCount(t *testing.T, r *metrics.Registry, name, label, value string
 	return m.GetHistogram().GetSampleCount()
 }
 
-// counterValue is the value of one series of a counter family in r, 0 when absent.
+// counterValue is the value of one series of a counter family in r (the first, when label is ""), 0 when
+// absent.
 func counterValue(t *testing.T, r *metrics.Registry, name, label, value string) float64 {
 	t.Helper()
 	m := findMetric(t, r, name, label, value)
@@ -135,6 +137,9 @@ func findMetric(t *testing.T, r *metrics.Registry, name, label, value string) *d
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" {
+				return m
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == label && l.GetValue() == value {
 					return m

@@ -146,7 +146,7 @@ func runSDKWorkload(t *testing.T, h client.MetricsHandler) string {
 	require.Error(t, run.Get(ctx, nil))
 
 	// A request and a long poll for a workflow that does not exist fail.
-	_, err = c.DescribeWorkflowExecution(ctx, id+"-none", "")
+	_, err = c.DescribeWorkflow(ctx, id+"-none", "")
 	require.Error(t, err)
 	require.Error(t, c.GetWorkflow(ctx, id+"-none", "").Get(ctx, nil))
 	return queue
