@@ -99,3 +99,23 @@ func TestMetricsEndpoint(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "disconnect and the connection events' write: %v", after)
 	assert.GreaterOrEqual(t, after[`fleetflow_gateway_ingest_batch_duration_seconds_count{stream="connection"}`], 1.0)
 }
+
+// TestMetricsRegistryReused starts a second gateway on the registry of a closed one, as a process that
+// restarts its gateway does: registration must not panic, the counters must be the new gateway's, and the
+// ingest histograms continue.
+func TestMetricsRegistryReused(t *testing.T) {
+	store := gatewaytest.New()
+	reg := metrics.NewRegistry()
+	first := gateway.New(gateway.Config{Metrics: reg}, store, gatewaytest.Logger(t))
+	second := gatewaytest.StartGateway(t, store, gateway.Config{Metrics: reg})
+	_, err := gatewaytest.Dial(t, gatewaytest.URL(second), "dev-x", "dev-x", "wrong")
+	require.Error(t, err)
+	srv, err := metrics.Serve("127.0.0.1:0", metrics.Handler(reg), gatewaytest.Logger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Close() })
+	got := scrapeMetrics(t, srv.URL())
+	assert.Equal(t, float64(second.Stats().AuthFailures), got["fleetflow_gateway_auth_failures_total"])
+	assert.Equal(t, 1.0, got["fleetflow_gateway_auth_failures_total"], "the started gateway's count, not the first one's zero")
+	assert.Zero(t, first.Stats().AuthFailures)
+	assert.Contains(t, got, `fleetflow_gateway_ingest_batch_duration_seconds_count{stream="connection"}`)
+}
