@@ -33,6 +33,8 @@ func TestDashboardsQueryExposedMetrics(t *testing.T) {
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, len(files), 2, "the Temporal SDK and the fleetflow dashboards")
 	used := map[string][]string{} // metric name -> where it is used
+	type query struct{ where, expr string }
+	var queries []query
 	for _, f := range files {
 		exprs := dashboardExprs(t, f)
 		require.NotEmpty(t, exprs, f)
@@ -42,6 +44,7 @@ func TestDashboardsQueryExposedMetrics(t *testing.T) {
 			for _, n := range names {
 				used[n] = append(used[n], filepath.Base(f)+": "+where)
 			}
+			queries = append(queries, query{filepath.Base(f) + ": " + where, expr})
 		}
 	}
 
@@ -96,6 +99,28 @@ func TestDashboardsQueryExposedMetrics(t *testing.T) {
 	}
 	for _, n := range missing() {
 		t.Errorf("%s is queried but exposed by neither the worker nor the gateway (used in %v)", n, used[n])
+	}
+
+	// The labels an expression matches on or groups by must be labels of its metrics (or the target
+	// labels Prometheus adds), else the panel shows one series, or none, instead of one per value.
+	labels := exposedLabels(t, worker)
+	for name, ls := range exposedLabels(t, gw) {
+		if labels[name] == nil {
+			labels[name] = map[string]bool{}
+		}
+		maps.Copy(labels[name], ls)
+	}
+	for _, q := range queries {
+		for _, l := range promqlLabelNames(q.expr) {
+			if l == "job" || l == "instance" {
+				continue
+			}
+			found := false
+			for _, n := range promqlMetricNames(q.expr) {
+				found = found || labels[n][l]
+			}
+			assert.True(t, found, "%s: label %s is on none of the metrics of %s", q.where, l, q.expr)
+		}
 	}
 	assert.Greater(t, counterValue(t, gw, "fleetflow_gateway_auth_failures_total", "", ""), 0.0, "the refused device was counted")
 	assert.Equal(t, 1.0, counterValue(t, worker, "fleetflow_registry_query_errors_total", "operation", "select"), "the failing query was counted")
@@ -192,6 +217,49 @@ func promqlMetricNames(expr string) []string {
 		}
 	}
 	return out
+}
+
+var (
+	matcherNameRe    = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)`)
+	groupingListRe   = regexp.MustCompile(`\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)`)
+	labelValuesArgRe = regexp.MustCompile(`label_values\([^,]*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)`)
+)
+
+// promqlLabelNames returns the label names an expression matches on ({name="..."}), groups or joins by
+// (by, without, on, ignoring, group_left, group_right), or, for label_values, asks for.
+func promqlLabelNames(expr string) []string {
+	var out []string
+	add := func(l string) {
+		if l != "" && !slices.Contains(out, l) {
+			out = append(out, l)
+		}
+	}
+	if m := labelValuesArgRe.FindStringSubmatch(expr); m != nil {
+		add(m[1])
+	}
+	e := stringRe.ReplaceAllString(expr, `""`)
+	for _, sel := range regexp.MustCompile(`\{[^}]*\}`).FindAllString(e, -1) {
+		for _, m := range matcherNameRe.FindAllStringSubmatch(sel, -1) {
+			add(m[1])
+		}
+	}
+	for _, m := range groupingListRe.FindAllStringSubmatch(e, -1) {
+		for l := range strings.SplitSeq(m[1], ",") {
+			add(strings.TrimSpace(l))
+		}
+	}
+	return out
+}
+
+func TestPromQLLabelNames(t *testing.T) {
+	for expr, want := range map[string][]string{
+		`sum by (operation, le) (rate(x_bucket{namespace=~"$ns", a!="b,c"}[5m]))`:        {"namespace", "a", "operation", "le"},
+		`a * on (job, instance) group_left (component) b`:                                {"job", "instance", "component"},
+		`label_values(temporal_worker_task_slots_available{namespace=~"x"}, task_queue)`: {"task_queue", "namespace"},
+		`sum(rate(y_total[1m]))`: nil,
+	} {
+		assert.Equal(t, want, promqlLabelNames(expr), expr)
+	}
 }
 
 func TestPromQLMetricNames(t *testing.T) {

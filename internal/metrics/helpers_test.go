@@ -36,19 +36,45 @@ func scrape(t *testing.T, r *metrics.Registry) string {
 // and _count.
 func exposedNames(t *testing.T, r *metrics.Registry) map[string]bool {
 	t.Helper()
+	out := map[string]bool{}
+	for name := range exposedLabels(t, r) {
+		out[name] = true
+	}
+	return out
+}
+
+// exposedLabels maps each sample name r exposes (see exposedNames) to the label names its series carry;
+// a histogram's _bucket has le besides.
+func exposedLabels(t *testing.T, r *metrics.Registry) map[string]map[string]bool {
+	t.Helper()
 	mfs, err := r.Gather()
 	require.NoError(t, err)
-	out := map[string]bool{}
+	out := map[string]map[string]bool{}
+	add := func(name string, m *dto.Metric, extra ...string) {
+		if out[name] == nil {
+			out[name] = map[string]bool{}
+		}
+		for _, l := range m.GetLabel() {
+			out[name][l.GetName()] = true
+		}
+		for _, l := range extra {
+			out[name][l] = true
+		}
+	}
 	for _, mf := range mfs {
-		switch mf.GetType() {
-		case dto.MetricType_HISTOGRAM:
-			for _, s := range []string{"_bucket", "_sum", "_count"} {
-				out[mf.GetName()+s] = true
+		for _, m := range mf.GetMetric() {
+			switch mf.GetType() {
+			case dto.MetricType_HISTOGRAM:
+				add(mf.GetName()+"_bucket", m, "le")
+				add(mf.GetName()+"_sum", m)
+				add(mf.GetName()+"_count", m)
+			case dto.MetricType_SUMMARY:
+				add(mf.GetName(), m, "quantile")
+				add(mf.GetName()+"_sum", m)
+				add(mf.GetName()+"_count", m)
+			default:
+				add(mf.GetName(), m)
 			}
-		case dto.MetricType_SUMMARY:
-			out[mf.GetName()], out[mf.GetName()+"_sum"], out[mf.GetName()+"_count"] = true, true, true
-		default:
-			out[mf.GetName()] = true
 		}
 	}
 	return out
