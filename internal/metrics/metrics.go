@@ -11,6 +11,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"runtime"
 	"runtime/debug"
@@ -107,10 +108,14 @@ func Replace(r prometheus.Registerer, c prometheus.Collector) {
 }
 
 // Handler serves r in the Prometheus exposition format that the scraper negotiates (text or protobuf,
-// gzip-compressed when accepted). Only GET and HEAD are served: a scrape never changes anything, and a
-// POST is a misconfigured client.
+// gzip-compressed when accepted). A collector that fails does not blank the scrape: the rest is served and
+// the error logged through slog.Default(). Only GET and HEAD are served: a scrape never changes anything,
+// and a POST is a misconfigured client.
 func Handler(r *Registry) http.Handler {
-	h := promhttp.HandlerFor(r, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+	h := promhttp.HandlerFor(r, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:      slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
+	})
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method != http.MethodGet && req.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
