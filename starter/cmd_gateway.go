@@ -62,7 +62,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 				// until then the gateway's series read zero.
 				mreg = metrics.NewRegistry()
 				metrics.RegisterProcess(mreg, "gateway")
-				srv, err := metrics.Serve(metricsAddr, mreg.Handler(), log)
+				srv, err := metrics.Serve(metricsAddr, metrics.Handler(mreg), log)
 				if err != nil {
 					return fmt.Errorf("%w (choose another address with --metrics-listen or FLEETFLOW_GATEWAY_METRICS, or \"\" to disable)", err)
 				}

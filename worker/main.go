@@ -55,8 +55,13 @@ func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.L
 	if metricsAddr != "" {
 		mreg = metrics.NewRegistry()
 		metrics.RegisterProcess(mreg, "worker")
-		tracer, handler = metrics.NewQueryTracer(mreg), metrics.NewTemporalHandler(mreg, log)
-		srv, err := metrics.Serve(metricsAddr, mreg.Handler(), log)
+		tracer = metrics.NewQueryTracer(mreg)
+		h, err := metrics.NewTemporalHandler(mreg, log)
+		if err != nil {
+			return err
+		}
+		handler = h
+		srv, err := metrics.Serve(metricsAddr, metrics.Handler(mreg), log)
 		if err != nil {
 			return err
 		}

@@ -2,81 +2,159 @@ package gateway
 
 import (
 	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fleetflow/fleetflow/internal/metrics"
 )
 
-// ingestMetrics are the histograms of the batched registry writes. The counters of Stats are exported by
-// functions that read the atomics at scrape time, so only what Stats cannot say (distributions) is recorded
+// histogram is one series of an ingest histogram; ObserveDuration records in seconds, the unit of every
+// fleetflow latency.
+type histogram struct{ prometheus.Observer }
+
+// ObserveDuration records d in seconds.
+func (h histogram) ObserveDuration(d time.Duration) { h.Observe(d.Seconds()) }
+
+// ingestMetrics are the histograms of the batched registry writes. The counters of Stats are exported by a
+// collector that reads the atomics at scrape time, so only what Stats cannot say (distributions) is recorded
 // as it happens.
 type ingestMetrics struct {
-	reportedSeconds, reportedSize *metrics.Histogram
-	jobSeconds, jobSize           *metrics.Histogram
-	connSeconds, connSize         *metrics.Histogram
+	reportedSeconds, reportedSize histogram
+	jobSeconds, jobSize           histogram
+	connSeconds, connSize         histogram
 }
 
 // registerMetrics exports the gateway's counters into r and returns the ingest histograms, fed by the batch
 // writers. With Config.Metrics unset r is a private registry nobody scrapes, which keeps the hot paths free of
-// nil checks.
+// nil checks. A gateway registered again in the same registry (a restart within one process) takes over the
+// counters' series; the histograms continue.
 func (g *Gateway) registerMetrics(r *metrics.Registry) ingestMetrics {
-	load := func(v *atomic.Int64) func() float64 { return func() float64 { return float64(v.Load()) } }
-	counter := func(name, help string, v *atomic.Int64) { r.CounterFunc(name, help, load(v)) }
+	metrics.Replace(r, gatewayCollector{g})
+	seconds := metrics.Register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "fleetflow_gateway_ingest_batch_duration_seconds",
+		Help:    "Latency of one batched registry write by stream: reported patches, job statuses, connection events.",
+		Buckets: metrics.LatencyBuckets,
+	}, []string{"stream"}))
+	size := metrics.Register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "fleetflow_gateway_ingest_batch_items",
+		Help:    "Items per batched registry write by stream.",
+		Buckets: metrics.SizeBuckets,
+	}, []string{"stream"}))
+	h := func(v *prometheus.HistogramVec, stream string) histogram { return histogram{v.WithLabelValues(stream)} }
+	return ingestMetrics{
+		reportedSeconds: h(seconds, "reported"), reportedSize: h(size, "reported"),
+		jobSeconds: h(seconds, "job_status"), jobSize: h(size, "job_status"),
+		connSeconds: h(seconds, "connection"), connSize: h(size, "connection"),
+	}
+}
 
-	r.GaugeFunc("fleetflow_gateway_connected_devices", "Device sessions open now.", load(&g.c.connected))
-	connects := r.CounterVec("fleetflow_gateway_connects_total", "Sessions established, by client kind.", "kind")
-	connects.Func(load(&g.c.connects), "device")
-	connects.Func(load(&g.c.serviceConnects), "service")
-	counter("fleetflow_gateway_auth_failures_total", "CONNECTs refused (bad credentials, unknown, disabled or retired devices).", &g.c.authFailures)
-	counter("fleetflow_gateway_acl_denials_total", "Publishes, subscriptions and wills refused by the ACL.", &g.c.aclDenials)
-	counter("fleetflow_gateway_kicks_total", "Live sessions dropped because the device was revoked or kicked.", &g.c.kicks)
+// gatewayMetric is one series of the gateway collector: its description, type, label values and the
+// value read at scrape time.
+type gatewayMetric struct {
+	desc   *prometheus.Desc
+	typ    prometheus.ValueType
+	labels []string
+	value  func(g *Gateway) float64
+}
 
-	counter("fleetflow_gateway_messages_in_total", "Publishes received from devices.", &g.c.messagesIn)
-	r.CounterFunc("fleetflow_gateway_messages_out_total", "Publishes written to clients (devices and services).", func() float64 {
-		if !g.started.Load() { // g.server is set before started, and a scrape may come during Start
+func load(f func(c *counters) *atomic.Int64) func(g *Gateway) float64 {
+	return func(g *Gateway) float64 { return float64(f(&g.c).Load()) }
+}
+
+// brokerInfo reads one of mochi's own counters; before Start there is no broker and the value is 0
+// (g.server is set before started, and a scrape may come during Start).
+func brokerInfo(f func(g *Gateway) *int64) func(g *Gateway) float64 {
+	return func(g *Gateway) float64 {
+		if !g.started.Load() {
 			return 0
 		}
-		return float64(atomic.LoadInt64(&g.server.Info.MessagesSent))
-	})
-	r.CounterFunc("fleetflow_gateway_messages_dropped_slow_client_total",
-		"Publishes the broker dropped because the receiving client's outbound queue was full (a slow subscriber).", func() float64 {
-			if !g.started.Load() {
-				return 0
-			}
-			return float64(atomic.LoadInt64(&g.server.Info.MessagesDropped))
-		})
-	counter("fleetflow_gateway_telemetry_messages_total", "Telemetry messages received from devices.", &g.c.telemetry)
-	counter("fleetflow_gateway_twin_gets_total", "twin/get requests answered with the twin.", &g.c.twinGets)
-	counter("fleetflow_gateway_method_responses_total", "Method responses received from devices.", &g.c.methodResponses)
-	counter("fleetflow_gateway_method_offline_replies_total", "Method requests answered 404 DeviceNotOnline by the gateway.", &g.c.methodsOffline)
-	counter("fleetflow_gateway_job_statuses_total", "Valid job status messages recorded in the registry.", &g.c.jobStatus)
+		return float64(atomic.LoadInt64(f(g)))
+	}
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
+var (
+	connectsDesc = desc("fleetflow_gateway_connects_total", "Sessions established, by client kind.", "kind")
+	reportedDesc = desc("fleetflow_gateway_reported_patches_total", "Reported-property patches by outcome.", "result")
+	connEvDesc   = desc("fleetflow_gateway_connection_events_total", "Connection events by outcome of their registry write.", "result")
+)
+
+// gatewayMetrics are the series read from the gateway's counters.
+var gatewayMetrics = []gatewayMetric{
+	{desc("fleetflow_gateway_connected_devices", "Device sessions open now."), prometheus.GaugeValue, nil,
+		load(func(c *counters) *atomic.Int64 { return &c.connected })},
+	{connectsDesc, prometheus.CounterValue, []string{"device"}, load(func(c *counters) *atomic.Int64 { return &c.connects })},
+	{connectsDesc, prometheus.CounterValue, []string{"service"}, load(func(c *counters) *atomic.Int64 { return &c.serviceConnects })},
+	{desc("fleetflow_gateway_auth_failures_total", "CONNECTs refused (bad credentials, unknown, disabled or retired devices)."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authFailures })},
+	{desc("fleetflow_gateway_acl_denials_total", "Publishes, subscriptions and wills refused by the ACL."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.aclDenials })},
+	{desc("fleetflow_gateway_kicks_total", "Live sessions dropped because the device was revoked or kicked."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.kicks })},
+
+	{desc("fleetflow_gateway_messages_in_total", "Publishes received from devices."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.messagesIn })},
+	{desc("fleetflow_gateway_messages_out_total", "Publishes written to clients (devices and services)."),
+		prometheus.CounterValue, nil, brokerInfo(func(g *Gateway) *int64 { return &g.server.Info.MessagesSent })},
+	{desc("fleetflow_gateway_messages_dropped_slow_client_total",
+		"Publishes the broker dropped because the receiving client's outbound queue was full (a slow subscriber)."),
+		prometheus.CounterValue, nil, brokerInfo(func(g *Gateway) *int64 { return &g.server.Info.MessagesDropped })},
+	{desc("fleetflow_gateway_telemetry_messages_total", "Telemetry messages received from devices."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.telemetry })},
+	{desc("fleetflow_gateway_twin_gets_total", "twin/get requests answered with the twin."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.twinGets })},
+	{desc("fleetflow_gateway_method_responses_total", "Method responses received from devices."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.methodResponses })},
+	{desc("fleetflow_gateway_method_offline_replies_total", "Method requests answered 404 DeviceNotOnline by the gateway."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.methodsOffline })},
+	{desc("fleetflow_gateway_job_statuses_total", "Valid job status messages recorded in the registry."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.jobStatus })},
 
 	// Three separate counters rather than one with a reason label: a job status dropped because its queue
 	// was full counts as throttled too, so a sum over reasons would count it twice.
-	counter("fleetflow_gateway_malformed_messages_total", "Device messages dropped or refused as malformed (topic or payload).", &g.c.malformed)
-	counter("fleetflow_gateway_throttled_total", "Requests answered 429, or job statuses dropped, because an ingest queue was full.", &g.c.throttled)
-	counter("fleetflow_gateway_job_statuses_dropped_total", "Valid job status messages lost: queue full, or the registry write kept failing.", &g.c.jobStatusDropped)
+	{desc("fleetflow_gateway_malformed_messages_total", "Device messages dropped or refused as malformed (topic or payload)."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.malformed })},
+	{desc("fleetflow_gateway_throttled_total", "Requests answered 429, or job statuses dropped, because an ingest queue was full."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.throttled })},
+	{desc("fleetflow_gateway_job_statuses_dropped_total", "Valid job status messages lost: queue full, or the registry write kept failing."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.jobStatusDropped })},
 
-	reported := r.CounterVec("fleetflow_gateway_reported_patches_total", "Reported-property patches by outcome.", "result")
-	reported.Func(load(&g.c.reportedApplied), "applied")
-	reported.Func(load(&g.c.reportedFailed), "failed")
-	conn := r.CounterVec("fleetflow_gateway_connection_events_total", "Connection events by outcome of their registry write.", "result")
-	conn.Func(load(&g.c.connEventsWritten), "written")
-	conn.Func(load(&g.c.connEventsDropped), "dropped")
-	counter("fleetflow_gateway_store_errors_total", "Failed registry calls of any kind.", &g.c.storeErrors)
+	{reportedDesc, prometheus.CounterValue, []string{"applied"}, load(func(c *counters) *atomic.Int64 { return &c.reportedApplied })},
+	{reportedDesc, prometheus.CounterValue, []string{"failed"}, load(func(c *counters) *atomic.Int64 { return &c.reportedFailed })},
+	{connEvDesc, prometheus.CounterValue, []string{"written"}, load(func(c *counters) *atomic.Int64 { return &c.connEventsWritten })},
+	{connEvDesc, prometheus.CounterValue, []string{"dropped"}, load(func(c *counters) *atomic.Int64 { return &c.connEventsDropped })},
+	{desc("fleetflow_gateway_store_errors_total", "Failed registry calls of any kind."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.storeErrors })},
 
-	r.GaugeFunc("fleetflow_gateway_auth_cache_entries", "Device records in the authentication cache.",
-		func() float64 { return float64(g.auth.len()) })
-	counter("fleetflow_gateway_auth_lookups_total", "Registry queries made for CONNECTs (cache misses).", &g.auth.lookups)
-	counter("fleetflow_gateway_auth_cache_hits_total", "CONNECTs answered from the authentication cache.", &g.auth.hits)
+	{desc("fleetflow_gateway_auth_cache_entries", "Device records in the authentication cache."),
+		prometheus.GaugeValue, nil, func(g *Gateway) float64 { return float64(g.auth.len()) }},
+	{desc("fleetflow_gateway_auth_lookups_total", "Registry queries made for CONNECTs (cache misses)."),
+		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.lookups.Load()) }},
+	{desc("fleetflow_gateway_auth_cache_hits_total", "CONNECTs answered from the authentication cache."),
+		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.hits.Load()) }},
+}
 
-	seconds := r.HistogramVec("fleetflow_gateway_ingest_batch_duration_seconds",
-		"Latency of one batched registry write by stream: reported patches, job statuses, connection events.",
-		metrics.LatencyBuckets, "stream")
-	size := r.HistogramVec("fleetflow_gateway_ingest_batch_size",
-		"Items per batched registry write by stream.", metrics.SizeBuckets, "stream")
-	return ingestMetrics{
-		reportedSeconds: seconds.With("reported"), reportedSize: size.With("reported"),
-		jobSeconds: seconds.With("job_status"), jobSize: size.With("job_status"),
-		connSeconds: seconds.With("connection"), connSize: size.With("connection"),
+// gatewayCollector exports the gateway's counters, read from its atomics at each scrape.
+type gatewayCollector struct{ g *Gateway }
+
+// Describe implements prometheus.Collector.
+func (gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
+	seen := map[*prometheus.Desc]bool{}
+	for _, m := range gatewayMetrics {
+		if !seen[m.desc] {
+			seen[m.desc] = true
+			ch <- m.desc
+		}
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range gatewayMetrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.value(c.g), m.labels...)
 	}
 }

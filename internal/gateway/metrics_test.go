@@ -24,7 +24,7 @@ func scrapeMetrics(t *testing.T, url string) map[string]float64 {
 	require.NoError(t, err)
 	defer res.Body.Close()
 	require.Equal(t, http.StatusOK, res.StatusCode)
-	require.Equal(t, metrics.ContentType, res.Header.Get("Content-Type"))
+	require.True(t, strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain"), res.Header.Get("Content-Type"))
 	body, err := io.ReadAll(res.Body)
 	require.NoError(t, err)
 	out := map[string]float64{}
@@ -48,7 +48,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	store.Add("dev-m", "s3cret")
 	reg := metrics.NewRegistry()
 	g := gatewaytest.StartGateway(t, store, gateway.Config{Metrics: reg})
-	srv, err := metrics.Serve("127.0.0.1:0", reg.Handler(), gatewaytest.Logger(t))
+	srv, err := metrics.Serve("127.0.0.1:0", metrics.Handler(reg), gatewaytest.Logger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = srv.Close() })
 
@@ -60,6 +60,8 @@ func TestMetricsEndpoint(t *testing.T) {
 		"fleetflow_gateway_malformed_messages_total", "fleetflow_gateway_throttled_total",
 		"fleetflow_gateway_job_statuses_dropped_total", "fleetflow_gateway_method_offline_replies_total",
 		`fleetflow_gateway_connects_total{kind="device"}`, `fleetflow_gateway_reported_patches_total{result="applied"}`,
+		`fleetflow_gateway_ingest_batch_duration_seconds_count{stream="reported"}`,
+		`fleetflow_gateway_ingest_batch_items_bucket{stream="job_status",le="1"}`,
 	} {
 		assert.Contains(t, before, name)
 	}
@@ -85,8 +87,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.Greater(t, after["fleetflow_gateway_messages_out_total"], 0.0, "twin responses")
 	assert.Equal(t, 1.0, after[`fleetflow_gateway_reported_patches_total{result="applied"}`])
 	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_duration_seconds_count{stream="reported"}`])
-	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_size_bucket{stream="reported",le="1"}`])
-	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_size_sum{stream="reported"}`])
+	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_items_bucket{stream="reported",le="1"}`])
+	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_items_sum{stream="reported"}`])
 	assert.Equal(t, 1.0, after[`fleetflow_gateway_ingest_batch_duration_seconds_bucket{stream="reported",le="+Inf"}`])
 
 	d.Close()
@@ -96,4 +98,24 @@ func TestMetricsEndpoint(t *testing.T) {
 			after[`fleetflow_gateway_connection_events_total{result="written"}`] >= 2
 	}, 5*time.Second, 10*time.Millisecond, "disconnect and the connection events' write: %v", after)
 	assert.GreaterOrEqual(t, after[`fleetflow_gateway_ingest_batch_duration_seconds_count{stream="connection"}`], 1.0)
+}
+
+// TestMetricsRegistryReused starts a second gateway on the registry of a closed one, as a process that
+// restarts its gateway does: registration must not panic, the counters must be the new gateway's, and the
+// ingest histograms continue.
+func TestMetricsRegistryReused(t *testing.T) {
+	store := gatewaytest.New()
+	reg := metrics.NewRegistry()
+	first := gateway.New(gateway.Config{Metrics: reg}, store, gatewaytest.Logger(t))
+	second := gatewaytest.StartGateway(t, store, gateway.Config{Metrics: reg})
+	_, err := gatewaytest.Dial(t, gatewaytest.URL(second), "dev-x", "dev-x", "wrong")
+	require.Error(t, err)
+	srv, err := metrics.Serve("127.0.0.1:0", metrics.Handler(reg), gatewaytest.Logger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = srv.Close() })
+	got := scrapeMetrics(t, srv.URL())
+	assert.Equal(t, float64(second.Stats().AuthFailures), got["fleetflow_gateway_auth_failures_total"])
+	assert.Equal(t, 1.0, got["fleetflow_gateway_auth_failures_total"], "the started gateway's count, not the first one's zero")
+	assert.Zero(t, first.Stats().AuthFailures)
+	assert.Contains(t, got, `fleetflow_gateway_ingest_batch_duration_seconds_count{stream="connection"}`)
 }

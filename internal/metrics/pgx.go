@@ -7,9 +7,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// QueryTracer records the latency of every registry round trip, by operation, into a Registry:
+// QueryTracer records the latency of every registry round trip, by operation:
 //
 //	fleetflow_registry_query_duration_seconds{operation}   histogram
 //	fleetflow_registry_query_errors_total{operation}       counter
@@ -22,9 +23,9 @@ import (
 // It implements pgx.QueryTracer, pgx.BatchTracer, pgx.CopyFromTracer and pgxpool.AcquireTracer; install it as
 // the pool's ConnConfig.Tracer (registry.OpenWithOptions does).
 type QueryTracer struct {
-	duration *HistogramVec
-	errors   *CounterVec
-	acquire  *Histogram
+	duration *prometheus.HistogramVec
+	errors   *prometheus.CounterVec
+	acquire  prometheus.Histogram
 }
 
 var (
@@ -34,17 +35,30 @@ var (
 	_ pgxpool.AcquireTracer = (*QueryTracer)(nil)
 )
 
-// NewQueryTracer registers the tracer's families in r.
-func NewQueryTracer(r *Registry) *QueryTracer {
-	return &QueryTracer{
-		duration: r.HistogramVec("fleetflow_registry_query_duration_seconds",
-			"Latency of registry (Postgres) round trips by SQL verb; batch and copy are whole pgx batches and COPYs.",
-			LatencyBuckets, "operation"),
-		errors: r.CounterVec("fleetflow_registry_query_errors_total",
-			"Registry (Postgres) statements that failed, by SQL verb.", "operation"),
-		acquire: r.Histogram("fleetflow_registry_pool_acquire_duration_seconds",
-			"Time spent waiting for a connection from the registry's pool.", LatencyBuckets),
+// NewQueryTracer registers the tracer's metrics in r (or reuses them, when r already has them).
+func NewQueryTracer(r prometheus.Registerer) *QueryTracer {
+	t := &QueryTracer{
+		duration: Register(r, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fleetflow_registry_query_duration_seconds",
+			Help:    "Latency of registry (Postgres) round trips by SQL verb; batch and copy are whole pgx batches and COPYs.",
+			Buckets: LatencyBuckets,
+		}, []string{"operation"})),
+		errors: Register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fleetflow_registry_query_errors_total",
+			Help: "Registry (Postgres) statements that failed, by SQL verb.",
+		}, []string{"operation"})),
+		acquire: Register(r, prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "fleetflow_registry_pool_acquire_duration_seconds",
+			Help:    "Time spent waiting for a connection from the registry's pool.",
+			Buckets: LatencyBuckets,
+		})),
 	}
+	// The error series of the common verbs exist from the start at 0, so that an error-rate query or alert
+	// sees a rate of zero rather than no data.
+	for _, op := range []string{"select", "insert", "update", "delete", "batch", "copy"} {
+		t.errors.WithLabelValues(op)
+	}
+	return t
 }
 
 // Context keys of the trace start times; distinct because an acquire and a query overlap on one context.
@@ -77,7 +91,7 @@ func (t *QueryTracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.Tr
 // failures are counted, under their own verb.
 func (t *QueryTracer) TraceBatchQuery(_ context.Context, _ *pgx.Conn, data pgx.TraceBatchQueryData) {
 	if data.Err != nil {
-		t.errors.With(Operation(data.SQL)).Inc()
+		t.errors.WithLabelValues(Operation(data.SQL)).Inc()
 	}
 }
 
@@ -104,7 +118,7 @@ func (t *QueryTracer) TraceAcquireStart(ctx context.Context, _ *pgxpool.Pool, _ 
 // TraceAcquireEnd implements pgxpool.AcquireTracer.
 func (t *QueryTracer) TraceAcquireEnd(ctx context.Context, _ *pgxpool.Pool, _ pgxpool.TraceAcquireEndData) {
 	if at, ok := ctx.Value(acquireStartKey{}).(time.Time); ok {
-		t.acquire.ObserveDuration(time.Since(at))
+		t.acquire.Observe(time.Since(at).Seconds())
 	}
 }
 
@@ -113,30 +127,58 @@ func (t *QueryTracer) end(ctx context.Context, err error) {
 	if !ok {
 		return
 	}
-	t.duration.With(st.op).ObserveDuration(time.Since(st.at))
+	t.duration.WithLabelValues(st.op).Observe(time.Since(st.at).Seconds())
 	if err != nil {
-		t.errors.With(st.op).Inc()
+		t.errors.WithLabelValues(st.op).Inc()
 	}
 }
 
-// RegisterPool exports a pgx pool's own statistics, read at scrape time:
+// RegisterPool exports a pgx pool's own statistics, read once per scrape:
 //
 //	fleetflow_registry_pool_connections{state="acquired|idle|constructing"}  gauge
 //	fleetflow_registry_pool_max_connections                                 gauge
 //	fleetflow_registry_pool_acquires_total                                  counter
 //	fleetflow_registry_pool_empty_acquires_total                            counter (had to wait or dial)
-func RegisterPool(r *Registry, pool *pgxpool.Pool) {
-	conns := r.GaugeVec("fleetflow_registry_pool_connections", "Connections of the registry's pool by state.", "state")
-	conns.Func(func() float64 { return float64(pool.Stat().AcquiredConns()) }, "acquired")
-	conns.Func(func() float64 { return float64(pool.Stat().IdleConns()) }, "idle")
-	conns.Func(func() float64 { return float64(pool.Stat().ConstructingConns()) }, "constructing")
-	r.GaugeFunc("fleetflow_registry_pool_max_connections", "Size limit of the registry's pool.",
-		func() float64 { return float64(pool.Stat().MaxConns()) })
-	r.CounterFunc("fleetflow_registry_pool_acquires_total", "Connections acquired from the registry's pool.",
-		func() float64 { return float64(pool.Stat().AcquireCount()) })
-	r.CounterFunc("fleetflow_registry_pool_empty_acquires_total",
-		"Acquires that found no idle connection and had to wait for one (a sign the pool is too small).",
-		func() float64 { return float64(pool.Stat().EmptyAcquireCount()) })
+//	fleetflow_registry_pool_canceled_acquires_total                         counter (gave up waiting)
+//
+// A pool registered again in the same registry replaces the previous one.
+func RegisterPool(r prometheus.Registerer, pool *pgxpool.Pool) {
+	Replace(r, poolCollector{pool})
+}
+
+var (
+	poolConnsDesc = prometheus.NewDesc("fleetflow_registry_pool_connections",
+		"Connections of the registry's pool by state.", []string{"state"}, nil)
+	poolMaxDesc = prometheus.NewDesc("fleetflow_registry_pool_max_connections",
+		"Size limit of the registry's pool.", nil, nil)
+	poolAcquiresDesc = prometheus.NewDesc("fleetflow_registry_pool_acquires_total",
+		"Connections acquired from the registry's pool.", nil, nil)
+	poolEmptyDesc = prometheus.NewDesc("fleetflow_registry_pool_empty_acquires_total",
+		"Acquires that found no idle connection and had to wait for one (a sign the pool is too small).", nil, nil)
+	poolCanceledDesc = prometheus.NewDesc("fleetflow_registry_pool_canceled_acquires_total",
+		"Acquires whose context ended before a connection was available.", nil, nil)
+)
+
+// poolCollector reads a pool's statistics at scrape time; pgxpool keeps the counts already.
+type poolCollector struct{ pool *pgxpool.Pool }
+
+// Describe implements prometheus.Collector.
+func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolConnsDesc, poolMaxDesc, poolAcquiresDesc, poolEmptyDesc, poolCanceledDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(st.AcquiredConns()), "acquired")
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(st.IdleConns()), "idle")
+	ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(st.ConstructingConns()), "constructing")
+	ch <- prometheus.MustNewConstMetric(poolMaxDesc, prometheus.GaugeValue, float64(st.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(poolAcquiresDesc, prometheus.CounterValue, float64(st.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolEmptyDesc, prometheus.CounterValue, float64(st.EmptyAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolCanceledDesc, prometheus.CounterValue, float64(st.CanceledAcquireCount()))
 }
 
 // sqlVerbs are the statement keywords reported as operations; anything else is "other".
@@ -280,3 +322,6 @@ func (sc *sqlScanner) skipQuoted(q byte) {
 		sc.i++
 	}
 }
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+func isDigit(c byte) bool  { return c >= '0' && c <= '9' }
