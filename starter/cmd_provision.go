@@ -230,9 +230,8 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	}
 	co := <-credsDone
 	if co.interrupted {
-		fmt.Fprintf(os.Stderr, "interrupted: workflow %s goes on; the new devices' secrets stay in %s until you run\n"+
-			"  fleetflow provision --resume %s --creds-out %s\n", op, pending, op, f.credsOut)
-		return &exitError{code: 130, err: ctx.Err()}
+		return &interruptedError{fmt.Sprintf("interrupted: workflow %s goes on; the new devices' secrets stay in %s until you run\n"+
+			"  fleetflow provision --resume %s --creds-out %s", op, pending, op, f.credsOut)}
 	}
 	if runErr != nil {
 		if co.err == nil && co.kept > 0 {
