@@ -166,11 +166,17 @@ func devicesLifecycleCmds(g *globals) []*cobra.Command {
 	var reason string
 	mk := func(enable bool) *cobra.Command {
 		name, short := "disable", "Quarantine a device: its session is dropped at once and it cannot connect until enabled"
+		long := `Quarantine a device: the gateway drops its session at once and refuses it until it is enabled again. Its
+twin and credentials stay; jobs and rollouts skip it. The reason is recorded on its timeline.`
 		if enable {
 			name, short = "enable", "Let a disabled device connect again"
+			long = `Let a disabled device connect again with its credentials. A retired device cannot be enabled.`
 		}
+		var out *output
 		c := &cobra.Command{
-			Use: name + " ID", Short: short, Args: cobra.ExactArgs(1),
+			Use: name + " ID", Short: short, Long: long, Args: cobra.ExactArgs(1),
+			Example:           fmt.Sprintf("  fleetflow devices %s sensor-0042 --reason \"suspicious traffic\"", name),
+			ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				reg, err := openRegistry(cmd, g)
 				if err != nil {
@@ -184,18 +190,26 @@ func devicesLifecycleCmds(g *globals) []*cobra.Command {
 				if err != nil {
 					return err
 				}
-				switch {
-				case !changed:
-					fmt.Printf("%s is already %sd\n", args[0], name)
-				case enable:
-					fmt.Printf("%s enabled: it may connect again\n", args[0])
-				default:
-					fmt.Printf("%s disabled: the gateway drops its session now and refuses it until `fleetflow devices enable %s`\n", args[0], args[0])
-				}
-				return nil
+				doc := struct {
+					DeviceID string `json:"deviceId"`
+					Enabled  bool   `json:"enabled"`
+					Changed  bool   `json:"changed"`
+				}{args[0], enable, changed}
+				return out.print(stdout(cmd), doc, func() error {
+					switch {
+					case !changed:
+						fmt.Printf("%s is already %sd\n", args[0], name)
+					case enable:
+						fmt.Printf("%s enabled: it may connect again\n", args[0])
+					default:
+						fmt.Printf("%s disabled: the gateway drops its session now and refuses it until `fleetflow devices enable %s`\n", args[0], args[0])
+					}
+					return nil
+				})
 			},
 		}
 		c.Flags().StringVar(&reason, "reason", "", "why, recorded on the device's timeline")
+		out = addOutputFlag(c)
 		return c
 	}
 	return []*cobra.Command{mk(false), mk(true)}
