@@ -104,12 +104,6 @@ func openRegistryCtx(ctx context.Context, g *globals) (*registry.Registry, error
 	return reg, nil
 }
 
-func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func fmtTime(t *time.Time) string {
 	if t == nil {
 		return "never"

@@ -396,11 +396,9 @@ func printJobStatus(v jobStatusView, failed bool) error {
 // cannot take updates, and saying so plainly beats the server's error).
 func operatorUpdateCmd(g *globals, noun, update, short, completeSQL string) *cobra.Command {
 	var out *output
-	id := noun + "-…"
+	id := "job-set-desired-20261127-101500.000" // an example id of noun
 	if noun == "rollout" {
 		id = "rollout-2.1.0-1"
-	} else if noun == "job" {
-		id = "job-set-desired-20261127-101500.000"
 	}
 	c := &cobra.Command{
 		Use:   update + " ID",

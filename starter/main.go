@@ -81,8 +81,11 @@ command). Shell completion: fleetflow completion --help.`,
 		if c.GroupID == "" {
 			c.GroupID = groupOther
 		}
-		if c.Name() == "completion" {
+		switch c.Name() {
+		case "completion":
 			describeCompletion(c)
+		case "help":
+			c.Example = "  fleetflow help rollout start"
 		}
 	}
 	markUsageErrors(root)
