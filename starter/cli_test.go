@@ -192,6 +192,32 @@ func TestCompletionOfRegistryIDs(t *testing.T) {
 	require.ElementsMatch(t, []string{"9.1.0", "9.2.0"}, complete("rollout", "plan", "--firmware", "9."))
 }
 
+// Every command that prints a result takes -o; the exceptions print a stream (servers, the simulator),
+// manage the local stack's processes, or are cobra's own.
+func TestEveryPrintingCommandTakesOutput(t *testing.T) {
+	streams := map[string]bool{
+		"fleetflow gateway": true, "fleetflow simulate": true, "fleetflow dev up": true, "fleetflow dev down": true,
+		"fleetflow dev simulate": true, "fleetflow help": true,
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		path := c.CommandPath()
+		if !c.Runnable() || c.HasSubCommands() || streams[path] || strings.HasPrefix(path, "fleetflow completion") {
+			return
+		}
+		f := c.Flags().Lookup("output")
+		require.NotNil(t, f, "%s has no -o", path)
+		require.Equal(t, "o", f.Shorthand, path)
+		require.Equal(t, "text", f.DefValue, path)
+		_, hasCompletion := c.GetFlagCompletionFunc("output")
+		require.True(t, hasCompletion, "%s completes -o", path)
+	}
+	walk(newRoot())
+}
+
 // candidates parses `__complete` output: one candidate a line, then ":<directive>".
 func candidates(out string) []string {
 	var c []string

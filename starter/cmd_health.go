@@ -98,6 +98,7 @@ or updated in place when it exists; overlapping checks are skipped.`,
 	sf.add(schedule)
 	scheduleOut = addOutputFlag(schedule)
 
+	var unscheduleOut *output
 	unschedule := &cobra.Command{
 		Use:   "unschedule",
 		Short: "Delete the health-check schedule (a check in progress finishes)",
@@ -114,10 +115,17 @@ runs again.`,
 			if err := healthsched.DeleteHealthSchedule(cmd.Context(), c); err != nil {
 				return err
 			}
-			fmt.Printf("schedule %s deleted; open alerts stay as they are until a check runs again\n", healthsched.ScheduleID)
-			return nil
+			doc := struct {
+				ID      string `json:"id"`
+				Deleted bool   `json:"deleted"`
+			}{healthsched.ScheduleID, true}
+			return unscheduleOut.print(stdout(cmd), doc, func() error {
+				fmt.Printf("schedule %s deleted; open alerts stay as they are until a check runs again\n", healthsched.ScheduleID)
+				return nil
+			})
 		},
 	}
+	unscheduleOut = addOutputFlag(unschedule)
 
 	rf := &healthRuleFlags{}
 	run := &cobra.Command{

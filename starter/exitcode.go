@@ -21,20 +21,23 @@ const (
 
 // usageError is a usage mistake or invalid input (exit 2). Work that could be done may have been done
 // first: a manifest's good rows are provisioned, then the invalid ones make the exit code 2.
-type usageError struct{ err error }
+type usageError struct {
+	err     error
+	cmdLine bool // a mistake in the command line itself (flags, arguments): main points at --help
+}
 
 func (e *usageError) Error() string { return e.err.Error() }
 func (e *usageError) Unwrap() error { return e.err }
 
 // usagef builds a usageError like fmt.Errorf (with %w support).
-func usagef(format string, a ...any) error { return &usageError{fmt.Errorf(format, a...)} }
+func usagef(format string, a ...any) error { return &usageError{err: fmt.Errorf(format, a...)} }
 
 // asUsage marks err (when not nil) as a usage error.
 func asUsage(err error) error {
 	if err == nil {
 		return nil
 	}
-	return &usageError{err}
+	return &usageError{err: err}
 }
 
 // partialError says the operation finished but some devices failed (exit 3); the command has printed
@@ -79,13 +82,13 @@ func exitCode(err error) int {
 // markUsageErrors makes cobra's own usage errors (bad flags, wrong argument counts, unknown subcommands)
 // usageErrors, on cmd and every command under it, so that they exit 2 like the commands' own.
 func markUsageErrors(cmd *cobra.Command) {
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return asUsage(err) })
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err, true} })
 	if cmd.HasSubCommands() && !cmd.Runnable() {
 		// A group command (or the root) given an unknown subcommand: cobra would print the help and
 		// exit 0, which hides a typo in a script.
 		cmd.RunE = func(c *cobra.Command, a []string) error {
 			if len(a) > 0 {
-				return usagef("unknown command %q for %q; see '%s --help'", a[0], c.CommandPath(), c.CommandPath())
+				return &usageError{fmt.Errorf("unknown command %q for %q", a[0], c.CommandPath()), true}
 			}
 			return c.Help()
 		}
@@ -94,7 +97,12 @@ func markUsageErrors(cmd *cobra.Command) {
 		}
 	}
 	if args := cmd.Args; args != nil {
-		cmd.Args = func(c *cobra.Command, a []string) error { return asUsage(args(c, a)) }
+		cmd.Args = func(c *cobra.Command, a []string) error {
+			if err := args(c, a); err != nil {
+				return &usageError{err, true}
+			}
+			return nil
+		}
 	}
 	for _, sub := range cmd.Commands() {
 		markUsageErrors(sub)

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -24,9 +25,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	stopProfile := startCPUProfile(os.Getenv("FLEETFLOW_CPUPROFILE"))
-	err := newRoot().ExecuteContext(ctx)
+	cmd, err := newRoot().ExecuteContextC(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleetflow:", err)
+	}
+	var ue *usageError
+	if errors.As(err, &ue) && ue.cmdLine && cmd != nil {
+		fmt.Fprintf(os.Stderr, "See '%s --help'.\n", cmd.CommandPath())
 	}
 	// The profile is written before os.Exit, which skips deferred calls.
 	stop()

@@ -130,8 +130,9 @@ func TestBadManifestRowsAreReportedAndTheRestProvisioned(t *testing.T) {
 		"good-4,apac,sin-1",
 	}, "\n")+"\n"), 0o644))
 	credsFile := filepath.Join(dir, "creds.ndjson")
+	// Invalid rows are invalid input: the good rows are provisioned, then the CLI exits 2.
 	out, err := e.cli(ctx, "provision", "--file", manifest, "--creds-out", credsFile, "-o", "json")
-	require.NoError(t, err)
+	require.Equal(t, 2, exitCodeOf(err), "%v", err)
 	s := parseSummary(t, out)
 	require.Equal(t, int64(6), s.Rows)
 	require.Equal(t, int64(3), s.Counts.Created)
@@ -157,7 +158,7 @@ func TestBadManifestRowsAreReportedAndTheRestProvisioned(t *testing.T) {
 	// The same manifest again: nothing new, the old secrets still work.
 	credsAgain := filepath.Join(dir, "creds-again.ndjson")
 	out, err = e.cli(ctx, "provision", "--file", manifest, "--creds-out", credsAgain, "-o", "json")
-	require.NoError(t, err)
+	require.Equal(t, 2, exitCodeOf(err), "the same invalid rows again: %v", err)
 	s = parseSummary(t, out)
 	require.Equal(t, int64(0), s.Counts.Created)
 	require.Equal(t, int64(3), s.Counts.Existing)
@@ -241,6 +242,7 @@ func TestInterruptedProvisioningResumesWithItsCredentials(t *testing.T) {
 	err := cmd.Wait()
 	var exit *exec.ExitError
 	require.True(t, errors.As(err, &exit), "interrupted: %v\n%s", err, stderr.String())
+	require.Equal(t, 130, exit.ExitCode(), "interrupted")
 	require.Contains(t, stderr.String(), "--resume "+op)
 	_, err = os.Stat(credsFile)
 	require.True(t, os.IsNotExist(err), "no credentials file while the workflow has not created the devices")
