@@ -259,3 +259,36 @@ func TestInterruptedProvisioningResumesWithItsCredentials(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, creds.Matches(cs[7].Secret, a.Secret1Hash))
 }
+
+// provision --detach returns once the workflow has started, with the secrets left in the pending file, and
+// --resume collects them; -o yaml carries the same fields as -o json.
+func TestDetachedProvisioningIsCollectedWithResume(t *testing.T) {
+	e := newEnv(t)
+	e.startWorker()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	credsFile := filepath.Join(t.TempDir(), "creds.ndjson")
+	out, err := e.cli(ctx, "provision", "--count", "20", "--prefix", "det-", "--creds-out", credsFile, "--detach", "-o", "json")
+	require.NoError(t, err)
+	var started struct {
+		ID                 string `json:"id"`
+		Total              int64  `json:"total"`
+		TemporalURL        string `json:"temporalUrl"`
+		PendingCredentials string `json:"pendingCredentials"`
+		Resume             string `json:"resume"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &started), out)
+	require.True(t, strings.HasPrefix(started.ID, "provision-det-20-"), started.ID)
+	require.Equal(t, int64(20), started.Total)
+	require.Equal(t, credsFile+".pending", started.PendingCredentials)
+	require.Contains(t, started.Resume, "--resume "+started.ID)
+	require.Contains(t, started.TemporalURL, started.ID)
+	_, err = os.Stat(started.PendingCredentials)
+	require.NoError(t, err, "the secrets wait in the pending file")
+
+	out, err = e.cli(ctx, "provision", "--resume", started.ID, "--creds-out", credsFile, "-o", "yaml")
+	require.NoError(t, err)
+	require.Contains(t, out, "workflowId: "+started.ID)
+	require.Contains(t, out, "credentials: 20")
+	require.Len(t, mustCreds(t, credsFile), 20)
+}
