@@ -172,7 +172,11 @@ func TestCompletionOfRegistryIDs(t *testing.T) {
 		INSERT INTO devices (id, status) VALUES ('cmp-a1', 'active'), ('cmp-a2', 'disabled'), ('cmp-b1', 'active'),
 		  ('cmp-a3', 'retired'), ('cmp_x', 'active');
 		INSERT INTO firmware (version, url, sha256) VALUES ('9.1.0', 'https://fw.example/9.1.0', repeat('ab', 32)),
-		  ('9.2.0', 'https://fw.example/9.2.0', repeat('cd', 32))`)
+		  ('9.2.0', 'https://fw.example/9.2.0', repeat('cd', 32));
+		INSERT INTO jobs (id, kind, query, spec, created_at) VALUES
+		  ('job-method-ping-1', 'method', 'SELECT * FROM devices', '{}', now() - interval '1 hour'),
+		  ('job-method-ping-2', 'method', 'SELECT * FROM devices', '{}', now());
+		INSERT INTO rollouts (id, version, query, spec) VALUES ('rollout-9.1.0-1', '9.1.0', 'SELECT * FROM devices', '{}')`)
 	require.NoError(t, err)
 
 	complete := func(args ...string) []string {
@@ -190,6 +194,10 @@ func TestCompletionOfRegistryIDs(t *testing.T) {
 	require.Empty(t, complete("devices", "get", "cmp-a1", "cmp-"), "get takes one id")
 	require.Equal(t, []string{"cmp-a1", "cmp-a2"}, complete("retire", "cmp-b1", "cmp-a"), "retire takes many")
 	require.ElementsMatch(t, []string{"9.1.0", "9.2.0"}, complete("rollout", "plan", "--firmware", "9."))
+	require.Equal(t, []string{"job-method-ping-2", "job-method-ping-1"}, complete("job", "status", "job-"), "newest first")
+	require.Equal(t, []string{"job-method-ping-1"}, complete("job", "cancel", "job-method-ping-1"))
+	require.Equal(t, []string{"rollout-9.1.0-1"}, complete("rollout", "status", "roll"))
+	require.Equal(t, []string{"rollout-9.1.0-1"}, complete("rollout", "abort", ""))
 }
 
 // Every command that prints a result takes -o; the exceptions print a stream (servers, the simulator),
