@@ -16,7 +16,7 @@ const (
 	exitFailed      = 1   // failed: the operation (or the command) did not do what was asked
 	exitUsage       = 2   // usage or invalid input: bad flags or arguments, a bad query, a manifest with invalid rows
 	exitPartial     = 3   // finished, but some devices failed (job, rollout, retire, provision)
-	exitInterrupted = 130 // interrupted by SIGINT (128 + 2, as shells report it); a started operation goes on
+	exitInterrupted = 130 // interrupted by SIGINT (128 + 2, as shells report it) or SIGTERM; a started operation goes on
 )
 
 // usageError is a usage mistake or invalid input (exit 2). Work that could be done may have been done
