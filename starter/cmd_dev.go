@@ -23,12 +23,21 @@ func newDevCmd(g *globals) *cobra.Command {
 Each part is reused when its variable names a reachable service (FLEETFLOW_DATABASE_URL, TEMPORAL_ADDRESS,
 FLEETFLOW_MQTT_URL) and started locally otherwise. Started parts log to .fleetflow/logs/<part>.log and are
 stopped by "fleetflow dev down", which touches nothing it did not start.`,
+		Example: `  fleetflow dev up
+  fleetflow dev status
+  fleetflow dev down --purge`,
 	}
 	var opts stack.Options
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Start every part that is not running yet (safe to repeat)",
-		Args:  cobra.NoArgs,
+		Long: `Start every part of the local stack that is not running yet: Postgres, the Temporal dev server, the MQTT
+gateway and the workers, from this checkout's binaries. A part whose variable names a reachable service is
+used as it is. Safe to repeat.`,
+		Example: `  fleetflow dev up
+  fleetflow dev up --workers 3
+  FLEETFLOW_DATABASE_URL=postgres://fleet@db.internal/fleet fleetflow dev up`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := newStack(cmd, g, opts)
 			if err != nil {
@@ -50,7 +59,11 @@ stopped by "fleetflow dev down", which touches nothing it did not start.`,
 	down := &cobra.Command{
 		Use:   "down",
 		Short: "Stop the parts that dev up started, and nothing else",
-		Args:  cobra.NoArgs,
+		Long: `Stop the parts of the local stack that dev up started, and nothing else. --purge also deletes their data:
+the local database, Temporal's history and the logs.`,
+		Example: `  fleetflow dev down
+  fleetflow dev down --purge`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := newStack(cmd, g, stack.Options{})
 			if err != nil {
@@ -66,10 +79,15 @@ stopped by "fleetflow dev down", which touches nothing it did not start.`,
 		},
 	}
 	down.Flags().BoolVar(&purge, "purge", false, "also delete the stack's data: the local database, Temporal history and logs")
+	var statusOut *output
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Show each part with its address, health and pid",
-		Args:  cobra.NoArgs,
+		Long: `Show each part of the local stack with its address, health, pid (when dev up started it) and a note, and
+the Temporal UI's address.`,
+		Example: `  fleetflow dev status
+  fleetflow dev status -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := newStack(cmd, g, stack.Options{})
 			if err != nil {
@@ -78,6 +96,12 @@ stopped by "fleetflow dev down", which touches nothing it did not start.`,
 			parts, err := s.Status(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if statusOut.structured() {
+				return statusOut.print(cmd.OutOrStdout(), struct {
+					Parts      any    `json:"parts"`
+					TemporalUI string `json:"temporalUi"`
+				}{parts, s.TemporalUI()}, nil)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "PART\tADDRESS\tHEALTH\tPID\tNOTE")
@@ -96,8 +120,10 @@ stopped by "fleetflow dev down", which touches nothing it did not start.`,
 		},
 	}
 	simulate := &cobra.Command{
-		Use:     "simulate -- [simulate flags]",
-		Short:   "Run `fleetflow simulate` in the background as part of the stack (dev down stops it)",
+		Use:   "simulate -- [simulate flags]",
+		Short: "Run `fleetflow simulate` in the background as part of the stack (dev down stops it)",
+		Long: `Run "fleetflow simulate" in the background as a part of the local stack, with the flags after --; it logs
+to .fleetflow/logs and dev down stops it.`,
 		Example: "  fleetflow dev simulate -- --creds .fleetflow/demo/creds.ndjson",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := newStack(cmd, g, stack.Options{})
@@ -107,6 +133,7 @@ stopped by "fleetflow dev down", which touches nothing it did not start.`,
 			return s.StartSimulator(cmd.Context(), args)
 		},
 	}
+	statusOut = addOutputFlag(status)
 	dev.AddCommand(up, down, status, simulate)
 	return dev
 }

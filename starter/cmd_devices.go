@@ -16,50 +16,64 @@ import (
 )
 
 func newDevicesCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "devices", Short: "Read the device registry"}
-	var output string
+	cmd := &cobra.Command{Use: "devices", Short: "Read the device registry",
+		Long: `Read the device registry: one device's identity and connection state, twin queries over the fleet,
+a device's timeline; and quarantine a device (disable) or let it back (enable).`,
+		Example: `  fleetflow devices get sensor-0042
+  fleetflow devices query "SELECT * FROM devices WHERE tags.region = 'eu'"
+  fleetflow devices history sensor-0042`,
+	}
+	var out *output
 	get := &cobra.Command{
 		Use:   "get ID",
 		Short: "Show a device's identity, status and connection state",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show a device's identity from the registry: status (active, disabled, retired), connection state and
+session, when it was last seen, which credentials are set, which operation provisioned it, and its lineage
+(the device it replaces or that replaced it).`,
+		Example: `  fleetflow devices get sensor-0042
+  fleetflow devices get sensor-0042 -o json | jq .status`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := readDevice(cmd, g, args[0], (*registry.Registry).GetDevice)
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return printJSON(d)
-			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(w, "id\t%s\nstatus\t%s\n", d.ID, d.Status)
-			conn := "disconnected"
-			if d.Online {
-				conn = fmt.Sprintf("connected (session %d)", d.Session)
-			}
-			fmt.Fprintf(w, "connection\t%s\n", conn)
-			fmt.Fprintf(w, "last seen\t%s\n", fmtTime(d.LastSeen))
-			fmt.Fprintf(w, "connected at\t%s\n", fmtTime(d.ConnectedAt))
-			fmt.Fprintf(w, "credentials\tprimary %s, secondary %s\n", yesNo(d.HasSecret1), yesNo(d.HasSecret2))
-			fmt.Fprintf(w, "created\t%s\nupdated\t%s\n", d.CreatedAt.Format(time.RFC3339), d.UpdatedAt.Format(time.RFC3339))
-			if d.Provisioned != "" {
-				fmt.Fprintf(w, "provisioned by\t%s\n", d.Provisioned)
-			}
-			if d.RetiredAt != nil {
-				fmt.Fprintf(w, "retired\t%s\n", d.RetiredAt.Format(time.RFC3339))
-			}
-			if d.Replaces != "" {
-				fmt.Fprintf(w, "replaces\t%s\n", d.Replaces)
-			}
-			if d.ReplacedBy != "" {
-				fmt.Fprintf(w, "replaced by\t%s\n", d.ReplacedBy)
-			}
-			return w.Flush()
+			return out.print(stdout(cmd), d, func() error { return printDevice(d) })
 		},
 	}
-	get.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	out = addOutputFlag(get)
 	cmd.AddCommand(get, newQueryCmd(g), newDeviceHistoryCmd(g))
 	cmd.AddCommand(devicesLifecycleCmds(g)...)
 	return cmd
+}
+
+// printDevice prints a device's identity as a two-column table.
+func printDevice(d registry.Device) error {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "id\t%s\nstatus\t%s\n", d.ID, d.Status)
+	conn := "disconnected"
+	if d.Online {
+		conn = fmt.Sprintf("connected (session %d)", d.Session)
+	}
+	fmt.Fprintf(w, "connection\t%s\n", conn)
+	fmt.Fprintf(w, "last seen\t%s\n", fmtTime(d.LastSeen))
+	fmt.Fprintf(w, "connected at\t%s\n", fmtTime(d.ConnectedAt))
+	fmt.Fprintf(w, "credentials\tprimary %s, secondary %s\n", yesNo(d.HasSecret1), yesNo(d.HasSecret2))
+	fmt.Fprintf(w, "created\t%s\nupdated\t%s\n", d.CreatedAt.Format(time.RFC3339), d.UpdatedAt.Format(time.RFC3339))
+	if d.Provisioned != "" {
+		fmt.Fprintf(w, "provisioned by\t%s\n", d.Provisioned)
+	}
+	if d.RetiredAt != nil {
+		fmt.Fprintf(w, "retired\t%s\n", d.RetiredAt.Format(time.RFC3339))
+	}
+	if d.Replaces != "" {
+		fmt.Fprintf(w, "replaces\t%s\n", d.Replaces)
+	}
+	if d.ReplacedBy != "" {
+		fmt.Fprintf(w, "replaced by\t%s\n", d.ReplacedBy)
+	}
+	return w.Flush()
 }
 
 // readDevice opens the registry, reads one device with read, and words "not found" for the operator.
@@ -88,12 +102,6 @@ func openRegistryCtx(ctx context.Context, g *globals) (*registry.Registry, error
 		return nil, fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
 	}
 	return reg, nil
-}
-
-func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 func fmtTime(t *time.Time) string {

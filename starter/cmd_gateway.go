@@ -42,6 +42,8 @@ FLEETFLOW_SERVICE_TOKEN and a client id that is not a device id (e.g. "svc:worke
 Prometheus metrics (connected devices, message counters, ingest batch latency) are served at
 http://127.0.0.1:9464/metrics unless --metrics-listen says otherwise.
 The gateway stops on SIGINT or SIGTERM.`,
+		Example: `  fleetflow gateway
+  FLEETFLOW_SERVICE_TOKEN=... fleetflow gateway --listen :1883 --metrics-listen 127.0.0.1:9464`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()

@@ -57,39 +57,55 @@ func (f *healthRuleFlags) input() (workflows.HealthCheckInput, error) {
 }
 
 func newHealthCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "health", Short: "The recurring fleet health check: alerts that open and resolve by themselves"}
+	cmd := &cobra.Command{Use: "health", Short: "The recurring fleet health check: alerts that open and resolve by themselves",
+		Long: `The fleet health check: a FleetHealthCheck workflow finds devices offline for too long, reporting failing
+health, not acknowledging desired changes, off their rollout's firmware, or with credentials about to
+expire. It opens an alert per problem and resolves it when the problem is gone. Run it on a Temporal
+Schedule (schedule), or once now (run).`,
+		Example: `  fleetflow health schedule --every 5m
+  fleetflow health run
+  fleetflow health status`,
+	}
 
 	var every string
-	var output string
+	var scheduleOut, runOut, statusOut *output
+	var detach bool
 	sf := &healthRuleFlags{}
 	schedule := &cobra.Command{
 		Use:   "schedule [--every 5m] [--offline-after 10m] [--ack-within 10m] [--expiring-within 7d]",
 		Short: "Run FleetHealthCheck on a Temporal Schedule (creates it, or updates the existing one)",
+		Long: `Run the health check on a Temporal Schedule every --every, with the given rules. The schedule is created,
+or updated in place when it exists; overlapping checks are skipped.`,
 		Example: `  fleetflow health schedule --every 5m
   fleetflow health schedule --every 1m --offline-after 3m`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := health.ParseDuration("--every", every)
 			if err != nil {
-				return err
+				return asUsage(err)
 			}
 			if err := healthsched.ValidateEvery(d); err != nil {
-				return err
+				return asUsage(err)
 			}
 			in, err := sf.input()
 			if err != nil {
-				return err
+				return asUsage(err)
 			}
-			return scheduleHealth(cmd.Context(), g, d, in)
+			return scheduleHealth(cmd.Context(), g, d, in, scheduleOut)
 		},
 	}
 	schedule.Flags().StringVar(&every, "every", "5m", "how often to check (at least 10s)")
 	sf.add(schedule)
+	scheduleOut = addOutputFlag(schedule)
 
+	var unscheduleOut *output
 	unschedule := &cobra.Command{
 		Use:   "unschedule",
 		Short: "Delete the health-check schedule (a check in progress finishes)",
-		Args:  cobra.NoArgs,
+		Long: `Delete the health-check schedule. A check in progress finishes; open alerts stay as they are until a check
+runs again.`,
+		Example: `  fleetflow health unschedule`,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := dialTemporal(g)
 			if err != nil {
@@ -99,37 +115,53 @@ func newHealthCmd(g *globals) *cobra.Command {
 			if err := healthsched.DeleteHealthSchedule(cmd.Context(), c); err != nil {
 				return err
 			}
-			fmt.Printf("schedule %s deleted; open alerts stay as they are until a check runs again\n", healthsched.ScheduleID)
-			return nil
+			doc := struct {
+				ID      string `json:"id"`
+				Deleted bool   `json:"deleted"`
+			}{healthsched.ScheduleID, true}
+			return unscheduleOut.print(stdout(cmd), doc, func() error {
+				fmt.Printf("schedule %s deleted; open alerts stay as they are until a check runs again\n", healthsched.ScheduleID)
+				return nil
+			})
 		},
 	}
+	unscheduleOut = addOutputFlag(unschedule)
 
 	rf := &healthRuleFlags{}
 	run := &cobra.Command{
 		Use:   "run [--offline-after 10m] [--ack-within 10m] [--expiring-within 7d]",
 		Short: "Run one FleetHealthCheck now, wait for it and print the summary",
-		Args:  cobra.NoArgs,
+		Long: `Run one health check now with the given rules, wait for it and print its summary: the fleet's devices,
+the problems found, and the alerts opened and resolved. --detach returns once it has started.`,
+		Example: `  fleetflow health run
+  fleetflow health run --offline-after 2m -o json | jq .open`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			in, err := rf.input()
 			if err != nil {
-				return err
+				return asUsage(err)
 			}
-			return runHealthNow(cmd.Context(), g, in, output)
+			return runHealthNow(cmd.Context(), g, in, runOut, detach)
 		},
 	}
 	rf.add(run)
-	run.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	run.Flags().BoolVar(&detach, "detach", false, "start the check and return without waiting for it")
+	runOut = addOutputFlag(run)
 
-	var statusOutput string
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Show the schedule (spec, next and recent runs) and the last health checks' summaries",
-		Args:  cobra.NoArgs,
+		Long: `Show the health-check schedule (interval, rules, next and recent runs; read from Temporal) and the
+summaries of the last five checks (read from the registry). When Temporal cannot be reached the schedule
+is shown as unknown and the rest still printed.`,
+		Example: `  fleetflow health status
+  fleetflow health status -o yaml`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return healthStatus(cmd.Context(), g, statusOutput)
+			return healthStatus(cmd.Context(), g, statusOut)
 		},
 	}
-	status.Flags().StringVarP(&statusOutput, "output", "o", "text", "text or json")
+	statusOut = addOutputFlag(status)
 	cmd.AddCommand(schedule, unschedule, run, status)
 	return cmd
 }
@@ -140,7 +172,18 @@ func scheduleURL(g *globals, id string) string {
 		url.PathEscape(g.cfg.Namespace), url.PathEscape(id))
 }
 
-func scheduleHealth(ctx context.Context, g *globals, every time.Duration, in workflows.HealthCheckInput) error {
+// healthScheduled is what `health schedule -o json|yaml` prints.
+type healthScheduled struct {
+	ID        string       `json:"id"`
+	Created   bool         `json:"created"` // false: an existing schedule was updated
+	Every     string       `json:"every"`
+	TaskQueue string       `json:"taskQueue"`
+	Rules     health.Rules `json:"rules"`
+	NextRuns  []time.Time  `json:"nextRuns"`
+	URL       string       `json:"temporalUrl"`
+}
+
+func scheduleHealth(ctx context.Context, g *globals, every time.Duration, in workflows.HealthCheckInput, out *output) error {
 	c, err := dialTemporal(g)
 	if err != nil {
 		return err
@@ -153,18 +196,25 @@ func scheduleHealth(ctx context.Context, g *globals, every time.Duration, in wor
 	if err := healthsched.EnsureHealthSchedule(ctx, c, g.cfg.TaskQueue, every, in); err != nil {
 		return err
 	}
-	verb := "created"
-	if existed {
-		verb = "updated"
-	}
-	fmt.Printf("schedule %s %s: a health check every %s on task queue %s\n", healthsched.ScheduleID, verb,
-		health.FormatDuration(every), g.cfg.TaskQueue)
-	fmt.Printf("rules: %s\n", in.Rules())
+	v := healthScheduled{ID: healthsched.ScheduleID, Created: !existed, Every: health.FormatDuration(every),
+		TaskQueue: g.cfg.TaskQueue, Rules: in.Rules(), URL: scheduleURL(g, healthsched.ScheduleID)}
+	described := false
 	if d, err := healthsched.Describe(ctx, c); err == nil {
-		printTimes("next runs", d.Info.NextActionTimes, 3)
+		v.NextRuns, described = d.Info.NextActionTimes, true
 	}
-	fmt.Printf("watch it: %s\n", scheduleURL(g, healthsched.ScheduleID))
-	return nil
+	return out.print(os.Stdout, v, func() error {
+		verb := "created"
+		if existed {
+			verb = "updated"
+		}
+		fmt.Printf("schedule %s %s: a health check every %s on task queue %s\n", v.ID, verb, v.Every, v.TaskQueue)
+		fmt.Printf("rules: %s\n", v.Rules)
+		if described {
+			printTimes("next runs", v.NextRuns, 3)
+		}
+		fmt.Printf("watch it: %s\n", v.URL)
+		return nil
+	})
 }
 
 func printTimes(label string, ts []time.Time, n int) {
@@ -181,7 +231,7 @@ func printTimes(label string, ts []time.Time, n int) {
 	fmt.Printf("%s: %s\n", label, strings.Join(s, ", "))
 }
 
-func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput, output string) error {
+func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput, out *output, detach bool) error {
 	c, err := dialTemporal(g)
 	if err != nil {
 		return err
@@ -199,27 +249,28 @@ func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput
 	if err != nil {
 		return fmt.Errorf("start health check %s: %w", id, err)
 	}
-	if output != "json" {
+	if !out.structured() {
 		fmt.Printf("health check %s started (%s)\n", id, in.Rules())
 		fmt.Printf("watch it: %s\n", workflowURL(g, id))
+	}
+	if detach {
+		return out.print(os.Stdout, operationStarted{ID: id, Summary: in.Rules().String(), TemporalURL: workflowURL(g, id)}, nil)
 	}
 	var res workflows.HealthCheckResult
 	err = run.Get(ctx, &res)
 	if ctx.Err() != nil {
-		fmt.Printf("stopped waiting; the check goes on. See it with `fleetflow health status`\n")
-		return nil
+		return &interruptedError{"stopped waiting; the check goes on. See it with `fleetflow health status`"}
 	}
 	if err != nil {
 		return fmt.Errorf("health check %s: %w (is a worker running on task queue %s?)", id, err, g.cfg.TaskQueue)
 	}
-	if output == "json" {
-		return printJSON(res)
-	}
-	printHealthResult(res)
-	if res.Open > 0 {
-		fmt.Println("list them: fleetflow alerts list --open")
-	}
-	return nil
+	return out.print(os.Stdout, res, func() error {
+		printHealthResult(res)
+		if res.Open > 0 {
+			fmt.Println("list them: fleetflow alerts list --open")
+		}
+		return nil
+	})
 }
 
 func printHealthResult(r workflows.HealthCheckResult) {
@@ -255,7 +306,14 @@ type healthRecentRun struct {
 	WorkflowID  string    `json:"workflowId"`
 }
 
-func healthStatus(ctx context.Context, g *globals, output string) error {
+// healthStatusView is `health status -o json|yaml`: the schedule (null when there is none or Temporal is
+// unreachable) and the last checks' summaries.
+type healthStatusView struct {
+	Schedule *healthScheduleView  `json:"schedule"`
+	Runs     []registry.HealthRun `json:"runs"`
+}
+
+func healthStatus(ctx context.Context, g *globals, out *output) error {
 	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
 		return err
@@ -280,8 +338,8 @@ func healthStatus(ctx context.Context, g *globals, output string) error {
 			view = scheduleView(d)
 		}
 	}
-	if output == "json" {
-		return printJSON(map[string]any{"schedule": view, "runs": runs})
+	if out.structured() {
+		return out.print(os.Stdout, healthStatusView{Schedule: view, Runs: runs}, nil)
 	}
 	switch {
 	case temporalErr != nil:
@@ -387,16 +445,26 @@ func scheduleView(d *client.ScheduleDescription) *healthScheduleView {
 }
 
 func newAlertsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "alerts", Short: "Alerts raised by the health check (they resolve by themselves)"}
+	cmd := &cobra.Command{Use: "alerts", Short: "Alerts raised by the health check (they resolve by themselves)",
+		Long: `Alerts raised by the health check, one per device and problem. An alert resolves by itself when a later
+check no longer finds the problem; acknowledging one records that someone is on it.`,
+		Example: `  fleetflow alerts list --open
+  fleetflow alerts ack 42 --by alice`,
+	}
 	var f registry.AlertFilter
-	var output string
+	var out *output
 	list := &cobra.Command{
-		Use:   "list [--open] [--device ID] [--limit N] [-o json]",
+		Use:   "list [--open] [--device ID] [--limit N] [-o text|json|yaml]",
 		Short: "List alerts, newest first",
-		Args:  cobra.NoArgs,
+		Long: `List alerts, newest first, with their state (open, acked or resolved). --open leaves out the resolved ones;
+--device shows one device's.`,
+		Example: `  fleetflow alerts list --open
+  fleetflow alerts list --device sensor-0042 --limit 0
+  fleetflow alerts list --open -o json | jq -r '.[] | select(.kind == "offline") | .deviceId'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if f.Limit < 0 {
-				return fmt.Errorf("--limit %d: want 0 (all) or more", f.Limit)
+				return usagef("--limit %d: want 0 (all) or more", f.Limit)
 			}
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -407,16 +475,16 @@ func newAlertsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if out.structured() {
 				type row struct {
 					registry.Alert
 					State string `json:"state"`
 				}
-				out := make([]row, len(alerts))
+				rows := make([]row, len(alerts))
 				for i, a := range alerts {
-					out[i] = row{a, a.State()}
+					rows[i] = row{a, a.State()}
 				}
-				return printJSON(out)
+				return out.print(stdout(cmd), rows, nil)
 			}
 			printAlerts(alerts)
 			if f.Limit > 0 && len(alerts) == f.Limit {
@@ -428,20 +496,26 @@ func newAlertsCmd(g *globals) *cobra.Command {
 	list.Flags().BoolVar(&f.Open, "open", false, "only alerts not resolved yet (open or acked)")
 	list.Flags().StringVar(&f.DeviceID, "device", "", "only this device's alerts")
 	list.Flags().IntVar(&f.Limit, "limit", 100, "at most this many (0: all)")
-	list.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	_ = list.RegisterFlagCompletionFunc("device", completeFlagFrom(g, completeDevicesSQL))
+	out = addOutputFlag(list)
 
 	by := defaultAcker()
+	var ackOut *output
 	ack := &cobra.Command{
 		Use:   "ack ID",
 		Short: "Acknowledge an alert: record that someone is on it (it still resolves by itself)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Acknowledge an alert: record who is on it and when. It still resolves by itself when the problem is gone.
+Acknowledging an acknowledged alert keeps the first acknowledgement and says whose it is.`,
+		Example: `  fleetflow alerts ack 42
+  fleetflow alerts ack 42 --by alice`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := strconv.ParseInt(strings.TrimSpace(args[0]), 10, 64)
 			if err != nil || id <= 0 {
-				return fmt.Errorf("alert id %q: want a number like 42 (see `fleetflow alerts list`)", args[0])
+				return usagef("alert id %q: want a number like 42 (see `fleetflow alerts list`)", args[0])
 			}
 			if strings.TrimSpace(by) == "" {
-				return errors.New("--by: say who acknowledges, e.g. --by alice")
+				return usagef("--by: say who acknowledges, e.g. --by alice")
 			}
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -455,19 +529,26 @@ func newAlertsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			what := fmt.Sprintf("%s on %s: %s", a.Kind, a.DeviceID, a.Detail)
-			if a.AckedBy != by {
-				fmt.Printf("alert %d (%s) was already acknowledged by %s at %s\n", a.ID, what, a.AckedBy, a.AckedAt.Local().Format("2006-01-02 15:04:05"))
-			} else {
-				fmt.Printf("alert %d (%s) acknowledged by %s\n", a.ID, what, a.AckedBy)
-			}
-			if a.ResolvedAt != nil {
-				fmt.Printf("note: it had already resolved at %s; the problem is gone\n", a.ResolvedAt.Local().Format("2006-01-02 15:04:05"))
-			}
-			return nil
+			doc := struct {
+				registry.Alert
+				State string `json:"state"`
+			}{a, a.State()}
+			return ackOut.print(stdout(cmd), doc, func() error {
+				what := fmt.Sprintf("%s on %s: %s", a.Kind, a.DeviceID, a.Detail)
+				if a.AckedBy != by {
+					fmt.Printf("alert %d (%s) was already acknowledged by %s at %s\n", a.ID, what, a.AckedBy, a.AckedAt.Local().Format("2006-01-02 15:04:05"))
+				} else {
+					fmt.Printf("alert %d (%s) acknowledged by %s\n", a.ID, what, a.AckedBy)
+				}
+				if a.ResolvedAt != nil {
+					fmt.Printf("note: it had already resolved at %s; the problem is gone\n", a.ResolvedAt.Local().Format("2006-01-02 15:04:05"))
+				}
+				return nil
+			})
 		},
 	}
 	ack.Flags().StringVar(&by, "by", by, "who acknowledges (default: the current user)")
+	ackOut = addOutputFlag(ack)
 	cmd.AddCommand(list, ack)
 	return cmd
 }

@@ -17,9 +17,9 @@ const historyTimeLayout = "2006-01-02 15:04:05.000"
 // newDeviceHistoryCmd is `fleetflow devices history ID`: one device's timeline across the lifecycle.
 func newDeviceHistoryCmd(g *globals) *cobra.Command {
 	var limit int
-	var output string
+	var out *output
 	cmd := &cobra.Command{
-		Use:   "history ID [--limit N] [-o json]",
+		Use:   "history ID [--limit N] [-o text|json|yaml]",
 		Short: "Show a device's timeline: provisioning, connections, desired and tag changes, jobs, rollouts, alerts and retirement",
 		Long: `Show what happened to one device, oldest first: when and by which operation it was provisioned, its
 connections, every desired-property and tag change, the jobs and rollouts that reached it and their outcome,
@@ -28,11 +28,9 @@ changes are not listed one by one (they are too frequent); jobs and rollouts sho
 A retired device whose row has been removed is answered from the archive.`,
 		Example: `  fleetflow devices history sensor-0042
   fleetflow devices history sensor-0042 --limit 0 -o json`,
-		Args: cobra.ExactArgs(1),
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("--output %q: use text or json", output)
-			}
 			// One more than asked tells whether older entries were left out.
 			ask := limit
 			if ask > 0 {
@@ -48,17 +46,14 @@ A retired device whose row has been removed is answered from the archive.`,
 			if more {
 				entries = entries[1:]
 			}
-			if output == "json" {
-				if entries == nil {
-					entries = []registry.HistoryEntry{}
-				}
-				return printJSON(entries)
+			if entries == nil {
+				entries = []registry.HistoryEntry{} // [] rather than null for scripts
 			}
-			return printHistory(entries, limit, more)
+			return out.print(stdout(cmd), entries, func() error { return printHistory(entries, limit, more) })
 		},
 	}
 	cmd.Flags().IntVar(&limit, "limit", 100, "show the newest N entries (0 = all)")
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	out = addOutputFlag(cmd)
 	return cmd
 }
 

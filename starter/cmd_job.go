@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"sort"
@@ -30,16 +31,29 @@ type jobFlags struct {
 	timeout                                     time.Duration
 	dryRun, detach                              bool
 	batchSize                                   int64
+	out                                         *output
 }
 
 func newJobCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "job", Short: "Bulk jobs: set desired properties or tags, or call a method, on every device a query selects"}
+	cmd := &cobra.Command{Use: "job", Short: "Bulk jobs: set desired properties or tags, or call a method, on every device a query selects",
+		Long: `Bulk jobs run one change over every device a twin query selects, as a FleetJob workflow: a desired-property
+patch (acknowledged when the devices report the new values), a tags patch, or a direct method call. The
+target set is frozen when the job starts; pause, resume and cancel act on the running workflow.`,
+		Example: `  fleetflow job start --query "SELECT * FROM devices WHERE tags.region = 'eu'" --set-desired '{"telemetryInterval": 30}'
+  fleetflow job status job-set-desired-20261127-101500.000 --failed
+  fleetflow job pause job-set-desired-20261127-101500.000`,
+	}
 	f := &jobFlags{}
 	start := &cobra.Command{
 		Use:   "start --query QUERY (--set-desired JSON | --set-tags JSON | --method NAME [--payload JSON])",
 		Short: "Start a FleetJob over the devices a twin query selects (the set is frozen at start)",
+		Long: `Start a FleetJob over the devices a twin query selects and follow it until it ends (progress on stderr;
+--detach returns once it has started). --dry-run only counts the targets. The exit code is 3 when the job
+finished but some devices failed, timed out or were offline (list them with job status --failed), and 130
+when you interrupt the wait (the job goes on).`,
 		Example: `  fleetflow job start --query "SELECT * FROM devices WHERE tags.region = 'eu-west'" --set-desired '{"telemetryInterval": 30}'
-  fleetflow job start --query "SELECT * FROM devices" --method reboot --rate 50`,
+  fleetflow job start --query "SELECT * FROM devices" --method reboot --rate 50
+  fleetflow job start --query "SELECT * FROM devices WHERE tags.ring = 'canary'" --set-tags '{"ring": "beta"}' --detach -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return startJob(cmd.Context(), g, f) },
 	}
@@ -54,23 +68,29 @@ func newJobCmd(g *globals) *cobra.Command {
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print how many devices the query selects and how long the job should take, and start nothing")
 	fl.BoolVar(&f.detach, "detach", false, "start the job and return without waiting for it")
 	fl.Int64Var(&f.batchSize, "batch-size", 0, "devices per activity (default 1000)")
+	f.out = addOutputFlag(start)
 
 	var failed bool
-	var output string
+	var out *output
 	status := &cobra.Command{
 		Use:   "status ID",
 		Short: "Show a job's progress and per-device outcomes (--failed lists the devices that did not succeed)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show a job: its kind, query and spec, its state (live from the workflow while it runs), and the devices per
+outcome. --failed lists the devices that failed, timed out or were offline, with their error.`,
+		Example: `  fleetflow job status job-method-reboot-20261127-101500.000
+  fleetflow job status job-method-reboot-20261127-101500.000 --failed -o json | jq -r '.devices[].deviceId'`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeJobsSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return jobStatus(cmd.Context(), g, args[0], failed, output)
+			return jobStatus(cmd, g, args[0], failed, out)
 		},
 	}
 	status.Flags().BoolVar(&failed, "failed", false, "list the devices that failed, timed out or were offline")
-	status.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	out = addOutputFlag(status)
 	cmd.AddCommand(start, status,
-		operatorUpdateCmd(g, "job", workflows.UpdatePause, "Stop dispatching to more devices (batches in flight finish)"),
-		operatorUpdateCmd(g, "job", workflows.UpdateResume, "Continue a paused job"),
-		operatorUpdateCmd(g, "job", workflows.UpdateCancel, "Stop the job; devices not reached yet are marked cancelled"))
+		operatorUpdateCmd(g, "job", workflows.UpdatePause, "Stop dispatching to more devices (batches in flight finish)", completeJobsSQL),
+		operatorUpdateCmd(g, "job", workflows.UpdateResume, "Continue a paused job", completeJobsSQL),
+		operatorUpdateCmd(g, "job", workflows.UpdateCancel, "Stop the job; devices not reached yet are marked cancelled", completeJobsSQL))
 	return cmd
 }
 
@@ -134,7 +154,7 @@ func (f *jobFlags) spec() (kind string, patch json.RawMessage, keys []string, er
 func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	kind, patch, keys, err := f.spec()
 	if err != nil {
-		return err
+		return asUsage(err)
 	}
 	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
@@ -146,13 +166,19 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		if err != nil {
 			return queryError(err)
 		}
-		fmt.Printf("the query selects %s devices\n", workflows.Thousands(n))
+		dry := jobDryRun{Query: f.query, Selected: n, Rate: f.rate}
 		if f.rate > 0 {
-			fmt.Printf("at %g devices/s the job should take about %s\n", f.rate, (time.Duration(float64(n) / f.rate * float64(time.Second))).Round(time.Second))
-		} else {
-			fmt.Println("without --rate the job runs as fast as the fleet answers (about 10,000 devices in a few seconds)")
+			dry.EstimateSeconds = (time.Duration(float64(n) / f.rate * float64(time.Second))).Round(time.Second).Seconds()
 		}
-		return nil
+		return f.out.print(os.Stdout, dry, func() error {
+			fmt.Printf("the query selects %s devices\n", workflows.Thousands(n))
+			if f.rate > 0 {
+				fmt.Printf("at %g devices/s the job should take about %s\n", f.rate, time.Duration(dry.EstimateSeconds*float64(time.Second)))
+			} else {
+				fmt.Println("without --rate the job runs as fast as the fleet answers (about 10,000 devices in a few seconds)")
+			}
+			return nil
+		})
 	}
 	c, err := dialTemporal(g)
 	if err != nil {
@@ -192,20 +218,57 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		_ = reg.CloseJob(context.WithoutCancel(ctx), id, "not_started")
 		return fmt.Errorf("start job %s: %w", id, err)
 	}
-	fmt.Printf("job %s started: %s on %s devices\n", id, what, workflows.Thousands(total))
-	fmt.Printf("watch it: %s\n", workflowURL(g, id))
+	started := operationStarted{ID: id, Summary: fmt.Sprintf("%s on %s devices", what, workflows.Thousands(total)),
+		Total: total, TemporalURL: workflowURL(g, id)}
+	// The started lines are the text output; with -o json|yaml stdout holds only the final document.
+	hints := hintWriter(f.out)
+	fmt.Fprintf(hints, "job %s started: %s\n", id, started.Summary)
+	fmt.Fprintf(hints, "watch it: %s\n", started.TemporalURL)
 	if f.detach {
-		return nil
+		return f.out.print(os.Stdout, started, nil)
 	}
 	res, waited, err := awaitJob(ctx, c, run, id, "job")
 	if !waited || err != nil {
 		return err
 	}
-	printJobCounts(res.State, res.Total, res.Counts)
-	if res.Counts.Unsuccessful() > 0 {
-		fmt.Printf("list them: fleetflow job status %s --failed\n", id)
+	if err := f.out.print(os.Stdout, res, func() error {
+		printJobCounts(res.State, res.Total, res.Counts)
+		if res.Counts.Unsuccessful() > 0 {
+			fmt.Printf("list them: fleetflow job status %s --failed\n", id)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if n := res.Counts.Unsuccessful(); n > 0 {
+		return partialf("job %s: %s of %s devices did not succeed", id, workflows.Thousands(n), workflows.Thousands(res.Total))
 	}
 	return nil
+}
+
+// jobDryRun is what `job start --dry-run -o json|yaml` prints.
+type jobDryRun struct {
+	Query           string  `json:"query"`
+	Selected        int64   `json:"selected"`
+	Rate            float64 `json:"rate,omitempty"`
+	EstimateSeconds float64 `json:"estimateSeconds,omitempty"`
+}
+
+// operationStarted is what a command that starts an operation prints with --detach -o json|yaml.
+type operationStarted struct {
+	ID          string `json:"id"`
+	Summary     string `json:"summary,omitempty"`
+	Total       int64  `json:"total,omitempty"`
+	TemporalURL string `json:"temporalUrl"`
+}
+
+// hintWriter is where a command's lines for the operator go: stdout in text, stderr when stdout holds a
+// JSON or YAML document.
+func hintWriter(o *output) io.Writer {
+	if o != nil && o.structured() {
+		return os.Stderr
+	}
+	return os.Stdout
 }
 
 func orEmpty(s string) string {
@@ -252,7 +315,17 @@ func showJobProgress(ctx context.Context, c client.Client, id string) func() {
 	})
 }
 
-func jobStatus(ctx context.Context, g *globals, id string, failed bool, output string) error {
+// jobStatusView is `job status -o json|yaml`: the job's registry record, its devices per outcome, the live
+// progress while the workflow runs (null once it has ended) and, with --failed, the devices that failed.
+type jobStatusView struct {
+	Job      registry.Job           `json:"job"`
+	Counts   map[string]int64       `json:"counts"`
+	Progress *workflows.JobProgress `json:"progress"`
+	Devices  []registry.JobDevice   `json:"devices"`
+}
+
+func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *output) error {
+	ctx := cmd.Context()
 	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
 		return err
@@ -276,9 +349,13 @@ func jobStatus(ctx context.Context, g *globals, id string, failed bool, output s
 		}
 	}
 	live := liveProgress[workflows.JobProgress](ctx, g, id)
-	if output == "json" {
-		return printJSON(map[string]any{"job": j, "counts": counts, "progress": live, "devices": devs})
-	}
+	view := jobStatusView{Job: j, Counts: counts, Progress: live, Devices: devs}
+	return out.print(stdout(cmd), view, func() error { return printJobStatus(view, failed) })
+}
+
+// printJobStatus prints a job's status as tables.
+func printJobStatus(v jobStatusView, failed bool) error {
+	j, counts, live, devs := v.Job, v.Counts, v.Progress, v.Devices
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	state := j.State
 	if live != nil && j.FinishedAt == nil {
@@ -317,20 +394,40 @@ func jobStatus(ctx context.Context, g *globals, id string, failed bool, output s
 // operatorUpdateCmd is `job|rollout pause|resume|cancel|approve ID`: a Workflow Update whose validator
 // refuses what does not apply, after a check that the operation is still running (a finished workflow
 // cannot take updates, and saying so plainly beats the server's error).
-func operatorUpdateCmd(g *globals, noun, update, short string) *cobra.Command {
-	return &cobra.Command{
+func operatorUpdateCmd(g *globals, noun, update, short, completeSQL string) *cobra.Command {
+	var out *output
+	id := "job-set-desired-20261127-101500.000" // an example id of noun
+	if noun == "rollout" {
+		id = "rollout-2.1.0-1"
+	}
+	c := &cobra.Command{
 		Use:   update + " ID",
 		Short: short,
-		Args:  cobra.ExactArgs(1),
+		Long: short + ".\n\nThe request is a Temporal Workflow Update: the running " + noun + " validates it and answers; " +
+			"a refused request, or one sent to a " + noun + " that has already finished, fails with exit code 1.",
+		Example:           fmt.Sprintf("  fleetflow %s %s %s", noun, update, id),
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			msg, err := sendUpdate(cmd.Context(), g, noun, args[0], update, nil)
 			if err != nil {
 				return err
 			}
-			fmt.Println(msg)
-			return nil
+			return out.print(stdout(cmd), updateAnswer{ID: args[0], Update: update, Message: msg}, func() error {
+				fmt.Fprintln(stdout(cmd), msg)
+				return nil
+			})
 		},
 	}
+	out = addOutputFlag(c)
+	return c
+}
+
+// updateAnswer is what an operator request (pause, resume, cancel, approve, abort) prints with -o json|yaml.
+type updateAnswer struct {
+	ID      string `json:"id"`
+	Update  string `json:"update"`
+	Message string `json:"message"`
 }
 
 func sendUpdate(ctx context.Context, g *globals, noun, id, update string, arg any) (string, error) {
@@ -365,14 +462,13 @@ func sendUpdate(ctx context.Context, g *globals, noun, id, update string, arg an
 }
 
 // awaitJob shows a job's (or decommission's) progress until it ends. waited is false when the operator
-// interrupted the wait: the operation goes on and the CLI says how to follow it.
+// interrupted the wait (err is then an interruptedError saying how to follow the operation, which goes on).
 func awaitJob(ctx context.Context, c client.Client, run client.WorkflowRun, id, noun string) (res workflows.JobResult, waited bool, err error) {
 	stop := showJobProgress(ctx, c, id)
 	err = run.Get(ctx, &res)
 	stop()
 	if ctx.Err() != nil {
-		fmt.Printf("stopped waiting; the %s goes on. Follow it with `fleetflow job status %s`\n", noun, id)
-		return res, false, nil
+		return res, false, &interruptedError{fmt.Sprintf("stopped waiting; the %s goes on. Follow it with `fleetflow job status %s`", noun, id)}
 	}
 	if err != nil {
 		return res, true, fmt.Errorf("%s %s: %w", noun, id, err)

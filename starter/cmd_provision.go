@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,10 +32,11 @@ type provisionFlags struct {
 	name             string
 	credsOut         string
 	awaitConnect     time.Duration
-	wait             bool
+	wait             bool // show progress
+	detach           bool
 	batchSize        int64
 	window           int
-	output           string
+	out              *output
 	heartbeatTimeout time.Duration
 	batchesPerRun    int
 	resume           string
@@ -55,13 +54,26 @@ one {"id": ..., "tags": {...}} object per line. Bad rows are reported by line an
 provisioned; devices that already exist are reported and their credentials left untouched.
 
 Each new device's secret is generated here, written once to --creds-out (mode 0600) and stored in the
-registry only as a digest: secrets never pass through Temporal.`,
+registry only as a digest: secrets never pass through Temporal.
+
+Progress is drawn on stderr when it is a terminal (--progress=false turns it off). --detach returns once the
+workflow has started; the secrets then wait in <creds-out>.pending until "provision --resume" writes the
+credentials file. The exit code is 2 when the manifest had invalid rows (the good rows are provisioned all
+the same), 3 when devices did not report within --await-connect, and 130 when interrupted (the workflow goes
+on; --resume picks it up).`,
+		Example: `  fleetflow provision --file devices.csv
+  fleetflow provision --count 1000 --prefix sim- --tags region=eu,site=ber-1 --creds-out sim.creds.ndjson
+  fleetflow provision --file devices.ndjson --await-connect 5m --credential-validity 365d -o json
+  fleetflow provision --file big.csv --detach && fleetflow provision --resume provision-big-20261127-101500 --creds-out provision-big-20261127-101500.creds.ndjson`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.validity != "" {
 				if _, err := parseRetention(f.validity); err != nil {
-					return fmt.Errorf("--credential-validity: %w", err)
+					return usagef("--credential-validity: %w", err)
 				}
+			}
+			if f.detach && f.resume != "" {
+				return usagef("--detach and --resume contradict each other: --resume waits for a run")
 			}
 			return runProvision(cmd.Context(), g, f)
 		},
@@ -77,11 +89,15 @@ registry only as a digest: secrets never pass through Temporal.`,
 	fl.StringVar(&f.credsOut, "creds-out", "", "credentials file to write (default: <workflow id>.creds.ndjson)")
 	fl.DurationVar(&f.awaitConnect, "await-connect", 0, "wait up to this long for the new devices to connect and report capabilities")
 	fl.StringVar(&f.validity, "credential-validity", "", "the new credentials expire this long after creation (e.g. 365d); the health check warns before they do")
+	// --wait was the progress flag before progress became the default on a terminal; it stays, hidden.
 	fl.BoolVar(&f.wait, "wait", false, "show a progress bar while the workflow runs")
+	_ = fl.MarkHidden("wait")
+	fl.BoolVar(&f.wait, "progress", isTerminal(os.Stderr), "show a progress bar on stderr while the workflow runs (default: when stderr is a terminal)")
+	fl.BoolVar(&f.detach, "detach", false, "start the workflow and return; collect the credentials later with --resume")
 	fl.Int64Var(&f.batchSize, "batch-size", workflows.DefaultBatchSize, "rows per batch activity")
 	fl.IntVar(&f.window, "window", workflows.DefaultWindow, "batch activities in flight at once")
 	fl.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "how soon a batch on a crashed worker is retried")
-	fl.StringVarP(&f.output, "output", "o", "text", "summary format: text or json")
+	f.out = addOutputFlag(cmd)
 	fl.StringVar(&f.resume, "resume", "", "wait for an earlier provisioning run (its workflow id) and write its credentials file")
 	fl.IntVar(&f.batchesPerRun, "batches-per-run", 0, "batches per workflow run before continue-as-new (default: the workflow's)")
 	_ = fl.MarkHidden("batches-per-run")
@@ -108,10 +124,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		return resumeProvision(ctx, g, f)
 	}
 	if (f.file == "") == (f.count == 0) {
-		return errors.New("give either --file or --count")
-	}
-	if f.output != "text" && f.output != "json" {
-		return fmt.Errorf("--output must be text or json, not %q", f.output)
+		return usagef("give either --file or --count")
 	}
 	var src manifest.Reader
 	name, label := f.name, ""
@@ -120,7 +133,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		if format == "" {
 			var err error
 			if format, err = manifest.FormatOf(f.file); err != nil {
-				return err
+				return asUsage(err)
 			}
 		}
 		var in io.Reader = os.Stdin
@@ -134,7 +147,8 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		}
 		r, err := manifest.NewReader(bufio.NewReaderSize(in, 1<<20), format)
 		if err != nil {
-			return fmt.Errorf("%s: %w", f.file, err)
+			// A manifest refused as a whole (no id column, unknown format): invalid input.
+			return usagef("%s: %w", f.file, err)
 		}
 		src = r
 		if name == "" {
@@ -143,11 +157,11 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		label = filepath.Base(f.file)
 	} else {
 		if f.count < 0 {
-			return errors.New("--count must be positive")
+			return usagef("--count must be positive")
 		}
 		tags, err := manifest.ParseTags(f.tags)
 		if err != nil {
-			return err
+			return asUsage(err)
 		}
 		src = &manifest.Generated{Prefix: f.prefix, Count: f.count, Start: f.start, Tags: tags}
 		if name == "" {
@@ -204,10 +218,28 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		_ = os.Remove(pending)
 		return fmt.Errorf("start workflow %s: %w", op, err)
 	}
-	if f.output == "text" {
+	if !f.out.structured() || f.detach {
 		fmt.Fprintf(os.Stderr, "started %s (%s rows staged)\n  %s\n", op, workflows.Thousands(rows), workflowURL(g, op))
 	}
+	if f.detach {
+		resume := fmt.Sprintf("fleetflow provision --resume %s --creds-out %s", op, f.credsOut)
+		if f.validity != "" {
+			resume += " --credential-validity " + f.validity
+		}
+		fmt.Fprintf(os.Stderr, "the new devices' secrets wait in %s; write the credentials file (once the workflow has\n"+
+			"created the devices) with:\n  %s\n", pending, resume)
+		return f.out.print(os.Stdout, provisionStarted{operationStarted: operationStarted{ID: op,
+			Summary: fmt.Sprintf("provision %s rows from %s", workflows.Thousands(rows), label), Total: rows,
+			TemporalURL: workflowURL(g, op)}, PendingCredentials: pending, Resume: resume}, nil)
+	}
 	return awaitProvision(ctx, g, c, reg, f, run, op, pending, began)
+}
+
+// provisionStarted is what `provision --detach -o json|yaml` prints.
+type provisionStarted struct {
+	operationStarted
+	PendingCredentials string `json:"pendingCredentials"`
+	Resume             string `json:"resume"` // the command that waits for the run and writes the credentials file
 }
 
 // awaitProvision follows a started (or resumed) provisioning workflow to its end, writes the credentials
@@ -230,9 +262,8 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	}
 	co := <-credsDone
 	if co.interrupted {
-		fmt.Fprintf(os.Stderr, "interrupted: workflow %s goes on; the new devices' secrets stay in %s until you run\n"+
-			"  fleetflow provision --resume %s --creds-out %s\n", op, pending, op, f.credsOut)
-		return &exitError{code: 130, err: ctx.Err()}
+		return &interruptedError{fmt.Sprintf("interrupted: workflow %s goes on; the new devices' secrets stay in %s until you run\n"+
+			"  fleetflow provision --resume %s --creds-out %s", op, pending, op, f.credsOut)}
 	}
 	if runErr != nil {
 		if co.err == nil && co.kept > 0 {
@@ -246,7 +277,7 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	if f.validity != "" {
 		validity, err := parseRetention(f.validity)
 		if err != nil {
-			return fmt.Errorf("--credential-validity: %w", err)
+			return usagef("--credential-validity: %w", err)
 		}
 		if _, err := reg.SetCredentialExpiry(ctx, op, validity); err != nil {
 			return err
@@ -279,7 +310,7 @@ func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	pending := f.credsOut + ".pending"
 	if _, err := os.Stat(pending); err != nil {
-		return fmt.Errorf("no pending credentials at %s: pass the --creds-out of the interrupted run", pending)
+		return usagef("no pending credentials at %s: pass the --creds-out of the interrupted run", pending)
 	}
 	reg, c, err := openBackends(ctx, g)
 	if err != nil {
@@ -462,13 +493,14 @@ func printProvisionSummary(ctx context.Context, g *globals, reg *registry.Regist
 	if err != nil {
 		return err
 	}
-	if f.output == "json" {
-		out := map[string]any{"workflowId": res.Op, "rows": res.Rows, "counts": res.Counts, "invalid": issues,
-			"credentialsFile": f.credsOut, "credentials": kept, "seconds": took.Seconds(), "connect": res.Connect,
-			"temporalUrl": workflowURL(g, res.Op)}
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+	if f.out.structured() {
+		sum := provisionSummary{WorkflowID: res.Op, Rows: res.Rows, Counts: res.Counts, Invalid: issues,
+			CredentialsFile: f.credsOut, Credentials: kept, Seconds: took.Seconds(), Connect: res.Connect,
+			TemporalURL: workflowURL(g, res.Op)}
+		if err := f.out.print(os.Stdout, sum, nil); err != nil {
+			return err
+		}
+		return provisionOutcome(res)
 	}
 	th := workflows.Thousands
 	fmt.Printf("Provisioned %s rows in %.1fs (%s)\n", th(res.Rows), took.Seconds(), res.Op)
@@ -495,5 +527,33 @@ func printProvisionSummary(ctx context.Context, g *globals, reg *registry.Regist
 		}
 	}
 	fmt.Printf("  Temporal UI: %s\n", workflowURL(g, res.Op))
+	return provisionOutcome(res)
+}
+
+// provisionSummary is what `provision -o json|yaml` prints once the run has ended.
+type provisionSummary struct {
+	WorkflowID      string                   `json:"workflowId"`
+	Rows            int64                    `json:"rows"`
+	Counts          workflows.Counts         `json:"counts"`
+	Invalid         []registry.RowResult     `json:"invalid"`
+	CredentialsFile string                   `json:"credentialsFile"`
+	Credentials     int                      `json:"credentials"`
+	Seconds         float64                  `json:"seconds"`
+	Connect         *workflows.ConnectStatus `json:"connect"`
+	TemporalURL     string                   `json:"temporalUrl"`
+}
+
+// provisionOutcome is the exit status of a finished run: invalid rows are invalid input (exit 2, the good
+// rows are provisioned all the same); new devices that did not report within --await-connect are
+// per-device failures (exit 3).
+func provisionOutcome(res workflows.ProvisionResult) error {
+	if n := res.Counts.Invalid; n > 0 {
+		return usagef("%s: %s of %s manifest rows were invalid (see the summary); the others were provisioned",
+			res.Op, workflows.Thousands(n), workflows.Thousands(res.Rows))
+	}
+	if c := res.Connect; c != nil && c.Reported < c.Created {
+		return partialf("%s: %s of %s new devices did not report within --await-connect", res.Op,
+			workflows.Thousands(c.Created-c.Reported), workflows.Thousands(c.Created))
+	}
 	return nil
 }

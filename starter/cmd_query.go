@@ -12,7 +12,7 @@ import (
 )
 
 func newQueryCmd(g *globals) *cobra.Command {
-	var output string
+	var out *output
 	var maxRows int
 	cmd := &cobra.Command{
 		Use:   `query "SELECT ... FROM devices [WHERE ...] [GROUP BY ...]"`,
@@ -22,13 +22,14 @@ func newQueryCmd(g *globals) *cobra.Command {
   SELECT * FROM devices WHERE tags.region = 'eu' AND properties.reported.firmware.version != '2.0.0'
   SELECT properties.reported.model, COUNT() AS n FROM devices GROUP BY properties.reported.model
 
-Retired devices are left out unless the query names status. With --output json the result is a JSON array
-with one object per row keyed by the selected names (whole twins for SELECT *).`,
+Retired devices are left out unless the query names status. With -o json (or yaml) the result is an array
+with one object per row keyed by the selected names (whole twins for SELECT *). -o table is a synonym of
+-o text. A query that does not parse is a usage error (exit 2), with the position of the mistake.`,
+		Example: `  fleetflow devices query "SELECT * FROM devices WHERE tags.region = 'eu'"
+  fleetflow devices query "SELECT properties.reported.model, COUNT() AS n FROM devices GROUP BY properties.reported.model"
+  fleetflow devices query -o json "SELECT deviceId FROM devices WHERE connectionState = 'disconnected'" | jq -r '.[].deviceId'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("--output must be table or json, not %q", output)
-			}
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
 				return err
@@ -38,8 +39,8 @@ with one object per row keyed by the selected names (whole twins for SELECT *).`
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return printJSON(res.Objects())
+			if out.structured() {
+				return out.print(stdout(cmd), res.Objects(), nil)
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			if res.Star {
@@ -69,7 +70,7 @@ with one object per row keyed by the selected names (whole twins for SELECT *).`
 			return nil
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	out = addOutputFlag(cmd)
 	cmd.Flags().IntVar(&maxRows, "max-rows", 1000, "cap on returned rows when the query has no TOP (0: no cap)")
 	return cmd
 }

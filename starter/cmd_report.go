@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -19,9 +18,10 @@ const reportOperations = 200
 
 // newReportCmd is `fleetflow report`: the fleet at a glance, for a terminal, a script (JSON) or a browser.
 func newReportCmd(g *globals) *cobra.Command {
-	var output, htmlPath string
+	var htmlPath string
+	var out *output
 	cmd := &cobra.Command{
-		Use:   "report [--output text|json] [--html FILE]",
+		Use:   "report [-o text|json|yaml] [--html FILE]",
 		Short: "The fleet at a glance: devices, firmware versions, open alerts, operations in flight, health trend",
 		Long: `Report the fleet at a glance: devices by status and connection, firmware versions, open alerts by
 kind, the operations in flight with their progress (from Temporal's visibility), and the trend of the last
@@ -32,22 +32,20 @@ stays fast on a million devices. When Temporal cannot be reached the report says
 nothing fetched) that a browser opens offline.`,
 		Example: `  fleetflow report
   fleetflow report -o json | jq .devices
+  fleetflow report -o yaml
   fleetflow report --html fleet.html`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("--output %q: want text or json", output)
-			}
-			return runReport(cmd.Context(), g, cmd.OutOrStdout(), output, htmlPath)
+			return runReport(cmd.Context(), g, cmd.OutOrStdout(), out, htmlPath)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	out = addOutputFlag(cmd)
 	cmd.Flags().StringVar(&htmlPath, "html", "", "also write a self-contained HTML report to FILE")
 	return cmd
 }
 
 // runReport gathers the report and writes it to w as text or JSON, and to htmlPath as a page.
-func runReport(ctx context.Context, g *globals, w io.Writer, output, htmlPath string) error {
+func runReport(ctx context.Context, g *globals, w io.Writer, out *output, htmlPath string) error {
 	// Temporal is asked while the registry counts, so an unreachable Temporal costs no time on top.
 	type opsResult struct {
 		ops  []report.Operation
@@ -82,12 +80,7 @@ func runReport(ctx context.Context, g *globals, w io.Writer, output, htmlPath st
 		}
 		defer fmt.Fprintf(os.Stderr, "HTML report written to %s\n", htmlPath)
 	}
-	if output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ") // as printJSON, which writes to os.Stdout only
-		return enc.Encode(d)
-	}
-	return report.BuildText(w, d)
+	return out.print(w, d, func() error { return report.BuildText(w, d) })
 }
 
 // operationsInFlight lists the running fleet operations from Temporal's visibility.

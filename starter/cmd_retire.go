@@ -25,6 +25,7 @@ func newRetireCmd(g *globals) *cobra.Command {
 	var q, reason string
 	var wipe, detach bool
 	var timeout time.Duration
+	var out *output
 	cmd := &cobra.Command{
 		Use:   "retire ID... | --query QUERY",
 		Short: "Decommission devices: revoke at once, archive their twins, take them out of jobs and rollouts",
@@ -32,19 +33,23 @@ func newRetireCmd(g *globals) *cobra.Command {
 credentials stop working at once (the gateway refuses its next CONNECT and drops a live session), its twin
 and timeline are archived, it leaves pending jobs and running rollouts, and it no longer appears in queries
 unless they ask for status = 'retired'. With --wipe a factory reset is sent first (best effort). Retiring a
-retired device is harmless; unknown ids are reported per device.`,
+retired device is harmless; unknown ids are reported per device, the others are retired, and the exit code
+is 2.`,
 		Example: `  fleetflow retire dev-0001 dev-0002 --reason "hardware fault"
-  fleetflow retire --query "SELECT * FROM devices WHERE tags.site = 'ber-1'" --wipe`,
+  fleetflow retire --query "SELECT * FROM devices WHERE tags.site = 'ber-1'" --wipe
+  fleetflow retire --query "SELECT * FROM devices WHERE tags.batch = 'b7'" --detach -o json`,
+		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (q == "") == (len(args) == 0) {
-				return errors.New("give device ids or --query, not both")
+				return usagef("give device ids or --query, not both")
 			}
 			if timeout <= 0 {
-				return errors.New("--wipe-timeout must be positive")
+				return usagef("--wipe-timeout must be positive")
 			}
-			return startRetire(cmd.Context(), g, args, q, reason, wipe, timeout, detach)
+			return startRetire(cmd.Context(), g, args, q, reason, wipe, timeout, detach, out)
 		},
 	}
+	out = addOutputFlag(cmd)
 	cmd.Flags().StringVar(&q, "query", "", "twin query selecting the devices to retire")
 	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded with every device")
 	cmd.Flags().BoolVar(&wipe, "wipe", false, "send the factoryReset method to connected devices before revoking them")
@@ -53,7 +58,7 @@ retired device is harmless; unknown ids are reported per device.`,
 	return cmd
 }
 
-func startRetire(ctx context.Context, g *globals, ids []string, q, reason string, wipe bool, timeout time.Duration, detach bool) error {
+func startRetire(ctx context.Context, g *globals, ids []string, q, reason string, wipe bool, timeout time.Duration, detach bool, out *output) error {
 	reg, c, err := openBackends(ctx, g)
 	if err != nil {
 		return err
@@ -91,9 +96,10 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 		_ = reg.CloseJob(context.WithoutCancel(ctx), id, "not_started")
 		return fmt.Errorf("start %s: %w", id, err)
 	}
-	fmt.Printf("%s started: %s\nwatch it: %s\n", id, what, workflowURL(g, id))
+	started := operationStarted{ID: id, Summary: what, Total: total, TemporalURL: workflowURL(g, id)}
+	fmt.Fprintf(hintWriter(out), "%s started: %s\nwatch it: %s\n", id, what, started.TemporalURL)
 	if detach {
-		return nil
+		return out.print(os.Stdout, started, nil)
 	}
 	res, waited, err := awaitJob(ctx, c, run, id, "decommission")
 	if !waited || err != nil {
@@ -103,24 +109,49 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	if err != nil {
 		return err
 	}
-	var retired, already int
-	var unknown []string
+	r := retireResult{ID: id, State: res.State, Unknown: []string{}, Failed: []registry.JobDevice{}}
 	for _, d := range devs {
 		switch {
-		case d.State == registry.JobFailed:
-			unknown = append(unknown, d.DeviceID)
-		case d.Error == "already retired":
-			already++
+		case d.State == registry.JobFailed && d.Error == "no such device":
+			r.Unknown = append(r.Unknown, d.DeviceID)
+		case d.State == registry.JobSucceeded && d.Error == "already retired":
+			r.AlreadyRetired++
 		case d.State == registry.JobSucceeded:
-			retired++
+			r.Retired++
+		default:
+			r.Failed = append(r.Failed, d)
 		}
 	}
-	fmt.Printf("%s: %d retired, %d already retired, %d unknown\n", res.State, retired, already, len(unknown))
-	if len(unknown) > 0 {
-		fmt.Printf("unknown devices: %s\n", strings.Join(unknown[:min(len(unknown), 20)], ", "))
-		return &exitError{code: 2, err: fmt.Errorf("%d of the given devices do not exist", len(unknown))}
+	if err := out.print(os.Stdout, r, func() error {
+		fmt.Printf("%s: %d retired, %d already retired, %d unknown\n", r.State, r.Retired, r.AlreadyRetired, len(r.Unknown))
+		if len(r.Unknown) > 0 {
+			fmt.Printf("unknown devices: %s\n", strings.Join(r.Unknown[:min(len(r.Unknown), 20)], ", "))
+		}
+		for _, d := range r.Failed[:min(len(r.Failed), 20)] {
+			fmt.Printf("not retired: %s (%s: %s)\n", d.DeviceID, d.State, d.Error)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	switch {
+	case len(r.Unknown) > 0:
+		// Invalid input, like a manifest's invalid rows: the known devices are retired all the same.
+		return usagef("%d of the given devices do not exist", len(r.Unknown))
+	case len(r.Failed) > 0:
+		return partialf("%s: %d devices were not retired", id, len(r.Failed))
 	}
 	return nil
+}
+
+// retireResult is what `retire -o json|yaml` prints once the decommission has ended.
+type retireResult struct {
+	ID             string               `json:"id"`
+	State          string               `json:"state"`
+	Retired        int                  `json:"retired"`
+	AlreadyRetired int                  `json:"alreadyRetired"`
+	Unknown        []string             `json:"unknown"`
+	Failed         []registry.JobDevice `json:"failed"`
 }
 
 func orDash(s string) string {
@@ -135,11 +166,17 @@ func devicesLifecycleCmds(g *globals) []*cobra.Command {
 	var reason string
 	mk := func(enable bool) *cobra.Command {
 		name, short := "disable", "Quarantine a device: its session is dropped at once and it cannot connect until enabled"
+		long := `Quarantine a device: the gateway drops its session at once and refuses it until it is enabled again. Its
+twin and credentials stay; jobs and rollouts skip it. The reason is recorded on its timeline.`
 		if enable {
 			name, short = "enable", "Let a disabled device connect again"
+			long = `Let a disabled device connect again with its credentials. A retired device cannot be enabled.`
 		}
+		var out *output
 		c := &cobra.Command{
-			Use: name + " ID", Short: short, Args: cobra.ExactArgs(1),
+			Use: name + " ID", Short: short, Long: long, Args: cobra.ExactArgs(1),
+			Example:           fmt.Sprintf("  fleetflow devices %s sensor-0042 --reason \"suspicious traffic\"", name),
+			ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				reg, err := openRegistry(cmd, g)
 				if err != nil {
@@ -153,18 +190,26 @@ func devicesLifecycleCmds(g *globals) []*cobra.Command {
 				if err != nil {
 					return err
 				}
-				switch {
-				case !changed:
-					fmt.Printf("%s is already %sd\n", args[0], name)
-				case enable:
-					fmt.Printf("%s enabled: it may connect again\n", args[0])
-				default:
-					fmt.Printf("%s disabled: the gateway drops its session now and refuses it until `fleetflow devices enable %s`\n", args[0], args[0])
-				}
-				return nil
+				doc := struct {
+					DeviceID string `json:"deviceId"`
+					Enabled  bool   `json:"enabled"`
+					Changed  bool   `json:"changed"`
+				}{args[0], enable, changed}
+				return out.print(stdout(cmd), doc, func() error {
+					switch {
+					case !changed:
+						fmt.Printf("%s is already %sd\n", args[0], name)
+					case enable:
+						fmt.Printf("%s enabled: it may connect again\n", args[0])
+					default:
+						fmt.Printf("%s disabled: the gateway drops its session now and refuses it until `fleetflow devices enable %s`\n", args[0], args[0])
+					}
+					return nil
+				})
 			},
 		}
 		c.Flags().StringVar(&reason, "reason", "", "why, recorded on the device's timeline")
+		out = addOutputFlag(c)
 		return c
 	}
 	return []*cobra.Command{mk(false), mk(true)}
@@ -172,27 +217,36 @@ func devicesLifecycleCmds(g *globals) []*cobra.Command {
 
 func newReplaceCmd(g *globals) *cobra.Command {
 	var credsOut string
+	var detach bool
+	var out *output
 	cmd := &cobra.Command{
 		Use:   "replace OLD NEW",
 		Short: "Let device NEW take over OLD's role: provision NEW if needed, copy tags and desired, retire OLD",
 		Long: `Start a ReplaceDevice workflow. If NEW does not exist it is provisioned: its secret is generated here and
 written to --creds-out (mode 0600), never sent anywhere else. NEW gets OLD's tags (NEW's own tags win) and
-desired properties, both twins record the lineage, and OLD is retired (credentials revoked at once).`,
-		Args: cobra.ExactArgs(2),
+desired properties, both twins record the lineage, and OLD is retired (credentials revoked at once).
+With --detach the command returns once the workflow has started; NEW's credentials file is written at once
+and works as soon as the workflow has created NEW.`,
+		Example: `  fleetflow replace sensor-0042 sensor-0042b
+  fleetflow replace sensor-0042 sensor-0042b --creds-out /secure/sensor-0042b.creds.ndjson --detach`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return replace(cmd.Context(), g, args[0], args[1], credsOut)
+			return replace(cmd.Context(), g, args[0], args[1], credsOut, detach, out)
 		},
 	}
 	cmd.Flags().StringVar(&credsOut, "creds-out", "", "where NEW's credentials go if it is provisioned (default NEW.creds.ndjson)")
+	cmd.Flags().BoolVar(&detach, "detach", false, "start the replacement and return without waiting for it")
+	out = addOutputFlag(cmd)
 	return cmd
 }
 
-func replace(ctx context.Context, g *globals, old, nw, credsOut string) error {
+func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach bool, out *output) error {
 	if err := twin.ValidateID(nw); err != nil {
-		return fmt.Errorf("NEW: %w", err)
+		return usagef("NEW: %w", err)
 	}
 	if old == nw {
-		return errors.New("a device cannot replace itself")
+		return usagef("a device cannot replace itself")
 	}
 	reg, c, err := openBackends(ctx, g)
 	if err != nil {
@@ -269,34 +323,72 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string) error {
 		}
 		return fmt.Errorf("start %s: %w", op, err)
 	}
-	fmt.Printf("%s started\nwatch it: %s\n", op, workflowURL(g, op))
+	started := operationStarted{ID: op, Summary: fmt.Sprintf("replace %s with %s", old, nw), Total: 1, TemporalURL: workflowURL(g, op)}
+	hints := hintWriter(out)
+	fmt.Fprintf(hints, "%s started\nwatch it: %s\n", op, started.TemporalURL)
+	if detach {
+		if pending != "" {
+			// The one secret is final already: nothing but the workflow's creation of NEW is missing.
+			if err := os.Rename(pending, credsOut); err != nil {
+				return fmt.Errorf("credentials of %s stay in %s: %w", nw, pending, err)
+			}
+			fmt.Fprintf(hints, "%s's credentials are in %s (shown once); they work once the workflow has created it\n", nw, credsOut)
+		}
+		return out.print(os.Stdout, started, nil)
+	}
 	var res workflows.ReplaceResult
 	if err := run.Get(ctx, &res); err != nil {
 		if pending != "" {
 			_ = os.Remove(pending)
 		}
+		if ctx.Err() != nil {
+			return &interruptedError{fmt.Sprintf("stopped waiting; %s goes on (see it in the Temporal UI: %s)", op, workflowURL(g, op))}
+		}
 		return fmt.Errorf("replace %s with %s: %w", old, nw, err)
 	}
+	r := replaceResult{ID: op, Old: old, New: nw, DesiredVersion: res.DesiredVersion}
 	if pending != "" {
 		if err := os.Rename(pending, credsOut); err != nil {
 			return fmt.Errorf("credentials of %s stay in %s: %w", nw, pending, err)
 		}
-		fmt.Printf("%s provisioned; its credentials are in %s (shown once)\n", nw, credsOut)
+		r.Provisioned, r.CredentialsFile = true, credsOut
 	}
-	fmt.Printf("%s replaced %s: tags and desired copied (desired version %d), %s retired\n", nw, old, res.DesiredVersion, old)
-	return nil
+	return out.print(os.Stdout, r, func() error {
+		if r.Provisioned {
+			fmt.Printf("%s provisioned; its credentials are in %s (shown once)\n", nw, credsOut)
+		}
+		fmt.Printf("%s replaced %s: tags and desired copied (desired version %d), %s retired\n", nw, old, res.DesiredVersion, old)
+		return nil
+	})
+}
+
+// replaceResult is what `replace -o json|yaml` prints once the replacement has ended.
+type replaceResult struct {
+	ID              string `json:"id"`
+	Old             string `json:"old"`
+	New             string `json:"new"`
+	Provisioned     bool   `json:"provisioned"`
+	CredentialsFile string `json:"credentialsFile,omitempty"`
+	DesiredVersion  int64  `json:"desiredVersion"`
 }
 
 func newPurgeCmd(g *globals) *cobra.Command {
 	var older, every string
+	var detach bool
+	var out *output
 	cmd := &cobra.Command{
 		Use:   "purge --older-than 90d [--every 24h]",
 		Short: "Delete retired devices past retention (rows, archive, events); --every schedules it",
-		Args:  cobra.NoArgs,
+		Long: `Delete the devices retired longer ago than --older-than: their rows, archived twins and timeline events, in
+a PurgeArchive workflow. With --every the purge runs on a Temporal Schedule (created, or updated when it
+exists) instead of now.`,
+		Example: `  fleetflow purge --older-than 90d
+  fleetflow purge --older-than 90d --every 1d`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			retention, err := parseRetention(older)
 			if err != nil {
-				return fmt.Errorf("--older-than: %w", err)
+				return usagef("--older-than: %w", err)
 			}
 			c, err := dialTemporal(g)
 			if err != nil {
@@ -307,7 +399,7 @@ func newPurgeCmd(g *globals) *cobra.Command {
 			if every != "" {
 				d, err := parseRetention(every)
 				if err != nil || d < time.Minute {
-					return fmt.Errorf("--every %q: want a duration of at least 1m, like 24h or 1d", every)
+					return usagef("--every %q: want a duration of at least 1m, like 24h or 1d", every)
 				}
 				return schedulePurge(cmd.Context(), g, c, d, in)
 			}
@@ -320,17 +412,32 @@ func newPurgeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("start %s: %w", id, err)
 			}
+			if detach {
+				started := operationStarted{ID: id, Summary: "purge retired devices older than " + older, TemporalURL: workflowURL(g, id)}
+				return out.print(os.Stdout, started, func() error {
+					fmt.Printf("%s started\nwatch it: %s\n", id, started.TemporalURL)
+					return nil
+				})
+			}
 			var res workflows.PurgeResult
 			if err := run.Get(cmd.Context(), &res); err != nil {
+				if cmd.Context().Err() != nil {
+					return &interruptedError{fmt.Sprintf("stopped waiting; %s goes on (see it in the Temporal UI: %s)", id, workflowURL(g, id))}
+				}
 				return fmt.Errorf("%s: %w", id, err)
 			}
-			fmt.Printf("purged %s retired devices older than %s\n", workflows.Thousands(res.Purged), older)
-			return nil
+			return out.print(os.Stdout, res, func() error {
+				fmt.Printf("purged %s retired devices older than %s\n", workflows.Thousands(res.Purged), older)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&older, "older-than", "", "retention: devices retired longer ago than this go (e.g. 90d, 720h)")
 	cmd.Flags().StringVar(&every, "every", "", "run on a Temporal Schedule at this interval instead of now")
-	_ = cmd.MarkFlagRequired("older-than")
+	cmd.Flags().BoolVar(&detach, "detach", false, "start the purge and return without waiting for it")
+	out = addOutputFlag(cmd)
+	// --older-than is required: parseRetention refuses "" with an example (a usage error, exit 2), where
+	// MarkFlagRequired's error would bypass the exit-code mapping.
 	return cmd
 }
 

@@ -23,12 +23,21 @@ import (
 )
 
 func newFirmwareCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "firmware", Short: "The firmware catalogue"}
+	cmd := &cobra.Command{Use: "firmware", Short: "The firmware catalogue",
+		Long: `The firmware catalogue: the images a rollout can install, each a version with the URL devices download
+it from and its SHA-256, which devices verify before installing.`,
+		Example: `  fleetflow firmware add --version 2.1.0 --url https://fw.example.com/2.1.0.bin --sha256 "$(sha256sum 2.1.0.bin | cut -d' ' -f1)"
+  fleetflow firmware list`,
+	}
 	var f registry.Firmware
+	var addOut *output
 	add := &cobra.Command{
 		Use:   "add --version V --url URL --sha256 HEX [--notes TEXT]",
 		Short: "Add a firmware image to the catalogue (entries are immutable)",
-		Args:  cobra.NoArgs,
+		Long: `Add a firmware image to the catalogue. Entries are immutable: a version is added once, and a new build
+gets a new version. The URL must be http or https; the SHA-256 is 64 hex digits.`,
+		Example: `  fleetflow firmware add --version 2.1.0 --url https://fw.example.com/2.1.0.bin --sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --notes "fixes the modem reset"`,
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -39,19 +48,26 @@ func newFirmwareCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("firmware %s added (%s)\n", out.Version, out.URL)
-			return nil
+			return addOut.print(stdout(cmd), out, func() error {
+				fmt.Printf("firmware %s added (%s)\n", out.Version, out.URL)
+				return nil
+			})
 		},
 	}
+	addOut = addOutputFlag(add)
 	add.Flags().StringVar(&f.Version, "version", "", "version, e.g. 2.1.0")
 	add.Flags().StringVar(&f.URL, "url", "", "where devices download the image (http or https)")
 	add.Flags().StringVar(&f.SHA256, "sha256", "", "SHA-256 of the image, 64 hex digits")
 	add.Flags().StringVar(&f.Notes, "notes", "", "release notes")
-	var output string
+	var listOut *output
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the catalogue, newest first, with how many devices run each version",
-		Args:  cobra.NoArgs,
+		Long: `List the firmware catalogue, newest first, with how many devices report running each version (one
+GROUP BY over the fleet).`,
+		Example: `  fleetflow firmware list
+  fleetflow firmware list -o json | jq -r '.[] | select(.devices == 0) | .version'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -75,27 +91,26 @@ func newFirmwareCmd(g *globals) *cobra.Command {
 					running[v] = n
 				}
 			}
-			if output == "json" {
-				type entry struct {
-					registry.Firmware
-					Devices int64 `json:"devices"`
-				}
-				out := make([]entry, len(fws))
-				for i, f := range fws {
-					out[i] = entry{f, running[f.Version]}
-				}
-				return printJSON(out)
+			type entry struct {
+				registry.Firmware
+				Devices int64 `json:"devices"`
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "VERSION\tDEVICES\tADDED\tSHA256\tURL\tNOTES")
-			for _, f := range fws {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s…\t%s\t%s\n", f.Version, workflows.Thousands(running[f.Version]),
-					f.CreatedAt.Format("2006-01-02 15:04"), f.SHA256[:12], f.URL, f.Notes)
+			out := make([]entry, len(fws))
+			for i, f := range fws {
+				out[i] = entry{f, running[f.Version]}
 			}
-			return w.Flush()
+			return listOut.print(stdout(cmd), out, func() error {
+				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "VERSION\tDEVICES\tADDED\tSHA256\tURL\tNOTES")
+				for _, f := range fws {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s…\t%s\t%s\n", f.Version, workflows.Thousands(running[f.Version]),
+						f.CreatedAt.Format("2006-01-02 15:04"), f.SHA256[:12], f.URL, f.Notes)
+				}
+				return w.Flush()
+			})
 		},
 	}
-	list.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	listOut = addOutputFlag(list)
 	cmd.AddCommand(add, list)
 	return cmd
 }
@@ -104,32 +119,41 @@ type rolloutFlags struct {
 	version, query, waves, maxFailures string
 	bake, deviceTimeout                time.Duration
 	approveEach, detach                bool
+	out                                *output
 }
 
 // parsed validates the flags into the workflow's terms.
 func (f *rolloutFlags) parsed() ([]rollout.Wave, rollout.Threshold, error) {
 	if f.version == "" {
-		return nil, rollout.Threshold{}, errors.New("--firmware is required (see `fleetflow firmware list`)")
+		return nil, rollout.Threshold{}, usagef("--firmware is required (see `fleetflow firmware list`)")
 	}
 	if f.query == "" {
-		return nil, rollout.Threshold{}, errors.New("--query is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
+		return nil, rollout.Threshold{}, usagef("--query is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
 	}
 	waves, err := rollout.ParseWaves(f.waves)
 	if err != nil {
-		return nil, rollout.Threshold{}, fmt.Errorf("--waves: %w", err)
+		return nil, rollout.Threshold{}, usagef("--waves: %w", err)
 	}
 	th, err := rollout.ParseThreshold(f.maxFailures)
 	if err != nil {
-		return nil, rollout.Threshold{}, fmt.Errorf("--max-failures: %w", err)
+		return nil, rollout.Threshold{}, usagef("--max-failures: %w", err)
 	}
 	if f.bake < 0 || f.deviceTimeout < 0 {
-		return nil, rollout.Threshold{}, errors.New("--bake and --device-timeout must not be negative")
+		return nil, rollout.Threshold{}, usagef("--bake and --device-timeout must not be negative")
 	}
 	return waves, th, nil
 }
 
 func newRolloutCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "rollout", Short: "Staged firmware rollouts with automatic rollback"}
+	cmd := &cobra.Command{Use: "rollout", Short: "Staged firmware rollouts with automatic rollback",
+		Long: `Staged firmware rollouts: a FirmwareRollout workflow updates the devices a query selects in cumulative
+waves, watches each wave's failures against a threshold, and rolls every touched device back when it is
+exceeded. plan shows the waves without changing anything; pause, resume, approve and abort act on a running
+rollout.`,
+		Example: `  fleetflow rollout plan --firmware 2.1.0 --query "SELECT * FROM devices WHERE tags.region = 'eu'"
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices WHERE tags.region = 'eu'" --waves 1%,10%,100%
+  fleetflow rollout status rollout-2.1.0-1`,
+	}
 	f := &rolloutFlags{}
 	addFlags := func(c *cobra.Command) {
 		fl := c.Flags()
@@ -140,69 +164,99 @@ func newRolloutCmd(g *globals) *cobra.Command {
 		fl.DurationVar(&f.bake, "bake", 0, "how long a device must stay healthy on the new version to count as succeeded")
 		fl.DurationVar(&f.deviceTimeout, "device-timeout", workflows.DefaultDeviceTimeout, "a device that does not run the new version within this fails")
 		fl.BoolVar(&f.approveEach, "approve-each-wave", false, "wait for `fleetflow rollout approve` before each wave after the first")
+		_ = c.RegisterFlagCompletionFunc("firmware", completeFlagFrom(g, completeFirmwareSQL))
 	}
+	var planOut *output
 	plan := &cobra.Command{
 		Use:   "plan --firmware V --query QUERY [--waves ...]",
 		Short: "Show the waves a rollout would run, their device counts and an estimate; changes nothing",
-		Args:  cobra.NoArgs,
+		Long: `Show what rollout start would do with the same flags: how many of the selected devices already run the
+version or are inactive, the devices of each wave, the failure threshold and a duration estimate. It also
+says when another running rollout holds some of the devices. Nothing is written.`,
+		Example: `  fleetflow rollout plan --firmware 2.1.0 --query "SELECT * FROM devices"
+  fleetflow rollout plan --firmware 2.1.0 --query "SELECT * FROM devices" --waves 100,1000,100% --bake 10m -o yaml`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, _, err := planRollout(cmd.Context(), g, f, true)
+			_, _, err := planRollout(cmd.Context(), g, f, planOut)
 			return err
 		},
 	}
 	addFlags(plan)
+	planOut = addOutputFlag(plan)
 	start := &cobra.Command{
 		Use:   "start --firmware V --query QUERY [--waves 1%,10%,50%,100%] [--max-failures 5%] [--bake 2m]",
 		Short: "Start a FirmwareRollout workflow",
-		Args:  cobra.NoArgs,
-		RunE:  func(cmd *cobra.Command, args []string) error { return startRollout(cmd.Context(), g, f) },
+		Long: `Start a FirmwareRollout workflow and follow it until it ends (progress on stderr; --detach returns once it
+has started). The exit code is 3 when the rollout finished with failed devices (it rolled back, or stayed
+under the threshold), and 130 when you interrupt the wait (the rollout goes on).`,
+		Example: `  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices WHERE tags.region = 'eu'"
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --waves 1%,10%,50%,100% --max-failures 2% --bake 10m --detach
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --approve-each-wave`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return startRollout(cmd.Context(), g, f) },
 	}
 	addFlags(start)
+	f.out = addOutputFlag(start)
 	start.Flags().BoolVar(&f.detach, "detach", false, "start the rollout and return without waiting for it")
-	var output string
+	var statusOut *output
 	status := &cobra.Command{
 		Use:   "status ID",
 		Short: "Show a rollout's wave, counts per phase, last decision and failing devices",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show a rollout: its firmware, query and state (live from the workflow while it runs, with the current
+wave and the last decision), its devices per wave and phase, and up to 50 devices that failed with their
+reason.`,
+		Example: `  fleetflow rollout status rollout-2.1.0-1
+  fleetflow rollout status rollout-2.1.0-1 -o json | jq .progress.wave`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeRolloutsSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return rolloutStatus(cmd.Context(), g, args[0], output)
+			return rolloutStatus(cmd, g, args[0], statusOut)
 		},
 	}
-	status.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	statusOut = addOutputFlag(status)
 	var rollback, noRollback bool
 	var reason string
+	var abortOut *output
 	abort := &cobra.Command{
 		Use:   "abort ID (--rollback | --no-rollback)",
 		Short: "Stop a rollout; with --rollback every touched device goes back to its previous firmware",
-		Args:  cobra.ExactArgs(1),
+		Long: `Stop a running rollout: no more devices are dispatched. Say what happens to the devices already updated:
+--rollback sends them back to their previous firmware, --no-rollback leaves them as they are.`,
+		Example: `  fleetflow rollout abort rollout-2.1.0-1 --rollback --reason "battery drain in the field"
+  fleetflow rollout abort rollout-2.1.0-1 --no-rollback`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeRolloutsSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if rollback == noRollback {
-				return errors.New("say what happens to the devices already updated: --rollback or --no-rollback")
+				return usagef("say what happens to the devices already updated: --rollback or --no-rollback")
 			}
 			msg, err := sendUpdate(cmd.Context(), g, "rollout", args[0], workflows.UpdateAbort,
 				workflows.AbortRequest{Rollback: rollback, Reason: reason})
 			if err != nil {
 				return err
 			}
-			fmt.Println(msg)
-			return nil
+			return abortOut.print(stdout(cmd), updateAnswer{ID: args[0], Update: workflows.UpdateAbort, Message: msg}, func() error {
+				fmt.Fprintln(stdout(cmd), msg)
+				return nil
+			})
 		},
 	}
+	abortOut = addOutputFlag(abort)
 	abort.Flags().BoolVar(&rollback, "rollback", false, "send touched devices back to their previous firmware")
 	abort.Flags().BoolVar(&noRollback, "no-rollback", false, "leave devices on the firmware they have now")
 	abort.Flags().StringVar(&reason, "reason", "", "why, for the record")
 	cmd.AddCommand(plan, start, status, abort,
-		operatorUpdateCmd(g, "rollout", workflows.UpdatePause, "Hold the next wave (the current wave's devices go on)"),
-		operatorUpdateCmd(g, "rollout", workflows.UpdateResume, "Continue a paused rollout"),
-		operatorUpdateCmd(g, "rollout", workflows.UpdateApprove, "Let a rollout started with --approve-each-wave start its next wave"))
+		operatorUpdateCmd(g, "rollout", workflows.UpdatePause, "Hold the next wave (the current wave's devices go on)", completeRolloutsSQL),
+		operatorUpdateCmd(g, "rollout", workflows.UpdateResume, "Continue a paused rollout", completeRolloutsSQL),
+		operatorUpdateCmd(g, "rollout", workflows.UpdateApprove, "Let a rollout started with --approve-each-wave start its next wave", completeRolloutsSQL))
 	return cmd
 }
 
 // typicalInstall is the per-wave time the plan's estimate assumes for download, install and reboot.
 const typicalInstall = 2 * time.Minute
 
-// planRollout validates everything a start needs and prints (when show) the plan.
-func planRollout(ctx context.Context, g *globals, f *rolloutFlags, show bool) (registry.Firmware, registry.RolloutPlan, error) {
+// planRollout validates everything a start needs and prints (when out is not nil) the plan.
+func planRollout(ctx context.Context, g *globals, f *rolloutFlags, out *output) (registry.Firmware, registry.RolloutPlan, error) {
 	var plan registry.RolloutPlan
 	waves, th, err := f.parsed()
 	if err != nil {
@@ -221,35 +275,70 @@ func planRollout(ctx context.Context, g *globals, f *rolloutFlags, show bool) (r
 	if err != nil {
 		return fw, plan, queryError(err)
 	}
-	if !show {
+	if out == nil {
 		return fw, plan, nil
 	}
-	th2 := workflows.Thousands
-	fmt.Printf("firmware %s to the devices of: %s\n", fw.Version, f.query)
-	fmt.Printf("selected %s: %s already on %s, %s disabled or retired, %s to update\n", th2(plan.Selected), th2(plan.OnVersion),
-		fw.Version, th2(plan.Inactive), th2(plan.Eligible))
 	cut := rollout.Cutoffs(waves, plan.Eligible)
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE")
+	view := rolloutPlanView{Firmware: fw.Version, Query: f.query, RolloutPlan: plan, MaxFailures: th.String(),
+		Bake: f.bake.String(), DeviceTimeout: f.deviceTimeout.String(), ApproveEachWave: f.approveEach,
+		EstimateSeconds: rollout.Estimate(cut, f.bake, typicalInstall).Round(time.Second).Seconds()}
 	prev := int64(0)
 	for i, c := range cut {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", i+1, waves[i], th2(c-prev), th2(c))
+		view.Waves = append(view.Waves, plannedWave{Wave: i + 1, Share: waves[i].String(), Devices: c - prev, Cumulative: c})
 		prev = c
 	}
-	if err := w.Flush(); err != nil {
-		return fw, plan, err
+	if plan.Conflict != nil {
+		view.Conflict = plan.Conflict.Error()
 	}
-	fmt.Printf("stops and rolls back when failures exceed %s; bake %s; device timeout %s\n", th, f.bake, f.deviceTimeout)
-	est := rollout.Estimate(cut, f.bake, typicalInstall)
-	fmt.Printf("estimate: about %s (assuming %s per wave to download, install and reboot)", est.Round(time.Second), typicalInstall)
-	if f.approveEach {
+	return fw, plan, out.print(os.Stdout, view, func() error { return printRolloutPlan(view) })
+}
+
+// rolloutPlanView is `rollout plan -o json|yaml`.
+type rolloutPlanView struct {
+	Firmware string `json:"firmware"`
+	Query    string `json:"query"`
+	registry.RolloutPlan
+	Waves           []plannedWave `json:"waves"`
+	MaxFailures     string        `json:"maxFailures"`
+	Bake            string        `json:"bake"`
+	DeviceTimeout   string        `json:"deviceTimeout"`
+	ApproveEachWave bool          `json:"approveEachWave"`
+	EstimateSeconds float64       `json:"estimateSeconds"`
+	Conflict        string        `json:"conflict,omitempty"` // why the rollout cannot start now
+}
+
+// plannedWave is one wave of a rollout plan.
+type plannedWave struct {
+	Wave       int    `json:"wave"`
+	Share      string `json:"share"`
+	Devices    int64  `json:"devices"`
+	Cumulative int64  `json:"cumulative"`
+}
+
+func printRolloutPlan(v rolloutPlanView) error {
+	th2 := workflows.Thousands
+	fmt.Printf("firmware %s to the devices of: %s\n", v.Firmware, v.Query)
+	fmt.Printf("selected %s: %s already on %s, %s disabled or retired, %s to update\n", th2(v.Selected), th2(v.OnVersion),
+		v.Firmware, th2(v.Inactive), th2(v.Eligible))
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE")
+	for _, wv := range v.Waves {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", wv.Wave, wv.Share, th2(wv.Devices), th2(wv.Cumulative))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Printf("stops and rolls back when failures exceed %s; bake %s; device timeout %s\n", v.MaxFailures, v.Bake, v.DeviceTimeout)
+	fmt.Printf("estimate: about %s (assuming %s per wave to download, install and reboot)",
+		time.Duration(v.EstimateSeconds*float64(time.Second)), typicalInstall)
+	if v.ApproveEachWave {
 		fmt.Print(", plus the time you take to approve each wave")
 	}
 	fmt.Println()
-	if plan.Conflict != nil {
-		fmt.Printf("cannot start now: %v\n", plan.Conflict)
+	if v.Conflict != "" {
+		fmt.Printf("cannot start now: %s\n", v.Conflict)
 	}
-	return fw, plan, nil
+	return nil
 }
 
 func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
@@ -257,7 +346,7 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	if err != nil {
 		return err
 	}
-	fw, plan, err := planRollout(ctx, g, f, false)
+	fw, plan, err := planRollout(ctx, g, f, nil)
 	if err != nil {
 		return err
 	}
@@ -309,10 +398,13 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 		_ = reg.FinishRollout(context.WithoutCancel(ctx), id, "not_started", nil)
 		return fmt.Errorf("start rollout %s: %w", id, err)
 	}
-	fmt.Printf("rollout %s started: firmware %s to %s devices, waves %s, max failures %s\n", id, fw.Version, workflows.Thousands(total), f.waves, th)
-	fmt.Printf("watch it: %s\n", workflowURL(g, id))
+	started := operationStarted{ID: id, Summary: fmt.Sprintf("firmware %s to %s devices, waves %s, max failures %s", fw.Version,
+		workflows.Thousands(total), f.waves, th), Total: total, TemporalURL: workflowURL(g, id)}
+	hints := hintWriter(f.out)
+	fmt.Fprintf(hints, "rollout %s started: %s\n", id, started.Summary)
+	fmt.Fprintf(hints, "watch it: %s\n", started.TemporalURL)
 	if f.detach {
-		return nil
+		return f.out.print(os.Stdout, started, nil)
 	}
 	stop := pollProgress(ctx, c, id, func(v interface{ Get(any) error }) string {
 		var p workflows.RolloutProgress
@@ -327,13 +419,18 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	err = run.Get(ctx, &res)
 	stop()
 	if ctx.Err() != nil {
-		fmt.Printf("stopped waiting; the rollout goes on. Follow it with `fleetflow rollout status %s`\n", id)
-		return nil
+		return &interruptedError{fmt.Sprintf("stopped waiting; the rollout goes on. Follow it with `fleetflow rollout status %s`", id)}
 	}
 	if err != nil {
 		return fmt.Errorf("rollout %s: %w", id, err)
 	}
-	printRolloutResult(res)
+	if err := f.out.print(os.Stdout, res, func() error { printRolloutResult(res); return nil }); err != nil {
+		return err
+	}
+	if failed := res.Counts.Failed + res.Counts.RollbackFailed; failed > 0 || len(res.Failures) > 0 || res.State == "rolled_back" {
+		return partialf("rollout %s %s with %s failed devices", id, strings.ReplaceAll(res.State, "_", " "),
+			workflows.Thousands(max(failed, int64(len(res.Failures)))))
+	}
 	return nil
 }
 
@@ -352,7 +449,17 @@ func printRolloutResult(res workflows.RolloutResult) {
 	}
 }
 
-func rolloutStatus(ctx context.Context, g *globals, id, output string) error {
+// rolloutStatusView is `rollout status -o json|yaml`: the rollout's registry record, its devices per wave and
+// phase, the live progress while the workflow runs (null once it has ended) and up to 50 failed devices.
+type rolloutStatusView struct {
+	Rollout  registry.Rollout           `json:"rollout"`
+	Counts   []registry.PhaseCount      `json:"counts"`
+	Progress *workflows.RolloutProgress `json:"progress"`
+	Failing  []registry.RolloutDevice   `json:"failing"`
+}
+
+func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error {
+	ctx := cmd.Context()
 	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
 		return err
@@ -381,9 +488,13 @@ func rolloutStatus(ctx context.Context, g *globals, id, output string) error {
 		}
 	}
 	live := liveProgress[workflows.RolloutProgress](ctx, g, id)
-	if output == "json" {
-		return printJSON(map[string]any{"rollout": ro, "counts": counts, "progress": live, "failing": failing})
-	}
+	view := rolloutStatusView{Rollout: ro, Counts: counts, Progress: live, Failing: failing}
+	return out.print(stdout(cmd), view, func() error { return printRolloutStatus(view) })
+}
+
+// printRolloutStatus prints a rollout's status as tables.
+func printRolloutStatus(v rolloutStatusView) error {
+	ro, counts, live, failing := v.Rollout, v.Counts, v.Progress, v.Failing
 	var total rollout.Counts
 	for _, pc := range counts {
 		total.Add(rollout.Phase(pc.Phase), pc.N)

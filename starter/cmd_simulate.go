@@ -36,6 +36,9 @@ firmware version and health the registry holds for them across restarts of the s
 
 One process handles about 10,000 devices; beyond ~28,000 per broker address, pass --source-ips so that
 connections spread over several loopback addresses.`,
+		Example: `  fleetflow simulate --creds sim.creds.ndjson
+  fleetflow simulate --creds sim.creds.ndjson --devices 100 --telemetry-every 10s
+  fleetflow simulate --creds sim.creds.ndjson --firmware-delay 5s --fail-install 2.0.0=0.1 --unhealthy 2.0.0=0.05`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if credsFile == "" {

@@ -21,12 +21,24 @@ import (
 )
 
 func newTwinCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "twin", Short: "Read and write device twins"}
-	var output string
+	cmd := &cobra.Command{Use: "twin", Short: "Read and write device twins",
+		Long: `Read and write device twins: tags (the operator's labels, used by queries), desired properties (what
+the device should do) and reported properties (what the device says it does).`,
+		Example: `  fleetflow twin get sensor-0042
+  fleetflow twin set-desired sensor-0042 --patch '{"telemetryInterval": 30}'
+  fleetflow twin set-tags sensor-0042 --patch '{"region": "eu"}'`,
+	}
+	var out *output
 	get := &cobra.Command{
 		Use:   "get ID",
 		Short: "Show a device's twin: tags, desired vs reported (with the keys not yet acknowledged), versions and etag",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show a device's twin. The text form pairs every desired key with what the device reports for it and
+lists the keys not acknowledged yet; -o json and -o yaml give the whole twin in Azure IoT Hub's shape, plus
+the device's lineage (replaces, replacedBy) when it has one.`,
+		Example: `  fleetflow twin get sensor-0042
+  fleetflow twin get sensor-0042 -o json | jq .properties.reported`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, err := readDevice(cmd, g, args[0], (*registry.Registry).GetTwin)
 			if err != nil {
@@ -38,20 +50,18 @@ func newTwinCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				if d.Replaces == "" && d.ReplacedBy == "" {
-					return printJSON(t)
-				}
-				return printJSON(struct {
+			var doc any = t
+			if d.Replaces != "" || d.ReplacedBy != "" {
+				doc = struct {
 					twin.Twin
 					Replaces   string `json:"replaces,omitempty"`
 					ReplacedBy string `json:"replacedBy,omitempty"`
-				}{t, d.Replaces, d.ReplacedBy})
+				}{t, d.Replaces, d.ReplacedBy}
 			}
-			return printTwin(t, d)
+			return out.print(stdout(cmd), doc, func() error { return printTwin(t, d) })
 		},
 	}
-	get.Flags().StringVarP(&output, "output", "o", "text", "text, or json for the whole twin in Azure's shape")
+	out = addOutputFlag(get)
 	cmd.AddCommand(get, newTwinWriteCmd(g, twin.Desired), newTwinWriteCmd(g, twin.Tags))
 	return cmd
 }
@@ -152,9 +162,14 @@ func compactJSON(b []byte) string {
 // newTwinWriteCmd is `twin set-desired` or `twin set-tags`.
 func newTwinWriteCmd(g *globals, section twin.Section) *cobra.Command {
 	var patch, ifMatch string
+	var out *output
 	name, what := "set-tags", "tags"
+	example := `  fleetflow twin set-tags sensor-0042 --patch '{"region": "eu", "ring": "canary"}'
+  fleetflow twin set-tags sensor-0042 --patch '{"ring": null}'   # null deletes a key`
 	if section == twin.Desired {
 		name, what = "set-desired", "desired properties"
+		example = `  fleetflow twin set-desired sensor-0042 --patch '{"telemetryInterval": 30}'
+  fleetflow twin set-desired sensor-0042 --patch '{"mode": "eco"}' --if-match "$(fleetflow twin get sensor-0042 -o json | jq -r .etag)"`
 	}
 	cmd := &cobra.Command{
 		Use:   name + " ID --patch JSON",
@@ -162,14 +177,16 @@ func newTwinWriteCmd(g *globals, section twin.Section) *cobra.Command {
 		Long: "Merge a JSON merge patch (RFC 7386; null deletes a key) into a device's " + what + ".\n" +
 			"With --if-match the write happens only if the twin's etag is still ETAG (optimistic concurrency)." +
 			map[bool]string{true: "\nAn online device gets the patch at once; an offline one gets the whole desired document when it reconnects.", false: ""}[section == twin.Desired],
-		Args: cobra.ExactArgs(1),
+		Example:           example,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
 			if patch == "" {
-				return errors.New("--patch is required, e.g. --patch '{\"telemetryInterval\": 30}'")
+				return usagef("--patch is required, e.g. --patch '{\"telemetryInterval\": 30}'")
 			}
 			if _, err := twin.ParseObject(section, []byte(patch)); err != nil {
-				return fmt.Errorf("--patch: %w", err)
+				return usagef("--patch: %w", err)
 			}
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -185,33 +202,68 @@ func newTwinWriteCmd(g *globals, section twin.Section) *cobra.Command {
 			case err != nil:
 				return err
 			}
-			fmt.Printf("%s: %s updated, etag %s\n", id, what, t.ETag)
-			if section != twin.Desired {
-				return nil
+			res := twinWriteResult{DeviceID: id, Section: string(section), ETag: t.ETag}
+			if section == twin.Desired {
+				v := t.Properties.Desired.Version
+				res.DesiredVersion = &v
+				res.Delivery = pushDesired(cmd.Context(), g, id, t.ConnectionState, v, patch)
 			}
-			fmt.Printf("desired version %d\n", t.Properties.Desired.Version)
-			if t.ConnectionState != "connected" {
-				fmt.Println("device offline: it gets the desired state when it reconnects")
+			return out.print(stdout(cmd), res, func() error {
+				fmt.Printf("%s: %s updated, etag %s\n", id, what, t.ETag)
+				if res.DesiredVersion == nil {
+					return nil
+				}
+				fmt.Printf("desired version %d\n", *res.DesiredVersion)
+				switch res.Delivery {
+				case deliveryOffline:
+					fmt.Println("device offline: it gets the desired state when it reconnects")
+				case deliveryPushed:
+					fmt.Println("pushed to the device")
+				}
 				return nil
-			}
-			ch, err := dialChannel(cmd.Context(), g)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "warning: could not push the patch (%v); the device gets it on its next reconnect\n", err)
-				return nil
-			}
-			defer ch.Close()
-			if _, err := ch.PublishDesired(cmd.Context(), []channel.DesiredMessage{{DeviceID: id, Version: t.Properties.Desired.Version,
-				Patch: []byte(patch)}}); err != nil {
-				fmt.Fprintf(os.Stderr, "warning: push failed (%v); the device gets it on its next reconnect\n", err)
-				return nil
-			}
-			fmt.Println("pushed to the device")
-			return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&patch, "patch", "", "JSON merge patch")
 	cmd.Flags().StringVar(&ifMatch, "if-match", "", "write only if the twin's etag is this (from `twin get`)")
+	out = addOutputFlag(cmd)
 	return cmd
+}
+
+// How a desired patch reached the device, in `twin set-desired`'s result.
+const (
+	deliveryPushed  = "pushed"      // published to the online device
+	deliveryOffline = "offline"     // the device gets the whole desired document when it reconnects
+	deliveryFailed  = "push-failed" // online, but the push failed; the device gets it on its next reconnect
+)
+
+// twinWriteResult is what `twin set-desired|set-tags -o json|yaml` prints.
+type twinWriteResult struct {
+	DeviceID       string `json:"deviceId"`
+	Section        string `json:"section"`
+	ETag           string `json:"etag"`
+	DesiredVersion *int64 `json:"desiredVersion,omitempty"`
+	Delivery       string `json:"delivery,omitempty"`
+}
+
+// pushDesired pushes a desired patch to an online device. A failure is a warning on stderr, not an error:
+// the write is done, and the device gets the desired document on its next reconnect.
+func pushDesired(ctx context.Context, g *globals, id, connection string, version int64, patch string) string {
+	if connection != "connected" {
+		return deliveryOffline
+	}
+	ch, err := dialChannel(ctx, g)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "warning: could not push the patch (%v); the device gets it on its next reconnect\n", err)
+		return deliveryFailed
+	}
+	defer ch.Close()
+	if _, err := ch.PublishDesired(ctx, []channel.DesiredMessage{{DeviceID: id, Version: version,
+		Patch: []byte(patch)}}); err != nil {
+		fmt.Fprintf(os.Stderr, "warning: push failed (%v); the device gets it on its next reconnect\n", err)
+		return deliveryFailed
+	}
+	return deliveryPushed
 }
 
 // dialChannel connects the CLI to the gateway as a fleetflow service.
@@ -236,24 +288,37 @@ func dialChannel(ctx context.Context, g *globals) (*channel.Channel, error) {
 }
 
 func newMethodCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "method", Short: "Call direct methods on devices"}
+	cmd := &cobra.Command{Use: "method", Short: "Call direct methods on devices",
+		Long: `Call a direct method on one device and wait for its answer. For many devices, start a job:
+fleetflow job start --method NAME --query QUERY.`,
+		Example: `  fleetflow method invoke sensor-0042 ping
+  fleetflow method invoke sensor-0042 diagnostics --timeout 10s`,
+	}
 	var payload string
 	var timeout time.Duration
+	var out *output
 	invoke := &cobra.Command{
 		Use:   "invoke ID NAME",
 		Short: "Call a direct method on one online device and print its status and response",
-		Args:  cobra.ExactArgs(2),
+		Long: `Call a direct method on one online device and print its response; the status and latency go to stderr.
+The response is printed as JSON (-o yaml prints it as YAML). A device that answers with a status other than
+2xx makes the exit code 3; an offline device or a timeout makes it 1.`,
+		Example: `  fleetflow method invoke sensor-0042 ping
+  fleetflow method invoke sensor-0042 setMode --payload '{"mode": "eco"}'
+  fleetflow method invoke sensor-0042 upload --payload @request.json --timeout 2m`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, name := args[0], args[1]
 			payload, err := argOrFile(payload)
 			if err != nil {
-				return fmt.Errorf("--payload: %w", err)
+				return usagef("--payload: %w", err)
 			}
 			if len(payload) > channel.MaxMethodPayload {
-				return fmt.Errorf("--payload is %d bytes; method payloads are limited to %d (128 KB)", len(payload), channel.MaxMethodPayload)
+				return usagef("--payload is %d bytes; method payloads are limited to %d (128 KB)", len(payload), channel.MaxMethodPayload)
 			}
 			if payload != "" && !json.Valid([]byte(payload)) {
-				return errors.New("--payload is not valid JSON")
+				return usagef("--payload is not valid JSON")
 			}
 			d, err := readDevice(cmd, g, id, (*registry.Registry).GetDevice)
 			if err != nil {
@@ -287,20 +352,26 @@ func newMethodCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(os.Stderr, "status %d (%s)\n", res.Status, res.Latency.Round(time.Microsecond))
 			var v any
 			if json.Unmarshal(res.Payload, &v) == nil {
-				if err := printJSON(v); err != nil {
+				// The response is a document in every format: text prints it as JSON.
+				doc := out
+				if doc.format == outText {
+					doc = &output{format: outJSON}
+				}
+				if err := doc.print(stdout(cmd), v, nil); err != nil {
 					return err
 				}
 			} else {
-				fmt.Println(string(res.Payload))
+				fmt.Fprintln(stdout(cmd), string(res.Payload))
 			}
 			if res.Outcome != channel.Succeeded {
-				return &exitError{code: 3, err: fmt.Errorf("%s answered %s with status %d", id, name, res.Status)}
+				return partialf("%s answered %s with status %d", id, name, res.Status)
 			}
 			return nil
 		},
 	}
 	invoke.Flags().StringVar(&payload, "payload", "", "JSON request body (at most 128 KB), or @FILE to read it from a file")
 	invoke.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the answer")
+	out = addOutputFlag(invoke)
 	cmd.AddCommand(invoke)
 	return cmd
 }

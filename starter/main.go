@@ -24,37 +24,40 @@ type globals struct {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if stopProfile := startCPUProfile(os.Getenv("FLEETFLOW_CPUPROFILE")); stopProfile != nil {
-		defer stopProfile()
-	}
-	if err := newRoot().ExecuteContext(ctx); err != nil {
-		var ee *exitError
-		if errors.As(err, &ee) {
-			fmt.Fprintln(os.Stderr, "fleetflow:", ee.Error())
-			os.Exit(ee.code)
-		}
+	stopProfile := startCPUProfile(os.Getenv("FLEETFLOW_CPUPROFILE"))
+	cmd, err := newRoot().ExecuteContextC(ctx)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleetflow:", err)
-		os.Exit(1)
 	}
+	var ue *usageError
+	if errors.As(err, &ue) && ue.cmdLine && cmd != nil {
+		fmt.Fprintf(os.Stderr, "See '%s --help'.\n", cmd.CommandPath())
+	}
+	// The profile is written before os.Exit, which skips deferred calls.
+	stop()
+	code := exitCode(err)
+	if stopProfile != nil {
+		stopProfile()
+	}
+	os.Exit(code)
 }
-
-// exitError carries a specific exit code (e.g. 2 when a provisioning run had invalid rows).
-type exitError struct {
-	code int
-	err  error
-}
-
-// Error is the wrapped error's message.
-func (e *exitError) Error() string { return e.err.Error() }
-
-// Unwrap lets errors.Is and errors.As see the cause.
-func (e *exitError) Unwrap() error { return e.err }
 
 func newRoot() *cobra.Command {
 	g := &globals{cfg: config.FromEnv()}
 	root := &cobra.Command{
-		Use:           "fleetflow",
-		Short:         "Run the lifecycle of an IoT device fleet as durable Temporal workflows",
+		Use:   "fleetflow",
+		Short: "Run the lifecycle of an IoT device fleet as durable Temporal workflows",
+		Long: `fleetflow is the operator CLI of an IoT fleet: it provisions devices, configures them (twins, methods,
+bulk jobs, staged firmware rollouts), monitors them (health checks, alerts, reports) and retires them. Every
+operation is a durable Temporal workflow over the Postgres device registry; the CLI starts it and follows it.
+
+Commands that print take -o text|json|yaml. Exit codes: 0 done, 1 failed, 2 usage or invalid input,
+3 finished with per-device failures, 130 interrupted (the operation goes on; follow it with its status
+command). Shell completion: fleetflow completion --help.`,
+		Example: `  fleetflow dev up
+  fleetflow provision --count 1000 --prefix sim-
+  fleetflow devices query "SELECT * FROM devices WHERE tags.region = 'eu'" -o yaml
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --detach`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRun: func(cmd *cobra.Command, args []string) {
@@ -72,6 +75,24 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.cfg.TaskQueue, "task-queue", g.cfg.TaskQueue, "Temporal task queue of the workers (FLEETFLOW_TASK_QUEUE)")
 	pf.StringVar(&g.cfg.MQTTURL, "mqtt-url", g.cfg.MQTTURL, "MQTT broker URL for devices (FLEETFLOW_MQTT_URL)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log debug details to stderr")
+	root.AddGroup(commandGroups...)
 	root.AddCommand(commands(g)...)
+	root.SetHelpCommandGroupID(groupOther)
+	root.SetCompletionCommandGroupID(groupOther)
+	// Made now rather than at Execute, so that they get the usage-error marking, a group and examples too.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.GroupID == "" {
+			c.GroupID = groupOther
+		}
+		switch c.Name() {
+		case "completion":
+			describeCompletion(c)
+		case "help":
+			c.Example = "  fleetflow help rollout start"
+		}
+	}
+	markUsageErrors(root)
 	return root
 }

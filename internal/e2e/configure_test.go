@@ -226,7 +226,7 @@ func TestRolloutGoodCompletesBadRollsBack(t *testing.T) {
 
 	out, err = e.cli(ctx, "rollout", "start", "--firmware", "3.0.0", "--query", "SELECT * FROM devices WHERE tags.region = 'us'",
 		"--waves", "10%,50%,100%", "--max-failures", "10%")
-	require.NoError(t, err)
+	require.Equal(t, 3, exitCodeOf(err), "a rollout that rolled back finished with per-device failures: %v", err)
 	require.Contains(t, out, "rolled back")
 	var res workflows.RolloutResult
 	require.NoError(t, e.tc.GetWorkflow(ctx, startedRollout(t, out), "").Get(ctx, &res))

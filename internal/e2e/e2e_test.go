@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -130,6 +131,18 @@ func (e *env) cli(ctx context.Context, args ...string) (string, error) {
 		e.t.Logf("fleetflow %s: %v\nstderr:\n%s", strings.Join(args, " "), err, errb.String())
 	}
 	return out.String(), err
+}
+
+// exitCodeOf is the exit code of a CLI run that returned err (0 when err is nil, -1 when it did not exit).
+func exitCodeOf(err error) int {
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		return exit.ExitCode()
+	}
+	return -1
 }
 
 // cliResult is the outcome of a CLI run started with cliAsync.

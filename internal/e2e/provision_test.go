@@ -130,8 +130,9 @@ func TestBadManifestRowsAreReportedAndTheRestProvisioned(t *testing.T) {
 		"good-4,apac,sin-1",
 	}, "\n")+"\n"), 0o644))
 	credsFile := filepath.Join(dir, "creds.ndjson")
+	// Invalid rows are invalid input: the good rows are provisioned, then the CLI exits 2.
 	out, err := e.cli(ctx, "provision", "--file", manifest, "--creds-out", credsFile, "-o", "json")
-	require.NoError(t, err)
+	require.Equal(t, 2, exitCodeOf(err), "%v", err)
 	s := parseSummary(t, out)
 	require.Equal(t, int64(6), s.Rows)
 	require.Equal(t, int64(3), s.Counts.Created)
@@ -157,7 +158,7 @@ func TestBadManifestRowsAreReportedAndTheRestProvisioned(t *testing.T) {
 	// The same manifest again: nothing new, the old secrets still work.
 	credsAgain := filepath.Join(dir, "creds-again.ndjson")
 	out, err = e.cli(ctx, "provision", "--file", manifest, "--creds-out", credsAgain, "-o", "json")
-	require.NoError(t, err)
+	require.Equal(t, 2, exitCodeOf(err), "the same invalid rows again: %v", err)
 	s = parseSummary(t, out)
 	require.Equal(t, int64(0), s.Counts.Created)
 	require.Equal(t, int64(3), s.Counts.Existing)
@@ -241,6 +242,7 @@ func TestInterruptedProvisioningResumesWithItsCredentials(t *testing.T) {
 	err := cmd.Wait()
 	var exit *exec.ExitError
 	require.True(t, errors.As(err, &exit), "interrupted: %v\n%s", err, stderr.String())
+	require.Equal(t, 130, exit.ExitCode(), "interrupted")
 	require.Contains(t, stderr.String(), "--resume "+op)
 	_, err = os.Stat(credsFile)
 	require.True(t, os.IsNotExist(err), "no credentials file while the workflow has not created the devices")
@@ -256,4 +258,37 @@ func TestInterruptedProvisioningResumesWithItsCredentials(t *testing.T) {
 	a, err := e.reg.DeviceAuth(ctx, cs[7].ID)
 	require.NoError(t, err)
 	require.True(t, creds.Matches(cs[7].Secret, a.Secret1Hash))
+}
+
+// provision --detach returns once the workflow has started, with the secrets left in the pending file, and
+// --resume collects them; -o yaml carries the same fields as -o json.
+func TestDetachedProvisioningIsCollectedWithResume(t *testing.T) {
+	e := newEnv(t)
+	e.startWorker()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	credsFile := filepath.Join(t.TempDir(), "creds.ndjson")
+	out, err := e.cli(ctx, "provision", "--count", "20", "--prefix", "det-", "--creds-out", credsFile, "--detach", "-o", "json")
+	require.NoError(t, err)
+	var started struct {
+		ID                 string `json:"id"`
+		Total              int64  `json:"total"`
+		TemporalURL        string `json:"temporalUrl"`
+		PendingCredentials string `json:"pendingCredentials"`
+		Resume             string `json:"resume"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &started), out)
+	require.True(t, strings.HasPrefix(started.ID, "provision-det-20-"), started.ID)
+	require.Equal(t, int64(20), started.Total)
+	require.Equal(t, credsFile+".pending", started.PendingCredentials)
+	require.Contains(t, started.Resume, "--resume "+started.ID)
+	require.Contains(t, started.TemporalURL, started.ID)
+	_, err = os.Stat(started.PendingCredentials)
+	require.NoError(t, err, "the secrets wait in the pending file")
+
+	out, err = e.cli(ctx, "provision", "--resume", started.ID, "--creds-out", credsFile, "-o", "yaml")
+	require.NoError(t, err)
+	require.Contains(t, out, "workflowId: "+started.ID)
+	require.Contains(t, out, "credentials: 20")
+	require.Len(t, mustCreds(t, credsFile), 20)
 }

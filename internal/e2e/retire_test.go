@@ -42,7 +42,7 @@ func TestRetireDisableReplacePurge(t *testing.T) {
 	kicks := e.gw.Stats().Kicks
 	start := time.Now()
 	out, err := e.cliCombined(ctx, "retire", "r-0001", "r-0002", "no-such-device", "--reason", "hardware fault")
-	require.Error(t, err, out)
+	require.Equal(t, 2, exitCodeOf(err), "an unknown id is invalid input: %v\n%s", err, out)
 	assert.Contains(t, out, "2 retired, 0 already retired, 1 unknown")
 	assert.Contains(t, out, "no-such-device")
 	require.Eventually(t, func() bool { return e.gw.Stats().Kicks >= kicks+2 }, time.Second, 10*time.Millisecond,
