@@ -21,5 +21,6 @@ func commands(g *globals) []*cobra.Command {
 		newReportCmd(g),   // report [-o json] [--html FILE] (cmd_report.go)
 		newHealthCmd(g),   // health schedule|unschedule|run|status (cmd_health.go)
 		newAlertsCmd(g),   // alerts list|ack (cmd_health.go)
+		newMigrateCmd(g),  // migrate [--status] (cmd_migrate.go)
 	}
 }
