@@ -12,13 +12,20 @@ import (
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
+	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
-// dialTemporal connects to the Temporal frontend with the CLI's logger (quiet unless -v).
+// dialTemporal connects to the Temporal frontend with the CLI's logger (quiet unless -v). TLS, mTLS and API
+// keys come from the temporal.toml profile and TEMPORAL_* variables, as for the temporal CLI; address and
+// namespace from the flags over them (config.TemporalClientOptions).
 func dialTemporal(g *globals) (client.Client, error) {
-	c, err := client.Dial(client.Options{HostPort: g.cfg.TemporalAddress, Namespace: g.cfg.Namespace,
-		Logger: tlog.NewStructuredLogger(slog.Default())})
+	opts, err := config.TemporalClientOptions(g.cfg.TemporalAddress, g.cfg.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	opts.Logger = tlog.NewStructuredLogger(slog.Default())
+	c, err := client.Dial(opts)
 	if err != nil {
 		return nil, fmt.Errorf("connect to temporal at %s: %w (is the stack up? run `make up` or set TEMPORAL_ADDRESS)", g.cfg.TemporalAddress, err)
 	}

@@ -109,6 +109,10 @@ func New(opts Options) (*Stack, error) {
 	if opts.Config.Namespace == "" {
 		opts.Config.Namespace = config.DefaultNamespace
 	}
+	if opts.Config.TemporalProfile != "" {
+		// A temporal.toml profile is the user's choice as much as TEMPORAL_ADDRESS is.
+		opts.ExplicitTemporal = true
+	}
 	state := filepath.Join(opts.Root, ".fleetflow")
 	return &Stack{opts: opts, notice: opts.Out, state: state, logs: filepath.Join(state, "logs"), run: filepath.Join(state, "run")}, nil
 }
