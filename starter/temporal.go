@@ -11,6 +11,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
+	"golang.org/x/term"
 
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -87,9 +88,10 @@ func progressLine(p workflows.ProvisionProgress) string {
 	return fmt.Sprintf("%-16s [%s%s] %3.0f%% %s", p.Phase, strings.Repeat("█", n), strings.Repeat("░", width-n), frac*100, label)
 }
 
+// isTerminal reports whether f is a terminal, so progress redraws in place there and prints plain lines in
+// logs. It asks the terminal driver (golang.org/x/term): a character device such as /dev/null is not one.
 func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return term.IsTerminal(int(f.Fd()))
 }
 
 // pollProgress draws line(progress query result) on stderr until stop is called. On a terminal the line
