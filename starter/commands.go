@@ -22,5 +22,6 @@ func commands(g *globals) []*cobra.Command {
 		newHealthCmd(g),   // health schedule|unschedule|run|status (cmd_health.go)
 		newAlertsCmd(g),   // alerts list|ack (cmd_health.go)
 		newMigrateCmd(g),  // migrate [--status] (cmd_migrate.go)
+		newVersionCmd(),   // version (cmd_version.go)
 	}
 }
