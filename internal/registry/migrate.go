@@ -153,7 +153,8 @@ func newProvider(db *sql.DB) (*goose.Provider, error) {
 // adopted), oldest first; none when the schema was current. Concurrent calls, from any number of processes,
 // are serialized by a Postgres advisory lock: the later ones wait and then find nothing to do.
 //
-// A database migrated by a fleetflow older than goose (its table schema_migrations) is adopted: the files it
+// A database a newer fleetflow migrated is left alone, with an error matching ErrSchemaNewer. A database
+// migrated by a fleetflow older than goose (its table schema_migrations) is adopted: the files it
 // recorded are recorded in goose's table without being run again, and only the newer ones are applied.
 func Migrate(ctx context.Context, url string) ([]Migration, error) {
 	db, err := openSQL(url)
@@ -178,6 +179,12 @@ func Migrate(ctx context.Context, url string) ([]Migration, error) {
 	adopted, err := adoptLegacy(ctx, conn, p.ListSources())
 	if err != nil {
 		return nil, fmt.Errorf("migrate: adopt %s: %w", legacyTable, err)
+	}
+	// goose would find nothing to do on a database a newer fleetflow migrated; say so instead.
+	if current, err := p.GetDBVersion(ctx); err != nil {
+		return adopted, fmt.Errorf("migrate: %w", err)
+	} else if current > SchemaVersion() {
+		return adopted, &SchemaError{Current: current, Required: SchemaVersion()}
 	}
 	results, err := p.Up(ctx)
 	if err != nil {

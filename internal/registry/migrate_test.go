@@ -184,6 +184,10 @@ func TestOpenOnANewerSchemaFails(t *testing.T) {
 	require.False(t, errors.Is(err, registry.ErrSchemaOutdated))
 	require.Contains(t, err.Error(), "version 999")
 	require.Contains(t, err.Error(), "upgrade fleetflow")
+
+	// Migrate does not pretend such a database is up to date.
+	_, err = registry.Migrate(ctx, url)
+	require.ErrorIs(t, err, registry.ErrSchemaNewer)
 }
 
 func TestConcurrentMigrateAppliesEachMigrationOnce(t *testing.T) {
