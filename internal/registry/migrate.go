@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/database"
@@ -132,13 +133,14 @@ func maxInt(a, b int64) int64 {
 // SchemaVersion is the schema version this binary needs: its newest migration.
 func SchemaVersion() int64 { return schemaVersion() }
 
-// openSQL opens a database/sql handle for goose over pgx's driver.
+// openSQL opens a database/sql handle for goose over pgx's driver. The URL is parsed as Open parses it, so
+// the pool settings it may carry (pool_max_conns, ...) are understood rather than sent to the server.
 func openSQL(url string) (*sql.DB, error) {
-	cfg, err := pgx.ParseConfig(url)
+	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
-	return stdlib.OpenDB(*cfg), nil
+	return stdlib.OpenDB(*cfg.ConnConfig), nil
 }
 
 func newProvider(db *sql.DB) (*goose.Provider, error) {

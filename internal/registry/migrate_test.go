@@ -109,7 +109,8 @@ func TestMigrateFreshDatabase(t *testing.T) {
 func TestMigrateAgainIsANoOp(t *testing.T) {
 	ctx := context.Background()
 	url := testenv.EmptyPostgres(t)
-	_, err := registry.Migrate(ctx, url)
+	// The URL may carry the pool's settings, as Open's may.
+	_, err := registry.Migrate(ctx, url+"&pool_max_conns=4")
 	require.NoError(t, err)
 	for i := 0; i < 3; i++ {
 		applied, err := registry.Migrate(ctx, url)
