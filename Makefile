@@ -7,6 +7,10 @@ TEMPORAL_CLI  := github.com/temporalio/cli/cmd/temporal@v1.5.1
 WORKFLOWCHECK := go.temporal.io/sdk/contrib/tools/workflowcheck@v0.6.0
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
+# `fleetflow version` prints this (git describe of the checkout; empty outside git: the build info is used).
+VERSION       ?= $(shell git describe --always --dirty 2>/dev/null)
+LDFLAGS       := $(if $(VERSION),-X main.version=$(VERSION))
+
 # Tests and benchmarks start their own dev servers from this binary (internal/testenv).
 TEST_ENV := FLEETFLOW_TEMPORAL_CLI=$(BIN)/temporal
 
@@ -27,7 +31,7 @@ help:
 
 build:
 	@echo "== build bin/fleetflow bin/fleetflow-worker"
-	@$(GO) build -o bin/fleetflow ./starter
+	@$(GO) build -ldflags "$(LDFLAGS)" -o bin/fleetflow ./starter
 	@$(GO) build -o bin/fleetflow-worker ./worker
 
 bin/temporal:

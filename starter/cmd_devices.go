@@ -97,7 +97,16 @@ func openRegistry(cmd *cobra.Command, g *globals) (*registry.Registry, error) {
 }
 
 func openRegistryCtx(ctx context.Context, g *globals) (*registry.Registry, error) {
-	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
+	return openRegistryWith(ctx, g, registry.Options{})
+}
+
+// openRegistryWith opens the registry; a connection failure gets a hint about the stack, a schema that
+// is not this binary's keeps its own message (which says what to run).
+func openRegistryWith(ctx context.Context, g *globals, opts registry.Options) (*registry.Registry, error) {
+	reg, err := registry.OpenWithOptions(ctx, g.cfg.DatabaseURL, opts)
+	if errors.Is(err, registry.ErrSchemaOutdated) || errors.Is(err, registry.ErrSchemaNewer) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
 	}

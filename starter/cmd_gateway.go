@@ -77,9 +77,9 @@ The gateway stops on SIGINT or SIGTERM.`,
 			if mreg != nil {
 				opts.Tracer = metrics.NewQueryTracer(mreg)
 			}
-			reg, err := registry.OpenWithOptions(cmd.Context(), g.cfg.DatabaseURL, opts)
+			reg, err := openRegistryWith(cmd.Context(), g, opts)
 			if err != nil {
-				return fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
+				return err
 			}
 			defer reg.Close()
 			if mreg != nil {

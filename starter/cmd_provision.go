@@ -289,9 +289,9 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 
 // openBackends opens the registry and the Temporal client a provisioning run needs.
 func openBackends(ctx context.Context, g *globals) (*registry.Registry, client.Client, error) {
-	reg, err := registry.Open(ctx, g.cfg.DatabaseURL)
+	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_DATABASE_URL)", err)
+		return nil, nil, err
 	}
 	c, err := dialTemporal(g)
 	if err != nil {

@@ -11,14 +11,22 @@ import (
 
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
+	"golang.org/x/term"
 
+	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
-// dialTemporal connects to the Temporal frontend with the CLI's logger (quiet unless -v).
+// dialTemporal connects to the Temporal frontend with the CLI's logger (quiet unless -v). TLS, mTLS and API
+// keys come from the temporal.toml profile and TEMPORAL_* variables, as for the temporal CLI; address and
+// namespace from the flags over them (config.TemporalClientOptions).
 func dialTemporal(g *globals) (client.Client, error) {
-	c, err := client.Dial(client.Options{HostPort: g.cfg.TemporalAddress, Namespace: g.cfg.Namespace,
-		Logger: tlog.NewStructuredLogger(slog.Default())})
+	opts, err := config.TemporalClientOptions(g.cfg.TemporalAddress, g.cfg.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	opts.Logger = tlog.NewStructuredLogger(slog.Default())
+	c, err := client.Dial(opts)
 	if err != nil {
 		return nil, fmt.Errorf("connect to temporal at %s: %w (is the stack up? run `make up` or set TEMPORAL_ADDRESS)", g.cfg.TemporalAddress, err)
 	}
@@ -80,9 +88,10 @@ func progressLine(p workflows.ProvisionProgress) string {
 	return fmt.Sprintf("%-16s [%s%s] %3.0f%% %s", p.Phase, strings.Repeat("█", n), strings.Repeat("░", width-n), frac*100, label)
 }
 
+// isTerminal reports whether f is a terminal, so progress redraws in place there and prints plain lines in
+// logs. It asks the terminal driver (golang.org/x/term): a character device such as /dev/null is not one.
 func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	return term.IsTerminal(int(f.Fd()))
 }
 
 // pollProgress draws line(progress query result) on stderr until stop is called. On a terminal the line

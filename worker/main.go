@@ -26,8 +26,8 @@ import (
 func main() {
 	cfg := config.FromEnv()
 	flag.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "Postgres registry (FLEETFLOW_DATABASE_URL)")
-	flag.StringVar(&cfg.TemporalAddress, "temporal-address", cfg.TemporalAddress, "Temporal frontend (TEMPORAL_ADDRESS)")
-	flag.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "Temporal namespace (TEMPORAL_NAMESPACE)")
+	flag.StringVar(&cfg.TemporalAddress, "temporal-address", cfg.TemporalAddress, "Temporal frontend (TEMPORAL_ADDRESS or the temporal.toml profile's)")
+	flag.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "Temporal namespace (TEMPORAL_NAMESPACE or the temporal.toml profile's)")
 	flag.StringVar(&cfg.TaskQueue, "task-queue", cfg.TaskQueue, "task queue to poll (FLEETFLOW_TASK_QUEUE)")
 	flag.StringVar(&cfg.MQTTURL, "mqtt-url", cfg.MQTTURL, "gateway for desired pushes and methods (FLEETFLOW_MQTT_URL; token in FLEETFLOW_SERVICE_TOKEN)")
 	metricsAddr := os.Getenv("FLEETFLOW_WORKER_METRICS")
@@ -76,8 +76,12 @@ func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.L
 	if mreg != nil {
 		metrics.RegisterPool(mreg, reg.Pool())
 	}
-	c, err := client.Dial(client.Options{HostPort: cfg.TemporalAddress, Namespace: cfg.Namespace,
-		Logger: tlog.NewStructuredLogger(log), MetricsHandler: handler})
+	topts, err := config.TemporalClientOptions(cfg.TemporalAddress, cfg.Namespace) // + temporal.toml, TEMPORAL_TLS*, TEMPORAL_API_KEY
+	if err != nil {
+		return err
+	}
+	topts.Logger, topts.MetricsHandler = tlog.NewStructuredLogger(log), handler
+	c, err := client.Dial(topts)
 	if err != nil {
 		return fmt.Errorf("connect to temporal at %s: %w", cfg.TemporalAddress, err)
 	}

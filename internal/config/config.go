@@ -22,8 +22,11 @@ const (
 // Config is the union of what the CLI, the worker and the gateway need; each reads only its part.
 type Config struct {
 	DatabaseURL     string // FLEETFLOW_DATABASE_URL
-	TemporalAddress string // TEMPORAL_ADDRESS
-	Namespace       string // TEMPORAL_NAMESPACE
+	TemporalAddress string // TEMPORAL_ADDRESS, else the temporal.toml profile's (see TemporalClientOptions)
+	Namespace       string // TEMPORAL_NAMESPACE, else the temporal.toml profile's
+	// TemporalProfile is the temporal.toml profile that FromEnv found (TEMPORAL_PROFILE, else "default" when
+	// the file has one); empty when none. Its address counts as chosen by the user, like TEMPORAL_ADDRESS.
+	TemporalProfile string
 	TaskQueue       string // FLEETFLOW_TASK_QUEUE
 	MQTTURL         string // FLEETFLOW_MQTT_URL: where devices and services reach the broker
 	GatewayListen   string // FLEETFLOW_GATEWAY_LISTEN: where the embedded gateway listens
@@ -33,10 +36,12 @@ type Config struct {
 
 // FromEnv reads the configuration from the environment, falling back to the local defaults.
 func FromEnv() Config {
+	address, namespace, profile := temporalAddress()
 	return Config{
 		DatabaseURL:     Env("FLEETFLOW_DATABASE_URL", DefaultDatabaseURL),
-		TemporalAddress: Env("TEMPORAL_ADDRESS", DefaultTemporalAddress),
-		Namespace:       Env("TEMPORAL_NAMESPACE", DefaultNamespace),
+		TemporalAddress: address,
+		Namespace:       namespace,
+		TemporalProfile: profile,
 		TaskQueue:       Env("FLEETFLOW_TASK_QUEUE", DefaultTaskQueue),
 		MQTTURL:         Env("FLEETFLOW_MQTT_URL", DefaultMQTTURL),
 		GatewayListen:   Env("FLEETFLOW_GATEWAY_LISTEN", DefaultGatewayListen),

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/stack/pgcluster"
 )
 
@@ -181,4 +182,26 @@ func removeAbandonedFallbacks(parent, keep string) {
 		}
 		_ = os.RemoveAll(d)
 	}
+}
+
+// migrate brings the registry's schema to this binary's version (a no-op when it is current), as
+// `fleetflow migrate` does; concurrent runs are serialized by registry.Migrate.
+func (s *Stack) migrate(ctx context.Context) error {
+	applied, err := registry.Migrate(ctx, s.opts.Config.DatabaseURL)
+	if err != nil {
+		return partErr(PartSchema, "%v", err)
+	}
+	if len(applied) == 0 {
+		s.say("%-9s version %d, up to date", PartSchema, registry.SchemaVersion())
+		return nil
+	}
+	names := make([]string, len(applied))
+	for i, m := range applied {
+		names[i] = m.Name
+		if m.Adopted {
+			names[i] += " (adopted)"
+		}
+	}
+	s.say("%-9s migrated to version %d: %s", PartSchema, registry.SchemaVersion(), strings.Join(names, ", "))
+	return nil
 }

@@ -36,6 +36,9 @@ const (
 	PartTemporal = "temporal"
 	PartGateway  = "gateway"
 	partWorker   = "worker" // workers are worker-1, worker-2, ...
+
+	// PartSchema names the registry's schema in dev up's output and errors; it is a step, not a process.
+	PartSchema = "schema"
 )
 
 // Health values of a part.
@@ -105,6 +108,10 @@ func New(opts Options) (*Stack, error) {
 	}
 	if opts.Config.Namespace == "" {
 		opts.Config.Namespace = config.DefaultNamespace
+	}
+	if opts.Config.TemporalProfile != "" {
+		// A temporal.toml profile is the user's choice as much as TEMPORAL_ADDRESS is.
+		opts.ExplicitTemporal = true
 	}
 	state := filepath.Join(opts.Root, ".fleetflow")
 	return &Stack{opts: opts, notice: opts.Out, state: state, logs: filepath.Join(state, "logs"), run: filepath.Join(state, "run")}, nil
@@ -199,6 +206,10 @@ func (s *Stack) Up(ctx context.Context) error {
 	_, _ = s.opts.Out.Write(pgOut.Bytes())
 	_, _ = s.opts.Out.Write(tOut.Bytes())
 	if err := errors.Join(pgErr, tErr); err != nil {
+		return err
+	}
+	// The gateway and the workers refuse a registry whose schema is not theirs, so it is migrated first.
+	if err := s.migrate(ctx); err != nil {
 		return err
 	}
 	if err := s.upGateway(ctx); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetflow/fleetflow/internal/config"
+	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -90,6 +91,7 @@ func newTestStack(t *testing.T, out *bytes.Buffer, workers int) (*stack.Stack, s
 	cfg.TemporalAddress = freeAddr(t)
 	cfg.TemporalUI = "http://" + freeAddr(t)
 	cfg.MQTTURL = "tcp://" + freeAddr(t)
+	cfg.TemporalProfile = "" // a developer's temporal.toml must not make the test's Temporal external
 	opts := stack.Options{
 		Root: root, Config: cfg, TemporalCLI: cli, GatewayBin: self, WorkerBin: self,
 		Workers: workers, Out: out,
@@ -139,6 +141,15 @@ func TestUpStatusDown(t *testing.T) {
 		t.Fatalf("SELECT 1: %d, %v", one, err)
 	}
 	_ = conn.Close(ctx)
+	// Up migrated the registry before starting the gateway and the workers, which refuse an old schema.
+	reg, err := registry.Open(ctx, opts.Config.DatabaseURL)
+	if err != nil {
+		t.Fatalf("registry after up: %v\noutput:\n%s", err, out.String())
+	}
+	reg.Close()
+	if !strings.Contains(out.String(), "schema    migrated to version") {
+		t.Errorf("up did not report the migration:\n%s", out.String())
+	}
 
 	parts, err := s.Status(ctx)
 	if err != nil {
@@ -164,6 +175,9 @@ func TestUpStatusDown(t *testing.T) {
 	}
 	if n := strings.Count(out.String(), "already running"); n != 5 {
 		t.Errorf("second up: %d parts already running, want 5:\n%s", n, out.String())
+	}
+	if !strings.Contains(out.String(), "schema    version") || !strings.Contains(out.String(), "up to date") {
+		t.Errorf("second up: schema not reported up to date:\n%s", out.String())
 	}
 
 	out.Reset()

@@ -18,6 +18,7 @@ import (
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
+	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -159,11 +160,16 @@ func (s *Stack) checkTemporal(ctx context.Context) error {
 	cfg := s.opts.Config
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	c, err := client.DialContext(cctx, client.Options{
-		HostPort:  cfg.TemporalAddress,
-		Namespace: cfg.Namespace,
-		Logger:    tlog.NewStructuredLogger(slog.New(slog.DiscardHandler)),
-	})
+	opts := client.Options{HostPort: cfg.TemporalAddress, Namespace: cfg.Namespace}
+	if s.opts.ExplicitTemporal {
+		// The user's server may want TLS or an API key, set in a temporal.toml profile or TEMPORAL_* variables.
+		var err error
+		if opts, err = config.TemporalClientOptions(cfg.TemporalAddress, cfg.Namespace); err != nil {
+			return err
+		}
+	}
+	opts.Logger = tlog.NewStructuredLogger(slog.New(slog.DiscardHandler))
+	c, err := client.DialContext(cctx, opts)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}

@@ -7,7 +7,7 @@
 //
 // Starting servers costs seconds, so most tests should use the ones shared by their test binary:
 //
-//	dbURL := testenv.Postgres(t)     // a fresh, empty database in the binary's cluster, dropped after t
+//	dbURL := testenv.Postgres(t)     // a fresh database with the registry's schema, dropped after t
 //	hostPort := testenv.Temporal(t)  // the binary's dev server; use your own task queue and workflow IDs
 //
 // The shared servers end when the test binary exits; with `func TestMain(m *testing.M) { testenv.Main(m) }`
@@ -31,6 +31,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/stack"
 )
 
@@ -74,8 +75,8 @@ func (s *shared[T]) close() {
 }
 
 // StartPostgres starts a throwaway cluster for this test alone and returns the URL of its database
-// "fleetflow" (superuser "fleetflow", trust authentication on 127.0.0.1). The cluster and its files are removed
-// when the test ends.
+// "fleetflow" (superuser "fleetflow", trust authentication on 127.0.0.1), migrated to the registry's schema.
+// The cluster and its files are removed when the test ends.
 func StartPostgres(t testing.TB) string {
 	t.Helper()
 	srv, err := startPostgres()
@@ -83,25 +84,75 @@ func StartPostgres(t testing.TB) string {
 		t.Fatalf("testenv: %v", err)
 	}
 	t.Cleanup(srv.stop)
-	return srv.cluster.URL("fleetflow")
+	url := srv.cluster.URL("fleetflow")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := registry.Migrate(ctx, url); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return url
 }
 
-// Postgres returns the URL of a new, empty database in the test binary's shared cluster (superuser
-// "fleetflow"); the database is dropped when the test ends.
-func Postgres(t testing.TB) string {
+// schemaTemplate is the database of the shared cluster that holds the migrated registry schema. Each test's
+// database is created as a copy of it (CREATE DATABASE … TEMPLATE), which costs no more than an empty one, so
+// the migrations run once per test binary rather than once per test.
+const schemaTemplate = "fleetflow_schema"
+
+// sharedPostgres returns the test binary's shared cluster, started (and its schema template migrated) on
+// first use.
+func sharedPostgres(t testing.TB) *pgServer {
 	t.Helper()
-	srv := sharedPG.get(t, func() (*pgServer, func(), error) {
+	return sharedPG.get(t, func() (*pgServer, func(), error) {
 		s, err := startPostgres()
 		if err != nil {
 			return nil, nil, err
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err = s.cluster.EnsureDatabase(ctx, schemaTemplate)
+		if err == nil {
+			_, err = registry.Migrate(ctx, s.cluster.URL(schemaTemplate))
+		}
+		if err != nil {
+			s.stop()
+			return nil, nil, fmt.Errorf("schema template: %w", err)
+		}
 		return s, s.stop, nil
 	})
+}
+
+// Postgres returns the URL of a new database in the test binary's shared cluster (superuser "fleetflow"),
+// migrated to the registry's schema, so registry.Open accepts it; the database is dropped when the test ends.
+func Postgres(t testing.TB) string {
+	t.Helper()
+	return newDatabase(t, schemaTemplate)
+}
+
+// EmptyPostgres is Postgres without the schema: a new, empty database, for tests of migrations themselves.
+func EmptyPostgres(t testing.TB) string {
+	t.Helper()
+	return newDatabase(t, "")
+}
+
+// newDatabase creates a database for t in the shared cluster, a copy of template if one is named, and drops
+// it when t ends.
+func newDatabase(t testing.TB, template string) string {
+	t.Helper()
+	srv := sharedPostgres(t)
 	name := dbName(t.Name())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := srv.cluster.EnsureDatabase(ctx, name); err != nil {
-		t.Fatalf("testenv: %v", err)
+	admin, err := pgx.Connect(ctx, srv.cluster.URL("postgres"))
+	if err != nil {
+		t.Fatalf("testenv: create database %s: %v", name, err)
+	}
+	defer func() { _ = admin.Close(ctx) }()
+	stmt := "CREATE DATABASE " + pgx.Identifier{name}.Sanitize()
+	if template != "" {
+		stmt += " TEMPLATE " + pgx.Identifier{template}.Sanitize()
+	}
+	if _, err := admin.Exec(ctx, stmt); err != nil {
+		t.Fatalf("testenv: create database %s: %v", name, err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -2,6 +2,7 @@ package testenv_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
+	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -62,6 +64,28 @@ func TestStartPostgres(t *testing.T) {
 	}
 	if got := queryOne(t, url, "SHOW fsync"); got != "off" {
 		t.Fatalf("fsync = %s, want off for a throwaway cluster", got)
+	}
+	checkMigrated(t, url)
+}
+
+// checkMigrated fails unless registry.Open accepts the database: its schema is the registry's current one.
+func checkMigrated(t *testing.T, url string) {
+	t.Helper()
+	reg, err := registry.Open(context.Background(), url)
+	if err != nil {
+		t.Fatalf("registry.Open: %v", err)
+	}
+	reg.Close()
+}
+
+func TestPostgresDatabasesHaveTheSchemaUnlessEmpty(t *testing.T) {
+	checkMigrated(t, testenv.Postgres(t))
+	empty := testenv.EmptyPostgres(t)
+	if got := queryOne(t, empty, "SELECT count(*)::text FROM pg_tables WHERE schemaname = 'public'"); got != "0" {
+		t.Fatalf("EmptyPostgres has %s tables", got)
+	}
+	if _, err := registry.Open(context.Background(), empty); !errors.Is(err, registry.ErrSchemaOutdated) {
+		t.Fatalf("registry.Open on an empty database: %v, want ErrSchemaOutdated", err)
 	}
 }
 

@@ -1,3 +1,4 @@
+-- +goose Up
 -- Device registry: identities, credentials (digests only), connection state and the twin, in one row per
 -- device so that bulk provisioning is a single insert stream and twin queries never join.
 CREATE TABLE IF NOT EXISTS devices (
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS operations (
 
 -- Gateways cache credentials and status; any change that affects who may connect is announced on
 -- fleetflow_device so every gateway drops its cache entry and kicks a session that is no longer allowed.
+-- +goose StatementBegin
 CREATE OR REPLACE FUNCTION fleetflow_notify_device() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
@@ -81,6 +83,7 @@ BEGIN
     PERFORM pg_notify('fleetflow_device', NEW.id);
     RETURN NEW;
 END $$;
+-- +goose StatementEnd
 
 DROP TRIGGER IF EXISTS devices_auth_changed ON devices;
 CREATE TRIGGER devices_auth_changed

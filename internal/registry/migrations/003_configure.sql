@@ -1,3 +1,4 @@
+-- +goose Up
 -- Configure stage: bulk jobs, the firmware catalogue and staged rollouts. Target sets are frozen here when an
 -- operation starts, so anyone can see exactly which devices it covers, and per-device outcomes live here
 -- rather than in Temporal history (workflows hold cursors and counters, never device lists).

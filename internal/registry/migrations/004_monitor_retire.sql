@@ -1,3 +1,4 @@
+-- +goose Up
 -- Monitor and retire stages: alerts raised by the scheduled health check, a summary per check, a timeline of
 -- events per device, lineage between replaced devices, and the archive of retired devices.
 
@@ -59,11 +60,13 @@ CREATE INDEX IF NOT EXISTS devices_archive_retired ON devices_archive (retired_a
 -- state for too long from one that was just asked. Kept by a trigger that only fires when desired_version
 -- moves, so the hot reported-ingest path pays nothing but the WHEN test.
 ALTER TABLE devices ADD COLUMN IF NOT EXISTS desired_at timestamptz;
+-- +goose StatementBegin
 CREATE OR REPLACE FUNCTION fleetflow_desired_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.desired_at := now();
     RETURN NEW;
 END $$;
+-- +goose StatementEnd
 DROP TRIGGER IF EXISTS devices_desired_at ON devices;
 CREATE TRIGGER devices_desired_at BEFORE UPDATE ON devices
     FOR EACH ROW WHEN (NEW.desired_version IS DISTINCT FROM OLD.desired_version) EXECUTE FUNCTION fleetflow_desired_at();
