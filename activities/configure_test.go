@@ -16,8 +16,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
-	"github.com/fleetflow/fleetflow/internal/channel"
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/twin"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -25,9 +24,9 @@ import (
 
 // ---- fake ConfigureStore ----------------------------------------------------------------------------------
 
-// fakeDevice is one device of the in-memory registry.
+// fakeDevice is one device of the in-memory fleet.
 type fakeDevice struct {
-	status          string // registry.StatusActive unless set
+	status          fleet.DeviceStatus // fleet.StatusActive unless set
 	tags, desired   []byte
 	tagsVersion     int64
 	desiredVersion  int64
@@ -54,14 +53,14 @@ type fakeRow struct {
 
 type patchCall struct {
 	section twin.Section
-	patches []registry.DevicePatch
+	patches []fleet.DevicePatch
 }
 
 type dispatchCall struct {
 	rollout string
 	wave    int
 	cutoff  int64
-	fw      registry.Firmware
+	fw      fleet.Firmware
 	limit   int
 }
 
@@ -76,19 +75,19 @@ type fakeStore struct {
 	mu sync.Mutex
 
 	devices map[string]*fakeDevice
-	targets map[string][]registry.JobTarget // job -> targets in seq order
-	rows    []*fakeRow                      // rank order
-	fwURL   map[string]string               // catalogue: version -> url (rollback patches)
+	targets map[string][]fleet.JobTarget // job -> targets in seq order
+	rows    []*fakeRow                   // rank order
+	fwURL   map[string]string            // catalogue: version -> url (rollback patches)
 
 	// Scripted answers.
-	acks      []registry.AckProgress // CollectAcks answers in turn, the last one repeated
-	jobCounts map[string]int64       // when set, JobCounts returns it instead of counting targets
-	fail      map[string]error       // method name -> error it returns
-	onObserve func(call int)         // called (under the lock) before the call-th ObserveRollout, from 1
+	acks      []fleet.AckProgress      // CollectAcks answers in turn, the last one repeated
+	jobCounts map[fleet.JobState]int64 // when set, JobCounts returns it instead of counting targets
+	fail      map[string]error         // method name -> error it returns
+	onObserve func(call int)           // called (under the lock) before the call-th ObserveRollout, from 1
 
 	// Recorded calls.
 	targetRanges   [][2]int64
-	recorded       [][]registry.JobOutcome
+	recorded       [][]fleet.JobOutcome
 	patchCalls     []patchCall
 	ackCalls       int
 	ackArgs        []string
@@ -96,8 +95,8 @@ type fakeStore struct {
 	dispatchCalls  []dispatchCall
 	observeCalls   int
 	observeJobs    []string
-	observePhases  [][]string
-	phaseUpdates   [][]registry.PhaseUpdate
+	observePhases  [][]rollout.Phase
+	phaseUpdates   [][]fleet.PhaseUpdate
 	rollbackCalls  []string // job ids
 	rollbackLimits []int
 	finished       []finishCall
@@ -106,12 +105,12 @@ type fakeStore struct {
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{devices: map[string]*fakeDevice{}, targets: map[string][]registry.JobTarget{}, fwURL: map[string]string{}}
+	return &fakeStore{devices: map[string]*fakeDevice{}, targets: map[string][]fleet.JobTarget{}, fwURL: map[string]string{}}
 }
 
 func (f *fakeStore) addDevice(id string, d fakeDevice) *fakeDevice {
 	if d.status == "" {
-		d.status = registry.StatusActive
+		d.status = fleet.StatusActive
 	}
 	if d.jobStatus == nil {
 		d.jobStatus = map[string][2]string{}
@@ -123,7 +122,7 @@ func (f *fakeStore) addDevice(id string, d fakeDevice) *fakeDevice {
 // addJob freezes targets seq 0..len(ids)-1 of job, all pending.
 func (f *fakeStore) addJob(job string, ids ...string) {
 	for i, id := range ids {
-		f.targets[job] = append(f.targets[job], registry.JobTarget{Seq: int64(i), DeviceID: id, State: registry.JobPending})
+		f.targets[job] = append(f.targets[job], fleet.JobTarget{Seq: int64(i), DeviceID: id, State: fleet.JobPending})
 	}
 }
 
@@ -133,7 +132,7 @@ func (f *fakeStore) addRow(r fakeRow) *fakeRow {
 	return &r
 }
 
-func (f *fakeStore) targetState(job string, seq int64) string {
+func (f *fakeStore) targetState(job string, seq int64) fleet.JobState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, t := range f.targets[job] {
@@ -146,23 +145,23 @@ func (f *fakeStore) targetState(job string, seq int64) string {
 
 func (f *fakeStore) err(method string) error { return f.fail[method] }
 
-func (f *fakeStore) JobTargets(_ context.Context, job string, first, last int64) ([]registry.JobTarget, error) {
+func (f *fakeStore) JobTargets(_ context.Context, job string, first, last int64) ([]fleet.JobTarget, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.targetRanges = append(f.targetRanges, [2]int64{first, last})
 	if err := f.err("JobTargets"); err != nil {
 		return nil, err
 	}
-	var out []registry.JobTarget
+	var out []fleet.JobTarget
 	for _, t := range f.targets[job] {
-		if t.Seq >= first && t.Seq <= last && t.State == registry.JobPending {
+		if t.Seq >= first && t.Seq <= last && t.State == fleet.JobPending {
 			out = append(out, t)
 		}
 	}
 	return out, nil
 }
 
-func (f *fakeStore) RecordJobOutcomes(_ context.Context, job string, outs []registry.JobOutcome) error {
+func (f *fakeStore) RecordJobOutcomes(_ context.Context, job string, outs []fleet.JobOutcome) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.err("RecordJobOutcomes"); err != nil {
@@ -179,7 +178,7 @@ func (f *fakeStore) RecordJobOutcomes(_ context.Context, job string, outs []regi
 	return nil
 }
 
-func (f *fakeStore) PatchTwins(_ context.Context, section twin.Section, patches []registry.DevicePatch) ([]registry.PatchResult, error) {
+func (f *fakeStore) PatchTwins(_ context.Context, section twin.Section, patches []fleet.DevicePatch) ([]fleet.PatchResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.patchCalls = append(f.patchCalls, patchCall{section: section, patches: slices.Clone(patches)})
@@ -190,18 +189,18 @@ func (f *fakeStore) PatchTwins(_ context.Context, section twin.Section, patches 
 }
 
 // patchLocked is the registry's patchTwinsTx: per-device results, a refused device does not fail others.
-func (f *fakeStore) patchLocked(section twin.Section, patches []registry.DevicePatch) []registry.PatchResult {
-	out := make([]registry.PatchResult, len(patches))
+func (f *fakeStore) patchLocked(section twin.Section, patches []fleet.DevicePatch) []fleet.PatchResult {
+	out := make([]fleet.PatchResult, len(patches))
 	for i, p := range patches {
 		out[i].DeviceID = p.DeviceID
 		d, ok := f.devices[p.DeviceID]
 		if !ok {
-			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, registry.ErrNotFound)
+			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, fleet.ErrNotFound)
 			continue
 		}
 		out[i].Online = d.online
-		if d.status == registry.StatusRetired {
-			out[i].Err = fmt.Errorf("device %s is retired: %w", p.DeviceID, registry.ErrNotActive)
+		if d.status == fleet.StatusRetired {
+			out[i].Err = fmt.Errorf("device %s is retired: %w", p.DeviceID, fleet.ErrNotActive)
 			continue
 		}
 		doc, ver := &d.tags, &d.tagsVersion
@@ -220,57 +219,60 @@ func (f *fakeStore) patchLocked(section twin.Section, patches []registry.DeviceP
 	return out
 }
 
-func (f *fakeStore) CollectAcks(_ context.Context, job string, keys []string) (registry.AckProgress, error) {
+func (f *fakeStore) CollectAcks(_ context.Context, job string, keys []string) (fleet.AckProgress, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.ackCalls++
 	f.ackArgs = append([]string{job}, keys...)
 	if err := f.err("CollectAcks"); err != nil {
-		return registry.AckProgress{}, err
+		return fleet.AckProgress{}, err
 	}
 	return f.acks[min(f.ackCalls-1, len(f.acks)-1)], nil
 }
 
-func (f *fakeStore) CloseJob(_ context.Context, job, state string) error {
+func (f *fakeStore) CloseJob(_ context.Context, job string, state fleet.JobEnd) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.err("CloseJob"); err != nil {
 		return err
 	}
-	f.closed = append(f.closed, job+"="+state)
+	f.closed = append(f.closed, job+"="+string(state))
 	for i := range f.targets[job] {
 		t := &f.targets[job][i]
 		switch t.State {
-		case registry.JobRunning:
-			t.State = registry.JobOffline
+		case fleet.JobRunning:
+			t.State = fleet.JobOffline
 			if d := f.devices[t.DeviceID]; d != nil && d.online {
-				t.State = registry.JobTimedOut
+				t.State = fleet.JobTimedOut
 			}
-		case registry.JobPending:
-			t.State = registry.JobCancelled
+		case fleet.JobPending:
+			t.State = fleet.JobCancelled
 		}
 	}
 	return nil
 }
 
-func (f *fakeStore) JobCounts(_ context.Context, job string) (map[string]int64, error) {
+func (f *fakeStore) JobTotals(_ context.Context, job string) (fleet.JobCounts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.err("JobCounts"); err != nil {
-		return nil, err
+	var c fleet.JobCounts
+	if err := f.err("JobTotals"); err != nil {
+		return c, err
 	}
 	if f.jobCounts != nil {
-		return f.jobCounts, nil
+		for s, n := range f.jobCounts {
+			c.AddState(s, n)
+		}
+		return c, nil
 	}
-	m := map[string]int64{}
 	for _, t := range f.targets[job] {
-		m[t.State]++
+		c.AddState(t.State, 1)
 	}
-	return m, nil
+	return c, nil
 }
 
 // fwPatch is the registry's firmwarePatch.
-func fwPatch(job string, fw registry.Firmware) []byte {
+func fwPatch(job string, fw fleet.Firmware) []byte {
 	m := map[string]any{"jobId": job, "version": fw.Version}
 	if fw.URL != "" {
 		m["url"] = fw.URL
@@ -282,7 +284,7 @@ func fwPatch(job string, fw registry.Firmware) []byte {
 	return b
 }
 
-func (f *fakeStore) DispatchWave(_ context.Context, ro string, wave int, cutoff int64, fw registry.Firmware, limit int) ([]registry.DesiredPush, int64, bool, error) {
+func (f *fakeStore) DispatchWave(_ context.Context, ro string, wave int, cutoff int64, fw fleet.Firmware, limit int) ([]fleet.DesiredPush, int64, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.dispatchCalls = append(f.dispatchCalls, dispatchCall{rollout: ro, wave: wave, cutoff: cutoff, fw: fw, limit: limit})
@@ -300,7 +302,7 @@ func (f *fakeStore) DispatchWave(_ context.Context, ro string, wave int, cutoff 
 		cands = cands[:limit]
 	}
 	patch := fwPatch(ro, fw)
-	var pushes []registry.DesiredPush
+	var pushes []fleet.DesiredPush
 	var skipped int64
 	now := time.Now()
 	for _, r := range cands {
@@ -311,23 +313,23 @@ func (f *fakeStore) DispatchWave(_ context.Context, ro string, wave int, cutoff 
 			r.phase, r.reason = string(rollout.Skipped), "already runs "+fw.Version
 			skipped++
 			continue
-		case d.status != registry.StatusActive:
-			r.phase, r.reason = string(rollout.Skipped), "device is "+d.status
+		case d.status != fleet.StatusActive:
+			r.phase, r.reason = string(rollout.Skipped), "device is "+string(d.status)
 			skipped++
 			continue
 		}
-		res := f.patchLocked(twin.Desired, []registry.DevicePatch{{DeviceID: r.deviceID, Patch: patch}})[0]
+		res := f.patchLocked(twin.Desired, []fleet.DevicePatch{{DeviceID: r.deviceID, Patch: patch}})[0]
 		if res.Err != nil {
 			r.phase, r.reason = string(rollout.Failed), "desired firmware could not be written: "+res.Err.Error()
 			continue
 		}
 		r.phase, r.reason = string(rollout.Dispatched), ""
-		pushes = append(pushes, registry.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+		pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
 	}
 	return pushes, skipped, more, nil
 }
 
-func (f *fakeStore) ObserveRollout(_ context.Context, _ string, job string, phases []string) ([]registry.RolloutObservation, error) {
+func (f *fakeStore) ObserveRollout(_ context.Context, _ string, job string, phases []rollout.Phase) ([]fleet.RolloutObservation, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.observeCalls++
@@ -339,14 +341,14 @@ func (f *fakeStore) ObserveRollout(_ context.Context, _ string, job string, phas
 	if err := f.err("ObserveRollout"); err != nil {
 		return nil, err
 	}
-	var out []registry.RolloutObservation
+	var out []fleet.RolloutObservation
 	for _, r := range f.rows {
-		if !slices.Contains(phases, r.phase) {
+		if !slices.Contains(phases, rollout.Phase(r.phase)) {
 			continue
 		}
 		d := f.devices[r.deviceID]
 		js := d.jobStatus[job]
-		out = append(out, registry.RolloutObservation{Rank: r.rank, DeviceID: r.deviceID, Wave: r.wave, Phase: r.phase,
+		out = append(out, fleet.RolloutObservation{Rank: r.rank, DeviceID: r.deviceID, Wave: r.wave, Phase: rollout.Phase(r.phase),
 			PrevVersion: r.prevVersion, DispatchedAt: r.dispatchedAt, BakeSince: r.bakeSince, RollbackAt: r.rollbackAt,
 			JobStatus: js[0], JobReason: js[1], ReportedVersion: d.reportedVersion, Health: d.health,
 			HealthReason: d.healthReason, Online: d.online, LastSeen: d.lastSeen})
@@ -354,7 +356,7 @@ func (f *fakeStore) ObserveRollout(_ context.Context, _ string, job string, phas
 	return out, nil
 }
 
-func (f *fakeStore) UpdateRolloutPhases(_ context.Context, _ string, ups []registry.PhaseUpdate) error {
+func (f *fakeStore) UpdateRolloutPhases(_ context.Context, _ string, ups []fleet.PhaseUpdate) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.phaseUpdates = append(f.phaseUpdates, slices.Clone(ups))
@@ -366,10 +368,10 @@ func (f *fakeStore) UpdateRolloutPhases(_ context.Context, _ string, ups []regis
 		switch {
 		case u.Reason != "":
 			r.reason = u.Reason
-		case !strings.HasPrefix(u.Phase, "roll"):
+		case !strings.HasPrefix(string(u.Phase), "roll"):
 			r.reason = ""
 		}
-		r.phase = u.Phase
+		r.phase = string(u.Phase)
 		if !u.BakeSince.IsZero() {
 			r.bakeSince = u.BakeSince
 		}
@@ -377,7 +379,7 @@ func (f *fakeStore) UpdateRolloutPhases(_ context.Context, _ string, ups []regis
 	return nil
 }
 
-func (f *fakeStore) RolloutCounts(context.Context, string) ([]registry.PhaseCount, error) {
+func (f *fakeStore) RolloutCounts(context.Context, string) ([]fleet.PhaseCount, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.err("RolloutCounts"); err != nil {
@@ -391,9 +393,9 @@ func (f *fakeStore) RolloutCounts(context.Context, string) ([]registry.PhaseCoun
 	for _, r := range f.rows {
 		m[key{r.wave, r.phase}]++
 	}
-	var out []registry.PhaseCount
+	var out []fleet.PhaseCount
 	for k, n := range m {
-		out = append(out, registry.PhaseCount{Wave: k.wave, Phase: k.phase, N: n})
+		out = append(out, fleet.PhaseCount{Wave: k.wave, Phase: rollout.Phase(k.phase), N: n})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Wave != out[j].Wave {
@@ -407,7 +409,7 @@ func (f *fakeStore) RolloutCounts(context.Context, string) ([]registry.PhaseCoun
 // touched are the registry's touchedPhases: what StartRollback sends back.
 var touched = []string{"dispatched", "downloading", "installing", "rebooting", "baking", "succeeded", "failed"}
 
-func (f *fakeStore) StartRollback(_ context.Context, _ string, job string, limit int) ([]registry.DesiredPush, bool, error) {
+func (f *fakeStore) StartRollback(_ context.Context, _ string, job string, limit int) ([]fleet.DesiredPush, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.rollbackCalls = append(f.rollbackCalls, job)
@@ -425,7 +427,7 @@ func (f *fakeStore) StartRollback(_ context.Context, _ string, job string, limit
 	if more {
 		cands = cands[:limit]
 	}
-	var pushes []registry.DesiredPush
+	var pushes []fleet.DesiredPush
 	now := time.Now()
 	for _, r := range cands {
 		r.rollbackAt = now
@@ -433,40 +435,40 @@ func (f *fakeStore) StartRollback(_ context.Context, _ string, job string, limit
 			r.phase, r.reason = string(rollout.RolledBack), "no previous version known; left as is"
 			continue
 		}
-		patch := fwPatch(job, registry.Firmware{Version: r.prevVersion, URL: f.fwURL[r.prevVersion]})
-		res := f.patchLocked(twin.Desired, []registry.DevicePatch{{DeviceID: r.deviceID, Patch: patch}})[0]
+		patch := fwPatch(job, fleet.Firmware{Version: r.prevVersion, URL: f.fwURL[r.prevVersion]})
+		res := f.patchLocked(twin.Desired, []fleet.DevicePatch{{DeviceID: r.deviceID, Patch: patch}})[0]
 		if res.Err != nil {
 			r.phase, r.reason = string(rollout.RollbackFailed), "desired firmware could not be written: "+res.Err.Error()
 			continue
 		}
 		r.phase = string(rollout.RollingBack)
-		pushes = append(pushes, registry.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+		pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
 	}
 	return pushes, more, nil
 }
 
-func (f *fakeStore) DesiredDocs(_ context.Context, ids []string) ([]registry.DesiredPush, error) {
+func (f *fakeStore) DesiredDocs(_ context.Context, ids []string) ([]fleet.DesiredPush, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.err("DesiredDocs"); err != nil {
 		return nil, err
 	}
-	var out []registry.DesiredPush
+	var out []fleet.DesiredPush
 	for _, id := range ids {
 		if d, ok := f.devices[id]; ok {
-			out = append(out, registry.DesiredPush{DeviceID: id, Version: d.desiredVersion, Online: d.online, Patch: d.desired})
+			out = append(out, fleet.DesiredPush{DeviceID: id, Version: d.desiredVersion, Online: d.online, Patch: d.desired})
 		}
 	}
 	return out, nil
 }
 
-func (f *fakeStore) FinishRollout(_ context.Context, id, state string, result json.RawMessage) error {
+func (f *fakeStore) FinishRollout(_ context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.err("FinishRollout"); err != nil {
 		return err
 	}
-	f.finished = append(f.finished, finishCall{id: id, state: state, result: result})
+	f.finished = append(f.finished, finishCall{id: id, state: string(state), result: result})
 	for _, r := range f.rows {
 		if r.phase == string(rollout.Queued) {
 			r.phase, r.reason = string(rollout.Cancelled), "the rollout ended before this wave"
@@ -475,20 +477,20 @@ func (f *fakeStore) FinishRollout(_ context.Context, id, state string, result js
 	return nil
 }
 
-func (f *fakeStore) RolloutDevices(_ context.Context, _ string, phases []string, limit int) ([]registry.RolloutDevice, error) {
+func (f *fakeStore) RolloutDevices(_ context.Context, _ string, phases []string, limit int) ([]fleet.RolloutDevice, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.devicesPhases, f.devicesLimit = slices.Clone(phases), limit
 	if err := f.err("RolloutDevices"); err != nil {
 		return nil, err
 	}
-	var out []registry.RolloutDevice
+	var out []fleet.RolloutDevice
 	for _, r := range f.rows {
 		if len(out) >= limit {
 			break
 		}
 		if len(phases) == 0 || slices.Contains(phases, r.phase) {
-			out = append(out, registry.RolloutDevice{DeviceID: r.deviceID, Wave: r.wave, Phase: r.phase,
+			out = append(out, fleet.RolloutDevice{DeviceID: r.deviceID, Wave: r.wave, Phase: rollout.Phase(r.phase),
 				PrevVersion: r.prevVersion, Reason: r.reason})
 		}
 	}
@@ -501,15 +503,15 @@ func (f *fakeStore) RolloutDevices(_ context.Context, _ string, phases []string,
 // the script answers 200 {}).
 type fakeChannel struct {
 	mu         sync.Mutex
-	published  []channel.DesiredMessage
+	published  []fleet.DesiredPush
 	publishes  int
 	publishErr error
-	results    map[string]channel.MethodResult
-	calls      []channel.MethodCall
+	results    map[string]fleet.MethodResult
+	calls      []fleet.MethodCall
 	timeouts   []time.Duration
 }
 
-func (c *fakeChannel) PublishDesired(_ context.Context, msgs []channel.DesiredMessage) (int, error) {
+func (c *fakeChannel) PublishDesired(_ context.Context, msgs []fleet.DesiredPush) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.publishes++
@@ -520,16 +522,16 @@ func (c *fakeChannel) PublishDesired(_ context.Context, msgs []channel.DesiredMe
 	return len(msgs), nil
 }
 
-func (c *fakeChannel) InvokeMany(_ context.Context, calls []channel.MethodCall, timeout time.Duration, _ float64) []channel.MethodResult {
+func (c *fakeChannel) InvokeMany(_ context.Context, calls []fleet.MethodCall, timeout time.Duration, _ float64) []fleet.MethodResult {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls = append(c.calls, calls...)
 	c.timeouts = append(c.timeouts, timeout)
-	out := make([]channel.MethodResult, len(calls))
+	out := make([]fleet.MethodResult, len(calls))
 	for i, call := range calls {
 		r, ok := c.results[call.DeviceID]
 		if !ok {
-			r = channel.MethodResult{Outcome: channel.Succeeded, Status: 200, Payload: json.RawMessage(`{}`)}
+			r = fleet.MethodResult{Outcome: fleet.MethodSucceeded, Status: 200, Payload: json.RawMessage(`{}`)}
 		}
 		r.DeviceID = call.DeviceID
 		out[i] = r
@@ -589,42 +591,42 @@ func requireNonRetryable(t *testing.T, err error, typ string) {
 func TestJobBatchPatchesPendingTargetsAndRecordsOutcomes(t *testing.T) {
 	patch := json.RawMessage(`{"site":"berlin","fan":{"speed":3}}`)
 	cases := []struct {
-		kind        string
+		kind        fleet.JobKind
 		section     twin.Section
-		written     string // outcome of a written device
-		wantCounts  workflows.JobCounts
+		written     fleet.JobState // outcome of a written device
+		wantCounts  fleet.JobCounts
 		wantPushed  bool
 		patchedDocs func(d *fakeDevice) ([]byte, int64)
 	}{
-		{kind: workflows.JobSetTags, section: twin.Tags, written: registry.JobSucceeded,
-			wantCounts:  workflows.JobCounts{Succeeded: 3, Failed: 2},
+		{kind: fleet.JobSetTags, section: twin.Tags, written: fleet.JobSucceeded,
+			wantCounts:  fleet.JobCounts{Succeeded: 3, Failed: 2},
 			patchedDocs: func(d *fakeDevice) ([]byte, int64) { return d.tags, d.tagsVersion }},
-		{kind: workflows.JobSetDesired, section: twin.Desired, written: registry.JobRunning, wantPushed: true,
-			wantCounts:  workflows.JobCounts{Running: 3, Failed: 2},
+		{kind: fleet.JobSetDesired, section: twin.Desired, written: fleet.JobRunning, wantPushed: true,
+			wantCounts:  fleet.JobCounts{Running: 3, Failed: 2},
 			patchedDocs: func(d *fakeDevice) ([]byte, int64) { return d.desired, d.desiredVersion }},
 	}
 	for _, tc := range cases {
-		t.Run(tc.kind, func(t *testing.T) {
+		t.Run(string(tc.kind), func(t *testing.T) {
 			f := newFakeStore()
 			// d0 online, d1 done already, d2 offline with an older desired version, d3 retired, d4 unknown to the
 			// registry, d5 online, d6 outside the batch.
 			f.addDevice("d0", fakeDevice{online: true})
 			f.addDevice("d1", fakeDevice{online: true})
 			f.addDevice("d2", fakeDevice{desired: []byte(`{"fan":{"mode":"auto"}}`), desiredVersion: 4, tags: []byte(`{"fan":{"mode":"auto"}}`), tagsVersion: 4})
-			f.addDevice("d3", fakeDevice{status: registry.StatusRetired, online: true})
+			f.addDevice("d3", fakeDevice{status: fleet.StatusRetired, online: true})
 			f.addDevice("d5", fakeDevice{online: true})
 			f.addDevice("d6", fakeDevice{online: true})
 			f.addJob("job-1", "d0", "d1", "d2", "d3", "d4", "d5", "d6")
-			f.targets["job-1"][1].State = registry.JobSucceeded
+			f.targets["job-1"][1].State = fleet.JobSucceeded
 			ch := &fakeChannel{}
-			a := &Activities{Configure: f, Channel: ch}
+			a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
 
 			var s testsuite.WorkflowTestSuite
 			env := s.NewTestActivityEnvironment()
 			env.RegisterActivity(a)
-			v, err := env.ExecuteActivity(a.JobBatch, workflows.JobBatchRequest{JobID: "job-1", Kind: tc.kind, First: 0, Last: 6, Patch: patch})
+			v, err := env.ExecuteActivity(a.JobBatch, workflows.JobBatchInput{JobID: "job-1", Kind: tc.kind, First: 0, Last: 6, Patch: patch})
 			require.NoError(t, err)
-			var c workflows.JobCounts
+			var c fleet.JobCounts
 			require.NoError(t, v.Get(&c))
 			require.Equal(t, tc.wantCounts, c)
 
@@ -641,20 +643,20 @@ func TestJobBatchPatchesPendingTargetsAndRecordsOutcomes(t *testing.T) {
 			require.Len(t, f.recorded, 1)
 			outs := f.recorded[0]
 			require.Len(t, outs, 5)
-			byseq := map[int64]registry.JobOutcome{}
+			byseq := map[int64]fleet.JobOutcome{}
 			for _, o := range outs {
 				byseq[o.Seq] = o
 			}
 			for _, seq := range []int64{0, 2, 5} {
-				require.Equal(t, registry.JobOutcome{Seq: seq, State: tc.written}, byseq[seq])
+				require.Equal(t, fleet.JobOutcome{Seq: seq, State: tc.written}, byseq[seq])
 			}
-			require.Equal(t, registry.JobFailed, byseq[3].State)
-			require.Contains(t, byseq[3].Error, registry.ErrNotActive.Error())
+			require.Equal(t, fleet.JobFailed, byseq[3].State)
+			require.Contains(t, byseq[3].Error, fleet.ErrNotActive.Error())
 			require.Contains(t, byseq[3].Error, "d3")
-			require.Equal(t, registry.JobFailed, byseq[4].State)
-			require.Contains(t, byseq[4].Error, registry.ErrNotFound.Error())
-			require.Equal(t, registry.JobSucceeded, f.targetState("job-1", 1), "a done target is left alone")
-			require.Equal(t, registry.JobPending, f.targetState("job-1", 6), "a target past Last is left alone")
+			require.Equal(t, fleet.JobFailed, byseq[4].State)
+			require.Contains(t, byseq[4].Error, fleet.ErrNotFound.Error())
+			require.Equal(t, fleet.JobSucceeded, f.targetState("job-1", 1), "a done target is left alone")
+			require.Equal(t, fleet.JobPending, f.targetState("job-1", 6), "a target past Last is left alone")
 
 			doc, ver := tc.patchedDocs(f.devices["d2"])
 			require.JSONEq(t, `{"site":"berlin","fan":{"mode":"auto","speed":3}}`, string(doc))
@@ -664,9 +666,9 @@ func TestJobBatchPatchesPendingTargetsAndRecordsOutcomes(t *testing.T) {
 				require.Zero(t, ch.publishes, "tags are not pushed to devices")
 				return
 			}
-			// Every written device is pushed, the offline one too (see registry.DesiredPush), at its new version.
+			// Every written device is pushed, the offline one too (see fleet.DesiredPush), at its new version.
 			require.Equal(t, 1, ch.publishes)
-			want := []channel.DesiredMessage{
+			want := []fleet.DesiredPush{
 				{DeviceID: "d0", Version: 1, Patch: patch},
 				{DeviceID: "d2", Version: 5, Patch: patch},
 				{DeviceID: "d5", Version: 1, Patch: patch},
@@ -677,7 +679,7 @@ func TestJobBatchPatchesPendingTargetsAndRecordsOutcomes(t *testing.T) {
 }
 
 func TestJobBatchSetDesiredPushFailureDoesNotFailTheBatch(t *testing.T) {
-	for name, ch := range map[string]Channel{
+	for name, ch := range map[string]fleet.Channel{
 		"push error": &fakeChannel{publishErr: errors.New("broker gone")},
 		"no channel": nil,
 	} {
@@ -686,14 +688,14 @@ func TestJobBatchSetDesiredPushFailureDoesNotFailTheBatch(t *testing.T) {
 			f.addDevice("d0", fakeDevice{online: true})
 			f.addDevice("d1", fakeDevice{})
 			f.addJob("j", "d0", "d1")
-			a := &Activities{Configure: f, Channel: ch}
-			var c workflows.JobCounts
+			a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
+			var c fleet.JobCounts
 			// No error: the desired state is committed; devices catch up on reconnect.
-			execute(t, a, a.JobBatch, workflows.JobBatchRequest{JobID: "j", Kind: workflows.JobSetDesired,
+			execute(t, a, a.JobBatch, workflows.JobBatchInput{JobID: "j", Kind: fleet.JobSetDesired,
 				First: 0, Last: 2, Patch: json.RawMessage(`{"led":"on"}`)}, &c)
-			require.Equal(t, workflows.JobCounts{Running: 2}, c)
-			require.Equal(t, registry.JobRunning, f.targetState("j", 0))
-			require.Equal(t, registry.JobRunning, f.targetState("j", 1))
+			require.Equal(t, fleet.JobCounts{Running: 2}, c)
+			require.Equal(t, fleet.JobRunning, f.targetState("j", 0))
+			require.Equal(t, fleet.JobRunning, f.targetState("j", 1))
 		})
 	}
 }
@@ -705,11 +707,11 @@ func TestJobBatchStoreErrorsAreRetryable(t *testing.T) {
 			f.addDevice("d0", fakeDevice{})
 			f.addJob("j", "d0")
 			f.fail = map[string]error{method: errors.New("connection reset")}
-			a := &Activities{Configure: f, Channel: &fakeChannel{}}
-			_, err := a.JobBatch(context.Background(), workflows.JobBatchRequest{JobID: "j", Kind: workflows.JobSetTags,
+			a := &Activities{Jobs: f, Rollouts: f, Channel: &fakeChannel{}}
+			_, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: fleet.JobSetTags,
 				First: 0, Last: 1, Patch: json.RawMessage(`{"a":1}`)})
 			requireRetryable(t, err)
-			require.Equal(t, registry.JobPending, f.targetState("j", 0))
+			require.Equal(t, fleet.JobPending, f.targetState("j", 0))
 		})
 	}
 }
@@ -720,24 +722,24 @@ func TestJobBatchMethodMapsChannelOutcomes(t *testing.T) {
 	payload := json.RawMessage(`{"delay":5}`)
 	cases := []struct {
 		name   string
-		result channel.MethodResult
-		want   registry.JobOutcome // Seq is filled in
+		result fleet.MethodResult
+		want   fleet.JobOutcome // Seq is filled in
 	}{
 		{"succeeded keeps the payload",
-			channel.MethodResult{Outcome: channel.Succeeded, Status: 200, Payload: json.RawMessage(`{"ok":true}`)},
-			registry.JobOutcome{State: registry.JobSucceeded, Status: 200, Payload: json.RawMessage(`{"ok":true}`)}},
+			fleet.MethodResult{Outcome: fleet.MethodSucceeded, Status: 200, Payload: json.RawMessage(`{"ok":true}`)},
+			fleet.JobOutcome{State: fleet.JobSucceeded, Status: 200, Payload: json.RawMessage(`{"ok":true}`)}},
 		{"device error status fails",
-			channel.MethodResult{Outcome: channel.Failed, Status: 500, Payload: json.RawMessage(`{"error":"disk full"}`)},
-			registry.JobOutcome{State: registry.JobFailed, Status: 500, Payload: json.RawMessage(`{"error":"disk full"}`), Error: "device answered 500"}},
+			fleet.MethodResult{Outcome: fleet.MethodFailed, Status: 500, Payload: json.RawMessage(`{"error":"disk full"}`)},
+			fleet.JobOutcome{State: fleet.JobFailed, Status: 500, Payload: json.RawMessage(`{"error":"disk full"}`), Error: "device answered 500"}},
 		{"no answer times out",
-			channel.MethodResult{Outcome: channel.TimedOut},
-			registry.JobOutcome{State: registry.JobTimedOut, Error: "no response within 5s"}},
+			fleet.MethodResult{Outcome: fleet.MethodTimedOut},
+			fleet.JobOutcome{State: fleet.JobTimedOut, Error: "no response within 5s"}},
 		{"offline device",
-			channel.MethodResult{Outcome: channel.Offline, Status: 404, Payload: json.RawMessage(`{"code":"DeviceNotOnline"}`)},
-			registry.JobOutcome{State: registry.JobOffline, Status: 404, Payload: json.RawMessage(`{"code":"DeviceNotOnline"}`), Error: "device offline"}},
+			fleet.MethodResult{Outcome: fleet.MethodOffline, Status: 404, Payload: json.RawMessage(`{"code":"DeviceNotOnline"}`)},
+			fleet.JobOutcome{State: fleet.JobOffline, Status: 404, Payload: json.RawMessage(`{"code":"DeviceNotOnline"}`), Error: "device offline"}},
 	}
 	f := newFakeStore()
-	ch := &fakeChannel{results: map[string]channel.MethodResult{}}
+	ch := &fakeChannel{results: map[string]fleet.MethodResult{}}
 	var ids []string
 	for i, tc := range cases {
 		id := fmt.Sprintf("m%d", i)
@@ -745,16 +747,16 @@ func TestJobBatchMethodMapsChannelOutcomes(t *testing.T) {
 		ch.results[id] = tc.result
 	}
 	f.addJob("j", ids...)
-	a := &Activities{Configure: f, Channel: ch}
-	c, err := a.JobBatch(context.Background(), workflows.JobBatchRequest{JobID: "j", Kind: workflows.JobMethod, First: 0,
+	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
+	c, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: fleet.JobMethod, First: 0,
 		Last: int64(len(ids)), Method: "reboot", Payload: payload, Timeout: 5 * time.Second})
 	require.NoError(t, err)
-	require.Equal(t, workflows.JobCounts{Succeeded: 1, Failed: 1, TimedOut: 1, Offline: 1}, c)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1, Failed: 1, TimedOut: 1, Offline: 1}, c)
 
 	require.Equal(t, []time.Duration{5 * time.Second}, ch.timeouts)
 	require.Len(t, ch.calls, len(ids))
 	for i, call := range ch.calls {
-		require.Equal(t, channel.MethodCall{DeviceID: ids[i], Method: "reboot", Payload: payload}, call)
+		require.Equal(t, fleet.MethodCall{DeviceID: ids[i], Method: "reboot", Payload: payload}, call)
 	}
 	require.Len(t, f.recorded, 1)
 	require.Len(t, f.recorded[0], len(cases))
@@ -770,60 +772,60 @@ func TestJobBatchMethodMapsChannelOutcomes(t *testing.T) {
 }
 
 func TestJobBatchMethodNotSentIsRetriedAndLeavesTargetsPending(t *testing.T) {
-	notSent := channel.MethodResult{Outcome: channel.Failed, Status: channel.StatusNotSent, Payload: json.RawMessage(`"channel closed"`)}
+	notSent := fleet.MethodResult{Outcome: fleet.MethodFailed, Status: fleet.StatusNotSent, Payload: json.RawMessage(`"channel closed"`)}
 
 	t.Run("nothing sent", func(t *testing.T) {
 		f := newFakeStore()
 		f.addJob("j", "a", "b", "c")
-		ch := &fakeChannel{results: map[string]channel.MethodResult{"a": notSent, "b": notSent, "c": notSent}}
-		a := &Activities{Configure: f, Channel: ch}
-		req := workflows.JobBatchRequest{JobID: "j", Kind: workflows.JobMethod, First: 0, Last: 3, Method: "ping", Timeout: time.Second}
+		ch := &fakeChannel{results: map[string]fleet.MethodResult{"a": notSent, "b": notSent, "c": notSent}}
+		a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
+		req := workflows.JobBatchInput{JobID: "j", Kind: fleet.JobMethod, First: 0, Last: 3, Method: "ping", Timeout: time.Second}
 		_, err := a.JobBatch(context.Background(), req)
 		requireRetryable(t, err)
 		require.Contains(t, err.Error(), "not sent")
 		require.Contains(t, err.Error(), "channel closed")
 		require.Empty(t, f.recorded, "nothing is recorded")
 		for seq := range int64(3) {
-			require.Equal(t, registry.JobPending, f.targetState("j", seq))
+			require.Equal(t, fleet.JobPending, f.targetState("j", seq))
 		}
 
 		// The retry sends every call again.
 		ch.results = nil
 		c, err := a.JobBatch(context.Background(), req)
 		require.NoError(t, err)
-		require.Equal(t, workflows.JobCounts{Succeeded: 3}, c)
+		require.Equal(t, fleet.JobCounts{Succeeded: 3}, c)
 		require.Equal(t, []string{"a", "b", "c", "a", "b", "c"}, ch.calledDevices())
 	})
 
 	t.Run("some not sent", func(t *testing.T) {
 		f := newFakeStore()
 		f.addJob("j", "a", "b")
-		ch := &fakeChannel{results: map[string]channel.MethodResult{"b": notSent}}
-		a := &Activities{Configure: f, Channel: ch}
-		_, err := a.JobBatch(context.Background(), workflows.JobBatchRequest{JobID: "j", Kind: workflows.JobMethod, First: 0, Last: 2,
+		ch := &fakeChannel{results: map[string]fleet.MethodResult{"b": notSent}}
+		a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
+		_, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: fleet.JobMethod, First: 0, Last: 2,
 			Method: "ping", Timeout: time.Second})
 		requireRetryable(t, err)
 		require.Contains(t, err.Error(), "b")
-		require.Equal(t, registry.JobPending, f.targetState("j", 1), "the call that was not sent stays pending for the retry")
+		require.Equal(t, fleet.JobPending, f.targetState("j", 1), "the call that was not sent stays pending for the retry")
 	})
 }
 
 func TestJobBatchMethodWithoutChannelIsPermanent(t *testing.T) {
 	f := newFakeStore()
 	f.addJob("j", "a")
-	a := &Activities{Configure: f}
-	_, err := a.JobBatch(context.Background(), workflows.JobBatchRequest{JobID: "j", Kind: workflows.JobMethod, First: 0, Last: 1, Method: "ping"})
+	a := &Activities{Jobs: f, Rollouts: f}
+	_, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: fleet.JobMethod, First: 0, Last: 1, Method: "ping"})
 	requireNonRetryable(t, err, "NoChannel")
 	require.Contains(t, err.Error(), "no MQTT channel")
 	require.Empty(t, f.recorded)
-	require.Equal(t, registry.JobPending, f.targetState("j", 0))
+	require.Equal(t, fleet.JobPending, f.targetState("j", 0))
 }
 
 func TestJobBatchUnknownKindIsPermanent(t *testing.T) {
 	f := newFakeStore()
 	f.addJob("j", "a")
-	a := &Activities{Configure: f, Channel: &fakeChannel{}}
-	_, err := a.JobBatch(context.Background(), workflows.JobBatchRequest{JobID: "j", Kind: "explode", First: 0, Last: 1})
+	a := &Activities{Jobs: f, Rollouts: f, Channel: &fakeChannel{}}
+	_, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: "explode", First: 0, Last: 1})
 	requireNonRetryable(t, err, workflows.ErrTypeInvalidInput)
 	require.Contains(t, err.Error(), "explode")
 	require.Empty(t, f.recorded)
@@ -832,9 +834,9 @@ func TestJobBatchUnknownKindIsPermanent(t *testing.T) {
 // ---- JobBatch: retries ------------------------------------------------------------------------------------
 
 func TestJobBatchRetryProcessesOnlyPendingTargets(t *testing.T) {
-	kinds := []string{workflows.JobSetTags, workflows.JobSetDesired, workflows.JobMethod}
+	kinds := []fleet.JobKind{fleet.JobSetTags, fleet.JobSetDesired, fleet.JobMethod}
 	for _, kind := range kinds {
-		t.Run(kind, func(t *testing.T) {
+		t.Run(string(kind), func(t *testing.T) {
 			f := newFakeStore()
 			ids := devIDs("d", 20)
 			for _, id := range ids {
@@ -843,11 +845,11 @@ func TestJobBatchRetryProcessesOnlyPendingTargets(t *testing.T) {
 			f.addJob("j", ids...)
 			// A first attempt got through seq 10..12 before the worker died.
 			for seq := 10; seq <= 12; seq++ {
-				f.targets["j"][seq].State = registry.JobSucceeded
+				f.targets["j"][seq].State = fleet.JobSucceeded
 			}
 			ch := &fakeChannel{}
-			a := &Activities{Configure: f, Channel: ch}
-			req := workflows.JobBatchRequest{JobID: "j", Kind: kind, First: 10, Last: 15, Patch: json.RawMessage(`{"k":1}`),
+			a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
+			req := workflows.JobBatchInput{JobID: "j", Kind: kind, First: 10, Last: 15, Patch: json.RawMessage(`{"k":1}`),
 				Method: "ping", Timeout: time.Second}
 			c, err := a.JobBatch(context.Background(), req)
 			require.NoError(t, err)
@@ -859,20 +861,20 @@ func TestJobBatchRetryProcessesOnlyPendingTargets(t *testing.T) {
 			}
 			require.Equal(t, []int64{13, 14}, seqs)
 			switch kind {
-			case workflows.JobMethod:
+			case fleet.JobMethod:
 				require.Equal(t, []string{"d13", "d14"}, ch.calledDevices())
-				require.Equal(t, workflows.JobCounts{Succeeded: 2}, c)
-			case workflows.JobSetDesired:
+				require.Equal(t, fleet.JobCounts{Succeeded: 2}, c)
+			case fleet.JobSetDesired:
 				require.Len(t, ch.published, 2)
-				require.Equal(t, workflows.JobCounts{Running: 2}, c)
+				require.Equal(t, fleet.JobCounts{Running: 2}, c)
 			default:
-				require.Equal(t, workflows.JobCounts{Succeeded: 2}, c)
+				require.Equal(t, fleet.JobCounts{Succeeded: 2}, c)
 			}
 
 			// A further retry finds nothing pending and does nothing.
 			c, err = a.JobBatch(context.Background(), req)
 			require.NoError(t, err)
-			require.Equal(t, workflows.JobCounts{}, c)
+			require.Equal(t, fleet.JobCounts{}, c)
 			require.Len(t, f.recorded, 1)
 			require.LessOrEqual(t, len(f.patchCalls), 1)
 			require.LessOrEqual(t, len(ch.calls), 2)
@@ -886,46 +888,46 @@ func TestJobBatchRetryProcessesOnlyPendingTargets(t *testing.T) {
 func TestJobCollectAcks(t *testing.T) {
 	cases := []struct {
 		name      string
-		acks      []registry.AckProgress
+		acks      []fleet.AckProgress
 		maxWait   time.Duration
-		want      workflows.JobAckStatus
+		want      workflows.JobCollectAcksResult
 		polls     func(t *testing.T, n int)
 		minElapse time.Duration
 		maxElapse time.Duration
 	}{
 		{name: "nothing waiting returns at once",
-			acks: []registry.AckProgress{{Acked: 4}}, maxWait: time.Minute,
-			want:  workflows.JobAckStatus{Acked: 4},
+			acks: []fleet.AckProgress{{Acked: 4}}, maxWait: time.Minute,
+			want:  workflows.JobCollectAcksResult{Acked: 4},
 			polls: func(t *testing.T, n int) { require.Equal(t, 1, n) }, maxElapse: 200 * time.Millisecond},
 		{name: "acks are summed until nothing waits",
-			acks:    []registry.AckProgress{{Acked: 3, Waiting: 2, WaitingOnline: 1}, {Acked: 0, Waiting: 2, WaitingOnline: 1}, {Acked: 2}},
+			acks:    []fleet.AckProgress{{Acked: 3, Waiting: 2, WaitingOnline: 1}, {Acked: 0, Waiting: 2, WaitingOnline: 1}, {Acked: 2}},
 			maxWait: time.Minute,
-			want:    workflows.JobAckStatus{Acked: 5},
+			want:    workflows.JobCollectAcksResult{Acked: 5},
 			polls:   func(t *testing.T, n int) { require.Equal(t, 3, n) }, maxElapse: 5 * time.Second},
 		{name: "devices that keep waiting end at MaxWait",
-			acks:      []registry.AckProgress{{Acked: 1, Waiting: 3, WaitingOnline: 2}, {Waiting: 3, WaitingOnline: 2}},
+			acks:      []fleet.AckProgress{{Acked: 1, Waiting: 3, WaitingOnline: 2}, {Waiting: 3, WaitingOnline: 2}},
 			maxWait:   300 * time.Millisecond,
-			want:      workflows.JobAckStatus{Acked: 1, Waiting: 3, WaitingOnline: 2},
+			want:      workflows.JobCollectAcksResult{Acked: 1, Waiting: 3, WaitingOnline: 2},
 			polls:     func(t *testing.T, n int) { require.GreaterOrEqual(t, n, 2) },
 			minElapse: 300 * time.Millisecond, maxElapse: 5 * time.Second},
 		{name: "no time left reports at once",
-			acks: []registry.AckProgress{{Acked: 1, Waiting: 3, WaitingOnline: 2}}, maxWait: 0,
-			want:  workflows.JobAckStatus{Acked: 1, Waiting: 3, WaitingOnline: 2},
+			acks: []fleet.AckProgress{{Acked: 1, Waiting: 3, WaitingOnline: 2}}, maxWait: 0,
+			want:  workflows.JobCollectAcksResult{Acked: 1, Waiting: 3, WaitingOnline: 2},
 			polls: func(t *testing.T, n int) { require.Equal(t, 1, n) }, maxElapse: 200 * time.Millisecond},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeStore()
 			f.acks = tc.acks
-			a := &Activities{Configure: f}
+			a := &Activities{Jobs: f, Rollouts: f}
 			var s testsuite.WorkflowTestSuite
 			env := s.NewTestActivityEnvironment()
 			env.RegisterActivity(a)
 			start := time.Now()
-			v, err := env.ExecuteActivity(a.JobCollectAcks, workflows.JobAckRequest{JobID: "j", Keys: []string{"led", "fan"}, MaxWait: tc.maxWait})
+			v, err := env.ExecuteActivity(a.JobCollectAcks, workflows.JobCollectAcksInput{JobID: "j", Keys: []string{"led", "fan"}, MaxWait: tc.maxWait})
 			elapsed := time.Since(start)
 			require.NoError(t, err)
-			var st workflows.JobAckStatus
+			var st workflows.JobCollectAcksResult
 			require.NoError(t, v.Get(&st))
 			require.Equal(t, tc.want, st)
 			require.Equal(t, []string{"j", "led", "fan"}, f.ackArgs)
@@ -938,15 +940,15 @@ func TestJobCollectAcks(t *testing.T) {
 
 func TestJobCollectAcksStopsWithContextAndErrors(t *testing.T) {
 	f := newFakeStore()
-	f.acks = []registry.AckProgress{{Waiting: 1}}
-	a := &Activities{Configure: f}
+	f.acks = []fleet.AckProgress{{Waiting: 1}}
+	a := &Activities{Jobs: f, Rollouts: f}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err := a.JobCollectAcks(ctx, workflows.JobAckRequest{JobID: "j", MaxWait: time.Minute})
+	_, err := a.JobCollectAcks(ctx, workflows.JobCollectAcksInput{JobID: "j", MaxWait: time.Minute})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 
 	f.fail = map[string]error{"CollectAcks": errors.New("db down")}
-	_, err = a.JobCollectAcks(context.Background(), workflows.JobAckRequest{JobID: "j", MaxWait: time.Minute})
+	_, err = a.JobCollectAcks(context.Background(), workflows.JobCollectAcksInput{JobID: "j", MaxWait: time.Minute})
 	require.EqualError(t, err, "db down")
 }
 
@@ -958,28 +960,28 @@ func TestJobCloseMapsRegistryCounts(t *testing.T) {
 	f.addDevice("off", fakeDevice{})
 	ids := []string{"on", "on", "on", "off", "on", "off", "off", "on", "off", "on"}
 	f.addJob("j", ids...)
-	states := []string{registry.JobSucceeded, registry.JobSucceeded, registry.JobFailed, registry.JobOffline, registry.JobTimedOut,
-		registry.JobRunning /* off: -> offline */, registry.JobPending /* -> cancelled */, registry.JobRunning, /* on: -> timed_out */
-		registry.JobCancelled, registry.JobPending /* -> cancelled */}
+	states := []fleet.JobState{fleet.JobSucceeded, fleet.JobSucceeded, fleet.JobFailed, fleet.JobOffline, fleet.JobTimedOut,
+		fleet.JobRunning /* off: -> offline */, fleet.JobPending /* -> cancelled */, fleet.JobRunning, /* on: -> timed_out */
+		fleet.JobCancelled, fleet.JobPending /* -> cancelled */}
 	for i, s := range states {
 		f.targets["j"][i].State = s
 	}
-	a := &Activities{Configure: f}
-	c, err := a.JobClose(context.Background(), workflows.JobCloseRequest{JobID: "j", State: "cancelled"})
+	a := &Activities{Jobs: f, Rollouts: f}
+	c, err := a.JobClose(context.Background(), workflows.JobCloseInput{JobID: "j", State: "cancelled"})
 	require.NoError(t, err)
 	require.Equal(t, []string{"j=cancelled"}, f.closed)
-	require.Equal(t, workflows.JobCounts{Succeeded: 2, Failed: 1, TimedOut: 2, Offline: 2, Cancelled: 3}, c)
+	require.Equal(t, fleet.JobCounts{Succeeded: 2, Failed: 1, TimedOut: 2, Offline: 2, Cancelled: 3}, c)
 
 	// Each registry state goes to its own field; unknown states are not counted.
-	f.jobCounts = map[string]int64{registry.JobSucceeded: 7, registry.JobFailed: 6, registry.JobTimedOut: 5,
-		registry.JobOffline: 4, registry.JobRunning: 3, registry.JobCancelled: 2, registry.JobPending: 100, "mystery": 9}
-	c, err = a.JobClose(context.Background(), workflows.JobCloseRequest{JobID: "j", State: "completed"})
+	f.jobCounts = map[fleet.JobState]int64{fleet.JobSucceeded: 7, fleet.JobFailed: 6, fleet.JobTimedOut: 5,
+		fleet.JobOffline: 4, fleet.JobRunning: 3, fleet.JobCancelled: 2, fleet.JobPending: 100, "mystery": 9}
+	c, err = a.JobClose(context.Background(), workflows.JobCloseInput{JobID: "j", State: "completed"})
 	require.NoError(t, err)
-	require.Equal(t, workflows.JobCounts{Succeeded: 7, Failed: 6, TimedOut: 5, Offline: 4, Running: 3, Cancelled: 2}, c)
+	require.Equal(t, fleet.JobCounts{Succeeded: 7, Failed: 6, TimedOut: 5, Offline: 4, Running: 3, Cancelled: 2}, c)
 
-	for _, method := range []string{"CloseJob", "JobCounts"} {
+	for _, method := range []string{"CloseJob", "JobTotals"} {
 		f.fail = map[string]error{method: errors.New(method + " failed")}
-		_, err = a.JobClose(context.Background(), workflows.JobCloseRequest{JobID: "j", State: "completed"})
+		_, err = a.JobClose(context.Background(), workflows.JobCloseInput{JobID: "j", State: "completed"})
 		require.EqualError(t, err, method+" failed")
 	}
 }
@@ -996,7 +998,7 @@ func TestRolloutDispatchLoopsChunksAndPushesEveryWrite(t *testing.T) {
 		case i%100 == 0:
 			d.reportedVersion = "2.0"
 		case i%250 == 1:
-			d.status = registry.StatusRetired
+			d.status = fleet.StatusRetired
 		}
 		if i < cutoff && (i%100 == 0 || i%250 == 1) {
 			wantSkipped++
@@ -1006,13 +1008,13 @@ func TestRolloutDispatchLoopsChunksAndPushesEveryWrite(t *testing.T) {
 		f.addRow(fakeRow{deviceID: id, wave: -1, phase: string(rollout.Queued)})
 	}
 	ch := &fakeChannel{}
-	a := &Activities{Configure: f, Channel: ch}
+	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
 	fw := workflows.FirmwareRef{Version: "2.0", URL: "https://fw.example/2.0.bin", SHA256: strings.Repeat("ab", 32)}
 
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestActivityEnvironment()
 	env.RegisterActivity(a)
-	v, err := env.ExecuteActivity(a.RolloutDispatch, workflows.RolloutDispatchRequest{RolloutID: "ro-1", Wave: 2, Cutoff: cutoff, Firmware: fw})
+	v, err := env.ExecuteActivity(a.RolloutDispatch, workflows.RolloutDispatchInput{RolloutID: "ro-1", Wave: 2, Cutoff: cutoff, Firmware: fw})
 	require.NoError(t, err)
 	var res workflows.RolloutDispatchResult
 	require.NoError(t, v.Get(&res))
@@ -1022,11 +1024,11 @@ func TestRolloutDispatchLoopsChunksAndPushesEveryWrite(t *testing.T) {
 	require.Len(t, f.dispatchCalls, 3, "2000 + 2000 + 300 devices")
 	for _, c := range f.dispatchCalls {
 		require.Equal(t, dispatchCall{rollout: "ro-1", wave: 2, cutoff: cutoff, limit: 2000,
-			fw: registry.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256}}, c)
+			fw: fleet.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256}}, c)
 	}
 	require.Equal(t, 3, ch.publishes, "one push per chunk")
 	require.Len(t, ch.published, int(wantDispatched), "offline devices are pushed too")
-	wantPatch := fwPatch("ro-1", registry.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256})
+	wantPatch := fwPatch("ro-1", fleet.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256})
 	seen := map[string]bool{}
 	for _, m := range ch.published {
 		require.False(t, seen[m.DeviceID], "pushed twice: %s", m.DeviceID)
@@ -1052,10 +1054,10 @@ func TestRolloutDispatchRetryContinuesAndPushFailuresDoNotFail(t *testing.T) {
 	// A first attempt dispatched the first two devices.
 	f.rows[0].phase, f.rows[1].phase = string(rollout.Dispatched), string(rollout.Dispatched)
 	ch := &fakeChannel{publishErr: errors.New("broker gone")}
-	a := &Activities{Configure: f, Channel: ch}
+	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
 	var res workflows.RolloutDispatchResult
 	// No error: the firmware is in desired; devices catch up on reconnect.
-	execute(t, a, a.RolloutDispatch, workflows.RolloutDispatchRequest{RolloutID: "ro", Wave: 0, Cutoff: 5,
+	execute(t, a, a.RolloutDispatch, workflows.RolloutDispatchInput{RolloutID: "ro", Wave: 0, Cutoff: 5,
 		Firmware: workflows.FirmwareRef{Version: "2.0"}}, &res)
 	require.Equal(t, int64(3), res.Dispatched)
 	require.Equal(t, int64(0), res.Skipped)
@@ -1063,7 +1065,7 @@ func TestRolloutDispatchRetryContinuesAndPushFailuresDoNotFail(t *testing.T) {
 	require.Len(t, f.dispatchCalls, 1)
 
 	f.fail = map[string]error{"DispatchWave": errors.New("serialization failure")}
-	_, err := a.RolloutDispatch(context.Background(), workflows.RolloutDispatchRequest{RolloutID: "ro", Cutoff: 5})
+	_, err := a.RolloutDispatch(context.Background(), workflows.RolloutDispatchInput{RolloutID: "ro", Cutoff: 5})
 	require.EqualError(t, err, "serialization failure")
 }
 
@@ -1118,16 +1120,16 @@ func TestRolloutObserveEvaluatesDevices(t *testing.T) {
 			f.addDevice("d0", tc.dev)
 			f.addRow(fakeRow{deviceID: "d0", wave: 0, phase: string(rollout.Dispatched), prevVersion: roFrom,
 				dispatchedAt: time.Now().Add(-time.Minute)})
-			a := &Activities{Configure: f}
+			a := &Activities{Jobs: f, Rollouts: f}
 			policy := tc.policy
 			policy.Version = roTo
 			before := time.Now()
-			obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+			obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 				Policy: policy, MaxFailures: rollout.Threshold{Count: 10}, MaxWait: 0})
 			require.NoError(t, err)
 			require.Equal(t, 1, f.observeCalls)
 			require.Equal(t, []string{roID}, f.observeJobs)
-			require.Equal(t, []string{"dispatched", "downloading", "installing", "rebooting", "baking"}, f.observePhases[0])
+			require.Equal(t, []rollout.Phase{"dispatched", "downloading", "installing", "rebooting", "baking"}, f.observePhases[0])
 			require.Len(t, f.phaseUpdates, 1)
 
 			phase := rollout.Dispatched
@@ -1138,7 +1140,7 @@ func TestRolloutObserveEvaluatesDevices(t *testing.T) {
 				require.Len(t, f.phaseUpdates[0], 1)
 				u := f.phaseUpdates[0][0]
 				require.Equal(t, int64(0), u.Rank)
-				require.Equal(t, string(tc.want.phase), u.Phase)
+				require.Equal(t, tc.want.phase, u.Phase)
 				require.Equal(t, tc.want.reason, u.Reason)
 				if tc.want.bakeSet {
 					require.False(t, u.BakeSince.Before(before), "the bake starts now")
@@ -1170,8 +1172,8 @@ func TestRolloutObserveWritesOnlyChangedRowsAndCountsTheWave(t *testing.T) {
 	f.addRow(fakeRow{deviceID: "done", wave: 1, phase: string(rollout.Succeeded), reason: "kept", bakeSince: bake})
 	f.addRow(fakeRow{deviceID: "earlier", wave: 0, phase: string(rollout.Succeeded), bakeSince: bake})
 	f.addRow(fakeRow{deviceID: "later", wave: -1, phase: string(rollout.Queued)})
-	a := &Activities{Configure: f}
-	obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID, Wave: 1,
+	a := &Activities{Jobs: f, Rollouts: f}
+	obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID, Wave: 1,
 		Policy: rollout.Policy{Version: roTo, Bake: time.Hour}, MaxWait: 0})
 	require.NoError(t, err)
 
@@ -1179,7 +1181,7 @@ func TestRolloutObserveWritesOnlyChangedRowsAndCountsTheWave(t *testing.T) {
 	ups := f.phaseUpdates[0]
 	require.Len(t, ups, 1, "only the device whose phase changed: %+v", ups)
 	require.Equal(t, int64(0), ups[0].Rank)
-	require.Equal(t, string(rollout.Baking), ups[0].Phase)
+	require.Equal(t, rollout.Baking, ups[0].Phase)
 	require.False(t, ups[0].BakeSince.IsZero())
 	require.Equal(t, bake, f.rows[2].bakeSince, "an unchanged bake start is not rewritten")
 	require.Equal(t, "kept", f.rows[3].reason, "a decided device is not observed")
@@ -1205,9 +1207,9 @@ func TestRolloutObserveReturnsWhenTheWaveIsDecided(t *testing.T) {
 			f.devices["b"].jobStatus[roID] = [2]string{"failed", "flash error"}
 		}
 	}
-	a := &Activities{Configure: f}
+	a := &Activities{Jobs: f, Rollouts: f}
 	start := time.Now()
-	obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID, Wave: 0,
+	obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID, Wave: 0,
 		Policy: rollout.Policy{Version: roTo}, MaxFailures: rollout.Threshold{Count: 5}, PollInterval: 10 * time.Millisecond, MaxWait: time.Minute})
 	require.NoError(t, err)
 	require.Less(t, time.Since(start), 10*time.Second)
@@ -1230,9 +1232,9 @@ func TestRolloutObserveFailureThreshold(t *testing.T) {
 
 	t.Run("exceeded returns at once", func(t *testing.T) {
 		f := setup()
-		a := &Activities{Configure: f}
+		a := &Activities{Jobs: f, Rollouts: f}
 		start := time.Now()
-		obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+		obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 			Policy: rollout.Policy{Version: roTo}, MaxFailures: rollout.Threshold{Count: 0}, PollInterval: time.Minute, MaxWait: time.Minute})
 		require.NoError(t, err)
 		require.Less(t, time.Since(start), 5*time.Second)
@@ -1243,17 +1245,17 @@ func TestRolloutObserveFailureThreshold(t *testing.T) {
 
 	t.Run("within the threshold polls until MaxWait", func(t *testing.T) {
 		f := setup()
-		a := &Activities{Configure: f}
+		a := &Activities{Jobs: f, Rollouts: f}
 		var s testsuite.WorkflowTestSuite
 		env := s.NewTestActivityEnvironment()
 		env.RegisterActivity(a)
 		start := time.Now()
-		v, err := env.ExecuteActivity(a.RolloutObserve, workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+		v, err := env.ExecuteActivity(a.RolloutObserve, workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 			Policy: rollout.Policy{Version: roTo}, MaxFailures: rollout.Threshold{Count: 1}, PollInterval: 50 * time.Millisecond,
 			MaxWait: 300 * time.Millisecond})
 		require.NoError(t, err)
 		elapsed := time.Since(start)
-		var obs workflows.RolloutObservation
+		var obs workflows.RolloutObserveResult
 		require.NoError(t, v.Get(&obs))
 		require.GreaterOrEqual(t, elapsed, 300*time.Millisecond)
 		require.Less(t, elapsed, 5*time.Second)
@@ -1268,9 +1270,9 @@ func TestRolloutObserveFailureThreshold(t *testing.T) {
 
 	t.Run("percent of touched devices", func(t *testing.T) {
 		f := setup()
-		a := &Activities{Configure: f}
+		a := &Activities{Jobs: f, Rollouts: f}
 		// 1 failed of 2 touched = 50%: above 40%, stops.
-		_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+		_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 			Policy: rollout.Policy{Version: roTo}, MaxFailures: rollout.Threshold{Percent: 40, IsPercent: true},
 			PollInterval: time.Minute, MaxWait: time.Minute})
 		require.NoError(t, err)
@@ -1306,21 +1308,21 @@ func TestRolloutObserveRollback(t *testing.T) {
 	f.addDevice("q", fakeDevice{reportedVersion: roTo})
 	f.addRow(fakeRow{deviceID: "q", wave: 0, phase: string(rollout.Failed), prevVersion: roFrom, reason: "kept"})
 
-	a := &Activities{Configure: f}
-	req := workflows.RolloutObserveRequest{RolloutID: roID, JobID: rbJob, Rollback: true,
+	a := &Activities{Jobs: f, Rollouts: f}
+	req := workflows.RolloutObserveInput{RolloutID: roID, JobID: rbJob, Rollback: true,
 		Policy: rollout.Policy{Version: roTo, DeviceTimeout: 10 * time.Minute}, MaxFailures: rollout.Threshold{Count: 0},
 		PollInterval: 20 * time.Millisecond, MaxWait: 200 * time.Millisecond}
 	start := time.Now()
 	obs, err := a.RolloutObserve(context.Background(), req)
 	require.NoError(t, err)
-	require.Equal(t, []string{string(rollout.RollingBack)}, f.observePhases[0])
+	require.Equal(t, []rollout.Phase{rollout.RollingBack}, f.observePhases[0])
 	require.Equal(t, rbJob, f.observeJobs[0])
-	require.Equal(t, []registry.PhaseUpdate{
+	require.Equal(t, []fleet.PhaseUpdate{
 		// Back on its previous version: no reason, so that the registry keeps why the device failed forward.
-		{Rank: 0, Phase: string(rollout.RolledBack), Reason: ""},
-		{Rank: 1, Phase: string(rollout.RollbackFailed), Reason: "device reported failure: no space"},
-		{Rank: 2, Phase: string(rollout.RollbackFailed), Reason: "did not return to " + roFrom + " within 10m0s"},
-		{Rank: 4, Phase: string(rollout.RolledBack), Reason: "no previous version known; left as is"},
+		{Rank: 0, Phase: rollout.RolledBack, Reason: ""},
+		{Rank: 1, Phase: rollout.RollbackFailed, Reason: "device reported failure: no space"},
+		{Rank: 2, Phase: rollout.RollbackFailed, Reason: "did not return to " + roFrom + " within 10m0s"},
+		{Rank: 4, Phase: rollout.RolledBack, Reason: "no previous version known; left as is"},
 	}, f.phaseUpdates[0])
 	require.Equal(t, "forward reason", f.rows[0].reason)
 	require.Equal(t, rollout.Counts{RolledBack: 2, RollbackFailed: 2, RollingBack: 1, Failed: 1}, obs.Counts)
@@ -1349,8 +1351,8 @@ func TestRolloutObserveStoreErrorsAndCancellation(t *testing.T) {
 		f.addDevice("a", fakeDevice{reportedVersion: roTo})
 		f.addRow(fakeRow{deviceID: "a", wave: 0, phase: string(rollout.Dispatched)})
 		f.fail = map[string]error{method: errors.New(method + " failed")}
-		a := &Activities{Configure: f}
-		_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+		a := &Activities{Jobs: f, Rollouts: f}
+		_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 			Policy: rollout.Policy{Version: roTo}, MaxWait: time.Minute})
 		require.EqualError(t, err, method+" failed")
 	}
@@ -1358,10 +1360,10 @@ func TestRolloutObserveStoreErrorsAndCancellation(t *testing.T) {
 	f := newFakeStore()
 	f.addDevice("a", fakeDevice{reportedVersion: roFrom})
 	f.addRow(fakeRow{deviceID: "a", wave: 0, phase: string(rollout.Dispatched)})
-	a := &Activities{Configure: f}
+	a := &Activities{Jobs: f, Rollouts: f}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err := a.RolloutObserve(ctx, workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+	_, err := a.RolloutObserve(ctx, workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 		Policy: rollout.Policy{Version: roTo}, PollInterval: time.Minute, MaxWait: time.Hour})
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 }
@@ -1391,11 +1393,11 @@ func TestRolloutRollbackLoopsAndPushes(t *testing.T) {
 		f.addRow(fakeRow{deviceID: id, wave: -1, phase: string(p), prevVersion: roFrom})
 	}
 	ch := &fakeChannel{}
-	a := &Activities{Configure: f, Channel: ch}
+	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestActivityEnvironment()
 	env.RegisterActivity(a)
-	v, err := env.ExecuteActivity(a.RolloutRollback, workflows.RolloutRollbackRequest{RolloutID: roID, JobID: roID + ".rb"})
+	v, err := env.ExecuteActivity(a.RolloutRollback, workflows.RolloutRollbackInput{RolloutID: roID, JobID: roID + ".rb"})
 	require.NoError(t, err)
 	var got int64
 	require.NoError(t, v.Get(&got))
@@ -1406,7 +1408,7 @@ func TestRolloutRollbackLoopsAndPushes(t *testing.T) {
 	require.Equal(t, []int{2000, 2000, 2000}, f.rollbackLimits)
 	require.Equal(t, 3, ch.publishes)
 	require.Len(t, ch.published, int(want))
-	wantPatch := fwPatch(roID+".rb", registry.Firmware{Version: roFrom, URL: f.fwURL[roFrom]})
+	wantPatch := fwPatch(roID+".rb", fleet.Firmware{Version: roFrom, URL: f.fwURL[roFrom]})
 	for _, m := range ch.published {
 		require.JSONEq(t, string(wantPatch), string(m.Patch))
 		require.Equal(t, int64(4), m.Version)
@@ -1422,15 +1424,15 @@ func TestRolloutRollbackPushFailureAndStoreError(t *testing.T) {
 	f := newFakeStore()
 	f.addDevice("a", fakeDevice{reportedVersion: roTo})
 	f.addRow(fakeRow{deviceID: "a", wave: 0, phase: string(rollout.Failed), prevVersion: roFrom})
-	a := &Activities{Configure: f}
+	a := &Activities{Jobs: f, Rollouts: f}
 	var n int64
 	// No error: without a channel the rollback is still written; devices catch up on reconnect.
-	execute(t, a, a.RolloutRollback, workflows.RolloutRollbackRequest{RolloutID: roID, JobID: "rb"}, &n)
+	execute(t, a, a.RolloutRollback, workflows.RolloutRollbackInput{RolloutID: roID, JobID: "rb"}, &n)
 	require.Equal(t, int64(1), n)
 	require.Equal(t, string(rollout.RollingBack), f.rows[0].phase)
 
 	f.fail = map[string]error{"StartRollback": errors.New("deadlock detected")}
-	_, err := a.RolloutRollback(context.Background(), workflows.RolloutRollbackRequest{RolloutID: roID, JobID: "rb"})
+	_, err := a.RolloutRollback(context.Background(), workflows.RolloutRollbackInput{RolloutID: roID, JobID: "rb"})
 	require.EqualError(t, err, "deadlock detected")
 }
 
@@ -1453,9 +1455,9 @@ func TestRolloutFinishCountsAndSamplesFailures(t *testing.T) {
 	add(10, 1, rollout.RolledBack, func(int) string { return "back on 1.0" })
 	add(4, -1, rollout.Queued, noReason)
 
-	a := &Activities{Configure: f}
+	a := &Activities{Jobs: f, Rollouts: f}
 	summary := workflows.RolloutSummary{State: "rolled_back", WavesDone: 2, Decision: "stopped", Reasons: []string{"too many failures"}}
-	res, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishRequest{RolloutID: roID, State: "rolled_back", Summary: summary})
+	res, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishInput{RolloutID: roID, State: "rolled_back", Summary: summary})
 	require.NoError(t, err)
 
 	require.Len(t, f.finished, 1)
@@ -1488,21 +1490,22 @@ func TestRolloutFinishFewFailuresAndErrors(t *testing.T) {
 	f.addRow(fakeRow{deviceID: "ok", wave: 0, phase: string(rollout.Succeeded), reason: "running 2.0"})
 	f.addDevice("bad", fakeDevice{})
 	f.addRow(fakeRow{deviceID: "bad", wave: 0, phase: string(rollout.Failed), reason: "bricked"})
-	a := &Activities{Configure: f}
-	res, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishRequest{RolloutID: roID, State: "completed"})
+	a := &Activities{Jobs: f, Rollouts: f}
+	res, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishInput{RolloutID: roID, State: "completed"})
 	require.NoError(t, err)
 	require.Equal(t, rollout.Counts{Succeeded: 1, Failed: 1}, res.Counts)
 	require.Equal(t, []workflows.DeviceIssue{{DeviceID: "bad", Wave: 1, Phase: "failed", Reason: "bricked"}}, res.Failures)
 
 	for _, method := range []string{"FinishRollout", "RolloutCounts", "RolloutDevices"} {
 		f.fail = map[string]error{method: errors.New(method + " failed")}
-		_, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishRequest{RolloutID: roID, State: "completed"})
+		_, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishInput{RolloutID: roID, State: "completed"})
 		require.EqualError(t, err, method+" failed")
 	}
 }
 
-var _ ConfigureStore = (*fakeStore)(nil)
-var _ Channel = (*fakeChannel)(nil)
+var _ fleet.JobStore = (*fakeStore)(nil)
+var _ fleet.RolloutStore = (*fakeStore)(nil)
+var _ fleet.Channel = (*fakeChannel)(nil)
 
 // An online device with no progress long after its dispatch gets its desired state again, once per
 // observation activity; devices with progress, offline ones and recent dispatches do not.
@@ -1518,8 +1521,8 @@ func TestRolloutObserveRepushesStuckDevices(t *testing.T) {
 	f.addRow(fakeRow{deviceID: "offline", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: long})
 	f.addRow(fakeRow{deviceID: "recent", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: recent})
 	ch := &fakeChannel{}
-	a := &Activities{Configure: f, Channel: ch}
-	_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveRequest{RolloutID: roID, JobID: roID,
+	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
+	_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 		Policy: rollout.Policy{Version: roTo, DeviceTimeout: time.Hour}, MaxFailures: rollout.Threshold{Count: 10},
 		PollInterval: 10 * time.Millisecond, MaxWait: 100 * time.Millisecond, RepushAfter: 30 * time.Second})
 	require.NoError(t, err)

@@ -42,9 +42,9 @@ func FleetHealthCheck(ctx workflow.Context, in HealthCheckInput) (HealthCheckRes
 			MaximumAttempts: healthCheckAttempts, NonRetryableErrorTypes: []string{ErrTypeInvalidInput}},
 		Summary: rules.String(),
 	})
-	req := HealthCheckRequest{RunID: id, OfflineAfter: rules.OfflineAfter, AckWithin: rules.AckWithin, ExpiringWithin: rules.ExpiringWithin}
+	req := RunHealthCheckInput{RunID: id, OfflineAfter: rules.OfflineAfter, AckWithin: rules.AckWithin, ExpiringWithin: rules.ExpiringWithin}
 	var res HealthCheckResult
-	if err := workflow.ExecuteActivity(actx, ActRunHealthCheck, req).Get(ctx, &res); err != nil {
+	if err := executeActivity(actx, Activities.RunHealthCheck, req).Get(ctx, &res); err != nil {
 		setHealthState(ctx, searchattr.StateFailed)
 		workflow.SetCurrentDetails(ctx, "**health check failed** — "+rules.String())
 		var canceled *temporal.CanceledError

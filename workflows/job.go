@@ -9,6 +9,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -94,7 +95,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 	for firstErr == nil {
 		for !in.Paused && !in.Cancelled && inflight < window && in.Next < in.Total && dispatched < in.BatchesPerRun &&
 			!workflow.Now(ctx).Before(nextSlot) {
-			req := JobBatchRequest{JobID: in.JobID, Kind: in.Kind, First: in.Next, Last: min(in.Next+batch, in.Total),
+			req := JobBatchInput{JobID: in.JobID, Kind: fleet.JobKind(in.Kind), First: in.Next, Last: min(in.Next+batch, in.Total),
 				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout, Reason: in.Reason, Wipe: in.Wipe}
 			actTimeout := 5*time.Minute + timeout
 			if in.Rate > 0 {
@@ -106,10 +107,10 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
 				Summary:     fmt.Sprintf("devices %s–%s", Thousands(req.First+1), Thousands(req.Last)),
 			})
-			f := workflow.ExecuteActivity(bctx, ActJobBatch, req)
-			sel.AddFuture(f, func(f workflow.Future) {
+			f := executeActivity(bctx, Activities.JobBatch, req)
+			sel.AddFuture(f.Future, func(f workflow.Future) {
 				inflight--
-				var c JobCounts
+				var c fleet.JobCounts
 				if err := f.Get(ctx, &c); err != nil {
 					if firstErr == nil {
 						firstErr = err
@@ -167,8 +168,8 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		})
 		for !in.Cancelled {
 			wait := max(0, min(ackPoll, deadline.Sub(workflow.Now(ctx))))
-			var st JobAckStatus
-			if err := workflow.ExecuteActivity(actx, ActJobCollectAcks, JobAckRequest{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
+			var st JobCollectAcksResult
+			if err := executeActivity(actx, Activities.JobCollectAcks, JobCollectAcksInput{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
 				closeJob(ctx, &in, "failed")
 				return JobResult{}, fmt.Errorf("collect acknowledgements of %s: %w", in.JobID, err)
 			}
@@ -269,11 +270,11 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 }
 
 // closeJob records the end of a job and returns the final counts from the registry.
-func closeJob(ctx workflow.Context, in *JobInput, state string) (JobCounts, error) {
+func closeJob(ctx workflow.Context, in *JobInput, state string) (fleet.JobCounts, error) {
 	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
 		Summary: "record the outcome: " + state})
-	var c JobCounts
-	err := workflow.ExecuteActivity(cctx, ActJobClose, JobCloseRequest{JobID: in.JobID, State: state}).Get(ctx, &c)
+	var c fleet.JobCounts
+	err := executeActivity(cctx, Activities.JobClose, JobCloseInput{JobID: in.JobID, State: fleet.JobEnd(state)}).Get(ctx, &c)
 	if err != nil {
 		var canceled *temporal.CanceledError
 		if errors.As(err, &canceled) {
@@ -313,14 +314,14 @@ func withJobDefaults(in JobInput) JobInput {
 	return in
 }
 
-func upsertJobCounts(ctx workflow.Context, c JobCounts) {
+func upsertJobCounts(ctx workflow.Context, c fleet.JobCounts) {
 	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Done.ValueSet(c.Succeeded), searchattr.Failed.ValueSet(c.Unsuccessful()))
 	if err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
 	}
 }
 
-func setJobState(ctx workflow.Context, state string, c JobCounts) {
+func setJobState(ctx workflow.Context, state string, c fleet.JobCounts) {
 	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(state),
 		searchattr.Done.ValueSet(c.Succeeded), searchattr.Failed.ValueSet(c.Unsuccessful()))
 	if err != nil {

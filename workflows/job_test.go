@@ -18,6 +18,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
@@ -51,11 +52,11 @@ type jobFleet struct {
 	// batchAt and ackAt are when the activity started.
 	batchLag, ackLag time.Duration
 
-	batches   []workflows.JobBatchRequest
+	batches   []workflows.JobBatchInput
 	batchAt   []time.Time
-	acks      []workflows.JobAckRequest
+	acks      []workflows.JobCollectAcksInput
 	ackAt     []time.Time
-	closes    []workflows.JobCloseRequest
+	closes    []workflows.JobCloseInput
 	closeAt   []time.Time
 	closedRet workflows.JobCounts
 }
@@ -68,7 +69,7 @@ func newJobFleet(total int) *jobFleet {
 	return f
 }
 
-func (f *jobFleet) batch(_ context.Context, r workflows.JobBatchRequest) (workflows.JobCounts, error) {
+func (f *jobFleet) batch(_ context.Context, r workflows.JobBatchInput) (workflows.JobCounts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.batches = append(f.batches, r)
@@ -79,10 +80,10 @@ func (f *jobFleet) batch(_ context.Context, r workflows.JobBatchRequest) (workfl
 			continue // a retried batch skips what it already did
 		}
 		switch {
-		case r.Kind == workflows.JobSetDesired:
+		case r.Kind == fleet.JobSetDesired:
 			f.state[s] = jsRunning
 			c.Running++
-		case r.Kind == workflows.JobMethod && !f.online[s]:
+		case r.Kind == fleet.JobMethod && !f.online[s]:
 			f.state[s] = jsOffline
 			c.Offline++
 		default:
@@ -93,12 +94,12 @@ func (f *jobFleet) batch(_ context.Context, r workflows.JobBatchRequest) (workfl
 	return c, nil
 }
 
-func (f *jobFleet) collectAcks(_ context.Context, r workflows.JobAckRequest) (workflows.JobAckStatus, error) {
+func (f *jobFleet) collectAcks(_ context.Context, r workflows.JobCollectAcksInput) (workflows.JobCollectAcksResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.acks = append(f.acks, r)
 	f.ackAt = append(f.ackAt, f.env.Now().Add(-f.ackLag))
-	var st workflows.JobAckStatus
+	var st workflows.JobCollectAcksResult
 	for s, state := range f.state {
 		if state == jsRunning && f.online[s] && !f.neverAck[s] && st.Acked < int64(f.ackPerPoll) {
 			f.state[s] = jsSucceeded
@@ -118,7 +119,7 @@ func (f *jobFleet) collectAcks(_ context.Context, r workflows.JobAckRequest) (wo
 
 // close does what the registry's CloseJob does: targets still waiting for an acknowledgement become
 // timed_out (online) or offline, targets never reached become cancelled; it returns the final tally.
-func (f *jobFleet) close(_ context.Context, r workflows.JobCloseRequest) (workflows.JobCounts, error) {
+func (f *jobFleet) close(_ context.Context, r workflows.JobCloseInput) (workflows.JobCounts, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.closes = append(f.closes, r)
@@ -169,7 +170,7 @@ func (f *jobFleet) closeStates() []string {
 	defer f.mu.Unlock()
 	var out []string
 	for _, c := range f.closes {
-		out = append(out, c.State)
+		out = append(out, string(c.State))
 	}
 	return out
 }
@@ -184,15 +185,15 @@ func newJobEnv(t *testing.T, f *jobFleet, batchDelay, ackDelay time.Duration) *t
 	env.SetStartTime(testStart)
 	env.SetTestTimeout(10 * time.Second)
 	env.RegisterWorkflow(workflows.FleetJob)
-	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: workflows.ActJobBatch})
-	env.RegisterActivityWithOptions(f.collectAcks, activity.RegisterOptions{Name: workflows.ActJobCollectAcks})
-	env.RegisterActivityWithOptions(f.close, activity.RegisterOptions{Name: workflows.ActJobClose})
+	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobBatch)})
+	env.RegisterActivityWithOptions(f.collectAcks, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobCollectAcks)})
+	env.RegisterActivityWithOptions(f.close, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobClose)})
 	f.batchLag, f.ackLag = batchDelay, ackDelay
 	if batchDelay > 0 {
-		env.OnActivity(workflows.ActJobBatch, mock.Anything, mock.Anything).Return(f.batch).After(batchDelay)
+		env.OnActivity(workflows.ActivityName(workflows.Activities.JobBatch), mock.Anything, mock.Anything).Return(f.batch).After(batchDelay)
 	}
 	if ackDelay > 0 {
-		env.OnActivity(workflows.ActJobCollectAcks, mock.Anything, mock.Anything).Return(f.collectAcks).After(ackDelay)
+		env.OnActivity(workflows.ActivityName(workflows.Activities.JobCollectAcks), mock.Anything, mock.Anything).Return(f.collectAcks).After(ackDelay)
 	}
 	return env
 }
@@ -252,18 +253,18 @@ func TestFleetJobSetTagsBatchesTheTargetSetAndClosesCompleted(t *testing.T) {
 	f := newJobFleet(2500)
 	env := newJobEnv(t, f, 0, 0)
 	patch := json.RawMessage(`{"site":"berlin"}`)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-tags", Kind: workflows.JobSetTags, Total: 2500,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-tags", Kind: string(fleet.JobSetTags), Total: 2500,
 		BatchSize: 1000, Patch: patch})
 	res := jobResult(t, env)
 
 	require.Equal(t, [][2]int64{{0, 1000}, {1000, 2000}, {2000, 2500}}, f.batchRanges())
 	for _, b := range f.batches {
 		require.Equal(t, "job-tags", b.JobID)
-		require.Equal(t, workflows.JobSetTags, b.Kind)
+		require.Equal(t, fleet.JobSetTags, b.Kind)
 		require.JSONEq(t, string(patch), string(b.Patch))
 	}
 	require.Empty(t, f.acks, "a tags job has nothing to acknowledge")
-	require.Equal(t, []workflows.JobCloseRequest{{JobID: "job-tags", State: "completed"}}, f.closes)
+	require.Equal(t, []workflows.JobCloseInput{{JobID: "job-tags", State: "completed"}}, f.closes)
 	require.Equal(t, "completed", res.State)
 	require.Equal(t, f.closedRet, res.Counts, "the result's counts are the registry's, returned by JobClose")
 	require.Equal(t, workflows.JobCounts{Succeeded: 2500}, res.Counts)
@@ -276,7 +277,7 @@ func TestFleetJobSetDesiredPollsAcknowledgementsUntilNoneIsWaiting(t *testing.T)
 	f.ackPerPoll = 400
 	env := newJobEnv(t, f, 0, time.Second)
 	keys := []string{"telemetryInterval"}
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-desired", Kind: workflows.JobSetDesired, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-desired", Kind: string(fleet.JobSetDesired), Total: 1000,
 		Patch: json.RawMessage(`{"telemetryInterval":30}`), AckKeys: keys, Timeout: 10 * time.Minute})
 	res := jobResult(t, env)
 
@@ -301,7 +302,7 @@ func TestFleetJobSetDesiredStopsWaitingWhenOnlyOfflineDevicesRemain(t *testing.T
 	}
 	env := newJobEnv(t, f, 0, time.Second)
 	timeout := 30 * time.Minute
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-offline", Kind: workflows.JobSetDesired, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-offline", Kind: string(fleet.JobSetDesired), Total: 1000,
 		Patch: json.RawMessage(`{"mode":"eco"}`), AckKeys: []string{"mode"}, Timeout: timeout})
 	res := jobResult(t, env)
 
@@ -321,7 +322,7 @@ func TestFleetJobSetDesiredGivesUpOnSilentDevicesAtTheTimeout(t *testing.T) {
 	}
 	env := newJobEnv(t, f, 0, time.Second)
 	timeout := time.Minute
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-silent", Kind: workflows.JobSetDesired, Total: 100,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-silent", Kind: string(fleet.JobSetDesired), Total: 100,
 		Patch: json.RawMessage(`{"mode":"eco"}`), AckKeys: []string{"mode"}, Timeout: timeout})
 	res := jobResult(t, env)
 
@@ -355,7 +356,7 @@ func TestFleetJobMethodRateSpacesBatches(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newJobFleet(tc.total)
 			env := newJobEnv(t, f, 0, 0)
-			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-reboot", Kind: workflows.JobMethod,
+			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-reboot", Kind: string(fleet.JobMethod),
 				Total: int64(tc.total), Method: "reboot", Payload: json.RawMessage(`{"delay":5}`), Rate: tc.rate, BatchSize: tc.batchSize})
 			res := jobResult(t, env)
 
@@ -396,7 +397,7 @@ func TestFleetJobPauseStopsDispatchUntilResume(t *testing.T) {
 		f.mu.Unlock()
 	}, 5*time.Minute)
 	env.RegisterDelayedCallback(func() { resume = sendUpdate(env, workflows.UpdateResume) }, 10*time.Minute)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-pause", Kind: workflows.JobSetTags, Total: 5000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-pause", Kind: string(fleet.JobSetTags), Total: 5000,
 		BatchSize: 1000, Window: 1, Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 
@@ -440,7 +441,7 @@ func TestFleetJobCancel(t *testing.T) {
 			}
 			env.RegisterDelayedCallback(func() { cancel = sendUpdate(env, workflows.UpdateCancel) }, tc.cancelAt)
 			env.RegisterDelayedCallback(func() { cancelAgain = sendUpdate(env, workflows.UpdateCancel) }, tc.cancelAt)
-			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-cancel", Kind: workflows.JobSetTags, Total: 5000,
+			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-cancel", Kind: string(fleet.JobSetTags), Total: 5000,
 				BatchSize: 1000, Window: 1, Patch: json.RawMessage(`{"a":1}`)})
 			res := jobResult(t, env)
 
@@ -450,7 +451,7 @@ func TestFleetJobCancel(t *testing.T) {
 			requireAccepted(t, cancel)
 			requireRejected(t, cancelAgain, "already being cancelled")
 			require.Equal(t, [][2]int64{{0, 1000}, {1000, 2000}}, f.batchRanges(), "no batch starts after the cancel")
-			require.Equal(t, []workflows.JobCloseRequest{{JobID: "job-cancel", State: "cancelled"}}, f.closes)
+			require.Equal(t, []workflows.JobCloseInput{{JobID: "job-cancel", State: "cancelled"}}, f.closes)
 			require.Equal(t, tc.wantCloseAt, f.closeAt[0].Sub(testStart))
 			require.Equal(t, "cancelled", res.State)
 			require.Equal(t, workflows.JobCounts{Succeeded: 2000, Cancelled: 3000}, res.Counts,
@@ -464,7 +465,7 @@ func TestFleetJobPauseRefusedOnceEveryDeviceIsReached(t *testing.T) {
 	env := newJobEnv(t, f, time.Minute, 0)
 	var pause *updateRecord
 	env.RegisterDelayedCallback(func() { pause = sendUpdate(env, workflows.UpdatePause) }, 30*time.Second)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-one", Kind: workflows.JobSetTags, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-one", Kind: string(fleet.JobSetTags), Total: 1000,
 		Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 	requireRejected(t, pause, "nothing left to pause")
@@ -473,7 +474,7 @@ func TestFleetJobPauseRefusedOnceEveryDeviceIsReached(t *testing.T) {
 
 func TestFleetJobContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
 	f := newJobFleet(5000)
-	in := workflows.JobInput{JobID: "job-can", Kind: workflows.JobSetTags, Total: 5000, BatchSize: 1000, BatchesPerRun: 2,
+	in := workflows.JobInput{JobID: "job-can", Kind: string(fleet.JobSetTags), Total: 5000, BatchSize: 1000, BatchesPerRun: 2,
 		Patch: json.RawMessage(`{"a":1}`)}
 	dc := converter.GetDefaultDataConverter()
 	var nexts []int64
@@ -512,10 +513,10 @@ func TestFleetJobRejectsInvalidInput(t *testing.T) {
 		name string
 		in   workflows.JobInput
 	}{
-		{"empty job id", workflows.JobInput{Kind: workflows.JobSetTags, Total: 10}},
+		{"empty job id", workflows.JobInput{Kind: string(fleet.JobSetTags), Total: 10}},
 		{"unknown kind", workflows.JobInput{JobID: "j", Kind: "set_everything", Total: 10}},
 		{"no kind", workflows.JobInput{JobID: "j", Total: 10}},
-		{"empty target set", workflows.JobInput{JobID: "j", Kind: workflows.JobSetTags}},
+		{"empty target set", workflows.JobInput{JobID: "j", Kind: string(fleet.JobSetTags)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newJobFleet(10)
@@ -533,10 +534,10 @@ func TestFleetJobRejectsInvalidInput(t *testing.T) {
 func TestFleetJobCancelWhileClosing(t *testing.T) {
 	f := newJobFleet(1000)
 	env := newJobEnv(t, f, 0, 0)
-	env.OnActivity(workflows.ActJobClose, mock.Anything, mock.Anything).Return(f.close).After(time.Minute)
+	env.OnActivity(workflows.ActivityName(workflows.Activities.JobClose), mock.Anything, mock.Anything).Return(f.close).After(time.Minute)
 	var cancel *updateRecord
 	env.RegisterDelayedCallback(func() { cancel = sendUpdate(env, workflows.UpdateCancel) }, 30*time.Second)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-closing", Kind: workflows.JobSetTags, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-closing", Kind: string(fleet.JobSetTags), Total: 1000,
 		Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 

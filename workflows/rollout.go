@@ -9,6 +9,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
@@ -156,7 +157,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 			Summary:     fmt.Sprintf("dispatch wave %d/%d (%s devices)", w+1, len(r.cutoffs), Thousands(r.cutoffs[w]-prev)),
 		})
 		var res RolloutDispatchResult
-		if err := workflow.ExecuteActivity(dctx, ActRolloutDispatch, RolloutDispatchRequest{RolloutID: r.in.RolloutID, Wave: w,
+		if err := executeActivity(dctx, Activities.RolloutDispatch, RolloutDispatchInput{RolloutID: r.in.RolloutID, Wave: w,
 			Cutoff: r.cutoffs[w], Firmware: r.in.Firmware}).Get(ctx, &res); err != nil {
 			return false, fmt.Errorf("dispatch wave %d of %s: %w", w+1, r.in.RolloutID, err)
 		}
@@ -192,7 +193,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 
 // observe runs one observation activity (cancellable by an abort) and takes its counts. A nil observation
 // means it was interrupted.
-func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObservation, error) {
+func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObserveResult, error) {
 	summary := fmt.Sprintf("observe wave %d/%d", r.st.Wave+1, len(r.cutoffs))
 	job := r.in.RolloutID
 	if rollback {
@@ -206,11 +207,11 @@ func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObser
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
 		Summary:     summary,
 	})
-	req := RolloutObserveRequest{RolloutID: r.in.RolloutID, JobID: job, Wave: r.st.Wave, Rollback: rollback,
+	req := RolloutObserveInput{RolloutID: r.in.RolloutID, JobID: job, Wave: r.st.Wave, Rollback: rollback,
 		Policy:      rollout.Policy{Version: r.in.Firmware.Version, Bake: r.in.Bake, DeviceTimeout: r.in.DeviceTimeout},
 		MaxFailures: r.in.MaxFailures, PollInterval: r.in.PollInterval, MaxWait: r.in.ObserveFor, RepushAfter: repushAfter}
-	var obs RolloutObservation
-	err := workflow.ExecuteActivity(octx, ActRolloutObserve, req).Get(ctx, &obs)
+	var obs RolloutObserveResult
+	err := executeActivity(octx, Activities.RolloutObserve, req).Get(ctx, &obs)
 	var canceled *temporal.CanceledError
 	if errors.As(err, &canceled) && ctx.Err() == nil {
 		return nil, nil
@@ -236,7 +237,7 @@ func (r *rolloutRun) rollback(ctx workflow.Context) (bool, error) {
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
 			Summary:     fmt.Sprintf("roll back %s touched devices", Thousands(r.progress.Counts.Touched())),
 		})
-		if err := workflow.ExecuteActivity(rctx, ActRolloutRollback, RolloutRollbackRequest{RolloutID: r.in.RolloutID,
+		if err := executeActivity(rctx, Activities.RolloutRollback, RolloutRollbackInput{RolloutID: r.in.RolloutID,
 			JobID: rollbackJobID(r.in.RolloutID)}).Get(ctx, nil); err != nil {
 			return false, fmt.Errorf("roll back %s: %w", r.in.RolloutID, err)
 		}
@@ -269,7 +270,7 @@ func (r *rolloutRun) finish(ctx workflow.Context, state string) (RolloutResult, 
 	fctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
 		Summary: "record the outcome: " + state})
 	var fin RolloutFinishResult
-	if err := workflow.ExecuteActivity(fctx, ActRolloutFinish, RolloutFinishRequest{RolloutID: r.in.RolloutID, State: state,
+	if err := executeActivity(fctx, Activities.RolloutFinish, RolloutFinishInput{RolloutID: r.in.RolloutID, State: fleet.RolloutEnd(state),
 		Summary: summary}).Get(ctx, &fin); err != nil {
 		return res, fmt.Errorf("finish %s: %w", r.in.RolloutID, err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -22,14 +23,14 @@ type StagedRow struct {
 }
 
 // ErrOperationNotStaged is returned when a provisioning operation has no staged manifest.
-var ErrOperationNotStaged = errors.New("operation not staged")
+var ErrOperationNotStaged = fleet.ErrOperationNotStaged
 
 // deviceCopyColumns are the columns provisioning writes; everything else takes its default.
 var deviceCopyColumns = []string{"id", "secret1_hash", "tags", "provisioned_by"}
 
 // ErrStagingLost is returned when staged rows of an operation are gone (the staging table is unlogged, so a
 // database crash empties it); retrying cannot help.
-var ErrStagingLost = errors.New("staged rows lost")
+var ErrStagingLost = fleet.ErrStagingLost
 
 // StageRows copies manifest rows into provision_rows under op with COPY, the fastest way into Postgres, and
 // records the operation with its row count so the workflow can plan batches without reading rows.
@@ -105,22 +106,10 @@ func (r *Registry) OperationRows(ctx context.Context, op string) (int64, error) 
 	return n, nil
 }
 
-// BatchCounts is the outcome of one provisioning batch (and, summed, of a whole operation).
-type BatchCounts struct {
-	Created  int64 `json:"created"`
-	Existing int64 `json:"existing"`
-	Invalid  int64 `json:"invalid"`
-}
-
-// Add sums counts.
-func (c *BatchCounts) Add(o BatchCounts) {
-	c.Created += o.Created
-	c.Existing += o.Existing
-	c.Invalid += o.Invalid
-}
-
-// Total is the number of rows accounted for.
-func (c BatchCounts) Total() int64 { return c.Created + c.Existing + c.Invalid }
+// BatchCounts is the outcome of one provisioning batch (the domain's type).
+//
+// Deprecated: use fleet.ProvisionCounts.
+type BatchCounts = fleet.ProvisionCounts
 
 type rowResult struct {
 	line          int64
@@ -337,18 +326,15 @@ func validateRow(s StagedRow) string {
 	return ""
 }
 
-// RowResult is a staged row that did not become a new device.
-type RowResult struct {
-	Line    int64  `json:"line"`
-	ID      string `json:"id"`
-	Outcome string `json:"outcome"` // invalid | exists
-	Reason  string `json:"reason"`
-}
+// RowResult is a staged row that did not become a new device (the domain's type).
+//
+// Deprecated: use fleet.RowResult.
+type RowResult = fleet.RowResult
 
 // ProvisionResults lists up to limit rows of op with the given outcome ("" for both), in line order.
-func (r *Registry) ProvisionResults(ctx context.Context, op, outcome string, limit int) ([]RowResult, error) {
+func (r *Registry) ProvisionResults(ctx context.Context, op string, outcome fleet.RowOutcome, limit int) ([]RowResult, error) {
 	rows, err := r.pool.Query(ctx, `SELECT line, id, outcome, reason FROM provision_results
-		WHERE op = $1 AND ($2 = '' OR outcome = $2) ORDER BY line LIMIT $3`, op, outcome, limit)
+		WHERE op = $1 AND ($2 = '' OR outcome = $2) ORDER BY line LIMIT $3`, op, string(outcome), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list results of %s: %w", op, err)
 	}
@@ -370,13 +356,11 @@ func (r *Registry) ProvisionCounts(ctx context.Context, op string) (BatchCounts,
 	return c, nil
 }
 
-// ConnectProgress says how many of the devices an operation created have connected and reported.
-type ConnectProgress struct {
-	Created   int64    `json:"created"`
-	Connected int64    `json:"connected"`
-	Reported  int64    `json:"reported"`
-	Missing   []string `json:"missing,omitempty"` // a sample of devices that have not reported yet
-}
+// ConnectProgress says how many of the devices an operation created have connected and reported (the
+// domain's type).
+//
+// Deprecated: use fleet.ConnectProgress.
+type ConnectProgress = fleet.ConnectProgress
 
 // ConnectProgress counts op's devices that have ever connected and that have reported capabilities
 // (a non-empty reported document), with a sample of up to sample ids that have not reported.

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
@@ -107,7 +108,7 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 	}
 	require.Len(t, byLine, 6)
 	require.Contains(t, byLine[3].Reason, "invalid device id")
-	require.Equal(t, "exists", byLine[4].Outcome)
+	require.Equal(t, fleet.RowExists, byLine[4].Outcome)
 	require.Contains(t, byLine[5].Reason, "invalid JSON")
 	require.Equal(t, "expected 3 fields, found 2", byLine[6].Reason)
 	require.Contains(t, byLine[8].Reason, "duplicate id")

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,20 +9,23 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
-// Outcomes of retiring one device.
+// Outcomes of retiring one device (the domain's).
+//
+// Deprecated: use fleet.RetireDone, fleet.RetireAlreadyRetired, fleet.RetireUnknown.
 const (
-	RetireDone           = "retired"
-	RetireAlreadyRetired = "already_retired"
-	RetireUnknown        = "unknown"
+	RetireDone           = fleet.RetireDone
+	RetireAlreadyRetired = fleet.RetireAlreadyRetired
+	RetireUnknown        = fleet.RetireUnknown
 )
 
-// RetireResult is what happened to one device of a RetireDevices call.
-type RetireResult struct {
-	DeviceID string
-	Outcome  string
-}
+// RetireResult is what happened to one device of a RetireDevices call (the domain's type).
+//
+// Deprecated: use fleet.RetireResult.
+type RetireResult = fleet.RetireResult
 
 // RetireDevices takes devices out of the fleet in one transaction, for a batch of a decommission:
 //   - status retired and both credential digests cleared, so the next CONNECT is refused; the row trigger
@@ -116,7 +118,7 @@ func retireLocked(ctx context.Context, tx pgx.Tx, op string, ids []string, reaso
 }
 
 // ErrRetired is returned (wrapped) for operations that need a device that is not retired.
-var ErrRetired = errors.New("device is retired")
+var ErrRetired = fleet.ErrRetired
 
 // SetEnabled disables (quarantines) or re-enables a device. Disabling takes effect at once like a retirement
 // (the gateway refuses the next CONNECT and drops the live session) but keeps the credentials, so enabling
@@ -152,13 +154,10 @@ func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool, reas
 	return changed, err
 }
 
-// ReplaceResult is what ReplaceDevice did.
-type ReplaceResult struct {
-	Old, New       string
-	DesiredVersion int64
-	Online         bool
-	Desired        json.RawMessage
-}
+// ReplaceResult is what ReplaceDevice did (the domain's type).
+//
+// Deprecated: use fleet.ReplaceResult.
+type ReplaceResult = fleet.ReplaceResult
 
 // ReplaceDevice makes device nw take over old's role: nw gets old's tags and desired properties (its own
 // tags win where both have a key), both record the lineage (old.replaced_by, nw.replaces, and events on both

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	rolloutpkg "github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -184,16 +186,13 @@ func (r *Registry) GetRollout(ctx context.Context, id string) (Rollout, error) {
 	return ro, nil
 }
 
-// DesiredPush is a desired patch written to the registry, to be pushed to the device. Every written patch is
-// pushed, not only those of devices the registry shows online: connection state is recorded in batches, so
-// a device that connected a moment ago (and already read its twin) may not show as online yet, and would
-// otherwise miss the change until its next reconnect. The broker drops pushes to devices not connected.
-type DesiredPush struct {
-	DeviceID string
-	Version  int64
-	Online   bool
-	Patch    []byte
-}
+// DesiredPush is a desired patch written to the registry, to be pushed to the device (the domain's type).
+// Every written patch is pushed, not only those of devices the registry shows online: connection state is
+// recorded in batches, so a device that connected a moment ago (and already read its twin) may not show as
+// online yet, and would otherwise miss the change until its next reconnect.
+//
+// Deprecated: use fleet.DesiredPush.
+type DesiredPush = fleet.DesiredPush
 
 // firmwarePatch is the desired patch that asks a device to install fw under job.
 func firmwarePatch(job string, fw Firmware) []byte {
@@ -305,25 +304,10 @@ func (p *phaseRows) add(rank int64, phase, reason, prev string) {
 	p.prev = append(p.prev, prev)
 }
 
-// RolloutObservation is what the registry knows about one device of a rollout, for the rules in
-// internal/rollout.
-type RolloutObservation struct {
-	Rank            int64
-	DeviceID        string
-	Wave            int
-	Phase           string
-	PrevVersion     string
-	DispatchedAt    time.Time
-	BakeSince       time.Time
-	RollbackAt      time.Time
-	JobStatus       string
-	JobReason       string
-	ReportedVersion string
-	Health          string
-	HealthReason    string
-	Online          bool
-	LastSeen        time.Time
-}
+// RolloutObservation is what the registry knows about one device of a rollout (the domain's type).
+//
+// Deprecated: use fleet.RolloutObservation.
+type RolloutObservation = fleet.RolloutObservation
 
 // DesiredDocs returns the current desired document and version of each device (for re-sending the desired
 // state to devices that seem to have missed a push). Unknown devices are left out.
@@ -345,7 +329,11 @@ func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush
 
 // ObserveRollout returns the devices of a rollout in the given phases with their latest job status (for
 // job) and what they report.
-func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phases []string) ([]RolloutObservation, error) {
+func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phases []rolloutpkg.Phase) ([]RolloutObservation, error) {
+	phaseNames := make([]string, len(phases))
+	for i, p := range phases {
+		phaseNames[i] = string(p)
+	}
 	rows, err := r.pool.Query(ctx, `SELECT rd.rank, rd.device_id, coalesce(rd.wave, -1), rd.phase, rd.prev_version,
 		coalesce(rd.dispatched_at, 'epoch'), coalesce(rd.bake_since, 'epoch'), coalesce(rd.rollback_at, 'epoch'),
 		coalesce(js.status, ''), coalesce(js.reason, ''), `+reportedVersionSQL("d")+`,
@@ -353,7 +341,7 @@ func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phas
 		d.online, coalesce(d.last_seen, 'epoch')
 		FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
 		LEFT JOIN device_job_status js ON js.job_id = $2 AND js.device_id = rd.device_id
-		WHERE rd.rollout_id = $1 AND rd.phase = ANY($3) ORDER BY rd.rank`, rollout, job, phases)
+		WHERE rd.rollout_id = $1 AND rd.phase = ANY($3) ORDER BY rd.rank`, rollout, job, phaseNames)
 	if err != nil {
 		return nil, fmt.Errorf("observe rollout %s: %w", rollout, err)
 	}
@@ -377,13 +365,10 @@ func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phas
 	return out, nil
 }
 
-// PhaseUpdate changes one device's phase in a rollout.
-type PhaseUpdate struct {
-	Rank      int64
-	Phase     string
-	Reason    string
-	BakeSince time.Time // zero: unchanged
-}
+// PhaseUpdate changes one device's phase in a rollout (the domain's type).
+//
+// Deprecated: use fleet.PhaseUpdate.
+type PhaseUpdate = fleet.PhaseUpdate
 
 // UpdateRolloutPhases writes phase changes in one statement.
 func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups []PhaseUpdate) error {
@@ -395,7 +380,7 @@ func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups 
 	reasons := make([]string, len(ups))
 	bakes := make([]*time.Time, len(ups))
 	for i, u := range ups {
-		ranks[i], phases[i], reasons[i] = u.Rank, u.Phase, u.Reason
+		ranks[i], phases[i], reasons[i] = u.Rank, string(u.Phase), u.Reason
 		if !u.BakeSince.IsZero() {
 			b := u.BakeSince
 			bakes[i] = &b
@@ -414,12 +399,10 @@ func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups 
 	return nil
 }
 
-// PhaseCount is the number of a rollout's devices in one phase of one wave (Wave -1: not in a wave yet).
-type PhaseCount struct {
-	Wave  int    `json:"wave"`
-	Phase string `json:"phase"`
-	N     int64  `json:"n"`
-}
+// PhaseCount is the number of a rollout's devices in one phase of one wave (the domain's type).
+//
+// Deprecated: use fleet.PhaseCount.
+type PhaseCount = fleet.PhaseCount
 
 // RolloutCounts counts a rollout's devices per wave and phase.
 func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]PhaseCount, error) {
@@ -526,7 +509,7 @@ func (r *Registry) SetRolloutState(ctx context.Context, id, state string) error 
 
 // FinishRollout ends a rollout: devices never dispatched become cancelled, every claim is released (so other
 // rollouts may target the devices), and the final state and result are recorded. Idempotent.
-func (r *Registry) FinishRollout(ctx context.Context, id, state string, result json.RawMessage) error {
+func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE rollout_devices SET phase = 'cancelled', reason = 'the rollout ended before this wave', updated_at = now()
 			WHERE rollout_id = $1 AND phase = 'queued'`, id); err != nil {
@@ -540,20 +523,15 @@ func (r *Registry) FinishRollout(ctx context.Context, id, state string, result j
 			res = string(result)
 		}
 		_, err := tx.Exec(ctx, "UPDATE rollouts SET state = $2, result = $3::jsonb, finished_at = coalesce(finished_at, now()) WHERE id = $1",
-			id, state, res)
+			id, string(state), res)
 		return err
 	})
 }
 
-// RolloutDevice is a rollout_devices row for reports.
-type RolloutDevice struct {
-	DeviceID    string    `json:"deviceId"`
-	Wave        int       `json:"wave"`
-	Phase       string    `json:"phase"`
-	PrevVersion string    `json:"previousVersion,omitempty"`
-	Reason      string    `json:"reason,omitempty"`
-	UpdatedAt   time.Time `json:"updatedAt"`
-}
+// RolloutDevice is a rollout_devices row for reports (the domain's type).
+//
+// Deprecated: use fleet.RolloutDevice.
+type RolloutDevice = fleet.RolloutDevice
 
 // RolloutDevices lists a rollout's devices in the given phases (all when none), in rank order, at most limit.
 func (r *Registry) RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]RolloutDevice, error) {

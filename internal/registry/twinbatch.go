@@ -7,24 +7,19 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
-// DevicePatch is one device's merge patch in a batch write.
-type DevicePatch struct {
-	DeviceID string
-	Patch    []byte
-}
+// DevicePatch is one device's merge patch in a batch write (the domain's type).
+//
+// Deprecated: use fleet.DevicePatch.
+type DevicePatch = fleet.DevicePatch
 
-// PatchResult is the outcome of one DevicePatch: the section's new version and whether the device was online
-// when it was written (only online devices need the patch pushed; the others read it on reconnect), or why it
-// was refused (ErrNotFound, ErrNotActive for a retired device, a *twin.LimitError, twin.ErrInvalidJSON).
-type PatchResult struct {
-	DeviceID string
-	Version  int64
-	Online   bool
-	Err      error
-}
+// PatchResult is the outcome of one DevicePatch (the domain's type).
+//
+// Deprecated: use fleet.PatchResult.
+type PatchResult = fleet.PatchResult
 
 // PatchTwins applies per-device merge patches to the tags or desired section of many devices in one
 // transaction: one locking read, the merges in Go (RFC 7386 and the size limits, as for a single update), and
