@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/workflows"
 	"github.com/stretchr/testify/require"
@@ -20,22 +21,22 @@ import (
 
 func TestRolloutDispatchLoopsChunksAndPushesEveryWrite(t *testing.T) {
 	const total, cutoff = 4500, 4300
-	f := newFakeStore()
+	f := fleettest.New()
 	wantSkipped := 0
 	for i := range total {
-		d := fakeDevice{reportedVersion: "1.0", online: i%3 != 0}
+		d := fleettest.Device{ReportedVersion: "1.0", Online: i%3 != 0}
 		switch {
 		case i%100 == 0:
-			d.reportedVersion = "2.0"
+			d.ReportedVersion = "2.0"
 		case i%250 == 1:
-			d.status = fleet.StatusRetired
+			d.Status = fleet.StatusRetired
 		}
 		if i < cutoff && (i%100 == 0 || i%250 == 1) {
 			wantSkipped++
 		}
 		id := fmt.Sprintf("dev-%04d", i)
-		f.addDevice(id, d)
-		f.addRow(fakeRow{deviceID: id, wave: -1, phase: string(rollout.Queued)})
+		f.AddDevice(id, d)
+		f.AddRow(fleettest.RolloutRow{DeviceID: id, Wave: -1, Phase: rollout.Queued})
 	}
 	ch := &fakeChannel{}
 	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
@@ -51,38 +52,38 @@ func TestRolloutDispatchLoopsChunksAndPushesEveryWrite(t *testing.T) {
 
 	wantDispatched := int64(cutoff - wantSkipped)
 	require.Equal(t, workflows.RolloutDispatchResult{Dispatched: wantDispatched, Skipped: int64(wantSkipped), Pushed: wantDispatched}, res)
-	require.Len(t, f.dispatchCalls, 3, "2000 + 2000 + 300 devices")
-	for _, c := range f.dispatchCalls {
-		require.Equal(t, dispatchCall{rollout: "ro-1", wave: 2, cutoff: cutoff, limit: 2000,
-			fw: fleet.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256}}, c)
+	require.Len(t, f.DispatchCalls, 3, "2000 + 2000 + 300 devices")
+	for _, c := range f.DispatchCalls {
+		require.Equal(t, fleettest.DispatchCall{Rollout: "ro-1", Wave: 2, Cutoff: cutoff, Limit: 2000,
+			FW: fleet.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256}}, c)
 	}
 	require.Equal(t, 3, ch.publishes, "one push per chunk")
 	require.Len(t, ch.published, int(wantDispatched), "offline devices are pushed too")
-	wantPatch := fwPatch("ro-1", fleet.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256})
+	wantPatch := fleettest.FirmwarePatch("ro-1", fleet.Firmware{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256})
 	seen := map[string]bool{}
 	for _, m := range ch.published {
 		require.False(t, seen[m.DeviceID], "pushed twice: %s", m.DeviceID)
 		seen[m.DeviceID] = true
 		require.JSONEq(t, string(wantPatch), string(m.Patch))
-		require.Equal(t, f.devices[m.DeviceID].desiredVersion, m.Version)
+		require.Equal(t, f.Devices[m.DeviceID].DesiredVersion, m.Version)
 		require.Equal(t, int64(1), m.Version)
 	}
 	counts := map[string]int{}
-	for _, r := range f.rows {
-		counts[r.phase]++
+	for _, r := range f.Rows {
+		counts[string(r.Phase)]++
 	}
 	require.Equal(t, map[string]int{"dispatched": int(wantDispatched), "skipped": wantSkipped, "queued": total - cutoff}, counts)
 }
 
 func TestRolloutDispatchRetryContinuesAndPushFailuresDoNotFail(t *testing.T) {
-	f := newFakeStore()
+	f := fleettest.New()
 	for i := range 5 {
 		id := fmt.Sprintf("d%d", i)
-		f.addDevice(id, fakeDevice{reportedVersion: "1.0"})
-		f.addRow(fakeRow{deviceID: id, wave: -1, phase: string(rollout.Queued)})
+		f.AddDevice(id, fleettest.Device{ReportedVersion: "1.0"})
+		f.AddRow(fleettest.RolloutRow{DeviceID: id, Wave: -1, Phase: rollout.Queued})
 	}
 	// A first attempt dispatched the first two devices.
-	f.rows[0].phase, f.rows[1].phase = string(rollout.Dispatched), string(rollout.Dispatched)
+	f.Rows[0].Phase, f.Rows[1].Phase = rollout.Dispatched, rollout.Dispatched
 	ch := &fakeChannel{publishErr: errors.New("broker gone")}
 	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
 	var res workflows.RolloutDispatchResult
@@ -92,9 +93,9 @@ func TestRolloutDispatchRetryContinuesAndPushFailuresDoNotFail(t *testing.T) {
 	require.Equal(t, int64(3), res.Dispatched)
 	require.Equal(t, int64(0), res.Skipped)
 	require.Equal(t, 1, ch.publishes)
-	require.Len(t, f.dispatchCalls, 1)
+	require.Len(t, f.DispatchCalls, 1)
 
-	f.fail = map[string]error{"DispatchWave": errors.New("serialization failure")}
+	f.Fail = map[string]error{"DispatchWave": errors.New("serialization failure")}
 	_, err := a.RolloutDispatch(context.Background(), workflows.RolloutDispatchInput{RolloutID: "ro", Cutoff: 5})
 	require.EqualError(t, err, "serialization failure")
 }
@@ -115,41 +116,41 @@ func TestRolloutObserveEvaluatesDevices(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		dev    fakeDevice
+		dev    fleettest.Device
 		policy rollout.Policy
 		want   *want // nil: no change, no update
 	}{
 		{name: "on the version without bake succeeds",
-			dev:  fakeDevice{reportedVersion: roTo, online: true},
+			dev:  fleettest.Device{ReportedVersion: roTo, Online: true},
 			want: &want{rollout.Succeeded, "running " + roTo, true}},
 		{name: "job failure fails with its reason",
-			dev:  fakeDevice{reportedVersion: roFrom, online: true, jobStatus: map[string][2]string{roID: {"failed", "checksum mismatch"}}},
+			dev:  fleettest.Device{ReportedVersion: roFrom, Online: true, JobStatus: map[string][2]string{roID: {"failed", "checksum mismatch"}}},
 			want: &want{rollout.Failed, "device reported failure: checksum mismatch", false}},
 		{name: "progress follows the job status",
-			dev:  fakeDevice{reportedVersion: roFrom, online: true, jobStatus: map[string][2]string{roID: {"installing", ""}}},
+			dev:  fleettest.Device{ReportedVersion: roFrom, Online: true, JobStatus: map[string][2]string{roID: {"installing", ""}}},
 			want: &want{rollout.Installing, "", false}},
 		{name: "status of another job is ignored",
-			dev: fakeDevice{reportedVersion: roFrom, online: true, jobStatus: map[string][2]string{"other": {"failed", "x"}}}},
+			dev: fleettest.Device{ReportedVersion: roFrom, Online: true, JobStatus: map[string][2]string{"other": {"failed", "x"}}}},
 		{name: "the bake starts on the version",
-			dev:    fakeDevice{reportedVersion: roTo, online: true},
+			dev:    fleettest.Device{ReportedVersion: roTo, Online: true},
 			policy: rollout.Policy{Bake: time.Hour},
 			want:   &want{rollout.Baking, "", true}},
 		{name: "unhealthy on the version fails",
-			dev:  fakeDevice{reportedVersion: roTo, online: true, health: "failing", healthReason: "watchdog resets"},
+			dev:  fleettest.Device{ReportedVersion: roTo, Online: true, Health: "failing", HealthReason: "watchdog resets"},
 			want: &want{rollout.Failed, "unhealthy on " + roTo + ": watchdog resets", false}},
 		{name: "device timeout fails",
-			dev:    fakeDevice{reportedVersion: roFrom},
+			dev:    fleettest.Device{ReportedVersion: roFrom},
 			policy: rollout.Policy{DeviceTimeout: 30 * time.Second},
 			want:   &want{rollout.Failed, "did not finish within 30s (no progress reported)", false}},
 		{name: "no progress is no change",
-			dev: fakeDevice{reportedVersion: roFrom, online: true}},
+			dev: fleettest.Device{ReportedVersion: roFrom, Online: true}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFakeStore()
-			f.addDevice("d0", tc.dev)
-			f.addRow(fakeRow{deviceID: "d0", wave: 0, phase: string(rollout.Dispatched), prevVersion: roFrom,
-				dispatchedAt: time.Now().Add(-time.Minute)})
+			f := fleettest.New()
+			f.AddDevice("d0", tc.dev)
+			f.AddRow(fleettest.RolloutRow{DeviceID: "d0", Wave: 0, Phase: rollout.Dispatched, PrevVersion: roFrom,
+				DispatchedAt: time.Now().Add(-time.Minute)})
 			a := &Activities{Jobs: f, Rollouts: f}
 			policy := tc.policy
 			policy.Version = roTo
@@ -157,18 +158,18 @@ func TestRolloutObserveEvaluatesDevices(t *testing.T) {
 			obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 				Policy: policy, MaxFailures: rollout.Threshold{Count: 10}, MaxWait: 0})
 			require.NoError(t, err)
-			require.Equal(t, 1, f.observeCalls)
-			require.Equal(t, []string{roID}, f.observeJobs)
-			require.Equal(t, []rollout.Phase{"dispatched", "downloading", "installing", "rebooting", "baking"}, f.observePhases[0])
-			require.Len(t, f.phaseUpdates, 1)
+			require.Equal(t, 1, f.ObserveCalls)
+			require.Equal(t, []string{roID}, f.ObserveJobs)
+			require.Equal(t, []rollout.Phase{"dispatched", "downloading", "installing", "rebooting", "baking"}, f.ObservePhases[0])
+			require.Len(t, f.PhaseUpdates, 1)
 
 			phase := rollout.Dispatched
 			if tc.want == nil {
-				require.Empty(t, f.phaseUpdates[0], "an unchanged device is not written")
+				require.Empty(t, f.PhaseUpdates[0], "an unchanged device is not written")
 			} else {
 				phase = tc.want.phase
-				require.Len(t, f.phaseUpdates[0], 1)
-				u := f.phaseUpdates[0][0]
+				require.Len(t, f.PhaseUpdates[0], 1)
+				u := f.PhaseUpdates[0][0]
 				require.Equal(t, int64(0), u.Rank)
 				require.Equal(t, tc.want.phase, u.Phase)
 				require.Equal(t, tc.want.reason, u.Reason)
@@ -187,54 +188,54 @@ func TestRolloutObserveEvaluatesDevices(t *testing.T) {
 }
 
 func TestRolloutObserveWritesOnlyChangedRowsAndCountsTheWave(t *testing.T) {
-	f := newFakeStore()
+	f := fleettest.New()
 	bake := time.Now().Add(-10 * time.Minute)
 	dispatched := time.Now().Add(-20 * time.Minute)
-	f.addDevice("ok", fakeDevice{reportedVersion: roTo, online: true})
-	f.addDevice("slow", fakeDevice{reportedVersion: roFrom, online: true})
-	f.addDevice("baking", fakeDevice{reportedVersion: roTo, online: true})
-	f.addDevice("done", fakeDevice{reportedVersion: roTo, online: true})
-	f.addDevice("earlier", fakeDevice{reportedVersion: roTo, online: true})
-	f.addDevice("later", fakeDevice{reportedVersion: roFrom, online: true})
-	f.addRow(fakeRow{deviceID: "ok", wave: 1, phase: string(rollout.Dispatched), dispatchedAt: dispatched})
-	f.addRow(fakeRow{deviceID: "slow", wave: 1, phase: string(rollout.Dispatched), dispatchedAt: dispatched})
-	f.addRow(fakeRow{deviceID: "baking", wave: 1, phase: string(rollout.Baking), dispatchedAt: dispatched, bakeSince: bake})
-	f.addRow(fakeRow{deviceID: "done", wave: 1, phase: string(rollout.Succeeded), reason: "kept", bakeSince: bake})
-	f.addRow(fakeRow{deviceID: "earlier", wave: 0, phase: string(rollout.Succeeded), bakeSince: bake})
-	f.addRow(fakeRow{deviceID: "later", wave: -1, phase: string(rollout.Queued)})
+	f.AddDevice("ok", fleettest.Device{ReportedVersion: roTo, Online: true})
+	f.AddDevice("slow", fleettest.Device{ReportedVersion: roFrom, Online: true})
+	f.AddDevice("baking", fleettest.Device{ReportedVersion: roTo, Online: true})
+	f.AddDevice("done", fleettest.Device{ReportedVersion: roTo, Online: true})
+	f.AddDevice("earlier", fleettest.Device{ReportedVersion: roTo, Online: true})
+	f.AddDevice("later", fleettest.Device{ReportedVersion: roFrom, Online: true})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "ok", Wave: 1, Phase: rollout.Dispatched, DispatchedAt: dispatched})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "slow", Wave: 1, Phase: rollout.Dispatched, DispatchedAt: dispatched})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "baking", Wave: 1, Phase: rollout.Baking, DispatchedAt: dispatched, BakeSince: bake})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "done", Wave: 1, Phase: rollout.Succeeded, Reason: "kept", BakeSince: bake})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "earlier", Wave: 0, Phase: rollout.Succeeded, BakeSince: bake})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "later", Wave: -1, Phase: rollout.Queued})
 	a := &Activities{Jobs: f, Rollouts: f}
 	obs, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID, Wave: 1,
 		Policy: rollout.Policy{Version: roTo, Bake: time.Hour}, MaxWait: 0})
 	require.NoError(t, err)
 
-	require.Len(t, f.phaseUpdates, 1)
-	ups := f.phaseUpdates[0]
+	require.Len(t, f.PhaseUpdates, 1)
+	ups := f.PhaseUpdates[0]
 	require.Len(t, ups, 1, "only the device whose phase changed: %+v", ups)
 	require.Equal(t, int64(0), ups[0].Rank)
 	require.Equal(t, rollout.Baking, ups[0].Phase)
 	require.False(t, ups[0].BakeSince.IsZero())
-	require.Equal(t, bake, f.rows[2].bakeSince, "an unchanged bake start is not rewritten")
-	require.Equal(t, "kept", f.rows[3].reason, "a decided device is not observed")
+	require.Equal(t, bake, f.Rows[2].BakeSince, "an unchanged bake start is not rewritten")
+	require.Equal(t, "kept", f.Rows[3].Reason, "a decided device is not observed")
 
 	require.Equal(t, rollout.Counts{Dispatched: 1, Baking: 2, Succeeded: 2, Queued: 1}, obs.Counts)
 	require.Equal(t, rollout.Counts{Dispatched: 1, Baking: 2, Succeeded: 1}, obs.Wave)
 }
 
 func TestRolloutObserveReturnsWhenTheWaveIsDecided(t *testing.T) {
-	f := newFakeStore()
-	f.addDevice("a", fakeDevice{reportedVersion: roFrom, online: true})
-	f.addDevice("b", fakeDevice{reportedVersion: roFrom, online: true})
-	f.addRow(fakeRow{deviceID: "a", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: time.Now()})
-	f.addRow(fakeRow{deviceID: "b", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: time.Now()})
+	f := fleettest.New()
+	f.AddDevice("a", fleettest.Device{ReportedVersion: roFrom, Online: true})
+	f.AddDevice("b", fleettest.Device{ReportedVersion: roFrom, Online: true})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "a", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: time.Now()})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "b", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: time.Now()})
 	// Another wave's pending device does not hold this one up.
-	f.addDevice("c", fakeDevice{reportedVersion: roFrom, online: true})
-	f.addRow(fakeRow{deviceID: "c", wave: 1, phase: string(rollout.Dispatched), dispatchedAt: time.Now()})
-	f.onObserve = func(call int) {
+	f.AddDevice("c", fleettest.Device{ReportedVersion: roFrom, Online: true})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "c", Wave: 1, Phase: rollout.Dispatched, DispatchedAt: time.Now()})
+	f.OnObserve = func(call int) {
 		switch call {
 		case 2:
-			f.devices["a"].reportedVersion = roTo
+			f.Devices["a"].ReportedVersion = roTo
 		case 3:
-			f.devices["b"].jobStatus[roID] = [2]string{"failed", "flash error"}
+			f.Devices["b"].JobStatus[roID] = [2]string{"failed", "flash error"}
 		}
 	}
 	a := &Activities{Jobs: f, Rollouts: f}
@@ -243,20 +244,20 @@ func TestRolloutObserveReturnsWhenTheWaveIsDecided(t *testing.T) {
 		Policy: rollout.Policy{Version: roTo}, MaxFailures: rollout.Threshold{Count: 5}, PollInterval: 10 * time.Millisecond, MaxWait: time.Minute})
 	require.NoError(t, err)
 	require.Less(t, time.Since(start), 10*time.Second)
-	require.Equal(t, 3, f.observeCalls)
+	require.Equal(t, 3, f.ObserveCalls)
 	require.Equal(t, rollout.Counts{Succeeded: 1, Failed: 1}, obs.Wave)
 	require.Equal(t, int64(0), obs.Wave.Pending())
 	require.Equal(t, rollout.Counts{Succeeded: 1, Failed: 1, Dispatched: 1}, obs.Counts)
-	require.Equal(t, "device reported failure: flash error", f.rows[1].reason)
+	require.Equal(t, "device reported failure: flash error", f.Rows[1].Reason)
 }
 
 func TestRolloutObserveFailureThreshold(t *testing.T) {
-	setup := func() *fakeStore {
-		f := newFakeStore()
-		f.addDevice("bad", fakeDevice{reportedVersion: roFrom, online: true, jobStatus: map[string][2]string{roID: {"failed", "bricked"}}})
-		f.addDevice("slow", fakeDevice{reportedVersion: roFrom, online: true})
-		f.addRow(fakeRow{deviceID: "bad", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: time.Now()})
-		f.addRow(fakeRow{deviceID: "slow", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: time.Now()})
+	setup := func() *fleettest.Store {
+		f := fleettest.New()
+		f.AddDevice("bad", fleettest.Device{ReportedVersion: roFrom, Online: true, JobStatus: map[string][2]string{roID: {"failed", "bricked"}}})
+		f.AddDevice("slow", fleettest.Device{ReportedVersion: roFrom, Online: true})
+		f.AddRow(fleettest.RolloutRow{DeviceID: "bad", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: time.Now()})
+		f.AddRow(fleettest.RolloutRow{DeviceID: "slow", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: time.Now()})
 		return f
 	}
 
@@ -268,7 +269,7 @@ func TestRolloutObserveFailureThreshold(t *testing.T) {
 			Policy: rollout.Policy{Version: roTo}, MaxFailures: rollout.Threshold{Count: 0}, PollInterval: time.Minute, MaxWait: time.Minute})
 		require.NoError(t, err)
 		require.Less(t, time.Since(start), 5*time.Second)
-		require.Equal(t, 1, f.observeCalls)
+		require.Equal(t, 1, f.ObserveCalls)
 		require.Equal(t, rollout.Counts{Failed: 1, Dispatched: 1}, obs.Counts)
 		require.Equal(t, int64(1), obs.Wave.Pending())
 	})
@@ -289,11 +290,11 @@ func TestRolloutObserveFailureThreshold(t *testing.T) {
 		require.NoError(t, v.Get(&obs))
 		require.GreaterOrEqual(t, elapsed, 300*time.Millisecond)
 		require.Less(t, elapsed, 5*time.Second)
-		require.GreaterOrEqual(t, f.observeCalls, 3)
+		require.GreaterOrEqual(t, f.ObserveCalls, 3)
 		require.Equal(t, rollout.Counts{Failed: 1, Dispatched: 1}, obs.Counts)
 		// The failure was written once; later polls changed nothing.
-		require.Len(t, f.phaseUpdates[0], 1)
-		for _, ups := range f.phaseUpdates[1:] {
+		require.Len(t, f.PhaseUpdates[0], 1)
+		for _, ups := range f.PhaseUpdates[1:] {
 			require.Empty(t, ups)
 		}
 	})
@@ -306,37 +307,37 @@ func TestRolloutObserveFailureThreshold(t *testing.T) {
 			Policy: rollout.Policy{Version: roTo}, MaxFailures: rollout.Threshold{Percent: 40, IsPercent: true},
 			PollInterval: time.Minute, MaxWait: time.Minute})
 		require.NoError(t, err)
-		require.Equal(t, 1, f.observeCalls)
+		require.Equal(t, 1, f.ObserveCalls)
 	})
 }
 
 func TestRolloutObserveRollback(t *testing.T) {
 	const rbJob = roID + ".rb"
 	type row struct {
-		dev        fakeDevice
+		dev        fleettest.Device
 		prev       string
-		rollbackAt time.Time
+		RollbackAt time.Time
 	}
 	recent := time.Now().Add(-time.Second)
-	f := newFakeStore()
+	f := fleettest.New()
 	rows := []row{
-		{dev: fakeDevice{reportedVersion: roFrom}, prev: roFrom, rollbackAt: recent}, // back -> rolled_back
-		{dev: fakeDevice{reportedVersion: roTo, jobStatus: map[string][2]string{rbJob: {"failed", "no space"}}}, prev: roFrom, rollbackAt: recent},
-		{dev: fakeDevice{reportedVersion: roTo}, prev: roFrom, rollbackAt: time.Now().Add(-time.Hour)}, // timed out
+		{dev: fleettest.Device{ReportedVersion: roFrom}, prev: roFrom, RollbackAt: recent}, // back -> rolled_back
+		{dev: fleettest.Device{ReportedVersion: roTo, JobStatus: map[string][2]string{rbJob: {"failed", "no space"}}}, prev: roFrom, RollbackAt: recent},
+		{dev: fleettest.Device{ReportedVersion: roTo}, prev: roFrom, RollbackAt: time.Now().Add(-time.Hour)}, // timed out
 		// Forward job failed, rollback job silent: still rolling back.
-		{dev: fakeDevice{reportedVersion: roTo, jobStatus: map[string][2]string{roID: {"failed", "forward"}}}, prev: roFrom, rollbackAt: recent},
+		{dev: fleettest.Device{ReportedVersion: roTo, JobStatus: map[string][2]string{roID: {"failed", "forward"}}}, prev: roFrom, RollbackAt: recent},
 		// Never reported a version: nothing to return to.
-		{dev: fakeDevice{reportedVersion: roTo}, prev: "", rollbackAt: recent},
+		{dev: fleettest.Device{ReportedVersion: roTo}, prev: "", RollbackAt: recent},
 	}
 	for i, r := range rows {
 		id := fmt.Sprintf("r%d", i)
-		f.addDevice(id, r.dev)
-		f.addRow(fakeRow{deviceID: id, wave: 0, phase: string(rollout.RollingBack), prevVersion: r.prev, rollbackAt: r.rollbackAt,
-			reason: "forward reason"})
+		f.AddDevice(id, r.dev)
+		f.AddRow(fleettest.RolloutRow{DeviceID: id, Wave: 0, Phase: rollout.RollingBack, PrevVersion: r.prev, RollbackAt: r.RollbackAt,
+			Reason: "forward reason"})
 	}
 	// Not rolling back: not observed.
-	f.addDevice("q", fakeDevice{reportedVersion: roTo})
-	f.addRow(fakeRow{deviceID: "q", wave: 0, phase: string(rollout.Failed), prevVersion: roFrom, reason: "kept"})
+	f.AddDevice("q", fleettest.Device{ReportedVersion: roTo})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "q", Wave: 0, Phase: rollout.Failed, PrevVersion: roFrom, Reason: "kept"})
 
 	a := &Activities{Jobs: f, Rollouts: f}
 	req := workflows.RolloutObserveInput{RolloutID: roID, JobID: rbJob, Rollback: true,
@@ -345,51 +346,51 @@ func TestRolloutObserveRollback(t *testing.T) {
 	start := time.Now()
 	obs, err := a.RolloutObserve(context.Background(), req)
 	require.NoError(t, err)
-	require.Equal(t, []rollout.Phase{rollout.RollingBack}, f.observePhases[0])
-	require.Equal(t, rbJob, f.observeJobs[0])
+	require.Equal(t, []rollout.Phase{rollout.RollingBack}, f.ObservePhases[0])
+	require.Equal(t, rbJob, f.ObserveJobs[0])
 	require.Equal(t, []fleet.PhaseUpdate{
 		// Back on its previous version: no reason, so that the registry keeps why the device failed forward.
 		{Rank: 0, Phase: rollout.RolledBack, Reason: ""},
 		{Rank: 1, Phase: rollout.RollbackFailed, Reason: "device reported failure: no space"},
 		{Rank: 2, Phase: rollout.RollbackFailed, Reason: "did not return to " + roFrom + " within 10m0s"},
 		{Rank: 4, Phase: rollout.RolledBack, Reason: "no previous version known; left as is"},
-	}, f.phaseUpdates[0])
-	require.Equal(t, "forward reason", f.rows[0].reason)
+	}, f.PhaseUpdates[0])
+	require.Equal(t, "forward reason", f.Rows[0].Reason)
 	require.Equal(t, rollout.Counts{RolledBack: 2, RollbackFailed: 2, RollingBack: 1, Failed: 1}, obs.Counts)
 	// A rollback is decided by devices still rolling back, not by the failure threshold: it polls until MaxWait.
 	require.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
-	require.Greater(t, f.observeCalls, 1)
-	require.Equal(t, "kept", f.rows[5].reason)
+	require.Greater(t, f.ObserveCalls, 1)
+	require.Equal(t, "kept", f.Rows[5].Reason)
 
 	// Once the last device is back, it returns at once.
-	f.observeCalls = 0
-	f.onObserve = func(call int) {
+	f.ObserveCalls = 0
+	f.OnObserve = func(call int) {
 		if call == 2 {
-			f.devices["r3"].reportedVersion = roFrom
+			f.Devices["r3"].ReportedVersion = roFrom
 		}
 	}
 	req.MaxWait = time.Minute
 	obs, err = a.RolloutObserve(context.Background(), req)
 	require.NoError(t, err)
-	require.Equal(t, 2, f.observeCalls)
+	require.Equal(t, 2, f.ObserveCalls)
 	require.Equal(t, rollout.Counts{RolledBack: 3, RollbackFailed: 2, Failed: 1}, obs.Counts)
 }
 
 func TestRolloutObserveStoreErrorsAndCancellation(t *testing.T) {
 	for _, method := range []string{"ObserveRollout", "UpdateRolloutPhases", "RolloutCounts"} {
-		f := newFakeStore()
-		f.addDevice("a", fakeDevice{reportedVersion: roTo})
-		f.addRow(fakeRow{deviceID: "a", wave: 0, phase: string(rollout.Dispatched)})
-		f.fail = map[string]error{method: errors.New(method + " failed")}
+		f := fleettest.New()
+		f.AddDevice("a", fleettest.Device{ReportedVersion: roTo})
+		f.AddRow(fleettest.RolloutRow{DeviceID: "a", Wave: 0, Phase: rollout.Dispatched})
+		f.Fail = map[string]error{method: errors.New(method + " failed")}
 		a := &Activities{Jobs: f, Rollouts: f}
 		_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 			Policy: rollout.Policy{Version: roTo}, MaxWait: time.Minute})
 		require.EqualError(t, err, method+" failed")
 	}
 
-	f := newFakeStore()
-	f.addDevice("a", fakeDevice{reportedVersion: roFrom})
-	f.addRow(fakeRow{deviceID: "a", wave: 0, phase: string(rollout.Dispatched)})
+	f := fleettest.New()
+	f.AddDevice("a", fleettest.Device{ReportedVersion: roFrom})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "a", Wave: 0, Phase: rollout.Dispatched})
 	a := &Activities{Jobs: f, Rollouts: f}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
@@ -402,25 +403,25 @@ func TestRolloutObserveStoreErrorsAndCancellation(t *testing.T) {
 
 func TestRolloutRollbackLoopsAndPushes(t *testing.T) {
 	const n = 4100
-	f := newFakeStore()
-	f.fwURL[roFrom] = "https://fw.example/1.0.bin"
+	f := fleettest.New()
+	f.FirmwareURL[roFrom] = "https://fw.example/1.0.bin"
 	phases := []rollout.Phase{rollout.Dispatched, rollout.Installing, rollout.Baking, rollout.Succeeded, rollout.Failed}
 	unknownPrev := 0
 	for i := range n {
 		id := fmt.Sprintf("dev-%04d", i)
-		f.addDevice(id, fakeDevice{reportedVersion: roTo, desiredVersion: 3, online: i%2 == 0})
+		f.AddDevice(id, fleettest.Device{ReportedVersion: roTo, DesiredVersion: 3, Online: i%2 == 0})
 		prev := roFrom
 		if i%1000 == 7 {
 			prev = ""
 			unknownPrev++
 		}
-		f.addRow(fakeRow{deviceID: id, wave: 0, phase: string(phases[i%len(phases)]), prevVersion: prev})
+		f.AddRow(fleettest.RolloutRow{DeviceID: id, Wave: 0, Phase: phases[i%len(phases)], PrevVersion: prev})
 	}
 	// Never touched: left alone.
 	for _, p := range []rollout.Phase{rollout.Queued, rollout.Skipped, rollout.Cancelled} {
 		id := "untouched-" + string(p)
-		f.addDevice(id, fakeDevice{reportedVersion: roFrom})
-		f.addRow(fakeRow{deviceID: id, wave: -1, phase: string(p), prevVersion: roFrom})
+		f.AddDevice(id, fleettest.Device{ReportedVersion: roFrom})
+		f.AddRow(fleettest.RolloutRow{DeviceID: id, Wave: -1, Phase: p, PrevVersion: roFrom})
 	}
 	ch := &fakeChannel{}
 	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
@@ -434,34 +435,34 @@ func TestRolloutRollbackLoopsAndPushes(t *testing.T) {
 
 	want := int64(n - unknownPrev)
 	require.Equal(t, want, got)
-	require.Equal(t, []string{roID + ".rb", roID + ".rb", roID + ".rb"}, f.rollbackCalls, "2000 + 2000 + 100")
-	require.Equal(t, []int{2000, 2000, 2000}, f.rollbackLimits)
+	require.Equal(t, []string{roID + ".rb", roID + ".rb", roID + ".rb"}, f.RollbackCalls, "2000 + 2000 + 100")
+	require.Equal(t, []int{2000, 2000, 2000}, f.RollbackLimits)
 	require.Equal(t, 3, ch.publishes)
 	require.Len(t, ch.published, int(want))
-	wantPatch := fwPatch(roID+".rb", fleet.Firmware{Version: roFrom, URL: f.fwURL[roFrom]})
+	wantPatch := fleettest.FirmwarePatch(roID+".rb", fleet.Firmware{Version: roFrom, URL: f.FirmwareURL[roFrom]})
 	for _, m := range ch.published {
 		require.JSONEq(t, string(wantPatch), string(m.Patch))
 		require.Equal(t, int64(4), m.Version)
 	}
 	counts := map[string]int{}
-	for _, r := range f.rows {
-		counts[r.phase]++
+	for _, r := range f.Rows {
+		counts[string(r.Phase)]++
 	}
 	require.Equal(t, map[string]int{"rolling_back": int(want), "rolled_back": unknownPrev, "queued": 1, "skipped": 1, "cancelled": 1}, counts)
 }
 
 func TestRolloutRollbackPushFailureAndStoreError(t *testing.T) {
-	f := newFakeStore()
-	f.addDevice("a", fakeDevice{reportedVersion: roTo})
-	f.addRow(fakeRow{deviceID: "a", wave: 0, phase: string(rollout.Failed), prevVersion: roFrom})
+	f := fleettest.New()
+	f.AddDevice("a", fleettest.Device{ReportedVersion: roTo})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "a", Wave: 0, Phase: rollout.Failed, PrevVersion: roFrom})
 	a := &Activities{Jobs: f, Rollouts: f}
 	var n int64
 	// No error: without a channel the rollback is still written; devices catch up on reconnect.
 	execute(t, a, a.RolloutRollback, workflows.RolloutRollbackInput{RolloutID: roID, JobID: "rb"}, &n)
 	require.Equal(t, int64(1), n)
-	require.Equal(t, string(rollout.RollingBack), f.rows[0].phase)
+	require.Equal(t, rollout.RollingBack, f.Rows[0].Phase)
 
-	f.fail = map[string]error{"StartRollback": errors.New("deadlock detected")}
+	f.Fail = map[string]error{"StartRollback": errors.New("deadlock detected")}
 	_, err := a.RolloutRollback(context.Background(), workflows.RolloutRollbackInput{RolloutID: roID, JobID: "rb"})
 	require.EqualError(t, err, "deadlock detected")
 }
@@ -469,12 +470,12 @@ func TestRolloutRollbackPushFailureAndStoreError(t *testing.T) {
 // ---- RolloutFinish ----------------------------------------------------------------------------------------
 
 func TestRolloutFinishCountsAndSamplesFailures(t *testing.T) {
-	f := newFakeStore()
+	f := fleettest.New()
 	add := func(n int, wave int, phase rollout.Phase, reason func(i int) string) {
 		for i := range n {
 			id := fmt.Sprintf("%s-%d", phase, i)
-			f.addDevice(id, fakeDevice{})
-			f.addRow(fakeRow{deviceID: id, wave: wave, phase: string(phase), reason: reason(i)})
+			f.AddDevice(id, fleettest.Device{})
+			f.AddRow(fleettest.RolloutRow{DeviceID: id, Wave: wave, Phase: phase, Reason: reason(i)})
 		}
 	}
 	noReason := func(int) string { return "" }
@@ -490,22 +491,22 @@ func TestRolloutFinishCountsAndSamplesFailures(t *testing.T) {
 	res, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishInput{RolloutID: roID, State: "rolled_back", Summary: summary})
 	require.NoError(t, err)
 
-	require.Len(t, f.finished, 1)
-	require.Equal(t, roID, f.finished[0].id)
-	require.Equal(t, "rolled_back", f.finished[0].state)
+	require.Len(t, f.Finished, 1)
+	require.Equal(t, roID, f.Finished[0].ID)
+	require.Equal(t, fleet.RolloutRolledBack, f.Finished[0].State)
 	var gotSummary workflows.RolloutSummary
-	require.NoError(t, json.Unmarshal(f.finished[0].result, &gotSummary))
+	require.NoError(t, json.Unmarshal(f.Finished[0].Result, &gotSummary))
 	require.Equal(t, summary, gotSummary)
 
 	require.Equal(t, rollout.Counts{Succeeded: 50, Failed: 17, RollbackFailed: 3, RolledBack: 10, Cancelled: 4}, res.Counts,
 		"counts are read after the finish (queued devices become cancelled)")
-	require.ElementsMatch(t, []string{"failed", "rollback_failed", "rolled_back", "rolling_back"}, f.devicesPhases)
-	require.GreaterOrEqual(t, f.devicesLimit, 20)
+	require.ElementsMatch(t, []string{"failed", "rollback_failed", "rolled_back", "rolling_back"}, f.DevicesPhases)
+	require.GreaterOrEqual(t, f.DevicesLimit, 20)
 
 	require.Len(t, res.Failures, 20, "at most 20 devices")
 	for _, d := range res.Failures {
 		require.NotEmpty(t, d.Reason)
-		require.NotEqual(t, string(rollout.Succeeded), d.Phase)
+		require.NotEqual(t, rollout.Succeeded, d.Phase)
 	}
 	require.Equal(t, workflows.DeviceIssue{DeviceID: "failed-0", Wave: 1, Phase: "failed", Reason: "flash error 0"}, res.Failures[0],
 		"devices without a reason are skipped; waves are shown 1-based")
@@ -515,11 +516,11 @@ func TestRolloutFinishCountsAndSamplesFailures(t *testing.T) {
 }
 
 func TestRolloutFinishFewFailuresAndErrors(t *testing.T) {
-	f := newFakeStore()
-	f.addDevice("ok", fakeDevice{})
-	f.addRow(fakeRow{deviceID: "ok", wave: 0, phase: string(rollout.Succeeded), reason: "running 2.0"})
-	f.addDevice("bad", fakeDevice{})
-	f.addRow(fakeRow{deviceID: "bad", wave: 0, phase: string(rollout.Failed), reason: "bricked"})
+	f := fleettest.New()
+	f.AddDevice("ok", fleettest.Device{})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "ok", Wave: 0, Phase: rollout.Succeeded, Reason: "running 2.0"})
+	f.AddDevice("bad", fleettest.Device{})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "bad", Wave: 0, Phase: rollout.Failed, Reason: "bricked"})
 	a := &Activities{Jobs: f, Rollouts: f}
 	res, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishInput{RolloutID: roID, State: "completed"})
 	require.NoError(t, err)
@@ -527,7 +528,7 @@ func TestRolloutFinishFewFailuresAndErrors(t *testing.T) {
 	require.Equal(t, []workflows.DeviceIssue{{DeviceID: "bad", Wave: 1, Phase: "failed", Reason: "bricked"}}, res.Failures)
 
 	for _, method := range []string{"FinishRollout", "RolloutCounts", "RolloutDevices"} {
-		f.fail = map[string]error{method: errors.New(method + " failed")}
+		f.Fail = map[string]error{method: errors.New(method + " failed")}
 		_, err := a.RolloutFinish(context.Background(), workflows.RolloutFinishInput{RolloutID: roID, State: "completed"})
 		require.EqualError(t, err, method+" failed")
 	}
@@ -536,23 +537,23 @@ func TestRolloutFinishFewFailuresAndErrors(t *testing.T) {
 // An online device with no progress long after its dispatch gets its desired state again, once per
 // observation activity; devices with progress, offline ones and recent dispatches do not.
 func TestRolloutObserveRepushesStuckDevices(t *testing.T) {
-	f := newFakeStore()
+	f := fleettest.New()
 	long, recent := time.Now().Add(-time.Minute), time.Now()
-	f.addDevice("stuck", fakeDevice{reportedVersion: roFrom, online: true, desiredVersion: 7, desired: []byte(`{"firmware":{"version":"` + roTo + `"}}`)})
-	f.addDevice("progressing", fakeDevice{reportedVersion: roFrom, online: true, jobStatus: map[string][2]string{roID: {"downloading", ""}}})
-	f.addDevice("offline", fakeDevice{reportedVersion: roFrom})
-	f.addDevice("recent", fakeDevice{reportedVersion: roFrom, online: true})
-	f.addRow(fakeRow{deviceID: "stuck", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: long})
-	f.addRow(fakeRow{deviceID: "progressing", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: long})
-	f.addRow(fakeRow{deviceID: "offline", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: long})
-	f.addRow(fakeRow{deviceID: "recent", wave: 0, phase: string(rollout.Dispatched), dispatchedAt: recent})
+	f.AddDevice("stuck", fleettest.Device{ReportedVersion: roFrom, Online: true, DesiredVersion: 7, Desired: []byte(`{"firmware":{"version":"` + roTo + `"}}`)})
+	f.AddDevice("progressing", fleettest.Device{ReportedVersion: roFrom, Online: true, JobStatus: map[string][2]string{roID: {"downloading", ""}}})
+	f.AddDevice("offline", fleettest.Device{ReportedVersion: roFrom})
+	f.AddDevice("recent", fleettest.Device{ReportedVersion: roFrom, Online: true})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "stuck", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: long})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "progressing", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: long})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "offline", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: long})
+	f.AddRow(fleettest.RolloutRow{DeviceID: "recent", Wave: 0, Phase: rollout.Dispatched, DispatchedAt: recent})
 	ch := &fakeChannel{}
 	a := &Activities{Jobs: f, Rollouts: f, Channel: ch}
 	_, err := a.RolloutObserve(context.Background(), workflows.RolloutObserveInput{RolloutID: roID, JobID: roID,
 		Policy: rollout.Policy{Version: roTo, DeviceTimeout: time.Hour}, MaxFailures: rollout.Threshold{Count: 10},
 		PollInterval: 10 * time.Millisecond, MaxWait: 100 * time.Millisecond, RepushAfter: 30 * time.Second})
 	require.NoError(t, err)
-	require.Greater(t, f.observeCalls, 1, "several polls in one activity")
+	require.Greater(t, f.ObserveCalls, 1, "several polls in one activity")
 	require.Len(t, ch.published, 1, "one re-push, not one per poll: %+v", ch.published)
 	require.Equal(t, "stuck", ch.published[0].DeviceID)
 	require.Equal(t, int64(7), ch.published[0].Version, "the current desired version")
