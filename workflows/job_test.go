@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"testing"
@@ -18,7 +19,9 @@ import (
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
@@ -27,23 +30,15 @@ import (
 var testStart = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // Job target states, as the registry's job_devices rows have them.
-const (
-	jsPending   = "pending"
-	jsSucceeded = "succeeded"
-	jsRunning   = "running"
-	jsFailed    = "failed"
-	jsTimedOut  = "timed_out"
-	jsOffline   = "offline"
-	jsCancelled = "cancelled"
-)
-
-// jobFleet is an in-memory registry for one job: the frozen target set (seq 0..Total-1) with a state per
-// target, and whether each target's device is online. Its methods are the JobBatch, JobCollectAcks and
-// JobClose activities, deterministic: nothing depends on the wall clock, only on requests and call order.
+// jobFleet runs FleetJob's activities for real (activities.Activities) over the one fake store
+// (fleettest.Store), on a fleet of len(online) devices d0, d1, …, which are the job's targets in seq order.
+// Only the devices are scripted: which are online, which acknowledge a desired change, and how many per
+// JobCollectAcks call. Nothing depends on the wall clock, only on requests and call order.
 type jobFleet struct {
 	mu       sync.Mutex
 	env      *testsuite.TestWorkflowEnvironment
-	state    []string
+	store    *fleettest.Store
+	acts     *activities.Activities
 	online   []bool
 	neverAck []bool // online devices that never acknowledge a desired change
 	// ackPerPoll is how many online devices acknowledge per JobCollectAcks call.
@@ -58,99 +53,93 @@ type jobFleet struct {
 	ackAt     []time.Time
 	closes    []workflows.JobCloseInput
 	closeAt   []time.Time
-	closedRet workflows.JobCounts
+	closedRet fleet.JobCounts
 }
 
 func newJobFleet(total int) *jobFleet {
-	f := &jobFleet{state: make([]string, total), online: make([]bool, total), neverAck: make([]bool, total), ackPerPoll: total}
-	for i := range f.state {
-		f.state[i], f.online[i] = jsPending, true
+	f := &jobFleet{store: fleettest.New(), online: make([]bool, total), neverAck: make([]bool, total), ackPerPoll: total}
+	for i := range f.online {
+		f.online[i] = true
 	}
+	f.acts = &activities.Activities{Jobs: f.store, Channel: deviceChannel{f}}
 	return f
 }
 
-func (f *jobFleet) batch(_ context.Context, r workflows.JobBatchInput) (workflows.JobCounts, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.batches = append(f.batches, r)
-	f.batchAt = append(f.batchAt, f.env.Now().Add(-f.batchLag))
-	var c workflows.JobCounts
-	for s := r.First; s < r.Last; s++ {
-		if f.state[s] != jsPending {
-			continue // a retried batch skips what it already did
-		}
-		switch {
-		case r.Kind == fleet.JobSetDesired:
-			f.state[s] = jsRunning
-			c.Running++
-		case r.Kind == fleet.JobMethod && !f.online[s]:
-			f.state[s] = jsOffline
-			c.Offline++
-		default:
-			f.state[s] = jsSucceeded
-			c.Succeeded++
-		}
+func devID(i int) string { return fmt.Sprintf("d%d", i) }
+
+// freeze creates the devices and the job's target set on first use (tests script the devices before the
+// workflow starts).
+func (f *jobFleet) freeze(job string) {
+	if len(f.store.Targets[job]) > 0 {
+		return
 	}
-	return c, nil
+	ids := make([]string, len(f.online))
+	for i := range ids {
+		ids[i] = devID(i)
+		f.store.AddDevice(ids[i], fleettest.Device{Online: f.online[i]})
+	}
+	f.store.AddJob(job, ids...)
 }
 
-func (f *jobFleet) collectAcks(_ context.Context, r workflows.JobCollectAcksInput) (workflows.JobCollectAcksResult, error) {
+func (f *jobFleet) batch(ctx context.Context, r workflows.JobBatchInput) (fleet.JobCounts, error) {
+	f.mu.Lock()
+	f.freeze(r.JobID)
+	f.batches = append(f.batches, r)
+	f.batchAt = append(f.batchAt, f.env.Now().Add(-f.batchLag))
+	f.mu.Unlock()
+	return f.acts.JobBatch(ctx, r)
+}
+
+// collectAcks lets up to ackPerPoll online devices report what desired holds, then collects the
+// acknowledgements once (the real activity polls on the wall clock, which a workflow test does not run).
+func (f *jobFleet) collectAcks(ctx context.Context, r workflows.JobCollectAcksInput) (workflows.JobCollectAcksResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.acks = append(f.acks, r)
 	f.ackAt = append(f.ackAt, f.env.Now().Add(-f.ackLag))
-	var st workflows.JobCollectAcksResult
-	for s, state := range f.state {
-		if state == jsRunning && f.online[s] && !f.neverAck[s] && st.Acked < int64(f.ackPerPoll) {
-			f.state[s] = jsSucceeded
-			st.Acked++
+	reported := 0
+	for i, t := range f.store.Targets[r.JobID] {
+		if t.State == fleet.JobRunning && f.online[i] && !f.neverAck[i] && reported < f.ackPerPoll {
+			d := f.store.Devices[t.DeviceID]
+			d.Reported = d.Desired
+			reported++
 		}
 	}
-	for s, state := range f.state {
-		if state == jsRunning {
-			st.Waiting++
-			if f.online[s] {
-				st.WaitingOnline++
-			}
-		}
-	}
-	return st, nil
+	p, err := f.store.CollectAcks(ctx, r.JobID, r.Keys)
+	return workflows.JobCollectAcksResult{Acked: p.Acked, Waiting: p.Waiting, WaitingOnline: p.WaitingOnline}, err
 }
 
-// close does what the registry's CloseJob does: targets still waiting for an acknowledgement become
-// timed_out (online) or offline, targets never reached become cancelled; it returns the final tally.
-func (f *jobFleet) close(_ context.Context, r workflows.JobCloseInput) (workflows.JobCounts, error) {
+func (f *jobFleet) close(ctx context.Context, r workflows.JobCloseInput) (fleet.JobCounts, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.freeze(r.JobID)
 	f.closes = append(f.closes, r)
 	f.closeAt = append(f.closeAt, f.env.Now())
-	var c workflows.JobCounts
-	for s, state := range f.state {
-		switch state {
-		case jsRunning:
-			if f.online[s] {
-				f.state[s] = jsTimedOut
-			} else {
-				f.state[s] = jsOffline
-			}
-		case jsPending:
-			f.state[s] = jsCancelled
-		}
-		switch f.state[s] {
-		case jsSucceeded:
-			c.Succeeded++
-		case jsFailed:
-			c.Failed++
-		case jsTimedOut:
-			c.TimedOut++
-		case jsOffline:
-			c.Offline++
-		case jsCancelled:
-			c.Cancelled++
+	f.mu.Unlock()
+	c, err := f.acts.JobClose(ctx, r)
+	f.mu.Lock()
+	f.closedRet = c
+	f.mu.Unlock()
+	return c, err
+}
+
+// deviceChannel answers methods as the fleet's devices would: offline devices are not reached, online ones
+// answer 200. Desired pushes are accepted.
+type deviceChannel struct{ f *jobFleet }
+
+func (c deviceChannel) PublishDesired(_ context.Context, pushes []fleet.DesiredPush) (int, error) {
+	return len(pushes), nil
+}
+
+func (c deviceChannel) InvokeMany(_ context.Context, calls []fleet.MethodCall, _ time.Duration, _ float64) []fleet.MethodResult {
+	out := make([]fleet.MethodResult, len(calls))
+	for i, call := range calls {
+		out[i] = fleet.MethodResult{DeviceID: call.DeviceID, Outcome: fleet.MethodSucceeded, Status: 200, Payload: []byte("{}")}
+		var n int
+		if _, err := fmt.Sscanf(call.DeviceID, "d%d", &n); err == nil && !c.f.online[n] {
+			out[i] = fleet.MethodResult{DeviceID: call.DeviceID, Outcome: fleet.MethodOffline, Status: 404}
 		}
 	}
-	f.closedRet = c
-	return c, nil
+	return out
 }
 
 // batchRanges returns the [First, Last) ranges of the batches seen, in target order.
