@@ -22,8 +22,8 @@ import (
 // Kinds of the events stored in device_events. Each is written in the transaction that makes the change, so
 // the timeline never shows a change that did not commit nor misses one that did.
 //
-// Reported changes are deliberately not recorded: they are the hot ingest path (~50k rows/s, DESIGN §7) and
-// an event per reported patch would double its writes. The timeline shows what devices report through the
+// Reported changes are deliberately not recorded: they are the hot ingest path (~50k rows/s,
+// docs/architecture.md, "Data limits") and an event per reported patch would double its writes. The timeline shows what devices report through the
 // jobs and rollouts that wait for their acknowledgements, and through the twin's current reported version
 // (KindLastSeen).
 const (
@@ -53,8 +53,9 @@ const (
 	KindArchived          = "archived"           // the twin and timeline went to devices_archive; detail {"reason", "operation"}
 )
 
-// Lifecycle stages of a timeline entry (DESIGN: plan, provision, configure, monitor, retire; connections are
-// a stage of their own in the timeline because they are most of it).
+// Lifecycle stages of a timeline entry (docs/architecture.md, "The life of an operation": plan, provision,
+// configure, monitor, retire; connections are a stage of their own in the timeline because they are most of
+// it).
 const (
 	StageProvision = "provision"
 	StageConnect   = "connect"
