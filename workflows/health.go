@@ -9,6 +9,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/internal/health"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -72,6 +73,6 @@ func setHealthState(ctx workflow.Context, state string) {
 
 // healthDetails renders the markdown the Temporal UI shows as a finished check's current details.
 func healthDetails(r HealthCheckResult, rules health.Rules) string {
-	return fmt.Sprintf("**health check** — %s devices, %s online\n\n%s\n\n%s", Thousands(r.Devices), Thousands(r.Online),
+	return fmt.Sprintf("**health check** — %s devices, %s online\n\n%s\n\n%s", numfmt.Thousands(r.Devices), numfmt.Thousands(r.Online),
 		r.Summary(), rules.String())
 }

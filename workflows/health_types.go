@@ -7,6 +7,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 )
 
 // Names of the monitor stage.
@@ -67,9 +68,9 @@ func (r HealthCheckResult) Summary() string {
 	}{{"offline", r.Problems.Offline}, {"unhealthy", r.Problems.Unhealthy}, {"desired pending", r.Problems.DesiredPending},
 		{"firmware noncompliant", r.Problems.FirmwareNoncompliant}, {"credentials expiring", r.Problems.CredentialExpiring}} {
 		if p.n > 0 {
-			parts = append(parts, fmt.Sprintf("%s %s", p.name, Thousands(p.n)))
+			parts = append(parts, fmt.Sprintf("%s %s", p.name, numfmt.Thousands(p.n)))
 		}
 	}
-	parts = append(parts, "opened "+Thousands(r.Opened), "resolved "+Thousands(r.Resolved), "open "+Thousands(r.Open))
+	parts = append(parts, "opened "+numfmt.Thousands(r.Opened), "resolved "+numfmt.Thousands(r.Resolved), "open "+numfmt.Thousands(r.Open))
 	return strings.Join(parts, " · ")
 }

@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -105,7 +106,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			bctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				StartToCloseTimeout: actTimeout, HeartbeatTimeout: in.HeartbeatTimeout + timeout,
 				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
-				Summary:     fmt.Sprintf("devices %s–%s", Thousands(req.First+1), Thousands(req.Last)),
+				Summary:     fmt.Sprintf("devices %s–%s", numfmt.Thousands(req.First+1), numfmt.Thousands(req.Last)),
 			})
 			f := executeActivity(bctx, Activities.JobBatch, req)
 			sel.AddFuture(f.Future, func(f workflow.Future) {
@@ -218,7 +219,7 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 		setJobState(ctx, searchattr.StatePaused, in.Counts)
 		report()
 		return fmt.Sprintf("job %s paused after %s of %s devices; batches in flight finish", in.JobID,
-			Thousands(in.Next), Thousands(in.Total)), nil
+			numfmt.Thousands(in.Next), numfmt.Thousands(in.Total)), nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
 		switch {
 		case in.Cancelled:
@@ -238,7 +239,7 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 		progress.State = "running"
 		setJobState(ctx, searchattr.StateRunning, in.Counts)
 		report()
-		return fmt.Sprintf("job %s resumed at device %s of %s", in.JobID, Thousands(in.Next), Thousands(in.Total)), nil
+		return fmt.Sprintf("job %s resumed at device %s of %s", in.JobID, numfmt.Thousands(in.Next), numfmt.Thousands(in.Total)), nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
 		if !in.Paused {
 			return fmt.Errorf("job %s is not paused", in.JobID)
@@ -253,7 +254,7 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 		progress.State = "cancelling"
 		report()
 		return fmt.Sprintf("job %s cancelled: %s of %s devices were reached; the rest are marked cancelled", in.JobID,
-			Thousands(in.Next), Thousands(in.Total)), nil
+			numfmt.Thousands(in.Next), numfmt.Thousands(in.Total)), nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
 		switch {
 		case in.Cancelled:
@@ -333,10 +334,10 @@ func setJobState(ctx workflow.Context, state string, c fleet.JobCounts) {
 func jobDetails(p JobProgress) string {
 	c := p.Counts
 	s := fmt.Sprintf("**%s %s** — reached %s / %s devices\n\nsucceeded %s · failed %s · timed out %s · offline %s",
-		p.Kind, p.State, Thousands(p.Dispatched), Thousands(p.Total), Thousands(c.Succeeded), Thousands(c.Failed),
-		Thousands(c.TimedOut), Thousands(c.Offline))
+		p.Kind, p.State, numfmt.Thousands(p.Dispatched), numfmt.Thousands(p.Total), numfmt.Thousands(c.Succeeded), numfmt.Thousands(c.Failed),
+		numfmt.Thousands(c.TimedOut), numfmt.Thousands(c.Offline))
 	if c.Running > 0 {
-		s += " · awaiting acknowledgement " + Thousands(c.Running)
+		s += " · awaiting acknowledgement " + numfmt.Thousands(c.Running)
 	}
 	return s
 }

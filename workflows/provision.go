@@ -8,6 +8,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -182,24 +183,17 @@ func setState(ctx workflow.Context, state string, c fleet.ProvisionCounts) {
 // provisionDetails renders the markdown the Temporal UI shows as the workflow's current details.
 func provisionDetails(p ProvisionProgress) string {
 	s := fmt.Sprintf("**%s** — %s / %s rows\n\ncreated %s · already present %s · invalid %s",
-		p.Phase, Thousands(p.Counts.Total()), Thousands(p.Rows),
-		Thousands(p.Counts.Created), Thousands(p.Counts.Existing), Thousands(p.Counts.Invalid))
+		p.Phase, numfmt.Thousands(p.Counts.Total()), numfmt.Thousands(p.Rows),
+		numfmt.Thousands(p.Counts.Created), numfmt.Thousands(p.Counts.Existing), numfmt.Thousands(p.Counts.Invalid))
 	if p.Connect != nil {
 		s += fmt.Sprintf("\n\nconnected %s · reported %s / %s new devices",
-			Thousands(p.Connect.Connected), Thousands(p.Connect.Reported), Thousands(p.Connect.Created))
+			numfmt.Thousands(p.Connect.Connected), numfmt.Thousands(p.Connect.Reported), numfmt.Thousands(p.Connect.Created))
 	}
 	return s
 }
 
-// Thousands formats n with thousands separators ("412,000"), as operators read counts.
-func Thousands(n int64) string {
-	s := fmt.Sprint(n)
-	neg := ""
-	if n < 0 {
-		neg, s = "-", s[1:]
-	}
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return neg + s
-}
+// Thousands formats n with thousands separators ("412,000").
+//
+// Deprecated: use numfmt.Thousands (internal/numfmt), the one formatter the CLI, the report and the
+// workflows share.
+func Thousands(n int64) string { return numfmt.Thousands(n) }

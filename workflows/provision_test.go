@@ -213,12 +213,6 @@ func TestProvisionFleetRejectsBadInput(t *testing.T) {
 	require.Error(t, env.GetWorkflowError())
 }
 
-func TestThousands(t *testing.T) {
-	for in, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 412000: "412,000", 1000000: "1,000,000", -1234: "-1,234"} {
-		require.Equal(t, want, Thousands(in))
-	}
-}
-
 func TestProvisionDetailsReadLikeTheIssueAsks(t *testing.T) {
 	s := provisionDetails(ProvisionProgress{Phase: "provisioning", Rows: 1000000, Counts: fleet.ProvisionCounts{Created: 411000, Invalid: 1000}})
 	require.Contains(t, s, "412,000 / 1,000,000")

@@ -7,6 +7,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -118,7 +119,7 @@ func PurgeArchive(ctx workflow.Context, in PurgeInput) (PurgeResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("purge: %w", err)
 	}
-	workflow.SetCurrentDetails(ctx, fmt.Sprintf("purged %s retired devices older than %s", Thousands(res.Purged), in.OlderThan))
+	workflow.SetCurrentDetails(ctx, fmt.Sprintf("purged %s retired devices older than %s", numfmt.Thousands(res.Purged), in.OlderThan))
 	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(searchattr.StateCompleted),
 		searchattr.Done.ValueSet(res.Purged)); err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)

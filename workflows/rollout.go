@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
@@ -154,7 +155,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 30 * time.Minute, HeartbeatTimeout: r.in.HeartbeatTimeout,
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
-			Summary:     fmt.Sprintf("dispatch wave %d/%d (%s devices)", w+1, len(r.cutoffs), Thousands(r.cutoffs[w]-prev)),
+			Summary:     fmt.Sprintf("dispatch wave %d/%d (%s devices)", w+1, len(r.cutoffs), numfmt.Thousands(r.cutoffs[w]-prev)),
 		})
 		var res RolloutDispatchResult
 		if err := executeActivity(dctx, Activities.RolloutDispatch, RolloutDispatchInput{RolloutID: r.in.RolloutID, Wave: w,
@@ -176,7 +177,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		if r.breached() {
 			c := r.progress.Counts
 			r.decide(ctx, fmt.Sprintf("stopped in wave %d/%d: %s of %s dispatched devices failed, above the limit of %s; rolling back",
-				w+1, len(r.cutoffs), Thousands(c.Failed), Thousands(c.Touched()), r.in.MaxFailures))
+				w+1, len(r.cutoffs), numfmt.Thousands(c.Failed), numfmt.Thousands(c.Touched()), r.in.MaxFailures))
 			return false, nil
 		}
 		if r.st.Abort != nil {
@@ -185,7 +186,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		if obs != nil && obs.Wave.Pending() == 0 {
 			c := obs.Wave
 			r.decide(ctx, fmt.Sprintf("wave %d/%d (%s) done: %s succeeded, %s failed, %s skipped", w+1, len(r.cutoffs), r.in.Waves[w],
-				Thousands(c.Succeeded), Thousands(c.Failed), Thousands(c.Skipped)))
+				numfmt.Thousands(c.Succeeded), numfmt.Thousands(c.Failed), numfmt.Thousands(c.Skipped)))
 			return true, nil
 		}
 	}
@@ -235,7 +236,7 @@ func (r *rolloutRun) rollback(ctx workflow.Context) (bool, error) {
 		rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 30 * time.Minute, HeartbeatTimeout: r.in.HeartbeatTimeout,
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
-			Summary:     fmt.Sprintf("roll back %s touched devices", Thousands(r.progress.Counts.Touched())),
+			Summary:     fmt.Sprintf("roll back %s touched devices", numfmt.Thousands(r.progress.Counts.Touched())),
 		})
 		if err := executeActivity(rctx, Activities.RolloutRollback, RolloutRollbackInput{RolloutID: r.in.RolloutID,
 			JobID: rollbackJobID(r.in.RolloutID)}).Get(ctx, nil); err != nil {
@@ -255,7 +256,7 @@ func (r *rolloutRun) rollback(ctx workflow.Context) (bool, error) {
 		if obs != nil && obs.Counts.RollingBack == 0 {
 			c := obs.Counts
 			r.addReason(fmt.Sprintf("rollback: %s devices back on their previous firmware, %s could not be rolled back",
-				Thousands(c.RolledBack), Thousands(c.RollbackFailed)))
+				numfmt.Thousands(c.RolledBack), numfmt.Thousands(c.RollbackFailed)))
 			return true, nil
 		}
 	}
@@ -495,7 +496,7 @@ func rolloutDetails(p RolloutProgress) string {
 	if p.Wave > 0 {
 		b.WriteString(fmt.Sprintf(", wave %d/%d (%s)", p.Wave, len(p.Waves), p.Waves[p.Wave-1]))
 	}
-	b.WriteString(fmt.Sprintf("\n\n%s of %s devices: %s", Thousands(p.Counts.Touched()), Thousands(p.Total), p.Counts))
+	b.WriteString(fmt.Sprintf("\n\n%s of %s devices: %s", numfmt.Thousands(p.Counts.Touched()), numfmt.Thousands(p.Total), p.Counts))
 	if p.Decision != "" {
 		b.WriteString(fmt.Sprintf("\n\nlast decision: %s", p.Decision))
 	}
