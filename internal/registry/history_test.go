@@ -289,21 +289,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, h[len(h)-3:], last3)
 
-	// HistoryJSON is the same timeline, read in the caller's transaction.
-	var fromTx []registry.HistoryEntry
-	err = pgx.BeginFunc(ctx, reg.Pool(), func(tx pgx.Tx) error {
-		b, err := registry.HistoryJSON(ctx, tx, "dev-1")
-		if err != nil {
-			return err
-		}
-		return json.Unmarshal(b, &fromTx)
-	})
-	require.NoError(t, err)
-	require.Equal(t, historyLines(h), historyLines(fromTx))
-
 	_, err = reg.DeviceHistory(ctx, "nope", 10)
-	require.ErrorIs(t, err, registry.ErrNotFound)
-	_, err = registry.HistoryJSON(ctx, reg.Pool(), "nope")
 	require.ErrorIs(t, err, registry.ErrNotFound)
 }
 
@@ -338,12 +324,8 @@ func TestDeviceHistoryOfRetiredAndPurgedDevices(t *testing.T) {
 	}
 	require.Equal(t, want, historyLines(h))
 
-	// Archived as HistoryJSON, then the device row and its events are gone: the archive answers.
-	var stored []byte
-	err = pgx.BeginFunc(ctx, reg.Pool(), func(tx pgx.Tx) error {
-		stored, err = registry.HistoryJSON(ctx, tx, "old")
-		return err
-	})
+	// Archived as timeline entries, then the device row and its events are gone: the archive answers.
+	stored, err := json.Marshal(h)
 	require.NoError(t, err)
 	exec(t, reg, "UPDATE devices_archive SET history = $1::jsonb WHERE id = 'old'", string(stored))
 	exec(t, reg, "DELETE FROM devices WHERE id = 'old'")

@@ -267,14 +267,6 @@ func (r *Registry) CloseJob(ctx context.Context, job string, state fleet.JobEnd)
 	})
 }
 
-// SetJobState records a job's state (e.g. paused) without finishing it.
-func (r *Registry) SetJobState(ctx context.Context, job, state string) error {
-	if _, err := r.pool.Exec(ctx, "UPDATE jobs SET state = $2 WHERE id = $1", job, state); err != nil {
-		return fmt.Errorf("set state of job %s: %w", job, err)
-	}
-	return nil
-}
-
 // JobDevices lists a job's targets in the given states (all when none), in seq order, at most limit.
 func (r *Registry) JobDevices(ctx context.Context, job string, states []string, limit int) ([]JobDevice, error) {
 	if states == nil {

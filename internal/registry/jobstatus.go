@@ -4,9 +4,10 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"github.com/fleetflow/fleetflow/internal/fleet"
 	"slices"
 	"time"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // Job statuses a device may report on devices/{id}/jobs/{jobId}/status (docs/architecture.md, "The device

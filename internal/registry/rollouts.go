@@ -499,14 +499,6 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 	return pushes, more, nil
 }
 
-// SetRolloutState records a rollout's state (running, paused, awaiting_approval, rolling_back …).
-func (r *Registry) SetRolloutState(ctx context.Context, id, state string) error {
-	if _, err := r.pool.Exec(ctx, "UPDATE rollouts SET state = $2 WHERE id = $1 AND finished_at IS NULL", id, state); err != nil {
-		return fmt.Errorf("set state of rollout %s: %w", id, err)
-	}
-	return nil
-}
-
 // FinishRollout ends a rollout: devices never dispatched become cancelled, every claim is released (so other
 // rollouts may target the devices), and the final state and result are recorded. Idempotent.
 func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {

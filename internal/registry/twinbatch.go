@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -126,11 +125,4 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 		return nil, err
 	}
 	return results, nil
-}
-
-// IsPermanent reports whether a per-device error can never succeed on retry (unknown or retired device,
-// invalid or oversized document), as opposed to a database failure.
-func IsPermanent(err error) bool {
-	var le *twin.LimitError
-	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotActive) || errors.As(err, &le) || errors.Is(err, twin.ErrInvalidJSON)
 }
