@@ -146,7 +146,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		}
 	}
 	if firstErr != nil {
-		closeJob(ctx, &in, "failed")
+		closeJob(ctx, &in, fleet.JobEndFailed)
 		setJobState(ctx, searchattr.StateFailed, in.Counts)
 		return JobResult{}, firstErr
 	}
@@ -171,7 +171,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			wait := max(0, min(ackPoll, deadline.Sub(workflow.Now(ctx))))
 			var st JobCollectAcksResult
 			if err := executeActivity(actx, Activities.JobCollectAcks, JobCollectAcksInput{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
-				closeJob(ctx, &in, "failed")
+				closeJob(ctx, &in, fleet.JobEndFailed)
 				return JobResult{}, fmt.Errorf("collect acknowledgements of %s: %w", in.JobID, err)
 			}
 			in.Counts.Succeeded += st.Acked
@@ -185,13 +185,13 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			}
 		}
 	}
-	state := "completed"
+	state := fleet.JobCompleted
 	switch {
 	case in.Cancelled:
-		state = searchattr.StateCancelled
+		state = fleet.JobEndCancelled
 	case in.Counts.Unsuccessful()+in.Counts.Running > 0:
 		// Devices still waiting for an acknowledgement are closed as timed out or offline.
-		state = "completed_with_failures"
+		state = fleet.JobCompletedWithFailures
 	}
 	progress.State = "closing"
 	report()
@@ -207,7 +207,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		saState = searchattr.StateCancelled
 	}
 	setJobState(ctx, saState, in.Counts)
-	return JobResult{JobID: in.JobID, State: state, Total: in.Total, Counts: in.Counts, Runs: in.Runs}, nil
+	return JobResult{JobID: in.JobID, State: string(state), Total: in.Total, Counts: in.Counts, Runs: in.Runs}, nil
 }
 
 // registerJobUpdates installs pause, resume and cancel. Validators refuse what makes no sense in the job's
@@ -271,11 +271,11 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 }
 
 // closeJob records the end of a job and returns the final counts from the registry.
-func closeJob(ctx workflow.Context, in *JobInput, state string) (fleet.JobCounts, error) {
+func closeJob(ctx workflow.Context, in *JobInput, state fleet.JobEnd) (fleet.JobCounts, error) {
 	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
-		Summary: "record the outcome: " + state})
+		Summary: "record the outcome: " + string(state)})
 	var c fleet.JobCounts
-	err := executeActivity(cctx, Activities.JobClose, JobCloseInput{JobID: in.JobID, State: fleet.JobEnd(state)}).Get(ctx, &c)
+	err := executeActivity(cctx, Activities.JobClose, JobCloseInput{JobID: in.JobID, State: state}).Get(ctx, &c)
 	if err != nil {
 		var canceled *temporal.CanceledError
 		if errors.As(err, &canceled) {

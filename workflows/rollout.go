@@ -99,7 +99,7 @@ func FirmwareRollout(ctx workflow.Context, in RolloutInput) (RolloutResult, erro
 		}
 	}
 
-	state := searchattr.StateCompleted
+	state := fleet.RolloutCompleted
 	switch {
 	case r.st.RollingBack || r.breached() || (r.st.Abort != nil && r.st.Abort.Rollback):
 		done, err := r.rollback(ctx)
@@ -109,12 +109,12 @@ func FirmwareRollout(ctx workflow.Context, in RolloutInput) (RolloutResult, erro
 		if !done {
 			return r.continueAsNew(ctx)
 		}
-		state = searchattr.StateRolledBack
+		state = fleet.RolloutRolledBack
 		if r.st.Abort != nil && !r.breached() {
-			state = searchattr.StateAborted
+			state = fleet.RolloutAborted
 		}
 	case r.st.Abort != nil:
-		state = searchattr.StateAborted
+		state = fleet.RolloutAborted
 	}
 	return r.finish(ctx, state)
 }
@@ -263,15 +263,15 @@ func (r *rolloutRun) rollback(ctx workflow.Context) (bool, error) {
 }
 
 // finish records the end in the registry and returns the result.
-func (r *rolloutRun) finish(ctx workflow.Context, state string) (RolloutResult, error) {
+func (r *rolloutRun) finish(ctx workflow.Context, state fleet.RolloutEnd) (RolloutResult, error) {
 	r.finishing = true
-	res := RolloutResult{RolloutID: r.in.RolloutID, Version: r.in.Firmware.Version, State: state, Waves: len(r.cutoffs),
+	res := RolloutResult{RolloutID: r.in.RolloutID, Version: r.in.Firmware.Version, State: string(state), Waves: len(r.cutoffs),
 		WavesDone: r.wavesDone(), Decision: r.st.Decision, Reasons: r.st.Reasons, Runs: r.st.Runs}
-	summary := RolloutSummary{State: state, WavesDone: res.WavesDone, Decision: res.Decision, Reasons: res.Reasons}
+	summary := RolloutSummary{State: string(state), WavesDone: res.WavesDone, Decision: res.Decision, Reasons: res.Reasons}
 	fctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
-		Summary: "record the outcome: " + state})
+		Summary: "record the outcome: " + string(state)})
 	var fin RolloutFinishResult
-	if err := executeActivity(fctx, Activities.RolloutFinish, RolloutFinishInput{RolloutID: r.in.RolloutID, State: fleet.RolloutEnd(state),
+	if err := executeActivity(fctx, Activities.RolloutFinish, RolloutFinishInput{RolloutID: r.in.RolloutID, State: state,
 		Summary: summary}).Get(ctx, &fin); err != nil {
 		return res, fmt.Errorf("finish %s: %w", r.in.RolloutID, err)
 	}
@@ -279,7 +279,7 @@ func (r *rolloutRun) finish(ctx workflow.Context, state string) (RolloutResult, 
 	r.st.Counts = fin.Counts
 	r.report(ctx, rolloutDone)
 	r.upsertCounts(ctx)
-	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(state),
+	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(string(state)),
 		searchattr.Stage.ValueSet(fmt.Sprintf("ended in wave %d/%d", max(1, res.WavesDone), len(r.cutoffs)))); err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
 	}
