@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -568,7 +569,7 @@ func describe(kind string, raw []byte) (stage, summary string) {
 
 func jobSummary(d details) string {
 	what := strings.ReplaceAll(d.str("jobKind"), "_", " ")
-	if m := d.str("method"); m != "" && d.str("jobKind") == JobMethod {
+	if m := d.str("method"); m != "" && d.str("jobKind") == string(fleet.JobMethod) {
 		what = "method " + m
 	}
 	s := "job " + d.str("jobId") + " (" + what + "): " + strings.ReplaceAll(d.str("state"), "_", " ")

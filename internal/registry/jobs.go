@@ -14,13 +14,11 @@ import (
 	"github.com/fleetflow/fleetflow/internal/query"
 )
 
-// Job kinds, untyped so that callers holding plain strings still compile.
+// A job kind, untyped so that callers holding plain strings still compile.
 //
-// Deprecated: use fleet.JobSetDesired, fleet.JobSetTags, fleet.JobMethod (type fleet.JobKind).
+// Deprecated: use fleet.JobSetTags (type fleet.JobKind).
 const (
-	JobSetDesired = "set_desired"
-	JobSetTags    = "set_tags"
-	JobMethod     = "method"
+	JobSetTags = "set_tags"
 )
 
 // Per-device job states, untyped so that callers holding plain strings still compile.
@@ -58,16 +56,6 @@ type Job struct {
 	CreatedAt  time.Time       `json:"createdAt"`
 	FinishedAt *time.Time      `json:"finishedAt,omitempty"`
 }
-
-// JobTarget is one frozen target of a job (the domain's type).
-//
-// Deprecated: use fleet.JobTarget.
-type JobTarget = fleet.JobTarget
-
-// JobOutcome is what happened on one device (the domain's type).
-//
-// Deprecated: use fleet.JobOutcome.
-type JobOutcome = fleet.JobOutcome
 
 // JobDevice is a job_devices row for reports.
 type JobDevice struct {
@@ -148,14 +136,14 @@ func (r *Registry) GetJob(ctx context.Context, id string) (Job, error) {
 }
 
 // JobTargets returns the targets seq first..last (inclusive) that are still pending.
-func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64) ([]JobTarget, error) {
+func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64) ([]fleet.JobTarget, error) {
 	rows, err := r.pool.Query(ctx, `SELECT seq, device_id, state FROM job_devices
 		WHERE job_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'pending' ORDER BY seq`, job, first, last)
 	if err != nil {
 		return nil, fmt.Errorf("load targets of job %s: %w", job, err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (JobTarget, error) {
-		var t JobTarget
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.JobTarget, error) {
+		var t fleet.JobTarget
 		err := row.Scan(&t.Seq, &t.DeviceID, &t.State)
 		return t, err
 	})
@@ -166,7 +154,7 @@ func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64
 }
 
 // RecordJobOutcomes stores per-device outcomes in one statement.
-func (r *Registry) RecordJobOutcomes(ctx context.Context, job string, outs []JobOutcome) error {
+func (r *Registry) RecordJobOutcomes(ctx context.Context, job string, outs []fleet.JobOutcome) error {
 	if len(outs) == 0 {
 		return nil
 	}
@@ -224,16 +212,11 @@ func (r *Registry) JobTotals(ctx context.Context, job string) (fleet.JobCounts, 
 	return c, nil
 }
 
-// AckProgress is the state of a desired job's acknowledgements (the domain's type).
-//
-// Deprecated: use fleet.AckProgress.
-type AckProgress = fleet.AckProgress
-
 // CollectAcks marks running targets of a desired job as succeeded once the device reports, for every key of
 // the job's patch, the value desired now holds (a key the patch deleted must be absent from reported too). It
 // returns what is still waiting.
-func (r *Registry) CollectAcks(ctx context.Context, job string, keys []string) (AckProgress, error) {
-	var p AckProgress
+func (r *Registry) CollectAcks(ctx context.Context, job string, keys []string) (fleet.AckProgress, error) {
+	var p fleet.AckProgress
 	tag, err := r.pool.Exec(ctx, `UPDATE job_devices j SET state = 'succeeded', updated_at = now()
 		FROM devices d WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id
 		AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) k WHERE d.reported -> k IS DISTINCT FROM d.desired -> k)`, job, keys)

@@ -22,15 +22,8 @@ type StagedRow struct {
 	ParseError string
 }
 
-// ErrOperationNotStaged is returned when a provisioning operation has no staged manifest.
-var ErrOperationNotStaged = fleet.ErrOperationNotStaged
-
 // deviceCopyColumns are the columns provisioning writes; everything else takes its default.
 var deviceCopyColumns = []string{"id", "secret1_hash", "tags", "provisioned_by"}
-
-// ErrStagingLost is returned when staged rows of an operation are gone (the staging table is unlogged, so a
-// database crash empties it); retrying cannot help.
-var ErrStagingLost = fleet.ErrStagingLost
 
 // StageRows copies manifest rows into provision_rows under op with COPY, the fastest way into Postgres, and
 // records the operation with its row count so the workflow can plan batches without reading rows.
@@ -98,18 +91,13 @@ func (r *Registry) OperationRows(ctx context.Context, op string) (int64, error) 
 	var n int64
 	err := r.pool.QueryRow(ctx, "SELECT rows FROM operations WHERE id = $1", op).Scan(&n)
 	if isNoRows(err) {
-		return 0, fmt.Errorf("%s: %w", op, ErrOperationNotStaged)
+		return 0, fmt.Errorf("%s: %w", op, fleet.ErrOperationNotStaged)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("load operation %s: %w", op, err)
 	}
 	return n, nil
 }
-
-// BatchCounts is the outcome of one provisioning batch (the domain's type).
-//
-// Deprecated: use fleet.ProvisionCounts.
-type BatchCounts = fleet.ProvisionCounts
 
 type rowResult struct {
 	line          int64
@@ -122,14 +110,14 @@ type rowResult struct {
 // INSERT ... SELECT, and the rows that did not are recorded as invalid. If any row conflicts with an
 // existing device, or anything else fails, the savepoint undoes it and ok is false, and the caller
 // classifies the batch row by row.
-func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last int64) (BatchCounts, bool, error) {
-	var out BatchCounts
+func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last int64) (fleet.ProvisionCounts, bool, error) {
+	var out fleet.ProvisionCounts
 	var no, staged int64
 	err := tx.QueryRow(ctx, `SELECT o.no, count(r.seq), count(r.seq) FILTER (WHERE r.parse_error IS NOT NULL)
 		FROM operations o LEFT JOIN provision_rows r ON r.op_no = o.no AND r.seq >= $2 AND r.seq < $3
 		WHERE o.id = $1 GROUP BY o.no`, op, first, last).Scan(&no, &staged, &out.Invalid)
 	if isNoRows(err) {
-		return out, false, fmt.Errorf("%s: %w", op, ErrOperationNotStaged)
+		return out, false, fmt.Errorf("%s: %w", op, fleet.ErrOperationNotStaged)
 	}
 	if err != nil {
 		return out, false, fmt.Errorf("count staged rows: %w", err)
@@ -138,7 +126,7 @@ func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last 
 		// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
 		// provisioning a partial fleet.
 		return out, false, fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
-			ErrStagingLost, want, op, first, last-1, staged)
+			fleet.ErrStagingLost, want, op, first, last-1, staged)
 	}
 	if _, err := tx.Exec(ctx, "SAVEPOINT in_database"); err != nil {
 		return out, false, fmt.Errorf("create devices: %w", err)
@@ -171,8 +159,8 @@ func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last 
 // all in one transaction that also records the batch's counts. A retry of a batch that committed returns
 // the recorded counts, so a worker crash between commit and completion never double-counts or re-creates.
 // Rows whose id already exists are reported as existing and their credentials left untouched.
-func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64) (BatchCounts, error) {
-	var out BatchCounts
+func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64) (fleet.ProvisionCounts, error) {
+	var out fleet.ProvisionCounts
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, "SELECT created, existing, invalid FROM provision_batches WHERE op = $1 AND first = $2",
 			op, first).Scan(&out.Created, &out.Existing, &out.Invalid)
@@ -232,7 +220,7 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 			// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
 			// provisioning a partial fleet.
 			return fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
-				ErrStagingLost, want, op, first, last-1, read)
+				fleet.ErrStagingLost, want, op, first, last-1, read)
 		}
 		// Which ids exist already, and which of those this operation created in another batch (a duplicate
 		// row of the manifest rather than a device that was present before).
@@ -302,7 +290,7 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 		return nil
 	})
 	if err != nil {
-		return BatchCounts{}, fmt.Errorf("provision %s rows %d-%d: %w", op, first, last-1, err)
+		return fleet.ProvisionCounts{}, fmt.Errorf("provision %s rows %d-%d: %w", op, first, last-1, err)
 	}
 	return out, nil
 }
@@ -346,8 +334,8 @@ func (r *Registry) ProvisionResults(ctx context.Context, op string, outcome flee
 }
 
 // ProvisionCounts sums the recorded batch counts of op.
-func (r *Registry) ProvisionCounts(ctx context.Context, op string) (BatchCounts, error) {
-	var c BatchCounts
+func (r *Registry) ProvisionCounts(ctx context.Context, op string) (fleet.ProvisionCounts, error) {
+	var c fleet.ProvisionCounts
 	err := r.pool.QueryRow(ctx, `SELECT coalesce(sum(created), 0), coalesce(sum(existing), 0), coalesce(sum(invalid), 0)
 		FROM provision_batches WHERE op = $1`, op).Scan(&c.Created, &c.Existing, &c.Invalid)
 	if err != nil {
@@ -356,16 +344,10 @@ func (r *Registry) ProvisionCounts(ctx context.Context, op string) (BatchCounts,
 	return c, nil
 }
 
-// ConnectProgress says how many of the devices an operation created have connected and reported (the
-// domain's type).
-//
-// Deprecated: use fleet.ConnectProgress.
-type ConnectProgress = fleet.ConnectProgress
-
-// ConnectProgress counts op's devices that have ever connected and that have reported capabilities
+// fleet.ConnectProgress counts op's devices that have ever connected and that have reported capabilities
 // (a non-empty reported document), with a sample of up to sample ids that have not reported.
-func (r *Registry) ConnectProgress(ctx context.Context, op string, sample int) (ConnectProgress, error) {
-	var p ConnectProgress
+func (r *Registry) ConnectProgress(ctx context.Context, op string, sample int) (fleet.ConnectProgress, error) {
+	var p fleet.ConnectProgress
 	// A device that has reported has connected even if the gateway's batched connection event is not written
 	// yet, so reporting counts as connecting.
 	err := r.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE connected_at IS NOT NULL OR reported <> '{}'::jsonb),

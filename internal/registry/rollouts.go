@@ -186,14 +186,6 @@ func (r *Registry) GetRollout(ctx context.Context, id string) (Rollout, error) {
 	return ro, nil
 }
 
-// DesiredPush is a desired patch written to the registry, to be pushed to the device (the domain's type).
-// Every written patch is pushed, not only those of devices the registry shows online: connection state is
-// recorded in batches, so a device that connected a moment ago (and already read its twin) may not show as
-// online yet, and would otherwise miss the change until its next reconnect.
-//
-// Deprecated: use fleet.DesiredPush.
-type DesiredPush = fleet.DesiredPush
-
 // firmwarePatch is the desired patch that asks a device to install fw under job.
 func firmwarePatch(job string, fw Firmware) []byte {
 	m := map[string]any{"jobId": job, "version": fw.Version}
@@ -211,7 +203,7 @@ func firmwarePatch(job string, fw Firmware) []byte {
 // fw's version or are no longer active are skipped; the others get desired.firmware (job = the rollout id),
 // in the same transaction as their phase. It returns the pushes and whether queued
 // devices below cutoff remain. Calling it again after a crash continues where it stopped.
-func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []DesiredPush, skipped int64, more bool, err error) {
+func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []fleet.DesiredPush, skipped int64, more bool, err error) {
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT rd.rank, rd.device_id, d.status, `+reportedVersionSQL("d")+`
 			FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
@@ -242,7 +234,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 			cands = cands[:limit]
 		}
 		patch := firmwarePatch(rollout, fw)
-		var patches []DevicePatch
+		var patches []fleet.DevicePatch
 		upd := phaseRows{}
 		for _, c := range cands {
 			switch {
@@ -253,7 +245,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 				upd.add(c.rank, phaseSkipped, "device is "+c.status, c.prevV)
 				skipped++
 			default:
-				patches = append(patches, DevicePatch{DeviceID: c.id, Patch: patch})
+				patches = append(patches, fleet.DevicePatch{DeviceID: c.id, Patch: patch})
 			}
 		}
 		results, err := patchTwinsTx(ctx, tx, twin.Desired, patches)
@@ -271,7 +263,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 				continue
 			}
 			upd.add(c.rank, phaseDispatched, "", c.prevV)
-			pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+			pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
 		}
 		if len(upd.ranks) == 0 {
 			return nil
@@ -304,20 +296,15 @@ func (p *phaseRows) add(rank int64, phase, reason, prev string) {
 	p.prev = append(p.prev, prev)
 }
 
-// RolloutObservation is what the registry knows about one device of a rollout (the domain's type).
-//
-// Deprecated: use fleet.RolloutObservation.
-type RolloutObservation = fleet.RolloutObservation
-
 // DesiredDocs returns the current desired document and version of each device (for re-sending the desired
 // state to devices that seem to have missed a push). Unknown devices are left out.
-func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush, error) {
+func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]fleet.DesiredPush, error) {
 	rows, err := r.pool.Query(ctx, "SELECT id, desired_version, online, desired FROM devices WHERE id = ANY($1) ORDER BY id", ids)
 	if err != nil {
 		return nil, fmt.Errorf("load desired state: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DesiredPush, error) {
-		var p DesiredPush
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.DesiredPush, error) {
+		var p fleet.DesiredPush
 		err := row.Scan(&p.DeviceID, &p.Version, &p.Online, &p.Patch)
 		return p, err
 	})
@@ -329,7 +316,7 @@ func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush
 
 // ObserveRollout returns the devices of a rollout in the given phases with their latest job status (for
 // job) and what they report.
-func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phases []rolloutpkg.Phase) ([]RolloutObservation, error) {
+func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phases []rolloutpkg.Phase) ([]fleet.RolloutObservation, error) {
 	phaseNames := make([]string, len(phases))
 	for i, p := range phases {
 		phaseNames[i] = string(p)
@@ -352,8 +339,8 @@ func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phas
 		}
 		return t
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RolloutObservation, error) {
-		var o RolloutObservation
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.RolloutObservation, error) {
+		var o fleet.RolloutObservation
 		err := row.Scan(&o.Rank, &o.DeviceID, &o.Wave, &o.Phase, &o.PrevVersion, &o.DispatchedAt, &o.BakeSince, &o.RollbackAt,
 			&o.JobStatus, &o.JobReason, &o.ReportedVersion, &o.Health, &o.HealthReason, &o.Online, &o.LastSeen)
 		o.DispatchedAt, o.BakeSince, o.RollbackAt, o.LastSeen = zero(o.DispatchedAt), zero(o.BakeSince), zero(o.RollbackAt), zero(o.LastSeen)
@@ -365,13 +352,8 @@ func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phas
 	return out, nil
 }
 
-// PhaseUpdate changes one device's phase in a rollout (the domain's type).
-//
-// Deprecated: use fleet.PhaseUpdate.
-type PhaseUpdate = fleet.PhaseUpdate
-
 // UpdateRolloutPhases writes phase changes in one statement.
-func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups []PhaseUpdate) error {
+func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups []fleet.PhaseUpdate) error {
 	if len(ups) == 0 {
 		return nil
 	}
@@ -399,20 +381,15 @@ func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups 
 	return nil
 }
 
-// PhaseCount is the number of a rollout's devices in one phase of one wave (the domain's type).
-//
-// Deprecated: use fleet.PhaseCount.
-type PhaseCount = fleet.PhaseCount
-
 // RolloutCounts counts a rollout's devices per wave and phase.
-func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]PhaseCount, error) {
+func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]fleet.PhaseCount, error) {
 	rows, err := r.pool.Query(ctx, `SELECT coalesce(wave, -1), phase, count(*) FROM rollout_devices
 		WHERE rollout_id = $1 GROUP BY 1, 2 ORDER BY 1, 2`, rollout)
 	if err != nil {
 		return nil, fmt.Errorf("count rollout %s: %w", rollout, err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (PhaseCount, error) {
-		var c PhaseCount
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.PhaseCount, error) {
+		var c fleet.PhaseCount
 		err := row.Scan(&c.Wave, &c.Phase, &c.N)
 		return c, err
 	})
@@ -425,7 +402,7 @@ func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]PhaseCo
 // StartRollback sends up to limit touched devices of a rollout back to the version they ran before (under
 // job, a new job id so that devices treat it as a new update), and returns the pushes and
 // whether touched devices remain. A device whose previous version is unknown is left as it is.
-func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit int) (pushes []DesiredPush, more bool, err error) {
+func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit int) (pushes []fleet.DesiredPush, more bool, err error) {
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT rd.rank, rd.device_id, rd.prev_version, coalesce(f.url, ''), coalesce(f.sha256, '')
 			FROM rollout_devices rd LEFT JOIN firmware f ON f.version = rd.prev_version
@@ -456,7 +433,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 		if more {
 			cands = cands[:limit]
 		}
-		var patches []DevicePatch
+		var patches []fleet.DevicePatch
 		upd := phaseRows{}
 		byID := map[string]cand{}
 		for _, c := range cands {
@@ -465,7 +442,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 				continue
 			}
 			byID[c.id] = c
-			patches = append(patches, DevicePatch{DeviceID: c.id, Patch: firmwarePatch(job, c.fw)})
+			patches = append(patches, fleet.DevicePatch{DeviceID: c.id, Patch: firmwarePatch(job, c.fw)})
 		}
 		results, err := patchTwinsTx(ctx, tx, twin.Desired, patches)
 		if err != nil {
@@ -478,7 +455,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 				continue
 			}
 			upd.add(c.rank, phaseRollingBack, "", c.fw.Version)
-			pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patches[i].Patch})
+			pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patches[i].Patch})
 		}
 		if len(upd.ranks) == 0 {
 			return nil
