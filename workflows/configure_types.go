@@ -158,7 +158,7 @@ type RolloutCarry struct {
 	Dispatched  bool           `json:"dispatched"`  // the current wave has been dispatched
 	Approved    int            `json:"approved"`    // waves up to this index are approved
 	Paused      bool           `json:"paused"`      //
-	Abort       *AbortRequest  `json:"abort"`       // an abort the operator asked for
+	Abort       *AbortInput    `json:"abort"`       // an abort the operator asked for
 	RollingBack bool           `json:"rollingBack"` // the rollback has been started
 	Decision    string         `json:"decision"`
 	Reasons     []string       `json:"reasons"`
@@ -166,11 +166,16 @@ type RolloutCarry struct {
 	Runs        int            `json:"runs"`
 }
 
-// AbortRequest is the abort update's argument.
-type AbortRequest struct {
+// AbortInput is the abort update's argument.
+type AbortInput struct {
 	Rollback bool   `json:"rollback"`
 	Reason   string `json:"reason,omitempty"`
 }
+
+// AbortRequest is the abort update's argument, under its former name.
+//
+// Deprecated: use AbortInput.
+type AbortRequest = AbortInput
 
 // RolloutDispatchInput starts one wave: devices ranked below Cutoff get the firmware.
 type RolloutDispatchInput struct {

@@ -444,7 +444,7 @@ func (r *rolloutRun) registerUpdates(ctx workflow.Context) error {
 	}}); err != nil {
 		return fmt.Errorf("register approve: %w", err)
 	}
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateAbort, func(ctx workflow.Context, req AbortRequest) (string, error) {
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateAbort, func(ctx workflow.Context, req AbortInput) (string, error) {
 		r.st.Abort = &req
 		what := "devices keep the firmware they have now"
 		if req.Rollback {
@@ -459,7 +459,7 @@ func (r *rolloutRun) registerUpdates(ctx workflow.Context) error {
 			r.cancelObserve()
 		}
 		return fmt.Sprintf("rollout %s aborted; %s", id, what), nil
-	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, req AbortRequest) error {
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, req AbortInput) error {
 		return stopping()
 	}}); err != nil {
 		return fmt.Errorf("register abort: %w", err)

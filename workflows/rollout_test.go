@@ -461,7 +461,7 @@ func TestFirmwareRolloutApprovalAfterPauseAndResume(t *testing.T) {
 	// Approve the remaining waves; end a rollout that is stuck anyway so that the test finishes.
 	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateApprove) }, 2*time.Minute)
 	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateApprove) }, 3*time.Minute)
-	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Reason: "stuck"}) }, time.Hour)
+	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Reason: "stuck"}) }, time.Hour)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, in)
 	res := rolloutResult(t, env)
 
@@ -512,7 +512,7 @@ func TestFirmwareRolloutAbort(t *testing.T) {
 			env := newRolloutEnv(t, f)
 			var abort *updateRecord
 			env.RegisterDelayedCallback(func() {
-				abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Rollback: tc.rollback, Reason: "wrong build"})
+				abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Rollback: tc.rollback, Reason: "wrong build"})
 			}, 17*time.Second)
 			env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-abort", 100))
 			res := rolloutResult(t, env)
@@ -544,9 +544,9 @@ func TestFirmwareRolloutAbortTwiceIsRefused(t *testing.T) {
 	env := newRolloutEnv(t, f)
 	env.OnActivity(workflows.ActivityName(workflows.Activities.RolloutFinish), mock.Anything, mock.Anything).Return(f.finish).After(time.Minute)
 	var abort, again, pause *updateRecord
-	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{}) }, 17*time.Second)
+	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{}) }, 17*time.Second)
 	env.RegisterDelayedCallback(func() {
-		again = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Rollback: true})
+		again = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Rollback: true})
 		pause = sendUpdate(env, workflows.UpdatePause)
 	}, 30*time.Second)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-abort2", 100))
@@ -567,7 +567,7 @@ func TestFirmwareRolloutAbortDuringDispatchSkipsTheObservation(t *testing.T) {
 	env := newRolloutEnv(t, f)
 	env.OnActivity(workflows.ActivityName(workflows.Activities.RolloutDispatch), mock.Anything, mock.Anything).Return(f.dispatch).After(time.Minute)
 	var abort *updateRecord
-	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Reason: "oops"}) }, 30*time.Second)
+	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Reason: "oops"}) }, 30*time.Second)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-abort-dispatch", 100))
 	res := rolloutResult(t, env)
 
@@ -700,7 +700,7 @@ func TestFirmwareRolloutAbortWhileFinishing(t *testing.T) {
 	var abort *updateRecord
 	// The last wave is decided at 60 s; RolloutFinish runs from 60 s to 120 s.
 	env.RegisterDelayedCallback(func() {
-		abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Rollback: true, Reason: "late"})
+		abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Rollback: true, Reason: "late"})
 	}, 90*time.Second)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-late", 100))
 	res := rolloutResult(t, env)
