@@ -17,6 +17,8 @@ import (
 
 // ContractStore is every store role the contract covers.
 type ContractStore interface {
+	// ApplyReported is the gateway's ingest of reported patches.
+	ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error)
 	fleet.ProvisionStore
 	fleet.JobStore
 	fleet.RolloutStore
@@ -58,6 +60,7 @@ func Contract(t *testing.T, newSubject func(t *testing.T) Subject) {
 		{"acknowledgements and close", contractAcks},
 		{"rollout dispatch, observe, rollback, finish", contractRollout},
 		{"retire, replace, purge", contractRetire},
+		{"reported ingest", contractReported},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.run(t, newSubject(t)) })
@@ -358,4 +361,26 @@ func contractRetire(t *testing.T, s Subject) {
 	res, err = s.Store.RetireDevices(ctx, "retire-3", []string{"x-0"}, "")
 	require.NoError(t, err)
 	require.Equal(t, fleet.RetireUnknown, res[0].Outcome, "purged devices are gone")
+}
+
+func contractReported(t *testing.T, s Subject) {
+	provision(t, s, "op", "i-0", "i-gone")
+	_, err := s.Store.RetireDevices(ctx, "retire-1", []string{"i-gone"}, "")
+	require.NoError(t, err)
+	huge := fmt.Sprintf(`{"blob":%q}`, strings.Repeat("x", twin.MaxReportedBytes+1))
+	res, err := s.Store.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "i-0", RequestID: "a", Patch: []byte(`{"fan":1}`)},
+		{DeviceID: "nope", RequestID: "b", Patch: []byte(`{"fan":1}`)}, {DeviceID: "i-gone", RequestID: "c", Patch: []byte(`{"fan":1}`)},
+		{DeviceID: "i-0", RequestID: "d", Patch: []byte(huge)}})
+	require.NoError(t, err)
+	require.Len(t, res, 4)
+	require.Equal(t, []string{"a", "b", "c", "d"}, []string{res[0].RequestID, res[1].RequestID, res[2].RequestID, res[3].RequestID})
+	require.NoError(t, res[0].Err)
+	require.Positive(t, res[0].Version)
+	require.ErrorIs(t, res[1].Err, fleet.ErrNotFound)
+	require.ErrorIs(t, res[2].Err, fleet.ErrNotActive)
+	var le *twin.LimitError
+	require.ErrorAs(t, res[3].Err, &le)
+	again, err := s.Store.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "i-0", RequestID: "e", Patch: []byte(`{"fan":2}`)}})
+	require.NoError(t, err)
+	require.Equal(t, res[0].Version+1, again[0].Version, "every applied patch bumps the reported version by one")
 }

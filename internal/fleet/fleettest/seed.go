@@ -1,12 +1,11 @@
 package fleettest
 
 import (
-	"encoding/json"
+	"context"
 	"slices"
 	"testing"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
-	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // Subject returns the fake as a contract subject.
@@ -54,22 +53,8 @@ func (f seeder) Connect(t *testing.T, id string) {
 }
 
 func (f seeder) Report(t *testing.T, id string, patch string) {
-	f.s.Mu.Lock()
-	defer f.s.Mu.Unlock()
-	d := f.s.Devices[id]
-	if d == nil {
-		t.Fatalf("report %s: no such device", id)
+	res, err := f.s.ApplyReported(context.Background(), []fleet.ReportedPatch{{DeviceID: id, RequestID: "r1", Patch: []byte(patch)}})
+	if err != nil || res[0].Err != nil {
+		t.Fatalf("report %s: %v %v", id, err, res)
 	}
-	merged, err := twin.Apply(twin.Reported, d.Reported, []byte(patch))
-	if err != nil {
-		t.Fatalf("report %s: %v", id, err)
-	}
-	d.Reported = merged
-	var doc struct {
-		Firmware struct {
-			Version string `json:"version"`
-		} `json:"firmware"`
-	}
-	_ = json.Unmarshal(merged, &doc)
-	d.ReportedVersion = doc.Firmware.Version
 }

@@ -31,6 +31,7 @@ type Device struct {
 	TagsVersion     int64
 	DesiredVersion  int64
 	Reported        []byte // the reported document; ReportedVersion is its firmware.version
+	ReportedRev     int64  // the reported section's version, bumped by every applied patch
 	Online          bool
 	LastSeen        time.Time
 	ReportedVersion string
@@ -344,6 +345,55 @@ func (s *Store) DropStaging(_ context.Context, op string) error {
 		return err
 	}
 	delete(s.Staged, op)
+	return nil
+}
+
+// ---- device ingest ----------------------------------------------------------------------------------------
+
+// ApplyReported merges devices' reported patches, each on its own: an unknown device is ErrNotFound, a
+// disabled or retired one ErrNotActive, and an invalid or oversized document a twin error; the others get
+// their reported section's new version.
+func (s *Store) ApplyReported(_ context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("ApplyReported"); err != nil {
+		return nil, err
+	}
+	out := make([]fleet.ReportedResult, len(patches))
+	for i, p := range patches {
+		out[i] = fleet.ReportedResult{DeviceID: p.DeviceID, RequestID: p.RequestID}
+		d, ok := s.Devices[p.DeviceID]
+		switch {
+		case !ok:
+			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, fleet.ErrNotFound)
+		case d.Status != fleet.StatusActive:
+			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, fleet.ErrNotActive)
+		default:
+			if err := s.reportLocked(d, p.Patch); err != nil {
+				out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, err)
+				continue
+			}
+			out[i].Version = d.ReportedRev
+		}
+	}
+	return out, nil
+}
+
+// reportLocked merges a reported patch into d and keeps ReportedVersion (firmware.version) in step.
+func (s *Store) reportLocked(d *Device, patch []byte) error {
+	merged, err := twin.Apply(twin.Reported, d.Reported, patch)
+	if err != nil {
+		return err
+	}
+	d.Reported = merged
+	d.ReportedRev++
+	var doc struct {
+		Firmware struct {
+			Version string `json:"version"`
+		} `json:"firmware"`
+	}
+	_ = json.Unmarshal(merged, &doc)
+	d.ReportedVersion = doc.Firmware.Version
 	return nil
 }
 
