@@ -143,14 +143,14 @@ func TestAuthCacheInvalidationDuringLookup(t *testing.T) {
 	c.invalidate("d1")
 	close(release)
 	a := <-done
-	assert.Equal(t, registry.StatusDisabled, a.Status, "the lookup is repeated after the change")
+	assert.Equal(t, fleet.StatusDisabled, a.Status, "the lookup is repeated after the change")
 	assert.False(t, c.has("d1"), "inactive devices are not cached")
 	assert.Equal(t, int32(2), calls.Load())
 
 	status.Store(registry.StatusActive)
 	a, _, err := c.get("d1")
 	require.NoError(t, err)
-	assert.Equal(t, registry.StatusActive, a.Status)
+	assert.Equal(t, fleet.StatusActive, a.Status)
 	assert.True(t, c.has("d1"))
 	_, cached, err := c.get("d1")
 	require.NoError(t, err)
