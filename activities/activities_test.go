@@ -11,72 +11,74 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
-// fakeRegistry returns canned answers; the real registry is exercised by the registry and e2e tests.
-type fakeRegistry struct {
-	batchErr error
-	progress []registry.ConnectProgress
+// scriptedProgress is the fake store with connect progress answered from a script, poll by poll.
+type scriptedProgress struct {
+	*fleettest.Store
+	progress []fleet.ConnectProgress
 	polls    int
-	dropped  string
 }
 
-func (f *fakeRegistry) ProvisionBatch(context.Context, string, int64, int64) (registry.BatchCounts, error) {
-	return registry.BatchCounts{Created: 7, Existing: 2, Invalid: 1}, f.batchErr
-}
-
-func (f *fakeRegistry) ConnectProgress(context.Context, string, int) (registry.ConnectProgress, error) {
+func (f *scriptedProgress) ConnectProgress(context.Context, string, int) (fleet.ConnectProgress, error) {
 	p := f.progress[min(f.polls, len(f.progress)-1)]
 	f.polls++
 	return p, nil
 }
 
-func (f *fakeRegistry) ProvisionResults(context.Context, string, string, int) ([]registry.RowResult, error) {
-	return []registry.RowResult{{Line: 3, ID: "x", Outcome: "invalid", Reason: "bad"}}, nil
-}
-
-func (f *fakeRegistry) DropStaging(_ context.Context, op string) error { f.dropped = op; return nil }
-
 func TestProvisionBatchMapsCountsAndPermanentErrors(t *testing.T) {
-	a := &Activities{Registry: &fakeRegistry{}}
-	c, err := a.ProvisionBatch(context.Background(), workflows.BatchRequest{Op: "op", First: 0, Last: 10})
+	f := fleettest.New()
+	f.AddDevice("d-2", fleettest.Device{})
+	f.Stage("op", []fleettest.StagedRow{{Line: 2, ID: "d-1"}, {Line: 3, ID: "d-2"}, {Line: 4, ID: "bad id"}, {Line: 5, ID: "d-3"}})
+	a := &Activities{Provision: f}
+	c, err := a.ProvisionBatch(context.Background(), workflows.ProvisionBatchInput{Op: "op", First: 0, Last: 4})
 	require.NoError(t, err)
-	require.Equal(t, workflows.Counts{Created: 7, Existing: 2, Invalid: 1}, c)
+	require.Equal(t, fleet.ProvisionCounts{Created: 2, Existing: 1, Invalid: 1}, c)
 
-	for _, cause := range []error{registry.ErrStagingLost, registry.ErrOperationNotStaged} {
-		a = &Activities{Registry: &fakeRegistry{batchErr: fmt.Errorf("provision op: %w", cause)}}
-		_, err = a.ProvisionBatch(context.Background(), workflows.BatchRequest{Op: "op"})
+	// Not staged (the store says so) and staged rows lost (scripted) cannot be fixed by retrying.
+	_, err = a.ProvisionBatch(context.Background(), workflows.ProvisionBatchInput{Op: "never-staged", First: 0, Last: 1})
+	var notStaged *temporal.ApplicationError
+	require.True(t, errors.As(err, &notStaged))
+	require.True(t, notStaged.NonRetryable())
+	for _, cause := range []error{fleet.ErrStagingLost, fleet.ErrOperationNotStaged} {
+		f := fleettest.New()
+		f.Fail = map[string]error{"ProvisionBatch": fmt.Errorf("provision op: %w", cause)}
+		a = &Activities{Provision: f}
+		_, err = a.ProvisionBatch(context.Background(), workflows.ProvisionBatchInput{Op: "op"})
 		var appErr *temporal.ApplicationError
 		require.True(t, errors.As(err, &appErr))
 		require.True(t, appErr.NonRetryable(), "%v cannot be fixed by retrying", cause)
 		require.Equal(t, workflows.ErrTypeNotStaged, appErr.Type())
 	}
-	a = &Activities{Registry: &fakeRegistry{batchErr: errors.New("connection reset")}}
-	_, err = a.ProvisionBatch(context.Background(), workflows.BatchRequest{Op: "op"})
+	f = fleettest.New()
+	f.Fail = map[string]error{"ProvisionBatch": errors.New("connection reset")}
+	a = &Activities{Provision: f}
+	_, err = a.ProvisionBatch(context.Background(), workflows.ProvisionBatchInput{Op: "op"})
 	var appErr *temporal.ApplicationError
 	require.False(t, errors.As(err, &appErr) && appErr.NonRetryable(), "a transient error stays retryable")
 }
 
 func TestWaitConnectedReturnsWhenAllReportedOrTimeIsUp(t *testing.T) {
-	run := func(f *fakeRegistry, maxWait time.Duration) workflows.ConnectStatus {
+	run := func(f *scriptedProgress, maxWait time.Duration) fleet.ConnectProgress {
 		var s testsuite.WorkflowTestSuite
 		env := s.NewTestActivityEnvironment()
-		a := &Activities{Registry: f, PollInterval: time.Millisecond}
+		a := &Activities{Provision: f, PollInterval: time.Millisecond}
 		env.RegisterActivity(a)
-		v, err := env.ExecuteActivity(a.WaitConnected, workflows.WaitConnectedRequest{Op: "op", MaxWait: maxWait})
+		v, err := env.ExecuteActivity(a.WaitConnected, workflows.WaitConnectedInput{Op: "op", MaxWait: maxWait})
 		require.NoError(t, err)
-		var st workflows.ConnectStatus
+		var st fleet.ConnectProgress
 		require.NoError(t, v.Get(&st))
 		return st
 	}
-	f := &fakeRegistry{progress: []registry.ConnectProgress{{Created: 10, Reported: 3}, {Created: 10, Reported: 10}}}
+	f := &scriptedProgress{Store: fleettest.New(), progress: []fleet.ConnectProgress{{Created: 10, Reported: 3}, {Created: 10, Reported: 10}}}
 	st := run(f, time.Minute)
 	require.Equal(t, int64(10), st.Reported)
 	require.Equal(t, 2, f.polls)
 
-	f = &fakeRegistry{progress: []registry.ConnectProgress{{Created: 10, Reported: 3, Missing: []string{"d"}}}}
+	f = &scriptedProgress{Store: fleettest.New(), progress: []fleet.ConnectProgress{{Created: 10, Reported: 3, Missing: []string{"d"}}}}
 	st = run(f, 0)
 	require.Equal(t, int64(3), st.Reported)
 	require.Equal(t, []string{"d"}, st.Missing)
@@ -84,10 +86,15 @@ func TestWaitConnectedReturnsWhenAllReportedOrTimeIsUp(t *testing.T) {
 }
 
 func TestFinishProvisionDropsStagingAndSamplesInvalidRows(t *testing.T) {
-	f := &fakeRegistry{}
-	a := &Activities{Registry: f}
+	f := fleettest.New()
+	f.AddDevice("d-2", fleettest.Device{})
+	f.Stage("op-1", []fleettest.StagedRow{{Line: 2, ID: "d-1"}, {Line: 3, ID: "d-2"}, {Line: 4, ParseError: "expected 3 fields, found 2"}})
+	a := &Activities{Provision: f}
+	_, err := a.ProvisionBatch(context.Background(), workflows.ProvisionBatchInput{Op: "op-1", First: 0, Last: 3})
+	require.NoError(t, err)
 	res, err := a.FinishProvision(context.Background(), "op-1")
 	require.NoError(t, err)
-	require.Equal(t, "op-1", f.dropped)
-	require.Equal(t, []workflows.RowIssue{{Line: 3, ID: "x", Outcome: "invalid", Reason: "bad"}}, res.InvalidSample)
+	require.NotContains(t, f.Staged, "op-1", "the staged rows (credential digests) are dropped")
+	require.Equal(t, []fleet.RowResult{{Line: 4, Outcome: fleet.RowInvalid, Reason: "expected 3 fields, found 2"}}, res.InvalidSample,
+		"invalid rows only, not the existing device")
 }

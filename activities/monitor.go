@@ -6,40 +6,23 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
-	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/workflows"
 )
-
-// MonitorStore is what the health check needs from the registry (implemented by *registry.Registry).
-type MonitorStore interface {
-	RunHealthCheck(ctx context.Context, runID string, rules health.Rules) (registry.HealthSummary, error)
-}
 
 // ErrTypeNoMonitor marks a health check sent to a worker that has no registry to run it against.
 const ErrTypeNoMonitor = "NoMonitorStore"
 
-// RunHealthCheck runs one health check over the whole fleet (see registry.RunHealthCheck): one transaction,
+// RunHealthCheck runs one health check over the whole fleet (fleet.MonitorStore.RunHealthCheck): one transaction,
 // heartbeated from the side since it cannot report progress of its own, and idempotent per RunID.
-func (a *Activities) RunHealthCheck(ctx context.Context, req workflows.HealthCheckRequest) (workflows.HealthCheckResult, error) {
-	return CheckFleetHealth(ctx, a.monitorStore(), req)
-}
-
-// monitorStore is the registry the worker runs health checks against: the worker's registry, which
-// implements MonitorStore, or nil when it was built without one.
-func (a *Activities) monitorStore() MonitorStore {
-	if m, ok := a.Registry.(MonitorStore); ok {
-		return m
-	}
-	if m, ok := a.Configure.(MonitorStore); ok {
-		return m
-	}
-	return nil
+func (a *Activities) RunHealthCheck(ctx context.Context, req workflows.RunHealthCheckInput) (workflows.HealthCheckResult, error) {
+	return CheckFleetHealth(ctx, a.Monitor, req)
 }
 
 // CheckFleetHealth is the RunHealthCheck activity over an explicit store, for workers and tests that
 // register it by name (workflows.ActRunHealthCheck) without a whole Activities struct.
-func CheckFleetHealth(ctx context.Context, store MonitorStore, req workflows.HealthCheckRequest) (workflows.HealthCheckResult, error) {
+func CheckFleetHealth(ctx context.Context, store fleet.MonitorStore, req workflows.RunHealthCheckInput) (workflows.HealthCheckResult, error) {
 	if store == nil {
 		err := errors.New("this worker has no registry to run health checks against")
 		return workflows.HealthCheckResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeNoMonitor, err)
@@ -56,6 +39,6 @@ func CheckFleetHealth(ctx context.Context, store MonitorStore, req workflows.Hea
 		return workflows.HealthCheckResult{}, err
 	}
 	return workflows.HealthCheckResult{RunID: req.RunID, At: s.At, Devices: s.Devices, Active: s.Active, Disabled: s.Disabled,
-		Retired: s.Retired, Online: s.Online, Offline: s.Offline, Problems: workflows.ProblemCountsOf(s.Problems),
+		Retired: s.Retired, Online: s.Online, Offline: s.Offline, Problems: fleet.ProblemCountsOf(s.Problems),
 		Opened: s.Opened, Resolved: s.Resolved, Open: s.Open, Duration: s.Duration}, nil
 }

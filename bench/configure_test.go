@@ -294,7 +294,7 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 		b.Fatal(err)
 	}
 	b.Cleanup(ch.Close)
-	w := fleetworker.New(tc, be.queue, &activities.Activities{Registry: reg, Configure: reg, Channel: ch})
+	w := fleetworker.New(tc, be.queue, activities.New(reg, ch))
 	if err := w.Start(); err != nil {
 		b.Fatal(err)
 	}

@@ -62,7 +62,7 @@ func BenchmarkHealthCheck1M(b *testing.B) {
 	reg, pool := be.reg, be.reg.Pool()
 	w := worker.New(be.tc, be.queue, worker.Options{})
 	w.RegisterWorkflow(workflows.FleetHealthCheck)
-	w.RegisterActivity(&activities.Activities{Registry: reg})
+	w.RegisterActivity(&activities.Activities{Provision: reg, Monitor: reg})
 	if err := w.Start(); err != nil {
 		b.Fatal(err)
 	}

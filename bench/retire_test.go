@@ -35,7 +35,7 @@ func retireFleet() int {
 func startRetireBackend(b *testing.B, queue string) *backend {
 	b.Helper()
 	be := openBackend(b, testenv.Postgres(b), queue)
-	w := fleetworker.New(be.tc, queue, &activities.Activities{Registry: be.reg, Configure: be.reg, Retire: be.reg})
+	w := fleetworker.New(be.tc, queue, activities.New(be.reg, nil))
 	if err := w.Start(); err != nil {
 		b.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/manifest"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
@@ -532,15 +533,15 @@ func printProvisionSummary(ctx context.Context, g *globals, reg *registry.Regist
 
 // provisionSummary is what `provision -o json|yaml` prints once the run has ended.
 type provisionSummary struct {
-	WorkflowID      string                   `json:"workflowId"`
-	Rows            int64                    `json:"rows"`
-	Counts          workflows.Counts         `json:"counts"`
-	Invalid         []registry.RowResult     `json:"invalid"`
-	CredentialsFile string                   `json:"credentialsFile"`
-	Credentials     int                      `json:"credentials"`
-	Seconds         float64                  `json:"seconds"`
-	Connect         *workflows.ConnectStatus `json:"connect"`
-	TemporalURL     string                   `json:"temporalUrl"`
+	WorkflowID      string                 `json:"workflowId"`
+	Rows            int64                  `json:"rows"`
+	Counts          fleet.ProvisionCounts  `json:"counts"`
+	Invalid         []registry.RowResult   `json:"invalid"`
+	CredentialsFile string                 `json:"credentialsFile"`
+	Credentials     int                    `json:"credentials"`
+	Seconds         float64                `json:"seconds"`
+	Connect         *fleet.ConnectProgress `json:"connect"`
+	TemporalURL     string                 `json:"temporalUrl"`
 }
 
 // provisionOutcome is the exit status of a finished run: invalid rows are invalid input (exit 2, the good

@@ -15,6 +15,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/rollout"
@@ -453,7 +454,7 @@ func printRolloutResult(res workflows.RolloutResult) {
 // phase, the live progress while the workflow runs (null once it has ended) and up to 50 failed devices.
 type rolloutStatusView struct {
 	Rollout  registry.Rollout           `json:"rollout"`
-	Counts   []registry.PhaseCount      `json:"counts"`
+	Counts   []fleet.PhaseCount         `json:"counts"`
 	Progress *workflows.RolloutProgress `json:"progress"`
 	Failing  []registry.RolloutDevice   `json:"failing"`
 }

@@ -88,7 +88,7 @@ func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.L
 	defer c.Close()
 	ch := &lazyChannel{cfg: channel.Config{BrokerURL: cfg.MQTTURL, Token: os.Getenv("FLEETFLOW_SERVICE_TOKEN"), Logger: log}}
 	defer ch.Close()
-	w := fleetworker.New(c, cfg.TaskQueue, &activities.Activities{Registry: reg, Configure: reg, Retire: reg, Channel: ch})
+	w := fleetworker.New(c, cfg.TaskQueue, activities.New(reg, ch))
 	log.Info("worker started", "task_queue", cfg.TaskQueue, "temporal", cfg.TemporalAddress)
 	interrupt := make(chan any)
 	go func() { <-ctx.Done(); close(interrupt) }()

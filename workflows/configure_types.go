@@ -4,21 +4,13 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 )
 
-// Activity, update and error-type names of the configure stage (jobs and rollouts).
+// Update and error-type names of the configure stage (jobs and rollouts).
 const (
-	ActJobBatch       = "JobBatch"
-	ActJobCollectAcks = "JobCollectAcks"
-	ActJobClose       = "JobClose"
-
-	ActRolloutDispatch = "RolloutDispatch"
-	ActRolloutObserve  = "RolloutObserve"
-	ActRolloutRollback = "RolloutRollback"
-	ActRolloutFinish   = "RolloutFinish"
-
-	// Updates (operator actions on running operations, DESIGN §3).
+	// Updates: operator actions on running operations (docs/architecture.md, "The life of an operation").
 	UpdatePause   = "pause"
 	UpdateResume  = "resume"
 	UpdateCancel  = "cancel"
@@ -29,39 +21,24 @@ const (
 	ErrTypeInvalidInput = "InvalidInput"
 )
 
-// Job kinds (the registry's job kinds).
+// Job kinds, untyped (the values of fleet.JobKind) so that callers holding plain strings (the CLI) still
+// compile.
+//
+// Deprecated: use fleet.JobSetDesired, fleet.JobSetTags, fleet.JobMethod, fleet.JobRetire.
 const (
 	JobSetDesired = "set_desired"
 	JobSetTags    = "set_tags"
 	JobMethod     = "method"
-	// JobRetire is a decommission (workflow Decommission).
-	JobRetire = "retire"
+	JobRetire     = "retire"
 )
 
 // JobCounts are a job's devices per outcome.
-type JobCounts struct {
-	Succeeded int64 `json:"succeeded"`
-	Failed    int64 `json:"failed"`
-	TimedOut  int64 `json:"timedOut"`
-	Offline   int64 `json:"offline"`
-	Running   int64 `json:"running"` // desired written, acknowledgement pending
-	Cancelled int64 `json:"cancelled"`
-}
+//
+// Deprecated: use fleet.JobCounts.
+type JobCounts = fleet.JobCounts
 
-// Add sums counts.
-func (c *JobCounts) Add(o JobCounts) {
-	c.Succeeded += o.Succeeded
-	c.Failed += o.Failed
-	c.TimedOut += o.TimedOut
-	c.Offline += o.Offline
-	c.Running += o.Running
-	c.Cancelled += o.Cancelled
-}
-
-// Unsuccessful is the number of devices the job gave up on.
-func (c JobCounts) Unsuccessful() int64 { return c.Failed + c.TimedOut + c.Offline }
-
-// JobInput starts FleetJob. The target set is frozen in Postgres (job_devices, seq 0..Total-1) before the
+// JobInput starts FleetJob. Kind holds a fleet.JobKind value; it stays a string, the type the CLI builds it
+// from. The target set is frozen in Postgres (job_devices, seq 0..Total-1) before the
 // workflow starts; the workflow carries a cursor over it.
 type JobInput struct {
 	JobID   string          `json:"jobId"`
@@ -85,17 +62,17 @@ type JobInput struct {
 	HeartbeatTimeout time.Duration `json:"heartbeatTimeout,omitempty"`
 
 	// State carried across continue-as-new.
-	Next      int64     `json:"next,omitempty"`
-	Counts    JobCounts `json:"counts"`
-	Paused    bool      `json:"paused,omitempty"`
-	Cancelled bool      `json:"cancelled,omitempty"`
-	Runs      int       `json:"runs,omitempty"`
+	Next      int64           `json:"next,omitempty"`
+	Counts    fleet.JobCounts `json:"counts"`
+	Paused    bool            `json:"paused,omitempty"`
+	Cancelled bool            `json:"cancelled,omitempty"`
+	Runs      int             `json:"runs,omitempty"`
 }
 
-// JobBatchRequest is one JobBatch activity: targets First..Last-1 of a job.
-type JobBatchRequest struct {
+// JobBatchInput is one JobBatch activity: targets First..Last-1 of a job.
+type JobBatchInput struct {
 	JobID   string          `json:"jobId"`
-	Kind    string          `json:"kind"`
+	Kind    fleet.JobKind   `json:"kind"`
 	First   int64           `json:"first"`
 	Last    int64           `json:"last"`
 	Patch   json.RawMessage `json:"patch,omitempty"`
@@ -106,45 +83,45 @@ type JobBatchRequest struct {
 	Wipe    bool            `json:"wipe,omitempty"`
 }
 
-// JobAckRequest asks for the acknowledgements of a desired job, waiting up to MaxWait for all of them.
-type JobAckRequest struct {
+// JobCollectAcksInput asks for the acknowledgements of a desired job, waiting up to MaxWait for all of them.
+type JobCollectAcksInput struct {
 	JobID   string        `json:"jobId"`
 	Keys    []string      `json:"keys"`
 	MaxWait time.Duration `json:"maxWait"`
 }
 
-// JobAckStatus is what JobCollectAcks found.
-type JobAckStatus struct {
+// JobCollectAcksResult is what JobCollectAcks found.
+type JobCollectAcksResult struct {
 	Acked         int64 `json:"acked"` // newly acknowledged
 	Waiting       int64 `json:"waiting"`
 	WaitingOnline int64 `json:"waitingOnline"`
 }
 
-// JobCloseRequest ends a job in the registry.
-type JobCloseRequest struct {
-	JobID string `json:"jobId"`
-	State string `json:"state"`
+// JobCloseInput ends a job in the registry.
+type JobCloseInput struct {
+	JobID string       `json:"jobId"`
+	State fleet.JobEnd `json:"state"`
 }
 
 // JobProgress is what the progress query returns while FleetJob runs.
 type JobProgress struct {
-	JobID      string    `json:"jobId"`
-	Kind       string    `json:"kind"`
-	State      string    `json:"state"` // running, paused, awaiting-acks, cancelling, done
-	Total      int64     `json:"total"`
-	Dispatched int64     `json:"dispatched"`
-	Counts     JobCounts `json:"counts"`
-	Runs       int       `json:"runs"`
-	UpdatedAt  time.Time `json:"updatedAt"`
+	JobID      string          `json:"jobId"`
+	Kind       string          `json:"kind"`
+	State      string          `json:"state"` // running, paused, awaiting-acks, cancelling, done
+	Total      int64           `json:"total"`
+	Dispatched int64           `json:"dispatched"`
+	Counts     fleet.JobCounts `json:"counts"`
+	Runs       int             `json:"runs"`
+	UpdatedAt  time.Time       `json:"updatedAt"`
 }
 
 // JobResult is FleetJob's result; Counts are read back from the registry when the job ends.
 type JobResult struct {
-	JobID  string    `json:"jobId"`
-	State  string    `json:"state"` // completed, completed_with_failures, cancelled
-	Total  int64     `json:"total"`
-	Counts JobCounts `json:"counts"`
-	Runs   int       `json:"runs"`
+	JobID  string          `json:"jobId"`
+	State  string          `json:"state"` // completed, completed_with_failures, cancelled
+	Total  int64           `json:"total"`
+	Counts fleet.JobCounts `json:"counts"`
+	Runs   int             `json:"runs"`
 }
 
 // FirmwareRef is the catalogue entry a rollout installs.
@@ -181,7 +158,7 @@ type RolloutCarry struct {
 	Dispatched  bool           `json:"dispatched"`  // the current wave has been dispatched
 	Approved    int            `json:"approved"`    // waves up to this index are approved
 	Paused      bool           `json:"paused"`      //
-	Abort       *AbortRequest  `json:"abort"`       // an abort the operator asked for
+	Abort       *AbortInput    `json:"abort"`       // an abort the operator asked for
 	RollingBack bool           `json:"rollingBack"` // the rollback has been started
 	Decision    string         `json:"decision"`
 	Reasons     []string       `json:"reasons"`
@@ -189,14 +166,19 @@ type RolloutCarry struct {
 	Runs        int            `json:"runs"`
 }
 
-// AbortRequest is the abort update's argument.
-type AbortRequest struct {
+// AbortInput is the abort update's argument.
+type AbortInput struct {
 	Rollback bool   `json:"rollback"`
 	Reason   string `json:"reason,omitempty"`
 }
 
-// RolloutDispatchRequest starts one wave: devices ranked below Cutoff get the firmware.
-type RolloutDispatchRequest struct {
+// AbortRequest is the abort update's argument, under its former name.
+//
+// Deprecated: use AbortInput.
+type AbortRequest = AbortInput
+
+// RolloutDispatchInput starts one wave: devices ranked below Cutoff get the firmware.
+type RolloutDispatchInput struct {
 	RolloutID string      `json:"rolloutId"`
 	Wave      int         `json:"wave"`
 	Cutoff    int64       `json:"cutoff"`
@@ -211,9 +193,9 @@ type RolloutDispatchResult struct {
 	Pushed     int64 `json:"pushed"`
 }
 
-// RolloutObserveRequest evaluates the rollout's devices (forward, or the rollback when Rollback is set) every
+// RolloutObserveInput evaluates the rollout's devices (forward, or the rollback when Rollback is set) every
 // PollInterval, returning when the wave is decided, the failure threshold is exceeded, or MaxWait passes.
-type RolloutObserveRequest struct {
+type RolloutObserveInput struct {
 	RolloutID    string            `json:"rolloutId"`
 	JobID        string            `json:"jobId"`
 	Wave         int               `json:"wave"`
@@ -227,23 +209,23 @@ type RolloutObserveRequest struct {
 	RepushAfter time.Duration `json:"repushAfter,omitempty"`
 }
 
-// RolloutObservation is the state of a rollout's devices after an observation.
-type RolloutObservation struct {
+// RolloutObserveResult is the state of a rollout's devices after an observation.
+type RolloutObserveResult struct {
 	Counts rollout.Counts `json:"counts"` // the whole rollout
 	Wave   rollout.Counts `json:"wave"`   // the current wave
 }
 
-// RolloutRollbackRequest sends the rollout's touched devices back to their previous firmware under JobID.
-type RolloutRollbackRequest struct {
+// RolloutRollbackInput sends the rollout's touched devices back to their previous firmware under JobID.
+type RolloutRollbackInput struct {
 	RolloutID string `json:"rolloutId"`
 	JobID     string `json:"jobId"`
 }
 
-// RolloutFinishRequest ends a rollout in the registry.
-type RolloutFinishRequest struct {
-	RolloutID string         `json:"rolloutId"`
-	State     string         `json:"state"`
-	Summary   RolloutSummary `json:"summary"`
+// RolloutFinishInput ends a rollout in the registry.
+type RolloutFinishInput struct {
+	RolloutID string           `json:"rolloutId"`
+	State     fleet.RolloutEnd `json:"state"`
+	Summary   RolloutSummary   `json:"summary"`
 }
 
 // RolloutSummary is what the registry keeps of a finished rollout (rollouts.result).

@@ -9,6 +9,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/internal/health"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -42,9 +43,9 @@ func FleetHealthCheck(ctx workflow.Context, in HealthCheckInput) (HealthCheckRes
 			MaximumAttempts: healthCheckAttempts, NonRetryableErrorTypes: []string{ErrTypeInvalidInput}},
 		Summary: rules.String(),
 	})
-	req := HealthCheckRequest{RunID: id, OfflineAfter: rules.OfflineAfter, AckWithin: rules.AckWithin, ExpiringWithin: rules.ExpiringWithin}
+	req := RunHealthCheckInput{RunID: id, OfflineAfter: rules.OfflineAfter, AckWithin: rules.AckWithin, ExpiringWithin: rules.ExpiringWithin}
 	var res HealthCheckResult
-	if err := workflow.ExecuteActivity(actx, ActRunHealthCheck, req).Get(ctx, &res); err != nil {
+	if err := executeActivity(actx, Activities.RunHealthCheck, req).Get(ctx, &res); err != nil {
 		setHealthState(ctx, searchattr.StateFailed)
 		workflow.SetCurrentDetails(ctx, "**health check failed** — "+rules.String())
 		var canceled *temporal.CanceledError
@@ -72,6 +73,6 @@ func setHealthState(ctx workflow.Context, state string) {
 
 // healthDetails renders the markdown the Temporal UI shows as a finished check's current details.
 func healthDetails(r HealthCheckResult, rules health.Rules) string {
-	return fmt.Sprintf("**health check** — %s devices, %s online\n\n%s\n\n%s", Thousands(r.Devices), Thousands(r.Online),
+	return fmt.Sprintf("**health check** — %s devices, %s online\n\n%s\n\n%s", numfmt.Thousands(r.Devices), numfmt.Thousands(r.Online),
 		r.Summary(), rules.String())
 }

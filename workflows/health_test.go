@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -22,14 +23,14 @@ import (
 // healthActs is a fake RunHealthCheck: it fails the first failures attempts with err, then returns res.
 type healthActs struct {
 	mu       sync.Mutex
-	reqs     []workflows.HealthCheckRequest
+	reqs     []workflows.RunHealthCheckInput
 	infos    []activity.Info
 	failures int
 	err      error
 	res      workflows.HealthCheckResult
 }
 
-func (h *healthActs) run(ctx context.Context, req workflows.HealthCheckRequest) (workflows.HealthCheckResult, error) {
+func (h *healthActs) run(ctx context.Context, req workflows.RunHealthCheckInput) (workflows.HealthCheckResult, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.reqs = append(h.reqs, req)
@@ -56,7 +57,7 @@ func newHealthEnv(t *testing.T, h *healthActs) (*testsuite.TestWorkflowEnvironme
 	env.SetStartTime(testStart)
 	env.SetTestTimeout(10 * time.Second)
 	env.RegisterWorkflow(workflows.FleetHealthCheck)
-	env.RegisterActivityWithOptions(h.run, activity.RegisterOptions{Name: workflows.ActRunHealthCheck})
+	env.RegisterActivityWithOptions(h.run, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RunHealthCheck)})
 	var upserts []saRecord
 	env.OnUpsertTypedSearchAttributes(mock.Anything).Run(func(args mock.Arguments) {
 		sa := args.Get(0).(temporal.SearchAttributes)
@@ -80,7 +81,7 @@ func currentDetails(t *testing.T, env *testsuite.TestWorkflowEnvironment) string
 }
 
 var sampleHealth = workflows.HealthCheckResult{Devices: 1000, Active: 990, Online: 980, Offline: 20,
-	Problems: workflows.ProblemCounts{Offline: 12, Unhealthy: 3}, Opened: 2, Resolved: 5, Open: 17}
+	Problems: fleet.ProblemCounts{Offline: 12, Unhealthy: 3}, Opened: 2, Resolved: 5, Open: 17}
 
 func TestFleetHealthCheckRunsOneCheckWithDefaults(t *testing.T) {
 	h := &healthActs{res: sampleHealth}
@@ -92,7 +93,7 @@ func TestFleetHealthCheckRunsOneCheckWithDefaults(t *testing.T) {
 	require.NoError(t, env.GetWorkflowResult(&res))
 
 	require.Len(t, h.reqs, 1)
-	require.Equal(t, workflows.HealthCheckRequest{RunID: "default-test-workflow-id", OfflineAfter: health.DefaultOfflineAfter,
+	require.Equal(t, workflows.RunHealthCheckInput{RunID: "default-test-workflow-id", OfflineAfter: health.DefaultOfflineAfter,
 		AckWithin: health.DefaultAckWithin, ExpiringWithin: health.DefaultExpiringWithin}, h.reqs[0])
 	want := sampleHealth
 	want.RunID = "default-test-workflow-id"

@@ -5,7 +5,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 )
 
 // Names of the monitor stage.
@@ -30,47 +32,30 @@ func (in HealthCheckInput) Rules() health.Rules {
 	return health.Rules{OfflineAfter: in.OfflineAfter, AckWithin: in.AckWithin, ExpiringWithin: in.ExpiringWithin}.WithDefaults()
 }
 
-// HealthCheckRequest is the RunHealthCheck activity's input. RunID names the check in health_runs (the
+// RunHealthCheckInput is the RunHealthCheck activity's input. RunID names the check in health_runs (the
 // workflow id), so that a retried activity replaces its row rather than adding one.
-type HealthCheckRequest struct {
+type RunHealthCheckInput struct {
 	RunID          string        `json:"runId"`
 	OfflineAfter   time.Duration `json:"offlineAfter"`
 	AckWithin      time.Duration `json:"ackWithin"`
 	ExpiringWithin time.Duration `json:"expiringWithin"`
 }
 
-// ProblemCounts are the devices with each kind of problem (a struct, not a map, so that workflow code
-// never iterates a map).
-type ProblemCounts struct {
-	Offline              int64 `json:"offline"`
-	Unhealthy            int64 `json:"unhealthy"`
-	DesiredPending       int64 `json:"desiredPending"`
-	FirmwareNoncompliant int64 `json:"firmwareNoncompliant"`
-	CredentialExpiring   int64 `json:"credentialExpiring"`
-}
-
-// ProblemCountsOf takes the counts per kind from a map keyed by the health.Kind* names.
-func ProblemCountsOf(m map[string]int64) ProblemCounts {
-	return ProblemCounts{Offline: m[health.KindOffline], Unhealthy: m[health.KindUnhealthy],
-		DesiredPending: m[health.KindDesiredPending], FirmwareNoncompliant: m[health.KindFirmwareNoncompliant],
-		CredentialExpiring: m[health.KindCredentialExpiring]}
-}
-
 // HealthCheckResult is what one check found: the fleet at a glance and what happened to the alerts.
 type HealthCheckResult struct {
-	RunID    string        `json:"runId"`
-	At       time.Time     `json:"at"`
-	Devices  int64         `json:"devices"` // not retired
-	Active   int64         `json:"active"`
-	Disabled int64         `json:"disabled"`
-	Retired  int64         `json:"retired"`
-	Online   int64         `json:"online"`
-	Offline  int64         `json:"offline"`
-	Problems ProblemCounts `json:"problems"`
-	Opened   int64         `json:"opened"`   // alerts this check opened
-	Resolved int64         `json:"resolved"` // alerts this check resolved
-	Open     int64         `json:"open"`     // alerts open after this check
-	Duration time.Duration `json:"duration"` // of the registry's transaction
+	RunID    string              `json:"runId"`
+	At       time.Time           `json:"at"`
+	Devices  int64               `json:"devices"` // not retired
+	Active   int64               `json:"active"`
+	Disabled int64               `json:"disabled"`
+	Retired  int64               `json:"retired"`
+	Online   int64               `json:"online"`
+	Offline  int64               `json:"offline"`
+	Problems fleet.ProblemCounts `json:"problems"`
+	Opened   int64               `json:"opened"`   // alerts this check opened
+	Resolved int64               `json:"resolved"` // alerts this check resolved
+	Open     int64               `json:"open"`     // alerts open after this check
+	Duration time.Duration       `json:"duration"` // of the registry's transaction
 }
 
 // Summary is the one line the Temporal UI and the CLI show for a check:
@@ -83,9 +68,9 @@ func (r HealthCheckResult) Summary() string {
 	}{{"offline", r.Problems.Offline}, {"unhealthy", r.Problems.Unhealthy}, {"desired pending", r.Problems.DesiredPending},
 		{"firmware noncompliant", r.Problems.FirmwareNoncompliant}, {"credentials expiring", r.Problems.CredentialExpiring}} {
 		if p.n > 0 {
-			parts = append(parts, fmt.Sprintf("%s %s", p.name, Thousands(p.n)))
+			parts = append(parts, fmt.Sprintf("%s %s", p.name, numfmt.Thousands(p.n)))
 		}
 	}
-	parts = append(parts, "opened "+Thousands(r.Opened), "resolved "+Thousands(r.Resolved), "open "+Thousands(r.Open))
+	parts = append(parts, "opened "+numfmt.Thousands(r.Opened), "resolved "+numfmt.Thousands(r.Resolved), "open "+numfmt.Thousands(r.Open))
 	return strings.Join(parts, " · ")
 }

@@ -9,6 +9,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -94,7 +96,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 	for firstErr == nil {
 		for !in.Paused && !in.Cancelled && inflight < window && in.Next < in.Total && dispatched < in.BatchesPerRun &&
 			!workflow.Now(ctx).Before(nextSlot) {
-			req := JobBatchRequest{JobID: in.JobID, Kind: in.Kind, First: in.Next, Last: min(in.Next+batch, in.Total),
+			req := JobBatchInput{JobID: in.JobID, Kind: fleet.JobKind(in.Kind), First: in.Next, Last: min(in.Next+batch, in.Total),
 				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout, Reason: in.Reason, Wipe: in.Wipe}
 			actTimeout := 5*time.Minute + timeout
 			if in.Rate > 0 {
@@ -104,12 +106,12 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			bctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				StartToCloseTimeout: actTimeout, HeartbeatTimeout: in.HeartbeatTimeout + timeout,
 				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
-				Summary:     fmt.Sprintf("devices %s–%s", Thousands(req.First+1), Thousands(req.Last)),
+				Summary:     fmt.Sprintf("devices %s–%s", numfmt.Thousands(req.First+1), numfmt.Thousands(req.Last)),
 			})
-			f := workflow.ExecuteActivity(bctx, ActJobBatch, req)
-			sel.AddFuture(f, func(f workflow.Future) {
+			f := executeActivity(bctx, Activities.JobBatch, req)
+			sel.AddFuture(f.Future, func(f workflow.Future) {
 				inflight--
-				var c JobCounts
+				var c fleet.JobCounts
 				if err := f.Get(ctx, &c); err != nil {
 					if firstErr == nil {
 						firstErr = err
@@ -144,7 +146,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		}
 	}
 	if firstErr != nil {
-		closeJob(ctx, &in, "failed")
+		closeJob(ctx, &in, fleet.JobEndFailed)
 		setJobState(ctx, searchattr.StateFailed, in.Counts)
 		return JobResult{}, firstErr
 	}
@@ -167,9 +169,9 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		})
 		for !in.Cancelled {
 			wait := max(0, min(ackPoll, deadline.Sub(workflow.Now(ctx))))
-			var st JobAckStatus
-			if err := workflow.ExecuteActivity(actx, ActJobCollectAcks, JobAckRequest{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
-				closeJob(ctx, &in, "failed")
+			var st JobCollectAcksResult
+			if err := executeActivity(actx, Activities.JobCollectAcks, JobCollectAcksInput{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
+				closeJob(ctx, &in, fleet.JobEndFailed)
 				return JobResult{}, fmt.Errorf("collect acknowledgements of %s: %w", in.JobID, err)
 			}
 			in.Counts.Succeeded += st.Acked
@@ -183,13 +185,13 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			}
 		}
 	}
-	state := "completed"
+	state := fleet.JobCompleted
 	switch {
 	case in.Cancelled:
-		state = searchattr.StateCancelled
+		state = fleet.JobEndCancelled
 	case in.Counts.Unsuccessful()+in.Counts.Running > 0:
 		// Devices still waiting for an acknowledgement are closed as timed out or offline.
-		state = "completed_with_failures"
+		state = fleet.JobCompletedWithFailures
 	}
 	progress.State = "closing"
 	report()
@@ -205,7 +207,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		saState = searchattr.StateCancelled
 	}
 	setJobState(ctx, saState, in.Counts)
-	return JobResult{JobID: in.JobID, State: state, Total: in.Total, Counts: in.Counts, Runs: in.Runs}, nil
+	return JobResult{JobID: in.JobID, State: string(state), Total: in.Total, Counts: in.Counts, Runs: in.Runs}, nil
 }
 
 // registerJobUpdates installs pause, resume and cancel. Validators refuse what makes no sense in the job's
@@ -217,7 +219,7 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 		setJobState(ctx, searchattr.StatePaused, in.Counts)
 		report()
 		return fmt.Sprintf("job %s paused after %s of %s devices; batches in flight finish", in.JobID,
-			Thousands(in.Next), Thousands(in.Total)), nil
+			numfmt.Thousands(in.Next), numfmt.Thousands(in.Total)), nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
 		switch {
 		case in.Cancelled:
@@ -237,7 +239,7 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 		progress.State = "running"
 		setJobState(ctx, searchattr.StateRunning, in.Counts)
 		report()
-		return fmt.Sprintf("job %s resumed at device %s of %s", in.JobID, Thousands(in.Next), Thousands(in.Total)), nil
+		return fmt.Sprintf("job %s resumed at device %s of %s", in.JobID, numfmt.Thousands(in.Next), numfmt.Thousands(in.Total)), nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
 		if !in.Paused {
 			return fmt.Errorf("job %s is not paused", in.JobID)
@@ -252,7 +254,7 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 		progress.State = "cancelling"
 		report()
 		return fmt.Sprintf("job %s cancelled: %s of %s devices were reached; the rest are marked cancelled", in.JobID,
-			Thousands(in.Next), Thousands(in.Total)), nil
+			numfmt.Thousands(in.Next), numfmt.Thousands(in.Total)), nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context) error {
 		switch {
 		case in.Cancelled:
@@ -269,11 +271,11 @@ func registerJobUpdates(ctx workflow.Context, in *JobInput, progress *JobProgres
 }
 
 // closeJob records the end of a job and returns the final counts from the registry.
-func closeJob(ctx workflow.Context, in *JobInput, state string) (JobCounts, error) {
+func closeJob(ctx workflow.Context, in *JobInput, state fleet.JobEnd) (fleet.JobCounts, error) {
 	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
-		Summary: "record the outcome: " + state})
-	var c JobCounts
-	err := workflow.ExecuteActivity(cctx, ActJobClose, JobCloseRequest{JobID: in.JobID, State: state}).Get(ctx, &c)
+		Summary: "record the outcome: " + string(state)})
+	var c fleet.JobCounts
+	err := executeActivity(cctx, Activities.JobClose, JobCloseInput{JobID: in.JobID, State: state}).Get(ctx, &c)
 	if err != nil {
 		var canceled *temporal.CanceledError
 		if errors.As(err, &canceled) {
@@ -313,14 +315,14 @@ func withJobDefaults(in JobInput) JobInput {
 	return in
 }
 
-func upsertJobCounts(ctx workflow.Context, c JobCounts) {
+func upsertJobCounts(ctx workflow.Context, c fleet.JobCounts) {
 	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Done.ValueSet(c.Succeeded), searchattr.Failed.ValueSet(c.Unsuccessful()))
 	if err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
 	}
 }
 
-func setJobState(ctx workflow.Context, state string, c JobCounts) {
+func setJobState(ctx workflow.Context, state string, c fleet.JobCounts) {
 	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(state),
 		searchattr.Done.ValueSet(c.Succeeded), searchattr.Failed.ValueSet(c.Unsuccessful()))
 	if err != nil {
@@ -332,10 +334,10 @@ func setJobState(ctx workflow.Context, state string, c JobCounts) {
 func jobDetails(p JobProgress) string {
 	c := p.Counts
 	s := fmt.Sprintf("**%s %s** — reached %s / %s devices\n\nsucceeded %s · failed %s · timed out %s · offline %s",
-		p.Kind, p.State, Thousands(p.Dispatched), Thousands(p.Total), Thousands(c.Succeeded), Thousands(c.Failed),
-		Thousands(c.TimedOut), Thousands(c.Offline))
+		p.Kind, p.State, numfmt.Thousands(p.Dispatched), numfmt.Thousands(p.Total), numfmt.Thousands(c.Succeeded), numfmt.Thousands(c.Failed),
+		numfmt.Thousands(c.TimedOut), numfmt.Thousands(c.Offline))
 	if c.Running > 0 {
-		s += " · awaiting acknowledgement " + Thousands(c.Running)
+		s += " · awaiting acknowledgement " + numfmt.Thousands(c.Running)
 	}
 	return s
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"testing"
@@ -18,6 +19,9 @@ import (
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
@@ -26,23 +30,15 @@ import (
 var testStart = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // Job target states, as the registry's job_devices rows have them.
-const (
-	jsPending   = "pending"
-	jsSucceeded = "succeeded"
-	jsRunning   = "running"
-	jsFailed    = "failed"
-	jsTimedOut  = "timed_out"
-	jsOffline   = "offline"
-	jsCancelled = "cancelled"
-)
-
-// jobFleet is an in-memory registry for one job: the frozen target set (seq 0..Total-1) with a state per
-// target, and whether each target's device is online. Its methods are the JobBatch, JobCollectAcks and
-// JobClose activities, deterministic: nothing depends on the wall clock, only on requests and call order.
+// jobFleet runs FleetJob's activities for real (activities.Activities) over the one fake store
+// (fleettest.Store), on a fleet of len(online) devices d0, d1, …, which are the job's targets in seq order.
+// Only the devices are scripted: which are online, which acknowledge a desired change, and how many per
+// JobCollectAcks call. Nothing depends on the wall clock, only on requests and call order.
 type jobFleet struct {
 	mu       sync.Mutex
 	env      *testsuite.TestWorkflowEnvironment
-	state    []string
+	store    *fleettest.Store
+	acts     *activities.Activities
 	online   []bool
 	neverAck []bool // online devices that never acknowledge a desired change
 	// ackPerPoll is how many online devices acknowledge per JobCollectAcks call.
@@ -51,105 +47,99 @@ type jobFleet struct {
 	// batchAt and ackAt are when the activity started.
 	batchLag, ackLag time.Duration
 
-	batches   []workflows.JobBatchRequest
+	batches   []workflows.JobBatchInput
 	batchAt   []time.Time
-	acks      []workflows.JobAckRequest
+	acks      []workflows.JobCollectAcksInput
 	ackAt     []time.Time
-	closes    []workflows.JobCloseRequest
+	closes    []workflows.JobCloseInput
 	closeAt   []time.Time
-	closedRet workflows.JobCounts
+	closedRet fleet.JobCounts
 }
 
 func newJobFleet(total int) *jobFleet {
-	f := &jobFleet{state: make([]string, total), online: make([]bool, total), neverAck: make([]bool, total), ackPerPoll: total}
-	for i := range f.state {
-		f.state[i], f.online[i] = jsPending, true
+	f := &jobFleet{store: fleettest.New(), online: make([]bool, total), neverAck: make([]bool, total), ackPerPoll: total}
+	for i := range f.online {
+		f.online[i] = true
 	}
+	f.acts = &activities.Activities{Jobs: f.store, Channel: deviceChannel{f}}
 	return f
 }
 
-func (f *jobFleet) batch(_ context.Context, r workflows.JobBatchRequest) (workflows.JobCounts, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.batches = append(f.batches, r)
-	f.batchAt = append(f.batchAt, f.env.Now().Add(-f.batchLag))
-	var c workflows.JobCounts
-	for s := r.First; s < r.Last; s++ {
-		if f.state[s] != jsPending {
-			continue // a retried batch skips what it already did
-		}
-		switch {
-		case r.Kind == workflows.JobSetDesired:
-			f.state[s] = jsRunning
-			c.Running++
-		case r.Kind == workflows.JobMethod && !f.online[s]:
-			f.state[s] = jsOffline
-			c.Offline++
-		default:
-			f.state[s] = jsSucceeded
-			c.Succeeded++
-		}
+func devID(i int) string { return fmt.Sprintf("d%d", i) }
+
+// freeze creates the devices and the job's target set on first use (tests script the devices before the
+// workflow starts).
+func (f *jobFleet) freeze(job string) {
+	if len(f.store.Targets[job]) > 0 {
+		return
 	}
-	return c, nil
+	ids := make([]string, len(f.online))
+	for i := range ids {
+		ids[i] = devID(i)
+		f.store.AddDevice(ids[i], fleettest.Device{Online: f.online[i]})
+	}
+	f.store.AddJob(job, ids...)
 }
 
-func (f *jobFleet) collectAcks(_ context.Context, r workflows.JobAckRequest) (workflows.JobAckStatus, error) {
+func (f *jobFleet) batch(ctx context.Context, r workflows.JobBatchInput) (fleet.JobCounts, error) {
+	f.mu.Lock()
+	f.freeze(r.JobID)
+	f.batches = append(f.batches, r)
+	f.batchAt = append(f.batchAt, f.env.Now().Add(-f.batchLag))
+	f.mu.Unlock()
+	return f.acts.JobBatch(ctx, r)
+}
+
+// collectAcks lets up to ackPerPoll online devices report what desired holds, then collects the
+// acknowledgements once (the real activity polls on the wall clock, which a workflow test does not run).
+func (f *jobFleet) collectAcks(ctx context.Context, r workflows.JobCollectAcksInput) (workflows.JobCollectAcksResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.acks = append(f.acks, r)
 	f.ackAt = append(f.ackAt, f.env.Now().Add(-f.ackLag))
-	var st workflows.JobAckStatus
-	for s, state := range f.state {
-		if state == jsRunning && f.online[s] && !f.neverAck[s] && st.Acked < int64(f.ackPerPoll) {
-			f.state[s] = jsSucceeded
-			st.Acked++
+	reported := 0
+	for i, t := range f.store.Targets[r.JobID] {
+		if t.State == fleet.JobRunning && f.online[i] && !f.neverAck[i] && reported < f.ackPerPoll {
+			d := f.store.Devices[t.DeviceID]
+			d.Reported = d.Desired
+			reported++
 		}
 	}
-	for s, state := range f.state {
-		if state == jsRunning {
-			st.Waiting++
-			if f.online[s] {
-				st.WaitingOnline++
-			}
-		}
-	}
-	return st, nil
+	p, err := f.store.CollectAcks(ctx, r.JobID, r.Keys)
+	return workflows.JobCollectAcksResult{Acked: p.Acked, Waiting: p.Waiting, WaitingOnline: p.WaitingOnline}, err
 }
 
-// close does what the registry's CloseJob does: targets still waiting for an acknowledgement become
-// timed_out (online) or offline, targets never reached become cancelled; it returns the final tally.
-func (f *jobFleet) close(_ context.Context, r workflows.JobCloseRequest) (workflows.JobCounts, error) {
+func (f *jobFleet) close(ctx context.Context, r workflows.JobCloseInput) (fleet.JobCounts, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	f.freeze(r.JobID)
 	f.closes = append(f.closes, r)
 	f.closeAt = append(f.closeAt, f.env.Now())
-	var c workflows.JobCounts
-	for s, state := range f.state {
-		switch state {
-		case jsRunning:
-			if f.online[s] {
-				f.state[s] = jsTimedOut
-			} else {
-				f.state[s] = jsOffline
-			}
-		case jsPending:
-			f.state[s] = jsCancelled
-		}
-		switch f.state[s] {
-		case jsSucceeded:
-			c.Succeeded++
-		case jsFailed:
-			c.Failed++
-		case jsTimedOut:
-			c.TimedOut++
-		case jsOffline:
-			c.Offline++
-		case jsCancelled:
-			c.Cancelled++
+	f.mu.Unlock()
+	c, err := f.acts.JobClose(ctx, r)
+	f.mu.Lock()
+	f.closedRet = c
+	f.mu.Unlock()
+	return c, err
+}
+
+// deviceChannel answers methods as the fleet's devices would: offline devices are not reached, online ones
+// answer 200. Desired pushes are accepted.
+type deviceChannel struct{ f *jobFleet }
+
+func (c deviceChannel) PublishDesired(_ context.Context, pushes []fleet.DesiredPush) (int, error) {
+	return len(pushes), nil
+}
+
+func (c deviceChannel) InvokeMany(_ context.Context, calls []fleet.MethodCall, _ time.Duration, _ float64) []fleet.MethodResult {
+	out := make([]fleet.MethodResult, len(calls))
+	for i, call := range calls {
+		out[i] = fleet.MethodResult{DeviceID: call.DeviceID, Outcome: fleet.MethodSucceeded, Status: 200, Payload: []byte("{}")}
+		var n int
+		if _, err := fmt.Sscanf(call.DeviceID, "d%d", &n); err == nil && !c.f.online[n] {
+			out[i] = fleet.MethodResult{DeviceID: call.DeviceID, Outcome: fleet.MethodOffline, Status: 404}
 		}
 	}
-	f.closedRet = c
-	return c, nil
+	return out
 }
 
 // batchRanges returns the [First, Last) ranges of the batches seen, in target order.
@@ -169,7 +159,7 @@ func (f *jobFleet) closeStates() []string {
 	defer f.mu.Unlock()
 	var out []string
 	for _, c := range f.closes {
-		out = append(out, c.State)
+		out = append(out, string(c.State))
 	}
 	return out
 }
@@ -184,15 +174,15 @@ func newJobEnv(t *testing.T, f *jobFleet, batchDelay, ackDelay time.Duration) *t
 	env.SetStartTime(testStart)
 	env.SetTestTimeout(10 * time.Second)
 	env.RegisterWorkflow(workflows.FleetJob)
-	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: workflows.ActJobBatch})
-	env.RegisterActivityWithOptions(f.collectAcks, activity.RegisterOptions{Name: workflows.ActJobCollectAcks})
-	env.RegisterActivityWithOptions(f.close, activity.RegisterOptions{Name: workflows.ActJobClose})
+	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobBatch)})
+	env.RegisterActivityWithOptions(f.collectAcks, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobCollectAcks)})
+	env.RegisterActivityWithOptions(f.close, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobClose)})
 	f.batchLag, f.ackLag = batchDelay, ackDelay
 	if batchDelay > 0 {
-		env.OnActivity(workflows.ActJobBatch, mock.Anything, mock.Anything).Return(f.batch).After(batchDelay)
+		env.OnActivity(workflows.ActivityName(workflows.Activities.JobBatch), mock.Anything, mock.Anything).Return(f.batch).After(batchDelay)
 	}
 	if ackDelay > 0 {
-		env.OnActivity(workflows.ActJobCollectAcks, mock.Anything, mock.Anything).Return(f.collectAcks).After(ackDelay)
+		env.OnActivity(workflows.ActivityName(workflows.Activities.JobCollectAcks), mock.Anything, mock.Anything).Return(f.collectAcks).After(ackDelay)
 	}
 	return env
 }
@@ -252,18 +242,18 @@ func TestFleetJobSetTagsBatchesTheTargetSetAndClosesCompleted(t *testing.T) {
 	f := newJobFleet(2500)
 	env := newJobEnv(t, f, 0, 0)
 	patch := json.RawMessage(`{"site":"berlin"}`)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-tags", Kind: workflows.JobSetTags, Total: 2500,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-tags", Kind: string(fleet.JobSetTags), Total: 2500,
 		BatchSize: 1000, Patch: patch})
 	res := jobResult(t, env)
 
 	require.Equal(t, [][2]int64{{0, 1000}, {1000, 2000}, {2000, 2500}}, f.batchRanges())
 	for _, b := range f.batches {
 		require.Equal(t, "job-tags", b.JobID)
-		require.Equal(t, workflows.JobSetTags, b.Kind)
+		require.Equal(t, fleet.JobSetTags, b.Kind)
 		require.JSONEq(t, string(patch), string(b.Patch))
 	}
 	require.Empty(t, f.acks, "a tags job has nothing to acknowledge")
-	require.Equal(t, []workflows.JobCloseRequest{{JobID: "job-tags", State: "completed"}}, f.closes)
+	require.Equal(t, []workflows.JobCloseInput{{JobID: "job-tags", State: "completed"}}, f.closes)
 	require.Equal(t, "completed", res.State)
 	require.Equal(t, f.closedRet, res.Counts, "the result's counts are the registry's, returned by JobClose")
 	require.Equal(t, workflows.JobCounts{Succeeded: 2500}, res.Counts)
@@ -276,7 +266,7 @@ func TestFleetJobSetDesiredPollsAcknowledgementsUntilNoneIsWaiting(t *testing.T)
 	f.ackPerPoll = 400
 	env := newJobEnv(t, f, 0, time.Second)
 	keys := []string{"telemetryInterval"}
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-desired", Kind: workflows.JobSetDesired, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-desired", Kind: string(fleet.JobSetDesired), Total: 1000,
 		Patch: json.RawMessage(`{"telemetryInterval":30}`), AckKeys: keys, Timeout: 10 * time.Minute})
 	res := jobResult(t, env)
 
@@ -301,7 +291,7 @@ func TestFleetJobSetDesiredStopsWaitingWhenOnlyOfflineDevicesRemain(t *testing.T
 	}
 	env := newJobEnv(t, f, 0, time.Second)
 	timeout := 30 * time.Minute
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-offline", Kind: workflows.JobSetDesired, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-offline", Kind: string(fleet.JobSetDesired), Total: 1000,
 		Patch: json.RawMessage(`{"mode":"eco"}`), AckKeys: []string{"mode"}, Timeout: timeout})
 	res := jobResult(t, env)
 
@@ -321,7 +311,7 @@ func TestFleetJobSetDesiredGivesUpOnSilentDevicesAtTheTimeout(t *testing.T) {
 	}
 	env := newJobEnv(t, f, 0, time.Second)
 	timeout := time.Minute
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-silent", Kind: workflows.JobSetDesired, Total: 100,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-silent", Kind: string(fleet.JobSetDesired), Total: 100,
 		Patch: json.RawMessage(`{"mode":"eco"}`), AckKeys: []string{"mode"}, Timeout: timeout})
 	res := jobResult(t, env)
 
@@ -355,7 +345,7 @@ func TestFleetJobMethodRateSpacesBatches(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newJobFleet(tc.total)
 			env := newJobEnv(t, f, 0, 0)
-			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-reboot", Kind: workflows.JobMethod,
+			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-reboot", Kind: string(fleet.JobMethod),
 				Total: int64(tc.total), Method: "reboot", Payload: json.RawMessage(`{"delay":5}`), Rate: tc.rate, BatchSize: tc.batchSize})
 			res := jobResult(t, env)
 
@@ -396,7 +386,7 @@ func TestFleetJobPauseStopsDispatchUntilResume(t *testing.T) {
 		f.mu.Unlock()
 	}, 5*time.Minute)
 	env.RegisterDelayedCallback(func() { resume = sendUpdate(env, workflows.UpdateResume) }, 10*time.Minute)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-pause", Kind: workflows.JobSetTags, Total: 5000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-pause", Kind: string(fleet.JobSetTags), Total: 5000,
 		BatchSize: 1000, Window: 1, Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 
@@ -440,7 +430,7 @@ func TestFleetJobCancel(t *testing.T) {
 			}
 			env.RegisterDelayedCallback(func() { cancel = sendUpdate(env, workflows.UpdateCancel) }, tc.cancelAt)
 			env.RegisterDelayedCallback(func() { cancelAgain = sendUpdate(env, workflows.UpdateCancel) }, tc.cancelAt)
-			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-cancel", Kind: workflows.JobSetTags, Total: 5000,
+			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-cancel", Kind: string(fleet.JobSetTags), Total: 5000,
 				BatchSize: 1000, Window: 1, Patch: json.RawMessage(`{"a":1}`)})
 			res := jobResult(t, env)
 
@@ -450,7 +440,7 @@ func TestFleetJobCancel(t *testing.T) {
 			requireAccepted(t, cancel)
 			requireRejected(t, cancelAgain, "already being cancelled")
 			require.Equal(t, [][2]int64{{0, 1000}, {1000, 2000}}, f.batchRanges(), "no batch starts after the cancel")
-			require.Equal(t, []workflows.JobCloseRequest{{JobID: "job-cancel", State: "cancelled"}}, f.closes)
+			require.Equal(t, []workflows.JobCloseInput{{JobID: "job-cancel", State: "cancelled"}}, f.closes)
 			require.Equal(t, tc.wantCloseAt, f.closeAt[0].Sub(testStart))
 			require.Equal(t, "cancelled", res.State)
 			require.Equal(t, workflows.JobCounts{Succeeded: 2000, Cancelled: 3000}, res.Counts,
@@ -464,7 +454,7 @@ func TestFleetJobPauseRefusedOnceEveryDeviceIsReached(t *testing.T) {
 	env := newJobEnv(t, f, time.Minute, 0)
 	var pause *updateRecord
 	env.RegisterDelayedCallback(func() { pause = sendUpdate(env, workflows.UpdatePause) }, 30*time.Second)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-one", Kind: workflows.JobSetTags, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-one", Kind: string(fleet.JobSetTags), Total: 1000,
 		Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 	requireRejected(t, pause, "nothing left to pause")
@@ -473,7 +463,7 @@ func TestFleetJobPauseRefusedOnceEveryDeviceIsReached(t *testing.T) {
 
 func TestFleetJobContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
 	f := newJobFleet(5000)
-	in := workflows.JobInput{JobID: "job-can", Kind: workflows.JobSetTags, Total: 5000, BatchSize: 1000, BatchesPerRun: 2,
+	in := workflows.JobInput{JobID: "job-can", Kind: string(fleet.JobSetTags), Total: 5000, BatchSize: 1000, BatchesPerRun: 2,
 		Patch: json.RawMessage(`{"a":1}`)}
 	dc := converter.GetDefaultDataConverter()
 	var nexts []int64
@@ -512,10 +502,10 @@ func TestFleetJobRejectsInvalidInput(t *testing.T) {
 		name string
 		in   workflows.JobInput
 	}{
-		{"empty job id", workflows.JobInput{Kind: workflows.JobSetTags, Total: 10}},
+		{"empty job id", workflows.JobInput{Kind: string(fleet.JobSetTags), Total: 10}},
 		{"unknown kind", workflows.JobInput{JobID: "j", Kind: "set_everything", Total: 10}},
 		{"no kind", workflows.JobInput{JobID: "j", Total: 10}},
-		{"empty target set", workflows.JobInput{JobID: "j", Kind: workflows.JobSetTags}},
+		{"empty target set", workflows.JobInput{JobID: "j", Kind: string(fleet.JobSetTags)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newJobFleet(10)
@@ -533,10 +523,10 @@ func TestFleetJobRejectsInvalidInput(t *testing.T) {
 func TestFleetJobCancelWhileClosing(t *testing.T) {
 	f := newJobFleet(1000)
 	env := newJobEnv(t, f, 0, 0)
-	env.OnActivity(workflows.ActJobClose, mock.Anything, mock.Anything).Return(f.close).After(time.Minute)
+	env.OnActivity(workflows.ActivityName(workflows.Activities.JobClose), mock.Anything, mock.Anything).Return(f.close).After(time.Minute)
 	var cancel *updateRecord
 	env.RegisterDelayedCallback(func() { cancel = sendUpdate(env, workflows.UpdateCancel) }, 30*time.Second)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-closing", Kind: workflows.JobSetTags, Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-closing", Kind: string(fleet.JobSetTags), Total: 1000,
 		Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 

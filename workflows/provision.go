@@ -7,6 +7,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
@@ -50,17 +52,17 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 	var firstErr error
 	for {
 		for firstErr == nil && inflight < in.Window && in.Next < in.Rows && dispatched < in.BatchesPerRun {
-			req := BatchRequest{Op: in.Op, First: in.Next, Last: min(in.Next+in.BatchSize, in.Rows)}
+			req := ProvisionBatchInput{Op: in.Op, First: in.Next, Last: min(in.Next+in.BatchSize, in.Rows)}
 			bctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				StartToCloseTimeout: 10 * time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
 				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second,
 					NonRetryableErrorTypes: []string{ErrTypeNotStaged}},
 				Summary: fmt.Sprintf("rows %d–%d", req.First+1, req.Last),
 			})
-			f := workflow.ExecuteActivity(bctx, ActProvisionBatch, req)
-			sel.AddFuture(f, func(f workflow.Future) {
+			f := executeActivity(bctx, Activities.ProvisionBatch, req)
+			sel.AddFuture(f.Future, func(f workflow.Future) {
 				inflight--
-				var c Counts
+				var c fleet.ProvisionCounts
 				if err := f.Get(ctx, &c); err != nil {
 					if firstErr == nil {
 						firstErr = err
@@ -116,8 +118,8 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 			if wait < 0 {
 				wait = 0
 			}
-			var st ConnectStatus
-			if err := workflow.ExecuteActivity(wctx, ActWaitConnected, WaitConnectedRequest{Op: in.Op, MaxWait: wait}).Get(ctx, &st); err != nil {
+			var st fleet.ConnectProgress
+			if err := executeActivity(wctx, Activities.WaitConnected, WaitConnectedInput{Op: in.Op, MaxWait: wait}).Get(ctx, &st); err != nil {
 				setState(ctx, "failed", in.Counts)
 				return res, fmt.Errorf("await connect of %s: %w", in.Op, err)
 			}
@@ -131,8 +133,8 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 	}
 	fctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute,
 		Summary: "summarize and drop staged rows"})
-	var fin FinishResult
-	if err := workflow.ExecuteActivity(fctx, ActFinishProvision, in.Op).Get(ctx, &fin); err != nil {
+	var fin FinishProvisionResult
+	if err := executeActivity(fctx, Activities.FinishProvision, in.Op).Get(ctx, &fin); err != nil {
 		setState(ctx, "failed", in.Counts)
 		return res, fmt.Errorf("finish %s: %w", in.Op, err)
 	}
@@ -163,14 +165,14 @@ func withProvisionDefaults(in ProvisionInput) ProvisionInput {
 	return in
 }
 
-func upsertCounts(ctx workflow.Context, c Counts) {
+func upsertCounts(ctx workflow.Context, c fleet.ProvisionCounts) {
 	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Done.ValueSet(c.Created+c.Existing), searchattr.Failed.ValueSet(c.Invalid))
 	if err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
 	}
 }
 
-func setState(ctx workflow.Context, state string, c Counts) {
+func setState(ctx workflow.Context, state string, c fleet.ProvisionCounts) {
 	err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(state),
 		searchattr.Done.ValueSet(c.Created+c.Existing), searchattr.Failed.ValueSet(c.Invalid))
 	if err != nil {
@@ -181,24 +183,17 @@ func setState(ctx workflow.Context, state string, c Counts) {
 // provisionDetails renders the markdown the Temporal UI shows as the workflow's current details.
 func provisionDetails(p ProvisionProgress) string {
 	s := fmt.Sprintf("**%s** — %s / %s rows\n\ncreated %s · already present %s · invalid %s",
-		p.Phase, Thousands(p.Counts.Processed()), Thousands(p.Rows),
-		Thousands(p.Counts.Created), Thousands(p.Counts.Existing), Thousands(p.Counts.Invalid))
+		p.Phase, numfmt.Thousands(p.Counts.Total()), numfmt.Thousands(p.Rows),
+		numfmt.Thousands(p.Counts.Created), numfmt.Thousands(p.Counts.Existing), numfmt.Thousands(p.Counts.Invalid))
 	if p.Connect != nil {
 		s += fmt.Sprintf("\n\nconnected %s · reported %s / %s new devices",
-			Thousands(p.Connect.Connected), Thousands(p.Connect.Reported), Thousands(p.Connect.Created))
+			numfmt.Thousands(p.Connect.Connected), numfmt.Thousands(p.Connect.Reported), numfmt.Thousands(p.Connect.Created))
 	}
 	return s
 }
 
-// Thousands formats n with thousands separators ("412,000"), as operators read counts.
-func Thousands(n int64) string {
-	s := fmt.Sprint(n)
-	neg := ""
-	if n < 0 {
-		neg, s = "-", s[1:]
-	}
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return neg + s
-}
+// Thousands formats n with thousands separators ("412,000").
+//
+// Deprecated: use numfmt.Thousands (internal/numfmt), the one formatter the CLI, the report and the
+// workflows share.
+func Thousands(n int64) string { return numfmt.Thousands(n) }

@@ -15,21 +15,23 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // fakeActs stands in for the registry-backed activities: every row of a batch with an even line is
 // created, every row divisible by 7 is invalid, the rest exist.
 type fakeActs struct {
 	mu       sync.Mutex
-	batches  []BatchRequest
+	batches  []ProvisionBatchInput
 	maxOpen  int
 	open     int
 	reported []int64 // successive Reported values WaitConnected returns
 	polls    int
 }
 
-func countsFor(r BatchRequest) Counts {
-	var c Counts
+func countsFor(r ProvisionBatchInput) fleet.ProvisionCounts {
+	var c fleet.ProvisionCounts
 	for l := r.First; l < r.Last; l++ {
 		switch {
 		case l%7 == 0:
@@ -43,7 +45,7 @@ func countsFor(r BatchRequest) Counts {
 	return c
 }
 
-func (f *fakeActs) batch(_ context.Context, r BatchRequest) (Counts, error) {
+func (f *fakeActs) batch(_ context.Context, r ProvisionBatchInput) (fleet.ProvisionCounts, error) {
 	f.mu.Lock()
 	f.batches = append(f.batches, r)
 	f.open++
@@ -53,12 +55,12 @@ func (f *fakeActs) batch(_ context.Context, r BatchRequest) (Counts, error) {
 	return countsFor(r), nil
 }
 
-func (f *fakeActs) wait(_ context.Context, r WaitConnectedRequest) (ConnectStatus, error) {
+func (f *fakeActs) wait(_ context.Context, r WaitConnectedInput) (fleet.ConnectProgress, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	i := min(f.polls, len(f.reported)-1)
 	f.polls++
-	st := ConnectStatus{Created: 100, Connected: f.reported[i], Reported: f.reported[i]}
+	st := fleet.ConnectProgress{Created: 100, Connected: f.reported[i], Reported: f.reported[i]}
 	if st.Reported < st.Created {
 		st.Missing = []string{"dev-099"}
 	}
@@ -69,11 +71,11 @@ func newEnv(t *testing.T, f *fakeActs) *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(ProvisionFleet)
-	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: ActProvisionBatch})
-	env.RegisterActivityWithOptions(f.wait, activity.RegisterOptions{Name: ActWaitConnected})
-	env.RegisterActivityWithOptions(func(context.Context, string) (FinishResult, error) {
-		return FinishResult{InvalidSample: []RowIssue{{Line: 0, ID: "BAD", Outcome: "invalid", Reason: "invalid device id"}}}, nil
-	}, activity.RegisterOptions{Name: ActFinishProvision})
+	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: ActivityName(Activities.ProvisionBatch)})
+	env.RegisterActivityWithOptions(f.wait, activity.RegisterOptions{Name: ActivityName(Activities.WaitConnected)})
+	env.RegisterActivityWithOptions(func(context.Context, string) (FinishProvisionResult, error) {
+		return FinishProvisionResult{InvalidSample: []fleet.RowResult{{Line: 0, ID: "BAD", Outcome: "invalid", Reason: "invalid device id"}}}, nil
+	}, activity.RegisterOptions{Name: ActivityName(Activities.FinishProvision)})
 	env.SetTestTimeout(30 * time.Second)
 	return env
 }
@@ -90,7 +92,7 @@ func TestProvisionFleetCoversEveryLineOnceWithinTheWindow(t *testing.T) {
 	require.Len(t, f.batches, 13)
 	sort.Slice(f.batches, func(i, j int) bool { return f.batches[i].First < f.batches[j].First })
 	var next int64
-	var want Counts
+	var want fleet.ProvisionCounts
 	for _, b := range f.batches {
 		require.Equal(t, next, b.First, "batches must tile the manifest without gaps or overlap")
 		require.LessOrEqual(t, b.Last-b.First, int64(1000))
@@ -99,7 +101,7 @@ func TestProvisionFleetCoversEveryLineOnceWithinTheWindow(t *testing.T) {
 	}
 	require.Equal(t, int64(12345), next)
 	require.Equal(t, want, res.Counts)
-	require.Equal(t, int64(12345), res.Counts.Processed())
+	require.Equal(t, int64(12345), res.Counts.Total())
 	require.Nil(t, res.Connect, "no await was asked for")
 	require.Len(t, res.InvalidSample, 1)
 }
@@ -119,7 +121,7 @@ func TestProvisionFleetContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
 	dc := converter.GetDefaultDataConverter()
 	require.NoError(t, dc.FromPayloads(can.Input, &next))
 	require.Equal(t, int64(4000), next.Next)
-	require.Equal(t, int64(4000), next.Counts.Processed())
+	require.Equal(t, int64(4000), next.Counts.Total())
 	require.Equal(t, 1, next.Runs)
 
 	env2 := newEnv(t, f)
@@ -132,7 +134,7 @@ func TestProvisionFleetContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
 	require.NoError(t, env3.GetWorkflowError())
 	var res ProvisionResult
 	require.NoError(t, env3.GetWorkflowResult(&res))
-	require.Equal(t, int64(10000), res.Counts.Processed())
+	require.Equal(t, int64(10000), res.Counts.Total())
 	require.Equal(t, 3, res.Runs)
 	require.Len(t, f.batches, 10)
 }
@@ -155,12 +157,12 @@ func TestProvisionFleetAwaitConnectGivesUpAtTheDeadline(t *testing.T) {
 	env := newEnv(t, f)
 	// The fake returns at once, so the workflow's timer-free loop must still end: WaitConnected is asked to
 	// wait, and the test environment's clock only moves with timers, so bound polls by the deadline.
-	env.OnActivity(ActWaitConnected, mock.Anything, mock.Anything).Return(
-		func(ctx context.Context, r WaitConnectedRequest) (ConnectStatus, error) {
+	env.OnActivity(ActivityName(Activities.WaitConnected), mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, r WaitConnectedInput) (fleet.ConnectProgress, error) {
 			f.mu.Lock()
 			f.polls++
 			f.mu.Unlock()
-			return ConnectStatus{Created: 100, Connected: 50, Reported: 40, Missing: []string{"dev-001"}}, nil
+			return fleet.ConnectProgress{Created: 100, Connected: 50, Reported: 40, Missing: []string{"dev-001"}}, nil
 		}).After(time.Second)
 	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op4", Rows: 200, BatchSize: 100, AwaitConnect: 30 * time.Second})
 	require.NoError(t, env.GetWorkflowError())
@@ -175,7 +177,7 @@ func TestProvisionFleetAwaitConnectGivesUpAtTheDeadline(t *testing.T) {
 func TestProvisionFleetFailsOnANonRetryableBatchError(t *testing.T) {
 	f := &fakeActs{}
 	env := newEnv(t, f)
-	env.OnActivity(ActProvisionBatch, mock.Anything, mock.Anything).Return(Counts{},
+	env.OnActivity(ActivityName(Activities.ProvisionBatch), mock.Anything, mock.Anything).Return(fleet.ProvisionCounts{},
 		temporal.NewNonRetryableApplicationError("not staged", ErrTypeNotStaged, nil))
 	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op5", Rows: 3000, BatchSize: 1000})
 	err := env.GetWorkflowError()
@@ -188,8 +190,10 @@ func TestProvisionFleetFailsOnANonRetryableBatchError(t *testing.T) {
 func TestProvisionFleetProgressQueryAndDetails(t *testing.T) {
 	f := &fakeActs{}
 	env := newEnv(t, f)
-	env.OnActivity(ActProvisionBatch, mock.Anything, mock.Anything).Return(
-		func(ctx context.Context, r BatchRequest) (Counts, error) { return countsFor(r), nil }).After(time.Minute)
+	env.OnActivity(ActivityName(Activities.ProvisionBatch), mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, r ProvisionBatchInput) (fleet.ProvisionCounts, error) {
+			return countsFor(r), nil
+		}).After(time.Minute)
 	var mid ProvisionProgress
 	env.RegisterDelayedCallback(func() {
 		v, err := env.QueryWorkflow(QueryProgress)
@@ -199,7 +203,7 @@ func TestProvisionFleetProgressQueryAndDetails(t *testing.T) {
 	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op6", Rows: 4000, BatchSize: 1000, Window: 1})
 	require.NoError(t, env.GetWorkflowError())
 	require.Equal(t, "provisioning", mid.Phase)
-	require.Equal(t, int64(1000), mid.Counts.Processed(), "one batch done after 90 s with a 1-minute batch and window 1")
+	require.Equal(t, int64(1000), mid.Counts.Total(), "one batch done after 90 s with a 1-minute batch and window 1")
 	require.Equal(t, int64(4000), mid.Rows)
 }
 
@@ -209,13 +213,7 @@ func TestProvisionFleetRejectsBadInput(t *testing.T) {
 	require.Error(t, env.GetWorkflowError())
 }
 
-func TestThousands(t *testing.T) {
-	for in, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 412000: "412,000", 1000000: "1,000,000", -1234: "-1,234"} {
-		require.Equal(t, want, Thousands(in))
-	}
-}
-
 func TestProvisionDetailsReadLikeTheIssueAsks(t *testing.T) {
-	s := provisionDetails(ProvisionProgress{Phase: "provisioning", Rows: 1000000, Counts: Counts{Created: 411000, Invalid: 1000}})
+	s := provisionDetails(ProvisionProgress{Phase: "provisioning", Rows: 1000000, Counts: fleet.ProvisionCounts{Created: 411000, Invalid: 1000}})
 	require.Contains(t, s, "412,000 / 1,000,000")
 }

@@ -7,14 +7,12 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
 
-// Activity names of the retire stage (decommission batches are JobBatch with kind JobRetire).
+// Error types of the retire stage (decommission batches are JobBatch with kind fleet.JobRetire).
 const (
-	ActReplaceDevice = "ReplaceDevice"
-	ActPurgeArchive  = "PurgeArchive"
-
 	// ErrTypeReplaceRefused marks a replacement the registry refused (unknown or retired device).
 	ErrTypeReplaceRefused = "ReplaceRefused"
 )
@@ -28,8 +26,8 @@ type ReplaceInput struct {
 	Provision bool   `json:"provision"`
 }
 
-// ReplaceRequest is the ReplaceDevice activity's input.
-type ReplaceRequest struct {
+// ReplaceDeviceRecordInput is the ReplaceDeviceRecord activity's input.
+type ReplaceDeviceRecordInput struct {
 	Op  string `json:"op"`
 	Old string `json:"old"`
 	New string `json:"new"`
@@ -59,8 +57,8 @@ func ReplaceDevice(ctx workflow.Context, in ReplaceInput) (ReplaceResult, error)
 	if in.Provision {
 		workflow.SetCurrentDetails(ctx, fmt.Sprintf("provisioning **%s** to replace **%s**", in.New, in.Old))
 		pctx := workflow.WithActivityOptions(ctx, withSummary(opts, "provision "+in.New))
-		var c Counts
-		if err := workflow.ExecuteActivity(pctx, ActProvisionBatch, BatchRequest{Op: in.Op, First: 0, Last: 1}).Get(ctx, &c); err != nil {
+		c, err := executeActivity(pctx, Activities.ProvisionBatch, ProvisionBatchInput{Op: in.Op, First: 0, Last: 1}).Result(ctx)
+		if err != nil {
 			return res, fmt.Errorf("provision %s: %w", in.New, err)
 		}
 		if c.Invalid > 0 {
@@ -69,14 +67,18 @@ func ReplaceDevice(ctx workflow.Context, in ReplaceInput) (ReplaceResult, error)
 		}
 		res.Provisioned = c.Created > 0
 		fctx := workflow.WithActivityOptions(ctx, withSummary(opts, "drop the staged row"))
-		if err := workflow.ExecuteActivity(fctx, ActFinishProvision, in.Op).Get(ctx, nil); err != nil {
+		if err := executeActivity(fctx, Activities.FinishProvision, in.Op).Get(ctx, nil); err != nil {
 			return res, fmt.Errorf("finish provisioning %s: %w", in.New, err)
 		}
 	}
 	workflow.SetCurrentDetails(ctx, fmt.Sprintf("**%s** takes over from **%s**: copy tags and desired, retire %s", in.New, in.Old, in.Old))
 	rctx := workflow.WithActivityOptions(ctx, withSummary(opts, fmt.Sprintf("%s replaces %s", in.New, in.Old)))
-	var out ReplaceResult
-	if err := workflow.ExecuteActivity(rctx, ActReplaceDevice, ReplaceRequest{Op: in.Op, Old: in.Old, New: in.New}).Get(ctx, &out); err != nil {
+	name := ActivityName(Activities.ReplaceDeviceRecord)
+	if workflow.GetVersion(ctx, activityNamesVersion, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		name = LegacyActReplaceDevice // started before the rename: replay what the history recorded
+	}
+	out, err := executeActivityAs(rctx, name, Activities.ReplaceDeviceRecord, ReplaceDeviceRecordInput{Op: in.Op, Old: in.Old, New: in.New}).Result(ctx)
+	if err != nil {
 		if err2 := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(searchattr.StateFailed)); err2 != nil {
 			workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err2)
 		}
@@ -109,11 +111,15 @@ func PurgeArchive(ctx workflow.Context, in PurgeInput) (PurgeResult, error) {
 	}
 	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 30 * time.Minute,
 		HeartbeatTimeout: DefaultHeartbeatTimeout, Summary: fmt.Sprintf("purge devices retired more than %s ago", in.OlderThan)})
-	var res PurgeResult
-	if err := workflow.ExecuteActivity(actx, ActPurgeArchive, in).Get(ctx, &res); err != nil {
+	name := ActivityName(Activities.PurgeArchivedDevices)
+	if workflow.GetVersion(ctx, activityNamesVersion, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		name = LegacyActPurgeArchive // started before the rename: replay what the history recorded
+	}
+	res, err := executeActivityAs(actx, name, Activities.PurgeArchivedDevices, in).Result(ctx)
+	if err != nil {
 		return res, fmt.Errorf("purge: %w", err)
 	}
-	workflow.SetCurrentDetails(ctx, fmt.Sprintf("purged %s retired devices older than %s", Thousands(res.Purged), in.OlderThan))
+	workflow.SetCurrentDetails(ctx, fmt.Sprintf("purged %s retired devices older than %s", numfmt.Thousands(res.Purged), in.OlderThan))
 	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(searchattr.StateCompleted),
 		searchattr.Done.ValueSet(res.Purged)); err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)

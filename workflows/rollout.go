@@ -9,6 +9,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 )
@@ -97,7 +99,7 @@ func FirmwareRollout(ctx workflow.Context, in RolloutInput) (RolloutResult, erro
 		}
 	}
 
-	state := searchattr.StateCompleted
+	state := fleet.RolloutCompleted
 	switch {
 	case r.st.RollingBack || r.breached() || (r.st.Abort != nil && r.st.Abort.Rollback):
 		done, err := r.rollback(ctx)
@@ -107,12 +109,12 @@ func FirmwareRollout(ctx workflow.Context, in RolloutInput) (RolloutResult, erro
 		if !done {
 			return r.continueAsNew(ctx)
 		}
-		state = searchattr.StateRolledBack
+		state = fleet.RolloutRolledBack
 		if r.st.Abort != nil && !r.breached() {
-			state = searchattr.StateAborted
+			state = fleet.RolloutAborted
 		}
 	case r.st.Abort != nil:
-		state = searchattr.StateAborted
+		state = fleet.RolloutAborted
 	}
 	return r.finish(ctx, state)
 }
@@ -153,10 +155,10 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 30 * time.Minute, HeartbeatTimeout: r.in.HeartbeatTimeout,
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
-			Summary:     fmt.Sprintf("dispatch wave %d/%d (%s devices)", w+1, len(r.cutoffs), Thousands(r.cutoffs[w]-prev)),
+			Summary:     fmt.Sprintf("dispatch wave %d/%d (%s devices)", w+1, len(r.cutoffs), numfmt.Thousands(r.cutoffs[w]-prev)),
 		})
 		var res RolloutDispatchResult
-		if err := workflow.ExecuteActivity(dctx, ActRolloutDispatch, RolloutDispatchRequest{RolloutID: r.in.RolloutID, Wave: w,
+		if err := executeActivity(dctx, Activities.RolloutDispatch, RolloutDispatchInput{RolloutID: r.in.RolloutID, Wave: w,
 			Cutoff: r.cutoffs[w], Firmware: r.in.Firmware}).Get(ctx, &res); err != nil {
 			return false, fmt.Errorf("dispatch wave %d of %s: %w", w+1, r.in.RolloutID, err)
 		}
@@ -175,7 +177,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		if r.breached() {
 			c := r.progress.Counts
 			r.decide(ctx, fmt.Sprintf("stopped in wave %d/%d: %s of %s dispatched devices failed, above the limit of %s; rolling back",
-				w+1, len(r.cutoffs), Thousands(c.Failed), Thousands(c.Touched()), r.in.MaxFailures))
+				w+1, len(r.cutoffs), numfmt.Thousands(c.Failed), numfmt.Thousands(c.Touched()), r.in.MaxFailures))
 			return false, nil
 		}
 		if r.st.Abort != nil {
@@ -184,7 +186,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		if obs != nil && obs.Wave.Pending() == 0 {
 			c := obs.Wave
 			r.decide(ctx, fmt.Sprintf("wave %d/%d (%s) done: %s succeeded, %s failed, %s skipped", w+1, len(r.cutoffs), r.in.Waves[w],
-				Thousands(c.Succeeded), Thousands(c.Failed), Thousands(c.Skipped)))
+				numfmt.Thousands(c.Succeeded), numfmt.Thousands(c.Failed), numfmt.Thousands(c.Skipped)))
 			return true, nil
 		}
 	}
@@ -192,7 +194,7 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 
 // observe runs one observation activity (cancellable by an abort) and takes its counts. A nil observation
 // means it was interrupted.
-func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObservation, error) {
+func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObserveResult, error) {
 	summary := fmt.Sprintf("observe wave %d/%d", r.st.Wave+1, len(r.cutoffs))
 	job := r.in.RolloutID
 	if rollback {
@@ -206,11 +208,11 @@ func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObser
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
 		Summary:     summary,
 	})
-	req := RolloutObserveRequest{RolloutID: r.in.RolloutID, JobID: job, Wave: r.st.Wave, Rollback: rollback,
+	req := RolloutObserveInput{RolloutID: r.in.RolloutID, JobID: job, Wave: r.st.Wave, Rollback: rollback,
 		Policy:      rollout.Policy{Version: r.in.Firmware.Version, Bake: r.in.Bake, DeviceTimeout: r.in.DeviceTimeout},
 		MaxFailures: r.in.MaxFailures, PollInterval: r.in.PollInterval, MaxWait: r.in.ObserveFor, RepushAfter: repushAfter}
-	var obs RolloutObservation
-	err := workflow.ExecuteActivity(octx, ActRolloutObserve, req).Get(ctx, &obs)
+	var obs RolloutObserveResult
+	err := executeActivity(octx, Activities.RolloutObserve, req).Get(ctx, &obs)
 	var canceled *temporal.CanceledError
 	if errors.As(err, &canceled) && ctx.Err() == nil {
 		return nil, nil
@@ -234,9 +236,9 @@ func (r *rolloutRun) rollback(ctx workflow.Context) (bool, error) {
 		rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 30 * time.Minute, HeartbeatTimeout: r.in.HeartbeatTimeout,
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
-			Summary:     fmt.Sprintf("roll back %s touched devices", Thousands(r.progress.Counts.Touched())),
+			Summary:     fmt.Sprintf("roll back %s touched devices", numfmt.Thousands(r.progress.Counts.Touched())),
 		})
-		if err := workflow.ExecuteActivity(rctx, ActRolloutRollback, RolloutRollbackRequest{RolloutID: r.in.RolloutID,
+		if err := executeActivity(rctx, Activities.RolloutRollback, RolloutRollbackInput{RolloutID: r.in.RolloutID,
 			JobID: rollbackJobID(r.in.RolloutID)}).Get(ctx, nil); err != nil {
 			return false, fmt.Errorf("roll back %s: %w", r.in.RolloutID, err)
 		}
@@ -254,22 +256,22 @@ func (r *rolloutRun) rollback(ctx workflow.Context) (bool, error) {
 		if obs != nil && obs.Counts.RollingBack == 0 {
 			c := obs.Counts
 			r.addReason(fmt.Sprintf("rollback: %s devices back on their previous firmware, %s could not be rolled back",
-				Thousands(c.RolledBack), Thousands(c.RollbackFailed)))
+				numfmt.Thousands(c.RolledBack), numfmt.Thousands(c.RollbackFailed)))
 			return true, nil
 		}
 	}
 }
 
 // finish records the end in the registry and returns the result.
-func (r *rolloutRun) finish(ctx workflow.Context, state string) (RolloutResult, error) {
+func (r *rolloutRun) finish(ctx workflow.Context, state fleet.RolloutEnd) (RolloutResult, error) {
 	r.finishing = true
-	res := RolloutResult{RolloutID: r.in.RolloutID, Version: r.in.Firmware.Version, State: state, Waves: len(r.cutoffs),
+	res := RolloutResult{RolloutID: r.in.RolloutID, Version: r.in.Firmware.Version, State: string(state), Waves: len(r.cutoffs),
 		WavesDone: r.wavesDone(), Decision: r.st.Decision, Reasons: r.st.Reasons, Runs: r.st.Runs}
-	summary := RolloutSummary{State: state, WavesDone: res.WavesDone, Decision: res.Decision, Reasons: res.Reasons}
+	summary := RolloutSummary{State: string(state), WavesDone: res.WavesDone, Decision: res.Decision, Reasons: res.Reasons}
 	fctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
-		Summary: "record the outcome: " + state})
+		Summary: "record the outcome: " + string(state)})
 	var fin RolloutFinishResult
-	if err := workflow.ExecuteActivity(fctx, ActRolloutFinish, RolloutFinishRequest{RolloutID: r.in.RolloutID, State: state,
+	if err := executeActivity(fctx, Activities.RolloutFinish, RolloutFinishInput{RolloutID: r.in.RolloutID, State: state,
 		Summary: summary}).Get(ctx, &fin); err != nil {
 		return res, fmt.Errorf("finish %s: %w", r.in.RolloutID, err)
 	}
@@ -277,7 +279,7 @@ func (r *rolloutRun) finish(ctx workflow.Context, state string) (RolloutResult, 
 	r.st.Counts = fin.Counts
 	r.report(ctx, rolloutDone)
 	r.upsertCounts(ctx)
-	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(state),
+	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(string(state)),
 		searchattr.Stage.ValueSet(fmt.Sprintf("ended in wave %d/%d", max(1, res.WavesDone), len(r.cutoffs)))); err != nil {
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
 	}
@@ -442,7 +444,7 @@ func (r *rolloutRun) registerUpdates(ctx workflow.Context) error {
 	}}); err != nil {
 		return fmt.Errorf("register approve: %w", err)
 	}
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateAbort, func(ctx workflow.Context, req AbortRequest) (string, error) {
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateAbort, func(ctx workflow.Context, req AbortInput) (string, error) {
 		r.st.Abort = &req
 		what := "devices keep the firmware they have now"
 		if req.Rollback {
@@ -457,7 +459,7 @@ func (r *rolloutRun) registerUpdates(ctx workflow.Context) error {
 			r.cancelObserve()
 		}
 		return fmt.Sprintf("rollout %s aborted; %s", id, what), nil
-	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, req AbortRequest) error {
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, req AbortInput) error {
 		return stopping()
 	}}); err != nil {
 		return fmt.Errorf("register abort: %w", err)
@@ -494,7 +496,7 @@ func rolloutDetails(p RolloutProgress) string {
 	if p.Wave > 0 {
 		b.WriteString(fmt.Sprintf(", wave %d/%d (%s)", p.Wave, len(p.Waves), p.Waves[p.Wave-1]))
 	}
-	b.WriteString(fmt.Sprintf("\n\n%s of %s devices: %s", Thousands(p.Counts.Touched()), Thousands(p.Total), p.Counts))
+	b.WriteString(fmt.Sprintf("\n\n%s of %s devices: %s", numfmt.Thousands(p.Counts.Touched()), numfmt.Thousands(p.Total), p.Counts))
 	if p.Decision != "" {
 		b.WriteString(fmt.Sprintf("\n\nlast decision: %s", p.Decision))
 	}

@@ -48,11 +48,11 @@ type rolloutFleet struct {
 	histPerObserve int
 	runObserves    int
 
-	dispatches []workflows.RolloutDispatchRequest
+	dispatches []workflows.RolloutDispatchInput
 	dispatchAt []time.Time
-	observes   []workflows.RolloutObserveRequest
-	rollbacks  []workflows.RolloutRollbackRequest
-	finishes   []workflows.RolloutFinishRequest
+	observes   []workflows.RolloutObserveInput
+	rollbacks  []workflows.RolloutRollbackInput
+	finishes   []workflows.RolloutFinishInput
 	finishAt   []time.Time
 }
 
@@ -67,7 +67,7 @@ func newRolloutFleet(total int, failing ...int) *rolloutFleet {
 	return f
 }
 
-func (f *rolloutFleet) dispatch(_ context.Context, r workflows.RolloutDispatchRequest) (workflows.RolloutDispatchResult, error) {
+func (f *rolloutFleet) dispatch(_ context.Context, r workflows.RolloutDispatchInput) (workflows.RolloutDispatchResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.dispatches = append(f.dispatches, r)
@@ -83,7 +83,7 @@ func (f *rolloutFleet) dispatch(_ context.Context, r workflows.RolloutDispatchRe
 	return res, nil
 }
 
-func (f *rolloutFleet) observe(_ context.Context, r workflows.RolloutObserveRequest) (workflows.RolloutObservation, error) {
+func (f *rolloutFleet) observe(_ context.Context, r workflows.RolloutObserveInput) (workflows.RolloutObserveResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.observes = append(f.observes, r)
@@ -121,8 +121,8 @@ func (f *rolloutFleet) observe(_ context.Context, r workflows.RolloutObserveRequ
 	return f.countsLocked(r.Wave), nil
 }
 
-func (f *rolloutFleet) countsLocked(wave int) workflows.RolloutObservation {
-	var obs workflows.RolloutObservation
+func (f *rolloutFleet) countsLocked(wave int) workflows.RolloutObserveResult {
+	var obs workflows.RolloutObserveResult
 	for _, d := range f.dev {
 		obs.Counts.Add(d.phase, 1)
 		if d.wave == wave {
@@ -132,7 +132,7 @@ func (f *rolloutFleet) countsLocked(wave int) workflows.RolloutObservation {
 	return obs
 }
 
-func (f *rolloutFleet) rollback(_ context.Context, r workflows.RolloutRollbackRequest) (int64, error) {
+func (f *rolloutFleet) rollback(_ context.Context, r workflows.RolloutRollbackInput) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.rollbacks = append(f.rollbacks, r)
@@ -146,7 +146,7 @@ func (f *rolloutFleet) rollback(_ context.Context, r workflows.RolloutRollbackRe
 	return n, nil
 }
 
-func (f *rolloutFleet) finish(_ context.Context, r workflows.RolloutFinishRequest) (workflows.RolloutFinishResult, error) {
+func (f *rolloutFleet) finish(_ context.Context, r workflows.RolloutFinishInput) (workflows.RolloutFinishResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.finishes = append(f.finishes, r)
@@ -177,16 +177,16 @@ func (f *rolloutFleet) finishStates() []string {
 	defer f.mu.Unlock()
 	var out []string
 	for _, r := range f.finishes {
-		out = append(out, r.State)
+		out = append(out, string(r.State))
 	}
 	return out
 }
 
 // observations returns the observation requests of one direction (forward or rollback).
-func (f *rolloutFleet) observations(rollback bool) []workflows.RolloutObserveRequest {
+func (f *rolloutFleet) observations(rollback bool) []workflows.RolloutObserveInput {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []workflows.RolloutObserveRequest
+	var out []workflows.RolloutObserveInput
 	for _, o := range f.observes {
 		if o.Rollback == rollback {
 			out = append(out, o)
@@ -206,11 +206,11 @@ func newRolloutEnv(t *testing.T, f *rolloutFleet) *testsuite.TestWorkflowEnviron
 	env.SetStartTime(testStart)
 	env.SetTestTimeout(10 * time.Second)
 	env.RegisterWorkflow(workflows.FirmwareRollout)
-	env.RegisterActivityWithOptions(f.dispatch, activity.RegisterOptions{Name: workflows.ActRolloutDispatch})
-	env.RegisterActivityWithOptions(f.observe, activity.RegisterOptions{Name: workflows.ActRolloutObserve})
-	env.RegisterActivityWithOptions(f.rollback, activity.RegisterOptions{Name: workflows.ActRolloutRollback})
-	env.RegisterActivityWithOptions(f.finish, activity.RegisterOptions{Name: workflows.ActRolloutFinish})
-	env.OnActivity(workflows.ActRolloutObserve, mock.Anything, mock.Anything).Return(f.observe).After(observeEvery)
+	env.RegisterActivityWithOptions(f.dispatch, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutDispatch)})
+	env.RegisterActivityWithOptions(f.observe, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutObserve)})
+	env.RegisterActivityWithOptions(f.rollback, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutRollback)})
+	env.RegisterActivityWithOptions(f.finish, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutFinish)})
+	env.OnActivity(workflows.ActivityName(workflows.Activities.RolloutObserve), mock.Anything, mock.Anything).Return(f.observe).After(observeEvery)
 	return env
 }
 
@@ -385,7 +385,7 @@ func TestFirmwareRolloutFailureThreshold(t *testing.T) {
 				return
 			}
 			require.Equal(t, [][2]int64{{0, 1}, {1, 10}}, f.dispatched(), "wave 3 is never dispatched")
-			require.Equal(t, []workflows.RolloutRollbackRequest{{RolloutID: "ro-bad", JobID: "ro-bad.rb"}}, f.rollbacks)
+			require.Equal(t, []workflows.RolloutRollbackInput{{RolloutID: "ro-bad", JobID: "ro-bad.rb"}}, f.rollbacks)
 			rb := f.observations(true)
 			require.Len(t, rb, 3, "10 touched devices come back 4 per observation")
 			for _, o := range rb {
@@ -461,7 +461,7 @@ func TestFirmwareRolloutApprovalAfterPauseAndResume(t *testing.T) {
 	// Approve the remaining waves; end a rollout that is stuck anyway so that the test finishes.
 	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateApprove) }, 2*time.Minute)
 	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateApprove) }, 3*time.Minute)
-	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Reason: "stuck"}) }, time.Hour)
+	env.RegisterDelayedCallback(func() { sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Reason: "stuck"}) }, time.Hour)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, in)
 	res := rolloutResult(t, env)
 
@@ -512,7 +512,7 @@ func TestFirmwareRolloutAbort(t *testing.T) {
 			env := newRolloutEnv(t, f)
 			var abort *updateRecord
 			env.RegisterDelayedCallback(func() {
-				abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Rollback: tc.rollback, Reason: "wrong build"})
+				abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Rollback: tc.rollback, Reason: "wrong build"})
 			}, 17*time.Second)
 			env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-abort", 100))
 			res := rolloutResult(t, env)
@@ -531,7 +531,7 @@ func TestFirmwareRolloutAbort(t *testing.T) {
 				require.Equal(t, f.finishAt[0].Sub(testStart), 17*time.Second, "the abort interrupts the running observation")
 				return
 			}
-			require.Equal(t, []workflows.RolloutRollbackRequest{{RolloutID: "ro-abort", JobID: "ro-abort.rb"}}, f.rollbacks)
+			require.Equal(t, []workflows.RolloutRollbackInput{{RolloutID: "ro-abort", JobID: "ro-abort.rb"}}, f.rollbacks)
 			require.NotEmpty(t, f.observations(true))
 			require.Equal(t, int64(10), res.Counts.RolledBack, "every touched device went back")
 			require.Zero(t, res.Counts.RollingBack)
@@ -542,11 +542,11 @@ func TestFirmwareRolloutAbort(t *testing.T) {
 func TestFirmwareRolloutAbortTwiceIsRefused(t *testing.T) {
 	f := newRolloutFleet(100)
 	env := newRolloutEnv(t, f)
-	env.OnActivity(workflows.ActRolloutFinish, mock.Anything, mock.Anything).Return(f.finish).After(time.Minute)
+	env.OnActivity(workflows.ActivityName(workflows.Activities.RolloutFinish), mock.Anything, mock.Anything).Return(f.finish).After(time.Minute)
 	var abort, again, pause *updateRecord
-	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{}) }, 17*time.Second)
+	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{}) }, 17*time.Second)
 	env.RegisterDelayedCallback(func() {
-		again = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Rollback: true})
+		again = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Rollback: true})
 		pause = sendUpdate(env, workflows.UpdatePause)
 	}, 30*time.Second)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-abort2", 100))
@@ -565,9 +565,9 @@ func TestFirmwareRolloutAbortTwiceIsRefused(t *testing.T) {
 func TestFirmwareRolloutAbortDuringDispatchSkipsTheObservation(t *testing.T) {
 	f := newRolloutFleet(100)
 	env := newRolloutEnv(t, f)
-	env.OnActivity(workflows.ActRolloutDispatch, mock.Anything, mock.Anything).Return(f.dispatch).After(time.Minute)
+	env.OnActivity(workflows.ActivityName(workflows.Activities.RolloutDispatch), mock.Anything, mock.Anything).Return(f.dispatch).After(time.Minute)
 	var abort *updateRecord
-	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Reason: "oops"}) }, 30*time.Second)
+	env.RegisterDelayedCallback(func() { abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Reason: "oops"}) }, 30*time.Second)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-abort-dispatch", 100))
 	res := rolloutResult(t, env)
 
@@ -696,11 +696,11 @@ func TestFirmwareRolloutRejectsInvalidInput(t *testing.T) {
 func TestFirmwareRolloutAbortWhileFinishing(t *testing.T) {
 	f := newRolloutFleet(100)
 	env := newRolloutEnv(t, f)
-	env.OnActivity(workflows.ActRolloutFinish, mock.Anything, mock.Anything).Return(f.finish).After(time.Minute)
+	env.OnActivity(workflows.ActivityName(workflows.Activities.RolloutFinish), mock.Anything, mock.Anything).Return(f.finish).After(time.Minute)
 	var abort *updateRecord
 	// The last wave is decided at 60 s; RolloutFinish runs from 60 s to 120 s.
 	env.RegisterDelayedCallback(func() {
-		abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortRequest{Rollback: true, Reason: "late"})
+		abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Rollback: true, Reason: "late"})
 	}, 90*time.Second)
 	env.ExecuteWorkflow(workflows.FirmwareRollout, rolloutIn(t, "ro-late", 100))
 	res := rolloutResult(t, env)

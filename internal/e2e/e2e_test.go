@@ -86,7 +86,7 @@ func newEnv(t *testing.T) *env {
 
 // startWorker runs a worker in this process until the test ends.
 func (e *env) startWorker() {
-	w := fleetworker.New(e.tc, e.taskQueue, &activities.Activities{Registry: e.reg, PollInterval: 200 * time.Millisecond})
+	w := fleetworker.New(e.tc, e.taskQueue, &activities.Activities{Provision: e.reg, Monitor: e.reg, PollInterval: 200 * time.Millisecond})
 	require.NoError(e.t, w.Start())
 	e.t.Cleanup(w.Stop)
 }

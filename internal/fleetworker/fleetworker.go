@@ -3,6 +3,7 @@
 package fleetworker
 
 import (
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
@@ -18,6 +19,8 @@ func New(c client.Client, taskQueue string, acts *activities.Activities) worker.
 }
 
 // Register adds fleetflow's workflows, and the activities when acts is not nil, to a worker or replayer.
+// Renamed activities stay registered under their former names too, for workflows started before the rename
+// (see workflows.LegacyActReplaceDevice).
 func Register(w worker.Registry, acts *activities.Activities) {
 	w.RegisterWorkflow(workflows.ProvisionFleet)
 	w.RegisterWorkflow(workflows.FleetJob)
@@ -28,5 +31,7 @@ func Register(w worker.Registry, acts *activities.Activities) {
 	w.RegisterWorkflow(workflows.FleetHealthCheck)
 	if acts != nil {
 		w.RegisterActivity(acts)
+		w.RegisterActivityWithOptions(acts.ReplaceDeviceRecord, activity.RegisterOptions{Name: workflows.LegacyActReplaceDevice})
+		w.RegisterActivityWithOptions(acts.PurgeArchivedDevices, activity.RegisterOptions{Name: workflows.LegacyActPurgeArchive})
 	}
 }

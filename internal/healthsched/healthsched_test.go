@@ -59,7 +59,7 @@ func TestScheduleRunsHealthChecks(t *testing.T) {
 	const queue = "healthsched-test"
 	w := worker.New(c, queue, worker.Options{})
 	w.RegisterWorkflow(workflows.FleetHealthCheck)
-	w.RegisterActivity(&activities.Activities{Registry: reg}) // as the worker binary registers it
+	w.RegisterActivity(&activities.Activities{Provision: reg, Monitor: reg}) // as the worker binary registers it
 	require.NoError(t, w.Start())
 	t.Cleanup(w.Stop)
 

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -381,6 +380,3 @@ func (r *Registry) SetStatus(ctx context.Context, id, status string) error {
 	}
 	return nil
 }
-
-// MarshalTwinJSON renders a twin for the CLI and tests.
-func MarshalTwinJSON(t twin.Twin) ([]byte, error) { return json.MarshalIndent(t, "", "  ") }

@@ -4,54 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
-	"regexp"
-	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
-// Firmware is a catalogue entry: what a device needs to fetch and verify an image.
-type Firmware struct {
-	Version   string    `json:"version"`
-	URL       string    `json:"url"`
-	SHA256    string    `json:"sha256"`
-	Notes     string    `json:"notes,omitempty"`
-	CreatedAt time.Time `json:"createdAt"`
-}
+// Firmware is a catalogue entry (the domain's type).
+//
+// Deprecated: use fleet.Firmware.
+type Firmware = fleet.Firmware
 
 // ErrUnknownFirmware is returned (wrapped) for a version the catalogue does not hold.
 var ErrUnknownFirmware = errors.New("unknown firmware")
 
 // ErrExists is returned (wrapped) when a catalogue entry or operation already exists.
 var ErrExists = errors.New("already exists")
-
-var (
-	versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$`)
-	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
-)
-
-// Validate checks an entry before it is stored: a version that fits in a job id and a topic, an absolute
-// http(s) URL, and a SHA-256 in hex, since a device verifies the image against it.
-func (f *Firmware) Validate() error {
-	f.SHA256 = strings.ToLower(strings.TrimSpace(f.SHA256))
-	switch {
-	case !versionRE.MatchString(f.Version):
-		return fmt.Errorf("firmware version %q: use 1-48 characters from A-Z a-z 0-9 . _ - (e.g. 2.1.0), since it becomes part of job ids and topics", f.Version)
-	case !sha256RE.MatchString(f.SHA256):
-		return fmt.Errorf("firmware %s: --sha256 must be 64 hex digits, got %d characters", f.Version, len(f.SHA256))
-	}
-	u, err := url.Parse(f.URL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("firmware %s: --url %q must be an absolute http(s) URL", f.Version, f.URL)
-	}
-	if len(f.Notes) > 4096 {
-		return fmt.Errorf("firmware %s: notes are limited to 4096 bytes", f.Version)
-	}
-	return nil
-}
 
 // AddFirmware adds a catalogue entry. Entries are immutable: a version already present is refused, because
 // devices and rollouts refer to it by version and its image must not change under them.

@@ -3,6 +3,7 @@ package registry
 import (
 	"time"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
 )
 
@@ -18,26 +19,11 @@ const (
 // AlertKinds lists the kinds in a stable order, for reports.
 func AlertKinds() []string { return health.Kinds() }
 
-// HealthSummary is the fleet at a glance as one health check saw it; stored in health_runs.summary.
-type HealthSummary struct {
-	At       time.Time        `json:"at"`
-	Devices  int64            `json:"devices"` // not retired
-	Active   int64            `json:"active"`
-	Disabled int64            `json:"disabled"`
-	Retired  int64            `json:"retired"`
-	Online   int64            `json:"online"`
-	Offline  int64            `json:"offline"`
-	Problems map[string]int64 `json:"problems"` // devices with a problem now, per alert kind
-	Opened   int64            `json:"opened"`   // alerts this check opened
-	Resolved int64            `json:"resolved"` // alerts this check resolved
-	Open     int64            `json:"open"`     // alerts open after this check
-	Duration time.Duration    `json:"durationNs"`
-	// Rules are the limits the check applied, so that a trend can tell a fleet that got worse from
-	// stricter rules.
-	Rules health.Rules `json:"rules"`
-	// Rollouts are the completed rollouts whose versions the firmware rule held devices to, newest first.
-	Rollouts []string `json:"rollouts,omitempty"`
-}
+// HealthSummary is the fleet at a glance as one health check saw it; stored in health_runs.summary (the
+// domain's type).
+//
+// Deprecated: use fleet.HealthSummary.
+type HealthSummary = fleet.HealthSummary
 
 // Alert states as operators see them (Alert.State).
 const (

@@ -16,14 +16,15 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // Kinds of the events stored in device_events. Each is written in the transaction that makes the change, so
 // the timeline never shows a change that did not commit nor misses one that did.
 //
-// Reported changes are deliberately not recorded: they are the hot ingest path (~50k rows/s, DESIGN §7) and
-// an event per reported patch would double its writes. The timeline shows what devices report through the
+// Reported changes are deliberately not recorded: they are the hot ingest path (~50k rows/s,
+// docs/architecture.md, "Data limits") and an event per reported patch would double its writes. The timeline shows what devices report through the
 // jobs and rollouts that wait for their acknowledgements, and through the twin's current reported version
 // (KindLastSeen).
 const (
@@ -53,8 +54,9 @@ const (
 	KindArchived          = "archived"           // the twin and timeline went to devices_archive; detail {"reason", "operation"}
 )
 
-// Lifecycle stages of a timeline entry (DESIGN: plan, provision, configure, monitor, retire; connections are
-// a stage of their own in the timeline because they are most of it).
+// Lifecycle stages of a timeline entry (docs/architecture.md, "The life of an operation": plan, provision,
+// configure, monitor, retire; connections are a stage of their own in the timeline because they are most of
+// it).
 const (
 	StageProvision = "provision"
 	StageConnect   = "connect"
@@ -310,28 +312,11 @@ type archiveRow struct {
 // changes, the jobs and rollouts that reached it, its alerts, its last activity and reported version, and its
 // retirement and lineage, merged by time (ties in the order things happen, then by insertion). limit > 0 keeps
 // the newest limit entries. Reported changes are not in it (see the Event… kinds). A device whose row is gone
-// but whose archive is kept is answered from devices_archive.history (HistoryJSON's array, or raw
-// {at, kind, detail} events, worded the same way), with its retirement and archiving. All sources are read in
+// but whose archive is kept is answered from devices_archive.history (an array of HistoryEntry, as
+// archives once stored it, or raw {at, kind, detail} events, worded the same way), with its retirement and archiving. All sources are read in
 // one statement, so the timeline is one consistent snapshot. An unknown device is an ErrNotFound (wrapped).
 func (r *Registry) DeviceHistory(ctx context.Context, id string, limit int) ([]HistoryEntry, error) {
 	return deviceHistory(ctx, r.pool, id, limit)
-}
-
-// HistoryJSON returns a device's whole timeline (as DeviceHistory, without a limit) as a JSON array of
-// HistoryEntry, read through q. The retire code calls it inside the retiring transaction, after marking the
-// device retired, and stores the result in devices_archive.history: the timeline then includes the retirement
-// and outlives the device row and its events when they are purged. An unknown device is an ErrNotFound
-// (wrapped).
-func HistoryJSON(ctx context.Context, q Querier, id string) ([]byte, error) {
-	entries, err := deviceHistory(ctx, q, id, 0)
-	if err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(entries)
-	if err != nil {
-		return nil, fmt.Errorf("history of %s: %w", id, err)
-	}
-	return b, nil
 }
 
 // sortedEntry is a timeline entry with its tiebreak within one instant.
@@ -395,7 +380,7 @@ func deviceHistory(ctx context.Context, q Querier, id string, limit int) ([]Hist
 		}
 		for _, h := range stored {
 			if h.Stage == "" || h.Summary == "" {
-				// An archive written as raw events ({at, kind, detail}) rather than HistoryJSON.
+				// An archive written as raw events ({at, kind, detail}) rather than timeline entries.
 				h.Stage, h.Summary = describe(h.Kind, h.Detail)
 			}
 			h.At, h.Detail = h.At.UTC(), compact(h.Detail)
@@ -584,7 +569,7 @@ func describe(kind string, raw []byte) (stage, summary string) {
 
 func jobSummary(d details) string {
 	what := strings.ReplaceAll(d.str("jobKind"), "_", " ")
-	if m := d.str("method"); m != "" && d.str("jobKind") == JobMethod {
+	if m := d.str("method"); m != "" && d.str("jobKind") == string(fleet.JobMethod) {
 		what = "method " + m
 	}
 	s := "job " + d.str("jobId") + " (" + what + "): " + strings.ReplaceAll(d.str("state"), "_", " ")

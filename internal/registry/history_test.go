@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -130,7 +131,7 @@ func TestTwinWritesAreRecordedInTheSameTransaction(t *testing.T) {
 	_, err = reg.Pool().Exec(ctx, "UPDATE devices SET status = 'retired' WHERE id = 'dev-3'")
 	require.NoError(t, err)
 	shared := []byte(`{"firmware":{"version":"2.1.0"}}`)
-	res, err := reg.PatchTwins(ctx, twin.Desired, []registry.DevicePatch{
+	res, err := reg.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{
 		{DeviceID: "dev-1", Patch: shared}, {DeviceID: "dev-2", Patch: shared},
 		{DeviceID: "dev-3", Patch: shared}, {DeviceID: "ghost", Patch: shared},
 	})
@@ -142,7 +143,7 @@ func TestTwinWritesAreRecordedInTheSameTransaction(t *testing.T) {
 	require.Empty(t, deviceEvents(t, reg, "dev-3"))
 
 	// Different patches in one batch each reach their own device.
-	_, err = reg.PatchTwins(ctx, twin.Tags, []registry.DevicePatch{
+	_, err = reg.PatchTwins(ctx, twin.Tags, []fleet.DevicePatch{
 		{DeviceID: "dev-1", Patch: []byte(`{"n":1}`)}, {DeviceID: "dev-2", Patch: []byte(`{"n":2}`)},
 	})
 	require.NoError(t, err)
@@ -154,7 +155,7 @@ func TestTwinWritesAreRecordedInTheSameTransaction(t *testing.T) {
 	require.NoError(t, err)
 	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Desired, []byte(`{"b":2}`), "")
 	require.ErrorContains(t, err, "no_desired")
-	_, err = reg.PatchTwins(ctx, twin.Desired, []registry.DevicePatch{{DeviceID: "dev-1", Patch: []byte(`{"c":3}`)}})
+	_, err = reg.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "dev-1", Patch: []byte(`{"c":3}`)}})
 	require.ErrorContains(t, err, "no_desired")
 	tw, err := reg.GetTwin(ctx, "dev-1")
 	require.NoError(t, err)
@@ -218,20 +219,20 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	exec(t, reg, "UPDATE device_events SET at = $1 WHERE kind = 'tags_changed'", at(2))
 
 	// A desired job, acknowledged.
-	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-set-desired-1", Kind: registry.JobSetDesired,
+	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-set-desired-1", Kind: string(fleet.JobSetDesired),
 		Query: "SELECT * FROM devices WHERE deviceId = 'dev-1'", Spec: json.RawMessage(`{"patch":{"interval":30}}`)})
 	require.NoError(t, err)
-	_, err = reg.PatchTwins(ctx, twin.Desired, []registry.DevicePatch{{DeviceID: "dev-1", Patch: []byte(`{"interval":30}`)}})
+	_, err = reg.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "dev-1", Patch: []byte(`{"interval":30}`)}})
 	require.NoError(t, err)
 	exec(t, reg, "UPDATE device_events SET at = $1 WHERE kind = 'desired_changed'", at(3))
-	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-set-desired-1", []registry.JobOutcome{{Seq: 0, State: registry.JobSucceeded}}))
+	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-set-desired-1", []fleet.JobOutcome{{Seq: 0, State: registry.JobSucceeded}}))
 	exec(t, reg, "UPDATE job_devices SET updated_at = $1", at(4))
 
 	// A method job that failed on the device.
-	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-method-reboot-1", Kind: registry.JobMethod,
+	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-method-reboot-1", Kind: string(fleet.JobMethod),
 		Query: "SELECT * FROM devices WHERE deviceId = 'dev-1'", Spec: json.RawMessage(`{"method":"reboot"}`)})
 	require.NoError(t, err)
-	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-method-reboot-1", []registry.JobOutcome{{Seq: 0, State: registry.JobFailed, Status: 500, Error: "busy"}}))
+	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-method-reboot-1", []fleet.JobOutcome{{Seq: 0, State: registry.JobFailed, Status: 500, Error: "busy"}}))
 	exec(t, reg, "UPDATE job_devices SET updated_at = $1 WHERE job_id = 'job-method-reboot-1'", at(5))
 
 	// A rollout: dispatched in wave 1 (0 stored), succeeded later.
@@ -245,7 +246,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	_, _, _, err = reg.DispatchWave(ctx, "rollout-2.1.0-1", 0, 1, fw, 10)
 	require.NoError(t, err)
 	exec(t, reg, "UPDATE device_events SET at = $1 WHERE kind = 'desired_changed' AND detail->'patch' ? 'firmware'", at(6))
-	require.NoError(t, reg.UpdateRolloutPhases(ctx, "rollout-2.1.0-1", []registry.PhaseUpdate{{Rank: 0, Phase: "succeeded"}}))
+	require.NoError(t, reg.UpdateRolloutPhases(ctx, "rollout-2.1.0-1", []fleet.PhaseUpdate{{Rank: 0, Phase: "succeeded"}}))
 	exec(t, reg, "UPDATE rollout_devices SET dispatched_at = $1, updated_at = $2", at(6), at(8))
 
 	// An alert opened, acknowledged and resolved; another still open.
@@ -289,21 +290,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, h[len(h)-3:], last3)
 
-	// HistoryJSON is the same timeline, read in the caller's transaction.
-	var fromTx []registry.HistoryEntry
-	err = pgx.BeginFunc(ctx, reg.Pool(), func(tx pgx.Tx) error {
-		b, err := registry.HistoryJSON(ctx, tx, "dev-1")
-		if err != nil {
-			return err
-		}
-		return json.Unmarshal(b, &fromTx)
-	})
-	require.NoError(t, err)
-	require.Equal(t, historyLines(h), historyLines(fromTx))
-
 	_, err = reg.DeviceHistory(ctx, "nope", 10)
-	require.ErrorIs(t, err, registry.ErrNotFound)
-	_, err = registry.HistoryJSON(ctx, reg.Pool(), "nope")
 	require.ErrorIs(t, err, registry.ErrNotFound)
 }
 
@@ -338,12 +325,8 @@ func TestDeviceHistoryOfRetiredAndPurgedDevices(t *testing.T) {
 	}
 	require.Equal(t, want, historyLines(h))
 
-	// Archived as HistoryJSON, then the device row and its events are gone: the archive answers.
-	var stored []byte
-	err = pgx.BeginFunc(ctx, reg.Pool(), func(tx pgx.Tx) error {
-		stored, err = registry.HistoryJSON(ctx, tx, "old")
-		return err
-	})
+	// Archived as timeline entries, then the device row and its events are gone: the archive answers.
+	stored, err := json.Marshal(h)
 	require.NoError(t, err)
 	exec(t, reg, "UPDATE devices_archive SET history = $1::jsonb WHERE id = 'old'", string(stored))
 	exec(t, reg, "DELETE FROM devices WHERE id = 'old'")

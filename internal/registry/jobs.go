@@ -10,25 +10,28 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
 )
 
-// Job kinds.
+// A job kind, untyped so that callers holding plain strings still compile.
+//
+// Deprecated: use fleet.JobSetTags (type fleet.JobKind).
 const (
-	JobSetDesired = "set_desired"
-	JobSetTags    = "set_tags"
-	JobMethod     = "method"
+	JobSetTags = "set_tags"
 )
 
-// Per-device job states.
+// Per-device job states, untyped so that callers holding plain strings still compile.
+//
+// Deprecated: use the fleet.JobState constants (fleet.JobPending, fleet.JobSucceeded, …).
 const (
-	JobPending   = "pending"   // not reached yet
-	JobRunning   = "running"   // desired written, waiting for the device to acknowledge it in reported
-	JobSucceeded = "succeeded" // written (tags), acknowledged (desired) or answered 2xx (method)
-	JobFailed    = "failed"    // refused by the registry or answered with an error status by the device
-	JobTimedOut  = "timed_out" // online but silent until the timeout
-	JobOffline   = "offline"   // not connected (desired is stored and reaches it on reconnect)
-	JobCancelled = "cancelled" // the job was cancelled before it reached the device
+	JobPending   = "pending"
+	JobRunning   = "running"
+	JobSucceeded = "succeeded"
+	JobFailed    = "failed"
+	JobTimedOut  = "timed_out"
+	JobOffline   = "offline"
+	JobCancelled = "cancelled"
 )
 
 // ErrEmptyTarget is returned (wrapped) when a job's or rollout's query selects no device.
@@ -52,22 +55,6 @@ type Job struct {
 	Total      int64           `json:"total"`
 	CreatedAt  time.Time       `json:"createdAt"`
 	FinishedAt *time.Time      `json:"finishedAt,omitempty"`
-}
-
-// JobTarget is one frozen target of a job.
-type JobTarget struct {
-	Seq      int64
-	DeviceID string
-	State    string
-}
-
-// JobOutcome is what happened on one device.
-type JobOutcome struct {
-	Seq     int64
-	State   string
-	Status  int             // the device's method status, 0 when none
-	Payload json.RawMessage // the device's method response, nil when none
-	Error   string
 }
 
 // JobDevice is a job_devices row for reports.
@@ -149,14 +136,14 @@ func (r *Registry) GetJob(ctx context.Context, id string) (Job, error) {
 }
 
 // JobTargets returns the targets seq first..last (inclusive) that are still pending.
-func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64) ([]JobTarget, error) {
+func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64) ([]fleet.JobTarget, error) {
 	rows, err := r.pool.Query(ctx, `SELECT seq, device_id, state FROM job_devices
 		WHERE job_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'pending' ORDER BY seq`, job, first, last)
 	if err != nil {
 		return nil, fmt.Errorf("load targets of job %s: %w", job, err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (JobTarget, error) {
-		var t JobTarget
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.JobTarget, error) {
+		var t fleet.JobTarget
 		err := row.Scan(&t.Seq, &t.DeviceID, &t.State)
 		return t, err
 	})
@@ -167,7 +154,7 @@ func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64
 }
 
 // RecordJobOutcomes stores per-device outcomes in one statement.
-func (r *Registry) RecordJobOutcomes(ctx context.Context, job string, outs []JobOutcome) error {
+func (r *Registry) RecordJobOutcomes(ctx context.Context, job string, outs []fleet.JobOutcome) error {
 	if len(outs) == 0 {
 		return nil
 	}
@@ -177,7 +164,7 @@ func (r *Registry) RecordJobOutcomes(ctx context.Context, job string, outs []Job
 	payloads := make([]*string, len(outs))
 	errs := make([]string, len(outs))
 	for i, o := range outs {
-		seqs[i], states[i], statuses[i], errs[i] = o.Seq, o.State, int32(o.Status), o.Error
+		seqs[i], states[i], statuses[i], errs[i] = o.Seq, string(o.State), int32(o.Status), o.Error
 		if len(o.Payload) > 0 && json.Valid(o.Payload) {
 			s := string(o.Payload)
 			payloads[i] = &s
@@ -212,18 +199,24 @@ func (r *Registry) JobCounts(ctx context.Context, job string) (map[string]int64,
 	return out, rows.Err()
 }
 
-// AckProgress is the state of a desired job's acknowledgements.
-type AckProgress struct {
-	Acked         int64 // newly acknowledged in this call
-	Waiting       int64 // still waiting
-	WaitingOnline int64 // of which connected
+// JobTotals counts the job's targets per state (fleet.JobStore); pending targets are not counted.
+func (r *Registry) JobTotals(ctx context.Context, job string) (fleet.JobCounts, error) {
+	var c fleet.JobCounts
+	m, err := r.JobCounts(ctx, job)
+	if err != nil {
+		return c, err
+	}
+	for state, n := range m {
+		c.AddState(fleet.JobState(state), n)
+	}
+	return c, nil
 }
 
 // CollectAcks marks running targets of a desired job as succeeded once the device reports, for every key of
 // the job's patch, the value desired now holds (a key the patch deleted must be absent from reported too). It
 // returns what is still waiting.
-func (r *Registry) CollectAcks(ctx context.Context, job string, keys []string) (AckProgress, error) {
-	var p AckProgress
+func (r *Registry) CollectAcks(ctx context.Context, job string, keys []string) (fleet.AckProgress, error) {
+	var p fleet.AckProgress
 	tag, err := r.pool.Exec(ctx, `UPDATE job_devices j SET state = 'succeeded', updated_at = now()
 		FROM devices d WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id
 		AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) k WHERE d.reported -> k IS DISTINCT FROM d.desired -> k)`, job, keys)
@@ -241,7 +234,7 @@ func (r *Registry) CollectAcks(ctx context.Context, job string, keys []string) (
 
 // CloseJob ends a job: targets still waiting for an acknowledgement become offline or timed_out (by their
 // connection state now), targets never reached become cancelled, and the job's state is recorded.
-func (r *Registry) CloseJob(ctx context.Context, job, state string) error {
+func (r *Registry) CloseJob(ctx context.Context, job string, state fleet.JobEnd) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE job_devices j SET state = CASE WHEN d.online THEN 'timed_out' ELSE 'offline' END,
 			error = CASE WHEN d.online THEN 'did not acknowledge the desired change in time' ELSE 'offline; receives the desired state on reconnect' END,
@@ -252,17 +245,9 @@ func (r *Registry) CloseJob(ctx context.Context, job, state string) error {
 			WHERE job_id = $1 AND state = 'pending'`, job); err != nil {
 			return fmt.Errorf("close job %s: %w", job, err)
 		}
-		_, err := tx.Exec(ctx, "UPDATE jobs SET state = $2, finished_at = now() WHERE id = $1", job, state)
+		_, err := tx.Exec(ctx, "UPDATE jobs SET state = $2, finished_at = now() WHERE id = $1", job, string(state))
 		return err
 	})
-}
-
-// SetJobState records a job's state (e.g. paused) without finishing it.
-func (r *Registry) SetJobState(ctx context.Context, job, state string) error {
-	if _, err := r.pool.Exec(ctx, "UPDATE jobs SET state = $2 WHERE id = $1", job, state); err != nil {
-		return fmt.Errorf("set state of job %s: %w", job, err)
-	}
-	return nil
 }
 
 // JobDevices lists a job's targets in the given states (all when none), in seq order, at most limit.

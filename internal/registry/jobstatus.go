@@ -4,13 +4,14 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"github.com/fleetflow/fleetflow/internal/fleet"
 	"slices"
 	"time"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
-// Job statuses a device may report on devices/{id}/jobs/{jobId}/status (DESIGN §4). The first three are
-// progress; the last two end the job for that device.
+// Job statuses a device may report on devices/{id}/jobs/{jobId}/status (docs/architecture.md, "The device
+// protocol"). The first three are progress; the last two end the job for that device.
 const (
 	JobStatusDownloading = "downloading"
 	JobStatusInstalling  = "installing"

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -21,15 +22,8 @@ type StagedRow struct {
 	ParseError string
 }
 
-// ErrOperationNotStaged is returned when a provisioning operation has no staged manifest.
-var ErrOperationNotStaged = errors.New("operation not staged")
-
 // deviceCopyColumns are the columns provisioning writes; everything else takes its default.
 var deviceCopyColumns = []string{"id", "secret1_hash", "tags", "provisioned_by"}
-
-// ErrStagingLost is returned when staged rows of an operation are gone (the staging table is unlogged, so a
-// database crash empties it); retrying cannot help.
-var ErrStagingLost = errors.New("staged rows lost")
 
 // StageRows copies manifest rows into provision_rows under op with COPY, the fastest way into Postgres, and
 // records the operation with its row count so the workflow can plan batches without reading rows.
@@ -97,30 +91,13 @@ func (r *Registry) OperationRows(ctx context.Context, op string) (int64, error) 
 	var n int64
 	err := r.pool.QueryRow(ctx, "SELECT rows FROM operations WHERE id = $1", op).Scan(&n)
 	if isNoRows(err) {
-		return 0, fmt.Errorf("%s: %w", op, ErrOperationNotStaged)
+		return 0, fmt.Errorf("%s: %w", op, fleet.ErrOperationNotStaged)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("load operation %s: %w", op, err)
 	}
 	return n, nil
 }
-
-// BatchCounts is the outcome of one provisioning batch (and, summed, of a whole operation).
-type BatchCounts struct {
-	Created  int64 `json:"created"`
-	Existing int64 `json:"existing"`
-	Invalid  int64 `json:"invalid"`
-}
-
-// Add sums counts.
-func (c *BatchCounts) Add(o BatchCounts) {
-	c.Created += o.Created
-	c.Existing += o.Existing
-	c.Invalid += o.Invalid
-}
-
-// Total is the number of rows accounted for.
-func (c BatchCounts) Total() int64 { return c.Created + c.Existing + c.Invalid }
 
 type rowResult struct {
 	line          int64
@@ -133,14 +110,14 @@ type rowResult struct {
 // INSERT ... SELECT, and the rows that did not are recorded as invalid. If any row conflicts with an
 // existing device, or anything else fails, the savepoint undoes it and ok is false, and the caller
 // classifies the batch row by row.
-func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last int64) (BatchCounts, bool, error) {
-	var out BatchCounts
+func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last int64) (fleet.ProvisionCounts, bool, error) {
+	var out fleet.ProvisionCounts
 	var no, staged int64
 	err := tx.QueryRow(ctx, `SELECT o.no, count(r.seq), count(r.seq) FILTER (WHERE r.parse_error IS NOT NULL)
 		FROM operations o LEFT JOIN provision_rows r ON r.op_no = o.no AND r.seq >= $2 AND r.seq < $3
 		WHERE o.id = $1 GROUP BY o.no`, op, first, last).Scan(&no, &staged, &out.Invalid)
 	if isNoRows(err) {
-		return out, false, fmt.Errorf("%s: %w", op, ErrOperationNotStaged)
+		return out, false, fmt.Errorf("%s: %w", op, fleet.ErrOperationNotStaged)
 	}
 	if err != nil {
 		return out, false, fmt.Errorf("count staged rows: %w", err)
@@ -149,7 +126,7 @@ func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last 
 		// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
 		// provisioning a partial fleet.
 		return out, false, fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
-			ErrStagingLost, want, op, first, last-1, staged)
+			fleet.ErrStagingLost, want, op, first, last-1, staged)
 	}
 	if _, err := tx.Exec(ctx, "SAVEPOINT in_database"); err != nil {
 		return out, false, fmt.Errorf("create devices: %w", err)
@@ -182,8 +159,8 @@ func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last 
 // all in one transaction that also records the batch's counts. A retry of a batch that committed returns
 // the recorded counts, so a worker crash between commit and completion never double-counts or re-creates.
 // Rows whose id already exists are reported as existing and their credentials left untouched.
-func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64) (BatchCounts, error) {
-	var out BatchCounts
+func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64) (fleet.ProvisionCounts, error) {
+	var out fleet.ProvisionCounts
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, "SELECT created, existing, invalid FROM provision_batches WHERE op = $1 AND first = $2",
 			op, first).Scan(&out.Created, &out.Existing, &out.Invalid)
@@ -243,7 +220,7 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 			// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
 			// provisioning a partial fleet.
 			return fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
-				ErrStagingLost, want, op, first, last-1, read)
+				fleet.ErrStagingLost, want, op, first, last-1, read)
 		}
 		// Which ids exist already, and which of those this operation created in another batch (a duplicate
 		// row of the manifest rather than a device that was present before).
@@ -313,7 +290,7 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 		return nil
 	})
 	if err != nil {
-		return BatchCounts{}, fmt.Errorf("provision %s rows %d-%d: %w", op, first, last-1, err)
+		return fleet.ProvisionCounts{}, fmt.Errorf("provision %s rows %d-%d: %w", op, first, last-1, err)
 	}
 	return out, nil
 }
@@ -337,18 +314,15 @@ func validateRow(s StagedRow) string {
 	return ""
 }
 
-// RowResult is a staged row that did not become a new device.
-type RowResult struct {
-	Line    int64  `json:"line"`
-	ID      string `json:"id"`
-	Outcome string `json:"outcome"` // invalid | exists
-	Reason  string `json:"reason"`
-}
+// RowResult is a staged row that did not become a new device (the domain's type).
+//
+// Deprecated: use fleet.RowResult.
+type RowResult = fleet.RowResult
 
 // ProvisionResults lists up to limit rows of op with the given outcome ("" for both), in line order.
-func (r *Registry) ProvisionResults(ctx context.Context, op, outcome string, limit int) ([]RowResult, error) {
+func (r *Registry) ProvisionResults(ctx context.Context, op string, outcome fleet.RowOutcome, limit int) ([]RowResult, error) {
 	rows, err := r.pool.Query(ctx, `SELECT line, id, outcome, reason FROM provision_results
-		WHERE op = $1 AND ($2 = '' OR outcome = $2) ORDER BY line LIMIT $3`, op, outcome, limit)
+		WHERE op = $1 AND ($2 = '' OR outcome = $2) ORDER BY line LIMIT $3`, op, string(outcome), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list results of %s: %w", op, err)
 	}
@@ -360,8 +334,8 @@ func (r *Registry) ProvisionResults(ctx context.Context, op, outcome string, lim
 }
 
 // ProvisionCounts sums the recorded batch counts of op.
-func (r *Registry) ProvisionCounts(ctx context.Context, op string) (BatchCounts, error) {
-	var c BatchCounts
+func (r *Registry) ProvisionCounts(ctx context.Context, op string) (fleet.ProvisionCounts, error) {
+	var c fleet.ProvisionCounts
 	err := r.pool.QueryRow(ctx, `SELECT coalesce(sum(created), 0), coalesce(sum(existing), 0), coalesce(sum(invalid), 0)
 		FROM provision_batches WHERE op = $1`, op).Scan(&c.Created, &c.Existing, &c.Invalid)
 	if err != nil {
@@ -370,18 +344,10 @@ func (r *Registry) ProvisionCounts(ctx context.Context, op string) (BatchCounts,
 	return c, nil
 }
 
-// ConnectProgress says how many of the devices an operation created have connected and reported.
-type ConnectProgress struct {
-	Created   int64    `json:"created"`
-	Connected int64    `json:"connected"`
-	Reported  int64    `json:"reported"`
-	Missing   []string `json:"missing,omitempty"` // a sample of devices that have not reported yet
-}
-
-// ConnectProgress counts op's devices that have ever connected and that have reported capabilities
+// fleet.ConnectProgress counts op's devices that have ever connected and that have reported capabilities
 // (a non-empty reported document), with a sample of up to sample ids that have not reported.
-func (r *Registry) ConnectProgress(ctx context.Context, op string, sample int) (ConnectProgress, error) {
-	var p ConnectProgress
+func (r *Registry) ConnectProgress(ctx context.Context, op string, sample int) (fleet.ConnectProgress, error) {
+	var p fleet.ConnectProgress
 	// A device that has reported has connected even if the gateway's batched connection event is not written
 	// yet, so reporting counts as connecting.
 	err := r.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE connected_at IS NOT NULL OR reported <> '{}'::jsonb),

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
@@ -87,13 +88,13 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 
 	c1, err := reg.ProvisionBatch(ctx, "op", 0, 7)
 	require.NoError(t, err)
-	require.Equal(t, registry.BatchCounts{Created: 2, Existing: 1, Invalid: 4}, c1)
+	require.Equal(t, fleet.ProvisionCounts{Created: 2, Existing: 1, Invalid: 4}, c1)
 	again, err := reg.ProvisionBatch(ctx, "op", 0, 7)
 	require.NoError(t, err)
 	require.Equal(t, c1, again, "a retried batch returns its recorded counts")
 	c2, err := reg.ProvisionBatch(ctx, "op", 7, 9)
 	require.NoError(t, err)
-	require.Equal(t, registry.BatchCounts{Created: 1, Invalid: 1}, c2)
+	require.Equal(t, fleet.ProvisionCounts{Created: 1, Invalid: 1}, c2)
 
 	total, err := reg.ProvisionCounts(ctx, "op")
 	require.NoError(t, err)
@@ -107,7 +108,7 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 	}
 	require.Len(t, byLine, 6)
 	require.Contains(t, byLine[3].Reason, "invalid device id")
-	require.Equal(t, "exists", byLine[4].Outcome)
+	require.Equal(t, fleet.RowExists, byLine[4].Outcome)
 	require.Contains(t, byLine[5].Reason, "invalid JSON")
 	require.Equal(t, "expected 3 fields, found 2", byLine[6].Reason)
 	require.Contains(t, byLine[8].Reason, "duplicate id")
@@ -128,7 +129,7 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 	require.Equal(t, map[string]bool{"dev-1": true, "dev-3": true, "dev-4": true}, created)
 
 	_, err = reg.OperationRows(ctx, "nope")
-	require.ErrorIs(t, err, registry.ErrOperationNotStaged)
+	require.ErrorIs(t, err, fleet.ErrOperationNotStaged)
 	require.NoError(t, reg.DropStaging(ctx, "op"))
 }
 
@@ -383,7 +384,7 @@ func TestUnvalidatedStagedRowsAreStillRefused(t *testing.T) {
 	})
 	c, err := reg.ProvisionBatch(ctx, "op", 0, 4)
 	require.NoError(t, err)
-	require.Equal(t, registry.BatchCounts{Created: 1, Invalid: 3}, c)
+	require.Equal(t, fleet.ProvisionCounts{Created: 1, Invalid: 3}, c)
 	created, err := reg.CreatedBy(ctx, "op")
 	require.NoError(t, err)
 	require.Equal(t, map[string]bool{"ok-1": true}, created)
@@ -399,7 +400,7 @@ func TestBatchWithoutConflictsRecordsStagedParseErrors(t *testing.T) {
 	})
 	c, err := reg.ProvisionBatch(ctx, "op", 0, 3)
 	require.NoError(t, err)
-	require.Equal(t, registry.BatchCounts{Created: 2, Invalid: 1}, c)
+	require.Equal(t, fleet.ProvisionCounts{Created: 2, Invalid: 1}, c)
 	res, err := reg.ProvisionResults(ctx, "op", "invalid", 10)
 	require.NoError(t, err)
 	require.Equal(t, []registry.RowResult{{Line: 3, ID: "Bad", Outcome: "invalid", Reason: "invalid device id \"Bad\""}}, res)

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,20 +9,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-)
 
-// Outcomes of retiring one device.
-const (
-	RetireDone           = "retired"
-	RetireAlreadyRetired = "already_retired"
-	RetireUnknown        = "unknown"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
-
-// RetireResult is what happened to one device of a RetireDevices call.
-type RetireResult struct {
-	DeviceID string
-	Outcome  string
-}
 
 // RetireDevices takes devices out of the fleet in one transaction, for a batch of a decommission:
 //   - status retired and both credential digests cleared, so the next CONNECT is refused; the row trigger
@@ -34,11 +22,11 @@ type RetireResult struct {
 //
 // The device row stays (status retired), so `status = 'retired'` queries and timelines still find it until
 // purge. Retiring a retired device is harmless (already_retired) and an unknown id is reported, not an error.
-func (r *Registry) RetireDevices(ctx context.Context, op string, ids []string, reason string) ([]RetireResult, error) {
-	results := make([]RetireResult, len(ids))
+func (r *Registry) RetireDevices(ctx context.Context, op string, ids []string, reason string) ([]fleet.RetireResult, error) {
+	results := make([]fleet.RetireResult, len(ids))
 	index := make(map[string]int, len(ids))
 	for i, id := range ids {
-		results[i] = RetireResult{DeviceID: id, Outcome: RetireUnknown}
+		results[i] = fleet.RetireResult{DeviceID: id, Outcome: fleet.RetireUnknown}
 		index[id] = i
 	}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
@@ -54,10 +42,10 @@ func (r *Registry) RetireDevices(ctx context.Context, op string, ids []string, r
 				return fmt.Errorf("lock devices: %w", err)
 			}
 			if status == StatusRetired {
-				results[index[id]].Outcome = RetireAlreadyRetired
+				results[index[id]].Outcome = fleet.RetireAlreadyRetired
 				continue
 			}
-			results[index[id]].Outcome = RetireDone
+			results[index[id]].Outcome = fleet.RetireDone
 			retire = append(retire, id)
 		}
 		rows.Close()
@@ -115,9 +103,6 @@ func retireLocked(ctx context.Context, tx pgx.Tx, op string, ids []string, reaso
 	return nil
 }
 
-// ErrRetired is returned (wrapped) for operations that need a device that is not retired.
-var ErrRetired = errors.New("device is retired")
-
 // SetEnabled disables (quarantines) or re-enables a device. Disabling takes effect at once like a retirement
 // (the gateway refuses the next CONNECT and drops the live session) but keeps the credentials, so enabling
 // lets the same device back in. A retired device cannot be enabled or disabled.
@@ -137,7 +122,7 @@ func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool, reas
 		}
 		switch status {
 		case StatusRetired:
-			return fmt.Errorf("device %s: %w; a retired device cannot be %s (replace it with `fleetflow replace`)", id, ErrRetired, kind)
+			return fmt.Errorf("device %s: %w; a retired device cannot be %s (replace it with `fleetflow replace`)", id, fleet.ErrRetired, kind)
 		case to:
 			return nil
 		}
@@ -152,20 +137,12 @@ func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool, reas
 	return changed, err
 }
 
-// ReplaceResult is what ReplaceDevice did.
-type ReplaceResult struct {
-	Old, New       string
-	DesiredVersion int64
-	Online         bool
-	Desired        json.RawMessage
-}
-
 // ReplaceDevice makes device nw take over old's role: nw gets old's tags and desired properties (its own
 // tags win where both have a key), both record the lineage (old.replaced_by, nw.replaces, and events on both
 // timelines), and old is retired. Repeating it after it succeeded is harmless. nw must exist and must not be
 // retired; old must exist.
-func (r *Registry) ReplaceDevice(ctx context.Context, op, old, nw string) (ReplaceResult, error) {
-	res := ReplaceResult{Old: old, New: nw}
+func (r *Registry) ReplaceDevice(ctx context.Context, op, old, nw string) (fleet.ReplaceResult, error) {
+	res := fleet.ReplaceResult{Old: old, New: nw}
 	if old == nw {
 		return res, fmt.Errorf("replace %s: a device cannot replace itself", old)
 	}
@@ -198,13 +175,13 @@ func (r *Registry) ReplaceDevice(ctx context.Context, op, old, nw string) (Repla
 		case n == nil:
 			return notFound(nw)
 		case n.status == StatusRetired:
-			return fmt.Errorf("replacement %s: %w; give a new device id", nw, ErrRetired)
+			return fmt.Errorf("replacement %s: %w; give a new device id", nw, fleet.ErrRetired)
 		case o.status == StatusRetired && o.replacedBy == nw:
 			// Done before (a retried activity): report the state as it is.
 			return tx.QueryRow(ctx, "SELECT desired_version, online, desired FROM devices WHERE id = $1", nw).
 				Scan(&res.DesiredVersion, &res.Online, &res.Desired)
 		case o.status == StatusRetired:
-			return fmt.Errorf("device %s: %w (retired at its own decommission); nothing to replace", old, ErrRetired)
+			return fmt.Errorf("device %s: %w (retired at its own decommission); nothing to replace", old, fleet.ErrRetired)
 		}
 		err = tx.QueryRow(ctx, `UPDATE devices n SET tags = o.tags || n.tags, tags_version = n.tags_version + 1,
 				desired = o.desired, desired_version = n.desired_version + 1, twin_version = n.twin_version + 1,

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	rolloutpkg "github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -184,17 +186,6 @@ func (r *Registry) GetRollout(ctx context.Context, id string) (Rollout, error) {
 	return ro, nil
 }
 
-// DesiredPush is a desired patch written to the registry, to be pushed to the device. Every written patch is
-// pushed, not only those of devices the registry shows online: connection state is recorded in batches, so
-// a device that connected a moment ago (and already read its twin) may not show as online yet, and would
-// otherwise miss the change until its next reconnect. The broker drops pushes to devices not connected.
-type DesiredPush struct {
-	DeviceID string
-	Version  int64
-	Online   bool
-	Patch    []byte
-}
-
 // firmwarePatch is the desired patch that asks a device to install fw under job.
 func firmwarePatch(job string, fw Firmware) []byte {
 	m := map[string]any{"jobId": job, "version": fw.Version}
@@ -212,7 +203,7 @@ func firmwarePatch(job string, fw Firmware) []byte {
 // fw's version or are no longer active are skipped; the others get desired.firmware (job = the rollout id),
 // in the same transaction as their phase. It returns the pushes and whether queued
 // devices below cutoff remain. Calling it again after a crash continues where it stopped.
-func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []DesiredPush, skipped int64, more bool, err error) {
+func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []fleet.DesiredPush, skipped int64, more bool, err error) {
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT rd.rank, rd.device_id, d.status, `+reportedVersionSQL("d")+`
 			FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
@@ -243,7 +234,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 			cands = cands[:limit]
 		}
 		patch := firmwarePatch(rollout, fw)
-		var patches []DevicePatch
+		var patches []fleet.DevicePatch
 		upd := phaseRows{}
 		for _, c := range cands {
 			switch {
@@ -254,7 +245,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 				upd.add(c.rank, phaseSkipped, "device is "+c.status, c.prevV)
 				skipped++
 			default:
-				patches = append(patches, DevicePatch{DeviceID: c.id, Patch: patch})
+				patches = append(patches, fleet.DevicePatch{DeviceID: c.id, Patch: patch})
 			}
 		}
 		results, err := patchTwinsTx(ctx, tx, twin.Desired, patches)
@@ -272,7 +263,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 				continue
 			}
 			upd.add(c.rank, phaseDispatched, "", c.prevV)
-			pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+			pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
 		}
 		if len(upd.ranks) == 0 {
 			return nil
@@ -305,35 +296,15 @@ func (p *phaseRows) add(rank int64, phase, reason, prev string) {
 	p.prev = append(p.prev, prev)
 }
 
-// RolloutObservation is what the registry knows about one device of a rollout, for the rules in
-// internal/rollout.
-type RolloutObservation struct {
-	Rank            int64
-	DeviceID        string
-	Wave            int
-	Phase           string
-	PrevVersion     string
-	DispatchedAt    time.Time
-	BakeSince       time.Time
-	RollbackAt      time.Time
-	JobStatus       string
-	JobReason       string
-	ReportedVersion string
-	Health          string
-	HealthReason    string
-	Online          bool
-	LastSeen        time.Time
-}
-
 // DesiredDocs returns the current desired document and version of each device (for re-sending the desired
 // state to devices that seem to have missed a push). Unknown devices are left out.
-func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush, error) {
+func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]fleet.DesiredPush, error) {
 	rows, err := r.pool.Query(ctx, "SELECT id, desired_version, online, desired FROM devices WHERE id = ANY($1) ORDER BY id", ids)
 	if err != nil {
 		return nil, fmt.Errorf("load desired state: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (DesiredPush, error) {
-		var p DesiredPush
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.DesiredPush, error) {
+		var p fleet.DesiredPush
 		err := row.Scan(&p.DeviceID, &p.Version, &p.Online, &p.Patch)
 		return p, err
 	})
@@ -345,7 +316,11 @@ func (r *Registry) DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush
 
 // ObserveRollout returns the devices of a rollout in the given phases with their latest job status (for
 // job) and what they report.
-func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phases []string) ([]RolloutObservation, error) {
+func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phases []rolloutpkg.Phase) ([]fleet.RolloutObservation, error) {
+	phaseNames := make([]string, len(phases))
+	for i, p := range phases {
+		phaseNames[i] = string(p)
+	}
 	rows, err := r.pool.Query(ctx, `SELECT rd.rank, rd.device_id, coalesce(rd.wave, -1), rd.phase, rd.prev_version,
 		coalesce(rd.dispatched_at, 'epoch'), coalesce(rd.bake_since, 'epoch'), coalesce(rd.rollback_at, 'epoch'),
 		coalesce(js.status, ''), coalesce(js.reason, ''), `+reportedVersionSQL("d")+`,
@@ -353,7 +328,7 @@ func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phas
 		d.online, coalesce(d.last_seen, 'epoch')
 		FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
 		LEFT JOIN device_job_status js ON js.job_id = $2 AND js.device_id = rd.device_id
-		WHERE rd.rollout_id = $1 AND rd.phase = ANY($3) ORDER BY rd.rank`, rollout, job, phases)
+		WHERE rd.rollout_id = $1 AND rd.phase = ANY($3) ORDER BY rd.rank`, rollout, job, phaseNames)
 	if err != nil {
 		return nil, fmt.Errorf("observe rollout %s: %w", rollout, err)
 	}
@@ -364,8 +339,8 @@ func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phas
 		}
 		return t
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RolloutObservation, error) {
-		var o RolloutObservation
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.RolloutObservation, error) {
+		var o fleet.RolloutObservation
 		err := row.Scan(&o.Rank, &o.DeviceID, &o.Wave, &o.Phase, &o.PrevVersion, &o.DispatchedAt, &o.BakeSince, &o.RollbackAt,
 			&o.JobStatus, &o.JobReason, &o.ReportedVersion, &o.Health, &o.HealthReason, &o.Online, &o.LastSeen)
 		o.DispatchedAt, o.BakeSince, o.RollbackAt, o.LastSeen = zero(o.DispatchedAt), zero(o.BakeSince), zero(o.RollbackAt), zero(o.LastSeen)
@@ -377,16 +352,8 @@ func (r *Registry) ObserveRollout(ctx context.Context, rollout, job string, phas
 	return out, nil
 }
 
-// PhaseUpdate changes one device's phase in a rollout.
-type PhaseUpdate struct {
-	Rank      int64
-	Phase     string
-	Reason    string
-	BakeSince time.Time // zero: unchanged
-}
-
 // UpdateRolloutPhases writes phase changes in one statement.
-func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups []PhaseUpdate) error {
+func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups []fleet.PhaseUpdate) error {
 	if len(ups) == 0 {
 		return nil
 	}
@@ -395,7 +362,7 @@ func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups 
 	reasons := make([]string, len(ups))
 	bakes := make([]*time.Time, len(ups))
 	for i, u := range ups {
-		ranks[i], phases[i], reasons[i] = u.Rank, u.Phase, u.Reason
+		ranks[i], phases[i], reasons[i] = u.Rank, string(u.Phase), u.Reason
 		if !u.BakeSince.IsZero() {
 			b := u.BakeSince
 			bakes[i] = &b
@@ -414,22 +381,15 @@ func (r *Registry) UpdateRolloutPhases(ctx context.Context, rollout string, ups 
 	return nil
 }
 
-// PhaseCount is the number of a rollout's devices in one phase of one wave (Wave -1: not in a wave yet).
-type PhaseCount struct {
-	Wave  int    `json:"wave"`
-	Phase string `json:"phase"`
-	N     int64  `json:"n"`
-}
-
 // RolloutCounts counts a rollout's devices per wave and phase.
-func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]PhaseCount, error) {
+func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]fleet.PhaseCount, error) {
 	rows, err := r.pool.Query(ctx, `SELECT coalesce(wave, -1), phase, count(*) FROM rollout_devices
 		WHERE rollout_id = $1 GROUP BY 1, 2 ORDER BY 1, 2`, rollout)
 	if err != nil {
 		return nil, fmt.Errorf("count rollout %s: %w", rollout, err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (PhaseCount, error) {
-		var c PhaseCount
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.PhaseCount, error) {
+		var c fleet.PhaseCount
 		err := row.Scan(&c.Wave, &c.Phase, &c.N)
 		return c, err
 	})
@@ -442,7 +402,7 @@ func (r *Registry) RolloutCounts(ctx context.Context, rollout string) ([]PhaseCo
 // StartRollback sends up to limit touched devices of a rollout back to the version they ran before (under
 // job, a new job id so that devices treat it as a new update), and returns the pushes and
 // whether touched devices remain. A device whose previous version is unknown is left as it is.
-func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit int) (pushes []DesiredPush, more bool, err error) {
+func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit int) (pushes []fleet.DesiredPush, more bool, err error) {
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT rd.rank, rd.device_id, rd.prev_version, coalesce(f.url, ''), coalesce(f.sha256, '')
 			FROM rollout_devices rd LEFT JOIN firmware f ON f.version = rd.prev_version
@@ -473,7 +433,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 		if more {
 			cands = cands[:limit]
 		}
-		var patches []DevicePatch
+		var patches []fleet.DevicePatch
 		upd := phaseRows{}
 		byID := map[string]cand{}
 		for _, c := range cands {
@@ -482,7 +442,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 				continue
 			}
 			byID[c.id] = c
-			patches = append(patches, DevicePatch{DeviceID: c.id, Patch: firmwarePatch(job, c.fw)})
+			patches = append(patches, fleet.DevicePatch{DeviceID: c.id, Patch: firmwarePatch(job, c.fw)})
 		}
 		results, err := patchTwinsTx(ctx, tx, twin.Desired, patches)
 		if err != nil {
@@ -495,7 +455,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 				continue
 			}
 			upd.add(c.rank, phaseRollingBack, "", c.fw.Version)
-			pushes = append(pushes, DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patches[i].Patch})
+			pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patches[i].Patch})
 		}
 		if len(upd.ranks) == 0 {
 			return nil
@@ -516,17 +476,9 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 	return pushes, more, nil
 }
 
-// SetRolloutState records a rollout's state (running, paused, awaiting_approval, rolling_back …).
-func (r *Registry) SetRolloutState(ctx context.Context, id, state string) error {
-	if _, err := r.pool.Exec(ctx, "UPDATE rollouts SET state = $2 WHERE id = $1 AND finished_at IS NULL", id, state); err != nil {
-		return fmt.Errorf("set state of rollout %s: %w", id, err)
-	}
-	return nil
-}
-
 // FinishRollout ends a rollout: devices never dispatched become cancelled, every claim is released (so other
 // rollouts may target the devices), and the final state and result are recorded. Idempotent.
-func (r *Registry) FinishRollout(ctx context.Context, id, state string, result json.RawMessage) error {
+func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE rollout_devices SET phase = 'cancelled', reason = 'the rollout ended before this wave', updated_at = now()
 			WHERE rollout_id = $1 AND phase = 'queued'`, id); err != nil {
@@ -540,20 +492,15 @@ func (r *Registry) FinishRollout(ctx context.Context, id, state string, result j
 			res = string(result)
 		}
 		_, err := tx.Exec(ctx, "UPDATE rollouts SET state = $2, result = $3::jsonb, finished_at = coalesce(finished_at, now()) WHERE id = $1",
-			id, state, res)
+			id, string(state), res)
 		return err
 	})
 }
 
-// RolloutDevice is a rollout_devices row for reports.
-type RolloutDevice struct {
-	DeviceID    string    `json:"deviceId"`
-	Wave        int       `json:"wave"`
-	Phase       string    `json:"phase"`
-	PrevVersion string    `json:"previousVersion,omitempty"`
-	Reason      string    `json:"reason,omitempty"`
-	UpdatedAt   time.Time `json:"updatedAt"`
-}
+// RolloutDevice is a rollout_devices row for reports (the domain's type).
+//
+// Deprecated: use fleet.RolloutDevice.
+type RolloutDevice = fleet.RolloutDevice
 
 // RolloutDevices lists a rollout's devices in the given phases (all when none), in rank order, at most limit.
 func (r *Registry) RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]RolloutDevice, error) {

@@ -2,29 +2,13 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
-
-// DevicePatch is one device's merge patch in a batch write.
-type DevicePatch struct {
-	DeviceID string
-	Patch    []byte
-}
-
-// PatchResult is the outcome of one DevicePatch: the section's new version and whether the device was online
-// when it was written (only online devices need the patch pushed; the others read it on reconnect), or why it
-// was refused (ErrNotFound, ErrNotActive for a retired device, a *twin.LimitError, twin.ErrInvalidJSON).
-type PatchResult struct {
-	DeviceID string
-	Version  int64
-	Online   bool
-	Err      error
-}
 
 // PatchTwins applies per-device merge patches to the tags or desired section of many devices in one
 // transaction: one locking read, the merges in Go (RFC 7386 and the size limits, as for a single update), and
@@ -32,8 +16,8 @@ type PatchResult struct {
 // deadlock. A device that is refused does not fail the others. Each device must appear at most once. Every
 // write is recorded in the device's timeline (desired_changed or tags_changed, with the new version and the
 // patch) by one more INSERT in the same transaction.
-func (r *Registry) PatchTwins(ctx context.Context, section twin.Section, patches []DevicePatch) ([]PatchResult, error) {
-	var results []PatchResult
+func (r *Registry) PatchTwins(ctx context.Context, section twin.Section, patches []fleet.DevicePatch) ([]fleet.PatchResult, error) {
+	var results []fleet.PatchResult
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		var err error
 		results, err = patchTwinsTx(ctx, tx, section, patches)
@@ -47,7 +31,7 @@ func (r *Registry) PatchTwins(ctx context.Context, section twin.Section, patches
 
 // patchTwinsTx is PatchTwins inside the caller's transaction, so that a rollout can write desired firmware and
 // its own bookkeeping atomically.
-func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches []DevicePatch) ([]PatchResult, error) {
+func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches []fleet.DevicePatch) ([]fleet.PatchResult, error) {
 	if section != twin.Tags && section != twin.Desired {
 		return nil, fmt.Errorf("patch twins: section %q cannot be written by operators", section)
 	}
@@ -55,7 +39,7 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 	if section == twin.Desired {
 		col, ver = "desired", "desired_version"
 	}
-	results := make([]PatchResult, len(patches))
+	results := make([]fleet.PatchResult, len(patches))
 	index := make(map[string]int, len(patches))
 	ids := make([]string, len(patches))
 	for i, p := range patches {
@@ -64,7 +48,7 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 		}
 		index[p.DeviceID] = i
 		ids[i] = p.DeviceID
-		results[i] = PatchResult{DeviceID: p.DeviceID, Err: notFound(p.DeviceID)}
+		results[i] = fleet.PatchResult{DeviceID: p.DeviceID, Err: notFound(p.DeviceID)}
 	}
 	err := func() error {
 		// col is one of two fixed identifiers chosen above, never input.
@@ -131,11 +115,4 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 		return nil, err
 	}
 	return results, nil
-}
-
-// IsPermanent reports whether a per-device error can never succeed on retry (unknown or retired device,
-// invalid or oversized document), as opposed to a database failure.
-func IsPermanent(err error) bool {
-	var le *twin.LimitError
-	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotActive) || errors.As(err, &le) || errors.Is(err, twin.ErrInvalidJSON)
 }

@@ -65,3 +65,13 @@ type ConnEvent = fleet.ConnEvent
 
 // ErrNotActive is returned (wrapped) for writes on behalf of a device that is disabled or retired.
 var ErrNotActive = fleet.ErrNotActive
+
+// The registry is the store of every stage (and the fake in internal/fleet/fleettest passes the same
+// contract test).
+var (
+	_ fleet.ProvisionStore = (*Registry)(nil)
+	_ fleet.JobStore       = (*Registry)(nil)
+	_ fleet.RolloutStore   = (*Registry)(nil)
+	_ fleet.RetireStore    = (*Registry)(nil)
+	_ fleet.MonitorStore   = (*Registry)(nil)
+)

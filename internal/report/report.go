@@ -14,6 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
@@ -83,19 +84,8 @@ func (o Operation) Progress() (done, failed float64) {
 	return max(0, done), max(0, failed)
 }
 
-// Thousands formats n with thousands separators, as the rest of the CLI does (workflows.Thousands; the
-// report does not import workflow code for one helper).
-func Thousands(n int64) string {
-	s := fmt.Sprint(n)
-	neg := ""
-	if n < 0 {
-		neg, s = "-", s[1:]
-	}
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return neg + s
-}
+// Thousands formats n with thousands separators, as the rest of the CLI does (internal/numfmt).
+func Thousands(n int64) string { return numfmt.Thousands(n) }
 
 // Clean makes a label that devices or operators chose safe and short for a terminal or a chart: control
 // characters (a reported firmware version could carry terminal escape sequences) become U+FFFD, and

@@ -1,8 +1,10 @@
 // Package gatewaytest provides an in-memory gateway.Store, so that the gateway, the device package and the
-// simulator can be tested against a real broker without Postgres. It mimics the registry's semantics that
-// the gateway depends on: ErrNotFound, ErrNotActive, twin limits, per-section versions and change
-// notifications on status or credential changes. It also records what the gateway wrote (reported patches,
-// job statuses, connection events), so tests can assert on the traffic, not only on the end state.
+// simulator can be tested against a real broker without Postgres. Devices and their twins live in the one
+// fake of the registry (internal/fleet/fleettest, held to the registry by its contract test: ErrNotFound,
+// ErrNotActive, twin limits, per-section versions); this package adds what only the gateway needs:
+// credentials, change notifications on status or credential changes, and a record of what the gateway wrote
+// (reported patches, job statuses, connection events), so tests can assert on the traffic, not only on the
+// end state.
 package gatewaytest
 
 import (
@@ -15,12 +17,16 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
-// Store is an in-memory registry. The zero value is not usable; call New.
+// Store is an in-memory registry for the gateway. The zero value is not usable; call New.
 type Store struct {
+	// Fleet holds the devices and their twins; the credentials are kept here, beside it.
+	Fleet *fleettest.Store
+
 	mu        sync.Mutex
 	devices   map[string]*device
 	listeners map[int]func(string)
@@ -40,48 +46,57 @@ type Store struct {
 	AuthDelay time.Duration
 }
 
+// device is a device's credentials; its status and twin are in Fleet.
 type device struct {
-	auth      registry.DeviceAuth
-	desired   []byte
-	desiredV  int64
-	reported  []byte
-	reportedV int64
+	secret1, secret2 []byte
 }
 
 // New returns an empty store.
 func New() *Store {
-	return &Store{devices: make(map[string]*device), listeners: make(map[int]func(string)),
+	return &Store{Fleet: fleettest.New(), devices: make(map[string]*device), listeners: make(map[int]func(string)),
 		patches: make(map[string][]json.RawMessage)}
 }
 
 // Add provisions an active device with secret in its primary slot.
 func (s *Store) Add(id, secret string) {
 	s.mu.Lock()
-	s.devices[id] = &device{auth: registry.DeviceAuth{ID: id, Status: registry.StatusActive, Secret1Hash: creds.Digest(secret)}}
+	s.devices[id] = &device{secret1: creds.Digest(secret)}
+	s.Fleet.AddDevice(id, fleettest.Device{})
 	s.mu.Unlock()
 	s.Notify(id)
 }
 
+// fleetDevice runs fn on id's device in Fleet, under its lock; ok is false when there is none.
+func (s *Store) fleetDevice(id string, fn func(*fleettest.Device)) (ok bool) {
+	s.Fleet.Mu.Lock()
+	defer s.Fleet.Mu.Unlock()
+	d, ok := s.Fleet.Devices[id]
+	if ok {
+		fn(d)
+	}
+	return ok
+}
+
 // SetSecondary sets the secondary credential (rotation).
 func (s *Store) SetSecondary(id, secret string) {
-	s.update(id, func(d *device) { d.auth.Secret2Hash = creds.Digest(secret) })
+	s.update(id, func(d *device) { d.secret2 = creds.Digest(secret) })
 }
 
 // SetPrimary replaces the primary credential.
 func (s *Store) SetPrimary(id, secret string) {
-	s.update(id, func(d *device) { d.auth.Secret1Hash = creds.Digest(secret) })
+	s.update(id, func(d *device) { d.secret1 = creds.Digest(secret) })
 }
 
 // SetStatus changes the status and notifies, as the registry does.
 func (s *Store) SetStatus(id, status string) {
-	s.update(id, func(d *device) { d.auth.Status = fleet.DeviceStatus(status) })
+	s.update(id, func(*device) {
+		s.fleetDevice(id, func(d *fleettest.Device) { d.Status = fleet.DeviceStatus(status) })
+	})
 }
 
 // Delete removes the device and notifies.
 func (s *Store) Delete(id string) {
-	s.mu.Lock()
-	delete(s.devices, id)
-	s.mu.Unlock()
+	s.Forget(id)
 	s.Notify(id)
 }
 
@@ -89,6 +104,9 @@ func (s *Store) Delete(id string) {
 func (s *Store) Forget(id string) {
 	s.mu.Lock()
 	delete(s.devices, id)
+	s.Fleet.Mu.Lock()
+	delete(s.Fleet.Devices, id)
+	s.Fleet.Mu.Unlock()
 	s.mu.Unlock()
 }
 
@@ -106,48 +124,40 @@ func (s *Store) update(id string, fn func(*device)) {
 
 // SetDesired merges patch into the desired document and returns the new desired version.
 func (s *Store) SetDesired(id string, patch json.RawMessage) (int64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d, ok := s.devices[id]
-	if !ok {
-		return 0, fmt.Errorf("set desired %s: %w", id, registry.ErrNotFound)
-	}
-	doc, err := twin.Apply(twin.Desired, d.desired, patch)
+	res, err := s.Fleet.PatchTwins(context.Background(), twin.Desired, []fleet.DevicePatch{{DeviceID: id, Patch: patch}})
 	if err != nil {
 		return 0, err
 	}
-	d.desired = doc
-	d.desiredV++
-	return d.desiredV, nil
+	if res[0].Err != nil {
+		return 0, fmt.Errorf("set desired %s: %w", id, res[0].Err)
+	}
+	return res[0].Version, nil
 }
 
 // SetReported merges patch into the reported document, as if the device had reported it earlier (e.g. before
 // a simulator restart), and returns the new reported version.
 func (s *Store) SetReported(id string, patch json.RawMessage) (int64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d, ok := s.devices[id]
-	if !ok {
-		return 0, fmt.Errorf("set reported %s: %w", id, registry.ErrNotFound)
+	var doc []byte
+	var v int64
+	var err error
+	if !s.fleetDevice(id, func(d *fleettest.Device) {
+		if doc, err = twin.Apply(twin.Reported, d.Reported, patch); err == nil {
+			d.Reported = doc
+			d.ReportedRev++
+			v = d.ReportedRev
+		}
+	}) {
+		return 0, fmt.Errorf("set reported %s: %w", id, fleet.ErrNotFound)
 	}
-	doc, err := twin.Apply(twin.Reported, d.reported, patch)
-	if err != nil {
-		return 0, err
-	}
-	d.reported = doc
-	d.reportedV++
-	return d.reportedV, nil
+	return v, err
 }
 
 // Reported returns the device's reported document and version.
 func (s *Store) Reported(id string) (json.RawMessage, int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d, ok := s.devices[id]
-	if !ok {
-		return nil, 0
-	}
-	return append(json.RawMessage(nil), d.reported...), d.reportedV
+	var doc json.RawMessage
+	var v int64
+	s.fleetDevice(id, func(d *fleettest.Device) { doc, v = append(json.RawMessage(nil), d.Reported...), d.ReportedRev })
+	return doc, v
 }
 
 // ApplyCalls is the number of ApplyReported calls so far, and Patches the number of patches they carried.
@@ -203,33 +213,35 @@ func (s *Store) DeviceAuth(ctx context.Context, id string) (registry.DeviceAuth,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.authLookups++
-	d, ok := s.devices[id]
-	if !ok {
-		return registry.DeviceAuth{}, fmt.Errorf("device %s: %w", id, registry.ErrNotFound)
+	c, ok := s.devices[id]
+	a := fleet.DeviceAuth{ID: id}
+	if ok && s.fleetDevice(id, func(d *fleettest.Device) { a.Status = d.Status }) {
+		a.Secret1Hash = append([]byte(nil), c.secret1...)
+		a.Secret2Hash = append([]byte(nil), c.secret2...)
+		return a, nil
 	}
-	a := d.auth
-	a.Secret1Hash = append([]byte(nil), a.Secret1Hash...)
-	a.Secret2Hash = append([]byte(nil), a.Secret2Hash...)
-	return a, nil
+	return fleet.DeviceAuth{}, fmt.Errorf("device %s: %w", id, fleet.ErrNotFound)
 }
 
 // GetTwin implements gateway.Store.
 func (s *Store) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.getCalls++
-	d, ok := s.devices[id]
-	if !ok {
-		return twin.Twin{}, fmt.Errorf("device %s: %w", id, registry.ErrNotFound)
+	s.mu.Unlock()
+	var t twin.Twin
+	if !s.fleetDevice(id, func(d *fleettest.Device) {
+		t = twin.Twin{
+			DeviceID: id,
+			Status:   string(d.Status),
+			Properties: twin.Properties{
+				Desired:  twin.VersionedDocument{Doc: append([]byte(nil), d.Desired...), Version: d.DesiredVersion},
+				Reported: twin.VersionedDocument{Doc: append([]byte(nil), d.Reported...), Version: d.ReportedRev},
+			},
+		}
+	}) {
+		return twin.Twin{}, fmt.Errorf("device %s: %w", id, fleet.ErrNotFound)
 	}
-	return twin.Twin{
-		DeviceID: id,
-		Status:   string(d.auth.Status),
-		Properties: twin.Properties{
-			Desired:  twin.VersionedDocument{Doc: append([]byte(nil), d.desired...), Version: d.desiredV},
-			Reported: twin.VersionedDocument{Doc: append([]byte(nil), d.reported...), Version: d.reportedV},
-		},
-	}, nil
+	return t, nil
 }
 
 // ApplyReported implements gateway.Store.
@@ -238,24 +250,12 @@ func (s *Store) ApplyReported(ctx context.Context, patches []registry.ReportedPa
 	defer s.mu.Unlock()
 	s.applyCalls++
 	s.applyPatches += len(patches)
-	out := make([]registry.ReportedResult, len(patches))
+	out, err := s.Fleet.ApplyReported(ctx, patches)
+	if err != nil {
+		return nil, err
+	}
 	for i, p := range patches {
-		out[i] = registry.ReportedResult{DeviceID: p.DeviceID, RequestID: p.RequestID}
-		d, ok := s.devices[p.DeviceID]
-		switch {
-		case !ok:
-			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, registry.ErrNotFound)
-		case d.auth.Status != registry.StatusActive:
-			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, registry.ErrNotActive)
-		default:
-			doc, err := twin.Apply(twin.Reported, d.reported, p.Patch)
-			if err != nil {
-				out[i].Err = err
-				continue
-			}
-			d.reported = doc
-			d.reportedV++
-			out[i].Version = d.reportedV
+		if out[i].Err == nil {
 			s.patches[p.DeviceID] = append(s.patches[p.DeviceID], append(json.RawMessage(nil), p.Patch...))
 		}
 	}

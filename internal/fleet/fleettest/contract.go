@@ -1,0 +1,386 @@
+package fleettest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/rollout"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// ContractStore is every store role the contract covers.
+type ContractStore interface {
+	// ApplyReported is the gateway's ingest of reported patches.
+	ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error)
+	fleet.ProvisionStore
+	fleet.JobStore
+	fleet.RolloutStore
+	fleet.RetireStore
+}
+
+// Seeder sets up what the contract's cases need, each implementation in its store's own way (the CLI's
+// writes, for the registry).
+type Seeder interface {
+	// Stage stages manifest rows under op (row i has seq i).
+	Stage(t *testing.T, op string, rows []StagedRow)
+	// CreateJob freezes a job over ids (seq in order; unknown ids kept as targets).
+	CreateJob(t *testing.T, job string, kind fleet.JobKind, ids ...string)
+	// CreateRollout adds fw to the catalogue and claims the active devices among ids not on fw.Version; it
+	// returns how many it claimed.
+	CreateRollout(t *testing.T, id string, fw fleet.Firmware, ids ...string) int64
+	// Connect records that the device connected.
+	Connect(t *testing.T, id string)
+	// Report merges a reported patch from the device.
+	Report(t *testing.T, id string, patch string)
+}
+
+// Subject is one store under test, empty, with its seeder.
+type Subject struct {
+	Store ContractStore
+	Seed  Seeder
+}
+
+// Contract runs the behaviours activities rely on against the stores newSubject returns (a fresh, empty
+// one per case): the fake in this package and the Postgres registry must both pass it.
+func Contract(t *testing.T, newSubject func(t *testing.T) Subject) {
+	cases := []struct {
+		name string
+		run  func(t *testing.T, s Subject)
+	}{
+		{"provisioning counts and results", contractProvision},
+		{"job targets and outcomes", contractJobTargets},
+		{"patch twins", contractPatchTwins},
+		{"acknowledgements and close", contractAcks},
+		{"rollout dispatch, observe, rollback, finish", contractRollout},
+		{"retire, replace, purge", contractRetire},
+		{"reported ingest", contractReported},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) { c.run(t, newSubject(t)) })
+	}
+}
+
+var ctx = context.Background()
+
+// provision creates active devices through the store's own provisioning.
+func provision(t *testing.T, s Subject, op string, ids ...string) {
+	t.Helper()
+	rows := make([]StagedRow, len(ids))
+	for i, id := range ids {
+		rows[i] = StagedRow{Line: int64(i + 2), ID: id}
+	}
+	s.Seed.Stage(t, op, rows)
+	c, err := s.Store.ProvisionBatch(ctx, op, 0, int64(len(ids)))
+	require.NoError(t, err)
+	require.Equal(t, int64(len(ids)), c.Created, "provision %v", ids)
+}
+
+func contractProvision(t *testing.T, s Subject) {
+	s.Seed.Stage(t, "op-1", []StagedRow{{Line: 2, ID: "c-1"}, {Line: 3, ID: "bad id!"}, {Line: 4, ID: "c-2", Tags: `{"site":"x"}`}})
+	c, err := s.Store.ProvisionBatch(ctx, "op-1", 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ProvisionCounts{Created: 2, Invalid: 1}, c)
+	again, err := s.Store.ProvisionBatch(ctx, "op-1", 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, c, again, "a retried batch returns its counts and creates nothing twice")
+
+	s.Seed.Stage(t, "op-2", []StagedRow{{Line: 2, ID: "c-1"}, {Line: 3, ID: "c-3"}})
+	c, err = s.Store.ProvisionBatch(ctx, "op-2", 0, 2)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ProvisionCounts{Created: 1, Existing: 1}, c)
+	require.Equal(t, int64(2), c.Total())
+
+	res, err := s.Store.ProvisionResults(ctx, "op-2", fleet.RowExists, 10)
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	require.Equal(t, "c-1", res[0].ID)
+	require.Equal(t, int64(2), res[0].Line)
+	res, err = s.Store.ProvisionResults(ctx, "op-1", "", 10)
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	require.Equal(t, fleet.RowInvalid, res[0].Outcome)
+	require.Equal(t, "bad id!", res[0].ID)
+	require.NotEmpty(t, res[0].Reason)
+
+	_, err = s.Store.ProvisionBatch(ctx, "op-never-staged", 0, 1)
+	require.ErrorIs(t, err, fleet.ErrOperationNotStaged)
+
+	p, err := s.Store.ConnectProgress(ctx, "op-1", 10)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ConnectProgress{Created: 2, Missing: []string{"c-1", "c-2"}}, p)
+	s.Seed.Report(t, "c-1", `{"firmware":{"version":"1.0.0"}}`)
+	p, err = s.Store.ConnectProgress(ctx, "op-1", 10)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ConnectProgress{Created: 2, Connected: 1, Reported: 1, Missing: []string{"c-2"}}, p)
+
+	require.NoError(t, s.Store.DropStaging(ctx, "op-1"))
+	res, err = s.Store.ProvisionResults(ctx, "op-1", fleet.RowInvalid, 10)
+	require.NoError(t, err)
+	require.Len(t, res, 1, "results outlive the staged rows")
+}
+
+func contractJobTargets(t *testing.T, s Subject) {
+	provision(t, s, "op", "j-0", "j-1", "j-2", "j-3")
+	s.Seed.CreateJob(t, "job-1", fleet.JobSetTags, "j-0", "j-1", "j-2", "ghost", "j-3")
+	ts, err := s.Store.JobTargets(ctx, "job-1", 0, 4)
+	require.NoError(t, err)
+	require.Equal(t, []fleet.JobTarget{{Seq: 0, DeviceID: "j-0", State: fleet.JobPending}, {Seq: 1, DeviceID: "j-1", State: fleet.JobPending},
+		{Seq: 2, DeviceID: "j-2", State: fleet.JobPending}, {Seq: 3, DeviceID: "ghost", State: fleet.JobPending},
+		{Seq: 4, DeviceID: "j-3", State: fleet.JobPending}}, ts, "unknown ids stay targets, in order")
+	ts, err = s.Store.JobTargets(ctx, "job-1", 1, 2)
+	require.NoError(t, err)
+	require.Len(t, ts, 2, "first..last inclusive")
+
+	outs := []fleet.JobOutcome{{Seq: 0, State: fleet.JobSucceeded}, {Seq: 3, State: fleet.JobFailed, Error: "no such device"},
+		{Seq: 4, State: fleet.JobFailed, Status: 500, Payload: json.RawMessage(`{"err":"busy"}`), Error: "device answered 500"}}
+	require.NoError(t, s.Store.RecordJobOutcomes(ctx, "job-1", outs))
+	require.NoError(t, s.Store.RecordJobOutcomes(ctx, "job-1", outs), "recording again is harmless")
+	ts, err = s.Store.JobTargets(ctx, "job-1", 0, 4)
+	require.NoError(t, err)
+	require.Equal(t, []fleet.JobTarget{{Seq: 1, DeviceID: "j-1", State: fleet.JobPending}, {Seq: 2, DeviceID: "j-2", State: fleet.JobPending}},
+		ts, "only pending targets come back, so a retried batch skips what it did")
+	c, err := s.Store.JobTotals(ctx, "job-1")
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1, Failed: 2}, c, "pending targets are not counted")
+
+	require.NoError(t, s.Store.CloseJob(ctx, "job-1", fleet.JobEndCancelled))
+	c, err = s.Store.JobTotals(ctx, "job-1")
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1, Failed: 2, Cancelled: 2}, c, "closing cancels what was never reached")
+}
+
+func contractPatchTwins(t *testing.T, s Subject) {
+	provision(t, s, "op", "p-0", "p-1", "p-gone")
+	_, err := s.Store.RetireDevices(ctx, "retire-1", []string{"p-gone"}, "test")
+	require.NoError(t, err)
+	s.Seed.Connect(t, "p-1")
+
+	res, err := s.Store.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "p-0", Patch: []byte(`{"mode":"eco"}`)},
+		{DeviceID: "p-1", Patch: []byte(`{"mode":"eco"}`)}, {DeviceID: "nope", Patch: []byte(`{"mode":"eco"}`)},
+		{DeviceID: "p-gone", Patch: []byte(`{"mode":"eco"}`)}})
+	require.NoError(t, err)
+	require.Len(t, res, 4)
+	require.NoError(t, res[0].Err)
+	require.NoError(t, res[1].Err)
+	require.Equal(t, []string{"p-0", "p-1", "nope", "p-gone"}, []string{res[0].DeviceID, res[1].DeviceID, res[2].DeviceID, res[3].DeviceID})
+	require.False(t, res[0].Online)
+	require.True(t, res[1].Online)
+	require.ErrorIs(t, res[2].Err, fleet.ErrNotFound, "an unknown device is refused alone")
+	require.ErrorIs(t, res[3].Err, fleet.ErrNotActive, "a retired device is refused alone")
+	v1 := res[0].Version
+	require.Positive(t, v1)
+
+	res, err = s.Store.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "p-0", Patch: []byte(`{"fan":2}`)}})
+	require.NoError(t, err)
+	require.NoError(t, res[0].Err)
+	require.Equal(t, v1+1, res[0].Version, "every write bumps the version by one")
+	docs, err := s.Store.DesiredDocs(ctx, []string{"p-0", "nope"})
+	require.NoError(t, err)
+	require.Len(t, docs, 1, "unknown devices are left out")
+	require.Equal(t, v1+1, docs[0].Version)
+	require.JSONEq(t, `{"mode":"eco","fan":2}`, string(docs[0].Patch), "patches merge")
+
+	huge := fmt.Sprintf(`{"blob":%q}`, strings.Repeat("x", twin.MaxTagsBytes+1))
+	res, err = s.Store.PatchTwins(ctx, twin.Tags, []fleet.DevicePatch{{DeviceID: "p-0", Patch: []byte(huge)}, {DeviceID: "p-1", Patch: []byte(`{"site":"b"}`)}})
+	require.NoError(t, err)
+	var le *twin.LimitError
+	require.ErrorAs(t, res[0].Err, &le, "the size limit holds")
+	require.NoError(t, res[1].Err, "and fails only its device")
+}
+
+func contractAcks(t *testing.T, s Subject) {
+	provision(t, s, "op", "a-0", "a-1", "a-2")
+	s.Seed.Connect(t, "a-1")
+	s.Seed.CreateJob(t, "job-d", fleet.JobSetDesired, "a-0", "a-1", "a-2")
+	res, err := s.Store.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "a-0", Patch: []byte(`{"mode":"eco"}`)},
+		{DeviceID: "a-1", Patch: []byte(`{"mode":"eco"}`)}, {DeviceID: "a-2", Patch: []byte(`{"mode":"eco"}`)}})
+	require.NoError(t, err)
+	for _, r := range res {
+		require.NoError(t, r.Err)
+	}
+	require.NoError(t, s.Store.RecordJobOutcomes(ctx, "job-d", []fleet.JobOutcome{{Seq: 0, State: fleet.JobRunning},
+		{Seq: 1, State: fleet.JobRunning}, {Seq: 2, State: fleet.JobRunning}}))
+
+	s.Seed.Report(t, "a-0", `{"mode":"eco"}`)
+	s.Seed.Report(t, "a-2", `{"mode":"turbo"}`)
+	p, err := s.Store.CollectAcks(ctx, "job-d", []string{"mode"})
+	require.NoError(t, err)
+	require.Equal(t, fleet.AckProgress{Acked: 1, Waiting: 2, WaitingOnline: 1}, p, "only a matching report acknowledges")
+	p, err = s.Store.CollectAcks(ctx, "job-d", []string{"mode"})
+	require.NoError(t, err)
+	require.Equal(t, fleet.AckProgress{Waiting: 2, WaitingOnline: 1}, p, "an acknowledgement counts once")
+
+	require.NoError(t, s.Store.CloseJob(ctx, "job-d", fleet.JobCompletedWithFailures))
+	c, err := s.Store.JobTotals(ctx, "job-d")
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1, TimedOut: 1, Offline: 1}, c, "still waiting: timed out when online, else offline")
+}
+
+func contractRollout(t *testing.T, s Subject) {
+	provision(t, s, "op", "r-0", "r-1", "r-2", "r-new")
+	for _, id := range []string{"r-0", "r-1", "r-2"} {
+		s.Seed.Report(t, id, `{"firmware":{"version":"1.0.0"}}`)
+	}
+	s.Seed.Report(t, "r-new", `{"firmware":{"version":"2.0.0"}}`)
+	fw := fleet.Firmware{Version: "2.0.0", URL: "https://fw.example/2.0.0.bin", SHA256: strings.Repeat("ab", 32)}
+	require.Equal(t, int64(3), s.Seed.CreateRollout(t, "ro-1", fw, "r-0", "r-1", "r-2", "r-new"), "devices already on the version are not claimed")
+
+	p1, skipped, more, err := s.Store.DispatchWave(ctx, "ro-1", 0, 2, fw, 1)
+	require.NoError(t, err)
+	require.Zero(t, skipped)
+	require.True(t, more)
+	require.Len(t, p1, 1)
+	p2, _, more, err := s.Store.DispatchWave(ctx, "ro-1", 0, 2, fw, 1)
+	require.NoError(t, err)
+	require.False(t, more, "the wave ends at its cutoff")
+	require.Len(t, p2, 1)
+	p3, _, _, err := s.Store.DispatchWave(ctx, "ro-1", 0, 2, fw, 1)
+	require.NoError(t, err)
+	require.Empty(t, p3, "a repeated dispatch finds nothing queued")
+	dispatched := []string{p1[0].DeviceID, p2[0].DeviceID}
+	for _, p := range append(p1, p2...) {
+		require.Positive(t, p.Version)
+		var doc struct {
+			Firmware struct{ JobID, Version, URL, SHA256 string }
+		}
+		require.NoError(t, json.Unmarshal(p.Patch, &doc))
+		require.Equal(t, "2.0.0", doc.Firmware.Version)
+		require.Equal(t, "ro-1", doc.Firmware.JobID)
+		require.Equal(t, fw.URL, doc.Firmware.URL)
+	}
+
+	counts := phaseCounts(t, s, "ro-1")
+	require.Equal(t, map[string]int64{"0/dispatched": 2, "-1/queued": 1}, counts)
+
+	obs, err := s.Store.ObserveRollout(ctx, "ro-1", "ro-1", []rollout.Phase{rollout.Dispatched})
+	require.NoError(t, err)
+	require.Len(t, obs, 2)
+	var ids []string
+	for _, o := range obs {
+		ids = append(ids, o.DeviceID)
+		require.Equal(t, "1.0.0", o.PrevVersion)
+		require.Equal(t, "1.0.0", o.ReportedVersion)
+		require.Equal(t, 0, o.Wave)
+		require.False(t, o.DispatchedAt.IsZero())
+	}
+	require.ElementsMatch(t, dispatched, ids)
+
+	require.NoError(t, s.Store.UpdateRolloutPhases(ctx, "ro-1", []fleet.PhaseUpdate{{Rank: obs[0].Rank, Phase: rollout.Failed, Reason: "no space"}}))
+	devs, err := s.Store.RolloutDevices(ctx, "ro-1", []string{string(rollout.Failed)}, 10)
+	require.NoError(t, err)
+	require.Len(t, devs, 1)
+	require.Equal(t, obs[0].DeviceID, devs[0].DeviceID)
+	require.Equal(t, "no space", devs[0].Reason)
+
+	pushes, more, err := s.Store.StartRollback(ctx, "ro-1", "ro-1-rollback", 10)
+	require.NoError(t, err)
+	require.False(t, more)
+	require.Len(t, pushes, 2, "every touched device goes back, failed ones too")
+	for _, p := range pushes {
+		require.Contains(t, string(p.Patch), `"1.0.0"`)
+		require.Contains(t, string(p.Patch), "ro-1-rollback")
+	}
+	require.NoError(t, s.Store.UpdateRolloutPhases(ctx, "ro-1", []fleet.PhaseUpdate{{Rank: obs[0].Rank, Phase: rollout.RolledBack}}))
+	devs, err = s.Store.RolloutDevices(ctx, "ro-1", []string{string(rollout.RolledBack)}, 10)
+	require.NoError(t, err)
+	require.Len(t, devs, 1)
+	require.Equal(t, "no space", devs[0].Reason, "a rollback phase without a reason keeps the forward one")
+
+	require.NoError(t, s.Store.FinishRollout(ctx, "ro-1", fleet.RolloutRolledBack, json.RawMessage(`{"state":"rolled_back"}`)))
+	require.NoError(t, s.Store.FinishRollout(ctx, "ro-1", fleet.RolloutRolledBack, json.RawMessage(`{"state":"rolled_back"}`)), "finishing twice is harmless")
+	counts = phaseCounts(t, s, "ro-1")
+	require.Equal(t, map[string]int64{"0/rolled_back": 1, "0/rolling_back": 1, "-1/cancelled": 1}, counts,
+		"devices never dispatched are cancelled")
+	all, err := s.Store.RolloutDevices(ctx, "ro-1", nil, 10)
+	require.NoError(t, err)
+	require.Len(t, all, 3, "no phases: every device")
+}
+
+func phaseCounts(t *testing.T, s Subject, ro string) map[string]int64 {
+	t.Helper()
+	pcs, err := s.Store.RolloutCounts(ctx, ro)
+	require.NoError(t, err)
+	m := map[string]int64{}
+	for _, pc := range pcs {
+		m[fmt.Sprintf("%d/%s", pc.Wave, pc.Phase)] += pc.N
+	}
+	return m
+}
+
+func contractRetire(t *testing.T, s Subject) {
+	provision(t, s, "op", "x-0", "old", "new", "spare")
+	s.Seed.CreateJob(t, "job-other", fleet.JobSetTags, "x-0", "spare")
+
+	res, err := s.Store.RetireDevices(ctx, "retire-1", []string{"x-0", "nope"}, "end of life")
+	require.NoError(t, err)
+	require.Equal(t, []fleet.RetireResult{{DeviceID: "x-0", Outcome: fleet.RetireDone}, {DeviceID: "nope", Outcome: fleet.RetireUnknown}}, res)
+	res, err = s.Store.RetireDevices(ctx, "retire-1", []string{"x-0"}, "end of life")
+	require.NoError(t, err)
+	require.Equal(t, []fleet.RetireResult{{DeviceID: "x-0", Outcome: fleet.RetireAlreadyRetired}}, res, "retiring twice is harmless")
+	ts, err := s.Store.JobTargets(ctx, "job-other", 0, 1)
+	require.NoError(t, err)
+	require.Equal(t, []fleet.JobTarget{{Seq: 1, DeviceID: "spare", State: fleet.JobPending}}, ts, "a retired device leaves pending jobs")
+
+	_, err = s.Store.ReplaceDevice(ctx, "rep-0", "ghost", "new")
+	require.ErrorIs(t, err, fleet.ErrNotFound)
+	_, err = s.Store.ReplaceDevice(ctx, "rep-0", "spare", "x-0")
+	require.ErrorIs(t, err, fleet.ErrRetired, "a retired device cannot take over")
+
+	_, err = s.Store.PatchTwins(ctx, twin.Tags, []fleet.DevicePatch{{DeviceID: "old", Patch: []byte(`{"site":"a","rack":7}`)},
+		{DeviceID: "new", Patch: []byte(`{"site":"b"}`)}})
+	require.NoError(t, err)
+	_, err = s.Store.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "old", Patch: []byte(`{"mode":"eco"}`)}})
+	require.NoError(t, err)
+	r1, err := s.Store.ReplaceDevice(ctx, "rep-1", "old", "new")
+	require.NoError(t, err)
+	require.Positive(t, r1.DesiredVersion)
+	require.JSONEq(t, `{"mode":"eco"}`, string(r1.Desired))
+	r2, err := s.Store.ReplaceDevice(ctx, "rep-1", "old", "new")
+	require.NoError(t, err, "repeating a replacement is harmless")
+	require.Equal(t, r1.DesiredVersion, r2.DesiredVersion, "and writes nothing twice")
+	res, err = s.Store.RetireDevices(ctx, "retire-2", []string{"old"}, "")
+	require.NoError(t, err)
+	require.Equal(t, fleet.RetireAlreadyRetired, res[0].Outcome, "the replaced device is retired")
+
+	n, err := s.Store.PurgeArchive(ctx, time.Hour)
+	require.NoError(t, err)
+	require.Zero(t, n, "nothing retired an hour ago")
+	_, err = s.Store.PurgeArchive(ctx, 0)
+	require.Error(t, err, "a retention is required")
+	time.Sleep(1100 * time.Millisecond)
+	n, err = s.Store.PurgeArchive(ctx, time.Second)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n)
+	res, err = s.Store.RetireDevices(ctx, "retire-3", []string{"x-0"}, "")
+	require.NoError(t, err)
+	require.Equal(t, fleet.RetireUnknown, res[0].Outcome, "purged devices are gone")
+}
+
+func contractReported(t *testing.T, s Subject) {
+	provision(t, s, "op", "i-0", "i-gone")
+	_, err := s.Store.RetireDevices(ctx, "retire-1", []string{"i-gone"}, "")
+	require.NoError(t, err)
+	huge := fmt.Sprintf(`{"blob":%q}`, strings.Repeat("x", twin.MaxReportedBytes+1))
+	res, err := s.Store.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "i-0", RequestID: "a", Patch: []byte(`{"fan":1}`)},
+		{DeviceID: "nope", RequestID: "b", Patch: []byte(`{"fan":1}`)}, {DeviceID: "i-gone", RequestID: "c", Patch: []byte(`{"fan":1}`)},
+		{DeviceID: "i-0", RequestID: "d", Patch: []byte(huge)}})
+	require.NoError(t, err)
+	require.Len(t, res, 4)
+	require.Equal(t, []string{"a", "b", "c", "d"}, []string{res[0].RequestID, res[1].RequestID, res[2].RequestID, res[3].RequestID})
+	require.NoError(t, res[0].Err)
+	require.Positive(t, res[0].Version)
+	require.ErrorIs(t, res[1].Err, fleet.ErrNotFound)
+	require.ErrorIs(t, res[2].Err, fleet.ErrNotActive)
+	var le *twin.LimitError
+	require.ErrorAs(t, res[3].Err, &le)
+	again, err := s.Store.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "i-0", RequestID: "e", Patch: []byte(`{"fan":2}`)}})
+	require.NoError(t, err)
+	require.Equal(t, res[0].Version+1, again[0].Version, "every applied patch bumps the reported version by one")
+}

@@ -1,0 +1,956 @@
+// Package fleettest is the one in-memory fake of fleetflow's registry: it implements the store interfaces of
+// internal/fleet (provisioning, jobs, rollouts, retire) the way the Postgres registry does, for the
+// behaviours activities rely on, and records every call for assertions. The contract test (Contract, run
+// against this fake and against internal/registry on a throwaway Postgres) keeps the two honest.
+//
+// Tests set up the fleet through the exported fields and the Add* helpers, may script answers (Acks,
+// Fail, OnObserve) and read what was called from the recorded fields. Every method takes the store's lock;
+// tests that read or write fields while activities run take Mu themselves.
+package fleettest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/rollout"
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// Device is one device of the in-memory fleet.
+type Device struct {
+	Status          fleet.DeviceStatus // fleet.StatusActive unless set
+	Tags, Desired   []byte
+	TagsVersion     int64
+	DesiredVersion  int64
+	Reported        []byte // the reported document; ReportedVersion is its firmware.version
+	ReportedRev     int64  // the reported section's version, bumped by every applied patch
+	Online          bool
+	LastSeen        time.Time
+	ReportedVersion string
+	Health          string
+	HealthReason    string
+	JobStatus       map[string][2]string // job id -> {status, reason}
+	ProvisionedBy   string
+	RetiredAt       time.Time
+	Replaces        string
+	ReplacedBy      string
+}
+
+// RolloutRow is one device of a rollout (rollout_devices).
+type RolloutRow struct {
+	Rollout      string
+	Rank         int64
+	DeviceID     string
+	Wave         int // -1: not in a wave yet
+	Phase        rollout.Phase
+	PrevVersion  string
+	Reason       string
+	DispatchedAt time.Time
+	BakeSince    time.Time
+	RollbackAt   time.Time
+	Active       bool // the claim is held
+}
+
+// StagedRow is one staged manifest row; ParseError marks a row the CLI could not parse.
+type StagedRow struct {
+	Line       int64
+	ID         string
+	Tags       string // JSON text; "" means {}
+	ParseError string
+}
+
+// PatchCall is one recorded PatchTwins call.
+type PatchCall struct {
+	Section twin.Section
+	Patches []fleet.DevicePatch
+}
+
+// DispatchCall is one recorded DispatchWave call.
+type DispatchCall struct {
+	Rollout string
+	Wave    int
+	Cutoff  int64
+	FW      fleet.Firmware
+	Limit   int
+}
+
+// FinishCall is one recorded FinishRollout call.
+type FinishCall struct {
+	ID     string
+	State  fleet.RolloutEnd
+	Result json.RawMessage
+}
+
+// Store is the in-memory registry.
+type Store struct {
+	Mu sync.Mutex
+
+	Devices     map[string]*Device
+	Targets     map[string][]fleet.JobTarget // job -> targets in seq order
+	Rows        []*RolloutRow                // rank order within a rollout, rollouts in creation order
+	FirmwareURL map[string]string            // catalogue: version -> url (rollback patches)
+	Staged      map[string][]StagedRow       // op -> staged rows in seq order
+	Results     map[string][]fleet.RowResult // op -> rows that did not create a device
+	Batches     map[string]fleet.ProvisionCounts
+	// Now is the store's clock (time.Now when nil).
+	Now func() time.Time
+
+	// Scripted answers.
+	Acks      []fleet.AckProgress            // when set, CollectAcks answers these in turn, the last repeated
+	JobCounts map[fleet.JobState]int64       // when set, JobTotals counts these instead of the targets
+	Fail      map[string]error               // method name -> error it returns
+	OnObserve func(call int)                 // called (under the lock) before the call-th ObserveRollout, from 1
+	Summaries map[string]fleet.HealthSummary // unused by the fake's own logic; for callers' bookkeeping
+
+	// Recorded calls.
+	TargetRanges   [][2]int64
+	Recorded       [][]fleet.JobOutcome
+	PatchCalls     []PatchCall
+	AckCalls       int
+	AckArgs        []string // job, then keys, of the last CollectAcks
+	Closed         []string // "job=state"
+	DispatchCalls  []DispatchCall
+	ObserveCalls   int
+	ObserveJobs    []string
+	ObservePhases  [][]rollout.Phase
+	PhaseUpdates   [][]fleet.PhaseUpdate
+	RollbackCalls  []string // job ids
+	RollbackLimits []int
+	Finished       []FinishCall
+	DevicesPhases  []string
+	DevicesLimit   int
+}
+
+// The fake plays every role of the registry that activities use.
+var (
+	_ fleet.ProvisionStore = (*Store)(nil)
+	_ fleet.JobStore       = (*Store)(nil)
+	_ fleet.RolloutStore   = (*Store)(nil)
+	_ fleet.RetireStore    = (*Store)(nil)
+)
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{Devices: map[string]*Device{}, Targets: map[string][]fleet.JobTarget{}, FirmwareURL: map[string]string{},
+		Staged: map[string][]StagedRow{}, Results: map[string][]fleet.RowResult{}, Batches: map[string]fleet.ProvisionCounts{}}
+}
+
+func (s *Store) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Store) err(method string) error { return s.Fail[method] }
+
+// AddDevice adds (or replaces) a device; an empty status is active, empty documents are {}.
+func (s *Store) AddDevice(id string, d Device) *Device {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	return s.addDeviceLocked(id, d)
+}
+
+func (s *Store) addDeviceLocked(id string, d Device) *Device {
+	if d.Status == "" {
+		d.Status = fleet.StatusActive
+	}
+	if d.JobStatus == nil {
+		d.JobStatus = map[string][2]string{}
+	}
+	for _, doc := range []*[]byte{&d.Tags, &d.Desired, &d.Reported} {
+		if len(*doc) == 0 {
+			*doc = []byte("{}")
+		}
+	}
+	s.Devices[id] = &d
+	return &d
+}
+
+// AddJob freezes targets seq 0..len(ids)-1 of job, all pending.
+func (s *Store) AddJob(job string, ids ...string) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	for i, id := range ids {
+		s.Targets[job] = append(s.Targets[job], fleet.JobTarget{Seq: int64(i), DeviceID: id, State: fleet.JobPending})
+	}
+}
+
+// AddRow adds a device to a rollout (Rollout may be left empty when a test has one rollout) with the next
+// rank, queued unless Phase is set.
+func (s *Store) AddRow(r RolloutRow) *RolloutRow {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	var n int64
+	for _, x := range s.Rows {
+		if x.Rollout == r.Rollout {
+			n++
+		}
+	}
+	r.Rank = n
+	if r.Phase == "" {
+		r.Phase, r.Wave = rollout.Queued, -1
+	}
+	r.Active = true
+	s.Rows = append(s.Rows, &r)
+	return &r
+}
+
+// TargetState is a job target's state ("" when there is no such target).
+func (s *Store) TargetState(job string, seq int64) fleet.JobState {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	for _, t := range s.Targets[job] {
+		if t.Seq == seq {
+			return t.State
+		}
+	}
+	return ""
+}
+
+// Stage stages manifest rows under op, as the CLI does before ProvisionFleet starts.
+func (s *Store) Stage(op string, rows []StagedRow) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.Staged[op] = append(s.Staged[op], rows...)
+}
+
+// ---- provisioning -----------------------------------------------------------------------------------------
+
+// ProvisionBatch creates the devices of staged rows first..last-1 of op; a batch already committed
+// returns its recorded counts.
+func (s *Store) ProvisionBatch(_ context.Context, op string, first, last int64) (fleet.ProvisionCounts, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	var c fleet.ProvisionCounts
+	if err := s.err("ProvisionBatch"); err != nil {
+		return c, err
+	}
+	key := fmt.Sprintf("%s/%d-%d", op, first, last)
+	if done, ok := s.Batches[key]; ok {
+		return done, nil
+	}
+	rows, ok := s.Staged[op]
+	if !ok {
+		return c, fmt.Errorf("provision %s: %w", op, fleet.ErrOperationNotStaged)
+	}
+	if last > int64(len(rows)) {
+		return c, fmt.Errorf("provision %s rows %d..%d: %w", op, first, last, fleet.ErrStagingLost)
+	}
+	for _, r := range rows[first:last] {
+		reason := validateRow(r)
+		switch {
+		case reason != "":
+			c.Invalid++
+			s.Results[op] = append(s.Results[op], fleet.RowResult{Line: r.Line, ID: r.ID, Outcome: fleet.RowInvalid, Reason: reason})
+		case s.Devices[r.ID] != nil:
+			c.Existing++
+			s.Results[op] = append(s.Results[op], fleet.RowResult{Line: r.Line, ID: r.ID, Outcome: fleet.RowExists,
+				Reason: "a device with this id already exists"})
+		default:
+			c.Created++
+			tags := r.Tags
+			if tags == "" {
+				tags = "{}"
+			}
+			s.addDeviceLocked(r.ID, Device{Tags: []byte(tags), ProvisionedBy: op})
+		}
+	}
+	s.Batches[key] = c
+	return c, nil
+}
+
+func validateRow(r StagedRow) string {
+	if r.ParseError != "" {
+		return r.ParseError
+	}
+	if r.ID == "" {
+		return "missing id"
+	}
+	if err := twin.ValidateID(r.ID); err != nil {
+		return err.Error()
+	}
+	tags := r.Tags
+	if tags == "" {
+		tags = "{}"
+	}
+	if err := twin.Validate(twin.Tags, []byte(tags)); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// ConnectProgress counts op's devices that have connected (or reported) and reported.
+func (s *Store) ConnectProgress(_ context.Context, op string, sample int) (fleet.ConnectProgress, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	var p fleet.ConnectProgress
+	if err := s.err("ConnectProgress"); err != nil {
+		return p, err
+	}
+	var ids []string
+	for id, d := range s.Devices {
+		if d.ProvisionedBy != op {
+			continue
+		}
+		p.Created++
+		reported := string(d.Reported) != "{}"
+		if reported {
+			p.Reported++
+		}
+		if reported || d.Online || !d.LastSeen.IsZero() {
+			p.Connected++
+		}
+		if !reported {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	if sample > 0 && len(ids) > 0 {
+		p.Missing = ids[:min(sample, len(ids))]
+	}
+	return p, nil
+}
+
+// ProvisionResults lists up to limit rows of op with the outcome ("" for all), in line order.
+func (s *Store) ProvisionResults(_ context.Context, op string, outcome fleet.RowOutcome, limit int) ([]fleet.RowResult, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("ProvisionResults"); err != nil {
+		return nil, err
+	}
+	out := []fleet.RowResult{}
+	for _, r := range s.Results[op] {
+		if (outcome == "" || r.Outcome == outcome) && len(out) < limit {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Line < out[j].Line })
+	return out, nil
+}
+
+// DropStaging deletes op's staged rows; results and counts stay.
+func (s *Store) DropStaging(_ context.Context, op string) error {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("DropStaging"); err != nil {
+		return err
+	}
+	delete(s.Staged, op)
+	return nil
+}
+
+// ---- device ingest ----------------------------------------------------------------------------------------
+
+// ApplyReported merges devices' reported patches, each on its own: an unknown device is ErrNotFound, a
+// disabled or retired one ErrNotActive, and an invalid or oversized document a twin error; the others get
+// their reported section's new version.
+func (s *Store) ApplyReported(_ context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("ApplyReported"); err != nil {
+		return nil, err
+	}
+	out := make([]fleet.ReportedResult, len(patches))
+	for i, p := range patches {
+		out[i] = fleet.ReportedResult{DeviceID: p.DeviceID, RequestID: p.RequestID}
+		d, ok := s.Devices[p.DeviceID]
+		switch {
+		case !ok:
+			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, fleet.ErrNotFound)
+		case d.Status != fleet.StatusActive:
+			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, fleet.ErrNotActive)
+		default:
+			if err := s.reportLocked(d, p.Patch); err != nil {
+				out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, err)
+				continue
+			}
+			out[i].Version = d.ReportedRev
+		}
+	}
+	return out, nil
+}
+
+// reportLocked merges a reported patch into d and keeps ReportedVersion (firmware.version) in step.
+func (s *Store) reportLocked(d *Device, patch []byte) error {
+	merged, err := twin.Apply(twin.Reported, d.Reported, patch)
+	if err != nil {
+		return err
+	}
+	d.Reported = merged
+	d.ReportedRev++
+	var doc struct {
+		Firmware struct {
+			Version string `json:"version"`
+		} `json:"firmware"`
+	}
+	_ = json.Unmarshal(merged, &doc)
+	d.ReportedVersion = doc.Firmware.Version
+	return nil
+}
+
+// ---- jobs -------------------------------------------------------------------------------------------------
+
+// JobTargets returns the pending targets with seq in first..last.
+func (s *Store) JobTargets(_ context.Context, job string, first, last int64) ([]fleet.JobTarget, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.TargetRanges = append(s.TargetRanges, [2]int64{first, last})
+	if err := s.err("JobTargets"); err != nil {
+		return nil, err
+	}
+	var out []fleet.JobTarget
+	for _, t := range s.Targets[job] {
+		if t.Seq >= first && t.Seq <= last && t.State == fleet.JobPending {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// RecordJobOutcomes records per-target outcomes.
+func (s *Store) RecordJobOutcomes(_ context.Context, job string, outs []fleet.JobOutcome) error {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("RecordJobOutcomes"); err != nil {
+		return err
+	}
+	s.Recorded = append(s.Recorded, slices.Clone(outs))
+	for _, o := range outs {
+		for i := range s.Targets[job] {
+			if s.Targets[job][i].Seq == o.Seq {
+				s.Targets[job][i].State = o.State
+			}
+		}
+	}
+	return nil
+}
+
+// PatchTwins merges per-device patches; a refused device does not fail the others.
+func (s *Store) PatchTwins(_ context.Context, section twin.Section, patches []fleet.DevicePatch) ([]fleet.PatchResult, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.PatchCalls = append(s.PatchCalls, PatchCall{Section: section, Patches: slices.Clone(patches)})
+	if err := s.err("PatchTwins"); err != nil {
+		return nil, err
+	}
+	return s.patchLocked(section, patches), nil
+}
+
+func (s *Store) patchLocked(section twin.Section, patches []fleet.DevicePatch) []fleet.PatchResult {
+	out := make([]fleet.PatchResult, len(patches))
+	for i, p := range patches {
+		out[i].DeviceID = p.DeviceID
+		d, ok := s.Devices[p.DeviceID]
+		if !ok {
+			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, fleet.ErrNotFound)
+			continue
+		}
+		out[i].Online = d.Online
+		if d.Status == fleet.StatusRetired {
+			out[i].Err = fmt.Errorf("device %s is retired: %w", p.DeviceID, fleet.ErrNotActive)
+			continue
+		}
+		doc, ver := &d.Tags, &d.TagsVersion
+		if section == twin.Desired {
+			doc, ver = &d.Desired, &d.DesiredVersion
+		}
+		merged, err := twin.Apply(section, *doc, p.Patch)
+		if err != nil {
+			out[i].Err = fmt.Errorf("device %s: %w", p.DeviceID, err)
+			continue
+		}
+		*doc = merged
+		*ver++
+		out[i].Version = *ver
+	}
+	return out
+}
+
+// CollectAcks marks running targets whose reported document holds desired's value for every key as
+// succeeded (scripted answers in Acks take precedence) and returns what is still waiting.
+func (s *Store) CollectAcks(_ context.Context, job string, keys []string) (fleet.AckProgress, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.AckCalls++
+	s.AckArgs = append([]string{job}, keys...)
+	var p fleet.AckProgress
+	if err := s.err("CollectAcks"); err != nil {
+		return p, err
+	}
+	if len(s.Acks) > 0 {
+		return s.Acks[min(s.AckCalls-1, len(s.Acks)-1)], nil
+	}
+	for i := range s.Targets[job] {
+		t := &s.Targets[job][i]
+		if t.State != fleet.JobRunning {
+			continue
+		}
+		d := s.Devices[t.DeviceID]
+		if d != nil && acked(d, keys) {
+			t.State = fleet.JobSucceeded
+			p.Acked++
+			continue
+		}
+		p.Waiting++
+		if d != nil && d.Online {
+			p.WaitingOnline++
+		}
+	}
+	return p, nil
+}
+
+// acked: for every key, reported holds what desired holds (both absent counts).
+func acked(d *Device, keys []string) bool {
+	var desired, reported map[string]json.RawMessage
+	_ = json.Unmarshal(d.Desired, &desired)
+	_ = json.Unmarshal(d.Reported, &reported)
+	for _, k := range keys {
+		w, wok := desired[k]
+		r, rok := reported[k]
+		if wok != rok || (wok && !jsonEqual(w, r)) {
+			return false
+		}
+	}
+	return true
+}
+
+func jsonEqual(a, b json.RawMessage) bool {
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	xa, _ := json.Marshal(x)
+	ya, _ := json.Marshal(y)
+	return string(xa) == string(ya)
+}
+
+// CloseJob ends a job: running targets become timed out (online) or offline, pending ones cancelled.
+func (s *Store) CloseJob(_ context.Context, job string, state fleet.JobEnd) error {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("CloseJob"); err != nil {
+		return err
+	}
+	s.Closed = append(s.Closed, job+"="+string(state))
+	for i := range s.Targets[job] {
+		t := &s.Targets[job][i]
+		switch t.State {
+		case fleet.JobRunning:
+			t.State = fleet.JobOffline
+			if d := s.Devices[t.DeviceID]; d != nil && d.Online {
+				t.State = fleet.JobTimedOut
+			}
+		case fleet.JobPending:
+			t.State = fleet.JobCancelled
+		}
+	}
+	return nil
+}
+
+// JobTotals counts the job's targets per state.
+func (s *Store) JobTotals(_ context.Context, job string) (fleet.JobCounts, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	var c fleet.JobCounts
+	if err := s.err("JobTotals"); err != nil {
+		return c, err
+	}
+	if s.JobCounts != nil {
+		for st, n := range s.JobCounts {
+			c.AddState(st, n)
+		}
+		return c, nil
+	}
+	for _, t := range s.Targets[job] {
+		c.AddState(t.State, 1)
+	}
+	return c, nil
+}
+
+// ---- rollouts ---------------------------------------------------------------------------------------------
+
+// FirmwarePatch is the desired patch that asks a device to install fw under job, as the registry writes it.
+func FirmwarePatch(job string, fw fleet.Firmware) []byte {
+	m := map[string]any{"jobId": job, "version": fw.Version}
+	if fw.URL != "" {
+		m["url"] = fw.URL
+	}
+	if fw.SHA256 != "" {
+		m["sha256"] = fw.SHA256
+	}
+	b, _ := json.Marshal(map[string]any{"firmware": m})
+	return b
+}
+
+// rows are the rows of rollout ro; rows added without a rollout id belong to every rollout (single-rollout
+// tests).
+func (s *Store) rows(ro string) []*RolloutRow {
+	var out []*RolloutRow
+	for _, r := range s.Rows {
+		if r.Rollout == "" || r.Rollout == ro {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// DispatchWave moves up to limit queued devices ranked below cutoff into wave.
+func (s *Store) DispatchWave(_ context.Context, ro string, wave int, cutoff int64, fw fleet.Firmware, limit int) ([]fleet.DesiredPush, int64, bool, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.DispatchCalls = append(s.DispatchCalls, DispatchCall{Rollout: ro, Wave: wave, Cutoff: cutoff, FW: fw, Limit: limit})
+	if err := s.err("DispatchWave"); err != nil {
+		return nil, 0, false, err
+	}
+	var cands []*RolloutRow
+	for _, r := range s.rows(ro) {
+		if r.Phase == rollout.Queued && r.Rank < cutoff && len(cands) <= limit {
+			cands = append(cands, r)
+		}
+	}
+	more := len(cands) > limit
+	if more {
+		cands = cands[:limit]
+	}
+	patch := FirmwarePatch(ro, fw)
+	var pushes []fleet.DesiredPush
+	var skipped int64
+	now := s.now()
+	for _, r := range cands {
+		d := s.Devices[r.DeviceID]
+		r.Wave, r.DispatchedAt = wave, now
+		switch {
+		case d == nil:
+			r.Phase, r.Reason = rollout.Skipped, "device no longer exists"
+			skipped++
+			continue
+		case d.ReportedVersion == fw.Version:
+			r.PrevVersion = d.ReportedVersion
+			r.Phase, r.Reason = rollout.Skipped, "already runs "+fw.Version
+			skipped++
+			continue
+		case d.Status != fleet.StatusActive:
+			r.PrevVersion = d.ReportedVersion
+			r.Phase, r.Reason = rollout.Skipped, "device is "+string(d.Status)
+			skipped++
+			continue
+		}
+		r.PrevVersion = d.ReportedVersion
+		res := s.patchLocked(twin.Desired, []fleet.DevicePatch{{DeviceID: r.DeviceID, Patch: patch}})[0]
+		if res.Err != nil {
+			r.Phase, r.Reason = rollout.Failed, "desired firmware could not be written: "+res.Err.Error()
+			continue
+		}
+		r.Phase, r.Reason = rollout.Dispatched, ""
+		pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+	}
+	return pushes, skipped, more, nil
+}
+
+// ObserveRollout returns the rollout's devices in phases with what they report under job.
+func (s *Store) ObserveRollout(_ context.Context, ro, job string, phases []rollout.Phase) ([]fleet.RolloutObservation, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.ObserveCalls++
+	s.ObserveJobs = append(s.ObserveJobs, job)
+	s.ObservePhases = append(s.ObservePhases, slices.Clone(phases))
+	if s.OnObserve != nil {
+		s.OnObserve(s.ObserveCalls)
+	}
+	if err := s.err("ObserveRollout"); err != nil {
+		return nil, err
+	}
+	var out []fleet.RolloutObservation
+	for _, r := range s.rows(ro) {
+		if !slices.Contains(phases, r.Phase) {
+			continue
+		}
+		d := s.Devices[r.DeviceID]
+		if d == nil {
+			continue
+		}
+		js := d.JobStatus[job]
+		out = append(out, fleet.RolloutObservation{Rank: r.Rank, DeviceID: r.DeviceID, Wave: r.Wave, Phase: r.Phase,
+			PrevVersion: r.PrevVersion, DispatchedAt: r.DispatchedAt, BakeSince: r.BakeSince, RollbackAt: r.RollbackAt,
+			JobStatus: js[0], JobReason: js[1], ReportedVersion: d.ReportedVersion, Health: d.Health,
+			HealthReason: d.HealthReason, Online: d.Online, LastSeen: d.LastSeen})
+	}
+	return out, nil
+}
+
+// UpdateRolloutPhases records phase changes; a rollback phase without a reason keeps the forward one.
+func (s *Store) UpdateRolloutPhases(_ context.Context, ro string, ups []fleet.PhaseUpdate) error {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.PhaseUpdates = append(s.PhaseUpdates, slices.Clone(ups))
+	if err := s.err("UpdateRolloutPhases"); err != nil {
+		return err
+	}
+	rows := s.rows(ro)
+	for _, u := range ups {
+		for _, r := range rows {
+			if r.Rank != u.Rank {
+				continue
+			}
+			switch {
+			case u.Reason != "":
+				r.Reason = u.Reason
+			case !strings.HasPrefix(string(u.Phase), "roll"):
+				r.Reason = ""
+			}
+			r.Phase = u.Phase
+			if !u.BakeSince.IsZero() {
+				r.BakeSince = u.BakeSince
+			}
+		}
+	}
+	return nil
+}
+
+// RolloutCounts counts the rollout's devices per wave and phase, in wave then phase order.
+func (s *Store) RolloutCounts(_ context.Context, ro string) ([]fleet.PhaseCount, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("RolloutCounts"); err != nil {
+		return nil, err
+	}
+	type key struct {
+		wave  int
+		phase rollout.Phase
+	}
+	m := map[key]int64{}
+	for _, r := range s.rows(ro) {
+		m[key{r.Wave, r.Phase}]++
+	}
+	var out []fleet.PhaseCount
+	for k, n := range m {
+		out = append(out, fleet.PhaseCount{Wave: k.wave, Phase: k.phase, N: n})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Wave != out[j].Wave {
+			return out[i].Wave < out[j].Wave
+		}
+		return out[i].Phase < out[j].Phase
+	})
+	return out, nil
+}
+
+// TouchedPhases are the phases of devices that were sent the new firmware: what a rollback sends back.
+var TouchedPhases = []rollout.Phase{rollout.Dispatched, rollout.Downloading, rollout.Installing, rollout.Rebooting,
+	rollout.Baking, rollout.Succeeded, rollout.Failed}
+
+// StartRollback sends up to limit touched devices back to their previous firmware under job.
+func (s *Store) StartRollback(_ context.Context, ro, job string, limit int) ([]fleet.DesiredPush, bool, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.RollbackCalls = append(s.RollbackCalls, job)
+	s.RollbackLimits = append(s.RollbackLimits, limit)
+	if err := s.err("StartRollback"); err != nil {
+		return nil, false, err
+	}
+	var cands []*RolloutRow
+	for _, r := range s.rows(ro) {
+		if slices.Contains(TouchedPhases, r.Phase) && len(cands) <= limit {
+			cands = append(cands, r)
+		}
+	}
+	more := len(cands) > limit
+	if more {
+		cands = cands[:limit]
+	}
+	var pushes []fleet.DesiredPush
+	now := s.now()
+	for _, r := range cands {
+		r.RollbackAt = now
+		if r.PrevVersion == "" {
+			r.Phase, r.Reason = rollout.RolledBack, "no previous version known; left as is"
+			continue
+		}
+		patch := FirmwarePatch(job, fleet.Firmware{Version: r.PrevVersion, URL: s.FirmwareURL[r.PrevVersion]})
+		res := s.patchLocked(twin.Desired, []fleet.DevicePatch{{DeviceID: r.DeviceID, Patch: patch}})[0]
+		if res.Err != nil {
+			r.Phase, r.Reason = rollout.RollbackFailed, "desired firmware could not be written: "+res.Err.Error()
+			continue
+		}
+		r.Phase = rollout.RollingBack
+		pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+	}
+	return pushes, more, nil
+}
+
+// DesiredDocs returns each known device's whole desired document and version.
+func (s *Store) DesiredDocs(_ context.Context, ids []string) ([]fleet.DesiredPush, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("DesiredDocs"); err != nil {
+		return nil, err
+	}
+	var out []fleet.DesiredPush
+	for _, id := range ids {
+		if d, ok := s.Devices[id]; ok {
+			out = append(out, fleet.DesiredPush{DeviceID: id, Version: d.DesiredVersion, Online: d.Online, Patch: d.Desired})
+		}
+	}
+	return out, nil
+}
+
+// FinishRollout cancels the devices never dispatched, releases every claim and records the end.
+func (s *Store) FinishRollout(_ context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("FinishRollout"); err != nil {
+		return err
+	}
+	s.Finished = append(s.Finished, FinishCall{ID: id, State: state, Result: result})
+	for _, r := range s.rows(id) {
+		if r.Phase == rollout.Queued {
+			r.Phase, r.Reason = rollout.Cancelled, "the rollout ended before this wave"
+		}
+		r.Active = false
+	}
+	return nil
+}
+
+// RolloutDevices lists the rollout's devices in phases (all when none), in rank order, at most limit.
+func (s *Store) RolloutDevices(_ context.Context, ro string, phases []string, limit int) ([]fleet.RolloutDevice, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.DevicesPhases, s.DevicesLimit = slices.Clone(phases), limit
+	if err := s.err("RolloutDevices"); err != nil {
+		return nil, err
+	}
+	var out []fleet.RolloutDevice
+	for _, r := range s.rows(ro) {
+		if len(out) >= limit {
+			break
+		}
+		if len(phases) == 0 || slices.Contains(phases, string(r.Phase)) {
+			out = append(out, fleet.RolloutDevice{DeviceID: r.DeviceID, Wave: r.Wave, Phase: r.Phase,
+				PrevVersion: r.PrevVersion, Reason: r.Reason})
+		}
+	}
+	return out, nil
+}
+
+// ---- retire -----------------------------------------------------------------------------------------------
+
+// RetireDevices retires devices: status retired, their pending and running job targets cancelled, their
+// rollout claims released. Retiring twice is harmless; unknown ids are reported.
+func (s *Store) RetireDevices(_ context.Context, _ string, ids []string, _ string) ([]fleet.RetireResult, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("RetireDevices"); err != nil {
+		return nil, err
+	}
+	out := make([]fleet.RetireResult, len(ids))
+	for i, id := range ids {
+		out[i].DeviceID = id
+		d := s.Devices[id]
+		switch {
+		case d == nil:
+			out[i].Outcome = fleet.RetireUnknown
+		case d.Status == fleet.StatusRetired:
+			out[i].Outcome = fleet.RetireAlreadyRetired
+		default:
+			out[i].Outcome = fleet.RetireDone
+			s.retireLocked(id, d)
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) retireLocked(id string, d *Device) {
+	d.Status, d.Online, d.RetiredAt = fleet.StatusRetired, false, s.now()
+	for _, ts := range s.Targets {
+		for i := range ts {
+			if ts[i].DeviceID == id && (ts[i].State == fleet.JobPending || ts[i].State == fleet.JobRunning) {
+				ts[i].State = fleet.JobCancelled
+			}
+		}
+	}
+	for _, r := range s.Rows {
+		if r.DeviceID == id && r.Active {
+			r.Active = false
+			switch r.Phase {
+			case rollout.Succeeded, rollout.Failed, rollout.Skipped, rollout.RolledBack, rollout.RollbackFailed:
+			default:
+				r.Phase, r.Reason = rollout.Cancelled, "device retired"
+			}
+		}
+	}
+}
+
+// ReplaceDevice gives nw old's tags (nw's own win on a shared key) and old's whole desired document,
+// records the lineage and retires old. Repeating it after it succeeded reports the state as it is.
+func (s *Store) ReplaceDevice(_ context.Context, _ string, old, nw string) (fleet.ReplaceResult, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	res := fleet.ReplaceResult{Old: old, New: nw}
+	if err := s.err("ReplaceDevice"); err != nil {
+		return res, err
+	}
+	if old == nw {
+		return res, fmt.Errorf("replace %s: a device cannot replace itself", old)
+	}
+	o, n := s.Devices[old], s.Devices[nw]
+	switch {
+	case o == nil:
+		return res, fmt.Errorf("device %s: %w", old, fleet.ErrNotFound)
+	case n == nil:
+		return res, fmt.Errorf("device %s: %w", nw, fleet.ErrNotFound)
+	case n.Status == fleet.StatusRetired:
+		return res, fmt.Errorf("replacement %s: %w; give a new device id", nw, fleet.ErrRetired)
+	case o.Status == fleet.StatusRetired && o.ReplacedBy == nw:
+	case o.Status == fleet.StatusRetired:
+		return res, fmt.Errorf("device %s: %w (retired at its own decommission); nothing to replace", old, fleet.ErrRetired)
+	default:
+		var ot, nt map[string]json.RawMessage
+		if err := json.Unmarshal(o.Tags, &ot); err != nil {
+			return res, fmt.Errorf("tags of %s: %w", old, err)
+		}
+		if err := json.Unmarshal(n.Tags, &nt); err != nil {
+			return res, fmt.Errorf("tags of %s: %w", nw, err)
+		}
+		for k, v := range nt {
+			ot[k] = v
+		}
+		n.Tags, _ = json.Marshal(ot)
+		n.TagsVersion++
+		n.Desired = slices.Clone(o.Desired)
+		n.DesiredVersion++
+		o.ReplacedBy, n.Replaces = nw, old
+		s.retireLocked(old, o)
+	}
+	res.DesiredVersion, res.Online, res.Desired = n.DesiredVersion, n.Online, slices.Clone(n.Desired)
+	return res, nil
+}
+
+// PurgeArchive deletes devices retired more than olderThan ago.
+func (s *Store) PurgeArchive(_ context.Context, olderThan time.Duration) (int64, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("PurgeArchive"); err != nil {
+		return 0, err
+	}
+	if olderThan <= 0 {
+		return 0, errors.New("purge: the retention must be positive")
+	}
+	var n int64
+	cutoff := s.now().Add(-olderThan)
+	for id, d := range s.Devices {
+		if d.Status == fleet.StatusRetired && d.RetiredAt.Before(cutoff) {
+			delete(s.Devices, id)
+			n++
+		}
+	}
+	return n, nil
+}

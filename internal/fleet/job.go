@@ -1,0 +1,152 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
+)
+
+// JobKind is what a job does to each of its devices.
+type JobKind string
+
+// Job kinds, as stored in jobs.kind.
+const (
+	// JobSetDesired merges a patch into each device's desired properties and waits for the acknowledgement.
+	JobSetDesired JobKind = "set_desired"
+	// JobSetTags merges a patch into each device's tags (registry only; devices never see tags).
+	JobSetTags JobKind = "set_tags"
+	// JobMethod calls a direct method on each device.
+	JobMethod JobKind = "method"
+	// JobRetire decommissions each device (workflow Decommission).
+	JobRetire JobKind = "retire"
+)
+
+// JobState is where a job stands on one of its devices (job_devices.state).
+type JobState string
+
+// Per-device job states. Pending and running are in progress; the others are final.
+const (
+	JobPending   JobState = "pending"   // not reached yet
+	JobRunning   JobState = "running"   // desired written, waiting for the device to acknowledge it in reported
+	JobSucceeded JobState = "succeeded" // written (tags), acknowledged (desired), answered 2xx (method), retired
+	JobFailed    JobState = "failed"    // refused by the registry or answered with an error status by the device
+	JobTimedOut  JobState = "timed_out" // online but silent until the timeout
+	JobOffline   JobState = "offline"   // not connected (desired is stored and reaches it on reconnect)
+	JobCancelled JobState = "cancelled" // the job was cancelled before it reached the device
+)
+
+// JobEnd is the state a job ends in (jobs.state once finished).
+type JobEnd string
+
+// Job end states.
+const (
+	JobCompleted             JobEnd = "completed"
+	JobCompletedWithFailures JobEnd = "completed_with_failures"
+	JobEndCancelled          JobEnd = "cancelled"
+	// JobEndFailed: the workflow gave up (a store error it could not retry past).
+	JobEndFailed JobEnd = "failed"
+	// JobNotStarted: the job was created but its workflow never started.
+	JobNotStarted JobEnd = "not_started"
+)
+
+// JobTarget is one frozen target of a job: targets are numbered 0..total-1 when the job is created, so a
+// workflow walks them with a cursor.
+type JobTarget struct {
+	Seq      int64
+	DeviceID string
+	State    JobState
+}
+
+// JobOutcome is what happened on one target.
+type JobOutcome struct {
+	Seq     int64
+	State   JobState
+	Status  int             // the device's method status, 0 when none
+	Payload json.RawMessage // the device's method response or the retire detail, nil when none
+	Error   string
+}
+
+// JobCounts are a job's devices per outcome.
+type JobCounts struct {
+	Succeeded int64 `json:"succeeded"`
+	Failed    int64 `json:"failed"`
+	TimedOut  int64 `json:"timedOut"`
+	Offline   int64 `json:"offline"`
+	Running   int64 `json:"running"` // desired written, acknowledgement pending
+	Cancelled int64 `json:"cancelled"`
+}
+
+// Add sums counts.
+func (c *JobCounts) Add(o JobCounts) {
+	c.Succeeded += o.Succeeded
+	c.Failed += o.Failed
+	c.TimedOut += o.TimedOut
+	c.Offline += o.Offline
+	c.Running += o.Running
+	c.Cancelled += o.Cancelled
+}
+
+// AddState counts n devices in state; pending devices are not counted (they are what is left).
+func (c *JobCounts) AddState(state JobState, n int64) {
+	switch state {
+	case JobSucceeded:
+		c.Succeeded += n
+	case JobFailed:
+		c.Failed += n
+	case JobTimedOut:
+		c.TimedOut += n
+	case JobOffline:
+		c.Offline += n
+	case JobRunning:
+		c.Running += n
+	case JobCancelled:
+		c.Cancelled += n
+	}
+}
+
+// Unsuccessful is the number of devices the job gave up on.
+func (c JobCounts) Unsuccessful() int64 { return c.Failed + c.TimedOut + c.Offline }
+
+// AckProgress is the state of a desired job's acknowledgements.
+type AckProgress struct {
+	Acked         int64 // newly acknowledged in this call
+	Waiting       int64 // still waiting
+	WaitingOnline int64 // of which connected
+}
+
+// DevicePatch is one device's merge patch in a batch write.
+type DevicePatch struct {
+	DeviceID string
+	Patch    []byte
+}
+
+// PatchResult is the outcome of one DevicePatch: the section's new version and whether the device was
+// online when it was written, or why it was refused (ErrNotFound, ErrNotActive for a retired or disabled
+// device, a *twin.LimitError, twin.ErrInvalidJSON). A refused device does not fail the others.
+type PatchResult struct {
+	DeviceID string
+	Version  int64
+	Online   bool
+	Err      error
+}
+
+// JobStore is what a job's activities need from the registry.
+type JobStore interface {
+	// JobTargets returns the job's targets with seq in first..last (inclusive) that are still pending, in
+	// seq order, so that a retried batch skips what it already did.
+	JobTargets(ctx context.Context, job string, first, last int64) ([]JobTarget, error)
+	// RecordJobOutcomes records per-target outcomes; recording the same outcome twice is harmless.
+	RecordJobOutcomes(ctx context.Context, job string, outs []JobOutcome) error
+	// PatchTwins merges per-device patches into the tags or desired section of many devices at once,
+	// bumping each section's version; each device appears at most once.
+	PatchTwins(ctx context.Context, section twin.Section, patches []DevicePatch) ([]PatchResult, error)
+	// CollectAcks marks running targets whose reported state matches desired for every key as succeeded
+	// and returns what is still waiting.
+	CollectAcks(ctx context.Context, job string, keys []string) (AckProgress, error)
+	// CloseJob ends a job: targets still running become offline or timed out (by their connection), the
+	// pending ones cancelled.
+	CloseJob(ctx context.Context, job string, state JobEnd) error
+	// JobTotals counts the job's targets per state.
+	JobTotals(ctx context.Context, job string) (JobCounts, error)
+}

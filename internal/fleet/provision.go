@@ -1,0 +1,75 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+)
+
+// ProvisionCounts is the outcome of provisioning manifest rows, per batch and summed over an operation.
+type ProvisionCounts struct {
+	Created  int64 `json:"created"`
+	Existing int64 `json:"existing"`
+	Invalid  int64 `json:"invalid"`
+}
+
+// Add sums counts.
+func (c *ProvisionCounts) Add(o ProvisionCounts) {
+	c.Created += o.Created
+	c.Existing += o.Existing
+	c.Invalid += o.Invalid
+}
+
+// Total is the number of rows accounted for.
+func (c ProvisionCounts) Total() int64 { return c.Created + c.Existing + c.Invalid }
+
+// ConnectProgress is how far an operation's new devices got in connecting and reporting.
+type ConnectProgress struct {
+	Created   int64    `json:"created"`
+	Connected int64    `json:"connected"`
+	Reported  int64    `json:"reported"`
+	Missing   []string `json:"missing,omitempty"` // a sample of devices that have not reported
+}
+
+// RowOutcome says why a staged manifest row did not become a new device.
+type RowOutcome string
+
+// Row outcomes recorded in provision_results.
+const (
+	RowInvalid RowOutcome = "invalid" // the row failed validation
+	RowExists  RowOutcome = "exists"  // a device with the row's id already exists
+)
+
+// RowResult is a staged manifest row that did not become a new device.
+type RowResult struct {
+	Line    int64      `json:"line"`
+	ID      string     `json:"id"`
+	Outcome RowOutcome `json:"outcome"`
+	Reason  string     `json:"reason"`
+}
+
+// Provisioning errors a store reports (wrapped); retrying cannot help either.
+var (
+	// ErrOperationNotStaged: no manifest was staged under the operation id.
+	ErrOperationNotStaged = errors.New("operation not staged")
+	// ErrStagingLost: the operation's staged rows are gone (dropped before every batch committed).
+	ErrStagingLost = errors.New("staged rows lost")
+)
+
+// ProvisionStore is what provisioning's activities need from the registry.
+type ProvisionStore interface {
+	// ProvisionBatch creates the devices of staged rows first..last-1 of op. It is idempotent: a
+	// committed batch is recorded and a retry returns its counts.
+	ProvisionBatch(ctx context.Context, op string, first, last int64) (ProvisionCounts, error)
+	// ConnectProgress counts op's devices that have connected and reported, with a sample of up to
+	// sample ids that have not reported.
+	ConnectProgress(ctx context.Context, op string, sample int) (ConnectProgress, error)
+	// ProvisionResults lists up to limit rows of op with the outcome ("" for all), in line order.
+	ProvisionResults(ctx context.Context, op string, outcome RowOutcome, limit int) ([]RowResult, error)
+	// DropStaging deletes op's staged rows (they hold credential digests).
+	DropStaging(ctx context.Context, op string) error
+}
+
+// Processed is Total, under the name workflows.Counts used.
+//
+// Deprecated: use Total.
+func (c ProvisionCounts) Processed() int64 { return c.Total() }

@@ -1,0 +1,127 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/rollout"
+)
+
+// Firmware is a catalogue entry: what a device needs to fetch and verify an image.
+type Firmware struct {
+	Version   string    `json:"version"`
+	URL       string    `json:"url"`
+	SHA256    string    `json:"sha256"`
+	Notes     string    `json:"notes,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+var (
+	versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$`)
+	sha256RE  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// Validate checks an entry before it is stored: a version that fits in a job id and a topic, an absolute
+// http(s) URL, and a SHA-256 in hex, since a device verifies the image against it.
+func (f *Firmware) Validate() error {
+	f.SHA256 = strings.ToLower(strings.TrimSpace(f.SHA256))
+	switch {
+	case !versionRE.MatchString(f.Version):
+		return fmt.Errorf("firmware version %q: use 1-48 characters from A-Z a-z 0-9 . _ - (e.g. 2.1.0), since it becomes part of job ids and topics", f.Version)
+	case !sha256RE.MatchString(f.SHA256):
+		return fmt.Errorf("firmware %s: --sha256 must be 64 hex digits, got %d characters", f.Version, len(f.SHA256))
+	}
+	u, err := url.Parse(f.URL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("firmware %s: --url %q must be an absolute http(s) URL", f.Version, f.URL)
+	}
+	if len(f.Notes) > 4096 {
+		return fmt.Errorf("firmware %s: notes are limited to 4096 bytes", f.Version)
+	}
+	return nil
+}
+
+// RolloutEnd is the state a rollout ends in (rollouts.state once finished).
+type RolloutEnd string
+
+// Rollout end states.
+const (
+	RolloutCompleted  RolloutEnd = "completed"
+	RolloutRolledBack RolloutEnd = "rolled_back"
+	RolloutAborted    RolloutEnd = "aborted"
+	// RolloutNotStarted: the rollout was created but its workflow never started.
+	RolloutNotStarted RolloutEnd = "not_started"
+)
+
+// RolloutObservation is what the registry knows about one device of a rollout, for the rules in
+// internal/rollout.
+type RolloutObservation struct {
+	Rank            int64
+	DeviceID        string
+	Wave            int
+	Phase           rollout.Phase
+	PrevVersion     string
+	DispatchedAt    time.Time
+	BakeSince       time.Time
+	RollbackAt      time.Time
+	JobStatus       string
+	JobReason       string
+	ReportedVersion string
+	Health          string
+	HealthReason    string
+	Online          bool
+	LastSeen        time.Time
+}
+
+// PhaseUpdate changes one device's phase in a rollout.
+type PhaseUpdate struct {
+	Rank      int64
+	Phase     rollout.Phase
+	Reason    string    // empty on a rollback phase: the forward reason is kept
+	BakeSince time.Time // zero: unchanged
+}
+
+// PhaseCount is the number of a rollout's devices in one phase of one wave (Wave -1: not in a wave yet).
+type PhaseCount struct {
+	Wave  int           `json:"wave"`
+	Phase rollout.Phase `json:"phase"`
+	N     int64         `json:"n"`
+}
+
+// RolloutDevice is one device of a rollout, for reports.
+type RolloutDevice struct {
+	DeviceID    string        `json:"deviceId"`
+	Wave        int           `json:"wave"`
+	Phase       rollout.Phase `json:"phase"`
+	PrevVersion string        `json:"previousVersion,omitempty"`
+	Reason      string        `json:"reason,omitempty"`
+	UpdatedAt   time.Time     `json:"updatedAt"`
+}
+
+// RolloutStore is what a rollout's activities need from the registry.
+type RolloutStore interface {
+	// DispatchWave moves up to limit queued devices ranked below cutoff into wave: it writes the firmware to
+	// their desired state and returns the pushes to send, how many it skipped (unknown, retired or already
+	// on the version) and whether more remain. A retry continues with the devices still queued.
+	DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []DesiredPush, skipped int64, more bool, err error)
+	// ObserveRollout returns the rollout's devices in phases with what they report under job.
+	ObserveRollout(ctx context.Context, rollout, job string, phases []rollout.Phase) ([]RolloutObservation, error)
+	// UpdateRolloutPhases records phase changes.
+	UpdateRolloutPhases(ctx context.Context, rollout string, ups []PhaseUpdate) error
+	// RolloutCounts counts the rollout's devices per wave and phase.
+	RolloutCounts(ctx context.Context, rollout string) ([]PhaseCount, error)
+	// StartRollback sends up to limit touched devices back to their previous firmware under job and returns
+	// the pushes and whether more remain.
+	StartRollback(ctx context.Context, rollout, job string, limit int) (pushes []DesiredPush, more bool, err error)
+	// FinishRollout records the rollout's end state and result, and releases its claims.
+	FinishRollout(ctx context.Context, id string, state RolloutEnd, result json.RawMessage) error
+	// DesiredDocs returns each known device's whole desired document and version (unknown ids left out).
+	DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush, error)
+	// RolloutDevices lists the rollout's devices in phases (all when none), in rank order, at most limit.
+	RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]RolloutDevice, error)
+}
