@@ -27,6 +27,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/registry"
@@ -192,7 +193,7 @@ func benchConfigure(b *testing.B, n int) configureHistory {
 
 	// A four-wave rollout over the fleet.
 	version := fmt.Sprintf("2.%d.0", n)
-	fw, err := f.reg.AddFirmware(ctx, registry.Firmware{Version: version, URL: "https://fw.example/" + version + ".bin",
+	fw, err := f.reg.AddFirmware(ctx, fleet.Firmware{Version: version, URL: "https://fw.example/" + version + ".bin",
 		SHA256: strings.Repeat("ab", 32)})
 	if err != nil {
 		b.Fatal(err)
@@ -397,9 +398,9 @@ func (f *configureFleet) invokeRoundTrips(b *testing.B, ctx context.Context, id 
 	var ds []time.Duration
 	for i := 0; i < warmupSamples+samples; i++ {
 		t0 := time.Now()
-		res, err := ch.Invoke(ctx, channel.MethodCall{DeviceID: id, Method: "ping"}, 5*time.Second)
+		res, err := ch.Invoke(ctx, fleet.MethodCall{DeviceID: id, Method: "ping"}, 5*time.Second)
 		took := time.Since(t0)
-		if err != nil || res.Outcome != channel.Succeeded {
+		if err != nil || res.Outcome != fleet.MethodSucceeded {
 			b.Fatalf("invoke ping on %s: %+v, %v", id, res, err)
 		}
 		if i >= warmupSamples {

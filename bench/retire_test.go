@@ -16,6 +16,7 @@ import (
 	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/registry"
@@ -168,12 +169,12 @@ func BenchmarkRevocationLatency(b *testing.B) {
 	for i, id := range ids {
 		job := fmt.Sprintf("decommission-bench-%03d", i)
 		start := time.Now()
-		total, err := be.reg.CreateJobForIDs(ctx, registry.JobSpec{ID: job, Kind: workflows.JobRetire, Query: "ids: " + id, Spec: []byte("{}")}, []string{id})
+		total, err := be.reg.CreateJobForIDs(ctx, registry.JobSpec{ID: job, Kind: fleet.JobRetire, Query: "ids: " + id, Spec: []byte("{}")}, []string{id})
 		if err != nil {
 			b.Fatal(err)
 		}
 		if _, err := be.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: job, TaskQueue: be.queue}, workflows.Decommission,
-			workflows.JobInput{JobID: job, Kind: workflows.JobRetire, Total: total, Reason: "bench"}); err != nil {
+			workflows.JobInput{JobID: job, Kind: fleet.JobRetire, Total: total, Reason: "bench"}); err != nil {
 			b.Fatal(err)
 		}
 		select {

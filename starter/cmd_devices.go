@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
@@ -86,7 +87,7 @@ func readDevice[T any](cmd *cobra.Command, g *globals, id string,
 	}
 	defer reg.Close()
 	v, err := read(reg, cmd.Context(), id)
-	if errors.Is(err, registry.ErrNotFound) {
+	if errors.Is(err, fleet.ErrNotFound) {
 		return zero, fmt.Errorf("no device %q in the registry", id)
 	}
 	return v, err

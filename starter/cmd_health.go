@@ -17,8 +17,10 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/internal/healthsched"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -274,7 +276,7 @@ func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput
 }
 
 func printHealthResult(r workflows.HealthCheckResult) {
-	th := workflows.Thousands
+	th := numfmt.Thousands
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "devices\t%s (%s active, %s disabled; %s retired) — %s online, %s offline\n", th(r.Devices), th(r.Active),
 		th(r.Disabled), th(r.Retired), th(r.Online), th(r.Offline))
@@ -391,7 +393,7 @@ func healthStatus(ctx context.Context, g *globals, out *output) error {
 		fmt.Println("no health check has run yet (run one now: fleetflow health run)")
 		return nil
 	}
-	th := workflows.Thousands
+	th := numfmt.Thousands
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "STARTED\tDEVICES\tONLINE\tOFFLINE\tUNHEALTHY\tPENDING\tFIRMWARE\tCREDS\tOPENED\tRESOLVED\tOPEN\tTOOK\tID")
 	for _, r := range runs {
@@ -523,7 +525,7 @@ Acknowledging an acknowledged alert keeps the first acknowledgement and says who
 			}
 			defer reg.Close()
 			a, err := reg.AckAlert(cmd.Context(), id, by)
-			if errors.Is(err, registry.ErrNotFound) {
+			if errors.Is(err, fleet.ErrNotFound) {
 				return fmt.Errorf("no alert %d (see `fleetflow alerts list`)", id)
 			}
 			if err != nil {

@@ -19,6 +19,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/fleetflow/fleetflow/internal/channel"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -95,7 +97,7 @@ outcome. --failed lists the devices that failed, timed out or were offline, with
 }
 
 // jobSpec validates the flags and returns the kind, the patch or payload, and the acknowledgement keys.
-func (f *jobFlags) spec() (kind string, patch json.RawMessage, keys []string, err error) {
+func (f *jobFlags) spec() (kind fleet.JobKind, patch json.RawMessage, keys []string, err error) {
 	n := 0
 	for _, s := range []string{f.setDesired, f.setTags, f.method} {
 		if s != "" {
@@ -119,9 +121,9 @@ func (f *jobFlags) spec() (kind string, patch json.RawMessage, keys []string, er
 		return "", nil, nil, nil
 	case f.setDesired != "", f.setTags != "":
 		section, text := twin.Desired, f.setDesired
-		kind = workflows.JobSetDesired
+		kind = fleet.JobSetDesired
 		if f.setTags != "" {
-			section, text, kind = twin.Tags, f.setTags, workflows.JobSetTags
+			section, text, kind = twin.Tags, f.setTags, fleet.JobSetTags
 		}
 		obj, err := twin.ParseObject(section, []byte(text))
 		if err != nil {
@@ -147,7 +149,7 @@ func (f *jobFlags) spec() (kind string, patch json.RawMessage, keys []string, er
 		if f.payload != "" && !json.Valid([]byte(f.payload)) {
 			return "", nil, nil, errors.New("--payload is not valid JSON")
 		}
-		return workflows.JobMethod, nil, nil, nil
+		return fleet.JobMethod, nil, nil, nil
 	}
 }
 
@@ -171,7 +173,7 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 			dry.EstimateSeconds = (time.Duration(float64(n) / f.rate * float64(time.Second))).Round(time.Second).Seconds()
 		}
 		return f.out.print(os.Stdout, dry, func() error {
-			fmt.Printf("the query selects %s devices\n", workflows.Thousands(n))
+			fmt.Printf("the query selects %s devices\n", numfmt.Thousands(n))
 			if f.rate > 0 {
 				fmt.Printf("at %g devices/s the job should take about %s\n", f.rate, time.Duration(dry.EstimateSeconds*float64(time.Second)))
 			} else {
@@ -185,8 +187,8 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		return err
 	}
 	defer c.Close()
-	label := strings.ReplaceAll(kind, "_", "-")
-	if kind == workflows.JobMethod {
+	label := strings.ReplaceAll(string(kind), "_", "-")
+	if kind == fleet.JobMethod {
 		label = "method-" + f.method
 	}
 	id := fmt.Sprintf("job-%s-%s", label, time.Now().UTC().Format("20060102-150405.000"))
@@ -204,12 +206,12 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	if f.payload == "" {
 		in.Payload = nil
 	}
-	what := map[string]string{workflows.JobSetDesired: "set desired " + string(patch), workflows.JobSetTags: "set tags " + string(patch),
-		workflows.JobMethod: "call " + f.method}[kind]
+	what := map[fleet.JobKind]string{fleet.JobSetDesired: "set desired " + string(patch), fleet.JobSetTags: "set tags " + string(patch),
+		fleet.JobMethod: "call " + f.method}[kind]
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: fmt.Sprintf("Job: %s on %s devices", what, workflows.Thousands(total)),
+		StaticSummary: fmt.Sprintf("Job: %s on %s devices", what, numfmt.Thousands(total)),
 		StaticDetails: fmt.Sprintf("Query: `%s`  \nRate: %s", f.query, rateText(f.rate)),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpJob),
 			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total)),
@@ -218,7 +220,7 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		_ = reg.CloseJob(context.WithoutCancel(ctx), id, "not_started")
 		return fmt.Errorf("start job %s: %w", id, err)
 	}
-	started := operationStarted{ID: id, Summary: fmt.Sprintf("%s on %s devices", what, workflows.Thousands(total)),
+	started := operationStarted{ID: id, Summary: fmt.Sprintf("%s on %s devices", what, numfmt.Thousands(total)),
 		Total: total, TemporalURL: workflowURL(g, id)}
 	// The started lines are the text output; with -o json|yaml stdout holds only the final document.
 	hints := hintWriter(f.out)
@@ -241,7 +243,7 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		return err
 	}
 	if n := res.Counts.Unsuccessful(); n > 0 {
-		return partialf("job %s: %s of %s devices did not succeed", id, workflows.Thousands(n), workflows.Thousands(res.Total))
+		return partialf("job %s: %s of %s devices did not succeed", id, numfmt.Thousands(n), numfmt.Thousands(res.Total))
 	}
 	return nil
 }
@@ -285,8 +287,8 @@ func rateText(r float64) string {
 	return fmt.Sprintf("%g devices/s", r)
 }
 
-func printJobCounts(state string, total int64, c workflows.JobCounts) {
-	th := workflows.Thousands
+func printJobCounts(state string, total int64, c fleet.JobCounts) {
+	th := numfmt.Thousands
 	fmt.Printf("%s: %s devices — succeeded %s, failed %s, timed out %s, offline %s", state, th(total), th(c.Succeeded),
 		th(c.Failed), th(c.TimedOut), th(c.Offline))
 	if c.Running > 0 {
@@ -310,8 +312,8 @@ func showJobProgress(ctx context.Context, c client.Client, id string) func() {
 			return ""
 		}
 		done := p.Counts.Succeeded + p.Counts.Unsuccessful()
-		return bar(p.State, done, p.Total, fmt.Sprintf("%s / %s devices done (%s reached)", workflows.Thousands(done),
-			workflows.Thousands(p.Total), workflows.Thousands(p.Dispatched)))
+		return bar(p.State, done, p.Total, fmt.Sprintf("%s / %s devices done (%s reached)", numfmt.Thousands(done),
+			numfmt.Thousands(p.Total), numfmt.Thousands(p.Dispatched)))
 	})
 }
 
@@ -332,7 +334,7 @@ func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *outp
 	}
 	defer reg.Close()
 	j, err := reg.GetJob(ctx, id)
-	if errors.Is(err, registry.ErrNotFound) {
+	if errors.Is(err, fleet.ErrNotFound) {
 		return fmt.Errorf("no job %q (job ids look like job-set-desired-20261127-101500.000)", id)
 	}
 	if err != nil {
@@ -344,7 +346,7 @@ func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *outp
 	}
 	var devs []registry.JobDevice
 	if failed {
-		if devs, err = reg.JobDevices(ctx, id, []string{registry.JobFailed, registry.JobTimedOut, registry.JobOffline}, 1000); err != nil {
+		if devs, err = reg.JobDevices(ctx, id, []fleet.JobState{fleet.JobFailed, fleet.JobTimedOut, fleet.JobOffline}, 1000); err != nil {
 			return err
 		}
 	}
@@ -362,11 +364,11 @@ func printJobStatus(v jobStatusView, failed bool) error {
 		state = live.State + " (workflow running)"
 	}
 	fmt.Fprintf(w, "job\t%s\nkind\t%s\nquery\t%s\nspec\t%s\nstate\t%s\ntargets\t%s\n", j.ID, j.Kind, j.Query, compactJSON(j.Spec), state,
-		workflows.Thousands(j.Total))
-	for _, s := range []string{registry.JobSucceeded, registry.JobRunning, registry.JobPending, registry.JobFailed, registry.JobTimedOut,
-		registry.JobOffline, registry.JobCancelled} {
-		if counts[s] > 0 {
-			fmt.Fprintf(w, "  %s\t%s\n", s, workflows.Thousands(counts[s]))
+		numfmt.Thousands(j.Total))
+	for _, s := range []fleet.JobState{fleet.JobSucceeded, fleet.JobRunning, fleet.JobPending, fleet.JobFailed, fleet.JobTimedOut,
+		fleet.JobOffline, fleet.JobCancelled} {
+		if counts[string(s)] > 0 {
+			fmt.Fprintf(w, "  %s\t%s\n", s, numfmt.Thousands(counts[string(s)]))
 		}
 	}
 	if err := w.Flush(); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/manifest"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -168,7 +169,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		if name == "" {
 			name = strings.TrimRight(f.prefix, "-_.") + fmt.Sprintf("-%d", f.count)
 		}
-		label = fmt.Sprintf("%s devices %s…", workflows.Thousands(f.count), f.prefix)
+		label = fmt.Sprintf("%s devices %s…", numfmt.Thousands(f.count), f.prefix)
 	}
 	base := operationID("provision", name, time.Now())
 	op := base
@@ -207,9 +208,9 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		ID:                    op,
 		TaskQueue:             g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: fmt.Sprintf("Provision %s rows from %s", workflows.Thousands(rows), label),
+		StaticSummary: fmt.Sprintf("Provision %s rows from %s", numfmt.Thousands(rows), label),
 		StaticDetails: fmt.Sprintf("Manifest: `%s`  \nRows: %s  \nBatch size: %d, window: %d  \nAwait connect: %s",
-			label, workflows.Thousands(rows), f.batchSize, f.window, durationOrNo(f.awaitConnect)),
+			label, numfmt.Thousands(rows), f.batchSize, f.window, durationOrNo(f.awaitConnect)),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("provision"),
 			searchattr.State.ValueSet("running"), searchattr.Total.ValueSet(rows)),
 	}, workflows.ProvisionFleet, in)
@@ -220,7 +221,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		return fmt.Errorf("start workflow %s: %w", op, err)
 	}
 	if !f.out.structured() || f.detach {
-		fmt.Fprintf(os.Stderr, "started %s (%s rows staged)\n  %s\n", op, workflows.Thousands(rows), workflowURL(g, op))
+		fmt.Fprintf(os.Stderr, "started %s (%s rows staged)\n  %s\n", op, numfmt.Thousands(rows), workflowURL(g, op))
 	}
 	if f.detach {
 		resume := fmt.Sprintf("fleetflow provision --resume %s --creds-out %s", op, f.credsOut)
@@ -230,7 +231,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		fmt.Fprintf(os.Stderr, "the new devices' secrets wait in %s; write the credentials file (once the workflow has\n"+
 			"created the devices) with:\n  %s\n", pending, resume)
 		return f.out.print(os.Stdout, provisionStarted{operationStarted: operationStarted{ID: op,
-			Summary: fmt.Sprintf("provision %s rows from %s", workflows.Thousands(rows), label), Total: rows,
+			Summary: fmt.Sprintf("provision %s rows from %s", numfmt.Thousands(rows), label), Total: rows,
 			TemporalURL: workflowURL(g, op)}, PendingCredentials: pending, Resume: resume}, nil)
 	}
 	return awaitProvision(ctx, g, c, reg, f, run, op, pending, began)
@@ -503,7 +504,7 @@ func printProvisionSummary(ctx context.Context, g *globals, reg *registry.Regist
 		}
 		return provisionOutcome(res)
 	}
-	th := workflows.Thousands
+	th := numfmt.Thousands
 	fmt.Printf("Provisioned %s rows in %.1fs (%s)\n", th(res.Rows), took.Seconds(), res.Op)
 	fmt.Printf("  created %s · already present %s · invalid %s\n", th(res.Counts.Created), th(res.Counts.Existing), th(res.Counts.Invalid))
 	for _, is := range issues {
@@ -536,7 +537,7 @@ type provisionSummary struct {
 	WorkflowID      string                 `json:"workflowId"`
 	Rows            int64                  `json:"rows"`
 	Counts          fleet.ProvisionCounts  `json:"counts"`
-	Invalid         []registry.RowResult   `json:"invalid"`
+	Invalid         []fleet.RowResult      `json:"invalid"`
 	CredentialsFile string                 `json:"credentialsFile"`
 	Credentials     int                    `json:"credentials"`
 	Seconds         float64                `json:"seconds"`
@@ -550,11 +551,11 @@ type provisionSummary struct {
 func provisionOutcome(res workflows.ProvisionResult) error {
 	if n := res.Counts.Invalid; n > 0 {
 		return usagef("%s: %s of %s manifest rows were invalid (see the summary); the others were provisioned",
-			res.Op, workflows.Thousands(n), workflows.Thousands(res.Rows))
+			res.Op, numfmt.Thousands(n), numfmt.Thousands(res.Rows))
 	}
 	if c := res.Connect; c != nil && c.Reported < c.Created {
 		return partialf("%s: %s of %s new devices did not report within --await-connect", res.Op,
-			workflows.Thousands(c.Created-c.Reported), workflows.Thousands(c.Created))
+			numfmt.Thousands(c.Created-c.Reported), numfmt.Thousands(c.Created))
 	}
 	return nil
 }

@@ -15,6 +15,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -69,7 +71,7 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	spec := []byte(fmt.Sprintf(`{"reason":%q,"wipe":%v}`, reason, wipe))
 	var total int64
 	if q != "" {
-		total, err = reg.CreateJob(ctx, registry.JobSpec{ID: id, Kind: workflows.JobRetire, Query: q, Spec: spec})
+		total, err = reg.CreateJob(ctx, registry.JobSpec{ID: id, Kind: fleet.JobRetire, Query: q, Spec: spec})
 		if errors.Is(err, registry.ErrEmptyTarget) {
 			return errors.New("the query selects no devices (retired ones are left out); nothing to retire")
 		}
@@ -77,13 +79,13 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 			return queryError(err)
 		}
 	} else {
-		total, err = reg.CreateJobForIDs(ctx, registry.JobSpec{ID: id, Kind: workflows.JobRetire, Query: "ids: " + strings.Join(ids, " "), Spec: spec}, ids)
+		total, err = reg.CreateJobForIDs(ctx, registry.JobSpec{ID: id, Kind: fleet.JobRetire, Query: "ids: " + strings.Join(ids, " "), Spec: spec}, ids)
 		if err != nil {
 			return err
 		}
 	}
-	in := workflows.JobInput{JobID: id, Kind: workflows.JobRetire, Total: total, Reason: reason, Wipe: wipe, Timeout: timeout}
-	what := "retire " + workflows.Thousands(total) + " devices"
+	in := workflows.JobInput{JobID: id, Kind: fleet.JobRetire, Total: total, Reason: reason, Wipe: wipe, Timeout: timeout}
+	what := "retire " + numfmt.Thousands(total) + " devices"
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
@@ -112,11 +114,11 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	r := retireResult{ID: id, State: res.State, Unknown: []string{}, Failed: []registry.JobDevice{}}
 	for _, d := range devs {
 		switch {
-		case d.State == registry.JobFailed && d.Error == "no such device":
+		case d.State == fleet.JobFailed && d.Error == "no such device":
 			r.Unknown = append(r.Unknown, d.DeviceID)
-		case d.State == registry.JobSucceeded && d.Error == "already retired":
+		case d.State == fleet.JobSucceeded && d.Error == "already retired":
 			r.AlreadyRetired++
-		case d.State == registry.JobSucceeded:
+		case d.State == fleet.JobSucceeded:
 			r.Retired++
 		default:
 			r.Failed = append(r.Failed, d)
@@ -184,7 +186,7 @@ twin and credentials stay; jobs and rollouts skip it. The reason is recorded on 
 				}
 				defer reg.Close()
 				changed, err := reg.SetEnabled(cmd.Context(), args[0], enable, reason)
-				if errors.Is(err, registry.ErrNotFound) {
+				if errors.Is(err, fleet.ErrNotFound) {
 					return fmt.Errorf("no device %q in the registry", args[0])
 				}
 				if err != nil {
@@ -255,13 +257,13 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 	defer reg.Close()
 	defer c.Close()
 	o, err := reg.GetDevice(ctx, old)
-	if errors.Is(err, registry.ErrNotFound) {
+	if errors.Is(err, fleet.ErrNotFound) {
 		return fmt.Errorf("no device %q in the registry", old)
 	}
 	if err != nil {
 		return err
 	}
-	if o.Status == registry.StatusRetired {
+	if o.Status == fleet.StatusRetired {
 		return fmt.Errorf("%s is already retired; nothing to replace", old)
 	}
 	op := fmt.Sprintf("replace-%s-%s", old, time.Now().UTC().Format("20060102-150405"))
@@ -270,11 +272,11 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 	var pending string
 	var cred creds.Credential
 	switch {
-	case err == nil && n.Status == registry.StatusRetired:
+	case err == nil && n.Status == fleet.StatusRetired:
 		return fmt.Errorf("%s is retired and cannot take over another device's role; give a new device id", nw)
 	case err == nil:
 		// An existing device (e.g. provisioned in advance) takes over; its credentials stay as they are.
-	case errors.Is(err, registry.ErrNotFound):
+	case errors.Is(err, fleet.ErrNotFound):
 		in.Provision = true
 		if credsOut == "" {
 			credsOut = nw + ".creds.ndjson"
@@ -427,7 +429,7 @@ exists) instead of now.`,
 				return fmt.Errorf("%s: %w", id, err)
 			}
 			return out.print(os.Stdout, res, func() error {
-				fmt.Printf("purged %s retired devices older than %s\n", workflows.Thousands(res.Purged), older)
+				fmt.Printf("purged %s retired devices older than %s\n", numfmt.Thousands(res.Purged), older)
 				return nil
 			})
 		},

@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/rollout"
@@ -30,7 +31,7 @@ it from and its SHA-256, which devices verify before installing.`,
 		Example: `  fleetflow firmware add --version 2.1.0 --url https://fw.example.com/2.1.0.bin --sha256 "$(sha256sum 2.1.0.bin | cut -d' ' -f1)"
   fleetflow firmware list`,
 	}
-	var f registry.Firmware
+	var f fleet.Firmware
 	var addOut *output
 	add := &cobra.Command{
 		Use:   "add --version V --url URL --sha256 HEX [--notes TEXT]",
@@ -93,7 +94,7 @@ GROUP BY over the fleet).`,
 				}
 			}
 			type entry struct {
-				registry.Firmware
+				fleet.Firmware
 				Devices int64 `json:"devices"`
 			}
 			out := make([]entry, len(fws))
@@ -104,7 +105,7 @@ GROUP BY over the fleet).`,
 				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "VERSION\tDEVICES\tADDED\tSHA256\tURL\tNOTES")
 				for _, f := range fws {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s…\t%s\t%s\n", f.Version, workflows.Thousands(running[f.Version]),
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s…\t%s\t%s\n", f.Version, numfmt.Thousands(running[f.Version]),
 						f.CreatedAt.Format("2006-01-02 15:04"), f.SHA256[:12], f.URL, f.Notes)
 				}
 				return w.Flush()
@@ -232,7 +233,7 @@ reason.`,
 				return usagef("say what happens to the devices already updated: --rollback or --no-rollback")
 			}
 			msg, err := sendUpdate(cmd.Context(), g, "rollout", args[0], workflows.UpdateAbort,
-				workflows.AbortRequest{Rollback: rollback, Reason: reason})
+				workflows.AbortInput{Rollback: rollback, Reason: reason})
 			if err != nil {
 				return err
 			}
@@ -257,15 +258,15 @@ reason.`,
 const typicalInstall = 2 * time.Minute
 
 // planRollout validates everything a start needs and prints (when out is not nil) the plan.
-func planRollout(ctx context.Context, g *globals, f *rolloutFlags, out *output) (registry.Firmware, registry.RolloutPlan, error) {
+func planRollout(ctx context.Context, g *globals, f *rolloutFlags, out *output) (fleet.Firmware, registry.RolloutPlan, error) {
 	var plan registry.RolloutPlan
 	waves, th, err := f.parsed()
 	if err != nil {
-		return registry.Firmware{}, plan, err
+		return fleet.Firmware{}, plan, err
 	}
 	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
-		return registry.Firmware{}, plan, err
+		return fleet.Firmware{}, plan, err
 	}
 	defer reg.Close()
 	fw, err := reg.GetFirmware(ctx, f.version)
@@ -317,7 +318,7 @@ type plannedWave struct {
 }
 
 func printRolloutPlan(v rolloutPlanView) error {
-	th2 := workflows.Thousands
+	th2 := numfmt.Thousands
 	fmt.Printf("firmware %s to the devices of: %s\n", v.Firmware, v.Query)
 	fmt.Printf("selected %s: %s already on %s, %s disabled or retired, %s to update\n", th2(v.Selected), th2(v.OnVersion),
 		v.Firmware, th2(v.Inactive), th2(v.Eligible))
@@ -388,7 +389,7 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: fmt.Sprintf("Rollout of firmware %s to %s devices in waves %s", fw.Version, workflows.Thousands(total), f.waves),
+		StaticSummary: fmt.Sprintf("Rollout of firmware %s to %s devices in waves %s", fw.Version, numfmt.Thousands(total), f.waves),
 		StaticDetails: fmt.Sprintf("Query: `%s`  \nMax failures: %s  \nBake: %s, device timeout: %s  \nApprove each wave: %v", f.query, th,
 			f.bake, f.deviceTimeout, f.approveEach),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpRollout),
@@ -400,7 +401,7 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 		return fmt.Errorf("start rollout %s: %w", id, err)
 	}
 	started := operationStarted{ID: id, Summary: fmt.Sprintf("firmware %s to %s devices, waves %s, max failures %s", fw.Version,
-		workflows.Thousands(total), f.waves, th), Total: total, TemporalURL: workflowURL(g, id)}
+		numfmt.Thousands(total), f.waves, th), Total: total, TemporalURL: workflowURL(g, id)}
 	hints := hintWriter(f.out)
 	fmt.Fprintf(hints, "rollout %s started: %s\n", id, started.Summary)
 	fmt.Fprintf(hints, "watch it: %s\n", started.TemporalURL)
@@ -430,7 +431,7 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	}
 	if failed := res.Counts.Failed + res.Counts.RollbackFailed; failed > 0 || len(res.Failures) > 0 || res.State == "rolled_back" {
 		return partialf("rollout %s %s with %s failed devices", id, strings.ReplaceAll(res.State, "_", " "),
-			workflows.Thousands(max(failed, int64(len(res.Failures)))))
+			numfmt.Thousands(max(failed, int64(len(res.Failures)))))
 	}
 	return nil
 }
@@ -456,7 +457,7 @@ type rolloutStatusView struct {
 	Rollout  registry.Rollout           `json:"rollout"`
 	Counts   []fleet.PhaseCount         `json:"counts"`
 	Progress *workflows.RolloutProgress `json:"progress"`
-	Failing  []registry.RolloutDevice   `json:"failing"`
+	Failing  []fleet.RolloutDevice      `json:"failing"`
 }
 
 func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error {
@@ -467,7 +468,7 @@ func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error
 	}
 	defer reg.Close()
 	ro, err := reg.GetRollout(ctx, id)
-	if errors.Is(err, registry.ErrNotFound) {
+	if errors.Is(err, fleet.ErrNotFound) {
 		return fmt.Errorf("no rollout %q (rollout ids look like rollout-2.1.0-1)", id)
 	}
 	if err != nil {
@@ -478,7 +479,7 @@ func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error
 		return err
 	}
 	// Devices that failed, including those rolled back since (they keep the reason they failed).
-	var failing []registry.RolloutDevice
+	var failing []fleet.RolloutDevice
 	devs, err := reg.RolloutDevices(ctx, id, []string{string(rollout.Failed), string(rollout.RollbackFailed), string(rollout.RolledBack)}, 1000)
 	if err != nil {
 		return err
@@ -511,7 +512,7 @@ func printRolloutStatus(v rolloutStatusView) error {
 		}
 	}
 	fmt.Fprintf(w, "rollout\t%s\nfirmware\t%s\nquery\t%s\nstate\t%s\ndevices\t%s claimed: %s\n", ro.ID, ro.Version, ro.Query, state,
-		workflows.Thousands(ro.Total), total)
+		numfmt.Thousands(ro.Total), total)
 	if live != nil && live.Decision != "" {
 		fmt.Fprintf(w, "last decision\t%s\n", live.Decision)
 	}
@@ -529,7 +530,7 @@ func printRolloutStatus(v rolloutStatusView) error {
 		if pc.Wave >= 0 {
 			wave = fmt.Sprint(pc.Wave + 1)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\n", wave, pc.Phase, workflows.Thousands(pc.N))
+		fmt.Fprintf(w, "%s\t%s\t%s\n", wave, pc.Phase, numfmt.Thousands(pc.N))
 	}
 	if err := w.Flush(); err != nil {
 		return err

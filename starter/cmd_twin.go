@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fleetflow/fleetflow/internal/channel"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -195,9 +196,9 @@ func newTwinWriteCmd(g *globals, section twin.Section) *cobra.Command {
 			defer reg.Close()
 			t, err := reg.UpdateTwin(cmd.Context(), id, section, []byte(patch), ifMatch)
 			switch {
-			case errors.Is(err, registry.ErrNotFound):
+			case errors.Is(err, fleet.ErrNotFound):
 				return fmt.Errorf("no device %q in the registry", id)
-			case errors.Is(err, registry.ErrPreconditionFailed):
+			case errors.Is(err, fleet.ErrPreconditionFailed):
 				return fmt.Errorf("not written: %w; read the twin again and retry with --if-match %s", err, t.ETag)
 			case err != nil:
 				return err
@@ -258,7 +259,7 @@ func pushDesired(ctx context.Context, g *globals, id, connection string, version
 		return deliveryFailed
 	}
 	defer ch.Close()
-	if _, err := ch.PublishDesired(ctx, []channel.DesiredMessage{{DeviceID: id, Version: version,
+	if _, err := ch.PublishDesired(ctx, []fleet.DesiredPush{{DeviceID: id, Version: version,
 		Patch: []byte(patch)}}); err != nil {
 		fmt.Fprintf(os.Stderr, "warning: push failed (%v); the device gets it on its next reconnect\n", err)
 		return deliveryFailed
@@ -324,7 +325,7 @@ The response is printed as JSON (-o yaml prints it as YAML). A device that answe
 			if err != nil {
 				return err
 			}
-			if d.Status != registry.StatusActive {
+			if d.Status != fleet.StatusActive {
 				return fmt.Errorf("device %s is %s: it cannot connect, so it cannot answer methods", id, d.Status)
 			}
 			ch, err := dialChannel(cmd.Context(), g)
@@ -332,7 +333,7 @@ The response is printed as JSON (-o yaml prints it as YAML). A device that answe
 				return err
 			}
 			defer ch.Close()
-			res, err := ch.Invoke(cmd.Context(), channel.MethodCall{DeviceID: id, Method: name, Payload: []byte(payload)}, timeout)
+			res, err := ch.Invoke(cmd.Context(), fleet.MethodCall{DeviceID: id, Method: name, Payload: []byte(payload)}, timeout)
 			if err != nil {
 				return fmt.Errorf("invoke %s on %s: %w", name, id, err)
 			}
@@ -344,9 +345,9 @@ The response is printed as JSON (-o yaml prints it as YAML). A device that answe
 				reg.Close()
 			}
 			switch res.Outcome {
-			case channel.Offline:
+			case fleet.MethodOffline:
 				return fmt.Errorf("device offline: %s is not connected, so %s was not run", id, name)
-			case channel.TimedOut:
+			case fleet.MethodTimedOut:
 				return fmt.Errorf("timeout: %s did not answer %s within %s", id, name, timeout)
 			}
 			fmt.Fprintf(os.Stderr, "status %d (%s)\n", res.Status, res.Latency.Round(time.Microsecond))
@@ -363,7 +364,7 @@ The response is printed as JSON (-o yaml prints it as YAML). A device that answe
 			} else {
 				fmt.Fprintln(stdout(cmd), string(res.Payload))
 			}
-			if res.Outcome != channel.Succeeded {
+			if res.Outcome != fleet.MethodSucceeded {
 				return partialf("%s answered %s with status %d", id, name, res.Status)
 			}
 			return nil

@@ -11,8 +11,9 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/spf13/cobra"
+
+	"github.com/fleetflow/fleetflow/internal/config"
 )
 
 // globals are the settings every subcommand shares.

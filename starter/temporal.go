@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/fleetflow/fleetflow/internal/config"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
@@ -73,8 +74,8 @@ func liveProgress[T any](ctx context.Context, g *globals, id string) *T {
 
 func progressLine(p workflows.ProvisionProgress) string {
 	const width = 30
-	th := workflows.Thousands
-	done, total := p.Counts.Processed(), p.Rows
+	th := numfmt.Thousands
+	done, total := p.Counts.Total(), p.Rows
 	label := fmt.Sprintf("%s / %s rows", th(done), th(total))
 	if p.Phase == "awaiting-connect" && p.Connect != nil {
 		done, total = p.Connect.Reported, p.Connect.Created

@@ -21,28 +21,11 @@ const (
 	ErrTypeInvalidInput = "InvalidInput"
 )
 
-// Job kinds, untyped (the values of fleet.JobKind) so that callers holding plain strings (the CLI) still
-// compile.
-//
-// Deprecated: use fleet.JobSetDesired, fleet.JobSetTags, fleet.JobMethod, fleet.JobRetire.
-const (
-	JobSetDesired = "set_desired"
-	JobSetTags    = "set_tags"
-	JobMethod     = "method"
-	JobRetire     = "retire"
-)
-
-// JobCounts are a job's devices per outcome.
-//
-// Deprecated: use fleet.JobCounts.
-type JobCounts = fleet.JobCounts
-
-// JobInput starts FleetJob. Kind holds a fleet.JobKind value; it stays a string, the type the CLI builds it
-// from. The target set is frozen in Postgres (job_devices, seq 0..Total-1) before the
+// JobInput starts FleetJob. The target set is frozen in Postgres (job_devices, seq 0..Total-1) before the
 // workflow starts; the workflow carries a cursor over it.
 type JobInput struct {
 	JobID   string          `json:"jobId"`
-	Kind    string          `json:"kind"`
+	Kind    fleet.JobKind   `json:"kind"`
 	Total   int64           `json:"total"`
 	Patch   json.RawMessage `json:"patch,omitempty"`   // set_desired, set_tags
 	AckKeys []string        `json:"ackKeys,omitempty"` // set_desired: the top-level keys devices must acknowledge
@@ -106,7 +89,7 @@ type JobCloseInput struct {
 // JobProgress is what the progress query returns while FleetJob runs.
 type JobProgress struct {
 	JobID      string          `json:"jobId"`
-	Kind       string          `json:"kind"`
+	Kind       fleet.JobKind   `json:"kind"`
 	State      string          `json:"state"` // running, paused, awaiting-acks, cancelling, done
 	Total      int64           `json:"total"`
 	Dispatched int64           `json:"dispatched"`
@@ -171,11 +154,6 @@ type AbortInput struct {
 	Rollback bool   `json:"rollback"`
 	Reason   string `json:"reason,omitempty"`
 }
-
-// AbortRequest is the abort update's argument, under its former name.
-//
-// Deprecated: use AbortInput.
-type AbortRequest = AbortInput
 
 // RolloutDispatchInput starts one wave: devices ranked below Cutoff get the firmware.
 type RolloutDispatchInput struct {

@@ -39,20 +39,20 @@ const (
 // in their reported properties. pause, resume and cancel are Workflow Updates.
 func FleetJob(ctx workflow.Context, in JobInput) (JobResult, error) {
 	switch in.Kind {
-	case JobSetDesired, JobSetTags, JobMethod:
+	case fleet.JobSetDesired, fleet.JobSetTags, fleet.JobMethod:
 	default:
 		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", in.Kind), ErrTypeInvalidInput, nil)
 	}
 	return runJob(ctx, in, FleetJob)
 }
 
-// Decommission retires a frozen set of devices in batches (see JobRetire): credentials revoked and live
+// Decommission retires a frozen set of devices in batches (see fleet.JobRetire): credentials revoked and live
 // sessions dropped at once, twins archived, pending jobs and rollouts left, optionally a factory reset sent
 // first. It is a job over devices like FleetJob, with the same batching, pause, resume and cancel, under its
 // own name so that the UI's list reads like an operations log.
 func Decommission(ctx workflow.Context, in JobInput) (JobResult, error) {
-	if in.Kind != JobRetire {
-		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("a decommission has kind %q, not %q", JobRetire, in.Kind),
+	if in.Kind != fleet.JobRetire {
+		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("a decommission has kind %q, not %q", fleet.JobRetire, in.Kind),
 			ErrTypeInvalidInput, nil)
 	}
 	return runJob(ctx, in, Decommission)
@@ -158,7 +158,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		return JobResult{}, workflow.NewContinueAsNewError(ctx, self, in)
 	}
 
-	if in.Kind == JobSetDesired && in.Counts.Running > 0 && !in.Cancelled {
+	if in.Kind == fleet.JobSetDesired && in.Counts.Running > 0 && !in.Cancelled {
 		progress.State = "awaiting-acks"
 		report()
 		ackStart := workflow.Now(ctx)
@@ -301,15 +301,15 @@ func withJobDefaults(in JobInput) JobInput {
 	}
 	if in.Timeout <= 0 {
 		switch in.Kind {
-		case JobSetDesired:
+		case fleet.JobSetDesired:
 			in.Timeout = DefaultAckTimeout
-		case JobRetire:
+		case fleet.JobRetire:
 			in.Timeout = DefaultWipeTimeout
 		default:
 			in.Timeout = DefaultMethodTimeout
 		}
 	}
-	if in.Kind == JobRetire && in.BatchSize == DefaultJobBatchSize {
+	if in.Kind == fleet.JobRetire && in.BatchSize == DefaultJobBatchSize {
 		in.BatchSize = DefaultRetireBatchSize
 	}
 	return in

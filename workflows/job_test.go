@@ -242,7 +242,7 @@ func TestFleetJobSetTagsBatchesTheTargetSetAndClosesCompleted(t *testing.T) {
 	f := newJobFleet(2500)
 	env := newJobEnv(t, f, 0, 0)
 	patch := json.RawMessage(`{"site":"berlin"}`)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-tags", Kind: string(fleet.JobSetTags), Total: 2500,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-tags", Kind: fleet.JobSetTags, Total: 2500,
 		BatchSize: 1000, Patch: patch})
 	res := jobResult(t, env)
 
@@ -256,7 +256,7 @@ func TestFleetJobSetTagsBatchesTheTargetSetAndClosesCompleted(t *testing.T) {
 	require.Equal(t, []workflows.JobCloseInput{{JobID: "job-tags", State: "completed"}}, f.closes)
 	require.Equal(t, "completed", res.State)
 	require.Equal(t, f.closedRet, res.Counts, "the result's counts are the registry's, returned by JobClose")
-	require.Equal(t, workflows.JobCounts{Succeeded: 2500}, res.Counts)
+	require.Equal(t, fleet.JobCounts{Succeeded: 2500}, res.Counts)
 	require.Equal(t, int64(2500), res.Total)
 	require.Equal(t, 1, res.Runs)
 }
@@ -266,7 +266,7 @@ func TestFleetJobSetDesiredPollsAcknowledgementsUntilNoneIsWaiting(t *testing.T)
 	f.ackPerPoll = 400
 	env := newJobEnv(t, f, 0, time.Second)
 	keys := []string{"telemetryInterval"}
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-desired", Kind: string(fleet.JobSetDesired), Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-desired", Kind: fleet.JobSetDesired, Total: 1000,
 		Patch: json.RawMessage(`{"telemetryInterval":30}`), AckKeys: keys, Timeout: 10 * time.Minute})
 	res := jobResult(t, env)
 
@@ -281,7 +281,7 @@ func TestFleetJobSetDesiredPollsAcknowledgementsUntilNoneIsWaiting(t *testing.T)
 	}
 	require.Equal(t, []string{"completed"}, f.closeStates())
 	require.Equal(t, "completed", res.State)
-	require.Equal(t, workflows.JobCounts{Succeeded: 1000}, res.Counts)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1000}, res.Counts)
 }
 
 func TestFleetJobSetDesiredStopsWaitingWhenOnlyOfflineDevicesRemain(t *testing.T) {
@@ -291,7 +291,7 @@ func TestFleetJobSetDesiredStopsWaitingWhenOnlyOfflineDevicesRemain(t *testing.T
 	}
 	env := newJobEnv(t, f, 0, time.Second)
 	timeout := 30 * time.Minute
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-offline", Kind: string(fleet.JobSetDesired), Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-offline", Kind: fleet.JobSetDesired, Total: 1000,
 		Patch: json.RawMessage(`{"mode":"eco"}`), AckKeys: []string{"mode"}, Timeout: timeout})
 	res := jobResult(t, env)
 
@@ -311,7 +311,7 @@ func TestFleetJobSetDesiredGivesUpOnSilentDevicesAtTheTimeout(t *testing.T) {
 	}
 	env := newJobEnv(t, f, 0, time.Second)
 	timeout := time.Minute
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-silent", Kind: string(fleet.JobSetDesired), Total: 100,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-silent", Kind: fleet.JobSetDesired, Total: 100,
 		Patch: json.RawMessage(`{"mode":"eco"}`), AckKeys: []string{"mode"}, Timeout: timeout})
 	res := jobResult(t, env)
 
@@ -320,7 +320,7 @@ func TestFleetJobSetDesiredGivesUpOnSilentDevicesAtTheTimeout(t *testing.T) {
 	waited := f.closeAt[0].Sub(f.batchAt[0])
 	require.GreaterOrEqual(t, waited, timeout, "online devices get the whole timeout to acknowledge")
 	require.Less(t, waited, timeout+15*time.Second, "but not much more")
-	require.Equal(t, workflows.JobCounts{Succeeded: 90, TimedOut: 10}, res.Counts)
+	require.Equal(t, fleet.JobCounts{Succeeded: 90, TimedOut: 10}, res.Counts)
 	// Ten devices did not acknowledge in time (the result's own counts say TimedOut 10), so the job did not
 	// simply complete.
 	assert.Equal(t, "completed_with_failures", res.State, "state must agree with the counts JobClose returned")
@@ -345,7 +345,7 @@ func TestFleetJobMethodRateSpacesBatches(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newJobFleet(tc.total)
 			env := newJobEnv(t, f, 0, 0)
-			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-reboot", Kind: string(fleet.JobMethod),
+			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-reboot", Kind: fleet.JobMethod,
 				Total: int64(tc.total), Method: "reboot", Payload: json.RawMessage(`{"delay":5}`), Rate: tc.rate, BatchSize: tc.batchSize})
 			res := jobResult(t, env)
 
@@ -386,7 +386,7 @@ func TestFleetJobPauseStopsDispatchUntilResume(t *testing.T) {
 		f.mu.Unlock()
 	}, 5*time.Minute)
 	env.RegisterDelayedCallback(func() { resume = sendUpdate(env, workflows.UpdateResume) }, 10*time.Minute)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-pause", Kind: string(fleet.JobSetTags), Total: 5000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-pause", Kind: fleet.JobSetTags, Total: 5000,
 		BatchSize: 1000, Window: 1, Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 
@@ -430,7 +430,7 @@ func TestFleetJobCancel(t *testing.T) {
 			}
 			env.RegisterDelayedCallback(func() { cancel = sendUpdate(env, workflows.UpdateCancel) }, tc.cancelAt)
 			env.RegisterDelayedCallback(func() { cancelAgain = sendUpdate(env, workflows.UpdateCancel) }, tc.cancelAt)
-			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-cancel", Kind: string(fleet.JobSetTags), Total: 5000,
+			env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-cancel", Kind: fleet.JobSetTags, Total: 5000,
 				BatchSize: 1000, Window: 1, Patch: json.RawMessage(`{"a":1}`)})
 			res := jobResult(t, env)
 
@@ -443,7 +443,7 @@ func TestFleetJobCancel(t *testing.T) {
 			require.Equal(t, []workflows.JobCloseInput{{JobID: "job-cancel", State: "cancelled"}}, f.closes)
 			require.Equal(t, tc.wantCloseAt, f.closeAt[0].Sub(testStart))
 			require.Equal(t, "cancelled", res.State)
-			require.Equal(t, workflows.JobCounts{Succeeded: 2000, Cancelled: 3000}, res.Counts,
+			require.Equal(t, fleet.JobCounts{Succeeded: 2000, Cancelled: 3000}, res.Counts,
 				"targets never reached are cancelled (counts from JobClose)")
 		})
 	}
@@ -454,7 +454,7 @@ func TestFleetJobPauseRefusedOnceEveryDeviceIsReached(t *testing.T) {
 	env := newJobEnv(t, f, time.Minute, 0)
 	var pause *updateRecord
 	env.RegisterDelayedCallback(func() { pause = sendUpdate(env, workflows.UpdatePause) }, 30*time.Second)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-one", Kind: string(fleet.JobSetTags), Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-one", Kind: fleet.JobSetTags, Total: 1000,
 		Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 	requireRejected(t, pause, "nothing left to pause")
@@ -463,7 +463,7 @@ func TestFleetJobPauseRefusedOnceEveryDeviceIsReached(t *testing.T) {
 
 func TestFleetJobContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
 	f := newJobFleet(5000)
-	in := workflows.JobInput{JobID: "job-can", Kind: string(fleet.JobSetTags), Total: 5000, BatchSize: 1000, BatchesPerRun: 2,
+	in := workflows.JobInput{JobID: "job-can", Kind: fleet.JobSetTags, Total: 5000, BatchSize: 1000, BatchesPerRun: 2,
 		Patch: json.RawMessage(`{"a":1}`)}
 	dc := converter.GetDefaultDataConverter()
 	var nexts []int64
@@ -484,7 +484,7 @@ func TestFleetJobContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
 		var next workflows.JobInput
 		require.NoError(t, dc.FromPayloads(can.Input, &next))
 		require.Equal(t, run, next.Runs)
-		require.Equal(t, workflows.JobCounts{Succeeded: next.Next}, next.Counts, "the counts travel with the cursor")
+		require.Equal(t, fleet.JobCounts{Succeeded: next.Next}, next.Counts, "the counts travel with the cursor")
 		require.Equal(t, in.JobID, next.JobID)
 		nexts = append(nexts, next.Next)
 		in = next
@@ -494,7 +494,7 @@ func TestFleetJobContinuesAsNewWithItsCursorAndCounts(t *testing.T) {
 	require.Equal(t, []string{"completed"}, f.closeStates())
 	require.Equal(t, "completed", res.State)
 	require.Equal(t, 3, res.Runs)
-	require.Equal(t, workflows.JobCounts{Succeeded: 5000}, res.Counts)
+	require.Equal(t, fleet.JobCounts{Succeeded: 5000}, res.Counts)
 }
 
 func TestFleetJobRejectsInvalidInput(t *testing.T) {
@@ -502,10 +502,10 @@ func TestFleetJobRejectsInvalidInput(t *testing.T) {
 		name string
 		in   workflows.JobInput
 	}{
-		{"empty job id", workflows.JobInput{Kind: string(fleet.JobSetTags), Total: 10}},
+		{"empty job id", workflows.JobInput{Kind: fleet.JobSetTags, Total: 10}},
 		{"unknown kind", workflows.JobInput{JobID: "j", Kind: "set_everything", Total: 10}},
 		{"no kind", workflows.JobInput{JobID: "j", Total: 10}},
-		{"empty target set", workflows.JobInput{JobID: "j", Kind: string(fleet.JobSetTags)}},
+		{"empty target set", workflows.JobInput{JobID: "j", Kind: fleet.JobSetTags}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newJobFleet(10)
@@ -526,7 +526,7 @@ func TestFleetJobCancelWhileClosing(t *testing.T) {
 	env.OnActivity(workflows.ActivityName(workflows.Activities.JobClose), mock.Anything, mock.Anything).Return(f.close).After(time.Minute)
 	var cancel *updateRecord
 	env.RegisterDelayedCallback(func() { cancel = sendUpdate(env, workflows.UpdateCancel) }, 30*time.Second)
-	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-closing", Kind: string(fleet.JobSetTags), Total: 1000,
+	env.ExecuteWorkflow(workflows.FleetJob, workflows.JobInput{JobID: "job-closing", Kind: fleet.JobSetTags, Total: 1000,
 		Patch: json.RawMessage(`{"a":1}`)})
 	res := jobResult(t, env)
 

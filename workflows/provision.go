@@ -191,9 +191,3 @@ func provisionDetails(p ProvisionProgress) string {
 	}
 	return s
 }
-
-// Thousands formats n with thousands separators ("412,000").
-//
-// Deprecated: use numfmt.Thousands (internal/numfmt), the one formatter the CLI, the report and the
-// workflows share.
-func Thousands(n int64) string { return numfmt.Thousands(n) }

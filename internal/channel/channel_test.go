@@ -16,6 +16,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 )
@@ -103,7 +104,7 @@ func TestPublishDesiredReachesDevicesInVersionOrder(t *testing.T) {
 	d2 := newDevice(t, url, "dev-2", rec2.Handle)
 	c := dial(t, url)
 
-	n, err := c.PublishDesired(context.Background(), []channel.DesiredMessage{
+	n, err := c.PublishDesired(context.Background(), []fleet.DesiredPush{
 		{DeviceID: "dev-1", Version: 1, Patch: []byte(`{"interval":60,"mode":"eco"}`)},
 		{DeviceID: "dev-2", Version: 7, Patch: []byte(`{"led":"on"}`)},
 		{DeviceID: "dev-1", Version: 2, Patch: []byte(`{"interval":30}`)},
@@ -132,10 +133,10 @@ func TestPublishDesiredManyDevices(t *testing.T) {
 	c := dial(t, url)
 
 	// Ten patches per device, interleaved across devices, like one rollout wave.
-	var msgs []channel.DesiredMessage
+	var msgs []fleet.DesiredPush
 	for v := int64(1); v <= 10; v++ {
 		for _, id := range devs {
-			msgs = append(msgs, channel.DesiredMessage{DeviceID: id, Version: v, Patch: fmt.Appendf(nil, `{"step":%d}`, v)})
+			msgs = append(msgs, fleet.DesiredPush{DeviceID: id, Version: v, Patch: fmt.Appendf(nil, `{"step":%d}`, v)})
 		}
 	}
 	start := time.Now()
@@ -148,15 +149,15 @@ func TestPublishDesiredManyDevices(t *testing.T) {
 func TestPublishDesiredRefusesInvalidBatch(t *testing.T) {
 	_, url := startGateway(t, "dev-1")
 	c := dial(t, url)
-	for name, m := range map[string]channel.DesiredMessage{
+	for name, m := range map[string]fleet.DesiredPush{
 		"bad id":      {DeviceID: "Dev/1", Version: 1, Patch: []byte(`{}`)},
 		"version 0":   {DeviceID: "dev-1", Version: 0, Patch: []byte(`{}`)},
 		"not object":  {DeviceID: "dev-1", Version: 1, Patch: []byte(`[1]`)},
 		"not JSON":    {DeviceID: "dev-1", Version: 1, Patch: []byte(`{`)},
 		"over 128KiB": {DeviceID: "dev-1", Version: 1, Patch: []byte(`{"a":"` + strings.Repeat("x", 128*1024) + `"}`)},
 	} {
-		ok := channel.DesiredMessage{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}
-		n, err := c.PublishDesired(context.Background(), []channel.DesiredMessage{ok, m})
+		ok := fleet.DesiredPush{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}
+		n, err := c.PublishDesired(context.Background(), []fleet.DesiredPush{ok, m})
 		assert.Error(t, err, name)
 		assert.Contains(t, err.Error(), "message 1", name)
 		assert.Zero(t, n, "%s: nothing is sent from an invalid batch", name)
@@ -169,9 +170,9 @@ func TestInvokeRoundTrip(t *testing.T) {
 	newDevice(t, url, "dev-1", nil)
 	c := dial(t, url)
 
-	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo", Payload: []byte(`{"n":1}`)}, 5*time.Second)
+	res, err := c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "echo", Payload: []byte(`{"n":1}`)}, 5*time.Second)
 	require.NoError(t, err)
-	assert.Equal(t, channel.Succeeded, res.Outcome)
+	assert.Equal(t, fleet.MethodSucceeded, res.Outcome)
 	assert.Equal(t, 200, res.Status)
 	assert.Equal(t, "dev-1", res.DeviceID)
 	assert.JSONEq(t, `{"id":"dev-1","in":{"n":1}}`, string(res.Payload))
@@ -179,15 +180,15 @@ func TestInvokeRoundTrip(t *testing.T) {
 	assert.Less(t, res.Latency, 5*time.Second)
 
 	// An empty payload is sent as {}.
-	res, err = c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, 5*time.Second)
+	res, err = c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "echo"}, 5*time.Second)
 	require.NoError(t, err)
-	assert.Equal(t, channel.Succeeded, res.Outcome)
+	assert.Equal(t, fleet.MethodSucceeded, res.Outcome)
 	assert.JSONEq(t, `{"id":"dev-1","in":{}}`, string(res.Payload))
 
 	// The result survives a JSON round trip (it travels in Temporal payloads).
 	b, err := json.Marshal(res)
 	require.NoError(t, err)
-	var back channel.MethodResult
+	var back fleet.MethodResult
 	require.NoError(t, json.Unmarshal(b, &back))
 	assert.Equal(t, res.Outcome, back.Outcome)
 	assert.JSONEq(t, string(res.Payload), string(back.Payload))
@@ -198,16 +199,16 @@ func TestInvokeDeviceErrorIsFailed(t *testing.T) {
 	newDevice(t, url, "dev-1", nil)
 	c := dial(t, url)
 
-	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "fail"}, 5*time.Second)
+	res, err := c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "fail"}, 5*time.Second)
 	require.NoError(t, err, "a device's error answer is an outcome, not an error")
-	assert.Equal(t, channel.Failed, res.Outcome)
+	assert.Equal(t, fleet.MethodFailed, res.Outcome)
 	assert.Equal(t, 500, res.Status)
 	assert.JSONEq(t, `{"error":"disk full"}`, string(res.Payload))
 
 	// The device's own 404 (unknown method) is a failure, not Offline: it has no DeviceNotOnline code.
-	res, err = c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "nope"}, 5*time.Second)
+	res, err = c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "nope"}, 5*time.Second)
 	require.NoError(t, err)
-	assert.Equal(t, channel.Failed, res.Outcome)
+	assert.Equal(t, fleet.MethodFailed, res.Outcome)
 	assert.Equal(t, 404, res.Status)
 }
 
@@ -217,10 +218,10 @@ func TestInvokeSilentDeviceTimesOut(t *testing.T) {
 	c := dial(t, url)
 
 	start := time.Now()
-	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "slow"}, 300*time.Millisecond)
+	res, err := c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "slow"}, 300*time.Millisecond)
 	require.NoError(t, err)
 	elapsed := time.Since(start)
-	assert.Equal(t, channel.TimedOut, res.Outcome)
+	assert.Equal(t, fleet.MethodTimedOut, res.Outcome)
 	assert.Zero(t, res.Status)
 	assert.GreaterOrEqual(t, elapsed, 300*time.Millisecond)
 	assert.Less(t, elapsed, 1500*time.Millisecond, "Invoke returns at the timeout, not when the device answers")
@@ -234,18 +235,18 @@ func TestInvokeOfflineDevice(t *testing.T) {
 	newDevice(t, url, "dev-on", nil)
 	c := dial(t, url)
 
-	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-off", Method: "echo"}, 3*time.Second)
+	res, err := c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-off", Method: "echo"}, 3*time.Second)
 	require.NoError(t, err)
-	assert.Equal(t, channel.Offline, res.Outcome, "the gateway answers 404 DeviceNotOnline for a provisioned device that is not connected")
+	assert.Equal(t, fleet.MethodOffline, res.Outcome, "the gateway answers 404 DeviceNotOnline for a provisioned device that is not connected")
 	assert.Equal(t, 404, res.Status)
 	assert.Less(t, res.Latency, time.Second, "the gateway answers at once instead of letting the call time out")
 
-	results := c.InvokeMany(context.Background(), []channel.MethodCall{
+	results := c.InvokeMany(context.Background(), []fleet.MethodCall{
 		{DeviceID: "dev-off", Method: "echo"},
 		{DeviceID: "dev-on", Method: "echo"},
 	}, 3*time.Second, 0)
-	assert.Equal(t, channel.Offline, results[0].Outcome)
-	assert.Equal(t, channel.Succeeded, results[1].Outcome)
+	assert.Equal(t, fleet.MethodOffline, results[0].Outcome)
+	assert.Equal(t, fleet.MethodSucceeded, results[1].Outcome)
 }
 
 func TestPayloadLimit(t *testing.T) {
@@ -254,30 +255,30 @@ func TestPayloadLimit(t *testing.T) {
 	c := dial(t, url)
 	big := []byte(`"` + strings.Repeat("x", channel.MaxMethodPayload) + `"`) // valid JSON, 2 bytes over
 
-	res, err := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo", Payload: big}, time.Second)
+	res, err := c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "echo", Payload: big}, time.Second)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "exceeds the 131072-byte limit")
-	assert.Equal(t, channel.Failed, res.Outcome)
-	assert.Equal(t, channel.StatusInvalid, res.Status)
+	assert.Equal(t, fleet.MethodFailed, res.Outcome)
+	assert.Equal(t, fleet.StatusInvalid, res.Status)
 
 	// Exactly at the limit is fine.
 	atLimit := []byte(`"` + strings.Repeat("x", channel.MaxMethodPayload-2) + `"`)
-	results := c.InvokeMany(context.Background(), []channel.MethodCall{
+	results := c.InvokeMany(context.Background(), []fleet.MethodCall{
 		{DeviceID: "dev-1", Method: "echo", Payload: big},
 		{DeviceID: "dev-1", Method: "echo", Payload: atLimit},
 	}, 5*time.Second, 0)
 	require.Len(t, results, 2)
-	assert.Equal(t, channel.Failed, results[0].Outcome)
+	assert.Equal(t, fleet.MethodFailed, results[0].Outcome)
 	assert.Equal(t, 400, results[0].Status)
 	assert.Contains(t, string(results[0].Payload), "exceeds the 131072-byte limit")
-	assert.Equal(t, channel.Succeeded, results[1].Outcome)
+	assert.Equal(t, fleet.MethodSucceeded, results[1].Outcome)
 	assert.Equal(t, int64(1), c.Stats().MethodsSent, "only the call within the limit was sent")
 }
 
 func TestInvalidCallsAreRefused(t *testing.T) {
 	_, url := startGateway(t, "dev-1")
 	c := dial(t, url)
-	for name, call := range map[string]channel.MethodCall{
+	for name, call := range map[string]fleet.MethodCall{
 		"device id":     {DeviceID: "Dev-1", Method: "echo"},
 		"wildcard":      {DeviceID: "dev-1", Method: "#"},
 		"level":         {DeviceID: "dev-1", Method: "a/b"},
@@ -288,8 +289,8 @@ func TestInvalidCallsAreRefused(t *testing.T) {
 	} {
 		res, err := c.Invoke(context.Background(), call, time.Second)
 		assert.Error(t, err, name)
-		assert.Equal(t, channel.Failed, res.Outcome, name)
-		assert.Equal(t, channel.StatusInvalid, res.Status, name)
+		assert.Equal(t, fleet.MethodFailed, res.Outcome, name)
+		assert.Equal(t, fleet.StatusInvalid, res.Status, name)
 	}
 	assert.Zero(t, c.Stats().MethodsSent)
 }
@@ -301,19 +302,19 @@ func TestInvokeManyReturnsResultsInOrder(t *testing.T) {
 	c := dial(t, url)
 
 	// Input order differs from any order the answers could come in: reversed, each device twice.
-	var calls []channel.MethodCall
+	var calls []fleet.MethodCall
 	for i := len(devs) - 1; i >= 0; i-- {
-		calls = append(calls, channel.MethodCall{DeviceID: devs[i], Method: "echo", Payload: fmt.Appendf(nil, `{"i":%d}`, len(calls))})
+		calls = append(calls, fleet.MethodCall{DeviceID: devs[i], Method: "echo", Payload: fmt.Appendf(nil, `{"i":%d}`, len(calls))})
 	}
 	for i := range devs {
-		calls = append(calls, channel.MethodCall{DeviceID: devs[i], Method: "echo", Payload: fmt.Appendf(nil, `{"i":%d}`, len(calls))})
+		calls = append(calls, fleet.MethodCall{DeviceID: devs[i], Method: "echo", Payload: fmt.Appendf(nil, `{"i":%d}`, len(calls))})
 	}
 	start := time.Now()
 	results := c.InvokeMany(context.Background(), calls, 10*time.Second, 0)
 	elapsed := time.Since(start)
 	require.Len(t, results, len(calls))
 	for i, r := range results {
-		require.Equal(t, channel.Succeeded, r.Outcome, "call %d: %+v", i, r)
+		require.Equal(t, fleet.MethodSucceeded, r.Outcome, "call %d: %+v", i, r)
 		assert.Equal(t, calls[i].DeviceID, r.DeviceID)
 		assert.Equal(t, 200, r.Status)
 		assert.JSONEq(t, fmt.Sprintf(`{"id":%q,"in":{"i":%d}}`, calls[i].DeviceID, i), string(r.Payload))
@@ -326,15 +327,15 @@ func TestInvokeManyRate(t *testing.T) {
 	_, url := startGateway(t, devs...)
 	connectDevices(t, url, devs)
 	c := dial(t, url)
-	calls := make([]channel.MethodCall, len(devs))
+	calls := make([]fleet.MethodCall, len(devs))
 	for i, id := range devs {
-		calls[i] = channel.MethodCall{DeviceID: id, Method: "echo"}
+		calls[i] = fleet.MethodCall{DeviceID: id, Method: "echo"}
 	}
 	start := time.Now()
 	results := c.InvokeMany(context.Background(), calls, 5*time.Second, 100) // 20 calls at 100/s: ≥ 190 ms
 	elapsed := time.Since(start)
 	for _, r := range results {
-		assert.Equal(t, channel.Succeeded, r.Outcome)
+		assert.Equal(t, fleet.MethodSucceeded, r.Outcome)
 	}
 	assert.GreaterOrEqual(t, elapsed, 190*time.Millisecond)
 	assert.Less(t, elapsed, 2*time.Second)
@@ -345,16 +346,16 @@ func TestInvokeManyMixedOutcomes(t *testing.T) {
 	newDevice(t, url, "dev-1", nil)
 	newDevice(t, url, "dev-2", nil)
 	c := dial(t, url)
-	results := c.InvokeMany(context.Background(), []channel.MethodCall{
+	results := c.InvokeMany(context.Background(), []fleet.MethodCall{
 		{DeviceID: "dev-1", Method: "slow"},
 		{DeviceID: "dev-2", Method: "fail"},
 		{DeviceID: "dev-2", Method: "echo", Payload: []byte(`{"ok":true}`)},
 		{DeviceID: "dev-1", Method: "bad/name"},
 	}, 500*time.Millisecond, 0)
 	want := []struct {
-		outcome channel.Outcome
+		outcome fleet.MethodOutcome
 		status  int
-	}{{channel.TimedOut, 0}, {channel.Failed, 500}, {channel.Succeeded, 200}, {channel.Failed, 400}}
+	}{{fleet.MethodTimedOut, 0}, {fleet.MethodFailed, 500}, {fleet.MethodSucceeded, 200}, {fleet.MethodFailed, 400}}
 	require.Len(t, results, len(want))
 	for i, w := range want {
 		assert.Equal(t, w.outcome, results[i].Outcome, "call %d", i)
@@ -367,19 +368,19 @@ func TestChannelsGetOnlyTheirOwnResponses(t *testing.T) {
 	_, url := startGateway(t, devs...)
 	connectDevices(t, url, devs)
 	a, b := dial(t, url), dial(t, url)
-	calls := make([]channel.MethodCall, len(devs))
+	calls := make([]fleet.MethodCall, len(devs))
 	for i, id := range devs {
-		calls[i] = channel.MethodCall{DeviceID: id, Method: "echo"}
+		calls[i] = fleet.MethodCall{DeviceID: id, Method: "echo"}
 	}
 	var wg sync.WaitGroup
-	var ra, rb []channel.MethodResult
+	var ra, rb []fleet.MethodResult
 	wg.Add(2)
 	go func() { defer wg.Done(); ra = a.InvokeMany(context.Background(), calls, 5*time.Second, 0) }()
 	go func() { defer wg.Done(); rb = b.InvokeMany(context.Background(), calls, 5*time.Second, 0) }()
 	wg.Wait()
 	for i := range calls {
-		assert.Equal(t, channel.Succeeded, ra[i].Outcome)
-		assert.Equal(t, channel.Succeeded, rb[i].Outcome)
+		assert.Equal(t, fleet.MethodSucceeded, ra[i].Outcome)
+		assert.Equal(t, fleet.MethodSucceeded, rb[i].Outcome)
 	}
 	// Each saw the other's responses and ignored them; none was taken for its own.
 	assert.Equal(t, int64(len(devs)), a.Stats().Responses)
@@ -396,40 +397,40 @@ func TestContextAndClose(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	results := c.InvokeMany(ctx, []channel.MethodCall{{DeviceID: "dev-1", Method: "echo"}}, time.Second, 0)
-	assert.Equal(t, channel.Failed, results[0].Outcome)
-	assert.Equal(t, channel.StatusNotSent, results[0].Status)
-	_, err := c.Invoke(ctx, channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
+	results := c.InvokeMany(ctx, []fleet.MethodCall{{DeviceID: "dev-1", Method: "echo"}}, time.Second, 0)
+	assert.Equal(t, fleet.MethodFailed, results[0].Outcome)
+	assert.Equal(t, fleet.StatusNotSent, results[0].Status)
+	_, err := c.Invoke(ctx, fleet.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
 	assert.ErrorIs(t, err, context.Canceled)
-	_, err = c.PublishDesired(ctx, []channel.DesiredMessage{{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}})
+	_, err = c.PublishDesired(ctx, []fleet.DesiredPush{{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}})
 	assert.ErrorIs(t, err, context.Canceled)
 
 	// A context ending while a call waits ends the wait at once.
 	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	res, err := c.Invoke(ctx, channel.MethodCall{DeviceID: "dev-1", Method: "slow"}, 10*time.Second)
+	res, err := c.Invoke(ctx, fleet.MethodCall{DeviceID: "dev-1", Method: "slow"}, 10*time.Second)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Equal(t, channel.TimedOut, res.Outcome)
+	assert.Equal(t, fleet.MethodTimedOut, res.Outcome)
 	assert.Less(t, time.Since(start), 2*time.Second)
 
 	// Close ends waiting calls, and later calls fail.
-	done := make(chan channel.MethodResult)
+	done := make(chan fleet.MethodResult)
 	go func() {
-		r, _ := c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "slow"}, 10*time.Second)
+		r, _ := c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "slow"}, 10*time.Second)
 		done <- r
 	}()
 	time.Sleep(100 * time.Millisecond)
 	c.Close()
 	select {
 	case r := <-done:
-		assert.Equal(t, channel.TimedOut, r.Outcome)
+		assert.Equal(t, fleet.MethodTimedOut, r.Outcome)
 	case <-time.After(2 * time.Second):
 		t.Fatal("Close did not end a waiting call")
 	}
-	_, err = c.Invoke(context.Background(), channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
+	_, err = c.Invoke(context.Background(), fleet.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
 	assert.ErrorIs(t, err, channel.ErrClosed)
-	_, err = c.PublishDesired(context.Background(), []channel.DesiredMessage{{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}})
+	_, err = c.PublishDesired(context.Background(), []fleet.DesiredPush{{DeviceID: "dev-1", Version: 1, Patch: []byte(`{}`)}})
 	assert.ErrorIs(t, err, channel.ErrClosed)
 }
 
@@ -449,8 +450,8 @@ func TestReconnectResubscribes(t *testing.T) {
 		require.Eventually(t, intruder.Lost, 10*time.Second, 10*time.Millisecond, "connection %d reconnected and took its session back", i)
 	}
 	require.Eventually(t, func() bool {
-		res, err := c.Invoke(ctx, channel.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
-		return err == nil && res.Outcome == channel.Succeeded
+		res, err := c.Invoke(ctx, fleet.MethodCall{DeviceID: "dev-1", Method: "echo"}, time.Second)
+		return err == nil && res.Outcome == fleet.MethodSucceeded
 	}, 10*time.Second, 100*time.Millisecond)
 }
 
@@ -490,10 +491,10 @@ func BenchmarkInvokeMany(b *testing.B) {
 	connectDevices(b, url, devs)
 	c := dial(b, url)
 	for _, perDevice := range []int{1, 10} {
-		calls := make([]channel.MethodCall, 0, len(devs)*perDevice)
+		calls := make([]fleet.MethodCall, 0, len(devs)*perDevice)
 		for range perDevice {
 			for _, id := range devs {
-				calls = append(calls, channel.MethodCall{DeviceID: id, Method: "echo", Payload: []byte(`{"n":1}`)})
+				calls = append(calls, fleet.MethodCall{DeviceID: id, Method: "echo", Payload: []byte(`{"n":1}`)})
 			}
 		}
 		b.Run(fmt.Sprintf("calls=%d", len(calls)), func(b *testing.B) {
@@ -503,7 +504,7 @@ func BenchmarkInvokeMany(b *testing.B) {
 				results := c.InvokeMany(context.Background(), calls, 30*time.Second, 0)
 				total += time.Since(start)
 				for i, r := range results {
-					if r.Outcome != channel.Succeeded {
+					if r.Outcome != fleet.MethodSucceeded {
 						b.Fatalf("call %d: %+v", i, r)
 					}
 				}
@@ -524,11 +525,11 @@ func BenchmarkPublishDesired(b *testing.B) {
 	var total time.Duration
 	n := 0
 	for b.Loop() {
-		msgs := make([]channel.DesiredMessage, 0, 10*len(devs))
+		msgs := make([]fleet.DesiredPush, 0, 10*len(devs))
 		for range 10 {
 			version++
 			for _, id := range devs {
-				msgs = append(msgs, channel.DesiredMessage{DeviceID: id, Version: version, Patch: fmt.Appendf(nil, `{"v":%d}`, version)})
+				msgs = append(msgs, fleet.DesiredPush{DeviceID: id, Version: version, Patch: fmt.Appendf(nil, `{"v":%d}`, version)})
 			}
 		}
 		start := time.Now()
@@ -554,30 +555,30 @@ func TestWindowDoesNotStallOnSilentDevices(t *testing.T) {
 
 	// 200 calls that nobody answers in time, through a window of 16: unanswered calls give their places
 	// up after 100 ms, so sending takes ~1.2 s rather than 13 windows × the 500 ms timeout.
-	var calls []channel.MethodCall
+	var calls []fleet.MethodCall
 	for range 10 {
 		for _, id := range devs {
-			calls = append(calls, channel.MethodCall{DeviceID: id, Method: "slow"})
+			calls = append(calls, fleet.MethodCall{DeviceID: id, Method: "slow"})
 		}
 	}
 	start := time.Now()
 	results := c.InvokeMany(ctx, calls, 500*time.Millisecond, 0)
 	elapsed := time.Since(start)
 	for i, r := range results {
-		require.Equal(t, channel.TimedOut, r.Outcome, "call %d", i)
+		require.Equal(t, fleet.MethodTimedOut, r.Outcome, "call %d", i)
 	}
 	assert.Less(t, elapsed, 3*time.Second)
 	t.Logf("%d silent calls through a window of 16 in %s", len(calls), elapsed)
 
 	// Every slot came back: a full window of fresh calls goes out at once. (The devices are still busy
 	// with the slow calls, so ask the gateway for a device that is not connected.)
-	offline := make([]channel.MethodCall, 16)
+	offline := make([]fleet.MethodCall, 16)
 	for i := range offline {
-		offline[i] = channel.MethodCall{DeviceID: "not-connected", Method: "echo"}
+		offline[i] = fleet.MethodCall{DeviceID: "not-connected", Method: "echo"}
 	}
 	start = time.Now()
 	for _, r := range c.InvokeMany(ctx, offline, 5*time.Second, 0) {
-		assert.Equal(t, channel.Offline, r.Outcome)
+		assert.Equal(t, fleet.MethodOffline, r.Outcome)
 	}
 	assert.Less(t, time.Since(start), 90*time.Millisecond, "no call waited for a slot to expire")
 }

@@ -12,12 +12,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
-// DesiredMessage is one desired-properties merge patch for one device, published on
-// devices/{id}/twin/desired/{version}.
-//
-// Deprecated: use fleet.DesiredPush (kept while callers move).
-type DesiredMessage = fleet.DesiredPush
-
 // PublishDesired publishes desired patches at QoS 1, many in flight at once, and waits for every PUBACK.
 // published counts the patches the broker acknowledged. The whole batch is refused before anything is
 // sent when a message is invalid (bad device id, version < 1, patch not a JSON object or over 128 KiB).

@@ -25,40 +25,6 @@ import (
 // string when it is not JSON, so that a result can always be marshalled (Temporal payloads are JSON);
 // calls that failed locally carry {"error": "..."}.
 
-// Outcome classifies how a method call ended.
-//
-// Deprecated: use fleet.MethodOutcome (kept while callers move).
-type Outcome = fleet.MethodOutcome
-
-// The outcomes of a method call.
-//
-// Deprecated: use fleet.MethodSucceeded, fleet.MethodFailed, fleet.MethodTimedOut and fleet.MethodOffline
-// (kept while callers move).
-const (
-	Succeeded = fleet.MethodSucceeded
-	Failed    = fleet.MethodFailed
-	TimedOut  = fleet.MethodTimedOut
-	Offline   = fleet.MethodOffline
-)
-
-// Statuses the channel itself puts in a failed result for a call that reached no device.
-//
-// Deprecated: use fleet.StatusInvalid and fleet.StatusNotSent (kept while callers move).
-const (
-	StatusInvalid = fleet.StatusInvalid
-	StatusNotSent = fleet.StatusNotSent
-)
-
-// MethodCall is one direct method invocation.
-//
-// Deprecated: use fleet.MethodCall (kept while callers move).
-type MethodCall = fleet.MethodCall
-
-// MethodResult is how one call ended.
-//
-// Deprecated: use fleet.MethodResult (kept while callers move).
-type MethodResult = fleet.MethodResult
-
 // Invoke calls one method and waits up to timeout (DefaultMethodTimeout when ≤ 0) for the answer. The
 // error is non-nil only when the call could not be made or waited for: invalid call, payload over
 // MaxMethodPayload, channel closed or disconnected, or ctx ended (then the result timed out). Device

@@ -16,13 +16,15 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"go.temporal.io/sdk/client"
+
 	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
-	"go.temporal.io/sdk/client"
 )
 
 // serviceToken is the gateway's service password in these tests; workers and the CLI get it from the
@@ -169,7 +171,7 @@ type provisionSummary struct {
 	Counts      struct {
 		Created, Existing, Invalid int64
 	} `json:"counts"`
-	Invalid []registry.RowResult `json:"invalid"`
+	Invalid []fleet.RowResult `json:"invalid"`
 	Connect *struct {
 		Created, Connected, Reported int64
 		Missing                      []string

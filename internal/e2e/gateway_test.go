@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/device"
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // provisionDirect provisions devices through the workflow with the CLI and returns their credentials.
@@ -67,7 +67,7 @@ func TestGatewayAuthenticatesAndConfinesDevicesAgainstTheRegistry(t *testing.T) 
 	ghost, err := device.New(device.Config{BrokerURL: e.mqttURL, ID: "gw-9999", Secret: secrets["gw-0001"]})
 	require.NoError(t, err)
 	require.ErrorIs(t, ghost.Connect(ctx), device.ErrNotAuthorized)
-	require.NoError(t, e.reg.SetStatus(ctx, "gw-0003", registry.StatusDisabled))
+	require.NoError(t, e.reg.SetStatus(ctx, "gw-0003", fleet.StatusDisabled))
 	off, err := device.New(device.Config{BrokerURL: e.mqttURL, ID: "gw-0003", Secret: secrets["gw-0003"]})
 	require.NoError(t, err)
 	require.ErrorIs(t, off.Connect(ctx), device.ErrNotAuthorized)
@@ -137,11 +137,11 @@ func TestGatewayAuthenticatesAndConfinesDevicesAgainstTheRegistry(t *testing.T) 
 	d2, err := device.New(device.Config{BrokerURL: e.mqttURL, ID: "gw-0003", Secret: secrets["gw-0003"],
 		OnConnectionLost: func(error) { lost <- struct{}{} }})
 	require.NoError(t, err)
-	require.NoError(t, e.reg.SetStatus(ctx, "gw-0003", registry.StatusActive))
+	require.NoError(t, e.reg.SetStatus(ctx, "gw-0003", fleet.StatusActive))
 	require.Eventually(t, func() bool { return d2.Connect(ctx) == nil }, 5*time.Second, 100*time.Millisecond)
 	defer d2.Close()
 	start := time.Now()
-	require.NoError(t, e.reg.SetStatus(ctx, "gw-0003", registry.StatusDisabled))
+	require.NoError(t, e.reg.SetStatus(ctx, "gw-0003", fleet.StatusDisabled))
 	select {
 	case <-lost:
 		require.Less(t, time.Since(start), time.Second, "revocation must drop the session within a second")

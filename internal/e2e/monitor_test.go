@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 )
@@ -111,9 +112,9 @@ func TestRetireTenThousandByQuery(t *testing.T) {
 	}
 	qx := "SELECT * FROM devices WHERE tags.batch = 'x'"
 	// A job and a rollout that still hold devices of the set.
-	_, err := e.reg.CreateJob(ctx, registry.JobSpec{ID: "job-pending", Kind: registry.JobSetTags, Query: qx, Spec: []byte("{}")})
+	_, err := e.reg.CreateJob(ctx, registry.JobSpec{ID: "job-pending", Kind: fleet.JobSetTags, Query: qx, Spec: []byte("{}")})
 	require.NoError(t, err)
-	_, err = e.reg.AddFirmware(ctx, registry.Firmware{Version: "9.0.0", URL: "https://fw.example/9.bin", SHA256: strings.Repeat("ab", 32)})
+	_, err = e.reg.AddFirmware(ctx, fleet.Firmware{Version: "9.0.0", URL: "https://fw.example/9.bin", SHA256: strings.Repeat("ab", 32)})
 	require.NoError(t, err)
 	_, err = e.reg.CreateRollout(ctx, registry.RolloutSpec{ID: "rollout-9.0.0-1", Version: "9.0.0", Query: qx, Spec: []byte("{}")})
 	require.NoError(t, err)

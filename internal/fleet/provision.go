@@ -68,8 +68,3 @@ type ProvisionStore interface {
 	// DropStaging deletes op's staged rows (they hold credential digests).
 	DropStaging(ctx context.Context, op string) error
 }
-
-// Processed is Total, under the name workflows.Counts used.
-//
-// Deprecated: use Total.
-func (c ProvisionCounts) Processed() int64 { return c.Total() }

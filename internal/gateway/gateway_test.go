@@ -14,9 +14,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
-	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
 var _ gateway.Store = (*gatewaytest.Store)(nil)
@@ -50,9 +50,9 @@ func TestAuthentication(t *testing.T) {
 	store := gatewaytest.New()
 	store.Add("dev-ok", "s3cret")
 	store.Add("dev-off", "s3cret")
-	store.SetStatus("dev-off", registry.StatusDisabled)
+	store.SetStatus("dev-off", fleet.StatusDisabled)
 	store.Add("dev-gone", "s3cret")
-	store.SetStatus("dev-gone", registry.StatusRetired)
+	store.SetStatus("dev-gone", fleet.StatusRetired)
 	store.Add("dev-rot", "old")
 	store.SetSecondary("dev-rot", "new")
 	g := gatewaytest.StartGateway(t, store, gateway.Config{})
@@ -299,7 +299,7 @@ func TestRevocationKicksAtOnce(t *testing.T) {
 
 	failures := g.Stats().AuthFailures
 	start := time.Now()
-	store.SetStatus("dev-a", registry.StatusDisabled)
+	store.SetStatus("dev-a", fleet.StatusDisabled)
 	select {
 	case at := <-lost:
 		assert.Less(t, at.Sub(start), time.Second, "revocation must take effect well under 1 s")
@@ -318,7 +318,7 @@ func TestRevocationKicksAtOnce(t *testing.T) {
 	require.NoError(t, err)
 
 	// Re-enabling lets it in again at once (refusals are not cached).
-	store.SetStatus("dev-a", registry.StatusActive)
+	store.SetStatus("dev-a", fleet.StatusActive)
 	mustConnect(t, url, "dev-a", "sa")
 
 	// A credential rotation that drops the session's secret kicks it too.
@@ -343,7 +343,7 @@ func TestRetiredDeviceStateIsCleared(t *testing.T) {
 	assert.True(t, m.Retained)
 	assert.Contains(t, string(m.Payload), `"online":true`)
 
-	store.SetStatus("dev-a", registry.StatusRetired)
+	store.SetStatus("dev-a", fleet.StatusRetired)
 	require.Eventually(t, func() bool { return g.Stats().Connected == 0 }, time.Second, 5*time.Millisecond)
 	// A new subscriber finds no retained state for the retired device.
 	time.Sleep(50 * time.Millisecond)
@@ -425,31 +425,31 @@ func TestConnectionEvents(t *testing.T) {
 	d.Close()
 	require.Eventually(t, func() bool {
 		ev := store.Events()
-		return len(ev) > 0 && ev[len(ev)-1].Kind == registry.ConnDown
+		return len(ev) > 0 && ev[len(ev)-1].Kind == fleet.ConnDown
 	}, 2*time.Second, 10*time.Millisecond)
 
 	ev := store.Events()
-	require.Equal(t, registry.ConnUp, ev[0].Kind)
+	require.Equal(t, fleet.ConnUp, ev[0].Kind)
 	session := ev[0].Session
 	seen := 0
 	for _, e := range ev {
 		assert.Equal(t, "dev-a", e.DeviceID)
 		assert.Equal(t, session, e.Session)
-		if e.Kind == registry.ConnSeen {
+		if e.Kind == fleet.ConnSeen {
 			seen++
 		}
 	}
 	// 50 telemetry messages plus birth and twin traffic become a handful of coalesced ConnSeen events.
 	assert.GreaterOrEqual(t, seen, 1)
 	assert.Less(t, seen, 10)
-	assert.Equal(t, registry.ConnDown, ev[len(ev)-1].Kind)
+	assert.Equal(t, fleet.ConnDown, ev[len(ev)-1].Kind)
 	require.Eventually(t, func() bool { return g.Stats().Connected == 0 }, time.Second, 5*time.Millisecond)
 
 	// A reconnect gets a strictly newer session number.
 	mustConnect(t, url, "dev-a", "sa")
 	require.Eventually(t, func() bool {
 		for _, e := range store.Events() {
-			if e.Kind == registry.ConnUp && e.Session > session {
+			if e.Kind == fleet.ConnUp && e.Session > session {
 				return true
 			}
 		}
@@ -475,7 +475,7 @@ func TestKickAndClose(t *testing.T) {
 	require.NoError(t, g.Close())
 	ev := store.Events()
 	require.NotEmpty(t, ev)
-	assert.Equal(t, registry.ConnDown, ev[len(ev)-1].Kind)
+	assert.Equal(t, fleet.ConnDown, ev[len(ev)-1].Kind)
 	require.NoError(t, g.Close())
 }
 

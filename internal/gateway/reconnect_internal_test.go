@@ -13,24 +13,24 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // minimalStore knows one active device with secret "s" and answers twin/get with empty documents.
 type minimalStore struct{}
 
-func (minimalStore) DeviceAuth(_ context.Context, id string) (registry.DeviceAuth, error) {
-	return registry.DeviceAuth{ID: id, Status: registry.StatusActive, Secret1Hash: creds.Digest("s")}, nil
+func (minimalStore) DeviceAuth(_ context.Context, id string) (fleet.DeviceAuth, error) {
+	return fleet.DeviceAuth{ID: id, Status: fleet.StatusActive, Secret1Hash: creds.Digest("s")}, nil
 }
 func (minimalStore) GetTwin(_ context.Context, id string) (twin.Twin, error) {
 	return twin.Twin{DeviceID: id}, nil
 }
-func (minimalStore) ApplyReported(_ context.Context, p []registry.ReportedPatch) ([]registry.ReportedResult, error) {
-	return make([]registry.ReportedResult, len(p)), nil
+func (minimalStore) ApplyReported(_ context.Context, p []fleet.ReportedPatch) ([]fleet.ReportedResult, error) {
+	return make([]fleet.ReportedResult, len(p)), nil
 }
-func (minimalStore) RecordConnections(context.Context, []registry.ConnEvent) error { return nil }
-func (minimalStore) RecordJobStatuses(context.Context, []registry.JobStatus) error { return nil }
+func (minimalStore) RecordConnections(context.Context, []fleet.ConnEvent) error { return nil }
+func (minimalStore) RecordJobStatuses(context.Context, []fleet.JobStatus) error { return nil }
 func (minimalStore) ListenDeviceChanges(ctx context.Context, _ func(string)) error {
 	<-ctx.Done()
 	return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 	"github.com/fleetflow/fleetflow/internal/registry"
@@ -63,7 +64,7 @@ func TestGatewayWithRegistry(t *testing.T) {
 	// Revocation through the registry: NOTIFY → cache dropped → session re-checked → kicked.
 	victim := list[1].ID
 	start := time.Now()
-	require.NoError(t, reg.SetStatus(ctx, victim, registry.StatusDisabled))
+	require.NoError(t, reg.SetStatus(ctx, victim, fleet.StatusDisabled))
 	require.Eventually(t, func() bool { return g.Stats().Kicks == 1 }, time.Second, 5*time.Millisecond)
 	t.Logf("kicked %s after %s", victim, time.Since(start))
 	require.Eventually(t, func() bool {

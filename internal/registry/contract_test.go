@@ -36,7 +36,7 @@ func (s seeder) Stage(t *testing.T, op string, rows []fleettest.StagedRow) {
 }
 
 func (s seeder) CreateJob(t *testing.T, job string, kind fleet.JobKind, ids ...string) {
-	_, err := s.reg.CreateJobForIDs(context.Background(), registry.JobSpec{ID: job, Kind: string(kind),
+	_, err := s.reg.CreateJobForIDs(context.Background(), registry.JobSpec{ID: job, Kind: kind,
 		Query: "ids: " + strings.Join(ids, " "), Spec: json.RawMessage(`{}`)}, ids)
 	require.NoError(t, err)
 }

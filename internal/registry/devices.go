@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -55,8 +56,8 @@ func (r *Registry) GetDevice(ctx context.Context, id string) (Device, error) {
 }
 
 // DeviceAuth returns what the gateway needs to authenticate a device.
-func (r *Registry) DeviceAuth(ctx context.Context, id string) (DeviceAuth, error) {
-	a := DeviceAuth{ID: id}
+func (r *Registry) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, error) {
+	a := fleet.DeviceAuth{ID: id}
 	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash FROM devices WHERE id = $1", id).
 		Scan(&a.Status, &a.Secret1Hash, &a.Secret2Hash)
 	if isNoRows(err) {
@@ -98,11 +99,11 @@ func (r *Registry) UpdateTwin(ctx context.Context, id string, section twin.Secti
 		if err != nil {
 			return fmt.Errorf("load twin %s: %w", id, err)
 		}
-		if cur.Status == StatusRetired {
-			return fmt.Errorf("device %s is retired: %w", id, ErrNotActive)
+		if cur.Status == statusRetired {
+			return fmt.Errorf("device %s is retired: %w", id, fleet.ErrNotActive)
 		}
 		if ifMatch != "" && ifMatch != cur.ETag {
-			return fmt.Errorf("device %s: etag %s does not match the current etag %s: %w", id, ifMatch, cur.ETag, ErrPreconditionFailed)
+			return fmt.Errorf("device %s: etag %s does not match the current etag %s: %w", id, ifMatch, cur.ETag, fleet.ErrPreconditionFailed)
 		}
 		doc := []byte(cur.Tags)
 		if section == twin.Desired {
@@ -142,8 +143,8 @@ type reportedState struct {
 // ApplyReported merges a batch of reported patches in one transaction (the ingest path must never spend a
 // transaction per message). Patches for the same device apply in order. Per-patch problems are returned in
 // the results; the error is only for the batch as a whole.
-func (r *Registry) ApplyReported(ctx context.Context, patches []ReportedPatch) ([]ReportedResult, error) {
-	results := make([]ReportedResult, len(patches))
+func (r *Registry) ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error) {
+	results := make([]fleet.ReportedResult, len(patches))
 	if len(patches) == 0 {
 		return results, nil
 	}
@@ -174,14 +175,14 @@ func (r *Registry) ApplyReported(ctx context.Context, patches []ReportedPatch) (
 			return fmt.Errorf("read reported: %w", err)
 		}
 		for i, p := range patches {
-			results[i] = ReportedResult{DeviceID: p.DeviceID, RequestID: p.RequestID}
+			results[i] = fleet.ReportedResult{DeviceID: p.DeviceID, RequestID: p.RequestID}
 			st, ok := state[p.DeviceID]
 			switch {
 			case !ok:
 				results[i].Err = notFound(p.DeviceID)
 				continue
-			case st.status != StatusActive:
-				results[i].Err = fmt.Errorf("device %s is %s: %w", p.DeviceID, st.status, ErrNotActive)
+			case st.status != statusActive:
+				results[i].Err = fmt.Errorf("device %s is %s: %w", p.DeviceID, st.status, fleet.ErrNotActive)
 				continue
 			}
 			merged, err := twin.Apply(twin.Reported, st.doc, p.Patch)
@@ -225,26 +226,26 @@ func (r *Registry) ApplyReported(ctx context.Context, patches []ReportedPatch) (
 // and each down that takes the device offline becomes a connected or disconnected event of the device's
 // timeline, written in the same transaction by one INSERT … SELECT FROM unnest in the same round trip (a
 // connect storm runs through here at 10k connects/s); ignored events and ConnSeen leave no trace.
-func (r *Registry) RecordConnections(ctx context.Context, events []ConnEvent) error {
+func (r *Registry) RecordConnections(ctx context.Context, events []fleet.ConnEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
-	ups := map[string]ConnEvent{}
+	ups := map[string]fleet.ConnEvent{}
 	seen := map[string]time.Time{}
 	var downIDs []string
 	var downSessions []int64
 	var downAt []time.Time
 	for _, e := range events {
 		switch e.Kind {
-		case ConnUp:
+		case fleet.ConnUp:
 			if cur, ok := ups[e.DeviceID]; !ok || e.Session >= cur.Session {
 				ups[e.DeviceID] = e
 			}
-		case ConnDown:
+		case fleet.ConnDown:
 			downIDs = append(downIDs, e.DeviceID)
 			downSessions = append(downSessions, e.Session)
 			downAt = append(downAt, e.At)
-		case ConnSeen:
+		case fleet.ConnSeen:
 			if e.At.After(seen[e.DeviceID]) {
 				seen[e.DeviceID] = e.At
 			}
@@ -370,8 +371,8 @@ func (r *Registry) listenOnce(ctx context.Context, fn func(string)) error {
 }
 
 // SetStatus changes a device's status; the trigger announces it to every gateway.
-func (r *Registry) SetStatus(ctx context.Context, id, status string) error {
-	tag, err := r.pool.Exec(ctx, "UPDATE devices SET status = $2, updated_at = now() WHERE id = $1", id, status)
+func (r *Registry) SetStatus(ctx context.Context, id string, status fleet.DeviceStatus) error {
+	tag, err := r.pool.Exec(ctx, "UPDATE devices SET status = $2, updated_at = now() WHERE id = $1", id, string(status))
 	if err != nil {
 		return fmt.Errorf("set status of %s: %w", id, err)
 	}

@@ -11,11 +11,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
-// Firmware is a catalogue entry (the domain's type).
-//
-// Deprecated: use fleet.Firmware.
-type Firmware = fleet.Firmware
-
 // ErrUnknownFirmware is returned (wrapped) for a version the catalogue does not hold.
 var ErrUnknownFirmware = errors.New("unknown firmware")
 
@@ -24,7 +19,7 @@ var ErrExists = errors.New("already exists")
 
 // AddFirmware adds a catalogue entry. Entries are immutable: a version already present is refused, because
 // devices and rollouts refer to it by version and its image must not change under them.
-func (r *Registry) AddFirmware(ctx context.Context, f Firmware) (Firmware, error) {
+func (r *Registry) AddFirmware(ctx context.Context, f fleet.Firmware) (fleet.Firmware, error) {
 	if err := f.Validate(); err != nil {
 		return f, err
 	}
@@ -41,8 +36,8 @@ func (r *Registry) AddFirmware(ctx context.Context, f Firmware) (Firmware, error
 }
 
 // GetFirmware returns a catalogue entry.
-func (r *Registry) GetFirmware(ctx context.Context, version string) (Firmware, error) {
-	f := Firmware{Version: version}
+func (r *Registry) GetFirmware(ctx context.Context, version string) (fleet.Firmware, error) {
+	f := fleet.Firmware{Version: version}
 	err := r.pool.QueryRow(ctx, "SELECT url, sha256, notes, created_at FROM firmware WHERE version = $1", version).
 		Scan(&f.URL, &f.SHA256, &f.Notes, &f.CreatedAt)
 	if isNoRows(err) {
@@ -55,13 +50,13 @@ func (r *Registry) GetFirmware(ctx context.Context, version string) (Firmware, e
 }
 
 // ListFirmware returns the catalogue, newest first.
-func (r *Registry) ListFirmware(ctx context.Context) ([]Firmware, error) {
+func (r *Registry) ListFirmware(ctx context.Context) ([]fleet.Firmware, error) {
 	rows, err := r.pool.Query(ctx, "SELECT version, url, sha256, notes, created_at FROM firmware ORDER BY created_at DESC, version")
 	if err != nil {
 		return nil, fmt.Errorf("list firmware: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Firmware, error) {
-		var f Firmware
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.Firmware, error) {
+		var f fleet.Firmware
 		err := row.Scan(&f.Version, &f.URL, &f.SHA256, &f.Notes, &f.CreatedAt)
 		return f, err
 	})

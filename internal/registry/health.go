@@ -3,7 +3,6 @@ package registry
 import (
 	"time"
 
-	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
 )
 
@@ -18,12 +17,6 @@ const (
 
 // AlertKinds lists the kinds in a stable order, for reports.
 func AlertKinds() []string { return health.Kinds() }
-
-// HealthSummary is the fleet at a glance as one health check saw it; stored in health_runs.summary (the
-// domain's type).
-//
-// Deprecated: use fleet.HealthSummary.
-type HealthSummary = fleet.HealthSummary
 
 // Alert states as operators see them (Alert.State).
 const (

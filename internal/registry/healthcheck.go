@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/internal/query"
 )
@@ -138,16 +139,16 @@ func buildCompliance(rollouts []complianceRollout, n int) compliance {
 // refreshes the open alerts of problems that persist (last_seen, detail), resolves open alerts whose problem
 // is gone — including those of devices disabled, retired or deleted since — and returns the fleet's summary.
 // Checks are serialized by an advisory lock; nothing is done per device in Go.
-func (r *Registry) RunHealthCheck(ctx context.Context, runID string, rules health.Rules) (HealthSummary, error) {
+func (r *Registry) RunHealthCheck(ctx context.Context, runID string, rules health.Rules) (fleet.HealthSummary, error) {
 	rules = rules.WithDefaults()
 	if err := rules.Validate(); err != nil {
-		return HealthSummary{}, fmt.Errorf("health check %s: %w", runID, err)
+		return fleet.HealthSummary{}, fmt.Errorf("health check %s: %w", runID, err)
 	}
 	if runID == "" {
-		return HealthSummary{}, fmt.Errorf("health check: a run id is required")
+		return fleet.HealthSummary{}, fmt.Errorf("health check: a run id is required")
 	}
 	t0 := time.Now()
-	s := HealthSummary{Problems: map[string]int64{}, Rules: rules}
+	s := fleet.HealthSummary{Problems: map[string]int64{}, Rules: rules}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", healthLock); err != nil {
 			return fmt.Errorf("lock: %w", err)
@@ -220,7 +221,7 @@ func (r *Registry) RunHealthCheck(ctx context.Context, runID string, rules healt
 		return nil
 	})
 	if err != nil {
-		return HealthSummary{}, fmt.Errorf("health check %s: %w", runID, err)
+		return fleet.HealthSummary{}, fmt.Errorf("health check %s: %w", runID, err)
 	}
 	return s, nil
 }
@@ -383,7 +384,7 @@ func (r *Registry) AckAlert(ctx context.Context, id int64, by string) (Alert, er
 		acked_by = CASE WHEN acked_at IS NULL THEN $2 ELSE acked_by END
 		WHERE id = $1 RETURNING `+alertColumns, id, by))
 	if isNoRows(err) {
-		return Alert{}, fmt.Errorf("alert %d: %w", id, ErrNotFound)
+		return Alert{}, fmt.Errorf("alert %d: %w", id, fleet.ErrNotFound)
 	}
 	if err != nil {
 		return Alert{}, fmt.Errorf("ack alert %d: %w", id, err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
@@ -219,7 +220,7 @@ func TestHealthCheckSQLAgreesWithRules(t *testing.T) {
 			}
 		}
 	}
-	require.Equal(t, registry.HealthSummary{At: s.At, Devices: n - retired, Active: active, Disabled: disabled, Retired: retired,
+	require.Equal(t, fleet.HealthSummary{At: s.At, Devices: n - retired, Active: active, Disabled: disabled, Retired: retired,
 		Online: online, Offline: offline, Problems: kinds, Opened: s.Opened, Resolved: 0, Open: s.Open, Duration: s.Duration,
 		Rules: rules, Rollouts: s.Rollouts}, s)
 
@@ -358,7 +359,7 @@ func TestHealthCheckAlertLifecycle(t *testing.T) {
 
 	// Acknowledging: unknown ids are ErrNotFound; the first ack is kept; a resolved alert can be acked.
 	_, err = reg.AckAlert(ctx, 999999, "alice")
-	require.ErrorIs(t, err, registry.ErrNotFound)
+	require.ErrorIs(t, err, fleet.ErrNotFound)
 	acked, err := reg.AckAlert(ctx, aAlerts[0].ID, "alice")
 	require.NoError(t, err)
 	require.Equal(t, registry.AlertStateAcked, acked.State())

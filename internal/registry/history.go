@@ -157,7 +157,7 @@ type connState struct {
 // after it went down) is a connect; a down of the current session while online is a disconnect. A late LWT of a
 // taken-over session, a stale or duplicate up, and ConnSeen (activity, not a change) are none; devices missing
 // from state (unknown ids) have none.
-func connectionEvents(events []ConnEvent, state map[string]*connState) []DeviceEvent {
+func connectionEvents(events []fleet.ConnEvent, state map[string]*connState) []DeviceEvent {
 	var out []DeviceEvent
 	for _, e := range events {
 		st := state[e.DeviceID]
@@ -166,9 +166,9 @@ func connectionEvents(events []ConnEvent, state map[string]*connState) []DeviceE
 		}
 		kind := ""
 		switch {
-		case e.Kind == ConnUp && (e.Session > st.session || e.Session == st.session && !st.online):
+		case e.Kind == fleet.ConnUp && (e.Session > st.session || e.Session == st.session && !st.online):
 			st.session, st.online, kind = e.Session, true, EventConnected
-		case e.Kind == ConnDown && e.Session == st.session && st.online:
+		case e.Kind == fleet.ConnDown && e.Session == st.session && st.online:
 			st.online, kind = false, EventDisconnected
 		default:
 			continue

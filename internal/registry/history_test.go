@@ -49,14 +49,14 @@ func TestConnectionsAreRecordedOnTheTimeline(t *testing.T) {
 	reg := open(t)
 	provision(t, reg, "op", "dev-1", "dev-2")
 	now := time.Now().Truncate(time.Microsecond)
-	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 100, At: now},
-		{DeviceID: "dev-2", Kind: registry.ConnUp, Session: 5, At: now},
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 200, At: now.Add(time.Second)},       // takeover
-		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 100, At: now.Add(2 * time.Second)}, // its late LWT: no event
-		{DeviceID: "dev-1", Kind: registry.ConnSeen, Session: 200, At: now.Add(2 * time.Second)}, // activity: no event
-		{DeviceID: "dev-2", Kind: registry.ConnDown, Session: 5, At: now.Add(3 * time.Second)},
-		{DeviceID: "ghost", Kind: registry.ConnUp, Session: 1, At: now}, // unknown: no event
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 100, At: now},
+		{DeviceID: "dev-2", Kind: fleet.ConnUp, Session: 5, At: now},
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 200, At: now.Add(time.Second)},       // takeover
+		{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 100, At: now.Add(2 * time.Second)}, // its late LWT: no event
+		{DeviceID: "dev-1", Kind: fleet.ConnSeen, Session: 200, At: now.Add(2 * time.Second)}, // activity: no event
+		{DeviceID: "dev-2", Kind: fleet.ConnDown, Session: 5, At: now.Add(3 * time.Second)},
+		{DeviceID: "ghost", Kind: fleet.ConnUp, Session: 1, At: now}, // unknown: no event
 	}))
 	require.Equal(t, []string{`connected {"session": 100}`, `connected {"session": 200}`}, kindsOf(deviceEvents(t, reg, "dev-1")))
 	require.Equal(t, []string{`connected {"session": 5}`, `disconnected {"session": 5}`}, kindsOf(deviceEvents(t, reg, "dev-2")))
@@ -66,12 +66,12 @@ func TestConnectionsAreRecordedOnTheTimeline(t *testing.T) {
 
 	// A stale down (older session), a stale up and a duplicate up change nothing and leave no event; the
 	// down of the current session does.
-	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
-		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 150, At: now.Add(4 * time.Second)},
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 150, At: now.Add(4 * time.Second)},
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 200, At: now.Add(4 * time.Second)},
-		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 200, At: now.Add(5 * time.Second)},
-		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 200, At: now.Add(6 * time.Second)}, // already offline
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{
+		{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 150, At: now.Add(4 * time.Second)},
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 150, At: now.Add(4 * time.Second)},
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 200, At: now.Add(4 * time.Second)},
+		{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 200, At: now.Add(5 * time.Second)},
+		{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 200, At: now.Add(6 * time.Second)}, // already offline
 	}))
 	require.Equal(t, []string{`connected {"session": 100}`, `connected {"session": 200}`, `disconnected {"session": 200}`},
 		kindsOf(deviceEvents(t, reg, "dev-1")))
@@ -81,10 +81,10 @@ func TestConnectionsAreRecordedOnTheTimeline(t *testing.T) {
 	require.Equal(t, int64(200), d.Session)
 
 	// A device flapping within one batch: every session is on the timeline, and the state is the last one.
-	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
-		{DeviceID: "dev-2", Kind: registry.ConnUp, Session: 6, At: now.Add(7 * time.Second)},
-		{DeviceID: "dev-2", Kind: registry.ConnDown, Session: 6, At: now.Add(8 * time.Second)},
-		{DeviceID: "dev-2", Kind: registry.ConnUp, Session: 7, At: now.Add(9 * time.Second)},
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{
+		{DeviceID: "dev-2", Kind: fleet.ConnUp, Session: 6, At: now.Add(7 * time.Second)},
+		{DeviceID: "dev-2", Kind: fleet.ConnDown, Session: 6, At: now.Add(8 * time.Second)},
+		{DeviceID: "dev-2", Kind: fleet.ConnUp, Session: 7, At: now.Add(9 * time.Second)},
 	}))
 	require.Equal(t, []string{`connected {"session": 5}`, `disconnected {"session": 5}`,
 		`connected {"session": 6}`, `disconnected {"session": 6}`, `connected {"session": 7}`}, kindsOf(deviceEvents(t, reg, "dev-2")))
@@ -101,7 +101,7 @@ func TestConnectionEventsRollBackWithTheBatch(t *testing.T) {
 	// Make the event insert fail: the connection state of the batch must not commit without its events.
 	_, err := reg.Pool().Exec(ctx, "ALTER TABLE device_events ADD CONSTRAINT no_connects CHECK (kind <> 'connected')")
 	require.NoError(t, err)
-	err = reg.RecordConnections(ctx, []registry.ConnEvent{{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 1, At: time.Now()}})
+	err = reg.RecordConnections(ctx, []fleet.ConnEvent{{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 1, At: time.Now()}})
 	require.ErrorContains(t, err, "no_connects")
 	d, err := reg.GetDevice(ctx, "dev-1")
 	require.NoError(t, err)
@@ -119,7 +119,7 @@ func TestTwinWritesAreRecordedInTheSameTransaction(t *testing.T) {
 	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(`{"site":"ber-1"}`), "")
 	require.NoError(t, err)
 	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(`{"site":"x"}`), `"stale"`)
-	require.ErrorIs(t, err, registry.ErrPreconditionFailed)
+	require.ErrorIs(t, err, fleet.ErrPreconditionFailed)
 	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(`{"big":"`+strings.Repeat("x", 9000)+`"}`), "")
 	require.Error(t, err, "oversized tags are refused")
 	require.Equal(t, []string{`desired_changed {"patch": {"telemetryInterval": 30}, "version": 2}`,
@@ -137,7 +137,7 @@ func TestTwinWritesAreRecordedInTheSameTransaction(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.NoError(t, res[0].Err)
-	require.ErrorIs(t, res[2].Err, registry.ErrNotActive)
+	require.ErrorIs(t, res[2].Err, fleet.ErrNotActive)
 	require.Equal(t, `desired_changed {"patch": {"firmware": {"version": "2.1.0"}}, "version": 3}`, kindsOf(deviceEvents(t, reg, "dev-1"))[2])
 	require.Equal(t, `desired_changed {"patch": {"firmware": {"version": "2.1.0"}}, "version": 3}`, kindsOf(deviceEvents(t, reg, "dev-2"))[1])
 	require.Empty(t, deviceEvents(t, reg, "dev-3"))
@@ -209,34 +209,34 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	at := func(min int) time.Time { return base.Add(time.Duration(min) * time.Minute) }
 	exec(t, reg, "UPDATE devices SET created_at = $1", at(0))
 
-	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 1, At: at(1)},
-		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 1, At: at(9)},
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 2, At: at(10)},
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 1, At: at(1)},
+		{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 1, At: at(9)},
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 2, At: at(10)},
 	}))
 	_, err := reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(`{"region":"eu"}`), "")
 	require.NoError(t, err)
 	exec(t, reg, "UPDATE device_events SET at = $1 WHERE kind = 'tags_changed'", at(2))
 
 	// A desired job, acknowledged.
-	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-set-desired-1", Kind: string(fleet.JobSetDesired),
+	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-set-desired-1", Kind: fleet.JobSetDesired,
 		Query: "SELECT * FROM devices WHERE deviceId = 'dev-1'", Spec: json.RawMessage(`{"patch":{"interval":30}}`)})
 	require.NoError(t, err)
 	_, err = reg.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "dev-1", Patch: []byte(`{"interval":30}`)}})
 	require.NoError(t, err)
 	exec(t, reg, "UPDATE device_events SET at = $1 WHERE kind = 'desired_changed'", at(3))
-	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-set-desired-1", []fleet.JobOutcome{{Seq: 0, State: registry.JobSucceeded}}))
+	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-set-desired-1", []fleet.JobOutcome{{Seq: 0, State: fleet.JobSucceeded}}))
 	exec(t, reg, "UPDATE job_devices SET updated_at = $1", at(4))
 
 	// A method job that failed on the device.
-	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-method-reboot-1", Kind: string(fleet.JobMethod),
+	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-method-reboot-1", Kind: fleet.JobMethod,
 		Query: "SELECT * FROM devices WHERE deviceId = 'dev-1'", Spec: json.RawMessage(`{"method":"reboot"}`)})
 	require.NoError(t, err)
-	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-method-reboot-1", []fleet.JobOutcome{{Seq: 0, State: registry.JobFailed, Status: 500, Error: "busy"}}))
+	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-method-reboot-1", []fleet.JobOutcome{{Seq: 0, State: fleet.JobFailed, Status: 500, Error: "busy"}}))
 	exec(t, reg, "UPDATE job_devices SET updated_at = $1 WHERE job_id = 'job-method-reboot-1'", at(5))
 
 	// A rollout: dispatched in wave 1 (0 stored), succeeded later.
-	_, err = reg.AddFirmware(ctx, registry.Firmware{Version: "2.1.0", URL: "https://fw.example/2.1.0.bin", SHA256: strings.Repeat("a", 64)})
+	_, err = reg.AddFirmware(ctx, fleet.Firmware{Version: "2.1.0", URL: "https://fw.example/2.1.0.bin", SHA256: strings.Repeat("a", 64)})
 	require.NoError(t, err)
 	fw, err := reg.GetFirmware(ctx, "2.1.0")
 	require.NoError(t, err)
@@ -256,7 +256,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 		       ('dev-2', 'offline', 'someone else', $1, $1, NULL, '', NULL)`, at(7), at(8), at(11), at(12))
 	exec(t, reg, "UPDATE devices SET last_seen = $1, replaces = 'dev-0'", at(13))
 	// Another device's rows never leak in.
-	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{{DeviceID: "dev-2", Kind: registry.ConnUp, Session: 1, At: at(1)}}))
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{{DeviceID: "dev-2", Kind: fleet.ConnUp, Session: 1, At: at(1)}}))
 
 	h, err := reg.DeviceHistory(ctx, "dev-1", 0)
 	require.NoError(t, err)
@@ -291,7 +291,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	require.Equal(t, h[len(h)-3:], last3)
 
 	_, err = reg.DeviceHistory(ctx, "nope", 10)
-	require.ErrorIs(t, err, registry.ErrNotFound)
+	require.ErrorIs(t, err, fleet.ErrNotFound)
 }
 
 func TestDeviceHistoryOfRetiredAndPurgedDevices(t *testing.T) {

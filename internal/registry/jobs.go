@@ -14,33 +14,13 @@ import (
 	"github.com/fleetflow/fleetflow/internal/query"
 )
 
-// A job kind, untyped so that callers holding plain strings still compile.
-//
-// Deprecated: use fleet.JobSetTags (type fleet.JobKind).
-const (
-	JobSetTags = "set_tags"
-)
-
-// Per-device job states, untyped so that callers holding plain strings still compile.
-//
-// Deprecated: use the fleet.JobState constants (fleet.JobPending, fleet.JobSucceeded, …).
-const (
-	JobPending   = "pending"
-	JobRunning   = "running"
-	JobSucceeded = "succeeded"
-	JobFailed    = "failed"
-	JobTimedOut  = "timed_out"
-	JobOffline   = "offline"
-	JobCancelled = "cancelled"
-)
-
 // ErrEmptyTarget is returned (wrapped) when a job's or rollout's query selects no device.
 var ErrEmptyTarget = errors.New("the query selects no devices")
 
 // JobSpec describes a job to create.
 type JobSpec struct {
 	ID    string
-	Kind  string
+	Kind  fleet.JobKind
 	Query string
 	Spec  json.RawMessage // what the job does, for operators reading the jobs table
 }
@@ -48,7 +28,7 @@ type JobSpec struct {
 // Job is a jobs row.
 type Job struct {
 	ID         string          `json:"jobId"`
-	Kind       string          `json:"kind"`
+	Kind       fleet.JobKind   `json:"kind"`
 	Query      string          `json:"query"`
 	Spec       json.RawMessage `json:"spec"`
 	State      string          `json:"state"`
@@ -61,7 +41,7 @@ type Job struct {
 type JobDevice struct {
 	Seq       int64           `json:"seq"`
 	DeviceID  string          `json:"deviceId"`
-	State     string          `json:"state"`
+	State     fleet.JobState  `json:"state"`
 	Status    int             `json:"status,omitempty"`
 	Payload   json.RawMessage `json:"payload,omitempty"`
 	Error     string          `json:"error,omitempty"`
@@ -126,7 +106,7 @@ func (r *Registry) GetJob(ctx context.Context, id string) (Job, error) {
 	err := r.pool.QueryRow(ctx, "SELECT id, kind, query, spec, state, total, created_at, finished_at FROM jobs WHERE id = $1", id).
 		Scan(&j.ID, &j.Kind, &j.Query, &spec, &j.State, &j.Total, &j.CreatedAt, &j.FinishedAt)
 	if isNoRows(err) {
-		return j, fmt.Errorf("job %s: %w", id, ErrNotFound)
+		return j, fmt.Errorf("job %s: %w", id, fleet.ErrNotFound)
 	}
 	if err != nil {
 		return j, fmt.Errorf("load job %s: %w", id, err)
@@ -251,13 +231,14 @@ func (r *Registry) CloseJob(ctx context.Context, job string, state fleet.JobEnd)
 }
 
 // JobDevices lists a job's targets in the given states (all when none), in seq order, at most limit.
-func (r *Registry) JobDevices(ctx context.Context, job string, states []string, limit int) ([]JobDevice, error) {
-	if states == nil {
-		states = []string{} // NULL would make cardinality() NULL, not 0
+func (r *Registry) JobDevices(ctx context.Context, job string, states []fleet.JobState, limit int) ([]JobDevice, error) {
+	want := make([]string, len(states)) // never NULL: that would make cardinality() NULL, not 0
+	for i, s := range states {
+		want[i] = string(s)
 	}
 	rows, err := r.pool.Query(ctx, `SELECT seq, device_id, state, coalesce(status, 0), payload, error, updated_at
 		FROM job_devices WHERE job_id = $1 AND (cardinality($2::text[]) = 0 OR state = ANY($2)) ORDER BY seq LIMIT $3`,
-		job, states, limit)
+		job, want, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list devices of job %s: %w", job, err)
 	}

@@ -8,29 +8,8 @@ import (
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 )
-
-// Job statuses a device may report on devices/{id}/jobs/{jobId}/status (docs/architecture.md, "The device
-// protocol"). The first three are progress; the last two end the job for that device.
-const (
-	JobStatusDownloading = "downloading"
-	JobStatusInstalling  = "installing"
-	JobStatusRebooting   = "rebooting"
-	JobStatusSucceeded   = "succeeded"
-	JobStatusFailed      = "failed"
-)
-
-// JobStatus is one progress message a device sent on devices/{id}/jobs/{jobId}/status (the domain's type).
-type JobStatus = fleet.JobStatus
-
-// ValidJobStatus reports whether s is one of the job statuses of the device contract.
-func ValidJobStatus(s string) bool {
-	switch s {
-	case JobStatusDownloading, JobStatusInstalling, JobStatusRebooting, JobStatusSucceeded, JobStatusFailed:
-		return true
-	}
-	return false
-}
 
 // RecordJobStatuses upserts the latest status per (job, device) in one statement per batch.
 //
@@ -38,7 +17,7 @@ func ValidJobStatus(s string) bool {
 // row twice; and a stored status newer than the incoming one (by At) is kept, so a batch that was delayed
 // (a retry, another gateway) cannot move a device's job back. Rows are written in key order so that
 // concurrent batches lock them in the same order and never deadlock.
-func (r *Registry) RecordJobStatuses(ctx context.Context, sts []JobStatus) error {
+func (r *Registry) RecordJobStatuses(ctx context.Context, sts []fleet.JobStatus) error {
 	if len(sts) == 0 {
 		return nil
 	}
@@ -49,14 +28,14 @@ func (r *Registry) RecordJobStatuses(ctx context.Context, sts []JobStatus) error
 		switch {
 		case s.JobID == "" || s.DeviceID == "":
 			return fmt.Errorf("record job statuses: status %d: job and device ids are required", i)
-		case !ValidJobStatus(s.Status):
+		case !protocol.ValidJobStatus(s.Status):
 			return fmt.Errorf("record job statuses: job %s device %s: invalid status %q", s.JobID, s.DeviceID, s.Status)
 		case s.Progress < 0 || s.Progress > 100:
 			return fmt.Errorf("record job statuses: job %s device %s: progress %d outside 0..100", s.JobID, s.DeviceID, s.Progress)
 		}
 		last[key{s.JobID, s.DeviceID}] = i
 	}
-	rows := make([]JobStatus, 0, len(last))
+	rows := make([]fleet.JobStatus, 0, len(last))
 	for _, i := range last {
 		s := sts[i]
 		if s.At.IsZero() {
@@ -64,7 +43,7 @@ func (r *Registry) RecordJobStatuses(ctx context.Context, sts []JobStatus) error
 		}
 		rows = append(rows, s)
 	}
-	slices.SortFunc(rows, func(a, b JobStatus) int {
+	slices.SortFunc(rows, func(a, b fleet.JobStatus) int {
 		return cmp.Or(cmp.Compare(a.JobID, b.JobID), cmp.Compare(a.DeviceID, b.DeviceID))
 	})
 	jobs := make([]string, len(rows))

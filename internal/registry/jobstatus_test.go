@@ -9,6 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -40,10 +42,10 @@ func readJobStatuses(t *testing.T, reg *registry.Registry, job string) map[strin
 
 func TestValidJobStatus(t *testing.T) {
 	for _, s := range []string{"downloading", "installing", "rebooting", "succeeded", "failed"} {
-		assert.True(t, registry.ValidJobStatus(s), s)
+		assert.True(t, protocol.ValidJobStatus(s), s)
 	}
 	for _, s := range []string{"", "Succeeded", "done", "pending", "failed "} {
-		assert.False(t, registry.ValidJobStatus(s), "%q", s)
+		assert.False(t, protocol.ValidJobStatus(s), "%q", s)
 	}
 }
 
@@ -57,7 +59,7 @@ func TestRecordJobStatuses(t *testing.T) {
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	// One batch with the same key several times: the last one wins, and a single statement cannot touch a
 	// row twice, so this also proves the batch is deduplicated before the upsert.
-	require.NoError(t, reg.RecordJobStatuses(ctx, []registry.JobStatus{
+	require.NoError(t, reg.RecordJobStatuses(ctx, []fleet.JobStatus{
 		{DeviceID: "dev-1", JobID: "job-a", Status: "downloading", Progress: 10, At: at(0)},
 		{DeviceID: "dev-2", JobID: "job-a", Status: "downloading", At: at(0)},
 		{DeviceID: "dev-1", JobID: "job-a", Status: "downloading", Progress: 60, At: at(1 * time.Millisecond)},
@@ -75,7 +77,7 @@ func TestRecordJobStatuses(t *testing.T) {
 	assert.Equal(t, jobStatusRow{Status: "succeeded", Progress: 100, At: b["dev-1"].At}, b["dev-1"])
 
 	// A later batch updates the rows; the reason is kept verbatim.
-	require.NoError(t, reg.RecordJobStatuses(ctx, []registry.JobStatus{
+	require.NoError(t, reg.RecordJobStatuses(ctx, []fleet.JobStatus{
 		{DeviceID: "dev-1", JobID: "job-a", Status: "failed", Reason: "install failed: checksum mismatch", At: at(time.Second)},
 		{DeviceID: "dev-2", JobID: "job-a", Status: "succeeded", Progress: 100, At: at(time.Second)},
 	}))
@@ -84,24 +86,24 @@ func TestRecordJobStatuses(t *testing.T) {
 	assert.Equal(t, "succeeded", a["dev-2"].Status)
 
 	// A delayed batch carrying an older status (a retry, another gateway) does not move the job back.
-	require.NoError(t, reg.RecordJobStatuses(ctx, []registry.JobStatus{
+	require.NoError(t, reg.RecordJobStatuses(ctx, []fleet.JobStatus{
 		{DeviceID: "dev-2", JobID: "job-a", Status: "rebooting", At: at(500 * time.Millisecond)},
 	}))
 	assert.Equal(t, "succeeded", readJobStatuses(t, reg, "job-a")["dev-2"].Status)
 
 	// A zero time is stamped by the registry; an empty batch is a no-op.
-	require.NoError(t, reg.RecordJobStatuses(ctx, []registry.JobStatus{{DeviceID: "dev-3", JobID: "job-a", Status: "downloading"}}))
+	require.NoError(t, reg.RecordJobStatuses(ctx, []fleet.JobStatus{{DeviceID: "dev-3", JobID: "job-a", Status: "downloading"}}))
 	assert.WithinDuration(t, time.Now(), readJobStatuses(t, reg, "job-a")["dev-3"].At, time.Minute)
 	require.NoError(t, reg.RecordJobStatuses(ctx, nil))
 
 	// Invalid input is refused as a whole, before anything is written.
-	for _, bad := range []registry.JobStatus{
+	for _, bad := range []fleet.JobStatus{
 		{DeviceID: "dev-9", JobID: "job-x", Status: "done"},
 		{DeviceID: "dev-9", JobID: "job-x", Status: "downloading", Progress: 101},
 		{DeviceID: "", JobID: "job-x", Status: "failed"},
 		{DeviceID: "dev-9", JobID: "", Status: "failed"},
 	} {
-		err := reg.RecordJobStatuses(ctx, []registry.JobStatus{
+		err := reg.RecordJobStatuses(ctx, []fleet.JobStatus{
 			{DeviceID: "dev-8", JobID: "job-x", Status: "downloading"}, bad,
 		})
 		require.Error(t, err, "%+v", bad)
@@ -127,11 +129,11 @@ func TestRecordJobStatusesConcurrentBatches(t *testing.T) {
 	errs := make(chan error, writers)
 	for w := range writers {
 		go func() {
-			batch := make([]registry.JobStatus, 0, devices)
+			batch := make([]fleet.JobStatus, 0, devices)
 			for i := range devices {
 				// Each writer walks the keys in a different order (multipliers coprime with devices).
 				d := (i*[]int{1, 3, 7, 9}[w] + w*7) % devices
-				batch = append(batch, registry.JobStatus{DeviceID: fmt.Sprintf("dev-%05d", d), JobID: "rollout-2.0.0",
+				batch = append(batch, fleet.JobStatus{DeviceID: fmt.Sprintf("dev-%05d", d), JobID: "rollout-2.0.0",
 					Status: "succeeded", Progress: 100, At: time.Now()})
 			}
 			errs <- reg.RecordJobStatuses(ctx, batch)

@@ -314,20 +314,15 @@ func validateRow(s StagedRow) string {
 	return ""
 }
 
-// RowResult is a staged row that did not become a new device (the domain's type).
-//
-// Deprecated: use fleet.RowResult.
-type RowResult = fleet.RowResult
-
 // ProvisionResults lists up to limit rows of op with the given outcome ("" for both), in line order.
-func (r *Registry) ProvisionResults(ctx context.Context, op string, outcome fleet.RowOutcome, limit int) ([]RowResult, error) {
+func (r *Registry) ProvisionResults(ctx context.Context, op string, outcome fleet.RowOutcome, limit int) ([]fleet.RowResult, error) {
 	rows, err := r.pool.Query(ctx, `SELECT line, id, outcome, reason FROM provision_results
 		WHERE op = $1 AND ($2 = '' OR outcome = $2) ORDER BY line LIMIT $3`, op, string(outcome), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list results of %s: %w", op, err)
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (RowResult, error) {
-		var x RowResult
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.RowResult, error) {
+		var x fleet.RowResult
 		err := row.Scan(&x.Line, &x.ID, &x.Outcome, &x.Reason)
 		return x, err
 	})

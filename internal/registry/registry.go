@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // Registry is the device registry backed by a pgx pool. It is safe for concurrent use.
@@ -83,7 +85,7 @@ func redact(url string) string {
 }
 
 // notFound wraps ErrNotFound with the device id.
-func notFound(id string) error { return fmt.Errorf("device %s: %w", id, ErrNotFound) }
+func notFound(id string) error { return fmt.Errorf("device %s: %w", id, fleet.ErrNotFound) }
 
 // isNoRows reports whether err is pgx's "no rows".
 func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

@@ -102,7 +102,7 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 
 	res, err := reg.ProvisionResults(ctx, "op", "", 100)
 	require.NoError(t, err)
-	byLine := map[int64]registry.RowResult{}
+	byLine := map[int64]fleet.RowResult{}
 	for _, r := range res {
 		byLine[r.Line] = r
 	}
@@ -182,7 +182,7 @@ func TestConcurrentTwinWritersNeverLoseAnUpdate(t *testing.T) {
 			switch {
 			case err == nil:
 				wins++
-			case errors.Is(err, registry.ErrPreconditionFailed):
+			case errors.Is(err, fleet.ErrPreconditionFailed):
 				stale++
 				require.Contains(t, err.Error(), "current etag")
 			default:
@@ -197,7 +197,7 @@ func TestConcurrentTwinWritersNeverLoseAnUpdate(t *testing.T) {
 	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Tags, []byte(`{"big":"`+string(make([]byte, 0))+`"}`), "")
 	require.NoError(t, err)
 	_, err = reg.UpdateTwin(ctx, "nope", twin.Tags, []byte(`{}`), "")
-	require.ErrorIs(t, err, registry.ErrNotFound)
+	require.ErrorIs(t, err, fleet.ErrNotFound)
 	_, err = reg.UpdateTwin(ctx, "dev-1", twin.Reported, []byte(`{}`), "")
 	require.Error(t, err, "operators cannot write reported")
 }
@@ -206,9 +206,9 @@ func TestApplyReportedBatch(t *testing.T) {
 	ctx := context.Background()
 	reg := open(t)
 	provision(t, reg, "op", "dev-1", "dev-2", "dev-off")
-	require.NoError(t, reg.SetStatus(ctx, "dev-off", registry.StatusDisabled))
+	require.NoError(t, reg.SetStatus(ctx, "dev-off", fleet.StatusDisabled))
 
-	res, err := reg.ApplyReported(ctx, []registry.ReportedPatch{
+	res, err := reg.ApplyReported(ctx, []fleet.ReportedPatch{
 		{DeviceID: "dev-1", RequestID: "a", Patch: []byte(`{"model":"x1","firmware":{"version":"1.0.0"}}`)},
 		{DeviceID: "dev-2", RequestID: "b", Patch: []byte(`{"model":"x2"}`)},
 		{DeviceID: "dev-1", RequestID: "c", Patch: []byte(`{"firmware":{"version":"1.1.0"}}`)},
@@ -222,8 +222,8 @@ func TestApplyReportedBatch(t *testing.T) {
 	require.Equal(t, int64(2), res[0].Version)
 	require.Equal(t, int64(3), res[2].Version, "patches for one device apply in order")
 	require.ErrorIs(t, res[3].Err, twin.ErrInvalidJSON)
-	require.ErrorIs(t, res[4].Err, registry.ErrNotFound)
-	require.ErrorIs(t, res[5].Err, registry.ErrNotActive)
+	require.ErrorIs(t, res[4].Err, fleet.ErrNotFound)
+	require.ErrorIs(t, res[5].Err, fleet.ErrNotActive)
 
 	tw, err := reg.GetTwin(ctx, "dev-1")
 	require.NoError(t, err)
@@ -237,19 +237,19 @@ func TestConnectionEventsKeepTheNewestSession(t *testing.T) {
 	reg := open(t)
 	provision(t, reg, "op", "dev-1")
 	now := time.Now()
-	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 100, At: now},
-		{DeviceID: "dev-1", Kind: registry.ConnUp, Session: 200, At: now.Add(time.Second)},
-		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 100, At: now.Add(2 * time.Second)}, // late LWT of the old session
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 100, At: now},
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 200, At: now.Add(time.Second)},
+		{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 100, At: now.Add(2 * time.Second)}, // late LWT of the old session
 	}))
 	d, err := reg.GetDevice(ctx, "dev-1")
 	require.NoError(t, err)
 	require.True(t, d.Online)
 	require.Equal(t, int64(200), d.Session)
 
-	require.NoError(t, reg.RecordConnections(ctx, []registry.ConnEvent{
-		{DeviceID: "dev-1", Kind: registry.ConnDown, Session: 200, At: now.Add(3 * time.Second)},
-		{DeviceID: "dev-1", Kind: registry.ConnSeen, At: now.Add(4 * time.Second)},
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{
+		{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 200, At: now.Add(3 * time.Second)},
+		{DeviceID: "dev-1", Kind: fleet.ConnSeen, At: now.Add(4 * time.Second)},
 	}))
 	d, err = reg.GetDevice(ctx, "dev-1")
 	require.NoError(t, err)
@@ -274,12 +274,12 @@ func TestStatusChangesAreAnnounced(t *testing.T) {
 		}
 	}
 	require.Equal(t, "", next(), "the listener first says it is listening (and that caches must be dropped)")
-	require.NoError(t, reg.SetStatus(ctx, "dev-2", registry.StatusDisabled))
+	require.NoError(t, reg.SetStatus(ctx, "dev-2", fleet.StatusDisabled))
 	require.Equal(t, "dev-2", next())
-	require.NoError(t, reg.SetStatus(ctx, "dev-2", registry.StatusDisabled))
-	require.NoError(t, reg.SetStatus(ctx, "dev-1", registry.StatusRetired))
+	require.NoError(t, reg.SetStatus(ctx, "dev-2", fleet.StatusDisabled))
+	require.NoError(t, reg.SetStatus(ctx, "dev-1", fleet.StatusRetired))
 	require.Equal(t, "dev-1", next(), "a write that changes nothing is not announced")
-	require.ErrorIs(t, reg.SetStatus(ctx, "ghost", registry.StatusRetired), registry.ErrNotFound)
+	require.ErrorIs(t, reg.SetStatus(ctx, "ghost", fleet.StatusRetired), fleet.ErrNotFound)
 }
 
 func TestQueriesRunAgainstTheRegistry(t *testing.T) {
@@ -294,13 +294,13 @@ func TestQueriesRunAgainstTheRegistry(t *testing.T) {
 	stage(t, reg, "op", rows)
 	_, err := reg.ProvisionBatch(ctx, "op", 0, int64(len(rows)))
 	require.NoError(t, err)
-	_, err = reg.ApplyReported(ctx, []registry.ReportedPatch{
+	_, err = reg.ApplyReported(ctx, []fleet.ReportedPatch{
 		{DeviceID: "eu-1", Patch: []byte(`{"model":"x1","firmware":{"version":"2.0.0"}}`)},
 		{DeviceID: "eu-2", Patch: []byte(`{"model":"x1","firmware":{"version":"1.0.0"}}`)},
 		{DeviceID: "us-1", Patch: []byte(`{"model":"x2","firmware":{"version":"1.0.0"}}`)},
 	})
 	require.NoError(t, err)
-	require.NoError(t, reg.SetStatus(ctx, "gone", registry.StatusRetired))
+	require.NoError(t, reg.SetStatus(ctx, "gone", fleet.StatusRetired))
 
 	ids := func(q string) []string {
 		t.Helper()
@@ -340,14 +340,14 @@ func TestRetiredDevicesAndOversizedTwinsAreRefusedAndNothingChanges(t *testing.T
 	ctx := context.Background()
 	reg := open(t)
 	provision(t, reg, "op", "dev-1", "dev-old")
-	require.NoError(t, reg.SetStatus(ctx, "dev-old", registry.StatusRetired))
+	require.NoError(t, reg.SetStatus(ctx, "dev-old", fleet.StatusRetired))
 	before, err := reg.GetTwin(ctx, "dev-old")
 	require.NoError(t, err)
 	_, err = reg.UpdateTwin(ctx, "dev-old", twin.Desired, []byte(`{"a":1}`), "")
-	require.ErrorIs(t, err, registry.ErrNotActive)
-	res, err := reg.ApplyReported(ctx, []registry.ReportedPatch{{DeviceID: "dev-old", Patch: []byte(`{"a":1}`)}})
+	require.ErrorIs(t, err, fleet.ErrNotActive)
+	res, err := reg.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "dev-old", Patch: []byte(`{"a":1}`)}})
 	require.NoError(t, err)
-	require.ErrorIs(t, res[0].Err, registry.ErrNotActive)
+	require.ErrorIs(t, res[0].Err, fleet.ErrNotActive)
 	after, err := reg.GetTwin(ctx, "dev-old")
 	require.NoError(t, err)
 	require.Equal(t, before, after)
@@ -362,12 +362,12 @@ func TestRetiredDevicesAndOversizedTwinsAreRefusedAndNothingChanges(t *testing.T
 	tw, err := reg.GetTwin(ctx, "dev-1")
 	require.NoError(t, err)
 	require.Equal(t, int64(3), tw.TagsVersion, "two writes landed, the third changed nothing")
-	res, err = reg.ApplyReported(ctx, []registry.ReportedPatch{{DeviceID: "dev-1", Patch: big}, {DeviceID: "dev-1", Patch: []byte(`{"n":1}`)}})
+	res, err = reg.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "dev-1", Patch: big}, {DeviceID: "dev-1", Patch: []byte(`{"n":1}`)}})
 	require.NoError(t, err)
 	require.NoError(t, res[0].Err)
 	require.NoError(t, res[1].Err)
 	huge := []byte(`{"s":"` + strings.Repeat("x", 5000) + `"}`)
-	res, err = reg.ApplyReported(ctx, []registry.ReportedPatch{{DeviceID: "dev-1", Patch: huge}})
+	res, err = reg.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "dev-1", Patch: huge}})
 	require.NoError(t, err)
 	require.True(t, errors.As(res[0].Err, &le), "a string over 4 KB is refused")
 }
@@ -403,7 +403,7 @@ func TestBatchWithoutConflictsRecordsStagedParseErrors(t *testing.T) {
 	require.Equal(t, fleet.ProvisionCounts{Created: 2, Invalid: 1}, c)
 	res, err := reg.ProvisionResults(ctx, "op", "invalid", 10)
 	require.NoError(t, err)
-	require.Equal(t, []registry.RowResult{{Line: 3, ID: "Bad", Outcome: "invalid", Reason: "invalid device id \"Bad\""}}, res)
+	require.Equal(t, []fleet.RowResult{{Line: 3, ID: "Bad", Outcome: "invalid", Reason: "invalid device id \"Bad\""}}, res)
 	tw, err := reg.GetTwin(ctx, "a-1")
 	require.NoError(t, err)
 	require.JSONEq(t, `{"r":"eu"}`, string(tw.Tags))

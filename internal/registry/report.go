@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // ReportHealthRuns is how many of the latest health checks FleetReport.Health holds: enough for a trend
@@ -49,10 +51,10 @@ type KindCount struct {
 
 // HealthRun is one health check's row of health_runs.
 type HealthRun struct {
-	ID         string        `json:"id"`
-	StartedAt  time.Time     `json:"startedAt"`
-	FinishedAt *time.Time    `json:"finishedAt,omitempty"`
-	Summary    HealthSummary `json:"summary"`
+	ID         string              `json:"id"`
+	StartedAt  time.Time           `json:"startedAt"`
+	FinishedAt *time.Time          `json:"finishedAt,omitempty"`
+	Summary    fleet.HealthSummary `json:"summary"`
 }
 
 // ReportData reads the fleet report. It is set-based so that it stays within about a second on a

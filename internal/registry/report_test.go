@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
@@ -84,7 +85,7 @@ func TestReportData(t *testing.T) {
 	// 15 finished health checks an hour apart, inserted out of order, and one still running (no summary yet).
 	for i := 14; i >= 0; i-- {
 		at := now.Add(time.Duration(i-15) * time.Hour)
-		s := registry.HealthSummary{At: at, Devices: 8, Active: 6, Disabled: 2, Retired: 2,
+		s := fleet.HealthSummary{At: at, Devices: 8, Active: 6, Disabled: 2, Retired: 2,
 			Online: int64(i % 4), Offline: 8 - int64(i%4), Open: int64(i), Problems: map[string]int64{registry.AlertOffline: 8 - int64(i%4)},
 			Duration: time.Duration(i) * time.Millisecond}
 		b, err := json.Marshal(s)

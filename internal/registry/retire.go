@@ -41,7 +41,7 @@ func (r *Registry) RetireDevices(ctx context.Context, op string, ids []string, r
 				rows.Close()
 				return fmt.Errorf("lock devices: %w", err)
 			}
-			if status == StatusRetired {
+			if status == statusRetired {
 				results[index[id]].Outcome = fleet.RetireAlreadyRetired
 				continue
 			}
@@ -107,9 +107,9 @@ func retireLocked(ctx context.Context, tx pgx.Tx, op string, ids []string, reaso
 // (the gateway refuses the next CONNECT and drops the live session) but keeps the credentials, so enabling
 // lets the same device back in. A retired device cannot be enabled or disabled.
 func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool, reason string) (changed bool, err error) {
-	to, kind := StatusDisabled, "disabled"
+	to, kind := statusDisabled, "disabled"
 	if enabled {
-		to, kind = StatusActive, "enabled"
+		to, kind = statusActive, "enabled"
 	}
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		var status string
@@ -121,7 +121,7 @@ func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool, reas
 			return fmt.Errorf("load device %s: %w", id, err)
 		}
 		switch status {
-		case StatusRetired:
+		case statusRetired:
 			return fmt.Errorf("device %s: %w; a retired device cannot be %s (replace it with `fleetflow replace`)", id, fleet.ErrRetired, kind)
 		case to:
 			return nil
@@ -174,13 +174,13 @@ func (r *Registry) ReplaceDevice(ctx context.Context, op, old, nw string) (fleet
 			return notFound(old)
 		case n == nil:
 			return notFound(nw)
-		case n.status == StatusRetired:
+		case n.status == statusRetired:
 			return fmt.Errorf("replacement %s: %w; give a new device id", nw, fleet.ErrRetired)
-		case o.status == StatusRetired && o.replacedBy == nw:
+		case o.status == statusRetired && o.replacedBy == nw:
 			// Done before (a retried activity): report the state as it is.
 			return tx.QueryRow(ctx, "SELECT desired_version, online, desired FROM devices WHERE id = $1", nw).
 				Scan(&res.DesiredVersion, &res.Online, &res.Desired)
-		case o.status == StatusRetired:
+		case o.status == statusRetired:
 			return fmt.Errorf("device %s: %w (retired at its own decommission); nothing to replace", old, fleet.ErrRetired)
 		}
 		err = tx.QueryRow(ctx, `UPDATE devices n SET tags = o.tags || n.tags, tags_version = n.tags_version + 1,

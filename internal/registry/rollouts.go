@@ -177,7 +177,7 @@ func (r *Registry) GetRollout(ctx context.Context, id string) (Rollout, error) {
 	err := r.pool.QueryRow(ctx, "SELECT id, version, query, spec, state, total, result, created_at, finished_at FROM rollouts WHERE id = $1", id).
 		Scan(&ro.ID, &ro.Version, &ro.Query, &spec, &ro.State, &ro.Total, &result, &ro.CreatedAt, &ro.FinishedAt)
 	if isNoRows(err) {
-		return ro, fmt.Errorf("rollout %s: %w", id, ErrNotFound)
+		return ro, fmt.Errorf("rollout %s: %w", id, fleet.ErrNotFound)
 	}
 	if err != nil {
 		return ro, fmt.Errorf("load rollout %s: %w", id, err)
@@ -187,7 +187,7 @@ func (r *Registry) GetRollout(ctx context.Context, id string) (Rollout, error) {
 }
 
 // firmwarePatch is the desired patch that asks a device to install fw under job.
-func firmwarePatch(job string, fw Firmware) []byte {
+func firmwarePatch(job string, fw fleet.Firmware) []byte {
 	m := map[string]any{"jobId": job, "version": fw.Version}
 	if fw.URL != "" {
 		m["url"] = fw.URL
@@ -203,7 +203,7 @@ func firmwarePatch(job string, fw Firmware) []byte {
 // fw's version or are no longer active are skipped; the others get desired.firmware (job = the rollout id),
 // in the same transaction as their phase. It returns the pushes and whether queued
 // devices below cutoff remain. Calling it again after a crash continues where it stopped.
-func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []fleet.DesiredPush, skipped int64, more bool, err error) {
+func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw fleet.Firmware, limit int) (pushes []fleet.DesiredPush, skipped int64, more bool, err error) {
 	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT rd.rank, rd.device_id, d.status, `+reportedVersionSQL("d")+`
 			FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
@@ -241,7 +241,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 			case c.prevV == fw.Version:
 				upd.add(c.rank, phaseSkipped, "already runs "+fw.Version, c.prevV)
 				skipped++
-			case c.status != StatusActive:
+			case c.status != statusActive:
 				upd.add(c.rank, phaseSkipped, "device is "+c.status, c.prevV)
 				skipped++
 			default:
@@ -414,7 +414,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 		type cand struct {
 			rank int64
 			id   string
-			fw   Firmware
+			fw   fleet.Firmware
 		}
 		var cands []cand
 		for rows.Next() {
@@ -497,13 +497,8 @@ func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.Rol
 	})
 }
 
-// RolloutDevice is a rollout_devices row for reports (the domain's type).
-//
-// Deprecated: use fleet.RolloutDevice.
-type RolloutDevice = fleet.RolloutDevice
-
 // RolloutDevices lists a rollout's devices in the given phases (all when none), in rank order, at most limit.
-func (r *Registry) RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]RolloutDevice, error) {
+func (r *Registry) RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]fleet.RolloutDevice, error) {
 	if phases == nil {
 		phases = []string{}
 	}
@@ -513,8 +508,8 @@ func (r *Registry) RolloutDevices(ctx context.Context, rollout string, phases []
 	if err != nil {
 		return nil, fmt.Errorf("list devices of rollout %s: %w", rollout, err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RolloutDevice, error) {
-		var d RolloutDevice
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.RolloutDevice, error) {
+		var d fleet.RolloutDevice
 		err := row.Scan(&d.DeviceID, &d.Wave, &d.Phase, &d.PrevVersion, &d.Reason, &d.UpdatedAt)
 		return d, err
 	})

@@ -68,8 +68,8 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 			i := index[id]
 			res := &results[i]
 			res.Online, res.Err = online, nil
-			if status == StatusRetired {
-				res.Err = fmt.Errorf("device %s is retired: %w", id, ErrNotActive)
+			if status == statusRetired {
+				res.Err = fmt.Errorf("device %s is retired: %w", id, fleet.ErrNotActive)
 				continue
 			}
 			merged, err := twin.Apply(section, doc, patches[i].Patch)

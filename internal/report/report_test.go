@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/report"
 )
@@ -60,7 +61,7 @@ func sample() report.Data {
 		fin := start.Add(3 * time.Second)
 		d.Health = append(d.Health, registry.HealthRun{
 			ID: fmt.Sprintf("healthcheck-%02d", i), StartedAt: start, FinishedAt: &fin,
-			Summary: registry.HealthSummary{At: start, Devices: 999_000, Active: 990_000, Disabled: 9_000, Retired: 1_000,
+			Summary: fleet.HealthSummary{At: start, Devices: 999_000, Active: 990_000, Disabled: 9_000, Retired: 1_000,
 				Online: on, Offline: 999_000 - on, Open: 4_000 + int64(i*50), Problems: map[string]int64{registry.AlertOffline: 4_000},
 				Duration: 3 * time.Second},
 		})

@@ -13,15 +13,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
-	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 )
 
-// fleet is a fake registry, a gateway and a service client that plays the part of the workers: it writes
+// simFleet is a fake registry, a gateway and a service client that plays the part of the workers: it writes
 // desired state to the store and publishes the patch, as the job activities do.
-type fleet struct {
+type simFleet struct {
 	t     *testing.T
 	store *gatewaytest.Store
 	gw    *gateway.Gateway
@@ -29,9 +29,9 @@ type fleet struct {
 	creds []creds.Credential
 }
 
-func newFleet(t *testing.T, n int) *fleet {
+func newFleet(t *testing.T, n int) *simFleet {
 	t.Helper()
-	f := &fleet{t: t, store: gatewaytest.New()}
+	f := &simFleet{t: t, store: gatewaytest.New()}
 	for i := range n {
 		c := creds.Credential{ID: fmt.Sprintf("sim-%03d", i), Secret: "secret-" + strconv.Itoa(i)}
 		f.store.Add(c.ID, c.Secret)
@@ -43,7 +43,7 @@ func newFleet(t *testing.T, n int) *fleet {
 }
 
 // setDesired writes patch to the desired documents of ids and publishes it to each device.
-func (f *fleet) setDesired(patch string, ids ...string) {
+func (f *simFleet) setDesired(patch string, ids ...string) {
 	f.t.Helper()
 	for _, id := range ids {
 		v, err := f.store.SetDesired(id, json.RawMessage(patch))
@@ -52,7 +52,7 @@ func (f *fleet) setDesired(patch string, ids ...string) {
 	}
 }
 
-func (f *fleet) ids() []string {
+func (f *simFleet) ids() []string {
 	out := make([]string, len(f.creds))
 	for i, c := range f.creds {
 		out[i] = c.ID
@@ -61,7 +61,7 @@ func (f *fleet) ids() []string {
 }
 
 // reported decodes a device's reported document.
-func (f *fleet) reported(id string) map[string]any {
+func (f *simFleet) reported(id string) map[string]any {
 	doc, _ := f.store.Reported(id)
 	m := map[string]any{}
 	if len(doc) > 0 {
@@ -70,7 +70,7 @@ func (f *fleet) reported(id string) map[string]any {
 	return m
 }
 
-func (f *fleet) firmware(id string) string {
+func (f *simFleet) firmware(id string) string {
 	fw, _ := f.reported(id)["firmware"].(map[string]any)
 	v, _ := fw["version"].(string)
 	return v
@@ -82,7 +82,7 @@ type running struct {
 	stop func() error
 }
 
-func (f *fleet) start(cfg simulator.Config, list []creds.Credential) *running {
+func (f *simFleet) start(cfg simulator.Config, list []creds.Credential) *running {
 	f.t.Helper()
 	cfg.BrokerURL = gatewaytest.URL(f.gw)
 	cfg.Creds = list
@@ -102,7 +102,7 @@ func (f *fleet) start(cfg simulator.Config, list []creds.Credential) *running {
 	return r
 }
 
-func statuses(sts []registry.JobStatus) []string {
+func statuses(sts []fleet.JobStatus) []string {
 	var out []string
 	for _, s := range sts {
 		out = append(out, s.Status)

@@ -18,7 +18,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -36,9 +36,9 @@ type Store struct {
 	applyPatches int
 	authLookups  int
 	getCalls     int
-	events       []registry.ConnEvent
+	events       []fleet.ConnEvent
 	patches      map[string][]json.RawMessage
-	jobStatuses  []registry.JobStatus
+	jobStatuses  []fleet.JobStatus
 	jobCalls     int
 	jobFailures  int
 
@@ -88,9 +88,9 @@ func (s *Store) SetPrimary(id, secret string) {
 }
 
 // SetStatus changes the status and notifies, as the registry does.
-func (s *Store) SetStatus(id, status string) {
+func (s *Store) SetStatus(id string, status fleet.DeviceStatus) {
 	s.update(id, func(*device) {
-		s.fleetDevice(id, func(d *fleettest.Device) { d.Status = fleet.DeviceStatus(status) })
+		s.fleetDevice(id, func(d *fleettest.Device) { d.Status = status })
 	})
 }
 
@@ -182,10 +182,10 @@ func (s *Store) GetCalls() int {
 }
 
 // Events returns a copy of the connection events recorded so far.
-func (s *Store) Events() []registry.ConnEvent {
+func (s *Store) Events() []fleet.ConnEvent {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]registry.ConnEvent(nil), s.events...)
+	return append([]fleet.ConnEvent(nil), s.events...)
 }
 
 // Notify announces a change of id to every listener, as NOTIFY fleetflow_device does.
@@ -202,12 +202,12 @@ func (s *Store) Notify(id string) {
 }
 
 // DeviceAuth implements gateway.Store.
-func (s *Store) DeviceAuth(ctx context.Context, id string) (registry.DeviceAuth, error) {
+func (s *Store) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, error) {
 	if s.AuthDelay > 0 {
 		select {
 		case <-time.After(s.AuthDelay):
 		case <-ctx.Done():
-			return registry.DeviceAuth{}, ctx.Err()
+			return fleet.DeviceAuth{}, ctx.Err()
 		}
 	}
 	s.mu.Lock()
@@ -245,7 +245,7 @@ func (s *Store) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
 }
 
 // ApplyReported implements gateway.Store.
-func (s *Store) ApplyReported(ctx context.Context, patches []registry.ReportedPatch) ([]registry.ReportedResult, error) {
+func (s *Store) ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.applyCalls++
@@ -263,7 +263,7 @@ func (s *Store) ApplyReported(ctx context.Context, patches []registry.ReportedPa
 }
 
 // RecordConnections implements gateway.Store.
-func (s *Store) RecordConnections(ctx context.Context, events []registry.ConnEvent) error {
+func (s *Store) RecordConnections(ctx context.Context, events []fleet.ConnEvent) error {
 	s.mu.Lock()
 	s.events = append(s.events, events...)
 	s.mu.Unlock()
@@ -272,7 +272,7 @@ func (s *Store) RecordConnections(ctx context.Context, events []registry.ConnEve
 
 // RecordJobStatuses implements gateway.Store. Like the registry it refuses a batch with an invalid status as
 // a whole; FailJobStatusWrites makes it fail on purpose.
-func (s *Store) RecordJobStatuses(ctx context.Context, sts []registry.JobStatus) error {
+func (s *Store) RecordJobStatuses(ctx context.Context, sts []fleet.JobStatus) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.jobCalls++
@@ -281,7 +281,7 @@ func (s *Store) RecordJobStatuses(ctx context.Context, sts []registry.JobStatus)
 		return errors.New("record job statuses: injected failure")
 	}
 	for _, st := range sts {
-		if !registry.ValidJobStatus(st.Status) || st.JobID == "" || st.DeviceID == "" {
+		if !protocol.ValidJobStatus(st.Status) || st.JobID == "" || st.DeviceID == "" {
 			return fmt.Errorf("record job statuses: invalid status %+v", st)
 		}
 	}
@@ -297,17 +297,17 @@ func (s *Store) FailJobStatusWrites(n int) {
 }
 
 // JobStatuses returns every job status recorded so far, in the order they were written.
-func (s *Store) JobStatuses() []registry.JobStatus {
+func (s *Store) JobStatuses() []fleet.JobStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]registry.JobStatus(nil), s.jobStatuses...)
+	return append([]fleet.JobStatus(nil), s.jobStatuses...)
 }
 
 // JobStatusesOf returns the statuses device id reported for job, in order.
-func (s *Store) JobStatusesOf(job, id string) []registry.JobStatus {
+func (s *Store) JobStatusesOf(job, id string) []fleet.JobStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []registry.JobStatus
+	var out []fleet.JobStatus
 	for _, st := range s.jobStatuses {
 		if st.JobID == job && st.DeviceID == id {
 			out = append(out, st)
@@ -317,10 +317,10 @@ func (s *Store) JobStatusesOf(job, id string) []registry.JobStatus {
 }
 
 // LatestJobStatus is what the registry would hold for (job, id): the last status recorded.
-func (s *Store) LatestJobStatus(job, id string) (registry.JobStatus, bool) {
+func (s *Store) LatestJobStatus(job, id string) (fleet.JobStatus, bool) {
 	all := s.JobStatusesOf(job, id)
 	if len(all) == 0 {
-		return registry.JobStatus{}, false
+		return fleet.JobStatus{}, false
 	}
 	return all[len(all)-1], true
 }

@@ -1,0 +1,80 @@
+// Package archtest holds the test that enforces the import rule of docs/architecture.md («Layers and the
+// import rule»): a wrong arrow between packages fails `make test` and `make lint`, not a review.
+package archtest
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/fleetflow/fleetflow/"
+
+// Server clients, by module path prefix: the adapters' dependencies.
+var (
+	pgx   = "github.com/jackc/pgx"
+	mochi = "github.com/mochi-mqtt/server"
+	paho  = "github.com/eclipse/paho.mqtt.golang"
+	nats  = "github.com/nats-io/"
+)
+
+// Our adapters and mains, which the domain and the operations must not reach.
+var adapters = []string{
+	module + "internal/registry", module + "internal/gateway", module + "internal/channel",
+	module + "internal/device", module + "internal/simulator", module + "internal/metrics",
+	module + "internal/stack", module + "internal/testenv", module + "internal/fleetworker",
+	module + "starter", module + "worker",
+}
+
+// deps lists the packages pkgs depend on, themselves included (non-test imports, as the binaries link them).
+func deps(t *testing.T, pkgs ...string) []string {
+	t.Helper()
+	args := append([]string{"list", "-deps", "-f", "{{.ImportPath}}"}, pkgs...)
+	out, err := exec.Command("go", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.Fields(string(out))
+}
+
+func forbid(t *testing.T, pkgs []string, why string, prefixes ...string) {
+	t.Helper()
+	for _, p := range deps(t, pkgs...) {
+		for _, bad := range prefixes {
+			if p == bad || strings.HasPrefix(p, bad) && (strings.HasSuffix(bad, "/") || strings.HasPrefix(p[len(bad):], "/")) {
+				t.Errorf("%s depends on %s: %s", strings.Join(pkgs, " "), p, why)
+			}
+		}
+	}
+}
+
+func TestImportRule(t *testing.T) {
+	servers := []string{pgx, mochi, paho, nats}
+	t.Run("domain", func(t *testing.T) {
+		forbid(t, []string{module + "internal/fleet/...", module + "internal/protocol/..."},
+			"the domain imports no server client and no adapter", append(append(servers, "go.temporal.io/"), adapters...)...)
+	})
+	t.Run("operations", func(t *testing.T) {
+		forbid(t, []string{module + "workflows", module + "activities"},
+			"workflows and activities reach servers only through the domain's interfaces", append(servers, adapters...)...)
+	})
+	t.Run("workflows", func(t *testing.T) {
+		forbid(t, []string{module + "workflows"}, "workflow code must not reach activities' dependencies", module+"activities")
+	})
+	t.Run("worker", func(t *testing.T) {
+		forbid(t, []string{module + "worker"}, "the worker does not link the MQTT broker", mochi, module+"internal/gateway")
+	})
+}
+
+// TestForbidCatchesAWrongArrow keeps the check itself honest: a package that does import pgx is reported.
+func TestForbidCatchesAWrongArrow(t *testing.T) {
+	found := false
+	for _, p := range deps(t, module+"internal/registry") {
+		if strings.HasPrefix(p, pgx) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("go list -deps of internal/registry shows no pgx: the check reads nothing")
+	}
+}
