@@ -34,11 +34,11 @@ type healthRuleFlags struct {
 
 func (f *healthRuleFlags) add(c *cobra.Command) {
 	fl := c.Flags()
-	fl.StringVar(&f.offlineAfter, "offline-after", health.FormatDuration(health.DefaultOfflineAfter),
+	fl.StringVar(&f.offlineAfter, "offline-after", numfmt.FormatDuration(health.DefaultOfflineAfter),
 		"an active device disconnected for longer than this is offline")
-	fl.StringVar(&f.ackWithin, "ack-within", health.FormatDuration(health.DefaultAckWithin),
+	fl.StringVar(&f.ackWithin, "ack-within", numfmt.FormatDuration(health.DefaultAckWithin),
 		"a device must acknowledge a desired change in its reported properties within this")
-	fl.StringVar(&f.expiringWithin, "expiring-within", health.FormatDuration(health.DefaultExpiringWithin),
+	fl.StringVar(&f.expiringWithin, "expiring-within", numfmt.FormatDuration(health.DefaultExpiringWithin),
 		"credentials that expire within this (or have expired) raise an alert; days allowed, e.g. 7d")
 }
 
@@ -51,7 +51,7 @@ func (f *healthRuleFlags) input() (workflows.HealthCheckInput, error) {
 		dst       *time.Duration
 	}{{"--offline-after", f.offlineAfter, &in.OfflineAfter}, {"--ack-within", f.ackWithin, &in.AckWithin},
 		{"--expiring-within", f.expiringWithin, &in.ExpiringWithin}} {
-		d, err := health.ParseDuration(p.flag, p.val)
+		d, err := numfmt.ParseDuration(p.flag, p.val)
 		errs = append(errs, err)
 		*p.dst = d
 	}
@@ -82,7 +82,7 @@ or updated in place when it exists; overlapping checks are skipped.`,
   fleetflow health schedule --every 1m --offline-after 3m`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := health.ParseDuration("--every", every)
+			d, err := numfmt.ParseDuration("--every", every)
 			if err != nil {
 				return asUsage(err)
 			}
@@ -198,7 +198,7 @@ func scheduleHealth(ctx context.Context, g *globals, every time.Duration, in wor
 	if err := healthsched.EnsureHealthSchedule(ctx, c, g.cfg.TaskQueue, every, in); err != nil {
 		return err
 	}
-	v := healthScheduled{ID: healthsched.ScheduleID, Created: !existed, Every: health.FormatDuration(every),
+	v := healthScheduled{ID: healthsched.ScheduleID, Created: !existed, Every: numfmt.FormatDuration(every),
 		TaskQueue: g.cfg.TaskQueue, Rules: in.Rules(), URL: scheduleURL(g, healthsched.ScheduleID)}
 	described := false
 	if d, err := healthsched.Describe(ctx, c); err == nil {
@@ -418,7 +418,7 @@ func orNone(s string) string {
 func scheduleView(d *client.ScheduleDescription) *healthScheduleView {
 	v := &healthScheduleView{ID: healthsched.ScheduleID, NextRuns: d.Info.NextActionTimes, Description: d}
 	if e := healthsched.Every(d); e > 0 {
-		v.Every = health.FormatDuration(e)
+		v.Every = numfmt.FormatDuration(e)
 	} else {
 		v.Every = "(custom spec)"
 	}

@@ -70,8 +70,8 @@ on; --resume picks it up).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.validity != "" {
-				if _, err := parseRetention(f.validity); err != nil {
-					return usagef("--credential-validity: %w", err)
+				if _, err := numfmt.ParseDuration("--credential-validity", f.validity); err != nil {
+					return usagef("%w", err)
 				}
 			}
 			if f.detach && f.resume != "" {
@@ -277,9 +277,9 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 		return co.err
 	}
 	if f.validity != "" {
-		validity, err := parseRetention(f.validity)
+		validity, err := numfmt.ParseDuration("--credential-validity", f.validity)
 		if err != nil {
-			return usagef("--credential-validity: %w", err)
+			return usagef("%w", err)
 		}
 		if _, err := reg.SetCredentialExpiry(ctx, op, validity); err != nil {
 			return err

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -388,9 +387,9 @@ exists) instead of now.`,
   fleetflow purge --older-than 90d --every 1d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			retention, err := parseRetention(older)
+			retention, err := numfmt.ParseDuration("--older-than", older)
 			if err != nil {
-				return usagef("--older-than: %w", err)
+				return usagef("%w (e.g. 90d)", err)
 			}
 			c, err := dialTemporal(g)
 			if err != nil {
@@ -399,7 +398,7 @@ exists) instead of now.`,
 			defer c.Close()
 			in := workflows.PurgeInput{OlderThan: retention}
 			if every != "" {
-				d, err := parseRetention(every)
+				d, err := numfmt.ParseDuration("--every", every)
 				if err != nil || d < time.Minute {
 					return usagef("--every %q: want a duration of at least 1m, like 24h or 1d", every)
 				}
@@ -438,7 +437,7 @@ exists) instead of now.`,
 	cmd.Flags().StringVar(&every, "every", "", "run on a Temporal Schedule at this interval instead of now")
 	cmd.Flags().BoolVar(&detach, "detach", false, "start the purge and return without waiting for it")
 	out = addOutputFlag(cmd)
-	// --older-than is required: parseRetention refuses "" with an example (a usage error, exit 2), where
+	// --older-than is required: numfmt.ParseDuration refuses "" with an example (a usage error, exit 2), where
 	// MarkFlagRequired's error would bypass the exit-code mapping.
 	return cmd
 }
@@ -471,23 +470,4 @@ func schedulePurge(ctx context.Context, g *globals, c client.Client, every time.
 	}
 	fmt.Printf("schedule %s created: purge devices retired more than %s ago, every %s\n", purgeScheduleID, in.OlderThan, every)
 	return nil
-}
-
-// parseRetention accepts Go durations and whole days ("90d"), since retention is thought of in days.
-func parseRetention(s string) (time.Duration, error) {
-	if s == "" {
-		return 0, errors.New("required, e.g. 90d")
-	}
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.Atoi(d)
-		if err != nil || n <= 0 {
-			return 0, fmt.Errorf("%q: want a positive number of days like 90d, or a duration like 720h", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("%q: want a positive number of days like 90d, or a duration like 720h", s)
-	}
-	return d, nil
 }

@@ -17,7 +17,7 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 
-	"github.com/fleetflow/fleetflow/internal/health"
+	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/workflows"
 )
@@ -39,8 +39,8 @@ var ErrNotScheduled = errors.New("no health check is scheduled")
 // ValidateEvery refuses a period the schedule cannot take.
 func ValidateEvery(every time.Duration) error {
 	if every < MinEvery {
-		return fmt.Errorf("--every %s: checks at most every %s (each is a pass over the whole fleet)", health.FormatDuration(every),
-			health.FormatDuration(MinEvery))
+		return fmt.Errorf("--every %s: checks at most every %s (each is a pass over the whole fleet)", numfmt.FormatDuration(every),
+			numfmt.FormatDuration(MinEvery))
 	}
 	return nil
 }
