@@ -23,9 +23,9 @@ help:
 	@echo "make up | down | status    manage the local stack (fleetflow dev ...)"
 	@echo "make build    bin/fleetflow and bin/fleetflow-worker"
 	@echo "make deps     Postgres server binaries (apt-get) and bin/temporal (go install)"
-	@echo "make lint     go vet + staticcheck"
+	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
-	@echo "make fuzz     fuzz the twin query compiler for 30 s"
+	@echo "make fuzz     fuzz the twin query compiler (30 s) and the topic parser (30 s)"
 	@echo "make clean    remove built binaries (keeps bin/temporal, which takes minutes to build)"
 	@echo "make reset    stop the stack and delete its data (.fleetflow/)"
 
@@ -71,12 +71,16 @@ test: build deps vet workflowcheck
 lint: vet
 	@echo "== staticcheck"
 	@$(GO) run $(STATICCHECK) ./...
+	@echo "== import rule (docs/architecture.md)"
+	@$(GO) test -count=1 ./internal/archtest/
 
 bench: build deps
 	@$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
 
 fuzz:
 	@$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 30s ./internal/query/
+	@$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/protocol/
+	@$(GO) test -run '^$$' -fuzz FuzzBuild -fuzztime 15s ./internal/protocol/
 
 clean:
 	rm -f bin/fleetflow bin/fleetflow-worker
