@@ -35,7 +35,7 @@ func NewSecret() (string, error) {
 }
 
 // Digest is what the registry stores for a secret. A plain SHA-256 suffices for 256-bit random secrets,
-// and a slow KDF would cap reconnect storms at tens per second (DESIGN §4).
+// and a slow KDF would cap reconnect storms at tens per second (docs/architecture.md, "Where secrets live").
 func Digest(secret string) []byte {
 	d := sha256.Sum256([]byte(secret))
 	return d[:]

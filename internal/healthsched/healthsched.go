@@ -1,5 +1,5 @@
-// Package healthsched keeps fleetflow's recurring health check as a Temporal Schedule (DESIGN §3: recurring
-// work uses Schedules): one schedule, ScheduleID, whose action starts FleetHealthCheck. The CLI (`fleetflow
+// Package healthsched keeps fleetflow's recurring health check as a Temporal Schedule (recurring work uses
+// Schedules: docs/architecture.md, "Temporal rules"): one schedule, ScheduleID, whose action starts FleetHealthCheck. The CLI (`fleetflow
 // health schedule|unschedule|status`) and the tests create it through the same functions, so what the tests
 // run against a real server is what operators get.
 package healthsched

@@ -5,7 +5,7 @@
 //
 // It compiles a query to one parameterized Postgres statement over the devices table instead of evaluating
 // twins in Go, because the registry holds up to a million twins and only Postgres, with its GIN index on
-// tags, can answer a selective query in milliseconds (DESIGN §7). Three rules shape the translation:
+// tags, can answer a selective query in milliseconds (measured in docs/benchmarks.md). Three rules shape the translation:
 //
 //   - Nothing from the query text reaches the SQL text: literals, JSON path segments and even the constant
 //     words the SQL needs ('retired', 'number', ...) are arguments, so the SQL contains no quote at all and

@@ -1,5 +1,6 @@
 // Package twin holds the device twin document model, RFC 7386 JSON merge patches and the size and shape
-// limits (DESIGN §5, Azure's) that every writer of tags, desired or reported properties must respect.
+// limits (Azure's; docs/architecture.md, "Data limits") that every writer of tags, desired or reported
+// properties must respect.
 // It is pure Go so that the gateway, the registry and the CLI apply the same rules.
 package twin
 
@@ -25,7 +26,7 @@ const (
 	Reported Section = "reported"
 )
 
-// Limits of DESIGN §5, the same as Azure IoT Hub's so that users meet no surprise.
+// Limits of docs/architecture.md, "Data limits": the same as Azure IoT Hub's so that users meet no surprise.
 const (
 	MaxTagsBytes     = 8 * 1024
 	MaxDesiredBytes  = 32 * 1024
@@ -46,7 +47,7 @@ func MaxBytes(s Section) int {
 // reservedID is the embedded broker's own client id, so no device may have it.
 const reservedID = protocol.ReservedID
 
-// ErrInvalidID is returned for device ids outside the DESIGN §4 pattern.
+// ErrInvalidID is returned for device ids outside the device-id pattern of docs/architecture.md, "The device protocol".
 var ErrInvalidID = errors.New("invalid device id")
 
 // ValidateID checks a device id against `[a-z0-9][a-z0-9._-]{0,63}`. It runs for every row of a
