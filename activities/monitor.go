@@ -17,12 +17,7 @@ const ErrTypeNoMonitor = "NoMonitorStore"
 // RunHealthCheck runs one health check over the whole fleet (fleet.MonitorStore.RunHealthCheck): one transaction,
 // heartbeated from the side since it cannot report progress of its own, and idempotent per RunID.
 func (a *Activities) RunHealthCheck(ctx context.Context, req workflows.RunHealthCheckInput) (workflows.HealthCheckResult, error) {
-	return CheckFleetHealth(ctx, a.Monitor, req)
-}
-
-// CheckFleetHealth is the RunHealthCheck activity over an explicit store, for workers and tests that
-// register it by name (workflows.ActRunHealthCheck) without a whole Activities struct.
-func CheckFleetHealth(ctx context.Context, store fleet.MonitorStore, req workflows.RunHealthCheckInput) (workflows.HealthCheckResult, error) {
+	store := a.Monitor
 	if store == nil {
 		err := errors.New("this worker has no registry to run health checks against")
 		return workflows.HealthCheckResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeNoMonitor, err)

@@ -40,7 +40,7 @@ func (f *fakeMonitor) RunHealthCheck(ctx context.Context, runID string, rules he
 
 func TestRunHealthCheckMapsTheSummary(t *testing.T) {
 	m := &fakeMonitor{}
-	res, err := CheckFleetHealth(context.Background(), m, workflows.RunHealthCheckInput{RunID: "healthcheck-1", OfflineAfter: time.Minute})
+	res, err := (&Activities{Monitor: m}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "healthcheck-1", OfflineAfter: time.Minute})
 	require.NoError(t, err)
 	require.Equal(t, "healthcheck-1", m.runID)
 	require.Equal(t, health.Rules{OfflineAfter: time.Minute, AckWithin: health.DefaultAckWithin, ExpiringWithin: health.DefaultExpiringWithin},
@@ -56,13 +56,13 @@ func TestRunHealthCheckMapsTheSummary(t *testing.T) {
 func TestRunHealthCheckErrors(t *testing.T) {
 	var appErr *temporal.ApplicationError
 
-	_, err := CheckFleetHealth(context.Background(), nil, workflows.RunHealthCheckInput{RunID: "x"})
+	_, err := (&Activities{}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "x"})
 	require.True(t, errors.As(err, &appErr))
 	require.True(t, appErr.NonRetryable(), "no store: retrying on this worker cannot help")
 	require.Equal(t, ErrTypeNoMonitor, appErr.Type())
 
 	m := &fakeMonitor{}
-	_, err = CheckFleetHealth(context.Background(), m, workflows.RunHealthCheckInput{RunID: "x", AckWithin: -time.Minute})
+	_, err = (&Activities{Monitor: m}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "x", AckWithin: -time.Minute})
 	require.True(t, errors.As(err, &appErr))
 	require.True(t, appErr.NonRetryable())
 	require.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
@@ -70,7 +70,7 @@ func TestRunHealthCheckErrors(t *testing.T) {
 	require.Empty(t, m.runID, "invalid rules never reach the registry")
 
 	m = &fakeMonitor{err: errors.New("connection reset")}
-	_, err = CheckFleetHealth(context.Background(), m, workflows.RunHealthCheckInput{RunID: "x"})
+	_, err = (&Activities{Monitor: m}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "x"})
 	require.Error(t, err)
 	require.False(t, errors.As(err, &appErr) && appErr.NonRetryable(), "a transient error stays retryable")
 }

@@ -12,8 +12,6 @@ import (
 
 // Names of the monitor stage.
 const (
-	// ActRunHealthCheck runs one health check over the whole fleet in the registry.
-	ActRunHealthCheck = "RunHealthCheck"
 	// HealthCheckIDPrefix starts every FleetHealthCheck workflow id: the schedule's action id (Temporal
 	// appends the scheduled time) and `health run`'s healthcheck-<time>.
 	HealthCheckIDPrefix = "healthcheck"
