@@ -237,7 +237,8 @@ func createJob(ctx workflow.Context, in *JobInput) (int64, error) {
 	res, err := executeActivity(cctx, Activities.JobCreate, JobCreateInput{JobID: in.JobID, Kind: in.Kind, Query: in.Query,
 		IDs: in.IDs, Spec: in.Spec}).Result(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("create job %s: %w", in.JobID, err)
+		// Returned as is: the application error's type (EmptyTarget, InvalidQuery) is what the CLI reads.
+		return 0, err
 	}
 	in.Total, in.IDs = res.Total, nil
 	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Total.ValueSet(res.Total)); err != nil {

@@ -142,7 +142,9 @@ func (r *rolloutRun) create(ctx workflow.Context) error {
 	res, err := executeActivity(cctx, Activities.RolloutCreate, RolloutCreateInput{RolloutID: r.in.RolloutID,
 		Version: r.in.Firmware.Version, Query: r.in.Query, Spec: r.in.Spec}).Result(ctx)
 	if err != nil {
-		return fmt.Errorf("create rollout %s: %w", r.in.RolloutID, err)
+		// Returned as is: the application error's type (RolloutConflict, EmptyTarget, UnknownFirmware) is what
+		// the CLI reads.
+		return err
 	}
 	r.in.Total = res.Total
 	r.cutoffs = rollout.Cutoffs(r.in.Waves, res.Total)
