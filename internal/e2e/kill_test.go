@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -74,6 +76,21 @@ func (e *env) newWorkflows(ctx context.Context, before map[string]bool, prefix s
 	return ids
 }
 
+// recordHistory writes workflow id's history to $FLEETFLOW_RECORD_HISTORIES/name.json when that variable is
+// set, with the Temporal CLI as the replay test's doc says (`temporal workflow show -o json`): this is how the
+// creation-step histories in workflows/testdata were recorded. Without the variable it does nothing.
+func (e *env) recordHistory(ctx context.Context, id, name string) {
+	e.t.Helper()
+	dir := os.Getenv("FLEETFLOW_RECORD_HISTORIES")
+	if dir == "" {
+		return
+	}
+	out, err := exec.CommandContext(ctx, os.Getenv("FLEETFLOW_TEMPORAL_CLI"), "workflow", "show", "-w", id, "-o", "json",
+		"--address", e.temporal).Output()
+	require.NoError(e.t, err, "temporal workflow show %s", id)
+	require.NoError(e.t, os.WriteFile(filepath.Join(dir, name+".json"), out, 0o644))
+}
+
 // count runs a SELECT count(*) … with args.
 func (e *env) count(ctx context.Context, sql string, args ...any) int64 {
 	e.t.Helper()
@@ -126,6 +143,9 @@ func TestCLIKilledAtAnyPointLeavesNothingOrAWorkflowThatFinishes(t *testing.T) {
 			assert.Equal(t, "completed", res.State)
 			assert.EqualValues(t, 4, e.count(ctx, "SELECT count(*) FROM job_devices WHERE job_id = $1 AND state = 'succeeded'", id))
 			assert.EqualValues(t, 1, e.count(ctx, "SELECT count(*) FROM jobs WHERE id = $1 AND total = 4 AND state = 'completed'", id), "the job row, total and end state")
+			if point == "after-start" {
+				e.recordHistory(ctx, id, "job_create_v2")
+			}
 		})
 
 		t.Run("rollout start/"+point, func(t *testing.T) {
@@ -145,6 +165,9 @@ func TestCLIKilledAtAnyPointLeavesNothingOrAWorkflowThatFinishes(t *testing.T) {
 			assert.Equal(t, "completed", res.State)
 			assert.EqualValues(t, 4, e.count(ctx, "SELECT count(*) FROM rollout_devices WHERE rollout_id = $1 AND phase = 'succeeded'", id))
 			assert.Zero(t, e.count(ctx, "SELECT count(*) FROM rollout_devices WHERE active"), "the finished rollout released its claims")
+			if point == "after-start" {
+				e.recordHistory(ctx, id, "rollout_create_v2")
+			}
 		})
 
 		t.Run("retire --query/"+point, func(t *testing.T) {
@@ -163,6 +186,9 @@ func TestCLIKilledAtAnyPointLeavesNothingOrAWorkflowThatFinishes(t *testing.T) {
 			require.NoError(t, e.tc.GetWorkflow(ctx, id, "").Get(ctx, &res), "the decommission finishes")
 			assert.Equal(t, "completed", res.State)
 			assert.EqualValues(t, 2, e.count(ctx, "SELECT count(*) FROM devices WHERE tags->>'region' = $1 AND status = 'retired'", r))
+			if point == "after-start" {
+				e.recordHistory(ctx, id, "decommission_query_v2")
+			}
 		})
 
 		t.Run("provision/"+point, func(t *testing.T) {
@@ -190,6 +216,9 @@ func TestCLIKilledAtAnyPointLeavesNothingOrAWorkflowThatFinishes(t *testing.T) {
 			assert.EqualValues(t, 3, res.Counts.Created)
 			assert.EqualValues(t, 3, e.count(ctx, `SELECT count(*) FROM devices WHERE id LIKE $1 AND provisioned_by = $2
 				AND credential_expires_at = created_at + interval '30 days'`, prefix+"%", id), "every new device has the expiry asked for")
+			if point == "after-start" {
+				e.recordHistory(ctx, id, "provision_validity_v2")
+			}
 		})
 	}
 
