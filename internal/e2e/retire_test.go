@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 )
 
@@ -92,7 +93,7 @@ func TestRetireDisableReplacePurge(t *testing.T) {
 	assert.Contains(t, string(tw.Properties.Desired.Doc), `"telemetryInterval": 15`)
 	old, err := e.reg.GetDevice(ctx, "r-0004")
 	require.NoError(t, err)
-	assert.Equal(t, "retired", old.Status)
+	assert.Equal(t, fleet.StatusRetired, old.Status)
 	var replacedBy, replaces string
 	require.NoError(t, e.reg.Pool().QueryRow(ctx, "SELECT (SELECT replaced_by FROM devices WHERE id = 'r-0004'), (SELECT replaces FROM devices WHERE id = 'r-new-0004')").Scan(&replacedBy, &replaces))
 	assert.Equal(t, "r-new-0004", replacedBy)
@@ -125,7 +126,7 @@ func TestRetireDisableReplacePurge(t *testing.T) {
 	}
 	d5, err := e.reg.GetDevice(ctx, "r-0005")
 	require.NoError(t, err)
-	assert.Equal(t, "active", d5.Status)
+	assert.Equal(t, fleet.StatusActive, d5.Status)
 
 	// Purge past retention removes the retired devices entirely.
 	time.Sleep(1100 * time.Millisecond)
