@@ -47,7 +47,8 @@ const (
 	JobEndCancelled          JobEnd = "cancelled"
 	// JobEndFailed: the workflow gave up (a store error it could not retry past).
 	JobEndFailed JobEnd = "failed"
-	// JobNotStarted: the job was created but its workflow never started.
+	// JobNotStarted: the job was created but its workflow never started. Only rows from CLIs that created
+	// jobs themselves (before the workflow's JobCreate step) can have it.
 	JobNotStarted JobEnd = "not_started"
 )
 

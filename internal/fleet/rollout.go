@@ -80,7 +80,8 @@ const (
 	RolloutCompleted  RolloutEnd = "completed"
 	RolloutRolledBack RolloutEnd = "rolled_back"
 	RolloutAborted    RolloutEnd = "aborted"
-	// RolloutNotStarted: the rollout was created but its workflow never started.
+	// RolloutNotStarted: the rollout was created but its workflow never started. Only rows from CLIs that
+	// created rollouts themselves (before the workflow's RolloutCreate step) can have it.
 	RolloutNotStarted RolloutEnd = "not_started"
 )
 
