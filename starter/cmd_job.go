@@ -366,6 +366,9 @@ func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *outp
 	defer reg.Close()
 	j, err := reg.GetJob(ctx, id)
 	if errors.Is(err, fleet.ErrNotFound) {
+		if p := liveProgress[workflows.JobProgress](ctx, g, id); p != nil && p.State == workflows.JobStateCreating {
+			return fmt.Errorf("job %s is being created: its workflow is freezing the target set; try again in a moment", id)
+		}
 		return fmt.Errorf("no job %q (job ids look like job-set-desired-20261127-101500.000)", id)
 	}
 	if err != nil {

@@ -475,6 +475,9 @@ func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error
 	defer reg.Close()
 	ro, err := reg.GetRollout(ctx, id)
 	if errors.Is(err, fleet.ErrNotFound) {
+		if p := liveProgress[workflows.RolloutProgress](ctx, g, id); p != nil && p.State == workflows.RolloutStateCreating {
+			return fmt.Errorf("rollout %s is being created: its workflow is claiming the devices; try again in a moment", id)
+		}
 		return fmt.Errorf("no rollout %q (rollout ids look like rollout-2.1.0-1)", id)
 	}
 	if err != nil {
