@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -17,8 +18,12 @@ import (
 	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 
+	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/simulator"
+	"github.com/fleetflow/fleetflow/workflows"
 )
 
 // crashPoints are where the CLI's test hook (FLEETFLOW_CRASH_AT, starter/created.go) kills it with SIGKILL:
@@ -221,6 +226,42 @@ func TestCLIKilledAtAnyPointLeavesNothingOrAWorkflowThatFinishes(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("detach tells the total", func(t *testing.T) {
+		out, err := e.cli(ctx, "job", "start", "--query", "SELECT * FROM devices WHERE tags.region = 'z'", "--set-tags", `{"detached":1}`,
+			"--detach", "-o", "json")
+		require.NoError(t, err)
+		var started struct {
+			ID    string `json:"id"`
+			Total int64  `json:"total"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &started), out)
+		assert.EqualValues(t, 4, started.Total, "--detach waits for the creation step and prints its total")
+		require.NoError(t, e.tc.GetWorkflow(ctx, started.ID, "").Get(ctx, nil))
+	})
+
+	t.Run("the creation step refuses a conflict, naming the other rollout", func(t *testing.T) {
+		e.fleet(ctx, 2, "c") // never connected: a rollout over them stays in its first wave
+		out, err := e.cli(ctx, "rollout", "start", "--firmware", "7.0.0", "--query", "SELECT * FROM devices WHERE tags.region = 'c'",
+			"--waves", "100%", "--detach")
+		require.NoError(t, err)
+		first := startedRollout(t, out)
+		// Started directly, as a CLI whose read-only check ran before the first rollout claimed the devices.
+		run, err := e.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "rollout-7.0.1-race", TaskQueue: e.taskQueue},
+			workflows.FirmwareRollout, workflows.RolloutInput{RolloutID: "rollout-7.0.1-race",
+				Firmware: workflows.FirmwareRef{Version: "7.0.1", URL: "https://fw.example/7.0.1.bin", SHA256: sha},
+				Query:    "SELECT * FROM devices WHERE tags.region = 'c'", Waves: []rollout.Wave{{Percent: 100}}})
+		require.NoError(t, err)
+		err = run.Get(ctx, nil)
+		var app *temporal.ApplicationError
+		require.True(t, errors.As(err, &app), "%v", err)
+		assert.Equal(t, workflows.ErrTypeRolloutConflict, app.Type())
+		assert.Contains(t, app.Error(), first)
+		assert.Zero(t, e.count(ctx, "SELECT count(*) FROM rollouts WHERE id = 'rollout-7.0.1-race'"), "the refused rollout left no row")
+		_, err = e.cli(ctx, "rollout", "abort", first, "--no-rollback")
+		require.NoError(t, err)
+		require.NoError(t, e.tc.GetWorkflow(ctx, first, "").Get(ctx, nil))
+	})
 
 	// Across every case: no claim, job row or frozen target set without a workflow, and nothing left claimed.
 	t.Run("invariants", func(t *testing.T) {
