@@ -4,6 +4,7 @@ package activities
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -75,4 +76,16 @@ func keepHeartbeating(ctx context.Context) (stop func()) {
 		}
 	}()
 	return func() { close(done) }
+}
+
+// activityLogger is the activity's logger, or slog's default outside an activity (tests call activities
+// directly).
+func activityLogger(ctx context.Context) interface {
+	Warn(string, ...any)
+	Info(string, ...any)
+} {
+	if activity.IsActivity(ctx) {
+		return activity.GetLogger(ctx)
+	}
+	return slog.Default()
 }

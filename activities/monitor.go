@@ -16,7 +16,21 @@ const ErrTypeNoMonitor = "NoMonitorStore"
 
 // RunHealthCheck runs one health check over the whole fleet (fleet.MonitorStore.RunHealthCheck): one transaction,
 // heartbeated from the side since it cannot report progress of its own, and idempotent per RunID.
+//
+// The health check runs on a schedule, so it also owns the cleanup of staged manifest rows that no workflow
+// will read: a CLI killed between staging a manifest and starting ProvisionFleet leaves them behind, and
+// they hold credential digests. Rows staged more than fleet.StaleStagingAfter ago are dropped first; a
+// failure to drop them is logged and does not fail the check.
 func (a *Activities) RunHealthCheck(ctx context.Context, req workflows.RunHealthCheckInput) (workflows.HealthCheckResult, error) {
+	if a.Provision != nil {
+		n, err := a.Provision.DropStaleStaging(ctx, fleet.StaleStagingAfter)
+		switch {
+		case err != nil:
+			activityLogger(ctx).Warn("drop stale staged manifest rows", "err", err)
+		case n > 0:
+			activityLogger(ctx).Info("dropped stale staged manifest rows", "rows", n, "olderThan", fleet.StaleStagingAfter)
+		}
+	}
 	store := a.Monitor
 	if store == nil {
 		err := errors.New("this worker has no registry to run health checks against")

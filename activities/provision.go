@@ -25,7 +25,7 @@ func (a *Activities) ProvisionBatch(ctx context.Context, in workflows.ProvisionB
 	}
 	stop := keepHeartbeating(ctx)
 	defer stop()
-	c, err := a.Provision.ProvisionBatch(ctx, in.Op, in.First, in.Last)
+	c, err := a.Provision.ProvisionBatch(ctx, in.Op, in.First, in.Last, in.CredentialValidity)
 	if errors.Is(err, fleet.ErrOperationNotStaged) || errors.Is(err, fleet.ErrStagingLost) {
 		// Retrying cannot bring staged rows back: fail the workflow with the reason.
 		return fleet.ProvisionCounts{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeNotStaged, err)

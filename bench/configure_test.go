@@ -30,7 +30,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/gateway"
-	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/stack"
@@ -209,7 +208,7 @@ func benchConfigure(b *testing.B, n int) configureHistory {
 	rolloutID := "rollout-" + version + "-1"
 	b.StartTimer()
 	t0 = time.Now()
-	total, err := f.reg.CreateRollout(ctx, registry.RolloutSpec{ID: rolloutID, Version: version, Query: fleetQuery, Spec: []byte("{}")})
+	total, err := f.reg.CreateRollout(ctx, fleet.NewRollout{ID: rolloutID, Version: version, Query: fleetQuery, Spec: []byte("{}")})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -169,7 +169,7 @@ func BenchmarkRevocationLatency(b *testing.B) {
 	for i, id := range ids {
 		job := fmt.Sprintf("decommission-bench-%03d", i)
 		start := time.Now()
-		total, err := be.reg.CreateJobForIDs(ctx, registry.JobSpec{ID: job, Kind: fleet.JobRetire, Query: "ids: " + id, Spec: []byte("{}")}, []string{id})
+		total, err := be.reg.CreateJobForIDs(ctx, fleet.NewJob{ID: job, Kind: fleet.JobRetire, Query: "ids: " + id, Spec: []byte("{}")}, []string{id})
 		if err != nil {
 			b.Fatal(err)
 		}

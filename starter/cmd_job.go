@@ -163,11 +163,14 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		return err
 	}
 	defer reg.Close()
+	// Read-only checks first: the query compiles and selects something. The job itself (its row and its
+	// frozen target set) is created by the workflow's first step, so a CLI killed at any point leaves
+	// either nothing or a workflow that finishes the job.
+	n, err := reg.CountTargets(ctx, f.query)
+	if err != nil {
+		return queryError(err)
+	}
 	if f.dryRun {
-		n, err := reg.CountTargets(ctx, f.query)
-		if err != nil {
-			return queryError(err)
-		}
 		dry := jobDryRun{Query: f.query, Selected: n, Rate: f.rate}
 		if f.rate > 0 {
 			dry.EstimateSeconds = (time.Duration(float64(n) / f.rate * float64(time.Second))).Round(time.Second).Seconds()
@@ -182,6 +185,9 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 			return nil
 		})
 	}
+	if n == 0 {
+		return errEmptyJob
+	}
 	c, err := dialTemporal(g)
 	if err != nil {
 		return err
@@ -194,31 +200,30 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	id := fmt.Sprintf("job-%s-%s", label, time.Now().UTC().Format("20060102-150405.000"))
 	spec, _ := json.Marshal(map[string]any{"patch": patch, "method": f.method, "payload": json.RawMessage(orEmpty(f.payload)),
 		"rate": f.rate, "timeout": f.timeout.String()})
-	total, err := reg.CreateJob(ctx, registry.JobSpec{ID: id, Kind: kind, Query: f.query, Spec: spec})
-	if err != nil {
-		if errors.Is(err, registry.ErrEmptyTarget) {
-			return errors.New("the query selects no devices; nothing to do (check it with `fleetflow devices query`)")
-		}
-		return queryError(err)
-	}
-	in := workflows.JobInput{JobID: id, Kind: kind, Total: total, Patch: patch, AckKeys: keys, Method: f.method,
+	in := workflows.JobInput{JobID: id, Kind: kind, Query: f.query, Spec: spec, Patch: patch, AckKeys: keys, Method: f.method,
 		Payload: json.RawMessage(orEmpty(f.payload)), Rate: f.rate, Timeout: f.timeout, BatchSize: f.batchSize}
 	if f.payload == "" {
 		in.Payload = nil
 	}
 	what := map[fleet.JobKind]string{fleet.JobSetDesired: "set desired " + string(patch), fleet.JobSetTags: "set tags " + string(patch),
 		fleet.JobMethod: "call " + f.method}[kind]
+	crashAt("before-start")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: fmt.Sprintf("Job: %s on %s devices", what, numfmt.Thousands(total)),
+		StaticSummary: fmt.Sprintf("Job: %s on the devices of a query", what),
 		StaticDetails: fmt.Sprintf("Query: `%s`  \nRate: %s", f.query, rateText(f.rate)),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpJob),
-			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total)),
+			searchattr.State.ValueSet(searchattr.StateRunning)),
 	}, workflows.FleetJob, in)
 	if err != nil {
-		_ = reg.CloseJob(context.WithoutCancel(ctx), id, "not_started")
 		return fmt.Errorf("start job %s: %w", id, err)
+	}
+	crashAt("after-start")
+	total, err := awaitCreated(ctx, c, run, id, "job", detachLimit(f.detach), jobCreated)
+	if err != nil {
+		return startedButPending(ctx, err, f.out, operationStarted{ID: id, Summary: what, TemporalURL: workflowURL(g, id)},
+			"job", "fleetflow job status "+id)
 	}
 	started := operationStarted{ID: id, Summary: fmt.Sprintf("%s on %s devices", what, numfmt.Thousands(total)),
 		Total: total, TemporalURL: workflowURL(g, id)}
@@ -229,6 +234,7 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	if f.detach {
 		return f.out.print(os.Stdout, started, nil)
 	}
+	crashAt("mid-wait")
 	res, waited, err := awaitJob(ctx, c, run, id, "job")
 	if !waited || err != nil {
 		return err
@@ -246,6 +252,31 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		return partialf("job %s: %s of %s devices did not succeed", id, numfmt.Thousands(n), numfmt.Thousands(res.Total))
 	}
 	return nil
+}
+
+// errEmptyJob is the answer to a job query that selects nothing.
+var errEmptyJob = errors.New("the query selects no devices; nothing to do (check it with `fleetflow devices query`)")
+
+// detachLimit is how long a start waits for the operation's creation step: bounded with --detach.
+func detachLimit(detach bool) time.Duration {
+	if detach {
+		return createdWaitDetached
+	}
+	return 0
+}
+
+// startedButPending handles an operation that was started but whose creation step did not report: an
+// interrupted wait (exit 130, the operation goes on), a detached wait that gave up (the operation is
+// started; print it without its total), or the creation's own failure (returned as is).
+func startedButPending(ctx context.Context, err error, out *output, started operationStarted, noun, follow string) error {
+	switch {
+	case ctx.Err() != nil:
+		return &interruptedError{fmt.Sprintf("stopped waiting; the %s goes on. Follow it with `%s`", noun, follow)}
+	case errors.Is(err, errCreationPending):
+		fmt.Fprintf(hintWriter(out), "%s %s started: %s (%v)\nwatch it: %s\n", noun, started.ID, started.Summary, err, started.TemporalURL)
+		return out.print(os.Stdout, started, nil)
+	}
+	return err
 }
 
 // jobDryRun is what `job start --dry-run -o json|yaml` prints.
@@ -335,6 +366,9 @@ func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *outp
 	defer reg.Close()
 	j, err := reg.GetJob(ctx, id)
 	if errors.Is(err, fleet.ErrNotFound) {
+		if p := liveProgress[workflows.JobProgress](ctx, g, id); p != nil && p.State == workflows.JobStateCreating {
+			return fmt.Errorf("job %s is being created: its workflow is freezing the target set; try again in a moment", id)
+		}
 		return fmt.Errorf("no job %q (job ids look like job-set-desired-20261127-101500.000)", id)
 	}
 	if err != nil {

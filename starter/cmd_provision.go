@@ -90,7 +90,7 @@ on; --resume picks it up).`,
 	fl.StringVar(&f.name, "name", "", "operation name in the workflow id (default: the manifest's base name or the prefix)")
 	fl.StringVar(&f.credsOut, "creds-out", "", "credentials file to write (default: <workflow id>.creds.ndjson)")
 	fl.DurationVar(&f.awaitConnect, "await-connect", 0, "wait up to this long for the new devices to connect and report capabilities")
-	fl.StringVar(&f.validity, "credential-validity", "", "the new credentials expire this long after creation (e.g. 365d); the health check warns before they do")
+	fl.StringVar(&f.validity, "credential-validity", "", "the new credentials expire this long after creation (e.g. 365d), set by the workflow as it creates them; the health check warns before they do")
 	// --wait was the progress flag before progress became the default on a terminal; it stays, hidden.
 	fl.BoolVar(&f.wait, "wait", false, "show a progress bar while the workflow runs")
 	_ = fl.MarkHidden("wait")
@@ -204,6 +204,13 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	slog.Debug("manifest staged", "op", op, "rows", rows, "elapsed", time.Since(began))
 	in := workflows.ProvisionInput{Op: op, Rows: rows, BatchSize: f.batchSize, Window: f.window,
 		AwaitConnect: f.awaitConnect, HeartbeatTimeout: f.heartbeatTimeout, BatchesPerRun: f.batchesPerRun}
+	if f.validity != "" {
+		// Each batch sets the expiry of the devices it creates, in the transaction that creates them.
+		if in.CredentialValidity, err = numfmt.ParseDuration("--credential-validity", f.validity); err != nil {
+			return usagef("%w", err)
+		}
+	}
+	crashAt("before-start")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID:                    op,
 		TaskQueue:             g.cfg.TaskQueue,
@@ -215,19 +222,17 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 			searchattr.State.ValueSet("running"), searchattr.Total.ValueSet(rows)),
 	}, workflows.ProvisionFleet, in)
 	if err != nil {
-		// Nothing will read the staged rows or the secrets: remove both rather than leave orphans.
-		_ = reg.DropStaging(context.WithoutCancel(ctx), op)
+		// The secrets have no use without the workflow. The staged rows stay until the health check drops
+		// them as stale (fleet.StaleStagingAfter), as it does for a CLI killed right here.
 		_ = os.Remove(pending)
 		return fmt.Errorf("start workflow %s: %w", op, err)
 	}
+	crashAt("after-start")
 	if !f.out.structured() || f.detach {
 		fmt.Fprintf(os.Stderr, "started %s (%s rows staged)\n  %s\n", op, numfmt.Thousands(rows), workflowURL(g, op))
 	}
 	if f.detach {
 		resume := fmt.Sprintf("fleetflow provision --resume %s --creds-out %s", op, f.credsOut)
-		if f.validity != "" {
-			resume += " --credential-validity " + f.validity
-		}
 		fmt.Fprintf(os.Stderr, "the new devices' secrets wait in %s; write the credentials file (once the workflow has\n"+
 			"created the devices) with:\n  %s\n", pending, resume)
 		return f.out.print(os.Stdout, provisionStarted{operationStarted: operationStarted{ID: op,
@@ -248,6 +253,7 @@ type provisionStarted struct {
 // file as soon as every batch has committed, and prints the summary.
 func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *registry.Registry, f *provisionFlags,
 	run client.WorkflowRun, op, pending string, began time.Time) error {
+	crashAt("mid-wait")
 	var stopBar func()
 	if f.wait {
 		stopBar = showProgress(ctx, c, op)
@@ -275,15 +281,6 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	}
 	if co.err != nil {
 		return co.err
-	}
-	if f.validity != "" {
-		validity, err := numfmt.ParseDuration("--credential-validity", f.validity)
-		if err != nil {
-			return usagef("%w", err)
-		}
-		if _, err := reg.SetCredentialExpiry(ctx, op, validity); err != nil {
-			return err
-		}
 	}
 	kept := co.kept
 	return printProvisionSummary(ctx, g, reg, f, res, kept, time.Since(began))
@@ -313,6 +310,10 @@ func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	pending := f.credsOut + ".pending"
 	if _, err := os.Stat(pending); err != nil {
 		return usagef("no pending credentials at %s: pass the --creds-out of the interrupted run", pending)
+	}
+	if f.validity != "" {
+		// The run's batches set the expiry it was started with; nothing is left to do after it.
+		fmt.Fprintln(os.Stderr, "note: --credential-validity is ignored with --resume: the workflow sets the expiry it was started with")
 	}
 	reg, c, err := openBackends(ctx, g)
 	if err != nil {

@@ -68,40 +68,46 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	defer c.Close()
 	id := "decommission-" + time.Now().UTC().Format("20060102-150405.000")
 	spec := []byte(fmt.Sprintf(`{"reason":%q,"wipe":%v}`, reason, wipe))
-	var total int64
+	// The job and its frozen target set are created by the workflow's first step (JobCreate), never here;
+	// the CLI only checks, read-only, that a query compiles and selects something.
+	in := workflows.JobInput{JobID: id, Kind: fleet.JobRetire, Spec: spec, Reason: reason, Wipe: wipe, Timeout: timeout}
 	if q != "" {
-		total, err = reg.CreateJob(ctx, registry.JobSpec{ID: id, Kind: fleet.JobRetire, Query: q, Spec: spec})
-		if errors.Is(err, registry.ErrEmptyTarget) {
-			return errors.New("the query selects no devices (retired ones are left out); nothing to retire")
-		}
+		n, err := reg.CountTargets(ctx, q)
 		if err != nil {
 			return queryError(err)
 		}
-	} else {
-		total, err = reg.CreateJobForIDs(ctx, registry.JobSpec{ID: id, Kind: fleet.JobRetire, Query: "ids: " + strings.Join(ids, " "), Spec: spec}, ids)
-		if err != nil {
-			return err
+		if n == 0 {
+			return errEmptyRetire
 		}
+		in.Query = q
+	} else {
+		in.Query, in.IDs = "ids: "+strings.Join(ids, " "), ids
 	}
-	in := workflows.JobInput{JobID: id, Kind: fleet.JobRetire, Total: total, Reason: reason, Wipe: wipe, Timeout: timeout}
-	what := "retire " + numfmt.Thousands(total) + " devices"
+	crashAt("before-start")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: "Decommission: " + what,
+		StaticSummary: "Decommission: " + retireTargets(q, ids),
 		StaticDetails: fmt.Sprintf("Reason: %s  \nWipe: %v", orDash(reason), wipe),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpDecommission),
-			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total)),
+			searchattr.State.ValueSet(searchattr.StateRunning)),
 	}, workflows.Decommission, in)
 	if err != nil {
-		_ = reg.CloseJob(context.WithoutCancel(ctx), id, "not_started")
 		return fmt.Errorf("start %s: %w", id, err)
 	}
+	crashAt("after-start")
+	total, err := awaitCreated(ctx, c, run, id, "decommission", detachLimit(detach), jobCreated)
+	if err != nil {
+		return startedButPending(ctx, err, out, operationStarted{ID: id, Summary: "retire devices", TemporalURL: workflowURL(g, id)},
+			"decommission", "fleetflow job status "+id)
+	}
+	what := "retire " + numfmt.Thousands(total) + " devices"
 	started := operationStarted{ID: id, Summary: what, Total: total, TemporalURL: workflowURL(g, id)}
 	fmt.Fprintf(hintWriter(out), "%s started: %s\nwatch it: %s\n", id, what, started.TemporalURL)
 	if detach {
 		return out.print(os.Stdout, started, nil)
 	}
+	crashAt("mid-wait")
 	res, waited, err := awaitJob(ctx, c, run, id, "decommission")
 	if !waited || err != nil {
 		return err
@@ -144,6 +150,17 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	}
 	return nil
 }
+
+// retireTargets says what a decommission targets, for the Temporal UI.
+func retireTargets(q string, ids []string) string {
+	if q != "" {
+		return "the devices of `" + q + "`"
+	}
+	return numfmt.Thousands(int64(len(ids))) + " devices by id"
+}
+
+// errEmptyRetire is the answer to a retire query that selects nothing.
+var errEmptyRetire = errors.New("the query selects no devices (retired ones are left out); nothing to retire")
 
 // retireResult is what `retire -o json|yaml` prints once the decommission has ended.
 type retireResult struct {
@@ -318,8 +335,9 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(1)),
 	}, workflows.ReplaceDevice, in)
 	if err != nil {
+		// The staged row stays for the health check to drop once it is stale (fleet.StaleStagingAfter): if
+		// the start did reach the server, its workflow reads it; if not, nothing does.
 		if pending != "" {
-			_ = reg.DropStaging(context.WithoutCancel(ctx), op)
 			_ = os.Remove(pending)
 		}
 		return fmt.Errorf("start %s: %w", op, err)

@@ -370,7 +370,8 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 		return err
 	}
 	// rollout-<version>-<n>: the next number the registry has not used, and that Temporal has not seen either
-	// (a registry rebuilt next to an old Temporal namespace must not attach to an old run).
+	// (a registry rebuilt next to an old Temporal namespace must not attach to an old run, and a rollout
+	// started a moment ago has a workflow before its row exists).
 	id := fmt.Sprintf("rollout-%s-%d", fw.Version, n+1)
 	for i := n + 2; i < n+1000; i++ {
 		if _, err := c.DescribeWorkflow(ctx, id, ""); err != nil {
@@ -380,25 +381,29 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	}
 	spec, _ := json.Marshal(map[string]any{"waves": f.waves, "maxFailures": th.String(), "bake": f.bake.String(),
 		"deviceTimeout": f.deviceTimeout.String(), "approveEachWave": f.approveEach})
-	total, err := reg.CreateRollout(ctx, registry.RolloutSpec{ID: id, Version: fw.Version, Query: f.query, Spec: spec})
-	if err != nil {
-		return err
-	}
+	// The rollout row and its claims are made by the workflow's first step (RolloutCreate), never here: a
+	// CLI killed at any point leaves either nothing or a rollout whose workflow releases its claims.
 	in := workflows.RolloutInput{RolloutID: id, Firmware: workflows.FirmwareRef{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256},
-		Total: total, Waves: waves, MaxFailures: th, Bake: f.bake, DeviceTimeout: f.deviceTimeout, ApproveEachWave: f.approveEach}
+		Query: f.query, Spec: spec, Waves: waves, MaxFailures: th, Bake: f.bake, DeviceTimeout: f.deviceTimeout, ApproveEachWave: f.approveEach}
+	crashAt("before-start")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: fmt.Sprintf("Rollout of firmware %s to %s devices in waves %s", fw.Version, numfmt.Thousands(total), f.waves),
+		StaticSummary: fmt.Sprintf("Rollout of firmware %s in waves %s", fw.Version, f.waves),
 		StaticDetails: fmt.Sprintf("Query: `%s`  \nMax failures: %s  \nBake: %s, device timeout: %s  \nApprove each wave: %v", f.query, th,
 			f.bake, f.deviceTimeout, f.approveEach),
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpRollout),
-			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total), searchattr.Stage.ValueSet("starting")),
+			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Stage.ValueSet("starting")),
 	}, workflows.FirmwareRollout, in)
 	if err != nil {
-		// Release the claims, or the devices would stay blocked for other rollouts.
-		_ = reg.FinishRollout(context.WithoutCancel(ctx), id, "not_started", nil)
 		return fmt.Errorf("start rollout %s: %w", id, err)
+	}
+	crashAt("after-start")
+	summary := fmt.Sprintf("firmware %s, waves %s, max failures %s", fw.Version, f.waves, th)
+	total, err := awaitCreated(ctx, c, run, id, "rollout", detachLimit(f.detach), rolloutCreated)
+	if err != nil {
+		return startedButPending(ctx, err, f.out, operationStarted{ID: id, Summary: summary, TemporalURL: workflowURL(g, id)},
+			"rollout", "fleetflow rollout status "+id)
 	}
 	started := operationStarted{ID: id, Summary: fmt.Sprintf("firmware %s to %s devices, waves %s, max failures %s", fw.Version,
 		numfmt.Thousands(total), f.waves, th), Total: total, TemporalURL: workflowURL(g, id)}
@@ -408,6 +413,7 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	if f.detach {
 		return f.out.print(os.Stdout, started, nil)
 	}
+	crashAt("mid-wait")
 	stop := pollProgress(ctx, c, id, func(v interface{ Get(any) error }) string {
 		var p workflows.RolloutProgress
 		if v.Get(&p) != nil {
@@ -469,6 +475,9 @@ func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error
 	defer reg.Close()
 	ro, err := reg.GetRollout(ctx, id)
 	if errors.Is(err, fleet.ErrNotFound) {
+		if p := liveProgress[workflows.RolloutProgress](ctx, g, id); p != nil && p.State == workflows.RolloutStateCreating {
+			return fmt.Errorf("rollout %s is being created: its workflow is claiming the devices; try again in a moment", id)
+		}
 		return fmt.Errorf("no rollout %q (rollout ids look like rollout-2.1.0-1)", id)
 	}
 	if err != nil {

@@ -22,10 +22,12 @@ type Activities interface {
 	// FinishProvision takes the operation id.
 	FinishProvision(ctx context.Context, op string) (FinishProvisionResult, error)
 
+	JobCreate(ctx context.Context, in JobCreateInput) (JobCreateResult, error)
 	JobBatch(ctx context.Context, in JobBatchInput) (fleet.JobCounts, error)
 	JobCollectAcks(ctx context.Context, in JobCollectAcksInput) (JobCollectAcksResult, error)
 	JobClose(ctx context.Context, in JobCloseInput) (fleet.JobCounts, error)
 
+	RolloutCreate(ctx context.Context, in RolloutCreateInput) (RolloutCreateResult, error)
 	RolloutDispatch(ctx context.Context, in RolloutDispatchInput) (RolloutDispatchResult, error)
 	RolloutObserve(ctx context.Context, in RolloutObserveInput) (RolloutObserveResult, error)
 	// RolloutRollback returns how many devices were sent back.

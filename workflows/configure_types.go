@@ -19,13 +19,38 @@ const (
 
 	// ErrTypeInvalidInput marks a workflow started with input it can never process.
 	ErrTypeInvalidInput = "InvalidInput"
+
+	// Error types of an operation's creation step (JobCreate, RolloutCreate): non-retryable, so the
+	// workflow fails at once and the CLI prints what it printed when it created the operation itself.
+	//
+	// ErrTypeEmptyTarget: the target set is empty (the query selects no devices, or none that needs the
+	// firmware).
+	ErrTypeEmptyTarget = "EmptyTarget"
+	// ErrTypeRolloutConflict: another running rollout holds some of the devices; the error's details are
+	// a fleet.RolloutConflictError naming it.
+	ErrTypeRolloutConflict = "RolloutConflict"
+	// ErrTypeUnknownFirmware: the rollout's firmware is not in the catalogue.
+	ErrTypeUnknownFirmware = "UnknownFirmware"
+	// ErrTypeInvalidQuery: the target query does not compile (the CLI checks it before it starts, so this
+	// is a query that a newer CLI accepts and this worker does not).
+	ErrTypeInvalidQuery = "InvalidQuery"
 )
 
-// JobInput starts FleetJob. The target set is frozen in Postgres (job_devices, seq 0..Total-1) before the
-// workflow starts; the workflow carries a cursor over it.
+// JobInput starts FleetJob (and Decommission). The workflow's first step (JobCreate) records the job and
+// freezes its target set in Postgres (job_devices, seq 0..Total-1) from Query or IDs, and learns Total; the
+// workflow then carries a cursor over the set. Inputs recorded before the creation step moved into the
+// workflow carry Total > 0 (the CLI had created the job) and skip it (docs/architecture.md, "The life of an
+// operation").
 type JobInput struct {
-	JobID   string          `json:"jobId"`
-	Kind    fleet.JobKind   `json:"kind"`
+	JobID string        `json:"jobId"`
+	Kind  fleet.JobKind `json:"kind"`
+	// Query is the twin query selecting the targets, or (with IDs) a description of them for the jobs table.
+	Query string `json:"query,omitempty"`
+	// IDs are explicit targets (retire ID...); cleared once the set is frozen, so that continue-as-new
+	// carries no device list.
+	IDs []string `json:"ids,omitempty"`
+	// Spec is what the job does, as recorded in the jobs table for operators.
+	Spec    json.RawMessage `json:"spec,omitempty"`
 	Total   int64           `json:"total"`
 	Patch   json.RawMessage `json:"patch,omitempty"`   // set_desired, set_tags
 	AckKeys []string        `json:"ackKeys,omitempty"` // set_desired: the top-level keys devices must acknowledge
@@ -50,6 +75,21 @@ type JobInput struct {
 	Paused    bool            `json:"paused,omitempty"`
 	Cancelled bool            `json:"cancelled,omitempty"`
 	Runs      int             `json:"runs,omitempty"`
+}
+
+// JobCreateInput (activity JobCreate) records a job and freezes its target set: Query selects the
+// targets, or IDs lists them.
+type JobCreateInput struct {
+	JobID string          `json:"jobId"`
+	Kind  fleet.JobKind   `json:"kind"`
+	Query string          `json:"query"`
+	IDs   []string        `json:"ids,omitempty"`
+	Spec  json.RawMessage `json:"spec,omitempty"`
+}
+
+// JobCreateResult is the frozen target set's size.
+type JobCreateResult struct {
+	Total int64 `json:"total"`
 }
 
 // JobBatchInput is one JobBatch activity: targets First..Last-1 of a job.
@@ -114,11 +154,16 @@ type FirmwareRef struct {
 	SHA256  string `json:"sha256"`
 }
 
-// RolloutInput starts FirmwareRollout. Its devices are claimed in Postgres (rollout_devices) before the
-// workflow starts; each wave moves the next slice of them (by rank) into dispatch.
+// RolloutInput starts FirmwareRollout. The workflow's first step (RolloutCreate) records the rollout and
+// claims its devices in Postgres (rollout_devices) from Query, and learns Total; each wave moves the next
+// slice of them (by rank) into dispatch. Inputs recorded before the creation step moved into the workflow
+// carry Total > 0 (the CLI had claimed the devices) and skip it.
 type RolloutInput struct {
-	RolloutID       string            `json:"rolloutId"`
-	Firmware        FirmwareRef       `json:"firmware"`
+	RolloutID string      `json:"rolloutId"`
+	Firmware  FirmwareRef `json:"firmware"`
+	// Query selects the devices to claim; Spec is the rollout's settings as recorded for operators.
+	Query           string            `json:"query,omitempty"`
+	Spec            json.RawMessage   `json:"spec,omitempty"`
 	Total           int64             `json:"total"`
 	Waves           []rollout.Wave    `json:"waves"`
 	MaxFailures     rollout.Threshold `json:"maxFailures"`
@@ -133,6 +178,19 @@ type RolloutInput struct {
 
 	// State carried across continue-as-new.
 	Carry *RolloutCarry `json:"carry,omitempty"`
+}
+
+// RolloutCreateInput (activity RolloutCreate) records a rollout and claims the devices Query selects.
+type RolloutCreateInput struct {
+	RolloutID string          `json:"rolloutId"`
+	Version   string          `json:"version"`
+	Query     string          `json:"query"`
+	Spec      json.RawMessage `json:"spec,omitempty"`
+}
+
+// RolloutCreateResult is how many devices the rollout claimed.
+type RolloutCreateResult struct {
+	Total int64 `json:"total"`
 }
 
 // RolloutCarry is the rollout's state handed to the next run.

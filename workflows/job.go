@@ -61,7 +61,11 @@ func Decommission(ctx workflow.Context, in JobInput) (JobResult, error) {
 // runJob is the body of FleetJob and Decommission; self is the workflow to continue as.
 func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobInput) (JobResult, error)) (JobResult, error) {
 	in = withJobDefaults(in)
-	if in.JobID == "" || in.Total <= 0 {
+	// A job whose input names its targets but has no Total yet is created here, as the first step. Inputs
+	// recorded before creation moved into the workflow carry Total > 0 and take the old path, so their
+	// histories replay unchanged.
+	creating := in.Total == 0 && (in.Query != "" || in.IDs != nil)
+	if in.JobID == "" || (in.Total <= 0 && !creating) {
 		return JobResult{}, temporal.NewNonRetryableApplicationError("a job id and a non-empty target set are required", ErrTypeInvalidInput, nil)
 	}
 	in.Runs++
@@ -76,6 +80,15 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 	}
 	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (JobProgress, error) { return progress, nil }); err != nil {
 		return JobResult{}, fmt.Errorf("register progress query: %w", err)
+	}
+	if creating {
+		progress.State = JobStateCreating
+		report()
+		total, err := createJob(ctx, &in)
+		if err != nil {
+			return JobResult{}, err
+		}
+		progress.State, progress.Total = "running", total
 	}
 	dispatchDone := func() bool { return in.Next >= in.Total }
 	if err := registerJobUpdates(ctx, &in, &progress, dispatchDone, report); err != nil {
@@ -208,6 +221,30 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 	}
 	setJobState(ctx, saState, in.Counts)
 	return JobResult{JobID: in.JobID, State: string(state), Total: in.Total, Counts: in.Counts, Runs: in.Runs}, nil
+}
+
+// JobStateCreating is the progress state of a job whose target set is being frozen; the CLI waits until
+// the state moves on (or the workflow fails) to tell the operator the total.
+const JobStateCreating = "creating"
+
+// createJob is the job's first step: JobCreate records the job and freezes its target set, idempotently
+// (a retry or a replay finds the job already there). An empty set or a query that does not compile fails
+// the workflow with a non-retryable error whose type the CLI maps to its message and exit code.
+func createJob(ctx workflow.Context, in *JobInput) (int64, error) {
+	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 5 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+		Summary:     "create the job and freeze its target set"})
+	res, err := executeActivity(cctx, Activities.JobCreate, JobCreateInput{JobID: in.JobID, Kind: in.Kind, Query: in.Query,
+		IDs: in.IDs, Spec: in.Spec}).Result(ctx)
+	if err != nil {
+		// Returned as is: the application error's type (EmptyTarget, InvalidQuery) is what the CLI reads.
+		return 0, err
+	}
+	in.Total, in.IDs = res.Total, nil
+	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Total.ValueSet(res.Total)); err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+	}
+	return res.Total, nil
 }
 
 // registerJobUpdates installs pause, resume and cancel. Validators refuse what makes no sense in the job's

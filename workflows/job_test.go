@@ -47,13 +47,17 @@ type jobFleet struct {
 	// batchAt and ackAt are when the activity started.
 	batchLag, ackLag time.Duration
 
-	batches   []workflows.JobBatchInput
-	batchAt   []time.Time
-	acks      []workflows.JobCollectAcksInput
-	ackAt     []time.Time
-	closes    []workflows.JobCloseInput
-	closeAt   []time.Time
-	closedRet fleet.JobCounts
+	batches []workflows.JobBatchInput
+	batchAt []time.Time
+	acks    []workflows.JobCollectAcksInput
+	ackAt   []time.Time
+	creates []workflows.JobCreateInput
+	// loseCreate makes the first JobCreate attempt fail after the store created the job, as a worker
+	// crash between the commit and the activity's completion would.
+	loseCreate bool
+	closes     []workflows.JobCloseInput
+	closeAt    []time.Time
+	closedRet  fleet.JobCounts
 }
 
 func newJobFleet(total int) *jobFleet {
@@ -107,6 +111,18 @@ func (f *jobFleet) collectAcks(ctx context.Context, r workflows.JobCollectAcksIn
 	}
 	p, err := f.store.CollectAcks(ctx, r.JobID, r.Keys)
 	return workflows.JobCollectAcksResult{Acked: p.Acked, Waiting: p.Waiting, WaitingOnline: p.WaitingOnline}, err
+}
+
+func (f *jobFleet) create(ctx context.Context, r workflows.JobCreateInput) (workflows.JobCreateResult, error) {
+	f.mu.Lock()
+	f.creates = append(f.creates, r)
+	lose := f.loseCreate && len(f.creates) == 1
+	f.mu.Unlock()
+	res, err := f.acts.JobCreate(ctx, r)
+	if err == nil && lose {
+		return workflows.JobCreateResult{}, errors.New("connection reset after commit")
+	}
+	return res, err
 }
 
 func (f *jobFleet) close(ctx context.Context, r workflows.JobCloseInput) (fleet.JobCounts, error) {
@@ -174,6 +190,8 @@ func newJobEnv(t *testing.T, f *jobFleet, batchDelay, ackDelay time.Duration) *t
 	env.SetStartTime(testStart)
 	env.SetTestTimeout(10 * time.Second)
 	env.RegisterWorkflow(workflows.FleetJob)
+	env.RegisterWorkflow(workflows.Decommission)
+	env.RegisterActivityWithOptions(f.create, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobCreate)})
 	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobBatch)})
 	env.RegisterActivityWithOptions(f.collectAcks, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobCollectAcks)})
 	env.RegisterActivityWithOptions(f.close, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobClose)})
@@ -253,6 +271,7 @@ func TestFleetJobSetTagsBatchesTheTargetSetAndClosesCompleted(t *testing.T) {
 		require.JSONEq(t, string(patch), string(b.Patch))
 	}
 	require.Empty(t, f.acks, "a tags job has nothing to acknowledge")
+	require.Empty(t, f.creates, "an input with a Total (created before the workflow, as recorded histories have it) creates nothing")
 	require.Equal(t, []workflows.JobCloseInput{{JobID: "job-tags", State: "completed"}}, f.closes)
 	require.Equal(t, "completed", res.State)
 	require.Equal(t, f.closedRet, res.Counts, "the result's counts are the registry's, returned by JobClose")

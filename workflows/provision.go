@@ -52,7 +52,7 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 	var firstErr error
 	for {
 		for firstErr == nil && inflight < in.Window && in.Next < in.Rows && dispatched < in.BatchesPerRun {
-			req := ProvisionBatchInput{Op: in.Op, First: in.Next, Last: min(in.Next+in.BatchSize, in.Rows)}
+			req := ProvisionBatchInput{Op: in.Op, First: in.Next, Last: min(in.Next+in.BatchSize, in.Rows), CredentialValidity: in.CredentialValidity}
 			bctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				StartToCloseTimeout: 10 * time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
 				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second,

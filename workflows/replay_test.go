@@ -11,11 +11,17 @@ import (
 // TestReplayRecordedHistories replays histories recorded from real runs against the current workflow code,
 // so a change that would break running workflows (non-determinism) fails here instead of in production.
 // Record new ones with `temporal workflow show -w ID -r RUN -o json` when a workflow changes shape, and keep
-// the old ones: workflows started by the old code may still be running.
+// the old ones: workflows started by the old code may still be running. The *_v1 histories have the shape
+// from before the creation step moved into the workflows (inputs with Total set, no JobCreate or
+// RolloutCreate); the *_v2 ones have the creation step and were recorded from the CLI-kill e2e test with
+// FLEETFLOW_RECORD_HISTORIES=workflows/testdata.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, len(files), 8, "recorded histories are missing")
+	for _, shape := range []string{"job_create_v2", "rollout_create_v2", "decommission_query_v2", "provision_validity_v2"} {
+		require.Contains(t, files, filepath.Join("testdata", shape+".json"), "the creation step's shape must be replay-tested")
+	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()

@@ -58,7 +58,10 @@ type rolloutRun struct {
 // abort are Workflow Updates; progress is a query; history is bounded by continue-as-new.
 func FirmwareRollout(ctx workflow.Context, in RolloutInput) (RolloutResult, error) {
 	in = withRolloutDefaults(in)
-	if in.RolloutID == "" || in.Firmware.Version == "" || in.Total <= 0 || len(in.Waves) == 0 {
+	// A rollout whose input has a query but no Total yet claims its devices here, as the first step.
+	// Inputs recorded before creation moved into the workflow carry Total > 0 and take the old path.
+	creating := in.Total == 0 && in.Carry == nil && in.Query != ""
+	if in.RolloutID == "" || in.Firmware.Version == "" || (in.Total <= 0 && !creating) || len(in.Waves) == 0 {
 		return RolloutResult{}, temporal.NewNonRetryableApplicationError("a rollout id, firmware, waves and a non-empty target set are required",
 			ErrTypeInvalidInput, nil)
 	}
@@ -75,6 +78,12 @@ func FirmwareRollout(ctx workflow.Context, in RolloutInput) (RolloutResult, erro
 		Cutoffs: r.cutoffs, Total: in.Total, Counts: r.st.Counts, Decision: r.st.Decision, Runs: r.st.Runs}
 	if err := workflow.SetQueryHandler(ctx, QueryProgress, func() (RolloutProgress, error) { return r.progress, nil }); err != nil {
 		return RolloutResult{}, fmt.Errorf("register progress query: %w", err)
+	}
+	if creating {
+		r.report(ctx, RolloutStateCreating)
+		if err := r.create(ctx); err != nil {
+			return RolloutResult{}, err
+		}
 	}
 	if err := r.registerUpdates(ctx); err != nil {
 		return RolloutResult{}, err
@@ -117,6 +126,33 @@ func FirmwareRollout(ctx workflow.Context, in RolloutInput) (RolloutResult, erro
 		state = fleet.RolloutAborted
 	}
 	return r.finish(ctx, state)
+}
+
+// RolloutStateCreating is the progress state of a rollout that is claiming its devices; the CLI waits until
+// the state moves on (or the workflow fails) to tell the operator the total.
+const RolloutStateCreating = "creating"
+
+// create is the rollout's first step: RolloutCreate records the rollout and claims its devices,
+// idempotently (a retry or a replay finds its own claims). A conflict with another rollout, an empty set or
+// an unknown firmware fails the workflow with a non-retryable error whose type the CLI maps to its message.
+func (r *rolloutRun) create(ctx workflow.Context) error {
+	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 5 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+		Summary:     "create the rollout and claim its devices"})
+	res, err := executeActivity(cctx, Activities.RolloutCreate, RolloutCreateInput{RolloutID: r.in.RolloutID,
+		Version: r.in.Firmware.Version, Query: r.in.Query, Spec: r.in.Spec}).Result(ctx)
+	if err != nil {
+		// Returned as is: the application error's type (RolloutConflict, EmptyTarget, UnknownFirmware) is what
+		// the CLI reads.
+		return err
+	}
+	r.in.Total = res.Total
+	r.cutoffs = rollout.Cutoffs(r.in.Waves, res.Total)
+	r.progress.Total, r.progress.Cutoffs = res.Total, r.cutoffs
+	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Total.ValueSet(res.Total)); err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+	}
+	return nil
 }
 
 // runWave dispatches and observes the current wave. It returns true when the wave ended well and the next

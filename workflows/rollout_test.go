@@ -53,7 +53,9 @@ type rolloutFleet struct {
 	observes   []workflows.RolloutObserveInput
 	rollbacks  []workflows.RolloutRollbackInput
 	finishes   []workflows.RolloutFinishInput
-	finishAt   []time.Time
+	// create answers RolloutCreate (nil: the test's inputs carry a Total and never call it).
+	create   func(context.Context, workflows.RolloutCreateInput) (workflows.RolloutCreateResult, error)
+	finishAt []time.Time
 }
 
 func newRolloutFleet(total int, failing ...int) *rolloutFleet {
@@ -206,6 +208,12 @@ func newRolloutEnv(t *testing.T, f *rolloutFleet) *testsuite.TestWorkflowEnviron
 	env.SetStartTime(testStart)
 	env.SetTestTimeout(10 * time.Second)
 	env.RegisterWorkflow(workflows.FirmwareRollout)
+	env.RegisterActivityWithOptions(func(ctx context.Context, in workflows.RolloutCreateInput) (workflows.RolloutCreateResult, error) {
+		if f.create == nil {
+			return workflows.RolloutCreateResult{}, errors.New("unexpected RolloutCreate")
+		}
+		return f.create(ctx, in)
+	}, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutCreate)})
 	env.RegisterActivityWithOptions(f.dispatch, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutDispatch)})
 	env.RegisterActivityWithOptions(f.observe, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutObserve)})
 	env.RegisterActivityWithOptions(f.rollback, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.RolloutRollback)})

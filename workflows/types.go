@@ -26,6 +26,9 @@ type ProvisionInput struct {
 	BatchSize    int64         `json:"batchSize,omitempty"`
 	Window       int           `json:"window,omitempty"`
 	AwaitConnect time.Duration `json:"awaitConnect,omitempty"`
+	// CredentialValidity (when positive) gives the devices the run creates a credential expiry: each batch
+	// sets it in the transaction that creates them, so no interruption can leave a device without it.
+	CredentialValidity time.Duration `json:"credentialValidity,omitempty"`
 	// BatchesPerRun bounds each run's history; the workflow continues as new after that many batches.
 	BatchesPerRun int `json:"batchesPerRun,omitempty"`
 	// HeartbeatTimeout bounds how long a batch on a crashed worker goes unnoticed.
@@ -42,6 +45,8 @@ type ProvisionBatchInput struct {
 	Op    string `json:"op"`
 	First int64  `json:"first"`
 	Last  int64  `json:"last"`
+	// CredentialValidity is ProvisionInput.CredentialValidity.
+	CredentialValidity time.Duration `json:"credentialValidity,omitempty"`
 }
 
 // WaitConnectedInput (activity WaitConnected) asks how many of an operation's new devices have connected and reported, waiting

@@ -112,11 +112,11 @@ func TestRetireTenThousandByQuery(t *testing.T) {
 	}
 	qx := "SELECT * FROM devices WHERE tags.batch = 'x'"
 	// A job and a rollout that still hold devices of the set.
-	_, err := e.reg.CreateJob(ctx, registry.JobSpec{ID: "job-pending", Kind: fleet.JobSetTags, Query: qx, Spec: []byte("{}")})
+	_, err := e.reg.CreateJob(ctx, fleet.NewJob{ID: "job-pending", Kind: fleet.JobSetTags, Query: qx, Spec: []byte("{}")})
 	require.NoError(t, err)
 	_, err = e.reg.AddFirmware(ctx, fleet.Firmware{Version: "9.0.0", URL: "https://fw.example/9.bin", SHA256: strings.Repeat("ab", 32)})
 	require.NoError(t, err)
-	_, err = e.reg.CreateRollout(ctx, registry.RolloutSpec{ID: "rollout-9.0.0-1", Version: "9.0.0", Query: qx, Spec: []byte("{}")})
+	_, err = e.reg.CreateRollout(ctx, fleet.NewRollout{ID: "rollout-9.0.0-1", Version: "9.0.0", Query: qx, Spec: []byte("{}")})
 	require.NoError(t, err)
 
 	out, err := e.cli(ctx, "retire", "--query", qx, "--reason", "site closed")

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -46,9 +47,25 @@ const (
 	JobEndCancelled          JobEnd = "cancelled"
 	// JobEndFailed: the workflow gave up (a store error it could not retry past).
 	JobEndFailed JobEnd = "failed"
-	// JobNotStarted: the job was created but its workflow never started.
+	// JobNotStarted: the job was created but its workflow never started. Only rows from CLIs that created
+	// jobs themselves (before the workflow's JobCreate step) can have it.
 	JobNotStarted JobEnd = "not_started"
 )
+
+// ErrEmptyTarget is returned (wrapped) when a job's or rollout's target set would be empty: the query selects
+// no device (or, for a rollout, none that needs the version), or no id was given.
+var ErrEmptyTarget = errors.New("the query selects no devices")
+
+// NewJob describes a job to create: its kind, what it targets — a twin query or an explicit list of ids —
+// and its spec (what it does, for operators reading the jobs table). The workflow that runs the job creates
+// it as its first step (docs/architecture.md, "The life of an operation").
+type NewJob struct {
+	ID    string
+	Kind  JobKind
+	Query string   // the twin query, or a description of IDs ("ids: a b c") when IDs is set
+	IDs   []string // explicit targets (duplicates dropped, order kept, unknown ids kept); nil: Query selects
+	Spec  json.RawMessage
+}
 
 // JobTarget is one frozen target of a job: targets are numbered 0..total-1 when the job is created, so a
 // workflow walks them with a cursor.
@@ -133,6 +150,12 @@ type PatchResult struct {
 
 // JobStore is what a job's activities need from the registry.
 type JobStore interface {
+	// CreateJob records the job and freezes its target set (targets numbered 0..total-1) in one
+	// transaction and returns total. It is idempotent: a job that exists already is left as it is and its
+	// total returned, so a retried or replayed creation step finds what the first attempt made. An empty
+	// target set is ErrEmptyTarget and leaves nothing behind; a query that does not compile is the query
+	// package's error.
+	CreateJob(ctx context.Context, job NewJob) (int64, error)
 	// JobTargets returns the job's targets with seq in first..last (inclusive) that are still pending, in
 	// seq order, so that a retried batch skips what it already did.
 	JobTargets(ctx context.Context, job string, first, last int64) ([]JobTarget, error)

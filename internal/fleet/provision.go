@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // ProvisionCounts is the outcome of provisioning manifest rows, per batch and summed over an operation.
@@ -58,8 +59,9 @@ var (
 // ProvisionStore is what provisioning's activities need from the registry.
 type ProvisionStore interface {
 	// ProvisionBatch creates the devices of staged rows first..last-1 of op. It is idempotent: a
-	// committed batch is recorded and a retry returns its counts.
-	ProvisionBatch(ctx context.Context, op string, first, last int64) (ProvisionCounts, error)
+	// committed batch is recorded and a retry returns its counts. A positive validity gives the devices it
+	// creates a credential expiry (credential_expires_at = creation + validity) in the same transaction.
+	ProvisionBatch(ctx context.Context, op string, first, last int64, validity time.Duration) (ProvisionCounts, error)
 	// ConnectProgress counts op's devices that have connected and reported, with a sample of up to
 	// sample ids that have not reported.
 	ConnectProgress(ctx context.Context, op string, sample int) (ConnectProgress, error)
@@ -67,4 +69,13 @@ type ProvisionStore interface {
 	ProvisionResults(ctx context.Context, op string, outcome RowOutcome, limit int) ([]RowResult, error)
 	// DropStaging deletes op's staged rows (they hold credential digests).
 	DropStaging(ctx context.Context, op string) error
+	// DropStaleStaging deletes the staged rows of every operation staged more than olderThan ago and
+	// returns how many rows it deleted: rows of a CLI that was killed between staging and starting its
+	// workflow, which no workflow will ever read. Repeating it is harmless.
+	DropStaleStaging(ctx context.Context, olderThan time.Duration) (int64, error)
 }
+
+// StaleStagingAfter is how long staged manifest rows may wait for their workflow before the health check
+// drops them (docs/architecture.md, "The life of an operation"). Provisioning a million devices takes
+// minutes, so a day is far beyond any run that is still going.
+const StaleStagingAfter = 24 * time.Hour

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -46,6 +47,31 @@ func (f *Firmware) Validate() error {
 	return nil
 }
 
+// ErrUnknownFirmware is returned (wrapped) for a version the catalogue does not hold.
+var ErrUnknownFirmware = errors.New("unknown firmware")
+
+// RolloutConflictError refuses a rollout whose targets are claimed by another running rollout: two rollouts
+// never drive the same device.
+type RolloutConflictError struct {
+	Rollout string `json:"rollout"` // the other rollout (the one holding most of the devices)
+	Devices int64  `json:"devices"` // how many of the targeted devices it holds
+}
+
+// Error names the other rollout and what the operator can do about it.
+func (e *RolloutConflictError) Error() string {
+	return fmt.Sprintf("%d of the targeted devices belong to rollout %s, which is still running; wait for it to finish or abort it (fleetflow rollout abort %s)",
+		e.Devices, e.Rollout, e.Rollout)
+}
+
+// NewRollout describes a rollout to create: the firmware version, the twin query selecting its devices and
+// its spec (waves, thresholds; for operators reading the rollouts table).
+type NewRollout struct {
+	ID      string
+	Version string
+	Query   string
+	Spec    json.RawMessage
+}
+
 // RolloutEnd is the state a rollout ends in (rollouts.state once finished).
 type RolloutEnd string
 
@@ -54,7 +80,8 @@ const (
 	RolloutCompleted  RolloutEnd = "completed"
 	RolloutRolledBack RolloutEnd = "rolled_back"
 	RolloutAborted    RolloutEnd = "aborted"
-	// RolloutNotStarted: the rollout was created but its workflow never started.
+	// RolloutNotStarted: the rollout was created but its workflow never started. Only rows from CLIs that
+	// created rollouts themselves (before the workflow's RolloutCreate step) can have it.
 	RolloutNotStarted RolloutEnd = "not_started"
 )
 
@@ -105,6 +132,12 @@ type RolloutDevice struct {
 
 // RolloutStore is what a rollout's activities need from the registry.
 type RolloutStore interface {
+	// CreateRollout records the rollout and claims its devices — the active devices the query selects that
+	// do not run the version yet, each with a stable pseudo-random rank — in one transaction, and returns how
+	// many it claimed. It is idempotent: a rollout that exists already is left as it is and its total
+	// returned. It fails with ErrUnknownFirmware, ErrEmptyTarget or a *RolloutConflictError (another running
+	// rollout holds some of the devices), leaving nothing behind.
+	CreateRollout(ctx context.Context, ro NewRollout) (int64, error)
 	// DispatchWave moves up to limit queued devices ranked below cutoff into wave: it writes the firmware to
 	// their desired state and returns the pushes to send, how many it skipped (unknown, retired or already
 	// on the version) and whether more remain. A retry continues with the devices still queued.

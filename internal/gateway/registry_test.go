@@ -101,7 +101,7 @@ func provision(t *testing.T, reg *registry.Registry, prefix string, n int) []cre
 		return rows[next-1], true, nil
 	})
 	require.NoError(t, err)
-	counts, err := reg.ProvisionBatch(ctx, op, 0, int64(n))
+	counts, err := reg.ProvisionBatch(ctx, op, 0, int64(n), 0)
 	require.NoError(t, err)
 	require.Equal(t, int64(n), counts.Created)
 	return list

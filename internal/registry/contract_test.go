@@ -36,7 +36,7 @@ func (s seeder) Stage(t *testing.T, op string, rows []fleettest.StagedRow) {
 }
 
 func (s seeder) CreateJob(t *testing.T, job string, kind fleet.JobKind, ids ...string) {
-	_, err := s.reg.CreateJobForIDs(context.Background(), registry.JobSpec{ID: job, Kind: kind,
+	_, err := s.reg.CreateJobForIDs(context.Background(), fleet.NewJob{ID: job, Kind: kind,
 		Query: "ids: " + strings.Join(ids, " "), Spec: json.RawMessage(`{}`)}, ids)
 	require.NoError(t, err)
 }
@@ -49,7 +49,7 @@ func (s seeder) CreateRollout(t *testing.T, id string, fw fleet.Firmware, ids ..
 	for i, d := range ids {
 		quoted[i] = fmt.Sprintf("'%s'", d)
 	}
-	n, err := s.reg.CreateRollout(ctx, registry.RolloutSpec{ID: id, Version: fw.Version,
+	n, err := s.reg.CreateRollout(ctx, fleet.NewRollout{ID: id, Version: fw.Version,
 		Query: "SELECT * FROM devices WHERE deviceId IN (" + strings.Join(quoted, ", ") + ")", Spec: json.RawMessage(`{}`)})
 	require.NoError(t, err)
 	return n
@@ -64,4 +64,32 @@ func (s seeder) Report(t *testing.T, id string, patch string) {
 	require.NoError(t, err)
 	require.Len(t, res, 1)
 	require.NoError(t, res[0].Err)
+}
+
+func (s seeder) AddFirmware(t *testing.T, fw fleet.Firmware) {
+	_, err := s.reg.AddFirmware(context.Background(), fw)
+	require.NoError(t, err)
+}
+
+// Selects checks that Postgres's compiled query selects ids (the registry needs no teaching).
+func (s seeder) Selects(t *testing.T, q string, ids ...string) {
+	n, err := s.reg.CountTargets(context.Background(), q)
+	require.NoError(t, err)
+	require.Equal(t, int64(len(ids)), n, "%s selects %v", q, ids)
+}
+
+func (s seeder) AgeStaging(t *testing.T, op string, by time.Duration) {
+	tag, err := s.reg.Pool().Exec(context.Background(), "UPDATE operations SET created_at = created_at - make_interval(secs => $2) WHERE id = $1",
+		op, by.Seconds())
+	require.NoError(t, err)
+	require.Equal(t, int64(1), tag.RowsAffected())
+}
+
+func (s seeder) CredentialExpiry(t *testing.T, id string) time.Time {
+	var at *time.Time
+	require.NoError(t, s.reg.Pool().QueryRow(context.Background(), "SELECT credential_expires_at FROM devices WHERE id = $1", id).Scan(&at))
+	if at == nil {
+		return time.Time{}
+	}
+	return *at
 }

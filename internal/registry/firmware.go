@@ -11,9 +11,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
-// ErrUnknownFirmware is returned (wrapped) for a version the catalogue does not hold.
-var ErrUnknownFirmware = errors.New("unknown firmware")
-
 // ErrExists is returned (wrapped) when a catalogue entry or operation already exists.
 var ErrExists = errors.New("already exists")
 
@@ -41,7 +38,7 @@ func (r *Registry) GetFirmware(ctx context.Context, version string) (fleet.Firmw
 	err := r.pool.QueryRow(ctx, "SELECT url, sha256, notes, created_at FROM firmware WHERE version = $1", version).
 		Scan(&f.URL, &f.SHA256, &f.Notes, &f.CreatedAt)
 	if isNoRows(err) {
-		return f, fmt.Errorf("firmware %s: %w (add it with `fleetflow firmware add`)", version, ErrUnknownFirmware)
+		return f, fmt.Errorf("firmware %s: %w (add it with `fleetflow firmware add`)", version, fleet.ErrUnknownFirmware)
 	}
 	if err != nil {
 		return f, fmt.Errorf("load firmware %s: %w", version, err)

@@ -219,7 +219,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	exec(t, reg, "UPDATE device_events SET at = $1 WHERE kind = 'tags_changed'", at(2))
 
 	// A desired job, acknowledged.
-	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-set-desired-1", Kind: fleet.JobSetDesired,
+	_, err = reg.CreateJob(ctx, fleet.NewJob{ID: "job-set-desired-1", Kind: fleet.JobSetDesired,
 		Query: "SELECT * FROM devices WHERE deviceId = 'dev-1'", Spec: json.RawMessage(`{"patch":{"interval":30}}`)})
 	require.NoError(t, err)
 	_, err = reg.PatchTwins(ctx, twin.Desired, []fleet.DevicePatch{{DeviceID: "dev-1", Patch: []byte(`{"interval":30}`)}})
@@ -229,7 +229,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	exec(t, reg, "UPDATE job_devices SET updated_at = $1", at(4))
 
 	// A method job that failed on the device.
-	_, err = reg.CreateJob(ctx, registry.JobSpec{ID: "job-method-reboot-1", Kind: fleet.JobMethod,
+	_, err = reg.CreateJob(ctx, fleet.NewJob{ID: "job-method-reboot-1", Kind: fleet.JobMethod,
 		Query: "SELECT * FROM devices WHERE deviceId = 'dev-1'", Spec: json.RawMessage(`{"method":"reboot"}`)})
 	require.NoError(t, err)
 	require.NoError(t, reg.RecordJobOutcomes(ctx, "job-method-reboot-1", []fleet.JobOutcome{{Seq: 0, State: fleet.JobFailed, Status: 500, Error: "busy"}}))
@@ -240,7 +240,7 @@ func TestDeviceHistoryMergesEverySourceInTimeOrder(t *testing.T) {
 	require.NoError(t, err)
 	fw, err := reg.GetFirmware(ctx, "2.1.0")
 	require.NoError(t, err)
-	_, err = reg.CreateRollout(ctx, registry.RolloutSpec{ID: "rollout-2.1.0-1", Version: "2.1.0",
+	_, err = reg.CreateRollout(ctx, fleet.NewRollout{ID: "rollout-2.1.0-1", Version: "2.1.0",
 		Query: "SELECT * FROM devices WHERE deviceId = 'dev-1'", Spec: json.RawMessage(`{}`)})
 	require.NoError(t, err)
 	_, _, _, err = reg.DispatchWave(ctx, "rollout-2.1.0-1", 0, 1, fw, 10)

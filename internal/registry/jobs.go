@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -13,17 +12,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
 )
-
-// ErrEmptyTarget is returned (wrapped) when a job's or rollout's query selects no device.
-var ErrEmptyTarget = errors.New("the query selects no devices")
-
-// JobSpec describes a job to create.
-type JobSpec struct {
-	ID    string
-	Kind  fleet.JobKind
-	Query string
-	Spec  json.RawMessage // what the job does, for operators reading the jobs table
-}
 
 // Job is a jobs row.
 type Job struct {
@@ -66,29 +54,51 @@ func (r *Registry) CountTargets(ctx context.Context, q string) (int64, error) {
 	return n, nil
 }
 
-// CreateJob records a job and freezes its target set: the devices the query selects now, numbered in id order.
-// It returns the number of targets; a query that selects nothing is refused with ErrEmptyTarget and leaves
-// nothing behind.
-func (r *Registry) CreateJob(ctx context.Context, spec JobSpec) (int64, error) {
-	c, err := targetsSQL(spec.Query)
-	if err != nil {
-		return 0, err
+// CreateJob records a job and freezes its target set (fleet.JobStore): the devices the query selects now,
+// numbered in id order, or the given ids (duplicates dropped, order kept; unknown ids kept so that the job
+// reports them per device). It returns the number of targets. It is idempotent — the workflow's first step
+// calls it, and a retry or a replay after a worker crash must find what the first attempt made: a job whose
+// row exists already is left untouched and its total returned. An empty target set is refused with
+// fleet.ErrEmptyTarget and leaves nothing behind.
+func (r *Registry) CreateJob(ctx context.Context, spec fleet.NewJob) (int64, error) {
+	var c *query.Compiled
+	if spec.IDs == nil {
+		var err error
+		if c, err = targetsSQL(spec.Query); err != nil {
+			return 0, err
+		}
+	} else if len(spec.IDs) == 0 {
+		return 0, fmt.Errorf("job %s: %w", spec.ID, fleet.ErrEmptyTarget)
 	}
 	var total int64
-	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "INSERT INTO jobs (id, kind, query, spec) VALUES ($1, $2, $3, $4)",
-			spec.ID, spec.Kind, spec.Query, string(spec.Spec)); err != nil {
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		// ON CONFLICT DO NOTHING waits for a concurrent attempt's transaction, then sees its row.
+		tag, err := tx.Exec(ctx, "INSERT INTO jobs (id, kind, query, spec) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+			spec.ID, spec.Kind, spec.Query, string(spec.Spec))
+		if err != nil {
 			return fmt.Errorf("create job %s: %w", spec.ID, err)
 		}
-		args := append(append([]any(nil), c.Args...), spec.ID)
-		tag, err := tx.Exec(ctx, "INSERT INTO job_devices (job_id, seq, device_id) SELECT $"+strconv.Itoa(len(args))+
-			"::text, row_number() OVER (ORDER BY id) - 1, id FROM ("+c.SQL+") t", args...)
+		if tag.RowsAffected() == 0 {
+			if err := tx.QueryRow(ctx, "SELECT total FROM jobs WHERE id = $1", spec.ID).Scan(&total); err != nil {
+				return fmt.Errorf("load job %s: %w", spec.ID, err)
+			}
+			return nil
+		}
+		if c != nil {
+			args := append(append([]any(nil), c.Args...), spec.ID)
+			tag, err = tx.Exec(ctx, "INSERT INTO job_devices (job_id, seq, device_id) SELECT $"+strconv.Itoa(len(args))+
+				"::text, row_number() OVER (ORDER BY id) - 1, id FROM ("+c.SQL+") t", args...)
+		} else {
+			tag, err = tx.Exec(ctx, `INSERT INTO job_devices (job_id, seq, device_id)
+				SELECT $1, row_number() OVER (ORDER BY first) - 1, id FROM (
+					SELECT id, min(n) AS first FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) GROUP BY id) t`, spec.ID, spec.IDs)
+		}
 		if err != nil {
 			return fmt.Errorf("freeze targets of job %s: %w", spec.ID, err)
 		}
 		total = tag.RowsAffected()
 		if total == 0 {
-			return fmt.Errorf("job %s: %w", spec.ID, ErrEmptyTarget)
+			return fmt.Errorf("job %s: %w", spec.ID, fleet.ErrEmptyTarget)
 		}
 		_, err = tx.Exec(ctx, "UPDATE jobs SET total = $2, state = 'running' WHERE id = $1", spec.ID, total)
 		return err

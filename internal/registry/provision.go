@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -158,10 +159,35 @@ func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last 
 // ProvisionBatch validates staged rows with seq in [first, last) of op and creates their devices with their twins' tags,
 // all in one transaction that also records the batch's counts. A retry of a batch that committed returns
 // the recorded counts, so a worker crash between commit and completion never double-counts or re-creates.
-// Rows whose id already exists are reported as existing and their credentials left untouched.
-func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64) (fleet.ProvisionCounts, error) {
+// Rows whose id already exists are reported as existing and their credentials left untouched. A positive
+// validity gives the devices the batch creates their credential expiry in the same transaction, so an
+// interrupted CLI can no longer leave devices without the expiry it asked for.
+func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64, validity time.Duration) (fleet.ProvisionCounts, error) {
 	var out fleet.ProvisionCounts
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		err := provisionBatch(ctx, tx, op, first, last, &out)
+		if err != nil || validity <= 0 || out.Created == 0 {
+			return err
+		}
+		// Only the batch's own new devices (provisioned_by = op) that have no expiry yet: a device that
+		// existed before keeps its credentials and their expiry.
+		_, err = tx.Exec(ctx, `UPDATE devices d SET credential_expires_at = d.created_at + make_interval(secs => $4)
+			FROM provision_rows r WHERE r.op_no = (SELECT no FROM operations WHERE id = $1) AND r.seq >= $2 AND r.seq < $3
+			AND d.id = r.id AND d.provisioned_by = $1 AND d.credential_expires_at IS NULL`, op, first, last, validity.Seconds())
+		if err != nil {
+			return fmt.Errorf("set credential expiry: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fleet.ProvisionCounts{}, fmt.Errorf("provision %s rows %d-%d: %w", op, first, last-1, err)
+	}
+	return out, nil
+}
+
+// provisionBatch is ProvisionBatch's work in tx; out receives the batch's counts.
+func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, out *fleet.ProvisionCounts) error {
+	{
 		err := tx.QueryRow(ctx, "SELECT created, existing, invalid FROM provision_batches WHERE op = $1 AND first = $2",
 			op, first).Scan(&out.Created, &out.Existing, &out.Invalid)
 		if err == nil {
@@ -175,7 +201,7 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 			return err
 		}
 		if ok {
-			out = fast
+			*out = fast
 			_, err = tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
 				VALUES ($1, $2, $3, $4, $5)`, op, first, out.Created, out.Existing, out.Invalid)
 			if err != nil {
@@ -288,11 +314,7 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 			return fmt.Errorf("record batch: %w", err)
 		}
 		return nil
-	})
-	if err != nil {
-		return fleet.ProvisionCounts{}, fmt.Errorf("provision %s rows %d-%d: %w", op, first, last-1, err)
 	}
-	return out, nil
 }
 
 func validateRow(s StagedRow) string {
@@ -372,6 +394,21 @@ func (r *Registry) DropStaging(ctx context.Context, op string) error {
 		return fmt.Errorf("drop staging of %s: %w", op, err)
 	}
 	return nil
+}
+
+// DropStaleStaging deletes the staged rows of operations staged more than olderThan ago (fleet.ProvisionStore):
+// a CLI killed between staging and starting its workflow leaves rows that nothing else would ever read, and
+// they hold credential digests. The operation record, results and counts stay. Idempotent.
+func (r *Registry) DropStaleStaging(ctx context.Context, olderThan time.Duration) (int64, error) {
+	if olderThan <= 0 {
+		return 0, errors.New("drop stale staging: the age must be positive")
+	}
+	tag, err := r.pool.Exec(ctx, `DELETE FROM provision_rows WHERE op_no IN (
+		SELECT no FROM operations WHERE created_at < now() - make_interval(secs => $1))`, olderThan.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("drop stale staging: %w", err)
+	}
+	return tag.RowsAffected(), nil
 }
 
 // CreatedBy returns the ids of the devices op created.

@@ -69,7 +69,7 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 	reg := open(t)
 	// A device that exists before the manifest runs keeps its credentials.
 	stage(t, reg, "pre", []registry.StagedRow{{ID: "dev-existing", Tags: `{"region":"us"}`}})
-	_, err := reg.ProvisionBatch(ctx, "pre", 0, 1)
+	_, err := reg.ProvisionBatch(ctx, "pre", 0, 1, 0)
 	require.NoError(t, err)
 
 	rows := []registry.StagedRow{
@@ -86,13 +86,13 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 	n := stage(t, reg, "op", rows)
 	require.Equal(t, int64(len(rows)), n)
 
-	c1, err := reg.ProvisionBatch(ctx, "op", 0, 7)
+	c1, err := reg.ProvisionBatch(ctx, "op", 0, 7, 0)
 	require.NoError(t, err)
 	require.Equal(t, fleet.ProvisionCounts{Created: 2, Existing: 1, Invalid: 4}, c1)
-	again, err := reg.ProvisionBatch(ctx, "op", 0, 7)
+	again, err := reg.ProvisionBatch(ctx, "op", 0, 7, 0)
 	require.NoError(t, err)
 	require.Equal(t, c1, again, "a retried batch returns its recorded counts")
-	c2, err := reg.ProvisionBatch(ctx, "op", 7, 9)
+	c2, err := reg.ProvisionBatch(ctx, "op", 7, 9, 0)
 	require.NoError(t, err)
 	require.Equal(t, fleet.ProvisionCounts{Created: 1, Invalid: 1}, c2)
 
@@ -140,7 +140,7 @@ func provision(t *testing.T, reg *registry.Registry, op string, ids ...string) {
 		rows = append(rows, registry.StagedRow{ID: id})
 	}
 	stage(t, reg, op, rows)
-	c, err := reg.ProvisionBatch(context.Background(), op, 0, int64(len(ids)))
+	c, err := reg.ProvisionBatch(context.Background(), op, 0, int64(len(ids)), 0)
 	require.NoError(t, err)
 	require.Equal(t, int64(len(ids)), c.Created)
 }
@@ -292,7 +292,7 @@ func TestQueriesRunAgainstTheRegistry(t *testing.T) {
 		{ID: "gone", Tags: `{"region":"eu"}`},
 	}
 	stage(t, reg, "op", rows)
-	_, err := reg.ProvisionBatch(ctx, "op", 0, int64(len(rows)))
+	_, err := reg.ProvisionBatch(ctx, "op", 0, int64(len(rows)), 0)
 	require.NoError(t, err)
 	_, err = reg.ApplyReported(ctx, []fleet.ReportedPatch{
 		{DeviceID: "eu-1", Patch: []byte(`{"model":"x1","firmware":{"version":"2.0.0"}}`)},
@@ -382,7 +382,7 @@ func TestUnvalidatedStagedRowsAreStillRefused(t *testing.T) {
 		{ID: "ok-2", Tags: `[1]`},
 		{ID: "ok-3", Tags: `{"deep":` + strings.Repeat(`{"a":`, 11) + `1` + strings.Repeat(`}`, 12)},
 	})
-	c, err := reg.ProvisionBatch(ctx, "op", 0, 4)
+	c, err := reg.ProvisionBatch(ctx, "op", 0, 4, 0)
 	require.NoError(t, err)
 	require.Equal(t, fleet.ProvisionCounts{Created: 1, Invalid: 3}, c)
 	created, err := reg.CreatedBy(ctx, "op")
@@ -398,7 +398,7 @@ func TestBatchWithoutConflictsRecordsStagedParseErrors(t *testing.T) {
 		{ID: "Bad", ParseError: "invalid device id \"Bad\""},
 		{ID: "a-2"},
 	})
-	c, err := reg.ProvisionBatch(ctx, "op", 0, 3)
+	c, err := reg.ProvisionBatch(ctx, "op", 0, 3, 0)
 	require.NoError(t, err)
 	require.Equal(t, fleet.ProvisionCounts{Created: 2, Invalid: 1}, c)
 	res, err := reg.ProvisionResults(ctx, "op", "invalid", 10)

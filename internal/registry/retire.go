@@ -246,39 +246,11 @@ func (r *Registry) PurgeArchive(ctx context.Context, olderThan time.Duration) (i
 	return n, err
 }
 
-// CreateJobForIDs records a job over an explicit list of device ids (duplicates dropped, order kept); ids that
-// do not exist are kept in the target set so that the job reports them per device.
-func (r *Registry) CreateJobForIDs(ctx context.Context, spec JobSpec, ids []string) (int64, error) {
-	if len(ids) == 0 {
-		return 0, fmt.Errorf("job %s: %w", spec.ID, ErrEmptyTarget)
+// CreateJobForIDs records a job over an explicit list of device ids: CreateJob with spec.IDs set to ids.
+func (r *Registry) CreateJobForIDs(ctx context.Context, spec fleet.NewJob, ids []string) (int64, error) {
+	if ids == nil {
+		ids = []string{}
 	}
-	var total int64
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "INSERT INTO jobs (id, kind, query, spec) VALUES ($1, $2, $3, $4)",
-			spec.ID, spec.Kind, spec.Query, string(spec.Spec)); err != nil {
-			return fmt.Errorf("create job %s: %w", spec.ID, err)
-		}
-		tag, err := tx.Exec(ctx, `INSERT INTO job_devices (job_id, seq, device_id)
-			SELECT $1, row_number() OVER (ORDER BY first) - 1, id FROM (
-				SELECT id, min(n) AS first FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) GROUP BY id) t`, spec.ID, ids)
-		if err != nil {
-			return fmt.Errorf("freeze targets of job %s: %w", spec.ID, err)
-		}
-		total = tag.RowsAffected()
-		_, err = tx.Exec(ctx, "UPDATE jobs SET total = $2, state = 'running' WHERE id = $1", spec.ID, total)
-		return err
-	})
-	return total, err
-}
-
-// SetCredentialExpiry gives the credentials of the devices an operation created a validity: they expire
-// validity after the device's creation (credential_expires_at), which the health check warns about. Devices
-// that already have an expiry keep it.
-func (r *Registry) SetCredentialExpiry(ctx context.Context, op string, validity time.Duration) (int64, error) {
-	tag, err := r.pool.Exec(ctx, `UPDATE devices SET credential_expires_at = created_at + make_interval(secs => $2)
-		WHERE provisioned_by = $1 AND credential_expires_at IS NULL`, op, validity.Seconds())
-	if err != nil {
-		return 0, fmt.Errorf("set credential expiry of %s: %w", op, err)
-	}
-	return tag.RowsAffected(), nil
+	spec.IDs = ids
+	return r.CreateJob(ctx, spec)
 }

@@ -32,33 +32,13 @@ const (
 // touchedPhases are the phases of devices that were sent the new firmware and must be rolled back.
 var touchedPhases = []string{"dispatched", "downloading", "installing", "rebooting", "baking", "succeeded", "failed"}
 
-// ConflictError refuses a rollout whose targets are claimed by another running rollout.
-type ConflictError struct {
-	Rollout string
-	Devices int64
-}
-
-// Error names the other rollout and what the operator can do about it.
-func (e *ConflictError) Error() string {
-	return fmt.Sprintf("%d of the targeted devices belong to rollout %s, which is still running; wait for it to finish or abort it (fleetflow rollout abort %s)",
-		e.Devices, e.Rollout, e.Rollout)
-}
-
-// RolloutSpec describes a rollout to create.
-type RolloutSpec struct {
-	ID      string
-	Version string
-	Query   string
-	Spec    json.RawMessage
-}
-
 // RolloutPlan is what a rollout would cover if started now.
 type RolloutPlan struct {
-	Selected  int64          `json:"selected"`  // devices the query selects
-	OnVersion int64          `json:"onVersion"` // of which already run the version
-	Inactive  int64          `json:"inactive"`  // of which are disabled or retired
-	Eligible  int64          `json:"eligible"`  // the rest: what the rollout would claim
-	Conflict  *ConflictError `json:"-"`
+	Selected  int64                       `json:"selected"`  // devices the query selects
+	OnVersion int64                       `json:"onVersion"` // of which already run the version
+	Inactive  int64                       `json:"inactive"`  // of which are disabled or retired
+	Eligible  int64                       `json:"eligible"`  // the rest: what the rollout would claim
+	Conflict  *fleet.RolloutConflictError `json:"-"`
 }
 
 // Rollout is a rollouts row.
@@ -105,8 +85,8 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-func findConflict(ctx context.Context, q querier, targets string, args []any) (*ConflictError, error) {
-	var e ConflictError
+func findConflict(ctx context.Context, q querier, targets string, args []any) (*fleet.RolloutConflictError, error) {
+	var e fleet.RolloutConflictError
 	err := q.QueryRow(ctx, `SELECT rollout_id, count(*) FROM rollout_devices WHERE active AND device_id IN (`+targets+`)
 		GROUP BY rollout_id ORDER BY count(*) DESC, rollout_id LIMIT 1`, args...).Scan(&e.Rollout, &e.Devices)
 	if isNoRows(err) {
@@ -118,10 +98,12 @@ func findConflict(ctx context.Context, q querier, targets string, args []any) (*
 	return &e, nil
 }
 
-// CreateRollout records a rollout and claims its devices: the active devices the query selects that do not
-// run the version yet, each given a stable pseudo-random rank that decides its wave. It fails with
-// ErrUnknownFirmware, ErrEmptyTarget or a *ConflictError, leaving nothing behind.
-func (r *Registry) CreateRollout(ctx context.Context, spec RolloutSpec) (int64, error) {
+// CreateRollout records a rollout and claims its devices (fleet.RolloutStore): the active devices the query
+// selects that do not run the version yet, each given a stable pseudo-random rank that decides its wave. It
+// is idempotent — the workflow's first step calls it: a rollout whose row exists already is left untouched
+// (its own claims are no conflict) and its total returned. It fails with fleet.ErrUnknownFirmware,
+// fleet.ErrEmptyTarget or a *fleet.RolloutConflictError, leaving nothing behind.
+func (r *Registry) CreateRollout(ctx context.Context, spec fleet.NewRollout) (int64, error) {
 	c, err := targetsSQL(spec.Query)
 	if err != nil {
 		return 0, err
@@ -131,12 +113,19 @@ func (r *Registry) CreateRollout(ctx context.Context, spec RolloutSpec) (int64, 
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", rolloutLock); err != nil {
 			return fmt.Errorf("lock rollouts: %w", err)
 		}
+		err := tx.QueryRow(ctx, "SELECT total FROM rollouts WHERE id = $1", spec.ID).Scan(&total)
+		if err == nil {
+			return nil // created by an earlier attempt
+		}
+		if !isNoRows(err) {
+			return fmt.Errorf("load rollout %s: %w", spec.ID, err)
+		}
 		var exists bool
 		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM firmware WHERE version = $1)", spec.Version).Scan(&exists); err != nil {
 			return fmt.Errorf("load firmware %s: %w", spec.Version, err)
 		}
 		if !exists {
-			return fmt.Errorf("firmware %s: %w (add it with `fleetflow firmware add`)", spec.Version, ErrUnknownFirmware)
+			return fmt.Errorf("firmware %s: %w (add it with `fleetflow firmware add`)", spec.Version, fleet.ErrUnknownFirmware)
 		}
 		conflict, err := findConflict(ctx, tx, c.SQL, c.Args)
 		if err != nil {
@@ -159,7 +148,7 @@ func (r *Registry) CreateRollout(ctx context.Context, spec RolloutSpec) (int64, 
 		}
 		total = tag.RowsAffected()
 		if total == 0 {
-			return fmt.Errorf("rollout of %s: %w that need it (all selected devices already run it, or are disabled)", spec.Version, ErrEmptyTarget)
+			return fmt.Errorf("rollout of %s: %w that need it (all selected devices already run it, or are disabled)", spec.Version, fleet.ErrEmptyTarget)
 		}
 		_, err = tx.Exec(ctx, "UPDATE rollouts SET total = $2 WHERE id = $1", spec.ID, total)
 		return err

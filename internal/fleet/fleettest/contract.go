@@ -39,6 +39,15 @@ type Seeder interface {
 	Connect(t *testing.T, id string)
 	// Report merges a reported patch from the device.
 	Report(t *testing.T, id string, patch string)
+	// AddFirmware adds fw to the catalogue.
+	AddFirmware(t *testing.T, fw fleet.Firmware)
+	// Selects makes sure the twin query q selects exactly ids among the devices (the registry compiles q;
+	// the fake is taught it).
+	Selects(t *testing.T, q string, ids ...string)
+	// AgeStaging makes op's staging look as if it happened by ago.
+	AgeStaging(t *testing.T, op string, by time.Duration)
+	// CredentialExpiry returns when the device's credentials expire (zero: never).
+	CredentialExpiry(t *testing.T, id string) time.Time
 }
 
 // Subject is one store under test, empty, with its seeder.
@@ -61,6 +70,9 @@ func Contract(t *testing.T, newSubject func(t *testing.T) Subject) {
 		{"rollout dispatch, observe, rollback, finish", contractRollout},
 		{"retire, replace, purge", contractRetire},
 		{"reported ingest", contractReported},
+		{"create jobs: idempotent, by query or ids, empty", contractCreateJob},
+		{"create rollouts: claims, idempotent, conflict, empty", contractCreateRollout},
+		{"credential validity and stale staging", contractStaging},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.run(t, newSubject(t)) })
@@ -77,22 +89,22 @@ func provision(t *testing.T, s Subject, op string, ids ...string) {
 		rows[i] = StagedRow{Line: int64(i + 2), ID: id}
 	}
 	s.Seed.Stage(t, op, rows)
-	c, err := s.Store.ProvisionBatch(ctx, op, 0, int64(len(ids)))
+	c, err := s.Store.ProvisionBatch(ctx, op, 0, int64(len(ids)), 0)
 	require.NoError(t, err)
 	require.Equal(t, int64(len(ids)), c.Created, "provision %v", ids)
 }
 
 func contractProvision(t *testing.T, s Subject) {
 	s.Seed.Stage(t, "op-1", []StagedRow{{Line: 2, ID: "c-1"}, {Line: 3, ID: "bad id!"}, {Line: 4, ID: "c-2", Tags: `{"site":"x"}`}})
-	c, err := s.Store.ProvisionBatch(ctx, "op-1", 0, 3)
+	c, err := s.Store.ProvisionBatch(ctx, "op-1", 0, 3, 0)
 	require.NoError(t, err)
 	require.Equal(t, fleet.ProvisionCounts{Created: 2, Invalid: 1}, c)
-	again, err := s.Store.ProvisionBatch(ctx, "op-1", 0, 3)
+	again, err := s.Store.ProvisionBatch(ctx, "op-1", 0, 3, 0)
 	require.NoError(t, err)
 	require.Equal(t, c, again, "a retried batch returns its counts and creates nothing twice")
 
 	s.Seed.Stage(t, "op-2", []StagedRow{{Line: 2, ID: "c-1"}, {Line: 3, ID: "c-3"}})
-	c, err = s.Store.ProvisionBatch(ctx, "op-2", 0, 2)
+	c, err = s.Store.ProvisionBatch(ctx, "op-2", 0, 2, 0)
 	require.NoError(t, err)
 	require.Equal(t, fleet.ProvisionCounts{Created: 1, Existing: 1}, c)
 	require.Equal(t, int64(2), c.Total())
@@ -109,7 +121,7 @@ func contractProvision(t *testing.T, s Subject) {
 	require.Equal(t, "bad id!", res[0].ID)
 	require.NotEmpty(t, res[0].Reason)
 
-	_, err = s.Store.ProvisionBatch(ctx, "op-never-staged", 0, 1)
+	_, err = s.Store.ProvisionBatch(ctx, "op-never-staged", 0, 1, 0)
 	require.ErrorIs(t, err, fleet.ErrOperationNotStaged)
 
 	p, err := s.Store.ConnectProgress(ctx, "op-1", 10)
@@ -383,4 +395,129 @@ func contractReported(t *testing.T, s Subject) {
 	again, err := s.Store.ApplyReported(ctx, []fleet.ReportedPatch{{DeviceID: "i-0", RequestID: "e", Patch: []byte(`{"fan":2}`)}})
 	require.NoError(t, err)
 	require.Equal(t, res[0].Version+1, again[0].Version, "every applied patch bumps the reported version by one")
+}
+
+// inQuery is a twin query selecting ids.
+func inQuery(ids ...string) string {
+	quoted := make([]string, len(ids))
+	for i, id := range ids {
+		quoted[i] = "'" + id + "'"
+	}
+	return "SELECT * FROM devices WHERE deviceId IN (" + strings.Join(quoted, ", ") + ")"
+}
+
+func contractCreateJob(t *testing.T, s Subject) {
+	provision(t, s, "op", "k-2", "k-0", "k-1")
+	q := inQuery("k-0", "k-1", "k-2")
+	s.Seed.Selects(t, q, "k-0", "k-1", "k-2")
+	job := fleet.NewJob{ID: "job-q", Kind: fleet.JobSetTags, Query: q, Spec: json.RawMessage(`{}`)}
+	n, err := s.Store.CreateJob(ctx, job)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), n)
+	again, err := s.Store.CreateJob(ctx, job)
+	require.NoError(t, err)
+	require.Equal(t, n, again, "creating the same job again returns what the first attempt made")
+	targets, err := s.Store.JobTargets(ctx, "job-q", 0, 10)
+	require.NoError(t, err)
+	require.Equal(t, []fleet.JobTarget{{Seq: 0, DeviceID: "k-0", State: fleet.JobPending}, {Seq: 1, DeviceID: "k-1", State: fleet.JobPending},
+		{Seq: 2, DeviceID: "k-2", State: fleet.JobPending}}, targets, "a query's targets are numbered in id order, once")
+
+	n, err = s.Store.CreateJob(ctx, fleet.NewJob{ID: "job-ids", Kind: fleet.JobRetire, Query: "ids: k-1 nope k-1", IDs: []string{"k-1", "nope", "k-1"},
+		Spec: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n, "duplicates dropped, unknown ids kept")
+	targets, err = s.Store.JobTargets(ctx, "job-ids", 0, 10)
+	require.NoError(t, err)
+	require.Len(t, targets, 2)
+	require.Equal(t, "k-1", targets[0].DeviceID)
+	require.Equal(t, "nope", targets[1].DeviceID)
+
+	none := inQuery("nobody")
+	s.Seed.Selects(t, none)
+	_, err = s.Store.CreateJob(ctx, fleet.NewJob{ID: "job-empty", Kind: fleet.JobSetTags, Query: none, Spec: json.RawMessage(`{}`)})
+	require.ErrorIs(t, err, fleet.ErrEmptyTarget)
+	targets, err = s.Store.JobTargets(ctx, "job-empty", 0, 10)
+	require.NoError(t, err)
+	require.Empty(t, targets, "an empty job leaves nothing behind")
+	_, err = s.Store.CreateJob(ctx, fleet.NewJob{ID: "job-empty-ids", Kind: fleet.JobRetire, IDs: []string{}, Spec: json.RawMessage(`{}`)})
+	require.ErrorIs(t, err, fleet.ErrEmptyTarget)
+}
+
+func contractCreateRollout(t *testing.T, s Subject) {
+	provision(t, s, "op", "v-0", "v-1", "v-2", "v-3")
+	for _, id := range []string{"v-0", "v-1", "v-2"} {
+		s.Seed.Report(t, id, `{"firmware":{"version":"1.0.0"}}`)
+	}
+	s.Seed.Report(t, "v-3", `{"firmware":{"version":"3.0.0"}}`)
+	fw := fleet.Firmware{Version: "3.0.0", URL: "https://fw.example/3.0.0.bin", SHA256: strings.Repeat("cd", 32)}
+	_, err := s.Store.CreateRollout(ctx, fleet.NewRollout{ID: "ro-a", Version: fw.Version, Query: inQuery("v-0"), Spec: json.RawMessage(`{}`)})
+	require.Error(t, err)
+	require.ErrorIs(t, err, fleet.ErrUnknownFirmware)
+	s.Seed.AddFirmware(t, fw)
+
+	qa := inQuery("v-0", "v-1", "v-3")
+	s.Seed.Selects(t, qa, "v-0", "v-1", "v-3")
+	ro := fleet.NewRollout{ID: "ro-a", Version: fw.Version, Query: qa, Spec: json.RawMessage(`{}`)}
+	n, err := s.Store.CreateRollout(ctx, ro)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n, "a device already on the version is not claimed")
+	again, err := s.Store.CreateRollout(ctx, ro)
+	require.NoError(t, err)
+	require.Equal(t, n, again, "creating the same rollout again finds its own claims, not a conflict")
+	devs, err := s.Store.RolloutDevices(ctx, "ro-a", nil, 10)
+	require.NoError(t, err)
+	var claimed []string
+	for _, d := range devs {
+		claimed = append(claimed, d.DeviceID)
+		require.Equal(t, rollout.Queued, d.Phase)
+	}
+	require.ElementsMatch(t, []string{"v-0", "v-1"}, claimed)
+
+	qb := inQuery("v-1", "v-2")
+	s.Seed.Selects(t, qb, "v-1", "v-2")
+	_, err = s.Store.CreateRollout(ctx, fleet.NewRollout{ID: "ro-b", Version: fw.Version, Query: qb, Spec: json.RawMessage(`{}`)})
+	var conflict *fleet.RolloutConflictError
+	require.ErrorAs(t, err, &conflict)
+	require.Equal(t, fleet.RolloutConflictError{Rollout: "ro-a", Devices: 1}, *conflict)
+	require.Contains(t, err.Error(), "ro-a", "the refusal names the other rollout")
+	devs, err = s.Store.RolloutDevices(ctx, "ro-b", nil, 10)
+	require.NoError(t, err)
+	require.Empty(t, devs, "a refused rollout claims nothing")
+
+	require.NoError(t, s.Store.FinishRollout(ctx, "ro-a", fleet.RolloutCompleted, nil))
+	n, err = s.Store.CreateRollout(ctx, fleet.NewRollout{ID: "ro-b", Version: fw.Version, Query: qb, Spec: json.RawMessage(`{}`)})
+	require.NoError(t, err, "claims are released when a rollout finishes")
+	require.Equal(t, int64(2), n)
+
+	qc := inQuery("v-3")
+	s.Seed.Selects(t, qc, "v-3")
+	_, err = s.Store.CreateRollout(ctx, fleet.NewRollout{ID: "ro-c", Version: fw.Version, Query: qc, Spec: json.RawMessage(`{}`)})
+	require.ErrorIs(t, err, fleet.ErrEmptyTarget)
+}
+
+func contractStaging(t *testing.T, s Subject) {
+	s.Seed.Stage(t, "op-v", []StagedRow{{Line: 2, ID: "e-0"}, {Line: 3, ID: "e-1"}})
+	provision(t, s, "op-pre", "e-1")
+	before := time.Now()
+	c, err := s.Store.ProvisionBatch(ctx, "op-v", 0, 2, 48*time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ProvisionCounts{Created: 1, Existing: 1}, c)
+	exp := s.Seed.CredentialExpiry(t, "e-0")
+	require.WithinDuration(t, before.Add(48*time.Hour), exp, time.Minute, "the batch sets the expiry of the devices it creates")
+	require.True(t, s.Seed.CredentialExpiry(t, "e-1").IsZero(), "a device that existed before keeps its credentials and expiry")
+
+	s.Seed.Stage(t, "op-fresh", []StagedRow{{Line: 2, ID: "f-0"}})
+	s.Seed.Stage(t, "op-stale", []StagedRow{{Line: 2, ID: "s-0"}, {Line: 3, ID: "s-1"}})
+	s.Seed.AgeStaging(t, "op-stale", 25*time.Hour)
+	n, err := s.Store.DropStaleStaging(ctx, 24*time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, int64(2), n, "only the rows staged more than a day ago")
+	n, err = s.Store.DropStaleStaging(ctx, 24*time.Hour)
+	require.NoError(t, err)
+	require.Zero(t, n, "dropping again is harmless")
+	_, err = s.Store.ProvisionBatch(ctx, "op-stale", 0, 2, 0)
+	require.ErrorIs(t, err, fleet.ErrStagingLost, "a workflow that would still read them says so")
+	c, err = s.Store.ProvisionBatch(ctx, "op-fresh", 0, 1, 0)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), c.Created, "fresh staging is kept")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 )
@@ -57,4 +58,32 @@ func (f seeder) Report(t *testing.T, id string, patch string) {
 	if err != nil || res[0].Err != nil {
 		t.Fatalf("report %s: %v %v", id, err, res)
 	}
+}
+
+func (f seeder) AddFirmware(_ *testing.T, fw fleet.Firmware) {
+	f.s.Mu.Lock()
+	defer f.s.Mu.Unlock()
+	f.s.FirmwareURL[fw.Version] = fw.URL
+}
+
+func (f seeder) Selects(_ *testing.T, q string, ids ...string) {
+	f.s.Mu.Lock()
+	defer f.s.Mu.Unlock()
+	f.s.Selects[q] = slices.Clone(ids)
+}
+
+func (f seeder) AgeStaging(_ *testing.T, op string, by time.Duration) {
+	f.s.Mu.Lock()
+	defer f.s.Mu.Unlock()
+	f.s.StagedAt[op] = f.s.StagedAt[op].Add(-by)
+}
+
+func (f seeder) CredentialExpiry(t *testing.T, id string) time.Time {
+	f.s.Mu.Lock()
+	defer f.s.Mu.Unlock()
+	d := f.s.Devices[id]
+	if d == nil {
+		t.Fatalf("credential expiry of %s: no such device", id)
+	}
+	return d.CredentialExpiresAt
 }

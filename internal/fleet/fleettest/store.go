@@ -39,9 +39,11 @@ type Device struct {
 	HealthReason    string
 	JobStatus       map[string][2]string // job id -> {status, reason}
 	ProvisionedBy   string
-	RetiredAt       time.Time
-	Replaces        string
-	ReplacedBy      string
+	// CredentialExpiresAt is when the device's credentials expire (zero: never).
+	CredentialExpiresAt time.Time
+	RetiredAt           time.Time
+	Replaces            string
+	ReplacedBy          string
 }
 
 // RolloutRow is one device of a rollout (rollout_devices).
@@ -100,6 +102,12 @@ type Store struct {
 	Staged      map[string][]StagedRow       // op -> staged rows in seq order
 	Results     map[string][]fleet.RowResult // op -> rows that did not create a device
 	Batches     map[string]fleet.ProvisionCounts
+	StagedAt    map[string]time.Time // op -> when it was staged (DropStaleStaging)
+	Jobs        map[string]int64     // job -> total, for the jobs CreateJob made
+	Rollouts    map[string]int64     // rollout -> total, for the rollouts CreateRollout made
+	// Selects is what a twin query selects, since the fake compiles no queries: query -> device ids.
+	// CreateJob and CreateRollout refuse a query they were not taught.
+	Selects map[string][]string
 	// Now is the store's clock (time.Now when nil).
 	Now func() time.Time
 
@@ -140,7 +148,8 @@ var (
 // New returns an empty store.
 func New() *Store {
 	return &Store{Devices: map[string]*Device{}, Targets: map[string][]fleet.JobTarget{}, FirmwareURL: map[string]string{},
-		Staged: map[string][]StagedRow{}, Results: map[string][]fleet.RowResult{}, Batches: map[string]fleet.ProvisionCounts{}}
+		Staged: map[string][]StagedRow{}, Results: map[string][]fleet.RowResult{}, Batches: map[string]fleet.ProvisionCounts{},
+		StagedAt: map[string]time.Time{}, Jobs: map[string]int64{}, Rollouts: map[string]int64{}, Selects: map[string][]string{}}
 }
 
 func (s *Store) now() time.Time {
@@ -221,13 +230,16 @@ func (s *Store) Stage(op string, rows []StagedRow) {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	s.Staged[op] = append(s.Staged[op], rows...)
+	if _, ok := s.StagedAt[op]; !ok {
+		s.StagedAt[op] = s.now()
+	}
 }
 
 // ---- provisioning -----------------------------------------------------------------------------------------
 
 // ProvisionBatch creates the devices of staged rows first..last-1 of op; a batch already committed
 // returns its recorded counts.
-func (s *Store) ProvisionBatch(_ context.Context, op string, first, last int64) (fleet.ProvisionCounts, error) {
+func (s *Store) ProvisionBatch(_ context.Context, op string, first, last int64, validity time.Duration) (fleet.ProvisionCounts, error) {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	var c fleet.ProvisionCounts
@@ -261,7 +273,11 @@ func (s *Store) ProvisionBatch(_ context.Context, op string, first, last int64) 
 			if tags == "" {
 				tags = "{}"
 			}
-			s.addDeviceLocked(r.ID, Device{Tags: []byte(tags), ProvisionedBy: op})
+			d := Device{Tags: []byte(tags), ProvisionedBy: op}
+			if validity > 0 {
+				d.CredentialExpiresAt = s.now().Add(validity)
+			}
+			s.addDeviceLocked(r.ID, d)
 		}
 	}
 	s.Batches[key] = c
@@ -346,6 +362,27 @@ func (s *Store) DropStaging(_ context.Context, op string) error {
 	}
 	delete(s.Staged, op)
 	return nil
+}
+
+// DropStaleStaging deletes the staged rows of operations staged more than olderThan ago; the operation
+// stays known (a batch then reports fleet.ErrStagingLost, as the registry does).
+func (s *Store) DropStaleStaging(_ context.Context, olderThan time.Duration) (int64, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("DropStaleStaging"); err != nil {
+		return 0, err
+	}
+	if olderThan <= 0 {
+		return 0, errors.New("drop stale staging: the age must be positive")
+	}
+	var n int64
+	for op, at := range s.StagedAt {
+		if at.Before(s.now().Add(-olderThan)) && len(s.Staged[op]) > 0 {
+			n += int64(len(s.Staged[op]))
+			s.Staged[op] = []StagedRow{}
+		}
+	}
+	return n, nil
 }
 
 // ---- device ingest ----------------------------------------------------------------------------------------
@@ -531,6 +568,57 @@ func jsonEqual(a, b json.RawMessage) bool {
 	xa, _ := json.Marshal(x)
 	ya, _ := json.Marshal(y)
 	return string(xa) == string(ya)
+}
+
+// selected returns the ids a taught query selects: existing devices that are not retired, as the
+// registry's target queries leave retired devices out unless they ask for them.
+func (s *Store) selected(q string) ([]string, error) {
+	ids, ok := s.Selects[q]
+	if !ok {
+		return nil, fmt.Errorf("fleettest: the fake was not taught what %q selects (set Selects)", q)
+	}
+	var out []string
+	for _, id := range ids {
+		if d := s.Devices[id]; d != nil && d.Status != fleet.StatusRetired && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// CreateJob records a job and freezes its targets (the ids given, duplicates dropped, or what the query
+// selects, in id order); a job that exists already returns its total.
+func (s *Store) CreateJob(_ context.Context, job fleet.NewJob) (int64, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("CreateJob"); err != nil {
+		return 0, err
+	}
+	if total, ok := s.Jobs[job.ID]; ok {
+		return total, nil
+	}
+	var ids []string
+	if job.IDs != nil {
+		for _, id := range job.IDs {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	} else {
+		var err error
+		if ids, err = s.selected(job.Query); err != nil {
+			return 0, err
+		}
+	}
+	if len(ids) == 0 {
+		return 0, fmt.Errorf("job %s: %w", job.ID, fleet.ErrEmptyTarget)
+	}
+	for i, id := range ids {
+		s.Targets[job.ID] = append(s.Targets[job.ID], fleet.JobTarget{Seq: int64(i), DeviceID: id, State: fleet.JobPending})
+	}
+	s.Jobs[job.ID] = int64(len(ids))
+	return int64(len(ids)), nil
 }
 
 // CloseJob ends a job: running targets become timed out (online) or offline, pending ones cancelled.
@@ -801,6 +889,54 @@ func (s *Store) DesiredDocs(_ context.Context, ids []string) ([]fleet.DesiredPus
 		}
 	}
 	return out, nil
+}
+
+// CreateRollout claims the active devices the query selects that do not report the version, refusing
+// an unknown firmware, an empty set or devices another rollout holds; a rollout that exists already
+// returns its total.
+func (s *Store) CreateRollout(_ context.Context, ro fleet.NewRollout) (int64, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("CreateRollout"); err != nil {
+		return 0, err
+	}
+	if total, ok := s.Rollouts[ro.ID]; ok {
+		return total, nil
+	}
+	if _, ok := s.FirmwareURL[ro.Version]; !ok {
+		return 0, fmt.Errorf("firmware %s: %w", ro.Version, fleet.ErrUnknownFirmware)
+	}
+	ids, err := s.selected(ro.Query)
+	if err != nil {
+		return 0, err
+	}
+	held := map[string]int64{}
+	for _, r := range s.Rows {
+		if r.Active && slices.Contains(ids, r.DeviceID) {
+			held[r.Rollout]++
+		}
+	}
+	var conflict *fleet.RolloutConflictError
+	for other, n := range held {
+		if conflict == nil || n > conflict.Devices || (n == conflict.Devices && other < conflict.Rollout) {
+			conflict = &fleet.RolloutConflictError{Rollout: other, Devices: n}
+		}
+	}
+	if conflict != nil {
+		return 0, conflict
+	}
+	var rank int64
+	for _, id := range ids {
+		if d := s.Devices[id]; d.Status == fleet.StatusActive && d.ReportedVersion != ro.Version {
+			s.Rows = append(s.Rows, &RolloutRow{Rollout: ro.ID, Rank: rank, DeviceID: id, Wave: -1, Phase: rollout.Queued, Active: true})
+			rank++
+		}
+	}
+	if rank == 0 {
+		return 0, fmt.Errorf("rollout of %s: %w that need it", ro.Version, fleet.ErrEmptyTarget)
+	}
+	s.Rollouts[ro.ID] = rank
+	return rank, nil
 }
 
 // FinishRollout cancels the devices never dispatched, releases every claim and records the end.
