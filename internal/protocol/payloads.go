@@ -192,3 +192,24 @@ func ParseState(payload []byte) (State, error) {
 	}
 	return State{Online: *body.Online, Session: *body.Session}, nil
 }
+
+// FirmwareKey is the desired property that asks a device to install firmware.
+const FirmwareKey = "firmware"
+
+// FirmwareRequest is desired.firmware: install Version (from URL, checked against SHA256) under JobID, and
+// report progress on devices/{id}/jobs/{JobID}/status. URL and SHA256 are left out when empty.
+type FirmwareRequest struct {
+	JobID   string `json:"jobId"`
+	Version string `json:"version"`
+	URL     string `json:"url,omitempty"`
+	SHA256  string `json:"sha256,omitempty"`
+}
+
+// DesiredPatch is the desired merge patch {"firmware": {…}} that carries r.
+func (r FirmwareRequest) DesiredPatch() []byte {
+	b, err := json.Marshal(map[string]FirmwareRequest{FirmwareKey: r})
+	if err != nil {
+		panic(fmt.Sprintf("encode a firmware request: %v", err)) // four strings always encode
+	}
+	return b
+}

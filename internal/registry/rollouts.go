@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 	rolloutpkg "github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -177,15 +178,7 @@ func (r *Registry) GetRollout(ctx context.Context, id string) (Rollout, error) {
 
 // firmwarePatch is the desired patch that asks a device to install fw under job.
 func firmwarePatch(job string, fw fleet.Firmware) []byte {
-	m := map[string]any{"jobId": job, "version": fw.Version}
-	if fw.URL != "" {
-		m["url"] = fw.URL
-	}
-	if fw.SHA256 != "" {
-		m["sha256"] = fw.SHA256
-	}
-	b, _ := json.Marshal(map[string]any{"firmware": m})
-	return b
+	return protocol.FirmwareRequest{JobID: job, Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256}.DesiredPatch()
 }
 
 // DispatchWave moves up to limit queued devices ranked below cutoff into wave: devices that meanwhile run

@@ -15,12 +15,7 @@ const (
 )
 
 // firmwareSpec is desired.firmware.
-type firmwareSpec struct {
-	JobID   string `json:"jobId"`
-	Version string `json:"version"`
-	URL     string `json:"url"`
-	SHA256  string `json:"sha256"`
-}
+type firmwareSpec = protocol.FirmwareRequest
 
 // firmwareUpdate is an update in progress; a newer job cancels it and waits for done before starting, so a
 // device never runs two updates at once.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -668,15 +669,7 @@ func (s *Store) JobTotals(_ context.Context, job string) (fleet.JobCounts, error
 
 // FirmwarePatch is the desired patch that asks a device to install fw under job, as the registry writes it.
 func FirmwarePatch(job string, fw fleet.Firmware) []byte {
-	m := map[string]any{"jobId": job, "version": fw.Version}
-	if fw.URL != "" {
-		m["url"] = fw.URL
-	}
-	if fw.SHA256 != "" {
-		m["sha256"] = fw.SHA256
-	}
-	b, _ := json.Marshal(map[string]any{"firmware": m})
-	return b
+	return protocol.FirmwareRequest{JobID: job, Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256}.DesiredPatch()
 }
 
 // rows are the rows of rollout ro; rows added without a rollout id belong to every rollout (single-rollout
