@@ -123,15 +123,15 @@ func TestState(t *testing.T) {
 }
 
 func TestFirmwareRequestDesiredPatch(t *testing.T) {
-	full := FirmwareRequest{JobID: "rollout-2.0.0-1", Version: "2.0.0", URL: "https://fw.example/2.0.0.bin", SHA256: "ab12"}
-	var got map[string]FirmwareRequest
+	full := protocol.FirmwareRequest{JobID: "rollout-2.0.0-1", Version: "2.0.0", URL: "https://fw.example/2.0.0.bin", SHA256: "ab12"}
+	var got map[string]protocol.FirmwareRequest
 	if err := json.Unmarshal(full.DesiredPatch(), &got); err != nil {
 		t.Fatalf("patch is not JSON: %v", err)
 	}
-	if got[FirmwareKey] != full {
-		t.Errorf("round trip: got %+v, want %+v", got[FirmwareKey], full)
+	if got[protocol.FirmwareKey] != full {
+		t.Errorf("round trip: got %+v, want %+v", got[protocol.FirmwareKey], full)
 	}
-	bare := FirmwareRequest{JobID: "j1", Version: "1.0.0"}
+	bare := protocol.FirmwareRequest{JobID: "j1", Version: "1.0.0"}
 	if s := string(bare.DesiredPatch()); s != `{"firmware":{"jobId":"j1","version":"1.0.0"}}` {
 		t.Errorf("a request without url and checksum: %s", s)
 	}
