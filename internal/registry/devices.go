@@ -58,8 +58,12 @@ func (r *Registry) GetDevice(ctx context.Context, id string) (Device, error) {
 // DeviceAuth returns what the gateway needs to authenticate a device.
 func (r *Registry) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, error) {
 	a := fleet.DeviceAuth{ID: id}
+	// Scanned into a plain string: pgx finds a named string type's plan by reflection on every row, and
+	// this runs once per CONNECT with a cold cache.
+	var status string
 	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash FROM devices WHERE id = $1", id).
-		Scan(&a.Status, &a.Secret1Hash, &a.Secret2Hash)
+		Scan(&status, &a.Secret1Hash, &a.Secret2Hash)
+	a.Status = fleet.DeviceStatus(status)
 	if isNoRows(err) {
 		return a, notFound(id)
 	}
