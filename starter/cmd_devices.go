@@ -34,7 +34,7 @@ session, when it was last seen, which credentials are set, which operation provi
 		Example: `  fleetflow devices get sensor-0042
   fleetflow devices get sensor-0042 -o json | jq .status`,
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := readDevice(cmd, g, args[0], (*registry.Registry).GetDevice)
 			if err != nil {

@@ -498,7 +498,7 @@ check no longer finds the problem; acknowledging one records that someone is on 
 	list.Flags().BoolVar(&f.Open, "open", false, "only alerts not resolved yet (open or acked)")
 	list.Flags().StringVar(&f.DeviceID, "device", "", "only this device's alerts")
 	list.Flags().IntVar(&f.Limit, "limit", 100, "at most this many (0: all)")
-	_ = list.RegisterFlagCompletionFunc("device", completeFlagFrom(g, completeDevicesSQL))
+	_ = list.RegisterFlagCompletionFunc("device", completeFlagFrom(g, registry.CandidateDevices))
 	out = addOutputFlag(list)
 
 	by := defaultAcker()

@@ -29,7 +29,7 @@ A retired device whose row has been removed is answered from the archive.`,
 		Example: `  fleetflow devices history sensor-0042
   fleetflow devices history sensor-0042 --limit 0 -o json`,
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// One more than asked tells whether older entries were left out.
 			ask := limit

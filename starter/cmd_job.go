@@ -82,7 +82,7 @@ outcome. --failed lists the devices that failed, timed out or were offline, with
 		Example: `  fleetflow job status job-method-reboot-20261127-101500.000
   fleetflow job status job-method-reboot-20261127-101500.000 --failed -o json | jq -r '.devices[].deviceId'`,
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeJobsSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateJobs, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return jobStatus(cmd, g, args[0], failed, out)
 		},
@@ -90,9 +90,9 @@ outcome. --failed lists the devices that failed, timed out or were offline, with
 	status.Flags().BoolVar(&failed, "failed", false, "list the devices that failed, timed out or were offline")
 	out = addOutputFlag(status)
 	cmd.AddCommand(start, status,
-		operatorUpdateCmd(g, "job", workflows.UpdatePause, "Stop dispatching to more devices (batches in flight finish)", completeJobsSQL),
-		operatorUpdateCmd(g, "job", workflows.UpdateResume, "Continue a paused job", completeJobsSQL),
-		operatorUpdateCmd(g, "job", workflows.UpdateCancel, "Stop the job; devices not reached yet are marked cancelled", completeJobsSQL))
+		operatorUpdateCmd(g, "job", workflows.UpdatePause, "Stop dispatching to more devices (batches in flight finish)", registry.CandidateJobs),
+		operatorUpdateCmd(g, "job", workflows.UpdateResume, "Continue a paused job", registry.CandidateJobs),
+		operatorUpdateCmd(g, "job", workflows.UpdateCancel, "Stop the job; devices not reached yet are marked cancelled", registry.CandidateJobs))
 	return cmd
 }
 
@@ -430,7 +430,7 @@ func printJobStatus(v jobStatusView, failed bool) error {
 // operatorUpdateCmd is `job|rollout pause|resume|cancel|approve ID`: a Workflow Update whose validator
 // refuses what does not apply, after a check that the operation is still running (a finished workflow
 // cannot take updates, and saying so plainly beats the server's error).
-func operatorUpdateCmd(g *globals, noun, update, short, completeSQL string) *cobra.Command {
+func operatorUpdateCmd(g *globals, noun, update, short string, complete registry.Candidates) *cobra.Command {
 	var out *output
 	id := "job-set-desired-20261127-101500.000" // an example id of noun
 	if noun == "rollout" {
@@ -443,7 +443,7 @@ func operatorUpdateCmd(g *globals, noun, update, short, completeSQL string) *cob
 			"a refused request, or one sent to a " + noun + " that has already finished, fails with exit code 1.",
 		Example:           fmt.Sprintf("  fleetflow %s %s %s", noun, update, id),
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeSQL, 1),
+		ValidArgsFunction: completeFrom(g, complete, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			msg, err := sendUpdate(cmd.Context(), g, noun, args[0], update, nil)
 			if err != nil {

@@ -39,7 +39,7 @@ is 2.`,
 		Example: `  fleetflow retire dev-0001 dev-0002 --reason "hardware fault"
   fleetflow retire --query "SELECT * FROM devices WHERE tags.site = 'ber-1'" --wipe
   fleetflow retire --query "SELECT * FROM devices WHERE tags.batch = 'b7'" --detach -o json`,
-		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 0),
+		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (q == "") == (len(args) == 0) {
 				return usagef("give device ids or --query, not both")
@@ -194,7 +194,7 @@ twin and credentials stay; jobs and rollouts skip it. The reason is recorded on 
 		c := &cobra.Command{
 			Use: name + " ID", Short: short, Long: long, Args: cobra.ExactArgs(1),
 			Example:           fmt.Sprintf("  fleetflow devices %s sensor-0042 --reason \"suspicious traffic\"", name),
-			ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
+			ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				reg, err := openRegistry(cmd, g)
 				if err != nil {
@@ -248,7 +248,7 @@ and works as soon as the workflow has created NEW.`,
 		Example: `  fleetflow replace sensor-0042 sensor-0042b
   fleetflow replace sensor-0042 sensor-0042b --creds-out /secure/sensor-0042b.creds.ndjson --detach`,
 		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return replace(cmd.Context(), g, args[0], args[1], credsOut, detach, out)
 		},

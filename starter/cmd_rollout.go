@@ -166,7 +166,7 @@ rollout.`,
 		fl.DurationVar(&f.bake, "bake", 0, "how long a device must stay healthy on the new version to count as succeeded")
 		fl.DurationVar(&f.deviceTimeout, "device-timeout", workflows.DefaultDeviceTimeout, "a device that does not run the new version within this fails")
 		fl.BoolVar(&f.approveEach, "approve-each-wave", false, "wait for `fleetflow rollout approve` before each wave after the first")
-		_ = c.RegisterFlagCompletionFunc("firmware", completeFlagFrom(g, completeFirmwareSQL))
+		_ = c.RegisterFlagCompletionFunc("firmware", completeFlagFrom(g, registry.CandidateFirmware))
 	}
 	var planOut *output
 	plan := &cobra.Command{
@@ -210,7 +210,7 @@ reason.`,
 		Example: `  fleetflow rollout status rollout-2.1.0-1
   fleetflow rollout status rollout-2.1.0-1 -o json | jq .progress.wave`,
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeRolloutsSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateRollouts, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return rolloutStatus(cmd, g, args[0], statusOut)
 		},
@@ -227,7 +227,7 @@ reason.`,
 		Example: `  fleetflow rollout abort rollout-2.1.0-1 --rollback --reason "battery drain in the field"
   fleetflow rollout abort rollout-2.1.0-1 --no-rollback`,
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeRolloutsSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateRollouts, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if rollback == noRollback {
 				return usagef("say what happens to the devices already updated: --rollback or --no-rollback")
@@ -248,9 +248,9 @@ reason.`,
 	abort.Flags().BoolVar(&noRollback, "no-rollback", false, "leave devices on the firmware they have now")
 	abort.Flags().StringVar(&reason, "reason", "", "why, for the record")
 	cmd.AddCommand(plan, start, status, abort,
-		operatorUpdateCmd(g, "rollout", workflows.UpdatePause, "Hold the next wave (the current wave's devices go on)", completeRolloutsSQL),
-		operatorUpdateCmd(g, "rollout", workflows.UpdateResume, "Continue a paused rollout", completeRolloutsSQL),
-		operatorUpdateCmd(g, "rollout", workflows.UpdateApprove, "Let a rollout started with --approve-each-wave start its next wave", completeRolloutsSQL))
+		operatorUpdateCmd(g, "rollout", workflows.UpdatePause, "Hold the next wave (the current wave's devices go on)", registry.CandidateRollouts),
+		operatorUpdateCmd(g, "rollout", workflows.UpdateResume, "Continue a paused rollout", registry.CandidateRollouts),
+		operatorUpdateCmd(g, "rollout", workflows.UpdateApprove, "Let a rollout started with --approve-each-wave start its next wave", registry.CandidateRollouts))
 	return cmd
 }
 

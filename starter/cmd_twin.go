@@ -39,7 +39,7 @@ the device's lineage (replaces, replacedBy) when it has one.`,
 		Example: `  fleetflow twin get sensor-0042
   fleetflow twin get sensor-0042 -o json | jq .properties.reported`,
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t, err := readDevice(cmd, g, args[0], (*registry.Registry).GetTwin)
 			if err != nil {
@@ -180,7 +180,7 @@ func newTwinWriteCmd(g *globals, section twin.Section) *cobra.Command {
 			map[bool]string{true: "\nAn online device gets the patch at once; an offline one gets the whole desired document when it reconnects.", false: ""}[section == twin.Desired],
 		Example:           example,
 		Args:              cobra.ExactArgs(1),
-		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
 			if patch == "" {
@@ -308,7 +308,7 @@ The response is printed as JSON (-o yaml prints it as YAML). A device that answe
   fleetflow method invoke sensor-0042 setMode --payload '{"mode": "eco"}'
   fleetflow method invoke sensor-0042 upload --payload @request.json --timeout 2m`,
 		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: completeFrom(g, completeDevicesSQL, 1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, name := args[0], args[1]
 			payload, err := argOrFile(payload)

@@ -1,0 +1,79 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Candidates are the registry values a shell completion offers.
+type Candidates int
+
+// What a completion may list.
+const (
+	// CandidateDevices: ids of devices that are not retired.
+	CandidateDevices Candidates = iota
+	// CandidateJobs: job ids, newest first.
+	CandidateJobs
+	// CandidateRollouts: rollout ids, newest first.
+	CandidateRollouts
+	// CandidateFirmware: firmware versions of the catalogue, newest first.
+	CandidateFirmware
+)
+
+// candidateSQL selects the values of each kind that start with a LIKE pattern ($1), at most $2 of them.
+var candidateSQL = map[Candidates]string{
+	CandidateDevices:  `SELECT id FROM devices WHERE status <> 'retired' AND id LIKE $1 ESCAPE '\' ORDER BY id LIMIT $2`,
+	CandidateJobs:     `SELECT id FROM jobs WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
+	CandidateRollouts: `SELECT id FROM rollouts WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
+	CandidateFirmware: `SELECT version FROM firmware WHERE version LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
+}
+
+// Complete lists at most limit values of kind that start with prefix, for shell completion. A shell waits
+// for it on every TAB, so it connects on its own with one read-only connection (no pool of 16, no schema
+// check) and gives up after timeout; the caller shows nothing on any error.
+func Complete(ctx context.Context, url string, kind Candidates, prefix string, limit int, timeout time.Duration) ([]string, error) {
+	sql, ok := candidateSQL[kind]
+	if !ok {
+		return nil, fmt.Errorf("complete: unknown kind %d", kind)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("complete: parse database url: %w", err)
+	}
+	cfg.MaxConns = 1
+	cfg.ConnConfig.ConnectTimeout = timeout
+	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	cfg.ConnConfig.RuntimeParams["application_name"] = "fleetflow-completion"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("complete: connect: %w", err)
+	}
+	defer pool.Close()
+	rows, err := pool.Query(ctx, sql, likePrefix(prefix), limit)
+	if err != nil {
+		return nil, fmt.Errorf("complete: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// likePrefix is a LIKE pattern matching the strings that start with p: LIKE's wildcards and its escape
+// character in p match themselves.
+func likePrefix(p string) string {
+	var b strings.Builder
+	b.Grow(len(p) + 1)
+	for _, r := range p {
+		if r == '\\' || r == '%' || r == '_' {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('%')
+	return b.String()
+}
