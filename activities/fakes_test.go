@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
 // ---- fake Channel -----------------------------------------------------------------------------------------

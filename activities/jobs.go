@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"time"
 
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 	"github.com/fleetflow/fleetflow/workflows"
-	"go.temporal.io/sdk/activity"
-	"go.temporal.io/sdk/temporal"
 )
 
 // ackPollEvery is how often JobCollectAcks re-checks; acknowledgements arrive within milliseconds of the

@@ -5,10 +5,11 @@ import (
 	"errors"
 	"time"
 
-	"github.com/fleetflow/fleetflow/internal/fleet"
-	"github.com/fleetflow/fleetflow/workflows"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/workflows"
 )
 
 // missingSample is how many not-yet-reported device ids progress reports carry.

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	"go.temporal.io/sdk/activity"
+
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/workflows"
-	"go.temporal.io/sdk/activity"
 )
 
 // dispatchChunk is how many devices one registry transaction of a wave or rollback covers.
