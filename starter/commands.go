@@ -55,10 +55,10 @@ func commands(g *globals) []*cobra.Command {
 			newDevCmd(g),      // dev up|down|status|simulate (cmd_dev.go)
 			newGatewayCmd(g),  // gateway (cmd_gateway.go)
 			newSimulateCmd(g), // simulate (cmd_simulate.go)
-			newMigrateCmd(g),  // migrate [--status] (cmd_migrate.go)
 		),
 		inGroup(groupOther,
-			newVersionCmd(), // version (cmd_version.go)
+			newMigrateCmd(g), // migrate [--status] (cmd_migrate.go)
+			newVersionCmd(),  // version (cmd_version.go)
 		),
 	)
 }
