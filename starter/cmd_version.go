@@ -21,11 +21,11 @@ var version string
 type versionInfo struct {
 	Version     string `json:"version"`
 	Commit      string `json:"commit,omitempty"`
-	GoVersion   string `json:"go_version"`
+	GoVersion   string `json:"goVersion"`
 	Platform    string `json:"platform"`
-	TemporalSDK string `json:"temporal_sdk"`
+	TemporalSDK string `json:"temporalSdk"`
 	// SchemaVersion is the registry schema this binary needs (`fleetflow migrate` brings a database to it).
-	SchemaVersion int64 `json:"schema_version"`
+	SchemaVersion int64 `json:"schemaVersion"`
 }
 
 // buildVersion describes this binary from the ldflags version and the build information.

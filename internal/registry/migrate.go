@@ -77,7 +77,7 @@ func (e *SchemaError) Is(target error) bool {
 type Migration struct {
 	Version  int64         `json:"version"`
 	Name     string        `json:"name"` // file name, e.g. 001_init.sql
-	Duration time.Duration `json:"duration_ns"`
+	Duration time.Duration `json:"durationNs"`
 	// Adopted: already applied by an older fleetflow (table schema_migrations), so only recorded.
 	Adopted bool `json:"adopted,omitempty"`
 }
@@ -87,7 +87,7 @@ type MigrationState struct {
 	Version   int64     `json:"version"`
 	Name      string    `json:"name"`
 	Applied   bool      `json:"applied"`
-	AppliedAt time.Time `json:"applied_at,omitzero"`
+	AppliedAt time.Time `json:"appliedAt,omitzero"`
 }
 
 // SchemaStatus is the database's schema version against the binary's.
