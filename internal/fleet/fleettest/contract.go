@@ -288,7 +288,7 @@ func contractRollout(t *testing.T, s Subject) {
 	require.ElementsMatch(t, dispatched, ids)
 
 	require.NoError(t, s.Store.UpdateRolloutPhases(ctx, "ro-1", []fleet.PhaseUpdate{{Rank: obs[0].Rank, Phase: rollout.Failed, Reason: "no space"}}))
-	devs, err := s.Store.RolloutDevices(ctx, "ro-1", []string{string(rollout.Failed)}, 10)
+	devs, err := s.Store.RolloutDevices(ctx, "ro-1", []rollout.Phase{rollout.Failed}, 10)
 	require.NoError(t, err)
 	require.Len(t, devs, 1)
 	require.Equal(t, obs[0].DeviceID, devs[0].DeviceID)
@@ -303,7 +303,7 @@ func contractRollout(t *testing.T, s Subject) {
 		require.Contains(t, string(p.Patch), "ro-1-rollback")
 	}
 	require.NoError(t, s.Store.UpdateRolloutPhases(ctx, "ro-1", []fleet.PhaseUpdate{{Rank: obs[0].Rank, Phase: rollout.RolledBack}}))
-	devs, err = s.Store.RolloutDevices(ctx, "ro-1", []string{string(rollout.RolledBack)}, 10)
+	devs, err = s.Store.RolloutDevices(ctx, "ro-1", []rollout.Phase{rollout.RolledBack}, 10)
 	require.NoError(t, err)
 	require.Len(t, devs, 1)
 	require.Equal(t, "no space", devs[0].Reason, "a rollback phase without a reason keeps the forward one")

@@ -148,7 +148,7 @@ type Store struct {
 	RollbackCalls  []string // job ids
 	RollbackLimits []int
 	Finished       []FinishCall
-	DevicesPhases  []string
+	DevicesPhases  []rollout.Phase
 	DevicesLimit   int
 	HealthCalls    []HealthCall
 }
@@ -1001,7 +1001,7 @@ func (s *Store) FinishRollout(_ context.Context, id string, state fleet.RolloutE
 }
 
 // RolloutDevices lists the rollout's devices in phases (all when none), in rank order, at most limit.
-func (s *Store) RolloutDevices(_ context.Context, ro string, phases []string, limit int) ([]fleet.RolloutDevice, error) {
+func (s *Store) RolloutDevices(_ context.Context, ro string, phases []rollout.Phase, limit int) ([]fleet.RolloutDevice, error) {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	s.DevicesPhases, s.DevicesLimit = slices.Clone(phases), limit
@@ -1013,7 +1013,7 @@ func (s *Store) RolloutDevices(_ context.Context, ro string, phases []string, li
 		if len(out) >= limit {
 			break
 		}
-		if len(phases) == 0 || slices.Contains(phases, string(r.Phase)) {
+		if len(phases) == 0 || slices.Contains(phases, r.Phase) {
 			out = append(out, fleet.RolloutDevice{DeviceID: r.DeviceID, Wave: r.Wave, Phase: r.Phase,
 				PrevVersion: r.PrevVersion, Reason: r.Reason})
 		}
