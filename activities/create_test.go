@@ -96,10 +96,10 @@ func TestRunHealthCheckDropsStaleStagingFirst(t *testing.T) {
 	s.Stage("provision-old", []fleettest.StagedRow{{Line: 2, ID: "x"}})
 	now = now.Add(fleet.StaleStagingAfter + time.Minute)
 	s.Stage("provision-new", []fleettest.StagedRow{{Line: 2, ID: "y"}})
-	m := &fakeMonitor{}
-	a := &Activities{Provision: s, Monitor: m}
+	a := &Activities{Provision: s, Monitor: s}
 	_, err := a.RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "healthcheck-1"})
 	require.NoError(t, err)
+	require.Len(t, s.HealthCalls, 1, "the check runs after the cleanup")
 	require.Empty(t, s.Staged["provision-old"], "rows no workflow read for a day are dropped")
 	require.Len(t, s.Staged["provision-new"], 1, "fresh staging is kept")
 

@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -13,43 +14,55 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
-// fakeMonitor records the check it was asked to run and returns a canned summary.
-type fakeMonitor struct {
-	runID string
-	rules health.Rules
-	err   error
-	delay time.Duration
-}
-
-func (f *fakeMonitor) RunHealthCheck(ctx context.Context, runID string, rules health.Rules) (fleet.HealthSummary, error) {
-	f.runID, f.rules = runID, rules
-	select {
-	case <-time.After(f.delay):
-	case <-ctx.Done():
-		return fleet.HealthSummary{}, ctx.Err()
+// monitoredFleet is a fleet in the store fake whose check finds a different number of everything: 2
+// devices offline, 1 unhealthy, 3 with desired changes not acknowledged, 4 off the firmware of a completed
+// rollout, 5 with credentials expiring; 2 disabled (offline) and 1 retired; an open alert that persists
+// (refreshed) and one of a disabled device (resolved).
+func monitoredFleet(t *testing.T) *fleettest.Store {
+	t.Helper()
+	now := time.Unix(100_000, 0).UTC()
+	long := now.Add(-24 * time.Hour)
+	f := fleettest.New()
+	f.Now = func() time.Time { return now }
+	add := func(prefix string, n int, d fleettest.Device) {
+		for i := range n {
+			d.CreatedAt = long
+			f.AddDevice(fmt.Sprintf("%s-%d", prefix, i), d)
+		}
 	}
-	return fleet.HealthSummary{At: time.Unix(100, 0).UTC(), Devices: 10, Active: 8, Disabled: 2, Retired: 1, Online: 7, Offline: 3,
-		Problems: map[string]int64{health.KindOffline: 2, health.KindUnhealthy: 1, health.KindDesiredPending: 3,
-			health.KindFirmwareNoncompliant: 4, health.KindCredentialExpiring: 5},
-		Opened: 6, Resolved: 7, Open: 8, Duration: time.Second}, f.err
+	add("offline", 2, fleettest.Device{})
+	add("sick", 1, fleettest.Device{Online: true, Reported: []byte(`{"health":{"status":"failing"}}`)})
+	add("pending", 3, fleettest.Device{Online: true, Desired: []byte(`{"mode":"eco"}`), DesiredAt: long})
+	add("old-fw", 4, fleettest.Device{Online: true, ReportedVersion: "1.0"})
+	add("expiring", 5, fleettest.Device{Online: true, CredentialExpiresAt: now.Add(time.Hour)})
+	add("disabled", 2, fleettest.Device{Status: fleet.StatusDisabled})
+	add("retired", 1, fleettest.Device{Status: fleet.StatusRetired})
+	f.Selects["fw-query"] = []string{"old-fw-0", "old-fw-1", "old-fw-2", "old-fw-3"}
+	f.RolloutSpecs["ro-1"] = &fleettest.RolloutSpec{ID: "ro-1", Query: "fw-query", Version: "2.0", Created: long, Completed: long}
+	f.Alerts = []*fleettest.Alert{
+		{ID: 1, DeviceID: "offline-0", Kind: fleet.AlertOffline, FirstSeen: long, LastSeen: long},
+		{ID: 2, DeviceID: "disabled-0", Kind: fleet.AlertOffline, FirstSeen: long, LastSeen: long},
+	}
+	return f
 }
 
 func TestRunHealthCheckMapsTheSummary(t *testing.T) {
-	m := &fakeMonitor{}
-	res, err := (&Activities{Monitor: m}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "healthcheck-1", OfflineAfter: time.Minute})
+	f := monitoredFleet(t)
+	res, err := (&Activities{Monitor: f}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "healthcheck-1", OfflineAfter: time.Minute})
 	require.NoError(t, err)
-	require.Equal(t, "healthcheck-1", m.runID)
-	require.Equal(t, health.Rules{OfflineAfter: time.Minute, AckWithin: health.DefaultAckWithin, ExpiringWithin: health.DefaultExpiringWithin},
-		m.rules, "zero rules take the defaults")
-	require.Equal(t, workflows.HealthCheckResult{RunID: "healthcheck-1", At: time.Unix(100, 0).UTC(), Devices: 10, Active: 8, Disabled: 2,
-		Retired: 1, Online: 7, Offline: 3,
+	require.Equal(t, []fleettest.HealthCall{{RunID: "healthcheck-1",
+		Rules: health.Rules{OfflineAfter: time.Minute, AckWithin: health.DefaultAckWithin, ExpiringWithin: health.DefaultExpiringWithin}}},
+		f.HealthCalls, "zero rules take the defaults")
+	require.Equal(t, workflows.HealthCheckResult{RunID: "healthcheck-1", At: time.Unix(100_000, 0).UTC(), Devices: 17, Active: 15,
+		Disabled: 2, Retired: 1, Online: 13, Offline: 4,
 		Problems: fleet.ProblemCounts{Offline: 2, Unhealthy: 1, DesiredPending: 3, FirmwareNoncompliant: 4, CredentialExpiring: 5},
-		Opened:   6, Resolved: 7, Open: 8, Duration: time.Second}, res)
-	require.Equal(t, "offline 2 · unhealthy 1 · desired pending 3 · firmware noncompliant 4 · credentials expiring 5 · opened 6 · resolved 7 · open 8",
+		Opened:   14, Resolved: 1, Open: 15, Duration: f.Summaries["healthcheck-1"].Duration}, res)
+	require.Equal(t, "offline 2 · unhealthy 1 · desired pending 3 · firmware noncompliant 4 · credentials expiring 5 · opened 14 · resolved 1 · open 15",
 		res.Summary())
 }
 
@@ -61,15 +74,16 @@ func TestRunHealthCheckErrors(t *testing.T) {
 	require.True(t, appErr.NonRetryable(), "no store: retrying on this worker cannot help")
 	require.Equal(t, ErrTypeNoMonitor, appErr.Type())
 
-	m := &fakeMonitor{}
+	m := fleettest.New()
 	_, err = (&Activities{Monitor: m}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "x", AckWithin: -time.Minute})
 	require.True(t, errors.As(err, &appErr))
 	require.True(t, appErr.NonRetryable())
 	require.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
 	require.Contains(t, err.Error(), "--ack-within")
-	require.Empty(t, m.runID, "invalid rules never reach the registry")
+	require.Empty(t, m.HealthCalls, "invalid rules never reach the registry")
 
-	m = &fakeMonitor{err: errors.New("connection reset")}
+	m = fleettest.New()
+	m.Fail = map[string]error{"RunHealthCheck": errors.New("connection reset")}
 	_, err = (&Activities{Monitor: m}).RunHealthCheck(context.Background(), workflows.RunHealthCheckInput{RunID: "x"})
 	require.Error(t, err)
 	require.False(t, errors.As(err, &appErr) && appErr.NonRetryable(), "a transient error stays retryable")
@@ -80,7 +94,15 @@ func TestRunHealthCheckAsAnActivity(t *testing.T) {
 	// while the registry works.
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestActivityEnvironment()
-	m := &fakeMonitor{delay: 2*heartbeatEvery + 500*time.Millisecond}
+	m := monitoredFleet(t)
+	m.OnHealthCheck = func(ctx context.Context) error {
+		select {
+		case <-time.After(2*heartbeatEvery + 500*time.Millisecond):
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	env.RegisterActivity(&Activities{Monitor: m})
 	beats := 0
 	env.SetOnActivityHeartbeatListener(func(*activity.Info, converter.EncodedValues) { beats++ })
@@ -88,8 +110,8 @@ func TestRunHealthCheckAsAnActivity(t *testing.T) {
 	require.NoError(t, err)
 	var res workflows.HealthCheckResult
 	require.NoError(t, v.Get(&res))
-	require.Equal(t, int64(8), res.Open)
-	require.Equal(t, "healthcheck-2", m.runID)
+	require.Equal(t, int64(15), res.Open)
+	require.Equal(t, "healthcheck-2", m.HealthCalls[0].RunID)
 	require.GreaterOrEqual(t, beats, 1, "a long check heartbeats")
 
 	// A worker without a registry refuses for good.

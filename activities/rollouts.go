@@ -197,8 +197,8 @@ func (a *Activities) RolloutFinish(ctx context.Context, req workflows.RolloutFin
 	for _, pc := range counts {
 		res.Counts.Add(pc.Phase, pc.N)
 	}
-	devs, err := a.Rollouts.RolloutDevices(ctx, req.RolloutID, []string{string(rollout.Failed), string(rollout.RollbackFailed),
-		string(rollout.RolledBack), string(rollout.RollingBack)}, failureSample*4)
+	devs, err := a.Rollouts.RolloutDevices(ctx, req.RolloutID, []rollout.Phase{rollout.Failed, rollout.RollbackFailed,
+		rollout.RolledBack, rollout.RollingBack}, failureSample*4)
 	if err != nil {
 		return res, err
 	}

@@ -501,7 +501,7 @@ func TestRolloutFinishCountsAndSamplesFailures(t *testing.T) {
 
 	require.Equal(t, rollout.Counts{Succeeded: 50, Failed: 17, RollbackFailed: 3, RolledBack: 10, Cancelled: 4}, res.Counts,
 		"counts are read after the finish (queued devices become cancelled)")
-	require.ElementsMatch(t, []string{"failed", "rollback_failed", "rolled_back", "rolling_back"}, f.DevicesPhases)
+	require.ElementsMatch(t, []rollout.Phase{rollout.Failed, rollout.RollbackFailed, rollout.RolledBack, rollout.RollingBack}, f.DevicesPhases)
 	require.GreaterOrEqual(t, f.DevicesLimit, 20)
 
 	require.Len(t, res.Failures, 20, "at most 20 devices")

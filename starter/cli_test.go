@@ -14,9 +14,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
+	"github.com/fleetflow/fleetflow/workflows"
 )
 
 // unreachableDB is a registry address nothing listens on, so that a test of usage errors fails fast (and
@@ -82,6 +84,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"rollout without firmware", []string{"rollout", "plan", "--query", "SELECT * FROM devices"}, "--firmware is required"},
 		{"purge without retention", []string{"purge"}, "--older-than"},
 		{"retire with ids and a query", []string{"retire", "d1", "--query", "SELECT * FROM devices"}, "not both"},
+		{"retire with too many ids", append([]string{"retire"}, deviceIDs(maxRetireIDs+1)...), "at most 10,000 on the command line"},
 		{"abort without a decision", []string{"rollout", "abort", "rollout-1.0.0-1"}, "--rollback or --no-rollback"},
 		{"bad method payload", []string{"method", "invoke", "d1", "ping", "--payload", "{"}, "not valid JSON"},
 		{"unknown completion shell", []string{"completion", "tcsh"}, "unknown command"},
@@ -93,6 +96,43 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 			require.Contains(t, err.Error(), tc.want)
 		})
 	}
+}
+
+// deviceIDs returns n distinct device ids.
+func deviceIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%06d", i)
+	}
+	return ids
+}
+
+// The cap on retire's ids refuses one id more than it allows, and no fewer: the full allowance gets past
+// the check (to the backends, which unreachableDB makes fail as an ordinary error, exit 1).
+func TestRetireTakesUpToTheCapOfIDs(t *testing.T) {
+	_, _, code, err := runCLI(t, append([]string{"retire", "--detach"}, deviceIDs(maxRetireIDs)...)...)
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "on the command line")
+	require.Equal(t, exitFailed, code, "%v", err)
+
+	_, _, code, err = runCLI(t, append([]string{"retire", "--detach"}, deviceIDs(maxRetireIDs+1)...)...)
+	require.Equal(t, exitUsage, code, "%v", err)
+	require.ErrorContains(t, err, "10,001 device ids: at most 10,000 on the command line")
+	require.ErrorContains(t, err, "--query")
+}
+
+// The cap keeps the workflow's input under Temporal's 2 MB payload limit even when every id has the
+// longest form the protocol allows (64 characters), with room for the rest of the input.
+func TestRetireCapFitsInAPayload(t *testing.T) {
+	ids := make([]string, maxRetireIDs)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%064d", i)
+	}
+	in := workflows.JobInput{JobID: "decommission-20261206-051500.000", Kind: fleet.JobRetire, Query: "ids: " + strings.Join(ids, " "), IDs: ids,
+		Spec: []byte(`{"reason":"end of life","wipe":true}`), Reason: "end of life"}
+	b, err := json.Marshal(in)
+	require.NoError(t, err)
+	require.Less(t, len(b), 3*(2<<20)/4, "the largest input leaves a quarter of the 2 MB limit free")
 }
 
 func TestOutputFlagAcceptsItsValues(t *testing.T) {

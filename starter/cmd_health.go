@@ -480,7 +480,7 @@ check no longer finds the problem; acknowledging one records that someone is on 
 			if out.structured() {
 				type row struct {
 					registry.Alert
-					State string `json:"state"`
+					State fleet.AlertState `json:"state"`
 				}
 				rows := make([]row, len(alerts))
 				for i, a := range alerts {
@@ -533,7 +533,7 @@ Acknowledging an acknowledged alert keeps the first acknowledgement and says who
 			}
 			doc := struct {
 				registry.Alert
-				State string `json:"state"`
+				State fleet.AlertState `json:"state"`
 			}{a, a.State()}
 			return ackOut.print(stdout(cmd), doc, func() error {
 				what := fmt.Sprintf("%s on %s: %s", a.Kind, a.DeviceID, a.Detail)

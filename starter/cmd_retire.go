@@ -22,6 +22,13 @@ import (
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
+// maxRetireIDs is how many device ids `fleetflow retire` takes on the command line. The ids travel in the
+// Decommission workflow's input (workflows.JobInput: IDs, and Query as "ids: ..."), and Temporal refuses a
+// payload over 2 MB with an error that does not say why; 10,000 ids of the longest form (64 characters) make
+// about 1.3 MB of input. More devices are retired by query, whose input is the query alone
+// (docs/architecture.md, "Data limits").
+const maxRetireIDs = 10_000
+
 func newRetireCmd(g *globals) *cobra.Command {
 	var q, reason string
 	var wipe, detach bool
@@ -35,7 +42,7 @@ credentials stop working at once (the gateway refuses its next CONNECT and drops
 and timeline are archived, it leaves pending jobs and running rollouts, and it no longer appears in queries
 unless they ask for status = 'retired'. With --wipe a factory reset is sent first (best effort). Retiring a
 retired device is harmless; unknown ids are reported per device, the others are retired, and the exit code
-is 2.`,
+is 2. At most 10,000 ids are taken on the command line; retire more devices with --query.`,
 		Example: `  fleetflow retire dev-0001 dev-0002 --reason "hardware fault"
   fleetflow retire --query "SELECT * FROM devices WHERE tags.site = 'ber-1'" --wipe
   fleetflow retire --query "SELECT * FROM devices WHERE tags.batch = 'b7'" --detach -o json`,
@@ -43,6 +50,10 @@ is 2.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (q == "") == (len(args) == 0) {
 				return usagef("give device ids or --query, not both")
+			}
+			if len(args) > maxRetireIDs {
+				return usagef("%s device ids: at most %s on the command line (they travel in the workflow's input); select more devices with --query, e.g. by a tag",
+					numfmt.Thousands(int64(len(args))), numfmt.Thousands(maxRetireIDs))
 			}
 			if timeout <= 0 {
 				return usagef("--wipe-timeout must be positive")

@@ -489,7 +489,7 @@ func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error
 	}
 	// Devices that failed, including those rolled back since (they keep the reason they failed).
 	var failing []fleet.RolloutDevice
-	devs, err := reg.RolloutDevices(ctx, id, []string{string(rollout.Failed), string(rollout.RollbackFailed), string(rollout.RolledBack)}, 1000)
+	devs, err := reg.RolloutDevices(ctx, id, []rollout.Phase{rollout.Failed, rollout.RollbackFailed, rollout.RolledBack}, 1000)
 	if err != nil {
 		return err
 	}

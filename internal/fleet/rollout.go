@@ -156,5 +156,5 @@ type RolloutStore interface {
 	// DesiredDocs returns each known device's whole desired document and version (unknown ids left out).
 	DesiredDocs(ctx context.Context, ids []string) ([]DesiredPush, error)
 	// RolloutDevices lists the rollout's devices in phases (all when none), in rank order, at most limit.
-	RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]RolloutDevice, error)
+	RolloutDevices(ctx context.Context, rollout string, phases []rollout.Phase, limit int) ([]RolloutDevice, error)
 }

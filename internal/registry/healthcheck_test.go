@@ -146,7 +146,7 @@ func openFindings(t *testing.T, reg *registry.Registry) []finding {
 	require.NoError(t, err)
 	out := make([]finding, len(alerts))
 	for i, a := range alerts {
-		out[i] = finding{a.DeviceID, a.Kind, a.Detail}
+		out[i] = finding{a.DeviceID, string(a.Kind), a.Detail}
 	}
 	sortFindings(out)
 	return out
@@ -286,7 +286,7 @@ func TestHealthCheckAlertLifecycle(t *testing.T) {
 	require.Len(t, first, 5)
 	ids := map[string]int64{}
 	for _, a := range first {
-		ids[a.DeviceID+"/"+a.Kind] = a.ID
+		ids[a.DeviceID+"/"+string(a.Kind)] = a.ID
 		require.Equal(t, s1.At, a.FirstSeen.In(s1.At.Location()))
 		require.Equal(t, registry.AlertStateOpen, a.State())
 	}
@@ -301,7 +301,7 @@ func TestHealthCheckAlertLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, second, 5, "no duplicate alert")
 	for _, a := range second {
-		require.Equal(t, ids[a.DeviceID+"/"+a.Kind], a.ID)
+		require.Equal(t, ids[a.DeviceID+"/"+string(a.Kind)], a.ID)
 		require.True(t, a.LastSeen.After(a.FirstSeen), "last_seen refreshed")
 		require.True(t, a.LastSeen.Equal(s2.At))
 		require.True(t, a.FirstSeen.Equal(s1.At), "first_seen kept")
@@ -329,7 +329,7 @@ func TestHealthCheckAlertLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	var got []string
 	for _, a := range open3 {
-		got = append(got, a.DeviceID+"/"+a.Kind)
+		got = append(got, a.DeviceID+"/"+string(a.Kind))
 	}
 	sort.Strings(got)
 	require.Equal(t, []string{"b/unhealthy", "d/unhealthy"}, got)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -45,8 +44,8 @@ type VersionCount struct {
 
 // KindCount is how many alerts of a kind are open.
 type KindCount struct {
-	Kind string `json:"kind"`
-	Open int64  `json:"open"`
+	Kind fleet.AlertKind `json:"kind"`
+	Open int64           `json:"open"`
 }
 
 // HealthRun is one health check's row of health_runs.
@@ -123,7 +122,7 @@ func (r *Registry) ReportData(ctx context.Context) (FleetReport, error) {
 // alertsInKindOrder lists every known kind, open or not, so a report shows the zeros too; kinds this
 // version does not know (written by a newer health check) follow by name rather than being dropped.
 func alertsInKindOrder(open []KindCount) []KindCount {
-	n := map[string]int64{}
+	n := map[fleet.AlertKind]int64{}
 	for _, k := range open {
 		n[k.Kind] += k.Open
 	}
@@ -132,11 +131,11 @@ func alertsInKindOrder(open []KindCount) []KindCount {
 		out = append(out, KindCount{Kind: kind, Open: n[kind]})
 		delete(n, kind)
 	}
-	var rest []string
+	var rest []fleet.AlertKind
 	for kind := range n {
 		rest = append(rest, kind)
 	}
-	sort.Strings(rest)
+	slices.Sort(rest)
 	for _, kind := range rest {
 		out = append(out, KindCount{Kind: kind, Open: n[kind]})
 	}

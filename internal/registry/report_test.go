@@ -59,9 +59,10 @@ func TestReportData(t *testing.T) {
 	// Open alerts: 3 offline (one acknowledged: still open), 1 unhealthy, 1 of a kind this version does not know;
 	// resolved alerts do not count.
 	alerts := []struct {
-		device, kind string
-		resolved     bool
-		acked        bool
+		device   string
+		kind     fleet.AlertKind
+		resolved bool
+		acked    bool
 	}{
 		{"d04", registry.AlertOffline, false, false},
 		{"d05", registry.AlertOffline, false, true},
@@ -86,7 +87,7 @@ func TestReportData(t *testing.T) {
 	for i := 14; i >= 0; i-- {
 		at := now.Add(time.Duration(i-15) * time.Hour)
 		s := fleet.HealthSummary{At: at, Devices: 8, Active: 6, Disabled: 2, Retired: 2,
-			Online: int64(i % 4), Offline: 8 - int64(i%4), Open: int64(i), Problems: map[string]int64{registry.AlertOffline: 8 - int64(i%4)},
+			Online: int64(i % 4), Offline: 8 - int64(i%4), Open: int64(i), Problems: map[string]int64{string(registry.AlertOffline): 8 - int64(i%4)},
 			Duration: time.Duration(i) * time.Millisecond}
 		b, err := json.Marshal(s)
 		require.NoError(t, err)
@@ -129,7 +130,7 @@ func TestReportData(t *testing.T) {
 		require.Equal(t, int64(i%4), h.Summary.Online)
 		require.Equal(t, 8-int64(i%4), h.Summary.Offline)
 		require.Equal(t, int64(i), h.Summary.Open)
-		require.Equal(t, 8-int64(i%4), h.Summary.Problems[registry.AlertOffline])
+		require.Equal(t, 8-int64(i%4), h.Summary.Problems[string(registry.AlertOffline)])
 		require.Equal(t, time.Duration(i)*time.Millisecond, h.Summary.Duration)
 	}
 }

@@ -480,13 +480,15 @@ func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.Rol
 }
 
 // RolloutDevices lists a rollout's devices in the given phases (all when none), in rank order, at most limit.
-func (r *Registry) RolloutDevices(ctx context.Context, rollout string, phases []string, limit int) ([]fleet.RolloutDevice, error) {
-	if phases == nil {
-		phases = []string{}
+func (r *Registry) RolloutDevices(ctx context.Context, rollout string, phases []rolloutpkg.Phase, limit int) ([]fleet.RolloutDevice, error) {
+	// Plain strings, as ObserveRollout passes them: an empty (not nil) array means every phase.
+	phaseNames := make([]string, len(phases))
+	for i, p := range phases {
+		phaseNames[i] = string(p)
 	}
 	rows, err := r.pool.Query(ctx, `SELECT device_id, coalesce(wave, -1), phase, prev_version, reason, updated_at
 		FROM rollout_devices WHERE rollout_id = $1 AND (cardinality($2::text[]) = 0 OR phase = ANY($2))
-		ORDER BY rank LIMIT $3`, rollout, phases, limit)
+		ORDER BY rank LIMIT $3`, rollout, phaseNames, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list devices of rollout %s: %w", rollout, err)
 	}

@@ -142,7 +142,7 @@ func TestHTMLChartsShowTheData(t *testing.T) {
 	alerts := chartBars(t, doc, "alerts")
 	require.Len(t, alerts, len(d.Alerts))
 	for i, a := range d.Alerts {
-		require.Equal(t, report.Bar{Label: a.Kind, Value: a.Open}, alerts[i])
+		require.Equal(t, report.Bar{Label: string(a.Kind), Value: a.Open}, alerts[i])
 	}
 	// The tables repeat the charts' numbers as text.
 	for _, table := range []string{"firmware", "alerts"} {

@@ -141,7 +141,7 @@ func maxValue(bars []Bar) int64 {
 func alertBars(alerts []registry.KindCount) []Bar {
 	bars := make([]Bar, len(alerts))
 	for i, a := range alerts {
-		bars[i] = Bar{Label: a.Kind, Value: a.Open}
+		bars[i] = Bar{Label: string(a.Kind), Value: a.Open}
 	}
 	return bars
 }

@@ -62,7 +62,7 @@ func sample() report.Data {
 		d.Health = append(d.Health, registry.HealthRun{
 			ID: fmt.Sprintf("healthcheck-%02d", i), StartedAt: start, FinishedAt: &fin,
 			Summary: fleet.HealthSummary{At: start, Devices: 999_000, Active: 990_000, Disabled: 9_000, Retired: 1_000,
-				Online: on, Offline: 999_000 - on, Open: 4_000 + int64(i*50), Problems: map[string]int64{registry.AlertOffline: 4_000},
+				Online: on, Offline: 999_000 - on, Open: 4_000 + int64(i*50), Problems: map[string]int64{string(registry.AlertOffline): 4_000},
 				Duration: 3 * time.Second},
 		})
 	}
@@ -170,7 +170,7 @@ func TestTextBarsAreProportionalWithOtherBucket(t *testing.T) {
 	for i, a := range d.Alerts {
 		m := barLine.FindStringSubmatch(alerts[i+1])
 		require.NotNil(t, m, "line %q", alerts[i+1])
-		require.Equal(t, a.Kind, strings.TrimSpace(m[1]))
+		require.Equal(t, string(a.Kind), strings.TrimSpace(m[1]))
 		require.Equal(t, report.Thousands(a.Open), m[3])
 		require.InDelta(t, float64(a.Open)/4000*320, eighthsOf(m[2]), 1)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -23,6 +24,7 @@ type ContractStore interface {
 	fleet.JobStore
 	fleet.RolloutStore
 	fleet.RetireStore
+	fleet.MonitorStore
 }
 
 // Seeder sets up what the contract's cases need, each implementation in its store's own way (the CLI's
@@ -73,6 +75,7 @@ func Contract(t *testing.T, newSubject func(t *testing.T) Subject) {
 		{"create jobs: idempotent, by query or ids, empty", contractCreateJob},
 		{"create rollouts: claims, idempotent, conflict, empty", contractCreateRollout},
 		{"credential validity and stale staging", contractStaging},
+		{"health check: open, retry, resolve, summary", contractHealthCheck},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.run(t, newSubject(t)) })
@@ -285,7 +288,7 @@ func contractRollout(t *testing.T, s Subject) {
 	require.ElementsMatch(t, dispatched, ids)
 
 	require.NoError(t, s.Store.UpdateRolloutPhases(ctx, "ro-1", []fleet.PhaseUpdate{{Rank: obs[0].Rank, Phase: rollout.Failed, Reason: "no space"}}))
-	devs, err := s.Store.RolloutDevices(ctx, "ro-1", []string{string(rollout.Failed)}, 10)
+	devs, err := s.Store.RolloutDevices(ctx, "ro-1", []rollout.Phase{rollout.Failed}, 10)
 	require.NoError(t, err)
 	require.Len(t, devs, 1)
 	require.Equal(t, obs[0].DeviceID, devs[0].DeviceID)
@@ -300,7 +303,7 @@ func contractRollout(t *testing.T, s Subject) {
 		require.Contains(t, string(p.Patch), "ro-1-rollback")
 	}
 	require.NoError(t, s.Store.UpdateRolloutPhases(ctx, "ro-1", []fleet.PhaseUpdate{{Rank: obs[0].Rank, Phase: rollout.RolledBack}}))
-	devs, err = s.Store.RolloutDevices(ctx, "ro-1", []string{string(rollout.RolledBack)}, 10)
+	devs, err = s.Store.RolloutDevices(ctx, "ro-1", []rollout.Phase{rollout.RolledBack}, 10)
 	require.NoError(t, err)
 	require.Len(t, devs, 1)
 	require.Equal(t, "no space", devs[0].Reason, "a rollback phase without a reason keeps the forward one")
@@ -520,4 +523,48 @@ func contractStaging(t *testing.T, s Subject) {
 	c, err = s.Store.ProvisionBatch(ctx, "op-fresh", 0, 1, 0)
 	require.NoError(t, err)
 	require.Equal(t, int64(1), c.Created, "fresh staging is kept")
+}
+
+func contractHealthCheck(t *testing.T, s Subject) {
+	provision(t, s, "op", "h-0", "h-1", "h-2")
+	s.Seed.Connect(t, "h-1")
+	// Every device was created (and h-1 seen) well before now - OfflineAfter by the time the check runs; the
+	// other rules keep their defaults, under which these fresh devices have no problem.
+	rules := health.Rules{OfflineAfter: 50 * time.Millisecond}
+	time.Sleep(150 * time.Millisecond)
+
+	_, err := s.Store.RunHealthCheck(ctx, "", rules)
+	require.Error(t, err, "a run id is required")
+	_, err = s.Store.RunHealthCheck(ctx, "hc-0", health.Rules{AckWithin: -time.Minute})
+	require.Error(t, err, "invalid rules are refused")
+
+	sum, err := s.Store.RunHealthCheck(ctx, "hc-1", rules)
+	require.NoError(t, err)
+	require.False(t, sum.At.IsZero())
+	require.Equal(t, rules.WithDefaults(), sum.Rules)
+	require.Equal(t, map[string]int64{health.KindOffline: 2, health.KindUnhealthy: 0, health.KindDesiredPending: 0,
+		health.KindFirmwareNoncompliant: 0, health.KindCredentialExpiring: 0}, sum.Problems)
+	require.Equal(t, [6]int64{3, 3, 0, 0, 1, 2}, [6]int64{sum.Devices, sum.Active, sum.Disabled, sum.Retired, sum.Online, sum.Offline},
+		"devices, active, disabled, retired, online, offline")
+	require.Equal(t, [3]int64{2, 0, 2}, [3]int64{sum.Opened, sum.Resolved, sum.Open}, "the two never-connected devices open alerts")
+
+	again, err := s.Store.RunHealthCheck(ctx, "hc-1", rules)
+	require.NoError(t, err)
+	require.Equal(t, [3]int64{0, 0, 2}, [3]int64{again.Opened, again.Resolved, again.Open}, "a retry of the run opens nothing twice")
+	require.Equal(t, int64(2), again.Problems[health.KindOffline])
+
+	s.Seed.Connect(t, "h-0")
+	back, err := s.Store.RunHealthCheck(ctx, "hc-2", rules)
+	require.NoError(t, err)
+	require.Equal(t, [3]int64{0, 1, 1}, [3]int64{back.Opened, back.Resolved, back.Open}, "a device back online resolves its alert")
+	require.Equal(t, [2]int64{2, 1}, [2]int64{back.Online, back.Offline})
+	require.Equal(t, int64(1), back.Problems[health.KindOffline])
+
+	_, err = s.Store.RetireDevices(ctx, "retire-h", []string{"h-2"}, "")
+	require.NoError(t, err)
+	gone, err := s.Store.RunHealthCheck(ctx, "hc-3", rules)
+	require.NoError(t, err)
+	require.Equal(t, [3]int64{0, 1, 0}, [3]int64{gone.Opened, gone.Resolved, gone.Open}, "a retired device's alert resolves")
+	require.Equal(t, [6]int64{2, 2, 0, 1, 2, 0}, [6]int64{gone.Devices, gone.Active, gone.Disabled, gone.Retired, gone.Online, gone.Offline})
+	require.Zero(t, gone.Problems[health.KindOffline])
 }

@@ -1,5 +1,5 @@
 // Package fleettest is the one in-memory fake of fleetflow's registry: it implements the store interfaces of
-// internal/fleet (provisioning, jobs, rollouts, retire) the way the Postgres registry does, for the
+// internal/fleet (provisioning, jobs, rollouts, retire, monitor) the way the Postgres registry does, for the
 // behaviours activities rely on, and records every call for assertions. The contract test (Contract, run
 // against this fake and against internal/registry on a throwaway Postgres) keeps the two honest.
 //
@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -43,8 +44,12 @@ type Device struct {
 	// CredentialExpiresAt is when the device's credentials expire (zero: never).
 	CredentialExpiresAt time.Time
 	RetiredAt           time.Time
-	Replaces            string
-	ReplacedBy          string
+	// CreatedAt is when the device was added (AddDevice and provisioning set it when zero); DesiredAt when
+	// its desired section last changed (zero: never since creation). The health rules read both.
+	CreatedAt  time.Time
+	DesiredAt  time.Time
+	Replaces   string
+	ReplacedBy string
 }
 
 // RolloutRow is one device of a rollout (rollout_devices).
@@ -113,11 +118,20 @@ type Store struct {
 	Now func() time.Time
 
 	// Scripted answers.
-	Acks      []fleet.AckProgress            // when set, CollectAcks answers these in turn, the last repeated
-	JobCounts map[fleet.JobState]int64       // when set, JobTotals counts these instead of the targets
-	Fail      map[string]error               // method name -> error it returns
-	OnObserve func(call int)                 // called (under the lock) before the call-th ObserveRollout, from 1
-	Summaries map[string]fleet.HealthSummary // unused by the fake's own logic; for callers' bookkeeping
+	Acks      []fleet.AckProgress      // when set, CollectAcks answers these in turn, the last repeated
+	JobCounts map[fleet.JobState]int64 // when set, JobTotals counts these instead of the targets
+	Fail      map[string]error         // method name -> error it returns
+	OnObserve func(call int)           // called (under the lock) before the call-th ObserveRollout, from 1
+	// OnHealthCheck, when set, is called (without the lock) before RunHealthCheck does anything; an error it
+	// returns is the call's. Tests use it to make a check slow or to fail it.
+	OnHealthCheck func(ctx context.Context) error
+
+	// The monitor's state: alerts in the order they were opened (ids from 1), the summary of every health
+	// run by run id (a retry with the same id replaces it, as health_runs does), and the rollouts the firmware
+	// rule reads (CreateRollout records them, FinishRollout completes them).
+	Alerts       []*Alert
+	Summaries    map[string]fleet.HealthSummary
+	RolloutSpecs map[string]*RolloutSpec
 
 	// Recorded calls.
 	TargetRanges   [][2]int64
@@ -134,8 +148,33 @@ type Store struct {
 	RollbackCalls  []string // job ids
 	RollbackLimits []int
 	Finished       []FinishCall
-	DevicesPhases  []string
+	DevicesPhases  []rollout.Phase
 	DevicesLimit   int
+	HealthCalls    []HealthCall
+}
+
+// Alert is one alert of the fake's monitor (the registry's alerts row); ResolvedAt is zero while it is open.
+type Alert struct {
+	ID         int64
+	DeviceID   string
+	Kind       fleet.AlertKind
+	Detail     string
+	FirstSeen  time.Time
+	LastSeen   time.Time
+	ResolvedAt time.Time
+}
+
+// RolloutSpec is what the firmware rule needs of a rollout: its query (resolved through Selects), its
+// version, and when it completed (zero: not completed).
+type RolloutSpec struct {
+	ID, Query, Version string
+	Created, Completed time.Time
+}
+
+// HealthCall is one recorded RunHealthCheck call, with the rules as the caller passed them.
+type HealthCall struct {
+	RunID string
+	Rules health.Rules
 }
 
 // The fake plays every role of the registry that activities use.
@@ -144,13 +183,15 @@ var (
 	_ fleet.JobStore       = (*Store)(nil)
 	_ fleet.RolloutStore   = (*Store)(nil)
 	_ fleet.RetireStore    = (*Store)(nil)
+	_ fleet.MonitorStore   = (*Store)(nil)
 )
 
 // New returns an empty store.
 func New() *Store {
 	return &Store{Devices: map[string]*Device{}, Targets: map[string][]fleet.JobTarget{}, FirmwareURL: map[string]string{},
 		Staged: map[string][]StagedRow{}, Results: map[string][]fleet.RowResult{}, Batches: map[string]fleet.ProvisionCounts{},
-		StagedAt: map[string]time.Time{}, Jobs: map[string]int64{}, Rollouts: map[string]int64{}, Selects: map[string][]string{}}
+		StagedAt: map[string]time.Time{}, Jobs: map[string]int64{}, Rollouts: map[string]int64{}, Selects: map[string][]string{},
+		Summaries: map[string]fleet.HealthSummary{}, RolloutSpecs: map[string]*RolloutSpec{}}
 }
 
 func (s *Store) now() time.Time {
@@ -172,6 +213,9 @@ func (s *Store) AddDevice(id string, d Device) *Device {
 func (s *Store) addDeviceLocked(id string, d Device) *Device {
 	if d.Status == "" {
 		d.Status = fleet.StatusActive
+	}
+	if d.CreatedAt.IsZero() {
+		d.CreatedAt = s.now()
 	}
 	if d.JobStatus == nil {
 		d.JobStatus = map[string][2]string{}
@@ -508,6 +552,9 @@ func (s *Store) patchLocked(section twin.Section, patches []fleet.DevicePatch) [
 		}
 		*doc = merged
 		*ver++
+		if section == twin.Desired {
+			d.DesiredAt = s.now()
+		}
 		out[i].Version = *ver
 	}
 	return out
@@ -929,6 +976,7 @@ func (s *Store) CreateRollout(_ context.Context, ro fleet.NewRollout) (int64, er
 		return 0, fmt.Errorf("rollout of %s: %w that need it", ro.Version, fleet.ErrEmptyTarget)
 	}
 	s.Rollouts[ro.ID] = rank
+	s.RolloutSpecs[ro.ID] = &RolloutSpec{ID: ro.ID, Query: ro.Query, Version: ro.Version, Created: s.now()}
 	return rank, nil
 }
 
@@ -940,6 +988,9 @@ func (s *Store) FinishRollout(_ context.Context, id string, state fleet.RolloutE
 		return err
 	}
 	s.Finished = append(s.Finished, FinishCall{ID: id, State: state, Result: result})
+	if spec := s.RolloutSpecs[id]; spec != nil && state == fleet.RolloutCompleted && spec.Completed.IsZero() {
+		spec.Completed = s.now()
+	}
 	for _, r := range s.rows(id) {
 		if r.Phase == rollout.Queued {
 			r.Phase, r.Reason = rollout.Cancelled, "the rollout ended before this wave"
@@ -950,7 +1001,7 @@ func (s *Store) FinishRollout(_ context.Context, id string, state fleet.RolloutE
 }
 
 // RolloutDevices lists the rollout's devices in phases (all when none), in rank order, at most limit.
-func (s *Store) RolloutDevices(_ context.Context, ro string, phases []string, limit int) ([]fleet.RolloutDevice, error) {
+func (s *Store) RolloutDevices(_ context.Context, ro string, phases []rollout.Phase, limit int) ([]fleet.RolloutDevice, error) {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	s.DevicesPhases, s.DevicesLimit = slices.Clone(phases), limit
@@ -962,7 +1013,7 @@ func (s *Store) RolloutDevices(_ context.Context, ro string, phases []string, li
 		if len(out) >= limit {
 			break
 		}
-		if len(phases) == 0 || slices.Contains(phases, string(r.Phase)) {
+		if len(phases) == 0 || slices.Contains(phases, r.Phase) {
 			out = append(out, fleet.RolloutDevice{DeviceID: r.DeviceID, Wave: r.Wave, Phase: r.Phase,
 				PrevVersion: r.PrevVersion, Reason: r.Reason})
 		}
@@ -1056,6 +1107,7 @@ func (s *Store) ReplaceDevice(_ context.Context, _ string, old, nw string) (flee
 		n.TagsVersion++
 		n.Desired = slices.Clone(o.Desired)
 		n.DesiredVersion++
+		n.DesiredAt = s.now()
 		o.ReplacedBy, n.Replaces = nw, old
 		s.retireLocked(old, o)
 	}
