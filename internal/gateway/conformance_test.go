@@ -254,13 +254,14 @@ func TestServerEndsSessionsWithoutDisconnectOnMQTT311(t *testing.T) {
 		})
 	}
 
-	// A persistent 3.1.1 session is handed over by mochi's own takeover (Server.inheritClientSession),
-	// which writes the DISCONNECT itself; the gateway's hook must stop that one too.
+	// A persistent 3.1.1 session is ended by mochi's own takeover (Server.inheritClientSession), which
+	// writes the DISCONNECT itself; the gateway's hook must stop that one too. (The new connection is
+	// clean, so that no persistent session outlives the test and holds up the gateway's Close.)
 	t.Run("persistent takeover/3.1.1", func(t *testing.T) {
 		id := device()
 		c := connected(t, 4, id, false)
 		got := c.drainAsync()
-		_, code := dialRaw(t, addr, 4, id, "s3cret", false)
+		_, code := dialRaw(t, addr, 4, id, "s3cret", true)
 		assert.Equal(t, byte(0), code, "the new connection is accepted")
 		assertNoDisconnect(t, wait(t, got))
 	})
