@@ -213,9 +213,11 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 // disconnects, whatever its version: on takeover (Server.inheritClientSession), on a denied QoS>0 publish,
 // on shutdown, and on every Server.DisconnectClient. This hook runs inside Client.WritePacket, after the
 // closed-connection check and before the write: stopping the client here closes the network connection,
-// so the write that follows fails and nothing reaches the client. The stop cause is the DISCONNECT's own
-// reason code, as DisconnectClient would have recorded it (see hook.OnDisconnect). MQTT 5 clients get the
-// packet with its reason code (docs/architecture.md, "The device protocol").
+// so the write that follows fails and nothing reaches the client. The stop cause is rebuilt from the
+// packet: for the codes mochi and the gateway disconnect with (all ≥ 0x80, whose reason string the packet
+// carries) it equals the one DisconnectClient records right after, so hook.OnDisconnect's LWT rule sees the
+// same cause. MQTT 5 clients get the packet with its reason code (docs/architecture.md, "The device
+// protocol").
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type == packets.Disconnect && cl.Properties.ProtocolVersion < 5 && !cl.Net.Inline {
 		cl.Stop(packets.Code{Code: pk.ReasonCode, Reason: pk.Properties.ReasonString})
