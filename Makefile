@@ -22,7 +22,7 @@ help:
 	@echo "make test     vet, workflowcheck and all tests against throwaway services"
 	@echo "make up | down | status    manage the local stack (fleetflow dev ...)"
 	@echo "make build    bin/fleetflow and bin/fleetflow-worker"
-	@echo "make deps     Postgres server binaries (apt-get) and bin/temporal (go install)"
+	@echo "make deps     Postgres server binaries and mosquitto clients (apt-get), bin/temporal (go install)"
 	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
 	@echo "make fuzz     fuzz the twin query compiler (30 s) and the topic parser (30 s)"
@@ -40,6 +40,7 @@ bin/temporal:
 
 deps: bin/temporal
 	@deploy/ensure-postgres.sh
+	@deploy/ensure-mosquitto-clients.sh
 
 up: build deps
 	@bin/fleetflow dev up

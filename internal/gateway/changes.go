@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
@@ -170,11 +172,17 @@ func (g *Gateway) recheckDevice(id string, attempt int) {
 			if purge {
 				s.purge.Store(true)
 			}
-			reason := "device not found"
-			if !gone {
-				reason = "device " + string(a.Status) + " or credentials changed"
+			// An operator's decision about the device (disabled, retired, deleted) is an
+			// administrative action; a secret that no longer matches is a refused authorization.
+			reason, code := "device not found", packets.ErrAdministrativeAction
+			switch {
+			case gone:
+			case a.Status != fleet.StatusActive:
+				reason = "device " + string(a.Status)
+			default:
+				reason, code = "credentials changed", packets.ErrNotAuthorized
 			}
-			g.kick(s, reason)
+			g.kick(s, reason, code)
 		}
 		return
 	}

@@ -13,8 +13,9 @@
 // waiting for its timeout.
 //
 // Denied publishes: a QoS 0 publish outside the device's own topics is dropped and counted; mochi answers a
-// denied QoS ≥ 1 publish from an MQTT 3.1.1 client by disconnecting it (3.1.1 has no negative PUBACK). That
-// is deliberate — only a misbehaving device hits it — and it still counts as an ACL denial.
+// denied QoS ≥ 1 publish from an MQTT 3.1.1 client by closing its connection (3.1.1 has no negative PUBACK,
+// and no DISCONNECT from the server: see hook.OnPacketEncode). That is deliberate — only a misbehaving
+// device hits it — and it still counts as an ACL denial.
 package gateway
 
 import (
@@ -374,14 +375,16 @@ func (g *Gateway) Kick(id string) bool {
 	if s == nil {
 		return false
 	}
-	g.kick(s, "kick requested")
+	g.kick(s, "kick requested", packets.ErrAdministrativeAction)
 	return true
 }
 
-func (g *Gateway) kick(s *session, reason string) {
+// kick ends a device's session. An MQTT 5 client is told why with a DISCONNECT carrying code; an MQTT 3.1.1
+// connection is only closed, because 3.1.1 has no DISCONNECT from the server (hook.OnPacketEncode).
+func (g *Gateway) kick(s *session, reason string, code packets.Code) {
 	g.c.kicks.Add(1)
 	g.log.Info("dropping device session", "device", s.id, "session", s.num, "reason", reason)
-	_ = g.server.DisconnectClient(s.cl, packets.ErrNotAuthorized)
+	_ = g.server.DisconnectClient(s.cl, code)
 }
 
 // Stats returns a snapshot of the counters.

@@ -28,7 +28,7 @@ func (h *hook) ID() string { return "fleetflow-registry" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnWill:
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnWill, mqtt.OnPacketEncode:
 		return true
 	}
 	return false
@@ -142,7 +142,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	}
 	// The old connection's LWT is published after this one's birth; it must not be retained.
 	s.superseded.Store(true)
-	_ = g.server.DisconnectClient(old, packets.ErrSessionTakenOver)
+	_ = g.server.DisconnectClient(old, packets.ErrSessionTakenOver) // 3.1.1: closed without it (OnPacketEncode)
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		if cur, ok := g.server.Clients.Get(cl.ID); !ok || cur != old {
@@ -204,6 +204,25 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if testAfterDisconnect != nil {
 		testAfterDisconnect()
 	}
+}
+
+// OnPacketEncode keeps server DISCONNECT packets away from MQTT 3.1.1 clients. MQTT 3.1.1 has DISCONNECT
+// only from client to server: a client that receives one reports a protocol error (mosquitto's clients say
+// "a network protocol error"; paho, when it comes before its CONNACK, "non-CONNACK first packet received"),
+// so a 3.1.1 connection the server ends must simply be closed. mochi v2.7.9 writes one to every client it
+// disconnects, whatever its version: on takeover (Server.inheritClientSession), on a denied QoS>0 publish,
+// on shutdown, and on every Server.DisconnectClient. This hook runs inside Client.WritePacket, after the
+// closed-connection check and before the write: stopping the client here closes the network connection,
+// so the write that follows fails and nothing reaches the client. The stop cause is rebuilt from the
+// packet: for the codes mochi and the gateway disconnect with (all ≥ 0x80, whose reason string the packet
+// carries) it equals the one DisconnectClient records right after, so hook.OnDisconnect's LWT rule sees the
+// same cause. MQTT 5 clients get the packet with its reason code (docs/architecture.md, "The device
+// protocol").
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Disconnect && cl.Properties.ProtocolVersion < 5 && !cl.Net.Inline {
+		cl.Stop(packets.Code{Code: pk.ReasonCode, Reason: pk.Properties.ReasonString})
+	}
+	return pk
 }
 
 // testAfterDisconnect lets a test widen the window between this hook and mochi's own clean-up of the
