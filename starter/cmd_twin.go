@@ -281,7 +281,7 @@ func dialChannel(ctx context.Context, g *globals) (*channel.Channel, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ch, err := channel.Dial(dctx, channel.Config{BrokerURL: g.cfg.MQTTURL, Token: tok})
+	ch, err := channel.Dial(dctx, channel.Config{BrokerURL: g.cfg.MQTTURL, CAFile: g.cfg.MQTTCA, Token: tok})
 	if err != nil {
 		return nil, fmt.Errorf("connect to the gateway at %s: %w (is the stack up? run `make up` or set FLEETFLOW_MQTT_URL)", g.cfg.MQTTURL, err)
 	}
