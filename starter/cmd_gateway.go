@@ -65,7 +65,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey}
 			// Refuse a plaintext listener on the network before connecting to anything, with the reason.
 			if err := gcfg.Validate(); err != nil {
-				return err
+				return asUsage(err) // exit 2: the settings, not the environment, are wrong
 			}
 			token := os.Getenv("FLEETFLOW_SERVICE_TOKEN")
 			if token == "" {
