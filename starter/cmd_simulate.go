@@ -55,7 +55,7 @@ connections spread over several loopback addresses.`,
 			if err != nil {
 				return err
 			}
-			cfg.BrokerURL, cfg.CAFile = g.cfg.MQTTURL, g.cfg.MQTTCA
+			cfg.BrokerURL, cfg.CAFile = g.cfg.MQTTURL, mqttCA(g)
 			cfg.Creds = list
 			sim, err := simulator.New(cfg)
 			if err != nil {

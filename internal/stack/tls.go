@@ -15,6 +15,9 @@ func (s *Stack) tlsDir() string { return filepath.Join(s.state, "tls") }
 // mosquitto_sub --cafile). It exists once `dev up` has started the gateway with its own certificate.
 func (s *Stack) CAFile() string { return filepath.Join(s.tlsDir(), pki.CAFile) }
 
+// LocalCAFile is the CA file of the local stack of the checkout at root (it may not exist yet).
+func LocalCAFile(root string) string { return filepath.Join(root, ".fleetflow", "tls", pki.CAFile) }
+
 // ownTLS reports whether the stack makes the gateway's certificate itself: it does unless the environment
 // names one (FLEETFLOW_TLS_CERT), which the gateway then serves as given.
 func (s *Stack) ownTLS() bool { return s.opts.Config.TLSCert == "" }
