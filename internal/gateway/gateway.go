@@ -8,6 +8,10 @@
 // everything it learns (connections, last-seen, reported properties, job progress) to the registry in batches
 // rather than one transaction per message (docs/architecture.md, "The device protocol").
 //
+// Devices connect over TLS (Config.TLSListen, with a certificate reloaded when its files change) or, on
+// loopback or where Config.AllowPlaintext says the network is trusted, over plain TCP: a CONNECT carries the
+// device's secret, which must not cross a network in clear (docs/architecture.md, "Where secrets live").
+//
 // Method requests are online-only (docs/architecture.md, "The device protocol"): when a service calls a method of a device that has no session
 // on this gateway, the gateway answers 404 DeviceNotOnline at once, so the caller fails fast instead of
 // waiting for its timeout.
