@@ -66,6 +66,7 @@ func TestExitCodeMapping(t *testing.T) {
 }
 
 func TestUsageErrorsExitTwo(t *testing.T) {
+	t.Setenv("FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT", "") // the developer's setting must not let the gateway case listen
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -88,6 +89,9 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"abort without a decision", []string{"rollout", "abort", "rollout-1.0.0-1"}, "--rollback or --no-rollback"},
 		{"bad method payload", []string{"method", "invoke", "d1", "ping", "--payload", "{"}, "not valid JSON"},
 		{"unknown completion shell", []string{"completion", "tcsh"}, "unknown command"},
+		// Refused before anything listens (nor connects), so the test never binds beyond loopback.
+		{"plaintext gateway on the network", []string{"gateway", "--listen", "0.0.0.0:1883", "--metrics-listen", ""}, "--allow-plaintext"},
+		{"gateway certificate without key", []string{"gateway", "--tls-cert", "server.pem", "--metrics-listen", ""}, "needs its key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, code, err := runCLI(t, tc.args...)

@@ -33,7 +33,12 @@ stopped by "fleetflow dev down", which touches nothing it did not start.`,
 		Short: "Start every part that is not running yet (safe to repeat)",
 		Long: `Start every part of the local stack that is not running yet: Postgres, the Temporal dev server, the MQTT
 gateway and the workers, from this checkout's binaries. A part whose variable names a reachable service is
-used as it is. Safe to repeat.`,
+used as it is. Safe to repeat.
+
+The gateway serves MQTT over TLS on 127.0.0.1:8883 (FLEETFLOW_GATEWAY_TLS_LISTEN) besides plaintext on
+127.0.0.1:1883. Its certificate comes from a local CA that the first dev up creates under .fleetflow/tls/
+(ca.pem is what clients trust; keys are 0600) and later runs reuse, re-issuing the server certificate
+when it nears its end; FLEETFLOW_TLS_CERT and FLEETFLOW_TLS_KEY name a certificate of your own instead.`,
 		Example: `  fleetflow dev up
   fleetflow dev up --workers 3
   FLEETFLOW_DATABASE_URL=postgres://fleet@db.internal/fleet fleetflow dev up`,
@@ -110,7 +115,11 @@ the Temporal UI's address.`,
 				if p.PID > 0 {
 					pid = strconv.Itoa(p.PID)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, p.Addr, p.Health, pid, p.Note)
+				addr := p.Addr
+				if p.TLSAddr != "" {
+					addr += ", tls " + p.TLSAddr
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Name, addr, p.Health, pid, p.Note)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -123,7 +132,8 @@ the Temporal UI's address.`,
 		Use:   "simulate -- [simulate flags]",
 		Short: "Run `fleetflow simulate` in the background as part of the stack (dev down stops it)",
 		Long: `Run "fleetflow simulate" in the background as a part of the local stack, with the flags after --; it logs
-to .fleetflow/logs and dev down stops it.`,
+to .fleetflow/logs and dev down stops it. Its devices connect to the stack's gateway over TLS and verify it
+against .fleetflow/tls/ca.pem (unless FLEETFLOW_MQTT_URL names another broker).`,
 		Example: "  fleetflow dev simulate -- --creds .fleetflow/demo/creds.ndjson",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := newStack(cmd, g, stack.Options{})

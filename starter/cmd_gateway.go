@@ -37,13 +37,20 @@ registry (client id = username = device id, password = the device's secret), con
 devices/{id}/, drops a device's session as soon as it is disabled, retired or its secret is rotated away,
 and writes connection state and reported properties to the registry in batches.
 
+With --tls-cert and --tls-key it also serves MQTT over TLS (--tls-listen, default 127.0.0.1:8883); the
+certificate and key are re-read when their files change, so a renewed certificate is served to new
+connections without a restart (a pair that does not load is logged and the old one kept). The plaintext
+listener carries secrets in clear, so it may bind only a loopback address unless --allow-plaintext says
+the network is trusted.
+
 fleetflow's own services log in as username "` + gateway.ServiceUsername + `" with the token in
 FLEETFLOW_SERVICE_TOKEN and a client id that is not a device id (e.g. "svc:worker-1").
 Prometheus metrics (connected devices, message counters, ingest batch latency) are served at
 http://127.0.0.1:9464/metrics unless --metrics-listen says otherwise.
 The gateway stops on SIGINT or SIGTERM.`,
 		Example: `  fleetflow gateway
-  FLEETFLOW_SERVICE_TOKEN=... fleetflow gateway --listen :1883 --metrics-listen 127.0.0.1:9464`,
+  FLEETFLOW_SERVICE_TOKEN=... fleetflow gateway --tls-listen :8883 --tls-cert /etc/fleetflow/server.pem --tls-key /etc/fleetflow/server-key.pem
+  FLEETFLOW_SERVICE_TOKEN=... fleetflow gateway --listen 10.0.0.5:1883 --allow-plaintext --metrics-listen 127.0.0.1:9464`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -54,6 +61,12 @@ The gateway stops on SIGINT or SIGTERM.`,
 			}
 			// A foreground server reports its lifecycle at Info, unlike the CLI's one-shot commands.
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			gcfg := gateway.Config{Listen: g.cfg.GatewayListen, AllowPlaintext: g.cfg.AllowPlaintext,
+				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey}
+			// Refuse a plaintext listener on the network before connecting to anything, with the reason.
+			if err := gcfg.Validate(); err != nil {
+				return asUsage(err) // exit 2: the settings, not the environment, are wrong
+			}
 			token := os.Getenv("FLEETFLOW_SERVICE_TOKEN")
 			if token == "" {
 				log.Warn("FLEETFLOW_SERVICE_TOKEN is not set: services (workers, CLI) cannot log in to the gateway")
@@ -85,11 +98,16 @@ The gateway stops on SIGINT or SIGTERM.`,
 			if mreg != nil {
 				metrics.RegisterPool(mreg, reg.Pool())
 			}
-			gw := gateway.New(gateway.Config{Listen: g.cfg.GatewayListen, ServiceToken: token, Metrics: mreg}, reg, log)
+			gcfg.ServiceToken, gcfg.Metrics = token, mreg
+			gw := gateway.New(gcfg, reg, log)
 			if err := gw.Start(ctx); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "gateway listening on %s (Ctrl-C to stop)\n", gw.Addr())
+			if gw.TLSAddr() != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "gateway listening on %s and, over TLS, on %s (Ctrl-C to stop)\n", gw.Addr(), gw.TLSAddr())
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "gateway listening on %s (Ctrl-C to stop)\n", gw.Addr())
+			}
 			t := time.NewTicker(gatewayStatsEvery)
 			defer t.Stop()
 			for {
@@ -113,7 +131,14 @@ The gateway stops on SIGINT or SIGTERM.`,
 			}
 		},
 	}
-	cmd.Flags().StringVar(&g.cfg.GatewayListen, "listen", g.cfg.GatewayListen, "TCP address to listen on (FLEETFLOW_GATEWAY_LISTEN)")
+	cmd.Flags().StringVar(&g.cfg.GatewayListen, "listen", g.cfg.GatewayListen,
+		"TCP address of the plaintext MQTT listener; loopback only unless --allow-plaintext (FLEETFLOW_GATEWAY_LISTEN)")
+	cmd.Flags().BoolVar(&g.cfg.AllowPlaintext, "allow-plaintext", g.cfg.AllowPlaintext,
+		"allow the plaintext listener on a non-loopback address (FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT)")
+	cmd.Flags().StringVar(&g.cfg.GatewayTLSListen, "tls-listen", g.cfg.GatewayTLSListen,
+		"TCP address of the MQTT-over-TLS listener, opened when --tls-cert and --tls-key are given (FLEETFLOW_GATEWAY_TLS_LISTEN)")
+	cmd.Flags().StringVar(&g.cfg.TLSCert, "tls-cert", g.cfg.TLSCert, "PEM certificate (chain) of the TLS listener, reloaded when it changes (FLEETFLOW_TLS_CERT)")
+	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")

@@ -34,10 +34,14 @@ downloading, installing and rebooting on devices/{id}/jobs/{jobId}/status, each 
 for several versions, and the same devices are chosen on every run with the same --seed. Devices keep the
 firmware version and health the registry holds for them across restarts of the simulator.
 
+With an ssl:// (tls://, mqtts://) --mqtt-url the devices connect over TLS and verify the gateway's
+certificate against --ca-file (the local stack's is .fleetflow/tls/ca.pem), or the system's roots.
+
 One process handles about 10,000 devices; beyond ~28,000 per broker address, pass --source-ips so that
 connections spread over several loopback addresses.`,
 		Example: `  fleetflow simulate --creds sim.creds.ndjson
   fleetflow simulate --creds sim.creds.ndjson --devices 100 --telemetry-every 10s
+  fleetflow simulate --creds sim.creds.ndjson --mqtt-url ssl://127.0.0.1:8883 --ca-file .fleetflow/tls/ca.pem
   fleetflow simulate --creds sim.creds.ndjson --firmware-delay 5s --fail-install 2.0.0=0.1 --unhealthy 2.0.0=0.05`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -51,7 +55,7 @@ connections spread over several loopback addresses.`,
 			if err != nil {
 				return err
 			}
-			cfg.BrokerURL = g.cfg.MQTTURL
+			cfg.BrokerURL, cfg.CAFile = g.cfg.MQTTURL, mqttCA(g)
 			cfg.Creds = list
 			sim, err := simulator.New(cfg)
 			if err != nil {
@@ -90,6 +94,7 @@ connections spread over several loopback addresses.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&credsFile, "creds", "", "credentials file (NDJSON of {id, secret}) written by provisioning")
+	f.StringVar(&g.cfg.MQTTCA, "ca-file", g.cfg.MQTTCA, "CA file the devices verify the gateway with on an ssl:// --mqtt-url (FLEETFLOW_MQTT_CA, same as --mqtt-ca)")
 	f.IntVar(&cfg.Devices, "devices", 0, "simulate only the first N devices of the file (0 = all)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "CONNECTs in flight at once")
 	f.Float64Var(&cfg.ConnectRate, "connect-rate", 0, "maximum CONNECTs per second (0 = no limit)")

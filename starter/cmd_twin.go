@@ -16,6 +16,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -281,11 +282,32 @@ func dialChannel(ctx context.Context, g *globals) (*channel.Channel, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ch, err := channel.Dial(dctx, channel.Config{BrokerURL: g.cfg.MQTTURL, Token: tok})
+	ch, err := channel.Dial(dctx, channel.Config{BrokerURL: g.cfg.MQTTURL, CAFile: mqttCA(g), Token: tok})
 	if err != nil {
 		return nil, fmt.Errorf("connect to the gateway at %s: %w (is the stack up? run `make up` or set FLEETFLOW_MQTT_URL)", g.cfg.MQTTURL, err)
 	}
 	return ch, nil
+}
+
+// mqttCA is the CA file to verify the gateway with: --mqtt-ca (FLEETFLOW_MQTT_CA), else, for a TLS URL inside
+// a checkout whose local stack made one, its .fleetflow/tls/ca.pem, as the service token comes from
+// .fleetflow/service-token. Empty means the system's roots.
+func mqttCA(g *globals) string {
+	if g.cfg.MQTTCA != "" || !pki.IsTLSURL(g.cfg.MQTTURL) {
+		return g.cfg.MQTTCA
+	}
+	if root, err := repoRoot(); err == nil {
+		if ca := stack.LocalCAFile(root); regularFile(ca) {
+			return ca
+		}
+	}
+	return ""
+}
+
+// regularFile reports whether path is an existing regular file.
+func regularFile(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular()
 }
 
 func newMethodCmd(g *globals) *cobra.Command {

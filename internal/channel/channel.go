@@ -20,6 +20,7 @@ package channel
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,6 +34,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -67,8 +69,12 @@ var ErrNotConnected = errors.New("not connected to the broker")
 
 // Config describes the connection of a channel.
 type Config struct {
-	// BrokerURL is the gateway's MQTT address, e.g. tcp://127.0.0.1:1883.
+	// BrokerURL is the gateway's MQTT address, e.g. tcp://127.0.0.1:1883, or ssl://gw.example:8883 (also
+	// tls://, mqtts://) for TLS.
 	BrokerURL string
+	// CAFile is the PEM file of the CA the gateway's certificate must chain to, for a TLS BrokerURL; empty
+	// means the system's roots. It is ignored for a plaintext URL, so one setting can serve both.
+	CAFile string
 	// Token is the service token, the password of protocol.ServiceUsername.
 	Token string
 	// ClientID is the MQTT client id; it defaults to "svc:" + 16 random hex digits. The gateway refuses a
@@ -100,7 +106,8 @@ type Channel struct {
 	cfg       Config
 	log       *slog.Logger
 	conns     []*conn
-	ridPrefix string // random per channel, so request ids of different channels never collide
+	ridPrefix string      // random per channel, so request ids of different channels never collide
+	tls       *tls.Config // nil for a plaintext broker URL
 	ridSeq    atomic.Uint64
 
 	mu      sync.Mutex
@@ -169,6 +176,11 @@ func Dial(ctx context.Context, cfg Config) (*Channel, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	// The token is a password: over TLS the gateway must prove who it is before it gets it.
+	tlsCfg, err := pki.ClientConfigFor(cfg.BrokerURL, cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
@@ -186,6 +198,7 @@ func Dial(ctx context.Context, cfg Config) (*Channel, error) {
 		inflight:  make(chan struct{}, maxDesiredInFlight),
 		slots:     make(chan struct{}, cfg.MaxCallsInFlight),
 		closed:    make(chan struct{}),
+		tls:       tlsCfg,
 	}
 	// The one subscription of a channel. QoS 0, so the broker never waits for our acks and delivery does
 	// not go through paho's QoS 1 bookkeeping.
@@ -252,6 +265,9 @@ func (c *Channel) options(cn *conn) *paho.ClientOptions {
 		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) {
 			c.log.Info("reconnecting to the broker", "conn", cn.id)
 		})
+	if c.tls != nil {
+		opts.SetTLSConfig(c.tls)
+	}
 	// MaxResumePubInFlight and the message channel depth are not set: the first only matters when a
 	// persistent session is resumed, the second has no effect in paho ≥ 1.3.
 	return opts

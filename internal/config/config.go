@@ -15,6 +15,7 @@ const (
 	DefaultNamespace       = "default"
 	DefaultMQTTURL         = "tcp://127.0.0.1:1883"
 	DefaultGatewayListen   = "127.0.0.1:1883"
+	DefaultGatewayTLS      = "127.0.0.1:8883"
 	DefaultTaskQueue       = "fleetflow"
 	DefaultTemporalUI      = "http://127.0.0.1:8233"
 )
@@ -29,30 +30,55 @@ type Config struct {
 	TemporalProfile string
 	TaskQueue       string // FLEETFLOW_TASK_QUEUE
 	MQTTURL         string // FLEETFLOW_MQTT_URL: where devices and services reach the broker
-	GatewayListen   string // FLEETFLOW_GATEWAY_LISTEN: where the embedded gateway listens
-	TemporalUI      string // FLEETFLOW_TEMPORAL_UI: base URL printed in links
-	MetricsListen   string // FLEETFLOW_METRICS_LISTEN: optional /metrics listener
+	GatewayListen   string // FLEETFLOW_GATEWAY_LISTEN: where the embedded gateway listens (plaintext)
+	// GatewayTLSListen is where the gateway listens for MQTT over TLS when it has a certificate
+	// (FLEETFLOW_GATEWAY_TLS_LISTEN).
+	GatewayTLSListen string
+	// TLSCert and TLSKey are the gateway's certificate and key files (FLEETFLOW_TLS_CERT, FLEETFLOW_TLS_KEY);
+	// without them the gateway has no TLS listener.
+	TLSCert, TLSKey string
+	// AllowPlaintext lets the gateway's plaintext listener bind a non-loopback address
+	// (FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT).
+	AllowPlaintext bool
+	// MQTTCA is the CA file clients verify the gateway with on a TLS MQTTURL (FLEETFLOW_MQTT_CA); empty means
+	// the system's roots.
+	MQTTCA        string
+	TemporalUI    string // FLEETFLOW_TEMPORAL_UI: base URL printed in links
+	MetricsListen string // FLEETFLOW_METRICS_LISTEN: optional /metrics listener
 }
 
 // FromEnv reads the configuration from the environment, falling back to the local defaults.
 func FromEnv() Config {
 	address, namespace, profile := temporalAddress()
 	return Config{
-		DatabaseURL:     Env("FLEETFLOW_DATABASE_URL", DefaultDatabaseURL),
-		TemporalAddress: address,
-		Namespace:       namespace,
-		TemporalProfile: profile,
-		TaskQueue:       Env("FLEETFLOW_TASK_QUEUE", DefaultTaskQueue),
-		MQTTURL:         Env("FLEETFLOW_MQTT_URL", DefaultMQTTURL),
-		GatewayListen:   Env("FLEETFLOW_GATEWAY_LISTEN", DefaultGatewayListen),
-		TemporalUI:      Env("FLEETFLOW_TEMPORAL_UI", DefaultTemporalUI),
-		MetricsListen:   Env("FLEETFLOW_METRICS_LISTEN", ""),
+		DatabaseURL:      Env("FLEETFLOW_DATABASE_URL", DefaultDatabaseURL),
+		TemporalAddress:  address,
+		Namespace:        namespace,
+		TemporalProfile:  profile,
+		TaskQueue:        Env("FLEETFLOW_TASK_QUEUE", DefaultTaskQueue),
+		MQTTURL:          Env("FLEETFLOW_MQTT_URL", DefaultMQTTURL),
+		GatewayListen:    Env("FLEETFLOW_GATEWAY_LISTEN", DefaultGatewayListen),
+		GatewayTLSListen: Env("FLEETFLOW_GATEWAY_TLS_LISTEN", DefaultGatewayTLS),
+		TLSCert:          os.Getenv("FLEETFLOW_TLS_CERT"),
+		TLSKey:           os.Getenv("FLEETFLOW_TLS_KEY"),
+		AllowPlaintext:   EnvBool("FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT", false),
+		MQTTCA:           os.Getenv("FLEETFLOW_MQTT_CA"),
+		TemporalUI:       Env("FLEETFLOW_TEMPORAL_UI", DefaultTemporalUI),
+		MetricsListen:    Env("FLEETFLOW_METRICS_LISTEN", ""),
 	}
 }
 
 // Env returns the variable's value, or def when it is unset or empty.
 func Env(name, def string) string {
 	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// EnvBool returns the variable as a bool (1, t, true, 0, f, false, ...), or def when it is unset or not one.
+func EnvBool(name string, def bool) bool {
+	if v, err := strconv.ParseBool(os.Getenv(name)); err == nil {
 		return v
 	}
 	return def

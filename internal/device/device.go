@@ -20,6 +20,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -62,6 +63,15 @@ func New(cfg Config) (*Device, error) {
 	}
 	if cfg.BrokerURL == "" || cfg.Secret == "" {
 		return nil, errors.New("device: broker URL and secret are required")
+	}
+	// The server is always verified: a device that cannot tell the gateway from an impostor would hand
+	// its secret to whoever answers.
+	if cfg.TLSConfig == nil && pki.IsTLSURL(cfg.BrokerURL) {
+		tc, err := pki.ClientConfig(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("device: %w", err)
+		}
+		cfg.TLSConfig = tc
 	}
 	d := &Device{
 		cfg:       cfg,

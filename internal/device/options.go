@@ -1,6 +1,7 @@
 package device
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"time"
@@ -10,9 +11,16 @@ import (
 
 // Config describes one device.
 type Config struct {
-	BrokerURL string // e.g. tcp://127.0.0.1:1883
+	BrokerURL string // e.g. tcp://127.0.0.1:1883, or ssl://gw.example:8883 (also tls://, mqtts://) for TLS
 	ID        string
 	Secret    string
+
+	// CAFile is the PEM file of the CA the gateway's certificate must chain to, for a TLS broker URL; empty
+	// means the system's roots. It is ignored for a plaintext URL.
+	CAFile string
+	// TLSConfig, if set, is used for a TLS broker URL instead of one made from CAFile; a simulator shares one
+	// among all its devices rather than reading the CA file for each.
+	TLSConfig *tls.Config
 
 	KeepAlive            time.Duration // MQTT keepalive (default 60 s)
 	ConnectTimeout       time.Duration // one CONNECT attempt (default 10 s)

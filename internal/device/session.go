@@ -9,6 +9,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -52,6 +53,9 @@ func (d *Device) Connect(ctx context.Context) error {
 	opts.SetStore(&copyingStore{MemoryStore: paho.NewMemoryStore()})
 	if d.cfg.Dialer != nil {
 		opts.SetDialer(d.cfg.Dialer)
+	}
+	if d.cfg.TLSConfig != nil && pki.IsTLSURL(d.cfg.BrokerURL) {
+		opts.SetTLSConfig(d.cfg.TLSConfig)
 	}
 	client := paho.NewClient(opts)
 	d.client = client

@@ -8,6 +8,10 @@
 // everything it learns (connections, last-seen, reported properties, job progress) to the registry in batches
 // rather than one transaction per message (docs/architecture.md, "The device protocol").
 //
+// Devices connect over TLS (Config.TLSListen, with a certificate reloaded when its files change) or, on
+// loopback or where Config.AllowPlaintext says the network is trusted, over plain TCP: a CONNECT carries the
+// device's secret, which must not cross a network in clear (docs/architecture.md, "Where secrets live").
+//
 // Method requests are online-only (docs/architecture.md, "The device protocol"): when a service calls a method of a device that has no session
 // on this gateway, the gateway answers 404 DeviceNotOnline at once, so the caller fails fast instead of
 // waiting for its timeout.
@@ -20,6 +24,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +39,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/metrics"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -66,8 +72,20 @@ type Store interface {
 // Config tunes the gateway. Zero values take the defaults below, which are sized for ~10k devices per
 // process on a 2-core machine.
 type Config struct {
-	// Listen is the TCP address of the MQTT listener, e.g. "127.0.0.1:1883" (":0" picks a free port).
+	// Listen is the TCP address of the plaintext MQTT listener, e.g. "127.0.0.1:1883" (":0" picks a free
+	// port). Plaintext carries device secrets and the service token in clear, so Validate refuses an address
+	// that is not loopback unless AllowPlaintext is set.
 	Listen string
+	// AllowPlaintext lets the plaintext listener bind a non-loopback address (a private network, or a TLS
+	// terminator in front of the gateway).
+	AllowPlaintext bool
+	// TLSListen is the address of the MQTT-over-TLS listener (default 127.0.0.1:8883); it is opened only when
+	// TLSCertFile and TLSKeyFile are set. The pair is reloaded when the files change (see pki.Reloader), at most
+	// every TLSReloadEvery (default pki.DefaultReloadEvery).
+	TLSListen      string
+	TLSCertFile    string
+	TLSKeyFile     string
+	TLSReloadEvery time.Duration
 	// ServiceToken is the password of ServiceUsername; when empty no service may log in.
 	ServiceToken string
 
@@ -126,6 +144,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:1883"
+	}
+	if c.TLSListen == "" {
+		c.TLSListen = "127.0.0.1:8883"
 	}
 	def(&c.AuthCacheSize, 100_000)
 	def(&c.AuthConcurrency, 16)
@@ -192,17 +213,18 @@ type Gateway struct {
 	store Store
 	log   *slog.Logger
 
-	server   *mqtt.Server
-	listener net.Listener
-	auth     *authCache
-	sessions *sessions
-	events   *eventBuffer
-	recheck  *recheckQueue
-	getQ     chan twinRequest
-	reportQ  chan twinRequest
-	jobQ     chan jobStatusMsg
-	c        counters
-	m        ingestMetrics
+	server      *mqtt.Server
+	listener    net.Listener
+	tlsListener net.Listener // nil without a certificate
+	auth        *authCache
+	sessions    *sessions
+	events      *eventBuffer
+	recheck     *recheckQueue
+	getQ        chan twinRequest
+	reportQ     chan twinRequest
+	jobQ        chan jobStatusMsg
+	c           counters
+	m           ingestMetrics
 
 	lastSession atomic.Int64 // last session number handed out, to keep them strictly increasing
 
@@ -252,6 +274,9 @@ func (g *Gateway) start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := g.cfg.Validate(); err != nil {
+		return err
+	}
 	brokerLog := g.cfg.BrokerLogger
 	if brokerLog == nil {
 		brokerLog = slog.New(minLevel{Handler: g.log.Handler(), min: slog.LevelError})
@@ -285,13 +310,24 @@ func (g *Gateway) start(ctx context.Context) error {
 		ln.Close()
 		return fmt.Errorf("gateway: add listener: %w", err)
 	}
+	tlsLn, err := g.listenTLS(ctx, server)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	closeListeners := func() {
+		ln.Close()
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
+	}
 	// One inline subscription sees every message under devices/; the handler picks out what devices
 	// sent and ignores cloud-to-device traffic, so malformed device topics can be counted too.
 	if err := server.Subscribe(protocol.AllDevicesFilter, 1, g.onMessage); err != nil {
-		ln.Close()
+		closeListeners()
 		return fmt.Errorf("gateway: inline subscribe: %w", err)
 	}
-	g.server, g.listener = server, ln
+	g.server, g.listener, g.tlsListener = server, ln, tlsLn
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
 
 	g.goBackground(g.flushLoop)
@@ -308,12 +344,77 @@ func (g *Gateway) start(ctx context.Context) error {
 	if err := server.Serve(); err != nil {
 		g.cancel()
 		g.wg.Wait()
-		ln.Close()
+		closeListeners()
 		return fmt.Errorf("gateway: serve: %w", err)
 	}
 	g.started.Store(true)
-	g.log.Info("gateway listening", "addr", ln.Addr().String())
+	if tlsLn != nil {
+		g.log.Info("gateway listening", "addr", ln.Addr().String(), "tls", tlsLn.Addr().String())
+	} else {
+		g.log.Info("gateway listening", "addr", ln.Addr().String())
+	}
 	return nil
+}
+
+// listenTLS opens the MQTT-over-TLS listener when a certificate is configured (nil, nil otherwise). mochi's
+// own listeners.NewTCP takes a tls.Config in listeners.Config and calls tls.Listen in Init; the gateway
+// opens the socket itself instead (as for plaintext, through listeners.NewNet), so that an address in use
+// fails Start at once and TLSAddr knows the port ":0" picked. The handshake runs on the client's own
+// goroutine at its first read, so a slow or failed handshake never holds up the accept loop.
+func (g *Gateway) listenTLS(ctx context.Context, server *mqtt.Server) (net.Listener, error) {
+	if g.cfg.TLSCertFile == "" {
+		return nil, nil
+	}
+	certs, err := pki.NewReloader(g.cfg.TLSCertFile, g.cfg.TLSKeyFile, g.cfg.TLSReloadEvery, g.log)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	var lc net.ListenConfig
+	raw, err := lc.Listen(ctx, "tcp", g.cfg.TLSListen)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: listen for TLS on %s: %w", g.cfg.TLSListen, err)
+	}
+	ln := tls.NewListener(raw, certs.ServerConfig())
+	if err := server.AddListener(listeners.NewNet("tls", ln)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("gateway: add TLS listener: %w", err)
+	}
+	return ln, nil
+}
+
+// Validate checks the listener settings without opening anything: plaintext MQTT only on loopback unless
+// AllowPlaintext says otherwise (device secrets and the service token would cross the network in clear,
+// docs/architecture.md, "Where secrets live"), and a TLS certificate always with its key.
+func (c Config) Validate() error {
+	listen := c.Listen
+	if listen == "" {
+		listen = "127.0.0.1:1883"
+	}
+	if !c.AllowPlaintext && !IsLoopbackAddr(listen) {
+		return fmt.Errorf("gateway: refusing plaintext MQTT on %s, which is not a loopback address: device secrets and "+
+			"the service token would cross the network in clear; serve devices over TLS (--tls-cert, --tls-key, "+
+			"--tls-listen) and keep --listen on 127.0.0.1, or pass --allow-plaintext (FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT=true) "+
+			"if the network is trusted", listen)
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return errors.New("gateway: a TLS certificate needs its key and a key its certificate (--tls-cert and --tls-key)")
+	}
+	return nil
+}
+
+// IsLoopbackAddr reports whether a listen address host:port binds only loopback: an IP in 127.0.0.0/8 or ::1,
+// or "localhost". An empty host (":1883") binds every interface and is not loopback; other names are not
+// resolved, since what they resolve to can change.
+func IsLoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (g *Gateway) goBackground(fn func()) {
@@ -324,12 +425,20 @@ func (g *Gateway) goBackground(fn func()) {
 	}()
 }
 
-// Addr is the listener's address (useful with ":0"); empty before Start.
+// Addr is the plaintext listener's address (useful with ":0"); empty before Start.
 func (g *Gateway) Addr() string {
 	if g.listener == nil {
 		return ""
 	}
 	return g.listener.Addr().String()
+}
+
+// TLSAddr is the TLS listener's address; empty before Start and without a certificate.
+func (g *Gateway) TLSAddr() string {
+	if g.tlsListener == nil {
+		return ""
+	}
+	return g.tlsListener.Addr().String()
 }
 
 // Close disconnects every client, records their disconnection, answers or drops queued requests and stops
@@ -343,6 +452,9 @@ func (g *Gateway) Close() error {
 		// (Clients.GetByListener read-locks twice; a waiting Delete blocks the second lock). So stop accepting
 		// first, disconnect everyone ourselves and wait until the client list is empty, and only then Close.
 		_ = g.listener.Close()
+		if g.tlsListener != nil {
+			_ = g.tlsListener.Close()
+		}
 		for _, cl := range g.server.Clients.GetAll() {
 			if !cl.Net.Inline {
 				g.server.DisconnectClient(cl, packets.ErrServerShuttingDown)

@@ -55,6 +55,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 	sd := &simDevice{id: c.ID, started: time.Now()}
 	cfg := device.Config{
 		BrokerURL:            s.cfg.BrokerURL,
+		TLSConfig:            s.tls,
 		ID:                   c.ID,
 		Secret:               c.Secret,
 		KeepAlive:            s.cfg.KeepAlive,

@@ -25,6 +25,7 @@ package simulator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,12 +35,17 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/pki"
 )
 
 // Config describes a simulation.
 type Config struct {
+	// BrokerURL is the gateway, tcp:// or, for TLS, ssl:// (also tls://, mqtts://).
 	BrokerURL string
-	Creds     []creds.Credential
+	// CAFile is the CA the gateway's certificate must chain to on a TLS BrokerURL (empty: the system's
+	// roots); it is read once and its tls.Config shared by every device.
+	CAFile string
+	Creds  []creds.Credential
 	// Devices limits the simulation to the first n credentials (0 = all).
 	Devices int
 	// Concurrency is the number of CONNECTs in flight (default 64); ConnectRate caps CONNECTs per second
@@ -100,6 +106,7 @@ func (s Stats) String() string {
 // Simulator runs one simulation.
 type Simulator struct {
 	cfg   Config
+	tls   *tls.Config // shared by every device; nil for a plaintext broker URL
 	log   *slog.Logger
 	creds []creds.Credential
 
@@ -161,6 +168,10 @@ func New(cfg Config) (*Simulator, error) {
 	if len(list) == 0 {
 		return nil, errors.New("simulator: no credentials")
 	}
+	tlsCfg, err := pki.ClientConfigFor(cfg.BrokerURL, cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("simulator: %w", err)
+	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 64
 	}
@@ -179,7 +190,7 @@ func New(cfg Config) (*Simulator, error) {
 	if err := cfg.Unhealthy.validate("unhealthy"); err != nil {
 		return nil, err
 	}
-	return &Simulator{cfg: cfg, log: cfg.Logger.With("component", "simulator"), creds: list,
+	return &Simulator{cfg: cfg, tls: tlsCfg, log: cfg.Logger.With("component", "simulator"), creds: list,
 		reportSlots: make(chan struct{}, 4*cfg.Concurrency), runCtx: context.Background()}, nil
 }
 

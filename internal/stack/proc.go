@@ -20,6 +20,8 @@ type PIDFile struct {
 	Start uint64 `json:"start"` // clock ticks after boot, field 22 of /proc/<pid>/stat
 	Exe   string `json:"exe"`
 	Addr  string `json:"addr,omitempty"`
+	// TLSAddr is the gateway's MQTT-over-TLS address.
+	TLSAddr string `json:"tls_addr,omitempty"`
 	// DataDir is where the part keeps its state (Postgres), so `dev down` can stop it without guessing.
 	DataDir string    `json:"data_dir,omitempty"`
 	Started time.Time `json:"started"`

@@ -15,9 +15,6 @@ import (
 func (s *Stack) upGateway(ctx context.Context) error {
 	const part = PartGateway
 	listen := s.gatewayListen()
-	if running, err := s.alreadyRunning(part, ""); running || err != nil {
-		return err
-	}
 	if s.opts.ExplicitMQTT {
 		addr, err := mqttAddr(s.opts.Config.MQTTURL)
 		if err != nil {
@@ -32,12 +29,29 @@ func (s *Stack) upGateway(ctx context.Context) error {
 			return partErr(part, "FLEETFLOW_MQTT_URL points at %s, which does not answer; start that broker or unset FLEETFLOW_MQTT_URL to run the local gateway", addr)
 		}
 	}
+	// Made (or renewed) before the running check, so a gateway left running since an earlier up is handed
+	// a renewed certificate too: it reloads the files when they change.
+	cert, key, err := s.gatewayTLS()
+	if err != nil {
+		return err
+	}
+	if running, err := s.alreadyRunning(part, ""); running || err != nil {
+		return err
+	}
+	tlsListen := s.gatewayTLSListen()
 	_, port, err := splitPort(listen)
 	if err != nil {
 		return partErr(part, "listen address %q is not host:port", listen)
 	}
 	if PortInUse(listen) {
 		return partErr(part, "%s", portInUseMessage(port, "FLEETFLOW_MQTT_URL"))
+	}
+	_, tlsPort, err := splitPort(tlsListen)
+	if err != nil {
+		return partErr(part, "TLS listen address %q is not host:port", tlsListen)
+	}
+	if PortInUse(tlsListen) {
+		return partErr(part, "%s", portInUseMessage(tlsPort, "FLEETFLOW_GATEWAY_TLS_LISTEN"))
 	}
 	if !fileExists(s.opts.GatewayBin) {
 		return partErr(part, "%s not found; run `make build` (or pass --gateway-bin)", s.rel(s.opts.GatewayBin))
@@ -48,14 +62,19 @@ func (s *Stack) upGateway(ctx context.Context) error {
 	}
 	metricsAddr := s.freeMetrics(part, gatewayMetrics())
 	cmd := exec.Command(s.opts.GatewayBin, "gateway")
-	cmd.Env = append(env, "FLEETFLOW_GATEWAY_METRICS="+metricsAddr)
+	cmd.Env = append(env, "FLEETFLOW_GATEWAY_METRICS="+metricsAddr,
+		"FLEETFLOW_TLS_CERT="+cert, "FLEETFLOW_TLS_KEY="+key)
 	l, err := s.launch(part, cmd, listen, "")
 	if err != nil {
 		return err
 	}
+	l.pid.TLSAddr = tlsListen
+	if err := WritePIDFile(s.pidPath(part), l.pid); err != nil {
+		return s.fail(part, l, err.Error())
+	}
 	s.recordMetrics(part, l, metricsAddr)
 	deadline := time.Now().Add(time.Minute)
-	for !Reachable(listen, 500*time.Millisecond) {
+	for !Reachable(listen, 500*time.Millisecond) || !Reachable(tlsListen, 500*time.Millisecond) {
 		select {
 		case <-l.exited:
 			return s.fail(part, l, "exited during start-up")
@@ -64,10 +83,10 @@ func (s *Stack) upGateway(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return s.fail(part, l, "did not listen on "+listen+" within a minute")
+			return s.fail(part, l, "did not listen on "+listen+" and "+tlsListen+" (TLS) within a minute")
 		}
 	}
-	s.say("%-9s %-22s started (pid %d)%s", part, listen, l.pid.PID, startedMetrics(metricsAddr))
+	s.say("%-9s %-22s started (pid %d), TLS on %s%s", part, listen, l.pid.PID, tlsListen, startedMetrics(metricsAddr))
 	return nil
 }
 

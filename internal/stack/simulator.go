@@ -35,6 +35,13 @@ func (s *Stack) StartSimulator(ctx context.Context, args []string) error {
 		return err
 	}
 	cmd := exec.Command(s.opts.GatewayBin, append([]string{"simulate"}, args...)...)
+	via := ""
+	if url, ca, ok := s.SimulatorTLS(); ok {
+		// The devices connect as real ones would: over TLS, verifying the gateway against the stack's CA.
+		// Flags after -- (--mqtt-url, --ca-file) still override these.
+		env = append(env, "FLEETFLOW_MQTT_URL="+url, "FLEETFLOW_MQTT_CA="+ca)
+		via = url
+	}
 	cmd.Env = env
 	l, err := s.launch(PartSimulator, cmd, "", "")
 	if err != nil {
@@ -47,6 +54,6 @@ func (s *Stack) StartSimulator(ctx context.Context, args []string) error {
 		return s.fail(PartSimulator, l, "interrupted")
 	case <-time.After(time.Second):
 	}
-	s.say("%-9s %-22s started (pid %d), log %s", PartSimulator, "", l.pid.PID, s.rel(s.logPath(PartSimulator)))
+	s.say("%-9s %-22s started (pid %d), log %s", PartSimulator, via, l.pid.PID, s.rel(s.logPath(PartSimulator)))
 	return nil
 }

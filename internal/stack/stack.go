@@ -119,11 +119,13 @@ func New(opts Options) (*Stack, error) {
 
 // PartStatus is one line of `dev status`.
 type PartStatus struct {
-	Name   string
-	Addr   string
-	Health string
-	PID    int
-	Note   string
+	Name string
+	Addr string
+	// TLSAddr is the gateway's MQTT-over-TLS address, when it has one.
+	TLSAddr string `json:",omitempty"`
+	Health  string
+	PID     int
+	Note    string
 }
 
 // PartError is a failure of one part, worded as what to do about it. Log holds the last lines of the part's
@@ -360,7 +362,8 @@ func (s *Stack) partStatus(part, addr string, explicit bool) PartStatus {
 		if p.Addr != "" {
 			st.Addr = p.Addr
 		}
-		if st.Addr != "" && !Reachable(st.Addr, time.Second) {
+		st.TLSAddr = p.TLSAddr
+		if (st.Addr != "" && !Reachable(st.Addr, time.Second)) || (st.TLSAddr != "" && !Reachable(st.TLSAddr, time.Second)) {
 			st.Health = HealthNotAnswering
 			st.Note = "see " + s.rel(s.logPath(part))
 		} else {
@@ -436,13 +439,19 @@ func (s *Stack) childEnv() ([]string, error) {
 	if !s.opts.ExplicitMQTT {
 		mqttURL = "tcp://" + s.gatewayListen()
 	}
-	return append(os.Environ(),
+	env := os.Environ()
+	if cfg.MQTTCA == "" && s.ownTLS() && fileExists(s.CAFile()) {
+		// Services given an ssl:// URL (by the user, or dev simulate's devices) verify the gateway with it.
+		env = append(env, "FLEETFLOW_MQTT_CA="+s.CAFile())
+	}
+	return append(env,
 		"FLEETFLOW_DATABASE_URL="+cfg.DatabaseURL,
 		"TEMPORAL_ADDRESS="+cfg.TemporalAddress,
 		"TEMPORAL_NAMESPACE="+cfg.Namespace,
 		"FLEETFLOW_TASK_QUEUE="+cfg.TaskQueue,
 		"FLEETFLOW_MQTT_URL="+mqttURL,
 		"FLEETFLOW_GATEWAY_LISTEN="+s.gatewayListen(),
+		"FLEETFLOW_GATEWAY_TLS_LISTEN="+s.gatewayTLSListen(),
 		"FLEETFLOW_TEMPORAL_UI="+cfg.TemporalUI,
 		"FLEETFLOW_SERVICE_TOKEN="+tok,
 	), nil

@@ -3,6 +3,7 @@ package stack_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -29,20 +30,27 @@ func TestMain(m *testing.M) {
 	case "":
 		os.Exit(m.Run())
 	case "gateway":
-		l, err := net.Listen("tcp", os.Getenv("FLEETFLOW_GATEWAY_LISTEN"))
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "fake gateway:", err)
+		// The real gateway refuses to start without a loadable pair; so does the fake.
+		if _, err := tls.LoadX509KeyPair(os.Getenv("FLEETFLOW_TLS_CERT"), os.Getenv("FLEETFLOW_TLS_KEY")); err != nil {
+			fmt.Fprintln(os.Stderr, "fake gateway: TLS pair:", err)
 			os.Exit(1)
 		}
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				_ = c.Close()
+		for _, addr := range []string{os.Getenv("FLEETFLOW_GATEWAY_LISTEN"), os.Getenv("FLEETFLOW_GATEWAY_TLS_LISTEN")} {
+			l, err := net.Listen("tcp", addr)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "fake gateway:", err)
+				os.Exit(1)
 			}
-		}()
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					_ = c.Close()
+				}
+			}()
+		}
 		waitForSignal()
 	case "worker":
 		if os.Getenv("FLEETFLOW_SERVICE_TOKEN") == "" || os.Getenv("TEMPORAL_ADDRESS") == "" {
@@ -91,7 +99,9 @@ func newTestStack(t *testing.T, out *bytes.Buffer, workers int) (*stack.Stack, s
 	cfg.TemporalAddress = freeAddr(t)
 	cfg.TemporalUI = "http://" + freeAddr(t)
 	cfg.MQTTURL = "tcp://" + freeAddr(t)
-	cfg.TemporalProfile = "" // a developer's temporal.toml must not make the test's Temporal external
+	cfg.GatewayTLSListen = freeAddr(t)
+	cfg.TLSCert, cfg.TLSKey, cfg.MQTTCA = "", "", "" // the stack makes its own
+	cfg.TemporalProfile = ""                         // a developer's temporal.toml must not make the test's Temporal external
 	opts := stack.Options{
 		Root: root, Config: cfg, TemporalCLI: cli, GatewayBin: self, WorkerBin: self,
 		Workers: workers, Out: out,
@@ -151,12 +161,31 @@ func TestUpStatusDown(t *testing.T) {
 		t.Errorf("up did not report the migration:\n%s", out.String())
 	}
 
+	// The local CA and the gateway's certificate were made under .fleetflow/tls, keys private.
+	tlsDir := filepath.Join(opts.Root, ".fleetflow", "tls")
+	for file, mode := range map[string]os.FileMode{"ca.pem": 0o644, "ca-key.pem": 0o600, "server.pem": 0o644, "server-key.pem": 0o600} {
+		st, err := os.Stat(filepath.Join(tlsDir, file))
+		if err != nil || st.Mode().Perm() != mode {
+			t.Errorf("%s: %v, mode %v, want %v", file, err, st.Mode().Perm(), mode)
+		}
+	}
+	if s.CAFile() != filepath.Join(tlsDir, "ca.pem") || !strings.Contains(out.String(), "created a local CA") {
+		t.Errorf("CA file %s; up output:\n%s", s.CAFile(), out.String())
+	}
+	caBefore, _ := os.ReadFile(s.CAFile())
+	if url, ca, ok := s.SimulatorTLS(); !ok || url != "ssl://"+opts.Config.GatewayTLSListen || ca != s.CAFile() {
+		t.Errorf("SimulatorTLS = %q, %q, %v; want the gateway's TLS address and the stack's CA", url, ca, ok)
+	}
+
 	parts, err := s.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	health := map[string]string{}
 	for _, p := range parts {
+		if p.Name == "gateway" && p.TLSAddr != opts.Config.GatewayTLSListen {
+			t.Errorf("status of the gateway: TLS address %q, want %q", p.TLSAddr, opts.Config.GatewayTLSListen)
+		}
 		health[p.Name] = p.Health
 		if p.Health == stack.HealthRunning && p.PID == 0 {
 			t.Errorf("%s running without pid", p.Name)
@@ -179,6 +208,9 @@ func TestUpStatusDown(t *testing.T) {
 	if !strings.Contains(out.String(), "schema    version") || !strings.Contains(out.String(), "up to date") {
 		t.Errorf("second up: schema not reported up to date:\n%s", out.String())
 	}
+	if caAfter, _ := os.ReadFile(s.CAFile()); !bytes.Equal(caBefore, caAfter) || strings.Contains(out.String(), "tls ") {
+		t.Errorf("second up must reuse the CA and the certificate:\n%s", out.String())
+	}
 
 	out.Reset()
 	if err := s.Down(ctx); err != nil {
@@ -187,7 +219,7 @@ func TestUpStatusDown(t *testing.T) {
 	if n := strings.Count(out.String(), "stopped"); n != 5 {
 		t.Errorf("down: %d parts stopped, want 5:\n%s", n, out.String())
 	}
-	for _, addr := range []string{opts.Config.TemporalAddress, strings.TrimPrefix(opts.Config.MQTTURL, "tcp://")} {
+	for _, addr := range []string{opts.Config.TemporalAddress, strings.TrimPrefix(opts.Config.MQTTURL, "tcp://"), opts.Config.GatewayTLSListen} {
 		if stack.Reachable(addr, time.Second) {
 			t.Errorf("%s still answers after down", addr)
 		}
