@@ -23,6 +23,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/gateway"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -53,7 +54,8 @@ func TestMain(m *testing.M) {
 }
 
 // env is one test's stack: a fresh database, the shared Temporal server with a task queue of its own, and
-// an in-process gateway on a free port.
+// an in-process gateway listening on free loopback ports, for plaintext MQTT (the workers and the CLI, as in
+// the local stack) and for MQTT over TLS (devices), with a CA and server certificate made for this test.
 type env struct {
 	t         *testing.T
 	dbURL     string
@@ -61,7 +63,8 @@ type env struct {
 	taskQueue string
 	reg       *registry.Registry
 	gw        *gateway.Gateway
-	mqttURL   string
+	mqttURL   string    // the plaintext listener
+	tls       pki.Local // the CA (tls.CA, for clients) and the gateway's certificate, in a temporary directory
 	tc        client.Client
 }
 
@@ -75,8 +78,13 @@ func newEnv(t *testing.T) *env {
 	require.NoError(t, err)
 	t.Cleanup(reg.Close)
 	e.reg = reg
-	e.gw = gateway.New(gateway.Config{Listen: "127.0.0.1:0", ServiceToken: serviceToken}, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	e.tls, err = pki.EnsureLocal(t.TempDir(), pki.LocalHosts, time.Now())
+	require.NoError(t, err)
+	e.gw = gateway.New(gateway.Config{Listen: "127.0.0.1:0", ServiceToken: serviceToken,
+		TLSListen: "127.0.0.1:0", TLSCertFile: e.tls.Cert, TLSKeyFile: e.tls.Key},
+		reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, e.gw.Start(ctx))
+	require.NotEmpty(t, e.gw.TLSAddr(), "the gateway listens for TLS")
 	t.Cleanup(func() { e.gw.Close() })
 	e.mqttURL = "tcp://" + e.gw.Addr()
 	tc, err := client.Dial(client.Options{HostPort: e.temporal, Logger: quietLogger{}})

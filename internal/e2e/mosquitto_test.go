@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,12 +17,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/pki"
 )
 
 // These tests drive a device with Debian's mosquitto clients (package mosquitto-clients, installed by
 // `make deps` through deploy/ensure-mosquitto-clients.sh), so the device channel is checked against an MQTT
 // implementation fleetflow did not write: libmosquitto, not paho. The device speaks MQTT 3.1.1 with its
-// own credentials (client id = username = device id, password = its secret), as any device would.
+// own credentials (client id = username = device id, password = its secret), as any device would, over TLS,
+// verifying the gateway against the test's CA with --cafile (as a device of the local stack does with
+// .fleetflow/tls/ca.pem): libmosquitto's OpenSSL checks the chain and that the certificate names the host.
 
 // mosquittoTool returns the path of a mosquitto client. A missing client fails the test: the tests are part
 // of `make test`, whose `make deps` installs them. A developer without them may set
@@ -51,14 +56,27 @@ func requireMosquitto(t *testing.T) {
 // mosquittoDevice holds the connection arguments of one device for the mosquitto clients.
 type mosquittoDevice struct {
 	id   string
-	args []string // -h -p -V -i -u -P
+	args []string // -h -p [--cafile] -V -i -u -P
 }
 
+// newMosquittoDevice is a device connecting to the gateway's TLS listener and verifying it with the
+// environment's CA.
 func newMosquittoDevice(t *testing.T, e *env, id, secret string) mosquittoDevice {
 	t.Helper()
-	host, port, err := net.SplitHostPort(e.gw.Addr())
+	return mosquittoDeviceAt(t, e.gw.TLSAddr(), e.tls.CA, id, secret)
+}
+
+// mosquittoDeviceAt is a device connecting to addr: over TLS verified against caFile, or over plaintext when
+// caFile is empty.
+func mosquittoDeviceAt(t *testing.T, addr, caFile, id, secret string) mosquittoDevice {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
 	require.NoError(t, err)
-	return mosquittoDevice{id: id, args: []string{"-h", host, "-p", port, "-V", "mqttv311", "-i", id, "-u", id, "-P", secret}}
+	args := []string{"-h", host, "-p", port}
+	if caFile != "" {
+		args = append(args, "--cafile", caFile)
+	}
+	return mosquittoDevice{id: id, args: append(args, "-V", "mqttv311", "-i", id, "-u", id, "-P", secret)}
 }
 
 // run runs a mosquitto client to completion and returns its stdout and stderr.
@@ -179,15 +197,23 @@ func TestMosquittoClientsDriveADevice(t *testing.T) {
 	defer cancel()
 
 	// Twin get: mosquitto_rr subscribes to the response topic, publishes the request and prints the answer.
-	out, _, err := d.run(ctx, t, "mosquitto_rr", "-q", "1", "-v", "-W", "20",
-		"-t", "devices/"+id+"/twin/get/rid-1", "-e", "devices/"+id+"/twin/res/200/rid-1", "-m", "{}")
-	require.NoError(t, err)
-	topic, payload, _ := strings.Cut(strings.TrimSpace(out), " ")
-	require.Equal(t, "devices/"+id+"/twin/res/200/rid-1", topic)
-	var props map[string]json.RawMessage
-	require.NoError(t, json.Unmarshal([]byte(payload), &props), "twin/get answer: %s", payload)
-	assert.Contains(t, props, "desired")
-	assert.Contains(t, props, "reported")
+	// Over TLS, and once over the loopback plaintext listener, which serves devices too.
+	plain := mosquittoDeviceAt(t, e.gw.Addr(), "", id, secrets[id])
+	for _, rr := range []struct {
+		name string
+		d    mosquittoDevice
+	}{{"tls", d}, {"plaintext", plain}} {
+		rid := "rid-" + rr.name
+		out, _, err := rr.d.run(ctx, t, "mosquitto_rr", "-q", "1", "-v", "-W", "20",
+			"-t", "devices/"+id+"/twin/get/"+rid, "-e", "devices/"+id+"/twin/res/200/"+rid, "-m", "{}")
+		require.NoError(t, err, rr.name)
+		topic, payload, _ := strings.Cut(strings.TrimSpace(out), " ")
+		require.Equal(t, "devices/"+id+"/twin/res/200/"+rid, topic, rr.name)
+		var props map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal([]byte(payload), &props), "%s twin/get answer: %s", rr.name, payload)
+		assert.Contains(t, props, "desired", rr.name)
+		assert.Contains(t, props, "reported", rr.name)
+	}
 
 	// The device listens for desired patches and method requests; -C 2 ends it after the patch and the
 	// request, with its own DISCONNECT, so that mosquitto_pub can answer as the same device.
@@ -200,10 +226,10 @@ func TestMosquittoClientsDriveADevice(t *testing.T) {
 		return err == nil && tw.ConnectionState == "connected"
 	}, 20*time.Second, 20*time.Millisecond)
 
-	out, err = e.cli(ctx, "twin", "set-desired", id, "--patch", `{"telemetryInterval": 30}`)
+	out, err := e.cli(ctx, "twin", "set-desired", id, "--patch", `{"telemetryInterval": 30}`)
 	require.NoError(t, err)
 	assert.Contains(t, out, "pushed to the device")
-	topic, payload = sub.message(t, "devices/"+id+"/twin/desired/")
+	topic, payload := sub.message(t, "devices/"+id+"/twin/desired/")
 	v, err := strconv.ParseInt(strings.TrimPrefix(topic, "devices/"+id+"/twin/desired/"), 10, 64)
 	require.NoError(t, err, "desired topic %s", topic)
 	assert.Positive(t, v)
@@ -267,4 +293,43 @@ func TestMosquittoSubSurvivesTakeover(t *testing.T) {
 	assert.GreaterOrEqual(t, first.count("received CONNACK"), 2)
 	require.Eventually(t, func() bool { return e.gw.Stats().Connected == 1 }, 10*time.Second, 20*time.Millisecond,
 		"mosquitto_sub's new session is the device's only one")
+}
+
+// TestMosquittoClientWithAnotherCAIsRefused: a device that verifies the gateway against a CA that did not
+// sign the gateway's certificate gives up in the TLS handshake, so it gets no CONNACK and no session; the
+// same device with the right CA connects.
+func TestMosquittoClientWithAnotherCAIsRefused(t *testing.T) {
+	requireMosquitto(t)
+	e := newEnv(t)
+	e.startWorker()
+	secrets := provisionDirect(t, e, "mqca-", 1)
+	id := "mqca-0001"
+	require.Contains(t, secrets, id)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	other, _, err := pki.NewCA("another CA", time.Now(), time.Hour)
+	require.NoError(t, err)
+	otherFile := filepath.Join(t.TempDir(), "other-ca.pem")
+	require.NoError(t, os.WriteFile(otherFile, other.PEM, 0o644))
+	before := e.gw.Stats()
+
+	// -d logs every packet; -C 1 -W 20 bound the run should the connection (wrongly) succeed.
+	wrong := mosquittoDeviceAt(t, e.gw.TLSAddr(), otherFile, id, secrets[id])
+	out, stderr, err := wrong.run(ctx, t, "mosquitto_sub", "-d", "-C", "1", "-W", "20", "-t", "devices/"+id+"/#")
+	require.Error(t, err, "mosquitto_sub connected with a CA that did not sign the gateway's certificate")
+	assert.Positive(t, exitCodeOf(err), "mosquitto_sub exits with an error status (not killed): %v", err)
+	// libmosquitto queues its CONNECT ("sending CONNECT" in the log) before the handshake; OpenSSL refuses the
+	// chain before it is written.
+	assert.Contains(t, out+stderr, "certificate verify failed")
+	assert.NotContains(t, out+stderr, "CONNACK")
+	after := e.gw.Stats()
+	assert.Equal(t, before.Connects, after.Connects, "no device session was established")
+
+	// The control: the same device, with the CA that signed the gateway's certificate, gets its CONNACK.
+	right := mosquittoDeviceAt(t, e.gw.TLSAddr(), e.tls.CA, id, secrets[id])
+	out, stderr, err = right.run(ctx, t, "mosquitto_pub", "-d", "-q", "1", "-t", "devices/"+id+"/telemetry", "-m", `{"t": 1}`)
+	require.NoError(t, err)
+	assert.Contains(t, out+stderr, "received CONNACK (0)")
+	assert.Greater(t, e.gw.Stats().Connects, after.Connects)
 }
