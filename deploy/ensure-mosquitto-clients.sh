@@ -14,29 +14,9 @@ if have_clients; then
   exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "ensure-mosquitto-clients: no mosquitto_sub/mosquitto_pub/mosquitto_rr and no apt-get; install the mosquitto clients (or set FLEETFLOW_SKIP_MOSQUITTO=1 to skip their tests)" >&2
-  exit 1
-fi
-
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  if ! command -v sudo >/dev/null 2>&1; then
-    echo "ensure-mosquitto-clients: installing mosquitto-clients needs root; run: apt-get install -y mosquitto-clients" >&2
-    exit 1
-  fi
-  sudo=(sudo)
-fi
-
-echo "== install mosquitto-clients with apt-get (the mosquitto clients are missing; the e2e tests use them)"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$log" 2>&1 ||
-   ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto-clients >>"$log" 2>&1; then
-  tail -n 20 "$log" >&2
-  echo "ensure-mosquitto-clients: apt-get install mosquitto-clients failed (output above)" >&2
-  exit 1
-fi
+# shellcheck source=deploy/apt-install.sh
+. "$(dirname "$0")/apt-install.sh"
+apt_install ensure-mosquitto-clients mosquitto-clients "the mosquitto clients are missing; the e2e tests use them (FLEETFLOW_SKIP_MOSQUITTO=1 skips those tests)"
 
 if ! have_clients; then
   echo "ensure-mosquitto-clients: mosquitto-clients is installed but mosquitto_sub/mosquitto_pub/mosquitto_rr are not on PATH" >&2

@@ -13,29 +13,9 @@ if have_server; then
   exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "ensure-postgres: no PostgreSQL server binaries and no apt-get; install PostgreSQL and set FLEETFLOW_PG_BIN to its bin directory" >&2
-  exit 1
-fi
-
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  if ! command -v sudo >/dev/null 2>&1; then
-    echo "ensure-postgres: installing postgresql needs root; run: apt-get install -y postgresql" >&2
-    exit 1
-  fi
-  sudo=(sudo)
-fi
-
-echo "== install postgresql with apt-get (PostgreSQL server binaries are missing)"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$log" 2>&1 ||
-   ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >>"$log" 2>&1; then
-  tail -n 20 "$log" >&2
-  echo "ensure-postgres: apt-get install postgresql failed (output above)" >&2
-  exit 1
-fi
+# shellcheck source=deploy/apt-install.sh
+. "$(dirname "$0")/apt-install.sh"
+apt_install ensure-postgres postgresql "PostgreSQL server binaries are missing; or install PostgreSQL and set FLEETFLOW_PG_BIN to its bin directory"
 
 if ! have_server; then
   echo "ensure-postgres: postgresql is installed but no /usr/lib/postgresql/*/bin/postgres exists; set FLEETFLOW_PG_BIN" >&2
