@@ -61,6 +61,9 @@ type Store interface {
 	ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error)
 	// RecordConnections records a batch of connection events.
 	RecordConnections(ctx context.Context, events []fleet.ConnEvent) error
+	// NextSessions hands out n session numbers, in increasing order, from one counter shared by every
+	// gateway on the registry: the order of sessions across gateways is the order of these calls.
+	NextSessions(ctx context.Context, n int) ([]int64, error)
 	// RecordJobStatuses stores a batch of job progress messages (the latest per job and device wins).
 	RecordJobStatuses(ctx context.Context, sts []fleet.JobStatus) error
 	// ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until
@@ -226,7 +229,7 @@ type Gateway struct {
 	c           counters
 	m           ingestMetrics
 
-	lastSession atomic.Int64 // last session number handed out, to keep them strictly increasing
+	nums *sessionNums // session numbers from the registry's sequence
 
 	ctx       context.Context // background work; cancelled by Close
 	cancel    context.CancelFunc
@@ -254,6 +257,7 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 	}
 	g.events = newEventBuffer(cfg.FlushEvents)
 	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
+	g.nums = newSessionNums(store.NextSessions, cfg.AuthTimeout)
 	reg := cfg.Metrics
 	if reg == nil {
 		reg = metrics.NewRegistry()
@@ -534,22 +538,6 @@ func (g *Gateway) Stats() Stats {
 		st.SlowDropped = atomic.LoadInt64(&g.server.Info.MessagesDropped)
 	}
 	return st
-}
-
-// nextSession hands out session numbers: the connect time in unix microseconds, made strictly increasing
-// so that a device reconnecting within the same tick still gets a newer number, which is what lets the
-// registry ignore a late ConnDown of an older session.
-func (g *Gateway) nextSession() int64 {
-	for {
-		now := time.Now().UnixMicro()
-		last := g.lastSession.Load()
-		if now <= last {
-			now = last + 1
-		}
-		if g.lastSession.CompareAndSwap(last, now) {
-			return now
-		}
-	}
 }
 
 // minLevel filters a handler to records at or above min.

@@ -87,6 +87,15 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if !creds.Matches(secret, a.Secret1Hash) && !creds.Matches(secret, a.Secret2Hash) {
 		return refuse("wrong secret")
 	}
+	// The session number is taken here, not when the session starts, so that a registry that cannot
+	// hand one out refuses the CONNECT like a failed lookup instead of admitting an unnumbered session.
+	num, err := g.nums.next()
+	if err != nil {
+		g.c.storeErrors.Add(1)
+		g.log.Warn("connect refused: no session number from the registry", "client", id, "err", err)
+		return refuse("session number failed")
+	}
+	g.nums.hold(cl, num)
 	return true
 }
 
@@ -169,7 +178,15 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		g.sessions.add(&session{id: cl.ID, cl: cl, service: true})
 		return
 	}
-	s := &session{id: cl.ID, cl: cl, num: g.nextSession(), digest: creds.Digest(string(pk.Connect.Password))}
+	num, ok := g.nums.take(cl)
+	if !ok {
+		// Every device CONNECT is numbered when it is authenticated; without one it would not be ordered
+		// against the device's other sessions, so it is not kept.
+		g.log.Error("device session without a session number; closing it", "client", cl.ID)
+		cl.Stop(errors.New("no session number"))
+		return
+	}
+	s := &session{id: cl.ID, cl: cl, num: num, digest: creds.Digest(string(pk.Connect.Password))}
 	if atomic.LoadUint32(&cl.Properties.Will.Flag) == 1 {
 		s.will = cl.Properties.Will
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,9 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
+
+// minimalSession numbers minimalStore's sessions.
+var minimalSession atomic.Int64
 
 // minimalStore knows one active device with secret "s" and answers twin/get with empty documents.
 type minimalStore struct{}
@@ -30,6 +34,13 @@ func (minimalStore) ApplyReported(_ context.Context, p []fleet.ReportedPatch) ([
 	return make([]fleet.ReportedResult, len(p)), nil
 }
 func (minimalStore) RecordConnections(context.Context, []fleet.ConnEvent) error { return nil }
+func (minimalStore) NextSessions(_ context.Context, n int) ([]int64, error) {
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = minimalSession.Add(1)
+	}
+	return out, nil
+}
 func (minimalStore) RecordJobStatuses(context.Context, []fleet.JobStatus) error { return nil }
 func (minimalStore) ListenDeviceChanges(ctx context.Context, _ func(string)) error {
 	<-ctx.Done()

@@ -215,3 +215,43 @@ func TestFirmwareJobWithRegistry(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { testenv.Main(m) }
+
+// Two gateways on one registry: a device that moves from the first to the second gets a larger session
+// number there (both draw from the registry's sequence), so the registry shows it online with the second's
+// session, and the first session's late ConnDown is ignored.
+func TestDeviceMovesBetweenGateways(t *testing.T) {
+	ctx := context.Background()
+	reg, err := registry.Open(ctx, testenv.Postgres(t))
+	require.NoError(t, err)
+	t.Cleanup(reg.Close)
+	c := provision(t, reg, "move-dev", 1)[0]
+	cfg := gateway.Config{FlushInterval: 20 * time.Millisecond}
+	g1 := gatewaytest.StartGateway(t, reg, cfg)
+	g2 := gatewaytest.StartGateway(t, reg, cfg)
+
+	online := func(min int64) int64 {
+		t.Helper()
+		var s int64
+		require.Eventually(t, func() bool {
+			d, err := reg.GetDevice(ctx, c.ID)
+			s = d.Session
+			return err == nil && d.Online && d.Session > min
+		}, 5*time.Second, 10*time.Millisecond, "online with a session above %d", min)
+		return s
+	}
+	d1 := mustConnect(t, gatewaytest.URL(g1), c.ID, c.Secret)
+	s1 := online(0)
+	mustConnect(t, gatewaytest.URL(g2), c.ID, c.Secret)
+	s2 := online(s1)
+	require.Greater(t, s2, s1)
+
+	// The first gateway's session ends after the second began: its ConnDown is older and changes nothing.
+	d1.Close()
+	require.Eventually(t, func() bool { return g1.Stats().Connected == 0 }, 5*time.Second, 10*time.Millisecond)
+	time.Sleep(5 * cfg.FlushInterval)
+	d, err := reg.GetDevice(ctx, c.ID)
+	require.NoError(t, err)
+	require.True(t, d.Online, "the older session's disconnect must not take the device offline")
+	require.Equal(t, s2, d.Session)
+	assert.Zero(t, g1.Stats().StoreErrors+g2.Stats().StoreErrors)
+}

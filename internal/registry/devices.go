@@ -385,3 +385,26 @@ func (r *Registry) SetStatus(ctx context.Context, id string, status fleet.Device
 	}
 	return nil
 }
+
+// NextSessions hands out n session numbers from device_session_seq in one round trip, in increasing order.
+// One sequence for every gateway is what makes "newest session wins" hold when a device moves between
+// gateways (docs/architecture.md, "The device protocol").
+func (r *Registry) NextSessions(ctx context.Context, n int) ([]int64, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	rows, err := r.pool.Query(ctx, "SELECT nextval('device_session_seq') FROM generate_series(1, $1)", n)
+	if err != nil {
+		return nil, fmt.Errorf("next %d session numbers: %w", n, err)
+	}
+	nums, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("next %d session numbers: %w", n, err)
+	}
+	if len(nums) != n {
+		return nil, fmt.Errorf("next %d session numbers: got %d", n, len(nums))
+	}
+	// The rows come in generate_series order, which is nextval order in practice; sorting makes it certain.
+	slices.Sort(nums)
+	return nums, nil
+}

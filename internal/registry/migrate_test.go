@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -163,10 +164,10 @@ func TestMigrateAdoptsTheOldMigrator(t *testing.T) {
 	var src string
 	require.NoError(t, conn.QueryRow(ctx, "SELECT prosrc FROM pg_proc WHERE proname = 'fleetflow_notify_device'").Scan(&src))
 	require.Contains(t, src, "RETURN NULL", "an adopted migration ran again")
-	var hasDesiredAt bool // added by the last migration, which had to run
-	require.NoError(t, conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM information_schema.columns
-		WHERE table_name = 'devices' AND column_name = 'desired_at')`).Scan(&hasDesiredAt))
-	require.True(t, hasDesiredAt)
+	var hasSeq bool // added by the last migration, which had to run
+	require.NoError(t, conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_class
+		WHERE relname = 'device_session_seq' AND relkind = 'S')`).Scan(&hasSeq))
+	require.True(t, hasSeq)
 
 	again, err := registry.Migrate(ctx, url)
 	require.NoError(t, err)
@@ -216,4 +217,53 @@ func TestConcurrentMigrateAppliesEachMigrationOnce(t *testing.T) {
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
 	require.Equal(t, allVersions(), all, "every migration applied by exactly one caller")
 	require.Equal(t, allVersions(), versions(t, url))
+}
+
+// TestSessionSequenceStartsAboveStoredSessions upgrades a database whose gateways numbered sessions with
+// their clocks: the sequence must start above every stored number, or a device's next session would look
+// older than its last one and the registry would ignore it.
+func TestSessionSequenceStartsAboveStoredSessions(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.EmptyPostgres(t)
+	files, err := filepath.Glob("migrations/*.sql")
+	require.NoError(t, err)
+	sort.Strings(files)
+	require.Equal(t, "005_session_numbers.sql", filepath.Base(files[4]))
+	execURL(t, url, `CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`)
+	for _, f := range files[:4] {
+		body, err := os.ReadFile(f)
+		require.NoError(t, err)
+		execURL(t, url, string(body))
+		execURL(t, url, "INSERT INTO schema_migrations (name) VALUES ('migrations/"+filepath.Base(f)+"')")
+	}
+	// A session number from a gateway whose clock ran a day ahead.
+	future := time.Now().Add(24 * time.Hour).UnixMicro()
+	execURL(t, url, fmt.Sprintf("INSERT INTO devices (id, online, session) VALUES ('old-dev', true, %d)", future))
+
+	_, err = registry.Migrate(ctx, url)
+	require.NoError(t, err)
+	reg, err := registry.Open(ctx, url)
+	require.NoError(t, err)
+	defer reg.Close()
+	nums, err := reg.NextSessions(ctx, 2)
+	require.NoError(t, err)
+	require.Len(t, nums, 2)
+	require.Greater(t, nums[0], future)
+	require.Greater(t, nums[1], nums[0])
+}
+
+// TestSessionSequenceStartsAboveNow: with no stored sessions (or only small ones) the sequence starts above
+// the current time in microseconds, so it also stays above numbers an old gateway hands out meanwhile.
+func TestSessionSequenceStartsAboveNow(t *testing.T) {
+	ctx := context.Background()
+	url := testenv.EmptyPostgres(t)
+	before := time.Now().UnixMicro()
+	_, err := registry.Migrate(ctx, url)
+	require.NoError(t, err)
+	reg, err := registry.Open(ctx, url)
+	require.NoError(t, err)
+	defer reg.Close()
+	nums, err := reg.NextSessions(ctx, 1)
+	require.NoError(t, err)
+	require.Greater(t, nums[0], before)
 }

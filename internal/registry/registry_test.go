@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
@@ -410,4 +411,46 @@ func TestBatchWithoutConflictsRecordsStagedParseErrors(t *testing.T) {
 	a, err := reg.DeviceAuth(ctx, "a-2")
 	require.NoError(t, err)
 	require.True(t, creds.Matches("secret-a-2", a.Secret1Hash))
+}
+
+// Session numbers come from one sequence: concurrent callers (gateways) get distinct numbers, each call's in
+// increasing order, and a caller's later call only larger ones.
+func TestNextSessionsAreDistinctAndIncreasing(t *testing.T) {
+	reg := open(t)
+	ctx := context.Background()
+	const callers, calls = 8, 20
+	got := make([][]int64, callers)
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			last := int64(0)
+			for i := range calls {
+				nums, err := reg.NextSessions(ctx, 1+i%5)
+				if !assert.NoError(t, err) || !assert.Len(t, nums, 1+i%5) {
+					return
+				}
+				for _, n := range nums {
+					assert.Greater(t, n, last, "caller %d call %d", c, i)
+					last = n
+				}
+				got[c] = append(got[c], nums...)
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[int64]bool{}
+	total := 0
+	for _, nums := range got {
+		for _, n := range nums {
+			require.False(t, seen[n], "session number %d handed out twice", n)
+			seen[n] = true
+			total++
+		}
+	}
+	require.Equal(t, callers*calls/5*(1+2+3+4+5), total, "every number handed out was returned")
+	empty, err := reg.NextSessions(ctx, 0)
+	require.NoError(t, err)
+	require.Empty(t, empty)
 }

@@ -41,6 +41,9 @@ type Store struct {
 	jobStatuses  []fleet.JobStatus
 	jobCalls     int
 	jobFailures  int
+	lastSession  int64
+	sessionCalls int
+	sessionFail  error
 
 	// AuthDelay slows DeviceAuth, to exercise concurrent CONNECTs sharing one lookup.
 	AuthDelay time.Duration
@@ -268,6 +271,37 @@ func (s *Store) RecordConnections(ctx context.Context, events []fleet.ConnEvent)
 	s.events = append(s.events, events...)
 	s.mu.Unlock()
 	return nil
+}
+
+// NextSessions implements gateway.Store with a counter shared by every gateway on this store, as the
+// registry's sequence is. FailSessions makes it fail until called with nil.
+func (s *Store) NextSessions(ctx context.Context, n int) ([]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessionCalls++
+	if s.sessionFail != nil {
+		return nil, fmt.Errorf("next %d session numbers: %w", n, s.sessionFail)
+	}
+	out := make([]int64, n)
+	for i := range out {
+		s.lastSession++
+		out[i] = s.lastSession
+	}
+	return out, nil
+}
+
+// FailSessions makes NextSessions fail with err (nil restores it), as an unreachable registry would.
+func (s *Store) FailSessions(err error) {
+	s.mu.Lock()
+	s.sessionFail = err
+	s.mu.Unlock()
+}
+
+// SessionCalls is how many times NextSessions was called (each call is one registry round trip).
+func (s *Store) SessionCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessionCalls
 }
 
 // RecordJobStatuses implements gateway.Store. Like the registry it refuses a batch with an invalid status as
