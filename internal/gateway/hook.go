@@ -3,6 +3,7 @@ package gateway
 import (
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -139,10 +140,16 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 	g := h.g
 	old, ok := g.server.Clients.Get(cl.ID)
-	if !ok || old == cl || !cleanSession(old) {
+	if !ok || old == cl {
 		return
 	}
 	s := g.sessions.known(old)
+	if s != nil && !isService(cl) {
+		g.renumber(cl, s.num)
+	}
+	if !cleanSession(old) {
+		return
+	}
 	if s == nil {
 		// Its connection never got going (mochi leaves such entries behind when the CONNACK
 		// cannot be written): nothing of it runs concurrently with us, and mochi's takeover
@@ -160,6 +167,28 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		time.Sleep(time.Millisecond)
 	}
 	g.log.Warn("previous connection was not cleaned up in time; relying on mochi's takeover", "client", cl.ID)
+}
+
+// renumber gives cl a new session number when the one it was given at authentication is not above prev,
+// the number of the session it takes over: two CONNECTs of one device can be authenticated in one order and
+// take their sessions in the other, and the registry must see the later session as the newer one. This
+// costs a registry round trip, but only in that race.
+func (g *Gateway) renumber(cl *mqtt.Client, prev int64) {
+	num, ok := g.nums.take(cl)
+	if !ok || num > prev {
+		if ok {
+			g.nums.hold(cl, num)
+		}
+		return
+	}
+	num, err := g.nums.next()
+	if err != nil {
+		g.c.storeErrors.Add(1)
+		g.log.Warn("closing connection: no session number from the registry", "client", cl.ID, "err", err)
+		cl.Stop(fmt.Errorf("session number: %w", err))
+		return
+	}
+	g.nums.hold(cl, num)
 }
 
 // cleanSession reports whether mochi discards cl's state when its connection ends.

@@ -3,10 +3,13 @@ package gateway
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -88,4 +91,31 @@ func TestSessionNumberErrors(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(7), n)
 	require.Equal(t, 2, calls)
+}
+
+// A CONNECT authenticated before the one it takes over gets a new number larger than that session's; one
+// already above it keeps its number.
+func TestTakeoverRenumbersAnOlderNumber(t *testing.T) {
+	var last int64 = 100
+	alloc := func(ctx context.Context, n int) ([]int64, error) {
+		out := make([]int64, n)
+		for i := range out {
+			last++
+			out[i] = last
+		}
+		return out, nil
+	}
+	g := &Gateway{nums: newSessionNums(alloc, time.Second), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	early, late := &mqtt.Client{ID: "d"}, &mqtt.Client{ID: "d"}
+	g.nums.hold(early, 50)
+	g.renumber(early, 60) // the session it takes over has 60
+	n, ok := g.nums.take(early)
+	require.True(t, ok)
+	require.Equal(t, int64(101), n)
+
+	g.nums.hold(late, 70)
+	g.renumber(late, 60)
+	n, ok = g.nums.take(late)
+	require.True(t, ok)
+	require.Equal(t, int64(70), n)
 }
