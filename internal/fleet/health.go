@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/health"
@@ -72,4 +74,17 @@ type MonitorStore interface {
 	// RunHealthCheck evaluates rules over the whole fleet, opens and resolves alerts, and records the
 	// summary under runID (a retry replaces it).
 	RunHealthCheck(ctx context.Context, runID string, rules health.Rules) (HealthSummary, error)
+}
+
+// PrepareHealthCheck fills in a check's default rules and refuses what no MonitorStore may run: invalid
+// rules or an empty run id (the run id is what makes a retried check replace its own summary).
+func PrepareHealthCheck(runID string, rules health.Rules) (health.Rules, error) {
+	rules = rules.WithDefaults()
+	if err := rules.Validate(); err != nil {
+		return rules, fmt.Errorf("health check %s: %w", runID, err)
+	}
+	if runID == "" {
+		return rules, errors.New("health check: a run id is required")
+	}
+	return rules, nil
 }

@@ -140,16 +140,13 @@ func buildCompliance(rollouts []complianceRollout, n int) compliance {
 // is gone — including those of devices disabled, retired or deleted since — and returns the fleet's summary.
 // Checks are serialized by an advisory lock; nothing is done per device in Go.
 func (r *Registry) RunHealthCheck(ctx context.Context, runID string, rules health.Rules) (fleet.HealthSummary, error) {
-	rules = rules.WithDefaults()
-	if err := rules.Validate(); err != nil {
-		return fleet.HealthSummary{}, fmt.Errorf("health check %s: %w", runID, err)
-	}
-	if runID == "" {
-		return fleet.HealthSummary{}, fmt.Errorf("health check: a run id is required")
+	rules, err := fleet.PrepareHealthCheck(runID, rules)
+	if err != nil {
+		return fleet.HealthSummary{}, err
 	}
 	t0 := time.Now()
 	s := fleet.HealthSummary{Problems: map[string]int64{}, Rules: rules}
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", healthLock); err != nil {
 			return fmt.Errorf("lock: %w", err)
 		}

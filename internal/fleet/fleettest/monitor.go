@@ -3,7 +3,6 @@ package fleettest
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"sort"
 	"time"
 
@@ -31,12 +30,9 @@ func (s *Store) RunHealthCheck(ctx context.Context, runID string, rules health.R
 	if err := s.err("RunHealthCheck"); err != nil {
 		return fleet.HealthSummary{}, err
 	}
-	rules = rules.WithDefaults()
-	if err := rules.Validate(); err != nil {
-		return fleet.HealthSummary{}, fmt.Errorf("health check %s: %w", runID, err)
-	}
-	if runID == "" {
-		return fleet.HealthSummary{}, fmt.Errorf("health check: a run id is required")
+	rules, err := fleet.PrepareHealthCheck(runID, rules)
+	if err != nil {
+		return fleet.HealthSummary{}, err
 	}
 	t0 := time.Now()
 	now := s.now()
