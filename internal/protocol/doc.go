@@ -9,6 +9,9 @@
 // library, so that the worker can speak the contract without linking the MQTT broker, and a device build
 // without linking the registry.
 //
+// The NATS subjects that carry the channel between gateways, workers and the CLI (subjects.go) are part of
+// the contract too (docs/architecture.md, "Scale-out: gateways over NATS").
+//
 // Builders (TelemetryTopic, TwinGetTopic, …) do not validate their arguments, because they run once per
 // message on hot paths whose callers have already checked the ids with the validators (ValidDeviceID,
 // ValidRequestID, …). Parse validates everything, and Topic.String inverts it: for every topic Parse
