@@ -18,7 +18,7 @@ import (
 // push, so a short period is what makes a desired job finish promptly.
 const ackPollEvery = 250 * time.Millisecond
 
-var errNoChannel = errors.New("this worker has no MQTT channel (FLEETFLOW_MQTT_URL / FLEETFLOW_SERVICE_TOKEN)")
+var errNoChannel = errors.New("this worker has no device channel (FLEETFLOW_NATS_URL)")
 
 // JobBatch applies a job to its targets First..Last-1 that are still pending (so a retried batch skips what
 // it already did) and records each device's outcome. Desired patches are written in one transaction and

@@ -247,7 +247,7 @@ func TestJobBatchMethodWithoutChannelIsPermanent(t *testing.T) {
 	a := &Activities{Jobs: f, Rollouts: f}
 	_, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: fleet.JobMethod, First: 0, Last: 1, Method: "ping"})
 	requireNonRetryable(t, err, "NoChannel")
-	require.Contains(t, err.Error(), "no MQTT channel")
+	require.Contains(t, err.Error(), "no device channel")
 	require.Empty(t, f.Recorded)
 	require.Equal(t, fleet.JobPending, f.TargetState("j", 0))
 }

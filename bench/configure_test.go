@@ -258,6 +258,7 @@ type configureFleet struct {
 	*backend
 	env     []string
 	mqttURL string
+	natsURL string
 	token   string
 	fleet   []creds.Credential // the simulated devices (tag fleet=sim)
 	echo    creds.Credential   // a device driven by a bare paho client (tag fleet=echo)
@@ -280,7 +281,12 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 	tok := make([]byte, 16)
 	_, _ = rand.Read(tok)
 	f := &configureFleet{backend: be, mqttURL: "tcp://" + listen, token: hex.EncodeToString(tok)}
-	f.env = be.env("FLEETFLOW_MQTT_URL="+f.mqttURL, "FLEETFLOW_GATEWAY_LISTEN="+listen, "FLEETFLOW_SERVICE_TOKEN="+f.token)
+	// The gateway relays downlinks from a NATS node of this process; the worker's channel reaches devices
+	// through it.
+	natsURL := testenv.NATS(b)
+	f.natsURL = natsURL
+	f.env = be.env("FLEETFLOW_MQTT_URL="+f.mqttURL, "FLEETFLOW_GATEWAY_LISTEN="+listen, "FLEETFLOW_SERVICE_TOKEN="+f.token,
+		"FLEETFLOW_NATS_URL="+natsURL)
 
 	dir := b.TempDir()
 	f.startProcess(b, ctx, filepath.Join(dir, "gateway.log"), "gateway")
@@ -288,8 +294,7 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	ch, err := channel.Dial(ctx, channel.Config{BrokerURL: f.mqttURL, Token: f.token, ClientID: "svc:bench-worker",
-		Logger: slog.New(slog.DiscardHandler)})
+	ch, err := channel.Dial(ctx, channel.Config{URL: natsURL, Name: "bench-worker", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -389,7 +394,7 @@ func (f *configureFleet) startProcess(b *testing.B, ctx context.Context, logPath
 // invokeRoundTrips times sequential channel.Invoke calls of ping on one device through a channel of its own,
 // as `fleetflow method invoke` makes them.
 func (f *configureFleet) invokeRoundTrips(b *testing.B, ctx context.Context, id string, samples int) []time.Duration {
-	ch, err := channel.Dial(ctx, channel.Config{BrokerURL: f.mqttURL, Token: f.token, Logger: slog.New(slog.DiscardHandler)})
+	ch, err := channel.Dial(ctx, channel.Config{URL: f.natsURL, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/metrics"
 	"github.com/fleetflow/fleetflow/internal/registry"
@@ -43,14 +44,19 @@ connections without a restart (a pair that does not load is logged and the old o
 listener carries secrets in clear, so it may bind only a loopback address unless --allow-plaintext says
 the network is trusted.
 
-fleetflow's own services log in as username "` + gateway.ServiceUsername + `" with the token in
-FLEETFLOW_SERVICE_TOKEN and a client id that is not a device id (e.g. "svc:worker-1").
+Workers, the CLI and other gateways reach the devices connected here through NATS (--nats-url, a
+comma-separated list; FLEETFLOW_NATS_URL): while a device is connected the gateway subscribes to its
+subjects and relays desired patches and method calls to it, and a device connecting here ends its older
+session on any other gateway. Any number of gateways can share one NATS cluster and one registry. The
+gateway starts even when NATS is not reachable yet and connects as soon as it is.
 Prometheus metrics (connected devices, message counters, ingest batch latency) are served at
 http://127.0.0.1:9464/metrics unless --metrics-listen says otherwise.
 The gateway stops on SIGINT or SIGTERM.`,
 		Example: `  fleetflow gateway
-  FLEETFLOW_SERVICE_TOKEN=... fleetflow gateway --tls-listen :8883 --tls-cert /etc/fleetflow/server.pem --tls-key /etc/fleetflow/server-key.pem
-  FLEETFLOW_SERVICE_TOKEN=... fleetflow gateway --listen 10.0.0.5:1883 --allow-plaintext --metrics-listen 127.0.0.1:9464`,
+  fleetflow gateway --nats-url nats://127.0.0.1:4222,nats://127.0.0.1:4223 --listen 127.0.0.1:1884 --tls-listen 127.0.0.1:8884
+  FLEETFLOW_NATS_URL=tls://gw:secret@nats-1:4222,tls://gw:secret@nats-2:4222 FLEETFLOW_NATS_CA=/etc/fleetflow/ca.pem \
+    fleetflow gateway --tls-listen :8883 --tls-cert /etc/fleetflow/server.pem --tls-key /etc/fleetflow/server-key.pem
+  fleetflow gateway --listen 10.0.0.5:1883 --allow-plaintext --metrics-listen 127.0.0.1:9464`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -66,10 +72,6 @@ The gateway stops on SIGINT or SIGTERM.`,
 			// Refuse a plaintext listener on the network before connecting to anything, with the reason.
 			if err := gcfg.Validate(); err != nil {
 				return asUsage(err) // exit 2: the settings, not the environment, are wrong
-			}
-			token := os.Getenv("FLEETFLOW_SERVICE_TOKEN")
-			if token == "" {
-				log.Warn("FLEETFLOW_SERVICE_TOKEN is not set: services (workers, CLI) cannot log in to the gateway")
 			}
 			var mreg *metrics.Registry
 			if metricsAddr != "" {
@@ -98,7 +100,17 @@ The gateway stops on SIGINT or SIGTERM.`,
 			if mreg != nil {
 				metrics.RegisterPool(mreg, reg.Pool())
 			}
-			gcfg.ServiceToken, gcfg.Metrics = token, mreg
+			gcfg.Metrics = mreg
+			if g.cfg.NATSURL == "" {
+				log.Warn("no NATS URL: workers and the CLI cannot reach the devices connected here")
+			} else {
+				relay, err := channel.DialRelay(channel.Config{URL: g.cfg.NATSURL, CAFile: natsCA(g), Name: "fleetflow-gateway", Logger: log})
+				if err != nil {
+					return err
+				}
+				defer relay.Close() // after the gateway's Close: its sessions detach first
+				gcfg.Downlinks = relay
+			}
 			gw := gateway.New(gcfg, reg, log)
 			if err := gw.Start(ctx); err != nil {
 				return err
@@ -139,6 +151,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 		"TCP address of the MQTT-over-TLS listener, opened when --tls-cert and --tls-key are given (FLEETFLOW_GATEWAY_TLS_LISTEN)")
 	cmd.Flags().StringVar(&g.cfg.TLSCert, "tls-cert", g.cfg.TLSCert, "PEM certificate (chain) of the TLS listener, reloaded when it changes (FLEETFLOW_TLS_CERT)")
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
+	cmd.Flags().StringVar(&g.cfg.NATSURL, "nats-url", g.cfg.NATSURL,
+		`NATS servers, comma-separated (nats:// or tls://, credentials as user:password@), through which workers and the CLI reach this gateway's devices; "" runs without (FLEETFLOW_NATS_URL)`)
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")

@@ -268,25 +268,30 @@ func pushDesired(ctx context.Context, g *globals, id, connection string, version
 	return deliveryPushed
 }
 
-// dialChannel connects the CLI to the gateway as a fleetflow service.
+// dialChannel connects the CLI to the device channel: the NATS servers of FLEETFLOW_NATS_URL, through which
+// the gateway holding a device's session relays to it.
 func dialChannel(ctx context.Context, g *globals) (*channel.Channel, error) {
-	tok := os.Getenv("FLEETFLOW_SERVICE_TOKEN")
-	if tok == "" {
-		root, err := repoRoot()
-		if err != nil {
-			return nil, errors.New("FLEETFLOW_SERVICE_TOKEN is not set and no checkout with a .fleetflow/service-token was found")
-		}
-		if tok, err = stack.ServiceToken(root); err != nil {
-			return nil, err
-		}
-	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ch, err := channel.Dial(dctx, channel.Config{BrokerURL: g.cfg.MQTTURL, CAFile: mqttCA(g), Token: tok})
+	ch, err := channel.Dial(dctx, channel.Config{URL: g.cfg.NATSURL, CAFile: natsCA(g), Name: "fleetflow-cli"})
 	if err != nil {
-		return nil, fmt.Errorf("connect to the gateway at %s: %w (is the stack up? run `make up` or set FLEETFLOW_MQTT_URL)", g.cfg.MQTTURL, err)
+		return nil, fmt.Errorf("%w (is the stack up? run `make up` or set FLEETFLOW_NATS_URL)", err)
 	}
 	return ch, nil
+}
+
+// natsCA is the CA file to verify tls:// NATS servers with: FLEETFLOW_NATS_CA, else, inside a checkout whose
+// local stack made one, its .fleetflow/tls/ca.pem. Empty means the system's roots.
+func natsCA(g *globals) string {
+	if g.cfg.NATSCA != "" || !strings.Contains(g.cfg.NATSURL, "tls://") {
+		return g.cfg.NATSCA
+	}
+	if root, err := repoRoot(); err == nil {
+		if ca := stack.LocalCAFile(root); regularFile(ca) {
+			return ca
+		}
+	}
+	return ""
 }
 
 // mqttCA is the CA file to verify the gateway with: --mqtt-ca (FLEETFLOW_MQTT_CA), else, for a TLS URL inside

@@ -12,9 +12,9 @@ import (
 
 var _ fleet.Channel = (*lazyChannel)(nil)
 
-// lazyChannel connects to the gateway on first use rather than at start-up, so that a worker started
-// before the gateway (or while it restarts) still comes up and provisions; a failed connect is retried by
-// the next activity that needs the channel, and Temporal retries that activity.
+// lazyChannel connects to NATS on first use rather than at start-up, so that a worker started before the
+// bus (or while it restarts) still comes up and provisions; a failed connect is retried by the next
+// activity that needs the channel, and Temporal retries that activity.
 type lazyChannel struct {
 	cfg channel.Config
 	mu  sync.Mutex
@@ -27,14 +27,11 @@ func (l *lazyChannel) get(ctx context.Context) (*channel.Channel, error) {
 	if l.ch != nil {
 		return l.ch, nil
 	}
-	if l.cfg.Token == "" {
-		return nil, fmt.Errorf("no MQTT channel: FLEETFLOW_SERVICE_TOKEN is not set")
-	}
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	ch, err := channel.Dial(dctx, l.cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect to the gateway at %s: %w", l.cfg.BrokerURL, err)
+		return nil, fmt.Errorf("device channel: %w", err)
 	}
 	l.ch = ch
 	return ch, nil

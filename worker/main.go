@@ -29,8 +29,8 @@ func main() {
 	flag.StringVar(&cfg.TemporalAddress, "temporal-address", cfg.TemporalAddress, "Temporal frontend (TEMPORAL_ADDRESS or the temporal.toml profile's)")
 	flag.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "Temporal namespace (TEMPORAL_NAMESPACE or the temporal.toml profile's)")
 	flag.StringVar(&cfg.TaskQueue, "task-queue", cfg.TaskQueue, "task queue to poll (FLEETFLOW_TASK_QUEUE)")
-	flag.StringVar(&cfg.MQTTURL, "mqtt-url", cfg.MQTTURL, "gateway for desired pushes and methods (FLEETFLOW_MQTT_URL; token in FLEETFLOW_SERVICE_TOKEN)")
-	flag.StringVar(&cfg.MQTTCA, "mqtt-ca", cfg.MQTTCA, "CA file to verify the gateway with when --mqtt-url is ssl:// (FLEETFLOW_MQTT_CA; default: system roots)")
+	flag.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS servers, comma-separated, through which desired pushes and method calls reach the gateways (FLEETFLOW_NATS_URL; credentials as user:password@)")
+	flag.StringVar(&cfg.NATSCA, "nats-ca", cfg.NATSCA, "CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: system roots)")
 	metricsAddr := os.Getenv("FLEETFLOW_WORKER_METRICS")
 	flag.StringVar(&metricsAddr, "metrics-listen", metricsAddr, "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9465; empty: off (FLEETFLOW_WORKER_METRICS)")
 	flag.Parse()
@@ -87,7 +87,7 @@ func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.L
 		return fmt.Errorf("connect to temporal at %s: %w", cfg.TemporalAddress, err)
 	}
 	defer c.Close()
-	ch := &lazyChannel{cfg: channel.Config{BrokerURL: cfg.MQTTURL, CAFile: cfg.MQTTCA, Token: os.Getenv("FLEETFLOW_SERVICE_TOKEN"), Logger: log}}
+	ch := &lazyChannel{cfg: channel.Config{URL: cfg.NATSURL, CAFile: cfg.NATSCA, Name: "fleetflow-worker", Logger: log}}
 	defer ch.Close()
 	w := fleetworker.New(c, cfg.TaskQueue, activities.New(reg, ch))
 	log.Info("worker started", "task_queue", cfg.TaskQueue, "temporal", cfg.TemporalAddress)

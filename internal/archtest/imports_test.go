@@ -16,13 +16,16 @@ var (
 	mochi = "github.com/mochi-mqtt/server"
 	paho  = "github.com/eclipse/paho.mqtt.golang"
 	nats  = "github.com/nats-io/"
+
+	natsClient = "github.com/nats-io/nats.go"
+	natsServer = "github.com/nats-io/nats-server"
 )
 
 // Our adapters and mains, which the domain and the operations must not reach.
 var adapters = []string{
 	module + "internal/registry", module + "internal/gateway", module + "internal/channel",
 	module + "internal/device", module + "internal/simulator", module + "internal/metrics",
-	module + "internal/stack", module + "internal/testenv", module + "internal/fleetworker",
+	module + "internal/stack", module + "internal/testenv", module + "internal/fleetworker", module + "internal/natsnode",
 	module + "starter", module + "worker",
 }
 
@@ -62,8 +65,43 @@ func TestImportRule(t *testing.T) {
 		forbid(t, []string{module + "workflows"}, "workflow code must not reach activities' dependencies", module+"activities")
 	})
 	t.Run("worker", func(t *testing.T) {
-		forbid(t, []string{module + "worker"}, "the worker does not link the MQTT broker", mochi, module+"internal/gateway")
+		forbid(t, []string{module + "worker"}, "the worker reaches devices over NATS: it links neither the MQTT broker, "+
+			"nor an MQTT client, nor a NATS server", mochi, paho, natsServer, module+"internal/gateway", module+"internal/natsnode")
 	})
+	t.Run("gateway", func(t *testing.T) {
+		forbid(t, []string{module + "internal/gateway"}, "the gateway is the broker's adapter: it reaches the bus through "+
+			"its Downlinks interface", nats, paho, module+"internal/channel")
+	})
+	t.Run("channel", func(t *testing.T) {
+		forbid(t, []string{module + "internal/channel"}, "the channel is the NATS client's adapter", mochi, paho, natsServer,
+			module+"internal/gateway")
+	})
+	t.Run("one adapter per dependency", func(t *testing.T) {
+		only(t, natsClient, module+"internal/channel")
+		only(t, natsServer, module+"internal/natsnode")
+		only(t, mochi, module+"internal/gateway")
+	})
+}
+
+// only fails when a package of the module other than owner imports dep directly (non-test imports).
+func only(t *testing.T, dep, owner string) {
+	t.Helper()
+	args := []string{"list", "-f", `{{.ImportPath}} {{join .Imports " "}}`, module + "..."}
+	out, err := exec.Command("go", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] == owner || strings.HasPrefix(f[0], owner+"/") {
+			continue
+		}
+		for _, imp := range f[1:] {
+			if imp == dep || strings.HasPrefix(imp, dep+"/") {
+				t.Errorf("%s imports %s: only %s may (one adapter per dependency)", f[0], imp, owner)
+			}
+		}
+	}
 }
 
 // TestForbidCatchesAWrongArrow keeps the check itself honest: a package that does import pgx is reported.

@@ -14,6 +14,7 @@ const (
 	DefaultTemporalAddress = "127.0.0.1:7233"
 	DefaultNamespace       = "default"
 	DefaultMQTTURL         = "tcp://127.0.0.1:1883"
+	DefaultNATSURL         = "nats://127.0.0.1:4222"
 	DefaultGatewayListen   = "127.0.0.1:1883"
 	DefaultGatewayTLS      = "127.0.0.1:8883"
 	DefaultTaskQueue       = "fleetflow"
@@ -29,8 +30,14 @@ type Config struct {
 	// the file has one); empty when none. Its address counts as chosen by the user, like TEMPORAL_ADDRESS.
 	TemporalProfile string
 	TaskQueue       string // FLEETFLOW_TASK_QUEUE
-	MQTTURL         string // FLEETFLOW_MQTT_URL: where devices and services reach the broker
-	GatewayListen   string // FLEETFLOW_GATEWAY_LISTEN: where the embedded gateway listens (plaintext)
+	MQTTURL         string // FLEETFLOW_MQTT_URL: where devices reach the gateway
+	// NATSURL lists the NATS servers, comma-separated, through which workers and the CLI reach devices and
+	// gateways relay to them (FLEETFLOW_NATS_URL); nats:// or tls://, credentials as user:password@.
+	NATSURL string
+	// NATSCA is the CA file that tls:// NATS servers are verified with (FLEETFLOW_NATS_CA); empty means the
+	// system's roots.
+	NATSCA        string
+	GatewayListen string // FLEETFLOW_GATEWAY_LISTEN: where the embedded gateway listens (plaintext)
 	// GatewayTLSListen is where the gateway listens for MQTT over TLS when it has a certificate
 	// (FLEETFLOW_GATEWAY_TLS_LISTEN).
 	GatewayTLSListen string
@@ -57,6 +64,8 @@ func FromEnv() Config {
 		TemporalProfile:  profile,
 		TaskQueue:        Env("FLEETFLOW_TASK_QUEUE", DefaultTaskQueue),
 		MQTTURL:          Env("FLEETFLOW_MQTT_URL", DefaultMQTTURL),
+		NATSURL:          Env("FLEETFLOW_NATS_URL", DefaultNATSURL),
+		NATSCA:           os.Getenv("FLEETFLOW_NATS_CA"),
 		GatewayListen:    Env("FLEETFLOW_GATEWAY_LISTEN", DefaultGatewayListen),
 		GatewayTLSListen: Env("FLEETFLOW_GATEWAY_TLS_LISTEN", DefaultGatewayTLS),
 		TLSCert:          os.Getenv("FLEETFLOW_TLS_CERT"),

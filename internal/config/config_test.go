@@ -34,3 +34,17 @@ func TestDeviceChannelTLSSettings(t *testing.T) {
 	t.Setenv("FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT", "maybe")
 	assert.False(t, config.FromEnv().AllowPlaintext, "anything but a boolean leaves the default")
 }
+
+func TestNATSSettings(t *testing.T) {
+	t.Setenv("FLEETFLOW_NATS_URL", "")
+	t.Setenv("FLEETFLOW_NATS_CA", "")
+	cfg := config.FromEnv()
+	assert.Equal(t, "nats://127.0.0.1:4222", cfg.NATSURL, "the local node by default")
+	assert.Empty(t, cfg.NATSCA)
+
+	t.Setenv("FLEETFLOW_NATS_URL", "tls://u:p@10.0.0.1:4222,tls://u:p@10.0.0.2:4222")
+	t.Setenv("FLEETFLOW_NATS_CA", "/etc/fleetflow/nats-ca.pem")
+	cfg = config.FromEnv()
+	assert.Equal(t, "tls://u:p@10.0.0.1:4222,tls://u:p@10.0.0.2:4222", cfg.NATSURL)
+	assert.Equal(t, "/etc/fleetflow/nats-ca.pem", cfg.NATSCA)
+}

@@ -19,6 +19,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
@@ -27,10 +28,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
-
-// serviceToken is the gateway's service password in these tests; workers and the CLI get it from the
-// environment, as in a real deployment.
-const serviceToken = "e2e-service-token"
 
 // bins holds the CLI and worker built once for the package, so tests run the binaries users run.
 var bins struct{ cli, worker string }
@@ -53,9 +50,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// env is one test's stack: a fresh database, the shared Temporal server with a task queue of its own, and
-// an in-process gateway listening on free loopback ports, for plaintext MQTT (the workers and the CLI, as in
-// the local stack) and for MQTT over TLS (devices), with a CA and server certificate made for this test.
+// env is one test's stack: a fresh database, the shared Temporal server with a task queue of its own, a NATS
+// node of its own (through which workers and the CLI reach devices, as in the local stack), and an
+// in-process gateway listening on free loopback ports, for plaintext MQTT and for MQTT over TLS (devices),
+// with a CA and server certificate made for this test.
 type env struct {
 	t         *testing.T
 	dbURL     string
@@ -64,6 +62,7 @@ type env struct {
 	reg       *registry.Registry
 	gw        *gateway.Gateway
 	mqttURL   string    // the plaintext listener
+	natsURL   string    // the bus workers and the CLI use
 	tls       pki.Local // the CA (tls.CA, for clients) and the gateway's certificate, in a temporary directory
 	tc        client.Client
 }
@@ -80,7 +79,11 @@ func newEnv(t *testing.T) *env {
 	e.reg = reg
 	e.tls, err = pki.EnsureLocal(t.TempDir(), pki.LocalHosts, time.Now())
 	require.NoError(t, err)
-	e.gw = gateway.New(gateway.Config{Listen: "127.0.0.1:0", ServiceToken: serviceToken,
+	e.natsURL = testenv.NATS(t)
+	relay, err := channel.DialRelay(channel.Config{URL: e.natsURL, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	require.NoError(t, err)
+	t.Cleanup(relay.Close)
+	e.gw = gateway.New(gateway.Config{Listen: "127.0.0.1:0", Downlinks: relay,
 		TLSListen: "127.0.0.1:0", TLSCertFile: e.tls.Cert, TLSKeyFile: e.tls.Key},
 		reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, e.gw.Start(ctx))
@@ -124,7 +127,7 @@ func (e *env) environ() []string {
 		"TEMPORAL_ADDRESS="+e.temporal,
 		"FLEETFLOW_TASK_QUEUE="+e.taskQueue,
 		"FLEETFLOW_MQTT_URL="+e.mqttURL,
-		"FLEETFLOW_SERVICE_TOKEN="+serviceToken,
+		"FLEETFLOW_NATS_URL="+e.natsURL,
 		"FLEETFLOW_WORKER_METRICS=", // the default (off): concurrent test workers must not share a port
 	)
 }

@@ -12,9 +12,11 @@
 // loopback or where Config.AllowPlaintext says the network is trusted, over plain TCP: a CONNECT carries the
 // device's secret, which must not cross a network in clear (docs/architecture.md, "Where secrets live").
 //
-// Method requests are online-only (docs/architecture.md, "The device protocol"): when a service calls a method of a device that has no session
-// on this gateway, the gateway answers 404 DeviceNotOnline at once, so the caller fails fast instead of
-// waiting for its timeout.
+// Workers and the CLI reach devices through a bus between processes, NATS (Config.Downlinks; docs/architecture.md,
+// "Scale-out: gateways over NATS"): while a device's session is up here, the gateway subscribes to the device's
+// subjects and relays desired patches and method calls to it, and a device connecting here ends its older
+// session on any other gateway. A method call to a device no gateway holds is answered by the bus itself
+// ("no responders"), so the offline answer holds across every gateway.
 //
 // Denied publishes: a QoS 0 publish outside the device's own topics is dropped and counted; mochi answers a
 // denied QoS ≥ 1 publish from an MQTT 3.1.1 client by closing its connection (3.1.1 has no negative PUBACK,
@@ -44,8 +46,8 @@ import (
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
-// ServiceUsername is the MQTT username of fleetflow's own services (workers, CLI); see
-// protocol.ServiceUsername, of which it is a copy kept for the gateway's callers.
+// ServiceUsername is the MQTT username fleetflow's own services used before they moved to NATS; see
+// protocol.ServiceUsername. The gateway refuses it: no service logs in over MQTT any more.
 const ServiceUsername = protocol.ServiceUsername
 
 // Store is what the gateway needs from the registry. It is declared here, on the consumer side, so that tests
@@ -76,7 +78,7 @@ type Store interface {
 // process on a 2-core machine.
 type Config struct {
 	// Listen is the TCP address of the plaintext MQTT listener, e.g. "127.0.0.1:1883" (":0" picks a free
-	// port). Plaintext carries device secrets and the service token in clear, so Validate refuses an address
+	// port). Plaintext carries device secrets in clear, so Validate refuses an address
 	// that is not loopback unless AllowPlaintext is set.
 	Listen string
 	// AllowPlaintext lets the plaintext listener bind a non-loopback address (a private network, or a TLS
@@ -89,8 +91,10 @@ type Config struct {
 	TLSCertFile    string
 	TLSKeyFile     string
 	TLSReloadEvery time.Duration
-	// ServiceToken is the password of ServiceUsername; when empty no service may log in.
-	ServiceToken string
+	// Downlinks connects the gateway to the bus over which workers, the CLI and other gateways reach its
+	// devices (internal/channel's Relay over NATS). Nil: no downlinks, uplinks only (tests of ingest and auth).
+	// The gateway does not close it.
+	Downlinks Downlinks
 
 	// AuthCacheSize caps the number of cached device records (default 100,000).
 	AuthCacheSize int
@@ -173,19 +177,22 @@ func (c *Config) setDefaults() {
 type Stats struct {
 	Connected         int64 // device sessions open now
 	Connects          int64 // device sessions established
-	ServiceConnects   int64 // service sessions established
 	AuthFailures      int64 // CONNECTs refused
 	ACLDenials        int64 // publishes, subscriptions or wills refused by the ACL
 	Kicks             int64 // live sessions dropped because the device was revoked (or Kick was called)
+	Takeovers         int64 // live sessions dropped because the device connected to another gateway
 	MessagesIn        int64 // publishes received from devices
-	MessagesOut       int64 // publishes written to clients (devices and services)
+	MessagesOut       int64 // publishes written to devices
 	SlowDropped       int64 // publishes dropped because the receiving client's outbound queue was full
 	Telemetry         int64 // telemetry messages
 	TwinGets          int64 // twin/get requests answered
 	JobStatus         int64 // valid job status messages recorded in the registry
 	JobStatusDropped  int64 // valid job status messages lost: queue full, or the registry write kept failing
 	MethodResponses   int64 // method responses
-	MethodsOffline    int64 // service method requests answered 404 DeviceNotOnline by the gateway
+	MethodsOffline    int64 // method requests answered 404 DeviceNotOnline by the gateway (the device left as they came)
+	MethodsRelayed    int64 // method requests relayed from the bus to devices
+	DesiredRelayed    int64 // desired patches relayed from the bus to devices
+	MethodsPending    int64 // relayed method requests awaiting the device's answer
 	Malformed         int64 // device messages dropped or refused as malformed (topic or payload)
 	Throttled         int64 // requests answered 429 (or job statuses dropped) because an ingest queue was full
 	ReportedApplied   int64 // reported patches merged into the registry
@@ -203,11 +210,11 @@ type Stats struct {
 
 // counters are the atomics behind Stats.
 type counters struct {
-	connected, connects, serviceConnects, authFailures, aclDenials, kicks             atomic.Int64
+	connected, connects, authFailures, aclDenials, kicks, takeovers                   atomic.Int64
 	messagesIn, telemetry, twinGets, jobStatus, methodResponses, malformed, throttled atomic.Int64
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
-	jobStatusDropped, methodsOffline                                                  atomic.Int64
+	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -229,7 +236,8 @@ type Gateway struct {
 	c           counters
 	m           ingestMetrics
 
-	nums *sessionNums // session numbers from the registry's sequence
+	nums    *sessionNums // session numbers from the registry's sequence
+	methods *methodTable // method requests relayed to devices, awaiting their answers
 
 	ctx       context.Context // background work; cancelled by Close
 	cancel    context.CancelFunc
@@ -254,6 +262,7 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 		getQ:     make(chan twinRequest, cfg.QueueSize),
 		reportQ:  make(chan twinRequest, cfg.QueueSize),
 		jobQ:     make(chan jobStatusMsg, cfg.QueueSize),
+		methods:  newMethodTable(),
 	}
 	g.events = newEventBuffer(cfg.FlushEvents)
 	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
@@ -344,6 +353,9 @@ func (g *Gateway) start(ctx context.Context) error {
 		g.goBackground(g.recheckLoop)
 	}
 	g.goBackground(g.listenLoop)
+	if g.cfg.Downlinks != nil {
+		g.goBackground(g.downlinkLoop)
+	}
 
 	if err := server.Serve(); err != nil {
 		g.cancel()
@@ -508,10 +520,10 @@ func (g *Gateway) Stats() Stats {
 	st := Stats{
 		Connected:         g.c.connected.Load(),
 		Connects:          g.c.connects.Load(),
-		ServiceConnects:   g.c.serviceConnects.Load(),
 		AuthFailures:      g.c.authFailures.Load(),
 		ACLDenials:        g.c.aclDenials.Load(),
 		Kicks:             g.c.kicks.Load(),
+		Takeovers:         g.c.takeovers.Load(),
 		MessagesIn:        g.c.messagesIn.Load(),
 		Telemetry:         g.c.telemetry.Load(),
 		TwinGets:          g.c.twinGets.Load(),
@@ -519,6 +531,9 @@ func (g *Gateway) Stats() Stats {
 		JobStatusDropped:  g.c.jobStatusDropped.Load(),
 		MethodResponses:   g.c.methodResponses.Load(),
 		MethodsOffline:    g.c.methodsOffline.Load(),
+		MethodsRelayed:    g.c.methodsRelayed.Load(),
+		DesiredRelayed:    g.c.desiredRelayed.Load(),
+		MethodsPending:    int64(g.methods.len()),
 		Malformed:         g.c.malformed.Load(),
 		Throttled:         g.c.throttled.Load(),
 		ReportedApplied:   g.c.reportedApplied.Load(),
@@ -569,4 +584,41 @@ func hasNetworkClients(s *mqtt.Server) bool {
 		}
 	}
 	return false
+}
+
+// observerIDs numbers Observe's inline subscriptions; 1 is the gateway's own (devices/#).
+var observerIDs atomic.Int64
+
+func init() { observerIDs.Store(1000) }
+
+// Observe calls fn for every message the broker routes on topics matching filter, starting with the
+// retained messages that match it (retained = true), until stop is called. fn runs on the publisher's
+// goroutine and must not block. It watches the broker from inside, as no client may since services reach
+// devices over NATS: tests use it in place of a spying connection, and an operator's diagnostics could.
+func (g *Gateway) Observe(filter string, fn func(topic string, payload []byte, retained bool)) (stop func(), err error) {
+	if g.server == nil {
+		return nil, errors.New("gateway: not started")
+	}
+	id := int(observerIDs.Add(1))
+	// mochi hands the retained messages to an inline subscriber inside Subscribe; a message published live
+	// at that moment may be taken for a retained one, which only a test could notice.
+	var subscribing atomic.Bool
+	subscribing.Store(true)
+	err = g.server.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		fn(pk.TopicName, pk.Payload, pk.FixedHeader.Retain && subscribing.Load())
+	})
+	subscribing.Store(false)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: observe %s: %w", filter, err)
+	}
+	return func() { _ = g.server.Unsubscribe(filter, id) }, nil
+}
+
+// Inject publishes a message to the broker as the gateway itself, bypassing the bus: tests use it to
+// send devices what a relay would (or what no relay would, to see the device refuse it).
+func (g *Gateway) Inject(topic string, payload []byte, qos byte) error {
+	if g.server == nil {
+		return errors.New("gateway: not started")
+	}
+	return g.server.Publish(topic, payload, false, qos)
 }

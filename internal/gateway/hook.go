@@ -35,12 +35,6 @@ func (h *hook) Provides(b byte) bool {
 	return false
 }
 
-// isService reports whether cl logged in as a fleetflow service. Devices cannot take that username: it is
-// not a valid device id, and a device's username must equal its (valid) client id.
-func isService(cl *mqtt.Client) bool {
-	return string(cl.Properties.Username) == ServiceUsername
-}
-
 // OnConnectAuthenticate admits a device whose client id, username and registry id agree, whose status is
 // active and whose password matches one of its two credential slots; or a service holding the service token.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
@@ -100,29 +94,18 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	return true
 }
 
-func (h *hook) authService(cl *mqtt.Client, pk packets.Packet) bool {
-	g := h.g
-	token := g.cfg.ServiceToken
-	ok := token != "" &&
-		subtle.ConstantTimeCompare(pk.Connect.Password, []byte(token)) == 1 &&
-		// A service must not be able to take over a device's session (mochi keys sessions by client id).
-		!protocol.ValidDeviceID(cl.ID)
-	if !ok {
-		g.c.authFailures.Add(1)
-		g.log.Debug("service connect refused", "client", cl.ID, "remote", cl.Net.Remote)
-	}
-	return ok
+// authService refuses the MQTT login fleetflow's services used before they moved to NATS (docs/architecture.md,
+// "Scale-out: gateways over NATS"): a worker or CLI still configured for it is told so in the log.
+func (h *hook) authService(cl *mqtt.Client, _ packets.Packet) bool {
+	h.g.c.authFailures.Add(1)
+	h.g.log.Debug("service connect refused: services reach devices over NATS now (FLEETFLOW_NATS_URL)", "client", cl.ID, "remote", cl.Net.Remote)
+	return false
 }
 
-// OnACLCheck confines devices to devices/{id}/… and services to devices/… (shared subscriptions allowed).
-// It sees publish topics, subscription filters (including $share prefixes) and, on delivery, topic names.
+// OnACLCheck confines devices to devices/{id}/…. It sees publish topics, subscription filters (including
+// $share prefixes) and, on delivery, topic names.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	var ok bool
-	if isService(cl) {
-		ok = protocol.ServiceMayUse(topic)
-	} else {
-		ok = protocol.DeviceMayUse(cl.ID, topic)
-	}
+	ok := protocol.DeviceMayUse(cl.ID, topic)
 	if !ok {
 		h.g.c.aclDenials.Add(1)
 		h.g.log.Debug("acl denied", "client", cl.ID, "topic", topic, "write", write)
@@ -144,7 +127,7 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	s := g.sessions.known(old)
-	if s != nil && !isService(cl) {
+	if s != nil {
 		g.renumber(cl, s.num)
 	}
 	if !cleanSession(old) {
@@ -199,14 +182,10 @@ func cleanSession(cl *mqtt.Client) bool {
 	return cl.Properties.Clean
 }
 
-// OnSessionEstablished records a device's new session.
+// OnSessionEstablished records a device's new session and attaches it to the bus (which ends an older
+// session of the device on another gateway).
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	g := h.g
-	if isService(cl) {
-		g.c.serviceConnects.Add(1)
-		g.sessions.add(&session{id: cl.ID, cl: cl, service: true})
-		return
-	}
 	num, ok := g.nums.take(cl)
 	if !ok {
 		// Every device CONNECT is numbered when it is authenticated; without one it would not be ordered
@@ -223,6 +202,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	g.c.connected.Add(1)
 	g.c.connects.Add(1)
 	g.events.add(fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnUp, Session: s.num, At: time.Now()})
+	g.attach(s)
 	// If the record was invalidated between the auth check and now, the change notification found no
 	// session to re-check; do it here so a revocation racing the CONNECT is not lost.
 	if !g.auth.has(s.id) {
@@ -230,11 +210,15 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// OnDisconnect records the end of a device session.
+// OnDisconnect records the end of a device session and, if it was the device's current one, detaches the
+// device from the bus.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	g := h.g
-	s := g.sessions.remove(cl, expire)
-	if s != nil && !s.service {
+	s, current := g.sessions.remove(cl, expire)
+	if s != nil {
+		if current {
+			g.detach(s.id)
+		}
 		g.c.connected.Add(-1)
 		g.events.add(fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnDown, Session: s.num, At: time.Now()})
 		// mochi publishes the LWT only when the read loop failed; when the server closed the
@@ -278,7 +262,7 @@ var testAfterDisconnect func()
 // OnPublish keeps the broker's retained store to one small message per device: only devices/{id}/state
 // may be retained by a device, so a device cannot park arbitrary data in gateway memory.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Retain && !cl.Net.Inline && !isService(cl) && pk.TopicName != protocol.StateTopic(cl.ID) {
+	if pk.FixedHeader.Retain && !cl.Net.Inline && pk.TopicName != protocol.StateTopic(cl.ID) {
 		pk.FixedHeader.Retain = false
 	}
 	return pk, nil
@@ -287,9 +271,6 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 // OnWill applies the retain rule to wills and, for a device that was retired or deleted, turns its LWT into
 // an empty retained message, which clears its state topic instead of leaving a ghost behind.
 func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	if isService(cl) {
-		return will, nil
-	}
 	s := h.g.sessions.forClient(cl)
 	if s == nil {
 		if will.TopicName != protocol.StateTopic(cl.ID) {

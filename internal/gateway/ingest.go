@@ -25,11 +25,10 @@ type twinRequest struct {
 // onMessage is the inline subscriber for devices/#. mochi calls it synchronously on the publishing client's
 // read goroutine, so it only classifies, counts and queues; registry work happens in the workers.
 func (g *Gateway) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-	// Only device-originated messages are ingested: cloud-to-device traffic (our own responses, services'
-	// desired patches and method requests) also passes through here.
+	// Only device-originated messages are ingested: cloud-to-device traffic (the gateway's own responses and
+	// the downlinks it relays) also passes through here.
 	s := g.sessions.get(pk.Origin)
 	if s == nil {
-		g.onCloudMessage(pk)
 		return
 	}
 	g.c.messagesIn.Add(1)
@@ -49,6 +48,7 @@ func (g *Gateway) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.P
 		g.enqueueJobStatus(jobStatusMsg{id: t.Device, jobID: t.JobID, payload: pk.Payload, at: time.Now()})
 	case protocol.KindMethodResponse:
 		g.c.methodResponses.Add(1)
+		g.onMethodResponse(t.Device, t.Status, t.RequestID, pk.Payload)
 	case protocol.KindTwinGet:
 		g.enqueue(g.getQ, twinRequest{id: t.Device, rid: t.RequestID})
 	case protocol.KindTwinReported:

@@ -11,9 +11,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
+	"github.com/fleetflow/fleetflow/internal/testenv"
 )
 
 func TestJobStatusIngestion(t *testing.T) {
@@ -162,64 +165,57 @@ func TestJobStatusesFlushedOnClose(t *testing.T) {
 	assert.Equal(t, int64(5), g.Stats().JobStatus)
 }
 
-func TestOfflineMethodRequestsFailFast(t *testing.T) {
+// Method calls travel over NATS: the gateway relays a call to a device it holds and sends the device's
+// answer back; a device no gateway holds is answered offline at once by NATS itself; a device that
+// publishes a method request on its own topics is nobody's caller.
+func TestMethodCallsOverTheBus(t *testing.T) {
 	store := gatewaytest.New()
 	store.Add("dev-on", "s")
 	store.Add("dev-off", "s")
-	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	natsURL := testenv.NATS(t)
+	g, relay := gatewaytest.StartGatewayOnNATS(t, store, gateway.Config{}, natsURL)
 	url := gatewaytest.URL(g)
 	on := mustConnect(t, url, "dev-on", "s")
 	on.OnMethod("ping", func(context.Context, []byte) (any, error) { return map[string]any{"pong": true}, nil })
+	assert.Equal(t, 1, relay.Attached())
 
-	svc := gatewaytest.Service(t, url, "svc:caller")
-	svc.Sub(t, 1, "devices/+/methods/res/+/+")
-	call := func(id, rid string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ch, err := channel.Dial(ctx, channel.Config{URL: natsURL, Logger: gatewaytest.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(ch.Close)
+	call := func(id string) fleet.MethodResult {
 		t.Helper()
-		require.NoError(t, svc.Pub(t, "devices/"+id+"/methods/req/ping/"+rid, 0, `{}`))
+		res, err := ch.Invoke(ctx, fleet.MethodCall{DeviceID: id, Method: "ping"}, 5*time.Second)
+		require.NoError(t, err)
+		return res
 	}
 
-	// A device that is not connected: the gateway answers 404 DeviceNotOnline at once.
 	start := time.Now()
-	call("dev-off", "r1")
-	m, ok := svc.WaitMessage(t, "devices/dev-off/methods/res/404/r1", 2*time.Second)
-	require.True(t, ok, "%v", svc.Messages())
+	res := call("dev-off")
+	assert.Equal(t, fleet.MethodOffline, res.Outcome)
 	assert.Less(t, time.Since(start), time.Second)
-	assert.JSONEq(t, `{"error":"device offline","code":"DeviceNotOnline"}`, string(m.Payload))
-	assert.Equal(t, int64(1), g.Stats().MethodsOffline)
-	// So does one the registry does not know (it cannot be online either).
-	call("dev-unknown", "r2")
-	_, ok = svc.WaitMessage(t, "devices/dev-unknown/methods/res/404/r2", 2*time.Second)
-	require.True(t, ok)
+	assert.JSONEq(t, `{"error":"device offline","code":"DeviceNotOnline"}`, string(res.Payload))
+	assert.Equal(t, fleet.MethodOffline, call("dev-unknown").Outcome, "a device the registry does not know is not online either")
 
-	// A connected device answers for itself; the gateway stays out of it.
-	call("dev-on", "r3")
-	m, ok = svc.WaitMessage(t, "devices/dev-on/methods/res/200/r3", 2*time.Second)
-	require.True(t, ok)
-	assert.JSONEq(t, `{"pong":true}`, string(m.Payload))
-	assert.Equal(t, int64(2), g.Stats().MethodsOffline)
+	res = call("dev-on")
+	assert.Equal(t, fleet.MethodSucceeded, res.Outcome)
+	assert.JSONEq(t, `{"pong":true}`, string(res.Payload))
+	st := g.Stats()
+	assert.Equal(t, int64(1), st.MethodsRelayed)
+	assert.Zero(t, st.MethodsPending, "the answer settled the gateway's pending entry")
 
-	// Once it disconnects, requests fail fast again.
+	// Once it disconnects, its subjects are released and calls fail fast again.
 	on.Close()
-	require.Eventually(t, func() bool { return g.Stats().Connected == 0 }, 2*time.Second, 5*time.Millisecond)
-	call("dev-on", "r4")
-	_, ok = svc.WaitMessage(t, "devices/dev-on/methods/res/404/r4", 2*time.Second)
-	require.True(t, ok)
-	assert.Equal(t, int64(3), g.Stats().MethodsOffline)
+	require.Eventually(t, func() bool { return g.Stats().Connected == 0 && relay.Attached() == 0 }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, fleet.MethodOffline, call("dev-on").Outcome)
 
-	// Requests the gateway cannot answer safely (bad request id) and requests that are not a service's are
-	// left alone: a device publishing a request on its own topics is not a caller.
-	call("dev-off", "bad!rid")
+	// A device publishing a request on its own topics is not relayed anywhere, nor answered.
 	dev, err := gatewaytest.Dial(t, url, "dev-off", "dev-off", "s")
 	require.NoError(t, err)
 	require.NoError(t, dev.Pub(t, "devices/dev-off/methods/req/ping/r5", 0, `{}`))
+	require.NoError(t, dev.Pub(t, "devices/dev-off/methods/res/200/g1", 1, `{}`)) // an answer to nothing
 	time.Sleep(200 * time.Millisecond)
-	assert.Equal(t, int64(3), g.Stats().MethodsOffline)
-	for _, m := range svc.Messages() {
-		assert.NotContains(t, m.Topic, "r5")
-		assert.NotContains(t, m.Topic, "bad!rid")
-	}
-	// No response was ever sent for the online device's request by the gateway.
-	for _, m := range svc.Messages() {
-		assert.NotEqual(t, "devices/dev-on/methods/res/404/r3", m.Topic)
-	}
+	assert.Equal(t, int64(1), g.Stats().MethodsRelayed)
+	assert.Zero(t, g.Stats().MethodsOffline)
 }

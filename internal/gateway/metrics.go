@@ -78,8 +78,9 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	connectsDesc = desc("fleetflow_gateway_connects_total", "Sessions established, by client kind.", "kind")
+	connectsDesc = desc("fleetflow_gateway_connects_total", "Sessions established, by client kind (devices only since services moved to NATS).", "kind")
 	reportedDesc = desc("fleetflow_gateway_reported_patches_total", "Reported-property patches by outcome.", "result")
+	relayedDesc  = desc("fleetflow_gateway_downlinks_relayed_total", "Messages relayed from the bus to devices, by kind.", "kind")
 	connEvDesc   = desc("fleetflow_gateway_connection_events_total", "Connection events by outcome of their registry write.", "result")
 )
 
@@ -88,17 +89,20 @@ var gatewayMetrics = []gatewayMetric{
 	{desc("fleetflow_gateway_connected_devices", "Device sessions open now."), prometheus.GaugeValue, nil,
 		load(func(c *counters) *atomic.Int64 { return &c.connected })},
 	{connectsDesc, prometheus.CounterValue, []string{"device"}, load(func(c *counters) *atomic.Int64 { return &c.connects })},
-	{connectsDesc, prometheus.CounterValue, []string{"service"}, load(func(c *counters) *atomic.Int64 { return &c.serviceConnects })},
 	{desc("fleetflow_gateway_auth_failures_total", "CONNECTs refused (bad credentials, unknown, disabled or retired devices)."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authFailures })},
 	{desc("fleetflow_gateway_acl_denials_total", "Publishes, subscriptions and wills refused by the ACL."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.aclDenials })},
 	{desc("fleetflow_gateway_kicks_total", "Live sessions dropped because the device was revoked or kicked."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.kicks })},
+	{desc("fleetflow_gateway_takeovers_total", "Live sessions dropped because the device connected to another gateway."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.takeovers })},
+	{relayedDesc, prometheus.CounterValue, []string{"desired"}, load(func(c *counters) *atomic.Int64 { return &c.desiredRelayed })},
+	{relayedDesc, prometheus.CounterValue, []string{"method"}, load(func(c *counters) *atomic.Int64 { return &c.methodsRelayed })},
 
 	{desc("fleetflow_gateway_messages_in_total", "Publishes received from devices."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.messagesIn })},
-	{desc("fleetflow_gateway_messages_out_total", "Publishes written to clients (devices and services)."),
+	{desc("fleetflow_gateway_messages_out_total", "Publishes written to devices."),
 		prometheus.CounterValue, nil, brokerInfo(func(g *Gateway) *int64 { return &g.server.Info.MessagesSent })},
 	{desc("fleetflow_gateway_messages_dropped_slow_client_total",
 		"Publishes the broker dropped because the receiving client's outbound queue was full (a slow subscriber)."),

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
@@ -117,7 +118,11 @@ func TestFirmwareJobWithRegistry(t *testing.T) {
 	t.Cleanup(reg.Close)
 	const n, seed = 12, 4
 	list := provision(t, reg, "fw-dev", n)
-	g := gatewaytest.StartGateway(t, reg, gateway.Config{FlushInterval: 50 * time.Millisecond})
+	natsURL := testenv.NATS(t)
+	g, _ := gatewaytest.StartGatewayOnNATS(t, reg, gateway.Config{FlushInterval: 50 * time.Millisecond}, natsURL)
+	ch, err := channel.Dial(ctx, channel.Config{URL: natsURL, Logger: gatewaytest.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(ch.Close)
 	online := list[:n-1] // the last one stays offline
 	sim, err := simulator.New(simulator.Config{BrokerURL: gatewaytest.URL(g), Creds: online, Seed: seed,
 		Logger: gatewaytest.Logger(t), MaxReconnectInterval: time.Second,
@@ -136,14 +141,16 @@ func TestFirmwareJobWithRegistry(t *testing.T) {
 	})
 	require.Eventually(t, func() bool { return sim.Stats().Reported == n-1 }, 20*time.Second, 20*time.Millisecond, "%s", sim.Stats())
 
-	svc := gatewaytest.Service(t, gatewaytest.URL(g), "svc:rollout")
-	svc.Sub(t, 1, "devices/+/methods/res/+/+")
 	patch := `{"firmware":{"jobId":"rollout-2.0.0-1","version":"2.0.0","url":"https://fw.example/2.0.0","sha256":"00"},"telemetryInterval":45}`
+	var pushes []fleet.DesiredPush
 	for _, c := range online {
 		tw, err := reg.UpdateTwin(ctx, c.ID, twin.Desired, []byte(patch), "")
 		require.NoError(t, err)
-		require.NoError(t, svc.Pub(t, fmt.Sprintf("devices/%s/twin/desired/%d", c.ID, tw.Properties.Desired.Version), 1, patch))
+		pushes = append(pushes, fleet.DesiredPush{DeviceID: c.ID, Version: tw.Properties.Desired.Version, Patch: []byte(patch)})
 	}
+	published, err := ch.PublishDesired(ctx, pushes)
+	require.NoError(t, err)
+	require.Equal(t, len(online), published)
 	type row struct{ status, reason string }
 	rows := func() map[string]row {
 		out := map[string]row{}
@@ -202,16 +209,14 @@ func TestFirmwareJobWithRegistry(t *testing.T) {
 	assert.Zero(t, st.JobStatusDropped)
 	assert.Zero(t, st.StoreErrors)
 
-	// The offline device: the gateway answers for it at once.
+	assert.Equal(t, int64(len(online)), st.DesiredRelayed)
+
+	// The offline device is answered for at once (by NATS: no gateway holds it); an online one answers.
 	offline := list[n-1].ID
-	require.NoError(t, svc.Pub(t, "devices/"+offline+"/methods/req/ping/r1", 0, `{}`))
-	m, ok := svc.WaitMessage(t, "devices/"+offline+"/methods/res/404/r1", 2*time.Second)
-	require.True(t, ok)
-	assert.JSONEq(t, `{"error":"device offline","code":"DeviceNotOnline"}`, string(m.Payload))
-	require.NoError(t, svc.Pub(t, "devices/"+online[0].ID+"/methods/req/ping/r2", 0, `{}`))
-	_, ok = svc.WaitMessage(t, "devices/"+online[0].ID+"/methods/res/200/r2", 2*time.Second)
-	require.True(t, ok)
-	assert.Equal(t, int64(1), g.Stats().MethodsOffline)
+	res := ch.InvokeMany(ctx, []fleet.MethodCall{{DeviceID: offline, Method: "ping"}, {DeviceID: online[0].ID, Method: "ping"}}, 5*time.Second, 0)
+	assert.Equal(t, fleet.MethodOffline, res[0].Outcome)
+	assert.JSONEq(t, `{"error":"device offline","code":"DeviceNotOnline"}`, string(res[0].Payload))
+	assert.Equal(t, fleet.MethodSucceeded, res[1].Outcome, "%+v", res[1])
 }
 
 func TestMain(m *testing.M) { testenv.Main(m) }

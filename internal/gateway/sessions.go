@@ -11,15 +11,13 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
-// session is one live connection: a device's, or a service's (tracked only to know when its connection
-// ends, see hook.OnSessionEstablish).
+// session is one live device connection.
 type session struct {
-	id      string
-	cl      *mqtt.Client
-	service bool
-	num     int64     // session number recorded in the registry
-	digest  []byte    // SHA-256 of the secret it connected with, to re-check it against a changed record
-	will    mqtt.Will // the connection's LWT, in case mochi skips it (see hook.OnDisconnect)
+	id     string
+	cl     *mqtt.Client
+	num    int64     // session number recorded in the registry
+	digest []byte    // SHA-256 of the secret it connected with, to re-check it against a changed record
+	will   mqtt.Will // the connection's LWT, in case mochi skips it (see hook.OnDisconnect)
 
 	seen       atomic.Bool // a ConnSeen is pending for this session
 	purge      atomic.Bool // the device is gone: its LWT must clear the retained state instead of setting it
@@ -47,30 +45,30 @@ func newSessions() *sessions {
 
 func (ss *sessions) add(s *session) {
 	ss.mu.Lock()
-	if !s.service {
-		ss.byID[s.id] = s
-	}
+	ss.byID[s.id] = s
 	ss.byClient[s.cl] = s
 	ss.mu.Unlock()
 }
 
-// remove ends cl's session and returns it (nil if cl never had one). A clean session is kept in ending until
+// remove ends cl's session and returns it (nil if cl never had one), and whether it was its device's current
+// session (not one already taken over by a newer connection here). A clean session is kept in ending until
 // sweep finds mochi has let go of it; a persistent one stays in mochi's list until it expires.
-func (ss *sessions) remove(cl *mqtt.Client, clean bool) *session {
+func (ss *sessions) remove(cl *mqtt.Client, clean bool) (s *session, current bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	s, ok := ss.byClient[cl]
 	if !ok {
-		return nil
+		return nil, false
 	}
 	delete(ss.byClient, cl)
 	if ss.byID[s.id] == s {
 		delete(ss.byID, s.id)
+		current = true
 	}
 	if clean {
 		ss.ending[cl] = s
 	}
-	return s
+	return s, current
 }
 
 // known returns cl's session whether it is live or ending.

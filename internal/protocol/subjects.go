@@ -123,3 +123,58 @@ func ParseTimeout(s string) time.Duration {
 	}
 	return time.Duration(ms) * time.Millisecond
 }
+
+// Downlink is one message for a device as the gateway holding its session receives it from the bus.
+type Downlink struct {
+	Device string
+	Kind   SubjectKind
+	// Version is a desired patch's version (SubjectDesired).
+	Version int64
+	// Session is the newer session's number (SubjectKick).
+	Session int64
+	// Method and Timeout are a method request's name and the caller's timeout (SubjectMethod).
+	Method  string
+	Timeout time.Duration
+	// Payload is the desired patch or the method's JSON payload.
+	Payload []byte
+	// Reply is where a method's answer goes; opaque to the gateway, which hands it back to the bus.
+	Reply string
+}
+
+// ParseDownlink checks a message received on a device subject and returns it as a Downlink. header reads
+// one header of the message.
+func ParseDownlink(subject string, header func(string) string, body []byte, reply string) (Downlink, error) {
+	id, k, err := ParseDeviceSubject(subject)
+	if err != nil {
+		return Downlink{}, err
+	}
+	d := Downlink{Device: id, Kind: k, Payload: body, Reply: reply}
+	switch k {
+	case SubjectDesired:
+		d.Version, err = strconv.ParseInt(header(HeaderVersion), 10, 64)
+		if err != nil || d.Version < 1 {
+			return Downlink{}, fmt.Errorf("desired patch for %s: version %q", id, header(HeaderVersion))
+		}
+		if len(body) > MaxDesiredPatch {
+			return Downlink{}, fmt.Errorf("desired patch for %s: %d bytes exceeds %d", id, len(body), MaxDesiredPatch)
+		}
+	case SubjectMethod:
+		d.Method = header(HeaderMethod)
+		if err := ValidateMethod(d.Method); err != nil {
+			return Downlink{}, fmt.Errorf("method request for %s: %w", id, err)
+		}
+		if reply == "" {
+			return Downlink{}, fmt.Errorf("method request for %s: no reply subject", id)
+		}
+		if len(body) > MaxMethodPayload {
+			return Downlink{}, fmt.Errorf("method request for %s: %d bytes exceeds %d", id, len(body), MaxMethodPayload)
+		}
+		d.Timeout = ParseTimeout(header(HeaderTimeout))
+	case SubjectKick:
+		if d.Session, err = ParseKick(body); err != nil {
+			return Downlink{}, fmt.Errorf("kick for %s: %w", id, err)
+		}
+		d.Payload = nil
+	}
+	return d, nil
+}

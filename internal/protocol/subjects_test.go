@@ -109,3 +109,36 @@ func FuzzSubjectToken(f *testing.F) {
 		}
 	})
 }
+
+func TestParseDownlink(t *testing.T) {
+	h := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	d, err := protocol.ParseDownlink("ff.dev.a~b.desired", h(map[string]string{protocol.HeaderVersion: "7"}), []byte(`{"x":1}`), "")
+	if err != nil || d.Device != "a.b" || d.Kind != protocol.SubjectDesired || d.Version != 7 || string(d.Payload) != `{"x":1}` {
+		t.Fatalf("desired: %+v %v", d, err)
+	}
+	d, err = protocol.ParseDownlink("ff.dev.d1.method", h(map[string]string{protocol.HeaderMethod: "reboot", protocol.HeaderTimeout: "2500"}), []byte(`{}`), "_INBOX.x.1")
+	if err != nil || d.Method != "reboot" || d.Timeout != 2500*time.Millisecond || d.Reply != "_INBOX.x.1" {
+		t.Fatalf("method: %+v %v", d, err)
+	}
+	d, err = protocol.ParseDownlink("ff.dev.d1.kick", h(nil), []byte("42"), "")
+	if err != nil || d.Session != 42 || d.Payload != nil {
+		t.Fatalf("kick: %+v %v", d, err)
+	}
+	for name, c := range map[string]struct {
+		subject, reply string
+		hdr            map[string]string
+		body           string
+	}{
+		"desired without version": {"ff.dev.d1.desired", "", nil, "{}"},
+		"desired version 0":       {"ff.dev.d1.desired", "", map[string]string{protocol.HeaderVersion: "0"}, "{}"},
+		"method without name":     {"ff.dev.d1.method", "r", nil, "{}"},
+		"method with a bad name":  {"ff.dev.d1.method", "r", map[string]string{protocol.HeaderMethod: "a/b"}, "{}"},
+		"method without reply":    {"ff.dev.d1.method", "", map[string]string{protocol.HeaderMethod: "m"}, "{}"},
+		"kick without number":     {"ff.dev.d1.kick", "", nil, ""},
+		"not a device subject":    {"ff.other", "", nil, ""},
+	} {
+		if _, err := protocol.ParseDownlink(c.subject, h(c.hdr), []byte(c.body), c.reply); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -13,21 +13,17 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 )
 
-// ServiceToken is the service password StartGateway configures.
-const ServiceToken = "test-service-token"
-
 // StartGateway runs a gateway on a free loopback port against store and closes it when the test ends.
-// Zero fields of cfg take the gateway's defaults; Listen and ServiceToken are set unless given.
+// Zero fields of cfg take the gateway's defaults; Listen is set unless given. Without cfg.Downlinks the
+// gateway serves uplinks only; see StartGatewayOnNATS.
 func StartGateway(t testing.TB, store gateway.Store, cfg gateway.Config) *gateway.Gateway {
 	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
-	}
-	if cfg.ServiceToken == "" {
-		cfg.ServiceToken = ServiceToken
 	}
 	g := gateway.New(cfg, store, Logger(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -35,8 +31,28 @@ func StartGateway(t testing.TB, store gateway.Store, cfg gateway.Config) *gatewa
 	if err := g.Start(ctx); err != nil {
 		t.Fatalf("start gateway: %v", err)
 	}
-	t.Cleanup(func() { g.Close() })
+	started.Store(URL(g), g)
+	t.Cleanup(func() {
+		started.Delete(URL(g))
+		g.Close()
+	})
 	return g
+}
+
+// started maps the URLs of running test gateways to them, for Service.
+var started sync.Map
+
+// StartGatewayOnNATS runs a gateway as StartGateway does, relaying downlinks from the NATS servers at
+// natsURL (comma-separated); the relay is closed after the gateway when the test ends.
+func StartGatewayOnNATS(t testing.TB, store gateway.Store, cfg gateway.Config, natsURL string) (*gateway.Gateway, *channel.Relay) {
+	t.Helper()
+	r, err := channel.DialRelay(channel.Config{URL: natsURL, Name: "gateway-test", Logger: Logger(t)})
+	if err != nil {
+		t.Fatalf("relay: %v", err)
+	}
+	t.Cleanup(r.Close) // cleanups run last-in first-out: after the gateway's
+	cfg.Downlinks = r
+	return StartGateway(t, store, cfg), r
 }
 
 // URL is the broker URL of a started gateway.
@@ -64,13 +80,35 @@ type Message struct {
 	Retained bool
 }
 
-// Client is a plain paho client for tests: a service, or a device behaving in ways the device package would
-// not (spoofing, wildcards, malformed topics). Every received message is recorded.
+// Client is a plain paho client for tests: a device behaving in ways the device package would not (spoofing,
+// wildcards, malformed topics); or, made by Service, an observer inside a gateway. Every received message is
+// recorded.
 type Client struct {
 	paho.Client
 	mu   sync.Mutex
 	msgs []Message
 	lost atomic.Bool
+
+	gw *gateway.Gateway // set for an observer (Service)
+}
+
+// Service returns an observer of the gateway StartGateway started at url: it sees every message routed under
+// the filters it subscribes to (retained ones first) and publishes as the gateway itself. It stands for the
+// spying service connections of older tests: no client may log in as a service any more, since services reach
+// devices over NATS. clientID only names it in failures.
+func Service(t testing.TB, url, clientID string) *Client {
+	t.Helper()
+	g, ok := started.Load(url)
+	if !ok {
+		t.Fatalf("service %s: no test gateway at %s", clientID, url)
+	}
+	return &Client{gw: g.(*gateway.Gateway)}
+}
+
+func (c *Client) record(topic string, payload []byte, retained bool) {
+	c.mu.Lock()
+	c.msgs = append(c.msgs, Message{Topic: topic, Payload: append([]byte(nil), payload...), Retained: retained})
+	c.mu.Unlock()
 }
 
 // Dial connects a raw MQTT 3.1.1 client without auto-reconnect. It returns the CONNECT error instead of
@@ -106,19 +144,22 @@ func Dial(t testing.TB, url, clientID, username, password string) (*Client, erro
 	return c, nil
 }
 
-// Service connects as a fleetflow service with the harness token.
-func Service(t testing.TB, url, clientID string) *Client {
-	t.Helper()
-	c, err := Dial(t, url, clientID, gateway.ServiceUsername, ServiceToken)
-	if err != nil {
-		t.Fatalf("service connect: %v", err)
-	}
-	return c
-}
-
-// Sub subscribes and returns the SUBACK code of each filter (0x80 = refused).
+// Sub subscribes and returns the SUBACK code of each filter (0x80 = refused; an observer is never refused
+// a valid filter).
 func (c *Client) Sub(t testing.TB, qos byte, filters ...string) []byte {
 	t.Helper()
+	if c.gw != nil {
+		out := make([]byte, len(filters))
+		for i, f := range filters {
+			stop, err := c.gw.Observe(f, c.record)
+			if err != nil {
+				out[i] = 0x80
+				continue
+			}
+			t.Cleanup(stop)
+		}
+		return out
+	}
 	m := make(map[string]byte, len(filters))
 	for _, f := range filters {
 		m[f] = qos
@@ -138,6 +179,9 @@ func (c *Client) Sub(t testing.TB, qos byte, filters ...string) []byte {
 // Pub publishes and waits for the token.
 func (c *Client) Pub(t testing.TB, topic string, qos byte, payload string) error {
 	t.Helper()
+	if c.gw != nil {
+		return c.gw.Inject(topic, []byte(payload), qos)
+	}
 	tok := c.Publish(topic, qos, false, payload)
 	if !tok.WaitTimeout(5 * time.Second) {
 		return fmt.Errorf("publish %s: timed out", topic)
