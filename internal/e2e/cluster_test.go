@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +24,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -362,4 +365,88 @@ func TestClusterNATSNodeStoppedDuringFanOut(t *testing.T) {
 	for i, r := range again {
 		assert.Equal(t, fleet.MethodSucceeded, r.Outcome, "call %d after fail-over: %+v", i, r)
 	}
+}
+
+// clusterEnv is newEnv's stack (registry, Temporal, the CLI and worker binaries) with the scale-out device
+// channel: three gateways on a 3-node NATS cluster, which the workers and the CLI use.
+func newClusterEnv(t *testing.T) (*env, *testenv.NATSCluster, []*gateway.Gateway) {
+	t.Helper()
+	e := newEnv(t)
+	nc := testenv.StartNATSCluster(t, 3)
+	e.natsURL = nc.URL()
+	var gws []*gateway.Gateway
+	for i, node := range nc.Nodes {
+		r, err := channel.DialRelay(channel.Config{URL: node.ClientURL(), Name: fmt.Sprintf("gateway-%d", i+1), Logger: quiet()})
+		require.NoError(t, err)
+		t.Cleanup(r.Close)
+		g := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Downlinks: r}, e.reg, quiet())
+		require.NoError(t, g.Start(context.Background()))
+		t.Cleanup(func() { g.Close() })
+		gws = append(gws, g)
+	}
+	return e, nc, gws
+}
+
+var jobCountsRe = regexp.MustCompile(`completed: (\d+) devices — succeeded (\d+), failed (\d+), timed out (\d+), offline (\d+)`)
+
+// Jobs run by two worker processes reach devices spread over three gateways through the cluster, and a
+// method job during which a NATS node is stopped still completes with an outcome for every device.
+func TestClusterJobsWithTwoWorkers(t *testing.T) {
+	e, nc, gws := newClusterEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e.workerProcess()
+	e.workerProcess()
+	cs := e.fleet(ctx, 30, "cl")
+	for i := range gws {
+		var part []creds.Credential
+		for j := i; j < len(cs); j += len(gws) {
+			part = append(part, cs[j])
+		}
+		sim, err := simulator.New(simulator.Config{BrokerURL: "tcp://" + gws[i].Addr(), Creds: part, Logger: quiet()})
+		require.NoError(t, err)
+		simCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = sim.Run(simCtx) }()
+		t.Cleanup(func() { stop(); <-done })
+		require.Eventually(t, func() bool { return sim.Stats().Reported == int64(len(part)) }, time.Minute, 50*time.Millisecond)
+	}
+	q := "SELECT * FROM devices WHERE tags.region = 'cl'"
+
+	out, err := e.cli(ctx, "job", "start", "--query", q, "--set-desired", `{"telemetryInterval": 45}`, "--timeout", "1m")
+	require.NoError(t, err)
+	require.Contains(t, out, "completed: 30 devices — succeeded 30, failed 0")
+	for _, c := range cs {
+		assert.Equal(t, "45", e.reportedField(ctx, c.ID, "telemetryInterval"), c.ID)
+	}
+	// Every gateway's subscriptions have reached every node by now (the desired job waited for the
+	// devices' acknowledgements), so a method job finds every device.
+	out, err = e.cli(ctx, "job", "start", "--query", q, "--method", "ping", "--timeout", "10s")
+	require.NoError(t, err)
+	require.Contains(t, out, "completed: 30 devices — succeeded 30, failed 0, timed out 0, offline 0")
+
+	// A method job at 10 devices/s, and the node of the second gateway stopped a second into it.
+	job := e.cliAsync(ctx, "job", "start", "--query", q, "--method", "ping", "--timeout", "10s", "--rate", "10")
+	time.Sleep(time.Second)
+	nc.Nodes[1].Close()
+	var res cliResult
+	select {
+	case res = <-job:
+	case <-ctx.Done():
+		t.Fatal("the job did not finish")
+	}
+	require.NoError(t, res.err)
+	m := jobCountsRe.FindStringSubmatch(res.out)
+	require.NotNil(t, m, "job output: %s", res.out)
+	total, _ := strconv.Atoi(m[1])
+	sum := 0
+	for _, n := range m[2:] {
+		k, _ := strconv.Atoi(n)
+		sum += k
+	}
+	assert.Equal(t, 30, total)
+	assert.Equal(t, 30, sum, "every device has an outcome: %s", m[0])
+	t.Logf("method job with a NATS node stopped: %s", m[0])
+	succeeded, _ := strconv.Atoi(m[2])
+	assert.GreaterOrEqual(t, succeeded, 10, "the devices of the other gateways kept answering")
 }
