@@ -148,6 +148,8 @@ func (r *Relay) Malformed() int64 { return r.malformed.Load() }
 // Close flushes what is buffered and disconnects; the servers drop the relay's subscriptions with its
 // connection, so its devices are offline for callers at once.
 func (r *Relay) Close() {
-	_ = r.nc.Flush()
+	if r.nc.IsConnected() {
+		_ = r.nc.FlushTimeout(time.Second)
+	}
 	r.nc.Close()
 }
