@@ -3,8 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/nats-io/nats.go"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
@@ -29,7 +28,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
-	"github.com/fleetflow/fleetflow/internal/gateway"
+	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/stack"
@@ -104,7 +103,8 @@ func benchConfigure(b *testing.B, n int) configureHistory {
 	fmt.Printf("%d simulated devices connected and reported; gateway, simulator, worker (this process), Postgres and "+
 		"Temporal share the machine's 2 cores; load average before measuring: %s\n", n, loadAvg())
 
-	// The yardsticks: raw MQTT through the same gateway, with a bare paho device and service client.
+	// The yardsticks: the same path without fleetflow's channel, workflows or SDK: a bare NATS connection
+	// for the service and a bare paho device on the same gateway.
 	rig := startEchoRig(b, f)
 	pubAck := rig.pubAcks(b, rawSamples)
 	desiredEcho := rig.roundTrips(b, rawSamples, "desired")
@@ -113,13 +113,13 @@ func benchConfigure(b *testing.B, n int) configureHistory {
 	rig.close()
 	time.Sleep(time.Second)
 
-	fmt.Println("raw MQTT through the gateway (bare paho clients)")
-	report(b, "sequential QoS 1 PUBLISH->PUBACK, service->gateway, p50", ms(pct(pubAck, 50)), "ms-raw-puback-p50")
-	report(b, "desired echo: service PUBLISH -> device -> reported topic -> service, p50", ms(pct(desiredEcho, 50)), "ms-raw-desired-echo-p50")
-	report(b, "desired echo p99", ms(pct(desiredEcho, 99)), "ms-raw-desired-echo-p99")
-	report(b, "method echo: request -> device -> response -> service, p50", ms(pct(methodEcho, 50)), "ms-raw-method-echo-p50")
+	fmt.Println("raw NATS -> gateway -> MQTT device (bare nats.go connection, bare paho device)")
+	report(b, "sequential PUBLISH + flush, service->NATS, p50", ms(pct(pubAck, 50)), "ms-raw-puback-p50")
+	report(b, "desired: service PUBLISH -> NATS -> gateway -> device, p50", ms(pct(desiredEcho, 50)), "ms-raw-desired-echo-p50")
+	report(b, "desired p99", ms(pct(desiredEcho, 99)), "ms-raw-desired-echo-p99")
+	report(b, "method echo: request -> NATS -> gateway -> device -> response -> service, p50", ms(pct(methodEcho, 50)), "ms-raw-method-echo-p50")
 	report(b, "method echo p99", ms(pct(methodEcho, 99)), "ms-raw-method-echo-p99")
-	report(b, fmt.Sprintf("pipelined QoS 1 burst, 1 desired msg to each of %d devices, all PUBACKed", n), burst.Seconds(), "s-raw-burst")
+	report(b, fmt.Sprintf("pipelined burst, 1 desired msg to each of %d devices, all confirmed by the NATS server", n), burst.Seconds(), "s-raw-burst")
 	report(b, "  raw burst throughput", float64(n)/burst.Seconds(), "msg/s-raw-burst")
 
 	// set_desired over the whole fleet, through the CLI as an operator starts it.
@@ -259,13 +259,12 @@ type configureFleet struct {
 	env     []string
 	mqttURL string
 	natsURL string
-	token   string
 	fleet   []creds.Credential // the simulated devices (tag fleet=sim)
 	echo    creds.Credential   // a device driven by a bare paho client (tag fleet=echo)
 }
 
 // startConfigureBackend provisions n simulated devices and one echo device into a fresh database, starts
-// the gateway (with a service token) and the simulator as processes of the CLI, and a worker in this
+// a NATS node in this process, the gateway (relaying from it) and the simulator as processes of the CLI, and a worker in this
 // process with the registry and a device channel; it returns once every device is connected, has
 // reported its capabilities and shows online in the registry. Everything stops when b ends.
 func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureFleet {
@@ -278,15 +277,12 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 		b.Fatal(err)
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	tok := make([]byte, 16)
-	_, _ = rand.Read(tok)
-	f := &configureFleet{backend: be, mqttURL: "tcp://" + listen, token: hex.EncodeToString(tok)}
+	f := &configureFleet{backend: be, mqttURL: "tcp://" + listen}
 	// The gateway relays downlinks from a NATS node of this process; the worker's channel reaches devices
 	// through it.
 	natsURL := testenv.NATS(b)
 	f.natsURL = natsURL
-	f.env = be.env("FLEETFLOW_MQTT_URL="+f.mqttURL, "FLEETFLOW_GATEWAY_LISTEN="+listen, "FLEETFLOW_SERVICE_TOKEN="+f.token,
-		"FLEETFLOW_NATS_URL="+natsURL)
+	f.env = be.env("FLEETFLOW_MQTT_URL="+f.mqttURL, "FLEETFLOW_GATEWAY_LISTEN="+listen, "FLEETFLOW_NATS_URL="+natsURL)
 
 	dir := b.TempDir()
 	f.startProcess(b, ctx, filepath.Join(dir, "gateway.log"), "gateway")
@@ -414,12 +410,13 @@ func (f *configureFleet) invokeRoundTrips(b *testing.B, ctx context.Context, id 
 	return ds
 }
 
-// echoRig is a bare paho service client and a bare paho device that echoes what it gets: desired patches
-// back on its reported topic, method requests as 200 responses.
+// echoRig is a bare NATS connection standing for a service and a bare paho device that echoes what it gets:
+// it signals each desired patch it receives, and answers method requests 200.
 type echoRig struct {
-	svc, dev paho.Client
-	id       string
-	got      chan string // topics the service client received
+	svc *nats.Conn
+	dev paho.Client
+	id  string
+	got chan string // desired topics the device received
 }
 
 func startEchoRig(b *testing.B, f *configureFleet) *echoRig {
@@ -434,26 +431,47 @@ func startEchoRig(b *testing.B, f *configureFleet) *echoRig {
 		parts := strings.Split(strings.TrimPrefix(m.Topic(), prefix), "/")
 		switch {
 		case len(parts) == 3 && parts[0] == "twin" && parts[1] == "desired":
-			dev.Publish(prefix+"twin/reported/"+parts[2], 1, false, m.Payload())
+			select {
+			case r.got <- m.Topic():
+			default:
+			}
 		case len(parts) == 4 && parts[0] == "methods" && parts[1] == "req":
 			dev.Publish(prefix+"methods/res/200/"+parts[3], 1, false, []byte(`{"pong":true}`))
 		}
 	}
 	subscribe(b, dev, map[string]byte{prefix + "twin/desired/+": 1, prefix + "methods/req/+/+": 0}, echo)
 
-	svc := paho.NewClient(paho.NewClientOptions().AddBroker(f.mqttURL).SetClientID("svc:bench-raw").
-		SetUsername(gateway.ServiceUsername).SetPassword(f.token).SetProtocolVersion(4).SetAutoReconnect(false).
-		SetOrderMatters(false))
-	connect(b, svc)
+	svc, err := nats.Connect(f.natsURL)
+	if err != nil {
+		b.Fatalf("raw NATS connect: %v", err)
+	}
 	r.svc = svc
-	subscribe(b, svc, map[string]byte{prefix + "twin/reported/+": 0, prefix + "methods/res/+/+": 0},
-		func(_ paho.Client, m paho.Message) {
-			select {
-			case r.got <- m.Topic():
-			default:
-			}
-		})
+	// The gateway's subscription for the device is in place once a request finds it.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := r.request(5 * time.Second); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			b.Fatalf("raw method to %s: %v", r.id, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	return r
+}
+
+func (r *echoRig) request(timeout time.Duration) (*nats.Msg, error) {
+	m := nats.NewMsg(protocol.DeviceSubject(r.id, protocol.SubjectMethod))
+	m.Header.Set(protocol.HeaderMethod, "ping")
+	m.Header.Set(protocol.HeaderTimeout, protocol.FormatTimeout(timeout))
+	m.Data = []byte(`{}`)
+	return r.svc.RequestMsg(m, timeout)
+}
+
+func desiredMsg(id string, version int, body string) *nats.Msg {
+	m := nats.NewMsg(protocol.DeviceSubject(id, protocol.SubjectDesired))
+	m.Header.Set(protocol.HeaderVersion, strconv.Itoa(version))
+	m.Data = []byte(body)
+	return m
 }
 
 func connect(b *testing.B, c paho.Client) {
@@ -473,19 +491,21 @@ func subscribe(b *testing.B, c paho.Client, filters map[string]byte, h paho.Mess
 }
 
 func (r *echoRig) close() {
-	r.svc.Disconnect(100)
+	r.svc.Close()
 	r.dev.Disconnect(100)
 }
 
-// pubAcks times sequential QoS 1 publishes of the service client until each PUBACK, to a device topic no
-// device subscribes to (only the gateway's own inline subscriber sees it).
+// pubAcks times sequential publishes of the service connection, each until the NATS server confirmed it
+// (a flush), to a device subject no gateway subscribes to.
 func (r *echoRig) pubAcks(b *testing.B, samples int) []time.Duration {
 	var ds []time.Duration
 	for i := 0; i < warmupSamples+samples; i++ {
 		t0 := time.Now()
-		tok := r.svc.Publish("devices/"+r.id+"/bench/raw", 1, false, []byte(`{}`))
-		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-			b.Fatalf("raw publish: %v", tok.Error())
+		if err := r.svc.PublishMsg(desiredMsg("bench-nobody", 1, `{}`)); err != nil {
+			b.Fatalf("raw publish: %v", err)
+		}
+		if err := r.svc.FlushTimeout(5 * time.Second); err != nil {
+			b.Fatalf("raw flush: %v", err)
 		}
 		if i >= warmupSamples {
 			ds = append(ds, time.Since(t0))
@@ -494,30 +514,34 @@ func (r *echoRig) pubAcks(b *testing.B, samples int) []time.Duration {
 	return ds
 }
 
-// roundTrips times sequential echoes through the device: kind "desired" publishes a desired patch (QoS 1)
-// and waits for the device's reported publish; "method" publishes a method request and waits for its
-// response.
+// roundTrips times sequential trips through the device: kind "desired" publishes a desired patch and waits
+// until the device has it; "method" makes a method request and waits for the device's answer.
 func (r *echoRig) roundTrips(b *testing.B, samples int, kind string) []time.Duration {
 	prefix := "devices/" + r.id + "/"
 	var ds []time.Duration
 	for i := 0; i < warmupSamples+samples; i++ {
-		rid := strconv.Itoa(i + 2)
-		topic, want, body := prefix+"twin/desired/"+rid, prefix+"twin/reported/"+rid, `{"telemetryInterval":`+rid+`}`
-		if kind == "method" {
-			topic, want, body = prefix+"methods/req/ping/"+rid, prefix+"methods/res/200/"+rid, `{}`
-		}
+		v := i + 2
 		t0 := time.Now()
-		r.svc.Publish(topic, 1, false, []byte(body))
-		timeout := time.After(5 * time.Second)
-	wait:
-		for {
-			select {
-			case got := <-r.got:
-				if got == want {
-					break wait
+		if kind == "method" {
+			if _, err := r.request(5 * time.Second); err != nil {
+				b.Fatalf("raw method %d: %v", v, err)
+			}
+		} else {
+			want := prefix + "twin/desired/" + strconv.Itoa(v)
+			if err := r.svc.PublishMsg(desiredMsg(r.id, v, `{"telemetryInterval":`+strconv.Itoa(v)+`}`)); err != nil {
+				b.Fatalf("raw desired %d: %v", v, err)
+			}
+			timeout := time.After(5 * time.Second)
+		wait:
+			for {
+				select {
+				case got := <-r.got:
+					if got == want {
+						break wait
+					}
+				case <-timeout:
+					b.Fatalf("raw desired %d: not delivered in 5 s", v)
 				}
-			case <-timeout:
-				b.Fatalf("raw %s echo %s: no answer in 5 s", kind, rid)
 			}
 		}
 		if i >= warmupSamples {
@@ -527,19 +551,18 @@ func (r *echoRig) roundTrips(b *testing.B, samples int, kind string) []time.Dura
 	return ds
 }
 
-// burst publishes one desired patch at QoS 1 to each device as fast as paho pipelines them on one
-// connection and returns the time until the last PUBACK. Version 1 is the devices' current desired version
-// or older, so devices receive the message and ignore it.
+// burst publishes one desired patch to each device as fast as one NATS connection pipelines them and returns
+// the time until the server confirmed them all. Version 1 is the devices' current desired version or older,
+// so devices receive the message and ignore it.
 func (r *echoRig) burst(b *testing.B, fleet []creds.Credential) time.Duration {
-	toks := make([]paho.Token, len(fleet))
 	t0 := time.Now()
-	for i, c := range fleet {
-		toks[i] = r.svc.Publish("devices/"+c.ID+"/twin/desired/1", 1, false, []byte(`{}`))
-	}
-	for _, tok := range toks {
-		if !tok.WaitTimeout(time.Minute) || tok.Error() != nil {
-			b.Fatalf("raw burst: %v", tok.Error())
+	for _, c := range fleet {
+		if err := r.svc.PublishMsg(desiredMsg(c.ID, 1, `{}`)); err != nil {
+			b.Fatalf("raw burst: %v", err)
 		}
+	}
+	if err := r.svc.FlushTimeout(time.Minute); err != nil {
+		b.Fatalf("raw burst: %v", err)
 	}
 	return time.Since(t0)
 }
