@@ -295,8 +295,7 @@ func natsCA(g *globals) string {
 }
 
 // mqttCA is the CA file to verify the gateway with: --mqtt-ca (FLEETFLOW_MQTT_CA), else, for a TLS URL inside
-// a checkout whose local stack made one, its .fleetflow/tls/ca.pem, as the service token comes from
-// .fleetflow/service-token. Empty means the system's roots.
+// a checkout whose local stack made one, its .fleetflow/tls/ca.pem. Empty means the system's roots.
 func mqttCA(g *globals) string {
 	if g.cfg.MQTTCA != "" || !pki.IsTLSURL(g.cfg.MQTTURL) {
 		return g.cfg.MQTTCA

@@ -399,7 +399,7 @@ func (g *Gateway) listenTLS(ctx context.Context, server *mqtt.Server) (net.Liste
 }
 
 // Validate checks the listener settings without opening anything: plaintext MQTT only on loopback unless
-// AllowPlaintext says otherwise (device secrets and the service token would cross the network in clear,
+// AllowPlaintext says otherwise (device secrets would cross the network in clear,
 // docs/architecture.md, "Where secrets live"), and a TLS certificate always with its key.
 func (c Config) Validate() error {
 	listen := c.Listen
@@ -407,8 +407,8 @@ func (c Config) Validate() error {
 		listen = "127.0.0.1:1883"
 	}
 	if !c.AllowPlaintext && !IsLoopbackAddr(listen) {
-		return fmt.Errorf("gateway: refusing plaintext MQTT on %s, which is not a loopback address: device secrets and "+
-			"the service token would cross the network in clear; serve devices over TLS (--tls-cert, --tls-key, "+
+		return fmt.Errorf("gateway: refusing plaintext MQTT on %s, which is not a loopback address: device secrets "+
+			"would cross the network in clear; serve devices over TLS (--tls-cert, --tls-key, "+
 			"--tls-listen) and keep --listen on 127.0.0.1, or pass --allow-plaintext (FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT=true) "+
 			"if the network is trusted", listen)
 	}
