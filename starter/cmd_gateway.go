@@ -127,7 +127,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 				case <-t.C:
 					st := gw.Stats()
 					log.Info("gateway stats", "connected", st.Connected, "connects", st.Connects,
-						"auth_failures", st.AuthFailures, "acl_denials", st.ACLDenials, "kicks", st.Kicks,
+						"auth_failures", st.AuthFailures, "acl_denials", st.ACLDenials, "kicks", st.Kicks, "takeovers", st.Takeovers,
+						"desired_relayed", st.DesiredRelayed, "methods_relayed", st.MethodsRelayed,
 						"messages_in", st.MessagesIn, "messages_out", st.MessagesOut, "slow_dropped", st.SlowDropped, "malformed", st.Malformed,
 						"reported_applied", st.ReportedApplied, "ingest_batches", st.IngestBatches,
 						"last_batch_latency", st.LastBatchLatency, "store_errors", st.StoreErrors)
@@ -153,6 +154,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
 	cmd.Flags().StringVar(&g.cfg.NATSURL, "nats-url", g.cfg.NATSURL,
 		`NATS servers, comma-separated (nats:// or tls://, credentials as user:password@), through which workers and the CLI reach this gateway's devices; "" runs without (FLEETFLOW_NATS_URL)`)
+	cmd.Flags().StringVar(&g.cfg.NATSCA, "nats-ca", g.cfg.NATSCA,
+		"CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: .fleetflow/tls/ca.pem inside a checkout that has one, else the system's roots)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")
