@@ -154,6 +154,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
 	cmd.Flags().StringVar(&g.cfg.NATSURL, "nats-url", g.cfg.NATSURL,
 		`NATS servers, comma-separated (nats:// or tls://, credentials as user:password@), through which workers and the CLI reach this gateway's devices; "" runs without (FLEETFLOW_NATS_URL)`)
+	// The default comes from FLEETFLOW_NATS_URL, which may hold a password: --help shows it masked.
+	cmd.Flags().Lookup("nats-url").DefValue = channel.RedactURL(g.cfg.NATSURL)
 	cmd.Flags().StringVar(&g.cfg.NATSCA, "nats-ca", g.cfg.NATSCA,
 		"CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: .fleetflow/tls/ca.pem inside a checkout that has one, else the system's roots)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,

@@ -30,6 +30,8 @@ func main() {
 	flag.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "Temporal namespace (TEMPORAL_NAMESPACE or the temporal.toml profile's)")
 	flag.StringVar(&cfg.TaskQueue, "task-queue", cfg.TaskQueue, "task queue to poll (FLEETFLOW_TASK_QUEUE)")
 	flag.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "NATS servers, comma-separated, through which desired pushes and method calls reach the gateways (FLEETFLOW_NATS_URL; credentials as user:password@)")
+	// The default comes from FLEETFLOW_NATS_URL, which may hold a password: -h shows it masked.
+	flag.Lookup("nats-url").DefValue = channel.RedactURL(cfg.NATSURL)
 	flag.StringVar(&cfg.NATSCA, "nats-ca", cfg.NATSCA, "CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: system roots)")
 	metricsAddr := os.Getenv("FLEETFLOW_WORKER_METRICS")
 	flag.StringVar(&metricsAddr, "metrics-listen", metricsAddr, "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9465; empty: off (FLEETFLOW_WORKER_METRICS)")

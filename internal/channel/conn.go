@@ -69,6 +69,9 @@ func anyTLS(urls string) bool {
 	return false
 }
 
+// RedactURL returns the comma-separated URLs with their passwords masked, for logs, errors and help texts.
+func RedactURL(urls string) string { return redact(urls) }
+
 // redact drops the passwords of the URLs, for logs and errors.
 func redact(urls string) string {
 	parts := strings.Split(urls, ",")
