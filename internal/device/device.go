@@ -48,6 +48,8 @@ type Device struct {
 	closed    bool
 
 	rid       atomic.Uint64
+	attempt   atomic.Pointer[string] // the gateway of the CONNECT in progress
+	broker    atomic.Pointer[string] // the gateway of the current (or last) connection
 	session   atomic.Int64 // number of the current (or next) connection, in birth and LWT
 	firstSync chan struct{}
 	firstErr  error
@@ -61,12 +63,15 @@ func New(cfg Config) (*Device, error) {
 	if err := protocol.ValidateDeviceID(cfg.ID); err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	if cfg.BrokerURL == "" || cfg.Secret == "" {
+	if cfg.Secret == "" {
 		return nil, errors.New("device: broker URL and secret are required")
+	}
+	if err := checkBrokers(cfg.brokers()); err != nil {
+		return nil, err
 	}
 	// The server is always verified: a device that cannot tell the gateway from an impostor would hand
 	// its secret to whoever answers.
-	if cfg.TLSConfig == nil && pki.IsTLSURL(cfg.BrokerURL) {
+	if cfg.TLSConfig == nil && anyTLS(cfg.brokers()) {
 		tc, err := pki.ClientConfig(cfg.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("device: %w", err)
