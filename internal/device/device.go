@@ -50,7 +50,7 @@ type Device struct {
 	rid       atomic.Uint64
 	attempt   atomic.Pointer[string] // the gateway of the CONNECT in progress
 	broker    atomic.Pointer[string] // the gateway of the current (or last) connection
-	session   atomic.Int64 // number of the current (or next) connection, in birth and LWT
+	session   atomic.Int64           // number of the current (or next) connection, in birth and LWT
 	firstSync chan struct{}
 	firstErr  error
 	firstOnce sync.Once
