@@ -28,7 +28,7 @@ func TestNATSNodeRefusesTheNetworkWithoutTLSAndCredentials(t *testing.T) {
 		{Listen: "0.0.0.0:4222"},
 		{Listen: ":4222"},
 		{Listen: "127.0.0.1:4222", ClusterListen: "10.0.0.5:6222", User: "u", Password: "p"}, // no TLS
-		{Listen: "10.0.0.5:4222", TLSCertFile: "c.pem", TLSKeyFile: "k.pem"},                  // no credentials
+		{Listen: "10.0.0.5:4222", TLSCertFile: "c.pem", TLSKeyFile: "k.pem"},                 // no credentials
 	}
 	for _, cfg := range bad {
 		require.ErrorContains(t, checkNATSNodeExposure(cfg, false), "not a loopback address", "%+v", cfg)
