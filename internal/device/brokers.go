@@ -9,8 +9,8 @@ import (
 	"github.com/fleetflow/fleetflow/internal/pki"
 )
 
-// A device may be given several gateways of one fleet (docs/architecture.md, "Scale-out: gateways over
-// NATS"): any of them serves it, since the gateways share the registry and relay downlinks to whichever holds
+// A device may be given several gateways of one fleet (docs/architecture.md, "Several gateways"): any of
+// them serves it, since the gateways share the registry and relay downlinks to whichever holds
 // the session. The device connects to the first of its list that accepts it and, after losing a connection,
 // starts its reconnect with the gateway after the one it lost, then goes round the list: the gateway that
 // dropped it may be the one going away, and a fleet behind a TCP load balancer behaves the same way.
