@@ -51,6 +51,9 @@ when it nears its end; FLEETFLOW_TLS_CERT and FLEETFLOW_TLS_KEY name a certifica
   FLEETFLOW_DATABASE_URL=postgres://fleet@db.internal/fleet fleetflow dev up`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if opts.Workers < 0 || opts.Gateways < 0 || opts.NATSNodes < 0 {
+				return usagef("--workers, --gateways and --nats-nodes take a positive number (or none, to keep what runs)")
+			}
 			s, err := newStack(cmd, g, opts)
 			if err != nil {
 				return err

@@ -84,3 +84,22 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Wrong stack settings are usage errors (exit 2), refused before anything starts or listens.
+func TestStackUsageErrors(t *testing.T) {
+	t.Setenv("FLEETFLOW_NATS_USER", "")
+	t.Setenv("FLEETFLOW_NATS_PASSWORD", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"nats-node", "--listen", "0.0.0.0:4222"}, "--allow-insecure"},
+		{[]string{"dev", "up", "--gateways", "-1"}, "positive number"},
+		{[]string{"dev", "up", "--nats-nodes", "-2"}, "positive number"},
+	} {
+		_, _, code, err := runCLI(t, tc.args...)
+		require.Error(t, err, "%v", tc.args)
+		require.Equal(t, exitUsage, code, "%v: %v", tc.args, err)
+		require.Contains(t, err.Error(), tc.want)
+	}
+}

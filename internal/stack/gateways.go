@@ -20,7 +20,7 @@ func (s *Stack) upGateways(ctx context.Context) error {
 			return partErr(PartGateway, "%v", err)
 		}
 		if Reachable(addr, 2*time.Second) && !s.ownsGatewayAt(addr) {
-			s.say("%-9s %-22s external (FLEETFLOW_MQTT_URL)", PartGateway, addr)
+			s.say("%-9s %-22s external (FLEETFLOW_MQTT_URL)%s", PartGateway, addr, ignored("--gateways", s.opts.Gateways))
 			return nil
 		}
 		host, _, err := splitPort(addr)

@@ -20,7 +20,7 @@ func (s *Stack) upNATS(ctx context.Context) error {
 	if s.opts.ExplicitNATS {
 		if reachable, addr := s.externalNATS(); reachable {
 			s.natsClientURLs = natsURLs(s.opts.NATSURL)
-			s.say("%-9s %-22s external (FLEETFLOW_NATS_URL)", partNATS, addr)
+			s.say("%-9s %-22s external (FLEETFLOW_NATS_URL)%s", partNATS, addr, ignored("--nats-nodes", s.opts.NATSNodes))
 			return nil
 		}
 		for _, u := range natsURLs(s.opts.NATSURL) {
@@ -95,6 +95,14 @@ func (s *Stack) upNATS(ctx context.Context) error {
 		s.say("%-9s %-22s started (pid %d), routes on %s", names[i], l.pid.Addr, l.pid.PID, l.pid.Cluster)
 	}
 	return nil
+}
+
+// ignored is the note for a count flag that an external service makes moot.
+func ignored(flag string, n int) string {
+	if n <= 0 {
+		return ""
+	}
+	return "; " + flag + " ignored"
 }
 
 // externalNATS reports whether a cluster FLEETFLOW_NATS_URL names answers, and which address did. A node

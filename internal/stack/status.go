@@ -37,6 +37,10 @@ func (s *Stack) natsStatus() []PartStatus {
 // FLEETFLOW_MQTT_URL names (or the stopped first gateway).
 func (s *Stack) gatewayStatus(ctx context.Context) []PartStatus {
 	var out []PartStatus
+	if p, _ := ReadPIDFile(s.pidPath(PartGateway)); p != nil {
+		// Started by a fleetflow from before numbered gateways; the next dev up or down adopts it as gateway-1.
+		out = append(out, s.partStatus(PartGateway, "", false))
+	}
 	for _, name := range s.numberedParts(PartGateway) {
 		out = append(out, s.partStatus(name, "", false))
 	}
