@@ -4,25 +4,22 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/registry"
-	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
 
-// `dev up --gateways 3 --nats-nodes 2` with the real binaries: three gateways listen on their ports, the
-// simulator given the stack's gateways (as `dev simulate` is) spreads its devices over all three, `dev
-// status` shows a line per gateway with its devices, and a method reaches a device on every gateway.
+// `dev up --gateways 3 --nats-nodes 2` with the real binaries: three gateways listen on their ports, `dev
+// simulate` spreads its devices over all three, `dev status` shows a line per gateway with its devices, and a
+// method reaches a device on every gateway.
 func TestDevUpWithThreeGateways(t *testing.T) {
 	bins, err := testenv.BuildBinaries(t.TempDir())
 	if err != nil {
@@ -53,21 +50,36 @@ func TestDevUpWithThreeGateways(t *testing.T) {
 	list := provision(t, reg, "stack", n)
 	reg.Close()
 
-	urls, ca, ok := s.SimulatorTLS()
+	urls, _, ok := s.SimulatorTLS()
 	if !ok || strings.Count(urls, "ssl://") != 3 {
 		t.Fatalf("SimulatorTLS = %q, %v; want the three gateways' TLS listeners", urls, ok)
 	}
-	sim, err := simulator.New(simulator.Config{BrokerURLs: strings.Split(urls, ","), CAFile: ca, Creds: list,
-		Concurrency: 8, MaxReconnectInterval: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	// dev simulate: the real simulator in the background, given the stack's gateways.
+	credsFile := filepath.Join(t.TempDir(), "creds.ndjson")
+	w, err := creds.Create(credsFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	simCtx, stopSim := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = sim.Run(simCtx) }()
-	t.Cleanup(func() { stopSim(); wg.Wait() })
-	waitFor(t, 60*time.Second, func() bool { return sim.Stats().Reported == n }, func() string { return sim.Stats().String() })
+	for _, c := range list {
+		if err := w.Write(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := s.StartSimulator(ctx, []string{"--creds", credsFile, "--telemetry-every", "0", "--status-every", "1s"}); err != nil {
+		t.Fatalf("dev simulate: %v\n%s", err, out.String())
+	}
+	simLog := filepath.Join(opts.Root, ".fleetflow", "logs", "simulator.log")
+	waitFor(t, 60*time.Second, func() bool {
+		b, _ := os.ReadFile(simLog)
+		return strings.Contains(string(b), fmt.Sprintf("reported=%d ", n))
+	}, func() string { b, _ := os.ReadFile(simLog); return string(b) })
+	if b, _ := os.ReadFile(simLog); !strings.Contains(string(b), "against "+strings.ReplaceAll(urls, ",", ", ")) {
+		t.Errorf("the simulator was not given every gateway (%s):\n%s", urls, b)
+	}
 
 	// Each gateway holds a third of the devices, as its metrics say and dev status shows.
 	var parts []stack.PartStatus
