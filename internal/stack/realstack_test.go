@@ -146,6 +146,31 @@ func TestDevUpWithThreeGateways(t *testing.T) {
 		}
 	}
 	t.Logf("gateways relay over NATS: %v", relays)
+
+	// Shrinking to two gateways stops gateway-3: its devices reconnect to the other two, half to each, and
+	// are reachable there (device 2, of gateway-3, fails over to gateway-1 first).
+	out.Reset()
+	two := opts
+	two.Gateways = 2
+	if s, err = stack.New(two); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Up(ctx); err != nil {
+		t.Fatalf("up --gateways 2: %v\n%s", err, out.String())
+	}
+	waitFor(t, 60*time.Second, func() bool {
+		parts, err = s.Status(ctx)
+		found := 0
+		for _, p := range parts {
+			if (p.Name == "gateway-1" || p.Name == "gateway-2") && p.Devices != nil && *p.Devices == n/2 {
+				found++
+			}
+		}
+		return err == nil && found == 2
+	}, func() string { return fmt.Sprintf("%+v", parts) })
+	if stdout, stderr, err := cli("method", "invoke", list[2].ID, "ping"); err != nil || !strings.Contains(stdout, `"pong": true`) {
+		t.Errorf("ping %s after its gateway stopped: %v\n%s%s", list[2].ID, err, stdout, stderr)
+	}
 }
 
 // waitFor polls cond until it holds or the timeout passes, then fails with what describe says.
