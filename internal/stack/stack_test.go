@@ -282,6 +282,14 @@ func TestUpStatusDown(t *testing.T) {
 	if urls, ca, ok := s.SimulatorTLS(); !ok || urls != "ssl://"+tlsAddrs[0]+",ssl://"+tlsAddrs[1] || ca != s.CAFile() {
 		t.Errorf("SimulatorTLS = %q, %q, %v; want both gateways' TLS addresses and the stack's CA", urls, ca, ok)
 	}
+	// FLEETFLOW_MQTT_URL naming our own first gateway (where dev up started it) is still our stack.
+	explicit := opts
+	explicit.ExplicitMQTT = true
+	if es, err := stack.New(explicit); err != nil {
+		t.Fatal(err)
+	} else if urls, _, ok := es.SimulatorTLS(); !ok || strings.Count(urls, "ssl://") != 2 {
+		t.Errorf("SimulatorTLS with FLEETFLOW_MQTT_URL at gateway-1 = %q, %v; want both gateways", urls, ok)
+	}
 	// Devices hold connections open: three on gateway-1, one on gateway-2, as dev status must show.
 	for _, addr := range []string{tlsAddrs[0], tlsAddrs[0], tlsAddrs[0], tlsAddrs[1]} {
 		c, err := net.Dial("tcp", addr)

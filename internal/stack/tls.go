@@ -55,11 +55,13 @@ func (s *Stack) gatewayTLSListen() string {
 // SimulatorTLS returns the broker URLs (comma-separated) and CA file `dev simulate` gives its devices: the
 // TLS listener of every gateway this stack runs, which the simulator spreads its devices over, and the
 // stack's ca.pem, so the demo's devices verify the gateways as real ones would. ok is false when the user
-// named the broker (FLEETFLOW_MQTT_URL) or no gateway runs with TLS; the simulator then uses
-// FLEETFLOW_MQTT_URL as it is.
+// named a broker of their own (FLEETFLOW_MQTT_URL, where none of our gateways listens) or no gateway runs
+// with TLS; the simulator then uses FLEETFLOW_MQTT_URL as it is.
 func (s *Stack) SimulatorTLS() (urls, caFile string, ok bool) {
 	if s.opts.ExplicitMQTT {
-		return "", "", false
+		if addr, err := mqttAddr(s.opts.Config.MQTTURL); err != nil || !s.ownsGatewayAt(addr) {
+			return "", "", false
+		}
 	}
 	var list []string
 	for _, p := range s.runningGateways() {
