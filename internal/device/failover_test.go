@@ -99,3 +99,20 @@ func TestDeviceFailsOverToAnotherGateway(t *testing.T) {
 	require.NoError(t, err)
 	assert.Positive(t, v)
 }
+
+// A gateway of the list that does not answer is passed over at the first connect too.
+func TestDeviceSkipsAGatewayThatDoesNotAnswer(t *testing.T) {
+	_, g, url := setup(t, "dev-1")
+	d := newDevice(t, "", "dev-1", func(c *device.Config) {
+		c.BrokerURLs = []string{"tcp://127.0.0.1:1", url}
+		c.ConnectTimeout = 2 * time.Second
+	})
+	connect(t, d)
+	assert.Equal(t, url, d.Broker())
+	assert.Equal(t, int64(1), g.Stats().Connected)
+
+	_, err := device.New(device.Config{ID: "dev-1", Secret: "s", BrokerURLs: []string{"127.0.0.1:1883"}})
+	require.ErrorContains(t, err, "not of the form")
+	_, err = device.New(device.Config{ID: "dev-1", Secret: "s"})
+	require.ErrorContains(t, err, "broker URL is required")
+}
