@@ -1,7 +1,6 @@
 package device
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -26,11 +25,30 @@ func (c *Config) brokers() []string {
 	return out
 }
 
-// checkBrokers refuses an empty list and URLs paho would skip silently (it logs a parse error and goes on).
-func checkBrokers(list []string) error {
+// setBrokers checks the list and makes BrokerURL its first URL, so that what New checks of BrokerURL holds
+// for a device given BrokerURLs only. A list that mixes plaintext and TLS gets the TLS configuration here
+// when its first URL is plaintext.
+func (c *Config) setBrokers() error {
+	list := c.brokers()
 	if len(list) == 0 {
-		return errors.New("device: broker URL is required")
+		return nil // New says that the broker URL is required
 	}
+	if err := checkBrokers(list); err != nil {
+		return err
+	}
+	c.BrokerURL = list[0]
+	if c.TLSConfig == nil && !pki.IsTLSURL(c.BrokerURL) && anyTLS(list) {
+		tc, err := pki.ClientConfig(c.CAFile)
+		if err != nil {
+			return fmt.Errorf("device: %w", err)
+		}
+		c.TLSConfig = tc
+	}
+	return nil
+}
+
+// checkBrokers refuses URLs paho would skip silently (it logs a parse error and goes on).
+func checkBrokers(list []string) error {
 	for _, raw := range list {
 		u, err := url.Parse(raw)
 		if err != nil || u.Scheme == "" || u.Host == "" {

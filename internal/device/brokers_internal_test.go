@@ -14,8 +14,12 @@ func TestBrokersListAndRotation(t *testing.T) {
 	if !anyTLS(got) || anyTLS(got[:2]) {
 		t.Fatalf("anyTLS wrong for %v", got)
 	}
-	if err := checkBrokers(nil); err == nil {
-		t.Error("an empty list is accepted")
+	if err := c.setBrokers(); err != nil || c.BrokerURL != "tcp://a:1" || c.TLSConfig == nil {
+		t.Errorf("setBrokers: %v; BrokerURL %q, TLS config %v: want the first URL, and TLS for the ssl:// one", err, c.BrokerURL, c.TLSConfig)
+	}
+	only := Config{BrokerURLs: []string{"tcp://b:1", "tcp://c:1"}}
+	if err := only.setBrokers(); err != nil || only.BrokerURL != "tcp://b:1" || only.TLSConfig != nil {
+		t.Errorf("setBrokers of a plaintext list: %v, %q, %v", err, only.BrokerURL, only.TLSConfig)
 	}
 	if err := checkBrokers([]string{"tcp://a:1", "127.0.0.1:1883"}); err == nil {
 		t.Error("a URL without scheme is accepted")

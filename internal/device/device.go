@@ -60,18 +60,18 @@ type Device struct {
 // New validates the configuration and prepares a device.
 func New(cfg Config) (*Device, error) {
 	cfg.setDefaults()
+	if err := cfg.setBrokers(); err != nil {
+		return nil, err
+	}
 	if err := protocol.ValidateDeviceID(cfg.ID); err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	if cfg.Secret == "" {
+	if cfg.BrokerURL == "" || cfg.Secret == "" {
 		return nil, errors.New("device: broker URL and secret are required")
-	}
-	if err := checkBrokers(cfg.brokers()); err != nil {
-		return nil, err
 	}
 	// The server is always verified: a device that cannot tell the gateway from an impostor would hand
 	// its secret to whoever answers.
-	if cfg.TLSConfig == nil && anyTLS(cfg.brokers()) {
+	if cfg.TLSConfig == nil && pki.IsTLSURL(cfg.BrokerURL) {
 		tc, err := pki.ClientConfig(cfg.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("device: %w", err)

@@ -114,5 +114,5 @@ func TestDeviceSkipsAGatewayThatDoesNotAnswer(t *testing.T) {
 	_, err := device.New(device.Config{ID: "dev-1", Secret: "s", BrokerURLs: []string{"127.0.0.1:1883"}})
 	require.ErrorContains(t, err, "not of the form")
 	_, err = device.New(device.Config{ID: "dev-1", Secret: "s"})
-	require.ErrorContains(t, err, "broker URL is required")
+	require.ErrorContains(t, err, "broker URL")
 }

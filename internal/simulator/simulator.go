@@ -174,6 +174,9 @@ func New(cfg Config) (*Simulator, error) {
 	if len(brokers) == 0 {
 		return nil, errors.New("simulator: broker URL is required")
 	}
+	// The devices share one TLS configuration, made below for BrokerURL: from here on, the list's first
+	// TLS URL, or its first URL when none is TLS.
+	cfg.BrokerURL = brokers[max(0, slices.IndexFunc(brokers, pki.IsTLSURL))]
 	list := cfg.Creds
 	if cfg.Devices > 0 && cfg.Devices < len(list) {
 		list = list[:cfg.Devices]
@@ -181,12 +184,9 @@ func New(cfg Config) (*Simulator, error) {
 	if len(list) == 0 {
 		return nil, errors.New("simulator: no credentials")
 	}
-	var tlsCfg *tls.Config
-	if i := slices.IndexFunc(brokers, pki.IsTLSURL); i >= 0 {
-		var err error
-		if tlsCfg, err = pki.ClientConfigFor(brokers[i], cfg.CAFile); err != nil {
-			return nil, fmt.Errorf("simulator: %w", err)
-		}
+	tlsCfg, err := pki.ClientConfigFor(cfg.BrokerURL, cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("simulator: %w", err)
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 64
