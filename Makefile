@@ -20,7 +20,7 @@ TEST_ENV := FLEETFLOW_TEMPORAL_CLI=$(BIN)/temporal
 help:
 	@echo "make demo     start the local stack and run the demo (leaves the stack running)"
 	@echo "make test     vet, workflowcheck and all tests against throwaway services"
-	@echo "make up | down | status    manage the local stack (fleetflow dev ...)"
+	@echo "make up | down | status    manage the local stack (fleetflow dev ...); make up GATEWAYS=3 WORKERS=2"
 	@echo "make build    bin/fleetflow and bin/fleetflow-worker"
 	@echo "make deps     Postgres server binaries and mosquitto clients (apt-get), bin/temporal (go install)"
 	@echo "make lint     go vet + staticcheck + the import rule"
@@ -42,8 +42,10 @@ deps: bin/temporal
 	@deploy/ensure-postgres.sh
 	@deploy/ensure-mosquitto-clients.sh
 
+# `make up GATEWAYS=3 WORKERS=2 NATS_NODES=3` (also for `make demo`) sizes the stack; unset keeps what runs, at
+# least one of each.
 up: build deps
-	@bin/fleetflow dev up
+	@bin/fleetflow dev up $(if $(GATEWAYS),--gateways $(GATEWAYS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(NATS_NODES),--nats-nodes $(NATS_NODES))
 
 # Works when nothing runs; builds the CLI first on a fresh clone.
 down:

@@ -250,6 +250,7 @@ func TestEveryPrintingCommandTakesOutput(t *testing.T) {
 	streams := map[string]bool{
 		"fleetflow gateway": true, "fleetflow simulate": true, "fleetflow dev up": true, "fleetflow dev down": true,
 		"fleetflow dev simulate": true, "fleetflow help": true,
+		"fleetflow nats-node": true,
 	}
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {

@@ -3,11 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 )
 
@@ -16,6 +19,7 @@ func newSimulateCmd(g *globals) *cobra.Command {
 		credsFile   string
 		cfg         simulator.Config
 		statusEvery time.Duration
+		brokers     []string
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate --creds FILE",
@@ -37,11 +41,17 @@ firmware version and health the registry holds for them across restarts of the s
 With an ssl:// (tls://, mqtts://) --mqtt-url the devices connect over TLS and verify the gateway's
 certificate against --ca-file (the local stack's is .fleetflow/tls/ca.pem), or the system's roots.
 
+--mqtt-url may name several gateways of the fleet (comma-separated, or the flag repeated; so may
+FLEETFLOW_MQTT_URL): the devices are spread over them round-robin, and a device whose gateway goes away
+reconnects to another one of the list, as devices behind a TCP load balancer would. "fleetflow dev
+simulate" passes every gateway of the local stack.
+
 One process handles about 10,000 devices; beyond ~28,000 per broker address, pass --source-ips so that
 connections spread over several loopback addresses.`,
 		Example: `  fleetflow simulate --creds sim.creds.ndjson
   fleetflow simulate --creds sim.creds.ndjson --devices 100 --telemetry-every 10s
   fleetflow simulate --creds sim.creds.ndjson --mqtt-url ssl://127.0.0.1:8883 --ca-file .fleetflow/tls/ca.pem
+  fleetflow simulate --creds sim.creds.ndjson --mqtt-url tcp://127.0.0.1:1883,tcp://127.0.0.1:1884
   fleetflow simulate --creds sim.creds.ndjson --firmware-delay 5s --fail-install 2.0.0=0.1 --unhealthy 2.0.0=0.05`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -55,7 +65,10 @@ connections spread over several loopback addresses.`,
 			if err != nil {
 				return err
 			}
-			cfg.BrokerURL, cfg.CAFile = g.cfg.MQTTURL, mqttCA(g)
+			cfg.BrokerURLs, cfg.CAFile = brokerList(brokers), simulateCA(g, brokers)
+			if len(cfg.BrokerURLs) == 0 {
+				return errors.New("--mqtt-url is empty")
+			}
 			cfg.Creds = list
 			sim, err := simulator.New(cfg)
 			if err != nil {
@@ -66,7 +79,7 @@ connections spread over several loopback addresses.`,
 			if cfg.Devices > 0 && cfg.Devices < n {
 				n = cfg.Devices
 			}
-			fmt.Fprintf(out, "simulating %d devices against %s (Ctrl-C to stop)\n", n, cfg.BrokerURL)
+			fmt.Fprintf(out, "simulating %d devices against %s (Ctrl-C to stop)\n", n, strings.Join(cfg.BrokerURLs, ", "))
 
 			ctx := cmd.Context()
 			done := make(chan error, 1)
@@ -93,6 +106,9 @@ connections spread over several loopback addresses.`,
 		},
 	}
 	f := cmd.Flags()
+	// Shadows the global --mqtt-url with a list (cobra prefers a command's own flag of the same name).
+	f.StringSliceVar(&brokers, "mqtt-url", brokerList([]string{g.cfg.MQTTURL}),
+		"gateway URLs to spread the devices over, comma-separated or repeated, tcp:// or ssl:// (FLEETFLOW_MQTT_URL)")
 	f.StringVar(&credsFile, "creds", "", "credentials file (NDJSON of {id, secret}) written by provisioning")
 	f.StringVar(&g.cfg.MQTTCA, "ca-file", g.cfg.MQTTCA, "CA file the devices verify the gateway with on an ssl:// --mqtt-url (FLEETFLOW_MQTT_CA, same as --mqtt-ca)")
 	f.IntVar(&cfg.Devices, "devices", 0, "simulate only the first N devices of the file (0 = all)")
@@ -106,4 +122,30 @@ connections spread over several loopback addresses.`,
 	f.Var(&cfg.Unhealthy, "unhealthy", "make a fraction of the devices report failing health after updating to a version, e.g. 2.0.0=0.05 (repeatable)")
 	f.DurationVar(&statusEvery, "status-every", 5*time.Second, "how often to print a status line")
 	return cmd
+}
+
+// brokerList splits comma-separated URLs and drops empty entries and repeats.
+func brokerList(in []string) []string {
+	var out []string
+	for _, item := range in {
+		for _, u := range strings.Split(item, ",") {
+			if u = strings.TrimSpace(u); u != "" && !slices.Contains(out, u) {
+				out = append(out, u)
+			}
+		}
+	}
+	return out
+}
+
+// simulateCA is the CA file for the simulated devices: what mqttCA finds for the first TLS URL of the list
+// (--ca-file, or the local stack's ca.pem).
+func simulateCA(g *globals, brokers []string) string {
+	list := brokerList(brokers)
+	i := slices.IndexFunc(list, pki.IsTLSURL)
+	if i < 0 {
+		return g.cfg.MQTTCA
+	}
+	one := *g
+	one.cfg.MQTTURL = list[i]
+	return mqttCA(&one)
 }

@@ -55,6 +55,7 @@ func commands(g *globals) []*cobra.Command {
 			newDevCmd(g),      // dev up|down|status|simulate (cmd_dev.go)
 			newGatewayCmd(g),  // gateway (cmd_gateway.go)
 			newSimulateCmd(g), // simulate (cmd_simulate.go)
+			newNATSNodeCmd(g), // nats-node (cmd_natsnode.go)
 		),
 		inGroup(groupOther,
 			newMigrateCmd(g), // migrate [--status] (cmd_migrate.go)

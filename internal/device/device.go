@@ -48,7 +48,9 @@ type Device struct {
 	closed    bool
 
 	rid       atomic.Uint64
-	session   atomic.Int64 // number of the current (or next) connection, in birth and LWT
+	attempt   atomic.Pointer[string] // the gateway of the CONNECT in progress
+	broker    atomic.Pointer[string] // the gateway of the current (or last) connection
+	session   atomic.Int64           // number of the current (or next) connection, in birth and LWT
 	firstSync chan struct{}
 	firstErr  error
 	firstOnce sync.Once
@@ -58,6 +60,9 @@ type Device struct {
 // New validates the configuration and prepares a device.
 func New(cfg Config) (*Device, error) {
 	cfg.setDefaults()
+	if err := cfg.setBrokers(); err != nil {
+		return nil, err
+	}
 	if err := protocol.ValidateDeviceID(cfg.ID); err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}

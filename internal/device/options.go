@@ -15,6 +15,11 @@ type Config struct {
 	ID        string
 	Secret    string
 
+	// BrokerURLs are further gateways of the same fleet, tried in order after BrokerURL (which may be
+	// empty when this list is given). A device connects to the first that accepts it and, when it loses
+	// that connection, reconnects starting with the next one (brokers.go).
+	BrokerURLs []string
+
 	// CAFile is the PEM file of the CA the gateway's certificate must chain to, for a TLS broker URL; empty
 	// means the system's roots. It is ignored for a plaintext URL.
 	CAFile string

@@ -2,14 +2,15 @@ package device
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
-	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -24,8 +25,12 @@ func (d *Device) Connect(ctx context.Context) error {
 		return errors.New("device: Connect called twice or after Close")
 	}
 	n := d.newSession()
-	opts := paho.NewClientOptions().
-		AddBroker(d.cfg.BrokerURL).
+	opts := paho.NewClientOptions()
+	brokers := d.cfg.brokers()
+	for _, b := range brokers {
+		opts.AddBroker(b)
+	}
+	opts.
 		SetClientID(d.cfg.ID).
 		SetUsername(d.cfg.ID).
 		SetPassword(d.cfg.Secret).
@@ -46,15 +51,25 @@ func (d *Device) Connect(ctx context.Context) error {
 		SetDefaultPublishHandler(d.onMessage).
 		SetOnConnectHandler(d.onConnect).
 		SetConnectionLostHandler(d.onConnectionLost).
+		SetConnectionAttemptHandler(func(broker *url.URL, tc *tls.Config) *tls.Config {
+			b := broker.String()
+			d.attempt.Store(&b)
+			return tc
+		}).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
 			// Each connection gets a new session number; the LWT must carry the one its birth will.
 			o.WillPayload = statePayload(false, d.newSession())
+			// Another gateway first: the lost one may be going away (brokers.go). No CONNECT is attempted
+			// while connected, so the last one attempted is the gateway of the lost connection.
+			if last := d.attempt.Load(); last != nil {
+				o.Servers = rotateAfter(o.Servers, *last)
+			}
 		})
 	opts.SetStore(&copyingStore{MemoryStore: paho.NewMemoryStore()})
 	if d.cfg.Dialer != nil {
 		opts.SetDialer(d.cfg.Dialer)
 	}
-	if d.cfg.TLSConfig != nil && pki.IsTLSURL(d.cfg.BrokerURL) {
+	if d.cfg.TLSConfig != nil && anyTLS(brokers) {
 		opts.SetTLSConfig(d.cfg.TLSConfig)
 	}
 	client := paho.NewClient(opts)
@@ -111,6 +126,7 @@ func statePayload(online bool, session int64) []byte {
 // clean session), announce the birth, then fetch the twin, because desired patches sent while the device
 // was offline are not kept for it.
 func (d *Device) onConnect(c paho.Client) {
+	d.broker.Store(d.attempt.Load())
 	n := d.session.Load()
 	err := d.sync(c, n)
 	if err != nil && d.session.Load() == n {

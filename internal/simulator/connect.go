@@ -54,7 +54,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 	c := s.creds[i]
 	sd := &simDevice{id: c.ID, started: time.Now()}
 	cfg := device.Config{
-		BrokerURL:            s.cfg.BrokerURL,
+		BrokerURLs:           brokersFor(s.brokers, i),
 		TLSConfig:            s.tls,
 		ID:                   c.ID,
 		Secret:               c.Secret,

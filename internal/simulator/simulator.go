@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,9 @@ import (
 type Config struct {
 	// BrokerURL is the gateway, tcp:// or, for TLS, ssl:// (also tls://, mqtts://).
 	BrokerURL string
+	// BrokerURLs are further gateways of the fleet (after BrokerURL, which may then be empty). Devices are
+	// spread over all of them round-robin, and each device fails over to the others (spread.go).
+	BrokerURLs []string
 	// CAFile is the CA the gateway's certificate must chain to on a TLS BrokerURL (empty: the system's
 	// roots); it is read once and its tls.Config shared by every device.
 	CAFile string
@@ -94,21 +98,29 @@ type Stats struct {
 	DesiredAcks     int64 // reported patches acknowledging desired changes (or correcting firmware/health)
 	FirmwareUpdates int64 // firmware updates installed (the device switched version)
 	FirmwareFailed  int64 // firmware updates that failed to install
+
+	// ByBroker counts the connected devices by gateway URL, when the simulation has several gateways.
+	ByBroker map[string]int64 `json:",omitempty"`
 }
 
 // String is the one-line status the CLI prints.
 func (s Stats) String() string {
-	return fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d",
+	line := fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d",
 		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods,
 		s.DesiredUpdates, s.DesiredAcks, s.FirmwareUpdates, s.FirmwareFailed)
+	if len(s.ByBroker) > 0 {
+		line += " by_gateway[" + formatPerBroker(s.ByBroker) + "]"
+	}
+	return line
 }
 
 // Simulator runs one simulation.
 type Simulator struct {
-	cfg   Config
-	tls   *tls.Config // shared by every device; nil for a plaintext broker URL
-	log   *slog.Logger
-	creds []creds.Credential
+	cfg     Config
+	brokers []string    // BrokerURL and BrokerURLs
+	tls     *tls.Config // shared by every device; nil for a plaintext broker URL
+	log     *slog.Logger
+	creds   []creds.Credential
 
 	mu      sync.Mutex
 	devices []*simDevice // connected at least once, in connect order
@@ -158,9 +170,13 @@ type simDevice struct {
 
 // New validates cfg.
 func New(cfg Config) (*Simulator, error) {
-	if cfg.BrokerURL == "" {
+	brokers := cfg.brokers()
+	if len(brokers) == 0 {
 		return nil, errors.New("simulator: broker URL is required")
 	}
+	// The devices share one TLS configuration, made below for BrokerURL: from here on, the list's first
+	// TLS URL, or its first URL when none is TLS.
+	cfg.BrokerURL = brokers[max(0, slices.IndexFunc(brokers, pki.IsTLSURL))]
 	list := cfg.Creds
 	if cfg.Devices > 0 && cfg.Devices < len(list) {
 		list = list[:cfg.Devices]
@@ -190,7 +206,7 @@ func New(cfg Config) (*Simulator, error) {
 	if err := cfg.Unhealthy.validate("unhealthy"); err != nil {
 		return nil, err
 	}
-	return &Simulator{cfg: cfg, tls: tlsCfg, log: cfg.Logger.With("component", "simulator"), creds: list,
+	return &Simulator{cfg: cfg, brokers: brokers, tls: tlsCfg, log: cfg.Logger.With("component", "simulator"), creds: list,
 		reportSlots: make(chan struct{}, 4*cfg.Concurrency), runCtx: context.Background()}, nil
 }
 
@@ -211,13 +227,16 @@ func (s *Simulator) Stats() Stats {
 	s.mu.Lock()
 	devs := s.devices
 	s.mu.Unlock()
+	by := perBroker(devs)
 	var connected int64
-	for _, sd := range devs {
-		if sd.dev.IsConnected() {
-			connected++
-		}
+	for _, n := range by {
+		connected += n
+	}
+	if len(s.brokers) < 2 {
+		by = nil
 	}
 	return Stats{
+		ByBroker:        by,
 		Devices:         int64(len(s.creds)),
 		Connected:       connected,
 		Refused:         s.refused.Load(),

@@ -22,6 +22,8 @@ type PIDFile struct {
 	Addr  string `json:"addr,omitempty"`
 	// TLSAddr is the gateway's MQTT-over-TLS address.
 	TLSAddr string `json:"tls_addr,omitempty"`
+	// Cluster is a NATS node's route listener.
+	Cluster string `json:"cluster,omitempty"`
 	// DataDir is where the part keeps its state (Postgres), so `dev down` can stop it without guessing.
 	DataDir string    `json:"data_dir,omitempty"`
 	Started time.Time `json:"started"`

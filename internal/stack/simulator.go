@@ -36,11 +36,11 @@ func (s *Stack) StartSimulator(ctx context.Context, args []string) error {
 	}
 	cmd := exec.Command(s.opts.GatewayBin, append([]string{"simulate"}, args...)...)
 	via := ""
-	if url, ca, ok := s.SimulatorTLS(); ok {
-		// The devices connect as real ones would: over TLS, verifying the gateway against the stack's CA.
-		// Flags after -- (--mqtt-url, --ca-file) still override these.
-		env = append(env, "FLEETFLOW_MQTT_URL="+url, "FLEETFLOW_MQTT_CA="+ca)
-		via = url
+	if urls, ca, ok := s.SimulatorTLS(); ok {
+		// The devices connect as real ones would: over TLS, verifying the gateways against the stack's CA,
+		// spread over every gateway of the stack. Flags after -- (--mqtt-url, --ca-file) still override these.
+		env = append(env, "FLEETFLOW_MQTT_URL="+urls, "FLEETFLOW_MQTT_CA="+ca)
+		via = urls
 	}
 	cmd.Env = env
 	l, err := s.launch(PartSimulator, cmd, "", "")

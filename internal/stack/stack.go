@@ -1,8 +1,8 @@
 // Package stack runs fleetflow's local stack behind `fleetflow dev up | down | status`: a project-local
-// Postgres cluster, the Temporal CLI dev server, the MQTT gateway and one or more workers. Each part is reused
-// when the user points fleetflow at a running one (FLEETFLOW_DATABASE_URL, TEMPORAL_ADDRESS,
-// FLEETFLOW_MQTT_URL) and started locally otherwise, so the same commands serve a fresh laptop and a machine
-// that already runs some of the services.
+// Postgres cluster, the Temporal CLI dev server, one or more NATS nodes, one or more MQTT gateways and one or
+// more workers. Each part is reused when the user points fleetflow at a running one (FLEETFLOW_DATABASE_URL,
+// TEMPORAL_ADDRESS, FLEETFLOW_NATS_URL, FLEETFLOW_MQTT_URL) and started locally otherwise, so the same
+// commands serve a fresh laptop and a machine that already runs some of the services.
 //
 // Started parts run detached (own session, so closing the terminal does not stop them), log to
 // .fleetflow/logs/<part>.log and are recorded in .fleetflow/run/<part>.pid with their start time, so `dev down`
@@ -20,8 +20,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,8 +32,8 @@ import (
 const (
 	PartPostgres = "postgres"
 	PartTemporal = "temporal"
-	PartGateway  = "gateway"
-	partWorker   = "worker" // workers are worker-1, worker-2, ...
+	PartGateway  = "gateway" // gateways are gateway-1, gateway-2, ...
+	partWorker   = "worker"  // workers are worker-1, worker-2, ...
 
 	// PartSchema names the registry's schema in dev up's output and errors; it is a step, not a process.
 	PartSchema = "schema"
@@ -57,10 +55,16 @@ type Options struct {
 	// Root is the repository root; bin/ and .fleetflow/ live under it.
 	Root   string
 	Config config.Config
-	// ExplicitDatabase, ExplicitTemporal and ExplicitMQTT mark addresses the user chose (environment or
-	// flag). An explicit address that answers is used as is; one that does not is started locally when it is
-	// on this machine, and is an error otherwise.
-	ExplicitDatabase, ExplicitTemporal, ExplicitMQTT bool
+	// ExplicitDatabase, ExplicitTemporal, ExplicitMQTT and ExplicitNATS mark addresses the user chose
+	// (environment or flag). An explicit address that answers is used as is; one that does not is started
+	// locally when it is on this machine, and is an error otherwise.
+	ExplicitDatabase, ExplicitTemporal, ExplicitMQTT, ExplicitNATS bool
+	// NATSURL is FLEETFLOW_NATS_URL (default DefaultNATSURL): the NATS cluster the gateways, workers and CLI
+	// use, and the client address of the first local node when the stack runs its own.
+	NATSURL string
+	// NATSClusterListen is where the first local NATS node listens for routes (FLEETFLOW_NATS_CLUSTER_LISTEN,
+	// default DefaultNATSClusterListen); node j listens on its port + j−1.
+	NATSClusterListen string
 	// GatewayListen overrides where a locally started gateway listens (FLEETFLOW_GATEWAY_LISTEN); by default
 	// it listens where FLEETFLOW_MQTT_URL points.
 	GatewayListen string
@@ -71,8 +75,11 @@ type Options struct {
 	GatewayBin string
 	// WorkerBin is the worker binary (default bin/fleetflow-worker).
 	WorkerBin string
-	// Workers is how many workers Up keeps running; 0 keeps those already running, or starts one.
-	Workers int
+	// NATSBin is the fleetflow CLI binary run as `fleetflow nats-node` (default GatewayBin).
+	NATSBin string
+	// Workers, Gateways and NATSNodes are how many of each Up keeps running; 0 keeps those already
+	// running, or starts one.
+	Workers, Gateways, NATSNodes int
 	// Out receives progress lines; nil discards them.
 	Out io.Writer
 }
@@ -86,6 +93,9 @@ type Stack struct {
 	state  string // <root>/.fleetflow
 	logs   string
 	run    string
+	// natsClientURLs are the client URLs of the NATS cluster Up settled on, handed to the gateways and
+	// workers it starts.
+	natsClientURLs []string
 }
 
 // New checks the options and fills in defaults. It creates nothing on disk.
@@ -102,6 +112,12 @@ func New(opts Options) (*Stack, error) {
 	}
 	if opts.WorkerBin == "" {
 		opts.WorkerBin = filepath.Join(bin, "fleetflow-worker")
+	}
+	if opts.NATSBin == "" {
+		opts.NATSBin = opts.GatewayBin
+	}
+	if opts.NATSURL == "" {
+		opts.NATSURL = DefaultNATSURL
 	}
 	if opts.Out == nil {
 		opts.Out = io.Discard
@@ -123,6 +139,9 @@ type PartStatus struct {
 	Addr string
 	// TLSAddr is the gateway's MQTT-over-TLS address, when it has one.
 	TLSAddr string `json:",omitempty"`
+	// Devices is the number of devices connected to a running gateway, read from its metrics (nil when
+	// they cannot be read).
+	Devices *int64 `json:",omitempty"`
 	Health  string
 	PID     int
 	Note    string
@@ -179,6 +198,7 @@ func (s *Stack) lock() (func(), error) {
 		_ = f.Close()
 		return nil, errors.New("another `fleetflow dev` command is running in this checkout; wait for it")
 	}
+	s.adoptLegacyGateway()
 	return func() { _ = f.Close() }, nil
 }
 
@@ -214,7 +234,11 @@ func (s *Stack) Up(ctx context.Context) error {
 	if err := s.migrate(ctx); err != nil {
 		return err
 	}
-	if err := s.upGateway(ctx); err != nil {
+	// Gateways and workers connect to NATS at start-up, so the nodes come first.
+	if err := s.upNATS(ctx); err != nil {
+		return err
+	}
+	if err := s.upGateways(ctx); err != nil {
 		return err
 	}
 	return s.upWorkers(ctx)
@@ -261,25 +285,30 @@ func (s *Stack) Down(ctx context.Context) error {
 		}
 	}
 
-	// The simulator first, so its devices do not reconnect in a loop while the gateway goes away.
+	// stopAll stops parts of one kind in parallel (a worker may take a while to finish its in-flight
+	// activities, a gateway to flush its last batch) and reports them in number order.
+	stopAll := func(parts []string) {
+		lines := make([]string, len(parts))
+		errs := make([]error, len(parts))
+		var wg sync.WaitGroup
+		for i, part := range parts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lines[i], errs[i] = stop(part, func(p *PIDFile) error { return stopProcess(p, syscall.SIGTERM, 30*time.Second) })
+			}()
+		}
+		wg.Wait()
+		for i := range parts {
+			report(lines[i], errs[i])
+		}
+	}
+	// The simulator first, so its devices do not reconnect in a loop while the gateways go away; the
+	// workers before the gateways and NATS they use.
 	report(stop(PartSimulator, func(p *PIDFile) error { return stopProcess(p, syscall.SIGTERM, 30*time.Second) }))
-	// Workers in parallel: each may take a while to finish its in-flight activities.
-	workers := s.workerParts()
-	lines := make([]string, len(workers))
-	werrs := make([]error, len(workers))
-	var wg sync.WaitGroup
-	for i, w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			lines[i], werrs[i] = stop(w, func(p *PIDFile) error { return stopProcess(p, syscall.SIGTERM, 30*time.Second) })
-		}()
-	}
-	wg.Wait()
-	for i := range workers {
-		report(lines[i], werrs[i])
-	}
-	report(stop(PartGateway, func(p *PIDFile) error { return stopProcess(p, syscall.SIGTERM, 30*time.Second) }))
+	stopAll(s.workerParts())
+	stopAll(s.numberedParts(PartGateway))
+	stopAll(s.numberedParts(partNATS))
 	report(stop(PartTemporal, func(p *PIDFile) error { return stopProcess(p, syscall.SIGINT, 30*time.Second) }))
 	report(stop(PartPostgres, func(p *PIDFile) error { return s.stopPostgres(ctx, p) }))
 	if stopped == 0 && len(errs) == 0 {
@@ -296,7 +325,9 @@ func (s *Stack) Purge() error {
 		return err
 	}
 	defer unlock()
-	parts := append([]string{PartPostgres, PartTemporal, PartGateway, PartSimulator}, s.workerParts()...)
+	parts := append([]string{PartPostgres, PartTemporal, PartSimulator}, s.workerParts()...)
+	parts = append(parts, s.numberedParts(PartGateway)...)
+	parts = append(parts, s.numberedParts(partNATS)...)
 	for _, part := range parts {
 		if p, _ := ReadPIDFile(s.pidPath(part)); p.Alive() {
 			return partErr(part, "still running (pid %d); run `fleetflow dev down` first", p.PID)
@@ -328,11 +359,8 @@ func (s *Stack) Status(ctx context.Context) ([]PartStatus, error) {
 		s.partStatus(PartPostgres, pgAddr, s.opts.ExplicitDatabase),
 		s.partStatus(PartTemporal, cfg.TemporalAddress, s.opts.ExplicitTemporal),
 	}
-	gw := s.partStatus(PartGateway, s.gatewayListen(), s.opts.ExplicitMQTT)
-	if mqtt, err := mqttAddr(cfg.MQTTURL); err == nil && s.opts.ExplicitMQTT && gw.Health != HealthRunning {
-		gw = s.partStatus(PartGateway, mqtt, true)
-	}
-	out = append(out, gw)
+	out = append(out, s.natsStatus()...)
+	out = append(out, s.gatewayStatus(ctx)...)
 	workers := s.workerParts()
 	if len(workers) == 0 {
 		out = append(out, PartStatus{Name: partWorker, Addr: "queue " + cfg.TaskQueue, Health: HealthStopped})
@@ -450,6 +478,7 @@ func (s *Stack) childEnv() ([]string, error) {
 		"TEMPORAL_NAMESPACE="+cfg.Namespace,
 		"FLEETFLOW_TASK_QUEUE="+cfg.TaskQueue,
 		"FLEETFLOW_MQTT_URL="+mqttURL,
+		"FLEETFLOW_NATS_URL="+s.natsURLForChildren(),
 		"FLEETFLOW_GATEWAY_LISTEN="+s.gatewayListen(),
 		"FLEETFLOW_GATEWAY_TLS_LISTEN="+s.gatewayTLSListen(),
 		"FLEETFLOW_TEMPORAL_UI="+cfg.TemporalUI,
@@ -494,25 +523,6 @@ func dbAddr(raw string) (string, error) {
 }
 
 // workerParts lists the worker pid files present, in numeric order (worker-1, worker-2, ..., worker-10).
-func (s *Stack) workerParts() []string {
-	matches, _ := filepath.Glob(filepath.Join(s.run, partWorker+"-*.pid"))
-	type w struct {
-		n    int
-		name string
-	}
-	var ws []w
-	for _, m := range matches {
-		name := strings.TrimSuffix(filepath.Base(m), ".pid")
-		if n, err := strconv.Atoi(strings.TrimPrefix(name, partWorker+"-")); err == nil && n > 0 {
-			ws = append(ws, w{n, name})
-		}
-	}
-	slices.SortFunc(ws, func(a, b w) int { return a.n - b.n })
-	out := make([]string, len(ws))
-	for i, x := range ws {
-		out[i] = x.name
-	}
-	return out
-}
+func (s *Stack) workerParts() []string { return s.numberedParts(partWorker) }
 
-func workerName(i int) string { return partWorker + "-" + strconv.Itoa(i) }
+func workerName(i int) string { return partName(partWorker, i) }

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/pki"
@@ -51,21 +52,29 @@ func (s *Stack) gatewayTLSListen() string {
 	return "127.0.0.1:8883"
 }
 
-// SimulatorTLS returns the broker URL and CA file `dev simulate` gives its devices: the TLS listener of the
-// gateway this stack runs and the stack's ca.pem, so the demo's devices verify the gateway as real ones
-// would. ok is false when the user named the broker (FLEETFLOW_MQTT_URL) or the gateway runs without TLS;
-// the simulator then uses FLEETFLOW_MQTT_URL as it is.
-func (s *Stack) SimulatorTLS() (url, caFile string, ok bool) {
+// SimulatorTLS returns the broker URLs (comma-separated) and CA file `dev simulate` gives its devices: the
+// TLS listener of every gateway this stack runs, which the simulator spreads its devices over, and the
+// stack's ca.pem, so the demo's devices verify the gateways as real ones would. ok is false when the user
+// named a broker of their own (FLEETFLOW_MQTT_URL, where none of our gateways listens) or no gateway runs
+// with TLS; the simulator then uses FLEETFLOW_MQTT_URL as it is.
+func (s *Stack) SimulatorTLS() (urls, caFile string, ok bool) {
 	if s.opts.ExplicitMQTT {
-		return "", "", false
+		if addr, err := mqttAddr(s.opts.Config.MQTTURL); err != nil || !s.ownsGatewayAt(addr) {
+			return "", "", false
+		}
 	}
-	p, err := ReadPIDFile(s.pidPath(PartGateway))
-	if err != nil || !p.Alive() || p.TLSAddr == "" {
+	var list []string
+	for _, p := range s.runningGateways() {
+		if p.TLSAddr != "" {
+			list = append(list, "ssl://"+p.TLSAddr)
+		}
+	}
+	if len(list) == 0 {
 		return "", "", false
 	}
 	ca := s.opts.Config.MQTTCA
 	if s.ownTLS() {
 		ca = s.CAFile()
 	}
-	return "ssl://" + p.TLSAddr, ca, true
+	return strings.Join(list, ","), ca, true
 }

@@ -1,0 +1,53 @@
+package device
+
+import (
+	"net/url"
+	"testing"
+)
+
+func TestBrokersListAndRotation(t *testing.T) {
+	c := Config{BrokerURL: "tcp://a:1", BrokerURLs: []string{"tcp://b:1", "tcp://a:1", "ssl://c:2"}}
+	got := c.brokers()
+	if len(got) != 3 || got[0] != "tcp://a:1" || got[1] != "tcp://b:1" || got[2] != "ssl://c:2" {
+		t.Fatalf("brokers() = %v, want BrokerURL first, then the others without repeats", got)
+	}
+	if !anyTLS(got) || anyTLS(got[:2]) {
+		t.Fatalf("anyTLS wrong for %v", got)
+	}
+	if err := c.setBrokers(); err != nil || c.BrokerURL != "tcp://a:1" || c.TLSConfig == nil {
+		t.Errorf("setBrokers: %v; BrokerURL %q, TLS config %v: want the first URL, and TLS for the ssl:// one", err, c.BrokerURL, c.TLSConfig)
+	}
+	only := Config{BrokerURLs: []string{"tcp://b:1", "tcp://c:1"}}
+	if err := only.setBrokers(); err != nil || only.BrokerURL != "tcp://b:1" || only.TLSConfig != nil {
+		t.Errorf("setBrokers of a plaintext list: %v, %q, %v", err, only.BrokerURL, only.TLSConfig)
+	}
+	if err := checkBrokers([]string{"tcp://a:1", "127.0.0.1:1883"}); err == nil {
+		t.Error("a URL without scheme is accepted")
+	}
+
+	var servers []*url.URL
+	for _, s := range got {
+		u, _ := url.Parse(s)
+		servers = append(servers, u)
+	}
+	str := func(us []*url.URL) string {
+		out := ""
+		for _, u := range us {
+			out += u.Host + " "
+		}
+		return out
+	}
+	for last, want := range map[string]string{
+		"tcp://a:1": "b:1 c:2 a:1 ",
+		"tcp://b:1": "c:2 a:1 b:1 ",
+		"ssl://c:2": "a:1 b:1 c:2 ",
+		"tcp://x:9": "a:1 b:1 c:2 ", // not in the list: unchanged
+	} {
+		if got := str(rotateAfter(servers, last)); got != want {
+			t.Errorf("rotateAfter(%s) = %s, want %s", last, got, want)
+		}
+	}
+	if str(servers) != "a:1 b:1 c:2 " {
+		t.Errorf("rotateAfter changed its argument: %s", str(servers))
+	}
+}

@@ -1,0 +1,28 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestSimulateTakesAListOfGateways(t *testing.T) {
+	require.Equal(t, []string{"tcp://a:1", "tcp://b:2", "ssl://c:3"},
+		brokerList([]string{" tcp://a:1,tcp://b:2 ", "ssl://c:3", "tcp://a:1", ""}))
+
+	// Comma-separated and repeated --mqtt-url add up, on the simulate command's own flag.
+	root := newRoot()
+	cmd, _, err := root.Find([]string{"simulate"})
+	require.NoError(t, err)
+	require.NoError(t, cmd.ParseFlags([]string{"--mqtt-url", "tcp://a:1,tcp://b:2", "--mqtt-url", "ssl://c:3"}))
+	got, err := cmd.Flags().GetStringSlice("mqtt-url")
+	require.NoError(t, err)
+	require.Equal(t, "tcp://a:1 tcp://b:2 ssl://c:3", strings.Join(brokerList(got), " "))
+
+	// The CA file (--ca-file, FLEETFLOW_MQTT_CA) applies to the TLS URLs of a mixed list.
+	g := &globals{}
+	g.cfg.MQTTCA = filepath.Join(t.TempDir(), "ca.pem")
+	require.Equal(t, g.cfg.MQTTCA, simulateCA(g, []string{"tcp://a:1", "ssl://c:3"}))
+}
