@@ -89,6 +89,11 @@ type Config struct {
 	TLSCertFile    string
 	TLSKeyFile     string
 	TLSReloadEvery time.Duration
+	// DeviceCAFile is the fleet CA (PEM; several certificates allowed, e.g. while a CA is replaced) whose
+	// client certificates the TLS listener accepts: a device presenting one whose subject's common name is its
+	// id and whose fingerprint the registry holds needs no secret (docs/architecture.md, "Device
+	// certificates"). Empty: the listener asks for no client certificate.
+	DeviceCAFile string
 	// ServiceToken is the password of ServiceUsername; when empty no service may log in.
 	ServiceToken string
 
@@ -378,7 +383,16 @@ func (g *Gateway) listenTLS(ctx context.Context, server *mqtt.Server) (net.Liste
 	if err != nil {
 		return nil, fmt.Errorf("gateway: listen for TLS on %s: %w", g.cfg.TLSListen, err)
 	}
-	ln := tls.NewListener(raw, certs.ServerConfig())
+	scfg := certs.ServerConfig()
+	if g.cfg.DeviceCAFile != "" {
+		pool, err := pki.CertPool(g.cfg.DeviceCAFile)
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("gateway: device CA: %w", err)
+		}
+		pki.RequestClientCerts(scfg, pool)
+	}
+	ln := tls.NewListener(raw, scfg)
 	if err := server.AddListener(listeners.NewNet("tls", ln)); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("gateway: add TLS listener: %w", err)
@@ -402,6 +416,9 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("gateway: a TLS certificate needs its key and a key its certificate (--tls-cert and --tls-key)")
+	}
+	if c.DeviceCAFile != "" && c.TLSCertFile == "" {
+		return errors.New("gateway: device certificates (--device-ca) are presented over TLS: give the listener a certificate too (--tls-cert and --tls-key)")
 	}
 	return nil
 }
