@@ -43,6 +43,10 @@ connections without a restart (a pair that does not load is logged and the old o
 listener carries secrets in clear, so it may bind only a loopback address unless --allow-plaintext says
 the network is trusted.
 
+With --device-ca (the fleet CA of ` + "`fleetflow ca init`" + `, e.g. .fleetflow/ca/ca.pem) the TLS listener asks devices for a
+client certificate: a device presenting one signed by that CA, whose subject is its id and whose fingerprint
+the registry holds (` + "`fleetflow provision --auth x509`" + `), connects without a secret.
+
 fleetflow's own services log in as username "` + gateway.ServiceUsername + `" with the token in
 FLEETFLOW_SERVICE_TOKEN and a client id that is not a device id (e.g. "svc:worker-1").
 Prometheus metrics (connected devices, message counters, ingest batch latency) are served at
@@ -62,7 +66,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 			// A foreground server reports its lifecycle at Info, unlike the CLI's one-shot commands.
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			gcfg := gateway.Config{Listen: g.cfg.GatewayListen, AllowPlaintext: g.cfg.AllowPlaintext,
-				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey}
+				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey,
+				DeviceCAFile: g.cfg.DeviceCA}
 			// Refuse a plaintext listener on the network before connecting to anything, with the reason.
 			if err := gcfg.Validate(); err != nil {
 				return asUsage(err) // exit 2: the settings, not the environment, are wrong
@@ -139,6 +144,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 		"TCP address of the MQTT-over-TLS listener, opened when --tls-cert and --tls-key are given (FLEETFLOW_GATEWAY_TLS_LISTEN)")
 	cmd.Flags().StringVar(&g.cfg.TLSCert, "tls-cert", g.cfg.TLSCert, "PEM certificate (chain) of the TLS listener, reloaded when it changes (FLEETFLOW_TLS_CERT)")
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
+	cmd.Flags().StringVar(&g.cfg.DeviceCA, "device-ca", g.cfg.DeviceCA, "fleet CA file whose device client certificates the TLS listener accepts (FLEETFLOW_DEVICE_CA)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")
