@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -191,4 +194,65 @@ func TestX509ProvisionConnectAndRevoke(t *testing.T) {
 
 	stopSim()
 	require.NoError(t, <-simDone)
+}
+
+// A client fleetflow did not write (libmosquitto, with OpenSSL) connects as a certificate device: --cert and
+// --key from the credentials file of `provision --auth x509`, no password; with the certificate of another
+// device it is refused.
+func TestMosquittoClientWithADeviceCertificate(t *testing.T) {
+	rr := mosquittoTool(t, "mosquitto_rr")
+	e := newEnv(t)
+	e.startWorker()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	caDir := filepath.Join(t.TempDir(), "ca")
+	_, err := e.cli(ctx, "ca", "init", "--ca-dir", caDir)
+	require.NoError(t, err)
+	certsFile := filepath.Join(t.TempDir(), "certs.ndjson")
+	_, err = e.cli(ctx, "provision", "--count", "2", "--prefix", "mqx-", "--auth", "x509", "--ca-dir", caDir,
+		"--creds-out", certsFile, "-o", "json")
+	require.NoError(t, err)
+	certs := mustCreds(t, certsFile)
+	require.Len(t, certs, 2)
+	dir := t.TempDir()
+	files := map[string][2]string{}
+	for _, c := range certs {
+		cf, kf := filepath.Join(dir, c.ID+".pem"), filepath.Join(dir, c.ID+"-key.pem")
+		require.NoError(t, os.WriteFile(cf, []byte(c.Cert), 0o600))
+		require.NoError(t, os.WriteFile(kf, []byte(c.Key), 0o600))
+		files[c.ID] = [2]string{cf, kf}
+	}
+	gw := gateway.New(gateway.Config{Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0", TLSCertFile: e.tls.Cert,
+		TLSKeyFile: e.tls.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert}, e.reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	require.NoError(t, gw.Start(ctx))
+	t.Cleanup(func() { gw.Close() })
+	host, port, err := net.SplitHostPort(gw.TLSAddr())
+	require.NoError(t, err)
+
+	// twinGet returns mosquitto_rr's stdout (the answer; with -d also its packet log) and stderr.
+	twinGet := func(id string, pair [2]string, debug ...string) (string, string, error) {
+		rid := "rid-x509"
+		cmd := exec.CommandContext(ctx, rr, append(debug, "-h", host, "-p", port, "--cafile", e.tls.CA, "--cert", pair[0], "--key", pair[1],
+			"-V", "mqttv311", "-i", id, "-u", id, "-q", "1", "-v", "-W", "20",
+			"-t", "devices/"+id+"/twin/get/"+rid, "-e", "devices/"+id+"/twin/res/200/"+rid, "-m", "{}")...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		return out.String(), errb.String(), err
+	}
+	id, other := certs[0].ID, certs[1].ID
+	out, stderr, err := twinGet(id, files[id])
+	require.NoError(t, err, stderr)
+	topic, payload, _ := strings.Cut(strings.TrimSpace(out), " ")
+	require.Equal(t, "devices/"+id+"/twin/res/200/rid-x509", topic)
+	var props map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal([]byte(payload), &props), payload)
+	assert.Contains(t, props, "desired")
+
+	failures := gw.Stats().AuthFailures
+	out, stderr, err = twinGet(id, files[other], "-d")
+	require.Error(t, err, "connected as %s with the certificate of %s: %s", id, other, out)
+	// 5: "not authorized", the MQTT 3.1.1 return code (mosquitto_rr itself prints "Unknown reason").
+	assert.Contains(t, out+stderr, "received CONNACK (5)")
+	assert.Equal(t, failures+1, gw.Stats().AuthFailures)
 }
