@@ -92,7 +92,8 @@ type Config struct {
 	// DeviceCAFile is the fleet CA (PEM; several certificates allowed, e.g. while a CA is replaced) whose
 	// client certificates the TLS listener accepts: a device presenting one whose subject's common name is its
 	// id and whose fingerprint the registry holds needs no secret (docs/architecture.md, "Device
-	// certificates"). Empty: the listener asks for no client certificate.
+	// certificates"). It is re-read when it changes, like the certificate. Empty: the listener asks for no
+	// client certificate.
 	DeviceCAFile string
 	// ServiceToken is the password of ServiceUsername; when empty no service may log in.
 	ServiceToken string
@@ -385,12 +386,12 @@ func (g *Gateway) listenTLS(ctx context.Context, server *mqtt.Server) (net.Liste
 	}
 	scfg := certs.ServerConfig()
 	if g.cfg.DeviceCAFile != "" {
-		pool, err := pki.CertPool(g.cfg.DeviceCAFile)
+		cas, err := pki.NewPoolReloader(g.cfg.DeviceCAFile, g.cfg.TLSReloadEvery, g.log)
 		if err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("gateway: device CA: %w", err)
 		}
-		pki.RequestClientCerts(scfg, pool)
+		scfg = pki.RequestClientCertsFrom(scfg, cas)
 	}
 	ln := tls.NewListener(raw, scfg)
 	if err := server.AddListener(listeners.NewNet("tls", ln)); err != nil {

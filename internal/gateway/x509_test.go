@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"crypto/tls"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -37,6 +38,7 @@ func startX509Gateway(t *testing.T) *x509Env {
 	store := gatewaytest.New()
 	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
 		TLSKeyFile: server.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
+	require.Eventually(t, store.Listening, 10*time.Second, time.Millisecond, "the gateway listens for device changes")
 	return &x509Env{g: g, store: store, server: server, ca: ca}
 }
 
@@ -86,18 +88,37 @@ func TestX509DeviceConnectsWithoutASecretBesideSecretDevices(t *testing.T) {
 	require.ErrorIs(t, err, device.ErrNotAuthorized)
 }
 
-func TestX509CertificateFromAnotherCAFailsTheHandshake(t *testing.T) {
+// A certificate from another CA never gets a device in, even with its fingerprint in the registry. The server
+// names the CAs it accepts in its certificate request; a client whose certificate's issuer is not among them
+// (Go's crypto/tls) sends none and is refused for want of a password, while one that sends it anyway
+// (OpenSSL's, or an issuer of the same name) fails the handshake. Neither reaches the registry lookup.
+func TestX509CertificateFromAnotherCAIsRefused(t *testing.T) {
 	e := startX509Gateway(t)
-	other, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), "", time.Now(), 0)
-	require.NoError(t, err)
-	cert, fp := issue(t, other, "dev-x509")
-	e.store.AddCertificate("dev-x509", fp) // even with its fingerprint registered
+	for _, tc := range []struct {
+		name, caName string
+		handshake    bool
+	}{
+		{"issuer of another name", "another fleet", false},
+		{"issuer of the same name", e.ca.Cert.Subject.CommonName, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			other, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), tc.caName, time.Now(), 0)
+			require.NoError(t, err)
+			cert, fp := issue(t, other, "dev-x509")
+			e.store.AddCertificate("dev-x509", fp)
+			lookups := e.store.AuthLookups()
 
-	_, err = e.connect(t, "dev-x509", "", cert)
-	require.Error(t, err)
-	assert.NotErrorIs(t, err, device.ErrNotAuthorized, "refused in the handshake, before any CONNECT")
-	assert.Zero(t, e.store.AuthLookups(), "no CONNECT reached the gateway's auth")
-	assert.Zero(t, e.g.Stats().Connected)
+			_, err = e.connect(t, "dev-x509", "", cert)
+			require.Error(t, err)
+			if tc.handshake {
+				assert.NotErrorIs(t, err, device.ErrNotAuthorized, "refused in the handshake, before any CONNECT")
+			} else {
+				assert.ErrorIs(t, err, device.ErrNotAuthorized, "sent no certificate, and has no password")
+			}
+			assert.Equal(t, lookups, e.store.AuthLookups(), "no registry lookup")
+			assert.Zero(t, e.g.Stats().Connected)
+		})
+	}
 }
 
 func TestX509CertificateMustNameTheDeviceAndBeRegistered(t *testing.T) {
@@ -198,4 +219,44 @@ func TestDeviceCANeedsTheTLSListener(t *testing.T) {
 		TLSKeyFile: server.Key, DeviceCAFile: filepath.Join(t.TempDir(), "missing.pem")}, gatewaytest.New(), gatewaytest.Logger(t))
 	require.ErrorContains(t, g.Start(t.Context()), "device CA")
 	assert.Empty(t, g.TLSAddr())
+}
+
+// A fleet CA bundle that gains a CA (one being replaced) is trusted by the next handshake, without a restart.
+func TestX509DeviceCABundleIsReloaded(t *testing.T) {
+	now := time.Now()
+	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
+	require.NoError(t, err)
+	oldCA, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), "old", now, 0)
+	require.NoError(t, err)
+	newCA, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), "new", now, 0)
+	require.NoError(t, err)
+	bundle := filepath.Join(t.TempDir(), "device-ca.pem")
+	require.NoError(t, os.WriteFile(bundle, oldCA.PEM, 0o644))
+	store := gatewaytest.New()
+	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
+		TLSKeyFile: server.Key, DeviceCAFile: bundle, TLSReloadEvery: time.Nanosecond})
+	e := &x509Env{g: g, store: store, server: server, ca: oldCA}
+
+	oldCert, oldFP := issue(t, oldCA, "dev-old")
+	newCert, newFP := issue(t, newCA, "dev-new")
+	store.AddCertificate("dev-old", oldFP)
+	store.AddCertificate("dev-new", newFP)
+	_, err = e.connect(t, "dev-new", "", newCert)
+	require.Error(t, err, "the new CA is not trusted yet")
+
+	require.NoError(t, os.WriteFile(bundle, append(append([]byte(nil), oldCA.PEM...), newCA.PEM...), 0o644))
+	later := time.Now().Add(time.Minute) // a later mtime, whatever the file system's granularity
+	require.NoError(t, os.Chtimes(bundle, later, later))
+	_, err = e.connect(t, "dev-new", "", newCert)
+	require.NoError(t, err, "trusted once the bundle holds it")
+	d, err := e.connect(t, "dev-old", "", oldCert)
+	require.NoError(t, err, "and the old CA still is")
+	d.Close() // or its reconnects and the next connection would take the session from each other
+
+	// A bundle that no longer loads is ignored: the previous one stays trusted.
+	require.NoError(t, os.WriteFile(bundle, []byte("not PEM"), 0o644))
+	later = later.Add(time.Minute)
+	require.NoError(t, os.Chtimes(bundle, later, later))
+	_, err = e.connect(t, "dev-old", "", oldCert)
+	require.NoError(t, err)
 }

@@ -13,9 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -216,4 +219,102 @@ func VerifiedClientCert(st tls.ConnectionState) *x509.Certificate {
 		return nil
 	}
 	return st.PeerCertificates[0]
+}
+
+// PoolReloader serves the certificate pool of a CA file and re-reads it when the file's modification time
+// or size changes, so that a gateway picks up a fleet CA bundle that gained a certificate (a CA being
+// replaced: old and new side by side while devices move over) without a restart. A file that no longer
+// loads is logged and the previous pool kept.
+type PoolReloader struct {
+	file  string
+	every time.Duration
+	log   *slog.Logger
+
+	pool atomic.Pointer[x509.CertPool]
+
+	mu      sync.Mutex
+	checked time.Time
+	mod     time.Time
+	size    int64
+	failed  bool
+}
+
+// NewPoolReloader loads file once (an error is the caller's: there is nothing to trust yet) and looks for
+// changes at most every `every` (DefaultReloadEvery when ≤ 0).
+func NewPoolReloader(file string, every time.Duration, log *slog.Logger) (*PoolReloader, error) {
+	if every <= 0 {
+		every = DefaultReloadEvery
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	st, err := os.Stat(file)
+	if err != nil {
+		return nil, fmt.Errorf("read CA file: %w", err)
+	}
+	pool, err := CertPool(file)
+	if err != nil {
+		return nil, err
+	}
+	r := &PoolReloader{file: file, every: every, log: log, checked: time.Now(), mod: st.ModTime(), size: st.Size()}
+	r.pool.Store(pool)
+	return r, nil
+}
+
+// Pool returns the current pool, re-read first when the file changed.
+func (r *PoolReloader) Pool() *x509.CertPool {
+	r.maybeReload(time.Now())
+	return r.pool.Load()
+}
+
+func (r *PoolReloader) maybeReload(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Sub(r.checked) < r.every {
+		return
+	}
+	r.checked = now
+	st, err := os.Stat(r.file)
+	if err != nil {
+		if !r.failed {
+			r.log.Error("device CA file unreadable; trusting the previous one", "file", r.file, "err", err)
+		}
+		r.failed = true
+		return
+	}
+	if st.ModTime().Equal(r.mod) && st.Size() == r.size {
+		return
+	}
+	r.mod, r.size = st.ModTime(), st.Size()
+	pool, err := CertPool(r.file)
+	if err != nil {
+		r.failed = true
+		r.log.Error("new device CA file does not load; trusting the previous one", "file", r.file, "err", err)
+		return
+	}
+	r.failed = false
+	r.pool.Store(pool)
+	r.log.Info("device CA reloaded", "file", r.file)
+}
+
+// RequestClientCertsFrom is RequestClientCerts with the pool of a PoolReloader: each handshake gets cfg with
+// the current pool (one derived config per pool, not one per handshake).
+func RequestClientCertsFrom(cfg *tls.Config, cas *PoolReloader) *tls.Config {
+	base := cfg.Clone()
+	var derived atomic.Pointer[tls.Config]
+	out := cfg.Clone()
+	out.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		pool := cas.Pool()
+		if c := derived.Load(); c != nil && c.ClientCAs == pool {
+			return c, nil
+		}
+		c := base.Clone()
+		RequestClientCerts(c, pool)
+		derived.Store(c)
+		return c, nil
+	}
+	// The outer config is used until GetConfigForClient answers; it asks for certificates too, so that it
+	// never matters which of the two the handshake ends up with.
+	RequestClientCerts(out, cas.Pool())
+	return out
 }

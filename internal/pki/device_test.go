@@ -130,6 +130,11 @@ func TestFormatFingerprint(t *testing.T) {
 // A real handshake against a server that requests client certificates from the fleet CA: a device
 // certificate is verified and visible, no certificate is allowed, one from another CA fails the handshake.
 func TestRequestClientCertsHandshake(t *testing.T) {
+	t.Run("fixed pool", func(t *testing.T) { testRequestClientCertsHandshake(t, false) })
+	t.Run("reloaded pool", func(t *testing.T) { testRequestClientCertsHandshake(t, true) })
+}
+
+func testRequestClientCertsHandshake(t *testing.T, reload bool) {
 	now := time.Now()
 	srv, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
 	require.NoError(t, err)
@@ -143,7 +148,13 @@ func TestRequestClientCertsHandshake(t *testing.T) {
 	r, err := pki.NewReloader(srv.Cert, srv.Key, 0, nil)
 	require.NoError(t, err)
 	scfg := r.ServerConfig()
-	pki.RequestClientCerts(scfg, pool)
+	if reload {
+		cas, err := pki.NewPoolReloader(filepath.Join(fleetCADir(t, fleetCA), pki.CAFile), time.Nanosecond, nil)
+		require.NoError(t, err)
+		scfg = pki.RequestClientCertsFrom(scfg, cas)
+	} else {
+		pki.RequestClientCerts(scfg, pool)
+	}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", scfg)
 	require.NoError(t, err)
 	defer ln.Close()
@@ -160,7 +171,6 @@ func TestRequestClientCertsHandshake(t *testing.T) {
 			} else {
 				seen <- pki.VerifiedClientCert(tc.ConnectionState())
 			}
-			_, _ = io.Copy(io.Discard, c)
 			c.Close()
 		}
 	}()
@@ -205,6 +215,9 @@ func TestRequestClientCertsHandshake(t *testing.T) {
 	go func() { _ = dial(nil) }()
 	assert.Nil(t, <-seen, "no certificate: the handshake succeeds without one")
 
+	// otherCA has the fleet CA's name (both default to the host's), so Go's client sends its certificate
+	// (it picks one whose issuer the server names as acceptable) and the chain check fails.
+	require.Equal(t, fleetCA.Cert.Subject.String(), otherCA.Cert.Subject.String())
 	errc := make(chan error, 1)
 	go func() { errc <- dial(pair(otherCA, "dev-1")) }()
 	assert.Nil(t, <-seen, "a certificate from another CA fails the handshake")

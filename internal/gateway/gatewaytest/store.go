@@ -186,6 +186,14 @@ func (s *Store) ApplyCalls() (calls, patches int) {
 	return s.applyCalls, s.applyPatches
 }
 
+// Listening reports whether a gateway listens for device changes: its listener starts on a goroutine of its
+// own, and a change announced before it does would reach no one.
+func (s *Store) Listening() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.listeners) > 0
+}
+
 // AuthLookups is the number of DeviceAuth calls so far.
 func (s *Store) AuthLookups() int {
 	s.mu.Lock()
