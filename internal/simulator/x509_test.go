@@ -49,6 +49,9 @@ func TestSimulatorWithCertificateCredentials(t *testing.T) {
 	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: l.Cert, TLSKeyFile: l.Key,
 		DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
 
+	_, err = simulator.New(simulator.Config{BrokerURL: gatewaytest.URL(g), Creds: list})
+	require.ErrorContains(t, err, "TLS only", "certificates are not presented over plaintext")
+
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	sim, err := simulator.New(simulator.Config{BrokerURL: "ssl://" + g.TLSAddr(), CAFile: l.CA, Creds: list,
