@@ -199,7 +199,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	if f.auth == authX509 {
 		// Loaded before anything is staged: without the CA there is nothing to sign with.
 		var err error
-		if makeCred, certValidity, err = certificateMaker(f); err != nil {
+		if makeCred, certValidity, err = certificateMaker(f.caDir, f.validity); err != nil {
 			return err
 		}
 	}
@@ -387,8 +387,8 @@ func newSecretCredential(id string) (creds.Credential, []byte, []byte, error) {
 // certificateMaker loads the fleet CA and returns a maker of device certificates signed by it, with their
 // validity: --credential-validity or pki.DeviceCertValidity, cut to what is left of the CA's
 // (docs/architecture.md, "Device certificates").
-func certificateMaker(f *provisionFlags) (credentialMaker, time.Duration, error) {
-	dir, err := deviceCADir(f.caDir)
+func certificateMaker(caDir, validityFlag string) (credentialMaker, time.Duration, error) {
+	dir, err := deviceCADir(caDir)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -402,8 +402,8 @@ func certificateMaker(f *provisionFlags) (credentialMaker, time.Duration, error)
 	}
 	now := time.Now()
 	validity := pki.DeviceCertValidity
-	if f.validity != "" {
-		if validity, err = numfmt.ParseDuration("--credential-validity", f.validity); err != nil {
+	if validityFlag != "" {
+		if validity, err = numfmt.ParseDuration("--credential-validity", validityFlag); err != nil {
 			return nil, 0, usagef("%w", err)
 		}
 	}

@@ -191,9 +191,31 @@ func TestX509ProvisionConnectAndRevoke(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fleet.StatusDisabled, a.Status)
 	require.NotNil(t, a.CertFingerprint, "disabling keeps it, so enable lets the device back")
-
 	stopSim()
 	require.NoError(t, <-simDone)
+
+	// A certificate device is replaced by one with a certificate too (OLD has no secret), connecting at once.
+	newFile := filepath.Join(t.TempDir(), "crt-new.creds.ndjson")
+	_, err = e.cli(ctx, "replace", certs[4].ID, "crt-new", "--ca-dir", caDir, "--creds-out", newFile, "-o", "json")
+	require.NoError(t, err)
+	st, err = os.Stat(newFile)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	repl := mustCreds(t, newFile)
+	require.Len(t, repl, 1)
+	require.Empty(t, repl[0].Secret)
+	require.NotNil(t, repl[0].TLS)
+	require.Equal(t, "crt-new", repl[0].TLS.Leaf.Subject.CommonName)
+	a, err = e.reg.DeviceAuth(ctx, "crt-new")
+	require.NoError(t, err)
+	require.Equal(t, pki.Fingerprint(repl[0].TLS.Leaf), a.CertFingerprint)
+	var expires time.Time
+	require.NoError(t, e.reg.Pool().QueryRow(ctx, "SELECT credential_expires_at FROM devices WHERE id = 'crt-new'").Scan(&expires))
+	assert.WithinDuration(t, repl[0].TLS.Leaf.NotAfter, expires, 5*time.Minute)
+	_, err = connect(repl[0], nil)
+	require.NoError(t, err)
+	_, err = connect(certs[4], nil)
+	require.ErrorIs(t, err, device.ErrNotAuthorized, "the replaced device is retired")
 }
 
 // A client fleetflow did not write (libmosquitto, with OpenSSL) connects as a certificate device: --cert and
