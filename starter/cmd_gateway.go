@@ -37,15 +37,15 @@ registry (client id = username = device id, password = the device's secret), con
 devices/{id}/, drops a device's session as soon as it is disabled, retired or its secret is rotated away,
 and writes connection state and reported properties to the registry in batches.
 
+With --device-ca (the fleet CA of ` + "`fleetflow ca init`" + `, e.g. .fleetflow/ca/ca.pem) the TLS listener asks devices for a
+client certificate: a device presenting one signed by that CA, whose subject is its id and whose fingerprint
+the registry holds (` + "`fleetflow provision --auth x509`" + `), connects without a secret.
+
 With --tls-cert and --tls-key it also serves MQTT over TLS (--tls-listen, default 127.0.0.1:8883); the
 certificate and key are re-read when their files change, so a renewed certificate is served to new
 connections without a restart (a pair that does not load is logged and the old one kept). The plaintext
 listener carries secrets in clear, so it may bind only a loopback address unless --allow-plaintext says
 the network is trusted.
-
-With --device-ca (the fleet CA of ` + "`fleetflow ca init`" + `, e.g. .fleetflow/ca/ca.pem) the TLS listener asks devices for a
-client certificate: a device presenting one signed by that CA, whose subject is its id and whose fingerprint
-the registry holds (` + "`fleetflow provision --auth x509`" + `), connects without a secret.
 
 fleetflow's own services log in as username "` + gateway.ServiceUsername + `" with the token in
 FLEETFLOW_SERVICE_TOKEN and a client id that is not a device id (e.g. "svc:worker-1").
@@ -142,9 +142,9 @@ The gateway stops on SIGINT or SIGTERM.`,
 		"allow the plaintext listener on a non-loopback address (FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT)")
 	cmd.Flags().StringVar(&g.cfg.GatewayTLSListen, "tls-listen", g.cfg.GatewayTLSListen,
 		"TCP address of the MQTT-over-TLS listener, opened when --tls-cert and --tls-key are given (FLEETFLOW_GATEWAY_TLS_LISTEN)")
+	cmd.Flags().StringVar(&g.cfg.DeviceCA, "device-ca", g.cfg.DeviceCA, "fleet CA file whose device client certificates the TLS listener accepts (FLEETFLOW_DEVICE_CA)")
 	cmd.Flags().StringVar(&g.cfg.TLSCert, "tls-cert", g.cfg.TLSCert, "PEM certificate (chain) of the TLS listener, reloaded when it changes (FLEETFLOW_TLS_CERT)")
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
-	cmd.Flags().StringVar(&g.cfg.DeviceCA, "device-ca", g.cfg.DeviceCA, "fleet CA file whose device client certificates the TLS listener accepts (FLEETFLOW_DEVICE_CA)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")

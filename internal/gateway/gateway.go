@@ -82,6 +82,12 @@ type Config struct {
 	// AllowPlaintext lets the plaintext listener bind a non-loopback address (a private network, or a TLS
 	// terminator in front of the gateway).
 	AllowPlaintext bool
+	// DeviceCAFile is the fleet CA (PEM; several certificates allowed, e.g. while a CA is replaced) whose
+	// client certificates the TLS listener (below) accepts: a device presenting one whose subject's common name is its
+	// id and whose fingerprint the registry holds needs no secret (docs/architecture.md, "Device
+	// certificates"). It is re-read when it changes, like the certificate. Empty: the listener asks for no
+	// client certificate.
+	DeviceCAFile string
 	// TLSListen is the address of the MQTT-over-TLS listener (default 127.0.0.1:8883); it is opened only when
 	// TLSCertFile and TLSKeyFile are set. The pair is reloaded when the files change (see pki.Reloader), at most
 	// every TLSReloadEvery (default pki.DefaultReloadEvery).
@@ -89,12 +95,6 @@ type Config struct {
 	TLSCertFile    string
 	TLSKeyFile     string
 	TLSReloadEvery time.Duration
-	// DeviceCAFile is the fleet CA (PEM; several certificates allowed, e.g. while a CA is replaced) whose
-	// client certificates the TLS listener accepts: a device presenting one whose subject's common name is its
-	// id and whose fingerprint the registry holds needs no secret (docs/architecture.md, "Device
-	// certificates"). It is re-read when it changes, like the certificate. Empty: the listener asks for no
-	// client certificate.
-	DeviceCAFile string
 	// ServiceToken is the password of ServiceUsername; when empty no service may log in.
 	ServiceToken string
 
