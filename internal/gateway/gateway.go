@@ -83,8 +83,8 @@ type Config struct {
 	// terminator in front of the gateway).
 	AllowPlaintext bool
 	// DeviceCAFile is the fleet CA (PEM; several certificates allowed, e.g. while a CA is replaced) whose
-	// client certificates the TLS listener (below) accepts: a device presenting one whose subject's common name is its
-	// id and whose fingerprint the registry holds needs no secret (docs/architecture.md, "Device
+	// client certificates the TLS listener (below) accepts: a device presenting one whose subject's common
+	// name is its id and whose fingerprint the registry holds needs no secret (docs/architecture.md, "Device
 	// certificates"). It is re-read when it changes, like the certificate. Empty: the listener asks for no
 	// client certificate.
 	DeviceCAFile string
