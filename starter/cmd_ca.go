@@ -81,8 +81,8 @@ func newCAInitCmd(_ *globals) *cobra.Command {
 		Short: "Create the fleet CA (refuses to replace an existing one)",
 		Long: `init creates the fleet CA: a new ECDSA P-256 key (ca-key.pem, mode 0600) and a self-signed CA certificate
 (ca.pem) in the CA directory. It refuses when the directory already holds a CA: replacing it would leave
-every device certificate it signed unverifiable. The gateway reads ca.pem at start; restart it (or
-` + "`dev down && dev up`" + `) after creating the CA.`,
+every device certificate it signed unverifiable. A gateway trusts the CA once given ca.pem (--device-ca); one
+started before the CA existed, e.g. by an earlier ` + "`dev up`" + `, needs a restart (` + "`dev down && dev up`" + `).`,
 		Example: `  fleetflow ca init
   fleetflow ca init --ca-dir /etc/fleetflow/device-ca --validity 7300d`,
 		Args: cobra.NoArgs,
