@@ -81,6 +81,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"unknown command", []string{"devcies"}, `unknown command "devcies"`},
 		{"unknown subcommand", []string{"job", "strat"}, `unknown command "strat" for "fleetflow job"`},
 		{"provision without a source", []string{"provision"}, "--file or --count"},
+		{"provision with an unknown --auth", []string{"provision", "--count", "1", "--auth", "psk"}, "want secret or x509"},
 		{"job without a query", []string{"job", "start", "--method", "ping"}, "--query is required"},
 		{"rollout without firmware", []string{"rollout", "plan", "--query", "SELECT * FROM devices"}, "--firmware is required"},
 		{"purge without retention", []string{"purge"}, "--older-than"},
@@ -92,6 +93,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		// Refused before anything listens (nor connects), so the test never binds beyond loopback.
 		{"plaintext gateway on the network", []string{"gateway", "--listen", "0.0.0.0:1883", "--metrics-listen", ""}, "--allow-plaintext"},
 		{"gateway certificate without key", []string{"gateway", "--tls-cert", "server.pem", "--metrics-listen", ""}, "needs its key"},
+		{"gateway device CA without TLS", []string{"gateway", "--device-ca", "ca.pem", "--tls-cert", "", "--tls-key", "", "--metrics-listen", ""}, "--device-ca"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, code, err := runCLI(t, tc.args...)

@@ -61,6 +61,9 @@ func printDevice(d registry.Device) error {
 	fmt.Fprintf(w, "last seen\t%s\n", fmtTime(d.LastSeen))
 	fmt.Fprintf(w, "connected at\t%s\n", fmtTime(d.ConnectedAt))
 	fmt.Fprintf(w, "credentials\tprimary %s, secondary %s\n", yesNo(d.HasSecret1), yesNo(d.HasSecret2))
+	if d.CertFingerprint != "" {
+		fmt.Fprintf(w, "certificate\tSHA-256 %s\n", d.CertFingerprint)
+	}
 	fmt.Fprintf(w, "created\t%s\nupdated\t%s\n", d.CreatedAt.Format(time.RFC3339), d.UpdatedAt.Format(time.RFC3339))
 	if d.Provisioned != "" {
 		fmt.Fprintf(w, "provisioned by\t%s\n", d.Provisioned)

@@ -38,6 +38,10 @@ registry (client id = username = device id, password = the device's secret), con
 devices/{id}/, drops a device's session as soon as it is disabled, retired or its secret is rotated away,
 and writes connection state and reported properties to the registry in batches.
 
+With --device-ca (the fleet CA of ` + "`fleetflow ca init`" + `, e.g. .fleetflow/ca/ca.pem) the TLS listener asks devices for a
+client certificate: a device presenting one signed by that CA, whose subject is its id and whose fingerprint
+the registry holds (` + "`fleetflow provision --auth x509`" + `), connects without a secret.
+
 With --tls-cert and --tls-key it also serves MQTT over TLS (--tls-listen, default 127.0.0.1:8883); the
 certificate and key are re-read when their files change, so a renewed certificate is served to new
 connections without a restart (a pair that does not load is logged and the old one kept). The plaintext
@@ -68,7 +72,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 			// A foreground server reports its lifecycle at Info, unlike the CLI's one-shot commands.
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			gcfg := gateway.Config{Listen: g.cfg.GatewayListen, AllowPlaintext: g.cfg.AllowPlaintext,
-				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey}
+				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey,
+				DeviceCAFile: g.cfg.DeviceCA}
 			// Refuse a plaintext listener on the network before connecting to anything, with the reason.
 			if err := gcfg.Validate(); err != nil {
 				return asUsage(err) // exit 2: the settings, not the environment, are wrong
@@ -150,6 +155,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 		"allow the plaintext listener on a non-loopback address (FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT)")
 	cmd.Flags().StringVar(&g.cfg.GatewayTLSListen, "tls-listen", g.cfg.GatewayTLSListen,
 		"TCP address of the MQTT-over-TLS listener, opened when --tls-cert and --tls-key are given (FLEETFLOW_GATEWAY_TLS_LISTEN)")
+	cmd.Flags().StringVar(&g.cfg.DeviceCA, "device-ca", g.cfg.DeviceCA, "fleet CA file whose device client certificates the TLS listener accepts (FLEETFLOW_DEVICE_CA)")
 	cmd.Flags().StringVar(&g.cfg.TLSCert, "tls-cert", g.cfg.TLSCert, "PEM certificate (chain) of the TLS listener, reloaded when it changes (FLEETFLOW_TLS_CERT)")
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
 	cmd.Flags().StringVar(&g.cfg.NATSURL, "nats-url", g.cfg.NATSURL,

@@ -3,13 +3,16 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,6 +24,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/manifest"
 	"github.com/fleetflow/fleetflow/internal/numfmt"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -43,7 +47,15 @@ type provisionFlags struct {
 	batchesPerRun    int
 	resume           string
 	validity         string
+	auth             string // authSecret or authX509
+	caDir            string
 }
+
+// The values of provision --auth.
+const (
+	authSecret = "secret"
+	authX509   = "x509"
+)
 
 func newProvisionCmd(g *globals) *cobra.Command {
 	f := &provisionFlags{}
@@ -56,7 +68,11 @@ one {"id": ..., "tags": {...}} object per line. Bad rows are reported by line an
 provisioned; devices that already exist are reported and their credentials left untouched.
 
 Each new device's secret is generated here, written once to --creds-out (mode 0600) and stored in the
-registry only as a digest: secrets never pass through Temporal.
+registry only as a digest: secrets never pass through Temporal. With --auth x509 each new device gets a
+private key and a client certificate (subject = its id) signed by the fleet CA (` + "`fleetflow ca init`" + `,
+--ca-dir) instead: key and certificate are written once to --creds-out, PEM in the same NDJSON file, and the
+registry keeps only the certificate's SHA-256 fingerprint. The certificates are valid for
+--credential-validity (default 1825d, at most until the CA expires), which the health check watches.
 
 Progress is drawn on stderr when it is a terminal (--progress=false turns it off). --detach returns once the
 workflow has started; the secrets then wait in <creds-out>.pending until "provision --resume" writes the
@@ -66,6 +82,7 @@ on; --resume picks it up).`,
 		Example: `  fleetflow provision --file devices.csv
   fleetflow provision --count 1000 --prefix sim- --tags region=eu,site=ber-1 --creds-out sim.creds.ndjson
   fleetflow provision --file devices.ndjson --await-connect 5m --credential-validity 365d -o json
+  fleetflow provision --file meters.csv --auth x509 --creds-out meters.creds.ndjson
   fleetflow provision --file big.csv --detach && fleetflow provision --resume provision-big-20261127-101500 --creds-out provision-big-20261127-101500.creds.ndjson`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -73,6 +90,9 @@ on; --resume picks it up).`,
 				if _, err := numfmt.ParseDuration("--credential-validity", f.validity); err != nil {
 					return usagef("%w", err)
 				}
+			}
+			if f.auth != authSecret && f.auth != authX509 {
+				return usagef("--auth %q: want secret or x509", f.auth)
 			}
 			if f.detach && f.resume != "" {
 				return usagef("--detach and --resume contradict each other: --resume waits for a run")
@@ -100,6 +120,9 @@ on; --resume picks it up).`,
 	fl.IntVar(&f.window, "window", workflows.DefaultWindow, "batch activities in flight at once")
 	fl.DurationVar(&f.heartbeatTimeout, "heartbeat-timeout", workflows.DefaultHeartbeatTimeout, "how soon a batch on a crashed worker is retried")
 	f.out = addOutputFlag(cmd)
+	fl.StringVar(&f.auth, "auth", authSecret, "how the new devices authenticate: secret, or x509 (a client certificate from the fleet CA)")
+	_ = cmd.RegisterFlagCompletionFunc("auth", cobra.FixedCompletions([]string{authSecret, authX509}, cobra.ShellCompDirectiveNoFileComp))
+	addCADirFlag(cmd, &f.caDir)
 	fl.StringVar(&f.resume, "resume", "", "wait for an earlier provisioning run (its workflow id) and write its credentials file")
 	fl.IntVar(&f.batchesPerRun, "batches-per-run", 0, "batches per workflow run before continue-as-new (default: the workflow's)")
 	_ = fl.MarkHidden("batches-per-run")
@@ -171,6 +194,15 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		}
 		label = fmt.Sprintf("%s devices %s…", numfmt.Thousands(f.count), f.prefix)
 	}
+	makeCred := newSecretCredential
+	var certValidity time.Duration
+	if f.auth == authX509 {
+		// Loaded before anything is staged: without the CA there is nothing to sign with.
+		var err error
+		if makeCred, certValidity, err = certificateMaker(f.caDir, f.validity); err != nil {
+			return err
+		}
+	}
 	base := operationID("provision", name, time.Now())
 	op := base
 	began := time.Now()
@@ -197,7 +229,11 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		f.credsOut = op + ".creds.ndjson"
 	}
 	pending := f.credsOut + ".pending"
-	rows, err := stageManifest(ctx, reg, op, src, pending)
+	workers := 1 // a secret costs next to nothing
+	if f.auth == authX509 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	rows, err := stageManifest(ctx, reg, op, src, pending, makeCred, workers)
 	if err != nil {
 		return err
 	}
@@ -209,6 +245,11 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		if in.CredentialValidity, err = numfmt.ParseDuration("--credential-validity", f.validity); err != nil {
 			return usagef("%w", err)
 		}
+	}
+	if certValidity > 0 {
+		// The registry's expiry follows the certificates' (from each device's creation, so a little after the
+		// certificate's own end at most), for the health check's credential_expiring alert.
+		in.CredentialValidity = certValidity
 	}
 	crashAt("before-start")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
@@ -233,7 +274,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	if f.detach {
 		resume := fmt.Sprintf("fleetflow provision --resume %s --creds-out %s", op, f.credsOut)
-		fmt.Fprintf(os.Stderr, "the new devices' secrets wait in %s; write the credentials file (once the workflow has\n"+
+		fmt.Fprintf(os.Stderr, "the new devices' credentials wait in %s; write the credentials file (once the workflow has\n"+
 			"created the devices) with:\n  %s\n", pending, resume)
 		return f.out.print(os.Stdout, provisionStarted{operationStarted: operationStarted{ID: op,
 			Summary: fmt.Sprintf("provision %s rows from %s", numfmt.Thousands(rows), label), Total: rows,
@@ -270,7 +311,7 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	}
 	co := <-credsDone
 	if co.interrupted {
-		return &interruptedError{fmt.Sprintf("interrupted: workflow %s goes on; the new devices' secrets stay in %s until you run\n"+
+		return &interruptedError{fmt.Sprintf("interrupted: workflow %s goes on; the new devices' credentials stay in %s until you run\n"+
 			"  fleetflow provision --resume %s --creds-out %s", op, pending, op, f.credsOut)}
 	}
 	if runErr != nil {
@@ -331,37 +372,89 @@ func durationOrNo(d time.Duration) string {
 	return d.String()
 }
 
-// stageManifest copies the manifest into the registry, generating each parsed row's secret here: the
-// secret goes to the pending credentials file, its digest to Postgres, and nothing to Temporal.
-func stageManifest(ctx context.Context, reg *registry.Registry, op string, src manifest.Reader, pending string) (int64, error) {
+// credentialMaker generates a new device's credential: what goes to the credentials file, and the secret's
+// digest or the certificate's fingerprint that goes to the registry.
+type credentialMaker func(id string) (c creds.Credential, digest, fingerprint []byte, err error)
+
+func newSecretCredential(id string) (creds.Credential, []byte, []byte, error) {
+	secret, err := creds.NewSecret()
+	if err != nil {
+		return creds.Credential{}, nil, nil, err
+	}
+	return creds.Credential{ID: id, Secret: secret}, creds.Digest(secret), nil, nil
+}
+
+// certificateMaker loads the fleet CA and returns a maker of device certificates signed by it, with their
+// validity: --credential-validity or pki.DeviceCertValidity, cut to what is left of the CA's
+// (docs/architecture.md, "Device certificates").
+func certificateMaker(caDir, validityFlag string) (credentialMaker, time.Duration, error) {
+	dir, err := deviceCADir(caDir)
+	if err != nil {
+		return nil, 0, err
+	}
+	files := pki.DeviceCAIn(dir)
+	if !files.Exists() {
+		return nil, 0, fmt.Errorf("no fleet CA in %s: create one with `fleetflow ca init` (or pass --ca-dir)", dir)
+	}
+	ca, err := pki.LoadCA(files.Cert, files.Key)
+	if err != nil {
+		return nil, 0, err
+	}
+	now := time.Now()
+	validity := pki.DeviceCertValidity
+	if validityFlag != "" {
+		if validity, err = numfmt.ParseDuration("--credential-validity", validityFlag); err != nil {
+			return nil, 0, usagef("%w", err)
+		}
+	}
+	if left := ca.Cert.NotAfter.Sub(now); left < validity {
+		if left < 24*time.Hour {
+			return nil, 0, fmt.Errorf("the fleet CA in %s expires %s: it can sign no device certificate", dir, ca.Cert.NotAfter.Format(time.RFC3339))
+		}
+		fmt.Fprintf(os.Stderr, "note: the certificates end with the fleet CA, on %s\n", ca.Cert.NotAfter.Format("2006-01-02"))
+		validity = left
+	}
+	return func(id string) (creds.Credential, []byte, []byte, error) {
+		dc, err := ca.IssueDevice(id, now, validity)
+		if err != nil {
+			return creds.Credential{}, nil, nil, err
+		}
+		return creds.Credential{ID: id, Cert: string(dc.CertPEM), Key: string(dc.KeyPEM)}, nil, dc.Fingerprint, nil
+	}, validity, nil
+}
+
+// stageManifest copies the manifest into the registry, generating each parsed row's credential here: the
+// secret (or certificate and private key) goes to the pending credentials file, its digest (or fingerprint)
+// to Postgres, and nothing to Temporal.
+func stageManifest(ctx context.Context, reg *registry.Registry, op string, src manifest.Reader, pending string,
+	makeCred credentialMaker, workers int) (int64, error) {
 	w, err := creds.Create(pending)
 	if err != nil {
 		return 0, err
 	}
 	var seq int64
 	var werr error
+	// A credential for every parsed row; rows the registry then finds invalid are dropped from the
+	// credentials file at the end.
+	ahead := &credentialsAhead{src: src, make: makeCred, workers: max(workers, 1)}
 	n, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
-		row, err := src.Next()
+		m, err := ahead.next()
 		if err == io.EOF {
 			return registry.StagedRow{}, false, nil
 		}
 		if err != nil {
 			return registry.StagedRow{}, false, err
 		}
+		row := m.row
 		s := registry.StagedRow{Seq: seq, Line: row.Line, ID: row.ID, Tags: string(row.Tags), ParseError: row.Err}
 		seq++
 		if s.Tags == "" {
 			s.Tags = "{}"
 		}
 		if s.ParseError == "" {
-			// A secret for every parsed row; rows the registry then finds invalid are dropped from the
-			// credentials file at the end.
-			secret, err := creds.NewSecret()
-			if err != nil {
-				return s, false, err
-			}
-			s.SecretHash = creds.Digest(secret)
-			if werr = w.Write(creds.Credential{ID: row.ID, Secret: secret, Line: row.Line}); werr != nil {
+			m.cred.Line = row.Line
+			s.SecretHash, s.CertFingerprint = m.digest, m.fingerprint
+			if werr = w.Write(m.cred); werr != nil {
 				return s, false, werr
 			}
 		}
@@ -375,6 +468,86 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 		return 0, err
 	}
 	return n, nil
+}
+
+// credentialsChunk is how many manifest rows credentialsAhead reads and equips at a time.
+const credentialsChunk = 1024
+
+// equipped is a manifest row with the credential made for it (none for a row that did not parse).
+type equipped struct {
+	row                 manifest.Row
+	cred                creds.Credential
+	digest, fingerprint []byte
+}
+
+// credentialsAhead reads a manifest in chunks and makes each chunk's credentials on several goroutines, then
+// hands the rows out in manifest order: a key and a signed certificate cost about 0.1 ms of CPU, which on
+// one core would dominate the staging of a large manifest. With one worker it makes them inline.
+type credentialsAhead struct {
+	src     manifest.Reader
+	make    credentialMaker
+	workers int
+	buf     []equipped
+	i       int
+	eof     bool
+}
+
+func (a *credentialsAhead) next() (equipped, error) {
+	if a.i == len(a.buf) {
+		if a.eof {
+			return equipped{}, io.EOF
+		}
+		if err := a.fill(); err != nil {
+			return equipped{}, err
+		}
+		if len(a.buf) == 0 {
+			return equipped{}, io.EOF
+		}
+	}
+	a.i++
+	return a.buf[a.i-1], nil
+}
+
+func (a *credentialsAhead) fill() error {
+	a.buf, a.i = a.buf[:0], 0
+	for len(a.buf) < credentialsChunk {
+		row, err := a.src.Next()
+		if err == io.EOF {
+			a.eof = true
+			break
+		}
+		if err != nil {
+			return err
+		}
+		a.buf = append(a.buf, equipped{row: row})
+	}
+	equip := func(first, step int) error {
+		for i := first; i < len(a.buf); i += step {
+			e := &a.buf[i]
+			if e.row.Err != "" {
+				continue
+			}
+			var err error
+			if e.cred, e.digest, e.fingerprint, err = a.make(e.row.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if a.workers == 1 {
+		return equip(0, 1)
+	}
+	errs := make([]error, a.workers)
+	var wg sync.WaitGroup
+	for w := range a.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[w] = equip(w, a.workers)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 type credsOutcome struct {

@@ -245,14 +245,16 @@ twin and credentials stay; jobs and rollouts skip it. The reason is recorded on 
 }
 
 func newReplaceCmd(g *globals) *cobra.Command {
-	var credsOut string
+	var credsOut, auth, caDir string
 	var detach bool
 	var out *output
 	cmd := &cobra.Command{
 		Use:   "replace OLD NEW",
 		Short: "Let device NEW take over OLD's role: provision NEW if needed, copy tags and desired, retire OLD",
 		Long: `Start a ReplaceDevice workflow. If NEW does not exist it is provisioned: its secret is generated here and
-written to --creds-out (mode 0600), never sent anywhere else. NEW gets OLD's tags (NEW's own tags win) and
+written to --creds-out (mode 0600), never sent anywhere else. With --auth x509 (the default when OLD
+authenticates with a certificate only) NEW gets a private key and a client certificate from the fleet CA
+(--ca-dir) instead, written the same way; the registry keeps the certificate's fingerprint. NEW gets OLD's tags (NEW's own tags win) and
 desired properties, both twins record the lineage, and OLD is retired (credentials revoked at once).
 With --detach the command returns once the workflow has started; NEW's credentials file is written at once
 and works as soon as the workflow has created NEW.`,
@@ -261,16 +263,24 @@ and works as soon as the workflow has created NEW.`,
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return replace(cmd.Context(), g, args[0], args[1], credsOut, detach, out)
+			if auth != "" && auth != authSecret && auth != authX509 {
+				return usagef("--auth %q: want secret or x509", auth)
+			}
+			return replace(cmd.Context(), g, args[0], args[1], credsOut, detach, out, newCredentials{auth: auth, caDir: caDir})
 		},
 	}
+	cmd.Flags().StringVar(&auth, "auth", "", "how NEW authenticates if it is provisioned: secret or x509 (default: as OLD does)")
+	addCADirFlag(cmd, &caDir)
 	cmd.Flags().StringVar(&credsOut, "creds-out", "", "where NEW's credentials go if it is provisioned (default NEW.creds.ndjson)")
 	cmd.Flags().BoolVar(&detach, "detach", false, "start the replacement and return without waiting for it")
 	out = addOutputFlag(cmd)
 	return cmd
 }
 
-func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach bool, out *output) error {
+// newCredentials says how replace provisions NEW: auth "" means as OLD authenticates.
+type newCredentials struct{ auth, caDir string }
+
+func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach bool, out *output, nc newCredentials) error {
 	if err := twin.ValidateID(nw); err != nil {
 		return usagef("NEW: %w", err)
 	}
@@ -308,11 +318,24 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 		if credsOut == "" {
 			credsOut = nw + ".creds.ndjson"
 		}
-		secret, err := creds.NewSecret()
-		if err != nil {
+		auth := nc.auth
+		if auth == "" {
+			// A certificate fleet stays one: NEW authenticates as OLD did.
+			auth = authSecret
+			if o.CertFingerprint != "" && !o.HasSecret1 && !o.HasSecret2 {
+				auth = authX509
+			}
+		}
+		makeCred := newSecretCredential
+		if auth == authX509 {
+			if makeCred, in.CredentialValidity, err = certificateMaker(nc.caDir, ""); err != nil {
+				return err
+			}
+		}
+		var digest, fingerprint []byte
+		if cred, digest, fingerprint, err = makeCred(nw); err != nil {
 			return err
 		}
-		cred = creds.Credential{ID: nw, Secret: secret}
 		pending = credsOut + ".pending"
 		w, err := creds.Create(pending)
 		if err != nil {
@@ -331,7 +354,7 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 				return registry.StagedRow{}, false, nil
 			}
 			done = true
-			return registry.StagedRow{Seq: 0, Line: 1, ID: nw, Tags: "{}", SecretHash: creds.Digest(secret)}, true, nil
+			return registry.StagedRow{Seq: 0, Line: 1, ID: nw, Tags: "{}", SecretHash: digest, CertFingerprint: fingerprint}, true, nil
 		}); err != nil {
 			_ = os.Remove(pending)
 			return fmt.Errorf("stage %s: %w", nw, err)

@@ -24,6 +24,9 @@ type ReplaceInput struct {
 	Old       string `json:"old"`
 	New       string `json:"new"`
 	Provision bool   `json:"provision"`
+	// CredentialValidity is the new device's credential expiry from its creation (0: none), set with it;
+	// the CLI sets it to a certificate's validity (docs/architecture.md, "Device certificates").
+	CredentialValidity time.Duration `json:"credentialValidity,omitempty"`
 }
 
 // ReplaceDeviceRecordInput is the ReplaceDeviceRecord activity's input.
@@ -57,7 +60,8 @@ func ReplaceDevice(ctx workflow.Context, in ReplaceInput) (ReplaceResult, error)
 	if in.Provision {
 		workflow.SetCurrentDetails(ctx, fmt.Sprintf("provisioning **%s** to replace **%s**", in.New, in.Old))
 		pctx := workflow.WithActivityOptions(ctx, withSummary(opts, "provision "+in.New))
-		c, err := executeActivity(pctx, Activities.ProvisionBatch, ProvisionBatchInput{Op: in.Op, First: 0, Last: 1}).Result(ctx)
+		c, err := executeActivity(pctx, Activities.ProvisionBatch, ProvisionBatchInput{Op: in.Op, First: 0, Last: 1,
+			CredentialValidity: in.CredentialValidity}).Result(ctx)
 		if err != nil {
 			return res, fmt.Errorf("provision %s: %w", in.New, err)
 		}

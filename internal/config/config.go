@@ -44,6 +44,9 @@ type Config struct {
 	// TLSCert and TLSKey are the gateway's certificate and key files (FLEETFLOW_TLS_CERT, FLEETFLOW_TLS_KEY);
 	// without them the gateway has no TLS listener.
 	TLSCert, TLSKey string
+	// DeviceCA is the fleet CA file whose device client certificates the gateway accepts
+	// (FLEETFLOW_DEVICE_CA; docs/architecture.md, "Device certificates").
+	DeviceCA string
 	// AllowPlaintext lets the gateway's plaintext listener bind a non-loopback address
 	// (FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT).
 	AllowPlaintext bool
@@ -70,6 +73,7 @@ func FromEnv() Config {
 		GatewayTLSListen: Env("FLEETFLOW_GATEWAY_TLS_LISTEN", DefaultGatewayTLS),
 		TLSCert:          os.Getenv("FLEETFLOW_TLS_CERT"),
 		TLSKey:           os.Getenv("FLEETFLOW_TLS_KEY"),
+		DeviceCA:         os.Getenv("FLEETFLOW_DEVICE_CA"),
 		AllowPlaintext:   EnvBool("FLEETFLOW_GATEWAY_ALLOW_PLAINTEXT", false),
 		MQTTCA:           os.Getenv("FLEETFLOW_MQTT_CA"),
 		TemporalUI:       Env("FLEETFLOW_TEMPORAL_UI", DefaultTemporalUI),

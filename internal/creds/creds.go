@@ -1,6 +1,8 @@
 // Package creds generates device secrets and reads and writes the credentials file (NDJSON, mode 0600) that
 // the CLI writes at provisioning and the simulator reads. Secrets exist only here and on devices; the registry
-// keeps their SHA-256 digest.
+// keeps their SHA-256 digest. A device provisioned with a certificate has its client certificate and private
+// key in the file instead (PEM), and the registry keeps the certificate's fingerprint (docs/architecture.md,
+// "Device certificates").
 package creds
 
 import (
@@ -8,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -16,13 +19,21 @@ import (
 	"strconv"
 )
 
-// Credential is one device's identity and secret as a device (or the simulator) needs it to connect.
+// Credential is one device's identity and secret, or client certificate and key, as a device (or the
+// simulator) needs them to connect.
 type Credential struct {
 	ID     string `json:"id"`
-	Secret string `json:"secret"`
+	Secret string `json:"secret,omitempty"`
+	// Cert and Key are the device's client certificate (its subject's common name is ID) and private key,
+	// PEM-encoded, for a device provisioned with --auth x509.
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
 	// Line is the manifest line the device came from, so operators can map a credential back to its row
 	// (and the CLI can drop the rows that did not create a device).
 	Line int64 `json:"line,omitempty"`
+
+	// TLS is Cert and Key parsed, set by Read, ready for a tls.Config's Certificates.
+	TLS *tls.Certificate `json:"-"`
 }
 
 // NewSecret returns a random 256-bit secret, base64url without padding (43 characters).
@@ -85,7 +96,7 @@ func Create(path string) (*Writer, error) {
 // Write appends one credential.
 func (w *Writer) Write(c Credential) error {
 	var b []byte
-	if plain(c.ID) && plain(c.Secret) {
+	if c.Cert == "" && c.Key == "" && plain(c.ID) && plain(c.Secret) {
 		// A million lines through json.Marshal cost seconds; plain ids and secrets need no escaping.
 		b = append(w.buf[:0], `{"id":"`...)
 		b = append(b, c.ID...)
@@ -139,8 +150,13 @@ func Read(r io.Reader) ([]Credential, error) {
 		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
 			return nil, fmt.Errorf("credentials line %d: %w", line, err)
 		}
-		if c.ID == "" || c.Secret == "" {
-			return nil, fmt.Errorf("credentials line %d: id and secret are required", line)
+		if c.ID == "" || c.Secret == "" && (c.Cert == "" || c.Key == "") {
+			return nil, fmt.Errorf("credentials line %d: id and a secret or a certificate and key are required", line)
+		}
+		if c.Cert != "" || c.Key != "" {
+			if err := c.parseCertificate(); err != nil {
+				return nil, fmt.Errorf("credentials line %d: %w", line, err)
+			}
 		}
 		out = append(out, c)
 	}
@@ -158,4 +174,18 @@ func ReadFile(path string) ([]Credential, error) {
 	}
 	defer f.Close()
 	return Read(f)
+}
+
+// parseCertificate checks that Cert and Key belong together and name the device, and keeps the pair in TLS.
+func (c *Credential) parseCertificate() error {
+	pair, err := tls.X509KeyPair([]byte(c.Cert), []byte(c.Key))
+	if err != nil {
+		return fmt.Errorf("certificate of %s: %w", c.ID, err)
+	}
+	// X509KeyPair parses the leaf into Leaf (Go 1.23 and later).
+	if pair.Leaf == nil || pair.Leaf.Subject.CommonName != c.ID {
+		return fmt.Errorf("certificate of %s: its subject is not the device id", c.ID)
+	}
+	c.TLS = &pair
+	return nil
 }

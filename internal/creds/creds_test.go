@@ -3,9 +3,13 @@ package creds
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/pki"
 )
 
 func TestCredentialsFileRoundTripAndMode(t *testing.T) {
@@ -47,4 +51,60 @@ func TestReadRejectsIncompleteLines(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte("{\"id\":\"a\",\"secret\":\"b\"}\n\n{\"id\":\"c\"}\n"), 0o600))
 	_, err := ReadFile(path)
 	require.ErrorContains(t, err, "line 3")
+}
+
+func TestCertificateCredentialsRoundTrip(t *testing.T) {
+	now := time.Now()
+	ca, err := pki.InitDeviceCA(t.TempDir(), "", now, 0)
+	require.NoError(t, err)
+	issue := func(id string) pki.DeviceCert {
+		dc, err := ca.IssueDevice(id, now, time.Hour)
+		require.NoError(t, err)
+		return dc
+	}
+	c1, c2 := issue("cert-1"), issue("cert-2")
+	path := filepath.Join(t.TempDir(), "c.ndjson")
+	w, err := Create(path)
+	require.NoError(t, err)
+	in := []Credential{
+		{ID: "cert-1", Cert: string(c1.CertPEM), Key: string(c1.KeyPEM), Line: 2},
+		{ID: "secret-1", Secret: "s3cret", Line: 3},
+		{ID: "cert-2", Cert: string(c2.CertPEM), Key: string(c2.KeyPEM)},
+	}
+	for _, c := range in {
+		require.NoError(t, w.Write(c))
+	}
+	require.NoError(t, w.Close())
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, 3, strings.Count(string(raw), "\n"), "one line per credential")
+	require.NotContains(t, string(raw), `"secret":""`)
+
+	out, err := ReadFile(path)
+	require.NoError(t, err)
+	require.Len(t, out, 3)
+	for i := range out {
+		require.Equal(t, in[i].ID, out[i].ID)
+		require.Equal(t, in[i].Cert, out[i].Cert)
+		require.Equal(t, in[i].Key, out[i].Key)
+		require.Equal(t, in[i].Secret, out[i].Secret)
+	}
+	require.Nil(t, out[1].TLS)
+	require.NotNil(t, out[0].TLS)
+	require.Equal(t, "cert-1", out[0].TLS.Leaf.Subject.CommonName)
+	require.Equal(t, c1.Fingerprint, pki.Fingerprint(out[0].TLS.Leaf))
+
+	for name, c := range map[string]Credential{
+		"key of another certificate": {ID: "cert-1", Cert: string(c1.CertPEM), Key: string(c2.KeyPEM)},
+		"certificate of another id":  {ID: "cert-1", Cert: string(c2.CertPEM), Key: string(c2.KeyPEM)},
+		"certificate without key":    {ID: "cert-1", Cert: string(c1.CertPEM)},
+	} {
+		bad := filepath.Join(t.TempDir(), "bad.ndjson")
+		w, err := Create(bad)
+		require.NoError(t, err)
+		require.NoError(t, w.Write(c))
+		require.NoError(t, w.Close())
+		_, err = ReadFile(bad)
+		require.ErrorContains(t, err, "line 1", name)
+	}
 }

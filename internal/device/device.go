@@ -20,7 +20,6 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -66,17 +65,11 @@ func New(cfg Config) (*Device, error) {
 	if err := protocol.ValidateDeviceID(cfg.ID); err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	if cfg.BrokerURL == "" || cfg.Secret == "" {
-		return nil, errors.New("device: broker URL and secret are required")
+	if cfg.BrokerURL == "" {
+		return nil, errors.New("device: broker URL is required")
 	}
-	// The server is always verified: a device that cannot tell the gateway from an impostor would hand
-	// its secret to whoever answers.
-	if cfg.TLSConfig == nil && pki.IsTLSURL(cfg.BrokerURL) {
-		tc, err := pki.ClientConfig(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("device: %w", err)
-		}
-		cfg.TLSConfig = tc
+	if err := cfg.prepareCredentials(); err != nil {
+		return nil, err
 	}
 	d := &Device{
 		cfg:       cfg,

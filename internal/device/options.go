@@ -2,10 +2,13 @@ package device
 
 import (
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"time"
 
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -26,6 +29,13 @@ type Config struct {
 	// TLSConfig, if set, is used for a TLS broker URL instead of one made from CAFile; a simulator shares one
 	// among all its devices rather than reading the CA file for each.
 	TLSConfig *tls.Config
+
+	// ClientCertFile and ClientKeyFile, or ClientCertificate, are the device's client certificate and key
+	// (from `fleetflow provision --auth x509`): over TLS the device then authenticates with the certificate,
+	// and Secret may be empty (docs/architecture.md, "Device certificates"). ClientCertificate wins over the
+	// files; a simulator parses its devices' pairs once instead of reading files.
+	ClientCertFile, ClientKeyFile string
+	ClientCertificate             *tls.Certificate
 
 	KeepAlive            time.Duration // MQTT keepalive (default 60 s)
 	ConnectTimeout       time.Duration // one CONNECT attempt (default 10 s)
@@ -63,4 +73,40 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+}
+
+// prepareCredentials checks that the device has a secret or a client certificate, loads the certificate's
+// files, and makes the TLS config of a TLS broker URL: the server always verified (a device that cannot tell
+// the gateway from an impostor would hand its secret to whoever answers), the client certificate presented.
+func (c *Config) prepareCredentials() error {
+	if c.ClientCertificate == nil && (c.ClientCertFile != "" || c.ClientKeyFile != "") {
+		pair, err := tls.LoadX509KeyPair(c.ClientCertFile, c.ClientKeyFile)
+		if err != nil {
+			return fmt.Errorf("device: client certificate: %w", err)
+		}
+		c.ClientCertificate = &pair
+	}
+	if c.Secret == "" && c.ClientCertificate == nil {
+		return errors.New("device: a secret or a client certificate is required")
+	}
+	if !pki.IsTLSURL(c.BrokerURL) {
+		if c.Secret == "" {
+			return fmt.Errorf("device: a client certificate is presented over TLS only, and %s is not a TLS URL (ssl://, tls://, mqtts://)", c.BrokerURL)
+		}
+		return nil
+	}
+	if c.TLSConfig == nil {
+		tc, err := pki.ClientConfig(c.CAFile)
+		if err != nil {
+			return fmt.Errorf("device: %w", err)
+		}
+		c.TLSConfig = tc
+	}
+	if c.ClientCertificate != nil {
+		// A copy: the shared config (a simulator's) must not carry one device's certificate to the others.
+		tc := c.TLSConfig.Clone()
+		tc.Certificates = []tls.Certificate{*c.ClientCertificate}
+		c.TLSConfig = tc
+	}
+	return nil
 }

@@ -26,12 +26,16 @@ var (
 	ErrPreconditionFailed = errors.New("precondition failed")
 )
 
-// DeviceAuth is what a gateway needs to authenticate a CONNECT.
+// DeviceAuth is what a gateway needs to authenticate a CONNECT: the digests of the device's secrets and
+// the fingerprint of its client certificate, any of which may be empty (docs/architecture.md, "Device
+// certificates").
 type DeviceAuth struct {
 	ID          string
 	Status      DeviceStatus
 	Secret1Hash []byte
 	Secret2Hash []byte
+	// CertFingerprint is the SHA-256 of the DER encoding of the device's client certificate.
+	CertFingerprint []byte
 }
 
 // ReportedPatch is one device's reported-properties merge patch as received from the device.

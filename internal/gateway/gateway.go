@@ -84,6 +84,12 @@ type Config struct {
 	// AllowPlaintext lets the plaintext listener bind a non-loopback address (a private network, or a TLS
 	// terminator in front of the gateway).
 	AllowPlaintext bool
+	// DeviceCAFile is the fleet CA (PEM; several certificates allowed, e.g. while a CA is replaced) whose
+	// client certificates the TLS listener (below) accepts: a device presenting one whose subject's common
+	// name is its id and whose fingerprint the registry holds needs no secret (docs/architecture.md, "Device
+	// certificates"). It is re-read when it changes, like the certificate. Empty: the listener asks for no
+	// client certificate.
+	DeviceCAFile string
 	// TLSListen is the address of the MQTT-over-TLS listener (default 127.0.0.1:8883); it is opened only when
 	// TLSCertFile and TLSKeyFile are set. The pair is reloaded when the files change (see pki.Reloader), at most
 	// every TLSReloadEvery (default pki.DefaultReloadEvery).
@@ -390,7 +396,16 @@ func (g *Gateway) listenTLS(ctx context.Context, server *mqtt.Server) (net.Liste
 	if err != nil {
 		return nil, fmt.Errorf("gateway: listen for TLS on %s: %w", g.cfg.TLSListen, err)
 	}
-	ln := tls.NewListener(raw, certs.ServerConfig())
+	scfg := certs.ServerConfig()
+	if g.cfg.DeviceCAFile != "" {
+		cas, err := pki.NewPoolReloader(g.cfg.DeviceCAFile, g.cfg.TLSReloadEvery, g.log)
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("gateway: device CA: %w", err)
+		}
+		scfg = pki.RequestClientCertsFrom(scfg, cas)
+	}
+	ln := tls.NewListener(raw, scfg)
 	if err := server.AddListener(listeners.NewNet("tls", ln)); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("gateway: add TLS listener: %w", err)
@@ -414,6 +429,9 @@ func (c Config) Validate() error {
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("gateway: a TLS certificate needs its key and a key its certificate (--tls-cert and --tls-key)")
+	}
+	if c.DeviceCAFile != "" && c.TLSCertFile == "" {
+		return errors.New("gateway: device certificates (--device-ca) are presented over TLS: give the listener a certificate too (--tls-cert and --tls-key)")
 	}
 	return nil
 }

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -36,7 +39,10 @@ func (h *hook) Provides(b byte) bool {
 }
 
 // OnConnectAuthenticate admits a device whose client id, username and registry id agree, whose status is
-// active and whose password matches one of its two credential slots; or a service holding the service token.
+// active and which proves who it is: with the client certificate the TLS handshake verified against the fleet
+// CA, when it presented one (its subject's common name must be the id and its fingerprint the registry's; the
+// password is then not looked at), or else with a password that matches one of its two secret slots. A
+// service is admitted with the service token.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	g := h.g
 	user := string(pk.Connect.Username)
@@ -59,7 +65,13 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		// mochi's own in-process client has this id; a device taking it over would cut off ingest.
 		return refuse("reserved client id")
 	}
-	if len(pk.Connect.Password) == 0 {
+	// A presented certificate is the device's credential, whatever else it sends: one that names another
+	// device is refused rather than passed over for the password (docs/architecture.md, "Device certificates").
+	cert := clientCert(cl)
+	if cert != nil && cert.Subject.CommonName != id {
+		return refuse("certificate of another device", "subject", cert.Subject.CommonName)
+	}
+	if cert == nil && len(pk.Connect.Password) == 0 {
 		return refuse("no password")
 	}
 	if pk.Connect.WillFlag && !protocol.DeviceMayUse(id, pk.Connect.WillTopic) {
@@ -78,8 +90,11 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if a.Status != fleet.StatusActive {
 		return refuse("device not active", "status", a.Status)
 	}
-	secret := string(pk.Connect.Password)
-	if !creds.Matches(secret, a.Secret1Hash) && !creds.Matches(secret, a.Secret2Hash) {
+	if cert != nil {
+		if !pki.FingerprintMatches(cert, a.CertFingerprint) {
+			return refuse("certificate not registered")
+		}
+	} else if secret := string(pk.Connect.Password); !creds.Matches(secret, a.Secret1Hash) && !creds.Matches(secret, a.Secret2Hash) {
 		return refuse("wrong secret")
 	}
 	// The session number is taken here, not when the session starts, so that a registry that cannot
@@ -298,10 +313,27 @@ func (h *hook) rewriteWill(s *session, will mqtt.Will) mqtt.Will {
 	return will
 }
 
-// sessionValid reports whether a live session still matches the device's current record.
+// clientCert returns the client certificate cl's TLS handshake verified against the fleet CA, or nil (a
+// plaintext connection, or none presented). mochi keeps the accepted net.Conn in cl.Net.Conn, which for the
+// TLS listener is the *tls.Conn; the handshake is complete by the time the CONNECT has been read from it.
+func clientCert(cl *mqtt.Client) *x509.Certificate {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	return pki.VerifiedClientCert(tc.ConnectionState())
+}
+
+// sessionValid reports whether a live session still matches the device's current record: a session
+// established with a certificate by its fingerprint, one established with a secret by its digest.
 func sessionValid(s *session, a fleet.DeviceAuth) bool {
 	if a.Status != fleet.StatusActive {
 		return false
+	}
+	if s.cl != nil {
+		if cert := clientCert(s.cl); cert != nil {
+			return pki.FingerprintMatches(cert, a.CertFingerprint)
+		}
 	}
 	match := func(h []byte) bool {
 		return len(h) == len(s.digest) && subtle.ConstantTimeCompare(h, s.digest) == 1

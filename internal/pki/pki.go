@@ -1,7 +1,8 @@
 // Package pki makes and loads the TLS material of the device channel (docs/architecture.md, "Where secrets
 // live"): a local certificate authority and a server certificate for the local stack, a holder that serves a
 // certificate and key pair from files and reloads them when they change, and the client side's tls.Config
-// that verifies the gateway against a CA file. It uses only the standard library (crypto/x509), so the
+// that verifies the gateway against a CA file; and the fleet CA that signs devices' client certificates, with
+// the fingerprints the registry keeps of them (docs/architecture.md, "Device certificates"). It uses only the standard library (crypto/x509), so the
 // gateway, the device SDK, the service channel and the CLI can all share it.
 package pki
 

@@ -42,10 +42,10 @@ func scanTwin(row pgx.Row) (twin.Twin, error) {
 func (r *Registry) GetDevice(ctx context.Context, id string) (Device, error) {
 	var d Device
 	err := r.pool.QueryRow(ctx, `SELECT id, status, created_at, updated_at, online, session, last_seen, connected_at,
-		secret1_hash IS NOT NULL, secret2_hash IS NOT NULL, coalesce(provisioned_by, ''), retired_at,
+		secret1_hash IS NOT NULL, secret2_hash IS NOT NULL, coalesce(encode(cert_fingerprint, 'hex'), ''), coalesce(provisioned_by, ''), retired_at,
 		coalesce(replaces, ''), coalesce(replaced_by, '')
 		FROM devices WHERE id = $1`, id).Scan(&d.ID, &d.Status, &d.CreatedAt, &d.UpdatedAt, &d.Online, &d.Session,
-		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.Provisioned, &d.RetiredAt, &d.Replaces, &d.ReplacedBy)
+		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.CertFingerprint, &d.Provisioned, &d.RetiredAt, &d.Replaces, &d.ReplacedBy)
 	if isNoRows(err) {
 		return d, notFound(id)
 	}
@@ -61,8 +61,8 @@ func (r *Registry) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth,
 	// Scanned into a plain string: pgx finds a named string type's plan by reflection on every row, and
 	// this runs once per CONNECT with a cold cache.
 	var status string
-	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash FROM devices WHERE id = $1", id).
-		Scan(&status, &a.Secret1Hash, &a.Secret2Hash)
+	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash, cert_fingerprint FROM devices WHERE id = $1", id).
+		Scan(&status, &a.Secret1Hash, &a.Secret2Hash, &a.CertFingerprint)
 	a.Status = fleet.DeviceStatus(status)
 	if isNoRows(err) {
 		return a, notFound(id)

@@ -13,18 +13,22 @@ import (
 )
 
 // StagedRow is one manifest row as the CLI stages it: the parsed id and tags (JSON text, possibly invalid),
-// the digest of the secret the CLI generated, or the reason the row could not be parsed at all.
+// the digest of the secret or the fingerprint of the certificate the CLI generated, or the reason the row
+// could not be parsed at all.
 type StagedRow struct {
 	Seq        int64 // 0-based, contiguous: the workflow's batches are ranges of Seq
 	Line       int64 // line in the manifest file, for reports
 	ID         string
 	Tags       string
 	SecretHash []byte
-	ParseError string
+	// CertFingerprint is the SHA-256 of the device's client certificate (docs/architecture.md, "Device
+	// certificates"); a row needs it or SecretHash.
+	CertFingerprint []byte
+	ParseError      string
 }
 
 // deviceCopyColumns are the columns provisioning writes; everything else takes its default.
-var deviceCopyColumns = []string{"id", "secret1_hash", "tags", "provisioned_by"}
+var deviceCopyColumns = []string{"id", "secret1_hash", "cert_fingerprint", "tags", "provisioned_by"}
 
 // StageRows copies manifest rows into provision_rows under op with COPY, the fastest way into Postgres, and
 // records the operation with its row count so the workflow can plan batches without reading rows.
@@ -55,10 +59,10 @@ func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (
 			if row.ParseError != "" {
 				perr = row.ParseError
 			}
-			return []any{no, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, perr}, nil
+			return []any{no, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, perr}, nil
 		})
 		copied, err := tx.CopyFrom(ctx, pgx.Identifier{"provision_rows"},
-			[]string{"op_no", "seq", "line", "id", "tags", "secret_hash", "parse_error"}, src)
+			[]string{"op_no", "seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "parse_error"}, src)
 		if iterErr != nil {
 			return iterErr
 		}
@@ -134,8 +138,8 @@ func provisionInDatabase(ctx context.Context, tx pgx.Tx, op string, first, last 
 	}
 	// StageRows validated every row, so a row without parse_error is a valid device (re-checking in SQL
 	// measured 50% slower at a million rows).
-	tag, err := tx.Exec(ctx, `INSERT INTO devices (id, secret1_hash, tags, provisioned_by)
-		SELECT id, secret_hash, tags::jsonb, $4 FROM provision_rows
+	tag, err := tx.Exec(ctx, `INSERT INTO devices (id, secret1_hash, cert_fingerprint, tags, provisioned_by)
+		SELECT id, secret_hash, cert_fingerprint, tags::jsonb, $4 FROM provision_rows
 		WHERE op_no = $1 AND seq >= $2 AND seq < $3 AND parse_error IS NULL`, no, first, last, op)
 	if err == nil && tag.RowsAffected() != staged-out.Invalid {
 		err = errors.New("some rows need a closer look")
@@ -210,13 +214,13 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 			return nil
 		}
 		// Some row conflicts with an existing device (or was never validated): classify every row here.
-		rows, err := tx.Query(ctx, `SELECT line, id, tags, secret_hash, coalesce(parse_error, '') FROM provision_rows
+		rows, err := tx.Query(ctx, `SELECT line, id, tags, secret_hash, cert_fingerprint, coalesce(parse_error, '') FROM provision_rows
 			WHERE op_no = (SELECT no FROM operations WHERE id = $1) AND seq >= $2 AND seq < $3 ORDER BY seq`, op, first, last)
 		if err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
 		}
 		var ids, tags []string
-		var hashes [][]byte
+		var hashes, fingerprints [][]byte
 		var lines []int64
 		var results []rowResult
 		seen := map[string]int64{}
@@ -224,7 +228,7 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 		for rows.Next() {
 			read++
 			var s StagedRow
-			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.ParseError); err != nil {
+			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.CertFingerprint, &s.ParseError); err != nil {
 				rows.Close()
 				return fmt.Errorf("scan staged row: %w", err)
 			}
@@ -238,6 +242,7 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 			}
 			seen[s.ID] = s.Line
 			ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
+			fingerprints = append(fingerprints, s.CertFingerprint)
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
@@ -273,7 +278,7 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 			by, ok := existing[id]
 			switch {
 			case !ok:
-				fresh = append(fresh, []any{id, hashes[i], tags[i], op})
+				fresh = append(fresh, []any{id, hashes[i], fingerprints[i], tags[i], op})
 			case by == op:
 				results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
 			default:
@@ -330,7 +335,9 @@ func validateRow(s StagedRow) string {
 	if err := twin.Validate(twin.Tags, []byte(s.Tags)); err != nil {
 		return err.Error()
 	}
-	if len(s.SecretHash) != 32 {
+	// A secret's digest or a certificate's fingerprint (or both): a device without either could never connect.
+	if s.SecretHash != nil && len(s.SecretHash) != 32 || s.CertFingerprint != nil && len(s.CertFingerprint) != 32 ||
+		s.SecretHash == nil && s.CertFingerprint == nil {
 		return "missing credential digest"
 	}
 	return ""

@@ -46,7 +46,7 @@ func stage(t *testing.T, reg *registry.Registry, op string, rows []registry.Stag
 		if r.Tags == "" {
 			r.Tags = "{}"
 		}
-		if r.SecretHash == nil && r.ParseError == "" {
+		if r.SecretHash == nil && r.CertFingerprint == nil && r.ParseError == "" {
 			r.SecretHash = creds.Digest("secret-" + r.ID)
 		}
 		i++

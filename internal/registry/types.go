@@ -22,10 +22,13 @@ type Device struct {
 	ConnectedAt *time.Time         `json:"connectedAt,omitempty"`
 	HasSecret1  bool               `json:"primaryCredential"`
 	HasSecret2  bool               `json:"secondaryCredential"`
-	Provisioned string             `json:"provisionedBy,omitempty"`
-	RetiredAt   *time.Time         `json:"retiredAt,omitempty"`
-	Replaces    string             `json:"replaces,omitempty"`   // the device this one took over from
-	ReplacedBy  string             `json:"replacedBy,omitempty"` // the device that took over from this one
+	// CertFingerprint is the SHA-256 of the device's client certificate in lower-case hex, when it has one
+	// (not a secret: the certificate is public; docs/architecture.md, "Device certificates").
+	CertFingerprint string     `json:"certificateFingerprint,omitempty"`
+	Provisioned     string     `json:"provisionedBy,omitempty"`
+	RetiredAt       *time.Time `json:"retiredAt,omitempty"`
+	Replaces        string     `json:"replaces,omitempty"`   // the device this one took over from
+	ReplacedBy      string     `json:"replacedBy,omitempty"` // the device that took over from this one
 }
 
 // The registry is the store of every stage (and the fake in internal/fleet/fleettest passes the same

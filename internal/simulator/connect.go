@@ -58,6 +58,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		TLSConfig:            s.tls,
 		ID:                   c.ID,
 		Secret:               c.Secret,
+		ClientCertificate:    c.TLS, // from a credentials file of provision --auth x509
 		KeepAlive:            s.cfg.KeepAlive,
 		RequestTimeout:       s.cfg.RequestTimeout,
 		MaxReconnectInterval: s.cfg.MaxReconnectInterval,

@@ -188,6 +188,11 @@ func New(cfg Config) (*Simulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simulator: %w", err)
 	}
+	for _, c := range list {
+		if tlsCfg == nil && c.Secret == "" {
+			return nil, fmt.Errorf("simulator: %s has a client certificate, which is presented over TLS only: give a TLS broker URL (ssl://…:8883)", c.ID)
+		}
+	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 64
 	}

@@ -472,6 +472,11 @@ func (s *Stack) childEnv() ([]string, error) {
 		// Services given an ssl:// URL (by the user, or dev simulate's devices) verify the gateway with it.
 		env = append(env, "FLEETFLOW_MQTT_CA="+s.CAFile())
 	}
+	if ca := filepath.Join(s.state, "ca", "ca.pem"); cfg.DeviceCA == "" && fileExists(ca) {
+		// The fleet CA of `fleetflow ca init` (docs/architecture.md, "Device certificates"): the gateway
+		// accepts the device certificates it signed.
+		env = append(env, "FLEETFLOW_DEVICE_CA="+ca)
+	}
 	return append(env,
 		"FLEETFLOW_DATABASE_URL="+cfg.DatabaseURL,
 		"TEMPORAL_ADDRESS="+cfg.TemporalAddress,

@@ -52,6 +52,7 @@ type Store struct {
 // device is a device's credentials; its status and twin are in Fleet.
 type device struct {
 	secret1, secret2 []byte
+	fingerprint      []byte // of the client certificate
 }
 
 // New returns an empty store.
@@ -78,6 +79,21 @@ func (s *Store) fleetDevice(id string, fn func(*fleettest.Device)) (ok bool) {
 		fn(d)
 	}
 	return ok
+}
+
+// AddCertificate provisions an active device that authenticates with the client certificate whose SHA-256
+// fingerprint is fp (docs/architecture.md, "Device certificates").
+func (s *Store) AddCertificate(id string, fp []byte) {
+	s.mu.Lock()
+	s.devices[id] = &device{fingerprint: append([]byte(nil), fp...)}
+	s.Fleet.AddDevice(id, fleettest.Device{})
+	s.mu.Unlock()
+	s.Notify(id)
+}
+
+// SetCertificate replaces (nil: clears) the device's certificate fingerprint and notifies.
+func (s *Store) SetCertificate(id string, fp []byte) {
+	s.update(id, func(d *device) { d.fingerprint = append([]byte(nil), fp...) })
 }
 
 // SetSecondary sets the secondary credential (rotation).
@@ -170,6 +186,14 @@ func (s *Store) ApplyCalls() (calls, patches int) {
 	return s.applyCalls, s.applyPatches
 }
 
+// Listening reports whether a gateway listens for device changes: its listener starts on a goroutine of its
+// own, and a change announced before it does would reach no one.
+func (s *Store) Listening() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.listeners) > 0
+}
+
 // AuthLookups is the number of DeviceAuth calls so far.
 func (s *Store) AuthLookups() int {
 	s.mu.Lock()
@@ -221,6 +245,7 @@ func (s *Store) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, er
 	if ok && s.fleetDevice(id, func(d *fleettest.Device) { a.Status = d.Status }) {
 		a.Secret1Hash = append([]byte(nil), c.secret1...)
 		a.Secret2Hash = append([]byte(nil), c.secret2...)
+		a.CertFingerprint = append([]byte(nil), c.fingerprint...)
 		return a, nil
 	}
 	return fleet.DeviceAuth{}, fmt.Errorf("device %s: %w", id, fleet.ErrNotFound)
