@@ -25,7 +25,7 @@ help:
 	@echo "make deps     Postgres server binaries and mosquitto clients (apt-get), bin/temporal (go install)"
 	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
-	@echo "make fuzz     fuzz the twin query compiler (30 s) and the topic parser (30 s)"
+	@echo "make fuzz     fuzz the twin query compiler (30 s), the topic parser (30 s) and the NATS subject tokens (15 s)"
 	@echo "make clean    remove built binaries (keeps bin/temporal, which takes minutes to build)"
 	@echo "make reset    stop the stack and delete its data (.fleetflow/)"
 
@@ -84,6 +84,7 @@ fuzz:
 	@$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 30s ./internal/query/
 	@$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/protocol/
 	@$(GO) test -run '^$$' -fuzz FuzzBuild -fuzztime 15s ./internal/protocol/
+	@$(GO) test -run '^$$' -fuzz FuzzSubjectToken -fuzztime 15s ./internal/protocol/
 
 clean:
 	rm -f bin/fleetflow bin/fleetflow-worker

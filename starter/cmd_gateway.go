@@ -158,12 +158,6 @@ The gateway stops on SIGINT or SIGTERM.`,
 	cmd.Flags().StringVar(&g.cfg.DeviceCA, "device-ca", g.cfg.DeviceCA, "fleet CA file whose device client certificates the TLS listener accepts (FLEETFLOW_DEVICE_CA)")
 	cmd.Flags().StringVar(&g.cfg.TLSCert, "tls-cert", g.cfg.TLSCert, "PEM certificate (chain) of the TLS listener, reloaded when it changes (FLEETFLOW_TLS_CERT)")
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
-	cmd.Flags().StringVar(&g.cfg.NATSURL, "nats-url", g.cfg.NATSURL,
-		`NATS servers, comma-separated (nats:// or tls://, credentials as user:password@), through which workers and the CLI reach this gateway's devices; "" runs without (FLEETFLOW_NATS_URL)`)
-	// The default comes from FLEETFLOW_NATS_URL, which may hold a password: --help shows it masked.
-	cmd.Flags().Lookup("nats-url").DefValue = channel.RedactURL(g.cfg.NATSURL)
-	cmd.Flags().StringVar(&g.cfg.NATSCA, "nats-ca", g.cfg.NATSCA,
-		"CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: .fleetflow/tls/ca.pem inside a checkout that has one, else the system's roots)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fleetflow/fleetflow/internal/channel"
 	"github.com/fleetflow/fleetflow/internal/config"
 )
 
@@ -76,6 +77,12 @@ command). Shell completion: fleetflow completion --help.`,
 	pf.StringVar(&g.cfg.TaskQueue, "task-queue", g.cfg.TaskQueue, "Temporal task queue of the workers (FLEETFLOW_TASK_QUEUE)")
 	pf.StringVar(&g.cfg.MQTTURL, "mqtt-url", g.cfg.MQTTURL, "MQTT broker URL for devices, tcp:// or ssl:// (FLEETFLOW_MQTT_URL)")
 	pf.StringVar(&g.cfg.MQTTCA, "mqtt-ca", g.cfg.MQTTCA, "CA file to verify the gateway with on an ssl:// --mqtt-url (FLEETFLOW_MQTT_CA; default: system roots)")
+	pf.StringVar(&g.cfg.NATSURL, "nats-url", g.cfg.NATSURL,
+		`NATS servers, comma-separated (nats:// or tls://, credentials as user:password@), through which the gateway, workers and the CLI reach devices (FLEETFLOW_NATS_URL)`)
+	// The default comes from FLEETFLOW_NATS_URL, which may hold a password: --help shows it masked.
+	pf.Lookup("nats-url").DefValue = channel.RedactURL(g.cfg.NATSURL)
+	pf.StringVar(&g.cfg.NATSCA, "nats-ca", g.cfg.NATSCA,
+		"CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: .fleetflow/tls/ca.pem inside a checkout that has one, else the system's roots)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log debug details to stderr")
 	root.AddGroup(commandGroups...)
 	root.AddCommand(commands(g)...)

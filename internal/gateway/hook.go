@@ -41,8 +41,8 @@ func (h *hook) Provides(b byte) bool {
 // OnConnectAuthenticate admits a device whose client id, username and registry id agree, whose status is
 // active and which proves who it is: with the client certificate the TLS handshake verified against the fleet
 // CA, when it presented one (its subject's common name must be the id and its fingerprint the registry's; the
-// password is then not looked at), or else with a password that matches one of its two secret slots. A
-// service is admitted with the service token.
+// password is then not looked at), or else with a password that matches one of its two secret slots.
+// fleetflow's services no longer log in over MQTT (they reach devices over NATS): authService refuses them.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	g := h.g
 	user := string(pk.Connect.Username)

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/fleetflow/fleetflow/internal/config"
 )
 
 // Addresses of the numbered parts (docs/architecture.md, "Several gateways"). Part i of a kind takes the
@@ -20,10 +22,9 @@ import (
 // routes), FLEETFLOW_MQTT_URL or FLEETFLOW_GATEWAY_LISTEN, FLEETFLOW_GATEWAY_TLS_LISTEN and
 // FLEETFLOW_GATEWAY_METRICS.
 
-// Defaults of the NATS nodes' listeners; the client one matches the default FLEETFLOW_NATS_URL, so the CLI
-// finds the first node of a local stack without configuration.
+// Defaults of the NATS nodes' route listener; the first node's client listener is config.DefaultNATSURL, so
+// the CLI finds it without configuration.
 const (
-	DefaultNATSURL           = "nats://127.0.0.1:4222"
 	DefaultNATSClusterListen = "127.0.0.1:6222"
 	gatewayMetricsStep       = 100
 )
@@ -90,7 +91,7 @@ func natsHostPort(raw string) (string, error) {
 
 // natsAddrs are node j's client and route listeners.
 func (s *Stack) natsAddrs(j int) (client, cluster string, err error) {
-	first := DefaultNATSURL
+	first := config.DefaultNATSURL
 	if l := natsURLs(s.opts.NATSURL); len(l) > 0 {
 		first = l[0]
 	}

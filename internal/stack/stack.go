@@ -12,8 +12,6 @@ package stack
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -59,7 +57,7 @@ type Options struct {
 	// (environment or flag). An explicit address that answers is used as is; one that does not is started
 	// locally when it is on this machine, and is an error otherwise.
 	ExplicitDatabase, ExplicitTemporal, ExplicitMQTT, ExplicitNATS bool
-	// NATSURL is FLEETFLOW_NATS_URL (default DefaultNATSURL): the NATS cluster the gateways, workers and CLI
+	// NATSURL is FLEETFLOW_NATS_URL (default config.DefaultNATSURL): the NATS cluster the gateways, workers and CLI
 	// use, and the client address of the first local node when the stack runs its own.
 	NATSURL string
 	// NATSClusterListen is where the first local NATS node listens for routes (FLEETFLOW_NATS_CLUSTER_LISTEN,
@@ -117,7 +115,7 @@ func New(opts Options) (*Stack, error) {
 		opts.NATSBin = opts.GatewayBin
 	}
 	if opts.NATSURL == "" {
-		opts.NATSURL = DefaultNATSURL
+		opts.NATSURL = config.DefaultNATSURL
 	}
 	if opts.Out == nil {
 		opts.Out = io.Discard
@@ -210,9 +208,6 @@ func (s *Stack) Up(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
-	if _, err := s.serviceToken(); err != nil {
-		return err
-	}
 
 	// Postgres and Temporal do not depend on each other; starting them together saves seconds on every up.
 	// Their lines are buffered so the output keeps the same order every time.
@@ -408,60 +403,9 @@ func (s *Stack) partStatus(part, addr string, explicit bool) PartStatus {
 	return st
 }
 
-// serviceToken returns the token the gateway accepts from fleetflow's own services (workers, CLI): the
-// FLEETFLOW_SERVICE_TOKEN of the environment, else a random one generated once into .fleetflow/service-token.
-func (s *Stack) serviceToken() (string, error) {
-	if t := os.Getenv("FLEETFLOW_SERVICE_TOKEN"); t != "" {
-		return t, nil
-	}
-	return ServiceToken(s.opts.Root)
-}
-
-// ServiceToken returns the checkout's service token from .fleetflow/service-token, creating it (32 random
-// bytes, hex, mode 0600) on first use. Other commands of the CLI use it to reach the local gateway as a
-// service.
-func ServiceToken(root string) (string, error) {
-	path := filepath.Join(root, ".fleetflow", "service-token")
-	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return "", fmt.Errorf("service token: %w", err)
-	}
-	buf := make([]byte, 32)
-	if _, err := rand.Read(buf); err != nil {
-		return "", fmt.Errorf("service token: %w", err)
-	}
-	tok := hex.EncodeToString(buf)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		// Another process created it first; use theirs.
-		b, rerr := os.ReadFile(path)
-		if rerr != nil {
-			return "", fmt.Errorf("service token: %w", rerr)
-		}
-		return strings.TrimSpace(string(b)), nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("service token: %w", err)
-	}
-	if _, err := f.WriteString(tok + "\n"); err != nil {
-		_ = f.Close()
-		return "", fmt.Errorf("service token: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return "", fmt.Errorf("service token: %w", err)
-	}
-	return tok, nil
-}
-
 // childEnv is the environment of the gateway and the workers: ours, plus the effective addresses, so a
 // child reaches exactly the parts this stack uses even when they came from command-line flags.
 func (s *Stack) childEnv() ([]string, error) {
-	tok, err := s.serviceToken()
-	if err != nil {
-		return nil, err
-	}
 	cfg := s.opts.Config
 	mqttURL := cfg.MQTTURL
 	if !s.opts.ExplicitMQTT {
@@ -487,7 +431,6 @@ func (s *Stack) childEnv() ([]string, error) {
 		"FLEETFLOW_GATEWAY_LISTEN="+s.gatewayListen(),
 		"FLEETFLOW_GATEWAY_TLS_LISTEN="+s.gatewayTLSListen(),
 		"FLEETFLOW_TEMPORAL_UI="+cfg.TemporalUI,
-		"FLEETFLOW_SERVICE_TOKEN="+tok,
 	), nil
 }
 

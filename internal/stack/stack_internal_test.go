@@ -223,28 +223,6 @@ func TestLastLines(t *testing.T) {
 	}
 }
 
-func TestServiceTokenIsStableAndPrivate(t *testing.T) {
-	root := t.TempDir()
-	a, err := ServiceToken(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ServiceToken(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a != b || len(a) != 64 {
-		t.Fatalf("tokens %q and %q: want the same 64 hex digits", a, b)
-	}
-	st, err := os.Stat(filepath.Join(root, ".fleetflow", "service-token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Mode().Perm() != 0o600 {
-		t.Fatalf("service-token mode %v, want 0600", st.Mode().Perm())
-	}
-}
-
 func TestFallbackBaseIsPerCheckout(t *testing.T) {
 	a, b := fallbackBase("/src/one"), fallbackBase("/src/two")
 	if a == b || fallbackBase("/src/one") != a {

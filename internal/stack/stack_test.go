@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 	case "gateway":
 		fakeGateway()
 	case "worker":
-		if os.Getenv("FLEETFLOW_SERVICE_TOKEN") == "" || os.Getenv("TEMPORAL_ADDRESS") == "" {
+		if os.Getenv("FLEETFLOW_NATS_URL") == "" || os.Getenv("TEMPORAL_ADDRESS") == "" {
 			fmt.Fprintln(os.Stderr, "fake worker: environment incomplete")
 			os.Exit(1)
 		}

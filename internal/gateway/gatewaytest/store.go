@@ -405,6 +405,10 @@ func (s *Store) ListenDeviceChanges(ctx context.Context, fn func(id string)) err
 	s.nextL++
 	s.listeners[n] = fn
 	s.mu.Unlock()
+	// As the registry does once its LISTEN is in place: changes announced before then reached no one, so ""
+	// tells the gateway to re-check what it holds. Without it a revocation made while the gateway's listener
+	// goroutine was still starting would be lost, which the real registry never allows.
+	fn("")
 	<-ctx.Done()
 	s.mu.Lock()
 	delete(s.listeners, n)
