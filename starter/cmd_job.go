@@ -66,7 +66,7 @@ when you interrupt the wait (the job goes on).`,
 	fl.StringVar(&f.method, "method", "", "direct method to call on every device")
 	fl.StringVar(&f.payload, "payload", "", "JSON payload of --method (at most 128 KB), or @FILE")
 	fl.Float64Var(&f.rate, "rate", 0, "at most N devices per second (0 = as fast as possible)")
-	fl.DurationVar(&f.timeout, "timeout", 0, "per-device method timeout (default 30s), or how long to wait for devices to acknowledge a desired change (default 2m)")
+	fl.Var(newDurationFlag(&f.timeout, "timeout"), "timeout", "per-device method timeout (default 30s), or how long to wait for devices to acknowledge a desired change (default 2m; any duration, e.g. 48h or 7d)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print how many devices the query selects and how long the job should take, and start nothing")
 	fl.BoolVar(&f.detach, "detach", false, "start the job and return without waiting for it")
 	fl.Int64Var(&f.batchSize, "batch-size", 0, "devices per activity (default 1000)")
