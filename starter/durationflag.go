@@ -15,7 +15,9 @@ type durationFlag struct {
 }
 
 // newDurationFlag binds a durationFlag to d (which keeps its current value as the default).
-func newDurationFlag(d *time.Duration, name string) durationFlag { return durationFlag{d: d, name: name} }
+func newDurationFlag(d *time.Duration, name string) durationFlag {
+	return durationFlag{d: d, name: name}
+}
 
 // Set parses s.
 func (f durationFlag) Set(s string) error {
