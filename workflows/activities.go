@@ -64,8 +64,8 @@ const (
 	waitPollSlowAfter = 10 * time.Minute
 	waitPollSlow      = time.Minute
 	// maxWaitPolls polling activities per run (about six history events each) before continue-as-new:
-	// about 2,400 events, far below the 51,200-event limit even after a run's full share of batches.
-	maxWaitPolls = 400
+	// about 600 events, far below the 51,200-event limit even after a run's full share of batches.
+	maxWaitPolls = 100
 )
 
 // waitPoll is how long the next polling activity of a wait that has lasted elapsed may wait: fast at first,
