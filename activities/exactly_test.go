@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,21 +30,34 @@ import (
 type exactStore interface {
 	fleet.JobStore
 	fleet.RetireStore
+	fleet.RolloutStore
+	fleet.ProvisionStore
 }
 
-// exactWorld is one store with a fleet of online devices.
+// exactWorld is one store and the way to set it up: devices are created through the store's provisioning
+// (staged under op), online and reporting firmware 1.0.0.
 type exactWorld struct {
 	store exactStore
 	// versions returns a device's desired and tags versions and whether it is retired.
 	versions func(t *testing.T, id string) (desired, tags int64, retired bool)
 	// events counts a device's timeline events of kind (-1: the store keeps no timeline).
 	events func(t *testing.T, id, kind string) int
-	// setup creates the devices (online) and the job over them.
-	setup func(t *testing.T, job string, kind fleet.JobKind, ids []string)
+	// stage stages manifest rows for ids under op; devices creates them (staged, provisioned, online).
+	stage   func(t *testing.T, op string, ids []string)
+	devices func(t *testing.T, op string, ids []string)
+	// createJob freezes a job over ids; createRollout claims ids for a rollout of fw.
+	createJob     func(t *testing.T, job string, kind fleet.JobKind, ids []string)
+	createRollout func(t *testing.T, ro string, fw fleet.Firmware, ids []string)
 }
+
+var (
+	fwOld = fleet.Firmware{Version: "1.0.0", URL: "https://fw.example/1.0.0.bin", SHA256: strings.Repeat("ab", 32)}
+	fwNew = fleet.Firmware{Version: "2.0.0", URL: "https://fw.example/2.0.0.bin", SHA256: strings.Repeat("cd", 32)}
+)
 
 func fakeWorld() exactWorld {
 	f := fleettest.New()
+	seed := f.Subject().Seed
 	return exactWorld{
 		store: f,
 		versions: func(t *testing.T, id string) (int64, int64, bool) {
@@ -53,11 +67,23 @@ func fakeWorld() exactWorld {
 			return d.DesiredVersion, d.TagsVersion, d.Status == fleet.StatusRetired
 		},
 		events: func(*testing.T, string, string) int { return -1 },
-		setup: func(t *testing.T, job string, _ fleet.JobKind, ids []string) {
-			for _, id := range ids {
-				f.AddDevice(id, fleettest.Device{Online: true})
+		stage: func(t *testing.T, op string, ids []string) {
+			rows := make([]fleettest.StagedRow, len(ids))
+			for i, id := range ids {
+				rows[i] = fleettest.StagedRow{Line: int64(i + 2), ID: id}
 			}
-			f.AddJob(job, ids...)
+			seed.Stage(t, op, rows)
+		},
+		devices: func(t *testing.T, _ string, ids []string) {
+			for _, id := range ids {
+				f.AddDevice(id, fleettest.Device{Online: true, ReportedVersion: fwOld.Version,
+					Reported: []byte(`{"firmware":{"version":"` + fwOld.Version + `"}}`)})
+			}
+			seed.AddFirmware(t, fwOld)
+		},
+		createJob: func(t *testing.T, job string, kind fleet.JobKind, ids []string) { seed.CreateJob(t, job, kind, ids...) },
+		createRollout: func(t *testing.T, ro string, fw fleet.Firmware, ids []string) {
+			require.Equal(t, int64(len(ids)), seed.CreateRollout(t, ro, fw, ids...))
 		},
 	}
 }
@@ -67,6 +93,18 @@ func registryWorld(t *testing.T) exactWorld {
 	reg, err := registry.Open(ctx, testenv.Postgres(t))
 	require.NoError(t, err)
 	t.Cleanup(reg.Close)
+	stage := func(t *testing.T, op string, ids []string) {
+		i := 0
+		_, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
+			if i == len(ids) {
+				return registry.StagedRow{}, false, nil
+			}
+			r := registry.StagedRow{Seq: int64(i), Line: int64(i + 2), ID: ids[i], Tags: "{}", SecretHash: creds.Digest("s-" + ids[i])}
+			i++
+			return r, true, nil
+		})
+		require.NoError(t, err)
+	}
 	return exactWorld{
 		store: reg,
 		versions: func(t *testing.T, id string) (int64, int64, bool) {
@@ -81,27 +119,45 @@ func registryWorld(t *testing.T) exactWorld {
 			require.NoError(t, reg.Pool().QueryRow(ctx, "SELECT count(*) FROM device_events WHERE device_id = $1 AND kind = $2", id, kind).Scan(&n))
 			return n
 		},
-		setup: func(t *testing.T, job string, kind fleet.JobKind, ids []string) {
-			i := 0
-			_, err := reg.StageRows(ctx, job, "provision", func() (registry.StagedRow, bool, error) {
-				if i == len(ids) {
-					return registry.StagedRow{}, false, nil
-				}
-				r := registry.StagedRow{Seq: int64(i), Line: int64(i + 2), ID: ids[i], Tags: "{}", SecretHash: creds.Digest("s-" + ids[i])}
-				i++
-				return r, true, nil
-			})
-			require.NoError(t, err)
-			_, err = reg.ProvisionBatch(ctx, job, 0, int64(len(ids)), 0)
+		stage: stage,
+		devices: func(t *testing.T, op string, ids []string) {
+			stage(t, op, ids)
+			_, err = reg.ProvisionBatch(ctx, op, 0, int64(len(ids)), 0)
 			require.NoError(t, err)
 			var ups []fleet.ConnEvent
+			var reports []fleet.ReportedPatch
 			for _, id := range ids {
 				ups = append(ups, fleet.ConnEvent{DeviceID: id, Kind: fleet.ConnUp, Session: 1, At: time.Now()})
+				reports = append(reports, fleet.ReportedPatch{DeviceID: id, RequestID: "r1",
+					Patch: []byte(`{"firmware":{"version":"` + fwOld.Version + `"}}`)})
 			}
 			require.NoError(t, reg.RecordConnections(ctx, ups))
-			_, err = reg.CreateJobForIDs(ctx, fleet.NewJob{ID: job, Kind: kind, Query: "ids", Spec: json.RawMessage(`{}`)}, ids)
+			_, err := reg.ApplyReported(ctx, reports)
+			require.NoError(t, err)
+			addFirmware(t, reg, fwOld)
+		},
+		createJob: func(t *testing.T, job string, kind fleet.JobKind, ids []string) {
+			_, err := reg.CreateJobForIDs(ctx, fleet.NewJob{ID: job, Kind: kind, Query: "ids", Spec: json.RawMessage(`{}`)}, ids)
 			require.NoError(t, err)
 		},
+		createRollout: func(t *testing.T, ro string, fw fleet.Firmware, ids []string) {
+			addFirmware(t, reg, fw)
+			quoted := make([]string, len(ids))
+			for i, d := range ids {
+				quoted[i] = fmt.Sprintf("'%s'", d)
+			}
+			n, err := reg.CreateRollout(ctx, fleet.NewRollout{ID: ro, Version: fw.Version,
+				Query: "SELECT * FROM devices WHERE deviceId IN (" + strings.Join(quoted, ", ") + ")", Spec: json.RawMessage(`{}`)})
+			require.NoError(t, err)
+			require.Equal(t, int64(len(ids)), n)
+		},
+	}
+}
+
+// addFirmware adds fw to the catalogue unless it is there.
+func addFirmware(t *testing.T, reg *registry.Registry, fw fleet.Firmware) {
+	if _, err := reg.AddFirmware(context.Background(), fw); err != nil && !errors.Is(err, registry.ErrExists) {
+		require.NoError(t, err)
 	}
 }
 
@@ -143,7 +199,8 @@ func runFaultCase(t *testing.T, w exactWorld, kind fleet.JobKind, point string, 
 	for i := range ids {
 		ids[i] = fmt.Sprintf("%s.d%d", job, i)
 	}
-	w.setup(t, job, kind, ids)
+	w.devices(t, job, ids)
+	w.createJob(t, job, kind, ids)
 	type before struct{ desired, tags int64 }
 	was := map[string]before{}
 	for _, id := range ids {
@@ -265,5 +322,129 @@ func runFaultCase(t *testing.T, w exactWorld, kind fleet.JobKind, point string, 
 		} else {
 			require.Len(t, perDevice, n)
 		}
+	}
+}
+
+// TestRolloutAndProvisionBatchesFaultMatrix: a rollout wave's dispatch and a rollback, stopped after a chunk's
+// commit or after its push and retried, write each device's desired firmware once (version +1 per step, one
+// timeline event), push it at most once and leave exact phase counts; a provisioning batch stopped after
+// its commit reports the same counts on the retry and creates each device once.
+func TestRolloutAndProvisionBatchesFaultMatrix(t *testing.T) {
+	stores := map[string]func(t *testing.T) exactWorld{
+		"fake":     func(*testing.T) exactWorld { return fakeWorld() },
+		"registry": registryWorld,
+	}
+	ctx := context.Background()
+	errCrash := errors.New("worker crashed")
+	for name, newWorld := range stores {
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t)
+			for _, point := range []string{FaultCommitted, FaultPushed} {
+				t.Run("rollout/"+point, func(t *testing.T) {
+					const n = 5
+					ro := "ro-" + name + "-" + point
+					ids := make([]string, n)
+					for i := range ids {
+						ids[i] = fmt.Sprintf("%s.d%d", ro, i)
+					}
+					w.devices(t, ro, ids)
+					w.createRollout(t, ro, fwNew, ids)
+					was := map[string]int64{}
+					for _, id := range ids {
+						was[id], _, _ = w.versions(t, id)
+					}
+					ch := &fakeChannel{}
+					crashes := 0
+					a := &Activities{Rollouts: w.store, Channel: ch, Fault: func(p string) error {
+						if p == point && crashes == 0 {
+							crashes++
+							return errCrash
+						}
+						return nil
+					}}
+					step := func(name string, run func() error) {
+						crashes, ch.published = 0, nil
+						require.ErrorIs(t, run(), errCrash, "%s: the fault stops the first attempt", name)
+						require.NoError(t, run(), "%s: the retry finishes", name)
+						require.NoError(t, run(), "%s: a further retry is harmless", name)
+						pushes := map[string]int{}
+						for _, p := range ch.published {
+							pushes[p.DeviceID]++
+						}
+						for _, id := range ids {
+							require.LessOrEqual(t, pushes[id], 1, "%s: %s pushed at most once", name, id)
+						}
+						if point == FaultPushed {
+							require.Len(t, pushes, n, "%s: every device pushed once", name)
+						}
+					}
+					fw := workflows.FirmwareRef{Version: fwNew.Version, URL: fwNew.URL, SHA256: fwNew.SHA256}
+					step("dispatch", func() error {
+						_, err := a.RolloutDispatch(ctx, workflows.RolloutDispatchInput{RolloutID: ro, Wave: 0, Cutoff: n, Firmware: fw})
+						return err
+					})
+					phases := func() map[string]int64 {
+						counts, err := w.store.RolloutCounts(ctx, ro)
+						require.NoError(t, err)
+						m := map[string]int64{}
+						for _, pc := range counts {
+							m[string(pc.Phase)] += pc.N
+						}
+						return m
+					}
+					require.Equal(t, map[string]int64{"dispatched": n}, phases())
+					for _, id := range ids {
+						d, _, _ := w.versions(t, id)
+						require.Equal(t, was[id]+1, d, "%s: desired version +1 exactly", id)
+						if ev := w.events(t, id, registry.EventDesiredChanged); ev >= 0 {
+							require.Equal(t, 1, ev, "%s: one desired_changed event", id)
+						}
+					}
+					step("rollback", func() error {
+						_, err := a.RolloutRollback(ctx, workflows.RolloutRollbackInput{RolloutID: ro, JobID: ro + "-rollback"})
+						return err
+					})
+					require.Equal(t, map[string]int64{"rolling_back": n}, phases())
+					for _, id := range ids {
+						d, _, _ := w.versions(t, id)
+						require.Equal(t, was[id]+2, d, "%s: one write forward, one back", id)
+						if ev := w.events(t, id, registry.EventDesiredChanged); ev >= 0 {
+							require.Equal(t, 2, ev, "%s: one event each way", id)
+						}
+					}
+				})
+			}
+			t.Run("provision", func(t *testing.T) {
+				op := "prov-" + name
+				ids := []string{op + ".a", op + ".b", op + ".c"}
+				w.stage(t, op, ids)
+				crashes := 0
+				a := &Activities{Provision: w.store, Fault: func(p string) error {
+					if p == FaultCommitted && crashes == 0 {
+						crashes++
+						return errCrash
+					}
+					return nil
+				}}
+				in := workflows.ProvisionBatchInput{Op: op, First: 0, Last: int64(len(ids))}
+				_, err := a.ProvisionBatch(ctx, in)
+				require.ErrorIs(t, err, errCrash)
+				created := map[string]int64{}
+				for _, id := range ids {
+					_, created[id], _ = w.versions(t, id)
+				}
+				c, err := a.ProvisionBatch(ctx, in)
+				require.NoError(t, err)
+				require.Equal(t, fleet.ProvisionCounts{Created: int64(len(ids))}, c, "the retry reports what the first attempt created")
+				c, err = a.ProvisionBatch(ctx, in)
+				require.NoError(t, err)
+				require.Equal(t, fleet.ProvisionCounts{Created: int64(len(ids))}, c)
+				for _, id := range ids {
+					_, tags, retired := w.versions(t, id)
+					require.False(t, retired)
+					require.Equal(t, created[id], tags, "%s created by the first attempt, never written again", id)
+				}
+			})
+		})
 	}
 }
