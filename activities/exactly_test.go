@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -445,6 +446,88 @@ func TestRolloutAndProvisionBatchesFaultMatrix(t *testing.T) {
 					require.Equal(t, created[id], tags, "%s created by the first attempt, never written again", id)
 				}
 			})
+		})
+	}
+}
+
+// TestJobBatchRacingAttemptsDoNothingTwice: two attempts of one batch at once (a retry started after a
+// heartbeat timeout while the first attempt still runs) patch each device once, send each method once, and
+// the one that loses fails with a retryable error whose retry finds the batch done.
+func TestJobBatchRacingAttemptsDoNothingTwice(t *testing.T) {
+	stores := map[string]func(t *testing.T) exactWorld{
+		"fake":     func(*testing.T) exactWorld { return fakeWorld() },
+		"registry": registryWorld,
+	}
+	for name, newWorld := range stores {
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t)
+			for _, kind := range []fleet.JobKind{fleet.JobSetDesired, fleet.JobMethod} {
+				t.Run(string(kind), func(t *testing.T) {
+					const n = 40
+					job := "race-" + string(kind)
+					ids := make([]string, n)
+					for i := range ids {
+						ids[i] = fmt.Sprintf("%s.d%02d", job, i)
+					}
+					w.devices(t, job, ids)
+					w.createJob(t, job, kind, ids)
+					was := map[string]int64{}
+					for _, id := range ids {
+						was[id], _, _ = w.versions(t, id)
+					}
+					ch := &fakeChannel{}
+					// Both attempts read their targets before either writes: the race at its worst.
+					var loaded sync.WaitGroup
+					loaded.Add(2)
+					a := &Activities{Jobs: w.store, Channel: ch, Fault: func(p string) error {
+						if p == FaultTargetsLoaded {
+							loaded.Done()
+							loaded.Wait()
+						}
+						return nil
+					}}
+					req := workflows.JobBatchInput{JobID: job, Kind: kind, First: 0, Last: n, Patch: json.RawMessage(`{"mode":"eco"}`),
+						Method: "reboot", Timeout: time.Second}
+					errs := make(chan error, 2)
+					for range 2 {
+						go func() {
+							_, err := a.JobBatch(context.Background(), req)
+							errs <- err
+						}()
+					}
+					failed := 0
+					for range 2 {
+						if err := <-errs; err != nil {
+							failed++
+							requireRetryable(t, err)
+						}
+					}
+					require.Less(t, failed, 2, "one attempt wins")
+					a.Fault = nil
+					c, err := a.JobBatch(context.Background(), req)
+					require.NoError(t, err, "the retry finds the batch done")
+					calls := map[string]int{}
+					for _, call := range ch.calls {
+						calls[call.DeviceID]++
+					}
+					for _, id := range ids {
+						d, _, _ := w.versions(t, id)
+						if kind == fleet.JobSetDesired {
+							require.Equal(t, was[id]+1, d, "%s: desired version +1 exactly", id)
+							if ev := w.events(t, id, registry.EventDesiredChanged); ev >= 0 {
+								require.Equal(t, 1, ev, "%s: one event", id)
+							}
+						} else {
+							require.Equal(t, 1, calls[id], "%s: the method sent exactly once", id)
+						}
+					}
+					want := fleet.JobCounts{Running: n}
+					if kind == fleet.JobMethod {
+						want = fleet.JobCounts{Succeeded: n}
+					}
+					require.Equal(t, want, c)
+				})
+			}
 		})
 	}
 }

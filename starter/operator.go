@@ -73,10 +73,7 @@ func sendUpdate(ctx context.Context, g *globals, noun, id, update string, arg an
 		return "", fmt.Errorf("%s %s has already finished (%s): nothing to %s", noun, id,
 			strings.ToLower(strings.TrimPrefix(st.String(), "WorkflowExecutionStatus")), update)
 	}
-	uid, err := freeUpdateID(ctx, c, g.cfg.Namespace, id, update)
-	if err != nil {
-		return "", fmt.Errorf("%s %s: %s: %w", noun, id, update, err)
-	}
+	uid := freeUpdateID(ctx, c, g.cfg.Namespace, id, update)
 	opts := client.UpdateWorkflowOptions{WorkflowID: id, UpdateID: uid, UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted}
 	if arg != nil {
 		opts.Args = []any{arg}
@@ -139,21 +136,20 @@ func describeUpdate(ctx context.Context, c client.Client, ns, id, uid string) (e
 
 // freeUpdateID returns "<update>-<n>" for the first n the workflow's current run does not know: ids of
 // completed updates are remembered by the server (reusing one would return the old answer), refused ones are
-// not.
-func freeUpdateID(ctx context.Context, c client.Client, ns, id, update string) (string, error) {
+// not. When the server cannot say (or past the bound) the id is unique instead, and status does not list it.
+func freeUpdateID(ctx context.Context, c client.Client, ns, id, update string) string {
 	for n := 1; n <= maxUpdateSlots; n++ {
 		uid := update + "-" + strconv.Itoa(n)
 		_, _, err := describeUpdate(ctx, c, ns, id, uid)
 		var nf *serviceerror.NotFound
-		switch {
-		case errors.As(err, &nf):
-			return uid, nil
-		case err != nil:
-			return "", fmt.Errorf("look up earlier requests: %w", err)
+		if errors.As(err, &nf) {
+			return uid
+		}
+		if err != nil {
+			break
 		}
 	}
-	// Beyond the bound: an id of its own, which status does not list.
-	return fmt.Sprintf("%s-%d", update, time.Now().UnixNano()), nil
+	return fmt.Sprintf("%s-%d", update, time.Now().UnixNano())
 }
 
 // pendingActions lists the operator actions of the noun's workflow id that the server holds and no worker
