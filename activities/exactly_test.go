@@ -531,3 +531,40 @@ func TestJobBatchRacingAttemptsDoNothingTwice(t *testing.T) {
 		})
 	}
 }
+
+// flakyOutcomes fails the first fails RecordJobOutcomes calls, as a registry restarting would.
+type flakyOutcomes struct {
+	*fleettest.Store
+	fails int
+}
+
+func (s *flakyOutcomes) RecordJobOutcomes(ctx context.Context, job string, outs []fleet.JobOutcome) error {
+	if s.fails > 0 {
+		s.fails--
+		return errors.New("connection refused")
+	}
+	return s.Store.RecordJobOutcomes(ctx, job, outs)
+}
+
+// TestJobBatchMethodRidesOutARegistryBlipBeforeLosingAnswers: answers of methods already sent are not lost to
+// a short registry outage (the retry would have to close them as lost, never resending them).
+func TestJobBatchMethodRidesOutARegistryBlipBeforeLosingAnswers(t *testing.T) {
+	defer func(d time.Duration) { recordSentBackoff = d }(recordSentBackoff)
+	recordSentBackoff = time.Millisecond
+	f := fleettest.New()
+	f.AddJob("j", "a", "b")
+	store := &flakyOutcomes{Store: f, fails: 2}
+	ch := &fakeChannel{}
+	a := &Activities{Jobs: store, Channel: ch}
+	c, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: fleet.JobMethod, First: 0, Last: 2, Method: "ping", Timeout: time.Second})
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 2}, c, "the answers were recorded once the registry came back")
+	require.Equal(t, []string{"a", "b"}, ch.calledDevices(), "sent once")
+
+	f2 := fleettest.New()
+	f2.AddJob("j", "a")
+	a = &Activities{Jobs: &flakyOutcomes{Store: f2, fails: recordSentTries}, Channel: ch}
+	_, err = a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: "j", Kind: fleet.JobMethod, First: 0, Last: 1, Method: "ping", Timeout: time.Second})
+	requireRetryable(t, err)
+	require.Equal(t, fleet.JobDispatched, f2.TargetState("j", 0), "an outage that lasts fails the attempt; the target stays dispatched, never resent")
+}

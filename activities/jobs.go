@@ -152,7 +152,7 @@ func (a *Activities) methodBatch(ctx context.Context, req workflows.JobBatchInpu
 		}
 		outs = append(outs, o)
 	}
-	if err := a.Jobs.RecordJobOutcomes(ctx, req.JobID, outs); err != nil {
+	if err := a.recordSent(ctx, req.JobID, outs); err != nil {
 		return err
 	}
 	if err := a.fault(FaultRecorded); err != nil {
@@ -162,6 +162,32 @@ func (a *Activities) methodBatch(ctx context.Context, req workflows.JobBatchInpu
 		return fmt.Errorf("job %s: %d method calls not sent (%s); the retry sends them", req.JobID, notSent, why)
 	}
 	return nil
+}
+
+// recordSentTries and recordSentBackoff bound how long an attempt keeps trying to record the answers of
+// methods it sent: past that, the retry closes them as lost (they are never sent again), so it is worth
+// riding out a short registry outage (a Postgres restart) here.
+const recordSentTries = 6
+
+// recordSentBackoff is the first wait between tries (doubling); a variable so that tests need not wait.
+var recordSentBackoff = 500 * time.Millisecond
+
+// recordSent records the outcomes of calls this attempt sent, retrying a failing registry with backoff.
+func (a *Activities) recordSent(ctx context.Context, job string, outs []fleet.JobOutcome) error {
+	wait := recordSentBackoff
+	for try := 1; ; try++ {
+		err := a.Jobs.RecordJobOutcomes(ctx, job, outs)
+		if err == nil || try == recordSentTries {
+			return err
+		}
+		activityLogger(ctx).Warn("recording method answers failed; trying again", "job", job, "try", try, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
 }
 
 // closeLost records the targets an earlier attempt dispatched (and whose answer it lost) as state, with the
