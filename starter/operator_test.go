@@ -138,3 +138,49 @@ func TestOperatorActionWithoutAWorkerIsPendingNotRefused(t *testing.T) {
 	require.NoError(t, run.Get(ctx, &res))
 	require.Equal(t, string(fleet.JobEndCancelled), res.State)
 }
+
+// TestRolloutActionsWithoutAWorkerShowAsPending: the same for a rollout — approve and abort sent while no
+// worker runs wait for one (exit 4) and `rollout status` lists them.
+func TestRolloutActionsWithoutAWorkerShowAsPending(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dbURL := testenv.Postgres(t)
+	hostPort := testenv.Temporal(t)
+	reg, err := registry.Open(ctx, dbURL)
+	require.NoError(t, err)
+	defer reg.Close()
+	_, err = reg.Pool().Exec(ctx, `INSERT INTO devices (id, status) VALUES ('ro-d1', 'active'), ('ro-d2', 'active')`)
+	require.NoError(t, err)
+	_, err = reg.AddFirmware(ctx, fleet.Firmware{Version: "9.0.0", URL: "https://fw.example/9.bin", SHA256: strings.Repeat("ab", 32)})
+	require.NoError(t, err)
+	id := "rollout-9.0.0-" + time.Now().Format("150405000000")
+	_, err = reg.CreateRollout(ctx, fleet.NewRollout{ID: id, Version: "9.0.0", Query: "SELECT * FROM devices WHERE deviceId IN ('ro-d1', 'ro-d2')",
+		Spec: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+
+	defer func(d time.Duration) { updateAnswerWait = d }(updateAnswerWait)
+	updateAnswerWait = 2 * time.Second
+	c, err := client.DialContext(ctx, client.Options{HostPort: hostPort, Logger: tlog.NewStructuredLogger(slog.New(slog.DiscardHandler))})
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: id}, workflows.FirmwareRollout,
+		workflows.RolloutInput{RolloutID: id})
+	require.NoError(t, err)
+
+	_, code, err := runCLIAt(t, dbURL, hostPort, "rollout", "approve", id)
+	require.Equal(t, exitPending, code, "%v", err)
+	_, code, err = runCLIAt(t, dbURL, hostPort, "rollout", "abort", id, "--no-rollback", "--reason", "test")
+	require.Equal(t, exitPending, code, "%v", err)
+	require.ErrorContains(t, err, "abort is waiting for a worker")
+
+	out, _, err := runCLIAt(t, dbURL, hostPort, "rollout", "status", id, "-o", "json")
+	require.NoError(t, err)
+	var st rolloutStatusView
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	var pending []string
+	for _, p := range st.Pending {
+		pending = append(pending, p.UpdateID)
+	}
+	require.Equal(t, []string{"approve-1", "abort-1"}, pending)
+	require.NoError(t, c.TerminateWorkflow(ctx, id, "", "test over"))
+}
