@@ -1,6 +1,8 @@
 package workflows
 
 import (
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -37,6 +39,35 @@ func TestReplayRecordedHistories(t *testing.T) {
 			r.RegisterWorkflow(ReplaceDevice)
 			r.RegisterWorkflow(PurgeArchive)
 			require.NoError(t, r.ReplayWorkflowHistoryFromJSONFile(nil, f))
+		})
+	}
+}
+
+// TestRecordedWaitRunsStayFarBelowTheHistoryLimit measures, on histories a real server recorded, what the
+// time-skipping tests (bounded_*_test.go) estimate: a run of a long wait ends continued as new after its
+// share of polls with far fewer than 10,000 events, and each polling activity costs about six.
+func TestRecordedWaitRunsStayFarBelowTheHistoryLimit(t *testing.T) {
+	for _, name := range []string{"job_ack_continue_as_new_v3", "provision_await_continue_as_new_v3"} {
+		t.Run(name, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join("testdata", name+".json"))
+			require.NoError(t, err)
+			var h struct {
+				Events []struct {
+					EventType string `json:"eventType"`
+				} `json:"events"`
+			}
+			require.NoError(t, json.Unmarshal(b, &h))
+			activities := 0
+			for _, e := range h.Events {
+				if e.EventType == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED" {
+					activities++
+				}
+			}
+			require.Equal(t, "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW", h.Events[len(h.Events)-1].EventType)
+			require.Less(t, len(h.Events), 10000)
+			require.GreaterOrEqual(t, activities, 100, "a full share of polls")
+			require.LessOrEqual(t, len(h.Events), 6*activities+50, "the estimate the time-skipping tests use holds")
+			t.Logf("%s: %d events, %d activities", name, len(h.Events), activities)
 		})
 	}
 }
