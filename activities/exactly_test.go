@@ -568,3 +568,49 @@ func TestJobBatchMethodRidesOutARegistryBlipBeforeLosingAnswers(t *testing.T) {
 	requireRetryable(t, err)
 	require.Equal(t, fleet.JobDispatched, f2.TargetState("j", 0), "an outage that lasts fails the attempt; the target stays dispatched, never resent")
 }
+
+// TestJobBatchFaultWhileClosingLostAnswers: an attempt that stops after claiming its targets, then a retry
+// that stops right after closing them as lost, then a retry that finishes: nothing is ever sent, each target
+// is closed once, and the counts are exact.
+func TestJobBatchFaultWhileClosingLostAnswers(t *testing.T) {
+	stores := map[string]func(t *testing.T) exactWorld{
+		"fake":     func(*testing.T) exactWorld { return fakeWorld() },
+		"registry": registryWorld,
+	}
+	for name, newWorld := range stores {
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t)
+			const n = 4
+			job := "lost-" + name
+			ids := make([]string, n)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("%s.d%d", job, i)
+			}
+			w.devices(t, job, ids)
+			w.createJob(t, job, fleet.JobMethod, ids)
+			errCrash := errors.New("worker crashed")
+			plan := []string{FaultClaimed, FaultLostClosed}
+			ch := &fakeChannel{}
+			a := &Activities{Jobs: w.store, Channel: ch, Fault: func(p string) error {
+				if len(plan) > 0 && p == plan[0] {
+					plan = plan[1:]
+					return errCrash
+				}
+				return nil
+			}}
+			req := workflows.JobBatchInput{JobID: job, Kind: fleet.JobMethod, First: 0, Last: n, Method: "reboot", Timeout: time.Second}
+			for attempt := 1; attempt <= 2; attempt++ {
+				_, err := a.JobBatch(context.Background(), req)
+				require.ErrorIs(t, err, errCrash, "attempt %d", attempt)
+			}
+			require.Empty(t, plan, "both fault points were reached")
+			c, err := a.JobBatch(context.Background(), req)
+			require.NoError(t, err)
+			require.Equal(t, fleet.JobCounts{TimedOut: n}, c)
+			require.Empty(t, ch.calls, "claimed but never sent: nothing is sent by any retry")
+			totals, err := w.store.JobTotals(context.Background(), job)
+			require.NoError(t, err)
+			require.Equal(t, c, totals)
+		})
+	}
+}
