@@ -27,7 +27,7 @@ func (a *Activities) retireBatch(ctx context.Context, req workflows.JobBatchInpu
 	if req.Wipe {
 		for _, t := range targets {
 			if t.State == fleet.JobDispatched {
-				wiped[t.DeviceID] = "unknown: sent by an earlier attempt whose answer was lost; not sent again"
+				wiped[t.DeviceID] = "unknown: an earlier attempt may have sent it and stopped before the answer; not sent again"
 			}
 		}
 		if a.Channel == nil {

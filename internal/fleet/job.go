@@ -41,9 +41,10 @@ const (
 	JobDispatched JobState = "dispatched"
 )
 
-// LostAnswerReason is the recorded error of a target whose method (or factory reset) was sent by an attempt that
-// stopped before it recorded the answer: the call is never sent again, so its outcome stays unknown.
-const LostAnswerReason = "sent, but the answer was lost when the worker stopped; not sent again (methods run at most once)"
+// LostAnswerReason is the recorded error of a target whose method (or factory reset) an attempt claimed and
+// may have sent before it stopped without recording the answer: the call is never sent again, so whether the
+// device ran it is unknown.
+const LostAnswerReason = "outcome unknown: an attempt that stopped before recording the answer may have sent it; not sent again (methods run at most once)"
 
 // JobEnd is the state a job ends in (jobs.state once finished).
 type JobEnd string
