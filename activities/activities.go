@@ -29,6 +29,31 @@ type Activities struct {
 	Channel fleet.Channel
 	// PollInterval is how often WaitConnected re-counts; zero means one second.
 	PollInterval time.Duration
+	// Fault, when set, is called at every step boundary of the batch activities (the Fault… points) and an
+	// error it returns ends the attempt there, as a worker crash or a lost connection would. Tests set it to
+	// show that a retry from any point does nothing twice; production leaves it nil.
+	Fault func(point string) error
+}
+
+// Fault points: the step boundaries of the batch activities, in the order a batch passes them.
+const (
+	FaultTargetsLoaded = "targets-loaded" // the batch's unfinished targets are read
+	FaultLostClosed    = "lost-closed"    // targets an earlier attempt dispatched are closed
+	FaultClaimed       = "claimed"        // targets are recorded as dispatched, nothing sent yet
+	FaultInvoked       = "invoked"        // the method or factory reset was sent, its outcomes not recorded
+	FaultInTransaction = "in-transaction" // inside the batch transaction, after its writes (rolls them back)
+	FaultCommitted     = "committed"      // the batch transaction committed, desired patches not pushed yet
+	FaultPushed        = "pushed"         // desired patches pushed
+	FaultRecorded      = "recorded"       // method outcomes recorded
+	FaultCounted       = "counted"        // the range's counts read, the activity about to return
+)
+
+// fault is the fault point named point: nil unless a test set Fault.
+func (a *Activities) fault(point string) error {
+	if a.Fault == nil {
+		return nil
+	}
+	return a.Fault(point)
 }
 
 // The compiler checks that the activities are what workflows call.

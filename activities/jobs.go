@@ -20,10 +20,17 @@ const ackPollEvery = 250 * time.Millisecond
 
 var errNoChannel = errors.New("this worker has no device channel (FLEETFLOW_NATS_URL)")
 
-// JobBatch applies a job to its targets First..Last-1 that are still pending (so a retried batch skips what
-// it already did) and records each device's outcome. Desired patches are written in one transaction and
-// pushed to every device written (see fleet.DesiredPush); the device's acknowledgement is collected
-// later (JobCollectAcks).
+// JobBatch applies a job to its targets First..Last-1 that are not finished (so a retried batch skips what an
+// earlier attempt did) and returns the counts of the whole range as the registry has them, so that they are
+// exact whichever attempt did the work. Each step is recorded so that a retry never repeats it where that
+// matters (docs/architecture.md, "The life of an operation"):
+//   - desired and tags patches are written in the same transaction as the targets' outcomes (a device is
+//     patched once: its section's version goes up by one, one timeline event), then pushed to the devices
+//     written (see fleet.DesiredPush); the acknowledgement is collected later (JobCollectAcks);
+//   - a direct method is recorded as dispatched before it is sent, and a target an earlier attempt
+//     dispatched is never sent again (at most once): its outcome, lost with that attempt, is timed out;
+//   - a decommission's factory reset is recorded the same way, and the devices are retired in the same
+//     transaction as the targets' outcomes.
 func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchInput) (fleet.JobCounts, error) {
 	var c fleet.JobCounts
 	if a.Jobs == nil {
@@ -32,31 +39,50 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchInput) 
 	stop := keepHeartbeating(ctx)
 	defer stop()
 	targets, err := a.Jobs.JobTargets(ctx, req.JobID, req.First, req.Last-1)
-	if err != nil || len(targets) == 0 {
+	if err != nil {
 		return c, err
 	}
-	outs := make([]fleet.JobOutcome, 0, len(targets))
-	switch req.Kind {
-	case fleet.JobRetire:
-		if outs, err = a.retireBatch(ctx, req, targets); err != nil {
-			return c, err
+	if err := a.fault(FaultTargetsLoaded); err != nil {
+		return c, err
+	}
+	if len(targets) > 0 {
+		switch req.Kind {
+		case fleet.JobRetire:
+			err = a.retireBatch(ctx, req, targets)
+		case fleet.JobSetTags, fleet.JobSetDesired:
+			err = a.patchBatch(ctx, req, targets)
+		case fleet.JobMethod:
+			err = a.methodBatch(ctx, req, targets)
+		default:
+			err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", req.Kind), workflows.ErrTypeInvalidInput, nil)
 		}
-	case fleet.JobSetTags, fleet.JobSetDesired:
-		section := twin.Tags
-		if req.Kind == fleet.JobSetDesired {
-			section = twin.Desired
-		}
-		patches := make([]fleet.DevicePatch, len(targets))
-		for i, t := range targets {
-			patches[i] = fleet.DevicePatch{DeviceID: t.DeviceID, Patch: req.Patch}
-		}
-		results, err := a.Jobs.PatchTwins(ctx, section, patches)
 		if err != nil {
 			return c, err
 		}
-		var push []fleet.DesiredPush
+	}
+	if c, err = a.Jobs.JobRangeTotals(ctx, req.JobID, req.First, req.Last-1); err != nil {
+		return c, err
+	}
+	if err := a.fault(FaultCounted); err != nil {
+		return fleet.JobCounts{}, err
+	}
+	return c, nil
+}
+
+// patchBatch writes a desired or tags patch and the targets' outcomes in one transaction, then pushes desired
+// patches. A push that fails only delays the device until its next twin/get, so it is logged, not retried:
+// the retry finds the targets finished and pushes nothing, so no device is pushed twice.
+func (a *Activities) patchBatch(ctx context.Context, req workflows.JobBatchInput, targets []fleet.JobTarget) error {
+	section := twin.Tags
+	if req.Kind == fleet.JobSetDesired {
+		section = twin.Desired
+	}
+	var push []fleet.DesiredPush
+	err := a.Jobs.PatchJobTargets(ctx, req.JobID, section, targets, req.Patch, func(ts []fleet.JobTarget, results []fleet.PatchResult) ([]fleet.JobOutcome, error) {
+		push = push[:0]
+		outs := make([]fleet.JobOutcome, len(ts))
 		for i, res := range results {
-			o := fleet.JobOutcome{Seq: targets[i].Seq, State: fleet.JobSucceeded}
+			o := fleet.JobOutcome{Seq: ts[i].Seq, State: fleet.JobSucceeded}
 			switch {
 			case res.Err != nil:
 				o.State, o.Error = fleet.JobFailed, res.Err.Error()
@@ -65,62 +91,146 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchInput) 
 				o.State = fleet.JobRunning
 				push = append(push, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Patch: req.Patch})
 			}
-			outs = append(outs, o)
+			outs[i] = o
 		}
-		// The desired state is committed: a push that fails only delays the device until its next twin/get,
-		// so it is logged, not retried (a retry would find no pending target and push nothing).
-		if _, err := a.push(ctx, push); err != nil {
-			activity.GetLogger(ctx).Warn("desired push incomplete; devices catch up on reconnect", "job", req.JobID, "err", err)
-		}
-	case fleet.JobMethod:
-		if a.Channel == nil {
-			return c, temporal.NewNonRetryableApplicationError(errNoChannel.Error(), "NoChannel", nil)
-		}
-		calls := make([]fleet.MethodCall, len(targets))
-		for i, t := range targets {
-			calls[i] = fleet.MethodCall{DeviceID: t.DeviceID, Method: req.Method, Payload: req.Payload}
-		}
-		notSent, why := 0, ""
-		for i, res := range a.Channel.InvokeMany(ctx, calls, req.Timeout, 0) {
-			if res.Outcome == fleet.MethodFailed && res.Status == fleet.StatusNotSent {
-				// Nothing reached the device: it stays pending, and the retry sends it (and only it: the
-				// outcomes of the calls that were sent are recorded below, so no device runs a method twice).
-				if notSent++; why == "" {
-					why = string(res.Payload)
-				}
-				continue
-			}
-			o := fleet.JobOutcome{Seq: targets[i].Seq, State: fleet.JobState(res.Outcome), Status: res.Status, Payload: res.Payload}
-			switch {
-			case res.Outcome == fleet.MethodOffline:
-				o.Error = "device offline"
-			case res.Outcome == fleet.MethodTimedOut:
-				o.Error = fmt.Sprintf("no response within %s", req.Timeout)
-			case res.Outcome == fleet.MethodFailed && res.Status == fleet.StatusInvalid:
-				o.Error = "refused before sending: " + string(res.Payload)
-			case res.Outcome == fleet.MethodFailed:
-				o.Error = fmt.Sprintf("device answered %d", res.Status)
-			}
-			outs = append(outs, o)
-		}
-		if notSent > 0 {
-			if len(outs) > 0 {
-				if err := a.Jobs.RecordJobOutcomes(ctx, req.JobID, outs); err != nil {
-					return c, err
-				}
-			}
-			return c, fmt.Errorf("job %s: %d method calls not sent (%s); the retry sends them", req.JobID, notSent, why)
-		}
-	default:
-		return c, temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", req.Kind), workflows.ErrTypeInvalidInput, nil)
+		return outs, a.fault(FaultInTransaction)
+	})
+	if err != nil {
+		return err
 	}
-	if err := a.Jobs.RecordJobOutcomes(ctx, req.JobID, outs); err != nil {
-		return c, err
+	if err := a.fault(FaultCommitted); err != nil {
+		return err
 	}
-	for _, o := range outs {
-		c.AddState(o.State, 1)
+	if _, err := a.push(ctx, push); err != nil {
+		activity.GetLogger(ctx).Warn("desired push incomplete; devices catch up on reconnect", "job", req.JobID, "err", err)
 	}
-	return c, nil
+	return a.fault(FaultPushed)
+}
+
+// methodBatch sends a direct method to the batch's targets, at most once each: targets are claimed
+// (recorded as dispatched) before the send, and targets an earlier attempt dispatched are closed as timed
+// out without being sent again. Calls that did not leave the worker (fleet.StatusNotSent) go back to
+// pending and fail the attempt, so that the retry sends them, and only them.
+func (a *Activities) methodBatch(ctx context.Context, req workflows.JobBatchInput, targets []fleet.JobTarget) error {
+	if a.Channel == nil {
+		return temporal.NewNonRetryableApplicationError(errNoChannel.Error(), "NoChannel", nil)
+	}
+	if err := a.closeLost(ctx, req.JobID, targets, fleet.JobTimedOut); err != nil {
+		return err
+	}
+	claimed, err := a.claim(ctx, req.JobID, targets)
+	if err != nil || len(claimed) == 0 {
+		return err
+	}
+	calls := make([]fleet.MethodCall, len(claimed))
+	for i, t := range claimed {
+		calls[i] = fleet.MethodCall{DeviceID: t.DeviceID, Method: req.Method, Payload: req.Payload}
+	}
+	results := a.Channel.InvokeMany(ctx, calls, req.Timeout, 0)
+	if err := a.fault(FaultInvoked); err != nil {
+		return err
+	}
+	outs := make([]fleet.JobOutcome, 0, len(claimed))
+	notSent, why := 0, ""
+	for i, res := range results {
+		o := fleet.JobOutcome{Seq: claimed[i].Seq, State: fleet.JobState(res.Outcome), Status: res.Status, Payload: res.Payload}
+		switch {
+		case res.Outcome == fleet.MethodFailed && res.Status == fleet.StatusNotSent:
+			// Nothing reached the device: back to pending, and the retry sends it.
+			if notSent++; why == "" {
+				why = string(res.Payload)
+			}
+			o = fleet.JobOutcome{Seq: claimed[i].Seq, State: fleet.JobPending}
+		case res.Outcome == fleet.MethodOffline:
+			o.Error = "device offline"
+		case res.Outcome == fleet.MethodTimedOut:
+			o.Error = fmt.Sprintf("no response within %s", req.Timeout)
+		case res.Outcome == fleet.MethodFailed && res.Status == fleet.StatusInvalid:
+			o.Error = "refused before sending: " + string(res.Payload)
+		case res.Outcome == fleet.MethodFailed:
+			o.Error = fmt.Sprintf("device answered %d", res.Status)
+		}
+		outs = append(outs, o)
+	}
+	if err := a.recordSent(ctx, req.JobID, outs); err != nil {
+		return err
+	}
+	if err := a.fault(FaultRecorded); err != nil {
+		return err
+	}
+	if notSent > 0 {
+		return fmt.Errorf("job %s: %d method calls not sent (%s); the retry sends them", req.JobID, notSent, why)
+	}
+	return nil
+}
+
+// recordSentTries and recordSentBackoff bound how long an attempt keeps trying to record the answers of
+// methods it sent: past that, the retry closes them as lost (they are never sent again), so it is worth
+// riding out a short registry outage (a Postgres restart) here.
+const recordSentTries = 6
+
+// recordSentBackoff is the first wait between tries (doubling); a variable so that tests need not wait.
+var recordSentBackoff = 500 * time.Millisecond
+
+// recordSent records the outcomes of calls this attempt sent, retrying a failing registry with backoff.
+func (a *Activities) recordSent(ctx context.Context, job string, outs []fleet.JobOutcome) error {
+	wait := recordSentBackoff
+	for try := 1; ; try++ {
+		err := a.Jobs.RecordJobOutcomes(ctx, job, outs)
+		if err == nil || try == recordSentTries {
+			return err
+		}
+		activityLogger(ctx).Warn("recording method answers failed; trying again", "job", job, "try", try, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// closeLost records the targets an earlier attempt dispatched (and whose answer it lost) as state, with the
+// reason; they are never sent again.
+func (a *Activities) closeLost(ctx context.Context, job string, targets []fleet.JobTarget, state fleet.JobState) error {
+	var lost []fleet.JobOutcome
+	for _, t := range targets {
+		if t.State == fleet.JobDispatched {
+			lost = append(lost, fleet.JobOutcome{Seq: t.Seq, State: state, Error: fleet.LostAnswerReason})
+		}
+	}
+	if len(lost) == 0 {
+		return nil
+	}
+	if err := a.Jobs.RecordJobOutcomes(ctx, job, lost); err != nil {
+		return err
+	}
+	return a.fault(FaultLostClosed)
+}
+
+// claim records the pending targets as dispatched and returns those this attempt claimed, in seq order.
+func (a *Activities) claim(ctx context.Context, job string, targets []fleet.JobTarget) ([]fleet.JobTarget, error) {
+	var seqs []int64
+	bySeq := map[int64]fleet.JobTarget{}
+	for _, t := range targets {
+		if t.State == fleet.JobPending {
+			seqs = append(seqs, t.Seq)
+			bySeq[t.Seq] = t
+		}
+	}
+	if len(seqs) == 0 {
+		return nil, nil
+	}
+	got, err := a.Jobs.ClaimJobTargets(ctx, job, seqs)
+	if err != nil {
+		return nil, err
+	}
+	claimed := make([]fleet.JobTarget, len(got))
+	for i, seq := range got {
+		claimed[i] = bySeq[seq]
+		claimed[i].State = fleet.JobDispatched
+	}
+	return claimed, a.fault(FaultClaimed)
 }
 
 // push sends desired patches to their devices and returns how many the broker accepted.

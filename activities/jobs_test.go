@@ -30,10 +30,10 @@ func TestJobBatchPatchesPendingTargetsAndRecordsOutcomes(t *testing.T) {
 		patchedDocs func(d *fleettest.Device) ([]byte, int64)
 	}{
 		{kind: fleet.JobSetTags, section: twin.Tags, written: fleet.JobSucceeded,
-			wantCounts:  fleet.JobCounts{Succeeded: 3, Failed: 2},
+			wantCounts:  fleet.JobCounts{Succeeded: 4, Failed: 2}, // d1 was done already: the range's counts
 			patchedDocs: func(d *fleettest.Device) ([]byte, int64) { return d.Tags, d.TagsVersion }},
 		{kind: fleet.JobSetDesired, section: twin.Desired, written: fleet.JobRunning, wantPushed: true,
-			wantCounts:  fleet.JobCounts{Running: 3, Failed: 2},
+			wantCounts:  fleet.JobCounts{Running: 3, Failed: 2, Succeeded: 1},
 			patchedDocs: func(d *fleettest.Device) ([]byte, int64) { return d.Desired, d.DesiredVersion }},
 	}
 	for _, tc := range cases {
@@ -132,7 +132,7 @@ func TestJobBatchSetDesiredPushFailureDoesNotFailTheBatch(t *testing.T) {
 }
 
 func TestJobBatchStoreErrorsAreRetryable(t *testing.T) {
-	for _, method := range []string{"JobTargets", "PatchTwins", "RecordJobOutcomes"} {
+	for _, method := range []string{"JobTargets", "PatchJobTargets"} {
 		t.Run(method, func(t *testing.T) {
 			f := fleettest.New()
 			f.AddDevice("d0", fleettest.Device{})
@@ -215,7 +215,6 @@ func TestJobBatchMethodNotSentIsRetriedAndLeavesTargetsPending(t *testing.T) {
 		requireRetryable(t, err)
 		require.Contains(t, err.Error(), "not sent")
 		require.Contains(t, err.Error(), "channel closed")
-		require.Empty(t, f.Recorded, "nothing is recorded")
 		for seq := range int64(3) {
 			require.Equal(t, fleet.JobPending, f.TargetState("j", seq))
 		}
@@ -225,7 +224,7 @@ func TestJobBatchMethodNotSentIsRetriedAndLeavesTargetsPending(t *testing.T) {
 		c, err := a.JobBatch(context.Background(), req)
 		require.NoError(t, err)
 		require.Equal(t, fleet.JobCounts{Succeeded: 3}, c)
-		require.Equal(t, []string{"a", "b", "c", "a", "b", "c"}, ch.calledDevices())
+		require.Equal(t, []string{"a", "b", "c", "a", "b", "c"}, ch.calledDevices(), "what was not sent is sent by the retry")
 	})
 
 	t.Run("some not sent", func(t *testing.T) {
@@ -291,21 +290,21 @@ func TestJobBatchRetryProcessesOnlyPendingTargets(t *testing.T) {
 				seqs = append(seqs, o.Seq)
 			}
 			require.Equal(t, []int64{13, 14}, seqs)
+			// The counts are the range's, whichever attempt did the work.
+			want := fleet.JobCounts{Succeeded: 5}
 			switch kind {
 			case fleet.JobMethod:
 				require.Equal(t, []string{"d13", "d14"}, ch.calledDevices())
-				require.Equal(t, fleet.JobCounts{Succeeded: 2}, c)
 			case fleet.JobSetDesired:
 				require.Len(t, ch.published, 2)
-				require.Equal(t, fleet.JobCounts{Running: 2}, c)
-			default:
-				require.Equal(t, fleet.JobCounts{Succeeded: 2}, c)
+				want = fleet.JobCounts{Succeeded: 3, Running: 2}
 			}
+			require.Equal(t, want, c)
 
-			// A further retry finds nothing pending and does nothing.
+			// A further retry finds nothing pending, does nothing and reports the same counts.
 			c, err = a.JobBatch(context.Background(), req)
 			require.NoError(t, err)
-			require.Equal(t, fleet.JobCounts{}, c)
+			require.Equal(t, want, c)
 			require.Len(t, f.Recorded, 1)
 			require.LessOrEqual(t, len(f.PatchCalls), 1)
 			require.LessOrEqual(t, len(ch.calls), 2)

@@ -31,7 +31,14 @@ func (a *Activities) ProvisionBatch(ctx context.Context, in workflows.ProvisionB
 		// Retrying cannot bring staged rows back: fail the workflow with the reason.
 		return fleet.ProvisionCounts{}, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeNotStaged, err)
 	}
-	return c, err
+	if err != nil {
+		return c, err
+	}
+	// Committed: a retry from here gets the same counts from the registry's record of the batch.
+	if err := a.fault(FaultCommitted); err != nil {
+		return fleet.ProvisionCounts{}, err
+	}
+	return c, nil
 }
 
 // WaitConnected polls the registry until every device the operation created has reported, or MaxWait has

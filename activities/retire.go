@@ -17,50 +17,63 @@ import (
 const WipeMethod = "factoryReset"
 
 // retireBatch is JobBatch for a decommission: an optional best-effort factory reset of the batch's devices
-// (sent while their sessions still exist), then one registry transaction that retires them all.
-func (a *Activities) retireBatch(ctx context.Context, req workflows.JobBatchInput, targets []fleet.JobTarget) ([]fleet.JobOutcome, error) {
+// (sent while their sessions still exist, recorded as dispatched before it is sent so that no retry sends it
+// twice), then one registry transaction that retires them all and records their outcomes.
+func (a *Activities) retireBatch(ctx context.Context, req workflows.JobBatchInput, targets []fleet.JobTarget) error {
 	if a.Retire == nil {
-		return nil, errNoStore("retire")
-	}
-	ids := make([]string, len(targets))
-	for i, t := range targets {
-		ids[i] = t.DeviceID
+		return errNoStore("retire")
 	}
 	wiped := map[string]string{}
 	if req.Wipe {
+		for _, t := range targets {
+			if t.State == fleet.JobDispatched {
+				wiped[t.DeviceID] = "unknown: an earlier attempt may have sent it and stopped before the answer; not sent again"
+			}
+		}
 		if a.Channel == nil {
 			activity.GetLogger(ctx).Warn("no MQTT channel: retiring without the factory reset", "job", req.JobID)
 		} else {
-			calls := make([]fleet.MethodCall, len(ids))
-			for i, id := range ids {
-				calls[i] = fleet.MethodCall{DeviceID: id, Method: WipeMethod, Payload: []byte(`{"reason":"decommissioned"}`)}
+			claimed, err := a.claim(ctx, req.JobID, targets)
+			if err != nil {
+				return err
 			}
-			for _, r := range a.Channel.InvokeMany(ctx, calls, req.Timeout, 0) {
-				wiped[r.DeviceID] = string(r.Outcome)
+			calls := make([]fleet.MethodCall, len(claimed))
+			for i, t := range claimed {
+				calls[i] = fleet.MethodCall{DeviceID: t.DeviceID, Method: WipeMethod, Payload: []byte(`{"reason":"decommissioned"}`)}
+			}
+			if len(calls) > 0 {
+				for _, r := range a.Channel.InvokeMany(ctx, calls, req.Timeout, 0) {
+					wiped[r.DeviceID] = string(r.Outcome)
+				}
+				if err := a.fault(FaultInvoked); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	results, err := a.Retire.RetireDevices(ctx, req.JobID, ids, req.Reason)
+	err := a.Retire.RetireJobTargets(ctx, req.JobID, targets, req.Reason, func(ts []fleet.JobTarget, results []fleet.RetireResult) ([]fleet.JobOutcome, error) {
+		outs := make([]fleet.JobOutcome, len(results))
+		for i, r := range results {
+			o := fleet.JobOutcome{Seq: ts[i].Seq, State: fleet.JobSucceeded}
+			detail := map[string]string{"result": string(r.Outcome)}
+			if w, ok := wiped[r.DeviceID]; ok {
+				detail["wipe"] = w
+			}
+			switch r.Outcome {
+			case fleet.RetireUnknown:
+				o.State, o.Error = fleet.JobFailed, "no such device"
+			case fleet.RetireAlreadyRetired:
+				o.Error = "already retired"
+			}
+			o.Payload, _ = json.Marshal(detail)
+			outs[i] = o
+		}
+		return outs, a.fault(FaultInTransaction)
+	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	outs := make([]fleet.JobOutcome, len(results))
-	for i, r := range results {
-		o := fleet.JobOutcome{Seq: targets[i].Seq, State: fleet.JobSucceeded}
-		detail := map[string]string{"result": string(r.Outcome)}
-		if w, ok := wiped[r.DeviceID]; ok {
-			detail["wipe"] = w
-		}
-		switch r.Outcome {
-		case fleet.RetireUnknown:
-			o.State, o.Error = fleet.JobFailed, "no such device"
-		case fleet.RetireAlreadyRetired:
-			o.Error = "already retired"
-		}
-		o.Payload, _ = json.Marshal(detail)
-		outs[i] = o
-	}
-	return outs, nil
+	return a.fault(FaultCommitted)
 }
 
 // ReplaceDeviceRecord copies the old device's tags and desired state to the new one, records the lineage, retires

@@ -37,10 +37,19 @@ func (a *Activities) RolloutDispatch(ctx context.Context, req workflows.RolloutD
 		}
 		res.Skipped += skipped
 		res.Dispatched += int64(len(pushes))
+		// The chunk's desired firmware and phases are committed: a retry continues with the devices still
+		// queued, so a device is never written twice; one whose push is lost here is re-sent by the
+		// observation (RepushAfter) or reads its desired state on reconnect.
+		if err := a.fault(FaultCommitted); err != nil {
+			return res, err
+		}
 		n, err := a.push(ctx, pushes)
 		res.Pushed += int64(n)
 		if err != nil {
 			activity.GetLogger(ctx).Warn("firmware push incomplete; devices catch up on reconnect", "rollout", req.RolloutID, "err", err)
+		}
+		if err := a.fault(FaultPushed); err != nil {
+			return res, err
 		}
 		if !more {
 			return res, nil
@@ -168,8 +177,14 @@ func (a *Activities) RolloutRollback(ctx context.Context, req workflows.RolloutR
 			return n, err
 		}
 		n += int64(len(pushes))
+		if err := a.fault(FaultCommitted); err != nil {
+			return n, err
+		}
 		if _, err := a.push(ctx, pushes); err != nil {
 			activity.GetLogger(ctx).Warn("rollback push incomplete; devices catch up on reconnect", "rollout", req.RolloutID, "err", err)
+		}
+		if err := a.fault(FaultPushed); err != nil {
+			return n, err
 		}
 		if !more {
 			return n, nil

@@ -54,6 +54,7 @@ func TestExitCodeMapping(t *testing.T) {
 		{"query semantics", &query.SemanticError{Msg: "unknown root"}, 2},
 		{"per-device failures", partialf("job j: 3 of 10 devices did not succeed"), 3},
 		{"per-device failures, wrapped", fmt.Errorf("x: %w", partialf("y")), 3},
+		{"operator action waiting for a worker", &pendingError{"job j: pause is waiting for a worker"}, 4},
 		{"interrupted", &interruptedError{"stopped waiting"}, 130},
 		{"interrupted, wrapped", fmt.Errorf("x: %w", &interruptedError{"stopped waiting"}), 130},
 		// Only the type decides: a message that merely mentions usage is a failure.

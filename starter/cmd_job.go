@@ -66,7 +66,7 @@ when you interrupt the wait (the job goes on).`,
 	fl.StringVar(&f.method, "method", "", "direct method to call on every device")
 	fl.StringVar(&f.payload, "payload", "", "JSON payload of --method (at most 128 KB), or @FILE")
 	fl.Float64Var(&f.rate, "rate", 0, "at most N devices per second (0 = as fast as possible)")
-	fl.DurationVar(&f.timeout, "timeout", 0, "per-device method timeout (default 30s), or how long to wait for devices to acknowledge a desired change (default 2m)")
+	fl.Var(newDurationFlag(&f.timeout, "timeout"), "timeout", "per-device method timeout (default 30s), or how long to wait for devices to acknowledge a desired change (default 2m; any duration, e.g. 48h or 7d)")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print how many devices the query selects and how long the job should take, and start nothing")
 	fl.BoolVar(&f.detach, "detach", false, "start the job and return without waiting for it")
 	fl.Int64Var(&f.batchSize, "batch-size", 0, "devices per activity (default 1000)")
@@ -355,6 +355,8 @@ type jobStatusView struct {
 	Counts   map[string]int64       `json:"counts"`
 	Progress *workflows.JobProgress `json:"progress"`
 	Devices  []registry.JobDevice   `json:"devices"`
+	// Pending are operator actions no worker has applied yet (pause, resume, cancel).
+	Pending []pendingAction `json:"pendingActions,omitempty"`
 }
 
 func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *output) error {
@@ -386,12 +388,16 @@ func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *outp
 	}
 	live := liveProgress[workflows.JobProgress](ctx, g, id)
 	view := jobStatusView{Job: j, Counts: counts, Progress: live, Devices: devs}
+	if j.FinishedAt == nil {
+		view.Pending = pendingActions(ctx, g, "job", id)
+	}
 	return out.print(stdout(cmd), view, func() error { return printJobStatus(view, failed) })
 }
 
 // printJobStatus prints a job's status as tables.
 func printJobStatus(v jobStatusView, failed bool) error {
 	j, counts, live, devs := v.Job, v.Counts, v.Progress, v.Devices
+	printPendingActions("job", v.Pending)
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	state := j.State
 	if live != nil && j.FinishedAt == nil {
@@ -399,7 +405,7 @@ func printJobStatus(v jobStatusView, failed bool) error {
 	}
 	fmt.Fprintf(w, "job\t%s\nkind\t%s\nquery\t%s\nspec\t%s\nstate\t%s\ntargets\t%s\n", j.ID, j.Kind, j.Query, compactJSON(j.Spec), state,
 		numfmt.Thousands(j.Total))
-	for _, s := range []fleet.JobState{fleet.JobSucceeded, fleet.JobRunning, fleet.JobPending, fleet.JobFailed, fleet.JobTimedOut,
+	for _, s := range []fleet.JobState{fleet.JobSucceeded, fleet.JobRunning, fleet.JobDispatched, fleet.JobPending, fleet.JobFailed, fleet.JobTimedOut,
 		fleet.JobOffline, fleet.JobCancelled} {
 		if counts[string(s)] > 0 {
 			fmt.Fprintf(w, "  %s\t%s\n", s, numfmt.Thousands(counts[string(s)]))
@@ -440,19 +446,14 @@ func operatorUpdateCmd(g *globals, noun, update, short string, complete registry
 		Use:   update + " ID",
 		Short: short,
 		Long: short + ".\n\nThe request is a Temporal Workflow Update: the running " + noun + " validates it and answers; " +
-			"a refused request, or one sent to a " + noun + " that has already finished, fails with exit code 1.",
+			"a refused request (the answer quotes the reason), or one sent to a " + noun + " that has already finished, fails with exit code 1. " +
+			"A request no worker answers within 30 s is not refused: it waits for a worker, takes effect when one runs, " +
+			"shows in `" + noun + " status` meanwhile, and exits 4.",
 		Example:           fmt.Sprintf("  fleetflow %s %s %s", noun, update, id),
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeFrom(g, complete, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			msg, err := sendUpdate(cmd.Context(), g, noun, args[0], update, nil)
-			if err != nil {
-				return err
-			}
-			return out.print(stdout(cmd), updateAnswer{ID: args[0], Update: update, Message: msg}, func() error {
-				fmt.Fprintln(stdout(cmd), msg)
-				return nil
-			})
+			return runOperatorUpdate(cmd, g, out, noun, args[0], update, nil)
 		},
 	}
 	out = addOutputFlag(c)
@@ -461,40 +462,11 @@ func operatorUpdateCmd(g *globals, noun, update, short string, complete registry
 
 // updateAnswer is what an operator request (pause, resume, cancel, approve, abort) prints with -o json|yaml.
 type updateAnswer struct {
-	ID      string `json:"id"`
-	Update  string `json:"update"`
+	ID     string `json:"id"`
+	Update string `json:"update"`
+	// State is "done" (the workflow answered Message) or "pending" (no worker has answered yet).
+	State   string `json:"state"`
 	Message string `json:"message"`
-}
-
-func sendUpdate(ctx context.Context, g *globals, noun, id, update string, arg any) (string, error) {
-	c, err := dialTemporal(g)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	d, err := c.DescribeWorkflow(ctx, id, "")
-	if err != nil {
-		return "", fmt.Errorf("no %s %q: %w", noun, id, err)
-	}
-	if st := d.Status; st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-		return "", fmt.Errorf("%s %s has already finished (%s): nothing to %s", noun, id,
-			strings.ToLower(strings.TrimPrefix(st.String(), "WorkflowExecutionStatus")), update)
-	}
-	opts := client.UpdateWorkflowOptions{WorkflowID: id, UpdateName: update, WaitForStage: client.WorkflowUpdateStageCompleted}
-	if arg != nil {
-		opts.Args = []any{arg}
-	}
-	uctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	h, err := c.UpdateWorkflow(uctx, opts)
-	if err != nil {
-		return "", fmt.Errorf("%s %s: %s refused: %w", noun, id, update, err)
-	}
-	var msg string
-	if err := h.Get(uctx, &msg); err != nil {
-		return "", fmt.Errorf("%s %s: %s refused: %w", noun, id, update, err)
-	}
-	return msg, nil
 }
 
 // awaitJob shows a job's (or decommission's) progress until it ends. waited is false when the operator

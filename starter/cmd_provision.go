@@ -109,7 +109,7 @@ on; --resume picks it up).`,
 	fl.StringSliceVar(&f.tags, "tags", nil, "tags of generated devices, k=v[,k=v]")
 	fl.StringVar(&f.name, "name", "", "operation name in the workflow id (default: the manifest's base name or the prefix)")
 	fl.StringVar(&f.credsOut, "creds-out", "", "credentials file to write (default: <workflow id>.creds.ndjson)")
-	fl.DurationVar(&f.awaitConnect, "await-connect", 0, "wait up to this long for the new devices to connect and report capabilities")
+	fl.Var(newDurationFlag(&f.awaitConnect, "await-connect"), "await-connect", "wait up to this long for the new devices to connect and report capabilities (any duration, e.g. 30m or 2d)")
 	fl.StringVar(&f.validity, "credential-validity", "", "the new credentials expire this long after creation (e.g. 365d), set by the workflow as it creates them; the health check warns before they do")
 	// --wait was the progress flag before progress became the default on a terminal; it stays, hidden.
 	fl.BoolVar(&f.wait, "wait", false, "show a progress bar while the workflow runs")

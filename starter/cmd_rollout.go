@@ -232,15 +232,8 @@ reason.`,
 			if rollback == noRollback {
 				return usagef("say what happens to the devices already updated: --rollback or --no-rollback")
 			}
-			msg, err := sendUpdate(cmd.Context(), g, "rollout", args[0], workflows.UpdateAbort,
+			return runOperatorUpdate(cmd, g, abortOut, "rollout", args[0], workflows.UpdateAbort,
 				workflows.AbortInput{Rollback: rollback, Reason: reason})
-			if err != nil {
-				return err
-			}
-			return abortOut.print(stdout(cmd), updateAnswer{ID: args[0], Update: workflows.UpdateAbort, Message: msg}, func() error {
-				fmt.Fprintln(stdout(cmd), msg)
-				return nil
-			})
 		},
 	}
 	abortOut = addOutputFlag(abort)
@@ -464,6 +457,8 @@ type rolloutStatusView struct {
 	Counts   []fleet.PhaseCount         `json:"counts"`
 	Progress *workflows.RolloutProgress `json:"progress"`
 	Failing  []fleet.RolloutDevice      `json:"failing"`
+	// Pending are operator actions no worker has applied yet (pause, resume, approve, abort).
+	Pending []pendingAction `json:"pendingActions,omitempty"`
 }
 
 func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error {
@@ -500,12 +495,16 @@ func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error
 	}
 	live := liveProgress[workflows.RolloutProgress](ctx, g, id)
 	view := rolloutStatusView{Rollout: ro, Counts: counts, Progress: live, Failing: failing}
+	if ro.FinishedAt == nil {
+		view.Pending = pendingActions(ctx, g, "rollout", id)
+	}
 	return out.print(stdout(cmd), view, func() error { return printRolloutStatus(view) })
 }
 
 // printRolloutStatus prints a rollout's status as tables.
 func printRolloutStatus(v rolloutStatusView) error {
 	ro, counts, live, failing := v.Rollout, v.Counts, v.Progress, v.Failing
+	printPendingActions("rollout", v.Pending)
 	var total rollout.Counts
 	for _, pc := range counts {
 		total.Add(rollout.Phase(pc.Phase), pc.N)

@@ -16,6 +16,7 @@ const (
 	exitFailed      = 1   // failed: the operation (or the command) did not do what was asked
 	exitUsage       = 2   // usage or invalid input: bad flags or arguments, a bad query, a manifest with invalid rows
 	exitPartial     = 3   // finished, but some devices failed (job, rollout, retire, provision)
+	exitPending     = 4   // an operator action reached Temporal but waits for a worker: not refused, not applied yet
 	exitInterrupted = 130 // interrupted by SIGINT (128 + 2, as shells report it) or SIGTERM; a started operation goes on
 )
 
@@ -62,6 +63,7 @@ func exitCode(err error) int {
 	var (
 		ue  *usageError
 		pe  *partialError
+		pde *pendingError
 		ie  *interruptedError
 		qse *query.SyntaxError
 		qme *query.SemanticError
@@ -75,6 +77,8 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.As(err, &pe):
 		return exitPartial
+	case errors.As(err, &pde):
+		return exitPending
 	}
 	return exitFailed
 }

@@ -1,6 +1,8 @@
 package workflows
 
 import (
+	"time"
+
 	"context"
 	"reflect"
 	"runtime"
@@ -49,6 +51,31 @@ const (
 	// LegacyActPurgeArchive is PurgeArchivedDevices's former name.
 	LegacyActPurgeArchive = "PurgeArchive"
 )
+
+// boundedWaitsVersion is the workflow.GetVersion change id of the bounded waits (docs/architecture.md,
+// "Temporal rules"): from version 1 on, the acknowledgement and connect waits poll less often once they have
+// lasted waitPollSlowAfter and continue as new every maxWaitPolls polls, so that no wait, however long,
+// outgrows a run's history. Histories recorded before it replay the old unbounded loop.
+const boundedWaitsVersion = "bounded-waits"
+
+// Bounds of a long wait (from boundedWaitsVersion 1 on).
+const (
+	// waitPollSlowAfter: a wait that has lasted this long polls every waitPollSlow instead of every 10 s.
+	waitPollSlowAfter = 10 * time.Minute
+	waitPollSlow      = time.Minute
+	// maxWaitPolls polling activities per run (about six history events each) before continue-as-new:
+	// about 600 events, far below the 51,200-event limit even after a run's full share of batches.
+	maxWaitPolls = 100
+)
+
+// waitPoll is how long the next polling activity of a wait that has lasted elapsed may wait: fast at first,
+// when a fleet usually answers, then slower.
+func waitPoll(fast, elapsed time.Duration) time.Duration {
+	if elapsed < waitPollSlowAfter {
+		return fast
+	}
+	return waitPollSlow
+}
 
 // activityNamesVersion is the workflow.GetVersion change id of the activity renames.
 const activityNamesVersion = "distinct-activity-names"

@@ -75,6 +75,9 @@ type JobInput struct {
 	Paused    bool            `json:"paused,omitempty"`
 	Cancelled bool            `json:"cancelled,omitempty"`
 	Runs      int             `json:"runs,omitempty"`
+	// AckStart is when the wait for acknowledgements began (zero: not yet), so that a run continued during
+	// the wait keeps its deadline and its offline grace.
+	AckStart time.Time `json:"ackStart,omitzero"`
 }
 
 // JobCreateInput (activity JobCreate) records a job and freezes its target set: Query selects the

@@ -22,7 +22,8 @@ const (
 	DefaultJobBatchesPerRun = 400
 	DefaultMethodTimeout    = 30 * time.Second
 	DefaultAckTimeout       = 2 * time.Minute
-	// ackPoll is the longest a JobCollectAcks activity waits before it reports progress.
+	// ackPoll is the longest a JobCollectAcks activity waits before it reports progress, while the wait is
+	// young (see waitPoll).
 	ackPoll = 10 * time.Second
 	// DefaultWipeTimeout bounds the best-effort factory reset of a decommission with --wipe.
 	DefaultWipeTimeout = 10 * time.Second
@@ -111,13 +112,19 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			!workflow.Now(ctx).Before(nextSlot) {
 			req := JobBatchInput{JobID: in.JobID, Kind: fleet.JobKind(in.Kind), First: in.Next, Last: min(in.Next+batch, in.Total),
 				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout, Reason: in.Reason, Wipe: in.Wipe}
-			actTimeout := 5*time.Minute + timeout
+			// A method or a factory reset waits for devices inside the batch; a patch does not (its timeout
+			// is the acknowledgement wait, which may be days).
+			deviceWait := timeout
+			if in.Kind == fleet.JobSetDesired || in.Kind == fleet.JobSetTags {
+				deviceWait = 0
+			}
+			actTimeout := 5*time.Minute + deviceWait
 			if in.Rate > 0 {
 				// The next batch may start once this one's devices have had their share of the rate.
 				nextSlot = workflow.Now(ctx).Add(time.Duration(float64(req.Last-req.First) / in.Rate * float64(time.Second)))
 			}
 			bctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-				StartToCloseTimeout: actTimeout, HeartbeatTimeout: in.HeartbeatTimeout + timeout,
+				StartToCloseTimeout: actTimeout, HeartbeatTimeout: in.HeartbeatTimeout + deviceWait,
 				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
 				Summary:     fmt.Sprintf("devices %s–%s", numfmt.Thousands(req.First+1), numfmt.Thousands(req.Last)),
 			})
@@ -174,14 +181,22 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 	if in.Kind == fleet.JobSetDesired && in.Counts.Running > 0 && !in.Cancelled {
 		progress.State = "awaiting-acks"
 		report()
-		ackStart := workflow.Now(ctx)
+		bounded := workflow.GetVersion(ctx, boundedWaitsVersion, workflow.DefaultVersion, 1) >= 1
+		if in.AckStart.IsZero() {
+			in.AckStart = workflow.Now(ctx)
+		}
+		ackStart := in.AckStart
 		deadline := ackStart.Add(timeout)
 		actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-			StartToCloseTimeout: ackPoll + time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
+			StartToCloseTimeout: waitPollSlow + time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
 			Summary: "wait for devices to acknowledge the desired change",
 		})
-		for !in.Cancelled {
-			wait := max(0, min(ackPoll, deadline.Sub(workflow.Now(ctx))))
+		for polls := 1; !in.Cancelled; polls++ {
+			poll := ackPoll
+			if bounded {
+				poll = waitPoll(ackPoll, workflow.Now(ctx).Sub(ackStart))
+			}
+			wait := max(0, min(poll, deadline.Sub(workflow.Now(ctx))))
 			var st JobCollectAcksResult
 			if err := executeActivity(actx, Activities.JobCollectAcks, JobCollectAcksInput{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
 				closeJob(ctx, &in, fleet.JobEndFailed)
@@ -195,6 +210,14 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			if st.Waiting == 0 || (st.WaitingOnline == 0 && workflow.Now(ctx).Sub(ackStart) >= offlineGrace) ||
 				!workflow.Now(ctx).Before(deadline) {
 				break
+			}
+			if bounded && (polls >= maxWaitPolls || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) {
+				// The wait goes on in a new run, with its start (hence its deadline) in the input.
+				upsertJobCounts(ctx, in.Counts)
+				if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+					return JobResult{}, err
+				}
+				return JobResult{}, workflow.NewContinueAsNewError(ctx, self, in)
 			}
 		}
 	}

@@ -105,16 +105,24 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 
 	res := ProvisionResult{Op: in.Op, Rows: in.Rows, Counts: in.Counts, Runs: in.Runs}
 	if in.AwaitConnect > 0 && in.Counts.Created > 0 {
-		deadline := workflow.Now(ctx).Add(in.AwaitConnect)
+		bounded := workflow.GetVersion(ctx, boundedWaitsVersion, workflow.DefaultVersion, 1) >= 1
+		if in.AwaitStart.IsZero() {
+			in.AwaitStart = workflow.Now(ctx)
+		}
+		deadline := in.AwaitStart.Add(in.AwaitConnect)
 		progress.Phase, progress.Deadline = "awaiting-connect", &deadline
 		report()
 		wctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-			StartToCloseTimeout: connectPoll + time.Minute,
+			StartToCloseTimeout: waitPollSlow + time.Minute,
 			HeartbeatTimeout:    in.HeartbeatTimeout,
 			Summary:             "wait for devices to connect and report",
 		})
-		for {
-			wait := min(connectPoll, deadline.Sub(workflow.Now(ctx)))
+		for polls := 1; ; polls++ {
+			poll := connectPoll
+			if bounded {
+				poll = waitPoll(connectPoll, workflow.Now(ctx).Sub(in.AwaitStart))
+			}
+			wait := min(poll, deadline.Sub(workflow.Now(ctx)))
 			if wait < 0 {
 				wait = 0
 			}
@@ -128,6 +136,11 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 			if st.Reported >= st.Created || !workflow.Now(ctx).Before(deadline) {
 				res.Connect = &st
 				break
+			}
+			if bounded && (polls >= maxWaitPolls || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) {
+				// The wait goes on in a new run, with its start (hence its deadline) in the input.
+				logger.Info("continuing the connect wait as new", "op", in.Op, "reported", st.Reported, "created", st.Created)
+				return ProvisionResult{}, workflow.NewContinueAsNewError(ctx, ProvisionFleet, in)
 			}
 		}
 	}

@@ -1,6 +1,8 @@
 package workflows
 
 import (
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -14,12 +16,16 @@ import (
 // the old ones: workflows started by the old code may still be running. The *_v1 histories have the shape
 // from before the creation step moved into the workflows (inputs with Total set, no JobCreate or
 // RolloutCreate); the *_v2 ones have the creation step and were recorded from the CLI-kill e2e test with
-// FLEETFLOW_RECORD_HISTORIES=workflows/testdata.
+// FLEETFLOW_RECORD_HISTORIES=workflows/testdata. The *_v3 ones have the bounded waits (the "bounded-waits"
+// version marker, and runs continued in a wait, with AckStart/AwaitStart in their input) and were recorded on
+// a dev server by TestBoundedWaitHistoriesFromARealServerReplay with FLEETFLOW_RECORD_HISTORIES=testdata.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, len(files), 8, "recorded histories are missing")
-	for _, shape := range []string{"job_create_v2", "rollout_create_v2", "decommission_query_v2", "provision_validity_v2"} {
+	for _, shape := range []string{"job_create_v2", "rollout_create_v2", "decommission_query_v2", "provision_validity_v2",
+		"job_ack_bounded_v3", "job_ack_continued_v3", "provision_await_bounded_v3", "provision_await_continued_v3",
+		"job_ack_continue_as_new_v3", "provision_await_continue_as_new_v3"} {
 		require.Contains(t, files, filepath.Join("testdata", shape+".json"), "the creation step's shape must be replay-tested")
 	}
 	for _, f := range files {
@@ -33,6 +39,35 @@ func TestReplayRecordedHistories(t *testing.T) {
 			r.RegisterWorkflow(ReplaceDevice)
 			r.RegisterWorkflow(PurgeArchive)
 			require.NoError(t, r.ReplayWorkflowHistoryFromJSONFile(nil, f))
+		})
+	}
+}
+
+// TestRecordedWaitRunsStayFarBelowTheHistoryLimit measures, on histories a real server recorded, what the
+// time-skipping tests (bounded_*_test.go) estimate: a run of a long wait ends continued as new after its
+// share of polls with far fewer than 10,000 events, and each polling activity costs about six.
+func TestRecordedWaitRunsStayFarBelowTheHistoryLimit(t *testing.T) {
+	for _, name := range []string{"job_ack_continue_as_new_v3", "provision_await_continue_as_new_v3"} {
+		t.Run(name, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join("testdata", name+".json"))
+			require.NoError(t, err)
+			var h struct {
+				Events []struct {
+					EventType string `json:"eventType"`
+				} `json:"events"`
+			}
+			require.NoError(t, json.Unmarshal(b, &h))
+			activities := 0
+			for _, e := range h.Events {
+				if e.EventType == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED" {
+					activities++
+				}
+			}
+			require.Equal(t, "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW", h.Events[len(h.Events)-1].EventType)
+			require.Less(t, len(h.Events), 10000)
+			require.GreaterOrEqual(t, activities, 100, "a full share of polls")
+			require.LessOrEqual(t, len(h.Events), 6*activities+50, "the estimate the time-skipping tests use holds")
+			t.Logf("%s: %d events, %d activities", name, len(h.Events), activities)
 		})
 	}
 }

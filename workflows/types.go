@@ -38,6 +38,9 @@ type ProvisionInput struct {
 	Next   int64                 `json:"next,omitempty"`
 	Counts fleet.ProvisionCounts `json:"counts"`
 	Runs   int                   `json:"runs,omitempty"`
+	// AwaitStart is when the wait for connects began (zero: not yet), so that a run continued during the
+	// wait keeps its deadline.
+	AwaitStart time.Time `json:"awaitStart,omitzero"`
 }
 
 // ProvisionBatchInput is the ProvisionBatch activity's input: a half-open range of staged manifest lines.

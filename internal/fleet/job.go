@@ -35,7 +35,16 @@ const (
 	JobTimedOut  JobState = "timed_out" // online but silent until the timeout
 	JobOffline   JobState = "offline"   // not connected (desired is stored and reaches it on reconnect)
 	JobCancelled JobState = "cancelled" // the job was cancelled before it reached the device
+	// JobDispatched: a direct method (or a decommission's factory reset) is being sent or was sent, and its
+	// outcome is not recorded yet. It is recorded before the send, so that no retry sends it again: direct
+	// methods run at most once (docs/architecture.md, "The life of an operation").
+	JobDispatched JobState = "dispatched"
 )
+
+// LostAnswerReason is the recorded error of a target whose method (or factory reset) an attempt claimed and
+// may have sent before it stopped without recording the answer: the call is never sent again, so whether the
+// device ran it is unknown.
+const LostAnswerReason = "outcome unknown: an attempt that stopped before recording the answer may have sent it; not sent again (methods run at most once)"
 
 // JobEnd is the state a job ends in (jobs.state once finished).
 type JobEnd string
@@ -90,7 +99,7 @@ type JobCounts struct {
 	Failed    int64 `json:"failed"`
 	TimedOut  int64 `json:"timedOut"`
 	Offline   int64 `json:"offline"`
-	Running   int64 `json:"running"` // desired written, acknowledgement pending
+	Running   int64 `json:"running"` // desired written, acknowledgement pending; or a method sent, answer pending
 	Cancelled int64 `json:"cancelled"`
 }
 
@@ -115,7 +124,7 @@ func (c *JobCounts) AddState(state JobState, n int64) {
 		c.TimedOut += n
 	case JobOffline:
 		c.Offline += n
-	case JobRunning:
+	case JobRunning, JobDispatched:
 		c.Running += n
 	case JobCancelled:
 		c.Cancelled += n
@@ -148,6 +157,10 @@ type PatchResult struct {
 	Err      error
 }
 
+// JobOutcomesFunc turns the results of a batch's registry writes into the targets' outcomes, inside the
+// transaction that makes the writes; an error rolls the transaction back. targets[i] produced results[i].
+type JobOutcomesFunc[R any] func(targets []JobTarget, results []R) ([]JobOutcome, error)
+
 // JobStore is what a job's activities need from the registry.
 type JobStore interface {
 	// CreateJob records the job and freezes its target set (targets numbered 0..total-1) in one
@@ -156,11 +169,27 @@ type JobStore interface {
 	// target set is ErrEmptyTarget and leaves nothing behind; a query that does not compile is the query
 	// package's error.
 	CreateJob(ctx context.Context, job NewJob) (int64, error)
-	// JobTargets returns the job's targets with seq in first..last (inclusive) that are still pending, in
-	// seq order, so that a retried batch skips what it already did.
+	// JobTargets returns the job's targets with seq in first..last (inclusive) that are not finished — pending,
+	// or dispatched by an earlier attempt whose outcome was not recorded — in seq order, so that a retried
+	// batch skips what it already did and knows what it sent.
 	JobTargets(ctx context.Context, job string, first, last int64) ([]JobTarget, error)
-	// RecordJobOutcomes records per-target outcomes; recording the same outcome twice is harmless.
+	// RecordJobOutcomes records per-target outcomes of targets that are pending or dispatched; a final
+	// outcome is never overwritten, so recording twice (or a late attempt recording after its retry) is
+	// harmless. A dispatched target may go back to pending (a call that was never sent).
 	RecordJobOutcomes(ctx context.Context, job string, outs []JobOutcome) error
+	// ClaimJobTargets marks the pending targets among seqs as dispatched, before their method is sent, and
+	// returns the seqs it marked (in seq order): a target another attempt claimed or finished is not
+	// returned, so no method is sent twice.
+	ClaimJobTargets(ctx context.Context, job string, seqs []int64) ([]int64, error)
+	// PatchJobTargets merges patch into the section of the targets' devices and records each target's outcome
+	// in one transaction, so that a retried batch never patches a device twice. Only targets still pending are
+	// written; outcomes (called inside the transaction, with the targets written and their results in the same
+	// order) says what to record, and an error it returns rolls everything back. Targets that another attempt
+	// finished meanwhile roll the transaction back with an error, which the retry resolves.
+	PatchJobTargets(ctx context.Context, job string, section twin.Section, targets []JobTarget, patch []byte, outcomes JobOutcomesFunc[PatchResult]) error
+	// JobRangeTotals counts the targets with seq in first..last per state (pending ones are not counted):
+	// what a batch reports, exact whichever attempt did the work.
+	JobRangeTotals(ctx context.Context, job string, first, last int64) (JobCounts, error)
 	// PatchTwins merges per-device patches into the tags or desired section of many devices at once,
 	// bumping each section's version; each device appears at most once.
 	PatchTwins(ctx context.Context, section twin.Section, patches []DevicePatch) ([]PatchResult, error)

@@ -39,6 +39,12 @@ var ErrRetired = errors.New("device is retired")
 type RetireStore interface {
 	// RetireDevices retires devices in one transaction, one result per id, in order.
 	RetireDevices(ctx context.Context, op string, ids []string, reason string) ([]RetireResult, error)
+	// RetireJobTargets retires the devices of a decommission's targets and records each target's outcome in
+	// the same transaction, so that a retried batch never retires (nor records an event) twice. Only targets
+	// still pending or dispatched are retired; outcomes (called inside the transaction, targets[i] with
+	// results[i]) says what to record, and an error it returns rolls everything back. Retiring a device
+	// cancels its rows in other jobs, never in job.
+	RetireJobTargets(ctx context.Context, job string, targets []JobTarget, reason string, outcomes JobOutcomesFunc[RetireResult]) error
 	// ReplaceDevice makes nw take over old's tags, desired state and role, and retires old; repeating it is
 	// harmless. An unknown device is ErrNotFound, a retired replacement ErrRetired.
 	ReplaceDevice(ctx context.Context, op, old, nw string) (ReplaceResult, error)

@@ -3,7 +3,9 @@ package registry
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
+	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // Job is a jobs row.
@@ -125,10 +128,11 @@ func (r *Registry) GetJob(ctx context.Context, id string) (Job, error) {
 	return j, nil
 }
 
-// JobTargets returns the targets seq first..last (inclusive) that are still pending.
+// JobTargets returns the targets seq first..last (inclusive) that are not finished: pending, or dispatched
+// by an earlier attempt.
 func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64) ([]fleet.JobTarget, error) {
 	rows, err := r.pool.Query(ctx, `SELECT seq, device_id, state FROM job_devices
-		WHERE job_id = $1 AND seq BETWEEN $2 AND $3 AND state = 'pending' ORDER BY seq`, job, first, last)
+		WHERE job_id = $1 AND seq BETWEEN $2 AND $3 AND state IN ('pending', 'dispatched') ORDER BY seq`, job, first, last)
 	if err != nil {
 		return nil, fmt.Errorf("load targets of job %s: %w", job, err)
 	}
@@ -143,10 +147,18 @@ func (r *Registry) JobTargets(ctx context.Context, job string, first, last int64
 	return out, nil
 }
 
-// RecordJobOutcomes stores per-device outcomes in one statement.
+// RecordJobOutcomes stores per-device outcomes in one statement; targets that already have a final outcome
+// keep it (fleet.JobStore).
 func (r *Registry) RecordJobOutcomes(ctx context.Context, job string, outs []fleet.JobOutcome) error {
+	_, err := recordJobOutcomes(ctx, r.pool, job, outs)
+	return err
+}
+
+// recordJobOutcomes is RecordJobOutcomes on q (the pool, or the transaction that made the writes the outcomes
+// describe); it returns how many targets it updated.
+func recordJobOutcomes(ctx context.Context, q Execer, job string, outs []fleet.JobOutcome) (int64, error) {
 	if len(outs) == 0 {
-		return nil
+		return 0, nil
 	}
 	seqs := make([]int64, len(outs))
 	states := make([]string, len(outs))
@@ -160,14 +172,101 @@ func (r *Registry) RecordJobOutcomes(ctx context.Context, job string, outs []fle
 			payloads[i] = &s
 		}
 	}
-	_, err := r.pool.Exec(ctx, `UPDATE job_devices j SET state = v.state, status = nullif(v.status, 0),
+	tag, err := q.Exec(ctx, `UPDATE job_devices j SET state = v.state, status = nullif(v.status, 0),
 		payload = v.payload::jsonb, error = v.error, updated_at = now()
 		FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[]) AS v(seq, state, status, payload, error)
-		WHERE j.job_id = $1 AND j.seq = v.seq`, job, seqs, states, statuses, payloads, errs)
+		WHERE j.job_id = $1 AND j.seq = v.seq AND j.state IN ('pending', 'dispatched')`, job, seqs, states, statuses, payloads, errs)
 	if err != nil {
-		return fmt.Errorf("record outcomes of job %s: %w", job, err)
+		return 0, fmt.Errorf("record outcomes of job %s: %w", job, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// ClaimJobTargets marks pending targets as dispatched before their method is sent (fleet.JobStore). One
+// statement: two attempts racing for a target cannot both claim it.
+func (r *Registry) ClaimJobTargets(ctx context.Context, job string, seqs []int64) ([]int64, error) {
+	if len(seqs) == 0 {
+		return nil, nil
+	}
+	rows, err := r.pool.Query(ctx, `UPDATE job_devices SET state = 'dispatched', updated_at = now()
+		WHERE job_id = $1 AND seq = ANY($2) AND state = 'pending' RETURNING seq`, job, seqs)
+	if err != nil {
+		return nil, fmt.Errorf("claim targets of job %s: %w", job, err)
+	}
+	claimed, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("claim targets of job %s: %w", job, err)
+	}
+	slices.Sort(claimed)
+	return claimed, nil
+}
+
+// errTargetsMoved rolls back a batch transaction whose targets another attempt finished meanwhile; the retry
+// finds them finished and skips them.
+var errTargetsMoved = errors.New("targets were finished by another attempt of the batch meanwhile; retrying")
+
+// PatchJobTargets writes a desired or tags batch and its outcomes in one transaction (fleet.JobStore). The
+// devices are locked first (in patchTwinsTx, id order), then the targets' rows: the order RetireJobTargets
+// and every other writer of both tables use, so batches and decommissions cannot deadlock.
+func (r *Registry) PatchJobTargets(ctx context.Context, job string, section twin.Section, targets []fleet.JobTarget, patch []byte,
+	outcomes fleet.JobOutcomesFunc[fleet.PatchResult]) error {
+	var todo []fleet.JobTarget
+	for _, t := range targets {
+		if t.State == fleet.JobPending {
+			todo = append(todo, t)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		patches := make([]fleet.DevicePatch, len(todo))
+		for i, t := range todo {
+			patches[i] = fleet.DevicePatch{DeviceID: t.DeviceID, Patch: patch}
+		}
+		results, err := patchTwinsTx(ctx, tx, section, patches)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", job, err)
+		}
+		outs, err := outcomes(todo, results)
+		if err != nil {
+			return err
+		}
+		return recordAll(ctx, tx, job, outs)
+	})
+}
+
+// recordAll records outcomes in tx and fails (rolling the batch back) unless every one of them was still
+// pending or dispatched.
+func recordAll(ctx context.Context, tx pgx.Tx, job string, outs []fleet.JobOutcome) error {
+	n, err := recordJobOutcomes(ctx, tx, job, outs)
+	if err != nil {
+		return err
+	}
+	if n != int64(len(outs)) {
+		return fmt.Errorf("job %s: %d of %d %w", job, int64(len(outs))-n, len(outs), errTargetsMoved)
 	}
 	return nil
+}
+
+// JobRangeTotals counts the targets seq first..last per state (fleet.JobStore).
+func (r *Registry) JobRangeTotals(ctx context.Context, job string, first, last int64) (fleet.JobCounts, error) {
+	var c fleet.JobCounts
+	rows, err := r.pool.Query(ctx, `SELECT state, count(*) FROM job_devices WHERE job_id = $1 AND seq BETWEEN $2 AND $3
+		GROUP BY state`, job, first, last)
+	if err != nil {
+		return c, fmt.Errorf("count targets %d–%d of job %s: %w", first, last, job, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s string
+		var n int64
+		if err := rows.Scan(&s, &n); err != nil {
+			return c, fmt.Errorf("count targets %d–%d of job %s: %w", first, last, job, err)
+		}
+		c.AddState(fleet.JobState(s), n)
+	}
+	return c, rows.Err()
 }
 
 // JobCounts returns the number of targets per state.
@@ -229,6 +328,11 @@ func (r *Registry) CloseJob(ctx context.Context, job string, state fleet.JobEnd)
 		if _, err := tx.Exec(ctx, `UPDATE job_devices j SET state = CASE WHEN d.online THEN 'timed_out' ELSE 'offline' END,
 			error = CASE WHEN d.online THEN 'did not acknowledge the desired change in time' ELSE 'offline; receives the desired state on reconnect' END,
 			updated_at = now() FROM devices d WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id`, job); err != nil {
+			return fmt.Errorf("close job %s: %w", job, err)
+		}
+		// A method sent by an attempt that stopped before it recorded the answer: it is never sent again.
+		if _, err := tx.Exec(ctx, `UPDATE job_devices SET state = 'timed_out', error = $2, updated_at = now()
+			WHERE job_id = $1 AND state = 'dispatched'`, job, fleet.LostAnswerReason); err != nil {
 			return fmt.Errorf("close job %s: %w", job, err)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE job_devices SET state = 'cancelled', updated_at = now()

@@ -30,37 +30,76 @@ func (r *Registry) RetireDevices(ctx context.Context, op string, ids []string, r
 		index[id] = i
 	}
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, "SELECT id, status FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
-		if err != nil {
-			return fmt.Errorf("lock devices: %w", err)
-		}
-		var retire []string
-		for rows.Next() {
-			var id, status string
-			if err := rows.Scan(&id, &status); err != nil {
-				rows.Close()
-				return fmt.Errorf("lock devices: %w", err)
-			}
-			if status == statusRetired {
-				results[index[id]].Outcome = fleet.RetireAlreadyRetired
-				continue
-			}
-			results[index[id]].Outcome = fleet.RetireDone
-			retire = append(retire, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("lock devices: %w", err)
-		}
-		if len(retire) == 0 {
-			return nil
-		}
-		return retireLocked(ctx, tx, op, retire, reason)
+		return retireTx(ctx, tx, op, ids, reason, results, index)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return results, nil
+}
+
+// retireTx is RetireDevices in the caller's transaction: results (one per id, preset to unknown) and index
+// (id -> position) are filled in.
+func retireTx(ctx context.Context, tx pgx.Tx, op string, ids []string, reason string, results []fleet.RetireResult, index map[string]int) error {
+	rows, err := tx.Query(ctx, "SELECT id, status FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
+	if err != nil {
+		return fmt.Errorf("lock devices: %w", err)
+	}
+	var retire []string
+	for rows.Next() {
+		var id, status string
+		if err := rows.Scan(&id, &status); err != nil {
+			rows.Close()
+			return fmt.Errorf("lock devices: %w", err)
+		}
+		if status == statusRetired {
+			results[index[id]].Outcome = fleet.RetireAlreadyRetired
+			continue
+		}
+		results[index[id]].Outcome = fleet.RetireDone
+		retire = append(retire, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("lock devices: %w", err)
+	}
+	if len(retire) == 0 {
+		return nil
+	}
+	return retireLocked(ctx, tx, op, retire, reason)
+}
+
+// RetireJobTargets retires a decommission batch and records its outcomes in one transaction
+// (fleet.RetireStore). The devices are locked before the job's rows, as PatchJobTargets does.
+func (r *Registry) RetireJobTargets(ctx context.Context, job string, targets []fleet.JobTarget, reason string,
+	outcomes fleet.JobOutcomesFunc[fleet.RetireResult]) error {
+	var todo []fleet.JobTarget
+	for _, t := range targets {
+		if t.State == fleet.JobPending || t.State == fleet.JobDispatched {
+			todo = append(todo, t)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	ids := make([]string, len(todo))
+	results := make([]fleet.RetireResult, len(todo))
+	index := make(map[string]int, len(todo))
+	for i, t := range todo {
+		ids[i] = t.DeviceID
+		results[i] = fleet.RetireResult{DeviceID: t.DeviceID, Outcome: fleet.RetireUnknown}
+		index[t.DeviceID] = i
+	}
+	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		if err := retireTx(ctx, tx, job, ids, reason, results, index); err != nil {
+			return fmt.Errorf("job %s: retire %d devices: %w", job, len(ids), err)
+		}
+		outs, err := outcomes(todo, results)
+		if err != nil {
+			return err
+		}
+		return recordAll(ctx, tx, job, outs)
+	})
 }
 
 // retireLocked retires devices whose rows the transaction has locked.
@@ -85,8 +124,9 @@ func retireLocked(ctx context.Context, tx pgx.Tx, op string, ids []string, reaso
 		// later changes nothing, and no reader sees a retired device as connected meanwhile.
 		{"revoke", `UPDATE devices SET status = 'retired', retired_at = now(), secret1_hash = NULL, secret2_hash = NULL,
 			cert_fingerprint = NULL, online = false, updated_at = now() WHERE id = ANY($1)`, []any{ids}},
+		// Not the retiring job's own rows (op is its id): their outcome is recorded in the same transaction.
 		{"cancel pending jobs", `UPDATE job_devices SET state = 'cancelled', error = 'device retired', updated_at = now()
-			WHERE device_id = ANY($1) AND state IN ('pending', 'running')`, []any{ids}},
+			WHERE device_id = ANY($1) AND job_id <> $2 AND state IN ('pending', 'running')`, []any{ids, op}},
 		{"leave rollouts", `UPDATE rollout_devices SET active = false, phase = CASE WHEN phase IN ('queued', 'dispatched',
 			'downloading', 'installing', 'rebooting', 'baking', 'rolling_back') THEN 'cancelled' ELSE phase END,
 			reason = CASE WHEN phase IN ('succeeded', 'failed', 'skipped', 'rolled_back', 'rollback_failed') THEN reason ELSE 'device retired' END,

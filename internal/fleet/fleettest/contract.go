@@ -67,6 +67,7 @@ func Contract(t *testing.T, newSubject func(t *testing.T) Subject) {
 	}{
 		{"provisioning counts and results", contractProvision},
 		{"job targets and outcomes", contractJobTargets},
+		{"job batches: claims, patch and retire with outcomes in one transaction", contractJobBatches},
 		{"patch twins", contractPatchTwins},
 		{"acknowledgements and close", contractAcks},
 		{"rollout dispatch, observe, rollback, finish", contractRollout},
@@ -567,4 +568,110 @@ func contractHealthCheck(t *testing.T, s Subject) {
 	require.Equal(t, [3]int64{0, 1, 0}, [3]int64{gone.Opened, gone.Resolved, gone.Open}, "a retired device's alert resolves")
 	require.Equal(t, [6]int64{2, 2, 0, 1, 2, 0}, [6]int64{gone.Devices, gone.Active, gone.Disabled, gone.Retired, gone.Online, gone.Offline})
 	require.Zero(t, gone.Problems[health.KindOffline])
+}
+
+// contractJobBatches covers what makes a retried job batch do nothing twice: a final outcome is never
+// overwritten; a claim (dispatched) is won once; a patch or a retirement commits with its outcomes or not at
+// all; targets another attempt finished roll a batch back; the counts of a range.
+func contractJobBatches(t *testing.T, s Subject) {
+	provision(t, s, "op", "b-0", "b-1", "b-2", "b-3")
+	s.Seed.CreateJob(t, "job-m", fleet.JobMethod, "b-0", "b-1", "b-2", "b-3")
+
+	// Claims: pending -> dispatched, once; a dispatched target stays a target until its outcome.
+	got, err := s.Store.ClaimJobTargets(ctx, "job-m", []int64{2, 0, 1})
+	require.NoError(t, err)
+	require.Equal(t, []int64{0, 1, 2}, got)
+	got, err = s.Store.ClaimJobTargets(ctx, "job-m", []int64{1, 2, 3})
+	require.NoError(t, err)
+	require.Equal(t, []int64{3}, got, "a target is claimed once")
+	ts, err := s.Store.JobTargets(ctx, "job-m", 0, 3)
+	require.NoError(t, err)
+	require.Len(t, ts, 4)
+	require.Equal(t, fleet.JobDispatched, ts[0].State, "dispatched targets come back with their state")
+	require.NoError(t, s.Store.RecordJobOutcomes(ctx, "job-m", []fleet.JobOutcome{{Seq: 0, State: fleet.JobSucceeded, Status: 200},
+		{Seq: 1, State: fleet.JobPending}}))
+	require.NoError(t, s.Store.RecordJobOutcomes(ctx, "job-m", []fleet.JobOutcome{{Seq: 0, State: fleet.JobTimedOut}}))
+	c, err := s.Store.JobRangeTotals(ctx, "job-m", 0, 1)
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1}, c, "a final outcome is never overwritten; a call not sent goes back to pending")
+	c, err = s.Store.JobRangeTotals(ctx, "job-m", 0, 3)
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1, Running: 2}, c, "dispatched targets count as running")
+	require.NoError(t, s.Store.CloseJob(ctx, "job-m", fleet.JobCompletedWithFailures))
+	c, err = s.Store.JobTotals(ctx, "job-m")
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 1, TimedOut: 2, Cancelled: 1}, c, "a lost answer closes as timed out, never resent")
+
+	// A patch commits with its outcomes, or not at all.
+	s.Seed.CreateJob(t, "job-p", fleet.JobSetDesired, "b-0", "b-1")
+	ts, err = s.Store.JobTargets(ctx, "job-p", 0, 1)
+	require.NoError(t, err)
+	docs, err := s.Store.DesiredDocs(ctx, []string{"b-0", "b-1"})
+	require.NoError(t, err)
+	v0 := docs[0].Version
+	running := func(ts []fleet.JobTarget, rs []fleet.PatchResult) ([]fleet.JobOutcome, error) {
+		outs := make([]fleet.JobOutcome, len(ts))
+		for i := range ts {
+			require.NoError(t, rs[i].Err)
+			require.Equal(t, ts[i].DeviceID, rs[i].DeviceID, "results in the targets' order")
+			outs[i] = fleet.JobOutcome{Seq: ts[i].Seq, State: fleet.JobRunning}
+		}
+		return outs, nil
+	}
+	boom := fmt.Errorf("crash inside the transaction")
+	err = s.Store.PatchJobTargets(ctx, "job-p", twin.Desired, ts, []byte(`{"mode":"eco"}`), func([]fleet.JobTarget, []fleet.PatchResult) ([]fleet.JobOutcome, error) {
+		return nil, boom
+	})
+	require.ErrorIs(t, err, boom)
+	docs, err = s.Store.DesiredDocs(ctx, []string{"b-0"})
+	require.NoError(t, err)
+	require.Equal(t, v0, docs[0].Version, "an error from outcomes rolls the patch back")
+	require.NoError(t, s.Store.PatchJobTargets(ctx, "job-p", twin.Desired, ts, []byte(`{"mode":"eco"}`), running))
+	docs, err = s.Store.DesiredDocs(ctx, []string{"b-0"})
+	require.NoError(t, err)
+	require.Equal(t, v0+1, docs[0].Version)
+	require.Error(t, s.Store.PatchJobTargets(ctx, "job-p", twin.Desired, ts, []byte(`{"mode":"eco"}`), running),
+		"targets another attempt finished roll the batch back")
+	docs, err = s.Store.DesiredDocs(ctx, []string{"b-0"})
+	require.NoError(t, err)
+	require.Equal(t, v0+1, docs[0].Version, "and write nothing: version +1 exactly")
+	c, err = s.Store.JobRangeTotals(ctx, "job-p", 0, 1)
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Running: 2}, c)
+
+	// A decommission batch: retired with its outcomes, its own targets never cancelled by the retirement,
+	// other jobs' pending targets cancelled.
+	s.Seed.CreateJob(t, "job-other", fleet.JobSetTags, "b-2", "b-3")
+	s.Seed.CreateJob(t, "job-r", fleet.JobRetire, "b-2", "ghost")
+	ts, err = s.Store.JobTargets(ctx, "job-r", 0, 1)
+	require.NoError(t, err)
+	err = s.Store.RetireJobTargets(ctx, "job-r", ts, "test", func([]fleet.JobTarget, []fleet.RetireResult) ([]fleet.JobOutcome, error) {
+		return nil, boom
+	})
+	require.ErrorIs(t, err, boom)
+	ots, err := s.Store.JobTargets(ctx, "job-other", 0, 1)
+	require.NoError(t, err)
+	require.Len(t, ots, 2, "a rolled-back retirement cancels nothing")
+	var seen []fleet.RetireResult
+	require.NoError(t, s.Store.RetireJobTargets(ctx, "job-r", ts, "test", func(ts []fleet.JobTarget, rs []fleet.RetireResult) ([]fleet.JobOutcome, error) {
+		seen = rs
+		outs := make([]fleet.JobOutcome, len(ts))
+		for i := range ts {
+			outs[i] = fleet.JobOutcome{Seq: ts[i].Seq, State: fleet.JobSucceeded}
+		}
+		return outs, nil
+	}))
+	require.Equal(t, []fleet.RetireResult{{DeviceID: "b-2", Outcome: fleet.RetireDone}, {DeviceID: "ghost", Outcome: fleet.RetireUnknown}}, seen)
+	c, err = s.Store.JobTotals(ctx, "job-r")
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 2}, c, "the decommission's own targets carry its outcomes")
+	ots, err = s.Store.JobTargets(ctx, "job-other", 0, 1)
+	require.NoError(t, err)
+	require.Equal(t, []fleet.JobTarget{{Seq: 1, DeviceID: "b-3", State: fleet.JobPending}}, ots, "other jobs' targets of a retired device are cancelled")
+	res, err := s.Store.RetireDevices(ctx, "probe", []string{"b-2"}, "")
+	require.NoError(t, err)
+	require.Equal(t, fleet.RetireAlreadyRetired, res[0].Outcome)
+	require.Error(t, s.Store.RetireJobTargets(ctx, "job-r", ts, "test", func(ts []fleet.JobTarget, _ []fleet.RetireResult) ([]fleet.JobOutcome, error) {
+		return []fleet.JobOutcome{{Seq: ts[0].Seq, State: fleet.JobSucceeded}}, nil
+	}), "a retried retirement of finished targets rolls back")
 }

@@ -481,7 +481,7 @@ func (s *Store) reportLocked(d *Device, patch []byte) error {
 
 // ---- jobs -------------------------------------------------------------------------------------------------
 
-// JobTargets returns the pending targets with seq in first..last.
+// JobTargets returns the unfinished (pending or dispatched) targets with seq in first..last.
 func (s *Store) JobTargets(_ context.Context, job string, first, last int64) ([]fleet.JobTarget, error) {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
@@ -491,29 +491,110 @@ func (s *Store) JobTargets(_ context.Context, job string, first, last int64) ([]
 	}
 	var out []fleet.JobTarget
 	for _, t := range s.Targets[job] {
-		if t.Seq >= first && t.Seq <= last && t.State == fleet.JobPending {
+		if t.Seq >= first && t.Seq <= last && (t.State == fleet.JobPending || t.State == fleet.JobDispatched) {
 			out = append(out, t)
 		}
 	}
 	return out, nil
 }
 
-// RecordJobOutcomes records per-target outcomes.
+// RecordJobOutcomes records per-target outcomes of targets still pending or dispatched.
 func (s *Store) RecordJobOutcomes(_ context.Context, job string, outs []fleet.JobOutcome) error {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	if err := s.err("RecordJobOutcomes"); err != nil {
 		return err
 	}
+	s.recordLocked(job, outs)
+	return nil
+}
+
+// recordLocked records outs on unfinished targets and returns how many it updated.
+func (s *Store) recordLocked(job string, outs []fleet.JobOutcome) int {
+	if len(outs) == 0 {
+		return 0
+	}
 	s.Recorded = append(s.Recorded, slices.Clone(outs))
+	n := 0
 	for _, o := range outs {
 		for i := range s.Targets[job] {
-			if s.Targets[job][i].Seq == o.Seq {
-				s.Targets[job][i].State = o.State
+			t := &s.Targets[job][i]
+			if t.Seq == o.Seq && (t.State == fleet.JobPending || t.State == fleet.JobDispatched) {
+				t.State = o.State
+				n++
 			}
 		}
 	}
+	return n
+}
+
+// ClaimJobTargets marks the pending targets among seqs dispatched and returns their seqs in order.
+func (s *Store) ClaimJobTargets(_ context.Context, job string, seqs []int64) ([]int64, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("ClaimJobTargets"); err != nil {
+		return nil, err
+	}
+	var out []int64
+	for i := range s.Targets[job] {
+		t := &s.Targets[job][i]
+		if t.State == fleet.JobPending && slices.Contains(seqs, t.Seq) {
+			t.State = fleet.JobDispatched
+			out = append(out, t.Seq)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// PatchJobTargets patches the pending targets' devices and records their outcomes, all or nothing.
+func (s *Store) PatchJobTargets(_ context.Context, job string, section twin.Section, targets []fleet.JobTarget, patch []byte,
+	outcomes fleet.JobOutcomesFunc[fleet.PatchResult]) error {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	var todo []fleet.JobTarget
+	var ids []string
+	patches := []fleet.DevicePatch{}
+	for _, t := range targets {
+		if t.State == fleet.JobPending {
+			todo = append(todo, t)
+			ids = append(ids, t.DeviceID)
+			patches = append(patches, fleet.DevicePatch{DeviceID: t.DeviceID, Patch: patch})
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	s.PatchCalls = append(s.PatchCalls, PatchCall{Section: section, Patches: patches})
+	if err := s.err("PatchJobTargets"); err != nil {
+		return err
+	}
+	undo := s.snapshotLocked(ids)
+	outs, err := outcomes(todo, s.patchLocked(section, patches))
+	if err == nil {
+		err = s.recordAllLocked(job, outs)
+	}
+	if err != nil {
+		undo()
+		return err
+	}
 	return nil
+}
+
+// JobRangeTotals counts the targets with seq in first..last per state.
+func (s *Store) JobRangeTotals(_ context.Context, job string, first, last int64) (fleet.JobCounts, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	var c fleet.JobCounts
+	if err := s.err("JobRangeTotals"); err != nil {
+		return c, err
+	}
+	for _, t := range s.Targets[job] {
+		if t.Seq >= first && t.Seq <= last {
+			c.AddState(t.State, 1)
+		}
+	}
+	return c, nil
 }
 
 // PatchTwins merges per-device patches; a refused device does not fail the others.
@@ -685,6 +766,8 @@ func (s *Store) CloseJob(_ context.Context, job string, state fleet.JobEnd) erro
 			if d := s.Devices[t.DeviceID]; d != nil && d.Online {
 				t.State = fleet.JobTimedOut
 			}
+		case fleet.JobDispatched:
+			t.State = fleet.JobTimedOut
 		case fleet.JobPending:
 			t.State = fleet.JobCancelled
 		}
@@ -1025,12 +1108,16 @@ func (s *Store) RolloutDevices(_ context.Context, ro string, phases []rollout.Ph
 
 // RetireDevices retires devices: status retired, their pending and running job targets cancelled, their
 // rollout claims released. Retiring twice is harmless; unknown ids are reported.
-func (s *Store) RetireDevices(_ context.Context, _ string, ids []string, _ string) ([]fleet.RetireResult, error) {
+func (s *Store) RetireDevices(_ context.Context, op string, ids []string, _ string) ([]fleet.RetireResult, error) {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	if err := s.err("RetireDevices"); err != nil {
 		return nil, err
 	}
+	return s.retireDevicesLocked(op, ids), nil
+}
+
+func (s *Store) retireDevicesLocked(op string, ids []string) []fleet.RetireResult {
 	out := make([]fleet.RetireResult, len(ids))
 	for i, id := range ids {
 		out[i].DeviceID = id
@@ -1042,15 +1129,88 @@ func (s *Store) RetireDevices(_ context.Context, _ string, ids []string, _ strin
 			out[i].Outcome = fleet.RetireAlreadyRetired
 		default:
 			out[i].Outcome = fleet.RetireDone
-			s.retireLocked(id, d)
+			s.retireLocked(op, id, d)
 		}
 	}
-	return out, nil
+	return out
 }
 
-func (s *Store) retireLocked(id string, d *Device) {
+// RetireJobTargets retires the devices of the targets still pending or dispatched and records their outcomes,
+// all or nothing (an error from outcomes or a target finished meanwhile leaves the store as it was).
+func (s *Store) RetireJobTargets(_ context.Context, job string, targets []fleet.JobTarget, _ string,
+	outcomes fleet.JobOutcomesFunc[fleet.RetireResult]) error {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("RetireJobTargets"); err != nil {
+		return err
+	}
+	var todo []fleet.JobTarget
+	var ids []string
+	for _, t := range targets {
+		if t.State == fleet.JobPending || t.State == fleet.JobDispatched {
+			todo = append(todo, t)
+			ids = append(ids, t.DeviceID)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	undo := s.snapshotLocked(ids)
+	results := s.retireDevicesLocked(job, ids)
+	outs, err := outcomes(todo, results)
+	if err == nil {
+		err = s.recordAllLocked(job, outs)
+	}
+	if err != nil {
+		undo()
+		return err
+	}
+	return nil
+}
+
+// snapshotLocked saves what a batch transaction may change (the devices ids, every job's targets, the
+// rollout rows) and returns the rollback.
+func (s *Store) snapshotLocked(ids []string) (undo func()) {
+	devs := map[string]*Device{}
+	for _, id := range ids {
+		if d := s.Devices[id]; d != nil {
+			c := *d
+			devs[id] = &c
+		}
+	}
+	targets := make(map[string][]fleet.JobTarget, len(s.Targets))
+	for job, ts := range s.Targets {
+		targets[job] = slices.Clone(ts)
+	}
+	rows := make([]RolloutRow, len(s.Rows))
+	for i, r := range s.Rows {
+		rows[i] = *r
+	}
+	return func() {
+		for id, d := range devs {
+			*s.Devices[id] = *d
+		}
+		s.Targets = targets
+		for i := range rows {
+			*s.Rows[i] = rows[i]
+		}
+	}
+}
+
+// recordAllLocked records outs and fails unless every target was still pending or dispatched.
+func (s *Store) recordAllLocked(job string, outs []fleet.JobOutcome) error {
+	if n := s.recordLocked(job, outs); n != len(outs) {
+		return fmt.Errorf("job %s: %d of %d targets were finished by another attempt of the batch meanwhile; retrying", job, len(outs)-n, len(outs))
+	}
+	return nil
+}
+
+func (s *Store) retireLocked(op, id string, d *Device) {
 	d.Status, d.Online, d.RetiredAt = fleet.StatusRetired, false, s.now()
-	for _, ts := range s.Targets {
+	for job, ts := range s.Targets {
+		if job == op {
+			continue // the retiring job records its own outcome
+		}
 		for i := range ts {
 			if ts[i].DeviceID == id && (ts[i].State == fleet.JobPending || ts[i].State == fleet.JobRunning) {
 				ts[i].State = fleet.JobCancelled
@@ -1071,7 +1231,7 @@ func (s *Store) retireLocked(id string, d *Device) {
 
 // ReplaceDevice gives nw old's tags (nw's own win on a shared key) and old's whole desired document,
 // records the lineage and retires old. Repeating it after it succeeded reports the state as it is.
-func (s *Store) ReplaceDevice(_ context.Context, _ string, old, nw string) (fleet.ReplaceResult, error) {
+func (s *Store) ReplaceDevice(_ context.Context, op string, old, nw string) (fleet.ReplaceResult, error) {
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	res := fleet.ReplaceResult{Old: old, New: nw}
@@ -1109,7 +1269,7 @@ func (s *Store) ReplaceDevice(_ context.Context, _ string, old, nw string) (flee
 		n.DesiredVersion++
 		n.DesiredAt = s.now()
 		o.ReplacedBy, n.Replaces = nw, old
-		s.retireLocked(old, o)
+		s.retireLocked(op, old, o)
 	}
 	res.DesiredVersion, res.Online, res.Desired = n.DesiredVersion, n.Online, slices.Clone(n.Desired)
 	return res, nil
