@@ -42,6 +42,9 @@ var (
 	fleetGateways   = config.EnvInt("FLEETFLOW_BENCH_FLEET_GATEWAYS", 0)
 	fleetNATSNodes  = config.EnvInt("FLEETFLOW_BENCH_FLEET_NATS_NODES", 1)
 	fleetPerSimProc = config.EnvInt("FLEETFLOW_BENCH_FLEET_PER_SIMULATOR", 15_000)
+	// fleetJitter is the simulated devices' reconnect jitter: a killed gateway's devices spread their
+	// reconnects over it instead of all reconnecting in the same second.
+	fleetJitter = config.Env("FLEETFLOW_BENCH_FLEET_JITTER", "30s")
 	// fleetLogs keeps the processes' logs (and the credentials files) in a directory that outlives the run.
 	fleetLogs = os.Getenv("FLEETFLOW_BENCH_FLEET_LOGS")
 )
@@ -345,7 +348,7 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 			b.Fatal(err)
 		}
 		cmd := exec.CommandContext(ctx, bins.CLI, "simulate", "--creds", file, "--mqtt-url", strings.Join(f.urls, ","),
-			"--telemetry-every", "0", "--concurrency", "64", "--status-every", "1s")
+			"--telemetry-every", "0", "--concurrency", "64", "--status-every", "1s", "--reconnect-jitter", fleetJitter)
 		cmd.Env = append(os.Environ(), f.env...)
 		cmd.Stderr = logf
 		out, err := cmd.StdoutPipe()
@@ -647,6 +650,7 @@ func (f *fleetRig) failover(b *testing.B, ctx context.Context, query string) {
 		return st.connected == len(f.simCreds[j]) && st.byGateway[victim] == 0
 	})
 	perGateway := f.perGateway()
+	fmt.Printf("devices reconnect after a random wait below %s (simulate --reconnect-jitter)\n", fleetJitter)
 	fmt.Printf("gateway %s SIGKILLed with %d devices, 1 s into a set_desired job over %d devices (%d had acked at the kill); "+
 		"devices per gateway afterwards: %v\n", victim, onVictim, f.n, ackedBeforeKill, perGateway)
 	report(b, "until every one of its devices had a newer session elsewhere", reconnectedIn.Seconds(), "s-failover-reconnected")
