@@ -49,6 +49,8 @@ var (
 	// the desired job once its devices are connected elsewhere, separating the reconnect storm from the job.
 	fleetOnlyFailover = config.EnvBool("FLEETFLOW_BENCH_FLEET_ONLY_FAILOVER", false)
 	fleetQuietKill    = config.EnvBool("FLEETFLOW_BENCH_FLEET_QUIET_KILL", false)
+	// fleetPprof serves the first gateway's profiler on this address (the gateway's hidden --pprof).
+	fleetPprof = os.Getenv("FLEETFLOW_BENCH_FLEET_PPROF")
 	// fleetLogs keeps the processes' logs (and the credentials files) in a directory that outlives the run.
 	fleetLogs = os.Getenv("FLEETFLOW_BENCH_FLEET_LOGS")
 )
@@ -282,7 +284,11 @@ func startFleet(b *testing.B, ctx context.Context, n int) *fleetRig {
 			url = "ssl://" + tlsListen
 		}
 		f.urls = append(f.urls, url)
-		f.gateways = append(f.gateways, f.start(b, ctx, env, fmt.Sprintf("gateway-%d", i), bins.CLI, "gateway"))
+		args := []string{"gateway"}
+		if i == 1 && fleetPprof != "" {
+			args = append(args, "--pprof", fleetPprof)
+		}
+		f.gateways = append(f.gateways, f.start(b, ctx, env, fmt.Sprintf("gateway-%d", i), bins.CLI, args...))
 	}
 	for i, gw := range f.gateways {
 		waitReachable(b, strings.TrimPrefix(strings.TrimPrefix(f.urls[i], "tcp://"), "ssl://"))
