@@ -78,7 +78,7 @@ lint: vet
 	@$(GO) test -count=1 ./internal/archtest/
 
 bench: build deps
-	@$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+	@$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m ./bench/...
 
 fuzz:
 	@$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 30s ./internal/query/

@@ -53,6 +53,7 @@ type Device struct {
 	firstSync chan struct{}
 	firstErr  error
 	firstOnce sync.Once
+	closing   chan struct{} // closed by Close: ends a reconnect's jitter wait
 	queue     serialQueue
 }
 
@@ -77,6 +78,7 @@ func New(cfg Config) (*Device, error) {
 		waiters:   make(map[string]chan response),
 		methods:   make(map[string]MethodHandler),
 		firstSync: make(chan struct{}),
+		closing:   make(chan struct{}),
 	}
 	d.queue.max = cfg.QueueSize
 	return d, nil

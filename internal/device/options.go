@@ -42,7 +42,13 @@ type Config struct {
 	RequestTimeout       time.Duration // twin requests without a context deadline (default 10 s)
 	MethodTimeout        time.Duration // a method handler's deadline (default 30 s, the contract's default)
 	MaxReconnectInterval time.Duration // cap of the reconnect backoff (default 30 s)
-	QueueSize            int           // desired patches and method calls waiting for the handler (default 32)
+	// ReconnectJitter spreads reconnects: before each reconnect attempt the device waits a random time
+	// below it (0: none, the first attempt is immediate). When a gateway dies, all its devices lose their
+	// connection in the same instant; without jitter they all CONNECT to the other gateways in the same
+	// second, CONNECTs queue past their timeout and are retried elsewhere, and the storm grows
+	// (docs/architecture.md, "Scale-out: gateways over NATS").
+	ReconnectJitter time.Duration
+	QueueSize       int // desired patches and method calls waiting for the handler (default 32)
 
 	// Dialer, if set, opens the TCP connection; a simulator uses it to spread connections over several
 	// source addresses (each address has only ~28k ephemeral ports to one destination).

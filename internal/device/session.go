@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"time"
 
@@ -57,6 +58,14 @@ func (d *Device) Connect(ctx context.Context) error {
 			return tc
 		}).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
+			if j := jitter(d.cfg.ReconnectJitter); j > 0 {
+				t := time.NewTimer(j)
+				select {
+				case <-t.C:
+				case <-d.closing:
+					t.Stop()
+				}
+			}
 			// Each connection gets a new session number; the LWT must carry the one its birth will.
 			o.WillPayload = statePayload(false, d.newSession())
 			// Another gateway first: the lost one may be going away (brokers.go). No CONNECT is attempted
@@ -227,6 +236,9 @@ func (d *Device) onMessage(_ paho.Client, m paho.Message) {
 func (d *Device) Close() {
 	d.mu.Lock()
 	c := d.client
+	if !d.closed {
+		close(d.closing)
+	}
 	d.closed = true
 	d.mu.Unlock()
 	if c == nil {
@@ -236,6 +248,14 @@ func (d *Device) Close() {
 		_ = waitToken(c.Publish(protocol.StateTopic(d.cfg.ID), 1, true, statePayload(false, d.session.Load())), time.Second)
 	}
 	c.Disconnect(250)
+}
+
+// jitter is a random wait below upTo (0 when upTo is 0).
+func jitter(upTo time.Duration) time.Duration {
+	if upTo <= 0 {
+		return 0
+	}
+	return rand.N(upTo)
 }
 
 func waitToken(t paho.Token, timeout time.Duration) error {

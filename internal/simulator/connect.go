@@ -62,6 +62,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		KeepAlive:            s.cfg.KeepAlive,
 		RequestTimeout:       s.cfg.RequestTimeout,
 		MaxReconnectInterval: s.cfg.MaxReconnectInterval,
+		ReconnectJitter:      s.cfg.ReconnectJitter,
 		Logger:               s.cfg.Logger,
 		OnConnected: func(int64, error) {
 			if sd.conns.Add(1) > 1 {

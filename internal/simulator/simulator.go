@@ -70,7 +70,9 @@ type Config struct {
 	KeepAlive            time.Duration
 	RequestTimeout       time.Duration
 	MaxReconnectInterval time.Duration
-	Logger               *slog.Logger
+	// ReconnectJitter is passed to every device: the random wait before each reconnect attempt.
+	ReconnectJitter time.Duration
+	Logger          *slog.Logger
 
 	// FirmwareStepDelay is how long each step of a firmware update (download, install, reboot) takes;
 	// 0 runs an update without sleeping.
