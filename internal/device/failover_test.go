@@ -2,51 +2,21 @@ package device_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/device"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
-
-// provision creates n devices in the registry and returns their credentials.
-func provision(t *testing.T, reg *registry.Registry, prefix string, n int) []creds.Credential {
-	t.Helper()
-	ctx := context.Background()
-	var list []creds.Credential
-	var rows []registry.StagedRow
-	for i := range n {
-		secret, err := creds.NewSecret()
-		require.NoError(t, err)
-		c := creds.Credential{ID: fmt.Sprintf("%s-%02d", prefix, i), Secret: secret}
-		list = append(list, c)
-		rows = append(rows, registry.StagedRow{Seq: int64(i), Line: int64(i + 1), ID: c.ID, Tags: "{}", SecretHash: creds.Digest(secret)})
-	}
-	next := 0
-	op := "op-" + prefix
-	_, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
-		if next == len(rows) {
-			return registry.StagedRow{}, false, nil
-		}
-		next++
-		return rows[next-1], true, nil
-	})
-	require.NoError(t, err)
-	counts, err := reg.ProvisionBatch(ctx, op, 0, int64(n), 0)
-	require.NoError(t, err)
-	require.Equal(t, int64(n), counts.Created)
-	return list
-}
 
 // A device given two gateways of one fleet (sharing the registry) connects to the first and, when that
 // gateway goes away, reconnects through the second on its own; the registry then shows it online with a
@@ -56,7 +26,7 @@ func TestDeviceFailsOverToAnotherGateway(t *testing.T) {
 	reg, err := registry.Open(ctx, testenv.Postgres(t))
 	require.NoError(t, err)
 	t.Cleanup(reg.Close)
-	c := provision(t, reg, "lb-dev", 1)[0]
+	c := registrytest.Provision(t, reg, "lb-dev", 1)[0]
 
 	cfg := gateway.Config{FlushInterval: 20 * time.Millisecond}
 	a := gatewaytest.StartGateway(t, reg, cfg)

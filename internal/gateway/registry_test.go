@@ -3,7 +3,6 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -12,11 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/channel"
-	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -32,7 +31,7 @@ func TestGatewayWithRegistry(t *testing.T) {
 	t.Cleanup(reg.Close)
 
 	const n = 30
-	list := provision(t, reg, "reg-dev", n)
+	list := registrytest.Provision(t, reg, "reg-dev", n)
 
 	g := gatewaytest.StartGateway(t, reg, gateway.Config{FlushInterval: 50 * time.Millisecond})
 	sim, err := simulator.New(simulator.Config{BrokerURL: gatewaytest.URL(g), Creds: list, Seed: 3,
@@ -79,35 +78,6 @@ func TestGatewayWithRegistry(t *testing.T) {
 	assert.Zero(t, g.Stats().StoreErrors)
 }
 
-// provision creates n active devices named prefix-00… and returns their credentials.
-func provision(t *testing.T, reg *registry.Registry, prefix string, n int) []creds.Credential {
-	t.Helper()
-	ctx := context.Background()
-	var list []creds.Credential
-	var rows []registry.StagedRow
-	for i := range n {
-		secret, err := creds.NewSecret()
-		require.NoError(t, err)
-		c := creds.Credential{ID: fmt.Sprintf("%s-%02d", prefix, i), Secret: secret}
-		list = append(list, c)
-		rows = append(rows, registry.StagedRow{Seq: int64(i), Line: int64(i + 1), ID: c.ID, Tags: "{}", SecretHash: creds.Digest(secret)})
-	}
-	next := 0
-	op := "op-" + prefix
-	_, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
-		if next == len(rows) {
-			return registry.StagedRow{}, false, nil
-		}
-		next++
-		return rows[next-1], true, nil
-	})
-	require.NoError(t, err)
-	counts, err := reg.ProvisionBatch(ctx, op, 0, int64(n), 0)
-	require.NoError(t, err)
-	require.Equal(t, int64(n), counts.Created)
-	return list
-}
-
 // A firmware job end to end against the real registry: desired.firmware is written and published as a
 // rollout would, the simulated devices report progress and the new version, and the gateway lands the job
 // statuses in device_job_status. Method calls to an offline device fail fast.
@@ -117,7 +87,7 @@ func TestFirmwareJobWithRegistry(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(reg.Close)
 	const n, seed = 12, 4
-	list := provision(t, reg, "fw-dev", n)
+	list := registrytest.Provision(t, reg, "fw-dev", n)
 	natsURL := testenv.NATS(t)
 	g, _ := gatewaytest.StartGatewayOnNATS(t, reg, gateway.Config{FlushInterval: 50 * time.Millisecond}, natsURL)
 	ch, err := channel.Dial(ctx, channel.Config{URL: natsURL, Logger: gatewaytest.Logger(t)})
@@ -229,7 +199,7 @@ func TestDeviceMovesBetweenGateways(t *testing.T) {
 	reg, err := registry.Open(ctx, testenv.Postgres(t))
 	require.NoError(t, err)
 	t.Cleanup(reg.Close)
-	c := provision(t, reg, "move-dev", 1)[0]
+	c := registrytest.Provision(t, reg, "move-dev", 1)[0]
 	cfg := gateway.Config{FlushInterval: 20 * time.Millisecond}
 	g1 := gatewaytest.StartGateway(t, reg, cfg)
 	g2 := gatewaytest.StartGateway(t, reg, cfg)

@@ -2,7 +2,6 @@ package simulator_test
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -10,44 +9,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
-
-// provision creates n devices in the registry and returns their credentials.
-func provision(t *testing.T, reg *registry.Registry, prefix string, n int) []creds.Credential {
-	t.Helper()
-	ctx := context.Background()
-	var list []creds.Credential
-	var rows []registry.StagedRow
-	for i := range n {
-		secret, err := creds.NewSecret()
-		require.NoError(t, err)
-		c := creds.Credential{ID: fmt.Sprintf("%s-%02d", prefix, i), Secret: secret}
-		list = append(list, c)
-		rows = append(rows, registry.StagedRow{Seq: int64(i), Line: int64(i + 1), ID: c.ID, Tags: "{}", SecretHash: creds.Digest(secret)})
-	}
-	next := 0
-	op := "op-" + prefix
-	_, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
-		if next == len(rows) {
-			return registry.StagedRow{}, false, nil
-		}
-		next++
-		return rows[next-1], true, nil
-	})
-	require.NoError(t, err)
-	counts, err := reg.ProvisionBatch(ctx, op, 0, int64(n), 0)
-	require.NoError(t, err)
-	require.Equal(t, int64(n), counts.Created)
-	return list
-}
 
 // The simulator spreads its devices round-robin over the gateways it is given, and when one gateway goes
 // away its devices reconnect to the others in equal shares, as behind a TCP load balancer.
@@ -57,7 +27,7 @@ func TestSimulatorSpreadsOverGatewaysAndFailsOver(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(reg.Close)
 	const n = 30
-	list := provision(t, reg, "spread", n)
+	list := registrytest.Provision(t, reg, "spread", n)
 	cfg := gateway.Config{FlushInterval: 20 * time.Millisecond}
 	gws := []*gateway.Gateway{gatewaytest.StartGateway(t, reg, cfg), gatewaytest.StartGateway(t, reg, cfg), gatewaytest.StartGateway(t, reg, cfg)}
 	var urls []string

@@ -13,6 +13,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -47,7 +48,7 @@ func TestDevUpWithThreeGateways(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	list := provision(t, reg, "stack", n)
+	list := registrytest.Provision(t, reg, "stack", n)
 	reg.Close()
 
 	urls, _, ok := s.SimulatorTLS()
@@ -169,37 +170,4 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool, describe fun
 			t.Fatalf("condition not met within %s: %s", timeout, describe())
 		}
 	}
-}
-
-// provision creates n devices in the registry and returns their credentials.
-func provision(t *testing.T, reg *registry.Registry, prefix string, n int) []creds.Credential {
-	t.Helper()
-	ctx := context.Background()
-	var list []creds.Credential
-	var rows []registry.StagedRow
-	for i := range n {
-		secret, err := creds.NewSecret()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := creds.Credential{ID: fmt.Sprintf("%s-%02d", prefix, i), Secret: secret}
-		list = append(list, c)
-		rows = append(rows, registry.StagedRow{Seq: int64(i), Line: int64(i + 1), ID: c.ID, Tags: "{}", SecretHash: creds.Digest(secret)})
-	}
-	next := 0
-	op := "op-" + prefix
-	if _, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
-		if next == len(rows) {
-			return registry.StagedRow{}, false, nil
-		}
-		next++
-		return rows[next-1], true, nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	counts, err := reg.ProvisionBatch(ctx, op, 0, int64(n), 0)
-	if err != nil || counts.Created != int64(n) {
-		t.Fatalf("provision: %+v, %v", counts, err)
-	}
-	return list
 }
