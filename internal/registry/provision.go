@@ -25,6 +25,9 @@ type StagedRow struct {
 	// certificates"); a row needs it or SecretHash.
 	CertFingerprint []byte
 	ParseError      string
+	// Checked says the caller has already run RowProblem on ID and Tags (and put any problem in
+	// ParseError), so staging need not check them again.
+	Checked bool
 }
 
 // deviceCopyColumns are the columns provisioning writes; everything else takes its default.
@@ -52,8 +55,10 @@ func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (
 			}
 			// Validated here, inside the registry, so that every staged row without parse_error is a valid
 			// device whichever caller staged it: batches rely on that to insert without looking at rows.
-			if row.ParseError == "" {
+			if row.ParseError == "" && !row.Checked {
 				row.ParseError = validateRow(row)
+			} else if row.ParseError == "" {
+				row.ParseError = credentialProblem(row)
 			}
 			var perr any
 			if row.ParseError != "" {
@@ -354,6 +359,11 @@ func validateRow(s StagedRow) string {
 	if p := RowProblem(s.ID, s.Tags); p != "" {
 		return p
 	}
+	return credentialProblem(s)
+}
+
+// credentialProblem says why a row's credential digest cannot let a device connect, or "".
+func credentialProblem(s StagedRow) string {
 	// A secret's digest or a certificate's fingerprint (or both): a device without either could never connect.
 	if s.SecretHash != nil && len(s.SecretHash) != 32 || s.CertFingerprint != nil && len(s.CertFingerprint) != 32 ||
 		s.SecretHash == nil && s.CertFingerprint == nil {
