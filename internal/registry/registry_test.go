@@ -483,3 +483,28 @@ func TestRowProblemIsTheStagingCheck(t *testing.T) {
 	require.NotEmpty(t, registry.RowProblem("Bad ID", `{}`))
 	require.NotEmpty(t, registry.RowProblem("dev-1", `{"a":`))
 }
+
+// New devices are announced once per statement with fleet.DevicesInserted, so gateways forget the ids they
+// remembered as unknown; a batch of many rows sends one notice, not one per device.
+func TestInsertsAreAnnouncedOncePerStatement(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := open(t)
+	got := make(chan string, 100)
+	go reg.ListenDeviceChanges(ctx, func(id string) { got <- id }) //nolint:errcheck
+	next := func() string {
+		select {
+		case id := <-got:
+			return id
+		case <-time.After(10 * time.Second):
+			t.Fatal("no notification")
+			return ""
+		}
+	}
+	require.Equal(t, "", next())
+	provision(t, reg, "op", "dev-1", "dev-2", "dev-3")
+	require.Equal(t, fleet.DevicesInserted, next())
+	// A status change after it is the next notice: the three inserts sent one.
+	require.NoError(t, reg.SetStatus(ctx, "dev-2", fleet.StatusDisabled))
+	require.Equal(t, "dev-2", next())
+}
