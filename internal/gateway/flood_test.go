@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 )
@@ -57,4 +58,23 @@ func TestFailedConnectsAreLimitedPerAddress(t *testing.T) {
 	assert.Equal(t, int64(2), st.AuthRateLimited)
 	assert.Equal(t, int64(5), st.AuthFailures)
 	assert.Equal(t, lookups, store.AuthLookups(), "a limited address costs no registry query")
+}
+
+// A retired or disabled device retrying with its right credentials is refused without costing its address
+// anything: many of them behind one address must not lock out their neighbours.
+func TestInactiveDevicesDoNotUseUpTheirAddressesFailures(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "good")
+	store.Add("dev-off", "s")
+	store.SetStatus("dev-off", fleet.StatusDisabled)
+	g := gatewaytest.StartGateway(t, store, gateway.Config{AuthFailRate: 0.001, AuthFailBurst: 2})
+	url := gatewaytest.URL(g)
+	for range 5 {
+		_, err := connectDevice(t, url, "dev-off", "s")
+		require.ErrorIs(t, err, device.ErrNotAuthorized)
+	}
+	d, err := connectDevice(t, url, "dev-a", "good")
+	require.NoError(t, err)
+	d.Close()
+	assert.Zero(t, g.Stats().AuthRateLimited)
 }

@@ -50,8 +50,11 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return h.authService(cl, pk)
 	}
 	id := cl.ID
-	// Refusals for what the client sent count against its address (docs/architecture.md, "Abuse: floods of
-	// CONNECTs"); the gateway's own trouble (a failed or shed lookup) does not.
+	// Refusals for what the client sent (an unknown id, a wrong secret or certificate, a malformed CONNECT)
+	// count against its address (docs/architecture.md, "Abuse: floods of CONNECTs"). A disabled or retired
+	// device with its right credentials does not: such devices retry by design, often many behind one
+	// address (a simulator, a NAT), and they must not lock out their neighbours. Nor does the gateway's own
+	// trouble (a failed or shed lookup).
 	refuseOnly := func(reason string, attrs ...any) bool {
 		g.c.authFailures.Add(1)
 		g.log.Debug("connect refused", append([]any{"client", id, "remote", cl.Net.Remote, "reason", reason}, attrs...)...)
@@ -101,7 +104,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return refuseOnly("registry lookup failed")
 	}
 	if a.Status != fleet.StatusActive {
-		return refuse("device not active", "status", a.Status)
+		return refuseOnly("device not active", "status", a.Status)
 	}
 	if cert != nil {
 		if !pki.FingerprintMatches(cert, a.CertFingerprint) {
