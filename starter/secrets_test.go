@@ -14,6 +14,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/manifest"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -157,4 +158,36 @@ func TestPublishCredsAcceptsTheSameRunsFileWrittenBefore(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 	require.NoError(t, os.WriteFile(src, []byte(`{"id":"dev-2","secret":"s2"}`+"\n"), 0o600))
 	require.ErrorIs(t, publishCreds(src, src, out), creds.ErrExists)
+}
+
+// Certificates follow the secrets' rules: a row with an empty id gets no key, the file holds exactly the
+// created devices' certificates and keys, and an existing file is never replaced.
+func TestCertificateCredentialsFollowTheSameRules(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reg, err := registry.Open(ctx, testenv.Postgres(t))
+	require.NoError(t, err)
+	defer reg.Close()
+	caDir := t.TempDir()
+	_, err = pki.InitDeviceCA(caDir, "test fleet", time.Now(), 24*time.Hour*365)
+	require.NoError(t, err)
+	makeCert, _, err := certificateMaker(caDir, "30d")
+	require.NoError(t, err)
+	out := filepath.Join(t.TempDir(), "x.creds.ndjson")
+	r, err := manifest.NewReader(strings.NewReader("{\"id\":\"x-1\"}\n\n{\"id\":\"\"}\n{\"id\":\"x-3\"}\n"), manifest.NDJSON)
+	require.NoError(t, err)
+	rows, err := stageManifest(ctx, reg, "provision-x", r, out+".pending", makeCert, 2)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), rows)
+	_, err = reg.ProvisionBatch(ctx, "provision-x", 0, rows, 0)
+	require.NoError(t, err)
+	kept, err := finalizeCreds(ctx, reg, "provision-x", out+".pending", out)
+	require.NoError(t, err)
+	require.Equal(t, 2, kept)
+	cs, err := creds.ReadFile(out) // parses each certificate and checks it names its device
+	require.NoError(t, err)
+	require.Len(t, cs, 2)
+	require.NotNil(t, cs[1].TLS)
+	require.Equal(t, "x-3", cs[1].ID)
+	require.Empty(t, cs[1].Secret)
 }
