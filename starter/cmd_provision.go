@@ -243,6 +243,13 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	if f.auth == authX509 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	// Staged rows hold credential digests. Workflows drop their own; the health check drops those of runs
+	// that never started, but only where it is scheduled, so each new staging sweeps the stale ones too.
+	if n, err := reg.DropStaleStaging(ctx, fleet.StaleStagingAfter); err != nil {
+		slog.Warn("drop stale staged manifest rows", "err", err)
+	} else if n > 0 {
+		slog.Debug("dropped stale staged manifest rows", "rows", n, "olderThan", fleet.StaleStagingAfter)
+	}
 	rows, err := stageManifest(ctx, reg, op, src, pending, makeCred, workers)
 	if err != nil {
 		return err
