@@ -68,8 +68,8 @@ the devices in batches. CSV manifests have an id column and one tag per other co
 one {"id": ..., "tags": {...}} object per line. Bad rows are reported by line and the good rows are still
 provisioned; devices that already exist are reported and their credentials left untouched.
 
-Each new device's secret is generated here, written once to --creds-out (mode 0600) and stored in the
-registry only as a digest: secrets never pass through Temporal. With --auth x509 each new device gets a
+Each new device's secret is generated here, written once to --creds-out (mode 0600; an existing file is
+refused, never overwritten) and stored in the registry only as a digest: secrets never pass through Temporal. With --auth x509 each new device gets a
 private key and a client certificate (subject = its id) signed by the fleet CA (` + "`fleetflow ca init`" + `,
 --ca-dir) instead: key and certificate are written once to --creds-out, PEM in the same NDJSON file, and the
 registry keeps only the certificate's SHA-256 fingerprint. The certificates are valid for
