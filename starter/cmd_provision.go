@@ -387,6 +387,15 @@ func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	defer reg.Close()
 	defer c.Close()
+	if _, err := c.DescribeWorkflow(ctx, op, ""); err != nil {
+		var nf *serviceerror.NotFound
+		if errors.As(err, &nf) {
+			// Killed between staging and the start: no device was created, and nothing would ever end the wait.
+			return fmt.Errorf("workflow %s never started, so none of its devices was created: the secrets in %s belong to no device; "+
+				"remove it and provision again", op, pending)
+		}
+		return fmt.Errorf("workflow %s: %w (the credentials stay in %s)", op, err, pending)
+	}
 	return awaitProvision(ctx, g, c, reg, f, c.GetWorkflow(ctx, op, ""), op, pending, time.Now())
 }
 
