@@ -25,6 +25,9 @@ var (
 	floodGood    = config.EnvInt("FLEETFLOW_BENCH_FLOOD_GOOD", 300)  // good devices, connected once alone and once during the flood
 	floodClients = config.EnvInt("FLEETFLOW_BENCH_FLOOD_CLIENTS", 3) // flooding addresses (127.0.0.2, .3, …)
 	floodConns   = config.EnvInt("FLEETFLOW_BENCH_FLOOD_CONNS", 32)  // concurrent CONNECTs per flooding address
+	// floodRate caps the whole flood, in CONNECTs per second (0: as fast as the flooders go). The flooders
+	// share the machine's cores with the gateway, so an uncapped flood measures mostly the CPU they take.
+	floodRate = config.EnvInt("FLEETFLOW_BENCH_FLOOD_RATE", 3000)
 )
 
 // BenchmarkConnectFlood measures good devices' CONNECT-to-CONNACK latency alone and while several clients
@@ -114,6 +117,27 @@ func BenchmarkConnectFlood(b *testing.B) {
 
 			// The flood: every client alternates unknown ids and wrong secrets for real ids.
 			stop := make(chan struct{})
+			var tokens chan struct{} // nil: no cap
+			if floodRate > 0 {
+				tokens = make(chan struct{}, floodRate)
+				go func() {
+					tick := time.NewTicker(10 * time.Millisecond)
+					defer tick.Stop()
+					for {
+						select {
+						case <-stop:
+							return
+						case <-tick.C:
+							for range max(1, floodRate/100) {
+								select {
+								case tokens <- struct{}{}:
+								default:
+								}
+							}
+						}
+					}
+				}()
+			}
 			var sent, refused atomic.Int64
 			var fwg sync.WaitGroup
 			for c := range floodClients {
@@ -123,12 +147,20 @@ func BenchmarkConnectFlood(b *testing.B) {
 					go func() {
 						defer fwg.Done()
 						for n := 0; ; n++ {
+							if tokens != nil {
+								select {
+								case <-stop:
+									return
+								case <-tokens:
+								}
+							}
 							select {
 							case <-stop:
 								return
 							default:
 							}
-							id, pw := fmt.Sprintf("ghost-%d-%d-%d", c, k, n), "x"
+							// Unknown ids from a set of 1,000 (a misconfigured fleet, or an attacker's list).
+							id, pw := fmt.Sprintf("ghost-%04d", (c*floodConns+k+n*97)%1000), "x"
 							if n%2 == 1 {
 								id, pw = ids[(k*7919+n)%len(ids)], "wrong"
 							}
