@@ -70,7 +70,8 @@ type Store interface {
 	RecordJobStatuses(ctx context.Context, sts []fleet.JobStatus) error
 	// ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until
 	// ctx ends. fn("") says notifications may have been missed (the listener reconnected): the gateway
-	// then forgets its cache and re-checks every live session.
+	// then forgets its cache and re-checks every live session. fn(fleet.DevicesInserted) says new devices
+	// were inserted (once per statement, unnamed): the gateway forgets the ids it remembered as unknown.
 	ListenDeviceChanges(ctx context.Context, fn func(id string)) error
 }
 
