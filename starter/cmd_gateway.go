@@ -29,6 +29,8 @@ func gatewayMetricsListen() string {
 
 func newGatewayCmd(g *globals) *cobra.Command {
 	var pprofAddr string
+	var failRate float64
+	var failBurst int
 	metricsAddr := gatewayMetricsListen()
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -73,7 +75,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			gcfg := gateway.Config{Listen: g.cfg.GatewayListen, AllowPlaintext: g.cfg.AllowPlaintext,
 				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey,
-				DeviceCAFile: g.cfg.DeviceCA}
+				DeviceCAFile: g.cfg.DeviceCA, AuthFailRate: failRate, AuthFailBurst: failBurst}
 			// Refuse a plaintext listener on the network before connecting to anything, with the reason.
 			if err := gcfg.Validate(); err != nil {
 				return asUsage(err) // exit 2: the settings, not the environment, are wrong
@@ -160,6 +162,9 @@ The gateway stops on SIGINT or SIGTERM.`,
 	cmd.Flags().StringVar(&g.cfg.TLSKey, "tls-key", g.cfg.TLSKey, "PEM private key of --tls-cert (FLEETFLOW_TLS_KEY)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-listen", metricsAddr,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
+	cmd.Flags().Float64Var(&failRate, "auth-fail-rate", 10,
+		"failed CONNECTs per second each remote IP address may make once its burst is used up; negative: no per-address limit (docs/architecture.md, \"Abuse: floods of CONNECTs\")")
+	cmd.Flags().IntVar(&failBurst, "auth-fail-burst", 50, "failed CONNECTs a remote IP address may make at once (raise it for many devices behind one NAT)")
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")
 	_ = cmd.Flags().MarkHidden("pprof")
 	return cmd

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
@@ -67,8 +68,8 @@ the devices in batches. CSV manifests have an id column and one tag per other co
 one {"id": ..., "tags": {...}} object per line. Bad rows are reported by line and the good rows are still
 provisioned; devices that already exist are reported and their credentials left untouched.
 
-Each new device's secret is generated here, written once to --creds-out (mode 0600) and stored in the
-registry only as a digest: secrets never pass through Temporal. With --auth x509 each new device gets a
+Each new device's secret is generated here, written once to --creds-out (mode 0600; an existing file is
+refused, never overwritten) and stored in the registry only as a digest: secrets never pass through Temporal. With --auth x509 each new device gets a
 private key and a client certificate (subject = its id) signed by the fleet CA (` + "`fleetflow ca init`" + `,
 --ca-dir) instead: key and certificate are written once to --creds-out, PEM in the same NDJSON file, and the
 registry keeps only the certificate's SHA-256 fingerprint. The certificates are valid for
@@ -203,6 +204,12 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 			return err
 		}
 	}
+	if f.credsOut != "" {
+		// Checked again once the default path is known; this spares a refused run the manifest's staging.
+		if err := credsPathsFree(f.credsOut, "provision"); err != nil {
+			return err
+		}
+	}
 	base := operationID("provision", name, time.Now())
 	op := base
 	began := time.Now()
@@ -229,9 +236,19 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		f.credsOut = op + ".creds.ndjson"
 	}
 	pending := f.credsOut + ".pending"
+	if err := credsPathsFree(f.credsOut, "provision"); err != nil {
+		return err
+	}
 	workers := 1 // a secret costs next to nothing
 	if f.auth == authX509 {
 		workers = runtime.GOMAXPROCS(0)
+	}
+	// Staged rows hold credential digests. Workflows drop their own; the health check drops those of runs
+	// that never started, but only where it is scheduled, so each new staging sweeps the stale ones too.
+	if n, err := reg.DropStaleStaging(ctx, fleet.StaleStagingAfter); err != nil {
+		slog.Warn("drop stale staged manifest rows", "err", err)
+	} else if n > 0 {
+		slog.Debug("dropped stale staged manifest rows", "rows", n, "olderThan", fleet.StaleStagingAfter)
 	}
 	rows, err := stageManifest(ctx, reg, op, src, pending, makeCred, workers)
 	if err != nil {
@@ -263,10 +280,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 			searchattr.State.ValueSet("running"), searchattr.Total.ValueSet(rows)),
 	}, workflows.ProvisionFleet, in)
 	if err != nil {
-		// The secrets have no use without the workflow. The staged rows stay until the health check drops
-		// them as stale (fleet.StaleStagingAfter), as it does for a CLI killed right here.
-		_ = os.Remove(pending)
-		return fmt.Errorf("start workflow %s: %w", op, err)
+		return startFailed(ctx, c, op, pending, fmt.Sprintf("fleetflow provision --resume %s --creds-out %s", op, f.credsOut), err)
 	}
 	crashAt("after-start")
 	if !f.out.structured() || f.detach {
@@ -314,9 +328,17 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 		return &interruptedError{fmt.Sprintf("interrupted: workflow %s goes on; the new devices' credentials stay in %s until you run\n"+
 			"  fleetflow provision --resume %s --creds-out %s", op, pending, op, f.credsOut)}
 	}
+	if co.err != nil {
+		// Nothing is lost: the pending file keeps every secret until a --resume writes the file.
+		co.err = fmt.Errorf("%w\nthe new devices' credentials stay in %s; once the cause is fixed, write the credentials file with\n"+
+			"  fleetflow provision --resume %s --creds-out %s", co.err, pending, op, f.credsOut)
+	}
 	if runErr != nil {
 		if co.err == nil && co.kept > 0 {
 			fmt.Fprintf(os.Stderr, "credentials of the %d devices created before the failure: %s\n", co.kept, f.credsOut)
+		}
+		if co.err != nil {
+			fmt.Fprintln(os.Stderr, co.err)
 		}
 		return fmt.Errorf("workflow %s failed: %w", op, runErr)
 	}
@@ -350,6 +372,9 @@ func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	pending := f.credsOut + ".pending"
 	if _, err := os.Stat(pending); err != nil {
+		if _, err := os.Stat(f.credsOut); err == nil {
+			return fmt.Errorf("nothing to resume: the credentials of %s were written to %s already", op, f.credsOut)
+		}
 		return usagef("no pending credentials at %s: pass the --creds-out of the interrupted run", pending)
 	}
 	if f.validity != "" {
@@ -362,6 +387,15 @@ func resumeProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	}
 	defer reg.Close()
 	defer c.Close()
+	if _, err := c.DescribeWorkflow(ctx, op, ""); err != nil {
+		var nf *serviceerror.NotFound
+		if errors.As(err, &nf) {
+			// Killed between staging and the start: no device was created, and nothing would ever end the wait.
+			return fmt.Errorf("workflow %s never started, so none of its devices was created: the secrets in %s belong to no device; "+
+				"remove it and provision again", op, pending)
+		}
+		return fmt.Errorf("workflow %s: %w (the credentials stay in %s)", op, err, pending)
+	}
 	return awaitProvision(ctx, g, c, reg, f, c.GetWorkflow(ctx, op, ""), op, pending, time.Now())
 }
 
@@ -446,7 +480,7 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 			return registry.StagedRow{}, false, err
 		}
 		row := m.row
-		s := registry.StagedRow{Seq: seq, Line: row.Line, ID: row.ID, Tags: string(row.Tags), ParseError: row.Err}
+		s := registry.StagedRow{Seq: seq, Line: row.Line, ID: row.ID, Tags: string(row.Tags), ParseError: row.Err, Checked: true}
 		seq++
 		if s.Tags == "" {
 			s.Tags = "{}"
@@ -524,6 +558,15 @@ func (a *credentialsAhead) fill() error {
 	equip := func(first, step int) error {
 		for i := first; i < len(a.buf); i += step {
 			e := &a.buf[i]
+			if e.row.Err == "" {
+				// A row that cannot become a device gets no credential, so none of its kind can reach
+				// the credentials file; the registry reports it by line like any invalid row.
+				tags := string(e.row.Tags)
+				if tags == "" {
+					tags = "{}" // as staged
+				}
+				e.row.Err = registry.RowProblem(e.row.ID, tags)
+			}
 			if e.row.Err != "" {
 				continue
 			}
@@ -604,7 +647,8 @@ func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry
 
 // finalizeCreds keeps, from the pending credentials, exactly the rows that created a device: rows that were
 // invalid or whose device already existed would carry a secret the registry does not know. When every row
-// created a device (the common case) the pending file already is the result and is renamed.
+// created a device (the common case) the pending file already is the result and is published as it is.
+// The file is synced and linked into place (creds.Publish): never half-written, never over an existing file.
 func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out string) (int, error) {
 	counts, err := reg.ProvisionCounts(ctx, op)
 	if err != nil {
@@ -615,8 +659,8 @@ func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out
 		return 0, err
 	}
 	if counts.Created == staged && counts.Total() == staged {
-		if err := os.Rename(pending, out); err != nil {
-			return 0, fmt.Errorf("write %s: %w", out, err)
+		if err := publishCreds(pending, pending, out); err != nil {
+			return 0, err
 		}
 		return int(counts.Created), nil
 	}
@@ -633,11 +677,19 @@ func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out
 	if err != nil {
 		return 0, err
 	}
-	all, err := creds.ReadFile(pending)
+	// Loosely: a line that names no device (an older CLI wrote secrets for rows with an empty id) cannot
+	// have created one, and must not keep the others' secrets from the operator.
+	all, _, err := creds.ReadLoose(pending)
 	if err != nil {
 		return 0, err
 	}
-	tmp := out + ".tmp"
+	tmpf, err := os.CreateTemp(filepath.Dir(out), filepath.Base(out)+".*.tmp")
+	if err != nil {
+		return 0, fmt.Errorf("write %s: %w", out, err)
+	}
+	tmp := tmpf.Name()
+	tmpf.Close()
+	os.Remove(tmp) // creds.Create makes it again, exclusively and with mode 0600
 	w, err := creds.Create(tmp)
 	if err != nil {
 		return 0, err
@@ -648,20 +700,97 @@ func finalizeCreds(ctx context.Context, reg *registry.Registry, op, pending, out
 		}
 		if err := w.Write(c); err != nil {
 			w.Close()
+			os.Remove(tmp)
 			return 0, err
 		}
 	}
 	if err := w.Close(); err != nil {
+		os.Remove(tmp)
 		return 0, err
 	}
-	// Rename last, so whoever waits for the file never reads it half-written.
-	if err := os.Rename(tmp, out); err != nil {
-		return 0, fmt.Errorf("write %s: %w", out, err)
+	if err := publishCreds(tmp, pending, out); err != nil {
+		os.Remove(tmp)
+		return 0, err
 	}
-	if err := os.Remove(pending); err != nil {
+	if err := os.Remove(pending); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return w.Count(), fmt.Errorf("remove %s: %w", pending, err)
 	}
 	return w.Count(), nil
+}
+
+// publishCreds links the finished credentials file src into place at out (creds.Publish). An out that already
+// holds exactly src's credentials is the same run's file from an earlier attempt that stopped before it
+// removed the pending file (a crash, a resumed run): then src and pending go and nothing is refused.
+func publishCreds(src, pending, out string) error {
+	err := creds.Publish(src, out)
+	if err == nil || !errors.Is(err, creds.ErrExists) {
+		return err
+	}
+	want, _, rerr := creds.ReadLoose(src)
+	have, _, herr := creds.ReadLoose(out)
+	if rerr != nil || herr != nil || !sameCredentials(want, have) {
+		return err
+	}
+	for _, p := range []string{src, pending} {
+		if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", p, rerr)
+		}
+	}
+	return nil
+}
+
+// sameCredentials reports whether a and b hold the same credentials, in any order.
+func sameCredentials(a, b []creds.Credential) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	key := func(c creds.Credential) string { return c.ID + "\x00" + c.Secret + "\x00" + c.Cert }
+	seen := make(map[string]int, len(a))
+	for _, c := range a {
+		seen[key(c)]++
+	}
+	for _, c := range b {
+		if seen[key(c)] == 0 {
+			return false
+		}
+		seen[key(c)]--
+	}
+	return true
+}
+
+// credsPathsFree refuses to start an operation whose credentials file, or its pending file, exists: either
+// may hold the only copy of an earlier run's secrets (docs/architecture.md, "Where secrets live").
+func credsPathsFree(out, command string) error {
+	if _, err := os.Lstat(out); err == nil {
+		return fmt.Errorf("%s exists: credentials files are never overwritten (it may hold the only copy of earlier devices' secrets); "+
+			"move it away or pass another --creds-out", out)
+	}
+	if _, err := os.Lstat(out + ".pending"); err == nil {
+		return fmt.Errorf("%s.pending exists: an earlier run's secrets wait there; write them with `fleetflow %s --resume <its workflow id> "+
+			"--creds-out %s`, or pass another --creds-out", out, command, out)
+	}
+	return nil
+}
+
+// startFailed handles a workflow start that returned an error after the secrets were written to pending: the
+// start may still have reached the server (a timeout), and then the workflow creates the devices whose only
+// secrets are in pending. They are removed only when the server says there is no such workflow.
+func startFailed(ctx context.Context, c client.Client, op, pending, resume string, startErr error) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, err := c.DescribeWorkflow(dctx, op, "")
+	var nf *serviceerror.NotFound
+	switch {
+	case errors.As(err, &nf):
+		// Never started: the secrets have no use. The staged rows stay until the health check drops them
+		// as stale (fleet.StaleStagingAfter), as it does for a CLI killed right here.
+		_ = os.Remove(pending)
+		return fmt.Errorf("start workflow %s: %w", op, startErr)
+	case err == nil:
+		return fmt.Errorf("start workflow %s: %w\nit did start: its devices' credentials wait in %s; write them with\n  %s", op, startErr, pending, resume)
+	}
+	return fmt.Errorf("start workflow %s: %w\nwhether it started is unknown (%v): the credentials stay in %s; once Temporal answers, run\n  %s",
+		op, startErr, err, pending, resume)
 }
 
 func printProvisionSummary(ctx context.Context, g *globals, reg *registry.Registry, f *provisionFlags, res workflows.ProvisionResult, kept int, took time.Duration) error {

@@ -245,7 +245,7 @@ twin and credentials stay; jobs and rollouts skip it. The reason is recorded on 
 }
 
 func newReplaceCmd(g *globals) *cobra.Command {
-	var credsOut, auth, caDir string
+	var credsOut, auth, caDir, resume string
 	var detach bool
 	var out *output
 	cmd := &cobra.Command{
@@ -257,18 +257,38 @@ authenticates with a certificate only) NEW gets a private key and a client certi
 (--ca-dir) instead, written the same way; the registry keeps the certificate's fingerprint. NEW gets OLD's tags (NEW's own tags win) and
 desired properties, both twins record the lineage, and OLD is retired (credentials revoked at once).
 With --detach the command returns once the workflow has started; NEW's credentials file is written at once
-and works as soon as the workflow has created NEW.`,
+and works as soon as the workflow has created NEW.
+
+--creds-out must not exist: a credentials file is never overwritten. When the command is interrupted, or the
+workflow fails after creating NEW, NEW's secret is kept (in <creds-out>.pending until the workflow ends, then
+in --creds-out); "replace --resume <workflow id> --creds-out FILE" waits for the workflow and writes it.`,
 		Example: `  fleetflow replace sensor-0042 sensor-0042b
-  fleetflow replace sensor-0042 sensor-0042b --creds-out /secure/sensor-0042b.creds.ndjson --detach`,
-		Args:              cobra.ExactArgs(2),
+  fleetflow replace sensor-0042 sensor-0042b --creds-out /secure/sensor-0042b.creds.ndjson --detach
+  fleetflow replace --resume replace-sensor-0042-20261206-081500 --creds-out sensor-0042b.creds.ndjson`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if resume != "" {
+				return cobra.NoArgs(cmd, args)
+			}
+			return cobra.ExactArgs(2)(cmd, args)
+		},
 		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if auth != "" && auth != authSecret && auth != authX509 {
 				return usagef("--auth %q: want secret or x509", auth)
 			}
+			if resume != "" {
+				if detach {
+					return usagef("--detach and --resume contradict each other: --resume waits for the workflow")
+				}
+				if credsOut == "" {
+					return usagef("--resume needs the --creds-out of the interrupted run")
+				}
+				return resumeReplace(cmd.Context(), g, resume, credsOut, out)
+			}
 			return replace(cmd.Context(), g, args[0], args[1], credsOut, detach, out, newCredentials{auth: auth, caDir: caDir})
 		},
 	}
+	cmd.Flags().StringVar(&resume, "resume", "", "wait for an interrupted replacement (its workflow id) and write NEW's credentials file")
 	cmd.Flags().StringVar(&auth, "auth", "", "how NEW authenticates if it is provisioned: secret or x509 (default: as OLD does)")
 	addCADirFlag(cmd, &caDir)
 	cmd.Flags().StringVar(&credsOut, "creds-out", "", "where NEW's credentials go if it is provisioned (default NEW.creds.ndjson)")
@@ -310,13 +330,20 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 	var cred creds.Credential
 	switch {
 	case err == nil && n.Status == fleet.StatusRetired:
-		return fmt.Errorf("%s is retired and cannot take over another device's role; give a new device id", nw)
+		at := n.UpdatedAt
+		if n.RetiredAt != nil {
+			at = *n.RetiredAt
+		}
+		return fmt.Errorf("%s cannot take over another device's role: %s; or give a new device id", nw, registry.RetiredIDReason(at))
 	case err == nil:
 		// An existing device (e.g. provisioned in advance) takes over; its credentials stay as they are.
 	case errors.Is(err, fleet.ErrNotFound):
 		in.Provision = true
 		if credsOut == "" {
 			credsOut = nw + ".creds.ndjson"
+		}
+		if err := credsPathsFree(credsOut, "replace"); err != nil {
+			return err
 		}
 		auth := nc.auth
 		if auth == "" {
@@ -372,7 +399,7 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 		// The staged row stays for the health check to drop once it is stale (fleet.StaleStagingAfter): if
 		// the start did reach the server, its workflow reads it; if not, nothing does.
 		if pending != "" {
-			_ = os.Remove(pending)
+			return startFailed(ctx, c, op, pending, fmt.Sprintf("fleetflow replace --resume %s --creds-out %s", op, credsOut), err)
 		}
 		return fmt.Errorf("start %s: %w", op, err)
 	}
@@ -382,28 +409,94 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 	if detach {
 		if pending != "" {
 			// The one secret is final already: nothing but the workflow's creation of NEW is missing.
-			if err := os.Rename(pending, credsOut); err != nil {
+			if err := creds.Publish(pending, credsOut); err != nil {
 				return fmt.Errorf("credentials of %s stay in %s: %w", nw, pending, err)
 			}
 			fmt.Fprintf(hints, "%s's credentials are in %s (shown once); they work once the workflow has created it\n", nw, credsOut)
 		}
 		return out.print(os.Stdout, started, nil)
 	}
+	return awaitReplace(ctx, g, reg, run, op, old, nw, pending, credsOut, out)
+}
+
+// resumeReplace picks up a replacement whose CLI was interrupted: it waits for the workflow, then writes NEW's
+// credentials file from the pending one if the workflow created NEW.
+func resumeReplace(ctx context.Context, g *globals, op, credsOut string, out *output) error {
+	pending := credsOut + ".pending"
+	if _, err := os.Stat(pending); err != nil {
+		if _, err := os.Stat(credsOut); err == nil {
+			return fmt.Errorf("nothing to resume: the credentials of %s were written to %s already", op, credsOut)
+		}
+		return usagef("no pending credentials at %s: pass the --creds-out of the interrupted run", pending)
+	}
+	reg, c, err := openBackends(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	defer c.Close()
+	if _, err := c.DescribeWorkflow(ctx, op, ""); err != nil {
+		return fmt.Errorf("replacement %s: %w (its credentials stay in %s)", op, err, pending)
+	}
+	cs, _, err := creds.ReadLoose(pending)
+	if err != nil {
+		return err
+	}
+	if len(cs) != 1 {
+		return fmt.Errorf("%s holds %d credentials; a replacement's holds one", pending, len(cs))
+	}
+	return awaitReplace(ctx, g, reg, c.GetWorkflow(ctx, op, ""), op, "", cs[0].ID, pending, credsOut, out)
+}
+
+// awaitReplace waits for a replacement's workflow and, when it provisioned NEW, moves NEW's secret from
+// pending to credsOut. Every way out keeps the secret of a NEW that exists: interrupted, it stays in pending
+// for --resume; failed after creating NEW, it is written to credsOut all the same; only a NEW that was never
+// created loses its unused secret. old is "" on --resume (the summary then names NEW only).
+func awaitReplace(ctx context.Context, g *globals, reg *registry.Registry, run client.WorkflowRun, op, old, nw, pending, credsOut string,
+	out *output) error {
 	var res workflows.ReplaceResult
-	if err := run.Get(ctx, &res); err != nil {
+	runErr := run.Get(ctx, &res)
+	if runErr != nil && ctx.Err() != nil {
+		msg := fmt.Sprintf("stopped waiting; %s goes on (see it in the Temporal UI: %s)", op, workflowURL(g, op))
 		if pending != "" {
+			msg += fmt.Sprintf("\n%s's credentials stay in %s until you run\n  fleetflow replace --resume %s --creds-out %s", nw, pending, op, credsOut)
+		}
+		return &interruptedError{msg}
+	}
+	if old == "" {
+		old = res.Old
+	}
+	provisioned := false
+	if pending != "" {
+		fctx := context.WithoutCancel(ctx)
+		created, err := reg.CreatedBy(fctx, op)
+		if err != nil {
+			return fmt.Errorf("did %s create %s? %w (its credentials stay in %s; run `fleetflow replace --resume %s --creds-out %s`)",
+				op, nw, err, pending, op, credsOut)
+		}
+		switch {
+		case created[nw]:
+			if err := publishCreds(pending, pending, credsOut); err != nil {
+				return fmt.Errorf("credentials of %s stay in %s: %w", nw, pending, err)
+			}
+			provisioned = true
+			if runErr != nil {
+				fmt.Fprintf(os.Stderr, "%s was created before the failure; its credentials are in %s (shown once)\n", nw, credsOut)
+			}
+		default:
+			// The workflow ended without creating NEW (it failed first, or NEW appeared meanwhile and took
+			// over with its own credentials): this secret was never registered anywhere.
 			_ = os.Remove(pending)
 		}
-		if ctx.Err() != nil {
-			return &interruptedError{fmt.Sprintf("stopped waiting; %s goes on (see it in the Temporal UI: %s)", op, workflowURL(g, op))}
+	}
+	if runErr != nil {
+		if old == "" {
+			return fmt.Errorf("replacement %s: %w", op, runErr)
 		}
-		return fmt.Errorf("replace %s with %s: %w", old, nw, err)
+		return fmt.Errorf("replace %s with %s: %w", old, nw, runErr)
 	}
 	r := replaceResult{ID: op, Old: old, New: nw, DesiredVersion: res.DesiredVersion}
-	if pending != "" {
-		if err := os.Rename(pending, credsOut); err != nil {
-			return fmt.Errorf("credentials of %s stay in %s: %w", nw, pending, err)
-		}
+	if provisioned {
 		r.Provisioned, r.CredentialsFile = true, credsOut
 	}
 	return out.print(os.Stdout, r, func() error {

@@ -91,6 +91,7 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 	}
 	if firstErr != nil {
 		setState(ctx, "failed", in.Counts)
+		dropStagingAfterFailure(ctx, in.Op)
 		return ProvisionResult{}, firstErr
 	}
 	if in.Next < in.Rows {
@@ -129,6 +130,7 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 			var st fleet.ConnectProgress
 			if err := executeActivity(wctx, Activities.WaitConnected, WaitConnectedInput{Op: in.Op, MaxWait: wait}).Get(ctx, &st); err != nil {
 				setState(ctx, "failed", in.Counts)
+				dropStagingAfterFailure(ctx, in.Op)
 				return res, fmt.Errorf("await connect of %s: %w", in.Op, err)
 			}
 			progress.Connect = &st
@@ -160,6 +162,28 @@ func ProvisionFleet(ctx workflow.Context, in ProvisionInput) (ProvisionResult, e
 	}
 	setState(ctx, state, in.Counts)
 	return res, nil
+}
+
+// dropStagingVersion is the workflow.GetVersion change id of the clean-up after a failure: from version 1 on,
+// a provisioning (or replacement) run that fails drops its staged rows, which hold credential digests, instead
+// of leaving them to the health check's daily sweep of stale staging (fleet.StaleStagingAfter).
+const dropStagingVersion = "drop-staging-on-failure"
+
+// dropStagingAfterFailure drops op's staged rows after the run has failed (or was cancelled), on a
+// disconnected context so that a cancellation does not cancel the clean-up too. The batches have all ended
+// by then. If it fails as well, the health check drops the rows once they are a day old.
+func dropStagingAfterFailure(ctx workflow.Context, op string) {
+	if workflow.GetVersion(ctx, dropStagingVersion, workflow.DefaultVersion, 1) < 1 {
+		return // recorded before the clean-up existed
+	}
+	dctx, cancel := workflow.NewDisconnectedContext(ctx)
+	defer cancel()
+	dctx = workflow.WithActivityOptions(dctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 10 * time.Second, MaximumAttempts: 5},
+		Summary:     "drop the staged rows after the failure"})
+	if err := executeActivity(dctx, Activities.FinishProvision, op).Get(dctx, nil); err != nil {
+		workflow.GetLogger(ctx).Warn("drop staged rows after a failure; the health check drops them when stale", "op", op, "err", err)
+	}
 }
 
 func withProvisionDefaults(in ProvisionInput) ProvisionInput {

@@ -217,3 +217,28 @@ func TestProvisionDetailsReadLikeTheIssueAsks(t *testing.T) {
 	s := provisionDetails(ProvisionProgress{Phase: "provisioning", Rows: 1000000, Counts: fleet.ProvisionCounts{Created: 411000, Invalid: 1000}})
 	require.Contains(t, s, "412,000 / 1,000,000")
 }
+
+// A run whose batch fails for good drops its staged rows (they hold credential digests) before it ends.
+func TestProvisionFleetDropsItsStagingWhenItFails(t *testing.T) {
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(ProvisionFleet)
+	env.RegisterActivityWithOptions(func(_ context.Context, r ProvisionBatchInput) (fleet.ProvisionCounts, error) {
+		if r.First == 2000 {
+			return fleet.ProvisionCounts{}, temporal.NewNonRetryableApplicationError("staging lost", ErrTypeNotStaged, nil)
+		}
+		return countsFor(r), nil
+	}, activity.RegisterOptions{Name: ActivityName(Activities.ProvisionBatch)})
+	var mu sync.Mutex
+	var dropped []string
+	env.RegisterActivityWithOptions(func(_ context.Context, op string) (FinishProvisionResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		dropped = append(dropped, op)
+		return FinishProvisionResult{}, nil
+	}, activity.RegisterOptions{Name: ActivityName(Activities.FinishProvision)})
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op-fail", Rows: 5000, BatchSize: 1000, Window: 2})
+	require.True(t, env.IsWorkflowCompleted())
+	require.Error(t, env.GetWorkflowError())
+	require.Equal(t, []string{"op-fail"}, dropped, "the failed run drops its staging once")
+}

@@ -63,9 +63,11 @@ func ReplaceDevice(ctx workflow.Context, in ReplaceInput) (ReplaceResult, error)
 		c, err := executeActivity(pctx, Activities.ProvisionBatch, ProvisionBatchInput{Op: in.Op, First: 0, Last: 1,
 			CredentialValidity: in.CredentialValidity}).Result(ctx)
 		if err != nil {
+			dropStagingAfterFailure(ctx, in.Op)
 			return res, fmt.Errorf("provision %s: %w", in.New, err)
 		}
 		if c.Invalid > 0 {
+			dropStagingAfterFailure(ctx, in.Op)
 			return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf("device %s could not be provisioned (invalid row)", in.New),
 				ErrTypeInvalidInput, nil)
 		}

@@ -13,9 +13,12 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 )
 
@@ -79,15 +82,24 @@ func plain(s string) bool {
 	return true
 }
 
-// Create opens path for writing credentials, truncating it. The mode is 0600 because the file holds secrets.
+// ErrExists says a credentials file is already there. Credentials files are never overwritten: an earlier
+// run's file may be the only copy of its devices' secrets (docs/architecture.md, "Where secrets live").
+var ErrExists = errors.New("credentials file exists")
+
+// Create creates path for writing credentials with mode 0600 (the file holds secrets). An existing file is
+// refused with ErrExists, never truncated.
 func Create(path string) (*Writer, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("%s: %w: it may hold the only copy of earlier devices' secrets; move it away or choose another path", path, ErrExists)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create credentials file: %w", err)
 	}
-	// An existing file keeps its old mode on open; secrets must not stay world-readable.
+	// The umask cannot widen 0600, but a restrictive one could leave the owner unable to read it back.
 	if err := f.Chmod(0o600); err != nil {
 		f.Close()
+		os.Remove(path)
 		return nil, fmt.Errorf("chmod credentials file: %w", err)
 	}
 	return &Writer{f: f, w: bufio.NewWriterSize(f, 1<<16)}, nil
@@ -126,13 +138,84 @@ func (w *Writer) Write(c Credential) error {
 // Count is the number of credentials written so far.
 func (w *Writer) Count() int { return w.n }
 
-// Close flushes and closes the file.
+// Close flushes the file, syncs it and its directory to disk and closes it: when Close returns nil the
+// credentials survive a crash or power loss, so only then may anyone report them written.
 func (w *Writer) Close() error {
 	if err := w.w.Flush(); err != nil {
 		w.f.Close()
 		return fmt.Errorf("flush credentials: %w", err)
 	}
-	return w.f.Close()
+	if err := w.f.Sync(); err != nil {
+		w.f.Close()
+		return fmt.Errorf("sync credentials: %w", err)
+	}
+	if err := w.f.Close(); err != nil {
+		return fmt.Errorf("close credentials: %w", err)
+	}
+	return SyncDir(filepath.Dir(w.f.Name()))
+}
+
+// SyncDir syncs a directory, so that a file created, linked or removed in it stays so after a crash.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Publish gives the complete, synced credentials file src its final name dst, atomically and without ever
+// replacing an existing dst: a hard link either creates dst with src's content or fails with ErrExists. src
+// is then removed. Whoever waits for dst never reads it half-written, and a reused path never destroys an
+// earlier run's secrets. On a file system without hard links dst is created exclusively and copied into.
+func Publish(src, dst string) error {
+	err := os.Link(src, dst)
+	switch {
+	case errors.Is(err, fs.ErrExist):
+		return fmt.Errorf("%s: %w: it may hold the only copy of earlier devices' secrets; the new ones stay in %s", dst, ErrExists, src)
+	case err != nil:
+		if err := copyExclusive(src, dst); err != nil {
+			return err
+		}
+	}
+	if err := SyncDir(filepath.Dir(dst)); err != nil {
+		return err
+	}
+	if err := os.Remove(src); err != nil {
+		return fmt.Errorf("remove %s: %w", src, err)
+	}
+	return SyncDir(filepath.Dir(src))
+}
+
+// copyExclusive copies src to a new file dst and syncs it, for file systems without hard links.
+func copyExclusive(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", dst, err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w: it may hold the only copy of earlier devices' secrets; the new ones stay in %s", dst, ErrExists, src)
+	}
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", dst, err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return fmt.Errorf("publish %s: %w", dst, err)
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return fmt.Errorf("publish %s: %w", dst, err)
+	}
+	return out.Close()
 }
 
 // Read parses a credentials file written by Writer.
@@ -164,6 +247,36 @@ func Read(r io.Reader) ([]Credential, error) {
 		return nil, fmt.Errorf("read credentials: %w", err)
 	}
 	return out, nil
+}
+
+// ReadLoose parses a credentials file like Read but skips lines that do not hold a usable credential instead
+// of failing, and returns how many it skipped. The CLI reads its pending file this way: a line that names no
+// device could never have created one, and must not stand between the operator and every other secret.
+func ReadLoose(path string) ([]Credential, int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("open credentials: %w", err)
+	}
+	defer f.Close()
+	var out []Credential
+	skipped := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var c Credential
+		if json.Unmarshal(sc.Bytes(), &c) != nil || c.ID == "" || c.Secret == "" && (c.Cert == "" || c.Key == "") {
+			skipped++
+			continue
+		}
+		out = append(out, c)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, 0, fmt.Errorf("read credentials: %w", err)
+	}
+	return out, skipped, nil
 }
 
 // ReadFile reads a credentials file.

@@ -14,7 +14,6 @@ import (
 
 func TestCredentialsFileRoundTripAndMode(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.ndjson")
-	require.NoError(t, os.WriteFile(path, []byte("old"), 0o644))
 	w, err := Create(path)
 	require.NoError(t, err)
 	s1, err := NewSecret()
@@ -31,7 +30,7 @@ func TestCredentialsFileRoundTripAndMode(t *testing.T) {
 	require.NoError(t, w.Close())
 	st, err := os.Stat(path)
 	require.NoError(t, err)
-	require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "an existing file loses its old mode")
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "secrets are readable by their owner only")
 	out, err := ReadFile(path)
 	require.NoError(t, err)
 	require.Equal(t, in, out)
@@ -107,4 +106,58 @@ func TestCertificateCredentialsRoundTrip(t *testing.T) {
 		_, err = ReadFile(bad)
 		require.ErrorContains(t, err, "line 1", name)
 	}
+}
+
+func TestCreateRefusesAnExistingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.ndjson")
+	require.NoError(t, os.WriteFile(path, []byte("earlier secrets\n"), 0o600))
+	_, err := Create(path)
+	require.ErrorIs(t, err, ErrExists)
+	require.Contains(t, err.Error(), "only copy")
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, "earlier secrets\n", string(b), "an existing credentials file is never truncated")
+}
+
+func TestPublishNeverReplacesAnExistingFile(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "c.pending"), filepath.Join(dir, "c.ndjson")
+	write := func() {
+		w, err := Create(src)
+		require.NoError(t, err)
+		require.NoError(t, w.Write(Credential{ID: "dev-1", Secret: "s1"}))
+		require.NoError(t, w.Close())
+	}
+	write()
+	require.NoError(t, Publish(src, dst))
+	_, err := os.Stat(src)
+	require.ErrorIs(t, err, os.ErrNotExist, "the source is gone once published")
+	got, err := ReadFile(dst)
+	require.NoError(t, err)
+	require.Equal(t, []Credential{{ID: "dev-1", Secret: "s1"}}, got)
+
+	// A second run aimed at the same path: refused, both files intact.
+	require.NoError(t, os.WriteFile(src, []byte(`{"id":"dev-2","secret":"s2"}`+"\n"), 0o600))
+	err = Publish(src, dst)
+	require.ErrorIs(t, err, ErrExists)
+	require.Contains(t, err.Error(), src, "the message says where the new secrets are")
+	got, err = ReadFile(dst)
+	require.NoError(t, err)
+	require.Equal(t, "dev-1", got[0].ID)
+	again, err := ReadFile(src)
+	require.NoError(t, err)
+	require.Equal(t, "dev-2", again[0].ID)
+}
+
+func TestReadLooseSkipsLinesWithoutACredential(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.pending")
+	body := `{"id":"dev-1","secret":"s1","line":2}` + "\n" + `{"id":"","secret":"s2","line":3}` + "\n\n" +
+		`not json` + "\n" + `{"id":"dev-4","secret":"s4","line":5}` + "\n"
+	require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
+	_, err := ReadFile(path)
+	require.Error(t, err, "the strict reader refuses the file")
+	got, skipped, err := ReadLoose(path)
+	require.NoError(t, err)
+	require.Equal(t, 2, skipped)
+	require.Equal(t, []Credential{{ID: "dev-1", Secret: "s1", Line: 2}, {ID: "dev-4", Secret: "s4", Line: 5}}, got)
 }

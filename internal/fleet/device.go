@@ -26,6 +26,12 @@ var (
 	ErrPreconditionFailed = errors.New("precondition failed")
 )
 
+// DevicesInserted is the device change notice (the payload of NOTIFY fleetflow_device) that says new devices
+// were inserted, without naming them: one notice per INSERT or COPY statement, so that provisioning a million
+// devices does not send a million notices. It is not a valid device id. Gateways forget the ids they
+// remembered as unknown on it (docs/architecture.md, "Abuse: floods of CONNECTs").
+const DevicesInserted = "*inserted"
+
 // DeviceAuth is what a gateway needs to authenticate a CONNECT: the digests of the device's secrets and
 // the fingerprint of its client certificate, any of which may be empty (docs/architecture.md, "Device
 // certificates").

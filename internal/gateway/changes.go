@@ -64,6 +64,11 @@ func (g *Gateway) onDeviceChange(id string) {
 		g.resync()
 		return
 	}
+	if id == fleet.DevicesInserted {
+		// New devices: one of them may be an id remembered as unknown, and must be admitted at once.
+		g.auth.forgetUnknown()
+		return
+	}
 	g.auth.invalidate(id)
 	if g.sessions.get(id) != nil || g.hasRetainedState(id) {
 		g.recheck.add(id)

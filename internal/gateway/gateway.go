@@ -70,7 +70,8 @@ type Store interface {
 	RecordJobStatuses(ctx context.Context, sts []fleet.JobStatus) error
 	// ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until
 	// ctx ends. fn("") says notifications may have been missed (the listener reconnected): the gateway
-	// then forgets its cache and re-checks every live session.
+	// then forgets its cache and re-checks every live session. fn(fleet.DevicesInserted) says new devices
+	// were inserted (once per statement, unnamed): the gateway forgets the ids it remembered as unknown.
 	ListenDeviceChanges(ctx context.Context, fn func(id string)) error
 }
 
@@ -109,6 +110,17 @@ type Config struct {
 	AuthConcurrency int
 	// AuthTimeout bounds one CONNECT's wait for the registry (default 5 s).
 	AuthTimeout time.Duration
+	// Against floods of CONNECTs with unknown ids or wrong secrets (docs/architecture.md, "Abuse: floods of
+	// CONNECTs"): AuthColdConcurrency caps the lookups of ids this gateway has never seen active, which do
+	// not take the AuthConcurrency slots of returning devices (default AuthConcurrency/4, at least 1);
+	// AuthNegativeTTL is how long an id the registry does not know is answered "unknown" without asking
+	// again (default 10 s, negative: never cached); AuthFailRate and AuthFailBurst are the token bucket of
+	// failed CONNECTs each remote IP address may make, per second and at once, before its CONNECTs are
+	// refused without a lookup (defaults 10/s and 50; negative: no limit).
+	AuthColdConcurrency int
+	AuthNegativeTTL     time.Duration
+	AuthFailRate        float64
+	AuthFailBurst       int
 
 	// FlushInterval is how often connection events are written (default 200 ms); FlushEvents forces an
 	// earlier write when that many are pending (default 1,000).
@@ -163,6 +175,16 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.AuthCacheSize, 100_000)
 	def(&c.AuthConcurrency, 16)
+	def(&c.AuthColdConcurrency, max(1, c.AuthConcurrency/4))
+	if c.AuthNegativeTTL == 0 {
+		c.AuthNegativeTTL = 10 * time.Second
+	}
+	if c.AuthFailRate == 0 {
+		c.AuthFailRate = 10
+	}
+	if c.AuthFailBurst == 0 {
+		c.AuthFailBurst = 50
+	}
 	defDur(&c.AuthTimeout, 5*time.Second)
 	defDur(&c.FlushInterval, 200*time.Millisecond)
 	def(&c.FlushEvents, 1000)
@@ -212,6 +234,9 @@ type Stats struct {
 	AuthCacheSize     int64 // cached device records
 	AuthLookups       int64 // registry queries made for CONNECTs
 	AuthCacheHits     int64 // CONNECTs answered from the cache
+	AuthNegativeHits  int64 // CONNECTs of unknown ids answered from the negative cache
+	AuthRateLimited   int64 // CONNECTs refused without a lookup: their address had used up its failures
+	AuthShed          int64 // CONNECTs of never-seen ids refused at once: too many such lookups waited
 }
 
 // counters are the atomics behind Stats.
@@ -221,6 +246,7 @@ type counters struct {
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
+	authRateLimited                                                                   atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -233,6 +259,7 @@ type Gateway struct {
 	listener    net.Listener
 	tlsListener net.Listener // nil without a certificate
 	auth        *authCache
+	failures    *failLimiter // nil: no per-address limit
 	sessions    *sessions
 	events      *eventBuffer
 	recheck     *recheckQueue
@@ -272,6 +299,9 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 	}
 	g.events = newEventBuffer(cfg.FlushEvents)
 	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
+	g.auth.coldSem = make(chan struct{}, cfg.AuthColdConcurrency)
+	g.auth.negTTL = max(0, cfg.AuthNegativeTTL)
+	g.failures = newFailLimiter(cfg.AuthFailRate, cfg.AuthFailBurst)
 	g.nums = newSessionNums(store.NextSessions, cfg.AuthTimeout)
 	reg := cfg.Metrics
 	if reg == nil {
@@ -565,6 +595,9 @@ func (g *Gateway) Stats() Stats {
 		AuthCacheSize:     int64(g.auth.len()),
 		AuthLookups:       g.auth.lookups.Load(),
 		AuthCacheHits:     g.auth.hits.Load(),
+		AuthNegativeHits:  g.auth.negHits.Load(),
+		AuthRateLimited:   g.c.authRateLimited.Load(),
+		AuthShed:          g.auth.coldShed.Load(),
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)

@@ -50,10 +50,23 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return h.authService(cl, pk)
 	}
 	id := cl.ID
-	refuse := func(reason string, attrs ...any) bool {
+	// Refusals for what the client sent (an unknown id, a wrong secret or certificate, a malformed CONNECT)
+	// count against its address (docs/architecture.md, "Abuse: floods of CONNECTs"). A disabled or retired
+	// device with its right credentials does not: such devices retry by design, often many behind one
+	// address (a simulator, a NAT), and they must not lock out their neighbours. Nor does the gateway's own
+	// trouble (a failed or shed lookup).
+	refuseOnly := func(reason string, attrs ...any) bool {
 		g.c.authFailures.Add(1)
 		g.log.Debug("connect refused", append([]any{"client", id, "remote", cl.Net.Remote, "reason", reason}, attrs...)...)
 		return false
+	}
+	refuse := func(reason string, attrs ...any) bool {
+		g.failures.failed(cl.Net.Remote)
+		return refuseOnly(reason, attrs...)
+	}
+	if !g.failures.allowed(cl.Net.Remote) {
+		g.c.authRateLimited.Add(1)
+		return refuseOnly("too many failed CONNECTs from this address")
 	}
 	if user != id {
 		return refuse("client id and username differ")
@@ -83,12 +96,15 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		if errors.Is(err, fleet.ErrNotFound) {
 			return refuse("unknown device")
 		}
+		if errors.Is(err, errLookupsBusy) {
+			return refuseOnly("too many lookups of unknown ids in flight")
+		}
 		g.c.storeErrors.Add(1)
 		g.log.Warn("connect refused: registry lookup failed", "client", id, "err", err)
-		return refuse("registry lookup failed")
+		return refuseOnly("registry lookup failed")
 	}
 	if a.Status != fleet.StatusActive {
-		return refuse("device not active", "status", a.Status)
+		return refuseOnly("device not active", "status", a.Status)
 	}
 	if cert != nil {
 		if !pki.FingerprintMatches(cert, a.CertFingerprint) {
@@ -103,7 +119,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if err != nil {
 		g.c.storeErrors.Add(1)
 		g.log.Warn("connect refused: no session number from the registry", "client", id, "err", err)
-		return refuse("session number failed")
+		return refuseOnly("session number failed")
 	}
 	g.nums.hold(cl, num)
 	return true

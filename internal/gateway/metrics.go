@@ -140,6 +140,14 @@ var gatewayMetrics = []gatewayMetric{
 		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.lookups.Load()) }},
 	{desc("fleetflow_gateway_auth_cache_hits_total", "CONNECTs answered from the authentication cache."),
 		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.hits.Load()) }},
+	{desc("fleetflow_gateway_auth_negative_entries", "Device ids remembered as unknown by the authentication cache."),
+		prometheus.GaugeValue, nil, func(g *Gateway) float64 { return float64(g.auth.negativeLen()) }},
+	{desc("fleetflow_gateway_auth_negative_hits_total", "CONNECTs of unknown device ids refused from the negative cache, without a registry query."),
+		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.negHits.Load()) }},
+	{desc("fleetflow_gateway_auth_rate_limited_total", "CONNECTs refused without a lookup because their remote address had used up its failed CONNECTs."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authRateLimited })},
+	{desc("fleetflow_gateway_auth_shed_total", "CONNECTs of device ids never seen active refused at once because too many such lookups were waiting."),
+		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.coldShed.Load()) }},
 }
 
 // gatewayCollector exports the gateway's counters, read from its atomics at each scrape.

@@ -51,8 +51,10 @@ func FormatOf(path string) (Format, error) {
 	return "", fmt.Errorf("cannot tell the format of %s from its extension: use .csv or .ndjson (or --format)", path)
 }
 
-// NewReader returns a reader of r in format f.
+// NewReader returns a reader of r in format f. A UTF-8 byte-order mark, which spreadsheet programs put at the
+// start of the CSV files they save, is skipped.
 func NewReader(r io.Reader, f Format) (Reader, error) {
+	r = skipBOM(r)
 	switch f {
 	case CSV:
 		return newCSV(r)
@@ -60,6 +62,21 @@ func NewReader(r io.Reader, f Format) (Reader, error) {
 		return &ndjsonReader{sc: newScanner(r)}, nil
 	}
 	return nil, fmt.Errorf("unknown manifest format %q (csv or ndjson)", f)
+}
+
+// utf8BOM is the UTF-8 encoding of U+FEFF, the byte-order mark.
+const utf8BOM = "\xef\xbb\xbf"
+
+// skipBOM returns r without a leading UTF-8 byte-order mark.
+func skipBOM(r io.Reader) io.Reader {
+	br, ok := r.(*bufio.Reader)
+	if !ok {
+		br = bufio.NewReader(r)
+	}
+	if b, err := br.Peek(len(utf8BOM)); err == nil && string(b) == utf8BOM {
+		_, _ = br.Discard(len(utf8BOM))
+	}
+	return br
 }
 
 func newScanner(r io.Reader) *bufio.Scanner {
@@ -123,8 +140,8 @@ func (c *csvReader) Next() (Row, error) {
 		if err != nil {
 			return Row{}, fmt.Errorf("read manifest: %w", err)
 		}
-		if len(rec) == 1 && strings.TrimSpace(rec[0]) == "" {
-			continue // blank line
+		if blank(rec) {
+			continue // a blank line, or one of empty cells (",,,") as spreadsheets leave at the end
 		}
 		row := Row{Line: int64(line)}
 		if len(rec) != len(c.header) {
@@ -153,8 +170,21 @@ func (c *csvReader) Next() (Row, error) {
 			}
 		}
 		row.Tags = append(buf, '}')
+		if row.ID == "" {
+			row.Err = "missing id"
+		}
 		return storable(row), nil
 	}
+}
+
+// blank reports whether every field of a CSV record is empty or white space.
+func blank(rec []string) bool {
+	for _, f := range rec {
+		if strings.TrimSpace(f) != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // appendJSONString appends s as a JSON string. Invalid UTF-8 is caught by storable, so bytes pass as they are.
@@ -225,6 +255,8 @@ func (n *ndjsonReader) Next() (Row, error) {
 		row.ID = *r.ID
 		t := bytes.TrimSpace(r.Tags)
 		switch {
+		case row.ID == "":
+			row.Err = `empty "id"`
 		case len(t) == 0 || bytes.Equal(t, []byte("null")):
 			row.Tags = json.RawMessage("{}")
 		case t[0] != '{':

@@ -124,3 +124,55 @@ func TestRowsPostgresCannotStageBecomeInvalidRows(t *testing.T) {
 	require.Len(t, rows, 1)
 	require.Contains(t, rows[0].Err, "UTF-8")
 }
+
+// TestManifestsAsOperatorsMakeThem reads manifests the way spreadsheet programs and scripts write them.
+func TestManifestsAsOperatorsMakeThem(t *testing.T) {
+	type want struct {
+		line int64
+		id   string
+		tags string // JSON, "" when the row is invalid
+		err  string // substring of the reason, "" when valid
+	}
+	for _, tc := range []struct {
+		name   string
+		format Format
+		in     string
+		want   []want
+	}{
+		{"CSV with a byte-order mark", CSV, "\xef\xbb\xbfid,region\ndev-1,eu\n",
+			[]want{{2, "dev-1", `{"region":"eu"}`, ""}}},
+		{"CSV with CRLF line ends", CSV, "id,region\r\ndev-1,eu\r\ndev-2,us\r\n",
+			[]want{{2, "dev-1", `{"region":"eu"}`, ""}, {3, "dev-2", `{"region":"us"}`, ""}}},
+		{"CSV with BOM and CRLF and a quoted header", CSV, "\xef\xbb\xbf\"id\",\"site\"\r\n\"dev-1\",\"ber-1\"\r\n",
+			[]want{{2, "dev-1", `{"site":"ber-1"}`, ""}}},
+		{"quoted fields with commas and quotes", CSV, "id,address,note\ndev-1,\"Main St 1, Berlin\",\"say \"\"hi\"\"\"\n",
+			[]want{{2, "dev-1", `{"address":"Main St 1, Berlin","note":"say \"hi\""}`, ""}}},
+		{"trailing blank lines and empty-cell lines", CSV, "id,region\ndev-1,eu\n\n,\n , \n\r\n\n",
+			[]want{{2, "dev-1", `{"region":"eu"}`, ""}}},
+		{"an empty id is an invalid row with its line", CSV, "id,region\ndev-1,eu\n,us\n\"\",eu\ndev-4,eu\n",
+			[]want{{2, "dev-1", `{"region":"eu"}`, ""}, {3, "", "", "missing id"}, {4, "", "", "missing id"},
+				{5, "dev-4", `{"region":"eu"}`, ""}}},
+		{"NDJSON with blank lines, CRLF and a BOM", NDJSON, "\xef\xbb\xbf{\"id\":\"dev-1\"}\r\n\r\n   \n{\"id\":\"dev-2\",\"tags\":{\"a\":\"b\"}}\r\n\n",
+			[]want{{1, "dev-1", `{}`, ""}, {4, "dev-2", `{"a":"b"}`, ""}}},
+		{"NDJSON with an empty id", NDJSON, "{\"id\":\"\"}\n{\"id\":\"dev-2\"}\n",
+			[]want{{1, "", "", `empty "id"`}, {2, "dev-2", `{}`, ""}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := NewReader(strings.NewReader(tc.in), tc.format)
+			require.NoError(t, err)
+			rows := readAll(t, r)
+			require.Len(t, rows, len(tc.want))
+			for i, w := range tc.want {
+				got := rows[i]
+				require.Equal(t, w.line, got.Line, "row %d", i)
+				require.Equal(t, w.id, got.ID, "row %d", i)
+				if w.err != "" {
+					require.Contains(t, got.Err, w.err, "row %d", i)
+					continue
+				}
+				require.Empty(t, got.Err, "row %d", i)
+				require.JSONEq(t, w.tags, string(got.Tags), "row %d", i)
+			}
+		})
+	}
+}

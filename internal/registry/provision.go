@@ -25,6 +25,9 @@ type StagedRow struct {
 	// certificates"); a row needs it or SecretHash.
 	CertFingerprint []byte
 	ParseError      string
+	// Checked says the caller has already run RowProblem on ID and Tags (and put any problem in
+	// ParseError), so staging need not check them again.
+	Checked bool
 }
 
 // deviceCopyColumns are the columns provisioning writes; everything else takes its default.
@@ -52,8 +55,10 @@ func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (
 			}
 			// Validated here, inside the registry, so that every staged row without parse_error is a valid
 			// device whichever caller staged it: batches rely on that to insert without looking at rows.
-			if row.ParseError == "" {
+			if row.ParseError == "" && !row.Checked {
 				row.ParseError = validateRow(row)
+			} else if row.ParseError == "" {
+				row.ParseError = credentialProblem(row)
 			}
 			var perr any
 			if row.ParseError != "" {
@@ -256,18 +261,25 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 		// Which ids exist already, and which of those this operation created in another batch (a duplicate
 		// row of the manifest rather than a device that was present before).
 		existing := map[string]string{}
+		retired := map[string]time.Time{}
 		if len(ids) > 0 {
-			erows, err := tx.Query(ctx, "SELECT id, coalesce(provisioned_by, '') FROM devices WHERE id = ANY($1)", ids)
+			erows, err := tx.Query(ctx, `SELECT id, coalesce(provisioned_by, ''), status = 'retired', coalesce(retired_at, updated_at)
+				FROM devices WHERE id = ANY($1)`, ids)
 			if err != nil {
 				return fmt.Errorf("look up existing devices: %w", err)
 			}
 			for erows.Next() {
 				var id, by string
-				if err := erows.Scan(&id, &by); err != nil {
+				var isRetired bool
+				var at time.Time
+				if err := erows.Scan(&id, &by, &isRetired, &at); err != nil {
 					erows.Close()
 					return fmt.Errorf("look up existing devices: %w", err)
 				}
 				existing[id] = by
+				if isRetired {
+					retired[id] = at
+				}
 			}
 			if err := erows.Err(); err != nil {
 				return fmt.Errorf("look up existing devices: %w", err)
@@ -281,6 +293,8 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 				fresh = append(fresh, []any{id, hashes[i], fingerprints[i], tags[i], op})
 			case by == op:
 				results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
+			case !retired[id].IsZero():
+				results = append(results, rowResult{lines[i], id, "invalid", RetiredIDReason(retired[id])})
 			default:
 				results = append(results, rowResult{lines[i], id, "exists", "already present; credentials untouched"})
 			}
@@ -322,25 +336,47 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 	}
 }
 
+// RowProblem says why a manifest row's id or tags cannot make a device, or "" if they can: the check every
+// staged row passes. The CLI runs it before it generates a row's credential, so that a row that can never
+// become a device never gets a secret that could reach the credentials file.
+func RowProblem(id, tags string) string {
+	if id == "" {
+		return "missing id"
+	}
+	if err := twin.ValidateID(id); err != nil {
+		return err.Error()
+	}
+	if err := twin.Validate(twin.Tags, []byte(tags)); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
 func validateRow(s StagedRow) string {
 	if s.ParseError != "" {
 		return s.ParseError
 	}
-	if s.ID == "" {
-		return "missing id"
+	if p := RowProblem(s.ID, s.Tags); p != "" {
+		return p
 	}
-	if err := twin.ValidateID(s.ID); err != nil {
-		return err.Error()
-	}
-	if err := twin.Validate(twin.Tags, []byte(s.Tags)); err != nil {
-		return err.Error()
-	}
+	return credentialProblem(s)
+}
+
+// credentialProblem says why a row's credential digest cannot let a device connect, or "".
+func credentialProblem(s StagedRow) string {
 	// A secret's digest or a certificate's fingerprint (or both): a device without either could never connect.
 	if s.SecretHash != nil && len(s.SecretHash) != 32 || s.CertFingerprint != nil && len(s.CertFingerprint) != 32 ||
 		s.SecretHash == nil && s.CertFingerprint == nil {
 		return "missing credential digest"
 	}
 	return ""
+}
+
+// RetiredIDReason is the sentence that refuses a retired device's id to a new device: ids are not reused
+// while the retired device's record (its archive and timeline) exists, and `purge` is what removes it.
+func RetiredIDReason(retiredAt time.Time) string {
+	return fmt.Sprintf("retired on %s: a retired device's id cannot be provisioned again until the retired device is purged "+
+		"(fleetflow purge --older-than D, with D shorter than its time in retirement)", retiredAt.UTC().Format("2006-01-02"))
 }
 
 // ProvisionResults lists up to limit rows of op with the given outcome ("" for both), in line order.

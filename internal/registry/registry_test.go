@@ -454,3 +454,57 @@ func TestNextSessionsAreDistinctAndIncreasing(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, empty)
 }
+
+func TestReprovisioningARetiredIDIsRefusedWithHowToReuseIt(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	provision(t, reg, "first", "dev-old", "dev-live")
+	_, err := reg.RetireDevices(ctx, "retire-1", []string{"dev-old"}, "test")
+	require.NoError(t, err)
+
+	stage(t, reg, "again", []registry.StagedRow{{ID: "dev-old"}, {ID: "dev-live"}, {ID: "dev-new"}})
+	c, err := reg.ProvisionBatch(ctx, "again", 0, 3, 0)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ProvisionCounts{Created: 1, Existing: 1, Invalid: 1}, c, "a retired id is refused, not 'already present'")
+	res, err := reg.ProvisionResults(ctx, "again", fleet.RowInvalid, 10)
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	require.Equal(t, "dev-old", res[0].ID)
+	require.Contains(t, res[0].Reason, "retired on ")
+	require.Contains(t, res[0].Reason, "fleetflow purge")
+	created, err := reg.CreatedBy(ctx, "again")
+	require.NoError(t, err)
+	require.Equal(t, map[string]bool{"dev-new": true}, created)
+}
+
+func TestRowProblemIsTheStagingCheck(t *testing.T) {
+	require.Equal(t, "", registry.RowProblem("dev-1", `{"a":"b"}`))
+	require.Equal(t, "missing id", registry.RowProblem("", `{}`))
+	require.NotEmpty(t, registry.RowProblem("Bad ID", `{}`))
+	require.NotEmpty(t, registry.RowProblem("dev-1", `{"a":`))
+}
+
+// New devices are announced once per statement with fleet.DevicesInserted, so gateways forget the ids they
+// remembered as unknown; a batch of many rows sends one notice, not one per device.
+func TestInsertsAreAnnouncedOncePerStatement(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := open(t)
+	got := make(chan string, 100)
+	go reg.ListenDeviceChanges(ctx, func(id string) { got <- id }) //nolint:errcheck
+	next := func() string {
+		select {
+		case id := <-got:
+			return id
+		case <-time.After(10 * time.Second):
+			t.Fatal("no notification")
+			return ""
+		}
+	}
+	require.Equal(t, "", next())
+	provision(t, reg, "op", "dev-1", "dev-2", "dev-3")
+	require.Equal(t, fleet.DevicesInserted, next())
+	// A status change after it is the next notice: the three inserts sent one.
+	require.NoError(t, reg.SetStatus(ctx, "dev-2", fleet.StatusDisabled))
+	require.Equal(t, "dev-2", next())
+}

@@ -61,13 +61,14 @@ func New() *Store {
 		patches: make(map[string][]json.RawMessage)}
 }
 
-// Add provisions an active device with secret in its primary slot.
+// Add provisions an active device with secret in its primary slot and announces it as the registry does
+// an insert: with fleet.DevicesInserted, which names no device.
 func (s *Store) Add(id, secret string) {
 	s.mu.Lock()
 	s.devices[id] = &device{secret1: creds.Digest(secret)}
 	s.Fleet.AddDevice(id, fleettest.Device{})
 	s.mu.Unlock()
-	s.Notify(id)
+	s.Notify(fleet.DevicesInserted)
 }
 
 // fleetDevice runs fn on id's device in Fleet, under its lock; ok is false when there is none.
@@ -88,7 +89,7 @@ func (s *Store) AddCertificate(id string, fp []byte) {
 	s.devices[id] = &device{fingerprint: append([]byte(nil), fp...)}
 	s.Fleet.AddDevice(id, fleettest.Device{})
 	s.mu.Unlock()
-	s.Notify(id)
+	s.Notify(fleet.DevicesInserted)
 }
 
 // SetCertificate replaces (nil: clears) the device's certificate fingerprint and notifies.
