@@ -3,6 +3,10 @@
 package fleetworker
 
 import (
+	"errors"
+	"fmt"
+	"time"
+
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
@@ -11,11 +15,97 @@ import (
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
-// New builds a worker on taskQueue with fleetflow's workflows and acts registered.
+// DefaultStopTimeout is how long a stopping worker lets its running activities finish before it cancels
+// them. Long activities heartbeat, so one cancelled at the deadline is retried by another worker.
+const DefaultStopTimeout = 30 * time.Second
+
+// Options size a worker and bound its shutdown (docs/architecture.md, "Workers").
+type Options struct {
+	// PoolSize is the registry pool's maximum number of connections; it bounds the activity slots.
+	PoolSize int
+	// MaxActivities is the number of activities the worker runs at once; 0 derives it from PoolSize
+	// (see Slots). It may not exceed PoolSize.
+	MaxActivities int
+	// MaxWorkflowTasks is the number of workflow tasks the worker runs at once; 0 means PoolSize.
+	MaxWorkflowTasks int
+	// StopTimeout is how long Stop waits for running activities; 0 means DefaultStopTimeout.
+	StopTimeout time.Duration
+}
+
+// ErrSlots reports slot settings that do not fit the registry pool.
+var ErrSlots = errors.New("worker slots")
+
+// Slots derives the worker's activity and workflow task slots from the registry pool. An activity holds a
+// registry connection while it runs, and a few hold two (a transaction plus a read beside it), so by default a
+// quarter of the pool (at least one connection) is left as headroom: a worker never queues its own activities on the pool. An explicit
+// activity count up to the pool size is accepted (the operator knows the mix); above it is an error, since
+// the extra activities could only wait for connections while their timeouts run. Workflow tasks hold no
+// connection; they default to the pool size so that a worker's share of workflows grows with its share of
+// the database.
+func Slots(pool, maxActivities, maxWorkflowTasks int) (acts, wfTasks int, err error) {
+	if pool < 1 {
+		return 0, 0, fmt.Errorf("%w: registry pool size %d: want at least 1", ErrSlots, pool)
+	}
+	switch {
+	case maxActivities < 0:
+		return 0, 0, fmt.Errorf("%w: max activities %d: want 0 (derived from the pool) or more", ErrSlots, maxActivities)
+	case maxActivities > pool:
+		return 0, 0, fmt.Errorf("%w: max activities %d exceeds the registry pool of %d connections: raise the pool (pool_max_conns in the database URL) or lower the activities", ErrSlots, maxActivities, pool)
+	case maxActivities == 0:
+		acts = max(1, pool-max(1, pool/4))
+	default:
+		acts = maxActivities
+	}
+	switch {
+	case maxWorkflowTasks < 0:
+		return 0, 0, fmt.Errorf("%w: max workflow tasks %d: want 0 (the pool size) or more", ErrSlots, maxWorkflowTasks)
+	case maxWorkflowTasks == 0:
+		// The SDK needs at least two: one for sticky and one for normal workflow task polls.
+		wfTasks = max(2, pool)
+	default:
+		wfTasks = max(2, maxWorkflowTasks)
+	}
+	return acts, wfTasks, nil
+}
+
+// WorkerOptions turns o into the SDK's worker options, or explains why the slots do not fit the pool.
+func (o Options) WorkerOptions() (worker.Options, error) {
+	acts, wf, err := Slots(o.PoolSize, o.MaxActivities, o.MaxWorkflowTasks)
+	if err != nil {
+		return worker.Options{}, err
+	}
+	stop := o.StopTimeout
+	if stop == 0 {
+		stop = DefaultStopTimeout
+	}
+	if stop < 0 {
+		return worker.Options{}, fmt.Errorf("worker stop timeout %s: want 0 or more", stop)
+	}
+	return worker.Options{
+		MaxConcurrentActivityExecutionSize:     acts,
+		MaxConcurrentWorkflowTaskExecutionSize: wf,
+		WorkerStopTimeout:                      stop,
+	}, nil
+}
+
+// New builds a worker on taskQueue with fleetflow's workflows and acts registered, with the SDK's default
+// slots; production workers use NewWithOptions.
 func New(c client.Client, taskQueue string, acts *activities.Activities) worker.Worker {
 	w := worker.New(c, taskQueue, worker.Options{})
 	Register(w, acts)
 	return w
+}
+
+// NewWithOptions builds a worker like New, with its slots sized from the registry pool and its stop timeout
+// set by o.
+func NewWithOptions(c client.Client, taskQueue string, acts *activities.Activities, o Options) (worker.Worker, error) {
+	wo, err := o.WorkerOptions()
+	if err != nil {
+		return nil, err
+	}
+	w := worker.New(c, taskQueue, wo)
+	Register(w, acts)
+	return w, nil
 }
 
 // Register adds fleetflow's workflows, and the activities when acts is not nil, to a worker or replayer.

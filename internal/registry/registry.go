@@ -34,6 +34,9 @@ type Options struct {
 	// Tracer observes every statement of the pool (a metrics exporter's, say). If it also implements
 	// pgx.BatchTracer, pgx.CopyFromTracer or pgxpool.AcquireTracer, pgx calls those too.
 	Tracer pgx.QueryTracer
+	// MaxConns sizes the pool when positive, overriding the database URL's pool_max_conns and the default
+	// floor of 16; a worker sizes its activity slots from it.
+	MaxConns int32
 }
 
 // OpenWithOptions is Open with options.
@@ -44,6 +47,10 @@ func OpenWithOptions(ctx context.Context, url string, opts Options) (*Registry, 
 	}
 	if cfg.MaxConns < 16 {
 		cfg.MaxConns = 16
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+		cfg.MinConns = min(cfg.MinConns, cfg.MaxConns)
 	}
 	if opts.Tracer != nil {
 		cfg.ConnConfig.Tracer = opts.Tracer
