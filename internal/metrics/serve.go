@@ -24,6 +24,7 @@ func WorkerListen(n int) string { return fmt.Sprintf("127.0.0.1:%d", workerBaseP
 
 // Server serves a registry at /metrics.
 type Server struct {
+	mux  *http.ServeMux
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{}
@@ -46,6 +47,7 @@ func Serve(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 		_, _ = w.Write([]byte("fleetflow: metrics are at /metrics\n"))
 	})
 	s := &Server{
+		mux: mux,
 		srv: &http.Server{
 			Handler:           mux,
 			ReadHeaderTimeout: 5 * time.Second,
@@ -62,6 +64,12 @@ func Serve(addr string, h http.Handler, log *slog.Logger) (*Server, error) {
 		}
 	}()
 	return s, nil
+}
+
+// HandleFunc serves h at pattern beside /metrics, e.g. a worker's /livez and /readyz probes; it may be
+// called while the server runs.
+func (s *Server) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	s.mux.HandleFunc(pattern, h)
 }
 
 // Addr is the address the server listens on.
