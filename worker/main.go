@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
@@ -35,25 +36,59 @@ func main() {
 	flag.StringVar(&cfg.NATSCA, "nats-ca", cfg.NATSCA, "CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: system roots)")
 	metricsAddr := os.Getenv("FLEETFLOW_WORKER_METRICS")
 	flag.StringVar(&metricsAddr, "metrics-listen", metricsAddr, "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9465; empty: off (FLEETFLOW_WORKER_METRICS)")
+	opts := workerOptions{
+		pool:          config.EnvInt("FLEETFLOW_DATABASE_POOL", 0),
+		maxActivities: config.EnvInt("FLEETFLOW_WORKER_MAX_ACTIVITIES", 0),
+		maxWorkflows:  config.EnvInt("FLEETFLOW_WORKER_MAX_WORKFLOW_TASKS", 0),
+		stopTimeout:   fleetworker.DefaultStopTimeout,
+	}
+	if v := os.Getenv("FLEETFLOW_WORKER_STOP_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fleetflow-worker: FLEETFLOW_WORKER_STOP_TIMEOUT=%q: %v\n", v, err)
+			os.Exit(2)
+		}
+		opts.stopTimeout = d
+	}
+	flag.IntVar(&opts.pool, "db-pool", opts.pool, "registry connections of this worker; 0: the database URL's pool_max_conns, at least 16 (FLEETFLOW_DATABASE_POOL)")
+	flag.IntVar(&opts.maxActivities, "max-activities", opts.maxActivities, "activities run at once, at most the registry pool; 0: the pool less a quarter (FLEETFLOW_WORKER_MAX_ACTIVITIES)")
+	flag.IntVar(&opts.maxWorkflows, "max-workflow-tasks", opts.maxWorkflows, "workflow tasks run at once; 0: the registry pool size (FLEETFLOW_WORKER_MAX_WORKFLOW_TASKS)")
+	flag.DurationVar(&opts.stopTimeout, "stop-timeout", opts.stopTimeout, "on SIGTERM/SIGINT, how long running activities may finish before they are cancelled (FLEETFLOW_WORKER_STOP_TIMEOUT)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, metricsAddr, log); err != nil {
+	if err := run(ctx, cfg, opts, metricsAddr, log); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetflow-worker:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.Logger) error {
+// workerOptions are the worker's sizing and shutdown settings (docs/architecture.md, "Workers").
+type workerOptions struct {
+	pool, maxActivities, maxWorkflows int
+	stopTimeout                       time.Duration
+}
+
+func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr string, log *slog.Logger) error {
+	if opts.pool < 0 {
+		return fmt.Errorf("registry pool %d: want 0 (from the database URL) or more", opts.pool)
+	}
+	if opts.pool > 0 {
+		// Known before connecting: refuse a bad setting without touching Postgres or Temporal.
+		if _, _, err := fleetworker.Slots(opts.pool, opts.maxActivities, opts.maxWorkflows); err != nil {
+			return err
+		}
+	}
 	// Metrics are off unless asked for: then the registry's statements and the Temporal SDK report into one
 	// registry served at /metrics. Interface-typed nils keep pgx and the SDK on their no-op paths otherwise.
 	var (
 		mreg    *metrics.Registry
 		tracer  pgx.QueryTracer
 		handler client.MetricsHandler
+		probes  fleetworker.Probes
 	)
 	if metricsAddr != "" {
 		mreg = metrics.NewRegistry()
@@ -69,13 +104,18 @@ func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.L
 			return err
 		}
 		defer srv.Close()
-		log.Info("serving metrics", "url", srv.URL())
+		probes.Register(srv)
+		log.Info("serving metrics and probes", "url", srv.URL(), "readyz", "http://"+srv.Addr()+"/readyz")
 	}
-	reg, err := registry.OpenWithOptions(ctx, cfg.DatabaseURL, registry.Options{Tracer: tracer})
+	reg, err := registry.OpenWithOptions(ctx, cfg.DatabaseURL, registry.Options{Tracer: tracer, MaxConns: int32(opts.pool)})
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
+	defer func() {
+		reg.Close()
+		log.Info("registry closed")
+	}()
+	probes.Registry = reg.Pool().Ping
 	if mreg != nil {
 		metrics.RegisterPool(mreg, reg.Pool())
 	}
@@ -89,14 +129,46 @@ func run(ctx context.Context, cfg config.Config, metricsAddr string, log *slog.L
 		return fmt.Errorf("connect to temporal at %s: %w", cfg.TemporalAddress, err)
 	}
 	defer c.Close()
+	probes.Temporal = func(ctx context.Context) error {
+		_, err := c.CheckHealth(ctx, &client.CheckHealthRequest{})
+		return err
+	}
 	ch := &lazyChannel{cfg: channel.Config{URL: cfg.NATSURL, CAFile: cfg.NATSCA, Name: "fleetflow-worker", Logger: log}}
-	defer ch.Close()
-	w := fleetworker.New(c, cfg.TaskQueue, activities.New(reg, ch))
-	log.Info("worker started", "task_queue", cfg.TaskQueue, "temporal", cfg.TemporalAddress)
-	interrupt := make(chan any)
-	go func() { <-ctx.Done(); close(interrupt) }()
-	if err := w.Run(interrupt); err != nil {
+	defer func() {
+		ch.Close()
+		log.Info("device channel closed")
+	}()
+	running := &fleetworker.Running{}
+	fo := fleetworker.Options{
+		PoolSize:         int(reg.Pool().Config().MaxConns),
+		MaxActivities:    opts.maxActivities,
+		MaxWorkflowTasks: opts.maxWorkflows,
+		StopTimeout:      opts.stopTimeout,
+		Running:          running,
+	}
+	wo, err := fo.WorkerOptions()
+	if err != nil {
+		return err
+	}
+	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, activities.New(reg, ch), fo)
+	if err != nil {
+		return err
+	}
+	if err := w.Start(); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	probes.SetPolling(true)
+	log.Info("worker started", "task_queue", cfg.TaskQueue, "temporal", cfg.TemporalAddress,
+		"registry_pool", fo.PoolSize, "max_activities", wo.MaxConcurrentActivityExecutionSize,
+		"max_workflow_tasks", wo.MaxConcurrentWorkflowTaskExecutionSize, "stop_timeout", wo.WorkerStopTimeout)
+	<-ctx.Done()
+	// Stop polling first (readiness goes 503 at once), then let the running activities finish; those still
+	// running at the stop timeout are cancelled, and since they heartbeat another worker retries them.
+	probes.SetPolling(false)
+	log.Info("stopping: no new tasks; waiting for running activities",
+		"running", running.Total(), "by_type", running.Snapshot(), "stop_timeout", wo.WorkerStopTimeout)
+	start := time.Now()
+	w.Stop()
+	log.Info("worker stopped", "waited", time.Since(start).Round(time.Millisecond), "still_running", running.Snapshot())
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/fleetflow/fleetflow/activities"
@@ -30,6 +31,8 @@ type Options struct {
 	MaxWorkflowTasks int
 	// StopTimeout is how long Stop waits for running activities; 0 means DefaultStopTimeout.
 	StopTimeout time.Duration
+	// Running, when set, counts the running activities (what a stopping worker waits for).
+	Running *Running
 }
 
 // ErrSlots reports slot settings that do not fit the registry pool.
@@ -81,11 +84,15 @@ func (o Options) WorkerOptions() (worker.Options, error) {
 	if stop < 0 {
 		return worker.Options{}, fmt.Errorf("worker stop timeout %s: want 0 or more", stop)
 	}
-	return worker.Options{
+	wo := worker.Options{
 		MaxConcurrentActivityExecutionSize:     acts,
 		MaxConcurrentWorkflowTaskExecutionSize: wf,
 		WorkerStopTimeout:                      stop,
-	}, nil
+	}
+	if o.Running != nil {
+		wo.Interceptors = []interceptor.WorkerInterceptor{o.Running}
+	}
+	return wo, nil
 }
 
 // New builds a worker on taskQueue with fleetflow's workflows and acts registered, with the SDK's default
