@@ -80,6 +80,10 @@ func TestServe(t *testing.T) {
 	assert.Equal(t, http.StatusOK, code)
 	code, _ = get("/nope")
 	assert.Equal(t, http.StatusNotFound, code)
+	s.HandleFunc("/nope", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("added\n")) })
+	code, body = get("/nope")
+	assert.Equal(t, http.StatusOK, code, "a handler added while serving answers")
+	assert.Equal(t, "added\n", body)
 
 	_, err = metrics.Serve(s.Addr(), metrics.Handler(r), nil)
 	require.Error(t, err, "a port in use is an error at start")
