@@ -139,12 +139,20 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 		log.Info("device channel closed")
 	}()
 	running := &fleetworker.Running{}
+	fatal := make(chan error, 1)
 	fo := fleetworker.Options{
 		PoolSize:         int(reg.Pool().Config().MaxConns),
 		MaxActivities:    opts.maxActivities,
 		MaxWorkflowTasks: opts.maxWorkflows,
 		StopTimeout:      opts.stopTimeout,
 		Running:          running,
+		// A worker that stops on its own (the namespace is gone, say) ends the process, as Run did.
+		OnFatalError: func(err error) {
+			select {
+			case fatal <- err:
+			default:
+			}
+		},
 	}
 	wo, err := fo.WorkerOptions()
 	if err != nil {
@@ -161,7 +169,13 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 	log.Info("worker started", "task_queue", cfg.TaskQueue, "temporal", cfg.TemporalAddress,
 		"registry_pool", fo.PoolSize, "max_activities", wo.MaxConcurrentActivityExecutionSize,
 		"max_workflow_tasks", wo.MaxConcurrentWorkflowTaskExecutionSize, "stop_timeout", wo.WorkerStopTimeout)
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case err := <-fatal:
+		probes.SetPolling(false)
+		w.Stop()
+		return fmt.Errorf("worker: %w", err)
+	}
 	// Stop polling first (readiness goes 503 at once), then let the running activities finish; those still
 	// running at the stop timeout are cancelled, and since they heartbeat another worker retries them.
 	probes.SetPolling(false)

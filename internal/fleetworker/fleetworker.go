@@ -33,6 +33,9 @@ type Options struct {
 	StopTimeout time.Duration
 	// Running, when set, counts the running activities (what a stopping worker waits for).
 	Running *Running
+	// OnFatalError, when set, is told why the worker stopped on its own (the namespace is gone, say), so that
+	// a process that started it with Start rather than Run can exit.
+	OnFatalError func(error)
 }
 
 // ErrSlots reports slot settings that do not fit the registry pool.
@@ -88,6 +91,7 @@ func (o Options) WorkerOptions() (worker.Options, error) {
 		MaxConcurrentActivityExecutionSize:     acts,
 		MaxConcurrentWorkflowTaskExecutionSize: wf,
 		WorkerStopTimeout:                      stop,
+		OnFatalError:                           o.OnFatalError,
 	}
 	if o.Running != nil {
 		wo.Interceptors = []interceptor.WorkerInterceptor{o.Running}
