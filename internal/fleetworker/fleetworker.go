@@ -56,7 +56,7 @@ func Slots(pool, maxActivities, maxWorkflowTasks int) (acts, wfTasks int, err er
 	case maxActivities < 0:
 		return 0, 0, fmt.Errorf("%w: max activities %d: want 0 (derived from the pool) or more", ErrSlots, maxActivities)
 	case maxActivities > pool:
-		return 0, 0, fmt.Errorf("%w: max activities %d exceeds the registry pool of %d connections: raise the pool (pool_max_conns in the database URL) or lower the activities", ErrSlots, maxActivities, pool)
+		return 0, 0, fmt.Errorf("%w: max activities %d exceeds the registry pool of %d connections: raise the pool (--db-pool, FLEETFLOW_DATABASE_POOL or pool_max_conns in the database URL) or lower the activities", ErrSlots, maxActivities, pool)
 	case maxActivities == 0:
 		acts = max(1, pool-max(1, pool/4))
 	default:
