@@ -508,3 +508,17 @@ func TestInsertsAreAnnouncedOncePerStatement(t *testing.T) {
 	require.NoError(t, reg.SetStatus(ctx, "dev-2", fleet.StatusDisabled))
 	require.Equal(t, "dev-2", next())
 }
+
+// Options.MaxConns sizes the pool exactly, below the default floor of 16 and above the URL's pool_max_conns;
+// a worker derives its activity slots from it.
+func TestOpenWithMaxConns(t *testing.T) {
+	url := testenv.Postgres(t)
+	for _, want := range []int32{4, 40} {
+		reg, err := registry.OpenWithOptions(context.Background(), url, registry.Options{MaxConns: want})
+		require.NoError(t, err)
+		require.Equal(t, want, reg.Pool().Config().MaxConns)
+		reg.Close()
+	}
+	reg := open(t)
+	require.Equal(t, int32(16), reg.Pool().Config().MaxConns, "the floor without MaxConns")
+}
