@@ -103,6 +103,17 @@ func keepHeartbeating(ctx context.Context) (stop func()) {
 	return func() { close(done) }
 }
 
+// workerStopping is closed when the activity's worker begins to stop (never outside an activity). The
+// polling waits return their latest observation then, as if their poll period had ended: the workflow
+// schedules the next poll at once, on another worker, instead of after a heartbeat timeout
+// (docs/architecture.md, "Workers").
+func workerStopping(ctx context.Context) <-chan struct{} {
+	if !activity.IsActivity(ctx) {
+		return nil
+	}
+	return activity.GetWorkerStopChannel(ctx)
+}
+
 // activityLogger is the activity's logger, or slog's default outside an activity (tests call activities
 // directly).
 func activityLogger(ctx context.Context) interface {

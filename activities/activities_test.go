@@ -98,3 +98,36 @@ func TestFinishProvisionDropsStagingAndSamplesInvalidRows(t *testing.T) {
 	require.Equal(t, []fleet.RowResult{{Line: 4, Outcome: fleet.RowInvalid, Reason: "expected 3 fields, found 2"}}, res.InvalidSample,
 		"invalid rows only, not the existing device")
 }
+
+// A stopping worker ends the polling waits with their latest observation, long before MaxWait, so that the
+// workflow polls again at once on another worker.
+func TestPollingWaitsReturnWhenTheWorkerStops(t *testing.T) {
+	stopped := make(chan struct{})
+	close(stopped)
+	var s testsuite.WorkflowTestSuite
+
+	env := s.NewTestActivityEnvironment()
+	env.SetWorkerStopChannel(stopped)
+	f := &scriptedProgress{Store: fleettest.New(), progress: []fleet.ConnectProgress{{Created: 10, Reported: 3}}}
+	a := &Activities{Provision: f, PollInterval: time.Hour}
+	env.RegisterActivity(a)
+	v, err := env.ExecuteActivity(a.WaitConnected, workflows.WaitConnectedInput{Op: "op", MaxWait: 24 * time.Hour})
+	require.NoError(t, err)
+	var st fleet.ConnectProgress
+	require.NoError(t, v.Get(&st))
+	require.Equal(t, int64(3), st.Reported)
+	require.Equal(t, 1, f.polls)
+
+	env = s.NewTestActivityEnvironment()
+	env.SetWorkerStopChannel(stopped)
+	jobs := fleettest.New()
+	jobs.Acks = []fleet.AckProgress{{Acked: 1, Waiting: 3, WaitingOnline: 2}}
+	a = &Activities{Jobs: jobs}
+	env.RegisterActivity(a)
+	v, err = env.ExecuteActivity(a.JobCollectAcks, workflows.JobCollectAcksInput{JobID: "j", Keys: []string{"led"}, MaxWait: 24 * time.Hour})
+	require.NoError(t, err)
+	var acks workflows.JobCollectAcksResult
+	require.NoError(t, v.Get(&acks))
+	require.Equal(t, workflows.JobCollectAcksResult{Acked: 1, Waiting: 3, WaitingOnline: 2}, acks)
+	require.Equal(t, 1, jobs.AckCalls)
+}

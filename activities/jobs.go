@@ -269,6 +269,8 @@ func (a *Activities) JobCollectAcks(ctx context.Context, req workflows.JobCollec
 		select {
 		case <-ctx.Done():
 			return st, ctx.Err()
+		case <-workerStopping(ctx):
+			return st, nil
 		case <-time.After(min(ackPollEvery, time.Until(deadline))):
 		}
 	}

@@ -65,6 +65,8 @@ func (a *Activities) WaitConnected(ctx context.Context, req workflows.WaitConnec
 		select {
 		case <-ctx.Done():
 			return st, ctx.Err()
+		case <-workerStopping(ctx):
+			return st, nil
 		case <-time.After(interval):
 		}
 	}

@@ -94,6 +94,8 @@ func (a *Activities) RolloutObserve(ctx context.Context, req workflows.RolloutOb
 		select {
 		case <-ctx.Done():
 			return obs, ctx.Err()
+		case <-workerStopping(ctx):
+			return obs, nil
 		case <-time.After(min(poll, time.Until(deadline))):
 		}
 	}
