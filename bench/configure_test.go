@@ -18,9 +18,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/nats-io/nats.go"
-	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/temporal"
 
 	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/internal/channel"
@@ -29,8 +27,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/protocol"
-	"github.com/fleetflow/fleetflow/internal/rollout"
-	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -192,47 +188,9 @@ func benchConfigure(b *testing.B, n int) configureHistory {
 
 	// A four-wave rollout over the fleet.
 	version := fmt.Sprintf("2.%d.0", n)
-	fw, err := f.reg.AddFirmware(ctx, fleet.Firmware{Version: version, URL: "https://fw.example/" + version + ".bin",
-		SHA256: strings.Repeat("ab", 32)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	waves, err := rollout.ParseWaves("1%,10%,50%,100%")
-	if err != nil {
-		b.Fatal(err)
-	}
-	th, err := rollout.ParseThreshold("5%")
-	if err != nil {
-		b.Fatal(err)
-	}
-	rolloutID := "rollout-" + version + "-1"
-	b.StartTimer()
-	t0 = time.Now()
-	total, err := f.reg.CreateRollout(ctx, fleet.NewRollout{ID: rolloutID, Version: version, Query: fleetQuery, Spec: []byte("{}")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	claimed := time.Since(t0)
-	rrun, err := f.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: rolloutID, TaskQueue: f.queue, WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpRollout),
-			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total), searchattr.Stage.ValueSet("starting")),
-	}, workflows.FirmwareRollout, workflows.RolloutInput{RolloutID: rolloutID,
-		Firmware: workflows.FirmwareRef{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256},
-		Total:    total, Waves: waves, MaxFailures: th, PollInterval: 250 * time.Millisecond})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var rres workflows.RolloutResult
-	err = rrun.Get(ctx, &rres)
-	rolloutWall := time.Since(t0)
+	r := f.runRollout(b, ctx, version, "ab", fleetQuery, n, b.StartTimer)
 	b.StopTimer()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if total != int64(n) || rres.State != "completed" || rres.Counts.Succeeded != total {
-		b.Fatalf("rollout of %d devices: %s, %s", total, rres.State, rres.Counts)
-	}
+	rolloutID, rres, rolloutWall, claimed := r.id, r.result, r.wall, r.claim
 	var updated int
 	if err := f.reg.Pool().QueryRow(ctx, "SELECT count(*) FROM devices WHERE reported #>> '{firmware,version}' = $1", version).Scan(&updated); err != nil {
 		b.Fatal(err)

@@ -18,17 +18,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	enumspb "go.temporal.io/api/enums/v1"
-	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/temporal"
 
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/creds"
-	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
-	"github.com/fleetflow/fleetflow/internal/rollout"
-	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -547,46 +541,9 @@ func (f *fleetRig) countReported(b *testing.B, ctx context.Context, cond, arg st
 func (f *fleetRig) rollout(b *testing.B, ctx context.Context, query string, n int) time.Duration {
 	b.Helper()
 	version := fmt.Sprintf("3.%d.0", n)
-	fw, err := f.reg.AddFirmware(ctx, fleet.Firmware{Version: version, URL: "https://fw.example/" + version + ".bin",
-		SHA256: strings.Repeat("cd", 32)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	waves, err := rollout.ParseWaves("1%,10%,50%,100%")
-	if err != nil {
-		b.Fatal(err)
-	}
-	th, err := rollout.ParseThreshold("5%")
-	if err != nil {
-		b.Fatal(err)
-	}
-	id := "rollout-" + version + "-1"
-	t0 := time.Now()
-	total, err := f.reg.CreateRollout(ctx, fleet.NewRollout{ID: id, Version: version, Query: query, Spec: []byte("{}")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	run, err := f.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: id, TaskQueue: f.queue, WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpRollout),
-			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(total), searchattr.Stage.ValueSet("starting")),
-	}, workflows.FirmwareRollout, workflows.RolloutInput{RolloutID: id,
-		Firmware: workflows.FirmwareRef{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256},
-		Total:    total, Waves: waves, MaxFailures: th, PollInterval: 250 * time.Millisecond})
-	if err != nil {
-		b.Fatal(err)
-	}
-	var res workflows.RolloutResult
-	err = run.Get(ctx, &res)
-	wall := time.Since(t0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if total != int64(n) || res.State != "completed" || res.Counts.Succeeded != total {
-		b.Fatalf("rollout of %d devices: %s, %s", total, res.State, res.Counts)
-	}
+	r := f.runRollout(b, ctx, version, "cd", query, n, func() {})
 	f.checkReported(b, ctx, "reported #>> '{firmware,version}' = $1", version, n)
-	return wall
+	return r.wall
 }
 
 // failover starts a desired job over the fleet, SIGKILLs the last gateway a second later and measures the

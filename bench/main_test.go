@@ -9,13 +9,20 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/rollout"
+	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/testenv"
+	"github.com/fleetflow/fleetflow/workflows"
 )
 
 var bins testenv.Binaries
@@ -124,3 +131,60 @@ func (quiet) Debug(string, ...any) {}
 func (quiet) Info(string, ...any)  {}
 func (quiet) Warn(string, ...any)  {}
 func (quiet) Error(string, ...any) {}
+
+// rolloutRun is how one benchmark rollout ended.
+type rolloutRun struct {
+	id     string
+	total  int64
+	claim  time.Duration // CreateRollout: claiming the devices
+	wall   time.Duration // from the claim to the workflow's end
+	result workflows.RolloutResult
+}
+
+// runRollout registers firmware version (sha256 is its fake digest) and runs the benchmarks' four-wave
+// rollout (1%, 10%, 50%, 100%, no bake, 5% failure limit, 250 ms polls) over query, the way
+// `fleetflow rollout start` would: the claim, then the FirmwareRollout workflow. start runs just before the
+// clock starts (a benchmark's b.StartTimer). It fails the benchmark unless the rollout completes with all n
+// devices succeeded.
+func (be *backend) runRollout(b *testing.B, ctx context.Context, version, sha256, query string, n int, start func()) rolloutRun {
+	b.Helper()
+	fw, err := be.reg.AddFirmware(ctx, fleet.Firmware{Version: version, URL: "https://fw.example/" + version + ".bin",
+		SHA256: strings.Repeat(sha256, 32)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	waves, err := rollout.ParseWaves("1%,10%,50%,100%")
+	if err != nil {
+		b.Fatal(err)
+	}
+	th, err := rollout.ParseThreshold("5%")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rolloutRun{id: "rollout-" + version + "-1"}
+	start()
+	t0 := time.Now()
+	if r.total, err = be.reg.CreateRollout(ctx, fleet.NewRollout{ID: r.id, Version: version, Query: query, Spec: []byte("{}")}); err != nil {
+		b.Fatal(err)
+	}
+	r.claim = time.Since(t0)
+	run, err := be.tc.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: r.id, TaskQueue: be.queue, WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpRollout),
+			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(r.total), searchattr.Stage.ValueSet("starting")),
+	}, workflows.FirmwareRollout, workflows.RolloutInput{RolloutID: r.id,
+		Firmware: workflows.FirmwareRef{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256},
+		Total:    r.total, Waves: waves, MaxFailures: th, PollInterval: 250 * time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = run.Get(ctx, &r.result)
+	r.wall = time.Since(t0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if r.total != int64(n) || r.result.State != "completed" || r.result.Counts.Succeeded != r.total {
+		b.Fatalf("rollout of %d devices: %s, %s", r.total, r.result.State, r.result.Counts)
+	}
+	return r
+}
