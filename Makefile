@@ -15,11 +15,12 @@ LDFLAGS       := $(if $(VERSION),-X main.version=$(VERSION))
 TEST_ENV := FLEETFLOW_TEMPORAL_CLI=$(BIN)/temporal
 
 .DEFAULT_GOAL := build
-.PHONY: build deps up down status demo test vet workflowcheck lint bench fuzz clean reset help
+.PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz clean reset help
 
 help:
 	@echo "make demo     start the local stack and run the demo (leaves the stack running)"
 	@echo "make test     vet, workflowcheck and all tests against throwaway services"
+	@echo "make race     the goroutine-heavy packages under the race detector (part of make test)"
 	@echo "make up | down | status    manage the local stack (fleetflow dev ...); make up GATEWAYS=3 WORKERS=2"
 	@echo "make build    bin/fleetflow and bin/fleetflow-worker"
 	@echo "make deps     Postgres server binaries and mosquitto clients (apt-get), bin/temporal (go install)"
@@ -70,6 +71,15 @@ workflowcheck:
 test: build deps vet workflowcheck
 	@echo "== go test"
 	@$(TEST_ENV) $(GO) test -count=1 -timeout 30m ./...
+	@$(MAKE) --no-print-directory race
+
+# The packages whose goroutines share state (the gateway, the NATS channel, the device SDK, the simulator,
+# the activities and the fake store they run against) once more under the race detector.
+RACE_PKGS = ./internal/gateway/... ./internal/channel/... ./internal/device/... ./internal/simulator/... \
+	./activities/... ./internal/fleet/...
+race: build deps
+	@echo "== go test -race"
+	@$(TEST_ENV) $(GO) test -race -count=1 -timeout 30m $(RACE_PKGS)
 
 lint: vet
 	@echo "== staticcheck"
