@@ -290,6 +290,25 @@ func TestShutdownEndsSessionsWithoutDisconnectOnMQTT311(t *testing.T) {
 	assertDisconnect(t, wait(t, got5), codeServerShuttingDown)
 }
 
+// TestCloseDoesNotWaitForPersistentSessions: a 3.1.1 device with a persistent session (clean = false) that
+// has disconnected stays listed by the broker until its session expires; Close must not wait for it to
+// leave (it would wait out its whole 5 s deadline, and a gateway restart would take that much longer).
+func TestCloseDoesNotWaitForPersistentSessions(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-keep", "s3cret")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	c, code := dialRaw(t, g.Addr(), 4, "dev-keep", "s3cret", false)
+	require.Equal(t, byte(0), code)
+	require.Eventually(t, func() bool { return g.Stats().Connected == 1 }, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, c.conn.Close())
+	require.Eventually(t, func() bool { return g.Stats().Connected == 0 }, 5*time.Second, 5*time.Millisecond)
+	t0 := time.Now()
+	require.NoError(t, g.Close())
+	// Before the fix Close took its full 5 s deadline here; it needs milliseconds, so 4 s leaves a loaded
+	// machine plenty of room without letting the old wait pass.
+	assert.Less(t, time.Since(t0), 4*time.Second, "Close waited for a closed persistent session")
+}
+
 // TestDeniedPublishClosesWithoutDisconnectOnMQTT311: mochi ends a 3.1.1 connection that publishes at QoS 1
 // outside its topics (3.1.1 has no negative PUBACK); that close must not carry a DISCONNECT either.
 func TestDeniedPublishClosesWithoutDisconnectOnMQTT311(t *testing.T) {

@@ -630,7 +630,10 @@ func (h minLevel) WithGroup(name string) slog.Handler {
 // hasNetworkClients reports whether any client other than the inline one is still attached.
 func hasNetworkClients(s *mqtt.Server) bool {
 	for _, cl := range s.Clients.GetAll() {
-		if !cl.Net.Inline {
+		// A closed persistent session stays listed until it expires (an hour by default), and mochi deletes
+		// nothing for it meanwhile: waiting for it would only spend Close's whole deadline. An open
+		// connection, or a closed clean one mochi is about to delete, is waited for.
+		if !cl.Net.Inline && (!cl.Closed() || cleanSession(cl)) {
 			return true
 		}
 	}
