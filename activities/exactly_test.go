@@ -16,7 +16,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/internal/registry"
-	"github.com/fleetflow/fleetflow/internal/testenv"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
@@ -91,9 +91,7 @@ func fakeWorld() exactWorld {
 
 func registryWorld(t *testing.T) exactWorld {
 	ctx := context.Background()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
+	reg := registrytest.Open(t)
 	stage := func(t *testing.T, op string, ids []string) {
 		i := 0
 		_, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
@@ -123,7 +121,7 @@ func registryWorld(t *testing.T) exactWorld {
 		stage: stage,
 		devices: func(t *testing.T, op string, ids []string) {
 			stage(t, op, ids)
-			_, err = reg.ProvisionBatch(ctx, op, 0, int64(len(ids)), 0)
+			_, err := reg.ProvisionBatch(ctx, op, 0, int64(len(ids)), 0)
 			require.NoError(t, err)
 			var ups []fleet.ConnEvent
 			var reports []fleet.ReportedPatch
@@ -133,7 +131,7 @@ func registryWorld(t *testing.T) exactWorld {
 					Patch: []byte(`{"firmware":{"version":"` + fwOld.Version + `"}}`)})
 			}
 			require.NoError(t, reg.RecordConnections(ctx, ups))
-			_, err := reg.ApplyReported(ctx, reports)
+			_, err = reg.ApplyReported(ctx, reports)
 			require.NoError(t, err)
 			addFirmware(t, reg, fwOld)
 		},

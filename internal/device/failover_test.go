@@ -11,7 +11,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/device"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
-	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 )
@@ -23,9 +22,7 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // newer session.
 func TestDeviceFailsOverToAnotherGateway(t *testing.T) {
 	ctx := context.Background()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
+	reg := registrytest.Open(t)
 	c := registrytest.Provision(t, reg, "lb-dev", 1)[0]
 
 	cfg := gateway.Config{FlushInterval: 20 * time.Millisecond}

@@ -24,6 +24,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -51,9 +52,7 @@ func quiet() *slog.Logger {
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	ctx := context.Background()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
+	reg := registrytest.Open(t)
 	c := &cluster{t: t, reg: reg, nats: testenv.StartNATSCluster(t, 3)}
 	for i, node := range c.nats.Nodes {
 		r, err := channel.DialRelay(channel.Config{URL: node.ClientURL(), Name: fmt.Sprintf("gateway-%d", i+1), Logger: quiet()})
@@ -65,7 +64,8 @@ func newCluster(t *testing.T) *cluster {
 		c.gws, c.relays = append(c.gws, g), append(c.relays, r)
 	}
 	// The channel knows the whole cluster; it is told about the last node first.
-	c.ch, err = channel.Dial(ctx, channel.Config{URL: c.nats.Nodes[2].ClientURL() + "," + c.nats.URL(), Logger: quiet()})
+	ch, err := channel.Dial(ctx, channel.Config{URL: c.nats.Nodes[2].ClientURL() + "," + c.nats.URL(), Logger: quiet()})
+	c.ch = ch
 	require.NoError(t, err)
 	t.Cleanup(c.ch.Close)
 	return c

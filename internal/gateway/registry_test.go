@@ -14,7 +14,6 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
-	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/testenv"
@@ -26,9 +25,7 @@ import (
 // drops its session at once.
 func TestGatewayWithRegistry(t *testing.T) {
 	ctx := context.Background()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
+	reg := registrytest.Open(t)
 
 	const n = 30
 	list := registrytest.Provision(t, reg, "reg-dev", n)
@@ -83,9 +80,7 @@ func TestGatewayWithRegistry(t *testing.T) {
 // statuses in device_job_status. Method calls to an offline device fail fast.
 func TestFirmwareJobWithRegistry(t *testing.T) {
 	ctx := context.Background()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
+	reg := registrytest.Open(t)
 	const n, seed = 12, 4
 	list := registrytest.Provision(t, reg, "fw-dev", n)
 	natsURL := testenv.NATS(t)
@@ -196,9 +191,7 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // session, and the first session's late ConnDown is ignored.
 func TestDeviceMovesBetweenGateways(t *testing.T) {
 	ctx := context.Background()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
+	reg := registrytest.Open(t)
 	c := registrytest.Provision(t, reg, "move-dev", 1)[0]
 	cfg := gateway.Config{FlushInterval: 20 * time.Millisecond}
 	g1 := gatewaytest.StartGateway(t, reg, cfg)

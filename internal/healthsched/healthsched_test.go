@@ -14,7 +14,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/internal/healthsched"
-	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -44,10 +44,8 @@ func TestValidateEvery(t *testing.T) {
 func TestScheduleRunsHealthChecks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
-	_, err = reg.Pool().Exec(ctx, `INSERT INTO devices (id, online, last_seen, created_at, reported) VALUES
+	reg := registrytest.Open(t)
+	_, err := reg.Pool().Exec(ctx, `INSERT INTO devices (id, online, last_seen, created_at, reported) VALUES
 		('s-1', false, now() - interval '1 hour', now() - interval '1 day', '{}'),
 		('s-2', true, now(), now() - interval '1 day', '{"health":{"status":"failing"}}'),
 		('s-3', true, now(), now() - interval '1 day', '{}')`)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
-	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 	"github.com/fleetflow/fleetflow/internal/testenv"
@@ -23,9 +22,7 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // away its devices reconnect to the others in equal shares, as behind a TCP load balancer.
 func TestSimulatorSpreadsOverGatewaysAndFailsOver(t *testing.T) {
 	ctx := context.Background()
-	reg, err := registry.Open(ctx, testenv.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(reg.Close)
+	reg := registrytest.Open(t)
 	const n = 30
 	list := registrytest.Provision(t, reg, "spread", n)
 	cfg := gateway.Config{FlushInterval: 20 * time.Millisecond}

@@ -10,7 +10,20 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/testenv"
 )
+
+// Open opens the registry on a fresh database of internal/testenv (already at the registry's schema) and
+// closes it when the test ends.
+func Open(t testing.TB) *registry.Registry {
+	t.Helper()
+	reg, err := registry.Open(context.Background(), testenv.Postgres(t))
+	if err != nil {
+		t.Fatalf("open the registry: %v", err)
+	}
+	t.Cleanup(reg.Close)
+	return reg
+}
 
 // Provision creates n active devices named prefix-00, prefix-01, … with fresh secrets and returns their
 // credentials, in order. It fails the test when the registry does not create exactly n.
