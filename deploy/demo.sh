@@ -154,7 +154,7 @@ fi
 echo "   the simulator restarts with demo-r0998's credentials; the replacement connects:"
 "$ff" dev simulate -- --creds "$creds" --telemetry-every 30s --firmware-delay 200ms >/dev/null
 for _ in $(seq 1 60); do
-  "$ff" devices get demo-r0998 | grep -q '^connection *connected' && break
+  grep -q '^connection *connected' <<< "$("$ff" devices get demo-r0998)" && break
   sleep 0.5
 done
 "$ff" devices get demo-r0998 | sed -n '1,3p'
