@@ -38,6 +38,10 @@ func TestTemporalSetupScript(t *testing.T) {
 // The script against a real Temporal server (a dev server of internal/testenv, with bin/temporal as the CLI the
 // script calls): it creates the namespace and the search attributes, and a second run succeeds and finds them.
 func TestTemporalSetupScriptRuns(t *testing.T) {
+	if os.Getenv("FLEETFLOW_TEMPORAL_CLI") == "" {
+		// testenv looks for bin/temporal beside the nearest go.mod, which is this module's: name the checkout's.
+		t.Setenv("FLEETFLOW_TEMPORAL_CLI", filepath.Join(repoRoot(t), "bin", "temporal"))
+	}
 	cli, err := testenv.TemporalCLI()
 	if err != nil {
 		t.Fatal(err)
