@@ -197,10 +197,26 @@ func TestHelmValuesSchema(t *testing.T) {
 		{map[string]any{"gateway": map[string]any{"replica": 3}}, "replica"},
 		{map[string]any{"worker": map[string]any{"stopTimeout": "1 minute"}}, "stopTimeout"},
 		{map[string]any{"databse": map[string]any{}}, "databse"},
+		{map[string]any{"gateway": map[string]any{"tlsSecret": ""}}, "tlsSecret"},
 	} {
 		if _, err := newInstall(t).Run(ch, tc.vals); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("values %v: err = %v, want a schema error naming %s", tc.vals, err, tc.want)
 		}
+	}
+}
+
+// Without the autoscaler the worker Deployment carries its replicas itself.
+func TestHelmWorkerWithoutAutoscaler(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(f, []byte("worker:\n  replicas: 4\n  autoscaling:\n    enabled: false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := renderChart(t, f)
+	if len(r.hpas) != 0 {
+		t.Errorf("%d HorizontalPodAutoscalers with autoscaling off", len(r.hpas))
+	}
+	if w := r.deployments["worker"]; w == nil || w.Spec.Replicas == nil || *w.Spec.Replicas != 4 {
+		t.Errorf("worker replicas: %+v", w)
 	}
 }
 
