@@ -116,6 +116,27 @@ func TestComposeImagesPinned(t *testing.T) {
 			t.Errorf("%s: image %q is not pinned to a version", name, ref)
 		}
 	}
+	// Temporal's admin tools match the server's release (their schemas are that release's), in compose and in the
+	// chart's setup Job.
+	server := strings.TrimPrefix(p.Services["temporal"].Image, "temporalio/server:")
+	for _, job := range []string{"temporal-schema", "temporal-setup"} {
+		if img := p.Services[job].Image; !strings.HasPrefix(img, "temporalio/admin-tools:"+server+"-") {
+			t.Errorf("%s runs %s, want the admin tools of temporalio/server:%s", job, img, server)
+		}
+	}
+	var values struct {
+		Temporal struct {
+			Setup struct {
+				Image struct{ Repository, Tag string }
+			}
+		}
+	}
+	if err := yaml.Unmarshal([]byte(readFile(t, chartDir+"/values.yaml")), &values); err != nil {
+		t.Fatal(err)
+	}
+	if img := values.Temporal.Setup.Image.Repository + ":" + values.Temporal.Setup.Image.Tag; img != p.Services["temporal-setup"].Image {
+		t.Errorf("the chart's setup Job runs %s, compose's %s", img, p.Services["temporal-setup"].Image)
+	}
 	// The NATS nodes run the nats-server release that `fleetflow nats-node` embeds and the tests run.
 	natsVersion := strings.TrimPrefix(goModRequire(t, "github.com/nats-io/nats-server/v2"), "v")
 	if natsVersion == "" {

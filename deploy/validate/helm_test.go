@@ -19,6 +19,7 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -52,6 +53,7 @@ type rendered struct {
 	hpas        []*autoscalingv2.HorizontalPodAutoscaler
 	pdbs        []*policyv1.PodDisruptionBudget
 	jobs        map[string]*batchv1.Job // by component label
+	policies    []*networkingv1.NetworkPolicy
 	monitors    []*serviceMonitor
 	kinds       []string // every document's kind, in order
 }
@@ -116,7 +118,7 @@ func decodeAll(t *testing.T, manifest string) rendered {
 	t.Helper()
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{appsv1.AddToScheme, corev1.AddToScheme, batchv1.AddToScheme,
-		policyv1.AddToScheme, autoscalingv2.AddToScheme} {
+		policyv1.AddToScheme, autoscalingv2.AddToScheme, networkingv1.AddToScheme} {
 		if err := add(scheme); err != nil {
 			t.Fatal(err)
 		}
@@ -160,6 +162,8 @@ func decodeAll(t *testing.T, manifest string) rendered {
 			out.pdbs = append(out.pdbs, o)
 		case *batchv1.Job:
 			out.jobs[o.Labels["app.kubernetes.io/component"]] = o
+		case *networkingv1.NetworkPolicy:
+			out.policies = append(out.policies, o)
 		default:
 			t.Fatalf("decoded %T: not checked by this test", obj)
 		}
@@ -452,8 +456,61 @@ func checkChart(t *testing.T, r rendered, production bool) {
 		if len(wc.EnvFrom) != 1 || wc.EnvFrom[0].SecretRef == nil {
 			t.Errorf("worker: the Temporal Secret is not in envFrom: %+v", wc.EnvFrom)
 		}
-	} else if len(r.monitors) != 0 {
-		t.Error("a ServiceMonitor by default: its CRD may not exist in the cluster")
+		checkNetworkPolicies(t, r, gw, worker)
+	} else {
+		if len(r.monitors) != 0 {
+			t.Error("a ServiceMonitor by default: its CRD may not exist in the cluster")
+		}
+		if len(r.policies) != 0 {
+			t.Error("NetworkPolicies by default")
+		}
+	}
+}
+
+// checkNetworkPolicies: devices reach the gateways' MQTT port from anywhere; metrics ports only from the
+// configured peers; nothing else is admitted.
+func checkNetworkPolicies(t *testing.T, r rendered, gw, worker *appsv1.Deployment) {
+	t.Helper()
+	if len(r.policies) != 2 {
+		t.Fatalf("%d NetworkPolicies, want 2", len(r.policies))
+	}
+	for _, d := range []*appsv1.Deployment{gw, worker} {
+		var np *networkingv1.NetworkPolicy
+		for _, p := range r.policies {
+			if selects(&p.Spec.PodSelector, d.Spec.Template.Labels) {
+				np = p
+			}
+		}
+		if np == nil {
+			t.Errorf("no NetworkPolicy selects %s", d.Name)
+			continue
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		open := map[string]bool{} // port names admitted from anywhere
+		restricted := map[string]bool{}
+		for _, rule := range np.Spec.Ingress {
+			for _, p := range rule.Ports {
+				if p.Port == nil || containerPort(&c, p.Port.String()) == 0 {
+					t.Errorf("%s: NetworkPolicy admits unknown port %v", d.Name, p.Port)
+					continue
+				}
+				if len(rule.From) == 0 {
+					open[p.Port.String()] = true
+				} else {
+					restricted[p.Port.String()] = true
+				}
+			}
+			if len(rule.Ports) == 0 {
+				t.Errorf("%s: an ingress rule admits every port", d.Name)
+			}
+		}
+		wantOpen := map[string]bool{}
+		if d == gw {
+			wantOpen["mqtts"] = true
+		}
+		if !mapsEqual(open, wantOpen) || !restricted["metrics"] {
+			t.Errorf("%s: ports open to all %v, restricted %v; want %v open and metrics restricted", d.Name, open, restricted, wantOpen)
+		}
 	}
 }
 
