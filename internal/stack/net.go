@@ -83,6 +83,35 @@ func inEphemeralRange(port int) bool {
 	return port >= lo && port <= hi
 }
 
+// FreePortRun returns the first of n TCP ports on 127.0.0.1, step apart (port, port+step, …), that nothing
+// listens on right now and that this process has handed out neither by FreePort nor by an earlier run: a
+// stack's gateways and NATS nodes take consecutive ports, and two runs chosen for one test must not overlap
+// (one did: gateway 3's TLS port was NATS node 1's).
+func FreePortRun(n, step int) (int, error) {
+	freePorts.Lock()
+	defer freePorts.Unlock()
+	lo, hi := freePortRange()
+	for range 500 {
+		port := lo + rand.IntN(hi-lo)
+		if port+(n-1)*step >= hi {
+			continue
+		}
+		free := true
+		for i := 0; i < n && free; i++ {
+			p := port + i*step
+			free = !freePorts.given[p] && !PortInUse(fmt.Sprintf("127.0.0.1:%d", p))
+		}
+		if !free {
+			continue
+		}
+		for i := 0; i < n; i++ {
+			freePorts.given[port+i*step] = true
+		}
+		return port, nil
+	}
+	return 0, fmt.Errorf("no run of %d free ports %d apart below %d", n, step, hi)
+}
+
 // Reachable reports whether a TCP connection to addr succeeds within timeout.
 func Reachable(addr string, timeout time.Duration) bool {
 	c, err := net.DialTimeout("tcp", addr, timeout)

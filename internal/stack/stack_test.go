@@ -144,21 +144,11 @@ func freeAddr(t *testing.T) string {
 // connection could take one meanwhile.
 func freeRun(t *testing.T, n, step int) string {
 	t.Helper()
-	for range 100 {
-		port, err := stack.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		free := port+(n-1)*step < 32768
-		for i := 1; i < n && free; i++ {
-			free = !stack.PortInUse(fmt.Sprintf("127.0.0.1:%d", port+i*step))
-		}
-		if free {
-			return fmt.Sprintf("127.0.0.1:%d", port)
-		}
+	port, err := stack.FreePortRun(n, step)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no run of free ports")
-	return ""
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
 // plus is addr with its port moved by n.
