@@ -49,7 +49,9 @@ func checkedGuarded(ctx workflow.Context) error {
 }
 
 func registerAs(wf any) func(worker.WorkflowReplayer) {
-	return func(r worker.WorkflowReplayer) { r.RegisterWorkflowWithOptions(wf, workflow.RegisterOptions{Name: "Checked"}) }
+	return func(r worker.WorkflowReplayer) {
+		r.RegisterWorkflowWithOptions(wf, workflow.RegisterOptions{Name: "Checked"})
+	}
 }
 
 // The replay check fetches the open workflow and the recently closed one of a task queue from the server
