@@ -97,11 +97,13 @@ cluster-bins:
 
 # A Temporal cluster (frontend, matching, worker, 2 history hosts) on Postgres, 3 gateways, 3 NATS nodes and
 # 2 workers; a rollout during which one of each, and the whole Temporal server, are killed and restarted.
-cluster-test: build deps cluster-bins
+# It needs Postgres but not the Temporal CLI (bin/temporal): the server it runs is the one built here.
+cluster-test: build cluster-bins
+	@deploy/ensure-postgres.sh
 	@echo "== go test -tags cluster (Temporal cluster e2e)"
 	@FLEETFLOW_TEMPORAL_SERVER=$(BIN)/temporal-server FLEETFLOW_TEMPORAL_SQL_TOOL=$(BIN)/temporal-sql-tool \
 	FLEETFLOW_TEMPORAL_SCHEMA=$$(cd $(TEMPORAL_CLUSTER) && $(GO) list -m -f '{{.Dir}}' go.temporal.io/server)/schema/postgresql/v12 \
-	$(TEST_ENV) $(GO) test -tags cluster -count=1 -timeout 30m -run '^TestTemporalCluster' -v ./internal/e2e/
+	$(GO) test -tags cluster -count=1 -timeout 30m -run '^TestTemporalCluster' -v ./internal/e2e/
 
 bench: build deps
 	@$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m ./bench/...
