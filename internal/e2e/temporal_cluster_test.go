@@ -253,8 +253,8 @@ func TestTemporalClusterRolloutSurvivesKills(t *testing.T) {
 
 	// The rollout's end, waited for through the outage of the server: errors until it is back are expected.
 	require.Eventually(t, func() bool {
-		d, err := cl.DescribeWorkflowExecution(ctx, id, "")
-		return err == nil && d.WorkflowExecutionInfo.Status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
+		d, err := cl.DescribeWorkflow(ctx, id, "")
+		return err == nil && d.Status != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
 	}, 10*time.Minute, 500*time.Millisecond, "rollout %s ended", id)
 	var res workflows.RolloutResult
 	require.NoError(t, cl.GetWorkflow(ctx, id, "").Get(ctx, &res))

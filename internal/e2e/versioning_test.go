@@ -63,9 +63,9 @@ func TestWorkerVersionRollsOutDuringARollout(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return e.count(ctx, "SELECT count(*) FROM rollout_devices WHERE rollout_id = $1 AND wave = 1 AND phase <> 'pending'", id) > 0
 	}, time.Minute, 50*time.Millisecond, "the second wave under way")
-	d, err := e.tc.DescribeWorkflowExecution(ctx, id, "")
+	d, err := e.tc.DescribeWorkflow(ctx, id, "")
 	require.NoError(t, err)
-	vi := d.WorkflowExecutionInfo.GetVersioningInfo()
+	vi := d.RawResponse.GetWorkflowExecutionInfo().GetVersioningInfo()
 	assert.Equal(t, "v1", vi.GetDeploymentVersion().GetBuildId(), "the rollout runs on v1: %v", vi)
 	assert.Equal(t, enumspb.VERSIONING_BEHAVIOR_AUTO_UPGRADE, vi.GetBehavior())
 
@@ -84,8 +84,8 @@ func TestWorkerVersionRollsOutDuringARollout(t *testing.T) {
 	for _, c := range cs {
 		assert.Equal(t, "6.0.0", e.reportedField(ctx, c.ID, "firmware", "version"), c.ID)
 	}
-	d, err = e.tc.DescribeWorkflowExecution(ctx, id, "")
+	d, err = e.tc.DescribeWorkflow(ctx, id, "")
 	require.NoError(t, err)
-	assert.Equal(t, "v2", d.WorkflowExecutionInfo.GetVersioningInfo().GetDeploymentVersion().GetBuildId(),
+	assert.Equal(t, "v2", d.RawResponse.GetWorkflowExecutionInfo().GetVersioningInfo().GetDeploymentVersion().GetBuildId(),
 		"the rollout finished on v2")
 }

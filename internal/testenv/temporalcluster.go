@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -254,22 +255,13 @@ func (c *TemporalCluster) launch(p *temporalProc) {
 func (c *TemporalCluster) Kill(names ...string) {
 	c.t.Helper()
 	for _, p := range c.procs {
-		if p.cmd == nil || len(names) > 0 && !contains(names, p.name) {
+		if p.cmd == nil || len(names) > 0 && !slices.Contains(names, p.name) {
 			continue
 		}
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 		p.cmd = nil
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *TemporalCluster) stop() {
