@@ -31,13 +31,16 @@ func replayCheckMain(args []string, stdout, stderr io.Writer) int {
 	closedWithin := fs.Duration("closed-within", 24*time.Hour, "also check workflows closed this recently; 0: open ones only")
 	limit := fs.Int("limit", 0, "check at most this many workflows; 0: all")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	deployment := fs.String("deployment-name", os.Getenv("FLEETFLOW_WORKER_DEPLOYMENT"), "with --promote: the Worker Deployment (FLEETFLOW_WORKER_DEPLOYMENT)")
+	buildID := fs.String("build-id", os.Getenv("FLEETFLOW_WORKER_BUILD_ID"), "with --promote: this binary's build id (FLEETFLOW_WORKER_BUILD_ID)")
+	promote := fs.Bool("promote", false, "when every history replays, make --build-id the current version of --deployment-name (its workers must be polling)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage: fleetflow-worker replay-check [flags]
 
 Fetch the histories of the open workflows (and those closed within --closed-within) from Temporal and replay
 each against this binary's workflow code. Run it with the new binary before making its build current
-(temporal worker deployment set-current-version): a non-zero exit means the new code would break a running
-workflow, which must then finish on the current version first (or the change be guarded with
+(--promote, or temporal worker deployment set-current-version): a non-zero exit means the new code would break
+a running workflow, which must then finish on the current version first (or the change be guarded with
 workflow.GetVersion).
 
 Flags:
@@ -48,6 +51,10 @@ Flags:
 		if err == flag.ErrHelp {
 			return 0
 		}
+		return 2
+	}
+	if *promote && (*deployment == "" || *buildID == "") {
+		fmt.Fprintln(stderr, "replay-check: --promote needs --deployment-name and --build-id (FLEETFLOW_WORKER_DEPLOYMENT, FLEETFLOW_WORKER_BUILD_ID)")
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -72,7 +79,18 @@ Flags:
 		fmt.Fprintln(stderr, "replay-check:", err)
 		return 2
 	}
-	return printReplayReport(stdout, rep, cfg.TaskQueue)
+	code := printReplayReport(stdout, rep, cfg.TaskQueue)
+	if code != 0 || !*promote {
+		return code
+	}
+	// Only a passed check promotes: the running workflows move to this build at their next task.
+	if _, err := c.WorkerDeploymentClient().GetHandle(*deployment).SetCurrentVersion(ctx,
+		client.WorkerDeploymentSetCurrentVersionOptions{BuildID: *buildID}); err != nil {
+		fmt.Fprintf(stderr, "replay-check: make %s current in %s: %v\n", *buildID, *deployment, err)
+		return 2
+	}
+	fmt.Fprintf(stdout, "replay-check: %s is now the current version of %s\n", *buildID, *deployment)
+	return 0
 }
 
 // printReplayReport writes the check's outcome and returns the exit code.

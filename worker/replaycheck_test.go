@@ -30,6 +30,10 @@ func TestReplayCheckUsage(t *testing.T) {
 	var out, errb bytes.Buffer
 	require.Equal(t, 2, replayCheckMain([]string{"--no-such-flag"}, &out, &errb))
 	require.Contains(t, errb.String(), "no-such-flag")
+	t.Setenv("FLEETFLOW_WORKER_DEPLOYMENT", "")
+	t.Setenv("FLEETFLOW_WORKER_BUILD_ID", "")
+	require.Equal(t, 2, replayCheckMain([]string{"--promote", "--build-id", "v2"}, &out, &errb), "promote without a deployment")
+	require.Contains(t, errb.String(), "--promote needs --deployment-name and --build-id")
 	require.Equal(t, 0, replayCheckMain([]string{"-h"}, &out, &errb))
 	require.Contains(t, errb.String(), "set-current-version")
 }

@@ -30,17 +30,21 @@ func (e *env) setCurrentVersion(ctx context.Context, deployment, buildID string)
 }
 
 // replayCheck runs `fleetflow-worker replay-check` on the test's task queue and returns its output and exit code.
-func (e *env) replayCheck(ctx context.Context) (string, int) {
+func (e *env) replayCheck(ctx context.Context, args ...string) (string, int) {
 	e.t.Helper()
-	cmd := exec.CommandContext(ctx, bins.worker, "replay-check", "--closed-within", "1h")
+	cmd := exec.CommandContext(ctx, bins.worker, append([]string{"replay-check", "--closed-within", "1h"}, args...)...)
 	cmd.Env = e.environ()
 	out, err := cmd.CombinedOutput()
 	return string(out), exitCodeOf(err)
 }
 
+func versionFlags(deployment, build string) []string {
+	return []string{"--deployment-name", deployment, "--build-id", build}
+}
+
 // A new worker version rolls out while a rollout runs (docs/architecture.md, "Worker versioning"): workers of
 // build v1 of a Worker Deployment run the rollout; a v2 worker starts, the replay check passes the open
-// histories on v2's code, v2 is made current and v1 stops (SIGTERM, as a deployment's rolling update does).
+// histories on v2's code and makes v2 current (--promote), and v1 stops (SIGTERM, as a deployment's rolling update does).
 // The rollout moves to v2 (auto-upgrade) and completes there with every device updated.
 func TestWorkerVersionRollsOutDuringARollout(t *testing.T) {
 	e := newEnv(t)
@@ -73,7 +77,12 @@ func TestWorkerVersionRollsOutDuringARollout(t *testing.T) {
 	report, code := e.replayCheck(ctx)
 	require.Equal(t, 0, code, "replay-check:\n%s", report)
 	assert.Contains(t, report, "replay on this build")
-	e.setCurrentVersion(ctx, deployment, "v2")
+	// The same check with --promote makes v2 current once it passes (and v2's workers poll).
+	require.Eventually(t, func() bool {
+		report, code = e.replayCheck(ctx, append([]string{"--promote"}, versionFlags(deployment, "v2")...)...)
+		return code == 0
+	}, time.Minute, 500*time.Millisecond, "replay-check --promote:\n%s", report)
+	assert.Contains(t, report, "v2 is now the current version of "+deployment)
 	require.NoError(t, v1.Process.Signal(syscall.SIGTERM))
 	_ = v1.Wait()
 
