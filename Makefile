@@ -28,7 +28,7 @@ help:
 	@echo "make bench    benchmarks (slow; not part of make test)"
 	@echo "make cluster-test  build the Temporal server (first time: many minutes) and run the kill-everything e2e on it"
 	@echo "make fuzz     fuzz the twin query compiler (30 s), the topic parser (30 s) and the NATS subject tokens (15 s)"
-	@echo "make clean    remove built binaries (keeps bin/temporal, which takes minutes to build)"
+	@echo "make clean    remove built binaries (keeps bin/temporal and bin/temporal-server, which take minutes to build)"
 	@echo "make reset    stop the stack and delete its data (.fleetflow/)"
 
 build:
