@@ -19,7 +19,7 @@ TEST_ENV := FLEETFLOW_TEMPORAL_CLI=$(BIN)/temporal
 DEPLOY_VALIDATE := deploy/validate
 
 .DEFAULT_GOAL := build
-.PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz clean reset help
+.PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz clean reset help cluster-bins cluster-test
 
 help:
 	@echo "make demo     start the local stack and run the demo (leaves the stack running)"
@@ -30,8 +30,9 @@ help:
 	@echo "make deps     Postgres server binaries and mosquitto clients (apt-get), bin/temporal (go install)"
 	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
+	@echo "make cluster-test  build the Temporal server (first time: many minutes) and run the kill-everything e2e on it"
 	@echo "make fuzz     fuzz the twin query compiler (30 s), the topic parser (30 s) and the NATS subject tokens (15 s)"
-	@echo "make clean    remove built binaries (keeps bin/temporal, which takes minutes to build)"
+	@echo "make clean    remove built binaries (keeps bin/temporal and bin/temporal-server, which take minutes to build)"
 	@echo "make reset    stop the stack and delete its data (.fleetflow/)"
 
 build:
@@ -94,6 +95,23 @@ lint: vet
 	@cd $(DEPLOY_VALIDATE) && $(GO) run $(STATICCHECK) ./...
 	@echo "== import rule (docs/architecture.md)"
 	@$(GO) test -count=1 ./internal/archtest/
+
+# The Temporal server for `make cluster-test`, built from the Go module proxy in its own module
+# (deploy/temporal-cluster), so its dependencies never enter fleetflow's go.mod nor `go build ./...`.
+TEMPORAL_CLUSTER := deploy/temporal-cluster
+cluster-bins:
+	@echo "== build bin/temporal-server bin/temporal-sql-tool (go.temporal.io/server; the first build takes many minutes)"
+	@cd $(TEMPORAL_CLUSTER) && $(GO) build -o $(BIN)/ ./cmd/temporal-server ./cmd/temporal-sql-tool
+
+# A Temporal cluster (frontend, matching, worker, 2 history hosts) on Postgres, 3 gateways, 3 NATS nodes and
+# 2 workers; a rollout during which one of each, and the whole Temporal server, are killed and restarted.
+# It needs Postgres but not the Temporal CLI (bin/temporal): the server it runs is the one built here.
+cluster-test: build cluster-bins
+	@deploy/ensure-postgres.sh
+	@echo "== go test -tags cluster (Temporal cluster e2e)"
+	@FLEETFLOW_TEMPORAL_SERVER=$(BIN)/temporal-server FLEETFLOW_TEMPORAL_SQL_TOOL=$(BIN)/temporal-sql-tool \
+	FLEETFLOW_TEMPORAL_SCHEMA=$$(cd $(TEMPORAL_CLUSTER) && $(GO) list -m -f '{{.Dir}}' go.temporal.io/server)/schema/postgresql/v12 \
+	$(GO) test -tags cluster -count=1 -timeout 30m -run '^TestTemporalCluster' -v ./internal/e2e/
 
 bench: build deps
 	@$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m ./bench/...

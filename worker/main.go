@@ -25,6 +25,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "replay-check" {
+		os.Exit(replayCheckMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	cfg := config.FromEnv()
 	flag.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "Postgres registry (FLEETFLOW_DATABASE_URL)")
 	flag.StringVar(&cfg.TemporalAddress, "temporal-address", cfg.TemporalAddress, "Temporal frontend (TEMPORAL_ADDRESS or the temporal.toml profile's)")
@@ -41,6 +44,8 @@ func main() {
 		maxActivities: config.EnvInt("FLEETFLOW_WORKER_MAX_ACTIVITIES", 0),
 		maxWorkflows:  config.EnvInt("FLEETFLOW_WORKER_MAX_WORKFLOW_TASKS", 0),
 		stopTimeout:   fleetworker.DefaultStopTimeout,
+		deployment:    os.Getenv("FLEETFLOW_WORKER_DEPLOYMENT"),
+		buildID:       os.Getenv("FLEETFLOW_WORKER_BUILD_ID"),
 	}
 	if v := os.Getenv("FLEETFLOW_WORKER_STOP_TIMEOUT"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -54,6 +59,12 @@ func main() {
 	flag.IntVar(&opts.maxActivities, "max-activities", opts.maxActivities, "activities run at once, at most the registry pool; 0: the pool less a quarter (FLEETFLOW_WORKER_MAX_ACTIVITIES)")
 	flag.IntVar(&opts.maxWorkflows, "max-workflow-tasks", opts.maxWorkflows, "workflow tasks run at once; 0: the registry pool size (FLEETFLOW_WORKER_MAX_WORKFLOW_TASKS)")
 	flag.DurationVar(&opts.stopTimeout, "stop-timeout", opts.stopTimeout, "on SIGTERM/SIGINT, how long running activities may finish before they are cancelled (FLEETFLOW_WORKER_STOP_TIMEOUT)")
+	flag.StringVar(&opts.deployment, "deployment-name", opts.deployment, "Temporal Worker Deployment this worker is a version of; empty: unversioned (FLEETFLOW_WORKER_DEPLOYMENT)")
+	flag.StringVar(&opts.buildID, "build-id", opts.buildID, "this worker's version (build id) in --deployment-name; run `fleetflow-worker replay-check` before making it current (FLEETFLOW_WORKER_BUILD_ID)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "Usage: fleetflow-worker [flags]\n       fleetflow-worker replay-check [flags]   (replay open workflows against this binary; -h for its flags)\n\nFlags:\n")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -70,11 +81,15 @@ func main() {
 type workerOptions struct {
 	pool, maxActivities, maxWorkflows int
 	stopTimeout                       time.Duration
+	deployment, buildID               string // Worker Deployment versioning (docs/architecture.md, "Worker versioning")
 }
 
 func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr string, log *slog.Logger) error {
 	if opts.pool < 0 {
 		return fmt.Errorf("registry pool %d: want 0 (from the database URL) or more", opts.pool)
+	}
+	if (opts.deployment == "") != (opts.buildID == "") {
+		return fmt.Errorf("worker versioning needs both --deployment-name and --build-id (FLEETFLOW_WORKER_DEPLOYMENT, FLEETFLOW_WORKER_BUILD_ID)")
 	}
 	if opts.pool > 0 {
 		// Known before connecting: refuse a bad setting without touching Postgres or Temporal.
@@ -145,6 +160,8 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 		MaxActivities:    opts.maxActivities,
 		MaxWorkflowTasks: opts.maxWorkflows,
 		StopTimeout:      opts.stopTimeout,
+		Deployment:       opts.deployment,
+		BuildID:          opts.buildID,
 		Running:          running,
 		// A worker that stops on its own (the namespace is gone, say) ends the process, as Run did.
 		OnFatalError: func(err error) {
@@ -168,7 +185,8 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 	probes.SetPolling(true)
 	log.Info("worker started", "task_queue", cfg.TaskQueue, "temporal", cfg.TemporalAddress,
 		"registry_pool", fo.PoolSize, "max_activities", wo.MaxConcurrentActivityExecutionSize,
-		"max_workflow_tasks", wo.MaxConcurrentWorkflowTaskExecutionSize, "stop_timeout", wo.WorkerStopTimeout)
+		"max_workflow_tasks", wo.MaxConcurrentWorkflowTaskExecutionSize, "stop_timeout", wo.WorkerStopTimeout,
+		"deployment", opts.deployment, "build_id", opts.buildID)
 	select {
 	case <-ctx.Done():
 	case err := <-fatal:

@@ -28,6 +28,10 @@ func TestRunRefusesActivitiesAboveThePool(t *testing.T) {
 
 	err = run(context.Background(), cfg, workerOptions{pool: -1}, "", slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, err, "registry pool -1")
+
+	// Worker versioning needs both names; half of it is refused before connecting too.
+	err = run(context.Background(), cfg, workerOptions{deployment: "fleetflow"}, "", slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, "both --deployment-name and --build-id")
 }
 
 // The worker wired as in production: /readyz turns 200 once it polls with the registry and Temporal up, and

@@ -31,13 +31,9 @@ func TestReplayRecordedHistories(t *testing.T) {
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
-			r.RegisterWorkflow(ProvisionFleet)
-			r.RegisterWorkflow(FleetJob)
-			r.RegisterWorkflow(FirmwareRollout)
-			r.RegisterWorkflow(FleetHealthCheck)
-			r.RegisterWorkflow(Decommission)
-			r.RegisterWorkflow(ReplaceDevice)
-			r.RegisterWorkflow(PurgeArchive)
+			for _, wf := range All() { // what the worker registers
+				r.RegisterWorkflow(wf)
+			}
 			require.NoError(t, r.ReplayWorkflowHistoryFromJSONFile(nil, f))
 		})
 	}

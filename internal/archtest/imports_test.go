@@ -76,6 +76,15 @@ func TestImportRule(t *testing.T) {
 		forbid(t, []string{module + "internal/channel"}, "the channel is the NATS client's adapter", mochi, paho, natsServer,
 			module+"internal/gateway")
 	})
+	t.Run("temporal server", func(t *testing.T) {
+		// make cluster-test builds the server in its own module (deploy/temporal-cluster): docs/architecture.md,
+		// «Temporal cluster test».
+		forbid(t, []string{module + "..."}, "the Temporal server is built in deploy/temporal-cluster, never linked into fleetflow",
+			"go.temporal.io/server")
+		if out, err := exec.Command("go", "list", "-m", "go.temporal.io/server").CombinedOutput(); err == nil {
+			t.Errorf("fleetflow's go.mod requires %s; the server belongs in deploy/temporal-cluster/go.mod", strings.TrimSpace(string(out)))
+		}
+	})
 	t.Run("one adapter per dependency", func(t *testing.T) {
 		only(t, natsClient, module+"internal/channel")
 		only(t, natsServer, module+"internal/natsnode")

@@ -104,10 +104,10 @@ func (e *env) startWorker() {
 	e.t.Cleanup(w.Stop)
 }
 
-// workerProcess runs the worker binary, which a test may kill.
-func (e *env) workerProcess() *exec.Cmd {
+// workerProcess runs the worker binary, which a test may kill, with extraEnv (NAME=value) added.
+func (e *env) workerProcess(extraEnv ...string) *exec.Cmd {
 	cmd := exec.Command(bins.worker)
-	cmd.Env = e.environ()
+	cmd.Env = append(e.environ(), extraEnv...)
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	require.NoError(e.t, cmd.Start())

@@ -11,6 +11,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/activities"
 	"github.com/fleetflow/fleetflow/workflows"
@@ -33,6 +34,11 @@ type Options struct {
 	StopTimeout time.Duration
 	// Running, when set, counts the running activities (what a stopping worker waits for).
 	Running *Running
+	// Deployment and BuildID, when set, make the worker a version of a Temporal Worker Deployment
+	// (docs/architecture.md, "Worker versioning"): it then takes only the tasks the server routes to that
+	// version, and its workflows move to a newer version once that is made current (auto-upgrade). Both or
+	// neither.
+	Deployment, BuildID string
 	// OnFatalError, when set, is told why the worker stopped on its own (the namespace is gone, say), so that
 	// a process that started it with Start rather than Run can exit.
 	OnFatalError func(error)
@@ -93,6 +99,19 @@ func (o Options) WorkerOptions() (worker.Options, error) {
 		WorkerStopTimeout:                      stop,
 		OnFatalError:                           o.OnFatalError,
 	}
+	if o.Deployment != "" || o.BuildID != "" {
+		if o.Deployment == "" || o.BuildID == "" {
+			return worker.Options{}, fmt.Errorf("worker versioning needs both a deployment name and a build id (got %q and %q)", o.Deployment, o.BuildID)
+		}
+		wo.DeploymentOptions = worker.DeploymentOptions{
+			UseVersioning: true,
+			Version:       worker.WorkerDeploymentVersion{DeploymentName: o.Deployment, BuildID: o.BuildID},
+			// Auto-upgrade, not pinned: a rollout may run for weeks, and pinning would keep its old worker
+			// version alive as long. The workflows stay replay-compatible instead (GetVersion markers, the
+			// recorded-history tests), and the replay check verifies that before a version is made current.
+			DefaultVersioningBehavior: workflow.VersioningBehaviorAutoUpgrade,
+		}
+	}
 	if o.Running != nil {
 		wo.Interceptors = []interceptor.WorkerInterceptor{o.Running}
 	}
@@ -123,13 +142,9 @@ func NewWithOptions(c client.Client, taskQueue string, acts *activities.Activiti
 // Renamed activities stay registered under their former names too, for workflows started before the rename
 // (see workflows.LegacyActReplaceDevice).
 func Register(w worker.Registry, acts *activities.Activities) {
-	w.RegisterWorkflow(workflows.ProvisionFleet)
-	w.RegisterWorkflow(workflows.FleetJob)
-	w.RegisterWorkflow(workflows.FirmwareRollout)
-	w.RegisterWorkflow(workflows.Decommission)
-	w.RegisterWorkflow(workflows.ReplaceDevice)
-	w.RegisterWorkflow(workflows.PurgeArchive)
-	w.RegisterWorkflow(workflows.FleetHealthCheck)
+	for _, wf := range workflows.All() {
+		w.RegisterWorkflow(wf)
+	}
 	if acts != nil {
 		w.RegisterActivity(acts)
 		w.RegisterActivityWithOptions(acts.ReplaceDeviceRecord, activity.RegisterOptions{Name: workflows.LegacyActReplaceDevice})

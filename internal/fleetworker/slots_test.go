@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 )
@@ -70,4 +71,24 @@ func TestWorkerOptions(t *testing.T) {
 	require.Error(t, err)
 	_, err = fleetworker.Options{PoolSize: 8, MaxActivities: 9}.WorkerOptions()
 	require.ErrorIs(t, err, fleetworker.ErrSlots)
+}
+
+// A deployment name and a build id make the worker a version of a Worker Deployment, auto-upgrade by default;
+// neither leaves it unversioned, and one without the other is refused.
+func TestWorkerOptionsVersioning(t *testing.T) {
+	wo, err := fleetworker.Options{PoolSize: 16}.WorkerOptions()
+	require.NoError(t, err)
+	require.False(t, wo.DeploymentOptions.UseVersioning)
+
+	wo, err = fleetworker.Options{PoolSize: 16, Deployment: "fleetflow", BuildID: "v2"}.WorkerOptions()
+	require.NoError(t, err)
+	require.True(t, wo.DeploymentOptions.UseVersioning)
+	require.Equal(t, "fleetflow", wo.DeploymentOptions.Version.DeploymentName)
+	require.Equal(t, "v2", wo.DeploymentOptions.Version.BuildID)
+	require.Equal(t, workflow.VersioningBehaviorAutoUpgrade, wo.DeploymentOptions.DefaultVersioningBehavior)
+
+	for _, o := range []fleetworker.Options{{PoolSize: 16, Deployment: "fleetflow"}, {PoolSize: 16, BuildID: "v2"}} {
+		_, err := o.WorkerOptions()
+		require.ErrorContains(t, err, "both a deployment name and a build id")
+	}
 }
