@@ -158,7 +158,15 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 	if err != nil {
 		return err
 	}
-	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, activities.New(reg, ch), fo)
+	acts := activities.New(reg, ch)
+	// One LISTEN connection wakes every configuration reconciler of this process (docs/architecture.md,
+	// "Declarative configurations").
+	feed := registry.NewChangeFeed(reg)
+	feedCtx, stopFeed := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFeed()
+	go feed.Run(feedCtx)
+	acts.Changes = feed
+	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, acts, fo)
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,12 @@ type Activities interface {
 	PurgeArchivedDevices(ctx context.Context, in PurgeInput) (PurgeResult, error)
 
 	RunHealthCheck(ctx context.Context, in RunHealthCheckInput) (HealthCheckResult, error)
+
+	// ConfigSave returns the version saved.
+	ConfigSave(ctx context.Context, in ConfigSaveInput) (int64, error)
+	ConfigReconcile(ctx context.Context, in ConfigReconcileInput) (ConfigReconcileResult, error)
+	// ConfigDelete takes the configuration's name and returns it.
+	ConfigDelete(ctx context.Context, name string) (string, error)
 }
 
 // Activity names that recorded histories hold but that now name workflows only: the activities were renamed

@@ -39,6 +39,9 @@ func (t Target) Validate() error {
 	return nil
 }
 
+// ErrUnknownGroup: a target names a device group the registry does not have.
+var ErrUnknownGroup = errors.New("unknown device group")
+
 // ConfigState is where a declarative configuration stands (configurations.state).
 type ConfigState string
 

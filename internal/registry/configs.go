@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -22,7 +21,8 @@ import (
 const ConfigChannel = "fleetflow_config"
 
 // ErrNoGroups is returned for a group target until device groups exist in this registry.
-var ErrNoGroups = errors.New("device groups are not available in this registry version; target a query")
+// It wraps fleet.ErrUnknownGroup.
+var ErrNoGroups = fmt.Errorf("%w: device groups are not available in this registry version; target a query", fleet.ErrUnknownGroup)
 
 // Config is a configurations row.
 type Config struct {

@@ -1,0 +1,116 @@
+package activities
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/query"
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+// configMinGap is the least time between two reconcile passes of one configuration: wake-ups come once per
+// registry statement, and a busy fleet's gateways write connection batches several times a second.
+const configMinGap = 500 * time.Millisecond
+
+// ConfigSave records a configuration's spec and state at a version (docs/architecture.md, "Declarative
+// configurations"). A target or metric query that does not compile is not retried.
+func (a *Activities) ConfigSave(ctx context.Context, in workflows.ConfigSaveInput) (int64, error) {
+	if a.Configs == nil {
+		return 0, errNoStore("configuration")
+	}
+	if err := a.Configs.SaveConfig(ctx, in.Spec, in.Version, in.State); err != nil {
+		if isPermanent(err) {
+			return 0, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidQuery, err)
+		}
+		return 0, err
+	}
+	return in.Version, nil
+}
+
+// isPermanent reports errors a retry cannot fix: a spec or query the registry refuses as written.
+func isPermanent(err error) bool {
+	var (
+		syntax   *query.SyntaxError
+		semantic *query.SemanticError
+	)
+	return errors.As(err, &syntax) || errors.As(err, &semantic) || errors.Is(err, fleet.ErrUnknownGroup)
+}
+
+// ConfigReconcile is one pass of a configuration: for RunFor it brings the devices behind up to date in
+// batches (each written with its record in one transaction, then pushed), collects acknowledgements, and
+// waits for a wake-up (devices inserted, retagged, connected) or PollEvery between rounds, faster while
+// connected devices still owe an acknowledgement. It heartbeats throughout, so an update that cancels the
+// pass stops it within a heartbeat, and returns the configuration's counts at the end.
+func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigReconcileInput) (workflows.ConfigReconcileResult, error) {
+	var res workflows.ConfigReconcileResult
+	if a.Configs == nil {
+		return res, errNoStore("configuration")
+	}
+	stop := keepHeartbeating(ctx)
+	defer stop()
+	deadline := time.Now().Add(in.RunFor)
+	for {
+		var wake <-chan struct{}
+		if a.Changes != nil {
+			// Taken before the round, so that a change during it wakes the next one.
+			wake = a.Changes.Changed()
+		}
+		roundStart := time.Now()
+		for {
+			r, err := a.Configs.ReconcileConfig(ctx, in.Name, in.BatchSize)
+			if err != nil {
+				return res, err
+			}
+			res.Written += int64(r.Written)
+			if _, err := a.push(ctx, r.Pushes); err != nil {
+				activityLogger(ctx).Warn("desired push incomplete; devices catch up on reconnect", "configuration", in.Name, "err", err)
+			}
+			if r.Handled < in.BatchSize || ctx.Err() != nil {
+				break
+			}
+		}
+		_, waitingOnline, err := a.Configs.CollectConfigAcks(ctx, in.Name)
+		if err != nil {
+			return res, err
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		wait := in.PollEvery
+		if waitingOnline > 0 {
+			wait = ackPollEvery
+		}
+		wait = min(wait, time.Until(deadline))
+		stopping := false
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-workerStopping(ctx):
+			stopping = true
+		case <-wake:
+			// Let a burst of statements settle into one round.
+			if gap := configMinGap - time.Since(roundStart); gap > 0 {
+				time.Sleep(min(gap, time.Until(deadline)))
+			}
+		case <-time.After(wait):
+		}
+		if stopping {
+			break
+		}
+	}
+	var err error
+	res.Counts, err = a.Configs.ConfigCounts(ctx, in.Name)
+	return res, err
+}
+
+// ConfigDelete removes a configuration from the registry, leaving devices as they are.
+func (a *Activities) ConfigDelete(ctx context.Context, name string) (string, error) {
+	if a.Configs == nil {
+		return "", errNoStore("configuration")
+	}
+	return name, a.Configs.DeleteConfig(ctx, name)
+}
