@@ -26,6 +26,7 @@ type Activities interface {
 
 	JobCreate(ctx context.Context, in JobCreateInput) (JobCreateResult, error)
 	JobBatch(ctx context.Context, in JobBatchInput) (fleet.JobCounts, error)
+	JobWindowBatch(ctx context.Context, in JobWindowBatchInput) (JobWindowBatchResult, error)
 	JobCollectAcks(ctx context.Context, in JobCollectAcksInput) (JobCollectAcksResult, error)
 	JobClose(ctx context.Context, in JobCloseInput) (fleet.JobCounts, error)
 
