@@ -68,7 +68,7 @@ func BenchmarkConfigLateJoiners(b *testing.B) {
 	run(b, ctx, f.env, "provision", "--count", fmt.Sprint(bystanders), "--prefix", "other-", "--tags", "site=other",
 		"--creds-out", filepath.Join(dir, "other.ndjson"), "-o", "json")
 	run(b, ctx, f.env, "config", "apply", "late", "--target", "SELECT * FROM devices WHERE tags.site = 'late'", "--priority", "1",
-		"--set-desired", `{"telemetryInterval": 45, "mode": "eco"}`, "--metric", "online=SELECT * FROM devices WHERE connectionState = 'Connected'")
+		"--set-desired", `{"telemetryInterval": 45, "mode": "eco"}`, "--metric", "online=SELECT * FROM devices WHERE connectionState = 'connected'")
 	for {
 		if _, err := be.reg.GetConfig(ctx, "late"); err == nil {
 			break

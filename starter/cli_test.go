@@ -86,6 +86,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"job without a query", []string{"job", "start", "--method", "ping"}, "--query is required"},
 		{"rollout without firmware", []string{"rollout", "plan", "--query", "SELECT * FROM devices"}, "--firmware is required"},
 		{"purge without retention", []string{"purge"}, "--older-than"},
+		{"job with a bad window", []string{"job", "start", "--query", "SELECT * FROM devices", "--method", "ping", "--window", "Sun 2-4"}, "--window"},
+		{"job with a time zone and no window", []string{"job", "start", "--query", "SELECT * FROM devices", "--method", "ping", "--timezone", "UTC"}, "need --window"},
 		{"config without a patch", []string{"config", "apply", "c1", "--target", "SELECT * FROM devices"}, "--set-desired JSON or --set-tags JSON"},
 		{"config with a query and a group", []string{"config", "apply", "c1", "--target", "SELECT * FROM devices", "--group", "g", "--set-tags", `{"a":1}`}, "not both"},
 		{"config with a bad metric", []string{"config", "apply", "c1", "--target", "SELECT * FROM devices", "--set-tags", `{"a":1}`, "--metric", "x"}, "NAME=QUERY"},

@@ -61,7 +61,7 @@ long-running FleetConfiguration workflow. Where configurations overlap, the high
 sets (equal priorities: the name that sorts first); config status shows the conflicts. Deleting a
 configuration stops applying it and leaves devices as they are.`,
 		Example: `  fleetflow config apply eu-telemetry --target "SELECT * FROM devices WHERE tags.region = 'eu'" --priority 10 \
-      --set-desired '{"telemetryInterval": 30}' --metric "online=SELECT * FROM devices WHERE connectionState = 'Connected'"
+      --set-desired '{"telemetryInterval": 30}' --metric "online=SELECT * FROM devices WHERE connectionState = 'connected'"
   fleetflow config status eu-telemetry
   fleetflow config delete eu-telemetry`,
 	}

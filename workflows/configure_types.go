@@ -203,6 +203,10 @@ type RolloutInput struct {
 	// ContinueAfterEvents bounds each run's history; the workflow continues as new past it.
 	ContinueAfterEvents int           `json:"continueAfterEvents,omitempty"`
 	HeartbeatTimeout    time.Duration `json:"heartbeatTimeout,omitempty"`
+	// Maintenance, when set with an operation window, starts each wave only inside the window, waiting on a
+	// durable timer; a wave whose window does not open before the deadline ends the rollout, its devices
+	// reported as cancelled for that reason (docs/architecture.md, "Maintenance windows").
+	Maintenance *fleet.MaintenancePolicy `json:"maintenance,omitempty"`
 
 	// State carried across continue-as-new.
 	Carry *RolloutCarry `json:"carry,omitempty"`
@@ -233,6 +237,8 @@ type RolloutCarry struct {
 	Reasons     []string       `json:"reasons"`
 	Counts      rollout.Counts `json:"counts"`
 	Runs        int            `json:"runs"`
+	// WindowMissed says why the rollout stopped when a wave's maintenance window did not open in time.
+	WindowMissed string `json:"windowMissed,omitempty"`
 }
 
 // AbortInput is the abort update's argument.
@@ -298,6 +304,9 @@ type RolloutSummary struct {
 	WavesDone int      `json:"wavesDone"`
 	Decision  string   `json:"decision,omitempty"`
 	Reasons   []string `json:"reasons,omitempty"`
+	// CancelReason is recorded with the devices never dispatched (default: the rollout ended before their
+	// wave).
+	CancelReason string `json:"cancelReason,omitempty"`
 }
 
 // DeviceIssue is one device that failed, with the reason.

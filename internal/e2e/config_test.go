@@ -48,7 +48,7 @@ func TestConfigurationFollowsTheFleet(t *testing.T) {
 	e.simulate(ctx, eu, simulator.Config{})
 
 	_, err := e.cli(ctx, "config", "apply", "base", "--target", "SELECT * FROM devices WHERE tags.region = 'eu'", "--priority", "1",
-		"--set-desired", `{"interval": 30, "mode": "eco"}`, "--metric", "online=SELECT * FROM devices WHERE connectionState = 'Connected'")
+		"--set-desired", `{"interval": 30, "mode": "eco"}`, "--metric", "online=SELECT * FROM devices WHERE connectionState = 'connected'")
 	require.NoError(t, err)
 	out, err := e.cli(ctx, "config", "apply", "hot", "--target", "SELECT * FROM devices WHERE deviceId = 'eu-0001'", "--priority", "10",
 		"--set-desired", `{"interval": 5}`)
