@@ -24,7 +24,7 @@ func (a *Activities) ConfigSave(ctx context.Context, in workflows.ConfigSaveInpu
 	}
 	if err := a.Configs.SaveConfig(ctx, in.Spec, in.Version, in.State); err != nil {
 		if isPermanent(err) {
-			return 0, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidQuery, err)
+			return 0, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeInvalidInput, err)
 		}
 		return 0, err
 	}
@@ -37,7 +37,8 @@ func isPermanent(err error) bool {
 		syntax   *query.SyntaxError
 		semantic *query.SemanticError
 	)
-	return errors.As(err, &syntax) || errors.As(err, &semantic) || errors.Is(err, fleet.ErrUnknownGroup)
+	return errors.As(err, &syntax) || errors.As(err, &semantic) || errors.Is(err, fleet.ErrUnknownGroup) ||
+		errors.Is(err, fleet.ErrInvalidConfig)
 }
 
 // ConfigReconcile is one pass of a configuration: for RunFor it brings the devices behind up to date in

@@ -109,7 +109,7 @@ type ConfigReconcileResult struct {
 // cancels the pass in flight so that it takes effect at once. It continues as new every PassesPerRun passes.
 func FleetConfiguration(ctx workflow.Context, in ConfigInput) (ConfigResult, error) {
 	in = withConfigDefaults(in)
-	if err := in.Spec.Validate(); err != nil {
+	if err := in.Spec.CheckShape(); err != nil {
 		return ConfigResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeInvalidInput, nil)
 	}
 	if in.Version < 1 {
@@ -255,7 +255,8 @@ func registerConfigUpdates(ctx workflow.Context, in *ConfigInput, interrupt, rep
 		if spec.Name != in.Spec.Name {
 			return fmt.Errorf("this is configuration %s, not %s", in.Spec.Name, spec.Name)
 		}
-		return spec.Validate()
+		// The patch itself is decoded by the CLI before it sends the update and by ConfigSave.
+		return spec.CheckShape()
 	}})
 	if err != nil {
 		return fmt.Errorf("register apply: %w", err)

@@ -92,41 +92,56 @@ var configName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 // MaxConfigPriority bounds priorities (either sign) so that they stay readable and fit any integer column.
 const MaxConfigPriority = 1_000_000
 
-// Validate checks what can be checked without the registry: the name, the target's form, the section, the
-// patch (a non-empty JSON object within the section's limits) and the metrics' names. Target and metric
-// queries are compiled by the registry.
-func (s ConfigSpec) Validate() error {
+// ErrInvalidConfig is wrapped by every error of ConfigSpec.Validate and CheckShape: a spec no retry can fix.
+var ErrInvalidConfig = errors.New("invalid configuration")
+
+// CheckShape checks the spec without decoding the patch: the name, the target's form, the priority, the
+// section, that the patch is a non-empty JSON object as written, and the metrics' names. It is what workflow
+// code may call (it reads no map in an order that could differ between runs); Validate checks the rest.
+func (s ConfigSpec) CheckShape() error {
 	if !configName.MatchString(s.Name) {
-		return fmt.Errorf("configuration name %q: want 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit", s.Name)
+		return fmt.Errorf("%w: configuration name %q: want 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit", ErrInvalidConfig, s.Name)
 	}
 	if err := s.Target.Validate(); err != nil {
-		return fmt.Errorf("configuration %s: %w", s.Name, err)
+		return fmt.Errorf("%w: configuration %s: %w", ErrInvalidConfig, s.Name, err)
 	}
 	if s.Priority < -MaxConfigPriority || s.Priority > MaxConfigPriority {
-		return fmt.Errorf("configuration %s: priority %d out of range ±%d", s.Name, s.Priority, MaxConfigPriority)
+		return fmt.Errorf("%w: configuration %s: priority %d out of range ±%d", ErrInvalidConfig, s.Name, s.Priority, MaxConfigPriority)
 	}
 	if s.Section != twin.Desired && s.Section != twin.Tags {
-		return fmt.Errorf("configuration %s: section %q: want desired or tags", s.Name, s.Section)
+		return fmt.Errorf("%w: configuration %s: section %q: want desired or tags", ErrInvalidConfig, s.Name, s.Section)
 	}
-	obj, err := twin.ParseObject(s.Section, s.Patch)
-	if err != nil {
-		return fmt.Errorf("configuration %s: patch: %w", s.Name, err)
+	p := strings.TrimSpace(string(s.Patch))
+	if len(p) < 2 || p[0] != '{' || p[len(p)-1] != '}' {
+		return fmt.Errorf("%w: configuration %s: the patch must be a JSON object", ErrInvalidConfig, s.Name)
 	}
-	if len(obj) == 0 {
-		return fmt.Errorf("configuration %s: the patch sets nothing", s.Name)
+	if strings.TrimSpace(p[1:len(p)-1]) == "" {
+		return fmt.Errorf("%w: configuration %s: the patch sets nothing", ErrInvalidConfig, s.Name)
 	}
-	seen := map[string]bool{}
-	for _, m := range s.Metrics {
+	for i, m := range s.Metrics {
 		if !configName.MatchString(m.Name) {
-			return fmt.Errorf("configuration %s: metric name %q: want a-z 0-9 . _ -", s.Name, m.Name)
+			return fmt.Errorf("%w: configuration %s: metric name %q: want a-z 0-9 . _ -", ErrInvalidConfig, s.Name, m.Name)
 		}
-		if seen[m.Name] {
-			return fmt.Errorf("configuration %s: metric %s given twice", s.Name, m.Name)
+		for _, o := range s.Metrics[:i] {
+			if o.Name == m.Name {
+				return fmt.Errorf("%w: configuration %s: metric %s given twice", ErrInvalidConfig, s.Name, m.Name)
+			}
 		}
 		if strings.TrimSpace(m.Query) == "" {
-			return fmt.Errorf("configuration %s: metric %s has no query", s.Name, m.Name)
+			return fmt.Errorf("%w: configuration %s: metric %s has no query", ErrInvalidConfig, s.Name, m.Name)
 		}
-		seen[m.Name] = true
+	}
+	return nil
+}
+
+// Validate checks what can be checked without the registry: CheckShape, and the patch decoded (valid JSON
+// within the section's limits). Target and metric queries are compiled by the registry.
+func (s ConfigSpec) Validate() error {
+	if err := s.CheckShape(); err != nil {
+		return err
+	}
+	if _, err := twin.ParseObject(s.Section, s.Patch); err != nil {
+		return fmt.Errorf("%w: configuration %s: patch: %w", ErrInvalidConfig, s.Name, err)
 	}
 	return nil
 }
