@@ -77,3 +77,36 @@ func TestJobWaitsForMaintenanceWindows(t *testing.T) {
 	assert.Equal(t, fleet.JobOutsideWindow, store.TargetState("job-w", 2))
 	assert.Equal(t, fleet.JobFailed, store.TargetState("job-w", 3))
 }
+
+// A rollout with a maintenance window starts each wave inside it, waiting on a durable timer; one whose
+// window does not open before the deadline ends without dispatching, its devices cancelled for that reason.
+func TestFirmwareRolloutWaitsForTheMaintenanceWindow(t *testing.T) {
+	f := newRolloutFleet(100)
+	env := newRolloutEnv(t, f)
+	in := rolloutIn(t, "ro-win", 100)
+	in.Maintenance = &fleet.MaintenancePolicy{Window: "Sat 13:00-14:00", Deadline: testStart.Add(72 * time.Hour)}
+	env.ExecuteWorkflow(workflows.FirmwareRollout, in)
+	res := rolloutResult(t, env)
+	require.Equal(t, "completed", res.State)
+	f.mu.Lock()
+	require.Len(t, f.dispatchAt, 4)
+	assert.Equal(t, testStart.Add(time.Hour), f.dispatchAt[0].UTC(), "the first wave waits an hour for the window")
+	for _, at := range f.dispatchAt {
+		assert.True(t, !at.Before(testStart.Add(time.Hour)) && at.Before(testStart.Add(2*time.Hour)), "wave dispatched at %s", at.UTC())
+	}
+	f.mu.Unlock()
+
+	f = newRolloutFleet(100)
+	env = newRolloutEnv(t, f)
+	in = rolloutIn(t, "ro-missed", 100)
+	in.Maintenance = &fleet.MaintenancePolicy{Window: "Sat 13:00-14:00", Deadline: testStart.Add(30 * time.Minute)}
+	env.ExecuteWorkflow(workflows.FirmwareRollout, in)
+	res = rolloutResult(t, env)
+	assert.Equal(t, "aborted", res.State)
+	assert.Contains(t, res.Decision, "does not open before the rollout's deadline")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	assert.Empty(t, f.dispatches)
+	require.Len(t, f.finishes, 1)
+	assert.Contains(t, f.finishes[0].Summary.CancelReason, "maintenance window Sat 13:00-14:00 UTC does not open")
+}
