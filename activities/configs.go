@@ -16,6 +16,10 @@ import (
 // registry statement, and a busy fleet's gateways write connection batches several times a second.
 const configMinGap = 500 * time.Millisecond
 
+// configRepushAfter is how long a connected device may leave a configuration's write unacknowledged before
+// its desired document is pushed again (as a rollout's observation does).
+const configRepushAfter = 20 * time.Second
+
 // ConfigSave records a configuration's spec and state at a version (docs/architecture.md, "Declarative
 // configurations"). A target or metric query that does not compile is not retried.
 func (a *Activities) ConfigSave(ctx context.Context, in workflows.ConfigSaveInput) (int64, error) {
@@ -77,6 +81,15 @@ func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigRec
 		_, waitingOnline, err := a.Configs.CollectConfigAcks(ctx, in.Name)
 		if err != nil {
 			return res, err
+		}
+		if waitingOnline > 0 {
+			again, err := a.Configs.ConfigRepush(ctx, in.Name, configRepushAfter, in.BatchSize)
+			if err != nil {
+				return res, err
+			}
+			if _, err := a.push(ctx, again); err != nil {
+				activityLogger(ctx).Warn("desired push incomplete; devices catch up on reconnect", "configuration", in.Name, "err", err)
+			}
 		}
 		if !time.Now().Before(deadline) {
 			break

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -242,6 +243,10 @@ type ConfigStore interface {
 	// configuration owns on them as acknowledged, and returns how many applied devices still wait, and how
 	// many of those are online.
 	CollectConfigAcks(ctx context.Context, name string) (waiting, waitingOnline int64, err error)
+	// ConfigRepush returns, as pushes of their whole desired document, up to limit connected devices that
+	// were written at least olderThan ago and have not acknowledged, and restarts their clock: a push lost
+	// after the write committed (a crash, a dropped message) is sent again while the device stays connected.
+	ConfigRepush(ctx context.Context, name string, olderThan time.Duration, limit int) ([]DesiredPush, error)
 	// ConfigCounts counts the configuration's devices and metrics as they are now.
 	ConfigCounts(ctx context.Context, name string) (ConfigCounts, error)
 	// DeleteConfig removes the configuration and its records, leaving devices as they are, and marks the

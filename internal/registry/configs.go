@@ -413,6 +413,30 @@ func (r *Registry) CollectConfigAcks(ctx context.Context, name string) (waiting,
 	return waiting, waitingOnline, nil
 }
 
+// ConfigRepush returns the desired documents of connected devices that have not acknowledged a write made
+// at least olderThan ago, and restarts their clock (fleet.ConfigStore).
+func (r *Registry) ConfigRepush(ctx context.Context, name string, olderThan time.Duration, limit int) ([]fleet.DesiredPush, error) {
+	rows, err := r.pool.Query(ctx, `WITH due AS (
+			SELECT c.device_id FROM config_devices c JOIN devices d ON d.id = c.device_id
+			WHERE c.config = $1 AND c.state = 'applied' AND d.online AND c.updated_at < now() - $2::interval
+			ORDER BY c.device_id LIMIT $3 FOR UPDATE OF c SKIP LOCKED)
+		UPDATE config_devices c SET updated_at = now() FROM due, devices d
+		WHERE c.config = $1 AND c.device_id = due.device_id AND d.id = due.device_id
+		RETURNING d.id, d.desired_version, d.online, d.desired`, name, olderThan, limit)
+	if err != nil {
+		return nil, fmt.Errorf("configuration %s: devices to push again: %w", name, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (fleet.DesiredPush, error) {
+		var p fleet.DesiredPush
+		err := row.Scan(&p.DeviceID, &p.Version, &p.Online, &p.Patch)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("configuration %s: devices to push again: %w", name, err)
+	}
+	return out, nil
+}
+
 // ConfigCounts counts the configuration's devices among those it targets now, and its metrics
 // (fleet.ConfigStore).
 func (r *Registry) ConfigCounts(ctx context.Context, name string) (fleet.ConfigCounts, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -146,4 +147,28 @@ func TestConfigTagsAndGroups(t *testing.T) {
 	grp := low
 	grp.Name, grp.Target = "grp", fleet.Target{Group: "g"}
 	assert.ErrorIs(t, reg.SaveConfig(ctx, grp, 1, fleet.ConfigActive), registry.ErrNoGroups)
+}
+
+// Connected devices that have not acknowledged a write are pushed their desired document again, once per
+// interval.
+func TestConfigRepush(t *testing.T) {
+	ctx := context.Background()
+	reg := registrytest.Open(t)
+	registrytest.Provision(t, reg, "rp", 2)
+	spec := fleet.ConfigSpec{Name: "rp", Priority: 1, Section: twin.Desired, Target: fleet.Target{Query: "SELECT * FROM devices"},
+		Patch: json.RawMessage(`{"interval": 30}`)}
+	require.NoError(t, reg.SaveConfig(ctx, spec, 1, fleet.ConfigActive))
+	_, err := reg.ReconcileConfig(ctx, "rp", 100)
+	require.NoError(t, err)
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{{DeviceID: "rp-00", Kind: fleet.ConnUp, Session: 1, At: time.Now()}}))
+
+	again, err := reg.ConfigRepush(ctx, "rp", 0, 100)
+	require.NoError(t, err)
+	require.Len(t, again, 1, "only the connected device")
+	assert.Equal(t, "rp-00", again[0].DeviceID)
+	assert.EqualValues(t, 2, again[0].Version)
+	assert.JSONEq(t, `{"interval": 30}`, string(again[0].Patch))
+	again, err = reg.ConfigRepush(ctx, "rp", time.Hour, 100)
+	require.NoError(t, err)
+	assert.Empty(t, again, "its clock restarted")
 }
