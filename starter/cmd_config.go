@@ -157,9 +157,13 @@ func applyConfig(cmd *cobra.Command, g *globals, f *configFlags, name string) er
 	defer reg.Close()
 	// Read-only checks: the target and metric queries compile (the workflow saves the configuration).
 	if _, err := reg.TargetSQL(ctx, spec.Target); err != nil {
-		return asUsage(fmt.Errorf("--target: %w", err))
+		flag := "--target"
+		if spec.Target.Group != "" {
+			flag = "--group"
+		}
+		return asUsage(fmt.Errorf("%s: %w", flag, err))
 	}
-	n, err := countTarget(ctx, reg, spec.Target)
+	n, err := reg.CountTarget(ctx, spec.Target)
 	if err != nil {
 		return err
 	}
@@ -203,16 +207,6 @@ func applyConfig(cmd *cobra.Command, g *globals, f *configFlags, name string) er
 		fmt.Fprintf(stdout(cmd), "follow it: fleetflow config status %s  (%s)\n", name, res.TemporalURL)
 		return nil
 	})
-}
-
-// countTarget counts the devices a target selects now.
-func countTarget(ctx context.Context, reg *registry.Registry, t fleet.Target) (int64, error) {
-	if t.Group != "" {
-		if _, err := reg.TargetSQL(ctx, t); err != nil {
-			return 0, err
-		}
-	}
-	return reg.CountTargets(ctx, t.Query)
 }
 
 // configView is one configuration as list and status print it.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
 	"strconv"
 	"sync"
@@ -20,10 +21,6 @@ import (
 // ConfigChannel is the NOTIFY channel that wakes configuration reconcilers (migration 011).
 const ConfigChannel = "fleetflow_config"
 
-// ErrNoGroups is returned for a group target until device groups exist in this registry.
-// It wraps fleet.ErrUnknownGroup.
-var ErrNoGroups = fmt.Errorf("%w: device groups are not available in this registry version; target a query", fleet.ErrUnknownGroup)
-
 // Config is a configurations row.
 type Config struct {
 	Spec      fleet.ConfigSpec  `json:"spec"`
@@ -34,16 +31,43 @@ type Config struct {
 	UpdatedAt time.Time         `json:"updatedAt"`
 }
 
-// TargetSQL compiles an operation's target to a statement selecting device ids. A group resolves to its
-// membership query here, so that every caller accepts both forms.
+// TargetSQL compiles an operation's target to a statement selecting device ids. A group is selected with
+// IN_GROUP('name'), the query form every operation takes a group in, which the registry compiles with the
+// group's definition (docs/architecture.md, "Declarative configurations"): so a configuration targets a
+// group exactly as a job does.
 func (r *Registry) TargetSQL(ctx context.Context, t fleet.Target) (*query.Compiled, error) {
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
 	if t.Group != "" {
-		return nil, fmt.Errorf("group %s: %w", t.Group, ErrNoGroups)
+		if !groupName.MatchString(t.Group) {
+			return nil, fmt.Errorf("group %q: %w: want a-z 0-9 . _ -", t.Group, fleet.ErrUnknownGroup)
+		}
+		return r.compileTarget(ctx, "SELECT * FROM devices WHERE IN_GROUP('"+t.Group+"')")
 	}
-	return targetsSQL(t.Query)
+	return r.compileTarget(ctx, t.Query)
+}
+
+// CountTarget counts the devices a target selects now.
+func (r *Registry) CountTarget(ctx context.Context, t fleet.Target) (int64, error) {
+	c, err := r.TargetSQL(ctx, t)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	if err := r.pool.QueryRow(ctx, "SELECT count(*) FROM ("+c.SQL+") t", c.Args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count targets: %w", err)
+	}
+	return n, nil
+}
+
+// groupName is what a group's name may hold, so that it needs no quoting inside IN_GROUP('…').
+var groupName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// compileTarget is the one place the configurations and maintenance windows compile a target query: where
+// query compilation needs the registry (groups named in the query), it is done here.
+func (r *Registry) compileTarget(_ context.Context, text string) (*query.Compiled, error) {
+	return targetsSQL(text)
 }
 
 // param is the placeholder of the next argument after args.
@@ -110,7 +134,7 @@ func (r *Registry) SaveConfig(ctx context.Context, spec fleet.ConfigSpec, versio
 		return fmt.Errorf("configuration %s: target: %w", spec.Name, err)
 	}
 	for _, m := range spec.Metrics {
-		if _, err := targetsSQL(m.Query); err != nil {
+		if _, err := r.compileTarget(ctx, m.Query); err != nil {
 			return fmt.Errorf("configuration %s: metric %s: %w", spec.Name, m.Name, err)
 		}
 	}
@@ -464,7 +488,7 @@ func (r *Registry) ConfigCounts(ctx context.Context, name string) (fleet.ConfigC
 		return cnt, fmt.Errorf("configuration %s: count devices: %w", name, err)
 	}
 	for _, m := range cfg.Spec.Metrics {
-		mc, err := targetsSQL(m.Query)
+		mc, err := r.compileTarget(ctx, m.Query)
 		if err != nil {
 			return cnt, fmt.Errorf("configuration %s: metric %s: %w", name, m.Name, err)
 		}

@@ -3,6 +3,7 @@ package registry_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/query"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/twin"
@@ -146,7 +148,13 @@ func TestConfigTagsAndGroups(t *testing.T) {
 
 	grp := low
 	grp.Name, grp.Target = "grp", fleet.Target{Group: "g"}
-	assert.ErrorIs(t, reg.SaveConfig(ctx, grp, 1, fleet.ConfigActive), registry.ErrNoGroups)
+	// A group is selected with IN_GROUP('g'): one the registry cannot resolve is refused as that query is, with
+	// the query language's own error (a syntax error where IN_GROUP is unknown, a semantic one for an unknown
+	// group where it is).
+	err = reg.SaveConfig(ctx, grp, 1, fleet.ConfigActive)
+	var syntax *query.SyntaxError
+	var semantic *query.SemanticError
+	assert.True(t, errors.As(err, &syntax) || errors.As(err, &semantic), "got %v", err)
 }
 
 // Connected devices that have not acknowledged a write are pushed their desired document again, once per

@@ -405,7 +405,7 @@ type WindowCount struct {
 // WindowCounts groups the devices a target query selects by the values of their window and time zone
 // tags: what `rollout plan` shows of the windows.
 func (r *Registry) WindowCounts(ctx context.Context, q, windowTag, timezoneTag string) ([]WindowCount, error) {
-	c, err := targetsSQL(q)
+	c, err := r.compileTarget(ctx, q)
 	if err != nil {
 		return nil, err
 	}
