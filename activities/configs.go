@@ -20,6 +20,14 @@ const configMinGap = 500 * time.Millisecond
 // its desired document is pushed again (as a rollout's observation does).
 const configRepushAfter = 20 * time.Second
 
+// Acknowledgement polling: every ackPollEvery while connected devices owe an acknowledgement of a write made
+// in the last configFastFor (they answer within milliseconds), then every configSlowAckPoll, so that a device
+// that never acknowledges does not keep the registry busy four times a second.
+const (
+	configFastFor     = 30 * time.Second
+	configSlowAckPoll = 5 * time.Second
+)
+
 // ConfigSave records a configuration's spec and state at a version (docs/architecture.md, "Declarative
 // configurations"). A target or metric query that does not compile is not retried.
 func (a *Activities) ConfigSave(ctx context.Context, in workflows.ConfigSaveInput) (int64, error) {
@@ -58,6 +66,7 @@ func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigRec
 	stop := keepHeartbeating(ctx)
 	defer stop()
 	deadline := time.Now().Add(in.RunFor)
+	var lastWrite time.Time
 	for {
 		var wake <-chan struct{}
 		if a.Changes != nil {
@@ -71,6 +80,9 @@ func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigRec
 				return res, err
 			}
 			res.Written += int64(r.Written)
+			if r.Written > 0 {
+				lastWrite = time.Now()
+			}
 			if _, err := a.push(ctx, r.Pushes); err != nil {
 				activityLogger(ctx).Warn("desired push incomplete; devices catch up on reconnect", "configuration", in.Name, "err", err)
 			}
@@ -95,8 +107,11 @@ func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigRec
 			break
 		}
 		wait := in.PollEvery
-		if waitingOnline > 0 {
+		switch {
+		case waitingOnline > 0 && time.Since(lastWrite) < configFastFor:
 			wait = ackPollEvery
+		case waitingOnline > 0:
+			wait = min(wait, configSlowAckPoll)
 		}
 		wait = min(wait, time.Until(deadline))
 		stopping := false
