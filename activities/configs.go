@@ -54,9 +54,10 @@ func isPermanent(err error) bool {
 }
 
 // ConfigReconcile is one pass of a configuration: for RunFor it brings the devices behind up to date in
-// batches (each written with its record in one transaction, then pushed), collects acknowledgements, and
-// waits for a wake-up (devices inserted, retagged, connected) or PollEvery between rounds, faster while
-// connected devices still owe an acknowledgement. It heartbeats throughout, so an update that cancels the
+// batches (each written with its record in one transaction, then pushed) and collects acknowledgements. It
+// looks for devices behind at the start, when the registry announces an insert, a retag or a configuration
+// change, and every PollEvery; a connection notice only makes it collect acknowledgements, which it also
+// polls while connected devices owe them. It heartbeats throughout, so an update that cancels the
 // pass stops it within a heartbeat, and returns the configuration's counts at the end.
 func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigReconcileInput) (workflows.ConfigReconcileResult, error) {
 	var res workflows.ConfigReconcileResult
@@ -66,15 +67,17 @@ func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigRec
 	stop := keepHeartbeating(ctx)
 	defer stop()
 	deadline := time.Now().Add(in.RunFor)
-	var lastWrite time.Time
+	var lastWrite, lastScan time.Time
+	scan := true // look for devices behind: at the start, on a change notice, and every PollEvery
 	for {
-		var wake <-chan struct{}
+		var changed, connected <-chan struct{}
 		if a.Changes != nil {
 			// Taken before the round, so that a change during it wakes the next one.
-			wake = a.Changes.Changed()
+			changed, connected = a.Changes.Changed(), a.Changes.Connected()
 		}
 		roundStart := time.Now()
-		for {
+		for scan {
+			lastScan = time.Now()
 			r, err := a.Configs.ReconcileConfig(ctx, in.Name, in.BatchSize)
 			if err != nil {
 				return res, err
@@ -106,34 +109,57 @@ func (a *Activities) ConfigReconcile(ctx context.Context, in workflows.ConfigRec
 		if !time.Now().Before(deadline) {
 			break
 		}
-		wait := in.PollEvery
+		nextScan := lastScan.Add(in.PollEvery)
+		wait := time.Until(nextScan)
 		switch {
 		case waitingOnline > 0 && time.Since(lastWrite) < configFastFor:
-			wait = ackPollEvery
+			wait = min(wait, ackPollEvery)
 		case waitingOnline > 0:
 			wait = min(wait, configSlowAckPoll)
 		}
-		wait = min(wait, time.Until(deadline))
-		stopping := false
+		wait = max(0, min(wait, time.Until(deadline)))
+		stopping, woken := false, false
 		select {
 		case <-ctx.Done():
 			return res, ctx.Err()
 		case <-workerStopping(ctx):
 			stopping = true
-		case <-wake:
-			// Let a burst of statements settle into one round.
-			if gap := configMinGap - time.Since(roundStart); gap > 0 {
-				time.Sleep(min(gap, time.Until(deadline)))
-			}
+		case <-changed:
+			// Something may have put devices behind.
+			woken = true
+		case <-connected:
+			// Connections bring acknowledgements, not devices behind: unless a change came too, the round
+			// collects acknowledgements only.
+			woken = true
 		case <-time.After(wait):
 		}
 		if stopping {
 			break
 		}
+		if woken {
+			// Let a burst of statements settle into one round.
+			if gap := configMinGap - time.Since(roundStart); gap > 0 {
+				time.Sleep(min(gap, time.Until(deadline)))
+			}
+		}
+		scan = !time.Now().Before(nextScan) || isClosed(changed)
 	}
 	var err error
 	res.Counts, err = a.Configs.ConfigCounts(ctx, in.Name)
 	return res, err
+}
+
+// isClosed reports whether a wake-up channel has fired (a nil channel never has).
+func isClosed(ch <-chan struct{}) bool {
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // ConfigDelete removes a configuration from the registry, leaving devices as they are.

@@ -254,9 +254,12 @@ type ConfigStore interface {
 	DeleteConfig(ctx context.Context, name string) error
 }
 
-// DeviceChanges wakes configuration reconcilers early: Changed returns a channel that is closed at the next
-// change after the call — devices inserted, retagged, connected or disconnected. Nil (no feed) means
-// reconcilers only poll.
+// DeviceChanges wakes configuration reconcilers early. Each method returns a channel that is closed at the
+// next change of its kind after the call. Nil (no feed) means reconcilers only poll.
 type DeviceChanges interface {
+	// Changed: devices inserted or retagged, configurations saved or deleted — what can leave devices behind
+	// a configuration.
 	Changed() <-chan struct{}
+	// Connected: devices connected or disconnected — what can bring acknowledgements, not devices behind.
+	Connected() <-chan struct{}
 }

@@ -623,30 +623,46 @@ func (r *Registry) DeleteConfig(ctx context.Context, name string) error {
 	})
 }
 
-// ChangeFeed follows the registry's configuration wake-ups (fleet.DeviceChanges): devices inserted,
-// retagged, connected or disconnected, and configurations saved or deleted. One LISTEN connection serves
-// every reconciler of a worker process.
+// ChangeFeed follows the registry's configuration wake-ups (fleet.DeviceChanges): devices inserted or
+// retagged and configurations saved or deleted (Changed), devices connected or disconnected (Connected). One
+// LISTEN connection serves every reconciler of a worker process.
 type ChangeFeed struct {
-	r  *Registry
-	mu sync.Mutex
-	ch chan struct{}
+	r         *Registry
+	mu        sync.Mutex
+	changed   chan struct{}
+	connected chan struct{}
 }
 
 // NewChangeFeed returns a feed over r; Run makes it follow the registry.
-func NewChangeFeed(r *Registry) *ChangeFeed { return &ChangeFeed{r: r, ch: make(chan struct{})} }
+func NewChangeFeed(r *Registry) *ChangeFeed {
+	return &ChangeFeed{r: r, changed: make(chan struct{}), connected: make(chan struct{})}
+}
 
-// Changed returns a channel closed at the next change after the call.
+// Changed returns a channel closed at the next insert, retag or configuration change after the call.
 func (f *ChangeFeed) Changed() <-chan struct{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.ch
+	return f.changed
 }
 
-func (f *ChangeFeed) fire() {
+// Connected returns a channel closed at the next connection change after the call.
+func (f *ChangeFeed) Connected() <-chan struct{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	close(f.ch)
-	f.ch = make(chan struct{})
+	return f.connected
+}
+
+// fire wakes the waiters of a notice's kind (migration 011's payloads); anything but a connection change
+// wakes both, so that a missed or unknown notice errs on the side of a full round.
+func (f *ChangeFeed) fire(payload string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.connected)
+	f.connected = make(chan struct{})
+	if payload != "online" {
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
 }
 
 // Run listens until ctx ends, reconnecting after errors. Each time LISTEN is in place it fires once, since
@@ -674,11 +690,12 @@ func (f *ChangeFeed) listen(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+ConfigChannel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	f.fire()
+	f.fire("")
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
 			return fmt.Errorf("listen: %w", err)
 		}
-		f.fire()
+		f.fire(n.Payload)
 	}
 }
