@@ -14,12 +14,16 @@ LDFLAGS       := $(if $(VERSION),-X main.version=$(VERSION))
 # Tests and benchmarks start their own dev servers from this binary (internal/testenv).
 TEST_ENV := FLEETFLOW_TEMPORAL_CLI=$(BIN)/temporal
 
+# deploy/validate checks deploy/ (compose file, Helm chart, Dockerfiles) offline. It is a module of its own so that
+# Helm, the Kubernetes API and compose-go stay out of the product's go.mod; `./...` at the root does not reach it.
+DEPLOY_VALIDATE := deploy/validate
+
 .DEFAULT_GOAL := build
 .PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz clean reset help
 
 help:
 	@echo "make demo     start the local stack and run the demo (leaves the stack running)"
-	@echo "make test     vet, workflowcheck and all tests against throwaway services"
+	@echo "make test     vet, workflowcheck and all tests against throwaway services (deploy/ validated offline too)"
 	@echo "make race     the goroutine-heavy packages under the race detector (part of make test)"
 	@echo "make up | down | status    manage the local stack (fleetflow dev ...); make up GATEWAYS=3 WORKERS=2"
 	@echo "make build    bin/fleetflow and bin/fleetflow-worker"
@@ -63,6 +67,7 @@ demo: up
 vet:
 	@echo "== go vet"
 	@$(GO) vet ./...
+	@cd $(DEPLOY_VALIDATE) && $(GO) vet ./...
 
 workflowcheck:
 	@echo "== workflowcheck"
@@ -71,6 +76,8 @@ workflowcheck:
 test: build deps vet workflowcheck
 	@echo "== go test"
 	@$(TEST_ENV) $(GO) test -count=1 -timeout 30m ./...
+	@echo "== go test deploy/validate (compose file, Helm chart, Dockerfiles)"
+	@cd $(DEPLOY_VALIDATE) && $(TEST_ENV) $(GO) test -count=1 -timeout 20m ./...
 	@$(MAKE) --no-print-directory race
 
 # The packages whose goroutines share state (the gateway, the NATS channel, the device SDK, the simulator,
@@ -84,6 +91,7 @@ race: build deps
 lint: vet
 	@echo "== staticcheck"
 	@$(GO) run $(STATICCHECK) ./...
+	@cd $(DEPLOY_VALIDATE) && $(GO) run $(STATICCHECK) ./...
 	@echo "== import rule (docs/architecture.md)"
 	@$(GO) test -count=1 ./internal/archtest/
 

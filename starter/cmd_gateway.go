@@ -55,6 +55,10 @@ comma-separated list; FLEETFLOW_NATS_URL): while a device is connected the gatew
 subjects and relays desired patches and method calls to it, and a device connecting here ends its older
 session on any other gateway. Any number of gateways can share one NATS cluster and one registry. The
 gateway starts even when NATS is not reachable yet and connects as soon as it is.
+The gateway learns of disabled, retired and re-keyed devices through Postgres' LISTEN, on a connection of
+its own that must stay one server session: when --database-url goes through a transaction-mode pooler
+(PgBouncer's pool_mode=transaction), give that connection a direct or session-mode URL with
+--database-listen-url (FLEETFLOW_DATABASE_LISTEN_URL).
 Prometheus metrics (connected devices, message counters, ingest batch latency) are served at
 http://127.0.0.1:9464/metrics unless --metrics-listen says otherwise.
 The gateway stops on SIGINT or SIGTERM.`,
@@ -95,7 +99,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 			}
 			// The registry's query latency and pool statistics are part of the gateway's metrics too: auth
 			// lookups and ingest batches are its registry traffic.
-			var opts registry.Options
+			opts := registry.Options{ListenURL: g.cfg.DatabaseListenURL}
 			if mreg != nil {
 				opts.Tracer = metrics.NewQueryTracer(mreg)
 			}
@@ -165,6 +169,10 @@ The gateway stops on SIGINT or SIGTERM.`,
 	cmd.Flags().Float64Var(&failRate, "auth-fail-rate", 10,
 		"failed CONNECTs per second each remote IP address may make once its burst is used up; negative: no per-address limit (docs/architecture.md, \"Abuse: floods of CONNECTs\")")
 	cmd.Flags().IntVar(&failBurst, "auth-fail-burst", 50, "failed CONNECTs a remote IP address may make at once (raise it for many devices behind one NAT)")
+	cmd.Flags().StringVar(&g.cfg.DatabaseListenURL, "database-listen-url", g.cfg.DatabaseListenURL,
+		"Postgres URL of the connection that LISTENs for device changes, direct or session-mode, when --database-url goes through a transaction-mode pooler; default: --database-url (FLEETFLOW_DATABASE_LISTEN_URL)")
+	// The default comes from the environment and holds a password: --help shows it masked.
+	cmd.Flags().Lookup("database-listen-url").DefValue = channel.RedactURL(g.cfg.DatabaseListenURL)
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6060)")
 	_ = cmd.Flags().MarkHidden("pprof")
 	return cmd

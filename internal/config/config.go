@@ -55,6 +55,10 @@ type Config struct {
 	MQTTCA        string
 	TemporalUI    string // FLEETFLOW_TEMPORAL_UI: base URL printed in links
 	MetricsListen string // FLEETFLOW_METRICS_LISTEN: optional /metrics listener
+
+	// DatabaseListenURL is the URL of the gateway's LISTEN connection, for when DatabaseURL goes through a
+	// transaction-mode pooler (FLEETFLOW_DATABASE_LISTEN_URL); empty means DatabaseURL.
+	DatabaseListenURL string
 }
 
 // FromEnv reads the configuration from the environment, falling back to the local defaults.
@@ -78,6 +82,8 @@ func FromEnv() Config {
 		MQTTCA:           os.Getenv("FLEETFLOW_MQTT_CA"),
 		TemporalUI:       Env("FLEETFLOW_TEMPORAL_UI", DefaultTemporalUI),
 		MetricsListen:    Env("FLEETFLOW_METRICS_LISTEN", ""),
+
+		DatabaseListenURL: os.Getenv("FLEETFLOW_DATABASE_LISTEN_URL"),
 	}
 }
 

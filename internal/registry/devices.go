@@ -335,7 +335,7 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until ctx
-// ends. It holds its own connection (LISTEN needs one) and reconnects after errors; each time LISTEN is in
+// ends. It holds its own connection (LISTEN needs one; to Options.ListenURL when set) and reconnects after errors; each time LISTEN is in
 // place it calls fn with "" so the caller can drop everything it cached, since notifications may have been
 // missed before. Inserts of devices come as fn(fleet.DevicesInserted), once per statement (migration 007).
 func (r *Registry) ListenDeviceChanges(ctx context.Context, fn func(id string)) error {
@@ -354,7 +354,7 @@ func (r *Registry) ListenDeviceChanges(ctx context.Context, fn func(id string)) 
 }
 
 func (r *Registry) listenOnce(ctx context.Context, fn func(string)) error {
-	conn, err := pgx.Connect(ctx, r.url)
+	conn, err := pgx.Connect(ctx, r.listenURL)
 	if err != nil {
 		return fmt.Errorf("listen: connect: %w", err)
 	}

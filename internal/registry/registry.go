@@ -20,6 +20,8 @@ import (
 type Registry struct {
 	pool *pgxpool.Pool
 	url  string
+	// listenURL is where ListenDeviceChanges connects: Options.ListenURL, else url.
+	listenURL string
 }
 
 // Open connects to Postgres and checks that the schema is at the version this binary needs (SchemaVersion).
@@ -37,6 +39,11 @@ type Options struct {
 	// MaxConns sizes the pool when positive, overriding the database URL's pool_max_conns and the default
 	// floor of 16; a worker sizes its activity slots from it.
 	MaxConns int32
+	// ListenURL, when set, is the database URL of ListenDeviceChanges' connection instead of the pool's. LISTEN
+	// needs one server session for as long as it listens, which a transaction-mode pooler (PgBouncer's
+	// pool_mode=transaction) does not give: the pool may go through one, this URL must be direct or session-mode
+	// (docs/architecture.md, "Connection pooling and LISTEN").
+	ListenURL string
 }
 
 // OpenWithOptions is Open with options.
@@ -63,7 +70,14 @@ func OpenWithOptions(ctx context.Context, url string, opts Options) (*Registry, 
 		pool.Close()
 		return nil, fmt.Errorf("connect to postgres at %s: %w", redact(url), err)
 	}
-	r := &Registry{pool: pool, url: url}
+	r := &Registry{pool: pool, url: url, listenURL: url}
+	if opts.ListenURL != "" {
+		if _, err := pgx.ParseConfig(opts.ListenURL); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("parse database listen url: %w", err)
+		}
+		r.listenURL = opts.ListenURL
+	}
 	if err := r.checkSchema(ctx); err != nil {
 		pool.Close()
 		return nil, err
