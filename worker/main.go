@@ -107,7 +107,9 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 		probes.Register(srv)
 		log.Info("serving metrics and probes", "url", srv.URL(), "readyz", "http://"+srv.Addr()+"/readyz")
 	}
-	reg, err := registry.OpenWithOptions(ctx, cfg.DatabaseURL, registry.Options{Tracer: tracer, MaxConns: int32(opts.pool)})
+	reg, err := registry.OpenWithOptions(ctx, cfg.DatabaseURL, registry.Options{Tracer: tracer, MaxConns: int32(opts.pool),
+		// The configuration wake-ups LISTEN (docs/architecture.md, "Connection pooling and LISTEN").
+		ListenURL: cfg.DatabaseListenURL})
 	if err != nil {
 		return err
 	}

@@ -682,7 +682,7 @@ func (f *ChangeFeed) Run(ctx context.Context) {
 }
 
 func (f *ChangeFeed) listen(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, f.r.url)
+	conn, err := pgx.Connect(ctx, f.r.listenURL)
 	if err != nil {
 		return fmt.Errorf("listen: connect: %w", err)
 	}
