@@ -24,6 +24,9 @@ type Activities struct {
 	Rollouts  fleet.RolloutStore
 	Retire    fleet.RetireStore
 	Monitor   fleet.MonitorStore
+	Configs   fleet.ConfigStore
+	// Changes wakes configuration reconcilers early (nil: they only poll).
+	Changes fleet.DeviceChanges
 	// Channel reaches devices; nil when the worker has no broker configured, in which case desired changes
 	// still land in the registry (devices read them on reconnect) and method jobs fail.
 	Channel fleet.Channel
@@ -66,8 +69,9 @@ func New(store interface {
 	fleet.RolloutStore
 	fleet.RetireStore
 	fleet.MonitorStore
+	fleet.ConfigStore
 }, ch fleet.Channel) *Activities {
-	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Channel: ch}
+	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Configs: store, Channel: ch}
 }
 
 // errNoStore is the permanent failure of an activity whose stage this worker was not given a store for.

@@ -45,20 +45,8 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchInput) 
 	if err := a.fault(FaultTargetsLoaded); err != nil {
 		return c, err
 	}
-	if len(targets) > 0 {
-		switch req.Kind {
-		case fleet.JobRetire:
-			err = a.retireBatch(ctx, req, targets)
-		case fleet.JobSetTags, fleet.JobSetDesired:
-			err = a.patchBatch(ctx, req, targets)
-		case fleet.JobMethod:
-			err = a.methodBatch(ctx, req, targets)
-		default:
-			err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", req.Kind), workflows.ErrTypeInvalidInput, nil)
-		}
-		if err != nil {
-			return c, err
-		}
+	if err := a.applyBatch(ctx, req, targets); err != nil {
+		return c, err
 	}
 	if c, err = a.Jobs.JobRangeTotals(ctx, req.JobID, req.First, req.Last-1); err != nil {
 		return c, err
@@ -67,6 +55,85 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchInput) 
 		return fleet.JobCounts{}, err
 	}
 	return c, nil
+}
+
+// applyBatch does the job's work on targets (unfinished targets of the batch's range).
+func (a *Activities) applyBatch(ctx context.Context, req workflows.JobBatchInput, targets []fleet.JobTarget) error {
+	if len(targets) == 0 {
+		return nil
+	}
+	switch req.Kind {
+	case fleet.JobRetire:
+		return a.retireBatch(ctx, req, targets)
+	case fleet.JobSetTags, fleet.JobSetDesired:
+		return a.patchBatch(ctx, req, targets)
+	case fleet.JobMethod:
+		return a.methodBatch(ctx, req, targets)
+	}
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", req.Kind), workflows.ErrTypeInvalidInput, nil)
+}
+
+// JobWindowBatch is JobBatch for a job with a maintenance policy (docs/architecture.md, "Maintenance
+// windows"): of the range's unfinished targets it reaches only those whose window is open at req.At (the
+// workflow's clock when it scheduled the batch), records those whose window does not open before the
+// deadline as outside_window (and those whose window tags do not parse as failed, naming the tag), and leaves
+// the others pending, returning how many wait and when the first of their windows opens. Targets an earlier
+// attempt dispatched go through as in JobBatch (never sent twice).
+func (a *Activities) JobWindowBatch(ctx context.Context, req workflows.JobWindowBatchInput) (workflows.JobWindowBatchResult, error) {
+	var res workflows.JobWindowBatchResult
+	if a.Jobs == nil {
+		return res, errNoStore("job")
+	}
+	stop := keepHeartbeating(ctx)
+	defer stop()
+	targets, err := a.Jobs.JobTargets(ctx, req.JobID, req.First, req.Last-1)
+	if err != nil {
+		return res, err
+	}
+	tags := map[string]map[string]string{}
+	if names := req.Policy.TagNames(); names != nil && len(targets) > 0 {
+		ids := make([]string, len(targets))
+		for i, t := range targets {
+			ids[i] = t.DeviceID
+		}
+		if tags, err = a.Jobs.TargetTags(ctx, ids, names); err != nil {
+			return res, err
+		}
+	}
+	var open []fleet.JobTarget
+	var outs []fleet.JobOutcome
+	for _, t := range targets {
+		if t.State == fleet.JobDispatched {
+			open = append(open, t)
+			continue
+		}
+		w, ok, err := req.Policy.DeviceWindow(tags[t.DeviceID])
+		if err != nil {
+			outs = append(outs, fleet.JobOutcome{Seq: t.Seq, State: fleet.JobFailed, Error: "maintenance window: " + err.Error()})
+			continue
+		}
+		switch verdict, next := req.Policy.Decide(w, ok, req.At); verdict {
+		case fleet.WindowOpen:
+			open = append(open, t)
+		case fleet.WindowWait:
+			res.Waiting++
+			if res.NextOpen.IsZero() || next.Before(res.NextOpen) {
+				res.NextOpen = next
+			}
+		default:
+			outs = append(outs, fleet.JobOutcome{Seq: t.Seq, State: fleet.JobOutsideWindow, Error: req.Policy.MissedReason(w, next)})
+		}
+	}
+	if len(outs) > 0 {
+		if err := a.Jobs.RecordJobOutcomes(ctx, req.JobID, outs); err != nil {
+			return res, err
+		}
+	}
+	if err := a.applyBatch(ctx, req.JobBatchInput, open); err != nil {
+		return res, err
+	}
+	res.Counts, err = a.Jobs.JobRangeTotals(ctx, req.JobID, req.First, req.Last-1)
+	return res, err
 }
 
 // patchBatch writes a desired or tags patch and the targets' outcomes in one transaction, then pushes desired

@@ -33,6 +33,7 @@ type jobFlags struct {
 	timeout                                     time.Duration
 	dryRun, detach                              bool
 	batchSize                                   int64
+	windows                                     windowFlags
 	out                                         *output
 }
 
@@ -55,6 +56,7 @@ finished but some devices failed, timed out or were offline (list them with job 
 when you interrupt the wait (the job goes on).`,
 		Example: `  fleetflow job start --query "SELECT * FROM devices WHERE tags.region = 'eu-west'" --set-desired '{"telemetryInterval": 30}'
   fleetflow job start --query "SELECT * FROM devices" --method reboot --rate 50
+  fleetflow job start --query "SELECT * FROM devices" --method reboot --window-from-tags --window "Sun 02:00-04:00" --timezone Europe/Berlin
   fleetflow job start --query "SELECT * FROM devices WHERE tags.ring = 'canary'" --set-tags '{"ring": "beta"}' --detach -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return startJob(cmd.Context(), g, f) },
@@ -70,6 +72,7 @@ when you interrupt the wait (the job goes on).`,
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print how many devices the query selects and how long the job should take, and start nothing")
 	fl.BoolVar(&f.detach, "detach", false, "start the job and return without waiting for it")
 	fl.Int64Var(&f.batchSize, "batch-size", 0, "devices per activity (default 1000)")
+	addWindowFlags(fl, &f.windows)
 	f.out = addOutputFlag(start)
 
 	var failed bool
@@ -158,6 +161,10 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	if err != nil {
 		return asUsage(err)
 	}
+	maint, err := f.windows.policy(time.Now())
+	if err != nil {
+		return asUsage(err)
+	}
 	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
 		return err
@@ -201,7 +208,7 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	spec, _ := json.Marshal(map[string]any{"patch": patch, "method": f.method, "payload": json.RawMessage(orEmpty(f.payload)),
 		"rate": f.rate, "timeout": f.timeout.String()})
 	in := workflows.JobInput{JobID: id, Kind: kind, Query: f.query, Spec: spec, Patch: patch, AckKeys: keys, Method: f.method,
-		Payload: json.RawMessage(orEmpty(f.payload)), Rate: f.rate, Timeout: f.timeout, BatchSize: f.batchSize}
+		Payload: json.RawMessage(orEmpty(f.payload)), Rate: f.rate, Timeout: f.timeout, BatchSize: f.batchSize, Maintenance: maint}
 	if f.payload == "" {
 		in.Payload = nil
 	}
@@ -328,6 +335,9 @@ func printJobCounts(state string, total int64, c fleet.JobCounts) {
 	if c.Cancelled > 0 {
 		fmt.Printf(", cancelled %s", th(c.Cancelled))
 	}
+	if c.OutsideWindow > 0 {
+		fmt.Printf(", outside their maintenance window %s", th(c.OutsideWindow))
+	}
 	fmt.Println()
 }
 
@@ -382,7 +392,7 @@ func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *outp
 	}
 	var devs []registry.JobDevice
 	if failed {
-		if devs, err = reg.JobDevices(ctx, id, []fleet.JobState{fleet.JobFailed, fleet.JobTimedOut, fleet.JobOffline}, 1000); err != nil {
+		if devs, err = reg.JobDevices(ctx, id, []fleet.JobState{fleet.JobFailed, fleet.JobTimedOut, fleet.JobOffline, fleet.JobOutsideWindow}, 1000); err != nil {
 			return err
 		}
 	}
@@ -406,7 +416,7 @@ func printJobStatus(v jobStatusView, failed bool) error {
 	fmt.Fprintf(w, "job\t%s\nkind\t%s\nquery\t%s\nspec\t%s\nstate\t%s\ntargets\t%s\n", j.ID, j.Kind, j.Query, compactJSON(j.Spec), state,
 		numfmt.Thousands(j.Total))
 	for _, s := range []fleet.JobState{fleet.JobSucceeded, fleet.JobRunning, fleet.JobDispatched, fleet.JobPending, fleet.JobFailed, fleet.JobTimedOut,
-		fleet.JobOffline, fleet.JobCancelled} {
+		fleet.JobOffline, fleet.JobOutsideWindow, fleet.JobCancelled} {
 		if counts[string(s)] > 0 {
 			fmt.Fprintf(w, "  %s\t%s\n", s, numfmt.Thousands(counts[string(s)]))
 		}

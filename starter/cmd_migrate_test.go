@@ -30,17 +30,21 @@ func runMigrateCmd(t *testing.T, url string, args ...string) (string, error) {
 func TestMigrateCommand(t *testing.T) {
 	url := testenv.EmptyPostgres(t)
 	want := registry.SchemaVersion()
+	// Migration numbers may have gaps (numbers are reserved for branches), so count the migrations.
+	st0, err := registry.Status(context.Background(), url)
+	require.NoError(t, err)
+	n := len(st0.Migrations)
 
 	out, err := runMigrateCmd(t, url, "--status")
 	require.NoError(t, err)
 	require.Contains(t, out, "schema at version 0, this fleetflow needs")
 	require.Contains(t, out, "run `fleetflow migrate`")
-	require.Equal(t, int(want), strings.Count(out, "pending"), out)
+	require.Equal(t, n, strings.Count(out, "pending"), out)
 
 	out, err = runMigrateCmd(t, url)
 	require.NoError(t, err)
 	require.Contains(t, out, "applied 001_init.sql")
-	require.Equal(t, int(want), strings.Count(out, "applied "), out)
+	require.Equal(t, n, strings.Count(out, "applied "), out)
 
 	out, err = runMigrateCmd(t, url, "-o", "json")
 	require.NoError(t, err)

@@ -21,6 +21,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
+	"github.com/fleetflow/fleetflow/internal/window"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
@@ -121,6 +122,7 @@ type rolloutFlags struct {
 	version, query, waves, maxFailures string
 	bake, deviceTimeout                time.Duration
 	approveEach, detach                bool
+	windows                            windowFlags
 	out                                *output
 }
 
@@ -166,6 +168,7 @@ rollout.`,
 		fl.DurationVar(&f.bake, "bake", 0, "how long a device must stay healthy on the new version to count as succeeded")
 		fl.DurationVar(&f.deviceTimeout, "device-timeout", workflows.DefaultDeviceTimeout, "a device that does not run the new version within this fails")
 		fl.BoolVar(&f.approveEach, "approve-each-wave", false, "wait for `fleetflow rollout approve` before each wave after the first")
+		addWindowFlags(fl, &f.windows)
 		_ = c.RegisterFlagCompletionFunc("firmware", completeFlagFrom(g, registry.CandidateFirmware))
 	}
 	var planOut *output
@@ -176,7 +179,8 @@ rollout.`,
 version or are inactive, the devices of each wave, the failure threshold and a duration estimate. It also
 says when another running rollout holds some of the devices. Nothing is written.`,
 		Example: `  fleetflow rollout plan --firmware 2.1.0 --query "SELECT * FROM devices"
-  fleetflow rollout plan --firmware 2.1.0 --query "SELECT * FROM devices" --waves 100,1000,100% --bake 10m -o yaml`,
+  fleetflow rollout plan --firmware 2.1.0 --query "SELECT * FROM devices" --waves 100,1000,100% --bake 10m -o yaml
+  fleetflow rollout plan --firmware 2.1.0 --query "SELECT * FROM devices" --window "Sun 02:00-04:00" --timezone Europe/Berlin --window-from-tags`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, _, err := planRollout(cmd.Context(), g, f, planOut)
@@ -193,7 +197,8 @@ has started). The exit code is 3 when the rollout finished with failed devices (
 under the threshold), and 130 when you interrupt the wait (the rollout goes on).`,
 		Example: `  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices WHERE tags.region = 'eu'"
   fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --waves 1%,10%,50%,100% --max-failures 2% --bake 10m --detach
-  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --approve-each-wave`,
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --approve-each-wave
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --window "Sat,Sun 01:00-05:00" --timezone Europe/Berlin --deadline 14d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return startRollout(cmd.Context(), g, f) },
 	}
@@ -285,6 +290,9 @@ func planRollout(ctx context.Context, g *globals, f *rolloutFlags, out *output) 
 	if plan.Conflict != nil {
 		view.Conflict = plan.Conflict.Error()
 	}
+	if err := planWindows(ctx, reg, f, &view); err != nil {
+		return fw, plan, err
+	}
 	return fw, plan, out.print(os.Stdout, view, func() error { return printRolloutPlan(view) })
 }
 
@@ -300,6 +308,20 @@ type rolloutPlanView struct {
 	ApproveEachWave bool          `json:"approveEachWave"`
 	EstimateSeconds float64       `json:"estimateSeconds"`
 	Conflict        string        `json:"conflict,omitempty"` // why the rollout cannot start now
+	// Deadline and Windows are the maintenance windows (--window, --window-from-tags): how many devices
+	// each window holds and when it next opens.
+	Deadline *time.Time      `json:"deadline,omitempty"`
+	Windows  []plannedWindow `json:"windows,omitempty"`
+}
+
+// plannedWindow is one maintenance window of a plan and the devices it holds.
+type plannedWindow struct {
+	Window   string    `json:"window"` // "" for devices without a window of their own
+	Timezone string    `json:"timezone,omitempty"`
+	Devices  int64     `json:"devices"`
+	Source   string    `json:"source"` // "tags", "operation" or "none" (any time)
+	NextOpen time.Time `json:"nextOpen,omitzero"`
+	Problem  string    `json:"problem,omitempty"` // a window that does not parse, or does not open before the deadline
 }
 
 // plannedWave is one wave of a rollout plan.
@@ -308,6 +330,9 @@ type plannedWave struct {
 	Share      string `json:"share"`
 	Devices    int64  `json:"devices"`
 	Cumulative int64  `json:"cumulative"`
+	// CanStart is the earliest the wave can start under the operation's window (zero without one): the
+	// window's next opening after the previous wave's estimated end.
+	CanStart time.Time `json:"canStart,omitzero"`
 }
 
 func printRolloutPlan(v rolloutPlanView) error {
@@ -316,12 +341,46 @@ func printRolloutPlan(v rolloutPlanView) error {
 	fmt.Printf("selected %s: %s already on %s, %s disabled or retired, %s to update\n", th2(v.Selected), th2(v.OnVersion),
 		v.Firmware, th2(v.Inactive), th2(v.Eligible))
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE")
+	timed := len(v.Waves) > 0 && !v.Waves[0].CanStart.IsZero()
+	if timed {
+		fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE\tCAN START (UTC)")
+	} else {
+		fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE")
+	}
 	for _, wv := range v.Waves {
+		if timed {
+			when := wv.CanStart.UTC().Format("Mon 2006-01-02 15:04")
+			if v.Deadline != nil && !wv.CanStart.Before(*v.Deadline) {
+				when += " (after the deadline: not run)"
+			}
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", wv.Wave, wv.Share, th2(wv.Devices), th2(wv.Cumulative), when)
+			continue
+		}
 		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", wv.Wave, wv.Share, th2(wv.Devices), th2(wv.Cumulative))
 	}
 	if err := w.Flush(); err != nil {
 		return err
+	}
+	if len(v.Windows) > 0 {
+		fmt.Printf("maintenance windows of the selected devices (deadline %s):\n", v.Deadline.UTC().Format(time.RFC3339))
+		w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "WINDOW\tTIME ZONE\tFROM\tDEVICES\tNEXT OPENS (UTC)")
+		for _, pw := range v.Windows {
+			name, next := pw.Window, "-"
+			if name == "" {
+				name = "(any time)"
+			}
+			if !pw.NextOpen.IsZero() {
+				next = pw.NextOpen.UTC().Format("Mon 2006-01-02 15:04")
+			}
+			if pw.Problem != "" {
+				next = pw.Problem
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", name, orDash(pw.Timezone), pw.Source, th2(pw.Devices), next)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
 	}
 	fmt.Printf("stops and rolls back when failures exceed %s; bake %s; device timeout %s\n", v.MaxFailures, v.Bake, v.DeviceTimeout)
 	fmt.Printf("estimate: about %s (assuming %s per wave to download, install and reboot)",
@@ -336,10 +395,72 @@ func printRolloutPlan(v rolloutPlanView) error {
 	return nil
 }
 
+// planWindows adds the maintenance windows to a plan: when each wave can start under the operation's window,
+// and how many of the selected devices each window holds (their own, from tags, or the operation's) with its
+// next opening; a window that does not parse or does not open before the deadline says so.
+func planWindows(ctx context.Context, reg *registry.Registry, f *rolloutFlags, v *rolloutPlanView) error {
+	now := time.Now()
+	maint, err := f.windows.policy(now)
+	if err != nil || maint == nil {
+		return asUsage(err)
+	}
+	v.Deadline = &maint.Deadline
+	if maint.Window != "" {
+		op, err := window.Parse(maint.Window, maint.Timezone)
+		if err != nil {
+			return asUsage(fmt.Errorf("--window: %w", err))
+		}
+		t := now
+		for i := range v.Waves {
+			v.Waves[i].CanStart = op.NextOpen(t)
+			t = v.Waves[i].CanStart.Add(f.bake + typicalInstall)
+		}
+	}
+	if maint.WindowTag == "" {
+		op, _, _ := maint.DeviceWindow(nil)
+		_, next := maint.Decide(op, true, now)
+		v.Windows = []plannedWindow{{Window: maint.Window, Timezone: op.Zone(), Devices: v.Selected, Source: "operation", NextOpen: next}}
+		return nil
+	}
+	counts, err := reg.WindowCounts(ctx, f.query, maint.WindowTag, maint.TimezoneTag)
+	if err != nil {
+		return queryError(err)
+	}
+	for _, c := range counts {
+		pw := plannedWindow{Window: c.Window, Timezone: c.Timezone, Devices: c.Devices, Source: "tags"}
+		win, ok, err := maint.DeviceWindow(map[string]string{maint.WindowTag: c.Window, maint.TimezoneTag: c.Timezone})
+		switch {
+		case err != nil:
+			pw.Problem = err.Error()
+		case !ok:
+			pw.Source = "none"
+		default:
+			if c.Window == "" {
+				pw.Window, pw.Timezone, pw.Source = maint.Window, win.Zone(), "operation"
+			}
+			verdict, next := maint.Decide(win, ok, now)
+			pw.NextOpen = next
+			if verdict == fleet.WindowMissed {
+				pw.Problem = "does not open before the deadline: these devices would be reported outside their window"
+			}
+		}
+		v.Windows = append(v.Windows, pw)
+	}
+	return nil
+}
+
 func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	waves, th, err := f.parsed()
 	if err != nil {
 		return err
+	}
+	maint, err := f.windows.policy(time.Now())
+	if err != nil {
+		return asUsage(err)
+	}
+	if maint != nil && maint.WindowTag != "" {
+		// Waves start inside the operation's window; devices' own windows are what plan shows and jobs honour.
+		return usagef("rollout start takes the operation's --window; devices' own windows (--window-from-tags) are honoured by jobs and shown by rollout plan")
 	}
 	fw, plan, err := planRollout(ctx, g, f, nil)
 	if err != nil {
@@ -377,7 +498,8 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	// The rollout row and its claims are made by the workflow's first step (RolloutCreate), never here: a
 	// CLI killed at any point leaves either nothing or a rollout whose workflow releases its claims.
 	in := workflows.RolloutInput{RolloutID: id, Firmware: workflows.FirmwareRef{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256},
-		Query: f.query, Spec: spec, Waves: waves, MaxFailures: th, Bake: f.bake, DeviceTimeout: f.deviceTimeout, ApproveEachWave: f.approveEach}
+		Query: f.query, Spec: spec, Waves: waves, MaxFailures: th, Bake: f.bake, DeviceTimeout: f.deviceTimeout, ApproveEachWave: f.approveEach,
+		Maintenance: maint}
 	crashAt("before-start")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,

@@ -41,6 +41,7 @@ func commands(g *globals) []*cobra.Command {
 			newMethodCmd(g),  // method invoke (cmd_twin.go)
 			newJobCmd(g),     // job start|status|pause|resume|cancel (cmd_job.go)
 			newRolloutCmd(g), // rollout plan|start|status|pause|resume|approve|abort (cmd_rollout.go)
+			newConfigCmd(g),  // config apply|list|status|pause|resume|delete (cmd_config.go)
 		),
 		inGroup(groupMonitor,
 			newHealthCmd(g), // health schedule|unschedule|run|status (cmd_health.go)

@@ -122,7 +122,9 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 		probes.Register(srv)
 		log.Info("serving metrics and probes", "url", srv.URL(), "readyz", "http://"+srv.Addr()+"/readyz")
 	}
-	reg, err := registry.OpenWithOptions(ctx, cfg.DatabaseURL, registry.Options{Tracer: tracer, MaxConns: int32(opts.pool)})
+	reg, err := registry.OpenWithOptions(ctx, cfg.DatabaseURL, registry.Options{Tracer: tracer, MaxConns: int32(opts.pool),
+		// The configuration wake-ups LISTEN (docs/architecture.md, "Connection pooling and LISTEN").
+		ListenURL: cfg.DatabaseListenURL})
 	if err != nil {
 		return err
 	}
@@ -175,7 +177,15 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 	if err != nil {
 		return err
 	}
-	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, activities.New(reg, ch), fo)
+	acts := activities.New(reg, ch)
+	// One LISTEN connection wakes every configuration reconciler of this process (docs/architecture.md,
+	// "Declarative configurations").
+	feed := registry.NewChangeFeed(reg)
+	feedCtx, stopFeed := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFeed()
+	go feed.Run(feedCtx)
+	acts.Changes = feed
+	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, acts, fo)
 	if err != nil {
 		return err
 	}

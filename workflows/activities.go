@@ -26,6 +26,7 @@ type Activities interface {
 
 	JobCreate(ctx context.Context, in JobCreateInput) (JobCreateResult, error)
 	JobBatch(ctx context.Context, in JobBatchInput) (fleet.JobCounts, error)
+	JobWindowBatch(ctx context.Context, in JobWindowBatchInput) (JobWindowBatchResult, error)
 	JobCollectAcks(ctx context.Context, in JobCollectAcksInput) (JobCollectAcksResult, error)
 	JobClose(ctx context.Context, in JobCloseInput) (fleet.JobCounts, error)
 
@@ -40,6 +41,12 @@ type Activities interface {
 	PurgeArchivedDevices(ctx context.Context, in PurgeInput) (PurgeResult, error)
 
 	RunHealthCheck(ctx context.Context, in RunHealthCheckInput) (HealthCheckResult, error)
+
+	// ConfigSave returns the version saved.
+	ConfigSave(ctx context.Context, in ConfigSaveInput) (int64, error)
+	ConfigReconcile(ctx context.Context, in ConfigReconcileInput) (ConfigReconcileResult, error)
+	// ConfigDelete takes the configuration's name and returns it.
+	ConfigDelete(ctx context.Context, name string) (string, error)
 }
 
 // Activity names that recorded histories hold but that now name workflows only: the activities were renamed

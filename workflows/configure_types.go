@@ -68,13 +68,22 @@ type JobInput struct {
 	Window           int           `json:"window,omitempty"`
 	BatchesPerRun    int           `json:"batchesPerRun,omitempty"`
 	HeartbeatTimeout time.Duration `json:"heartbeatTimeout,omitempty"`
+	// Maintenance, when set, dispatches to each device only inside its maintenance window, passing over the
+	// target set again as windows open, until none waits or the policy's deadline (docs/architecture.md,
+	// "Maintenance windows").
+	Maintenance *fleet.MaintenancePolicy `json:"maintenance,omitempty"`
 
 	// State carried across continue-as-new.
-	Next      int64           `json:"next,omitempty"`
-	Counts    fleet.JobCounts `json:"counts"`
-	Paused    bool            `json:"paused,omitempty"`
-	Cancelled bool            `json:"cancelled,omitempty"`
-	Runs      int             `json:"runs,omitempty"`
+	Next int64 `json:"next,omitempty"`
+	// WindowWaiting and NextOpen are the current pass's targets waiting for their window and the first
+	// opening among them; WindowPasses counts the passes over the target set.
+	WindowWaiting int64           `json:"windowWaiting,omitempty"`
+	NextOpen      time.Time       `json:"nextOpen,omitzero"`
+	WindowPasses  int             `json:"windowPasses,omitempty"`
+	Counts        fleet.JobCounts `json:"counts"`
+	Paused        bool            `json:"paused,omitempty"`
+	Cancelled     bool            `json:"cancelled,omitempty"`
+	Runs          int             `json:"runs,omitempty"`
 	// AckStart is when the wait for acknowledgements began (zero: not yet), so that a run continued during
 	// the wait keeps its deadline and its offline grace.
 	AckStart time.Time `json:"ackStart,omitzero"`
@@ -107,6 +116,22 @@ type JobBatchInput struct {
 	Timeout time.Duration   `json:"timeout,omitempty"`
 	Reason  string          `json:"reason,omitempty"`
 	Wipe    bool            `json:"wipe,omitempty"`
+}
+
+// JobWindowBatchInput is one JobWindowBatch activity: a batch that reaches only the targets whose
+// maintenance window is open At.
+type JobWindowBatchInput struct {
+	JobBatchInput
+	Policy fleet.MaintenancePolicy `json:"policy"`
+	At     time.Time               `json:"at"`
+}
+
+// JobWindowBatchResult is the range's counts, and how many of its targets wait for their window (opening
+// before the deadline), the first opening among them.
+type JobWindowBatchResult struct {
+	Counts   fleet.JobCounts `json:"counts"`
+	Waiting  int64           `json:"waiting"`
+	NextOpen time.Time       `json:"nextOpen,omitzero"`
 }
 
 // JobCollectAcksInput asks for the acknowledgements of a desired job, waiting up to MaxWait for all of them.
@@ -178,6 +203,10 @@ type RolloutInput struct {
 	// ContinueAfterEvents bounds each run's history; the workflow continues as new past it.
 	ContinueAfterEvents int           `json:"continueAfterEvents,omitempty"`
 	HeartbeatTimeout    time.Duration `json:"heartbeatTimeout,omitempty"`
+	// Maintenance, when set with an operation window, starts each wave only inside the window, waiting on a
+	// durable timer; a wave whose window does not open before the deadline ends the rollout, its devices
+	// reported as cancelled for that reason (docs/architecture.md, "Maintenance windows").
+	Maintenance *fleet.MaintenancePolicy `json:"maintenance,omitempty"`
 
 	// State carried across continue-as-new.
 	Carry *RolloutCarry `json:"carry,omitempty"`
@@ -208,6 +237,8 @@ type RolloutCarry struct {
 	Reasons     []string       `json:"reasons"`
 	Counts      rollout.Counts `json:"counts"`
 	Runs        int            `json:"runs"`
+	// WindowMissed says why the rollout stopped when a wave's maintenance window did not open in time.
+	WindowMissed string `json:"windowMissed,omitempty"`
 }
 
 // AbortInput is the abort update's argument.
@@ -273,6 +304,9 @@ type RolloutSummary struct {
 	WavesDone int      `json:"wavesDone"`
 	Decision  string   `json:"decision,omitempty"`
 	Reasons   []string `json:"reasons,omitempty"`
+	// CancelReason is recorded with the devices never dispatched (default: the rollout ended before their
+	// wave).
+	CancelReason string `json:"cancelReason,omitempty"`
 }
 
 // DeviceIssue is one device that failed, with the reason.

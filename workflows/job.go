@@ -91,7 +91,7 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		}
 		progress.State, progress.Total = "running", total
 	}
-	dispatchDone := func() bool { return in.Next >= in.Total }
+	dispatchDone := func() bool { return in.Next >= in.Total && in.WindowWaiting == 0 }
 	if err := registerJobUpdates(ctx, &in, &progress, dispatchDone, report); err != nil {
 		return JobResult{}, err
 	}
@@ -128,6 +128,29 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 				RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
 				Summary:     fmt.Sprintf("devices %s–%s", numfmt.Thousands(req.First+1), numfmt.Thousands(req.Last)),
 			})
+			if in.Maintenance != nil {
+				f := executeActivity(bctx, Activities.JobWindowBatch, JobWindowBatchInput{JobBatchInput: req, Policy: *in.Maintenance, At: workflow.Now(ctx)})
+				sel.AddFuture(f.Future, func(f workflow.Future) {
+					inflight--
+					var r JobWindowBatchResult
+					if err := f.Get(ctx, &r); err != nil {
+						if firstErr == nil {
+							firstErr = err
+						}
+						return
+					}
+					in.Counts.Add(r.Counts)
+					in.WindowWaiting += r.Waiting
+					if !r.NextOpen.IsZero() && (in.NextOpen.IsZero() || r.NextOpen.Before(in.NextOpen)) {
+						in.NextOpen = r.NextOpen
+					}
+					report()
+				})
+				in.Next = req.Last
+				inflight++
+				dispatched++
+				continue
+			}
 			f := executeActivity(bctx, Activities.JobBatch, req)
 			sel.AddFuture(f.Future, func(f workflow.Future) {
 				inflight--
@@ -148,6 +171,12 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		report()
 		if inflight > 0 {
 			sel.Select(ctx)
+			continue
+		}
+		if in.Maintenance != nil && !in.Cancelled && in.Next >= in.Total && in.WindowWaiting > 0 && dispatched < in.BatchesPerRun {
+			if err := waitForWindows(ctx, &in, &progress, report); err != nil {
+				return JobResult{}, err
+			}
 			continue
 		}
 		if in.Cancelled || in.Next >= in.Total || dispatched >= in.BatchesPerRun {
@@ -244,6 +273,41 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 	}
 	setJobState(ctx, saState, in.Counts)
 	return JobResult{JobID: in.JobID, State: string(state), Total: in.Total, Counts: in.Counts, Runs: in.Runs}, nil
+}
+
+// JobStateWaitingForWindow is the progress state of a job whose remaining devices wait for their maintenance
+// windows to open.
+const JobStateWaitingForWindow = "waiting-for-window"
+
+// waitForWindows sleeps, on a durable timer, until the first waiting device's maintenance window opens (or
+// the policy's deadline, when the rest are reported as outside their windows), then starts another pass over
+// the target set: each range's totals are exact, so the counts start again from zero with the pass
+// (docs/architecture.md, "Maintenance windows").
+func waitForWindows(ctx workflow.Context, in *JobInput, progress *JobProgress, report func()) error {
+	wake := in.NextOpen
+	if wake.IsZero() || in.Maintenance.Deadline.Before(wake) {
+		wake = in.Maintenance.Deadline
+	}
+	progress.State = JobStateWaitingForWindow
+	report()
+	stage := fmt.Sprintf("%s devices wait for their maintenance window; next opens %s", numfmt.Thousands(in.WindowWaiting),
+		wake.UTC().Format(time.RFC3339))
+	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.Stage.ValueSet(stage)); err != nil {
+		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
+	}
+	if d := wake.Sub(workflow.Now(ctx)); d > 0 {
+		if _, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return in.Cancelled }); err != nil {
+			return err
+		}
+	}
+	progress.State = "running"
+	if in.Paused {
+		progress.State = "paused"
+	}
+	in.Next, in.Counts, in.WindowWaiting, in.NextOpen = 0, fleet.JobCounts{}, 0, time.Time{}
+	in.WindowPasses++
+	report()
+	return nil
 }
 
 // JobStateCreating is the progress state of a job whose target set is being frozen; the CLI waits until

@@ -13,6 +13,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
+	"github.com/fleetflow/fleetflow/internal/window"
 )
 
 // Defaults for RolloutInput.
@@ -34,6 +35,8 @@ const (
 	rolloutPaused      = searchattr.StatePaused
 	rolloutRollingBack = searchattr.StateRollingBack
 	rolloutDone        = "done"
+	// rolloutWaitingForWindow: the next wave waits for the rollout's maintenance window to open.
+	rolloutWaitingForWindow = "waiting-for-window"
 )
 
 // rolloutRun is one run's view of a rollout: the input, the carried state and what the UI is told.
@@ -187,6 +190,9 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		if r.st.Abort != nil {
 			return false, nil
 		}
+		if open, err := r.awaitWindow(ctx, w); err != nil || !open {
+			return false, err
+		}
 		r.report(ctx, rolloutDispatching)
 		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 30 * time.Minute, HeartbeatTimeout: r.in.HeartbeatTimeout,
@@ -303,7 +309,8 @@ func (r *rolloutRun) finish(ctx workflow.Context, state fleet.RolloutEnd) (Rollo
 	r.finishing = true
 	res := RolloutResult{RolloutID: r.in.RolloutID, Version: r.in.Firmware.Version, State: string(state), Waves: len(r.cutoffs),
 		WavesDone: r.wavesDone(), Decision: r.st.Decision, Reasons: r.st.Reasons, Runs: r.st.Runs}
-	summary := RolloutSummary{State: string(state), WavesDone: res.WavesDone, Decision: res.Decision, Reasons: res.Reasons}
+	summary := RolloutSummary{State: string(state), WavesDone: res.WavesDone, Decision: res.Decision, Reasons: res.Reasons,
+		CancelReason: r.st.WindowMissed}
 	fctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
 		Summary: "record the outcome: " + string(state)})
 	var fin RolloutFinishResult
@@ -320,6 +327,60 @@ func (r *rolloutRun) finish(ctx workflow.Context, state fleet.RolloutEnd) (Rollo
 		workflow.GetLogger(ctx).Warn("upsert search attributes", "err", err)
 	}
 	return res, nil
+}
+
+// awaitWindow holds wave w until the rollout's maintenance window is open (docs/architecture.md,
+// "Maintenance windows"), on a durable timer. The next opening is computed in a side effect, since it reads
+// the host's time zone database: replays use the recorded answer. A window that does not open before the
+// deadline stops the rollout (as an abort without rollback would) and false is returned; the devices not
+// dispatched are recorded as cancelled with that reason.
+func (r *rolloutRun) awaitWindow(ctx workflow.Context, w int) (bool, error) {
+	m := r.in.Maintenance
+	if m == nil || m.Window == "" {
+		return true, nil
+	}
+	now := workflow.Now(ctx)
+	var next windowAnswer
+	err := workflow.SideEffect(ctx, func(workflow.Context) any {
+		win, err := window.Parse(m.Window, m.Timezone)
+		if err != nil {
+			return windowAnswer{Err: err.Error()}
+		}
+		return windowAnswer{Next: win.NextOpen(now), Name: win.String()}
+	}).Get(&next)
+	if err != nil {
+		return false, fmt.Errorf("maintenance window of %s: %w", r.in.RolloutID, err)
+	}
+	if next.Err != "" {
+		return false, temporal.NewNonRetryableApplicationError(next.Err, ErrTypeInvalidInput, nil)
+	}
+	if !next.Next.Before(m.Deadline) {
+		reason := fmt.Sprintf("maintenance window %s does not open before the rollout's deadline %s", next.Name,
+			m.Deadline.UTC().Format(time.RFC3339))
+		r.st.WindowMissed = reason
+		r.st.Abort = &AbortInput{Reason: reason}
+		r.decide(ctx, fmt.Sprintf("wave %d/%d not started: %s; its devices and the later waves' are reported as cancelled", w+1, len(r.cutoffs), reason))
+		return false, nil
+	}
+	if d := next.Next.Sub(now); d > 0 {
+		r.decide(ctx, fmt.Sprintf("wave %d/%d waits for the maintenance window %s: it opens %s", w+1, len(r.cutoffs), next.Name,
+			next.Next.UTC().Format(time.RFC3339)))
+		r.report(ctx, rolloutWaitingForWindow)
+		if _, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return r.st.Abort != nil }); err != nil {
+			return false, err
+		}
+		if r.st.Abort != nil {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// windowAnswer is the recorded result of a maintenance window's next opening.
+type windowAnswer struct {
+	Next time.Time `json:"next"`
+	Name string    `json:"name"`
+	Err  string    `json:"err,omitempty"`
 }
 
 // wavesDone is the number of waves that were dispatched.

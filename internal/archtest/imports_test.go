@@ -57,6 +57,14 @@ func TestImportRule(t *testing.T) {
 		forbid(t, []string{module + "internal/fleet/...", module + "internal/protocol/..."},
 			"the domain imports no server client and no adapter", append(append(servers, "go.temporal.io/"), adapters...)...)
 	})
+	t.Run("pure rules", func(t *testing.T) {
+		// Workflows compute maintenance windows: the package may import nothing beyond the standard library.
+		for _, p := range deps(t, module+"internal/window") {
+			if strings.Contains(strings.SplitN(p, "/", 2)[0], ".") && p != module+"internal/window" {
+				t.Errorf("internal/window depends on %s: a pure rule imports only the standard library", p)
+			}
+		}
+	})
 	t.Run("operations", func(t *testing.T) {
 		forbid(t, []string{module + "workflows", module + "activities"},
 			"workflows and activities reach servers only through the domain's interfaces", append(servers, adapters...)...)

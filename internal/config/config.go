@@ -56,7 +56,8 @@ type Config struct {
 	TemporalUI    string // FLEETFLOW_TEMPORAL_UI: base URL printed in links
 	MetricsListen string // FLEETFLOW_METRICS_LISTEN: optional /metrics listener
 
-	// DatabaseListenURL is the URL of the gateway's LISTEN connection, for when DatabaseURL goes through a
+	// DatabaseListenURL is the URL of the gateway's and the worker's LISTEN connection (device changes,
+	// configuration wake-ups), for when DatabaseURL goes through a
 	// transaction-mode pooler (FLEETFLOW_DATABASE_LISTEN_URL); empty means DatabaseURL.
 	DatabaseListenURL string
 }

@@ -39,6 +39,9 @@ const (
 	// outcome is not recorded yet. It is recorded before the send, so that no retry sends it again: direct
 	// methods run at most once (docs/architecture.md, "The life of an operation").
 	JobDispatched JobState = "dispatched"
+	// JobOutsideWindow: the device's maintenance window did not open before the job's deadline, so the job
+	// never reached it (docs/architecture.md, "Maintenance windows").
+	JobOutsideWindow JobState = "outside_window"
 )
 
 // LostAnswerReason is the recorded error of a target whose method (or factory reset) an attempt claimed and
@@ -101,6 +104,8 @@ type JobCounts struct {
 	Offline   int64 `json:"offline"`
 	Running   int64 `json:"running"` // desired written, acknowledgement pending; or a method sent, answer pending
 	Cancelled int64 `json:"cancelled"`
+	// OutsideWindow: devices whose maintenance window did not open before the deadline.
+	OutsideWindow int64 `json:"outsideWindow,omitempty"`
 }
 
 // Add sums counts.
@@ -111,6 +116,7 @@ func (c *JobCounts) Add(o JobCounts) {
 	c.Offline += o.Offline
 	c.Running += o.Running
 	c.Cancelled += o.Cancelled
+	c.OutsideWindow += o.OutsideWindow
 }
 
 // AddState counts n devices in state; pending devices are not counted (they are what is left).
@@ -128,11 +134,13 @@ func (c *JobCounts) AddState(state JobState, n int64) {
 		c.Running += n
 	case JobCancelled:
 		c.Cancelled += n
+	case JobOutsideWindow:
+		c.OutsideWindow += n
 	}
 }
 
 // Unsuccessful is the number of devices the job gave up on.
-func (c JobCounts) Unsuccessful() int64 { return c.Failed + c.TimedOut + c.Offline }
+func (c JobCounts) Unsuccessful() int64 { return c.Failed + c.TimedOut + c.Offline + c.OutsideWindow }
 
 // AckProgress is the state of a desired job's acknowledgements.
 type AckProgress struct {
@@ -187,6 +195,9 @@ type JobStore interface {
 	// order) says what to record, and an error it returns rolls everything back. Targets that another attempt
 	// finished meanwhile roll the transaction back with an error, which the retry resolves.
 	PatchJobTargets(ctx context.Context, job string, section twin.Section, targets []JobTarget, patch []byte, outcomes JobOutcomesFunc[PatchResult]) error
+	// TargetTags returns, per device among ids, the values (as text) of the named top-level tags it has: what
+	// a maintenance window is read from.
+	TargetTags(ctx context.Context, ids []string, names []string) (map[string]map[string]string, error)
 	// JobRangeTotals counts the targets with seq in first..last per state (pending ones are not counted):
 	// what a batch reports, exact whichever attempt did the work.
 	JobRangeTotals(ctx context.Context, job string, first, last int64) (JobCounts, error)

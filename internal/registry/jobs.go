@@ -368,3 +368,64 @@ func (r *Registry) JobDevices(ctx context.Context, job string, states []fleet.Jo
 	}
 	return out, nil
 }
+
+// TargetTags returns the text values of the named top-level tags of the devices among ids that have them
+// (fleet.JobStore): what their maintenance windows are read from.
+func (r *Registry) TargetTags(ctx context.Context, ids []string, names []string) (map[string]map[string]string, error) {
+	out := map[string]map[string]string{}
+	if len(ids) == 0 || len(names) == 0 {
+		return out, nil
+	}
+	rows, err := r.pool.Query(ctx, `SELECT d.id, k, d.tags ->> k FROM devices d, unnest($2::text[]) k
+		WHERE d.id = ANY($1) AND d.tags ? k`, ids, names)
+	if err != nil {
+		return nil, fmt.Errorf("read tags %v of %d devices: %w", names, len(ids), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, k, v string
+		if err := rows.Scan(&id, &k, &v); err != nil {
+			return nil, fmt.Errorf("read tags %v: %w", names, err)
+		}
+		if out[id] == nil {
+			out[id] = map[string]string{}
+		}
+		out[id][k] = v
+	}
+	return out, rows.Err()
+}
+
+// WindowCount is how many devices share one maintenance window (as their tags spell it; empty: none).
+type WindowCount struct {
+	Window   string `json:"window"`
+	Timezone string `json:"timezone"`
+	Devices  int64  `json:"devices"`
+}
+
+// WindowCounts groups the devices a target query selects by the values of their window and time zone
+// tags: what `rollout plan` shows of the windows.
+func (r *Registry) WindowCounts(ctx context.Context, q, windowTag, timezoneTag string) ([]WindowCount, error) {
+	c, err := r.compileTarget(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	args := append(append([]any(nil), c.Args...), windowTag)
+	pw := param(args)
+	args = append(args, timezoneTag)
+	pz := param(args)
+	rows, err := r.pool.Query(ctx, `SELECT coalesce(d.tags ->> `+pw+`, ''), coalesce(d.tags ->> `+pz+`, ''), count(*)
+		FROM (`+c.SQL+`) t JOIN devices d ON d.id = t.id GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count maintenance windows: %w", err)
+	}
+	defer rows.Close()
+	var out []WindowCount
+	for rows.Next() {
+		var w WindowCount
+		if err := rows.Scan(&w.Window, &w.Timezone, &w.Devices); err != nil {
+			return nil, fmt.Errorf("count maintenance windows: %w", err)
+		}
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}

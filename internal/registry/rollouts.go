@@ -462,8 +462,16 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 // rollouts may target the devices), and the final state and result are recorded. Idempotent.
 func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE rollout_devices SET phase = 'cancelled', reason = 'the rollout ended before this wave', updated_at = now()
-			WHERE rollout_id = $1 AND phase = 'queued'`, id); err != nil {
+		// A maintenance window that did not open in time is the reason the workflow gives (cancelReason).
+		reason := "the rollout ended before this wave"
+		var summary struct {
+			CancelReason string `json:"cancelReason"`
+		}
+		if len(result) > 0 && json.Unmarshal(result, &summary) == nil && summary.CancelReason != "" {
+			reason = summary.CancelReason
+		}
+		if _, err := tx.Exec(ctx, `UPDATE rollout_devices SET phase = 'cancelled', reason = $2, updated_at = now()
+			WHERE rollout_id = $1 AND phase = 'queued'`, id, reason); err != nil {
 			return fmt.Errorf("finish rollout %s: %w", id, err)
 		}
 		if _, err := tx.Exec(ctx, "UPDATE rollout_devices SET active = false WHERE rollout_id = $1 AND active", id); err != nil {

@@ -21,6 +21,9 @@ const (
 	DoneName   = "FleetDevicesDone"
 	FailedName = "FleetDevicesFailed"
 	StageName  = "FleetStage"
+	// AppliedName and MetricsName are a declarative configuration's applied count and custom metrics.
+	AppliedName = "FleetDevicesApplied"
+	MetricsName = "FleetMetrics"
 )
 
 // Typed keys for workflow code: set them in client.StartWorkflowOptions.TypedSearchAttributes and update them
@@ -41,6 +44,13 @@ var (
 	// Stage (FleetStage) says where inside its plan an operation is ("wave 2/4", "rolling back"), so the
 	// UI's list shows how far each rollout got without opening it.
 	Stage = temporal.NewSearchAttributeKeyKeyword(StageName)
+	// Applied (FleetDevicesApplied) is how many targeted devices a configuration is applied to at its
+	// current version. A Double because the dev server's three Int slots are taken (see the package
+	// comment); counts are exact in a float64 far beyond any fleet.
+	Applied = temporal.NewSearchAttributeKeyFloat64(AppliedName)
+	// Metrics (FleetMetrics) holds a configuration's custom metrics as "name=count" keywords, so the UI can
+	// filter on one (FleetMetrics = 'online=812').
+	Metrics = temporal.NewSearchAttributeKeyKeywordList(MetricsName)
 )
 
 // Values of FleetOp.
@@ -50,6 +60,7 @@ const (
 	OpJob          = "job"
 	OpHealthCheck  = "healthcheck"
 	OpDecommission = "decommission"
+	OpConfig       = "configuration"
 )
 
 // Values of FleetOpState.
@@ -65,6 +76,8 @@ const (
 	StateRollingBack = "rolling_back"
 	StateRolledBack  = "rolled_back"
 	StateCancelled   = "cancelled"
+	// StateDeleted: a configuration was deleted (devices keep its values).
+	StateDeleted = "deleted"
 )
 
 // Definition is one attribute's name and index type, the form the server's registration APIs take.
@@ -86,6 +99,8 @@ func Definitions() []Definition {
 		{DoneName, enumspb.INDEXED_VALUE_TYPE_INT},
 		{FailedName, enumspb.INDEXED_VALUE_TYPE_INT},
 		{StageName, enumspb.INDEXED_VALUE_TYPE_KEYWORD},
+		{AppliedName, enumspb.INDEXED_VALUE_TYPE_DOUBLE},
+		{MetricsName, enumspb.INDEXED_VALUE_TYPE_KEYWORD_LIST},
 	}
 }
 
@@ -99,5 +114,7 @@ func Registration() temporal.SearchAttributes {
 		Done.ValueSet(0),
 		Failed.ValueSet(0),
 		Stage.ValueSet(""),
+		Applied.ValueSet(0),
+		Metrics.ValueSet(nil),
 	)
 }

@@ -22,7 +22,7 @@ func TestRegistrationMatchesDefinitions(t *testing.T) {
 }
 
 func TestFlag(t *testing.T) {
-	want := []string{"FleetOp=Keyword", "FleetOpState=Keyword", "FleetDevicesTotal=Int", "FleetDevicesDone=Int", "FleetDevicesFailed=Int", "FleetStage=Keyword"}
+	want := []string{"FleetOp=Keyword", "FleetOpState=Keyword", "FleetDevicesTotal=Int", "FleetDevicesDone=Int", "FleetDevicesFailed=Int", "FleetStage=Keyword", "FleetDevicesApplied=Double", "FleetMetrics=KeywordList"}
 	for i, d := range Definitions() {
 		if got := d.Flag(); got != want[i] {
 			t.Errorf("Flag() = %q, want %q", got, want[i])

@@ -9,7 +9,7 @@ set -eu
 
 ns=${TEMPORAL_NAMESPACE:-default}
 retention=${TEMPORAL_NAMESPACE_RETENTION:-720h}
-ATTRS="FleetOp=Keyword FleetOpState=Keyword FleetDevicesTotal=Int FleetDevicesDone=Int FleetDevicesFailed=Int FleetStage=Keyword"
+ATTRS="FleetOp=Keyword FleetOpState=Keyword FleetDevicesTotal=Int FleetDevicesDone=Int FleetDevicesFailed=Int FleetStage=Keyword FleetDevicesApplied=Double FleetMetrics=KeywordList"
 
 # retry CMD...: the frontend may still be starting, and a new namespace takes a few seconds to reach every
 # service's cache.

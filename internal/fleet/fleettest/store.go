@@ -498,6 +498,42 @@ func (s *Store) JobTargets(_ context.Context, job string, first, last int64) ([]
 	return out, nil
 }
 
+// TargetTags returns the named tags' text values of the devices among ids.
+func (s *Store) TargetTags(_ context.Context, ids []string, names []string) (map[string]map[string]string, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("TargetTags"); err != nil {
+		return nil, err
+	}
+	out := map[string]map[string]string{}
+	for _, id := range ids {
+		d := s.Devices[id]
+		if d == nil || len(d.Tags) == 0 {
+			continue
+		}
+		var tags map[string]any
+		if err := json.Unmarshal(d.Tags, &tags); err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			v, ok := tags[n]
+			if !ok {
+				continue
+			}
+			if out[id] == nil {
+				out[id] = map[string]string{}
+			}
+			if str, isStr := v.(string); isStr {
+				out[id][n] = str
+			} else {
+				b, _ := json.Marshal(v)
+				out[id][n] = string(b)
+			}
+		}
+	}
+	return out, nil
+}
+
 // RecordJobOutcomes records per-target outcomes of targets still pending or dispatched.
 func (s *Store) RecordJobOutcomes(_ context.Context, job string, outs []fleet.JobOutcome) error {
 	s.Mu.Lock()
