@@ -43,6 +43,9 @@ var (
 	// the desired job once its devices are connected elsewhere, separating the reconnect storm from the job.
 	fleetOnlyFailover = config.EnvBool("FLEETFLOW_BENCH_FLEET_ONLY_FAILOVER", false)
 	fleetQuietKill    = config.EnvBool("FLEETFLOW_BENCH_FLEET_QUIET_KILL", false)
+	// fleetOps selects the fleet operations measured after the connect (comma-separated: desired, method,
+	// rollout, failover; default all), to keep a run that iterates on one of them short.
+	fleetOps = config.Env("FLEETFLOW_BENCH_FLEET_OPS", "desired,method,rollout,failover")
 	// fleetPprof serves the first gateway's profiler on this address (the gateway's hidden --pprof).
 	fleetPprof = os.Getenv("FLEETFLOW_BENCH_FLEET_PPROF")
 	// fleetLogs keeps the processes' logs (and the credentials files) in a directory that outlives the run.
@@ -97,7 +100,40 @@ func BenchmarkFleet100k(b *testing.B) {
 	report(b, "method request to every device, 2,000 in flight, until every answer", fanout.Seconds(), "s-raw-fanout")
 	report(b, "Azure IoT Hub S1 job over the same fleet at 10 device operations/s", azure.Seconds(), "s-azure-s1")
 
-	// A desired job over the whole fleet until every device acknowledged it.
+	if fleetOp("desired") {
+		f.desiredJob(b, ctx, fleetQuery, burst, azure)
+	}
+	if fleetOp("method") {
+		f.methodJob(b, ctx, fleetQuery, fanout, azure)
+	}
+	if fleetOp("rollout") {
+		// A four-wave rollout with zero bake.
+		rolloutWall := f.rollout(b, ctx, fleetQuery, n)
+		fmt.Printf("rollout: waves 1%%,10%%,50%%,100%%, bake 0, poll 250 ms, simulated updates without delay, %d devices\n", n)
+		report(b, "claim + all four waves completed (target <= 180 s)", rolloutWall.Seconds(), "s-rollout")
+		report(b, "  ratio to the raw desired burst", rolloutWall.Seconds()/burst.Seconds(), "x-rollout-vs-burst")
+		report(b, "  Azure S1 time / this", azure.Seconds()/rolloutWall.Seconds(), "x-azure-vs-rollout")
+	}
+	if fleetOp("failover") {
+		// A gateway killed during a desired job.
+		f.failover(b, ctx, fleetQuery)
+	}
+}
+
+// fleetOp reports whether FLEETFLOW_BENCH_FLEET_OPS selects op.
+func fleetOp(op string) bool {
+	for _, o := range strings.Split(fleetOps, ",") {
+		if strings.TrimSpace(o) == op {
+			return true
+		}
+	}
+	return false
+}
+
+// desiredJob runs a desired job over the whole fleet until every device acknowledged it.
+func (f *fleetRig) desiredJob(b *testing.B, ctx context.Context, fleetQuery string, burst, azure time.Duration) {
+	b.Helper()
+	n := f.n
 	value := strconv.Itoa(40 + n%1000)
 	t0 := time.Now()
 	out := run(b, ctx, f.env, "job", "start", "--query", fleetQuery, "--set-desired", `{"telemetryInterval": `+value+`}`, "--timeout", "5m")
@@ -108,26 +144,20 @@ func BenchmarkFleet100k(b *testing.B) {
 	report(b, "until every device acknowledged in reported (target <= 60 s)", desiredWall.Seconds(), "s-desired")
 	report(b, "  ratio to the raw desired burst", desiredWall.Seconds()/burst.Seconds(), "x-desired-vs-burst")
 	report(b, "  Azure S1 time / this", azure.Seconds()/desiredWall.Seconds(), "x-azure-vs-desired")
+}
 
-	// A method on every device.
-	t0 = time.Now()
-	out = run(b, ctx, f.env, "job", "start", "--query", fleetQuery, "--method", "ping")
+// methodJob runs a method (ping) on every device of the fleet.
+func (f *fleetRig) methodJob(b *testing.B, ctx context.Context, fleetQuery string, fanout, azure time.Duration) {
+	b.Helper()
+	n := f.n
+	t0 := time.Now()
+	out := run(b, ctx, f.env, "job", "start", "--query", fleetQuery, "--method", "ping")
 	methodWall := time.Since(t0)
 	f.checkJob(b, ctx, jobID(b, out), n)
 	fmt.Printf("method job (ping) over %d devices (fleetflow job start, CLI end to end, until every answer was recorded)\n", n)
 	report(b, "until every response was recorded (target <= 60 s)", methodWall.Seconds(), "s-method")
 	report(b, "  ratio to the raw method fan-out", methodWall.Seconds()/fanout.Seconds(), "x-method-vs-fanout")
 	report(b, "  Azure S1 time / this", azure.Seconds()/methodWall.Seconds(), "x-azure-vs-method")
-
-	// A four-wave rollout with zero bake.
-	rolloutWall := f.rollout(b, ctx, fleetQuery, n)
-	fmt.Printf("rollout: waves 1%%,10%%,50%%,100%%, bake 0, poll 250 ms, simulated updates without delay, %d devices\n", n)
-	report(b, "claim + all four waves completed (target <= 180 s)", rolloutWall.Seconds(), "s-rollout")
-	report(b, "  ratio to the raw desired burst", rolloutWall.Seconds()/burst.Seconds(), "x-rollout-vs-burst")
-	report(b, "  Azure S1 time / this", azure.Seconds()/rolloutWall.Seconds(), "x-azure-vs-rollout")
-
-	// A gateway killed during a desired job.
-	f.failover(b, ctx, fleetQuery)
 }
 
 // fleetRig is the fleet benchmark's processes and what it learnt about them.
