@@ -17,9 +17,10 @@ import (
 )
 
 // Connect connects (once; reconnects are automatic afterwards) and returns when the first twin sync is done.
-// A refused CONNECT returns an error wrapping ErrNotAuthorized, and Connect may be called again. If the
-// CONNECT succeeds but the first twin sync fails, the device stays connected (and syncs again after its next
-// reconnect) and the error is returned; call Close to give up.
+// A refused CONNECT returns an error wrapping ErrNotAuthorized (bad credentials) or ErrServerBusy (try
+// later), and Connect may be called again. If the CONNECT succeeds but the first twin sync fails, the device
+// stays connected, keeps retrying the sync in the background (see resync), and the error is returned; call
+// Close to give up.
 func (d *Device) Connect(ctx context.Context) error {
 	d.mu.Lock()
 	if d.client != nil || d.closed {
@@ -176,6 +177,40 @@ func (d *Device) onConnect(c paho.Client) {
 	})
 	if d.cfg.OnConnected != nil {
 		d.cfg.OnConnected(n, err)
+	}
+	if err != nil {
+		d.resync(c, n, err)
+	}
+}
+
+// resync repeats a failed sync of connection n, after random waits that grow, until it succeeds or the
+// connection is gone. A device whose SUBSCRIBE or twin/get timed out (a gateway catching up after another
+// one died) would otherwise stay connected without its subscriptions or the desired state written while it
+// was away, and a desired change pushed then would be lost to it until its next reconnect.
+func (d *Device) resync(c paho.Client, n int64, err error) {
+	for try := int64(1); ; try++ {
+		var re *ResponseError
+		if errors.As(err, &re) && re.Status == 404 {
+			return // the registry does not know the device: nothing to sync
+		}
+		t := time.NewTimer(time.Second + jitter(busyBackoff(try, d.cfg.MaxReconnectInterval)))
+		select {
+		case <-t.C:
+		case <-d.closing:
+			t.Stop()
+			return
+		}
+		if d.session.Load() != n || !c.IsConnectionOpen() {
+			return // a reconnect syncs again
+		}
+		if err = d.sync(c, n); err == nil {
+			d.log.Info("twin sync after connect succeeded on retry", "session", n, "tries", try+1)
+			return
+		}
+		if d.session.Load() != n {
+			return
+		}
+		d.log.Warn("twin sync after connect failed again", "session", n, "try", try+1, "err", err)
 	}
 }
 

@@ -279,18 +279,29 @@ func (r *Registry) RecordConnections(ctx context.Context, events []fleet.ConnEve
 		for i, id := range ids {
 			ats[i] = seen[id]
 		}
+		// Activity only refreshes last_seen, and a row another transaction holds (a reported patch being
+		// merged, which stamps last_seen itself; a job's desired write) is skipped rather than waited for:
+		// waiting would stall this batch's connection events behind it. SKIP LOCKED in id order also keeps
+		// this update from deadlocking with the id-ordered lockers.
 		b.Queue(`UPDATE devices d SET last_seen = greatest(d.last_seen, u.at)
-			FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE d.id = u.id`, ids, ats)
+			FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+			WHERE d.id = u.id AND d.id IN (SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED)`, ids, ats)
 	}
-	// Lock the rows in id order first, as ApplyReported does: two batch updates that lock the same devices in
-	// different orders deadlock, and Postgres resolves that only after deadlock_timeout (a one-second stall).
+	// Lock the rows of connections and disconnections in id order first, as ApplyReported does: two batch
+	// updates that lock the same devices in different orders deadlock, and Postgres resolves that only after
+	// deadlock_timeout (a one-second stall). Devices that were only seen need no lock here (see above).
 	all := make([]string, 0, len(events))
 	for _, e := range events {
-		all = append(all, e.DeviceID)
+		if e.Kind != fleet.ConnSeen {
+			all = append(all, e.DeviceID)
+		}
 	}
 	slices.Sort(all)
 	all = slices.Compact(all)
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		if len(all) == 0 {
+			return tx.SendBatch(ctx, b).Close()
+		}
 		// The locking read also returns the state the batch starts from, so that the timeline's events are
 		// exactly the changes the updates below make (see connectionEvents).
 		rows, err := tx.Query(ctx, "SELECT id, session, online FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE", all)
