@@ -18,11 +18,17 @@ import (
 // push, so a short period is what makes a desired job finish promptly.
 const ackPollEvery = 250 * time.Millisecond
 
-// ackPollPause is the pause after a poll that took took: ackPollEvery, or twice the poll's own time when
-// that is longer, so that the scan of a large job's waiting targets (100,000 twins) takes at most a third
-// of a registry core while the devices' acknowledgements are being written.
-func ackPollPause(took time.Duration) time.Duration {
-	return max(ackPollEvery, 2*took)
+// ackPollPause is the pause after a poll that took took and found acked targets acknowledged and waiting
+// still waiting: ackPollEvery, or twice what the next poll is expected to cost when that is longer, so that
+// scanning a large job's waiting targets (100,000 twins) takes at most a third of a registry core while the
+// devices' acknowledgements are being written. A poll's cost grows with the targets it reads, and the next
+// poll reads only those still waiting.
+func ackPollPause(took time.Duration, acked, waiting int64) time.Duration {
+	next := took
+	if read := acked + waiting; read > 0 {
+		next = time.Duration(float64(took) * float64(waiting) / float64(read))
+	}
+	return max(ackPollEvery, 2*next)
 }
 
 var errNoChannel = errors.New("this worker has no device channel (FLEETFLOW_NATS_URL)")
@@ -280,7 +286,7 @@ func (a *Activities) JobCollectAcks(ctx context.Context, req workflows.JobCollec
 			return st, ctx.Err()
 		case <-workerStopping(ctx):
 			return st, nil
-		case <-time.After(min(ackPollPause(took), time.Until(deadline))):
+		case <-time.After(min(ackPollPause(took, p.Acked, p.Waiting), time.Until(deadline))):
 		}
 	}
 }
