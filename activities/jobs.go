@@ -18,6 +18,19 @@ import (
 // push, so a short period is what makes a desired job finish promptly.
 const ackPollEvery = 250 * time.Millisecond
 
+// ackPollPause is the pause after a poll that took took and found acked targets acknowledged and waiting
+// still waiting: ackPollEvery, or twice what the next poll is expected to cost when that is longer, so that
+// scanning a large job's waiting targets (100,000 twins) takes at most a third of a registry core while the
+// devices' acknowledgements are being written. A poll's cost grows with the targets it reads, and the next
+// poll reads only those still waiting.
+func ackPollPause(took time.Duration, acked, waiting int64) time.Duration {
+	next := took
+	if read := acked + waiting; read > 0 {
+		next = time.Duration(float64(took) * float64(waiting) / float64(read))
+	}
+	return max(ackPollEvery, 2*next)
+}
+
 var errNoChannel = errors.New("this worker has no device channel (FLEETFLOW_NATS_URL)")
 
 // JobBatch applies a job to its targets First..Last-1 that are not finished (so a retried batch skips what an
@@ -320,7 +333,9 @@ func (a *Activities) JobCollectAcks(ctx context.Context, req workflows.JobCollec
 	}
 	deadline := time.Now().Add(req.MaxWait)
 	for {
+		start := time.Now()
 		p, err := a.Jobs.CollectAcks(ctx, req.JobID, req.Keys)
+		took := time.Since(start)
 		if err != nil {
 			return st, err
 		}
@@ -338,7 +353,7 @@ func (a *Activities) JobCollectAcks(ctx context.Context, req workflows.JobCollec
 			return st, ctx.Err()
 		case <-workerStopping(ctx):
 			return st, nil
-		case <-time.After(min(ackPollEvery, time.Until(deadline))):
+		case <-time.After(min(ackPollPause(took, p.Acked, p.Waiting), time.Until(deadline))):
 		}
 	}
 }

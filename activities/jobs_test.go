@@ -415,3 +415,21 @@ func TestJobCloseMapsRegistryCounts(t *testing.T) {
 		require.EqualError(t, err, method+" failed")
 	}
 }
+
+// The pause between acknowledgement polls follows what the next poll costs: a short period while polls are
+// cheap, twice the expected scan when they are not, and the expected scan shrinks with the targets still
+// waiting (a poll that just marked 95,000 of 100,000 targets predicts a small next one).
+func TestAckPollPauseFollowsTheNextPollsCost(t *testing.T) {
+	if got := ackPollPause(10*time.Millisecond, 0, 1000); got != ackPollEvery {
+		t.Fatalf("cheap poll: pause %s, want %s", got, ackPollEvery)
+	}
+	if got := ackPollPause(time.Second, 0, 100_000); got != 2*time.Second {
+		t.Fatalf("a 1 s poll with every target still waiting: pause %s, want 2 s", got)
+	}
+	if got := ackPollPause(4*time.Second, 95_000, 5_000); got != 400*time.Millisecond {
+		t.Fatalf("a 4 s poll that left 5%% waiting: pause %s, want 400 ms", got)
+	}
+	if got := ackPollPause(time.Second, 0, 0); got != 2*time.Second {
+		t.Fatalf("a poll that read nothing: pause %s, want twice its time", got)
+	}
+}

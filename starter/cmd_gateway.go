@@ -31,6 +31,8 @@ func newGatewayCmd(g *globals) *cobra.Command {
 	var pprofAddr string
 	var failRate float64
 	var failBurst int
+	var admitPending int
+	var admitLag, admitWait time.Duration
 	metricsAddr := gatewayMetricsListen()
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -79,7 +81,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			gcfg := gateway.Config{Listen: g.cfg.GatewayListen, AllowPlaintext: g.cfg.AllowPlaintext,
 				TLSListen: g.cfg.GatewayTLSListen, TLSCertFile: g.cfg.TLSCert, TLSKeyFile: g.cfg.TLSKey,
-				DeviceCAFile: g.cfg.DeviceCA, AuthFailRate: failRate, AuthFailBurst: failBurst}
+				DeviceCAFile: g.cfg.DeviceCA, AuthFailRate: failRate, AuthFailBurst: failBurst,
+				AdmitPending: admitPending, AdmitLag: admitLag, AdmitWait: admitWait}
 			// Refuse a plaintext listener on the network before connecting to anything, with the reason.
 			if err := gcfg.Validate(); err != nil {
 				return asUsage(err) // exit 2: the settings, not the environment, are wrong
@@ -138,7 +141,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 				case <-t.C:
 					st := gw.Stats()
 					log.Info("gateway stats", "connected", st.Connected, "connects", st.Connects,
-						"auth_failures", st.AuthFailures, "acl_denials", st.ACLDenials, "kicks", st.Kicks, "takeovers", st.Takeovers,
+						"auth_failures", st.AuthFailures, "refused_busy", st.RefusedBusy, "acl_denials", st.ACLDenials, "kicks", st.Kicks, "takeovers", st.Takeovers,
 						"desired_relayed", st.DesiredRelayed, "methods_relayed", st.MethodsRelayed,
 						"messages_in", st.MessagesIn, "messages_out", st.MessagesOut, "slow_dropped", st.SlowDropped, "malformed", st.Malformed,
 						"reported_applied", st.ReportedApplied, "ingest_batches", st.IngestBatches,
@@ -168,6 +171,12 @@ The gateway stops on SIGINT or SIGTERM.`,
 		`serve Prometheus metrics at http://ADDR/metrics; "" disables (FLEETFLOW_GATEWAY_METRICS)`)
 	cmd.Flags().Float64Var(&failRate, "auth-fail-rate", 10,
 		"failed CONNECTs per second each remote IP address may make once its burst is used up; negative: no per-address limit (docs/architecture.md, \"Abuse: floods of CONNECTs\")")
+	cmd.Flags().IntVar(&admitPending, "admit-pending", 256,
+		"CONNECTs authenticated at once; more are refused \"server unavailable\" at once, and devices back off (negative: no bound)")
+	cmd.Flags().DurationVar(&admitLag, "admit-lag", time.Second,
+		"refuse CONNECTs \"server unavailable\" while the gateway's goroutines wait longer than this for a CPU (negative: never)")
+	cmd.Flags().DurationVar(&admitWait, "admit-wait", 3*time.Second,
+		"refuse a CONNECT \"server unavailable\" when its registry lookup takes longer than this (below the devices' 10 s CONNECT timeout)")
 	cmd.Flags().IntVar(&failBurst, "auth-fail-burst", 50, "failed CONNECTs a remote IP address may make at once (raise it for many devices behind one NAT)")
 	cmd.Flags().StringVar(&g.cfg.DatabaseListenURL, "database-listen-url", g.cfg.DatabaseListenURL,
 		"Postgres URL of the connection that LISTENs for device changes, direct or session-mode, when --database-url goes through a transaction-mode pooler; default: --database-url (FLEETFLOW_DATABASE_LISTEN_URL)")

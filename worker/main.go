@@ -7,6 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -71,10 +74,28 @@ func main() {
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	servePprof(os.Getenv("FLEETFLOW_WORKER_PPROF"), log)
 	if err := run(ctx, cfg, opts, metricsAddr, log); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetflow-worker:", err)
 		os.Exit(1)
 	}
+}
+
+// servePprof exposes Go's profiler on addr (FLEETFLOW_WORKER_PPROF, for diagnosing a worker under a benchmark's
+// load; off when empty).
+func servePprof(addr string, log *slog.Logger) {
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Warn("pprof listener", "err", err)
+		return
+	}
+	go func() { _ = http.Serve(ln, mux) }()
 }
 
 // workerOptions are the worker's sizing and shutdown settings (docs/architecture.md, "Workers").

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"sync"
 	"sync/atomic"
 
@@ -26,6 +27,12 @@ import (
 // ErrNotAuthorized is returned by Connect when the gateway refuses the CONNECT: unknown device, wrong
 // secret, or a device that is disabled or retired. Retrying with the same credentials will not help.
 var ErrNotAuthorized = errors.New("not authorized")
+
+// ErrServerBusy is returned by Connect when the gateway answers "server unavailable": it cannot serve the
+// CONNECT in time (docs/architecture.md, "Admission control: refusing what cannot be served"). The device
+// should try again later, after a random wait that grows with each such refusal; its automatic reconnects
+// do that themselves.
+var ErrServerBusy = errors.New("gateway busy (server unavailable)")
 
 // ErrNotConnected is returned for requests made while the device has no connection.
 var ErrNotConnected = errors.New("not connected")
@@ -54,6 +61,8 @@ type Device struct {
 	firstErr  error
 	firstOnce sync.Once
 	closing   chan struct{} // closed by Close: ends a reconnect's jitter wait
+	servers   []*url.URL    // every gateway of the device, in its order; a reconnect tries one at a time
+	busy      atomic.Int64  // consecutive CONNECTs refused busy, for the reconnect backoff
 	queue     serialQueue
 }
 

@@ -282,3 +282,28 @@ func TestFullUpdateCarriesReported(t *testing.T) {
 	require.Eventually(t, func() bool { return len(rec.Versions()) == 2 }, 2*time.Second, 5*time.Millisecond)
 	assert.Nil(t, rec.Updates()[1].Reported)
 }
+
+// A device whose first sync after connecting fails (the registry behind the gateway is unavailable) stays
+// connected and retries the sync by itself, so the desired state written while it was away reaches it
+// without waiting for its next reconnect.
+func TestFailedSyncIsRetriedWhileConnected(t *testing.T) {
+	store, _, url := setup(t, "dev-1")
+	_, err := store.SetDesired("dev-1", json.RawMessage(`{"led":"on"}`))
+	require.NoError(t, err)
+	store.FailTwinGets(errors.New("registry down"))
+	d := newDevice(t, url, "dev-1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.Error(t, d.Connect(ctx), "the first sync cannot succeed while twin/get fails")
+	assert.True(t, d.IsConnected(), "a failed sync does not drop the connection")
+	_, v := d.Desired()
+	assert.Zero(t, v)
+
+	store.FailTwinGets(nil)
+	require.Eventually(t, func() bool {
+		_, v := d.Desired()
+		return v == 1
+	}, 30*time.Second, 20*time.Millisecond, "the device retried its sync and got the desired state")
+	doc, _ := d.Desired()
+	assert.JSONEq(t, `{"led":"on"}`, string(doc))
+}

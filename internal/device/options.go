@@ -60,6 +60,9 @@ type Config struct {
 	// failed; OnConnectionLost when the connection drops. Both run on their own goroutine.
 	OnConnected      func(session int64, err error)
 	OnConnectionLost func(err error)
+	// OnBusy is called (on paho's goroutine; it must not block) after each CONNECT a gateway refused as
+	// busy, which the device retries after a random wait (ErrServerBusy).
+	OnBusy func()
 }
 
 func (c *Config) setDefaults() {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -16,9 +17,10 @@ import (
 )
 
 // Connect connects (once; reconnects are automatic afterwards) and returns when the first twin sync is done.
-// A refused CONNECT returns an error wrapping ErrNotAuthorized, and Connect may be called again. If the
-// CONNECT succeeds but the first twin sync fails, the device stays connected (and syncs again after its next
-// reconnect) and the error is returned; call Close to give up.
+// A refused CONNECT returns an error wrapping ErrNotAuthorized (bad credentials) or ErrServerBusy (try
+// later), and Connect may be called again. If the CONNECT succeeds but the first twin sync fails, the device
+// stays connected, keeps retrying the sync in the background (see resync), and the error is returned; call
+// Close to give up.
 func (d *Device) Connect(ctx context.Context) error {
 	d.mu.Lock()
 	if d.client != nil || d.closed {
@@ -57,9 +59,28 @@ func (d *Device) Connect(ctx context.Context) error {
 			d.attempt.Store(&b)
 			return tc
 		}).
+		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
+			// A refusal for being busy lengthens the next reconnect's wait; any other outcome resets it.
+			if f, ok := n.(paho.ConnectionNotificationFailed); ok && errors.Is(f.Reason, packets.ErrorRefusedServerUnavailable) {
+				d.busy.Add(1)
+				if d.cfg.OnBusy != nil {
+					d.cfg.OnBusy()
+				}
+			} else if n.Type() == paho.ConnectionNotificationTypeConnected {
+				d.busy.Store(0)
+			}
+		}).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
-			if j := jitter(d.cfg.ReconnectJitter); j > 0 {
-				t := time.NewTimer(j)
+			wait := jitter(d.cfg.ReconnectJitter)
+			if n := d.busy.Load(); n > 0 {
+				// The last gateway tried was too busy to serve a CONNECT (docs/architecture.md,
+				// "Admission control: refusing what cannot be served"): wait a random time below a
+				// bound that doubles with each such refusal, so that a crowd of refused devices
+				// thins out instead of coming back together.
+				wait += jitter(busyBackoff(n, d.cfg.MaxReconnectInterval))
+			}
+			if wait > 0 {
+				t := time.NewTimer(wait)
 				select {
 				case <-t.C:
 				case <-d.closing:
@@ -69,9 +90,12 @@ func (d *Device) Connect(ctx context.Context) error {
 			// Each connection gets a new session number; the LWT must carry the one its birth will.
 			o.WillPayload = statePayload(false, d.newSession())
 			// Another gateway first: the lost one may be going away (brokers.go). No CONNECT is attempted
-			// while connected, so the last one attempted is the gateway of the lost connection.
+			// while connected, so the last one attempted is the gateway of the lost connection. One
+			// gateway per attempt: paho would otherwise go straight on to the next gateway after a
+			// refusal, and a busy fleet's refused devices would knock on every gateway at once; between
+			// attempts paho waits its own backoff, and this handler the jitter.
 			if last := d.attempt.Load(); last != nil {
-				o.Servers = rotateAfter(o.Servers, *last)
+				o.Servers = rotateAfter(d.servers, *last)[:1]
 			}
 		})
 	opts.SetStore(&copyingStore{MemoryStore: paho.NewMemoryStore()})
@@ -81,6 +105,7 @@ func (d *Device) Connect(ctx context.Context) error {
 	if d.cfg.TLSConfig != nil && anyTLS(brokers) {
 		opts.SetTLSConfig(d.cfg.TLSConfig)
 	}
+	d.servers = slices.Clone(opts.Servers)
 	client := paho.NewClient(opts)
 	d.client = client
 	d.mu.Unlock()
@@ -101,6 +126,9 @@ func (d *Device) Connect(ctx context.Context) error {
 		d.mu.Unlock()
 		if errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) {
 			return fmt.Errorf("connect %s: %w", d.cfg.ID, ErrNotAuthorized)
+		}
+		if errors.Is(err, packets.ErrorRefusedServerUnavailable) {
+			return fmt.Errorf("connect %s: %w", d.cfg.ID, ErrServerBusy)
 		}
 		return fmt.Errorf("connect %s: %w", d.cfg.ID, err)
 	}
@@ -149,6 +177,40 @@ func (d *Device) onConnect(c paho.Client) {
 	})
 	if d.cfg.OnConnected != nil {
 		d.cfg.OnConnected(n, err)
+	}
+	if err != nil {
+		d.resync(c, n, err)
+	}
+}
+
+// resync repeats a failed sync of connection n, after random waits that grow, until it succeeds or the
+// connection is gone. A device whose SUBSCRIBE or twin/get timed out (a gateway catching up after another
+// one died) would otherwise stay connected without its subscriptions or the desired state written while it
+// was away, and a desired change pushed then would be lost to it until its next reconnect.
+func (d *Device) resync(c paho.Client, n int64, err error) {
+	for try := int64(1); ; try++ {
+		var re *ResponseError
+		if errors.As(err, &re) && re.Status == 404 {
+			return // the registry does not know the device: nothing to sync
+		}
+		t := time.NewTimer(time.Second + jitter(busyBackoff(try, d.cfg.MaxReconnectInterval)))
+		select {
+		case <-t.C:
+		case <-d.closing:
+			t.Stop()
+			return
+		}
+		if d.session.Load() != n || !c.IsConnectionOpen() {
+			return // a reconnect syncs again
+		}
+		if err = d.sync(c, n); err == nil {
+			d.log.Info("twin sync after connect succeeded on retry", "session", n, "tries", try+1)
+			return
+		}
+		if d.session.Load() != n {
+			return
+		}
+		d.log.Warn("twin sync after connect failed again", "session", n, "try", try+1, "err", err)
 	}
 }
 
@@ -248,6 +310,12 @@ func (d *Device) Close() {
 		_ = waitToken(c.Publish(protocol.StateTopic(d.cfg.ID), 1, true, statePayload(false, d.session.Load())), time.Second)
 	}
 	c.Disconnect(250)
+}
+
+// busyBackoff is the bound of the random wait after n consecutive busy refusals: 1 s, doubling, at most
+// limit.
+func busyBackoff(n int64, limit time.Duration) time.Duration {
+	return min(limit, time.Second<<min(n-1, 10))
 }
 
 // jitter is a random wait below upTo (0 when upTo is 0).

@@ -83,10 +83,24 @@ func newAuthCache(load func(context.Context, string) (fleet.DeviceAuth, error), 
 // is what admits a new device at once, and this only bounds how stale a missed notice can leave it.
 const defaultNegativeTTL = 10 * time.Second
 
+// errLookupSlow is returned by getWithin when the lookup did not finish within the caller's wait; the lookup
+// itself goes on (up to the cache's timeout) and fills the cache for the device's next attempt.
+var errLookupSlow = errors.New("registry lookup slower than the admission wait")
+
 // get returns the device's record, from the cache when possible. cached says whether no registry query was
 // needed.
 func (c *authCache) get(id string) (a fleet.DeviceAuth, cached bool, err error) {
-	deadline := time.NewTimer(c.timeout)
+	return c.getWithin(id, c.timeout)
+}
+
+// getWithin is get waiting at most wait (at most the cache's timeout) for a registry lookup; past it, it
+// returns errLookupSlow.
+func (c *authCache) getWithin(id string, wait time.Duration) (a fleet.DeviceAuth, cached bool, err error) {
+	slow := wait > 0 && wait < c.timeout
+	if !slow {
+		wait = c.timeout
+	}
+	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for attempt := 0; attempt < 3; attempt++ {
 		c.mu.Lock()
@@ -128,6 +142,9 @@ func (c *authCache) get(id string) (a fleet.DeviceAuth, cached bool, err error) 
 		select {
 		case <-call.done:
 		case <-deadline.C:
+			if slow {
+				return fleet.DeviceAuth{}, false, fmt.Errorf("look up device %s: %w (%s)", id, errLookupSlow, wait)
+			}
 			return fleet.DeviceAuth{}, false, fmt.Errorf("look up device %s: timed out after %s", id, c.timeout)
 		}
 		if call.err != nil {

@@ -326,3 +326,24 @@ func TestDeniedPublishClosesWithoutDisconnectOnMQTT311(t *testing.T) {
 	assert.Empty(t, got, "a denied publish is not acknowledged")
 	require.Eventually(t, func() bool { return g.Stats().ACLDenials >= 1 }, 5*time.Second, 5*time.Millisecond)
 }
+
+// A CONNECT the gateway cannot serve (here: the registry hands out no session number) is answered "server
+// unavailable" (3.1.1 return code 3) or "server busy" (MQTT 5 reason 0x89), not "bad username or password",
+// so that a device backs off and tries again instead of giving up; the connection then closes with nothing
+// else sent (docs/architecture.md, "Admission control: refusing what cannot be served").
+func TestBusyRefusalConnackCodes(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "s")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	store.FailSessions(errors.New("registry down"))
+	for _, tc := range []struct {
+		version byte
+		code    byte
+	}{{4, 0x03}, {5, 0x89}} {
+		c, code := dialRaw(t, g.Addr(), tc.version, "dev-a", "s", true)
+		assert.Equal(t, tc.code, code, "MQTT %d", tc.version)
+		assert.Empty(t, closed(t, c.drain()), "MQTT %d: nothing after the refusal", tc.version)
+	}
+	assert.Equal(t, int64(2), g.Stats().RefusedBusy)
+	assert.Zero(t, g.Stats().AuthFailures)
+}

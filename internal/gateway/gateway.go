@@ -122,6 +122,16 @@ type Config struct {
 	AuthFailRate        float64
 	AuthFailBurst       int
 
+	// Admission control (docs/architecture.md, "Admission control: refusing what cannot be served"): a CONNECT
+	// is refused at once with "server unavailable" (MQTT 5: "server busy"), so that the device backs off
+	// rather than times out, when more than AdmitPending CONNECTs are being authenticated (default 256),
+	// when the process's goroutines wait longer than AdmitLag for a core (default 1 s), or when its registry
+	// lookup takes longer than AdmitWait (default 3 s, well within the devices' 10 s CONNECT timeout; the
+	// lookup goes on and fills the cache for the device's next attempt). Negative turns a bound off.
+	AdmitPending int
+	AdmitLag     time.Duration
+	AdmitWait    time.Duration
+
 	// FlushInterval is how often connection events are written (default 200 ms); FlushEvents forces an
 	// earlier write when that many are pending (default 1,000).
 	FlushInterval time.Duration
@@ -186,6 +196,15 @@ func (c *Config) setDefaults() {
 		c.AuthFailBurst = 50
 	}
 	defDur(&c.AuthTimeout, 5*time.Second)
+	if c.AdmitPending == 0 {
+		c.AdmitPending = 256
+	}
+	if c.AdmitLag == 0 {
+		c.AdmitLag = time.Second
+	}
+	if c.AdmitWait == 0 {
+		c.AdmitWait = 3 * time.Second
+	}
 	defDur(&c.FlushInterval, 200*time.Millisecond)
 	def(&c.FlushEvents, 1000)
 	def(&c.ReportedBatch, 500)
@@ -237,6 +256,8 @@ type Stats struct {
 	AuthNegativeHits  int64 // CONNECTs of unknown ids answered from the negative cache
 	AuthRateLimited   int64 // CONNECTs refused without a lookup: their address had used up its failures
 	AuthShed          int64 // CONNECTs of never-seen ids refused at once: too many such lookups waited
+	RefusedBusy       int64 // CONNECTs refused "server unavailable" by admission control, for any reason
+	AdmitPending      int64 // CONNECTs being authenticated now
 }
 
 // counters are the atomics behind Stats.
@@ -260,6 +281,8 @@ type Gateway struct {
 	tlsListener net.Listener // nil without a certificate
 	auth        *authCache
 	failures    *failLimiter // nil: no per-address limit
+	admit       *admission
+	decided     sync.Map // *mqtt.Client → bool: OnConnect's authentication decision for OnConnectAuthenticate
 	sessions    *sessions
 	events      *eventBuffer
 	recheck     *recheckQueue
@@ -302,6 +325,7 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 	g.auth.coldSem = make(chan struct{}, cfg.AuthColdConcurrency)
 	g.auth.negTTL = max(0, cfg.AuthNegativeTTL)
 	g.failures = newFailLimiter(cfg.AuthFailRate, cfg.AuthFailBurst)
+	g.admit = newAdmission(cfg.AdmitPending, cfg.AdmitLag, cfg.AdmitWait)
 	g.nums = newSessionNums(store.NextSessions, cfg.AuthTimeout)
 	reg := cfg.Metrics
 	if reg == nil {
@@ -379,6 +403,7 @@ func (g *Gateway) start(ctx context.Context) error {
 	g.server, g.listener, g.tlsListener = server, ln, tlsLn
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
 
+	g.goBackground(func() { g.admit.probe(g.ctx.Done()) })
 	g.goBackground(g.flushLoop)
 	g.goBackground(g.reportedLoop)
 	g.goBackground(g.jobStatusLoop)
@@ -598,6 +623,8 @@ func (g *Gateway) Stats() Stats {
 		AuthNegativeHits:  g.auth.negHits.Load(),
 		AuthRateLimited:   g.c.authRateLimited.Load(),
 		AuthShed:          g.auth.coldShed.Load(),
+		RefusedBusy:       g.admit.total(),
+		AdmitPending:      g.admit.pending.Load(),
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)

@@ -31,36 +31,72 @@ func (h *hook) ID() string { return "fleetflow-registry" }
 // Provides tells mochi which hook methods this hook implements, so it calls no others.
 func (h *hook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnWill, mqtt.OnPacketEncode:
 		return true
 	}
 	return false
 }
 
-// OnConnectAuthenticate admits a device whose client id, username and registry id agree, whose status is
+// OnConnect runs before authentication and decides it (see authenticate), so that a CONNECT the gateway
+// cannot serve in time is answered "server unavailable" at once rather than refused as bad credentials or
+// left to time out (docs/architecture.md, "Admission control: refusing what cannot be served"); the decision
+// waits in g.decided for OnConnectAuthenticate, which mochi calls next.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	g := h.g
+	if string(pk.Connect.Username) == ServiceUsername {
+		return nil // refused by OnConnectAuthenticate
+	}
+	if reason := g.admit.enter(); reason != "" {
+		return g.refuseBusy(cl, reason, "pending", g.admit.pending.Load(), "lag", g.admit.lag())
+	}
+	ok, busy, err := h.authenticate(cl, pk, g.admit.wait)
+	g.admit.leave()
+	if busy != "" {
+		return g.refuseBusy(cl, busy, "err", err)
+	}
+	g.decided.Store(cl, ok)
+	return nil
+}
+
+// OnConnectAuthenticate returns what OnConnect decided; a caller that skipped OnConnect gets the decision
+// made here, a busy gateway refusing like bad credentials.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if user := string(pk.Connect.Username); user == ServiceUsername {
+		return h.authService(cl, pk)
+	}
+	if ok, found := h.g.decided.LoadAndDelete(cl); found {
+		return ok.(bool)
+	}
+	ok, busy, _ := h.authenticate(cl, pk, 0)
+	if busy != "" {
+		h.g.admit.count(busy)
+	}
+	return ok && busy == ""
+}
+
+// authenticate admits a device whose client id, username and registry id agree, whose status is
 // active and which proves who it is: with the client certificate the TLS handshake verified against the fleet
 // CA, when it presented one (its subject's common name must be the id and its fingerprint the registry's; the
 // password is then not looked at), or else with a password that matches one of its two secret slots.
 // fleetflow's services no longer log in over MQTT (they reach devices over NATS): authService refuses them.
-func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+// busy is set, with the error behind it, when the gateway could not decide in time or the registry failed
+// (a refusal that is not the device's fault); wait bounds the registry lookup (0: the cache's timeout).
+func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Duration) (ok bool, busy string, _ error) {
 	g := h.g
 	user := string(pk.Connect.Username)
-	if user == ServiceUsername {
-		return h.authService(cl, pk)
-	}
 	id := cl.ID
 	// Refusals for what the client sent (an unknown id, a wrong secret or certificate, a malformed CONNECT)
 	// count against its address (docs/architecture.md, "Abuse: floods of CONNECTs"). A disabled or retired
 	// device with its right credentials does not: such devices retry by design, often many behind one
 	// address (a simulator, a NAT), and they must not lock out their neighbours. Nor does the gateway's own
-	// trouble (a failed or shed lookup).
-	refuseOnly := func(reason string, attrs ...any) bool {
+	// trouble (a failed or shed lookup), which refuses the CONNECT as busy.
+	refuseOnly := func(reason string, attrs ...any) (bool, string, error) {
 		g.c.authFailures.Add(1)
 		g.log.Debug("connect refused", append([]any{"client", id, "remote", cl.Net.Remote, "reason", reason}, attrs...)...)
-		return false
+		return false, "", nil
 	}
-	refuse := func(reason string, attrs ...any) bool {
+	refuse := func(reason string, attrs ...any) (bool, string, error) {
 		g.failures.failed(cl.Net.Remote)
 		return refuseOnly(reason, attrs...)
 	}
@@ -91,17 +127,19 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		g.c.aclDenials.Add(1)
 		return refuse("will topic outside the device's topics", "topic", pk.Connect.WillTopic)
 	}
-	a, _, err := g.auth.get(id)
+	a, _, err := g.auth.getWithin(id, wait)
 	if err != nil {
-		if errors.Is(err, fleet.ErrNotFound) {
+		switch {
+		case errors.Is(err, fleet.ErrNotFound):
 			return refuse("unknown device")
-		}
-		if errors.Is(err, errLookupsBusy) {
-			return refuseOnly("too many lookups of unknown ids in flight")
+		case errors.Is(err, errLookupsBusy):
+			return false, busyShed, err
+		case errors.Is(err, errLookupSlow):
+			return false, busyWait, err
 		}
 		g.c.storeErrors.Add(1)
 		g.log.Warn("connect refused: registry lookup failed", "client", id, "err", err)
-		return refuseOnly("registry lookup failed")
+		return false, busyRegistry, err
 	}
 	if a.Status != fleet.StatusActive {
 		return refuseOnly("device not active", "status", a.Status)
@@ -119,10 +157,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if err != nil {
 		g.c.storeErrors.Add(1)
 		g.log.Warn("connect refused: no session number from the registry", "client", id, "err", err)
-		return refuseOnly("session number failed")
+		return false, busyRegistry, err
 	}
 	g.nums.hold(cl, num)
-	return true
+	return true, "", nil
 }
 
 // authService refuses the MQTT login fleetflow's services used before they moved to NATS (docs/architecture.md,

@@ -32,13 +32,18 @@ func (g *Gateway) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.P
 		return
 	}
 	g.c.messagesIn.Add(1)
-	g.events.markSeen(s)
 
 	// A device publishing a cloud-to-device topic (a twin response, say) is malformed traffic too.
 	t, err := protocol.Parse(pk.TopicName)
 	if err != nil || !t.Kind.FromDevice() || t.Device != s.id {
 		// The ACL makes another device's id impossible; never act for another device regardless.
 		t.Kind = protocol.KindInvalid
+	}
+	if t.Kind != protocol.KindTwinReported {
+		// A reported patch stamps last_seen itself, in the write that merges it: a "seen" event for it too
+		// would be a second write of the same row, under row locks, just when the patch is being merged
+		// (every device of a desired job reports within the same second).
+		g.events.markSeen(s)
 	}
 	switch t.Kind {
 	case protocol.KindTelemetry:

@@ -84,8 +84,29 @@ var (
 	connEvDesc   = desc("fleetflow_gateway_connection_events_total", "Connection events by outcome of their registry write.", "result")
 )
 
+// refusedBusyDesc counts CONNECTs refused by admission control, by reason (see busyReasons).
+var refusedBusyDesc = desc("fleetflow_gateway_connects_refused_busy_total",
+	"CONNECTs refused at once with \"server unavailable\" because the gateway could not serve them in time, by reason: "+
+		"pending (too many in authentication), lag (starved of CPU), wait (slow registry lookup), registry (lookup failed), "+
+		"shed (lookups of never-seen ids all taken).", "reason")
+
+// admissionMetrics are the admission-control series, one per refusal reason plus the gauges.
+func admissionMetrics() []gatewayMetric {
+	out := []gatewayMetric{
+		{desc("fleetflow_gateway_connects_pending", "CONNECTs being authenticated now."),
+			prometheus.GaugeValue, nil, func(g *Gateway) float64 { return float64(g.admit.pending.Load()) }},
+		{desc("fleetflow_gateway_scheduling_lag_seconds", "How late the gateway's 100 ms probe ticker last ran: the time its goroutines wait for a core."),
+			prometheus.GaugeValue, nil, func(g *Gateway) float64 { return g.admit.lag().Seconds() }},
+	}
+	for _, r := range busyReasons {
+		out = append(out, gatewayMetric{refusedBusyDesc, prometheus.CounterValue, []string{r},
+			func(g *Gateway) float64 { return float64(g.admit.refused[r].Load()) }})
+	}
+	return out
+}
+
 // gatewayMetrics are the series read from the gateway's counters.
-var gatewayMetrics = []gatewayMetric{
+var gatewayMetrics = append(admissionMetrics(), []gatewayMetric{
 	{desc("fleetflow_gateway_connected_devices", "Device sessions open now."), prometheus.GaugeValue, nil,
 		load(func(c *counters) *atomic.Int64 { return &c.connected })},
 	{connectsDesc, prometheus.CounterValue, []string{"device"}, load(func(c *counters) *atomic.Int64 { return &c.connects })},
@@ -148,7 +169,7 @@ var gatewayMetrics = []gatewayMetric{
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authRateLimited })},
 	{desc("fleetflow_gateway_auth_shed_total", "CONNECTs of device ids never seen active refused at once because too many such lookups were waiting."),
 		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.coldShed.Load()) }},
-}
+}...)
 
 // gatewayCollector exports the gateway's counters, read from its atomics at each scrape.
 type gatewayCollector struct{ g *Gateway }

@@ -167,6 +167,10 @@ func options(cfg Config) (*server.Options, error) {
 		// Nodes are started in any order and may be restarted: keep soliciting routes.
 		ConnectRetries: -1,
 	}
+	// A route to a node that went away is retried every second for as long as this node runs (dev up may
+	// have shrunk the cluster under it): report the failure on the first attempt and then once a minute,
+	// not every second as the server's default for a lost route does.
+	opts.ReconnectErrorReports = routeErrorReportEvery
 	if tlsConf != nil {
 		rt := tlsConf.Clone()
 		// A route is both a server and a client connection: peers verify each other against the CA.
@@ -187,6 +191,10 @@ func options(cfg Config) (*server.Options, error) {
 	}
 	return opts, nil
 }
+
+// routeErrorReportEvery is how many failed attempts to reach a lost route pass between two log lines (the
+// server retries once a second).
+const routeErrorReportEvery = 60
 
 // splitHostPort maps port 0 to the server's "pick a random port" value (its 0 means the default port).
 func splitHostPort(hp string) (string, int, error) {

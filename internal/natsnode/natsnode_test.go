@@ -1,17 +1,20 @@
 package natsnode_test
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -187,4 +190,72 @@ func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 		}
 	}
 	return caFile, certFile, keyFile
+}
+
+// A node that lost a route (dev up shrank the cluster) keeps retrying it every second, but reports the
+// failure on the first attempt and then once a minute, not on every attempt.
+func TestLostRouteIsNotReportedEverySecond(t *testing.T) {
+	a, err := natsnode.Start(natsnode.Config{Name: "a", Listen: "127.0.0.1:0", ClusterListen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log routeErrors
+	b, err := natsnode.Start(natsnode.Config{Name: "b", Listen: "127.0.0.1:0", ClusterListen: "127.0.0.1:0",
+		Routes: []string{a.ClusterURL()}, Logger: slog.New(&log)})
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	defer b.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for b.NumPeers() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("route did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.Close()
+	for log.count() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the lost route was never reported")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The server retries once a second (each connection of the route pool on its own): five seconds hold
+	// attempts 2 to 5 of each, none of which is reported.
+	time.Sleep(5 * time.Second)
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, m := range log.msgs {
+		if !strings.Contains(m, "(attempt 1)") {
+			t.Fatalf("a later attempt was reported: %q (all: %q)", m, log.msgs)
+		}
+	}
+}
+
+// routeErrors is a slog handler counting the server's reports of failed route connections.
+type routeErrors struct {
+	mu   sync.Mutex
+	n    int
+	msgs []string
+}
+
+func (h *routeErrors) Enabled(context.Context, slog.Level) bool { return true }
+func (h *routeErrors) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "connect to route") {
+		h.mu.Lock()
+		h.n++
+		h.msgs = append(h.msgs, r.Message)
+		h.mu.Unlock()
+	}
+	return nil
+}
+func (h *routeErrors) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *routeErrors) WithGroup(string) slog.Handler      { return h }
+
+// count is the number of reports so far.
+func (h *routeErrors) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n
 }

@@ -64,6 +64,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		MaxReconnectInterval: s.cfg.MaxReconnectInterval,
 		ReconnectJitter:      s.cfg.ReconnectJitter,
 		Logger:               s.cfg.Logger,
+		OnBusy:               func() { s.busy.Add(1) },
 		OnConnected: func(int64, error) {
 			if sd.conns.Add(1) > 1 {
 				s.reconnects.Add(1)
@@ -74,10 +75,16 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		cfg.Dialer = &net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.cfg.LocalAddrs[i%n])}}
 	}
 	var err error
+	busy := 0 // consecutive busy refusals: retried without counting as attempts, after a growing random wait
 	for attempt := 0; attempt < s.cfg.ConnectAttempts; attempt++ {
-		if attempt > 0 {
+		if attempt > 0 || busy > 0 {
+			wait := time.Duration(500+rand.IntN(1000)) * time.Millisecond
+			if busy > 0 {
+				// Full jitter over a bound that doubles per refusal (as the device's reconnects do).
+				wait = rand.N(min(s.maxReconnect(), time.Second<<min(busy-1, 10)))
+			}
 			select {
-			case <-time.After(time.Duration(500+rand.IntN(1000)) * time.Millisecond):
+			case <-time.After(wait):
 			case <-ctx.Done():
 				s.failed.Add(1)
 				return
@@ -99,6 +106,12 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		if errors.Is(err, device.ErrNotAuthorized) || ctx.Err() != nil {
 			break
 		}
+		if errors.Is(err, device.ErrServerBusy) {
+			busy++
+			attempt--
+			continue
+		}
+		busy = 0
 	}
 	switch {
 	case err == nil:
@@ -136,6 +149,14 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		}
 		s.reported.Add(1)
 	}()
+}
+
+// maxReconnect is the devices' reconnect backoff cap, which also caps the wait after a busy refusal.
+func (s *Simulator) maxReconnect() time.Duration {
+	if s.cfg.MaxReconnectInterval > 0 {
+		return s.cfg.MaxReconnectInterval
+	}
+	return 30 * time.Second
 }
 
 // register installs the simulated behaviour: methods and the desired-state handler (behaviour.go).

@@ -100,6 +100,7 @@ type Stats struct {
 	DesiredAcks     int64 // reported patches acknowledging desired changes (or correcting firmware/health)
 	FirmwareUpdates int64 // firmware updates installed (the device switched version)
 	FirmwareFailed  int64 // firmware updates that failed to install
+	Busy            int64 // CONNECTs a gateway refused as busy (each device retries them after a random wait)
 
 	// ByBroker counts the connected devices by gateway URL, when the simulation has several gateways.
 	ByBroker map[string]int64 `json:",omitempty"`
@@ -107,9 +108,9 @@ type Stats struct {
 
 // String is the one-line status the CLI prints.
 func (s Stats) String() string {
-	line := fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d",
+	line := fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d busy=%d",
 		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods,
-		s.DesiredUpdates, s.DesiredAcks, s.FirmwareUpdates, s.FirmwareFailed)
+		s.DesiredUpdates, s.DesiredAcks, s.FirmwareUpdates, s.FirmwareFailed, s.Busy)
 	if len(s.ByBroker) > 0 {
 		line += " by_gateway[" + formatPerBroker(s.ByBroker) + "]"
 	}
@@ -128,7 +129,7 @@ type Simulator struct {
 	devices []*simDevice // connected at least once, in connect order
 
 	refused, failed, reported, reportFailed, reconnects, telemetry, methods, desired atomic.Int64
-	acks, firmwareUpdates, firmwareFailed                                            atomic.Int64
+	acks, firmwareUpdates, firmwareFailed, busy                                      atomic.Int64
 
 	// runCtx ends when Run's context does; background work of the devices (acknowledgements, firmware
 	// updates) runs under it and is tracked by bg, so that Run returns only after it stopped.
@@ -257,6 +258,7 @@ func (s *Simulator) Stats() Stats {
 		DesiredAcks:     s.acks.Load(),
 		FirmwareUpdates: s.firmwareUpdates.Load(),
 		FirmwareFailed:  s.firmwareFailed.Load(),
+		Busy:            s.busy.Load(),
 	}
 }
 

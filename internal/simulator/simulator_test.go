@@ -105,3 +105,37 @@ func TestConfigValidation(t *testing.T) {
 	_, err = simulator.New(simulator.Config{BrokerURL: "tcp://127.0.0.1:1"})
 	require.Error(t, err)
 }
+
+// Against a gateway that can authenticate only two CONNECTs at once, part of a burst is refused busy; the
+// simulated devices come back after a random wait (not counted as refused or failed) and all get in.
+func TestSimulatorBacksOffFromABusyGatewayAndConnectsAll(t *testing.T) {
+	const n = 40
+	store := gatewaytest.New()
+	store.AuthDelay = 50 * time.Millisecond
+	var list []creds.Credential
+	for i := range n {
+		c := creds.Credential{ID: fmt.Sprintf("busy-%04d", i), Secret: "s"}
+		store.Add(c.ID, c.Secret)
+		list = append(list, c)
+	}
+	g := gatewaytest.StartGateway(t, store, gateway.Config{AdmitPending: 2, AdmitLag: -1})
+	sim, err := simulator.New(simulator.Config{
+		BrokerURL: gatewaytest.URL(g), Creds: list, Concurrency: 16, Logger: gatewaytest.Logger(t),
+		MaxReconnectInterval: 2 * time.Second,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sim.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	require.Eventually(t, func() bool { return sim.Stats().Reported == n }, 60*time.Second, 20*time.Millisecond, "stats: %s", sim.Stats())
+	st := sim.Stats()
+	assert.Positive(t, st.Busy, "16 CONNECTs at once against 2 slots: some must have been refused busy")
+	assert.Equal(t, g.Stats().RefusedBusy, st.Busy, "the simulator counts every busy refusal the gateway made")
+	assert.Zero(t, st.Refused)
+	assert.Zero(t, st.Failed)
+	assert.Equal(t, int64(n), st.Connected)
+}

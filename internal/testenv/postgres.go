@@ -66,9 +66,17 @@ func startPostgres() (*pgServer, error) {
 	}
 	defer func() { _ = logf.Close() }()
 
+	settings := pgcluster.TestSettings()
+	// FLEETFLOW_TESTENV_PG_SETTINGS adds server settings for a diagnostic run, e.g.
+	// "shared_preload_libraries=pg_stat_statements,autovacuum=on" to profile a benchmark's queries.
+	for _, kv := range strings.Split(os.Getenv("FLEETFLOW_TESTENV_PG_SETTINGS"), ",") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok && k != "" {
+			settings[k] = v
+		}
+	}
 	c := &pgcluster.Cluster{
 		BinDir: bin, DataDir: filepath.Join(top, "data"), Superuser: "fleetflow",
-		Settings: pgcluster.TestSettings(), Account: acct,
+		Settings: settings, Account: acct,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -44,6 +44,7 @@ type Store struct {
 	lastSession  int64
 	sessionCalls int
 	sessionFail  error
+	getFail      error
 
 	// AuthDelay slows DeviceAuth, to exercise concurrent CONNECTs sharing one lookup.
 	AuthDelay time.Duration
@@ -256,7 +257,11 @@ func (s *Store) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, er
 func (s *Store) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
 	s.mu.Lock()
 	s.getCalls++
+	fail := s.getFail
 	s.mu.Unlock()
+	if fail != nil {
+		return twin.Twin{}, fmt.Errorf("get twin %s: %w", id, fail)
+	}
 	var t twin.Twin
 	if !s.fleetDevice(id, func(d *fleettest.Device) {
 		t = twin.Twin{
@@ -314,6 +319,13 @@ func (s *Store) NextSessions(ctx context.Context, n int) ([]int64, error) {
 		out[i] = s.lastSession
 	}
 	return out, nil
+}
+
+// FailTwinGets makes GetTwin fail with err (nil restores it), as an unreachable registry would.
+func (s *Store) FailTwinGets(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.getFail = err
 }
 
 // FailSessions makes NextSessions fail with err (nil restores it), as an unreachable registry would.
