@@ -166,7 +166,12 @@ func (r *Registry) ApplyReported(ctx context.Context, patches []fleet.ReportedPa
 	}
 	for attempt := 1; len(todo) > 0; attempt++ {
 		if attempt > applyReportedTries {
-			return nil, fmt.Errorf("apply %d reported patches: %d devices kept changing under the merge", len(patches), len(todo))
+			// Devices written by others in every round (many writers of one device at once): merge them
+			// under their row locks, which cannot lose the race, rather than give up on their patches.
+			if err := r.applyReportedLocked(ctx, patches, todo, results); err != nil {
+				return nil, fmt.Errorf("apply %d reported patches: %w", len(patches), err)
+			}
+			return results, nil
 		}
 		var err error
 		if todo, err = r.applyReportedOnce(ctx, patches, todo, results); err != nil {
@@ -176,29 +181,52 @@ func (r *Registry) ApplyReported(ctx context.Context, patches []fleet.ReportedPa
 	return results, nil
 }
 
-// applyReportedTries bounds the rounds of ApplyReported; only a device written by two gateways at once (a
-// takeover in progress) needs a second.
+// applyReportedTries bounds the optimistic rounds of ApplyReported; only a device written by two gateways at
+// once (a takeover in progress) needs a second, and the rare device that loses every round is merged under
+// its row lock.
 const applyReportedTries = 5
 
-// applyReportedOnce reads, merges and writes the patches listed in todo, filling their results, and returns
-// those whose devices changed between the read and the write.
-func (r *Registry) applyReportedOnce(ctx context.Context, patches []fleet.ReportedPatch, todo []int, results []fleet.ReportedResult) ([]int, error) {
-	ids := make([]string, 0, len(todo))
-	for _, i := range todo {
-		ids = append(ids, patches[i].DeviceID)
-	}
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	rows, err := r.pool.Query(ctx, `SELECT id, status, reported, reported_version FROM devices WHERE id = ANY($1)`, ids)
+// applyReportedLocked reads the devices of the patches listed in todo under their row locks (in id order),
+// merges and writes them in one transaction, filling their results.
+func (r *Registry) applyReportedLocked(ctx context.Context, patches []fleet.ReportedPatch, todo []int, results []fleet.ReportedResult) error {
+	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		ids := make([]string, 0, len(todo))
+		for _, i := range todo {
+			ids = append(ids, patches[i].DeviceID)
+		}
+		slices.Sort(ids)
+		ids = slices.Compact(ids)
+		state, err := readReported(ctx, tx, `SELECT id, status, reported, reported_version FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
+		if err != nil {
+			return err
+		}
+		uids, docs, vers, _ := mergeReported(patches, todo, results, ids, state)
+		if len(uids) == 0 {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `UPDATE devices d SET reported = u.doc::jsonb, reported_version = u.v,
+				twin_version = d.twin_version + 1, last_seen = now(), updated_at = now()
+			FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, doc, v)
+			WHERE d.id = u.id`, uids, docs, vers)
+		if err != nil {
+			return fmt.Errorf("write reported: %w", err)
+		}
+		return nil
+	})
+}
+
+// readReported reads the reported state of ids with query (its one parameter is the ids).
+func readReported(ctx context.Context, q Querier, query string, ids []string) (map[string]*reportedState, error) {
+	rows, err := q.Query(ctx, query, ids)
 	if err != nil {
 		return nil, fmt.Errorf("read reported: %w", err)
 	}
+	defer rows.Close()
 	state := make(map[string]*reportedState, len(ids))
 	for rows.Next() {
 		var id string
 		st := &reportedState{}
 		if err := rows.Scan(&id, &st.status, &st.doc, &st.version); err != nil {
-			rows.Close()
 			return nil, fmt.Errorf("scan reported: %w", err)
 		}
 		st.base = st.version
@@ -207,6 +235,13 @@ func (r *Registry) applyReportedOnce(ctx context.Context, patches []fleet.Report
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read reported: %w", err)
 	}
+	return state, nil
+}
+
+// mergeReported merges the patches listed in todo into state, in order, filling their results, and returns
+// the devices to write (ids in order) with their documents, new versions and the versions read.
+func mergeReported(patches []fleet.ReportedPatch, todo []int, results []fleet.ReportedResult, ids []string,
+	state map[string]*reportedState) (uids, docs []string, vers, bases []int64) {
 	for _, i := range todo {
 		p := patches[i]
 		results[i] = fleet.ReportedResult{DeviceID: p.DeviceID, RequestID: p.RequestID}
@@ -228,8 +263,6 @@ func (r *Registry) applyReportedOnce(ctx context.Context, patches []fleet.Report
 		st.version++
 		results[i].Version = st.version
 	}
-	var uids, docs []string
-	var vers, bases []int64
 	for _, id := range ids {
 		if st := state[id]; st != nil && st.dirty {
 			uids = append(uids, id)
@@ -238,6 +271,23 @@ func (r *Registry) applyReportedOnce(ctx context.Context, patches []fleet.Report
 			bases = append(bases, st.base)
 		}
 	}
+	return uids, docs, vers, bases
+}
+
+// applyReportedOnce reads, merges and writes the patches listed in todo, filling their results, and returns
+// those whose devices changed between the read and the write.
+func (r *Registry) applyReportedOnce(ctx context.Context, patches []fleet.ReportedPatch, todo []int, results []fleet.ReportedResult) ([]int, error) {
+	ids := make([]string, 0, len(todo))
+	for _, i := range todo {
+		ids = append(ids, patches[i].DeviceID)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	state, err := readReported(ctx, r.pool, `SELECT id, status, reported, reported_version FROM devices WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return nil, err
+	}
+	uids, docs, vers, bases := mergeReported(patches, todo, results, ids, state)
 	if len(uids) == 0 {
 		return nil, nil
 	}
