@@ -240,16 +240,16 @@ func (s *Scheme) Covers(path string) bool {
 // Lookup says whether path (as Join spells it) is declared, and with which types. A path below a declared
 // map (an object with an additionalProperties or patternProperties schema) is declared too, with no
 // types known.
-func (s *Scheme) Lookup(path string) (PathInfo, bool) {
+func (s *Scheme) Lookup(path string) ([]string, bool) {
 	if info, ok := s.paths[path]; ok {
-		return info, true
+		return info.Types, true
 	}
 	for _, o := range s.open {
 		if strings.HasPrefix(path, o+".") || strings.HasPrefix(path, o+"[") {
-			return PathInfo{}, true
+			return nil, true
 		}
 	}
-	return PathInfo{}, false
+	return nil, false
 }
 
 // Suggest returns the declared path nearest to path by edit distance (Levenshtein), or "" when none is

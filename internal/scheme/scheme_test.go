@@ -53,9 +53,9 @@ func TestPathExtraction(t *testing.T) {
 		{"tags.location.alt", false, nil},
 		{"properties.reported.firmware.version", true, []string{"string"}},
 	} {
-		info, ok := s.Lookup(c.path)
+		types, ok := s.Lookup(c.path)
 		require.Equal(t, c.known, ok, c.path)
-		require.Equal(t, c.types, info.Types, c.path)
+		require.Equal(t, c.types, types, c.path)
 	}
 	require.True(t, s.Covers("tags.x"))
 	require.True(t, s.Covers("properties.reported.x"))
