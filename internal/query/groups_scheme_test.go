@@ -37,10 +37,10 @@ func TestTypedComparisonAndWarnings(t *testing.T) {
 		warnings []string
 	}{
 		{
-			name: "a quoted number is compared as the integer the scheme declares",
-			q:    "SELECT * FROM devices WHERE tags.floor = '3'",
-			sql:  star + " WHERE tags @> $1::jsonb AND status <> 'retired'",
-			args: []any{`{"floor":3}`},
+			name:     "a quoted number is compared as the integer the scheme declares",
+			q:        "SELECT * FROM devices WHERE tags.floor = '3'",
+			sql:      star + " WHERE tags @> $1::jsonb AND status <> 'retired'",
+			args:     []any{`{"floor":3}`},
 			warnings: []string{"tags.floor is an integer in the scheme: string '3' compared as 3"},
 		},
 		{
