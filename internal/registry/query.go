@@ -41,7 +41,7 @@ func (q *QueryResult) Objects() []any {
 // Query runs a twin query. It is strongly consistent: it reads the registry itself, not an index that lags.
 // The query is compiled to SQL in which every literal and path is a parameter.
 func (r *Registry) Query(ctx context.Context, q string, opts query.Options) (*QueryResult, error) {
-	c, err := query.Compile(q, opts)
+	c, err := r.compileQuery(ctx, r.pool, q, opts)
 	if err != nil {
 		return nil, err
 	}
