@@ -24,6 +24,8 @@ type Activities struct {
 	Rollouts  fleet.RolloutStore
 	Retire    fleet.RetireStore
 	Monitor   fleet.MonitorStore
+	// Scheme checks the fleet against the metadata scheme (docs/architecture.md, "Metadata scheme").
+	Scheme fleet.SchemeStore
 	// Channel reaches devices; nil when the worker has no broker configured, in which case desired changes
 	// still land in the registry (devices read them on reconnect) and method jobs fail.
 	Channel fleet.Channel
@@ -66,8 +68,9 @@ func New(store interface {
 	fleet.RolloutStore
 	fleet.RetireStore
 	fleet.MonitorStore
+	fleet.SchemeStore
 }, ch fleet.Channel) *Activities {
-	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Channel: ch}
+	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Scheme: store, Channel: ch}
 }
 
 // errNoStore is the permanent failure of an activity whose stage this worker was not given a store for.

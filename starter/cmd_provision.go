@@ -27,6 +27,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/workflows"
 )
@@ -462,15 +463,21 @@ func certificateMaker(caDir, validityFlag string) (credentialMaker, time.Duratio
 // to Postgres, and nothing to Temporal.
 func stageManifest(ctx context.Context, reg *registry.Registry, op string, src manifest.Reader, pending string,
 	makeCred credentialMaker, workers int) (int64, error) {
-	w, err := creds.Create(pending)
-	if err != nil {
-		return 0, err
-	}
 	var seq int64
 	var werr error
 	// A credential for every parsed row; rows the registry then finds invalid are dropped from the
 	// credentials file at the end.
-	ahead := &credentialsAhead{src: src, make: makeCred, workers: max(workers, 1)}
+	// The scheme in force, read once: a row whose tags violate it is invalid like a row that does not parse,
+	// so it never gets a credential (docs/architecture.md, "Metadata scheme").
+	sch, err := reg.ActiveScheme(ctx)
+	if err != nil {
+		return 0, err
+	}
+	ahead := &credentialsAhead{src: src, make: makeCred, workers: max(workers, 1), scheme: sch}
+	w, err := creds.Create(pending)
+	if err != nil {
+		return 0, err
+	}
 	n, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
 		m, err := ahead.next()
 		if err == io.EOF {
@@ -521,9 +528,11 @@ type credentialsAhead struct {
 	src     manifest.Reader
 	make    credentialMaker
 	workers int
-	buf     []equipped
-	i       int
-	eof     bool
+	// scheme, when set, is the metadata scheme every row's tags must satisfy.
+	scheme *scheme.Scheme
+	buf    []equipped
+	i      int
+	eof    bool
 }
 
 func (a *credentialsAhead) next() (equipped, error) {
@@ -566,6 +575,9 @@ func (a *credentialsAhead) fill() error {
 					tags = "{}" // as staged
 				}
 				e.row.Err = registry.RowProblem(e.row.ID, tags)
+				if e.row.Err == "" && a.scheme != nil {
+					e.row.Err = schemeProblem(a.scheme, tags)
+				}
 			}
 			if e.row.Err != "" {
 				continue
@@ -861,4 +873,22 @@ func provisionOutcome(res workflows.ProvisionResult) error {
 			numfmt.Thousands(c.Created-c.Reported), numfmt.Thousands(c.Created))
 	}
 	return nil
+}
+
+// schemeProblem says how a row's tags violate the scheme ("tags.floor: got string, want integer"; several
+// violations joined with "; "), or "".
+func schemeProblem(s *scheme.Scheme, tags string) string {
+	err := s.ValidateTags([]byte(tags))
+	var se *scheme.Error
+	if !errors.As(err, &se) {
+		if err != nil {
+			return err.Error()
+		}
+		return ""
+	}
+	vs := make([]string, len(se.Violations))
+	for i, v := range se.Violations {
+		vs[i] = v.String()
+	}
+	return strings.Join(vs, "; ")
 }

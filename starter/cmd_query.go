@@ -39,6 +39,7 @@ with one object per row keyed by the selected names (whole twins for SELECT *). 
 			if err != nil {
 				return err
 			}
+			printWarnings(res.Warnings)
 			if out.structured() {
 				return out.print(stdout(cmd), res.Objects(), nil)
 			}

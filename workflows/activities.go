@@ -40,6 +40,12 @@ type Activities interface {
 	PurgeArchivedDevices(ctx context.Context, in PurgeInput) (PurgeResult, error)
 
 	RunHealthCheck(ctx context.Context, in RunHealthCheckInput) (HealthCheckResult, error)
+
+	// SchemeStage records a `scheme set`'s version (or, without documents, finds the version in force)
+	// and starts the check; it returns the version checked.
+	SchemeStage(ctx context.Context, in SchemeStageInput) (int64, error)
+	SchemeCheckBatch(ctx context.Context, in SchemeBatchInput) (fleet.SchemeCheckProgress, error)
+	SchemeFinish(ctx context.Context, in SchemeFinishInput) (fleet.SchemeCheckEnd, error)
 }
 
 // Activity names that recorded histories hold but that now name workflows only: the activities were renamed

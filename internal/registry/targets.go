@@ -120,3 +120,17 @@ func recordGroupUses(ctx context.Context, tx pgx.Tx, kind, op string, groups []s
 	}
 	return nil
 }
+
+// PreviewTargets counts the devices a target query selects and returns the compiler's warnings, for the CLI
+// to show before it starts an operation (docs/architecture.md, "Metadata scheme").
+func (r *Registry) PreviewTargets(ctx context.Context, text string) (int64, []string, error) {
+	c, err := r.targetsSQL(ctx, r.pool, text)
+	if err != nil {
+		return 0, nil, err
+	}
+	var n int64
+	if err := r.pool.QueryRow(ctx, "SELECT count(*) FROM ("+c.SQL+") t", c.Args...).Scan(&n); err != nil {
+		return 0, nil, fmt.Errorf("count targets: %w", err)
+	}
+	return n, c.Warnings, nil
+}
