@@ -31,10 +31,17 @@ device ids kept with group add and group remove. In any query, IN_GROUP('name') 
 	}
 	var q string
 	var static bool
+	var createOut *output
 	create := &cobra.Command{
 		Use:   "create NAME (--query QUERY | --static)",
 		Short: "Create a dynamic group (its members are what QUERY selects) or an empty static group",
-		Args:  cobra.ExactArgs(1),
+		Long: `Create a group. With --query it is dynamic: its members are the devices the query selects whenever the
+group is used (the query is a plain SELECT * FROM devices WHERE …, and may name other groups with
+IN_GROUP). With --static it starts empty; group add and group remove keep its list. Names are 1-64 of
+a-z, 0-9, '.', '_' and '-'.`,
+		Example: `  fleetflow group create eu-canary --query "SELECT * FROM devices WHERE tags.region = 'eu' AND tags.ring = 'canary'"
+  fleetflow group create bench --static`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (q == "") == !static {
 				return usagef("give either --query QUERY (a dynamic group) or --static (a list of devices)")
@@ -62,17 +69,21 @@ device ids kept with group add and group remove. In any query, IN_GROUP('name') 
 					printWarnings(warnings)
 				}
 			}
-			fmt.Printf("group %s created (%s): %s devices\n", grp.Name, groupKind(grp), numfmt.Thousands(grp.Members))
-			return nil
+			return createOut.print(stdout(cmd), grp, func() error {
+				fmt.Printf("group %s created (%s): %s devices\n", grp.Name, groupKind(grp), numfmt.Thousands(grp.Members))
+				return nil
+			})
 		},
 	}
+	createOut = addOutputFlag(create)
 	create.Flags().StringVar(&q, "query", "", "twin query whose devices are the group (SELECT * FROM devices WHERE …)")
 	create.Flags().BoolVar(&static, "static", false, "a static group: devices are added and removed by id")
 	_ = create.RegisterFlagCompletionFunc("query", completeQueryPaths(g))
 
-	members := func(use, short string, add bool) *cobra.Command {
-		return &cobra.Command{
-			Use: use + " NAME ID...", Short: short, Args: cobra.MinimumNArgs(2),
+	members := func(use, short, long, example string, add bool) *cobra.Command {
+		var out *output
+		c := &cobra.Command{
+			Use: use + " NAME ID...", Short: short, Long: long, Example: example, Args: cobra.MinimumNArgs(2),
 			ValidArgsFunction: func(cmd *cobra.Command, args []string, to string) ([]cobra.Completion, cobra.ShellCompDirective) {
 				if len(args) == 0 {
 					return registryCandidates(cmd.Context(), g, registry.CandidateGroups, to), cobra.ShellCompDirectiveNoFileComp
@@ -101,17 +112,28 @@ device ids kept with group add and group remove. In any query, IN_GROUP('name') 
 				if !add {
 					verb = "removed from"
 				}
-				fmt.Printf("%s devices %s group %s\n", numfmt.Thousands(n), verb, args[0])
-				return nil
+				res := groupMembersResult{Group: args[0], Changed: n}
+				return out.print(stdout(cmd), res, func() error {
+					fmt.Printf("%s devices %s group %s\n", numfmt.Thousands(n), verb, args[0])
+					return nil
+				})
 			},
 		}
+		out = addOutputFlag(c)
+		return c
 	}
-	add := members("add", "Add devices to a static group", true)
-	remove := members("remove", "Remove devices from a static group", false)
+	add := members("add", "Add devices to a static group",
+		"Add devices to a static group. Every id must be a device of the registry that is not retired; otherwise\nnothing is added and the unknown ids are listed. Ids already in the group are left as they are.",
+		"  fleetflow group add bench sensor-0001 sensor-0002", true)
+	remove := members("remove", "Remove devices from a static group",
+		"Remove devices from a static group; ids that are not members are ignored.",
+		"  fleetflow group remove bench sensor-0002", false)
 
 	var listOut *output
 	list := &cobra.Command{
 		Use: "list", Short: "List the groups with their member counts", Args: cobra.NoArgs,
+		Long:    "List every group with its kind, its member count now (devices not retired) and, for a dynamic group, its query.",
+		Example: "  fleetflow group list\n  fleetflow group list -o json | jq -r '.[] | select(.members == 0) | .name'",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -123,7 +145,7 @@ device ids kept with group add and group remove. In any query, IN_GROUP('name') 
 				return err
 			}
 			return listOut.print(stdout(cmd), groups, func() error {
-				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				w := tabwriter.NewWriter(stdout(cmd), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(w, "GROUP\tKIND\tMEMBERS\tQUERY")
 				for _, grp := range groups {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", grp.Name, groupKind(grp), numfmt.Thousands(grp.Members), clip(grp.Query, 80))
@@ -137,7 +159,9 @@ device ids kept with group add and group remove. In any query, IN_GROUP('name') 
 	var showOut *output
 	show := &cobra.Command{
 		Use: "show NAME", Short: "Show a group: its definition, member count, first members and the running operations that use it",
-		Args: cobra.ExactArgs(1), ValidArgsFunction: completeFrom(g, registry.CandidateGroups, 1),
+		Long:    "Show a group: its kind and definition, how many devices it holds now, the first of them by id, and the\nrunning jobs and rollouts that selected their targets through it.",
+		Example: "  fleetflow group show eu-canary\n  fleetflow group show bench -o yaml",
+		Args:    cobra.ExactArgs(1), ValidArgsFunction: completeFrom(g, registry.CandidateGroups, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -175,9 +199,12 @@ device ids kept with group add and group remove. In any query, IN_GROUP('name') 
 	}
 	showOut = addOutputFlag(show)
 
+	var delOut *output
 	del := &cobra.Command{
 		Use: "delete NAME", Short: "Delete a group (refused while a running job or rollout uses it)",
-		Args: cobra.ExactArgs(1), ValidArgsFunction: completeFrom(g, registry.CandidateGroups, 1),
+		Long:    "Delete a group. It is refused (exit 2) while a job or rollout that selected its targets through the group\nis running, or while another group's query names it; the devices themselves are not touched.",
+		Example: "  fleetflow group delete eu-canary",
+		Args:    cobra.ExactArgs(1), ValidArgsFunction: completeFrom(g, registry.CandidateGroups, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -187,12 +214,22 @@ device ids kept with group add and group remove. In any query, IN_GROUP('name') 
 			if err := reg.DeleteGroup(cmd.Context(), args[0]); err != nil {
 				return groupError(args[0], err)
 			}
-			fmt.Printf("group %s deleted\n", args[0])
-			return nil
+			return delOut.print(stdout(cmd), groupMembersResult{Group: args[0], Deleted: true}, func() error {
+				fmt.Printf("group %s deleted\n", args[0])
+				return nil
+			})
 		},
 	}
+	delOut = addOutputFlag(del)
 	cmd.AddCommand(create, add, remove, list, show, del)
 	return cmd
+}
+
+// groupMembersResult is what group add|remove|delete print with -o json|yaml.
+type groupMembersResult struct {
+	Group   string `json:"group"`
+	Changed int64  `json:"changed,omitempty"`
+	Deleted bool   `json:"deleted,omitempty"`
 }
 
 // groupView is `group show -o json|yaml`.

@@ -49,6 +49,9 @@ workflow records the version, checks every device of the fleet against it in bat
 scheme in force — unless devices violate it, in which case it is refused and the violations listed, or
 --allow-existing-violations is given, in which case it is set and scheme check --show lists the debt.
 The exit code is 3 when the version was refused (or set with violations allowed).`,
+		Example: `  fleetflow scheme set tags.schema.json
+  fleetflow scheme set tags.schema.json --reported reported.schema.json
+  fleetflow scheme set tags.schema.json --allow-existing-violations && fleetflow scheme check --show`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tags, err := readScheme(args[0])
@@ -78,6 +81,8 @@ The exit code is 3 when the version was refused (or set with violations allowed)
 	var showOut *output
 	show := &cobra.Command{
 		Use: "show [--version N]", Short: "Print the scheme in force (or version N)", Args: cobra.NoArgs,
+		Long:    "Print the scheme in force (or --version N): its version, state, the tag paths it declares and its schemas.",
+		Example: "  fleetflow scheme show\n  fleetflow scheme show --version 3 -o json | jq .tags",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -110,6 +115,8 @@ The exit code is 3 when the version was refused (or set with violations allowed)
 	var histOut *output
 	history := &cobra.Command{
 		Use: "history", Short: "List every scheme version, newest first", Args: cobra.NoArgs,
+		Long:    "List every scheme version, newest first: its state (candidate while its check runs, active, or refused),\nwhen and by which workflow it was set, and whether existing violations were allowed. The newest active\nversion is the one in force.",
+		Example: "  fleetflow scheme history",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -142,6 +149,9 @@ The exit code is 3 when the version was refused (or set with violations allowed)
 		Long: `Without --show, start a SchemeCheck workflow that checks every device (not retired) against the scheme in
 force, in batches, and records each violating device with its violations. --show prints the newest check
 (or --id CHECK) without starting one. The exit code is 3 when devices violate the scheme.`,
+		Example: `  fleetflow scheme check
+  fleetflow scheme check --show --limit 100
+  fleetflow scheme check --show -o json | jq -r '.devices[].deviceId'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if showCheck {

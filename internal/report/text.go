@@ -66,6 +66,21 @@ func BuildText(w io.Writer, d Data) error {
 	writeBars(bw, alerts, -1)
 	p("\n")
 
+	if len(d.Groups) > 0 {
+		// Only when groups exist: a fleet without groups reads as before (docs/architecture.md, "Groups").
+		bars := make([]Bar, len(d.Groups))
+		for i, g := range d.Groups {
+			kind := "dynamic"
+			if g.Static {
+				kind = "static"
+			}
+			bars[i] = Bar{Label: g.Name + " (" + kind + ")", Value: g.Members}
+		}
+		p("GROUPS  %d\n", len(d.Groups))
+		writeBars(bw, bars, -1)
+		p("\n")
+	}
+
 	switch {
 	case d.OperationsError != "":
 		p("OPERATIONS IN FLIGHT  unavailable: %s\n\n", Clean(d.OperationsError, 1000))

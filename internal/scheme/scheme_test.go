@@ -134,3 +134,23 @@ func TestCompileRefuses(t *testing.T) {
 		require.ErrorIs(t, err, scheme.ErrInvalidScheme, doc)
 	}
 }
+
+// benchScheme is the provisioning benchmark's scheme (bench/provision_test.go): what a fleet of sites
+// would declare.
+const benchScheme = `{"type":"object","properties":{
+  "region":{"enum":["eu","us","apac"]},
+  "site":{"type":"string","pattern":"^(eu|us|apac)-site-[0-9]{1,4}$"},
+  "model":{"type":"string","pattern":"^m[0-9]$"}},
+  "required":["region","site","model"],"additionalProperties":false}`
+
+func BenchmarkValidateTags(b *testing.B) {
+	s, err := scheme.Compile(1, []byte(benchScheme), nil)
+	require.NoError(b, err)
+	doc := []byte(`{"model":"m3","region":"eu","site":"eu-site-123"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.ValidateTags(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
