@@ -109,6 +109,9 @@ func (f *jobFlags) spec() (kind fleet.JobKind, patch json.RawMessage, keys []str
 	if f.query == "" && f.group == "" {
 		return "", nil, nil, errors.New("--query or --group is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
 	}
+	if _, err := fleet.TargetQuery(f.query, f.group); err != nil {
+		return "", nil, nil, err
+	}
 	if n != 1 && !(n == 0 && f.dryRun) {
 		return "", nil, nil, errors.New("give exactly one of --set-desired, --set-tags or --method")
 	}

@@ -51,6 +51,9 @@ is 2. At most 10,000 ids are taken on the command line; retire more devices with
 			if (q == "" && group == "") == (len(args) == 0) {
 				return usagef("give device ids or --query (or --group), not both")
 			}
+			if _, err := fleet.TargetQuery(q, group); err != nil {
+				return asUsage(err)
+			}
 			if len(args) > maxRetireIDs {
 				return usagef("%s device ids: at most %s on the command line (they travel in the workflow's input); select more devices with --query, e.g. by a tag",
 					numfmt.Thousands(int64(len(args))), numfmt.Thousands(maxRetireIDs))

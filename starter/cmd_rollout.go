@@ -132,6 +132,9 @@ func (f *rolloutFlags) parsed() ([]rollout.Wave, rollout.Threshold, error) {
 	if f.query == "" && f.group == "" {
 		return nil, rollout.Threshold{}, usagef("--query or --group is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
 	}
+	if _, err := fleet.TargetQuery(f.query, f.group); err != nil {
+		return nil, rollout.Threshold{}, asUsage(err)
+	}
 	waves, err := rollout.ParseWaves(f.waves)
 	if err != nil {
 		return nil, rollout.Threshold{}, usagef("--waves: %w", err)

@@ -134,3 +134,32 @@ func TestSchemeAndGroupBadInput(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, exitOK, code)
 }
+
+// Completion offers group names for --group and the scheme's tag paths inside a --query value.
+func TestCompletionOfGroupsAndTagPaths(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := testenv.Postgres(t)
+	reg, err := registry.Open(ctx, url)
+	require.NoError(t, err)
+	defer reg.Close()
+	require.NoError(t, reg.CreateGroup(ctx, "lab-a", ""))
+	require.NoError(t, reg.CreateGroup(ctx, "lab-b", "SELECT * FROM devices WHERE tags.floor = 1"))
+	registrytest.SetScheme(t, reg, "scheme-set-1", []byte(floorScheme), nil, false, 100)
+	complete := func(args ...string) []string {
+		t.Helper()
+		root := newRoot()
+		var out strings.Builder
+		root.SetOut(&out)
+		root.SetErr(&strings.Builder{})
+		root.SetArgs(append([]string{"__complete", "--database-url", url}, args...))
+		require.NoError(t, root.ExecuteContext(ctx))
+		return candidates(out.String())
+	}
+	require.Equal(t, []string{"lab-a", "lab-b"}, complete("job", "start", "--group", "lab"))
+	require.Equal(t, []string{"lab-b"}, complete("group", "show", "lab-b"))
+	require.Equal(t, []string{"SELECT * FROM devices WHERE tags.floor"},
+		complete("job", "start", "--query", "SELECT * FROM devices WHERE tags.fl"))
+	require.Equal(t, []string{"SELECT * FROM devices WHERE tags.floor", "SELECT * FROM devices WHERE tags.region"},
+		complete("rollout", "plan", "--query", "SELECT * FROM devices WHERE t"))
+}
