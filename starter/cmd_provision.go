@@ -528,8 +528,10 @@ type credentialsAhead struct {
 	src     manifest.Reader
 	make    credentialMaker
 	workers int
-	// scheme, when set, is the metadata scheme every row's tags must satisfy.
+	// scheme, when set, is the metadata scheme every row's tags must satisfy; memos are its verdicts
+	// remembered per worker (rows repeat the same few tag documents).
 	scheme *scheme.Scheme
+	memos  []*scheme.Memo
 	buf    []equipped
 	i      int
 	eof    bool
@@ -564,6 +566,12 @@ func (a *credentialsAhead) fill() error {
 		}
 		a.buf = append(a.buf, equipped{row: row})
 	}
+	if a.scheme != nil && a.memos == nil {
+		a.memos = make([]*scheme.Memo, a.workers)
+		for i := range a.memos {
+			a.memos[i] = a.scheme.NewMemo(schemeMemoSize)
+		}
+	}
 	equip := func(first, step int) error {
 		for i := first; i < len(a.buf); i += step {
 			e := &a.buf[i]
@@ -576,7 +584,7 @@ func (a *credentialsAhead) fill() error {
 				}
 				e.row.Err = registry.RowProblem(e.row.ID, tags)
 				if e.row.Err == "" && a.scheme != nil {
-					e.row.Err = schemeProblem(a.scheme, tags)
+					e.row.Err = schemeProblem(a.memos[first], tags)
 				}
 			}
 			if e.row.Err != "" {
@@ -875,10 +883,13 @@ func provisionOutcome(res workflows.ProvisionResult) error {
 	return nil
 }
 
+// schemeMemoSize bounds the tag documents each staging worker remembers the scheme's verdict on.
+const schemeMemoSize = 10_000
+
 // schemeProblem says how a row's tags violate the scheme ("tags.floor: got string, want integer"; several
 // violations joined with "; "), or "".
-func schemeProblem(s *scheme.Scheme, tags string) string {
-	err := s.ValidateTags([]byte(tags))
+func schemeProblem(m *scheme.Memo, tags string) string {
+	err := m.ValidateTags([]byte(tags))
 	var se *scheme.Error
 	if !errors.As(err, &se) {
 		if err != nil {

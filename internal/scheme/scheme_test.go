@@ -154,3 +154,32 @@ func BenchmarkValidateTags(b *testing.B) {
 		}
 	}
 }
+
+func TestMemoGivesTheSameVerdicts(t *testing.T) {
+	s := mustCompile(t)
+	m := s.NewMemo(2)
+	for range 3 {
+		for _, doc := range []string{`{"region":"eu","site":"site-1"}`, `{"region":"eu","site":"site-1","floor":"3"}`, `{"site":"site-2"}`} {
+			want, got := s.ValidateTags([]byte(doc)), m.ValidateTags([]byte(doc))
+			if want == nil {
+				require.NoError(t, got, doc)
+				continue
+			}
+			require.EqualError(t, got, want.Error(), doc)
+		}
+	}
+	require.LessOrEqual(t, m.Len(), 2, "bounded")
+}
+
+func BenchmarkValidateTagsMemo(b *testing.B) {
+	s, err := scheme.Compile(1, []byte(benchScheme), nil)
+	require.NoError(b, err)
+	m := s.NewMemo(10_000)
+	doc := []byte(`{"model":"m3","region":"eu","site":"eu-site-123"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := m.ValidateTags(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
