@@ -75,3 +75,28 @@ func TestSchemeCheckWorkflowOverTheRegistry(t *testing.T) {
 	require.Equal(t, "scheme-check-c", chk.ID)
 	require.NotNil(t, chk.FinishedAt)
 }
+
+// A tag job validates each device's merged tags inside its batch: a device whose merge would break the
+// scheme fails alone, naming the path and the rule, and the others are patched.
+func TestTagJobFailsTheDevicesWhoseTagsWouldBreakTheScheme(t *testing.T) {
+	reg := registrytest.Open(t)
+	ctx := context.Background()
+	registrytest.Provision(t, reg, "t", 3)
+	for id, tags := range map[string]string{"t-00": `{"floor":1}`, "t-01": `{"floor":"x"}`, "t-02": `{"floor":2}`} {
+		_, err := reg.UpdateTwin(ctx, id, "tags", []byte(tags), "")
+		require.NoError(t, err)
+	}
+	// Every device may have any tags until the scheme is set with its violations allowed.
+	registrytest.SetScheme(t, reg, "scheme-set-1", []byte(`{"type":"object","properties":{"floor":{"type":"integer"}}}`), nil, true, 100)
+	total, err := reg.CreateJob(ctx, fleet.NewJob{ID: "job-t", Kind: fleet.JobSetTags, Query: "SELECT * FROM devices", Spec: []byte(`{}`)})
+	require.NoError(t, err)
+	a := &Activities{Jobs: reg}
+	c, err := a.JobBatch(ctx, workflows.JobBatchInput{JobID: "job-t", Kind: fleet.JobSetTags, First: 0, Last: total, Patch: []byte(`{"ring":"beta"}`)})
+	require.NoError(t, err)
+	require.Equal(t, fleet.JobCounts{Succeeded: 2, Failed: 1}, c)
+	failed, err := reg.JobDevices(ctx, "job-t", []fleet.JobState{fleet.JobFailed}, 10)
+	require.NoError(t, err)
+	require.Len(t, failed, 1)
+	require.Equal(t, "t-01", failed[0].DeviceID)
+	require.Equal(t, "device t-01: tags violates the metadata scheme: tags.floor: got string, want integer", failed[0].Error)
+}

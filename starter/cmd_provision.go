@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -473,6 +474,9 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 	if err != nil {
 		return 0, err
 	}
+	if sch != nil {
+		manifest.TypeColumns(src, func(col string) manifest.CellKind { return cellKind(sch, col) })
+	}
 	ahead := &credentialsAhead{src: src, make: makeCred, workers: max(workers, 1), scheme: sch}
 	w, err := creds.Create(pending)
 	if err != nil {
@@ -902,4 +906,19 @@ func schemeProblem(m *scheme.Memo, tags string) string {
 		vs[i] = v.String()
 	}
 	return strings.Join(vs, "; ")
+}
+
+// cellKind is the type a CSV column's cells take in the tags: the scheme's type for the tag the column
+// names, when it declares a single scalar one (integer, number, or both; boolean), a string otherwise.
+func cellKind(s *scheme.Scheme, column string) manifest.CellKind {
+	types, _ := s.Lookup(scheme.Join("tags", column))
+	switch {
+	case len(types) == 1 && types[0] == "integer":
+		return manifest.CellInteger
+	case len(types) == 1 && types[0] == "number", len(types) == 2 && slices.Contains(types, "integer") && slices.Contains(types, "number"):
+		return manifest.CellNumber
+	case len(types) == 1 && types[0] == "boolean":
+		return manifest.CellBoolean
+	}
+	return manifest.CellString
 }

@@ -233,7 +233,7 @@ func runSchemeCheck(ctx context.Context, g *globals, in workflows.SchemeCheckInp
 		ID: in.CheckID, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
 		StaticSummary: summary,
-		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("scheme"),
+		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpSchemeCheck),
 			searchattr.State.ValueSet(searchattr.StateRunning)),
 	}, workflows.SchemeCheck, in)
 	if err != nil {

@@ -163,3 +163,28 @@ func TestCompletionOfGroupsAndTagPaths(t *testing.T) {
 	require.Equal(t, []string{"SELECT * FROM devices WHERE tags.floor", "SELECT * FROM devices WHERE tags.region"},
 		complete("rollout", "plan", "--query", "SELECT * FROM devices WHERE t"))
 }
+
+// A CSV manifest's cells take the types the scheme declares for their columns: a CSV cell has none.
+func TestCSVCellsTakeTheSchemesTypes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg, err := registry.Open(ctx, testenv.Postgres(t))
+	require.NoError(t, err)
+	defer reg.Close()
+	registrytest.SetScheme(t, reg, "scheme-set-1", []byte(floorScheme), nil, false, 100)
+	out := filepath.Join(t.TempDir(), "creds.ndjson")
+	r, err := manifest.NewReader(bufio.NewReader(strings.NewReader("id,region,floor\nc-1,eu,3\nc-2,us,third\n")), manifest.CSV)
+	require.NoError(t, err)
+	rows, err := stageManifest(ctx, reg, "provision-c", r, out+".pending", newSecretCredential, 1)
+	require.NoError(t, err)
+	c, err := reg.ProvisionBatch(ctx, "provision-c", 0, rows, 0)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ProvisionCounts{Created: 1, Invalid: 1}, c)
+	tw, err := reg.GetTwin(ctx, "c-1")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"region":"eu","floor":3}`, string(tw.Tags))
+	issues, err := reg.ProvisionResults(ctx, "provision-c", "invalid", 10)
+	require.NoError(t, err)
+	require.Len(t, issues, 1)
+	require.Equal(t, "tags.floor: got string, want integer", issues[0].Reason)
+}

@@ -101,7 +101,7 @@ func SchemeCheck(ctx workflow.Context, in SchemeCheckInput) (SchemeCheckResult, 
 		in.Version = v
 		// The documents are in the registry now; later runs need not carry them.
 		in.Tags, in.Reported = nil, nil
-		_ = workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet("running"))
+		_ = workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(searchattr.StateRunning))
 	}
 	for batches := 0; !in.Progress.Done; batches++ {
 		if batches == in.BatchesPerRun {
@@ -113,7 +113,7 @@ func SchemeCheck(ctx workflow.Context, in SchemeCheckInput) (SchemeCheckResult, 
 		p, err := executeActivity(bctx, Activities.SchemeCheckBatch, SchemeBatchInput{CheckID: in.CheckID,
 			After: in.Progress.Cursor, Limit: in.BatchSize}).Result(ctx)
 		if err != nil {
-			_ = workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet("failed"))
+			_ = workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(searchattr.StateFailed))
 			return SchemeCheckResult{}, err
 		}
 		in.Progress = p
@@ -125,7 +125,7 @@ func SchemeCheck(ctx workflow.Context, in SchemeCheckInput) (SchemeCheckResult, 
 	if err != nil {
 		return SchemeCheckResult{}, err
 	}
-	_ = workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(string(end.State)),
+	_ = workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(searchattr.StateCompleted),
 		searchattr.Done.ValueSet(end.Checked), searchattr.Failed.ValueSet(end.Violating))
 	workflow.SetCurrentDetails(ctx, fmt.Sprintf("scheme version %d %s: %s devices checked, %s violate it", end.Version, end.State,
 		numfmt.Thousands(end.Checked), numfmt.Thousands(end.Violating)))

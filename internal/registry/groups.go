@@ -273,3 +273,6 @@ func joinSample(s []string, n int) string {
 	}
 	return out
 }
+
+// The registry is the groups' store.
+var _ fleet.GroupStore = (*Registry)(nil)

@@ -271,6 +271,7 @@ func (r *Registry) SchemeCheckBatch(ctx context.Context, check, after string, li
 // FinishSchemeCheck ends a check and, with activate, decides its version (fleet.SchemeStore).
 func (r *Registry) FinishSchemeCheck(ctx context.Context, check string, activate bool) (fleet.SchemeCheckEnd, error) {
 	var e fleet.SchemeCheckEnd
+	defer r.forgetQueryScheme()
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `UPDATE scheme_checks SET finished_at = coalesce(finished_at, now()) WHERE id = $1
 			RETURNING version, checked, violating`, check).Scan(&e.Version, &e.Checked, &e.Violating)
@@ -343,3 +344,6 @@ func (r *Registry) SchemeCheckViolations(ctx context.Context, check string, limi
 	}
 	return out, nil
 }
+
+// The registry is the scheme check's store.
+var _ fleet.SchemeStore = (*Registry)(nil)

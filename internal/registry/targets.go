@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 )
 
 // queryRower reads: a *pgxpool.Pool or a pgx.Tx.
@@ -29,7 +31,7 @@ func (r *Registry) compileQuery(ctx context.Context, q queryRower, text string, 
 	if opts.Groups, err = loadGroupDefs(ctx, q, query.GroupNames(parsed.Where)); err != nil {
 		return nil, err
 	}
-	s, err := activeScheme(ctx, q)
+	s, err := r.querySchemeOf(ctx, q)
 	if err != nil {
 		return nil, err
 	}
@@ -37,6 +39,38 @@ func (r *Registry) compileQuery(ctx context.Context, q queryRower, text string, 
 		opts.Vocabulary = s
 	}
 	return query.Compile(text, opts)
+}
+
+// querySchemeTTL is how long compileQuery trusts the scheme it last read. A query must not pay a round trip
+// for the scheme (a selective twin query takes well under a millisecond), and a scheme changes rarely: a
+// query compiled within this long after a new version is set may still be typed by the previous one. A
+// version set through this Registry is seen at once. Tag writes do not use it: they read the scheme in their
+// own transaction.
+const querySchemeTTL = time.Second
+
+// querySchemeOf returns the scheme in force for compiling a query, read at most querySchemeTTL ago.
+func (r *Registry) querySchemeOf(ctx context.Context, q queryRower) (*scheme.Scheme, error) {
+	r.schemeMu.Lock()
+	s, at := r.scheme, r.schemeAt
+	r.schemeMu.Unlock()
+	if !at.IsZero() && time.Since(at) < querySchemeTTL {
+		return s, nil
+	}
+	s, err := activeScheme(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	r.schemeMu.Lock()
+	r.scheme, r.schemeAt = s, time.Now()
+	r.schemeMu.Unlock()
+	return s, nil
+}
+
+// forgetQueryScheme makes the next query read the scheme again (a version was decided here).
+func (r *Registry) forgetQueryScheme() {
+	r.schemeMu.Lock()
+	r.schemeAt = time.Time{}
+	r.schemeMu.Unlock()
 }
 
 // targetsSQL compiles a target query to a statement selecting device ids, with its arguments.

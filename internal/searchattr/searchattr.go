@@ -50,6 +50,8 @@ const (
 	OpJob          = "job"
 	OpHealthCheck  = "healthcheck"
 	OpDecommission = "decommission"
+	// OpSchemeCheck: a SchemeCheck, of `scheme set` or `scheme check` (docs/architecture.md, "Metadata scheme").
+	OpSchemeCheck = "scheme-check"
 )
 
 // Values of FleetOpState.
