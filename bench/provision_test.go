@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,8 +114,16 @@ const benchScheme = `{"$schema":"https://json-schema.org/draft/2020-12/schema","
 // FLEETFLOW_BENCH_SCHEME_ROUNDS rounds (default 2). The scheme is switched off and on by its row's state:
 // the CLI has no "unset", on purpose.
 func benchSchemeCost(b *testing.B, ctx context.Context, be *backend, manifest, dir string) {
+	doc := benchScheme
+	if os.Getenv("FLEETFLOW_BENCH_SCHEME") == "unique" {
+		// The worst case for the staging memo: every row's tags differ (a serial number among them), so
+		// every row is validated.
+		doc = strings.Replace(benchScheme, `"model":{`, `"serial":{"type":"string","pattern":"^bench-[0-9]{7}$"},"model":{`, 1)
+		manifest = filepath.Join(dir, "fleet-serials.csv")
+		writeManifestWith(b, manifest, true)
+	}
 	path := filepath.Join(dir, "scheme.json")
-	if err := os.WriteFile(path, []byte(benchScheme), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	env := be.env()
@@ -191,16 +200,28 @@ func rawCopy(b *testing.B, ctx context.Context, reg *registry.Registry, rows [][
 	return took
 }
 
-func writeManifest(b *testing.B, path string) {
+func writeManifest(b *testing.B, path string) { writeManifestWith(b, path, false) }
+
+// writeManifestWith writes the benchmark fleet's manifest; with serials each row also has a serial tag
+// (its id), so that no two rows' tags are the same.
+func writeManifestWith(b *testing.B, path string, serials bool) {
 	f, err := os.Create(path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
-	fmt.Fprintln(w, "id,region,site,model")
+	if serials {
+		fmt.Fprintln(w, "id,region,site,model,serial")
+	} else {
+		fmt.Fprintln(w, "id,region,site,model")
+	}
 	for i := 0; i < fleetSize; i++ {
 		id, region, site, model := manifestRow(i)
-		fmt.Fprintf(w, "%s,%s,%s,%s\n", id, region, site, model)
+		if serials {
+			fmt.Fprintf(w, "%s,%s,%s,%s,%s\n", id, region, site, model, id)
+		} else {
+			fmt.Fprintf(w, "%s,%s,%s,%s\n", id, region, site, model)
+		}
 	}
 	if err := w.Flush(); err != nil {
 		b.Fatal(err)

@@ -162,6 +162,8 @@ func TestCompletionOfGroupsAndTagPaths(t *testing.T) {
 		complete("job", "start", "--query", "SELECT * FROM devices WHERE tags.fl"))
 	require.Equal(t, []string{"SELECT * FROM devices WHERE tags.floor", "SELECT * FROM devices WHERE tags.region"},
 		complete("rollout", "plan", "--query", "SELECT * FROM devices WHERE t"))
+	require.Equal(t, []string{"SELECT * FROM devices WHERE (tags.region"},
+		complete("devices", "query", "SELECT * FROM devices WHERE (tags.r"))
 }
 
 // A CSV manifest's cells take the types the scheme declares for their columns: a CSV cell has none.

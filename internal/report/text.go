@@ -68,16 +68,8 @@ func BuildText(w io.Writer, d Data) error {
 
 	if len(d.Groups) > 0 {
 		// Only when groups exist: a fleet without groups reads as before (docs/architecture.md, "Groups").
-		bars := make([]Bar, len(d.Groups))
-		for i, g := range d.Groups {
-			kind := "dynamic"
-			if g.Static {
-				kind = "static"
-			}
-			bars[i] = Bar{Label: g.Name + " (" + kind + ")", Value: g.Members}
-		}
 		p("GROUPS  %d\n", len(d.Groups))
-		writeBars(bw, bars, -1)
+		writeBars(bw, groupBars(d.Groups), -1)
 		p("\n")
 	}
 
