@@ -27,6 +27,8 @@ type Activities struct {
 	Configs   fleet.ConfigStore
 	// Changes wakes configuration reconcilers early (nil: they only poll).
 	Changes fleet.DeviceChanges
+	// Scheme checks the fleet against the metadata scheme (docs/architecture.md, "Metadata scheme").
+	Scheme fleet.SchemeStore
 	// Channel reaches devices; nil when the worker has no broker configured, in which case desired changes
 	// still land in the registry (devices read them on reconnect) and method jobs fail.
 	Channel fleet.Channel
@@ -70,8 +72,9 @@ func New(store interface {
 	fleet.RetireStore
 	fleet.MonitorStore
 	fleet.ConfigStore
+	fleet.SchemeStore
 }, ch fleet.Channel) *Activities {
-	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Configs: store, Channel: ch}
+	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Configs: store, Scheme: store, Channel: ch}
 }
 
 // errNoStore is the permanent failure of an activity whose stage this worker was not given a store for.

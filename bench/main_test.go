@@ -93,7 +93,7 @@ type backend struct {
 func startBackend(b *testing.B, dbURL, queue string) *backend {
 	b.Helper()
 	be := openBackend(b, dbURL, queue)
-	w := fleetworker.New(be.tc, queue, &activities.Activities{Provision: be.reg, Monitor: be.reg})
+	w := fleetworker.New(be.tc, queue, &activities.Activities{Provision: be.reg, Monitor: be.reg, Scheme: be.reg})
 	if err := w.Start(); err != nil {
 		b.Fatal(err)
 	}

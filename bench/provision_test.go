@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,6 +94,90 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	report(b, "workflow runs (continue-as-new)", float64(runs), "runs")
 
 	benchQueries(b, ctx, reg)
+	if os.Getenv("FLEETFLOW_BENCH_SCHEME") != "" {
+		benchSchemeCost(b, ctx, be, manifest, dir)
+	}
+}
+
+// benchScheme is a realistic metadata scheme for the benchmark fleet: every tag required and constrained
+// (an enum, two patterns), no other tag allowed.
+const benchScheme = `{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","properties":{
+  "region":{"enum":["eu","us","apac"]},
+  "site":{"type":"string","pattern":"^(eu|us|apac)-site-[0-9]{1,4}$"},
+  "model":{"type":"string","pattern":"^m[0-9]$"}},
+  "required":["region","site","model"],"additionalProperties":false}`
+
+// benchSchemeCost measures what the metadata scheme costs provisioning (docs/architecture.md, "Metadata
+// scheme"; issue 12: at most 20% over no scheme). It sets benchScheme with `scheme set` (whose SchemeCheck
+// runs over the fleet provisioned above), then provisions the same manifest end to end into an emptied
+// devices table, with and without the scheme in force, alternating which goes first, for
+// FLEETFLOW_BENCH_SCHEME_ROUNDS rounds (default 2). The scheme is switched off and on by its row's state:
+// the CLI has no "unset", on purpose.
+func benchSchemeCost(b *testing.B, ctx context.Context, be *backend, manifest, dir string) {
+	doc := benchScheme
+	if os.Getenv("FLEETFLOW_BENCH_SCHEME") == "unique" {
+		// The worst case for the staging memo: every row's tags differ (a serial number among them), so
+		// every row is validated.
+		doc = strings.Replace(benchScheme, `"model":{`, `"serial":{"type":"string","pattern":"^bench-[0-9]{7}$"},"model":{`, 1)
+		manifest = filepath.Join(dir, "fleet-serials.csv")
+		writeManifestWith(b, manifest, true)
+	}
+	path := filepath.Join(dir, "scheme.json")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	env := be.env()
+	t0 := time.Now()
+	run(b, ctx, env, "scheme", "set", path, "-o", "json")
+	setTook := time.Since(t0)
+	pool := be.reg.Pool()
+	toggle := func(on bool) {
+		_, err := pool.Exec(ctx, `UPDATE schemes SET state = CASE WHEN $1 THEN 'active' ELSE 'refused' END
+			WHERE version = (SELECT max(version) FROM schemes)`, on)
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	rounds := config.EnvInt("FLEETFLOW_BENCH_SCHEME_ROUNDS", 2)
+	var with, without []time.Duration
+	for r := range rounds {
+		for k, on := range []bool{r%2 == 1, r%2 == 0} {
+			toggle(on)
+			for _, q := range []string{"TRUNCATE devices CASCADE", "CHECKPOINT"} {
+				if _, err := pool.Exec(ctx, q); err != nil {
+					b.Fatal(err)
+				}
+			}
+			t0 := time.Now()
+			out := run(b, ctx, env, "provision", "--file", manifest, "--creds-out", filepath.Join(dir, fmt.Sprintf("creds-%d-%d.ndjson", r, k)), "-o", "json")
+			took := time.Since(t0)
+			var sum struct{ Counts struct{ Created int64 } }
+			if err := json.Unmarshal([]byte(out), &sum); err != nil || sum.Counts.Created != int64(fleetSize) {
+				b.Fatalf("provision summary %q: %v", out, err)
+			}
+			if on {
+				with = append(with, took)
+			} else {
+				without = append(without, took)
+			}
+		}
+	}
+	toggle(true)
+	fmt.Println("metadata scheme")
+	report(b, "scheme set: SchemeCheck of the fleet above, end to end", setTook.Seconds(), "s-scheme-set")
+	for i := range with {
+		report(b, fmt.Sprintf("provision end to end without a scheme, round %d", i+1), without[i].Seconds(), fmt.Sprintf("s-no-scheme-%d", i+1))
+		report(b, fmt.Sprintf("provision end to end with the scheme, round %d", i+1), with[i].Seconds(), fmt.Sprintf("s-scheme-%d", i+1))
+	}
+	report(b, "ratio with / without the scheme, best of each (target <= 1.2)", slicesMin(with).Seconds()/slicesMin(without).Seconds(), "x-scheme")
+}
+
+func slicesMin(d []time.Duration) time.Duration {
+	m := d[0]
+	for _, x := range d[1:] {
+		m = min(m, x)
+	}
+	return m
 }
 
 // rawCopy copies rows into a fresh table shaped like devices (columns, defaults, indexes) and drops it.
@@ -115,16 +200,28 @@ func rawCopy(b *testing.B, ctx context.Context, reg *registry.Registry, rows [][
 	return took
 }
 
-func writeManifest(b *testing.B, path string) {
+func writeManifest(b *testing.B, path string) { writeManifestWith(b, path, false) }
+
+// writeManifestWith writes the benchmark fleet's manifest; with serials each row also has a serial tag
+// (its id), so that no two rows' tags are the same.
+func writeManifestWith(b *testing.B, path string, serials bool) {
 	f, err := os.Create(path)
 	if err != nil {
 		b.Fatal(err)
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
-	fmt.Fprintln(w, "id,region,site,model")
+	if serials {
+		fmt.Fprintln(w, "id,region,site,model,serial")
+	} else {
+		fmt.Fprintln(w, "id,region,site,model")
+	}
 	for i := 0; i < fleetSize; i++ {
 		id, region, site, model := manifestRow(i)
-		fmt.Fprintf(w, "%s,%s,%s,%s\n", id, region, site, model)
+		if serials {
+			fmt.Fprintf(w, "%s,%s,%s,%s,%s\n", id, region, site, model, id)
+		} else {
+			fmt.Fprintf(w, "%s,%s,%s,%s\n", id, region, site, model)
+		}
 	}
 	if err := w.Flush(); err != nil {
 		b.Fatal(err)

@@ -28,13 +28,13 @@ import (
 )
 
 type jobFlags struct {
-	query, setDesired, setTags, method, payload string
-	rate                                        float64
-	timeout                                     time.Duration
-	dryRun, detach                              bool
-	batchSize                                   int64
-	windows                                     windowFlags
-	out                                         *output
+	query, group, setDesired, setTags, method, payload string
+	rate                                               float64
+	timeout                                            time.Duration
+	dryRun, detach                                     bool
+	batchSize                                          int64
+	windows                                            windowFlags
+	out                                                *output
 }
 
 func newJobCmd(g *globals) *cobra.Command {
@@ -48,7 +48,7 @@ target set is frozen when the job starts; pause, resume and cancel act on the ru
 	}
 	f := &jobFlags{}
 	start := &cobra.Command{
-		Use:   "start --query QUERY (--set-desired JSON | --set-tags JSON | --method NAME [--payload JSON])",
+		Use:   "start (--query QUERY | --group NAME) (--set-desired JSON | --set-tags JSON | --method NAME [--payload JSON])",
 		Short: "Start a FleetJob over the devices a twin query selects (the set is frozen at start)",
 		Long: `Start a FleetJob over the devices a twin query selects and follow it until it ends (progress on stderr;
 --detach returns once it has started). --dry-run only counts the targets. The exit code is 3 when the job
@@ -62,7 +62,9 @@ when you interrupt the wait (the job goes on).`,
 		RunE: func(cmd *cobra.Command, args []string) error { return startJob(cmd.Context(), g, f) },
 	}
 	fl := start.Flags()
-	fl.StringVar(&f.query, "query", "", "twin query selecting the target devices (required)")
+	fl.StringVar(&f.query, "query", "", "twin query selecting the target devices (or --group)")
+	_ = start.RegisterFlagCompletionFunc("query", completeQueryPaths(g))
+	addGroupFlag(g, start, &f.group)
 	fl.StringVar(&f.setDesired, "set-desired", "", "JSON merge patch for the devices' desired properties")
 	fl.StringVar(&f.setTags, "set-tags", "", "JSON merge patch for the devices' tags")
 	fl.StringVar(&f.method, "method", "", "direct method to call on every device")
@@ -107,8 +109,11 @@ func (f *jobFlags) spec() (kind fleet.JobKind, patch json.RawMessage, keys []str
 			n++
 		}
 	}
-	if f.query == "" {
-		return "", nil, nil, errors.New("--query is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
+	if f.query == "" && f.group == "" {
+		return "", nil, nil, errors.New("--query or --group is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
+	}
+	if _, err := fleet.TargetQuery(f.query, f.group); err != nil {
+		return "", nil, nil, err
 	}
 	if n != 1 && !(n == 0 && f.dryRun) {
 		return "", nil, nil, errors.New("give exactly one of --set-desired, --set-tags or --method")
@@ -173,9 +178,18 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	// Read-only checks first: the query compiles and selects something. The job itself (its row and its
 	// frozen target set) is created by the workflow's first step, so a CLI killed at any point leaves
 	// either nothing or a workflow that finishes the job.
-	n, err := reg.CountTargets(ctx, f.query)
+	q, n, err := resolveTargets(ctx, reg, f.query, f.group)
 	if err != nil {
-		return queryError(err)
+		return err
+	}
+	f.query = q
+	if kind == fleet.JobSetTags {
+		// A patch that breaks the scheme whatever the device's tags is refused before anything starts; the
+		// job checks each device's merged tags again when it writes them (docs/architecture.md, "Metadata
+		// scheme").
+		if err := checkTagsPatch(ctx, reg, patch); err != nil {
+			return asUsage(fmt.Errorf("--set-tags: %w", err))
+		}
 	}
 	if f.dryRun {
 		dry := jobDryRun{Query: f.query, Selected: n, Rate: f.rate}

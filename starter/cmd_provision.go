@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/numfmt"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
 	"github.com/fleetflow/fleetflow/workflows"
 )
@@ -462,15 +464,24 @@ func certificateMaker(caDir, validityFlag string) (credentialMaker, time.Duratio
 // to Postgres, and nothing to Temporal.
 func stageManifest(ctx context.Context, reg *registry.Registry, op string, src manifest.Reader, pending string,
 	makeCred credentialMaker, workers int) (int64, error) {
-	w, err := creds.Create(pending)
-	if err != nil {
-		return 0, err
-	}
 	var seq int64
 	var werr error
 	// A credential for every parsed row; rows the registry then finds invalid are dropped from the
 	// credentials file at the end.
-	ahead := &credentialsAhead{src: src, make: makeCred, workers: max(workers, 1)}
+	// The scheme in force, read once: a row whose tags violate it is invalid like a row that does not parse,
+	// so it never gets a credential (docs/architecture.md, "Metadata scheme").
+	sch, err := reg.ActiveScheme(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if sch != nil {
+		manifest.TypeColumns(src, func(col string) manifest.CellKind { return cellKind(sch, col) })
+	}
+	ahead := &credentialsAhead{src: src, make: makeCred, workers: max(workers, 1), scheme: sch}
+	w, err := creds.Create(pending)
+	if err != nil {
+		return 0, err
+	}
 	n, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
 		m, err := ahead.next()
 		if err == io.EOF {
@@ -521,9 +532,13 @@ type credentialsAhead struct {
 	src     manifest.Reader
 	make    credentialMaker
 	workers int
-	buf     []equipped
-	i       int
-	eof     bool
+	// scheme, when set, is the metadata scheme every row's tags must satisfy; memos are its verdicts
+	// remembered per worker (rows repeat the same few tag documents).
+	scheme *scheme.Scheme
+	memos  []*scheme.Memo
+	buf    []equipped
+	i      int
+	eof    bool
 }
 
 func (a *credentialsAhead) next() (equipped, error) {
@@ -555,6 +570,12 @@ func (a *credentialsAhead) fill() error {
 		}
 		a.buf = append(a.buf, equipped{row: row})
 	}
+	if a.scheme != nil && a.memos == nil {
+		a.memos = make([]*scheme.Memo, a.workers)
+		for i := range a.memos {
+			a.memos[i] = a.scheme.NewMemo(schemeMemoSize)
+		}
+	}
 	equip := func(first, step int) error {
 		for i := first; i < len(a.buf); i += step {
 			e := &a.buf[i]
@@ -566,6 +587,9 @@ func (a *credentialsAhead) fill() error {
 					tags = "{}" // as staged
 				}
 				e.row.Err = registry.RowProblem(e.row.ID, tags)
+				if e.row.Err == "" && a.scheme != nil {
+					e.row.Err = schemeProblem(a.memos[first], tags)
+				}
 			}
 			if e.row.Err != "" {
 				continue
@@ -861,4 +885,40 @@ func provisionOutcome(res workflows.ProvisionResult) error {
 			numfmt.Thousands(c.Created-c.Reported), numfmt.Thousands(c.Created))
 	}
 	return nil
+}
+
+// schemeMemoSize bounds the tag documents each staging worker remembers the scheme's verdict on.
+const schemeMemoSize = 10_000
+
+// schemeProblem says how a row's tags violate the scheme ("tags.floor: got string, want integer"; several
+// violations joined with "; "), or "".
+func schemeProblem(m *scheme.Memo, tags string) string {
+	err := m.ValidateTags([]byte(tags))
+	var se *scheme.Error
+	if !errors.As(err, &se) {
+		if err != nil {
+			return err.Error()
+		}
+		return ""
+	}
+	vs := make([]string, len(se.Violations))
+	for i, v := range se.Violations {
+		vs[i] = v.String()
+	}
+	return strings.Join(vs, "; ")
+}
+
+// cellKind is the type a CSV column's cells take in the tags: the scheme's type for the tag the column
+// names, when it declares a single scalar one (integer, number, or both; boolean), a string otherwise.
+func cellKind(s *scheme.Scheme, column string) manifest.CellKind {
+	types, _ := s.Lookup(scheme.Join("tags", column))
+	switch {
+	case len(types) == 1 && types[0] == "integer":
+		return manifest.CellInteger
+	case len(types) == 1 && types[0] == "number", len(types) == 2 && slices.Contains(types, "integer") && slices.Contains(types, "number"):
+		return manifest.CellNumber
+	case len(types) == 1 && types[0] == "boolean":
+		return manifest.CellBoolean
+	}
+	return manifest.CellString
 }

@@ -29,6 +29,12 @@ with one object per row keyed by the selected names (whole twins for SELECT *). 
   fleetflow devices query "SELECT properties.reported.model, COUNT() AS n FROM devices GROUP BY properties.reported.model"
   fleetflow devices query -o json "SELECT deviceId FROM devices WHERE connectionState = 'disconnected'" | jq -r '.[].deviceId'`,
 		Args: cobra.ExactArgs(1),
+		ValidArgsFunction: func(cmd *cobra.Command, args []string, to string) ([]cobra.Completion, cobra.ShellCompDirective) {
+			if len(args) > 0 {
+				return nil, cobra.ShellCompDirectiveNoFileComp
+			}
+			return completeQueryPaths(g)(cmd, args, to)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -39,6 +45,7 @@ with one object per row keyed by the selected names (whole twins for SELECT *). 
 			if err != nil {
 				return err
 			}
+			printWarnings(res.Warnings)
 			if out.structured() {
 				return out.print(stdout(cmd), res.Objects(), nil)
 			}

@@ -30,7 +30,7 @@ import (
 const maxRetireIDs = 10_000
 
 func newRetireCmd(g *globals) *cobra.Command {
-	var q, reason string
+	var q, group, reason string
 	var wipe, detach bool
 	var timeout time.Duration
 	var out *output
@@ -48,8 +48,11 @@ is 2. At most 10,000 ids are taken on the command line; retire more devices with
   fleetflow retire --query "SELECT * FROM devices WHERE tags.batch = 'b7'" --detach -o json`,
 		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if (q == "") == (len(args) == 0) {
-				return usagef("give device ids or --query, not both")
+			if (q == "" && group == "") == (len(args) == 0) {
+				return usagef("give device ids or --query (or --group), not both")
+			}
+			if _, err := fleet.TargetQuery(q, group); err != nil {
+				return asUsage(err)
 			}
 			if len(args) > maxRetireIDs {
 				return usagef("%s device ids: at most %s on the command line (they travel in the workflow's input); select more devices with --query, e.g. by a tag",
@@ -58,11 +61,13 @@ is 2. At most 10,000 ids are taken on the command line; retire more devices with
 			if timeout <= 0 {
 				return usagef("--wipe-timeout must be positive")
 			}
-			return startRetire(cmd.Context(), g, args, q, reason, wipe, timeout, detach, out)
+			return startRetire(cmd.Context(), g, args, q, group, reason, wipe, timeout, detach, out)
 		},
 	}
 	out = addOutputFlag(cmd)
 	cmd.Flags().StringVar(&q, "query", "", "twin query selecting the devices to retire")
+	_ = cmd.RegisterFlagCompletionFunc("query", completeQueryPaths(g))
+	addGroupFlag(g, cmd, &group)
 	cmd.Flags().StringVar(&reason, "reason", "", "why, recorded with every device")
 	cmd.Flags().BoolVar(&wipe, "wipe", false, "send the factoryReset method to connected devices before revoking them")
 	cmd.Flags().DurationVar(&timeout, "wipe-timeout", workflows.DefaultWipeTimeout, "how long a device has to answer the factory reset")
@@ -70,7 +75,7 @@ is 2. At most 10,000 ids are taken on the command line; retire more devices with
 	return cmd
 }
 
-func startRetire(ctx context.Context, g *globals, ids []string, q, reason string, wipe bool, timeout time.Duration, detach bool, out *output) error {
+func startRetire(ctx context.Context, g *globals, ids []string, q, group, reason string, wipe bool, timeout time.Duration, detach bool, out *output) error {
 	reg, c, err := openBackends(ctx, g)
 	if err != nil {
 		return err
@@ -82,10 +87,10 @@ func startRetire(ctx context.Context, g *globals, ids []string, q, reason string
 	// The job and its frozen target set are created by the workflow's first step (JobCreate), never here;
 	// the CLI only checks, read-only, that a query compiles and selects something.
 	in := workflows.JobInput{JobID: id, Kind: fleet.JobRetire, Spec: spec, Reason: reason, Wipe: wipe, Timeout: timeout}
-	if q != "" {
-		n, err := reg.CountTargets(ctx, q)
-		if err != nil {
-			return queryError(err)
+	if q != "" || group != "" {
+		var n int64
+		if q, n, err = resolveTargets(ctx, reg, q, group); err != nil {
+			return err
 		}
 		if n == 0 {
 			return errEmptyRetire

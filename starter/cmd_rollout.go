@@ -119,11 +119,11 @@ GROUP BY over the fleet).`,
 }
 
 type rolloutFlags struct {
-	version, query, waves, maxFailures string
-	bake, deviceTimeout                time.Duration
-	approveEach, detach                bool
-	windows                            windowFlags
-	out                                *output
+	version, query, group, waves, maxFailures string
+	bake, deviceTimeout                       time.Duration
+	approveEach, detach                       bool
+	windows                                   windowFlags
+	out                                       *output
 }
 
 // parsed validates the flags into the workflow's terms.
@@ -131,8 +131,11 @@ func (f *rolloutFlags) parsed() ([]rollout.Wave, rollout.Threshold, error) {
 	if f.version == "" {
 		return nil, rollout.Threshold{}, usagef("--firmware is required (see `fleetflow firmware list`)")
 	}
-	if f.query == "" {
-		return nil, rollout.Threshold{}, usagef("--query is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
+	if f.query == "" && f.group == "" {
+		return nil, rollout.Threshold{}, usagef("--query or --group is required, e.g. --query \"SELECT * FROM devices WHERE tags.region = 'eu'\"")
+	}
+	if _, err := fleet.TargetQuery(f.query, f.group); err != nil {
+		return nil, rollout.Threshold{}, asUsage(err)
 	}
 	waves, err := rollout.ParseWaves(f.waves)
 	if err != nil {
@@ -162,7 +165,9 @@ rollout.`,
 	addFlags := func(c *cobra.Command) {
 		fl := c.Flags()
 		fl.StringVar(&f.version, "firmware", "", "firmware version from the catalogue (required)")
-		fl.StringVar(&f.query, "query", "", "twin query selecting the target devices (required)")
+		fl.StringVar(&f.query, "query", "", "twin query selecting the target devices (or --group)")
+		_ = c.RegisterFlagCompletionFunc("query", completeQueryPaths(g))
+		addGroupFlag(g, c, &f.group)
 		fl.StringVar(&f.waves, "waves", "1%,10%,50%,100%", "cumulative waves: percentages of the targets or device counts; the last is 100%")
 		fl.StringVar(&f.maxFailures, "max-failures", "5%", "stop and roll back when failures exceed this count or percentage of dispatched devices")
 		fl.DurationVar(&f.bake, "bake", 0, "how long a device must stay healthy on the new version to count as succeeded")
@@ -173,7 +178,7 @@ rollout.`,
 	}
 	var planOut *output
 	plan := &cobra.Command{
-		Use:   "plan --firmware V --query QUERY [--waves ...]",
+		Use:   "plan --firmware V (--query QUERY | --group NAME) [--waves ...]",
 		Short: "Show the waves a rollout would run, their device counts and an estimate; changes nothing",
 		Long: `Show what rollout start would do with the same flags: how many of the selected devices already run the
 version or are inactive, the devices of each wave, the failure threshold and a duration estimate. It also
@@ -190,7 +195,7 @@ says when another running rollout holds some of the devices. Nothing is written.
 	addFlags(plan)
 	planOut = addOutputFlag(plan)
 	start := &cobra.Command{
-		Use:   "start --firmware V --query QUERY [--waves 1%,10%,50%,100%] [--max-failures 5%] [--bake 2m]",
+		Use:   "start --firmware V (--query QUERY | --group NAME) [--waves 1%,10%,50%,100%] [--max-failures 5%] [--bake 2m]",
 		Short: "Start a FirmwareRollout workflow",
 		Long: `Start a FirmwareRollout workflow and follow it until it ends (progress on stderr; --detach returns once it
 has started). The exit code is 3 when the rollout finished with failed devices (it rolled back, or stayed
@@ -271,6 +276,10 @@ func planRollout(ctx context.Context, g *globals, f *rolloutFlags, out *output) 
 	if err != nil {
 		return fw, plan, err
 	}
+	if f.query, _, err = resolveTargets(ctx, reg, f.query, f.group); err != nil {
+		return fw, plan, err
+	}
+	f.group = ""
 	plan, err = reg.PlanRollout(ctx, f.version, f.query)
 	if err != nil {
 		return fw, plan, queryError(err)

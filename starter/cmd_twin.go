@@ -18,6 +18,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
@@ -201,6 +202,10 @@ func newTwinWriteCmd(g *globals, section twin.Section) *cobra.Command {
 				return fmt.Errorf("no device %q in the registry", id)
 			case errors.Is(err, fleet.ErrPreconditionFailed):
 				return fmt.Errorf("not written: %w; read the twin again and retry with --if-match %s", err, t.ETag)
+			case errors.Is(err, scheme.ErrViolation):
+				// The merged tags would break the scheme in force: invalid input (docs/architecture.md,
+				// "Metadata scheme").
+				return usagef("not written: %w", err)
 			case err != nil:
 				return err
 			}

@@ -31,6 +31,8 @@ func commands(g *globals) []*cobra.Command {
 		inGroup(groupPlan,
 			newDevicesCmd(g),  // devices get|query|history|disable|enable (cmd_devices.go)
 			newFirmwareCmd(g), // firmware add|list (cmd_rollout.go)
+			newSchemeCmd(g),   // scheme set|show|history|check (cmd_scheme.go)
+			newGroupCmd(g),    // group create|add|remove|list|show|delete (cmd_group.go)
 		),
 		inGroup(groupProvision,
 			newProvisionCmd(g), // provision (cmd_provision.go)

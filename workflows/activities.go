@@ -47,6 +47,11 @@ type Activities interface {
 	ConfigReconcile(ctx context.Context, in ConfigReconcileInput) (ConfigReconcileResult, error)
 	// ConfigDelete takes the configuration's name and returns it.
 	ConfigDelete(ctx context.Context, name string) (string, error)
+	// SchemeStage records a `scheme set`'s version (or, without documents, finds the version in force)
+	// and starts the check; it returns the version checked.
+	SchemeStage(ctx context.Context, in SchemeStageInput) (int64, error)
+	SchemeCheckBatch(ctx context.Context, in SchemeBatchInput) (fleet.SchemeCheckProgress, error)
+	SchemeFinish(ctx context.Context, in SchemeFinishInput) (fleet.SchemeCheckEnd, error)
 }
 
 // Activity names that recorded histories hold but that now name workflows only: the activities were renamed

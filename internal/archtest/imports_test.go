@@ -54,7 +54,7 @@ func forbid(t *testing.T, pkgs []string, why string, prefixes ...string) {
 func TestImportRule(t *testing.T) {
 	servers := []string{pgx, mochi, paho, nats}
 	t.Run("domain", func(t *testing.T) {
-		forbid(t, []string{module + "internal/fleet/...", module + "internal/protocol/..."},
+		forbid(t, []string{module + "internal/fleet/...", module + "internal/protocol/...", module + "internal/scheme/...", module + "internal/query/..."},
 			"the domain imports no server client and no adapter", append(append(servers, "go.temporal.io/"), adapters...)...)
 	})
 	t.Run("pure rules", func(t *testing.T) {

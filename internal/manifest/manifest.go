@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -89,6 +90,54 @@ type csvReader struct {
 	r      *csv.Reader
 	header []string
 	idCol  int
+	// kinds[i] is how column i's cells are written into the tags object: as JSON strings unless a metadata
+	// scheme types the tag (TypeColumns).
+	kinds []CellKind
+}
+
+// CellKind is the JSON type a CSV column's cells are written as.
+type CellKind int
+
+// Cell kinds. A cell that is not a value of its column's kind is written as a string, which the scheme
+// then refuses with its path and rule.
+const (
+	CellString  CellKind = iota
+	CellInteger          // an integer: 42, -7
+	CellNumber           // any JSON number: 1.5, 2e3
+	CellBoolean          // true or false
+)
+
+// TypeColumns makes a CSV manifest write the cells of typed columns as JSON numbers or booleans: a CSV cell
+// has no type, and a metadata scheme that declares tags.floor an integer would otherwise refuse every row
+// (docs/architecture.md, "Metadata scheme"). kind is asked once per column, by its name. Other manifests
+// (NDJSON carries its own types) are left as they are.
+func TypeColumns(r Reader, kind func(column string) CellKind) {
+	c, ok := r.(*csvReader)
+	if !ok {
+		return
+	}
+	c.kinds = make([]CellKind, len(c.header))
+	for i, h := range c.header {
+		if i != c.idCol {
+			c.kinds[i] = kind(h)
+		}
+	}
+}
+
+// typedCell returns v as the JSON text of a value of kind k, and whether it is one: integers in canonical
+// form ("007" is 7), numbers only when v is already a JSON number.
+func typedCell(v string, k CellKind) (string, bool) {
+	switch k {
+	case CellInteger:
+		n, err := strconv.ParseInt(v, 10, 64)
+		return strconv.FormatInt(n, 10), err == nil
+	case CellNumber:
+		_, err := strconv.ParseFloat(v, 64)
+		return v, err == nil && json.Valid([]byte(v))
+	case CellBoolean:
+		return v, v == "true" || v == "false"
+	}
+	return "", false
 }
 
 func newCSV(r io.Reader) (*csvReader, error) {
@@ -166,7 +215,15 @@ func (c *csvReader) Next() (Row, error) {
 				}
 				buf = appendJSONString(buf, c.header[i])
 				buf = append(buf, ':')
-				buf = appendJSONString(buf, v)
+				t, typed := "", false
+				if c.kinds != nil {
+					t, typed = typedCell(v, c.kinds[i])
+				}
+				if typed {
+					buf = append(buf, t...)
+				} else {
+					buf = appendJSONString(buf, v)
+				}
 			}
 		}
 		row.Tags = append(buf, '}')

@@ -176,3 +176,24 @@ func TestManifestsAsOperatorsMakeThem(t *testing.T) {
 		})
 	}
 }
+
+func TestTypeColumnsWritesTypedCells(t *testing.T) {
+	r, err := NewReader(strings.NewReader("id,floor,ratio,indoor,site\nd1,3,0.5,true,ber\nd2,007,1e3,no,3\nd3,three,,false,x\n"), CSV)
+	require.NoError(t, err)
+	TypeColumns(r, func(col string) CellKind {
+		return map[string]CellKind{"floor": CellInteger, "ratio": CellNumber, "indoor": CellBoolean}[col]
+	})
+	var got []string
+	for {
+		row, err := r.Next()
+		if err != nil {
+			break
+		}
+		got = append(got, string(row.Tags))
+	}
+	require.Equal(t, []string{
+		`{"floor":3,"ratio":0.5,"indoor":true,"site":"ber"}`,
+		`{"floor":7,"ratio":1e3,"indoor":"no","site":"3"}`,
+		`{"floor":"three","indoor":false,"site":"x"}`, // not an integer: left a string for the scheme to refuse
+	}, got)
+}

@@ -140,12 +140,23 @@ func (c *In) Position() int { return c.Pos }
 // Position implements Condition.
 func (c *Call) Position() int { return c.Pos }
 
+// InGroup is IN_GROUP('name'): the device is a member of the named group (docs/architecture.md, "Groups").
+// A dynamic group's membership is its own condition, compiled in place; a static group's is its list.
+type InGroup struct {
+	Pos  int
+	Name string
+}
+
+// Position implements Condition.
+func (c *InGroup) Position() int { return c.Pos }
+
 func (*And) condition()        {}
 func (*Or) condition()         {}
 func (*Not) condition()        {}
 func (*Comparison) condition() {}
 func (*In) condition()         {}
 func (*Call) condition()       {}
+func (*InGroup) condition()    {}
 
 // LiteralKind is the JSON type of a literal; comparisons only match values of the same type, as in Azure.
 type LiteralKind int

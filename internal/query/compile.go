@@ -3,6 +3,7 @@ package query
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,30 @@ type Options struct {
 	// operator can run the same text with `devices query` first and see exactly which devices it covers.
 	// Aggregating queries are refused, since groups are not devices.
 	Targets bool
+	// Groups defines the device groups IN_GROUP may name (docs/architecture.md, "Groups"); a group it does
+	// not hold is an error. The registry loads the definitions GroupNames finds in the query.
+	Groups map[string]GroupDef
+	// Vocabulary is the metadata scheme (docs/architecture.md, "Metadata scheme"), nil when none is set:
+	// a tag path it does not declare is a warning, and a literal is compared as the type it declares.
+	Vocabulary Vocabulary
+}
+
+// GroupDef is what the compiler needs of a group: a static group's members are rows of
+// device_group_members; a dynamic group's are the devices its condition selects.
+type GroupDef struct {
+	Static bool
+	Where  Condition // the dynamic group's condition; nil for a static group (or a dynamic one of every device)
+}
+
+// Vocabulary is what the compiler asks of a metadata scheme. Paths are spelled as Path.String spells them
+// ("tags.region", "tags['floor 2']", "properties.reported.fw").
+type Vocabulary interface {
+	// Covers says whether the scheme describes the document the path starts in.
+	Covers(path string) bool
+	// Lookup says whether the scheme declares path, and which JSON Schema types it may hold.
+	Lookup(path string) (types []string, known bool)
+	// Suggest returns the declared path nearest to an unknown one, or "".
+	Suggest(path string) string
 }
 
 // ColumnKind tells the caller how to scan an output column, since the SQL column names (c1, c2, ...) carry
@@ -75,6 +100,12 @@ type Compiled struct {
 	Columns   []Column
 	Star      bool
 	Aggregate bool
+	// Groups are the groups the query names, directly or through a dynamic group, sorted: an operation
+	// records them so that a group in use is not deleted.
+	Groups []string
+	// Warnings are what the operator should read before trusting the answer: tag paths the scheme does
+	// not know, literals compared as the scheme's type rather than as written.
+	Warnings []string
 }
 
 // Compile parses a twin query and translates it to one parameterized Postgres statement over the devices
@@ -90,6 +121,11 @@ func Compile(q string, opts Options) (*Compiled, error) {
 }
 
 type compiler struct {
+	opts       Options
+	groupStack []string
+	groupsSeen map[string]bool
+	warned     map[string]bool
+	warnings   []string
 	args       []any
 	params     map[string]int
 	inWhere    bool
@@ -117,6 +153,7 @@ func (c *compiler) param(v any, cast string) string {
 type ref struct {
 	pos     int
 	display string     // as written, for messages
+	spelled string     // the whole path as the query language spells it, for the scheme
 	name    string     // default output column name
 	kind    ColumnKind // type of the value expression
 	column  string     // SQL column for fixed properties; "" for connectionState and JSON paths
@@ -141,7 +178,7 @@ func (r ref) key() string {
 
 func (c *compiler) resolve(p Path) (ref, error) {
 	segs := p.Segments
-	r := ref{pos: p.Pos, display: shorten(p.String()), name: segs[len(segs)-1].Name}
+	r := ref{pos: p.Pos, display: shorten(p.String()), spelled: p.String(), name: segs[len(segs)-1].Name}
 	first := segs[0]
 	plain := func(s Segment) bool { return !s.Quoted && !s.Index }
 	if !plain(first) {
@@ -198,6 +235,11 @@ func (c *compiler) resolve(p Path) (ref, error) {
 		return ref{}, e
 	}
 	r.kind = KindJSON
+	defer func() {
+		if len(r.segs) > 0 {
+			c.checkPath(r)
+		}
+	}()
 	for _, s := range rest {
 		if plain(s) && strings.HasPrefix(s.Name, "$") {
 			return ref{}, semanticErr(p.Pos, "unknown metadata property %s in %s; only properties.desired.$version and properties.reported.$version exist",
@@ -227,7 +269,7 @@ func (c *compiler) valueSQL(r ref) string {
 
 // compileQuery emits the clauses in SQL order, so that placeholders are numbered as a reader meets them.
 func compileQuery(q *Query, opts Options) (*Compiled, error) {
-	c := &compiler{params: map[string]int{}, groupKeys: map[string]bool{}}
+	c := &compiler{params: map[string]int{}, groupKeys: map[string]bool{}, opts: opts, groupsSeen: map[string]bool{}, warned: map[string]bool{}}
 	out := &Compiled{Star: q.Star}
 	var sb strings.Builder
 	sb.WriteString("SELECT ")
@@ -372,6 +414,11 @@ func compileQuery(q *Query, opts Options) (*Compiled, error) {
 	}
 	out.SQL = sb.String()
 	out.Args = c.args
+	for g := range c.groupsSeen {
+		out.Groups = append(out.Groups, g)
+	}
+	slices.Sort(out.Groups)
+	out.Warnings = c.warnings
 	return out, nil
 }
 
@@ -464,8 +511,178 @@ func (c *compiler) cond(e Condition, neg bool) (frag, error) {
 		return c.in(e, neg)
 	case *Call:
 		return c.call(e, neg)
+	case *InGroup:
+		return c.inGroup(e, neg)
 	}
 	return frag{}, fmt.Errorf("compile condition: unexpected node %T", e)
+}
+
+// maxGroupDepth bounds how deeply dynamic groups may name other groups.
+const maxGroupDepth = 8
+
+// inGroup compiles IN_GROUP: a static group as a semi-join on its member rows, a dynamic group as its own
+// condition in place (negated with the rest, so "undefined" stays false as everywhere else).
+func (c *compiler) inGroup(e *InGroup, neg bool) (frag, error) {
+	def, ok := c.opts.Groups[e.Name]
+	if !ok {
+		return frag{}, semanticErr(e.Pos, "unknown group '%s' (fleetflow group list shows the groups)", shorten(e.Name))
+	}
+	if slices.Contains(c.groupStack, e.Name) || len(c.groupStack) >= maxGroupDepth {
+		return frag{}, semanticErr(e.Pos, "group '%s' names itself through %s", shorten(e.Name), strings.Join(c.groupStack, " → "))
+	}
+	c.groupsSeen[e.Name] = true
+	if def.Static {
+		in := "IN"
+		if neg {
+			in = "NOT IN"
+		}
+		return atom("id " + in + " (SELECT device_id FROM device_group_members WHERE group_name = " + c.param(e.Name, "text") + ")"), nil
+	}
+	if def.Where == nil {
+		if neg {
+			return atom("FALSE"), nil
+		}
+		return atom("TRUE"), nil
+	}
+	c.groupStack = append(c.groupStack, e.Name)
+	f, err := c.cond(def.Where, neg)
+	c.groupStack = c.groupStack[:len(c.groupStack)-1]
+	if err != nil {
+		return frag{}, fmt.Errorf("group '%s': %w", e.Name, err)
+	}
+	return f, nil
+}
+
+// GroupNames lists the groups a condition names directly (not through other groups), in order of
+// appearance without repeats, so that the caller can load their definitions before compiling.
+func GroupNames(e Condition) []string {
+	var out []string
+	var walk func(Condition)
+	walk = func(e Condition) {
+		switch e := e.(type) {
+		case *And:
+			for _, t := range e.Terms {
+				walk(t)
+			}
+		case *Or:
+			for _, t := range e.Terms {
+				walk(t)
+			}
+		case *Not:
+			walk(e.X)
+		case *InGroup:
+			if !slices.Contains(out, e.Name) {
+				out = append(out, e.Name)
+			}
+		}
+	}
+	if e != nil {
+		walk(e)
+	}
+	return out
+}
+
+// warn records a warning once.
+func (c *compiler) warn(format string, args ...any) {
+	w := fmt.Sprintf(format, args...)
+	if !c.warned[w] {
+		c.warned[w] = true
+		c.warnings = append(c.warnings, w)
+	}
+}
+
+// checkPath warns about a JSON path the scheme does not declare, naming the nearest declared one.
+func (c *compiler) checkPath(r ref) {
+	v := c.opts.Vocabulary
+	if v == nil || !v.Covers(r.spelled) {
+		return
+	}
+	if _, ok := v.Lookup(r.spelled); ok {
+		return
+	}
+	if s := v.Suggest(r.spelled); s != "" {
+		c.warn("%s is not in the scheme; did you mean %s?", r.spelled, s)
+		return
+	}
+	c.warn("%s is not in the scheme", r.spelled)
+}
+
+// typed turns a literal into the type the scheme declares for the path, when the scheme declares exactly
+// one scalar type and the literal's text is a value of it: tags.floor = '3' compares 3 when floor is an
+// integer, so that a query cannot silently split the fleet on how a value was quoted.
+func (c *compiler) typed(r ref, lit Literal) Literal {
+	v := c.opts.Vocabulary
+	if v == nil || !r.isPath() || lit.Kind == LitNull {
+		return lit
+	}
+	types, ok := v.Lookup(r.spelled)
+	if !ok {
+		return lit
+	}
+	want := ""
+	switch {
+	case len(types) == 1:
+		want = types[0]
+	case len(types) == 2 && slices.Contains(types, "integer") && slices.Contains(types, "number"):
+		want = "number"
+	}
+	out := lit
+	switch want {
+	case "integer", "number":
+		if lit.Kind != LitString {
+			return lit
+		}
+		n, ok := canonicalNumber(lit.Text, want == "integer")
+		if !ok {
+			return lit
+		}
+		out.Kind, out.Text = LitNumber, n
+		c.warn("%s is %s in the scheme: %s compared as %s", r.spelled, article(want), lit.describe(), n)
+	case "string":
+		if lit.Kind == LitNumber {
+			out.Kind = LitString
+		} else if lit.Kind == LitBool {
+			out.Kind, out.Text = LitString, strconv.FormatBool(lit.Bool)
+		} else {
+			return lit
+		}
+		c.warn("%s is a string in the scheme: %s compared as '%s'", r.spelled, lit.describe(), shorten(out.Text))
+	case "boolean":
+		if lit.Kind != LitString || (lit.Text != "true" && lit.Text != "false") {
+			return lit
+		}
+		out.Kind, out.Bool = LitBool, lit.Text == "true"
+		c.warn("%s is a boolean in the scheme: %s compared as %s", r.spelled, lit.describe(), lit.Text)
+	}
+	return out
+}
+
+func article(t string) string {
+	if t == "integer" {
+		return "an integer"
+	}
+	return "a " + t
+}
+
+// canonicalNumber reads text as a JSON number (an integer when integer is set) and returns its canonical
+// decimal form, the form the lexer gives number literals.
+func canonicalNumber(text string, integer bool) (string, bool) {
+	if integer {
+		n, err := strconv.ParseInt(strings.TrimSpace(text), 10, 64)
+		if err != nil {
+			return "", false
+		}
+		return strconv.FormatInt(n, 10), true
+	}
+	var n json.Number
+	if err := json.Unmarshal([]byte(strings.TrimSpace(text)), &n); err != nil {
+		return "", false
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	if err != nil {
+		return "", false
+	}
+	return strconv.FormatFloat(f, 'f', -1, 64), true
 }
 
 // junction joins the terms (each negated when neg) with AND (conj) or OR.
@@ -519,6 +736,7 @@ func sqlOp(op string) string {
 
 // compare compiles "property op literal" (op already negated if needed).
 func (c *compiler) compare(r ref, op string, lit Literal) (string, error) {
+	lit = c.typed(r, lit)
 	switch {
 	case r.kind == KindText:
 		if lit.Kind != LitString {

@@ -114,7 +114,7 @@ var errorCases = []errorCase{
 	},
 	{
 		name: "unknown function", q: "SELECT * FROM devices WHERE ENDSWITH(deviceId, 'x')", syntax: true, pos: 29,
-		contains: []string{"expected one of the functions IS_DEFINED, IS_NULL or STARTSWITH, found 'ENDSWITH'"},
+		contains: []string{"expected one of the functions IS_DEFINED, IS_NULL, STARTSWITH or IN_GROUP, found 'ENDSWITH'"},
 	},
 	{
 		name: "comparing two properties", q: "SELECT * FROM devices WHERE tags.a = tags.b", syntax: true, pos: 38,

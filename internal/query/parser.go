@@ -471,10 +471,19 @@ func (p *parser) parseCall() (Condition, error) {
 	fn := strings.ToUpper(name.text)
 	switch fn {
 	case "IS_DEFINED", "IS_NULL", "STARTSWITH":
+	case "IN_GROUP":
+		if p.peek().kind != tokString {
+			return nil, p.expected("a group name as a 'string', as in IN_GROUP('lab')")
+		}
+		lit, _ := p.parseLiteral()
+		if err := p.expectPunct(")", "')'"); err != nil {
+			return nil, err
+		}
+		return &InGroup{Pos: name.pos, Name: lit.Text}, nil
 	case "COUNT":
 		return nil, syntaxErr(name.pos, "expected a condition, found the aggregate COUNT() (it may only be selected or ordered by)")
 	default:
-		return nil, syntaxErr(name.pos, "expected one of the functions IS_DEFINED, IS_NULL or STARTSWITH, found '%s'", shorten(name.text))
+		return nil, syntaxErr(name.pos, "expected one of the functions IS_DEFINED, IS_NULL, STARTSWITH or IN_GROUP, found '%s'", shorten(name.text))
 	}
 	t := p.peek()
 	if t.kind != tokIdent || isReserved(t) {

@@ -23,6 +23,10 @@ const (
 	CandidateRollouts
 	// CandidateFirmware: firmware versions of the catalogue, newest first.
 	CandidateFirmware
+	// CandidateGroups: group names.
+	CandidateGroups
+	// CandidateTagPaths: the tag paths the scheme in force declares (docs/architecture.md, "Metadata scheme").
+	CandidateTagPaths
 )
 
 // candidateSQL selects the values of each kind that start with a LIKE pattern ($1), at most $2 of them.
@@ -31,6 +35,7 @@ var candidateSQL = map[Candidates]string{
 	CandidateJobs:     `SELECT id FROM jobs WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
 	CandidateRollouts: `SELECT id FROM rollouts WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
 	CandidateFirmware: `SELECT version FROM firmware WHERE version LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
+	CandidateGroups:   `SELECT name FROM device_groups WHERE name LIKE $1 ESCAPE '\' ORDER BY name LIMIT $2`,
 }
 
 // Complete lists at most limit values of kind that start with prefix, for shell completion. A shell waits
@@ -38,7 +43,7 @@ var candidateSQL = map[Candidates]string{
 // check) and gives up after timeout; the caller shows nothing on any error.
 func Complete(ctx context.Context, url string, kind Candidates, prefix string, limit int, timeout time.Duration) ([]string, error) {
 	sql, ok := candidateSQL[kind]
-	if !ok {
+	if !ok && kind != CandidateTagPaths {
 		return nil, fmt.Errorf("complete: unknown kind %d", kind)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -56,6 +61,9 @@ func Complete(ctx context.Context, url string, kind Candidates, prefix string, l
 		return nil, fmt.Errorf("complete: connect: %w", err)
 	}
 	defer pool.Close()
+	if kind == CandidateTagPaths {
+		return completeTagPaths(ctx, pool, prefix, limit)
+	}
 	rows, err := pool.Query(ctx, sql, likePrefix(prefix), limit)
 	if err != nil {
 		return nil, fmt.Errorf("complete: %w", err)
@@ -76,4 +84,19 @@ func likePrefix(p string) string {
 	}
 	b.WriteByte('%')
 	return b.String()
+}
+
+// completeTagPaths offers the declared tag paths that start with prefix.
+func completeTagPaths(ctx context.Context, pool *pgxpool.Pool, prefix string, limit int) ([]string, error) {
+	s, err := activeScheme(ctx, pool)
+	if err != nil || s == nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range s.TagPaths() {
+		if strings.HasPrefix(p, prefix) && len(out) < limit {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }

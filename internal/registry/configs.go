@@ -43,7 +43,7 @@ func (r *Registry) TargetSQL(ctx context.Context, t fleet.Target) (*query.Compil
 		if !groupName.MatchString(t.Group) {
 			return nil, fmt.Errorf("group %q: %w: want a-z 0-9 . _ -", t.Group, fleet.ErrUnknownGroup)
 		}
-		return r.compileTarget(ctx, "SELECT * FROM devices WHERE IN_GROUP('"+t.Group+"')")
+		return r.compileTarget(ctx, fleet.GroupQuery(t.Group))
 	}
 	return r.compileTarget(ctx, t.Query)
 }
@@ -66,8 +66,8 @@ var groupName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 // compileTarget is the one place the configurations and maintenance windows compile a target query: where
 // query compilation needs the registry (groups named in the query), it is done here.
-func (r *Registry) compileTarget(_ context.Context, text string) (*query.Compiled, error) {
-	return targetsSQL(text)
+func (r *Registry) compileTarget(ctx context.Context, text string) (*query.Compiled, error) {
+	return r.targetsSQL(ctx, r.pool, text)
 }
 
 // param is the placeholder of the next argument after args.

@@ -117,6 +117,17 @@ func (r *Registry) UpdateTwin(ctx context.Context, id string, section twin.Secti
 		if err != nil {
 			return err
 		}
+		if section == twin.Tags {
+			// Checked in the writing transaction, against the scheme in force (docs/architecture.md,
+			// "Metadata scheme"): the merged document, not the patch, is what must satisfy it.
+			s, err := activeScheme(ctx, tx)
+			if err != nil {
+				return err
+			}
+			if err := checkTags(s, id, merged); err != nil {
+				return err
+			}
+		}
 		col, ver := "tags", "tags_version"
 		if section == twin.Desired {
 			col, ver = "desired", "desired_version"

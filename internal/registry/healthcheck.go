@@ -94,7 +94,8 @@ type compliance struct {
 // depends on other rows; it is joined (LEFT JOIN on the set's ids) and tested by the join's match, in the
 // same CASE. Rollouts whose query no longer compiles are left out, not fatal: the rest of the check still
 // matters. n is the number of the statement's own parameters ($5 and $6 are the versions and ids arrays).
-func buildCompliance(rollouts []complianceRollout, n int) compliance {
+func buildCompliance(rollouts []complianceRollout, n int, opts query.Options) compliance {
+	opts.Targets = true
 	var c compliance
 	var joins, version, rollout []string
 	for _, ro := range rollouts {
@@ -102,7 +103,7 @@ func buildCompliance(rollouts []complianceRollout, n int) compliance {
 		if err != nil {
 			continue
 		}
-		compiled, err := targetsSQL(ro.query)
+		compiled, err := query.Compile(ro.query, opts)
 		if err != nil {
 			continue
 		}
@@ -281,7 +282,11 @@ func findProblems(ctx context.Context, tx pgx.Tx, rules health.Rules, now time.T
 	if err != nil {
 		return 0, nil, err
 	}
-	c := buildCompliance(rollouts, 6)
+	opts, err := complianceOptions(ctx, tx, rollouts)
+	if err != nil {
+		return 0, nil, err
+	}
+	c := buildCompliance(rollouts, 6, opts)
 	args := []any{now.Add(-rules.OfflineAfter), now.Add(-rules.AckWithin), now.Add(rules.ExpiringWithin), now}
 	if c.hasRollouts {
 		// Postgres must see every parameter it is given, so these go only with the SQL that reads them.
@@ -308,6 +313,30 @@ func (r *Registry) FindProblems(ctx context.Context, tx pgx.Tx, rules health.Rul
 	}
 	n, _, err := findProblems(ctx, tx, rules, now)
 	return n, err
+}
+
+// complianceOptions compiles the rollouts' queries as they were compiled when the rollouts were created:
+// with the groups they name and the scheme in force.
+func complianceOptions(ctx context.Context, tx pgx.Tx, rollouts []complianceRollout) (query.Options, error) {
+	var opts query.Options
+	var names []string
+	for _, ro := range rollouts {
+		if parsed, err := query.Parse(ro.query); err == nil {
+			names = append(names, query.GroupNames(parsed.Where)...)
+		}
+	}
+	var err error
+	if opts.Groups, err = loadGroupDefs(ctx, tx, names); err != nil {
+		return opts, err
+	}
+	s, err := activeScheme(ctx, tx)
+	if err != nil {
+		return opts, err
+	}
+	if s != nil {
+		opts.Vocabulary = s
+	}
+	return opts, nil
 }
 
 // complianceRollouts returns the newest completed rollout per distinct query, newest first, at most

@@ -39,14 +39,9 @@ type JobDevice struct {
 	UpdatedAt time.Time       `json:"updatedAt"`
 }
 
-// targetsSQL compiles a target query to a statement selecting device ids, with its arguments.
-func targetsSQL(q string) (*query.Compiled, error) {
-	return query.Compile(q, query.Options{Targets: true})
-}
-
 // CountTargets returns how many devices a target query selects (for dry runs and plans).
 func (r *Registry) CountTargets(ctx context.Context, q string) (int64, error) {
-	c, err := targetsSQL(q)
+	c, err := r.targetsSQL(ctx, r.pool, q)
 	if err != nil {
 		return 0, err
 	}
@@ -67,7 +62,7 @@ func (r *Registry) CreateJob(ctx context.Context, spec fleet.NewJob) (int64, err
 	var c *query.Compiled
 	if spec.IDs == nil {
 		var err error
-		if c, err = targetsSQL(spec.Query); err != nil {
+		if c, err = r.targetsSQL(ctx, r.pool, spec.Query); err != nil {
 			return 0, err
 		}
 	} else if len(spec.IDs) == 0 {
@@ -88,6 +83,9 @@ func (r *Registry) CreateJob(ctx context.Context, spec fleet.NewJob) (int64, err
 			return nil
 		}
 		if c != nil {
+			if err := recordGroupUses(ctx, tx, "job", spec.ID, c.Groups); err != nil {
+				return err
+			}
 			args := append(append([]any(nil), c.Args...), spec.ID)
 			tag, err = tx.Exec(ctx, "INSERT INTO job_devices (job_id, seq, device_id) SELECT $"+strconv.Itoa(len(args))+
 				"::text, row_number() OVER (ORDER BY id) - 1, id FROM ("+c.SQL+") t", args...)

@@ -17,6 +17,8 @@ type QueryResult struct {
 	Twins   []twin.Twin
 	Columns []string
 	Rows    [][]any
+	// Warnings are the compiler's (tag paths the scheme does not know, literals typed by the scheme).
+	Warnings []string `json:"-"`
 }
 
 // Objects returns the rows as objects keyed by column name (twins for SELECT *), the form scripts consume.
@@ -41,7 +43,7 @@ func (q *QueryResult) Objects() []any {
 // Query runs a twin query. It is strongly consistent: it reads the registry itself, not an index that lags.
 // The query is compiled to SQL in which every literal and path is a parameter.
 func (r *Registry) Query(ctx context.Context, q string, opts query.Options) (*QueryResult, error) {
-	c, err := query.Compile(q, opts)
+	c, err := r.compileQuery(ctx, r.pool, q, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +52,7 @@ func (r *Registry) Query(ctx context.Context, q string, opts query.Options) (*Qu
 		return nil, fmt.Errorf("run query: %w", err)
 	}
 	defer rows.Close()
-	res := &QueryResult{Star: c.Star}
+	res := &QueryResult{Star: c.Star, Warnings: c.Warnings}
 	for _, col := range c.Columns {
 		res.Columns = append(res.Columns, col.Name)
 	}

@@ -9,11 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 )
 
 // Registry is the device registry backed by a pgx pool. It is safe for concurrent use.
@@ -22,6 +25,10 @@ type Registry struct {
 	url  string
 	// listenURL is where ListenDeviceChanges connects: Options.ListenURL, else url.
 	listenURL string
+	// The scheme in force as last read for compiling queries, and when (see compileQuery).
+	schemeMu sync.Mutex
+	scheme   *scheme.Scheme
+	schemeAt time.Time
 }
 
 // Open connects to Postgres and checks that the schema is at the version this binary needs (SchemaVersion).

@@ -23,6 +23,18 @@ type FleetReport struct {
 	Firmware []VersionCount `json:"firmware"` // most devices first, then by version
 	Alerts   []KindCount    `json:"alerts"`   // open alerts: every kind of AlertKinds in its order, then others by name
 	Health   []HealthRun    `json:"health"`   // the latest health checks with a summary, oldest first
+	// Groups are the device groups with their member counts now, by name (at most ReportGroups).
+	Groups []GroupCount `json:"groups"`
+}
+
+// ReportGroups bounds the groups a report counts: each costs one query over the devices it selects.
+const ReportGroups = 50
+
+// GroupCount is a group in the report (docs/architecture.md, "Groups").
+type GroupCount struct {
+	Name    string `json:"name"`
+	Static  bool   `json:"static"`
+	Members int64  `json:"members"`
 }
 
 // DeviceCounts counts the devices by status and, for those not retired, by connection.
@@ -111,6 +123,27 @@ func (r *Registry) ReportData(ctx context.Context) (FleetReport, error) {
 			return fmt.Errorf("read health runs: %w", err)
 		}
 		slices.Reverse(rep.Health) // oldest first, the order a trend is read in
+
+		rows, err = tx.Query(ctx, "SELECT name, query IS NULL FROM device_groups ORDER BY name LIMIT $1", ReportGroups)
+		if err != nil {
+			return fmt.Errorf("read groups: %w", err)
+		}
+		rep.Groups, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (GroupCount, error) {
+			var g GroupCount
+			return g, row.Scan(&g.Name, &g.Static)
+		})
+		if err != nil {
+			return fmt.Errorf("read groups: %w", err)
+		}
+		for i := range rep.Groups {
+			c, err := r.targetsSQL(ctx, tx, fleet.GroupQuery(rep.Groups[i].Name))
+			if err != nil {
+				return fmt.Errorf("group %s: %w", rep.Groups[i].Name, err)
+			}
+			if err := tx.QueryRow(ctx, "SELECT count(*) FROM ("+c.SQL+") t", c.Args...).Scan(&rep.Groups[i].Members); err != nil {
+				return fmt.Errorf("count group %s: %w", rep.Groups[i].Name, err)
+			}
+		}
 		return nil
 	})
 	if err != nil {

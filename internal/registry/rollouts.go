@@ -64,7 +64,7 @@ func reportedVersionSQL(alias string) string {
 // holds any of those devices. It writes nothing.
 func (r *Registry) PlanRollout(ctx context.Context, version, q string) (RolloutPlan, error) {
 	var p RolloutPlan
-	c, err := targetsSQL(q)
+	c, err := r.targetsSQL(ctx, r.pool, q)
 	if err != nil {
 		return p, err
 	}
@@ -105,7 +105,7 @@ func findConflict(ctx context.Context, q querier, targets string, args []any) (*
 // (its own claims are no conflict) and its total returned. It fails with fleet.ErrUnknownFirmware,
 // fleet.ErrEmptyTarget or a *fleet.RolloutConflictError, leaving nothing behind.
 func (r *Registry) CreateRollout(ctx context.Context, spec fleet.NewRollout) (int64, error) {
-	c, err := targetsSQL(spec.Query)
+	c, err := r.targetsSQL(ctx, r.pool, spec.Query)
 	if err != nil {
 		return 0, err
 	}
@@ -138,6 +138,9 @@ func (r *Registry) CreateRollout(ctx context.Context, spec fleet.NewRollout) (in
 		if _, err := tx.Exec(ctx, "INSERT INTO rollouts (id, version, query, spec) VALUES ($1, $2, $3, $4)",
 			spec.ID, spec.Version, spec.Query, string(spec.Spec)); err != nil {
 			return fmt.Errorf("create rollout %s: %w", spec.ID, err)
+		}
+		if err := recordGroupUses(ctx, tx, "rollout", spec.ID, c.Groups); err != nil {
+			return err
 		}
 		args := append(append([]any(nil), c.Args...), spec.ID, spec.Version)
 		id, v := "$"+strconv.Itoa(len(args)-1)+"::text", "$"+strconv.Itoa(len(args))+"::text"

@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -51,6 +52,15 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 		results[i] = fleet.PatchResult{DeviceID: p.DeviceID, Err: notFound(p.DeviceID)}
 	}
 	err := func() error {
+		var sch *scheme.Scheme
+		if section == twin.Tags {
+			// Each device's merged tags must satisfy the scheme in force (docs/architecture.md, "Metadata
+			// scheme"); a device whose merge breaks it is refused alone, like any other refused patch.
+			var err error
+			if sch, err = activeScheme(ctx, tx); err != nil {
+				return err
+			}
+		}
 		// col is one of two fixed identifiers chosen above, never input.
 		rows, err := tx.Query(ctx, "SELECT id, status, "+col+", online FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
 		if err != nil {
@@ -75,6 +85,10 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 			merged, err := twin.Apply(section, doc, patches[i].Patch)
 			if err != nil {
 				res.Err = fmt.Errorf("device %s: %w", id, err)
+				continue
+			}
+			if err := checkTags(sch, id, merged); err != nil {
+				res.Err = err
 				continue
 			}
 			wIDs = append(wIDs, id)

@@ -52,6 +52,7 @@ type view struct {
 	Firmware             barChart
 	Alerts               barChart
 	AlertsTotal          string
+	Groups               *barChart // nil when the fleet has no groups
 	Ops                  []opRow
 	OpsMore              bool
 	OpsError             string
@@ -139,6 +140,10 @@ func newView(d Data) view {
 	alerts := alertBars(d.Alerts)
 	v.Alerts = newBarChart("alerts", alerts, -1, "open alert", "open alerts")
 	v.AlertsTotal = Thousands(sum(alerts))
+	if len(d.Groups) > 0 {
+		g := newBarChart("groups", groupBars(d.Groups), -1, "device", "devices")
+		v.Groups = &g
+	}
 
 	v.OpsError, v.OpsMore = d.OperationsError, d.OperationsMore
 	for _, o := range d.Operations {

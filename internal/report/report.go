@@ -163,3 +163,16 @@ func HealthTrends(runs []registry.HealthRun) []Trend {
 	}
 	return t
 }
+
+// groupBars draws each group's member count, labelled with its name and kind.
+func groupBars(groups []registry.GroupCount) []Bar {
+	bars := make([]Bar, len(groups))
+	for i, g := range groups {
+		kind := "dynamic"
+		if g.Static {
+			kind = "static"
+		}
+		bars[i] = Bar{Label: g.Name + " (" + kind + ")", Value: g.Members}
+	}
+	return bars
+}

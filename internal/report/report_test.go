@@ -48,6 +48,7 @@ func sample() report.Data {
 		{Kind: registry.AlertFirmwareNoncompliant, Open: 500},
 		{Kind: registry.AlertCredentialExpiring, Open: 3},
 	}
+	d.Groups = []registry.GroupCount{{Name: "bench", Static: true, Members: 12}, {Name: "eu-canary", Members: 10_000}}
 	d.Operations = []report.Operation{
 		{ID: "rollout-2.15.0-3", Type: "FirmwareRollout", Op: "rollout", State: "running", Stage: "wave 2/4",
 			Total: 10_000, Done: 3_000, Failed: 200, StartedAt: at.Add(-40 * time.Minute)},

@@ -66,6 +66,13 @@ func BuildText(w io.Writer, d Data) error {
 	writeBars(bw, alerts, -1)
 	p("\n")
 
+	if len(d.Groups) > 0 {
+		// Only when groups exist: a fleet without groups reads as before (docs/architecture.md, "Groups").
+		p("GROUPS  %d\n", len(d.Groups))
+		writeBars(bw, groupBars(d.Groups), -1)
+		p("\n")
+	}
+
 	switch {
 	case d.OperationsError != "":
 		p("OPERATIONS IN FLIGHT  unavailable: %s\n\n", Clean(d.OperationsError, 1000))

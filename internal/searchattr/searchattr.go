@@ -61,6 +61,8 @@ const (
 	OpHealthCheck  = "healthcheck"
 	OpDecommission = "decommission"
 	OpConfig       = "configuration"
+	// OpSchemeCheck: a SchemeCheck, of `scheme set` or `scheme check` (docs/architecture.md, "Metadata scheme").
+	OpSchemeCheck = "scheme-check"
 )
 
 // Values of FleetOpState.
