@@ -40,6 +40,8 @@ type Activities interface {
 	PurgeArchivedDevices(ctx context.Context, in PurgeInput) (PurgeResult, error)
 
 	RunHealthCheck(ctx context.Context, in RunHealthCheckInput) (HealthCheckResult, error)
+
+	RegisterEnrolledDevice(ctx context.Context, in fleet.Registration) (fleet.RegistrationOutcome, error)
 }
 
 // Activity names that recorded histories hold but that now name workflows only: the activities were renamed

@@ -130,6 +130,7 @@ func Register(w worker.Registry, acts *activities.Activities) {
 	w.RegisterWorkflow(workflows.ReplaceDevice)
 	w.RegisterWorkflow(workflows.PurgeArchive)
 	w.RegisterWorkflow(workflows.FleetHealthCheck)
+	w.RegisterWorkflow(workflows.RegisterDevice)
 	if acts != nil {
 		w.RegisterActivity(acts)
 		w.RegisterActivityWithOptions(acts.ReplaceDeviceRecord, activity.RegisterOptions{Name: workflows.LegacyActReplaceDevice})

@@ -102,6 +102,12 @@ type Config struct {
 	// devices (internal/channel's Relay over NATS). Nil: no downlinks, uplinks only (tests of ingest and auth).
 	// The gateway does not close it.
 	Downlinks Downlinks
+	// Enroller registers devices on first contact (docs/architecture.md, "Zero-touch enrollment"): a CONNECT
+	// of an id the registry does not know, whose password is derived from an enabled enrollment group's key,
+	// is held while the device is registered and then admitted. Nil: unknown ids are refused.
+	Enroller Enroller
+	// EnrollTimeout bounds how long a CONNECT waits for its registration (default 10 s).
+	EnrollTimeout time.Duration
 
 	// AuthCacheSize caps the number of cached device records (default 100,000).
 	AuthCacheSize int
@@ -199,6 +205,16 @@ func (c *Config) setDefaults() {
 	def(&c.MaxInflight, 256)
 	defDur(&c.SessionExpiry, time.Hour)
 	def(&c.MaxPacketSize, 256*1024)
+	if c.EnrollTimeout <= 0 {
+		c.EnrollTimeout = 10 * time.Second
+	}
+}
+
+// Enroller registers unknown devices that prove membership of an enrollment group (internal/enroll's
+// Enroller): ok when the device exists now; reason when a group matched but refused it; err when the
+// registration could not be run.
+type Enroller interface {
+	Enroll(ctx context.Context, id, secret string) (ok bool, reason string, err error)
 }
 
 // Stats are the gateway's counters since start; Config.Metrics exports them as Prometheus metrics.
@@ -237,6 +253,8 @@ type Stats struct {
 	AuthNegativeHits  int64 // CONNECTs of unknown ids answered from the negative cache
 	AuthRateLimited   int64 // CONNECTs refused without a lookup: their address had used up its failures
 	AuthShed          int64 // CONNECTs of never-seen ids refused at once: too many such lookups waited
+	Enrolled          int64 // unknown ids registered on first contact through an enrollment group
+	EnrollRefused     int64 // unknown ids whose derived secret matched a group that refused them, or whose registration failed
 }
 
 // counters are the atomics behind Stats.
@@ -246,7 +264,7 @@ type counters struct {
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
-	authRateLimited                                                                   atomic.Int64
+	authRateLimited, enrolled, enrollRefused                                          atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -598,6 +616,8 @@ func (g *Gateway) Stats() Stats {
 		AuthNegativeHits:  g.auth.negHits.Load(),
 		AuthRateLimited:   g.c.authRateLimited.Load(),
 		AuthShed:          g.auth.coldShed.Load(),
+		Enrolled:          g.c.enrolled.Load(),
+		EnrollRefused:     g.c.enrollRefused.Load(),
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
@@ -92,6 +93,13 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return refuse("will topic outside the device's topics", "topic", pk.Connect.WillTopic)
 	}
 	a, _, err := g.auth.get(id)
+	if errors.Is(err, fleet.ErrNotFound) && g.cfg.Enroller != nil && cert == nil {
+		var reason string
+		a, reason, err = g.enroll(id, string(pk.Connect.Password))
+		if reason != "" {
+			return refuseOnly("enrollment refused", "reason", reason)
+		}
+	}
 	if err != nil {
 		if errors.Is(err, fleet.ErrNotFound) {
 			return refuse("unknown device")
@@ -123,6 +131,32 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	}
 	g.nums.hold(cl, num)
 	return true
+}
+
+// enroll registers an unknown id whose password is derived from an enrollment group's key and returns its
+// new record (docs/architecture.md, "Zero-touch enrollment"); fleet.ErrNotFound when the password matches no
+// group, and a reason when a group matched but refused the device.
+func (g *Gateway) enroll(id, password string) (fleet.DeviceAuth, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.EnrollTimeout)
+	defer cancel()
+	ok, reason, err := g.cfg.Enroller.Enroll(ctx, id, password)
+	if err != nil {
+		g.c.enrollRefused.Add(1)
+		g.log.Warn("connect refused: registration failed", "client", id, "err", err)
+		return fleet.DeviceAuth{}, "registration failed", nil
+	}
+	if reason != "" {
+		g.c.enrollRefused.Add(1)
+		return fleet.DeviceAuth{}, reason, nil
+	}
+	if !ok {
+		return fleet.DeviceAuth{}, "", fleet.ErrNotFound
+	}
+	g.c.enrolled.Add(1)
+	// The registry's insert notice clears the negative cache too, but it may not have arrived yet.
+	g.auth.invalidate(id)
+	a, _, err := g.auth.get(id)
+	return a, "", err
 }
 
 // authService refuses the MQTT login fleetflow's services used before they moved to NATS (docs/architecture.md,

@@ -50,6 +50,7 @@ const (
 	OpJob          = "job"
 	OpHealthCheck  = "healthcheck"
 	OpDecommission = "decommission"
+	OpEnroll       = "enroll"
 )
 
 // Values of FleetOpState.

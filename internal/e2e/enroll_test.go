@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
+
+	"github.com/fleetflow/fleetflow/internal/enroll"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/workflows"
+)
+
+// gatewayProcess runs the fleetflow binary's gateway on a free loopback port with extra environment and
+// returns its MQTT URL; it stops when the test ends.
+func (e *env) gatewayProcess(extraEnv ...string) string {
+	e.t.Helper()
+	cmd := exec.Command(bins.cli, "gateway", "--listen", "127.0.0.1:0", "--metrics-listen", "")
+	cmd.Env = append(e.environ(), extraEnv...)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(e.t, err)
+	var logs syncBuffer
+	cmd.Stderr = &logs
+	require.NoError(e.t, cmd.Start())
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if e.t.Failed() {
+			e.t.Logf("gateway log:\n%s", logs.String())
+		}
+	})
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		re := regexp.MustCompile(`gateway listening on (\S+)`)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+	}()
+	select {
+	case a := <-addr:
+		return "tcp://" + a
+	case <-time.After(60 * time.Second):
+		e.t.Fatalf("the gateway did not start:\n%s", logs.String())
+		return ""
+	}
+}
+
+// connectOnce makes one MQTT 3.1.1 CONNECT with a patient timeout (a first contact waits for its
+// registration) and no retries, and returns the client or the CONNACK's refusal.
+func connectOnce(t *testing.T, url, id, secret string) (paho.Client, error) {
+	t.Helper()
+	opts := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetUsername(id).SetPassword(secret).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(30 * time.Second)
+	c := paho.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(40 * time.Second) {
+		return nil, fmt.Errorf("connect of %s timed out", id)
+	}
+	if err := tok.Error(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	return c, nil
+}
+
+// TestZeroTouchEnrollment drives enrollment through the real binaries: the CLI creates groups, the gateway
+// process verifies derived secrets and starts RegisterDevice on the Temporal server, the worker process
+// registers the device, and the device is admitted with the group's tags and desired properties.
+func TestZeroTouchEnrollment(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	master, err := enroll.NewKey()
+	require.NoError(t, err)
+	keyEnv := enroll.MasterKeyEnv + "=" + enroll.EncodeKey(master)
+	e.workerProcess()
+	url := e.gatewayProcess(keyEnv)
+	dir := t.TempDir()
+
+	// The CLI needs the master key to seal the group key; without one it says how to get one.
+	cmdNoKey := exec.CommandContext(ctx, bins.cli, "enroll", "create", "nokey")
+	cmdNoKey.Env = append(e.environ(), enroll.MasterKeyEnv+"=", enroll.MasterKeyFileEnv+"=")
+	cmdNoKey.Dir = dir
+	out, err := cmdNoKey.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), enroll.MasterKeyEnv)
+
+	cli := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, bins.cli, args...)
+		cmd.Env = append(e.environ(), keyEnv)
+		cmd.Dir = dir
+		var o, eb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &eb
+		err := cmd.Run()
+		return o.String() + eb.String(), err
+	}
+	labKey := filepath.Join(dir, "lab.key")
+	out2, err := cli("enroll", "create", "lab", "--tags", `{"site":"lab","floor":2}`, "--desired", `{"interval":30}`,
+		"--max", "3", "--id-pattern", "lab-[0-9]+", "--key-out", labKey)
+	require.NoError(t, err, out2)
+	key, err := groupKeyFlag(labKey)
+	require.NoError(t, err)
+	// Bad input: a second group of the same name, an invalid pattern, tags that are not an object.
+	out2, err = cli("enroll", "create", "lab")
+	require.Error(t, err)
+	require.Contains(t, out2, "exists")
+	out2, err = cli("enroll", "create", "bad", "--id-pattern", "lab-[")
+	require.Error(t, err)
+	require.Contains(t, out2, "id pattern")
+	out2, err = cli("enroll", "create", "bad", "--tags", `[1]`)
+	require.Error(t, err)
+	require.Contains(t, out2, "--tags")
+
+	// `enroll secret` derives what the factory burns in, offline.
+	out2, err = cli("enroll", "secret", "--key-file", labKey, "lab-1")
+	require.NoError(t, err, out2)
+	require.Equal(t, "lab-1 "+enroll.DeriveSecret(key, "lab-1"), strings.TrimSpace(out2))
+
+	// First contact registers the device, which is then admitted.
+	_, err = connectOnce(t, url, "lab-1", enroll.DeriveSecret(key, "lab-1"))
+	require.NoError(t, err, "first contact with a derived secret")
+	d, err := e.reg.GetDevice(ctx, "lab-1")
+	require.NoError(t, err)
+	require.Equal(t, "enrollment/lab", d.Provisioned)
+	tw, err := e.reg.GetTwin(ctx, "lab-1")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"site":"lab","floor":2}`, string(tw.Tags))
+	var desired map[string]any
+	require.NoError(t, json.Unmarshal(tw.Properties.Desired.Doc, &desired))
+	require.EqualValues(t, 30, desired["interval"])
+	hist, err := e.reg.DeviceHistory(ctx, "lab-1", 50)
+	require.NoError(t, err)
+	require.True(t, hasEvent(hist, registry.EventEnrolled), "the timeline records the registration: %+v", hist)
+	desc, err := e.tc.DescribeWorkflowExecution(ctx, workflows.RegisterDeviceWorkflowID("lab-1"), "")
+	require.NoError(t, err)
+	require.Equal(t, enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED, desc.WorkflowExecutionInfo.Status)
+
+	// A wrong secret, a derived secret for an id outside the pattern, and another group's secret are refused
+	// and register nothing.
+	_, err = connectOnce(t, url, "lab-2", enroll.DeriveSecret(key, "lab-9"))
+	require.Error(t, err)
+	_, err = connectOnce(t, url, "other-1", enroll.DeriveSecret(key, "other-1"))
+	require.Error(t, err)
+	for _, id := range []string{"lab-2", "other-1"} {
+		_, err := e.reg.GetDevice(ctx, id)
+		require.ErrorIs(t, err, fleet.ErrNotFound, id)
+	}
+
+	// The group registers at most 3 devices; a repeated first contact counts once.
+	for _, id := range []string{"lab-2", "lab-3"} {
+		_, err = connectOnce(t, url, id, enroll.DeriveSecret(key, id))
+		require.NoError(t, err, id)
+	}
+	_, err = connectOnce(t, url, "lab-1", enroll.DeriveSecret(key, "lab-1"))
+	require.NoError(t, err, "a registered device reconnects as any device")
+	_, err = connectOnce(t, url, "lab-4", enroll.DeriveSecret(key, "lab-4"))
+	require.Error(t, err, "the group is full")
+	g, err := e.reg.EnrollmentGroup(ctx, "lab")
+	require.NoError(t, err)
+	require.EqualValues(t, 3, g.Registered)
+	require.EqualValues(t, 1, g.Refused, "lab-4 refused by the cap")
+	out2, err = cli("enroll", "list")
+	require.NoError(t, err, out2)
+	require.Regexp(t, `(?m)^lab\s+symmetric\s+enabled\s+3\s+1\s+3\s+lab-\[0-9\]\+`, out2)
+
+	// Disabling stops registrations at once; enabling lets them through again.
+	out2, err = cli("enroll", "create", "line-b", "--key-out", filepath.Join(dir, "b.key"))
+	require.NoError(t, err, out2)
+	bKey, err := groupKeyFlag(filepath.Join(dir, "b.key"))
+	require.NoError(t, err)
+	out2, err = cli("enroll", "disable", "line-b")
+	require.NoError(t, err, out2)
+	_, err = connectOnce(t, url, "b-1", enroll.DeriveSecret(bKey, "b-1"))
+	require.Error(t, err, "a disabled group registers nobody")
+	out2, err = cli("enroll", "enable", "line-b")
+	require.NoError(t, err, out2)
+	require.Eventually(t, func() bool {
+		_, err := connectOnce(t, url, "b-1", enroll.DeriveSecret(bKey, "b-1"))
+		return err == nil
+	}, 30*time.Second, 500*time.Millisecond, "b-1 registers once line-b is enabled again")
+
+	// A retired device does not come back through enrollment.
+	out2, err = cli("retire", "lab-2")
+	require.NoError(t, err, out2)
+	_, err = connectOnce(t, url, "lab-2", enroll.DeriveSecret(key, "lab-2"))
+	require.Error(t, err, "a retired id stays retired")
+}
+
+// groupKeyFlag reads a group key file as the CLI wrote it.
+func groupKeyFlag(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return enroll.ParseKey(string(b))
+}
+
+func hasEvent(h []registry.HistoryEntry, kind string) bool {
+	for _, x := range h {
+		if x.Kind == kind {
+			return true
+		}
+	}
+	return false
+}

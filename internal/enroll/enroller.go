@@ -1,0 +1,193 @@
+package enroll
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+)
+
+// Registrar registers a device that proved membership of a group: the gateway's implementation starts the
+// RegisterDevice workflow and waits for its outcome.
+type Registrar interface {
+	Register(ctx context.Context, reg fleet.Registration) (fleet.RegistrationOutcome, error)
+}
+
+// GroupLister lists the enrollment groups (the registry's fleet.EnrollStore does).
+type GroupLister interface {
+	EnrollmentGroups(ctx context.Context) ([]fleet.EnrollmentGroup, error)
+}
+
+// DefaultRefresh is how often the Enroller re-reads the groups: a group created, disabled or re-enabled is
+// seen within this time. Disabling is exact anyway, since the registration itself re-checks the group.
+const DefaultRefresh = 5 * time.Second
+
+// minReload is how soon after a load a CONNECT that matched no group may load again: a group created a
+// moment ago is found at once, while a flood of ids that match nothing reloads at most this often.
+const minReload = time.Second
+
+// Enroller decides, for an id the registry does not know, whether the secret it presented is derived from
+// an enabled group's key, and if so has it registered. It is safe for concurrent use.
+type Enroller struct {
+	groups    GroupLister
+	sealer    *Sealer
+	registrar Registrar
+	log       *slog.Logger
+	refresh   time.Duration
+	now       func() time.Time
+
+	snap    atomic.Pointer[snapshot]
+	loading sync.Mutex
+
+	attempts   atomic.Int64 // unknown ids that presented a secret
+	matched    atomic.Int64 // of those, secrets derived from an enabled group's key
+	registered atomic.Int64 // registrations that succeeded
+	refused    atomic.Int64 // registrations the group refused (disabled, full, pattern, id taken)
+	failed     atomic.Int64 // registrations that could not be run (workflow or registry unreachable)
+}
+
+// snapshot is the groups as last read, keys opened.
+type snapshot struct {
+	at     time.Time
+	groups []openGroup
+	err    error
+}
+
+type openGroup struct {
+	name    string
+	key     []byte
+	pattern *regexp.Regexp
+}
+
+// New returns an Enroller over the registry's groups, opening their keys with sealer and registering
+// through r.
+func New(groups GroupLister, sealer *Sealer, r Registrar, log *slog.Logger) *Enroller {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Enroller{groups: groups, sealer: sealer, registrar: r, log: log, refresh: DefaultRefresh, now: time.Now}
+}
+
+// SetRefresh changes how often groups are re-read (tests make it short).
+func (e *Enroller) SetRefresh(d time.Duration) { e.refresh = d }
+
+// Stats are the Enroller's counters.
+type Stats struct {
+	Attempts, Matched, Registered, Refused, Failed int64
+}
+
+// Stats returns the counters.
+func (e *Enroller) Stats() Stats {
+	return Stats{Attempts: e.attempts.Load(), Matched: e.matched.Load(), Registered: e.registered.Load(),
+		Refused: e.refused.Load(), Failed: e.failed.Load()}
+}
+
+// Enroll registers id if secret is derived from an enabled group's key under which id may register. It
+// returns whether the device exists now, and why not when a group matched but refused it; err is for a
+// registration that could not be run.
+func (e *Enroller) Enroll(ctx context.Context, id, secret string) (ok bool, reason string, err error) {
+	if secret == "" {
+		return false, "", nil
+	}
+	e.attempts.Add(1)
+	g, found := e.match(ctx, id, secret, false)
+	if !found {
+		if s := e.snap.Load(); s != nil && e.now().Sub(s.at) >= minReload {
+			g, found = e.match(ctx, id, secret, true)
+		}
+		if !found {
+			return false, "", nil
+		}
+	}
+	e.matched.Add(1)
+	out, err := e.registrar.Register(ctx, fleet.Registration{DeviceID: id, Group: g, SecretDigest: creds.Digest(secret)})
+	if err != nil {
+		e.failed.Add(1)
+		return false, "", fmt.Errorf("register %s through group %s: %w", id, g, err)
+	}
+	if !out.Registered {
+		e.refused.Add(1)
+		return false, out.Reason, nil
+	}
+	e.registered.Add(1)
+	if out.Created {
+		e.log.Info("device enrolled", "device", id, "group", g)
+	}
+	return true, "", nil
+}
+
+// match finds the enabled group whose derived secret for id is secret.
+func (e *Enroller) match(ctx context.Context, id, secret string, reload bool) (string, bool) {
+	s := e.current(ctx, reload)
+	for _, g := range s.groups {
+		if g.pattern != nil && !g.pattern.MatchString(id) {
+			continue
+		}
+		if subtle.ConstantTimeCompare([]byte(DeriveSecret(g.key, id)), []byte(secret)) == 1 {
+			return g.name, true
+		}
+	}
+	return "", false
+}
+
+// current returns the groups, reading them again when they are older than the refresh interval (or when
+// reload asks); while one caller reads, others use the previous snapshot.
+func (e *Enroller) current(ctx context.Context, reload bool) *snapshot {
+	s := e.snap.Load()
+	if s != nil && !reload && e.now().Sub(s.at) < e.refresh {
+		return s
+	}
+	if s != nil {
+		if !e.loading.TryLock() {
+			return s
+		}
+	} else {
+		e.loading.Lock()
+		if s = e.snap.Load(); s != nil { // loaded while this caller waited
+			e.loading.Unlock()
+			return s
+		}
+	}
+	defer e.loading.Unlock()
+	ns := e.load(ctx)
+	if ns.err != nil && s != nil {
+		// Keep serving the groups last read; try again at the next interval.
+		e.log.Warn("enrollment groups not re-read; using the previous ones", "err", ns.err)
+		ns.groups = s.groups
+	}
+	e.snap.Store(ns)
+	return ns
+}
+
+func (e *Enroller) load(ctx context.Context) *snapshot {
+	ns := &snapshot{at: e.now()}
+	gs, err := e.groups.EnrollmentGroups(ctx)
+	if err != nil {
+		ns.err = fmt.Errorf("read enrollment groups: %w", err)
+		return ns
+	}
+	for _, g := range gs {
+		if g.Disabled || g.Kind != fleet.EnrollSymmetric {
+			continue
+		}
+		key, err := e.sealer.Open(g.Name, g.SealedKey)
+		if err != nil {
+			e.log.Warn("enrollment group skipped", "group", g.Name, "err", err)
+			continue
+		}
+		re, err := CompilePattern(g.IDPattern)
+		if err != nil {
+			e.log.Warn("enrollment group skipped", "group", g.Name, "err", err)
+			continue
+		}
+		ns.groups = append(ns.groups, openGroup{name: g.Name, key: key, pattern: re})
+	}
+	return ns
+}

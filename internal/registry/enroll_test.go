@@ -1,0 +1,137 @@
+package registry_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/registry"
+	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
+)
+
+// RegisterEnrolled against a real Postgres: the group's tags and desired properties, its cap, pattern and
+// disabling, idempotent repeats, ids already taken or retired, and exact counters under concurrency.
+func TestRegisterEnrolled(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	require.NoError(t, reg.CreateEnrollmentGroup(ctx, fleet.EnrollmentGroup{Name: "lab", Kind: fleet.EnrollSymmetric,
+		SealedKey: []byte("sealed"), Tags: []byte(`{"site":"lab"}`), Desired: []byte(`{"interval":30}`), MaxDevices: 5,
+		IDPattern: "lab-[0-9]+"}))
+	err := reg.CreateEnrollmentGroup(ctx, fleet.EnrollmentGroup{Name: "lab", Kind: fleet.EnrollSymmetric, SealedKey: []byte("x")})
+	require.ErrorIs(t, err, fleet.ErrEnrollmentGroupExists)
+	err = reg.CreateEnrollmentGroup(ctx, fleet.EnrollmentGroup{Name: "bad", Kind: fleet.EnrollSymmetric, SealedKey: []byte("x"), IDPattern: "("})
+	require.ErrorContains(t, err, "id pattern")
+
+	r := func(id, secret string) fleet.Registration {
+		return fleet.Registration{DeviceID: id, Group: "lab", SecretDigest: creds.Digest(secret)}
+	}
+	out, err := reg.RegisterEnrolled(ctx, r("lab-1", "s1"))
+	require.NoError(t, err)
+	require.Equal(t, fleet.RegistrationOutcome{Registered: true, Created: true}, out)
+	tw, err := reg.GetTwin(ctx, "lab-1")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"site":"lab"}`, string(tw.Tags))
+	require.JSONEq(t, `{"interval":30}`, string(tw.Properties.Desired.Doc))
+	a, err := reg.DeviceAuth(ctx, "lab-1")
+	require.NoError(t, err)
+	require.True(t, creds.Matches("s1", a.Secret1Hash))
+	hist, err := reg.DeviceHistory(ctx, "lab-1", 10)
+	require.NoError(t, err)
+	var enrolled *registry.HistoryEntry
+	for i := range hist {
+		if hist[i].Kind == registry.EventEnrolled {
+			enrolled = &hist[i]
+		}
+	}
+	require.NotNil(t, enrolled, "%+v", hist)
+	require.Equal(t, registry.StageProvision, enrolled.Stage)
+	require.Contains(t, enrolled.Summary, "enrollment group lab")
+
+	// A repeated first contact (a retried activity, a device on two gateways) is registered, not created.
+	out, err = reg.RegisterEnrolled(ctx, r("lab-1", "s1"))
+	require.NoError(t, err)
+	require.Equal(t, fleet.RegistrationOutcome{Registered: true}, out)
+
+	for _, tc := range []struct {
+		name   string
+		reg    fleet.Registration
+		reason string
+	}{
+		{"another secret for a registered id", r("lab-1", "other"), "registered already"},
+		{"outside the pattern", r("x-1", "s"), "does not match the group's pattern"},
+		{"no such group", fleet.Registration{DeviceID: "lab-9", Group: "nope", SecretDigest: creds.Digest("s")}, "no enrollment group nope"},
+	} {
+		out, err := reg.RegisterEnrolled(ctx, tc.reg)
+		require.NoError(t, err, tc.name)
+		require.False(t, out.Registered, tc.name)
+		require.Contains(t, out.Reason, tc.reason, tc.name)
+	}
+	// An id provisioned by a manifest is not taken over.
+	prov := registrytest.Provision(t, reg, "lab-", 1)[0].ID
+	out, err = reg.RegisterEnrolled(ctx, r(prov, "s"))
+	require.NoError(t, err)
+	require.Contains(t, out.Reason, "registered already")
+
+	// Ten devices race for the four places left: exactly four get in, and the counters agree.
+	var wg sync.WaitGroup
+	outs := make([]fleet.RegistrationOutcome, 10)
+	for i := range outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o, err := reg.RegisterEnrolled(ctx, r(fmt.Sprintf("lab-%d", 100+i), "s"))
+			require.NoError(t, err)
+			outs[i] = o
+		}()
+	}
+	wg.Wait()
+	created := 0
+	for _, o := range outs {
+		if o.Created {
+			created++
+		} else {
+			require.Contains(t, o.Reason, "full (5 devices)")
+		}
+	}
+	require.Equal(t, 4, created)
+	g, err := reg.EnrollmentGroup(ctx, "lab")
+	require.NoError(t, err)
+	require.EqualValues(t, 5, g.Registered)
+	require.EqualValues(t, 2+1+6, g.Refused, "two refusals above (the missing group counts nowhere), one for the provisioned id, six for the full group")
+
+	// Disabling stops registrations; re-enabling resumes them. A retired id stays retired.
+	require.NoError(t, reg.CreateEnrollmentGroup(ctx, fleet.EnrollmentGroup{Name: "open", Kind: fleet.EnrollSymmetric, SealedKey: []byte("x")}))
+	changed, err := reg.SetEnrollmentGroupDisabled(ctx, "open", true)
+	require.NoError(t, err)
+	require.True(t, changed)
+	changed, err = reg.SetEnrollmentGroupDisabled(ctx, "open", true)
+	require.NoError(t, err)
+	require.False(t, changed)
+	_, err = reg.SetEnrollmentGroupDisabled(ctx, "missing", true)
+	require.ErrorIs(t, err, fleet.ErrEnrollmentGroupNotFound)
+	o := fleet.Registration{DeviceID: "o-1", Group: "open", SecretDigest: creds.Digest("s")}
+	out, err = reg.RegisterEnrolled(ctx, o)
+	require.NoError(t, err)
+	require.Contains(t, out.Reason, "disabled")
+	_, err = reg.SetEnrollmentGroupDisabled(ctx, "open", false)
+	require.NoError(t, err)
+	out, err = reg.RegisterEnrolled(ctx, o)
+	require.NoError(t, err)
+	require.True(t, out.Created)
+	_, err = reg.RetireDevices(ctx, "retire-o", []string{"o-1"}, "test")
+	require.NoError(t, err)
+	out, err = reg.RegisterEnrolled(ctx, o)
+	require.NoError(t, err)
+	require.Contains(t, out.Reason, "retired")
+
+	gs, err := reg.EnrollmentGroups(ctx)
+	require.NoError(t, err)
+	require.Len(t, gs, 2)
+	require.Equal(t, "lab", gs[0].Name)
+	require.Equal(t, []byte("sealed"), gs[0].SealedKey)
+}
