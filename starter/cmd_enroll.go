@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -363,7 +364,7 @@ func groupKeyFlag(key, keyFile string) ([]byte, error) {
 	return k, nil
 }
 
-// temporalRegistrar registers devices for the gateway by running the RegisterDevice workflow: the write
+// temporalRegistrar registers devices for the gateway by running RegisterDevice workflows: the write
 // belongs to an operation, which Temporal keeps durable and visible. It dials Temporal on first use, so a
 // gateway starts without it and only first contacts wait for it.
 type temporalRegistrar struct {
@@ -395,32 +396,47 @@ func (r *temporalRegistrar) Close() {
 	}
 }
 
-// Register starts (or joins) the device's RegisterDevice run and waits for its outcome.
-func (r *temporalRegistrar) Register(ctx context.Context, reg fleet.Registration) (fleet.RegistrationOutcome, error) {
-	var out fleet.RegistrationOutcome
+// RegisterBatch runs one RegisterDevice workflow for the first contacts the Batcher gathered and waits for
+// its outcomes.
+func (r *temporalRegistrar) RegisterBatch(ctx context.Context, regs []fleet.Registration) ([]fleet.RegistrationOutcome, error) {
 	c, err := r.client()
 	if err != nil {
-		return out, err
+		return nil, err
+	}
+	var suffix [4]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return nil, fmt.Errorf("workflow id: %w", err)
+	}
+	// Named after its first device, so the Temporal UI finds a device's registration by its id.
+	id := fmt.Sprintf("register-%s-%x", regs[0].DeviceID, suffix)
+	summary := fmt.Sprintf("Register %s through enrollment group %s (first contact)", regs[0].DeviceID, regs[0].Group)
+	if len(regs) > 1 {
+		summary = fmt.Sprintf("Register %s and %d more devices (first contacts through enrollment groups)", regs[0].DeviceID, len(regs)-1)
 	}
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID: workflows.RegisterDeviceWorkflowID(reg.DeviceID), TaskQueue: r.g.cfg.TaskQueue,
-		// A device connecting to two gateways at once joins the registration in flight; a later first
-		// contact (the device was purged and comes back) starts a new one.
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		ID: id, TaskQueue: r.g.cfg.TaskQueue,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
 		WorkflowExecutionTimeout: 2 * time.Minute,
-		StaticSummary:            fmt.Sprintf("Register %s through enrollment group %s", reg.DeviceID, reg.Group),
+		StaticSummary:            summary,
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpEnroll),
-			searchattr.State.ValueSet(searchattr.StateRunning)),
-	}, workflows.RegisterDevice, reg)
+			searchattr.State.ValueSet(searchattr.StateRunning), searchattr.Total.ValueSet(int64(len(regs)))),
+	}, workflows.RegisterDevice, workflows.RegisterDeviceInput{Registrations: regs})
 	if err != nil {
-		return out, fmt.Errorf("start registration of %s: %w", reg.DeviceID, err)
+		return nil, fmt.Errorf("start registration %s: %w", id, err)
 	}
-	if err := run.Get(ctx, &out); err != nil {
-		return out, fmt.Errorf("registration of %s: %w", reg.DeviceID, err)
+	var res workflows.RegisterDeviceResult
+	if err := run.Get(ctx, &res); err != nil {
+		return nil, fmt.Errorf("registration %s: %w", id, err)
 	}
-	return out, nil
+	return res.Outcomes, nil
 }
+
+// Gathering first contacts (docs/architecture.md, "Zero-touch enrollment"): a batch leaves when it holds
+// workflows.MaxRegistrations registrations or registerWait after its first, and may take registerTimeout.
+const (
+	registerWait    = 20 * time.Millisecond
+	registerTimeout = 45 * time.Second
+)
 
 // enrollerFor builds the gateway's Enroller when a master key is configured; nil (enrollment off) when none
 // is, which the gateway logs.
@@ -438,7 +454,7 @@ func enrollerFor(g *globals, reg enroll.GroupLister, log interface{ Info(string,
 		return nil, nil, err
 	}
 	r := &temporalRegistrar{g: g}
-	return enroll.New(reg, sealer, r, nil), r, nil
+	return enroll.New(reg, sealer, enroll.NewBatcher(r, workflows.MaxRegistrations, registerWait, registerTimeout), nil), r, nil
 }
 
 // orObject shows an absent JSON object as {}.

@@ -41,7 +41,7 @@ type Activities interface {
 
 	RunHealthCheck(ctx context.Context, in RunHealthCheckInput) (HealthCheckResult, error)
 
-	RegisterEnrolledDevice(ctx context.Context, in fleet.Registration) (fleet.RegistrationOutcome, error)
+	RegisterEnrolledDevices(ctx context.Context, in RegisterDeviceInput) (RegisterDeviceResult, error)
 }
 
 // Activity names that recorded histories hold but that now name workflows only: the activities were renamed

@@ -16,12 +16,11 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/require"
-	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/workflowservice/v1"
 
 	"github.com/fleetflow/fleetflow/internal/enroll"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
-	"github.com/fleetflow/fleetflow/workflows"
 )
 
 // gatewayProcess runs the fleetflow binary's gateway on a free loopback port with extra environment and
@@ -147,9 +146,15 @@ func TestZeroTouchEnrollment(t *testing.T) {
 	hist, err := e.reg.DeviceHistory(ctx, "lab-1", 50)
 	require.NoError(t, err)
 	require.True(t, hasEvent(hist, registry.EventEnrolled), "the timeline records the registration: %+v", hist)
-	desc, err := e.tc.DescribeWorkflowExecution(ctx, workflows.RegisterDeviceWorkflowID("lab-1"), "")
-	require.NoError(t, err)
-	require.Equal(t, enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED, desc.WorkflowExecutionInfo.Status)
+	// The registration is a workflow an operator finds in the Temporal UI, named after the device.
+	require.Eventually(t, func() bool {
+		resp, err := e.tc.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+			Query: fmt.Sprintf("WorkflowType = 'RegisterDevice' AND TaskQueue = '%s' AND ExecutionStatus = 'Completed'", e.taskQueue)})
+		if err != nil || len(resp.Executions) == 0 {
+			return false
+		}
+		return strings.HasPrefix(resp.Executions[len(resp.Executions)-1].Execution.WorkflowId, "register-lab-1-")
+	}, 30*time.Second, 200*time.Millisecond, "a completed RegisterDevice run for lab-1")
 
 	// A wrong secret, a derived secret for an id outside the pattern, and another group's secret are refused
 	// and register nothing.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -212,4 +213,77 @@ func TestEnroller(t *testing.T) {
 	// Attempts count CONNECTs with a secret: the one without is not an attempt.
 	st := e.Stats()
 	require.Equal(t, Stats{Attempts: 9, Matched: 5, Registered: 3, Refused: 1, Failed: 1}, st)
+}
+
+// batchFake records the batches it was given and registers every device (unit tests only).
+type batchFake struct {
+	mu      sync.Mutex
+	batches [][]fleet.Registration
+	err     error
+	release chan struct{} // when not nil, each batch waits for it
+}
+
+func (f *batchFake) RegisterBatch(_ context.Context, regs []fleet.Registration) ([]fleet.RegistrationOutcome, error) {
+	if f.release != nil {
+		<-f.release
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.batches = append(f.batches, regs)
+	outs := make([]fleet.RegistrationOutcome, len(regs))
+	for i, r := range regs {
+		outs[i] = fleet.RegistrationOutcome{Registered: true, Reason: r.DeviceID}
+	}
+	return outs, f.err
+}
+
+func TestBatcherGathersConcurrentRegistrations(t *testing.T) {
+	f := &batchFake{}
+	b := NewBatcher(f, 10, time.Hour, time.Minute) // batches leave only when full
+	var wg sync.WaitGroup
+	outs := make([]fleet.RegistrationOutcome, 25)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o, err := b.Register(context.Background(), fleet.Registration{DeviceID: fmt.Sprint("d-", i), Group: "g"})
+			require.NoError(t, err)
+			outs[i] = o
+		}()
+	}
+	wg.Wait()
+	require.Len(t, f.batches, 2, "twenty registrations, two full batches")
+	for i := range 20 {
+		require.Equal(t, fmt.Sprint("d-", i), outs[i].Reason, "each caller gets its own device's outcome")
+	}
+
+	// A lone registration leaves after the wait.
+	b = NewBatcher(f, 10, 10*time.Millisecond, time.Minute)
+	o, err := b.Register(context.Background(), fleet.Registration{DeviceID: "alone", Group: "g"})
+	require.NoError(t, err)
+	require.True(t, o.Registered)
+	require.Len(t, f.batches, 3)
+	require.Len(t, f.batches[2], 1)
+
+	// A failed batch fails each of its callers; a caller that gives up does not fail the others.
+	f.err = errors.New("temporal unreachable")
+	_, err = b.Register(context.Background(), fleet.Registration{DeviceID: "x", Group: "g"})
+	require.ErrorContains(t, err, "temporal unreachable")
+	f.err = nil
+	f.release = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := b.Register(ctx, fleet.Registration{DeviceID: "impatient", Group: "g"})
+		gaveUp <- err
+	}()
+	patient := make(chan fleet.RegistrationOutcome, 1)
+	go func() {
+		o, _ := b.Register(context.Background(), fleet.Registration{DeviceID: "patient", Group: "g"})
+		patient <- o
+	}()
+	cancel()
+	require.ErrorIs(t, <-gaveUp, context.Canceled)
+	close(f.release)
+	require.Equal(t, "patient", (<-patient).Reason)
 }

@@ -68,8 +68,9 @@ var ErrEnrollmentGroupExists = errors.New("enrollment group exists")
 type EnrollStore interface {
 	// EnrollmentGroups lists every group, disabled ones included, by name.
 	EnrollmentGroups(ctx context.Context) ([]EnrollmentGroup, error)
-	// RegisterEnrolled creates the device of reg in one transaction with its group's checks (enabled, cap,
-	// pattern), initial tags and desired properties, a timeline event and the group's counters. It is
-	// idempotent: a device the same group registered with the same digest is reported as registered.
-	RegisterEnrolled(ctx context.Context, reg Registration) (RegistrationOutcome, error)
+	// RegisterEnrolled creates the devices of regs in one transaction with their groups' checks (enabled,
+	// cap, pattern), initial tags and desired properties, timeline events and the groups' counters, and
+	// returns one outcome per registration, in order. It is idempotent: a device the same group registered
+	// with the same digest is reported as registered.
+	RegisterEnrolled(ctx context.Context, regs []Registration) ([]RegistrationOutcome, error)
 }

@@ -1,10 +1,12 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -104,76 +106,157 @@ func (r *Registry) SetEnrollmentGroupDisabled(ctx context.Context, name string, 
 	return false, nil
 }
 
-// RegisterEnrolled creates reg's device in one transaction that holds the group's row, so that the group's
-// cap and its disabling are exact however many gateways register at once.
-func (r *Registry) RegisterEnrolled(ctx context.Context, reg fleet.Registration) (fleet.RegistrationOutcome, error) {
-	var out fleet.RegistrationOutcome
+// RegisterEnrolled creates the devices of regs in one transaction that holds their groups' rows, so that a
+// group's cap and its disabling are exact however many gateways register at once, and returns one outcome per
+// registration, in order. A registration repeated in the batch, or of a device the same group registered
+// before with the same digest, is reported registered without creating anything.
+func (r *Registry) RegisterEnrolled(ctx context.Context, regs []fleet.Registration) ([]fleet.RegistrationOutcome, error) {
+	var outs []fleet.RegistrationOutcome
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		out = fleet.RegistrationOutcome{}
-		g, err := scanGroup(tx.QueryRow(ctx, `SELECT `+groupColumns+` FROM enrollment_groups WHERE name = $1 FOR UPDATE`, reg.Group))
-		if isNoRows(err) {
-			out.Reason = "no enrollment group " + reg.Group
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("lock enrollment group: %w", err)
-		}
-		refuse := func(reason string) error {
-			out.Reason = reason
-			_, err := tx.Exec(ctx, `UPDATE enrollment_groups SET refused = refused + 1 WHERE name = $1`, reg.Group)
-			if err != nil {
-				return fmt.Errorf("count refusal: %w", err)
-			}
-			return nil
-		}
-		var status string
-		var group *string
-		var digest []byte
-		err = tx.QueryRow(ctx, `SELECT status, enrollment_group, secret1_hash FROM devices WHERE id = $1`, reg.DeviceID).Scan(&status, &group, &digest)
-		switch {
-		case err == nil:
-			if group != nil && *group == reg.Group && string(digest) == string(reg.SecretDigest) && status != string(fleet.StatusRetired) {
-				out.Registered = true // an earlier first contact registered it
-				return nil
-			}
-			if status == string(fleet.StatusRetired) {
-				return refuse("id is retired (purge it to reuse the id)")
-			}
-			return refuse("id is registered already")
-		case !isNoRows(err):
-			return fmt.Errorf("look up device: %w", err)
-		}
-		if g.Disabled {
-			return refuse("enrollment group is disabled")
-		}
-		re, err := enroll.CompilePattern(g.IDPattern)
-		if err != nil {
-			return refuse(err.Error())
-		}
-		if re != nil && !re.MatchString(reg.DeviceID) {
-			return refuse("id does not match the group's pattern " + g.IDPattern)
-		}
-		if g.MaxDevices > 0 && g.Registered >= g.MaxDevices {
-			return refuse(fmt.Sprintf("enrollment group is full (%d devices)", g.MaxDevices))
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO devices (id, secret1_hash, tags, desired, provisioned_by, enrollment_group)
-			VALUES ($1, $2, $3, $4, $5, $6)`, reg.DeviceID, reg.SecretDigest, jsonOrEmpty(g.Tags), jsonOrEmpty(g.Desired),
-			EnrollmentProvisionedBy(reg.Group), reg.Group)
-		if err != nil {
-			return fmt.Errorf("insert device: %w", err)
-		}
-		if err := RecordEvents(ctx, tx, []DeviceEvent{{DeviceID: reg.DeviceID, Kind: EventEnrolled,
-			Detail: map[string]string{"group": reg.Group}}}); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `UPDATE enrollment_groups SET registered = registered + 1 WHERE name = $1`, reg.Group); err != nil {
-			return fmt.Errorf("count registration: %w", err)
-		}
-		out.Registered, out.Created = true, true
-		return nil
+		var err error
+		outs, err = registerEnrolled(ctx, tx, regs)
+		return err
 	})
 	if err != nil {
-		return fleet.RegistrationOutcome{}, fmt.Errorf("register %s through enrollment group %s: %w", reg.DeviceID, reg.Group, err)
+		return nil, fmt.Errorf("register %d devices through enrollment groups: %w", len(regs), err)
 	}
-	return out, nil
+	return outs, nil
+}
+
+// enrolledGroup is a locked group row with its pattern compiled and the batch's counts.
+type enrolledGroup struct {
+	fleet.EnrollmentGroup
+	pattern             *regexp.Regexp
+	badPattern          string
+	registered, refused int64
+}
+
+func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration) ([]fleet.RegistrationOutcome, error) {
+	outs := make([]fleet.RegistrationOutcome, len(regs))
+	var names, ids []string
+	seenName := map[string]bool{}
+	for _, reg := range regs {
+		if !seenName[reg.Group] {
+			seenName[reg.Group] = true
+			names = append(names, reg.Group)
+		}
+		ids = append(ids, reg.DeviceID)
+	}
+	// One statement locks every group of the batch, in name order, so that two batches never deadlock.
+	rows, err := tx.Query(ctx, `SELECT `+groupColumns+` FROM enrollment_groups WHERE name = ANY($1) ORDER BY name FOR UPDATE`, names)
+	if err != nil {
+		return nil, fmt.Errorf("lock enrollment groups: %w", err)
+	}
+	groups := map[string]*enrolledGroup{}
+	for rows.Next() {
+		g, err := scanGroup(rows)
+		if err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("lock enrollment groups: %w", err)
+		}
+		eg := &enrolledGroup{EnrollmentGroup: g}
+		if eg.pattern, err = enroll.CompilePattern(g.IDPattern); err != nil {
+			eg.badPattern = err.Error()
+		}
+		groups[g.Name] = eg
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock enrollment groups: %w", err)
+	}
+	type existing struct {
+		status string
+		group  *string
+		digest []byte
+	}
+	have := map[string]existing{}
+	erows, err := tx.Query(ctx, `SELECT id, status, enrollment_group, secret1_hash FROM devices WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("look up devices: %w", err)
+	}
+	for erows.Next() {
+		var id string
+		var e existing
+		if err := erows.Scan(&id, &e.status, &e.group, &e.digest); err != nil {
+			erows.Close()
+			return nil, fmt.Errorf("look up devices: %w", err)
+		}
+		have[id] = e
+	}
+	if err := erows.Err(); err != nil {
+		return nil, fmt.Errorf("look up devices: %w", err)
+	}
+	var insIDs, insTags, insDesired, insBy, insGroups []string
+	var insDigests [][]byte
+	var events []DeviceEvent
+	for i, reg := range regs {
+		g := groups[reg.Group]
+		if g == nil {
+			outs[i].Reason = "no enrollment group " + reg.Group
+			continue
+		}
+		refuse := func(reason string) {
+			outs[i].Reason = reason
+			g.refused++
+		}
+		if e, ok := have[reg.DeviceID]; ok {
+			switch {
+			case e.group != nil && *e.group == reg.Group && bytes.Equal(e.digest, reg.SecretDigest) && e.status != string(fleet.StatusRetired):
+				outs[i].Registered = true // an earlier first contact registered it
+			case e.status == string(fleet.StatusRetired):
+				refuse("id is retired (purge it to reuse the id)")
+			default:
+				refuse("id is registered already")
+			}
+			continue
+		}
+		switch {
+		case g.Disabled:
+			refuse("enrollment group is disabled")
+			continue
+		case g.badPattern != "":
+			refuse(g.badPattern)
+			continue
+		case g.pattern != nil && !g.pattern.MatchString(reg.DeviceID):
+			refuse("id does not match the group's pattern " + g.IDPattern)
+			continue
+		case g.MaxDevices > 0 && g.Registered+g.registered >= g.MaxDevices:
+			refuse(fmt.Sprintf("enrollment group is full (%d devices)", g.MaxDevices))
+			continue
+		}
+		// Created now: a repeat later in the batch finds it as an earlier contact's.
+		have[reg.DeviceID] = existing{status: string(fleet.StatusActive), group: &reg.Group, digest: reg.SecretDigest}
+		g.registered++
+		outs[i] = fleet.RegistrationOutcome{Registered: true, Created: true}
+		insIDs, insDigests = append(insIDs, reg.DeviceID), append(insDigests, reg.SecretDigest)
+		insTags, insDesired = append(insTags, jsonOrEmpty(g.Tags)), append(insDesired, jsonOrEmpty(g.Desired))
+		insBy, insGroups = append(insBy, EnrollmentProvisionedBy(reg.Group)), append(insGroups, reg.Group)
+		events = append(events, DeviceEvent{DeviceID: reg.DeviceID, Kind: EventEnrolled, Detail: map[string]string{"group": reg.Group}})
+	}
+	if len(insIDs) > 0 {
+		_, err := tx.Exec(ctx, `INSERT INTO devices (id, secret1_hash, tags, desired, provisioned_by, enrollment_group)
+			SELECT u.id, u.digest, u.tags::jsonb, u.desired::jsonb, u.by, u.grp
+			FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(id, digest, tags, desired, by, grp)`,
+			insIDs, insDigests, insTags, insDesired, insBy, insGroups)
+		if err != nil {
+			return nil, fmt.Errorf("insert devices: %w", err)
+		}
+		if err := RecordEvents(ctx, tx, events); err != nil {
+			return nil, err
+		}
+	}
+	var cNames []string
+	var cReg, cRef []int64
+	for _, name := range names {
+		if g := groups[name]; g != nil && (g.registered > 0 || g.refused > 0) {
+			cNames, cReg, cRef = append(cNames, name), append(cReg, g.registered), append(cRef, g.refused)
+		}
+	}
+	if len(cNames) > 0 {
+		_, err := tx.Exec(ctx, `UPDATE enrollment_groups g SET registered = g.registered + u.r, refused = g.refused + u.f
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(name, r, f) WHERE g.name = u.name`, cNames, cReg, cRef)
+		if err != nil {
+			return nil, fmt.Errorf("count registrations: %w", err)
+		}
+	}
+	return outs, nil
 }

@@ -30,7 +30,15 @@ func TestRegisterEnrolled(t *testing.T) {
 	r := func(id, secret string) fleet.Registration {
 		return fleet.Registration{DeviceID: id, Group: "lab", SecretDigest: creds.Digest(secret)}
 	}
-	out, err := reg.RegisterEnrolled(ctx, r("lab-1", "s1"))
+	one := func(x fleet.Registration) (fleet.RegistrationOutcome, error) {
+		outs, err := reg.RegisterEnrolled(ctx, []fleet.Registration{x})
+		if err != nil {
+			return fleet.RegistrationOutcome{}, err
+		}
+		require.Len(t, outs, 1)
+		return outs[0], nil
+	}
+	out, err := one(r("lab-1", "s1"))
 	require.NoError(t, err)
 	require.Equal(t, fleet.RegistrationOutcome{Registered: true, Created: true}, out)
 	tw, err := reg.GetTwin(ctx, "lab-1")
@@ -53,7 +61,7 @@ func TestRegisterEnrolled(t *testing.T) {
 	require.Contains(t, enrolled.Summary, "enrollment group lab")
 
 	// A repeated first contact (a retried activity, a device on two gateways) is registered, not created.
-	out, err = reg.RegisterEnrolled(ctx, r("lab-1", "s1"))
+	out, err = one(r("lab-1", "s1"))
 	require.NoError(t, err)
 	require.Equal(t, fleet.RegistrationOutcome{Registered: true}, out)
 
@@ -66,25 +74,31 @@ func TestRegisterEnrolled(t *testing.T) {
 		{"outside the pattern", r("x-1", "s"), "does not match the group's pattern"},
 		{"no such group", fleet.Registration{DeviceID: "lab-9", Group: "nope", SecretDigest: creds.Digest("s")}, "no enrollment group nope"},
 	} {
-		out, err := reg.RegisterEnrolled(ctx, tc.reg)
+		out, err := one(tc.reg)
 		require.NoError(t, err, tc.name)
 		require.False(t, out.Registered, tc.name)
 		require.Contains(t, out.Reason, tc.reason, tc.name)
 	}
 	// An id provisioned by a manifest is not taken over.
 	prov := registrytest.Provision(t, reg, "lab-", 1)[0].ID
-	out, err = reg.RegisterEnrolled(ctx, r(prov, "s"))
+	out, err = one(r(prov, "s"))
 	require.NoError(t, err)
 	require.Contains(t, out.Reason, "registered already")
 
-	// Ten devices race for the four places left: exactly four get in, and the counters agree.
+	// In one batch: a device contacting twice is created once; another secret for it is refused.
+	outs, err := reg.RegisterEnrolled(ctx, []fleet.Registration{r("lab-50", "a"), r("lab-50", "a"), r("lab-50", "b")})
+	require.NoError(t, err)
+	require.Equal(t, []fleet.RegistrationOutcome{{Registered: true, Created: true}, {Registered: true},
+		{Reason: "id is registered already"}}, outs)
+
+	// Ten devices race for the three places left: exactly three get in, and the counters agree.
 	var wg sync.WaitGroup
-	outs := make([]fleet.RegistrationOutcome, 10)
+	outs = make([]fleet.RegistrationOutcome, 10)
 	for i := range outs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o, err := reg.RegisterEnrolled(ctx, r(fmt.Sprintf("lab-%d", 100+i), "s"))
+			o, err := one(r(fmt.Sprintf("lab-%d", 100+i), "s"))
 			require.NoError(t, err)
 			outs[i] = o
 		}()
@@ -98,11 +112,11 @@ func TestRegisterEnrolled(t *testing.T) {
 			require.Contains(t, o.Reason, "full (5 devices)")
 		}
 	}
-	require.Equal(t, 4, created)
+	require.Equal(t, 3, created)
 	g, err := reg.EnrollmentGroup(ctx, "lab")
 	require.NoError(t, err)
 	require.EqualValues(t, 5, g.Registered)
-	require.EqualValues(t, 2+1+6, g.Refused, "two refusals above (the missing group counts nowhere), one for the provisioned id, six for the full group")
+	require.EqualValues(t, 2+1+1+7, g.Refused, "two refusals above (the missing group counts nowhere), one for the provisioned id, one in the batch, seven for the full group")
 
 	// Disabling stops registrations; re-enabling resumes them. A retired id stays retired.
 	require.NoError(t, reg.CreateEnrollmentGroup(ctx, fleet.EnrollmentGroup{Name: "open", Kind: fleet.EnrollSymmetric, SealedKey: []byte("x")}))
@@ -115,17 +129,17 @@ func TestRegisterEnrolled(t *testing.T) {
 	_, err = reg.SetEnrollmentGroupDisabled(ctx, "missing", true)
 	require.ErrorIs(t, err, fleet.ErrEnrollmentGroupNotFound)
 	o := fleet.Registration{DeviceID: "o-1", Group: "open", SecretDigest: creds.Digest("s")}
-	out, err = reg.RegisterEnrolled(ctx, o)
+	out, err = one(o)
 	require.NoError(t, err)
 	require.Contains(t, out.Reason, "disabled")
 	_, err = reg.SetEnrollmentGroupDisabled(ctx, "open", false)
 	require.NoError(t, err)
-	out, err = reg.RegisterEnrolled(ctx, o)
+	out, err = one(o)
 	require.NoError(t, err)
 	require.True(t, out.Created)
 	_, err = reg.RetireDevices(ctx, "retire-o", []string{"o-1"}, "test")
 	require.NoError(t, err)
-	out, err = reg.RegisterEnrolled(ctx, o)
+	out, err = one(o)
 	require.NoError(t, err)
 	require.Contains(t, out.Reason, "retired")
 
