@@ -61,6 +61,7 @@ type enrollGroup struct {
 	IDPattern  string          `json:"idPattern,omitempty"`
 	Tags       json.RawMessage `json:"tags,omitempty"`
 	Desired    json.RawMessage `json:"desired,omitempty"`
+	CA         string          `json:"ca,omitempty"` // an x509 group's CA subject
 	CreatedAt  time.Time       `json:"createdAt"`
 }
 
@@ -69,8 +70,12 @@ func showGroup(g fleet.EnrollmentGroup) enrollGroup {
 	if g.Disabled {
 		st = "disabled"
 	}
-	return enrollGroup{Name: g.Name, Kind: string(g.Kind), State: st, Registered: g.Registered, Refused: g.Refused,
+	out := enrollGroup{Name: g.Name, Kind: string(g.Kind), State: st, Registered: g.Registered, Refused: g.Refused,
 		MaxDevices: g.MaxDevices, IDPattern: g.IDPattern, Tags: g.Tags, Desired: g.Desired, CreatedAt: g.CreatedAt}
+	if ca, err := enroll.ParseCA(g.CACert); err == nil {
+		out.CA = ca.Subject.String()
+	}
+	return out
 }
 
 func newEnrollCmd(g *globals) *cobra.Command {
@@ -95,16 +100,21 @@ key (FLEETFLOW_ENROLLMENT_KEY or FLEETFLOW_ENROLLMENT_KEY_FILE; the local stack 
 }
 
 func newEnrollCreateCmd(g *globals) *cobra.Command {
-	var tags, desired, pattern, keyOut string
+	var tags, desired, pattern, keyOut, caFile string
 	var maxDevices int64
 	var out *output
 	c := &cobra.Command{
-		Use:   "create GROUP [--tags J] [--desired J] [--max N] [--id-pattern RE] [--key-out FILE]",
-		Short: "Create a symmetric-key enrollment group and show its key once",
+		Use:   "create GROUP [--ca CA.pem] [--tags J] [--desired J] [--max N] [--id-pattern RE] [--key-out FILE]",
+		Short: "Create an enrollment group: a symmetric key shown once, or a CA (--ca) whose device certificates register",
 		Long: `Create an enrollment group with a new random key and print the key, once. Devices whose secret is
 derived from it register on first contact with the group's tags and desired properties. --max caps how
 many devices may register; --id-pattern is a regular expression every registering id must match as a
-whole. With --key-out the key is written to FILE (mode 0600, never overwriting) instead of printed.`,
+whole. With --key-out the key is written to FILE (mode 0600, never overwriting) instead of printed.
+
+With --ca CA.pem the group has no key: a device presenting, over TLS, a client certificate signed by that CA
+whose subject's common name is its id registers on first contact (the registry keeps the certificate's
+fingerprint). Only the CA's certificate is stored; its private key stays with whoever issues the devices'
+certificates (a factory's own CA, or ` + "`fleetflow ca init`" + `'s).`,
 		Example: `  fleetflow enroll create factory-eu --tags '{"region":"eu","line":"A"}' --max 10000 --id-pattern 'eu-[0-9]{6}'
   fleetflow enroll create lab --key-out lab.key`,
 		Args: cobra.ExactArgs(1),
@@ -114,6 +124,19 @@ whole. With --key-out the key is written to FILE (mode 0600, never overwriting) 
 				return asUsage(fmt.Errorf("group name %q: use letters, digits, '.', '_' and '-' (as for device ids)", name))
 			}
 			grp := fleet.EnrollmentGroup{Name: name, Kind: fleet.EnrollSymmetric, MaxDevices: maxDevices, IDPattern: pattern}
+			if caFile != "" {
+				if keyOut != "" {
+					return asUsage(errors.New("--key-out is for symmetric groups; a --ca group has no key"))
+				}
+				b, err := os.ReadFile(caFile)
+				if err != nil {
+					return fmt.Errorf("read --ca: %w", err)
+				}
+				if _, err := enroll.ParseCA(string(b)); err != nil {
+					return asUsage(fmt.Errorf("--ca %s: %w", caFile, err))
+				}
+				grp.Kind, grp.CACert = fleet.EnrollX509, string(b)
+			}
 			for _, p := range []struct {
 				flag, v string
 				dst     *json.RawMessage
@@ -133,20 +156,22 @@ whole. With --key-out the key is written to FILE (mode 0600, never overwriting) 
 			if _, err := enroll.CompilePattern(pattern); err != nil {
 				return asUsage(err)
 			}
-			mk, err := masterKey()
-			if err != nil {
-				return err
-			}
-			sealer, err := enroll.NewSealer(mk)
-			if err != nil {
-				return err
-			}
-			key, err := enroll.NewKey()
-			if err != nil {
-				return err
-			}
-			if grp.SealedKey, err = sealer.Seal(name, key); err != nil {
-				return err
+			var key []byte
+			if grp.Kind == fleet.EnrollSymmetric {
+				mk, err := masterKey()
+				if err != nil {
+					return err
+				}
+				sealer, err := enroll.NewSealer(mk)
+				if err != nil {
+					return err
+				}
+				if key, err = enroll.NewKey(); err != nil {
+					return err
+				}
+				if grp.SealedKey, err = sealer.Seal(name, key); err != nil {
+					return err
+				}
 			}
 			if keyOut != "" {
 				// Written before the group exists: a key file without a group is harmless, a group whose key
@@ -173,12 +198,16 @@ whole. With --key-out the key is written to FILE (mode 0600, never overwriting) 
 			}
 			res := created{enrollGroup: showGroup(grp), KeyFile: keyOut}
 			res.State = "enabled"
-			if keyOut == "" {
+			if keyOut == "" && key != nil {
 				res.Key = enroll.EncodeKey(key)
 			}
 			return out.print(stdout(cmd), res, func() error {
 				w := stdout(cmd)
 				fmt.Fprintf(w, "enrollment group %s created\n", name)
+				if grp.Kind == fleet.EnrollX509 {
+					fmt.Fprintf(w, "devices with a client certificate from %s (subject = their id) register on first contact over TLS\n", caFile)
+					return nil
+				}
 				if keyOut != "" {
 					fmt.Fprintf(w, "group key written to %s (mode 0600); it is not stored in clear anywhere else\n", keyOut)
 				} else {
@@ -195,6 +224,7 @@ whole. With --key-out the key is written to FILE (mode 0600, never overwriting) 
 	c.Flags().Int64Var(&maxDevices, "max", 0, "how many devices may register through the group (0: no cap)")
 	c.Flags().StringVar(&pattern, "id-pattern", "", "regular expression every registering id must match as a whole")
 	c.Flags().StringVar(&keyOut, "key-out", "", "write the group key to FILE (mode 0600) instead of printing it")
+	c.Flags().StringVar(&caFile, "ca", "", "an x509 group: the PEM CA certificate that signs its devices' client certificates")
 	return c
 }
 
@@ -277,6 +307,9 @@ func newEnrollShowCmd(g *globals) *cobra.Command {
 					numfmt.Thousands(res.Registered), numfmt.Thousands(res.Refused))
 				if res.MaxDevices > 0 {
 					fmt.Fprintf(w, "max devices\t%s\n", numfmt.Thousands(res.MaxDevices))
+				}
+				if res.CA != "" {
+					fmt.Fprintf(w, "CA\t%s\n", res.CA)
 				}
 				fmt.Fprintf(w, "id pattern\t%s\ntags\t%s\ndesired\t%s\ncreated\t%s\n", orDash(res.IDPattern), orObject(res.Tags),
 					orObject(res.Desired), res.CreatedAt.Format(time.RFC3339))

@@ -16,8 +16,8 @@ import (
 const MaxRegistrations = 500
 
 // RegisterDeviceInput starts RegisterDevice: the registrations of first contacts that reached one gateway
-// together, each with the digest of the device's derived secret, as the registry stores it — never the
-// secret nor the group key.
+// together, each with the digest of the device's derived secret or its certificate's fingerprint, as the
+// registry stores them — never a secret nor a group key.
 type RegisterDeviceInput struct {
 	Registrations []fleet.Registration `json:"registrations"`
 }
@@ -40,8 +40,9 @@ func RegisterDevice(ctx workflow.Context, in RegisterDeviceInput) (RegisterDevic
 			fmt.Sprintf("between 1 and %d registrations are required, got %d", MaxRegistrations, n), ErrTypeInvalidInput, nil)
 	}
 	for _, r := range in.Registrations {
-		if r.DeviceID == "" || r.Group == "" || len(r.SecretDigest) == 0 {
-			return RegisterDeviceResult{}, temporal.NewNonRetryableApplicationError("every registration needs a device id, a group and a secret digest", ErrTypeInvalidInput, nil)
+		if r.DeviceID == "" || r.Group == "" || (len(r.SecretDigest) == 0) == (len(r.CertFingerprint) == 0) {
+			return RegisterDeviceResult{}, temporal.NewNonRetryableApplicationError(
+				"every registration needs a device id, a group and either a secret digest or a certificate fingerprint", ErrTypeInvalidInput, nil)
 		}
 	}
 	// The devices wait in their CONNECTs: retry fast, and give up in time for them to try again later

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -20,14 +21,16 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/enroll"
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
-// gatewayProcess runs the fleetflow binary's gateway on a free loopback port with extra environment and
-// returns its MQTT URL; it stops when the test ends.
-func (e *env) gatewayProcess(extraEnv ...string) string {
+// gatewayProcess runs the fleetflow binary's gateway on free loopback ports (plaintext, and TLS with the
+// test's certificate) with extra environment and returns its MQTT URLs; it stops when the test ends.
+func (e *env) gatewayProcess(extraEnv ...string) (plain, tlsURL string) {
 	e.t.Helper()
-	cmd := exec.Command(bins.cli, "gateway", "--listen", "127.0.0.1:0", "--metrics-listen", "")
+	cmd := exec.Command(bins.cli, "gateway", "--listen", "127.0.0.1:0", "--metrics-listen", "",
+		"--tls-listen", "127.0.0.1:0", "--tls-cert", e.tls.Cert, "--tls-key", e.tls.Key)
 	cmd.Env = append(e.environ(), extraEnv...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(e.t, err)
@@ -41,22 +44,22 @@ func (e *env) gatewayProcess(extraEnv ...string) string {
 			e.t.Logf("gateway log:\n%s", logs.String())
 		}
 	})
-	addr := make(chan string, 1)
+	addr := make(chan []string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
-		re := regexp.MustCompile(`gateway listening on (\S+)`)
+		re := regexp.MustCompile(`gateway listening on (\S+) and, over TLS, on (\S+) `)
 		for sc.Scan() {
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				addr <- m[1]
+				addr <- m[1:]
 			}
 		}
 	}()
 	select {
 	case a := <-addr:
-		return "tcp://" + a
+		return "tcp://" + a[0], "ssl://" + a[1]
 	case <-time.After(60 * time.Second):
 		e.t.Fatalf("the gateway did not start:\n%s", logs.String())
-		return ""
+		return "", ""
 	}
 }
 
@@ -89,7 +92,7 @@ func TestZeroTouchEnrollment(t *testing.T) {
 	require.NoError(t, err)
 	keyEnv := enroll.MasterKeyEnv + "=" + enroll.EncodeKey(master)
 	e.workerProcess()
-	url := e.gatewayProcess(keyEnv)
+	url, _ := e.gatewayProcess(keyEnv)
 	dir := t.TempDir()
 
 	// The CLI needs the master key to seal the group key; without one it says how to get one.
@@ -223,4 +226,99 @@ func hasEvent(h []registry.HistoryEntry, kind string) bool {
 		}
 	}
 	return false
+}
+
+// connectTLS makes one MQTT 3.1.1 CONNECT over TLS presenting cert (nil: none), with no password.
+func connectTLS(t *testing.T, url, caFile, id string, cert *tls.Certificate) (paho.Client, error) {
+	t.Helper()
+	roots, err := pki.CertPool(caFile)
+	require.NoError(t, err)
+	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		tc.Certificates = []tls.Certificate{*cert}
+	}
+	opts := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetUsername(id).SetTLSConfig(tc).
+		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(30 * time.Second)
+	c := paho.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(40 * time.Second) {
+		return nil, fmt.Errorf("connect of %s timed out", id)
+	}
+	if err := tok.Error(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Disconnect(50) })
+	return c, nil
+}
+
+// TestZeroTouchEnrollmentWithCertificates: an x509 group registers devices whose client certificates its CA
+// signed, keeping their fingerprints; certificates of another CA or naming another id register nothing.
+func TestZeroTouchEnrollmentWithCertificates(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	master, err := enroll.NewKey()
+	require.NoError(t, err)
+	keyEnv := enroll.MasterKeyEnv + "=" + enroll.EncodeKey(master)
+	e.workerProcess()
+	_, tlsURL := e.gatewayProcess(keyEnv)
+	dir := t.TempDir()
+	now := time.Now()
+	factory, _, err := pki.NewCA("factory line 3", now, 24*time.Hour)
+	require.NoError(t, err)
+	stranger, _, err := pki.NewCA("someone else", now, 24*time.Hour)
+	require.NoError(t, err)
+	caFile := filepath.Join(dir, "factory-ca.pem")
+	require.NoError(t, os.WriteFile(caFile, factory.PEM, 0o644))
+
+	cmd := exec.CommandContext(ctx, bins.cli, "enroll", "create", "line3", "--ca", caFile, "--tags", `{"line":3}`)
+	cmd.Env, cmd.Dir = append(e.environ(), keyEnv), dir
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	// A file that is not a CA is refused with the reason.
+	leaf, err := factory.IssueDevice("not-a-ca", now, time.Hour)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "leaf.pem"), leaf.CertPEM, 0o644))
+	cmd = exec.CommandContext(ctx, bins.cli, "enroll", "create", "bad", "--ca", filepath.Join(dir, "leaf.pem"))
+	cmd.Env, cmd.Dir = append(e.environ(), keyEnv), dir
+	out, err = cmd.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "not a CA")
+
+	issue := func(ca *pki.CA, id string) (*tls.Certificate, []byte) {
+		dc, err := ca.IssueDevice(id, now, time.Hour)
+		require.NoError(t, err)
+		pair, err := tls.X509KeyPair(dc.CertPEM, dc.KeyPEM)
+		require.NoError(t, err)
+		return &pair, dc.Fingerprint
+	}
+	cert, fp := issue(factory, "meter-1")
+	_, err = connectTLS(t, tlsURL, e.tls.CA, "meter-1", cert)
+	require.NoError(t, err, "first contact with a certificate of the group's CA")
+	a, err := e.reg.DeviceAuth(ctx, "meter-1")
+	require.NoError(t, err)
+	require.Equal(t, fp, a.CertFingerprint, "the registry keeps the certificate's fingerprint")
+	require.Empty(t, a.Secret1Hash)
+	tw, err := e.reg.GetTwin(ctx, "meter-1")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"line":3}`, string(tw.Tags))
+
+	// Another CA's certificate, and the group CA's certificate for another id, register nothing.
+	other, _ := issue(stranger, "meter-2")
+	_, err = connectTLS(t, tlsURL, e.tls.CA, "meter-2", other)
+	require.Error(t, err)
+	wrongName, _ := issue(factory, "meter-3")
+	_, err = connectTLS(t, tlsURL, e.tls.CA, "meter-4", wrongName)
+	require.Error(t, err)
+	for _, id := range []string{"meter-2", "meter-3", "meter-4"} {
+		_, err := e.reg.GetDevice(ctx, id)
+		require.ErrorIs(t, err, fleet.ErrNotFound, id)
+	}
+	// The registered device comes back with its certificate; a second certificate for its id does not
+	// take it over.
+	_, err = connectTLS(t, tlsURL, e.tls.CA, "meter-1", cert)
+	require.NoError(t, err)
+	again, _ := issue(factory, "meter-1")
+	_, err = connectTLS(t, tlsURL, e.tls.CA, "meter-1", again)
+	require.Error(t, err, "a device is its registered certificate, not any certificate the CA signs for its id")
 }

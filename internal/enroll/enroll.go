@@ -13,7 +13,9 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -156,4 +158,23 @@ func CompilePattern(p string) (*regexp.Regexp, error) {
 		return nil, fmt.Errorf("id pattern %q: %w", p, err)
 	}
 	return re, nil
+}
+
+// ParseCA reads an x509 group's CA: one PEM certificate that may sign certificates.
+func ParseCA(pemText string) (*x509.Certificate, error) {
+	block, rest := pem.Decode([]byte(pemText))
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("CA file holds no PEM certificate")
+	}
+	if len(strings.TrimSpace(string(rest))) > 0 {
+		return nil, errors.New("CA file holds more than one PEM block: give the one CA that signs the group's devices")
+	}
+	ca, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse CA certificate: %w", err)
+	}
+	if !ca.IsCA || !ca.BasicConstraintsValid {
+		return nil, errors.New("the certificate is not a CA (basic constraints)")
+	}
+	return ca, nil
 }

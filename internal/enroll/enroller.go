@@ -2,7 +2,9 @@ package enroll
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -53,16 +55,25 @@ type Enroller struct {
 	failed     atomic.Int64 // registrations that could not be run (workflow or registry unreachable)
 }
 
-// snapshot is the groups as last read, keys opened.
+// snapshot is the groups as last read, keys opened and CAs parsed.
 type snapshot struct {
 	at     time.Time
 	groups []openGroup
+	certs  []certGroup
 	err    error
 }
 
 type openGroup struct {
 	name    string
 	key     []byte
+	pattern *regexp.Regexp
+}
+
+// certGroup is an enabled x509 group: its CA, alone in a pool, to verify device certificates against.
+type certGroup struct {
+	name    string
+	ca      *x509.Certificate
+	pool    *x509.CertPool
 	pattern *regexp.Regexp
 }
 
@@ -107,7 +118,13 @@ func (e *Enroller) Enroll(ctx context.Context, id, secret string) (ok bool, reas
 		}
 	}
 	e.matched.Add(1)
-	out, err := e.registrar.Register(ctx, fleet.Registration{DeviceID: id, Group: g, SecretDigest: creds.Digest(secret)})
+	return e.register(ctx, fleet.Registration{DeviceID: id, Group: g, SecretDigest: creds.Digest(secret)})
+}
+
+// register runs a matched registration and counts its outcome.
+func (e *Enroller) register(ctx context.Context, reg fleet.Registration) (ok bool, reason string, err error) {
+	id, g := reg.DeviceID, reg.Group
+	out, err := e.registrar.Register(ctx, reg)
 	if err != nil {
 		e.failed.Add(1)
 		return false, "", fmt.Errorf("register %s through group %s: %w", id, g, err)
@@ -121,6 +138,53 @@ func (e *Enroller) Enroll(ctx context.Context, id, secret string) (ok bool, reas
 		e.log.Info("device enrolled", "device", id, "group", g)
 	}
 	return true, "", nil
+}
+
+// EnrollCert registers id if cert — verified by the TLS handshake against ClientCAs, its subject's common
+// name the id — was signed by an enabled x509 group's CA under which id may register. Results as Enroll.
+func (e *Enroller) EnrollCert(ctx context.Context, id string, cert *x509.Certificate) (ok bool, reason string, err error) {
+	e.attempts.Add(1)
+	g, found := e.matchCert(ctx, id, cert, false)
+	if !found {
+		if s := e.snap.Load(); s != nil && e.now().Sub(s.at) >= minReload {
+			g, found = e.matchCert(ctx, id, cert, true)
+		}
+		if !found {
+			return false, "", nil
+		}
+	}
+	e.matched.Add(1)
+	fp := sha256.Sum256(cert.Raw)
+	return e.register(ctx, fleet.Registration{DeviceID: id, Group: g, CertFingerprint: fp[:]})
+}
+
+func (e *Enroller) matchCert(ctx context.Context, id string, cert *x509.Certificate, reload bool) (string, bool) {
+	if cert.Subject.CommonName != id {
+		return "", false
+	}
+	s := e.current(ctx, reload)
+	for _, g := range s.certs {
+		if g.pattern != nil && !g.pattern.MatchString(id) {
+			continue
+		}
+		_, err := cert.Verify(x509.VerifyOptions{Roots: g.pool, CurrentTime: e.now(),
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		if err == nil {
+			return g.name, true
+		}
+	}
+	return "", false
+}
+
+// ClientCAs are the CAs of the enabled x509 groups, which the gateway's TLS listener must accept client
+// certificates from (besides the fleet CA).
+func (e *Enroller) ClientCAs(ctx context.Context) []*x509.Certificate {
+	s := e.current(ctx, false)
+	out := make([]*x509.Certificate, len(s.certs))
+	for i, g := range s.certs {
+		out[i] = g.ca
+	}
+	return out
 }
 
 // match finds the enabled group whose derived secret for id is secret.
@@ -174,12 +238,7 @@ func (e *Enroller) load(ctx context.Context) *snapshot {
 		return ns
 	}
 	for _, g := range gs {
-		if g.Disabled || g.Kind != fleet.EnrollSymmetric {
-			continue
-		}
-		key, err := e.sealer.Open(g.Name, g.SealedKey)
-		if err != nil {
-			e.log.Warn("enrollment group skipped", "group", g.Name, "err", err)
+		if g.Disabled {
 			continue
 		}
 		re, err := CompilePattern(g.IDPattern)
@@ -187,7 +246,24 @@ func (e *Enroller) load(ctx context.Context) *snapshot {
 			e.log.Warn("enrollment group skipped", "group", g.Name, "err", err)
 			continue
 		}
-		ns.groups = append(ns.groups, openGroup{name: g.Name, key: key, pattern: re})
+		switch g.Kind {
+		case fleet.EnrollSymmetric:
+			key, err := e.sealer.Open(g.Name, g.SealedKey)
+			if err != nil {
+				e.log.Warn("enrollment group skipped", "group", g.Name, "err", err)
+				continue
+			}
+			ns.groups = append(ns.groups, openGroup{name: g.Name, key: key, pattern: re})
+		case fleet.EnrollX509:
+			ca, err := ParseCA(g.CACert)
+			if err != nil {
+				e.log.Warn("enrollment group skipped", "group", g.Name, "err", err)
+				continue
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(ca)
+			ns.certs = append(ns.certs, certGroup{name: g.Name, ca: ca, pool: pool, pattern: re})
+		}
 	}
 	return ns
 }

@@ -15,6 +15,8 @@ type EnrollmentKind string
 const (
 	// EnrollSymmetric: the device's secret is the HMAC-SHA256 of its id under the group key.
 	EnrollSymmetric EnrollmentKind = "symmetric"
+	// EnrollX509: the device presents a client certificate signed by the group's CA, its id as the subject.
+	EnrollX509 EnrollmentKind = "x509"
 )
 
 // EnrollmentGroup lets devices that are not registered yet register themselves on first contact. The group
@@ -24,9 +26,11 @@ type EnrollmentGroup struct {
 	Kind EnrollmentKind `json:"kind"`
 	// SealedKey is the group key encrypted under the enrollment master key (docs/architecture.md,
 	// "Zero-touch enrollment"); never in a workflow payload.
-	SealedKey []byte          `json:"-"`
-	Tags      json.RawMessage `json:"tags,omitempty"`
-	Desired   json.RawMessage `json:"desired,omitempty"`
+	SealedKey []byte `json:"-"`
+	// CACert is the PEM certificate of the CA that signs an x509 group's device certificates.
+	CACert  string          `json:"caCert,omitempty"`
+	Tags    json.RawMessage `json:"tags,omitempty"`
+	Desired json.RawMessage `json:"desired,omitempty"`
 	// MaxDevices caps how many devices may register through the group (0: no cap).
 	MaxDevices int64 `json:"maxDevices,omitempty"`
 	// IDPattern, when set, is a regular expression every registering id must match as a whole.
@@ -38,11 +42,13 @@ type EnrollmentGroup struct {
 }
 
 // Registration asks the registry to create a device that proved membership of an enrollment group. It
-// carries the digest of the device's derived secret, as the registry stores it, never the secret.
+// carries the digest of the device's derived secret (symmetric groups) or its certificate's fingerprint (x509
+// groups), as the registry stores them, never a secret.
 type Registration struct {
-	DeviceID     string `json:"deviceId"`
-	Group        string `json:"group"`
-	SecretDigest []byte `json:"secretDigest"`
+	DeviceID        string `json:"deviceId"`
+	Group           string `json:"group"`
+	SecretDigest    []byte `json:"secretDigest,omitempty"`
+	CertFingerprint []byte `json:"certFingerprint,omitempty"`
 }
 
 // RegistrationOutcome is what became of a Registration.

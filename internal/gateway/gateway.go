@@ -25,6 +25,7 @@
 package gateway
 
 import (
+	"crypto/x509"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -215,6 +216,10 @@ func (c *Config) setDefaults() {
 // registration could not be run.
 type Enroller interface {
 	Enroll(ctx context.Context, id, secret string) (ok bool, reason string, err error)
+	// EnrollCert is Enroll for a device that presented a client certificate (x509 groups).
+	EnrollCert(ctx context.Context, id string, cert *x509.Certificate) (ok bool, reason string, err error)
+	// ClientCAs are the CAs whose client certificates the TLS listener accepts for first contacts.
+	ClientCAs(ctx context.Context) []*x509.Certificate
 }
 
 // Stats are the gateway's counters since start; Config.Metrics exports them as Prometheus metrics.
@@ -445,12 +450,19 @@ func (g *Gateway) listenTLS(ctx context.Context, server *mqtt.Server) (net.Liste
 		return nil, fmt.Errorf("gateway: listen for TLS on %s: %w", g.cfg.TLSListen, err)
 	}
 	scfg := certs.ServerConfig()
+	var cas *pki.PoolReloader
 	if g.cfg.DeviceCAFile != "" {
-		cas, err := pki.NewPoolReloader(g.cfg.DeviceCAFile, g.cfg.TLSReloadEvery, g.log)
+		cas, err = pki.NewPoolReloader(g.cfg.DeviceCAFile, g.cfg.TLSReloadEvery, g.log)
 		if err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("gateway: device CA: %w", err)
 		}
+	}
+	switch {
+	case g.cfg.Enroller != nil:
+		// Client certificates from the fleet CA and from the CAs of x509 enrollment groups (first contacts).
+		scfg = pki.RequestClientCertsFromFunc(scfg, newClientCAs(cas, g.cfg.Enroller).pool)
+	case cas != nil:
 		scfg = pki.RequestClientCertsFrom(scfg, cas)
 	}
 	ln := tls.NewListener(raw, scfg)

@@ -93,9 +93,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return refuse("will topic outside the device's topics", "topic", pk.Connect.WillTopic)
 	}
 	a, _, err := g.auth.get(id)
-	if errors.Is(err, fleet.ErrNotFound) && g.cfg.Enroller != nil && cert == nil {
+	if errors.Is(err, fleet.ErrNotFound) && g.cfg.Enroller != nil {
 		var reason string
-		a, reason, err = g.enroll(id, string(pk.Connect.Password))
+		a, reason, err = g.enroll(id, string(pk.Connect.Password), cert)
 		if reason != "" {
 			return refuseOnly("enrollment refused", "reason", reason)
 		}
@@ -133,13 +133,20 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	return true
 }
 
-// enroll registers an unknown id whose password is derived from an enrollment group's key and returns its
-// new record (docs/architecture.md, "Zero-touch enrollment"); fleet.ErrNotFound when the password matches no
+// enroll registers an unknown id whose password is derived from an enrollment group's key, or whose client
+// certificate an x509 group's CA signed, and returns its new record (docs/architecture.md, "Zero-touch enrollment"); fleet.ErrNotFound when the password matches no
 // group, and a reason when a group matched but refused the device.
-func (g *Gateway) enroll(id, password string) (fleet.DeviceAuth, string, error) {
+func (g *Gateway) enroll(id, password string, cert *x509.Certificate) (fleet.DeviceAuth, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.EnrollTimeout)
 	defer cancel()
-	ok, reason, err := g.cfg.Enroller.Enroll(ctx, id, password)
+	var ok bool
+	var reason string
+	var err error
+	if cert != nil {
+		ok, reason, err = g.cfg.Enroller.EnrollCert(ctx, id, cert)
+	} else {
+		ok, reason, err = g.cfg.Enroller.Enroll(ctx, id, password)
+	}
 	if err != nil {
 		g.c.enrollRefused.Add(1)
 		g.log.Warn("connect refused: registration failed", "client", id, "err", err)

@@ -26,8 +26,15 @@ func (r *Registry) CreateEnrollmentGroup(ctx context.Context, g fleet.Enrollment
 		return err
 	}
 	tags, desired := jsonOrEmpty(g.Tags), jsonOrEmpty(g.Desired)
-	_, err := r.pool.Exec(ctx, `INSERT INTO enrollment_groups (name, kind, sealed_key, tags, desired, max_devices, id_pattern)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`, g.Name, string(g.Kind), g.SealedKey, tags, desired, g.MaxDevices, g.IDPattern)
+	var sealed []byte
+	var ca *string
+	if g.Kind == fleet.EnrollX509 {
+		ca = &g.CACert
+	} else {
+		sealed = g.SealedKey
+	}
+	_, err := r.pool.Exec(ctx, `INSERT INTO enrollment_groups (name, kind, sealed_key, ca_cert, tags, desired, max_devices, id_pattern)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, g.Name, string(g.Kind), sealed, ca, tags, desired, g.MaxDevices, g.IDPattern)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		return fmt.Errorf("enrollment group %s: %w", g.Name, fleet.ErrEnrollmentGroupExists)
@@ -45,13 +52,13 @@ func jsonOrEmpty(b json.RawMessage) string {
 	return string(b)
 }
 
-const groupColumns = `name, kind, sealed_key, tags, desired, max_devices, id_pattern, disabled, registered, refused, created_at`
+const groupColumns = `name, kind, sealed_key, coalesce(ca_cert, ''), tags, desired, max_devices, id_pattern, disabled, registered, refused, created_at`
 
 func scanGroup(row pgx.Row) (fleet.EnrollmentGroup, error) {
 	var g fleet.EnrollmentGroup
 	var kind string
 	var tags, desired []byte
-	err := row.Scan(&g.Name, &kind, &g.SealedKey, &tags, &desired, &g.MaxDevices, &g.IDPattern, &g.Disabled,
+	err := row.Scan(&g.Name, &kind, &g.SealedKey, &g.CACert, &tags, &desired, &g.MaxDevices, &g.IDPattern, &g.Disabled,
 		&g.Registered, &g.Refused, &g.CreatedAt)
 	g.Kind, g.Tags, g.Desired = fleet.EnrollmentKind(kind), tags, desired
 	return g, err
@@ -164,19 +171,20 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 		return nil, fmt.Errorf("lock enrollment groups: %w", err)
 	}
 	type existing struct {
-		status string
-		group  *string
-		digest []byte
+		status      string
+		group       *string
+		digest      []byte
+		fingerprint []byte
 	}
 	have := map[string]existing{}
-	erows, err := tx.Query(ctx, `SELECT id, status, enrollment_group, secret1_hash FROM devices WHERE id = ANY($1)`, ids)
+	erows, err := tx.Query(ctx, `SELECT id, status, enrollment_group, secret1_hash, cert_fingerprint FROM devices WHERE id = ANY($1)`, ids)
 	if err != nil {
 		return nil, fmt.Errorf("look up devices: %w", err)
 	}
 	for erows.Next() {
 		var id string
 		var e existing
-		if err := erows.Scan(&id, &e.status, &e.group, &e.digest); err != nil {
+		if err := erows.Scan(&id, &e.status, &e.group, &e.digest, &e.fingerprint); err != nil {
 			erows.Close()
 			return nil, fmt.Errorf("look up devices: %w", err)
 		}
@@ -186,7 +194,7 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 		return nil, fmt.Errorf("look up devices: %w", err)
 	}
 	var insIDs, insTags, insDesired, insBy, insGroups []string
-	var insDigests [][]byte
+	var insDigests, insFingerprints [][]byte
 	var events []DeviceEvent
 	for i, reg := range regs {
 		g := groups[reg.Group]
@@ -200,7 +208,8 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 		}
 		if e, ok := have[reg.DeviceID]; ok {
 			switch {
-			case e.group != nil && *e.group == reg.Group && bytes.Equal(e.digest, reg.SecretDigest) && e.status != string(fleet.StatusRetired):
+			case e.group != nil && *e.group == reg.Group && bytes.Equal(e.digest, reg.SecretDigest) &&
+				bytes.Equal(e.fingerprint, reg.CertFingerprint) && e.status != string(fleet.StatusRetired):
 				outs[i].Registered = true // an earlier first contact registered it
 			case e.status == string(fleet.StatusRetired):
 				refuse("id is retired (purge it to reuse the id)")
@@ -210,6 +219,9 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 			continue
 		}
 		switch {
+		case (g.Kind == fleet.EnrollX509) != (len(reg.CertFingerprint) > 0):
+			refuse("credential of the wrong kind for a " + string(g.Kind) + " group")
+			continue
 		case g.Disabled:
 			refuse("enrollment group is disabled")
 			continue
@@ -224,19 +236,21 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 			continue
 		}
 		// Created now: a repeat later in the batch finds it as an earlier contact's.
-		have[reg.DeviceID] = existing{status: string(fleet.StatusActive), group: &reg.Group, digest: reg.SecretDigest}
+		have[reg.DeviceID] = existing{status: string(fleet.StatusActive), group: &reg.Group, digest: reg.SecretDigest, fingerprint: reg.CertFingerprint}
 		g.registered++
 		outs[i] = fleet.RegistrationOutcome{Registered: true, Created: true}
-		insIDs, insDigests = append(insIDs, reg.DeviceID), append(insDigests, reg.SecretDigest)
+		insIDs, insDigests = append(insIDs, reg.DeviceID), append(insDigests, nilIfEmpty(reg.SecretDigest))
+		insFingerprints = append(insFingerprints, nilIfEmpty(reg.CertFingerprint))
 		insTags, insDesired = append(insTags, jsonOrEmpty(g.Tags)), append(insDesired, jsonOrEmpty(g.Desired))
 		insBy, insGroups = append(insBy, EnrollmentProvisionedBy(reg.Group)), append(insGroups, reg.Group)
 		events = append(events, DeviceEvent{DeviceID: reg.DeviceID, Kind: EventEnrolled, Detail: map[string]string{"group": reg.Group}})
 	}
 	if len(insIDs) > 0 {
-		_, err := tx.Exec(ctx, `INSERT INTO devices (id, secret1_hash, tags, desired, provisioned_by, enrollment_group)
-			SELECT u.id, u.digest, u.tags::jsonb, u.desired::jsonb, u.by, u.grp
-			FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(id, digest, tags, desired, by, grp)`,
-			insIDs, insDigests, insTags, insDesired, insBy, insGroups)
+		_, err := tx.Exec(ctx, `INSERT INTO devices (id, secret1_hash, cert_fingerprint, tags, desired, provisioned_by, enrollment_group)
+			SELECT u.id, u.digest, u.fp, u.tags::jsonb, u.desired::jsonb, u.by, u.grp
+			FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[])
+				AS u(id, digest, fp, tags, desired, by, grp)`,
+			insIDs, insDigests, insFingerprints, insTags, insDesired, insBy, insGroups)
 		if err != nil {
 			return nil, fmt.Errorf("insert devices: %w", err)
 		}
@@ -259,4 +273,12 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 		}
 	}
 	return outs, nil
+}
+
+// nilIfEmpty stores an absent credential as NULL, not as an empty value.
+func nilIfEmpty(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
 }

@@ -143,9 +143,27 @@ func TestRegisterEnrolled(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out.Reason, "retired")
 
+	// An x509 group registers certificate fingerprints and refuses secrets, and the other way round.
+	require.NoError(t, reg.CreateEnrollmentGroup(ctx, fleet.EnrollmentGroup{Name: "certs", Kind: fleet.EnrollX509, CACert: "-----BEGIN CERTIFICATE-----"}))
+	fp := creds.Digest("a certificate")
+	outs, err = reg.RegisterEnrolled(ctx, []fleet.Registration{
+		{DeviceID: "c-1", Group: "certs", CertFingerprint: fp},
+		{DeviceID: "c-2", Group: "certs", SecretDigest: creds.Digest("s")},
+		{DeviceID: "c-3", Group: "open", CertFingerprint: fp},
+	})
+	require.NoError(t, err)
+	require.Equal(t, fleet.RegistrationOutcome{Registered: true, Created: true}, outs[0])
+	require.Contains(t, outs[1].Reason, "wrong kind")
+	require.Contains(t, outs[2].Reason, "wrong kind")
+	a, err = reg.DeviceAuth(ctx, "c-1")
+	require.NoError(t, err)
+	require.Equal(t, fp, a.CertFingerprint)
+	require.Empty(t, a.Secret1Hash)
+
 	gs, err := reg.EnrollmentGroups(ctx)
 	require.NoError(t, err)
-	require.Len(t, gs, 2)
-	require.Equal(t, "lab", gs[0].Name)
-	require.Equal(t, []byte("sealed"), gs[0].SealedKey)
+	require.Len(t, gs, 3)
+	require.Equal(t, "-----BEGIN CERTIFICATE-----", gs[0].CACert)
+	require.Equal(t, "lab", gs[1].Name)
+	require.Equal(t, []byte("sealed"), gs[1].SealedKey)
 }

@@ -1,12 +1,14 @@
 -- +goose Up
 -- Zero-touch enrollment (docs/architecture.md, "Zero-touch enrollment"): a group lets devices that are not
 -- registered yet register themselves on first contact with a secret derived from the group key. The key is
--- stored only sealed (AES-256-GCM under the enrollment master key, which the database never sees).
+-- stored only sealed (AES-256-GCM under the enrollment master key, which the database never sees); an x509
+-- group keeps the public certificate of the CA that signs its devices' client certificates.
 -- registered and refused count the group's registrations; they are updated in the registering transaction.
 CREATE TABLE IF NOT EXISTS enrollment_groups (
     name        text PRIMARY KEY,
-    kind        text NOT NULL CHECK (kind IN ('symmetric')),
-    sealed_key  bytea NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('symmetric', 'x509')),
+    sealed_key  bytea,            -- symmetric groups
+    ca_cert     text,             -- x509 groups: the PEM CA that signs their devices' certificates
     tags        jsonb NOT NULL DEFAULT '{}',
     desired     jsonb NOT NULL DEFAULT '{}',
     max_devices bigint NOT NULL DEFAULT 0 CHECK (max_devices >= 0),
@@ -15,7 +17,8 @@ CREATE TABLE IF NOT EXISTS enrollment_groups (
     registered  bigint NOT NULL DEFAULT 0,
     refused     bigint NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CHECK ((kind = 'symmetric') = (sealed_key IS NOT NULL) AND (kind = 'x509') = (ca_cert IS NOT NULL))
 );
 
 -- The group a device registered through, so that a repeated first contact is recognised and the report can
