@@ -134,9 +134,12 @@ func TestZeroTouchEnrollment(t *testing.T) {
 	require.NoError(t, err, out2)
 	require.Equal(t, "lab-1 "+enroll.DeriveSecret(key, "lab-1"), strings.TrimSpace(out2))
 
-	// First contact registers the device, which is then admitted.
-	_, err = connectOnce(t, url, "lab-1", enroll.DeriveSecret(key, "lab-1"))
-	require.NoError(t, err, "first contact with a derived secret")
+	// First contact registers the device, which is then admitted. The gateway learns of the new group from
+	// the registry's notice, which may trail the CLI by a moment: the device retries, as devices do.
+	require.Eventually(t, func() bool {
+		_, err := connectOnce(t, url, "lab-1", enroll.DeriveSecret(key, "lab-1"))
+		return err == nil
+	}, 30*time.Second, 200*time.Millisecond, "first contact with a derived secret")
 	d, err := e.reg.GetDevice(ctx, "lab-1")
 	require.NoError(t, err)
 	require.Equal(t, "enrollment/lab", d.Provisioned)
@@ -293,8 +296,10 @@ func TestZeroTouchEnrollmentWithCertificates(t *testing.T) {
 		return &pair, dc.Fingerprint
 	}
 	cert, fp := issue(factory, "meter-1")
-	_, err = connectTLS(t, tlsURL, e.tls.CA, "meter-1", cert)
-	require.NoError(t, err, "first contact with a certificate of the group's CA")
+	require.Eventually(t, func() bool { // once the gateway has read the new group (see above)
+		_, err := connectTLS(t, tlsURL, e.tls.CA, "meter-1", cert)
+		return err == nil
+	}, 30*time.Second, 200*time.Millisecond, "first contact with a certificate of the group's CA")
 	a, err := e.reg.DeviceAuth(ctx, "meter-1")
 	require.NoError(t, err)
 	require.Equal(t, fp, a.CertFingerprint, "the registry keeps the certificate's fingerprint")

@@ -192,6 +192,21 @@ func TestEnroller(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, loads+1, groups.loads)
 
+	// Invalidate (the registry announced a change) reads the groups again without waiting.
+	late, lateKey := group("late", "", false)
+	groups.set(lab, off, fresh, late)
+	loads = groups.loads
+	e.Invalidate()
+	require.Eventually(t, func() bool {
+		groups.mu.Lock()
+		defer groups.mu.Unlock()
+		return groups.loads > loads
+	}, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return len(e.snap.Load().groups) == 3 }, 10*time.Second, time.Millisecond)
+	ok, _, err = e.Enroll(ctx, "l-1", DeriveSecret(lateKey, "l-1"))
+	require.NoError(t, err)
+	require.True(t, ok)
+
 	// A group that refuses gives its reason; a registration that cannot run is an error.
 	reg.out = fleet.RegistrationOutcome{Reason: "enrollment group is full (3 devices)"}
 	ok, reason, err = e.Enroll(ctx, "lab-5", DeriveSecret(labKey, "lab-5"))
@@ -212,7 +227,7 @@ func TestEnroller(t *testing.T) {
 
 	// Attempts count CONNECTs with a secret: the one without is not an attempt.
 	st := e.Stats()
-	require.Equal(t, Stats{Attempts: 9, Matched: 5, Registered: 3, Refused: 1, Failed: 1}, st)
+	require.Equal(t, Stats{Attempts: 10, Matched: 6, Registered: 4, Refused: 1, Failed: 1}, st)
 }
 
 // batchFake records the batches it was given and registers every device (unit tests only).

@@ -140,6 +140,30 @@ func (e *Enroller) register(ctx context.Context, reg fleet.Registration) (ok boo
 	return true, "", nil
 }
 
+// Invalidate reads the groups again now, in the background: a group was created or changed. Until the read
+// ends, callers use the groups read before.
+func (e *Enroller) Invalidate() {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		e.reload(ctx)
+	}()
+}
+
+// reload reads the groups, waiting for a read in progress rather than skipping it: that read may have begun
+// before the change.
+func (e *Enroller) reload(ctx context.Context) {
+	e.loading.Lock()
+	defer e.loading.Unlock()
+	prev := e.snap.Load()
+	ns := e.load(ctx)
+	if ns.err != nil && prev != nil {
+		e.log.Warn("enrollment groups not re-read; using the previous ones", "err", ns.err)
+		ns.groups, ns.certs = prev.groups, prev.certs
+	}
+	e.snap.Store(ns)
+}
+
 // EnrollCert registers id if cert — verified by the TLS handshake against ClientCAs, its subject's common
 // name the id — was signed by an enabled x509 group's CA under which id may register. Results as Enroll.
 func (e *Enroller) EnrollCert(ctx context.Context, id string, cert *x509.Certificate) (ok bool, reason string, err error) {
@@ -224,7 +248,7 @@ func (e *Enroller) current(ctx context.Context, reload bool) *snapshot {
 	if ns.err != nil && s != nil {
 		// Keep serving the groups last read; try again at the next interval.
 		e.log.Warn("enrollment groups not re-read; using the previous ones", "err", ns.err)
-		ns.groups = s.groups
+		ns.groups, ns.certs = s.groups, s.certs
 	}
 	e.snap.Store(ns)
 	return ns

@@ -220,6 +220,8 @@ type Enroller interface {
 	EnrollCert(ctx context.Context, id string, cert *x509.Certificate) (ok bool, reason string, err error)
 	// ClientCAs are the CAs whose client certificates the TLS listener accepts for first contacts.
 	ClientCAs(ctx context.Context) []*x509.Certificate
+	// Invalidate says the enrollment groups changed (fleet.EnrollmentGroupsChanged): read them again now.
+	Invalidate()
 }
 
 // Stats are the gateway's counters since start; Config.Metrics exports them as Prometheus metrics.

@@ -25,6 +25,22 @@ CREATE TABLE IF NOT EXISTS enrollment_groups (
 -- count devices per group.
 ALTER TABLE devices ADD COLUMN IF NOT EXISTS enrollment_group text;
 
+-- Gateways read the groups every few seconds; a change is announced at once, so that a group is usable (and an
+-- x509 group's CA trusted by the TLS listeners) the moment it is created, and stops the moment it is disabled.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION fleetflow_notify_enrollment() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('fleetflow_device', '*enrollment');
+    RETURN NULL;
+END $$;
+-- +goose StatementEnd
+DROP TRIGGER IF EXISTS enrollment_groups_changed ON enrollment_groups;
+CREATE TRIGGER enrollment_groups_changed
+    AFTER INSERT OR DELETE OR UPDATE OF disabled, sealed_key, ca_cert, id_pattern ON enrollment_groups
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetflow_notify_enrollment();
+
 -- +goose Down
+DROP TRIGGER IF EXISTS enrollment_groups_changed ON enrollment_groups;
+DROP FUNCTION IF EXISTS fleetflow_notify_enrollment();
 ALTER TABLE devices DROP COLUMN IF EXISTS enrollment_group;
 DROP TABLE IF EXISTS enrollment_groups;
