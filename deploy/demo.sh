@@ -5,6 +5,8 @@
 # Then configure the fleet: a FleetJob sets a desired property on one region, a direct method reads one
 # device's diagnostics, a FirmwareRollout of a good firmware completes all its waves, and a rollout of a bad
 # one (the simulator fails its install on a share of the devices) stops in its first wave and rolls back.
+# Then monitor (health check, alerts), retire and replace devices, and let five devices that were never
+# provisioned enroll themselves on first contact through an enrollment group.
 # Safe to run again: the second run finds the devices already present, reconnects them, and rolls out new
 # firmware versions (numbered by run).
 set -euo pipefail
@@ -160,6 +162,27 @@ done
 "$ff" devices get demo-r0998 | sed -n '1,3p'
 "$ff" twin get demo-r0998 | sed -n '/^tags/p'
 "$ff" devices history demo-0998 --limit 4
+
+echo "== enroll: five devices that were never provisioned register themselves on first contact"
+# An enrollment group (zero-touch): the devices carry secrets derived from its key, no manifest, no
+# per-device step; the first CONNECT of each is held while a RegisterDevice workflow registers it.
+factory_key=$dir/factory.key
+if ! "$ff" enroll show demo-factory >/dev/null 2>&1; then
+  rm -f "$factory_key"
+  "$ff" enroll create demo-factory --tags '{"fleet":"demo-enrolled","region":"eu"}' --desired '{"telemetryInterval":60}' \
+    --max 100 --id-pattern 'factory-[0-9]{5}' --key-out "$factory_key" | sed -n 1p | sed 's/^/   /'
+fi
+"$ff" simulate --enroll-key-file "$factory_key" --enroll-ids factory- --devices 5 --telemetry-every 0 --status-every 1h >/dev/null 2>&1 &
+enrolling=$!
+for _ in $(seq 1 60); do
+  n=$("$ff" devices query "SELECT COUNT() AS n FROM devices WHERE tags.fleet = 'demo-enrolled' AND connectionState = 'connected'" -o json | tr -dc '0-9')
+  [ "${n:-0}" -ge 5 ] && break
+  sleep 0.5
+done
+"$ff" devices query "SELECT deviceId, tags.region, properties.desired.telemetryInterval, connectionState FROM devices WHERE tags.fleet = 'demo-enrolled'"
+"$ff" enroll list
+kill "$enrolling" 2>/dev/null || true
+wait "$enrolling" 2>/dev/null || true
 
 echo
 echo "== report"

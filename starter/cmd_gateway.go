@@ -63,6 +63,10 @@ its own that must stay one server session: when --database-url goes through a tr
 --database-listen-url (FLEETFLOW_DATABASE_LISTEN_URL).
 Prometheus metrics (connected devices, message counters, ingest batch latency) are served at
 http://127.0.0.1:9464/metrics unless --metrics-listen says otherwise.
+With an enrollment master key (FLEETFLOW_ENROLLMENT_KEY, or FLEETFLOW_ENROLLMENT_KEY_FILE naming a file
+with it; ` + "`dev up`" + ` sets one) an unknown device whose secret is derived from an enabled enrollment group's key
+is registered on first contact by a RegisterDevice workflow (on the Temporal server of TEMPORAL_ADDRESS)
+and then admitted (` + "`fleetflow enroll --help`" + `).
 The gateway stops on SIGINT or SIGTERM.`,
 		Example: `  fleetflow gateway
   fleetflow gateway --nats-url nats://127.0.0.1:4222,nats://127.0.0.1:4223 --listen 127.0.0.1:1884 --tls-listen 127.0.0.1:8884
@@ -125,6 +129,15 @@ The gateway stops on SIGINT or SIGTERM.`,
 				defer relay.Close() // after the gateway's Close: its sessions detach first
 				gcfg.Downlinks = relay
 			}
+			enr, registrar, err := enrollerFor(g, reg, log)
+			if err != nil {
+				return err
+			}
+			if enr != nil {
+				defer registrar.Close()
+				gcfg.Enroller = enr
+				log.Info("zero-touch enrollment on: unknown devices with a secret derived from an enrollment group register on first contact")
+			}
 			gw := gateway.New(gcfg, reg, log)
 			if err := gw.Start(ctx); err != nil {
 				return err
@@ -144,7 +157,7 @@ The gateway stops on SIGINT or SIGTERM.`,
 						"auth_failures", st.AuthFailures, "refused_busy", st.RefusedBusy, "acl_denials", st.ACLDenials, "kicks", st.Kicks, "takeovers", st.Takeovers,
 						"desired_relayed", st.DesiredRelayed, "methods_relayed", st.MethodsRelayed,
 						"messages_in", st.MessagesIn, "messages_out", st.MessagesOut, "slow_dropped", st.SlowDropped, "malformed", st.Malformed,
-						"reported_applied", st.ReportedApplied, "ingest_batches", st.IngestBatches,
+						"reported_applied", st.ReportedApplied, "enrolled", st.Enrolled, "enroll_refused", st.EnrollRefused, "ingest_batches", st.IngestBatches,
 						"last_batch_latency", st.LastBatchLatency, "store_errors", st.StoreErrors)
 				case <-ctx.Done():
 					if err := gw.Close(); err != nil {

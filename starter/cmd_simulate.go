@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
+	"github.com/fleetflow/fleetflow/internal/enroll"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/simulator"
 )
@@ -17,12 +18,15 @@ import (
 func newSimulateCmd(g *globals) *cobra.Command {
 	var (
 		credsFile   string
+		enrollKey   string
+		enrollFile  string
+		enrollIDs   string
 		cfg         simulator.Config
 		statusEvery time.Duration
 		brokers     []string
 	)
 	cmd := &cobra.Command{
-		Use:   "simulate --creds FILE",
+		Use:   "simulate (--creds FILE | --enroll-key-file F --enroll-ids P --devices N)",
 		Short: "Run simulated devices from a credentials file until interrupted",
 		Long: `Connect the devices of a credentials file (written by "fleetflow provision") to the gateway, as real
 devices would: each reports its capabilities (model, firmware, hardware, sensors, health) after its first
@@ -46,6 +50,11 @@ FLEETFLOW_MQTT_URL): the devices are spread over them round-robin, and a device 
 reconnects to another one of the list, as devices behind a TCP load balancer would. "fleetflow dev
 simulate" passes every gateway of the local stack.
 
+Devices that enroll themselves (` + "`fleetflow enroll --help`" + `): with --enroll-key or --enroll-key-file (a group
+key) instead of --creds, --devices N devices named --enroll-ids followed by a number (e.g. lab-00000 …)
+connect with the secret derived from the key, unknown to the registry until their first contact
+registers them.
+
 One process handles about 10,000 devices; beyond ~28,000 per broker address, pass --source-ips so that
 connections spread over several loopback addresses.`,
 		Example: `  fleetflow simulate --creds sim.creds.ndjson
@@ -55,13 +64,23 @@ connections spread over several loopback addresses.`,
   fleetflow simulate --creds sim.creds.ndjson --firmware-delay 5s --fail-install 2.0.0=0.1 --unhealthy 2.0.0=0.05`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if credsFile == "" {
-				return errors.New("--creds is required")
+			enrolling := enrollKey != "" || enrollFile != ""
+			if credsFile == "" && !enrolling {
+				return errors.New("--creds is required (or --enroll-key-file with --enroll-ids and --devices)")
+			}
+			if credsFile != "" && enrolling {
+				return asUsage(errors.New("give --creds or an enrollment key, not both"))
 			}
 			if statusEvery <= 0 {
 				statusEvery = 5 * time.Second
 			}
-			list, err := creds.ReadFile(credsFile)
+			var list []creds.Credential
+			var err error
+			if enrolling {
+				list, err = enrollingDevices(enrollKey, enrollFile, enrollIDs, cfg.Devices)
+			} else {
+				list, err = creds.ReadFile(credsFile)
+			}
 			if err != nil {
 				return err
 			}
@@ -110,6 +129,9 @@ connections spread over several loopback addresses.`,
 	f.StringSliceVar(&brokers, "mqtt-url", brokerList([]string{g.cfg.MQTTURL}),
 		"gateway URLs to spread the devices over, comma-separated or repeated, tcp:// or ssl:// (FLEETFLOW_MQTT_URL)")
 	f.StringVar(&credsFile, "creds", "", "credentials file (NDJSON of {id, secret}) written by provisioning")
+	f.StringVar(&enrollKey, "enroll-key", "", "an enrollment group's key: devices derive their secrets from it and register on first contact")
+	f.StringVar(&enrollFile, "enroll-key-file", "", "file with an enrollment group's key (as `enroll create --key-out` wrote it)")
+	f.StringVar(&enrollIDs, "enroll-ids", "sim-", "prefix of the ids of enrolling devices, followed by a 5-digit number")
 	f.StringVar(&g.cfg.MQTTCA, "ca-file", g.cfg.MQTTCA, "CA file the devices verify the gateway with on an ssl:// --mqtt-url (FLEETFLOW_MQTT_CA, same as --mqtt-ca)")
 	f.IntVar(&cfg.Devices, "devices", 0, "simulate only the first N devices of the file (0 = all)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "CONNECTs in flight at once")
@@ -149,4 +171,22 @@ func simulateCA(g *globals, brokers []string) string {
 	one := *g
 	one.cfg.MQTTURL = list[i]
 	return mqttCA(&one)
+}
+
+// enrollingDevices are n devices named prefix00000… whose secrets are derived from a group key, for devices
+// that enroll themselves (docs/architecture.md, "Zero-touch enrollment").
+func enrollingDevices(key, keyFile, prefix string, n int) ([]creds.Credential, error) {
+	k, err := groupKeyFlag(key, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	if n <= 0 {
+		return nil, asUsage(errors.New("--devices N is required with an enrollment key"))
+	}
+	out := make([]creds.Credential, n)
+	for i := range out {
+		id := fmt.Sprintf("%s%05d", prefix, i)
+		out[i] = creds.Credential{ID: id, Secret: enroll.DeriveSecret(k, id)}
+	}
+	return out, nil
 }

@@ -37,6 +37,7 @@ func commands(g *globals) []*cobra.Command {
 		inGroup(groupProvision,
 			newProvisionCmd(g), // provision (cmd_provision.go)
 			newCACmd(g),        // ca init|show (cmd_ca.go)
+			newEnrollCmd(g),    // enroll create|list|show|disable|enable|secret (cmd_enroll.go)
 		),
 		inGroup(groupConfigure,
 			newTwinCmd(g),    // twin get|set-desired|set-tags (cmd_twin.go)

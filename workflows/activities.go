@@ -52,6 +52,8 @@ type Activities interface {
 	SchemeStage(ctx context.Context, in SchemeStageInput) (int64, error)
 	SchemeCheckBatch(ctx context.Context, in SchemeBatchInput) (fleet.SchemeCheckProgress, error)
 	SchemeFinish(ctx context.Context, in SchemeFinishInput) (fleet.SchemeCheckEnd, error)
+
+	RegisterEnrolledDevices(ctx context.Context, in RegisterDeviceInput) (RegisterDeviceResult, error)
 }
 
 // Activity names that recorded histories hold but that now name workflows only: the activities were renamed

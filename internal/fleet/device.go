@@ -32,6 +32,11 @@ var (
 // remembered as unknown on it (docs/architecture.md, "Abuse: floods of CONNECTs").
 const DevicesInserted = "*inserted"
 
+// EnrollmentGroupsChanged is the device change notice that says an enrollment group was created, disabled,
+// enabled or removed (docs/architecture.md, "Zero-touch enrollment"): gateways read the groups again at once.
+// It is not a valid device id.
+const EnrollmentGroupsChanged = "*enrollment"
+
 // DeviceAuth is what a gateway needs to authenticate a CONNECT: the digests of the device's secrets and
 // the fingerprint of its client certificate, any of which may be empty (docs/architecture.md, "Device
 // certificates").

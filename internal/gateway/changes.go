@@ -62,11 +62,22 @@ func (g *Gateway) onDeviceChange(id string) {
 		// The store re-established its listener and may have missed notifications.
 		g.log.Info("device change listener resumed; re-checking every session")
 		g.resync()
+		if g.cfg.Enroller != nil {
+			g.cfg.Enroller.Invalidate()
+		}
 		return
 	}
 	if id == fleet.DevicesInserted {
 		// New devices: one of them may be an id remembered as unknown, and must be admitted at once.
 		g.auth.forgetUnknown()
+		return
+	}
+	if id == fleet.EnrollmentGroupsChanged {
+		// A group was created, disabled or enabled: first contacts through it must see it at once, and
+		// the TLS listener must trust a new group's CA before its devices' handshakes.
+		if g.cfg.Enroller != nil {
+			g.cfg.Enroller.Invalidate()
+		}
 		return
 	}
 	g.auth.invalidate(id)

@@ -27,6 +27,7 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -102,6 +103,12 @@ type Config struct {
 	// devices (internal/channel's Relay over NATS). Nil: no downlinks, uplinks only (tests of ingest and auth).
 	// The gateway does not close it.
 	Downlinks Downlinks
+	// Enroller registers devices on first contact (docs/architecture.md, "Zero-touch enrollment"): a CONNECT
+	// of an id the registry does not know, whose password is derived from an enabled enrollment group's key,
+	// is held while the device is registered and then admitted. Nil: unknown ids are refused.
+	Enroller Enroller
+	// EnrollTimeout bounds how long a CONNECT waits for its registration (default 10 s).
+	EnrollTimeout time.Duration
 
 	// AuthCacheSize caps the number of cached device records (default 100,000).
 	AuthCacheSize int
@@ -218,6 +225,22 @@ func (c *Config) setDefaults() {
 	def(&c.MaxInflight, 256)
 	defDur(&c.SessionExpiry, time.Hour)
 	def(&c.MaxPacketSize, 256*1024)
+	if c.EnrollTimeout <= 0 {
+		c.EnrollTimeout = 10 * time.Second
+	}
+}
+
+// Enroller registers unknown devices that prove membership of an enrollment group (internal/enroll's
+// Enroller): ok when the device exists now; reason when a group matched but refused it; err when the
+// registration could not be run.
+type Enroller interface {
+	Enroll(ctx context.Context, id, secret string) (ok bool, reason string, err error)
+	// EnrollCert is Enroll for a device that presented a client certificate (x509 groups).
+	EnrollCert(ctx context.Context, id string, cert *x509.Certificate) (ok bool, reason string, err error)
+	// ClientCAs are the CAs whose client certificates the TLS listener accepts for first contacts.
+	ClientCAs(ctx context.Context) []*x509.Certificate
+	// Invalidate says the enrollment groups changed (fleet.EnrollmentGroupsChanged): read them again now.
+	Invalidate()
 }
 
 // Stats are the gateway's counters since start; Config.Metrics exports them as Prometheus metrics.
@@ -258,6 +281,8 @@ type Stats struct {
 	AuthShed          int64 // CONNECTs of never-seen ids refused at once: too many such lookups waited
 	RefusedBusy       int64 // CONNECTs refused "server unavailable" by admission control, for any reason
 	AdmitPending      int64 // CONNECTs being authenticated now
+	Enrolled          int64 // unknown ids registered on first contact through an enrollment group
+	EnrollRefused     int64 // unknown ids whose derived secret matched a group that refused them, or whose registration failed
 }
 
 // counters are the atomics behind Stats.
@@ -267,7 +292,7 @@ type counters struct {
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
-	authRateLimited                                                                   atomic.Int64
+	authRateLimited, enrolled, enrollRefused                                          atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -452,12 +477,19 @@ func (g *Gateway) listenTLS(ctx context.Context, server *mqtt.Server) (net.Liste
 		return nil, fmt.Errorf("gateway: listen for TLS on %s: %w", g.cfg.TLSListen, err)
 	}
 	scfg := certs.ServerConfig()
+	var cas *pki.PoolReloader
 	if g.cfg.DeviceCAFile != "" {
-		cas, err := pki.NewPoolReloader(g.cfg.DeviceCAFile, g.cfg.TLSReloadEvery, g.log)
+		cas, err = pki.NewPoolReloader(g.cfg.DeviceCAFile, g.cfg.TLSReloadEvery, g.log)
 		if err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("gateway: device CA: %w", err)
 		}
+	}
+	switch {
+	case g.cfg.Enroller != nil:
+		// Client certificates from the fleet CA and from the CAs of x509 enrollment groups (first contacts).
+		scfg = pki.RequestClientCertsFromFunc(scfg, newClientCAs(cas, g.cfg.Enroller).pool)
+	case cas != nil:
 		scfg = pki.RequestClientCertsFrom(scfg, cas)
 	}
 	ln := tls.NewListener(raw, scfg)
@@ -625,6 +657,8 @@ func (g *Gateway) Stats() Stats {
 		AuthShed:          g.auth.coldShed.Load(),
 		RefusedBusy:       g.admit.total(),
 		AdmitPending:      g.admit.pending.Load(),
+		Enrolled:          g.c.enrolled.Load(),
+		EnrollRefused:     g.c.enrollRefused.Load(),
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
@@ -128,6 +129,13 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 		return refuse("will topic outside the device's topics", "topic", pk.Connect.WillTopic)
 	}
 	a, _, err := g.auth.getWithin(id, wait)
+	if errors.Is(err, fleet.ErrNotFound) && g.cfg.Enroller != nil {
+		var reason string
+		a, reason, err = g.enroll(id, string(pk.Connect.Password), cert)
+		if reason != "" {
+			return refuseOnly("enrollment refused", "reason", reason)
+		}
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, fleet.ErrNotFound):
@@ -161,6 +169,39 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 	}
 	g.nums.hold(cl, num)
 	return true, "", nil
+}
+
+// enroll registers an unknown id whose password is derived from an enrollment group's key, or whose client
+// certificate an x509 group's CA signed, and returns its new record (docs/architecture.md, "Zero-touch enrollment"); fleet.ErrNotFound when the password matches no
+// group, and a reason when a group matched but refused the device.
+func (g *Gateway) enroll(id, password string, cert *x509.Certificate) (fleet.DeviceAuth, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.EnrollTimeout)
+	defer cancel()
+	var ok bool
+	var reason string
+	var err error
+	if cert != nil {
+		ok, reason, err = g.cfg.Enroller.EnrollCert(ctx, id, cert)
+	} else {
+		ok, reason, err = g.cfg.Enroller.Enroll(ctx, id, password)
+	}
+	if err != nil {
+		g.c.enrollRefused.Add(1)
+		g.log.Warn("connect refused: registration failed", "client", id, "err", err)
+		return fleet.DeviceAuth{}, "registration failed", nil
+	}
+	if reason != "" {
+		g.c.enrollRefused.Add(1)
+		return fleet.DeviceAuth{}, reason, nil
+	}
+	if !ok {
+		return fleet.DeviceAuth{}, "", fleet.ErrNotFound
+	}
+	g.c.enrolled.Add(1)
+	// The registry's insert notice clears the negative cache too, but it may not have arrived yet.
+	g.auth.invalidate(id)
+	a, _, err := g.auth.get(id)
+	return a, "", err
 }
 
 // authService refuses the MQTT login fleetflow's services used before they moved to NATS (docs/architecture.md,

@@ -169,6 +169,10 @@ var gatewayMetrics = append(admissionMetrics(), []gatewayMetric{
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authRateLimited })},
 	{desc("fleetflow_gateway_auth_shed_total", "CONNECTs of device ids never seen active refused at once because too many such lookups were waiting."),
 		prometheus.CounterValue, nil, func(g *Gateway) float64 { return float64(g.auth.coldShed.Load()) }},
+	{desc("fleetflow_gateway_enrolled_total", "Unknown device ids registered on first contact through an enrollment group."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.enrolled })},
+	{desc("fleetflow_gateway_enroll_refused_total", "First contacts whose secret matched an enrollment group that refused them (disabled, full, pattern, id taken), or whose registration failed."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.enrollRefused })},
 }...)
 
 // gatewayCollector exports the gateway's counters, read from its atomics at each scrape.

@@ -300,21 +300,33 @@ func (r *PoolReloader) maybeReload(now time.Time) {
 // RequestClientCertsFrom is RequestClientCerts with the pool of a PoolReloader: each handshake gets cfg with
 // the current pool (one derived config per pool, not one per handshake).
 func RequestClientCertsFrom(cfg *tls.Config, cas *PoolReloader) *tls.Config {
+	return RequestClientCertsFromFunc(cfg, cas.Pool)
+}
+
+// RequestClientCertsFromFunc is RequestClientCerts with the pool pool returns at each handshake; a nil pool
+// asks the client for no certificate (there is no CA to verify one against). pool should return the same
+// pointer while nothing changed, since one config is derived per pool.
+func RequestClientCertsFromFunc(cfg *tls.Config, pool func() *x509.CertPool) *tls.Config {
 	base := cfg.Clone()
 	var derived atomic.Pointer[tls.Config]
 	out := cfg.Clone()
 	out.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		pool := cas.Pool()
-		if c := derived.Load(); c != nil && c.ClientCAs == pool {
+		p := pool()
+		if p == nil {
+			return base, nil
+		}
+		if c := derived.Load(); c != nil && c.ClientCAs == p {
 			return c, nil
 		}
 		c := base.Clone()
-		RequestClientCerts(c, pool)
+		RequestClientCerts(c, p)
 		derived.Store(c)
 		return c, nil
 	}
 	// The outer config is used until GetConfigForClient answers; it asks for certificates too, so that it
 	// never matters which of the two the handshake ends up with.
-	RequestClientCerts(out, cas.Pool())
+	if p := pool(); p != nil {
+		RequestClientCerts(out, p)
+	}
 	return out
 }

@@ -38,6 +38,7 @@ const (
 	EventReplacedBy     = "replaced_by"     // detail LifecycleDetail, Device = the replacement
 	EventReplaces       = "replaces"        // detail LifecycleDetail, Device = the device replaced
 	EventMethod         = "method"          // a direct method called on its own; detail {"method", "status", "outcome"}
+	EventEnrolled       = "enrolled"        // registered on first contact through an enrollment group; detail {"group"}
 )
 
 // Kinds of the timeline entries derived from other tables rather than stored in device_events.
@@ -429,7 +430,7 @@ func lifecycleEntry(kind string, at time.Time, a *archiveRow) sortedEntry {
 // desired in the transaction that marks the device dispatched, a device is disabled before it is retired,
 // and so on.
 var kindRanks = map[string]int{
-	KindProvisioned: 0, EventReplaces: 1,
+	KindProvisioned: 0, EventEnrolled: 0, EventReplaces: 1,
 	EventConnected: 2, EventDisconnected: 2,
 	KindRolloutDispatched: 3, KindRolloutRollback: 3,
 	EventDesiredChanged: 4, EventTagsChanged: 4,
@@ -551,6 +552,8 @@ func describe(kind string, raw []byte) (stage, summary string) {
 		if st := d.str("status"); st != "" && st != "0" {
 			summary += " (" + st + ")"
 		}
+	case EventEnrolled:
+		stage, summary = StageProvision, "registered on first contact through enrollment group "+d.str("group")
 	case EventDisabled, EventEnabled, EventRetired:
 		stage, summary = StageRetire, lifecycle(kind)
 	case EventReplacedBy:

@@ -63,6 +63,7 @@ const (
 	OpConfig       = "configuration"
 	// OpSchemeCheck: a SchemeCheck, of `scheme set` or `scheme check` (docs/architecture.md, "Metadata scheme").
 	OpSchemeCheck = "scheme-check"
+	OpEnroll      = "enroll"
 )
 
 // Values of FleetOpState.

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/config"
+	"github.com/fleetflow/fleetflow/internal/enroll"
 )
 
 // Part names, as shown by `dev status` and used for log and pid file names.
@@ -421,6 +422,14 @@ func (s *Stack) childEnv() ([]string, error) {
 		// accepts the device certificates it signed.
 		env = append(env, "FLEETFLOW_DEVICE_CA="+ca)
 	}
+	if os.Getenv(enroll.MasterKeyEnv) == "" && os.Getenv(enroll.MasterKeyFileEnv) == "" {
+		// Zero-touch enrollment needs a master key on the gateways; the local stack keeps its own.
+		f, err := s.ensureEnrollmentKey()
+		if err != nil {
+			return nil, err
+		}
+		env = append(env, enroll.MasterKeyFileEnv+"="+f)
+	}
 	return append(env,
 		"FLEETFLOW_DATABASE_URL="+cfg.DatabaseURL,
 		"TEMPORAL_ADDRESS="+cfg.TemporalAddress,
@@ -432,6 +441,44 @@ func (s *Stack) childEnv() ([]string, error) {
 		"FLEETFLOW_GATEWAY_TLS_LISTEN="+s.gatewayTLSListen(),
 		"FLEETFLOW_TEMPORAL_UI="+cfg.TemporalUI,
 	), nil
+}
+
+// EnrollmentKeyFile is where the local stack keeps its enrollment master key (docs/architecture.md,
+// "Zero-touch enrollment").
+func (s *Stack) EnrollmentKeyFile() string { return filepath.Join(s.state, "enrollment.key") }
+
+// ensureEnrollmentKey creates the local stack's enrollment master key on first use (mode 0600) and
+// returns its file; an existing key is kept, since every group key is sealed under it.
+func (s *Stack) ensureEnrollmentKey() (string, error) {
+	f := s.EnrollmentKeyFile()
+	if _, err := os.Stat(f); err == nil {
+		return f, nil
+	}
+	k, err := enroll.NewKey()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+		return "", fmt.Errorf("enrollment master key: %w", err)
+	}
+	w, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return f, nil // another process made it first
+	}
+	if err != nil {
+		return "", fmt.Errorf("enrollment master key: %w", err)
+	}
+	_, err = w.WriteString(enroll.EncodeKey(k) + "\n")
+	if err == nil {
+		err = w.Sync()
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("enrollment master key %s: %w", f, err)
+	}
+	return f, nil
 }
 
 // gatewayListen is where a locally started gateway listens: FLEETFLOW_GATEWAY_LISTEN when given, else the
