@@ -156,6 +156,22 @@ certificates (a factory's own CA, or ` + "`fleetflow ca init`" + `'s).`,
 			if _, err := enroll.CompilePattern(pattern); err != nil {
 				return asUsage(err)
 			}
+			reg, err := openRegistry(cmd, g)
+			if err != nil {
+				return err
+			}
+			defer reg.Close()
+			// The group's tags become its devices' tags: they must satisfy the metadata scheme in force
+			// (registrations re-check, since a scheme may be set later).
+			sch, err := reg.ActiveScheme(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if sch != nil {
+				if err := sch.ValidateTags(orObjectBytes(grp.Tags)); err != nil {
+					return asUsage(fmt.Errorf("--tags do not satisfy the metadata scheme (version %d): %w", sch.Version, err))
+				}
+			}
 			var key []byte
 			if grp.Kind == fleet.EnrollSymmetric {
 				mk, err := masterKey()
@@ -180,11 +196,6 @@ certificates (a factory's own CA, or ` + "`fleetflow ca init`" + `'s).`,
 					return err
 				}
 			}
-			reg, err := openRegistry(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
 			if err := reg.CreateEnrollmentGroup(cmd.Context(), grp); err != nil {
 				if keyOut != "" {
 					_ = os.Remove(keyOut)
@@ -496,4 +507,12 @@ func orObject(b json.RawMessage) string {
 		return "{}"
 	}
 	return string(b)
+}
+
+// orObjectBytes is b, or {} when it is empty.
+func orObjectBytes(b json.RawMessage) []byte {
+	if len(b) == 0 {
+		return []byte("{}")
+	}
+	return b
 }

@@ -135,6 +135,7 @@ type enrolledGroup struct {
 	fleet.EnrollmentGroup
 	pattern             *regexp.Regexp
 	badPattern          string
+	schemeProblem       string // the group's tags break the metadata scheme in force
 	registered, refused int64
 }
 
@@ -169,6 +170,17 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("lock enrollment groups: %w", err)
+	}
+	// The devices get their group's tags, which must satisfy the metadata scheme in force now
+	// (docs/architecture.md, "Metadata scheme"): a scheme set after the group was created may refuse them.
+	sch, err := activeScheme(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range groups {
+		if err := checkTags(sch, "of enrollment group "+g.Name, []byte(jsonOrEmpty(g.Tags))); err != nil {
+			g.schemeProblem = err.Error()
+		}
 	}
 	type existing struct {
 		status      string
@@ -227,6 +239,9 @@ func registerEnrolled(ctx context.Context, tx pgx.Tx, regs []fleet.Registration)
 			continue
 		case g.badPattern != "":
 			refuse(g.badPattern)
+			continue
+		case g.schemeProblem != "":
+			refuse(g.schemeProblem)
 			continue
 		case g.pattern != nil && !g.pattern.MatchString(reg.DeviceID):
 			refuse("id does not match the group's pattern " + g.IDPattern)

@@ -160,10 +160,21 @@ func TestRegisterEnrolled(t *testing.T) {
 	require.Equal(t, fp, a.CertFingerprint)
 	require.Empty(t, a.Secret1Hash)
 
+	// Registrations re-check the group's tags against the metadata scheme in force: a scheme set after the
+	// group was created refuses its devices, naming the path and rule.
+	require.NoError(t, reg.CreateEnrollmentGroup(ctx, fleet.EnrollmentGroup{Name: "floorless", Kind: fleet.EnrollSymmetric,
+		SealedKey: []byte("x"), Tags: []byte(`{"region":"eu","floor":"3"}`)}))
+	registrytest.SetScheme(t, reg, "scheme-enroll", []byte(floors), nil, true, 100)
+	outs, err = reg.RegisterEnrolled(ctx, []fleet.Registration{{DeviceID: "f-1", Group: "floorless", SecretDigest: creds.Digest("s")}})
+	require.NoError(t, err)
+	require.False(t, outs[0].Registered)
+	require.Contains(t, outs[0].Reason, "tags.floor: got string, want integer")
+
 	gs, err := reg.EnrollmentGroups(ctx)
 	require.NoError(t, err)
-	require.Len(t, gs, 3)
+	require.Len(t, gs, 4)
 	require.Equal(t, "-----BEGIN CERTIFICATE-----", gs[0].CACert)
-	require.Equal(t, "lab", gs[1].Name)
-	require.Equal(t, []byte("sealed"), gs[1].SealedKey)
+	require.Equal(t, "floorless", gs[1].Name)
+	require.Equal(t, "lab", gs[2].Name)
+	require.Equal(t, []byte("sealed"), gs[2].SealedKey)
 }
