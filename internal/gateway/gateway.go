@@ -237,6 +237,7 @@ type Stats struct {
 	AuthNegativeHits  int64 // CONNECTs of unknown ids answered from the negative cache
 	AuthRateLimited   int64 // CONNECTs refused without a lookup: their address had used up its failures
 	AuthShed          int64 // CONNECTs of never-seen ids refused at once: too many such lookups waited
+	AuthExpired       int64 // CONNECTs with the right credentials refused because they have expired
 }
 
 // counters are the atomics behind Stats.
@@ -246,7 +247,7 @@ type counters struct {
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
-	authRateLimited                                                                   atomic.Int64
+	authRateLimited, authExpired                                                      atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -270,6 +271,7 @@ type Gateway struct {
 	m           ingestMetrics
 
 	nums    *sessionNums // session numbers from the registry's sequence
+	expired expiredNotes // devices whose expired-credential refusal was recently put on their timeline
 	methods *methodTable // method requests relayed to devices, awaiting their answers
 
 	ctx       context.Context // background work; cancelled by Close
@@ -598,6 +600,7 @@ func (g *Gateway) Stats() Stats {
 		AuthNegativeHits:  g.auth.negHits.Load(),
 		AuthRateLimited:   g.c.authRateLimited.Load(),
 		AuthShed:          g.auth.coldShed.Load(),
+		AuthExpired:       g.c.authExpired.Load(),
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)
