@@ -55,6 +55,7 @@ type Device struct {
 	firstOnce sync.Once
 	closing   chan struct{} // closed by Close: ends a reconnect's jitter wait
 	queue     serialQueue
+	creds     credState
 }
 
 // New validates the configuration and prepares a device.
@@ -81,6 +82,10 @@ func New(cfg Config) (*Device, error) {
 		closing:   make(chan struct{}),
 	}
 	d.queue.max = cfg.QueueSize
+	d.initCredentials()
+	if cfg.SaveCredentials != nil {
+		d.methods[protocol.MethodRotateCredentials] = d.rotateCredentials
+	}
 	return d, nil
 }
 
