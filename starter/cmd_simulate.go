@@ -69,7 +69,7 @@ connections spread over several loopback addresses.`,
 			if len(cfg.BrokerURLs) == 0 {
 				return errors.New("--mqtt-url is empty")
 			}
-			cfg.Creds = list
+			cfg.Creds, cfg.CredentialsFile = list, credsFile
 			sim, err := simulator.New(cfg)
 			if err != nil {
 				return err
@@ -109,7 +109,7 @@ connections spread over several loopback addresses.`,
 	// Shadows the global --mqtt-url with a list (cobra prefers a command's own flag of the same name).
 	f.StringSliceVar(&brokers, "mqtt-url", brokerList([]string{g.cfg.MQTTURL}),
 		"gateway URLs to spread the devices over, comma-separated or repeated, tcp:// or ssl:// (FLEETFLOW_MQTT_URL)")
-	f.StringVar(&credsFile, "creds", "", "credentials file (NDJSON of {id, secret}) written by provisioning")
+	f.StringVar(&credsFile, "creds", "", "credentials file (NDJSON of {id, secret}) written by provisioning; new secrets from credential rotations are appended to it")
 	f.StringVar(&g.cfg.MQTTCA, "ca-file", g.cfg.MQTTCA, "CA file the devices verify the gateway with on an ssl:// --mqtt-url (FLEETFLOW_MQTT_CA, same as --mqtt-ca)")
 	f.IntVar(&cfg.Devices, "devices", 0, "simulate only the first N devices of the file (0 = all)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 64, "CONNECTs in flight at once")
