@@ -24,6 +24,7 @@ type Activities struct {
 	Rollouts  fleet.RolloutStore
 	Retire    fleet.RetireStore
 	Monitor   fleet.MonitorStore
+	Rotate    fleet.RotateStore
 	// Channel reaches devices; nil when the worker has no broker configured, in which case desired changes
 	// still land in the registry (devices read them on reconnect) and method jobs fail.
 	Channel fleet.Channel
@@ -66,8 +67,9 @@ func New(store interface {
 	fleet.RolloutStore
 	fleet.RetireStore
 	fleet.MonitorStore
+	fleet.RotateStore
 }, ch fleet.Channel) *Activities {
-	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Channel: ch}
+	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Rotate: store, Channel: ch}
 }
 
 // errNoStore is the permanent failure of an activity whose stage this worker was not given a store for.

@@ -53,6 +53,8 @@ func (a *Activities) JobBatch(ctx context.Context, req workflows.JobBatchInput) 
 			err = a.patchBatch(ctx, req, targets)
 		case fleet.JobMethod:
 			err = a.methodBatch(ctx, req, targets)
+		case fleet.JobRotate:
+			err = a.rotateBatch(ctx, req, targets)
 		default:
 			err = temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", req.Kind), workflows.ErrTypeInvalidInput, nil)
 		}
@@ -251,9 +253,18 @@ func (a *Activities) JobCollectAcks(ctx context.Context, req workflows.JobCollec
 	if a.Jobs == nil {
 		return st, errNoStore("job")
 	}
+	if req.Kind == fleet.JobRotate && a.Rotate == nil {
+		return st, errNoStore("credential rotation")
+	}
 	deadline := time.Now().Add(req.MaxWait)
 	for {
-		p, err := a.Jobs.CollectAcks(ctx, req.JobID, req.Keys)
+		var p fleet.AckProgress
+		var err error
+		if req.Kind == fleet.JobRotate {
+			p, err = a.Rotate.CollectRotations(ctx, req.JobID, req.CredentialValidity)
+		} else {
+			p, err = a.Jobs.CollectAcks(ctx, req.JobID, req.Keys)
+		}
 		if err != nil {
 			return st, err
 		}

@@ -127,6 +127,7 @@ func Register(w worker.Registry, acts *activities.Activities) {
 	w.RegisterWorkflow(workflows.FleetJob)
 	w.RegisterWorkflow(workflows.FirmwareRollout)
 	w.RegisterWorkflow(workflows.Decommission)
+	w.RegisterWorkflow(workflows.RotateCredentials)
 	w.RegisterWorkflow(workflows.ReplaceDevice)
 	w.RegisterWorkflow(workflows.PurgeArchive)
 	w.RegisterWorkflow(workflows.FleetHealthCheck)

@@ -50,6 +50,8 @@ const (
 	OpJob          = "job"
 	OpHealthCheck  = "healthcheck"
 	OpDecommission = "decommission"
+	// OpRotateCredentials: a credential rotation (workflow RotateCredentials).
+	OpRotateCredentials = "rotate-credentials"
 )
 
 // Values of FleetOpState.
