@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -36,6 +37,17 @@ func (a *Activities) rotateBatch(ctx context.Context, req workflows.JobBatchInpu
 	}
 	if a.Channel == nil {
 		return temporal.NewNonRetryableApplicationError(errNoChannel.Error(), "NoChannel", nil)
+	}
+	if slices.ContainsFunc(targets, func(t fleet.JobTarget) bool { return t.State == fleet.JobDispatched }) && rotateSettle > 0 {
+		// An earlier attempt sent secrets and stopped before recording the answers. Its devices reconnect
+		// with them at once, and the gateway records those sessions within a flush interval: waiting that
+		// long lets StageRotation see them, instead of replacing a secret a device has just started to use
+		// (safe, but the device then has to come back with its old one and may miss the new delivery).
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(rotateSettle):
+		}
 	}
 	writes := make([]fleet.RotationWrite, len(targets))
 	secrets := make(map[int64]string, len(targets))
@@ -120,6 +132,10 @@ func (a *Activities) rotateBatch(ctx context.Context, req workflows.JobBatchInpu
 	}
 	return nil
 }
+
+// rotateSettle is how long a retried rotation batch waits for the connects of devices an earlier attempt
+// delivered to be recorded (ten gateway flush intervals); a variable so that tests need not wait.
+var rotateSettle = 2 * time.Second
 
 // indexOfSeq finds the write of target seq (writes are in target order, which is seq order).
 func indexOfSeq(writes []fleet.RotationWrite, seq int64) int {

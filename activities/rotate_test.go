@@ -223,6 +223,9 @@ func requireRotated(t *testing.T, w rotateWorld, ch *rotChannel, id string) {
 }
 
 func rotateWorlds(t *testing.T) map[string]func(*testing.T) rotateWorld {
+	settle := rotateSettle
+	rotateSettle = 0 // the fake devices reconnect synchronously
+	t.Cleanup(func() { rotateSettle = settle })
 	return map[string]func(*testing.T) rotateWorld{
 		"fake":     func(*testing.T) rotateWorld { return fakeRotateWorld() },
 		"registry": registryRotateWorld,

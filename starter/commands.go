@@ -33,8 +33,9 @@ func commands(g *globals) []*cobra.Command {
 			newFirmwareCmd(g), // firmware add|list (cmd_rollout.go)
 		),
 		inGroup(groupProvision,
-			newProvisionCmd(g), // provision (cmd_provision.go)
-			newCACmd(g),        // ca init|show (cmd_ca.go)
+			newProvisionCmd(g),   // provision (cmd_provision.go)
+			newCACmd(g),          // ca init|show (cmd_ca.go)
+			newCredentialsCmd(g), // credentials rotate|status (cmd_credentials.go)
 		),
 		inGroup(groupConfigure,
 			newTwinCmd(g),    // twin get|set-desired|set-tags (cmd_twin.go)

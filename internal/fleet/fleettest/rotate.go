@@ -39,7 +39,9 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 			return nil, fmt.Errorf("job %s: target %d was finished by another attempt meanwhile", job, t.Seq)
 		}
 		d := s.Devices[t.DeviceID]
-		fail := func(reason string) { outs = append(outs, fleet.JobOutcome{Seq: t.Seq, State: fleet.JobFailed, Error: reason}) }
+		fail := func(reason string) {
+			outs = append(outs, fleet.JobOutcome{Seq: t.Seq, State: fleet.JobFailed, Error: reason})
+		}
 		switch {
 		case d == nil:
 			fail(fleet.RotateUnknown)

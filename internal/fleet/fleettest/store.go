@@ -114,10 +114,10 @@ type Store struct {
 	Staged      map[string][]StagedRow       // op -> staged rows in seq order
 	Results     map[string][]fleet.RowResult // op -> rows that did not create a device
 	Batches     map[string]fleet.ProvisionCounts
-	StagedAt    map[string]time.Time // op -> when it was staged (DropStaleStaging)
-	Jobs        map[string]int64     // job -> total, for the jobs CreateJob made
+	StagedAt    map[string]time.Time     // op -> when it was staged (DropStaleStaging)
+	Jobs        map[string]int64         // job -> total, for the jobs CreateJob made
 	CredSlots   map[string]map[int64]int // rotation job -> seq -> the slot its new digest went into
-	Rollouts    map[string]int64     // rollout -> total, for the rollouts CreateRollout made
+	Rollouts    map[string]int64         // rollout -> total, for the rollouts CreateRollout made
 	// Selects is what a twin query selects, since the fake compiles no queries: query -> device ids.
 	// CreateJob and CreateRollout refuse a query they were not taught.
 	Selects map[string][]string
@@ -772,7 +772,8 @@ func (s *Store) CloseJob(_ context.Context, job string, state fleet.JobEnd) erro
 		switch t.State {
 		case fleet.JobRunning:
 			t.State = fleet.JobOffline
-			if d := s.Devices[t.DeviceID]; d != nil && d.Online {
+			// A rotation's running targets missed it, whatever their connection (as the registry's CloseJob).
+			if d := s.Devices[t.DeviceID]; (d != nil && d.Online) || s.CredSlots[job] != nil {
 				t.State = fleet.JobTimedOut
 			}
 		case fleet.JobDispatched:
