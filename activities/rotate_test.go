@@ -37,7 +37,10 @@ type rotateWorld struct {
 	// connected records a new session of id authenticated with digest in slot.
 	connected func(t *testing.T, id string, slot int, digest []byte)
 	job       func(t *testing.T, job string, ids ...string)
-	fake      *fleettest.Store // nil for the registry
+	// turn makes a device one a rotation must refuse: retired, disabled, certificate (a client
+	// certificate and no secret), ambiguous (both slots in use, never connected since).
+	turn func(t *testing.T, id, kind string)
+	fake *fleettest.Store // nil for the registry
 }
 
 func fakeRotateWorld() rotateWorld {
@@ -62,6 +65,23 @@ func fakeRotateWorld() rotateWorld {
 			f.Devices[id].AuthDigest = digest
 		},
 		job: func(t *testing.T, job string, ids ...string) { seed.CreateJob(t, job, fleet.JobRotate, ids...) },
+		turn: func(t *testing.T, id, kind string) {
+			f.Mu.Lock()
+			defer f.Mu.Unlock()
+			d := f.Devices[id]
+			switch kind {
+			case "retired":
+				d.Status = fleet.StatusRetired
+			case "disabled":
+				d.Status = fleet.StatusDisabled
+			case "certificate":
+				d.Secret1Hash, d.AuthDigest, d.CertFingerprint = nil, nil, creds.Digest("cert-"+id)
+			case "ambiguous":
+				d.Secret2Hash, d.AuthDigest = creds.Digest("other-"+id), nil
+			default:
+				t.Fatalf("unknown kind %q", kind)
+			}
+		},
 	}
 }
 
@@ -106,6 +126,17 @@ func registryRotateWorld(t *testing.T) rotateWorld {
 		connected: connected,
 		job: func(t *testing.T, job string, ids ...string) {
 			_, err := reg.CreateJobForIDs(ctx, fleet.NewJob{ID: job, Kind: fleet.JobRotate, Query: "ids", Spec: json.RawMessage(`{}`)}, ids)
+			require.NoError(t, err)
+		},
+		turn: func(t *testing.T, id, kind string) {
+			q := map[string]string{
+				"retired":     "UPDATE devices SET status = 'retired' WHERE id = $1",
+				"disabled":    "UPDATE devices SET status = 'disabled' WHERE id = $1",
+				"certificate": "UPDATE devices SET secret1_hash = NULL, auth_digest = NULL, cert_fingerprint = sha256(('cert-' || $1)::bytea) WHERE id = $1",
+				"ambiguous":   "UPDATE devices SET secret2_hash = sha256(('other-' || $1)::bytea), auth_digest = NULL WHERE id = $1",
+			}[kind]
+			require.NotEmpty(t, q, kind)
+			_, err := reg.Pool().Exec(ctx, q, id)
 			require.NoError(t, err)
 		},
 	}
@@ -248,13 +279,42 @@ func TestRotateBatchOutcomes(t *testing.T) {
 			ch.devices["r-refuse"].behaviour = "refuse"
 			ch.devices["r-lost"].behaviour = "lost"
 			ch.devices["r-late"].behaviour = "late"
+			refused := map[string]string{"r-retired": fleet.RotateRetired, "r-disabled": fleet.RotateDisabled,
+				"r-cert": fleet.RotateCertificate, "r-both": fleet.RotateAmbiguous, "r-ghost": fleet.RotateUnknown}
+			kinds := map[string]string{"r-retired": "retired", "r-disabled": "disabled", "r-cert": "certificate", "r-both": "ambiguous"}
+			for _, id := range []string{"r-retired", "r-disabled", "r-cert", "r-both"} {
+				w.add(t, id)
+				w.turn(t, id, kinds[id])
+			}
 			job := "rotate-" + name
-			w.job(t, job, append(ids, "r-ghost")...)
+			all := append(append([]string(nil), ids...), "r-retired", "r-disabled", "r-cert", "r-both", "r-ghost")
+			w.job(t, job, all...)
 
 			a := &Activities{Jobs: w.store, Rotate: w.store, Channel: ch}
-			c, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: job, Kind: fleet.JobRotate, First: 0, Last: 7, Timeout: time.Second})
+			c, err := a.JobBatch(context.Background(), workflows.JobBatchInput{JobID: job, Kind: fleet.JobRotate, First: 0,
+				Last: int64(len(all)), Timeout: time.Second})
 			require.NoError(t, err)
-			assert.Equal(t, fleet.JobCounts{Running: 3, Offline: 1, Failed: 3}, c)
+			assert.Equal(t, fleet.JobCounts{Running: 3, Offline: 1, Failed: 2 + 5}, c)
+			if w.fake == nil {
+				reg := w.store.(*registry.Registry)
+				devs, err := reg.JobDevices(context.Background(), job, []fleet.JobState{fleet.JobFailed}, 100)
+				require.NoError(t, err)
+				got := map[string]string{}
+				for _, d := range devs {
+					got[d.DeviceID] = d.Error
+				}
+				for id, why := range refused {
+					assert.Equal(t, why, got[id], "%s is reported per device", id)
+				}
+			}
+			for _, id := range []string{"r-retired", "r-disabled", "r-both"} {
+				_, s2, _ := w.slots(t, id)
+				if id == "r-both" {
+					assert.Equal(t, creds.Digest("other-"+id), s2, "%s: nothing was written", id)
+				} else {
+					assert.Nil(t, s2, "%s: nothing was written", id)
+				}
+			}
 
 			st := collect(t, a, job)
 			assert.Equal(t, int64(2), st.Acked, "r-ok and r-lost connected with their new secret")
@@ -272,7 +332,7 @@ func TestRotateBatchOutcomes(t *testing.T) {
 			}
 			c, err = w.store.JobTotals(context.Background(), job)
 			require.NoError(t, err)
-			assert.Equal(t, fleet.JobCounts{Succeeded: 3, Offline: 1, Failed: 3}, c)
+			assert.Equal(t, fleet.JobCounts{Succeeded: 3, Offline: 1, Failed: 2 + 5}, c)
 			for _, s := range ch.secrets {
 				assert.NotContains(t, fmt.Sprint(c), s)
 			}

@@ -44,9 +44,10 @@ func (r *Registry) GetDevice(ctx context.Context, id string) (Device, error) {
 	var d Device
 	err := r.pool.QueryRow(ctx, `SELECT id, status, created_at, updated_at, online, session, last_seen, connected_at,
 		secret1_hash IS NOT NULL, secret2_hash IS NOT NULL, coalesce(encode(cert_fingerprint, 'hex'), ''), coalesce(provisioned_by, ''), retired_at,
-		coalesce(replaces, ''), coalesce(replaced_by, '')
+		coalesce(replaces, ''), coalesce(replaced_by, ''), auth_slot::int, credential_expires_at
 		FROM devices WHERE id = $1`, id).Scan(&d.ID, &d.Status, &d.CreatedAt, &d.UpdatedAt, &d.Online, &d.Session,
-		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.CertFingerprint, &d.Provisioned, &d.RetiredAt, &d.Replaces, &d.ReplacedBy)
+		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.CertFingerprint, &d.Provisioned, &d.RetiredAt, &d.Replaces, &d.ReplacedBy,
+		&d.AuthSlot, &d.CredentialExpiresAt)
 	if isNoRows(err) {
 		return d, notFound(id)
 	}
