@@ -21,14 +21,24 @@ import (
 
 // newCredentialsCmd is `credentials rotate|status`.
 func newCredentialsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "credentials", Short: "Credential lifecycle: rotate device secrets"}
+	cmd := &cobra.Command{Use: "credentials", Short: "Credential lifecycle: rotate device secrets",
+		Long: `Device credentials have a life: an expiry, set by provisioning (--credential-validity) and enforced by the
+gateway at every CONNECT, and rotation, which gives devices new secrets over their own sessions without
+replacing them (docs/architecture.md, "Credential rotation").`,
+		Example: `  fleetflow credentials rotate --query "SELECT * FROM devices WHERE tags.site = 'ber-1'"
+  fleetflow credentials status rotate-credentials-20261206-101054.760 --failed`}
 	cmd.AddCommand(newRotateCmd(g))
 	var failed bool
 	var out *output
 	status := &cobra.Command{
 		Use:   "status ID",
 		Short: "A credential rotation's devices per outcome (as job status)",
-		Args:  cobra.ExactArgs(1),
+		Long: `The rotation's record and its devices per outcome: succeeded (connected with the new secret, old one
+revoked), running (sent, waiting for the device to connect with it), failed (unknown, retired, disabled,
+certificate devices, devices without the method or that could not store the secret), offline, timed out
+(missed the grace; both secrets kept). --failed lists those devices and why.`,
+		Example: "  fleetflow credentials status rotate-credentials-20261206-101054.760 --failed -o json",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return jobStatus(cmd, g, args[0], failed, out)
 		},
