@@ -30,6 +30,7 @@ type Activities struct {
 	// Scheme checks the fleet against the metadata scheme (docs/architecture.md, "Metadata scheme").
 	Scheme fleet.SchemeStore
 	Enroll fleet.EnrollStore
+	Rotate fleet.RotateStore
 	// Channel reaches devices; nil when the worker has no broker configured, in which case desired changes
 	// still land in the registry (devices read them on reconnect) and method jobs fail.
 	Channel fleet.Channel
@@ -75,8 +76,10 @@ func New(store interface {
 	fleet.ConfigStore
 	fleet.SchemeStore
 	fleet.EnrollStore
+	fleet.RotateStore
 }, ch fleet.Channel) *Activities {
-	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Configs: store, Scheme: store, Enroll: store, Channel: ch}
+	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Configs: store, Scheme: store,
+		Enroll: store, Rotate: store, Channel: ch}
 }
 
 // errNoStore is the permanent failure of an activity whose stage this worker was not given a store for.

@@ -82,6 +82,8 @@ func (a *Activities) applyBatch(ctx context.Context, req workflows.JobBatchInput
 		return a.patchBatch(ctx, req, targets)
 	case fleet.JobMethod:
 		return a.methodBatch(ctx, req, targets)
+	case fleet.JobRotate:
+		return a.rotateBatch(ctx, req, targets)
 	}
 	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("unknown job kind %q", req.Kind), workflows.ErrTypeInvalidInput, nil)
 }
@@ -331,10 +333,19 @@ func (a *Activities) JobCollectAcks(ctx context.Context, req workflows.JobCollec
 	if a.Jobs == nil {
 		return st, errNoStore("job")
 	}
+	if req.Kind == fleet.JobRotate && a.Rotate == nil {
+		return st, errNoStore("credential rotation")
+	}
 	deadline := time.Now().Add(req.MaxWait)
 	for {
 		start := time.Now()
-		p, err := a.Jobs.CollectAcks(ctx, req.JobID, req.Keys)
+		var p fleet.AckProgress
+		var err error
+		if req.Kind == fleet.JobRotate {
+			p, err = a.Rotate.CollectRotations(ctx, req.JobID, req.CredentialValidity)
+		} else {
+			p, err = a.Jobs.CollectAcks(ctx, req.JobID, req.Keys)
+		}
 		took := time.Since(start)
 		if err != nil {
 			return st, err

@@ -218,6 +218,7 @@ type configureFleet struct {
 	mqttURL string
 	natsURL string
 	fleet   []creds.Credential // the simulated devices (tag fleet=sim)
+	dir     string             // the logs and credentials files (fleet.ndjson: the simulator's)
 	echo    creds.Credential   // a device driven by a bare paho client (tag fleet=echo)
 }
 
@@ -243,6 +244,7 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 	f.env = be.env("FLEETFLOW_MQTT_URL="+f.mqttURL, "FLEETFLOW_GATEWAY_LISTEN="+listen, "FLEETFLOW_NATS_URL="+natsURL)
 
 	dir := b.TempDir()
+	f.dir = dir
 	f.startProcess(b, ctx, filepath.Join(dir, "gateway.log"), "gateway")
 	for !stack.Reachable(listen, 200*time.Millisecond) {
 		time.Sleep(50 * time.Millisecond)

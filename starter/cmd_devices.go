@@ -61,6 +61,12 @@ func printDevice(d registry.Device) error {
 	fmt.Fprintf(w, "last seen\t%s\n", fmtTime(d.LastSeen))
 	fmt.Fprintf(w, "connected at\t%s\n", fmtTime(d.ConnectedAt))
 	fmt.Fprintf(w, "credentials\tprimary %s, secondary %s\n", yesNo(d.HasSecret1), yesNo(d.HasSecret2))
+	if d.AuthSlot != nil && *d.AuthSlot > 0 {
+		fmt.Fprintf(w, "  in use\tslot %d (the newest session's)\n", *d.AuthSlot)
+	}
+	if d.CredentialExpiresAt != nil {
+		fmt.Fprintf(w, "  expire\t%s\n", fmtTime(d.CredentialExpiresAt))
+	}
 	if d.CertFingerprint != "" {
 		fmt.Fprintf(w, "certificate\tSHA-256 %s\n", d.CertFingerprint)
 	}

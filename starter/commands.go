@@ -35,9 +35,10 @@ func commands(g *globals) []*cobra.Command {
 			newGroupCmd(g),    // group create|add|remove|list|show|delete (cmd_group.go)
 		),
 		inGroup(groupProvision,
-			newProvisionCmd(g), // provision (cmd_provision.go)
-			newCACmd(g),        // ca init|show (cmd_ca.go)
-			newEnrollCmd(g),    // enroll create|list|show|disable|enable|secret (cmd_enroll.go)
+			newProvisionCmd(g),   // provision (cmd_provision.go)
+			newCACmd(g),          // ca init|show (cmd_ca.go)
+			newCredentialsCmd(g), // credentials rotate|status (cmd_credentials.go)
+			newEnrollCmd(g),      // enroll create|list|show|disable|enable|secret (cmd_enroll.go)
 		),
 		inGroup(groupConfigure,
 			newTwinCmd(g),    // twin get|set-desired|set-tags (cmd_twin.go)

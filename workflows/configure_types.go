@@ -87,6 +87,13 @@ type JobInput struct {
 	// AckStart is when the wait for acknowledgements began (zero: not yet), so that a run continued during
 	// the wait keeps its deadline and its offline grace.
 	AckStart time.Time `json:"ackStart,omitzero"`
+
+	// Grace (rotate_credentials) is how long, after the last batch, devices sent a new secret have to
+	// connect with it; those that do not are reported and keep both secrets (default DefaultRotateGrace).
+	Grace time.Duration `json:"grace,omitempty"`
+	// CredentialValidity (rotate_credentials), when positive, gives each rotated device a credential
+	// expiry of confirmation + validity; zero leaves the expiry as it is.
+	CredentialValidity time.Duration `json:"credentialValidity,omitempty"`
 }
 
 // JobCreateInput (activity JobCreate) records a job and freezes its target set: Query selects the
@@ -139,6 +146,10 @@ type JobCollectAcksInput struct {
 	JobID   string        `json:"jobId"`
 	Keys    []string      `json:"keys"`
 	MaxWait time.Duration `json:"maxWait"`
+	// Kind rotate_credentials collects devices that connected with their new secret instead (and gives
+	// them CredentialValidity); empty is a desired job.
+	Kind               fleet.JobKind `json:"kind,omitempty"`
+	CredentialValidity time.Duration `json:"credentialValidity,omitempty"`
 }
 
 // JobCollectAcksResult is what JobCollectAcks found.

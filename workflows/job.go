@@ -30,6 +30,12 @@ const (
 	// DefaultRetireBatchSize: retiring is one registry transaction per batch without device round trips,
 	// so batches are larger than for jobs that talk to devices.
 	DefaultRetireBatchSize = 5000
+	// DefaultRotateGrace is how long a credential rotation waits for devices to connect with their new
+	// secret before it reports them (they keep both secrets meanwhile and after).
+	DefaultRotateGrace = 7 * 24 * time.Hour
+	// DefaultRotateBatchSize: a rotation batch is one registry transaction, one method fan-out and one
+	// fsync group on the devices' side; the reconnects it causes arrive at the gateways together.
+	DefaultRotateBatchSize = 1000
 	// offlineGrace is how long a desired job waits before it gives up on devices that are all offline:
 	// connection state is recorded in batches, so a device that just connected can look offline briefly.
 	offlineGrace = 5 * time.Second
@@ -57,6 +63,20 @@ func Decommission(ctx workflow.Context, in JobInput) (JobResult, error) {
 			ErrTypeInvalidInput, nil)
 	}
 	return runJob(ctx, in, Decommission)
+}
+
+// RotateCredentials gives a frozen set of devices new secrets (fleet.JobRotate; docs/architecture.md,
+// "Credential rotation"): in batches, each device's new digest is written into its free slot, then the
+// secret — generated inside the activity, never in a workflow payload — is delivered with the
+// rotateCredentials method; once a device has connected with it, its old slot is cleared. Devices that do
+// not connect with the new secret within the grace are reported and keep both. It is a job over devices
+// like FleetJob, with the same batching, pause, resume, cancel and status.
+func RotateCredentials(ctx workflow.Context, in JobInput) (JobResult, error) {
+	if in.Kind != fleet.JobRotate {
+		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("a credential rotation has kind %q, not %q", fleet.JobRotate, in.Kind),
+			ErrTypeInvalidInput, nil)
+	}
+	return runJob(ctx, in, RotateCredentials)
 }
 
 // runJob is the body of FleetJob and Decommission; self is the workflow to continue as.
@@ -207,8 +227,12 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		return JobResult{}, workflow.NewContinueAsNewError(ctx, self, in)
 	}
 
-	if in.Kind == fleet.JobSetDesired && in.Counts.Running > 0 && !in.Cancelled {
+	rotate := in.Kind == fleet.JobRotate
+	if (in.Kind == fleet.JobSetDesired || rotate) && in.Counts.Running > 0 && !in.Cancelled {
 		progress.State = "awaiting-acks"
+		if rotate {
+			progress.State = "awaiting-connects"
+		}
 		report()
 		bounded := workflow.GetVersion(ctx, boundedWaitsVersion, workflow.DefaultVersion, 1) >= 1
 		if in.AckStart.IsZero() {
@@ -216,6 +240,9 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		}
 		ackStart := in.AckStart
 		deadline := ackStart.Add(timeout)
+		if rotate {
+			deadline = ackStart.Add(in.Grace)
+		}
 		actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: waitPollSlow + time.Minute, HeartbeatTimeout: in.HeartbeatTimeout,
 			Summary: "wait for devices to acknowledge the desired change",
@@ -227,7 +254,11 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			}
 			wait := max(0, min(poll, deadline.Sub(workflow.Now(ctx))))
 			var st JobCollectAcksResult
-			if err := executeActivity(actx, Activities.JobCollectAcks, JobCollectAcksInput{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}).Get(ctx, &st); err != nil {
+			req := JobCollectAcksInput{JobID: in.JobID, Keys: in.AckKeys, MaxWait: wait}
+			if rotate {
+				req.Kind, req.CredentialValidity = in.Kind, in.CredentialValidity
+			}
+			if err := executeActivity(actx, Activities.JobCollectAcks, req).Get(ctx, &st); err != nil {
 				closeJob(ctx, &in, fleet.JobEndFailed)
 				return JobResult{}, fmt.Errorf("collect acknowledgements of %s: %w", in.JobID, err)
 			}
@@ -236,7 +267,8 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 			report()
 			// Offline devices get their desired state when they reconnect; waiting for them would only
 			// hold the job open.
-			if st.Waiting == 0 || (st.WaitingOnline == 0 && workflow.Now(ctx).Sub(ackStart) >= offlineGrace) ||
+			// A rotation waits for offline devices too: they come back with their new secret within the grace.
+			if st.Waiting == 0 || (!rotate && st.WaitingOnline == 0 && workflow.Now(ctx).Sub(ackStart) >= offlineGrace) ||
 				!workflow.Now(ctx).Before(deadline) {
 				break
 			}
@@ -435,6 +467,9 @@ func withJobDefaults(in JobInput) JobInput {
 	}
 	if in.Kind == fleet.JobRetire && in.BatchSize == DefaultJobBatchSize {
 		in.BatchSize = DefaultRetireBatchSize
+	}
+	if in.Kind == fleet.JobRotate && in.Grace <= 0 {
+		in.Grace = DefaultRotateGrace
 	}
 	return in
 }

@@ -72,6 +72,11 @@ func TestImportRule(t *testing.T) {
 	t.Run("workflows", func(t *testing.T) {
 		forbid(t, []string{module + "workflows"}, "workflow code must not reach activities' dependencies", module+"activities")
 	})
+	t.Run("secrets", func(t *testing.T) {
+		// Device secrets are generated in activities and never cross Temporal (docs/architecture.md, "Where
+		// secrets live", "Credential rotation"): workflow code has no business with the package that makes them.
+		forbid(t, []string{module + "workflows"}, "device secrets are made in activities, never in workflow code", module+"internal/creds")
+	})
 	t.Run("worker", func(t *testing.T) {
 		forbid(t, []string{module + "worker"}, "the worker reaches devices over NATS: it links neither the MQTT broker, "+
 			"nor an MQTT client, nor a NATS server", mochi, paho, natsServer, module+"internal/gateway", module+"internal/natsnode")

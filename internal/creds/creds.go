@@ -27,6 +27,11 @@ import (
 type Credential struct {
 	ID     string `json:"id"`
 	Secret string `json:"secret,omitempty"`
+	// Secret2 is the secret of the device's second registry slot and Slot the slot it presents first (0 or
+	// 1: Secret), both written by a credential rotation (docs/architecture.md, "Credential rotation"),
+	// which appends the device's new line to its file: the last line of an id is the one that counts.
+	Secret2 string `json:"secret2,omitempty"`
+	Slot    int    `json:"slot,omitempty"`
 	// Cert and Key are the device's client certificate (its subject's common name is ID) and private key,
 	// PEM-encoded, for a device provisioned with --auth x509.
 	Cert string `json:"cert,omitempty"`
@@ -108,7 +113,7 @@ func Create(path string) (*Writer, error) {
 // Write appends one credential.
 func (w *Writer) Write(c Credential) error {
 	var b []byte
-	if c.Cert == "" && c.Key == "" && plain(c.ID) && plain(c.Secret) {
+	if c.Cert == "" && c.Key == "" && c.Secret2 == "" && c.Slot == 0 && plain(c.ID) && plain(c.Secret) {
 		// A million lines through json.Marshal cost seconds; plain ids and secrets need no escaping.
 		b = append(w.buf[:0], `{"id":"`...)
 		b = append(b, c.ID...)
@@ -218,9 +223,11 @@ func copyExclusive(src, dst string) error {
 	return out.Close()
 }
 
-// Read parses a credentials file written by Writer.
+// Read parses a credentials file written by Writer (and appended to by a Journal): one credential per id, in
+// the order the ids first appear, each from the id's last line.
 func Read(r io.Reader) ([]Credential, error) {
 	var out []Credential
+	index := map[string]int{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	line := 0
@@ -233,7 +240,7 @@ func Read(r io.Reader) ([]Credential, error) {
 		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
 			return nil, fmt.Errorf("credentials line %d: %w", line, err)
 		}
-		if c.ID == "" || c.Secret == "" && (c.Cert == "" || c.Key == "") {
+		if c.ID == "" || c.Secret == "" && c.Secret2 == "" && (c.Cert == "" || c.Key == "") {
 			return nil, fmt.Errorf("credentials line %d: id and a secret or a certificate and key are required", line)
 		}
 		if c.Cert != "" || c.Key != "" {
@@ -241,6 +248,11 @@ func Read(r io.Reader) ([]Credential, error) {
 				return nil, fmt.Errorf("credentials line %d: %w", line, err)
 			}
 		}
+		if i, ok := index[c.ID]; ok {
+			out[i] = c
+			continue
+		}
+		index[c.ID] = len(out)
 		out = append(out, c)
 	}
 	if err := sc.Err(); err != nil {

@@ -64,6 +64,7 @@ type Device struct {
 	servers   []*url.URL    // every gateway of the device, in its order; a reconnect tries one at a time
 	busy      atomic.Int64  // consecutive CONNECTs refused busy, for the reconnect backoff
 	queue     serialQueue
+	creds     credState
 }
 
 // New validates the configuration and prepares a device.
@@ -90,6 +91,10 @@ func New(cfg Config) (*Device, error) {
 		closing:   make(chan struct{}),
 	}
 	d.queue.max = cfg.QueueSize
+	d.initCredentials()
+	if cfg.SaveCredentials != nil {
+		d.methods[protocol.MethodRotateCredentials] = d.rotateCredentials
+	}
 	return d, nil
 }
 

@@ -55,6 +55,7 @@ func (d *Device) callMethod(name, rid string, payload []byte) {
 	if err := waitToken(c.Publish(topic, 1, false, body), d.cfg.RequestTimeout); err != nil {
 		d.log.Debug("publishing method response failed", "method", name, "err", err)
 	}
+	d.afterReply(name)
 }
 
 func errorBody(msg string) []byte { return protocol.ErrorPayload(msg) }

@@ -1,8 +1,8 @@
 package device
 
 import (
+	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -16,7 +16,17 @@ import (
 type Config struct {
 	BrokerURL string // e.g. tcp://127.0.0.1:1883, or ssl://gw.example:8883 (also tls://, mqtts://) for TLS
 	ID        string
-	Secret    string
+	// Secret and Secret2 are the secrets of the device's two registry slots (either may be empty), and
+	// Slot the one presented first (0: 1, or 2 when only Secret2 is set). A refused CONNECT is retried with
+	// the other slot's secret (docs/architecture.md, "Credential rotation").
+	Secret  string
+	Secret2 string
+	Slot    int
+	// SaveCredentials, when set, lets the device take part in credential rotations (the rotateCredentials
+	// method): it is called with the device's new credentials and must store them durably before it returns
+	// nil; only then does the device acknowledge, after which it reconnects with the new secret. An error
+	// refuses the rotation (500) and keeps the old credentials. Without it the method is unknown (404).
+	SaveCredentials func(ctx context.Context, c Credentials) error
 
 	// BrokerURLs are further gateways of the same fleet, tried in order after BrokerURL (which may be
 	// empty when this list is given). A device connects to the first that accepts it and, when it loses
@@ -95,11 +105,11 @@ func (c *Config) prepareCredentials() error {
 		}
 		c.ClientCertificate = &pair
 	}
-	if c.Secret == "" && c.ClientCertificate == nil {
-		return errors.New("device: a secret or a client certificate is required")
+	if c.Secret == "" && c.Secret2 == "" && c.ClientCertificate == nil {
+		return errNoCredentials
 	}
 	if !pki.IsTLSURL(c.BrokerURL) {
-		if c.Secret == "" {
+		if c.Secret == "" && c.Secret2 == "" {
 			return fmt.Errorf("device: a client certificate is presented over TLS only, and %s is not a TLS URL (ssl://, tls://, mqtts://)", c.BrokerURL)
 		}
 		return nil

@@ -22,6 +22,17 @@ import (
 // stays connected, keeps retrying the sync in the background (see resync), and the error is returned; call
 // Close to give up.
 func (d *Device) Connect(ctx context.Context) error {
+	err := d.connect(ctx)
+	// A refused secret may be one a rotation replaced before the device could use it: the other slot's
+	// secret is what the registry still knows (docs/architecture.md, "Credential rotation").
+	if errors.Is(err, ErrNotAuthorized) && d.fallBack() {
+		err = d.connect(ctx)
+	}
+	return err
+}
+
+// connect is one Connect attempt with the secret of the slot being tried.
+func (d *Device) connect(ctx context.Context) error {
 	d.mu.Lock()
 	if d.client != nil || d.closed {
 		d.mu.Unlock()
@@ -36,7 +47,8 @@ func (d *Device) Connect(ctx context.Context) error {
 	opts.
 		SetClientID(d.cfg.ID).
 		SetUsername(d.cfg.ID).
-		SetPassword(d.cfg.Secret).
+		SetCredentialsProvider(d.password).
+		SetCustomOpenConnectionFn(d.openConnection).
 		// Explicit 3.1.1: otherwise paho retries every refused CONNECT as MQTT 3.1, doubling auth load.
 		SetProtocolVersion(4).
 		SetCleanSession(true).
@@ -89,6 +101,7 @@ func (d *Device) Connect(ctx context.Context) error {
 			}
 			// Each connection gets a new session number; the LWT must carry the one its birth will.
 			o.WillPayload = statePayload(false, d.newSession())
+			d.nextReconnect()
 			// Another gateway first: the lost one may be going away (brokers.go). No CONNECT is attempted
 			// while connected, so the last one attempted is the gateway of the lost connection. One
 			// gateway per attempt: paho would otherwise go straight on to the next gateway after a
@@ -164,6 +177,7 @@ func statePayload(online bool, session int64) []byte {
 // was offline are not kept for it.
 func (d *Device) onConnect(c paho.Client) {
 	d.broker.Store(d.attempt.Load())
+	d.connected()
 	n := d.session.Load()
 	err := d.sync(c, n)
 	if err != nil && d.session.Load() == n {

@@ -47,6 +47,9 @@ type DeviceAuth struct {
 	Secret2Hash []byte
 	// CertFingerprint is the SHA-256 of the DER encoding of the device's client certificate.
 	CertFingerprint []byte
+	// ExpiresAt is when the device's credentials stop being accepted (zero: never). The gateway checks it at
+	// every CONNECT, cached record or not (docs/architecture.md, "Credential rotation").
+	ExpiresAt time.Time
 }
 
 // ReportedPatch is one device's reported-properties merge patch as received from the device.
@@ -76,6 +79,9 @@ const (
 	ConnDown
 	// ConnSeen: the device was active (a message arrived); only last-seen moves.
 	ConnSeen
+	// ConnRefused: a CONNECT with the device's right credentials was refused for Reason (its credentials
+	// have expired); only the device's timeline records it.
+	ConnRefused
 )
 
 // ConnEvent is a connection-state change, recorded by gateways in batches.
@@ -84,6 +90,13 @@ type ConnEvent struct {
 	Kind     ConnKind
 	Session  int64
 	At       time.Time
+	// Slot (ConnUp) is the secret slot the session authenticated with (1 or 2; 0: a client certificate)
+	// and Digest that slot's digest as the gateway checked it, which a credential rotation compares with
+	// the slot's digest now (docs/architecture.md, "Credential rotation").
+	Slot   int
+	Digest []byte
+	// Reason (ConnRefused) says why the CONNECT was refused.
+	Reason string
 }
 
 // JobStatus is one progress message a device sent about a job (a firmware update, say).

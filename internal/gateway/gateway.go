@@ -283,6 +283,7 @@ type Stats struct {
 	AdmitPending      int64 // CONNECTs being authenticated now
 	Enrolled          int64 // unknown ids registered on first contact through an enrollment group
 	EnrollRefused     int64 // unknown ids whose derived secret matched a group that refused them, or whose registration failed
+	AuthExpired       int64 // CONNECTs with the right credentials refused because they have expired
 }
 
 // counters are the atomics behind Stats.
@@ -292,7 +293,7 @@ type counters struct {
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
-	authRateLimited, enrolled, enrollRefused                                          atomic.Int64
+	authRateLimited, enrolled, enrollRefused, authExpired                             atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -318,6 +319,7 @@ type Gateway struct {
 	m           ingestMetrics
 
 	nums    *sessionNums // session numbers from the registry's sequence
+	expired expiredNotes // devices whose expired-credential refusal was recently put on their timeline
 	methods *methodTable // method requests relayed to devices, awaiting their answers
 
 	ctx       context.Context // background work; cancelled by Close
@@ -659,6 +661,7 @@ func (g *Gateway) Stats() Stats {
 		AdmitPending:      g.admit.pending.Load(),
 		Enrolled:          g.c.enrolled.Load(),
 		EnrollRefused:     g.c.enrollRefused.Load(),
+		AuthExpired:       g.c.authExpired.Load(),
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)

@@ -152,12 +152,29 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 	if a.Status != fleet.StatusActive {
 		return refuseOnly("device not active", "status", a.Status)
 	}
+	slot := 0
 	if cert != nil {
 		if !pki.FingerprintMatches(cert, a.CertFingerprint) {
 			return refuse("certificate not registered")
 		}
-	} else if secret := string(pk.Connect.Password); !creds.Matches(secret, a.Secret1Hash) && !creds.Matches(secret, a.Secret2Hash) {
-		return refuse("wrong secret")
+	} else {
+		switch secret := string(pk.Connect.Password); {
+		case creds.Matches(secret, a.Secret1Hash):
+			slot = 1
+		case creds.Matches(secret, a.Secret2Hash):
+			slot = 2
+		default:
+			return refuse("wrong secret")
+		}
+	}
+	// Expiry is checked after the credentials, against the clock of this CONNECT whether the record came
+	// from the cache or not, so that a cached record never outlives its expiry; only a device that proved
+	// who it is learns, and has recorded on its timeline, that its credentials expired (docs/architecture.md,
+	// "Credential rotation").
+	if now := g.auth.now(); !a.ExpiresAt.IsZero() && !now.Before(a.ExpiresAt) {
+		g.c.authExpired.Add(1)
+		g.noteExpired(id, a.ExpiresAt, now)
+		return refuseOnly("credentials expired", "expired", a.ExpiresAt)
 	}
 	// The session number is taken here, not when the session starts, so that a registry that cannot
 	// hand one out refuses the CONNECT like a failed lookup instead of admitting an unnumbered session.
@@ -167,7 +184,7 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 		g.log.Warn("connect refused: no session number from the registry", "client", id, "err", err)
 		return false, busyRegistry, err
 	}
-	g.nums.hold(cl, num)
+	g.nums.hold(cl, num, slot)
 	return true, "", nil
 }
 
@@ -267,10 +284,10 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 // take their sessions in the other, and the registry must see the later session as the newer one. This
 // costs a registry round trip, but only in that race.
 func (g *Gateway) renumber(cl *mqtt.Client, prev int64) {
-	num, ok := g.nums.take(cl)
+	num, slot, ok := g.nums.take(cl)
 	if !ok || num > prev {
 		if ok {
-			g.nums.hold(cl, num)
+			g.nums.hold(cl, num, slot)
 		}
 		return
 	}
@@ -281,7 +298,7 @@ func (g *Gateway) renumber(cl *mqtt.Client, prev int64) {
 		cl.Stop(fmt.Errorf("session number: %w", err))
 		return
 	}
-	g.nums.hold(cl, num)
+	g.nums.hold(cl, num, slot)
 }
 
 // cleanSession reports whether mochi discards cl's state when its connection ends.
@@ -296,7 +313,7 @@ func cleanSession(cl *mqtt.Client) bool {
 // session of the device on another gateway).
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	g := h.g
-	num, ok := g.nums.take(cl)
+	num, slot, ok := g.nums.take(cl)
 	if !ok {
 		// Every device CONNECT is numbered when it is authenticated; without one it would not be ordered
 		// against the device's other sessions, so it is not kept.
@@ -311,7 +328,11 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	g.sessions.add(s)
 	g.c.connected.Add(1)
 	g.c.connects.Add(1)
-	g.events.add(fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnUp, Session: s.num, At: time.Now()})
+	up := fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnUp, Session: s.num, At: time.Now(), Slot: slot}
+	if slot != 0 {
+		up.Digest = s.digest
+	}
+	g.events.add(up)
 	g.attach(s)
 	// If the record was invalidated between the auth check and now, the change notification found no
 	// session to re-check; do it here so a revocation racing the CONNECT is not lost.

@@ -112,6 +112,8 @@ var gatewayMetrics = append(admissionMetrics(), []gatewayMetric{
 	{connectsDesc, prometheus.CounterValue, []string{"device"}, load(func(c *counters) *atomic.Int64 { return &c.connects })},
 	{desc("fleetflow_gateway_auth_failures_total", "CONNECTs refused (bad credentials, unknown, disabled or retired devices)."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authFailures })},
+	{desc("fleetflow_gateway_auth_expired_total", "CONNECTs with the right credentials refused because the credentials have expired (also counted in auth failures)."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authExpired })},
 	{desc("fleetflow_gateway_acl_denials_total", "Publishes, subscriptions and wills refused by the ACL."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.aclDenials })},
 	{desc("fleetflow_gateway_kicks_total", "Live sessions dropped because the device was revoked or kicked."),

@@ -28,8 +28,15 @@ type sessionNums struct {
 	// separate mochi hooks. A connection that fails in between (its CONNACK cannot be written) never
 	// reaches the second hook; sweep drops such entries once they are closed.
 	pmu       sync.Mutex
-	pending   map[*mqtt.Client]int64
+	pending   map[*mqtt.Client]heldNum
 	sweepSize int
+}
+
+// heldNum is what a CONNECT's authentication hands on to its session: the session number, and the secret
+// slot the device authenticated with (1 or 2; 0: a client certificate).
+type heldNum struct {
+	num  int64
+	slot int
 }
 
 type numResult struct {
@@ -38,7 +45,7 @@ type numResult struct {
 }
 
 func newSessionNums(alloc func(context.Context, int) ([]int64, error), timeout time.Duration) *sessionNums {
-	return &sessionNums{alloc: alloc, timeout: timeout, pending: make(map[*mqtt.Client]int64), sweepSize: 1024}
+	return &sessionNums{alloc: alloc, timeout: timeout, pending: make(map[*mqtt.Client]heldNum), sweepSize: 1024}
 }
 
 // next returns a new session number, waiting for at most one registry query besides the one in flight.
@@ -85,11 +92,11 @@ func (n *sessionNums) serve() {
 	}
 }
 
-// hold keeps num for cl until take.
-func (n *sessionNums) hold(cl *mqtt.Client, num int64) {
+// hold keeps num and the credential slot for cl until take.
+func (n *sessionNums) hold(cl *mqtt.Client, num int64, slot int) {
 	n.pmu.Lock()
 	defer n.pmu.Unlock()
-	n.pending[cl] = num
+	n.pending[cl] = heldNum{num: num, slot: slot}
 	if len(n.pending) >= n.sweepSize {
 		for c := range n.pending {
 			if c.Closed() {
@@ -100,11 +107,11 @@ func (n *sessionNums) hold(cl *mqtt.Client, num int64) {
 	}
 }
 
-// take returns and forgets the number held for cl.
-func (n *sessionNums) take(cl *mqtt.Client) (int64, bool) {
+// take returns and forgets the number and slot held for cl.
+func (n *sessionNums) take(cl *mqtt.Client) (num int64, slot int, ok bool) {
 	n.pmu.Lock()
 	defer n.pmu.Unlock()
-	num, ok := n.pending[cl]
+	h, ok := n.pending[cl]
 	delete(n.pending, cl)
-	return num, ok
+	return h.num, h.slot, ok
 }

@@ -107,15 +107,15 @@ func TestTakeoverRenumbersAnOlderNumber(t *testing.T) {
 	}
 	g := &Gateway{nums: newSessionNums(alloc, time.Second), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	early, late := &mqtt.Client{ID: "d"}, &mqtt.Client{ID: "d"}
-	g.nums.hold(early, 50)
+	g.nums.hold(early, 50, 1)
 	g.renumber(early, 60) // the session it takes over has 60
-	n, ok := g.nums.take(early)
+	n, _, ok := g.nums.take(early)
 	require.True(t, ok)
 	require.Equal(t, int64(101), n)
 
-	g.nums.hold(late, 70)
+	g.nums.hold(late, 70, 1)
 	g.renumber(late, 60)
-	n, ok = g.nums.take(late)
+	n, _, ok = g.nums.take(late)
 	require.True(t, ok)
 	require.Equal(t, int64(70), n)
 }

@@ -213,3 +213,36 @@ func (r FirmwareRequest) DesiredPatch() []byte {
 	}
 	return b
 }
+
+// MethodRotateCredentials is the direct method that delivers a device its new secret during a credential
+// rotation (docs/architecture.md, "Credential rotation"). The device stores Secret in Slot, durably, before
+// it answers 2xx, keeps its other slot's secret, and then reconnects presenting the new one first.
+const MethodRotateCredentials = "rotateCredentials"
+
+// RotateCredentials is the payload of MethodRotateCredentials.
+type RotateCredentials struct {
+	// Slot is the registry slot the secret's digest was written into: 1 or 2.
+	Slot   int    `json:"slot"`
+	Secret string `json:"secret"`
+}
+
+// Payload encodes the request.
+func (r RotateCredentials) Payload() []byte {
+	b, _ := json.Marshal(r) // two plain fields: cannot fail
+	return b
+}
+
+// ParseRotateCredentials decodes and checks a MethodRotateCredentials payload.
+func ParseRotateCredentials(payload []byte) (RotateCredentials, error) {
+	var r RotateCredentials
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return r, fmt.Errorf("rotateCredentials payload: %w", err)
+	}
+	if r.Slot != 1 && r.Slot != 2 {
+		return r, fmt.Errorf("rotateCredentials payload: slot %d: must be 1 or 2", r.Slot)
+	}
+	if r.Secret == "" {
+		return r, errors.New("rotateCredentials payload: no secret")
+	}
+	return r, nil
+}

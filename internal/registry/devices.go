@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
@@ -43,9 +44,10 @@ func (r *Registry) GetDevice(ctx context.Context, id string) (Device, error) {
 	var d Device
 	err := r.pool.QueryRow(ctx, `SELECT id, status, created_at, updated_at, online, session, last_seen, connected_at,
 		secret1_hash IS NOT NULL, secret2_hash IS NOT NULL, coalesce(encode(cert_fingerprint, 'hex'), ''), coalesce(provisioned_by, ''), retired_at,
-		coalesce(replaces, ''), coalesce(replaced_by, '')
+		coalesce(replaces, ''), coalesce(replaced_by, ''), auth_slot::int, credential_expires_at
 		FROM devices WHERE id = $1`, id).Scan(&d.ID, &d.Status, &d.CreatedAt, &d.UpdatedAt, &d.Online, &d.Session,
-		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.CertFingerprint, &d.Provisioned, &d.RetiredAt, &d.Replaces, &d.ReplacedBy)
+		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.CertFingerprint, &d.Provisioned, &d.RetiredAt, &d.Replaces, &d.ReplacedBy,
+		&d.AuthSlot, &d.CredentialExpiresAt)
 	if isNoRows(err) {
 		return d, notFound(id)
 	}
@@ -61,9 +63,13 @@ func (r *Registry) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth,
 	// Scanned into a plain string: pgx finds a named string type's plan by reflection on every row, and
 	// this runs once per CONNECT with a cold cache.
 	var status string
-	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash, cert_fingerprint FROM devices WHERE id = $1", id).
-		Scan(&status, &a.Secret1Hash, &a.Secret2Hash, &a.CertFingerprint)
+	var expires pgtype.Timestamptz
+	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash, cert_fingerprint, credential_expires_at FROM devices WHERE id = $1", id).
+		Scan(&status, &a.Secret1Hash, &a.Secret2Hash, &a.CertFingerprint, &expires)
 	a.Status = fleet.DeviceStatus(status)
+	if expires.Valid {
+		a.ExpiresAt = expires.Time
+	}
 	if isNoRows(err) {
 		return a, notFound(id)
 	}
@@ -383,13 +389,18 @@ func (r *Registry) RecordConnections(ctx context.Context, events []fleet.ConnEve
 		ids := sortedKeys(ups)
 		sessions := make([]int64, len(ids))
 		ats := make([]time.Time, len(ids))
+		slots := make([]int16, len(ids))
+		digests := make([][]byte, len(ids))
 		for i, id := range ids {
-			sessions[i], ats[i] = ups[id].Session, ups[id].At
+			u := ups[id]
+			sessions[i], ats[i], slots[i], digests[i] = u.Session, u.At, int16(u.Slot), u.Digest
 		}
+		// The slot and digest the session authenticated with are what a credential rotation waits for
+		// (docs/architecture.md, "Credential rotation"); like the session, they only move forwards.
 		b.Queue(`UPDATE devices d SET online = true, session = u.s, connected_at = u.at,
-			last_seen = greatest(d.last_seen, u.at)
-			FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) AS u(id, s, at)
-			WHERE d.id = u.id AND d.session <= u.s`, ids, sessions, ats)
+			last_seen = greatest(d.last_seen, u.at), auth_slot = u.slot, auth_digest = u.digest
+			FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::smallint[], $5::bytea[]) AS u(id, s, at, slot, digest)
+			WHERE d.id = u.id AND d.session <= u.s`, ids, sessions, ats, slots, digests)
 	}
 	if len(downIDs) > 0 {
 		b.Queue(`UPDATE devices d SET online = false, last_seen = greatest(d.last_seen, u.at)

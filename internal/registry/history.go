@@ -39,6 +39,12 @@ const (
 	EventReplaces       = "replaces"        // detail LifecycleDetail, Device = the device replaced
 	EventMethod         = "method"          // a direct method called on its own; detail {"method", "status", "outcome"}
 	EventEnrolled       = "enrolled"        // registered on first contact through an enrollment group; detail {"group"}
+	// EventConnectRefused: a CONNECT with the right credentials was refused because they have expired;
+	// detail {"reason"}. Gateways record it at most once an hour per device.
+	EventConnectRefused = "connect_refused"
+	// EventCredentialsRotated: a rotation confirmed the device's new secret and cleared the old slot;
+	// detail {"jobId", "slot"}.
+	EventCredentialsRotated = "credentials_rotated"
 )
 
 // Kinds of the timeline entries derived from other tables rather than stored in device_events.
@@ -171,6 +177,10 @@ func connectionEvents(events []fleet.ConnEvent, state map[string]*connState) []D
 			st.session, st.online, kind = e.Session, true, EventConnected
 		case e.Kind == fleet.ConnDown && e.Session == st.session && st.online:
 			st.online, kind = false, EventDisconnected
+		case e.Kind == fleet.ConnRefused:
+			b, _ := json.Marshal(map[string]string{"reason": e.Reason})
+			out = append(out, DeviceEvent{DeviceID: e.DeviceID, At: e.At, Kind: EventConnectRefused, Detail: json.RawMessage(b)})
+			continue
 		default:
 			continue
 		}
@@ -431,7 +441,7 @@ func lifecycleEntry(kind string, at time.Time, a *archiveRow) sortedEntry {
 // and so on.
 var kindRanks = map[string]int{
 	KindProvisioned: 0, EventEnrolled: 0, EventReplaces: 1,
-	EventConnected: 2, EventDisconnected: 2,
+	EventConnected: 2, EventDisconnected: 2, EventConnectRefused: 2, EventCredentialsRotated: 2,
 	KindRolloutDispatched: 3, KindRolloutRollback: 3,
 	EventDesiredChanged: 4, EventTagsChanged: 4,
 	KindJob: 5, KindRollout: 5,
@@ -502,6 +512,10 @@ func describe(kind string, raw []byte) (stage, summary string) {
 		stage, summary = StageProvision, lifecycle("replaces "+d.str("device"))
 	case EventConnected, EventDisconnected:
 		stage, summary = StageConnect, kind+" (session "+d.str("session")+")"
+	case EventConnectRefused:
+		stage, summary = StageConnect, "connect refused: "+d.str("reason")
+	case EventCredentialsRotated:
+		stage, summary = StageConnect, "credentials rotated by "+d.str("jobId")+": connected with the new secret (slot "+d.str("slot")+"), old secret revoked"
 	case EventDesiredChanged:
 		stage, summary = StageConfigure, "desired properties v"+d.str("version")+": "+abbreviate(d.raw("patch"), 100)
 	case EventTagsChanged:

@@ -323,9 +323,15 @@ func (r *Registry) CollectAcks(ctx context.Context, job string, keys []string) (
 // connection state now), targets never reached become cancelled, and the job's state is recorded.
 func (r *Registry) CloseJob(ctx context.Context, job string, state fleet.JobEnd) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE job_devices j SET state = CASE WHEN d.online THEN 'timed_out' ELSE 'offline' END,
-			error = CASE WHEN d.online THEN 'did not acknowledge the desired change in time' ELSE 'offline; receives the desired state on reconnect' END,
-			updated_at = now() FROM devices d WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id`, job); err != nil {
+		// A rotation's running targets were sent their secret and did not connect with it within the grace:
+		// whatever their connection, they missed it and keep both slots (docs/architecture.md, "Credential
+		// rotation").
+		if _, err := tx.Exec(ctx, `UPDATE job_devices j SET
+			state = CASE WHEN jb.kind = 'rotate_credentials' OR d.online THEN 'timed_out' ELSE 'offline' END,
+			error = CASE WHEN jb.kind = 'rotate_credentials' THEN $2
+				WHEN d.online THEN 'did not acknowledge the desired change in time' ELSE 'offline; receives the desired state on reconnect' END,
+			updated_at = now() FROM devices d, jobs jb
+			WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id AND jb.id = j.job_id`, job, fleet.RotateMissed); err != nil {
 			return fmt.Errorf("close job %s: %w", job, err)
 		}
 		// A method sent by an attempt that stopped before it recorded the answer: it is never sent again.

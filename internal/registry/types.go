@@ -22,6 +22,10 @@ type Device struct {
 	ConnectedAt *time.Time         `json:"connectedAt,omitempty"`
 	HasSecret1  bool               `json:"primaryCredential"`
 	HasSecret2  bool               `json:"secondaryCredential"`
+	// AuthSlot is the secret slot the newest session authenticated with (1 or 2; 0 a certificate; nil: not
+	// recorded yet), and CredentialExpiresAt when the credentials stop being accepted (nil: never).
+	AuthSlot            *int       `json:"credentialSlotInUse,omitempty"`
+	CredentialExpiresAt *time.Time `json:"credentialExpiresAt,omitempty"`
 	// CertFingerprint is the SHA-256 of the device's client certificate in lower-case hex, when it has one
 	// (not a secret: the certificate is public; docs/architecture.md, "Device certificates").
 	CertFingerprint string     `json:"certificateFingerprint,omitempty"`

@@ -64,6 +64,8 @@ const (
 	// OpSchemeCheck: a SchemeCheck, of `scheme set` or `scheme check` (docs/architecture.md, "Metadata scheme").
 	OpSchemeCheck = "scheme-check"
 	OpEnroll      = "enroll"
+	// OpRotateCredentials: a credential rotation (workflow RotateCredentials).
+	OpRotateCredentials = "rotate-credentials"
 )
 
 // Values of FleetOpState.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/device"
 )
 
@@ -58,6 +59,8 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		TLSConfig:            s.tls,
 		ID:                   c.ID,
 		Secret:               c.Secret,
+		Secret2:              c.Secret2,
+		Slot:                 c.Slot,
 		ClientCertificate:    c.TLS, // from a credentials file of provision --auth x509
 		KeepAlive:            s.cfg.KeepAlive,
 		RequestTimeout:       s.cfg.RequestTimeout,
@@ -70,6 +73,16 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 				s.reconnects.Add(1)
 			}
 		},
+	}
+	if s.journal != nil {
+		cfg.SaveCredentials = func(_ context.Context, dc device.Credentials) error {
+			// Appended and synced before the device answers; a later run reads the id's last line.
+			err := s.journal.Append(creds.Credential{ID: c.ID, Secret: dc.Secret, Secret2: dc.Secret2, Slot: dc.Slot, Line: c.Line})
+			if err == nil {
+				s.rotations.Add(1)
+			}
+			return err
+		}
 	}
 	if n := len(s.cfg.LocalAddrs); n > 0 {
 		cfg.Dialer = &net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(s.cfg.LocalAddrs[i%n])}}

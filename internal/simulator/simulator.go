@@ -50,6 +50,10 @@ type Config struct {
 	// roots); it is read once and its tls.Config shared by every device.
 	CAFile string
 	Creds  []creds.Credential
+	// CredentialsFile is the file Creds were read from. The devices' new secrets from credential rotations
+	// are appended to it, each synced before the device acknowledges (docs/architecture.md, "Credential
+	// rotation"); empty, the devices refuse rotations (they have nowhere to keep a new secret).
+	CredentialsFile string
 	// Devices limits the simulation to the first n credentials (0 = all).
 	Devices int
 	// Concurrency is the number of CONNECTs in flight (default 64); ConnectRate caps CONNECTs per second
@@ -96,6 +100,7 @@ type Stats struct {
 	Reconnects      int64 // reconnects after a lost connection
 	Telemetry       int64 // telemetry messages sent
 	Methods         int64 // method calls answered
+	Rotations       int64 // new secrets stored (credential rotations acknowledged)
 	DesiredUpdates  int64 // desired updates received
 	DesiredAcks     int64 // reported patches acknowledging desired changes (or correcting firmware/health)
 	FirmwareUpdates int64 // firmware updates installed (the device switched version)
@@ -108,8 +113,8 @@ type Stats struct {
 
 // String is the one-line status the CLI prints.
 func (s Stats) String() string {
-	line := fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d busy=%d",
-		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods,
+	line := fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d rotations=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d busy=%d",
+		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods, s.Rotations,
 		s.DesiredUpdates, s.DesiredAcks, s.FirmwareUpdates, s.FirmwareFailed, s.Busy)
 	if len(s.ByBroker) > 0 {
 		line += " by_gateway[" + formatPerBroker(s.ByBroker) + "]"
@@ -129,7 +134,8 @@ type Simulator struct {
 	devices []*simDevice // connected at least once, in connect order
 
 	refused, failed, reported, reportFailed, reconnects, telemetry, methods, desired atomic.Int64
-	acks, firmwareUpdates, firmwareFailed, busy                                      atomic.Int64
+	acks, firmwareUpdates, firmwareFailed, busy, rotations                           atomic.Int64
+	journal                                                                          *creds.Journal // nil without Config.CredentialsFile
 
 	// runCtx ends when Run's context does; background work of the devices (acknowledgements, firmware
 	// updates) runs under it and is tracked by bg, so that Run returns only after it stopped.
@@ -192,7 +198,7 @@ func New(cfg Config) (*Simulator, error) {
 		return nil, fmt.Errorf("simulator: %w", err)
 	}
 	for _, c := range list {
-		if tlsCfg == nil && c.Secret == "" {
+		if tlsCfg == nil && c.Secret == "" && c.Secret2 == "" {
 			return nil, fmt.Errorf("simulator: %s has a client certificate, which is presented over TLS only: give a TLS broker URL (ssl://…:8883)", c.ID)
 		}
 	}
@@ -214,8 +220,14 @@ func New(cfg Config) (*Simulator, error) {
 	if err := cfg.Unhealthy.validate("unhealthy"); err != nil {
 		return nil, err
 	}
-	return &Simulator{cfg: cfg, brokers: brokers, tls: tlsCfg, log: cfg.Logger.With("component", "simulator"), creds: list,
-		reportSlots: make(chan struct{}, 4*cfg.Concurrency), runCtx: context.Background()}, nil
+	sim := &Simulator{cfg: cfg, brokers: brokers, tls: tlsCfg, log: cfg.Logger.With("component", "simulator"), creds: list,
+		reportSlots: make(chan struct{}, 4*cfg.Concurrency), runCtx: context.Background()}
+	if cfg.CredentialsFile != "" {
+		if sim.journal, err = creds.OpenJournal(cfg.CredentialsFile); err != nil {
+			return nil, fmt.Errorf("simulator: %w", err)
+		}
+	}
+	return sim, nil
 }
 
 // Run connects every device, then keeps them running (telemetry, methods, reconnects) until ctx ends, and
@@ -254,6 +266,7 @@ func (s *Simulator) Stats() Stats {
 		Reconnects:      s.reconnects.Load(),
 		Telemetry:       s.telemetry.Load(),
 		Methods:         s.methods.Load(),
+		Rotations:       s.rotations.Load(),
 		DesiredUpdates:  s.desired.Load(),
 		DesiredAcks:     s.acks.Load(),
 		FirmwareUpdates: s.firmwareUpdates.Load(),
@@ -283,6 +296,11 @@ func (s *Simulator) Run(ctx context.Context) error {
 	wg.Wait()
 	s.stopBackground()
 	s.closeAll()
+	if s.journal != nil {
+		if err := s.journal.Close(); err != nil {
+			return fmt.Errorf("simulator: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -50,6 +50,12 @@ type Device struct {
 	DesiredAt  time.Time
 	Replaces   string
 	ReplacedBy string
+	// Secret1Hash and Secret2Hash are the digests of the two secret slots, CertFingerprint the client
+	// certificate's; AuthDigest is the digest the newest session authenticated with, as the gateway records
+	// it (credential rotations only read these).
+	Secret1Hash, Secret2Hash []byte
+	CertFingerprint          []byte
+	AuthDigest               []byte
 }
 
 // RolloutRow is one device of a rollout (rollout_devices).
@@ -108,9 +114,10 @@ type Store struct {
 	Staged      map[string][]StagedRow       // op -> staged rows in seq order
 	Results     map[string][]fleet.RowResult // op -> rows that did not create a device
 	Batches     map[string]fleet.ProvisionCounts
-	StagedAt    map[string]time.Time // op -> when it was staged (DropStaleStaging)
-	Jobs        map[string]int64     // job -> total, for the jobs CreateJob made
-	Rollouts    map[string]int64     // rollout -> total, for the rollouts CreateRollout made
+	StagedAt    map[string]time.Time     // op -> when it was staged (DropStaleStaging)
+	Jobs        map[string]int64         // job -> total, for the jobs CreateJob made
+	CredSlots   map[string]map[int64]int // rotation job -> seq -> the slot its new digest went into
+	Rollouts    map[string]int64         // rollout -> total, for the rollouts CreateRollout made
 	// Selects is what a twin query selects, since the fake compiles no queries: query -> device ids.
 	// CreateJob and CreateRollout refuse a query they were not taught.
 	Selects map[string][]string
@@ -151,6 +158,7 @@ type Store struct {
 	DevicesPhases  []rollout.Phase
 	DevicesLimit   int
 	HealthCalls    []HealthCall
+	Rotated        []string // devices whose rotation CollectRotations confirmed, in order
 }
 
 // Alert is one alert of the fake's monitor (the registry's alerts row); ResolvedAt is zero while it is open.
@@ -184,13 +192,14 @@ var (
 	_ fleet.RolloutStore   = (*Store)(nil)
 	_ fleet.RetireStore    = (*Store)(nil)
 	_ fleet.MonitorStore   = (*Store)(nil)
+	_ fleet.RotateStore    = (*Store)(nil)
 )
 
 // New returns an empty store.
 func New() *Store {
 	return &Store{Devices: map[string]*Device{}, Targets: map[string][]fleet.JobTarget{}, FirmwareURL: map[string]string{},
 		Staged: map[string][]StagedRow{}, Results: map[string][]fleet.RowResult{}, Batches: map[string]fleet.ProvisionCounts{},
-		StagedAt: map[string]time.Time{}, Jobs: map[string]int64{}, Rollouts: map[string]int64{}, Selects: map[string][]string{},
+		StagedAt: map[string]time.Time{}, Jobs: map[string]int64{}, CredSlots: map[string]map[int64]int{}, Rollouts: map[string]int64{}, Selects: map[string][]string{},
 		Summaries: map[string]fleet.HealthSummary{}, RolloutSpecs: map[string]*RolloutSpec{}}
 }
 
@@ -799,7 +808,8 @@ func (s *Store) CloseJob(_ context.Context, job string, state fleet.JobEnd) erro
 		switch t.State {
 		case fleet.JobRunning:
 			t.State = fleet.JobOffline
-			if d := s.Devices[t.DeviceID]; d != nil && d.Online {
+			// A rotation's running targets missed it, whatever their connection (as the registry's CloseJob).
+			if d := s.Devices[t.DeviceID]; (d != nil && d.Online) || s.CredSlots[job] != nil {
 				t.State = fleet.JobTimedOut
 			}
 		case fleet.JobDispatched:

@@ -108,6 +108,14 @@ func (s *Store) SetPrimary(id, secret string) {
 	s.update(id, func(d *device) { d.secret1 = creds.Digest(secret) })
 }
 
+// SetExpiry sets when id's credentials expire (zero: never) and announces the change, as the registry's
+// trigger does.
+func (s *Store) SetExpiry(id string, at time.Time) {
+	s.update(id, func(*device) {
+		s.fleetDevice(id, func(d *fleettest.Device) { d.CredentialExpiresAt = at })
+	})
+}
+
 // SetStatus changes the status and notifies, as the registry does.
 func (s *Store) SetStatus(id string, status fleet.DeviceStatus) {
 	s.update(id, func(*device) {
@@ -244,7 +252,7 @@ func (s *Store) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, er
 	s.authLookups++
 	c, ok := s.devices[id]
 	a := fleet.DeviceAuth{ID: id}
-	if ok && s.fleetDevice(id, func(d *fleettest.Device) { a.Status = d.Status }) {
+	if ok && s.fleetDevice(id, func(d *fleettest.Device) { a.Status, a.ExpiresAt = d.Status, d.CredentialExpiresAt }) {
 		a.Secret1Hash = append([]byte(nil), c.secret1...)
 		a.Secret2Hash = append([]byte(nil), c.secret2...)
 		a.CertFingerprint = append([]byte(nil), c.fingerprint...)

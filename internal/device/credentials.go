@@ -1,0 +1,197 @@
+package device
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fleetflow/fleetflow/internal/protocol"
+)
+
+// Credentials are a device's secrets as it stores them: one per registry slot, and the slot to present
+// first. A credential rotation (docs/architecture.md, "Credential rotation") writes a new secret into one
+// slot and leaves the other alone until the registry has seen the device connect with the new one, so a
+// device that keeps both can always connect, whichever step of a rotation was interrupted.
+type Credentials struct {
+	Secret  string // slot 1
+	Secret2 string // slot 2
+	// Slot is the slot presented first (1 or 2); a refused CONNECT is retried with the other one.
+	Slot int
+}
+
+// secret returns slot's secret.
+func (c Credentials) secret(slot int) string {
+	if slot == 2 {
+		return c.Secret2
+	}
+	return c.Secret
+}
+
+// other is the slot that is not slot.
+func other(slot int) int { return 3 - slot }
+
+// credState is the device's credentials and the slot of the CONNECT being attempted.
+type credState struct {
+	mu       sync.Mutex
+	c        Credentials
+	trying   int // the slot of the CONNECT in progress (or of the current connection)
+	attempts int // reconnect attempts since the last successful CONNECT
+	conn     net.Conn
+	// dropAfterReply asks callMethod to drop the connection once the rotation's answer is sent, so that the
+	// device reconnects with its new secret.
+	dropAfterReply bool
+}
+
+// initCredentials sets the starting state from the configuration.
+func (d *Device) initCredentials() {
+	c := Credentials{Secret: d.cfg.Secret, Secret2: d.cfg.Secret2, Slot: d.cfg.Slot}
+	if c.Slot != 1 && c.Slot != 2 {
+		c.Slot = 1
+		if c.Secret == "" && c.Secret2 != "" {
+			c.Slot = 2
+		}
+	}
+	d.creds.c, d.creds.trying = c, c.Slot
+}
+
+// Credentials returns the device's current credentials (what SaveCredentials last stored).
+func (d *Device) Credentials() Credentials {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	return d.creds.c
+}
+
+// ConnectedSlot is the secret slot the current (or last) connection presented.
+func (d *Device) ConnectedSlot() int {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	return d.creds.trying
+}
+
+// password is what the CONNECT being sent presents (paho's credentials provider).
+func (d *Device) password() (string, string) {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	return d.cfg.ID, d.creds.c.secret(d.creds.trying)
+}
+
+// fallBack switches the next CONNECT to the other slot, if it holds a secret; it reports whether it did.
+func (d *Device) fallBack() bool {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	if o := other(d.creds.trying); d.creds.c.secret(o) != "" {
+		d.creds.trying = o
+		return true
+	}
+	return false
+}
+
+// nextReconnect picks the slot of a reconnect attempt: the preferred slot first, then alternately the
+// other, so that a device whose new secret was replaced by a retried rotation step (or never reached the
+// registry) comes back with the one that still works.
+func (d *Device) nextReconnect() {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	slot := d.creds.c.Slot
+	if d.creds.attempts%2 == 1 && d.creds.c.secret(other(slot)) != "" {
+		slot = other(slot)
+	}
+	d.creds.trying = slot
+	d.creds.attempts++
+}
+
+// connected notes a successful CONNECT: the slot that worked becomes the preferred one.
+func (d *Device) connected() {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	d.creds.attempts = 0
+	d.creds.c.Slot = d.creds.trying
+}
+
+// openConnection dials a broker as paho does for tcp:// and TLS URLs, keeping the connection so that a
+// rotation can drop it: paho has no way to reconnect on request but keeps reconnecting (with the credentials
+// provider's answer) after a connection it did not close ends.
+func (d *Device) openConnection(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+	dialer := o.Dialer
+	if dialer == nil {
+		dialer = &net.Dialer{Timeout: o.ConnectTimeout}
+	}
+	var conn net.Conn
+	var err error
+	switch uri.Scheme {
+	case "tcp", "mqtt":
+		conn, err = dialer.Dial("tcp", uri.Host)
+	case "ssl", "tls", "mqtts", "mqtt+ssl", "tcps":
+		conn, err = tls.DialWithDialer(dialer, "tcp", uri.Host, o.TLSConfig)
+	default:
+		return nil, fmt.Errorf("device: unsupported broker URL scheme %q", uri.Scheme)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.creds.mu.Lock()
+	d.creds.conn = conn
+	d.creds.mu.Unlock()
+	return conn, nil
+}
+
+// dropConnection ends the current network connection; paho reconnects.
+func (d *Device) dropConnection() {
+	d.creds.mu.Lock()
+	c := d.creds.conn
+	d.creds.mu.Unlock()
+	if c != nil {
+		// Not Close: paho takes a read on a closed connection for its own disconnect and does not
+		// reconnect; a read that times out is a lost connection.
+		_ = c.SetReadDeadline(time.Now())
+	}
+}
+
+// rotateCredentials is the rotateCredentials method (protocol.MethodRotateCredentials): the new secret is
+// stored with SaveCredentials before the answer, and the connection dropped after it, so that the device
+// comes back presenting the new secret (and, should the registry not know it, the old one).
+func (d *Device) rotateCredentials(ctx context.Context, payload []byte) (any, error) {
+	r, err := protocol.ParseRotateCredentials(payload)
+	if err != nil {
+		return nil, &MethodError{Status: 400, Message: err.Error()}
+	}
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	next := d.creds.c
+	if r.Slot == 1 {
+		next.Secret = r.Secret
+	} else {
+		next.Secret2 = r.Secret
+	}
+	next.Slot = r.Slot
+	if err := d.cfg.SaveCredentials(ctx, next); err != nil {
+		return nil, &MethodError{Status: 500, Message: "storing the new secret failed; keeping the old one: " + err.Error()}
+	}
+	d.creds.c = next
+	d.creds.dropAfterReply = true
+	return nil, nil
+}
+
+// afterReply runs after a method's answer has been published.
+func (d *Device) afterReply(name string) {
+	if name != protocol.MethodRotateCredentials {
+		return
+	}
+	d.creds.mu.Lock()
+	drop := d.creds.dropAfterReply
+	d.creds.dropAfterReply = false
+	d.creds.mu.Unlock()
+	if drop {
+		d.dropConnection()
+	}
+}
+
+// errNoCredentials is the configuration error of a device with neither a secret nor a certificate.
+var errNoCredentials = errors.New("device: a secret or a client certificate is required")
