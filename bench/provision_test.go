@@ -66,6 +66,12 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	// The product path, end to end as an operator runs it: parse the manifest, generate secrets, stage,
 	// run the workflow, write the credentials file.
 	env := be.env()
+	if dir := os.Getenv("FLEETFLOW_BENCH_PROFILE"); dir != "" {
+		// The CLI's CPU profile, and every statement Postgres runs during the product path with its
+		// duration (the worker's profile is go test's -cpuprofile: the worker runs in this process).
+		env = append(env, "FLEETFLOW_CPUPROFILE="+filepath.Join(dir, "cli.pprof"))
+		logStatements(b, ctx, reg, filepath.Join(dir, "postgres.log"))
+	}
 	t0 := time.Now()
 	out := run(b, ctx, env, "provision", "--file", manifest, "--creds-out", filepath.Join(dir, "creds.ndjson"), "-o", "json")
 	viaWorkflow := time.Since(t0)
@@ -93,6 +99,26 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	report(b, "workflow runs (continue-as-new)", float64(runs), "runs")
 
 	benchQueries(b, ctx, reg)
+}
+
+// logStatements has Postgres log every statement with its duration from now on, and copies its log to
+// path when the benchmark ends (before the throwaway cluster and its log are removed).
+func logStatements(b *testing.B, ctx context.Context, reg *registry.Registry, path string) {
+	var dataDir string
+	if err := reg.Pool().QueryRow(ctx, "SHOW data_directory").Scan(&dataDir); err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range []string{"ALTER SYSTEM SET log_min_duration_statement = 0", "SELECT pg_reload_conf()"} {
+		if _, err := reg.Pool().Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Cleanup(func() {
+		// internal/testenv keeps the server's log next to its data directory.
+		if log, err := os.ReadFile(filepath.Join(filepath.Dir(dataDir), "postgres.log")); err == nil {
+			_ = os.WriteFile(path, log, 0o600)
+		}
+	})
 }
 
 // rawCopy copies rows into a fresh table shaped like devices (columns, defaults, indexes) and drops it.

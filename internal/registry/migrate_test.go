@@ -43,10 +43,21 @@ func execURL(t *testing.T, url, sql string) {
 	require.NoError(t, err, sql)
 }
 
-// allVersions is 1..SchemaVersion, the versions a fully migrated database has.
+// allVersions are the versions of the migration files, oldest first: those a fully migrated database has.
+// Numbers are reserved per line of work, so a branch may hold a later number before the ones between have
+// landed (goose applies what there is, in order).
 func allVersions() []int64 {
+	files, err := filepath.Glob("migrations/*.sql")
+	if err != nil {
+		panic(err)
+	}
+	sort.Strings(files)
 	var vs []int64
-	for v := int64(1); v <= registry.SchemaVersion(); v++ {
+	for _, f := range files {
+		var v int64
+		if _, err := fmt.Sscanf(filepath.Base(f), "%03d_", &v); err != nil {
+			panic(fmt.Sprintf("%s: %v", f, err))
+		}
 		vs = append(vs, v)
 	}
 	return vs
@@ -58,7 +69,11 @@ func TestSchemaVersionIsTheNewestMigration(t *testing.T) {
 	require.NotEmpty(t, files)
 	sort.Strings(files)
 	last := filepath.Base(files[len(files)-1])
-	require.Equal(t, int64(len(files)), registry.SchemaVersion(), "migrations are numbered 1..n without gaps")
+	vs := allVersions()
+	require.Equal(t, int64(1), vs[0])
+	for i := 1; i < len(vs); i++ {
+		require.Greater(t, vs[i], vs[i-1], "one migration per number: %v", vs)
+	}
 	require.Equal(t, fmt.Sprintf("%03d_", registry.SchemaVersion()), last[:4], last)
 }
 
@@ -80,7 +95,7 @@ func TestMigrateFreshDatabase(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(0), st.Current)
 	require.Equal(t, registry.SchemaVersion(), st.Latest)
-	require.Len(t, st.Migrations, int(registry.SchemaVersion()))
+	require.Len(t, st.Migrations, len(allVersions()))
 	require.False(t, st.Migrations[0].Applied)
 
 	applied, err := registry.Migrate(ctx, url)
@@ -153,7 +168,7 @@ func TestMigrateAdoptsTheOldMigrator(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, applied, len(files))
 	for i, m := range applied {
-		require.Equal(t, int64(i+1), m.Version)
+		require.Equal(t, allVersions()[i], m.Version)
 		require.Equal(t, i < len(files)-1, m.Adopted, "migration %s adopted", m.Name)
 	}
 	require.Equal(t, allVersions(), versions(t, url))

@@ -53,21 +53,9 @@ func (r *Registry) StageRows(ctx context.Context, op, kind string, next func() (
 			if !ok {
 				return nil, nil
 			}
-			// Validated here, inside the registry, so that every staged row without parse_error is a valid
-			// device whichever caller staged it: batches rely on that to insert without looking at rows.
-			if row.ParseError == "" && !row.Checked {
-				row.ParseError = validateRow(row)
-			} else if row.ParseError == "" {
-				row.ParseError = credentialProblem(row)
-			}
-			var perr any
-			if row.ParseError != "" {
-				perr = row.ParseError
-			}
-			return []any{no, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, perr}, nil
+			return stagedValues(no, row), nil
 		})
-		copied, err := tx.CopyFrom(ctx, pgx.Identifier{"provision_rows"},
-			[]string{"op_no", "seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "parse_error"}, src)
+		copied, err := tx.CopyFrom(ctx, pgx.Identifier{"provision_rows"}, stagedColumns, src)
 		if iterErr != nil {
 			return iterErr
 		}
