@@ -352,9 +352,11 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	// The credentials are final as soon as every batch has committed; write them then, not at the end, so that
 	// devices (or the simulator) can use them while the workflow awaits their connection.
 	credsDone := make(chan credsOutcome, 1)
-	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut, g.cfg.TaskQueue) }()
+	ended := make(chan struct{}) // the workflow has ended: no need to wait for the next poll
+	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut, g.cfg.TaskQueue, ended) }()
 	var res workflows.ProvisionResult
 	runErr := run.Get(ctx, &res)
+	close(ended)
 	slog.Debug("workflow ended", "op", op, "elapsed", time.Since(began), "err", runErr)
 	if stopBar != nil {
 		stopBar()
@@ -643,7 +645,8 @@ type credsOutcome struct {
 
 // finalizeWhenProvisioned waits until the workflow has left its provisioning phase (or ended), then
 // finalizes the credentials file.
-func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry.Registry, op, pending, out, taskQueue string) credsOutcome {
+func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry.Registry, op, pending, out, taskQueue string,
+	ended <-chan struct{}) credsOutcome {
 	lastAnswer, hinted := time.Now(), false
 	for ctx.Err() == nil {
 		desc, err := c.DescribeWorkflow(ctx, op, "")
@@ -666,6 +669,8 @@ func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry
 		}
 		select {
 		case <-ctx.Done():
+		case <-ended:
+			ended = nil // one look at once; then the usual pace
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
