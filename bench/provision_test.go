@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,7 +74,10 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 		logStatements(b, ctx, reg, filepath.Join(dir, "postgres.log"))
 	}
 	t0 := time.Now()
-	out := run(b, ctx, env, "provision", "--file", manifest, "--creds-out", filepath.Join(dir, "creds.ndjson"), "-o", "json")
+	args := []string{"provision", "--file", manifest, "--creds-out", filepath.Join(dir, "creds.ndjson"), "-o", "json"}
+	// FLEETFLOW_BENCH_PROVISION_FLAGS adds flags (e.g. "--batch-size 20000 --window 2"), for trying settings.
+	args = append(args, strings.Fields(os.Getenv("FLEETFLOW_BENCH_PROVISION_FLAGS"))...)
+	out := run(b, ctx, env, args...)
 	viaWorkflow := time.Since(t0)
 	rawAfter := rawCopy(b, ctx, reg, rows)
 	raw := min(rawBefore, rawAfter)
@@ -98,7 +102,9 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	report(b, "workflow history events (all runs)", float64(events), "events")
 	report(b, "workflow runs (continue-as-new)", float64(runs), "runs")
 
-	benchQueries(b, ctx, reg)
+	if os.Getenv("FLEETFLOW_BENCH_PROVISION_ONLY") == "" {
+		benchQueries(b, ctx, reg)
+	}
 }
 
 // logStatements has Postgres log every statement with its duration from now on, and copies its log to

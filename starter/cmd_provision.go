@@ -542,11 +542,11 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 	return n, err
 }
 
-// stagingChunk is how many manifest rows each of the staging's transactions commits: five batches of the
+// stagingChunk is how many manifest rows each of the staging's transactions commits: two batches of the
 // default size, so that the workflow starts within a tenth of a second of a million-row manifest's staging
 // and never waits long for the next chunk, with few commits (each syncs the pending credentials file).
 // A variable for tests only.
-var stagingChunk = 5 * workflows.DefaultBatchSize
+var stagingChunk = 2 * workflows.DefaultBatchSize
 
 // credentialsChunk is how many manifest rows credentialsAhead reads and equips at a time.
 const credentialsChunk = 1024
