@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -30,17 +31,21 @@ func runMigrateCmd(t *testing.T, url string, args ...string) (string, error) {
 func TestMigrateCommand(t *testing.T) {
 	url := testenv.EmptyPostgres(t)
 	want := registry.SchemaVersion()
+	// Migration numbers are reserved per line of work, so the newest number can exceed the count.
+	files, err := filepath.Glob("../internal/registry/migrations/*.sql")
+	require.NoError(t, err)
+	migrations := len(files)
 
 	out, err := runMigrateCmd(t, url, "--status")
 	require.NoError(t, err)
 	require.Contains(t, out, "schema at version 0, this fleetflow needs")
 	require.Contains(t, out, "run `fleetflow migrate`")
-	require.Equal(t, int(want), strings.Count(out, "pending"), out)
+	require.Equal(t, migrations, strings.Count(out, "pending"), out)
 
 	out, err = runMigrateCmd(t, url)
 	require.NoError(t, err)
 	require.Contains(t, out, "applied 001_init.sql")
-	require.Equal(t, int(want), strings.Count(out, "applied "), out)
+	require.Equal(t, migrations, strings.Count(out, "applied "), out)
 
 	out, err = runMigrateCmd(t, url, "-o", "json")
 	require.NoError(t, err)

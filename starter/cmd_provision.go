@@ -353,7 +353,9 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	// devices (or the simulator) can use them while the workflow awaits their connection.
 	credsDone := make(chan credsOutcome, 1)
 	ended := make(chan struct{}) // the workflow has ended: no need to wait for the next poll
-	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut, g.cfg.TaskQueue, ended) }()
+	go func() {
+		credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut, g.cfg.TaskQueue, ended)
+	}()
 	var res workflows.ProvisionResult
 	runErr := run.Get(ctx, &res)
 	close(ended)
