@@ -131,3 +131,46 @@ func TestPollingWaitsReturnWhenTheWorkerStops(t *testing.T) {
 	require.Equal(t, workflows.JobCollectAcksResult{Acked: 1, Waiting: 3, WaitingOnline: 2}, acks)
 	require.Equal(t, 1, jobs.AckCalls)
 }
+
+// AwaitStaged returns as soon as the staged-rows cursor moves past what the workflow knows or staging ends,
+// and turns an abandoned staging into a failure no retry can fix.
+func TestAwaitStagedFollowsTheCursor(t *testing.T) {
+	ctx := context.Background()
+	f := fleettest.New()
+	f.Stage("op", []fleettest.StagedRow{{Line: 2, ID: "d-1"}, {Line: 3, ID: "d-2"}})
+	f.Staging["op"] = "open"
+	a := &Activities{Provision: f}
+	st, err := a.AwaitStaged(ctx, workflows.AwaitStagedInput{Op: "op", After: 1})
+	require.NoError(t, err)
+	require.Equal(t, fleet.Staged{Rows: 2}, st, "more than After rows: at once")
+
+	// Nothing new yet: it waits until the next chunk is staged (here while it polls).
+	type answer struct {
+		st  fleet.Staged
+		err error
+	}
+	done := make(chan answer)
+	go func() {
+		st, err := a.AwaitStaged(ctx, workflows.AwaitStagedInput{Op: "op", After: 2})
+		done <- answer{st, err}
+	}()
+	f.Mu.Lock() // the last chunk: its rows and the end of the staging at once, as one commit
+	f.Staged["op"] = append(f.Staged["op"], fleettest.StagedRow{Line: 4, ID: "d-3"})
+	delete(f.Staging, "op")
+	f.Mu.Unlock()
+	got := <-done
+	require.NoError(t, got.err)
+	require.Equal(t, fleet.Staged{Rows: 3, Done: true}, got.st)
+
+	f.Mu.Lock()
+	f.Staging["op"] = "abandoned"
+	f.Mu.Unlock()
+	_, err = a.AwaitStaged(ctx, workflows.AwaitStagedInput{Op: "op", After: 3})
+	var appErr *temporal.ApplicationError
+	require.True(t, errors.As(err, &appErr))
+	require.True(t, appErr.NonRetryable())
+	require.Equal(t, workflows.ErrTypeStagingAbandoned, appErr.Type())
+	_, err = a.AwaitStaged(ctx, workflows.AwaitStagedInput{Op: "never", After: 0})
+	require.True(t, errors.As(err, &appErr))
+	require.Equal(t, workflows.ErrTypeNotStaged, appErr.Type())
+}

@@ -41,6 +41,45 @@ func (a *Activities) ProvisionBatch(ctx context.Context, in workflows.ProvisionB
 	return c, nil
 }
 
+// stagedPoll is how often AwaitStaged looks at the staged-rows cursor: a chunk of the CLI's staging takes
+// about a tenth of a second at a million rows, and a look is one indexed read of the operation's row.
+const stagedPoll = 50 * time.Millisecond
+
+// AwaitStaged follows the staged-rows cursor of a manifest the CLI is still staging in chunks: it returns as
+// soon as more than in.After rows are staged or staging has ended, and otherwise after
+// workflows.AwaitStagedMax (the workflow asks again). A staging that stalled (its CLI killed) or was
+// abandoned fails the workflow: no more rows will come.
+func (a *Activities) AwaitStaged(ctx context.Context, in workflows.AwaitStagedInput) (fleet.Staged, error) {
+	if a.Provision == nil {
+		return fleet.Staged{}, errNoStore("provisioning")
+	}
+	deadline := time.Now().Add(workflows.AwaitStagedMax)
+	for {
+		st, err := a.Provision.StagedRows(ctx, in.Op, fleet.StagingStallAfter)
+		switch {
+		case errors.Is(err, fleet.ErrStagingAbandoned):
+			return st, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeStagingAbandoned, err)
+		case errors.Is(err, fleet.ErrOperationNotStaged):
+			return st, temporal.NewNonRetryableApplicationError(err.Error(), workflows.ErrTypeNotStaged, err)
+		case err != nil:
+			return st, err
+		}
+		if st.Done || st.Rows > in.After || !time.Now().Before(deadline) {
+			return st, nil
+		}
+		if activity.IsActivity(ctx) {
+			activity.RecordHeartbeat(ctx, st.Rows)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-workerStopping(ctx):
+			return st, nil
+		case <-time.After(stagedPoll):
+		}
+	}
+}
+
 // WaitConnected polls the registry until every device the operation created has reported, or MaxWait has
 // passed, and returns the latest counts. One activity per poll period keeps history small while the
 // workflow still shows progress between polls.

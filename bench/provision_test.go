@@ -67,8 +67,17 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	// The product path, end to end as an operator runs it: parse the manifest, generate secrets, stage,
 	// run the workflow, write the credentials file.
 	env := be.env()
+	if dir := os.Getenv("FLEETFLOW_BENCH_PROFILE"); dir != "" {
+		// The CLI's CPU profile, and every statement Postgres runs during the product path with its
+		// duration (the worker's profile is go test's -cpuprofile: the worker runs in this process).
+		env = append(env, "FLEETFLOW_CPUPROFILE="+filepath.Join(dir, "cli.pprof"))
+		logStatements(b, ctx, reg, filepath.Join(dir, "postgres.log"))
+	}
 	t0 := time.Now()
-	out := run(b, ctx, env, "provision", "--file", manifest, "--creds-out", filepath.Join(dir, "creds.ndjson"), "-o", "json")
+	args := []string{"provision", "--file", manifest, "--creds-out", filepath.Join(dir, "creds.ndjson"), "-o", "json"}
+	// FLEETFLOW_BENCH_PROVISION_FLAGS adds flags (e.g. "--batch-size 20000 --window 2"), for trying settings.
+	args = append(args, strings.Fields(os.Getenv("FLEETFLOW_BENCH_PROVISION_FLAGS"))...)
+	out := run(b, ctx, env, args...)
 	viaWorkflow := time.Since(t0)
 	rawAfter := rawCopy(b, ctx, reg, rows)
 	raw := min(rawBefore, rawAfter)
@@ -93,7 +102,9 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	report(b, "workflow history events (all runs)", float64(events), "events")
 	report(b, "workflow runs (continue-as-new)", float64(runs), "runs")
 
-	benchQueries(b, ctx, reg)
+	if os.Getenv("FLEETFLOW_BENCH_PROVISION_ONLY") == "" {
+		benchQueries(b, ctx, reg)
+	}
 	if os.Getenv("FLEETFLOW_BENCH_SCHEME") != "" {
 		benchSchemeCost(b, ctx, be, manifest, dir)
 	}
@@ -180,6 +191,26 @@ func slicesMin(d []time.Duration) time.Duration {
 	return m
 }
 
+// logStatements has Postgres log every statement with its duration from now on, and copies its log to
+// path when the benchmark ends (before the throwaway cluster and its log are removed).
+func logStatements(b *testing.B, ctx context.Context, reg *registry.Registry, path string) {
+	var dataDir string
+	if err := reg.Pool().QueryRow(ctx, "SHOW data_directory").Scan(&dataDir); err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range []string{"ALTER SYSTEM SET log_min_duration_statement = 0", "SELECT pg_reload_conf()"} {
+		if _, err := reg.Pool().Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Cleanup(func() {
+		// internal/testenv keeps the server's log next to its data directory.
+		if log, err := os.ReadFile(filepath.Join(filepath.Dir(dataDir), "postgres.log")); err == nil {
+			_ = os.WriteFile(path, log, 0o600)
+		}
+	})
+}
+
 // rawCopy copies rows into a fresh table shaped like devices (columns, defaults, indexes) and drops it.
 func rawCopy(b *testing.B, ctx context.Context, reg *registry.Registry, rows [][]any) time.Duration {
 	pool := reg.Pool()
@@ -264,16 +295,19 @@ func benchQueries(b *testing.B, ctx context.Context, reg *registry.Registry) {
 	if _, err := pool.Exec(ctx, "VACUUM ANALYZE devices"); err != nil {
 		b.Fatal(err)
 	}
-	cases := []struct{ name, q, hand string }{
+	cases := []struct {
+		name, q, hand string
+		star          bool // the query language reads whole twins: decode the hand-written rows the same way
+	}{
 		{"selective tag query (~333 of 1M)",
 			`SELECT * FROM devices WHERE tags.site = 'eu-site-42'`,
-			`SELECT ` + query.StarColumns + ` FROM devices WHERE tags @> '{"site":"eu-site-42"}' AND status <> 'retired'`},
+			`SELECT ` + query.StarColumns + ` FROM devices WHERE tags @> '{"site":"eu-site-42"}' AND status <> 'retired'`, true},
 		{"tag + reported predicate",
 			`SELECT * FROM devices WHERE tags.site = 'eu-site-42' AND properties.reported.firmware.version != '1.0.0'`,
-			`SELECT ` + query.StarColumns + ` FROM devices WHERE tags @> '{"site":"eu-site-42"}' AND reported #>> '{firmware,version}' <> '1.0.0' AND status <> 'retired'`},
+			`SELECT ` + query.StarColumns + ` FROM devices WHERE tags @> '{"site":"eu-site-42"}' AND reported #>> '{firmware,version}' <> '1.0.0' AND status <> 'retired'`, true},
 		{"GROUP BY reported model over 1M",
 			`SELECT properties.reported.model, COUNT() AS n FROM devices GROUP BY properties.reported.model`,
-			`SELECT reported -> 'model', count(*) FROM devices WHERE status <> 'retired' GROUP BY 1`},
+			`SELECT reported -> 'model', count(*) FROM devices WHERE status <> 'retired' GROUP BY 1`, false},
 	}
 	fmt.Println("twin queries (medians, query language and SQL timed alternately)")
 	for _, c := range cases {
@@ -291,7 +325,7 @@ func benchQueries(b *testing.B, ctx context.Context, reg *registry.Registry) {
 			}
 			rowsHand = 0
 			for rows.Next() {
-				if _, err := rows.Values(); err != nil {
+				if err := handDecode(rows, c.star); err != nil {
 					b.Fatal(err)
 				}
 				rowsHand++
@@ -308,6 +342,24 @@ func benchQueries(b *testing.B, ctx context.Context, reg *registry.Registry) {
 		report(b, "  hand-written SQL", float64(hand.Microseconds())/1000, "ms-sql")
 		report(b, "  ratio (target <= 1.5)", float64(viaQL)/float64(hand), "x-query")
 	}
+}
+
+// handDecode reads a hand-written query's row the way the registry reads the query language's: for SELECT *
+// (star) every StarColumns column into the same Go types the registry's twin scan uses — the JSONB documents
+// as raw bytes, not decoded — and otherwise generic values (rows.Values, as the registry's column scan does,
+// which decodes JSONB into Go values on both sides).
+func handDecode(rows pgx.Rows, star bool) error {
+	if !star {
+		_, err := rows.Values()
+		return err
+	}
+	var id, status string
+	var online bool
+	var lastSeen *time.Time
+	var tags, desired, reported []byte
+	var desiredVersion, reportedVersion, twinVersion, tagsVersion int64
+	return rows.Scan(&id, &status, &online, &lastSeen, &tags, &desired, &desiredVersion, &reported, &reportedVersion,
+		&twinVersion, &tagsVersion)
 }
 
 // interleaved times a and b alternately, so both see the same machine, and returns their medians: 101

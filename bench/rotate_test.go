@@ -14,8 +14,8 @@ import (
 	"github.com/fleetflow/fleetflow/internal/creds"
 )
 
-// rawFanoutWindow is the raw fan-out's requests in flight: the device channel's default window.
-const rawFanoutWindow = 1024
+// rotateFanoutWindow is the raw fan-out's requests in flight: the device channel's default window.
+const rotateFanoutWindow = 1024
 
 // rotateDevices selects BenchmarkRotate10k and sizes its fleet (FLEETFLOW_BENCH_ROTATE=10000 for the issue's
 // figure; unset, the benchmark is skipped: it connects a fleet of its own, which takes minutes).
@@ -51,7 +51,7 @@ func BenchmarkRotate10k(b *testing.B) {
 	for i, c := range f.fleet[:n] {
 		ids[i] = c.ID
 	}
-	fanout := rawMethodFanout(b, nc, ids, rawFanoutWindow)
+	fanout := rawMethodFanout(b, nc, ids, rotateFanoutWindow)
 	nc.Close()
 	updates := rawDigestUpdates(b, ctx, f, n)
 	fmt.Println("yardsticks (same fleet, same run)")

@@ -252,12 +252,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 	} else if n > 0 {
 		slog.Debug("dropped stale staged manifest rows", "rows", n, "olderThan", fleet.StaleStagingAfter)
 	}
-	rows, err := stageManifest(ctx, reg, op, src, pending, makeCred, workers)
-	if err != nil {
-		return err
-	}
-	slog.Debug("manifest staged", "op", op, "rows", rows, "elapsed", time.Since(began))
-	in := workflows.ProvisionInput{Op: op, Rows: rows, BatchSize: f.batchSize, Window: f.window,
+	in := workflows.ProvisionInput{Op: op, BatchSize: f.batchSize, Window: f.window,
 		AwaitConnect: f.awaitConnect, HeartbeatTimeout: f.heartbeatTimeout, BatchesPerRun: f.batchesPerRun}
 	if f.validity != "" {
 		// Each batch sets the expiry of the devices it creates, in the transaction that creates them.
@@ -270,21 +265,62 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		// certificate's own end at most), for the health check's credential_expiring alert.
 		in.CredentialValidity = certValidity
 	}
-	crashAt("before-start")
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-		ID:                    op,
-		TaskQueue:             g.cfg.TaskQueue,
-		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: fmt.Sprintf("Provision %s rows from %s", numfmt.Thousands(rows), label),
-		StaticDetails: fmt.Sprintf("Manifest: `%s`  \nRows: %s  \nBatch size: %d, window: %d  \nAwait connect: %s",
-			label, numfmt.Thousands(rows), f.batchSize, f.window, durationOrNo(f.awaitConnect)),
-		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("provision"),
-			searchattr.State.ValueSet("running"), searchattr.Total.ValueSet(rows)),
-	}, workflows.ProvisionFleet, in)
-	if err != nil {
-		return startFailed(ctx, c, op, pending, fmt.Sprintf("fleetflow provision --resume %s --creds-out %s", op, f.credsOut), err)
+	// The workflow starts as soon as the first chunk of the manifest is staged and follows the staging while
+	// the rest is (docs/architecture.md, "Provisioning: staging and batches overlap").
+	var run client.WorkflowRun
+	var startErr error
+	start := func(staged int64, done bool) error {
+		if run != nil {
+			return nil
+		}
+		slog.Debug("first chunk staged", "op", op, "rows", staged, "done", done, "elapsed", time.Since(began))
+		in.Rows, in.Staging = staged, !done
+		crashAt("before-start")
+		run, startErr = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID:                    op,
+			TaskQueue:             g.cfg.TaskQueue,
+			WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
+			StaticSummary: fmt.Sprintf("Provision the rows of %s", label),
+			StaticDetails: fmt.Sprintf("Manifest: `%s`  \nBatch size: %d, window: %d  \nAwait connect: %s",
+				label, f.batchSize, f.window, durationOrNo(f.awaitConnect)),
+			TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet("provision"),
+				searchattr.State.ValueSet("running"), searchattr.Total.ValueSet(staged)),
+		}, workflows.ProvisionFleet, in)
+		if startErr != nil {
+			run = nil
+			return startErr
+		}
+		crashAt("after-start")
+		return nil
 	}
-	crashAt("after-start")
+	rows, err := stageManifest(ctx, reg, op, src, pending, makeCred, workers, start)
+	if startErr != nil {
+		// Nothing follows the staged rows: closed, so that nothing waits for them (the health check drops them).
+		_ = reg.AbandonStaging(context.WithoutCancel(ctx), op)
+		return startFailed(ctx, c, op, pending, fmt.Sprintf("fleetflow provision --resume %s --creds-out %s", op, f.credsOut), startErr)
+	}
+	if err == nil && run == nil {
+		err = fmt.Errorf("stage %s: no chunk was committed", op) // cannot happen: the last chunk always commits
+	}
+	if err != nil && run == nil {
+		// Nothing was staged, so no device can be created from these secrets.
+		os.Remove(pending)
+		return err
+	}
+	if err != nil {
+		// The workflow runs on the chunks staged before the failure: closing the staging fails it at once
+		// instead of after fleet.StagingStallAfter, and the secrets of the devices it created still reach the
+		// credentials file below.
+		if aerr := reg.AbandonStaging(context.WithoutCancel(ctx), op); aerr != nil {
+			slog.Warn("close the staging", "op", op, "err", aerr)
+		}
+		fmt.Fprintf(os.Stderr, "staging %s stopped after %s rows: %v\n", op, numfmt.Thousands(rows), err)
+		if werr := awaitProvision(ctx, g, c, reg, f, run, op, pending, began); werr != nil {
+			return fmt.Errorf("%w\n(staging stopped: %v)", werr, err)
+		}
+		return fmt.Errorf("staging %s stopped after %s rows: %w", op, numfmt.Thousands(rows), err)
+	}
+	slog.Debug("manifest staged", "op", op, "rows", rows, "elapsed", time.Since(began))
 	if !f.out.structured() || f.detach {
 		fmt.Fprintf(os.Stderr, "started %s (%s rows staged)\n  %s\n", op, numfmt.Thousands(rows), workflowURL(g, op))
 	}
@@ -318,9 +354,13 @@ func awaitProvision(ctx context.Context, g *globals, c client.Client, reg *regis
 	// The credentials are final as soon as every batch has committed; write them then, not at the end, so that
 	// devices (or the simulator) can use them while the workflow awaits their connection.
 	credsDone := make(chan credsOutcome, 1)
-	go func() { credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut, g.cfg.TaskQueue) }()
+	ended := make(chan struct{}) // the workflow has ended: no need to wait for the next poll
+	go func() {
+		credsDone <- finalizeWhenProvisioned(ctx, c, reg, op, pending, f.credsOut, g.cfg.TaskQueue, ended)
+	}()
 	var res workflows.ProvisionResult
 	runErr := run.Get(ctx, &res)
+	close(ended)
 	slog.Debug("workflow ended", "op", op, "elapsed", time.Since(began), "err", runErr)
 	if stopBar != nil {
 		stopBar()
@@ -463,7 +503,7 @@ func certificateMaker(caDir, validityFlag string) (credentialMaker, time.Duratio
 // secret (or certificate and private key) goes to the pending credentials file, its digest (or fingerprint)
 // to Postgres, and nothing to Temporal.
 func stageManifest(ctx context.Context, reg *registry.Registry, op string, src manifest.Reader, pending string,
-	makeCred credentialMaker, workers int) (int64, error) {
+	makeCred credentialMaker, workers int, committed func(rows int64, done bool) error) (int64, error) {
 	var seq int64
 	var werr error
 	// A credential for every parsed row; rows the registry then finds invalid are dropped from the
@@ -482,7 +522,7 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 	if err != nil {
 		return 0, err
 	}
-	n, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
+	n, err := reg.StageChunks(ctx, op, "provision", stagingChunk, func() (registry.StagedRow, bool, error) {
 		m, err := ahead.next()
 		if err == io.EOF {
 			return registry.StagedRow{}, false, nil
@@ -504,16 +544,22 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 			}
 		}
 		return s, true, nil
+	}, registry.StageHooks{
+		// A committed chunk's rows may become devices at once: their secrets are on disk first.
+		BeforeCommit: w.Sync,
+		Committed:    committed,
 	})
 	if cerr := w.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
-	if err != nil {
-		os.Remove(pending)
-		return 0, err
-	}
-	return n, nil
+	return n, err
 }
+
+// stagingChunk is how many manifest rows each of the staging's transactions commits: two batches of the
+// default size, so that the workflow starts within a tenth of a second of a million-row manifest's staging
+// and never waits long for the next chunk, with few commits (each syncs the pending credentials file).
+// A variable for tests only.
+var stagingChunk = 2 * workflows.DefaultBatchSize
 
 // credentialsChunk is how many manifest rows credentialsAhead reads and equips at a time.
 const credentialsChunk = 1024
@@ -625,7 +671,8 @@ type credsOutcome struct {
 
 // finalizeWhenProvisioned waits until the workflow has left its provisioning phase (or ended), then
 // finalizes the credentials file.
-func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry.Registry, op, pending, out, taskQueue string) credsOutcome {
+func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry.Registry, op, pending, out, taskQueue string,
+	ended <-chan struct{}) credsOutcome {
 	lastAnswer, hinted := time.Now(), false
 	for ctx.Err() == nil {
 		desc, err := c.DescribeWorkflow(ctx, op, "")
@@ -648,6 +695,8 @@ func finalizeWhenProvisioned(ctx context.Context, c client.Client, reg *registry
 		}
 		select {
 		case <-ctx.Done():
+		case <-ended:
+			ended = nil // one look at once; then the usual pace
 		case <-time.After(300 * time.Millisecond):
 		}
 	}

@@ -68,7 +68,7 @@ func TestManifestWithAnEmptyIDStillWritesEveryCreatedDevicesCredentials(t *testi
 		r, err := manifest.NewReader(bufio.NewReader(strings.NewReader(csv)), manifest.CSV)
 		require.NoError(t, err)
 		pending := out + ".pending"
-		rows, err := stageManifest(ctx, reg, op, r, pending, newSecretCredential, 1)
+		rows, err := stageManifest(ctx, reg, op, r, pending, newSecretCredential, 1, nil)
 		require.NoError(t, err)
 		_, err = reg.ProvisionBatch(ctx, op, 0, rows, 0)
 		require.NoError(t, err)
@@ -176,7 +176,7 @@ func TestCertificateCredentialsFollowTheSameRules(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "x.creds.ndjson")
 	r, err := manifest.NewReader(strings.NewReader("{\"id\":\"x-1\"}\n\n{\"id\":\"\"}\n{\"id\":\"x-3\"}\n"), manifest.NDJSON)
 	require.NoError(t, err)
-	rows, err := stageManifest(ctx, reg, "provision-x", r, out+".pending", makeCert, 2)
+	rows, err := stageManifest(ctx, reg, "provision-x", r, out+".pending", makeCert, 2, nil)
 	require.NoError(t, err)
 	require.Equal(t, int64(3), rows)
 	_, err = reg.ProvisionBatch(ctx, "provision-x", 0, rows, 0)
@@ -190,4 +190,43 @@ func TestCertificateCredentialsFollowTheSameRules(t *testing.T) {
 	require.NotNil(t, cs[1].TLS)
 	require.Equal(t, "x-3", cs[1].ID)
 	require.Empty(t, cs[1].Secret)
+}
+
+// A manifest staged in chunks: when each chunk commits (and a workflow may create its devices), the secret of
+// every row committed so far is already in the pending file, synced, and is the one the registry will know.
+func TestChunkedStagingHasEverySecretOnDiskBeforeItsChunkCommits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reg, err := registry.Open(ctx, testenv.Postgres(t))
+	require.NoError(t, err)
+	defer reg.Close()
+	defer func(n int) { stagingChunk = n }(stagingChunk)
+	stagingChunk = 3
+	pending := filepath.Join(t.TempDir(), "c.creds.ndjson.pending")
+	r, err := manifest.NewReader(strings.NewReader("id\nc-1\nc-2\nc-3\nc-4\nc-5\nc-6\nc-7\nc-8\n"), manifest.CSV)
+	require.NoError(t, err)
+	var commits []int64
+	rows, err := stageManifest(ctx, reg, "provision-c", r, pending, newSecretCredential, 1, func(staged int64, done bool) error {
+		prev := int64(0)
+		if len(commits) > 0 {
+			prev = commits[len(commits)-1]
+		}
+		commits = append(commits, staged)
+		onDisk, _, err := creds.ReadLoose(pending)
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, int64(len(onDisk)), staged, "every committed row's secret is on disk")
+		c, err := reg.ProvisionBatch(ctx, "provision-c", prev, staged, 0)
+		require.NoError(t, err)
+		require.Equal(t, staged-prev, c.Created)
+		for _, c := range onDisk[:staged] {
+			a, err := reg.DeviceAuth(ctx, c.ID)
+			require.NoError(t, err)
+			require.True(t, creds.Matches(c.Secret, a.Secret1Hash), "%s's secret on disk is the registered one", c.ID)
+		}
+		require.Equal(t, staged == 8, done)
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, int64(8), rows)
+	require.Equal(t, []int64{3, 6, 8}, commits)
 }

@@ -20,6 +20,7 @@ import (
 // import the activities package, which would link the database and MQTT adapters into workflow code.
 type Activities interface {
 	ProvisionBatch(ctx context.Context, in ProvisionBatchInput) (fleet.ProvisionCounts, error)
+	AwaitStaged(ctx context.Context, in AwaitStagedInput) (fleet.Staged, error)
 	WaitConnected(ctx context.Context, in WaitConnectedInput) (fleet.ConnectProgress, error)
 	// FinishProvision takes the operation id.
 	FinishProvision(ctx context.Context, op string) (FinishProvisionResult, error)

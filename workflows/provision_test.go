@@ -28,6 +28,12 @@ type fakeActs struct {
 	open     int
 	reported []int64 // successive Reported values WaitConnected returns
 	polls    int
+	// staging: successive answers of AwaitStaged (the last repeats); staged is the latest rows answered.
+	staging  []fleet.Staged
+	awaits   []AwaitStagedInput
+	staged   int64
+	beyond   []ProvisionBatchInput // batches that reached past the rows staged when they started
+	abandons bool                  // AwaitStaged fails as abandoned once the script is used up
 }
 
 func countsFor(r ProvisionBatchInput) fleet.ProvisionCounts {
@@ -48,6 +54,9 @@ func countsFor(r ProvisionBatchInput) fleet.ProvisionCounts {
 func (f *fakeActs) batch(_ context.Context, r ProvisionBatchInput) (fleet.ProvisionCounts, error) {
 	f.mu.Lock()
 	f.batches = append(f.batches, r)
+	if f.staging != nil && r.Last > f.staged {
+		f.beyond = append(f.beyond, r)
+	}
 	f.open++
 	f.maxOpen = max(f.maxOpen, f.open)
 	f.mu.Unlock()
@@ -67,12 +76,26 @@ func (f *fakeActs) wait(_ context.Context, r WaitConnectedInput) (fleet.ConnectP
 	return st, nil
 }
 
+func (f *fakeActs) await(_ context.Context, r AwaitStagedInput) (fleet.Staged, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := len(f.awaits)
+	f.awaits = append(f.awaits, r)
+	if f.abandons && i >= len(f.staging) {
+		return fleet.Staged{}, temporal.NewNonRetryableApplicationError("staging abandoned", ErrTypeStagingAbandoned, nil)
+	}
+	st := f.staging[min(i, len(f.staging)-1)]
+	f.staged = st.Rows
+	return st, nil
+}
+
 func newEnv(t *testing.T, f *fakeActs) *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(ProvisionFleet)
 	env.RegisterActivityWithOptions(f.batch, activity.RegisterOptions{Name: ActivityName(Activities.ProvisionBatch)})
 	env.RegisterActivityWithOptions(f.wait, activity.RegisterOptions{Name: ActivityName(Activities.WaitConnected)})
+	env.RegisterActivityWithOptions(f.await, activity.RegisterOptions{Name: ActivityName(Activities.AwaitStaged)})
 	env.RegisterActivityWithOptions(func(context.Context, string) (FinishProvisionResult, error) {
 		return FinishProvisionResult{InvalidSample: []fleet.RowResult{{Line: 0, ID: "BAD", Outcome: "invalid", Reason: "invalid device id"}}}, nil
 	}, activity.RegisterOptions{Name: ActivityName(Activities.FinishProvision)})
@@ -241,4 +264,78 @@ func TestProvisionFleetDropsItsStagingWhenItFails(t *testing.T) {
 	require.True(t, env.IsWorkflowCompleted())
 	require.Error(t, env.GetWorkflowError())
 	require.Equal(t, []string{"op-fail"}, dropped, "the failed run drops its staging once")
+}
+
+// A workflow started while the CLI still stages follows the staged-rows cursor: batches tile the whole
+// manifest, never reach past the rows staged, are whole until staging ends, and the result counts every row.
+func TestProvisionFleetFollowsTheStaging(t *testing.T) {
+	f := &fakeActs{staged: 2500, staging: []fleet.Staged{{Rows: 5000}, {Rows: 9000}, {Rows: 12345, Done: true}}}
+	env := newEnv(t, f)
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op-stream", Rows: 2500, Staging: true, BatchSize: 1000, Window: 3})
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var res ProvisionResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+
+	require.Empty(t, f.beyond, "no batch may reach past the staged rows")
+	sort.Slice(f.batches, func(i, j int) bool { return f.batches[i].First < f.batches[j].First })
+	var next int64
+	for i, b := range f.batches {
+		require.Equal(t, next, b.First, "batches must tile the manifest without gaps or overlap")
+		if i < len(f.batches)-1 {
+			require.Equal(t, int64(1000), b.Last-b.First, "only the last batch may be partial")
+		}
+		next = b.Last
+	}
+	require.Equal(t, int64(12345), next)
+	require.Equal(t, int64(12345), res.Rows)
+	require.Equal(t, int64(12345), res.Counts.Total())
+	require.Len(t, f.awaits, 3)
+	require.Equal(t, []int64{2500, 5000, 9000}, []int64{f.awaits[0].After, f.awaits[1].After, f.awaits[2].After})
+}
+
+// A staging that stops (its CLI killed) fails the run once the batches already staged have ended, and the
+// failed run drops its staged rows.
+func TestProvisionFleetFailsWhenTheStagingIsAbandoned(t *testing.T) {
+	f := &fakeActs{staged: 2000, staging: []fleet.Staged{{Rows: 4000}}, abandons: true}
+	env := newEnv(t, f)
+	var dropped int
+	env.OnActivity(ActivityName(Activities.FinishProvision), mock.Anything, mock.Anything).Return(
+		func(context.Context, string) (FinishProvisionResult, error) {
+			dropped++
+			return FinishProvisionResult{}, nil
+		})
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op-dead", Rows: 2000, Staging: true, BatchSize: 1000, Window: 4})
+	require.True(t, env.IsWorkflowCompleted())
+	var appErr *temporal.ApplicationError
+	require.True(t, errors.As(env.GetWorkflowError(), &appErr), "got %v", env.GetWorkflowError())
+	require.Equal(t, ErrTypeStagingAbandoned, appErr.Type())
+	require.Empty(t, f.beyond)
+	require.Len(t, f.batches, 4, "the rows staged before the staging stopped are provisioned")
+	require.Equal(t, 1, dropped, "the failed run drops its staging")
+}
+
+// A run that continues as new while the staging goes on carries the cursor and the staging state over.
+func TestProvisionFleetContinuesAsNewWhileStaging(t *testing.T) {
+	f := &fakeActs{staged: 3000, staging: []fleet.Staged{{Rows: 6000}}}
+	env := newEnv(t, f)
+	env.ExecuteWorkflow(ProvisionFleet, ProvisionInput{Op: "op-can", Rows: 3000, Staging: true, BatchSize: 1000, Window: 2, BatchesPerRun: 4})
+	var can *workflow.ContinueAsNewError
+	require.True(t, errors.As(env.GetWorkflowError(), &can), "expected continue-as-new, got %v", env.GetWorkflowError())
+	var next ProvisionInput
+	require.NoError(t, converter.GetDefaultDataConverter().FromPayloads(can.Input, &next))
+	require.True(t, next.Staging)
+	require.Equal(t, int64(4000), next.Next)
+	require.GreaterOrEqual(t, next.Rows, int64(4000))
+	require.Empty(t, f.beyond)
+
+	f.staging = []fleet.Staged{{Rows: 7500, Done: true}}
+	f.awaits = nil
+	env2 := newEnv(t, f)
+	env2.ExecuteWorkflow(ProvisionFleet, next)
+	require.NoError(t, env2.GetWorkflowError())
+	var res ProvisionResult
+	require.NoError(t, env2.GetWorkflowResult(&res))
+	require.Equal(t, int64(7500), res.Counts.Total())
+	require.Equal(t, 2, res.Runs)
 }

@@ -16,13 +16,19 @@ const (
 	QueryProgress = "progress"
 	// ErrTypeNotStaged marks a provisioning operation whose manifest was never staged.
 	ErrTypeNotStaged = "OperationNotStaged"
+	// ErrTypeStagingAbandoned marks a provisioning operation whose manifest's staging stopped before its end.
+	ErrTypeStagingAbandoned = "StagingAbandoned"
 )
 
 // ProvisionInput starts ProvisionFleet. The manifest itself is staged in Postgres under Op; the workflow
 // carries only its size and a cursor, so its payloads stay small whatever the fleet size.
 type ProvisionInput struct {
-	Op           string        `json:"op"`
-	Rows         int64         `json:"rows"`
+	Op   string `json:"op"`
+	Rows int64  `json:"rows"`
+	// Staging says the CLI is still staging the manifest in chunks: Rows is what was staged when the
+	// workflow started, and the workflow follows the staged-rows cursor (AwaitStaged) until staging ends
+	// (docs/architecture.md, "Provisioning: staging and batches overlap").
+	Staging      bool          `json:"staging,omitempty"`
 	BatchSize    int64         `json:"batchSize,omitempty"`
 	Window       int           `json:"window,omitempty"`
 	AwaitConnect time.Duration `json:"awaitConnect,omitempty"`
@@ -52,6 +58,13 @@ type ProvisionBatchInput struct {
 	CredentialValidity time.Duration `json:"credentialValidity,omitempty"`
 }
 
+// AwaitStagedInput is the AwaitStaged activity's input: it returns once more than After rows of Op are
+// staged, once staging has ended, or after a while without either (the workflow asks again).
+type AwaitStagedInput struct {
+	Op    string `json:"op"`
+	After int64  `json:"after"`
+}
+
 // WaitConnectedInput (activity WaitConnected) asks how many of an operation's new devices have connected and reported, waiting
 // up to MaxWait for all of them.
 type WaitConnectedInput struct {
@@ -69,6 +82,7 @@ type ProvisionProgress struct {
 	Op        string                 `json:"op"`
 	Phase     string                 `json:"phase"` // provisioning, awaiting-connect, done
 	Rows      int64                  `json:"rows"`
+	Staging   bool                   `json:"staging,omitempty"` // rows are still being staged: Rows grows
 	Counts    fleet.ProvisionCounts  `json:"counts"`
 	Connect   *fleet.ConnectProgress `json:"connect,omitempty"`
 	Deadline  *time.Time             `json:"awaitDeadline,omitempty"`

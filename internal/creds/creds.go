@@ -75,6 +75,8 @@ type Writer struct {
 	w   *bufio.Writer
 	n   int
 	buf []byte
+	// dirSynced: the directory entry is durable (Sync did it once).
+	dirSynced bool
 }
 
 // plain reports whether s can be written into a JSON string as it is.
@@ -137,6 +139,26 @@ func (w *Writer) Write(c Credential) error {
 		return fmt.Errorf("write credentials: %w", err)
 	}
 	w.n++
+	return nil
+}
+
+// Sync makes every credential written so far durable: flushed, the file synced and, the first time, its
+// directory too (so that the file's name survives a crash as well). A caller that hands the devices of these
+// credentials on for creation before Close syncs first.
+func (w *Writer) Sync() error {
+	if err := w.w.Flush(); err != nil {
+		return fmt.Errorf("flush credentials: %w", err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync credentials: %w", err)
+	}
+	if w.dirSynced {
+		return nil
+	}
+	if err := SyncDir(filepath.Dir(w.f.Name())); err != nil {
+		return err
+	}
+	w.dirSynced = true
 	return nil
 }
 

@@ -54,14 +54,35 @@ var (
 	ErrOperationNotStaged = errors.New("operation not staged")
 	// ErrStagingLost: the operation's staged rows are gone (dropped before every batch committed).
 	ErrStagingLost = errors.New("staged rows lost")
+	// ErrStagingAbandoned: the manifest's staging stopped before its end (its CLI was killed or could not
+	// read on); no more rows will come.
+	ErrStagingAbandoned = errors.New("staging abandoned")
+	// ErrStagingClosed: a chunk came after the staging was closed (the workflow found it stalled).
+	ErrStagingClosed = errors.New("staging closed")
 )
+
+// Staged is how far the staging of an operation's manifest has got: the staged-rows cursor a provisioning
+// workflow follows while the CLI stages in chunks (docs/architecture.md, "Provisioning: staging and batches
+// overlap").
+type Staged struct {
+	Rows int64 `json:"rows"` // rows staged so far: seq 0..Rows-1 are committed
+	Done bool  `json:"done"` // staging has ended: Rows is the manifest's row count
+}
+
+// StagingStallAfter is how long an open staging may go without a committed chunk or a heartbeat of its CLI
+// (every few seconds) before the workflow following it takes the CLI for dead and fails.
+const StagingStallAfter = time.Minute
 
 // ProvisionStore is what provisioning's activities need from the registry.
 type ProvisionStore interface {
 	// ProvisionBatch creates the devices of staged rows first..last-1 of op. It is idempotent: a
 	// committed batch is recorded and a retry returns its counts. A positive validity gives the devices it
-	// creates a credential expiry (credential_expires_at = creation + validity) in the same transaction.
+	// creates a credential expiry (credential_expires_at = creation + validity) in the same transaction,
+	// which also drops the batch's staged rows (nothing reads them again).
 	ProvisionBatch(ctx context.Context, op string, first, last int64, validity time.Duration) (ProvisionCounts, error)
+	// StagedRows returns how far op's staging has got. An open staging without sign of life for longer
+	// than stall is closed as abandoned; an abandoned staging is an error wrapping ErrStagingAbandoned.
+	StagedRows(ctx context.Context, op string, stall time.Duration) (Staged, error)
 	// ConnectProgress counts op's devices that have connected and reported, with a sample of up to
 	// sample ids that have not reported.
 	ConnectProgress(ctx context.Context, op string, sample int) (ConnectProgress, error)

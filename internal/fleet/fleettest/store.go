@@ -114,10 +114,12 @@ type Store struct {
 	Staged      map[string][]StagedRow       // op -> staged rows in seq order
 	Results     map[string][]fleet.RowResult // op -> rows that did not create a device
 	Batches     map[string]fleet.ProvisionCounts
-	StagedAt    map[string]time.Time     // op -> when it was staged (DropStaleStaging)
-	Jobs        map[string]int64         // job -> total, for the jobs CreateJob made
-	CredSlots   map[string]map[int64]int // rotation job -> seq -> the slot its new digest went into
-	Rollouts    map[string]int64         // rollout -> total, for the rollouts CreateRollout made
+	StagedAt    map[string]time.Time // op -> when it was staged (DropStaleStaging)
+	// Staging is the staging state of ops staged in chunks ("open" or "abandoned"); an op not in it is done.
+	Staging   map[string]string
+	Jobs      map[string]int64         // job -> total, for the jobs CreateJob made
+	CredSlots map[string]map[int64]int // rotation job -> seq -> the slot its new digest went into
+	Rollouts  map[string]int64         // rollout -> total, for the rollouts CreateRollout made
 	// Selects is what a twin query selects, since the fake compiles no queries: query -> device ids.
 	// CreateJob and CreateRollout refuse a query they were not taught.
 	Selects map[string][]string
@@ -199,7 +201,8 @@ var (
 func New() *Store {
 	return &Store{Devices: map[string]*Device{}, Targets: map[string][]fleet.JobTarget{}, FirmwareURL: map[string]string{},
 		Staged: map[string][]StagedRow{}, Results: map[string][]fleet.RowResult{}, Batches: map[string]fleet.ProvisionCounts{},
-		StagedAt: map[string]time.Time{}, Jobs: map[string]int64{}, CredSlots: map[string]map[int64]int{}, Rollouts: map[string]int64{}, Selects: map[string][]string{},
+		StagedAt: map[string]time.Time{}, Staging: map[string]string{}, Jobs: map[string]int64{}, CredSlots: map[string]map[int64]int{},
+		Rollouts: map[string]int64{}, Selects: map[string][]string{},
 		Summaries: map[string]fleet.HealthSummary{}, RolloutSpecs: map[string]*RolloutSpec{}}
 }
 
@@ -405,6 +408,29 @@ func (s *Store) ProvisionResults(_ context.Context, op string, outcome fleet.Row
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Line < out[j].Line })
 	return out, nil
+}
+
+// StagedRows returns how many rows of op are staged and whether staging is done (Staging); the fake never
+// finds a staging stalled: tests set "abandoned" themselves.
+func (s *Store) StagedRows(_ context.Context, op string, _ time.Duration) (fleet.Staged, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("StagedRows"); err != nil {
+		return fleet.Staged{}, err
+	}
+	rows, ok := s.Staged[op]
+	if !ok {
+		return fleet.Staged{}, fmt.Errorf("%s: %w", op, fleet.ErrOperationNotStaged)
+	}
+	st := fleet.Staged{Rows: int64(len(rows))}
+	switch s.Staging[op] {
+	case "abandoned":
+		return st, fmt.Errorf("%s after %d rows: %w", op, st.Rows, fleet.ErrStagingAbandoned)
+	case "open":
+	default:
+		st.Done = true
+	}
+	return st, nil
 }
 
 // DropStaging deletes op's staged rows; results and counts stay.
