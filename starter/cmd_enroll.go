@@ -261,7 +261,12 @@ func newEnrollListCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list",
 		Short: "List enrollment groups with their registered and refused counts",
-		Args:  cobra.NoArgs,
+		Long: `List the enrollment groups: kind (symmetric key or x509 CA), state, how many devices registered through
+each and how many first contacts it refused (disabled, full, id outside the pattern, id taken or retired),
+its cap and id pattern. Keys are never shown.`,
+		Example: `  fleetflow enroll list
+  fleetflow enroll list -o json | jq '.[] | select(.state == "enabled") | .name'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -300,7 +305,12 @@ func newEnrollShowCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "show GROUP",
 		Short: "Show an enrollment group: its settings and counts (never its key)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Show one enrollment group: kind, state, registered and refused counts, cap, id pattern, the tags and
+desired properties its devices get, and for an x509 group the subject of its CA. The key is never shown:
+it was printed once, when the group was created.`,
+		Example: `  fleetflow enroll show factory-eu
+  fleetflow enroll show factory-eu -o json`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -337,10 +347,19 @@ func newEnrollStateCmd(g *globals, verb string, disable bool) *cobra.Command {
 	if !disable {
 		short = "Let devices register through a disabled group again"
 	}
-	return &cobra.Command{
-		Use:   verb + " GROUP",
-		Short: short,
-		Args:  cobra.ExactArgs(1),
+	long := `Disable an enrollment group: its first contacts are refused from now on (the registering transaction
+checks the group, so it is exact at once on every gateway). Devices it registered stay as they are.`
+	if !disable {
+		long = `Enable a disabled enrollment group again: devices with secrets (or certificates) of the group register on
+first contact again; gateways learn of it at once.`
+	}
+	var out *output
+	c := &cobra.Command{
+		Use:     verb + " GROUP",
+		Short:   short,
+		Long:    long,
+		Example: "  fleetflow enroll " + verb + " factory-eu",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reg, err := openRegistry(cmd, g)
 			if err != nil {
@@ -352,18 +371,28 @@ func newEnrollStateCmd(g *globals, verb string, disable bool) *cobra.Command {
 				return err
 			}
 			state := map[bool]string{true: "disabled", false: "enabled"}[disable]
-			if !changed {
-				fmt.Fprintf(stdout(cmd), "enrollment group %s was %s already\n", args[0], state)
+			res := struct {
+				Name    string `json:"name"`
+				State   string `json:"state"`
+				Changed bool   `json:"changed"`
+			}{args[0], state, changed}
+			return out.print(stdout(cmd), res, func() error {
+				if !changed {
+					fmt.Fprintf(stdout(cmd), "enrollment group %s was %s already\n", args[0], state)
+					return nil
+				}
+				fmt.Fprintf(stdout(cmd), "enrollment group %s %s\n", args[0], state)
 				return nil
-			}
-			fmt.Fprintf(stdout(cmd), "enrollment group %s %s\n", args[0], state)
-			return nil
+			})
 		},
 	}
+	out = addOutputFlag(c)
+	return c
 }
 
 func newEnrollSecretCmd() *cobra.Command {
 	var key, keyFile string
+	var out *output
 	c := &cobra.Command{
 		Use:   "secret (--key KEY | --key-file FILE) ID...",
 		Short: "Print the secret a device derives from a group key (what a factory burns into each device)",
@@ -376,12 +405,23 @@ offline: it reads no registry and needs no master key, only the group key.`,
 			if err != nil {
 				return err
 			}
-			for _, id := range args {
-				fmt.Fprintf(stdout(cmd), "%s %s\n", id, enroll.DeriveSecret(k, id))
+			type derived struct {
+				ID     string `json:"id"`
+				Secret string `json:"secret"`
 			}
-			return nil
+			res := make([]derived, len(args))
+			for i, id := range args {
+				res[i] = derived{id, enroll.DeriveSecret(k, id)}
+			}
+			return out.print(stdout(cmd), res, func() error {
+				for _, d := range res {
+					fmt.Fprintf(stdout(cmd), "%s %s\n", d.ID, d.Secret)
+				}
+				return nil
+			})
 		},
 	}
+	out = addOutputFlag(c)
 	c.Flags().StringVar(&key, "key", "", "the group key, as `enroll create` printed it")
 	c.Flags().StringVar(&keyFile, "key-file", "", "file holding the group key (as `enroll create --key-out` wrote it)")
 	return c
