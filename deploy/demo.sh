@@ -5,6 +5,8 @@
 # Then configure the fleet: a FleetJob sets a desired property on one region, a direct method reads one
 # device's diagnostics, a FirmwareRollout of a good firmware completes all its waves, and a rollout of a bad
 # one (the simulator fails its install on a share of the devices) stops in its first wave and rolls back.
+# Before configuring, plan: a metadata scheme (a refused manifest row, a query warning) and a group; after the
+# rollouts, a declarative configuration on the group that newly provisioned devices pick up by themselves.
 # Then monitor (health check, alerts), retire and replace devices, and let five devices that were never
 # provisioned enroll themselves on first contact through an enrollment group.
 # Safe to run again: the second run finds the devices already present, reconnects them, and rolls out new
@@ -86,16 +88,40 @@ echo "== SELECT tags.region, COUNT() AS n FROM devices WHERE tags.fleet = 'demo'
 "$ff" devices query "SELECT tags.region, COUNT() AS n FROM devices WHERE tags.fleet = 'demo' GROUP BY tags.region ORDER BY tags.region"
 
 echo
-echo "== configure 1/4: a FleetJob sets desired telemetryInterval = 60 on every demo device in region eu"
+echo "== plan 1/2: a metadata scheme for the tags (a SchemeCheck workflow checks the fleet, then puts it in force)"
+cat > "$dir/scheme.json" <<'JSON'
+{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+ "properties": {"region": {"enum": ["eu", "us", "apac"]},
+                "site": {"type": "string", "pattern": "^(eu|us|apac)-site-[0-9]+$"},
+                "model": {"type": "string"}, "fleet": {"type": "string"}},
+ "required": ["region"]}
+JSON
+"$ff" scheme set "$dir/scheme.json" | sed 's/^/   /'
+echo "   a manifest with a row the scheme refuses: the good row is provisioned, the bad one reported by line"
+printf 'id,region,site,model,fleet\ndemo-x001,eu,eu-site-1,th-100,demo-extra\ndemo-x002,mars,mars-site-1,th-100,demo-extra\n' > "$dir/extra.csv"
+rm -f "$dir/creds-extra.ndjson"
+"$ff" provision --file "$dir/extra.csv" --creds-out "$dir/creds-extra.ndjson" 2>&1 | sed 's/^/   /' || true
+# demo-x001 connects with the others from now on (a second run finds it present: no new secret).
+[ -s "$dir/creds-extra.ndjson" ] && cat "$dir/creds-extra.ndjson" >> "$creds"
+echo "   a query with a typo in a tag path is answered with a warning that names the path it meant:"
+"$ff" devices query "SELECT COUNT() AS n FROM devices WHERE tags.regoin = 'eu'" 2>&1 | sed 's/^/   /'
+
+echo "== plan 2/2: a group (dynamic: its members are what its query selects whenever it is used)"
+"$ff" group show eu-th100 >/dev/null 2>&1 ||
+  "$ff" group create eu-th100 --query "SELECT * FROM devices WHERE tags.fleet = 'demo' AND tags.region = 'eu' AND tags.model = 'th-100'"
+"$ff" group list
+
+echo
+echo "== configure 1/5: a FleetJob sets desired telemetryInterval = 60 on every demo device in region eu"
 "$ff" job start --query "SELECT * FROM devices WHERE tags.fleet = 'demo' AND tags.region = 'eu'" \
   --set-desired '{"telemetryInterval": 60}' --timeout 1m
 "$ff" twin get demo-0003 | sed -n '/DESIRED KEY/,/^$/p'
 
-echo "== configure 2/4: direct method diagnostics on demo-0001"
+echo "== configure 2/5: direct method diagnostics on demo-0001"
 "$ff" method invoke demo-0001 diagnostics
 
 echo
-echo "== configure 3/4: the firmware catalogue gets $good (good) and $bad (bad)"
+echo "== configure 3/5: the firmware catalogue gets $good (good) and $bad (bad)"
 sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 "$ff" firmware add --version "$good" --url "https://firmware.example/th/$good.bin" --sha256 "$(sha "$good")" --notes "demo run $run"
 "$ff" firmware add --version "$bad" --url "https://firmware.example/th/$bad.bin" --sha256 "$(sha "$bad")" --notes "demo run $run, release candidate"
@@ -107,7 +133,7 @@ good_out=$("$ff" rollout start --firmware "$good" --query "$all" --waves 1%,10%,
 echo "$good_out"
 
 echo
-echo "== configure 4/4: rollout of the bad firmware $bad: it fails on 30% of the devices, the limit is 5%"
+echo "== configure 4/5: rollout of the bad firmware $bad: it fails on 30% of the devices, the limit is 5%"
 # It rolls back: the CLI exits 3 (finished with per-device failures), which is what the demo shows.
 bad_out=$("$ff" rollout start --firmware "$bad" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s) || [ $? -eq 3 ]
 echo "$bad_out"
@@ -115,6 +141,23 @@ echo "$bad_out"
 echo
 echo "== firmware versions now running on the demo fleet"
 "$ff" devices query "SELECT properties.reported.firmware.version AS firmware, COUNT() AS n FROM devices WHERE tags.fleet = 'demo' GROUP BY properties.reported.firmware.version ORDER BY properties.reported.firmware.version"
+
+echo
+echo "== configure 5/5: a declarative configuration keeps eco mode on the group eu-th100, devices that join later included"
+"$ff" config apply eco --group eu-th100 --priority 10 --set-desired '{"mode": "eco"}' \
+  --metric "on-new-firmware=SELECT * FROM devices WHERE properties.reported.firmware.version = '$good'" | sed 's/^/   /'
+echo "   20 new devices join the group (provisioned now); the configuration picks them up by itself:"
+late=$dir/creds-late-$run.ndjson
+"$ff" provision --count 20 --prefix "demo-late$run-" --tags "region=eu,site=eu-site-1,model=th-100,fleet=demo" \
+  --creds-out "$late" >/dev/null
+cat "$late" >> "$creds"
+"$ff" dev simulate -- --creds "$creds" --telemetry-every 30s --firmware-delay 200ms >/dev/null
+for _ in $(seq 1 120); do
+  n=$("$ff" devices query -o json "SELECT COUNT() AS n FROM devices WHERE STARTSWITH(deviceId, 'demo-late$run-') AND properties.reported.mode = 'eco'" 2>/dev/null | tr -dc '0-9')
+  [ "${n:-0}" -ge 20 ] && break
+  sleep 0.5
+done
+"$ff" config status eco | sed 's/^/   /'
 
 echo
 echo "== monitor 1/3: a FleetHealthCheck on a Temporal Schedule every minute"
