@@ -26,7 +26,7 @@ help:
 	@echo "make deps     Postgres server binaries and mosquitto clients (apt-get), bin/temporal (go install)"
 	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
-	@echo "make fuzz     fuzz the twin query compiler (30 s), the topic parser (30 s) and the NATS subject tokens (15 s)"
+	@echo "make fuzz     every fuzz target (query, topics, payloads, manifests, twin patches, gateway ingest) FUZZTIME each (30s)"
 	@echo "make clean    remove built binaries (keeps bin/temporal, which takes minutes to build)"
 	@echo "make reset    stop the stack and delete its data (.fleetflow/)"
 
@@ -90,11 +90,23 @@ lint: vet
 bench: build deps
 	@$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m ./bench/...
 
+# Each fuzz target runs FUZZTIME (make fuzz FUZZTIME=5m); what one finds lands in its package's
+# testdata/fuzz, which `go test` then runs as a regression case.
+FUZZTIME ?= 30s
+FUZZ_TARGETS = \
+	./internal/query:FuzzCompile \
+	./internal/protocol:FuzzParse ./internal/protocol:FuzzBuild ./internal/protocol:FuzzSubjectToken \
+	./internal/protocol:FuzzParseJobProgress ./internal/protocol:FuzzParseState ./internal/protocol:FuzzParseDownlink \
+	./internal/manifest:FuzzCSV ./internal/manifest:FuzzNDJSON \
+	./internal/twin:FuzzValidate ./internal/twin:FuzzApply \
+	./internal/channel:FuzzRawJSON \
+	./internal/gateway:FuzzDevicePayload
 fuzz:
-	@$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 30s ./internal/query/
-	@$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/protocol/
-	@$(GO) test -run '^$$' -fuzz FuzzBuild -fuzztime 15s ./internal/protocol/
-	@$(GO) test -run '^$$' -fuzz FuzzSubjectToken -fuzztime 15s ./internal/protocol/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== fuzz $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg/; \
+	done
 
 clean:
 	rm -f bin/fleetflow bin/fleetflow-worker
