@@ -15,7 +15,7 @@ LDFLAGS       := $(if $(VERSION),-X main.version=$(VERSION))
 TEST_ENV := FLEETFLOW_TEMPORAL_CLI=$(BIN)/temporal
 
 .DEFAULT_GOAL := build
-.PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz clean reset help
+.PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz chaos soak clean reset help
 
 help:
 	@echo "make demo     start the local stack and run the demo (leaves the stack running)"
@@ -27,6 +27,8 @@ help:
 	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
 	@echo "make fuzz     every fuzz target (query, topics, payloads, manifests, twin patches, gateway ingest) FUZZTIME each (30s)"
+	@echo "make chaos    the slow chaos tests: workers killed in each activity kind, gateways restarted, killed and frozen"
+	@echo "make soak     SOAK (10m) of 5,000 churning devices under concurrent operations; prints its invariants"
 	@echo "make clean    remove built binaries (keeps bin/temporal, which takes minutes to build)"
 	@echo "make reset    stop the stack and delete its data (.fleetflow/)"
 
@@ -107,6 +109,17 @@ fuzz:
 		echo "== fuzz $$fn in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg/; \
 	done
+
+# The slow chaos tests (the fast ones, such as Postgres restarted under operations, run in make test).
+chaos: build deps
+	@echo "== chaos tests"
+	@$(TEST_ENV) $(GO) test -tags chaos -count=1 -v -timeout 60m -run '^TestChaos' ./internal/e2e/
+
+# make soak SOAK=1h runs longer.
+SOAK ?= 10m
+soak: build deps
+	@echo "== soak for $(SOAK)"
+	@$(TEST_ENV) FLEETFLOW_SOAK=$(SOAK) $(GO) test -tags soak -count=1 -v -timeout 48h -run '^TestSoak$$' ./internal/e2e/
 
 clean:
 	rm -f bin/fleetflow bin/fleetflow-worker

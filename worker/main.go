@@ -158,7 +158,11 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 	if err != nil {
 		return err
 	}
-	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, activities.New(reg, ch), fo)
+	acts := activities.New(reg, ch)
+	if acts.Fault, err = faultHook(log); err != nil {
+		return err
+	}
+	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, acts, fo)
 	if err != nil {
 		return err
 	}
