@@ -175,8 +175,10 @@ func TestChaosWorkerKilledInsideEachActivityKind(t *testing.T) {
 // reporter is a device that reports {"seq": n} with n counting up, and remembers the last n the gateway
 // acknowledged (a 204 with the new version: the registry has it).
 type reporter struct {
-	dev   *device.Device
-	acked atomic.Int64
+	dev     *device.Device
+	acked   atomic.Int64
+	errs    atomic.Int64
+	lastErr atomic.Value
 }
 
 // startReporters connects a device per credential (failing over across urls) and reports in a loop until
@@ -198,11 +200,14 @@ func startReporters(ctx context.Context, t *testing.T, cs []creds.Credential, ur
 		go func() {
 			defer wg.Done()
 			for seq := int64(1); rctx.Err() == nil; {
-				if _, err := d.ReportPatch(rctx, map[string]any{"seq": seq}); err == nil {
+				_, err := d.ReportPatch(rctx, map[string]any{"seq": seq})
+				if err == nil {
 					r.acked.Store(seq)
 					seq++
 					continue
 				}
+				r.errs.Add(1)
+				r.lastErr.Store(err.Error())
 				select { // not connected, or no answer: the same seq again shortly
 				case <-time.After(50 * time.Millisecond):
 				case <-rctx.Done():
@@ -254,14 +259,24 @@ func TestChaosGatewaysRestartedAndKilledUnderAThousandDevices(t *testing.T) {
 		200*time.Millisecond, "devices did not all connect: %s", sim.Stats())
 	rs, stopReporting := startReporters(ctx, t, reps, urls)
 	progressed := func(min int64) {
-		require.Eventually(t, func() bool {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			var behind []string
 			for _, r := range rs {
 				if r.acked.Load() < min {
-					return false
+					behind = append(behind, fmt.Sprintf("%s (acked %d, connected %v to %s, errors %d, last %v)", r.dev.ID(),
+						r.acked.Load(), r.dev.IsConnected(), r.dev.Broker(), r.errs.Load(), r.lastErr.Load()))
 				}
 			}
-			return true
-		}, 2*time.Minute, 50*time.Millisecond, "reporters stalled")
+			if len(behind) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d reporters stalled below %d: %s", len(behind), min, strings.Join(behind, "; "))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	progressed(5)
 
