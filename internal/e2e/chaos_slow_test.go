@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -224,6 +225,19 @@ func startReporters(ctx context.Context, t *testing.T, cs []creds.Credential, ur
 	}
 }
 
+// deviceStacks returns the stacks of the goroutines in a ReportPatch, to show where a stalled one waits.
+func deviceStacks() string {
+	buf := make([]byte, 8<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "ReportPatch") && len(out) < 3 {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
 // TestChaosGatewaysRestartedAndKilledUnderAThousandDevices runs three gateway processes with a thousand
 // simulated devices spread over them and fifty devices reporting a counter as fast as they are acknowledged;
 // it restarts one gateway (SIGTERM, then the same address again) and kills another with SIGKILL. The devices
@@ -273,7 +287,7 @@ func TestChaosGatewaysRestartedAndKilledUnderAThousandDevices(t *testing.T) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%d reporters stalled below %d: %s", len(behind), min, strings.Join(behind, "; "))
+				t.Fatalf("%d reporters stalled below %d: %s\n%s", len(behind), min, strings.Join(behind, "; "), deviceStacks())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
