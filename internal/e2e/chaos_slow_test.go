@@ -201,7 +201,11 @@ func startReporters(ctx context.Context, t *testing.T, cs []creds.Credential, ur
 		go func() {
 			defer wg.Done()
 			for seq := int64(1); rctx.Err() == nil; {
-				_, err := d.ReportPatch(rctx, map[string]any{"seq": seq})
+				// A request in flight when the connection drops is never answered: the SDK waits for it
+				// until the context ends, so each call has its own deadline (the test's is minutes away).
+				cctx, ccancel := context.WithTimeout(rctx, 3*time.Second)
+				_, err := d.ReportPatch(cctx, map[string]any{"seq": seq})
+				ccancel()
 				if err == nil {
 					r.acked.Store(seq)
 					seq++
