@@ -19,7 +19,7 @@ TEST_ENV := FLEETFLOW_TEMPORAL_CLI=$(BIN)/temporal
 DEPLOY_VALIDATE := deploy/validate
 
 .DEFAULT_GOAL := build
-.PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz clean reset help cluster-bins cluster-test
+.PHONY: build deps up down status demo test race vet workflowcheck lint bench fuzz chaos soak clean reset help cluster-bins cluster-test
 
 help:
 	@echo "make demo     start the local stack and run the demo (leaves the stack running)"
@@ -31,7 +31,9 @@ help:
 	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
 	@echo "make cluster-test  build the Temporal server (first time: many minutes) and run the kill-everything e2e on it"
-	@echo "make fuzz     fuzz the twin query compiler (30 s), the topic parser (30 s) and the NATS subject tokens (15 s)"
+	@echo "make fuzz     every fuzz target (query, topics, payloads, manifests, twin patches, gateway ingest) FUZZTIME each (30s)"
+	@echo "make chaos    the slow chaos tests: workers killed in each activity kind, gateways restarted, killed and frozen"
+	@echo "make soak     SOAK (10m) of 5,000 churning devices under concurrent operations; prints its invariants"
 	@echo "make clean    remove built binaries (keeps bin/temporal and bin/temporal-server, which take minutes to build)"
 	@echo "make reset    stop the stack and delete its data (.fleetflow/)"
 
@@ -116,11 +118,34 @@ cluster-test: build cluster-bins
 bench: build deps
 	@$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 120m ./bench/...
 
+# Each fuzz target runs FUZZTIME (make fuzz FUZZTIME=5m); what one finds lands in its package's
+# testdata/fuzz, which `go test` then runs as a regression case.
+FUZZTIME ?= 30s
+FUZZ_TARGETS = \
+	./internal/query:FuzzCompile \
+	./internal/protocol:FuzzParse ./internal/protocol:FuzzBuild ./internal/protocol:FuzzSubjectToken \
+	./internal/protocol:FuzzParseJobProgress ./internal/protocol:FuzzParseState ./internal/protocol:FuzzParseDownlink \
+	./internal/manifest:FuzzCSV ./internal/manifest:FuzzNDJSON \
+	./internal/twin:FuzzValidate ./internal/twin:FuzzApply \
+	./internal/channel:FuzzRawJSON \
+	./internal/gateway:FuzzDevicePayload
 fuzz:
-	@$(GO) test -run '^$$' -fuzz FuzzCompile -fuzztime 30s ./internal/query/
-	@$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 15s ./internal/protocol/
-	@$(GO) test -run '^$$' -fuzz FuzzBuild -fuzztime 15s ./internal/protocol/
-	@$(GO) test -run '^$$' -fuzz FuzzSubjectToken -fuzztime 15s ./internal/protocol/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== fuzz $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg/; \
+	done
+
+# The slow chaos tests (the fast ones, such as Postgres restarted under operations, run in make test).
+chaos: build deps
+	@echo "== chaos tests"
+	@$(TEST_ENV) $(GO) test -tags chaos -count=1 -v -timeout 60m -run '^TestChaos' ./internal/e2e/
+
+# make soak SOAK=1h runs longer.
+SOAK ?= 10m
+soak: build deps
+	@echo "== soak for $(SOAK)"
+	@$(TEST_ENV) FLEETFLOW_SOAK=$(SOAK) $(GO) test -tags soak -count=1 -v -timeout 48h -run '^TestSoak$$' ./internal/e2e/
 
 clean:
 	rm -f bin/fleetflow bin/fleetflow-worker

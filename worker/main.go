@@ -206,6 +206,9 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 	defer stopFeed()
 	go feed.Run(feedCtx)
 	acts.Changes = feed
+	if acts.Fault, err = faultHook(log); err != nil {
+		return err
+	}
 	w, err := fleetworker.NewWithOptions(c, cfg.TaskQueue, acts, fo)
 	if err != nil {
 		return err

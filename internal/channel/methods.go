@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -431,14 +433,17 @@ func classify(id string, status int, body []byte, latency time.Duration) fleet.M
 	return r
 }
 
-// rawJSON copies body (the result outlives the message) and keeps it valid JSON.
+// rawJSON copies body (the result outlives the message) and keeps it valid JSON that Postgres can store as
+// jsonb, where job outcomes go: a body that is not JSON, not UTF-8, or holds a NUL character (which jsonb
+// refuses, escaped or not) becomes a JSON string of its printable text. One device's odd answer must not fail
+// the write of its whole batch's outcomes.
 func rawJSON(body []byte) json.RawMessage {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	if json.Valid(body) {
+	if json.Valid(body) && utf8.Valid(body) && !bytes.Contains(body, []byte(`\u0000`)) {
 		return append(json.RawMessage(nil), body...)
 	}
-	b, _ := json.Marshal(string(body))
+	b, _ := json.Marshal(strings.ToValidUTF8(strings.ReplaceAll(string(body), "\x00", ""), "\uFFFD"))
 	return b
 }

@@ -69,9 +69,15 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvOn(t, testenv.Postgres(t))
+}
+
+// newEnvOn is newEnv on the database at dbURL (a cluster of the test's own it may restart, say).
+func newEnvOn(t *testing.T, dbURL string) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &env{t: t, dbURL: testenv.Postgres(t), temporal: testenv.Temporal(t),
+	e := &env{t: t, dbURL: dbURL, temporal: testenv.Temporal(t),
 		taskQueue: "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))}
 	reg, err := registry.Open(ctx, e.dbURL)
 	require.NoError(t, err)

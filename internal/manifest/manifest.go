@@ -58,7 +58,11 @@ func NewReader(r io.Reader, f Format) (Reader, error) {
 	r = skipBOM(r)
 	switch f {
 	case CSV:
-		return newCSV(r)
+		c, err := newCSV(r)
+		if err != nil {
+			return nil, err // not a nil *csvReader in a non-nil Reader
+		}
+		return c, nil
 	case NDJSON:
 		return &ndjsonReader{sc: newScanner(r)}, nil
 	}
@@ -178,7 +182,6 @@ func newCSV(r io.Reader) (*csvReader, error) {
 func (c *csvReader) Next() (Row, error) {
 	for {
 		rec, err := c.r.Read()
-		line, _ := c.r.FieldPos(0)
 		if err == io.EOF {
 			return Row{}, io.EOF
 		}
@@ -192,6 +195,8 @@ func (c *csvReader) Next() (Row, error) {
 		if blank(rec) {
 			continue // a blank line, or one of empty cells (",,,") as spreadsheets leave at the end
 		}
+		// FieldPos panics unless the last Read returned a record, so it is asked only now.
+		line, _ := c.r.FieldPos(0)
 		row := Row{Line: int64(line)}
 		if len(rec) != len(c.header) {
 			row.Err = fmt.Sprintf("expected %d fields (%s), found %d", len(c.header), strings.Join(c.header, ","), len(rec))
@@ -265,15 +270,22 @@ func appendJSONString(b []byte, s string) []byte {
 // storable marks a row Postgres could not stage as text (invalid UTF-8 or a NUL byte) as invalid, keeping a
 // printable id for the report, so one bad row cannot fail the whole manifest's COPY.
 func storable(r Row) Row {
+	// The reason quotes the header, which may be as broken as the rows.
+	r.Err = printable(r.Err)
 	if utf8.ValidString(r.ID) && utf8.Valid(r.Tags) && strings.IndexByte(r.ID, 0) < 0 && bytes.IndexByte(r.Tags, 0) < 0 {
 		return r
 	}
-	r.ID = strings.ToValidUTF8(strings.ReplaceAll(r.ID, "\x00", ""), "?")
+	r.ID = printable(r.ID)
 	r.Tags = json.RawMessage("{}")
 	if r.Err == "" {
 		r.Err = "not valid UTF-8 (or contains a NUL byte)"
 	}
 	return r
+}
+
+// printable returns s as Postgres can store it in a text column: valid UTF-8 without NUL bytes.
+func printable(s string) string {
+	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "?")
 }
 
 type ndjsonReader struct {
@@ -321,7 +333,8 @@ func (n *ndjsonReader) Next() (Row, error) {
 		default:
 			row.Tags = json.RawMessage(t)
 		}
-		return row, nil
+		// A valid line can still decode to an id Postgres cannot stage ("\u0000" is a NUL byte).
+		return storable(row), nil
 	}
 	if err := n.sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {

@@ -197,3 +197,44 @@ func TestTypeColumnsWritesTypedCells(t *testing.T) {
 		`{"floor":"three","indoor":false,"site":"x"}`, // not an integer: left a string for the scheme to refuse
 	}, got)
 }
+
+// Found by FuzzCSV: a manifest whose first record after the header is malformed made the reader ask the CSV
+// decoder for a field position it did not have, which panicked and killed provision.
+func TestCSVMalformedFirstRecordIsAReportedRowNotAPanic(t *testing.T) {
+	r, err := NewReader(strings.NewReader("id\n\"unterminated\n"), CSV)
+	require.NoError(t, err)
+	rows := readAll(t, r)
+	require.Len(t, rows, 1)
+	require.Equal(t, int64(2), rows[0].Line)
+	require.Contains(t, rows[0].Err, "malformed CSV")
+}
+
+// Found by FuzzCSV: a refused header returned a nil *csvReader inside a non-nil Reader.
+func TestRefusedCSVHeaderReturnsNoReader(t *testing.T) {
+	r, err := NewReader(strings.NewReader("name\nx\n"), CSV)
+	require.Error(t, err)
+	require.Nil(t, r)
+}
+
+// Found by FuzzNDJSON: an id escaped as "\u0000" decodes to a NUL byte, which Postgres cannot stage as text,
+// so the one row failed the whole manifest's COPY. It is now an invalid row reported by line.
+func TestNDJSONIDWithNULIsAnInvalidRow(t *testing.T) {
+	r, err := NewReader(strings.NewReader(`{"id":"ok"}`+"\n"+`{"id":"a\u0000b"}`+"\n"), NDJSON)
+	require.NoError(t, err)
+	rows := readAll(t, r)
+	require.Len(t, rows, 2)
+	require.Empty(t, rows[0].Err)
+	require.Equal(t, "ab", rows[1].ID)
+	require.NotEmpty(t, rows[1].Err)
+}
+
+// Found by FuzzCSV: a header cell that is not UTF-8 made every short row's reason (which quotes the header)
+// unstageable, failing the whole manifest's COPY.
+func TestReasonQuotingABrokenHeaderIsStageable(t *testing.T) {
+	r, err := NewReader(strings.NewReader("id,\xc9\n0\n"), CSV)
+	require.NoError(t, err)
+	rows := readAll(t, r)
+	require.Len(t, rows, 1)
+	require.Contains(t, rows[0].Err, "expected 2 fields")
+	require.True(t, storableText(rows[0].Err), rows[0].Err)
+}

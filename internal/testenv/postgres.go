@@ -33,7 +33,10 @@ const pgTopPrefix = "fleetflow-pgtest-"
 // The server is our direct child with a parent-death signal, so it also ends when the test binary is killed
 // or panics past its cleanups, and a watchdog then removes its files (removeOrphanedDirs of the next run
 // catches what the watchdog could not).
-func startPostgres() (*pgServer, error) {
+func startPostgres() (*pgServer, error) { return startPostgresWith(pgcluster.TestSettings()) }
+
+// startPostgresWith is startPostgres with the server settings given.
+func startPostgresWith(settings map[string]string) (*pgServer, error) {
 	bin, err := pgcluster.FindBinaries()
 	if err != nil {
 		return nil, err

@@ -196,3 +196,41 @@ func TestValidateRefusesWhatPostgresCannotStore(t *testing.T) {
 	require.ErrorIs(t, Validate(Tags, []byte(`{"a":"x\u0000y"}`)), ErrInvalidJSON)
 	require.NoError(t, Validate(Tags, []byte(`{"a":"grüße"}`)))
 }
+
+// FuzzApply checks every twin writer's patch path on arbitrary patches to valid stored documents: Apply never
+// panics, what it returns is a valid document of the section, applying the same patch again changes nothing
+// (RFC 7386 merge patches are idempotent), and an empty patch leaves the document as it is.
+func FuzzApply(f *testing.F) {
+	seeds := validateSeeds()
+	for i, s := range seeds {
+		f.Add(seeds[(i+1)%len(seeds)], s)
+	}
+	f.Add(`{"a":{"b":1}}`, `{"a":{"b":null,"c":[null]}}`)
+	f.Add(`{"a":1}`, `{"a":"\u0000"}`)
+	f.Add(`{}`, "{\"a\":\"\xff\"}")
+	f.Fuzz(func(t *testing.T, doc, patch string) {
+		for _, s := range []Section{Tags, Desired, Reported} {
+			if Validate(s, []byte(doc)) != nil {
+				continue // stored documents are always valid
+			}
+			got, err := Apply(s, []byte(doc), []byte(patch))
+			if err != nil {
+				if got != nil {
+					t.Fatalf("Apply returned %q with error %v", got, err)
+				}
+				continue
+			}
+			if err := Validate(s, got); err != nil {
+				t.Fatalf("%s: Apply(%q, %q) = %q, which Validate refuses: %v", s, doc, patch, got, err)
+			}
+			again, err := Apply(s, got, []byte(patch))
+			if err != nil || string(again) != string(got) {
+				t.Fatalf("%s: applying %q twice: %q then %q (%v)", s, patch, got, again, err)
+			}
+			same, err := Apply(s, got, []byte(`{}`))
+			if err != nil || string(same) != string(got) {
+				t.Fatalf("%s: an empty patch changed %q into %q (%v)", s, got, same, err)
+			}
+		}
+	})
+}
