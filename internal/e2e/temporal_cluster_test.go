@@ -32,9 +32,9 @@ import (
 // runs only under `make cluster-test` (build tag cluster), which builds the Temporal server from the module
 // proxy. Every part is a real process that the test kills with SIGKILL and starts again.
 
-// proc is one fleetflow process (gateway, NATS node, worker) that the test can kill and start again with
+// clusterProc is one fleetflow process (gateway, NATS node, worker) that the test can kill and start again with
 // the same arguments and addresses.
-type proc struct {
+type clusterProc struct {
 	t      *testing.T
 	name   string
 	bin    string
@@ -46,8 +46,8 @@ type proc struct {
 	exited chan struct{}
 }
 
-func newProc(t *testing.T, name, bin, listen string, env []string, args ...string) *proc {
-	p := &proc{t: t, name: name, bin: bin, args: args, env: env, listen: listen, log: filepath.Join(t.TempDir(), name+".log")}
+func newProc(t *testing.T, name, bin, listen string, env []string, args ...string) *clusterProc {
+	p := &clusterProc{t: t, name: name, bin: bin, args: args, env: env, listen: listen, log: filepath.Join(t.TempDir(), name+".log")}
 	t.Cleanup(func() {
 		p.kill()
 		if t.Failed() {
@@ -62,7 +62,7 @@ func newProc(t *testing.T, name, bin, listen string, env []string, args ...strin
 	return p
 }
 
-func (p *proc) start() {
+func (p *clusterProc) start() {
 	p.t.Helper()
 	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	require.NoError(p.t, err)
@@ -87,7 +87,7 @@ func (p *proc) start() {
 }
 
 // kill sends SIGKILL and waits for the process to be gone.
-func (p *proc) kill() {
+func (p *clusterProc) kill() {
 	if p.cmd == nil {
 		return
 	}
@@ -146,7 +146,7 @@ func TestTemporalClusterRolloutSurvivesKills(t *testing.T) {
 		routes = append(routes, "nats://"+a.cluster)
 		clientURLs = append(clientURLs, "nats://"+a.client)
 	}
-	var natsProcs []*proc
+	var natsProcs []*clusterProc
 	for j, a := range nodes {
 		natsProcs = append(natsProcs, newProc(t, fmt.Sprintf("nats-%d", j+1), bins.cli, a.client, os.Environ(),
 			"nats-node", "--name", fmt.Sprintf("nats-%d", j+1), "--listen", a.client, "--cluster-listen", a.cluster,
@@ -155,7 +155,7 @@ func TestTemporalClusterRolloutSurvivesKills(t *testing.T) {
 
 	e := &env{t: t, dbURL: dbURL, temporal: tc.Frontend, taskQueue: "cluster-rollout", reg: reg, tc: cl,
 		natsURL: strings.Join(clientURLs, ",")}
-	var gwProcs []*proc
+	var gwProcs []*clusterProc
 	var brokers []string
 	for i := range 3 {
 		listen := freeAddr(t)
@@ -165,7 +165,7 @@ func TestTemporalClusterRolloutSurvivesKills(t *testing.T) {
 		brokers = append(brokers, "tcp://"+listen)
 	}
 	e.mqttURL = brokers[0]
-	var workers []*proc
+	var workers []*clusterProc
 	for i := range 2 {
 		workers = append(workers, newProc(t, fmt.Sprintf("worker-%d", i+1), bins.worker, "", e.environ()))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,7 +70,7 @@ func startPostgresWith(settings map[string]string) (*pgServer, error) {
 	}
 	defer func() { _ = logf.Close() }()
 
-	settings := pgcluster.TestSettings()
+	settings = maps.Clone(settings)
 	// FLEETFLOW_TESTENV_PG_SETTINGS adds server settings for a diagnostic run, e.g.
 	// "shared_preload_libraries=pg_stat_statements,autovacuum=on" to profile a benchmark's queries.
 	for _, kv := range strings.Split(os.Getenv("FLEETFLOW_TESTENV_PG_SETTINGS"), ",") {
