@@ -194,7 +194,7 @@ type simProc struct {
 // simStatus is what the simulator's status line says.
 type simStatus struct {
 	connected, refused, failed, reported, reportFailed, reconnects, acks, busy int
-	byGateway                                                            map[string]int
+	byGateway                                                                  map[string]int
 }
 
 var (

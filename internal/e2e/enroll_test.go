@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"crypto/tls"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"os"
