@@ -37,6 +37,15 @@ awk -v n="$devices" 'BEGIN {
     printf "demo-%04d,%s,%s-site-%d,%s,demo\n", i, r, r, (i % 7) + 1, model[(i % 5) + 1]
   }
 }' > "$manifest"
+# Devices an earlier run retired (demo-0999, and demo-0998 which demo-r0998 replaced) stay retired: a retired
+# id cannot be provisioned again until it is purged, so a second run leaves them out of its manifest.
+retired=$("$ff" devices query -o json "SELECT deviceId FROM devices WHERE status = 'retired' AND STARTSWITH(deviceId, 'demo-')" |
+  grep -o 'demo-[0-9]*' || true)
+if [ -n "$retired" ]; then
+  awk -F, -v r="$(echo $retired)" 'BEGIN { n = split(r, a, " "); for (i = 1; i <= n; i++) skip[a[i]] = 1 } !($1 in skip)' \
+    "$manifest" > "$manifest.tmp"
+  mv "$manifest.tmp" "$manifest"
+fi
 
 echo "== provision (workflow ProvisionFleet; it waits for the devices to connect and report)"
 "$ff" provision --file "$manifest" --name demo --creds-out "$fresh" --await-connect 3m --wait &
