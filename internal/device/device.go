@@ -37,6 +37,10 @@ var ErrServerBusy = errors.New("gateway busy (server unavailable)")
 // ErrNotConnected is returned for requests made while the device has no connection.
 var ErrNotConnected = errors.New("not connected")
 
+// ErrConnectionLost is returned for a request whose connection dropped before its answer came: the answer
+// would go to the old connection, so waiting longer only delays the retry (errors.Is(err, ErrNotConnected)).
+var ErrConnectionLost = fmt.Errorf("connection lost before the answer: %w", ErrNotConnected)
+
 // Device is one connected device. Create it with New, register handlers, then Connect.
 type Device struct {
 	cfg Config

@@ -307,3 +307,32 @@ func TestFailedSyncIsRetriedWhileConnected(t *testing.T) {
 	doc, _ := d.Desired()
 	assert.JSONEq(t, `{"led":"on"}`, string(doc))
 }
+
+// A request whose connection drops before its answer fails at once with ErrConnectionLost, not at its
+// deadline: the gateway answers on the connection the request came in on, which is gone (found by the chaos
+// tests, where a gateway restart left reports waiting for minutes).
+func TestRequestFailsWhenItsConnectionDrops(t *testing.T) {
+	store, g, url := setup(t, "dev-1")
+	d := newDevice(t, url, "dev-1")
+	connect(t, d)
+	hold := make(chan struct{})
+	store.HoldReported(hold)
+	defer close(hold)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := d.ReportPatch(ctx, map[string]any{"temp": 21})
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return store.HeldReported() == 1 }, 30*time.Second, 10*time.Millisecond,
+		"the report reached the registry, which holds it unanswered")
+	require.True(t, g.Kick("dev-1"), "the gateway drops the device's session")
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, device.ErrConnectionLost)
+		require.ErrorIs(t, err, device.ErrNotConnected, "callers that retry on ErrNotConnected retry it")
+	case <-time.After(time.Minute):
+		t.Fatal("the report still waits a minute after its connection dropped (its deadline is 5 minutes)")
+	}
+}

@@ -270,6 +270,16 @@ func (d *Device) sync(c paho.Client, session int64) error {
 
 func (d *Device) onConnectionLost(_ paho.Client, err error) {
 	d.log.Debug("connection lost", "err", err)
+	// Requests waiting for an answer fail now rather than at their deadline: the gateway answers on the
+	// connection a request came in on, which is gone.
+	d.mu.Lock()
+	for _, ch := range d.waiters {
+		select {
+		case ch <- response{lost: true}:
+		default:
+		}
+	}
+	d.mu.Unlock()
 	if d.cfg.OnConnectionLost != nil {
 		d.cfg.OnConnectionLost(err)
 	}

@@ -43,6 +43,7 @@ type DesiredHandler func(DesiredUpdate)
 type response struct {
 	status int
 	body   []byte
+	lost   bool // the connection dropped before an answer came (onConnectionLost)
 }
 
 // twinGet fetches the twin and adopts its desired document unless a newer patch already arrived.
@@ -196,6 +197,9 @@ func (d *Device) request(ctx context.Context, topicOf func(id, rid string) strin
 	for {
 		select {
 		case res := <-ch:
+			if res.lost {
+				return response{}, ErrConnectionLost
+			}
 			return res, nil
 		case <-done:
 			if err := tok.Error(); err != nil {

@@ -45,6 +45,8 @@ type Store struct {
 	sessionCalls int
 	sessionFail  error
 	getFail      error
+	holdReported chan struct{} // ApplyReported waits for it to close, when set
+	heldReported int           // ApplyReported calls waiting on holdReported now
 
 	// AuthDelay slows DeviceAuth, to exercise concurrent CONNECTs sharing one lookup.
 	AuthDelay time.Duration
@@ -286,9 +288,34 @@ func (s *Store) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
 	return t, nil
 }
 
+// HoldReported makes ApplyReported wait until hold is closed (nil: no wait), as a registry that is slow to
+// answer would: the devices' reported patches stay unanswered meanwhile.
+func (s *Store) HoldReported(hold chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holdReported = hold
+}
+
+// HeldReported is the number of ApplyReported calls waiting on HoldReported's channel now.
+func (s *Store) HeldReported() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.heldReported
+}
+
 // ApplyReported implements gateway.Store.
 func (s *Store) ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error) {
 	s.mu.Lock()
+	if hold := s.holdReported; hold != nil {
+		s.heldReported++
+		s.mu.Unlock()
+		select {
+		case <-hold:
+		case <-ctx.Done():
+		}
+		s.mu.Lock()
+		s.heldReported--
+	}
 	defer s.mu.Unlock()
 	s.applyCalls++
 	s.applyPatches += len(patches)
