@@ -86,15 +86,14 @@ func searchAttributes(t *testing.T) []string {
 	return out
 }
 
-// The namespace setup registers exactly fleetflow's search attributes, and compose and the chart run the same
-// script.
+// The namespace setup registers exactly fleetflow's search attributes, and compose runs the chart's script (one
+// copy for both).
 func TestTemporalSetupScript(t *testing.T) {
-	compose := readFile(t, composeDir+"/temporal/setup.sh")
 	chart := readFile(t, chartDir+"/files/temporal-setup.sh")
-	if compose != chart {
-		t.Fatalf("deploy/compose/temporal/setup.sh and %s/files/temporal-setup.sh differ: copy one over the other", chartDir)
+	if !strings.Contains(readFile(t, composeDir+"/compose.yaml"), "../helm/fleetflow/files/temporal-setup.sh:/etc/fleetflow/temporal-setup.sh:ro") {
+		t.Fatalf("compose.yaml does not mount the chart's files/temporal-setup.sh")
 	}
-	m := regexp.MustCompile(`(?m)^ATTRS="([^"]*)"$`).FindStringSubmatch(compose)
+	m := regexp.MustCompile(`(?m)^ATTRS="([^"]*)"$`).FindStringSubmatch(chart)
 	if m == nil {
 		t.Fatal("setup.sh has no ATTRS=\"...\" line")
 	}
@@ -184,7 +183,7 @@ func TestTemporalSetupScriptRuns(t *testing.T) {
 	const ns = "fleetflow-setup-test"
 	run := func() string {
 		t.Helper()
-		cmd := exec.CommandContext(ctx, "/bin/sh", filepath.Join(repoRoot(t), composeDir, "temporal", "setup.sh"))
+		cmd := exec.CommandContext(ctx, "/bin/sh", filepath.Join(repoRoot(t), chartDir, "files", "temporal-setup.sh"))
 		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "TEMPORAL_ADDRESS="+addr,
 			"TEMPORAL_NAMESPACE="+ns, "TEMPORAL_NAMESPACE_RETENTION=48h")
 		out, err := cmd.CombinedOutput()
