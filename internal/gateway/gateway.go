@@ -58,7 +58,8 @@ type Store interface {
 	// DeviceAuth returns the device's status and credential digests; it wraps fleet.ErrNotFound when
 	// the device does not exist.
 	DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, error)
-	// GetTwin returns the device's twin (for twin/get).
+	// GetTwin returns the device's twin (for twin/get). A store that also implements TwinBatchGetter is
+	// asked for the twins of many requests at once instead.
 	GetTwin(ctx context.Context, id string) (twin.Twin, error)
 	// ApplyReported merges a batch of reported patches and returns one result per patch, in order.
 	ApplyReported(ctx context.Context, patches []fleet.ReportedPatch) ([]fleet.ReportedResult, error)
@@ -74,6 +75,13 @@ type Store interface {
 	// then forgets its cache and re-checks every live session. fn(fleet.DevicesInserted) says new devices
 	// were inserted (once per statement, unnamed): the gateway forgets the ids it remembered as unknown.
 	ListenDeviceChanges(ctx context.Context, fn func(id string)) error
+}
+
+// TwinBatchGetter is a Store that reads many twins in one round trip: a reconnect storm sends one twin/get
+// per device, and one registry round trip per request is what a gateway on a loaded machine cannot afford.
+type TwinBatchGetter interface {
+	// GetTwins returns the twins of the devices of ids that exist; ids it does not return are unknown.
+	GetTwins(ctx context.Context, ids []string) (map[string]twin.Twin, error)
 }
 
 // Config tunes the gateway. Zero values take the defaults below, which are sized for ~10k devices per
@@ -148,10 +156,15 @@ type Config struct {
 	// batched for RecordJobStatuses with the same bounds.
 	ReportedBatch int
 	ReportedWait  time.Duration
+	// ReportedLanes is how many ApplyReported batches may be in flight at once (default 2). A device's
+	// patches always take the same lane, so they still apply in order; more lanes keep the registry busy
+	// while a batch waits for a core on a loaded machine (docs/architecture.md, "Ingest lanes").
+	ReportedLanes int
 	// QueueSize bounds each ingest queue; requests beyond it are answered 429 (default 10,000).
 	QueueSize int
-	// Workers serve twin/get requests (default 4); RecheckWorkers re-verify live sessions of changed
-	// devices (default 4).
+	// Workers serve twin/get requests (default 4), each reading the twins of the requests queued meanwhile
+	// (up to ReportedBatch) in one registry round trip when the store can (TwinBatchGetter); RecheckWorkers
+	// re-verify live sessions of changed devices (default 4).
 	Workers        int
 	RecheckWorkers int
 	// StoreTimeout bounds each batched registry write (default 10 s).
@@ -215,6 +228,7 @@ func (c *Config) setDefaults() {
 	defDur(&c.FlushInterval, 200*time.Millisecond)
 	def(&c.FlushEvents, 1000)
 	def(&c.ReportedBatch, 500)
+	def(&c.ReportedLanes, 2)
 	defDur(&c.ReportedWait, 50*time.Millisecond)
 	def(&c.QueueSize, 10_000)
 	def(&c.Workers, 4)
@@ -313,7 +327,7 @@ type Gateway struct {
 	events      *eventBuffer
 	recheck     *recheckQueue
 	getQ        chan twinRequest
-	reportQ     chan twinRequest
+	reportQ     []chan twinRequest // one per lane (Config.ReportedLanes)
 	jobQ        chan jobStatusMsg
 	c           counters
 	m           ingestMetrics
@@ -343,9 +357,12 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 		sessions: newSessions(),
 		recheck:  newRecheckQueue(),
 		getQ:     make(chan twinRequest, cfg.QueueSize),
-		reportQ:  make(chan twinRequest, cfg.QueueSize),
+		reportQ:  make([]chan twinRequest, cfg.ReportedLanes),
 		jobQ:     make(chan jobStatusMsg, cfg.QueueSize),
 		methods:  newMethodTable(),
+	}
+	for i := range g.reportQ {
+		g.reportQ[i] = make(chan twinRequest, max(1, cfg.QueueSize/cfg.ReportedLanes))
 	}
 	g.events = newEventBuffer(cfg.FlushEvents)
 	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
@@ -432,7 +449,9 @@ func (g *Gateway) start(ctx context.Context) error {
 
 	g.goBackground(func() { g.admit.probe(g.ctx.Done()) })
 	g.goBackground(g.flushLoop)
-	g.goBackground(g.reportedLoop)
+	for _, q := range g.reportQ {
+		g.goBackground(func() { g.reportedLoop(q) })
+	}
 	g.goBackground(g.jobStatusLoop)
 	for range g.cfg.Workers {
 		g.goBackground(g.twinGetLoop)

@@ -426,6 +426,59 @@ func TestReportedPatchesAreBatched(t *testing.T) {
 	assert.JSONEq(t, `{"index":7}`, string(rep))
 }
 
+// TestTwinGetsAreBatched: twin/get requests that queue while the registry is busy are answered from one
+// registry read, each with its own device's twin, an unknown device's with 404.
+func TestTwinGetsAreBatched(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	store.Add("dev-b", "sb")
+	_, err := store.SetDesired("dev-a", json.RawMessage(`{"interval":30}`))
+	require.NoError(t, err)
+	g := gatewaytest.StartGateway(t, store, gateway.Config{Workers: 1})
+	url := gatewaytest.URL(g)
+	a, err := gatewaytest.Dial(t, url, "dev-a", "dev-a", "sa")
+	require.NoError(t, err)
+	a.Sub(t, 1, "devices/dev-a/twin/res/#")
+	b, err := gatewaytest.Dial(t, url, "dev-b", "dev-b", "sb")
+	require.NoError(t, err)
+	b.Sub(t, 1, "devices/dev-b/twin/res/#")
+
+	hold := make(chan struct{})
+	store.HoldGets(hold)
+	require.NoError(t, a.Pub(t, "devices/dev-a/twin/get/first", 1, ``))
+	require.Eventually(t, func() bool { return store.HeldGets() == 1 }, 5*time.Second, 5*time.Millisecond)
+	// The only worker is busy: these queue, and are read together once it is free.
+	const n = 20
+	for i := range n {
+		require.NoError(t, a.Pub(t, fmt.Sprintf("devices/dev-a/twin/get/a%d", i), 1, ``))
+	}
+	for i := range 3 {
+		require.NoError(t, b.Pub(t, fmt.Sprintf("devices/dev-b/twin/get/b%d", i), 1, ``))
+	}
+	// Wait until all of them reached the gateway's queue (counted on arrival), then forget dev-b.
+	require.Eventually(t, func() bool { return g.Stats().MessagesIn >= int64(n+4) }, 5*time.Second, 5*time.Millisecond)
+	store.Forget("dev-b")
+	batchesBefore := store.TwinGetBatches()
+	store.HoldGets(nil)
+	close(hold)
+
+	_, ok := a.WaitMessage(t, "devices/dev-a/twin/res/200/first", 5*time.Second)
+	require.True(t, ok)
+	for i := range n {
+		m, ok := a.WaitMessage(t, fmt.Sprintf("devices/dev-a/twin/res/200/a%d", i), 5*time.Second)
+		require.True(t, ok, "answer to a%d", i)
+		assert.JSONEq(t, `{"desired":{"$version":1,"interval":30},"reported":{"$version":0}}`, string(m.Payload))
+	}
+	for i := range 3 {
+		_, ok := b.WaitMessage(t, fmt.Sprintf("devices/dev-b/twin/res/404/b%d", i), 5*time.Second)
+		require.True(t, ok, "answer to b%d", i)
+	}
+	// One read for all of them; a request whose enqueue trailed its arrival count by a moment may make a second.
+	batches := store.TwinGetBatches() - batchesBefore
+	assert.GreaterOrEqual(t, batches, 1, "the queued requests must be read in batches")
+	assert.LessOrEqual(t, batches, 2, "the queued requests must be read in batches")
+}
+
 func TestConnectionEvents(t *testing.T) {
 	store := gatewaytest.New()
 	store.Add("dev-a", "sa")

@@ -91,6 +91,28 @@ func (r *Registry) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
 	return t, nil
 }
 
+// GetTwins returns the twins of the devices of ids that exist, in one round trip (the gateway's twin/get
+// batches: docs/architecture.md, "Ingest lanes").
+func (r *Registry) GetTwins(ctx context.Context, ids []string) (map[string]twin.Twin, error) {
+	rows, err := r.pool.Query(ctx, "SELECT "+twinColumns+" FROM devices WHERE id = ANY($1)", ids)
+	if err != nil {
+		return nil, fmt.Errorf("load %d twins: %w", len(ids), err)
+	}
+	defer rows.Close()
+	out := make(map[string]twin.Twin, len(ids))
+	for rows.Next() {
+		t, err := scanTwin(rows)
+		if err != nil {
+			return nil, fmt.Errorf("load %d twins: %w", len(ids), err)
+		}
+		out[t.DeviceID] = t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load %d twins: %w", len(ids), err)
+	}
+	return out, nil
+}
+
 // UpdateTwin applies a merge patch to the tags or desired section of one device. With ifMatch set, the write
 // happens only if the twin's etag still equals it; otherwise ErrPreconditionFailed names the current etag.
 // The row lock makes concurrent writers queue, so no update is ever lost. The change is recorded in the

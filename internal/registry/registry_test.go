@@ -128,6 +128,14 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 	created, err := reg.CreatedBy(ctx, "op")
 	require.NoError(t, err)
 	require.Equal(t, map[string]bool{"dev-1": true, "dev-3": true, "dev-4": true}, created)
+	// Many twins in one read (the gateway's twin/get batches): the same twins, unknown ids left out.
+	twins, err := reg.GetTwins(ctx, []string{"dev-existing", "dev-1", "no-such-device"})
+	require.NoError(t, err)
+	require.Len(t, twins, 2)
+	require.JSONEq(t, `{"region":"us"}`, string(twins["dev-existing"].Tags))
+	one, err := reg.GetTwin(ctx, "dev-1")
+	require.NoError(t, err)
+	require.Equal(t, one, twins["dev-1"])
 
 	_, err = reg.OperationRows(ctx, "nope")
 	require.ErrorIs(t, err, fleet.ErrOperationNotStaged)

@@ -35,6 +35,7 @@ type Store struct {
 	applyCalls   int
 	applyPatches int
 	authLookups  int
+	getBatches   int
 	getCalls     int
 	events       []fleet.ConnEvent
 	patches      map[string][]json.RawMessage
@@ -47,6 +48,8 @@ type Store struct {
 	getFail      error
 	holdReported chan struct{} // ApplyReported waits for it to close, when set
 	heldReported int           // ApplyReported calls waiting on holdReported now
+	holdGets     chan struct{} // twin reads wait for it to close, when set
+	heldGets     int           // twin reads waiting on holdGets now
 
 	// AuthDelay slows DeviceAuth, to exercise concurrent CONNECTs sharing one lookup.
 	AuthDelay time.Duration
@@ -263,8 +266,47 @@ func (s *Store) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, er
 	return fleet.DeviceAuth{}, fmt.Errorf("device %s: %w", id, fleet.ErrNotFound)
 }
 
+// HoldGets makes twin reads (GetTwin, GetTwins) wait until hold is closed (nil: no wait), as a registry that
+// is slow to answer would.
+func (s *Store) HoldGets(hold chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holdGets = hold
+}
+
+// HeldGets is the number of twin reads waiting on HoldGets' channel now.
+func (s *Store) HeldGets() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.heldGets
+}
+
+// waitGets blocks while HoldGets holds reads.
+func (s *Store) waitGets(ctx context.Context) {
+	s.mu.Lock()
+	hold := s.holdGets
+	if hold == nil {
+		s.mu.Unlock()
+		return
+	}
+	s.heldGets++
+	s.mu.Unlock()
+	select {
+	case <-hold:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	s.heldGets--
+	s.mu.Unlock()
+}
+
 // GetTwin implements gateway.Store.
 func (s *Store) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
+	s.waitGets(ctx)
+	return s.getTwin(id)
+}
+
+func (s *Store) getTwin(id string) (twin.Twin, error) {
 	s.mu.Lock()
 	s.getCalls++
 	fail := s.getFail
@@ -286,6 +328,33 @@ func (s *Store) GetTwin(ctx context.Context, id string) (twin.Twin, error) {
 		return twin.Twin{}, fmt.Errorf("device %s: %w", id, fleet.ErrNotFound)
 	}
 	return t, nil
+}
+
+// GetTwins implements gateway.TwinBatchGetter with GetTwin's answers (a failure fails the whole read).
+func (s *Store) GetTwins(ctx context.Context, ids []string) (map[string]twin.Twin, error) {
+	s.waitGets(ctx)
+	s.mu.Lock()
+	s.getBatches++
+	s.mu.Unlock()
+	out := make(map[string]twin.Twin, len(ids))
+	for _, id := range ids {
+		t, err := s.getTwin(id)
+		if errors.Is(err, fleet.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[id] = t
+	}
+	return out, nil
+}
+
+// TwinGetBatches is how many batched twin reads (GetTwins) the gateway made.
+func (s *Store) TwinGetBatches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.getBatches
 }
 
 // HoldReported makes ApplyReported wait until hold is closed (nil: no wait), as a registry that is slow to
