@@ -3,10 +3,13 @@ package simulator
 import (
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
@@ -68,6 +71,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		ReconnectJitter:      s.cfg.ReconnectJitter,
 		Logger:               s.cfg.Logger,
 		OnBusy:               func() { s.busy.Add(1) },
+		OnConnectionLost:     s.countLost,
 		OnConnected: func(int64, error) {
 			if sd.conns.Add(1) > 1 {
 				s.reconnects.Add(1)
@@ -228,4 +232,18 @@ func (s *Simulator) closeAll() {
 		}()
 	}
 	wg.Wait()
+}
+
+// countLost counts a lost connection by its cause (Stats.LostPing, LostClosed, LostOther).
+func (s *Simulator) countLost(err error) {
+	switch {
+	case err == nil:
+		s.lostOther.Add(1)
+	case strings.Contains(err.Error(), "pingresp not received"):
+		s.lostPing.Add(1)
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
+		s.lostClosed.Add(1)
+	default:
+		s.lostOther.Add(1)
+	}
 }

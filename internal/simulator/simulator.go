@@ -106,6 +106,10 @@ type Stats struct {
 	FirmwareUpdates int64 // firmware updates installed (the device switched version)
 	FirmwareFailed  int64 // firmware updates that failed to install
 	Busy            int64 // CONNECTs a gateway refused as busy (each device retries them after a random wait)
+	// LostPing, LostClosed and LostOther count lost connections by cause: no PINGRESP in time (the gateway,
+	// or this process, starved of CPU), closed by the gateway (a kick, a takeover, a gateway going away),
+	// and anything else. Printed only when some were lost.
+	LostPing, LostClosed, LostOther int64
 
 	// ByBroker counts the connected devices by gateway URL, when the simulation has several gateways.
 	ByBroker map[string]int64 `json:",omitempty"`
@@ -116,6 +120,9 @@ func (s Stats) String() string {
 	line := fmt.Sprintf("devices=%d connected=%d refused=%d failed=%d reported=%d report_failed=%d reconnects=%d telemetry=%d methods=%d rotations=%d desired=%d acks=%d firmware_updates=%d firmware_failed=%d busy=%d",
 		s.Devices, s.Connected, s.Refused, s.Failed, s.Reported, s.ReportFailed, s.Reconnects, s.Telemetry, s.Methods, s.Rotations,
 		s.DesiredUpdates, s.DesiredAcks, s.FirmwareUpdates, s.FirmwareFailed, s.Busy)
+	if s.LostPing+s.LostClosed+s.LostOther > 0 {
+		line += fmt.Sprintf(" lost_ping=%d lost_closed=%d lost_other=%d", s.LostPing, s.LostClosed, s.LostOther)
+	}
 	if len(s.ByBroker) > 0 {
 		line += " by_gateway[" + formatPerBroker(s.ByBroker) + "]"
 	}
@@ -135,6 +142,7 @@ type Simulator struct {
 
 	refused, failed, reported, reportFailed, reconnects, telemetry, methods, desired atomic.Int64
 	acks, firmwareUpdates, firmwareFailed, busy, rotations                           atomic.Int64
+	lostPing, lostClosed, lostOther                                                  atomic.Int64
 	journal                                                                          *creds.Journal // nil without Config.CredentialsFile
 
 	// runCtx ends when Run's context does; background work of the devices (acknowledgements, firmware
@@ -272,6 +280,9 @@ func (s *Simulator) Stats() Stats {
 		FirmwareUpdates: s.firmwareUpdates.Load(),
 		FirmwareFailed:  s.firmwareFailed.Load(),
 		Busy:            s.busy.Load(),
+		LostPing:        s.lostPing.Load(),
+		LostClosed:      s.lostClosed.Load(),
+		LostOther:       s.lostOther.Load(),
 	}
 }
 

@@ -52,6 +52,7 @@ func TestSimulatorSpreadsOverGatewaysAndFailsOver(t *testing.T) {
 	assert.Equal(t, map[string]int64{urls[0]: n / 3, urls[1]: n / 3, urls[2]: n / 3}, st.ByBroker)
 	assert.Contains(t, st.String(), urls[0]+"=10")
 	assert.Contains(t, st.String(), " by_gateway[")
+	assert.NotContains(t, st.String(), "lost_", "no connection was lost yet")
 
 	// Gateway 0 goes away: its ten devices come back, five on each of the other two.
 	require.NoError(t, gws[0].Close())
@@ -60,4 +61,9 @@ func TestSimulatorSpreadsOverGatewaysAndFailsOver(t *testing.T) {
 			sim.Stats().Reconnects == n/3
 	}, 30*time.Second, 20*time.Millisecond, "gateways 1 and 2 hold %d and %d; %s", gws[1].Stats().Connected, gws[2].Stats().Connected, sim.Stats())
 	assert.Zero(t, sim.Stats().Failed)
+	// Every one of them lost its connection to the gateway closing it, none to a missed ping.
+	st = sim.Stats()
+	assert.Equal(t, int64(n/3), st.LostClosed+st.LostOther, st.String())
+	assert.Zero(t, st.LostPing, st.String())
+	assert.Contains(t, st.String(), " lost_ping=0 ")
 }
