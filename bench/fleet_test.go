@@ -48,6 +48,10 @@ var (
 	fleetOps = config.Env("FLEETFLOW_BENCH_FLEET_OPS", "desired,method,rollout,failover")
 	// fleetPprof serves the first gateway's profiler on this address (the gateway's hidden --pprof).
 	fleetPprof = os.Getenv("FLEETFLOW_BENCH_FLEET_PPROF")
+	// fleetPingTimeout is the simulated devices' PINGRESP timeout (simulate --ping-timeout; "0": the SDK's
+	// 10 s). The simulators share the two cores with every server, so a late PINGRESP there often says more
+	// about the simulator's own scheduling than about the gateway.
+	fleetPingTimeout = config.Env("FLEETFLOW_BENCH_FLEET_PING_TIMEOUT", "0s")
 	// fleetLogs keeps the processes' logs (and the credentials files) in a directory that outlives the run.
 	fleetLogs = os.Getenv("FLEETFLOW_BENCH_FLEET_LOGS")
 )
@@ -395,7 +399,8 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 			b.Fatal(err)
 		}
 		cmd := exec.CommandContext(ctx, bins.CLI, "simulate", "--creds", file, "--mqtt-url", strings.Join(f.urls, ","),
-			"--telemetry-every", "0", "--concurrency", "64", "--status-every", "1s", "--reconnect-jitter", fleetJitter)
+			"--telemetry-every", "0", "--concurrency", "64", "--status-every", "1s", "--reconnect-jitter", fleetJitter,
+			"--ping-timeout", fleetPingTimeout)
 		cmd.Env = append(os.Environ(), f.env...)
 		cmd.Stderr = logf
 		out, err := cmd.StdoutPipe()
@@ -665,6 +670,10 @@ func (f *fleetRig) failover(b *testing.B, ctx context.Context, query string) {
 			convergedIn = time.Since(killedAt)
 		}
 		if time.Since(killedAt) > 10*time.Minute {
+			for j, sp := range f.sims {
+				_, line := sp.status()
+				b.Logf("simulator %d: %s", j+1, line) // lost_ping / lost_closed tell starvation from drops
+			}
 			b.Fatalf("after 10 minutes: reconnected in %s, converged in %s (0: not yet)", reconnectedIn, convergedIn)
 		}
 		time.Sleep(250 * time.Millisecond)

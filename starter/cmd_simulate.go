@@ -142,6 +142,7 @@ connections spread over several loopback addresses.`,
 	f.DurationVar(&cfg.FirmwareStepDelay, "firmware-delay", 0, "how long each firmware update step (download, install, reboot) takes")
 	f.Var(&cfg.FailInstall, "fail-install", "make a fraction of the devices fail to install a version, e.g. 2.0.0=0.1 (repeatable)")
 	f.Var(&cfg.Unhealthy, "unhealthy", "make a fraction of the devices report failing health after updating to a version, e.g. 2.0.0=0.05 (repeatable)")
+	f.DurationVar(&cfg.PingTimeout, "ping-timeout", 0, "how long each device waits for the gateway's PINGRESP before it reconnects (0 = the device SDK's 10 s); simulations of very large fleets on few cores starve their own devices, which then drop healthy connections")
 	f.DurationVar(&cfg.ReconnectJitter, "reconnect-jitter", 0, "each device waits a random time below this before a reconnect attempt, so that the devices of a gateway that died do not all reconnect at once (0 = at once)")
 	f.DurationVar(&statusEvery, "status-every", 5*time.Second, "how often to print a status line")
 	return cmd

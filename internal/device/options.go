@@ -47,7 +47,11 @@ type Config struct {
 	ClientCertFile, ClientKeyFile string
 	ClientCertificate             *tls.Certificate
 
-	KeepAlive            time.Duration // MQTT keepalive (default 60 s)
+	KeepAlive time.Duration // MQTT keepalive (default 60 s)
+	// PingTimeout is how long the device waits for the gateway's PINGRESP before it considers the connection
+	// lost and reconnects (default 10 s). A device on a slow link, or a simulator sharing its machine's
+	// cores with the servers, may need longer: a reconnect costs the gateway far more than a late ping.
+	PingTimeout          time.Duration
 	ConnectTimeout       time.Duration // one CONNECT attempt (default 10 s)
 	RequestTimeout       time.Duration // twin requests without a context deadline (default 10 s)
 	MethodTimeout        time.Duration // a method handler's deadline (default 30 s, the contract's default)
@@ -82,6 +86,7 @@ func (c *Config) setDefaults() {
 		}
 	}
 	def(&c.KeepAlive, 60*time.Second)
+	def(&c.PingTimeout, 10*time.Second)
 	def(&c.ConnectTimeout, 10*time.Second)
 	def(&c.RequestTimeout, 10*time.Second)
 	def(&c.MethodTimeout, protocol.DefaultMethodTimeout)

@@ -56,7 +56,7 @@ func (d *Device) connect(ctx context.Context) error {
 		SetConnectRetry(false).
 		SetMaxReconnectInterval(d.cfg.MaxReconnectInterval).
 		SetKeepAlive(d.cfg.KeepAlive).
-		SetPingTimeout(10*time.Second).
+		SetPingTimeout(d.cfg.PingTimeout).
 		SetConnectTimeout(d.cfg.ConnectTimeout).
 		SetWriteTimeout(10*time.Second).
 		// Handlers never block (they hand work to the device's queue), so paho may keep its ordered

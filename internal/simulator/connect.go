@@ -66,6 +66,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		Slot:                 c.Slot,
 		ClientCertificate:    c.TLS, // from a credentials file of provision --auth x509
 		KeepAlive:            s.cfg.KeepAlive,
+		PingTimeout:          s.cfg.PingTimeout,
 		RequestTimeout:       s.cfg.RequestTimeout,
 		MaxReconnectInterval: s.cfg.MaxReconnectInterval,
 		ReconnectJitter:      s.cfg.ReconnectJitter,

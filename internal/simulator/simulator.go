@@ -70,8 +70,10 @@ type Config struct {
 	// LocalAddrs, if set, are source IPs (e.g. 127.0.0.2, 127.0.0.3) used round-robin, since one source
 	// address has only ~28k ephemeral ports towards one broker.
 	LocalAddrs []string
-	// KeepAlive, RequestTimeout and MaxReconnectInterval are passed to every device (device defaults if 0).
+	// KeepAlive, PingTimeout, RequestTimeout and MaxReconnectInterval are passed to every device (device
+	// defaults if 0).
 	KeepAlive            time.Duration
+	PingTimeout          time.Duration
 	RequestTimeout       time.Duration
 	MaxReconnectInterval time.Duration
 	// ReconnectJitter is passed to every device: the random wait before each reconnect attempt.
