@@ -304,22 +304,15 @@ func (r *Registry) JobTotals(ctx context.Context, job string) (fleet.JobCounts, 
 // returns what is still waiting.
 func (r *Registry) CollectAcks(ctx context.Context, job string, keys []string) (fleet.AckProgress, error) {
 	var p fleet.AckProgress
-	// One pass over the waiting targets and their devices (the costly part: each device's documents) both
-	// decides who acknowledged and counts who still waits; the update then touches only the acknowledged
-	// rows, by key. Two statements each joining every waiting target to its device cost twice as much, and
-	// with 100,000 waiting targets that scan is a good part of a registry core while the job runs.
-	err := r.pool.QueryRow(ctx, `WITH w AS (
-			SELECT j.seq, d.online,
-				NOT EXISTS (SELECT 1 FROM unnest($2::text[]) k WHERE d.reported -> k IS DISTINCT FROM d.desired -> k) AS ok
-			FROM job_devices j JOIN devices d ON d.id = j.device_id
-			WHERE j.job_id = $1 AND j.state = 'running'
-		), up AS (
-			UPDATE job_devices j SET state = 'succeeded', updated_at = now() FROM w
-			WHERE j.job_id = $1 AND j.seq = w.seq AND w.ok AND j.state = 'running'
-			RETURNING 1
-		)
-		SELECT (SELECT count(*) FROM up), count(*) FILTER (WHERE NOT ok), count(*) FILTER (WHERE NOT ok AND online) FROM w`,
-		job, keys).Scan(&p.Acked, &p.Waiting, &p.WaitingOnline)
+	tag, err := r.pool.Exec(ctx, `UPDATE job_devices j SET state = 'succeeded', updated_at = now()
+		FROM devices d WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id
+		AND NOT EXISTS (SELECT 1 FROM unnest($2::text[]) k WHERE d.reported -> k IS DISTINCT FROM d.desired -> k)`, job, keys)
+	if err != nil {
+		return p, fmt.Errorf("collect acknowledgements of job %s: %w", job, err)
+	}
+	p.Acked = tag.RowsAffected()
+	err = r.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE d.online) FROM job_devices j
+		JOIN devices d ON d.id = j.device_id WHERE j.job_id = $1 AND j.state = 'running'`, job).Scan(&p.Waiting, &p.WaitingOnline)
 	if err != nil {
 		return p, fmt.Errorf("collect acknowledgements of job %s: %w", job, err)
 	}
