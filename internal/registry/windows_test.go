@@ -2,11 +2,15 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 )
@@ -35,4 +39,50 @@ func TestWindowTags(t *testing.T) {
 		{Window: "Sun 02:00-04:00", Timezone: "Europe/Berlin", Devices: 2},
 		{Window: "daily 01:00-02:00", Timezone: "", Devices: 1},
 	}, counts)
+}
+
+// A plan's windows per wave rank the devices exactly as the rollout of that id will: the device a first
+// wave of one dispatches is the one the plan put in wave 1.
+func TestWaveWindowCountsRankAsTheRolloutWill(t *testing.T) {
+	ctx := context.Background()
+	reg := registrytest.Open(t)
+	registrytest.Provision(t, reg, "ww", 6)
+	windows := map[string]string{}
+	for i, w := range []string{"Sun 02:00-04:00", "daily 01:00-02:00", "", "Mon 10:00-11:00", "daily 01:00-02:00", "Sun 02:00-04:00"} {
+		id := fmt.Sprintf("ww-%02d", i)
+		windows[id] = w
+		tags := `{"site": "w"}`
+		if w != "" {
+			tags = `{"site": "w", "mw": "` + w + `", "zone": "UTC"}`
+		}
+		setTags(t, reg, id, tags)
+	}
+	fw := fleet.Firmware{Version: "9.1.0", URL: "https://fw.example/9.1.0.bin", SHA256: strings.Repeat("ab", 32)}
+	_, err := reg.AddFirmware(ctx, fw)
+	require.NoError(t, err)
+	q := "SELECT * FROM devices WHERE tags.site = 'w'"
+	counts, err := reg.WaveWindowCounts(ctx, q, fw.Version, "rollout-9.1.0-1", []int64{1, 3, 6}, "mw", "zone")
+	require.NoError(t, err)
+	perWave := map[int]int64{}
+	perWindow := map[string]int64{}
+	var first registry.WaveWindowCount
+	for _, c := range counts {
+		perWave[c.Wave] += c.Devices
+		perWindow[c.Window] += c.Devices
+		if c.Wave == 0 {
+			first = c
+		}
+	}
+	assert.Equal(t, map[int]int64{0: 1, 1: 2, 2: 3}, perWave)
+	assert.Equal(t, map[string]int64{"Sun 02:00-04:00": 2, "daily 01:00-02:00": 2, "": 1, "Mon 10:00-11:00": 1}, perWindow)
+
+	_, err = reg.CreateRollout(ctx, fleet.NewRollout{ID: "rollout-9.1.0-1", Version: fw.Version, Query: q, Spec: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	pushes, _, _, err := reg.DispatchWave(ctx, "rollout-9.1.0-1", 0, 1, fw, 10)
+	require.NoError(t, err)
+	require.Len(t, pushes, 1)
+	assert.Equal(t, first.Window, windows[pushes[0].DeviceID], "the plan's first wave is the rollout's")
+	if first.Window != "" {
+		assert.Equal(t, "UTC", first.Timezone)
+	}
 }
