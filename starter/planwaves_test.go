@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -106,4 +108,29 @@ func TestWindowTagsAgainstTheScheme(t *testing.T) {
 			require.Equal(t, tc.wantTZ, f.timezoneTag)
 		})
 	}
+}
+
+// The plan's text shows, per wave, when its devices' windows open and how many are outside them.
+func TestPrintRolloutPlanWithDeviceWindows(t *testing.T) {
+	sat := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	deadline := sat.Add(36 * time.Hour)
+	v := rolloutPlanView{Firmware: "2.4.0", Query: "SELECT * FROM devices", RolloutPlan: registry.RolloutPlan{Selected: 12, Eligible: 12},
+		MaxFailures: "5%", Bake: "0s", DeviceTimeout: "10m0s", Deadline: &deadline,
+		Waves: []plannedWave{
+			{Wave: 1, Share: "10%", Devices: 2, Cumulative: 2, DeviceWindows: &waveWindows{Start: sat, FirstOpens: sat.Add(time.Hour), LastOpens: sat.Add(13 * time.Hour)}},
+			{Wave: 2, Share: "100%", Devices: 10, Cumulative: 12, DeviceWindows: &waveWindows{Start: sat.Add(14 * time.Hour), OutsideWindow: 9, BadWindow: 1}},
+		}}
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	stdout := os.Stdout
+	os.Stdout = w
+	err = printRolloutPlan(v)
+	os.Stdout = stdout
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	out, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Contains(t, string(out), "WINDOWS OPEN (UTC, FIRST - LAST)")
+	require.Regexp(t, `1\s+10%\s+2\s+2\s+Sat 03-01 13:00 - Sun 03-02 01:00\s+0\n`, string(out))
+	require.Regexp(t, `2\s+100%\s+10\s+12\s+-\s+9 \(\+1 with window tags that do not parse\)\n`, string(out))
 }
