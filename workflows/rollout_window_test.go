@@ -280,3 +280,42 @@ func TestFirmwareRolloutWithDeviceWindowsKeepsEveryRunSmall(t *testing.T) {
 	}
 	t.Logf("10,000 devices in 25 windows: %d runs, events per run %v, %d dispatch passes", len(runs), runs, len(f.passes))
 }
+
+// A pause holds the devices still waiting for their window: a window that opens while the rollout is paused
+// dispatches nothing until it is resumed (if the window is still open then); an abort ends the wait at once.
+func TestFirmwareRolloutPauseAndAbortHoldDevicesWaitingForTheirWindow(t *testing.T) {
+	f := newWindowFleet("ro-pause", []string{
+		`{"maintenance": "daily 00:00-24:00"}`, // open now
+		`{"maintenance": "Sat 13:00-16:00"}`,   // opens in an hour
+		`{"maintenance": "Sun 13:00-14:00"}`,   // opens tomorrow
+	})
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.SetStartTime(testStart)
+	env.SetTestTimeout(30 * time.Second)
+	f.register(env)
+	in := windowRolloutIn(t, "ro-pause", 3, "100%", fleet.MaintenancePolicy{WindowTag: "maintenance", TimezoneTag: "timezone",
+		Deadline: testStart.Add(7 * 24 * time.Hour)})
+	var pause, resume, abort *updateRecord
+	env.RegisterDelayedCallback(func() { pause = sendUpdate(env, workflows.UpdatePause) }, 30*time.Minute)
+	var waitingWhilePaused workflows.RolloutProgress
+	env.RegisterDelayedCallback(func() { waitingWhilePaused = queryRollout(t, env) }, 90*time.Minute)
+	env.RegisterDelayedCallback(func() { resume = sendUpdate(env, workflows.UpdateResume) }, 2*time.Hour)
+	env.RegisterDelayedCallback(func() {
+		abort = sendUpdate(env, workflows.UpdateAbort, workflows.AbortInput{Reason: "stop here"})
+	}, 5*time.Hour)
+	env.ExecuteWorkflow(workflows.FirmwareRollout, in)
+	res := rolloutResult(t, env)
+	requireAccepted(t, pause)
+	requireAccepted(t, resume)
+	requireAccepted(t, abort)
+	assert.Equal(t, "aborted", res.State)
+	assert.Equal(t, "paused", waitingWhilePaused.State, "the window opened during the pause")
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	assert.Equal(t, map[string]time.Time{"dev-00000": testStart, "dev-00001": testStart.Add(2 * time.Hour)}, f.dispatchedAt,
+		"the device whose window opened during the pause waits for the resume")
+	assert.Equal(t, rollout.Cancelled, f.row("dev-00002").Phase, "the abort cancels the device still waiting")
+	assert.True(t, env.Now().Before(testStart.Add(6*time.Hour)), "the abort ended the wait for tomorrow's window (now %s)", env.Now())
+}
