@@ -499,7 +499,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		// A maintenance window that did not open in time is the reason the workflow gives (cancelReason).
-		reason := "the rollout ended before this wave"
+		reason := "the rollout ended before this device was dispatched"
 		var summary struct {
 			CancelReason string `json:"cancelReason"`
 		}

@@ -1213,7 +1213,7 @@ func (s *Store) FinishRollout(_ context.Context, id string, state fleet.RolloutE
 	}
 	for _, r := range s.rows(id) {
 		if r.Phase == rollout.Queued {
-			r.Phase, r.Reason = rollout.Cancelled, "the rollout ended before this wave"
+			r.Phase, r.Reason = rollout.Cancelled, "the rollout ended before this device was dispatched"
 		}
 		r.Active = false
 	}
