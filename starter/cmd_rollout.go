@@ -600,7 +600,7 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 			return ""
 		}
 		c := p.Counts
-		return bar(fmt.Sprintf("wave %d/%d", p.Wave, len(p.Waves)), c.Succeeded+c.Failed+c.Skipped, p.Total,
+		return bar(fmt.Sprintf("wave %d/%d", p.Wave, len(p.Waves)), c.Succeeded+c.Failed+c.Skipped+c.OutsideWindow, p.Total,
 			strings.ReplaceAll(p.State, "_", " ")+": "+c.String())
 	})
 	var res workflows.RolloutResult
@@ -720,6 +720,10 @@ func printRolloutStatus(v rolloutStatusView) error {
 	}
 	fmt.Fprintf(w, "rollout\t%s\nfirmware\t%s\nquery\t%s\nstate\t%s\ndevices\t%s claimed: %s\n", ro.ID, ro.Version, ro.Query, state,
 		numfmt.Thousands(ro.Total), total)
+	if live != nil && live.WindowWaiting > 0 && ro.FinishedAt == nil {
+		fmt.Fprintf(w, "waiting\t%s devices of the wave wait for their maintenance window; the next opens %s\n",
+			numfmt.Thousands(live.WindowWaiting), live.NextOpen.UTC().Format(time.RFC3339))
+	}
 	if live != nil && live.Decision != "" {
 		fmt.Fprintf(w, "last decision\t%s\n", live.Decision)
 	}

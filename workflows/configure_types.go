@@ -365,6 +365,10 @@ type RolloutProgress struct {
 	Decision   string         `json:"decision"`
 	Runs       int            `json:"runs"`
 	UpdatedAt  time.Time      `json:"updatedAt"`
+	// WindowWaiting devices of the current wave wait for their own maintenance window, the first of which
+	// opens at NextOpen (with --window-from-tags).
+	WindowWaiting int64     `json:"windowWaiting,omitempty"`
+	NextOpen      time.Time `json:"nextOpen,omitzero"`
 }
 
 // RolloutResult is FirmwareRollout's result.

@@ -519,6 +519,7 @@ func (r *rolloutRun) addReason(s string) {
 func (r *rolloutRun) report(ctx workflow.Context, state string) {
 	p := &r.progress
 	p.State, p.Counts, p.Decision, p.UpdatedAt = state, r.st.Counts, r.st.Decision, workflow.Now(ctx)
+	p.WindowWaiting, p.NextOpen = r.st.WindowWaiting, r.st.NextOpen
 	p.Wave = min(r.st.Wave+1, len(r.cutoffs))
 	if !r.st.Dispatched && r.st.Wave == 0 && state != rolloutRollingBack {
 		p.Wave = 0
@@ -673,6 +674,10 @@ func rolloutDetails(p RolloutProgress) string {
 		b.WriteString(fmt.Sprintf(", wave %d/%d (%s)", p.Wave, len(p.Waves), p.Waves[p.Wave-1]))
 	}
 	b.WriteString(fmt.Sprintf("\n\n%s of %s devices: %s", numfmt.Thousands(p.Counts.Touched()), numfmt.Thousands(p.Total), p.Counts))
+	if p.WindowWaiting > 0 {
+		b.WriteString(fmt.Sprintf("\n\n%s devices of the wave wait for their maintenance window; the next opens %s",
+			numfmt.Thousands(p.WindowWaiting), p.NextOpen.UTC().Format(time.RFC3339)))
+	}
 	if p.Decision != "" {
 		b.WriteString(fmt.Sprintf("\n\nlast decision: %s", p.Decision))
 	}

@@ -311,6 +311,8 @@ func TestFirmwareRolloutPauseAndAbortHoldDevicesWaitingForTheirWindow(t *testing
 	requireAccepted(t, abort)
 	assert.Equal(t, "aborted", res.State)
 	assert.Equal(t, "paused", waitingWhilePaused.State, "the window opened during the pause")
+	assert.EqualValues(t, 2, waitingWhilePaused.WindowWaiting, "the progress says how many devices wait")
+	assert.Equal(t, testStart.Add(time.Hour), waitingWhilePaused.NextOpen.UTC())
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
