@@ -399,6 +399,7 @@ func (r *rolloutRun) finish(ctx workflow.Context, state fleet.RolloutEnd) (Rollo
 	}
 	res.Counts, res.Failures = fin.Counts, fin.Failures
 	r.st.Counts = fin.Counts
+	r.st.WindowWaiting = 0 // the devices that waited are cancelled now
 	r.report(ctx, rolloutDone)
 	r.upsertCounts(ctx)
 	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(string(state)),
