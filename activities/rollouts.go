@@ -10,6 +10,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/rollout"
+	"github.com/fleetflow/fleetflow/internal/window"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
@@ -28,6 +29,9 @@ func (a *Activities) RolloutDispatch(ctx context.Context, req workflows.RolloutD
 	}
 	stop := keepHeartbeating(ctx)
 	defer stop()
+	if req.Policy != nil && req.Policy.WindowTag != "" {
+		return a.dispatchWindowed(ctx, req)
+	}
 	var res workflows.RolloutDispatchResult
 	fw := fleet.Firmware{Version: req.Firmware.Version, URL: req.Firmware.URL, SHA256: req.Firmware.SHA256}
 	for {
@@ -55,6 +59,84 @@ func (a *Activities) RolloutDispatch(ctx context.Context, req workflows.RolloutD
 			return res, nil
 		}
 	}
+}
+
+// dispatchWindowed is one pass of RolloutDispatch over a wave whose devices have their own maintenance
+// windows (docs/architecture.md, "Maintenance windows"): chunk by chunk, each queued device of the wave is
+// judged by its window (its own from its tags, else the operation's) at req.At, the workflow's clock, so
+// that a retry of the pass decides as the first attempt did. Open: dispatched as in a wave without windows.
+// Not opening before the deadline: recorded as outside_window with the window, the deadline and the next
+// opening. Window tags that do not parse: failed, naming the tags. Otherwise the device stays queued and is
+// counted as waiting, with the earliest opening returned for the workflow's timer.
+func (a *Activities) dispatchWindowed(ctx context.Context, req workflows.RolloutDispatchInput) (workflows.RolloutDispatchResult, error) {
+	var res workflows.RolloutDispatchResult
+	fw := fleet.Firmware{Version: req.Firmware.Version, URL: req.Firmware.URL, SHA256: req.Firmware.SHA256}
+	pol := *req.Policy
+	var waiting, outside, failed int64
+	var nextOpen time.Time
+	// Devices share a handful of windows: each distinct pair of tag values is parsed once per pass (a parse
+	// loads its time zone from the zone database).
+	type parsed struct {
+		w   window.Window
+		ok  bool
+		err error
+	}
+	names := pol.TagNames()
+	cache := map[[2]string]parsed{}
+	decide := func(_ string, tags map[string]string) (bool, rollout.Phase, string) {
+		key := [2]string{tags[names[0]], tags[names[1]]}
+		p, seen := cache[key]
+		if !seen {
+			p.w, p.ok, p.err = pol.DeviceWindow(tags)
+			cache[key] = p
+		}
+		w, ok, err := p.w, p.ok, p.err
+		if err != nil {
+			failed++
+			return false, rollout.Failed, "maintenance window: " + err.Error()
+		}
+		switch verdict, next := pol.Decide(w, ok, req.At); verdict {
+		case fleet.WindowOpen:
+			return true, "", ""
+		case fleet.WindowWait:
+			waiting++
+			if nextOpen.IsZero() || next.Before(nextOpen) {
+				nextOpen = next
+			}
+			return false, "", ""
+		default:
+			outside++
+			return false, rollout.OutsideWindow, pol.MissedReason(w, next)
+		}
+	}
+	after := int64(-1)
+	for {
+		chunk, err := a.Rollouts.DispatchWaveWindowed(ctx, req.RolloutID, req.Wave, after, req.Cutoff, fw, dispatchChunk, names, decide)
+		if err != nil {
+			return res, err
+		}
+		after = chunk.Last
+		res.Skipped += chunk.Skipped
+		res.Dispatched += int64(len(chunk.Pushes))
+		// As in RolloutDispatch: the chunk is committed, so a retry of the pass finds these devices dispatched
+		// or recorded, and judges only those still queued.
+		if err := a.fault(FaultCommitted); err != nil {
+			return res, err
+		}
+		n, err := a.push(ctx, chunk.Pushes)
+		res.Pushed += int64(n)
+		if err != nil {
+			activity.GetLogger(ctx).Warn("firmware push incomplete; devices catch up on reconnect", "rollout", req.RolloutID, "err", err)
+		}
+		if err := a.fault(FaultPushed); err != nil {
+			return res, err
+		}
+		if !chunk.More {
+			break
+		}
+	}
+	res.Waiting, res.NextOpen, res.OutsideWindow, res.Failed = waiting, nextOpen, outside, failed
+	return res, nil
 }
 
 // forwardPhases are the phases the forward observation evaluates.

@@ -166,8 +166,7 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 	if err != nil {
 		return asUsage(err)
 	}
-	maint, err := f.windows.policy(time.Now())
-	if err != nil {
+	if _, err := f.windows.policy(time.Now()); err != nil {
 		return asUsage(err)
 	}
 	reg, err := openRegistryCtx(ctx, g)
@@ -175,6 +174,10 @@ func startJob(ctx context.Context, g *globals, f *jobFlags) error {
 		return err
 	}
 	defer reg.Close()
+	maint, err := f.windows.policyFor(ctx, reg, time.Now())
+	if err != nil {
+		return err
+	}
 	// Read-only checks first: the query compiles and selects something. The job itself (its row and its
 	// frozen target set) is created by the workflow's first step, so a CLI killed at any point leaves
 	// either nothing or a workflow that finishes the job.

@@ -199,11 +199,17 @@ says when another running rollout holds some of the devices. Nothing is written.
 		Short: "Start a FirmwareRollout workflow",
 		Long: `Start a FirmwareRollout workflow and follow it until it ends (progress on stderr; --detach returns once it
 has started). The exit code is 3 when the rollout finished with failed devices (it rolled back, or stayed
-under the threshold), and 130 when you interrupt the wait (the rollout goes on).`,
+under the threshold), and 130 when you interrupt the wait (the rollout goes on).
+
+With --window the waves start inside the operation's maintenance window. With --window-from-tags each device
+of a wave is dispatched only while its own window (from its tags, else --window) is open; the others wait,
+and a device whose window does not open before --deadline is reported as outside_window. A rollback does
+not wait for windows.`,
 		Example: `  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices WHERE tags.region = 'eu'"
   fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --waves 1%,10%,50%,100% --max-failures 2% --bake 10m --detach
   fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --approve-each-wave
-  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --window "Sat,Sun 01:00-05:00" --timezone Europe/Berlin --deadline 14d`,
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --window "Sat,Sun 01:00-05:00" --timezone Europe/Berlin --deadline 14d
+  fleetflow rollout start --firmware 2.1.0 --query "SELECT * FROM devices" --window-from-tags --window "Sun 02:00-04:00" --deadline 7d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return startRollout(cmd.Context(), g, f) },
 	}
@@ -339,9 +345,12 @@ type plannedWave struct {
 	Share      string `json:"share"`
 	Devices    int64  `json:"devices"`
 	Cumulative int64  `json:"cumulative"`
-	// CanStart is the earliest the wave can start under the operation's window (zero without one): the
-	// window's next opening after the previous wave's estimated end.
+	// CanStart is the earliest the wave can start under the operation's window (zero without one, or with
+	// devices' own windows): the window's next opening after the previous wave's estimated end.
 	CanStart time.Time `json:"canStart,omitzero"`
+	// DeviceWindows, with --window-from-tags, says when the wave's devices' windows open and how many would
+	// be reported outside their window.
+	DeviceWindows *waveWindows `json:"deviceWindows,omitempty"`
 }
 
 func printRolloutPlan(v rolloutPlanView) error {
@@ -351,12 +360,28 @@ func printRolloutPlan(v rolloutPlanView) error {
 		v.Firmware, th2(v.Inactive), th2(v.Eligible))
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	timed := len(v.Waves) > 0 && !v.Waves[0].CanStart.IsZero()
-	if timed {
+	perDevice := len(v.Waves) > 0 && v.Waves[0].DeviceWindows != nil
+	if perDevice {
+		fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE\tWINDOWS OPEN (UTC, FIRST - LAST)\tOUTSIDE WINDOW")
+	} else if timed {
 		fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE\tCAN START (UTC)")
 	} else {
 		fmt.Fprintln(w, "WAVE\tSHARE\tDEVICES\tCUMULATIVE")
 	}
 	for _, wv := range v.Waves {
+		if dw := wv.DeviceWindows; dw != nil {
+			const layout = "Mon 01-02 15:04"
+			opens := "-"
+			if !dw.FirstOpens.IsZero() {
+				opens = dw.FirstOpens.UTC().Format(layout) + " - " + dw.LastOpens.UTC().Format(layout)
+			}
+			outside := th2(dw.OutsideWindow)
+			if dw.BadWindow > 0 {
+				outside += fmt.Sprintf(" (+%s with window tags that do not parse)", th2(dw.BadWindow))
+			}
+			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", wv.Wave, wv.Share, th2(wv.Devices), th2(wv.Cumulative), opens, outside)
+			continue
+		}
 		if timed {
 			when := wv.CanStart.UTC().Format("Mon 2006-01-02 15:04")
 			if v.Deadline != nil && !wv.CanStart.Before(*v.Deadline) {
@@ -409,12 +434,16 @@ func printRolloutPlan(v rolloutPlanView) error {
 // next opening; a window that does not parse or does not open before the deadline says so.
 func planWindows(ctx context.Context, reg *registry.Registry, f *rolloutFlags, v *rolloutPlanView) error {
 	now := time.Now()
-	maint, err := f.windows.policy(now)
+	maint, err := f.windows.policyFor(ctx, reg, now)
 	if err != nil || maint == nil {
-		return asUsage(err)
+		return err
 	}
 	v.Deadline = &maint.Deadline
-	if maint.Window != "" {
+	if maint.WindowTag != "" {
+		if err := planDeviceWindows(ctx, reg, f, maint, v, now); err != nil {
+			return err
+		}
+	} else if maint.Window != "" {
 		op, err := window.Parse(maint.Window, maint.Timezone)
 		if err != nil {
 			return asUsage(fmt.Errorf("--window: %w", err))
@@ -458,18 +487,36 @@ func planWindows(ctx context.Context, reg *registry.Registry, f *rolloutFlags, v
 	return nil
 }
 
+// planDeviceWindows adds to each wave of a plan when its devices' own windows open and how many would be
+// outside their window, for the devices as the next rollout of the version would rank them.
+func planDeviceWindows(ctx context.Context, reg *registry.Registry, f *rolloutFlags, maint *fleet.MaintenancePolicy,
+	v *rolloutPlanView, now time.Time) error {
+	n, err := reg.CountRollouts(ctx, v.Firmware)
+	if err != nil {
+		return err
+	}
+	cutoffs := make([]int64, len(v.Waves))
+	for i, w := range v.Waves {
+		cutoffs[i] = w.Cumulative
+	}
+	counts, err := reg.WaveWindowCounts(ctx, f.query, v.Firmware, fmt.Sprintf("rollout-%s-%d", v.Firmware, n+1), cutoffs,
+		maint.WindowTag, maint.TimezoneTag)
+	if err != nil {
+		return queryError(err)
+	}
+	for i, ww := range planWaveWindows(*maint, counts, len(v.Waves), now, f.bake+typicalInstall) {
+		v.Waves[i].DeviceWindows = &ww
+	}
+	return nil
+}
+
 func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	waves, th, err := f.parsed()
 	if err != nil {
 		return err
 	}
-	maint, err := f.windows.policy(time.Now())
-	if err != nil {
+	if _, err := f.windows.policy(time.Now()); err != nil {
 		return asUsage(err)
-	}
-	if maint != nil && maint.WindowTag != "" {
-		// Waves start inside the operation's window; devices' own windows are what plan shows and jobs honour.
-		return usagef("rollout start takes the operation's --window; devices' own windows (--window-from-tags) are honoured by jobs and shown by rollout plan")
 	}
 	fw, plan, err := planRollout(ctx, g, f, nil)
 	if err != nil {
@@ -488,6 +535,11 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	}
 	defer reg.Close()
 	defer c.Close()
+	// The deadline counts from now; with devices' own windows the tag names are settled against the scheme.
+	maint, err := f.windows.policyFor(ctx, reg, time.Now())
+	if err != nil {
+		return err
+	}
 	n, err := reg.CountRollouts(ctx, fw.Version)
 	if err != nil {
 		return err
@@ -502,8 +554,12 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 		}
 		id = fmt.Sprintf("rollout-%s-%d", fw.Version, i)
 	}
-	spec, _ := json.Marshal(map[string]any{"waves": f.waves, "maxFailures": th.String(), "bake": f.bake.String(),
-		"deviceTimeout": f.deviceTimeout.String(), "approveEachWave": f.approveEach})
+	specMap := map[string]any{"waves": f.waves, "maxFailures": th.String(), "bake": f.bake.String(),
+		"deviceTimeout": f.deviceTimeout.String(), "approveEachWave": f.approveEach}
+	if maint != nil {
+		specMap["maintenance"] = maint
+	}
+	spec, _ := json.Marshal(specMap)
 	// The rollout row and its claims are made by the workflow's first step (RolloutCreate), never here: a
 	// CLI killed at any point leaves either nothing or a rollout whose workflow releases its claims.
 	in := workflows.RolloutInput{RolloutID: id, Firmware: workflows.FirmwareRef{Version: fw.Version, URL: fw.URL, SHA256: fw.SHA256},
@@ -544,7 +600,7 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 			return ""
 		}
 		c := p.Counts
-		return bar(fmt.Sprintf("wave %d/%d", p.Wave, len(p.Waves)), c.Succeeded+c.Failed+c.Skipped, p.Total,
+		return bar(fmt.Sprintf("wave %d/%d", p.Wave, len(p.Waves)), c.Succeeded+c.Failed+c.Skipped+c.OutsideWindow, p.Total,
 			strings.ReplaceAll(p.State, "_", " ")+": "+c.String())
 	})
 	var res workflows.RolloutResult
@@ -562,6 +618,11 @@ func startRollout(ctx context.Context, g *globals, f *rolloutFlags) error {
 	if failed := res.Counts.Failed + res.Counts.RollbackFailed; failed > 0 || len(res.Failures) > 0 || res.State == "rolled_back" {
 		return partialf("rollout %s %s with %s failed devices", id, strings.ReplaceAll(res.State, "_", " "),
 			numfmt.Thousands(max(failed, int64(len(res.Failures)))))
+	}
+	if n := res.Counts.OutsideWindow; n > 0 {
+		// As a job's: devices the rollout could not reach in their window were not updated.
+		return partialf("rollout %s %s; %s devices were outside their maintenance window (`fleetflow rollout status %s` lists them)",
+			id, strings.ReplaceAll(res.State, "_", " "), numfmt.Thousands(n), id)
 	}
 	return nil
 }
@@ -588,6 +649,9 @@ type rolloutStatusView struct {
 	Counts   []fleet.PhaseCount         `json:"counts"`
 	Progress *workflows.RolloutProgress `json:"progress"`
 	Failing  []fleet.RolloutDevice      `json:"failing"`
+	// OutsideWindow are devices never dispatched because their maintenance window did not open before the
+	// deadline, each with the window, the deadline and the next opening (at most 50).
+	OutsideWindow []fleet.RolloutDevice `json:"outsideWindow,omitempty"`
 	// Pending are operator actions no worker has applied yet (pause, resume, approve, abort).
 	Pending []pendingAction `json:"pendingActions,omitempty"`
 }
@@ -624,8 +688,12 @@ func rolloutStatus(cmd *cobra.Command, g *globals, id string, out *output) error
 			failing = append(failing, d)
 		}
 	}
+	outside, err := reg.RolloutDevices(ctx, id, []rollout.Phase{rollout.OutsideWindow}, 50)
+	if err != nil {
+		return err
+	}
 	live := liveProgress[workflows.RolloutProgress](ctx, g, id)
-	view := rolloutStatusView{Rollout: ro, Counts: counts, Progress: live, Failing: failing}
+	view := rolloutStatusView{Rollout: ro, Counts: counts, Progress: live, Failing: failing, OutsideWindow: outside}
 	if ro.FinishedAt == nil {
 		view.Pending = pendingActions(ctx, g, "rollout", id)
 	}
@@ -652,6 +720,10 @@ func printRolloutStatus(v rolloutStatusView) error {
 	}
 	fmt.Fprintf(w, "rollout\t%s\nfirmware\t%s\nquery\t%s\nstate\t%s\ndevices\t%s claimed: %s\n", ro.ID, ro.Version, ro.Query, state,
 		numfmt.Thousands(ro.Total), total)
+	if live != nil && live.WindowWaiting > 0 && ro.FinishedAt == nil {
+		fmt.Fprintf(w, "waiting\t%s devices of the wave wait for their maintenance window; the next opens %s\n",
+			numfmt.Thousands(live.WindowWaiting), live.NextOpen.UTC().Format(time.RFC3339))
+	}
 	if live != nil && live.Decision != "" {
 		fmt.Fprintf(w, "last decision\t%s\n", live.Decision)
 	}
@@ -673,6 +745,16 @@ func printRolloutStatus(v rolloutStatusView) error {
 	}
 	if err := w.Flush(); err != nil {
 		return err
+	}
+	if len(v.OutsideWindow) > 0 {
+		fmt.Println("\noutside their maintenance window:")
+		w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		for _, d := range v.OutsideWindow {
+			fmt.Fprintf(w, "  %s\twave %d\t%s\n", d.DeviceID, d.Wave+1, d.Reason)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
 	}
 	if len(failing) > 0 {
 		fmt.Println("\nfailing devices:")

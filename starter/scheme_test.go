@@ -190,3 +190,39 @@ func TestCSVCellsTakeTheSchemesTypes(t *testing.T) {
 	require.Len(t, issues, 1)
 	require.Equal(t, "tags.floor: got string, want integer", issues[0].Reason)
 }
+
+// A scheme that declares the window tags with fleetflow's formats refuses manifest rows whose window or time
+// zone the parser does not accept, by line with the path and the rule.
+func TestProvisioningRefusesBadMaintenanceWindows(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reg, err := registry.Open(ctx, testenv.Postgres(t))
+	require.NoError(t, err)
+	defer reg.Close()
+	end := registrytest.SetScheme(t, reg, "scheme-set-1", []byte(`{"type": "object", "properties": {
+		"maintenance": {"type": "string", "format": "maintenance-window"},
+		"timezone": {"type": "string", "format": "timezone"}}}`), nil, false, 100)
+	require.Equal(t, fleet.SchemeActive, end.State)
+
+	out := filepath.Join(t.TempDir(), "creds.ndjson")
+	nd := `{"id":"w-1","tags":{"maintenance":"Sun 02:00-04:00","timezone":"Europe/Berlin"}}
+{"id":"w-2","tags":{"maintenance":"Sun 2-4"}}
+{"id":"w-3","tags":{"maintenance":"daily 01:00-02:00","timezone":"Europe/Berlim"}}
+`
+	r, err := manifest.NewReader(bufio.NewReader(strings.NewReader(nd)), manifest.NDJSON)
+	require.NoError(t, err)
+	rows, err := stageManifest(ctx, reg, "provision-w", r, out+".pending", newSecretCredential, 2, nil)
+	require.NoError(t, err)
+	c, err := reg.ProvisionBatch(ctx, "provision-w", 0, rows, 0)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ProvisionCounts{Created: 1, Invalid: 2}, c)
+	issues, err := reg.ProvisionResults(ctx, "provision-w", "invalid", 10)
+	require.NoError(t, err)
+	require.Len(t, issues, 2)
+	require.Equal(t, "w-2", issues[0].ID)
+	require.Contains(t, issues[0].Reason, "tags.maintenance: ")
+	require.Contains(t, issues[0].Reason, "want HH:MM")
+	require.Equal(t, "w-3", issues[1].ID)
+	require.Contains(t, issues[1].Reason, "tags.timezone: ")
+	require.Contains(t, issues[1].Reason, `unknown time zone "Europe/Berlim"`)
+}

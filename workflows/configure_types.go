@@ -214,9 +214,12 @@ type RolloutInput struct {
 	// ContinueAfterEvents bounds each run's history; the workflow continues as new past it.
 	ContinueAfterEvents int           `json:"continueAfterEvents,omitempty"`
 	HeartbeatTimeout    time.Duration `json:"heartbeatTimeout,omitempty"`
-	// Maintenance, when set with an operation window, starts each wave only inside the window, waiting on a
-	// durable timer; a wave whose window does not open before the deadline ends the rollout, its devices
-	// reported as cancelled for that reason (docs/architecture.md, "Maintenance windows").
+	// Maintenance, when set with an operation window only, starts each wave only inside the window, waiting
+	// on a durable timer; a wave whose window does not open before the deadline ends the rollout, its devices
+	// reported as cancelled for that reason. With a window tag (devices' own windows), each device of a wave
+	// is dispatched only while its own window (else the operation's) is open, the others waiting on durable
+	// timers, and a device whose window does not open before the deadline is recorded as outside_window
+	// (docs/architecture.md, "Maintenance windows").
 	Maintenance *fleet.MaintenancePolicy `json:"maintenance,omitempty"`
 
 	// State carried across continue-as-new.
@@ -250,6 +253,10 @@ type RolloutCarry struct {
 	Runs        int            `json:"runs"`
 	// WindowMissed says why the rollout stopped when a wave's maintenance window did not open in time.
 	WindowMissed string `json:"windowMissed,omitempty"`
+	// WindowWaiting is how many devices of the current wave wait for their own maintenance window, and
+	// NextOpen when the first of those windows opens (devices' own windows only).
+	WindowWaiting int64     `json:"windowWaiting,omitempty"`
+	NextOpen      time.Time `json:"nextOpen,omitzero"`
 }
 
 // AbortInput is the abort update's argument.
@@ -258,20 +265,30 @@ type AbortInput struct {
 	Reason   string `json:"reason,omitempty"`
 }
 
-// RolloutDispatchInput starts one wave: devices ranked below Cutoff get the firmware.
+// RolloutDispatchInput starts one wave: devices ranked below Cutoff get the firmware. With a Policy that
+// reads devices' own windows, it is one pass over the wave's queued devices: those whose window is open at
+// At (the workflow's clock when it scheduled the pass, so that a retry decides the same way) are dispatched,
+// those whose window does not open before the deadline are recorded as outside_window, and the rest wait.
 type RolloutDispatchInput struct {
-	RolloutID string      `json:"rolloutId"`
-	Wave      int         `json:"wave"`
-	Cutoff    int64       `json:"cutoff"`
-	Firmware  FirmwareRef `json:"firmware"`
+	RolloutID string                   `json:"rolloutId"`
+	Wave      int                      `json:"wave"`
+	Cutoff    int64                    `json:"cutoff"`
+	Firmware  FirmwareRef              `json:"firmware"`
+	Policy    *fleet.MaintenancePolicy `json:"policy,omitempty"`
+	At        time.Time                `json:"at,omitzero"`
 }
 
-// RolloutDispatchResult is how a wave started.
+// RolloutDispatchResult is how a wave started (or how a pass under maintenance windows went).
 type RolloutDispatchResult struct {
 	Dispatched int64 `json:"dispatched"`
 	Skipped    int64 `json:"skipped"`
 	Failed     int64 `json:"failed"`
 	Pushed     int64 `json:"pushed"`
+	// OutsideWindow devices were recorded as outside their window; Waiting devices wait for their window,
+	// the first of which opens at NextOpen.
+	OutsideWindow int64     `json:"outsideWindow,omitempty"`
+	Waiting       int64     `json:"waiting,omitempty"`
+	NextOpen      time.Time `json:"nextOpen,omitzero"`
 }
 
 // RolloutObserveInput evaluates the rollout's devices (forward, or the rollback when Rollback is set) every
@@ -348,6 +365,10 @@ type RolloutProgress struct {
 	Decision   string         `json:"decision"`
 	Runs       int            `json:"runs"`
 	UpdatedAt  time.Time      `json:"updatedAt"`
+	// WindowWaiting devices of the current wave wait for their own maintenance window, the first of which
+	// opens at NextOpen (with --window-from-tags).
+	WindowWaiting int64     `json:"windowWaiting,omitempty"`
+	NextOpen      time.Time `json:"nextOpen,omitzero"`
 }
 
 // RolloutResult is FirmwareRollout's result.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,15 +20,17 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/rollout"
 	"github.com/fleetflow/fleetflow/internal/testenv"
 	"github.com/fleetflow/fleetflow/internal/twin"
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
 // TestConfigAndWindowHistoriesFromARealServerReplay runs a FleetConfiguration through its updates (apply,
-// pause, resume, delete) and a FleetJob that waits for a maintenance window on a real Temporal dev server, and
-// replays each history against the workflow code. With FLEETFLOW_RECORD_HISTORIES=testdata it writes them as
-// config_v1 and job_window_v1, which TestReplayRecordedHistories replays from then on. The activities are
+// pause, resume, delete), a FleetJob that waits for a maintenance window and a FirmwareRollout whose wave
+// waits for a device's own window on a real Temporal dev server, and replays each history against the
+// workflow code. With FLEETFLOW_RECORD_HISTORIES=testdata it writes them as config_v1, job_window_v1 and
+// rollout_window_v1, which TestReplayRecordedHistories replays from then on. The activities are
 // stand-ins: the history's shape is the point.
 func TestConfigAndWindowHistoriesFromARealServerReplay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -39,6 +42,7 @@ func TestConfigAndWindowHistoriesFromARealServerReplay(t *testing.T) {
 	w := worker.New(c, queue, worker.Options{})
 	w.RegisterWorkflow(workflows.FleetConfiguration)
 	w.RegisterWorkflow(workflows.FleetJob)
+	w.RegisterWorkflow(workflows.FirmwareRollout)
 	register := func(fn any, name string) { w.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name}) }
 	register(func(_ context.Context, in workflows.ConfigSaveInput) (int64, error) { return in.Version, nil },
 		workflows.ActivityName(workflows.Activities.ConfigSave))
@@ -62,6 +66,27 @@ func TestConfigAndWindowHistoriesFromARealServerReplay(t *testing.T) {
 	register(func(context.Context, workflows.JobCloseInput) (fleet.JobCounts, error) {
 		return fleet.JobCounts{Succeeded: 1, OutsideWindow: 1}, nil
 	}, workflows.ActivityName(workflows.Activities.JobClose))
+	// The rollout: of its two devices one is in its window at once, the other waits two seconds for a pass
+	// that finds its window will not open before the deadline after all.
+	var dispatchCalls atomic.Int32
+	register(func(_ context.Context, in workflows.RolloutDispatchInput) (workflows.RolloutDispatchResult, error) {
+		if dispatchCalls.Add(1) == 1 {
+			return workflows.RolloutDispatchResult{Dispatched: 1, Waiting: 1, NextOpen: in.At.Add(2 * time.Second)}, nil
+		}
+		return workflows.RolloutDispatchResult{OutsideWindow: 1}, nil
+	}, workflows.ActivityName(workflows.Activities.RolloutDispatch))
+	register(func(_ context.Context, in workflows.RolloutObserveInput) (workflows.RolloutObserveResult, error) {
+		c := rollout.Counts{Succeeded: 1, Queued: 1}
+		if dispatchCalls.Load() > 1 {
+			c = rollout.Counts{Succeeded: 1, OutsideWindow: 1}
+		}
+		wave := c
+		wave.Queued = 0
+		return workflows.RolloutObserveResult{Counts: c, Wave: wave}, nil
+	}, workflows.ActivityName(workflows.Activities.RolloutObserve))
+	register(func(context.Context, workflows.RolloutFinishInput) (workflows.RolloutFinishResult, error) {
+		return workflows.RolloutFinishResult{Counts: rollout.Counts{Succeeded: 1, OutsideWindow: 1}}, nil
+	}, workflows.ActivityName(workflows.Activities.RolloutFinish))
 	require.NoError(t, w.Start())
 	defer w.Stop()
 
@@ -82,6 +107,13 @@ func TestConfigAndWindowHistoriesFromARealServerReplay(t *testing.T) {
 	job := workflows.JobInput{JobID: "job-record-window-" + stamp, Kind: fleet.JobSetTags, Total: 2, Patch: json.RawMessage(`{"ring":"beta"}`),
 		Maintenance: &fleet.MaintenancePolicy{Window: "daily 00:00-24:00", WindowTag: "maintenance", TimezoneTag: "timezone",
 			Deadline: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}}
+	waves, err := rollout.ParseWaves("100%")
+	require.NoError(t, err)
+	ro := workflows.RolloutInput{RolloutID: "rollout-record-window-" + stamp, Total: 2, Waves: waves,
+		Firmware:     workflows.FirmwareRef{Version: "2.4.0", URL: "https://fw.example/2.4.0.bin", SHA256: "ab12"},
+		PollInterval: 100 * time.Millisecond, ObserveFor: time.Second,
+		Maintenance: &fleet.MaintenancePolicy{WindowTag: "maintenance", TimezoneTag: "timezone",
+			Deadline: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}}
 	for _, tc := range []struct {
 		name, id string
 		wf, in   any
@@ -95,6 +127,7 @@ func TestConfigAndWindowHistoriesFromARealServerReplay(t *testing.T) {
 			update(workflows.UpdateDelete)
 		}},
 		{"job_window_v1", job.JobID, workflows.FleetJob, job, func() {}},
+		{"rollout_window_v1", ro.RolloutID, workflows.FirmwareRollout, ro, func() {}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: tc.id, TaskQueue: queue}, tc.wf, tc.in)
@@ -111,6 +144,7 @@ func TestConfigAndWindowHistoriesFromARealServerReplay(t *testing.T) {
 			r := worker.NewWorkflowReplayer()
 			r.RegisterWorkflow(workflows.FleetConfiguration)
 			r.RegisterWorkflow(workflows.FleetJob)
+			r.RegisterWorkflow(workflows.FirmwareRollout)
 			require.NoError(t, r.ReplayWorkflowHistory(nil, hist))
 			if dir := os.Getenv("FLEETFLOW_RECORD_HISTORIES"); dir != "" {
 				b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(hist)

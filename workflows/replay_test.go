@@ -19,15 +19,16 @@ import (
 // FLEETFLOW_RECORD_HISTORIES=workflows/testdata. The *_v3 ones have the bounded waits (the "bounded-waits"
 // version marker, and runs continued in a wait, with AckStart/AwaitStart in their input) and were recorded on
 // a dev server by TestBoundedWaitHistoriesFromARealServerReplay with FLEETFLOW_RECORD_HISTORIES=testdata;
-// config_v1 (a configuration through apply, pause, resume and delete) and job_window_v1 (a job waiting for a
-// maintenance window) by TestConfigAndWindowHistoriesFromARealServerReplay the same way.
+// config_v1 (a configuration through apply, pause, resume and delete), job_window_v1 (a job waiting for a
+// maintenance window) and rollout_window_v1 (a rollout wave waiting for a device's own window, the device
+// then outside it) by TestConfigAndWindowHistoriesFromARealServerReplay the same way.
 func TestReplayRecordedHistories(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.json")
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, len(files), 8, "recorded histories are missing")
 	for _, shape := range []string{"job_create_v2", "rollout_create_v2", "decommission_query_v2", "provision_validity_v2",
 		"job_ack_bounded_v3", "job_ack_continued_v3", "provision_await_bounded_v3", "provision_await_continued_v3",
-		"job_ack_continue_as_new_v3", "provision_await_continue_as_new_v3", "config_v1", "job_window_v1"} {
+		"job_ack_continue_as_new_v3", "provision_await_continue_as_new_v3", "config_v1", "job_window_v1", "rollout_window_v1"} {
 		require.Contains(t, files, filepath.Join("testdata", shape+".json"), "the creation step's shape must be replay-tested")
 	}
 	for _, f := range files {

@@ -190,19 +190,13 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		if r.st.Abort != nil {
 			return false, nil
 		}
-		if open, err := r.awaitWindow(ctx, w); err != nil || !open {
-			return false, err
+		if !r.perDevice() {
+			if open, err := r.awaitWindow(ctx, w); err != nil || !open {
+				return false, err
+			}
 		}
-		r.report(ctx, rolloutDispatching)
-		dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-			StartToCloseTimeout: 30 * time.Minute, HeartbeatTimeout: r.in.HeartbeatTimeout,
-			RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
-			Summary:     fmt.Sprintf("dispatch wave %d/%d (%s devices)", w+1, len(r.cutoffs), numfmt.Thousands(r.cutoffs[w]-prev)),
-		})
-		var res RolloutDispatchResult
-		if err := executeActivity(dctx, Activities.RolloutDispatch, RolloutDispatchInput{RolloutID: r.in.RolloutID, Wave: w,
-			Cutoff: r.cutoffs[w], Firmware: r.in.Firmware}).Get(ctx, &res); err != nil {
-			return false, fmt.Errorf("dispatch wave %d of %s: %w", w+1, r.in.RolloutID, err)
+		if err := r.dispatch(ctx, w, prev); err != nil {
+			return false, err
 		}
 		r.st.Dispatched = true
 		r.upsertStage(ctx)
@@ -211,6 +205,15 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 	for {
 		if r.st.Abort != nil || r.continueAsNewDue(ctx) {
 			return false, nil
+		}
+		// Devices of the wave whose own window has opened since the last pass are dispatched now (unless the
+		// rollout is paused: a pause holds every device not yet disturbed).
+		if r.st.WindowWaiting > 0 && !r.st.Paused && !workflow.Now(ctx).Before(r.st.NextOpen) {
+			if err := r.dispatch(ctx, w, prev); err != nil {
+				return false, err
+			}
+			r.report(ctx, rolloutObserving)
+			continue
 		}
 		obs, err := r.observe(ctx, false)
 		if err != nil {
@@ -225,13 +228,79 @@ func (r *rolloutRun) runWave(ctx workflow.Context) (bool, error) {
 		if r.st.Abort != nil {
 			return false, nil
 		}
-		if obs != nil && obs.Wave.Pending() == 0 {
+		if obs == nil || obs.Wave.Pending() > 0 {
+			continue
+		}
+		if r.st.WindowWaiting == 0 {
 			c := obs.Wave
-			r.decide(ctx, fmt.Sprintf("wave %d/%d (%s) done: %s succeeded, %s failed, %s skipped", w+1, len(r.cutoffs), r.in.Waves[w],
-				numfmt.Thousands(c.Succeeded), numfmt.Thousands(c.Failed), numfmt.Thousands(c.Skipped)))
+			done := fmt.Sprintf("wave %d/%d (%s) done: %s succeeded, %s failed, %s skipped", w+1, len(r.cutoffs), r.in.Waves[w],
+				numfmt.Thousands(c.Succeeded), numfmt.Thousands(c.Failed), numfmt.Thousands(c.Skipped))
+			if c.OutsideWindow > 0 {
+				done += fmt.Sprintf(", %s outside their maintenance window", numfmt.Thousands(c.OutsideWindow))
+			}
+			r.decide(ctx, done)
 			return true, nil
 		}
+		if err := r.awaitDeviceWindows(ctx, w); err != nil {
+			return false, err
+		}
 	}
+}
+
+// perDevice reports whether the rollout honours devices' own maintenance windows (docs/architecture.md,
+// "Maintenance windows"): then each device of a wave waits for its window, instead of the wave for the
+// operation's.
+func (r *rolloutRun) perDevice() bool {
+	return r.in.Maintenance != nil && r.in.Maintenance.WindowTag != ""
+}
+
+// dispatch runs the wave's dispatch activity: the whole wave, or with devices' own windows one pass over its
+// queued devices judged at the workflow's clock, which leaves how many wait and when the first of their
+// windows opens in the carried state.
+func (r *rolloutRun) dispatch(ctx workflow.Context, w int, prev int64) error {
+	r.report(ctx, rolloutDispatching)
+	summary := fmt.Sprintf("dispatch wave %d/%d (%s devices)", w+1, len(r.cutoffs), numfmt.Thousands(r.cutoffs[w]-prev))
+	req := RolloutDispatchInput{RolloutID: r.in.RolloutID, Wave: w, Cutoff: r.cutoffs[w], Firmware: r.in.Firmware}
+	if r.perDevice() {
+		req.Policy, req.At = r.in.Maintenance, workflow.Now(ctx)
+		summary = fmt.Sprintf("dispatch wave %d/%d to the devices whose maintenance window is open", w+1, len(r.cutoffs))
+	}
+	dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: 30 * time.Minute, HeartbeatTimeout: r.in.HeartbeatTimeout,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, MaximumInterval: 30 * time.Second},
+		Summary:     summary,
+	})
+	var res RolloutDispatchResult
+	if err := executeActivity(dctx, Activities.RolloutDispatch, req).Get(ctx, &res); err != nil {
+		return fmt.Errorf("dispatch wave %d of %s: %w", w+1, r.in.RolloutID, err)
+	}
+	r.st.WindowWaiting, r.st.NextOpen = res.Waiting, res.NextOpen
+	if res.OutsideWindow > 0 {
+		r.addReason(fmt.Sprintf("wave %d/%d: %s devices outside their maintenance window (it does not open before the deadline %s)",
+			w+1, len(r.cutoffs), numfmt.Thousands(res.OutsideWindow), r.in.Maintenance.Deadline.UTC().Format(time.RFC3339)))
+	}
+	return nil
+}
+
+// awaitDeviceWindows holds the wave, on a durable timer, until the first of its waiting devices' windows
+// opens; an abort ends the wait at once, and a pause holds the wave until it is resumed.
+func (r *rolloutRun) awaitDeviceWindows(ctx workflow.Context, w int) error {
+	if d := r.st.NextOpen.Sub(workflow.Now(ctx)); d > 0 {
+		// The last decision, not one of the rollout's reasons: a wave may wait for many windows.
+		r.st.Decision = fmt.Sprintf("wave %d/%d: %s devices wait for their maintenance window; the next opens %s", w+1, len(r.cutoffs),
+			numfmt.Thousands(r.st.WindowWaiting), r.st.NextOpen.UTC().Format(time.RFC3339))
+		r.report(ctx, rolloutWaitingForWindow)
+		if _, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return r.st.Abort != nil }); err != nil {
+			return err
+		}
+	}
+	if r.st.Paused && r.st.Abort == nil {
+		r.report(ctx, rolloutPaused)
+		if err := workflow.Await(ctx, func() bool { return !r.st.Paused || r.st.Abort != nil }); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // observe runs one observation activity (cancellable by an abort) and takes its counts. A nil observation
@@ -253,6 +322,13 @@ func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObser
 	req := RolloutObserveInput{RolloutID: r.in.RolloutID, JobID: job, Wave: r.st.Wave, Rollback: rollback,
 		Policy:      rollout.Policy{Version: r.in.Firmware.Version, Bake: r.in.Bake, DeviceTimeout: r.in.DeviceTimeout},
 		MaxFailures: r.in.MaxFailures, PollInterval: r.in.PollInterval, MaxWait: r.in.ObserveFor, RepushAfter: repushAfter}
+	if !rollback && r.st.WindowWaiting > 0 && !r.st.Paused {
+		// Return when the next device window opens, so that its devices are dispatched then, not up to an
+		// observation later (a paused rollout dispatches nothing: it observes at its usual pace).
+		if until := r.st.NextOpen.Sub(workflow.Now(ctx)); until < req.MaxWait {
+			req.MaxWait = max(until, r.in.PollInterval)
+		}
+	}
 	var obs RolloutObserveResult
 	err := executeActivity(octx, Activities.RolloutObserve, req).Get(ctx, &obs)
 	var canceled *temporal.CanceledError
@@ -270,7 +346,10 @@ func (r *rolloutRun) observe(ctx workflow.Context, rollback bool) (*RolloutObser
 }
 
 // rollback sends every touched device back to its previous firmware and waits until each has returned or
-// given up (DeviceTimeout). It returns false when the run must continue as new first.
+// given up (DeviceTimeout). It returns false when the run must continue as new first. It does not wait for
+// maintenance windows (docs/architecture.md, "Maintenance windows"): a touched device was disturbed inside
+// its window already, and a firmware bad enough to be rolled back does more harm than a second disturbance;
+// devices still waiting for their window were never touched and are cancelled when the rollout finishes.
 func (r *rolloutRun) rollback(ctx workflow.Context) (bool, error) {
 	if !r.st.RollingBack {
 		r.report(ctx, rolloutRollingBack)
@@ -320,6 +399,7 @@ func (r *rolloutRun) finish(ctx workflow.Context, state fleet.RolloutEnd) (Rollo
 	}
 	res.Counts, res.Failures = fin.Counts, fin.Failures
 	r.st.Counts = fin.Counts
+	r.st.WindowWaiting = 0 // the devices that waited are cancelled now
 	r.report(ctx, rolloutDone)
 	r.upsertCounts(ctx)
 	if err := workflow.UpsertTypedSearchAttributes(ctx, searchattr.State.ValueSet(string(state)),
@@ -440,6 +520,7 @@ func (r *rolloutRun) addReason(s string) {
 func (r *rolloutRun) report(ctx workflow.Context, state string) {
 	p := &r.progress
 	p.State, p.Counts, p.Decision, p.UpdatedAt = state, r.st.Counts, r.st.Decision, workflow.Now(ctx)
+	p.WindowWaiting, p.NextOpen = r.st.WindowWaiting, r.st.NextOpen
 	p.Wave = min(r.st.Wave+1, len(r.cutoffs))
 	if !r.st.Dispatched && r.st.Wave == 0 && state != rolloutRollingBack {
 		p.Wave = 0
@@ -594,6 +675,10 @@ func rolloutDetails(p RolloutProgress) string {
 		b.WriteString(fmt.Sprintf(", wave %d/%d (%s)", p.Wave, len(p.Waves), p.Waves[p.Wave-1]))
 	}
 	b.WriteString(fmt.Sprintf("\n\n%s of %s devices: %s", numfmt.Thousands(p.Counts.Touched()), numfmt.Thousands(p.Total), p.Counts))
+	if p.WindowWaiting > 0 {
+		b.WriteString(fmt.Sprintf("\n\n%s devices of the wave wait for their maintenance window; the next opens %s",
+			numfmt.Thousands(p.WindowWaiting), p.NextOpen.UTC().Format(time.RFC3339)))
+	}
 	if p.Decision != "" {
 		b.WriteString(fmt.Sprintf("\n\nlast decision: %s", p.Decision))
 	}

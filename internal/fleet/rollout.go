@@ -130,6 +130,19 @@ type RolloutDevice struct {
 	UpdatedAt   time.Time     `json:"updatedAt"`
 }
 
+// WaveDecider classifies one queued device of a wave dispatched under maintenance windows, from the values of
+// its window tags (docs/architecture.md, "Maintenance windows"): dispatch it now, record it in the wave with
+// phase (outside_window, failed) and reason, or neither — it stays queued, its window opens later.
+type WaveDecider func(deviceID string, tags map[string]string) (dispatch bool, phase rollout.Phase, reason string)
+
+// WaveChunk is one chunk of a wave dispatched under maintenance windows.
+type WaveChunk struct {
+	Pushes  []DesiredPush
+	Skipped int64 // already on the version, or no longer active
+	Last    int64 // the last rank examined: the next chunk starts after it
+	More    bool  // queued devices of the wave ranked after Last remain
+}
+
 // RolloutStore is what a rollout's activities need from the registry.
 type RolloutStore interface {
 	// CreateRollout records the rollout and claims its devices — the active devices the query selects that
@@ -142,6 +155,13 @@ type RolloutStore interface {
 	// their desired state and returns the pushes to send, how many it skipped (unknown, retired or already
 	// on the version) and whether more remain. A retry continues with the devices still queued.
 	DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw Firmware, limit int) (pushes []DesiredPush, skipped int64, more bool, err error)
+	// DispatchWaveWindowed is DispatchWave under maintenance windows: of up to limit queued devices ranked
+	// in (after, cutoff), those already on the version or no longer active are skipped, and decide classifies
+	// the others from the values of their tags named by tagNames. Devices it dispatches are written as
+	// DispatchWave writes them, devices it gives a phase are recorded in wave with their reason, and the rest
+	// stay queued. The write of a chunk is one transaction.
+	DispatchWaveWindowed(ctx context.Context, rollout string, wave int, after, cutoff int64, fw Firmware, limit int,
+		tagNames []string, decide WaveDecider) (WaveChunk, error)
 	// ObserveRollout returns the rollout's devices in phases with what they report under job.
 	ObserveRollout(ctx context.Context, rollout, job string, phases []rollout.Phase) ([]RolloutObservation, error)
 	// UpdateRolloutPhases records phase changes.

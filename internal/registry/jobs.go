@@ -433,3 +433,47 @@ func (r *Registry) WindowCounts(ctx context.Context, q, windowTag, timezoneTag s
 	}
 	return out, rows.Err()
 }
+
+// WaveWindowCount is how many devices of one wave of a planned rollout share one maintenance window (as
+// their tags spell it; empty: none).
+type WaveWindowCount struct {
+	Wave int `json:"wave"` // index from 0
+	WindowCount
+}
+
+// WaveWindowCounts groups the devices a rollout of version over q would claim by wave and by the values of
+// their window and time zone tags: what `rollout plan --window-from-tags` shows per wave. The devices are
+// ranked as CreateRollout ranks them for rolloutID (the id the next rollout of version would get), and wave
+// i holds the ranks in [cutoffs[i-1], cutoffs[i]).
+func (r *Registry) WaveWindowCounts(ctx context.Context, q, version, rolloutID string, cutoffs []int64, windowTag, timezoneTag string) ([]WaveWindowCount, error) {
+	c, err := r.compileTarget(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	args := append([]any(nil), c.Args...)
+	next := func(v any) string {
+		args = append(args, v)
+		return param(args)
+	}
+	id, v, cut, pw, pz := next(rolloutID)+"::text", next(version)+"::text", next(cutoffs)+"::bigint[]", next(windowTag), next(timezoneTag)
+	rows, err := r.pool.Query(ctx, `SELECT (SELECT count(*) FROM unnest(`+cut+`) c WHERE c <= r.rank), r.w, r.z, count(*)
+		FROM (SELECT row_number() OVER (ORDER BY md5(d.id || `+id+`), d.id) - 1 AS rank,
+			coalesce(d.tags ->> `+pw+`, '') AS w, coalesce(d.tags ->> `+pz+`, '') AS z
+			FROM devices d WHERE d.id IN (`+c.SQL+`) AND d.status = 'active' AND `+reportedVersionSQL("d")+` <> `+v+`) r
+		GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC, 2, 3`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count maintenance windows per wave: %w", err)
+	}
+	defer rows.Close()
+	var out []WaveWindowCount
+	for rows.Next() {
+		var w WaveWindowCount
+		var wave int64
+		if err := rows.Scan(&wave, &w.Window, &w.Timezone, &w.Devices); err != nil {
+			return nil, fmt.Errorf("count maintenance windows per wave: %w", err)
+		}
+		w.Wave = int(wave)
+		out = append(out, w)
+	}
+	return out, rows.Err()
+}

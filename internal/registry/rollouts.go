@@ -189,22 +189,44 @@ func firmwarePatch(job string, fw fleet.Firmware) []byte {
 // in the same transaction as their phase. It returns the pushes and whether queued
 // devices below cutoff remain. Calling it again after a crash continues where it stopped.
 func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, cutoff int64, fw fleet.Firmware, limit int) (pushes []fleet.DesiredPush, skipped int64, more bool, err error) {
-	err = pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT rd.rank, rd.device_id, d.status, `+reportedVersionSQL("d")+`
+	c, err := r.dispatchWave(ctx, rollout, wave, -1, cutoff, fw, limit, nil, nil)
+	return c.Pushes, c.Skipped, c.More, err
+}
+
+// DispatchWaveWindowed is DispatchWave under maintenance windows (fleet.RolloutStore): the chunk is the
+// queued devices ranked in (after, cutoff), and decide says, from the text of each one's tags named by
+// tagNames, whether it is dispatched, recorded in another phase, or left queued (docs/architecture.md,
+// "Maintenance windows").
+func (r *Registry) DispatchWaveWindowed(ctx context.Context, rollout string, wave int, after, cutoff int64, fw fleet.Firmware, limit int,
+	tagNames []string, decide fleet.WaveDecider) (fleet.WaveChunk, error) {
+	if tagNames == nil {
+		tagNames = []string{}
+	}
+	return r.dispatchWave(ctx, rollout, wave, after, cutoff, fw, limit, tagNames, decide)
+}
+
+func (r *Registry) dispatchWave(ctx context.Context, rollout string, wave int, after, cutoff int64, fw fleet.Firmware, limit int,
+	tagNames []string, decide fleet.WaveDecider) (fleet.WaveChunk, error) {
+	var out fleet.WaveChunk
+	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		// The window tags' text, as TargetTags reads them; '{}' when none is asked for or set.
+		rows, err := tx.Query(ctx, `SELECT rd.rank, rd.device_id, d.status, `+reportedVersionSQL("d")+`,
+			coalesce((SELECT jsonb_object_agg(k, d.tags ->> k) FROM unnest($5::text[]) k WHERE d.tags ? k), '{}')
 			FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id
-			WHERE rd.rollout_id = $1 AND rd.phase = 'queued' AND rd.rank < $2 ORDER BY rd.rank LIMIT $3 FOR UPDATE OF rd`,
-			rollout, cutoff, limit+1)
+			WHERE rd.rollout_id = $1 AND rd.phase = 'queued' AND rd.rank > $4 AND rd.rank < $2 ORDER BY rd.rank LIMIT $3 FOR UPDATE OF rd`,
+			rollout, cutoff, limit+1, after, tagNames)
 		if err != nil {
 			return fmt.Errorf("select wave %d of %s: %w", wave, rollout, err)
 		}
 		type cand struct {
 			rank              int64
 			id, status, prevV string
+			tags              map[string]string
 		}
 		var cands []cand
 		for rows.Next() {
 			var c cand
-			if err := rows.Scan(&c.rank, &c.id, &c.status, &c.prevV); err != nil {
+			if err := rows.Scan(&c.rank, &c.id, &c.status, &c.prevV, &c.tags); err != nil {
 				rows.Close()
 				return fmt.Errorf("select wave %d of %s: %w", wave, rollout, err)
 			}
@@ -214,9 +236,12 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("select wave %d of %s: %w", wave, rollout, err)
 		}
-		more = len(cands) > limit
-		if more {
+		out.More = len(cands) > limit
+		if out.More {
 			cands = cands[:limit]
+		}
+		if len(cands) > 0 {
+			out.Last = cands[len(cands)-1].rank
 		}
 		patch := firmwarePatch(rollout, fw)
 		var patches []fleet.DevicePatch
@@ -225,10 +250,18 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 			switch {
 			case c.prevV == fw.Version:
 				upd.add(c.rank, phaseSkipped, "already runs "+fw.Version, c.prevV)
-				skipped++
+				out.Skipped++
 			case c.status != statusActive:
 				upd.add(c.rank, phaseSkipped, "device is "+c.status, c.prevV)
-				skipped++
+				out.Skipped++
+			case decide != nil:
+				dispatch, phase, reason := decide(c.id, c.tags)
+				switch {
+				case dispatch:
+					patches = append(patches, fleet.DevicePatch{DeviceID: c.id, Patch: patch})
+				case phase != "":
+					upd.add(c.rank, string(phase), reason, c.prevV)
+				}
 			default:
 				patches = append(patches, fleet.DevicePatch{DeviceID: c.id, Patch: patch})
 			}
@@ -248,7 +281,7 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 				continue
 			}
 			upd.add(c.rank, phaseDispatched, "", c.prevV)
-			pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+			out.Pushes = append(out.Pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
 		}
 		if len(upd.ranks) == 0 {
 			return nil
@@ -263,9 +296,9 @@ func (r *Registry) DispatchWave(ctx context.Context, rollout string, wave int, c
 		return nil
 	})
 	if err != nil {
-		return nil, 0, false, err
+		return fleet.WaveChunk{}, err
 	}
-	return pushes, skipped, more, nil
+	return out, nil
 }
 
 // phaseRows collects column arrays for an UPDATE … FROM unnest.
@@ -466,7 +499,7 @@ func (r *Registry) StartRollback(ctx context.Context, rollout, job string, limit
 func (r *Registry) FinishRollout(ctx context.Context, id string, state fleet.RolloutEnd, result json.RawMessage) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		// A maintenance window that did not open in time is the reason the workflow gives (cancelReason).
-		reason := "the rollout ended before this wave"
+		reason := "the rollout ended before this device was dispatched"
 		var summary struct {
 			CancelReason string `json:"cancelReason"`
 		}

@@ -22,6 +22,8 @@ type Counts struct {
 	RolledBack     int64 `json:"rolledBack"`
 	RollbackFailed int64 `json:"rollbackFailed"`
 	Cancelled      int64 `json:"cancelled"`
+	// OutsideWindow: devices whose maintenance window did not open before the deadline.
+	OutsideWindow int64 `json:"outsideWindow,omitempty"`
 }
 
 // Add adds n devices (negative to move them out) to phase p. Downloading, Installing and Rebooting go to
@@ -58,6 +60,8 @@ func (c *Counts) field(p Phase) *int64 {
 		return &c.RollbackFailed
 	case Cancelled:
 		return &c.Cancelled
+	case OutsideWindow:
+		return &c.OutsideWindow
 	}
 	return nil
 }
@@ -76,7 +80,7 @@ func (c Counts) Pending() int64 {
 
 // Total is the number of devices in all phases: the rollout's target set once every device is claimed.
 func (c Counts) Total() int64 {
-	return c.Queued + c.Skipped + c.Touched() + c.Cancelled
+	return c.Queued + c.Skipped + c.Touched() + c.Cancelled + c.OutsideWindow
 }
 
 // String is a compact summary for logs and the CLI, such as "3 succeeded, 1 failed, 12 in progress". Only
@@ -98,6 +102,7 @@ func (c Counts) String() string {
 		{c.Queued, "queued"},
 		{c.Skipped, "skipped"},
 		{c.Cancelled, "cancelled"},
+		{c.OutsideWindow, "outside their window"},
 	}
 	var b strings.Builder
 	for _, p := range parts {

@@ -25,6 +25,10 @@ const (
 	RolledBack     Phase = "rolled_back"     // runs its previous version again
 	RollbackFailed Phase = "rollback_failed" // could not be returned to its previous version
 	Cancelled      Phase = "cancelled"       // never dispatched because the rollout stopped
+	// OutsideWindow: never dispatched because the device's maintenance window did not open before the
+	// rollout's deadline (docs/architecture.md, "Maintenance windows"); the reason names the window, the
+	// deadline and the next opening.
+	OutsideWindow Phase = "outside_window"
 )
 
 // Phases returns every phase in declaration order, so that tables and summaries list them in a stable
@@ -32,23 +36,23 @@ const (
 func Phases() []Phase {
 	return []Phase{
 		Queued, Skipped, Dispatched, Downloading, Installing, Rebooting, Baking,
-		Succeeded, Failed, RollingBack, RolledBack, RollbackFailed, Cancelled,
+		Succeeded, Failed, RollingBack, RolledBack, RollbackFailed, Cancelled, OutsideWindow,
 	}
 }
 
 // Terminal reports whether the forward rollout is done with the device: Skipped, Succeeded, Failed,
-// RolledBack, RollbackFailed or Cancelled. A wave is finished when all its devices are terminal (or, for
+// RolledBack, RollbackFailed, Cancelled or OutsideWindow. A wave is finished when all its devices are terminal (or, for
 // Failed ones, being rolled back).
 func (p Phase) Terminal() bool {
 	switch p {
-	case Skipped, Succeeded, Failed, RolledBack, RollbackFailed, Cancelled:
+	case Skipped, Succeeded, Failed, RolledBack, RollbackFailed, Cancelled, OutsideWindow:
 		return true
 	}
 	return false
 }
 
-// Touched reports whether the device was sent the new firmware, i.e. every phase except Queued, Skipped and
-// Cancelled. Only touched devices need a rollback, and only they count as dispatched for a percent
+// Touched reports whether the device was sent the new firmware, i.e. every phase except Queued, Skipped,
+// Cancelled and OutsideWindow. Only touched devices need a rollback, and only they count as dispatched for a percent
 // failure threshold. An unknown phase is not touched.
 func (p Phase) Touched() bool {
 	switch p {
@@ -99,7 +103,7 @@ type Decision struct {
 // Evaluate decides a device's forward-rollout phase from what it reports. now is passed in (workflow.Now in
 // the workflow) so that the decision is deterministic under replay. The rules, in order:
 //
-//  1. Terminal phases and Queued, Skipped, Cancelled and RollingBack are returned unchanged: they are
+//  1. Terminal phases and Queued, Skipped, Cancelled, OutsideWindow and RollingBack are returned unchanged: they are
 //     decided by the workflow (or by EvaluateRollback), not by what the device reports.
 //  2. The job reported failed → Failed, whatever the device runs.
 //  3. The device runs Version: unhealthy → Failed; otherwise the bake starts now if it has not; with no
@@ -112,7 +116,7 @@ type Decision struct {
 //     report Version is still Rebooting.
 func Evaluate(o Observation, p Policy, now time.Time) Decision {
 	switch o.Phase {
-	case Queued, Skipped, Cancelled, RollingBack, Succeeded, Failed, RolledBack, RollbackFailed:
+	case Queued, Skipped, Cancelled, OutsideWindow, RollingBack, Succeeded, Failed, RolledBack, RollbackFailed:
 		return Decision{Phase: o.Phase, BakeSince: o.BakeSince}
 	}
 	job := strings.ToLower(strings.TrimSpace(o.JobStatus))

@@ -226,10 +226,11 @@ func TestThresholdExceededOnlyAboveTheThreshold(t *testing.T) {
 func TestPhasePredicates(t *testing.T) {
 	require.Equal(t, []Phase{
 		"queued", "skipped", "dispatched", "downloading", "installing", "rebooting", "baking",
-		"succeeded", "failed", "rolling_back", "rolled_back", "rollback_failed", "cancelled",
+		"succeeded", "failed", "rolling_back", "rolled_back", "rollback_failed", "cancelled", "outside_window",
 	}, Phases())
-	terminal := map[Phase]bool{Skipped: true, Succeeded: true, Failed: true, RolledBack: true, RollbackFailed: true, Cancelled: true}
-	untouched := map[Phase]bool{Queued: true, Skipped: true, Cancelled: true}
+	terminal := map[Phase]bool{Skipped: true, Succeeded: true, Failed: true, RolledBack: true, RollbackFailed: true, Cancelled: true,
+		OutsideWindow: true}
+	untouched := map[Phase]bool{Queued: true, Skipped: true, Cancelled: true, OutsideWindow: true}
 	for _, p := range Phases() {
 		assert.Equal(t, terminal[p], p.Terminal(), "terminal %s", p)
 		assert.Equal(t, !untouched[p], p.Touched(), "touched %s", p)
@@ -267,6 +268,7 @@ func TestEvaluate(t *testing.T) {
 		{"queued unchanged", with(base, func(o *Observation) { o.Phase = Queued; o.JobStatus = "failed" }), pol, at(time.Hour), Decision{Phase: Queued}},
 		{"skipped unchanged", with(base, func(o *Observation) { o.Phase = Skipped; o.ReportedVersion = "2.0.0" }), pol, at(time.Hour), Decision{Phase: Skipped}},
 		{"cancelled unchanged", with(base, func(o *Observation) { o.Phase = Cancelled }), pol, at(time.Hour), Decision{Phase: Cancelled}},
+		{"outside its window unchanged", with(base, func(o *Observation) { o.Phase = OutsideWindow }), pol, at(time.Hour), Decision{Phase: OutsideWindow}},
 		{"rolling back unchanged", with(baking, func(o *Observation) { o.Phase = RollingBack; o.JobStatus = "failed" }), pol, at(time.Hour), Decision{Phase: RollingBack, BakeSince: bakeStart}},
 		{"succeeded unchanged", with(baking, func(o *Observation) { o.Phase = Succeeded; o.Health = "failing" }), pol, at(time.Hour), Decision{Phase: Succeeded, BakeSince: bakeStart}},
 		{"failed unchanged", with(baking, func(o *Observation) { o.Phase = Failed }), pol, at(time.Hour), Decision{Phase: Failed, BakeSince: bakeStart}},
@@ -423,13 +425,13 @@ func TestCounts(t *testing.T) {
 	c.Add("bogus", 1000)
 	require.Equal(t, Counts{
 		Queued: 1, Skipped: 2, Dispatched: 3, InProgress: 4 + 5 + 6, Baking: 7, Succeeded: 8, Failed: 9,
-		RollingBack: 10, RolledBack: 11, RollbackFailed: 12, Cancelled: 13,
+		RollingBack: 10, RolledBack: 11, RollbackFailed: 12, Cancelled: 13, OutsideWindow: 14,
 	}, c)
 	require.Equal(t, int64(3+15+7+8+9+10+11+12), c.Touched())
 	require.Equal(t, int64(3+15+7), c.Pending())
-	require.Equal(t, int64(13*14/2), c.Total())
+	require.Equal(t, int64(14*15/2), c.Total())
 	require.Equal(t, "8 succeeded, 9 failed, 11 rolled back, 12 rollback failed, 10 rolling back, 7 baking, "+
-		"15 in progress, 3 dispatched, 1 queued, 2 skipped, 13 cancelled", c.String())
+		"15 in progress, 3 dispatched, 1 queued, 2 skipped, 13 cancelled, 14 outside their window", c.String())
 
 	// Moving a device is a -1 and a +1.
 	c = Counts{}

@@ -136,6 +136,13 @@ func compileDoc(what string, doc []byte) (*jsonschema.Schema, error) {
 	c := jsonschema.NewCompiler()
 	c.DefaultDraft(jsonschema.Draft2020)
 	c.UseLoader(refuseLoader{})
+	// fleetflow's own formats are assertions; the standard ones stay annotations, as draft 2020-12 has them
+	// by default (formats() registers them as no-ops), so that turning the assertion on changed no
+	// existing scheme. Only "regex" cannot be overridden: a pattern that is no regular expression is refused.
+	c.AssertFormat()
+	for _, f := range formats() {
+		c.RegisterFormat(f)
+	}
 	url := "fleetflow:///" + what + ".json"
 	if err := c.AddResource(url, v); err != nil {
 		return nil, fmt.Errorf("%w: the %s schema: %v", ErrInvalidScheme, what, err)

@@ -71,6 +71,7 @@ func Contract(t *testing.T, newSubject func(t *testing.T) Subject) {
 		{"patch twins", contractPatchTwins},
 		{"acknowledgements and close", contractAcks},
 		{"rollout dispatch, observe, rollback, finish", contractRollout},
+		{"rollout dispatch under maintenance windows", contractRolloutWindows},
 		{"retire, replace, purge", contractRetire},
 		{"reported ingest", contractReported},
 		{"create jobs: idempotent, by query or ids, empty", contractCreateJob},
@@ -317,6 +318,82 @@ func contractRollout(t *testing.T, s Subject) {
 	all, err := s.Store.RolloutDevices(ctx, "ro-1", nil, 10)
 	require.NoError(t, err)
 	require.Len(t, all, 3, "no phases: every device")
+}
+
+// contractRolloutWindows: DispatchWaveWindowed walks a wave's queued devices in chunks after a rank cursor,
+// hands decide the text of the named tags, dispatches what it says, records what it gives a phase in the
+// wave, and leaves the rest queued for a later pass.
+func contractRolloutWindows(t *testing.T, s Subject) {
+	rows := []StagedRow{
+		{Line: 2, ID: "w-open", Tags: `{"maintenance":"open","zone":3}`},
+		{Line: 3, ID: "w-wait", Tags: `{"maintenance":"wait"}`},
+		{Line: 4, ID: "w-out", Tags: `{"maintenance":"out"}`},
+		{Line: 5, ID: "w-none"},
+		{Line: 6, ID: "w-later", Tags: `{"maintenance":"wait"}`},
+	}
+	s.Seed.Stage(t, "op", rows)
+	c, err := s.Store.ProvisionBatch(ctx, "op", 0, int64(len(rows)), 0)
+	require.NoError(t, err)
+	require.Equal(t, int64(len(rows)), c.Created)
+	ids := []string{"w-open", "w-wait", "w-out", "w-none", "w-later"}
+	for _, id := range ids {
+		s.Seed.Report(t, id, `{"firmware":{"version":"1.0.0"}}`)
+	}
+	fw := fleet.Firmware{Version: "2.0.0", URL: "https://fw.example/2.0.0.bin", SHA256: strings.Repeat("ab", 32)}
+	require.Equal(t, int64(5), s.Seed.CreateRollout(t, "ro-w", fw, ids...))
+
+	seen := map[string]map[string]string{}
+	opened := map[string]bool{}
+	decide := func(id string, tags map[string]string) (bool, rollout.Phase, string) {
+		seen[id] = tags
+		switch tags["maintenance"] {
+		case "out":
+			return false, rollout.OutsideWindow, "window closed until after the deadline"
+		case "wait":
+			return opened[id], "", ""
+		}
+		return true, "", ""
+	}
+	pass := func() (pushed []string) {
+		after, chunks := int64(-1), 0
+		for {
+			chunk, err := s.Store.DispatchWaveWindowed(ctx, "ro-w", 0, after, 5, fw, 2, []string{"maintenance", "zone"}, decide)
+			require.NoError(t, err)
+			chunks++
+			require.LessOrEqual(t, chunks, 5, "the cursor moves on")
+			for _, p := range chunk.Pushes {
+				pushed = append(pushed, p.DeviceID)
+			}
+			if !chunk.More {
+				return pushed
+			}
+			require.Greater(t, chunk.Last, after)
+			after = chunk.Last
+		}
+	}
+	require.ElementsMatch(t, []string{"w-open", "w-none"}, pass())
+	require.Equal(t, map[string]string{"maintenance": "open", "zone": "3"}, seen["w-open"], "tags as text, JSON for non-strings")
+	require.Empty(t, seen["w-none"])
+	require.Equal(t, map[string]int64{"0/dispatched": 2, "0/outside_window": 1, "-1/queued": 2}, phaseCounts(t, s, "ro-w"))
+	devs, err := s.Store.RolloutDevices(ctx, "ro-w", []rollout.Phase{rollout.OutsideWindow}, 10)
+	require.NoError(t, err)
+	require.Len(t, devs, 1)
+	require.Equal(t, "w-out", devs[0].DeviceID)
+	require.Equal(t, "window closed until after the deadline", devs[0].Reason)
+
+	opened["w-wait"] = true
+	clear(seen)
+	require.Equal(t, []string{"w-wait"}, pass(), "a later pass judges only the devices still queued")
+	require.ElementsMatch(t, []string{"w-wait", "w-later"}, keys(seen))
+	require.Equal(t, map[string]int64{"0/dispatched": 3, "0/outside_window": 1, "-1/queued": 1}, phaseCounts(t, s, "ro-w"))
+}
+
+func keys(m map[string]map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
 
 func phaseCounts(t *testing.T, s Subject, ro string) map[string]int64 {

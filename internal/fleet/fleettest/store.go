@@ -89,11 +89,13 @@ type PatchCall struct {
 
 // DispatchCall is one recorded DispatchWave call.
 type DispatchCall struct {
-	Rollout string
-	Wave    int
-	Cutoff  int64
-	FW      fleet.Firmware
-	Limit   int
+	Rollout  string
+	Wave     int
+	Cutoff   int64
+	FW       fleet.Firmware
+	Limit    int
+	After    int64 // DispatchWaveWindowed: the chunk starts after this rank
+	Windowed bool  // a DispatchWaveWindowed call
 }
 
 // FinishCall is one recorded FinishRollout call.
@@ -894,39 +896,77 @@ func (s *Store) DispatchWave(_ context.Context, ro string, wave int, cutoff int6
 	if err := s.err("DispatchWave"); err != nil {
 		return nil, 0, false, err
 	}
+	c, err := s.dispatchLocked(ro, wave, -1, cutoff, fw, limit, nil, nil)
+	return c.Pushes, c.Skipped, c.More, err
+}
+
+// DispatchWaveWindowed is DispatchWave under maintenance windows (see fleet.RolloutStore).
+func (s *Store) DispatchWaveWindowed(_ context.Context, ro string, wave int, after, cutoff int64, fw fleet.Firmware, limit int,
+	tagNames []string, decide fleet.WaveDecider) (fleet.WaveChunk, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	s.DispatchCalls = append(s.DispatchCalls, DispatchCall{Rollout: ro, Wave: wave, Cutoff: cutoff, FW: fw, Limit: limit, After: after, Windowed: true})
+	if err := s.err("DispatchWave"); err != nil {
+		return fleet.WaveChunk{}, err
+	}
+	return s.dispatchLocked(ro, wave, after, cutoff, fw, limit, tagNames, decide)
+}
+
+func (s *Store) dispatchLocked(ro string, wave int, after, cutoff int64, fw fleet.Firmware, limit int, tagNames []string,
+	decide fleet.WaveDecider) (fleet.WaveChunk, error) {
 	var cands []*RolloutRow
 	for _, r := range s.rows(ro) {
-		if r.Phase == rollout.Queued && r.Rank < cutoff && len(cands) <= limit {
+		if r.Phase == rollout.Queued && r.Rank > after && r.Rank < cutoff && len(cands) <= limit {
 			cands = append(cands, r)
 		}
 	}
-	more := len(cands) > limit
-	if more {
+	// s.Rows holds a rollout's rows in rank order (CreateRollout, AddRow).
+	var c fleet.WaveChunk
+	c.More = len(cands) > limit
+	if c.More {
 		cands = cands[:limit]
 	}
+	if len(cands) > 0 {
+		c.Last = cands[len(cands)-1].Rank
+	}
 	patch := FirmwarePatch(ro, fw)
-	var pushes []fleet.DesiredPush
-	var skipped int64
 	now := s.now()
 	for _, r := range cands {
 		d := s.Devices[r.DeviceID]
-		r.Wave, r.DispatchedAt = wave, now
 		switch {
 		case d == nil:
+			r.Wave, r.DispatchedAt = wave, now
 			r.Phase, r.Reason = rollout.Skipped, "device no longer exists"
-			skipped++
+			c.Skipped++
 			continue
 		case d.ReportedVersion == fw.Version:
+			r.Wave, r.DispatchedAt = wave, now
 			r.PrevVersion = d.ReportedVersion
 			r.Phase, r.Reason = rollout.Skipped, "already runs "+fw.Version
-			skipped++
+			c.Skipped++
 			continue
 		case d.Status != fleet.StatusActive:
+			r.Wave, r.DispatchedAt = wave, now
 			r.PrevVersion = d.ReportedVersion
 			r.Phase, r.Reason = rollout.Skipped, "device is "+string(d.Status)
-			skipped++
+			c.Skipped++
 			continue
 		}
+		if decide != nil {
+			tags, err := tagValues(d.Tags, tagNames)
+			if err != nil {
+				return c, err
+			}
+			dispatch, phase, reason := decide(r.DeviceID, tags)
+			if !dispatch {
+				if phase != "" {
+					r.Wave, r.PrevVersion = wave, d.ReportedVersion
+					r.Phase, r.Reason = phase, reason
+				}
+				continue
+			}
+		}
+		r.Wave, r.DispatchedAt = wave, now
 		r.PrevVersion = d.ReportedVersion
 		res := s.patchLocked(twin.Desired, []fleet.DevicePatch{{DeviceID: r.DeviceID, Patch: patch}})[0]
 		if res.Err != nil {
@@ -934,9 +974,34 @@ func (s *Store) DispatchWave(_ context.Context, ro string, wave int, cutoff int6
 			continue
 		}
 		r.Phase, r.Reason = rollout.Dispatched, ""
-		pushes = append(pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
+		c.Pushes = append(c.Pushes, fleet.DesiredPush{DeviceID: res.DeviceID, Version: res.Version, Online: res.Online, Patch: patch})
 	}
-	return pushes, skipped, more, nil
+	return c, nil
+}
+
+// tagValues is the text of the named tags of a device's tags document (TargetTags' rule for one device).
+func tagValues(doc []byte, names []string) (map[string]string, error) {
+	out := map[string]string{}
+	if len(doc) == 0 || len(names) == 0 {
+		return out, nil
+	}
+	var tags map[string]any
+	if err := json.Unmarshal(doc, &tags); err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		v, ok := tags[n]
+		if !ok {
+			continue
+		}
+		if str, isStr := v.(string); isStr {
+			out[n] = str
+		} else {
+			b, _ := json.Marshal(v)
+			out[n] = string(b)
+		}
+	}
+	return out, nil
 }
 
 // ObserveRollout returns the rollout's devices in phases with what they report under job.
@@ -1148,7 +1213,7 @@ func (s *Store) FinishRollout(_ context.Context, id string, state fleet.RolloutE
 	}
 	for _, r := range s.rows(id) {
 		if r.Phase == rollout.Queued {
-			r.Phase, r.Reason = rollout.Cancelled, "the rollout ended before this wave"
+			r.Phase, r.Reason = rollout.Cancelled, "the rollout ended before this device was dispatched"
 		}
 		r.Active = false
 	}
