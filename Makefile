@@ -31,7 +31,7 @@ help:
 	@echo "make lint     go vet + staticcheck + the import rule"
 	@echo "make bench    benchmarks (slow; not part of make test)"
 	@echo "make cluster-test  build the Temporal server (first time: many minutes) and run the kill-everything e2e on it"
-	@echo "make fuzz     every fuzz target (query, topics, payloads, manifests, twin patches, gateway ingest) FUZZTIME each (30s)"
+	@echo "make fuzz     every fuzz target (query, topics, payloads, manifests, twin patches, scheme fast path, gateway ingest) FUZZTIME each (30s)"
 	@echo "make chaos    the slow chaos tests: workers killed in each activity kind, gateways restarted, killed and frozen"
 	@echo "make soak     SOAK (10m) of 5,000 churning devices under concurrent operations; prints its invariants"
 	@echo "make clean    remove built binaries (keeps bin/temporal and bin/temporal-server, which take minutes to build)"
@@ -127,6 +127,7 @@ FUZZ_TARGETS = \
 	./internal/protocol:FuzzParseJobProgress ./internal/protocol:FuzzParseState ./internal/protocol:FuzzParseDownlink \
 	./internal/manifest:FuzzCSV ./internal/manifest:FuzzNDJSON \
 	./internal/twin:FuzzValidate ./internal/twin:FuzzApply \
+	./internal/scheme:FuzzFastPath \
 	./internal/channel:FuzzRawJSON \
 	./internal/gateway:FuzzDevicePayload
 fuzz:

@@ -67,11 +67,19 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	// The product path, end to end as an operator runs it: parse the manifest, generate secrets, stage,
 	// run the workflow, write the credentials file.
 	env := be.env()
-	if dir := os.Getenv("FLEETFLOW_BENCH_PROFILE"); dir != "" {
+	profileDir := os.Getenv("FLEETFLOW_BENCH_PROFILE")
+	var cpuBefore cpuSnapshot
+	statements := func() {}
+	if profileDir != "" {
 		// The CLI's CPU profile, and every statement Postgres runs during the product path with its
-		// duration (the worker's profile is go test's -cpuprofile: the worker runs in this process).
-		env = append(env, "FLEETFLOW_CPUPROFILE="+filepath.Join(dir, "cli.pprof"))
-		logStatements(b, ctx, reg, filepath.Join(dir, "postgres.log"))
+		// duration (the worker's profile is go test's -cpuprofile: the worker runs in this process), the
+		// statements' totals (pg_stat_statements, when preloaded) and the CPU time of every process.
+		env = append(env, "FLEETFLOW_CPUPROFILE="+filepath.Join(profileDir, "cli.pprof"))
+		logStatements(b, ctx, reg, filepath.Join(profileDir, "postgres.log"))
+		statements = statementStats(b, ctx, reg, filepath.Join(profileDir, "statements.txt"))
+		cpuBefore = snapshotCPU()
+		// Markers for a system profiler started from outside (perf record until "product-end" exists).
+		mark(b, filepath.Join(profileDir, "product-start"))
 	}
 	t0 := time.Now()
 	args := []string{"provision", "--file", manifest, "--creds-out", filepath.Join(dir, "creds.ndjson"), "-o", "json"}
@@ -79,7 +87,16 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	args = append(args, strings.Fields(os.Getenv("FLEETFLOW_BENCH_PROVISION_FLAGS"))...)
 	out := run(b, ctx, env, args...)
 	viaWorkflow := time.Since(t0)
+	if profileDir != "" {
+		mark(b, filepath.Join(profileDir, "product-end"))
+		reportCPU(b, "the product path", cpuSince(cpuBefore))
+		statements()
+	}
+	cpuRaw := snapshotCPU()
 	rawAfter := rawCopy(b, ctx, reg, rows)
+	if profileDir != "" {
+		reportCPU(b, "the raw COPY after it (with its DROP TABLE and CHECKPOINT)", cpuSince(cpuRaw))
+	}
 	raw := min(rawBefore, rawAfter)
 	b.StopTimer()
 	var sum struct {

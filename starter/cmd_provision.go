@@ -632,7 +632,11 @@ func (a *credentialsAhead) fill() error {
 				if tags == "" {
 					tags = "{}" // as staged
 				}
-				e.row.Err = registry.RowProblem(e.row.ID, tags)
+				if e.row.Plain {
+					e.row.Err = registry.IDProblem(e.row.ID) // its tags are valid by construction
+				} else {
+					e.row.Err = registry.RowProblem(e.row.ID, tags)
+				}
 				if e.row.Err == "" && a.scheme != nil {
 					e.row.Err = schemeProblem(a.memos[first], tags)
 				}

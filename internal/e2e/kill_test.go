@@ -204,15 +204,21 @@ func TestCLIKilledAtAnyPointLeavesNothingOrAWorkflowThatFinishes(t *testing.T) {
 				assert.Empty(t, e.newWorkflowsNow(ctx, before, "provision-crash-"), "no workflow was started")
 				assert.Zero(t, e.count(ctx, "SELECT count(*) FROM devices WHERE id LIKE $1", prefix+"%"), "no device")
 				op := "provision-crash-" + point + "-%"
-				require.EqualValues(t, 3, e.count(ctx, `SELECT count(*) FROM provision_rows r JOIN operations o ON o.no = r.op_no
-					WHERE o.id LIKE $1`, op), "the staged rows are there, with no workflow to read them")
+				var opID string
+				require.NoError(t, e.reg.Pool().QueryRow(ctx, "SELECT id FROM operations WHERE id LIKE $1", op).Scan(&opID))
+				left, err := e.reg.StagedLeft(ctx, opID)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, left, "the staged rows are there, with no workflow to read them")
 				// A day later the health check drops them.
-				_, err := e.reg.Pool().Exec(ctx, "UPDATE operations SET created_at = created_at - interval '25 hours' WHERE id LIKE $1", op)
+				_, err = e.reg.Pool().Exec(ctx, "UPDATE operations SET created_at = created_at - interval '25 hours' WHERE id LIKE $1", op)
 				require.NoError(t, err)
 				_, err = e.cli(ctx, "health", "run")
 				require.NoError(t, err)
-				assert.Zero(t, e.count(ctx, `SELECT count(*) FROM provision_rows r JOIN operations o ON o.no = r.op_no WHERE o.id LIKE $1`, op),
-					"the health check dropped the stale staging")
+				left, err = e.reg.StagedLeft(ctx, opID)
+				require.NoError(t, err)
+				assert.Zero(t, left, "the health check dropped the stale staging")
+				assert.Zero(t, e.count(ctx, "SELECT count(*) FROM operations WHERE id = $1 AND to_regclass(staging_table) IS NOT NULL", opID),
+					"its staging table is gone")
 				return
 			}
 			id := e.newWorkflows(ctx, before, "provision-crash-", want)[0]

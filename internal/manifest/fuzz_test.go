@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // storableText reports whether Postgres can keep s in a text column: valid UTF-8 without a NUL byte. Staging
@@ -47,6 +49,12 @@ func checkRows(t *testing.T, r Reader, input []byte) {
 		var tags map[string]any
 		if err := json.Unmarshal(row.Tags, &tags); err != nil || tags == nil {
 			t.Fatalf("row at line %d parsed with tags %q that are not a JSON object: %v", row.Line, row.Tags, err)
+		}
+		if row.Plain {
+			// The CLI then skips twin.Validate: it must have nothing to say.
+			if err := twin.Validate(twin.Tags, row.Tags); err != nil {
+				t.Fatalf("row at line %d is Plain but its tags %q are refused: %v", row.Line, row.Tags, err)
+			}
 		}
 	}
 }

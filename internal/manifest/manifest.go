@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 // Row is one manifest entry. Tags is a JSON object (the twin's initial tags); Err says why the row could not
@@ -24,6 +26,11 @@ type Row struct {
 	ID   string
 	Tags json.RawMessage
 	Err  string
+	// Plain says the reader built Tags itself as a flat object of printable ASCII keys and values that need
+	// no escaping, within every limit of a twin's tags (docs/architecture.md, "Data limits"): a document
+	// twin.Validate accepts, which need not be parsed again to know it (a million rows would pay ~0.5 µs
+	// each). Only the CSV reader sets it.
+	Plain bool
 }
 
 // Reader yields manifest rows one at a time, so a million-row manifest streams without being held in memory.
@@ -97,6 +104,9 @@ type csvReader struct {
 	// kinds[i] is how column i's cells are written into the tags object: as JSON strings unless a metadata
 	// scheme types the tag (TypeColumns).
 	kinds []CellKind
+	// plainKey[i]: column i's name is a key a Plain row may have (plainText, not starting with '$', within
+	// twin.MaxKeyBytes).
+	plainKey []bool
 }
 
 // CellKind is the JSON type a CSV column's cells are written as.
@@ -175,6 +185,10 @@ func newCSV(r io.Reader) (*csvReader, error) {
 	if c.idCol < 0 {
 		return nil, fmt.Errorf("manifest header has no id column (found: %s)", strings.Join(header, ", "))
 	}
+	c.plainKey = make([]bool, len(header))
+	for i, h := range header {
+		c.plainKey[i] = plainText(h) && h[0] != '$' && len(h) <= twin.MaxKeyBytes
+	}
 	return c, nil
 }
 
@@ -209,6 +223,7 @@ func (c *csvReader) Next() (Row, error) {
 		// json.Marshal cost more than the rest of parsing.
 		buf := make([]byte, 0, 16*len(rec))
 		buf = append(buf, '{')
+		plain := true
 		for i, v := range rec {
 			if i == c.idCol {
 				row.ID = strings.TrimSpace(v)
@@ -228,10 +243,13 @@ func (c *csvReader) Next() (Row, error) {
 					buf = append(buf, t...)
 				} else {
 					buf = appendJSONString(buf, v)
+					plain = plain && len(v) <= twin.MaxStringBytes && plainText(v)
 				}
+				plain = plain && c.plainKey[i]
 			}
 		}
 		row.Tags = append(buf, '}')
+		row.Plain = plain && len(row.Tags) <= twin.MaxTagsBytes
 		if row.ID == "" {
 			row.Err = "missing id"
 		}
@@ -267,6 +285,17 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// plainText reports whether s is non-empty printable ASCII that a JSON string holds as it is (no quote, no
+// backslash): the text of a Plain row's keys and values.
+func plainText(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return s != ""
+}
+
 // storable marks a row Postgres could not stage as text (invalid UTF-8 or a NUL byte) as invalid, keeping a
 // printable id for the report, so one bad row cannot fail the whole manifest's COPY.
 func storable(r Row) Row {
@@ -276,7 +305,7 @@ func storable(r Row) Row {
 		return r
 	}
 	r.ID = printable(r.ID)
-	r.Tags = json.RawMessage("{}")
+	r.Tags, r.Plain = json.RawMessage("{}"), false
 	if r.Err == "" {
 		r.Err = "not valid UTF-8 (or contains a NUL byte)"
 	}

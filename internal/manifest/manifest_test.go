@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
 func readAll(t *testing.T, r Reader) []Row {
@@ -32,13 +34,50 @@ func TestCSVRowsBecomeIDsAndTagsAndBadRowsCarryTheirLine(t *testing.T) {
 	require.NoError(t, err)
 	rows := readAll(t, r)
 	require.Len(t, rows, 4)
-	require.Equal(t, Row{Line: 2, ID: "dev-1", Tags: []byte(`{"region":"eu","site":"ber-1"}`)}, rows[0])
-	require.Equal(t, Row{Line: 3, ID: "dev-2", Tags: []byte(`{"region":"us"}`)}, rows[1], "empty cells are not tags")
+	require.Equal(t, Row{Line: 2, ID: "dev-1", Tags: []byte(`{"region":"eu","site":"ber-1"}`), Plain: true}, rows[0])
+	require.Equal(t, Row{Line: 3, ID: "dev-2", Tags: []byte(`{"region":"us"}`), Plain: true}, rows[1], "empty cells are not tags")
 	require.Equal(t, int64(5), rows[2].Line)
 	require.Equal(t, "dev-3", rows[2].ID)
 	require.Contains(t, rows[2].Err, "expected 3 fields")
 	require.Equal(t, int64(6), rows[3].Line)
 	require.Contains(t, rows[3].Err, "malformed CSV")
+}
+
+// TestCSVPlainRows checks which rows the reader vouches for (Row.Plain: the CLI then skips twin.Validate):
+// exactly those whose keys and values are printable ASCII needing no escape, within the twin's limits.
+func TestCSVPlainRows(t *testing.T) {
+	long := strings.Repeat("x", twin.MaxStringBytes)
+	for _, c := range []struct {
+		header, row string
+		plain       bool
+	}{
+		{"id,region,floor", "d,eu,3", true},
+		{"id,region", "d,", true}, // {}
+		{"id,region", "d,\"e\"\"u\"", false},
+		{"id,region", "d,e\\u", false},
+		{"id,region", "d,grüße", false},
+		{"id,$region", "d,eu", false},
+		{"id,région", "d,eu", false},
+		{"id,region", "d," + long, true},
+		{"id,region", "d," + long + "x", false},
+		{"id,a,b,c", "d," + long + "," + long + ",x", false}, // over twin.MaxTagsBytes in all
+		{"id,a,b", "d,x,y,z", false},                         // the wrong number of fields: no tags at all
+	} {
+		r, err := NewReader(strings.NewReader(c.header+"\n"+c.row+"\n"), CSV)
+		require.NoError(t, err)
+		rows := readAll(t, r)
+		require.Len(t, rows, 1)
+		require.Equal(t, c.plain, rows[0].Plain, "%s / %.40s", c.header, c.row)
+		if rows[0].Plain {
+			require.NoError(t, twin.Validate(twin.Tags, rows[0].Tags))
+		}
+	}
+	// Typed cells are written as numbers and booleans, plain as well.
+	r, err := NewReader(strings.NewReader("id,floor,on\nd,7,true\n"), CSV)
+	require.NoError(t, err)
+	TypeColumns(r, func(col string) CellKind { return map[string]CellKind{"floor": CellInteger, "on": CellBoolean}[col] })
+	rows := readAll(t, r)
+	require.Equal(t, Row{Line: 2, ID: "d", Tags: []byte(`{"floor":7,"on":true}`), Plain: true}, rows[0])
 }
 
 func TestCSVHeaderProblemsAreErrors(t *testing.T) {

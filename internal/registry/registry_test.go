@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -33,8 +34,15 @@ func open(t *testing.T) *registry.Registry {
 
 func stage(t *testing.T, reg *registry.Registry, op string, rows []registry.StagedRow) int64 {
 	t.Helper()
+	return stageAs(t, reg, op, rows, false)
+}
+
+// stageAs stages rows under op in one transaction into provision_rows (StageRows), or in chunks of 3 into
+// the operation's own staging table (StageChunks).
+func stageAs(t *testing.T, reg *registry.Registry, op string, rows []registry.StagedRow, chunked bool) int64 {
+	t.Helper()
 	i := 0
-	n, err := reg.StageRows(context.Background(), op, "provision", func() (registry.StagedRow, bool, error) {
+	next := func() (registry.StagedRow, bool, error) {
 		if i == len(rows) {
 			return registry.StagedRow{}, false, nil
 		}
@@ -51,7 +59,14 @@ func stage(t *testing.T, reg *registry.Registry, op string, rows []registry.Stag
 		}
 		i++
 		return r, true, nil
-	})
+	}
+	var n int64
+	var err error
+	if chunked {
+		n, err = reg.StageChunks(context.Background(), op, "provision", 3, next, registry.StageHooks{})
+	} else {
+		n, err = reg.StageRows(context.Background(), op, "provision", next)
+	}
 	require.NoError(t, err)
 	return n
 }
@@ -66,8 +81,17 @@ func TestMigrationsAreIdempotent(t *testing.T) {
 }
 
 func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) { testProvisionBatchReportsEveryRow(t, chunked) })
+	}
+}
+
+func testProvisionBatchReportsEveryRow(t *testing.T, chunked bool) {
 	ctx := context.Background()
 	reg := open(t)
+	stage := func(t *testing.T, reg *registry.Registry, op string, rows []registry.StagedRow) int64 {
+		return stageAs(t, reg, op, rows, chunked)
+	}
 	// A device that exists before the manifest runs keeps its credentials.
 	stage(t, reg, "pre", []registry.StagedRow{{ID: "dev-existing", Tags: `{"region":"us"}`}})
 	_, err := reg.ProvisionBatch(ctx, "pre", 0, 1, 0)
@@ -140,6 +164,47 @@ func TestProvisionBatchReportsEveryRowAndIsIdempotent(t *testing.T) {
 	_, err = reg.OperationRows(ctx, "nope")
 	require.ErrorIs(t, err, fleet.ErrOperationNotStaged)
 	require.NoError(t, reg.DropStaging(ctx, "op"))
+	left, err := reg.StagedLeft(ctx, "op")
+	require.NoError(t, err)
+	require.Zero(t, left)
+}
+
+// The devices a batch creates carry the operation's name and, when asked, their credentials' expiry; the
+// devices that existed keep theirs. Both kinds of staging.
+func TestProvisionBatchSetsProvisionedByAndExpiry(t *testing.T) {
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
+			ctx := context.Background()
+			reg := open(t)
+			stageAs(t, reg, "pre", []registry.StagedRow{{ID: "old-1"}}, chunked)
+			_, err := reg.ProvisionBatch(ctx, "pre", 0, 1, 0)
+			require.NoError(t, err)
+			stageAs(t, reg, "op", []registry.StagedRow{{ID: "new-1", Tags: `{"a":"x\\ty"}`}, {ID: "old-1"},
+				{ID: "new-2", CertFingerprint: creds.Digest("cert"), SecretHash: nil}, {ID: "new-3"}}, chunked)
+			c, err := reg.ProvisionBatch(ctx, "op", 0, 4, 30*24*time.Hour)
+			require.NoError(t, err)
+			require.Equal(t, fleet.ProvisionCounts{Created: 3, Existing: 1}, c)
+			rows, err := reg.Pool().Query(ctx, `SELECT id, coalesce(provisioned_by, ''), credential_expires_at IS NOT NULL,
+				secret1_hash IS NOT NULL, cert_fingerprint IS NOT NULL, tags::text FROM devices ORDER BY id`)
+			require.NoError(t, err)
+			type dev struct {
+				ID, By                string
+				Expires, Secret, Cert bool
+				Tags                  string
+			}
+			got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[dev])
+			require.NoError(t, err)
+			require.Equal(t, []dev{
+				{"new-1", "op", true, true, false, `{"a": "x\\ty"}`},
+				{"new-2", "op", true, false, true, `{}`},
+				{"new-3", "op", true, true, false, `{}`},
+				{"old-1", "pre", false, true, false, `{}`},
+			}, got)
+			a, err := reg.DeviceAuth(ctx, "new-1")
+			require.NoError(t, err)
+			require.True(t, creds.Matches("secret-new-1", a.Secret1Hash), "the staged digest, byte for byte")
+		})
+	}
 }
 
 func provision(t *testing.T, reg *registry.Registry, op string, ids ...string) {
@@ -468,13 +533,19 @@ func TestUnvalidatedStagedRowsAreStillRefused(t *testing.T) {
 }
 
 func TestBatchWithoutConflictsRecordsStagedParseErrors(t *testing.T) {
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) { testBatchRecordsStagedParseErrors(t, chunked) })
+	}
+}
+
+func testBatchRecordsStagedParseErrors(t *testing.T, chunked bool) {
 	ctx := context.Background()
 	reg := open(t)
-	stage(t, reg, "op", []registry.StagedRow{
+	stageAs(t, reg, "op", []registry.StagedRow{
 		{ID: "a-1", Tags: `{"r":"eu"}`},
 		{ID: "Bad", ParseError: "invalid device id \"Bad\""},
 		{ID: "a-2"},
-	})
+	}, chunked)
 	c, err := reg.ProvisionBatch(ctx, "op", 0, 3, 0)
 	require.NoError(t, err)
 	require.Equal(t, fleet.ProvisionCounts{Created: 2, Invalid: 1}, c)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 )
@@ -35,7 +36,8 @@ type StageHooks struct {
 }
 
 // StageChunks stages rows under op like StageRows, but in chunks of up to chunk rows that each commit on their
-// own, so that the workflow can provision the first chunks while the next are staged. The operation is
+// own, so that the workflow can provision the first chunks while the next are staged, and into the
+// operation's own staging table, created with the first chunk and dropped whole by DropStaging. The operation is
 // recorded with the first chunk as 'open', its row count (the staged-rows cursor the workflow follows, see
 // StagedRows) grows with every commit, and the last chunk marks it 'done' in its own transaction; a manifest
 // that fits in one chunk is staged exactly as StageRows stages it. While it runs, a heartbeat refreshes the
@@ -47,9 +49,11 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 		return 0, errors.New("stage: the chunk size must be positive")
 	}
 	var no, staged int64
+	var table pgx.Identifier
 	var held *StagedRow // the row read to see whether the source has more, copied with the next chunk
 	stopBeat := func() {}
 	defer func() { stopBeat() }()
+	values := make([]any, len(ownStagedColumns)) // pgx encodes each row before it asks for the next
 	for first := true; ; first = false {
 		done := false
 		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
@@ -57,6 +61,10 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 				if err := tx.QueryRow(ctx, `INSERT INTO operations (id, kind, staging, staged_at) VALUES ($1, $2, $3, now())
 					RETURNING no`, op, kind, stagingOpen).Scan(&no); err != nil {
 					return fmt.Errorf("record operation: %w", err)
+				}
+				var err error
+				if table, err = createStagingTable(ctx, tx, no); err != nil {
+					return err
 				}
 			}
 			var iterErr error
@@ -92,11 +100,16 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 					}
 				}
 				n++
-				return stagedValues(no, row), nil
+				ownStagedValues(values, row)
+				return values, nil
 			})
-			copied, err := tx.CopyFrom(ctx, pgx.Identifier{"provision_rows"}, stagedColumns, src)
+			copied, err := tx.CopyFrom(ctx, table, ownStagedColumns, src)
 			if iterErr != nil {
 				return iterErr
+			}
+			if isUndefinedTable(err) {
+				// The workflow has ended and dropped the staging (it failed, or found the staging stalled).
+				return fmt.Errorf("after %d rows: %w", staged, fleet.ErrStagingClosed)
 			}
 			if err != nil {
 				return fmt.Errorf("copy manifest rows: %w", err)
@@ -202,6 +215,18 @@ func (r *Registry) StagedRows(ctx context.Context, op string, stall time.Duratio
 	return s, nil
 }
 
+// ownStagedValues fills values with row as a row of an operation's own staging table, validated as
+// stagedValues validates it.
+func ownStagedValues(values []any, row StagedRow) {
+	row.ParseError = stagedProblem(row)
+	var perr any
+	if row.ParseError != "" {
+		perr = row.ParseError
+	}
+	values[0], values[1], values[2], values[3], values[4], values[5], values[6] =
+		row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, perr
+}
+
 // stagedColumns are the provision_rows columns stagedValues fills, in its order.
 var stagedColumns = []string{"op_no", "seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "parse_error"}
 
@@ -209,14 +234,114 @@ var stagedColumns = []string{"op_no", "seq", "line", "id", "tags", "secret_hash"
 // that every staged row without parse_error is a valid device whichever caller staged it: batches rely
 // on that to insert without looking at rows.
 func stagedValues(no int64, row StagedRow) []any {
-	if row.ParseError == "" && !row.Checked {
-		row.ParseError = validateRow(row)
-	} else if row.ParseError == "" {
-		row.ParseError = credentialProblem(row)
-	}
+	row.ParseError = stagedProblem(row)
 	var perr any
 	if row.ParseError != "" {
 		perr = row.ParseError
 	}
 	return []any{no, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, perr}
+}
+
+// stagedProblem is why a row to be staged cannot become a device, or "": what the caller found, else the
+// registry's own check (only the credential's when the caller ran RowProblem already).
+func stagedProblem(row StagedRow) string {
+	switch {
+	case row.ParseError != "":
+		return row.ParseError
+	case row.Checked:
+		return credentialProblem(row)
+	}
+	return validateRow(row)
+}
+
+// stagingTablePrefix starts the name of an operation's own staging table (migration 017).
+const stagingTablePrefix = "provision_rows_"
+
+// ownStagedColumns are the columns of an operation's own staging table that ownStagedValues fills, in its
+// order: provision_rows' without op_no, which the table's name says.
+var ownStagedColumns = []string{"seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "parse_error"}
+
+// createStagingTable creates operation no's own staging table in tx and records its name. Unlogged like
+// provision_rows (a crash empties it, which the batches detect), without autovacuum: it is only ever
+// appended to, read by ranges of seq through its primary key, and dropped whole, so vacuuming or
+// analyzing it would be work for nothing.
+func createStagingTable(ctx context.Context, tx pgx.Tx, no int64) (pgx.Identifier, error) {
+	name := fmt.Sprintf("%s%d", stagingTablePrefix, no)
+	table := pgx.Identifier{name}
+	_, err := tx.Exec(ctx, `CREATE UNLOGGED TABLE `+table.Sanitize()+` (
+		seq              bigint PRIMARY KEY,
+		line             bigint NOT NULL,
+		id               text   NOT NULL,
+		tags             text   NOT NULL,
+		secret_hash      bytea,
+		cert_fingerprint bytea,
+		parse_error      text
+	) WITH (autovacuum_enabled = false)`)
+	if err == nil {
+		_, err = tx.Exec(ctx, "UPDATE operations SET staging_table = $2 WHERE no = $1", no, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create staging table: %w", err)
+	}
+	return table, nil
+}
+
+// staging is where an operation's staged rows are: its own table, or the shared provision_rows.
+type staging struct {
+	no    int64
+	table string // the sanitized name of its own table; "" for provision_rows
+}
+
+// stagingOf looks up where op's rows are staged; an operation that was never staged is
+// fleet.ErrOperationNotStaged.
+func stagingOf(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, op string) (staging, error) {
+	var s staging
+	var name *string
+	err := q.QueryRow(ctx, "SELECT no, staging_table FROM operations WHERE id = $1", op).Scan(&s.no, &name)
+	if isNoRows(err) {
+		return s, fmt.Errorf("%s: %w", op, fleet.ErrOperationNotStaged)
+	}
+	if err != nil {
+		return s, fmt.Errorf("load operation %s: %w", op, err)
+	}
+	if name != nil {
+		s.table = pgx.Identifier{*name}.Sanitize()
+	}
+	return s, nil
+}
+
+// stagedRange is the SQL that selects a range of an operation's staged rows, with its arguments; more
+// arguments are numbered after them with arg.
+type stagedRange struct {
+	from string // the table, for FROM
+	cond string // the condition, for WHERE
+	args []any
+}
+
+// rows selects the staged rows with seq in [first, last), or all of them when last is negative.
+func (s staging) rows(first, last int64) *stagedRange {
+	r := &stagedRange{from: s.table, cond: "true"}
+	if s.table == "" {
+		r.from = "provision_rows"
+		r.cond = "op_no = " + r.arg(s.no)
+	}
+	if last >= 0 {
+		r.cond += " AND seq >= " + r.arg(first) + " AND seq < " + r.arg(last)
+	}
+	return r
+}
+
+// arg adds an argument and returns its placeholder.
+func (r *stagedRange) arg(v any) string {
+	r.args = append(r.args, v)
+	return fmt.Sprintf("$%d", len(r.args))
+}
+
+// isUndefinedTable reports whether err is Postgres' "relation does not exist": an operation's own staging
+// table that was dropped (its workflow ended, or the stale staging was swept).
+func isUndefinedTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
 }

@@ -120,3 +120,61 @@ func TestStalledStagingIsClosedAndItsNextChunkRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(2), rows, "the refused chunk was rolled back")
 }
+
+// A manifest staged in chunks has its own staging table (migration 017): batches read it, nothing deletes
+// from it, and it is dropped whole when the workflow ends; a chunk the CLI still copies after that is
+// refused, and a batch that would read it is told the rows are gone.
+func TestOwnStagingTableIsDroppedWhole(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	tables := func() int {
+		var n int
+		require.NoError(t, reg.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE tablename LIKE 'provision\_rows\_%'`).Scan(&n))
+		return n
+	}
+	n, err := reg.StageChunks(ctx, "op-own", "provision", 4, rowsOf(10, 0, nil), registry.StageHooks{
+		Committed: func(rows int64, done bool) error {
+			left, err := reg.StagedLeft(ctx, "op-own")
+			require.NoError(t, err)
+			require.Equal(t, rows, left)
+			if rows == 4 {
+				c, err := reg.ProvisionBatch(ctx, "op-own", 0, 4, 0)
+				require.NoError(t, err)
+				require.Equal(t, int64(4), c.Created)
+				left, err := reg.StagedLeft(ctx, "op-own")
+				require.NoError(t, err)
+				require.Equal(t, int64(4), left, "a batch deletes nothing from its operation's own table")
+			}
+			if rows == 8 {
+				// The workflow failed and dropped the staging while the CLI still stages.
+				require.NoError(t, reg.DropStaging(ctx, "op-own"))
+			}
+			return nil
+		}})
+	require.ErrorIs(t, err, fleet.ErrStagingClosed)
+	require.Equal(t, int64(8), n)
+	require.Zero(t, tables(), "dropped")
+	left, err := reg.StagedLeft(ctx, "op-own")
+	require.NoError(t, err)
+	require.Zero(t, left)
+	_, err = reg.ProvisionBatch(ctx, "op-own", 4, 8, 0)
+	require.ErrorIs(t, err, fleet.ErrStagingLost)
+	require.NoError(t, reg.DropStaging(ctx, "op-own"), "idempotent")
+	c, err := reg.ProvisionBatch(ctx, "op-own", 0, 4, 0)
+	require.NoError(t, err, "a committed batch's retry still finds its counts")
+	require.Equal(t, int64(4), c.Created)
+
+	// A CLI killed before it started its workflow leaves its table to the stale-staging sweep.
+	_, err = reg.StageChunks(ctx, "op-killed", "provision", 4, rowsOf(6, 0, nil), registry.StageHooks{})
+	require.NoError(t, err)
+	require.Equal(t, 1, tables())
+	dropped, err := reg.DropStaleStaging(ctx, time.Hour)
+	require.NoError(t, err)
+	require.Zero(t, dropped, "not stale yet")
+	_, err = reg.Pool().Exec(ctx, "UPDATE operations SET created_at = now() - interval '2 hours' WHERE id = 'op-killed'")
+	require.NoError(t, err)
+	dropped, err = reg.DropStaleStaging(ctx, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, int64(6), dropped)
+	require.Zero(t, tables())
+}

@@ -69,6 +69,7 @@ func (e *Error) Is(target error) bool { return target == ErrViolation }
 type Scheme struct {
 	Version  int64
 	tags     *jsonschema.Schema
+	fast     *flat // the tags part's fast path; nil when the scheme is not flat
 	reported *jsonschema.Schema
 	paths    map[string]PathInfo
 	open     []string // paths under which any key is declared (additionalProperties or patternProperties schemas)
@@ -93,6 +94,7 @@ func Compile(version int64, tags, reported []byte) (*Scheme, error) {
 		return nil, err
 	}
 	s.walk("tags", s.tags, 0, map[*jsonschema.Schema]bool{})
+	s.fast = compileFlat(s.tags)
 	if len(bytes.TrimSpace(reported)) > 0 && !bytes.Equal(bytes.TrimSpace(reported), []byte("null")) {
 		if s.reported, err = compileDoc("reported", reported); err != nil {
 			return nil, err
@@ -304,10 +306,18 @@ func Levenshtein(a, b string) int {
 	return prev[len(rb)]
 }
 
-// ValidateTags checks a whole tags document; nil means it satisfies the scheme.
+// ValidateTags checks a whole tags document; nil means it satisfies the scheme. A flat scheme accepts the
+// ordinary documents on their bytes (flat); the others, and every refusal, go through the full validator.
 func (s *Scheme) ValidateTags(doc []byte) error {
+	if s.fast != nil && s.fast.valid(doc) {
+		return nil
+	}
 	return validateDoc("tags", s.tags, doc)
 }
+
+// Flat reports whether the tags part has a fast path (flat): what the fleet's tags are checked with when
+// most documents differ.
+func (s *Scheme) Flat() bool { return s.fast != nil }
 
 // ValidateReported checks a whole reported document; nil when it satisfies the scheme or the scheme has no
 // reported part.
@@ -442,8 +452,11 @@ func Canonical(doc []byte) ([]byte, error) {
 
 // Memo validates tag documents against a scheme and remembers the verdicts of the documents it has seen,
 // up to a bound: a manifest repeats the same few tag documents (a site's devices share region, site and
-// model), and validating a document costs about 4 µs, which a million rows would otherwise pay in full.
-// It is not safe for concurrent use: give each goroutine its own.
+// model), and validating a document costs about 4 µs with the full validator, which a million rows would
+// otherwise pay in full. A hit costs about 20 ns, less than the fast path of a flat scheme, so the memo is
+// asked first; with a fast path a full memo keeps what it holds and the fast path takes the documents it
+// does not (a manifest whose every row differs would otherwise pay for a map that never hits), without one
+// it forgets everything and starts again. It is not safe for concurrent use: give each goroutine its own.
 type Memo struct {
 	s   *Scheme
 	m   map[string]error
@@ -462,6 +475,9 @@ func (m *Memo) ValidateTags(doc []byte) error {
 	}
 	err := m.s.ValidateTags(doc)
 	if len(m.m) >= m.max {
+		if m.s.fast != nil {
+			return err
+		}
 		clear(m.m)
 	}
 	m.m[string(doc)] = err
