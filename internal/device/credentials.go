@@ -56,11 +56,12 @@ func other(slot int) int { return 3 - slot }
 
 // credState is the device's credentials and the slot of the CONNECT being attempted.
 type credState struct {
-	mu       sync.Mutex
-	c        Credentials
-	trying   int // the slot of the CONNECT in progress (or of the current connection)
-	attempts int // reconnect attempts since the last successful CONNECT
-	conn     net.Conn
+	mu     sync.Mutex
+	c      Credentials
+	trying int // the slot of the CONNECT in progress (or of the current connection)
+	// authRefused: the last CONNECT was refused as not authorized, so the next one tries the other slot.
+	authRefused bool
+	conn        net.Conn
 	// dropAfterReply asks callMethod to drop the connection once the rotation's answer is sent, so that the
 	// device reconnects with its new secret.
 	dropAfterReply bool
@@ -113,25 +114,35 @@ func (d *Device) fallBack() bool {
 	return false
 }
 
-// nextReconnect picks the slot of a reconnect attempt: the preferred slot first, then alternately the
-// other, so that a device whose new secret was replaced by a retried rotation step (or never reached the
-// registry) comes back with the one that still works.
+// nextReconnect picks the slot of a reconnect attempt: the preferred slot, or the other one after a CONNECT
+// refused as not authorized, so that a device whose new credential was replaced by a retried rotation step
+// (or never reached the registry) comes back with the one that still works. Any other failure (a busy
+// gateway, a lost connection) keeps the preferred slot: falling back then would connect with the old
+// credential, which the rotation leaves valid until the new one is confirmed, and the device would keep
+// presenting it (docs/architecture.md, "Credential rotation").
 func (d *Device) nextReconnect() {
 	d.creds.mu.Lock()
 	defer d.creds.mu.Unlock()
 	slot := d.creds.c.Slot
-	if d.creds.attempts%2 == 1 && d.creds.c.has(other(slot)) {
-		slot = other(slot)
+	if d.creds.authRefused && d.creds.c.has(other(d.creds.trying)) {
+		slot = other(d.creds.trying)
 	}
+	d.creds.authRefused = false
 	d.creds.trying = slot
-	d.creds.attempts++
+}
+
+// refusedAuth notes a CONNECT refused as not authorized (paho's connection notification).
+func (d *Device) refusedAuth() {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	d.creds.authRefused = true
 }
 
 // connected notes a successful CONNECT: the slot that worked becomes the preferred one.
 func (d *Device) connected() {
 	d.creds.mu.Lock()
 	defer d.creds.mu.Unlock()
-	d.creds.attempts = 0
+	d.creds.authRefused = false
 	d.creds.c.Slot = d.creds.trying
 }
 
