@@ -28,6 +28,9 @@ const (
 	// RotateMissed: the device did not connect with its new secret before the grace ended. Both slots are
 	// kept, so whichever secret it holds still works.
 	RotateMissed = "did not connect with the new secret before the grace ended; its old secret still works"
+	// RotateMissedCertificate is RotateMissed for a certificate renewal (docs/architecture.md, "Certificate
+	// renewal"): both certificate slots are kept.
+	RotateMissedCertificate = "did not connect with the new certificate before the grace ended; its old certificate still works"
 )
 
 // RotationWrite is one target of a rotation batch with the digest of the new secret the activity generated

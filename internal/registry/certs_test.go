@@ -176,6 +176,19 @@ func TestCertificateRenewalSlots(t *testing.T) {
 	require.Equal(t, []registry.CertificateSlots{{DeviceID: "r-1", State: fleet.JobSucceeded, Slot2: hex.EncodeToString(fingerprint("r-1 renewed")),
 		Slot2NotAfter: d.Cert2NotAfter, InUse: 2}}, certs)
 
+	// A renewal the device never confirms is reported as such when the job closes.
+	_, err = reg.CreateJobForIDs(ctx, fleet.NewJob{ID: "rot-2", Kind: fleet.JobRotate, Query: "ids", Spec: []byte(`{}`)}, []string{"r-1"})
+	require.NoError(t, err)
+	_, err = reg.StageRotation(ctx, "rot-2", []fleet.RotationWrite{
+		{Target: fleet.JobTarget{Seq: 0, DeviceID: "r-1", State: fleet.JobPending}, Digest: fingerprint("r-1 third"), Cert: true, NotAfter: end}})
+	require.NoError(t, err)
+	require.NoError(t, reg.FinishRotationSends(ctx, "rot-2", []fleet.JobOutcome{{Seq: 0, State: fleet.JobRunning}}, nil))
+	require.NoError(t, reg.CloseJob(ctx, "rot-2", fleet.JobCompletedWithFailures))
+	devs, err = reg.JobDevices(ctx, "rot-2", nil, 10)
+	require.NoError(t, err)
+	require.Len(t, devs, 1)
+	require.Equal(t, fleet.RotateMissedCertificate, devs[0].Error)
+
 	_, err = reg.RetireDevices(ctx, "retire-r", []string{"r-1"}, "test")
 	require.NoError(t, err)
 	a, err = reg.DeviceAuth(ctx, "r-1")
