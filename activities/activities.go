@@ -31,6 +31,9 @@ type Activities struct {
 	Scheme fleet.SchemeStore
 	Enroll fleet.EnrollStore
 	Rotate fleet.RotateStore
+	// CA signs certificate renewals with the fleet CA (docs/architecture.md, "Certificate renewal"); nil:
+	// certificate devices in a rotation are reported as not renewed.
+	CA fleet.CertificateSigner
 	// Channel reaches devices; nil when the worker has no broker configured, in which case desired changes
 	// still land in the registry (devices read them on reconnect) and method jobs fail.
 	Channel fleet.Channel
@@ -46,6 +49,7 @@ type Activities struct {
 const (
 	FaultTargetsLoaded = "targets-loaded" // the batch's unfinished targets are read
 	FaultLostClosed    = "lost-closed"    // targets an earlier attempt dispatched are closed
+	FaultRequested     = "requested"      // certificate requests answered and signed, nothing staged yet
 	FaultClaimed       = "claimed"        // targets are recorded as dispatched, nothing sent yet
 	FaultInvoked       = "invoked"        // the method or factory reset was sent, its outcomes not recorded
 	FaultInTransaction = "in-transaction" // inside the batch transaction, after its writes (rolls them back)

@@ -41,6 +41,10 @@ type rotateWorld struct {
 	// certificate and no secret), ambiguous (both slots in use, never connected since).
 	turn func(t *testing.T, id, kind string)
 	fake *fleettest.Store // nil for the registry
+	// addCert creates certificate devices (no secret) with fingerprint certFP(id) in certificate slot 1,
+	// connected with it; certSlots returns a device's certificate slots and the digest of its newest session.
+	addCert   func(t *testing.T, ids ...string)
+	certSlots func(t *testing.T, id string) (c1, c2, auth []byte)
 }
 
 func fakeRotateWorld() rotateWorld {
@@ -65,6 +69,17 @@ func fakeRotateWorld() rotateWorld {
 			f.Devices[id].AuthDigest = digest
 		},
 		job: func(t *testing.T, job string, ids ...string) { seed.CreateJob(t, job, fleet.JobRotate, ids...) },
+		addCert: func(_ *testing.T, ids ...string) {
+			for _, id := range ids {
+				f.AddDevice(id, fleettest.Device{Online: true, CertFingerprint: certFP(id), AuthDigest: certFP(id)})
+			}
+		},
+		certSlots: func(_ *testing.T, id string) ([]byte, []byte, []byte) {
+			f.Mu.Lock()
+			defer f.Mu.Unlock()
+			d := f.Devices[id]
+			return d.CertFingerprint, d.Cert2Fingerprint, d.AuthDigest
+		},
 		turn: func(t *testing.T, id, kind string) {
 			f.Mu.Lock()
 			defer f.Mu.Unlock()
@@ -124,6 +139,29 @@ func registryRotateWorld(t *testing.T) rotateWorld {
 			return s1, s2, auth
 		},
 		connected: connected,
+		addCert: func(t *testing.T, ids ...string) {
+			op := fmt.Sprintf("op-%d", time.Now().UnixNano())
+			i := 0
+			_, err := reg.StageRows(ctx, op, "provision", func() (registry.StagedRow, bool, error) {
+				if i == len(ids) {
+					return registry.StagedRow{}, false, nil
+				}
+				r := registry.StagedRow{Seq: int64(i), Line: int64(i + 2), ID: ids[i], Tags: "{}", CertFingerprint: certFP(ids[i])}
+				i++
+				return r, true, nil
+			})
+			require.NoError(t, err)
+			_, err = reg.ProvisionBatch(ctx, op, 0, int64(len(ids)), 0)
+			require.NoError(t, err)
+			for _, id := range ids {
+				connected(t, id, 0, certFP(id))
+			}
+		},
+		certSlots: func(t *testing.T, id string) (c1, c2, auth []byte) {
+			require.NoError(t, reg.Pool().QueryRow(ctx, "SELECT cert_fingerprint, cert2_fingerprint, auth_digest FROM devices WHERE id = $1", id).
+				Scan(&c1, &c2, &auth))
+			return c1, c2, auth
+		},
 		job: func(t *testing.T, job string, ids ...string) {
 			_, err := reg.CreateJobForIDs(ctx, fleet.NewJob{ID: job, Kind: fleet.JobRotate, Query: "ids", Spec: json.RawMessage(`{}`)}, ids)
 			require.NoError(t, err)
@@ -265,8 +303,9 @@ func rotateWorlds(t *testing.T) map[string]func(*testing.T) rotateWorld {
 
 // A rotation batch over devices of every kind: connected ones are rotated (new secret in slot 2, confirmed by
 // their connect, slot 1 cleared); offline ones, ones without the method and ones that refuse keep their
-// secret and the digest written for them is cleared again; retired, unknown and certificate devices are
-// reported per device; a device whose answer was lost is confirmed by its connect all the same.
+// secret and the digest written for them is cleared again; retired and unknown devices are reported per
+// device, and so are certificate devices when the worker has no fleet CA; a device whose answer was lost is
+// confirmed by its connect all the same.
 func TestRotateBatchOutcomes(t *testing.T) {
 	for name, newWorld := range rotateWorlds(t) {
 		t.Run(name, func(t *testing.T) {
@@ -280,7 +319,7 @@ func TestRotateBatchOutcomes(t *testing.T) {
 			ch.devices["r-lost"].behaviour = "lost"
 			ch.devices["r-late"].behaviour = "late"
 			refused := map[string]string{"r-retired": fleet.RotateRetired, "r-disabled": fleet.RotateDisabled,
-				"r-cert": fleet.RotateCertificate, "r-both": fleet.RotateAmbiguous, "r-ghost": fleet.RotateUnknown}
+				"r-cert": fleet.RotateNoCA + ": this worker has no fleet CA (FLEETFLOW_DEVICE_CA_DIR)", "r-both": fleet.RotateAmbiguous, "r-ghost": fleet.RotateUnknown}
 			kinds := map[string]string{"r-retired": "retired", "r-disabled": "disabled", "r-cert": "certificate", "r-both": "ambiguous"}
 			for _, id := range []string{"r-retired", "r-disabled", "r-cert", "r-both"} {
 				w.add(t, id)

@@ -26,6 +26,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/internal/stack"
 	"github.com/fleetflow/fleetflow/internal/testenv"
@@ -237,6 +238,15 @@ type configureFleet struct {
 // reported its capabilities and shows online in the registry. Everything stops when b ends.
 func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureFleet {
 	b.Helper()
+	return startFleetBackend(b, ctx, n, false)
+}
+
+// startFleetBackend is startConfigureBackend; with x509 the simulated devices are provisioned with client
+// certificates of a fleet CA of their own (`provision --auth x509`) and connect to the gateway's TLS listener,
+// which trusts that CA, and the worker signs certificate renewals with it (docs/architecture.md,
+// "Certificate renewal").
+func startFleetBackend(b *testing.B, ctx context.Context, n int, x509 bool) *configureFleet {
+	b.Helper()
 	be := openBackend(b, testenv.Postgres(b), fmt.Sprintf("bench-configure-%d", n))
 	reg, tc := be.reg, be.tc
 
@@ -254,8 +264,27 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 
 	dir := b.TempDir()
 	f.dir = dir
-	f.startProcess(b, ctx, filepath.Join(dir, "gateway.log"), "gateway")
-	for !stack.Reachable(listen, 200*time.Millisecond) {
+	gatewayArgs := []string{"gateway"}
+	var simArgs []string
+	caDir := filepath.Join(dir, "ca")
+	tlsListen := ""
+	if x509 {
+		run(b, ctx, f.env, "ca", "init", "--ca-dir", caDir, "-o", "json")
+		l, err := pki.EnsureLocal(filepath.Join(dir, "tls"), pki.LocalHosts, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		tport, err := stack.FreePort()
+		if err != nil {
+			b.Fatal(err)
+		}
+		tlsListen = fmt.Sprintf("127.0.0.1:%d", tport)
+		gatewayArgs = append(gatewayArgs, "--tls-listen", tlsListen, "--tls-cert", l.Cert, "--tls-key", l.Key,
+			"--device-ca", pki.DeviceCAIn(caDir).Cert)
+		simArgs = []string{"--mqtt-url", "ssl://" + tlsListen, "--ca-file", l.CA}
+	}
+	f.startProcess(b, ctx, filepath.Join(dir, "gateway.log"), gatewayArgs...)
+	for !stack.Reachable(listen, 200*time.Millisecond) || (tlsListen != "" && !stack.Reachable(tlsListen, 200*time.Millisecond)) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
@@ -264,7 +293,11 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 		b.Fatal(err)
 	}
 	b.Cleanup(ch.Close)
-	w := fleetworker.New(tc, be.queue, activities.New(reg, ch))
+	acts := activities.New(reg, ch)
+	if x509 {
+		acts.CA = pki.NewSigner(caDir)
+	}
+	w := fleetworker.New(tc, be.queue, acts)
 	if err := w.Start(); err != nil {
 		b.Fatal(err)
 	}
@@ -272,8 +305,12 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 
 	// Provisioning runs on the worker too.
 	fleetFile, echoFile := filepath.Join(dir, "fleet.ndjson"), filepath.Join(dir, "echo.ndjson")
-	run(b, ctx, f.env, "provision", "--count", fmt.Sprint(n), "--prefix", fmt.Sprintf("cfg%d-", n), "--tags", "fleet=sim",
-		"--creds-out", fleetFile, "-o", "json")
+	provision := []string{"provision", "--count", fmt.Sprint(n), "--prefix", fmt.Sprintf("cfg%d-", n), "--tags", "fleet=sim",
+		"--creds-out", fleetFile, "-o", "json"}
+	if x509 {
+		provision = append(provision, "--auth", "x509", "--ca-dir", caDir)
+	}
+	run(b, ctx, f.env, provision...)
 	run(b, ctx, f.env, "provision", "--count", "1", "--prefix", fmt.Sprintf("echo%d-", n), "--tags", "fleet=echo",
 		"--creds-out", echoFile, "-o", "json")
 	if f.fleet, err = creds.ReadFile(fleetFile); err != nil {
@@ -288,8 +325,8 @@ func startConfigureBackend(b *testing.B, ctx context.Context, n int) *configureF
 	// The simulator prints a status line every second; stdout, not debug logging, so that it costs the
 	// simulated devices nothing while the benchmark measures.
 	t0 := time.Now()
-	sim := f.startProcess(b, ctx, filepath.Join(dir, "simulator.log"), "simulate", "--creds", fleetFile, "--telemetry-every", "0",
-		"--concurrency", "128", "--status-every", "1s")
+	sim := f.startProcess(b, ctx, filepath.Join(dir, "simulator.log"), append([]string{"simulate", "--creds", fleetFile, "--telemetry-every", "0",
+		"--concurrency", "128", "--status-every", "1s"}, simArgs...)...)
 	statusRe := regexp.MustCompile(`connected=(\d+) refused=(\d+) failed=(\d+) reported=(\d+)`)
 	var last string
 	for sc := bufio.NewScanner(sim); ; {

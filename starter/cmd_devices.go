@@ -67,9 +67,18 @@ func printDevice(d registry.Device) error {
 	if d.CredentialExpiresAt != nil {
 		fmt.Fprintf(w, "  expire\t%s\n", fmtTime(d.CredentialExpiresAt))
 	}
-	if d.CertFingerprint != "" {
-		fmt.Fprintf(w, "certificate\tSHA-256 %s\n", d.CertFingerprint)
+	certSlot := func(slot int, fp string, notAfter *time.Time) {
+		if fp == "" {
+			return
+		}
+		line := fmt.Sprintf("certificate %d\tSHA-256 %s, expires %s", slot, fp, certExpiry(notAfter))
+		if d.CertSlotInUse == slot {
+			line += " (in use)"
+		}
+		fmt.Fprintln(w, line)
 	}
+	certSlot(1, d.CertFingerprint, d.CertNotAfter)
+	certSlot(2, d.Cert2Fingerprint, d.Cert2NotAfter)
 	fmt.Fprintf(w, "created\t%s\nupdated\t%s\n", d.CreatedAt.Format(time.RFC3339), d.UpdatedAt.Format(time.RFC3339))
 	if d.Provisioned != "" {
 		fmt.Fprintf(w, "provisioned by\t%s\n", d.Provisioned)
@@ -154,4 +163,13 @@ func cell(v any) string {
 		return fmt.Sprint(v)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// certExpiry is a certificate slot's end as `devices show` and `credentials status` print it: only the
+// certificates a renewal signed have theirs recorded (docs/architecture.md, "Certificate renewal").
+func certExpiry(t *time.Time) string {
+	if t == nil {
+		return "not recorded (provisioned)"
+	}
+	return t.UTC().Format(time.RFC3339)
 }

@@ -384,6 +384,9 @@ type jobStatusView struct {
 	Devices  []registry.JobDevice   `json:"devices"`
 	// Pending are operator actions no worker has applied yet (pause, resume, cancel).
 	Pending []pendingAction `json:"pendingActions,omitempty"`
+	// Certificates are the certificate slots of a rotation's renewing devices (docs/architecture.md,
+	// "Certificate renewal").
+	Certificates []registry.CertificateSlots `json:"certificates,omitempty"`
 }
 
 func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *output) error {
@@ -415,6 +418,11 @@ func jobStatus(cmd *cobra.Command, g *globals, id string, failed bool, out *outp
 	}
 	live := liveProgress[workflows.JobProgress](ctx, g, id)
 	view := jobStatusView{Job: j, Counts: counts, Progress: live, Devices: devs}
+	if j.Kind == fleet.JobRotate {
+		if view.Certificates, err = reg.RotationCertificates(ctx, id, 100000); err != nil {
+			return err
+		}
+	}
 	if j.FinishedAt == nil {
 		view.Pending = pendingActions(ctx, g, "job", id)
 	}
@@ -439,6 +447,9 @@ func printJobStatus(v jobStatusView, failed bool) error {
 		}
 	}
 	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := printCertificateSlots(v.Certificates); err != nil {
 		return err
 	}
 	if failed {
@@ -509,4 +520,32 @@ func awaitJob(ctx context.Context, c client.Client, run client.WorkflowRun, id, 
 		return res, true, fmt.Errorf("%s %s: %w", noun, id, err)
 	}
 	return res, true, nil
+}
+
+// printCertificateSlots prints the certificate slots of a rotation's renewing devices, each slot's end
+// beside its fingerprint's first bytes; the first 20 devices (-o json lists all).
+func printCertificateSlots(cs []registry.CertificateSlots) error {
+	if len(cs) == 0 {
+		return nil
+	}
+	fmt.Println()
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "CERTIFICATE DEVICE\tSTATE\tSLOT 1 EXPIRES\tSLOT 2 EXPIRES\tIN USE")
+	slot := func(fp string, end *time.Time) string {
+		if fp == "" {
+			return "(empty)"
+		}
+		return certExpiry(end) + " (" + fp[:min(len(fp), 12)] + "…)"
+	}
+	for _, c := range cs[:min(len(cs), 20)] {
+		inUse := "-"
+		if c.InUse > 0 {
+			inUse = fmt.Sprintf("slot %d", c.InUse)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", c.DeviceID, c.State, slot(c.Slot1, c.Slot1NotAfter), slot(c.Slot2, c.Slot2NotAfter), inUse)
+	}
+	if len(cs) > 20 {
+		fmt.Fprintf(w, "… and %d more (-o json lists all)\t\t\t\t\n", len(cs)-20)
+	}
+	return w.Flush()
 }

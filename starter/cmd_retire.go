@@ -354,7 +354,7 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 		if auth == "" {
 			// A certificate fleet stays one: NEW authenticates as OLD did.
 			auth = authSecret
-			if o.CertFingerprint != "" && !o.HasSecret1 && !o.HasSecret2 {
+			if (o.CertFingerprint != "" || o.Cert2Fingerprint != "") && !o.HasSecret1 && !o.HasSecret2 {
 				auth = authX509
 			}
 		}

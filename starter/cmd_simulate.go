@@ -128,7 +128,7 @@ connections spread over several loopback addresses.`,
 	// Shadows the global --mqtt-url with a list (cobra prefers a command's own flag of the same name).
 	f.StringSliceVar(&brokers, "mqtt-url", brokerList([]string{g.cfg.MQTTURL}),
 		"gateway URLs to spread the devices over, comma-separated or repeated, tcp:// or ssl:// (FLEETFLOW_MQTT_URL)")
-	f.StringVar(&credsFile, "creds", "", "credentials file (NDJSON of {id, secret}) written by provisioning; new secrets from credential rotations are appended to it")
+	f.StringVar(&credsFile, "creds", "", "credentials file (NDJSON of {id, secret}) written by provisioning; new secrets and renewed certificates from credential rotations are appended to it")
 	f.StringVar(&enrollKey, "enroll-key", "", "an enrollment group's key: devices derive their secrets from it and register on first contact")
 	f.StringVar(&enrollFile, "enroll-key-file", "", "file with an enrollment group's key (as `enroll create --key-out` wrote it)")
 	f.StringVar(&enrollIDs, "enroll-ids", "sim-", "prefix of the ids of enrolling devices, followed by a 5-digit number")

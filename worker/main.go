@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
 	"github.com/fleetflow/fleetflow/internal/metrics"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/registry"
 )
 
@@ -40,6 +42,8 @@ func main() {
 	// The default comes from FLEETFLOW_NATS_URL, which may hold a password: -h shows it masked.
 	flag.Lookup("nats-url").DefValue = channel.RedactURL(cfg.NATSURL)
 	flag.StringVar(&cfg.NATSCA, "nats-ca", cfg.NATSCA, "CA file to verify tls:// NATS servers with (FLEETFLOW_NATS_CA; default: system roots)")
+	caDir := os.Getenv("FLEETFLOW_DEVICE_CA_DIR")
+	flag.StringVar(&caDir, "device-ca-dir", caDir, "directory of the fleet CA (ca.pem, ca-key.pem) that signs certificate renewals (FLEETFLOW_DEVICE_CA_DIR; default: .fleetflow/ca of the checkout, as `fleetflow ca init`)")
 	metricsAddr := os.Getenv("FLEETFLOW_WORKER_METRICS")
 	flag.StringVar(&metricsAddr, "metrics-listen", metricsAddr, "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9465; empty: off (FLEETFLOW_WORKER_METRICS)")
 	opts := workerOptions{
@@ -75,6 +79,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	servePprof(os.Getenv("FLEETFLOW_WORKER_PPROF"), log)
+	if caDir == "" {
+		caDir = defaultDeviceCADir()
+	}
+	opts.deviceCADir = caDir
 	if err := run(ctx, cfg, opts, metricsAddr, log); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetflow-worker:", err)
 		os.Exit(1)
@@ -103,6 +111,34 @@ type workerOptions struct {
 	pool, maxActivities, maxWorkflows int
 	stopTimeout                       time.Duration
 	deployment, buildID               string // Worker Deployment versioning (docs/architecture.md, "Worker versioning")
+	// deviceCADir holds the fleet CA that signs certificate renewals (docs/architecture.md, "Certificate
+	// renewal"); read at the first renewal, so a worker without one serves everything else.
+	deviceCADir string
+}
+
+// defaultDeviceCADir is .fleetflow/ca of the checkout the worker runs in (or was built into), where
+// `fleetflow ca init` puts the fleet CA by default; "" outside a checkout.
+func defaultDeviceCADir() string {
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	if exe, err := os.Executable(); err == nil {
+		starts = append(starts, filepath.Dir(filepath.Dir(exe)))
+	}
+	for _, d := range starts {
+		for {
+			if st, err := os.Stat(filepath.Join(d, "go.mod")); err == nil && !st.IsDir() {
+				return filepath.Join(d, ".fleetflow", "ca")
+			}
+			parent := filepath.Dir(d)
+			if parent == d {
+				break
+			}
+			d = parent
+		}
+	}
+	return ""
 }
 
 func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr string, log *slog.Logger) error {
@@ -199,6 +235,9 @@ func run(ctx context.Context, cfg config.Config, opts workerOptions, metricsAddr
 		return err
 	}
 	acts := activities.New(reg, ch)
+	if opts.deviceCADir != "" {
+		acts.CA = pki.NewSigner(opts.deviceCADir)
+	}
 	// One LISTEN connection wakes every configuration reconciler of this process (docs/architecture.md,
 	// "Declarative configurations").
 	feed := registry.NewChangeFeed(reg)

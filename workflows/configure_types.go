@@ -94,6 +94,9 @@ type JobInput struct {
 	// CredentialValidity (rotate_credentials), when positive, gives each rotated device a credential
 	// expiry of confirmation + validity; zero leaves the expiry as it is.
 	CredentialValidity time.Duration `json:"credentialValidity,omitempty"`
+	// CertValidity (rotate_credentials) is the validity of the certificates renewals sign (0: the default
+	// of `provision --auth x509`, pki.DeviceCertValidity).
+	CertValidity time.Duration `json:"certValidity,omitempty"`
 }
 
 // JobCreateInput (activity JobCreate) records a job and freezes its target set: Query selects the
@@ -123,6 +126,8 @@ type JobBatchInput struct {
 	Timeout time.Duration   `json:"timeout,omitempty"`
 	Reason  string          `json:"reason,omitempty"`
 	Wipe    bool            `json:"wipe,omitempty"`
+	// CertValidity is JobInput.CertValidity.
+	CertValidity time.Duration `json:"certValidity,omitempty"`
 }
 
 // JobWindowBatchInput is one JobWindowBatch activity: a batch that reaches only the targets whose

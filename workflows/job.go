@@ -69,8 +69,10 @@ func Decommission(ctx workflow.Context, in JobInput) (JobResult, error) {
 // "Credential rotation"): in batches, each device's new digest is written into its free slot, then the
 // secret — generated inside the activity, never in a workflow payload — is delivered with the
 // rotateCredentials method; once a device has connected with it, its old slot is cleared. Devices that do
-// not connect with the new secret within the grace are reported and keep both. It is a job over devices
-// like FleetJob, with the same batching, pause, resume, cancel and status.
+// not connect with the new secret within the grace are reported and keep both. Certificate devices renew
+// their certificate the same way, from a key pair and request of their own (docs/architecture.md,
+// "Certificate renewal"). It is a job over devices like FleetJob, with the same batching, pause, resume,
+// cancel and status.
 func RotateCredentials(ctx workflow.Context, in JobInput) (JobResult, error) {
 	if in.Kind != fleet.JobRotate {
 		return JobResult{}, temporal.NewNonRetryableApplicationError(fmt.Sprintf("a credential rotation has kind %q, not %q", fleet.JobRotate, in.Kind),
@@ -131,12 +133,17 @@ func runJob(ctx workflow.Context, in JobInput, self func(workflow.Context, JobIn
 		for !in.Paused && !in.Cancelled && inflight < window && in.Next < in.Total && dispatched < in.BatchesPerRun &&
 			!workflow.Now(ctx).Before(nextSlot) {
 			req := JobBatchInput{JobID: in.JobID, Kind: fleet.JobKind(in.Kind), First: in.Next, Last: min(in.Next+batch, in.Total),
-				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout, Reason: in.Reason, Wipe: in.Wipe}
+				Patch: in.Patch, Method: in.Method, Payload: in.Payload, Timeout: timeout, Reason: in.Reason, Wipe: in.Wipe,
+				CertValidity: in.CertValidity}
 			// A method or a factory reset waits for devices inside the batch; a patch does not (its timeout
 			// is the acknowledgement wait, which may be days).
 			deviceWait := timeout
-			if in.Kind == fleet.JobSetDesired || in.Kind == fleet.JobSetTags {
+			switch in.Kind {
+			case fleet.JobSetDesired, fleet.JobSetTags:
 				deviceWait = 0
+			case fleet.JobRotate:
+				// A certificate renewal waits for two answers: the request, then the installation.
+				deviceWait = 2 * timeout
 			}
 			actTimeout := 5*time.Minute + deviceWait
 			if in.Rate > 0 {

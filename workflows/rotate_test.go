@@ -2,7 +2,11 @@ package workflows_test
 
 import (
 	"context"
+	"crypto"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +23,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 	"github.com/fleetflow/fleetflow/workflows"
 )
@@ -32,6 +37,7 @@ type rotFleet struct {
 	offline map[string]bool
 	silent  map[string]bool
 	polls   int
+	keys    map[string]crypto.Signer // certificate devices' newest keys
 }
 
 func (f *rotFleet) PublishDesired(context.Context, []fleet.DesiredPush) (int, error) { return 0, nil }
@@ -41,6 +47,10 @@ func (f *rotFleet) InvokeMany(_ context.Context, calls []fleet.MethodCall, _ tim
 	for i, c := range calls {
 		if f.offline[c.DeviceID] {
 			out[i] = fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodOffline, Status: 404}
+			continue
+		}
+		if c.Method != protocol.MethodRotateCredentials {
+			out[i] = f.renew(c)
 			continue
 		}
 		r, err := protocol.ParseRotateCredentials(c.Payload)
@@ -56,6 +66,42 @@ func (f *rotFleet) InvokeMany(_ context.Context, calls []fleet.MethodCall, _ tim
 		}
 	}
 	return out
+}
+
+// renew answers renewCertificate (a new key and its request) and installCertificate (the certificate stored
+// with the key; the device reconnects with it unless silent) as a certificate device would.
+func (f *rotFleet) renew(c fleet.MethodCall) fleet.MethodResult {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.keys == nil {
+		f.keys = map[string]crypto.Signer{}
+	}
+	switch c.Method {
+	case protocol.MethodRenewCertificate:
+		key, csr, err := pki.NewDeviceKey(c.DeviceID)
+		if err != nil {
+			return fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodFailed, Status: 500}
+		}
+		f.keys[c.DeviceID] = key
+		b, _ := json.Marshal(protocol.RenewCertificateAnswer{CSR: string(csr)})
+		return fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodSucceeded, Status: 200, Payload: b}
+	case protocol.MethodInstallCertificate:
+		r, err := protocol.ParseInstallCertificate(c.Payload)
+		if err != nil {
+			return fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodFailed, Status: 400}
+		}
+		pair, err := pki.KeyPair(c.DeviceID, []byte(r.Certificate), f.keys[c.DeviceID])
+		if err != nil {
+			return fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodFailed, Status: 409}
+		}
+		if !f.silent[c.DeviceID] {
+			f.store.Mu.Lock()
+			f.store.Devices[c.DeviceID].AuthDigest = pki.Fingerprint(pair.Leaf)
+			f.store.Mu.Unlock()
+		}
+		return fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodSucceeded, Status: 200}
+	}
+	return fleet.MethodResult{DeviceID: c.DeviceID, Outcome: fleet.MethodFailed, Status: 404}
 }
 
 // collect is JobCollectAcks for a rotation, once (the real activity polls on the wall clock).
@@ -137,4 +183,57 @@ func TestRotateCredentialsWorkflow(t *testing.T) {
 	d9 := store.Devices["d9"]
 	assert.Equal(t, creds.Digest("s-d9"), d9.Secret1Hash, "the silent device keeps both secrets")
 	assert.NotNil(t, d9.Secret2Hash)
+}
+
+// One rotation over a mixed fleet rotates each device by its kind (docs/architecture.md, "Certificate
+// renewal"): secret devices get secrets, certificate devices certificates of the requested validity for keys
+// of their own; a certificate device that installs its certificate but never connects with it keeps both
+// certificates and is reported when the grace ends.
+func TestRotateCredentialsWorkflowRenewsCertificates(t *testing.T) {
+	store := fleettest.New()
+	f := &rotFleet{store: store, silent: map[string]bool{"c3": true}}
+	var ids []string
+	for i := range 10 {
+		s, c := fmt.Sprintf("s%d", i), fmt.Sprintf("c%d", i)
+		store.AddDevice(s, fleettest.Device{Online: true, Secret1Hash: creds.Digest("s-" + s), AuthDigest: creds.Digest("s-" + s)})
+		store.AddDevice(c, fleettest.Device{Online: true, CertFingerprint: creds.Digest("cert-" + c), AuthDigest: creds.Digest("cert-" + c)})
+		ids = append(ids, s, c)
+	}
+	ca, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), "", testStart, 0)
+	require.NoError(t, err)
+	acts := &activities.Activities{Jobs: store, Rotate: store, Channel: f, CA: pki.SignerOf(ca)}
+	in := workflows.JobInput{JobID: "rotate-mixed", Kind: fleet.JobRotate, IDs: ids, Query: "ids: s0 …", Grace: 30 * time.Second,
+		CertValidity: 400 * 24 * time.Hour}
+	var s testsuite.WorkflowTestSuite
+	env := s.NewTestWorkflowEnvironment()
+	env.SetStartTime(testStart)
+	env.SetTestTimeout(time.Minute)
+	env.RegisterWorkflow(workflows.RotateCredentials)
+	env.RegisterActivityWithOptions(acts.JobCreate, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobCreate)})
+	env.RegisterActivityWithOptions(acts.JobBatch, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobBatch)})
+	env.RegisterActivityWithOptions(acts.JobClose, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobClose)})
+	env.RegisterActivityWithOptions(f.collect, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.JobCollectAcks)})
+	env.OnActivity(workflows.ActivityName(workflows.Activities.JobCollectAcks), mock.Anything, mock.Anything).Return(f.collect).After(10 * time.Second)
+	env.ExecuteWorkflow(workflows.RotateCredentials, in)
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var res workflows.JobResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	assert.Equal(t, fleet.JobCounts{Succeeded: 19, TimedOut: 1}, res.Counts)
+	assert.Equal(t, fleet.JobTimedOut, store.TargetState("rotate-mixed", 7))
+
+	store.Mu.Lock()
+	defer store.Mu.Unlock()
+	s0 := store.Devices["s0"]
+	assert.Nil(t, s0.Secret1Hash)
+	assert.Equal(t, s0.AuthDigest, s0.Secret2Hash, "a secret device got a secret")
+	assert.Nil(t, s0.Cert2Fingerprint)
+	c0 := store.Devices["c0"]
+	assert.Nil(t, c0.CertFingerprint, "the old certificate is revoked")
+	assert.Equal(t, c0.AuthDigest, c0.Cert2Fingerprint, "the new one is what it connected with")
+	assert.Nil(t, c0.Secret1Hash, "a certificate device got no secret")
+	assert.WithinDuration(t, time.Now().Add(400*24*time.Hour), c0.Cert2NotAfter, time.Hour, "the certificate has the validity asked for")
+	c3 := store.Devices["c3"]
+	assert.Equal(t, creds.Digest("cert-c3"), c3.CertFingerprint, "the silent device keeps its certificate")
+	assert.NotNil(t, c3.Cert2Fingerprint, "and the new one")
 }

@@ -36,12 +36,18 @@ type Credential struct {
 	// PEM-encoded, for a device provisioned with --auth x509.
 	Cert string `json:"cert,omitempty"`
 	Key  string `json:"key,omitempty"`
+	// Cert2 and Key2 are the certificate and key of the second certificate slot, written by a certificate
+	// renewal (docs/architecture.md, "Certificate renewal"), which also writes Cert and Key and Slot (the slot
+	// presented first) on the device's new line.
+	Cert2 string `json:"cert2,omitempty"`
+	Key2  string `json:"key2,omitempty"`
 	// Line is the manifest line the device came from, so operators can map a credential back to its row
 	// (and the CLI can drop the rows that did not create a device).
 	Line int64 `json:"line,omitempty"`
 
-	// TLS is Cert and Key parsed, set by Read, ready for a tls.Config's Certificates.
-	TLS *tls.Certificate `json:"-"`
+	// TLS is Cert and Key parsed, set by Read, ready for a tls.Config's Certificates; TLS2 is Cert2 and Key2.
+	TLS  *tls.Certificate `json:"-"`
+	TLS2 *tls.Certificate `json:"-"`
 }
 
 // NewSecret returns a random 256-bit secret, base64url without padding (43 characters).
@@ -259,14 +265,20 @@ func Read(r io.Reader) ([]Credential, error) {
 			continue
 		}
 		var c Credential
-		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
+		var err error
+		if err = json.Unmarshal(sc.Bytes(), &c); err != nil {
 			return nil, fmt.Errorf("credentials line %d: %w", line, err)
 		}
-		if c.ID == "" || c.Secret == "" && c.Secret2 == "" && (c.Cert == "" || c.Key == "") {
+		if c.ID == "" || c.Secret == "" && c.Secret2 == "" && (c.Cert == "" || c.Key == "") && (c.Cert2 == "" || c.Key2 == "") {
 			return nil, fmt.Errorf("credentials line %d: id and a secret or a certificate and key are required", line)
 		}
 		if c.Cert != "" || c.Key != "" {
-			if err := c.parseCertificate(); err != nil {
+			if c.TLS, err = parsePair(c.ID, c.Cert, c.Key); err != nil {
+				return nil, fmt.Errorf("credentials line %d: %w", line, err)
+			}
+		}
+		if c.Cert2 != "" || c.Key2 != "" {
+			if c.TLS2, err = parsePair(c.ID, c.Cert2, c.Key2); err != nil {
 				return nil, fmt.Errorf("credentials line %d: %w", line, err)
 			}
 		}
@@ -323,16 +335,15 @@ func ReadFile(path string) ([]Credential, error) {
 	return Read(f)
 }
 
-// parseCertificate checks that Cert and Key belong together and name the device, and keeps the pair in TLS.
-func (c *Credential) parseCertificate() error {
-	pair, err := tls.X509KeyPair([]byte(c.Cert), []byte(c.Key))
+// parsePair checks that a certificate and key belong together and name the device, and returns the pair.
+func parsePair(id, cert, key string) (*tls.Certificate, error) {
+	pair, err := tls.X509KeyPair([]byte(cert), []byte(key))
 	if err != nil {
-		return fmt.Errorf("certificate of %s: %w", c.ID, err)
+		return nil, fmt.Errorf("certificate of %s: %w", id, err)
 	}
 	// X509KeyPair parses the leaf into Leaf (Go 1.23 and later).
-	if pair.Leaf == nil || pair.Leaf.Subject.CommonName != c.ID {
-		return fmt.Errorf("certificate of %s: its subject is not the device id", c.ID)
+	if pair.Leaf == nil || pair.Leaf.Subject.CommonName != id {
+		return nil, fmt.Errorf("certificate of %s: its subject is not the device id", id)
 	}
-	c.TLS = &pair
-	return nil
+	return &pair, nil
 }

@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
 )
 
@@ -22,6 +24,10 @@ import (
 type Credentials struct {
 	Secret  string // slot 1
 	Secret2 string // slot 2
+	// Cert and Cert2 are the client certificates (with their keys) of the registry's two certificate
+	// slots, either may be nil; a certificate renewal writes one and leaves the other alone the same way
+	// (docs/architecture.md, "Certificate renewal"). Over TLS the slot's certificate is presented.
+	Cert, Cert2 *tls.Certificate
 	// Slot is the slot presented first (1 or 2); a refused CONNECT is retried with the other one.
 	Slot int
 }
@@ -34,27 +40,42 @@ func (c Credentials) secret(slot int) string {
 	return c.Secret
 }
 
+// cert returns slot's client certificate.
+func (c Credentials) cert(slot int) *tls.Certificate {
+	if slot == 2 {
+		return c.Cert2
+	}
+	return c.Cert
+}
+
+// has reports whether slot holds a secret or a certificate.
+func (c Credentials) has(slot int) bool { return c.secret(slot) != "" || c.cert(slot) != nil }
+
 // other is the slot that is not slot.
 func other(slot int) int { return 3 - slot }
 
 // credState is the device's credentials and the slot of the CONNECT being attempted.
 type credState struct {
-	mu       sync.Mutex
-	c        Credentials
-	trying   int // the slot of the CONNECT in progress (or of the current connection)
-	attempts int // reconnect attempts since the last successful CONNECT
-	conn     net.Conn
+	mu     sync.Mutex
+	c      Credentials
+	trying int // the slot of the CONNECT in progress (or of the current connection)
+	// authRefused: the last CONNECT was refused as not authorized, so the next one tries the other slot.
+	authRefused bool
+	conn        net.Conn
 	// dropAfterReply asks callMethod to drop the connection once the rotation's answer is sent, so that the
 	// device reconnects with its new secret.
 	dropAfterReply bool
+	// pending is the key of the newest certificate request (renewCertificate), waiting for its certificate;
+	// it exists only in memory: a device restarted meanwhile refuses the certificate, and keeps its own.
+	pending crypto.Signer
 }
 
 // initCredentials sets the starting state from the configuration.
 func (d *Device) initCredentials() {
-	c := Credentials{Secret: d.cfg.Secret, Secret2: d.cfg.Secret2, Slot: d.cfg.Slot}
+	c := Credentials{Secret: d.cfg.Secret, Secret2: d.cfg.Secret2, Cert: d.cfg.ClientCertificate, Cert2: d.cfg.ClientCertificate2, Slot: d.cfg.Slot}
 	if c.Slot != 1 && c.Slot != 2 {
 		c.Slot = 1
-		if c.Secret == "" && c.Secret2 != "" {
+		if !c.has(1) && c.has(2) {
 			c.Slot = 2
 		}
 	}
@@ -86,32 +107,42 @@ func (d *Device) password() (string, string) {
 func (d *Device) fallBack() bool {
 	d.creds.mu.Lock()
 	defer d.creds.mu.Unlock()
-	if o := other(d.creds.trying); d.creds.c.secret(o) != "" {
+	if o := other(d.creds.trying); d.creds.c.has(o) {
 		d.creds.trying = o
 		return true
 	}
 	return false
 }
 
-// nextReconnect picks the slot of a reconnect attempt: the preferred slot first, then alternately the
-// other, so that a device whose new secret was replaced by a retried rotation step (or never reached the
-// registry) comes back with the one that still works.
+// nextReconnect picks the slot of a reconnect attempt: the preferred slot, or the other one after a CONNECT
+// refused as not authorized, so that a device whose new credential was replaced by a retried rotation step
+// (or never reached the registry) comes back with the one that still works. Any other failure (a busy
+// gateway, a lost connection) keeps the preferred slot: falling back then would connect with the old
+// credential, which the rotation leaves valid until the new one is confirmed, and the device would keep
+// presenting it (docs/architecture.md, "Credential rotation").
 func (d *Device) nextReconnect() {
 	d.creds.mu.Lock()
 	defer d.creds.mu.Unlock()
 	slot := d.creds.c.Slot
-	if d.creds.attempts%2 == 1 && d.creds.c.secret(other(slot)) != "" {
-		slot = other(slot)
+	if d.creds.authRefused && d.creds.c.has(other(d.creds.trying)) {
+		slot = other(d.creds.trying)
 	}
+	d.creds.authRefused = false
 	d.creds.trying = slot
-	d.creds.attempts++
+}
+
+// refusedAuth notes a CONNECT refused as not authorized (paho's connection notification).
+func (d *Device) refusedAuth() {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	d.creds.authRefused = true
 }
 
 // connected notes a successful CONNECT: the slot that worked becomes the preferred one.
 func (d *Device) connected() {
 	d.creds.mu.Lock()
 	defer d.creds.mu.Unlock()
-	d.creds.attempts = 0
+	d.creds.authRefused = false
 	d.creds.c.Slot = d.creds.trying
 }
 
@@ -179,9 +210,69 @@ func (d *Device) rotateCredentials(ctx context.Context, payload []byte) (any, er
 	return nil, nil
 }
 
+// clientCertificate is what the TLS handshake being made presents (tls.Config.GetClientCertificate): the
+// certificate of the slot of the CONNECT being attempted, or none — also when the server does not accept
+// its issuer, as crypto/tls does with tls.Config.Certificates.
+func (d *Device) clientCertificate(info *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	if c := d.creds.c.cert(d.creds.trying); c != nil && info.SupportsCertificate(c) == nil {
+		return c, nil
+	}
+	return &tls.Certificate{}, nil // none: the device authenticates with its secret
+}
+
+// renewCertificate is the renewCertificate method (protocol.MethodRenewCertificate): a new key pair is
+// generated here, kept in memory, and its certificate signing request answered; the key never leaves the
+// device (docs/architecture.md, "Certificate renewal").
+func (d *Device) renewCertificate(context.Context, []byte) (any, error) {
+	key, csr, err := pki.NewDeviceKey(d.cfg.ID)
+	if err != nil {
+		return nil, &MethodError{Status: 500, Message: err.Error()}
+	}
+	d.creds.mu.Lock()
+	d.creds.pending = key
+	d.creds.mu.Unlock()
+	return protocol.RenewCertificateAnswer{CSR: string(csr)}, nil
+}
+
+// installCertificate is the installCertificate method (protocol.MethodInstallCertificate): the certificate
+// must be for the key of the newest request; it is stored with that key in the slot named, with
+// SaveCredentials, before the answer, and the connection dropped after it, so that the device comes back
+// presenting the new certificate (and, should the registry not know it, the old one).
+func (d *Device) installCertificate(ctx context.Context, payload []byte) (any, error) {
+	r, err := protocol.ParseInstallCertificate(payload)
+	if err != nil {
+		return nil, &MethodError{Status: 400, Message: err.Error()}
+	}
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	if d.creds.pending == nil {
+		return nil, &MethodError{Status: 409, Message: "no certificate request is pending on this device; keeping the old certificate"}
+	}
+	pair, err := pki.KeyPair(d.cfg.ID, []byte(r.Certificate), d.creds.pending)
+	if err != nil {
+		return nil, &MethodError{Status: 409, Message: err.Error() + "; keeping the old certificate"}
+	}
+	next := d.creds.c
+	if r.Slot == 1 {
+		next.Cert = pair
+	} else {
+		next.Cert2 = pair
+	}
+	next.Slot = r.Slot
+	if err := d.cfg.SaveCredentials(ctx, next); err != nil {
+		return nil, &MethodError{Status: 500, Message: "storing the new certificate failed; keeping the old one: " + err.Error()}
+	}
+	d.creds.c = next
+	d.creds.pending = nil
+	d.creds.dropAfterReply = true
+	return nil, nil
+}
+
 // afterReply runs after a method's answer has been published.
 func (d *Device) afterReply(name string) {
-	if name != protocol.MethodRotateCredentials {
+	if name != protocol.MethodRotateCredentials && name != protocol.MethodInstallCertificate {
 		return
 	}
 	d.creds.mu.Lock()

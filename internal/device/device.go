@@ -96,8 +96,13 @@ func New(cfg Config) (*Device, error) {
 	}
 	d.queue.max = cfg.QueueSize
 	d.initCredentials()
+	if d.cfg.ownTLS {
+		d.cfg.TLSConfig.GetClientCertificate = d.clientCertificate
+	}
 	if cfg.SaveCredentials != nil {
 		d.methods[protocol.MethodRotateCredentials] = d.rotateCredentials
+		d.methods[protocol.MethodRenewCertificate] = d.renewCertificate
+		d.methods[protocol.MethodInstallCertificate] = d.installCertificate
 	}
 	return d, nil
 }

@@ -23,9 +23,10 @@ type Config struct {
 	Secret2 string
 	Slot    int
 	// SaveCredentials, when set, lets the device take part in credential rotations (the rotateCredentials
-	// method): it is called with the device's new credentials and must store them durably before it returns
-	// nil; only then does the device acknowledge, after which it reconnects with the new secret. An error
-	// refuses the rotation (500) and keeps the old credentials. Without it the method is unknown (404).
+	// method) and certificate renewals (renewCertificate and installCertificate): it is called with the
+	// device's new credentials and must store them durably before it returns nil; only then does the device
+	// acknowledge, after which it reconnects with the new secret or certificate. An error refuses the
+	// rotation (500) and keeps the old credentials. Without it the methods are unknown (404).
 	SaveCredentials func(ctx context.Context, c Credentials) error
 
 	// BrokerURLs are further gateways of the same fleet, tried in order after BrokerURL (which may be
@@ -46,6 +47,9 @@ type Config struct {
 	// files; a simulator parses its devices' pairs once instead of reading files.
 	ClientCertFile, ClientKeyFile string
 	ClientCertificate             *tls.Certificate
+	// ClientCertificate2 is the certificate of the second certificate slot, which a certificate renewal
+	// may have written (docs/architecture.md, "Certificate renewal"); Slot says which is presented first.
+	ClientCertificate2 *tls.Certificate
 
 	KeepAlive time.Duration // MQTT keepalive (default 60 s)
 	// PingTimeout is how long the device waits for the gateway's PINGRESP before it considers the connection
@@ -77,6 +81,9 @@ type Config struct {
 	// OnBusy is called (on paho's goroutine; it must not block) after each CONNECT a gateway refused as
 	// busy, which the device retries after a random wait (ErrServerBusy).
 	OnBusy func()
+
+	// ownTLS: TLSConfig is this device's own copy (prepareCredentials), which it may change.
+	ownTLS bool
 }
 
 func (c *Config) setDefaults() {
@@ -110,7 +117,7 @@ func (c *Config) prepareCredentials() error {
 		}
 		c.ClientCertificate = &pair
 	}
-	if c.Secret == "" && c.Secret2 == "" && c.ClientCertificate == nil {
+	if c.Secret == "" && c.Secret2 == "" && c.ClientCertificate == nil && c.ClientCertificate2 == nil {
 		return errNoCredentials
 	}
 	if !pki.IsTLSURL(c.BrokerURL) {
@@ -126,11 +133,15 @@ func (c *Config) prepareCredentials() error {
 		}
 		c.TLSConfig = tc
 	}
-	if c.ClientCertificate != nil {
+	if c.ClientCertificate == nil && c.ClientCertificate2 == nil && len(c.TLSConfig.Certificates) > 0 {
+		c.ClientCertificate = &c.TLSConfig.Certificates[0] // given in the config itself: slot 1
+	}
+	if c.ClientCertificate != nil || c.ClientCertificate2 != nil || c.SaveCredentials != nil {
 		// A copy: the shared config (a simulator's) must not carry one device's certificate to the others.
+		// The device picks the certificate of the slot it tries at each handshake (Device.clientCertificate).
 		tc := c.TLSConfig.Clone()
-		tc.Certificates = []tls.Certificate{*c.ClientCertificate}
-		c.TLSConfig = tc
+		tc.Certificates = nil
+		c.TLSConfig, c.ownTLS = tc, true
 	}
 	return nil
 }

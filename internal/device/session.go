@@ -73,6 +73,10 @@ func (d *Device) connect(ctx context.Context) error {
 		}).
 		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
 			// A refusal for being busy lengthens the next reconnect's wait; any other outcome resets it.
+			if f, ok := n.(paho.ConnectionNotificationFailed); ok && (errors.Is(f.Reason, packets.ErrorRefusedNotAuthorised) ||
+				errors.Is(f.Reason, packets.ErrorRefusedBadUsernameOrPassword)) {
+				d.refusedAuth()
+			}
 			if f, ok := n.(paho.ConnectionNotificationFailed); ok && errors.Is(f.Reason, packets.ErrorRefusedServerUnavailable) {
 				d.busy.Add(1)
 				if d.cfg.OnBusy != nil {

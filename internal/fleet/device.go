@@ -47,6 +47,9 @@ type DeviceAuth struct {
 	Secret2Hash []byte
 	// CertFingerprint is the SHA-256 of the DER encoding of the device's client certificate.
 	CertFingerprint []byte
+	// Cert2Fingerprint is the second certificate slot's, written by a certificate renewal (docs/architecture.md,
+	// "Certificate renewal"): a certificate matching either slot is accepted.
+	Cert2Fingerprint []byte
 	// ExpiresAt is when the device's credentials stop being accepted (zero: never). The gateway checks it at
 	// every CONNECT, cached record or not (docs/architecture.md, "Credential rotation").
 	ExpiresAt time.Time

@@ -154,7 +154,9 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 	}
 	slot := 0
 	if cert != nil {
-		if !pki.FingerprintMatches(cert, a.CertFingerprint) {
+		// Either certificate slot: a renewal registers the new certificate beside the old one until the
+		// device has connected with it (docs/architecture.md, "Certificate renewal").
+		if !pki.FingerprintMatches(cert, a.CertFingerprint) && !pki.FingerprintMatches(cert, a.Cert2Fingerprint) {
 			return refuse("certificate not registered")
 		}
 	} else {
@@ -331,6 +333,10 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	up := fleet.ConnEvent{DeviceID: s.id, Kind: fleet.ConnUp, Session: s.num, At: time.Now(), Slot: slot}
 	if slot != 0 {
 		up.Digest = s.digest
+	} else if cert := clientCert(cl); cert != nil {
+		// A certificate session is recorded with slot 0 and the certificate's fingerprint, which is what a
+		// renewal waits for (docs/architecture.md, "Certificate renewal").
+		up.Digest = pki.Fingerprint(cert)
 	}
 	g.events.add(up)
 	g.attach(s)
@@ -448,7 +454,7 @@ func sessionValid(s *session, a fleet.DeviceAuth) bool {
 	}
 	if s.cl != nil {
 		if cert := clientCert(s.cl); cert != nil {
-			return pki.FingerprintMatches(cert, a.CertFingerprint)
+			return pki.FingerprintMatches(cert, a.CertFingerprint) || pki.FingerprintMatches(cert, a.Cert2Fingerprint)
 		}
 	}
 	match := func(h []byte) bool {

@@ -260,3 +260,44 @@ func TestX509DeviceCABundleIsReloaded(t *testing.T) {
 	_, err = e.connect(t, "dev-old", "", oldCert)
 	require.NoError(t, err)
 }
+
+// A renewal registers the device's new certificate in the second slot beside the old one: either connects,
+// a certificate session is recorded with its fingerprint (what the renewal waits for), and once the old
+// slot is cleared the old certificate is refused (docs/architecture.md, "Certificate renewal").
+func TestX509SecondCertificateSlot(t *testing.T) {
+	e := startX509Gateway(t)
+	cert1, fp1 := issue(t, e.ca, "dev-renew")
+	cert2, fp2 := issue(t, e.ca, "dev-renew")
+	e.store.AddCertificate("dev-renew", fp1)
+	sawSession := func(fp []byte) func() bool {
+		return func() bool {
+			for _, ev := range e.store.Events() {
+				if ev.DeviceID == "dev-renew" && ev.Kind == fleet.ConnUp && ev.Slot == 0 && string(ev.Digest) == string(fp) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+
+	d1, err := e.connect(t, "dev-renew", "", cert1)
+	require.NoError(t, err)
+	require.Eventually(t, sawSession(fp1), 10*time.Second, 10*time.Millisecond, "the session is recorded with its certificate's fingerprint")
+	_, err = e.connect(t, "dev-renew", "", cert2)
+	require.ErrorIs(t, err, device.ErrNotAuthorized, "a certificate in no slot is refused")
+
+	e.store.SetCertificate2("dev-renew", fp2)
+	require.Eventually(t, d1.IsConnected, 10*time.Second, 10*time.Millisecond, "the old certificate's session stays while its slot does")
+	d1.Close()
+	_, err = e.connect(t, "dev-renew", "", cert2)
+	require.NoError(t, err, "the second slot's certificate connects")
+	require.Eventually(t, sawSession(fp2), 10*time.Second, 10*time.Millisecond)
+
+	e.store.SetCertificate("dev-renew", nil)
+	require.Eventually(t, func() bool {
+		_, err := e.connect(t, "dev-renew", "", cert1)
+		return err != nil
+	}, 10*time.Second, 50*time.Millisecond)
+	_, err = e.connect(t, "dev-renew", "", cert1)
+	require.ErrorIs(t, err, device.ErrNotAuthorized, "the old certificate is refused once its slot is cleared")
+}

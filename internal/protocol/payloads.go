@@ -246,3 +246,60 @@ func ParseRotateCredentials(payload []byte) (RotateCredentials, error) {
 	}
 	return r, nil
 }
+
+// Certificate renewal (docs/architecture.md, "Certificate renewal"): two direct methods. A device that
+// authenticates with a client certificate is asked with MethodRenewCertificate to generate a new key pair and
+// answer a certificate signing request for it (subject: its id); the key stays on the device. The fleet CA
+// signs the request, and MethodInstallCertificate delivers the certificate, which the device stores with
+// its key in the slot named, durably, before it answers 2xx; it then reconnects presenting it.
+const (
+	MethodRenewCertificate   = "renewCertificate"
+	MethodInstallCertificate = "installCertificate"
+)
+
+// RenewCertificateAnswer is a device's answer to MethodRenewCertificate.
+type RenewCertificateAnswer struct {
+	// CSR is the PEM certificate signing request for the device's new key.
+	CSR string `json:"csr"`
+}
+
+// ParseRenewCertificateAnswer decodes a MethodRenewCertificate answer.
+func ParseRenewCertificateAnswer(payload []byte) (RenewCertificateAnswer, error) {
+	var a RenewCertificateAnswer
+	if err := json.Unmarshal(payload, &a); err != nil {
+		return a, fmt.Errorf("renewCertificate answer: %w", err)
+	}
+	if a.CSR == "" {
+		return a, errors.New("renewCertificate answer: no csr")
+	}
+	return a, nil
+}
+
+// InstallCertificate is the payload of MethodInstallCertificate.
+type InstallCertificate struct {
+	// Slot is the registry certificate slot the certificate's fingerprint was written into: 1 or 2.
+	Slot int `json:"slot"`
+	// Certificate is the PEM client certificate the fleet CA signed for the device's new key.
+	Certificate string `json:"certificate"`
+}
+
+// Payload encodes the request.
+func (r InstallCertificate) Payload() []byte {
+	b, _ := json.Marshal(r) // two plain fields: cannot fail
+	return b
+}
+
+// ParseInstallCertificate decodes and checks a MethodInstallCertificate payload.
+func ParseInstallCertificate(payload []byte) (InstallCertificate, error) {
+	var r InstallCertificate
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return r, fmt.Errorf("installCertificate payload: %w", err)
+	}
+	if r.Slot != 1 && r.Slot != 2 {
+		return r, fmt.Errorf("installCertificate payload: slot %d: must be 1 or 2", r.Slot)
+	}
+	if r.Certificate == "" {
+		return r, errors.New("installCertificate payload: no certificate")
+	}
+	return r, nil
+}

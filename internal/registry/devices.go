@@ -44,10 +44,12 @@ func (r *Registry) GetDevice(ctx context.Context, id string) (Device, error) {
 	var d Device
 	err := r.pool.QueryRow(ctx, `SELECT id, status, created_at, updated_at, online, session, last_seen, connected_at,
 		secret1_hash IS NOT NULL, secret2_hash IS NOT NULL, coalesce(encode(cert_fingerprint, 'hex'), ''), coalesce(provisioned_by, ''), retired_at,
-		coalesce(replaces, ''), coalesce(replaced_by, ''), auth_slot::int, credential_expires_at
+		coalesce(replaces, ''), coalesce(replaced_by, ''), auth_slot::int, credential_expires_at,
+		coalesce(encode(cert2_fingerprint, 'hex'), ''), cert_not_after, cert2_not_after,
+		CASE WHEN auth_digest IS NULL THEN 0 WHEN auth_digest = cert_fingerprint THEN 1 WHEN auth_digest = cert2_fingerprint THEN 2 ELSE 0 END
 		FROM devices WHERE id = $1`, id).Scan(&d.ID, &d.Status, &d.CreatedAt, &d.UpdatedAt, &d.Online, &d.Session,
 		&d.LastSeen, &d.ConnectedAt, &d.HasSecret1, &d.HasSecret2, &d.CertFingerprint, &d.Provisioned, &d.RetiredAt, &d.Replaces, &d.ReplacedBy,
-		&d.AuthSlot, &d.CredentialExpiresAt)
+		&d.AuthSlot, &d.CredentialExpiresAt, &d.Cert2Fingerprint, &d.CertNotAfter, &d.Cert2NotAfter, &d.CertSlotInUse)
 	if isNoRows(err) {
 		return d, notFound(id)
 	}
@@ -64,8 +66,8 @@ func (r *Registry) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth,
 	// this runs once per CONNECT with a cold cache.
 	var status string
 	var expires pgtype.Timestamptz
-	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash, cert_fingerprint, credential_expires_at FROM devices WHERE id = $1", id).
-		Scan(&status, &a.Secret1Hash, &a.Secret2Hash, &a.CertFingerprint, &expires)
+	err := r.pool.QueryRow(ctx, "SELECT status, secret1_hash, secret2_hash, cert_fingerprint, cert2_fingerprint, credential_expires_at FROM devices WHERE id = $1", id).
+		Scan(&status, &a.Secret1Hash, &a.Secret2Hash, &a.CertFingerprint, &a.Cert2Fingerprint, &expires)
 	a.Status = fleet.DeviceStatus(status)
 	if expires.Valid {
 		a.ExpiresAt = expires.Time

@@ -328,10 +328,11 @@ func (r *Registry) CloseJob(ctx context.Context, job string, state fleet.JobEnd)
 		// rotation").
 		if _, err := tx.Exec(ctx, `UPDATE job_devices j SET
 			state = CASE WHEN jb.kind = 'rotate_credentials' OR d.online THEN 'timed_out' ELSE 'offline' END,
-			error = CASE WHEN jb.kind = 'rotate_credentials' THEN $2
+			error = CASE WHEN jb.kind = 'rotate_credentials' AND j.cred_cert THEN $3 WHEN jb.kind = 'rotate_credentials' THEN $2
 				WHEN d.online THEN 'did not acknowledge the desired change in time' ELSE 'offline; receives the desired state on reconnect' END,
 			updated_at = now() FROM devices d, jobs jb
-			WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id AND jb.id = j.job_id`, job, fleet.RotateMissed); err != nil {
+			WHERE j.job_id = $1 AND j.state = 'running' AND d.id = j.device_id AND jb.id = j.job_id`, job, fleet.RotateMissed,
+			fleet.RotateMissedCertificate); err != nil {
 			return fmt.Errorf("close job %s: %w", job, err)
 		}
 		// A method sent by an attempt that stopped before it recorded the answer: it is never sent again.

@@ -123,7 +123,7 @@ func retireLocked(ctx context.Context, tx pgx.Tx, op string, ids []string, reaso
 		// online = false: the gateways drop the session as soon as this commits; the disconnect they record
 		// later changes nothing, and no reader sees a retired device as connected meanwhile.
 		{"revoke", `UPDATE devices SET status = 'retired', retired_at = now(), secret1_hash = NULL, secret2_hash = NULL,
-			cert_fingerprint = NULL, online = false, updated_at = now() WHERE id = ANY($1)`, []any{ids}},
+			cert_fingerprint = NULL, cert2_fingerprint = NULL, online = false, updated_at = now() WHERE id = ANY($1)`, []any{ids}},
 		// Not the retiring job's own rows (op is its id): their outcome is recorded in the same transaction.
 		{"cancel pending jobs", `UPDATE job_devices SET state = 'cancelled', error = 'device retired', updated_at = now()
 			WHERE device_id = ANY($1) AND job_id <> $2 AND state IN ('pending', 'running')`, []any{ids, op}},

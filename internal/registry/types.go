@@ -28,11 +28,19 @@ type Device struct {
 	CredentialExpiresAt *time.Time `json:"credentialExpiresAt,omitempty"`
 	// CertFingerprint is the SHA-256 of the device's client certificate in lower-case hex, when it has one
 	// (not a secret: the certificate is public; docs/architecture.md, "Device certificates").
-	CertFingerprint string     `json:"certificateFingerprint,omitempty"`
-	Provisioned     string     `json:"provisionedBy,omitempty"`
-	RetiredAt       *time.Time `json:"retiredAt,omitempty"`
-	Replaces        string     `json:"replaces,omitempty"`   // the device this one took over from
-	ReplacedBy      string     `json:"replacedBy,omitempty"` // the device that took over from this one
+	CertFingerprint string `json:"certificateFingerprint,omitempty"`
+	// Cert2Fingerprint is the second certificate slot's, written by a certificate renewal; CertNotAfter and
+	// Cert2NotAfter are the slots' certificates' ends where a renewal signed them (nil: not recorded), and
+	// CertSlotInUse the certificate slot the newest session presented (0: none or not known)
+	// (docs/architecture.md, "Certificate renewal").
+	Cert2Fingerprint string     `json:"certificate2Fingerprint,omitempty"`
+	CertNotAfter     *time.Time `json:"certificateNotAfter,omitempty"`
+	Cert2NotAfter    *time.Time `json:"certificate2NotAfter,omitempty"`
+	CertSlotInUse    int        `json:"certificateSlotInUse,omitempty"`
+	Provisioned      string     `json:"provisionedBy,omitempty"`
+	RetiredAt        *time.Time `json:"retiredAt,omitempty"`
+	Replaces         string     `json:"replaces,omitempty"`   // the device this one took over from
+	ReplacedBy       string     `json:"replacedBy,omitempty"` // the device that took over from this one
 }
 
 // The registry is the store of every stage (and the fake in internal/fleet/fleettest passes the same

@@ -2,6 +2,7 @@ package simulator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/pki"
 )
 
 // connectAll connects every device with bounded concurrency and an optional rate.
@@ -65,6 +67,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		Secret2:              c.Secret2,
 		Slot:                 c.Slot,
 		ClientCertificate:    c.TLS, // from a credentials file of provision --auth x509
+		ClientCertificate2:   c.TLS2,
 		KeepAlive:            s.cfg.KeepAlive,
 		PingTimeout:          s.cfg.PingTimeout,
 		RequestTimeout:       s.cfg.RequestTimeout,
@@ -82,7 +85,23 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 	if s.journal != nil {
 		cfg.SaveCredentials = func(_ context.Context, dc device.Credentials) error {
 			// Appended and synced before the device answers; a later run reads the id's last line.
-			err := s.journal.Append(creds.Credential{ID: c.ID, Secret: dc.Secret, Secret2: dc.Secret2, Slot: dc.Slot, Line: c.Line})
+			line := creds.Credential{ID: c.ID, Secret: dc.Secret, Secret2: dc.Secret2, Slot: dc.Slot, Line: c.Line}
+			// Renewed certificates are kept with their keys, which only this file and the device ever hold
+			// (docs/architecture.md, "Certificate renewal").
+			for _, p := range []struct {
+				pair      *tls.Certificate
+				cert, key *string
+			}{{dc.Cert, &line.Cert, &line.Key}, {dc.Cert2, &line.Cert2, &line.Key2}} {
+				if p.pair == nil {
+					continue
+				}
+				cert, key, err := pki.EncodeKeyPair(p.pair)
+				if err != nil {
+					return err
+				}
+				*p.cert, *p.key = string(cert), string(key)
+			}
+			err := s.journal.Append(line)
 			if err == nil {
 				s.rotations.Add(1)
 			}

@@ -50,9 +50,10 @@ type Config struct {
 	// roots); it is read once and its tls.Config shared by every device.
 	CAFile string
 	Creds  []creds.Credential
-	// CredentialsFile is the file Creds were read from. The devices' new secrets from credential rotations
-	// are appended to it, each synced before the device acknowledges (docs/architecture.md, "Credential
-	// rotation"); empty, the devices refuse rotations (they have nowhere to keep a new secret).
+	// CredentialsFile is the file Creds were read from. The devices' new secrets from credential rotations,
+	// and their renewed certificates with the keys they generated, are appended to it, each synced before
+	// the device acknowledges (docs/architecture.md, "Credential rotation", "Certificate renewal"); empty, the
+	// devices refuse rotations (they have nowhere to keep a new credential).
 	CredentialsFile string
 	// Devices limits the simulation to the first n credentials (0 = all).
 	Devices int

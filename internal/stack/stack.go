@@ -422,6 +422,10 @@ func (s *Stack) childEnv() ([]string, error) {
 		// accepts the device certificates it signed.
 		env = append(env, "FLEETFLOW_DEVICE_CA="+ca)
 	}
+	if dir := filepath.Join(s.state, "ca"); os.Getenv("FLEETFLOW_DEVICE_CA_DIR") == "" && fileExists(filepath.Join(dir, "ca.pem")) {
+		// The workers sign certificate renewals with it (docs/architecture.md, "Certificate renewal").
+		env = append(env, "FLEETFLOW_DEVICE_CA_DIR="+dir)
+	}
 	if os.Getenv(enroll.MasterKeyEnv) == "" && os.Getenv(enroll.MasterKeyFileEnv) == "" {
 		// Zero-touch enrollment needs a master key on the gateways; the local stack keeps its own.
 		f, err := s.ensureEnrollmentKey()

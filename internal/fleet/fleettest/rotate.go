@@ -9,6 +9,42 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 )
 
+// renewsCertificate is the registry's rule for a device's rotation kind.
+func renewsCertificate(d *Device) bool {
+	if d.CertFingerprint == nil && d.Cert2Fingerprint == nil {
+		return false
+	}
+	if d.Secret1Hash == nil && d.Secret2Hash == nil {
+		return true
+	}
+	return d.AuthDigest != nil && (bytes.Equal(d.AuthDigest, d.CertFingerprint) || bytes.Equal(d.AuthDigest, d.Cert2Fingerprint))
+}
+
+// slotsOf points at a device's two slots of a kind.
+func slotsOf(d *Device, cert bool) (a, b *[]byte) {
+	if cert {
+		return &d.CertFingerprint, &d.Cert2Fingerprint
+	}
+	return &d.Secret1Hash, &d.Secret2Hash
+}
+
+// CertificateTargets reports which devices renew a certificate, as the registry does.
+func (s *Store) CertificateTargets(_ context.Context, ids []string) (map[string]bool, error) {
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if err := s.err("CertificateTargets"); err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, id := range ids {
+		d := s.Devices[id]
+		if d != nil && (d.Status == "" || d.Status == fleet.StatusActive) && renewsCertificate(d) {
+			out[id] = true
+		}
+	}
+	return out, nil
+}
+
 // StageRotation writes the new digests into the devices' free slots and marks the targets dispatched, all or
 // nothing, as the registry does.
 func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.RotationWrite) ([]fleet.RotationStaged, error) {
@@ -19,9 +55,11 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 	}
 	out := make([]fleet.RotationStaged, len(writes))
 	type write struct {
-		d      *Device
-		slot   int
-		digest []byte
+		d        *Device
+		slot     int
+		digest   []byte
+		cert     bool
+		notAfter time.Time
 	}
 	var ws []write
 	var outs []fleet.JobOutcome
@@ -29,6 +67,10 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 	slots := s.CredSlots[job]
 	if slots == nil {
 		slots = map[int64]int{}
+	}
+	certs := s.CredCerts[job]
+	if certs == nil {
+		certs = map[int64]bool{}
 	}
 	newSlots := map[int64]int{}
 	for i, w := range writes {
@@ -42,6 +84,7 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 		fail := func(reason string) {
 			outs = append(outs, fleet.JobOutcome{Seq: t.Seq, State: fleet.JobFailed, Error: reason})
 		}
+		slot := slots[t.Seq]
 		switch {
 		case d == nil:
 			fail(fleet.RotateUnknown)
@@ -52,15 +95,16 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 		case d.Status != "" && d.Status != fleet.StatusActive:
 			fail(fleet.RotateDisabled)
 			continue
-		case d.Secret1Hash == nil && d.Secret2Hash == nil && d.CertFingerprint != nil:
-			fail(fleet.RotateCertificate)
+		case renewsCertificate(d) != w.Cert || (slot != 0 && certs[t.Seq] != w.Cert):
+			fail(fleet.RotateKindChanged)
 			continue
 		}
-		slot := slots[t.Seq]
+		pa, pb := slotsOf(d, w.Cert)
+		a, b := *pa, *pb
 		if slot != 0 {
-			staged := d.Secret1Hash
+			staged := a
 			if slot == 2 {
-				staged = d.Secret2Hash
+				staged = b
 			}
 			if staged != nil && bytes.Equal(staged, d.AuthDigest) {
 				running = append(running, t.Seq)
@@ -69,13 +113,13 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 			}
 		} else {
 			switch {
-			case d.AuthDigest != nil && bytes.Equal(d.AuthDigest, d.Secret1Hash):
+			case d.AuthDigest != nil && bytes.Equal(d.AuthDigest, a):
 				slot = 2
-			case d.AuthDigest != nil && bytes.Equal(d.AuthDigest, d.Secret2Hash):
+			case d.AuthDigest != nil && bytes.Equal(d.AuthDigest, b):
 				slot = 1
-			case d.Secret2Hash == nil:
+			case b == nil:
 				slot = 2
-			case d.Secret1Hash == nil:
+			case a == nil:
 				slot = 1
 			default:
 				fail(fleet.RotateAmbiguous)
@@ -83,14 +127,24 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 			}
 		}
 		out[i].Slot, out[i].Send = slot, true
-		ws = append(ws, write{d: d, slot: slot, digest: w.Digest})
+		ws = append(ws, write{d: d, slot: slot, digest: w.Digest, cert: w.Cert, notAfter: w.NotAfter})
 		newSlots[t.Seq] = slot
+		certs[t.Seq] = w.Cert
 	}
 	for _, w := range ws {
-		if w.slot == 1 {
-			w.d.Secret1Hash = w.digest
-		} else {
-			w.d.Secret2Hash = w.digest
+		pa, pb := slotsOf(w.d, w.cert)
+		switch {
+		case w.slot == 1:
+			*pa = w.digest
+		default:
+			*pb = w.digest
+		}
+		if w.cert {
+			if w.slot == 1 {
+				w.d.CertNotAfter = w.notAfter
+			} else {
+				w.d.Cert2NotAfter = w.notAfter
+			}
 		}
 	}
 	for seq, slot := range newSlots {
@@ -98,6 +152,7 @@ func (s *Store) StageRotation(_ context.Context, job string, writes []fleet.Rota
 		s.targetLocked(job, seq).State = fleet.JobDispatched
 	}
 	s.CredSlots[job] = slots
+	s.CredCerts[job] = certs
 	for _, seq := range running {
 		s.targetLocked(job, seq).State = fleet.JobRunning
 	}
@@ -127,11 +182,12 @@ func (s *Store) FinishRotationSends(_ context.Context, job string, outs []fleet.
 		if d == nil {
 			continue
 		}
-		if u.Slot == 1 && bytes.Equal(d.Secret1Hash, u.Digest) {
-			d.Secret1Hash = nil
+		pa, pb := slotsOf(d, u.Cert)
+		if u.Slot == 1 && bytes.Equal(*pa, u.Digest) {
+			*pa = nil
 		}
-		if u.Slot == 2 && bytes.Equal(d.Secret2Hash, u.Digest) {
-			d.Secret2Hash = nil
+		if u.Slot == 2 && bytes.Equal(*pb, u.Digest) {
+			*pb = nil
 		}
 	}
 	s.recordLocked(job, outs)
@@ -153,9 +209,11 @@ func (s *Store) CollectRotations(_ context.Context, job string, validity time.Du
 		}
 		d := s.Devices[t.DeviceID]
 		slot := s.CredSlots[job][t.Seq]
-		cur := d.Secret1Hash
+		cert := s.CredCerts[job][t.Seq]
+		pa, pb := slotsOf(d, cert)
+		cur := *pa
 		if slot == 2 {
-			cur = d.Secret2Hash
+			cur = *pb
 		}
 		if d.AuthDigest == nil || !bytes.Equal(d.AuthDigest, cur) {
 			p.Waiting++
@@ -165,12 +223,34 @@ func (s *Store) CollectRotations(_ context.Context, job string, validity time.Du
 			continue
 		}
 		if slot == 1 {
-			d.Secret2Hash = nil
+			*pb = nil
 		} else {
-			d.Secret1Hash = nil
+			*pa = nil
 		}
-		if validity > 0 {
-			d.CredentialExpiresAt = s.now().Add(validity)
+		switch {
+		case !cert:
+			if validity > 0 {
+				d.CredentialExpiresAt = s.now().Add(validity)
+			}
+		default:
+			end := d.CertNotAfter
+			if slot == 2 {
+				end = d.Cert2NotAfter
+			}
+			if slot == 1 {
+				d.Cert2NotAfter = time.Time{}
+			} else {
+				d.CertNotAfter = time.Time{}
+			}
+			switch {
+			case validity > 0:
+				d.CredentialExpiresAt = s.now().Add(validity)
+				if !end.IsZero() && end.Before(d.CredentialExpiresAt) {
+					d.CredentialExpiresAt = end
+				}
+			case !d.CredentialExpiresAt.IsZero() && !end.IsZero():
+				d.CredentialExpiresAt = end
+			}
 		}
 		t.State = fleet.JobSucceeded
 		s.Rotated = append(s.Rotated, t.DeviceID)

@@ -56,6 +56,10 @@ type Device struct {
 	Secret1Hash, Secret2Hash []byte
 	CertFingerprint          []byte
 	AuthDigest               []byte
+	// Cert2Fingerprint is the second certificate slot's, CertNotAfter and Cert2NotAfter the slots' ends
+	// where a renewal signed them (docs/architecture.md, "Certificate renewal").
+	Cert2Fingerprint            []byte
+	CertNotAfter, Cert2NotAfter time.Time
 }
 
 // RolloutRow is one device of a rollout (rollout_devices).
@@ -119,9 +123,10 @@ type Store struct {
 	StagedAt    map[string]time.Time // op -> when it was staged (DropStaleStaging)
 	// Staging is the staging state of ops staged in chunks ("open" or "abandoned"); an op not in it is done.
 	Staging   map[string]string
-	Jobs      map[string]int64         // job -> total, for the jobs CreateJob made
-	CredSlots map[string]map[int64]int // rotation job -> seq -> the slot its new digest went into
-	Rollouts  map[string]int64         // rollout -> total, for the rollouts CreateRollout made
+	Jobs      map[string]int64          // job -> total, for the jobs CreateJob made
+	CredSlots map[string]map[int64]int  // rotation job -> seq -> the slot its new digest went into
+	CredCerts map[string]map[int64]bool // rotation job -> seq -> the slot is a certificate slot
+	Rollouts  map[string]int64          // rollout -> total, for the rollouts CreateRollout made
 	// Selects is what a twin query selects, since the fake compiles no queries: query -> device ids.
 	// CreateJob and CreateRollout refuse a query they were not taught.
 	Selects map[string][]string
@@ -203,7 +208,7 @@ var (
 func New() *Store {
 	return &Store{Devices: map[string]*Device{}, Targets: map[string][]fleet.JobTarget{}, FirmwareURL: map[string]string{},
 		Staged: map[string][]StagedRow{}, Results: map[string][]fleet.RowResult{}, Batches: map[string]fleet.ProvisionCounts{},
-		StagedAt: map[string]time.Time{}, Staging: map[string]string{}, Jobs: map[string]int64{}, CredSlots: map[string]map[int64]int{},
+		StagedAt: map[string]time.Time{}, Staging: map[string]string{}, Jobs: map[string]int64{}, CredSlots: map[string]map[int64]int{}, CredCerts: map[string]map[int64]bool{},
 		Rollouts: map[string]int64{}, Selects: map[string][]string{},
 		Summaries: map[string]fleet.HealthSummary{}, RolloutSpecs: map[string]*RolloutSpec{}}
 }

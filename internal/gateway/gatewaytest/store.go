@@ -59,6 +59,7 @@ type Store struct {
 type device struct {
 	secret1, secret2 []byte
 	fingerprint      []byte // of the client certificate
+	fingerprint2     []byte // of the second certificate slot's (a renewal's)
 }
 
 // New returns an empty store.
@@ -101,6 +102,12 @@ func (s *Store) AddCertificate(id string, fp []byte) {
 // SetCertificate replaces (nil: clears) the device's certificate fingerprint and notifies.
 func (s *Store) SetCertificate(id string, fp []byte) {
 	s.update(id, func(d *device) { d.fingerprint = append([]byte(nil), fp...) })
+}
+
+// SetCertificate2 replaces (nil: clears) the device's second certificate slot and notifies
+// (docs/architecture.md, "Certificate renewal").
+func (s *Store) SetCertificate2(id string, fp []byte) {
+	s.update(id, func(d *device) { d.fingerprint2 = append([]byte(nil), fp...) })
 }
 
 // SetSecondary sets the secondary credential (rotation).
@@ -261,6 +268,9 @@ func (s *Store) DeviceAuth(ctx context.Context, id string) (fleet.DeviceAuth, er
 		a.Secret1Hash = append([]byte(nil), c.secret1...)
 		a.Secret2Hash = append([]byte(nil), c.secret2...)
 		a.CertFingerprint = append([]byte(nil), c.fingerprint...)
+		if c.fingerprint2 != nil {
+			a.Cert2Fingerprint = append([]byte(nil), c.fingerprint2...)
+		}
 		return a, nil
 	}
 	return fleet.DeviceAuth{}, fmt.Errorf("device %s: %w", id, fleet.ErrNotFound)

@@ -1,0 +1,129 @@
+package device_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/fleetflow/fleetflow/internal/device"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/gateway"
+	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
+	"github.com/fleetflow/fleetflow/internal/pki"
+	"github.com/fleetflow/fleetflow/internal/protocol"
+)
+
+// Certificate renewal on the device's side (docs/architecture.md, "Certificate renewal"): renewCertificate
+// answers a request for a key the device generated; installCertificate stores a certificate for that key, in
+// the slot named, before answering, and the device reconnects presenting it; a certificate for another key,
+// or one the device cannot store, is refused and changes nothing.
+func TestRenewCertificate(t *testing.T) {
+	now := time.Now()
+	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
+	require.NoError(t, err)
+	caDir := filepath.Join(t.TempDir(), "ca")
+	ca, err := pki.InitDeviceCA(caDir, "", now, 0)
+	require.NoError(t, err)
+	store := gatewaytest.New()
+	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
+		TLSKeyFile: server.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
+	require.Eventually(t, store.Listening, 10*time.Second, time.Millisecond)
+	dc, err := ca.IssueDevice("dev-c", now, time.Hour)
+	require.NoError(t, err)
+	pair, err := tls.X509KeyPair(dc.CertPEM, dc.KeyPEM)
+	require.NoError(t, err)
+	store.AddCertificate("dev-c", dc.Fingerprint)
+
+	var mu sync.Mutex
+	var saved []device.Credentials
+	fail := false
+	d := newDevice(t, "ssl://"+g.TLSAddr(), "dev-c", func(c *device.Config) {
+		c.Secret, c.CAFile, c.ClientCertificate = "", server.CA, &pair
+		c.SaveCredentials = func(_ context.Context, cr device.Credentials) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if fail {
+				return assert.AnError
+			}
+			saved = append(saved, cr)
+			return nil
+		}
+	})
+	connect(t, d)
+	session := func(fp []byte) func() bool {
+		return func() bool {
+			for _, ev := range store.Events() {
+				if ev.DeviceID == "dev-c" && ev.Kind == fleet.ConnUp && string(ev.Digest) == string(fp) {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	require.Eventually(t, session(dc.Fingerprint), 10*time.Second, 10*time.Millisecond)
+
+	svc := gatewaytest.Service(t, gatewaytest.URL(g), "svc:test")
+	svc.Sub(t, 1, "devices/dev-c/methods/res/+/+")
+	call := func(method, rid, payload, wantTopic string) gatewaytest.Message {
+		t.Helper()
+		require.NoError(t, svc.Pub(t, "devices/dev-c/methods/req/"+method+"/"+rid, 0, payload))
+		m, ok := svc.WaitMessage(t, wantTopic, 10*time.Second)
+		require.True(t, ok, "no response on %s; got %v", wantTopic, svc.Messages())
+		return m
+	}
+	request := func(rid string) []byte {
+		t.Helper()
+		m := call(protocol.MethodRenewCertificate, rid, "{}", "devices/dev-c/methods/res/200/"+rid)
+		a, err := protocol.ParseRenewCertificateAnswer(m.Payload)
+		require.NoError(t, err)
+		return []byte(a.CSR)
+	}
+
+	// A certificate for a key the device did not generate (an older request's) is refused.
+	old := request("q0")
+	oldCert, _, _, err := ca.SignDeviceCSR("dev-c", old, time.Now(), time.Hour)
+	require.NoError(t, err)
+	csr := request("q1")
+	m := call(protocol.MethodInstallCertificate, "i0", string(protocol.InstallCertificate{Slot: 2, Certificate: string(oldCert)}.Payload()),
+		"devices/dev-c/methods/res/409/i0")
+	assert.Contains(t, string(m.Payload), "not for this device's new key")
+
+	// One it cannot store is refused too.
+	certPEM, fp, _, err := ca.SignDeviceCSR("dev-c", csr, time.Now(), 2*time.Hour)
+	require.NoError(t, err)
+	install := protocol.InstallCertificate{Slot: 2, Certificate: string(certPEM)}.Payload()
+	mu.Lock()
+	fail = true
+	mu.Unlock()
+	call(protocol.MethodInstallCertificate, "i1", string(install), "devices/dev-c/methods/res/500/i1")
+	assert.Nil(t, d.Credentials().Cert2)
+
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	store.SetCertificate2("dev-c", fp)
+	require.Eventually(t, d.IsConnected, 10*time.Second, 10*time.Millisecond)
+	call(protocol.MethodInstallCertificate, "i2", string(install), "devices/dev-c/methods/res/200/i2")
+	mu.Lock()
+	require.Len(t, saved, 1, "stored before the answer")
+	got := saved[0]
+	mu.Unlock()
+	assert.Equal(t, 2, got.Slot)
+	require.NotNil(t, got.Cert2)
+	assert.Equal(t, fp, pki.Fingerprint(got.Cert2.Leaf))
+	assert.Equal(t, &pair, got.Cert, "the old certificate is kept")
+	require.Eventually(t, session(fp), 30*time.Second, 20*time.Millisecond, "the device reconnected with its new certificate")
+
+	// The key never left the device: the answers carried a request and nothing else.
+	var answer map[string]any
+	require.NoError(t, json.Unmarshal(call(protocol.MethodRenewCertificate, "q2", "{}", "devices/dev-c/methods/res/200/q2").Payload, &answer))
+	assert.Len(t, answer, 1)
+	assert.NotContains(t, answer["csr"], "PRIVATE KEY")
+}
