@@ -44,6 +44,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/metrics"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -73,7 +74,11 @@ type Store interface {
 	// ctx ends. fn("") says notifications may have been missed (the listener reconnected): the gateway
 	// then forgets its cache and re-checks every live session. fn(fleet.DevicesInserted) says new devices
 	// were inserted (once per statement, unnamed): the gateway forgets the ids it remembered as unknown.
+	// fn(fleet.SchemeChanged) says another scheme version may be in force: the gateway reads it again.
 	ListenDeviceChanges(ctx context.Context, fn func(id string)) error
+	// ActiveScheme returns the metadata scheme in force, compiled, or nil when none is set: reported patches
+	// are checked against its reported-properties schema (docs/architecture.md, "Metadata scheme").
+	ActiveScheme(ctx context.Context) (*scheme.Scheme, error)
 }
 
 // Config tunes the gateway. Zero values take the defaults below, which are sized for ~10k devices per
@@ -267,6 +272,7 @@ type Stats struct {
 	Throttled         int64 // requests answered 429 (or job statuses dropped) because an ingest queue was full
 	ReportedApplied   int64 // reported patches merged into the registry
 	ReportedFailed    int64 // reported patches refused or failed (including malformed)
+	SchemeRefused     int64 // reported patches refused because they violate the scheme's reported-properties schema (also in ReportedFailed)
 	IngestBatches     int64 // ApplyReported calls
 	LastBatchSize     int64 // patches in the last ApplyReported call
 	LastBatchLatency  time.Duration
@@ -294,6 +300,8 @@ type counters struct {
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
 	authRateLimited, enrolled, enrollRefused, authExpired                             atomic.Int64
+	// Reported patches refused, by reason (fleetflow_gateway_reported_refused_total).
+	refusedTooLarge, refusedMalformed, refusedScheme, refusedUnknown, refusedInactive atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -322,6 +330,15 @@ type Gateway struct {
 	expired expiredNotes // devices whose expired-credential refusal was recently put on their timeline
 	methods *methodTable // method requests relayed to devices, awaiting their answers
 
+	// The metadata scheme reported patches are checked against (reportscheme.go): the state in force,
+	// the signal that reads it again, the devices whose refusal was recently put on their timeline, and the
+	// verdicts of the reported loop (its goroutine only) with the scheme they belong to.
+	scheme       atomic.Pointer[schemeState]
+	schemeReload chan struct{}
+	reportNotes  expiredNotes
+	reportMemo   *scheme.Memo
+	reportMemoOf *scheme.Scheme
+
 	ctx       context.Context // background work; cancelled by Close
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -346,6 +363,9 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 		reportQ:  make(chan twinRequest, cfg.QueueSize),
 		jobQ:     make(chan jobStatusMsg, cfg.QueueSize),
 		methods:  newMethodTable(),
+
+		schemeReload: make(chan struct{}, 1),
+		reportNotes:  expiredNotes{every: reportNoteEvery},
 	}
 	g.events = newEventBuffer(cfg.FlushEvents)
 	g.auth = newAuthCache(store.DeviceAuth, cfg.AuthCacheSize, cfg.AuthConcurrency, cfg.AuthTimeout)
@@ -429,6 +449,12 @@ func (g *Gateway) start(ctx context.Context) error {
 	}
 	g.server, g.listener, g.tlsListener = server, ln, tlsLn
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	// The scheme is read before devices are served, so that their first reports are checked; a registry
+	// that cannot answer now only delays it (reports are answered 503 until it is read).
+	if err := g.loadScheme(ctx); err != nil {
+		g.log.Warn("reading the metadata scheme failed; retrying", "err", err)
+		g.reloadScheme()
+	}
 
 	g.goBackground(func() { g.admit.probe(g.ctx.Done()) })
 	g.goBackground(g.flushLoop)
@@ -441,6 +467,7 @@ func (g *Gateway) start(ctx context.Context) error {
 		g.goBackground(g.recheckLoop)
 	}
 	g.goBackground(g.listenLoop)
+	g.goBackground(g.schemeLoop)
 	if g.cfg.Downlinks != nil {
 		g.goBackground(g.downlinkLoop)
 	}
@@ -645,6 +672,7 @@ func (g *Gateway) Stats() Stats {
 		Throttled:         g.c.throttled.Load(),
 		ReportedApplied:   g.c.reportedApplied.Load(),
 		ReportedFailed:    g.c.reportedFailed.Load(),
+		SchemeRefused:     g.c.refusedScheme.Load(),
 		IngestBatches:     g.c.ingestBatches.Load(),
 		LastBatchSize:     g.c.lastBatchSize.Load(),
 		LastBatchLatency:  time.Duration(g.c.lastBatchLatency.Load()),
