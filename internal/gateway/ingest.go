@@ -181,11 +181,12 @@ func drainBatches[Q, B any](q <-chan Q, batch []B, size int, admit func([]B, Q) 
 // metadata scheme refuses, is answered 400 here and never reaches the registry.
 func (g *Gateway) admitReported(batch []twinRequest, r twinRequest) []twinRequest {
 	var err error
+	var patch map[string]any
 	tooLarge := len(r.payload) > twin.MaxReportedBytes
 	if tooLarge {
 		err = &twin.LimitError{Section: twin.Reported, What: "size", Limit: twin.MaxReportedBytes, Actual: len(r.payload)}
 	} else {
-		_, err = twin.ParseObject(twin.Reported, r.payload)
+		patch, err = twin.ParseObject(twin.Reported, r.payload)
 	}
 	if err != nil {
 		g.c.malformed.Add(1)
@@ -199,7 +200,7 @@ func (g *Gateway) admitReported(batch []twinRequest, r twinRequest) []twinReques
 		g.markSeen(r.id)
 		return batch
 	}
-	if !g.checkReported(r) {
+	if !g.checkReported(r, patch) {
 		g.markSeen(r.id)
 		return batch
 	}

@@ -24,11 +24,12 @@ type schemeState struct {
 }
 
 // reportMemoMax and reportMemoBytes bound the verdicts remembered by the reported loop: patches of up to
-// reportMemoBytes, at most reportMemoMax of them (4 MiB at worst). A fleet sends the same few small patches
-// (a desired value acknowledged, a firmware version); a large or unique patch is checked each time.
+// reportMemoBytes, at most reportMemoMax of them (1 MiB at worst). A fleet sends the same few small patches
+// (a desired value acknowledged, a firmware version); a larger one (a device's capabilities, unique to it)
+// is checked each time, since remembering it would only churn memory.
 const (
 	reportMemoMax   = 4096
-	reportMemoBytes = 1024
+	reportMemoBytes = 256
 )
 
 // reportNoteEvery is how often a device whose reports the scheme refuses gets the refusal on its timeline: a
@@ -90,9 +91,10 @@ func (g *Gateway) schemeLoop() {
 	}
 }
 
-// checkReported checks a well-formed reported patch against the scheme in force and answers the device
-// itself when it is refused (false). It runs on the reported loop's goroutine only, which owns the memo.
-func (g *Gateway) checkReported(r twinRequest) bool {
+// checkReported checks a well-formed reported patch (patch: as twin.ParseObject decoded it, which this takes
+// over) against the scheme in force and answers the device itself when it is refused (false). It runs on the
+// reported loop's goroutine only, which owns the memo.
+func (g *Gateway) checkReported(r twinRequest, patch map[string]any) bool {
 	st := g.scheme.Load()
 	if st == nil {
 		g.c.reportedFailed.Add(1)
@@ -102,14 +104,19 @@ func (g *Gateway) checkReported(r twinRequest) bool {
 	if st.s == nil {
 		return true
 	}
-	var err error
-	if len(r.payload) <= reportMemoBytes {
-		if g.reportMemoOf != st.s {
-			g.reportMemo, g.reportMemoOf = st.s.NewReportedPatchMemo(reportMemoMax), st.s
+	memo := len(r.payload) <= reportMemoBytes
+	if memo && g.reportMemoOf != st.s {
+		g.reportMemo, g.reportMemoOf = st.s.NewReportedPatchMemo(reportMemoMax), st.s
+	}
+	known, err := false, error(nil)
+	if memo {
+		known, err = g.reportMemo.Verdict(r.payload)
+	}
+	if !known {
+		err = st.s.CheckReportedPatchValue(patch)
+		if memo {
+			g.reportMemo.Remember(r.payload, err)
 		}
-		err = g.reportMemo.Check(r.payload)
-	} else {
-		err = st.s.CheckReportedPatch(r.payload)
 	}
 	if err == nil {
 		return true

@@ -408,19 +408,32 @@ func (s *Scheme) CheckReportedPatch(patch []byte) error {
 	if s.reported == nil {
 		return nil
 	}
-	const root = "properties.reported"
 	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(patch))
 	if err != nil {
-		return &Error{Violations: []Violation{{Path: root, Rule: "not JSON: " + err.Error()}}}
+		return &Error{Violations: []Violation{{Path: reportedRoot, Rule: "not JSON: " + err.Error()}}}
 	}
 	obj, ok := v.(map[string]any)
 	if !ok {
-		return &Error{Violations: []Violation{{Path: root, Rule: "a patch must be a JSON object"}}}
+		return &Error{Violations: []Violation{{Path: reportedRoot, Rule: "a patch must be a JSON object"}}}
 	}
+	return s.CheckReportedPatchValue(obj)
+}
+
+const reportedRoot = "properties.reported"
+
+// CheckReportedPatchValue is CheckReportedPatch on a patch decoded already, with numbers as json.Number (the
+// validator's own form, and twin.ParseObject's): a gateway has parsed the patch to check its shape, and a
+// second parse would cost as much as the check. It takes obj over: the keys the patch deletes are dropped
+// from it.
+func (s *Scheme) CheckReportedPatchValue(obj map[string]any) error {
+	if s.reported == nil {
+		return nil
+	}
+	const root = reportedRoot
 	var deleted []Violation
 	requiredDeleted(root, []*jsonschema.Schema{s.reported}, obj, 0, &deleted)
 	dropNulls(obj)
-	err = validateValueFiltered(root, s.reported, obj, contextual)
+	err := validateValueFiltered(root, s.reported, obj, contextual)
 	if len(deleted) == 0 {
 		return err
 	}
@@ -551,6 +564,20 @@ func (m *Memo) Check(doc []byte) error {
 	}
 	m.m[string(doc)] = err
 	return err
+}
+
+// Verdict returns the remembered verdict of doc: known is false when the Memo has none.
+func (m *Memo) Verdict(doc []byte) (known bool, err error) {
+	err, known = m.m[string(doc)]
+	return known, err
+}
+
+// Remember records the verdict of doc, checked outside the Memo (on a value decoded already, say).
+func (m *Memo) Remember(doc []byte, err error) {
+	if len(m.m) >= m.max {
+		clear(m.m)
+	}
+	m.m[string(doc)] = err
 }
 
 // ValidateTags is Scheme.ValidateTags, remembered: Check, for a Memo made by NewMemo.

@@ -1,7 +1,9 @@
 package scheme_test
 
 import (
+	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -260,4 +262,33 @@ func BenchmarkCheckReportedPatch(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// A patch decoded as a gateway decodes it (json.Number) gets the verdict of its bytes, and a Memo fed from
+// outside gives it back.
+func TestCheckReportedPatchValue(t *testing.T) {
+	s, err := scheme.Compile(1, []byte(`{"type":"object"}`), []byte(reportedScheme))
+	require.NoError(t, err)
+	for _, patch := range []string{`{"telemetryInterval": 30}`, `{"telemetryInterval": 3.5}`, `{"telemetryInterval": "30"}`, `{"firmware": null}`,
+		`{"capabilities": {"ota": null, "radio": 1}}`, `{"health": {"reason": null}}`} {
+		dec := json.NewDecoder(strings.NewReader(patch))
+		dec.UseNumber()
+		var v map[string]any
+		require.NoError(t, dec.Decode(&v))
+		want, got := s.CheckReportedPatch([]byte(patch)), s.CheckReportedPatchValue(v)
+		if want == nil {
+			require.NoError(t, got, patch)
+			continue
+		}
+		require.EqualError(t, got, want.Error(), patch)
+	}
+	m := s.NewReportedPatchMemo(1)
+	known, _ := m.Verdict([]byte(`{"a":1}`))
+	require.False(t, known)
+	m.Remember([]byte(`{"a":1}`), scheme.ErrViolation)
+	known, err = m.Verdict([]byte(`{"a":1}`))
+	require.True(t, known)
+	require.ErrorIs(t, err, scheme.ErrViolation)
+	m.Remember([]byte(`{"b":1}`), nil)
+	require.Equal(t, 1, m.Len(), "bounded")
 }
