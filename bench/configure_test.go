@@ -103,7 +103,7 @@ func benchConfigure(b *testing.B, n int) configureHistory {
 	f := startConfigureBackend(b, ctx, n)
 	fleetQuery := "SELECT * FROM devices WHERE tags.fleet = 'sim'"
 	fmt.Printf("%d simulated devices connected and reported; gateway, simulator, worker (this process), Postgres and "+
-		"Temporal share the machine's 2 cores; load average before measuring: %s\n", n, loadAvg())
+		"Temporal share the machine's 2 cores; reported schema in force: %v; load average before measuring: %s\n", n, reportedScheme, loadAvg())
 
 	// The yardsticks: the same path without fleetflow's channel, workflows or SDK: a bare NATS connection
 	// for the service and a bare paho device on the same gateway.
@@ -321,6 +321,11 @@ func startFleetBackend(b *testing.B, ctx context.Context, n int, x509 bool) *con
 		b.Fatalf("credentials: %d devices, %d echo devices, %v", len(f.fleet), len(echo), err)
 	}
 	f.echo = echo[0]
+	if reportedScheme {
+		// Set on the running gateway, which follows it; the echo device checks it is enforced.
+		setReportedScheme(b, ctx, f.env)
+		requireReportedScheme(b, f.mqttURL, f.echo)
+	}
 
 	// The simulator prints a status line every second; stdout, not debug logging, so that it costs the
 	// simulated devices nothing while the benchmark measures.

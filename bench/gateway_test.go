@@ -42,6 +42,9 @@ func BenchmarkGatewayConnect10k(b *testing.B) {
 	env := be.env("FLEETFLOW_MQTT_URL=tcp://"+listen, "FLEETFLOW_GATEWAY_LISTEN="+listen)
 	credsFile := filepath.Join(b.TempDir(), "creds.ndjson")
 	run(b, ctx, env, "provision", "--count", fmt.Sprint(connectDevices), "--prefix", "gw-", "--creds-out", credsFile, "-o", "json")
+	if reportedScheme {
+		setReportedScheme(b, ctx, env)
+	}
 
 	gw := exec.CommandContext(ctx, bins.CLI, "gateway")
 	gw.Env = append(os.Environ(), env...)
@@ -64,6 +67,11 @@ func BenchmarkGatewayConnect10k(b *testing.B) {
 	list, err := creds.ReadFile(credsFile)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if reportedScheme {
+		// One device of the fleet (the last) checks that the gateway refuses a violating report.
+		requireReportedScheme(b, "tcp://"+listen, list[len(list)-1])
+		time.Sleep(time.Second) // let the gateway record the disconnect
 	}
 	b.ResetTimer()
 	bare := connectAll(b, "tcp://"+listen, list, 256)
@@ -127,7 +135,7 @@ func BenchmarkGatewayConnect10k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	fmt.Printf("%d devices; gateway, simulator and Postgres share the machine's 2 cores\n", connectDevices)
+	fmt.Printf("%d devices; gateway, simulator and Postgres share the machine's 2 cores; reported schema in force: %v\n", connectDevices, reportedScheme)
 	report(b, "bare MQTT connects per second, registry auth, cold cache (target >= 2,000)", bare, "connects/s")
 	report(b, "device connects per second: CONNECT+SUBSCRIBE+birth+twin/get", float64(connectDevices)/elapsed.Seconds(), "device-connects/s")
 	report(b, "seconds until every capabilities report was applied", reportedIn.Seconds(), "s-all-reported")

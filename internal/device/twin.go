@@ -17,6 +17,10 @@ import (
 type ResponseError struct {
 	Status  int
 	Message string
+	// Code classifies the error where the status does not (protocol.SchemeViolationCode: the metadata scheme
+	// refused a reported patch, whose Violations are then listed).
+	Code       string
+	Violations []protocol.PathRule
 }
 
 // Error includes the status, which tells the caller whether retrying can help (429, 503) or not (400, 404).
@@ -213,5 +217,6 @@ func (d *Device) request(ctx context.Context, topicOf func(id, rid string) strin
 }
 
 func responseError(r response) error {
-	return &ResponseError{Status: r.status, Message: protocol.ParseError(r.body).Error}
+	e := protocol.ParseError(r.body)
+	return &ResponseError{Status: r.status, Message: e.Error, Code: e.Code, Violations: e.Violations}
 }

@@ -75,9 +75,16 @@ func newEnv(t *testing.T) *env {
 // newEnvOn is newEnv on the database at dbURL (a cluster of the test's own it may restart, say).
 func newEnvOn(t *testing.T, dbURL string) *env {
 	t.Helper()
+	return newEnvWith(t, dbURL, testenv.Temporal(t))
+}
+
+// newEnvWith is newEnv on the database at dbURL and the Temporal server at temporalAddr (a server of the
+// test's own it may restart, say).
+func newEnvWith(t *testing.T, dbURL, temporalAddr string) *env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &env{t: t, dbURL: dbURL, temporal: testenv.Temporal(t),
+	e := &env{t: t, dbURL: dbURL, temporal: temporalAddr,
 		taskQueue: "e2e-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))}
 	reg, err := registry.Open(ctx, e.dbURL)
 	require.NoError(t, err)

@@ -37,6 +37,12 @@ const DevicesInserted = "*inserted"
 // It is not a valid device id.
 const EnrollmentGroupsChanged = "*enrollment"
 
+// SchemeChanged is the device change notice that says a version of the metadata scheme was activated (or a
+// scheme row otherwise changed state; migration 021): gateways read the scheme in force again, so that a new
+// reported-properties schema is enforced at ingest at once (docs/architecture.md, "Metadata scheme"). It is
+// not a valid device id.
+const SchemeChanged = "*scheme"
+
 // DeviceAuth is what a gateway needs to authenticate a CONNECT: the digests of the device's secrets and
 // the fingerprint of its client certificate, any of which may be empty (docs/architecture.md, "Device
 // certificates").
@@ -85,6 +91,9 @@ const (
 	// ConnRefused: a CONNECT with the device's right credentials was refused for Reason (its credentials
 	// have expired); only the device's timeline records it.
 	ConnRefused
+	// ConnReportRefused: a reported patch of the device was refused for Reason (it violates the metadata
+	// scheme's reported-properties schema); only the device's timeline records it.
+	ConnReportRefused
 )
 
 // ConnEvent is a connection-state change, recorded by gateways in batches.
@@ -98,7 +107,7 @@ type ConnEvent struct {
 	// the slot's digest now (docs/architecture.md, "Credential rotation").
 	Slot   int
 	Digest []byte
-	// Reason (ConnRefused) says why the CONNECT was refused.
+	// Reason (ConnRefused, ConnReportRefused) says why the CONNECT or the report was refused.
 	Reason string
 }
 

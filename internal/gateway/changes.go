@@ -65,6 +65,12 @@ func (g *Gateway) onDeviceChange(id string) {
 		if g.cfg.Enroller != nil {
 			g.cfg.Enroller.Invalidate()
 		}
+		g.reloadScheme()
+		return
+	}
+	if id == fleet.SchemeChanged {
+		// Another scheme version is in force: reports must be checked against it from now on.
+		g.reloadScheme()
 		return
 	}
 	if id == fleet.DevicesInserted {

@@ -15,10 +15,12 @@ const expiredNoteEvery = time.Hour
 // extra timeline entry.
 const expiredNotesMax = 100_000
 
-// expiredNotes remembers when each device's expired-credential refusal was last recorded.
+// expiredNotes remembers when each device's refusal of one kind (expired credentials, a report the scheme
+// refused) was last recorded, so that it is recorded at most once every every (expiredNoteEvery when zero).
 type expiredNotes struct {
-	mu   sync.Mutex
-	last map[string]time.Time
+	mu    sync.Mutex
+	last  map[string]time.Time
+	every time.Duration
 }
 
 // due reports whether a refusal of id at now should be recorded, and if so remembers it.
@@ -28,12 +30,16 @@ func (n *expiredNotes) due(id string, now time.Time) bool {
 	if n.last == nil {
 		n.last = make(map[string]time.Time)
 	}
-	if t, ok := n.last[id]; ok && now.Sub(t) < expiredNoteEvery {
+	every := n.every
+	if every <= 0 {
+		every = expiredNoteEvery
+	}
+	if t, ok := n.last[id]; ok && now.Sub(t) < every {
 		return false
 	}
 	if len(n.last) >= expiredNotesMax {
 		for k, t := range n.last {
-			if now.Sub(t) >= expiredNoteEvery {
+			if now.Sub(t) >= every {
 				delete(n.last, k)
 			}
 		}

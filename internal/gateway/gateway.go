@@ -44,6 +44,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/metrics"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -74,7 +75,11 @@ type Store interface {
 	// ctx ends. fn("") says notifications may have been missed (the listener reconnected): the gateway
 	// then forgets its cache and re-checks every live session. fn(fleet.DevicesInserted) says new devices
 	// were inserted (once per statement, unnamed): the gateway forgets the ids it remembered as unknown.
+	// fn(fleet.SchemeChanged) says another scheme version may be in force: the gateway reads it again.
 	ListenDeviceChanges(ctx context.Context, fn func(id string)) error
+	// ActiveScheme returns the metadata scheme in force, compiled, or nil when none is set: reported patches
+	// are checked against its reported-properties schema (docs/architecture.md, "Metadata scheme").
+	ActiveScheme(ctx context.Context) (*scheme.Scheme, error)
 }
 
 // TwinBatchGetter is a Store that reads many twins in one round trip: a reconnect storm sends one twin/get
@@ -281,6 +286,7 @@ type Stats struct {
 	Throttled         int64 // requests answered 429 (or job statuses dropped) because an ingest queue was full
 	ReportedApplied   int64 // reported patches merged into the registry
 	ReportedFailed    int64 // reported patches refused or failed (including malformed)
+	SchemeRefused     int64 // reported patches refused because they violate the scheme's reported-properties schema (also in ReportedFailed)
 	IngestBatches     int64 // ApplyReported calls
 	LastBatchSize     int64 // patches in the last ApplyReported call
 	LastBatchLatency  time.Duration
@@ -308,6 +314,8 @@ type counters struct {
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
 	authRateLimited, enrolled, enrollRefused, authExpired                             atomic.Int64
+	// Reported patches refused, by reason (fleetflow_gateway_reported_refused_total).
+	refusedTooLarge, refusedMalformed, refusedScheme, refusedUnknown, refusedInactive atomic.Int64
 }
 
 // Gateway is the embedded broker with its registry-backed hooks and ingest pipeline.
@@ -336,6 +344,13 @@ type Gateway struct {
 	expired expiredNotes // devices whose expired-credential refusal was recently put on their timeline
 	methods *methodTable // method requests relayed to devices, awaiting their answers
 
+	// The metadata scheme reported patches are checked against (reportscheme.go): the state in force,
+	// the signal that reads it again and the devices whose refusal was recently put on their timeline (each
+	// ingest lane keeps its own verdicts: laneMemo).
+	scheme       atomic.Pointer[schemeState]
+	schemeReload chan struct{}
+	reportNotes  expiredNotes
+
 	ctx       context.Context // background work; cancelled by Close
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -360,6 +375,9 @@ func New(cfg Config, store Store, log *slog.Logger) *Gateway {
 		reportQ:  make([]chan twinRequest, cfg.ReportedLanes),
 		jobQ:     make(chan jobStatusMsg, cfg.QueueSize),
 		methods:  newMethodTable(),
+
+		schemeReload: make(chan struct{}, 1),
+		reportNotes:  expiredNotes{every: reportNoteEvery},
 	}
 	for i := range g.reportQ {
 		g.reportQ[i] = make(chan twinRequest, max(1, cfg.QueueSize/cfg.ReportedLanes))
@@ -446,6 +464,12 @@ func (g *Gateway) start(ctx context.Context) error {
 	}
 	g.server, g.listener, g.tlsListener = server, ln, tlsLn
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	// The scheme is read before devices are served, so that their first reports are checked; a registry
+	// that cannot answer now only delays it (reports are answered 503 until it is read).
+	if err := g.loadScheme(ctx); err != nil {
+		g.log.Warn("reading the metadata scheme failed; retrying", "err", err)
+		g.reloadScheme()
+	}
 
 	g.goBackground(func() { g.admit.probe(g.ctx.Done()) })
 	g.goBackground(g.flushLoop)
@@ -460,6 +484,7 @@ func (g *Gateway) start(ctx context.Context) error {
 		g.goBackground(g.recheckLoop)
 	}
 	g.goBackground(g.listenLoop)
+	g.goBackground(g.schemeLoop)
 	if g.cfg.Downlinks != nil {
 		g.goBackground(g.downlinkLoop)
 	}
@@ -664,6 +689,7 @@ func (g *Gateway) Stats() Stats {
 		Throttled:         g.c.throttled.Load(),
 		ReportedApplied:   g.c.reportedApplied.Load(),
 		ReportedFailed:    g.c.reportedFailed.Load(),
+		SchemeRefused:     g.c.refusedScheme.Load(),
 		IngestBatches:     g.c.ingestBatches.Load(),
 		LastBatchSize:     g.c.lastBatchSize.Load(),
 		LastBatchLatency:  time.Duration(g.c.lastBatchLatency.Load()),

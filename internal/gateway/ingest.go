@@ -185,7 +185,9 @@ func (g *Gateway) answerTwin(r twinRequest, t twin.Twin) {
 // being written new patches queue up, so batches grow with load, which is what keeps Postgres at ~50k rows/s
 // (measured: a batched merge of 10k rows takes 0.18 s).
 func (g *Gateway) reportedLoop(q chan twinRequest) {
-	runBatches(g.ctx, q, g.cfg.ReportedBatch, g.cfg.ReportedWait, g.admitReported, g.applyReported)
+	lm := &laneMemo{}
+	admit := func(batch []twinRequest, r twinRequest) []twinRequest { return g.admitReported(lm, batch, r) }
+	runBatches(g.ctx, q, g.cfg.ReportedBatch, g.cfg.ReportedWait, admit, g.applyReported)
 }
 
 // runBatches takes items from q and hands them to flush in batches of at most size: the first item of a
@@ -247,22 +249,41 @@ func drainBatches[Q, B any](q <-chan Q, batch []B, size int, admit func([]B, Q) 
 	}
 }
 
-// admitReported validates a patch before it takes a place in a batch: malformed input is answered 400 here
-// and never reaches the registry.
-func (g *Gateway) admitReported(batch []twinRequest, r twinRequest) []twinRequest {
+// admitReported validates a patch before it takes a place in a batch: malformed input, and a patch the
+// metadata scheme refuses, is answered 400 here and never reaches the registry.
+func (g *Gateway) admitReported(lm *laneMemo, batch []twinRequest, r twinRequest) []twinRequest {
 	var err error
-	if len(r.payload) > twin.MaxReportedBytes {
+	var patch map[string]any
+	tooLarge := len(r.payload) > twin.MaxReportedBytes
+	if tooLarge {
 		err = &twin.LimitError{Section: twin.Reported, What: "size", Limit: twin.MaxReportedBytes, Actual: len(r.payload)}
 	} else {
-		_, err = twin.ParseObject(twin.Reported, r.payload)
+		patch, err = twin.ParseObject(twin.Reported, r.payload)
 	}
 	if err != nil {
 		g.c.malformed.Add(1)
 		g.c.reportedFailed.Add(1)
+		if tooLarge {
+			g.c.refusedTooLarge.Add(1)
+		} else {
+			g.c.refusedMalformed.Add(1)
+		}
 		g.respondError(r.id, 400, r.rid, err.Error())
+		g.markSeen(r.id)
+		return batch
+	}
+	if !g.checkReported(lm, r, patch) {
+		g.markSeen(r.id)
 		return batch
 	}
 	return append(batch, r)
+}
+
+// markSeen stamps the device's activity for a report that is not written (whose merge would have stamped it).
+func (g *Gateway) markSeen(id string) {
+	if s := g.sessions.get(id); s != nil {
+		g.events.markSeen(s)
+	}
 }
 
 func (g *Gateway) applyReported(batch []twinRequest) {
@@ -305,11 +326,14 @@ func (g *Gateway) applyReported(batch []twinRequest) {
 		var limit *twin.LimitError
 		switch {
 		case errors.Is(res.Err, fleet.ErrNotFound):
+			g.c.refusedUnknown.Add(1)
 			g.respondError(r.id, 404, r.rid, "device not found")
 		case errors.Is(res.Err, fleet.ErrNotActive):
+			g.c.refusedInactive.Add(1)
 			g.respondError(r.id, 403, r.rid, "device is not active")
 		case errors.As(res.Err, &limit), errors.Is(res.Err, twin.ErrInvalidJSON):
 			g.c.malformed.Add(1)
+			g.c.refusedMalformed.Add(1)
 			g.respondError(r.id, 400, r.rid, res.Err.Error())
 		default:
 			g.log.Warn("reported patch failed", "device", r.id, "err", res.Err)

@@ -78,10 +78,13 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	connectsDesc = desc("fleetflow_gateway_connects_total", "Sessions established, by client kind (devices only since services moved to NATS).", "kind")
-	reportedDesc = desc("fleetflow_gateway_reported_patches_total", "Reported-property patches by outcome.", "result")
-	relayedDesc  = desc("fleetflow_gateway_downlinks_relayed_total", "Messages relayed from the bus to devices, by kind.", "kind")
-	connEvDesc   = desc("fleetflow_gateway_connection_events_total", "Connection events by outcome of their registry write.", "result")
+	connectsDesc      = desc("fleetflow_gateway_connects_total", "Sessions established, by client kind (devices only since services moved to NATS).", "kind")
+	reportedDesc      = desc("fleetflow_gateway_reported_patches_total", "Reported-property patches by outcome.", "result")
+	relayedDesc       = desc("fleetflow_gateway_downlinks_relayed_total", "Messages relayed from the bus to devices, by kind.", "kind")
+	refusedReportDesc = desc("fleetflow_gateway_reported_refused_total",
+		"Reported-property patches refused with a 4xx answer, by reason: too_large, malformed (JSON or twin limits), "+
+			"scheme (violates the metadata scheme's reported-properties schema), unknown_device, inactive_device. Each is also counted as failed in fleetflow_gateway_reported_patches_total.", "reason")
+	connEvDesc = desc("fleetflow_gateway_connection_events_total", "Connection events by outcome of their registry write.", "result")
 )
 
 // refusedBusyDesc counts CONNECTs refused by admission control, by reason (see busyReasons).
@@ -150,6 +153,11 @@ var gatewayMetrics = append(admissionMetrics(), []gatewayMetric{
 	{desc("fleetflow_gateway_job_statuses_dropped_total", "Valid job status messages lost: queue full, or the registry write kept failing."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.jobStatusDropped })},
 
+	{refusedReportDesc, prometheus.CounterValue, []string{"too_large"}, load(func(c *counters) *atomic.Int64 { return &c.refusedTooLarge })},
+	{refusedReportDesc, prometheus.CounterValue, []string{"malformed"}, load(func(c *counters) *atomic.Int64 { return &c.refusedMalformed })},
+	{refusedReportDesc, prometheus.CounterValue, []string{"scheme"}, load(func(c *counters) *atomic.Int64 { return &c.refusedScheme })},
+	{refusedReportDesc, prometheus.CounterValue, []string{"unknown_device"}, load(func(c *counters) *atomic.Int64 { return &c.refusedUnknown })},
+	{refusedReportDesc, prometheus.CounterValue, []string{"inactive_device"}, load(func(c *counters) *atomic.Int64 { return &c.refusedInactive })},
 	{reportedDesc, prometheus.CounterValue, []string{"applied"}, load(func(c *counters) *atomic.Int64 { return &c.reportedApplied })},
 	{reportedDesc, prometheus.CounterValue, []string{"failed"}, load(func(c *counters) *atomic.Int64 { return &c.reportedFailed })},
 	{connEvDesc, prometheus.CounterValue, []string{"written"}, load(func(c *counters) *atomic.Int64 { return &c.connEventsWritten })},

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/creds"
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -46,6 +47,7 @@ func (minimalStore) ListenDeviceChanges(ctx context.Context, _ func(string)) err
 	<-ctx.Done()
 	return nil
 }
+func (minimalStore) ActiveScheme(context.Context) (*scheme.Scheme, error) { return nil, nil }
 
 // mochi cleans up a dropped connection after our OnDisconnect, on the old connection's goroutine and by
 // client id. A device reconnecting inside that window must not lose its subscriptions to that clean-up.

@@ -32,8 +32,36 @@ const DefaultMethodTimeout = 30 * time.Second
 // ErrorBody is the body of an error answer on a twin or method response topic.
 type ErrorBody struct {
 	Error string `json:"error"`
-	// Code classifies the error where a caller must tell errors with the same status apart (OfflineCode).
+	// Code classifies the error where a caller must tell errors with the same status apart (OfflineCode,
+	// SchemeViolationCode).
 	Code string `json:"code,omitempty"`
+	// Violations (SchemeViolationCode) are the paths and rules the refused patch breaks.
+	Violations []PathRule `json:"violations,omitempty"`
+}
+
+// PathRule is one violation of the metadata scheme: a path as the query language writes it
+// ("properties.reported.telemetryInterval") and the rule it breaks ("got string, want integer").
+type PathRule struct {
+	Path string `json:"path"`
+	Rule string `json:"rule"`
+}
+
+// The gateway's answer to a reported patch the metadata scheme's reported-properties schema refuses: status
+// StatusSchemeViolation on the device's twin response topic, code SchemeViolationCode, the message naming the
+// first path and rule and Violations listing them (at most MaxViolations). Nothing of the patch is written.
+const (
+	StatusSchemeViolation = 400
+	SchemeViolationCode   = "SchemeViolation"
+	MaxViolations         = 20
+)
+
+// SchemeViolationPayload is the body of the gateway's scheme refusal.
+func SchemeViolationPayload(msg string, vs []PathRule) []byte {
+	if len(vs) > MaxViolations {
+		vs = vs[:MaxViolations]
+	}
+	b, _ := json.Marshal(ErrorBody{Error: msg, Code: SchemeViolationCode, Violations: vs}) // strings only: always marshals
+	return b
 }
 
 // ErrorPayload is the JSON of ErrorBody{Error: msg}.

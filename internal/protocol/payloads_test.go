@@ -15,8 +15,18 @@ func TestErrorAndOfflineBodies(t *testing.T) {
 	if got := protocol.ParseError([]byte(`{"error":"busy"}`)); got.Error != "busy" || got.Code != "" {
 		t.Errorf("ParseError = %+v", got)
 	}
-	if got := protocol.ParseError([]byte(`nope`)); got != (protocol.ErrorBody{}) {
+	if got := protocol.ParseError([]byte(`nope`)); got.Error != "" || got.Code != "" || got.Violations != nil {
 		t.Errorf("ParseError(not JSON) = %+v", got)
+	}
+	// A scheme refusal lists its violations, at most MaxViolations of them.
+	vs := make([]protocol.PathRule, protocol.MaxViolations+5)
+	for i := range vs {
+		vs[i] = protocol.PathRule{Path: "properties.reported.x", Rule: "got string, want integer"}
+	}
+	got := protocol.ParseError(protocol.SchemeViolationPayload("properties.reported.x: got string, want integer (and 24 more)", vs))
+	if got.Code != protocol.SchemeViolationCode || len(got.Violations) != protocol.MaxViolations || got.Violations[0] != vs[0] ||
+		!strings.HasPrefix(got.Error, "properties.reported.x") {
+		t.Errorf("SchemeViolationPayload round trip = %+v", got)
 	}
 	off := protocol.OfflinePayload()
 	if string(off) != `{"error":"device offline","code":"DeviceNotOnline"}` {

@@ -506,7 +506,8 @@ func sortedKeys[V any](m map[string]V) []string {
 // ListenDeviceChanges calls fn with the id of every device whose status or credentials change, until ctx
 // ends. It holds its own connection (LISTEN needs one; to Options.ListenURL when set) and reconnects after errors; each time LISTEN is in
 // place it calls fn with "" so the caller can drop everything it cached, since notifications may have been
-// missed before. Inserts of devices come as fn(fleet.DevicesInserted), once per statement (migration 007).
+// missed before. Inserts of devices come as fn(fleet.DevicesInserted), once per statement (migration 007); a
+// change of the scheme in force as fn(fleet.SchemeChanged) (migration 021).
 func (r *Registry) ListenDeviceChanges(ctx context.Context, fn func(id string)) error {
 	for ctx.Err() == nil {
 		err := r.listenOnce(ctx, fn)

@@ -42,6 +42,10 @@ const (
 	// EventConnectRefused: a CONNECT with the right credentials was refused because they have expired;
 	// detail {"reason"}. Gateways record it at most once an hour per device.
 	EventConnectRefused = "connect_refused"
+	// EventReportRefused: a reported patch was refused because it violates the metadata scheme's
+	// reported-properties schema; detail {"reason"} (the paths and rules). Gateways record it at most once an
+	// hour per device.
+	EventReportRefused = "report_refused"
 	// EventCredentialsRotated: a rotation confirmed the device's new secret and cleared the old slot;
 	// detail {"jobId", "slot"}.
 	EventCredentialsRotated = "credentials_rotated"
@@ -177,9 +181,13 @@ func connectionEvents(events []fleet.ConnEvent, state map[string]*connState) []D
 			st.session, st.online, kind = e.Session, true, EventConnected
 		case e.Kind == fleet.ConnDown && e.Session == st.session && st.online:
 			st.online, kind = false, EventDisconnected
-		case e.Kind == fleet.ConnRefused:
+		case e.Kind == fleet.ConnRefused, e.Kind == fleet.ConnReportRefused:
 			b, _ := json.Marshal(map[string]string{"reason": e.Reason})
-			out = append(out, DeviceEvent{DeviceID: e.DeviceID, At: e.At, Kind: EventConnectRefused, Detail: json.RawMessage(b)})
+			k := EventConnectRefused
+			if e.Kind == fleet.ConnReportRefused {
+				k = EventReportRefused
+			}
+			out = append(out, DeviceEvent{DeviceID: e.DeviceID, At: e.At, Kind: k, Detail: json.RawMessage(b)})
 			continue
 		default:
 			continue
@@ -441,7 +449,7 @@ func lifecycleEntry(kind string, at time.Time, a *archiveRow) sortedEntry {
 // and so on.
 var kindRanks = map[string]int{
 	KindProvisioned: 0, EventEnrolled: 0, EventReplaces: 1,
-	EventConnected: 2, EventDisconnected: 2, EventConnectRefused: 2, EventCredentialsRotated: 2,
+	EventConnected: 2, EventDisconnected: 2, EventConnectRefused: 2, EventCredentialsRotated: 2, EventReportRefused: 2,
 	KindRolloutDispatched: 3, KindRolloutRollback: 3,
 	EventDesiredChanged: 4, EventTagsChanged: 4,
 	KindJob: 5, KindRollout: 5,
@@ -514,6 +522,8 @@ func describe(kind string, raw []byte) (stage, summary string) {
 		stage, summary = StageConnect, kind+" (session "+d.str("session")+")"
 	case EventConnectRefused:
 		stage, summary = StageConnect, "connect refused: "+d.str("reason")
+	case EventReportRefused:
+		stage, summary = StageMonitor, "reported patch refused by the scheme: "+d.str("reason")
 	case EventCredentialsRotated:
 		stage, summary = StageConnect, "credentials rotated by "+d.str("jobId")+": connected with the new secret (slot "+d.str("slot")+"), old secret revoked"
 	case EventDesiredChanged:

@@ -3,6 +3,7 @@ package registry_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -209,4 +210,68 @@ func TestGroups(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(1), n)
 	require.NoError(t, reg.DeleteGroup(ctx, "bench"))
+}
+
+// Gateways enforce the reported-properties schema of the scheme in force, so they are told when another
+// version is in force: a check that activates (or refuses) a version is announced as fleet.SchemeChanged,
+// and ActiveScheme then returns it, compiled with its reported part. A gateway's refusal of a report lands
+// on the device's timeline.
+func TestSchemeChangesAreAnnouncedToGateways(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := open(t)
+	siteFleet(t, reg)
+	got := make(chan string, 100)
+	go reg.ListenDeviceChanges(ctx, func(id string) { got <- id }) //nolint:errcheck
+	waitFor := func(want string) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case id := <-got:
+				if id == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %q notification", want)
+			}
+		}
+	}
+	waitFor("") // listening
+	s, err := reg.ActiveScheme(ctx)
+	require.NoError(t, err)
+	require.Nil(t, s)
+
+	const reported = `{"type":"object","properties":{"telemetryInterval":{"type":"integer"}}}`
+	end := registrytest.SetScheme(t, reg, "scheme-set-rep", []byte(`{"type":"object"}`), []byte(reported), false, 100)
+	require.Equal(t, fleet.SchemeActive, end.State)
+	waitFor(fleet.SchemeChanged)
+	s, err = reg.ActiveScheme(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, s)
+	require.Equal(t, end.Version, s.Version)
+	require.True(t, s.HasReported())
+	require.EqualError(t, s.CheckReportedPatch([]byte(`{"telemetryInterval":"x"}`)), "properties.reported.telemetryInterval: got string, want integer")
+
+	// A refused version is announced too (its state changed), and the one in force stays.
+	end = registrytest.SetScheme(t, reg, "scheme-set-refused", []byte(floors), nil, false, 100)
+	require.Equal(t, fleet.SchemeRefused, end.State)
+	waitFor(fleet.SchemeChanged)
+	s, err = reg.ActiveScheme(ctx)
+	require.NoError(t, err)
+	require.True(t, s.HasReported())
+
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{{DeviceID: "a-1", Kind: fleet.ConnReportRefused, At: time.Now(),
+		Reason: "properties.reported.telemetryInterval: got string, want integer"}}))
+	hist, err := reg.DeviceHistory(ctx, "a-1", 0)
+	require.NoError(t, err)
+	var found bool
+	for _, h := range hist {
+		if h.Kind == registry.EventReportRefused {
+			found = true
+			require.Equal(t, registry.StageMonitor, h.Stage)
+			require.Equal(t, "reported patch refused by the scheme: properties.reported.telemetryInterval: got string, want integer", h.Summary)
+		}
+	}
+	require.True(t, found, "the refusal is on the timeline: %v", hist)
 }

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -414,6 +415,103 @@ func (s *Scheme) CheckTagsPatch(patch []byte) error {
 	return validateValueFiltered("tags", s.tags, obj, contextual)
 }
 
+// CheckReportedPatch returns the violations a reported-properties merge patch causes by itself, whatever the
+// reported document it is merged into (docs/architecture.md, "Metadata scheme"): the values it sets are
+// checked as if merged into an empty document, rules that only the rest of a document could satisfy
+// (required, minProperties, dependencies) are left out, and a key it deletes (null) that the scheme requires
+// where it stands is a violation. A device is answered by what it sends, never by what an older report or an
+// older scheme left in its twin; nil when the scheme has no reported part.
+func (s *Scheme) CheckReportedPatch(patch []byte) error {
+	if s.reported == nil {
+		return nil
+	}
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(patch))
+	if err != nil {
+		return &Error{Violations: []Violation{{Path: reportedRoot, Rule: "not JSON: " + err.Error()}}}
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return &Error{Violations: []Violation{{Path: reportedRoot, Rule: "a patch must be a JSON object"}}}
+	}
+	return s.CheckReportedPatchValue(obj)
+}
+
+const reportedRoot = "properties.reported"
+
+// CheckReportedPatchValue is CheckReportedPatch on a patch decoded already, with numbers as json.Number (the
+// validator's own form, and twin.ParseObject's): a gateway has parsed the patch to check its shape, and a
+// second parse would cost as much as the check. It takes obj over: the keys the patch deletes are dropped
+// from it.
+func (s *Scheme) CheckReportedPatchValue(obj map[string]any) error {
+	if s.reported == nil {
+		return nil
+	}
+	const root = reportedRoot
+	var deleted []Violation
+	requiredDeleted(root, []*jsonschema.Schema{s.reported}, obj, 0, &deleted)
+	dropNulls(obj)
+	err := validateValueFiltered(root, s.reported, obj, contextual)
+	if len(deleted) == 0 {
+		return err
+	}
+	var se *Error
+	if errors.As(err, &se) {
+		deleted = append(deleted, se.Violations...)
+	}
+	slices.SortStableFunc(deleted, func(a, b Violation) int { return strings.Compare(a.Path, b.Path) })
+	return &Error{Violations: slices.Compact(deleted)}
+}
+
+// requiredDeleted finds the keys obj deletes (null) that one of schs, the schemas that apply at path,
+// requires, following properties (through $ref and allOf, the applicators that always apply) into the
+// objects obj patches.
+func requiredDeleted(path string, schs []*jsonschema.Schema, obj map[string]any, depth int, out *[]Violation) {
+	if depth > maxDepth {
+		return
+	}
+	schs = applying(schs, 0)
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		switch x := obj[k].(type) {
+		case nil:
+			for _, sch := range schs {
+				if slices.Contains(sch.Required, k) {
+					*out = append(*out, Violation{Path: Join(path, k), Rule: "deletes a required property"})
+					break
+				}
+			}
+		case map[string]any:
+			var sub []*jsonschema.Schema
+			for _, sch := range schs {
+				if p := sch.Properties[k]; p != nil {
+					sub = append(sub, p)
+				}
+			}
+			if len(sub) > 0 {
+				requiredDeleted(Join(path, k), sub, x, depth+1, out)
+			}
+		}
+	}
+}
+
+// applying adds to schs the schemas their $ref and allOf apply at the same place.
+func applying(schs []*jsonschema.Schema, depth int) []*jsonschema.Schema {
+	if depth > maxDepth {
+		return schs
+	}
+	out := slices.Clone(schs)
+	for _, sch := range schs {
+		var more []*jsonschema.Schema
+		if sch.Ref != nil {
+			more = append(more, sch.Ref)
+		}
+		more = append(more, sch.AllOf...)
+		if len(more) > 0 {
+			out = append(out, applying(more, depth+1)...)
+		}
+	}
+	return out
+}
+
 // contextual says whether a failed rule depends on keys a patch does not set.
 func contextual(k jsonschema.ErrorKind) bool {
 	switch k.(type) {
@@ -450,32 +548,44 @@ func Canonical(doc []byte) ([]byte, error) {
 	return json.Marshal(v)
 }
 
-// Memo validates tag documents against a scheme and remembers the verdicts of the documents it has seen,
-// up to a bound: a manifest repeats the same few tag documents (a site's devices share region, site and
-// model), and validating a document costs about 4 µs with the full validator, which a million rows would
-// otherwise pay in full. A hit costs about 20 ns, less than the fast path of a flat scheme, so the memo is
-// asked first; with a fast path a full memo keeps what it holds and the fast path takes the documents it
-// does not (a manifest whose every row differs would otherwise pay for a map that never hits), without one
-// it forgets everything and starts again. It is not safe for concurrent use: give each goroutine its own.
+// Memo validates documents against a scheme and remembers the verdicts of the documents it has seen, up to
+// a bound: a manifest repeats the same few tag documents (a site's devices share region, site and model), and
+// the devices of a fleet send the same few reported patches (a desired value acknowledged, a firmware
+// version), and a validation costs about 4 µs with the full validator, which a million rows would otherwise
+// pay in full. A hit costs about 20 ns, less than the fast path of a flat tags scheme, so the memo is asked
+// first; with a fast path a full memo keeps what it holds and the fast path takes the documents it does not
+// (a manifest whose every row differs would otherwise pay for a map that never hits), without one it forgets
+// everything and starts again. It is not safe for concurrent use: give each goroutine its own.
 type Memo struct {
-	s   *Scheme
-	m   map[string]error
-	max int
+	check func([]byte) error
+	m     map[string]error
+	max   int
+	keep  bool // when full, keep what it holds (a fast path takes the rest) rather than start again
 }
 
-// NewMemo returns a Memo over s remembering at most max documents (it forgets them all when full).
+// NewMemo returns a Memo of ValidateTags over s remembering at most max documents (it forgets them all when
+// full).
 func (s *Scheme) NewMemo(max int) *Memo {
-	return &Memo{s: s, m: make(map[string]error, min(max, 1024)), max: max}
+	m := newMemo(s.ValidateTags, max)
+	m.keep = s.fast != nil
+	return m
 }
 
-// ValidateTags is Scheme.ValidateTags, remembered.
-func (m *Memo) ValidateTags(doc []byte) error {
+// NewReportedPatchMemo returns a Memo of CheckReportedPatch over s, bounded as NewMemo's.
+func (s *Scheme) NewReportedPatchMemo(max int) *Memo { return newMemo(s.CheckReportedPatch, max) }
+
+func newMemo(check func([]byte) error, max int) *Memo {
+	return &Memo{check: check, m: make(map[string]error, min(max, 1024)), max: max}
+}
+
+// Check is the Memo's validation (ValidateTags or CheckReportedPatch), remembered.
+func (m *Memo) Check(doc []byte) error {
 	if err, ok := m.m[string(doc)]; ok {
 		return err
 	}
-	err := m.s.ValidateTags(doc)
+	err := m.check(doc)
 	if len(m.m) >= m.max {
-		if m.s.fast != nil {
+		if m.keep {
 			return err
 		}
 		clear(m.m)
@@ -483,6 +593,26 @@ func (m *Memo) ValidateTags(doc []byte) error {
 	m.m[string(doc)] = err
 	return err
 }
+
+// Verdict returns the remembered verdict of doc: known is false when the Memo has none.
+func (m *Memo) Verdict(doc []byte) (known bool, err error) {
+	err, known = m.m[string(doc)]
+	return known, err
+}
+
+// Remember records the verdict of doc, checked outside the Memo (on a value decoded already, say).
+func (m *Memo) Remember(doc []byte, err error) {
+	if len(m.m) >= m.max {
+		if m.keep {
+			return
+		}
+		clear(m.m)
+	}
+	m.m[string(doc)] = err
+}
+
+// ValidateTags is Scheme.ValidateTags, remembered: Check, for a Memo made by NewMemo.
+func (m *Memo) ValidateTags(doc []byte) error { return m.Check(doc) }
 
 // Len is how many verdicts the Memo holds.
 func (m *Memo) Len() int { return len(m.m) }

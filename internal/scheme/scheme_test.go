@@ -1,7 +1,9 @@
 package scheme_test
 
 import (
+	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -182,4 +184,111 @@ func BenchmarkValidateTagsMemo(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// reportedScheme describes what the simulator's devices report (internal/simulator's capabilities, firmware,
+// health and mirrored desired keys): the reported schema an operator of such a fleet would set.
+const reportedScheme = `{"type":"object","properties":{
+  "model":{"type":"string"},
+  "firmware":{"type":"object","properties":{"version":{"type":"string","pattern":"^[0-9]+\\.[0-9]+\\.[0-9]+$"}},"required":["version"]},
+  "health":{"type":"object","properties":{"status":{"enum":["ok","failing"]},"reason":{"type":"string"}},"required":["status"]},
+  "hardware":{"type":"object","properties":{"rev":{"type":"string"},"cpu":{"type":"string"},"memoryKb":{"type":"integer","minimum":0}}},
+  "sensors":{"type":"array","items":{"type":"string"}},
+  "capabilities":{"$ref":"#/$defs/caps"},
+  "telemetryInterval":{"type":"integer","minimum":1,"maximum":86400}},
+  "allOf":[{"required":["firmware"]}],
+  "$defs":{"caps":{"type":"object","properties":{"ota":{"type":"boolean"},"radio":{"enum":["wifi","lte-m","nb-iot","ethernet"]},
+    "telemetryMinSeconds":{"type":"integer","minimum":1}},"required":["ota"]}}}`
+
+func TestCheckReportedPatch(t *testing.T) {
+	s, err := scheme.Compile(1, []byte(`{"type":"object"}`), []byte(reportedScheme))
+	require.NoError(t, err)
+	for _, c := range []struct {
+		patch string
+		want  string // "" valid
+	}{
+		// Only what the patch sets is checked: the keys the scheme requires live in the stored document.
+		{`{"telemetryInterval": 30}`, ""},
+		{`{"health": {"reason": null}}`, ""},
+		{`{"firmware": {"version": "1.2.3"}}`, ""},
+		{`{"capabilities": {"radio": "wifi"}}`, ""}, // required ota is the stored document's (through $ref)
+		{`{"somethingNew": {"x": 1}}`, ""},          // the scheme leaves other keys open
+		{`{"telemetryInterval": "30"}`, "properties.reported.telemetryInterval: got string, want integer"},
+		{`{"telemetryInterval": 0}`, "properties.reported.telemetryInterval: minimum: got 0, want 1"},
+		{`{"firmware": {"version": "one"}}`, `properties.reported.firmware.version: 'one' does not match pattern '^[0-9]+\\.[0-9]+\\.[0-9]+$'`},
+		{`{"capabilities": {"radio": "5g"}}`, "properties.reported.capabilities.radio: value must be one of 'wifi', 'lte-m', 'nb-iot', 'ethernet'"},
+		{`{"health": {"status": "meh", "reason": 3}}`, "properties.reported.health.reason: got number, want string (and 1 more)"},
+		// Deleting what the scheme requires breaks every document it is merged into, through allOf, $ref
+		// and nested objects alike.
+		{`{"firmware": null}`, "properties.reported.firmware: deletes a required property"},
+		{`{"health": {"status": null}}`, "properties.reported.health.status: deletes a required property"},
+		{`{"capabilities": {"ota": null, "radio": 1}}`, "properties.reported.capabilities.ota: deletes a required property (and 1 more)"},
+		{`{"model": null}`, ""},
+	} {
+		err := s.CheckReportedPatch([]byte(c.patch))
+		if c.want == "" {
+			require.NoError(t, err, c.patch)
+			continue
+		}
+		require.ErrorIs(t, err, scheme.ErrViolation, c.patch)
+		require.EqualError(t, err, c.want, c.patch)
+	}
+	// A scheme without a reported part refuses nothing.
+	require.NoError(t, mustCompileTagsOnly(t).CheckReportedPatch([]byte(`{"firmware": null}`)))
+
+	m := s.NewReportedPatchMemo(4)
+	for range 2 {
+		require.NoError(t, m.Check([]byte(`{"telemetryInterval": 30}`)))
+		require.EqualError(t, m.Check([]byte(`{"telemetryInterval": "30"}`)), "properties.reported.telemetryInterval: got string, want integer")
+	}
+	require.Equal(t, 2, m.Len())
+}
+
+func mustCompileTagsOnly(t *testing.T) *scheme.Scheme {
+	t.Helper()
+	s, err := scheme.Compile(1, []byte(sites), nil)
+	require.NoError(t, err)
+	return s
+}
+
+func BenchmarkCheckReportedPatch(b *testing.B) {
+	s, err := scheme.Compile(1, []byte(`{"type":"object"}`), []byte(reportedScheme))
+	require.NoError(b, err)
+	patch := []byte(`{"model":"th-100","firmware":{"version":"1.2.3"},"health":{"status":"ok"},"hardware":{"rev":"A","cpu":"rp2040","memoryKb":512},` +
+		`"sensors":["temperature","humidity"],"capabilities":{"ota":true,"radio":"wifi","telemetryMinSeconds":10}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.CheckReportedPatch(patch); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A patch decoded as a gateway decodes it (json.Number) gets the verdict of its bytes, and a Memo fed from
+// outside gives it back.
+func TestCheckReportedPatchValue(t *testing.T) {
+	s, err := scheme.Compile(1, []byte(`{"type":"object"}`), []byte(reportedScheme))
+	require.NoError(t, err)
+	for _, patch := range []string{`{"telemetryInterval": 30}`, `{"telemetryInterval": 3.5}`, `{"telemetryInterval": "30"}`, `{"firmware": null}`,
+		`{"capabilities": {"ota": null, "radio": 1}}`, `{"health": {"reason": null}}`} {
+		dec := json.NewDecoder(strings.NewReader(patch))
+		dec.UseNumber()
+		var v map[string]any
+		require.NoError(t, dec.Decode(&v))
+		want, got := s.CheckReportedPatch([]byte(patch)), s.CheckReportedPatchValue(v)
+		if want == nil {
+			require.NoError(t, got, patch)
+			continue
+		}
+		require.EqualError(t, got, want.Error(), patch)
+	}
+	m := s.NewReportedPatchMemo(1)
+	known, _ := m.Verdict([]byte(`{"a":1}`))
+	require.False(t, known)
+	m.Remember([]byte(`{"a":1}`), scheme.ErrViolation)
+	known, err = m.Verdict([]byte(`{"a":1}`))
+	require.True(t, known)
+	require.ErrorIs(t, err, scheme.ErrViolation)
+	m.Remember([]byte(`{"b":1}`), nil)
+	require.Equal(t, 1, m.Len(), "bounded")
 }

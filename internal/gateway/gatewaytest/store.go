@@ -19,6 +19,7 @@ import (
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/fleet/fleettest"
 	"github.com/fleetflow/fleetflow/internal/protocol"
+	"github.com/fleetflow/fleetflow/internal/scheme"
 	"github.com/fleetflow/fleetflow/internal/twin"
 )
 
@@ -50,6 +51,9 @@ type Store struct {
 	heldReported int           // ApplyReported calls waiting on holdReported now
 	holdGets     chan struct{} // twin reads wait for it to close, when set
 	heldGets     int           // twin reads waiting on holdGets now
+	scheme       *scheme.Scheme
+	schemeFail   error
+	schemeCalls  int
 
 	// AuthDelay slows DeviceAuth, to exercise concurrent CONNECTs sharing one lookup.
 	AuthDelay time.Duration
@@ -523,6 +527,40 @@ func (s *Store) ReportedPatches(id string) []json.RawMessage {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]json.RawMessage(nil), s.patches[id]...)
+}
+
+// SetScheme makes s the scheme in force (nil: none) and announces it as the registry's trigger does
+// (fleet.SchemeChanged).
+func (s *Store) SetScheme(sch *scheme.Scheme) {
+	s.mu.Lock()
+	s.scheme = sch
+	s.mu.Unlock()
+	s.Notify(fleet.SchemeChanged)
+}
+
+// FailScheme makes ActiveScheme fail with err (nil: succeed again).
+func (s *Store) FailScheme(err error) {
+	s.mu.Lock()
+	s.schemeFail = err
+	s.mu.Unlock()
+}
+
+// SchemeCalls counts ActiveScheme calls.
+func (s *Store) SchemeCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.schemeCalls
+}
+
+// ActiveScheme implements gateway.Store.
+func (s *Store) ActiveScheme(context.Context) (*scheme.Scheme, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.schemeCalls++
+	if s.schemeFail != nil {
+		return nil, s.schemeFail
+	}
+	return s.scheme, nil
 }
 
 // ListenDeviceChanges implements gateway.Store.
