@@ -105,11 +105,13 @@ func compileFlat(root *jsonschema.Schema) *flat {
 }
 
 // agnosticAbsent reports whether s has none of the keywords that apply to values of every type and that the
-// fast path does not implement, and was compiled as draft 2020-12.
+// fast path does not implement, and was compiled as draft 2020-12. A standard format is an annotation (it
+// never refuses a value: annotationFormats), so it does not keep a property off the fast path; fleetflow's
+// own formats, which are asserted, do.
 func agnosticAbsent(s *jsonschema.Schema) bool {
 	return s.DraftVersion == 2020 && s.Ref == nil && s.RecursiveRef == nil && s.DynamicRef == nil && s.Not == nil &&
 		len(s.AllOf) == 0 && len(s.AnyOf) == 0 && len(s.OneOf) == 0 && s.If == nil && s.Then == nil && s.Else == nil &&
-		s.Format == nil && len(s.Extensions) == 0
+		(s.Format == nil || slices.Contains(annotationFormats, s.Format.Name)) && len(s.Extensions) == 0
 }
 
 // compileLeaf compiles the schema of one property, or returns nil when the fast path cannot apply it to a
