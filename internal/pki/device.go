@@ -133,20 +133,9 @@ func (ca *CA) IssueDevice(id string, now time.Time, validity time.Duration) (Dev
 	if err != nil {
 		return DeviceCert{}, fmt.Errorf("generate key of %s: %w", id, err)
 	}
-	serial, err := randomSerial()
+	tmpl, err := ca.deviceTemplate(id, now, validity)
 	if err != nil {
 		return DeviceCert{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: id},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
-		tmpl.NotAfter = ca.Cert.NotAfter
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
@@ -329,4 +318,26 @@ func RequestClientCertsFromFunc(cfg *tls.Config, pool func() *x509.CertPool) *tl
 		RequestClientCerts(out, p)
 	}
 	return out
+}
+
+// deviceTemplate is the template of a device's client certificate (subject = its id), valid from a minute
+// before now for validity, never past the CA's own end: issued at provisioning and at renewal alike, so a
+// renewed certificate is accepted exactly as the first one was.
+func (ca *CA) deviceTemplate(id string, now time.Time, validity time.Duration) (*x509.Certificate, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: id},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
+		tmpl.NotAfter = ca.Cert.NotAfter
+	}
+	return tmpl, nil
 }

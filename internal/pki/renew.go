@@ -103,20 +103,9 @@ func (ca *CA) SignDeviceCSR(id string, csrPEM []byte, now time.Time, validity ti
 	if validity <= 0 {
 		validity = DeviceCertValidity
 	}
-	serial, err := randomSerial()
+	tmpl, err := ca.deviceTemplate(id, now, validity)
 	if err != nil {
 		return nil, nil, time.Time{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: id},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
-		tmpl.NotAfter = ca.Cert.NotAfter
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
 	if err != nil {
