@@ -82,15 +82,8 @@ the old certificate is revoked. One rotation may hold both kinds of devices.`,
   fleetflow credentials rotate --group leaked-batch --grace 1d`,
 		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if (q == "" && group == "") == (len(args) == 0) {
-				return usagef("give device ids or --query (or --group), not both")
-			}
-			if _, err := fleet.TargetQuery(q, group); err != nil {
-				return asUsage(err)
-			}
-			if len(args) > maxRetireIDs {
-				return usagef("%s device ids: at most %s on the command line (they travel in the workflow's input); select more devices with --query",
-					numfmt.Thousands(int64(len(args))), numfmt.Thousands(maxRetireIDs))
+			if err := checkTargetArgs(args, q, group); err != nil {
+				return err
 			}
 			if grace <= 0 || timeout <= 0 || certValidity <= 0 {
 				return usagef("--grace, --timeout and --cert-validity must be positive")

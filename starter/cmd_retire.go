@@ -48,15 +48,8 @@ is 2. At most 10,000 ids are taken on the command line; retire more devices with
   fleetflow retire --query "SELECT * FROM devices WHERE tags.batch = 'b7'" --detach -o json`,
 		ValidArgsFunction: completeFrom(g, registry.CandidateDevices, 0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if (q == "" && group == "") == (len(args) == 0) {
-				return usagef("give device ids or --query (or --group), not both")
-			}
-			if _, err := fleet.TargetQuery(q, group); err != nil {
-				return asUsage(err)
-			}
-			if len(args) > maxRetireIDs {
-				return usagef("%s device ids: at most %s on the command line (they travel in the workflow's input); select more devices with --query, e.g. by a tag",
-					numfmt.Thousands(int64(len(args))), numfmt.Thousands(maxRetireIDs))
+			if err := checkTargetArgs(args, q, group); err != nil {
+				return err
 			}
 			if timeout <= 0 {
 				return usagef("--wipe-timeout must be positive")
@@ -619,5 +612,21 @@ func schedulePurge(ctx context.Context, g *globals, c client.Client, every time.
 		return fmt.Errorf("create schedule %s: %w", purgeScheduleID, err)
 	}
 	fmt.Printf("schedule %s created: purge devices retired more than %s ago, every %s\n", purgeScheduleID, in.OlderThan, every)
+	return nil
+}
+
+// checkTargetArgs checks the targets of an operation that takes device ids or --query or --group: exactly
+// one way, a valid group name, and at most maxRetireIDs ids (they travel in the workflow's input).
+func checkTargetArgs(ids []string, q, group string) error {
+	if (q == "" && group == "") == (len(ids) == 0) {
+		return usagef("give device ids or --query (or --group), not both")
+	}
+	if _, err := fleet.TargetQuery(q, group); err != nil {
+		return asUsage(err)
+	}
+	if len(ids) > maxRetireIDs {
+		return usagef("%s device ids: at most %s on the command line (they travel in the workflow's input); select more devices with --query, e.g. by a tag",
+			numfmt.Thousands(int64(len(ids))), numfmt.Thousands(maxRetireIDs))
+	}
 	return nil
 }
