@@ -32,6 +32,7 @@ type Store struct {
 	devices   map[string]*device
 	listeners map[int]func(string)
 	nextL     int
+	resumed   int // listeners whose first "" (re-check everything) has been handled
 
 	applyCalls   int
 	applyPatches int
@@ -212,12 +213,14 @@ func (s *Store) ApplyCalls() (calls, patches int) {
 	return s.applyCalls, s.applyPatches
 }
 
-// Listening reports whether a gateway listens for device changes: its listener starts on a goroutine of its
-// own, and a change announced before it does would reach no one.
+// Listening reports whether a gateway listens for device changes and has handled the listener's first
+// notice: its listener starts on a goroutine of its own, a change announced before it does would reach no
+// one, and that first notice empties the gateway's auth cache (a test counting registry lookups must not
+// start before it, or a lookup in flight is discarded and made again).
 func (s *Store) Listening() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.listeners) > 0
+	return len(s.listeners) > 0 && s.resumed > 0
 }
 
 // AuthLookups is the number of DeviceAuth calls so far.
@@ -574,9 +577,13 @@ func (s *Store) ListenDeviceChanges(ctx context.Context, fn func(id string)) err
 	// tells the gateway to re-check what it holds. Without it a revocation made while the gateway's listener
 	// goroutine was still starting would be lost, which the real registry never allows.
 	fn("")
+	s.mu.Lock()
+	s.resumed++
+	s.mu.Unlock()
 	<-ctx.Done()
 	s.mu.Lock()
 	delete(s.listeners, n)
+	s.resumed--
 	s.mu.Unlock()
 	return nil
 }
