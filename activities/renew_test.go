@@ -32,7 +32,7 @@ func certFP(id string) []byte {
 }
 
 // certDevice is a certificate device as a renewal sees it: it holds the fingerprints of the certificates of
-// its two slots, generates a key for each request (kept in memory, as the SDK does), installs a certificate
+// its two slots, generates a key for each request (kept as the SDK stores it), installs a certificate
 // only for its newest key, and reconnects presenting its preferred slot, then the other.
 type certDevice struct {
 	fps       [3][]byte

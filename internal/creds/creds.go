@@ -7,6 +7,7 @@ package creds
 
 import (
 	"bufio"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -20,6 +21,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/fleetflow/fleetflow/internal/pki"
 )
 
 // Credential is one device's identity and secret, or client certificate and key, as a device (or the
@@ -41,6 +44,11 @@ type Credential struct {
 	// presented first) on the device's new line.
 	Cert2 string `json:"cert2,omitempty"`
 	Key2  string `json:"key2,omitempty"`
+	// PendingKey is the private key (PEM) of the newest certificate request the device answered, waiting for
+	// its certificate: stored before the answer, so that a device restarted in between can still install the
+	// certificate; the device's next line, once the certificate is installed or a newer request made, no
+	// longer holds it (docs/architecture.md, "Certificate renewal").
+	PendingKey string `json:"pendingKey,omitempty"`
 	// Line is the manifest line the device came from, so operators can map a credential back to its row
 	// (and the CLI can drop the rows that did not create a device).
 	Line int64 `json:"line,omitempty"`
@@ -48,6 +56,8 @@ type Credential struct {
 	// TLS is Cert and Key parsed, set by Read, ready for a tls.Config's Certificates; TLS2 is Cert2 and Key2.
 	TLS  *tls.Certificate `json:"-"`
 	TLS2 *tls.Certificate `json:"-"`
+	// Pending is PendingKey parsed, set by Read.
+	Pending crypto.Signer `json:"-"`
 }
 
 // NewSecret returns a random 256-bit secret, base64url without padding (43 characters).
@@ -121,7 +131,7 @@ func Create(path string) (*Writer, error) {
 // Write appends one credential.
 func (w *Writer) Write(c Credential) error {
 	var b []byte
-	if c.Cert == "" && c.Key == "" && c.Secret2 == "" && c.Slot == 0 && plain(c.ID) && plain(c.Secret) {
+	if c.Cert == "" && c.Key == "" && c.Secret2 == "" && c.Slot == 0 && c.Cert2 == "" && c.PendingKey == "" && plain(c.ID) && plain(c.Secret) {
 		// A million lines through json.Marshal cost seconds; plain ids and secrets need no escaping.
 		b = append(w.buf[:0], `{"id":"`...)
 		b = append(b, c.ID...)
@@ -280,6 +290,11 @@ func Read(r io.Reader) ([]Credential, error) {
 		if c.Cert2 != "" || c.Key2 != "" {
 			if c.TLS2, err = parsePair(c.ID, c.Cert2, c.Key2); err != nil {
 				return nil, fmt.Errorf("credentials line %d: %w", line, err)
+			}
+		}
+		if c.PendingKey != "" {
+			if c.Pending, err = pki.ParsePrivateKey([]byte(c.PendingKey)); err != nil {
+				return nil, fmt.Errorf("credentials line %d: pending key of %s: %w", line, c.ID, err)
 			}
 		}
 		if i, ok := index[c.ID]; ok {

@@ -28,6 +28,11 @@ type Credentials struct {
 	// slots, either may be nil; a certificate renewal writes one and leaves the other alone the same way
 	// (docs/architecture.md, "Certificate renewal"). Over TLS the slot's certificate is presented.
 	Cert, Cert2 *tls.Certificate
+	// PendingKey is the private key of the newest certificate request (renewCertificate) whose certificate
+	// has not been installed yet. It is stored with the rest before the request is answered, so that a device
+	// restarted between the request and installCertificate still holds the key its new certificate is for;
+	// a newer request replaces it and the installation clears it. It never leaves the device.
+	PendingKey crypto.Signer
 	// Slot is the slot presented first (1 or 2); a refused CONNECT is retried with the other one.
 	Slot int
 }
@@ -65,14 +70,12 @@ type credState struct {
 	// dropAfterReply asks callMethod to drop the connection once the rotation's answer is sent, so that the
 	// device reconnects with its new secret.
 	dropAfterReply bool
-	// pending is the key of the newest certificate request (renewCertificate), waiting for its certificate;
-	// it exists only in memory: a device restarted meanwhile refuses the certificate, and keeps its own.
-	pending crypto.Signer
 }
 
 // initCredentials sets the starting state from the configuration.
 func (d *Device) initCredentials() {
-	c := Credentials{Secret: d.cfg.Secret, Secret2: d.cfg.Secret2, Cert: d.cfg.ClientCertificate, Cert2: d.cfg.ClientCertificate2, Slot: d.cfg.Slot}
+	c := Credentials{Secret: d.cfg.Secret, Secret2: d.cfg.Secret2, Cert: d.cfg.ClientCertificate, Cert2: d.cfg.ClientCertificate2, Slot: d.cfg.Slot,
+		PendingKey: d.cfg.PendingKey}
 	if c.Slot != 1 && c.Slot != 2 {
 		c.Slot = 1
 		if !c.has(1) && c.has(2) {
@@ -223,23 +226,31 @@ func (d *Device) clientCertificate(info *tls.CertificateRequestInfo) (*tls.Certi
 }
 
 // renewCertificate is the renewCertificate method (protocol.MethodRenewCertificate): a new key pair is
-// generated here, kept in memory, and its certificate signing request answered; the key never leaves the
-// device (docs/architecture.md, "Certificate renewal").
-func (d *Device) renewCertificate(context.Context, []byte) (any, error) {
+// generated here and stored, as the pending key, with SaveCredentials before its certificate signing request
+// is answered, so that the certificate the worker signs for it can be installed even after a restart; the
+// key never leaves the device (docs/architecture.md, "Certificate renewal"). The request replaces any older
+// pending key: a certificate for that one is refused from now on.
+func (d *Device) renewCertificate(ctx context.Context, _ []byte) (any, error) {
 	key, csr, err := pki.NewDeviceKey(d.cfg.ID)
 	if err != nil {
 		return nil, &MethodError{Status: 500, Message: err.Error()}
 	}
 	d.creds.mu.Lock()
-	d.creds.pending = key
-	d.creds.mu.Unlock()
+	defer d.creds.mu.Unlock()
+	next := d.creds.c
+	next.PendingKey = key
+	if err := d.cfg.SaveCredentials(ctx, next); err != nil {
+		return nil, &MethodError{Status: 500, Message: "storing the new key failed; keeping the old certificate: " + err.Error()}
+	}
+	d.creds.c = next
 	return protocol.RenewCertificateAnswer{CSR: string(csr)}, nil
 }
 
 // installCertificate is the installCertificate method (protocol.MethodInstallCertificate): the certificate
-// must be for the key of the newest request; it is stored with that key in the slot named, with
-// SaveCredentials, before the answer, and the connection dropped after it, so that the device comes back
-// presenting the new certificate (and, should the registry not know it, the old one).
+// must be for the pending key (the newest request's, stored: it survives a restart); it is stored with that
+// key in the slot named, and the pending key cleared, with SaveCredentials, before the answer, and the
+// connection dropped after it, so that the device comes back presenting the new certificate (and, should the
+// registry not know it, the old one).
 func (d *Device) installCertificate(ctx context.Context, payload []byte) (any, error) {
 	r, err := protocol.ParseInstallCertificate(payload)
 	if err != nil {
@@ -247,10 +258,11 @@ func (d *Device) installCertificate(ctx context.Context, payload []byte) (any, e
 	}
 	d.creds.mu.Lock()
 	defer d.creds.mu.Unlock()
-	if d.creds.pending == nil {
+	if d.creds.c.PendingKey == nil {
 		return nil, &MethodError{Status: 409, Message: "no certificate request is pending on this device; keeping the old certificate"}
 	}
-	pair, err := pki.KeyPair(d.cfg.ID, []byte(r.Certificate), d.creds.pending)
+	// KeyPair checks that the certificate's public key is the pending key's.
+	pair, err := pki.KeyPair(d.cfg.ID, []byte(r.Certificate), d.creds.c.PendingKey)
 	if err != nil {
 		return nil, &MethodError{Status: 409, Message: err.Error() + "; keeping the old certificate"}
 	}
@@ -261,11 +273,11 @@ func (d *Device) installCertificate(ctx context.Context, payload []byte) (any, e
 		next.Cert2 = pair
 	}
 	next.Slot = r.Slot
+	next.PendingKey = nil // installed: it lives on as the slot's key
 	if err := d.cfg.SaveCredentials(ctx, next); err != nil {
 		return nil, &MethodError{Status: 500, Message: "storing the new certificate failed; keeping the old one: " + err.Error()}
 	}
 	d.creds.c = next
-	d.creds.pending = nil
 	d.creds.dropAfterReply = true
 	return nil, nil
 }

@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,10 @@ type Config struct {
 	// ClientCertificate2 is the certificate of the second certificate slot, which a certificate renewal
 	// may have written (docs/architecture.md, "Certificate renewal"); Slot says which is presented first.
 	ClientCertificate2 *tls.Certificate
+	// PendingKey is the key of a certificate request the device answered before it was restarted, as
+	// SaveCredentials stored it (Credentials.PendingKey): installCertificate pairs the certificate the worker
+	// signed for that request with it (docs/architecture.md, "Certificate renewal").
+	PendingKey crypto.Signer
 
 	KeepAlive time.Duration // MQTT keepalive (default 60 s)
 	// PingTimeout is how long the device waits for the gateway's PINGRESP before it considers the connection

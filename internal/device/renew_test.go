@@ -2,8 +2,10 @@ package device_test
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -112,12 +114,16 @@ func TestRenewCertificate(t *testing.T) {
 	require.Eventually(t, d.IsConnected, 10*time.Second, 10*time.Millisecond)
 	call(protocol.MethodInstallCertificate, "i2", string(install), "devices/dev-c/methods/res/200/i2")
 	mu.Lock()
-	require.Len(t, saved, 1, "stored before the answer")
-	got := saved[0]
+	require.Len(t, saved, 3, "each request's key, then the certificate, stored before the answers")
+	got := saved[2]
+	requested := saved[1].PendingKey
 	mu.Unlock()
+	require.NotNil(t, requested)
+	assert.Nil(t, got.PendingKey, "installed: no longer pending")
 	assert.Equal(t, 2, got.Slot)
 	require.NotNil(t, got.Cert2)
 	assert.Equal(t, fp, pki.Fingerprint(got.Cert2.Leaf))
+	assert.True(t, requested.Public().(*ecdsa.PublicKey).Equal(got.Cert2.Leaf.PublicKey), "for the pending key")
 	assert.Equal(t, &pair, got.Cert, "the old certificate is kept")
 	require.Eventually(t, session(fp), 30*time.Second, 20*time.Millisecond, "the device reconnected with its new certificate")
 
@@ -126,4 +132,110 @@ func TestRenewCertificate(t *testing.T) {
 	require.NoError(t, json.Unmarshal(call(protocol.MethodRenewCertificate, "q2", "{}", "devices/dev-c/methods/res/200/q2").Payload, &answer))
 	assert.Len(t, answer, 1)
 	assert.NotContains(t, answer["csr"], "PRIVATE KEY")
+}
+
+// A device restarted between renewCertificate and installCertificate still installs the certificate signed
+// for its request: the request's key was stored (SaveCredentialsFile: mode 0600, synced) before the request
+// was answered. A key a newer request superseded is no longer pending, so a certificate for it is refused;
+// once installed, the key is no longer pending either, and the file holds it only as the new slot's key.
+func TestRenewCertificateAcrossRestart(t *testing.T) {
+	now := time.Now()
+	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
+	require.NoError(t, err)
+	caDir := filepath.Join(t.TempDir(), "ca")
+	ca, err := pki.InitDeviceCA(caDir, "", now, 0)
+	require.NoError(t, err)
+	store := gatewaytest.New()
+	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
+		TLSKeyFile: server.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
+	require.Eventually(t, store.Listening, 10*time.Second, time.Millisecond)
+	dc, err := ca.IssueDevice("dev-r", now, time.Hour)
+	require.NoError(t, err)
+	pair, err := tls.X509KeyPair(dc.CertPEM, dc.KeyPEM)
+	require.NoError(t, err)
+	store.AddCertificate("dev-r", dc.Fingerprint)
+
+	path := filepath.Join(t.TempDir(), "dev-r.creds.ndjson")
+	save := device.SaveCredentialsFile(path, "dev-r")
+	require.NoError(t, save(context.Background(), device.Credentials{Cert: &pair, Slot: 1}))
+	// start is a boot of the device: its credentials are what the file holds.
+	start := func() *device.Device {
+		t.Helper()
+		stored, err := device.LoadCredentialsFile(path)
+		require.NoError(t, err)
+		d := newDevice(t, "ssl://"+g.TLSAddr(), "dev-r", func(c *device.Config) {
+			c.UseCredentials(stored)
+			c.CAFile, c.SaveCredentials = server.CA, save
+		})
+		connect(t, d)
+		return d
+	}
+	d := start()
+
+	svc := gatewaytest.Service(t, gatewaytest.URL(g), "svc:test")
+	svc.Sub(t, 1, "devices/dev-r/methods/res/+/+")
+	call := func(method, rid, payload, wantTopic string) gatewaytest.Message {
+		t.Helper()
+		require.NoError(t, svc.Pub(t, "devices/dev-r/methods/req/"+method+"/"+rid, 0, payload))
+		m, ok := svc.WaitMessage(t, wantTopic, 20*time.Second)
+		require.True(t, ok, "no response on %s; got %v", wantTopic, svc.Messages())
+		return m
+	}
+	request := func(rid string) []byte {
+		t.Helper()
+		m := call(protocol.MethodRenewCertificate, rid, "{}", "devices/dev-r/methods/res/200/"+rid)
+		a, err := protocol.ParseRenewCertificateAnswer(m.Payload)
+		require.NoError(t, err)
+		return []byte(a.CSR)
+	}
+	stale := request("q0")
+	csr := request("q1") // supersedes q0's key
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	stored, err := device.LoadCredentialsFile(path)
+	require.NoError(t, err)
+	require.NotNil(t, stored.PendingKey, "the request's key was stored before the answer")
+	parsed, err := pki.CheckDeviceCSR("dev-r", csr)
+	require.NoError(t, err)
+	assert.True(t, stored.PendingKey.Public().(*ecdsa.PublicKey).Equal(parsed.PublicKey), "the stored key is the newest request's")
+
+	d.Close() // the restart
+	d = start()
+
+	staleCert, _, _, err := ca.SignDeviceCSR("dev-r", stale, time.Now(), time.Hour)
+	require.NoError(t, err)
+	m := call(protocol.MethodInstallCertificate, "i0", string(protocol.InstallCertificate{Slot: 2, Certificate: string(staleCert)}.Payload()),
+		"devices/dev-r/methods/res/409/i0")
+	assert.Contains(t, string(m.Payload), "not for this device's new key", "a superseded request's key is not pending")
+
+	certPEM, fp, _, err := ca.SignDeviceCSR("dev-r", csr, time.Now(), 2*time.Hour)
+	require.NoError(t, err)
+	store.SetCertificate2("dev-r", fp)
+	require.Eventually(t, d.IsConnected, 10*time.Second, 10*time.Millisecond)
+	install := string(protocol.InstallCertificate{Slot: 2, Certificate: string(certPEM)}.Payload())
+	call(protocol.MethodInstallCertificate, "i1", install, "devices/dev-r/methods/res/200/i1")
+
+	stored, err = device.LoadCredentialsFile(path)
+	require.NoError(t, err)
+	require.NotNil(t, stored.Cert2)
+	assert.Equal(t, fp, pki.Fingerprint(stored.Cert2.Leaf))
+	assert.True(t, stored.Cert2.Leaf.PublicKey.(*ecdsa.PublicKey).Equal(parsed.PublicKey), "installed with the key of its request")
+	assert.Equal(t, 2, stored.Slot)
+	assert.Nil(t, stored.PendingKey, "installed: no longer pending")
+	require.NotNil(t, stored.Cert)
+	assert.Equal(t, dc.Fingerprint, pki.Fingerprint(stored.Cert.Leaf), "the old certificate is kept")
+	require.Eventually(t, func() bool {
+		for _, ev := range store.Events() {
+			if ev.DeviceID == "dev-r" && ev.Kind == fleet.ConnUp && string(ev.Digest) == string(fp) {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 20*time.Millisecond, "the device reconnected with its new certificate")
+
+	// Restarted once more, it has nothing pending: the same certificate is not installed twice.
+	d.Close()
+	start()
+	call(protocol.MethodInstallCertificate, "i2", install, "devices/dev-r/methods/res/409/i2")
 }

@@ -153,6 +153,33 @@ func EncodeKeyPair(c *tls.Certificate) (certPEM, keyPEM []byte, err error) {
 	return encodeCert(c.Certificate[0]), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
+// EncodePrivateKey writes a private key as PEM (PKCS #8), as a credentials file keeps a device's pending
+// renewal key (docs/architecture.md, "Certificate renewal").
+func EncodePrivateKey(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encode private key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParsePrivateKey reads a PEM private key written by EncodePrivateKey.
+func ParsePrivateKey(keyPEM []byte) (crypto.Signer, error) {
+	b, _ := pem.Decode(keyPEM)
+	if b == nil || b.Type != "PRIVATE KEY" {
+		return nil, errors.New("not a PEM private key")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse private key: %w", err)
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("parse private key: %T cannot sign", k)
+	}
+	return s, nil
+}
+
 // Signer signs renewals with the fleet CA kept in a directory (ca.pem, ca-key.pem), read on first use so
 // that a worker without a CA starts and serves everything else; a CA that fails to load is tried again at
 // the next renewal (fleet.CertificateSigner).

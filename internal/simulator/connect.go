@@ -68,6 +68,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		Slot:                 c.Slot,
 		ClientCertificate:    c.TLS, // from a credentials file of provision --auth x509
 		ClientCertificate2:   c.TLS2,
+		PendingKey:           c.Pending, // a renewal's key stored before a restart
 		KeepAlive:            s.cfg.KeepAlive,
 		PingTimeout:          s.cfg.PingTimeout,
 		RequestTimeout:       s.cfg.RequestTimeout,
@@ -83,6 +84,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 		},
 	}
 	if s.journal != nil {
+		lastPending := c.Pending // a new pending key is a renewal's request, not a credential stored
 		cfg.SaveCredentials = func(_ context.Context, dc device.Credentials) error {
 			// Appended and synced before the device answers; a later run reads the id's last line.
 			line := creds.Credential{ID: c.ID, Secret: dc.Secret, Secret2: dc.Secret2, Slot: dc.Slot, Line: c.Line}
@@ -101,9 +103,21 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 				}
 				*p.cert, *p.key = string(cert), string(key)
 			}
+			// The pending key of a renewal goes to the same file before the request is answered; the next line
+			// (the certificate installed, or a newer request) drops it.
+			if dc.PendingKey != nil {
+				key, err := pki.EncodePrivateKey(dc.PendingKey)
+				if err != nil {
+					return err
+				}
+				line.PendingKey = string(key)
+			}
 			err := s.journal.Append(line)
-			if err == nil {
+			if err == nil && (dc.PendingKey == nil || dc.PendingKey == lastPending) {
 				s.rotations.Add(1)
+			}
+			if err == nil {
+				lastPending = dc.PendingKey
 			}
 			return err
 		}
