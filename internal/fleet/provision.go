@@ -77,8 +77,9 @@ const StagingStallAfter = time.Minute
 type ProvisionStore interface {
 	// ProvisionBatch creates the devices of staged rows first..last-1 of op. It is idempotent: a
 	// committed batch is recorded and a retry returns its counts. A positive validity gives the devices it
-	// creates a credential expiry (credential_expires_at = creation + validity) in the same transaction,
-	// which also drops the batch's staged rows (nothing reads them again).
+	// creates a credential expiry (credential_expires_at = creation + validity, or the end of the device's
+	// staged certificate if sooner) in the same transaction, which also records each staged certificate's
+	// end with its fingerprint, and drops the batch's staged rows (nothing reads them again).
 	ProvisionBatch(ctx context.Context, op string, first, last int64, validity time.Duration) (ProvisionCounts, error)
 	// StagedRows returns how far op's staging has got. An open staging without sign of life for longer
 	// than stall is closed as abandoned; an abandoned staging is an error wrapping ErrStagingAbandoned.

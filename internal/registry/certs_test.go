@@ -195,3 +195,59 @@ func TestCertificateRenewalSlots(t *testing.T) {
 	require.NoError(t, err)
 	require.Nil(t, a.Cert2Fingerprint, "retiring clears both slots")
 }
+
+// A provisioned certificate's end is staged with its fingerprint and recorded with it when the batch creates
+// the device (cert_not_after), by both kinds of staging and through the row-by-row path a conflict takes;
+// the credential expiry is then the certificate's end, or creation + validity if sooner. A secret device
+// records no certificate end.
+func TestProvisionedCertificateEndIsRecorded(t *testing.T) {
+	for _, c := range []struct {
+		name               string
+		chunked, conflicts bool
+	}{{"one transaction", false, false}, {"chunked", true, false}, {"row by row", false, true}, {"chunked row by row", true, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			reg := open(t)
+			if c.conflicts {
+				stageAs(t, reg, "pre", []registry.StagedRow{{ID: "old-1"}}, c.chunked)
+				_, err := reg.ProvisionBatch(ctx, "pre", 0, 1, 0)
+				require.NoError(t, err)
+			}
+			soon := time.Now().Add(10 * 24 * time.Hour).UTC().Truncate(time.Second)
+			late := time.Now().Add(60 * 24 * time.Hour).UTC().Truncate(time.Second)
+			rows := []registry.StagedRow{
+				{ID: "c-soon", CertFingerprint: fingerprint("c-soon"), CertNotAfter: &soon},
+				{ID: "c-late", CertFingerprint: fingerprint("c-late"), CertNotAfter: &late},
+				{ID: "s-1", SecretHash: creds.Digest("secret-s-1")},
+				{ID: "old-1"},
+			}
+			stageAs(t, reg, "op", rows, c.chunked)
+			counts, err := reg.ProvisionBatch(ctx, "op", 0, 4, 30*24*time.Hour)
+			require.NoError(t, err)
+			if c.conflicts {
+				require.Equal(t, fleet.ProvisionCounts{Created: 3, Existing: 1}, counts)
+			} else {
+				require.Equal(t, fleet.ProvisionCounts{Created: 4}, counts)
+			}
+			for id, want := range map[string]*time.Time{"c-soon": &soon, "c-late": &late, "s-1": nil} {
+				d, err := reg.GetDevice(ctx, id)
+				require.NoError(t, err)
+				if want == nil {
+					require.Nil(t, d.CertNotAfter, id)
+				} else {
+					require.NotNil(t, d.CertNotAfter, id)
+					require.True(t, want.Equal(*d.CertNotAfter), "%s: %s, want %s", id, d.CertNotAfter, want)
+				}
+				require.NotNil(t, d.CredentialExpiresAt, id)
+				expires := d.CreatedAt.Add(30 * 24 * time.Hour)
+				if want != nil && want.Before(expires) {
+					expires = *want
+				}
+				require.WithinDuration(t, expires, *d.CredentialExpiresAt, time.Millisecond, id)
+				a, err := reg.DeviceAuth(ctx, id)
+				require.NoError(t, err)
+				require.WithinDuration(t, expires, a.ExpiresAt, time.Millisecond, "%s: the gateway sees the same expiry", id)
+			}
+		})
+	}
+}

@@ -28,14 +28,17 @@ type StagedRow struct {
 	// CertFingerprint is the SHA-256 of the device's client certificate (docs/architecture.md, "Device
 	// certificates"); a row needs it or SecretHash.
 	CertFingerprint []byte
-	ParseError      string
+	// CertNotAfter is that certificate's end as it states it, recorded with the fingerprint (cert_not_after);
+	// nil when the row has no certificate.
+	CertNotAfter *time.Time
+	ParseError   string
 	// Checked says the caller has already run RowProblem on ID and Tags (and put any problem in
 	// ParseError), so staging need not check them again.
 	Checked bool
 }
 
 // deviceCopyColumns are the columns provisioning writes; everything else takes its default.
-var deviceCopyColumns = []string{"id", "secret1_hash", "cert_fingerprint", "tags", "provisioned_by"}
+var deviceCopyColumns = []string{"id", "secret1_hash", "cert_fingerprint", "cert_not_after", "tags", "provisioned_by"}
 
 // StageRows copies manifest rows into provision_rows under op with COPY, the fastest way into Postgres, and
 // records the operation with its row count so the workflow can plan batches without reading rows.
@@ -185,13 +188,13 @@ func copyStagedToDevices(ctx context.Context, tx pgx.Tx, st staging, op string, 
 	buf := relayBuffers.Get().(*bytes.Buffer)
 	defer func() { buf.Reset(); relayBuffers.Put(buf) }()
 	conn := tx.Conn().PgConn()
-	_, err = conn.CopyTo(ctx, buf, `COPY (SELECT id, secret_hash, cert_fingerprint, tags, (SELECT current_setting('fleetflow.batch_op'))
+	_, err = conn.CopyTo(ctx, buf, `COPY (SELECT id, secret_hash, cert_fingerprint, cert_not_after, tags, (SELECT current_setting('fleetflow.batch_op'))
 		FROM `+from+` WHERE `+cond+`seq >= (SELECT current_setting('fleetflow.batch_first')::bigint)
 		AND seq < (SELECT current_setting('fleetflow.batch_last')::bigint) AND parse_error IS NULL) TO STDOUT`)
 	if err != nil {
 		return 0, fmt.Errorf("read staged rows: %w", err)
 	}
-	tag, err := conn.CopyFrom(ctx, buf, `COPY devices (id, secret1_hash, cert_fingerprint, tags, provisioned_by) FROM STDIN`)
+	tag, err := conn.CopyFrom(ctx, buf, `COPY devices (id, secret1_hash, cert_fingerprint, cert_not_after, tags, provisioned_by) FROM STDIN`)
 	if err != nil {
 		return 0, fmt.Errorf("create devices: %w", err)
 	}
@@ -216,7 +219,9 @@ func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last in
 			var st staging
 			if st, err = stagingOf(ctx, tx, op); err == nil {
 				q := st.rows(first, last)
-				update := `UPDATE devices d SET credential_expires_at = d.created_at + make_interval(secs => ` + q.arg(validity.Seconds()) + `)
+				// A certificate's recorded end caps it (least ignores a NULL): the registry's expiry is then
+				// exactly the certificate's, which the health check warns before.
+				update := `UPDATE devices d SET credential_expires_at = least(d.created_at + make_interval(secs => ` + q.arg(validity.Seconds()) + `), d.cert_not_after)
 					FROM (SELECT id FROM ` + q.from + ` WHERE ` + q.cond + `) r
 					WHERE d.id = r.id AND d.provisioned_by = ` + q.arg(op) + ` AND d.credential_expires_at IS NULL`
 				_, err = tx.Exec(ctx, update, q.args...)
@@ -284,13 +289,14 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 			return err
 		}
 		q := st.rows(first, last)
-		rows, err := tx.Query(ctx, `SELECT line, id, tags, secret_hash, cert_fingerprint, coalesce(parse_error, '') FROM `+q.from+`
+		rows, err := tx.Query(ctx, `SELECT line, id, tags, secret_hash, cert_fingerprint, cert_not_after, coalesce(parse_error, '') FROM `+q.from+`
 			WHERE `+q.cond+` ORDER BY seq`, q.args...)
 		if err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
 		}
 		var ids, tags []string
 		var hashes, fingerprints [][]byte
+		var notAfters []*time.Time
 		var lines []int64
 		var results []rowResult
 		seen := map[string]int64{}
@@ -298,7 +304,7 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 		for rows.Next() {
 			read++
 			var s StagedRow
-			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.CertFingerprint, &s.ParseError); err != nil {
+			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.CertFingerprint, &s.CertNotAfter, &s.ParseError); err != nil {
 				rows.Close()
 				return fmt.Errorf("scan staged row: %w", err)
 			}
@@ -312,7 +318,7 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 			}
 			seen[s.ID] = s.Line
 			ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
-			fingerprints = append(fingerprints, s.CertFingerprint)
+			fingerprints, notAfters = append(fingerprints, s.CertFingerprint), append(notAfters, s.CertNotAfter)
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
@@ -355,7 +361,7 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 			by, ok := existing[id]
 			switch {
 			case !ok:
-				fresh = append(fresh, []any{id, hashes[i], fingerprints[i], tags[i], op})
+				fresh = append(fresh, []any{id, hashes[i], fingerprints[i], notAfters[i], tags[i], op})
 			case by == op:
 				results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
 			case !retired[id].IsZero():

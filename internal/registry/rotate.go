@@ -341,7 +341,7 @@ func (r *Registry) CollectRotations(ctx context.Context, job string, validity ti
 
 // CertificateSlots are a renewing device's certificate slots as `credentials status` shows them
 // (docs/architecture.md, "Certificate renewal"): each slot's fingerprint (lower-case hex, "" when empty) and
-// end (nil when not recorded: a provisioned certificate's), and the slot the newest session presented.
+// end (nil when not recorded: an enrolled certificate's), and the slot the newest session presented.
 type CertificateSlots struct {
 	DeviceID      string         `json:"deviceId"`
 	State         fleet.JobState `json:"state"`

@@ -223,12 +223,12 @@ func ownStagedValues(values []any, row StagedRow) {
 	if row.ParseError != "" {
 		perr = row.ParseError
 	}
-	values[0], values[1], values[2], values[3], values[4], values[5], values[6] =
-		row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, perr
+	values[0], values[1], values[2], values[3], values[4], values[5], values[6], values[7] =
+		row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, row.CertNotAfter, perr
 }
 
 // stagedColumns are the provision_rows columns stagedValues fills, in its order.
-var stagedColumns = []string{"op_no", "seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "parse_error"}
+var stagedColumns = []string{"op_no", "seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "cert_not_after", "parse_error"}
 
 // stagedValues is row as a provision_rows row of operation no, validated here, inside the registry, so
 // that every staged row without parse_error is a valid device whichever caller staged it: batches rely
@@ -239,7 +239,7 @@ func stagedValues(no int64, row StagedRow) []any {
 	if row.ParseError != "" {
 		perr = row.ParseError
 	}
-	return []any{no, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, perr}
+	return []any{no, row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, row.CertNotAfter, perr}
 }
 
 // stagedProblem is why a row to be staged cannot become a device, or "": what the caller found, else the
@@ -259,7 +259,7 @@ const stagingTablePrefix = "provision_rows_"
 
 // ownStagedColumns are the columns of an operation's own staging table that ownStagedValues fills, in its
 // order: provision_rows' without op_no, which the table's name says.
-var ownStagedColumns = []string{"seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "parse_error"}
+var ownStagedColumns = []string{"seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "cert_not_after", "parse_error"}
 
 // createStagingTable creates operation no's own staging table in tx and records its name. Unlogged like
 // provision_rows (a crash empties it, which the batches detect), without autovacuum: it is only ever
@@ -275,6 +275,7 @@ func createStagingTable(ctx context.Context, tx pgx.Tx, no int64) (pgx.Identifie
 		tags             text   NOT NULL,
 		secret_hash      bytea,
 		cert_fingerprint bytea,
+		cert_not_after   timestamptz,
 		parse_error      text
 	) WITH (autovacuum_enabled = false)`)
 	if err == nil {

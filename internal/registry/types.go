@@ -30,9 +30,9 @@ type Device struct {
 	// (not a secret: the certificate is public; docs/architecture.md, "Device certificates").
 	CertFingerprint string `json:"certificateFingerprint,omitempty"`
 	// Cert2Fingerprint is the second certificate slot's, written by a certificate renewal; CertNotAfter and
-	// Cert2NotAfter are the slots' certificates' ends where a renewal signed them (nil: not recorded), and
-	// CertSlotInUse the certificate slot the newest session presented (0: none or not known)
-	// (docs/architecture.md, "Certificate renewal").
+	// Cert2NotAfter are the slots' certificates' ends where provisioning issued or a renewal signed them
+	// (nil: not recorded, an enrolled certificate's), and CertSlotInUse the certificate slot the newest
+	// session presented (0: none or not known) (docs/architecture.md, "Certificate renewal").
 	Cert2Fingerprint string     `json:"certificate2Fingerprint,omitempty"`
 	CertNotAfter     *time.Time `json:"certificateNotAfter,omitempty"`
 	Cert2NotAfter    *time.Time `json:"certificate2NotAfter,omitempty"`
