@@ -165,11 +165,12 @@ func cell(v any) string {
 	return strings.TrimSpace(string(b))
 }
 
-// certExpiry is a certificate slot's end as `devices show` and `credentials status` print it: only the
-// certificates a renewal signed have theirs recorded (docs/architecture.md, "Certificate renewal").
+// certExpiry is a certificate slot's end as `devices show` and `credentials status` print it: recorded for
+// the certificates provisioning issued and renewals signed, not for enrolled ones nor for those provisioned
+// before migration 026 (docs/architecture.md, "Device certificates", "Certificate renewal").
 func certExpiry(t *time.Time) string {
 	if t == nil {
-		return "not recorded (provisioned)"
+		return "not recorded (enrolled, or provisioned before ends were recorded)"
 	}
 	return t.UTC().Format(time.RFC3339)
 }

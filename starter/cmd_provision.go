@@ -449,15 +449,15 @@ func durationOrNo(d time.Duration) string {
 }
 
 // credentialMaker generates a new device's credential: what goes to the credentials file, and the secret's
-// digest or the certificate's fingerprint that goes to the registry.
-type credentialMaker func(id string) (c creds.Credential, digest, fingerprint []byte, err error)
+// digest or the certificate's fingerprint and end (nil for a secret) that go to the registry.
+type credentialMaker func(id string) (c creds.Credential, digest, fingerprint []byte, notAfter *time.Time, err error)
 
-func newSecretCredential(id string) (creds.Credential, []byte, []byte, error) {
+func newSecretCredential(id string) (creds.Credential, []byte, []byte, *time.Time, error) {
 	secret, err := creds.NewSecret()
 	if err != nil {
-		return creds.Credential{}, nil, nil, err
+		return creds.Credential{}, nil, nil, nil, err
 	}
-	return creds.Credential{ID: id, Secret: secret}, creds.Digest(secret), nil, nil
+	return creds.Credential{ID: id, Secret: secret}, creds.Digest(secret), nil, nil, nil
 }
 
 // certificateMaker loads the fleet CA and returns a maker of device certificates signed by it, with their
@@ -490,12 +490,12 @@ func certificateMaker(caDir, validityFlag string) (credentialMaker, time.Duratio
 		fmt.Fprintf(os.Stderr, "note: the certificates end with the fleet CA, on %s\n", ca.Cert.NotAfter.Format("2006-01-02"))
 		validity = left
 	}
-	return func(id string) (creds.Credential, []byte, []byte, error) {
+	return func(id string) (creds.Credential, []byte, []byte, *time.Time, error) {
 		dc, err := ca.IssueDevice(id, now, validity)
 		if err != nil {
-			return creds.Credential{}, nil, nil, err
+			return creds.Credential{}, nil, nil, nil, err
 		}
-		return creds.Credential{ID: id, Cert: string(dc.CertPEM), Key: string(dc.KeyPEM)}, nil, dc.Fingerprint, nil
+		return creds.Credential{ID: id, Cert: string(dc.CertPEM), Key: string(dc.KeyPEM)}, nil, dc.Fingerprint, &dc.NotAfter, nil
 	}, validity, nil
 }
 
@@ -538,7 +538,7 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 		}
 		if s.ParseError == "" {
 			m.cred.Line = row.Line
-			s.SecretHash, s.CertFingerprint = m.digest, m.fingerprint
+			s.SecretHash, s.CertFingerprint, s.CertNotAfter = m.digest, m.fingerprint, m.notAfter
 			if werr = w.Write(m.cred); werr != nil {
 				return s, false, werr
 			}
@@ -569,6 +569,7 @@ type equipped struct {
 	row                 manifest.Row
 	cred                creds.Credential
 	digest, fingerprint []byte
+	notAfter            *time.Time // the certificate's end, recorded with its fingerprint
 }
 
 // credentialsAhead reads a manifest in chunks and makes each chunk's credentials on several goroutines, then
@@ -645,7 +646,7 @@ func (a *credentialsAhead) fill() error {
 				continue
 			}
 			var err error
-			if e.cred, e.digest, e.fingerprint, err = a.make(e.row.ID); err != nil {
+			if e.cred, e.digest, e.fingerprint, e.notAfter, err = a.make(e.row.ID); err != nil {
 				return err
 			}
 		}

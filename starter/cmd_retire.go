@@ -358,7 +358,8 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 			}
 		}
 		var digest, fingerprint []byte
-		if cred, digest, fingerprint, err = makeCred(nw); err != nil {
+		var notAfter *time.Time
+		if cred, digest, fingerprint, notAfter, err = makeCred(nw); err != nil {
 			return err
 		}
 		pending = credsOut + ".pending"
@@ -379,7 +380,7 @@ func replace(ctx context.Context, g *globals, old, nw, credsOut string, detach b
 				return registry.StagedRow{}, false, nil
 			}
 			done = true
-			return registry.StagedRow{Seq: 0, Line: 1, ID: nw, Tags: "{}", SecretHash: digest, CertFingerprint: fingerprint}, true, nil
+			return registry.StagedRow{Seq: 0, Line: 1, ID: nw, Tags: "{}", SecretHash: digest, CertFingerprint: fingerprint, CertNotAfter: notAfter}, true, nil
 		}); err != nil {
 			_ = os.Remove(pending)
 			return fmt.Errorf("stage %s: %w", nw, err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -36,8 +37,8 @@ func TestCredentialsAheadKeepsManifestOrder(t *testing.T) {
 			rows[i].Err = "bad row"
 		}
 	}
-	made := func(id string) (creds.Credential, []byte, []byte, error) {
-		return creds.Credential{ID: id, Secret: "s-" + id}, []byte("digest " + id), nil, nil
+	made := func(id string) (creds.Credential, []byte, []byte, *time.Time, error) {
+		return creds.Credential{ID: id, Secret: "s-" + id}, []byte("digest " + id), nil, nil, nil
 	}
 	for _, workers := range []int{1, 3} {
 		a := &credentialsAhead{src: &rowsReader{rows: rows}, make: made, workers: workers}
@@ -59,9 +60,9 @@ func TestCredentialsAheadKeepsManifestOrder(t *testing.T) {
 	}
 
 	boom := errors.New("no entropy")
-	failing := func(id string) (creds.Credential, []byte, []byte, error) {
+	failing := func(id string) (creds.Credential, []byte, []byte, *time.Time, error) {
 		if id == "d-00500" {
-			return creds.Credential{}, nil, nil, boom
+			return creds.Credential{}, nil, nil, nil, boom
 		}
 		return made(id)
 	}

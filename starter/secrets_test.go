@@ -190,6 +190,13 @@ func TestCertificateCredentialsFollowTheSameRules(t *testing.T) {
 	require.NotNil(t, cs[1].TLS)
 	require.Equal(t, "x-3", cs[1].ID)
 	require.Empty(t, cs[1].Secret)
+	// Each certificate's end is recorded with its fingerprint, as the certificate states it.
+	for _, c := range cs {
+		d, err := reg.GetDevice(ctx, c.ID)
+		require.NoError(t, err)
+		require.NotNil(t, d.CertNotAfter, c.ID)
+		require.True(t, c.TLS.Leaf.NotAfter.Equal(*d.CertNotAfter), "%s: recorded %s, the certificate says %s", c.ID, d.CertNotAfter, c.TLS.Leaf.NotAfter)
+	}
 }
 
 // A manifest staged in chunks: when each chunk commits (and a workflow may create its devices), the secret of
