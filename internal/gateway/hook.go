@@ -172,11 +172,18 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 	// Expiry is checked after the credentials, against the clock of this CONNECT whether the record came
 	// from the cache or not, so that a cached record never outlives its expiry; only a device that proved
 	// who it is learns, and has recorded on its timeline, that its credentials expired (docs/architecture.md,
-	// "Credential rotation").
-	if now := g.auth.now(); !a.ExpiresAt.IsZero() && !now.Before(a.ExpiresAt) {
+	// "Credential rotation"). A certificate's own end is an expiry too, enforced here rather than in the TLS
+	// handshake (pki.RequestClientCerts), so that an expired certificate is refused, counted and recorded
+	// exactly like an expired secret, and the device moves to its other slot (docs/architecture.md,
+	// "Certificate renewal").
+	expires := a.ExpiresAt
+	if cert != nil && (expires.IsZero() || cert.NotAfter.Before(expires)) {
+		expires = cert.NotAfter
+	}
+	if now := g.auth.now(); !expires.IsZero() && !now.Before(expires) {
 		g.c.authExpired.Add(1)
-		g.noteExpired(id, a.ExpiresAt, now)
-		return refuseOnly("credentials expired", "expired", a.ExpiresAt)
+		g.noteExpired(id, expires, now)
+		return refuseOnly("credentials expired", "expired", expires)
 	}
 	// The session number is taken here, not when the session starts, so that a registry that cannot
 	// hand one out refuses the CONNECT like a failed lookup instead of admitting an unnumbered session.

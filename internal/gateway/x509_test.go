@@ -29,11 +29,17 @@ type x509Env struct {
 
 func startX509Gateway(t *testing.T) *x509Env {
 	t.Helper()
+	return startX509GatewayWithCAFrom(t, time.Now())
+}
+
+// startX509GatewayWithCAFrom is startX509Gateway with a fleet CA made at caFrom.
+func startX509GatewayWithCAFrom(t *testing.T, caFrom time.Time) *x509Env {
+	t.Helper()
 	now := time.Now()
 	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
 	require.NoError(t, err)
 	caDir := filepath.Join(t.TempDir(), "ca")
-	ca, err := pki.InitDeviceCA(caDir, "", now, 0)
+	ca, err := pki.InitDeviceCA(caDir, "", caFrom, 0)
 	require.NoError(t, err)
 	store := gatewaytest.New()
 	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
@@ -300,4 +306,75 @@ func TestX509SecondCertificateSlot(t *testing.T) {
 	}, 10*time.Second, 50*time.Millisecond)
 	_, err = e.connect(t, "dev-renew", "", cert1)
 	require.ErrorIs(t, err, device.ErrNotAuthorized, "the old certificate is refused once its slot is cleared")
+}
+
+// issueEnding makes a certificate for id signed by ca that ends at end.
+func issueEnding(t *testing.T, ca *pki.CA, id string, end time.Time) (*tls.Certificate, []byte) {
+	t.Helper()
+	dc, err := ca.IssueDevice(id, end.Add(-time.Hour), time.Hour)
+	require.NoError(t, err)
+	pair, err := tls.X509KeyPair(dc.CertPEM, dc.KeyPEM)
+	require.NoError(t, err)
+	return &pair, dc.Fingerprint
+}
+
+// The expiry rule at CONNECT applies to certificates as it does to secrets (docs/architecture.md, "Credential
+// rotation", "Certificate renewal"): a registered certificate of either slot is refused as not authorized
+// once the device's registry expiry has passed, and so is one past its own end — which the TLS handshake lets
+// through for that, where it used to fail the handshake, telling nobody why. Each refusal is counted as
+// expired and put on the device's timeline; a device holding a valid certificate in its other slot then
+// connects with it. A certificate from another CA still fails the handshake, expired or not.
+func TestX509ExpiredCertificatesAreRefusedAtConnect(t *testing.T) {
+	e := startX509GatewayWithCAFrom(t, time.Now().Add(-24*time.Hour)) // older than the certificates it signed
+	refusedExpired := func(id string, want time.Time) func() bool {
+		return func() bool {
+			for _, ev := range e.store.Events() {
+				if ev.DeviceID == id && ev.Kind == fleet.ConnRefused {
+					return ev.Reason == "credentials expired "+want.UTC().Format(time.RFC3339)
+				}
+			}
+			return false
+		}
+	}
+
+	// The registry's expiry, for a certificate of either slot.
+	cert1, fp1 := issue(t, e.ca, "dev-reg")
+	cert2, fp2 := issue(t, e.ca, "dev-reg")
+	e.store.AddCertificate("dev-reg", fp1)
+	e.store.SetCertificate2("dev-reg", fp2)
+	past := time.Now().Add(-time.Minute).Truncate(time.Second)
+	e.store.SetExpiry("dev-reg", past)
+	for _, c := range []*tls.Certificate{cert1, cert2} {
+		_, err := e.connect(t, "dev-reg", "", c)
+		require.ErrorIs(t, err, device.ErrNotAuthorized)
+	}
+	assert.Equal(t, int64(2), e.g.Stats().AuthExpired)
+	require.Eventually(t, refusedExpired("dev-reg", past), 10*time.Second, 20*time.Millisecond, "events: %v", e.store.Events())
+
+	// The certificate's own end, the registry's expiry unset.
+	ended := time.Now().Add(-time.Hour).Truncate(time.Second)
+	old, oldFP := issueEnding(t, e.ca, "dev-old", ended)
+	e.store.AddCertificate("dev-old", oldFP)
+	_, err := e.connect(t, "dev-old", "", old)
+	require.ErrorIs(t, err, device.ErrNotAuthorized, "refused at CONNECT, not in the handshake")
+	assert.Equal(t, int64(3), e.g.Stats().AuthExpired)
+	require.Eventually(t, refusedExpired("dev-old", old.Leaf.NotAfter), 10*time.Second, 20*time.Millisecond, "events: %v", e.store.Events())
+
+	// Its other slot's certificate is valid: the device moves to it.
+	fresh, freshFP := issue(t, e.ca, "dev-old")
+	e.store.SetCertificate2("dev-old", freshFP)
+	d, err := e.connect(t, "dev-old", "", old, func(c *device.Config) { c.ClientCertificate2, c.Slot = fresh, 1 })
+	require.NoError(t, err, "the valid certificate of the other slot connects")
+	assert.Equal(t, 2, d.ConnectedSlot())
+
+	// Another CA's expired certificate (of the fleet CA's name, so the client sends it) fails the handshake.
+	other, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), e.ca.Cert.Subject.CommonName, time.Now().Add(-24*time.Hour), 0)
+	require.NoError(t, err)
+	forged, forgedFP := issueEnding(t, other, "dev-forged", ended)
+	e.store.AddCertificate("dev-forged", forgedFP)
+	lookups := e.store.AuthLookups()
+	_, err = e.connect(t, "dev-forged", "", forged)
+	require.Error(t, err)
+	assert.NotErrorIs(t, err, device.ErrNotAuthorized, "refused in the handshake")
+	assert.Equal(t, lookups, e.store.AuthLookups(), "no registry lookup")
 }

@@ -193,18 +193,58 @@ func CertPool(file string) (*x509.CertPool, error) {
 }
 
 // RequestClientCerts makes a server config ask clients for a certificate and verify any it gets against
-// pool; a client may still connect without one (and authenticate with a secret). The standard library checks
-// the chain, the validity period and the client-auth key usage during the handshake, so a certificate from
-// another CA or an expired one fails the handshake before the CONNECT is read.
+// pool; a client may still connect without one (and authenticate with a secret). The chain to pool and the
+// client-auth key usage are checked during the handshake (VerifyClientChain, at every handshake, resumed ones
+// included, against the pool of that handshake), so a certificate from another CA fails the handshake before
+// the CONNECT is read. A certificate whose end has passed does not: its CONNECT is refused as not authorized
+// for expired credentials, counted and put on the device's timeline like an expired secret's
+// (docs/architecture.md, "Credential rotation"), where a failed handshake would tell the device, the
+// operator and the metrics nothing.
 func RequestClientCerts(cfg *tls.Config, pool *x509.CertPool) {
-	cfg.ClientCAs = pool
-	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	cfg.ClientCAs = pool // named in the certificate request, so that a client picks a certificate they signed
+	cfg.ClientAuth = tls.RequestClientCert
+	cfg.VerifyConnection = func(st tls.ConnectionState) error {
+		_, err := VerifyClientChain(st.PeerCertificates, pool, time.Now())
+		return err
+	}
 }
 
-// VerifiedClientCert returns the client certificate the handshake verified, or nil when the client sent none
-// (or the handshake is not complete).
+// VerifyClientChain verifies a client's certificate chain (leaf first; none is no error) against pool for
+// client authentication at now, as crypto/tls does with tls.VerifyClientCertIfGiven, except that a leaf past
+// its end passes when it verifies at its end: expired reports that, and the caller refuses it where it can
+// say why. A leaf not valid yet, or any other failure, is an error.
+func VerifyClientChain(certs []*x509.Certificate, pool *x509.CertPool, now time.Time) (expired bool, err error) {
+	if len(certs) == 0 {
+		return false, nil
+	}
+	if pool == nil {
+		return false, errors.New("tls: client certificate presented but no client CA is trusted")
+	}
+	leaf := certs[0]
+	opts := x509.VerifyOptions{Roots: pool, CurrentTime: now, Intermediates: x509.NewCertPool(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	for _, c := range certs[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	_, err = leaf.Verify(opts)
+	if err == nil {
+		return false, nil
+	}
+	if now.After(leaf.NotAfter) {
+		// At its end the CA was valid too (a device certificate never outlives its CA).
+		opts.CurrentTime = leaf.NotAfter
+		if _, again := leaf.Verify(opts); again == nil {
+			return true, nil
+		}
+	}
+	return false, &tls.CertificateVerificationError{UnverifiedCertificates: certs, Err: err}
+}
+
+// VerifiedClientCert returns the client certificate of a completed handshake on a config made by
+// RequestClientCerts (whose verification every such handshake passed), or nil when the client sent none (or
+// the handshake is not complete). It may be past its end: compare now with its NotAfter.
 func VerifiedClientCert(st tls.ConnectionState) *x509.Certificate {
-	if !st.HandshakeComplete || len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+	if !st.HandshakeComplete || len(st.PeerCertificates) == 0 {
 		return nil
 	}
 	return st.PeerCertificates[0]

@@ -230,3 +230,46 @@ func fleetCADir(t *testing.T, ca *pki.CA) string {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, pki.CAFile), ca.PEM, 0o644))
 	return dir
 }
+
+// VerifyClientChain checks a client's chain as the handshake did, except that a certificate past its end
+// passes, reported as expired, when it verified at its end: the gateway refuses it at CONNECT, where it can
+// say why. One not valid yet, or from another CA, is an error, expired or not.
+func TestVerifyClientChain(t *testing.T) {
+	now := time.Now()
+	ca, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), "", now.Add(-24*time.Hour), 0)
+	require.NoError(t, err)
+	other, err := pki.InitDeviceCA(filepath.Join(t.TempDir(), "ca"), "", now.Add(-24*time.Hour), 0)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	leaf := func(ca *pki.CA, from time.Time) []*x509.Certificate {
+		dc, err := ca.IssueDevice("dev-1", from, time.Hour)
+		require.NoError(t, err)
+		c, err := pki.ParseCertificatePEM(dc.CertPEM)
+		require.NoError(t, err)
+		return []*x509.Certificate{c}
+	}
+
+	expired, err := pki.VerifyClientChain(leaf(ca, now), pool, now)
+	require.NoError(t, err)
+	assert.False(t, expired)
+	expired, err = pki.VerifyClientChain(leaf(ca, now.Add(-2*time.Hour)), pool, now)
+	require.NoError(t, err, "past its end: passes the handshake")
+	assert.True(t, expired)
+	expired, err = pki.VerifyClientChain(nil, pool, now)
+	require.NoError(t, err, "no certificate: the client authenticates with a secret")
+	assert.False(t, expired)
+
+	for name, certs := range map[string][]*x509.Certificate{
+		"not valid yet":          leaf(ca, now.Add(2*time.Hour)),
+		"another CA":             leaf(other, now),
+		"another CA, past end":   leaf(other, now.Add(-2*time.Hour)),
+		"another CA, not yet ok": leaf(other, now.Add(2*time.Hour)),
+	} {
+		expired, err := pki.VerifyClientChain(certs, pool, now)
+		require.Error(t, err, name)
+		assert.False(t, expired, name)
+	}
+	_, err = pki.VerifyClientChain(leaf(ca, now), nil, now)
+	require.Error(t, err, "no CA trusted")
+}
