@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -31,29 +32,132 @@ sessions without replacing them (docs/architecture.md, "Credential rotation", "C
 	cmd.AddCommand(newRotateCmd(g))
 	var failed bool
 	var out *output
+	within, limit := 30*24*time.Hour, 20
 	status := &cobra.Command{
-		Use:   "status ID",
-		Short: "A credential rotation's devices per outcome (as job status)",
-		Long: `The rotation's record and its devices per outcome: succeeded (connected with the new secret or
+		Use:   "status [ID] [--within 30d]",
+		Short: "The fleet's credentials by kind and expiry, or a credential rotation's devices per outcome (as job status)",
+		Long: `Without an id: the devices that are not retired per credential kind (secret, or certificate: those a
+rotation renews a certificate for), with how many have expired (refused at CONNECT), expire within --within and
+have no expiry; the devices that have expired or expire within --within, soonest first; and the devices whose
+newest rotation they missed (they did not connect with the new credential before the grace ended and keep
+both; rotate them again). A certificate device's expiry is the registry's or its certificates' end, whichever
+comes first, as the gateway enforces it.
+
+With a rotation's id: its record and its devices per outcome: succeeded (connected with the new secret or
 certificate, old one revoked), running (sent, waiting for the device to connect with it), failed (unknown,
 retired, disabled, devices without the methods, that could not store the credential or whose certificate
 request was refused), offline, timed out (missed the grace; both credentials kept). Certificate devices are
 listed with each certificate slot's expiry and the slot in use. --failed lists the devices not rotated and why.`,
-		Example: "  fleetflow credentials status rotate-credentials-20261206-101054.760 --failed -o json",
-		Args:    cobra.ExactArgs(1),
+		Example: `  fleetflow credentials status --within 90d
+  fleetflow credentials status rotate-credentials-20261206-101054.760 --failed -o json`,
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: completeFrom(g, registry.CandidateJobs, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return jobStatus(cmd, g, args[0], failed, out)
+			if len(args) == 1 {
+				return jobStatus(cmd, g, args[0], failed, out)
+			}
+			if failed {
+				return usagef("--failed lists a rotation's devices: give its id (fleetflow credentials status ID --failed)")
+			}
+			if within <= 0 || limit <= 0 {
+				return usagef("--within and --limit must be positive")
+			}
+			return credentialOverview(cmd, g, within, limit, out)
 		},
 	}
 	out = addOutputFlag(status)
-	status.Flags().BoolVar(&failed, "failed", false, "list the devices that were not rotated (failed, offline, missed) and why")
+	status.Flags().BoolVar(&failed, "failed", false, "with a rotation's id: list the devices that were not rotated (failed, offline, missed) and why")
+	status.Flags().Var(newDurationFlag(&within, "within"), "within", "without an id: count and list the credentials that expire within this long (e.g. 90d)")
+	status.Flags().IntVar(&limit, "limit", limit, "without an id: list at most this many expiring devices and devices that missed their rotation")
 	cmd.AddCommand(status)
 	return cmd
 }
 
+// credentialOverviewView is what `credentials status` without an id prints with -o json|yaml.
+type credentialOverviewView struct {
+	At     time.Time `json:"at"`
+	Within string    `json:"within"`
+	registry.CredentialOverview
+}
+
+// credentialOverview prints the fleet's credentials by kind and expiry, the soonest to expire, and the
+// devices that missed their newest rotation.
+func credentialOverview(cmd *cobra.Command, g *globals, within time.Duration, limit int, out *output) error {
+	ctx := cmd.Context()
+	reg, err := openRegistryCtx(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	now := time.Now().UTC().Truncate(time.Second)
+	o, err := reg.CredentialOverview(ctx, now, within, limit)
+	if err != nil {
+		return err
+	}
+	view := credentialOverviewView{At: now, Within: numfmt.FormatDuration(within), CredentialOverview: o}
+	return out.print(stdout(cmd), view, func() error {
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintf(w, "KIND\tDEVICES\tEXPIRED\tEXPIRE WITHIN %s\tNO EXPIRY\n", view.Within)
+		for _, k := range o.Kinds {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", k.Kind, numfmt.Thousands(k.Devices), numfmt.Thousands(k.Expired),
+				numfmt.Thousands(k.Expiring), numfmt.Thousands(k.NoExpiry))
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		fmt.Println()
+		if len(o.Expiring) == 0 {
+			fmt.Printf("no credential expires within %s\n", view.Within)
+		} else {
+			w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "EXPIRING DEVICE\tKIND\tEXPIRES\tONLINE")
+			for _, d := range o.Expiring {
+				when := "in " + numfmt.FormatDuration(d.ExpiresAt.Sub(now).Round(time.Minute))
+				if !d.ExpiresAt.After(now) {
+					when = "expired " + numfmt.FormatDuration(now.Sub(d.ExpiresAt).Round(time.Minute)) + " ago"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s (%s)\t%v\n", d.DeviceID, d.Kind, d.ExpiresAt.UTC().Format(time.RFC3339), when, d.Online)
+			}
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			if n := expiringTotal(o.Kinds); n > int64(len(o.Expiring)) {
+				fmt.Printf("… and %s more (--limit, or fleetflow devices query)\n", numfmt.Thousands(n-int64(len(o.Expiring))))
+			}
+		}
+		fmt.Println()
+		if o.Missed == 0 {
+			fmt.Println("no device missed its newest credential rotation")
+			return nil
+		}
+		fmt.Printf("%s devices missed their newest credential rotation (they keep both credentials; rotate them again):\n", numfmt.Thousands(o.Missed))
+		w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "DEVICE\tROTATION\tCLOSED\tREASON")
+		for _, m := range o.MissedDevices {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", m.DeviceID, m.JobID, m.At.UTC().Format(time.RFC3339), m.Reason)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		if o.Missed > int64(len(o.MissedDevices)) {
+			fmt.Printf("… and %s more (--limit)\n", numfmt.Thousands(o.Missed-int64(len(o.MissedDevices))))
+		}
+		return nil
+	})
+}
+
+// expiringTotal is how many devices have expired or expire within the window, all kinds.
+func expiringTotal(kinds []registry.CredentialKindCounts) int64 {
+	var n int64
+	for _, k := range kinds {
+		n += k.Expired + k.Expiring
+	}
+	return n
+}
+
 func newRotateCmd(g *globals) *cobra.Command {
 	var q, group string
-	var detach bool
+	var detach, dryRun bool
 	grace, validity, timeout := workflows.DefaultRotateGrace, time.Duration(0), workflows.DefaultMethodTimeout
 	certValidity := pki.DeviceCertValidity
 	var out *output
@@ -88,6 +192,9 @@ the old certificate is revoked. One rotation may hold both kinds of devices.`,
 			if grace <= 0 || timeout <= 0 || certValidity <= 0 {
 				return usagef("--grace, --timeout and --cert-validity must be positive")
 			}
+			if dryRun {
+				return rotateDryRun(cmd.Context(), g, args, q, group, out)
+			}
 			return startRotate(cmd.Context(), g, args, q, group, rotateTimes{grace: grace, validity: validity, certValidity: certValidity, timeout: timeout}, detach, out)
 		},
 	}
@@ -102,7 +209,54 @@ the old certificate is revoked. One rotation may hold both kinds of devices.`,
 		"validity of the certificates renewals sign (as provision --auth x509: "+numfmt.FormatDuration(pki.DeviceCertValidity)+")")
 	cmd.Flags().Var(newDurationFlag(&timeout, "timeout"), "timeout", "how long a device has to store its new secret and answer")
 	cmd.Flags().BoolVar(&detach, "detach", false, "start and return without waiting")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print how many of the devices would get a new secret and how many a new certificate, and start nothing")
 	return cmd
+}
+
+// rotateDryRunView is what `credentials rotate --dry-run -o json|yaml` prints.
+type rotateDryRunView struct {
+	Query        string `json:"query"`
+	Selected     int64  `json:"selected"`
+	Secrets      int64  `json:"secrets"`      // would get a new secret
+	Certificates int64  `json:"certificates"` // would renew their certificate
+	NotActive    int64  `json:"notActive"`    // unknown, disabled or retired: reported per device, not rotated
+}
+
+// rotateDryRun counts a rotation's targets per credential kind, as the rotation would treat them, and starts
+// nothing: the CLI only reads.
+func rotateDryRun(ctx context.Context, g *globals, ids []string, q, group string, out *output) error {
+	reg, err := openRegistryCtx(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	view := rotateDryRunView{Query: q}
+	if q != "" || group != "" {
+		if view.Query, view.Selected, err = resolveTargets(ctx, reg, q, group); err != nil {
+			return err
+		}
+		ids = nil
+	} else {
+		view.Query = "ids: " + strings.Join(ids, " ")
+	}
+	if view.Secrets, view.Certificates, view.NotActive, err = reg.CredentialKindsOf(ctx, view.Query, ids); err != nil {
+		return err
+	}
+	if ids != nil {
+		view.Selected = view.Secrets + view.Certificates + view.NotActive
+	}
+	return out.print(os.Stdout, view, func() error {
+		fmt.Printf("the rotation would cover %s devices: %s would get a new secret, %s would renew their certificate",
+			numfmt.Thousands(view.Selected), numfmt.Thousands(view.Secrets), numfmt.Thousands(view.Certificates))
+		if view.NotActive > 0 {
+			fmt.Printf("; %s are unknown, disabled or retired and would be reported, not rotated", numfmt.Thousands(view.NotActive))
+		}
+		fmt.Println()
+		if view.Certificates > 0 {
+			fmt.Println("certificate renewals need a worker with the fleet CA (FLEETFLOW_DEVICE_CA_DIR)")
+		}
+		return nil
+	})
 }
 
 // rotateTimes are a rotation's durations.
