@@ -63,6 +63,7 @@ type KindCount struct {
 // HealthRun is one health check's row of health_runs.
 type HealthRun struct {
 	ID         string              `json:"id"`
+	Rule       string              `json:"rule"` // the health rule checked (health.FleetRule: the fleet-wide check)
 	StartedAt  time.Time           `json:"startedAt"`
 	FinishedAt *time.Time          `json:"finishedAt,omitempty"`
 	Summary    fleet.HealthSummary `json:"summary"`
@@ -112,7 +113,7 @@ func (r *Registry) ReportData(ctx context.Context) (FleetReport, error) {
 
 		// A check still running has the column's default '{}' and nothing to plot yet.
 		rows, err = tx.Query(ctx, `
-			SELECT id, started_at, finished_at, summary FROM health_runs
+			SELECT id, rule, started_at, finished_at, summary FROM health_runs
 			WHERE summary <> '{}'::jsonb
 			ORDER BY started_at DESC, id DESC LIMIT $1`, ReportHealthRuns)
 		if err != nil {
