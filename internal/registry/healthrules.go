@@ -123,7 +123,11 @@ type HealthRuleView struct {
 
 // ListHealthRules returns every rule by name, each with its latest check (through health_runs' rule index).
 func (r *Registry) ListHealthRules(ctx context.Context) ([]HealthRuleView, error) {
-	rows, err := r.pool.Query(ctx, `SELECT `+healthRuleColumns+`, l.id, l.started_at, l.finished_at, l.summary
+	return listHealthRules(ctx, r.pool)
+}
+
+func listHealthRules(ctx context.Context, q queryRower) ([]HealthRuleView, error) {
+	rows, err := q.Query(ctx, `SELECT `+healthRuleColumns+`, l.id, l.started_at, l.finished_at, l.summary
 		FROM health_rules LEFT JOIN LATERAL (SELECT id, started_at, finished_at, summary FROM health_runs h
 			WHERE h.rule = health_rules.name ORDER BY started_at DESC, id DESC LIMIT 1) l ON true
 		ORDER BY name`)

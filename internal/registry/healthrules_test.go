@@ -121,6 +121,14 @@ func TestHealthRulesKeepTheirOwnAlerts(t *testing.T) {
 	require.Equal(t, "critical", views[0].Name)
 	require.NotNil(t, views[0].LastRun)
 	require.Equal(t, "hc-crit-2", views[0].LastRun.ID)
+	rep, err := reg.ReportData(ctx)
+	require.NoError(t, err)
+	require.Len(t, rep.Health, 2, "the report's trend is the fleet-wide check's")
+	for _, h := range rep.Health {
+		require.Equal(t, health.FleetRule, h.Rule)
+	}
+	require.Len(t, rep.HealthRules, 2)
+	require.Equal(t, int64(1), rep.HealthRules[0].LastRun.Summary.Open)
 
 	// The group is in use while the rule exists; deleting the rule releases it and resolves its alerts.
 	err = reg.DeleteGroup(ctx, "hospital-gw")
