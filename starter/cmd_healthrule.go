@@ -57,7 +57,7 @@ each check reads the rule's current target and limits.`,
 		Example: `  fleetflow health rule set critical --group hospital-gw --offline-after 2m --ack-within 5m --every 1m
   fleetflow health rule set eu-sensors --query "SELECT * FROM devices WHERE tags.region = 'eu'" --every 10m
   fleetflow health rule set critical --every 30s`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1), ValidArgsFunction: completeFrom(g, registry.CandidateHealthRules, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if err := fleet.ValidateHealthRuleName(name); err != nil {
@@ -114,7 +114,7 @@ Temporal; unknown when it cannot be reached) and what its latest check found.`,
 next and recent runs, read from Temporal) and the summaries of its latest checks.`,
 		Example: `  fleetflow health rule show critical
   fleetflow health rule show critical -o yaml`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1), ValidArgsFunction: completeFrom(g, registry.CandidateHealthRules, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := fleet.ValidateHealthRuleName(args[0]); err != nil {
 				return asUsage(err)
@@ -132,7 +132,7 @@ next and recent runs, read from Temporal) and the summaries of its latest checks
 HealthRuleDelete workflow that also resolves the rule's open alerts (no check will look at them again) and
 frees the group it checked.`,
 		Example: `  fleetflow health rule delete critical`,
-		Args:    cobra.ExactArgs(1),
+		Args:    cobra.ExactArgs(1), ValidArgsFunction: completeFrom(g, registry.CandidateHealthRules, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := fleet.ValidateHealthRuleName(args[0]); err != nil {
 				return asUsage(err)
