@@ -201,6 +201,13 @@ func (r *Registry) runHealthCheck(ctx context.Context, runID, rule string,
 		if _, s.Rollouts, err = findProblems(ctx, tx, s.Rules, s.At, tgt); err != nil {
 			return err
 		}
+		// The resolving UPDATE's anti-join probes the findings once per open alert of the rule. Without an
+		// index it can become a nested loop over the whole temporary table per alert: the planner, with no
+		// statistics on the alerts just inserted, estimated one open alert of the rule where there were 49,485
+		// (measured: 92 s instead of 1.3 s at a million devices). With it, either plan is fast.
+		if _, err := tx.Exec(ctx, "CREATE INDEX ON health_problems (device_id, kind)"); err != nil {
+			return fmt.Errorf("index problems: %w", err)
+		}
 
 		// Open new alerts and refresh the open ones in one statement: the partial unique index (one open alert
 		// per rule, device and kind) is the conflict target. xmax is 0 only in a row version this statement
