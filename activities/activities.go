@@ -24,7 +24,10 @@ type Activities struct {
 	Rollouts  fleet.RolloutStore
 	Retire    fleet.RetireStore
 	Monitor   fleet.MonitorStore
-	Configs   fleet.ConfigStore
+	// HealthRules keeps the health rules' definitions and runs their checks (docs/architecture.md, "Health
+	// rules").
+	HealthRules fleet.HealthRuleStore
+	Configs     fleet.ConfigStore
 	// Changes wakes configuration reconcilers early (nil: they only poll).
 	Changes fleet.DeviceChanges
 	// Scheme checks the fleet against the metadata scheme (docs/architecture.md, "Metadata scheme").
@@ -77,12 +80,13 @@ func New(store interface {
 	fleet.RolloutStore
 	fleet.RetireStore
 	fleet.MonitorStore
+	fleet.HealthRuleStore
 	fleet.ConfigStore
 	fleet.SchemeStore
 	fleet.EnrollStore
 	fleet.RotateStore
 }, ch fleet.Channel) *Activities {
-	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, Configs: store, Scheme: store,
+	return &Activities{Provision: store, Jobs: store, Rollouts: store, Retire: store, Monitor: store, HealthRules: store, Configs: store, Scheme: store,
 		Enroll: store, Rotate: store, Channel: ch}
 }
 

@@ -121,3 +121,72 @@ func TestRunHealthCheckAsAnActivity(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "no registry")
 }
+
+// ruleStore is a fake fleet.HealthRuleStore that records its calls and answers with err.
+type ruleStore struct {
+	saved   []fleet.HealthRule
+	deleted []string
+	runs    []string
+	err     error
+}
+
+func (s *ruleStore) SaveHealthRule(_ context.Context, r fleet.HealthRule) error {
+	s.saved = append(s.saved, r)
+	return s.err
+}
+
+func (s *ruleStore) DeleteHealthRule(_ context.Context, name string) error {
+	s.deleted = append(s.deleted, name)
+	return s.err
+}
+
+func (s *ruleStore) RunHealthRule(_ context.Context, runID, name string) (fleet.HealthSummary, error) {
+	s.runs = append(s.runs, runID+"/"+name)
+	return fleet.HealthSummary{Rule: name, Target: "SELECT * FROM devices WHERE IN_GROUP('g')", Devices: 3,
+		Rules: health.Rules{OfflineAfter: time.Minute}, Problems: map[string]int64{health.KindOffline: 2}}, s.err
+}
+
+func TestHealthRuleActivities(t *testing.T) {
+	ctx := context.Background()
+	m := fleettest.New()
+	rs := &ruleStore{}
+	a := &Activities{Monitor: m, HealthRules: rs}
+
+	res, err := a.RunHealthCheck(ctx, workflows.RunHealthCheckInput{RunID: "hc-1", Rule: "critical"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"hc-1/critical"}, rs.runs)
+	require.Empty(t, m.HealthCalls, "a rule's check is not the fleet-wide one")
+	require.Equal(t, "critical", res.Rule)
+	require.Equal(t, int64(2), res.Problems.Offline)
+	require.Equal(t, time.Minute, res.Rules.OfflineAfter)
+
+	_, err = a.RunHealthCheck(ctx, workflows.RunHealthCheckInput{RunID: "hc-2", Rule: health.FleetRule})
+	require.NoError(t, err)
+	require.Len(t, m.HealthCalls, 1, "the fleet rule by name is the fleet-wide check")
+
+	_, err = a.SaveHealthRule(ctx, workflows.HealthRuleSaveInput{Rule: fleet.HealthRule{Name: "critical", Query: "q", Every: time.Minute}})
+	require.NoError(t, err)
+	require.Equal(t, health.DefaultAckWithin, rs.saved[0].Rules.AckWithin)
+	del, err := a.DeleteHealthRule(ctx, workflows.HealthRuleDeleteInput{Name: "critical"})
+	require.NoError(t, err)
+	require.True(t, del.Deleted)
+
+	// A rule gone is permanent for a check, and success (already done) for a delete.
+	rs.err = fmt.Errorf("rule critical: %w", fleet.ErrHealthRuleNotFound)
+	_, err = a.RunHealthCheck(ctx, workflows.RunHealthCheckInput{RunID: "hc-3", Rule: "critical"})
+	var appErr *temporal.ApplicationError
+	require.ErrorAs(t, err, &appErr)
+	require.True(t, appErr.NonRetryable())
+	del, err = a.DeleteHealthRule(ctx, workflows.HealthRuleDeleteInput{Name: "critical"})
+	require.NoError(t, err)
+	require.False(t, del.Deleted)
+
+	// A transient failure is retried.
+	rs.err = errors.New("connection reset")
+	_, err = a.SaveHealthRule(ctx, workflows.HealthRuleSaveInput{Rule: fleet.HealthRule{Name: "critical", Query: "q", Every: time.Minute}})
+	require.False(t, errors.As(err, &appErr))
+
+	_, err = (&Activities{}).RunHealthCheck(ctx, workflows.RunHealthCheckInput{RunID: "hc-4", Rule: "critical"})
+	require.ErrorAs(t, err, &appErr)
+	require.True(t, appErr.NonRetryable(), "a worker without the store cannot run rules")
+}

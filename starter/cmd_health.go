@@ -63,9 +63,12 @@ func newHealthCmd(g *globals) *cobra.Command {
 		Long: `The fleet health check: a FleetHealthCheck workflow finds devices offline for too long, reporting failing
 health, not acknowledging desired changes, off their rollout's firmware, or with credentials about to
 expire. It opens an alert per problem and resolves it when the problem is gone. Run it on a Temporal
-Schedule (schedule), or once now (run).`,
+Schedule (schedule), or once now (run). Beside the fleet-wide check, health rules (rule) check the
+devices of a query or group with limits and a schedule of their own, and keep alerts of their own.`,
 		Example: `  fleetflow health schedule --every 5m
   fleetflow health run
+  fleetflow health rule set critical --group hospital-gw --offline-after 2m --every 1m
+  fleetflow health run --rule critical
   fleetflow health status`,
 	}
 
@@ -130,41 +133,63 @@ runs again.`,
 	unscheduleOut = addOutputFlag(unschedule)
 
 	rf := &healthRuleFlags{}
+	var runRule string
 	run := &cobra.Command{
-		Use:   "run [--offline-after 10m] [--ack-within 10m] [--expiring-within 7d]",
-		Short: "Run one FleetHealthCheck now, wait for it and print the summary",
-		Long: `Run one health check now with the given rules, wait for it and print its summary: the fleet's devices,
-the problems found, and the alerts opened and resolved. --detach returns once it has started.`,
+		Use:   "run [--rule NAME | --offline-after 10m --ack-within 10m --expiring-within 7d] [--detach]",
+		Short: "Run one FleetHealthCheck now (fleet-wide, or a health rule's), wait for it and print the summary",
+		Long: `Run one health check now with the given limits, wait for it and print its summary: the fleet's devices,
+the problems found, and the alerts opened and resolved. --rule runs a health rule's check instead: its
+target and limits are the rule's, and so are the alerts it opens and resolves. --detach returns once it
+has started.`,
 		Example: `  fleetflow health run
-  fleetflow health run --offline-after 2m -o json | jq .open`,
+  fleetflow health run --offline-after 2m -o json | jq .open
+  fleetflow health run --rule critical`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			in, err := rf.input()
 			if err != nil {
 				return asUsage(err)
 			}
+			if runRule != "" && runRule != health.FleetRule {
+				for _, f := range []string{"offline-after", "ack-within", "expiring-within"} {
+					if cmd.Flags().Changed(f) {
+						return usagef("--%s with --rule: the rule's limits apply (change them with `fleetflow health rule set %s --%s …`)", f, runRule, f)
+					}
+				}
+				if err := fleet.ValidateHealthRuleName(runRule); err != nil {
+					return asUsage(err)
+				}
+				in = workflows.HealthCheckInput{Rule: runRule}
+			}
 			return runHealthNow(cmd.Context(), g, in, runOut, detach)
 		},
 	}
 	rf.add(run)
+	run.Flags().StringVar(&runRule, "rule", "", "run this health rule's check (fleetflow health rule list)")
+	_ = run.RegisterFlagCompletionFunc("rule", completeFlagFrom(g, registry.CandidateHealthRules))
 	run.Flags().BoolVar(&detach, "detach", false, "start the check and return without waiting for it")
 	runOut = addOutputFlag(run)
 
+	var statusRule string
 	status := &cobra.Command{
-		Use:   "status",
-		Short: "Show the schedule (spec, next and recent runs) and the last health checks' summaries",
-		Long: `Show the health-check schedule (interval, rules, next and recent runs; read from Temporal) and the
-summaries of the last five checks (read from the registry). When Temporal cannot be reached the schedule
-is shown as unknown and the rest still printed.`,
+		Use:   "status [--rule NAME]",
+		Short: "Show the schedule (spec, next and recent runs), the health rules and the last checks' summaries",
+		Long: `Show the fleet-wide health-check schedule (interval, limits, next and recent runs; read from Temporal),
+each health rule with what its latest check found, and the summaries of the last ten checks of every rule
+(read from the registry), each with the rule it checked; --rule shows one rule's checks. When Temporal
+cannot be reached the schedule is shown as unknown and the rest still printed.`,
 		Example: `  fleetflow health status
+  fleetflow health status --rule critical
   fleetflow health status -o yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return healthStatus(cmd.Context(), g, statusOut)
+			return healthStatus(cmd.Context(), g, statusRule, statusOut)
 		},
 	}
+	status.Flags().StringVar(&statusRule, "rule", "", `only this rule's checks ("fleet": the fleet-wide check's)`)
+	_ = status.RegisterFlagCompletionFunc("rule", completeFlagFrom(g, registry.CandidateHealthRules))
 	statusOut = addOutputFlag(status)
-	cmd.AddCommand(schedule, unschedule, run, status)
+	cmd.AddCommand(schedule, unschedule, run, status, newHealthRuleCmd(g))
 	return cmd
 }
 
@@ -239,12 +264,19 @@ func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput
 		return err
 	}
 	defer c.Close()
-	id := workflows.HealthCheckIDPrefix + "-" + time.Now().UTC().Format("20060102-150405.000")
+	prefix, summary, what := workflows.HealthCheckIDPrefix, "Fleet health check (run by hand)", in.Rules().String()
+	if in.IsRule() {
+		if err := checkHealthRuleExists(ctx, g, in.Rule); err != nil {
+			return err
+		}
+		prefix, summary, what = healthsched.RuleWorkflowIDPrefix(in.Rule), "Health rule "+in.Rule+" (run by hand)", "health rule "+in.Rule
+	}
+	id := prefix + "-" + time.Now().UTC().Format("20060102-150405.000")
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: id, TaskQueue: g.cfg.TaskQueue,
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE, WorkflowExecutionErrorWhenAlreadyStarted: true,
-		StaticSummary: "Fleet health check (run by hand)",
-		StaticDetails: in.Rules().String(),
+		StaticSummary: summary,
+		StaticDetails: what,
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpHealthCheck),
 			searchattr.State.ValueSet(searchattr.StateRunning)),
 	}, workflows.FleetHealthCheck, in)
@@ -252,11 +284,11 @@ func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput
 		return fmt.Errorf("start health check %s: %w", id, err)
 	}
 	if !out.structured() {
-		fmt.Printf("health check %s started (%s)\n", id, in.Rules())
+		fmt.Printf("health check %s started (%s)\n", id, what)
 		fmt.Printf("watch it: %s\n", workflowURL(g, id))
 	}
 	if detach {
-		return out.print(os.Stdout, operationStarted{ID: id, Summary: in.Rules().String(), TemporalURL: workflowURL(g, id)}, nil)
+		return out.print(os.Stdout, operationStarted{ID: id, Summary: what, TemporalURL: workflowURL(g, id)}, nil)
 	}
 	var res workflows.HealthCheckResult
 	err = run.Get(ctx, &res)
@@ -264,20 +296,49 @@ func runHealthNow(ctx context.Context, g *globals, in workflows.HealthCheckInput
 		return &interruptedError{"stopped waiting; the check goes on. See it with `fleetflow health status`"}
 	}
 	if err != nil {
+		var ae *temporal.ApplicationError
+		if errors.As(err, &ae) && ae.Type() == workflows.ErrTypeInvalidInput {
+			return usagef("health check %s: %s", id, ae.Message())
+		}
 		return fmt.Errorf("health check %s: %w (is a worker running on task queue %s?)", id, err, g.cfg.TaskQueue)
 	}
 	return out.print(os.Stdout, res, func() error {
 		printHealthResult(res)
 		if res.Open > 0 {
-			fmt.Println("list them: fleetflow alerts list --open")
+			if res.Rule != "" {
+				fmt.Printf("list them: fleetflow alerts list --open --rule %s\n", res.Rule)
+			} else {
+				fmt.Println("list them: fleetflow alerts list --open")
+			}
 		}
 		return nil
 	})
 }
 
+// checkHealthRuleExists refuses, before anything starts, a rule the registry does not have.
+func checkHealthRuleExists(ctx context.Context, g *globals, name string) error {
+	reg, err := openRegistryCtx(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	if _, err := reg.HealthRule(ctx, name); errors.Is(err, fleet.ErrHealthRuleNotFound) {
+		return usagef("no health rule %q (fleetflow health rule list shows them)", name)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 func printHealthResult(r workflows.HealthCheckResult) {
 	th := numfmt.Thousands
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	if r.Rule != "" {
+		fmt.Fprintf(w, "rule\t%s: %s\n", r.Rule, r.Target)
+		if r.Rules != nil {
+			fmt.Fprintf(w, "limits\t%s\n", r.Rules)
+		}
+	}
 	fmt.Fprintf(w, "devices\t%s (%s active, %s disabled; %s retired) — %s online, %s offline\n", th(r.Devices), th(r.Active),
 		th(r.Disabled), th(r.Retired), th(r.Online), th(r.Offline))
 	p := r.Problems
@@ -311,17 +372,22 @@ type healthRecentRun struct {
 // healthStatusView is `health status -o json|yaml`: the schedule (null when there is none or Temporal is
 // unreachable) and the last checks' summaries.
 type healthStatusView struct {
-	Schedule *healthScheduleView  `json:"schedule"`
-	Runs     []registry.HealthRun `json:"runs"`
+	Schedule *healthScheduleView       `json:"schedule"`
+	Rules    []registry.HealthRuleView `json:"rules"`
+	Runs     []registry.HealthRun      `json:"runs"`
 }
 
-func healthStatus(ctx context.Context, g *globals, out *output) error {
+func healthStatus(ctx context.Context, g *globals, rule string, out *output) error {
 	reg, err := openRegistryCtx(ctx, g)
 	if err != nil {
 		return err
 	}
 	defer reg.Close()
-	runs, err := reg.HealthRuns(ctx, 5)
+	runs, err := reg.HealthRunsOf(ctx, rule, 10)
+	if err != nil {
+		return err
+	}
+	rules, err := reg.ListHealthRules(ctx)
 	if err != nil {
 		return err
 	}
@@ -341,7 +407,7 @@ func healthStatus(ctx context.Context, g *globals, out *output) error {
 		}
 	}
 	if out.structured() {
-		return out.print(os.Stdout, healthStatusView{Schedule: view, Runs: runs}, nil)
+		return out.print(os.Stdout, healthStatusView{Schedule: view, Rules: rules, Runs: runs}, nil)
 	}
 	switch {
 	case temporalErr != nil:
@@ -389,22 +455,31 @@ func healthStatus(ctx context.Context, g *globals, out *output) error {
 		}
 	}
 	fmt.Println()
+	if len(rules) > 0 {
+		th := numfmt.Thousands
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "RULE\tTARGET\tEVERY\tLAST CHECK\tDEVICES\tOFFLINE\tUNHEALTHY\tPENDING\tFIRMWARE\tCREDS\tOPEN")
+		for _, r := range rules {
+			last, counts := "never", strings.Repeat("-\t", 6)+"-"
+			if l := r.LastRun; l != nil {
+				s := l.Summary
+				last = l.StartedAt.Local().Format("2006-01-02 15:04:05")
+				counts = strings.Join([]string{th(s.Devices), th(s.Problems[health.KindOffline]), th(s.Problems[health.KindUnhealthy]),
+					th(s.Problems[health.KindDesiredPending]), th(s.Problems[health.KindFirmwareNoncompliant]),
+					th(s.Problems[health.KindCredentialExpiring]), th(s.Open)}, "\t")
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.Name, clip(ruleTarget(r.HealthRule), 40), numfmt.FormatDuration(r.Every), last, counts)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		fmt.Println()
+	}
 	if len(runs) == 0 {
 		fmt.Println("no health check has run yet (run one now: fleetflow health run)")
 		return nil
 	}
-	th := numfmt.Thousands
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "STARTED\tDEVICES\tONLINE\tOFFLINE\tUNHEALTHY\tPENDING\tFIRMWARE\tCREDS\tOPENED\tRESOLVED\tOPEN\tTOOK\tID")
-	for _, r := range runs {
-		s := r.Summary
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.StartedAt.Local().Format("2006-01-02 15:04:05"),
-			th(s.Devices), th(s.Online), th(s.Problems[health.KindOffline]), th(s.Problems[health.KindUnhealthy]),
-			th(s.Problems[health.KindDesiredPending]), th(s.Problems[health.KindFirmwareNoncompliant]),
-			th(s.Problems[health.KindCredentialExpiring]), th(s.Opened), th(s.Resolved), th(s.Open),
-			s.Duration.Round(time.Millisecond), r.ID)
-	}
-	return w.Flush()
+	return printHealthRuns(runs)
 }
 
 func orNone(s string) string {
@@ -447,20 +522,22 @@ func scheduleView(d *client.ScheduleDescription) *healthScheduleView {
 }
 
 func newAlertsCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "alerts", Short: "Alerts raised by the health check (they resolve by themselves)",
-		Long: `Alerts raised by the health check, one per device and problem. An alert resolves by itself when a later
-check no longer finds the problem; acknowledging one records that someone is on it.`,
+	cmd := &cobra.Command{Use: "alerts", Short: "Alerts raised by the health checks (they resolve by themselves)",
+		Long: `Alerts raised by the health checks, one per health rule, device and problem (the fleet-wide check's rule is
+"fleet"). An alert resolves by itself when a later check of its rule no longer finds the problem;
+acknowledging one records that someone is on it.`,
 		Example: `  fleetflow alerts list --open
   fleetflow alerts ack 42 --by alice`,
 	}
 	var f registry.AlertFilter
 	var out *output
 	list := &cobra.Command{
-		Use:   "list [--open] [--device ID] [--limit N] [-o text|json|yaml]",
+		Use:   "list [--open] [--device ID] [--rule NAME] [--limit N] [-o text|json|yaml]",
 		Short: "List alerts, newest first",
-		Long: `List alerts, newest first, with their state (open, acked or resolved). --open leaves out the resolved ones;
---device shows one device's.`,
+		Long: `List alerts, newest first, with the health rule that raised each and their state (open, acked or
+resolved). --open leaves out the resolved ones; --device shows one device's, --rule one rule's.`,
 		Example: `  fleetflow alerts list --open
+  fleetflow alerts list --open --rule critical
   fleetflow alerts list --device sensor-0042 --limit 0
   fleetflow alerts list --open -o json | jq -r '.[] | select(.kind == "offline") | .deviceId'`,
 		Args: cobra.NoArgs,
@@ -497,6 +574,8 @@ check no longer finds the problem; acknowledging one records that someone is on 
 	}
 	list.Flags().BoolVar(&f.Open, "open", false, "only alerts not resolved yet (open or acked)")
 	list.Flags().StringVar(&f.DeviceID, "device", "", "only this device's alerts")
+	list.Flags().StringVar(&f.Rule, "rule", "", `only this health rule's alerts ("fleet": the fleet-wide check's)`)
+	_ = list.RegisterFlagCompletionFunc("rule", completeFlagFrom(g, registry.CandidateHealthRules))
 	list.Flags().IntVar(&f.Limit, "limit", 100, "at most this many (0: all)")
 	_ = list.RegisterFlagCompletionFunc("device", completeFlagFrom(g, registry.CandidateDevices))
 	out = addOutputFlag(list)
@@ -565,14 +644,14 @@ func defaultAcker() string {
 
 func printAlerts(alerts []registry.Alert) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tDEVICE\tKIND\tDETAIL\tFIRST SEEN\tLAST SEEN\tSTATE")
+	fmt.Fprintln(w, "ID\tRULE\tDEVICE\tKIND\tDETAIL\tFIRST SEEN\tLAST SEEN\tSTATE")
 	const layout = "2006-01-02 15:04:05"
 	for _, a := range alerts {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.DeviceID, a.Kind, clip(a.Detail, 72),
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.Rule, a.DeviceID, a.Kind, clip(a.Detail, 72),
 			a.FirstSeen.Local().Format(layout), a.LastSeen.Local().Format(layout), a.State())
 	}
 	if len(alerts) == 0 {
-		fmt.Fprintln(w, "(none)\t\t\t\t\t\t")
+		fmt.Fprintln(w, "(none)\t\t\t\t\t\t\t")
 	}
 	_ = w.Flush()
 }

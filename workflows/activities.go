@@ -42,6 +42,9 @@ type Activities interface {
 	PurgeArchivedDevices(ctx context.Context, in PurgeInput) (PurgeResult, error)
 
 	RunHealthCheck(ctx context.Context, in RunHealthCheckInput) (HealthCheckResult, error)
+	// SaveHealthRule and DeleteHealthRule write a health rule's definition (docs/architecture.md, "Health rules").
+	SaveHealthRule(ctx context.Context, in HealthRuleSaveInput) (fleet.HealthRule, error)
+	DeleteHealthRule(ctx context.Context, in HealthRuleDeleteInput) (HealthRuleDeleteResult, error)
 
 	// ConfigSave returns the version saved.
 	ConfigSave(ctx context.Context, in ConfigSaveInput) (int64, error)

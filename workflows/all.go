@@ -5,5 +5,5 @@ package workflows
 // (`fleetflow-worker replay-check`) all take the list from here, so a workflow added to the worker is
 // replay-checked too (docs/architecture.md, "Worker versioning").
 func All() []any {
-	return []any{ProvisionFleet, FleetJob, FirmwareRollout, Decommission, ReplaceDevice, PurgeArchive, FleetHealthCheck, FleetConfiguration, SchemeCheck, RegisterDevice, RotateCredentials}
+	return []any{ProvisionFleet, FleetJob, FirmwareRollout, Decommission, ReplaceDevice, PurgeArchive, FleetHealthCheck, HealthRuleSave, HealthRuleDelete, FleetConfiguration, SchemeCheck, RegisterDevice, RotateCredentials}
 }

@@ -165,3 +165,84 @@ func TestFleetHealthCheckGivesUp(t *testing.T) {
 	require.Error(t, env.GetWorkflowError())
 	require.Len(t, h.reqs, 1)
 }
+
+// A rule's check hands the activity the rule's name only (the activity reads its target and limits) and
+// shows the rule, its target and the limits it applied.
+func TestFleetHealthCheckOfARule(t *testing.T) {
+	limits := health.Rules{OfflineAfter: 2 * time.Minute, AckWithin: 5 * time.Minute, ExpiringWithin: health.DefaultExpiringWithin}
+	res := sampleHealth
+	res.Rule, res.Target, res.Rules = "critical", fleet.GroupQuery("hospital-gw"), &limits
+	h := &healthActs{res: res}
+	env, upserts := newHealthEnv(t, h)
+	// Limits given beside a rule are ignored: the rule's are the ones that count.
+	env.ExecuteWorkflow(workflows.FleetHealthCheck, workflows.HealthCheckInput{Rule: "critical", OfflineAfter: time.Hour})
+	require.NoError(t, env.GetWorkflowError())
+	require.Equal(t, []workflows.RunHealthCheckInput{{RunID: "default-test-workflow-id", Rule: "critical"}}, h.reqs)
+	var got workflows.HealthCheckResult
+	require.NoError(t, env.GetWorkflowResult(&got))
+	require.Equal(t, "critical", got.Rule)
+	require.Equal(t, &limits, got.Rules)
+	details := currentDetails(t, env)
+	require.Contains(t, details, "health rule critical")
+	require.Contains(t, details, "IN_GROUP('hospital-gw')")
+	require.Contains(t, details, "offline after 2m")
+	require.Equal(t, searchattr.StateCompleted, (*upserts)[len(*upserts)-1].state)
+
+	// The fleet-wide rule by name is the fleet-wide check, with its limits.
+	h = &healthActs{res: sampleHealth}
+	env, _ = newHealthEnv(t, h)
+	env.ExecuteWorkflow(workflows.FleetHealthCheck, workflows.HealthCheckInput{Rule: health.FleetRule, OfflineAfter: time.Hour})
+	require.NoError(t, env.GetWorkflowError())
+	require.Equal(t, time.Hour, h.reqs[0].OfflineAfter)
+	require.Empty(t, h.reqs[0].Rule)
+}
+
+// HealthRuleSave writes the rule with its defaults filled in, through its activity; a rule no store could
+// save is refused before any activity, and a refusal of the activity is not retried.
+func TestHealthRuleSave(t *testing.T) {
+	var s testsuite.WorkflowTestSuite
+	var saved []fleet.HealthRule
+	fail := error(nil)
+	newEnv := func() *testsuite.TestWorkflowEnvironment {
+		env := s.NewTestWorkflowEnvironment()
+		env.SetTestTimeout(10 * time.Second)
+		env.RegisterWorkflow(workflows.HealthRuleSave)
+		env.RegisterActivityWithOptions(func(_ context.Context, in workflows.HealthRuleSaveInput) (fleet.HealthRule, error) {
+			saved = append(saved, in.Rule)
+			return in.Rule, fail
+		}, activity.RegisterOptions{Name: workflows.ActivityName(workflows.Activities.SaveHealthRule)})
+		return env
+	}
+	env := newEnv()
+	env.ExecuteWorkflow(workflows.HealthRuleSave, workflows.HealthRuleSaveInput{Rule: fleet.HealthRule{Name: "critical",
+		Query: fleet.GroupQuery("hospital-gw"), Group: "hospital-gw", Rules: health.Rules{OfflineAfter: 2 * time.Minute}, Every: time.Minute}})
+	require.NoError(t, env.GetWorkflowError())
+	require.Len(t, saved, 1)
+	require.Equal(t, health.DefaultAckWithin, saved[0].Rules.AckWithin, "defaults are filled in before the write")
+	var got fleet.HealthRule
+	require.NoError(t, env.GetWorkflowResult(&got))
+	require.Equal(t, 2*time.Minute, got.Rules.OfflineAfter)
+	require.Contains(t, currentDetails(t, env), "health rule critical")
+
+	saved = nil
+	for _, bad := range []fleet.HealthRule{
+		{Name: health.FleetRule, Query: "SELECT * FROM devices", Every: time.Minute},
+		{Name: "x", Every: time.Minute},
+		{Name: "x", Query: "SELECT * FROM devices"},
+		{Name: "x", Query: "SELECT * FROM devices", Every: time.Minute, Rules: health.Rules{AckWithin: -time.Second}},
+	} {
+		env := newEnv()
+		env.ExecuteWorkflow(workflows.HealthRuleSave, workflows.HealthRuleSaveInput{Rule: bad})
+		var appErr *temporal.ApplicationError
+		require.ErrorAs(t, env.GetWorkflowError(), &appErr, "%+v", bad)
+		require.Equal(t, workflows.ErrTypeInvalidInput, appErr.Type())
+	}
+	require.Empty(t, saved)
+
+	fail = temporal.NewNonRetryableApplicationError("unknown group", workflows.ErrTypeInvalidInput, nil)
+	env = newEnv()
+	env.ExecuteWorkflow(workflows.HealthRuleSave, workflows.HealthRuleSaveInput{Rule: fleet.HealthRule{Name: "x",
+		Query: fleet.GroupQuery("nope"), Every: time.Minute}})
+	require.ErrorContains(t, env.GetWorkflowError(), "unknown group")
+	require.Len(t, saved, 1, "a refused rule is not retried")
+}

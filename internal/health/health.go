@@ -46,6 +46,10 @@ const (
 	StatusRetired  = "retired"
 )
 
+// FleetRule names the fleet-wide check among the health rules (docs/architecture.md, "Health rules"): its
+// alerts, and those raised before rules existed, are the rule "fleet"'s.
+const FleetRule = "fleet"
+
 // Defaults of Rules: an operator who schedules a check without flags gets these.
 const (
 	DefaultOfflineAfter   = 10 * time.Minute

@@ -1,7 +1,8 @@
 // Package healthsched keeps fleetflow's recurring health check as a Temporal Schedule (recurring work uses
-// Schedules: docs/architecture.md, "Temporal rules"): one schedule, ScheduleID, whose action starts FleetHealthCheck. The CLI (`fleetflow
-// health schedule|unschedule|status`) and the tests create it through the same functions, so what the tests
-// run against a real server is what operators get.
+// Schedules: docs/architecture.md, "Temporal rules"): the fleet-wide check's schedule, ScheduleID, and one per
+// health rule (RuleScheduleID; docs/architecture.md, "Health rules"), each of whose actions starts
+// FleetHealthCheck. The CLI (`fleetflow health schedule|unschedule|status|rule`) and the tests create them
+// through the same functions, so what the tests run against a real server is what operators get.
 package healthsched
 
 import (
@@ -22,7 +23,7 @@ import (
 	"github.com/fleetflow/fleetflow/workflows"
 )
 
-// ScheduleID is the one health-check schedule of a namespace.
+// ScheduleID is the fleet-wide health check's schedule; each health rule has its own (RuleScheduleID).
 const ScheduleID = "fleetflow-health-check"
 
 // MinEvery is the shortest period a schedule accepts: a check is a pass over the whole fleet, and more often
@@ -53,8 +54,12 @@ func spec(every time.Duration) client.ScheduleSpec {
 // action starts FleetHealthCheck with in on taskQueue; Temporal appends the scheduled time to the id.
 func action(taskQueue string, in workflows.HealthCheckInput) *client.ScheduleWorkflowAction {
 	rules := in.Rules()
+	id, summary, details := workflows.HealthCheckIDPrefix, "Scheduled fleet health check", rules.String()
+	if in.IsRule() {
+		id, summary, details = RuleWorkflowIDPrefix(in.Rule), "Scheduled health rule "+in.Rule, "health rule "+in.Rule+" (fleetflow health rule show "+in.Rule+")"
+	}
 	return &client.ScheduleWorkflowAction{
-		ID:        workflows.HealthCheckIDPrefix,
+		ID:        id,
 		Workflow:  workflows.FleetHealthCheck,
 		Args:      []any{in},
 		TaskQueue: taskQueue,
@@ -62,8 +67,8 @@ func action(taskQueue string, in workflows.HealthCheckInput) *client.ScheduleWor
 		WorkflowExecutionTimeout: 30 * time.Minute,
 		TypedSearchAttributes: temporal.NewSearchAttributes(searchattr.Op.ValueSet(searchattr.OpHealthCheck),
 			searchattr.State.ValueSet(searchattr.StateRunning)),
-		StaticSummary: "Scheduled fleet health check",
-		StaticDetails: rules.String(),
+		StaticSummary: summary,
+		StaticDetails: details,
 	}
 }
 
@@ -75,10 +80,37 @@ func policy() *client.SchedulePolicies {
 // exists (keeping its paused state and history): running `health schedule` twice is how an operator changes
 // it. Overlapping checks are skipped, not queued.
 func EnsureHealthSchedule(ctx context.Context, c client.Client, taskQueue string, every time.Duration, in workflows.HealthCheckInput) error {
-	if err := ValidateEvery(every); err != nil {
-		return err
+	if in.IsRule() {
+		return errors.New("health schedule: a rule is scheduled with EnsureRuleSchedule")
 	}
 	if err := in.Rules().Validate(); err != nil {
+		return err
+	}
+	return ensure(ctx, c, ScheduleID, "fleetflow health schedule", taskQueue, every, in)
+}
+
+// RuleScheduleID is the schedule of a health rule (docs/architecture.md, "Health rules").
+func RuleScheduleID(rule string) string { return "fleetflow-health-rule-" + rule }
+
+// RuleWorkflowIDPrefix starts the ids of a rule's checks: healthcheck-<rule>, then Temporal's scheduled time
+// or `health run --rule`'s time.
+func RuleWorkflowIDPrefix(rule string) string { return workflows.HealthCheckIDPrefix + "-" + rule }
+
+// EnsureRuleSchedule creates a health rule's schedule, or updates its period and task queue when it exists.
+// Its action starts FleetHealthCheck with the rule's name only: each check reads the rule's target and limits
+// from the registry, so that `health rule set` changes them for the next check without touching the
+// schedule's input.
+func EnsureRuleSchedule(ctx context.Context, c client.Client, taskQueue, rule string, every time.Duration) error {
+	if rule == "" {
+		return errors.New("health rule schedule: a rule name is required")
+	}
+	return ensure(ctx, c, RuleScheduleID(rule), "fleetflow health rule set "+rule, taskQueue, every,
+		workflows.HealthCheckInput{Rule: rule})
+}
+
+// ensure creates the schedule id or updates it in place.
+func ensure(ctx context.Context, c client.Client, id, note, taskQueue string, every time.Duration, in workflows.HealthCheckInput) error {
+	if err := ValidateEvery(every); err != nil {
 		return err
 	}
 	if taskQueue == "" {
@@ -86,20 +118,20 @@ func EnsureHealthSchedule(ctx context.Context, c client.Client, taskQueue string
 	}
 	sc := c.ScheduleClient()
 	_, err := sc.Create(ctx, client.ScheduleOptions{
-		ID:            ScheduleID,
+		ID:            id,
 		Spec:          spec(every),
 		Action:        action(taskQueue, in),
 		Overlap:       enumspb.SCHEDULE_OVERLAP_POLICY_SKIP,
 		CatchupWindow: CatchupWindow,
-		Note:          "fleetflow health schedule",
+		Note:          note,
 	})
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, temporal.ErrScheduleAlreadyRunning) {
-		return fmt.Errorf("create schedule %s: %w", ScheduleID, err)
+		return fmt.Errorf("create schedule %s: %w", id, err)
 	}
-	err = sc.GetHandle(ctx, ScheduleID).Update(ctx, client.ScheduleUpdateOptions{
+	err = sc.GetHandle(ctx, id).Update(ctx, client.ScheduleUpdateOptions{
 		DoUpdate: func(u client.ScheduleUpdateInput) (*client.ScheduleUpdate, error) {
 			s := u.Description.Schedule
 			sp := spec(every)
@@ -108,7 +140,7 @@ func EnsureHealthSchedule(ctx context.Context, c client.Client, taskQueue string
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("update schedule %s: %w", ScheduleID, err)
+		return fmt.Errorf("update schedule %s: %w", id, err)
 	}
 	return nil
 }
@@ -124,12 +156,21 @@ func Exists(ctx context.Context, c client.Client) (bool, error) {
 
 // Describe returns the schedule's description (spec, next and recent runs), or ErrNotScheduled.
 func Describe(ctx context.Context, c client.Client) (*client.ScheduleDescription, error) {
-	d, err := c.ScheduleClient().GetHandle(ctx, ScheduleID).Describe(ctx)
+	return describe(ctx, c, ScheduleID)
+}
+
+// DescribeRule returns a health rule's schedule, or ErrNotScheduled.
+func DescribeRule(ctx context.Context, c client.Client, rule string) (*client.ScheduleDescription, error) {
+	return describe(ctx, c, RuleScheduleID(rule))
+}
+
+func describe(ctx context.Context, c client.Client, id string) (*client.ScheduleDescription, error) {
+	d, err := c.ScheduleClient().GetHandle(ctx, id).Describe(ctx)
 	if isNotFound(err) {
-		return nil, ErrNotScheduled
+		return nil, fmt.Errorf("schedule %s: %w", id, ErrNotScheduled)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("describe schedule %s: %w", ScheduleID, err)
+		return nil, fmt.Errorf("describe schedule %s: %w", id, err)
 	}
 	return d, nil
 }
@@ -137,12 +178,21 @@ func Describe(ctx context.Context, c client.Client) (*client.ScheduleDescription
 // DeleteHealthSchedule removes the schedule; checks already running finish. It returns ErrNotScheduled when
 // there is none.
 func DeleteHealthSchedule(ctx context.Context, c client.Client) error {
-	err := c.ScheduleClient().GetHandle(ctx, ScheduleID).Delete(ctx)
+	return deleteSchedule(ctx, c, ScheduleID)
+}
+
+// DeleteRuleSchedule removes a health rule's schedule (ErrNotScheduled when there is none).
+func DeleteRuleSchedule(ctx context.Context, c client.Client, rule string) error {
+	return deleteSchedule(ctx, c, RuleScheduleID(rule))
+}
+
+func deleteSchedule(ctx context.Context, c client.Client, id string) error {
+	err := c.ScheduleClient().GetHandle(ctx, id).Delete(ctx)
 	if isNotFound(err) {
-		return ErrNotScheduled
+		return fmt.Errorf("schedule %s: %w", id, ErrNotScheduled)
 	}
 	if err != nil {
-		return fmt.Errorf("delete schedule %s: %w", ScheduleID, err)
+		return fmt.Errorf("delete schedule %s: %w", id, err)
 	}
 	return nil
 }

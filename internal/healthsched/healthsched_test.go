@@ -13,6 +13,8 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/fleetflow/fleetflow/activities"
+	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/health"
 	"github.com/fleetflow/fleetflow/internal/healthsched"
 	"github.com/fleetflow/fleetflow/internal/registry/registrytest"
 	"github.com/fleetflow/fleetflow/internal/searchattr"
@@ -145,4 +147,76 @@ func TestScheduleRunsHealthChecks(t *testing.T) {
 	ok, err = healthsched.Exists(ctx, c)
 	require.NoError(t, err)
 	require.False(t, ok)
+}
+
+// TestRuleScheduleChecksTheRule writes a health rule through its workflow, puts it on its own schedule beside
+// nothing else, triggers it, and checks that the run checked the rule's group with its limits; then the
+// schedule and the rule are deleted as `health rule delete` does, which frees the group.
+func TestRuleScheduleChecksTheRule(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reg := registrytest.Open(t)
+	_, err := reg.Pool().Exec(ctx, `INSERT INTO devices (id, online, last_seen, created_at, tags) VALUES
+		('gw-1', false, now() - interval '5 minutes', now() - interval '1 day', '{"role":"gateway"}'),
+		('gw-2', true, now(), now() - interval '1 day', '{"role":"gateway"}'),
+		('s-1', false, now() - interval '1 hour', now() - interval '1 day', '{}')`)
+	require.NoError(t, err)
+	require.NoError(t, reg.CreateGroup(ctx, "gateways", "SELECT * FROM devices WHERE tags.role = 'gateway'"))
+
+	c, err := client.Dial(client.Options{HostPort: testenv.Temporal(t), Logger: quiet{}})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	const queue = "healthsched-rule-test"
+	w := worker.New(c, queue, worker.Options{})
+	for _, wf := range []any{workflows.FleetHealthCheck, workflows.HealthRuleSave, workflows.HealthRuleDelete} {
+		w.RegisterWorkflow(wf)
+	}
+	w.RegisterActivity(activities.New(reg, nil))
+	require.NoError(t, w.Start())
+	t.Cleanup(w.Stop)
+	_ = healthsched.DeleteRuleSchedule(ctx, c, "critical")
+	t.Cleanup(func() { _ = healthsched.DeleteRuleSchedule(context.Background(), c, "critical") })
+
+	save, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "save-critical", TaskQueue: queue}, workflows.HealthRuleSave,
+		workflows.HealthRuleSaveInput{Rule: fleet.HealthRule{Name: "critical", Query: fleet.GroupQuery("gateways"), Group: "gateways",
+			Rules: health.Rules{OfflineAfter: 2 * time.Minute}, Every: time.Hour}})
+	require.NoError(t, err)
+	require.NoError(t, save.Get(ctx, nil))
+	require.NoError(t, healthsched.EnsureRuleSchedule(ctx, c, queue, "critical", time.Hour))
+	d, err := healthsched.DescribeRule(ctx, c, "critical")
+	require.NoError(t, err)
+	require.Equal(t, time.Hour, healthsched.Every(d))
+	in, ok := healthsched.Input(d)
+	require.True(t, ok)
+	require.Equal(t, workflows.HealthCheckInput{Rule: "critical"}, in, "the schedule carries the name; the registry the definition")
+	_, err = healthsched.Describe(ctx, c)
+	require.ErrorIs(t, err, healthsched.ErrNotScheduled, "a rule's schedule is not the fleet-wide one")
+
+	require.NoError(t, c.ScheduleClient().GetHandle(ctx, healthsched.RuleScheduleID("critical")).Trigger(ctx, client.ScheduleTriggerOptions{}))
+	var wfID string
+	require.Eventually(t, func() bool {
+		d, err := healthsched.DescribeRule(ctx, c, "critical")
+		if err != nil || len(d.Info.RecentActions) == 0 {
+			return false
+		}
+		wfID = d.Info.RecentActions[0].StartWorkflowResult.WorkflowID
+		return true
+	}, 30*time.Second, 100*time.Millisecond)
+	require.True(t, strings.HasPrefix(wfID, healthsched.RuleWorkflowIDPrefix("critical")+"-"), wfID)
+	var res workflows.HealthCheckResult
+	require.NoError(t, c.GetWorkflow(ctx, wfID, "").Get(ctx, &res))
+	require.Equal(t, "critical", res.Rule)
+	require.Equal(t, int64(2), res.Devices, "the group's members only")
+	require.Equal(t, int64(1), res.Problems.Offline, "gw-1, 5 minutes offline under a 2-minute rule")
+	require.Equal(t, 2*time.Minute, res.Rules.OfflineAfter)
+
+	require.ErrorIs(t, reg.DeleteGroup(ctx, "gateways"), fleet.ErrGroupInUse)
+	require.NoError(t, healthsched.DeleteRuleSchedule(ctx, c, "critical"))
+	del, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "delete-critical", TaskQueue: queue}, workflows.HealthRuleDelete,
+		workflows.HealthRuleDeleteInput{Name: "critical"})
+	require.NoError(t, err)
+	var dres workflows.HealthRuleDeleteResult
+	require.NoError(t, del.Get(ctx, &dres))
+	require.True(t, dres.Deleted)
+	require.NoError(t, reg.DeleteGroup(ctx, "gateways"))
 }

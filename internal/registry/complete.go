@@ -27,15 +27,18 @@ const (
 	CandidateGroups
 	// CandidateTagPaths: the tag paths the scheme in force declares (docs/architecture.md, "Metadata scheme").
 	CandidateTagPaths
+	// CandidateHealthRules: health rule names (docs/architecture.md, "Health rules").
+	CandidateHealthRules
 )
 
 // candidateSQL selects the values of each kind that start with a LIKE pattern ($1), at most $2 of them.
 var candidateSQL = map[Candidates]string{
-	CandidateDevices:  `SELECT id FROM devices WHERE status <> 'retired' AND id LIKE $1 ESCAPE '\' ORDER BY id LIMIT $2`,
-	CandidateJobs:     `SELECT id FROM jobs WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
-	CandidateRollouts: `SELECT id FROM rollouts WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
-	CandidateFirmware: `SELECT version FROM firmware WHERE version LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
-	CandidateGroups:   `SELECT name FROM device_groups WHERE name LIKE $1 ESCAPE '\' ORDER BY name LIMIT $2`,
+	CandidateDevices:     `SELECT id FROM devices WHERE status <> 'retired' AND id LIKE $1 ESCAPE '\' ORDER BY id LIMIT $2`,
+	CandidateJobs:        `SELECT id FROM jobs WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
+	CandidateRollouts:    `SELECT id FROM rollouts WHERE id LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
+	CandidateFirmware:    `SELECT version FROM firmware WHERE version LIKE $1 ESCAPE '\' ORDER BY created_at DESC LIMIT $2`,
+	CandidateGroups:      `SELECT name FROM device_groups WHERE name LIKE $1 ESCAPE '\' ORDER BY name LIMIT $2`,
+	CandidateHealthRules: `SELECT name FROM health_rules WHERE name LIKE $1 ESCAPE '\' ORDER BY name LIMIT $2`,
 }
 
 // Complete lists at most limit values of kind that start with prefix, for shell completion. A shell waits

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -194,7 +195,7 @@ func (r *Registry) RemoveGroupMembers(ctx context.Context, name string, ids []st
 }
 
 // DeleteGroup deletes a group, refused (fleet.ErrGroupInUse) while a running job or rollout selected its
-// targets through it or another group's query names it.
+// targets through it, a health rule's target names it, or another group's query names it.
 func (r *Registry) DeleteGroup(ctx context.Context, name string) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		var one int
@@ -210,7 +211,11 @@ func (r *Registry) DeleteGroup(ctx context.Context, name string) error {
 			return err
 		}
 		if len(ops) > 0 {
-			return fmt.Errorf("group %s: %w: %s (wait for it to finish, or cancel it)", name, fleet.ErrGroupInUse, joinSample(ops, 5))
+			hint := "wait for it to finish, or cancel it"
+			if slices.ContainsFunc(ops, func(op string) bool { return strings.HasPrefix(op, "health rule ") }) {
+				hint = "a health rule checks it until `fleetflow health rule delete`; a job or rollout until it finishes"
+			}
+			return fmt.Errorf("group %s: %w: %s (%s)", name, fleet.ErrGroupInUse, joinSample(ops, 5), hint)
 		}
 		rows, err := tx.Query(ctx, "SELECT name, query FROM device_groups WHERE query IS NOT NULL AND name <> $1 ORDER BY name", name)
 		if err != nil {
@@ -242,12 +247,15 @@ func (r *Registry) DeleteGroup(ctx context.Context, name string) error {
 }
 
 // runningUses lists the running operations (jobs and rollouts not finished) that selected their targets
-// through the group.
+// through the group, and the health rules (docs/architecture.md, "Health rules") whose target names it, as
+// "job ID", "rollout ID" or "health rule NAME".
 func runningUses(ctx context.Context, q queryRower, name string) ([]string, error) {
-	rows, err := q.Query(ctx, `SELECT u.op_kind || ' ' || u.op_id FROM device_group_uses u
+	rows, err := q.Query(ctx, `SELECT replace(u.op_kind, '_', ' ') || ' ' || u.op_id FROM device_group_uses u
 		LEFT JOIN jobs j ON u.op_kind = 'job' AND j.id = u.op_id
 		LEFT JOIN rollouts ro ON u.op_kind = 'rollout' AND ro.id = u.op_id
-		WHERE u.group_name = $1 AND (j.id IS NOT NULL AND j.finished_at IS NULL OR ro.id IS NOT NULL AND ro.finished_at IS NULL)
+		LEFT JOIN health_rules hr ON u.op_kind = '`+groupUseHealthRule+`' AND hr.name = u.op_id
+		WHERE u.group_name = $1 AND (j.id IS NOT NULL AND j.finished_at IS NULL OR ro.id IS NOT NULL AND ro.finished_at IS NULL
+			OR hr.name IS NOT NULL)
 		ORDER BY u.used_at, u.op_id`, name)
 	if err != nil {
 		return nil, fmt.Errorf("load uses of group %s: %w", name, err)

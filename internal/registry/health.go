@@ -39,6 +39,7 @@ const (
 // it.
 type Alert struct {
 	ID         int64           `json:"id"`
+	Rule       string          `json:"rule"` // the health rule that raised it (health.FleetRule: the fleet-wide check)
 	DeviceID   string          `json:"deviceId"`
 	Kind       fleet.AlertKind `json:"kind"`
 	Detail     string          `json:"detail"`
@@ -64,5 +65,6 @@ func (a Alert) State() fleet.AlertState {
 type AlertFilter struct {
 	Open     bool   // only alerts not resolved (open or acked)
 	DeviceID string // only this device's alerts ("" = all)
+	Rule     string // only this health rule's alerts ("" = all)
 	Limit    int    // at most this many, newest first (<= 0 = all)
 }

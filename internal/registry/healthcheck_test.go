@@ -220,7 +220,7 @@ func TestHealthCheckSQLAgreesWithRules(t *testing.T) {
 			}
 		}
 	}
-	require.Equal(t, fleet.HealthSummary{At: s.At, Devices: n - retired, Active: active, Disabled: disabled, Retired: retired,
+	require.Equal(t, fleet.HealthSummary{Rule: health.FleetRule, At: s.At, Devices: n - retired, Active: active, Disabled: disabled, Retired: retired,
 		Online: online, Offline: offline, Problems: kinds, Opened: s.Opened, Resolved: 0, Open: s.Open, Duration: s.Duration,
 		Rules: rules, Rollouts: s.Rollouts}, s)
 

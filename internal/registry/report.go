@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
+	"github.com/fleetflow/fleetflow/internal/health"
 )
 
 // ReportHealthRuns is how many of the latest health checks FleetReport.Health holds: enough for a trend
@@ -22,7 +23,10 @@ type FleetReport struct {
 	Devices  DeviceCounts   `json:"devices"`
 	Firmware []VersionCount `json:"firmware"` // most devices first, then by version
 	Alerts   []KindCount    `json:"alerts"`   // open alerts: every kind of AlertKinds in its order, then others by name
-	Health   []HealthRun    `json:"health"`   // the latest health checks with a summary, oldest first
+	Health   []HealthRun    `json:"health"`   // the fleet-wide check's latest runs with a summary, oldest first
+	// HealthRules are the health rules with their latest checks, by name (docs/architecture.md, "Health
+	// rules"); their runs are not in Health, whose trend is the fleet-wide check's.
+	HealthRules []HealthRuleView `json:"healthRules"`
 	// Groups are the device groups with their member counts now, by name (at most ReportGroups).
 	Groups []GroupCount `json:"groups"`
 }
@@ -63,6 +67,7 @@ type KindCount struct {
 // HealthRun is one health check's row of health_runs.
 type HealthRun struct {
 	ID         string              `json:"id"`
+	Rule       string              `json:"rule"` // the health rule checked (health.FleetRule: the fleet-wide check)
 	StartedAt  time.Time           `json:"startedAt"`
 	FinishedAt *time.Time          `json:"finishedAt,omitempty"`
 	Summary    fleet.HealthSummary `json:"summary"`
@@ -112,9 +117,9 @@ func (r *Registry) ReportData(ctx context.Context) (FleetReport, error) {
 
 		// A check still running has the column's default '{}' and nothing to plot yet.
 		rows, err = tx.Query(ctx, `
-			SELECT id, started_at, finished_at, summary FROM health_runs
-			WHERE summary <> '{}'::jsonb
-			ORDER BY started_at DESC, id DESC LIMIT $1`, ReportHealthRuns)
+			SELECT id, rule, started_at, finished_at, summary FROM health_runs
+			WHERE summary <> '{}'::jsonb AND rule = $2
+			ORDER BY started_at DESC, id DESC LIMIT $1`, ReportHealthRuns, health.FleetRule)
 		if err != nil {
 			return fmt.Errorf("read health runs: %w", err)
 		}
@@ -123,6 +128,9 @@ func (r *Registry) ReportData(ctx context.Context) (FleetReport, error) {
 			return fmt.Errorf("read health runs: %w", err)
 		}
 		slices.Reverse(rep.Health) // oldest first, the order a trend is read in
+		if rep.HealthRules, err = listHealthRules(ctx, tx); err != nil {
+			return err
+		}
 
 		rows, err = tx.Query(ctx, "SELECT name, query IS NULL FROM device_groups ORDER BY name LIMIT $1", ReportGroups)
 		if err != nil {

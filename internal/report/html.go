@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/fleetflow/fleetflow/internal/health"
 )
 
 //go:embed report.html.tmpl
@@ -58,6 +60,13 @@ type view struct {
 	OpsError             string
 	Trends               []trendChart
 	Runs                 []runRow
+	Rules                []ruleRow // health rules with their latest check; none: no section
+}
+
+// ruleRow is a health rule with its latest check's counts ("-" before its first check).
+type ruleRow struct {
+	Name, Target, Time, ISOTime                                 string
+	Devices, Offline, Unhealthy, Pending, Firmware, Creds, Open string
 }
 
 // tile is one number of the devices section.
@@ -163,6 +172,21 @@ func newView(d Data) view {
 		for i, t := range HealthTrends(d.Health) {
 			v.Trends = append(v.Trends, newTrendChart(t, classes[i], times))
 		}
+	}
+	for _, r := range d.HealthRules {
+		row := ruleRow{Name: r.Name, Target: r.Query, Devices: "-", Offline: "-", Unhealthy: "-", Pending: "-", Firmware: "-", Creds: "-", Open: "-"}
+		if r.Group != "" {
+			row.Target = "group " + r.Group
+		}
+		if l := r.LastRun; l != nil {
+			s, t := l.Summary, l.StartedAt.In(loc)
+			row.Time, row.ISOTime = t.Format("2006-01-02 15:04"), t.Format(time.RFC3339)
+			row.Devices, row.Open = Thousands(s.Devices), Thousands(s.Open)
+			row.Offline, row.Unhealthy = Thousands(s.Problems[health.KindOffline]), Thousands(s.Problems[health.KindUnhealthy])
+			row.Pending, row.Firmware = Thousands(s.Problems[health.KindDesiredPending]), Thousands(s.Problems[health.KindFirmwareNoncompliant])
+			row.Creds = Thousands(s.Problems[health.KindCredentialExpiring])
+		}
+		v.Rules = append(v.Rules, row)
 	}
 	return v
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/html"
 
+	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/registry"
 	"github.com/fleetflow/fleetflow/internal/report"
 )
@@ -287,4 +288,20 @@ func TestHTMLEmptyFleetAndNoTemporal(t *testing.T) {
 func TestHTMLGolden(t *testing.T) {
 	raw, _ := page(t, sample())
 	golden(t, "report.html", raw)
+}
+
+// Health rules get a table of their own in the page, only when there are rules.
+func TestHTMLHealthRules(t *testing.T) {
+	var b bytes.Buffer
+	require.NoError(t, report.HTML(&b, sample()))
+	require.NotContains(t, b.String(), `data-table="health-rules"`)
+	d := sample()
+	d.HealthRules = []registry.HealthRuleView{{HealthRule: fleet.HealthRule{Name: "critical", Query: fleet.GroupQuery("gw"), Group: "gw"},
+		LastRun: &registry.HealthRun{StartedAt: at, Summary: fleet.HealthSummary{Devices: 1_200, Open: 7,
+			Problems: map[string]int64{string(registry.AlertOffline): 5}}}}}
+	b.Reset()
+	require.NoError(t, report.HTML(&b, d))
+	out := b.String()
+	require.Contains(t, out, `data-table="health-rules"`)
+	require.Regexp(t, `<tr data-rule="critical"><td>critical</td><td class="note">group gw</td><td><time datetime="[^"]+">2025-06-01 12:00</time></td><td class="n">1,200</td><td class="n">5</td>`, out)
 }

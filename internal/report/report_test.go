@@ -298,3 +298,22 @@ func TestThousands(t *testing.T) {
 		require.Equal(t, want, report.Thousands(n))
 	}
 }
+
+// Health rules get a section of their own, with their latest check's counts, only when there are rules; the
+// trend stays the fleet-wide check's.
+func TestTextHealthRules(t *testing.T) {
+	require.NotContains(t, text(t, sample()), "HEALTH RULES")
+	d := sample()
+	start := at.Add(-time.Minute)
+	d.HealthRules = []registry.HealthRuleView{
+		{HealthRule: fleet.HealthRule{Name: "critical", Query: fleet.GroupQuery("hospital-gw"), Group: "hospital-gw", Every: time.Minute},
+			LastRun: &registry.HealthRun{ID: "healthcheck-critical-1", Rule: "critical", StartedAt: start,
+				Summary: fleet.HealthSummary{Rule: "critical", Devices: 1_200, Open: 7,
+					Problems: map[string]int64{string(registry.AlertOffline): 5, string(registry.AlertUnhealthy): 2}}}},
+		{HealthRule: fleet.HealthRule{Name: "eu", Query: "SELECT * FROM devices WHERE tags.region = 'eu'", Every: time.Hour}},
+	}
+	rules := section(t, text(t, d), "HEALTH RULES")
+	require.Equal(t, "HEALTH RULES  2", rules[0])
+	require.Regexp(t, `^  critical\s+group hospital-gw\s+2025-06-01 11:59\s+1,200\s+5\s+2\s+0\s+0\s+0\s+7$`, rules[2])
+	require.Regexp(t, `^  eu\s+SELECT \* FROM devices WHERE tags.region = 'eu'\s+never\s+-`, rules[3])
+}

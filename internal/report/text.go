@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"unicode/utf8"
+
+	"github.com/fleetflow/fleetflow/internal/health"
 )
 
 // Widths of the terminal layout, chosen so that the charts fit 100 columns.
@@ -89,6 +91,32 @@ func BuildText(w io.Writer, d Data) error {
 		for _, o := range d.Operations {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\n", Clean(o.ID, 48), Clean(o.Op, 16), dash(Clean(o.State, 20)),
 				dash(Clean(o.Stage, 24)), o.StartedAt.In(loc).Format("01-02 15:04"), progressText(o))
+		}
+		if err := tw.Flush(); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+		p("\n")
+	}
+
+	if len(d.HealthRules) > 0 {
+		// Only when rules exist: a fleet without them reads as before (docs/architecture.md, "Health rules").
+		p("HEALTH RULES  %d\n", len(d.HealthRules))
+		tw := tabwriter.NewWriter(bw, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  RULE\tTARGET\tLAST CHECK\tDEVICES\tOFFLINE\tUNHEALTHY\tPENDING\tFIRMWARE\tCREDS\tOPEN")
+		for _, r := range d.HealthRules {
+			target := r.Query
+			if r.Group != "" {
+				target = "group " + r.Group
+			}
+			if l := r.LastRun; l != nil {
+				s := l.Summary
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", Clean(r.Name, 64), Clean(target, 48),
+					l.StartedAt.In(loc).Format("2006-01-02 15:04"), th(s.Devices), th(s.Problems[health.KindOffline]),
+					th(s.Problems[health.KindUnhealthy]), th(s.Problems[health.KindDesiredPending]),
+					th(s.Problems[health.KindFirmwareNoncompliant]), th(s.Problems[health.KindCredentialExpiring]), th(s.Open))
+			} else {
+				fmt.Fprintf(tw, "  %s\t%s\tnever\t-\t-\t-\t-\t-\t-\t-\n", Clean(r.Name, 64), Clean(target, 48))
+			}
 		}
 		if err := tw.Flush(); err != nil {
 			return fmt.Errorf("write report: %w", err)

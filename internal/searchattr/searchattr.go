@@ -66,6 +66,9 @@ const (
 	OpEnroll      = "enroll"
 	// OpRotateCredentials: a credential rotation (workflow RotateCredentials).
 	OpRotateCredentials = "rotate-credentials"
+	// OpHealthRule: a HealthRuleSave or HealthRuleDelete (docs/architecture.md, "Health rules"); the rule's
+	// checks are OpHealthCheck like the fleet-wide one.
+	OpHealthRule = "healthrule"
 )
 
 // Values of FleetOpState.
