@@ -24,6 +24,7 @@ func newSimulateCmd(g *globals) *cobra.Command {
 		cfg         simulator.Config
 		statusEvery time.Duration
 		brokers     []string
+		pprofAddr   string
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate (--creds FILE | --enroll-key-file F --enroll-ids P --devices N)",
@@ -89,6 +90,7 @@ connections spread over several loopback addresses.`,
 				return errors.New("--mqtt-url is empty")
 			}
 			cfg.Creds, cfg.CredentialsFile = list, credsFile
+			servePprof(pprofAddr)
 			sim, err := simulator.New(cfg)
 			if err != nil {
 				return err
@@ -145,6 +147,8 @@ connections spread over several loopback addresses.`,
 	f.DurationVar(&cfg.PingTimeout, "ping-timeout", 0, "how long each device waits for the gateway's PINGRESP before it reconnects (0 = the device SDK's 10 s); simulations of very large fleets on few cores starve their own devices, which then drop healthy connections")
 	f.DurationVar(&cfg.ReconnectJitter, "reconnect-jitter", 0, "each device waits a random time below this before a reconnect attempt, so that the devices of a gateway that died do not all reconnect at once (0 = at once)")
 	f.DurationVar(&statusEvery, "status-every", 5*time.Second, "how often to print a status line")
+	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6062)")
+	_ = f.MarkHidden("pprof")
 	return cmd
 }
 
