@@ -872,28 +872,32 @@ func meanOf(v []float64) float64 {
 }
 
 // saveSimProfiles saves the first simulator's heap profile (sim-1.heap.pb.gz, for go tool pprof) and its
-// goroutine and heap summaries (sim-1.goroutine.txt, sim-1.heap.txt with runtime.MemStats) in dir.
+// goroutine and heap summaries (sim-1.goroutine.txt; sim-1.heap.txt with runtime.MemStats as the memory was
+// read, sim-1.heap-gc.txt after two more collections, which shrink goroutine stacks grown during the
+// connect storm) in dir.
 func saveSimProfiles(b *testing.B, dir string) {
 	b.Helper()
-	for name, path := range map[string]string{
-		"sim-1.heap.pb.gz":    "/debug/pprof/heap?gc=1",
-		"sim-1.heap.txt":      "/debug/pprof/heap?debug=1",
-		"sim-1.goroutine.txt": "/debug/pprof/goroutine?debug=1",
+	for _, p := range []struct{ name, path string }{
+		{"sim-1.heap.txt", "/debug/pprof/heap?debug=1"},
+		{"sim-1.goroutine.txt", "/debug/pprof/goroutine?debug=1"},
+		{"", "/debug/pprof/heap?gc=1"},
+		{"sim-1.heap.pb.gz", "/debug/pprof/heap?gc=1"},
+		{"sim-1.heap-gc.txt", "/debug/pprof/heap?debug=1"},
 	} {
-		resp, err := http.Get("http://" + fleetSimPprof + path)
+		resp, err := http.Get("http://" + fleetSimPprof + p.path)
 		if err != nil {
-			b.Logf("simulator profile %s: %v", name, err)
+			b.Logf("simulator profile %s: %v", p.path, err)
 			continue
 		}
 		data, err := io.ReadAll(resp.Body)
 		_ = resp.Body.Close()
-		if err == nil {
-			err = os.WriteFile(filepath.Join(dir, name), data, 0o644)
-		}
-		if err != nil {
-			b.Logf("simulator profile %s: %v", name, err)
+		if err != nil || p.name == "" {
 			continue
 		}
-		fmt.Printf("simulator 1 profile saved: %s\n", filepath.Join(dir, name))
+		if err = os.WriteFile(filepath.Join(dir, p.name), data, 0o644); err != nil {
+			b.Logf("simulator profile %s: %v", p.name, err)
+			continue
+		}
+		fmt.Printf("simulator 1 profile saved: %s\n", filepath.Join(dir, p.name))
 	}
 }

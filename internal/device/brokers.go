@@ -26,8 +26,8 @@ func (c *Config) brokers() []string {
 }
 
 // setBrokers checks the list and makes BrokerURL its first URL, so that what New checks of BrokerURL holds
-// for a device given BrokerURLs only. A list that mixes plaintext and TLS gets the TLS configuration here
-// when its first URL is plaintext.
+// for a device given BrokerURLs only. A list that mixes plaintext and TLS gets its TLS configuration in
+// prepareCredentials, whatever its first URL.
 func (c *Config) setBrokers() error {
 	list := c.brokers()
 	if len(list) == 0 {
@@ -37,13 +37,6 @@ func (c *Config) setBrokers() error {
 		return err
 	}
 	c.BrokerURL = list[0]
-	if c.TLSConfig == nil && !pki.IsTLSURL(c.BrokerURL) && anyTLS(list) {
-		tc, err := pki.ClientConfig(c.CAFile)
-		if err != nil {
-			return fmt.Errorf("device: %w", err)
-		}
-		c.TLSConfig = tc
-	}
 	return nil
 }
 

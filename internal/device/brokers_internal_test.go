@@ -14,12 +14,19 @@ func TestBrokersListAndRotation(t *testing.T) {
 	if !anyTLS(got) || anyTLS(got[:2]) {
 		t.Fatalf("anyTLS wrong for %v", got)
 	}
-	if err := c.setBrokers(); err != nil || c.BrokerURL != "tcp://a:1" || c.TLSConfig == nil {
-		t.Errorf("setBrokers: %v; BrokerURL %q, TLS config %v: want the first URL, and TLS for the ssl:// one", err, c.BrokerURL, c.TLSConfig)
+	c.Secret = "s"
+	if err := c.setBrokers(); err != nil || c.BrokerURL != "tcp://a:1" {
+		t.Errorf("setBrokers: %v; BrokerURL %q: want the first URL", err, c.BrokerURL)
 	}
-	only := Config{BrokerURLs: []string{"tcp://b:1", "tcp://c:1"}}
-	if err := only.setBrokers(); err != nil || only.BrokerURL != "tcp://b:1" || only.TLSConfig != nil {
-		t.Errorf("setBrokers of a plaintext list: %v, %q, %v", err, only.BrokerURL, only.TLSConfig)
+	if err := c.prepareCredentials(); err != nil || c.TLS == nil || c.TLSConfig == nil {
+		t.Errorf("prepareCredentials: %v; TLS %v: want TLS for the ssl:// one", err, c.TLS)
+	}
+	only := Config{BrokerURLs: []string{"tcp://b:1", "tcp://c:1"}, Secret: "s"}
+	if err := only.setBrokers(); err != nil || only.BrokerURL != "tcp://b:1" {
+		t.Errorf("setBrokers of a plaintext list: %v, %q", err, only.BrokerURL)
+	}
+	if err := only.prepareCredentials(); err != nil || only.TLS != nil || only.TLSConfig != nil {
+		t.Errorf("prepareCredentials of a plaintext list: %v, %v, %v", err, only.TLS, only.TLSConfig)
 	}
 	if err := checkBrokers([]string{"tcp://a:1", "127.0.0.1:1883"}); err == nil {
 		t.Error("a URL without scheme is accepted")
