@@ -58,3 +58,18 @@ func TestBrokersListAndRotation(t *testing.T) {
 		t.Errorf("rotateAfter changed its argument: %s", str(servers))
 	}
 }
+
+// Devices given the same gateways share their parsed URLs, each in its own order.
+func TestBrokerURLsAreShared(t *testing.T) {
+	a := brokerURLs([]string{"ssl://127.0.0.2:8883", "ssl://127.0.0.3:8883"})
+	b := brokerURLs([]string{"ssl://127.0.0.3:8883", "ssl://127.0.0.2:8883"})
+	if len(a) != 2 || len(b) != 2 {
+		t.Fatalf("brokerURLs: %v, %v", a, b)
+	}
+	if a[0].Scheme != "ssl" || a[0].Host != "127.0.0.2:8883" || a[1].Host != "127.0.0.3:8883" {
+		t.Errorf("brokerURLs parsed %v", a)
+	}
+	if a[0] != b[1] || a[1] != b[0] {
+		t.Error("the same URL was parsed twice")
+	}
+}
