@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,6 +49,10 @@ var (
 	fleetOps = config.Env("FLEETFLOW_BENCH_FLEET_OPS", "desired,method,rollout,failover")
 	// fleetPprof serves the first gateway's profiler on this address (the gateway's hidden --pprof).
 	fleetPprof = os.Getenv("FLEETFLOW_BENCH_FLEET_PPROF")
+	// fleetSimPprof serves the first simulator's profiler on this address (simulate's hidden --pprof); its
+	// heap profile (and a goroutine count) is saved beside the logs when the memory is read, to see where a
+	// simulated device's memory goes.
+	fleetSimPprof = os.Getenv("FLEETFLOW_BENCH_FLEET_SIM_PPROF")
 	// fleetPingTimeout is the simulated devices' PINGRESP timeout (simulate --ping-timeout; "0": the SDK's
 	// 10 s). The simulators share the two cores with every server, so a late PINGRESP there often says more
 	// about the simulator's own scheduling than about the gateway.
@@ -401,6 +406,9 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 		cmd := exec.CommandContext(ctx, bins.CLI, "simulate", "--creds", file, "--mqtt-url", strings.Join(f.urls, ","),
 			"--telemetry-every", "0", "--concurrency", "64", "--status-every", "1s", "--reconnect-jitter", fleetJitter,
 			"--ping-timeout", fleetPingTimeout)
+		if j == 0 && fleetSimPprof != "" {
+			cmd.Args = append(cmd.Args, "--pprof", fleetSimPprof)
+		}
 		cmd.Env = append(os.Environ(), f.env...)
 		cmd.Stderr = logf
 		out, err := cmd.StdoutPipe()
@@ -458,6 +466,9 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 		}
 		simTotal += rss
 		simKiB = append(simKiB, float64(rss)/float64(len(f.simCreds[j])))
+	}
+	if fleetSimPprof != "" {
+		saveSimProfiles(b, f.dir)
 	}
 	f.connectsPS = float64(f.n) / connectedIn.Seconds()
 	transport := "plaintext MQTT"
@@ -858,4 +869,35 @@ func meanOf(v []float64) float64 {
 		s += x
 	}
 	return s / float64(len(v))
+}
+
+// saveSimProfiles saves the first simulator's heap profile (sim-1.heap.pb.gz, for go tool pprof) and its
+// goroutine and heap summaries (sim-1.goroutine.txt; sim-1.heap.txt with runtime.MemStats as the memory was
+// read, sim-1.heap-gc.txt after two more collections, which shrink goroutine stacks grown during the
+// connect storm) in dir.
+func saveSimProfiles(b *testing.B, dir string) {
+	b.Helper()
+	for _, p := range []struct{ name, path string }{
+		{"sim-1.heap.txt", "/debug/pprof/heap?debug=1"},
+		{"sim-1.goroutine.txt", "/debug/pprof/goroutine?debug=1"},
+		{"", "/debug/pprof/heap?gc=1"},
+		{"sim-1.heap.pb.gz", "/debug/pprof/heap?gc=1"},
+		{"sim-1.heap-gc.txt", "/debug/pprof/heap?debug=1"},
+	} {
+		resp, err := http.Get("http://" + fleetSimPprof + p.path)
+		if err != nil {
+			b.Logf("simulator profile %s: %v", p.path, err)
+			continue
+		}
+		data, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil || p.name == "" {
+			continue
+		}
+		if err = os.WriteFile(filepath.Join(dir, p.name), data, 0o644); err != nil {
+			b.Logf("simulator profile %s: %v", p.name, err)
+			continue
+		}
+		fmt.Printf("simulator 1 profile saved: %s\n", filepath.Join(dir, p.name))
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -25,4 +26,23 @@ func TestSimulateTakesAListOfGateways(t *testing.T) {
 	g := &globals{}
 	g.cfg.MQTTCA = filepath.Join(t.TempDir(), "ca.pem")
 	require.Equal(t, g.cfg.MQTTCA, simulateCA(g, []string{"tcp://a:1", "ssl://c:3"}))
+}
+
+// The simulator runs its collector at --gc-percent (default 50) unless GOGC says otherwise and the flag is
+// not given.
+func TestSimulatorGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	root := newRoot()
+	cmd, _, err := root.Find([]string{"simulate"})
+	require.NoError(t, err)
+	require.Equal(t, "50", cmd.Flags().Lookup("gc-percent").DefValue)
+
+	t.Setenv("GOGC", "")
+	require.True(t, setSimulatorGC(defaultSimulatorGCPercent, false))
+	require.Equal(t, 50, debug.SetGCPercent(100))
+	t.Setenv("GOGC", "200")
+	require.False(t, setSimulatorGC(defaultSimulatorGCPercent, false), "GOGC in the environment wins over the default")
+	require.Equal(t, 100, debug.SetGCPercent(100))
+	require.True(t, setSimulatorGC(30, true), "the flag wins over GOGC")
+	require.Equal(t, 30, debug.SetGCPercent(100))
 }

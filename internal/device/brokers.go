@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"sync"
 
 	"github.com/fleetflow/fleetflow/internal/pki"
 )
@@ -26,8 +27,8 @@ func (c *Config) brokers() []string {
 }
 
 // setBrokers checks the list and makes BrokerURL its first URL, so that what New checks of BrokerURL holds
-// for a device given BrokerURLs only. A list that mixes plaintext and TLS gets the TLS configuration here
-// when its first URL is plaintext.
+// for a device given BrokerURLs only. A list that mixes plaintext and TLS gets its TLS configuration in
+// prepareCredentials, whatever its first URL.
 func (c *Config) setBrokers() error {
 	list := c.brokers()
 	if len(list) == 0 {
@@ -37,13 +38,6 @@ func (c *Config) setBrokers() error {
 		return err
 	}
 	c.BrokerURL = list[0]
-	if c.TLSConfig == nil && !pki.IsTLSURL(c.BrokerURL) && anyTLS(list) {
-		tc, err := pki.ClientConfig(c.CAFile)
-		if err != nil {
-			return fmt.Errorf("device: %w", err)
-		}
-		c.TLSConfig = tc
-	}
 	return nil
 }
 
@@ -56,6 +50,41 @@ func checkBrokers(list []string) error {
 		}
 	}
 	return nil
+}
+
+// parsedBrokers holds the parsed URL of every gateway URL a device of this process was given, shared by all
+// its devices: paho only reads them, and a simulator's 10,000 devices would otherwise each keep a parsed copy
+// of every gateway's URL. A process names few gateways; the cap only guards against one that makes up
+// URLs without end.
+var parsedBrokers struct {
+	sync.Mutex
+	m map[string]*url.URL
+}
+
+const maxParsedBrokers = 1024
+
+// brokerURLs returns the parsed URLs of list (checked by checkBrokers), shared with the other devices.
+func brokerURLs(list []string) []*url.URL {
+	out := make([]*url.URL, 0, len(list))
+	parsedBrokers.Lock()
+	defer parsedBrokers.Unlock()
+	if parsedBrokers.m == nil {
+		parsedBrokers.m = make(map[string]*url.URL)
+	}
+	for _, raw := range list {
+		u, ok := parsedBrokers.m[raw]
+		if !ok {
+			var err error
+			if u, err = url.Parse(raw); err != nil {
+				continue // checkBrokers refused it already when the device was made
+			}
+			if len(parsedBrokers.m) < maxParsedBrokers {
+				parsedBrokers.m[raw] = u
+			}
+		}
+		out = append(out, u)
+	}
+	return out
 }
 
 // anyTLS reports whether some URL of the list asks for TLS, so the device needs a TLS configuration.

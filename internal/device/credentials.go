@@ -163,7 +163,10 @@ func (d *Device) openConnection(uri *url.URL, o paho.ClientOptions) (net.Conn, e
 	case "tcp", "mqtt":
 		conn, err = dialer.Dial("tcp", uri.Host)
 	case "ssl", "tls", "mqtts", "mqtt+ssl", "tcps":
-		conn, err = tls.DialWithDialer(dialer, "tcp", uri.Host, o.TLSConfig)
+		if d.cfg.TLS == nil {
+			return nil, fmt.Errorf("device: %s is a TLS URL but the device has no TLS configuration", uri)
+		}
+		conn, err = d.cfg.TLS.dial(d, dialer, uri.Host)
 	default:
 		return nil, fmt.Errorf("device: unsupported broker URL scheme %q", uri.Scheme)
 	}
@@ -213,7 +216,14 @@ func (d *Device) rotateCredentials(ctx context.Context, payload []byte) (any, er
 	return nil, nil
 }
 
-// clientCertificate is what the TLS handshake being made presents (tls.Config.GetClientCertificate): the
+// hasCertificate reports whether the device holds a client certificate in either slot.
+func (d *Device) hasCertificate() bool {
+	d.creds.mu.Lock()
+	defer d.creds.mu.Unlock()
+	return d.creds.c.Cert != nil || d.creds.c.Cert2 != nil
+}
+
+// clientCertificate is what the TLS handshake being made presents (TLSClient.clientCertificate): the
 // certificate of the slot of the CONNECT being attempted, or none — also when the server does not accept
 // its issuer, as crypto/tls does with tls.Config.Certificates.
 func (d *Device) clientCertificate(info *tls.CertificateRequestInfo) (*tls.Certificate, error) {

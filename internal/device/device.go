@@ -96,9 +96,6 @@ func New(cfg Config) (*Device, error) {
 	}
 	d.queue.max = cfg.QueueSize
 	d.initCredentials()
-	if d.cfg.ownTLS {
-		d.cfg.TLSConfig.GetClientCertificate = d.clientCertificate
-	}
 	if cfg.SaveCredentials != nil {
 		d.methods[protocol.MethodRotateCredentials] = d.rotateCredentials
 		d.methods[protocol.MethodRenewCertificate] = d.renewCertificate

@@ -38,9 +38,12 @@ type Config struct {
 	// CAFile is the PEM file of the CA the gateway's certificate must chain to, for a TLS broker URL; empty
 	// means the system's roots. It is ignored for a plaintext URL.
 	CAFile string
-	// TLSConfig, if set, is used for a TLS broker URL instead of one made from CAFile; a simulator shares one
-	// among all its devices rather than reading the CA file for each.
+	// TLSConfig, if set, is used for a TLS broker URL instead of one made from CAFile.
 	TLSConfig *tls.Config
+	// TLS, if set, is used for a TLS broker URL instead of TLSConfig or CAFile: a simulator shares one
+	// among all its devices (NewTLSClient), so that its devices' connections share one TLS configuration per
+	// gateway host instead of copying it each.
+	TLS *TLSClient
 
 	// ClientCertFile and ClientKeyFile, or ClientCertificate, are the device's client certificate and key
 	// (from `fleetflow provision --auth x509`): over TLS the device then authenticates with the certificate,
@@ -86,9 +89,6 @@ type Config struct {
 	// OnBusy is called (on paho's goroutine; it must not block) after each CONNECT a gateway refused as
 	// busy, which the device retries after a random wait (ErrServerBusy).
 	OnBusy func()
-
-	// ownTLS: TLSConfig is this device's own copy (prepareCredentials), which it may change.
-	ownTLS bool
 }
 
 func (c *Config) setDefaults() {
@@ -125,28 +125,27 @@ func (c *Config) prepareCredentials() error {
 	if c.Secret == "" && c.Secret2 == "" && c.ClientCertificate == nil && c.ClientCertificate2 == nil {
 		return errNoCredentials
 	}
-	if !pki.IsTLSURL(c.BrokerURL) {
-		if c.Secret == "" && c.Secret2 == "" {
-			return fmt.Errorf("device: a client certificate is presented over TLS only, and %s is not a TLS URL (ssl://, tls://, mqtts://)", c.BrokerURL)
-		}
+	if !pki.IsTLSURL(c.BrokerURL) && c.Secret == "" && c.Secret2 == "" {
+		return fmt.Errorf("device: a client certificate is presented over TLS only, and %s is not a TLS URL (ssl://, tls://, mqtts://)", c.BrokerURL)
+	}
+	if !anyTLS(c.brokers()) {
 		return nil
 	}
-	if c.TLSConfig == nil {
-		tc, err := pki.ClientConfig(c.CAFile)
-		if err != nil {
-			return fmt.Errorf("device: %w", err)
+	if c.TLS == nil {
+		if c.TLSConfig == nil {
+			tc, err := pki.ClientConfig(c.CAFile)
+			if err != nil {
+				return fmt.Errorf("device: %w", err)
+			}
+			c.TLSConfig = tc
 		}
-		c.TLSConfig = tc
+		c.TLS = NewTLSClient(c.TLSConfig)
 	}
+	c.TLSConfig = c.TLS.Base()
 	if c.ClientCertificate == nil && c.ClientCertificate2 == nil && len(c.TLSConfig.Certificates) > 0 {
 		c.ClientCertificate = &c.TLSConfig.Certificates[0] // given in the config itself: slot 1
 	}
-	if c.ClientCertificate != nil || c.ClientCertificate2 != nil || c.SaveCredentials != nil {
-		// A copy: the shared config (a simulator's) must not carry one device's certificate to the others.
-		// The device picks the certificate of the slot it tries at each handshake (Device.clientCertificate).
-		tc := c.TLSConfig.Clone()
-		tc.Certificates = nil
-		c.TLSConfig, c.ownTLS = tc, true
-	}
+	// The configuration is shared, never changed: the device presents the certificate of the slot it tries
+	// at each handshake (TLSClient.clientCertificate, Device.clientCertificate).
 	return nil
 }

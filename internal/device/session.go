@@ -41,9 +41,7 @@ func (d *Device) connect(ctx context.Context) error {
 	n := d.newSession()
 	opts := paho.NewClientOptions()
 	brokers := d.cfg.brokers()
-	for _, b := range brokers {
-		opts.AddBroker(b)
-	}
+	opts.Servers = brokerURLs(brokers)
 	opts.
 		SetClientID(d.cfg.ID).
 		SetUsername(d.cfg.ID).

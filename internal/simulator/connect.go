@@ -61,7 +61,7 @@ func (s *Simulator) connectOne(ctx context.Context, i int) {
 	sd := &simDevice{id: c.ID, started: time.Now()}
 	cfg := device.Config{
 		BrokerURLs:           brokersFor(s.brokers, i),
-		TLSConfig:            s.tls,
+		TLS:                  s.tls,
 		ID:                   c.ID,
 		Secret:               c.Secret,
 		Secret2:              c.Secret2,
@@ -214,7 +214,8 @@ func (s *Simulator) maxReconnect() time.Duration {
 func (s *Simulator) register(d *device.Device, sd *simDevice) {
 	sd.current.Store(d)
 	id := d.ID()
-	caps := Capabilities(id, s.cfg.Seed)
+	// Only the model: the closure below would keep the whole capabilities document of every device.
+	model := Capabilities(id, s.cfg.Seed)["model"]
 	d.OnMethod("ping", func(ctx context.Context, payload []byte) (any, error) {
 		s.methods.Add(1)
 		return map[string]any{"pong": true, "device": id, "time": time.Now().UTC().Format(time.RFC3339Nano)}, nil
@@ -224,7 +225,7 @@ func (s *Simulator) register(d *device.Device, sd *simDevice) {
 		version, health := sd.firmware()
 		return map[string]any{
 			"device":        id,
-			"model":         caps["model"],
+			"model":         model,
 			"firmware":      map[string]any{"version": version},
 			"health":        health,
 			"uptimeSeconds": int64(time.Since(sd.started).Seconds()),

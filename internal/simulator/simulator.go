@@ -25,7 +25,6 @@ package simulator
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,7 +46,8 @@ type Config struct {
 	// spread over all of them round-robin, and each device fails over to the others (spread.go).
 	BrokerURLs []string
 	// CAFile is the CA the gateway's certificate must chain to on a TLS BrokerURL (empty: the system's
-	// roots); it is read once and its tls.Config shared by every device.
+	// roots); it is read once and its TLS configuration shared by every device and connection
+	// (device.TLSClient).
 	CAFile string
 	Creds  []creds.Credential
 	// CredentialsFile is the file Creds were read from. The devices' new secrets from credential rotations,
@@ -135,8 +135,8 @@ func (s Stats) String() string {
 // Simulator runs one simulation.
 type Simulator struct {
 	cfg     Config
-	brokers []string    // BrokerURL and BrokerURLs
-	tls     *tls.Config // shared by every device; nil for a plaintext broker URL
+	brokers []string          // BrokerURL and BrokerURLs
+	tls     *device.TLSClient // shared by every device; nil for a plaintext broker URL
 	log     *slog.Logger
 	creds   []creds.Credential
 
@@ -231,8 +231,11 @@ func New(cfg Config) (*Simulator, error) {
 	if err := cfg.Unhealthy.validate("unhealthy"); err != nil {
 		return nil, err
 	}
-	sim := &Simulator{cfg: cfg, brokers: brokers, tls: tlsCfg, log: cfg.Logger.With("component", "simulator"), creds: list,
+	sim := &Simulator{cfg: cfg, brokers: brokers, log: cfg.Logger.With("component", "simulator"), creds: list,
 		reportSlots: make(chan struct{}, 4*cfg.Concurrency), runCtx: context.Background()}
+	if tlsCfg != nil {
+		sim.tls = device.NewTLSClient(tlsCfg)
+	}
 	if cfg.CredentialsFile != "" {
 		if sim.journal, err = creds.OpenJournal(cfg.CredentialsFile); err != nil {
 			return nil, fmt.Errorf("simulator: %w", err)
