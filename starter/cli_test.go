@@ -100,6 +100,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"rotate with ids and a group", []string{"credentials", "rotate", "d1", "--group", "lab"}, "not both"},
 		{"rotate with a query and a group", []string{"credentials", "rotate", "--query", "SELECT * FROM devices", "--group", "lab"}, "not both"},
 		{"rotate with a bad group name", []string{"credentials", "rotate", "--group", "Lab Rats"}, "group name"},
+		{"credentials status --failed without a rotation", []string{"credentials", "status", "--failed"}, "give its id"},
+		{"credentials status with two ids", []string{"credentials", "status", "a", "b"}, "accepts at most 1 arg"},
 		{"retire with too many ids", append([]string{"retire"}, deviceIDs(maxRetireIDs+1)...), "at most 10,000 on the command line"},
 		{"abort without a decision", []string{"rollout", "abort", "rollout-1.0.0-1"}, "--rollback or --no-rollback"},
 		{"bad method payload", []string{"method", "invoke", "d1", "ping", "--payload", "{"}, "not valid JSON"},
