@@ -109,6 +109,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"health run of a rule with limits", []string{"health", "run", "--rule", "critical", "--offline-after", "1m"}, "the rule's limits apply"},
 		{"health rule show with a bad name", []string{"health", "rule", "show", "A B"}, "rule name"},
 		{"health rule delete without a name", []string{"health", "rule", "delete"}, "accepts 1 arg"},
+		{"credentials status --failed without a rotation", []string{"credentials", "status", "--failed"}, "give its id"},
+		{"credentials status with two ids", []string{"credentials", "status", "a", "b"}, "accepts at most 1 arg"},
 		{"retire with too many ids", append([]string{"retire"}, deviceIDs(maxRetireIDs+1)...), "at most 10,000 on the command line"},
 		{"abort without a decision", []string{"rollout", "abort", "rollout-1.0.0-1"}, "--rollback or --no-rollback"},
 		{"bad method payload", []string{"method", "invoke", "d1", "ping", "--payload", "{"}, "not valid JSON"},

@@ -126,6 +126,37 @@ func TestCredentialRotation(t *testing.T) {
 	assert.Equal(t, string(fleet.JobTimedOut), missed.NotRotated[0].State)
 	assert.Equal(t, fleet.RotateMissed, missed.NotRotated[0].Error)
 
+	// The fleet's view names the device that missed its newest rotation; a dry run counts targets per kind.
+	out, err = e.cli(ctx, "credentials", "status", "-o", "json")
+	require.NoError(t, err, out)
+	var overview struct {
+		Kinds []struct {
+			Kind     string `json:"kind"`
+			Devices  int64  `json:"devices"`
+			NoExpiry int64  `json:"noExpiry"`
+		} `json:"kinds"`
+		Missed        int64 `json:"missed"`
+		MissedDevices []struct {
+			DeviceID   string `json:"deviceId"`
+			RotationID string `json:"rotationId"`
+		} `json:"missedDevices"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &overview), out)
+	require.Len(t, overview.Kinds, 2)
+	assert.Equal(t, "secret", overview.Kinds[0].Kind)
+	assert.Equal(t, int64(4), overview.Kinds[0].Devices)
+	assert.Equal(t, int64(4), overview.Kinds[0].NoExpiry, "provisioned without --credential-validity")
+	assert.Equal(t, int64(1), overview.Missed)
+	require.Len(t, overview.MissedDevices, 1)
+	assert.Equal(t, cs[2].ID, overview.MissedDevices[0].DeviceID)
+	assert.Equal(t, missed.ID, overview.MissedDevices[0].RotationID)
+	text, err := e.cli(ctx, "credentials", "status")
+	require.NoError(t, err, text)
+	assert.Contains(t, text, "1 devices missed their newest credential rotation")
+	out, err = e.cli(ctx, "credentials", "rotate", cs[0].ID, cs[1].ID, "rot-ghost", "--dry-run", "-o", "json")
+	require.NoError(t, err, out)
+	assert.JSONEq(t, `{"query": "ids: `+cs[0].ID+" "+cs[1].ID+` rot-ghost", "selected": 3, "secrets": 2, "certificates": 0, "notActive": 1}`, out)
+
 	// The simulator's file holds the devices' new secrets; the registry the same digests.
 	now := mustCreds(t, path)
 	var secrets []string
