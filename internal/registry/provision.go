@@ -209,12 +209,12 @@ func copyStagedToDevices(ctx context.Context, tx pgx.Tx, st staging, op string, 
 func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64, validity time.Duration) (fleet.ProvisionCounts, error) {
 	var out fleet.ProvisionCounts
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		err := provisionBatch(ctx, tx, op, first, last, &out)
+		err := provisionBatch(ctx, tx, op, first, last, validity, &out)
 		if err == nil && validity > 0 && out.Created > 0 {
 			// Only the batch's own new devices (provisioned_by = op) that have no expiry yet: a device that
-			// existed before keeps its credentials and their expiry.
+			// existed before keeps its credentials and their expiry. (A batch of staged chunks set them.)
 			var st staging
-			if st, err = stagingOf(ctx, tx, op); err == nil {
+			if st, err = stagingOf(ctx, tx, op); err == nil && !st.chunks {
 				q := st.rows(first, last)
 				update := `UPDATE devices d SET credential_expires_at = d.created_at + make_interval(secs => ` + q.arg(validity.Seconds()) + `)
 					FROM (SELECT id FROM ` + q.from + ` WHERE ` + q.cond + `) r
@@ -255,7 +255,7 @@ func dropBatchStaging(ctx context.Context, tx pgx.Tx, op string, first, last int
 }
 
 // provisionBatch is ProvisionBatch's work in tx; out receives the batch's counts.
-func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, out *fleet.ProvisionCounts) error {
+func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, validity time.Duration, out *fleet.ProvisionCounts) error {
 	{
 		err := tx.QueryRow(ctx, "SELECT created, existing, invalid FROM provision_batches WHERE op = $1 AND first = $2",
 			op, first).Scan(&out.Created, &out.Existing, &out.Invalid)
@@ -264,6 +264,11 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 		}
 		if !isNoRows(err) {
 			return fmt.Errorf("check batch: %w", err)
+		}
+		if st, err := stagingOf(ctx, tx, op); err != nil {
+			return err
+		} else if st.chunks {
+			return provisionChunkBatch(ctx, tx, st, op, first, last, validity, out)
 		}
 		fast, ok, err := provisionInDatabase(ctx, tx, op, first, last)
 		if err != nil {
@@ -289,19 +294,34 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 		if err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
 		}
-		var ids, tags []string
-		var hashes, fingerprints [][]byte
-		var lines []int64
-		var results []rowResult
-		seen := map[string]int64{}
-		var read int64
+		var staged []StagedRow
 		for rows.Next() {
-			read++
 			var s StagedRow
 			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.CertFingerprint, &s.ParseError); err != nil {
 				rows.Close()
 				return fmt.Errorf("scan staged row: %w", err)
 			}
+			staged = append(staged, s)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read staged rows: %w", err)
+		}
+		return classifyBatch(ctx, tx, op, first, last, staged, out)
+	}
+}
+
+// classifyBatch creates the devices of a batch's staged rows (those with seq in [first, last), in order) row
+// by row in tx: each row is checked again, and reported as invalid, as a duplicate or as an existing device
+// when it cannot be created; it records the batch's counts.
+func classifyBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, staged []StagedRow, out *fleet.ProvisionCounts) error {
+	{
+		var ids, tags []string
+		var hashes, fingerprints [][]byte
+		var lines []int64
+		var results []rowResult
+		seen := map[string]int64{}
+		read := int64(len(staged))
+		for _, s := range staged {
 			if reason := validateRow(s); reason != "" {
 				results = append(results, rowResult{s.Line, s.ID, "invalid", reason})
 				continue
@@ -313,9 +333,6 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 			seen[s.ID] = s.Line
 			ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
 			fingerprints = append(fingerprints, s.CertFingerprint)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read staged rows: %w", err)
 		}
 		if want := last - first; read != want {
 			// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
@@ -392,7 +409,7 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 				return fmt.Errorf("record row results: %w", err)
 			}
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
+		_, err := tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
 			VALUES ($1, $2, $3, $4, $5)`, op, first, out.Created, out.Existing, out.Invalid)
 		if err != nil {
 			return fmt.Errorf("record batch: %w", err)
@@ -562,7 +579,7 @@ func (r *Registry) DropStaleStaging(ctx context.Context, olderThan time.Duration
 			rows.Close()
 			return n, fmt.Errorf("drop stale staging: %w", err)
 		}
-		st.table = pgx.Identifier{name}.Sanitize()
+		st.table, st.chunks = pgx.Identifier{name}.Sanitize(), isChunkTable(name)
 		stale = append(stale, st)
 	}
 	if err := rows.Err(); err != nil {
@@ -570,7 +587,8 @@ func (r *Registry) DropStaleStaging(ctx context.Context, olderThan time.Duration
 	}
 	for _, st := range stale {
 		var k int64
-		err := r.pool.QueryRow(ctx, "SELECT count(*) FROM "+st.table).Scan(&k)
+		count, args := st.countSQL()
+		err := r.pool.QueryRow(ctx, count, args...).Scan(&k)
 		if err == nil {
 			err = dropStaged(ctx, r.pool, st)
 		}
@@ -589,9 +607,9 @@ func (r *Registry) StagedLeft(ctx context.Context, op string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	q := st.rows(0, -1)
+	count, args := st.countSQL()
 	var n int64
-	err = r.pool.QueryRow(ctx, `SELECT count(*) FROM `+q.from+` WHERE `+q.cond, q.args...).Scan(&n)
+	err = r.pool.QueryRow(ctx, count, args...).Scan(&n)
 	if isUndefinedTable(err) {
 		return 0, nil
 	}
