@@ -61,7 +61,9 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 	var held *StagedRow // the row read to see whether the source has more, staged with the next chunk
 	stopBeat := func() {}
 	defer func() { stopBeat() }()
-	var enc chunkEncoder
+	// Two encoders: while one record is inserted, the next is encoded (the source's work, parsing and
+	// credentials, overlaps Postgres' storing of the previous record).
+	var encs [2]chunkEncoder
 	for first := true; ; first = false {
 		done := false
 		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
@@ -76,20 +78,44 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 				}
 			}
 			var copied, recordFirst int64
+			enc := &encs[0]
 			enc.reset()
+			var inserting chan error // the insert in flight, if any; tx is used by one goroutine at a time
+			wait := func() error {
+				if inserting == nil {
+					return nil
+				}
+				err := <-inserting
+				inserting = nil
+				return err
+			}
+			defer func() { _ = wait() }() // never leave tx in use by an insert when it ends
 			flush := func() error {
+				if err := wait(); err != nil {
+					return err
+				}
 				if enc.rows == 0 {
 					return nil
 				}
-				_, err := tx.Exec(ctx, `INSERT INTO `+table+` (first, rows, data) VALUES ($1, $2, $3)`, recordFirst, enc.rows, enc.buf)
-				if isUndefinedTable(err) {
-					// The workflow has ended and dropped the staging (it failed, or found the staging stalled).
-					return fmt.Errorf("after %d rows: %w", staged, fleet.ErrStagingClosed)
+				at, rows, data := recordFirst, enc.rows, enc.buf
+				inserting = make(chan error, 1)
+				go func() {
+					_, err := tx.Exec(ctx, `INSERT INTO `+table+` (first, rows, data) VALUES ($1, $2, $3)`, at, rows, data)
+					switch {
+					case isUndefinedTable(err):
+						// The workflow has ended and dropped the staging (it failed, or found the staging stalled).
+						err = fmt.Errorf("after %d rows: %w", staged, fleet.ErrStagingClosed)
+					case err != nil:
+						err = fmt.Errorf("stage manifest rows: %w", err)
+					}
+					inserting <- err
+				}()
+				copied += int64(rows)
+				if enc == &encs[0] {
+					enc = &encs[1]
+				} else {
+					enc = &encs[0]
 				}
-				if err != nil {
-					return fmt.Errorf("stage manifest rows: %w", err)
-				}
-				copied += int64(enc.rows)
 				enc.reset()
 				return nil
 			}
@@ -124,6 +150,9 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 				}
 			}
 			if err := flush(); err != nil {
+				return err
+			}
+			if err := wait(); err != nil {
 				return err
 			}
 			state := stagingOpen
