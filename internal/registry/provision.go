@@ -314,108 +314,106 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 // by row in tx: each row is checked again, and reported as invalid, as a duplicate or as an existing device
 // when it cannot be created; it records the batch's counts.
 func classifyBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, staged []StagedRow, out *fleet.ProvisionCounts) error {
-	{
-		var ids, tags []string
-		var hashes, fingerprints [][]byte
-		var lines []int64
-		var results []rowResult
-		seen := map[string]int64{}
-		read := int64(len(staged))
-		for _, s := range staged {
-			if reason := validateRow(s); reason != "" {
-				results = append(results, rowResult{s.Line, s.ID, "invalid", reason})
-				continue
-			}
-			if prev, dup := seen[s.ID]; dup {
-				results = append(results, rowResult{s.Line, s.ID, "invalid", fmt.Sprintf("duplicate id: already on line %d", prev)})
-				continue
-			}
-			seen[s.ID] = s.Line
-			ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
-			fingerprints = append(fingerprints, s.CertFingerprint)
+	var ids, tags []string
+	var hashes, fingerprints [][]byte
+	var lines []int64
+	var results []rowResult
+	seen := map[string]int64{}
+	read := int64(len(staged))
+	for _, s := range staged {
+		if reason := validateRow(s); reason != "" {
+			results = append(results, rowResult{s.Line, s.ID, "invalid", reason})
+			continue
 		}
-		if want := last - first; read != want {
-			// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
-			// provisioning a partial fleet.
-			return fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
-				fleet.ErrStagingLost, want, op, first, last-1, read)
+		if prev, dup := seen[s.ID]; dup {
+			results = append(results, rowResult{s.Line, s.ID, "invalid", fmt.Sprintf("duplicate id: already on line %d", prev)})
+			continue
 		}
-		// Which ids exist already, and which of those this operation created in another batch (a duplicate
-		// row of the manifest rather than a device that was present before).
-		existing := map[string]string{}
-		retired := map[string]time.Time{}
-		if len(ids) > 0 {
-			erows, err := tx.Query(ctx, `SELECT id, coalesce(provisioned_by, ''), status = 'retired', coalesce(retired_at, updated_at)
-				FROM devices WHERE id = ANY($1)`, ids)
-			if err != nil {
-				return fmt.Errorf("look up existing devices: %w", err)
-			}
-			for erows.Next() {
-				var id, by string
-				var isRetired bool
-				var at time.Time
-				if err := erows.Scan(&id, &by, &isRetired, &at); err != nil {
-					erows.Close()
-					return fmt.Errorf("look up existing devices: %w", err)
-				}
-				existing[id] = by
-				if isRetired {
-					retired[id] = at
-				}
-			}
-			if err := erows.Err(); err != nil {
-				return fmt.Errorf("look up existing devices: %w", err)
-			}
-		}
-		var fresh [][]any
-		for i, id := range ids {
-			by, ok := existing[id]
-			switch {
-			case !ok:
-				fresh = append(fresh, []any{id, hashes[i], fingerprints[i], tags[i], op})
-			case by == op:
-				results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
-			case !retired[id].IsZero():
-				results = append(results, rowResult{lines[i], id, "invalid", RetiredIDReason(retired[id])})
-			default:
-				results = append(results, rowResult{lines[i], id, "exists", "already present; credentials untouched"})
-			}
-		}
-		// A device created by someone else since the look-up fails this COPY with a unique violation, which
-		// fails this attempt; the retry then finds that device as existing.
-		if len(fresh) > 0 {
-			n, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, deviceCopyColumns, pgx.CopyFromRows(fresh))
-			if err != nil {
-				return fmt.Errorf("create devices: %w", err)
-			}
-			out.Created = n
-		}
-		var rLines []int64
-		var rIDs, rOutcomes, rReasons []string
-		for _, res := range results {
-			if res.outcome == "exists" {
-				out.Existing++
-			} else {
-				out.Invalid++
-			}
-			rLines, rIDs = append(rLines, res.line), append(rIDs, res.id)
-			rOutcomes, rReasons = append(rOutcomes, res.outcome), append(rReasons, res.note)
-		}
-		if len(results) > 0 {
-			_, err := tx.Exec(ctx, `INSERT INTO provision_results (op, line, id, outcome, reason)
-				SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[])
-				ON CONFLICT (op, line) DO NOTHING`, op, rLines, rIDs, rOutcomes, rReasons)
-			if err != nil {
-				return fmt.Errorf("record row results: %w", err)
-			}
-		}
-		_, err := tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
-			VALUES ($1, $2, $3, $4, $5)`, op, first, out.Created, out.Existing, out.Invalid)
-		if err != nil {
-			return fmt.Errorf("record batch: %w", err)
-		}
-		return nil
+		seen[s.ID] = s.Line
+		ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
+		fingerprints = append(fingerprints, s.CertFingerprint)
 	}
+	if want := last - first; read != want {
+		// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
+		// provisioning a partial fleet.
+		return fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
+			fleet.ErrStagingLost, want, op, first, last-1, read)
+	}
+	// Which ids exist already, and which of those this operation created in another batch (a duplicate
+	// row of the manifest rather than a device that was present before).
+	existing := map[string]string{}
+	retired := map[string]time.Time{}
+	if len(ids) > 0 {
+		erows, err := tx.Query(ctx, `SELECT id, coalesce(provisioned_by, ''), status = 'retired', coalesce(retired_at, updated_at)
+			FROM devices WHERE id = ANY($1)`, ids)
+		if err != nil {
+			return fmt.Errorf("look up existing devices: %w", err)
+		}
+		for erows.Next() {
+			var id, by string
+			var isRetired bool
+			var at time.Time
+			if err := erows.Scan(&id, &by, &isRetired, &at); err != nil {
+				erows.Close()
+				return fmt.Errorf("look up existing devices: %w", err)
+			}
+			existing[id] = by
+			if isRetired {
+				retired[id] = at
+			}
+		}
+		if err := erows.Err(); err != nil {
+			return fmt.Errorf("look up existing devices: %w", err)
+		}
+	}
+	var fresh [][]any
+	for i, id := range ids {
+		by, ok := existing[id]
+		switch {
+		case !ok:
+			fresh = append(fresh, []any{id, hashes[i], fingerprints[i], tags[i], op})
+		case by == op:
+			results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
+		case !retired[id].IsZero():
+			results = append(results, rowResult{lines[i], id, "invalid", RetiredIDReason(retired[id])})
+		default:
+			results = append(results, rowResult{lines[i], id, "exists", "already present; credentials untouched"})
+		}
+	}
+	// A device created by someone else since the look-up fails this COPY with a unique violation, which
+	// fails this attempt; the retry then finds that device as existing.
+	if len(fresh) > 0 {
+		n, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, deviceCopyColumns, pgx.CopyFromRows(fresh))
+		if err != nil {
+			return fmt.Errorf("create devices: %w", err)
+		}
+		out.Created = n
+	}
+	var rLines []int64
+	var rIDs, rOutcomes, rReasons []string
+	for _, res := range results {
+		if res.outcome == "exists" {
+			out.Existing++
+		} else {
+			out.Invalid++
+		}
+		rLines, rIDs = append(rLines, res.line), append(rIDs, res.id)
+		rOutcomes, rReasons = append(rOutcomes, res.outcome), append(rReasons, res.note)
+	}
+	if len(results) > 0 {
+		_, err := tx.Exec(ctx, `INSERT INTO provision_results (op, line, id, outcome, reason)
+			SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[])
+			ON CONFLICT (op, line) DO NOTHING`, op, rLines, rIDs, rOutcomes, rReasons)
+		if err != nil {
+			return fmt.Errorf("record row results: %w", err)
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
+		VALUES ($1, $2, $3, $4, $5)`, op, first, out.Created, out.Existing, out.Invalid)
+	if err != nil {
+		return fmt.Errorf("record batch: %w", err)
+	}
+	return nil
 }
 
 // RowProblem says why a manifest row's id or tags cannot make a device, or "" if they can: the check every
