@@ -113,7 +113,7 @@ func BenchmarkProvisionAndQuery1M(b *testing.B) {
 	report(b, "raw COPY into the same schema, after the workflow", rawAfter.Seconds(), "s-raw-copy-2")
 	report(b, "fleetflow provision end to end (parse, secrets, staging COPY, workflow)", viaWorkflow.Seconds(), "s-provision")
 	report(b, "  of which the ProvisionFleet workflow (start to close)", workflowOnly.Seconds(), "s-workflow")
-	report(b, "ratio end to end / faster raw COPY (target <= 2)", viaWorkflow.Seconds()/raw.Seconds(), "x-provision")
+	report(b, "ratio end to end / faster raw COPY (target <= 1.5, issue 10)", viaWorkflow.Seconds()/raw.Seconds(), "x-provision")
 	report(b, "ratio workflow / faster raw COPY (target <= 2)", workflowOnly.Seconds()/raw.Seconds(), "x-workflow")
 	report(b, "devices per second through the workflow", float64(fleetSize)/viaWorkflow.Seconds(), "devices/s")
 	report(b, "workflow history events (all runs)", float64(events), "events")
@@ -215,7 +215,10 @@ func logStatements(b *testing.B, ctx context.Context, reg *registry.Registry, pa
 	if err := reg.Pool().QueryRow(ctx, "SHOW data_directory").Scan(&dataDir); err != nil {
 		b.Fatal(err)
 	}
-	for _, q := range []string{"ALTER SYSTEM SET log_min_duration_statement = 0", "SELECT pg_reload_conf()"} {
+	// Without the parameters' values: a staged record is a bind parameter of a few MB, whose hex rendering
+	// into the log would cost Postgres more CPU than storing it.
+	for _, q := range []string{"ALTER SYSTEM SET log_min_duration_statement = 0", "ALTER SYSTEM SET log_parameter_max_length = 0",
+		"SELECT pg_reload_conf()"} {
 		if _, err := reg.Pool().Exec(ctx, q); err != nil {
 			b.Fatal(err)
 		}

@@ -293,7 +293,7 @@ func runProvision(ctx context.Context, g *globals, f *provisionFlags) error {
 		crashAt("after-start")
 		return nil
 	}
-	rows, err := stageManifest(ctx, reg, op, src, pending, makeCred, workers, start)
+	rows, err := stageManifest(ctx, reg, op, src, pending, makeCred, workers, in.BatchSize, start)
 	if startErr != nil {
 		// Nothing follows the staged rows: closed, so that nothing waits for them (the health check drops them).
 		_ = reg.AbandonStaging(context.WithoutCancel(ctx), op)
@@ -501,9 +501,10 @@ func certificateMaker(caDir, validityFlag string) (credentialMaker, time.Duratio
 
 // stageManifest copies the manifest into the registry, generating each parsed row's credential here: the
 // secret (or certificate and private key) goes to the pending credentials file, its digest (or fingerprint)
-// to Postgres, and nothing to Temporal.
+// to Postgres, and nothing to Temporal. It stages records of batch rows (the workflow's batch size; 0 for the
+// default), so that each batch reads exactly one record, in transactions of a whole number of records.
 func stageManifest(ctx context.Context, reg *registry.Registry, op string, src manifest.Reader, pending string,
-	makeCred credentialMaker, workers int, committed func(rows int64, done bool) error) (int64, error) {
+	makeCred credentialMaker, workers int, batch int64, committed func(rows int64, done bool) error) (int64, error) {
 	var seq int64
 	var werr error
 	// A credential for every parsed row; rows the registry then finds invalid are dropped from the
@@ -522,7 +523,12 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 	if err != nil {
 		return 0, err
 	}
-	n, err := reg.StageChunks(ctx, op, "provision", stagingChunk, func() (registry.StagedRow, bool, error) {
+	if batch <= 0 {
+		batch = workflows.DefaultBatchSize
+	}
+	record := int(min(batch, int64(stagingChunk)))
+	chunk := stagingChunk / record * record
+	n, err := reg.StageChunks(ctx, op, "provision", chunk, func() (registry.StagedRow, bool, error) {
 		m, err := ahead.next()
 		if err == io.EOF {
 			return registry.StagedRow{}, false, nil
@@ -546,6 +552,7 @@ func stageManifest(ctx context.Context, reg *registry.Registry, op string, src m
 		return s, true, nil
 	}, registry.StageHooks{
 		// A committed chunk's rows may become devices at once: their secrets are on disk first.
+		Record:       record,
 		BeforeCommit: w.Sync,
 		Committed:    committed,
 	})

@@ -40,7 +40,7 @@ func TestProvisioningRefusesRowsThatViolateTheScheme(t *testing.T) {
 `
 	r, err := manifest.NewReader(bufio.NewReader(strings.NewReader(nd)), manifest.NDJSON)
 	require.NoError(t, err)
-	rows, err := stageManifest(ctx, reg, "provision-s", r, out+".pending", newSecretCredential, 2, nil)
+	rows, err := stageManifest(ctx, reg, "provision-s", r, out+".pending", newSecretCredential, 2, 0, nil)
 	require.NoError(t, err)
 	require.Equal(t, int64(4), rows)
 	pending, err := creds.ReadFile(out + ".pending")
@@ -177,7 +177,7 @@ func TestCSVCellsTakeTheSchemesTypes(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "creds.ndjson")
 	r, err := manifest.NewReader(bufio.NewReader(strings.NewReader("id,region,floor\nc-1,eu,3\nc-2,us,third\n")), manifest.CSV)
 	require.NoError(t, err)
-	rows, err := stageManifest(ctx, reg, "provision-c", r, out+".pending", newSecretCredential, 1, nil)
+	rows, err := stageManifest(ctx, reg, "provision-c", r, out+".pending", newSecretCredential, 1, 0, nil)
 	require.NoError(t, err)
 	c, err := reg.ProvisionBatch(ctx, "provision-c", 0, rows, 0)
 	require.NoError(t, err)
@@ -211,7 +211,7 @@ func TestProvisioningRefusesBadMaintenanceWindows(t *testing.T) {
 `
 	r, err := manifest.NewReader(bufio.NewReader(strings.NewReader(nd)), manifest.NDJSON)
 	require.NoError(t, err)
-	rows, err := stageManifest(ctx, reg, "provision-w", r, out+".pending", newSecretCredential, 2, nil)
+	rows, err := stageManifest(ctx, reg, "provision-w", r, out+".pending", newSecretCredential, 2, 0, nil)
 	require.NoError(t, err)
 	c, err := reg.ProvisionBatch(ctx, "provision-w", 0, rows, 0)
 	require.NoError(t, err)

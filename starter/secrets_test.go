@@ -68,7 +68,7 @@ func TestManifestWithAnEmptyIDStillWritesEveryCreatedDevicesCredentials(t *testi
 		r, err := manifest.NewReader(bufio.NewReader(strings.NewReader(csv)), manifest.CSV)
 		require.NoError(t, err)
 		pending := out + ".pending"
-		rows, err := stageManifest(ctx, reg, op, r, pending, newSecretCredential, 1, nil)
+		rows, err := stageManifest(ctx, reg, op, r, pending, newSecretCredential, 1, 0, nil)
 		require.NoError(t, err)
 		_, err = reg.ProvisionBatch(ctx, op, 0, rows, 0)
 		require.NoError(t, err)
@@ -176,7 +176,7 @@ func TestCertificateCredentialsFollowTheSameRules(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "x.creds.ndjson")
 	r, err := manifest.NewReader(strings.NewReader("{\"id\":\"x-1\"}\n\n{\"id\":\"\"}\n{\"id\":\"x-3\"}\n"), manifest.NDJSON)
 	require.NoError(t, err)
-	rows, err := stageManifest(ctx, reg, "provision-x", r, out+".pending", makeCert, 2, nil)
+	rows, err := stageManifest(ctx, reg, "provision-x", r, out+".pending", makeCert, 2, 0, nil)
 	require.NoError(t, err)
 	require.Equal(t, int64(3), rows)
 	_, err = reg.ProvisionBatch(ctx, "provision-x", 0, rows, 0)
@@ -213,7 +213,7 @@ func TestChunkedStagingHasEverySecretOnDiskBeforeItsChunkCommits(t *testing.T) {
 	r, err := manifest.NewReader(strings.NewReader("id\nc-1\nc-2\nc-3\nc-4\nc-5\nc-6\nc-7\nc-8\n"), manifest.CSV)
 	require.NoError(t, err)
 	var commits []int64
-	rows, err := stageManifest(ctx, reg, "provision-c", r, pending, newSecretCredential, 1, func(staged int64, done bool) error {
+	rows, err := stageManifest(ctx, reg, "provision-c", r, pending, newSecretCredential, 1, 0, func(staged int64, done bool) error {
 		prev := int64(0)
 		if len(commits) > 0 {
 			prev = commits[len(commits)-1]

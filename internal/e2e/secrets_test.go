@@ -134,7 +134,7 @@ func TestExistingCredentialsFileIsRefused(t *testing.T) {
 	require.Zero(t, n, "nothing was created")
 	var staged int
 	require.NoError(t, e.reg.Pool().QueryRow(ctx, `SELECT (SELECT count(*) FROM provision_rows)
-		+ (SELECT count(*) FROM pg_tables WHERE tablename LIKE 'provision\_rows\_%')`).Scan(&staged))
+		+ (SELECT count(*) FROM pg_tables WHERE tablename ~ '^provision_(rows|chunks)_[0-9]+$')`).Scan(&staged))
 	require.Zero(t, staged, "nothing was staged")
 }
 

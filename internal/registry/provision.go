@@ -212,12 +212,12 @@ func copyStagedToDevices(ctx context.Context, tx pgx.Tx, st staging, op string, 
 func (r *Registry) ProvisionBatch(ctx context.Context, op string, first, last int64, validity time.Duration) (fleet.ProvisionCounts, error) {
 	var out fleet.ProvisionCounts
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		err := provisionBatch(ctx, tx, op, first, last, &out)
+		err := provisionBatch(ctx, tx, op, first, last, validity, &out)
 		if err == nil && validity > 0 && out.Created > 0 {
 			// Only the batch's own new devices (provisioned_by = op) that have no expiry yet: a device that
-			// existed before keeps its credentials and their expiry.
+			// existed before keeps its credentials and their expiry. (A batch of staged chunks set them.)
 			var st staging
-			if st, err = stagingOf(ctx, tx, op); err == nil {
+			if st, err = stagingOf(ctx, tx, op); err == nil && !st.chunks {
 				q := st.rows(first, last)
 				// A certificate's recorded end caps it (least ignores a NULL): the registry's expiry is then
 				// exactly the certificate's, which the health check warns before.
@@ -260,7 +260,7 @@ func dropBatchStaging(ctx context.Context, tx pgx.Tx, op string, first, last int
 }
 
 // provisionBatch is ProvisionBatch's work in tx; out receives the batch's counts.
-func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, out *fleet.ProvisionCounts) error {
+func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, validity time.Duration, out *fleet.ProvisionCounts) error {
 	{
 		err := tx.QueryRow(ctx, "SELECT created, existing, invalid FROM provision_batches WHERE op = $1 AND first = $2",
 			op, first).Scan(&out.Created, &out.Existing, &out.Invalid)
@@ -269,6 +269,11 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 		}
 		if !isNoRows(err) {
 			return fmt.Errorf("check batch: %w", err)
+		}
+		if st, err := stagingOf(ctx, tx, op); err != nil {
+			return err
+		} else if st.chunks {
+			return provisionChunkBatch(ctx, tx, st, op, first, last, validity, out)
 		}
 		fast, ok, err := provisionInDatabase(ctx, tx, op, first, last)
 		if err != nil {
@@ -294,117 +299,127 @@ func provisionBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64
 		if err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
 		}
-		var ids, tags []string
-		var hashes, fingerprints [][]byte
-		var notAfters []*time.Time
-		var lines []int64
-		var results []rowResult
-		seen := map[string]int64{}
-		var read int64
+		var staged []StagedRow
 		for rows.Next() {
-			read++
 			var s StagedRow
 			if err := rows.Scan(&s.Line, &s.ID, &s.Tags, &s.SecretHash, &s.CertFingerprint, &s.CertNotAfter, &s.ParseError); err != nil {
 				rows.Close()
 				return fmt.Errorf("scan staged row: %w", err)
 			}
-			if reason := validateRow(s); reason != "" {
-				results = append(results, rowResult{s.Line, s.ID, "invalid", reason})
-				continue
-			}
-			if prev, dup := seen[s.ID]; dup {
-				results = append(results, rowResult{s.Line, s.ID, "invalid", fmt.Sprintf("duplicate id: already on line %d", prev)})
-				continue
-			}
-			seen[s.ID] = s.Line
-			ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
-			fingerprints, notAfters = append(fingerprints, s.CertFingerprint), append(notAfters, s.CertNotAfter)
+			staged = append(staged, s)
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("read staged rows: %w", err)
 		}
-		if want := last - first; read != want {
-			// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
-			// provisioning a partial fleet.
-			return fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
-				fleet.ErrStagingLost, want, op, first, last-1, read)
-		}
-		// Which ids exist already, and which of those this operation created in another batch (a duplicate
-		// row of the manifest rather than a device that was present before).
-		existing := map[string]string{}
-		retired := map[string]time.Time{}
-		if len(ids) > 0 {
-			erows, err := tx.Query(ctx, `SELECT id, coalesce(provisioned_by, ''), status = 'retired', coalesce(retired_at, updated_at)
-				FROM devices WHERE id = ANY($1)`, ids)
-			if err != nil {
-				return fmt.Errorf("look up existing devices: %w", err)
-			}
-			for erows.Next() {
-				var id, by string
-				var isRetired bool
-				var at time.Time
-				if err := erows.Scan(&id, &by, &isRetired, &at); err != nil {
-					erows.Close()
-					return fmt.Errorf("look up existing devices: %w", err)
-				}
-				existing[id] = by
-				if isRetired {
-					retired[id] = at
-				}
-			}
-			if err := erows.Err(); err != nil {
-				return fmt.Errorf("look up existing devices: %w", err)
-			}
-		}
-		var fresh [][]any
-		for i, id := range ids {
-			by, ok := existing[id]
-			switch {
-			case !ok:
-				fresh = append(fresh, []any{id, hashes[i], fingerprints[i], notAfters[i], tags[i], op})
-			case by == op:
-				results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
-			case !retired[id].IsZero():
-				results = append(results, rowResult{lines[i], id, "invalid", RetiredIDReason(retired[id])})
-			default:
-				results = append(results, rowResult{lines[i], id, "exists", "already present; credentials untouched"})
-			}
-		}
-		// A device created by someone else since the look-up fails this COPY with a unique violation, which
-		// fails this attempt; the retry then finds that device as existing.
-		if len(fresh) > 0 {
-			n, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, deviceCopyColumns, pgx.CopyFromRows(fresh))
-			if err != nil {
-				return fmt.Errorf("create devices: %w", err)
-			}
-			out.Created = n
-		}
-		var rLines []int64
-		var rIDs, rOutcomes, rReasons []string
-		for _, res := range results {
-			if res.outcome == "exists" {
-				out.Existing++
-			} else {
-				out.Invalid++
-			}
-			rLines, rIDs = append(rLines, res.line), append(rIDs, res.id)
-			rOutcomes, rReasons = append(rOutcomes, res.outcome), append(rReasons, res.note)
-		}
-		if len(results) > 0 {
-			_, err := tx.Exec(ctx, `INSERT INTO provision_results (op, line, id, outcome, reason)
-				SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[])
-				ON CONFLICT (op, line) DO NOTHING`, op, rLines, rIDs, rOutcomes, rReasons)
-			if err != nil {
-				return fmt.Errorf("record row results: %w", err)
-			}
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
-			VALUES ($1, $2, $3, $4, $5)`, op, first, out.Created, out.Existing, out.Invalid)
-		if err != nil {
-			return fmt.Errorf("record batch: %w", err)
-		}
-		return nil
+		return classifyBatch(ctx, tx, op, first, last, staged, out)
 	}
+}
+
+// classifyBatch creates the devices of a batch's staged rows (those with seq in [first, last), in order) row
+// by row in tx: each row is checked again, and reported as invalid, as a duplicate or as an existing device
+// when it cannot be created; it records the batch's counts.
+func classifyBatch(ctx context.Context, tx pgx.Tx, op string, first, last int64, staged []StagedRow, out *fleet.ProvisionCounts) error {
+	var ids, tags []string
+	var hashes, fingerprints [][]byte
+	var notAfters []*time.Time
+	var lines []int64
+	var results []rowResult
+	seen := map[string]int64{}
+	read := int64(len(staged))
+	for _, s := range staged {
+		if reason := validateRow(s); reason != "" {
+			results = append(results, rowResult{s.Line, s.ID, "invalid", reason})
+			continue
+		}
+		if prev, dup := seen[s.ID]; dup {
+			results = append(results, rowResult{s.Line, s.ID, "invalid", fmt.Sprintf("duplicate id: already on line %d", prev)})
+			continue
+		}
+		seen[s.ID] = s.Line
+		ids, tags, hashes, lines = append(ids, s.ID), append(tags, s.Tags), append(hashes, s.SecretHash), append(lines, s.Line)
+		fingerprints, notAfters = append(fingerprints, s.CertFingerprint), append(notAfters, s.CertNotAfter)
+	}
+	if want := last - first; read != want {
+		// Staged rows live in an unlogged table: a database crash empties it. Say so rather than
+		// provisioning a partial fleet.
+		return fmt.Errorf("%w: expected %d staged rows for %s %d-%d, found %d (did the database restart? re-run the manifest; existing devices are kept)",
+			fleet.ErrStagingLost, want, op, first, last-1, read)
+	}
+	// Which ids exist already, and which of those this operation created in another batch (a duplicate
+	// row of the manifest rather than a device that was present before).
+	existing := map[string]string{}
+	retired := map[string]time.Time{}
+	if len(ids) > 0 {
+		erows, err := tx.Query(ctx, `SELECT id, coalesce(provisioned_by, ''), status = 'retired', coalesce(retired_at, updated_at)
+			FROM devices WHERE id = ANY($1)`, ids)
+		if err != nil {
+			return fmt.Errorf("look up existing devices: %w", err)
+		}
+		for erows.Next() {
+			var id, by string
+			var isRetired bool
+			var at time.Time
+			if err := erows.Scan(&id, &by, &isRetired, &at); err != nil {
+				erows.Close()
+				return fmt.Errorf("look up existing devices: %w", err)
+			}
+			existing[id] = by
+			if isRetired {
+				retired[id] = at
+			}
+		}
+		if err := erows.Err(); err != nil {
+			return fmt.Errorf("look up existing devices: %w", err)
+		}
+	}
+	var fresh [][]any
+	for i, id := range ids {
+		by, ok := existing[id]
+		switch {
+		case !ok:
+			fresh = append(fresh, []any{id, hashes[i], fingerprints[i], notAfters[i], tags[i], op})
+		case by == op:
+			results = append(results, rowResult{lines[i], id, "invalid", "duplicate id: already on an earlier line of this manifest"})
+		case !retired[id].IsZero():
+			results = append(results, rowResult{lines[i], id, "invalid", RetiredIDReason(retired[id])})
+		default:
+			results = append(results, rowResult{lines[i], id, "exists", "already present; credentials untouched"})
+		}
+	}
+	// A device created by someone else since the look-up fails this COPY with a unique violation, which
+	// fails this attempt; the retry then finds that device as existing.
+	if len(fresh) > 0 {
+		n, err := tx.CopyFrom(ctx, pgx.Identifier{"devices"}, deviceCopyColumns, pgx.CopyFromRows(fresh))
+		if err != nil {
+			return fmt.Errorf("create devices: %w", err)
+		}
+		out.Created = n
+	}
+	var rLines []int64
+	var rIDs, rOutcomes, rReasons []string
+	for _, res := range results {
+		if res.outcome == "exists" {
+			out.Existing++
+		} else {
+			out.Invalid++
+		}
+		rLines, rIDs = append(rLines, res.line), append(rIDs, res.id)
+		rOutcomes, rReasons = append(rOutcomes, res.outcome), append(rReasons, res.note)
+	}
+	if len(results) > 0 {
+		_, err := tx.Exec(ctx, `INSERT INTO provision_results (op, line, id, outcome, reason)
+			SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[])
+			ON CONFLICT (op, line) DO NOTHING`, op, rLines, rIDs, rOutcomes, rReasons)
+		if err != nil {
+			return fmt.Errorf("record row results: %w", err)
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO provision_batches (op, first, created, existing, invalid)
+		VALUES ($1, $2, $3, $4, $5)`, op, first, out.Created, out.Existing, out.Invalid)
+	if err != nil {
+		return fmt.Errorf("record batch: %w", err)
+	}
+	return nil
 }
 
 // RowProblem says why a manifest row's id or tags cannot make a device, or "" if they can: the check every
@@ -568,7 +583,7 @@ func (r *Registry) DropStaleStaging(ctx context.Context, olderThan time.Duration
 			rows.Close()
 			return n, fmt.Errorf("drop stale staging: %w", err)
 		}
-		st.table = pgx.Identifier{name}.Sanitize()
+		st.table, st.chunks = pgx.Identifier{name}.Sanitize(), isChunkTable(name)
 		stale = append(stale, st)
 	}
 	if err := rows.Err(); err != nil {
@@ -576,7 +591,8 @@ func (r *Registry) DropStaleStaging(ctx context.Context, olderThan time.Duration
 	}
 	for _, st := range stale {
 		var k int64
-		err := r.pool.QueryRow(ctx, "SELECT count(*) FROM "+st.table).Scan(&k)
+		count, args := st.countSQL()
+		err := r.pool.QueryRow(ctx, count, args...).Scan(&k)
 		if err == nil {
 			err = dropStaged(ctx, r.pool, st)
 		}
@@ -595,9 +611,9 @@ func (r *Registry) StagedLeft(ctx context.Context, op string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	q := st.rows(0, -1)
+	count, args := st.countSQL()
 	var n int64
-	err = r.pool.QueryRow(ctx, `SELECT count(*) FROM `+q.from+` WHERE `+q.cond, q.args...).Scan(&n)
+	err = r.pool.QueryRow(ctx, count, args...).Scan(&n)
 	if isUndefinedTable(err) {
 		return 0, nil
 	}

@@ -24,8 +24,11 @@ const (
 // commits (a manifest piped from a slow source): well inside fleet.StagingStallAfter.
 const stagingHeartbeat = 5 * time.Second
 
-// StageHooks are what StageChunks calls around each chunk's commit.
+// StageHooks are what StageChunks calls around each chunk's commit, and how it groups rows into records.
 type StageHooks struct {
+	// Record is how many rows each staged record holds (0: a whole chunk). A batch reads the records its
+	// range covers, so a record size that divides the batches' boundaries lets each batch read only its own.
+	Record int
 	// BeforeCommit runs before each chunk commits. Once committed, a chunk's rows can become devices at
 	// any moment, so whatever must be durable before a device exists (the only copy of its secret) is
 	// made durable here.
@@ -37,7 +40,8 @@ type StageHooks struct {
 
 // StageChunks stages rows under op like StageRows, but in chunks of up to chunk rows that each commit on their
 // own, so that the workflow can provision the first chunks while the next are staged, and into the
-// operation's own staging table, created with the first chunk and dropped whole by DropStaging. The operation is
+// operation's own table of staged chunks (docs/architecture.md, "Provisioning: staged chunks"), in records of
+// hooks.Record rows each, created with the first chunk and dropped whole by DropStaging. The operation is
 // recorded with the first chunk as 'open', its row count (the staged-rows cursor the workflow follows, see
 // StagedRows) grows with every commit, and the last chunk marks it 'done' in its own transaction; a manifest
 // that fits in one chunk is staged exactly as StageRows stages it. While it runs, a heartbeat refreshes the
@@ -48,12 +52,18 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 	if chunk <= 0 {
 		return 0, errors.New("stage: the chunk size must be positive")
 	}
+	record := hooks.Record
+	if record <= 0 || record > chunk {
+		record = chunk
+	}
 	var no, staged int64
-	var table pgx.Identifier
-	var held *StagedRow // the row read to see whether the source has more, copied with the next chunk
+	var table string
+	var held *StagedRow // the row read to see whether the source has more, staged with the next chunk
 	stopBeat := func() {}
 	defer func() { stopBeat() }()
-	values := make([]any, len(ownStagedColumns)) // pgx encodes each row before it asks for the next
+	// Two encoders: while one record is inserted, the next is encoded (the source's work, parsing and
+	// credentials, overlaps Postgres' storing of the previous record).
+	var encs [2]chunkEncoder
 	for first := true; ; first = false {
 		done := false
 		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
@@ -63,56 +73,87 @@ func (r *Registry) StageChunks(ctx context.Context, op, kind string, chunk int, 
 					return fmt.Errorf("record operation: %w", err)
 				}
 				var err error
-				if table, err = createStagingTable(ctx, tx, no); err != nil {
+				if table, err = createChunkTable(ctx, tx, no); err != nil {
 					return err
 				}
 			}
-			var iterErr error
-			n := 0
-			src := pgx.CopyFromFunc(func() ([]any, error) {
+			var copied, recordFirst int64
+			enc := &encs[0]
+			enc.reset()
+			var inserting chan error // the insert in flight, if any; tx is used by one goroutine at a time
+			wait := func() error {
+				if inserting == nil {
+					return nil
+				}
+				err := <-inserting
+				inserting = nil
+				return err
+			}
+			defer func() { _ = wait() }() // never leave tx in use by an insert when it ends
+			flush := func() error {
+				if err := wait(); err != nil {
+					return err
+				}
+				if enc.rows == 0 {
+					return nil
+				}
+				at, rows, data := recordFirst, enc.rows, enc.buf
+				inserting = make(chan error, 1)
+				go func() {
+					_, err := tx.Exec(ctx, `INSERT INTO `+table+` (first, rows, data) VALUES ($1, $2, $3)`, at, rows, data)
+					switch {
+					case isUndefinedTable(err):
+						// The workflow has ended and dropped the staging (it failed, or found the staging stalled).
+						err = fmt.Errorf("after %d rows: %w", staged, fleet.ErrStagingClosed)
+					case err != nil:
+						err = fmt.Errorf("stage manifest rows: %w", err)
+					}
+					inserting <- err
+				}()
+				copied += int64(rows)
+				if enc == &encs[0] {
+					enc = &encs[1]
+				} else {
+					enc = &encs[0]
+				}
+				enc.reset()
+				return nil
+			}
+			for n := 0; ; n++ {
 				var row StagedRow
-				switch {
-				case held != nil:
+				if held != nil {
 					row, held = *held, nil
-				case n == chunk:
-					// Full: one more row says whether this chunk is the last.
+				} else {
 					more, ok, err := next()
 					if err != nil {
-						iterErr = err
-						return nil, err
-					}
-					if ok {
-						held = &more
-					} else {
-						done = true
-					}
-					return nil, nil
-				default:
-					var ok bool
-					var err error
-					if row, ok, err = next(); err != nil {
-						iterErr = err
-						return nil, err
+						return err
 					}
 					if !ok {
 						done = true
-						return nil, nil
+						break
+					}
+					if n == chunk {
+						// Full: the row read says the chunk is not the last; it goes with the next.
+						held = &more
+						break
+					}
+					row = more
+				}
+				if enc.rows == 0 {
+					recordFirst = row.Seq
+				}
+				enc.add(row)
+				if enc.rows == record {
+					if err := flush(); err != nil {
+						return err
 					}
 				}
-				n++
-				ownStagedValues(values, row)
-				return values, nil
-			})
-			copied, err := tx.CopyFrom(ctx, table, ownStagedColumns, src)
-			if iterErr != nil {
-				return iterErr
 			}
-			if isUndefinedTable(err) {
-				// The workflow has ended and dropped the staging (it failed, or found the staging stalled).
-				return fmt.Errorf("after %d rows: %w", staged, fleet.ErrStagingClosed)
+			if err := flush(); err != nil {
+				return err
 			}
-			if err != nil {
-				return fmt.Errorf("copy manifest rows: %w", err)
+			if err := wait(); err != nil {
+				return err
 			}
 			state := stagingOpen
 			if done {
@@ -215,18 +256,6 @@ func (r *Registry) StagedRows(ctx context.Context, op string, stall time.Duratio
 	return s, nil
 }
 
-// ownStagedValues fills values with row as a row of an operation's own staging table, validated as
-// stagedValues validates it.
-func ownStagedValues(values []any, row StagedRow) {
-	row.ParseError = stagedProblem(row)
-	var perr any
-	if row.ParseError != "" {
-		perr = row.ParseError
-	}
-	values[0], values[1], values[2], values[3], values[4], values[5], values[6], values[7] =
-		row.Seq, row.Line, row.ID, row.Tags, row.SecretHash, row.CertFingerprint, row.CertNotAfter, perr
-}
-
 // stagedColumns are the provision_rows columns stagedValues fills, in its order.
 var stagedColumns = []string{"op_no", "seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "cert_not_after", "parse_error"}
 
@@ -254,43 +283,12 @@ func stagedProblem(row StagedRow) string {
 	return validateRow(row)
 }
 
-// stagingTablePrefix starts the name of an operation's own staging table (migration 017).
-const stagingTablePrefix = "provision_rows_"
-
-// ownStagedColumns are the columns of an operation's own staging table that ownStagedValues fills, in its
-// order: provision_rows' without op_no, which the table's name says.
-var ownStagedColumns = []string{"seq", "line", "id", "tags", "secret_hash", "cert_fingerprint", "cert_not_after", "parse_error"}
-
-// createStagingTable creates operation no's own staging table in tx and records its name. Unlogged like
-// provision_rows (a crash empties it, which the batches detect), without autovacuum: it is only ever
-// appended to, read by ranges of seq through its primary key, and dropped whole, so vacuuming or
-// analyzing it would be work for nothing.
-func createStagingTable(ctx context.Context, tx pgx.Tx, no int64) (pgx.Identifier, error) {
-	name := fmt.Sprintf("%s%d", stagingTablePrefix, no)
-	table := pgx.Identifier{name}
-	_, err := tx.Exec(ctx, `CREATE UNLOGGED TABLE `+table.Sanitize()+` (
-		seq              bigint PRIMARY KEY,
-		line             bigint NOT NULL,
-		id               text   NOT NULL,
-		tags             text   NOT NULL,
-		secret_hash      bytea,
-		cert_fingerprint bytea,
-		cert_not_after   timestamptz,
-		parse_error      text
-	) WITH (autovacuum_enabled = false)`)
-	if err == nil {
-		_, err = tx.Exec(ctx, "UPDATE operations SET staging_table = $2 WHERE no = $1", no, name)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("create staging table: %w", err)
-	}
-	return table, nil
-}
-
-// staging is where an operation's staged rows are: its own table, or the shared provision_rows.
+// staging is where an operation's staged rows are: its own table of chunks (provision_chunks_<no>), its own
+// table of rows (provision_rows_<no>, staged in chunks before migration 024), or the shared provision_rows.
 type staging struct {
-	no    int64
-	table string // the sanitized name of its own table; "" for provision_rows
+	no     int64
+	table  string // the sanitized name of its own table; "" for provision_rows
+	chunks bool   // its own table holds staged chunks (chunks.go), not rows
 }
 
 // stagingOf looks up where op's rows are staged; an operation that was never staged is
@@ -308,9 +306,18 @@ func stagingOf(ctx context.Context, q interface {
 		return s, fmt.Errorf("load operation %s: %w", op, err)
 	}
 	if name != nil {
-		s.table = pgx.Identifier{*name}.Sanitize()
+		s.table, s.chunks = pgx.Identifier{*name}.Sanitize(), isChunkTable(*name)
 	}
 	return s, nil
+}
+
+// countSQL is a query of how many rows st holds (its table may be gone: the caller checks for that).
+func (s staging) countSQL() (string, []any) {
+	if s.chunks {
+		return "SELECT coalesce(sum(rows), 0) FROM " + s.table, nil
+	}
+	q := s.rows(0, -1)
+	return `SELECT count(*) FROM ` + q.from + ` WHERE ` + q.cond, q.args
 }
 
 // stagedRange is the SQL that selects a range of an operation's staged rows, with its arguments; more

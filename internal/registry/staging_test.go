@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/fleetflow/fleetflow/internal/creds"
@@ -129,7 +130,7 @@ func TestOwnStagingTableIsDroppedWhole(t *testing.T) {
 	reg := open(t)
 	tables := func() int {
 		var n int
-		require.NoError(t, reg.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE tablename LIKE 'provision\_rows\_%'`).Scan(&n))
+		require.NoError(t, reg.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE tablename ~ '^provision_(rows|chunks)_[0-9]+$'`).Scan(&n))
 		return n
 	}
 	n, err := reg.StageChunks(ctx, "op-own", "provision", 4, rowsOf(10, 0, nil), registry.StageHooks{
@@ -177,4 +178,103 @@ func TestOwnStagingTableIsDroppedWhole(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(6), dropped)
 	require.Zero(t, tables())
+}
+
+// A manifest staged in chunks is stored as records of many rows (docs/architecture.md, "Provisioning: staged
+// chunks"): one table row per record, never a secret, and batches that do or do not line up with the
+// records read exactly their rows.
+func TestStagedChunksHoldRecordsOfManyRows(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	n, err := reg.StageChunks(ctx, "op-rec", "provision", 8, rowsOf(21, 0, nil), registry.StageHooks{Record: 4})
+	require.NoError(t, err)
+	require.Equal(t, int64(21), n)
+	var table string
+	require.NoError(t, reg.Pool().QueryRow(ctx, "SELECT staging_table FROM operations WHERE id = 'op-rec'").Scan(&table))
+	require.Regexp(t, `^provision_chunks_[0-9]+$`, table)
+	rows, err := reg.Pool().Query(ctx, "SELECT first, rows, data FROM "+pgx.Identifier{table}.Sanitize()+" ORDER BY first")
+	require.NoError(t, err)
+	type record struct {
+		First int64
+		Rows  int
+		Data  []byte
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[record])
+	require.NoError(t, err)
+	var shape [][2]int64
+	for _, r := range got {
+		shape = append(shape, [2]int64{r.First, int64(r.Rows)})
+		require.NotContains(t, string(r.Data), "s-dev-", "secrets never reach Postgres")
+		require.Contains(t, string(r.Data), string(creds.Digest(fmt.Sprintf("s-dev-%04d", r.First))), "their digests do")
+	}
+	// Records end with each transaction's chunk of 8: 4+4, 4+4, 4+1.
+	require.Equal(t, [][2]int64{{0, 4}, {4, 4}, {8, 4}, {12, 4}, {16, 4}, {20, 1}}, shape)
+	left, err := reg.StagedLeft(ctx, "op-rec")
+	require.NoError(t, err)
+	require.Equal(t, int64(21), left)
+
+	for _, b := range [][2]int64{{0, 4}, {4, 11}, {11, 20}, {20, 21}} { // aligned, across records, the tail
+		c, err := reg.ProvisionBatch(ctx, "op-rec", b[0], b[1], 0)
+		require.NoError(t, err)
+		require.Equal(t, fleet.ProvisionCounts{Created: b[1] - b[0]}, c, "rows %v", b)
+	}
+	created, err := reg.CreatedBy(ctx, "op-rec")
+	require.NoError(t, err)
+	require.Len(t, created, 21)
+	for i := range 21 {
+		id := fmt.Sprintf("dev-%04d", i)
+		a, err := reg.DeviceAuth(ctx, id)
+		require.NoError(t, err)
+		require.True(t, creds.Matches("s-"+id, a.Secret1Hash), id)
+	}
+	_, err = reg.ProvisionBatch(ctx, "op-rec", 21, 25, 0)
+	require.ErrorIs(t, err, fleet.ErrStagingLost, "rows that were never staged")
+	require.NoError(t, reg.DropStaging(ctx, "op-rec"))
+	var gone bool
+	require.NoError(t, reg.Pool().QueryRow(ctx, "SELECT to_regclass($1) IS NULL", table).Scan(&gone))
+	require.True(t, gone, "the table is dropped whole")
+}
+
+// An operation staged in chunks before migration 024 has its rows in its own provision_rows_<no> table:
+// its batches, the stale sweep and the drop still find them there.
+func TestRowTablesOfEarlierStagingStillProvision(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	pool := reg.Pool()
+	for _, op := range []string{"op-old", "op-old-stale"} {
+		var no int64
+		require.NoError(t, pool.QueryRow(ctx, "INSERT INTO operations (id, kind, rows, staging) VALUES ($1, 'provision', 3, 'done') RETURNING no", op).Scan(&no))
+		table := fmt.Sprintf("provision_rows_%d", no)
+		_, err := pool.Exec(ctx, `CREATE UNLOGGED TABLE `+table+` (seq bigint PRIMARY KEY, line bigint NOT NULL, id text NOT NULL,
+			tags text NOT NULL, secret_hash bytea, cert_fingerprint bytea, parse_error text)`)
+		require.NoError(t, err)
+		_, err = pool.Exec(ctx, "UPDATE operations SET staging_table = $2 WHERE no = $1", no, table)
+		require.NoError(t, err)
+		for i := range 3 {
+			id := fmt.Sprintf("%s-%d", op, i)
+			var perr any
+			if i == 1 {
+				perr = "expected 3 fields, found 2"
+			}
+			_, err = pool.Exec(ctx, "INSERT INTO "+table+" VALUES ($1, $2, $3, '{\"r\":\"eu\"}', $4, NULL, $5)",
+				i, i+2, id, creds.Digest("s-"+id), perr)
+			require.NoError(t, err)
+		}
+	}
+	c, err := reg.ProvisionBatch(ctx, "op-old", 0, 3, 0)
+	require.NoError(t, err)
+	require.Equal(t, fleet.ProvisionCounts{Created: 2, Invalid: 1}, c)
+	left, err := reg.StagedLeft(ctx, "op-old")
+	require.NoError(t, err)
+	require.Equal(t, int64(3), left)
+	require.NoError(t, reg.DropStaging(ctx, "op-old"))
+	left, err = reg.StagedLeft(ctx, "op-old")
+	require.NoError(t, err)
+	require.Zero(t, left)
+
+	_, err = pool.Exec(ctx, "UPDATE operations SET created_at = now() - interval '2 hours' WHERE id = 'op-old-stale'")
+	require.NoError(t, err)
+	dropped, err := reg.DropStaleStaging(ctx, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), dropped)
 }
