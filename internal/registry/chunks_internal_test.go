@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -12,10 +13,11 @@ import (
 // A record gives back every row it was made from, valid or not, and a record cut anywhere is refused rather
 // than read as fewer rows (a batch would then report the missing rows as lost, never create half a record).
 func TestChunkRecordRoundTripsAndRefusesTruncation(t *testing.T) {
+	end := time.Date(2027, 12, 6, 15, 4, 5, 123456000, time.UTC) // a certificate's end, to the microsecond
 	rows := []StagedRow{
 		{Seq: 10, Line: 12, ID: "dev-a", Tags: `{"region":"eu","note":"a\tb"}`, SecretHash: creds.Digest("s-a")},
 		{Seq: 11, Line: 13, ID: "Bad ID", Tags: `{}`, SecretHash: creds.Digest("s-b")},
-		{Seq: 12, Line: 400, ID: "dev-c", Tags: `{}`, CertFingerprint: creds.Digest("cert-c")},
+		{Seq: 12, Line: 400, ID: "dev-c", Tags: `{}`, CertFingerprint: creds.Digest("cert-c"), CertNotAfter: &end},
 		{Seq: 13, Line: 401, ParseError: "expected 3 fields, found 2"},
 	}
 	var e chunkEncoder
@@ -37,6 +39,12 @@ func TestChunkRecordRoundTripsAndRefusesTruncation(t *testing.T) {
 			require.Equal(t, rows[i].Tags, s.Tags)
 			require.Equal(t, rows[i].SecretHash, s.SecretHash)
 			require.Equal(t, rows[i].CertFingerprint, s.CertFingerprint)
+			if rows[i].CertNotAfter == nil {
+				require.Nil(t, s.CertNotAfter)
+			} else {
+				require.NotNil(t, s.CertNotAfter)
+				require.True(t, rows[i].CertNotAfter.Equal(*s.CertNotAfter), "%s != %s", rows[i].CertNotAfter, s.CertNotAfter)
+			}
 		}
 	}
 	require.Contains(t, got[1].staged().ParseError, "invalid device id")

@@ -248,6 +248,9 @@ func TestRowTablesOfEarlierStagingStillProvision(t *testing.T) {
 		_, err := pool.Exec(ctx, `CREATE UNLOGGED TABLE `+table+` (seq bigint PRIMARY KEY, line bigint NOT NULL, id text NOT NULL,
 			tags text NOT NULL, secret_hash bytea, cert_fingerprint bytea, parse_error text)`)
 		require.NoError(t, err)
+		// Migration 026 gave every staging table then present the certificate's end, at the table's end.
+		_, err = pool.Exec(ctx, `ALTER TABLE `+table+` ADD COLUMN cert_not_after timestamptz`)
+		require.NoError(t, err)
 		_, err = pool.Exec(ctx, "UPDATE operations SET staging_table = $2 WHERE no = $1", no, table)
 		require.NoError(t, err)
 		for i := range 3 {
