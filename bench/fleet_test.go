@@ -53,6 +53,9 @@ var (
 	// 10 s). The simulators share the two cores with every server, so a late PINGRESP there often says more
 	// about the simulator's own scheduling than about the gateway.
 	fleetPingTimeout = config.Env("FLEETFLOW_BENCH_FLEET_PING_TIMEOUT", "0s")
+	// fleetGatewayEnv is extra environment for the gateway processes (space-separated NAME=value, e.g.
+	// "GOGC=200"), for experiments with the runtime's settings.
+	fleetGatewayEnv = os.Getenv("FLEETFLOW_BENCH_FLEET_GATEWAY_ENV")
 	// fleetLogs keeps the processes' logs (and the credentials files) in a directory that outlives the run.
 	fleetLogs = os.Getenv("FLEETFLOW_BENCH_FLEET_LOGS")
 )
@@ -326,6 +329,7 @@ func startFleet(b *testing.B, ctx context.Context, n int) *fleetRig {
 		host := fmt.Sprintf("127.0.0.%d", i+1)
 		listen, tlsListen := fmt.Sprintf("%s:%d", host, port), fmt.Sprintf("%s:%d", host, tlsPort)
 		env := []string{"FLEETFLOW_GATEWAY_LISTEN=" + listen, "FLEETFLOW_GATEWAY_TLS_LISTEN=" + tlsListen}
+		env = append(env, strings.Fields(fleetGatewayEnv)...)
 		url := "tcp://" + listen
 		if fleetTLS {
 			env = append(env, "FLEETFLOW_TLS_CERT="+tlsFiles.Cert, "FLEETFLOW_TLS_KEY="+tlsFiles.Key)

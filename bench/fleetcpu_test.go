@@ -23,8 +23,13 @@ import (
 // give them.
 
 // fleetSimShares is the cpu.shares of the simulators' group (cgroup v1; a nice-0 thread weighs 1024 against
-// it); "0" leaves the simulators among the servers. Default: per simulator process, the weight of one
-// thread at the benchmark's own nice value (1024 at nice 0, 15 at nice 19: a niced run stays niced).
+// it); "0" leaves the simulators among the servers. Default: per simulator process, the weight of four
+// runnable threads at the benchmark's own nice value (1024 each at nice 0, 15 at nice 19: a niced run stays
+// niced). The group weighs as a whole against every runnable thread outside it, so a share below what the
+// simulators' threads weighed among the servers would starve them more, not less: at 100,000 devices some
+// 40 threads of the servers are runnable during a reconnect storm, and 7 simulators × 4 threads' weight
+// gives the simulators about 40% of the machine when they need it (measured with one thread's weight per
+// simulator, a 50,000-device run's simulators were starved: 157 devices connected in 53 s).
 var fleetSimShares = config.EnvInt("FLEETFLOW_BENCH_FLEET_SIM_SHARES", -1)
 
 // simShares is the simulators' cpu.shares for sims processes: fleetSimShares, or its default.
@@ -32,7 +37,7 @@ func simShares(sims int) int {
 	if fleetSimShares >= 0 {
 		return fleetSimShares
 	}
-	return max(2, sims*niceWeight())
+	return min(262144, max(2, 4*sims*niceWeight()))
 }
 
 // niceWeight is the scheduler's weight of a thread at this process's nice value (the kernel's

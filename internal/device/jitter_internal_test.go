@@ -32,9 +32,9 @@ func TestReconnectJitterStaysBelowItsBoundAndSpreads(t *testing.T) {
 	}
 }
 
-// The wait before a reconnect attempt: below the spread for the first attempt after a loss, then below a
-// bound that doubles from 1 s per failed attempt, never below the spread, capped; and full jitter — no
-// floor, so that devices refused together do not come back together after a fixed pause.
+// The wait before a reconnect attempt: below the spread for the first attempt after a loss, then below the
+// spread plus a part that doubles from 1 s per failed attempt up to the cap; and full jitter — no floor, so
+// that devices refused together do not come back together after a fixed pause.
 func TestReconnectWaitIsFullJitterBelowADoublingCappedBound(t *testing.T) {
 	const limit = 30 * time.Second
 	for _, c := range []struct {
@@ -50,10 +50,10 @@ func TestReconnectWaitIsFullJitterBelowADoublingCappedBound(t *testing.T) {
 		{5, 0, 16 * time.Second},
 		{6, 0, limit},
 		{60, 0, limit}, // no overflow of the doubling
-		{2, 10 * time.Second, 10 * time.Second},
-		{5, 10 * time.Second, 16 * time.Second},
-		{9, 10 * time.Second, limit},
-		{9, time.Minute, time.Minute}, // a spread above the cap is kept
+		{2, 10 * time.Second, 12 * time.Second},
+		{5, 10 * time.Second, 26 * time.Second},
+		{9, 10 * time.Second, 40 * time.Second},
+		{9, time.Minute, 90 * time.Second}, // a spread above the cap is kept
 	} {
 		var low int
 		for range 400 {

@@ -351,13 +351,13 @@ func (d *Device) Close() {
 // reconnectWait is the wait before a reconnect attempt after failed earlier ones ("full jitter": a
 // random time below a bound, never a fixed floor). The first attempt after a lost connection waits below
 // spread (the configured ReconnectJitter; 0: at once), so that the devices of a gateway that died do not
-// all come back in the same second; after failed attempts the bound doubles from 1 s (never below spread),
-// up to limit.
+// all come back in the same second; after failed attempts the bound is spread plus a part that doubles
+// from 1 s up to limit, so that a crowd refused again and again spreads wider.
 func reconnectWait(failed int64, spread, limit time.Duration) time.Duration {
 	if failed <= 0 {
 		return jitter(spread)
 	}
-	return jitter(max(spread, busyBackoff(failed, limit)))
+	return jitter(spread + busyBackoff(failed, limit))
 }
 
 // busyBackoff is the bound of the random wait after n consecutive failures: 1 s, doubling, at most
