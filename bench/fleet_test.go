@@ -53,6 +53,9 @@ var (
 	// 10 s). The simulators share the two cores with every server, so a late PINGRESP there often says more
 	// about the simulator's own scheduling than about the gateway.
 	fleetPingTimeout = config.Env("FLEETFLOW_BENCH_FLEET_PING_TIMEOUT", "0s")
+	// fleetFailoverLimit is how long the failover may take before the benchmark gives up on it (a run that
+	// holds the machine quiet must end within its 15 minutes).
+	fleetFailoverLimit = envDuration("FLEETFLOW_BENCH_FLEET_FAILOVER_LIMIT", 10*time.Minute)
 	// fleetGatewayEnv is extra environment for the gateway processes (space-separated NAME=value, e.g.
 	// "GOGC=200"), for experiments with the runtime's settings.
 	fleetGatewayEnv = os.Getenv("FLEETFLOW_BENCH_FLEET_GATEWAY_ENV")
@@ -736,13 +739,13 @@ func (f *fleetRig) failover(b *testing.B, ctx context.Context, query string) {
 			fmt.Printf("failover +%.0fs: %s\n  cpu and run-queue wait, s per s: %s\n", time.Since(killedAt).Seconds(), f.simTotals(), schedReport(window, now, names))
 			window, nextReport = now, nextReport.Add(15*time.Second)
 		}
-		if time.Since(killedAt) > 10*time.Minute {
+		if time.Since(killedAt) > fleetFailoverLimit {
 			fmt.Printf("whole failover, cpu and run-queue wait, s per s: %s\n", schedReport(atKill, sampleSched(pids), names))
 			for j, sp := range f.sims {
 				_, line := sp.status()
 				b.Logf("simulator %d: %s", j+1, line) // lost_ping / lost_closed tell starvation from drops
 			}
-			b.Fatalf("after 10 minutes: reconnected in %s, converged in %s (0: not yet)", reconnectedIn, convergedIn)
+			b.Fatalf("after %s: reconnected in %s, converged in %s (0: not yet)", fleetFailoverLimit, reconnectedIn, convergedIn)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}

@@ -175,3 +175,11 @@ func schedReport(from, to schedSample, names []string) string {
 	}
 	return strings.Join(out, "; ")
 }
+
+// envDuration is the duration in the environment variable name, or def when it is unset or not a duration.
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
+	}
+	return def
+}
