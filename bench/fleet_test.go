@@ -192,7 +192,7 @@ type fleetRig struct {
 	connectsPS float64
 	simStart   time.Time      // when the first simulator process started
 	others     map[string]int // pid of each server process other than the gateways (NATS nodes, worker)
-	cpu        *cpuGroup      // the simulators' CPU share, if any (fleetcpu_test.go)
+	cpu        *cpuGroups     // the servers' and the simulators' CPU groups, if any (fleetcpu_test.go)
 }
 
 // simProc is one `fleetflow simulate` process and its latest status line.
@@ -255,7 +255,7 @@ func (s *simProc) status() (simStatus, string) {
 func startFleet(b *testing.B, ctx context.Context, n int) *fleetRig {
 	b.Helper()
 	be := openBackend(b, testenv.Postgres(b), "bench-fleet")
-	f := &fleetRig{backend: be, n: n, dir: b.TempDir(), others: map[string]int{}}
+	f := &fleetRig{backend: be, n: n, dir: b.TempDir(), others: map[string]int{}, cpu: newCPUGroups(b)}
 	if fleetLogs != "" {
 		if err := os.MkdirAll(fleetLogs, 0o700); err != nil {
 			b.Fatal(err)
@@ -382,6 +382,9 @@ func (f *fleetRig) start(b *testing.B, ctx context.Context, env []string, name, 
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
+	if err := f.cpu.addServer(cmd.Process.Pid); err != nil {
+		b.Fatal(err)
+	}
 	b.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -405,7 +408,6 @@ func waitReachable(b *testing.B, addr string) {
 // memory per device of each gateway and simulator process.
 func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 	b.Helper()
-	f.cpu = newSimGroup(b, simShares(len(f.simCreds)))
 	t0 := time.Now()
 	f.simStart = t0
 	for j, part := range f.simCreds {
@@ -429,7 +431,7 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
-		if err := f.cpu.add(cmd.Process.Pid); err != nil {
+		if err := f.cpu.addSimulator(cmd.Process.Pid); err != nil {
 			b.Fatal(err)
 		}
 		sp := &simProc{cmd: cmd, done: make(chan struct{})}

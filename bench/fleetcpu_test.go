@@ -17,27 +17,25 @@ import (
 // The fleet benchmark's simulated devices stand in for 100,000 separate machines, yet share this machine's
 // cores with every server. A simulator process starved of CPU misses its devices' pings and drops healthy
 // connections that a real device, on its own CPU, would keep; the reconnects load the servers and starve
-// the simulator further. So, where it can, the benchmark gives the simulator processes a CPU share of their
-// own (a cgroup v1 cpu controller group), and says so in its output. It does not make the servers any
-// faster: under contention the simulators are only guaranteed the share a device fleet's own CPUs would
-// give them.
+// the simulator further. The reverse happens too: simulators given priority over the servers (a run with
+// the simulators alone in a cgroup of 28 threads' weight) took the CPU during the failover's reconnects,
+// the gateways got none for seconds and every device's ping went unanswered. So, where it can, the
+// benchmark splits the machine in two cgroup v1 cpu groups of equal weight, the simulators' and the
+// servers' (gateways, NATS nodes, worker; Postgres and Temporal stay outside, as the machine's other
+// threads), and says so in its output: under contention neither side can take the other's half, and either
+// may use what the other leaves. It does not make the servers any faster.
 
-// fleetSimShares is the cpu.shares of the simulators' group (cgroup v1; a nice-0 thread weighs 1024 against
-// it); "0" leaves the simulators among the servers. Default: per simulator process, the weight of four
-// runnable threads at the benchmark's own nice value (1024 each at nice 0, 15 at nice 19: a niced run stays
-// niced). The group weighs as a whole against every runnable thread outside it, so a share below what the
-// simulators' threads weighed among the servers would starve them more, not less: at 100,000 devices some
-// 40 threads of the servers are runnable during a reconnect storm, and 7 simulators × 4 threads' weight
-// gives the simulators about 40% of the machine when they need it (measured with one thread's weight per
-// simulator, a 50,000-device run's simulators were starved: 157 devices connected in 53 s).
-var fleetSimShares = config.EnvInt("FLEETFLOW_BENCH_FLEET_SIM_SHARES", -1)
+// fleetGroupShares is the cpu.shares of each of the two groups (cgroup v1; a nice-0 thread outside them
+// weighs 1024); "0" leaves every process in the machine's root group. Default: the weight of eight runnable
+// threads at the benchmark's own nice value (1024 each at nice 0, 15 at nice 19: a niced run stays niced).
+var fleetGroupShares = config.EnvInt("FLEETFLOW_BENCH_FLEET_CPU_SHARES", -1)
 
-// simShares is the simulators' cpu.shares for sims processes: fleetSimShares, or its default.
-func simShares(sims int) int {
-	if fleetSimShares >= 0 {
-		return fleetSimShares
+// groupShares is the shares of each group: fleetGroupShares, or its default.
+func groupShares() int {
+	if fleetGroupShares >= 0 {
+		return fleetGroupShares
 	}
-	return min(262144, max(2, 4*sims*niceWeight()))
+	return max(2, 8*niceWeight())
 }
 
 // niceWeight is the scheduler's weight of a thread at this process's nice value (the kernel's
@@ -60,57 +58,70 @@ func niceWeight() int {
 // cgroupCPU is where the cgroup v1 cpu controller is mounted.
 const cgroupCPU = "/sys/fs/cgroup/cpu"
 
-// cpuGroup is a cgroup v1 cpu group the benchmark made for its simulators ("" dir: none).
-type cpuGroup struct {
-	dir    string
-	shares int
-	why    string // why there is none
+// cpuGroups are the two groups the benchmark made ("" dirs: none).
+type cpuGroups struct {
+	servers, sims string
+	shares        int
+	why           string // why there are none
 }
 
-// newSimGroup makes the simulators' group with shares, removed when b ends (after the simulators, whose
-// cleanups run first because they were registered later).
-func newSimGroup(b *testing.B, shares int) *cpuGroup {
+// newCPUGroups makes the servers' and the simulators' groups, removed when b ends (after the processes,
+// whose cleanups run first because they were registered later).
+func newCPUGroups(b *testing.B) *cpuGroups {
 	b.Helper()
+	shares := groupShares()
 	if shares == 0 {
-		return &cpuGroup{why: "FLEETFLOW_BENCH_FLEET_SIM_SHARES=0"}
+		return &cpuGroups{why: "FLEETFLOW_BENCH_FLEET_CPU_SHARES=0"}
 	}
-	dir := filepath.Join(cgroupCPU, fmt.Sprintf("fleetflow-bench-%d", os.Getpid()))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return &cpuGroup{why: fmt.Sprintf("no cgroup v1 cpu controller to write to (%v)", err)}
-	}
-	b.Cleanup(func() {
-		// The simulators are killed by then; their exit may take a moment to leave the group.
-		for i := 0; i < 100; i++ {
-			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+	g := &cpuGroups{shares: shares}
+	for _, d := range []*string{&g.servers, &g.sims} {
+		name := "servers"
+		if d == &g.sims {
+			name = "simulators"
 		}
-		b.Logf("could not remove %s", dir)
-	})
-	if err := os.WriteFile(filepath.Join(dir, "cpu.shares"), []byte(strconv.Itoa(shares)), 0o644); err != nil {
-		return &cpuGroup{why: fmt.Sprintf("cpu.shares: %v", err)}
+		dir := filepath.Join(cgroupCPU, fmt.Sprintf("fleetflow-bench-%d-%s", os.Getpid(), name))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return &cpuGroups{why: fmt.Sprintf("no cgroup v1 cpu controller to write to (%v)", err)}
+		}
+		b.Cleanup(func() {
+			// The processes are killed by then; their exit may take a moment to leave the group.
+			for i := 0; i < 100; i++ {
+				if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			b.Logf("could not remove %s", dir)
+		})
+		if err := os.WriteFile(filepath.Join(dir, "cpu.shares"), []byte(strconv.Itoa(shares)), 0o644); err != nil {
+			b.Fatalf("cpu.shares of %s: %v", dir, err)
+		}
+		*d = dir
 	}
-	return &cpuGroup{dir: dir, shares: shares}
+	return g
 }
 
-// add moves process pid (every thread of it) into the group.
-func (g *cpuGroup) add(pid int) error {
-	if g.dir == "" {
+// addServer and addSimulator move process pid (every thread of it) into its group.
+func (g *cpuGroups) addServer(pid int) error    { return addTo(g.servers, pid) }
+func (g *cpuGroups) addSimulator(pid int) error { return addTo(g.sims, pid) }
+
+func addTo(dir string, pid int) error {
+	if dir == "" {
 		return nil
 	}
-	if err := os.WriteFile(filepath.Join(g.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
-		return fmt.Errorf("move simulator %d into %s: %w", pid, g.dir, err)
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		return fmt.Errorf("move process %d into %s: %w", pid, dir, err)
 	}
 	return nil
 }
 
-// String says what the simulators were given, for the benchmark's output.
-func (g *cpuGroup) String() string {
-	if g.dir == "" {
-		return "simulators share the CPU with the servers, no share of their own: " + g.why
+// String says how the CPU was shared, for the benchmark's output.
+func (g *cpuGroups) String() string {
+	if g.sims == "" {
+		return "simulators and servers share the CPU with no group of their own: " + g.why
 	}
-	return fmt.Sprintf("simulators in a cgroup v1 cpu group of their own, cpu.shares %d (a nice-0 thread weighs 1024)", g.shares)
+	return fmt.Sprintf("simulators and servers (gateways, NATS, worker) in two cgroup v1 cpu groups of equal weight, cpu.shares %d each "+
+		"(a nice-0 thread outside them, Postgres's and Temporal's, weighs 1024)", g.shares)
 }
 
 // schedStat is a process's CPU time and the time its threads waited on a run queue for a core, summed over
