@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +58,12 @@ var (
 	// 10 s). The simulators share the two cores with every server, so a late PINGRESP there often says more
 	// about the simulator's own scheduling than about the gateway.
 	fleetPingTimeout = config.Env("FLEETFLOW_BENCH_FLEET_PING_TIMEOUT", "0s")
+	// fleetFailoverLimit is how long the failover may take before the benchmark gives up on it (a run that
+	// holds the machine quiet must end within its 15 minutes).
+	fleetFailoverLimit = envDuration("FLEETFLOW_BENCH_FLEET_FAILOVER_LIMIT", 10*time.Minute)
+	// fleetGatewayEnv is extra environment for the gateway processes (space-separated NAME=value, e.g.
+	// "GOGC=200"), for experiments with the runtime's settings.
+	fleetGatewayEnv = os.Getenv("FLEETFLOW_BENCH_FLEET_GATEWAY_ENV")
 	// fleetLogs keeps the processes' logs (and the credentials files) in a directory that outlives the run.
 	fleetLogs = os.Getenv("FLEETFLOW_BENCH_FLEET_LOGS")
 )
@@ -188,7 +195,9 @@ type fleetRig struct {
 	simCreds   [][]creds.Credential // the credentials of each simulator process
 	sims       []*simProc
 	connectsPS float64
-	simStart   time.Time // when the first simulator process started
+	simStart   time.Time      // when the first simulator process started
+	others     map[string]int // pid of each server process other than the gateways (NATS nodes, worker)
+	cpu        *cpuGroups     // the servers' and the simulators' CPU groups, if any (fleetcpu_test.go)
 }
 
 // simProc is one `fleetflow simulate` process and its latest status line.
@@ -203,6 +212,7 @@ type simProc struct {
 // simStatus is what the simulator's status line says.
 type simStatus struct {
 	connected, refused, failed, reported, reportFailed, reconnects, acks, busy int
+	lostPing, lostClosed, lostOther                                            int
 	byGateway                                                                  map[string]int
 }
 
@@ -210,6 +220,7 @@ var (
 	simStatusRe = regexp.MustCompile(`connected=(\d+) refused=(\d+) failed=(\d+) reported=(\d+) report_failed=(\d+) reconnects=(\d+) .*acks=(\d+)`)
 	simByGwRe   = regexp.MustCompile(`(\S+://\S+?)=(\d+)`)
 	simBusyRe   = regexp.MustCompile(` busy=(\d+)`)
+	simLostRe   = regexp.MustCompile(` lost_ping=(\d+) lost_closed=(\d+) lost_other=(\d+)`)
 )
 
 func parseSimStatus(line string) (simStatus, bool) {
@@ -224,6 +235,11 @@ func parseSimStatus(line string) (simStatus, bool) {
 	st := simStatus{connected: v[0], refused: v[1], failed: v[2], reported: v[3], reportFailed: v[4], reconnects: v[5], acks: v[6], byGateway: map[string]int{}}
 	if b := simBusyRe.FindStringSubmatch(line); b != nil {
 		st.busy, _ = strconv.Atoi(b[1])
+	}
+	if l := simLostRe.FindStringSubmatch(line); l != nil {
+		st.lostPing, _ = strconv.Atoi(l[1])
+		st.lostClosed, _ = strconv.Atoi(l[2])
+		st.lostOther, _ = strconv.Atoi(l[3])
 	}
 	if i := strings.Index(line, "by_gateway["); i >= 0 {
 		for _, g := range simByGwRe.FindAllStringSubmatch(line[i+len("by_gateway["):], -1) {
@@ -244,7 +260,7 @@ func (s *simProc) status() (simStatus, string) {
 func startFleet(b *testing.B, ctx context.Context, n int) *fleetRig {
 	b.Helper()
 	be := openBackend(b, testenv.Postgres(b), "bench-fleet")
-	f := &fleetRig{backend: be, n: n, dir: b.TempDir()}
+	f := &fleetRig{backend: be, n: n, dir: b.TempDir(), others: map[string]int{}, cpu: newCPUGroups(b)}
 	if fleetLogs != "" {
 		if err := os.MkdirAll(fleetLogs, 0o700); err != nil {
 			b.Fatal(err)
@@ -270,7 +286,8 @@ func startFleet(b *testing.B, ctx context.Context, n int) *fleetRig {
 		if len(listens) > 1 {
 			args = append(args, "--cluster-listen", routeListens[j], "--routes", strings.Join(routeURLs, ","))
 		}
-		f.start(b, ctx, nil, fmt.Sprintf("nats-%d", j+1), bins.CLI, args...)
+		name := fmt.Sprintf("nats-%d", j+1)
+		f.others[name] = f.start(b, ctx, nil, name, bins.CLI, args...).Process.Pid
 	}
 	for _, l := range listens {
 		waitReachable(b, l)
@@ -278,7 +295,7 @@ func startFleet(b *testing.B, ctx context.Context, n int) *fleetRig {
 	f.natsURL = strings.Join(clientURLs, ",")
 	f.env = be.env("FLEETFLOW_NATS_URL="+f.natsURL, "FLEETFLOW_GATEWAY_METRICS=", "FLEETFLOW_WORKER_METRICS=")
 
-	f.start(b, ctx, nil, "worker", bins.Worker)
+	f.others["worker"] = f.start(b, ctx, nil, "worker", bins.Worker).Process.Pid
 
 	credsFile := filepath.Join(f.dir, "fleet.ndjson")
 	t0 := time.Now()
@@ -320,6 +337,7 @@ func startFleet(b *testing.B, ctx context.Context, n int) *fleetRig {
 		host := fmt.Sprintf("127.0.0.%d", i+1)
 		listen, tlsListen := fmt.Sprintf("%s:%d", host, port), fmt.Sprintf("%s:%d", host, tlsPort)
 		env := []string{"FLEETFLOW_GATEWAY_LISTEN=" + listen, "FLEETFLOW_GATEWAY_TLS_LISTEN=" + tlsListen}
+		env = append(env, strings.Fields(fleetGatewayEnv)...)
 		url := "tcp://" + listen
 		if fleetTLS {
 			env = append(env, "FLEETFLOW_TLS_CERT="+tlsFiles.Cert, "FLEETFLOW_TLS_KEY="+tlsFiles.Key)
@@ -369,6 +387,9 @@ func (f *fleetRig) start(b *testing.B, ctx context.Context, env []string, name, 
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
+	if err := f.cpu.addServer(cmd.Process.Pid); err != nil {
+		b.Fatal(err)
+	}
 	b.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -416,6 +437,9 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 			b.Fatal(err)
 		}
 		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.cpu.addSimulator(cmd.Process.Pid); err != nil {
 			b.Fatal(err)
 		}
 		sp := &simProc{cmd: cmd, done: make(chan struct{})}
@@ -477,6 +501,7 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 	}
 	fmt.Printf("%d devices, %s, %d gateway processes, %d simulator processes, %d NATS node(s), 1 worker, Postgres and Temporal "+
 		"on the machine's 2 cores; devices per gateway: %v\n", f.n, transport, len(f.gateways), len(f.sims), max(1, fleetNATSNodes), perGateway)
+	fmt.Printf("%s\n", f.cpu)
 	report(b, "device connects per second, whole fleet (CONNECT+SUBSCRIBE+birth+twin/get)", f.connectsPS, "device-connects/s")
 	report(b, "  seconds until every device connected", connectedIn.Seconds(), "s-connected")
 	report(b, "  seconds until every capabilities report was acknowledged", reportedIn.Seconds(), "s-reported")
@@ -557,6 +582,43 @@ func (f *fleetRig) reconnects() int {
 		n += st.reconnects
 	}
 	return n
+}
+
+// schedPIDs names the processes whose scheduling the failover reports: the gateways but the killed one
+// (k), the other servers, and the simulators.
+func (f *fleetRig) schedPIDs(k int) (map[string]int, []string) {
+	pids := map[string]int{}
+	var names []string
+	for i, gw := range f.gateways {
+		if i != k {
+			name := fmt.Sprintf("gw%d", i+1)
+			pids[name] = gw.Process.Pid
+			names = append(names, name)
+		}
+	}
+	for name, pid := range f.others {
+		pids[name] = pid
+		names = append(names, name)
+	}
+	sort.Strings(names[len(f.gateways)-1:])
+	for j, sp := range f.sims {
+		name := fmt.Sprintf("sim%d", j+1)
+		pids[name] = sp.cmd.Process.Pid
+		names = append(names, name)
+	}
+	return pids, names
+}
+
+// simTotals sums the simulators' status counters that tell a failover's course.
+func (f *fleetRig) simTotals() string {
+	var connected, busy, reconnects, lostPing, lostClosed, lostOther int
+	for _, sp := range f.sims {
+		st, _ := sp.status()
+		connected, busy, reconnects = connected+st.connected, busy+st.busy, reconnects+st.reconnects
+		lostPing, lostClosed, lostOther = lostPing+st.lostPing, lostClosed+st.lostClosed, lostOther+st.lostOther
+	}
+	return fmt.Sprintf("%d connected, %d refused busy, %d reconnects, lost: %d ping, %d closed, %d other (simulators' totals)",
+		connected, busy, reconnects, lostPing, lostClosed, lostOther)
 }
 
 // perGateway sums the simulators' connected devices by gateway URL.
@@ -645,6 +707,11 @@ func (f *fleetRig) failover(b *testing.B, ctx context.Context, query string) {
 	if err := f.gateways[k].Process.Signal(syscall.SIGKILL); err != nil {
 		b.Fatal(err)
 	}
+	// Who waits for a core after the kill: every process's CPU and run-queue wait, per window of 15 s and
+	// over the whole failover, beside the simulators' counters.
+	pids, names := f.schedPIDs(k)
+	atKill := sampleSched(pids)
+	window, nextReport := atKill, killedAt.Add(15*time.Second)
 	jobStarted := !fleetQuietKill
 	ackedBeforeKill := f.countReported(b, ctx, "reported->>'telemetryInterval' = $1", value)
 
@@ -680,15 +747,22 @@ func (f *fleetRig) failover(b *testing.B, ctx context.Context, query string) {
 		if convergedIn == 0 && f.countReported(b, ctx, "reported->>'telemetryInterval' = $1", value) == f.n {
 			convergedIn = time.Since(killedAt)
 		}
-		if time.Since(killedAt) > 10*time.Minute {
+		if time.Now().After(nextReport) {
+			now := sampleSched(pids)
+			fmt.Printf("failover +%.0fs: %s\n  cpu and run-queue wait, s per s: %s\n", time.Since(killedAt).Seconds(), f.simTotals(), schedReport(window, now, names))
+			window, nextReport = now, nextReport.Add(15*time.Second)
+		}
+		if time.Since(killedAt) > fleetFailoverLimit {
+			fmt.Printf("whole failover, cpu and run-queue wait, s per s: %s\n", schedReport(atKill, sampleSched(pids), names))
 			for j, sp := range f.sims {
 				_, line := sp.status()
 				b.Logf("simulator %d: %s", j+1, line) // lost_ping / lost_closed tell starvation from drops
 			}
-			b.Fatalf("after 10 minutes: reconnected in %s, converged in %s (0: not yet)", reconnectedIn, convergedIn)
+			b.Fatalf("after %s: reconnected in %s, converged in %s (0: not yet)", fleetFailoverLimit, reconnectedIn, convergedIn)
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+	wholeSched := schedReport(atKill, sampleSched(pids), names)
 	jo := <-jobDone
 	f.checkJob(b, ctx, jobID(b, jo.out), f.n)
 	f.checkReported(b, ctx, "reported->>'telemetryInterval' = $1", value, f.n)
@@ -720,6 +794,7 @@ func (f *fleetRig) failover(b *testing.B, ctx context.Context, query string) {
 	}
 	fmt.Printf("gateway %s SIGKILLed with %d devices, %s a set_desired job over %d devices (%d had acked at the kill); "+
 		"devices per gateway afterwards: %v\n", victim, onVictim, when, f.n, ackedBeforeKill, perGateway)
+	fmt.Printf("%s\nkill to convergence, cpu and run-queue wait, s per s: %s\nsimulators at the end: %s\n", f.cpu, wholeSched, f.simTotals())
 	report(b, "until every one of its devices had a newer session elsewhere", reconnectedIn.Seconds(), "s-failover-reconnected")
 	report(b, "  yardstick: its devices at the fleet's connect rate", float64(onVictim)/f.connectsPS, "s-failover-at-connect-rate")
 	report(b, "until every device of the fleet acknowledged the change", convergedIn.Seconds(), "s-failover-converged")

@@ -66,9 +66,13 @@ type Device struct {
 	firstOnce sync.Once
 	closing   chan struct{} // closed by Close: ends a reconnect's jitter wait
 	servers   []*url.URL    // every gateway of the device, in its order; a reconnect tries one at a time
-	busy      atomic.Int64  // consecutive CONNECTs refused busy, for the reconnect backoff
-	queue     serialQueue
-	creds     credState
+	// failures counts the reconnect attempts that failed (a refusal, busy or not, a dial or CONNECT that
+	// failed, a connection lost before its first sync) since the last connection whose sync succeeded; it
+	// grows the reconnect backoff (reconnectWait).
+	failures atomic.Int64
+	synced   atomic.Int64 // session number of the last connection whose sync succeeded
+	queue    serialQueue
+	creds    credState
 }
 
 // New validates the configuration and prepares a device.

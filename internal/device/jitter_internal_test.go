@@ -31,3 +31,50 @@ func TestReconnectJitterStaysBelowItsBoundAndSpreads(t *testing.T) {
 		t.Fatalf("1000 waits: %d distinct, %d in the lower half, %d in the upper: not spread", len(seen), low, high)
 	}
 }
+
+// The wait before a reconnect attempt: below the spread for the first attempt after a loss, then below the
+// spread plus a part that doubles from 1 s per failed attempt up to the cap; and full jitter — no floor, so
+// that devices refused together do not come back together after a fixed pause.
+func TestReconnectWaitIsFullJitterBelowADoublingCappedBound(t *testing.T) {
+	const limit = 30 * time.Second
+	for _, c := range []struct {
+		failed int64
+		spread time.Duration
+		bound  time.Duration
+	}{
+		{0, 0, 0},
+		{0, 5 * time.Second, 5 * time.Second},
+		{1, 0, time.Second},
+		{2, 0, 2 * time.Second},
+		{3, 0, 4 * time.Second},
+		{5, 0, 16 * time.Second},
+		{6, 0, limit},
+		{60, 0, limit}, // no overflow of the doubling
+		{2, 10 * time.Second, 12 * time.Second},
+		{5, 10 * time.Second, 26 * time.Second},
+		{9, 10 * time.Second, 40 * time.Second},
+		{9, time.Minute, 90 * time.Second}, // a spread above the cap is kept
+	} {
+		var low int
+		for range 400 {
+			w := reconnectWait(c.failed, c.spread, limit)
+			if c.bound == 0 {
+				if w != 0 {
+					t.Fatalf("reconnectWait(%d, %s) = %s, want no wait", c.failed, c.spread, w)
+				}
+				continue
+			}
+			if w < 0 || w >= c.bound {
+				t.Fatalf("reconnectWait(%d, %s) = %s, outside [0, %s)", c.failed, c.spread, w, c.bound)
+			}
+			if w < c.bound/4 {
+				low++
+			}
+		}
+		// Full jitter: about a quarter of the draws fall in the lowest quarter of the range (none would
+		// with a floor at half the bound, as paho's own doubling gives).
+		if c.bound > 0 && low == 0 {
+			t.Errorf("reconnectWait(%d, %s): 400 draws, none below %s: a floor, not full jitter", c.failed, c.spread, c.bound/4)
+		}
+	}
+}

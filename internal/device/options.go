@@ -61,8 +61,10 @@ type Config struct {
 
 	KeepAlive time.Duration // MQTT keepalive (default 60 s)
 	// PingTimeout is how long the device waits for the gateway's PINGRESP before it considers the connection
-	// lost and reconnects (default 10 s). A device on a slow link, or a simulator sharing its machine's
-	// cores with the servers, may need longer: a reconnect costs the gateway far more than a late ping.
+	// lost and reconnects (default 10 s), unless something else arrived on the connection meanwhile or is
+	// waiting in its socket: then it waits another PingTimeout (keepalive.go). A device on a slow link, or a
+	// simulator sharing its machine's cores with the servers, may need longer: a reconnect costs the
+	// gateway far more than a late ping.
 	PingTimeout          time.Duration
 	ConnectTimeout       time.Duration // one CONNECT attempt (default 10 s)
 	RequestTimeout       time.Duration // twin requests without a context deadline (default 10 s)

@@ -52,9 +52,13 @@ func (d *Device) connect(ctx context.Context) error {
 		SetCleanSession(true).
 		SetAutoReconnect(true).
 		SetConnectRetry(false).
-		SetMaxReconnectInterval(d.cfg.MaxReconnectInterval).
+		// The wait between reconnect attempts is the device's (reconnectWait): paho's own backoff is the
+		// same for every device (1 s, 2 s, 4 s…), which brings a crowd of refused devices back in waves.
+		SetMaxReconnectInterval(time.Millisecond).
 		SetKeepAlive(d.cfg.KeepAlive).
-		SetPingTimeout(d.cfg.PingTimeout).
+		// The device's keep-alive rule applies PingTimeout on the connection (keepalive.go); paho's own
+		// deadline is only a backstop.
+		SetPingTimeout(pingBackstop(d.cfg.PingTimeout)).
 		SetConnectTimeout(d.cfg.ConnectTimeout).
 		SetWriteTimeout(10*time.Second).
 		// Handlers never block (they hand work to the device's queue), so paho may keep its ordered
@@ -70,30 +74,25 @@ func (d *Device) connect(ctx context.Context) error {
 			return tc
 		}).
 		SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
-			// A refusal for being busy lengthens the next reconnect's wait; any other outcome resets it.
-			if f, ok := n.(paho.ConnectionNotificationFailed); ok && (errors.Is(f.Reason, packets.ErrorRefusedNotAuthorised) ||
-				errors.Is(f.Reason, packets.ErrorRefusedBadUsernameOrPassword)) {
+			f, ok := n.(paho.ConnectionNotificationFailed)
+			if !ok {
+				return
+			}
+			// Each failed attempt lengthens the bound of the next reconnect's wait, a refusal for being
+			// busy as any other (a successful sync resets it: onConnect).
+			d.failures.Add(1)
+			if errors.Is(f.Reason, packets.ErrorRefusedNotAuthorised) || errors.Is(f.Reason, packets.ErrorRefusedBadUsernameOrPassword) {
 				d.refusedAuth()
 			}
-			if f, ok := n.(paho.ConnectionNotificationFailed); ok && errors.Is(f.Reason, packets.ErrorRefusedServerUnavailable) {
-				d.busy.Add(1)
-				if d.cfg.OnBusy != nil {
-					d.cfg.OnBusy()
-				}
-			} else if n.Type() == paho.ConnectionNotificationTypeConnected {
-				d.busy.Store(0)
+			if errors.Is(f.Reason, packets.ErrorRefusedServerUnavailable) && d.cfg.OnBusy != nil {
+				d.cfg.OnBusy()
 			}
 		}).
 		SetReconnectingHandler(func(_ paho.Client, o *paho.ClientOptions) {
-			wait := jitter(d.cfg.ReconnectJitter)
-			if n := d.busy.Load(); n > 0 {
-				// The last gateway tried was too busy to serve a CONNECT (docs/architecture.md,
-				// "Admission control: refusing what cannot be served"): wait a random time below a
-				// bound that doubles with each such refusal, so that a crowd of refused devices
-				// thins out instead of coming back together.
-				wait += jitter(busyBackoff(n, d.cfg.MaxReconnectInterval))
-			}
-			if wait > 0 {
+			// A random wait below a bound that doubles with each failed attempt (docs/architecture.md,
+			// "Admission control: refusing what cannot be served"), so that a crowd of refused devices
+			// thins out instead of coming back together.
+			if wait := reconnectWait(d.failures.Load(), d.cfg.ReconnectJitter, d.cfg.MaxReconnectInterval); wait > 0 {
 				t := time.NewTimer(wait)
 				select {
 				case <-t.C:
@@ -185,6 +184,10 @@ func (d *Device) onConnect(c paho.Client) {
 	if err != nil && d.session.Load() == n {
 		d.log.Warn("twin sync after connect failed", "session", n, "err", err)
 	}
+	if err == nil {
+		d.synced.Store(n)
+		d.failures.Store(0)
+	}
 	d.firstOnce.Do(func() {
 		if err != nil {
 			d.firstErr = fmt.Errorf("connect %s: %w", d.cfg.ID, err)
@@ -272,6 +275,11 @@ func (d *Device) sync(c paho.Client, session int64) error {
 
 func (d *Device) onConnectionLost(_ paho.Client, err error) {
 	d.log.Debug("connection lost", "err", err)
+	if d.synced.Load() != d.session.Load() {
+		// Lost before its sync succeeded: as good as a failed attempt, or a gateway that accepts and
+		// drops devices would have them back at once, again and again.
+		d.failures.Add(1)
+	}
 	// Requests waiting for an answer fail now rather than at their deadline: the gateway answers on the
 	// connection a request came in on, which is gone.
 	d.mu.Lock()
@@ -338,7 +346,19 @@ func (d *Device) Close() {
 	c.Disconnect(250)
 }
 
-// busyBackoff is the bound of the random wait after n consecutive busy refusals: 1 s, doubling, at most
+// reconnectWait is the wait before a reconnect attempt after failed earlier ones ("full jitter": a
+// random time below a bound, never a fixed floor). The first attempt after a lost connection waits below
+// spread (the configured ReconnectJitter; 0: at once), so that the devices of a gateway that died do not
+// all come back in the same second; after failed attempts the bound is spread plus a part that doubles
+// from 1 s up to limit, so that a crowd refused again and again spreads wider.
+func reconnectWait(failed int64, spread, limit time.Duration) time.Duration {
+	if failed <= 0 {
+		return jitter(spread)
+	}
+	return jitter(spread + busyBackoff(failed, limit))
+}
+
+// busyBackoff is the bound of the random wait after n consecutive failures: 1 s, doubling, at most
 // limit.
 func busyBackoff(n int64, limit time.Duration) time.Duration {
 	return min(limit, time.Second<<min(n-1, 10))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"math/rand/v2"
 	"reflect"
 	"strconv"
 	"time"
@@ -15,10 +16,15 @@ import (
 )
 
 // Retry bounds of the reports a device must not lose (acknowledgements, final job statuses): the device keeps
-// trying while it runs, backing off up to maxRetryWait, because a reconnect storm can take a while.
+// trying while it runs, waiting a random time below a bound that doubles from firstRetryWait up to
+// maxRetryWait, because a reconnect storm can take a while. Full jitter and a bound well above the device's
+// 10 s request timeout: after a gateway died, its devices' reports timed out together in gateways whose
+// ingest was behind (batches of 19 s), and retries at 0.5, 1, 2, 4, 5, 5… s sent every device's patch again
+// and again into the same queues (one surviving gateway took 1,900 messages a second for 16,700 devices,
+// docs/benchmarks.md, issue 9, fourth pass).
 const (
-	firstRetryWait = 500 * time.Millisecond
-	maxRetryWait   = 5 * time.Second
+	firstRetryWait = time.Second
+	maxRetryWait   = 20 * time.Second
 )
 
 // errReplaced stops retries on behalf of a device whose connection attempt was given up.
@@ -227,17 +233,21 @@ func (s *Simulator) syncReported(ctx context.Context, sd *simDevice, d *device.D
 
 // retry calls fn until it succeeds, says the error is final, or ctx ends, backing off between attempts.
 func retry(ctx context.Context, fn func() (again bool, err error)) error {
-	wait := firstRetryWait
-	for {
+	for n := 1; ; n++ {
 		again, err := fn()
 		if err == nil || !again {
 			return err
 		}
-		if !sleep(ctx, wait) {
+		if !sleep(ctx, retryWait(n)) {
 			return errors.Join(err, ctx.Err())
 		}
-		wait = min(2*wait, maxRetryWait)
 	}
+}
+
+// retryWait is the wait after the n-th failed attempt (n ≥ 1): a random time below firstRetryWait×2^(n−1),
+// at most maxRetryWait.
+func retryWait(n int) time.Duration {
+	return rand.N(min(maxRetryWait, firstRetryWait<<min(n-1, 10)))
 }
 
 // retryable tells transient failures (not connected, timeouts, 429/5xx) from answers that will not change.

@@ -1,0 +1,224 @@
+package device
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The device's keep-alive rule (docs/architecture.md, "Keep-alive: a late PINGRESP is not a dead
+// connection"). paho drops a connection whose PINGRESP is later than its ping timeout, even when other
+// packets came in on it meanwhile and even when the PINGRESP is sitting unread in the socket because the
+// device's own process was waiting for a core. During a reconnect storm either happens to healthy
+// connections, and each drop is one more CONNECT for the gateways that are already behind. So the device
+// takes the PINGRESP deadline away from paho (a backstop of pingBackstop remains) and applies its own rule
+// on the connection it opened for paho: after a PINGREQ, the connection is lost only when a whole ping
+// timeout went by with nothing read from it and nothing waiting in its socket; anything read, or anything
+// waiting, starts another ping timeout, until the PINGRESP comes.
+
+// ErrKeepAlive is the error of a connection the keep-alive rule ended: a ping went unanswered and nothing
+// else came from the gateway within the ping timeout. Its text keeps paho's words ("pingresp not
+// received"), which counters of lost connections may match.
+var ErrKeepAlive = errors.New("pingresp not received, nor anything else from the gateway, within the ping timeout")
+
+// pingBackstop is the ping timeout paho itself is given: the device's rule decides first; this bounds a
+// connection on which packets keep arriving but the PINGRESP never does.
+func pingBackstop(timeout time.Duration) time.Duration {
+	return max(5*time.Minute, 10*timeout)
+}
+
+// MQTT control packet types (MQTT 3.1.1, 2.2.1) that the rule looks at.
+const (
+	typePingreq  = 12
+	typePingresp = 13
+)
+
+// verdict is what the keep-alive rule decides when a ping timeout has gone by.
+type verdict int
+
+const (
+	keepIdle  verdict = iota // no ping outstanding: nothing to watch
+	keepAgain                // a ping outstanding, but something arrived: watch another ping timeout
+	keepDrop                 // a ping outstanding and nothing arrived: the connection is lost
+)
+
+// keepAliveVerdict is the rule itself: outstanding says whether a PINGREQ is unanswered, read whether
+// anything was read from the connection during the last ping timeout, waiting whether bytes are waiting
+// unread in its socket.
+func keepAliveVerdict(outstanding, read, waiting bool) verdict {
+	switch {
+	case !outstanding:
+		return keepIdle
+	case read || waiting:
+		return keepAgain
+	default:
+		return keepDrop
+	}
+}
+
+// liveConn is the connection paho uses, watched by the keep-alive rule. paho writes each packet in one
+// Write call, so a PINGREQ is a Write of exactly its two bytes; what paho reads is followed packet by packet
+// (mqttStream) to see the PINGRESP whatever the size of its reads.
+type liveConn struct {
+	net.Conn
+	timeout time.Duration
+	// waiting reports whether bytes are waiting unread in the socket (socketWaiting; replaced in tests).
+	waiting func() bool
+
+	read atomic.Uint64 // bytes returned to paho
+	dead atomic.Bool   // the rule ended the connection
+
+	mu          sync.Mutex
+	stream      mqttStream
+	outstanding bool   // a PINGREQ written and its PINGRESP not read yet
+	readAtCheck uint64 // read when the current ping timeout began
+	timer       *time.Timer
+}
+
+func newLiveConn(c net.Conn, timeout time.Duration) *liveConn {
+	lc := &liveConn{Conn: c, timeout: timeout}
+	lc.waiting = func() bool { return socketWaiting(lc.Conn) }
+	return lc
+}
+
+// Write notes a PINGREQ and starts its ping timeout.
+func (c *liveConn) Write(p []byte) (int, error) {
+	if len(p) == 2 && p[0]>>4 == typePingreq && p[1] == 0 {
+		c.pinged()
+	}
+	return c.Conn.Write(p)
+}
+
+// Read follows the packets paho reads, and after the rule ended the connection says why.
+func (c *liveConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.read.Add(uint64(n))
+		c.mu.Lock()
+		if c.stream.feed(p[:n]) > 0 {
+			c.outstanding = false
+		}
+		c.mu.Unlock()
+	}
+	if err != nil && c.dead.Load() {
+		err = ErrKeepAlive
+	}
+	return n, err
+}
+
+// pinged marks a PINGREQ outstanding and arms the ping timeout unless one is running.
+func (c *liveConn) pinged() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.outstanding = true
+	if c.timer != nil {
+		return // a ping timeout is running; it watches this ping too
+	}
+	c.readAtCheck = c.read.Load()
+	c.timer = time.AfterFunc(c.timeout, c.expire)
+}
+
+// expire runs when a ping timeout has gone by: it applies the rule and acts on its verdict.
+func (c *liveConn) expire() {
+	switch c.check() {
+	case keepAgain:
+		c.mu.Lock()
+		c.timer.Reset(c.timeout)
+		c.mu.Unlock()
+	case keepDrop:
+		c.dead.Store(true)
+		// Not Close: paho takes a read on a closed connection for its own disconnect and does not
+		// reconnect; a read that fails is a lost connection (as dropConnection does).
+		_ = c.Conn.SetReadDeadline(time.Now())
+	}
+}
+
+// check applies the rule to the ping timeout that has just gone by and starts the next one's count; the
+// timer is released unless the verdict is keepAgain.
+func (c *liveConn) check() verdict {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.read.Load()
+	read := now != c.readAtCheck
+	c.readAtCheck = now
+	// The socket is asked only when nothing was read: a system call per expiry of a starved connection.
+	v := keepAliveVerdict(c.outstanding, read, !read && c.outstanding && c.waiting())
+	if v != keepAgain {
+		c.timer = nil
+	}
+	return v
+}
+
+// socketWaiting reports whether bytes are waiting unread in c's socket (the TCP connection beneath TLS).
+func socketWaiting(c net.Conn) bool {
+	type netConner interface{ NetConn() net.Conn }
+	if t, ok := c.(netConner); ok {
+		c = t.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var n int
+	cerr := raw.Control(func(fd uintptr) {
+		n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	})
+	return cerr == nil && err == nil && n > 0
+}
+
+// mqttStream follows the MQTT packets of a byte stream read in pieces of any size: fixed header byte,
+// remaining length (1–4 bytes of 7 bits), then the body, which it skips.
+type mqttStream struct {
+	state     int // 0: at a packet's first byte; 1: in its remaining length; 2: in its body
+	kind      byte
+	remaining int
+	shift     uint
+}
+
+// feed consumes p and returns how many PINGRESP packets were completed in it.
+func (s *mqttStream) feed(p []byte) int {
+	pongs := 0
+	for len(p) > 0 {
+		switch s.state {
+		case 0:
+			s.kind, s.remaining, s.shift, s.state = p[0]>>4, 0, 0, 1
+			p = p[1:]
+		case 1:
+			b := p[0]
+			p = p[1:]
+			s.remaining |= int(b&0x7f) << s.shift
+			s.shift += 7
+			if b&0x80 != 0 && s.shift < 28 {
+				continue
+			}
+			if s.remaining == 0 {
+				if s.kind == typePingresp {
+					pongs++
+				}
+				s.state = 0
+				continue
+			}
+			s.state = 2
+		case 2:
+			k := min(len(p), s.remaining)
+			s.remaining -= k
+			p = p[k:]
+			if s.remaining == 0 {
+				if s.kind == typePingresp {
+					pongs++ // a malformed PINGRESP with a body still answers the ping
+				}
+				s.state = 0
+			}
+		}
+	}
+	return pongs
+}
