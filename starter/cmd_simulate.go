@@ -157,12 +157,12 @@ connections spread over several loopback addresses.`,
 	return cmd
 }
 
-// defaultSimulatorGCPercent is the simulator's GOGC. Almost all of a simulator's heap is its devices'
-// long-lived connections, and after the connect storm it allocates little, so Go's default headroom (as much
-// garbage as live heap before a collection) is mostly memory the process holds and does not need: at half
-// that, a device over TLS costs ~6 KiB less (docs/benchmarks.md, "The simulator over TLS"), for collections
-// twice as frequent while devices connect.
-const defaultSimulatorGCPercent = 50
+// defaultSimulatorGCPercent is the simulator's GOGC: Go's own. Half of it saves ~6 KiB per device over TLS
+// once the fleet is connected (docs/benchmarks.md, "The simulator over TLS"), but collects twice as often
+// exactly when devices connect or reconnect en masse, which cost 4–12% of the connect rate and is when a
+// simulator sharing its cores with the servers is starved already (the failover's "Fourth pass"); a run that
+// needs the memory more than the CPU says --gc-percent 50.
+const defaultSimulatorGCPercent = 100
 
 // setSimulatorGC sets the collector's percentage unless GOGC is set in the environment and the flag was not
 // given, and reports whether it did.

@@ -28,17 +28,17 @@ func TestSimulateTakesAListOfGateways(t *testing.T) {
 	require.Equal(t, g.cfg.MQTTCA, simulateCA(g, []string{"tcp://a:1", "ssl://c:3"}))
 }
 
-// The simulator runs its collector at --gc-percent (default 50) unless GOGC says otherwise and the flag is
-// not given.
+// The simulator runs its collector at --gc-percent (default 100, Go's own) unless GOGC says otherwise and the
+// flag is not given.
 func TestSimulatorGCPercent(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	root := newRoot()
 	cmd, _, err := root.Find([]string{"simulate"})
 	require.NoError(t, err)
-	require.Equal(t, "50", cmd.Flags().Lookup("gc-percent").DefValue)
+	require.Equal(t, "100", cmd.Flags().Lookup("gc-percent").DefValue)
 
 	t.Setenv("GOGC", "")
-	require.True(t, setSimulatorGC(defaultSimulatorGCPercent, false))
+	require.True(t, setSimulatorGC(50, false))
 	require.Equal(t, 50, debug.SetGCPercent(100))
 	t.Setenv("GOGC", "200")
 	require.False(t, setSimulatorGC(defaultSimulatorGCPercent, false), "GOGC in the environment wins over the default")
