@@ -72,6 +72,11 @@ func (r *Registry) Group(ctx context.Context, name string) (fleet.Group, error) 
 	if g.UsedBy, err = runningUses(ctx, r.pool, name); err != nil {
 		return g, err
 	}
+	configs, err := configurationUses(ctx, r.pool, name)
+	if err != nil {
+		return g, err
+	}
+	g.UsedBy = append(g.UsedBy, configs...)
 	return g, nil
 }
 
@@ -210,9 +215,17 @@ func (r *Registry) DeleteGroup(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
+		configs, err := configurationUses(ctx, tx, name)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, configs...)
 		if len(ops) > 0 {
 			hint := "wait for it to finish, or cancel it"
-			if slices.ContainsFunc(ops, func(op string) bool { return strings.HasPrefix(op, "health rule ") }) {
+			switch {
+			case slices.ContainsFunc(ops, func(op string) bool { return strings.HasPrefix(op, "configuration ") }):
+				hint = "a configuration keeps it applied until `fleetflow config delete`; a health rule checks it until `fleetflow health rule delete`; a job or rollout until it finishes"
+			case slices.ContainsFunc(ops, func(op string) bool { return strings.HasPrefix(op, "health rule ") }):
 				hint = "a health rule checks it until `fleetflow health rule delete`; a job or rollout until it finishes"
 			}
 			return fmt.Errorf("group %s: %w: %s (%s)", name, fleet.ErrGroupInUse, joinSample(ops, 5), hint)
@@ -265,6 +278,37 @@ func runningUses(ctx context.Context, q queryRower, name string) ([]string, erro
 		return nil, fmt.Errorf("load uses of group %s: %w", name, err)
 	}
 	return ops, nil
+}
+
+// configurationUses lists the declarative configurations (docs/architecture.md, "Declarative configurations")
+// that target the group, by --group or through a query that names it, as "configuration NAME": a
+// configuration is an operation that never finishes by itself, and deleting its group would leave it
+// selecting nothing (a paused one too, which resumes on the same target).
+func configurationUses(ctx context.Context, q queryRower, name string) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT name, target_group, target_query FROM configurations
+		WHERE target_group = $1 OR target_query <> '' ORDER BY name`, name)
+	if err != nil {
+		return nil, fmt.Errorf("load configurations using group %s: %w", name, err)
+	}
+	defer rows.Close()
+	var uses []string
+	for rows.Next() {
+		var config, group, text string
+		if err := rows.Scan(&config, &group, &text); err != nil {
+			return nil, fmt.Errorf("load configurations using group %s: %w", name, err)
+		}
+		if group == name {
+			uses = append(uses, "configuration "+config)
+			continue
+		}
+		if p, err := query.Parse(text); err == nil && slices.Contains(query.GroupNames(p.Where), name) {
+			uses = append(uses, "configuration "+config)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load configurations using group %s: %w", name, err)
+	}
+	return uses, nil
 }
 
 // joinSample joins up to n strings and says how many more there are.

@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -274,4 +275,37 @@ func TestSchemeChangesAreAnnouncedToGateways(t *testing.T) {
 		}
 	}
 	require.True(t, found, "the refusal is on the timeline: %v", hist)
+}
+
+// A declarative configuration never finishes by itself: the group it targets, by --group or through a query
+// that names it, cannot be deleted while the configuration exists (paused or not), and can once it is gone.
+func TestGroupOfAConfigurationCannotBeDeleted(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	require.NoError(t, reg.CreateGroup(ctx, "lab", ""))
+	require.NoError(t, reg.CreateGroup(ctx, "eu", "SELECT * FROM devices WHERE tags.region = 'eu'"))
+	require.NoError(t, reg.CreateGroup(ctx, "spare", ""))
+	byGroup := fleet.ConfigSpec{Name: "lab-cfg", Priority: 1, Section: twin.Desired,
+		Target: fleet.Target{Group: "lab"}, Patch: json.RawMessage(`{"interval": 30}`)}
+	byQuery := fleet.ConfigSpec{Name: "eu-cfg", Priority: 2, Section: twin.Desired,
+		Target: fleet.Target{Query: "SELECT * FROM devices WHERE IN_GROUP('eu') AND tags.floor = 3"}, Patch: json.RawMessage(`{"mode": "eco"}`)}
+	require.NoError(t, reg.SaveConfig(ctx, byGroup, 1, fleet.ConfigPaused))
+	require.NoError(t, reg.SaveConfig(ctx, byQuery, 1, fleet.ConfigActive))
+
+	err := reg.DeleteGroup(ctx, "lab")
+	require.ErrorIs(t, err, fleet.ErrGroupInUse)
+	require.Contains(t, err.Error(), "configuration lab-cfg")
+	require.Contains(t, err.Error(), "fleetflow config delete")
+	err = reg.DeleteGroup(ctx, "eu")
+	require.ErrorIs(t, err, fleet.ErrGroupInUse)
+	require.Contains(t, err.Error(), "configuration eu-cfg")
+	require.NoError(t, reg.DeleteGroup(ctx, "spare"), "a group no configuration names")
+	g, err := reg.Group(ctx, "lab")
+	require.NoError(t, err)
+	require.Equal(t, []string{"configuration lab-cfg"}, g.UsedBy, "group show names it")
+
+	require.NoError(t, reg.DeleteConfig(ctx, "lab-cfg"))
+	require.NoError(t, reg.DeleteGroup(ctx, "lab"))
+	require.NoError(t, reg.DeleteConfig(ctx, "eu-cfg"))
+	require.NoError(t, reg.DeleteGroup(ctx, "eu"))
 }
