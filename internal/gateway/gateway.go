@@ -304,6 +304,7 @@ type Stats struct {
 	Enrolled          int64 // unknown ids registered on first contact through an enrollment group
 	EnrollRefused     int64 // unknown ids whose derived secret matched a group that refused them, or whose registration failed
 	AuthExpired       int64 // CONNECTs with the right credentials refused because they have expired
+	AuthRefetched     int64 // credentials that did not match a cached record, decided again on a fresh one
 }
 
 // counters are the atomics behind Stats.
@@ -313,7 +314,7 @@ type counters struct {
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
-	authRateLimited, enrolled, enrollRefused, authExpired                             atomic.Int64
+	authRateLimited, enrolled, enrollRefused, authExpired, authRefetched              atomic.Int64
 	// Reported patches refused, by reason (fleetflow_gateway_reported_refused_total).
 	refusedTooLarge, refusedMalformed, refusedScheme, refusedUnknown, refusedInactive atomic.Int64
 }
@@ -707,6 +708,7 @@ func (g *Gateway) Stats() Stats {
 		Enrolled:          g.c.enrolled.Load(),
 		EnrollRefused:     g.c.enrollRefused.Load(),
 		AuthExpired:       g.c.authExpired.Load(),
+		AuthRefetched:     g.c.authRefetched.Load(),
 	}
 	if g.server != nil {
 		st.MessagesOut = atomic.LoadInt64(&g.server.Info.MessagesSent)

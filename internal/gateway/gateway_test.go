@@ -652,3 +652,30 @@ func TestImmediateReconnectsKeepWorking(t *testing.T) {
 	_, err := d.ReportPatch(context.Background(), map[string]any{"alive": true})
 	require.NoError(t, err)
 }
+
+// A rotation stages the new secret, delivers it, and the device reconnects with it at once, possibly before
+// the registry's change notice has reached the gateway: a secret that does not match the cached record is
+// decided again on a fresh read, so the device is admitted with its new secret instead of falling back to the
+// old one and missing the rotation's grace. A wrong secret is still refused, after that one read.
+func TestNewSecretAdmittedBeforeTheChangeNotice(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "old")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+	c, err := gatewaytest.Dial(t, url, "dev-a", "dev-a", "old")
+	require.NoError(t, err)
+	c.Disconnect(100)
+	require.Equal(t, 1, store.AuthLookups(), "the record is cached")
+
+	store.StageSecondaryUnannounced("dev-a", "new")
+	_, err = gatewaytest.Dial(t, url, "dev-a", "dev-a", "new")
+	require.NoError(t, err, "the new secret, staged but not yet announced")
+	assert.Equal(t, 2, store.AuthLookups(), "one fresh read decided it")
+	assert.Equal(t, int64(1), g.Stats().AuthRefetched)
+
+	failures := g.Stats().AuthFailures
+	_, err = gatewaytest.Dial(t, url, "dev-a", "dev-a", "guess")
+	require.Error(t, err)
+	assert.Equal(t, failures+1, g.Stats().AuthFailures)
+	assert.Equal(t, 3, store.AuthLookups(), "a wrong secret costs one read, then is refused")
+}

@@ -128,7 +128,7 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 		g.c.aclDenials.Add(1)
 		return refuse("will topic outside the device's topics", "topic", pk.Connect.WillTopic)
 	}
-	a, _, err := g.auth.getWithin(id, wait)
+	a, cached, err := g.auth.getWithin(id, wait)
 	if errors.Is(err, fleet.ErrNotFound) && g.cfg.Enroller != nil {
 		var reason string
 		a, reason, err = g.enroll(id, string(pk.Connect.Password), cert)
@@ -152,22 +152,29 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 	if a.Status != fleet.StatusActive {
 		return refuseOnly("device not active", "status", a.Status)
 	}
-	slot := 0
-	if cert != nil {
-		// Either certificate slot: a renewal registers the new certificate beside the old one until the
-		// device has connected with it (docs/architecture.md, "Certificate renewal").
-		if !pki.FingerprintMatches(cert, a.CertFingerprint) && !pki.FingerprintMatches(cert, a.Cert2Fingerprint) {
-			return refuse("certificate not registered")
+	slot, mismatch := credentialSlot(a, cert, string(pk.Connect.Password))
+	if mismatch != "" && cached {
+		// A record from the cache may predate a credential the registry has just staged: a rotation stages
+		// the new secret or certificate, then delivers it, and the device reconnects with it at once,
+		// possibly before the registry's change notice has reached this gateway's listener (late on a loaded
+		// machine). Refused here, the device would fall back to its old credential and miss the rotation's
+		// grace. So a mismatch against a cached record is decided again on a fresh one; the failure limiter
+		// above bounds what guessing can cost (docs/architecture.md, "Credential rotation").
+		// A fresh read that fails or is not back within the admission wait leaves the cached verdict: a
+		// wrong credential is refused as such however busy the registry, and the read goes on to refill
+		// the cache for the device's next attempt.
+		g.auth.invalidate(id)
+		g.c.authRefetched.Add(1)
+		if fresh, _, err := g.auth.getWithin(id, wait); err == nil {
+			if fresh.Status != fleet.StatusActive {
+				return refuseOnly("device not active", "status", fresh.Status)
+			}
+			a = fresh
+			slot, mismatch = credentialSlot(a, cert, string(pk.Connect.Password))
 		}
-	} else {
-		switch secret := string(pk.Connect.Password); {
-		case creds.Matches(secret, a.Secret1Hash):
-			slot = 1
-		case creds.Matches(secret, a.Secret2Hash):
-			slot = 2
-		default:
-			return refuse("wrong secret")
-		}
+	}
+	if mismatch != "" {
+		return refuse(mismatch)
 	}
 	// Expiry is checked after the credentials, against the clock of this CONNECT whether the record came
 	// from the cache or not, so that a cached record never outlives its expiry; only a device that proved
@@ -200,6 +207,26 @@ func (h *hook) authenticate(cl *mqtt.Client, pk packets.Packet, wait time.Durati
 // enroll registers an unknown id whose password is derived from an enrollment group's key, or whose client
 // certificate an x509 group's CA signed, and returns its new record (docs/architecture.md, "Zero-touch enrollment"); fleet.ErrNotFound when the password matches no
 // group, and a reason when a group matched but refused the device.
+// credentialSlot says which of a's credentials the CONNECT presents: a certificate in either certificate
+// slot (a renewal registers the new certificate beside the old one until the device has connected with it:
+// docs/architecture.md, "Certificate renewal"; slot 0), else a password matching secret slot 1 or 2; or why
+// none matches.
+func credentialSlot(a fleet.DeviceAuth, cert *x509.Certificate, password string) (slot int, mismatch string) {
+	if cert != nil {
+		if !pki.FingerprintMatches(cert, a.CertFingerprint) && !pki.FingerprintMatches(cert, a.Cert2Fingerprint) {
+			return 0, "certificate not registered"
+		}
+		return 0, ""
+	}
+	switch {
+	case creds.Matches(password, a.Secret1Hash):
+		return 1, ""
+	case creds.Matches(password, a.Secret2Hash):
+		return 2, ""
+	}
+	return 0, "wrong secret"
+}
+
 func (g *Gateway) enroll(id, password string, cert *x509.Certificate) (fleet.DeviceAuth, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.EnrollTimeout)
 	defer cancel()

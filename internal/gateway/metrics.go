@@ -117,6 +117,8 @@ var gatewayMetrics = append(admissionMetrics(), []gatewayMetric{
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authFailures })},
 	{desc("fleetflow_gateway_auth_expired_total", "CONNECTs with the right credentials refused because the credentials have expired (also counted in auth failures)."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authExpired })},
+	{desc("fleetflow_gateway_auth_refetched_total", "CONNECTs whose credentials did not match the cached record and were decided again on a fresh registry read (a credential staged moments before)."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.authRefetched })},
 	{desc("fleetflow_gateway_acl_denials_total", "Publishes, subscriptions and wills refused by the ACL."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.aclDenials })},
 	{desc("fleetflow_gateway_kicks_total", "Live sessions dropped because the device was revoked or kicked."),

@@ -120,6 +120,16 @@ func (s *Store) SetSecondary(id, secret string) {
 	s.update(id, func(d *device) { d.secret2 = creds.Digest(secret) })
 }
 
+// StageSecondaryUnannounced sets the secondary credential without a change notice, as a rotation's staging
+// looks to a gateway whose listener has not received the registry's notice yet.
+func (s *Store) StageSecondaryUnannounced(id, secret string) {
+	s.mu.Lock()
+	if d, ok := s.devices[id]; ok {
+		d.secret2 = creds.Digest(secret)
+	}
+	s.mu.Unlock()
+}
+
 // SetPrimary replaces the primary credential.
 func (s *Store) SetPrimary(id, secret string) {
 	s.update(id, func(d *device) { d.secret1 = creds.Digest(secret) })
