@@ -108,6 +108,10 @@ func TestCertificateRenewal(t *testing.T) {
 		defer cancel()
 		return d.Connect(cctx)
 	}
+	// The simulated devices are stopped first: a connection of the same id here would take their sessions
+	// over, and their reconnects (no floor on the first wait) take them back before this one subscribed.
+	stopSim()
+	<-done
 	require.ErrorIs(t, connectWith(&certs[0], 1), device.ErrNotAuthorized, "the old certificate is refused")
 	require.NoError(t, connectWith(&renewed[0], 2), "the renewed certificate connects")
 
