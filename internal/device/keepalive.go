@@ -5,10 +5,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // The device's keep-alive rule (docs/architecture.md, "Keep-alive: a late PINGRESP is not a dead
@@ -152,27 +149,6 @@ func (c *liveConn) check() verdict {
 		c.timer = nil
 	}
 	return v
-}
-
-// socketWaiting reports whether bytes are waiting unread in c's socket (the TCP connection beneath TLS).
-func socketWaiting(c net.Conn) bool {
-	type netConner interface{ NetConn() net.Conn }
-	if t, ok := c.(netConner); ok {
-		c = t.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	var n int
-	cerr := raw.Control(func(fd uintptr) {
-		n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-	})
-	return cerr == nil && err == nil && n > 0
 }
 
 // mqttStream follows the MQTT packets of a byte stream read in pieces of any size: fixed header byte,
