@@ -6,8 +6,9 @@
 # device's diagnostics, a FirmwareRollout of a good firmware completes all its waves, and a rollout of a bad
 # one (the simulator fails its install on a share of the devices) stops in its first wave and rolls back.
 # Before configuring, plan: a metadata scheme (a refused manifest row, a query warning) and a group; after the
-# rollouts, a declarative configuration on the group that newly provisioned devices pick up by themselves.
-# Then monitor (health check, alerts), retire and replace devices, and let five devices that were never
+# rollouts, a declarative configuration on the group that newly provisioned devices pick up by themselves; a
+# rollout plan inside a maintenance window. Then monitor (the health check, a health rule on a group, alerts),
+# retire and replace devices, and let five devices that were never
 # provisioned enroll themselves on first contact through an enrollment group.
 # Safe to run again: the second run finds the devices already present, reconnects them, and rolls out new
 # firmware versions (numbered by run).
@@ -136,6 +137,9 @@ sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 "$ff" firmware add --version "$bad" --url "https://firmware.example/th/$bad.bin" --sha256 "$(sha "$bad")" --notes "demo run $run, release candidate"
 all="SELECT * FROM devices WHERE tags.fleet = 'demo'"
 "$ff" rollout plan --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --bake 3s
+echo "   the same plan inside a maintenance window, Sundays 02:00-04:00 Berlin time: when each wave can start"
+"$ff" rollout plan --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --bake 3s \
+  --window "Sun 02:00-04:00" --timezone Europe/Berlin | sed 's/^/   /'
 echo
 echo "== rollout of the good firmware $good: waves 1%,10%,50%,100%, each device must stay healthy for 3 s"
 good_out=$("$ff" rollout start --firmware "$good" --query "$all" --waves 1%,10%,50%,100% --max-failures 5% --bake 3s)
@@ -178,6 +182,13 @@ grep -v -E '"id":"(demo-0010|demo-0020|demo-0030)"' "$creds" > "$dir/creds-witho
 sleep 4
 "$ff" health run --offline-after 3s
 for d in $flaky; do "$ff" alerts list --open --device "$d" | tail -n +2; done
+echo "   a health rule on a group, with limits and alerts of its own: the static group 'watched' holds the three"
+if ! "$ff" group show watched >/dev/null 2>&1; then
+  "$ff" group create watched --static >/dev/null
+  "$ff" group add watched $flaky >/dev/null
+fi
+"$ff" health rule set watched-strict --group watched --offline-after 2s --every 1m | sed 's/^/   /'
+"$ff" health run --rule watched-strict | sed 's/^/   /'
 echo "   ... and come back: the next check resolves their alerts"
 "$ff" dev simulate -- --creds "$creds" --telemetry-every 30s --firmware-delay 200ms >/dev/null
 for _ in $(seq 1 60); do
@@ -186,7 +197,8 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 "$ff" health run --offline-after 3s
-echo "   alerts of the three devices, now resolved:"
+"$ff" health run --rule watched-strict >/dev/null
+echo "   alerts of the three devices (the fleet-wide check's and the rule's), now resolved:"
 for d in $flaky; do "$ff" alerts list --device "$d" | tail -n +2; done
 
 echo
