@@ -71,22 +71,7 @@ func TestRenewCertificate(t *testing.T) {
 	}
 	require.Eventually(t, session(dc.Fingerprint), 10*time.Second, 10*time.Millisecond)
 
-	svc := gatewaytest.Service(t, gatewaytest.URL(g), "svc:test")
-	svc.Sub(t, 1, "devices/dev-c/methods/res/+/+")
-	call := func(method, rid, payload, wantTopic string) gatewaytest.Message {
-		t.Helper()
-		require.NoError(t, svc.Pub(t, "devices/dev-c/methods/req/"+method+"/"+rid, 0, payload))
-		m, ok := svc.WaitMessage(t, wantTopic, 10*time.Second)
-		require.True(t, ok, "no response on %s; got %v", wantTopic, svc.Messages())
-		return m
-	}
-	request := func(rid string) []byte {
-		t.Helper()
-		m := call(protocol.MethodRenewCertificate, rid, "{}", "devices/dev-c/methods/res/200/"+rid)
-		a, err := protocol.ParseRenewCertificateAnswer(m.Payload)
-		require.NoError(t, err)
-		return []byte(a.CSR)
-	}
+	call, request := renewalCalls(t, gatewaytest.URL(g), "dev-c", 10*time.Second)
 
 	// A certificate for a key the device did not generate (an older request's) is refused.
 	old := request("q0")
@@ -172,22 +157,7 @@ func TestRenewCertificateAcrossRestart(t *testing.T) {
 	}
 	d := start()
 
-	svc := gatewaytest.Service(t, gatewaytest.URL(g), "svc:test")
-	svc.Sub(t, 1, "devices/dev-r/methods/res/+/+")
-	call := func(method, rid, payload, wantTopic string) gatewaytest.Message {
-		t.Helper()
-		require.NoError(t, svc.Pub(t, "devices/dev-r/methods/req/"+method+"/"+rid, 0, payload))
-		m, ok := svc.WaitMessage(t, wantTopic, 20*time.Second)
-		require.True(t, ok, "no response on %s; got %v", wantTopic, svc.Messages())
-		return m
-	}
-	request := func(rid string) []byte {
-		t.Helper()
-		m := call(protocol.MethodRenewCertificate, rid, "{}", "devices/dev-r/methods/res/200/"+rid)
-		a, err := protocol.ParseRenewCertificateAnswer(m.Payload)
-		require.NoError(t, err)
-		return []byte(a.CSR)
-	}
+	call, request := renewalCalls(t, gatewaytest.URL(g), "dev-r", 20*time.Second)
 	stale := request("q0")
 	csr := request("q1") // supersedes q0's key
 	st, err := os.Stat(path)
@@ -238,4 +208,26 @@ func TestRenewCertificateAcrossRestart(t *testing.T) {
 	d.Close()
 	start()
 	call(protocol.MethodInstallCertificate, "i2", install, "devices/dev-r/methods/res/409/i2")
+}
+
+// renewalCalls are a test's service side of the certificate renewal methods of device id on the gateway at
+// url: call sends a method request and returns the answer on wantTopic, request asks for a CSR (answered 200).
+func renewalCalls(t *testing.T, url, id string, wait time.Duration) (call func(method, rid, payload, wantTopic string) gatewaytest.Message, request func(rid string) []byte) {
+	svc := gatewaytest.Service(t, url, "svc:test")
+	svc.Sub(t, 1, "devices/"+id+"/methods/res/+/+")
+	call = func(method, rid, payload, wantTopic string) gatewaytest.Message {
+		t.Helper()
+		require.NoError(t, svc.Pub(t, "devices/"+id+"/methods/req/"+method+"/"+rid, 0, payload))
+		m, ok := svc.WaitMessage(t, wantTopic, wait)
+		require.True(t, ok, "no response on %s; got %v", wantTopic, svc.Messages())
+		return m
+	}
+	request = func(rid string) []byte {
+		t.Helper()
+		m := call(protocol.MethodRenewCertificate, rid, "{}", "devices/"+id+"/methods/res/200/"+rid)
+		a, err := protocol.ParseRenewCertificateAnswer(m.Payload)
+		require.NoError(t, err)
+		return []byte(a.CSR)
+	}
+	return call, request
 }
