@@ -60,11 +60,16 @@ func varint(n int) []byte {
 // password; clean asks for a clean session (a 3.1.1 persistent session when false; MQTT 5 sessions here
 // always expire with the connection).
 func connectPacket(version byte, id, user, password string, clean bool) []byte {
+	return connectPacketKeepAlive(version, id, user, password, clean, 60)
+}
+
+// connectPacketKeepAlive is connectPacket asking for a keep-alive of keepAlive seconds.
+func connectPacketKeepAlive(version byte, id, user, password string, clean bool, keepAlive byte) []byte {
 	flags := byte(0x80 | 0x40) // username, password
 	if clean {
 		flags |= 0x02
 	}
-	vh := append(mqttString("MQTT"), version, flags, 0, 60) // keep alive 60 s
+	vh := append(mqttString("MQTT"), version, flags, 0, keepAlive)
 	if version == 5 {
 		vh = append(vh, 0) // no properties
 	}
@@ -346,4 +351,33 @@ func TestBusyRefusalConnackCodes(t *testing.T) {
 	}
 	assert.Equal(t, int64(2), g.Stats().RefusedBusy)
 	assert.Zero(t, g.Stats().AuthFailures)
+}
+
+// A client gets the one and a half times its keep-alive that MQTT grants between two packets: with a
+// keep-alive of 1 s and a PINGREQ every 1.25 s (paho's worst case: it checks every quarter of the
+// keep-alive) the connection stays up. mochi alone allowed 1 s and closed it.
+func TestOddKeepAliveGetsItsWholeAllowance(t *testing.T) {
+	store := gatewaytest.New()
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	store.Add("dev-keepalive", "s3cret")
+	conn, err := net.DialTimeout("tcp", g.Addr(), 5*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	c := &rawConn{conn: conn, r: bufio.NewReader(conn)}
+	_, err = conn.Write(connectPacketKeepAlive(4, "dev-keepalive", "dev-keepalive", "s3cret", true, 1))
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	typ, body, err := c.readPacket()
+	require.NoError(t, err, "reading the CONNACK")
+	require.Equal(t, byte(0x20), typ)
+	require.Equal(t, byte(0), body[1], "CONNACK code")
+	for i := range 4 {
+		time.Sleep(1250 * time.Millisecond)
+		_, err := conn.Write([]byte{0xc0, 0}) // PINGREQ
+		require.NoError(t, err, "PINGREQ %d: the gateway closed the connection", i+1)
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+		typ, _, err := c.readPacket()
+		require.NoError(t, err, "PINGRESP %d: the gateway closed the connection", i+1)
+		require.Equal(t, byte(0xd0), typ, "PINGRESP %d", i+1)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,8 @@ func (h *hook) Provides(b byte) bool {
 // waits in g.decided for OnConnectAuthenticate, which mochi calls next.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	g := h.g
+	// mochi reads the keep-alive from here when it sets the connection's deadline, right after this hook.
+	cl.State.Keepalive = keepAliveAllowance(pk.Connect.Keepalive)
 	if string(pk.Connect.Username) == ServiceUsername {
 		return nil // refused by OnConnectAuthenticate
 	}
@@ -496,3 +499,25 @@ func sessionValid(s *session, a fleet.DeviceAuth) bool {
 	}
 	return match(a.Secret1Hash) || match(a.Secret2Hash)
 }
+
+// keepAliveAllowance is the keep-alive mochi is told to enforce for a client that asked for k seconds, so
+// that the connection lives at least the one and a half times k that MQTT grants ([MQTT-3.1.2-24]): mochi
+// allows k + k/2 in whole seconds, which for an odd k is half a second short — a client with a keep-alive
+// of 1 s was dropped after 1 s of silence, before its PINGREQ (paho sends it once 1 s has passed since its
+// last packet, checking every quarter of the keep-alive) could arrive, and then again on every reconnect
+// (docs/architecture.md, "Keep-alive: a late PINGRESP is not a dead connection"). An odd k is rounded up to
+// the next even value, whose allowance is a whole second above the 1.5 k; nothing is told to the client.
+// mochi also sums in 16 bits, so a keep-alive above maxKeepAliveAllowance would wrap to a short deadline:
+// those get the longest deadline mochi can set, 65,535 s (18 h).
+func keepAliveAllowance(k uint16) uint16 {
+	if k >= maxKeepAliveAllowance {
+		return maxKeepAliveAllowance
+	}
+	if k%2 == 1 {
+		k++
+	}
+	return k
+}
+
+// maxKeepAliveAllowance is the largest keep-alive whose k + k/2 fits mochi's 16 bits.
+const maxKeepAliveAllowance = math.MaxUint16 / 3 * 2
