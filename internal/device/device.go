@@ -67,10 +67,11 @@ type Device struct {
 	closing   chan struct{} // closed by Close: ends a reconnect's jitter wait
 	servers   []*url.URL    // every gateway of the device, in its order; a reconnect tries one at a time
 	// failures counts the reconnect attempts that failed (a refusal, busy or not, a dial or CONNECT that
-	// failed, a connection lost before its first sync) since the last connection whose sync succeeded; it
-	// grows the reconnect backoff (reconnectWait).
+	// failed, a connection lost before its first sync or soon after it) since the last connection that
+	// lasted (failuresAfterLoss); it grows the reconnect backoff (reconnectWait).
 	failures atomic.Int64
 	synced   atomic.Int64 // session number of the last connection whose sync succeeded
+	syncedAt atomic.Int64 // when that sync succeeded (Unix nanoseconds)
 	queue    serialQueue
 	creds    credState
 }

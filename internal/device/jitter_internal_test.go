@@ -78,3 +78,28 @@ func TestReconnectWaitIsFullJitterBelowADoublingCappedBound(t *testing.T) {
 		}
 	}
 }
+
+// The backoff starts afresh only after a connection that lasted: one lost before its sync, or soon after
+// it (a session taken over by a clone of the device, a gateway that drops what it accepts), counts as one
+// more failed attempt, so such a loop backs off instead of reconnecting as fast as it can.
+func TestFailuresAfterLoss(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		failures int64
+		synced   bool
+		lived    time.Duration
+		want     int64
+	}{
+		{"lost before its sync", 0, false, time.Hour, 1},
+		{"lost before its sync, after failures", 3, false, 0, 4},
+		{"taken over right after its sync", 0, true, 200 * time.Millisecond, 1},
+		{"a ping-pong of takeovers keeps growing", 5, true, time.Second, 6},
+		{"just short of stable", 2, true, stableSession - time.Millisecond, 3},
+		{"a connection that lasted", 7, true, stableSession, 0},
+		{"an hour-long session", 0, true, time.Hour, 0},
+	} {
+		if got := failuresAfterLoss(c.failures, c.synced, c.lived); got != c.want {
+			t.Errorf("%s: failuresAfterLoss(%d, %v, %s) = %d, want %d", c.name, c.failures, c.synced, c.lived, got, c.want)
+		}
+	}
+}

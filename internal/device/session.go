@@ -185,8 +185,8 @@ func (d *Device) onConnect(c paho.Client) {
 		d.log.Warn("twin sync after connect failed", "session", n, "err", err)
 	}
 	if err == nil {
+		d.syncedAt.Store(time.Now().UnixNano())
 		d.synced.Store(n)
-		d.failures.Store(0)
 	}
 	d.firstOnce.Do(func() {
 		if err != nil {
@@ -275,11 +275,9 @@ func (d *Device) sync(c paho.Client, session int64) error {
 
 func (d *Device) onConnectionLost(_ paho.Client, err error) {
 	d.log.Debug("connection lost", "err", err)
-	if d.synced.Load() != d.session.Load() {
-		// Lost before its sync succeeded: as good as a failed attempt, or a gateway that accepts and
-		// drops devices would have them back at once, again and again.
-		d.failures.Add(1)
-	}
+	synced := d.synced.Load() == d.session.Load()
+	lived := time.Since(time.Unix(0, d.syncedAt.Load()))
+	d.failures.Store(failuresAfterLoss(d.failures.Load(), synced, lived))
 	// Requests waiting for an answer fail now rather than at their deadline: the gateway answers on the
 	// connection a request came in on, which is gone.
 	d.mu.Lock()
@@ -356,6 +354,23 @@ func reconnectWait(failed int64, spread, limit time.Duration) time.Duration {
 		return jitter(spread)
 	}
 	return jitter(spread + busyBackoff(failed, limit))
+}
+
+// stableSession is how long a synced connection must have lasted for its loss to start the reconnect
+// backoff afresh.
+const stableSession = 10 * time.Second
+
+// failuresAfterLoss is the device's count of failed attempts once a connection is lost: one more when it
+// was lost before its sync succeeded or within stableSession of it, none when it had lasted. Lost early,
+// the connection is as good as a failed attempt: otherwise a gateway that accepts and drops devices would
+// have them back at once, again and again, and two devices sharing an id (a cloned credential), each
+// taking the other's session over the moment it is synced, would do so as fast as they can connect,
+// since the first attempt after a loss has no floor (reconnectWait).
+func failuresAfterLoss(failures int64, synced bool, lived time.Duration) int64 {
+	if synced && lived >= stableSession {
+		return 0
+	}
+	return failures + 1
 }
 
 // busyBackoff is the bound of the random wait after n consecutive failures: 1 s, doubling, at most
