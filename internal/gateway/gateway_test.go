@@ -679,3 +679,25 @@ func TestNewSecretAdmittedBeforeTheChangeNotice(t *testing.T) {
 	assert.Equal(t, failures+1, g.Stats().AuthFailures)
 	assert.Equal(t, 3, store.AuthLookups(), "a wrong secret costs one read, then is refused")
 }
+
+// Two devices sharing an id (a cloned credential) take each other's session over as soon as each has synced;
+// the device's reconnect backoff must make that a slow loop, not one as fast as they can connect (the first
+// reconnect after a loss has no floor, so only counting short-lived connections as failures bounds it).
+func TestClonedDevicesBackOff(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-clone", "s")
+	g := gatewaytest.StartGateway(t, store, gateway.Config{})
+	url := gatewaytest.URL(g)
+	slow := func(c *device.Config) { c.MaxReconnectInterval = 30 * time.Second }
+	a := mustConnect(t, url, "dev-clone", "s", slow)
+	defer a.Close()
+	b := mustConnect(t, url, "dev-clone", "s", slow)
+	defer b.Close()
+	require.Eventually(t, func() bool { return g.Stats().Connects >= 4 }, 20*time.Second, 10*time.Millisecond,
+		"the clones keep taking the session over")
+	start := g.Stats().Connects
+	time.Sleep(5 * time.Second)
+	// Backing off (waits below 1 s, 2 s, 4 s… after each short-lived connection) allows a handful in 5 s;
+	// reconnecting at once allowed hundreds. A loaded machine only makes them fewer.
+	assert.Less(t, g.Stats().Connects-start, int64(20), "connects (each taking the other clone's session over) in 5 s")
+}
