@@ -156,48 +156,6 @@ func eventArgs(evs []DeviceEvent) ([]any, error) {
 	return []any{ids, ats, kinds, details}, nil
 }
 
-// connState is a device's connection state as a batch of connection events sees it.
-type connState struct {
-	session int64
-	online  bool
-}
-
-// connectionEvents derives the timeline's connected and disconnected events from a batch of connection events,
-// replayed in batch order (the gateway's order) from each device's stored state. Only real changes are events,
-// the same ones RecordConnections' updates make: an up that opens a newer session (or reopens the current one
-// after it went down) is a connect; a down of the current session while online is a disconnect. A late LWT of a
-// taken-over session, a stale or duplicate up, and ConnSeen (activity, not a change) are none; devices missing
-// from state (unknown ids) have none.
-func connectionEvents(events []fleet.ConnEvent, state map[string]*connState) []DeviceEvent {
-	var out []DeviceEvent
-	for _, e := range events {
-		st := state[e.DeviceID]
-		if st == nil {
-			continue
-		}
-		kind := ""
-		switch {
-		case e.Kind == fleet.ConnUp && (e.Session > st.session || e.Session == st.session && !st.online):
-			st.session, st.online, kind = e.Session, true, EventConnected
-		case e.Kind == fleet.ConnDown && e.Session == st.session && st.online:
-			st.online, kind = false, EventDisconnected
-		case e.Kind == fleet.ConnRefused, e.Kind == fleet.ConnReportRefused:
-			b, _ := json.Marshal(map[string]string{"reason": e.Reason})
-			k := EventConnectRefused
-			if e.Kind == fleet.ConnReportRefused {
-				k = EventReportRefused
-			}
-			out = append(out, DeviceEvent{DeviceID: e.DeviceID, At: e.At, Kind: k, Detail: json.RawMessage(b)})
-			continue
-		default:
-			continue
-		}
-		detail := strconv.AppendInt([]byte(`{"session":`), e.Session, 10)
-		out = append(out, DeviceEvent{DeviceID: e.DeviceID, At: e.At, Kind: kind, Detail: json.RawMessage(append(detail, '}'))})
-	}
-	return out
-}
-
 // twinChange is one device's committed tags or desired write, for its timeline.
 type twinChange struct {
 	id      string
