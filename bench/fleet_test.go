@@ -744,12 +744,14 @@ func (f *fleetRig) failover(b *testing.B, ctx context.Context, query string) {
 			startJob()
 			jobStarted = true
 		}
-		if convergedIn == 0 && f.countReported(b, ctx, "reported->>'telemetryInterval' = $1", value) == f.n {
+		acked := f.countReported(b, ctx, "reported->>'telemetryInterval' = $1", value)
+		if convergedIn == 0 && acked == f.n {
 			convergedIn = time.Since(killedAt)
 		}
 		if time.Now().After(nextReport) {
 			now := sampleSched(pids)
-			fmt.Printf("failover +%.0fs: %s\n  cpu and run-queue wait, s per s: %s\n", time.Since(killedAt).Seconds(), f.simTotals(), schedReport(window, now, names))
+			fmt.Printf("failover +%.0fs: %d acknowledged; %s\n  cpu and run-queue wait, s per s: %s\n  %s\n", time.Since(killedAt).Seconds(), acked, f.simTotals(),
+				schedReport(window, now, names), pgSample(ctx, f.reg.Pool()))
 			window, nextReport = now, nextReport.Add(15*time.Second)
 		}
 		if time.Since(killedAt) > fleetFailoverLimit {
