@@ -171,6 +171,16 @@ func recordTwinChanges(ctx context.Context, tx pgx.Tx, section twin.Section, cha
 	if len(changes) == 0 {
 		return nil
 	}
+	sql, args := twinChangesQuery(section, changes)
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("record %d %s events: %w", len(changes), args[0], err)
+	}
+	return nil
+}
+
+// twinChangesQuery is recordTwinChanges' statement and its arguments (the first is the events' kind), for a
+// caller that queues it in a batch.
+func twinChangesQuery(section twin.Section, changes []twinChange) (string, []any) {
 	kind := EventTagsChanged
 	if section == twin.Desired {
 		kind = EventDesiredChanged
@@ -198,16 +208,12 @@ func recordTwinChanges(ctx context.Context, tx pgx.Tx, section twin.Section, cha
 		which[i], last = n, c.patch
 	}
 	// MATERIALIZED: each distinct patch is parsed once, not once per device it joins.
-	_, err := tx.Exec(ctx, `WITH p AS MATERIALIZED (
+	return `WITH p AS MATERIALIZED (
 			SELECT n, doc::jsonb AS patch FROM unnest($5::text[]) WITH ORDINALITY AS t(doc, n))
 		INSERT INTO device_events (device_id, kind, detail)
 		SELECT u.id, $1, jsonb_build_object('version', u.v, 'patch', p.patch)
 		FROM unnest($2::text[], $3::bigint[], $4::int[]) AS u(id, v, n) JOIN p ON p.n = u.n`,
-		kind, ids, versions, which, patches)
-	if err != nil {
-		return fmt.Errorf("record %d %s events: %w", len(changes), kind, err)
-	}
-	return nil
+		[]any{kind, ids, versions, which, patches}
 }
 
 // HistoryEntry is one line of a device's timeline.
