@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fleetflow/fleetflow/internal/config"
 )
@@ -193,4 +196,39 @@ func envDuration(name string, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// pgSample says what the registry's connections are doing at one moment during the failover: how many run
+// a statement, how many sit in an open transaction waiting for their client (a lock held while a gateway
+// waits for a core), the longest such wait, and which statements wait for a row lock and how long the
+// longest has waited. It tells Postgres-side waits (locks) from client-side ones (starved gateways).
+func pgSample(ctx context.Context, pool *pgxpool.Pool) string {
+	var active, idleTx, lockWaits int
+	var idleTxMax, lockWaitMax float64
+	err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'active'),
+			count(*) FILTER (WHERE state LIKE 'idle in transaction%'),
+			coalesce(max(extract(epoch FROM now() - state_change)) FILTER (WHERE state LIKE 'idle in transaction%'), 0),
+			count(*) FILTER (WHERE wait_event_type = 'Lock'),
+			coalesce(max(extract(epoch FROM now() - query_start)) FILTER (WHERE wait_event_type = 'Lock'), 0)
+		FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`).
+		Scan(&active, &idleTx, &idleTxMax, &lockWaits, &lockWaitMax)
+	if err != nil {
+		return "postgres: " + err.Error()
+	}
+	out := fmt.Sprintf("postgres: active %d, idle in transaction %d (longest %.1f s), waiting for a lock %d (longest %.1f s)",
+		active, idleTx, idleTxMax, lockWaits, lockWaitMax)
+	rows, err := pool.Query(ctx, `SELECT left(regexp_replace(query, '\s+', ' ', 'g'), 60), count(*)
+		FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' GROUP BY 1 ORDER BY 2 DESC LIMIT 4`)
+	if err != nil {
+		return out
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var q string
+		var n int
+		if rows.Scan(&q, &n) == nil {
+			out += fmt.Sprintf("; %d× %q", n, q)
+		}
+	}
+	return out
 }

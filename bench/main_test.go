@@ -44,15 +44,26 @@ func TestMain(m *testing.M) {
 // run executes the CLI with env and returns stdout; it fails the benchmark on error.
 func run(b *testing.B, ctx context.Context, env []string, args ...string) string {
 	b.Helper()
+	out, err := runCLI(ctx, b.TempDir(), env, args...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return out
+}
+
+// runCLI executes the CLI with env in dir and returns stdout, and an error that carries the exit status
+// (an *exec.ExitError) and stderr. Unlike run it may be called from any goroutine: b.Fatal outside the
+// benchmark's own goroutine ends only that goroutine, and whoever waits for its result waits forever.
+func runCLI(ctx context.Context, dir string, env []string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, bins.CLI, args...)
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	cmd.Dir = b.TempDir()
+	cmd.Dir = dir
 	if err := cmd.Run(); err != nil {
-		b.Fatalf("fleetflow %s: %v\n%s", strings.Join(args, " "), err, errb.String())
+		return out.String(), fmt.Errorf("fleetflow %s: %w\n%s", strings.Join(args, " "), err, errb.String())
 	}
-	return out.String()
+	return out.String(), nil
 }
 
 // rssKiB reads a process's resident set size from /proc.

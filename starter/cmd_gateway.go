@@ -157,7 +157,8 @@ The gateway stops on SIGINT or SIGTERM.`,
 						"auth_failures", st.AuthFailures, "refused_busy", st.RefusedBusy, "acl_denials", st.ACLDenials, "kicks", st.Kicks, "takeovers", st.Takeovers,
 						"desired_relayed", st.DesiredRelayed, "methods_relayed", st.MethodsRelayed,
 						"messages_in", st.MessagesIn, "messages_out", st.MessagesOut, "slow_dropped", st.SlowDropped, "malformed", st.Malformed,
-						"reported_applied", st.ReportedApplied, "enrolled", st.Enrolled, "enroll_refused", st.EnrollRefused, "ingest_batches", st.IngestBatches,
+						"reported_applied", st.ReportedApplied, "reported_failed", st.ReportedFailed, "throttled", st.Throttled, "overdue", st.Overdue,
+						"enrolled", st.Enrolled, "enroll_refused", st.EnrollRefused, "ingest_batches", st.IngestBatches,
 						"last_batch_latency", st.LastBatchLatency, "store_errors", st.StoreErrors)
 				case <-ctx.Done():
 					if err := gw.Close(); err != nil {

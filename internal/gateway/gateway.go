@@ -174,6 +174,10 @@ type Config struct {
 	RecheckWorkers int
 	// StoreTimeout bounds each batched registry write (default 10 s).
 	StoreTimeout time.Duration
+	// RequestMaxWait is how long a twin/get or reported patch may wait in its queue and still be served
+	// (default 8 s: the device SDK waits 10 s for the answer, and the registry round trip comes after the
+	// wait); one that waited longer is answered 503 without being served. Negative: always served.
+	RequestMaxWait time.Duration
 
 	// Broker memory knobs; each connection costs roughly its buffers plus MaxWritesPending pointers.
 	MaxWritesPending int           // outbound queue per client (default 128)
@@ -239,6 +243,9 @@ func (c *Config) setDefaults() {
 	def(&c.Workers, 4)
 	def(&c.RecheckWorkers, 4)
 	defDur(&c.StoreTimeout, 10*time.Second)
+	if c.RequestMaxWait == 0 {
+		c.RequestMaxWait = 8 * time.Second
+	}
 	def(&c.MaxWritesPending, 128)
 	def(&c.BufferSize, 1024)
 	def(&c.MaxInflight, 256)
@@ -284,6 +291,7 @@ type Stats struct {
 	MethodsPending    int64 // relayed method requests awaiting the device's answer
 	Malformed         int64 // device messages dropped or refused as malformed (topic or payload)
 	Throttled         int64 // requests answered 429 (or job statuses dropped) because an ingest queue was full
+	Overdue           int64 // twin/get and reported requests answered 503 unserved: they waited past RequestMaxWait
 	ReportedApplied   int64 // reported patches merged into the registry
 	ReportedFailed    int64 // reported patches refused or failed (including malformed)
 	SchemeRefused     int64 // reported patches refused because they violate the scheme's reported-properties schema (also in ReportedFailed)
@@ -311,6 +319,7 @@ type Stats struct {
 type counters struct {
 	connected, connects, authFailures, aclDenials, kicks, takeovers                   atomic.Int64
 	messagesIn, telemetry, twinGets, jobStatus, methodResponses, malformed, throttled atomic.Int64
+	overdue                                                                           atomic.Int64
 	reportedApplied, reportedFailed, ingestBatches, lastBatchSize, lastBatchLatency   atomic.Int64
 	connEventsWritten, connEventsDropped, storeErrors                                 atomic.Int64
 	jobStatusDropped, methodsOffline, methodsRelayed, desiredRelayed                  atomic.Int64
@@ -688,6 +697,7 @@ func (g *Gateway) Stats() Stats {
 		MethodsPending:    int64(g.methods.len()),
 		Malformed:         g.c.malformed.Load(),
 		Throttled:         g.c.throttled.Load(),
+		Overdue:           g.c.overdue.Load(),
 		ReportedApplied:   g.c.reportedApplied.Load(),
 		ReportedFailed:    g.c.reportedFailed.Load(),
 		SchemeRefused:     g.c.refusedScheme.Load(),

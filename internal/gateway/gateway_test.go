@@ -426,6 +426,55 @@ func TestReportedPatchesAreBatched(t *testing.T) {
 	assert.JSONEq(t, `{"index":7}`, string(rep))
 }
 
+// A reported patch that waited in its lane longer than RequestMaxWait (its device has stopped waiting, in the
+// SDK's default) is answered 503 without reaching the registry, and the device's retry is served.
+func TestOverdueReportedPatchIsAnsweredUnserved(t *testing.T) {
+	store := gatewaytest.New()
+	store.Add("dev-a", "sa")
+	store.Add("dev-b", "sb")
+	const maxWait = 200 * time.Millisecond
+	g := gatewaytest.StartGateway(t, store, gateway.Config{ReportedLanes: 1, RequestMaxWait: maxWait})
+	url := gatewaytest.URL(g)
+	a := mustConnect(t, url, "dev-a", "sa")
+	b := mustConnect(t, url, "dev-b", "sb")
+
+	hold := make(chan struct{})
+	store.HoldReported(hold)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := a.ReportPatch(ctx, map[string]any{"temp": 21})
+		aDone <- err
+	}()
+	require.Eventually(t, func() bool { return store.HeldReported() == 1 }, 30*time.Second, 10*time.Millisecond,
+		"dev-a's batch reached the registry, which holds it")
+	in := g.Stats().MessagesIn
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := b.ReportPatch(ctx, map[string]any{"temp": 22})
+		bDone <- err
+	}()
+	require.Eventually(t, func() bool { return g.Stats().MessagesIn > in }, 30*time.Second, 10*time.Millisecond,
+		"dev-b's patch is queued behind the held batch")
+	time.Sleep(3 * maxWait) // it can only grow more overdue
+	store.HoldReported(nil)
+	close(hold)
+
+	require.NoError(t, <-aDone)
+	var rerr *device.ResponseError
+	require.ErrorAs(t, <-bDone, &rerr)
+	assert.Equal(t, 503, rerr.Status)
+	assert.Empty(t, store.ReportedPatches("dev-b"), "the overdue patch never reached the registry")
+	assert.Equal(t, int64(1), g.Stats().Overdue)
+
+	v, err := b.ReportPatch(ctx, map[string]any{"temp": 22})
+	require.NoError(t, err, "the retry is served")
+	assert.Equal(t, int64(1), v)
+	rep, _ := store.Reported("dev-b")
+	assert.JSONEq(t, `{"temp":22}`, string(rep))
+}
+
 // TestTwinGetsAreBatched: twin/get requests that queue while the registry is busy are answered from one
 // registry read, each with its own device's twin, an unknown device's with 404.
 func TestTwinGetsAreBatched(t *testing.T) {

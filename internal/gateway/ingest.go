@@ -20,6 +20,7 @@ type twinRequest struct {
 	id      string
 	rid     string
 	payload []byte
+	at      time.Time // when it was queued: one that waited past Config.RequestMaxWait is not served (overdue)
 }
 
 // onMessage is the inline subscriber for devices/#. mochi calls it synchronously on the publishing client's
@@ -55,9 +56,9 @@ func (g *Gateway) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.P
 		g.c.methodResponses.Add(1)
 		g.onMethodResponse(t.Device, t.Status, t.RequestID, pk.Payload)
 	case protocol.KindTwinGet:
-		g.enqueue(g.getQ, twinRequest{id: t.Device, rid: t.RequestID})
+		g.enqueue(g.getQ, twinRequest{id: t.Device, rid: t.RequestID, at: time.Now()})
 	case protocol.KindTwinReported:
-		g.enqueue(g.reportQ[lane(t.Device, len(g.reportQ))], twinRequest{id: t.Device, rid: t.RequestID, payload: pk.Payload})
+		g.enqueue(g.reportQ[lane(t.Device, len(g.reportQ))], twinRequest{id: t.Device, rid: t.RequestID, payload: pk.Payload, at: time.Now()})
 	default:
 		g.c.malformed.Add(1)
 		g.log.Debug("dropping malformed device message", "device", s.id, "topic", pk.TopicName)
@@ -73,6 +74,21 @@ func (g *Gateway) enqueue(q chan twinRequest, r twinRequest) {
 		g.c.throttled.Add(1)
 		g.respondError(r.id, 429, r.rid, "gateway busy, retry later")
 	}
+}
+
+// overdue answers r 503 at once, without serving it, when it waited in its queue longer than
+// Config.RequestMaxWait (docs/architecture.md, "Ingest lanes": admission for requests). Its device has
+// stopped waiting by then and sends it again (the device SDK waits 10 s for an answer): serving it would
+// spend a registry batch on an answer nobody reads, ahead of the requests queued behind it — the device's
+// own retry among them. In a reconnect storm that is how a lane fell minutes behind, writing patches whose
+// devices had given up on them while their retries waited or were refused.
+func (g *Gateway) overdue(r twinRequest) bool {
+	if g.cfg.RequestMaxWait < 0 || r.at.IsZero() || time.Since(r.at) <= g.cfg.RequestMaxWait {
+		return false
+	}
+	g.c.overdue.Add(1)
+	g.respondError(r.id, 503, r.rid, "gateway busy, retry later")
+	return true
 }
 
 // lane picks one of n ingest lanes for a device (FNV-1a of its id): the same device always takes the same
@@ -98,6 +114,9 @@ func (g *Gateway) twinGetLoop() {
 	for {
 		select {
 		case r := <-g.getQ:
+			if g.overdue(r) {
+				continue
+			}
 			if !batched {
 				g.serveTwinGet(r)
 				continue
@@ -107,7 +126,9 @@ func (g *Gateway) twinGetLoop() {
 			for len(batch) < g.cfg.ReportedBatch {
 				select {
 				case r := <-g.getQ:
-					batch = append(batch, r)
+					if !g.overdue(r) {
+						batch = append(batch, r)
+					}
 				default:
 					break fill
 				}
@@ -250,8 +271,11 @@ func drainBatches[Q, B any](q <-chan Q, batch []B, size int, admit func([]B, Q) 
 }
 
 // admitReported validates a patch before it takes a place in a batch: malformed input, and a patch the
-// metadata scheme refuses, is answered 400 here and never reaches the registry.
+// metadata scheme refuses, is answered 400 here and never reaches the registry; an overdue one 503.
 func (g *Gateway) admitReported(lm *laneMemo, batch []twinRequest, r twinRequest) []twinRequest {
+	if g.overdue(r) {
+		return batch
+	}
 	var err error
 	var patch map[string]any
 	tooLarge := len(r.payload) > twin.MaxReportedBytes

@@ -152,6 +152,8 @@ var gatewayMetrics = append(admissionMetrics(), []gatewayMetric{
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.malformed })},
 	{desc("fleetflow_gateway_throttled_total", "Requests answered 429, or job statuses dropped, because an ingest queue was full."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.throttled })},
+	{desc("fleetflow_gateway_requests_overdue_total", "twin/get and reported requests answered 503 without being served: they waited in their queue longer than a device waits for the answer."),
+		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.overdue })},
 	{desc("fleetflow_gateway_job_statuses_dropped_total", "Valid job status messages lost: queue full, or the registry write kept failing."),
 		prometheus.CounterValue, nil, load(func(c *counters) *atomic.Int64 { return &c.jobStatusDropped })},
 

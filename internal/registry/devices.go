@@ -377,12 +377,20 @@ func (r *Registry) applyReportedOnce(ctx context.Context, patches []fleet.Report
 	return again, nil
 }
 
-// RecordConnections writes a batch of connection events in one round trip. A device's newest session wins:
-// an "up" never moves the session backwards and a "down" only applies to the session that is current, so
-// the late LWT of a taken-over session cannot mark a connected device offline. Each up that opens a session
-// and each down that takes the device offline becomes a connected or disconnected event of the device's
-// timeline, written in the same transaction by one INSERT … SELECT FROM unnest in the same round trip (a
-// connect storm runs through here at 10k connects/s); ignored events and ConnSeen leave no trace.
+// RecordConnections writes a batch of connection events in one round trip and one implicit transaction. A
+// device's newest session wins: an "up" never moves the session backwards and a "down" only applies to the
+// session that is current, so the late LWT of a taken-over session cannot mark a connected device offline.
+// Each up that opens a session and each down that takes the device offline becomes a connected or
+// disconnected event of the device's timeline, written in the same transaction (a connect storm runs through
+// here at 10k connects/s); ignored events and ConnSeen leave no trace.
+//
+// No row lock is held while the gateway waits: the batch is one pipeline ending in one Sync, so its
+// statements run back to back in Postgres — lock the rows in id order, derive the timeline's events in SQL
+// from the state the locks guard (connectionEventsSQL), then the updates — and the locks are released at its
+// end. The locking read and the timeline's derivation used to be an explicit transaction around a round
+// trip to the gateway, which held the rows of every connecting device locked while the gateway waited for a
+// core; during a reconnect storm those are the rows its reported patches need (docs/benchmarks.md, issue 9,
+// "Fifth pass").
 func (r *Registry) RecordConnections(ctx context.Context, events []fleet.ConnEvent) error {
 	if len(events) == 0 {
 		return nil
@@ -392,23 +400,55 @@ func (r *Registry) RecordConnections(ctx context.Context, events []fleet.ConnEve
 	var downIDs []string
 	var downSessions []int64
 	var downAt []time.Time
+	// The events that can change a device's connection state or timeline, in batch order, as the columns of
+	// connectionEventsSQL.
+	var evIDs, evKinds, evReasons []string
+	var evSessions []int64
+	var evAts []pgtype.Timestamptz
 	for _, e := range events {
+		kind := ""
 		switch e.Kind {
 		case fleet.ConnUp:
 			if cur, ok := ups[e.DeviceID]; !ok || e.Session >= cur.Session {
 				ups[e.DeviceID] = e
 			}
+			kind = "up"
 		case fleet.ConnDown:
 			downIDs = append(downIDs, e.DeviceID)
 			downSessions = append(downSessions, e.Session)
 			downAt = append(downAt, e.At)
+			kind = "down"
 		case fleet.ConnSeen:
 			if e.At.After(seen[e.DeviceID]) {
 				seen[e.DeviceID] = e.At
 			}
+		case fleet.ConnRefused:
+			kind = EventConnectRefused
+		case fleet.ConnReportRefused:
+			kind = EventReportRefused
 		}
+		if kind == "" {
+			continue
+		}
+		evIDs = append(evIDs, e.DeviceID)
+		evKinds = append(evKinds, kind)
+		evSessions = append(evSessions, e.Session)
+		evAts = append(evAts, pgtype.Timestamptz{Time: e.At, Valid: !e.At.IsZero()})
+		evReasons = append(evReasons, e.Reason)
 	}
 	b := &pgx.Batch{}
+	if len(evIDs) > 0 {
+		// Lock the rows of connections and disconnections in id order first, as ApplyReported does: two batch
+		// updates that lock the same devices in different orders deadlock, and Postgres resolves that only
+		// after deadlock_timeout (a one-second stall). Devices that were only seen need no lock here (below).
+		locked := slices.Clone(evIDs)
+		slices.Sort(locked)
+		locked = slices.Compact(locked)
+		b.Queue(`SELECT 1 FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE`, locked)
+		// The next statement's snapshot is taken after the locks, so it derives the events from the state the
+		// updates below start from: the timeline's events are exactly the changes they make.
+		b.Queue(connectionEventsSQL, evIDs, evKinds, evSessions, evAts, evReasons)
+	}
 	if len(ups) > 0 {
 		ids := sortedKeys(ups)
 		sessions := make([]int64, len(ids))
@@ -445,54 +485,47 @@ func (r *Registry) RecordConnections(ctx context.Context, events []fleet.ConnEve
 			FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
 			WHERE d.id = u.id AND d.id IN (SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED)`, ids, ats)
 	}
-	// Lock the rows of connections and disconnections in id order first, as ApplyReported does: two batch
-	// updates that lock the same devices in different orders deadlock, and Postgres resolves that only after
-	// deadlock_timeout (a one-second stall). Devices that were only seen need no lock here (see above).
-	all := make([]string, 0, len(events))
-	for _, e := range events {
-		if e.Kind != fleet.ConnSeen {
-			all = append(all, e.DeviceID)
-		}
-	}
-	slices.Sort(all)
-	all = slices.Compact(all)
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		if len(all) == 0 {
-			return tx.SendBatch(ctx, b).Close()
-		}
-		// The locking read also returns the state the batch starts from, so that the timeline's events are
-		// exactly the changes the updates below make (see connectionEvents).
-		rows, err := tx.Query(ctx, "SELECT id, session, online FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE", all)
-		if err != nil {
-			return err
-		}
-		state := make(map[string]*connState, len(all))
-		for rows.Next() {
-			var id string
-			st := &connState{}
-			if err := rows.Scan(&id, &st.session, &st.online); err != nil {
-				rows.Close()
-				return err
-			}
-			state[id] = st
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if evs := connectionEvents(events, state); len(evs) > 0 {
-			args, err := eventArgs(evs)
-			if err != nil {
-				return err
-			}
-			b.Queue(insertEventsSQL, args...)
-		}
-		return tx.SendBatch(ctx, b).Close()
-	})
-	if err != nil {
+	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("record %d connection events: %w", len(events), err)
 	}
 	return nil
 }
+
+// connectionEventsSQL writes the timeline's connected and disconnected events of a batch of connection events
+// ($1–$5: device, kind, session, time, reason, in batch order; kind is up, down, or the kind of a refusal
+// event), replayed from each device's stored state, and the batch's refusal events. Only real changes are
+// events, the same ones RecordConnections' updates make: an up that opens a newer session (or reopens the
+// current one after it went down) is a connect; a down of the current session while online is a
+// disconnect. A late LWT of a taken-over session, a stale or duplicate up are none; unknown devices have
+// none.
+//
+// The replay needs no loop: sessions only move forwards, so the current session before an event is the
+// greatest of the stored one and the batch's earlier ups (cur). An up of a session below cur and a down of
+// any session but cur change nothing. The events that remain come in runs of one session each, and within
+// a run the device is online after an up and offline after a down whatever it was before — so an event is a
+// change exactly when its kind differs from the run's previous one, or, first in its run, from the stored
+// state (a session newer than the stored one starts offline).
+const connectionEventsSQL = `WITH e AS (
+		SELECT u.n, u.id, u.kind, u.s, u.at, u.reason, d.session AS s0, d.online AS on0,
+			greatest(d.session, max(u.s) FILTER (WHERE u.kind = 'up') OVER (PARTITION BY u.id ORDER BY u.n
+				ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS cur
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[])
+			WITH ORDINALITY AS u(id, kind, s, at, reason, n)
+		JOIN devices d ON d.id = u.id),
+	c AS (
+		SELECT n, id, kind, s, at,
+			coalesce(lag(kind) OVER (PARTITION BY id, s ORDER BY n),
+				CASE WHEN s = s0 AND on0 THEN 'up' ELSE 'down' END) AS before
+		FROM e WHERE kind = 'up' AND s >= cur OR kind = 'down' AND s = cur)
+	INSERT INTO device_events (device_id, at, kind, detail)
+	SELECT id, coalesce(at, now()), kind, detail FROM (
+		SELECT n, id, at, CASE kind WHEN 'up' THEN '` + EventConnected + `' ELSE '` + EventDisconnected + `' END AS kind,
+			jsonb_build_object('session', s) AS detail
+		FROM c WHERE kind <> before
+		UNION ALL
+		SELECT n, id, at, kind, jsonb_build_object('reason', reason)
+		FROM e WHERE kind IN ('` + EventConnectRefused + `', '` + EventReportRefused + `')) x
+	ORDER BY n`
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

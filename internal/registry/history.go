@@ -156,48 +156,6 @@ func eventArgs(evs []DeviceEvent) ([]any, error) {
 	return []any{ids, ats, kinds, details}, nil
 }
 
-// connState is a device's connection state as a batch of connection events sees it.
-type connState struct {
-	session int64
-	online  bool
-}
-
-// connectionEvents derives the timeline's connected and disconnected events from a batch of connection events,
-// replayed in batch order (the gateway's order) from each device's stored state. Only real changes are events,
-// the same ones RecordConnections' updates make: an up that opens a newer session (or reopens the current one
-// after it went down) is a connect; a down of the current session while online is a disconnect. A late LWT of a
-// taken-over session, a stale or duplicate up, and ConnSeen (activity, not a change) are none; devices missing
-// from state (unknown ids) have none.
-func connectionEvents(events []fleet.ConnEvent, state map[string]*connState) []DeviceEvent {
-	var out []DeviceEvent
-	for _, e := range events {
-		st := state[e.DeviceID]
-		if st == nil {
-			continue
-		}
-		kind := ""
-		switch {
-		case e.Kind == fleet.ConnUp && (e.Session > st.session || e.Session == st.session && !st.online):
-			st.session, st.online, kind = e.Session, true, EventConnected
-		case e.Kind == fleet.ConnDown && e.Session == st.session && st.online:
-			st.online, kind = false, EventDisconnected
-		case e.Kind == fleet.ConnRefused, e.Kind == fleet.ConnReportRefused:
-			b, _ := json.Marshal(map[string]string{"reason": e.Reason})
-			k := EventConnectRefused
-			if e.Kind == fleet.ConnReportRefused {
-				k = EventReportRefused
-			}
-			out = append(out, DeviceEvent{DeviceID: e.DeviceID, At: e.At, Kind: k, Detail: json.RawMessage(b)})
-			continue
-		default:
-			continue
-		}
-		detail := strconv.AppendInt([]byte(`{"session":`), e.Session, 10)
-		out = append(out, DeviceEvent{DeviceID: e.DeviceID, At: e.At, Kind: kind, Detail: json.RawMessage(append(detail, '}'))})
-	}
-	return out
-}
-
 // twinChange is one device's committed tags or desired write, for its timeline.
 type twinChange struct {
 	id      string
@@ -213,6 +171,16 @@ func recordTwinChanges(ctx context.Context, tx pgx.Tx, section twin.Section, cha
 	if len(changes) == 0 {
 		return nil
 	}
+	sql, args := twinChangesQuery(section, changes)
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		return fmt.Errorf("record %d %s events: %w", len(changes), args[0], err)
+	}
+	return nil
+}
+
+// twinChangesQuery is recordTwinChanges' statement and its arguments (the first is the events' kind), for a
+// caller that queues it in a batch.
+func twinChangesQuery(section twin.Section, changes []twinChange) (string, []any) {
 	kind := EventTagsChanged
 	if section == twin.Desired {
 		kind = EventDesiredChanged
@@ -240,16 +208,12 @@ func recordTwinChanges(ctx context.Context, tx pgx.Tx, section twin.Section, cha
 		which[i], last = n, c.patch
 	}
 	// MATERIALIZED: each distinct patch is parsed once, not once per device it joins.
-	_, err := tx.Exec(ctx, `WITH p AS MATERIALIZED (
+	return `WITH p AS MATERIALIZED (
 			SELECT n, doc::jsonb AS patch FROM unnest($5::text[]) WITH ORDINALITY AS t(doc, n))
 		INSERT INTO device_events (device_id, kind, detail)
 		SELECT u.id, $1, jsonb_build_object('version', u.v, 'patch', p.patch)
 		FROM unnest($2::text[], $3::bigint[], $4::int[]) AS u(id, v, n) JOIN p ON p.n = u.n`,
-		kind, ids, versions, which, patches)
-	if err != nil {
-		return fmt.Errorf("record %d %s events: %w", len(changes), kind, err)
-	}
-	return nil
+		[]any{kind, ids, versions, which, patches}
 }
 
 // HistoryEntry is one line of a device's timeline.

@@ -109,6 +109,61 @@ func TestConnectionEventsRollBackWithTheBatch(t *testing.T) {
 	require.Zero(t, d.Session)
 }
 
+// The timeline's events are derived from the state the batch's row locks guard, not from a read before them:
+// a batch that waited for another writer's lock (a takeover committed on another gateway meanwhile) records
+// only what it changed on top of that writer's state. A session reopened after it went down is a connect,
+// and refusals keep their place among the batch's events.
+func TestConnectionEventsFollowTheStateTheirLocksGuard(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	provision(t, reg, "op", "dev-1", "dev-2")
+	now := time.Now().Truncate(time.Microsecond)
+	require.NoError(t, reg.RecordConnections(ctx, []fleet.ConnEvent{
+		{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 100, At: now},
+		{DeviceID: "dev-2", Kind: fleet.ConnUp, Session: 5, At: now},
+		{DeviceID: "dev-2", Kind: fleet.ConnDown, Session: 5, At: now.Add(time.Second)},
+	}))
+
+	tx, err := reg.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, "UPDATE devices SET session = 300, online = true WHERE id = 'dev-1'")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		done <- reg.RecordConnections(ctx, []fleet.ConnEvent{
+			{DeviceID: "dev-1", Kind: fleet.ConnUp, Session: 200, At: now.Add(2 * time.Second)},   // older than the locker's 300
+			{DeviceID: "dev-1", Kind: fleet.ConnDown, Session: 300, At: now.Add(3 * time.Second)}, // the locker's session ends
+			{DeviceID: "dev-2", Kind: fleet.ConnRefused, At: now.Add(2 * time.Second), Reason: "credentials expired"},
+			{DeviceID: "dev-2", Kind: fleet.ConnUp, Session: 5, At: now.Add(3 * time.Second)}, // reopens session 5
+		})
+	}()
+	// Wait until the batch waits for dev-1's lock, then let the other writer commit.
+	require.Eventually(t, func() bool {
+		var waiting int
+		require.NoError(t, reg.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&waiting))
+		return waiting > 0
+	}, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, tx.Commit(ctx))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the batch did not finish after the lock was released")
+	}
+
+	require.Equal(t, []string{`connected {"session": 100}`, `disconnected {"session": 300}`}, kindsOf(deviceEvents(t, reg, "dev-1")))
+	d, err := reg.GetDevice(ctx, "dev-1")
+	require.NoError(t, err)
+	require.False(t, d.Online)
+	require.Equal(t, int64(300), d.Session)
+	require.Equal(t, []string{`connected {"session": 5}`, `disconnected {"session": 5}`,
+		`connect_refused {"reason": "credentials expired"}`, `connected {"session": 5}`}, kindsOf(deviceEvents(t, reg, "dev-2")))
+	d, err = reg.GetDevice(ctx, "dev-2")
+	require.NoError(t, err)
+	require.True(t, d.Online)
+}
+
 func TestTwinWritesAreRecordedInTheSameTransaction(t *testing.T) {
 	ctx := context.Background()
 	reg := open(t)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fleetflow/fleetflow/internal/fleet"
 	"github.com/fleetflow/fleetflow/internal/query"
@@ -158,6 +159,21 @@ func recordJobOutcomes(ctx context.Context, q Execer, job string, outs []fleet.J
 	if len(outs) == 0 {
 		return 0, nil
 	}
+	tag, err := q.Exec(ctx, jobOutcomesSQL, jobOutcomesArgs(job, outs)...)
+	if err != nil {
+		return 0, fmt.Errorf("record outcomes of job %s: %w", job, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// jobOutcomesSQL records outcomes of targets still pending or dispatched; its arguments come from
+// jobOutcomesArgs.
+const jobOutcomesSQL = `UPDATE job_devices j SET state = v.state, status = nullif(v.status, 0),
+		payload = v.payload::jsonb, error = v.error, updated_at = now()
+		FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[]) AS v(seq, state, status, payload, error)
+		WHERE j.job_id = $1 AND j.seq = v.seq AND j.state IN ('pending', 'dispatched')`
+
+func jobOutcomesArgs(job string, outs []fleet.JobOutcome) []any {
 	seqs := make([]int64, len(outs))
 	states := make([]string, len(outs))
 	statuses := make([]int32, len(outs))
@@ -170,14 +186,7 @@ func recordJobOutcomes(ctx context.Context, q Execer, job string, outs []fleet.J
 			payloads[i] = &s
 		}
 	}
-	tag, err := q.Exec(ctx, `UPDATE job_devices j SET state = v.state, status = nullif(v.status, 0),
-		payload = v.payload::jsonb, error = v.error, updated_at = now()
-		FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[]) AS v(seq, state, status, payload, error)
-		WHERE j.job_id = $1 AND j.seq = v.seq AND j.state IN ('pending', 'dispatched')`, job, seqs, states, statuses, payloads, errs)
-	if err != nil {
-		return 0, fmt.Errorf("record outcomes of job %s: %w", job, err)
-	}
-	return tag.RowsAffected(), nil
+	return []any{job, seqs, states, statuses, payloads, errs}
 }
 
 // ClaimJobTargets marks pending targets as dispatched before their method is sent (fleet.JobStore). One
@@ -203,9 +212,17 @@ func (r *Registry) ClaimJobTargets(ctx context.Context, job string, seqs []int64
 // finds them finished and skips them.
 var errTargetsMoved = errors.New("targets were finished by another attempt of the batch meanwhile; retrying")
 
-// PatchJobTargets writes a desired or tags batch and its outcomes in one transaction (fleet.JobStore). The
-// devices are locked first (in patchTwinsTx, id order), then the targets' rows: the order RetireJobTargets
-// and every other writer of both tables use, so batches and decommissions cannot deadlock.
+// PatchJobTargets writes a desired or tags batch and its outcomes in one transaction (fleet.JobStore).
+//
+// A desired batch holds no row lock while the worker works (as ApplyReported, docs/architecture.md, "Ingest
+// lanes"): the twins are read without locks, merged in Go, the outcomes decided, and then one round trip,
+// one implicit transaction, locks the devices in id order, writes each where its desired version is still the
+// one read, records the timeline's events and the outcomes — and rolls all of it back, to be read and merged
+// again, if any device was written meanwhile or any target was finished by another attempt. A batch that
+// loses patchJobTries rounds, and a tags batch (whose merge is checked against the metadata scheme in the
+// writing transaction), takes the locks first (patchJobTargetsLocked). The locks held across the worker's
+// round trips were held as long as the worker waited for a core, and a job's batches run exactly when its
+// devices' reported patches, which need the same rows, come in.
 func (r *Registry) PatchJobTargets(ctx context.Context, job string, section twin.Section, targets []fleet.JobTarget, patch []byte,
 	outcomes fleet.JobOutcomesFunc[fleet.PatchResult]) error {
 	var todo []fleet.JobTarget
@@ -217,6 +234,125 @@ func (r *Registry) PatchJobTargets(ctx context.Context, job string, section twin
 	if len(todo) == 0 {
 		return nil
 	}
+	if section == twin.Desired {
+		for range patchJobTries {
+			err := r.patchJobTargetsOnce(ctx, job, todo, patch, outcomes)
+			if !errors.Is(err, errTwinsMoved) {
+				return err
+			}
+		}
+	}
+	return r.patchJobTargetsLocked(ctx, job, section, todo, patch, outcomes)
+}
+
+// patchJobTries bounds the optimistic rounds of a desired batch: only a device written by someone else
+// between the read and the write (an operator's update, another job) needs another.
+const patchJobTries = 3
+
+// errTwinsMoved rolls back an optimistic job batch one of whose devices was written between its read and its
+// write; the batch is read and merged again.
+var errTwinsMoved = errors.New("devices were written meanwhile; merging again")
+
+// The SQLSTATE of fleetflow_require (migration 027) and the messages of patchJobTargetsOnce's checks.
+const (
+	requireFailed         = "FF001"
+	requireTwinsUnmoved   = "job batch: devices written meanwhile"
+	requireTargetsPending = "job batch: targets finished meanwhile"
+)
+
+// patchJobTargetsOnce is one optimistic round of a desired batch (see PatchJobTargets).
+func (r *Registry) patchJobTargetsOnce(ctx context.Context, job string, todo []fleet.JobTarget, patch []byte,
+	outcomes fleet.JobOutcomesFunc[fleet.PatchResult]) error {
+	results := make([]fleet.PatchResult, len(todo))
+	index := make(map[string]int, len(todo))
+	ids := make([]string, len(todo))
+	for i, t := range todo {
+		if _, dup := index[t.DeviceID]; dup {
+			return fmt.Errorf("job %s: patch twins: device %s appears twice in one batch", job, t.DeviceID)
+		}
+		index[t.DeviceID] = i
+		ids[i] = t.DeviceID
+		results[i] = fleet.PatchResult{DeviceID: t.DeviceID, Err: notFound(t.DeviceID)}
+	}
+	rows, err := r.pool.Query(ctx, "SELECT id, status, desired, desired_version, online FROM devices WHERE id = ANY($1) ORDER BY id", ids)
+	if err != nil {
+		return fmt.Errorf("job %s: read devices: %w", job, err)
+	}
+	var wIDs, wDocs []string
+	var wBases []int64
+	var changes []twinChange
+	for rows.Next() {
+		var id, status string
+		var doc []byte
+		var version int64
+		var online bool
+		if err := rows.Scan(&id, &status, &doc, &version, &online); err != nil {
+			rows.Close()
+			return fmt.Errorf("job %s: read devices: %w", job, err)
+		}
+		i := index[id]
+		res := &results[i]
+		res.Online, res.Err = online, nil
+		if status == statusRetired {
+			res.Err = fmt.Errorf("device %s is retired: %w", id, fleet.ErrNotActive)
+			continue
+		}
+		merged, err := twin.Apply(twin.Desired, doc, patch)
+		if err != nil {
+			res.Err = fmt.Errorf("device %s: %w", id, err)
+			continue
+		}
+		// The write happens only where the version is still the one read, so the new version is known.
+		res.Version = version + 1
+		wIDs, wDocs, wBases = append(wIDs, id), append(wDocs, string(merged)), append(wBases, version)
+		changes = append(changes, twinChange{id: id, version: res.Version, patch: patch})
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("job %s: read devices: %w", job, err)
+	}
+	outs, err := outcomes(todo, results)
+	if err != nil {
+		return err
+	}
+	b := &pgx.Batch{}
+	if len(wIDs) > 0 {
+		// Locks in id order first, as every batch writer of devices takes them; the write's snapshot, taken
+		// after them, sees every write that came first.
+		b.Queue(`SELECT 1 FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE`, wIDs)
+		b.Queue(`WITH w AS (
+				UPDATE devices d SET desired = u.doc::jsonb, desired_version = d.desired_version + 1,
+					twin_version = d.twin_version + 1, updated_at = now()
+				FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, doc, base)
+				WHERE d.id = u.id AND d.desired_version = u.base AND d.status <> '`+statusRetired+`'
+				RETURNING 1)
+			SELECT fleetflow_require((SELECT count(*) FROM w) = $4, $5)`, wIDs, wDocs, wBases, int64(len(wIDs)), requireTwinsUnmoved)
+		sql, args := twinChangesQuery(twin.Desired, changes)
+		b.Queue(sql, args...)
+	}
+	if len(outs) > 0 {
+		args := append(jobOutcomesArgs(job, outs), int64(len(outs)), requireTargetsPending)
+		b.Queue(`WITH o AS (`+jobOutcomesSQL+` RETURNING 1) SELECT fleetflow_require((SELECT count(*) FROM o) = $7, $8)`, args...)
+	}
+	err = r.pool.SendBatch(ctx, b).Close()
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pgErr) && pgErr.Code == requireFailed && pgErr.Message == requireTwinsUnmoved:
+		return errTwinsMoved
+	case errors.As(err, &pgErr) && pgErr.Code == requireFailed && pgErr.Message == requireTargetsPending:
+		return fmt.Errorf("job %s: %w", job, errTargetsMoved)
+	default:
+		return fmt.Errorf("job %s: write batch: %w", job, err)
+	}
+}
+
+// patchJobTargetsLocked writes a batch with the devices locked from the read to the commit: the devices
+// first (in patchTwinsTx, id order), then the targets' rows, the order RetireJobTargets and every other
+// writer of both tables use, so batches and decommissions cannot deadlock.
+func (r *Registry) patchJobTargetsLocked(ctx context.Context, job string, section twin.Section, todo []fleet.JobTarget, patch []byte,
+	outcomes fleet.JobOutcomesFunc[fleet.PatchResult]) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		patches := make([]fleet.DevicePatch, len(todo))
 		for i, t := range todo {

@@ -669,3 +669,73 @@ func TestOpenWithMaxConns(t *testing.T) {
 	reg := open(t)
 	require.Equal(t, int32(16), reg.Pool().Config().MaxConns, "the floor without MaxConns")
 }
+
+// A desired job batch holds no row lock while the worker merges: it reads without locks and writes where the
+// version is still the one read. A device written between the read and the write (here by a transaction
+// whose lock the batch's write waits for) rolls the batch back — the twins and the outcomes together — and
+// the batch is merged again on the newer document: neither write is lost, and the job's write is recorded
+// once, with its version.
+func TestJobBatchMergesAgainOnADeviceWrittenMeanwhile(t *testing.T) {
+	ctx := context.Background()
+	reg := open(t)
+	provision(t, reg, "op", "dev-1", "dev-2")
+	_, err := reg.CreateJob(ctx, fleet.NewJob{ID: "job-set-desired-1", Kind: fleet.JobSetDesired,
+		Query: "SELECT * FROM devices", Spec: json.RawMessage(`{"patch":{"mode":"eco"}}`)})
+	require.NoError(t, err)
+	ts, err := reg.JobTargets(ctx, "job-set-desired-1", 0, 1)
+	require.NoError(t, err)
+	require.Len(t, ts, 2)
+	var v0 int64
+	require.NoError(t, reg.Pool().QueryRow(ctx, "SELECT desired_version FROM devices WHERE id = 'dev-1'").Scan(&v0))
+
+	tx, err := reg.Pool().Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `UPDATE devices SET desired = desired || '{"other": 1}', desired_version = desired_version + 1 WHERE id = 'dev-1'`)
+	require.NoError(t, err)
+
+	var calls int
+	var versions []int64
+	done := make(chan error, 1)
+	go func() {
+		done <- reg.PatchJobTargets(ctx, "job-set-desired-1", twin.Desired, ts, []byte(`{"mode":"eco"}`),
+			func(ts []fleet.JobTarget, rs []fleet.PatchResult) ([]fleet.JobOutcome, error) {
+				calls++
+				versions = versions[:0]
+				outs := make([]fleet.JobOutcome, len(ts))
+				for i, r := range rs {
+					if r.Err != nil {
+						return nil, r.Err
+					}
+					versions = append(versions, r.Version)
+					outs[i] = fleet.JobOutcome{Seq: ts[i].Seq, State: fleet.JobRunning}
+				}
+				return outs, nil
+			})
+	}()
+	require.Eventually(t, func() bool {
+		var waiting int
+		require.NoError(t, reg.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted").Scan(&waiting))
+		return waiting > 0
+	}, 30*time.Second, 10*time.Millisecond, "the batch's write waits for dev-1's lock")
+	require.NoError(t, tx.Commit(ctx))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the batch did not finish after the lock was released")
+	}
+
+	assert.Equal(t, 2, calls, "the batch was merged again after dev-1 moved")
+	tw, err := reg.GetTwin(ctx, "dev-1")
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"other": 1, "mode": "eco"}`, string(tw.Properties.Desired.Doc), "neither write is lost")
+	assert.Equal(t, v0+2, tw.Properties.Desired.Version)
+	assert.Contains(t, versions, v0+2, "the outcome's version is the one written")
+	c, err := reg.JobTotals(ctx, "job-set-desired-1")
+	require.NoError(t, err)
+	assert.Equal(t, fleet.JobCounts{Running: 2}, c)
+	evs := kindsOf(deviceEvents(t, reg, "dev-1"))
+	assert.Equal(t, []string{fmt.Sprintf(`desired_changed {"patch": {"mode": "eco"}, "version": %d}`, v0+2)}, evs,
+		"one event, for the write that committed")
+}
