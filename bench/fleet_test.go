@@ -157,14 +157,48 @@ func (f *fleetRig) desiredJob(b *testing.B, ctx context.Context, fleetQuery stri
 	n := f.n
 	value := strconv.Itoa(40 + n%1000)
 	t0 := time.Now()
+	stop := f.trail(b, ctx, t0, value)
 	out := run(b, ctx, f.env, "job", "start", "--query", fleetQuery, "--set-desired", `{"telemetryInterval": `+value+`}`, "--timeout", "5m")
 	desiredWall := time.Since(t0)
+	stop()
 	f.checkJob(b, ctx, jobID(b, out), n)
 	f.checkReported(b, ctx, "reported->>'telemetryInterval' = $1", value, n)
 	fmt.Printf("set_desired job over %d devices (fleetflow job start, CLI end to end, until every ack)\n", n)
 	report(b, "until every device acknowledged in reported (target <= 60 s)", desiredWall.Seconds(), "s-desired")
 	report(b, "  ratio to the raw desired burst", desiredWall.Seconds()/burst.Seconds(), "x-desired-vs-burst")
 	report(b, "  Azure S1 time / this", azure.Seconds()/desiredWall.Seconds(), "x-azure-vs-desired")
+}
+
+// trail prints, every 5 s until stop is called, how many devices the registry shows acknowledged and the
+// simulators' counters, so that a slow job shows whether its acknowledgements trail and why (reconnects,
+// lost connections, failed reports).
+func (f *fleetRig) trail(b *testing.B, ctx context.Context, t0 time.Time, value string) (stop func()) {
+	b.Helper()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			var acked int
+			_ = f.reg.Pool().QueryRow(ctx, "SELECT count(*) FROM devices WHERE tags @> '{\"fleet\":\"sim\"}' AND reported->>'telemetryInterval' = $1", value).Scan(&acked)
+			var acks, failed int
+			for _, sp := range f.sims {
+				st, _ := sp.status()
+				acks, failed = acks+st.acks, failed+st.reportFailed
+			}
+			fmt.Printf("  job +%.0fs: %d acknowledged in the registry; simulators: %d acks sent, %d reports failed; %s\n",
+				time.Since(t0).Seconds(), acked, acks, failed, f.simTotals())
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }
 
 // methodJob runs a method (ping) on every device of the fleet.
