@@ -154,7 +154,7 @@ connections spread over several loopback addresses.`,
 	f.DurationVar(&cfg.ReconnectJitter, "reconnect-jitter", 0, "each device waits a random time below this before a reconnect attempt, so that the devices of a gateway that died do not all reconnect at once (0 = at once)")
 	f.DurationVar(&statusEvery, "status-every", 5*time.Second, "how often to print a status line")
 	f.IntVar(&gcPercent, "gc-percent", defaultSimulatorGCPercent, "the Go collector's GOGC for this process: less memory per device for more collector CPU (GOGC in the environment wins unless this flag is given; -1 turns the collector off)")
-	f.IntVar(&memPerDev, "memory-per-device", defaultSimulatorKiBPerDevice, "the process's soft memory limit, in KiB per simulated device on top of a fixed 64 MiB: the collector and the scavenger keep under it, at no cost while the process is far below it (GOMEMLIMIT in the environment wins unless this flag is given; 0: no limit)")
+	f.IntVar(&memPerDev, "memory-per-device", defaultSimulatorKiBPerDevice, "the process's soft memory limit, in KiB per simulated device on top of a fixed 32 MiB: the collector and the scavenger keep under it, at no cost while the process is far below it (GOMEMLIMIT in the environment wins unless this flag is given; 0: no limit)")
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6062)")
 	_ = f.MarkHidden("pprof")
 	return cmd
@@ -182,11 +182,11 @@ func setSimulatorGC(percent int, flagGiven bool) bool {
 // connected, twice its live heap plus the connect storm's garbage (TLS handshakes) it has not returned;
 // a soft limit makes the runtime return it and collect early only when the process nears its budget. It sits
 // well above what a device holds live, ~50 KiB over TLS, so that the collector is not run back to back.
-const defaultSimulatorKiBPerDevice = 60
+const defaultSimulatorKiBPerDevice = 58
 
 // simulatorFixedMemory is the part of the limit that does not grow with the devices: the binary, the
 // credentials, the runtime.
-const simulatorFixedMemory = 64 << 20
+const simulatorFixedMemory = 32 << 20
 
 // setSimulatorMemoryLimit sets the process's soft memory limit for devices simulated devices of kib KiB each
 // unless GOMEMLIMIT is set in the environment and the flag was not given, and returns the limit set (0: none).
