@@ -177,13 +177,17 @@ func (f *fleetRig) trail(b *testing.B, ctx context.Context, t0 time.Time, value 
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
+	pids, names := f.schedPIDs(-1)
+	start := sampleSched(pids)
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
+		window := start
 		for {
 			select {
 			case <-done:
+				fmt.Printf("  whole job, cpu and run-queue wait, s per s: %s\n", schedReport(start, sampleSched(pids), names))
 				return
 			case <-t.C:
 			}
@@ -194,8 +198,10 @@ func (f *fleetRig) trail(b *testing.B, ctx context.Context, t0 time.Time, value 
 				st, _ := sp.status()
 				acks, failed = acks+st.acks, failed+st.reportFailed
 			}
-			fmt.Printf("  job +%.0fs: %d acknowledged in the registry; simulators: %d acks sent, %d reports failed; %s\n",
-				time.Since(t0).Seconds(), acked, acks, failed, f.simTotals())
+			now := sampleSched(pids)
+			fmt.Printf("  job +%.0fs: %d acknowledged in the registry; simulators: %d acks sent, %d reports failed; %s\n    cpu and run-queue wait, s per s: %s\n",
+				time.Since(t0).Seconds(), acked, acks, failed, f.simTotals(), schedReport(window, now, names))
+			window = now
 		}
 	}()
 	return func() { close(done); wg.Wait() }
