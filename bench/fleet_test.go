@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	enumspb "go.temporal.io/api/enums/v1"
 
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/creds"
@@ -161,6 +162,7 @@ func (f *fleetRig) desiredJob(b *testing.B, ctx context.Context, fleetQuery stri
 	out := run(b, ctx, f.env, "job", "start", "--query", fleetQuery, "--set-desired", `{"telemetryInterval": `+value+`}`, "--timeout", "5m")
 	desiredWall := time.Since(t0)
 	stop()
+	f.retriedActivities(ctx, jobID(b, out), t0)
 	f.checkJob(b, ctx, jobID(b, out), n)
 	f.checkReported(b, ctx, "reported->>'telemetryInterval' = $1", value, n)
 	fmt.Printf("set_desired job over %d devices (fleetflow job start, CLI end to end, until every ack)\n", n)
@@ -205,6 +207,36 @@ func (f *fleetRig) trail(b *testing.B, ctx context.Context, t0 time.Time, value 
 		}
 	}()
 	return func() { close(done); wg.Wait() }
+}
+
+// retriedActivities prints the activities of a job's workflow that needed more than one attempt, with the
+// previous attempt's failure, when it was scheduled and when its last attempt started (seconds after t0): a
+// failed batch's devices wait for its retry, and the throwaway Temporal server's history goes with the run.
+func (f *fleetRig) retriedActivities(ctx context.Context, id string, t0 time.Time) {
+	type act struct {
+		kind      string
+		scheduled time.Time
+	}
+	acts := map[int64]*act{}
+	it := f.tc.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	at := func(t time.Time) float64 { return t.Sub(t0).Seconds() }
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			fmt.Printf("  job history: %v\n", err)
+			return
+		}
+		switch {
+		case ev.GetActivityTaskScheduledEventAttributes() != nil:
+			acts[ev.GetEventId()] = &act{kind: ev.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName(), scheduled: ev.GetEventTime().AsTime()}
+		case ev.GetActivityTaskStartedEventAttributes() != nil:
+			a := ev.GetActivityTaskStartedEventAttributes()
+			if s, ok := acts[a.GetScheduledEventId()]; ok && a.GetAttempt() > 1 {
+				fmt.Printf("  job activity %s (event %d) attempt %d: scheduled +%.1fs, last attempt started +%.1fs; previous attempt: %s\n",
+					s.kind, a.GetScheduledEventId(), a.GetAttempt(), at(s.scheduled), at(ev.GetEventTime().AsTime()), a.GetLastFailure().GetMessage())
+			}
+		}
+	}
 }
 
 // methodJob runs a method (ping) on every device of the fleet.
