@@ -21,10 +21,11 @@ import (
 // The device also sends its own PINGREQs (docs/architecture.md, "The simulator over TLS: memory per
 // device"): paho runs a keep-alive goroutine per connection that wakes every 5 s, and a simulator holds
 // tens of thousands of connections, so that goroutine's stack (4 KiB once it has written through
-// crypto/tls), its record and its ticker were ~5 KiB of a simulated device's 64, and its wake-ups 20,000 a
+// crypto/tls), its record and its ticker were 3–5 KiB of a simulated device's 64, and its wake-ups 20,000 a
 // second at 100,000 devices. paho is given no keep-alive (so it starts no such goroutine), the CONNECT it
 // writes gets the device's keep-alive on its way out (the server must know it to drop a silent device),
-// and a timer on the connection writes a PINGREQ every keep-alive, which the rule below then watches.
+// and a timer on the connection writes a PINGREQ when a keep-alive went by without a packet written or
+// without one read (paho's rule), which the rule below then watches.
 
 // ErrKeepAlive is the error of a connection the keep-alive rule ended: a ping went unanswered and nothing
 // else came from the gateway within the ping timeout. Its text keeps paho's words ("pingresp not
@@ -83,6 +84,9 @@ type liveConn struct {
 
 	read atomic.Uint64 // bytes returned to paho
 	dead atomic.Bool   // the rule ended the connection
+	// lastRead and lastWrite are when something was last read from or written to the connection (Unix
+	// nanoseconds): a PINGREQ is due only after a keep-alive without either, as paho decides.
+	lastRead, lastWrite atomic.Int64
 
 	mu          sync.Mutex
 	stream      mqttStream
@@ -104,6 +108,7 @@ func newLiveConn(c net.Conn, timeout, keepAlive time.Duration) *liveConn {
 
 // Write notes a PINGREQ and starts its ping timeout, and gives a CONNECT the device's keep-alive.
 func (c *liveConn) Write(p []byte) (int, error) {
+	c.lastWrite.Store(time.Now().UnixNano())
 	if len(p) == 2 && p[0]>>4 == typePingreq && p[1] == 0 {
 		c.pinged()
 	}
@@ -151,9 +156,12 @@ func (c *liveConn) startPings() {
 	}
 }
 
-// ping writes a PINGREQ unless one is outstanding, as paho would: a connection answering nothing is the
-// rule's to drop. A PINGREQ outstanding longer than pingBackstop, while other packets kept coming, drops
-// the connection (the backstop paho's keep-alive held).
+// ping writes a PINGREQ when a keep-alive went by with nothing written or nothing read, and none is
+// outstanding, as paho would (a connection answering nothing is the rule's to drop); otherwise it looks
+// again when that keep-alive would end. A device busy both ways sends no PINGREQ: a fleet connected
+// together would otherwise ping together, every keep-alive, whatever else it sends. A PINGREQ outstanding
+// longer than pingBackstop, while other packets kept coming, drops the connection (the backstop paho's
+// keep-alive held).
 func (c *liveConn) ping() {
 	c.mu.Lock()
 	if c.closed {
@@ -162,12 +170,16 @@ func (c *liveConn) ping() {
 	}
 	outstanding, since := c.outstanding, c.pingedAt
 	c.mu.Unlock()
-	if outstanding {
+	next := c.keepAlive
+	switch due := time.Unix(0, min(c.lastRead.Load(), c.lastWrite.Load())).Add(c.keepAlive); {
+	case outstanding:
 		if time.Since(since) >= pingBackstop(c.timeout) {
 			c.drop()
 			return
 		}
-	} else {
+	case time.Until(due) > 0:
+		next = time.Until(due)
+	default:
 		// paho's writes set their own deadline, which may be long past; a PINGREQ gets one keep-alive.
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.keepAlive))
 		if _, err := c.Write(pingreq); err != nil {
@@ -176,7 +188,7 @@ func (c *liveConn) ping() {
 	}
 	c.mu.Lock()
 	if !c.closed {
-		c.pinger.Reset(c.keepAlive)
+		c.pinger.Reset(next)
 	}
 	c.mu.Unlock()
 }
@@ -204,6 +216,7 @@ func (c *liveConn) drop() {
 func (c *liveConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
 		c.read.Add(uint64(n))
 		c.mu.Lock()
 		if c.stream.feed(p[:n]) > 0 {

@@ -197,8 +197,9 @@ func TestConnectGetsTheDevicesKeepAlive(t *testing.T) {
 	}
 }
 
-// Once the CONNECT is written the connection sends PINGREQs itself; a PINGREQ outstanding past the backstop
-// while other packets came drops the connection; pings stop with the connection.
+// Once the CONNECT is written the connection sends PINGREQs itself, unless it both wrote and read within the
+// keep-alive; a PINGREQ outstanding past the backstop while other packets came drops the connection; pings
+// stop with the connection.
 func TestLiveConnSendsItsOwnPings(t *testing.T) {
 	device, gateway := net.Pipe()
 	defer gateway.Close()
@@ -225,6 +226,20 @@ func TestLiveConnSendsItsOwnPings(t *testing.T) {
 	if !outstanding {
 		t.Fatal("a PINGREQ written, but none outstanding")
 	}
+	// Traffic both ways within the keep-alive: no PINGREQ is due (none is written: the pipe has no reader).
+	quiet := newLiveConn(device, time.Hour, time.Hour)
+	quiet.lastRead.Store(time.Now().UnixNano())
+	quiet.lastWrite.Store(time.Now().UnixNano())
+	quiet.pinger = time.AfterFunc(time.Hour, func() {})
+	quiet.ping()
+	quiet.mu.Lock()
+	pinged := quiet.outstanding
+	quiet.mu.Unlock()
+	quiet.pinger.Stop()
+	if pinged {
+		t.Fatal("traffic both ways within the keep-alive, yet a PINGREQ was written")
+	}
+
 	lc.mu.Lock()
 	lc.pingedAt = time.Now().Add(-pingBackstop(lc.timeout))
 	lc.mu.Unlock()
