@@ -99,7 +99,7 @@ type liveConn struct {
 }
 
 // newLiveConn watches c with the ping timeout timeout and, if keepAlive > 0, writes the keep-alive into the
-// CONNECT and a PINGREQ every keepAlive after it.
+// CONNECT and, after it, a PINGREQ whenever one is due (ping).
 func newLiveConn(c net.Conn, timeout, keepAlive time.Duration) *liveConn {
 	lc := &liveConn{Conn: c, timeout: timeout, keepAlive: keepAlive}
 	lc.waiting = func() bool { return socketWaiting(lc.Conn) }
