@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	enumspb "go.temporal.io/api/enums/v1"
 
 	"github.com/fleetflow/fleetflow/internal/config"
 	"github.com/fleetflow/fleetflow/internal/creds"
@@ -65,6 +66,10 @@ var (
 	// fleetGatewayEnv is extra environment for the gateway processes (space-separated NAME=value, e.g.
 	// "GOGC=200"), for experiments with the runtime's settings.
 	fleetGatewayEnv = os.Getenv("FLEETFLOW_BENCH_FLEET_GATEWAY_ENV")
+	// fleetSimMemory is the simulators' memory budget in KiB per device (simulate --memory-per-device; 0: the
+	// simulator's default, none): at 100,000 devices over TLS, 58 keeps them under their 64 KiB target at the
+	// cost of more frequent collections (docs/benchmarks.md, "The simulator over TLS", second pass).
+	fleetSimMemory = config.EnvInt("FLEETFLOW_BENCH_FLEET_SIM_MEMORY", 0)
 	// fleetLogs keeps the processes' logs (and the credentials files) in a directory that outlives the run.
 	fleetLogs = os.Getenv("FLEETFLOW_BENCH_FLEET_LOGS")
 )
@@ -158,14 +163,85 @@ func (f *fleetRig) desiredJob(b *testing.B, ctx context.Context, fleetQuery stri
 	n := f.n
 	value := strconv.Itoa(40 + n%1000)
 	t0 := time.Now()
+	stop := f.trail(b, ctx, t0, value)
 	out := run(b, ctx, f.env, "job", "start", "--query", fleetQuery, "--set-desired", `{"telemetryInterval": `+value+`}`, "--timeout", "5m")
 	desiredWall := time.Since(t0)
+	stop()
+	f.retriedActivities(ctx, jobID(b, out), t0)
 	f.checkJob(b, ctx, jobID(b, out), n)
 	f.checkReported(b, ctx, "reported->>'telemetryInterval' = $1", value, n)
 	fmt.Printf("set_desired job over %d devices (fleetflow job start, CLI end to end, until every ack)\n", n)
 	report(b, "until every device acknowledged in reported (target <= 60 s)", desiredWall.Seconds(), "s-desired")
 	report(b, "  ratio to the raw desired burst", desiredWall.Seconds()/burst.Seconds(), "x-desired-vs-burst")
 	report(b, "  Azure S1 time / this", azure.Seconds()/desiredWall.Seconds(), "x-azure-vs-desired")
+}
+
+// trail prints, every 5 s until stop is called, how many devices the registry shows acknowledged and the
+// simulators' counters, so that a slow job shows whether its acknowledgements trail and why (reconnects,
+// lost connections, failed reports).
+func (f *fleetRig) trail(b *testing.B, ctx context.Context, t0 time.Time, value string) (stop func()) {
+	b.Helper()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	pids, names := f.schedPIDs(-1)
+	start := sampleSched(pids)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		window := start
+		for {
+			select {
+			case <-done:
+				fmt.Printf("  whole job, cpu and run-queue wait, s per s: %s\n", schedReport(start, sampleSched(pids), names))
+				return
+			case <-t.C:
+			}
+			var acked int
+			_ = f.reg.Pool().QueryRow(ctx, "SELECT count(*) FROM devices WHERE tags @> '{\"fleet\":\"sim\"}' AND reported->>'telemetryInterval' = $1", value).Scan(&acked)
+			var acks, failed int
+			for _, sp := range f.sims {
+				st, _ := sp.status()
+				acks, failed = acks+st.acks, failed+st.reportFailed
+			}
+			now := sampleSched(pids)
+			fmt.Printf("  job +%.0fs: %d acknowledged in the registry; simulators: %d acks sent, %d reports failed; %s\n    cpu and run-queue wait, s per s: %s\n",
+				time.Since(t0).Seconds(), acked, acks, failed, f.simTotals(), schedReport(window, now, names))
+			window = now
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// retriedActivities prints the activities of a job's workflow that needed more than one attempt, with the
+// previous attempt's failure, when it was scheduled and when its last attempt started (seconds after t0): a
+// failed batch's devices wait for its retry, and the throwaway Temporal server's history goes with the run.
+func (f *fleetRig) retriedActivities(ctx context.Context, id string, t0 time.Time) {
+	type act struct {
+		kind      string
+		scheduled time.Time
+	}
+	acts := map[int64]*act{}
+	it := f.tc.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	at := func(t time.Time) float64 { return t.Sub(t0).Seconds() }
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			fmt.Printf("  job history: %v\n", err)
+			return
+		}
+		switch {
+		case ev.GetActivityTaskScheduledEventAttributes() != nil:
+			acts[ev.GetEventId()] = &act{kind: ev.GetActivityTaskScheduledEventAttributes().GetActivityType().GetName(), scheduled: ev.GetEventTime().AsTime()}
+		case ev.GetActivityTaskStartedEventAttributes() != nil:
+			a := ev.GetActivityTaskStartedEventAttributes()
+			if s, ok := acts[a.GetScheduledEventId()]; ok && a.GetAttempt() > 1 {
+				fmt.Printf("  job activity %s (event %d) attempt %d: scheduled +%.1fs, last attempt started +%.1fs; previous attempt: %s\n",
+					s.kind, a.GetScheduledEventId(), a.GetAttempt(), at(s.scheduled), at(ev.GetEventTime().AsTime()), a.GetLastFailure().GetMessage())
+			}
+		}
+	}
 }
 
 // methodJob runs a method (ping) on every device of the fleet.
@@ -430,6 +506,9 @@ func (f *fleetRig) connect(b *testing.B, ctx context.Context) {
 			"--ping-timeout", fleetPingTimeout)
 		if j == 0 && fleetSimPprof != "" {
 			cmd.Args = append(cmd.Args, "--pprof", fleetSimPprof)
+		}
+		if fleetSimMemory > 0 {
+			cmd.Args = append(cmd.Args, "--memory-per-device", strconv.Itoa(fleetSimMemory))
 		}
 		cmd.Env = append(os.Environ(), f.env...)
 		cmd.Stderr = logf

@@ -28,6 +28,7 @@ func newSimulateCmd(g *globals) *cobra.Command {
 		brokers     []string
 		pprofAddr   string
 		gcPercent   int
+		memPerDev   int
 	)
 	cmd := &cobra.Command{
 		Use:   "simulate (--creds FILE | --enroll-key-file F --enroll-ids P --devices N)",
@@ -104,6 +105,7 @@ connections spread over several loopback addresses.`,
 			if cfg.Devices > 0 && cfg.Devices < n {
 				n = cfg.Devices
 			}
+			setSimulatorMemoryLimit(n, memPerDev, cmd.Flags().Changed("memory-per-device"))
 			fmt.Fprintf(out, "simulating %d devices against %s (Ctrl-C to stop)\n", n, strings.Join(cfg.BrokerURLs, ", "))
 
 			ctx := cmd.Context()
@@ -152,6 +154,7 @@ connections spread over several loopback addresses.`,
 	f.DurationVar(&cfg.ReconnectJitter, "reconnect-jitter", 0, "each device waits a random time below this before a reconnect attempt, so that the devices of a gateway that died do not all reconnect at once (0 = at once)")
 	f.DurationVar(&statusEvery, "status-every", 5*time.Second, "how often to print a status line")
 	f.IntVar(&gcPercent, "gc-percent", defaultSimulatorGCPercent, "the Go collector's GOGC for this process: less memory per device for more collector CPU (GOGC in the environment wins unless this flag is given; -1 turns the collector off)")
+	f.IntVar(&memPerDev, "memory-per-device", defaultSimulatorKiBPerDevice, "a soft memory limit for the process, in KiB per simulated device on top of a fixed 32 MiB (0: none): the collector and the scavenger keep under it, collecting more often near it (58 keeps a simulator of 14,000 devices over TLS under 64 KiB per device; GOMEMLIMIT in the environment wins unless this flag is given)")
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiler on this address (e.g. 127.0.0.1:6062)")
 	_ = f.MarkHidden("pprof")
 	return cmd
@@ -172,6 +175,31 @@ func setSimulatorGC(percent int, flagGiven bool) bool {
 	}
 	debug.SetGCPercent(percent)
 	return true
+}
+
+// defaultSimulatorKiBPerDevice is the simulator's memory budget per device by default: none (docs/architecture.md,
+// "The simulator over TLS: memory per device"). At Go's GOGC 100 a simulator keeps, once its devices are
+// connected, up to twice its live heap plus the connect storm's garbage (TLS handshakes) it has not returned;
+// a budget makes the runtime return it and collect earlier near the budget, which costs CPU whenever the
+// budget is below what the process would keep: 58 KiB over TLS at 14,286 devices per process (the
+// 100,000-device benchmark's layout) keeps a simulator under 64 KiB per device, and the same budget made
+// the single-gateway benchmark's method job (10,000 plaintext devices in one process) 13–20% slower
+// (docs/benchmarks.md, "The simulator over TLS", second pass). A run that needs the memory says so.
+const defaultSimulatorKiBPerDevice = 0
+
+// simulatorFixedMemory is the part of the limit that does not grow with the devices: the binary, the
+// credentials, the runtime.
+const simulatorFixedMemory = 32 << 20
+
+// setSimulatorMemoryLimit sets the process's soft memory limit for devices simulated devices of kib KiB each
+// unless GOMEMLIMIT is set in the environment and the flag was not given, and returns the limit set (0: none).
+func setSimulatorMemoryLimit(devices, kib int, flagGiven bool) int64 {
+	if kib <= 0 || (os.Getenv("GOMEMLIMIT") != "" && !flagGiven) {
+		return 0
+	}
+	limit := simulatorFixedMemory + int64(devices)*int64(kib)<<10
+	debug.SetMemoryLimit(limit)
+	return limit
 }
 
 // brokerList splits comma-separated URLs and drops empty entries and repeats.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
@@ -45,4 +46,26 @@ func TestSimulatorGCPercent(t *testing.T) {
 	require.Equal(t, 100, debug.SetGCPercent(100))
 	require.True(t, setSimulatorGC(30, true), "the flag wins over GOGC")
 	require.Equal(t, 30, debug.SetGCPercent(100))
+}
+
+// The simulator limits its memory to --memory-per-device KiB per device plus its fixed part (by default
+// none), unless GOMEMLIMIT says otherwise and the flag is not given; 0 sets no limit.
+func TestSimulatorMemoryLimit(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
+	root := newRoot()
+	cmd, _, err := root.Find([]string{"simulate"})
+	require.NoError(t, err)
+	require.Equal(t, "0", cmd.Flags().Lookup("memory-per-device").DefValue, "no budget unless asked for")
+	require.Zero(t, setSimulatorMemoryLimit(10_000, defaultSimulatorKiBPerDevice, false))
+
+	t.Setenv("GOMEMLIMIT", "")
+	want := int64(simulatorFixedMemory + 10_000*60*1024)
+	require.Equal(t, want, setSimulatorMemoryLimit(10_000, 60, false))
+	require.Equal(t, want, debug.SetMemoryLimit(-1), "the runtime's limit")
+	debug.SetMemoryLimit(math.MaxInt64)
+	require.Zero(t, setSimulatorMemoryLimit(10_000, 0, true), "0: no limit")
+	require.Equal(t, int64(math.MaxInt64), debug.SetMemoryLimit(-1))
+	t.Setenv("GOMEMLIMIT", "2GiB")
+	require.Zero(t, setSimulatorMemoryLimit(10_000, 60, false), "GOMEMLIMIT in the environment wins when the flag is not given")
+	require.Equal(t, want, setSimulatorMemoryLimit(10_000, 60, true), "the flag wins over GOMEMLIMIT")
 }

@@ -173,8 +173,8 @@ func (d *Device) openConnection(uri *url.URL, o paho.ClientOptions) (net.Conn, e
 	if err != nil {
 		return nil, err
 	}
-	// The PINGRESP deadline is the device's, not paho's (keepalive.go).
-	conn = newLiveConn(conn, d.cfg.PingTimeout)
+	// The PINGREQs and the PINGRESP deadline are the device's, not paho's (keepalive.go).
+	conn = newLiveConn(conn, d.cfg.PingTimeout, d.cfg.KeepAlive)
 	d.creds.mu.Lock()
 	d.creds.conn = conn
 	d.creds.mu.Unlock()

@@ -1,11 +1,15 @@
 package device
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // The rule: a connection is lost only when a ping is outstanding and a whole ping timeout went by with
@@ -148,5 +152,108 @@ func TestSocketWaitingSeesUnreadBytes(t *testing.T) {
 	}
 	if socketWaiting(client) {
 		t.Fatal("every byte read, yet bytes are waiting")
+	}
+}
+
+// The CONNECT paho writes (with no keep-alive: paho runs none) leaves with the device's keep-alive, whatever
+// the length of its remaining-length field, and every other byte unchanged.
+func TestConnectGetsTheDevicesKeepAlive(t *testing.T) {
+	for _, password := range []string{"s", strings.Repeat("p", 300)} {
+		cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+		cp.ProtocolName, cp.ProtocolVersion = "MQTT", 4
+		cp.ClientIdentifier, cp.Username, cp.UsernameFlag = "dev-1", "dev-1", true
+		cp.Password, cp.PasswordFlag = []byte(password), true
+		var buf bytes.Buffer
+		if err := cp.Write(&buf); err != nil {
+			t.Fatal(err)
+		}
+		out, ok := withKeepAlive(buf.Bytes(), 90*time.Second)
+		if !ok {
+			t.Fatalf("password of %d bytes: not recognised as a CONNECT", len(password))
+		}
+		got, err := packets.ReadPacket(bytes.NewReader(out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := got.(*packets.ConnectPacket)
+		if c.Keepalive != 90 || c.ClientIdentifier != "dev-1" || string(c.Password) != password {
+			t.Fatalf("password of %d bytes: keep-alive %d (want 90), client %q, password of %d bytes", len(password), c.Keepalive, c.ClientIdentifier, len(c.Password))
+		}
+		if diff := 0; len(out) == buf.Len() {
+			for i := range out {
+				if out[i] != buf.Bytes()[i] {
+					diff++
+				}
+			}
+			if diff != 1 { // 90 fits the keep-alive's low byte
+				t.Fatalf("password of %d bytes: %d bytes changed, want 1", len(password), diff)
+			}
+		} else {
+			t.Fatalf("length changed: %d, was %d", len(out), buf.Len())
+		}
+	}
+	if _, ok := withKeepAlive([]byte{0x10, 0x02, 0x00}, time.Minute); ok {
+		t.Fatal("a truncated CONNECT was patched")
+	}
+}
+
+// Once the CONNECT is written the connection sends PINGREQs itself, unless it both wrote and read within the
+// keep-alive; a PINGREQ outstanding past the backstop while other packets came drops the connection; pings
+// stop with the connection.
+func TestLiveConnSendsItsOwnPings(t *testing.T) {
+	device, gateway := net.Pipe()
+	defer gateway.Close()
+	lc := newLiveConn(device, time.Hour, 20*time.Millisecond)
+	lc.waiting = func() bool { return false }
+	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier = "MQTT", 4, "dev-1"
+	go func() { _ = cp.Write(lc) }()
+	_ = gateway.SetReadDeadline(time.Now().Add(30 * time.Second))
+	got, err := packets.ReadPacket(gateway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ka := got.(*packets.ConnectPacket).Keepalive; ka != 1 {
+		t.Fatalf("CONNECT keep-alive %d, want 1 (20 ms rounds up to a second)", ka)
+	}
+	ping := make([]byte, 2)
+	if _, err := io.ReadFull(gateway, ping); err != nil || ping[0] != 0xc0 || ping[1] != 0 {
+		t.Fatalf("after the CONNECT: % x, %v; want a PINGREQ", ping, err)
+	}
+	lc.mu.Lock()
+	outstanding := lc.outstanding
+	lc.mu.Unlock()
+	if !outstanding {
+		t.Fatal("a PINGREQ written, but none outstanding")
+	}
+	// Traffic both ways within the keep-alive: no PINGREQ is due (none is written: the pipe has no reader).
+	quiet := newLiveConn(device, time.Hour, time.Hour)
+	quiet.lastRead.Store(time.Now().UnixNano())
+	quiet.lastWrite.Store(time.Now().UnixNano())
+	quiet.pinger = time.AfterFunc(time.Hour, func() {})
+	quiet.ping()
+	quiet.mu.Lock()
+	pinged := quiet.outstanding
+	quiet.mu.Unlock()
+	quiet.pinger.Stop()
+	if pinged {
+		t.Fatal("traffic both ways within the keep-alive, yet a PINGREQ was written")
+	}
+
+	lc.mu.Lock()
+	lc.pingedAt = time.Now().Add(-pingBackstop(lc.timeout))
+	lc.mu.Unlock()
+	lc.ping()
+	if !lc.dead.Load() {
+		t.Fatal("a PINGREQ outstanding past the backstop, but the connection kept")
+	}
+	if err := lc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lc.mu.Lock()
+	closed := lc.closed
+	lc.mu.Unlock()
+	if !closed {
+		t.Fatal("closed, but the pings go on")
 	}
 }

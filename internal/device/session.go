@@ -55,10 +55,9 @@ func (d *Device) connect(ctx context.Context) error {
 		// The wait between reconnect attempts is the device's (reconnectWait): paho's own backoff is the
 		// same for every device (1 s, 2 s, 4 s…), which brings a crowd of refused devices back in waves.
 		SetMaxReconnectInterval(time.Millisecond).
-		SetKeepAlive(d.cfg.KeepAlive).
-		// The device's keep-alive rule applies PingTimeout on the connection (keepalive.go); paho's own
-		// deadline is only a backstop.
-		SetPingTimeout(pingBackstop(d.cfg.PingTimeout)).
+		// The keep-alive is the connection's (keepalive.go): its PINGREQs, the PingTimeout rule, and the
+		// value in the CONNECT. paho's would be one more goroutine per connection.
+		SetKeepAlive(0).
 		SetConnectTimeout(d.cfg.ConnectTimeout).
 		SetWriteTimeout(10*time.Second).
 		// Handlers never block (they hand work to the device's queue), so paho may keep its ordered
