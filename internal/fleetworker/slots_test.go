@@ -9,6 +9,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/fleetflow/fleetflow/internal/fleetworker"
+	"github.com/fleetflow/fleetflow/workflows"
 )
 
 // The activity slots never exceed the registry pool, and default to it less a quarter of headroom.
@@ -61,6 +62,9 @@ func TestWorkerOptions(t *testing.T) {
 	require.Equal(t, 12, wo.MaxConcurrentActivityExecutionSize)
 	require.Equal(t, 16, wo.MaxConcurrentWorkflowTaskExecutionSize)
 	require.Equal(t, fleetworker.DefaultStopTimeout, wo.WorkerStopTimeout)
+	// A batch's heartbeat must reach the server well inside its timeout, not at 80 % of it (the SDK's default).
+	require.Equal(t, fleetworker.HeartbeatThrottle, wo.MaxHeartbeatThrottleInterval)
+	require.LessOrEqual(t, 4*wo.MaxHeartbeatThrottleInterval, workflows.DefaultHeartbeatTimeout)
 
 	wo, err = fleetworker.Options{PoolSize: 16, MaxActivities: 8, StopTimeout: 2 * time.Minute}.WorkerOptions()
 	require.NoError(t, err)
