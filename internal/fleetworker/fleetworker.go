@@ -23,10 +23,10 @@ const DefaultStopTimeout = 30 * time.Second
 
 // HeartbeatThrottle is the longest the SDK holds an activity's heartbeat before sending it to the server. Its
 // own default is 80 % of the activity's heartbeat timeout: with the 20 s of a job's batches a heartbeat left
-// every 16 s, and a send delayed 4 s on a saturated machine (a starved worker or server) timed the batch
-// out and restarted it, holding back its devices (seen in the 100,000-device job over TLS: two batches of
-// 1,000 restarted at +62 and +67 s). Every 5 s leaves three quarters of the timeout as margin, for one small
-// request per running activity every 5 s.
+// every 16 s, so a send delayed 4 s on a saturated machine (a starved worker or server) would time a live
+// batch out and restart it, holding back its devices. Every 5 s leaves three quarters of the timeout as
+// margin, for one small request per running activity every 5 s. (It did not remove the heartbeat timeouts
+// of the 100,000-device job over TLS, whose first attempts never heartbeated at all: docs/benchmarks.md.)
 const HeartbeatThrottle = 5 * time.Second
 
 // Options size a worker and bound its shutdown (docs/architecture.md, "Workers").
