@@ -107,14 +107,6 @@ func (o Options) WorkerOptions() (worker.Options, error) {
 		WorkerStopTimeout:                      stop,
 		OnFatalError:                           o.OnFatalError,
 		MaxHeartbeatThrottleInterval:           HeartbeatThrottle,
-		// No eager activities: with them the server starts the activities a workflow task schedules and
-		// hands them back in its answer to RespondWorkflowTaskCompleted. An answer that does not reach the
-		// worker in time (the RPC timed out on a saturated machine; the SDK logs that only at debug level)
-		// leaves them started on the server with nobody running them until their heartbeat timeout — our
-		// reading of job batches whose first attempt never heartbeated (docs/benchmarks.md, "After the merge:
-		// the heartbeat throttle"), each holding 1,000 devices back 20 s. Through the task queue an activity
-		// costs one more hop and is started only by the worker that takes it.
-		DisableEagerActivities: true,
 	}
 	if o.Deployment != "" || o.BuildID != "" {
 		if o.Deployment == "" || o.BuildID == "" {

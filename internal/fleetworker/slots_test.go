@@ -65,7 +65,6 @@ func TestWorkerOptions(t *testing.T) {
 	// A batch's heartbeat must reach the server well inside its timeout, not at 80 % of it (the SDK's default).
 	require.Equal(t, fleetworker.HeartbeatThrottle, wo.MaxHeartbeatThrottleInterval)
 	require.LessOrEqual(t, 4*wo.MaxHeartbeatThrottleInterval, workflows.DefaultHeartbeatTimeout)
-	require.True(t, wo.DisableEagerActivities, "an activity is started only by the worker that takes it from the queue")
 
 	wo, err = fleetworker.Options{PoolSize: 16, MaxActivities: 8, StopTimeout: 2 * time.Minute}.WorkerOptions()
 	require.NoError(t, err)
