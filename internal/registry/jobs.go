@@ -290,16 +290,9 @@ func (r *Registry) patchJobTargetsOnce(ctx context.Context, job string, todo []f
 			rows.Close()
 			return fmt.Errorf("job %s: read devices: %w", job, err)
 		}
-		i := index[id]
-		res := &results[i]
-		res.Online, res.Err = online, nil
-		if status == statusRetired {
-			res.Err = fmt.Errorf("device %s is retired: %w", id, fleet.ErrNotActive)
-			continue
-		}
-		merged, err := twin.Apply(twin.Desired, doc, patch)
-		if err != nil {
-			res.Err = fmt.Errorf("device %s: %w", id, err)
+		res := &results[index[id]]
+		merged, ok := mergeDevicePatch(twin.Desired, id, status, online, doc, patch, res)
+		if !ok {
 			continue
 		}
 		// The write happens only where the version is still the one read, so the new version is known.

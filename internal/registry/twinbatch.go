@@ -77,14 +77,8 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 			}
 			i := index[id]
 			res := &results[i]
-			res.Online, res.Err = online, nil
-			if status == statusRetired {
-				res.Err = fmt.Errorf("device %s is retired: %w", id, fleet.ErrNotActive)
-				continue
-			}
-			merged, err := twin.Apply(section, doc, patches[i].Patch)
-			if err != nil {
-				res.Err = fmt.Errorf("device %s: %w", id, err)
+			merged, ok := mergeDevicePatch(section, id, status, online, doc, patches[i].Patch, res)
+			if !ok {
 				continue
 			}
 			if err := checkTags(sch, id, merged); err != nil {
@@ -129,4 +123,21 @@ func patchTwinsTx(ctx context.Context, tx pgx.Tx, section twin.Section, patches 
 		return nil, err
 	}
 	return results, nil
+}
+
+// mergeDevicePatch merges patch into a device's section doc as read (with its status and whether it is
+// online), for the batch writers of tags and desired properties: res records the device's online state and,
+// when the device is refused — retired, or the merge breaks a limit or is not JSON — why; ok is false then.
+func mergeDevicePatch(section twin.Section, id, status string, online bool, doc, patch []byte, res *fleet.PatchResult) (merged []byte, ok bool) {
+	res.Online, res.Err = online, nil
+	if status == statusRetired {
+		res.Err = fmt.Errorf("device %s is retired: %w", id, fleet.ErrNotActive)
+		return nil, false
+	}
+	merged, err := twin.Apply(section, doc, patch)
+	if err != nil {
+		res.Err = fmt.Errorf("device %s: %w", id, err)
+		return nil, false
+	}
+	return merged, true
 }
