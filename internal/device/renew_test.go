@@ -16,7 +16,6 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/device"
 	"github.com/fleetflow/fleetflow/internal/fleet"
-	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 	"github.com/fleetflow/fleetflow/internal/pki"
 	"github.com/fleetflow/fleetflow/internal/protocol"
@@ -28,15 +27,8 @@ import (
 // or one the device cannot store, is refused and changes nothing.
 func TestRenewCertificate(t *testing.T) {
 	now := time.Now()
-	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
-	require.NoError(t, err)
-	caDir := filepath.Join(t.TempDir(), "ca")
-	ca, err := pki.InitDeviceCA(caDir, "", now, 0)
-	require.NoError(t, err)
-	store := gatewaytest.New()
-	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
-		TLSKeyFile: server.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
-	require.Eventually(t, store.Listening, 10*time.Second, time.Millisecond)
+	x := gatewaytest.StartX509(t, now)
+	g, store, server, ca := x.Gateway, x.Store, x.Server, x.CA
 	dc, err := ca.IssueDevice("dev-c", now, time.Hour)
 	require.NoError(t, err)
 	pair, err := tls.X509KeyPair(dc.CertPEM, dc.KeyPEM)
@@ -125,15 +117,8 @@ func TestRenewCertificate(t *testing.T) {
 // once installed, the key is no longer pending either, and the file holds it only as the new slot's key.
 func TestRenewCertificateAcrossRestart(t *testing.T) {
 	now := time.Now()
-	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
-	require.NoError(t, err)
-	caDir := filepath.Join(t.TempDir(), "ca")
-	ca, err := pki.InitDeviceCA(caDir, "", now, 0)
-	require.NoError(t, err)
-	store := gatewaytest.New()
-	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
-		TLSKeyFile: server.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
-	require.Eventually(t, store.Listening, 10*time.Second, time.Millisecond)
+	x := gatewaytest.StartX509(t, now)
+	g, store, server, ca := x.Gateway, x.Store, x.Server, x.CA
 	dc, err := ca.IssueDevice("dev-r", now, time.Hour)
 	require.NoError(t, err)
 	pair, err := tls.X509KeyPair(dc.CertPEM, dc.KeyPEM)

@@ -3,7 +3,6 @@ package device_test
 import (
 	"crypto/tls"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 
 	"github.com/fleetflow/fleetflow/internal/device"
 	"github.com/fleetflow/fleetflow/internal/fleet"
-	"github.com/fleetflow/fleetflow/internal/gateway"
 	"github.com/fleetflow/fleetflow/internal/gateway/gatewaytest"
 	"github.com/fleetflow/fleetflow/internal/pki"
 )
@@ -22,15 +20,8 @@ import (
 // TLSClient whose roots do not hold the gateway's CA is refused in the handshake, before any CONNECT.
 func TestSharedTLSClientPresentsEachDevicesCertificate(t *testing.T) {
 	now := time.Now()
-	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
-	require.NoError(t, err)
-	caDir := filepath.Join(t.TempDir(), "ca")
-	ca, err := pki.InitDeviceCA(caDir, "", now, 0)
-	require.NoError(t, err)
-	store := gatewaytest.New()
-	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
-		TLSKeyFile: server.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
-	require.Eventually(t, store.Listening, 10*time.Second, time.Millisecond)
+	x := gatewaytest.StartX509(t, now)
+	g, store, server, ca := x.Gateway, x.Store, x.Server, x.CA
 
 	base, err := pki.ClientConfig(server.CA)
 	require.NoError(t, err)

@@ -35,17 +35,8 @@ func startX509Gateway(t *testing.T) *x509Env {
 // startX509GatewayWithCAFrom is startX509Gateway with a fleet CA made at caFrom.
 func startX509GatewayWithCAFrom(t *testing.T, caFrom time.Time) *x509Env {
 	t.Helper()
-	now := time.Now()
-	server, err := pki.EnsureLocal(t.TempDir(), pki.LocalHosts, now)
-	require.NoError(t, err)
-	caDir := filepath.Join(t.TempDir(), "ca")
-	ca, err := pki.InitDeviceCA(caDir, "", caFrom, 0)
-	require.NoError(t, err)
-	store := gatewaytest.New()
-	g := gatewaytest.StartGateway(t, store, gateway.Config{TLSListen: "127.0.0.1:0", TLSCertFile: server.Cert,
-		TLSKeyFile: server.Key, DeviceCAFile: pki.DeviceCAIn(caDir).Cert})
-	require.Eventually(t, store.Listening, 10*time.Second, time.Millisecond, "the gateway listens for device changes")
-	return &x509Env{g: g, store: store, server: server, ca: ca}
+	x := gatewaytest.StartX509(t, caFrom)
+	return &x509Env{g: x.Gateway, store: x.Store, server: x.Server, ca: x.CA}
 }
 
 // issue makes a certificate for id signed by ca and returns it with its fingerprint.
